@@ -1,0 +1,798 @@
+//! The idgate configuration: the TOML schema, loading, and validation that names the file,
+//! the key path and the reason for every problem it finds.
+//!
+//! Loading turns the file into a [`Config`] of typed values (`SocketAddr`, `SpiffeIdPattern`,
+//! `SecretRef`, `Duration`, …); nothing downstream parses strings again. Validation goes on
+//! past the first problem so that `idgate check` can report them all at once.
+
+mod duration;
+mod raw;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Method;
+use http::uri::{Scheme, Uri};
+use idgate_secrets::SecretRef;
+use idgate_tls::{SpiffeIdPattern, TlsVersion, TrustDomain};
+use serde::de::DeserializeOwned;
+
+pub use duration::parse_duration;
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key path, with array indexes: `routes[2].allow[0]`. Empty for the whole file.
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.reason)
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Whether the listener demands a client certificate during the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub bind: SocketAddr,
+    pub tls_min_version: TlsVersion,
+    pub client_auth: ClientAuth,
+    pub handshake_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub svid_cert: PathBuf,
+    pub svid_key: PathBuf,
+    pub trust_bundles: Vec<(TrustDomain, PathBuf)>,
+    /// How often the files are checked for changes besides the directory watch.
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter directive, such as `info` or `info,idgate_proxy=debug`.
+    pub level: String,
+}
+
+/// How the upstream credential is sent.
+#[derive(Debug, Clone)]
+pub struct CredentialConfig {
+    pub header: http::HeaderName,
+    /// Put before the secret in the header value, e.g. `Bearer ` or `Token token=`.
+    pub prefix: String,
+    pub secret: SecretRef,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// Scheme and authority of the upstream, such as `https://verification.didit.me`.
+    pub origin: Uri,
+    /// Path prefix put before every forwarded path (empty or `/v1`, never ending in `/`).
+    pub base_path: String,
+    pub ca: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
+    pub credential: Option<CredentialConfig>,
+}
+
+impl UpstreamConfig {
+    pub fn is_tls(&self) -> bool {
+        self.origin.scheme() == Some(&Scheme::HTTPS)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub methods: Vec<Method>,
+    /// A path template: `/v3/session/{session_id}/decision/`.
+    pub path: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub allow: Vec<SpiffeIdPattern>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub workers: usize,
+    pub listener: ListenerConfig,
+    pub identity: IdentityConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// Things that work but deserve a word at start-up (`http://` upstreams, say).
+    pub warnings: Vec<String>,
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "workers",
+    "listener",
+    "identity",
+    "admin",
+    "log",
+    "upstreams",
+    "routes",
+];
+
+struct Ctx<'a> {
+    file: &'a Path,
+    base: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Deserializes one section, recording a serde error with its full key path.
+    fn section<T: DeserializeOwned>(&mut self, key: &str, value: toml::Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let path = if inner == "." || inner.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{key}.{inner}")
+                };
+                let reason = e.into_inner().to_string();
+                self.err(path, reason);
+                None
+            }
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.base.join(p)
+    }
+
+    fn existing_file(&mut self, key: &str, p: &str) -> PathBuf {
+        let path = self.path(p);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => self.err(key, format!("{} is not a regular file", path.display())),
+            Err(e) => self.err(
+                key,
+                format!("cannot read {}: {}", path.display(), io_reason(&e)),
+            ),
+        }
+        path
+    }
+
+    fn duration(&mut self, key: &str, v: Option<String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(&s) {
+                Ok(d) if d.is_zero() => {
+                    self.err(key, "must be more than zero");
+                    default
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    self.err(key, e);
+                    default
+                }
+            },
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, s: &str) -> SocketAddr {
+        s.parse().unwrap_or_else(|_| {
+            self.err(
+                key,
+                format!("\"{s}\" is not an address:port like \"127.0.0.1:8443\""),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Reads and validates a configuration file.
+pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_owned(),
+            key: String::new(),
+            reason: format!("cannot read: {}", io_reason(&e)),
+        }])
+    })?;
+    parse(file, &text)
+}
+
+/// Validates configuration text; `file` names it in errors and anchors relative paths.
+pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let base = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut cx = Ctx {
+        file,
+        base,
+        errors: Vec::new(),
+    };
+    let mut table: raw::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => {
+            // toml's message carries the line, the column and a caret under the problem.
+            cx.err("", format!("not valid TOML: {}", e.to_string().trim_end()));
+            return Err(ConfigErrors(cx.errors));
+        }
+    };
+    for key in table.keys() {
+        if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+            cx.errors.push(ConfigError {
+                file: file.to_owned(),
+                key: key.clone(),
+                reason: format!(
+                    "unknown key; expected one of: {}",
+                    TOP_LEVEL_KEYS.join(", ")
+                ),
+            });
+        }
+    }
+
+    let workers = match table.remove("workers") {
+        None => default_workers(),
+        Some(v) => match cx.section::<i64>("workers", v) {
+            Some(n @ 1..=1024) => n as usize,
+            Some(_) => {
+                cx.err("workers", "must be between 1 and 1024");
+                1
+            }
+            None => 1,
+        },
+    };
+
+    let listener = match table.remove("listener") {
+        None => {
+            cx.err(
+                "listener",
+                "missing: the gateway needs a [listener] with a bind address",
+            );
+            None
+        }
+        Some(v) => cx
+            .section::<raw::Listener>("listener", v)
+            .map(|l| listener(&mut cx, l)),
+    };
+    let identity = match table.remove("identity") {
+        None => {
+            cx.err(
+                "identity",
+                "missing: the gateway needs [identity] with its SVID and trust bundles",
+            );
+            None
+        }
+        Some(v) => cx
+            .section::<raw::Identity>("identity", v)
+            .map(|i| identity(&mut cx, i)),
+    };
+    let admin = match table.remove("admin") {
+        None => Some(AdminConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 9901)),
+        }),
+        Some(v) => cx.section::<raw::Admin>("admin", v).map(|a| AdminConfig {
+            bind: cx.socket_addr("admin.bind", &a.bind),
+        }),
+    };
+    let log = match table.remove("log") {
+        None => Some(LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }),
+        Some(v) => cx.section::<raw::Log>("log", v).map(|l| log(&mut cx, l)),
+    };
+
+    let mut warnings = Vec::new();
+    if let Some(a) = &admin
+        && !a.bind.ip().is_loopback()
+    {
+        warnings.push(format!(
+            "admin.bind {} is not a loopback address: health and metrics are reachable from the network",
+            a.bind
+        ));
+    }
+
+    let upstreams = array::<raw::Upstream>(&mut cx, &mut table, "upstreams")
+        .into_iter()
+        .map(|(i, u)| upstream(&mut cx, i, u, &mut warnings))
+        .collect::<Vec<_>>();
+    let trust_domains: HashSet<TrustDomain> = identity
+        .as_ref()
+        .map(|i| i.trust_bundles.iter().map(|(td, _)| td.clone()).collect())
+        .unwrap_or_default();
+    let raw_routes = array::<raw::Route>(&mut cx, &mut table, "routes");
+    let routes = routes(&mut cx, raw_routes, &upstreams, &trust_domains);
+
+    match (listener, identity, admin, log) {
+        (Some(listener), Some(identity), Some(admin), Some(log)) if cx.errors.is_empty() => {
+            Ok(Config {
+                file: file.to_owned(),
+                workers,
+                listener,
+                identity,
+                admin,
+                log,
+                upstreams: upstreams.into_iter().flatten().collect(),
+                routes,
+                warnings,
+            })
+        }
+        _ => Err(ConfigErrors(cx.errors)),
+    }
+}
+
+/// Deserializes each element of an array of tables on its own, so one bad element does not
+/// hide the problems of the others.
+fn array<T: DeserializeOwned>(
+    cx: &mut Ctx<'_>,
+    table: &mut raw::Table,
+    key: &str,
+) -> Vec<(usize, T)> {
+    match table.remove(key) {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, v)| cx.section::<T>(&format!("{key}[{i}]"), v).map(|t| (i, t)))
+            .collect(),
+        Some(_) => {
+            cx.err(key, format!("must be an array of tables: write [[{key}]]"));
+            Vec::new()
+        }
+    }
+}
+
+fn listener(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
+    let bind = cx.socket_addr("listener.bind", &l.bind);
+    let tls_min_version = match l.tls_min_version.as_deref() {
+        None | Some("1.2") => TlsVersion::Tls12,
+        Some("1.3") => TlsVersion::Tls13,
+        Some(other) => {
+            cx.err(
+                "listener.tls_min_version",
+                format!("\"{other}\" is not allowed: use \"1.2\" or \"1.3\" (older versions are insecure)"),
+            );
+            TlsVersion::Tls12
+        }
+    };
+    let client_auth = match l.client_auth.as_deref() {
+        None | Some("required") => ClientAuth::Required,
+        Some("optional") => ClientAuth::Optional,
+        Some(other) => {
+            cx.err(
+                "listener.client_auth",
+                format!("\"{other}\" is not allowed: use \"required\" or \"optional\""),
+            );
+            ClientAuth::Required
+        }
+    };
+    let max_connections = match l.max_connections {
+        None => 10_000,
+        Some(0) => {
+            cx.err("listener.max_connections", "must be more than zero");
+            1
+        }
+        Some(n) => n as usize,
+    };
+    let max_header_bytes = match l.max_header_bytes {
+        None => 64 * 1024,
+        Some(n) if n < 1024 => {
+            cx.err("listener.max_header_bytes", "must be at least 1024");
+            1024
+        }
+        Some(n) => n as usize,
+    };
+    ListenerConfig {
+        bind,
+        tls_min_version,
+        client_auth,
+        handshake_timeout: cx.duration(
+            "listener.handshake_timeout",
+            l.handshake_timeout,
+            Duration::from_secs(10),
+        ),
+        idle_timeout: cx.duration(
+            "listener.idle_timeout",
+            l.idle_timeout,
+            Duration::from_secs(60),
+        ),
+        max_connections,
+        max_header_bytes,
+    }
+}
+
+fn identity(cx: &mut Ctx<'_>, i: raw::Identity) -> IdentityConfig {
+    let svid_cert = cx.existing_file("identity.svid_cert", &i.svid_cert);
+    let svid_key = cx.existing_file("identity.svid_key", &i.svid_key);
+    if i.trust_bundles.is_empty() {
+        cx.err(
+            "identity.trust_bundles",
+            "at least one [[identity.trust_bundles]] is needed to verify callers",
+        );
+    }
+    let mut seen = HashSet::new();
+    let mut trust_bundles = Vec::new();
+    for (n, b) in i.trust_bundles.into_iter().enumerate() {
+        let key = format!("identity.trust_bundles[{n}]");
+        let path = cx.existing_file(&format!("{key}.bundle"), &b.bundle);
+        match TrustDomain::new(&b.trust_domain) {
+            Ok(td) => {
+                if !seen.insert(td.clone()) {
+                    cx.err(
+                        format!("{key}.trust_domain"),
+                        format!("trust domain {td} is configured twice"),
+                    );
+                }
+                trust_bundles.push((td, path));
+            }
+            Err(e) => cx.err(
+                format!("{key}.trust_domain"),
+                format!("\"{}\" is not a trust domain: {e}", b.trust_domain),
+            ),
+        }
+    }
+    IdentityConfig {
+        svid_cert,
+        svid_key,
+        trust_bundles,
+        poll_interval: cx.duration(
+            "identity.poll_interval",
+            i.poll_interval,
+            Duration::from_secs(10),
+        ),
+    }
+}
+
+fn log(cx: &mut Ctx<'_>, l: raw::Log) -> LogConfig {
+    let format = match l.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            cx.err(
+                "log.format",
+                format!("\"{other}\" is not allowed: use \"text\" or \"json\""),
+            );
+            LogFormat::Text
+        }
+    };
+    LogConfig {
+        format,
+        level: l.level.unwrap_or_else(|| "info".to_owned()),
+    }
+}
+
+fn upstream(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    u: raw::Upstream,
+    warnings: &mut Vec<String>,
+) -> Option<UpstreamConfig> {
+    let key = format!("upstreams[{i}]");
+    let before = cx.errors.len();
+    if u.name.is_empty() {
+        cx.err(format!("{key}.name"), "must not be empty");
+    }
+    let uri: Option<Uri> = match u.url.parse::<Uri>() {
+        Ok(uri) => Some(uri),
+        Err(_) => {
+            cx.err(format!("{key}.url"), format!("\"{}\" is not a URL", u.url));
+            None
+        }
+    };
+    let mut origin = None;
+    let mut base_path = String::new();
+    if let Some(uri) = uri {
+        let scheme_ok = matches!(uri.scheme_str(), Some("https" | "http"));
+        if !scheme_ok {
+            cx.err(
+                format!("{key}.url"),
+                "must start with https:// (or http:// for in-cluster services)",
+            );
+        } else if uri.host().is_none() {
+            cx.err(format!("{key}.url"), "has no host");
+        } else if uri.query().is_some() || u.url.contains('#') {
+            cx.err(format!("{key}.url"), "must not have a query or fragment");
+        } else if u.url.contains('@') {
+            cx.err(
+                format!("{key}.url"),
+                "must not carry user info; use [upstreams.credential]",
+            );
+        } else {
+            base_path = uri.path().trim_end_matches('/').to_owned();
+            if uri.scheme_str() == Some("http") {
+                let loopback = uri
+                    .host()
+                    .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+                    .is_some_and(|h| {
+                        h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                    });
+                if !loopback {
+                    warnings.push(format!(
+                        "upstream {}: {} is plain http://; traffic to it, including the injected credential, is not encrypted",
+                        u.name, u.url
+                    ));
+                }
+            }
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = uri.scheme().cloned();
+            parts.authority = uri.authority().cloned();
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            origin = Uri::from_parts(parts).ok();
+        }
+    }
+    let ca =
+        u.ca.as_deref()
+            .map(|p| cx.existing_file(&format!("{key}.ca"), p));
+    let credential = u.credential.and_then(|c| {
+        let header = match http::HeaderName::from_bytes(c.header.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                cx.err(
+                    format!("{key}.credential.header"),
+                    format!("\"{}\" is not a header name", c.header),
+                );
+                None
+            }
+        };
+        let secret = match SecretRef::parse(&c.secret, cx.base) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                cx.err(format!("{key}.credential.secret"), e.to_string());
+                None
+            }
+        };
+        let prefix = c.prefix.unwrap_or_default();
+        if prefix.bytes().any(|b| b.is_ascii_control()) {
+            cx.err(
+                format!("{key}.credential.prefix"),
+                "must not contain control characters",
+            );
+        }
+        Some(CredentialConfig {
+            header: header?,
+            prefix,
+            secret: secret?,
+        })
+    });
+    let pool_max_idle = u.pool_max_idle.map_or(64, |n| n as usize);
+    let out = UpstreamConfig {
+        connect_timeout: cx.duration(
+            &format!("{key}.connect_timeout"),
+            u.connect_timeout,
+            Duration::from_secs(5),
+        ),
+        request_timeout: cx.duration(
+            &format!("{key}.request_timeout"),
+            u.request_timeout,
+            Duration::from_secs(30),
+        ),
+        pool_idle_timeout: cx.duration(
+            &format!("{key}.pool_idle_timeout"),
+            u.pool_idle_timeout,
+            Duration::from_secs(90),
+        ),
+        name: u.name,
+        origin: origin?,
+        base_path,
+        ca,
+        pool_max_idle,
+        credential,
+    };
+    (cx.errors.len() == before).then_some(out)
+}
+
+fn routes(
+    cx: &mut Ctx<'_>,
+    raw: Vec<(usize, raw::Route)>,
+    upstreams: &[Option<UpstreamConfig>],
+    trust_domains: &HashSet<TrustDomain>,
+) -> Vec<RouteConfig> {
+    let upstream_index: HashMap<&str, usize> = upstreams
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, u)| (u.name.as_str(), i))
+        .collect();
+    let mut upstream_names = HashSet::new();
+    for (i, u) in upstreams.iter().enumerate() {
+        if let Some(u) = u
+            && !upstream_names.insert(u.name.as_str())
+        {
+            cx.err(
+                format!("upstreams[{i}].name"),
+                format!("upstream \"{}\" is defined twice", u.name),
+            );
+        }
+    }
+
+    let mut names = HashSet::new();
+    // Path template → methods already taken, to find two routes claiming the same request.
+    let mut by_path: BTreeMap<String, Vec<(Method, usize)>> = BTreeMap::new();
+    let mut router = matchit::Router::new();
+    let mut out = Vec::new();
+    for (i, r) in raw {
+        let key = format!("routes[{i}]");
+        let before = cx.errors.len();
+        if r.name.is_empty() {
+            cx.err(format!("{key}.name"), "must not be empty");
+        } else if !names.insert(r.name.clone()) {
+            cx.err(
+                format!("{key}.name"),
+                format!("route \"{}\" is defined twice", r.name),
+            );
+        }
+        let mut methods = Vec::new();
+        if r.methods.is_empty() {
+            cx.err(
+                format!("{key}.methods"),
+                "list at least one method, like [\"GET\"]",
+            );
+        }
+        for (m, s) in r.methods.iter().enumerate() {
+            match Method::from_bytes(s.as_bytes()) {
+                Ok(method) if s.bytes().all(|b| b.is_ascii_uppercase()) => methods.push(method),
+                _ => cx.err(
+                    format!("{key}.methods[{m}]"),
+                    format!("\"{s}\" is not an HTTP method (write it in capitals)"),
+                ),
+            }
+        }
+        if !r.path.starts_with('/') {
+            cx.err(format!("{key}.path"), "must start with '/'");
+        } else if r.path.contains('?') || r.path.contains('#') {
+            cx.err(
+                format!("{key}.path"),
+                "must not contain a query or fragment",
+            );
+        } else if let Some(taken) = by_path.get_mut(&r.path) {
+            for m in &methods {
+                if let Some((_, other)) = taken.iter().find(|(t, _)| t == m) {
+                    cx.err(
+                        format!("{key}.methods"),
+                        format!("{m} {} is already routed by routes[{other}]", r.path),
+                    );
+                }
+            }
+            taken.extend(methods.iter().map(|m| (m.clone(), i)));
+        } else if let Err(e) = router.insert(r.path.as_str(), ()) {
+            cx.err(
+                format!("{key}.path"),
+                format!("\"{}\" cannot be routed: {e}", r.path),
+            );
+        } else {
+            by_path.insert(
+                r.path.clone(),
+                methods.iter().map(|m| (m.clone(), i)).collect(),
+            );
+        }
+        let upstream = match upstream_index.get(r.upstream.as_str()) {
+            Some(&u) => u,
+            None => {
+                cx.err(
+                    format!("{key}.upstream"),
+                    format!("no upstream is named \"{}\"", r.upstream),
+                );
+                0
+            }
+        };
+        if r.allow.is_empty() {
+            cx.err(
+                format!("{key}.allow"),
+                "is empty, so no caller could ever use this route",
+            );
+        }
+        let mut allow = Vec::new();
+        for (a, s) in r.allow.iter().enumerate() {
+            match SpiffeIdPattern::new(s) {
+                Ok(p) => {
+                    let td = match &p {
+                        SpiffeIdPattern::Exact(id) => id.trust_domain_name().to_owned(),
+                        SpiffeIdPattern::Prefix(prefix) => prefix
+                            .trim_start_matches("spiffe://")
+                            .split('/')
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    };
+                    if !trust_domains.is_empty() && !trust_domains.iter().any(|t| t.as_str() == td)
+                    {
+                        cx.err(
+                            format!("{key}.allow[{a}]"),
+                            format!("trust domain {td} has no [[identity.trust_bundles]] entry, so no caller could match"),
+                        );
+                    }
+                    allow.push(p);
+                }
+                Err(e) => cx.err(
+                    format!("{key}.allow[{a}]"),
+                    format!("\"{s}\" is not a SPIFFE ID: {e}"),
+                ),
+            }
+        }
+        if cx.errors.len() == before {
+            out.push(RouteConfig {
+                name: r.name,
+                methods,
+                path: r.path,
+                upstream,
+                allow,
+            });
+        }
+    }
+    out
+}

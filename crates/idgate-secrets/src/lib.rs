@@ -1,0 +1,190 @@
+//! Upstream credential custody: the secret reference grammar shared by every part of the
+//! configuration, and the sources that resolve a reference to a value.
+//!
+//! Values are [`SecretString`]s: zeroized on drop, redacted in `Debug`, never `Display`ed.
+//! No error here ever carries a secret value.
+
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+pub use secrecy::{ExposeSecret, SecretString};
+
+/// Where a secret lives. Written in configuration as `env:NAME`, `file:PATH`,
+/// `pkcs11:<RFC 7512 URI>` or `vault:PATH#FIELD`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+    Pkcs11(String),
+    Vault(String),
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A reference names a place, not a value, so it is safe to show.
+        write!(f, "SecretRef({self})")
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Env(name) => write!(f, "env:{name}"),
+            Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::Pkcs11(uri) => write!(f, "pkcs11:{uri}"),
+            Self::Vault(path) => write!(f, "vault:{path}"),
+        }
+    }
+}
+
+/// Why a reference is not usable. Never contains the value of a secret; for a string that is
+/// not a reference at all (most likely a pasted secret), not even that string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretRefError {
+    #[error(
+        "a literal secret is not allowed here: write a reference (env:NAME, file:PATH, pkcs11:URI or vault:PATH#FIELD)"
+    )]
+    Literal,
+    #[error("empty {0}: reference")]
+    Empty(&'static str),
+    #[error("environment variable names may only contain letters, digits and '_'")]
+    BadEnvName,
+    #[error("{0}: references are not supported by this build of idgate")]
+    Unsupported(&'static str),
+}
+
+impl SecretRef {
+    /// Parses a reference. Relative `file:` paths are resolved against `base_dir` (the
+    /// directory of the configuration file).
+    pub fn parse(s: &str, base_dir: &Path) -> Result<Self, SecretRefError> {
+        let Some((scheme, rest)) = s.split_once(':') else {
+            return Err(SecretRefError::Literal);
+        };
+        match scheme {
+            "env" => {
+                if rest.is_empty() {
+                    return Err(SecretRefError::Empty("env"));
+                }
+                if !rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    return Err(SecretRefError::BadEnvName);
+                }
+                Ok(Self::Env(rest.to_owned()))
+            }
+            "file" => {
+                if rest.is_empty() {
+                    return Err(SecretRefError::Empty("file"));
+                }
+                Ok(Self::File(base_dir.join(rest)))
+            }
+            "pkcs11" => Err(SecretRefError::Unsupported("pkcs11")),
+            "vault" => Err(SecretRefError::Unsupported("vault")),
+            _ => Err(SecretRefError::Literal),
+        }
+    }
+
+    /// Reads the secret. Blocking (file I/O): call at start-up or from a blocking thread.
+    pub fn resolve(&self) -> Result<SecretString, SecretError> {
+        match self {
+            Self::Env(name) => match std::env::var(name) {
+                Ok(v) if !v.is_empty() => Ok(SecretString::from(v)),
+                Ok(_) => Err(SecretError::Empty(self.to_string())),
+                Err(_) => Err(SecretError::EnvMissing(name.clone())),
+            },
+            Self::File(path) => read_secret_file(path),
+            Self::Pkcs11(_) | Self::Vault(_) => Err(SecretError::Unsupported(self.to_string())),
+        }
+    }
+}
+
+/// Why a secret could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set")]
+    EnvMissing(String),
+    #[error("{0} is empty")]
+    Empty(String),
+    #[error("{path}: cannot read: {kind}")]
+    Read {
+        path: PathBuf,
+        kind: std::io::ErrorKind,
+    },
+    #[error("{path}: mode {mode:o} lets group or others read it; restrict it (chmod 600)")]
+    TooOpen { path: PathBuf, mode: u32 },
+    #[error("{0}: the value contains characters not allowed in an HTTP header")]
+    NotHeaderSafe(String),
+    #[error("{0}: not supported by this build")]
+    Unsupported(String),
+}
+
+fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {
+    let read_err = |e: std::io::Error| SecretError::Read {
+        path: path.to_owned(),
+        kind: e.kind(),
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(SecretError::TooOpen {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(read_err)?);
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| SecretError::NotHeaderSafe(format!("file:{}", path.display())))?;
+    // Editors and `echo` add a final newline that is never part of the secret.
+    let value = text.trim_end_matches(['\n', '\r']);
+    if value.is_empty() {
+        return Err(SecretError::Empty(format!("file:{}", path.display())));
+    }
+    Ok(SecretString::from(value.to_owned()))
+}
+
+/// Checks that a secret can be sent as an HTTP header value (visible ASCII and spaces).
+pub fn check_header_safe(reference: &SecretRef, value: &SecretString) -> Result<(), SecretError> {
+    let ok = value
+        .expose_secret()
+        .bytes()
+        .all(|b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(SecretError::NotHeaderSafe(reference.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_secret_is_refused_without_echoing_it() {
+        let err = SecretRef::parse("sk_live_abcdef", Path::new("/etc")).unwrap_err();
+        assert_eq!(err, SecretRefError::Literal);
+        assert!(!err.to_string().contains("sk_live"));
+        // A colon inside a literal is not a scheme.
+        let err = SecretRef::parse("user:pa55word", Path::new("/etc")).unwrap_err();
+        assert_eq!(err, SecretRefError::Literal);
+    }
+
+    #[test]
+    fn file_reference_resolves_relative_to_base_and_refuses_open_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let r = SecretRef::parse("file:key", dir.path()).unwrap();
+        let err = r.resolve().unwrap_err();
+        assert!(matches!(err, SecretError::TooOpen { .. }), "{err}");
+        assert!(!err.to_string().contains("s3cret"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(r.resolve().unwrap().expose_secret(), "s3cret");
+    }
+
+    #[test]
+    fn debug_of_a_secret_is_redacted() {
+        let s = SecretString::from("topsecretvalue".to_owned());
+        assert!(!format!("{s:?}").contains("topsecretvalue"));
+    }
+}

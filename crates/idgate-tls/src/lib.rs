@@ -1,0 +1,22 @@
+//! TLS for idgate: typed SPIFFE IDs, X.509-SVID verification per trust domain, the
+//! gateway's rotating TLS material and a development PKI.
+
+pub mod devpki;
+pub mod material;
+pub mod spiffe;
+pub mod svid;
+pub mod verifier;
+pub mod watch;
+
+use std::sync::Arc;
+
+pub use material::{MaterialError, MaterialSpec, TlsMaterial, TlsVersion};
+pub use spiffe::{SpiffeId, SpiffeIdError, SpiffeIdPattern, TrustDomain};
+pub use svid::{SvidError, leaf_spiffe_id};
+pub use verifier::{SpiffeClientVerifier, TrustBundles};
+
+/// The one cryptographic provider of the whole process (ring), so that rustls never has to
+/// guess between two.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}

@@ -1,0 +1,329 @@
+//! The gateway's TLS material: its own SVID and the trust bundles, loaded from files,
+//! swapped atomically when they change, and kept as they were when a new file is bad.
+//!
+//! The rustls `ServerConfig` is built once; it reads the current SVID through a certificate
+//! resolver and the current bundles through [`SpiffeClientVerifier`], so a rotation reaches
+//! new handshakes at once and never touches a connection that is already up.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::spiffe::TrustDomain;
+use crate::verifier::{SpiffeClientVerifier, TrustBundles, build_domain_verifier};
+
+/// A problem with one TLS file; names the file and never includes key material.
+#[derive(Debug, thiserror::Error)]
+pub enum MaterialError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl MaterialError {
+    fn invalid(path: &Path, reason: impl fmt::Display) -> Self {
+        Self::Invalid {
+            path: path.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Lowest TLS version the listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// Which files make up the material.
+#[derive(Debug, Clone)]
+pub struct MaterialSpec {
+    pub svid_cert: PathBuf,
+    pub svid_key: PathBuf,
+    pub bundles: Vec<(TrustDomain, PathBuf)>,
+}
+
+impl MaterialSpec {
+    /// Every file the material is read from.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        [self.svid_cert.as_path(), self.svid_key.as_path()]
+            .into_iter()
+            .chain(self.bundles.iter().map(|(_, p)| p.as_path()))
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, MaterialError> {
+    std::fs::read(path).map_err(|source| MaterialError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Parses a PEM certificate chain (leaf first) and its private key into a signing identity.
+pub fn parse_svid(
+    cert_path: &Path,
+    cert_pem: &[u8],
+    key_path: &Path,
+    key_pem: &[u8],
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, MaterialError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| MaterialError::invalid(cert_path, format!("bad PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(MaterialError::invalid(
+            cert_path,
+            "no CERTIFICATE block found",
+        ));
+    }
+    // The error of a key parse never includes the key bytes.
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| {
+        MaterialError::invalid(key_path, "no readable PKCS#8, PKCS#1 or SEC1 private key")
+    })?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        MaterialError::invalid(
+            key_path,
+            format!(
+                "the key does not fit the certificate {}: {e}",
+                cert_path.display()
+            ),
+        )
+    })
+}
+
+/// Parses a PEM trust bundle: one or more CA certificates.
+pub fn parse_bundle(path: &Path, pem: &[u8]) -> Result<RootCertStore, MaterialError> {
+    let mut store = RootCertStore::empty();
+    let mut n = 0;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| MaterialError::invalid(path, format!("bad PEM: {e}")))?;
+        store
+            .add(cert)
+            .map_err(|e| MaterialError::invalid(path, format!("unusable CA certificate: {e}")))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(MaterialError::invalid(path, "no CERTIFICATE block found"));
+    }
+    Ok(store)
+}
+
+/// What a reload did, for logs and tests.
+#[derive(Debug, Default)]
+pub struct ReloadOutcome {
+    /// Files whose new content was taken into use.
+    pub applied: Vec<PathBuf>,
+    /// Files whose new content was refused; the old material stays in use.
+    pub refused: Vec<MaterialError>,
+}
+
+impl ReloadOutcome {
+    pub fn changed(&self) -> bool {
+        !self.applied.is_empty() || !self.refused.is_empty()
+    }
+}
+
+/// The live TLS material. Cheap to share; every method is safe to call concurrently.
+pub struct TlsMaterial {
+    spec: MaterialSpec,
+    provider: Arc<CryptoProvider>,
+    svid: Arc<ArcSwap<CertifiedKey>>,
+    bundles: Arc<ArcSwap<TrustBundles>>,
+    /// The file contents last looked at, so that an unchanged file is not parsed again and
+    /// a bad file is reported once, not at every poll.
+    seen: Mutex<HashMap<PathBuf, Vec<u8>>>,
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsMaterial {
+    /// Loads every file; any problem is returned (all of them), since there is nothing old to
+    /// fall back to at start-up.
+    pub fn load(
+        spec: MaterialSpec,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, Vec<MaterialError>> {
+        let mut errors = Vec::new();
+        let mut seen = HashMap::new();
+        let mut contents = |p: &Path, errors: &mut Vec<MaterialError>| match read(p) {
+            Ok(bytes) => {
+                seen.insert(p.to_owned(), bytes.clone());
+                Some(bytes)
+            }
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+        let cert = contents(&spec.svid_cert, &mut errors);
+        let key = contents(&spec.svid_key, &mut errors);
+        let svid = match (cert, key) {
+            (Some(c), Some(k)) => parse_svid(&spec.svid_cert, &c, &spec.svid_key, &k, &provider)
+                .map_err(|e| errors.push(e))
+                .ok(),
+            _ => None,
+        };
+        let mut verifiers = HashMap::new();
+        for (td, path) in &spec.bundles {
+            let Some(pem) = contents(path, &mut errors) else {
+                continue;
+            };
+            match parse_bundle(path, &pem).and_then(|store| {
+                build_domain_verifier(Arc::new(store), &provider)
+                    .map_err(|e| MaterialError::invalid(path, e))
+            }) {
+                Ok(v) => {
+                    verifiers.insert(td.clone(), v);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        match svid {
+            Some(svid) if errors.is_empty() => Ok(Self {
+                provider,
+                svid: Arc::new(ArcSwap::from_pointee(svid)),
+                bundles: Arc::new(ArcSwap::from_pointee(TrustBundles::from_map(verifiers))),
+                seen: Mutex::new(seen),
+                spec,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    pub fn spec(&self) -> &MaterialSpec {
+        &self.spec
+    }
+
+    /// The certificate chain the listener currently presents.
+    pub fn current_svid(&self) -> Arc<CertifiedKey> {
+        self.svid.load_full()
+    }
+
+    /// Re-reads every file and takes into use each piece whose content changed and parses.
+    ///
+    /// Blocking file I/O: call it from a blocking thread.
+    pub fn reload(&self) -> ReloadOutcome {
+        let mut outcome = ReloadOutcome::default();
+        let Ok(mut seen) = self.seen.lock() else {
+            return outcome;
+        };
+        let mut fresh = |p: &Path| -> Option<Vec<u8>> {
+            match read(p) {
+                Ok(bytes) if seen.get(p) == Some(&bytes) => None,
+                Ok(bytes) => {
+                    seen.insert(p.to_owned(), bytes.clone());
+                    Some(bytes)
+                }
+                Err(e) => {
+                    // A file that is briefly missing during a swap is not a change of material.
+                    tracing::debug!(error = %e, "TLS file not readable, keeping current material");
+                    None
+                }
+            }
+        };
+
+        let cert = fresh(&self.spec.svid_cert);
+        let key = fresh(&self.spec.svid_key);
+        if cert.is_some() || key.is_some() {
+            // Read both again: one of the two may be unchanged, and they must match.
+            match (read(&self.spec.svid_cert), read(&self.spec.svid_key)) {
+                (Ok(c), Ok(k)) => {
+                    match parse_svid(
+                        &self.spec.svid_cert,
+                        &c,
+                        &self.spec.svid_key,
+                        &k,
+                        &self.provider,
+                    ) {
+                        Ok(svid) => {
+                            self.svid.store(Arc::new(svid));
+                            outcome.applied.push(self.spec.svid_cert.clone());
+                        }
+                        Err(e) => outcome.refused.push(e),
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => outcome.refused.push(e),
+            }
+        }
+
+        let mut changed_bundles = Vec::new();
+        for (td, path) in &self.spec.bundles {
+            if let Some(pem) = fresh(path) {
+                match parse_bundle(path, &pem).and_then(|store| {
+                    build_domain_verifier(Arc::new(store), &self.provider)
+                        .map_err(|e| MaterialError::invalid(path, e))
+                }) {
+                    Ok(v) => changed_bundles.push((td.clone(), path.clone(), v)),
+                    Err(e) => outcome.refused.push(e),
+                }
+            }
+        }
+        if !changed_bundles.is_empty() {
+            let mut map = self.bundles.load().map().clone();
+            for (td, path, v) in changed_bundles {
+                map.insert(td, v);
+                outcome.applied.push(path);
+            }
+            self.bundles.store(Arc::new(TrustBundles::from_map(map)));
+        }
+        outcome
+    }
+
+    /// The listener's rustls configuration, reading the live SVID and bundles.
+    ///
+    /// Session resumption is off: every connection does a full handshake, so every
+    /// connection's SVID is checked against the bundles in force at that moment (a resumed
+    /// session would carry the identity of an older, possibly revoked or expired, certificate).
+    pub fn server_config(
+        &self,
+        min_version: TlsVersion,
+        client_auth_mandatory: bool,
+    ) -> Result<ServerConfig, rustls::Error> {
+        let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
+            TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            TlsVersion::Tls13 => &[&rustls::version::TLS13],
+        };
+        let verifier = SpiffeClientVerifier::new(
+            self.bundles.clone(),
+            self.provider.clone(),
+            client_auth_mandatory,
+        );
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(versions)?
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_cert_resolver(Arc::new(SvidResolver(self.svid.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok(config)
+    }
+}
+
+#[derive(Debug)]
+struct SvidResolver(Arc<ArcSwap<CertifiedKey>>);
+
+impl ResolvesServerCert for SvidResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
