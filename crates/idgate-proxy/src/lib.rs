@@ -1,1 +1,14 @@
-//! placeholder
+//! The idgate proxy: the public listener, the request pipeline (see [`pipeline`]), the
+//! upstream client, the admin listener and reloads.
+
+pub mod admin;
+pub mod gateway;
+pub mod listener;
+pub mod pipeline;
+pub mod problem;
+pub mod routes;
+pub mod snapshot;
+pub mod upstream;
+
+pub use gateway::{Bound, Gateway};
+pub use problem::Refusal;

@@ -1,0 +1,604 @@
+#!/usr/bin/env bash
+# Benchmark idgate against nginx and HAProxy on this machine.
+#
+# Each proxy terminates mutual TLS on loopback, sets the `x-api-key` header and
+# forwards to the same fixed upstream (a separate nginx returning a small JSON
+# body). All three run one worker. oha drives each proxy, first over 64
+# keep-alive connections, then with a new connection per request, in
+# interleaved rounds. See bench/README.md.
+#
+# Usage: bench/run.sh            (from anywhere; tunables below, as env vars)
+#
+#   DURATION=10s      length of one measured oha run (oha -z syntax: 500ms, 10s, 1m)
+#   ROUNDS=3          interleaved rounds per mode; the table shows the median
+#   CONNS=64          concurrent connections (oha -c), in both modes
+#   WARMUP=2s         unmeasured oha run per proxy before each mode ("0" to skip)
+#   PAUSE=1           seconds of idle between two runs
+#   MODES="keepalive newconn"
+#   PROXIES="idgate nginx haproxy"
+#   IDGATE_BIN=target/release/idgate   built with `cargo build --release -p idgate` if missing
+#   PKI=idgate        idgate: `idgate dev-pki`; openssl: generate with openssl;
+#                     or a directory holding bundle.pem gateway.{crt,key} client.{crt,key}
+#   OUT_DIR=bench/out work files, raw oha JSON and the markdown summary (latest.md)
+#   OHA_THREADS=$(nproc)  oha's runtime threads
+#   TASKSET_OHA=, TASKSET_PROXY=  optional CPU lists (taskset -c) for oha and the proxies
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-64}
+WARMUP=${WARMUP:-2s}
+PAUSE=${PAUSE:-1}
+MODES=${MODES:-keepalive newconn}
+PROXIES=${PROXIES:-idgate nginx haproxy}
+DEFAULT_IDGATE_BIN=$REPO_DIR/target/release/idgate
+IDGATE_BIN=${IDGATE_BIN:-$DEFAULT_IDGATE_BIN}
+PKI=${PKI:-idgate}
+OUT_DIR=${OUT_DIR:-$BENCH_DIR/out}
+OHA_THREADS=${OHA_THREADS:-$(nproc)}
+TASKSET_OHA=${TASKSET_OHA:-}
+TASKSET_PROXY=${TASKSET_PROXY:-}
+
+API_KEY=bench-secret
+UPSTREAM_PORT=18080
+IDGATE_PORT=18443
+IDGATE_ADMIN_PORT=19901
+NGINX_PORT=18444
+HAPROXY_PORT=18445
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- arguments
+
+dur_secs() { # oha duration -> whole seconds (rounded up), for timeouts
+  local d=$1
+  [[ $d =~ ^([0-9]+)(ms|s|m|h)?$ ]] || die "bad duration '$d' (use e.g. 500ms, 10s, 1m)"
+  local n=${BASH_REMATCH[1]} u=${BASH_REMATCH[2]:-s}
+  case $u in
+    ms) echo $(((n + 999) / 1000)) ;;
+    s) echo "$n" ;;
+    m) echo $((n * 60)) ;;
+    h) echo $((n * 3600)) ;;
+  esac
+}
+dur_secs "$DURATION" >/dev/null
+[[ $WARMUP == 0 ]] || dur_secs "$WARMUP" >/dev/null
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+[[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer"
+for p in $PROXIES; do
+  case $p in idgate | nginx | haproxy) ;; *) die "unknown proxy '$p' in PROXIES" ;; esac
+done
+for m in $MODES; do
+  case $m in keepalive | newconn) ;; *) die "unknown mode '$m' in MODES" ;; esac
+done
+has_proxy() { [[ " $PROXIES " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------- tools
+
+find_tool() { # name -> path, also looking in sbin and cargo's bin
+  local t
+  for t in "$(command -v "$1" 2>/dev/null || true)" "/usr/sbin/$1" "/usr/local/sbin/$1" \
+    "${CARGO_HOME:-$HOME/.cargo}/bin/$1"; do
+    [[ -n $t && -x $t ]] && { echo "$t"; return 0; }
+  done
+  return 1
+}
+
+missing=0
+for t in oha nginx haproxy curl openssl jq; do find_tool "$t" >/dev/null || missing=1; done
+if ((missing)); then
+  log "some tools are missing; running bench/setup.sh"
+  "$BENCH_DIR/setup.sh"
+fi
+OHA=$(find_tool oha) || die "oha not found"
+NGINX=$(find_tool nginx) || die "nginx not found"
+HAPROXY=$(find_tool haproxy) || die "haproxy not found"
+CURL=$(find_tool curl) || die "curl not found"
+OPENSSL=$(find_tool openssl) || die "openssl not found"
+find_tool jq >/dev/null || die "jq not found"
+
+need_idgate_bin=0
+has_proxy idgate && need_idgate_bin=1
+[[ $PKI == idgate ]] && need_idgate_bin=1
+if ((need_idgate_bin)) && [[ ! -x $IDGATE_BIN ]]; then
+  [[ $IDGATE_BIN == "$DEFAULT_IDGATE_BIN" ]] || die "IDGATE_BIN=$IDGATE_BIN is not executable"
+  log "building idgate (cargo build --release -p idgate)"
+  (cd "$REPO_DIR" && cargo build --release -p idgate)
+fi
+
+# ---------------------------------------------------------------- processes
+
+declare -A PID=()   # name -> pid of the process we started
+cleanup() {
+  local rc=$? name pid i
+  trap - EXIT INT TERM
+  for name in "${!PID[@]}"; do
+    pid=${PID[$name]}
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for name in "${!PID[@]}"; do
+    pid=${PID[$name]}
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$name ($pid) did not stop on TERM; killing"
+      kill -KILL "$pid" 2>/dev/null || true
+      # nginx workers are children of the master; make sure none is left.
+      pkill -KILL -P "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+for port in $UPSTREAM_PORT $IDGATE_PORT $IDGATE_ADMIN_PORT $NGINX_PORT $HAPROXY_PORT; do
+  if port_busy "$port"; then die "127.0.0.1:$port is already in use (another benchmark running?)"; fi
+done
+
+alive() { kill -0 "${PID[$1]}" 2>/dev/null; }
+pin() { # cpu-list command... : run under taskset when a CPU list is given
+  local cpus=$1; shift
+  if [[ -n $cpus ]]; then taskset -c "$cpus" "$@"; else "$@"; fi
+}
+spawn() { # cpu-list command... : like pin, but replaces the calling (background) subshell,
+  # so that `spawn ... &` leaves $! pointing at the server process itself
+  local cpus=$1; shift
+  if [[ -n $cpus ]]; then exec taskset -c "$cpus" "$@"; else exec "$@"; fi
+}
+
+wait_ready() { # name url logfile [curl args...]: poll until the url answers 200
+  local name=$1 url=$2 logf=$3 code i
+  shift 3
+  for i in $(seq 300); do
+    alive "$name" || { tail -n 30 "$logf" >&2 || true; die "$name exited during start-up (log: $logf)"; }
+    code=$("$CURL" -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url" 2>/dev/null || true)
+    [[ $code == 200 ]] && return 0
+    sleep 0.1
+  done
+  tail -n 30 "$logf" >&2 || true
+  die "$name not ready after 30s at $url (last status '$code', log: $logf)"
+}
+
+# ---------------------------------------------------------------- work dir and PKI
+
+WORK=$OUT_DIR/work
+rm -rf "$WORK"
+mkdir -p "$WORK"/{pki,upstream/tmp,nginx/tmp,haproxy,idgate,oha}
+P=$WORK/pki
+
+gen_pki_openssl() { # same file names and shapes as `idgate dev-pki`
+  local d=$1
+  (
+    cd "$d"
+    "$OPENSSL" ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
+    "$OPENSSL" req -x509 -new -key ca.key -sha256 -days 2 -subj "/O=bench/CN=bench.test CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -addext "subjectAltName=URI:spiffe://bench.test" -out bundle.pem 2>/dev/null
+    leaf() { # stem uri extra-san eku
+      "$OPENSSL" ecparam -name prime256v1 -genkey -noout -out "$1.key" 2>/dev/null
+      "$OPENSSL" req -new -key "$1.key" -subj "/O=bench" -out "$1.csr" 2>/dev/null
+      printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=%s\nsubjectAltName=%s\n' \
+        "$4" "URI:$2${3:+,$3}" >"$1.ext"
+      "$OPENSSL" x509 -req -in "$1.csr" -CA bundle.pem -CAkey ca.key -CAcreateserial -sha256 -days 1 \
+        -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+      rm -f "$1.csr" "$1.ext"
+    }
+    leaf gateway spiffe://bench.test/idgate "DNS:localhost,IP:127.0.0.1" serverAuth,clientAuth
+    leaf client spiffe://bench.test/client "" clientAuth
+    rm -f bundle.srl
+  )
+}
+
+case $PKI in
+  idgate)
+    log "PKI: $IDGATE_BIN dev-pki"
+    "$IDGATE_BIN" dev-pki --out "$P" --trust-domain bench.test --workload spiffe://bench.test/client \
+      >"$WORK/pki.log" 2>&1 || { cat "$WORK/pki.log" >&2; die "idgate dev-pki failed"; }
+    ;;
+  openssl)
+    log "PKI: openssl (ECDSA P-256)"
+    gen_pki_openssl "$P"
+    ;;
+  *)
+    [[ -d $PKI ]] || die "PKI must be 'idgate', 'openssl' or a directory"
+    log "PKI: copied from $PKI"
+    cp "$PKI"/{bundle.pem,gateway.crt,gateway.key,client.crt,client.key} "$P"/
+    ;;
+esac
+for f in bundle.pem gateway.crt gateway.key client.crt client.key; do
+  [[ -s $P/$f ]] || die "PKI is missing $P/$f"
+done
+CLIENT_TLS=(--cert "$P/client.crt" --key "$P/client.key" --cacert "$P/bundle.pem")
+
+# ---------------------------------------------------------------- configs
+
+# nginx drops to `nobody` when started as root unless told otherwise; keep the
+# current user so the work dir stays readable and writable.
+NGINX_USER=""
+[[ $EUID -eq 0 ]] && NGINX_USER="user $(id -un) $(id -gn);"
+
+nginx_common() { # dir
+  cat <<EOF
+$NGINX_USER
+worker_processes 1;
+worker_rlimit_nofile 16384;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 8192; }
+EOF
+}
+nginx_http_common() { # dir
+  cat <<EOF
+    access_log off;
+    client_body_temp_path $1/tmp/body;
+    proxy_temp_path $1/tmp/proxy;
+    fastcgi_temp_path $1/tmp/fastcgi;
+    uwsgi_temp_path $1/tmp/uwsgi;
+    scgi_temp_path $1/tmp/scgi;
+    # nginx closes a keep-alive connection after 1000 requests by default;
+    # the other proxies do not, so lift the limit.
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+EOF
+}
+
+# The fixed upstream: plain HTTP, one worker, 200 {"ok":true} for any path,
+# but 401 when the proxy did not set the API key (so a passing sanity check
+# proves the header injection).
+{
+  nginx_common "$WORK/upstream"
+  cat <<EOF
+http {
+$(nginx_http_common "$WORK/upstream")
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;
+        default_type application/json;
+        location / {
+            if (\$http_x_api_key != "$API_KEY") { return 401 '{"ok":false}'; }
+            return 200 '{"ok":true}';
+        }
+    }
+}
+EOF
+} >"$WORK/upstream/nginx.conf"
+
+cat >"$WORK/idgate/idgate.toml" <<EOF
+workers = 1
+
+[listener]
+bind = "127.0.0.1:$IDGATE_PORT"
+client_auth = "required"
+
+[identity]
+svid_cert = "$P/gateway.crt"
+svid_key = "$P/gateway.key"
+
+[[identity.trust_bundles]]
+trust_domain = "bench.test"
+bundle = "$P/bundle.pem"
+
+[admin]
+bind = "127.0.0.1:$IDGATE_ADMIN_PORT"
+
+[log]
+level = "warn"
+
+[[upstreams]]
+name = "fixed"
+url = "http://127.0.0.1:$UPSTREAM_PORT"
+[upstreams.credential]
+header = "x-api-key"
+secret = "env:BENCH_API_KEY"
+
+[[routes]]
+name = "all"
+methods = ["GET"]
+path = "/{*rest}"
+upstream = "fixed"
+allow = ["spiffe://bench.test/client"]
+EOF
+
+{
+  nginx_common "$WORK/nginx"
+  cat <<EOF
+http {
+$(nginx_http_common "$WORK/nginx")
+    upstream fixed {
+        server 127.0.0.1:$UPSTREAM_PORT;
+        keepalive 64;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT ssl backlog=4096;
+        ssl_certificate $P/gateway.crt;
+        ssl_certificate_key $P/gateway.key;
+        ssl_client_certificate $P/bundle.pem;
+        ssl_verify_client on;
+        ssl_verify_depth 2;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {
+            proxy_pass http://fixed;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header x-api-key $API_KEY;
+        }
+    }
+}
+EOF
+} >"$WORK/nginx/nginx.conf"
+
+cat "$P/gateway.crt" "$P/gateway.key" >"$WORK/haproxy/gateway.pem"
+cat >"$WORK/haproxy/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 8000
+    pidfile $WORK/haproxy/haproxy.pid
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+
+frontend bench
+    bind 127.0.0.1:$HAPROXY_PORT ssl crt $WORK/haproxy/gateway.pem ca-file $P/bundle.pem verify required alpn http/1.1
+    http-request set-header x-api-key $API_KEY
+    default_backend fixed
+
+backend fixed
+    http-reuse always
+    server fixed 127.0.0.1:$UPSTREAM_PORT
+EOF
+
+# ---------------------------------------------------------------- start
+
+log "starting the fixed upstream (nginx, 1 worker) on 127.0.0.1:$UPSTREAM_PORT"
+"$NGINX" -t -q -e "$WORK/upstream/error.log" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" \
+  || die "upstream nginx config invalid"
+spawn "$TASKSET_PROXY" "$NGINX" -e "$WORK/upstream/error.log" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" \
+  -g 'daemon off;' >"$WORK/upstream/stdout.log" 2>&1 &
+PID[upstream]=$!
+wait_ready upstream "http://127.0.0.1:$UPSTREAM_PORT/x" "$WORK/upstream/error.log" -H "x-api-key: $API_KEY"
+code=$("$CURL" -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$UPSTREAM_PORT/x")
+[[ $code == 401 ]] || die "upstream answers $code without the API key, expected 401"
+
+declare -A PORT=([idgate]=$IDGATE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
+declare -A LOGF=([idgate]=$WORK/idgate/idgate.log [nginx]=$WORK/nginx/error.log [haproxy]=$WORK/haproxy/haproxy.log)
+declare -A LABEL=([idgate]=idgate [nginx]=nginx [haproxy]=HAProxy)
+
+if has_proxy idgate; then
+  log "starting idgate on 127.0.0.1:$IDGATE_PORT"
+  spawn "$TASKSET_PROXY" env BENCH_API_KEY="$API_KEY" "$IDGATE_BIN" serve --config "$WORK/idgate/idgate.toml" \
+    >"$WORK/idgate/idgate.log" 2>&1 &
+  PID[idgate]=$!
+  wait_ready idgate "http://127.0.0.1:$IDGATE_ADMIN_PORT/readyz" "$WORK/idgate/idgate.log"
+fi
+if has_proxy nginx; then
+  log "starting nginx on 127.0.0.1:$NGINX_PORT"
+  "$NGINX" -t -q -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" || die "nginx config invalid"
+  spawn "$TASKSET_PROXY" "$NGINX" -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" \
+    -g 'daemon off;' >"$WORK/nginx/stdout.log" 2>&1 &
+  PID[nginx]=$!
+fi
+if has_proxy haproxy; then
+  log "starting HAProxy on 127.0.0.1:$HAPROXY_PORT"
+  "$HAPROXY" -c -q -f "$WORK/haproxy/haproxy.cfg" || die "HAProxy config invalid"
+  spawn "$TASKSET_PROXY" "$HAPROXY" -db -f "$WORK/haproxy/haproxy.cfg" >"$WORK/haproxy/haproxy.log" 2>&1 &
+  PID[haproxy]=$!
+fi
+for p in $PROXIES; do
+  wait_ready "$p" "https://127.0.0.1:${PORT[$p]}/ready" "${LOGF[$p]}" "${CLIENT_TLS[@]}"
+done
+
+# Processes whose CPU time and memory count for a proxy. For nginx that is the
+# worker (the master only supervises); the master is reported separately.
+declare -A MEASURE=()
+for p in $PROXIES; do MEASURE[$p]=${PID[$p]}; done
+NGINX_MASTER_PID=""
+if has_proxy nginx; then
+  NGINX_MASTER_PID=${PID[nginx]}
+  MEASURE[nginx]=$(pgrep -P "$NGINX_MASTER_PID" | tr '\n' ' ')
+  [[ -n ${MEASURE[nginx]// /} ]] || die "no nginx worker process found"
+fi
+
+# ---------------------------------------------------------------- sanity checks
+
+declare -A TLSINFO=()
+probe_tls() { # port -> "TLSv1.3 TLS_AES_256_GCM_SHA384, resumption yes|no"
+  local port=$1 sess=$WORK/probe-$1.sess out1 out2 proto cipher reused=no
+  local req="GET /probe HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+  out1=$( (sleep 0.3; printf "$req"; sleep 0.3) | timeout 10 "$OPENSSL" s_client -connect "127.0.0.1:$port" \
+    -noservername -cert "$P/client.crt" -key "$P/client.key" -CAfile "$P/bundle.pem" \
+    -sess_out "$sess" 2>/dev/null || true)
+  proto=$(sed -n 's/^ *Protocol *: *//p' <<<"$out1" | head -n1)
+  cipher=$(sed -n 's/^ *Cipher *: *//p' <<<"$out1" | head -n1)
+  if [[ -s $sess ]]; then
+    out2=$( (sleep 0.3; printf "$req"; sleep 0.3) | timeout 10 "$OPENSSL" s_client -connect "127.0.0.1:$port" \
+      -noservername -cert "$P/client.crt" -key "$P/client.key" -CAfile "$P/bundle.pem" \
+      -sess_in "$sess" 2>/dev/null || true)
+    grep -q '^Reused' <<<"$out2" && reused=yes
+  fi
+  echo "${proto:-?} ${cipher:-?}, session resumption: $reused"
+}
+
+for p in $PROXIES; do
+  url="https://127.0.0.1:${PORT[$p]}/sanity/x?y=1"
+  body=$("$CURL" -sS --max-time 5 "${CLIENT_TLS[@]}" -w '\n%{http_code}' "$url") \
+    || die "$p: request with a client certificate failed"
+  code=${body##*$'\n'}
+  [[ $code == 200 ]] || die "$p: with a client certificate got HTTP $code, expected 200: ${body%$'\n'*}"
+  [[ ${body%$'\n'*} == '{"ok":true}' ]] || die "$p: unexpected body '${body%$'\n'*}'"
+  code=$("$CURL" -s -o /dev/null --max-time 5 --cacert "$P/bundle.pem" -w '%{http_code}' "$url" || true)
+  [[ $code != 200 ]] || die "$p: a request without a client certificate was let through"
+  TLSINFO[$p]=$(probe_tls "${PORT[$p]}")
+  log "sanity $p: 200 with a client cert, rejected without (${code/000/handshake refused}); ${TLSINFO[$p]}"
+done
+
+# ---------------------------------------------------------------- measuring
+
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # pids... -> utime+stime summed
+  local t=0 pid v
+  for pid in "$@"; do
+    v=$(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')
+    t=$((t + v))
+  done
+  echo "$t"
+}
+hwm_kib() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
+
+RESULTS=$WORK/results.tsv   # mode round proxy ok rps p50 p99 cpu_us non200 errors
+RSS=$WORK/rss.tsv           # mode proxy kib
+: >"$RESULTS"
+: >"$RSS"
+
+run_oha() { # proxy mode duration outfile
+  local p=$1 mode=$2 dur=$3 out=$4 secs
+  local -a args=(--no-tui --output-format json -o "$out" -z "$dur" -c "$CONNS"
+    --worker-threads "$OHA_THREADS" "${CLIENT_TLS[@]}")
+  [[ $mode == newconn ]] && args+=(--disable-keepalive)
+  secs=$(dur_secs "$dur")
+  pin "$TASKSET_OHA" timeout -k 5 $((secs + 60)) "$OHA" "${args[@]}" "https://127.0.0.1:${PORT[$p]}/bench/item" \
+    >"$out.log" 2>&1 || { cat "$out.log" >&2; die "oha failed against $p"; }
+  alive "$p" || { tail -n 30 "${LOGF[$p]}" >&2; die "$p died during the run"; }
+}
+
+# shellcheck disable=SC2206
+proxy_list=($PROXIES)
+n_proxies=${#proxy_list[@]}
+slot=0
+for mode in $MODES; do
+  case $mode in
+    keepalive) log "mode keepalive: $CONNS keep-alive connections" ;;
+    newconn) log "mode newconn: $CONNS concurrent clients, a new TLS connection per request" ;;
+  esac
+  if [[ $WARMUP != 0 ]]; then
+    for p in "${proxy_list[@]}"; do
+      log "  warm-up $p ($WARMUP)"
+      run_oha "$p" "$mode" "$WARMUP" "$WORK/oha/$mode-warmup-$p.json"
+      sleep "$PAUSE"
+    done
+  fi
+  for ((r = 1; r <= ROUNDS; r++)); do
+    order=()
+    for ((i = 0; i < n_proxies; i++)); do order+=("${proxy_list[$(((i + slot) % n_proxies))]}"); done
+    slot=$((slot + 1))
+    for p in "${order[@]}"; do
+      out=$WORK/oha/$mode-r$r-$p.json
+      # shellcheck disable=SC2086
+      t0=$(cpu_ticks ${MEASURE[$p]})
+      run_oha "$p" "$mode" "$DURATION" "$out"
+      # shellcheck disable=SC2086
+      t1=$(cpu_ticks ${MEASURE[$p]})
+      row=$(jq -r --arg mode "$mode" --arg r "$r" --arg p "$p" --argjson ticks $((t1 - t0)) --argjson hz "$CLK_TCK" '
+        (.statusCodeDistribution["200"] // 0) as $ok
+        | ([.statusCodeDistribution | to_entries[] | select(.key != "200") | .value] | add // 0) as $non200
+        | ([.errorDistribution | to_entries[] | select(.key != "aborted due to deadline") | .value] | add // 0) as $errors
+        | [$mode, $r, $p, $ok, ($ok / .summary.total),
+           (.metrics.latency_ms.p50 // 0), (.metrics.latency_ms.p99 // 0),
+           (if $ok > 0 then $ticks / $hz * 1000000 / $ok else 0 end), $non200, $errors]
+        | @tsv' "$out")
+      printf '%s\n' "$row" >>"$RESULTS"
+      IFS=$'\t' read -r _ _ _ ok rps p50 p99 cpu non200 errors <<<"$row"
+      log "  round $r $p: $(printf '%.0f req/s  p50 %.2f ms  p99 %.2f ms  %.0f us CPU/req' "$rps" "$p50" "$p99" "$cpu")  non-200 $non200  errors $errors"
+      sleep "$PAUSE"
+    done
+  done
+  for p in "${proxy_list[@]}"; do
+    kib=0
+    for pid in ${MEASURE[$p]}; do
+      v=$(hwm_kib "$pid")
+      if ((v > kib)); then kib=$v; fi
+    done
+    printf '%s\t%s\t%s\n' "$mode" "$p" "$kib" >>"$RSS"
+  done
+done
+
+# ---------------------------------------------------------------- report
+
+median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+col() { awk -F'\t' -v m="$1" -v p="$2" -v c="$3" '$1 == m && $3 == p {print $c}' "$RESULTS"; }
+sum_col() { col "$@" | awk '{s += $1} END {print s + 0}'; }
+
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
+nginx_v=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
+haproxy_v=$("$HAPROXY" -v 2>&1 | head -n1 | awk '{print $3}')
+oha_v=$("$OHA" --version | awk '{print $2}')
+idgate_v="-"
+has_proxy idgate && idgate_v=$("$IDGATE_BIN" --version 2>/dev/null | head -n1 || echo "?")
+
+MD=$OUT_DIR/latest.md
+{
+  echo "### Run of $(date -u +'%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "- machine: $(nproc) CPUs ($cpu_model), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r)"
+  echo "- versions: idgate \`$idgate_v\` ($(basename "$IDGATE_BIN")), nginx $nginx_v, HAProxy $haproxy_v, oha $oha_v"
+  echo "- load: oha with $OHA_THREADS threads on the same machine, $CONNS connections, $DURATION per run, $ROUNDS interleaved rounds per mode (order rotated each round), ${WARMUP} warm-up; HTTP/1.1 GET, 11-byte JSON response"
+  for p in "${proxy_list[@]}"; do echo "- TLS with ${LABEL[$p]}: ${TLSINFO[$p]}"; done
+  for mode in $MODES; do
+    echo
+    case $mode in
+      keepalive) echo "#### Keep-alive: $CONNS persistent connections" ;;
+      newconn) echo "#### New connection per request: $CONNS concurrent clients (\`--disable-keepalive\`)" ;;
+    esac
+    echo
+    echo "| proxy | req/s (median) | p50 ms | p99 ms | peak RSS MiB | CPU µs/req | non-200 | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    declare -A M_RPS=() M_P99=()
+    for p in "${proxy_list[@]}"; do
+      rps=$(col "$mode" "$p" 5 | median)
+      p50=$(col "$mode" "$p" 6 | median)
+      p99=$(col "$mode" "$p" 7 | median)
+      cpu=$(col "$mode" "$p" 8 | median)
+      kib=$(awk -F'\t' -v m="$mode" -v p="$p" '$1 == m && $2 == p {print $3}' "$RSS")
+      M_RPS[$p]=$rps
+      M_P99[$p]=$p99
+      printf '| %s | %.0f | %.2f | %.2f | %.1f | %.0f | %s | %s |\n' "${LABEL[$p]}" "$rps" "$p50" "$p99" \
+        "$(awk -v k="$kib" 'BEGIN {print k / 1024}')" "$cpu" "$(sum_col "$mode" "$p" 9)" "$(sum_col "$mode" "$p" 10)"
+    done
+    if has_proxy idgate; then
+      echo
+      for p in "${proxy_list[@]}"; do
+        [[ $p == idgate ]] && continue
+        awk -v a="${M_RPS[idgate]}" -v b="${M_RPS[$p]}" -v c="${M_P99[idgate]}" -v d="${M_P99[$p]}" -v n="${LABEL[$p]}" \
+          'BEGIN {printf "- idgate / %s: req/s ×%.2f, p99 ×%.2f\n", n, (b > 0 ? a / b : 0), (d > 0 ? c / d : 0)}'
+      done
+    fi
+    echo
+    printf 'req/s per round:'
+    for ((r = 1; r <= ROUNDS; r++)); do
+      printf ' r%d' "$r"
+      for p in "${proxy_list[@]}"; do
+        printf ' %s %.0f' "${LABEL[$p]}" "$(awk -F'\t' -v m="$mode" -v r="$r" -v p="$p" '$1 == m && $2 == r && $3 == p {print $5}' "$RESULTS")"
+      done
+      if ((r < ROUNDS)); then printf ';'; fi
+    done
+    echo
+    unset M_RPS M_P99
+  done
+  echo
+  echo "Peak RSS is VmHWM, the process's high-water mark since start: the figure after the"
+  echo "new-connection mode includes the keep-alive mode before it. For nginx it is the worker's"
+  if [[ -n $NGINX_MASTER_PID ]]; then
+    echo "(the master's own peak was $(awk -v k="$(hwm_kib "$NGINX_MASTER_PID")" 'BEGIN {printf "%.1f", k / 1024}') MiB)."
+  else
+    echo "(the master is not counted)."
+  fi
+  echo "CPU µs/req is the proxy's user+system CPU time during the run divided by the 200 responses."
+  echo "\"errors\" excludes oha's \"aborted due to deadline\" (requests in flight when a run ends)."
+} >"$MD"
+
+echo
+cat "$MD"
+echo
+log "markdown summary: $MD; raw oha JSON: $WORK/oha/"

@@ -1,0 +1,219 @@
+//! Putting it together: [`Gateway::prepare`] builds everything a configuration describes
+//! without opening a socket (so `idgate check` and `idgate serve` agree on what is valid);
+//! [`Gateway::run`] binds, serves, reloads on SIGHUP and drains on shutdown.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use idgate_config::{ClientAuth, Config};
+use idgate_tls::{MaterialSpec, TlsMaterial, watch::spawn_watcher};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::listener::{ListenerShared, accept_loop, http_builder};
+use crate::pipeline::RequestIds;
+use crate::snapshot::Snapshot;
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A gateway ready to bind.
+pub struct Gateway {
+    config: Config,
+    provider: Arc<CryptoProvider>,
+    roots: Arc<RootCertStore>,
+    material: Arc<TlsMaterial>,
+    server_config: Arc<rustls::ServerConfig>,
+    snapshot: Snapshot,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("config", &self.config.file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where `run` listens, once bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub listener: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+}
+
+impl Gateway {
+    /// Loads the TLS material, the upstream clients and credentials. Blocking; every
+    /// problem is returned, each naming its file or section.
+    pub fn prepare(config: Config) -> Result<Self, Vec<String>> {
+        let provider = idgate_tls::crypto_provider();
+        let spec = MaterialSpec {
+            svid_cert: config.identity.svid_cert.clone(),
+            svid_key: config.identity.svid_key.clone(),
+            bundles: config.identity.trust_bundles.clone(),
+        };
+        let mut errors = Vec::new();
+        let material = TlsMaterial::load(spec, provider.clone())
+            .map_err(|errs| errors.extend(errs.into_iter().map(|e| format!("identity: {e}"))))
+            .ok();
+        let roots = crate::upstream::platform_roots();
+        let snapshot = Snapshot::build(&config, &roots, &provider)
+            .map_err(|errs| errors.extend(errs))
+            .ok();
+        let (Some(material), Some(snapshot)) = (material, snapshot) else {
+            return Err(errors);
+        };
+        let server_config = material
+            .server_config(
+                config.listener.tls_min_version,
+                config.listener.client_auth == ClientAuth::Required,
+            )
+            .map_err(|e| vec![format!("listener: {e}")])?;
+        Ok(Self {
+            config,
+            provider,
+            roots,
+            material: Arc::new(material),
+            server_config: Arc::new(server_config),
+            snapshot,
+        })
+    }
+
+    /// Binds the listener and the admin listener, then serves until `shutdown` completes;
+    /// `on_bound` learns the bound addresses (useful with port 0).
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+        on_bound: impl FnOnce(Bound),
+    ) -> std::io::Result<()> {
+        let cfg = &self.config;
+        let listener = TcpListener::bind(cfg.listener.bind).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("listener.bind {}: {e}", cfg.listener.bind),
+            )
+        })?;
+        let admin = TcpListener::bind(cfg.admin.bind).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("admin.bind {}: {e}", cfg.admin.bind))
+        })?;
+        let bound = Bound {
+            listener: listener.local_addr()?,
+            admin: admin.local_addr()?,
+        };
+
+        let snapshot = Arc::new(ArcSwap::from_pointee(self.snapshot));
+        let watch_handle = spawn_watcher(self.material.clone(), cfg.identity.poll_interval);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ready = Arc::new(AtomicBool::new(false));
+
+        tokio::spawn(reload_on_sighup(
+            cfg.file.clone(),
+            snapshot.clone(),
+            self.roots.clone(),
+            self.provider.clone(),
+            watch_handle,
+            stop_rx.clone(),
+        ));
+        let admin_task = tokio::spawn(crate::admin::serve_admin(
+            admin,
+            ready.clone(),
+            stop_rx.clone(),
+        ));
+
+        let shared = Arc::new(ListenerShared {
+            snapshot,
+            ids: Arc::new(RequestIds::new()),
+            acceptor: TlsAcceptor::from(self.server_config.clone()),
+            http: http_builder(&cfg.listener),
+            config: cfg.listener.clone(),
+        });
+        let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+        let accept = tokio::spawn(accept_loop(listener, shared, graceful.clone(), stop_rx));
+
+        tracing::info!(
+            listener = %bound.listener,
+            admin = %bound.admin,
+            workers = cfg.workers,
+            routes = cfg.routes.len(),
+            upstreams = cfg.upstreams.len(),
+            "idgate is serving"
+        );
+        ready.store(true, Ordering::Release);
+        on_bound(bound);
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        ready.store(false, Ordering::Release);
+        let _ = stop_tx.send(true);
+        let _ = accept.await;
+        // The accept loop has ended, so this is the last reference.
+        if let Ok(graceful) = Arc::try_unwrap(graceful) {
+            match tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await {
+                Ok(()) => tracing::info!("all connections drained"),
+                Err(_) => {
+                    tracing::warn!("drain timeout reached; closing the remaining connections")
+                }
+            }
+        }
+        let _ = admin_task.await;
+        Ok(())
+    }
+}
+
+/// SIGHUP: reload the TLS material now, and the routes and upstreams from the configuration
+/// file. A configuration that does not validate is logged and the running one stays.
+async fn reload_on_sighup(
+    file: PathBuf,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    material: idgate_tls::watch::WatchHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload only by file watch");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            s = hup.recv() => if s.is_none() { return },
+        }
+        tracing::info!("SIGHUP: reloading TLS material and configuration");
+        material.trigger();
+        let (file, roots, provider) = (file.clone(), roots.clone(), provider.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            let config = idgate_config::load(&file)
+                .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+            for w in &config.warnings {
+                tracing::warn!("{w}");
+            }
+            Snapshot::build(&config, &roots, &provider)
+        })
+        .await;
+        match built {
+            Ok(Ok(new)) => {
+                snapshot.store(Arc::new(new));
+                tracing::info!(
+                    "configuration reloaded: routes and upstreams replaced; listener, identity paths, admin and workers change only at restart"
+                );
+            }
+            Ok(Err(errors)) => {
+                for e in errors {
+                    tracing::error!(problem = %e, "configuration reload refused; the running configuration stays");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "configuration reload task failed"),
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The public listener: TCP accept, the TLS handshake (where the client's SVID is verified),
+//! then HTTP/1.1 or HTTP/2 on the connection, every request through the pipeline.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use idgate_config::ListenerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::pipeline::{ConnInfo, RequestIds, handle};
+use crate::snapshot::Snapshot;
+
+/// What every connection task of the listener shares.
+pub(crate) struct ListenerShared {
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(crate) ids: Arc<RequestIds>,
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) http: auto::Builder<TokioExecutor>,
+    pub(crate) config: ListenerConfig,
+}
+
+pub(crate) fn http_builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        // Also bounds how long an idle keep-alive connection may wait for its next request.
+        .header_read_timeout(cfg.idle_timeout)
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(cfg.idle_timeout))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    b
+}
+
+/// Accepts connections until `stop` turns true.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<ListenerShared>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %remote.ip(), "connection limit reached; closing new connection");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            serve_connection(tcp, remote, shared, watcher).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    remote: std::net::SocketAddr,
+    shared: Arc<ListenerShared>,
+    watcher: Watcher,
+) {
+    let handshake =
+        tokio::time::timeout(shared.config.handshake_timeout, shared.acceptor.accept(tcp)).await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(target: "idgate::tls", remote = %remote.ip(), error = %e, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(target: "idgate::tls", remote = %remote.ip(), "TLS handshake timed out");
+            return;
+        }
+    };
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        // Already verified in the handshake; this reads the ID back out of the leaf.
+        .and_then(|leaf| idgate_tls::leaf_spiffe_id(leaf).ok());
+    let remote_ip = HeaderValue::from_str(&remote.ip().to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let conn = Arc::new(ConnInfo {
+        peer,
+        remote,
+        remote_ip,
+    });
+
+    let service_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let snapshot = service_shared.snapshot.load_full();
+        let ids = service_shared.ids.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(snapshot, conn, ids, req).await) }
+    });
+    let connection = shared.http.serve_connection(TokioIo::new(tls), service);
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(remote = %remote.ip(), error = %e, "connection ended with an error");
+    }
+}

@@ -1,0 +1,429 @@
+//! The request's way through the gateway, in one place:
+//!
+//! ```text
+//!   connection  (listener.rs)  TLS handshake; the client's X.509-SVID verified against the
+//!                              bundle of its own trust domain → peer SPIFFE ID
+//!   1. path       refuse paths that could be read differently here and upstream
+//!   2. route      method + path template → route      (404 / 405, before any auth detail)
+//!   3. authenticate  the connection's SPIFFE ID → Caller (401 without a certificate)
+//!   4. authorize  the route's allow list                (403, default deny)
+//!   5. forward    strip hop-by-hop headers and the caller's credentials, inject the
+//!                 upstream credential, set x-request-id and x-forwarded-for, call the
+//!                 upstream with its timeouts                  (502 / 504)
+//!   6. respond    strip hop-by-hop headers, return x-request-id; one access-log line
+//! ```
+//!
+//! Each stage is a small function that either hands on or returns a [`Refusal`]; only
+//! `problem.rs` turns a refusal into a response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use idgate_tls::SpiffeId;
+
+use crate::problem::Refusal;
+use crate::routes::{Route, RouteMiss};
+use crate::snapshot::Snapshot;
+use crate::upstream::Upstream;
+
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What the connection established, shared by all its requests.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: Option<SpiffeId>,
+    pub remote: SocketAddr,
+    /// The client's IP as a header value, made once per connection for `x-forwarded-for`.
+    pub remote_ip: HeaderValue,
+}
+
+/// The authenticated caller. Later layers (API keys, OAuth2) add their identities here.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub spiffe_id: SpiffeId,
+}
+
+/// Request IDs: a random per-process prefix and a counter — unique, cheap, unguessable
+/// across restarts.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new() -> Self {
+        let mut seed = [0u8; 16];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
+        let (a, b) = seed.split_at(8);
+        Self {
+            prefix: u64::from_le_bytes(a.try_into().unwrap_or_default()),
+            counter: AtomicU64::new(u64::from_le_bytes(b.try_into().unwrap_or_default())),
+        }
+    }
+
+    fn next(&self) -> HeaderValue {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 32];
+        hex_into(&mut buf[..16], self.prefix);
+        hex_into(&mut buf[16..], n);
+        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn hex_into(out: &mut [u8], v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+/// A caller's own request id is kept when it is short and plain, so it can tie their logs
+/// to ours; anything else is replaced.
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    (1..=128).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Runs one request through the pipeline. Never fails: refusals become problem responses.
+pub async fn handle(
+    snapshot: Arc<Snapshot>,
+    conn: Arc<ConnInfo>,
+    ids: Arc<RequestIds>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => ids.next(),
+    };
+    let method = req.method().clone();
+    let version = req.version();
+    let mut route_name = "-";
+    let mut upstream_status = None;
+
+    let result = async {
+        check_path(req.uri())?;
+        let route = route(&snapshot, &req)?;
+        route_name = route.name.as_str();
+        let caller = authenticate(&conn)?;
+        authorize(route, &caller)?;
+        let upstream = &snapshot.upstreams[route.upstream];
+        let resp = forward(upstream, &snapshot.strip_headers, &conn, &request_id, req).await?;
+        upstream_status = Some(resp.status().as_u16());
+        Ok::<_, Refusal>(respond(resp))
+    }
+    .await;
+
+    let request_id_str = request_id.to_str().unwrap_or("-");
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(refusal) => {
+            if let Some(reason) = refusal.log_reason() {
+                tracing::warn!(
+                    request_id = request_id_str,
+                    route = route_name,
+                    problem = refusal.slug(),
+                    reason,
+                    "request refused"
+                );
+            }
+            refusal.into_response(request_id_str).map(Either::Right)
+        }
+    };
+    let status = resp.status().as_u16();
+    tracing::info!(
+        target: "idgate::access",
+        request_id = request_id_str,
+        peer = conn.peer.as_ref().map_or("-", |p| p.as_str()),
+        remote = %conn.remote.ip(),
+        method = method.as_str(),
+        version = ?version,
+        route = route_name,
+        status,
+        upstream_status,
+        latency_us = start.elapsed().as_micros() as u64,
+        "request"
+    );
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    resp
+}
+
+/// Stage 1. The path is forwarded byte for byte, so it must mean one thing only: no `.` or
+/// `..` segments, no empty segments, no backslashes and no percent-encoded `/`, `\` or `.`,
+/// which an upstream might decode into a path other than the one that was routed.
+fn check_path(uri: &Uri) -> Result<(), Refusal> {
+    let path = uri.path();
+    if !path.starts_with('/') {
+        return Err(Refusal::NoRoute);
+    }
+    let bytes = path.as_bytes();
+    if bytes.contains(&b'\\') {
+        return Err(Refusal::AmbiguousPath);
+    }
+    let mut i = 0;
+    while let Some(p) = bytes[i..].iter().position(|&b| b == b'%') {
+        let at = i + p;
+        let code = bytes
+            .get(at + 1..at + 3)
+            .map(|h| [h[0].to_ascii_lowercase(), h[1].to_ascii_lowercase()]);
+        match code {
+            Some([b'2', b'f'] | [b'5', b'c'] | [b'2', b'e']) => return Err(Refusal::AmbiguousPath),
+            Some([a, b]) if a.is_ascii_hexdigit() && b.is_ascii_hexdigit() => {}
+            _ => return Err(Refusal::AmbiguousPath),
+        }
+        i = at + 1;
+    }
+    // Segments between slashes; a trailing slash is fine (the templates use them).
+    let inner = &path[1..];
+    let inner = inner.strip_suffix('/').unwrap_or(inner);
+    if !inner.is_empty()
+        && inner
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(Refusal::AmbiguousPath);
+    }
+    Ok(())
+}
+
+/// Stage 2.
+fn route<'s>(snapshot: &'s Snapshot, req: &Request<Incoming>) -> Result<&'s Route, Refusal> {
+    snapshot
+        .routes
+        .find(req.method(), req.uri().path())
+        .map_err(|miss| match miss {
+            RouteMiss::NoPath => Refusal::NoRoute,
+            RouteMiss::WrongMethod(allow) => Refusal::MethodNotAllowed {
+                allow: allow.clone(),
+            },
+        })
+}
+
+/// Stage 3. Today every route needs the connection's verified SPIFFE ID.
+fn authenticate(conn: &ConnInfo) -> Result<Caller, Refusal> {
+    conn.peer
+        .clone()
+        .map(|spiffe_id| Caller { spiffe_id })
+        .ok_or(Refusal::NoClientCertificate)
+}
+
+/// Stage 4. Default deny.
+fn authorize(route: &Route, caller: &Caller) -> Result<(), Refusal> {
+    if route.allows(&caller.spiffe_id) {
+        Ok(())
+    } else {
+        Err(Refusal::NotAllowed)
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+        &header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Stage 5.
+async fn forward(
+    upstream: &Upstream,
+    strip: &[HeaderName],
+    conn: &ConnInfo,
+    request_id: &HeaderValue,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, Refusal> {
+    let (mut parts, body) = req.into_parts();
+
+    let path_and_query = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let path_and_query = if upstream.base_path.is_empty() {
+        PathAndQuery::try_from(path_and_query)
+    } else {
+        PathAndQuery::try_from(format!("{}{}", upstream.base_path, path_and_query))
+    }
+    .map_err(|e| Refusal::Internal {
+        reason: format!("cannot build upstream path: {e}"),
+    })?;
+    parts.uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| Refusal::Internal {
+            reason: format!("cannot build upstream URI: {e}"),
+        })?;
+    // The client picks HTTP/1.1 or HTTP/2 for the upstream connection by ALPN.
+    parts.version = Version::HTTP_11;
+
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h);
+    // The caller's credentials are for the gateway, never for the provider.
+    for name in strip {
+        h.remove(name);
+    }
+    // The Host is the upstream's, set by the client from the URI.
+    h.remove(header::HOST);
+    if let Some(cred) = &upstream.credential {
+        h.insert(cred.header.clone(), cred.value.clone());
+    }
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    append_forwarded_for(h, &conn.remote_ip);
+
+    let req = Request::from_parts(parts, body);
+    match tokio::time::timeout(upstream.request_timeout, upstream.client.request(req)).await {
+        Err(_) => Err(Refusal::UpstreamTimeout),
+        // A connect failure, including a connect timeout, means the upstream is unreachable.
+        Ok(Err(e)) => Err(Refusal::UpstreamUnreachable {
+            reason: format!("upstream {}: {}", upstream.name, error_chain(&e)),
+        }),
+        Ok(Ok(resp)) => Ok(resp),
+    }
+}
+
+fn append_forwarded_for(h: &mut HeaderMap, ip: &HeaderValue) {
+    let prior: Vec<&[u8]> = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if prior.is_empty() {
+        h.insert(X_FORWARDED_FOR.clone(), ip.clone());
+        return;
+    }
+    let mut joined = Vec::with_capacity(64);
+    for p in prior {
+        joined.extend_from_slice(p);
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(ip.as_bytes());
+    match HeaderValue::from_bytes(&joined) {
+        Ok(v) => {
+            h.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        Err(_) => {
+            h.insert(X_FORWARDED_FOR.clone(), ip.clone());
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
+}
+
+/// Stage 6.
+fn respond(resp: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Either::Left(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(s: &str) -> Uri {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for bad in [
+            "/v3/session/../admin",
+            "/v3/./session/",
+            "/v3//session/",
+            "/v3/session/%2e%2e/x",
+            "/v3/session%2Fx",
+            "/v3/a%5cb",
+            "/v3/a\\b",
+            "/v3/a%zz",
+            "/v3/a%2",
+        ] {
+            assert!(
+                matches!(check_path(&uri(bad)), Err(Refusal::AmbiguousPath)),
+                "{bad}"
+            );
+        }
+        for good in [
+            "/",
+            "/v3/session/",
+            "/v3/session/abc-123/decision/",
+            "/a%20b",
+            "/v3/sessions/?page=2",
+        ] {
+            assert!(check_path(&uri(good)).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_chars_and_distinct() {
+        let ids = RequestIds::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        assert!(valid_request_id(&a));
+        assert!(!valid_request_id(&HeaderValue::from_static("a b")));
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,172 @@
+//! The one mapping from "why the gateway answers itself" to an RFC 9457
+//! `application/problem+json` response. No stage invents a status code of its own: each
+//! returns a [`Refusal`], and only this module turns it into bytes.
+//!
+//! Details tell the caller what to fix. They never name files, upstream addresses, internal
+//! errors or secret values; those go to the log through [`Refusal::log_reason`].
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+/// Where problem `type` URIs point; each is described in `docs/problems.md`.
+pub const PROBLEM_BASE: &str = "https://idgate.dev/problems/";
+
+/// A request the gateway ends itself.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The path has dot segments, encoded slashes or other forms that could be read one way
+    /// here and another way upstream.
+    AmbiguousPath,
+    NoRoute,
+    MethodNotAllowed {
+        allow: HeaderValue,
+    },
+    /// The route needs a client certificate and the connection has none.
+    NoClientCertificate,
+    /// The caller is authenticated but not on the route's allow list.
+    NotAllowed,
+    UpstreamUnreachable {
+        reason: String,
+    },
+    UpstreamTimeout,
+    /// The upstream credential could not be produced.
+    CredentialUnavailable {
+        reason: String,
+    },
+    Internal {
+        reason: String,
+    },
+}
+
+struct Kind {
+    status: StatusCode,
+    slug: &'static str,
+    title: &'static str,
+}
+
+impl Refusal {
+    fn kind(&self) -> Kind {
+        let (status, slug, title) = match self {
+            Self::AmbiguousPath => (
+                StatusCode::BAD_REQUEST,
+                "ambiguous-path",
+                "Ambiguous request path",
+            ),
+            Self::NoRoute => (StatusCode::NOT_FOUND, "no-route", "No such route"),
+            Self::MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            Self::NoClientCertificate => (
+                StatusCode::UNAUTHORIZED,
+                "client-certificate-required",
+                "Client certificate required",
+            ),
+            Self::NotAllowed => (StatusCode::FORBIDDEN, "forbidden", "Caller not allowed"),
+            Self::UpstreamUnreachable { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream-unreachable",
+                "Upstream unreachable",
+            ),
+            Self::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream-timeout",
+                "Upstream timed out",
+            ),
+            Self::CredentialUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "credential-unavailable",
+                "Upstream credential unavailable",
+            ),
+            Self::Internal { .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        };
+        Kind {
+            status,
+            slug,
+            title,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.kind().status
+    }
+
+    /// What the caller is told.
+    fn detail(&self) -> &'static str {
+        match self {
+            Self::AmbiguousPath => {
+                "The path contains '.' or '..' segments, an empty segment, a backslash or a percent-encoded '/', '\\' or '.'; send the normalized path."
+            }
+            Self::NoRoute => "No route matches this path.",
+            Self::MethodNotAllowed { .. } => {
+                "This route does not accept this method; see the Allow header."
+            }
+            Self::NoClientCertificate => {
+                "This route requires a client certificate (an X.509-SVID) on the TLS connection."
+            }
+            Self::NotAllowed => "Your workload identity is not allowed to use this route.",
+            Self::UpstreamUnreachable { .. } => {
+                "The upstream service could not be reached. Retry later."
+            }
+            Self::UpstreamTimeout => "The upstream service did not answer in time. Retry later.",
+            Self::CredentialUnavailable { .. } => {
+                "The gateway cannot authenticate to the upstream service right now. Retry later."
+            }
+            Self::Internal { .. } => "The gateway failed to handle the request.",
+        }
+    }
+
+    /// What the log is told, beyond the caller's detail. Never holds a secret value.
+    pub fn log_reason(&self) -> Option<&str> {
+        match self {
+            Self::UpstreamUnreachable { reason }
+            | Self::CredentialUnavailable { reason }
+            | Self::Internal { reason } => Some(reason),
+            _ => None,
+        }
+    }
+
+    pub fn slug(&self) -> &'static str {
+        self.kind().slug
+    }
+
+    /// Renders the problem; `request_id` is echoed so a caller can quote it to an operator.
+    pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
+        let kind = self.kind();
+        let body = serde_json::json!({
+            "type": format!("{PROBLEM_BASE}{}", kind.slug),
+            "title": kind.title,
+            "status": kind.status.as_u16(),
+            "detail": self.detail(),
+            "request_id": request_id,
+        });
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+        *resp.status_mut() = kind.status;
+        let h = resp.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Self::MethodNotAllowed { allow } = self {
+            h.insert(ALLOW, allow);
+        }
+        if kind.status == StatusCode::UNAUTHORIZED {
+            // RFC 9110 requires a challenge on 401; mutual TLS has no HTTP scheme, so the
+            // challenge names the transport requirement.
+            h.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("MutualTLS realm=\"idgate\""),
+            );
+        }
+        resp
+    }
+}

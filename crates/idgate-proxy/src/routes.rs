@@ -1,0 +1,110 @@
+//! The route table: path templates matched by `matchit`, then the method within the path.
+//! Built once per configuration snapshot; matching allocates nothing.
+
+use std::collections::HashMap;
+
+use http::Method;
+use http::header::HeaderValue;
+use idgate_config::RouteConfig;
+use idgate_tls::{SpiffeId, SpiffeIdPattern};
+
+/// One route, ready for the pipeline.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub template: String,
+    pub upstream: usize,
+    pub allow: Vec<SpiffeIdPattern>,
+}
+
+impl Route {
+    /// Default deny: only an identity on the allow list passes.
+    pub fn allows(&self, id: &SpiffeId) -> bool {
+        self.allow.iter().any(|p| p.matches(id))
+    }
+}
+
+#[derive(Debug)]
+struct PathEntry {
+    by_method: Vec<(Method, usize)>,
+    /// The `Allow` header for a 405 on this path.
+    allow_header: HeaderValue,
+}
+
+/// Why no route was found.
+#[derive(Debug)]
+pub enum RouteMiss<'a> {
+    NoPath,
+    WrongMethod(&'a HeaderValue),
+}
+
+#[derive(Debug)]
+pub struct RouteTable {
+    router: matchit::Router<usize>,
+    paths: Vec<PathEntry>,
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Builds the table from validated routes (the configuration already refused conflicts).
+    pub fn new(configs: &[RouteConfig]) -> Result<Self, String> {
+        let mut router = matchit::Router::new();
+        let mut paths: Vec<PathEntry> = Vec::new();
+        let mut path_index: HashMap<&str, usize> = HashMap::new();
+        let mut routes = Vec::with_capacity(configs.len());
+        for (i, rc) in configs.iter().enumerate() {
+            let p = match path_index.get(rc.path.as_str()) {
+                Some(&p) => p,
+                None => {
+                    router
+                        .insert(rc.path.as_str(), paths.len())
+                        .map_err(|e| format!("route {}: {e}", rc.name))?;
+                    path_index.insert(rc.path.as_str(), paths.len());
+                    paths.push(PathEntry {
+                        by_method: Vec::new(),
+                        allow_header: HeaderValue::from_static(""),
+                    });
+                    paths.len() - 1
+                }
+            };
+            paths[p]
+                .by_method
+                .extend(rc.methods.iter().map(|m| (m.clone(), i)));
+            routes.push(Route {
+                name: rc.name.clone(),
+                template: rc.path.clone(),
+                upstream: rc.upstream,
+                allow: rc.allow.clone(),
+            });
+        }
+        for entry in &mut paths {
+            let list = entry
+                .by_method
+                .iter()
+                .map(|(m, _)| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            entry.allow_header = HeaderValue::from_str(&list).map_err(|e| e.to_string())?;
+        }
+        Ok(Self {
+            router,
+            paths,
+            routes,
+        })
+    }
+
+    pub fn find(&self, method: &Method, path: &str) -> Result<&Route, RouteMiss<'_>> {
+        let m = self.router.at(path).map_err(|_| RouteMiss::NoPath)?;
+        let entry = &self.paths[*m.value];
+        entry
+            .by_method
+            .iter()
+            .find(|(rm, _)| rm == method)
+            .map(|&(_, r)| &self.routes[r])
+            .ok_or(RouteMiss::WrongMethod(&entry.allow_header))
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}

@@ -1,0 +1,163 @@
+//! Upstream services: a pooled HTTP/1.1 and HTTP/2 client per upstream (rustls, the
+//! platform's roots plus the upstream's own `ca`), its timeouts and its credential.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use idgate_config::UpstreamConfig;
+use idgate_secrets::{ExposeSecret, check_header_safe};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+
+/// The credential injected into every request to the upstream.
+pub struct Credential {
+    pub header: HeaderName,
+    /// Marked sensitive: HTTP/2 never puts it in a compression table and `Debug` hides it.
+    pub value: HeaderValue,
+    /// Where the secret came from, for logs (`env:DIDIT_API_KEY`), never the value.
+    pub source: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("header", &self.header)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    pub base_path: String,
+    pub request_timeout: Duration,
+    pub credential: Option<Credential>,
+    pub client: UpstreamClient,
+}
+
+/// The platform's trusted roots, read once per process.
+pub fn platform_roots() -> Arc<RootCertStore> {
+    let mut store = RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for err in &found.errors {
+        tracing::debug!(error = %err, "skipping an unreadable platform root");
+    }
+    let (added, _ignored) = store.add_parsable_certificates(found.certs);
+    if added == 0 {
+        tracing::warn!(
+            "no platform root certificates found; only upstreams with their own `ca` will verify"
+        );
+    }
+    Arc::new(store)
+}
+
+fn load_ca(path: &Path, store: &mut RootCertStore) -> Result<(), String> {
+    let mut n = 0;
+    for cert in
+        CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?
+    {
+        let cert = cert.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+        store
+            .add(cert)
+            .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(format!("{}: no CERTIFICATE block found", path.display()));
+    }
+    Ok(())
+}
+
+impl Upstream {
+    /// Builds the client and resolves the credential. Blocking (reads files and secrets).
+    pub fn new(
+        cfg: &UpstreamConfig,
+        roots: &Arc<RootCertStore>,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, String> {
+        let key = format!("upstream {}", cfg.name);
+        let mut store = RootCertStore::clone(roots);
+        if let Some(ca) = &cfg.ca {
+            load_ca(ca, &mut store).map_err(|e| format!("{key}: ca: {e}"))?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("{key}: {e}"))?
+            .with_root_certificates(store)
+            .with_no_client_auth();
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle)
+            .build(connector);
+
+        let credential = match &cfg.credential {
+            None => None,
+            Some(c) => {
+                let secret = c
+                    .secret
+                    .resolve()
+                    .map_err(|e| format!("{key}: credential: {e}"))?;
+                check_header_safe(&c.secret, &secret)
+                    .map_err(|e| format!("{key}: credential: {e}"))?;
+                let mut raw = zeroize::Zeroizing::new(Vec::with_capacity(
+                    c.prefix.len() + secret.expose_secret().len(),
+                ));
+                raw.extend_from_slice(c.prefix.as_bytes());
+                raw.extend_from_slice(secret.expose_secret().as_bytes());
+                let mut value = HeaderValue::from_bytes(&raw).map_err(|_| {
+                    format!("{key}: credential: the value is not a valid header value")
+                })?;
+                value.set_sensitive(true);
+                Some(Credential {
+                    header: c.header.clone(),
+                    value,
+                    source: c.secret.to_string(),
+                })
+            }
+        };
+
+        let authority = cfg
+            .origin
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("{key}: the URL has no host"))?;
+        let scheme = cfg.origin.scheme().cloned().unwrap_or(Scheme::HTTPS);
+        Ok(Self {
+            name: cfg.name.clone(),
+            scheme,
+            authority,
+            base_path: cfg.base_path.clone(),
+            request_timeout: cfg.request_timeout,
+            credential,
+            client,
+        })
+    }
+}
