@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `idgate` binary, real TLS, real sockets on loopback.
+
+mod support;
+
+mod cli;
+mod clients;
+mod proxy;
+mod rotation;
+mod smoke;
+mod spiffe;
