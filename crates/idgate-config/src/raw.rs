@@ -72,16 +72,40 @@ pub(crate) struct Upstream {
     #[serde(default)]
     pub(crate) pool_max_idle: Option<u32>,
     #[serde(default)]
+    pub(crate) max_body_bytes: Option<u64>,
+    #[serde(default)]
     pub(crate) credential: Option<Credential>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Credential {
-    pub(crate) header: String,
-    pub(crate) secret: String,
+    #[serde(default)]
+    pub(crate) scheme: Option<String>,
+    #[serde(default)]
+    pub(crate) label: Option<String>,
+    #[serde(default)]
+    pub(crate) header: Option<String>,
     #[serde(default)]
     pub(crate) prefix: Option<String>,
+    #[serde(default)]
+    pub(crate) secret: Option<String>,
+    #[serde(default)]
+    pub(crate) app_token: Option<String>,
+    #[serde(default)]
+    pub(crate) client: Option<String>,
+    #[serde(default)]
+    pub(crate) token_url: Option<String>,
+    #[serde(default)]
+    pub(crate) client_id: Option<String>,
+    #[serde(default)]
+    pub(crate) client_secret: Option<String>,
+    #[serde(default)]
+    pub(crate) scope: Option<String>,
+    #[serde(default)]
+    pub(crate) refresh_interval: Option<String>,
+    #[serde(default)]
+    pub(crate) overlap: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,5 +1,6 @@
 //! The admin listener (loopback by default): `/healthz` says the process is alive,
-//! `/readyz` says it is ready for traffic (listener bound, material loaded, not draining).
+//! `/readyz` says it is ready for traffic (listener bound, material loaded, not draining),
+//! `/metrics` serves Prometheus metrics.
 //! Never served on the public listener.
 
 use std::convert::Infallible;
@@ -16,6 +17,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::metrics::Metrics;
+
 fn json(
     status: StatusCode,
     body: &'static str,
@@ -28,7 +31,7 @@ fn json(
     resp
 }
 
-fn route(req: &Request<Incoming>, ready: &AtomicBool) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, ready: &AtomicBool, metrics: &Metrics) -> Response<Full<Bytes>> {
     const JSON: &str = "application/json";
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json(
@@ -39,6 +42,16 @@ fn route(req: &Request<Incoming>, ready: &AtomicBool) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#, JSON),
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(metrics.encode())));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
         "/readyz" if ready.load(Ordering::Acquire) => {
             json(StatusCode::OK, r#"{"status":"ready"}"#, JSON)
         }
@@ -58,6 +71,7 @@ fn route(req: &Request<Incoming>, ready: &AtomicBool) -> Response<Full<Bytes>> {
 pub(crate) async fn serve_admin(
     listener: TcpListener,
     ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -73,9 +87,10 @@ pub(crate) async fn serve_admin(
             },
         };
         let ready = ready.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let resp = route(&req, &ready);
+                let resp = route(&req, &ready, &metrics);
                 async move { Ok::<_, Infallible>(resp) }
             });
             let _ = hyper::server::conn::http1::Builder::new()

@@ -18,7 +18,8 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::listener::{ListenerShared, accept_loop, http_builder};
-use crate::pipeline::RequestIds;
+use crate::metrics::Metrics;
+use crate::pipeline::Services;
 use crate::snapshot::Snapshot;
 
 /// How long in-flight requests get to finish after a shutdown signal.
@@ -108,6 +109,8 @@ impl Gateway {
             admin: admin.local_addr()?,
         };
 
+        let services = Arc::new(Services::default());
+        self.snapshot.start_background(&services.metrics);
         let snapshot = Arc::new(ArcSwap::from_pointee(self.snapshot));
         let watch_handle = spawn_watcher(self.material.clone(), cfg.identity.poll_interval);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -119,17 +122,19 @@ impl Gateway {
             self.roots.clone(),
             self.provider.clone(),
             watch_handle,
+            services.metrics.clone(),
             stop_rx.clone(),
         ));
         let admin_task = tokio::spawn(crate::admin::serve_admin(
             admin,
             ready.clone(),
+            services.metrics.clone(),
             stop_rx.clone(),
         ));
 
         let shared = Arc::new(ListenerShared {
             snapshot,
-            ids: Arc::new(RequestIds::new()),
+            services,
             acceptor: TlsAcceptor::from(self.server_config.clone()),
             http: http_builder(&cfg.listener),
             config: cfg.listener.clone(),
@@ -175,6 +180,7 @@ async fn reload_on_sighup(
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
     material: idgate_tls::watch::WatchHandle,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -203,6 +209,7 @@ async fn reload_on_sighup(
         .await;
         match built {
             Ok(Ok(new)) => {
+                new.start_background(&metrics);
                 snapshot.store(Arc::new(new));
                 tracing::info!(
                     "configuration reloaded: routes and upstreams replaced; listener, identity paths, admin and workers change only at restart"

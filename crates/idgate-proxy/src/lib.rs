@@ -2,8 +2,11 @@
 //! upstream client, the admin listener and reloads.
 
 pub mod admin;
+pub mod credential;
 pub mod gateway;
 pub mod listener;
+pub mod metrics;
+pub mod oauth2;
 pub mod pipeline;
 pub mod problem;
 pub mod routes;

@@ -15,13 +15,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::pipeline::{ConnInfo, RequestIds, handle};
+use crate::pipeline::{ConnInfo, Services, handle};
 use crate::snapshot::Snapshot;
 
 /// What every connection task of the listener shares.
 pub(crate) struct ListenerShared {
     pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
-    pub(crate) ids: Arc<RequestIds>,
+    pub(crate) services: Arc<Services>,
     pub(crate) acceptor: TlsAcceptor,
     pub(crate) http: auto::Builder<TokioExecutor>,
     pub(crate) config: ListenerConfig,
@@ -117,9 +117,9 @@ async fn serve_connection(
     let service_shared = shared.clone();
     let service = service_fn(move |req| {
         let snapshot = service_shared.snapshot.load_full();
-        let ids = service_shared.ids.clone();
+        let services = service_shared.services.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(snapshot, conn, ids, req).await) }
+        async move { Ok::<_, Infallible>(handle(snapshot, conn, services, req).await) }
     });
     let connection = shared.http.serve_connection(TokioIo::new(tls), service);
     if let Err(e) = watcher.watch(connection).await {

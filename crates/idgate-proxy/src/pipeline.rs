@@ -7,9 +7,10 @@
 //!   2. route      method + path template → route      (404 / 405, before any auth detail)
 //!   3. authenticate  the connection's SPIFFE ID → Caller (401 without a certificate)
 //!   4. authorize  the route's allow list                (403, default deny)
-//!   5. forward    strip hop-by-hop headers and the caller's credentials, inject the
-//!                 upstream credential, set x-request-id and x-forwarded-for, call the
-//!                 upstream with its timeouts                  (502 / 504)
+//!   5. forward    strip hop-by-hop headers and the caller's credentials, inject or sign
+//!                 with the upstream credential (503 when it cannot be produced), set
+//!                 x-request-id and x-forwarded-for, call the upstream with its timeouts
+//!                                                             (502 / 504)
 //!   6. respond    strip hop-by-hop headers, return x-request-id; one access-log line
 //! ```
 //!
@@ -29,6 +30,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use idgate_tls::SpiffeId;
 
+use crate::metrics::Metrics;
 use crate::problem::Refusal;
 use crate::routes::{Route, RouteMiss};
 use crate::snapshot::Snapshot;
@@ -106,22 +108,30 @@ fn valid_request_id(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
 }
 
+/// What every request shares, whatever the configuration snapshot.
+#[derive(Debug, Default)]
+pub struct Services {
+    pub ids: RequestIds,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Runs one request through the pipeline. Never fails: refusals become problem responses.
 pub async fn handle(
     snapshot: Arc<Snapshot>,
     conn: Arc<ConnInfo>,
-    ids: Arc<RequestIds>,
+    services: Arc<Services>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if valid_request_id(v) => v.clone(),
-        _ => ids.next(),
+        _ => services.ids.next(),
     };
     let method = req.method().clone();
     let version = req.version();
     let mut route_name = "-";
     let mut upstream_status = None;
+    let mut credential: Option<(&str, Arc<str>)> = None;
 
     let result = async {
         check_path(req.uri())?;
@@ -130,7 +140,17 @@ pub async fn handle(
         let caller = authenticate(&conn)?;
         authorize(route, &caller)?;
         let upstream = &snapshot.upstreams[route.upstream];
-        let resp = forward(upstream, &snapshot.strip_headers, &conn, &request_id, req).await?;
+        let resp = forward(
+            upstream,
+            &snapshot.strip_headers,
+            &conn,
+            &request_id,
+            start,
+            &services.metrics,
+            &mut credential,
+            req,
+        )
+        .await?;
         upstream_status = Some(resp.status().as_u16());
         Ok::<_, Refusal>(respond(resp))
     }
@@ -163,9 +183,12 @@ pub async fn handle(
         route = route_name,
         status,
         upstream_status,
+        credential = credential.as_ref().map(|c| c.0),
+        credential_version = credential.as_ref().map(|c| &*c.1),
         latency_us = start.elapsed().as_micros() as u64,
         "request"
     );
+    services.metrics.request(route_name, status);
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     resp
 }
@@ -266,11 +289,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Stage 5.
-async fn forward(
-    upstream: &Upstream,
+#[allow(clippy::too_many_arguments)]
+async fn forward<'u>(
+    upstream: &'u Upstream,
     strip: &[HeaderName],
     conn: &ConnInfo,
     request_id: &HeaderValue,
+    started: Instant,
+    metrics: &Metrics,
+    used: &mut Option<(&'u str, Arc<str>)>,
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, Refusal> {
     let (mut parts, body) = req.into_parts();
@@ -303,11 +330,38 @@ async fn forward(
     }
     // The Host is the upstream's, set by the client from the URI.
     h.remove(header::HOST);
-    if let Some(cred) = &upstream.credential {
-        h.insert(cred.header.clone(), cred.value.clone());
-    }
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
     append_forwarded_for(h, &conn.remote_ip);
+
+    let body = match &upstream.credential {
+        None => Either::Left(body),
+        Some(cred) => {
+            // Signature schemes cover the body, so it is read whole (bounded) first.
+            let (body, bytes) = if cred.needs_body() {
+                let bytes = read_body(body, upstream.max_body_bytes).await?;
+                (Either::Right(Full::new(bytes.clone())), bytes)
+            } else {
+                (Either::Left(body), Bytes::new())
+            };
+            let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+            match cred
+                .apply(started, &parts.method, pq, &bytes, &mut parts.headers)
+                .await
+            {
+                Ok(u) => {
+                    metrics.credential_used(&cred.label, &u.version);
+                    *used = Some((cred.label.as_str(), u.version));
+                }
+                Err(e) => {
+                    metrics.credential_failed(&cred.label);
+                    return Err(Refusal::CredentialUnavailable {
+                        reason: e.to_string(),
+                    });
+                }
+            }
+            body
+        }
+    };
 
     let req = Request::from_parts(parts, body);
     match tokio::time::timeout(upstream.request_timeout, upstream.client.request(req)).await {
@@ -317,6 +371,21 @@ async fn forward(
             reason: format!("upstream {}: {}", upstream.name, error_chain(&e)),
         }),
         Ok(Ok(resp)) => Ok(resp),
+    }
+}
+
+async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, Refusal> {
+    use http_body::Body as _;
+    if body.size_hint().lower() > limit {
+        return Err(Refusal::BodyTooLarge);
+    }
+    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match http_body_util::BodyExt::collect(limited).await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::BodyTooLarge),
+        Err(e) => Err(Refusal::BadBody {
+            reason: e.to_string(),
+        }),
     }
 }
 

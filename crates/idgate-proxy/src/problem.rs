@@ -27,6 +27,12 @@ pub enum Refusal {
     NoClientCertificate,
     /// The caller is authenticated but not on the route's allow list.
     NotAllowed,
+    /// The body is larger than the upstream accepts for signing.
+    BodyTooLarge,
+    /// The body could not be read from the caller.
+    BadBody {
+        reason: String,
+    },
     UpstreamUnreachable {
         reason: String,
     },
@@ -66,6 +72,16 @@ impl Refusal {
                 "Client certificate required",
             ),
             Self::NotAllowed => (StatusCode::FORBIDDEN, "forbidden", "Caller not allowed"),
+            Self::BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body too large",
+            ),
+            Self::BadBody { .. } => (
+                StatusCode::BAD_REQUEST,
+                "bad-body",
+                "Unreadable request body",
+            ),
             Self::UpstreamUnreachable { .. } => (
                 StatusCode::BAD_GATEWAY,
                 "upstream-unreachable",
@@ -112,6 +128,8 @@ impl Refusal {
                 "This route requires a client certificate (an X.509-SVID) on the TLS connection."
             }
             Self::NotAllowed => "Your workload identity is not allowed to use this route.",
+            Self::BodyTooLarge => "The request body is larger than this route accepts.",
+            Self::BadBody { .. } => "The request body could not be read completely.",
             Self::UpstreamUnreachable { .. } => {
                 "The upstream service could not be reached. Retry later."
             }
@@ -128,6 +146,7 @@ impl Refusal {
         match self {
             Self::UpstreamUnreachable { reason }
             | Self::CredentialUnavailable { reason }
+            | Self::BadBody { reason }
             | Self::Internal { reason } => Some(reason),
             _ => None,
         }

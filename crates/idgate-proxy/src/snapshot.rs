@@ -8,6 +8,7 @@ use idgate_config::Config;
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 
+use crate::metrics::Metrics;
 use crate::routes::RouteTable;
 use crate::upstream::Upstream;
 
@@ -21,6 +22,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Starts the background work of this snapshot (credential refresh). The tasks end by
+    /// themselves once the snapshot is replaced and dropped.
+    pub fn start_background(&self, metrics: &Arc<Metrics>) {
+        for c in self.upstreams.iter().filter_map(|u| u.credential.as_ref()) {
+            c.spawn_refresh(metrics.clone());
+        }
+    }
+
     /// Builds the routes and upstream clients and resolves the upstream credentials.
     /// Blocking (reads files and secrets). Errors name the upstream or route.
     pub fn build(
@@ -44,11 +53,15 @@ impl Snapshot {
             header::AUTHORIZATION,
             header::COOKIE,
         ];
-        for u in &config.upstreams {
-            if let Some(c) = &u.credential
-                && !strip_headers.contains(&c.header)
-            {
-                strip_headers.push(c.header.clone());
+        for c in config
+            .upstreams
+            .iter()
+            .filter_map(|u| u.credential.as_ref())
+        {
+            for h in c.headers() {
+                if !strip_headers.contains(&h) {
+                    strip_headers.push(h);
+                }
             }
         }
         match routes {

@@ -5,39 +5,27 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue};
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use idgate_config::UpstreamConfig;
-use idgate_secrets::{ExposeSecret, check_header_safe};
 use rustls::RootCertStore;
+
+use crate::credential::Credential;
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+/// The body sent upstream: the caller's body streamed through, or buffered (when a signature
+/// scheme needs all of it, or for the gateway's own requests).
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 
-/// The credential injected into every request to the upstream.
-pub struct Credential {
-    pub header: HeaderName,
-    /// Marked sensitive: HTTP/2 never puts it in a compression table and `Debug` hides it.
-    pub value: HeaderValue,
-    /// Where the secret came from, for logs (`env:DIDIT_API_KEY`), never the value.
-    pub source: String,
-}
-
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credential")
-            .field("header", &self.header)
-            .field("source", &self.source)
-            .finish_non_exhaustive()
-    }
-}
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 #[derive(Debug)]
 pub struct Upstream {
@@ -46,7 +34,8 @@ pub struct Upstream {
     pub authority: Authority,
     pub base_path: String,
     pub request_timeout: Duration,
-    pub credential: Option<Credential>,
+    pub max_body_bytes: u64,
+    pub credential: Option<Arc<Credential>>,
     pub client: UpstreamClient,
 }
 
@@ -120,28 +109,7 @@ impl Upstream {
 
         let credential = match &cfg.credential {
             None => None,
-            Some(c) => {
-                let secret = c
-                    .secret
-                    .resolve()
-                    .map_err(|e| format!("{key}: credential: {e}"))?;
-                check_header_safe(&c.secret, &secret)
-                    .map_err(|e| format!("{key}: credential: {e}"))?;
-                let mut raw = zeroize::Zeroizing::new(Vec::with_capacity(
-                    c.prefix.len() + secret.expose_secret().len(),
-                ));
-                raw.extend_from_slice(c.prefix.as_bytes());
-                raw.extend_from_slice(secret.expose_secret().as_bytes());
-                let mut value = HeaderValue::from_bytes(&raw).map_err(|_| {
-                    format!("{key}: credential: the value is not a valid header value")
-                })?;
-                value.set_sensitive(true);
-                Some(Credential {
-                    header: c.header.clone(),
-                    value,
-                    source: c.secret.to_string(),
-                })
-            }
+            Some(c) => Some(Arc::new(Credential::load(c, Some(client.clone()))?)),
         };
 
         let authority = cfg
@@ -156,6 +124,7 @@ impl Upstream {
             authority,
             base_path: cfg.base_path.clone(),
             request_timeout: cfg.request_timeout,
+            max_body_bytes: cfg.max_body_bytes,
             credential,
             client,
         })

@@ -8,7 +8,10 @@ use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-pub use secrecy::{ExposeSecret, SecretString};
+pub mod pkcs11;
+
+pub use pkcs11::Pkcs11Uri;
+pub use secrecy::{ExposeSecret, SecretBox, SecretString};
 
 /// Where a secret lives. Written in configuration as `env:NAME`, `file:PATH`,
 /// `pkcs11:<RFC 7512 URI>` or `vault:PATH#FIELD`.
@@ -16,7 +19,7 @@ pub use secrecy::{ExposeSecret, SecretString};
 pub enum SecretRef {
     Env(String),
     File(PathBuf),
-    Pkcs11(String),
+    Pkcs11(Pkcs11Uri),
     Vault(String),
 }
 
@@ -32,7 +35,7 @@ impl fmt::Display for SecretRef {
         match self {
             Self::Env(name) => write!(f, "env:{name}"),
             Self::File(path) => write!(f, "file:{}", path.display()),
-            Self::Pkcs11(uri) => write!(f, "pkcs11:{uri}"),
+            Self::Pkcs11(uri) => write!(f, "{uri}"),
             Self::Vault(path) => write!(f, "vault:{path}"),
         }
     }
@@ -50,6 +53,8 @@ pub enum SecretRefError {
     Empty(&'static str),
     #[error("environment variable names may only contain letters, digits and '_'")]
     BadEnvName,
+    #[error("not a usable pkcs11: URI (RFC 7512): {0}")]
+    BadPkcs11Uri(&'static str),
     #[error("{0}: references are not supported by this build of idgate")]
     Unsupported(&'static str),
 }
@@ -77,13 +82,55 @@ impl SecretRef {
                 }
                 Ok(Self::File(base_dir.join(rest)))
             }
-            "pkcs11" => Err(SecretRefError::Unsupported("pkcs11")),
+            "pkcs11" => Pkcs11Uri::parse(rest, base_dir).map(Self::Pkcs11),
             "vault" => Err(SecretRefError::Unsupported("vault")),
             _ => Err(SecretRefError::Literal),
         }
     }
 
-    /// Reads the secret. Blocking (file I/O): call at start-up or from a blocking thread.
+    /// Reads the secret with its version. Blocking (file I/O, token calls): call at start-up
+    /// or from a blocking thread.
+    ///
+    /// Versions: `env` for environment variables (they cannot change under a running
+    /// process), a digest of the content for files, the object version for PKCS#11.
+    pub fn fetch(&self) -> Result<Fetched, SecretError> {
+        match self {
+            Self::Env(_) => {
+                let v = self.resolve()?;
+                Ok(Fetched {
+                    value: SecretBox::new(v.expose_secret().as_bytes().into()),
+                    version: "env".to_owned(),
+                })
+            }
+            Self::File(_) => {
+                let v = self.resolve()?;
+                let digest =
+                    ring::digest::digest(&ring::digest::SHA256, v.expose_secret().as_bytes());
+                let version = digest.as_ref()[..6]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                Ok(Fetched {
+                    value: SecretBox::new(v.expose_secret().as_bytes().into()),
+                    version,
+                })
+            }
+            Self::Pkcs11(uri) => {
+                let hsm =
+                    pkcs11::Hsm::shared(uri).map_err(|e| SecretError::Hsm(self.to_string(), e))?;
+                let (value, version) = hsm
+                    .unwrap_value(&uri.object, &uri.wrap_key)
+                    .map_err(|e| SecretError::Hsm(self.to_string(), e))?;
+                Ok(Fetched {
+                    value,
+                    version: version.to_string(),
+                })
+            }
+            Self::Vault(_) => Err(SecretError::Unsupported(self.to_string())),
+        }
+    }
+
+    /// Reads the secret as text. Blocking: call at start-up or from a blocking thread.
     pub fn resolve(&self) -> Result<SecretString, SecretError> {
         match self {
             Self::Env(name) => match std::env::var(name) {
@@ -92,8 +139,28 @@ impl SecretRef {
                 Err(_) => Err(SecretError::EnvMissing(name.clone())),
             },
             Self::File(path) => read_secret_file(path),
-            Self::Pkcs11(_) | Self::Vault(_) => Err(SecretError::Unsupported(self.to_string())),
+            Self::Pkcs11(_) => {
+                let f = self.fetch()?;
+                let text = std::str::from_utf8(f.value.expose_secret())
+                    .map_err(|_| SecretError::NotHeaderSafe(self.to_string()))?;
+                Ok(SecretString::from(text.to_owned()))
+            }
+            Self::Vault(_) => Err(SecretError::Unsupported(self.to_string())),
         }
+    }
+}
+
+/// A secret value and the version of its source it came from.
+pub struct Fetched {
+    pub value: SecretBox<[u8]>,
+    pub version: String,
+}
+
+impl fmt::Debug for Fetched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fetched")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
     }
 }
 
@@ -115,6 +182,15 @@ pub enum SecretError {
     NotHeaderSafe(String),
     #[error("{0}: not supported by this build")]
     Unsupported(String),
+    #[error("{0}: {1}")]
+    Hsm(String, pkcs11::HsmError),
+}
+
+impl SecretError {
+    /// The source is temporarily unavailable (a token that went away), not misconfigured.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Hsm(_, e) if e.token_gone())
+    }
 }
 
 fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {

@@ -1,0 +1,123 @@
+//! Prometheus metrics, on an explicit registry served by the admin listener at `/metrics`.
+//! Labels are route names, status codes and credential labels from the configuration —
+//! never anything a caller sends, never a secret.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialUse {
+    credential: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabel {
+    credential: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    credential_uses: Family<CredentialUse, Counter>,
+    credential_failures: Family<CredentialLabel, Counter>,
+    credential_rotations: Family<CredentialLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("idgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route and status",
+            requests.clone(),
+        );
+        let credential_uses = Family::<CredentialUse, Counter>::default();
+        registry.register(
+            "upstream_credential_uses",
+            "Uses of each upstream credential, by label and version",
+            credential_uses.clone(),
+        );
+        let credential_failures = Family::<CredentialLabel, Counter>::default();
+        registry.register(
+            "upstream_credential_failures",
+            "Requests for which an upstream credential could not be produced",
+            credential_failures.clone(),
+        );
+        let credential_rotations = Family::<CredentialLabel, Counter>::default();
+        registry.register(
+            "upstream_credential_rotations",
+            "New versions of upstream credentials taken into use",
+            credential_rotations.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            credential_uses,
+            credential_failures,
+            credential_rotations,
+        }
+    }
+
+    pub fn request(&self, route: &str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
+    }
+
+    pub fn credential_used(&self, label: &str, version: &str) {
+        self.credential_uses
+            .get_or_create(&CredentialUse {
+                credential: label.to_owned(),
+                version: version.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn credential_failed(&self, label: &str) {
+        self.credential_failures
+            .get_or_create(&CredentialLabel {
+                credential: label.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn credential_rotated(&self, label: &str) {
+        self.credential_rotations
+            .get_or_create(&CredentialLabel {
+                credential: label.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,733 @@
+//! PKCS#11 custody (RFC 7512 URIs, SoftHSM2 in tests) in two modes:
+//!
+//! - **wrapped value**: the API key is stored as a data object, AES-256-GCM encrypted under a
+//!   non-extractable token key; decryption happens inside the token and the plaintext lives
+//!   only in zeroizing memory in the gateway;
+//! - **never leaves the HSM**: an HMAC-SHA256 key stored as a non-extractable, sensitive
+//!   generic secret; every signature is computed by the token (`CKM_SHA256_HMAC`).
+//!
+//! Objects carry their version in `CKA_ID` (4 bytes, big endian); rotation adds a new
+//! version under the same label and the newest one is used. Every call here blocks: callers
+//! run them on blocking threads. Sessions are pooled and logged in once per token.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use secrecy::{SecretBox, SecretString};
+use zeroize::Zeroizing;
+
+use crate::SecretRefError;
+
+/// The label of the AES key that wraps stored values, unless the URI names another
+/// (`wrap-key=` query attribute).
+pub const DEFAULT_WRAP_KEY: &str = "idgate-wrap-key";
+const WRAP_MAGIC: &[u8] = b"IDGW1";
+const GCM_IV_LEN: usize = 12;
+
+/// Where the token PIN comes from (`pin-source=file:/run/idgate/pin` or `env:NAME`).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum PinSource {
+    File(PathBuf),
+    Env(String),
+}
+
+/// A parsed `pkcs11:` URI (RFC 7512) naming one object in one token.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Pkcs11Uri {
+    pub token: Option<String>,
+    pub object: String,
+    pub module_path: PathBuf,
+    pub pin_source: PinSource,
+    pub wrap_key: String,
+}
+
+fn pct_decode(s: &str) -> Result<String, SecretRefError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or(SecretRefError::BadPkcs11Uri("bad percent-encoding"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| SecretRefError::BadPkcs11Uri("attribute is not UTF-8"))
+}
+
+impl Pkcs11Uri {
+    /// Parses the part after `pkcs11:`. Relative `module-path` and `pin-source=file:` paths are
+    /// taken as written (absolute paths are expected for modules).
+    pub fn parse(rest: &str, base_dir: &Path) -> Result<Self, SecretRefError> {
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut token = None;
+        let mut object = None;
+        for attr in path.split(';').filter(|a| !a.is_empty()) {
+            let (k, v) = attr.split_once('=').ok_or(SecretRefError::BadPkcs11Uri(
+                "path attributes are name=value",
+            ))?;
+            let v = pct_decode(v)?;
+            match k {
+                "token" => token = Some(v),
+                "object" => object = Some(v),
+                // Accepted by RFC 7512 and harmless; the object label and token are what we use.
+                "type"
+                | "id"
+                | "manufacturer"
+                | "model"
+                | "serial"
+                | "library-manufacturer"
+                | "library-description"
+                | "library-version"
+                | "slot-description"
+                | "slot-manufacturer"
+                | "slot-id" => {}
+                _ => return Err(SecretRefError::BadPkcs11Uri("unknown path attribute")),
+            }
+        }
+        let mut module_path = None;
+        let mut pin_source = None;
+        let mut wrap_key = DEFAULT_WRAP_KEY.to_owned();
+        for attr in query.split('&').filter(|a| !a.is_empty()) {
+            let (k, v) = attr.split_once('=').ok_or(SecretRefError::BadPkcs11Uri(
+                "query attributes are name=value",
+            ))?;
+            let v = pct_decode(v)?;
+            match k {
+                "module-path" => module_path = Some(PathBuf::from(v)),
+                "pin-source" => {
+                    pin_source = Some(if let Some(p) = v.strip_prefix("file:") {
+                        PinSource::File(base_dir.join(p))
+                    } else if let Some(n) = v.strip_prefix("env:") {
+                        PinSource::Env(n.to_owned())
+                    } else {
+                        return Err(SecretRefError::BadPkcs11Uri(
+                            "pin-source must be file:PATH or env:NAME",
+                        ));
+                    })
+                }
+                "pin-value" => {
+                    return Err(SecretRefError::BadPkcs11Uri(
+                        "pin-value puts the PIN in the configuration; use pin-source=file:PATH or env:NAME",
+                    ));
+                }
+                "wrap-key" => wrap_key = v,
+                "module-name" => {
+                    return Err(SecretRefError::BadPkcs11Uri(
+                        "use module-path with the module's full path",
+                    ));
+                }
+                _ => return Err(SecretRefError::BadPkcs11Uri("unknown query attribute")),
+            }
+        }
+        Ok(Self {
+            token,
+            object: object.ok_or(SecretRefError::BadPkcs11Uri(
+                "object= (the label) is required",
+            ))?,
+            module_path: module_path
+                .ok_or(SecretRefError::BadPkcs11Uri("module-path= is required"))?,
+            pin_source: pin_source
+                .ok_or(SecretRefError::BadPkcs11Uri("pin-source= is required"))?,
+            wrap_key,
+        })
+    }
+}
+
+impl fmt::Display for Pkcs11Uri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names only; the PIN's source is a place, not a value.
+        write!(f, "pkcs11:")?;
+        if let Some(t) = &self.token {
+            write!(f, "token={t};")?;
+        }
+        write!(f, "object={}", self.object)
+    }
+}
+
+/// Why a token operation failed. Carries PKCS#11 return codes and labels, never values.
+#[derive(Debug, thiserror::Error)]
+pub enum HsmError {
+    #[error("cannot load PKCS#11 module {path}: {reason}")]
+    Module { path: PathBuf, reason: String },
+    #[error("no token labelled \"{0}\" is present")]
+    NoToken(String),
+    #[error("cannot read the token PIN: {0}")]
+    Pin(String),
+    #[error("no object labelled \"{0}\" in the token")]
+    NoObject(String),
+    #[error("object \"{0}\" is not of the expected kind: {1}")]
+    WrongKind(String, &'static str),
+    #[error("stored value of \"{0}\" is malformed or was not wrapped for this label")]
+    BadWrapped(String),
+    #[error("PKCS#11 {op}: {error}")]
+    Token {
+        op: &'static str,
+        error: String,
+        gone: bool,
+    },
+}
+
+impl HsmError {
+    /// The token is absent or its session died: worth retrying once it returns.
+    pub fn token_gone(&self) -> bool {
+        matches!(self, Self::NoToken(_) | Self::Token { gone: true, .. })
+    }
+}
+
+fn ck(op: &'static str) -> impl Fn(CkError) -> HsmError {
+    move |e| {
+        let gone = matches!(
+            e,
+            CkError::Pkcs11(
+                RvError::DeviceRemoved
+                    | RvError::DeviceError
+                    | RvError::TokenNotPresent
+                    | RvError::SessionHandleInvalid
+                    | RvError::SessionClosed
+                    | RvError::SlotIdInvalid
+                    | RvError::TokenNotRecognized
+                    | RvError::CryptokiNotInitialized,
+                _
+            )
+        );
+        HsmError::Token {
+            op,
+            error: e.to_string(),
+            gone,
+        }
+    }
+}
+
+/// One loaded module per path for the whole process: `C_Initialize` must run once.
+fn module(path: &Path) -> Result<Arc<Pkcs11>, HsmError> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Arc<Pkcs11>>>> = OnceLock::new();
+    let modules = MODULES.get_or_init(Default::default);
+    let mut modules = modules
+        .lock()
+        .map_err(|_| HsmError::Pin("module table poisoned".into()))?;
+    if let Some(m) = modules.get(path) {
+        return Ok(m.clone());
+    }
+    let err = |reason: String| HsmError::Module {
+        path: path.to_owned(),
+        reason,
+    };
+    let ctx = Pkcs11::new(path).map_err(|e| err(e.to_string()))?;
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .or_else(|e| match e {
+            CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _) => Ok(()),
+            e => Err(e),
+        })
+        .map_err(|e| err(e.to_string()))?;
+    let ctx = Arc::new(ctx);
+    modules.insert(path.to_owned(), ctx.clone());
+    Ok(ctx)
+}
+
+fn read_pin(source: &PinSource) -> Result<SecretString, HsmError> {
+    match source {
+        PinSource::Env(name) => std::env::var(name)
+            .map(SecretString::from)
+            .map_err(|_| HsmError::Pin(format!("environment variable {name} is not set"))),
+        PinSource::File(path) => {
+            let r = crate::SecretRef::File(path.clone())
+                .resolve()
+                .map_err(|e| HsmError::Pin(e.to_string()))?;
+            Ok(r)
+        }
+    }
+}
+
+/// A logged-in view of one token, with a pool of sessions.
+pub struct Hsm {
+    ctx: Arc<Pkcs11>,
+    token_label: Option<String>,
+    pin: SecretString,
+    state: Mutex<HsmState>,
+}
+
+#[derive(Default)]
+struct HsmState {
+    slot: Option<Slot>,
+    idle: Vec<Session>,
+}
+
+impl fmt::Debug for Hsm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hsm")
+            .field("token", &self.token_label)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Information about one stored object, for `idgate hsm list`. Never a value.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub label: String,
+    pub kind: &'static str,
+    pub version: u32,
+    pub extractable: Option<bool>,
+    pub sensitive: Option<bool>,
+}
+
+fn version_of(id: &[u8]) -> u32 {
+    <[u8; 4]>::try_from(id).map_or(0, u32::from_be_bytes)
+}
+
+/// What kind of object a label names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    WrappedValue,
+    HmacKey,
+}
+
+impl Hsm {
+    /// The process-wide handle of the token `uri` names, opened on first use, so that every
+    /// credential on one token shares its session pool and login.
+    pub fn shared(uri: &Pkcs11Uri) -> Result<Arc<Self>, HsmError> {
+        type Key = (PathBuf, Option<String>);
+        static TOKENS: OnceLock<Mutex<HashMap<Key, Arc<Hsm>>>> = OnceLock::new();
+        let tokens = TOKENS.get_or_init(Default::default);
+        let key = (uri.module_path.clone(), uri.token.clone());
+        if let Some(h) = tokens.lock().ok().and_then(|t| t.get(&key).cloned()) {
+            return Ok(h);
+        }
+        let hsm = Self::open(uri)?;
+        if let Ok(mut t) = tokens.lock() {
+            t.insert(key, hsm.clone());
+        }
+        Ok(hsm)
+    }
+
+    /// Whether `label` names a wrapped value or an HMAC key (the newest of either).
+    pub fn kind_of(&self, label: &str) -> Result<ObjectKind, HsmError> {
+        self.with_session(|s| {
+            if Self::newest(s, label, ObjectClass::SECRET_KEY).is_ok() {
+                Ok(ObjectKind::HmacKey)
+            } else {
+                Self::newest(s, label, ObjectClass::DATA).map(|_| ObjectKind::WrappedValue)
+            }
+        })
+    }
+
+    /// Opens the token that `uri` names; the PIN is read now and kept in zeroizing memory.
+    pub fn open(uri: &Pkcs11Uri) -> Result<Arc<Self>, HsmError> {
+        let ctx = module(&uri.module_path)?;
+        let pin = read_pin(&uri.pin_source)?;
+        Ok(Arc::new(Self {
+            ctx,
+            token_label: uri.token.clone(),
+            pin,
+            state: Mutex::new(HsmState::default()),
+        }))
+    }
+
+    fn find_slot(&self) -> Result<Slot, HsmError> {
+        let slots = self
+            .ctx
+            .get_slots_with_token()
+            .map_err(ck("C_GetSlotList"))?;
+        for slot in slots {
+            let Ok(info) = self.ctx.get_token_info(slot) else {
+                continue;
+            };
+            match &self.token_label {
+                Some(label) if info.label().trim_end() != label => continue,
+                _ => return Ok(slot),
+            }
+        }
+        Err(HsmError::NoToken(
+            self.token_label.clone().unwrap_or_else(|| "(any)".into()),
+        ))
+    }
+
+    /// Runs `f` on a pooled, logged-in read-write session. A session that fails with a
+    /// "token gone" error is dropped, and the slot is looked up again next time, so the gateway
+    /// recovers by itself when the token returns.
+    pub fn with_session<T>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        let session = {
+            let mut st = self
+                .state
+                .lock()
+                .map_err(|_| HsmError::Pin("session pool poisoned".into()))?;
+            st.idle.pop()
+        };
+        let session = match session {
+            Some(s) => s,
+            None => self.new_session()?,
+        };
+        let result = f(&session);
+        match &result {
+            Err(e) if e.token_gone() => {
+                if let Ok(mut st) = self.state.lock() {
+                    st.idle.clear();
+                    st.slot = None;
+                }
+            }
+            _ => {
+                if let Ok(mut st) = self.state.lock()
+                    && st.idle.len() < 16
+                {
+                    st.idle.push(session);
+                }
+            }
+        }
+        result
+    }
+
+    fn new_session(&self) -> Result<Session, HsmError> {
+        let slot = {
+            let mut st = self
+                .state
+                .lock()
+                .map_err(|_| HsmError::Pin("session pool poisoned".into()))?;
+            match st.slot {
+                Some(s) => s,
+                None => {
+                    let s = self.find_slot()?;
+                    st.slot = Some(s);
+                    s
+                }
+            }
+        };
+        let session = self
+            .ctx
+            .open_rw_session(slot)
+            .map_err(ck("C_OpenSession"))?;
+        match session.login(UserType::User, Some(&self.pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+            Err(e) => Err(ck("C_Login")(e)),
+        }
+    }
+
+    /// The newest version of the object with this label and class: (handle, version).
+    fn newest(
+        session: &Session,
+        label: &str,
+        class: ObjectClass,
+    ) -> Result<(ObjectHandle, u32), HsmError> {
+        let handles = session
+            .find_objects(&[
+                Attribute::Class(class),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])
+            .map_err(ck("C_FindObjects"))?;
+        let mut best = None;
+        for h in handles {
+            let attrs = session
+                .get_attributes(h, &[AttributeType::Id])
+                .map_err(ck("C_GetAttributeValue"))?;
+            let v = attrs
+                .iter()
+                .find_map(|a| {
+                    if let Attribute::Id(id) = a {
+                        Some(version_of(id))
+                    } else {
+                        None
+                    }
+                })
+                .unwrap_or(0);
+            if best.is_none_or(|(_, bv)| v > bv) {
+                best = Some((h, v));
+            }
+        }
+        best.ok_or_else(|| HsmError::NoObject(label.to_owned()))
+    }
+
+    /// The version of the newest object with this label, of either kind (cheap: for polling).
+    pub fn current_version(&self, label: &str) -> Result<u32, HsmError> {
+        self.with_session(|s| {
+            Self::newest(s, label, ObjectClass::DATA)
+                .or_else(|_| Self::newest(s, label, ObjectClass::SECRET_KEY))
+                .map(|(_, v)| v)
+        })
+    }
+
+    /// HMAC-SHA256 computed inside the token with the newest key of this label.
+    pub fn hmac_sha256(&self, label: &str, data: &[u8]) -> Result<(Vec<u8>, u32), HsmError> {
+        self.with_session(|s| {
+            let (key, version) = Self::newest(s, label, ObjectClass::SECRET_KEY)?;
+            let mac = s
+                .sign(&Mechanism::Sha256Hmac, key, data)
+                .map_err(ck("C_Sign"))?;
+            Ok((mac, version))
+        })
+    }
+
+    /// Decrypts the newest wrapped value of this label inside the token.
+    pub fn unwrap_value(
+        &self,
+        label: &str,
+        wrap_key: &str,
+    ) -> Result<(SecretBox<[u8]>, u32), HsmError> {
+        self.with_session(|s| {
+            let (obj, version) = Self::newest(s, label, ObjectClass::DATA)?;
+            let attrs = s
+                .get_attributes(obj, &[AttributeType::Value])
+                .map_err(ck("C_GetAttributeValue"))?;
+            let blob = attrs
+                .into_iter()
+                .find_map(|a| {
+                    if let Attribute::Value(v) = a {
+                        Some(v)
+                    } else {
+                        None
+                    }
+                })
+                .ok_or_else(|| HsmError::BadWrapped(label.to_owned()))?;
+            let rest = blob
+                .strip_prefix(WRAP_MAGIC)
+                .filter(|r| r.len() > GCM_IV_LEN + 16)
+                .ok_or_else(|| HsmError::BadWrapped(label.to_owned()))?;
+            let (iv, ct) = rest.split_at(GCM_IV_LEN);
+            let mut iv = iv.to_vec();
+            let aad = wrap_aad(label, version);
+            let (key, _) = Self::newest(s, wrap_key, ObjectClass::SECRET_KEY)?;
+            let params = GcmParams::new(&mut iv, &aad, 128.into()).map_err(ck("GcmParams"))?;
+            let plain = Zeroizing::new(
+                s.decrypt(&Mechanism::AesGcm(params), key, ct)
+                    .map_err(|_| HsmError::BadWrapped(label.to_owned()))?,
+            );
+            Ok((SecretBox::new(plain.as_slice().into()), version))
+        })
+    }
+
+    /// Stores `value` wrapped under the token's AES key (created non-extractable if missing),
+    /// as the next version of `label`. Returns the version.
+    pub fn import_wrapped(
+        &self,
+        label: &str,
+        wrap_key: &str,
+        value: &[u8],
+    ) -> Result<u32, HsmError> {
+        self.with_session(|s| {
+            let key = match Self::newest(s, wrap_key, ObjectClass::SECRET_KEY) {
+                Ok((k, _)) => k,
+                Err(HsmError::NoObject(_)) => s
+                    .generate_key(
+                        &Mechanism::AesKeyGen,
+                        &[
+                            Attribute::Token(true),
+                            Attribute::Private(true),
+                            Attribute::Sensitive(true),
+                            Attribute::Extractable(false),
+                            Attribute::Encrypt(true),
+                            Attribute::Decrypt(true),
+                            Attribute::ValueLen(32.into()),
+                            Attribute::Label(wrap_key.as_bytes().to_vec()),
+                            Attribute::Id(1u32.to_be_bytes().to_vec()),
+                        ],
+                    )
+                    .map_err(ck("C_GenerateKey"))?,
+                Err(e) => return Err(e),
+            };
+            let version = match Self::newest(s, label, ObjectClass::DATA) {
+                Ok((_, v)) => v + 1,
+                Err(HsmError::NoObject(_)) => 1,
+                Err(e) => return Err(e),
+            };
+            let mut iv = s
+                .generate_random_vec(GCM_IV_LEN as u32)
+                .map_err(ck("C_GenerateRandom"))?;
+            let aad = wrap_aad(label, version);
+            let mut blob = WRAP_MAGIC.to_vec();
+            blob.extend_from_slice(&iv);
+            let params = GcmParams::new(&mut iv, &aad, 128.into()).map_err(ck("GcmParams"))?;
+            let ct = s
+                .encrypt(&Mechanism::AesGcm(params), key, value)
+                .map_err(ck("C_Encrypt"))?;
+            blob.extend_from_slice(&ct);
+            s.create_object(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(version.to_be_bytes().to_vec()),
+                Attribute::Application(b"idgate".to_vec()),
+                Attribute::Value(blob),
+            ])
+            .map_err(ck("C_CreateObject"))?;
+            Ok(version)
+        })
+    }
+
+    /// Stores an HMAC key as a sensitive, non-extractable generic secret, as the next version
+    /// of `label`. Returns the version.
+    pub fn import_hmac_key(&self, label: &str, key: &[u8]) -> Result<u32, HsmError> {
+        self.with_session(|s| {
+            let version = match Self::newest(s, label, ObjectClass::SECRET_KEY) {
+                Ok((_, v)) => v + 1,
+                Err(HsmError::NoObject(_)) => 1,
+                Err(e) => return Err(e),
+            };
+            s.create_object(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::GENERIC_SECRET),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+                Attribute::Verify(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(version.to_be_bytes().to_vec()),
+                Attribute::Value(key.to_vec()),
+            ])
+            .map_err(ck("C_CreateObject"))?;
+            Ok(version)
+        })
+    }
+
+    /// Deletes every version of `label` older than `keep_from`.
+    pub fn prune(&self, label: &str, keep_from: u32) -> Result<usize, HsmError> {
+        self.with_session(|s| {
+            let mut n = 0;
+            for class in [ObjectClass::DATA, ObjectClass::SECRET_KEY] {
+                let handles = s
+                    .find_objects(&[
+                        Attribute::Class(class),
+                        Attribute::Label(label.as_bytes().to_vec()),
+                    ])
+                    .map_err(ck("C_FindObjects"))?;
+                for h in handles {
+                    let attrs = s
+                        .get_attributes(h, &[AttributeType::Id])
+                        .map_err(ck("C_GetAttributeValue"))?;
+                    let v = attrs
+                        .iter()
+                        .find_map(|a| {
+                            if let Attribute::Id(id) = a {
+                                Some(version_of(id))
+                            } else {
+                                None
+                            }
+                        })
+                        .unwrap_or(0);
+                    if v < keep_from {
+                        s.destroy_object(h).map_err(ck("C_DestroyObject"))?;
+                        n += 1;
+                    }
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    /// Labels, kinds, versions and protection flags of the token's objects — never values.
+    pub fn list(&self) -> Result<Vec<ObjectInfo>, HsmError> {
+        self.with_session(|s| {
+            let mut out = Vec::new();
+            for h in s.find_objects(&[]).map_err(ck("C_FindObjects"))? {
+                let attrs = s
+                    .get_attributes(
+                        h,
+                        &[
+                            AttributeType::Class,
+                            AttributeType::Label,
+                            AttributeType::Id,
+                        ],
+                    )
+                    .map_err(ck("C_GetAttributeValue"))?;
+                let mut info = ObjectInfo {
+                    label: String::new(),
+                    kind: "other",
+                    version: 0,
+                    extractable: None,
+                    sensitive: None,
+                };
+                for a in attrs {
+                    match a {
+                        Attribute::Label(l) => {
+                            info.label = String::from_utf8_lossy(&l).into_owned()
+                        }
+                        Attribute::Id(id) => info.version = version_of(&id),
+                        Attribute::Class(c) if c == ObjectClass::DATA => {
+                            info.kind = "wrapped-value"
+                        }
+                        Attribute::Class(c) if c == ObjectClass::SECRET_KEY => {
+                            info.kind = "secret-key"
+                        }
+                        _ => {}
+                    }
+                }
+                if info.kind == "secret-key" {
+                    let flags = s
+                        .get_attributes(
+                            h,
+                            &[
+                                AttributeType::Extractable,
+                                AttributeType::Sensitive,
+                                AttributeType::KeyType,
+                            ],
+                        )
+                        .map_err(ck("C_GetAttributeValue"))?;
+                    for a in flags {
+                        match a {
+                            Attribute::Extractable(b) => info.extractable = Some(b),
+                            Attribute::Sensitive(b) => info.sensitive = Some(b),
+                            Attribute::KeyType(k) if k == KeyType::AES => {
+                                info.kind = "aes-wrap-key"
+                            }
+                            Attribute::KeyType(k) if k == KeyType::GENERIC_SECRET => {
+                                info.kind = "hmac-key"
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                out.push(info);
+            }
+            out.sort_by(|a, b| (a.label.as_str(), a.version).cmp(&(b.label.as_str(), b.version)));
+            Ok(out)
+        })
+    }
+
+    /// The flags of the newest secret key with this label: (extractable, sensitive).
+    pub fn key_flags(&self, label: &str) -> Result<(bool, bool), HsmError> {
+        self.with_session(|s| {
+            let (h, _) = Self::newest(s, label, ObjectClass::SECRET_KEY)?;
+            let attrs = s
+                .get_attributes(h, &[AttributeType::Extractable, AttributeType::Sensitive])
+                .map_err(ck("C_GetAttributeValue"))?;
+            let mut flags = (true, false);
+            for a in attrs {
+                match a {
+                    Attribute::Extractable(b) => flags.0 = b,
+                    Attribute::Sensitive(b) => flags.1 = b,
+                    _ => {}
+                }
+            }
+            Ok(flags)
+        })
+    }
+}
+
+/// Binds a ciphertext to its label and version, so a wrapped blob copied to another label
+/// (or rolled back to an older version number) fails to decrypt.
+fn wrap_aad(label: &str, version: u32) -> Vec<u8> {
+    let mut aad = b"idgate-wrapped-v1\0".to_vec();
+    aad.extend_from_slice(label.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad
+}

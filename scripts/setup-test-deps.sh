@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs when it is missing: openssl and curl (outside TLS
+# clients and an independent PKI), SoftHSM2 (a real PKCS#11 token), redis-server, and
+# Python `requests`. Safe to run again: it installs only what is absent.
+set -euo pipefail
+
+need_apt=()
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+
+if ((${#need_apt[@]})); then
+  echo "setup-test-deps: installing ${need_apt[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import requests' >/dev/null 2>&1; then
+  echo "setup-test-deps: installing Python requests"
+  python3 -m pip install --quiet requests
+fi
+
+echo "setup-test-deps: ok ($(openssl version | cut -d' ' -f1-2), curl $(curl --version | head -1 | cut -d' ' -f2), softhsm2 $(softhsm2-util --version 2>/dev/null || echo '?'))"
