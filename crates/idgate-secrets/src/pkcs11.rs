@@ -75,6 +75,16 @@ impl Pkcs11Uri {
     /// Parses the part after `pkcs11:`. Relative `module-path` and `pin-source=file:` paths are
     /// taken as written (absolute paths are expected for modules).
     pub fn parse(rest: &str, base_dir: &Path) -> Result<Self, SecretRefError> {
+        Self::parse_inner(rest, base_dir, true)
+    }
+
+    /// Like [`Pkcs11Uri::parse`], for commands that address the whole token: `object=` may be
+    /// left out (it is then empty).
+    pub fn parse_token(rest: &str, base_dir: &Path) -> Result<Self, SecretRefError> {
+        Self::parse_inner(rest, base_dir, false)
+    }
+
+    fn parse_inner(rest: &str, base_dir: &Path, need_object: bool) -> Result<Self, SecretRefError> {
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         let mut token = None;
         let mut object = None;
@@ -138,9 +148,15 @@ impl Pkcs11Uri {
         }
         Ok(Self {
             token,
-            object: object.ok_or(SecretRefError::BadPkcs11Uri(
-                "object= (the label) is required",
-            ))?,
+            object: match object {
+                Some(o) if !o.is_empty() => o,
+                _ if !need_object => String::new(),
+                _ => {
+                    return Err(SecretRefError::BadPkcs11Uri(
+                        "object= (the label) is required",
+                    ));
+                }
+            },
             module_path: module_path
                 .ok_or(SecretRefError::BadPkcs11Uri("module-path= is required"))?,
             pin_source: pin_source
@@ -291,6 +307,35 @@ fn version_of(id: &[u8]) -> u32 {
     <[u8; 4]>::try_from(id).map_or(0, u32::from_be_bytes)
 }
 
+/// Data objects have no `CKA_ID`; their version is kept in `CKA_APPLICATION` as `idgate/N`.
+fn data_version(application: &[u8]) -> u32 {
+    application
+        .strip_prefix(b"idgate/")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads an object's version: `CKA_ID` for keys, `CKA_APPLICATION` for data objects.
+fn object_version(session: &Session, h: ObjectHandle, class: ObjectClass) -> Result<u32, HsmError> {
+    let ty = if class == ObjectClass::DATA {
+        AttributeType::Application
+    } else {
+        AttributeType::Id
+    };
+    let attrs = session
+        .get_attributes(h, &[ty])
+        .map_err(ck("C_GetAttributeValue"))?;
+    Ok(attrs
+        .iter()
+        .find_map(|a| match a {
+            Attribute::Id(id) => Some(version_of(id)),
+            Attribute::Application(app) => Some(data_version(app)),
+            _ => None,
+        })
+        .unwrap_or(0))
+}
+
 /// What kind of object a label names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectKind {
@@ -434,19 +479,7 @@ impl Hsm {
             .map_err(ck("C_FindObjects"))?;
         let mut best = None;
         for h in handles {
-            let attrs = session
-                .get_attributes(h, &[AttributeType::Id])
-                .map_err(ck("C_GetAttributeValue"))?;
-            let v = attrs
-                .iter()
-                .find_map(|a| {
-                    if let Attribute::Id(id) = a {
-                        Some(version_of(id))
-                    } else {
-                        None
-                    }
-                })
-                .unwrap_or(0);
+            let v = object_version(session, h, class)?;
             if best.is_none_or(|(_, bv)| v > bv) {
                 best = Some((h, v));
             }
@@ -562,8 +595,7 @@ impl Hsm {
                 Attribute::Token(true),
                 Attribute::Private(true),
                 Attribute::Label(label.as_bytes().to_vec()),
-                Attribute::Id(version.to_be_bytes().to_vec()),
-                Attribute::Application(b"idgate".to_vec()),
+                Attribute::Application(format!("idgate/{version}").into_bytes()),
                 Attribute::Value(blob),
             ])
             .map_err(ck("C_CreateObject"))?;
@@ -610,19 +642,7 @@ impl Hsm {
                     ])
                     .map_err(ck("C_FindObjects"))?;
                 for h in handles {
-                    let attrs = s
-                        .get_attributes(h, &[AttributeType::Id])
-                        .map_err(ck("C_GetAttributeValue"))?;
-                    let v = attrs
-                        .iter()
-                        .find_map(|a| {
-                            if let Attribute::Id(id) = a {
-                                Some(version_of(id))
-                            } else {
-                                None
-                            }
-                        })
-                        .unwrap_or(0);
+                    let v = object_version(s, h, class)?;
                     if v < keep_from {
                         s.destroy_object(h).map_err(ck("C_DestroyObject"))?;
                         n += 1;
@@ -645,6 +665,7 @@ impl Hsm {
                             AttributeType::Class,
                             AttributeType::Label,
                             AttributeType::Id,
+                            AttributeType::Application,
                         ],
                     )
                     .map_err(ck("C_GetAttributeValue"))?;
@@ -661,6 +682,7 @@ impl Hsm {
                             info.label = String::from_utf8_lossy(&l).into_owned()
                         }
                         Attribute::Id(id) => info.version = version_of(&id),
+                        Attribute::Application(app) => info.version = data_version(&app),
                         Attribute::Class(c) if c == ObjectClass::DATA => {
                             info.kind = "wrapped-value"
                         }
@@ -730,4 +752,41 @@ fn wrap_aad(label: &str, version: u32) -> Vec<u8> {
     aad.push(0);
     aad.extend_from_slice(&version.to_be_bytes());
     aad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rfc7512_uri_with_query_attributes() {
+        let u = Pkcs11Uri::parse(
+            "token=idgate;object=didit%20key;type=data?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:pin",
+            Path::new("/etc/idgate"),
+        )
+        .unwrap();
+        assert_eq!(u.token.as_deref(), Some("idgate"));
+        assert_eq!(u.object, "didit key");
+        assert_eq!(
+            u.module_path,
+            PathBuf::from("/usr/lib/softhsm/libsofthsm2.so")
+        );
+        assert_eq!(
+            u.pin_source,
+            PinSource::File(PathBuf::from("/etc/idgate/pin"))
+        );
+        assert_eq!(u.to_string(), "pkcs11:token=idgate;object=didit key");
+    }
+
+    #[test]
+    fn refuses_literal_pins_and_missing_parts() {
+        let base = Path::new("/");
+        assert!(Pkcs11Uri::parse("object=k?module-path=/m.so&pin-value=1234", base).is_err());
+        assert!(Pkcs11Uri::parse("object=k?pin-source=env:PIN", base).is_err());
+        assert!(Pkcs11Uri::parse("token=t?module-path=/m.so&pin-source=env:PIN", base).is_err());
+        assert!(
+            Pkcs11Uri::parse_token("token=t?module-path=/m.so&pin-source=env:PIN", base).is_ok()
+        );
+        assert!(Pkcs11Uri::parse("object=%zz?module-path=/m.so&pin-source=env:PIN", base).is_err());
+    }
 }

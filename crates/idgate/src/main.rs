@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod hsm;
+
 use clap::{Parser, Subcommand};
 use idgate_config::{Config, LogFormat};
 use idgate_proxy::Gateway;
@@ -11,7 +13,7 @@ use idgate_tls::devpki::{self, DevPkiRequest};
 use idgate_tls::{SpiffeId, TrustDomain};
 
 /// Exit code for a configuration or usage problem.
-const EXIT_CONFIG: u8 = 2;
+pub(crate) const EXIT_CONFIG: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -67,6 +69,11 @@ enum Command {
         #[arg(long, default_value_t = 24)]
         valid_hours: u64,
     },
+    /// Keep upstream secrets in a PKCS#11 token (HSM or SoftHSM2).
+    Hsm {
+        #[command(subcommand)]
+        command: hsm::HsmCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,6 +87,7 @@ fn main() -> ExitCode {
             workloads,
             valid_hours,
         } => dev_pki(&out, &trust_domain, &workloads, valid_hours),
+        Command::Hsm { command } => hsm::run(command),
     }
 }
 
