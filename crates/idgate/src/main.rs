@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod demo;
 mod hsm;
 
 use clap::{Parser, Subcommand};
@@ -69,6 +70,21 @@ enum Command {
         #[arg(long, default_value_t = 24)]
         valid_hours: u64,
     },
+    /// Run the whole path on this machine: dev PKI, HSM-held key, mock provider, gateway.
+    ///
+    /// Creates everything in a temporary directory, runs a verification round trip as an
+    /// allowed workload and as one that is not allowed, explains each step, then keeps running
+    /// with curl lines to try by hand until Ctrl-C.
+    Demo {
+        /// Listen on this port (default: a free one).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Exit after the round trip instead of waiting for Ctrl-C.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// A local identity-verification provider speaking the Didit v3 API, for demos and tests.
+    MockProvider(idgate_mock_provider::MockArgs),
     /// Keep upstream secrets in a PKCS#11 token (HSM or SoftHSM2).
     Hsm {
         #[command(subcommand)]
@@ -88,6 +104,8 @@ fn main() -> ExitCode {
             valid_hours,
         } => dev_pki(&out, &trust_domain, &workloads, valid_hours),
         Command::Hsm { command } => hsm::run(command),
+        Command::Demo { port, no_wait } => demo::run(!no_wait, port),
+        Command::MockProvider(args) => idgate_mock_provider::run_from_args(args),
     }
 }
 

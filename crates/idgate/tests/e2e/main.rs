@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod clients;
+mod hsm;
 mod proxy;
 mod rotation;
 mod smoke;

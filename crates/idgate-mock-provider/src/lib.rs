@@ -1,0 +1,257 @@
+//! A local identity-verification provider for idgate's demo and end-to-end tests.
+//!
+//! It speaks the Didit v3 API (and v2, the same API with single-object decisions) from
+//! memory: sessions with `vendor_data` idempotency, decisions carrying realistic (specimen)
+//! personal data, listing, status updates, deletion and workflows. It checks credentials
+//! exactly as the real providers document them — Didit's `x-api-key`, or Sumsub's and
+//! Veriff's HMAC request signatures when started in that mode (see [`auth`]) — and can send
+//! `status.updated` webhooks signed with all three of Didit's schemes (see
+//! [`didit_webhook`]). It serves HTTPS (HTTP/1.1 and HTTP/2) with a certificate such as the
+//! one `idgate dev-pki` writes, or plain HTTP on loopback.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), idgate_mock_provider::MockError> {
+//! use idgate_mock_provider::{AuthMode, MockConfig, start};
+//! let config = MockConfig::new(
+//!     "127.0.0.1:0".parse().unwrap(),
+//!     AuthMode::DiditApiKey("test-key".into()),
+//! );
+//! let mock = start(config).await?;
+//! println!("provider at {}", mock.url());
+//! // ... point the gateway's upstream at mock.url(), run requests ...
+//! assert!(mock.state().total_requests() > 0);
+//! mock.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod api;
+pub mod auth;
+mod cli;
+mod data;
+pub mod didit_webhook;
+mod server;
+mod store;
+mod util;
+mod webhook;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use auth::AuthMode;
+pub use cli::{LogFormat, MockArgs, Mode, config_from_args, run_from_args};
+pub use store::{DEFAULT_WORKFLOW_ID, DeliveryOutcome, MockState, SeenRequest, WebhookDelivery};
+pub use webhook::MAX_ATTEMPTS as WEBHOOK_MAX_ATTEMPTS;
+
+/// The one cryptographic provider of the mock (ring, as in the rest of idgate).
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server's certificate chain and private key, PEM files (such as `gateway.crt` and
+/// `gateway.key` from `idgate dev-pki`, valid for localhost and 127.0.0.1).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_chain: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Where status webhooks go and how they are signed.
+#[derive(Debug, Clone)]
+pub struct WebhookTarget {
+    /// `https://...`, or `http://` to a loopback host.
+    pub url: String,
+    /// The HMAC secret for `X-Signature`, `X-Signature-V2` and `X-Signature-Simple`.
+    pub secret: SecretString,
+    /// Extra roots (PEM) to trust for the receiver, besides the platform's.
+    pub ca: Option<PathBuf>,
+}
+
+/// Everything the mock needs to run.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// Port 0 picks a free port; [`MockHandle::addr`] tells which.
+    pub listen: SocketAddr,
+    /// HTTPS when set; plain HTTP (loopback `listen` only) when not.
+    pub tls: Option<TlsFiles>,
+    pub auth: AuthMode,
+    pub webhook: Option<WebhookTarget>,
+    /// Prefix of a session's `url`; the session token is appended.
+    pub session_url_base: String,
+    /// The `application_id` webhooks carry; a random UUID when not set.
+    pub application_id: Option<String>,
+}
+
+impl MockConfig {
+    /// Plain HTTP on `listen`, no webhooks, the given credential check.
+    pub fn new(listen: SocketAddr, auth: AuthMode) -> Self {
+        Self {
+            listen,
+            tls: None,
+            auth,
+            webhook: None,
+            session_url_base: "https://verify.didit.me/session/".to_owned(),
+            application_id: None,
+        }
+    }
+
+    pub fn with_tls(mut self, cert_chain: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls = Some(TlsFiles {
+            cert_chain: cert_chain.into(),
+            key: key.into(),
+        });
+        self
+    }
+
+    pub fn with_webhook(mut self, target: WebhookTarget) -> Self {
+        self.webhook = Some(target);
+        self
+    }
+}
+
+/// Why the mock could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MockError {
+    #[error(
+        "refusing plain HTTP on {0}: without --tls-cert/--tls-key the mock listens on loopback only"
+    )]
+    PlainHttpNotLoopback(SocketAddr),
+    #[error("{path}: {reason}")]
+    TlsFile { path: PathBuf, reason: String },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("webhook URL {0}")]
+    WebhookUrl(String),
+    #[error("webhook CA {path}: {reason}")]
+    WebhookCa { path: PathBuf, reason: String },
+    /// A command-line problem (missing secret, unreadable file, ...).
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// A running mock provider. Dropping it stops the listener too.
+#[derive(Debug)]
+pub struct MockHandle {
+    addr: SocketAddr,
+    tls: bool,
+    mode: &'static str,
+    state: Arc<MockState>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl MockHandle {
+    /// The bound address (the real port when `listen` had port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https://127.0.0.1:PORT` (or `http://`), the base URL for an upstream.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// `didit`, `sumsub` or `veriff`.
+    pub fn mode(&self) -> &'static str {
+        self.mode
+    }
+
+    /// What the mock has seen, and failure injection for tests.
+    pub fn state(&self) -> &Arc<MockState> {
+        &self.state
+    }
+
+    /// Stops accepting connections and waits (up to 5 s) for in-flight requests.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Runs until `signal` completes, then shuts down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        self.shutdown().await;
+    }
+}
+
+impl Drop for MockHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Binds the listener and starts serving in the background. Must be called within a
+/// Tokio runtime.
+pub async fn start(config: MockConfig) -> Result<MockHandle, MockError> {
+    if config.tls.is_none() && !config.listen.ip().is_loopback() {
+        return Err(MockError::PlainHttpNotLoopback(config.listen));
+    }
+    let acceptor = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
+    let state = Arc::new(MockState::new());
+    let application_id = config.application_id.clone().unwrap_or_else(util::uuid_v4);
+    let webhook = config
+        .webhook
+        .as_ref()
+        .map(|t| webhook::WebhookSender::new(t, application_id, state.clone()).map(Arc::new))
+        .transpose()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| MockError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| MockError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let tls = acceptor.is_some();
+    let app = Arc::new(api::App {
+        state: state.clone(),
+        auth: auth::Authenticator::new(&config.auth),
+        webhook,
+        scheme: if tls { "https" } else { "http" },
+        fallback_host: addr.to_string(),
+        session_url_base: config.session_url_base.clone(),
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(server::accept_loop(listener, acceptor, app, stop_rx));
+    tracing::info!(
+        %addr,
+        mode = config.auth.name(),
+        tls,
+        webhooks = config.webhook.is_some(),
+        "mock provider listening"
+    );
+    Ok(MockHandle {
+        addr,
+        tls,
+        mode: config.auth.name(),
+        state,
+        stop,
+        task: Some(task),
+    })
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    config: MockConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), MockError> {
+    start(config).await?.run_until(shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! Status webhooks to the customer, as Didit sends them: the envelope in canonical JSON,
+//! signed three ways (see [`crate::didit_webhook`]), retried on 5xx, 404 and connection
+//! errors with exponential backoff, a bounded number of times.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Uri;
+use http::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+
+use crate::data::{self, ApiVersion};
+use crate::didit_webhook;
+use crate::store::{DeliveryOutcome, MockState, Session, WebhookDelivery};
+use crate::{MockError, WebhookTarget, util};
+
+/// Attempts per webhook, the first included.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// The wait before the second attempt; it doubles for each further one.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+pub(crate) struct WebhookSender {
+    client: WebhookClient,
+    url: Uri,
+    secret: SecretString,
+    application_id: String,
+    state: Arc<MockState>,
+}
+
+/// Whether an http:// webhook may go to this host: loopback only, so that no event crosses
+/// a network in clear text.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn load_ca(path: &Path, store: &mut RootCertStore) -> Result<(), MockError> {
+    let bad = |reason: String| MockError::WebhookCa {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut added = 0;
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+        let cert = cert.map_err(|e| bad(format!("bad PEM: {e}")))?;
+        store
+            .add(cert)
+            .map_err(|e| bad(format!("unusable CA certificate: {e}")))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(bad("no CERTIFICATE block found".to_owned()));
+    }
+    Ok(())
+}
+
+fn platform_roots(store: &mut RootCertStore) {
+    let found = rustls_native_certs::load_native_certs();
+    for err in &found.errors {
+        tracing::debug!(error = %err, "skipping an unreadable platform root");
+    }
+    store.add_parsable_certificates(found.certs);
+}
+
+impl WebhookSender {
+    pub(crate) fn new(
+        target: &WebhookTarget,
+        application_id: String,
+        state: Arc<MockState>,
+    ) -> Result<Self, MockError> {
+        let url: Uri = target
+            .url
+            .parse()
+            .map_err(|e| MockError::WebhookUrl(format!("{}: {e}", target.url)))?;
+        let host = url
+            .host()
+            .ok_or_else(|| MockError::WebhookUrl(format!("{}: no host", target.url)))?;
+        match url.scheme_str() {
+            Some("https") => {}
+            Some("http") if is_loopback_host(host) => {}
+            Some("http") => {
+                return Err(MockError::WebhookUrl(format!(
+                    "{}: http:// is only allowed to a loopback host; use https://",
+                    target.url
+                )));
+            }
+            _ => {
+                return Err(MockError::WebhookUrl(format!(
+                    "{}: expected an https:// (or loopback http://) URL",
+                    target.url
+                )));
+            }
+        }
+
+        let mut roots = RootCertStore::empty();
+        platform_roots(&mut roots);
+        if let Some(ca) = &target.ca {
+            load_ca(ca, &mut roots)?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(crate::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| MockError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Ok(Self {
+            client,
+            url,
+            secret: target.secret.clone(),
+            application_id,
+            state,
+        })
+    }
+
+    /// The `status.updated` envelope for a session as it is now.
+    fn envelope(&self, event_id: &str, session: &Session) -> Value {
+        let decision = if session.status.has_decision() {
+            data::decision(session, ApiVersion::V3)
+        } else {
+            Value::Null
+        };
+        json!({
+            "event_id": event_id,
+            "webhook_type": "status.updated",
+            "timestamp": util::unix_now(),
+            "created_at": session.created_at_micros.div_euclid(1_000_000),
+            "application_id": self.application_id,
+            "environment": "sandbox",
+            "session_id": session.id,
+            "status": session.status.as_str(),
+            "workflow_id": session.workflow_id,
+            "vendor_data": session.vendor_data,
+            "metadata": session.metadata,
+            "decision": decision,
+        })
+    }
+
+    /// Sends a `status.updated` event for the session in the background.
+    pub(crate) fn status_updated(self: &Arc<Self>, session: &Session) {
+        let event_id = util::uuid_v4();
+        let envelope = self.envelope(&event_id, session);
+        self.state.webhook_started(WebhookDelivery {
+            event_id: event_id.clone(),
+            session_id: session.id.clone(),
+            status: session.status.as_str().to_owned(),
+            attempts: 0,
+            outcome: DeliveryOutcome::Pending,
+        });
+        let sender = self.clone();
+        tokio::spawn(async move { sender.deliver(event_id, envelope).await });
+    }
+
+    async fn deliver(&self, event_id: String, envelope: Value) {
+        let signed = didit_webhook::sign(self.secret.expose_secret(), &envelope);
+        let body = Bytes::from(signed.body.clone());
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let result = self.attempt(&signed, body.clone()).await;
+            let retry = match &result {
+                Ok(status) if (200..300).contains(status) => {
+                    tracing::info!(%event_id, attempt, status, "webhook delivered");
+                    self.state.webhook_progress(
+                        &event_id,
+                        attempt,
+                        DeliveryOutcome::Delivered { status: *status },
+                    );
+                    return;
+                }
+                Ok(status) => *status >= 500 || *status == 404,
+                Err(_) => true,
+            };
+            let reason = match result {
+                Ok(status) => format!("the receiver answered {status}"),
+                Err(e) => e,
+            };
+            if !retry || attempt == MAX_ATTEMPTS {
+                tracing::warn!(%event_id, attempt, %reason, "webhook not delivered; giving up");
+                self.state
+                    .webhook_progress(&event_id, attempt, DeliveryOutcome::Failed { reason });
+                return;
+            }
+            tracing::info!(%event_id, attempt, %reason, retry_in_ms = backoff.as_millis() as u64, "webhook attempt failed; retrying");
+            self.state
+                .webhook_progress(&event_id, attempt, DeliveryOutcome::Pending);
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+    }
+
+    /// One POST; the receiver's status, or why there was none.
+    async fn attempt(
+        &self,
+        signed: &didit_webhook::SignedWebhook,
+        body: Bytes,
+    ) -> Result<u16, String> {
+        let mut req = http::Request::post(self.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(
+                USER_AGENT,
+                concat!("idgate-mock-provider/", env!("CARGO_PKG_VERSION")),
+            );
+        for (name, value) in signed.headers() {
+            let mut value =
+                HeaderValue::from_str(value).map_err(|_| "unsendable header".to_owned())?;
+            value.set_sensitive(true);
+            req = req.header(name, value);
+        }
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let send = async {
+            let resp = self.client.request(req).await.map_err(|e| {
+                // The error chain names the cause (refused, TLS, ...), which the top error hides.
+                let mut msg = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    msg.push_str(": ");
+                    msg.push_str(&s.to_string());
+                    source = s.source();
+                }
+                msg
+            })?;
+            let status = resp.status().as_u16();
+            // Drain the body so the connection can be reused.
+            let _ = resp.into_body().collect().await;
+            Ok(status)
+        };
+        tokio::time::timeout(ATTEMPT_TIMEOUT, send)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn loopback_hosts() {
+        assert!(is_loopback_host("localhost"));
+        assert!(is_loopback_host("127.0.0.1"));
+        assert!(is_loopback_host("127.8.9.1"));
+        assert!(is_loopback_host("[::1]"));
+        assert!(!is_loopback_host("example.org"));
+        assert!(!is_loopback_host("10.0.0.1"));
+    }
+}

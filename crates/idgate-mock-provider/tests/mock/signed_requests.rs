@@ -1,0 +1,293 @@
+//! Sumsub and Veriff request signatures, signed in the tests by Python's `hmac`.
+
+use idgate_mock_provider::{AuthMode, DEFAULT_WORKFLOW_ID, MockConfig, MockHandle};
+use serde_json::json;
+
+use crate::support::{Client, Pki, py_hmac, unix_now};
+
+const APP_TOKEN: &str = "sbx:app-token-0123";
+const SUMSUB_SECRET: &str = "sumsub-secret-key";
+const VERIFF_CLIENT: &str = "veriff-publishable-key";
+const VERIFF_SECRET: &str = "veriff-shared-secret";
+
+async fn sumsub_mock() -> MockHandle {
+    // Plain HTTP on loopback: also covers the no-TLS listener.
+    idgate_mock_provider::start(MockConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        AuthMode::Sumsub {
+            app_token: APP_TOKEN.into(),
+            secret: SUMSUB_SECRET.into(),
+        },
+    ))
+    .await
+    .unwrap()
+}
+
+/// Sends a Sumsub-signed request; `sign_*` say what is signed, to tamper.
+#[allow(clippy::too_many_arguments)]
+async fn sumsub(
+    c: &Client,
+    method: &str,
+    path: &str,
+    body: &str,
+    ts: i64,
+    sign_path: &str,
+    sign_body: &str,
+    token: &str,
+) -> crate::support::Reply {
+    let ts = ts.to_string();
+    let sig = py_hmac(
+        SUMSUB_SECRET,
+        format!("{ts}{method}{sign_path}{sign_body}").as_bytes(),
+    );
+    c.send(
+        method,
+        path,
+        &[
+            ("x-app-token", token),
+            ("x-app-access-ts", &ts),
+            ("x-app-access-sig", &sig),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn sumsub_mode_accepts_valid_signatures_and_rejects_tampering() {
+    let mock = sumsub_mock().await;
+    let c = Client::http(mock.addr());
+    let body =
+        json!({"workflow_id": DEFAULT_WORKFLOW_ID, "vendor_data": "applicant-1"}).to_string();
+    let now = unix_now();
+
+    let r = sumsub(
+        &c,
+        "POST",
+        "/v3/session/",
+        &body,
+        now,
+        "/v3/session/",
+        &body,
+        APP_TOKEN,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+
+    // The query string is part of what is signed.
+    let path = "/v3/sessions/?vendor_data=applicant-1&page_size=5";
+    let r = sumsub(&c, "GET", path, "", now, path, "", APP_TOKEN).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["count"], 1);
+    let r = sumsub(&c, "GET", path, "", now, "/v3/sessions/", "", APP_TOKEN).await;
+    assert_eq!(r.status, 401);
+
+    // Within the ±300 s window.
+    let r = sumsub(&c, "GET", path, "", now - 250, path, "", APP_TOKEN).await;
+    assert_eq!(r.status, 200);
+
+    let refusals = [
+        // Tampered body.
+        (
+            "POST",
+            body.replace("applicant-1", "applicant-2"),
+            now,
+            body.clone(),
+            APP_TOKEN,
+        ),
+        // Stale timestamp, correctly signed (well past 300 s, so that the seconds this test
+        // takes cannot bring it back into the window).
+        ("POST", body.clone(), now - 400, body.clone(), APP_TOKEN),
+        // From the future.
+        ("POST", body.clone(), now + 400, body.clone(), APP_TOKEN),
+        // Wrong app token.
+        ("POST", body.clone(), now, body.clone(), "sbx:other"),
+    ];
+    for (method, sent, ts, signed, token) in refusals {
+        let r = sumsub(
+            &c,
+            method,
+            "/v3/session/",
+            &sent,
+            ts,
+            "/v3/session/",
+            &signed,
+            token,
+        )
+        .await;
+        assert_eq!(r.status, 401, "ts={ts} token={token}");
+        let e = r.json();
+        assert_eq!(e["code"], 401);
+        assert!(e["description"].is_string());
+    }
+
+    // Missing signature; uppercase hex (Sumsub sends lowercase); a Didit key alone.
+    let ts = now.to_string();
+    let r = c
+        .send(
+            "GET",
+            "/v3/sessions/",
+            &[("x-app-token", APP_TOKEN), ("x-app-access-ts", &ts)],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let sig = py_hmac(SUMSUB_SECRET, format!("{ts}GET/v3/sessions/").as_bytes()).to_uppercase();
+    let r = c
+        .send(
+            "GET",
+            "/v3/sessions/",
+            &[
+                ("x-app-token", APP_TOKEN),
+                ("x-app-access-ts", &ts),
+                ("x-app-access-sig", &sig),
+            ],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let r = c
+        .send("GET", "/v3/sessions/", &[("x-api-key", APP_TOKEN)], b"")
+        .await;
+    assert_eq!(r.status, 401);
+
+    assert_eq!(
+        mock.state().last_credential("x-api-key").as_deref(),
+        Some(APP_TOKEN)
+    );
+    assert_eq!(mock.state().session_ids().len(), 1);
+}
+
+async fn veriff(
+    c: &Client,
+    method: &str,
+    path: &str,
+    body: &str,
+    signed: &str,
+    client: &str,
+) -> crate::support::Reply {
+    let sig = py_hmac(VERIFF_SECRET, signed.as_bytes());
+    c.send(
+        method,
+        path,
+        &[
+            ("x-auth-client", client),
+            ("x-hmac-signature", &sig),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn veriff_mode_signs_bodies_and_session_ids() {
+    let pki = Pki::new();
+    let mock = idgate_mock_provider::start(
+        MockConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            AuthMode::Veriff {
+                client: VERIFF_CLIENT.into(),
+                secret: VERIFF_SECRET.into(),
+            },
+        )
+        .with_tls(pki.cert(), pki.key()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(mock.mode(), "veriff");
+    let c = Client::https(&pki, mock.addr());
+
+    // POST: the raw body is signed.
+    let body = json!({"verification": {"callback": "https://app.example/done", "person": {"firstName": "Erika", "lastName": "Mustermann"}, "vendorData": "cust-9"}}).to_string();
+    let r = veriff(&c, "POST", "/v1/sessions", &body, &body, VERIFF_CLIENT).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let created = r.json();
+    assert_eq!(created["status"], "success");
+    assert_eq!(created["verification"]["status"], "created");
+    assert_eq!(created["verification"]["vendorData"], "cust-9");
+    let id = created["verification"]["id"].as_str().unwrap().to_owned();
+
+    // GET: the session id is signed.
+    let path = format!("/v1/sessions/{id}/decision");
+    let r = veriff(&c, "GET", &path, "", &id, VERIFF_CLIENT).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json(), json!({"status": "success", "verification": null}));
+    // ... not the (empty) body.
+    let r = veriff(&c, "GET", &path, "", "", VERIFF_CLIENT).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["status"], "fail");
+
+    // PATCH on the Didit-shaped endpoint: the body is signed.
+    let patch = json!({"new_status": "Approved"}).to_string();
+    let r = veriff(
+        &c,
+        "PATCH",
+        &format!("/v3/session/{id}/update-status/"),
+        &patch,
+        &patch,
+        VERIFF_CLIENT,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = veriff(&c, "GET", &path, "", &id, VERIFF_CLIENT).await;
+    let v = r.json();
+    assert_eq!(v["verification"]["status"], "approved");
+    assert_eq!(v["verification"]["code"], 9001);
+    assert_eq!(v["verification"]["vendorData"], "cust-9");
+    assert!(v["verification"]["person"]["firstName"].is_string());
+    assert!(v["verification"]["document"]["number"].is_string());
+
+    // A GET without /sessions/{id} in its path signs the (empty) body.
+    let r = veriff(
+        &c,
+        "GET",
+        &format!("/v3/session/{id}/decision/"),
+        "",
+        "",
+        VERIFF_CLIENT,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "Approved");
+
+    // Refusals: tampered body, wrong client, unknown session (after a valid signature).
+    let r = veriff(
+        &c,
+        "POST",
+        "/v1/sessions",
+        &body.replace("cust-9", "cust-10"),
+        &body,
+        VERIFF_CLIENT,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = veriff(&c, "POST", "/v1/sessions", &body, &body, "other-client").await;
+    assert_eq!(r.status, 401);
+    let r = c
+        .send(
+            "POST",
+            "/v1/sessions",
+            &[("x-auth-client", VERIFF_CLIENT)],
+            body.as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let r = veriff(
+        &c,
+        "GET",
+        "/v1/sessions/nope/decision",
+        "",
+        "nope",
+        VERIFF_CLIENT,
+    )
+    .await;
+    assert_eq!(r.status, 404);
+
+    assert_eq!(
+        mock.state().last_credential("X-AUTH-CLIENT").as_deref(),
+        Some(VERIFF_CLIENT)
+    );
+    assert_eq!(mock.state().session_ids(), vec![id]);
+}

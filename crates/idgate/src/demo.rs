@@ -1,0 +1,510 @@
+//! `idgate demo`: the whole path in one command, on this machine only. A development PKI,
+//! the demo API key in SoftHSM2 (or a 0600 file when SoftHSM2 is missing), the mock provider
+//! and the gateway as child processes, one verification round trip as an allowed workload
+//! and one attempt by a workload that is not allowed — told step by step — then it keeps
+//! running with the `curl` lines to try it by hand, until Ctrl-C.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use idgate_tls::devpki::{self, DevPkiRequest};
+use idgate_tls::{SpiffeId, TrustDomain};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+const TRUST_DOMAIN: &str = "demo.idgate.test";
+const ALLOWED: &str = "spiffe://demo.idgate.test/ns/kyc/sa/onboarding";
+const DENIED: &str = "spiffe://demo.idgate.test/ns/marketing/sa/newsletter";
+const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const WORKFLOW_ID: &str = idgate_mock_provider::DEFAULT_WORKFLOW_ID;
+
+/// Child processes, killed when the demo ends however it ends.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn step(n: u32, text: &str) {
+    println!("\n[{n}] {text}");
+}
+
+fn say(text: &str) {
+    println!("    {text}");
+}
+
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(contents)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn run(keep_running: bool, port: Option<u16>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(demo(keep_running, port)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\ndemo failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the idgate binary: {e}"))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("idgate-demo-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let dir = tmp.path();
+    println!(
+        "idgate demo — everything happens in {} and on 127.0.0.1 only.",
+        dir.display()
+    );
+
+    step(
+        1,
+        "Creating a development PKI (what SPIRE does in production).",
+    );
+    let pki = devpki::generate(
+        &dir.join("pki"),
+        &DevPkiRequest {
+            trust_domain: TrustDomain::new(TRUST_DOMAIN).map_err(|e| e.to_string())?,
+            workloads: [ALLOWED, DENIED]
+                .iter()
+                .map(|id| SpiffeId::new(id).map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?,
+            validity: Duration::from_secs(24 * 3600),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    say(&format!(
+        "trust domain {TRUST_DOMAIN}, CA bundle {}",
+        pki.bundle.display()
+    ));
+    say(&format!("gateway SVID {}", pki.gateway_id));
+    say(&format!("workload SVID {ALLOWED}   (will be allowed)"));
+    say(&format!("workload SVID {DENIED}   (will not be allowed)"));
+
+    step(
+        2,
+        "Storing the provider's API key where only the gateway can use it.",
+    );
+    let api_key = format!("demo_{}", random_hex(16));
+    let key_file = dir.join("provider-api-key");
+    write_private(&key_file, api_key.as_bytes())?;
+    let mut gateway_env: Vec<(&str, String)> = Vec::new();
+    let secret_ref = match store_in_softhsm(&exe, dir, &api_key) {
+        Ok((uri, conf)) => {
+            say(
+                "SoftHSM2 found: the key is wrapped (AES-256-GCM) under a non-extractable key in a PKCS#11 token.",
+            );
+            say(
+                "The gateway decrypts it inside the token; the key is not in its configuration or environment.",
+            );
+            gateway_env.push(("SOFTHSM2_CONF", conf.display().to_string()));
+            uri
+        }
+        Err(why) => {
+            say(&format!(
+                "SoftHSM2 not used ({why}); keeping the key in a 0600 file instead."
+            ));
+            say("Install softhsm2 (apt-get install softhsm2) to see the HSM custody.");
+            format!("file:{}", key_file.display())
+        }
+    };
+
+    let mut children = Children(Vec::new());
+    step(
+        3,
+        "Starting the mock identity-verification provider (speaks the Didit v3 API).",
+    );
+    let provider_port = free_port()?;
+    let provider = Command::new(&exe)
+        .arg("mock-provider")
+        .args(["--listen", &format!("127.0.0.1:{provider_port}")])
+        .arg("--tls-cert")
+        .arg(&pki.gateway_cert)
+        .arg("--tls-key")
+        .arg(&pki.gateway_key)
+        .arg("--api-key-file")
+        .arg(&key_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the mock provider: {e}"))?;
+    children.0.push(provider);
+    say(&format!(
+        "https://127.0.0.1:{provider_port} — it accepts only requests carrying the API key."
+    ));
+
+    step(4, "Starting the gateway.");
+    let port = match port {
+        Some(p) => p,
+        None => free_port()?,
+    };
+    let admin_port = free_port()?;
+    let config_path = dir.join("idgate.toml");
+    std::fs::write(
+        &config_path,
+        demo_config(&pki, port, admin_port, provider_port, &secret_ref),
+    )
+    .map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let log_path = dir.join("idgate.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let gateway = Command::new(&exe)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .envs(gateway_env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_remove("IDGATE_LOG")
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start the gateway: {e}"))?;
+    children.0.push(gateway);
+    wait_ready(admin_port, &log_path).await?;
+    say(&format!(
+        "listening on https://localhost:{port} (mutual TLS), config {}",
+        config_path.display()
+    ));
+    say("routes: POST /v3/session/ and GET /v3/session/{id}/decision/, allowed only for");
+    say(&format!("        {ALLOWED}"));
+
+    step(5, "Round trip as the allowed workload.");
+    let allowed = client_config(&pki.bundle, &pki.workloads[0].1, &pki.workloads[0].2)?;
+    let body = format!(r#"{{"workflow_id":"{WORKFLOW_ID}","vendor_data":"demo-user-42"}}"#);
+    let (status, json) = request(&allowed, port, "POST", "/v3/session/", &body).await?;
+    say(&format!(
+        "POST /v3/session/            → {status}  (the gateway added the API key on the way out)"
+    ));
+    let session_id = json
+        .get("session_id")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| format!("the provider did not create a session: {json}"))?
+        .to_owned();
+    say(&format!(
+        "session_id {session_id}, status \"{}\"",
+        json.get("status").and_then(|s| s.as_str()).unwrap_or("?")
+    ));
+    let path = format!("/v3/session/{session_id}/decision/");
+    let (status, json) = request(&allowed, port, "GET", &path, "").await?;
+    say(&format!("GET  {path} → {status}"));
+    say(&format!(
+        "decision status \"{}\" with {} ID verification(s)",
+        json.get("status").and_then(|s| s.as_str()).unwrap_or("?"),
+        json.get("id_verifications")
+            .and_then(|v| v.as_array())
+            .map_or(0, Vec::len)
+    ));
+
+    step(
+        6,
+        "The same request from a workload that is not on the route's allow list.",
+    );
+    let denied = client_config(&pki.bundle, &pki.workloads[1].1, &pki.workloads[1].2)?;
+    let (status, json) = request(&denied, port, "GET", &path, "").await?;
+    say(&format!("GET  {path} → {status}"));
+    say(&format!(
+        "problem: {} — {}",
+        json.get("title").and_then(|s| s.as_str()).unwrap_or("?"),
+        json.get("detail").and_then(|s| s.as_str()).unwrap_or("?")
+    ));
+
+    let leaked = std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains(&api_key);
+    step(7, "Checking the gateway's log for the API key.");
+    say(if leaked {
+        "FOUND — this is a bug."
+    } else {
+        "Not there: the log has the caller, route, status and credential version only."
+    });
+    if leaked {
+        return Err("the API key appeared in the gateway log".into());
+    }
+
+    if !keep_running {
+        println!("\nDone.");
+        return Ok(());
+    }
+    let (ac, ak) = (&pki.workloads[0].1, &pki.workloads[0].2);
+    let (dc, dk) = (&pki.workloads[1].1, &pki.workloads[1].2);
+    let b = pki.bundle.display();
+    println!("\nThe demo keeps running. Try it yourself:");
+    println!("\n  # allowed workload: create a session, then fetch its decision");
+    println!(
+        "  curl --cert {} --key {} --cacert {b} -H 'content-type: application/json' -d '{body}' https://localhost:{port}/v3/session/",
+        ac.display(),
+        ak.display()
+    );
+    println!(
+        "  curl --cert {} --key {} --cacert {b} https://localhost:{port}{path}",
+        ac.display(),
+        ak.display()
+    );
+    println!("\n  # a workload that is not allowed: 403 problem+json");
+    println!(
+        "  curl --cert {} --key {} --cacert {b} https://localhost:{port}{path}",
+        dc.display(),
+        dk.display()
+    );
+    println!("\n  # no client certificate: the TLS handshake is refused");
+    println!("  curl --cacert {b} https://localhost:{port}{path}");
+    println!("\n  # health and metrics (admin listener, loopback only)");
+    println!(
+        "  curl http://127.0.0.1:{admin_port}/readyz; curl http://127.0.0.1:{admin_port}/metrics"
+    );
+    println!("\n  gateway log: {}", log_path.display());
+    println!("\nPress Ctrl-C to stop; the temporary directory is removed.");
+    let _ = tokio::signal::ctrl_c().await;
+    println!("\nStopping.");
+    drop(children);
+    Ok(())
+}
+
+/// Creates a SoftHSM2 token in `dir` and imports the key through `idgate hsm`, returning
+/// the `pkcs11:` reference and the SoftHSM2 configuration file.
+fn store_in_softhsm(exe: &Path, dir: &Path, api_key: &str) -> Result<(String, PathBuf), String> {
+    if !Path::new(SOFTHSM_MODULE).exists() {
+        return Err(format!("{SOFTHSM_MODULE} is missing"));
+    }
+    let tokens = dir.join("tokens");
+    std::fs::create_dir(&tokens).map_err(|e| e.to_string())?;
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!("directories.tokendir = {}\n", tokens.display()),
+    )
+    .map_err(|e| e.to_string())?;
+    let pin = random_hex(8);
+    let so_pin = random_hex(8);
+    let pin_file = dir.join("hsm-pin");
+    write_private(&pin_file, pin.as_bytes())?;
+    let init = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "idgate-demo",
+            "--so-pin",
+            &so_pin,
+            "--pin",
+            &pin,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|_| "softhsm2-util is not installed".to_owned())?;
+    if !init.success() {
+        return Err("softhsm2-util could not create a token".into());
+    }
+    let uri = format!(
+        "pkcs11:token=idgate-demo;object=didit-api-key?module-path={SOFTHSM_MODULE}&pin-source=file:{}",
+        pin_file.display()
+    );
+    let mut import = Command::new(exe)
+        .args(["hsm", "import-secret", "--uri", &uri])
+        .env("SOFTHSM2_CONF", &conf)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    if let Some(mut stdin) = import.stdin.take() {
+        stdin
+            .write_all(api_key.as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    let out = import.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "import failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok((uri, conf))
+}
+
+fn demo_config(
+    pki: &devpki::DevPkiFiles,
+    port: u16,
+    admin: u16,
+    provider: u16,
+    secret: &str,
+) -> String {
+    format!(
+        r#"# Written by `idgate demo`.
+workers = 1
+
+[listener]
+bind = "127.0.0.1:{port}"
+client_auth = "required"
+
+[identity]
+svid_cert = "{cert}"
+svid_key = "{key}"
+
+[[identity.trust_bundles]]
+trust_domain = "{TRUST_DOMAIN}"
+bundle = "{bundle}"
+
+[admin]
+bind = "127.0.0.1:{admin}"
+
+[log]
+format = "text"
+
+[[upstreams]]
+name = "didit"
+url = "https://127.0.0.1:{provider}"
+ca = "{bundle}"
+[upstreams.credential]
+header = "x-api-key"
+secret = "{secret}"
+
+[[routes]]
+name = "create-session"
+methods = ["POST"]
+path = "/v3/session/"
+upstream = "didit"
+allow = ["{ALLOWED}"]
+
+[[routes]]
+name = "session-decision"
+methods = ["GET"]
+path = "/v3/session/{{session_id}}/decision/"
+upstream = "didit"
+allow = ["spiffe://{TRUST_DOMAIN}/ns/kyc/*"]
+"#,
+        cert = pki.gateway_cert.display(),
+        key = pki.gateway_key.display(),
+        bundle = pki.bundle.display(),
+    )
+}
+
+async fn wait_ready(admin_port: u16, log: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s
+                .write_all(b"GET /readyz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+                .await;
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            if buf.starts_with(b"HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "the gateway did not become ready; its log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    ))
+}
+
+fn client_config(
+    bundle: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(bundle).map_err(|e| e.to_string())? {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| e.to_string())?;
+    let cfg = rustls::ClientConfig::builder_with_provider(idgate_tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(cfg))
+}
+
+async fn request(
+    cfg: &Arc<rustls::ClientConfig>,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, serde_json::Value), String> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}

@@ -1,0 +1,438 @@
+//! Upstream credentials kept in a real PKCS#11 token (SoftHSM2): wrapped API keys and HMAC
+//! keys that never leave the token, imported with `idgate hsm`, used and rotated by a
+//! running gateway.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use crate::assert_eventually;
+use crate::support::*;
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A SoftHSM2 token in a temporary directory with its own configuration.
+struct Token {
+    dir: tempfile::TempDir,
+}
+
+impl Token {
+    fn new() -> Self {
+        assert!(
+            Path::new(MODULE).exists(),
+            "SoftHSM2 is not installed: run scripts/setup-test-deps.sh"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tokens")).unwrap();
+        std::fs::write(
+            dir.path().join("softhsm2.conf"),
+            format!("directories.tokendir = {}/tokens\n", dir.path().display()),
+        )
+        .unwrap();
+        let t = Self { dir };
+        let (code, out, err) = run(Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", t.conf())
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                "idgate",
+                "--so-pin",
+                "5678",
+                "--pin",
+                "1234",
+            ]));
+        assert_eq!(code, 0, "{out}{err}");
+        let pin = t.dir.path().join("pin");
+        std::fs::write(&pin, "1234").unwrap();
+        std::os::unix::fs::PermissionsExt::set_mode(
+            &mut std::fs::metadata(&pin).unwrap().permissions(),
+            0o600,
+        );
+        std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        t
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+
+    fn uri(&self, object: &str) -> String {
+        format!(
+            "pkcs11:token=idgate;object={object}?module-path={MODULE}&pin-source=file:{}",
+            self.dir.path().join("pin").display()
+        )
+    }
+
+    /// Runs `idgate hsm <args>` with `stdin` as the secret.
+    fn hsm(&self, args: &[&str], stdin: &str) -> (i32, String, String) {
+        use std::io::Write;
+        let mut child = Command::new(bin())
+            .arg("hsm")
+            .args(args)
+            .env("SOFTHSM2_CONF", self.conf())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+fn hex_hmac(key: &str, data: &[u8]) -> String {
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
+    ring::hmac::sign(&k, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn gateway_with_credential(
+    pki: &Pki,
+    upstream: &TestUpstream,
+    token: &Token,
+    credential: &str,
+) -> Gateway {
+    let (port, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"{base}
+[[upstreams]]
+name = "provider"
+url = "{url}"
+ca = "{ca}"
+[upstreams.credential]
+{credential}
+refresh_interval = "250ms"
+
+[[routes]]
+name = "sessions"
+methods = ["GET", "POST", "DELETE"]
+path = "/v1/{{*rest}}"
+upstream = "provider"
+allow = ["{ONBOARDING}"]
+"#,
+        base = base_config(pki, port, admin),
+        url = upstream.url(true),
+        ca = pki.files.bundle.display(),
+    );
+    Gateway::start(
+        &config,
+        port,
+        admin,
+        &[("SOFTHSM2_CONF", token.conf().to_str().unwrap())],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn wrapped_api_key_from_the_token_reaches_the_provider_and_nowhere_else() {
+    let token = Token::new();
+    let key = "didit-live-key-7f3a9c21";
+    let (code, out, err) = token.hsm(
+        &["import-secret", "--uri", &token.uri("didit-api-key")],
+        key,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains(key) && !err.contains(key));
+
+    let (code, listing, _) = token.hsm(&["list", "--uri", &token.uri("x")], "");
+    assert_eq!(code, 0);
+    assert!(
+        listing.contains("didit-api-key") && listing.contains("wrapped-value"),
+        "{listing}"
+    );
+    assert!(!listing.contains(key));
+
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let credential = format!(
+        "header = \"x-api-key\"\nsecret = \"{}\"",
+        token.uri("didit-api-key")
+    );
+    let gw = gateway_with_credential(&pki, &upstream, &token, &credential).await;
+    let client = Client::new(&pki, Some(ONBOARDING), gw.port, true);
+    let reply = client.get("/v1/sessions/abc").await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(upstream.last().headers.get("x-api-key").unwrap(), key);
+
+    // The key is in no log, no config file, no process environment.
+    assert!(!gw.output().contains(key));
+    assert!(
+        !std::fs::read_to_string(&gw.config_path)
+            .unwrap()
+            .contains(key)
+    );
+    let environ = std::fs::read(format!("/proc/{}/environ", gw.child.id())).unwrap();
+    assert!(!String::from_utf8_lossy(&environ).contains(key));
+    // The token files hold only ciphertext.
+    for entry in walk(token.dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+            "{entry:?}"
+        );
+    }
+    // Each use is counted per credential label and version.
+    let (status, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(
+            r#"idgate_upstream_credential_uses_total{credential="provider",version="1"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn rotating_the_key_in_the_token_under_load_loses_no_request() {
+    let token = Token::new();
+    let (code, _, err) = token.hsm(
+        &["import-secret", "--uri", &token.uri("didit-api-key")],
+        "old-key-1111",
+    );
+    assert_eq!(code, 0, "{err}");
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let credential = format!(
+        "header = \"x-api-key\"\nsecret = \"{}\"",
+        token.uri("didit-api-key")
+    );
+    let gw = gateway_with_credential(&pki, &upstream, &token, &credential).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU32::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let (stop, failures) = (stop.clone(), failures.clone());
+        load.push(tokio::spawn(async move {
+            let mut conn = client.connect().await.unwrap();
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) && n < 5000 {
+                match conn.send("GET", "/v1/sessions/x", &[], "").await {
+                    Ok(r) if r.status == 200 => {}
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (code, out, err) = token.hsm(
+        &["rotate", "--uri", &token.uri("didit-api-key")],
+        "new-key-2222",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eventually!(
+        upstream
+            .last()
+            .headers
+            .get("x-api-key")
+            .is_some_and(|v| v == "new-key-2222"),
+        "the provider never saw the rotated key"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for t in load {
+        total += t.await.unwrap();
+    }
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during rotation"
+    );
+    assert!(total > 20, "too little load to mean anything: {total}");
+    assert!(gw.output().contains("upstream credential rotated"));
+    assert!(!gw.output().contains("new-key-2222") && !gw.output().contains("old-key-1111"));
+}
+
+#[tokio::test]
+async fn sumsub_signature_is_computed_inside_the_token_with_a_non_extractable_key() {
+    let token = Token::new();
+    let secret = "sumsub-secret-key-0123456789abcdef";
+    let (code, _, err) = token.hsm(
+        &[
+            "import-secret",
+            "--kind",
+            "hmac",
+            "--uri",
+            &token.uri("sumsub-hmac"),
+        ],
+        secret,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (_, listing, _) = token.hsm(&["list", "--uri", &token.uri("x")], "");
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with("sumsub-hmac"))
+        .expect(&listing);
+    // EXTRACTABLE no, SENSITIVE yes.
+    assert!(
+        line.contains("hmac-key") && line.contains(" no ") && line.trim_end().ends_with("yes"),
+        "{line}"
+    );
+
+    let app_token_file = token.dir.path().join("app-token");
+    std::fs::write(&app_token_file, "sbx:apptoken123").unwrap();
+    std::fs::set_permissions(
+        &app_token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let credential = format!(
+        "scheme = \"sumsub\"\napp_token = \"file:{}\"\nsecret = \"{}\"",
+        app_token_file.display(),
+        token.uri("sumsub-hmac")
+    );
+    let gw = gateway_with_credential(&pki, &upstream, &token, &credential).await;
+    let client = Client::new(&pki, Some(ONBOARDING), gw.port, true);
+    let body = r#"{"externalUserId":"u-1","levelName":"basic-kyc"}"#;
+    let reply = client
+        .send(
+            "POST",
+            "/v1/resources/applicants?levelName=basic-kyc",
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{:?} {}", reply.body, gw.output());
+    let seen = upstream.last();
+    let ts = seen
+        .headers
+        .get("x-app-access-ts")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let expected = hex_hmac(
+        secret,
+        format!("{ts}POST/v1/resources/applicants?levelName=basic-kyc{body}").as_bytes(),
+    );
+    assert_eq!(
+        seen.headers.get("x-app-access-sig").unwrap(),
+        expected.as_str()
+    );
+    assert_eq!(seen.headers.get("x-app-token").unwrap(), "sbx:apptoken123");
+    assert_eq!(seen.body, body.as_bytes());
+}
+
+#[tokio::test]
+async fn veriff_signature_covers_the_body_or_the_session_id() {
+    let token = Token::new();
+    let secret = "veriff-shared-secret-abcdef0123456789";
+    let (code, _, err) = token.hsm(
+        &[
+            "import-secret",
+            "--kind",
+            "hmac",
+            "--uri",
+            &token.uri("veriff-hmac"),
+        ],
+        secret,
+    );
+    assert_eq!(code, 0, "{err}");
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let credential = format!(
+        "scheme = \"veriff\"\nclient = \"env:VERIFF_CLIENT\"\nsecret = \"{}\"",
+        token.uri("veriff-hmac")
+    );
+    let (port, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"{base}
+[[upstreams]]
+name = "veriff"
+url = "{url}"
+ca = "{ca}"
+[upstreams.credential]
+{credential}
+
+[[routes]]
+name = "all"
+methods = ["GET", "POST"]
+path = "/v1/{{*rest}}"
+upstream = "veriff"
+allow = ["{ONBOARDING}"]
+"#,
+        base = base_config(&pki, port, admin),
+        url = upstream.url(true),
+        ca = pki.files.bundle.display(),
+    );
+    let gw = Gateway::start(
+        &config,
+        port,
+        admin,
+        &[
+            ("SOFTHSM2_CONF", token.conf().to_str().unwrap()),
+            ("VERIFF_CLIENT", "veriff-client-key"),
+        ],
+    )
+    .await;
+    let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+    let body = r#"{"verification":{"person":{"firstName":"Ana"}}}"#;
+    assert_eq!(
+        client
+            .send("POST", "/v1/sessions", &[], body)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let seen = upstream.last();
+    assert_eq!(
+        seen.headers.get("x-hmac-signature").unwrap(),
+        hex_hmac(secret, body.as_bytes()).as_str()
+    );
+    assert_eq!(
+        seen.headers.get("x-auth-client").unwrap(),
+        "veriff-client-key"
+    );
+
+    assert_eq!(
+        client
+            .get("/v1/sessions/sess-42/decision")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let seen = upstream.last();
+    assert_eq!(
+        seen.headers.get("x-hmac-signature").unwrap(),
+        hex_hmac(secret, b"sess-42").as_str()
+    );
+}
