@@ -1,0 +1,1 @@
+//! Caller API keys (to be completed): format, keyed hashing, verification.

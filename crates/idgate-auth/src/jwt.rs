@@ -1,0 +1,1 @@
+//! JWT access tokens (to be completed): JWS verification, JWKS, issuers.
