@@ -174,6 +174,7 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot start the mock provider: {e}"))?;
     children.0.push(provider);
+    wait_listening(provider_port).await?;
     say(&format!(
         "https://127.0.0.1:{provider_port} — it accepts only requests carrying the API key."
     ));
@@ -422,6 +423,17 @@ allow = ["spiffe://{TRUST_DOMAIN}/ns/kyc/*"]
         key = pki.gateway_key.display(),
         bundle = pki.bundle.display(),
     )
+}
+
+async fn wait_listening(port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("the mock provider did not start listening on port {port}"))
 }
 
 async fn wait_ready(admin_port: u16, log: &Path) -> Result<(), String> {
