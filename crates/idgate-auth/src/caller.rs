@@ -34,8 +34,13 @@ pub struct Caller {
 impl Caller {
     /// Scopes granted by the credentials presented (API key and token together).
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.api_key.as_ref().is_some_and(|k| k.scopes.iter().any(|s| s == scope))
-            || self.token.as_ref().is_some_and(|t| t.scopes.iter().any(|s| s == scope))
+        self.api_key
+            .as_ref()
+            .is_some_and(|k| k.scopes.iter().any(|s| s == scope))
+            || self
+                .token
+                .as_ref()
+                .is_some_and(|t| t.scopes.iter().any(|s| s == scope))
     }
 
     /// A short label for logs: the strongest identity present.
@@ -53,6 +58,10 @@ impl Caller {
                 None => format!("sub:{}", t.subject),
             });
         }
-        if parts.is_empty() { "-".to_owned() } else { parts.join(" ") }
+        if parts.is_empty() {
+            "-".to_owned()
+        } else {
+            parts.join(" ")
+        }
     }
 }

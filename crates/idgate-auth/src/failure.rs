@@ -50,7 +50,9 @@ pub enum AuthFailure {
 impl AuthFailure {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InsufficientScope { .. } | Self::NotAllowed | Self::ApiKeyBindingMismatch => StatusCode::FORBIDDEN,
+            Self::InsufficientScope { .. } | Self::NotAllowed | Self::ApiKeyBindingMismatch => {
+                StatusCode::FORBIDDEN
+            }
             Self::ApiKeyInQuery | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::UNAUTHORIZED,
         }
@@ -61,7 +63,10 @@ impl AuthFailure {
     pub fn is_failed_attempt(&self) -> bool {
         matches!(
             self,
-            Self::InvalidApiKey | Self::InvalidToken(_) | Self::TokenBindingMismatch | Self::ApiKeyBindingMismatch
+            Self::InvalidApiKey
+                | Self::InvalidToken(_)
+                | Self::TokenBindingMismatch
+                | Self::ApiKeyBindingMismatch
         )
     }
 

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use http::Method;
-use idgate_tls::{SpiffeIdPattern, SpiffeIdError};
+use idgate_tls::{SpiffeIdError, SpiffeIdPattern};
 
 use crate::caller::Caller;
 
@@ -76,12 +76,16 @@ impl Default for RouteAuth {
 impl RouteAuth {
     /// Whether a layer appears anywhere in the policy.
     pub fn uses(&self, layer: AuthLayer) -> bool {
-        self.requirements.iter().any(|r| r.layers().contains(&layer))
+        self.requirements
+            .iter()
+            .any(|r| r.layers().contains(&layer))
     }
 
     /// Whether mutual TLS is required outright (not only one option of several).
     pub fn requires_mtls(&self) -> bool {
-        self.requirements.iter().any(|r| *r == Requirement::One(AuthLayer::Mtls))
+        self.requirements
+            .iter()
+            .any(|r| *r == Requirement::One(AuthLayer::Mtls))
     }
 }
 
@@ -113,10 +117,16 @@ pub enum AllowEntryError {
 impl AllowEntry {
     pub fn parse(s: &str) -> Result<Self, AllowEntryError> {
         let named = |rest: &str, make: fn(String) -> Self| {
-            if rest.is_empty() { Err(AllowEntryError::Empty) } else { Ok(make(rest.to_owned())) }
+            if rest.is_empty() {
+                Err(AllowEntryError::Empty)
+            } else {
+                Ok(make(rest.to_owned()))
+            }
         };
         if s.starts_with("spiffe:") {
-            SpiffeIdPattern::new(s).map(Self::Spiffe).map_err(AllowEntryError::Spiffe)
+            SpiffeIdPattern::new(s)
+                .map(Self::Spiffe)
+                .map_err(AllowEntryError::Spiffe)
         } else if let Some(rest) = s.strip_prefix("apikey:") {
             named(rest, Self::ApiKey)
         } else if let Some(rest) = s.strip_prefix("client:") {
@@ -166,7 +176,10 @@ impl ScopeRule {
         match self {
             Self::None => &[],
             Self::All(s) => s,
-            Self::PerMethod(m) => m.iter().find(|(mm, _)| mm == method).map_or(&[], |(_, s)| s),
+            Self::PerMethod(m) => m
+                .iter()
+                .find(|(mm, _)| mm == method)
+                .map_or(&[], |(_, s)| s),
         }
     }
 
@@ -210,12 +223,23 @@ mod tests {
             ("client:svc-1", false),
             ("sub:svc-1", true),
         ] {
-            assert_eq!(AllowEntry::parse(entry).unwrap().matches(&caller), ok, "{entry}");
+            assert_eq!(
+                AllowEntry::parse(entry).unwrap().matches(&caller),
+                ok,
+                "{entry}"
+            );
         }
         assert!(AllowEntry::parse("batch").is_err());
         assert!(AllowEntry::parse("apikey:").is_err());
-        assert!(matches!(AllowEntry::parse("spiffe://Bad/x"), Err(AllowEntryError::Spiffe(_))));
-        assert!(!AllowEntry::parse("apikey:batch").unwrap().matches(&Caller::default()));
+        assert!(matches!(
+            AllowEntry::parse("spiffe://Bad/x"),
+            Err(AllowEntryError::Spiffe(_))
+        ));
+        assert!(
+            !AllowEntry::parse("apikey:batch")
+                .unwrap()
+                .matches(&Caller::default())
+        );
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! `SecretRef`, `Duration`, …); nothing downstream parses strings again. Validation goes on
 //! past the first problem so that `idgate check` can report them all at once.
 
+mod auth;
 mod duration;
 mod raw;
+pub mod vault;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -20,7 +22,9 @@ use idgate_secrets::SecretRef;
 use idgate_tls::{SpiffeIdPattern, TlsVersion, TrustDomain};
 use serde::de::DeserializeOwned;
 
+pub use auth::{ApiKeysConfig, JwtIssuerConfig, TokenClientConfig, TokenEndpointConfig};
 pub use duration::parse_duration;
+pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,7 +206,13 @@ pub struct RouteConfig {
     pub path: String,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
-    pub allow: Vec<SpiffeIdPattern>,
+    /// Who may use the route (default deny): SPIFFE IDs and patterns, `apikey:NAME`,
+    /// `client:ID`, `sub:SUBJECT`.
+    pub allow: Vec<AllowEntry>,
+    /// The authentication layers the route requires (default: mutual TLS).
+    pub auth: RouteAuth,
+    /// The scopes the route requires, per method.
+    pub scopes: ScopeRule,
 }
 
 /// A validated configuration.
@@ -216,6 +226,11 @@ pub struct Config {
     pub log: LogConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    pub api_keys: Option<ApiKeysConfig>,
+    pub jwt_issuers: Vec<JwtIssuerConfig>,
+    pub token_endpoint: Option<TokenEndpointConfig>,
+    /// Where Vault is and how to log in, for `vault:` references.
+    pub vault: Option<vault::VaultConfig>,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
 }
@@ -228,6 +243,10 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "log",
     "upstreams",
     "routes",
+    "api_keys",
+    "jwt_issuers",
+    "token_endpoint",
+    "vault",
 ];
 
 struct Ctx<'a> {
@@ -417,6 +436,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     };
 
     let mut warnings = Vec::new();
+    let vault = vault::section(&mut cx, &mut table, text, &mut warnings);
     if let Some(a) = &admin
         && !a.bind.ip().is_loopback()
     {
@@ -434,8 +454,24 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .as_ref()
         .map(|i| i.trust_bundles.iter().map(|(td, _)| td.clone()).collect())
         .unwrap_or_default();
+    let api_keys = table
+        .remove("api_keys")
+        .and_then(|v| cx.section::<raw::ApiKeys>("api_keys", v))
+        .and_then(|a| auth::api_keys(&mut cx, a));
+    let jwt_issuers = array::<raw::JwtIssuer>(&mut cx, &mut table, "jwt_issuers")
+        .into_iter()
+        .filter_map(|(i, j)| auth::jwt_issuer(&mut cx, i, j))
+        .collect::<Vec<_>>();
+    let token_endpoint = table
+        .remove("token_endpoint")
+        .and_then(|v| cx.section::<raw::TokenEndpoint>("token_endpoint", v))
+        .and_then(|t| auth::token_endpoint(&mut cx, t));
     let raw_routes = array::<raw::Route>(&mut cx, &mut table, "routes");
-    let routes = routes(&mut cx, raw_routes, &upstreams, &trust_domains);
+    let layers = Layers {
+        api_keys: api_keys.is_some(),
+        jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),
+    };
+    let routes = routes(&mut cx, raw_routes, &upstreams, &trust_domains, layers);
 
     match (listener, identity, admin, log) {
         (Some(listener), Some(identity), Some(admin), Some(log)) if cx.errors.is_empty() => {
@@ -448,6 +484,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 log,
                 upstreams: upstreams.into_iter().flatten().collect(),
                 routes,
+                api_keys,
+                jwt_issuers,
+                token_endpoint,
+                vault,
                 warnings,
             })
         }
@@ -838,11 +878,19 @@ fn credential(
     })
 }
 
+/// Which authentication layers the configuration provides.
+#[derive(Clone, Copy)]
+struct Layers {
+    api_keys: bool,
+    jwt: bool,
+}
+
 fn routes(
     cx: &mut Ctx<'_>,
     raw: Vec<(usize, raw::Route)>,
     upstreams: &[Option<UpstreamConfig>],
     trust_domains: &HashSet<TrustDomain>,
+    layers: Layers,
 ) -> Vec<RouteConfig> {
     let upstream_index: HashMap<&str, usize> = upstreams
         .iter()
@@ -938,11 +986,16 @@ fn routes(
                 "is empty, so no caller could ever use this route",
             );
         }
+        let auth = auth::route_auth(cx, &key, r.auth);
+        let scopes = auth::route_scopes(cx, &key, r.scopes, &methods);
         let mut allow = Vec::new();
         for (a, s) in r.allow.iter().enumerate() {
-            match SpiffeIdPattern::new(s) {
-                Ok(p) => {
-                    let td = match &p {
+            let Some(entry) = auth::allow_entry(cx, format!("{key}.allow[{a}]"), s) else {
+                continue;
+            };
+            let needs = match &entry {
+                AllowEntry::Spiffe(p) => {
+                    let td = match p {
                         SpiffeIdPattern::Exact(id) => id.trust_domain_name().to_owned(),
                         SpiffeIdPattern::Prefix(prefix) => prefix
                             .trim_start_matches("spiffe://")
@@ -958,13 +1011,41 @@ fn routes(
                             format!("trust domain {td} has no [[identity.trust_bundles]] entry, so no caller could match"),
                         );
                     }
-                    allow.push(p);
+                    None
                 }
-                Err(e) => cx.err(
+                AllowEntry::ApiKey(_) => Some(AuthLayer::ApiKey),
+                AllowEntry::Client(_) | AllowEntry::Subject(_) => Some(AuthLayer::Jwt),
+            };
+            if let Some(layer) = needs
+                && !auth.uses(layer)
+            {
+                cx.err(
                     format!("{key}.allow[{a}]"),
-                    format!("\"{s}\" is not a SPIFFE ID: {e}"),
-                ),
+                    format!("\"{s}\" can only match through the {layer} layer, which this route's auth does not list"),
+                );
             }
+            allow.push(entry);
+        }
+        for layer in [AuthLayer::ApiKey, AuthLayer::Jwt] {
+            let configured = match layer {
+                AuthLayer::ApiKey => layers.api_keys,
+                _ => layers.jwt,
+            };
+            if auth.uses(layer) && !configured {
+                cx.err(
+                    format!("{key}.auth"),
+                    match layer {
+                        AuthLayer::ApiKey => "uses api_key, but there is no [api_keys] section",
+                        _ => "uses jwt, but there is no [[jwt_issuers]] or [token_endpoint]",
+                    },
+                );
+            }
+        }
+        if !scopes.is_empty() && !auth.uses(AuthLayer::ApiKey) && !auth.uses(AuthLayer::Jwt) {
+            cx.err(
+                format!("{key}.scopes"),
+                "scopes come from API keys and tokens: add \"api_key\" or \"jwt\" to this route's auth",
+            );
         }
         if cx.errors.len() == before {
             out.push(RouteConfig {
@@ -973,6 +1054,8 @@ fn routes(
                 path: r.path,
                 upstream,
                 allow,
+                auth,
+                scopes,
             });
         }
     }

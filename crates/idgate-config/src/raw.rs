@@ -116,7 +116,88 @@ pub(crate) struct Route {
     pub(crate) path: String,
     pub(crate) upstream: String,
     pub(crate) allow: Vec<String>,
+    #[serde(default)]
+    pub(crate) auth: Option<Vec<AuthItem>>,
+    #[serde(default)]
+    pub(crate) scopes: Option<Scopes>,
 }
 
 /// Kept so that an unknown top-level table gets the same message as any other unknown key.
 pub(crate) type Table = BTreeMap<String, toml::Value>;
+
+/// One entry of a route's `auth` list: `"mtls"` or `{ any = ["api_key", "jwt"] }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum AuthItem {
+    Layer(String),
+    Any(AnyOf),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AnyOf {
+    pub(crate) any: Vec<String>,
+}
+
+/// `scopes = ["a"]` or `scopes = { POST = ["a"], GET = ["b"] }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Scopes {
+    All(Vec<String>),
+    PerMethod(BTreeMap<String, Vec<String>>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiKeys {
+    pub(crate) store: String,
+    pub(crate) pepper: String,
+    #[serde(default)]
+    pub(crate) reload_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JwtIssuer {
+    pub(crate) name: String,
+    pub(crate) issuer: String,
+    #[serde(default)]
+    pub(crate) jwks_uri: Option<String>,
+    #[serde(default)]
+    pub(crate) discovery: Option<bool>,
+    pub(crate) audiences: Vec<String>,
+    #[serde(default)]
+    pub(crate) algorithms: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) leeway: Option<String>,
+    #[serde(default)]
+    pub(crate) ca: Option<String>,
+    #[serde(default)]
+    pub(crate) jwks_refresh_interval: Option<String>,
+    #[serde(default)]
+    pub(crate) min_refresh_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenEndpoint {
+    pub(crate) issuer: String,
+    pub(crate) audience: String,
+    pub(crate) signing_key: String,
+    #[serde(default)]
+    pub(crate) token_ttl: Option<String>,
+    #[serde(default)]
+    pub(crate) clients: Vec<TokenClient>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenClient {
+    pub(crate) client_id: String,
+    #[serde(default)]
+    pub(crate) spiffe_id: Option<String>,
+    #[serde(default)]
+    pub(crate) client_secret: Option<String>,
+    #[serde(default)]
+    pub(crate) scopes: Vec<String>,
+}

@@ -64,6 +64,14 @@ impl Gateway {
         let material = TlsMaterial::load(spec, provider.clone())
             .map_err(|errs| errors.extend(errs.into_iter().map(|e| format!("identity: {e}"))))
             .ok();
+        // `vault:` references are read through the process-wide client: it must be in place
+        // before the credentials load. A changed [vault] section takes effect at restart.
+        if let Some(v) = &config.vault {
+            match idgate_secrets::vault::VaultClient::new(v.clone()) {
+                Ok(client) => idgate_secrets::vault::install(client),
+                Err(e) => errors.push(format!("vault: {e}")),
+            }
+        }
         let roots = crate::upstream::platform_roots();
         let snapshot = Snapshot::build(&config, &roots, &provider)
             .map_err(|errs| errors.extend(errs))

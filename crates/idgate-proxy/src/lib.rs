@@ -2,6 +2,7 @@
 //! upstream client, the admin listener and reloads.
 
 pub mod admin;
+pub mod authn;
 pub mod credential;
 pub mod gateway;
 pub mod listener;

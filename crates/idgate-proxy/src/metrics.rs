@@ -24,8 +24,14 @@ struct CredentialLabel {
     credential: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    auth_failures: Family<ReasonLabel, Counter>,
     requests: Family<RequestLabels, Counter>,
     credential_uses: Family<CredentialUse, Counter>,
     credential_failures: Family<CredentialLabel, Counter>,
@@ -71,8 +77,15 @@ impl Metrics {
             "New versions of upstream credentials taken into use",
             credential_rotations.clone(),
         );
+        let auth_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Failed authentication attempts (wrong credentials), by reason",
+            auth_failures.clone(),
+        );
         Self {
             registry,
+            auth_failures,
             requests,
             credential_uses,
             credential_failures,
@@ -86,6 +99,12 @@ impl Metrics {
                 route: route.to_owned(),
                 status,
             })
+            .inc();
+    }
+
+    pub fn auth_failed(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 

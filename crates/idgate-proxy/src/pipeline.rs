@@ -30,11 +30,13 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use idgate_tls::SpiffeId;
 
+use crate::authn::{self, FailedAttempts};
 use crate::metrics::Metrics;
 use crate::problem::Refusal;
 use crate::routes::{Route, RouteMiss};
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
+use idgate_auth::AuthFailure;
 
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
@@ -50,12 +52,6 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The client's IP as a header value, made once per connection for `x-forwarded-for`.
     pub remote_ip: HeaderValue,
-}
-
-/// The authenticated caller. Later layers (API keys, OAuth2) add their identities here.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub spiffe_id: SpiffeId,
 }
 
 /// Request IDs: a random per-process prefix and a counter — unique, cheap, unguessable
@@ -113,6 +109,20 @@ fn valid_request_id(v: &HeaderValue) -> bool {
 pub struct Services {
     pub ids: RequestIds,
     pub metrics: Arc<Metrics>,
+    pub failed_attempts: FailedAttempts,
+}
+
+impl Services {
+    /// Counts a failed authentication attempt against its source and turns the failure into
+    /// the refusal the caller sees.
+    fn auth_failed(&self, conn: &ConnInfo, failure: AuthFailure) -> Refusal {
+        if failure.is_failed_attempt() {
+            let n = self.failed_attempts.record(conn.remote.ip().to_canonical());
+            self.metrics.auth_failed(failure.slug());
+            tracing::info!(remote = %conn.remote.ip(), reason = %failure, failures_in_window = n, "authentication failed");
+        }
+        Refusal::Auth(failure)
+    }
 }
 
 /// Runs one request through the pipeline. Never fails: refusals become problem responses.
@@ -132,13 +142,20 @@ pub async fn handle(
     let mut route_name = "-";
     let mut upstream_status = None;
     let mut credential: Option<(&str, Arc<str>)> = None;
+    let mut caller_label: Option<String> = None;
 
     let result = async {
         check_path(req.uri())?;
         let route = route(&snapshot, &req)?;
         route_name = route.name.as_str();
-        let caller = authenticate(&conn)?;
-        authorize(route, &caller)?;
+        let (parts, body) = req.into_parts();
+        let caller = authn::authenticate(route, &conn, &parts, &snapshot.auth)
+            .await
+            .map_err(|f| services.auth_failed(&conn, f))?;
+        authn::authorize(route, &parts.method, &caller)
+            .map_err(|f| services.auth_failed(&conn, f))?;
+        caller_label = Some(caller.label());
+        let req = Request::from_parts(parts, body);
         let upstream = &snapshot.upstreams[route.upstream];
         let resp = forward(
             upstream,
@@ -177,6 +194,7 @@ pub async fn handle(
         target: "idgate::access",
         request_id = request_id_str,
         peer = conn.peer.as_ref().map_or("-", |p| p.as_str()),
+        caller = caller_label.as_deref().unwrap_or("-"),
         remote = %conn.remote.ip(),
         method = method.as_str(),
         version = ?version,
@@ -242,23 +260,6 @@ fn route<'s>(snapshot: &'s Snapshot, req: &Request<Incoming>) -> Result<&'s Rout
                 allow: allow.clone(),
             },
         })
-}
-
-/// Stage 3. Today every route needs the connection's verified SPIFFE ID.
-fn authenticate(conn: &ConnInfo) -> Result<Caller, Refusal> {
-    conn.peer
-        .clone()
-        .map(|spiffe_id| Caller { spiffe_id })
-        .ok_or(Refusal::NoClientCertificate)
-}
-
-/// Stage 4. Default deny.
-fn authorize(route: &Route, caller: &Caller) -> Result<(), Refusal> {
-    if route.allows(&caller.spiffe_id) {
-        Ok(())
-    } else {
-        Err(Refusal::NotAllowed)
-    }
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any the `Connection` header names.

@@ -5,10 +5,13 @@
 //! Details tell the caller what to fix. They never name files, upstream addresses, internal
 //! errors or secret values; those go to the log through [`Refusal::log_reason`].
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
+use idgate_auth::AuthFailure;
 
 /// Where problem `type` URIs point; each is described in `docs/problems.md`.
 pub const PROBLEM_BASE: &str = "https://idgate.dev/problems/";
@@ -23,10 +26,8 @@ pub enum Refusal {
     MethodNotAllowed {
         allow: HeaderValue,
     },
-    /// The route needs a client certificate and the connection has none.
-    NoClientCertificate,
-    /// The caller is authenticated but not on the route's allow list.
-    NotAllowed,
+    /// Authentication or authorization failed; the failure knows its status and challenge.
+    Auth(AuthFailure),
     /// The body is larger than the upstream accepts for signing.
     BodyTooLarge,
     /// The body could not be read from the caller.
@@ -66,12 +67,7 @@ impl Refusal {
                 "method-not-allowed",
                 "Method not allowed",
             ),
-            Self::NoClientCertificate => (
-                StatusCode::UNAUTHORIZED,
-                "client-certificate-required",
-                "Client certificate required",
-            ),
-            Self::NotAllowed => (StatusCode::FORBIDDEN, "forbidden", "Caller not allowed"),
+            Self::Auth(f) => (f.status(), f.slug(), f.title()),
             Self::BodyTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body-too-large",
@@ -115,8 +111,9 @@ impl Refusal {
     }
 
     /// What the caller is told.
-    fn detail(&self) -> &'static str {
-        match self {
+    fn detail(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            Self::Auth(f) => return Cow::Owned(f.detail()),
             Self::AmbiguousPath => {
                 "The path contains '.' or '..' segments, an empty segment, a backslash or a percent-encoded '/', '\\' or '.'; send the normalized path."
             }
@@ -124,10 +121,6 @@ impl Refusal {
             Self::MethodNotAllowed { .. } => {
                 "This route does not accept this method; see the Allow header."
             }
-            Self::NoClientCertificate => {
-                "This route requires a client certificate (an X.509-SVID) on the TLS connection."
-            }
-            Self::NotAllowed => "Your workload identity is not allowed to use this route.",
             Self::BodyTooLarge => "The request body is larger than this route accepts.",
             Self::BadBody { .. } => "The request body could not be read completely.",
             Self::UpstreamUnreachable { .. } => {
@@ -138,7 +131,7 @@ impl Refusal {
                 "The gateway cannot authenticate to the upstream service right now. Retry later."
             }
             Self::Internal { .. } => "The gateway failed to handle the request.",
-        }
+        })
     }
 
     /// What the log is told, beyond the caller's detail. Never holds a secret value.
@@ -175,16 +168,15 @@ impl Refusal {
             HeaderValue::from_static("application/problem+json"),
         );
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Self::MethodNotAllowed { allow } = self {
-            h.insert(ALLOW, allow);
+        if let Self::MethodNotAllowed { allow } = &self {
+            h.insert(ALLOW, allow.clone());
         }
-        if kind.status == StatusCode::UNAUTHORIZED {
-            // RFC 9110 requires a challenge on 401; mutual TLS has no HTTP scheme, so the
-            // challenge names the transport requirement.
-            h.insert(
-                http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("MutualTLS realm=\"idgate\""),
-            );
+        // RFC 9110 requires a challenge on 401 (RFC 6750 also puts one on a 403 for scope).
+        if let Self::Auth(f) = &self
+            && let Some(challenge) = f.challenge("idgate")
+            && let Ok(v) = HeaderValue::from_str(&challenge)
+        {
+            h.insert(http::header::WWW_AUTHENTICATE, v);
         }
         resp
     }

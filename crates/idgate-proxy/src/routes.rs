@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use http::Method;
 use http::header::HeaderValue;
+use idgate_auth::{AllowEntry, Caller, RouteAuth, ScopeRule};
 use idgate_config::RouteConfig;
-use idgate_tls::{SpiffeId, SpiffeIdPattern};
 
 /// One route, ready for the pipeline.
 #[derive(Debug)]
@@ -14,13 +14,15 @@ pub struct Route {
     pub name: String,
     pub template: String,
     pub upstream: usize,
-    pub allow: Vec<SpiffeIdPattern>,
+    pub allow: Vec<AllowEntry>,
+    pub auth: RouteAuth,
+    pub scopes: ScopeRule,
 }
 
 impl Route {
-    /// Default deny: only an identity on the allow list passes.
-    pub fn allows(&self, id: &SpiffeId) -> bool {
-        self.allow.iter().any(|p| p.matches(id))
+    /// Default deny: only a caller with an identity on the allow list passes.
+    pub fn allows(&self, caller: &Caller) -> bool {
+        self.allow.iter().any(|e| e.matches(caller))
     }
 }
 
@@ -75,6 +77,8 @@ impl RouteTable {
                 template: rc.path.clone(),
                 upstream: rc.upstream,
                 allow: rc.allow.clone(),
+                auth: rc.auth.clone(),
+                scopes: rc.scopes.clone(),
             });
         }
         for entry in &mut paths {

@@ -8,6 +8,7 @@ use idgate_config::Config;
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 
+use crate::authn::AuthServices;
 use crate::metrics::Metrics;
 use crate::routes::RouteTable;
 use crate::upstream::Upstream;
@@ -19,6 +20,8 @@ pub struct Snapshot {
     /// Caller credentials removed before forwarding: `x-api-key`, `authorization`, `cookie`
     /// and every header any upstream credential is sent in.
     pub strip_headers: Vec<HeaderName>,
+    /// The API key and JWT verifiers of this configuration.
+    pub auth: AuthServices,
 }
 
 impl Snapshot {
@@ -69,6 +72,7 @@ impl Snapshot {
                 routes,
                 upstreams,
                 strip_headers,
+                auth: AuthServices::default(),
             }),
             _ => Err(errors),
         }

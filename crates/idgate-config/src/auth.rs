@@ -1,0 +1,384 @@
+//! The authentication sections: `[api_keys]`, `[[jwt_issuers]]`, `[token_endpoint]`, and a
+//! route's `auth`, `scopes` and `allow` entries.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{Method, Uri};
+use idgate_auth::policy::{
+    AllowEntry, AllowEntryError, AuthLayer, Requirement, RouteAuth, ScopeRule,
+};
+use idgate_secrets::SecretRef;
+use idgate_tls::SpiffeId;
+
+use crate::{Ctx, raw};
+
+/// `[api_keys]`: where caller API keys are stored and the pepper their hashes are keyed with.
+#[derive(Debug, Clone)]
+pub struct ApiKeysConfig {
+    pub store: PathBuf,
+    pub pepper: SecretRef,
+    /// How often the running gateway re-reads the store (revocations take effect within it).
+    pub reload_interval: Duration,
+}
+
+/// One `[[jwt_issuers]]` entry: an outside OAuth2/OIDC server whose access tokens are accepted.
+#[derive(Debug, Clone)]
+pub struct JwtIssuerConfig {
+    pub name: String,
+    pub issuer: String,
+    pub jwks_uri: Option<Uri>,
+    pub discovery: bool,
+    pub audiences: Vec<String>,
+    /// Allowed JWS algorithms: `RS256`, `PS256`, `ES256`, `EdDSA`.
+    pub algorithms: Vec<String>,
+    pub leeway: Duration,
+    pub ca: Option<PathBuf>,
+    pub jwks_refresh_interval: Duration,
+    pub min_refresh_interval: Duration,
+}
+
+/// A client of the built-in token endpoint.
+#[derive(Debug, Clone)]
+pub struct TokenClientConfig {
+    pub client_id: String,
+    /// RFC 8705 `tls_client_auth`: the client is the workload presenting this SVID.
+    pub spiffe_id: Option<SpiffeId>,
+    /// Or a client secret (HTTP Basic or form post).
+    pub client_secret: Option<SecretRef>,
+    pub scopes: Vec<String>,
+}
+
+/// `[token_endpoint]`: the built-in OAuth2 client-credentials endpoint.
+#[derive(Debug, Clone)]
+pub struct TokenEndpointConfig {
+    pub issuer: String,
+    pub audience: String,
+    /// A PKCS#8 PEM private key (P-256 for ES256, Ed25519 for EdDSA).
+    pub signing_key: SecretRef,
+    pub token_ttl: Duration,
+    pub clients: Vec<TokenClientConfig>,
+}
+
+pub(crate) const ALGORITHMS: &[&str] = &["RS256", "PS256", "ES256", "EdDSA"];
+
+pub(crate) fn api_keys(cx: &mut Ctx<'_>, a: raw::ApiKeys) -> Option<ApiKeysConfig> {
+    let before = cx.errors.len();
+    let pepper = SecretRef::parse(&a.pepper, cx.base)
+        .map_err(|e| cx.err("api_keys.pepper", e.to_string()))
+        .ok();
+    let store = cx.path(&a.store);
+    if let Some(parent) = store.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.is_dir()
+    {
+        cx.err(
+            "api_keys.store",
+            format!("directory {} does not exist", parent.display()),
+        );
+    }
+    let reload_interval = cx.duration(
+        "api_keys.reload_interval",
+        a.reload_interval,
+        Duration::from_millis(250),
+    );
+    if reload_interval > Duration::from_secs(1) {
+        cx.err(
+            "api_keys.reload_interval",
+            "must be at most 1s, so that a revoked key stops working within a second",
+        );
+    }
+    if cx.errors.len() != before {
+        return None;
+    }
+    Some(ApiKeysConfig {
+        store,
+        pepper: pepper?,
+        reload_interval,
+    })
+}
+
+pub(crate) fn jwt_issuer(cx: &mut Ctx<'_>, i: usize, j: raw::JwtIssuer) -> Option<JwtIssuerConfig> {
+    let key = format!("jwt_issuers[{i}]");
+    let before = cx.errors.len();
+    if j.name.is_empty() {
+        cx.err(format!("{key}.name"), "must not be empty");
+    }
+    let issuer_uri = j.issuer.parse::<Uri>().ok().filter(|u| u.host().is_some());
+    match &issuer_uri {
+        Some(u) if u.scheme_str() == Some("https") => {}
+        Some(u) if u.scheme_str() == Some("http") && is_loopback_uri(u) => {}
+        _ => cx.err(
+            format!("{key}.issuer"),
+            "must be an https:// URL (http:// only on loopback)",
+        ),
+    }
+    let jwks_uri = match j.jwks_uri.as_deref().map(str::parse::<Uri>) {
+        None => None,
+        Some(Ok(u))
+            if u.scheme_str() == Some("https")
+                || (u.scheme_str() == Some("http") && is_loopback_uri(&u)) =>
+        {
+            Some(u)
+        }
+        Some(_) => {
+            cx.err(
+                format!("{key}.jwks_uri"),
+                "must be an https:// URL (http:// only on loopback)",
+            );
+            None
+        }
+    };
+    let discovery = j.discovery.unwrap_or(jwks_uri.is_none());
+    if jwks_uri.is_none() && !discovery {
+        cx.err(
+            format!("{key}.jwks_uri"),
+            "missing: set jwks_uri or discovery = true",
+        );
+    }
+    if j.audiences.is_empty() || j.audiences.iter().any(String::is_empty) {
+        cx.err(
+            format!("{key}.audiences"),
+            "list the audiences (aud) tokens must carry",
+        );
+    }
+    let algorithms = j
+        .algorithms
+        .unwrap_or_else(|| vec!["RS256".into(), "ES256".into()]);
+    if algorithms.is_empty() {
+        cx.err(format!("{key}.algorithms"), "list at least one algorithm");
+    }
+    for (n, a) in algorithms.iter().enumerate() {
+        if !ALGORITHMS.contains(&a.as_str()) {
+            cx.err(
+                format!("{key}.algorithms[{n}]"),
+                format!(
+                    "\"{a}\" is not allowed: use RS256, PS256, ES256 or EdDSA (never none or HS*)"
+                ),
+            );
+        }
+    }
+    let ca =
+        j.ca.as_deref()
+            .map(|p| cx.existing_file(&format!("{key}.ca"), p));
+    let out = JwtIssuerConfig {
+        leeway: duration_or_zero(
+            cx,
+            &format!("{key}.leeway"),
+            j.leeway,
+            Duration::from_secs(30),
+        ),
+        jwks_refresh_interval: cx.duration(
+            &format!("{key}.jwks_refresh_interval"),
+            j.jwks_refresh_interval,
+            Duration::from_secs(300),
+        ),
+        min_refresh_interval: cx.duration(
+            &format!("{key}.min_refresh_interval"),
+            j.min_refresh_interval,
+            Duration::from_secs(30),
+        ),
+        name: j.name,
+        issuer: j.issuer,
+        jwks_uri,
+        discovery,
+        audiences: j.audiences,
+        algorithms,
+        ca,
+    };
+    (cx.errors.len() == before).then_some(out)
+}
+
+fn duration_or_zero(cx: &mut Ctx<'_>, key: &str, v: Option<String>, default: Duration) -> Duration {
+    match v.as_deref() {
+        Some("0s" | "0ms" | "0") => Duration::ZERO,
+        _ => cx.duration(key, v, default),
+    }
+}
+
+fn is_loopback_uri(u: &Uri) -> bool {
+    u.host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .is_some_and(|h| {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
+}
+
+pub(crate) fn token_endpoint(
+    cx: &mut Ctx<'_>,
+    t: raw::TokenEndpoint,
+) -> Option<TokenEndpointConfig> {
+    let before = cx.errors.len();
+    if t.issuer
+        .parse::<Uri>()
+        .ok()
+        .and_then(|u| u.host().map(|_| ()))
+        .is_none()
+    {
+        cx.err(
+            "token_endpoint.issuer",
+            "must be a URL naming this gateway, like https://idgate.example.internal",
+        );
+    }
+    if t.audience.is_empty() {
+        cx.err("token_endpoint.audience", "must not be empty");
+    }
+    let signing_key = SecretRef::parse(&t.signing_key, cx.base)
+        .map_err(|e| cx.err("token_endpoint.signing_key", e.to_string()))
+        .ok();
+    let token_ttl = cx.duration(
+        "token_endpoint.token_ttl",
+        t.token_ttl,
+        Duration::from_secs(300),
+    );
+    if token_ttl > Duration::from_secs(3600) {
+        cx.err(
+            "token_endpoint.token_ttl",
+            "at most 1h: issued tokens are meant to be short-lived",
+        );
+    }
+    if t.clients.is_empty() {
+        cx.err(
+            "token_endpoint.clients",
+            "register at least one [[token_endpoint.clients]]",
+        );
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut clients = Vec::new();
+    for (i, c) in t.clients.into_iter().enumerate() {
+        let key = format!("token_endpoint.clients[{i}]");
+        if c.client_id.is_empty() || !ids.insert(c.client_id.clone()) {
+            cx.err(format!("{key}.client_id"), "must be present and unique");
+        }
+        let spiffe_id = c.spiffe_id.as_deref().and_then(|s| {
+            SpiffeId::new(s)
+                .map_err(|e| {
+                    cx.err(
+                        format!("{key}.spiffe_id"),
+                        format!("\"{s}\" is not a SPIFFE ID: {e}"),
+                    )
+                })
+                .ok()
+        });
+        let client_secret = c.client_secret.as_deref().and_then(|s| {
+            SecretRef::parse(s, cx.base)
+                .map_err(|e| cx.err(format!("{key}.client_secret"), e.to_string()))
+                .ok()
+        });
+        if c.spiffe_id.is_none() && c.client_secret.is_none() {
+            cx.err(
+                key.clone(),
+                "set spiffe_id (tls_client_auth) or client_secret",
+            );
+        }
+        clients.push(TokenClientConfig {
+            client_id: c.client_id,
+            spiffe_id,
+            client_secret,
+            scopes: c.scopes,
+        });
+    }
+    if cx.errors.len() != before {
+        return None;
+    }
+    Some(TokenEndpointConfig {
+        issuer: t.issuer,
+        audience: t.audience,
+        signing_key: signing_key?,
+        token_ttl,
+        clients,
+    })
+}
+
+/// A route's `auth` list; absent means mutual TLS alone.
+pub(crate) fn route_auth(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    items: Option<Vec<raw::AuthItem>>,
+) -> RouteAuth {
+    let Some(items) = items else {
+        return RouteAuth::default();
+    };
+    if items.is_empty() {
+        cx.err(
+            format!("{key}.auth"),
+            "list at least one layer: \"mtls\", \"api_key\" or \"jwt\"",
+        );
+    }
+    let layer = |cx: &mut Ctx<'_>, k: String, s: &str| -> Option<AuthLayer> {
+        AuthLayer::parse(s).or_else(|| {
+            cx.err(
+                k,
+                format!("\"{s}\" is not a layer: use \"mtls\", \"api_key\" or \"jwt\""),
+            );
+            None
+        })
+    };
+    let mut requirements = Vec::new();
+    for (n, item) in items.into_iter().enumerate() {
+        match item {
+            raw::AuthItem::Layer(s) => {
+                if let Some(l) = layer(cx, format!("{key}.auth[{n}]"), &s) {
+                    requirements.push(Requirement::One(l));
+                }
+            }
+            raw::AuthItem::Any(any) => {
+                if any.any.len() < 2 {
+                    cx.err(
+                        format!("{key}.auth[{n}].any"),
+                        "list two or more layers, any of which may pass",
+                    );
+                }
+                let ls: Vec<AuthLayer> = any
+                    .any
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(m, s)| layer(cx, format!("{key}.auth[{n}].any[{m}]"), s))
+                    .collect();
+                requirements.push(Requirement::Any(ls));
+            }
+        }
+    }
+    RouteAuth { requirements }
+}
+
+pub(crate) fn route_scopes(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    scopes: Option<raw::Scopes>,
+    methods: &[Method],
+) -> ScopeRule {
+    match scopes {
+        None => ScopeRule::None,
+        Some(raw::Scopes::All(list)) => ScopeRule::All(list),
+        Some(raw::Scopes::PerMethod(map)) => {
+            let mut out = Vec::new();
+            for (m, list) in map {
+                match Method::from_bytes(m.as_bytes()) {
+                    Ok(method) if methods.contains(&method) => out.push((method, list)),
+                    _ => cx.err(
+                        format!("{key}.scopes.{m}"),
+                        "names a method this route does not have",
+                    ),
+                }
+            }
+            ScopeRule::PerMethod(out)
+        }
+    }
+}
+
+pub(crate) fn allow_entry(cx: &mut Ctx<'_>, key: String, s: &str) -> Option<AllowEntry> {
+    match AllowEntry::parse(s) {
+        Ok(e) => Some(e),
+        Err(AllowEntryError::Spiffe(e)) => {
+            cx.err(key, format!("\"{s}\" is not a SPIFFE ID: {e}"));
+            None
+        }
+        Err(e) => {
+            cx.err(key, format!("\"{s}\": {e}"));
+            None
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The `[vault]` section: where HashiCorp Vault is and how the gateway logs in to it, for the
+//! `vault:<mount>/<path>#<field>` secret references.
+//!
+//! ```toml
+//! [vault]
+//! address = "https://vault.internal:8200"
+//! ca = "pki/vault-ca.pem"          # optional, extra roots
+//! namespace = "kyc"                # optional (Vault Enterprise / HCP)
+//! timeout = "5s"
+//! token = "env:VAULT_TOKEN"        # a secret reference, never vault:
+//! # or instead of token:
+//! # [vault.approle]
+//! # role_id = "file:/run/idgate/role-id"
+//! # secret_id = "file:/run/idgate/secret-id"
+//! # mount = "approle"
+//! ```
+//!
+//! A `vault:` reference anywhere in a file without this section is refused at its key.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::Uri;
+use idgate_secrets::SecretRef;
+use serde::Deserialize;
+
+pub use idgate_secrets::vault::{VaultAuth, VaultSettings as VaultConfig};
+
+use crate::{Ctx, raw};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    address: String,
+    #[serde(default)]
+    ca: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    approle: Option<RawAppRole>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAppRole {
+    role_id: String,
+    secret_id: String,
+    #[serde(default)]
+    mount: Option<String>,
+}
+
+/// Validates `[vault]`, and refuses `vault:` references when it is absent. `text` is the
+/// whole file, so that references in every section are found wherever they are parsed.
+pub(crate) fn section(
+    cx: &mut Ctx<'_>,
+    table: &mut raw::Table,
+    text: &str,
+    warnings: &mut Vec<String>,
+) -> Option<VaultConfig> {
+    let Some(value) = table.remove("vault") else {
+        if let Ok(all) = toml::from_str::<raw::Table>(text) {
+            let mut found = Vec::new();
+            for (key, v) in &all {
+                vault_refs(key, v, &mut found);
+            }
+            for key in found {
+                cx.err(
+                    key,
+                    "vault: references need a [vault] section with the address of Vault and how to log in",
+                );
+            }
+        }
+        return None;
+    };
+    let raw = cx.section::<RawVault>("vault", value)?;
+    let before = cx.errors.len();
+    let address = address(cx, &raw.address, warnings);
+    let ca = raw.ca.as_deref().map(|p| cx.existing_file("vault.ca", p));
+    let namespace = raw.namespace.and_then(|ns| {
+        let ns = ns.trim_matches('/').to_owned();
+        if ns.is_empty() || !ns.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            cx.err(
+                "vault.namespace",
+                "must be a namespace path like \"team/kyc\" (visible ASCII, no spaces)",
+            );
+            None
+        } else {
+            Some(ns)
+        }
+    });
+    let timeout = cx.duration("vault.timeout", raw.timeout, Duration::from_secs(5));
+    let auth = match (raw.token, raw.approle) {
+        (Some(_), Some(_)) => {
+            cx.err(
+                "vault",
+                "set either token or [vault.approle], not both",
+            );
+            None
+        }
+        (None, None) => {
+            cx.err(
+                "vault",
+                "say how to log in: token = \"env:VAULT_TOKEN\" or a [vault.approle] section",
+            );
+            None
+        }
+        (Some(token), None) => login_ref(cx, "vault.token", &token).map(VaultAuth::Token),
+        (None, Some(a)) => {
+            let role_id = login_ref(cx, "vault.approle.role_id", &a.role_id);
+            let secret_id = login_ref(cx, "vault.approle.secret_id", &a.secret_id);
+            let mount = a.mount.unwrap_or_else(|| "approle".to_owned());
+            let mount_ok = !mount.is_empty()
+                && mount.split('/').all(|s| {
+                    !s.is_empty()
+                        && s != "."
+                        && s != ".."
+                        && s.bytes().all(|b| {
+                            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')
+                        })
+                });
+            if !mount_ok {
+                cx.err(
+                    "vault.approle.mount",
+                    "must be the auth mount's path, like \"approle\" (letters, digits, '-', '.', '_', '/')",
+                );
+            }
+            match (role_id, secret_id) {
+                (Some(role_id), Some(secret_id)) if mount_ok => Some(VaultAuth::AppRole {
+                    role_id,
+                    secret_id,
+                    mount,
+                }),
+                _ => None,
+            }
+        }
+    };
+    if cx.errors.len() != before {
+        return None;
+    }
+    Some(VaultConfig {
+        address: address?,
+        ca,
+        namespace,
+        timeout,
+        auth: auth?,
+    })
+}
+
+fn address(cx: &mut Ctx<'_>, s: &str, warnings: &mut Vec<String>) -> Option<Uri> {
+    let key = "vault.address";
+    let Ok(uri) = s.parse::<Uri>() else {
+        cx.err(key, format!("\"{s}\" is not a URL"));
+        return None;
+    };
+    let host = uri
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'));
+    let Some(host) = host else {
+        cx.err(key, "must be a URL like https://vault.internal:8200");
+        return None;
+    };
+    if s.contains('@') || uri.query().is_some() || s.contains('#') {
+        cx.err(key, "must not carry user info, a query or a fragment");
+        return None;
+    }
+    if !matches!(uri.path(), "" | "/") {
+        cx.err(
+            key,
+            "must be Vault's address without a path, like https://vault.internal:8200",
+        );
+        return None;
+    }
+    match uri.scheme_str() {
+        Some("https") => Some(uri),
+        Some("http") => {
+            let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                warnings.push(format!(
+                    "vault.address {s} is plain http://: the Vault token and the secrets it returns are not encrypted (allowed on loopback only)"
+                ));
+                Some(uri)
+            } else {
+                cx.err(
+                    key,
+                    "must be https:// (http:// is allowed only for a Vault on loopback)",
+                );
+                None
+            }
+        }
+        _ => {
+            cx.err(key, "must start with https://");
+            None
+        }
+    }
+}
+
+/// A reference to one of the login credentials: any source but Vault itself.
+fn login_ref(cx: &mut Ctx<'_>, key: &str, v: &str) -> Option<SecretRef> {
+    match SecretRef::parse(v, cx.base) {
+        Ok(SecretRef::Vault(_)) => {
+            cx.err(
+                key,
+                "must be an env:, file: or pkcs11: reference: Vault's own login cannot come from Vault",
+            );
+            None
+        }
+        Ok(r) => Some(r),
+        Err(e) => {
+            cx.err(key, e.to_string());
+            None
+        }
+    }
+}
+
+/// Key paths (`upstreams[0].credential.secret`) of every string that is a `vault:` reference.
+fn vault_refs(path: &str, v: &toml::Value, out: &mut Vec<String>) {
+    match v {
+        toml::Value::String(s) if s.starts_with("vault:") => out.push(path.to_owned()),
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                vault_refs(&format!("{path}[{i}]"), item, out);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, item) in t {
+                vault_refs(&format!("{path}.{k}"), item, out);
+            }
+        }
+        _ => {}
+    }
+}

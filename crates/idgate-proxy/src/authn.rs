@@ -1,0 +1,235 @@
+//! Stages 3 and 4 of the pipeline: authenticate the caller with the layers the route
+//! requires, then authorize it against the route's allow list and scopes.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::request::Parts;
+use idgate_auth::failure::Scheme;
+use idgate_auth::policy::AuthLayer;
+use idgate_auth::{AuthFailure, Caller};
+
+use crate::pipeline::ConnInfo;
+use crate::routes::Route;
+
+/// The verifiers of the API key and JWT layers, built per configuration snapshot.
+#[derive(Default)]
+pub struct AuthServices {}
+
+impl std::fmt::Debug for AuthServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthServices")
+    }
+}
+
+/// Stage 3: every requirement of the route must be met; within `{ any = [...] }` one layer
+/// suffices. Each layer that passes adds its identity to the caller.
+pub(crate) async fn authenticate(
+    route: &Route,
+    conn: &ConnInfo,
+    parts: &Parts,
+    services: &AuthServices,
+) -> Result<Caller, AuthFailure> {
+    // The connection's SVID was verified in the handshake; it identifies the caller whether
+    // or not the route requires it.
+    let mut caller = Caller {
+        spiffe_id: conn.peer.clone(),
+        ..Caller::default()
+    };
+    for requirement in &route.auth.requirements {
+        let mut failure: Option<AuthFailure> = None;
+        let mut passed = false;
+        for &layer in requirement.layers() {
+            match layer_check(layer, conn, parts, services, &mut caller).await {
+                Ok(()) => {
+                    passed = true;
+                    break;
+                }
+                Err(e) => failure = Some(merge(failure, e)),
+            }
+        }
+        if !passed {
+            return Err(failure.unwrap_or(AuthFailure::Missing {
+                schemes: Vec::new(),
+            }));
+        }
+    }
+    Ok(caller)
+}
+
+/// Of two failures of alternative layers, the one that tells the caller more: a wrong
+/// credential beats a missing one; two missing ones are reported together.
+fn merge(prev: Option<AuthFailure>, next: AuthFailure) -> AuthFailure {
+    match (prev, next) {
+        (None, n) => n,
+        (Some(AuthFailure::Missing { mut schemes }), AuthFailure::Missing { schemes: more }) => {
+            schemes.extend(more);
+            AuthFailure::Missing { schemes }
+        }
+        (Some(AuthFailure::NoClientCertificate), AuthFailure::Missing { mut schemes }) => {
+            schemes.insert(0, Scheme::MutualTls);
+            AuthFailure::Missing { schemes }
+        }
+        (Some(AuthFailure::Missing { mut schemes }), AuthFailure::NoClientCertificate) => {
+            schemes.push(Scheme::MutualTls);
+            AuthFailure::Missing { schemes }
+        }
+        (Some(AuthFailure::Missing { .. } | AuthFailure::NoClientCertificate), n) => n,
+        (Some(p), _) => p,
+    }
+}
+
+async fn layer_check(
+    layer: AuthLayer,
+    conn: &ConnInfo,
+    _parts: &Parts,
+    _services: &AuthServices,
+    caller: &mut Caller,
+) -> Result<(), AuthFailure> {
+    match layer {
+        AuthLayer::Mtls => {
+            if caller.spiffe_id.is_some() || conn.peer.is_some() {
+                Ok(())
+            } else {
+                Err(AuthFailure::NoClientCertificate)
+            }
+        }
+        AuthLayer::ApiKey => Err(AuthFailure::Missing {
+            schemes: vec![Scheme::ApiKey],
+        }),
+        AuthLayer::Jwt => Err(AuthFailure::Missing {
+            schemes: vec![Scheme::Bearer],
+        }),
+    }
+}
+
+/// Stage 4: default deny on the allow list, then the scopes the method requires.
+pub(crate) fn authorize(
+    route: &Route,
+    method: &http::Method,
+    caller: &Caller,
+) -> Result<(), AuthFailure> {
+    if !route.allows(caller) {
+        return Err(AuthFailure::NotAllowed);
+    }
+    let required = route.scopes.required(method);
+    if required.iter().all(|s| caller.has_scope(s)) {
+        Ok(())
+    } else {
+        Err(AuthFailure::InsufficientScope {
+            required: required.to_vec(),
+        })
+    }
+}
+
+/// Failed authentication attempts per source address over a sliding window, for lockouts.
+/// Bounded: the oldest sources are forgotten first when it is full.
+pub struct FailedAttempts {
+    window: Duration,
+    max_sources: usize,
+    by_source: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl std::fmt::Debug for FailedAttempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FailedAttempts")
+    }
+}
+
+impl Default for FailedAttempts {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(300), 100_000)
+    }
+}
+
+impl FailedAttempts {
+    pub fn new(window: Duration, max_sources: usize) -> Self {
+        Self {
+            window,
+            max_sources,
+            by_source: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a failure from `source`; returns how many it has had in the current window.
+    pub fn record(&self, source: IpAddr) -> u32 {
+        let Ok(mut map) = self.by_source.lock() else {
+            return 0;
+        };
+        let now = Instant::now();
+        if map.len() >= self.max_sources && !map.contains_key(&source) {
+            let window = self.window;
+            map.retain(|_, (_, start)| now.duration_since(*start) < window);
+            if map.len() >= self.max_sources
+                && let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, (_, start))| *start)
+                    .map(|(ip, _)| *ip)
+            {
+                map.remove(&oldest);
+            }
+        }
+        let entry = map.entry(source).or_insert((0, now));
+        if now.duration_since(entry.1) >= self.window {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+        entry.0
+    }
+
+    /// Failures from `source` in the current window.
+    pub fn count(&self, source: IpAddr) -> u32 {
+        let Ok(map) = self.by_source.lock() else {
+            return 0;
+        };
+        map.get(&source)
+            .filter(|(_, start)| start.elapsed() < self.window)
+            .map_or(0, |(n, _)| *n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_attempts_are_counted_per_source_and_bounded() {
+        let f = FailedAttempts::new(Duration::from_secs(60), 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
+        assert_eq!(f.record(a), 1);
+        assert_eq!(f.record(a), 2);
+        assert_eq!(f.record(b), 1);
+        assert_eq!(f.record(c), 1);
+        assert_eq!(f.count(a), 0, "the oldest source is forgotten when full");
+        assert_eq!(f.count(c), 1);
+    }
+
+    #[test]
+    fn a_wrong_credential_is_reported_over_a_missing_one() {
+        let m = merge(
+            Some(AuthFailure::Missing {
+                schemes: vec![Scheme::ApiKey],
+            }),
+            AuthFailure::InvalidToken("expired"),
+        );
+        assert_eq!(m, AuthFailure::InvalidToken("expired"));
+        let m = merge(
+            Some(AuthFailure::Missing {
+                schemes: vec![Scheme::ApiKey],
+            }),
+            AuthFailure::Missing {
+                schemes: vec![Scheme::Bearer],
+            },
+        );
+        assert_eq!(
+            m,
+            AuthFailure::Missing {
+                schemes: vec![Scheme::ApiKey, Scheme::Bearer]
+            }
+        );
+    }
+}
