@@ -8,6 +8,7 @@
 pub mod api_key;
 pub mod caller;
 pub mod failure;
+pub mod issuer;
 pub mod jwt;
 pub mod policy;
 

@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod problem;
 pub mod routes;
 pub mod snapshot;
+pub mod token_endpoint;
 pub mod upstream;
 
 pub use gateway::{Bound, Gateway};

@@ -99,19 +99,21 @@ async fn serve_connection(
             return;
         }
     };
-    let peer = tls
+    let leaf = tls
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|chain| chain.first())
-        // Already verified in the handshake; this reads the ID back out of the leaf.
-        .and_then(|leaf| idgate_tls::leaf_spiffe_id(leaf).ok());
+        .and_then(|chain| chain.first());
+    // Already verified in the handshake; this reads the ID back out of the leaf.
+    let peer = leaf.and_then(|leaf| idgate_tls::leaf_spiffe_id(leaf).ok());
+    let cert_thumbprint = leaf.map(|leaf| idgate_auth::issuer::cert_thumbprint(leaf));
     let remote_ip = HeaderValue::from_str(&remote.ip().to_canonical().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     let conn = Arc::new(ConnInfo {
         peer,
         remote,
         remote_ip,
+        cert_thumbprint,
     });
 
     let service_shared = shared.clone();

@@ -35,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::problem::Refusal;
 use crate::routes::{Route, RouteMiss};
 use crate::snapshot::Snapshot;
+use crate::token_endpoint::TokenEndpoint;
 use crate::upstream::Upstream;
 use idgate_auth::AuthFailure;
 
@@ -52,6 +53,8 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The client's IP as a header value, made once per connection for `x-forwarded-for`.
     pub remote_ip: HeaderValue,
+    /// RFC 8705 thumbprint of the client certificate (`x5t#S256`), for bound tokens.
+    pub cert_thumbprint: Option<String>,
 }
 
 /// Request IDs: a random per-process prefix and a counter — unique, cheap, unguessable
@@ -146,6 +149,24 @@ pub async fn handle(
 
     let result = async {
         check_path(req.uri())?;
+        if let Some(endpoint) = &snapshot.token_endpoint
+            && TokenEndpoint::handles(req.uri().path())
+        {
+            route_name = "oauth2";
+            let (parts, body) = req.into_parts();
+            let rid = request_id.to_str().unwrap_or("-");
+            let resp = endpoint
+                .handle(
+                    &conn,
+                    &parts.method,
+                    parts.uri.path(),
+                    &parts.headers,
+                    body,
+                    rid,
+                )
+                .await;
+            return Ok(resp.map(Either::Right));
+        }
         let route = route(&snapshot, &req)?;
         route_name = route.name.as_str();
         let (parts, body) = req.into_parts();

@@ -11,6 +11,7 @@ use rustls::crypto::CryptoProvider;
 use crate::authn::AuthServices;
 use crate::metrics::Metrics;
 use crate::routes::RouteTable;
+use crate::token_endpoint::TokenEndpoint;
 use crate::upstream::Upstream;
 
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub struct Snapshot {
     pub strip_headers: Vec<HeaderName>,
     /// The API key and JWT verifiers of this configuration.
     pub auth: AuthServices,
+    /// The built-in OAuth2 token endpoint, when configured.
+    pub token_endpoint: Option<TokenEndpoint>,
 }
 
 impl Snapshot {
@@ -51,6 +54,10 @@ impl Snapshot {
         let routes = RouteTable::new(&config.routes)
             .map_err(|e| errors.push(e))
             .ok();
+        let token_endpoint = match &config.token_endpoint {
+            None => None,
+            Some(t) => TokenEndpoint::load(t).map_err(|e| errors.push(e)).ok(),
+        };
         let mut strip_headers = vec![
             HeaderName::from_static("x-api-key"),
             header::AUTHORIZATION,
@@ -73,6 +80,7 @@ impl Snapshot {
                 upstreams,
                 strip_headers,
                 auth: AuthServices::default(),
+                token_endpoint,
             }),
             _ => Err(errors),
         }

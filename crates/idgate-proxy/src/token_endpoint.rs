@@ -1,0 +1,454 @@
+//! The built-in OAuth2 token endpoint (RFC 6749 client credentials grant) and its discovery
+//! documents:
+//!
+//! - `POST /oauth2/token` — clients authenticate with their SVID (RFC 8705
+//!   `tls_client_auth`) or a client secret (`client_secret_basic` / `client_secret_post`);
+//!   tokens are always bound to the connection's client certificate (`cnf.x5t#S256`), so a
+//!   token copied elsewhere is useless without the key of that certificate;
+//! - `GET /.well-known/jwks.json` and `GET /.well-known/oauth-authorization-server`.
+//!
+//! Errors use the RFC 6749 §5.2 members (`error`, `error_description`) inside an RFC 9457
+//! problem document, so OAuth clients and problem-aware clients both understand them.
+
+use std::time::SystemTime;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA, WWW_AUTHENTICATE};
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use idgate_auth::issuer::TokenIssuer;
+use idgate_config::TokenEndpointConfig;
+use idgate_secrets::{ExposeSecret, SecretString};
+use idgate_tls::SpiffeId;
+use subtle::ConstantTimeEq;
+
+use crate::pipeline::ConnInfo;
+
+pub const TOKEN_PATH: &str = "/oauth2/token";
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+pub const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+
+/// Largest token request body read.
+const MAX_FORM: usize = 8 * 1024;
+
+struct Client {
+    client_id: String,
+    spiffe_id: Option<SpiffeId>,
+    secret: Option<SecretString>,
+    scopes: Vec<String>,
+}
+
+pub struct TokenEndpoint {
+    pub issuer: TokenIssuer,
+    clients: Vec<Client>,
+}
+
+impl std::fmt::Debug for TokenEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenEndpoint")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenEndpoint {
+    /// Reads the signing key and client secrets. Blocking.
+    pub fn load(cfg: &TokenEndpointConfig) -> Result<Self, String> {
+        let pem = cfg
+            .signing_key
+            .fetch()
+            .map_err(|e| format!("token_endpoint.signing_key: {e}"))?;
+        let issuer = TokenIssuer::new(
+            cfg.issuer.clone(),
+            cfg.audience.clone(),
+            cfg.token_ttl,
+            pem.value.expose_secret(),
+        )
+        .map_err(|e| format!("token_endpoint.signing_key: {e}"))?;
+        let mut clients = Vec::new();
+        for c in &cfg.clients {
+            let secret = match &c.client_secret {
+                Some(r) => Some(
+                    r.resolve()
+                        .map_err(|e| format!("token_endpoint client {}: {e}", c.client_id))?,
+                ),
+                None => None,
+            };
+            clients.push(Client {
+                client_id: c.client_id.clone(),
+                spiffe_id: c.spiffe_id.clone(),
+                secret,
+                scopes: c.scopes.clone(),
+            });
+        }
+        Ok(Self { issuer, clients })
+    }
+
+    /// Whether `path` is one of the endpoint's paths.
+    pub fn handles(path: &str) -> bool {
+        matches!(path, TOKEN_PATH | JWKS_PATH | METADATA_PATH)
+    }
+
+    pub async fn handle(
+        &self,
+        conn: &ConnInfo,
+        method: &Method,
+        path: &str,
+        headers: &http::HeaderMap,
+        body: Incoming,
+        request_id: &str,
+    ) -> Response<Full<Bytes>> {
+        match (path, method) {
+            (JWKS_PATH, &Method::GET | &Method::HEAD) => {
+                json_response(StatusCode::OK, &self.issuer.jwks(), true)
+            }
+            (METADATA_PATH, &Method::GET | &Method::HEAD) => {
+                json_response(StatusCode::OK, &self.issuer.metadata(), true)
+            }
+            (TOKEN_PATH, &Method::POST) => match self.token(conn, headers, body).await {
+                Ok(v) => {
+                    let mut r = json_response(StatusCode::OK, &v, false);
+                    r.headers_mut()
+                        .insert(PRAGMA, HeaderValue::from_static("no-cache"));
+                    r
+                }
+                Err(e) => e.response(request_id),
+            },
+            (TOKEN_PATH, _) => {
+                let mut r = OAuthError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "invalid_request",
+                    "use POST",
+                )
+                .response(request_id);
+                r.headers_mut()
+                    .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+                r
+            }
+            _ => {
+                let mut r =
+                    OAuthError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use GET")
+                        .response(request_id);
+                r.headers_mut()
+                    .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                r
+            }
+        }
+    }
+
+    async fn token(
+        &self,
+        conn: &ConnInfo,
+        headers: &http::HeaderMap,
+        body: Incoming,
+    ) -> Result<serde_json::Value, OAuthError> {
+        let ct = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+        {
+            return Err(OAuthError::bad(
+                "invalid_request",
+                "send application/x-www-form-urlencoded",
+            ));
+        }
+        let bytes = Limited::new(body, MAX_FORM)
+            .collect()
+            .await
+            .map_err(|_| {
+                OAuthError::bad(
+                    "invalid_request",
+                    "the request body is too large or unreadable",
+                )
+            })?
+            .to_bytes();
+        let form = parse_form(&bytes)
+            .ok_or_else(|| OAuthError::bad("invalid_request", "malformed form body"))?;
+        let get = |name: &str| -> Result<Option<&str>, OAuthError> {
+            let mut it = form.iter().filter(|(k, _)| k == name);
+            let first = it.next().map(|(_, v)| v.as_str());
+            // RFC 6749 §3.2: parameters must not be repeated.
+            if it.next().is_some() {
+                return Err(OAuthError::bad(
+                    "invalid_request",
+                    "a parameter is repeated",
+                ));
+            }
+            Ok(first)
+        };
+        match get("grant_type")? {
+            Some("client_credentials") => {}
+            Some(_) => {
+                return Err(OAuthError::bad(
+                    "unsupported_grant_type",
+                    "only client_credentials is supported",
+                ));
+            }
+            None => return Err(OAuthError::bad("invalid_request", "grant_type is missing")),
+        }
+        // The token is bound to the connection's certificate, so there must be one.
+        let Some(x5t) = conn.cert_thumbprint.as_deref() else {
+            return Err(OAuthError::bad(
+                "invalid_request",
+                "a client certificate is required: issued tokens are bound to it (RFC 8705)",
+            ));
+        };
+
+        let basic = basic_credentials(headers)?;
+        let form_id = get("client_id")?;
+        let form_secret = get("client_secret")?;
+        let client = match (basic, form_secret) {
+            (Some(_), Some(_)) => {
+                return Err(OAuthError::bad(
+                    "invalid_request",
+                    "use one client authentication method",
+                ));
+            }
+            (Some((id, secret)), None) => self.by_secret(&id, &secret, true)?,
+            (None, Some(secret)) => {
+                let id = form_id
+                    .ok_or_else(|| OAuthError::bad("invalid_request", "client_id is missing"))?;
+                self.by_secret(id, secret, false)?
+            }
+            (None, None) => self.by_certificate(conn, form_id)?,
+        };
+
+        let scopes = match get("scope")? {
+            None => client.scopes.clone(),
+            Some(s) => {
+                let asked: Vec<String> = s
+                    .split(' ')
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(bad) = asked.iter().find(|a| !client.scopes.contains(a)) {
+                    let _ = bad;
+                    return Err(OAuthError::bad(
+                        "invalid_scope",
+                        "a requested scope is not granted to this client",
+                    ));
+                }
+                asked
+            }
+        };
+        let (token, expires_in) = self
+            .issuer
+            .issue(&client.client_id, &scopes, x5t, SystemTime::now())
+            .map_err(|_| {
+                OAuthError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "the token could not be signed",
+                )
+            })?;
+        tracing::info!(client_id = %client.client_id, scopes = %scopes.join(" "), "access token issued");
+        Ok(serde_json::json!({
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": expires_in,
+            "scope": scopes.join(" "),
+        }))
+    }
+
+    fn by_secret(&self, id: &str, secret: &str, basic: bool) -> Result<&Client, OAuthError> {
+        let client = self.clients.iter().find(|c| c.client_id == id);
+        // Compare even for an unknown client, so timing does not reveal which ids exist.
+        let expected = client
+            .and_then(|c| c.secret.as_ref())
+            .map(|s| s.expose_secret().as_bytes())
+            .unwrap_or(b"\0unknown-client\0");
+        let ok: bool = expected.ct_eq(secret.as_bytes()).into();
+        match client {
+            Some(c) if ok && c.secret.is_some() => Ok(c),
+            _ => Err(OAuthError::invalid_client(basic)),
+        }
+    }
+
+    fn by_certificate(
+        &self,
+        conn: &ConnInfo,
+        form_id: Option<&str>,
+    ) -> Result<&Client, OAuthError> {
+        let Some(peer) = &conn.peer else {
+            return Err(OAuthError::invalid_client(false));
+        };
+        let mut candidates = self
+            .clients
+            .iter()
+            .filter(|c| c.spiffe_id.as_ref() == Some(peer));
+        match form_id {
+            Some(id) => candidates
+                .find(|c| c.client_id == id)
+                .ok_or_else(|| OAuthError::invalid_client(false)),
+            None => {
+                let first = candidates.next();
+                if candidates.next().is_some() {
+                    return Err(OAuthError::bad(
+                        "invalid_request",
+                        "several clients use this certificate: send client_id",
+                    ));
+                }
+                first.ok_or_else(|| OAuthError::invalid_client(false))
+            }
+        }
+    }
+}
+
+fn basic_credentials(headers: &http::HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
+    let Some(v) = headers.get(http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let v = v.to_str().map_err(|_| OAuthError::invalid_client(true))?;
+    let Some(rest) = v
+        .strip_prefix("Basic ")
+        .or_else(|| v.strip_prefix("basic "))
+    else {
+        return Err(OAuthError::bad(
+            "invalid_request",
+            "only HTTP Basic client authentication is accepted here",
+        ));
+    };
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .map_err(|_| OAuthError::invalid_client(true))?;
+    let raw = String::from_utf8(raw).map_err(|_| OAuthError::invalid_client(true))?;
+    let (id, secret) = raw
+        .split_once(':')
+        .ok_or_else(|| OAuthError::invalid_client(true))?;
+    // RFC 6749 §2.3.1: both are form-urlencoded before Basic encoding.
+    let id = form_decode(id).ok_or_else(|| OAuthError::invalid_client(true))?;
+    let secret = form_decode(secret).ok_or_else(|| OAuthError::invalid_client(true))?;
+    Ok(Some((id, secret)))
+}
+
+fn form_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(h, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Parses `application/x-www-form-urlencoded`.
+pub fn parse_form(bytes: &[u8]) -> Option<Vec<(String, String)>> {
+    let s = std::str::from_utf8(bytes).ok()?;
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((form_decode(k)?, form_decode(v)?))
+        })
+        .collect()
+}
+
+fn json_response(
+    status: StatusCode,
+    v: &serde_json::Value,
+    cacheable: bool,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static(if cacheable {
+            "public, max-age=300"
+        } else {
+            "no-store"
+        }),
+    );
+    r
+}
+
+struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: &'static str,
+    basic_challenge: bool,
+}
+
+impl OAuthError {
+    fn new(status: StatusCode, error: &'static str, description: &'static str) -> Self {
+        Self {
+            status,
+            error,
+            description,
+            basic_challenge: false,
+        }
+    }
+
+    fn bad(error: &'static str, description: &'static str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, error, description)
+    }
+
+    /// RFC 6749 §5.2: 401 with a challenge when the client used HTTP Basic. The description
+    /// never says whether the id or the secret was wrong.
+    fn invalid_client(basic: bool) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            error: "invalid_client",
+            description: "client authentication failed",
+            basic_challenge: basic,
+        }
+    }
+
+    fn response(&self, request_id: &str) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({
+            "error": self.error,
+            "error_description": self.description,
+            "type": format!("{}oauth-{}", crate::problem::PROBLEM_BASE, self.error.replace('_', "-")),
+            "title": "Token request refused",
+            "status": self.status.as_u16(),
+            "detail": self.description,
+            "request_id": request_id,
+        });
+        let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+        *r.status_mut() = self.status;
+        let h = r.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+        if self.basic_challenge {
+            h.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"idgate\""),
+            );
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_parsing_decodes_and_keeps_repeats() {
+        let f = parse_form(b"grant_type=client_credentials&scope=a+b%3Ac&scope=x").unwrap();
+        assert_eq!(f[0], ("grant_type".into(), "client_credentials".into()));
+        assert_eq!(f[1], ("scope".into(), "a b:c".into()));
+        assert_eq!(f.len(), 3);
+        assert!(parse_form(b"a=%zz").is_none());
+        assert!(parse_form(&[0xff, b'=', b'1']).is_none());
+    }
+}
