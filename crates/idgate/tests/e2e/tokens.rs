@@ -1,0 +1,177 @@
+//! The built-in OAuth2 token endpoint: client credentials with the caller's SVID or a client
+//! secret, tokens bound to the client certificate (RFC 8705), JWKS and metadata.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+use crate::support::*;
+
+const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+
+fn signing_key(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("token-signing.pem");
+    std::fs::write(&path, idgate_auth::issuer::generate_es256_pem().unwrap()).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path
+}
+
+/// A gateway with a token endpoint (listener `client_auth` as given), one client
+/// authenticated by the onboarding SVID and one by a secret, and a route that accepts
+/// bound tokens with the `sessions:read` scope.
+pub(crate) async fn token_gateway(pki: &Pki, client_auth: &str, upstream: &TestUpstream) -> Gateway {
+    let (port, admin) = (free_port(), free_port());
+    let key = signing_key(pki.path());
+    let secret = pki.path().join("batch-secret");
+    std::fs::write(&secret, "batch-client-secret-value").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let base = base_config(pki, port, admin).replace(
+        "client_auth = \"required\"",
+        &format!("client_auth = \"{client_auth}\""),
+    );
+    let config = format!(
+        r#"{base}
+[token_endpoint]
+issuer = "https://idgate.test"
+audience = "idgate"
+signing_key = "file:{key}"
+token_ttl = "5m"
+
+[[token_endpoint.clients]]
+client_id = "onboarding"
+spiffe_id = "{ONBOARDING}"
+scopes = ["sessions:read", "sessions:write"]
+
+[[token_endpoint.clients]]
+client_id = "batch"
+client_secret = "file:{secret}"
+scopes = ["sessions:read"]
+
+[[upstreams]]
+name = "provider"
+url = "{url}"
+ca = "{ca}"
+
+[[routes]]
+name = "decision"
+methods = ["GET"]
+path = "/v3/session/{{id}}/decision/"
+upstream = "provider"
+auth = ["jwt"]
+allow = ["client:onboarding", "client:batch"]
+scopes = ["sessions:read"]
+"#,
+        key = key.display(),
+        secret = secret.display(),
+        url = upstream.url(true),
+        ca = pki.files.bundle.display(),
+    );
+    Gateway::start(&config, port, admin, &[]).await
+}
+
+fn claims(token: &str) -> serde_json::Value {
+    let payload = token.split('.').nth(1).expect("JWT");
+    serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap()
+}
+
+fn thumbprint(cert_pem: &std::path::Path) -> String {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_file(cert_pem).unwrap();
+    B64.encode(ring::digest::digest(&ring::digest::SHA256, &der))
+}
+
+#[tokio::test]
+async fn workload_gets_a_token_bound_to_its_certificate_with_its_svid() {
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let gw = token_gateway(&pki, "required", &upstream).await;
+    let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+    let reply = client
+        .send("POST", "/oauth2/token", &[FORM], "grant_type=client_credentials&scope=sessions%3Aread")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    let body = reply.json();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], "sessions:read");
+    let c = claims(body["access_token"].as_str().unwrap());
+    assert_eq!(c["client_id"], "onboarding");
+    assert_eq!(c["iss"], "https://idgate.test");
+    assert_eq!(c["aud"], "idgate");
+    let (cert, _) = pki.workload(ONBOARDING);
+    assert_eq!(c["cnf"]["x5t#S256"], thumbprint(&cert));
+    assert!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap() <= 300);
+}
+
+#[tokio::test]
+async fn token_endpoint_refuses_bad_requests_with_oauth_errors() {
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let gw = token_gateway(&pki, "optional", &upstream).await;
+    let svid = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+    let other = Client::new(&pki, Some(FRONTEND), gw.port, false);
+    let anonymous = Client::new(&pki, None, gw.port, false);
+    let basic = |id: &str, secret: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")));
+
+    let cases: Vec<(&Client, Vec<(&str, String)>, &str, u16, &str)> = vec![
+        (&svid, vec![], "grant_type=password&username=a", 400, "unsupported_grant_type"),
+        (&svid, vec![], "scope=sessions%3Aread", 400, "invalid_request"),
+        (&svid, vec![], "grant_type=client_credentials&scope=admin", 400, "invalid_scope"),
+        (&svid, vec![], "grant_type=client_credentials&grant_type=client_credentials", 400, "invalid_request"),
+        // A workload whose SVID is not a registered client.
+        (&other, vec![], "grant_type=client_credentials", 401, "invalid_client"),
+        // The right secret but no certificate to bind the token to.
+        (&anonymous, vec![("authorization", basic("batch", "batch-client-secret-value"))], "grant_type=client_credentials", 400, "invalid_request"),
+        (&other, vec![("authorization", basic("batch", "wrong"))], "grant_type=client_credentials", 401, "invalid_client"),
+        (&other, vec![("authorization", basic("nobody", "batch-client-secret-value"))], "grant_type=client_credentials", 401, "invalid_client"),
+    ];
+    for (client, extra, body, status, error) in cases {
+        let mut headers = vec![FORM];
+        headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+        let reply = client.send("POST", "/oauth2/token", &headers, body).await.unwrap();
+        assert_eq!(reply.status, status, "{body}: {:?}", reply.body);
+        let json = reply.json();
+        assert_eq!(json["error"], error, "{body}");
+        assert_eq!(json["status"], status);
+        let text = String::from_utf8_lossy(&reply.body);
+        assert!(!text.contains("batch-client-secret-value"));
+        if status == 401 && extra.iter().any(|(k, _)| *k == "authorization") {
+            assert_eq!(reply.header("www-authenticate"), Some("Basic realm=\"idgate\""));
+        }
+    }
+
+    // The secret-authenticated client gets a token bound to whatever certificate it holds.
+    let reply = other
+        .send(
+            "POST",
+            "/oauth2/token",
+            &[FORM, ("authorization", &basic("batch", "batch-client-secret-value"))],
+            "grant_type=client_credentials",
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let (cert, _) = pki.workload(FRONTEND);
+    assert_eq!(claims(reply.json()["access_token"].as_str().unwrap())["cnf"]["x5t#S256"], thumbprint(&cert));
+    assert!(!gw.output().contains("batch-client-secret-value"));
+}
+
+#[tokio::test]
+async fn jwks_and_metadata_are_published_without_a_client_certificate() {
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let gw = token_gateway(&pki, "optional", &upstream).await;
+    let anonymous = Client::new(&pki, None, gw.port, true);
+    let jwks = anonymous.get("/.well-known/jwks.json").await.unwrap();
+    assert_eq!(jwks.status, 200);
+    let keys = jwks.json()["keys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["kty"], "EC");
+    assert_eq!(keys[0]["alg"], "ES256");
+    assert!(keys[0].get("d").is_none(), "the private key must never be published");
+    let meta = anonymous.get("/.well-known/oauth-authorization-server").await.unwrap().json();
+    assert_eq!(meta["issuer"], "https://idgate.test");
+    assert_eq!(meta["token_endpoint"], "https://idgate.test/oauth2/token");
+    assert_eq!(meta["tls_client_certificate_bound_access_tokens"], true);
+}
