@@ -124,7 +124,12 @@ impl Gateway {
         let (stop_tx, stop_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
 
+        // Registered before the gateway reports ready: an unhandled SIGHUP would end the
+        // process.
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for SIGHUP: {e}")))?;
         tokio::spawn(reload_on_sighup(
+            hup,
             cfg.file.clone(),
             snapshot.clone(),
             self.roots.clone(),
@@ -183,6 +188,7 @@ impl Gateway {
 /// SIGHUP: reload the TLS material now, and the routes and upstreams from the configuration
 /// file. A configuration that does not validate is logged and the running one stays.
 async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
     file: PathBuf,
     snapshot: Arc<ArcSwap<Snapshot>>,
     roots: Arc<RootCertStore>,
@@ -191,13 +197,6 @@ async fn reload_on_sighup(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload only by file watch");
-            return;
-        }
-    };
     loop {
         tokio::select! {
             _ = stop.changed() => return,

@@ -12,11 +12,13 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use x509_parser::prelude::{ASN1Time, FromDer, X509Certificate};
 
 use crate::spiffe::TrustDomain;
 use crate::verifier::{SpiffeClientVerifier, TrustBundles, build_domain_verifier};
@@ -90,6 +92,7 @@ pub fn parse_svid(
             "no CERTIFICATE block found",
         ));
     }
+    refuse_expired(cert_path, &chain[0])?;
     // The error of a key parse never includes the key bytes.
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| {
         MaterialError::invalid(key_path, "no readable PKCS#8, PKCS#1 or SEC1 private key")
@@ -103,6 +106,23 @@ pub fn parse_svid(
             ),
         )
     })
+}
+
+/// Refuses a leaf certificate that has expired: serving it would fail every handshake, while
+/// the certificate in use may still be good. (One not valid *yet* is taken: a few seconds of
+/// clock skew between issuer and gateway must not get a fresh SVID refused for good.)
+fn refuse_expired(path: &Path, leaf: &CertificateDer<'_>) -> Result<(), MaterialError> {
+    let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| {
+        MaterialError::invalid(path, "the first certificate is not valid DER X.509")
+    })?;
+    let not_after = cert.validity().not_after;
+    if ASN1Time::now() > not_after {
+        return Err(MaterialError::invalid(
+            path,
+            format!("the certificate expired at {not_after}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a PEM trust bundle: one or more CA certificates.
@@ -266,23 +286,32 @@ impl TlsMaterial {
             }
         }
 
+        // One file may hold the bundles of several trust domains: read and parse it once,
+        // then give every trust domain configured with it the new verifier.
+        let mut by_path: HashMap<&Path, Option<Arc<dyn ClientCertVerifier>>> = HashMap::new();
         let mut changed_bundles = Vec::new();
         for (td, path) in &self.spec.bundles {
-            if let Some(pem) = fresh(path) {
-                match parse_bundle(path, &pem).and_then(|store| {
-                    build_domain_verifier(Arc::new(store), &self.provider)
-                        .map_err(|e| MaterialError::invalid(path, e))
-                }) {
-                    Ok(v) => changed_bundles.push((td.clone(), path.clone(), v)),
-                    Err(e) => outcome.refused.push(e),
-                }
+            let verifier = by_path.entry(path.as_path()).or_insert_with(|| {
+                let pem = fresh(path)?;
+                parse_bundle(path, &pem)
+                    .and_then(|store| {
+                        build_domain_verifier(Arc::new(store), &self.provider)
+                            .map_err(|e| MaterialError::invalid(path, e))
+                    })
+                    .map_err(|e| outcome.refused.push(e))
+                    .ok()
+            });
+            if let Some(v) = verifier {
+                changed_bundles.push((td.clone(), path, v.clone()));
             }
         }
         if !changed_bundles.is_empty() {
             let mut map = self.bundles.load().map().clone();
             for (td, path, v) in changed_bundles {
                 map.insert(td, v);
-                outcome.applied.push(path);
+                if !outcome.applied.iter().any(|p| p == path) {
+                    outcome.applied.push(path.clone());
+                }
             }
             self.bundles.store(Arc::new(TrustBundles::from_map(map)));
         }

@@ -1,6 +1,7 @@
 //! X.509-SVID leaf checks of the SPIFFE X509-SVID specification that a generic chain
-//! verifier does not make: one URI SAN holding a valid SPIFFE ID, not a CA, and key usage
-//! fit for a workload (digitalSignature, never keyCertSign or cRLSign).
+//! verifier does not make: one URI SAN holding a valid SPIFFE ID with a path (a workload's,
+//! not a trust domain's), not a CA, and key usage fit for a workload (digitalSignature, never
+//! keyCertSign or cRLSign).
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -18,6 +19,8 @@ pub enum SvidError {
     SeveralUris,
     #[error("the URI SAN is not a valid SPIFFE ID: {0}")]
     BadSpiffeId(SpiffeIdError),
+    #[error("the SPIFFE ID {0} has no path: it names a trust domain, not a workload")]
+    TrustDomainId(String),
     #[error("the certificate is a CA certificate and cannot be used as a leaf SVID")]
     IsCa,
     #[error("the certificate has no key usage extension with digitalSignature")]
@@ -67,5 +70,95 @@ pub fn leaf_spiffe_id(der: &[u8]) -> Result<SpiffeId, SvidError> {
     if ku.value.key_cert_sign() || ku.value.crl_sign() {
         return Err(SvidError::SigningKeyUsage);
     }
+    // Checked after the CA rules, so that a CA certificate (whose ID is its trust domain's)
+    // is refused for what it is.
+    if id.path().is_empty() {
+        return Err(SvidError::TrustDomainId(id.to_string()));
+    }
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
+
+    use super::*;
+
+    fn cert(
+        uris: &[&str],
+        ca: bool,
+        usages: Vec<KeyUsagePurpose>,
+    ) -> rustls_pki_types::CertificateDer<'static> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| SanType::URI((*u).try_into().unwrap()))
+            .collect();
+        params.is_ca = if ca {
+            IsCa::Ca(BasicConstraints::Unconstrained)
+        } else {
+            IsCa::ExplicitNoCa
+        };
+        params.key_usages = usages;
+        params
+            .self_signed(&KeyPair::generate().unwrap())
+            .unwrap()
+            .der()
+            .clone()
+    }
+
+    const ID: &str = "spiffe://example.org/ns/kyc/sa/onboarding";
+
+    #[test]
+    fn accepts_a_workload_svid() {
+        let der = cert(&[ID], false, vec![KeyUsagePurpose::DigitalSignature]);
+        assert_eq!(leaf_spiffe_id(&der).unwrap().as_str(), ID);
+    }
+
+    #[test]
+    fn refuses_what_the_x509_svid_rules_forbid_in_a_leaf() {
+        let sig = || vec![KeyUsagePurpose::DigitalSignature];
+        for (der, why) in [
+            (cert(&[], false, sig()), SvidError::NoSpiffeId),
+            (
+                cert(&[ID, "spiffe://example.org/b"], false, sig()),
+                SvidError::SeveralUris,
+            ),
+            (
+                cert(&["spiffe://Example.org/a"], false, sig()),
+                SvidError::BadSpiffeId(SpiffeIdError::BadTrustDomainChar),
+            ),
+            (
+                cert(&["spiffe://example.org"], false, sig()),
+                SvidError::TrustDomainId("spiffe://example.org".to_owned()),
+            ),
+            (cert(&[ID], true, sig()), SvidError::IsCa),
+            (
+                cert(
+                    &["spiffe://example.org"],
+                    true,
+                    vec![KeyUsagePurpose::KeyCertSign],
+                ),
+                SvidError::IsCa,
+            ),
+            (
+                cert(&[ID], false, Vec::new()),
+                SvidError::NoDigitalSignature,
+            ),
+            (
+                cert(&[ID], false, vec![KeyUsagePurpose::KeyEncipherment]),
+                SvidError::NoDigitalSignature,
+            ),
+            (
+                cert(
+                    &[ID],
+                    false,
+                    vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign],
+                ),
+                SvidError::SigningKeyUsage,
+            ),
+        ] {
+            assert_eq!(leaf_spiffe_id(&der).unwrap_err(), why);
+        }
+    }
 }

@@ -30,12 +30,21 @@ impl Borrow<str> for TrustDomain {
 }
 
 /// Why a client certificate was refused, as carried inside the rustls error.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum PeerRefusal {
     #[error("not an X.509-SVID: {0}")]
     NotSvid(#[from] SvidError),
     #[error("trust domain {0} is not configured")]
     UnknownTrustDomain(String),
+}
+
+/// The sentence, not the variant names: rustls shows a custom certificate error with `{:?}`
+/// (`invalid peer certificate: Other(OtherError(..))`), and that is the line an operator
+/// reads to learn why a handshake was refused.
+impl std::fmt::Debug for PeerRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// The verifiers of every configured trust domain, swapped as a whole on reload.

@@ -2,20 +2,29 @@
 //! swaps replace directory entries, which a watch on the file itself would miss), a periodic
 //! poll as a backstop, and a manual trigger for SIGHUP. Every trigger leads to the same
 //! [`TlsMaterial::reload`], which only acts on files whose content changed.
+//!
+//! The directories watched are those the files resolve through *now*: they are worked out
+//! again before every reload, since a symlink swap moves a file into a directory that was not
+//! watched before, and the directory it left is usually deleted.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::material::TlsMaterial;
 
+/// Most symlinks followed while resolving one path, as Linux's own limit (`ELOOP`).
+const MAX_SYMLINKS: usize = 40;
+
 /// Keeps the watch alive; dropping it stops watching.
 pub struct WatchHandle {
-    _watcher: Option<RecommendedWatcher>,
+    _dirs: Option<Arc<Mutex<DirWatch>>>,
     trigger: mpsc::Sender<()>,
 }
 
@@ -26,22 +35,108 @@ impl WatchHandle {
     }
 }
 
-fn watched_dirs<'a>(files: impl Iterator<Item = &'a Path>) -> BTreeSet<PathBuf> {
-    let mut dirs = BTreeSet::new();
-    for file in files {
-        let parent = match file.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        dirs.insert(parent);
-        // A file that is a symlink into another directory changes there too.
-        if let Ok(real) = std::fs::canonicalize(file)
-            && let Some(p) = real.parent()
-        {
-            dirs.insert(p.to_owned());
-        }
+/// Whether an event can mean that a file's content changed. Opening, reading and closing a
+/// file unwritten are events too — the reload's own reads among them — and must not start
+/// another reload, or the watch would feed itself forever.
+fn may_change_content(event: &Event) -> bool {
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
-    dirs
+}
+
+/// Adds the directories in which a change can alter what `file` reads as: the directory of
+/// every symlink met while resolving it (where a Kubernetes `..data` link is swapped, also
+/// when the configured file is itself a link into a volume mounted elsewhere) and the
+/// directory the file finally lives in (where an atomic rename replaces it).
+fn dirs_affecting(file: &Path, dirs: &mut BTreeSet<PathBuf>) {
+    let Ok(mut path) = std::path::absolute(file) else {
+        return;
+    };
+    let mut followed = 0;
+    'resolve: loop {
+        let mut resolved = PathBuf::new();
+        let mut rest = path.components();
+        while let Some(component) = rest.next() {
+            match component {
+                // What comes before is free of symlinks, so `..` is simply its parent.
+                Component::ParentDir => {
+                    resolved.pop();
+                    continue;
+                }
+                Component::CurDir => continue,
+                c => resolved.push(c),
+            }
+            let Ok(target) = std::fs::read_link(&resolved) else {
+                continue;
+            };
+            followed += 1;
+            if followed > MAX_SYMLINKS {
+                return;
+            }
+            resolved.pop();
+            dirs.insert(resolved.clone());
+            // An absolute target replaces the whole path when pushed.
+            resolved.push(target);
+            resolved.extend(rest);
+            path = resolved;
+            continue 'resolve;
+        }
+        if let Some(parent) = resolved.parent() {
+            dirs.insert(parent.to_owned());
+        }
+        return;
+    }
+}
+
+/// The directory watch, kept in step with where the files resolve to.
+struct DirWatch {
+    watcher: RecommendedWatcher,
+    /// Each watched directory with its identity (device, inode) when the watch was added: a
+    /// watch follows the inode, so a directory replaced under the same name is watched anew.
+    watched: BTreeMap<PathBuf, (u64, u64)>,
+    /// Directories that could not be watched, so that each is reported once.
+    failed: BTreeSet<PathBuf>,
+}
+
+impl DirWatch {
+    /// Watches the directories the files resolve through now and stops watching the others.
+    ///
+    /// Runs before each reload reads the files, so that a change made after that read is
+    /// caught by the watch. Blocking file system calls: call it from a blocking thread.
+    fn refresh<'a>(&mut self, files: impl Iterator<Item = &'a Path>) {
+        let mut wanted = BTreeSet::new();
+        for file in files {
+            dirs_affecting(file, &mut wanted);
+        }
+        let mut now = BTreeMap::new();
+        for dir in wanted {
+            // A directory that is missing for now is left to the next refresh and the poll.
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let id = (meta.dev(), meta.ino());
+            let previous = self.watched.remove(&dir);
+            if previous != Some(id) {
+                if previous.is_some() {
+                    let _ = self.watcher.unwatch(&dir);
+                }
+                if let Err(e) = self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                    if self.failed.insert(dir.clone()) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch TLS directory; relying on the periodic check");
+                    }
+                    continue;
+                }
+                self.failed.remove(&dir);
+            }
+            now.insert(dir, id);
+        }
+        for gone in self.watched.keys() {
+            let _ = self.watcher.unwatch(gone);
+        }
+        self.watched = now;
+    }
 }
 
 /// Starts watching the material's files. Must be called inside a Tokio runtime.
@@ -50,25 +145,29 @@ fn watched_dirs<'a>(files: impl Iterator<Item = &'a Path>) -> BTreeSet<PathBuf> 
 pub fn spawn_watcher(material: Arc<TlsMaterial>, poll_every: Duration) -> WatchHandle {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let notify_tx = tx.clone();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+    let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+        if event.is_ok_and(|e| may_change_content(&e)) {
             let _ = notify_tx.try_send(());
         }
     });
-    let watcher = match watcher {
-        Ok(mut w) => {
-            for dir in watched_dirs(material.spec().files()) {
-                if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch TLS directory; relying on the periodic check");
-                }
-            }
-            Some(w)
+    let dirs = match watcher {
+        Ok(watcher) => {
+            let mut dirs = DirWatch {
+                watcher,
+                watched: BTreeMap::new(),
+                failed: BTreeSet::new(),
+            };
+            dirs.refresh(material.spec().files());
+            Some(Arc::new(Mutex::new(dirs)))
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot start the file watcher; relying on the periodic check");
             None
         }
     };
+    // The task holds the watch weakly: dropping the handle drops the watcher and its sender,
+    // which closes the channel and ends the task.
+    let weak_dirs = dirs.as_ref().map(Arc::downgrade);
 
     tokio::spawn(async move {
         let mut poll = tokio::time::interval(poll_every);
@@ -86,7 +185,17 @@ pub fn spawn_watcher(material: Arc<TlsMaterial>, poll_every: Duration) -> WatchH
                 _ = poll.tick() => {}
             }
             let m = material.clone();
-            match tokio::task::spawn_blocking(move || m.reload()).await {
+            let dirs = weak_dirs.clone();
+            let reloaded = tokio::task::spawn_blocking(move || {
+                if let Some(dirs) = dirs.and_then(|d| d.upgrade())
+                    && let Ok(mut dirs) = dirs.lock()
+                {
+                    dirs.refresh(m.spec().files());
+                }
+                m.reload()
+            })
+            .await;
+            match reloaded {
                 Ok(outcome) => log_outcome(&outcome),
                 Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
             }
@@ -94,7 +203,7 @@ pub fn spawn_watcher(material: Arc<TlsMaterial>, poll_every: Duration) -> WatchH
     });
 
     WatchHandle {
-        _watcher: watcher,
+        _dirs: dirs,
         trigger: tx,
     }
 }
@@ -105,5 +214,77 @@ fn log_outcome(outcome: &crate::material::ReloadOutcome) {
     }
     for err in &outcome.refused {
         tracing::warn!(error = %err, "new TLS material refused; the previous material stays in use");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use notify::event::{CreateKind, ModifyKind, RenameMode};
+
+    use super::*;
+
+    fn dirs_of(file: &Path) -> BTreeSet<PathBuf> {
+        let mut dirs = BTreeSet::new();
+        dirs_affecting(file, &mut dirs);
+        dirs
+    }
+
+    #[test]
+    fn a_plain_file_is_watched_in_its_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        std::fs::write(root.join("gateway.crt"), "x").unwrap();
+        assert_eq!(dirs_of(&root.join("gateway.crt")), BTreeSet::from([root]));
+    }
+
+    #[test]
+    fn every_directory_a_symlink_chain_passes_through_is_watched() {
+        // conf/gateway.crt -> ../volume/gateway.crt -> ..data/gateway.crt, ..data -> ..v1
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let (conf, volume) = (root.join("conf"), root.join("volume"));
+        std::fs::create_dir_all(volume.join("..v1")).unwrap();
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(volume.join("..v1/gateway.crt"), "x").unwrap();
+        symlink("..v1", volume.join("..data")).unwrap();
+        symlink("..data/gateway.crt", volume.join("gateway.crt")).unwrap();
+        symlink("../volume/gateway.crt", conf.join("gateway.crt")).unwrap();
+
+        assert_eq!(
+            dirs_of(&conf.join("gateway.crt")),
+            BTreeSet::from([conf, volume.clone(), volume.join("..v1")])
+        );
+    }
+
+    #[test]
+    fn a_symlink_loop_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        symlink("b", root.join("a")).unwrap();
+        symlink("a", root.join("b")).unwrap();
+        assert_eq!(dirs_of(&root.join("a")), BTreeSet::from([root]));
+    }
+
+    #[test]
+    fn reading_a_file_is_not_a_change_but_writing_and_renaming_are() {
+        let event = |kind| Event::new(kind);
+        for read in [
+            AccessKind::Open(AccessMode::Any),
+            AccessKind::Close(AccessMode::Read),
+            AccessKind::Read,
+        ] {
+            assert!(!may_change_content(&event(EventKind::Access(read))));
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Remove(notify::event::RemoveKind::Folder),
+            EventKind::Other,
+        ] {
+            assert!(may_change_content(&event(change)), "{change:?}");
+        }
     }
 }
