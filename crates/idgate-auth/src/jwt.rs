@@ -1,1 +1,406 @@
-//! JWT access tokens (to be completed): JWS verification, JWKS, issuers.
+//! JWT access tokens (RFC 9068) in `Authorization: Bearer`: from outside OAuth2/OIDC
+//! servers, whose keys are fetched from their JWKS, and from issuers whose keys are given
+//! directly (idgate's own token endpoint).
+//!
+//! A token is verified in this order, each step refusing with a short reason that goes to
+//! the log and to the caller's `error_description` (none of them says anything secret):
+//!
+//! 1. shape — three base64url parts, at most [`MAX_TOKEN_BYTES`], strict JSON objects, an
+//!    `alg` we implement (`none` and HMAC never), no `crit` extension;
+//! 2. issuer — the unverified `iss` picks a configured issuer; its allowed algorithms;
+//! 3. key — by `kid` (an unknown one refreshes the JWKS, rate-limited), or the issuer's
+//!    only key for the algorithm; the key's type, curve and own `alg` must fit the token's
+//!    `alg`, which is what defeats algorithm confusion;
+//! 4. signature — `ring`;
+//! 5. claims — `iss`, `aud`, `exp`, `nbf`, `iat` (with leeway), `sub`; then the identity:
+//!    `client_id`/`azp`, scopes from `scope` and `scp`, and the certificate binding
+//!    `cnf.x5t#S256` (RFC 8705) for the pipeline to compare with the connection's.
+
+mod claims;
+mod json;
+mod jwks;
+mod jws;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, Uri};
+
+pub use jws::{Algorithm, AlgorithmError, Jwk, MAX_TOKEN_BYTES};
+
+use crate::caller::TokenIdentity;
+use crate::failure::AuthFailure;
+use jwks::{JwksLocation, KeySet, KeySource, Remote};
+
+/// Clock skew tolerated on `exp`, `nbf` and `iat` unless configured.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+/// How old fetched keys may get before they are refreshed in the background.
+pub const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+/// The least time between two fetches of one issuer's keys, whatever the tokens say.
+pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// An outside OAuth2/OIDC authorization server whose access tokens are accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerConfig {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// The exact `iss` value of its tokens (and the base of its discovery URL).
+    pub issuer: String,
+    /// Where its JWKS is. When absent, it is found through the issuer's metadata.
+    pub jwks_uri: Option<Uri>,
+    /// Find the JWKS through `{issuer}/.well-known/openid-configuration` (or RFC 8414's
+    /// `oauth-authorization-server`). Implied when `jwks_uri` is absent; a configured
+    /// `jwks_uri` is used as it is, without asking the metadata.
+    pub discovery: bool,
+    /// Tokens must name one of these in `aud`.
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+    /// Extra trusted roots (PEM) for the JWKS and metadata servers.
+    pub ca: Option<PathBuf>,
+    pub jwks_refresh_interval: Duration,
+    pub min_refresh_interval: Duration,
+}
+
+impl IssuerConfig {
+    /// An issuer found by discovery, with every algorithm and the default intervals.
+    pub fn new(name: impl Into<String>, issuer: impl Into<String>, audiences: Vec<String>) -> Self {
+        Self {
+            name: name.into(),
+            issuer: issuer.into(),
+            jwks_uri: None,
+            discovery: true,
+            audiences,
+            algorithms: Algorithm::ALL.to_vec(),
+            leeway: DEFAULT_LEEWAY,
+            ca: None,
+            jwks_refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
+            min_refresh_interval: DEFAULT_MIN_REFRESH_INTERVAL,
+        }
+    }
+}
+
+/// An issuer whose public keys are given directly, never fetched: idgate's own token
+/// endpoint registers its signing key this way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticIssuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: Duration,
+    pub keys: Vec<Jwk>,
+}
+
+impl StaticIssuer {
+    /// With the default leeway.
+    pub fn new(
+        issuer: impl Into<String>,
+        audiences: Vec<String>,
+        algorithms: Vec<Algorithm>,
+        keys: Vec<Jwk>,
+    ) -> Self {
+        Self {
+            issuer: issuer.into(),
+            audiences,
+            algorithms,
+            leeway: DEFAULT_LEEWAY,
+            keys,
+        }
+    }
+}
+
+/// A verified access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtIdentity {
+    pub token: TokenIdentity,
+    /// RFC 8705 certificate binding: base64url SHA-256 of the client certificate's DER the
+    /// token was issued to. When present the pipeline must compare it with the connection's.
+    pub cnf_x5t_s256: Option<String>,
+    pub expires_at: SystemTime,
+}
+
+struct Issuer {
+    name: String,
+    issuer: String,
+    audiences: Vec<String>,
+    algorithms: Vec<Algorithm>,
+    leeway: Duration,
+    keys: KeySource,
+}
+
+/// Verifies bearer tokens from the configured issuers. Built once per configuration
+/// snapshot; cheap to share (`Send + Sync`); fetches keys lazily on first use.
+pub struct JwtVerifier {
+    issuers: HashMap<String, Issuer>,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("issuers", &self.issuers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn check_common(
+    key: &str,
+    issuer: &str,
+    audiences: &[String],
+    algorithms: &[Algorithm],
+) -> Result<(), String> {
+    if issuer.is_empty() {
+        return Err(format!("{key}: issuer is empty"));
+    }
+    if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+        return Err(format!(
+            "{key}: audiences must list at least one non-empty audience: a token for any audience is a token for someone else"
+        ));
+    }
+    if algorithms.is_empty() {
+        return Err(format!("{key}: algorithms is empty"));
+    }
+    Ok(())
+}
+
+impl JwtVerifier {
+    /// Checks the configuration and builds the HTTP clients; no network. Blocking (reads
+    /// `ca` files and the platform's roots).
+    pub fn new(
+        issuers: Vec<IssuerConfig>,
+        static_issuers: Vec<StaticIssuer>,
+    ) -> Result<Self, String> {
+        let mut out: HashMap<String, Issuer> = HashMap::new();
+        let mut insert = |issuer: Issuer, key: &str| {
+            if out.contains_key(&issuer.issuer) {
+                return Err(format!(
+                    "{key}: issuer {:?} is configured twice",
+                    issuer.issuer
+                ));
+            }
+            out.insert(issuer.issuer.clone(), issuer);
+            Ok(())
+        };
+        for cfg in issuers {
+            let key = format!("jwt issuer {}", cfg.name);
+            if cfg.name.is_empty() {
+                return Err("jwt issuer: name is empty".into());
+            }
+            check_common(&key, &cfg.issuer, &cfg.audiences, &cfg.algorithms)?;
+            // A configured jwks_uri is used as it is; discovery only finds one.
+            let location = match &cfg.jwks_uri {
+                Some(uri) => {
+                    jwks::check_fetch_uri(uri).map_err(|e| format!("{key}: jwks_uri: {e}"))?;
+                    JwksLocation::Uri(uri.clone())
+                }
+                None => JwksLocation::Discover(
+                    jwks::discovery_uris(&cfg.issuer).map_err(|e| format!("{key}: {e}"))?,
+                ),
+            };
+            if cfg.min_refresh_interval.is_zero() || cfg.jwks_refresh_interval.is_zero() {
+                return Err(format!("{key}: refresh intervals must be more than zero"));
+            }
+            let client = jwks::http_client(cfg.ca.as_deref()).map_err(|e| format!("{key}: {e}"))?;
+            let remote = Remote::new(
+                cfg.name.clone(),
+                cfg.issuer.clone(),
+                location,
+                client,
+                cfg.jwks_refresh_interval,
+                cfg.min_refresh_interval,
+            );
+            insert(
+                Issuer {
+                    name: cfg.name,
+                    issuer: cfg.issuer,
+                    audiences: cfg.audiences,
+                    algorithms: cfg.algorithms,
+                    leeway: cfg.leeway,
+                    keys: KeySource::Remote(Arc::new(remote)),
+                },
+                &key,
+            )?;
+        }
+        for st in static_issuers {
+            let key = format!("jwt issuer {}", st.issuer);
+            check_common(&key, &st.issuer, &st.audiences, &st.algorithms)?;
+            let keys = KeySet::from_jwks(&st.keys, 0).map_err(|e| format!("{key}: {e}"))?;
+            if keys.keys.is_empty() {
+                return Err(format!("{key}: no signing key"));
+            }
+            insert(
+                Issuer {
+                    name: st.issuer.clone(),
+                    issuer: st.issuer,
+                    audiences: st.audiences,
+                    algorithms: st.algorithms,
+                    leeway: st.leeway,
+                    keys: KeySource::Static(Arc::new(keys)),
+                },
+                &key,
+            )?;
+        }
+        Ok(Self { issuers: out })
+    }
+
+    /// Whether any issuer is configured.
+    pub fn is_empty(&self) -> bool {
+        self.issuers.is_empty()
+    }
+
+    /// Fetches every outside issuer's keys now, so the first requests do not wait. Failures
+    /// are logged and retried on use.
+    pub async fn prefetch(&self) {
+        for issuer in self.issuers.values() {
+            if let KeySource::Remote(_) = issuer.keys {
+                let _ = issuer.keys.current().await;
+            }
+        }
+    }
+
+    /// Verifies a compact JWS access token at time `now`.
+    pub async fn verify(&self, token: &str, now: SystemTime) -> Result<JwtIdentity, AuthFailure> {
+        self.verify_inner(token, now)
+            .await
+            .map_err(AuthFailure::InvalidToken)
+    }
+
+    async fn verify_inner(
+        &self,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<JwtIdentity, &'static str> {
+        let unverified = jws::parse(token)?;
+        let Some(serde_json::Value::String(iss)) = unverified.claims.get("iss") else {
+            return Err("missing issuer");
+        };
+        let issuer = self.issuers.get(iss).ok_or("unknown issuer")?;
+        let alg = unverified.alg;
+        if !issuer.algorithms.contains(&alg) {
+            return Err("algorithm not allowed");
+        }
+
+        let mut keys = issuer.keys.current().await?;
+        let mut candidates = select(&keys, unverified.kid.as_deref(), alg);
+        if candidates == Selection::UnknownKid
+            && let Some(newer) = issuer.keys.refresh_for_unknown_kid(&keys).await
+        {
+            keys = newer;
+            candidates = select(&keys, unverified.kid.as_deref(), alg);
+        }
+        let indices = match candidates {
+            Selection::Keys(i) => i,
+            Selection::UnknownKid | Selection::Ambiguous => return Err("unknown signing key"),
+            Selection::AlgorithmMismatch => return Err("algorithm does not match key"),
+        };
+        let verified = indices
+            .iter()
+            .any(|&i| keys.keys[i].verify(alg, unverified.signing_input, &unverified.signature));
+        if !verified {
+            tracing::debug!(issuer = %issuer.name, kid = unverified.kid.as_deref().unwrap_or("-"), %alg, "bad token signature");
+            return Err("bad signature");
+        }
+
+        let claims = claims::check(
+            &unverified.claims,
+            &claims::Expect {
+                issuer: &issuer.issuer,
+                audiences: &issuer.audiences,
+                leeway: issuer.leeway,
+            },
+            now,
+        )?;
+        Ok(JwtIdentity {
+            token: TokenIdentity {
+                issuer: issuer.issuer.clone(),
+                subject: claims.subject,
+                client_id: claims.client_id,
+                scopes: claims.scopes,
+            },
+            cnf_x5t_s256: claims.cnf_x5t_s256,
+            expires_at: claims.expires_at,
+        })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Selection {
+    /// Indices of the keys to try.
+    Keys(Vec<usize>),
+    /// The token names a `kid` the set lacks.
+    UnknownKid,
+    /// No `kid`, and not exactly one key for the algorithm.
+    Ambiguous,
+    /// The `kid` exists but its key is of another type, or declares another `alg`.
+    AlgorithmMismatch,
+}
+
+fn select(keys: &KeySet, kid: Option<&str>, alg: Algorithm) -> Selection {
+    match kid {
+        Some(kid) => {
+            let named: Vec<usize> = (0..keys.keys.len())
+                .filter(|&i| keys.keys[i].kid.as_deref() == Some(kid))
+                .collect();
+            if named.is_empty() {
+                return Selection::UnknownKid;
+            }
+            let fit: Vec<usize> = named
+                .into_iter()
+                .filter(|&i| keys.keys[i].supports(alg))
+                .collect();
+            if fit.is_empty() {
+                Selection::AlgorithmMismatch
+            } else {
+                Selection::Keys(fit)
+            }
+        }
+        None => {
+            let fit: Vec<usize> = (0..keys.keys.len())
+                .filter(|&i| keys.keys[i].supports(alg))
+                .collect();
+            if fit.len() == 1 {
+                Selection::Keys(fit)
+            } else {
+                Selection::Ambiguous
+            }
+        }
+    }
+}
+
+/// The bearer token of a request: `Ok(None)` when there is none, an error when there are
+/// several or the header is malformed. The scheme is case-insensitive (RFC 9110 §11.1);
+/// `Authorization` headers of other schemes (an API key) are left to their layer.
+pub fn presented_bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure> {
+    let mut found = None;
+    for value in headers.get_all(http::header::AUTHORIZATION) {
+        let bytes = value.as_bytes();
+        let is_bearer = bytes.len() >= 6
+            && bytes[..6].eq_ignore_ascii_case(b"bearer")
+            && (bytes.len() == 6 || bytes[6] == b' ' || bytes[6] == b'\t');
+        if !is_bearer {
+            continue;
+        }
+        if found.is_some() {
+            return Err(AuthFailure::InvalidRequest("more than one bearer token"));
+        }
+        let token = value
+            .to_str()
+            .map_err(|_| AuthFailure::InvalidRequest("malformed bearer token"))?[6..]
+            .trim_matches([' ', '\t']);
+        // token68 (RFC 9110 §11.2): a JWT uses only its base64url letters and dots.
+        let token68 = !token.is_empty()
+            && token
+                .trim_end_matches('=')
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+        if !token68 {
+            return Err(AuthFailure::InvalidRequest("malformed bearer token"));
+        }
+        found = Some(token);
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests;

@@ -60,13 +60,23 @@ pub struct TokenEndpointConfig {
     pub clients: Vec<TokenClientConfig>,
 }
 
+/// Parses a secret reference and checks the secret can be had, recording problems under
+/// `key`.
+fn available(cx: &mut Ctx<'_>, key: &str, s: &str) -> Option<SecretRef> {
+    let r = SecretRef::parse(s, cx.base)
+        .map_err(|e| cx.err(key, e.to_string()))
+        .ok()?;
+    if let Err(e) = r.check_available() {
+        cx.err(key, e.to_string());
+    }
+    Some(r)
+}
+
 pub(crate) const ALGORITHMS: &[&str] = &["RS256", "PS256", "ES256", "EdDSA"];
 
 pub(crate) fn api_keys(cx: &mut Ctx<'_>, a: raw::ApiKeys) -> Option<ApiKeysConfig> {
     let before = cx.errors.len();
-    let pepper = SecretRef::parse(&a.pepper, cx.base)
-        .map_err(|e| cx.err("api_keys.pepper", e.to_string()))
-        .ok();
+    let pepper = available(cx, "api_keys.pepper", &a.pepper);
     let store = cx.path(&a.store);
     if let Some(parent) = store.parent()
         && !parent.as_os_str().is_empty()
@@ -225,9 +235,7 @@ pub(crate) fn token_endpoint(
     if t.audience.is_empty() {
         cx.err("token_endpoint.audience", "must not be empty");
     }
-    let signing_key = SecretRef::parse(&t.signing_key, cx.base)
-        .map_err(|e| cx.err("token_endpoint.signing_key", e.to_string()))
-        .ok();
+    let signing_key = available(cx, "token_endpoint.signing_key", &t.signing_key);
     let token_ttl = cx.duration(
         "token_endpoint.token_ttl",
         t.token_ttl,
@@ -262,11 +270,10 @@ pub(crate) fn token_endpoint(
                 })
                 .ok()
         });
-        let client_secret = c.client_secret.as_deref().and_then(|s| {
-            SecretRef::parse(s, cx.base)
-                .map_err(|e| cx.err(format!("{key}.client_secret"), e.to_string()))
-                .ok()
-        });
+        let client_secret = c
+            .client_secret
+            .as_deref()
+            .and_then(|s| available(cx, &format!("{key}.client_secret"), s));
         if c.spiffe_id.is_none() && c.client_secret.is_none() {
             cx.err(
                 key.clone(),

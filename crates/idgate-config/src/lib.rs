@@ -775,9 +775,13 @@ fn credential(
             );
             return None;
         };
-        SecretRef::parse(&v, cx.base)
+        let r = SecretRef::parse(&v, cx.base)
             .map_err(|e| cx.err(format!("{key}.{name}"), e.to_string()))
-            .ok()
+            .ok()?;
+        if let Err(e) = r.check_available() {
+            cx.err(format!("{key}.{name}"), e.to_string());
+        }
+        Some(r)
     };
     let scheme = match scheme_name {
         "header" => {

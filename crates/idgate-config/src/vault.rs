@@ -95,10 +95,7 @@ pub(crate) fn section(
     let timeout = cx.duration("vault.timeout", raw.timeout, Duration::from_secs(5));
     let auth = match (raw.token, raw.approle) {
         (Some(_), Some(_)) => {
-            cx.err(
-                "vault",
-                "set either token or [vault.approle], not both",
-            );
+            cx.err("vault", "set either token or [vault.approle], not both");
             None
         }
         (None, None) => {
@@ -118,9 +115,8 @@ pub(crate) fn section(
                     !s.is_empty()
                         && s != "."
                         && s != ".."
-                        && s.bytes().all(|b| {
-                            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')
-                        })
+                        && s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
                 });
             if !mount_ok {
                 cx.err(
@@ -177,7 +173,8 @@ fn address(cx: &mut Ctx<'_>, s: &str, warnings: &mut Vec<String>) -> Option<Uri>
     match uri.scheme_str() {
         Some("https") => Some(uri),
         Some("http") => {
-            let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            let loopback =
+                host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
             if loopback {
                 warnings.push(format!(
                     "vault.address {s} is plain http://: the Vault token and the secrets it returns are not encrypted (allowed on loopback only)"
@@ -231,5 +228,133 @@ fn vault_refs(path: &str, v: &toml::Value, out: &mut Vec<String>) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::ConfigError;
+
+    const BASE: &str = r#"
+[listener]
+bind = "127.0.0.1:8443"
+
+[identity]
+svid_cert = "gw.crt"
+svid_key = "gw.key"
+
+[[upstreams]]
+name = "didit"
+url = "https://verification.didit.me"
+[upstreams.credential]
+header = "x-api-key"
+secret = "vault:secret/idgate/didit#api_key"
+"#;
+
+    /// The problems reported for `key` (identity files do not exist here; that is ignored).
+    fn problems(text: &str, key: &str) -> Vec<String> {
+        let errors = match crate::parse(Path::new("/nonexistent/idgate.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        };
+        errors
+            .into_iter()
+            .filter(|e: &ConfigError| e.key == key)
+            .map(|e| e.reason)
+            .collect()
+    }
+
+    #[test]
+    fn vault_reference_without_vault_section_is_refused_at_its_key() {
+        let p = problems(BASE, "upstreams[0].credential.secret");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("vault: references need a [vault] section"));
+    }
+
+    #[test]
+    fn vault_section_takes_a_token_or_approle_and_never_a_vault_reference() {
+        let with = |section: &str| format!("{BASE}\n[vault]\n{section}\n");
+        assert!(
+            problems(
+                &with("address = \"https://vault:8200\"\ntoken = \"env:VAULT_TOKEN\""),
+                "upstreams[0].credential.secret"
+            )
+            .is_empty()
+        );
+        assert!(
+            problems(
+                &with("address = \"https://vault:8200\"\ntoken = \"env:VAULT_TOKEN\""),
+                "vault"
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            problems(&with("address = \"https://vault:8200\""), "vault").len(),
+            1
+        );
+        assert_eq!(
+            problems(
+                &with("address = \"https://vault:8200\"\ntoken = \"env:T\"\n[vault.approle]\nrole_id = \"env:R\"\nsecret_id = \"env:S\""),
+                "vault"
+            )
+            .len(),
+            1
+        );
+        assert_eq!(
+            problems(
+                &with("address = \"https://vault:8200\"\ntoken = \"vault:secret/t#token\""),
+                "vault.token"
+            )
+            .len(),
+            1
+        );
+        assert_eq!(
+            problems(
+                &with("address = \"https://vault:8200\"\ntoken = \"hvs.literal\""),
+                "vault.token"
+            )
+            .len(),
+            1
+        );
+        assert_eq!(
+            problems(
+                &with("address = \"https://vault:8200\"\n[vault.approle]\nrole_id = \"env:R\"\nsecret_id = \"env:S\"\nmount = \"../sys\""),
+                "vault.approle.mount"
+            )
+            .len(),
+            1
+        );
+        // Misspelt keys are errors, not ignored settings.
+        let text = with("address = \"https://vault:8200\"\ntokn = \"env:T\"");
+        let all = crate::parse(Path::new("/nonexistent/idgate.toml"), &text).unwrap_err();
+        assert!(
+            all.0
+                .iter()
+                .any(|e| e.key.starts_with("vault") && e.reason.contains("tokn")),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn plain_http_is_only_for_a_vault_on_loopback() {
+        let with = |addr: &str| {
+            format!("{BASE}\n[vault]\naddress = \"{addr}\"\ntoken = \"env:VAULT_TOKEN\"\n")
+        };
+        assert_eq!(
+            problems(&with("http://vault.internal:8200"), "vault.address").len(),
+            1
+        );
+        assert!(problems(&with("http://127.0.0.1:8200"), "vault.address").is_empty());
+        assert_eq!(
+            problems(&with("https://vault:8200/v1"), "vault.address").len(),
+            1
+        );
+        assert_eq!(
+            problems(&with("https://user:pw@vault:8200"), "vault.address").len(),
+            1
+        );
+        assert_eq!(problems(&with("vault:8200"), "vault.address").len(), 1);
     }
 }

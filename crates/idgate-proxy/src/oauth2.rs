@@ -1,9 +1,13 @@
 //! OAuth2 client-credentials tokens for upstreams that want a bearer token (RFC 6749 §4.4):
 //! fetched from the provider's token endpoint with `client_secret_basic`, cached until
 //! shortly before they expire, and refreshed by one request however many wait for it.
+//!
+//! Past the refresh point, one request fetches the next token while the others keep using
+//! the current one, which is still valid; only when no valid token is left do they wait. A
+//! failed fetch is shared the same way: requests within [`FAILURE_BACKOFF`] get the same
+//! answer (the still-valid token, or the error) instead of queueing one fetch each.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -22,11 +26,30 @@ pub type TokenClient = UpstreamClient;
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 /// Time allowed for one token request.
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a failed fetch is the answer before the endpoint is asked again.
+const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+/// Lifetime assumed when the endpoint does not say (`expires_in` is only RECOMMENDED).
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
 struct Cached {
     header: HeaderValue,
+    /// When one request starts fetching the next token.
     refresh_at: Instant,
+    /// When this one is no longer sent.
+    expires_at: Instant,
     version: Arc<str>,
+}
+
+impl Cached {
+    fn out(&self) -> (HeaderValue, Arc<str>) {
+        (self.header.clone(), self.version.clone())
+    }
+}
+
+/// The last failed fetch, shared with the requests that arrive soon after it.
+struct Failure {
+    at: Instant,
+    reason: String,
 }
 
 pub struct TokenSource {
@@ -36,21 +59,48 @@ pub struct TokenSource {
     client_secret: SecretRef,
     scope: Option<String>,
     cached: ArcSwapOption<Cached>,
-    refreshing: tokio::sync::Mutex<()>,
-    fetched: AtomicU64,
+    /// Held by the request that fetches; holds the last failure.
+    refreshing: tokio::sync::Mutex<Option<Failure>>,
 }
 
-/// `application/x-www-form-urlencoded` encoding of one value.
+/// `application/x-www-form-urlencoded` encoding of one value (RFC 6749 Appendix B, which
+/// `client_secret_basic` and the request body both use): space as `+`, and every byte
+/// outside `*-._` and ASCII letters and digits percent-encoded.
 fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+        if b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_') {
             out.push(b as char);
+        } else if b == b' ' {
+            out.push('+');
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
     }
     out
+}
+
+/// When to fetch the next token: a tenth of the lifetime before expiry, but at least a
+/// second (or half the lifetime, for very short ones) and at most a minute.
+fn refresh_margin(lifetime: Duration) -> Duration {
+    (lifetime / 10).clamp(
+        Duration::from_secs(1).min(lifetime / 2),
+        Duration::from_secs(60),
+    )
+}
+
+/// An RFC 6749 §5.2 error code is a short token of printable ASCII; anything else from the
+/// endpoint is not repeated in logs.
+fn error_code(v: &serde_json::Value) -> String {
+    v.get("error")
+        .and_then(|e| e.as_str())
+        .filter(|e| {
+            e.len() <= 64
+                && e.bytes()
+                    .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        })
+        .map(|e| format!(" ({e})"))
+        .unwrap_or_default()
 }
 
 impl TokenSource {
@@ -70,48 +120,85 @@ impl TokenSource {
             client_secret: client_secret.clone(),
             scope,
             cached: ArcSwapOption::empty(),
-            refreshing: tokio::sync::Mutex::new(()),
-            fetched: AtomicU64::new(0),
+            refreshing: tokio::sync::Mutex::new(None),
         })
     }
 
-    fn fresh(&self) -> Option<(HeaderValue, Arc<str>)> {
-        let c = self.cached.load();
-        c.as_ref()
-            .filter(|c| Instant::now() < c.refresh_at)
-            .map(|c| (c.header.clone(), c.version.clone()))
-    }
-
-    /// The `Authorization` value to send, and which token (a counter) it is.
+    /// The `Authorization` value to send, and the version of the client secret it was
+    /// obtained with (a bounded label for metrics, unlike the tokens themselves).
     pub async fn token(&self) -> Result<(HeaderValue, Arc<str>), String> {
-        if let Some(t) = self.fresh() {
-            return Ok(t);
+        let current = self.cached.load_full();
+        let now = Instant::now();
+        if let Some(c) = current.as_ref().filter(|c| now < c.refresh_at) {
+            return Ok(c.out());
         }
-        // One request refreshes; the others wait for it and then use its token.
-        let _guard = self.refreshing.lock().await;
-        if let Some(t) = self.fresh() {
-            return Ok(t);
+        let valid = current.as_ref().filter(|c| now < c.expires_at);
+        let mut last_failure = match (self.refreshing.try_lock(), valid) {
+            (Ok(guard), _) => guard,
+            // Someone is fetching the next token; this one is still good meanwhile.
+            (Err(_), Some(c)) => return Ok(c.out()),
+            (Err(_), None) => self.refreshing.lock().await,
+        };
+        // While this request waited, another may have fetched a token or failed to.
+        let current = self.cached.load_full();
+        let now = Instant::now();
+        if let Some(c) = current.as_ref().filter(|c| now < c.refresh_at) {
+            return Ok(c.out());
         }
-        let cached = tokio::time::timeout(TOKEN_TIMEOUT, self.fetch())
+        let valid = current.filter(|c| now < c.expires_at);
+        if let Some(f) = last_failure
+            .as_ref()
+            .filter(|f| f.at.elapsed() < FAILURE_BACKOFF)
+        {
+            return match valid {
+                Some(c) => Ok(c.out()),
+                None => Err(f.reason.clone()),
+            };
+        }
+        let fetched = tokio::time::timeout(TOKEN_TIMEOUT, self.fetch())
             .await
-            .map_err(|_| "the token endpoint did not answer in time".to_owned())??;
-        let out = (cached.header.clone(), cached.version.clone());
-        self.cached.store(Some(Arc::new(cached)));
-        Ok(out)
+            .unwrap_or_else(|_| Err("the token endpoint did not answer in time".to_owned()));
+        match fetched {
+            Ok(cached) => {
+                *last_failure = None;
+                let out = cached.out();
+                self.cached.store(Some(Arc::new(cached)));
+                Ok(out)
+            }
+            Err(reason) => {
+                *last_failure = Some(Failure {
+                    at: Instant::now(),
+                    reason: reason.clone(),
+                });
+                match valid.filter(|c| Instant::now() < c.expires_at) {
+                    Some(c) => {
+                        tracing::warn!(
+                            token_endpoint = self.token_url.host().unwrap_or("-"),
+                            error = %reason,
+                            "cannot fetch the next OAuth2 token; the current one stays in use until it expires"
+                        );
+                        Ok(c.out())
+                    }
+                    None => Err(reason),
+                }
+            }
+        }
     }
 
     async fn fetch(&self) -> Result<Cached, String> {
         let secret = {
             let r = self.client_secret.clone();
-            tokio::task::spawn_blocking(move || r.resolve())
+            tokio::task::spawn_blocking(move || r.fetch())
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?
         };
+        let secret_text = std::str::from_utf8(secret.value.expose_secret())
+            .map_err(|_| "the client secret is not UTF-8".to_owned())?;
         let basic = zeroize::Zeroizing::new(format!(
             "{}:{}",
             form_encode(&self.client_id),
-            form_encode(secret.expose_secret())
+            form_encode(secret_text)
         ));
         let mut auth = HeaderValue::from_str(&format!(
             "Basic {}",
@@ -136,18 +223,19 @@ impl TokenSource {
             .await
             .map_err(|e| format!("request failed: {e}"))?;
         let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the response: {e}"))?
-            .to_bytes();
+        let bytes = zeroize::Zeroizing::new(Vec::from(
+            Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the response: {e}"))?
+                .to_bytes(),
+        ));
         if !status.is_success() {
             // The endpoint's error code helps the operator; the body is not echoed further.
             let code = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .map(|v| error_code(&v))
                 .unwrap_or_default();
-            return Err(format!("status {status} {code}"));
+            return Err(format!("status {}{code}", status.as_u16()));
         }
         let v: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|_| "the response is not JSON".to_owned())?;
@@ -161,22 +249,24 @@ impl TokenSource {
             .and_then(|t| t.as_str())
             .unwrap_or("Bearer");
         if !token_type.eq_ignore_ascii_case("bearer") {
-            return Err(format!("token_type {token_type} is not Bearer"));
+            return Err("the token_type is not Bearer".to_owned());
         }
-        let expires_in = v
-            .get("expires_in")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(300);
-        // Refresh ahead of expiry: a tenth of the lifetime, at most a minute.
-        let margin = (expires_in / 10).min(60);
+        // A number per RFC 6749; some endpoints send it as a string.
+        let lifetime = match v.get("expires_in") {
+            Some(serde_json::Value::Number(n)) => n.as_u64(),
+            Some(serde_json::Value::String(s)) => s.parse().ok(),
+            _ => None,
+        }
+        .map_or(DEFAULT_LIFETIME, Duration::from_secs);
         let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| "the token is not header-safe".to_owned())?;
         header.set_sensitive(true);
-        let n = self.fetched.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = Instant::now();
         Ok(Cached {
             header,
-            refresh_at: Instant::now() + Duration::from_secs(expires_in.saturating_sub(margin)),
-            version: format!("token-{n}").into(),
+            refresh_at: now + lifetime.saturating_sub(refresh_margin(lifetime)),
+            expires_at: now + lifetime,
+            version: secret.version.into(),
         })
     }
 }
@@ -186,8 +276,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn form_encoding_escapes_reserved_bytes() {
-        assert_eq!(form_encode("a b:c/ü"), "a%20b%3Ac%2F%C3%BC");
-        assert_eq!(form_encode("Az09-._~"), "Az09-._~");
+    fn form_encoding_follows_rfc6749_appendix_b() {
+        assert_eq!(form_encode("a b:c/ü"), "a+b%3Ac%2F%C3%BC");
+        assert_eq!(form_encode("Az09-._*"), "Az09-._*");
+        assert_eq!(form_encode("~+%"), "%7E%2B%25");
+    }
+
+    #[test]
+    fn tokens_are_refreshed_before_they_expire_even_short_ones() {
+        let m = |s: u64| refresh_margin(Duration::from_secs(s));
+        assert_eq!(m(3600), Duration::from_secs(60));
+        assert_eq!(m(300), Duration::from_secs(30));
+        assert_eq!(m(3), Duration::from_secs(1));
+        assert_eq!(m(1), Duration::from_millis(500));
+        assert_eq!(m(0), Duration::ZERO);
+    }
+
+    #[test]
+    fn only_plain_error_codes_are_repeated() {
+        let v = serde_json::json!({"error": "invalid_client"});
+        assert_eq!(error_code(&v), " (invalid_client)");
+        let v = serde_json::json!({"error": "x\ny"});
+        assert_eq!(error_code(&v), "");
+        let v = serde_json::json!({"error": "a".repeat(100)});
+        assert_eq!(error_code(&v), "");
     }
 }

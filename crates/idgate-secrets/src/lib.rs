@@ -9,9 +9,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub mod pkcs11;
+pub mod vault;
 
 pub use pkcs11::Pkcs11Uri;
 pub use secrecy::{ExposeSecret, SecretBox, SecretString};
+pub use vault::VaultRef;
 
 /// Where a secret lives. Written in configuration as `env:NAME`, `file:PATH`,
 /// `pkcs11:<RFC 7512 URI>` or `vault:PATH#FIELD`.
@@ -20,7 +22,7 @@ pub enum SecretRef {
     Env(String),
     File(PathBuf),
     Pkcs11(Pkcs11Uri),
-    Vault(String),
+    Vault(VaultRef),
 }
 
 impl fmt::Debug for SecretRef {
@@ -36,7 +38,7 @@ impl fmt::Display for SecretRef {
             Self::Env(name) => write!(f, "env:{name}"),
             Self::File(path) => write!(f, "file:{}", path.display()),
             Self::Pkcs11(uri) => write!(f, "{uri}"),
-            Self::Vault(path) => write!(f, "vault:{path}"),
+            Self::Vault(r) => write!(f, "{r}"),
         }
     }
 }
@@ -55,6 +57,8 @@ pub enum SecretRefError {
     BadEnvName,
     #[error("not a usable pkcs11: URI (RFC 7512): {0}")]
     BadPkcs11Uri(&'static str),
+    #[error("not a usable vault: reference (vault:<mount>/<path>[?version=N]#<field>): {0}")]
+    BadVaultRef(&'static str),
     #[error("{0}: references are not supported by this build of idgate")]
     Unsupported(&'static str),
 }
@@ -83,7 +87,7 @@ impl SecretRef {
                 Ok(Self::File(base_dir.join(rest)))
             }
             "pkcs11" => Pkcs11Uri::parse(rest, base_dir).map(Self::Pkcs11),
-            "vault" => Err(SecretRefError::Unsupported("vault")),
+            "vault" => VaultRef::parse(rest).map(Self::Vault),
             _ => Err(SecretRefError::Literal),
         }
     }
@@ -92,7 +96,8 @@ impl SecretRef {
     /// or from a blocking thread.
     ///
     /// Versions: `env` for environment variables (they cannot change under a running
-    /// process), a digest of the content for files, the object version for PKCS#11.
+    /// process), a digest of the content for files, the object version for PKCS#11, the KV
+    /// version for Vault.
     pub fn fetch(&self) -> Result<Fetched, SecretError> {
         match self {
             Self::Env(_) => {
@@ -126,7 +131,18 @@ impl SecretRef {
                     version: version.to_string(),
                 })
             }
-            Self::Vault(_) => Err(SecretError::Unsupported(self.to_string())),
+            Self::Vault(r) => {
+                let client = vault::installed().ok_or_else(|| {
+                    SecretError::Vault(self.to_string(), vault::VaultError::NotConfigured)
+                })?;
+                let s = client
+                    .read_blocking(r)
+                    .map_err(|e| SecretError::Vault(self.to_string(), e))?;
+                Ok(Fetched {
+                    value: SecretBox::new(s.value.expose_secret().as_bytes().into()),
+                    version: s.version.to_string(),
+                })
+            }
         }
     }
 
@@ -139,13 +155,12 @@ impl SecretRef {
                 Err(_) => Err(SecretError::EnvMissing(name.clone())),
             },
             Self::File(path) => read_secret_file(path),
-            Self::Pkcs11(_) => {
+            Self::Pkcs11(_) | Self::Vault(_) => {
                 let f = self.fetch()?;
                 let text = std::str::from_utf8(f.value.expose_secret())
                     .map_err(|_| SecretError::NotHeaderSafe(self.to_string()))?;
                 Ok(SecretString::from(text.to_owned()))
             }
-            Self::Vault(_) => Err(SecretError::Unsupported(self.to_string())),
         }
     }
 }
@@ -184,12 +199,18 @@ pub enum SecretError {
     Unsupported(String),
     #[error("{0}: {1}")]
     Hsm(String, pkcs11::HsmError),
+    #[error("{0}: {1}")]
+    Vault(String, vault::VaultError),
 }
 
 impl SecretError {
     /// The source is temporarily unavailable (a token that went away), not misconfigured.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Hsm(_, e) if e.token_gone())
+        match self {
+            Self::Hsm(_, e) => e.token_gone(),
+            Self::Vault(_, e) => e.is_transient(),
+            _ => false,
+        }
     }
 }
 
@@ -227,6 +248,54 @@ pub fn check_header_safe(reference: &SecretRef, value: &SecretString) -> Result<
         Ok(())
     } else {
         Err(SecretError::NotHeaderSafe(reference.to_string()))
+    }
+}
+
+impl SecretRef {
+    /// Checks, without reading the value, that the secret can be had: the variable is set,
+    /// the file exists with mode 0600 or stricter, the PKCS#11 module and PIN source exist.
+    /// For `idgate check` and start-up, so every unusable reference is reported with its key.
+    pub fn check_available(&self) -> Result<(), SecretError> {
+        match self {
+            Self::Env(name) => match std::env::var_os(name) {
+                Some(v) if !v.is_empty() => Ok(()),
+                Some(_) => Err(SecretError::Empty(self.to_string())),
+                None => Err(SecretError::EnvMissing(name.clone())),
+            },
+            Self::File(path) => {
+                let meta = std::fs::metadata(path).map_err(|e| SecretError::Read {
+                    path: path.clone(),
+                    kind: e.kind(),
+                })?;
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(SecretError::TooOpen {
+                        path: path.clone(),
+                        mode,
+                    });
+                }
+                std::fs::File::open(path)
+                    .map(drop)
+                    .map_err(|e| SecretError::Read {
+                        path: path.clone(),
+                        kind: e.kind(),
+                    })
+            }
+            Self::Pkcs11(uri) => {
+                if !uri.module_path.is_file() {
+                    return Err(SecretError::Read {
+                        path: uri.module_path.clone(),
+                        kind: std::io::ErrorKind::NotFound,
+                    });
+                }
+                match &uri.pin_source {
+                    pkcs11::PinSource::Env(name) => Self::Env(name.clone()).check_available(),
+                    pkcs11::PinSource::File(path) => Self::File(path.clone()).check_available(),
+                }
+            }
+            // Reachability of the server is checked when the secret is first read.
+            Self::Vault(_) => Ok(()),
+        }
     }
 }
 

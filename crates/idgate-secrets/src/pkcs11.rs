@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -231,9 +233,67 @@ fn ck(op: &'static str) -> impl Fn(CkError) -> HsmError {
     }
 }
 
+/// How often a module may be re-initialised to look for a token that went away.
+const REINIT_EVERY: Duration = Duration::from_secs(1);
+
+/// A loaded PKCS#11 module. Every call into it holds `gate` for reading; re-initialising it
+/// holds `gate` for writing, so that no call and no session is in use meanwhile.
+///
+/// Re-initialising (`C_Finalize` + `C_Initialize`) is how a token that disappeared is found
+/// again: some modules, SoftHSM2 among them, mark a token whose storage vanished as broken
+/// for good and only look at their storage again when initialised.
+struct Module {
+    ctx: Pkcs11,
+    path: PathBuf,
+    gate: RwLock<ModuleState>,
+}
+
+struct ModuleState {
+    /// Bumped at each re-initialisation: sessions of an older generation are invalid.
+    generation: u64,
+    last_reinit: Option<Instant>,
+}
+
+fn init_args() -> CInitializeArgs {
+    CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)
+}
+
+impl Module {
+    fn read(&self) -> Result<RwLockReadGuard<'_, ModuleState>, HsmError> {
+        self.gate
+            .read()
+            .map_err(|_| HsmError::Pin("module lock poisoned".into()))
+    }
+
+    /// Re-initialises the module unless that happened less than [`REINIT_EVERY`] ago.
+    /// Returns whether the module is newer than generation `seen`, so a retry may help.
+    fn reinitialize(&self, seen: u64) -> bool {
+        let Ok(mut st) = self.gate.write() else {
+            return false;
+        };
+        if st.generation != seen {
+            return true;
+        }
+        if st.last_reinit.is_some_and(|t| t.elapsed() < REINIT_EVERY) {
+            return false;
+        }
+        st.last_reinit = Some(Instant::now());
+        // Not initialised (an earlier attempt failed) is fine here.
+        let _ = self.ctx.clone().finalize();
+        match self.ctx.initialize(init_args()) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => {
+                tracing::warn!(module = %self.path.display(), error = %e, "cannot initialise the PKCS#11 module again; retrying later");
+            }
+        }
+        st.generation += 1;
+        true
+    }
+}
+
 /// One loaded module per path for the whole process: `C_Initialize` must run once.
-fn module(path: &Path) -> Result<Arc<Pkcs11>, HsmError> {
-    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Arc<Pkcs11>>>> = OnceLock::new();
+fn module(path: &Path) -> Result<Arc<Module>, HsmError> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = OnceLock::new();
     let modules = MODULES.get_or_init(Default::default);
     let mut modules = modules
         .lock()
@@ -246,15 +306,22 @@ fn module(path: &Path) -> Result<Arc<Pkcs11>, HsmError> {
         reason,
     };
     let ctx = Pkcs11::new(path).map_err(|e| err(e.to_string()))?;
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+    ctx.initialize(init_args())
         .or_else(|e| match e {
             CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _) => Ok(()),
             e => Err(e),
         })
         .map_err(|e| err(e.to_string()))?;
-    let ctx = Arc::new(ctx);
-    modules.insert(path.to_owned(), ctx.clone());
-    Ok(ctx)
+    let module = Arc::new(Module {
+        ctx,
+        path: path.to_owned(),
+        gate: RwLock::new(ModuleState {
+            generation: 0,
+            last_reinit: None,
+        }),
+    });
+    modules.insert(path.to_owned(), module.clone());
+    Ok(module)
 }
 
 fn read_pin(source: &PinSource) -> Result<SecretString, HsmError> {
@@ -273,16 +340,20 @@ fn read_pin(source: &PinSource) -> Result<SecretString, HsmError> {
 
 /// A logged-in view of one token, with a pool of sessions.
 pub struct Hsm {
-    ctx: Arc<Pkcs11>,
+    module: Arc<Module>,
     token_label: Option<String>,
     pin: SecretString,
     state: Mutex<HsmState>,
+    /// The token was found missing and has not been used successfully since (for logs).
+    gone: AtomicBool,
 }
 
 #[derive(Default)]
 struct HsmState {
     slot: Option<Slot>,
     idle: Vec<Session>,
+    /// The module generation `slot` and `idle` belong to.
+    generation: u64,
 }
 
 impl fmt::Debug for Hsm {
@@ -374,88 +445,153 @@ impl Hsm {
 
     /// Opens the token that `uri` names; the PIN is read now and kept in zeroizing memory.
     pub fn open(uri: &Pkcs11Uri) -> Result<Arc<Self>, HsmError> {
-        let ctx = module(&uri.module_path)?;
+        let module = module(&uri.module_path)?;
         let pin = read_pin(&uri.pin_source)?;
         Ok(Arc::new(Self {
-            ctx,
+            module,
             token_label: uri.token.clone(),
             pin,
             state: Mutex::new(HsmState::default()),
+            gone: AtomicBool::new(false),
         }))
     }
 
+    fn label(&self) -> String {
+        self.token_label.clone().unwrap_or_else(|| "(any)".into())
+    }
+
     fn find_slot(&self) -> Result<Slot, HsmError> {
-        let slots = self
-            .ctx
-            .get_slots_with_token()
-            .map_err(ck("C_GetSlotList"))?;
+        let ctx = &self.module.ctx;
+        let slots = ctx.get_slots_with_token().map_err(ck("C_GetSlotList"))?;
         for slot in slots {
-            let Ok(info) = self.ctx.get_token_info(slot) else {
+            let Ok(info) = ctx.get_token_info(slot) else {
                 continue;
             };
+            // A free slot (SoftHSM2 always offers one) holds no keys.
+            if !info.token_initialized() {
+                continue;
+            }
             match &self.token_label {
                 Some(label) if info.label().trim_end() != label => continue,
                 _ => return Ok(slot),
             }
         }
-        Err(HsmError::NoToken(
-            self.token_label.clone().unwrap_or_else(|| "(any)".into()),
-        ))
+        Err(HsmError::NoToken(self.label()))
     }
 
-    /// Runs `f` on a pooled, logged-in read-write session. A session that fails with a
-    /// "token gone" error is dropped, and the slot is looked up again next time, so the gateway
-    /// recovers by itself when the token returns.
+    /// Whether the token is still in `slot`: after an error that does not say so itself
+    /// (a module may report a vanished token's objects as simply not found).
+    fn present_in(&self, slot: Slot) -> bool {
+        self.module
+            .ctx
+            .get_token_info(slot)
+            .is_ok_and(|info| match &self.token_label {
+                Some(label) => info.label().trim_end() == label,
+                None => info.token_initialized(),
+            })
+    }
+
+    /// Runs `f` on a pooled, logged-in read-write session.
+    ///
+    /// When the token is gone, the pool is emptied and the slot forgotten; the next calls
+    /// look for the token again, re-initialising the module at most once a second, so the
+    /// gateway recovers by itself when the token returns. Both changes are logged once.
     pub fn with_session<T>(
         &self,
         f: impl FnOnce(&Session) -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
-        let session = {
-            let mut st = self
-                .state
-                .lock()
-                .map_err(|_| HsmError::Pin("session pool poisoned".into()))?;
-            st.idle.pop()
-        };
-        let session = match session {
-            Some(s) => s,
-            None => self.new_session()?,
-        };
-        let result = f(&session);
-        match &result {
+        let mut gate = self.module.read()?;
+        let (session, slot) = match self.checkout(gate.generation) {
+            Ok(s) => s,
             Err(e) if e.token_gone() => {
-                if let Ok(mut st) = self.state.lock() {
-                    st.idle.clear();
-                    st.slot = None;
+                let seen = gate.generation;
+                drop(gate);
+                if !self.module.reinitialize(seen) {
+                    return Err(self.note_gone(e));
+                }
+                gate = self.module.read()?;
+                match self.checkout(gate.generation) {
+                    Ok(s) => s,
+                    Err(e) => return Err(self.note_gone(e)),
                 }
             }
-            _ => {
-                if let Ok(mut st) = self.state.lock()
-                    && st.idle.len() < 16
-                {
-                    st.idle.push(session);
-                }
+            Err(e) => return Err(e),
+        };
+        let result = match f(&session) {
+            Err(e) if !e.token_gone() && !self.present_in(slot) => {
+                tracing::debug!(error = %e, "PKCS#11 call failed and the token is no longer present");
+                Err(HsmError::NoToken(self.label()))
             }
+            r => r,
+        };
+        if matches!(&result, Err(e) if e.token_gone()) {
+            drop(session);
+            if let Ok(mut st) = self.state.lock() {
+                st.idle.clear();
+                st.slot = None;
+            }
+            return result.map_err(|e| self.note_gone(e));
         }
+        if let Ok(mut st) = self.state.lock()
+            && st.generation == gate.generation
+            && st.idle.len() < 16
+        {
+            st.idle.push(session);
+        }
+        self.note_back();
+        drop(gate);
         result
     }
 
-    fn new_session(&self) -> Result<Session, HsmError> {
-        let slot = {
+    fn note_gone(&self, e: HsmError) -> HsmError {
+        if e.token_gone() && !self.gone.swap(true, Ordering::Relaxed) {
+            tracing::warn!(token = %self.label(), error = %e, "PKCS#11 token is unavailable: credentials kept in it fail until it returns");
+        }
+        e
+    }
+
+    fn note_back(&self) {
+        if self.gone.swap(false, Ordering::Relaxed) {
+            tracing::info!(token = %self.label(), "PKCS#11 token is available again");
+        }
+    }
+
+    /// A pooled session of module generation `generation`, or a new one; with its slot.
+    fn checkout(&self, generation: u64) -> Result<(Session, Slot), HsmError> {
+        let (pooled, slot) = {
             let mut st = self
                 .state
                 .lock()
                 .map_err(|_| HsmError::Pin("session pool poisoned".into()))?;
-            match st.slot {
+            if st.generation != generation {
+                // These handles died with the previous initialisation, and the module may
+                // hand the same numbers to new sessions: closing them now could close
+                // someone else's. Forgetting them leaks nothing the module still holds.
+                for stale in st.idle.drain(..) {
+                    std::mem::forget(stale);
+                }
+                st.slot = None;
+                st.generation = generation;
+            }
+            let slot = match st.slot {
                 Some(s) => s,
                 None => {
                     let s = self.find_slot()?;
                     st.slot = Some(s);
                     s
                 }
-            }
+            };
+            (st.idle.pop(), slot)
         };
+        match pooled {
+            Some(s) => Ok((s, slot)),
+            None => Ok((self.new_session(slot)?, slot)),
+        }
+    }
+
+    fn new_session(&self, slot: Slot) -> Result<Session, HsmError> {
         let session = self
+            .module
             .ctx
             .open_rw_session(slot)
             .map_err(ck("C_OpenSession"))?;

@@ -428,12 +428,17 @@ allow = ["spiffe://{TRUST_DOMAIN}/ns/kyc/*"]
 async fn wait_listening(port: u16) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(format!("the mock provider did not start listening on port {port}"))
+    Err(format!(
+        "the mock provider did not start listening on port {port}"
+    ))
 }
 
 async fn wait_ready(admin_port: u16, log: &Path) -> Result<(), String> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 mod demo;
 mod hsm;
+mod keys;
 
 use clap::{Parser, Subcommand};
 use idgate_config::{Config, LogFormat};
@@ -90,6 +91,14 @@ enum Command {
         #[command(subcommand)]
         command: hsm::HsmCommand,
     },
+    /// Manage caller API keys: create (shown once), list, revoke, rotate.
+    ///
+    /// Keys live in the store named by the configuration's [api_keys] section, as keyed hashes
+    /// only. A running gateway picks up every change within its reload_interval.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -104,6 +113,7 @@ fn main() -> ExitCode {
             valid_hours,
         } => dev_pki(&out, &trust_domain, &workloads, valid_hours),
         Command::Hsm { command } => hsm::run(command),
+        Command::Keys { command } => keys::run(command),
         Command::Demo { port, no_wait } => demo::run(!no_wait, port),
         Command::MockProvider(args) => idgate_mock_provider::run_from_args(args),
     }
@@ -200,7 +210,11 @@ fn serve(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(gateway.run(shutdown_signal(), |_| {}));
+    let result = runtime.block_on(async {
+        // Registered before the gateway reports ready, so a SIGTERM is never fatal.
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        gateway.run(shutdown_signal(term), |_| {}).await
+    });
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -211,18 +225,10 @@ fn serve(path: &Path) -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+async fn shutdown_signal(mut term: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        _ = term.recv() => {}
     }
 }
 
@@ -267,6 +273,10 @@ fn dev_pki(out: &Path, trust_domain: &str, workloads: &[String], valid_hours: u6
                 );
             }
             ExitCode::SUCCESS
+        }
+        Err(e @ devpki::DevPkiError::ForeignWorkload(..)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -1,1 +1,236 @@
-//! (tests to come)
+//! Outside clients against the gateway: `curl` (OpenSSL, HTTP/1.1 and HTTP/2) and Python
+//! `requests`, each with and without a workload SVID. They must work with nothing but the
+//! PEM files `idgate dev-pki` writes.
+//!
+//! Both tools are installed by `scripts/setup-test-deps.sh`; a missing one fails the test
+//! with that hint rather than skipping it.
+
+// A failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::*;
+
+const LIMIT: Duration = Duration::from_secs(30);
+const PATH: &str = "/v3/session/abc-123/decision/?from=outside";
+
+/// A gateway in front of a recording upstream with one route for the `ns/kyc/*` workloads.
+struct Setup {
+    pki: Pki,
+    upstream: TestUpstream,
+    gw: Gateway,
+}
+
+impl Setup {
+    async fn start() -> Self {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+        let (port, admin) = (free_port(), free_port());
+        let config = format!(
+            r#"{base}
+[[upstreams]]
+name = "provider"
+url = "{url}"
+ca = "{ca}"
+[upstreams.credential]
+header = "x-api-key"
+secret = "env:TEST_PROVIDER_KEY"
+
+[[routes]]
+name = "decision"
+methods = ["GET"]
+path = "/v3/session/{{session_id}}/decision/"
+upstream = "provider"
+allow = ["spiffe://example.org/ns/kyc/*"]
+"#,
+            base = base_config(&pki, port, admin),
+            url = upstream.url(true),
+            ca = pki.files.bundle.display(),
+        );
+        let gw = Gateway::start(
+            &config,
+            port,
+            admin,
+            &[("TEST_PROVIDER_KEY", "prov-key-outside")],
+        )
+        .await;
+        Self { pki, upstream, gw }
+    }
+
+    fn url(&self) -> String {
+        self.gw.url(PATH)
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.pki.files.bundle.clone()
+    }
+}
+
+fn require_tool(cmd: &mut Command, what: &str) {
+    let (code, out, err) = run_bounded(cmd, LIMIT);
+    assert_eq!(
+        code, 0,
+        "{what} is not usable here ({out}{err}); run scripts/setup-test-deps.sh to install the test dependencies"
+    );
+}
+
+/// Runs a blocking command off the async runtime (the upstream serves on it).
+async fn run_off_runtime(mut cmd: Command) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || run_bounded(&mut cmd, LIMIT))
+        .await
+        .expect("command task")
+}
+
+/// curl printing `<status> <http version>` on the last line, the body before it.
+fn curl(args: &[&str]) -> Command {
+    require_tool(Command::new("curl").arg("--version"), "curl");
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "20",
+        "-w",
+        "\n%{http_code} %{http_version}",
+    ])
+    .args(args);
+    cmd
+}
+
+fn status_line(out: &str) -> (&str, &str) {
+    let last = out.rsplit_once('\n').map_or(out, |(_, last)| last);
+    let mut it = last.split_whitespace();
+    (it.next().unwrap_or(""), it.next().unwrap_or(""))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_with_an_svid_gets_200_over_http1_and_http2() {
+    let s = Setup::start().await;
+    let (crt, key) = s.pki.workload(ONBOARDING);
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let mut cmd = curl(&[flag]);
+        cmd.arg("--cacert")
+            .arg(s.bundle())
+            .arg("--cert")
+            .arg(&crt)
+            .arg("--key")
+            .arg(&key)
+            .arg(s.url());
+        let (code, out, err) = run_off_runtime(cmd).await;
+        assert_eq!(code, 0, "curl {flag} failed: {err}\n{out}");
+        assert_eq!(status_line(&out), ("200", version), "curl {flag}: {out}");
+        assert!(
+            out.contains("\"upstream\":\"test\""),
+            "the upstream's body: {out}"
+        );
+        let seen = s.upstream.last();
+        assert_eq!(seen.path_and_query, PATH);
+        assert_eq!(seen.headers.get("x-api-key").unwrap(), "prov-key-outside");
+    }
+    assert_eq!(s.upstream.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_without_a_client_certificate_is_refused() {
+    let s = Setup::start().await;
+    for flag in ["--http1.1", "--http2"] {
+        let mut cmd = curl(&[flag]);
+        cmd.arg("--cacert").arg(s.bundle()).arg(s.url());
+        let (code, out, err) = run_off_runtime(cmd).await;
+        assert_ne!(
+            code, 0,
+            "curl {flag} without a certificate succeeded: {out}"
+        );
+        let (status, _) = status_line(&out);
+        assert!(
+            !status.starts_with('2'),
+            "curl {flag} without a certificate got {status}: {out}{err}"
+        );
+    }
+    assert!(s.upstream.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_with_a_not_allowed_svid_gets_403_problem_json() {
+    let s = Setup::start().await;
+    let (crt, key) = s.pki.workload(FRONTEND);
+    let headers = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = curl(&["--http2", "-D"]);
+    cmd.arg(headers.path())
+        .arg("--cacert")
+        .arg(s.bundle())
+        .arg("--cert")
+        .arg(&crt)
+        .arg("--key")
+        .arg(&key)
+        .arg(s.url());
+    let (code, out, err) = run_off_runtime(cmd).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status_line(&out).0, "403", "{out}");
+    let head = std::fs::read_to_string(headers.path())
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        head.contains("content-type: application/problem+json"),
+        "headers:\n{head}"
+    );
+    let body = out.rsplit_once('\n').map_or("", |(b, _)| b);
+    let p: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(p["status"], 403, "{p}");
+    for k in ["type", "title", "detail", "request_id"] {
+        assert!(p[k].as_str().is_some_and(|v| !v.is_empty()), "{k} in {p}");
+    }
+    assert!(s.upstream.requests().is_empty());
+}
+
+/// A Python `requests` GET; prints `<status>` then the body, or `ERROR <exception>`.
+fn python_get(url: &str, bundle: &std::path::Path, cert: Option<(PathBuf, PathBuf)>) -> Command {
+    require_tool(
+        Command::new("python3").args(["-c", "import requests"]),
+        "python3 with the `requests` package",
+    );
+    const SCRIPT: &str = r#"
+import sys, requests
+url, ca = sys.argv[1], sys.argv[2]
+cert = (sys.argv[3], sys.argv[4]) if len(sys.argv) > 4 else None
+try:
+    r = requests.get(url, cert=cert, verify=ca, timeout=20)
+except Exception as e:
+    print("ERROR", type(e).__name__, e)
+    sys.exit(3)
+print(r.status_code)
+print(r.headers.get("content-type", ""))
+print(r.text)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", SCRIPT, url]).arg(bundle);
+    if let Some((c, k)) = cert {
+        cmd.arg(c).arg(k);
+    }
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_requests_with_an_svid_gets_200() {
+    let s = Setup::start().await;
+    let cmd = python_get(&s.url(), &s.bundle(), Some(s.pki.workload(ONBOARDING)));
+    let (code, out, err) = run_off_runtime(cmd).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("200"), "{out}");
+    assert_eq!(lines.next(), Some("application/json"), "{out}");
+    assert!(out.contains("\"upstream\":\"test\""), "{out}");
+    assert_eq!(s.upstream.last().path_and_query, PATH);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_requests_without_a_client_certificate_fails() {
+    let s = Setup::start().await;
+    let cmd = python_get(&s.url(), &s.bundle(), None);
+    let (code, out, err) = run_off_runtime(cmd).await;
+    assert_eq!(code, 3, "expected a TLS error, got: {out}{err}");
+    assert!(out.starts_with("ERROR"), "{out}");
+    assert!(s.upstream.requests().is_empty());
+}

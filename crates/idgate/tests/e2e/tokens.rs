@@ -18,7 +18,11 @@ fn signing_key(dir: &std::path::Path) -> std::path::PathBuf {
 /// A gateway with a token endpoint (listener `client_auth` as given), one client
 /// authenticated by the onboarding SVID and one by a secret, and a route that accepts
 /// bound tokens with the `sessions:read` scope.
-pub(crate) async fn token_gateway(pki: &Pki, client_auth: &str, upstream: &TestUpstream) -> Gateway {
+pub(crate) async fn token_gateway(
+    pki: &Pki,
+    client_auth: &str,
+    upstream: &TestUpstream,
+) -> Gateway {
     let (port, admin) = (free_port(), free_port());
     let key = signing_key(pki.path());
     let secret = pki.path().join("batch-secret");
@@ -87,7 +91,12 @@ async fn workload_gets_a_token_bound_to_its_certificate_with_its_svid() {
     let gw = token_gateway(&pki, "required", &upstream).await;
     let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
     let reply = client
-        .send("POST", "/oauth2/token", &[FORM], "grant_type=client_credentials&scope=sessions%3Aread")
+        .send(
+            "POST",
+            "/oauth2/token",
+            &[FORM],
+            "grant_type=client_credentials&scope=sessions%3Aread",
+        )
         .await
         .unwrap();
     assert_eq!(reply.status, 200, "{:?}", reply.body);
@@ -112,24 +121,83 @@ async fn token_endpoint_refuses_bad_requests_with_oauth_errors() {
     let svid = Client::new(&pki, Some(ONBOARDING), gw.port, false);
     let other = Client::new(&pki, Some(FRONTEND), gw.port, false);
     let anonymous = Client::new(&pki, None, gw.port, false);
-    let basic = |id: &str, secret: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")));
+    let basic = |id: &str, secret: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+        )
+    };
 
     let cases: Vec<(&Client, Vec<(&str, String)>, &str, u16, &str)> = vec![
-        (&svid, vec![], "grant_type=password&username=a", 400, "unsupported_grant_type"),
-        (&svid, vec![], "scope=sessions%3Aread", 400, "invalid_request"),
-        (&svid, vec![], "grant_type=client_credentials&scope=admin", 400, "invalid_scope"),
-        (&svid, vec![], "grant_type=client_credentials&grant_type=client_credentials", 400, "invalid_request"),
+        (
+            &svid,
+            vec![],
+            "grant_type=password&username=a",
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            &svid,
+            vec![],
+            "scope=sessions%3Aread",
+            400,
+            "invalid_request",
+        ),
+        (
+            &svid,
+            vec![],
+            "grant_type=client_credentials&scope=admin",
+            400,
+            "invalid_scope",
+        ),
+        (
+            &svid,
+            vec![],
+            "grant_type=client_credentials&grant_type=client_credentials",
+            400,
+            "invalid_request",
+        ),
         // A workload whose SVID is not a registered client.
-        (&other, vec![], "grant_type=client_credentials", 401, "invalid_client"),
+        (
+            &other,
+            vec![],
+            "grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
         // The right secret but no certificate to bind the token to.
-        (&anonymous, vec![("authorization", basic("batch", "batch-client-secret-value"))], "grant_type=client_credentials", 400, "invalid_request"),
-        (&other, vec![("authorization", basic("batch", "wrong"))], "grant_type=client_credentials", 401, "invalid_client"),
-        (&other, vec![("authorization", basic("nobody", "batch-client-secret-value"))], "grant_type=client_credentials", 401, "invalid_client"),
+        (
+            &anonymous,
+            vec![("authorization", basic("batch", "batch-client-secret-value"))],
+            "grant_type=client_credentials",
+            400,
+            "invalid_request",
+        ),
+        (
+            &other,
+            vec![("authorization", basic("batch", "wrong"))],
+            "grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
+        (
+            &other,
+            vec![(
+                "authorization",
+                basic("nobody", "batch-client-secret-value"),
+            )],
+            "grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
     ];
     for (client, extra, body, status, error) in cases {
         let mut headers = vec![FORM];
         headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
-        let reply = client.send("POST", "/oauth2/token", &headers, body).await.unwrap();
+        let reply = client
+            .send("POST", "/oauth2/token", &headers, body)
+            .await
+            .unwrap();
         assert_eq!(reply.status, status, "{body}: {:?}", reply.body);
         let json = reply.json();
         assert_eq!(json["error"], error, "{body}");
@@ -137,7 +205,10 @@ async fn token_endpoint_refuses_bad_requests_with_oauth_errors() {
         let text = String::from_utf8_lossy(&reply.body);
         assert!(!text.contains("batch-client-secret-value"));
         if status == 401 && extra.iter().any(|(k, _)| *k == "authorization") {
-            assert_eq!(reply.header("www-authenticate"), Some("Basic realm=\"idgate\""));
+            assert_eq!(
+                reply.header("www-authenticate"),
+                Some("Basic realm=\"idgate\"")
+            );
         }
     }
 
@@ -146,14 +217,23 @@ async fn token_endpoint_refuses_bad_requests_with_oauth_errors() {
         .send(
             "POST",
             "/oauth2/token",
-            &[FORM, ("authorization", &basic("batch", "batch-client-secret-value"))],
+            &[
+                FORM,
+                (
+                    "authorization",
+                    &basic("batch", "batch-client-secret-value"),
+                ),
+            ],
             "grant_type=client_credentials",
         )
         .await
         .unwrap();
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     let (cert, _) = pki.workload(FRONTEND);
-    assert_eq!(claims(reply.json()["access_token"].as_str().unwrap())["cnf"]["x5t#S256"], thumbprint(&cert));
+    assert_eq!(
+        claims(reply.json()["access_token"].as_str().unwrap())["cnf"]["x5t#S256"],
+        thumbprint(&cert)
+    );
     assert!(!gw.output().contains("batch-client-secret-value"));
 }
 
@@ -169,8 +249,15 @@ async fn jwks_and_metadata_are_published_without_a_client_certificate() {
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0]["kty"], "EC");
     assert_eq!(keys[0]["alg"], "ES256");
-    assert!(keys[0].get("d").is_none(), "the private key must never be published");
-    let meta = anonymous.get("/.well-known/oauth-authorization-server").await.unwrap().json();
+    assert!(
+        keys[0].get("d").is_none(),
+        "the private key must never be published"
+    );
+    let meta = anonymous
+        .get("/.well-known/oauth-authorization-server")
+        .await
+        .unwrap()
+        .json();
     assert_eq!(meta["issuer"], "https://idgate.test");
     assert_eq!(meta["token_endpoint"], "https://idgate.test/oauth2/token");
     assert_eq!(meta["tls_client_certificate_bound_access_tokens"], true);

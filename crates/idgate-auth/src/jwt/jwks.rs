@@ -1,0 +1,500 @@
+//! An issuer's signing keys: given in the configuration, or fetched from its JWKS (RFC 7517
+//! §5) — found through OIDC discovery or RFC 8414 metadata when no `jwks_uri` is
+//! configured — cached, refreshed in the background when older than the refresh interval,
+//! and refreshed at once for a `kid` not yet seen, but at most once per minimum interval
+//! and by one request at a time however many are waiting: a stream of tokens with made-up
+//! `kid`s must not turn the gateway into a flood against the issuer.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::Uri;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use serde_json::Value;
+
+use super::json;
+use super::jws::{Jwk, VerifyingKey};
+
+/// The most a JWKS or metadata document may weigh. Real ones are a few KiB.
+const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+/// The most one fetch (connect, TLS, response) may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// While an issuer has never delivered usable keys, how often a request may try again.
+const NO_KEYS_RETRY: Duration = Duration::from_secs(1);
+
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// One fetched (or configured) set of keys.
+#[derive(Debug)]
+pub(crate) struct KeySet {
+    pub(crate) keys: Vec<VerifyingKey>,
+    fetched_at: Instant,
+    /// Changes with every successful fetch, so a waiter can tell whether someone else
+    /// refreshed while it waited.
+    pub(crate) generation: u64,
+}
+
+impl KeySet {
+    pub(crate) fn from_jwks(jwks: &[Jwk], generation: u64) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        for (i, jwk) in jwks.iter().enumerate() {
+            let key = VerifyingKey::from_jwk(jwk).map_err(|e| {
+                format!(
+                    "key {}: {e}",
+                    jwk.kid.as_deref().map_or(i.to_string(), str::to_owned)
+                )
+            })?;
+            keys.push(key);
+        }
+        Ok(Self {
+            keys,
+            fetched_at: Instant::now(),
+            generation,
+        })
+    }
+}
+
+/// Parses a JWKS document, keeping the keys we can verify with and skipping (with a log
+/// line) the others: an issuer may publish encryption keys or algorithms we do not use.
+fn parse_jwks(body: &[u8], issuer: &str, generation: u64) -> Result<KeySet, String> {
+    let doc = json::object(body).ok_or("the JWKS is not a JSON object")?;
+    let Some(Value::Array(entries)) = doc.get("keys") else {
+        return Err("the JWKS has no \"keys\" array".into());
+    };
+    let mut keys = Vec::new();
+    for entry in entries {
+        let usable = serde_json::from_value::<Jwk>(entry.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|jwk| VerifyingKey::from_jwk(&jwk));
+        match usable {
+            Ok(key) => keys.push(key),
+            Err(why) => tracing::debug!(
+                issuer,
+                kid = entry.get("kid").and_then(|k| k.as_str()).unwrap_or("-"),
+                %why,
+                "skipping a JWKS key"
+            ),
+        }
+    }
+    if keys.is_empty() {
+        return Err("the JWKS has no usable signing key".into());
+    }
+    Ok(KeySet {
+        keys,
+        fetched_at: Instant::now(),
+        generation,
+    })
+}
+
+/// Where an issuer's keys come from.
+pub(crate) enum KeySource {
+    Static(Arc<KeySet>),
+    Remote(Arc<Remote>),
+}
+
+impl KeySource {
+    /// The keys to verify with now, fetching them first if there are none yet.
+    pub(crate) async fn current(&self) -> Result<Arc<KeySet>, &'static str> {
+        match self {
+            Self::Static(k) => Ok(k.clone()),
+            Self::Remote(r) => r.current().await,
+        }
+    }
+
+    /// Called when a token names a `kid` that `seen` lacks: the newer set if one could be
+    /// had (someone else's refresh, or ours if the minimum interval allows).
+    pub(crate) async fn refresh_for_unknown_kid(&self, seen: &KeySet) -> Option<Arc<KeySet>> {
+        match self {
+            Self::Static(_) => None,
+            Self::Remote(r) => r.refresh_for_unknown_kid(seen.generation).await,
+        }
+    }
+}
+
+/// Where to fetch the JWKS.
+#[derive(Debug, Clone)]
+pub(crate) enum JwksLocation {
+    Uri(Uri),
+    /// Found through the issuer's metadata at one of these addresses, tried in order.
+    Discover(Vec<Uri>),
+}
+
+pub(crate) struct Remote {
+    pub(crate) name: String,
+    pub(crate) issuer: String,
+    location: JwksLocation,
+    client: HttpClient,
+    refresh_interval: Duration,
+    min_refresh_interval: Duration,
+    keys: ArcSwapOption<KeySet>,
+    /// Held by the one task fetching; the others wait on it or use what they have.
+    fetch: tokio::sync::Mutex<FetchState>,
+    background_refresh: AtomicBool,
+    generation: AtomicU64,
+}
+
+#[derive(Default)]
+struct FetchState {
+    last_attempt: Option<Instant>,
+    /// The `jwks_uri` found by discovery, kept until a fetch from it fails.
+    discovered: Option<Uri>,
+}
+
+impl Remote {
+    pub(crate) fn new(
+        name: String,
+        issuer: String,
+        location: JwksLocation,
+        client: HttpClient,
+        refresh_interval: Duration,
+        min_refresh_interval: Duration,
+    ) -> Self {
+        Self {
+            name,
+            issuer,
+            location,
+            client,
+            refresh_interval,
+            min_refresh_interval,
+            keys: ArcSwapOption::empty(),
+            fetch: tokio::sync::Mutex::new(FetchState::default()),
+            background_refresh: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    async fn current(self: &Arc<Self>) -> Result<Arc<KeySet>, &'static str> {
+        if let Some(keys) = self.keys.load_full() {
+            if keys.fetched_at.elapsed() >= self.refresh_interval {
+                self.refresh_in_background();
+            }
+            return Ok(keys);
+        }
+        // No keys yet: everyone waits for the first fetch, which only one of them makes.
+        let mut state = self.fetch.lock().await;
+        if let Some(keys) = self.keys.load_full() {
+            return Ok(keys);
+        }
+        let retry = NO_KEYS_RETRY.min(self.min_refresh_interval);
+        if state.last_attempt.is_none_or(|t| t.elapsed() >= retry) {
+            self.refresh(&mut state).await;
+        }
+        self.keys.load_full().ok_or("signing keys unavailable")
+    }
+
+    /// Refreshes stale keys off the request's path; requests go on with the old keys.
+    fn refresh_in_background(self: &Arc<Self>) {
+        if self.background_refresh.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            {
+                let mut state = this.fetch.lock().await;
+                let stale = this
+                    .keys
+                    .load()
+                    .as_ref()
+                    .is_none_or(|k| k.fetched_at.elapsed() >= this.refresh_interval);
+                let allowed = state
+                    .last_attempt
+                    .is_none_or(|t| t.elapsed() >= this.min_refresh_interval);
+                if stale && allowed {
+                    this.refresh(&mut state).await;
+                }
+            }
+            this.background_refresh.store(false, Ordering::Release);
+        });
+    }
+
+    async fn refresh_for_unknown_kid(&self, seen: u64) -> Option<Arc<KeySet>> {
+        let mut state = self.fetch.lock().await;
+        let newer = || self.keys.load_full().filter(|k| k.generation != seen);
+        if let Some(keys) = newer() {
+            return Some(keys);
+        }
+        if state
+            .last_attempt
+            .is_some_and(|t| t.elapsed() < self.min_refresh_interval)
+        {
+            return None;
+        }
+        tracing::info!(issuer = %self.name, "token signed with an unknown key id; refreshing the JWKS");
+        self.refresh(&mut state).await;
+        newer()
+    }
+
+    /// Fetches the JWKS once (discovering its address first if need be) and installs it.
+    /// A failure keeps the keys we had: an issuer's outage should not log everyone out.
+    async fn refresh(&self, state: &mut FetchState) {
+        state.last_attempt = Some(Instant::now());
+        let result = async {
+            let uri = match (&self.location, &state.discovered) {
+                (JwksLocation::Uri(u), _) | (JwksLocation::Discover(_), Some(u)) => u.clone(),
+                (JwksLocation::Discover(candidates), None) => {
+                    let found = self.discover(candidates).await?;
+                    state.discovered = Some(found.clone());
+                    found
+                }
+            };
+            let body = get(&self.client, &uri).await.map_err(|e| {
+                // The address may have moved: ask the metadata again next time.
+                state.discovered = None;
+                format!("{uri}: {e}")
+            })?;
+            let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+            parse_jwks(&body, &self.issuer, generation).map_err(|e| format!("{uri}: {e}"))
+        }
+        .await;
+        match result {
+            Ok(keys) => {
+                tracing::debug!(issuer = %self.name, keys = keys.keys.len(), "JWKS fetched");
+                self.keys.store(Some(Arc::new(keys)));
+            }
+            Err(error) => {
+                let have = self.keys.load().is_some();
+                tracing::warn!(
+                    issuer = %self.name,
+                    %error,
+                    keeping_previous_keys = have,
+                    "cannot fetch the issuer's signing keys"
+                );
+            }
+        }
+    }
+
+    /// Reads the issuer's metadata and returns its `jwks_uri`, after checking that the
+    /// document speaks for this very issuer (OIDC Discovery §4.3, RFC 8414 §3.3).
+    async fn discover(&self, candidates: &[Uri]) -> Result<Uri, String> {
+        let mut errors = Vec::new();
+        for uri in candidates {
+            let body = match get(&self.client, uri).await {
+                Ok(b) => b,
+                Err(e) => {
+                    errors.push(format!("{uri}: {e}"));
+                    continue;
+                }
+            };
+            let doc = json::object(&body).ok_or_else(|| format!("{uri}: not a JSON object"))?;
+            if doc.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+                return Err(format!("{uri}: the metadata names another issuer"));
+            }
+            let jwks_uri = doc
+                .get("jwks_uri")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{uri}: the metadata has no jwks_uri"))?;
+            let jwks_uri: Uri = jwks_uri
+                .parse()
+                .map_err(|_| format!("{uri}: jwks_uri is not a URL"))?;
+            check_fetch_uri(&jwks_uri).map_err(|e| format!("{uri}: jwks_uri: {e}"))?;
+            return Ok(jwks_uri);
+        }
+        Err(format!("no issuer metadata found: {}", errors.join("; ")))
+    }
+}
+
+/// GETs `uri`: 200 and at most [`MAX_DOCUMENT_BYTES`], within [`FETCH_TIMEOUT`].
+async fn get(client: &HttpClient, uri: &Uri) -> Result<Bytes, String> {
+    let req = http::Request::get(uri.clone())
+        .header(http::header::ACCEPT, "application/json")
+        .header(http::header::USER_AGENT, "idgate")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let fetch = async {
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(format!("HTTP {}", resp.status().as_u16()));
+        }
+        Limited::new(resp.into_body(), MAX_DOCUMENT_BYTES)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| format!("reading the body: {e}"))
+    };
+    tokio::time::timeout(FETCH_TIMEOUT, fetch)
+        .await
+        .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))?
+}
+
+/// `https://`, or `http://` to a loopback address only: keys fetched in clear text from
+/// elsewhere could be swapped by anyone on the path.
+pub(crate) fn check_fetch_uri(uri: &Uri) -> Result<(), String> {
+    let host = uri.host().ok_or("no host")?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let ip = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || ip.parse::<IpAddr>().is_ok_and(|a| a.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err("http:// is allowed only to a loopback address; use https://".into())
+            }
+        }
+        _ => Err("the URL must start with https://".into()),
+    }
+}
+
+/// Where an issuer's metadata may be: OIDC Discovery's `{issuer}/.well-known/openid-configuration`,
+/// then RFC 8414's `.well-known/oauth-authorization-server` inserted before the issuer's path.
+pub(crate) fn discovery_uris(issuer: &str) -> Result<Vec<Uri>, String> {
+    let parsed: Uri = issuer
+        .parse()
+        .map_err(|_| "the issuer is not a URL, so its metadata cannot be discovered".to_owned())?;
+    check_fetch_uri(&parsed).map_err(|e| format!("issuer: {e}"))?;
+    let (Some(scheme), Some(authority)) = (parsed.scheme_str(), parsed.authority()) else {
+        return Err("the issuer is not an absolute URL".into());
+    };
+    if parsed.query().is_some() {
+        return Err("an issuer URL has no query".into());
+    }
+    let path = parsed.path().trim_end_matches('/');
+    let mut out = vec![format!(
+        "{scheme}://{authority}{path}/.well-known/openid-configuration"
+    )];
+    let rfc8414 = format!("{scheme}://{authority}/.well-known/oauth-authorization-server{path}");
+    if !out.contains(&rfc8414) {
+        out.push(rfc8414);
+    }
+    out.into_iter()
+        .map(|u| {
+            u.parse()
+                .map_err(|_| format!("cannot form the metadata URL {u}"))
+        })
+        .collect()
+}
+
+/// The platform's trusted roots, read once per process (reading them is slow and they
+/// change with the OS image, not with our configuration).
+fn platform_roots() -> &'static RootCertStore {
+    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut store = RootCertStore::empty();
+        let found = rustls_native_certs::load_native_certs();
+        let (added, _ignored) = store.add_parsable_certificates(found.certs);
+        if added == 0 {
+            tracing::warn!("no platform root certificates found; only JWKS servers under a configured `ca` will verify");
+        }
+        store
+    })
+}
+
+/// An HTTPS client for JWKS and metadata: the platform's roots plus `ca` if given.
+/// Blocking (reads files).
+pub(crate) fn http_client(ca: Option<&Path>) -> Result<HttpClient, String> {
+    let mut roots = platform_roots().clone();
+    if let Some(path) = ca {
+        let mut n = 0;
+        for cert in CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("ca {}: {e}", path.display()))?
+        {
+            let cert = cert.map_err(|e| format!("ca {}: bad PEM: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("ca {}: unusable CA certificate: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("ca {}: no CERTIFICATE block found", path.display()));
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(idgate_tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(FETCH_TIMEOUT));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(1)
+        .build(connector))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_https_or_loopback_http() {
+        for ok in [
+            "https://idp.example/jwks",
+            "http://127.0.0.1:8080/jwks",
+            "http://127.9.9.9/jwks",
+            "http://localhost/jwks",
+            "http://[::1]:80/jwks",
+        ] {
+            assert!(check_fetch_uri(&ok.parse().unwrap()).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://idp.example/jwks",
+            "http://10.0.0.1/jwks",
+            "http://[::2]/jwks",
+            "ftp://idp.example/jwks",
+            "/jwks",
+        ] {
+            assert!(check_fetch_uri(&bad.parse().unwrap()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn discovery_addresses_follow_oidc_then_rfc8414() {
+        let s = |v: Vec<Uri>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            s(discovery_uris("https://idp.example").unwrap()),
+            [
+                "https://idp.example/.well-known/openid-configuration",
+                "https://idp.example/.well-known/oauth-authorization-server"
+            ]
+        );
+        assert_eq!(
+            s(discovery_uris("https://idp.example/tenant/1/").unwrap()),
+            [
+                "https://idp.example/tenant/1/.well-known/openid-configuration",
+                "https://idp.example/.well-known/oauth-authorization-server/tenant/1"
+            ]
+        );
+        assert!(discovery_uris("http://idp.example").is_err());
+        assert!(discovery_uris("idp").is_err());
+    }
+
+    #[test]
+    fn a_jwks_keeps_usable_keys_and_needs_one() {
+        let body = br#"{"keys":[
+            {"kty":"oct","k":"c2VjcmV0","kid":"hmac"},
+            {"kty":"OKP","crv":"Ed25519","x":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc","kid":"ed","use":"sig"},
+            {"kty":"EC","crv":"P-256","x":"AA","y":"AA","kid":"short"},
+            {"kty":"RSA","kid":"enc","use":"enc","n":"AQAB","e":"AQAB"},
+            "junk"
+        ]}"#;
+        let set = parse_jwks(body, "i", 1).unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert_eq!(set.keys[0].kid.as_deref(), Some("ed"));
+        assert!(parse_jwks(br#"{"keys":[{"kty":"oct","k":"AA"}]}"#, "i", 1).is_err());
+        assert!(parse_jwks(br#"{"keys":{}}"#, "i", 1).is_err());
+        assert!(parse_jwks(br#"[]"#, "i", 1).is_err());
+    }
+}

@@ -1,0 +1,953 @@
+//! Tokens signed here with `ring` (and an RSA key made by the `openssl` command line),
+//! verified by [`JwtVerifier`]: every algorithm accepted, every forgery refused, and the JWKS
+//! fetched from a small HTTP server on loopback that counts what it is asked.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::UNIX_EPOCH;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::*;
+
+const NOW: u64 = 1_800_000_000;
+const ISS: &str = "https://idp.example";
+const AUD: &str = "idgate";
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+enum TestKey {
+    Ed(Ed25519KeyPair),
+    Ec(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
+}
+
+impl TestKey {
+    fn ed25519() -> Self {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        Self::Ed(Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap())
+    }
+
+    fn p256() -> Self {
+        let rng = SystemRandom::new();
+        let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+        Self::Ec(EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap())
+    }
+
+    /// A 2048-bit RSA key made once per test run by `openssl genpkey` (ring cannot make
+    /// RSA keys), as PKCS#8 DER, with its public key as SubjectPublicKeyInfo PEM.
+    fn rsa() -> Self {
+        Self::Rsa(RsaKeyPair::from_pkcs8(&rsa_material().0).unwrap())
+    }
+
+    fn sign(&self, alg: &str, msg: &[u8]) -> Vec<u8> {
+        let rng = SystemRandom::new();
+        match self {
+            Self::Ed(k) => k.sign(msg).as_ref().to_vec(),
+            Self::Ec(k) => k.sign(&rng, msg).unwrap().as_ref().to_vec(),
+            Self::Rsa(k) => {
+                let padding: &dyn signature::RsaEncoding = match alg {
+                    "PS256" => &signature::RSA_PSS_SHA256,
+                    _ => &signature::RSA_PKCS1_SHA256,
+                };
+                let mut sig = vec![0; k.public().modulus_len()];
+                k.sign(padding, &rng, msg, &mut sig).unwrap();
+                sig
+            }
+        }
+    }
+
+    fn jwk(&self, kid: &str, alg: Algorithm) -> Jwk {
+        match self {
+            Self::Ed(k) => Jwk::ed25519(kid, k.public_key().as_ref()),
+            Self::Ec(k) => Jwk::p256(kid, k.public_key().as_ref()).unwrap(),
+            Self::Rsa(k) => {
+                let c = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(k.public());
+                Jwk::rsa(kid, &c.n, &c.e, alg)
+            }
+        }
+    }
+}
+
+fn rsa_material() -> &'static (Vec<u8>, String) {
+    static RSA: OnceLock<(Vec<u8>, String)> = OnceLock::new();
+    RSA.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (pem, der) = (dir.path().join("rsa.pem"), dir.path().join("rsa.der"));
+        let (pem_s, der_s) = (pem.to_str().unwrap(), der.to_str().unwrap());
+        let openssl = |args: &[&str]| {
+            let st = Command::new("openssl")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl (scripts/setup-test-deps.sh installs it)");
+            assert!(st.success(), "openssl {args:?}");
+        };
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            pem_s,
+        ]);
+        openssl(&[
+            "pkcs8", "-topk8", "-nocrypt", "-in", pem_s, "-outform", "DER", "-out", der_s,
+        ]);
+        let out = Command::new("openssl")
+            .args(["pkey", "-in", pem_s, "-pubout"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        (
+            std::fs::read(&der).unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+        )
+    })
+}
+
+fn sign_token(key: &TestKey, header: &Value, claims: &Value) -> String {
+    let alg = header["alg"].as_str().unwrap_or("");
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig = key.sign(alg, input.as_bytes());
+    format!("{input}.{}", b64(&sig))
+}
+
+fn claims() -> Value {
+    json!({
+        "iss": ISS, "sub": "client-1", "aud": AUD, "client_id": "client-1",
+        "exp": NOW + 300, "iat": NOW - 5, "nbf": NOW - 5, "scope": "sessions:read sessions:write",
+        "jti": "abc"
+    })
+}
+
+fn header(alg: &str, kid: &str) -> Value {
+    json!({"alg": alg, "kid": kid, "typ": "at+jwt"})
+}
+
+fn static_verifier(keys: Vec<Jwk>, algorithms: Vec<Algorithm>) -> JwtVerifier {
+    JwtVerifier::new(
+        vec![],
+        vec![StaticIssuer::new(ISS, vec![AUD.into()], algorithms, keys)],
+    )
+    .unwrap()
+}
+
+async fn verify(v: &JwtVerifier, token: &str) -> Result<JwtIdentity, &'static str> {
+    v.verify(token, at(NOW)).await.map_err(|e| match e {
+        AuthFailure::InvalidToken(why) => why,
+        other => panic!("unexpected failure kind {other:?}"),
+    })
+}
+
+/// One key of each type, each with its kid, in one static issuer.
+struct Keys {
+    ed: TestKey,
+    ec: TestKey,
+    rsa: TestKey,
+    verifier: JwtVerifier,
+}
+
+fn keys() -> Keys {
+    let (ed, ec, rsa) = (TestKey::ed25519(), TestKey::p256(), TestKey::rsa());
+    let mut rsa_any = rsa.jwk("rsa", Algorithm::RS256);
+    rsa_any.alg = None;
+    let verifier = static_verifier(
+        vec![
+            ed.jwk("ed", Algorithm::EdDSA),
+            ec.jwk("ec", Algorithm::ES256),
+            rsa_any,
+        ],
+        Algorithm::ALL.to_vec(),
+    );
+    Keys {
+        ed,
+        ec,
+        rsa,
+        verifier,
+    }
+}
+
+#[tokio::test]
+async fn accepts_each_algorithm_and_reads_the_identity() {
+    let k = keys();
+    for (key, alg, kid) in [
+        (&k.ed, "EdDSA", "ed"),
+        (&k.ec, "ES256", "ec"),
+        (&k.rsa, "RS256", "rsa"),
+        (&k.rsa, "PS256", "rsa"),
+    ] {
+        let mut c = claims();
+        c["cnf"] = json!({"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"});
+        let id = verify(&k.verifier, &sign_token(key, &header(alg, kid), &c))
+            .await
+            .unwrap_or_else(|e| panic!("{alg}: {e}"));
+        assert_eq!(id.token.issuer, ISS);
+        assert_eq!(id.token.subject, "client-1");
+        assert_eq!(id.token.client_id.as_deref(), Some("client-1"));
+        assert_eq!(id.token.scopes, ["sessions:read", "sessions:write"]);
+        assert_eq!(
+            id.cnf_x5t_s256.as_deref(),
+            Some("bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2")
+        );
+        assert_eq!(id.expires_at, at(NOW + 300));
+    }
+}
+
+#[tokio::test]
+async fn refuses_tampered_tokens() {
+    let k = keys();
+    let good = sign_token(&k.ec, &header("ES256", "ec"), &claims());
+    let parts: Vec<&str> = good.split('.').collect();
+
+    let mut elevated = claims();
+    elevated["scope"] = json!("sessions:read sessions:write admin");
+    let tampered_payload = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(elevated.to_string().as_bytes()),
+        parts[2]
+    );
+    assert_eq!(
+        verify(&k.verifier, &tampered_payload).await.unwrap_err(),
+        "bad signature"
+    );
+
+    let mut sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+    sig[10] ^= 1;
+    let tampered_sig = format!("{}.{}.{}", parts[0], parts[1], b64(&sig));
+    assert_eq!(
+        verify(&k.verifier, &tampered_sig).await.unwrap_err(),
+        "bad signature"
+    );
+
+    // The header is signed too: pointing the token at another key breaks it.
+    let moved = format!(
+        "{}.{}.{}",
+        b64(header("ES256", "ed").to_string().as_bytes()),
+        parts[1],
+        parts[2]
+    );
+    assert_eq!(
+        verify(&k.verifier, &moved).await.unwrap_err(),
+        "algorithm does not match key"
+    );
+
+    let truncated = format!("{}.{}.{}", parts[0], parts[1], b64(&sig[..60]));
+    assert_eq!(
+        verify(&k.verifier, &truncated).await.unwrap_err(),
+        "bad signature"
+    );
+    assert_eq!(
+        verify(&k.verifier, &good[..good.rfind('.').unwrap()])
+            .await
+            .unwrap_err(),
+        "malformed"
+    );
+    assert_eq!(
+        verify(&k.verifier, "not a token").await.unwrap_err(),
+        "malformed"
+    );
+    assert!(verify(&k.verifier, &good).await.is_ok());
+}
+
+#[tokio::test]
+async fn refuses_bad_claims_after_a_good_signature() {
+    let k = keys();
+    let signed = |f: &dyn Fn(&mut Value)| {
+        let mut c = claims();
+        f(&mut c);
+        sign_token(&k.ed, &header("EdDSA", "ed"), &c)
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (signed(&|c| c["exp"] = json!(NOW - 61)), "expired"),
+        (signed(&|c| c["nbf"] = json!(NOW + 61)), "not yet valid"),
+        (
+            signed(&|c| c["iat"] = json!(NOW + 61)),
+            "issued in the future",
+        ),
+        (
+            signed(&|c| c["aud"] = json!("someone-else")),
+            "wrong audience",
+        ),
+        (signed(&|c| c["aud"] = json!(["a", "b"])), "wrong audience"),
+        (
+            signed(&|c| c["iss"] = json!("https://evil.example")),
+            "unknown issuer",
+        ),
+        (
+            signed(&|c| c["iss"] = json!("https://idp.example/")),
+            "unknown issuer",
+        ),
+        (
+            signed(&|c| {
+                c.as_object_mut().unwrap().remove("iss");
+            }),
+            "missing issuer",
+        ),
+        (
+            signed(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+            "missing expiry",
+        ),
+        (
+            signed(&|c| {
+                c.as_object_mut().unwrap().remove("sub");
+            }),
+            "missing subject",
+        ),
+    ];
+    for (token, why) in cases {
+        assert_eq!(verify(&k.verifier, &token).await.unwrap_err(), why);
+    }
+    // Within the default leeway (60 s) of expiry and not-before.
+    assert!(
+        verify(&k.verifier, &signed(&|c| c["exp"] = json!(NOW - 30)))
+            .await
+            .is_ok()
+    );
+    assert!(
+        verify(&k.verifier, &signed(&|c| c["nbf"] = json!(NOW + 30)))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn refuses_alg_none_and_hmac_with_the_public_key_as_secret() {
+    let k = keys();
+    let payload = b64(claims().to_string().as_bytes());
+
+    for none in ["none", "None", "NONE"] {
+        let h = b64(json!({"alg": none, "kid": "rsa"}).to_string().as_bytes());
+        for token in [format!("{h}.{payload}."), format!("{h}.{payload}.c2ln")] {
+            assert_eq!(
+                verify(&k.verifier, &token).await.unwrap_err(),
+                "algorithm not allowed"
+            );
+        }
+    }
+
+    // The classic key confusion: HS256 "signed" with the verifier's own public key, as
+    // PEM, as DER, as the JWK's modulus — whatever a careless library would feed to HMAC.
+    let (_, pem) = rsa_material();
+    let Jwk { n: Some(n), .. } = k.rsa.jwk("rsa", Algorithm::RS256) else {
+        panic!("n")
+    };
+    let TestKey::Rsa(kp) = &k.rsa else {
+        panic!("rsa")
+    };
+    let secrets: Vec<Vec<u8>> = vec![
+        pem.clone().into_bytes(),
+        kp.public().as_ref().to_vec(),
+        n.into_bytes(),
+        URL_SAFE_NO_PAD
+            .decode(k.rsa.jwk("rsa", Algorithm::RS256).n.unwrap())
+            .unwrap(),
+    ];
+    for alg in ["HS256", "HS384", "HS512"] {
+        for secret in &secrets {
+            let input = format!(
+                "{}.{payload}",
+                b64(json!({"alg": alg, "kid": "rsa"}).to_string().as_bytes())
+            );
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+            let tag = ring::hmac::sign(&key, input.as_bytes());
+            let token = format!("{input}.{}", b64(tag.as_ref()));
+            assert_eq!(
+                verify(&k.verifier, &token).await.unwrap_err(),
+                "algorithm not allowed"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_algorithm_must_be_allowed_and_fit_the_key() {
+    let (ec, rsa) = (TestKey::p256(), TestKey::rsa());
+    // The issuer allows only ES256 and PS256; its RSA key says PS256.
+    let v = static_verifier(
+        vec![
+            ec.jwk("ec", Algorithm::ES256),
+            rsa.jwk("rsa", Algorithm::PS256),
+        ],
+        vec![Algorithm::ES256, Algorithm::PS256],
+    );
+    assert!(
+        verify(&v, &sign_token(&rsa, &header("PS256", "rsa"), &claims()))
+            .await
+            .is_ok()
+    );
+    assert!(
+        verify(&v, &sign_token(&ec, &header("ES256", "ec"), &claims()))
+            .await
+            .is_ok()
+    );
+    // RS256 is a fine algorithm, but not this issuer's.
+    assert_eq!(
+        verify(&v, &sign_token(&rsa, &header("RS256", "rsa"), &claims()))
+            .await
+            .unwrap_err(),
+        "algorithm not allowed"
+    );
+    let ed = TestKey::ed25519();
+    assert_eq!(
+        verify(&v, &sign_token(&ed, &header("EdDSA", "ec"), &claims()))
+            .await
+            .unwrap_err(),
+        "algorithm not allowed"
+    );
+
+    // With RS256 allowed, the key's own `alg` (PS256) still refuses it.
+    let v = static_verifier(
+        vec![rsa.jwk("rsa", Algorithm::PS256)],
+        Algorithm::ALL.to_vec(),
+    );
+    assert_eq!(
+        verify(&v, &sign_token(&rsa, &header("RS256", "rsa"), &claims()))
+            .await
+            .unwrap_err(),
+        "algorithm does not match key"
+    );
+    // An EC signature presented under the RSA key's kid.
+    assert_eq!(
+        verify(&v, &sign_token(&ec, &header("ES256", "rsa"), &claims()))
+            .await
+            .unwrap_err(),
+        "algorithm does not match key"
+    );
+}
+
+#[tokio::test]
+async fn kid_selects_the_key_and_a_token_without_kid_needs_a_single_candidate() {
+    let k = keys();
+    let no_kid = |key: &TestKey, alg: &str| sign_token(key, &json!({"alg": alg}), &claims());
+    assert!(
+        verify(&k.verifier, &no_kid(&k.ed, "EdDSA")).await.is_ok(),
+        "the only Ed25519 key"
+    );
+    assert!(
+        verify(&k.verifier, &no_kid(&k.rsa, "RS256")).await.is_ok(),
+        "the only RSA key"
+    );
+    assert_eq!(
+        verify(
+            &k.verifier,
+            &sign_token(&k.ed, &header("EdDSA", "nope"), &claims())
+        )
+        .await
+        .unwrap_err(),
+        "unknown signing key"
+    );
+
+    let (a, b) = (TestKey::ed25519(), TestKey::ed25519());
+    let v = static_verifier(
+        vec![a.jwk("a", Algorithm::EdDSA), b.jwk("b", Algorithm::EdDSA)],
+        vec![Algorithm::EdDSA],
+    );
+    assert_eq!(
+        verify(&v, &no_kid(&a, "EdDSA")).await.unwrap_err(),
+        "unknown signing key"
+    );
+    assert!(
+        verify(&v, &sign_token(&b, &header("EdDSA", "b"), &claims()))
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        verify(&v, &sign_token(&b, &header("EdDSA", "a"), &claims()))
+            .await
+            .unwrap_err(),
+        "bad signature"
+    );
+}
+
+#[tokio::test]
+async fn refuses_oversized_and_odd_headers() {
+    let k = keys();
+    let mut big = claims();
+    big["pad"] = json!("x".repeat(MAX_TOKEN_BYTES));
+    let token = sign_token(&k.ed, &header("EdDSA", "ed"), &big);
+    assert_eq!(
+        verify(&k.verifier, &token).await.unwrap_err(),
+        "token too large"
+    );
+
+    let crit = json!({"alg": "EdDSA", "kid": "ed", "crit": ["http://example/ext"], "http://example/ext": 1});
+    assert_eq!(
+        verify(&k.verifier, &sign_token(&k.ed, &crit, &claims()))
+            .await
+            .unwrap_err(),
+        "unsupported critical header"
+    );
+    let dpop = json!({"alg": "EdDSA", "kid": "ed", "typ": "dpop+jwt"});
+    assert_eq!(
+        verify(&k.verifier, &sign_token(&k.ed, &dpop, &claims()))
+            .await
+            .unwrap_err(),
+        "not an access token"
+    );
+    // A duplicated claim is refused outright rather than read as one or the other.
+    let h = b64(header("EdDSA", "ed").to_string().as_bytes());
+    let c = claims().to_string().replacen('{', r#"{"sub":"admin","#, 1);
+    let input = format!("{h}.{}", b64(c.as_bytes()));
+    let token = format!("{input}.{}", b64(&k.ed.sign("EdDSA", input.as_bytes())));
+    assert_eq!(verify(&k.verifier, &token).await.unwrap_err(), "malformed");
+}
+
+#[test]
+fn configuration_errors_name_the_issuer() {
+    let remote = |f: &dyn Fn(&mut IssuerConfig)| {
+        let mut c = IssuerConfig::new("corp", ISS, vec![AUD.into()]);
+        f(&mut c);
+        JwtVerifier::new(vec![c], vec![]).map(|_| ())
+    };
+    assert!(remote(&|_| {}).is_ok());
+    assert!(
+        remote(&|c| {
+            c.discovery = false;
+            c.jwks_uri = Some("https://idp.example/jwks".parse().unwrap());
+        })
+        .is_ok()
+    );
+    // A configured jwks_uri wins over discovery, even for an issuer that is no URL.
+    assert!(
+        remote(&|c| {
+            c.issuer = "urn:example:idp".into();
+            c.jwks_uri = Some("https://idp.example/jwks".parse().unwrap());
+        })
+        .is_ok()
+    );
+    for (f, needle) in [
+        (
+            &(|c: &mut IssuerConfig| c.audiences.clear()) as &dyn Fn(&mut IssuerConfig),
+            "audiences",
+        ),
+        (&|c: &mut IssuerConfig| c.algorithms.clear(), "algorithms"),
+        (
+            &|c: &mut IssuerConfig| {
+                c.discovery = false;
+                c.jwks_uri = Some("http://idp.example/jwks".parse().unwrap());
+            },
+            "loopback",
+        ),
+        (
+            &|c: &mut IssuerConfig| c.issuer = "http://idp.example".into(),
+            "loopback",
+        ),
+        (
+            &|c: &mut IssuerConfig| c.ca = Some("/nonexistent/ca.pem".into()),
+            "ca",
+        ),
+    ] {
+        let err = remote(f).unwrap_err();
+        assert!(
+            err.contains("jwt issuer corp") && err.contains(needle),
+            "{err}"
+        );
+    }
+    let twice = JwtVerifier::new(
+        vec![IssuerConfig::new("a", ISS, vec![AUD.into()])],
+        vec![StaticIssuer::new(
+            ISS,
+            vec![AUD.into()],
+            vec![Algorithm::EdDSA],
+            vec![TestKey::ed25519().jwk("k", Algorithm::EdDSA)],
+        )],
+    );
+    assert!(twice.unwrap_err().contains("configured twice"));
+    let bad_key = Jwk {
+        crv: Some("X448".into()),
+        ..TestKey::ed25519().jwk("k", Algorithm::EdDSA)
+    };
+    assert!(
+        JwtVerifier::new(
+            vec![],
+            vec![StaticIssuer::new(
+                ISS,
+                vec![AUD.into()],
+                vec![Algorithm::EdDSA],
+                vec![bad_key]
+            )]
+        )
+        .is_err()
+    );
+    assert!(
+        JwtVerifier::new(
+            vec![],
+            vec![StaticIssuer::new(
+                ISS,
+                vec![AUD.into()],
+                vec![Algorithm::EdDSA],
+                vec![]
+            )]
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn verifier_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<JwtVerifier>();
+}
+
+#[test]
+fn bearer_token_from_headers() {
+    let h = |values: &[&str]| {
+        let mut m = HeaderMap::new();
+        for v in values {
+            m.append(http::header::AUTHORIZATION, v.parse().unwrap());
+        }
+        m
+    };
+    assert_eq!(presented_bearer(&h(&[])), Ok(None));
+    assert_eq!(presented_bearer(&h(&["ApiKey abc"])), Ok(None));
+    assert_eq!(presented_bearer(&h(&["Bearer a.b.c"])), Ok(Some("a.b.c")));
+    assert_eq!(presented_bearer(&h(&["bearer a.b.c"])), Ok(Some("a.b.c")));
+    assert_eq!(
+        presented_bearer(&h(&["BEARER   a.b-_c="])),
+        Ok(Some("a.b-_c="))
+    );
+    assert_eq!(
+        presented_bearer(&h(&["ApiKey k", "Bearer a.b.c"])),
+        Ok(Some("a.b.c"))
+    );
+    assert_eq!(presented_bearer(&h(&["Bearertoken"])), Ok(None));
+    for bad in [
+        &["Bearer"][..],
+        &["Bearer "],
+        &["Bearer a b"],
+        &["Bearer a,b"],
+        &["Bearer a=b"],
+    ] {
+        assert_eq!(
+            presented_bearer(&h(bad)),
+            Err(AuthFailure::InvalidRequest("malformed bearer token")),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        presented_bearer(&h(&["Bearer a.b.c", "Bearer d.e.f"])),
+        Err(AuthFailure::InvalidRequest("more than one bearer token"))
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// An issuer on loopback: metadata and JWKS over plain HTTP/1.1, every request counted.
+
+#[derive(Clone, Default)]
+struct Idp {
+    /// path → (status, body)
+    docs: Arc<Mutex<HashMap<String, (u16, String)>>>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+    delay: Arc<Mutex<Duration>>,
+}
+
+impl Idp {
+    async fn start() -> (Self, String) {
+        let idp = Self::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let server = idp.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    *server.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+                    let delay = *server.delay.lock().unwrap();
+                    tokio::time::sleep(delay).await;
+                    let (status, body) = server
+                        .docs
+                        .lock()
+                        .unwrap()
+                        .get(&path)
+                        .cloned()
+                        .unwrap_or((404, "{}".into()));
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (idp, base)
+    }
+
+    fn set(&self, path: &str, status: u16, body: String) {
+        self.docs
+            .lock()
+            .unwrap()
+            .insert(path.into(), (status, body));
+    }
+
+    fn set_jwks(&self, keys: &[Jwk]) {
+        self.set("/jwks", 200, json!({ "keys": keys }).to_string());
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+fn remote_config(issuer: &str, jwks_uri: Option<String>) -> IssuerConfig {
+    let mut c = IssuerConfig::new("test-idp", issuer, vec![AUD.into()]);
+    if let Some(u) = jwks_uri {
+        c.discovery = false;
+        c.jwks_uri = Some(u.parse().unwrap());
+    }
+    c
+}
+
+fn claims_for(issuer: &str) -> Value {
+    let mut c = claims();
+    c["iss"] = json!(issuer);
+    c
+}
+
+#[tokio::test]
+async fn discovers_the_jwks_and_checks_the_metadata_issuer() {
+    let (idp, base) = Idp::start().await;
+    let key = TestKey::p256();
+    idp.set_jwks(&[key.jwk("k1", Algorithm::ES256)]);
+    idp.set(
+        "/.well-known/openid-configuration",
+        200,
+        json!({"issuer": base, "jwks_uri": format!("{base}/jwks")}).to_string(),
+    );
+    let v = JwtVerifier::new(vec![remote_config(&base, None)], vec![]).unwrap();
+    let token = sign_token(&key, &header("ES256", "k1"), &claims_for(&base));
+    let id = verify(&v, &token).await.unwrap();
+    assert_eq!(id.token.issuer, base);
+    assert_eq!(
+        (
+            idp.hits("/.well-known/openid-configuration"),
+            idp.hits("/jwks")
+        ),
+        (1, 1)
+    );
+    assert!(verify(&v, &token).await.is_ok());
+    assert_eq!(idp.hits("/jwks"), 1, "cached");
+
+    // RFC 8414 metadata when there is no OIDC document.
+    let (idp2, base2) = Idp::start().await;
+    idp2.set_jwks(&[key.jwk("k1", Algorithm::ES256)]);
+    idp2.set(
+        "/.well-known/oauth-authorization-server",
+        200,
+        json!({"issuer": base2, "jwks_uri": format!("{base2}/jwks")}).to_string(),
+    );
+    let v = JwtVerifier::new(vec![remote_config(&base2, None)], vec![]).unwrap();
+    assert!(
+        verify(
+            &v,
+            &sign_token(&key, &header("ES256", "k1"), &claims_for(&base2))
+        )
+        .await
+        .is_ok()
+    );
+
+    // Metadata that speaks for another issuer is not believed.
+    let (idp3, base3) = Idp::start().await;
+    idp3.set_jwks(&[key.jwk("k1", Algorithm::ES256)]);
+    idp3.set(
+        "/.well-known/openid-configuration",
+        200,
+        json!({"issuer": "https://elsewhere.example", "jwks_uri": format!("{base3}/jwks")})
+            .to_string(),
+    );
+    let v = JwtVerifier::new(vec![remote_config(&base3, None)], vec![]).unwrap();
+    let token = sign_token(&key, &header("ES256", "k1"), &claims_for(&base3));
+    assert_eq!(
+        verify(&v, &token).await.unwrap_err(),
+        "signing keys unavailable"
+    );
+    assert_eq!(idp3.hits("/jwks"), 0);
+}
+
+#[tokio::test]
+async fn unknown_kid_refreshes_at_most_once_per_interval_however_many_ask() {
+    let (idp, base) = Idp::start().await;
+    let (old, new) = (TestKey::ed25519(), TestKey::ed25519());
+    idp.set_jwks(&[old.jwk("old", Algorithm::EdDSA)]);
+    let mut cfg = remote_config(&base, Some(format!("{base}/jwks")));
+    cfg.min_refresh_interval = Duration::from_millis(600);
+    let v = Arc::new(JwtVerifier::new(vec![cfg], vec![]).unwrap());
+    v.prefetch().await;
+    assert_eq!(idp.hits("/jwks"), 1);
+    let forged = sign_token(&old, &header("EdDSA", "made-up"), &claims_for(&base));
+    assert_eq!(
+        verify(&v, &forged).await.unwrap_err(),
+        "unknown signing key"
+    );
+    assert_eq!(
+        idp.hits("/jwks"),
+        1,
+        "no refresh within the interval of the first fetch"
+    );
+    tokio::time::sleep(Duration::from_millis(650)).await;
+
+    // Made-up kids, all at once, while the issuer is slow: one fetch between them.
+    *idp.delay.lock().unwrap() = Duration::from_millis(200);
+    let forged: Vec<_> = (0..20)
+        .map(|i| {
+            let v = v.clone();
+            let token = sign_token(
+                &old,
+                &header("EdDSA", &format!("made-up-{i}")),
+                &claims_for(&base),
+            );
+            tokio::spawn(async move { verify(&v, &token).await })
+        })
+        .collect();
+    for f in forged {
+        assert_eq!(f.await.unwrap().unwrap_err(), "unknown signing key");
+    }
+    assert_eq!(idp.hits("/jwks"), 2, "one refresh for twenty unknown kids");
+    *idp.delay.lock().unwrap() = Duration::ZERO;
+
+    // The issuer rotates; within the interval the new kid is not fetched again...
+    idp.set_jwks(&[
+        old.jwk("old", Algorithm::EdDSA),
+        new.jwk("new", Algorithm::EdDSA),
+    ]);
+    let rotated = sign_token(&new, &header("EdDSA", "new"), &claims_for(&base));
+    assert_eq!(
+        verify(&v, &rotated).await.unwrap_err(),
+        "unknown signing key"
+    );
+    assert_eq!(idp.hits("/jwks"), 2);
+    // ...and after it, one refresh finds it.
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    assert!(verify(&v, &rotated).await.is_ok());
+    assert_eq!(idp.hits("/jwks"), 3);
+    assert!(verify(&v, &rotated).await.is_ok());
+    assert!(
+        verify(
+            &v,
+            &sign_token(&old, &header("EdDSA", "old"), &claims_for(&base))
+        )
+        .await
+        .is_ok()
+    );
+    assert_eq!(idp.hits("/jwks"), 3);
+}
+
+#[tokio::test]
+async fn stale_keys_are_refreshed_in_the_background_and_kept_when_the_issuer_fails() {
+    let (idp, base) = Idp::start().await;
+    let (k1, k2) = (TestKey::p256(), TestKey::p256());
+    idp.set_jwks(&[k1.jwk("k1", Algorithm::ES256)]);
+    let mut cfg = remote_config(&base, Some(format!("{base}/jwks")));
+    cfg.jwks_refresh_interval = Duration::from_millis(200);
+    cfg.min_refresh_interval = Duration::from_millis(100);
+    let v = JwtVerifier::new(vec![cfg], vec![]).unwrap();
+    let t1 = sign_token(&k1, &header("ES256", "k1"), &claims_for(&base));
+    assert!(verify(&v, &t1).await.is_ok());
+    assert_eq!(idp.hits("/jwks"), 1);
+
+    // The issuer breaks: old keys go on working while the refresh fails.
+    idp.set("/jwks", 500, "{}".into());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(verify(&v, &t1).await.is_ok());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while idp.hits("/jwks") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background refresh"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(verify(&v, &t1).await.is_ok());
+
+    // It comes back with another key: the next background refresh replaces the set.
+    idp.set_jwks(&[k2.jwk("k2", Algorithm::ES256)]);
+    let t2 = sign_token(&k2, &header("ES256", "k2"), &claims_for(&base));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let _ = verify(&v, &t1).await;
+        if verify(&v, &t2).await.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated key never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        verify(&v, &t1).await.unwrap_err(),
+        "unknown signing key",
+        "k1 was withdrawn"
+    );
+}
+
+#[tokio::test]
+async fn oversized_or_broken_jwks_is_refused() {
+    let (idp, base) = Idp::start().await;
+    let key = TestKey::ed25519();
+    let mut big = serde_json::to_value(key.jwk("k", Algorithm::EdDSA)).unwrap();
+    big["pad"] = json!("x".repeat(300 * 1024));
+    idp.set("/jwks", 200, json!({ "keys": [big] }).to_string());
+    let mut cfg = remote_config(&base, Some(format!("{base}/jwks")));
+    cfg.min_refresh_interval = Duration::from_millis(300);
+    let v = JwtVerifier::new(vec![cfg], vec![]).unwrap();
+    let token = sign_token(&key, &header("EdDSA", "k"), &claims_for(&base));
+    assert_eq!(
+        verify(&v, &token).await.unwrap_err(),
+        "signing keys unavailable"
+    );
+
+    // A retry after a failure waits a moment, so a flood of tokens is not a flood of fetches.
+    idp.set_jwks(&[key.jwk("k", Algorithm::EdDSA)]);
+    assert_eq!(
+        verify(&v, &token).await.unwrap_err(),
+        "signing keys unavailable"
+    );
+    assert_eq!(idp.hits("/jwks"), 1);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(verify(&v, &token).await.is_ok());
+
+    idp.set("/jwks", 200, "not json".into());
+    let v = JwtVerifier::new(
+        vec![remote_config(&base, Some(format!("{base}/jwks")))],
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(
+        verify(&v, &token).await.unwrap_err(),
+        "signing keys unavailable"
+    );
+}

@@ -1,0 +1,895 @@
+//! HashiCorp Vault as a secret source: `vault:<mount>/<path>[?version=N]#<field>` names one
+//! field of a KV version 2 secret, read over HTTPS with a token or an AppRole login.
+//!
+//! The reference says *what* to read; *where* Vault is and how to log in come from the
+//! configuration's `[vault]` section, so a process-wide [`VaultClient`] is [`install`]ed at
+//! start-up and [`crate::SecretRef::fetch`] uses it. The version reported with a value is the
+//! KV version (`data.metadata.version`), so a periodic refresh notices a new version.
+//!
+//! The client runs its requests on a small runtime of its own (one thread): the synchronous
+//! [`VaultClient::read_blocking`] can then be called from a blocking thread of any runtime,
+//! or before any runtime exists, and its pooled connections outlive neither.
+//!
+//! Tokens: an AppRole login's token is replaced by a new login when two thirds of its lease
+//! have passed; a configured token is looked up once (`lookup-self`) and, when it has a TTL
+//! and is renewable, renewed (`renew-self`) at two thirds of it. A 403 drops the token and
+//! logs in (or re-reads the token's source) once more. No error or log line carries a token,
+//! a `secret_id` or a secret value.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
+
+use crate::{SecretRef, SecretRefError};
+
+/// Longest Vault response read.
+const MAX_RESPONSE: usize = 1024 * 1024;
+const X_VAULT_TOKEN: HeaderName = HeaderName::from_static("x-vault-token");
+const X_VAULT_NAMESPACE: HeaderName = HeaderName::from_static("x-vault-namespace");
+const X_VAULT_REQUEST: HeaderName = HeaderName::from_static("x-vault-request");
+
+/// One field of a KV v2 secret: `vault:secret/idgate/didit#api_key` is mount `secret`, path
+/// `idgate/didit`, field `api_key`, read from `GET /v1/secret/data/idgate/didit`.
+/// `?version=N` before the `#` pins a version; without it the newest is read.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct VaultRef {
+    pub mount: String,
+    pub path: String,
+    pub field: String,
+    pub version: Option<u64>,
+}
+
+/// Mounts and paths go into request URLs as written, so they are kept to characters that
+/// need no encoding there.
+fn url_safe_segments(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        })
+}
+
+impl VaultRef {
+    /// Parses the part after `vault:`.
+    pub fn parse(rest: &str) -> Result<Self, SecretRefError> {
+        if rest.is_empty() {
+            return Err(SecretRefError::Empty("vault"));
+        }
+        let (location, field) = rest.split_once('#').ok_or(SecretRefError::BadVaultRef(
+            "name the field after '#', as in vault:secret/idgate/didit#api_key",
+        ))?;
+        if field.is_empty() {
+            return Err(SecretRefError::BadVaultRef("the field after '#' is empty"));
+        }
+        if field.bytes().any(|b| b.is_ascii_control()) {
+            return Err(SecretRefError::BadVaultRef(
+                "the field must not contain control characters",
+            ));
+        }
+        let (full_path, query) = match location.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (location, None),
+        };
+        let version = match query {
+            None => None,
+            Some(q) => {
+                let n = q
+                    .strip_prefix("version=")
+                    .ok_or(SecretRefError::BadVaultRef("the only query is ?version=N"))?;
+                match n.parse::<u64>() {
+                    Ok(v) if v >= 1 && n.bytes().all(|b| b.is_ascii_digit()) => Some(v),
+                    _ => {
+                        return Err(SecretRefError::BadVaultRef(
+                            "version must be a whole number from 1",
+                        ));
+                    }
+                }
+            }
+        };
+        let (mount, path) = full_path
+            .split_once('/')
+            .ok_or(SecretRefError::BadVaultRef(
+                "write the KV mount, then the secret's path: vault:<mount>/<path>#<field>",
+            ))?;
+        if !url_safe_segments(mount) || !url_safe_segments(path) {
+            return Err(SecretRefError::BadVaultRef(
+                "mount and path segments must be non-empty, not '.' or '..', and use only letters, digits, '-', '.', '_' and '~'",
+            ));
+        }
+        Ok(Self {
+            mount: mount.to_owned(),
+            path: path.to_owned(),
+            field: field.to_owned(),
+            version,
+        })
+    }
+
+    /// `/v1/<mount>/data/<path>[?version=N]`: the KV v2 read endpoint.
+    fn api_path(&self) -> String {
+        match self.version {
+            Some(v) => format!("/v1/{}/data/{}?version={v}", self.mount, self.path),
+            None => format!("/v1/{}/data/{}", self.mount, self.path),
+        }
+    }
+}
+
+impl fmt::Display for VaultRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "vault:{}/{}", self.mount, self.path)?;
+        if let Some(v) = self.version {
+            write!(f, "?version={v}")?;
+        }
+        write!(f, "#{}", self.field)
+    }
+}
+
+/// How the client logs in to Vault.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum VaultAuth {
+    /// A token read from its reference (`env:VAULT_TOKEN`, `file:`, `pkcs11:`), sent as
+    /// `X-Vault-Token`.
+    Token(SecretRef),
+    /// `POST /v1/auth/<mount>/login` with a `role_id` and a `secret_id`.
+    AppRole {
+        role_id: SecretRef,
+        secret_id: SecretRef,
+        /// Where the AppRole auth method is mounted; `approle` by default.
+        mount: String,
+    },
+}
+
+/// Where Vault is and how to reach it: the validated `[vault]` section.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct VaultSettings {
+    /// `https://vault.example:8200` (or `http://` on loopback).
+    pub address: Uri,
+    /// Extra trusted roots (PEM), besides the platform's.
+    pub ca: Option<PathBuf>,
+    /// Vault Enterprise / HCP namespace, sent as `X-Vault-Namespace`.
+    pub namespace: Option<String>,
+    /// Time allowed for each request to Vault.
+    pub timeout: Duration,
+    pub auth: VaultAuth,
+}
+
+/// Why Vault did not give a value. Never carries a token, a `secret_id` or a value.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VaultError {
+    #[error("vault: references need a [vault] section")]
+    NotConfigured,
+    #[error("cannot set up the Vault client: {0}")]
+    Setup(String),
+    #[error("Vault is unreachable: {0}")]
+    Unreachable(String),
+    #[error("Vault did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("permission denied by Vault (check the token or AppRole and its policy)")]
+    PermissionDenied,
+    #[error("no secret at this path in Vault")]
+    NotFound,
+    #[error("version {0} of this secret is deleted or destroyed")]
+    Deleted(u64),
+    #[error("the secret has no field \"{0}\"")]
+    NoField(String),
+    #[error("field \"{0}\" is not a non-empty string")]
+    NotAString(String),
+    #[error("Vault login failed: {0}")]
+    Login(String),
+    #[error("Vault answered {status}: {detail}")]
+    Status { status: u16, detail: String },
+    #[error("unexpected answer from Vault: {0}")]
+    BadResponse(&'static str),
+}
+
+impl VaultError {
+    /// Worth retrying later: the network, a timeout or a Vault that is busy or sealed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable(_) | Self::Timeout(_) => true,
+            Self::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+static INSTALLED: RwLock<Option<Arc<VaultClient>>> = RwLock::new(None);
+
+/// Makes `client` the one that `vault:` references are read with, for the whole process.
+/// Called at start-up from the configuration's `[vault]` section.
+pub fn install(client: Arc<VaultClient>) {
+    if let Ok(mut slot) = INSTALLED.write() {
+        *slot = Some(client);
+    }
+}
+
+/// The client [`install`]ed at start-up, if any.
+pub fn installed() -> Option<Arc<VaultClient>> {
+    INSTALLED.read().ok().and_then(|c| c.clone())
+}
+
+/// A value read from Vault and its KV version.
+pub struct VaultSecret {
+    pub value: SecretString,
+    pub version: u64,
+}
+
+impl fmt::Debug for VaultSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultSecret")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A Vault client with its own one-thread runtime.
+pub struct VaultClient {
+    inner: Arc<Inner>,
+    runtime: OwnedRuntime,
+}
+
+impl fmt::Debug for VaultClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultClient")
+            .field("address", &self.inner.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A runtime that may be dropped anywhere, even inside another runtime.
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The token in use and when to renew or replace it.
+struct Session {
+    token: SecretString,
+    /// When to renew (a configured token) or log in again (AppRole); `None`: never expires.
+    renew_at: Option<Instant>,
+    /// When Vault stops accepting it; `None`: never.
+    expires_at: Option<Instant>,
+    renewable: bool,
+}
+
+struct Inner {
+    http: HttpClient,
+    /// `scheme://authority`, no trailing slash.
+    base: String,
+    namespace: Option<HeaderValue>,
+    timeout: Duration,
+    auth: VaultAuth,
+    session: tokio::sync::Mutex<Option<Session>>,
+}
+
+fn load_roots(ca: Option<&PathBuf>) -> Result<rustls::RootCertStore, VaultError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(found.certs);
+    if let Some(path) = ca {
+        let setup = |e: String| VaultError::Setup(format!("ca {}: {e}", path.display()));
+        let mut n = 0;
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| setup(e.to_string()))? {
+            let cert = cert.map_err(|e| setup(format!("bad PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| setup(format!("unusable CA certificate: {e}")))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(setup("no CERTIFICATE block found".to_owned()));
+        }
+    }
+    Ok(roots)
+}
+
+/// Two thirds of a lifetime from now: early enough to renew or log in again calmly.
+fn renew_point(now: Instant, lifetime: Duration) -> Instant {
+    now + lifetime * 2 / 3
+}
+
+impl VaultClient {
+    /// Builds the client (TLS roots, runtime); nothing is sent to Vault yet.
+    pub fn new(settings: VaultSettings) -> Result<Arc<Self>, VaultError> {
+        let scheme = settings
+            .address
+            .scheme_str()
+            .filter(|s| matches!(*s, "https" | "http"))
+            .ok_or_else(|| VaultError::Setup("address must be https://".to_owned()))?;
+        let authority = settings
+            .address
+            .authority()
+            .ok_or_else(|| VaultError::Setup("address has no host".to_owned()))?;
+        let base = format!("{scheme}://{authority}");
+        let namespace = settings
+            .namespace
+            .as_deref()
+            .map(HeaderValue::from_str)
+            .transpose()
+            .map_err(|_| VaultError::Setup("namespace is not a valid header value".to_owned()))?;
+
+        let roots = load_roots(settings.ca.as_ref())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| VaultError::Setup(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut connector = HttpConnector::new();
+        connector.enforce_http(false);
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let http = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(4)
+            .build(https);
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("idgate-vault")
+            .enable_all()
+            .build()
+            .map_err(|e| VaultError::Setup(format!("cannot start its runtime: {e}")))?;
+        Ok(Arc::new(Self {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                namespace,
+                timeout: settings.timeout,
+                auth: settings.auth,
+                session: tokio::sync::Mutex::new(None),
+            }),
+            runtime: OwnedRuntime(Some(runtime)),
+        }))
+    }
+
+    /// Reads one field. Blocking: call from a blocking thread or before any runtime runs.
+    pub fn read_blocking(&self, reference: &VaultRef) -> Result<VaultSecret, VaultError> {
+        let Some(rt) = &self.runtime.0 else {
+            return Err(VaultError::Setup("the client is shut down".to_owned()));
+        };
+        // A login, a token lookup, the read, and a second login and read after a 403.
+        let budget = self.inner.timeout * 5;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (inner, reference) = (self.inner.clone(), reference.clone());
+        rt.spawn(async move {
+            let r = tokio::time::timeout(budget, inner.read(&reference))
+                .await
+                .unwrap_or(Err(VaultError::Timeout(budget)));
+            let _ = tx.send(r);
+        });
+        rx.recv_timeout(budget + Duration::from_secs(1))
+            .unwrap_or(Err(VaultError::Timeout(budget)))
+    }
+}
+
+/// The parts of Vault's JSON answers that are read.
+mod wire {
+    use serde::Deserialize;
+    use serde_json::{Map, Value};
+
+    #[derive(Deserialize)]
+    pub(super) struct Errors {
+        #[serde(default)]
+        pub(super) errors: Vec<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct KvRead {
+        pub(super) data: KvData,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct KvData {
+        pub(super) data: Option<Map<String, Value>>,
+        pub(super) metadata: Option<KvMetadata>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct KvMetadata {
+        pub(super) version: u64,
+        #[serde(default)]
+        pub(super) deletion_time: String,
+        #[serde(default)]
+        pub(super) destroyed: bool,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct AuthAnswer {
+        pub(super) auth: Auth,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Auth {
+        pub(super) client_token: String,
+        #[serde(default)]
+        pub(super) lease_duration: u64,
+        #[serde(default)]
+        pub(super) renewable: bool,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Lookup {
+        pub(super) data: LookupData,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct LookupData {
+        #[serde(default)]
+        pub(super) ttl: u64,
+        #[serde(default)]
+        pub(super) renewable: bool,
+    }
+}
+
+/// Vault's `errors` array, flattened to one short line for logs (never request data).
+fn error_detail(body: &[u8]) -> String {
+    let errors = serde_json::from_slice::<wire::Errors>(body)
+        .map(|e| e.errors)
+        .unwrap_or_default();
+    let joined = errors.join("; ");
+    let clean: String = joined
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    match clean.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &clean[..i]),
+        None if clean.is_empty() => "no detail".to_owned(),
+        None => clean,
+    }
+}
+
+fn status_error(status: StatusCode, body: &[u8]) -> VaultError {
+    if status == StatusCode::FORBIDDEN {
+        VaultError::PermissionDenied
+    } else {
+        VaultError::Status {
+            status: status.as_u16(),
+            detail: error_detail(body),
+        }
+    }
+}
+
+/// Reads a secret reference on a blocking thread (files and tokens block).
+async fn resolve(source: &SecretRef) -> Result<SecretString, String> {
+    let source = source.clone();
+    tokio::task::spawn_blocking(move || source.resolve().map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+impl Inner {
+    async fn read(&self, r: &VaultRef) -> Result<VaultSecret, VaultError> {
+        let token = self.token().await?;
+        match self.read_kv(&token, r).await {
+            // The token may have been revoked or may have expired early: log in once more.
+            Err(VaultError::PermissionDenied) => {
+                self.forget(&token).await;
+                let token = self.token().await?;
+                self.read_kv(&token, r).await
+            }
+            other => other,
+        }
+    }
+
+    async fn read_kv(&self, token: &SecretString, r: &VaultRef) -> Result<VaultSecret, VaultError> {
+        let (status, body) = self
+            .call(Method::GET, &r.api_path(), Some(token), None)
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            // A deleted version answers 404 with its metadata; a missing path with no data.
+            return Err(
+                match serde_json::from_slice::<wire::KvRead>(&body)
+                    .ok()
+                    .and_then(|k| k.data.metadata)
+                {
+                    Some(m) => VaultError::Deleted(m.version),
+                    None => VaultError::NotFound,
+                },
+            );
+        }
+        if !status.is_success() {
+            return Err(status_error(status, &body));
+        }
+        let kv: wire::KvRead = serde_json::from_slice(&body)
+            .map_err(|_| VaultError::BadResponse("not a KV version 2 answer"))?;
+        let metadata = kv.data.metadata.ok_or(VaultError::BadResponse(
+            "no data.metadata: is this a KV version 2 mount?",
+        ))?;
+        let Some(mut data) = kv.data.data else {
+            return Err(VaultError::Deleted(metadata.version));
+        };
+        if metadata.destroyed || !metadata.deletion_time.is_empty() {
+            return Err(VaultError::Deleted(metadata.version));
+        }
+        match data.remove(&r.field) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(VaultSecret {
+                value: SecretString::from(s),
+                version: metadata.version,
+            }),
+            Some(_) => Err(VaultError::NotAString(r.field.clone())),
+            None => Err(VaultError::NoField(r.field.clone())),
+        }
+    }
+
+    /// A token that Vault should accept now: the current one, renewed, or a new login.
+    async fn token(&self) -> Result<SecretString, VaultError> {
+        let mut session = self.session.lock().await;
+        let now = Instant::now();
+        if let Some(s) = session.as_mut() {
+            if s.renew_at.is_none_or(|t| now < t) {
+                return Ok(s.token.clone());
+            }
+            if matches!(self.auth, VaultAuth::Token(_)) && s.renewable {
+                match self.renew_self(&s.token).await {
+                    Ok(lease) => {
+                        let now = Instant::now();
+                        s.renew_at = (!lease.is_zero()).then(|| renew_point(now, lease));
+                        s.expires_at = (!lease.is_zero()).then(|| now + lease);
+                        tracing::debug!(lease_secs = lease.as_secs(), "vault: token renewed");
+                        return Ok(s.token.clone());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "vault: cannot renew the token; reading its source again");
+                    }
+                }
+            }
+        }
+        match self.login().await {
+            Ok(s) => {
+                let token = s.token.clone();
+                *session = Some(s);
+                Ok(token)
+            }
+            // A token that is due for replacement but still valid is better than none.
+            Err(e) => match session.as_ref() {
+                Some(s) if s.expires_at.is_none_or(|t| Instant::now() < t) => {
+                    tracing::warn!(error = %e, "vault: cannot log in again; the current token stays in use until it expires");
+                    Ok(s.token.clone())
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Drops the session if it still holds `token` (another task may have replaced it).
+    async fn forget(&self, token: &SecretString) {
+        let mut session = self.session.lock().await;
+        if session
+            .as_ref()
+            .is_some_and(|s| s.token.expose_secret() == token.expose_secret())
+        {
+            *session = None;
+        }
+    }
+
+    /// A new session: an AppRole login, or the configured token and its lookup.
+    async fn login(&self) -> Result<Session, VaultError> {
+        match &self.auth {
+            VaultAuth::AppRole {
+                role_id,
+                secret_id,
+                mount,
+            } => {
+                let role_id = resolve(role_id)
+                    .await
+                    .map_err(|e| VaultError::Login(format!("role_id: {e}")))?;
+                let secret_id = resolve(secret_id)
+                    .await
+                    .map_err(|e| VaultError::Login(format!("secret_id: {e}")))?;
+                let body = Zeroizing::new(
+                    serde_json::json!({
+                        "role_id": role_id.expose_secret(),
+                        "secret_id": secret_id.expose_secret(),
+                    })
+                    .to_string(),
+                );
+                let (status, answer) = self
+                    .call(
+                        Method::POST,
+                        &format!("/v1/auth/{mount}/login"),
+                        None,
+                        Some(Bytes::copy_from_slice(body.as_bytes())),
+                    )
+                    .await?;
+                if !status.is_success() {
+                    return Err(VaultError::Login(format!(
+                        "AppRole login answered {}: {}",
+                        status.as_u16(),
+                        error_detail(&answer)
+                    )));
+                }
+                let auth = serde_json::from_slice::<wire::AuthAnswer>(&answer)
+                    .map_err(|_| {
+                        VaultError::BadResponse("no auth.client_token in the login answer")
+                    })?
+                    .auth;
+                if auth.client_token.is_empty() {
+                    return Err(VaultError::BadResponse("empty auth.client_token"));
+                }
+                let lease = Duration::from_secs(auth.lease_duration);
+                let now = Instant::now();
+                tracing::info!(
+                    lease_secs = auth.lease_duration,
+                    "vault: logged in with AppRole"
+                );
+                Ok(Session {
+                    token: SecretString::from(auth.client_token),
+                    renew_at: (!lease.is_zero()).then(|| renew_point(now, lease)),
+                    expires_at: (!lease.is_zero()).then(|| now + lease),
+                    renewable: auth.renewable,
+                })
+            }
+            VaultAuth::Token(source) => {
+                let token = resolve(source)
+                    .await
+                    .map_err(|e| VaultError::Login(format!("token: {e}")))?;
+                let (status, answer) = self
+                    .call(
+                        Method::GET,
+                        "/v1/auth/token/lookup-self",
+                        Some(&token),
+                        None,
+                    )
+                    .await?;
+                if !status.is_success() {
+                    return Err(match status_error(status, &answer) {
+                        VaultError::PermissionDenied => {
+                            VaultError::Login("the token was refused (permission denied)".into())
+                        }
+                        e => e,
+                    });
+                }
+                let data = serde_json::from_slice::<wire::Lookup>(&answer)
+                    .map_err(|_| VaultError::BadResponse("no data in the token lookup answer"))?
+                    .data;
+                let ttl = Duration::from_secs(data.ttl);
+                let now = Instant::now();
+                Ok(Session {
+                    token,
+                    // A token without a TTL never expires; one with a TTL that cannot be
+                    // renewed is read from its source again when it nears its end.
+                    renew_at: (!ttl.is_zero()).then(|| renew_point(now, ttl)),
+                    expires_at: (!ttl.is_zero()).then(|| now + ttl),
+                    renewable: data.renewable,
+                })
+            }
+        }
+    }
+
+    /// `renew-self`: the token's new lease.
+    async fn renew_self(&self, token: &SecretString) -> Result<Duration, VaultError> {
+        let (status, answer) = self
+            .call(
+                Method::POST,
+                "/v1/auth/token/renew-self",
+                Some(token),
+                Some(Bytes::from_static(b"{}")),
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(status_error(status, &answer));
+        }
+        let auth = serde_json::from_slice::<wire::AuthAnswer>(&answer)
+            .map_err(|_| VaultError::BadResponse("no auth in the renewal answer"))?
+            .auth;
+        Ok(Duration::from_secs(auth.lease_duration))
+    }
+
+    /// One request to Vault, bounded by the timeout; the answer's body is zeroized after use.
+    async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        token: Option<&SecretString>,
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, Zeroizing<Vec<u8>>), VaultError> {
+        let uri: Uri = format!("{}{path_and_query}", self.base)
+            .parse()
+            .map_err(|_| VaultError::Setup("cannot build a request URL".to_owned()))?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::ACCEPT, "application/json")
+            .header(X_VAULT_REQUEST, "true");
+        if let Some(ns) = &self.namespace {
+            req = req.header(X_VAULT_NAMESPACE, ns.clone());
+        }
+        if let Some(token) = token {
+            let mut v = HeaderValue::from_str(token.expose_secret()).map_err(|_| {
+                VaultError::Login("the token contains characters not allowed in a header".into())
+            })?;
+            v.set_sensitive(true);
+            req = req.header(X_VAULT_TOKEN, v);
+        }
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|_| VaultError::Setup("cannot build a request".to_owned()))?;
+        let exchange = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| VaultError::Unreachable(error_chain(&e)))?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| VaultError::Unreachable(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok::<_, VaultError>((status, Zeroizing::new(Vec::from(bytes))))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| VaultError::Timeout(self.timeout))?
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mount_path_field_and_version() {
+        let r = VaultRef::parse("secret/idgate/didit#api_key").unwrap();
+        assert_eq!(r.mount, "secret");
+        assert_eq!(r.path, "idgate/didit");
+        assert_eq!(r.field, "api_key");
+        assert_eq!(r.version, None);
+        assert_eq!(r.api_path(), "/v1/secret/data/idgate/didit");
+        assert_eq!(r.to_string(), "vault:secret/idgate/didit#api_key");
+
+        let r = VaultRef::parse("kv/team-a/sumsub?version=3#hmac key").unwrap();
+        assert_eq!(r.version, Some(3));
+        assert_eq!(r.field, "hmac key");
+        assert_eq!(r.api_path(), "/v1/kv/data/team-a/sumsub?version=3");
+        assert_eq!(r.to_string(), "vault:kv/team-a/sumsub?version=3#hmac key");
+    }
+
+    #[test]
+    fn refuses_references_that_are_incomplete_or_would_change_the_url() {
+        for bad in [
+            "",
+            "secret/idgate/didit",
+            "secret/idgate/didit#",
+            "secret#api_key",
+            "/idgate/didit#api_key",
+            "secret//didit#api_key",
+            "secret/idgate/../sys/raw#k",
+            "secret/idgate/./didit#k",
+            "secret/idgate%2fdidit#k",
+            "secret/idgate/didit?x=1#k",
+            "secret/idgate/didit?version=0#k",
+            "secret/idgate/didit?version=+1#k",
+            "secret/idgate/didit?version=abc#k",
+            "secret/a b#k",
+            "secret/idgate/didit#a\nb",
+        ] {
+            assert!(VaultRef::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn secret_ref_grammar_reads_vault_references() {
+        let r = SecretRef::parse(
+            "vault:secret/idgate/didit#api_key",
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        assert!(matches!(&r, SecretRef::Vault(v) if v.path == "idgate/didit"));
+        assert_eq!(r.to_string(), "vault:secret/idgate/didit#api_key");
+        assert!(SecretRef::parse("vault:", std::path::Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn error_detail_is_one_bounded_line() {
+        assert_eq!(
+            error_detail(br#"{"errors":["1 error occurred:\n\t* permission denied\n\n"]}"#),
+            "1 error occurred: * permission denied"
+        );
+        assert_eq!(error_detail(b"not json"), "no detail");
+        let long = format!(r#"{{"errors":["{}"]}}"#, "x".repeat(500));
+        assert!(error_detail(long.as_bytes()).chars().count() <= 201);
+    }
+
+    #[test]
+    fn reading_without_an_installed_client_names_the_missing_section() {
+        assert_eq!(
+            VaultError::NotConfigured.to_string(),
+            "vault: references need a [vault] section"
+        );
+    }
+
+    #[test]
+    fn client_refuses_an_address_without_scheme_or_host() {
+        let settings = |addr: &str| VaultSettings {
+            address: addr.parse().unwrap(),
+            ca: None,
+            namespace: None,
+            timeout: Duration::from_secs(1),
+            auth: VaultAuth::Token(SecretRef::Env("VAULT_TOKEN".into())),
+        };
+        assert!(VaultClient::new(settings("/v1")).is_err());
+        assert!(VaultClient::new(settings("ftp://vault:8200")).is_err());
+    }
+
+    #[test]
+    fn unreachable_vault_is_a_transient_error_without_the_token() {
+        use std::os::unix::fs::PermissionsExt;
+        // A port nothing listens on (bound, then released).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "hvs.sekrit-token").unwrap();
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let client = VaultClient::new(VaultSettings {
+            address: format!("http://127.0.0.1:{port}").parse().unwrap(),
+            ca: None,
+            namespace: None,
+            timeout: Duration::from_millis(500),
+            auth: VaultAuth::Token(SecretRef::File(token_file)),
+        })
+        .unwrap();
+        let err = client
+            .read_blocking(&VaultRef::parse("secret/x#y").unwrap())
+            .unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(!err.to_string().contains("sekrit"), "{err}");
+        // Dropping the client inside a runtime must not panic.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async move { drop(client) });
+    }
+}

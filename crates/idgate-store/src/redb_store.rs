@@ -1,0 +1,428 @@
+//! The embedded backend: one redb file on the gateway's machine, shared by the running
+//! gateway (which reads it) and the `idgate keys` CLI (which writes it).
+//!
+//! redb's default concurrency mode locks the whole file for one process. Every handle here is
+//! opened in [`ConcurrencyMode::MultiWriter`] instead (redb 4.5+): any number of processes may
+//! have the file open, read-only or for writing, with one write transaction at a time, each
+//! waiting for the one before. A reader opens the file only for the moment it reads and closes
+//! it right after, so the gateway never holds the file between polls. Should the file be held
+//! by a process that does not share it (another tool in redb's default mode), opens are retried
+//! for a while before [`StoreError::Busy`].
+//!
+//! The file is created with mode 0600 and refused when group or others may read it.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use redb::backends::FileBackend;
+use redb::{
+    Builder, ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition,
+    TableError,
+};
+
+use crate::StoreError;
+use crate::api_keys::{ApiKeyStore, StoreVersion, StoredKey, VersionInner, sort_keys};
+
+/// API key records by id: versioned JSON (see `StoredKey::encode`).
+const API_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys");
+
+/// The records are small; redb's default cache of 1 GiB is a ceiling, but there is no reason
+/// to let it grow that far.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+/// How long an open waits for a process holding the file exclusively, by default.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+
+/// A redb file. Opened for writing with [`RedbStore::open`], or as a reader that opens the
+/// file read-only for each call with [`RedbStore::reader`].
+pub struct RedbStore {
+    path: PathBuf,
+    /// Held for the store's life when writable.
+    db: Option<Database>,
+    wait: Duration,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .field("writable", &self.db.is_some())
+            .finish()
+    }
+}
+
+fn builder() -> Builder {
+    let mut b = Builder::new();
+    b.set_concurrency_mode(ConcurrencyMode::MultiWriter)
+        .set_cache_size(CACHE_BYTES);
+    b
+}
+
+impl RedbStore {
+    /// Opens the store for reading and writing, creating the file (mode 0600) if it does not
+    /// exist. Waits up to `wait` while another process holds the file exclusively.
+    pub fn open(path: impl AsRef<Path>, wait: Duration) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_owned();
+        let db = retry_busy(&path, wait, || {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| io_err(&path, e))?;
+            check_mode(&path, &file)?;
+            let backend = FileBackend::new(file).map_err(|e| db_err(&path, e))?;
+            builder()
+                .create_with_backend(backend)
+                .map_err(|e| db_err(&path, e))
+        })?;
+        Ok(Self {
+            path,
+            db: Some(db),
+            wait,
+        })
+    }
+
+    /// A read-only view that opens the file for each read and closes it right after. A missing
+    /// (or still empty) file reads as a store without keys.
+    pub fn reader(path: impl AsRef<Path>) -> Self {
+        Self {
+            path: path.as_ref().to_owned(),
+            db: None,
+            wait: Duration::from_millis(200),
+        }
+    }
+
+    /// How long a reader's opens wait for a process holding the file exclusively.
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a read transaction's table; `None` when there is no table (or no file).
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadOnlyTable<&'static str, &'static [u8]>) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let path = &self.path;
+        if let Some(db) = &self.db {
+            let txn = db.begin_read().map_err(|e| db_err(path, e))?;
+            return match txn.open_table(API_KEYS) {
+                Ok(table) => f(&table).map(Some),
+                Err(TableError::TableDoesNotExist(_)) => Ok(None),
+                Err(e) => Err(db_err(path, e)),
+            };
+        }
+        let db = retry_busy(path, self.wait, || {
+            let file = match File::open(path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_err(path, e)),
+            };
+            let meta = check_mode(path, &file)?;
+            if meta.len() == 0 {
+                // Created by a writer that has not initialised it yet.
+                return Ok(None);
+            }
+            let backend = FileBackend::new(file).map_err(|e| db_err(path, e))?;
+            builder()
+                .open_read_only_with_backend(backend)
+                .map(Some)
+                .map_err(|e| db_err(path, e))
+        })?;
+        let Some(db) = db else { return Ok(None) };
+        let out = {
+            let txn = db.begin_read().map_err(|e| db_err(path, e))?;
+            match txn.open_table(API_KEYS) {
+                Ok(table) => f(&table).map(Some),
+                Err(TableError::TableDoesNotExist(_)) => Ok(None),
+                Err(e) => Err(db_err(path, e)),
+            }
+        };
+        // The data is read; a failure to release the file changes nothing for this read, and
+        // the next open reports anything that matters.
+        let _ = db.close();
+        out
+    }
+
+    /// Runs `f` in a write transaction, committed when `f` succeeds.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut redb::Table<'_, &'static str, &'static [u8]>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let path = &self.path;
+        let db = self.db.as_ref().ok_or(StoreError::ReadOnly)?;
+        let txn = db.begin_write().map_err(|e| db_err(path, e))?;
+        let out = {
+            let mut table = txn.open_table(API_KEYS).map_err(|e| db_err(path, e))?;
+            f(&mut table)
+        };
+        match out {
+            Ok(v) => {
+                txn.commit().map_err(|e| db_err(path, e))?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = txn.abort();
+                Err(e)
+            }
+        }
+    }
+}
+
+fn get_in(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    path: &Path,
+    id: &str,
+) -> Result<Option<StoredKey>, StoreError> {
+    match table.get(id).map_err(|e| db_err(path, e))? {
+        Some(v) => StoredKey::decode(id, v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+impl ApiKeyStore for RedbStore {
+    fn insert(&self, key: &StoredKey) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        self.write(|t| {
+            if t.get(key.id.as_str())
+                .map_err(|e| db_err(&path, e))?
+                .is_some()
+            {
+                return Err(StoreError::Exists(key.id.clone()));
+            }
+            t.insert(key.id.as_str(), key.encode().as_slice())
+                .map_err(|e| db_err(&path, e))?;
+            Ok(())
+        })
+    }
+
+    fn get(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
+        Ok(self.read(|t| get_in(t, &self.path, id))?.flatten())
+    }
+
+    fn list(&self) -> Result<Vec<StoredKey>, StoreError> {
+        let keys = self.read(|t| {
+            let mut keys = Vec::new();
+            for entry in t.iter().map_err(|e| db_err(&self.path, e))? {
+                let (id, value) = entry.map_err(|e| db_err(&self.path, e))?;
+                keys.push(StoredKey::decode(id.value(), value.value())?);
+            }
+            Ok(keys)
+        })?;
+        let mut keys = keys.unwrap_or_default();
+        sort_keys(&mut keys);
+        Ok(keys)
+    }
+
+    fn revoke(&self, id: &str, at: SystemTime) -> Result<StoredKey, StoreError> {
+        let path = self.path.clone();
+        self.write(|t| {
+            let mut key =
+                get_in(t, &path, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+            key.apply_revoke(at);
+            t.insert(id, key.encode().as_slice())
+                .map_err(|e| db_err(&path, e))?;
+            Ok(key)
+        })
+    }
+
+    fn rotate(
+        &self,
+        old_id: &str,
+        new: &StoredKey,
+        old_valid_until: SystemTime,
+    ) -> Result<StoredKey, StoreError> {
+        let path = self.path.clone();
+        self.write(|t| {
+            let mut old =
+                get_in(t, &path, old_id)?.ok_or_else(|| StoreError::NotFound(old_id.to_owned()))?;
+            if t.get(new.id.as_str())
+                .map_err(|e| db_err(&path, e))?
+                .is_some()
+            {
+                return Err(StoreError::Exists(new.id.clone()));
+            }
+            old.apply_rotation(&new.id, old_valid_until)?;
+            t.insert(old_id, old.encode().as_slice())
+                .map_err(|e| db_err(&path, e))?;
+            t.insert(new.id.as_str(), new.encode().as_slice())
+                .map_err(|e| db_err(&path, e))?;
+            Ok(old)
+        })
+    }
+
+    fn version(&self) -> Result<StoreVersion, StoreError> {
+        match std::fs::metadata(&self.path) {
+            Ok(m) => Ok(StoreVersion(VersionInner::File {
+                dev: m.dev(),
+                ino: m.ino(),
+                len: m.len(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                ctime: (m.ctime(), m.ctime_nsec()),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(StoreVersion(VersionInner::Missing))
+            }
+            Err(e) => Err(io_err(&self.path, e)),
+        }
+    }
+}
+
+/// Runs `open` until it succeeds, fails otherwise than with "already open", or `wait` is over.
+fn retry_busy<T>(
+    path: &Path,
+    wait: Duration,
+    mut open: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match open() {
+            Err(StoreError::Busy { .. }) if start.elapsed() < wait => {
+                std::thread::sleep(pause.min(wait.saturating_sub(start.elapsed())));
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(StoreError::Busy { .. }) => {
+                return Err(StoreError::Busy {
+                    path: path.to_owned(),
+                    waited_ms: start.elapsed().as_millis(),
+                });
+            }
+            other => return other,
+        }
+    }
+}
+
+fn check_mode(path: &Path, file: &File) -> Result<std::fs::Metadata, StoreError> {
+    let meta = file.metadata().map_err(|e| io_err(path, e))?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(StoreError::TooOpen {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(meta)
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        redb::Error::DatabaseAlreadyOpen => StoreError::Busy {
+            path: path.to_owned(),
+            waited_ms: 0,
+        },
+        redb::Error::RepairAborted => StoreError::Database {
+            path: path.to_owned(),
+            reason: "the database needs a repair after an interrupted write; any `idgate keys` \
+                     command repairs it"
+                .to_owned(),
+        },
+        e => StoreError::Database {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::api_keys::tests::{contract, key};
+
+    #[test]
+    fn meets_the_store_contract_and_creates_the_file_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.redb");
+        let store = RedbStore::open(&path, DEFAULT_WAIT).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        contract(&store);
+    }
+
+    #[test]
+    fn a_reader_sees_commits_while_a_writer_has_the_file_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.redb");
+        let reader = RedbStore::reader(&path);
+        assert_eq!(
+            reader.version().unwrap(),
+            StoreVersion(VersionInner::Missing)
+        );
+        assert!(
+            reader.list().unwrap().is_empty(),
+            "no file reads as no keys"
+        );
+
+        let writer = RedbStore::open(&path, DEFAULT_WAIT).unwrap();
+        assert!(
+            reader.list().unwrap().is_empty(),
+            "no table reads as no keys"
+        );
+        let before = reader.version().unwrap();
+        writer.insert(&key("aaaa", "a")).unwrap();
+        assert_ne!(reader.version().unwrap(), before);
+        assert_eq!(
+            reader.get("aaaa").unwrap().map(|k| k.name),
+            Some("a".into())
+        );
+
+        // A second writer (another `idgate keys` run) shares the file too.
+        let second = RedbStore::open(&path, Duration::ZERO).unwrap();
+        second.revoke("aaaa", SystemTime::now()).unwrap();
+        assert!(reader.get("aaaa").unwrap().unwrap().revoked_at.is_some());
+        assert!(writer.get("aaaa").unwrap().unwrap().revoked_at.is_some());
+        assert!(matches!(
+            reader.insert(&key("bbbb", "b")),
+            Err(StoreError::ReadOnly)
+        ));
+    }
+
+    #[test]
+    fn an_exclusive_holder_makes_opens_wait_then_give_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.redb");
+        drop(RedbStore::open(&path, DEFAULT_WAIT).unwrap());
+        // Another tool opening the file in redb's default (exclusive) mode.
+        let exclusive = Builder::new().open(&path).unwrap();
+        let start = Instant::now();
+        let err = RedbStore::open(&path, Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(err, StoreError::Busy { .. }), "{err}");
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        drop(exclusive);
+        RedbStore::open(&path, Duration::from_millis(300)).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_file_others_can_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.redb");
+        drop(RedbStore::open(&path, DEFAULT_WAIT).unwrap());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            RedbStore::open(&path, DEFAULT_WAIT),
+            Err(StoreError::TooOpen { mode: 0o644, .. })
+        ));
+        assert!(matches!(
+            RedbStore::reader(&path).list(),
+            Err(StoreError::TooOpen { .. })
+        ));
+    }
+}

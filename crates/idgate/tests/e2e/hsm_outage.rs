@@ -1,0 +1,243 @@
+//! A PKCS#11 token that goes away while the gateway runs (SoftHSM2: its token directory is
+//! moved out of the token store and back). Requests that need the token get a clear 503
+//! problem and the log names the credential; when the token returns, the gateway uses it
+//! again without a restart.
+//!
+//! The HMAC key never leaves the token, so every request signs inside it: the outage is seen
+//! by the very next request, unlike a wrapped API key, whose unwrapped value stays in memory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::assert_eventually;
+use crate::support::*;
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A SoftHSM2 token store in a temporary directory with one token, `idgate`.
+struct Token {
+    dir: tempfile::TempDir,
+}
+
+impl Token {
+    fn new() -> Self {
+        assert!(
+            Path::new(MODULE).exists(),
+            "SoftHSM2 is not installed: run scripts/setup-test-deps.sh"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tokens")).unwrap();
+        std::fs::write(
+            dir.path().join("softhsm2.conf"),
+            format!("directories.tokendir = {}/tokens\n", dir.path().display()),
+        )
+        .unwrap();
+        let t = Self { dir };
+        let (code, out, err) = run_bounded(
+            Command::new("softhsm2-util")
+                .env("SOFTHSM2_CONF", t.conf())
+                .args([
+                    "--init-token",
+                    "--free",
+                    "--label",
+                    "idgate",
+                    "--so-pin",
+                    "5678",
+                    "--pin",
+                    "1234",
+                ]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        let pin = t.dir.path().join("pin");
+        std::fs::write(&pin, "1234").unwrap();
+        std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        t
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+
+    fn uri(&self, object: &str) -> String {
+        format!(
+            "pkcs11:token=idgate;object={object}?module-path={MODULE}&pin-source=file:{}",
+            self.dir.path().join("pin").display()
+        )
+    }
+
+    /// The token's own directory in the store (SoftHSM2 names it after a UUID).
+    fn token_dir(&self) -> PathBuf {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("tokens"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        assert_eq!(dirs.len(), 1, "one token directory expected: {dirs:?}");
+        dirs.remove(0)
+    }
+
+    /// Imports an HMAC key with `idgate hsm import-secret --kind hmac`.
+    fn import_hmac(&self, label: &str, key: &str) {
+        use std::io::Write;
+        let mut child = Command::new(bin())
+            .args(["hsm", "import-secret", "--kind", "hmac", "--uri"])
+            .arg(self.uri(label))
+            .env("SOFTHSM2_CONF", self.conf())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(key.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn hex_hmac(key: &str, data: &[u8]) -> String {
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
+    ring::hmac::sign(&k, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn token_outage_gives_503_problem_and_log_line_and_recovers_without_restart() {
+    let token = Token::new();
+    let secret = "veriff-outage-secret-0123456789abcdef";
+    token.import_hmac("veriff-hmac", secret);
+
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let (port, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"{base}
+[[upstreams]]
+name = "veriff"
+url = "{url}"
+ca = "{ca}"
+[upstreams.credential]
+scheme = "veriff"
+label = "veriff-hsm"
+client = "env:VERIFF_CLIENT"
+secret = "{secret_uri}"
+
+[[routes]]
+name = "sessions"
+methods = ["POST"]
+path = "/v1/sessions"
+upstream = "veriff"
+allow = ["{ONBOARDING}"]
+"#,
+        base = base_config(&pki, port, admin),
+        url = upstream.url(true),
+        ca = pki.files.bundle.display(),
+        secret_uri = token.uri("veriff-hmac"),
+    );
+    let gw = Gateway::start(
+        &config,
+        port,
+        admin,
+        &[
+            ("SOFTHSM2_CONF", token.conf().to_str().unwrap()),
+            ("VERIFF_CLIENT", "veriff-client-key"),
+        ],
+    )
+    .await;
+    let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+    let body = r#"{"verification":{"person":{"firstName":"Ana"}}}"#;
+    let post = || client.send("POST", "/v1/sessions", &[], body);
+
+    let reply = post().await.unwrap();
+    assert_eq!(reply.status, 200, "{}", gw.output());
+    assert_eq!(
+        upstream.last().headers.get("x-hmac-signature").unwrap(),
+        hex_hmac(secret, body.as_bytes()).as_str()
+    );
+
+    // The token goes away.
+    let token_dir = token.token_dir();
+    let away = token.dir.path().join("token-away");
+    std::fs::rename(&token_dir, &away).unwrap();
+    let seen_before = upstream.requests().len();
+
+    for _ in 0..3 {
+        let reply = post().await.unwrap();
+        assert_eq!(reply.status, 503, "{:?}", reply.body);
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json")
+        );
+        let problem = reply.json();
+        assert_eq!(
+            problem["type"].as_str(),
+            Some("https://idgate.dev/problems/credential-unavailable"),
+            "{problem}"
+        );
+        assert_eq!(problem["status"], 503);
+        // The caller is told to retry, not about tokens, slots or labels.
+        let text = String::from_utf8_lossy(&reply.body);
+        assert!(
+            !text.contains("idgate") || text.contains("idgate.dev"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("PKCS") && !text.contains("veriff-hmac"),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        seen_before,
+        "an unsigned request reached the provider"
+    );
+    // The log says which credential failed and why, once per refused request.
+    assert_eventually!(
+        json_lines(&gw.output()).iter().any(|l| {
+            l.get("problem").and_then(|p| p.as_str()) == Some("credential-unavailable")
+                && l.get("reason")
+                    .and_then(|r| r.as_str())
+                    .is_some_and(|r| r.contains("veriff-hsm") && r.contains("token"))
+        }),
+        "no log line names the credential:\n{}",
+        gw.output()
+    );
+    assert!(
+        gw.output().contains("PKCS#11 token is unavailable"),
+        "{}",
+        gw.output()
+    );
+
+    // The token returns: the gateway finds it again by itself.
+    std::fs::rename(&away, &token_dir).unwrap();
+    assert_eventually!(
+        post().await.is_ok_and(|r| r.status == 200),
+        "the gateway did not recover after the token returned:\n{}",
+        gw.output()
+    );
+    assert_eq!(
+        upstream.last().headers.get("x-hmac-signature").unwrap(),
+        hex_hmac(secret, body.as_bytes()).as_str()
+    );
+    assert!(
+        gw.output().contains("PKCS#11 token is available again"),
+        "{}",
+        gw.output()
+    );
+    assert!(!gw.output().contains(secret));
+}
