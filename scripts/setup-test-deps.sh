@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: openssl and curl (outside TLS
 # clients and an independent PKI), SoftHSM2 (a real PKCS#11 token), redis-server, and
-# Python `requests`. Safe to run again: it installs only what is absent.
+# Python `requests`, `authlib` and `flask` (a real OAuth 2.0 server for the JWT tests).
+# Safe to run again: it installs only what is absent.
 set -euo pipefail
 
 need_apt=()
@@ -22,6 +23,13 @@ fi
 if ! python3 -c 'import requests' >/dev/null 2>&1; then
   echo "setup-test-deps: installing Python requests"
   python3 -m pip install --quiet requests
+fi
+
+# A real OAuth 2.0 authorization server for the JWT interop tests
+# (crates/idgate/tests/e2e/fixtures/authlib_server.py): Authlib 1.9+ on Flask.
+if ! python3 -c 'import sys, authlib, flask; sys.exit(tuple(map(int, authlib.__version__.split(".")[:2])) < (1, 9))' >/dev/null 2>&1; then
+  echo "setup-test-deps: installing Python authlib and flask"
+  python3 -m pip install --quiet 'authlib>=1.9,<2' 'flask>=3,<4'
 fi
 
 echo "setup-test-deps: ok ($(openssl version | cut -d' ' -f1-2), curl $(curl --version | head -1 | cut -d' ' -f2), softhsm2 $(softhsm2-util --version 2>/dev/null || echo '?'))"

@@ -205,7 +205,12 @@ fn login_ref(cx: &mut Ctx<'_>, key: &str, v: &str) -> Option<SecretRef> {
             );
             None
         }
-        Ok(r) => Some(r),
+        Ok(r) => {
+            if let Err(e) = r.check_available() {
+                cx.err(key, e.to_string());
+            }
+            Some(r)
+        }
         Err(e) => {
             cx.err(key, e.to_string());
             None
@@ -326,6 +331,15 @@ secret = "vault:secret/idgate/didit#api_key"
             .len(),
             1
         );
+        // The login's own secret must be there at start-up, like every other reference.
+        let p = problems(
+            &with(
+                "address = \"https://vault:8200\"\ntoken = \"env:IDGATE_TEST_UNSET_VAULT_TOKEN\"",
+            ),
+            "vault.token",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("IDGATE_TEST_UNSET_VAULT_TOKEN"), "{p:?}");
         // Misspelt keys are errors, not ignored settings.
         let text = with("address = \"https://vault:8200\"\ntokn = \"env:T\"");
         let all = crate::parse(Path::new("/nonexistent/idgate.toml"), &text).unwrap_err();

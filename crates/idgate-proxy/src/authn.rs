@@ -4,19 +4,78 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime};
 
 use http::request::Parts;
 use idgate_auth::failure::Scheme;
 use idgate_auth::policy::AuthLayer;
+use idgate_auth::api_key::{self, ApiKeyVerifier};
+use idgate_auth::issuer::TokenIssuer;
+use idgate_auth::jwt::{self, Algorithm, IssuerConfig, Jwk, JwtVerifier, StaticIssuer};
 use idgate_auth::{AuthFailure, Caller};
+use idgate_config::Config;
 
 use crate::pipeline::ConnInfo;
 use crate::routes::Route;
 
 /// The verifiers of the API key and JWT layers, built per configuration snapshot.
 #[derive(Default)]
-pub struct AuthServices {}
+pub struct AuthServices {
+    pub api_keys: Option<ApiKeyVerifier>,
+    pub jwt: Option<JwtVerifier>,
+}
+
+impl AuthServices {
+    /// Builds the verifiers the configuration asks for. Blocking (reads the pepper, the key
+    /// store, CA files); fetches no JWKS yet.
+    pub fn build(config: &Config, token_issuer: Option<&TokenIssuer>) -> Result<Self, String> {
+        let api_keys = match &config.api_keys {
+            None => None,
+            Some(a) => Some(ApiKeyVerifier::open(&a.store, &a.pepper).map_err(|e| format!("api_keys: {e}"))?),
+        };
+        let mut issuers = Vec::new();
+        for j in &config.jwt_issuers {
+            let algorithms = j
+                .algorithms
+                .iter()
+                .map(|a| Algorithm::from_str(a).map_err(|e| format!("jwt_issuers {}: {e}", j.name)))
+                .collect::<Result<Vec<_>, _>>()?;
+            issuers.push(IssuerConfig {
+                name: j.name.clone(),
+                issuer: j.issuer.clone(),
+                jwks_uri: j.jwks_uri.clone(),
+                discovery: j.discovery,
+                audiences: j.audiences.clone(),
+                algorithms,
+                leeway: j.leeway,
+                ca: j.ca.clone(),
+                jwks_refresh_interval: j.jwks_refresh_interval,
+                min_refresh_interval: j.min_refresh_interval,
+            });
+        }
+        // The gateway's own token endpoint is an issuer with a key it knows.
+        let mut statics = Vec::new();
+        if let Some(t) = token_issuer {
+            let jwk: Jwk = serde_json::from_value(t.jwk().clone()).map_err(|e| format!("token_endpoint: {e}"))?;
+            let alg = Algorithm::from_str(t.algorithm()).map_err(|e| format!("token_endpoint: {e}"))?;
+            statics.push(StaticIssuer::new(t.issuer(), vec![t.audience().to_owned()], vec![alg], vec![jwk]));
+        }
+        let jwt = if issuers.is_empty() && statics.is_empty() {
+            None
+        } else {
+            Some(JwtVerifier::new(issuers, statics)?)
+        };
+        Ok(Self { api_keys, jwt })
+    }
+
+    /// Starts keeping the API key table in step with its store and warms the JWKS caches.
+    pub fn start_background(&self, reload_interval: Option<Duration>) {
+        if let (Some(k), Some(every)) = (&self.api_keys, reload_interval) {
+            k.spawn_reload(every);
+        }
+    }
+}
 
 impl std::fmt::Debug for AuthServices {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,6 +97,10 @@ pub(crate) async fn authenticate(
         spiffe_id: conn.peer.clone(),
         ..Caller::default()
     };
+    // A key in the URL ends up in logs everywhere the URL goes: refuse it outright.
+    if route.auth.uses(AuthLayer::ApiKey) && api_key::key_in_query(parts.uri.query()) {
+        return Err(AuthFailure::ApiKeyInQuery);
+    }
     for requirement in &route.auth.requirements {
         let mut failure: Option<AuthFailure> = None;
         let mut passed = false;
@@ -84,8 +147,8 @@ fn merge(prev: Option<AuthFailure>, next: AuthFailure) -> AuthFailure {
 async fn layer_check(
     layer: AuthLayer,
     conn: &ConnInfo,
-    _parts: &Parts,
-    _services: &AuthServices,
+    parts: &Parts,
+    services: &AuthServices,
     caller: &mut Caller,
 ) -> Result<(), AuthFailure> {
     match layer {
@@ -96,12 +159,36 @@ async fn layer_check(
                 Err(AuthFailure::NoClientCertificate)
             }
         }
-        AuthLayer::ApiKey => Err(AuthFailure::Missing {
-            schemes: vec![Scheme::ApiKey],
-        }),
-        AuthLayer::Jwt => Err(AuthFailure::Missing {
-            schemes: vec![Scheme::Bearer],
-        }),
+        AuthLayer::ApiKey => {
+            let missing = || AuthFailure::Missing {
+                schemes: vec![Scheme::ApiKey],
+            };
+            let Some(key) = api_key::presented_key(&parts.headers)? else {
+                return Err(missing());
+            };
+            let verifier = services.api_keys.as_ref().ok_or_else(missing)?;
+            caller.api_key = Some(verifier.verify(key, conn.peer.as_ref(), SystemTime::now())?);
+            Ok(())
+        }
+        AuthLayer::Jwt => {
+            let missing = || AuthFailure::Missing {
+                schemes: vec![Scheme::Bearer],
+            };
+            let Some(token) = jwt::presented_bearer(&parts.headers)? else {
+                return Err(missing());
+            };
+            let verifier = services.jwt.as_ref().ok_or_else(missing)?;
+            let identity = verifier.verify(token, SystemTime::now()).await?;
+            // RFC 8705: a certificate-bound token is only good over a connection with that
+            // certificate.
+            if let Some(bound) = &identity.cnf_x5t_s256
+                && conn.cert_thumbprint.as_deref() != Some(bound.as_str())
+            {
+                return Err(AuthFailure::TokenBindingMismatch);
+            }
+            caller.token = Some(identity.token);
+            Ok(())
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub struct Snapshot {
     pub auth: AuthServices,
     /// The built-in OAuth2 token endpoint, when configured.
     pub token_endpoint: Option<TokenEndpoint>,
+    api_key_reload: Option<std::time::Duration>,
 }
 
 impl Snapshot {
@@ -34,6 +35,7 @@ impl Snapshot {
         for c in self.upstreams.iter().filter_map(|u| u.credential.as_ref()) {
             c.spawn_refresh(metrics.clone());
         }
+        self.auth.start_background(self.api_key_reload);
     }
 
     /// Builds the routes and upstream clients and resolves the upstream credentials.
@@ -58,6 +60,9 @@ impl Snapshot {
             None => None,
             Some(t) => TokenEndpoint::load(t).map_err(|e| errors.push(e)).ok(),
         };
+        let auth = AuthServices::build(config, token_endpoint.as_ref().map(|t| &t.issuer))
+            .map_err(|e| errors.push(e))
+            .ok();
         let mut strip_headers = vec![
             HeaderName::from_static("x-api-key"),
             header::AUTHORIZATION,
@@ -74,13 +79,14 @@ impl Snapshot {
                 }
             }
         }
-        match routes {
-            Some(routes) if errors.is_empty() => Ok(Self {
+        match (routes, auth) {
+            (Some(routes), Some(auth)) if errors.is_empty() => Ok(Self {
                 routes,
                 upstreams,
                 strip_headers,
-                auth: AuthServices::default(),
+                auth,
                 token_endpoint,
+                api_key_reload: config.api_keys.as_ref().map(|a| a.reload_interval),
             }),
             _ => Err(errors),
         }

@@ -155,23 +155,68 @@ fn locate(args: &StoreArgs) -> Result<(PathBuf, SecretRef), Failure> {
             "say where the keys are kept: --config FILE (with an [api_keys] section), or --store FILE --pepper SECRET_REF",
         ));
     };
-    let config = idgate_config::load(path).map_err(|errors| {
-        Failure::config(
-            errors
+    match idgate_config::load(path) {
+        Ok(config) => match config.api_keys {
+            Some(a) => Ok((a.store, a.pepper)),
+            None => Err(no_section(path)),
+        },
+        // The rest of the configuration may need what only the gateway's environment has
+        // (its upstream secrets, say); managing keys needs only [api_keys].
+        Err(errors) => {
+            let all = || {
+                let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                Failure::config(lines.join("\n"))
+            };
+            // Problems in [api_keys] itself (or a file that is not TOML) are reported as they are.
+            if errors
                 .0
                 .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
-        )
-    })?;
-    let Some(api_keys) = config.api_keys else {
-        return Err(Failure::config(format!(
-            "{}: no [api_keys] section; add one with store = \"...\" and pepper = \"file:...\"",
-            path.display()
-        )));
+                .any(|e| e.key.is_empty() || e.key.starts_with("api_keys"))
+            {
+                return Err(all());
+            }
+            match api_keys_section(path) {
+                Ok(Some(found)) => {
+                    eprintln!(
+                        "note: {} has problems outside [api_keys] (see `idgate check`); using its [api_keys] section",
+                        path.display()
+                    );
+                    Ok(found)
+                }
+                Ok(None) => Err(no_section(path)),
+                Err(()) => Err(all()),
+            }
+        }
+    }
+}
+
+fn no_section(path: &Path) -> Failure {
+    Failure::config(format!(
+        "{}: no [api_keys] section; add one with store = \"...\" and pepper = \"file:...\"",
+        path.display()
+    ))
+}
+
+/// Only the `[api_keys]` section of a configuration file, read as the gateway reads it: the
+/// store path and `file:` references relative to the file's directory.
+fn api_keys_section(path: &Path) -> Result<Option<(PathBuf, SecretRef)>, ()> {
+    let text = std::fs::read_to_string(path).map_err(|_| ())?;
+    let table: toml::Table = toml::from_str(&text).map_err(|_| ())?;
+    let Some(section) = table.get("api_keys").and_then(toml::Value::as_table) else {
+        return Ok(None);
     };
-    Ok((api_keys.store, api_keys.pepper))
+    let (Some(store), Some(pepper)) = (
+        section.get("store").and_then(toml::Value::as_str),
+        section.get("pepper").and_then(toml::Value::as_str),
+    ) else {
+        return Err(());
+    };
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let pepper = SecretRef::parse(pepper, base).map_err(|_| ())?;
+    Ok(Some((base.join(store), pepper)))
 }
 
 fn open_store(path: &Path) -> Result<RedbStore, Failure> {

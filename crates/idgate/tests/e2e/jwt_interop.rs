@@ -447,7 +447,6 @@ async fn tampered_expired_misaddressed_and_forged_authlib_tokens_are_refused() {
 /// (keys by discovery), a route with `auth = ["mtls", "jwt"]` that allows one OAuth2 client
 /// with one scope.
 #[tokio::test]
-#[ignore = "until idgate-proxy's authn verifies bearer tokens with JwtVerifier (it answers 401 Missing for jwt today): then drop this line"]
 async fn gateway_accepts_authlib_tokens_on_a_jwt_route_and_refuses_forgeries() {
     within(async {
         let idp = AuthlibIdp::start();

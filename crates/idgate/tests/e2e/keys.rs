@@ -243,6 +243,29 @@ fn create_prints_the_key_once_and_the_store_holds_only_a_keyed_hash() {
         assert!(!text.contains(&hash), "{text}");
     }
 
+    // Paths in [api_keys] are relative to the configuration file, as the gateway reads them.
+    // The provider's secret is not in this shell's environment, which `keys` does not need.
+    let relative = s.pki.path().join("relative.toml");
+    let text = s
+        .config_text()
+        .replace(&s.store.display().to_string(), "relative.redb")
+        .replace(
+            &format!("file:{}", s.pepper.display()),
+            "file:apikey-pepper",
+        );
+    std::fs::write(&relative, text).unwrap();
+    let (code, out, err) = idgate(&[
+        "keys",
+        "create",
+        "--config",
+        relative.to_str().unwrap(),
+        "--name",
+        "rel",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    key_from(&out);
+    assert!(s.pki.path().join("relative.redb").exists(), "{err}");
+
     // A second key is a different one.
     let (code, out2, _) = s.keys(&["create", "--name", "batch"]);
     assert_eq!(code, 0);

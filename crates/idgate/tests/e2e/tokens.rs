@@ -262,3 +262,58 @@ async fn jwks_and_metadata_are_published_without_a_client_certificate() {
     assert_eq!(meta["token_endpoint"], "https://idgate.test/oauth2/token");
     assert_eq!(meta["tls_client_certificate_bound_access_tokens"], true);
 }
+
+#[tokio::test]
+async fn bound_token_works_over_its_own_certificate_and_is_refused_over_another() {
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let gw = token_gateway(&pki, "optional", &upstream).await;
+    let owner = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+    let thief = Client::new(&pki, Some(FRONTEND), gw.port, false);
+    let anonymous = Client::new(&pki, None, gw.port, false);
+
+    let reply = owner
+        .send("POST", "/oauth2/token", &[FORM], "grant_type=client_credentials&scope=sessions%3Aread")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let token = reply.json()["access_token"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {token}");
+
+    let ok = owner
+        .send("GET", "/v3/session/s1/decision/", &[("authorization", &bearer)], "")
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200, "{:?} {}", ok.body, gw.output());
+    assert!(upstream.last().headers.get("authorization").is_none(), "the token must not reach the provider");
+
+    for client in [&thief, &anonymous] {
+        let refused = client
+            .send("GET", "/v3/session/s1/decision/", &[("authorization", &bearer)], "")
+            .await
+            .unwrap();
+        assert_eq!(refused.status, 401, "{:?}", refused.body);
+        let challenge = refused.header("www-authenticate").unwrap_or_default();
+        assert!(challenge.starts_with("Bearer ") && challenge.contains("error=\"invalid_token\""), "{challenge}");
+        assert_eq!(refused.json()["type"], "https://idgate.dev/problems/token-binding-mismatch");
+    }
+
+    // No token: a challenge without an error code (RFC 6750 §3.1).
+    let none = owner.get("/v3/session/s1/decision/").await.unwrap();
+    assert_eq!(none.status, 401);
+    assert_eq!(none.header("www-authenticate"), Some("Bearer realm=\"idgate\""));
+
+    // A token without the route's scope: 403 insufficient_scope.
+    let reply = owner
+        .send("POST", "/oauth2/token", &[FORM], "grant_type=client_credentials&scope=sessions%3Awrite")
+        .await
+        .unwrap();
+    let write_only = format!("Bearer {}", reply.json()["access_token"].as_str().unwrap());
+    let scoped = owner
+        .send("GET", "/v3/session/s1/decision/", &[("authorization", &write_only)], "")
+        .await
+        .unwrap();
+    assert_eq!(scoped.status, 403);
+    assert!(scoped.header("www-authenticate").unwrap_or_default().contains("insufficient_scope"));
+    assert!(!gw.output().contains(&token));
+}

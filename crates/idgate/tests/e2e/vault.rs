@@ -348,6 +348,11 @@ impl FakeVault {
         self.state.lock().unwrap().approle = Some((role_id.into(), secret_id.into(), lease));
     }
 
+    /// Revokes every token issued so far (like `vault token revoke`).
+    fn revoke_all(&self) {
+        self.state.lock().unwrap().tokens.clear();
+    }
+
     fn require_namespace(&self, ns: &str) {
         self.state.lock().unwrap().namespace = Some(ns.to_owned());
     }
@@ -580,7 +585,8 @@ async fn approle_token_is_replaced_by_a_new_login_before_its_lease_ends() {
     let pki = Pki::default_pki();
     let vault = FakeVault::start(&pki).await;
     let (role_id, secret_id) = ("role-5c1e0d", "secret-id-7a9f3b2e");
-    vault.enable_approle(role_id, secret_id, Duration::from_secs(2));
+    let lease = Duration::from_secs(3);
+    vault.enable_approle(role_id, secret_id, lease);
     vault.put(
         "secret",
         "idgate/didit",
@@ -611,8 +617,8 @@ async fn approle_token_is_replaced_by_a_new_login_before_its_lease_ends() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let running = load(&pki, gw.port, 2, &stop);
-    // Two leases and a half: every token would have expired twice over without new logins.
-    tokio::time::sleep(Duration::from_millis(5000)).await;
+    // More than two leases: every token would have expired twice over without new logins.
+    tokio::time::sleep(Duration::from_millis(7000)).await;
     // The token in use now still reads: a new version arrives.
     vault.put(
         "secret",
@@ -628,25 +634,44 @@ async fn approle_token_is_replaced_by_a_new_login_before_its_lease_ends() {
         "no read succeeded after the first lease ended:\n{}",
         gw.output()
     );
-    stop.store(true, Ordering::Relaxed);
-    let (sent, failed) = finish(running).await;
-    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
-
     let logins = vault.logins();
     assert!(
         logins.len() >= 3,
-        "only {} logins in 5 s with a 2 s lease",
+        "only {} logins in 7 s with a 3 s lease",
         logins.len()
     );
     for pair in logins.windows(2) {
         assert!(
-            pair[1] - pair[0] < Duration::from_secs(2),
+            pair[1] - pair[0] < lease,
             "a token outlived its lease before the next login: {:?}",
             pair[1] - pair[0]
         );
     }
     // Logged in again ahead of time: Vault never saw an expired token.
     assert_eq!(vault.denied(), 0, "{}", gw.output());
+
+    // A token revoked early is refused with 403: the gateway logs in again and reads.
+    vault.revoke_all();
+    vault.put(
+        "secret",
+        "idgate/didit",
+        json!({"api_key": "approle-key-three"}),
+    );
+    assert_eventually!(
+        upstream
+            .last()
+            .headers
+            .get("x-api-key")
+            .is_some_and(|v| v == "approle-key-three"),
+        "no read succeeded after the token was revoked:\n{}",
+        gw.output()
+    );
+    assert!(vault.denied() >= 1);
+    assert!(vault.logins().len() > logins.len());
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed) = finish(running).await;
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+
     let out = gw.output();
     assert!(out.contains("vault: logged in with AppRole"), "{out}");
     assert!(
