@@ -80,13 +80,6 @@ impl RouteAuth {
             .iter()
             .any(|r| r.layers().contains(&layer))
     }
-
-    /// Whether mutual TLS is required outright (not only one option of several).
-    pub fn requires_mtls(&self) -> bool {
-        self.requirements
-            .iter()
-            .any(|r| *r == Requirement::One(AuthLayer::Mtls))
-    }
 }
 
 /// An entry of a route's `allow` list. A caller passes when any of its identities matches any

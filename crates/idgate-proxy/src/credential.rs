@@ -79,10 +79,11 @@ impl<T> LiveValue<T> {
     /// The value for a request that started at `started`.
     pub fn for_request(&self, started: Instant) -> Arc<Versioned<T>> {
         let cur = self.current.load_full();
-        if started < cur.since && cur.since.elapsed() < self.overlap {
-            if let Some(prev) = self.previous.load().as_ref() {
-                return prev.clone();
-            }
+        if started < cur.since
+            && cur.since.elapsed() < self.overlap
+            && let Some(prev) = self.previous.load().as_ref()
+        {
+            return prev.clone();
         }
         cur
     }
@@ -216,7 +217,7 @@ enum Scheme {
         key: HmacKey,
         key_source: SecretRef,
     },
-    OAuth2(crate::oauth2::TokenSource),
+    OAuth2(Box<crate::oauth2::TokenSource>),
 }
 
 /// One upstream's credential, ready for the request path.
@@ -280,7 +281,7 @@ impl Credential {
             } => {
                 let client = oauth_client
                     .ok_or_else(|| format!("credential {}: no HTTP client", cfg.label))?;
-                Scheme::OAuth2(
+                Scheme::OAuth2(Box::new(
                     crate::oauth2::TokenSource::new(
                         client,
                         token_url.clone(),
@@ -289,7 +290,7 @@ impl Credential {
                         scope.clone(),
                     )
                     .map_err(err)?,
-                )
+                ))
             }
         };
         Ok(Self {

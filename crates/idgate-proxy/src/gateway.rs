@@ -128,16 +128,17 @@ impl Gateway {
         // process.
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for SIGHUP: {e}")))?;
-        tokio::spawn(reload_on_sighup(
-            hup,
-            cfg.file.clone(),
-            snapshot.clone(),
-            self.roots.clone(),
-            self.provider.clone(),
-            watch_handle,
-            services.metrics.clone(),
-            stop_rx.clone(),
-        ));
+        tokio::spawn(
+            Reloader {
+                file: cfg.file.clone(),
+                snapshot: snapshot.clone(),
+                roots: self.roots.clone(),
+                provider: self.provider.clone(),
+                material: watch_handle,
+                metrics: services.metrics.clone(),
+            }
+            .on_sighup(hup, stop_rx.clone()),
+        );
         let admin_task = tokio::spawn(crate::admin::serve_admin(
             admin,
             ready.clone(),
@@ -187,47 +188,62 @@ impl Gateway {
 
 /// SIGHUP: reload the TLS material now, and the routes and upstreams from the configuration
 /// file. A configuration that does not validate is logged and the running one stays.
-async fn reload_on_sighup(
-    mut hup: tokio::signal::unix::Signal,
+/// What a SIGHUP reload needs.
+struct Reloader {
     file: PathBuf,
     snapshot: Arc<ArcSwap<Snapshot>>,
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
     material: idgate_tls::watch::WatchHandle,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            s = hup.recv() => if s.is_none() { return },
-        }
-        tracing::info!("SIGHUP: reloading TLS material and configuration");
-        material.trigger();
-        let (file, roots, provider) = (file.clone(), roots.clone(), provider.clone());
-        let built = tokio::task::spawn_blocking(move || {
-            let config = idgate_config::load(&file)
-                .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-            for w in &config.warnings {
-                tracing::warn!("{w}");
+}
+
+impl Reloader {
+    async fn on_sighup(
+        self,
+        mut hup: tokio::signal::unix::Signal,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let Self {
+            file,
+            snapshot,
+            roots,
+            provider,
+            material,
+            metrics,
+        } = self;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                s = hup.recv() => if s.is_none() { return },
             }
-            Snapshot::build(&config, &roots, &provider)
-        })
-        .await;
-        match built {
-            Ok(Ok(new)) => {
-                new.start_background(&metrics);
-                snapshot.store(Arc::new(new));
-                tracing::info!(
-                    "configuration reloaded: routes and upstreams replaced; listener, identity paths, admin and workers change only at restart"
-                );
-            }
-            Ok(Err(errors)) => {
-                for e in errors {
-                    tracing::error!(problem = %e, "configuration reload refused; the running configuration stays");
+            tracing::info!("SIGHUP: reloading TLS material and configuration");
+            material.trigger();
+            let (file, roots, provider) = (file.clone(), roots.clone(), provider.clone());
+            let built = tokio::task::spawn_blocking(move || {
+                let config = idgate_config::load(&file)
+                    .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+                for w in &config.warnings {
+                    tracing::warn!("{w}");
                 }
+                Snapshot::build(&config, &roots, &provider)
+            })
+            .await;
+            match built {
+                Ok(Ok(new)) => {
+                    new.start_background(&metrics);
+                    snapshot.store(Arc::new(new));
+                    tracing::info!(
+                        "configuration reloaded: routes and upstreams replaced; listener, identity paths, admin and workers change only at restart"
+                    );
+                }
+                Ok(Err(errors)) => {
+                    for e in errors {
+                        tracing::error!(problem = %e, "configuration reload refused; the running configuration stays");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "configuration reload task failed"),
             }
-            Err(e) => tracing::error!(error = %e, "configuration reload task failed"),
         }
     }
 }

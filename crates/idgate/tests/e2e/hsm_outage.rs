@@ -82,9 +82,16 @@ impl Token {
 
     /// Imports an HMAC key with `idgate hsm import-secret --kind hmac`.
     fn import_hmac(&self, label: &str, key: &str) {
+        self.hsm(&["import-secret", "--kind", "hmac"], label, key);
+    }
+
+    /// Runs `idgate hsm <args> --uri <label's URI>` with `stdin` as the secret.
+    fn hsm(&self, args: &[&str], label: &str, stdin: &str) {
         use std::io::Write;
         let mut child = Command::new(bin())
-            .args(["hsm", "import-secret", "--kind", "hmac", "--uri"])
+            .arg("hsm")
+            .args(args)
+            .arg("--uri")
             .arg(self.uri(label))
             .env("SOFTHSM2_CONF", self.conf())
             .stdin(Stdio::piped())
@@ -96,7 +103,7 @@ impl Token {
             .stdin
             .take()
             .unwrap()
-            .write_all(key.as_bytes())
+            .write_all(stdin.as_bytes())
             .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
@@ -240,4 +247,80 @@ allow = ["{ONBOARDING}"]
         gw.output()
     );
     assert!(!gw.output().contains(secret));
+}
+
+#[tokio::test]
+async fn wrapped_key_keeps_serving_from_memory_during_an_outage_and_rotation_resumes_after() {
+    let token = Token::new();
+    token.hsm(&["import-secret"], "didit-api-key", "wrapped-key-one");
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let (port, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"{base}
+[[upstreams]]
+name = "didit"
+url = "{url}"
+ca = "{ca}"
+[upstreams.credential]
+header = "x-api-key"
+secret = "{secret_uri}"
+refresh_interval = "250ms"
+
+[[routes]]
+name = "decision"
+methods = ["GET"]
+path = "/v3/session/{{id}}/decision/"
+upstream = "didit"
+allow = ["{ONBOARDING}"]
+"#,
+        base = base_config(&pki, port, admin),
+        url = upstream.url(true),
+        ca = pki.files.bundle.display(),
+        secret_uri = token.uri("didit-api-key"),
+    );
+    let gw = Gateway::start(
+        &config,
+        port,
+        admin,
+        &[("SOFTHSM2_CONF", token.conf().to_str().unwrap())],
+    )
+    .await;
+    let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+    let get = || client.get("/v3/session/s-1/decision/");
+    assert_eq!(get().await.unwrap().status, 200);
+
+    let token_dir = token.token_dir();
+    let away = token.dir.path().join("token-away");
+    std::fs::rename(&token_dir, &away).unwrap();
+    // The refresh fails and says so; requests go on with the value already unwrapped.
+    assert_eventually!(
+        gw.output().contains("cannot refresh upstream credential"),
+        "no warning about the failed refresh:\n{}",
+        gw.output()
+    );
+    for _ in 0..3 {
+        assert_eq!(get().await.unwrap().status, 200);
+        assert_eq!(
+            upstream.last().headers.get("x-api-key").unwrap(),
+            "wrapped-key-one"
+        );
+    }
+
+    // Back, and rotated: the running gateway picks the new version up by itself.
+    std::fs::rename(&away, &token_dir).unwrap();
+    token.hsm(&["rotate"], "didit-api-key", "wrapped-key-two");
+    assert_eventually!(
+        get().await.is_ok()
+            && upstream
+                .last()
+                .headers
+                .get("x-api-key")
+                .is_some_and(|v| v == "wrapped-key-two"),
+        "the rotation after the outage never reached the upstream:\n{}",
+        gw.output()
+    );
+    let out = gw.output();
+    assert!(out.contains("PKCS#11 token is available again"), "{out}");
+    assert!(!out.contains("wrapped-key-one") && !out.contains("wrapped-key-two"));
 }

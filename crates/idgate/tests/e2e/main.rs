@@ -1,5 +1,8 @@
 //! End-to-end tests: the real `idgate` binary, real TLS, real sockets on loopback.
 
+// A failed unwrap in a test is a test failure with its location: what a test should do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 mod cli;

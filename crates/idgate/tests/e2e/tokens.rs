@@ -128,7 +128,9 @@ async fn token_endpoint_refuses_bad_requests_with_oauth_errors() {
         )
     };
 
-    let cases: Vec<(&Client, Vec<(&str, String)>, &str, u16, &str)> = vec![
+    // (client, extra headers, form body, status, OAuth error)
+    type Case<'a> = (&'a Client, Vec<(&'a str, String)>, &'a str, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
             &svid,
             vec![],
