@@ -241,7 +241,8 @@ allow = ["{ONBOARDING}"]
         upstream.last().headers.get("x-hmac-signature").unwrap(),
         hex_hmac(secret, body.as_bytes()).as_str()
     );
-    assert!(
+    // The log is read by another thread: give it the time to catch up.
+    assert_eventually!(
         gw.output().contains("PKCS#11 token is available again"),
         "{}",
         gw.output()
