@@ -176,7 +176,7 @@ pub(crate) fn jwt_issuer(cx: &mut Ctx<'_>, i: usize, j: raw::JwtIssuer) -> Optio
             cx,
             &format!("{key}.leeway"),
             j.leeway,
-            Duration::from_secs(30),
+            idgate_auth::jwt::DEFAULT_LEEWAY,
         ),
         jwks_refresh_interval: cx.duration(
             &format!("{key}.jwks_refresh_interval"),
@@ -206,7 +206,7 @@ fn duration_or_zero(cx: &mut Ctx<'_>, key: &str, v: Option<String>, default: Dur
     }
 }
 
-fn is_loopback_uri(u: &Uri) -> bool {
+pub(crate) fn is_loopback_uri(u: &Uri) -> bool {
     u.host()
         .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
         .is_some_and(|h| {

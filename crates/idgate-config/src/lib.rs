@@ -76,7 +76,8 @@ pub struct ListenerConfig {
     pub tls_min_version: TlsVersion,
     pub client_auth: ClientAuth,
     pub handshake_timeout: Duration,
-    /// A keep-alive connection with no request for this long is closed.
+    /// HTTP/1.1: a keep-alive connection with no request for this long is closed.
+    /// HTTP/2: the interval of keep-alive pings (a peer that does not answer is dropped).
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_header_bytes: usize,
@@ -436,6 +437,18 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     };
 
     let mut warnings = Vec::new();
+    if let Some(i) = &identity
+        && let Ok(meta) = std::fs::metadata(&i.svid_key)
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            warnings.push(format!(
+                "identity.svid_key {} has mode {mode:o}: group or others can read the gateway's private key (chmod 600)",
+                i.svid_key.display()
+            ));
+        }
+    }
     let vault = vault::section(&mut cx, &mut table, text, &mut warnings);
     if let Some(a) = &admin
         && !a.bind.ip().is_loopback()
@@ -472,6 +485,24 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),
     };
     let routes = routes(&mut cx, raw_routes, &upstreams, &trust_domains, layers);
+    if token_endpoint.is_some() {
+        for r in &routes {
+            if matches!(
+                r.path.as_str(),
+                "/oauth2/token"
+                    | "/.well-known/jwks.json"
+                    | "/.well-known/oauth-authorization-server"
+            ) {
+                cx.err(
+                    "routes",
+                    format!(
+                        "route \"{}\": {} is served by the built-in [token_endpoint]; pick another path",
+                        r.name, r.path
+                    ),
+                );
+            }
+        }
+    }
 
     match (listener, identity, admin, log) {
         (Some(listener), Some(identity), Some(admin), Some(log)) if cx.errors.is_empty() => {
@@ -629,10 +660,31 @@ fn log(cx: &mut Ctx<'_>, l: raw::Log) -> LogConfig {
             LogFormat::Text
         }
     };
-    LogConfig {
-        format,
-        level: l.level.unwrap_or_else(|| "info".to_owned()),
+    let level = l.level.unwrap_or_else(|| "info".to_owned());
+    if let Err(e) = check_log_filter(&level) {
+        cx.err("log.level", e);
     }
+    LogConfig { format, level }
+}
+
+const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a `tracing` filter such as `info` or `info,idgate_proxy=debug`. A bare word that is
+/// not a level would be read as a target name and silence everything else, so it is refused.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    for directive in filter.split(',').map(str::trim) {
+        let level = match directive.rsplit_once('=') {
+            Some((target, level)) if !target.is_empty() => level,
+            Some(_) => return Err(format!("\"{directive}\" has no target before '='")),
+            None => directive,
+        };
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "\"{directive}\" is not a level: use trace, debug, info, warn, error or off, optionally as target=level"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn upstream(
@@ -836,12 +888,17 @@ fn credential(
         _ => {
             let token_url = match c.token_url.as_deref().map(str::parse::<Uri>) {
                 Some(Ok(u))
-                    if matches!(u.scheme_str(), Some("https" | "http")) && u.host().is_some() =>
+                    if u.host().is_some()
+                        && (u.scheme_str() == Some("https")
+                            || (u.scheme_str() == Some("http") && auth::is_loopback_uri(&u))) =>
                 {
                     Some(u)
                 }
                 Some(_) => {
-                    cx.err(format!("{key}.token_url"), "must be an https:// URL");
+                    cx.err(
+                        format!("{key}.token_url"),
+                        "must be an https:// URL (http:// only on loopback): the client secret is sent to it",
+                    );
                     None
                 }
                 None => {

@@ -3,16 +3,16 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::str::FromStr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::request::Parts;
-use idgate_auth::failure::Scheme;
-use idgate_auth::policy::AuthLayer;
 use idgate_auth::api_key::{self, ApiKeyVerifier};
+use idgate_auth::failure::Scheme;
 use idgate_auth::issuer::TokenIssuer;
 use idgate_auth::jwt::{self, Algorithm, IssuerConfig, Jwk, JwtVerifier, StaticIssuer};
+use idgate_auth::policy::AuthLayer;
 use idgate_auth::{AuthFailure, Caller};
 use idgate_config::Config;
 
@@ -32,7 +32,9 @@ impl AuthServices {
     pub fn build(config: &Config, token_issuer: Option<&TokenIssuer>) -> Result<Self, String> {
         let api_keys = match &config.api_keys {
             None => None,
-            Some(a) => Some(ApiKeyVerifier::open(&a.store, &a.pepper).map_err(|e| format!("api_keys: {e}"))?),
+            Some(a) => Some(
+                ApiKeyVerifier::open(&a.store, &a.pepper).map_err(|e| format!("api_keys: {e}"))?,
+            ),
         };
         let mut issuers = Vec::new();
         for j in &config.jwt_issuers {
@@ -57,9 +59,16 @@ impl AuthServices {
         // The gateway's own token endpoint is an issuer with a key it knows.
         let mut statics = Vec::new();
         if let Some(t) = token_issuer {
-            let jwk: Jwk = serde_json::from_value(t.jwk().clone()).map_err(|e| format!("token_endpoint: {e}"))?;
-            let alg = Algorithm::from_str(t.algorithm()).map_err(|e| format!("token_endpoint: {e}"))?;
-            statics.push(StaticIssuer::new(t.issuer(), vec![t.audience().to_owned()], vec![alg], vec![jwk]));
+            let jwk: Jwk = serde_json::from_value(t.jwk().clone())
+                .map_err(|e| format!("token_endpoint: {e}"))?;
+            let alg =
+                Algorithm::from_str(t.algorithm()).map_err(|e| format!("token_endpoint: {e}"))?;
+            statics.push(StaticIssuer::new(
+                t.issuer(),
+                vec![t.audience().to_owned()],
+                vec![alg],
+                vec![jwk],
+            ));
         }
         let jwt = if issuers.is_empty() && statics.is_empty() {
             None

@@ -136,6 +136,7 @@ impl Gateway {
                 provider: self.provider.clone(),
                 material: watch_handle,
                 metrics: services.metrics.clone(),
+                restart_only: restart_only(cfg),
             }
             .on_sighup(hup, stop_rx.clone()),
         );
@@ -196,6 +197,17 @@ struct Reloader {
     provider: Arc<CryptoProvider>,
     material: idgate_tls::watch::WatchHandle,
     metrics: Arc<Metrics>,
+    /// The settings a reload cannot change, as running.
+    restart_only: String,
+}
+
+/// The settings that take effect only at restart: the listener, the identity (paths and
+/// trust domains), the admin listener, logging, workers and Vault.
+fn restart_only(c: &Config) -> String {
+    format!(
+        "{:?}|{:?}|{:?}|{:?}|{}|{:?}",
+        c.listener, c.identity, c.admin, c.log, c.workers, c.vault
+    )
 }
 
 impl Reloader {
@@ -211,6 +223,7 @@ impl Reloader {
             provider,
             material,
             metrics,
+            restart_only: running,
         } = self;
         loop {
             tokio::select! {
@@ -220,22 +233,29 @@ impl Reloader {
             tracing::info!("SIGHUP: reloading TLS material and configuration");
             material.trigger();
             let (file, roots, provider) = (file.clone(), roots.clone(), provider.clone());
+            let running = running.clone();
             let built = tokio::task::spawn_blocking(move || {
                 let config = idgate_config::load(&file)
                     .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
                 for w in &config.warnings {
                     tracing::warn!("{w}");
                 }
-                Snapshot::build(&config, &roots, &provider)
+                let needs_restart = restart_only(&config) != running;
+                Snapshot::build(&config, &roots, &provider).map(|s| (s, needs_restart))
             })
             .await;
             match built {
-                Ok(Ok(new)) => {
+                Ok(Ok((new, needs_restart))) => {
                     new.start_background(&metrics);
                     snapshot.store(Arc::new(new));
                     tracing::info!(
-                        "configuration reloaded: routes and upstreams replaced; listener, identity paths, admin and workers change only at restart"
+                        "configuration reloaded: routes, upstreams, credentials and authentication replaced"
                     );
+                    if needs_restart {
+                        tracing::warn!(
+                            "the new configuration also changes [listener], [identity], [admin], [log], workers or [vault]: those changes take effect only at restart"
+                        );
+                    }
                 }
                 Ok(Err(errors)) => {
                     for e in errors {

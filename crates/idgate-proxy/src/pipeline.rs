@@ -3,10 +3,12 @@
 //! ```text
 //!   connection  (listener.rs)  TLS handshake; the client's X.509-SVID verified against the
 //!                              bundle of its own trust domain → peer SPIFFE ID
-//!   1. path       refuse paths that could be read differently here and upstream
+//!   1. path       refuse paths that could be read differently here and upstream     (400)
+//!      (the built-in token endpoint and its discovery documents answer here, when configured)
 //!   2. route      method + path template → route      (404 / 405, before any auth detail)
-//!   3. authenticate  the connection's SPIFFE ID → Caller (401 without a certificate)
-//!   4. authorize  the route's allow list                (403, default deny)
+//!   3. authenticate  the route's layers — mtls, api_key, jwt, or any of several —
+//!                 → one Caller                         (401 with a challenge, or 400)
+//!   4. authorize  the route's allow list, then the method's scopes     (403, default deny)
 //!   5. forward    strip hop-by-hop headers and the caller's credentials, inject or sign
 //!                 with the upstream credential (503 when it cannot be produced), set
 //!                 x-request-id and x-forwarded-for, call the upstream with its timeouts

@@ -6,7 +6,8 @@
 //! - **never leaves the HSM**: an HMAC-SHA256 key stored as a non-extractable, sensitive
 //!   generic secret; every signature is computed by the token (`CKM_SHA256_HMAC`).
 //!
-//! Objects carry their version in `CKA_ID` (4 bytes, big endian); rotation adds a new
+//! Objects carry a version (`CKA_ID`, 4 bytes big endian, for keys; `CKA_APPLICATION`
+//! `idgate/N` for data objects, which have no `CKA_ID`); rotation adds a new
 //! version under the same label and the newest one is used. Every call here blocks: callers
 //! run them on blocking threads. Sessions are pooled and logged in once per token.
 
@@ -74,8 +75,8 @@ fn pct_decode(s: &str) -> Result<String, SecretRefError> {
 }
 
 impl Pkcs11Uri {
-    /// Parses the part after `pkcs11:`. Relative `module-path` and `pin-source=file:` paths are
-    /// taken as written (absolute paths are expected for modules).
+    /// Parses the part after `pkcs11:`. A relative `pin-source=file:` path is resolved against
+    /// `base_dir`; `module-path` is used as written (give the module's absolute path).
     pub fn parse(rest: &str, base_dir: &Path) -> Result<Self, SecretRefError> {
         Self::parse_inner(rest, base_dir, true)
     }

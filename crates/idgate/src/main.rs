@@ -161,8 +161,18 @@ fn check(path: &Path) -> ExitCode {
 
 fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("IDGATE_LOG")
-        .ok()
+    // A mistyped IDGATE_LOG must not silence the access log: it is ignored, with a word.
+    let env =
+        std::env::var("IDGATE_LOG")
+            .ok()
+            .filter(|s| match idgate_config::check_log_filter(s) {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("warning: IDGATE_LOG ignored: {e}");
+                    false
+                }
+            });
+    let filter = env
         .and_then(|s| EnvFilter::try_new(s).ok())
         .or_else(|| EnvFilter::try_new(&config.log.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));

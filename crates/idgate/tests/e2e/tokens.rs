@@ -275,7 +275,12 @@ async fn bound_token_works_over_its_own_certificate_and_is_refused_over_another(
     let anonymous = Client::new(&pki, None, gw.port, false);
 
     let reply = owner
-        .send("POST", "/oauth2/token", &[FORM], "grant_type=client_credentials&scope=sessions%3Aread")
+        .send(
+            "POST",
+            "/oauth2/token",
+            &[FORM],
+            "grant_type=client_credentials&scope=sessions%3Aread",
+        )
         .await
         .unwrap();
     assert_eq!(reply.status, 200, "{:?}", reply.body);
@@ -283,39 +288,76 @@ async fn bound_token_works_over_its_own_certificate_and_is_refused_over_another(
     let bearer = format!("Bearer {token}");
 
     let ok = owner
-        .send("GET", "/v3/session/s1/decision/", &[("authorization", &bearer)], "")
+        .send(
+            "GET",
+            "/v3/session/s1/decision/",
+            &[("authorization", &bearer)],
+            "",
+        )
         .await
         .unwrap();
     assert_eq!(ok.status, 200, "{:?} {}", ok.body, gw.output());
-    assert!(upstream.last().headers.get("authorization").is_none(), "the token must not reach the provider");
+    assert!(
+        upstream.last().headers.get("authorization").is_none(),
+        "the token must not reach the provider"
+    );
 
     for client in [&thief, &anonymous] {
         let refused = client
-            .send("GET", "/v3/session/s1/decision/", &[("authorization", &bearer)], "")
+            .send(
+                "GET",
+                "/v3/session/s1/decision/",
+                &[("authorization", &bearer)],
+                "",
+            )
             .await
             .unwrap();
         assert_eq!(refused.status, 401, "{:?}", refused.body);
         let challenge = refused.header("www-authenticate").unwrap_or_default();
-        assert!(challenge.starts_with("Bearer ") && challenge.contains("error=\"invalid_token\""), "{challenge}");
-        assert_eq!(refused.json()["type"], "https://idgate.dev/problems/token-binding-mismatch");
+        assert!(
+            challenge.starts_with("Bearer ") && challenge.contains("error=\"invalid_token\""),
+            "{challenge}"
+        );
+        assert_eq!(
+            refused.json()["type"],
+            "https://idgate.dev/problems/token-binding-mismatch"
+        );
     }
 
     // No token: a challenge without an error code (RFC 6750 §3.1).
     let none = owner.get("/v3/session/s1/decision/").await.unwrap();
     assert_eq!(none.status, 401);
-    assert_eq!(none.header("www-authenticate"), Some("Bearer realm=\"idgate\""));
+    assert_eq!(
+        none.header("www-authenticate"),
+        Some("Bearer realm=\"idgate\"")
+    );
 
     // A token without the route's scope: 403 insufficient_scope.
     let reply = owner
-        .send("POST", "/oauth2/token", &[FORM], "grant_type=client_credentials&scope=sessions%3Awrite")
+        .send(
+            "POST",
+            "/oauth2/token",
+            &[FORM],
+            "grant_type=client_credentials&scope=sessions%3Awrite",
+        )
         .await
         .unwrap();
     let write_only = format!("Bearer {}", reply.json()["access_token"].as_str().unwrap());
     let scoped = owner
-        .send("GET", "/v3/session/s1/decision/", &[("authorization", &write_only)], "")
+        .send(
+            "GET",
+            "/v3/session/s1/decision/",
+            &[("authorization", &write_only)],
+            "",
+        )
         .await
         .unwrap();
     assert_eq!(scoped.status, 403);
-    assert!(scoped.header("www-authenticate").unwrap_or_default().contains("insufficient_scope"));
+    assert!(
+        scoped
+            .header("www-authenticate")
+            .unwrap_or_default()
+            .contains("insufficient_scope")
+    );
     assert!(!gw.output().contains(&token));
 }
