@@ -237,7 +237,7 @@ pub async fn handle(
 /// Stage 1. The path is forwarded byte for byte, so it must mean one thing only: no `.` or
 /// `..` segments, no empty segments, no backslashes and no percent-encoded `/`, `\` or `.`,
 /// which an upstream might decode into a path other than the one that was routed.
-fn check_path(uri: &Uri) -> Result<(), Refusal> {
+pub fn check_path(uri: &Uri) -> Result<(), Refusal> {
     let path = uri.path();
     if !path.starts_with('/') {
         return Err(Refusal::NoRoute);
