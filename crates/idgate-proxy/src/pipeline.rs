@@ -110,11 +110,26 @@ fn valid_request_id(v: &HeaderValue) -> bool {
 }
 
 /// What every request shares, whatever the configuration snapshot.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Services {
     pub ids: RequestIds,
     pub metrics: Arc<Metrics>,
     pub failed_attempts: FailedAttempts,
+    /// Route labels for requests that match no configured route.
+    route_none: Arc<str>,
+    route_oauth2: Arc<str>,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Self {
+            ids: RequestIds::default(),
+            metrics: Arc::default(),
+            failed_attempts: FailedAttempts::default(),
+            route_none: "-".into(),
+            route_oauth2: "oauth2".into(),
+        }
+    }
 }
 
 impl Services {
@@ -144,7 +159,7 @@ pub async fn handle(
     };
     let method = req.method().clone();
     let version = req.version();
-    let mut route_name = "-";
+    let mut route_name: &Arc<str> = &services.route_none;
     let mut upstream_status = None;
     let mut credential: Option<(&str, Arc<str>)> = None;
     let mut caller_label: Option<String> = None;
@@ -154,7 +169,7 @@ pub async fn handle(
         if let Some(endpoint) = &snapshot.token_endpoint
             && TokenEndpoint::handles(req.uri().path())
         {
-            route_name = "oauth2";
+            route_name = &services.route_oauth2;
             let (parts, body) = req.into_parts();
             let rid = request_id.to_str().unwrap_or("-");
             let resp = endpoint
@@ -170,14 +185,17 @@ pub async fn handle(
             return Ok(resp.map(Either::Right));
         }
         let route = route(&snapshot, &req)?;
-        route_name = route.name.as_str();
+        route_name = &route.name;
         let (parts, body) = req.into_parts();
         let caller = authn::authenticate(route, &conn, &parts, &snapshot.auth)
             .await
             .map_err(|f| services.auth_failed(&conn, f))?;
         authn::authorize(route, &parts.method, &caller)
             .map_err(|f| services.auth_failed(&conn, f))?;
-        caller_label = Some(caller.label());
+        // The access line names the peer already; other identities are added when present.
+        if caller.api_key.is_some() || caller.token.is_some() {
+            caller_label = Some(caller.label());
+        }
         let req = Request::from_parts(parts, body);
         let upstream = &snapshot.upstreams[route.upstream];
         let resp = forward(
@@ -203,7 +221,7 @@ pub async fn handle(
             if let Some(reason) = refusal.log_reason() {
                 tracing::warn!(
                     request_id = request_id_str,
-                    route = route_name,
+                    route = &**route_name,
                     problem = refusal.slug(),
                     reason,
                     "request refused"
@@ -217,11 +235,11 @@ pub async fn handle(
         target: "idgate::access",
         request_id = request_id_str,
         peer = conn.peer.as_ref().map_or("-", |p| p.as_str()),
-        caller = caller_label.as_deref().unwrap_or("-"),
+        caller = caller_label.as_deref(),
         remote = %conn.remote.ip(),
         method = method.as_str(),
         version = ?version,
-        route = route_name,
+        route = &**route_name,
         status,
         upstream_status,
         credential = credential.as_ref().map(|c| c.0),

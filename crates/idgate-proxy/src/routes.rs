@@ -2,6 +2,7 @@
 //! Built once per configuration snapshot; matching allocates nothing.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::Method;
 use http::header::HeaderValue;
@@ -11,7 +12,8 @@ use idgate_config::RouteConfig;
 /// One route, ready for the pipeline.
 #[derive(Debug)]
 pub struct Route {
-    pub name: String,
+    /// Shared with metrics labels and logs.
+    pub name: Arc<str>,
     pub template: String,
     pub upstream: usize,
     pub allow: Vec<AllowEntry>,
@@ -73,7 +75,7 @@ impl RouteTable {
                 .by_method
                 .extend(rc.methods.iter().map(|m| (m.clone(), i)));
             routes.push(Route {
-                name: rc.name.clone(),
+                name: rc.name.as_str().into(),
                 template: rc.path.clone(),
                 upstream: rc.upstream,
                 allow: rc.allow.clone(),
