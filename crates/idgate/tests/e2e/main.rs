@@ -6,6 +6,7 @@
 mod support;
 
 mod cli;
+mod demo;
 mod clients;
 mod examples;
 mod hsm;
