@@ -92,8 +92,10 @@ impl RouteAuth {
 pub enum AllowEntry {
     Spiffe(SpiffeIdPattern),
     ApiKey(String),
-    Client(String),
-    Subject(String),
+    /// A client id, and the issuer (`iss`) it must come from when several are configured.
+    Client(String, Option<String>),
+    /// A subject, and the issuer (`iss`) it must come from when several are configured.
+    Subject(String, Option<String>),
 }
 
 /// Why an allow-list entry is not valid.
@@ -123,9 +125,9 @@ impl AllowEntry {
         } else if let Some(rest) = s.strip_prefix("apikey:") {
             named(rest, Self::ApiKey)
         } else if let Some(rest) = s.strip_prefix("client:") {
-            named(rest, Self::Client)
+            named(rest, |id| Self::Client(id, None))
         } else if let Some(rest) = s.strip_prefix("sub:") {
-            named(rest, Self::Subject)
+            named(rest, |sub| Self::Subject(sub, None))
         } else {
             Err(AllowEntryError::Unknown)
         }
@@ -135,11 +137,13 @@ impl AllowEntry {
         match self {
             Self::Spiffe(p) => caller.spiffe_id.as_ref().is_some_and(|id| p.matches(id)),
             Self::ApiKey(name) => caller.api_key.as_ref().is_some_and(|k| &k.name == name),
-            Self::Client(c) => caller
+            Self::Client(c, iss) => caller.token.as_ref().is_some_and(|t| {
+                t.client_id.as_deref() == Some(c.as_str()) && iss.as_ref().is_none_or(|i| *i == t.issuer)
+            }),
+            Self::Subject(sub, iss) => caller
                 .token
                 .as_ref()
-                .is_some_and(|t| t.client_id.as_deref() == Some(c.as_str())),
-            Self::Subject(s) => caller.token.as_ref().is_some_and(|t| &t.subject == s),
+                .is_some_and(|t| t.subject == *sub && iss.as_ref().is_none_or(|i| *i == t.issuer)),
         }
     }
 }
@@ -149,8 +153,10 @@ impl fmt::Display for AllowEntry {
         match self {
             Self::Spiffe(p) => write!(f, "{p}"),
             Self::ApiKey(n) => write!(f, "apikey:{n}"),
-            Self::Client(c) => write!(f, "client:{c}"),
-            Self::Subject(s) => write!(f, "sub:{s}"),
+            Self::Client(c, None) => write!(f, "client:{c}"),
+            Self::Client(c, Some(iss)) => write!(f, "client:{c} (from {iss})"),
+            Self::Subject(s, None) => write!(f, "sub:{s}"),
+            Self::Subject(s, Some(iss)) => write!(f, "sub:{s} (from {iss})"),
         }
     }
 }

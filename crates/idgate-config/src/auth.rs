@@ -376,8 +376,14 @@ pub(crate) fn route_scopes(
     }
 }
 
-pub(crate) fn allow_entry(cx: &mut Ctx<'_>, key: String, s: &str) -> Option<AllowEntry> {
+/// Token issuers by the names `client:`/`sub:` allow entries may qualify themselves with
+/// (`client:ID@NAME`): each `[[jwt_issuers]]` name, and `token_endpoint` for the built-in one.
+pub(crate) type IssuerNames = Vec<(String, String)>;
+
+pub(crate) fn allow_entry(cx: &mut Ctx<'_>, key: String, s: &str, issuers: &IssuerNames) -> Option<AllowEntry> {
     match AllowEntry::parse(s) {
+        Ok(AllowEntry::Client(id, _)) => qualify(cx, key, s, id, issuers).map(|(id, iss)| AllowEntry::Client(id, iss)),
+        Ok(AllowEntry::Subject(sub, _)) => qualify(cx, key, s, sub, issuers).map(|(sub, iss)| AllowEntry::Subject(sub, iss)),
         Ok(e) => Some(e),
         Err(AllowEntryError::Spiffe(e)) => {
             cx.err(key, format!("\"{s}\" is not a SPIFFE ID: {e}"));
@@ -387,5 +393,87 @@ pub(crate) fn allow_entry(cx: &mut Ctx<'_>, key: String, s: &str) -> Option<Allo
             cx.err(key, format!("\"{s}\": {e}"));
             None
         }
+    }
+}
+
+/// Splits `NAME@ISSUER` when ISSUER names a configured issuer. With several issuers an
+/// unqualified name is refused: the same client id or subject from another issuer would match.
+fn qualify(
+    cx: &mut Ctx<'_>,
+    key: String,
+    s: &str,
+    name: String,
+    issuers: &IssuerNames,
+) -> Option<(String, Option<String>)> {
+    if let Some((n, issuer)) = name.rsplit_once('@')
+        && let Some((_, iss)) = issuers.iter().find(|(label, _)| label == issuer)
+    {
+        return Some((n.to_owned(), Some(iss.clone())));
+    }
+    if issuers.len() > 1 {
+        let names: Vec<&str> = issuers.iter().map(|(n, _)| n.as_str()).collect();
+        cx.err(
+            key,
+            format!(
+                "\"{s}\" could match a token of any of several issuers: write it as {s}@ISSUER, with ISSUER one of {}",
+                names.join(", ")
+            ),
+        );
+        return None;
+    }
+    Some((name, issuers.first().map(|(_, iss)| iss.clone())))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    const BASE: &str = r#"
+[listener]
+bind = "127.0.0.1:8443"
+[identity]
+svid_cert = "c"
+svid_key = "k"
+[[identity.trust_bundles]]
+trust_domain = "example.org"
+bundle = "b"
+[[upstreams]]
+name = "p"
+url = "https://provider.test"
+[[jwt_issuers]]
+name = "corp"
+issuer = "https://idp.corp.test"
+jwks_uri = "https://idp.corp.test/jwks"
+audiences = ["idgate"]
+[[jwt_issuers]]
+name = "partner"
+issuer = "https://idp.partner.test"
+jwks_uri = "https://idp.partner.test/jwks"
+audiences = ["idgate"]
+[[routes]]
+name = "r"
+methods = ["GET"]
+path = "/x"
+upstream = "p"
+auth = ["jwt"]
+"#;
+
+    fn errors(allow: &str) -> Vec<String> {
+        let text = format!("{BASE}allow = [{allow}]\n");
+        match crate::parse(Path::new("t.toml"), &text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|e| format!("{}: {}", e.key, e.reason)).collect(),
+        }
+    }
+
+    #[test]
+    fn client_entries_must_name_their_issuer_when_several_are_configured() {
+        let unqualified = errors(r#""client:onboarding""#);
+        assert!(
+            unqualified.iter().any(|e| e.starts_with("routes[0].allow[0]") && e.contains("client:onboarding@ISSUER")),
+            "{unqualified:?}"
+        );
+        let qualified = errors(r#""client:onboarding@corp", "sub:alice@example.com@partner""#);
+        assert!(!qualified.iter().any(|e| e.contains("allow")), "{qualified:?}");
     }
 }

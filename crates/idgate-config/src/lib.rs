@@ -480,11 +480,19 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .and_then(|v| cx.section::<raw::TokenEndpoint>("token_endpoint", v))
         .and_then(|t| auth::token_endpoint(&mut cx, t));
     let raw_routes = array::<raw::Route>(&mut cx, &mut table, "routes");
+    let mut issuers: auth::IssuerNames = jwt_issuers
+        .iter()
+        .map(|j| (j.name.clone(), j.issuer.clone()))
+        .collect();
+    if let Some(t) = &token_endpoint {
+        issuers.push(("token_endpoint".to_owned(), t.issuer.clone()));
+    }
     let layers = Layers {
         api_keys: api_keys.is_some(),
         jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),
+        issuers,
     };
-    let routes = routes(&mut cx, raw_routes, &upstreams, &trust_domains, layers);
+    let routes = routes(&mut cx, raw_routes, &upstreams, &trust_domains, &layers);
     if token_endpoint.is_some() {
         for r in &routes {
             if matches!(
@@ -940,10 +948,10 @@ fn credential(
 }
 
 /// Which authentication layers the configuration provides.
-#[derive(Clone, Copy)]
 struct Layers {
     api_keys: bool,
     jwt: bool,
+    issuers: auth::IssuerNames,
 }
 
 fn routes(
@@ -951,7 +959,7 @@ fn routes(
     raw: Vec<(usize, raw::Route)>,
     upstreams: &[Option<UpstreamConfig>],
     trust_domains: &HashSet<TrustDomain>,
-    layers: Layers,
+    layers: &Layers,
 ) -> Vec<RouteConfig> {
     let upstream_index: HashMap<&str, usize> = upstreams
         .iter()
@@ -1051,7 +1059,7 @@ fn routes(
         let scopes = auth::route_scopes(cx, &key, r.scopes, &methods);
         let mut allow = Vec::new();
         for (a, s) in r.allow.iter().enumerate() {
-            let Some(entry) = auth::allow_entry(cx, format!("{key}.allow[{a}]"), s) else {
+            let Some(entry) = auth::allow_entry(cx, format!("{key}.allow[{a}]"), s, &layers.issuers) else {
                 continue;
             };
             let needs = match &entry {
@@ -1075,7 +1083,7 @@ fn routes(
                     None
                 }
                 AllowEntry::ApiKey(_) => Some(AuthLayer::ApiKey),
-                AllowEntry::Client(_) | AllowEntry::Subject(_) => Some(AuthLayer::Jwt),
+                AllowEntry::Client(..) | AllowEntry::Subject(..) => Some(AuthLayer::Jwt),
             };
             if let Some(layer) = needs
                 && !auth.uses(layer)

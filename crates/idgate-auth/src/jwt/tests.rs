@@ -951,3 +951,17 @@ async fn oversized_or_broken_jwks_is_refused() {
         "signing keys unavailable"
     );
 }
+
+#[tokio::test]
+async fn non_ascii_algorithm_names_are_refused_without_panicking() {
+    let k = keys();
+    // {"alg":"aé"}: byte 2 falls inside the two-byte 'é'.
+    for token in [
+        "eyJhbGciOiJhXHUwMGU5In0.e30.AA",
+        &format!("{}.e30.AA", b64("{\"alg\":\"H\u{e9}256\"}".as_bytes())),
+        &format!("{}.e30.AA", b64("{\"alg\":\"\u{e9}\"}".as_bytes())),
+    ] {
+        assert!(verify(&k.verifier, token).await.is_err(), "{token}");
+    }
+    assert!("a\u{e9}".parse::<Algorithm>().is_err());
+}
