@@ -138,7 +138,8 @@ impl AllowEntry {
             Self::Spiffe(p) => caller.spiffe_id.as_ref().is_some_and(|id| p.matches(id)),
             Self::ApiKey(name) => caller.api_key.as_ref().is_some_and(|k| &k.name == name),
             Self::Client(c, iss) => caller.token.as_ref().is_some_and(|t| {
-                t.client_id.as_deref() == Some(c.as_str()) && iss.as_ref().is_none_or(|i| *i == t.issuer)
+                t.client_id.as_deref() == Some(c.as_str())
+                    && iss.as_ref().is_none_or(|i| *i == t.issuer)
             }),
             Self::Subject(sub, iss) => caller
                 .token

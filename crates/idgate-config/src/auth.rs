@@ -380,10 +380,19 @@ pub(crate) fn route_scopes(
 /// (`client:ID@NAME`): each `[[jwt_issuers]]` name, and `token_endpoint` for the built-in one.
 pub(crate) type IssuerNames = Vec<(String, String)>;
 
-pub(crate) fn allow_entry(cx: &mut Ctx<'_>, key: String, s: &str, issuers: &IssuerNames) -> Option<AllowEntry> {
+pub(crate) fn allow_entry(
+    cx: &mut Ctx<'_>,
+    key: String,
+    s: &str,
+    issuers: &IssuerNames,
+) -> Option<AllowEntry> {
     match AllowEntry::parse(s) {
-        Ok(AllowEntry::Client(id, _)) => qualify(cx, key, s, id, issuers).map(|(id, iss)| AllowEntry::Client(id, iss)),
-        Ok(AllowEntry::Subject(sub, _)) => qualify(cx, key, s, sub, issuers).map(|(sub, iss)| AllowEntry::Subject(sub, iss)),
+        Ok(AllowEntry::Client(id, _)) => {
+            qualify(cx, key, s, id, issuers).map(|(id, iss)| AllowEntry::Client(id, iss))
+        }
+        Ok(AllowEntry::Subject(sub, _)) => {
+            qualify(cx, key, s, sub, issuers).map(|(sub, iss)| AllowEntry::Subject(sub, iss))
+        }
         Ok(e) => Some(e),
         Err(AllowEntryError::Spiffe(e)) => {
             cx.err(key, format!("\"{s}\" is not a SPIFFE ID: {e}"));
@@ -462,7 +471,11 @@ auth = ["jwt"]
         let text = format!("{BASE}allow = [{allow}]\n");
         match crate::parse(Path::new("t.toml"), &text) {
             Ok(_) => Vec::new(),
-            Err(e) => e.0.into_iter().map(|e| format!("{}: {}", e.key, e.reason)).collect(),
+            Err(e) => {
+                e.0.into_iter()
+                    .map(|e| format!("{}: {}", e.key, e.reason))
+                    .collect()
+            }
         }
     }
 
@@ -470,10 +483,16 @@ auth = ["jwt"]
     fn client_entries_must_name_their_issuer_when_several_are_configured() {
         let unqualified = errors(r#""client:onboarding""#);
         assert!(
-            unqualified.iter().any(|e| e.starts_with("routes[0].allow[0]") && e.contains("client:onboarding@ISSUER")),
+            unqualified
+                .iter()
+                .any(|e| e.starts_with("routes[0].allow[0]")
+                    && e.contains("client:onboarding@ISSUER")),
             "{unqualified:?}"
         );
         let qualified = errors(r#""client:onboarding@corp", "sub:alice@example.com@partner""#);
-        assert!(!qualified.iter().any(|e| e.contains("allow")), "{qualified:?}");
+        assert!(
+            !qualified.iter().any(|e| e.contains("allow")),
+            "{qualified:?}"
+        );
     }
 }

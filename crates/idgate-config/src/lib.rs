@@ -1059,7 +1059,9 @@ fn routes(
         let scopes = auth::route_scopes(cx, &key, r.scopes, &methods);
         let mut allow = Vec::new();
         for (a, s) in r.allow.iter().enumerate() {
-            let Some(entry) = auth::allow_entry(cx, format!("{key}.allow[{a}]"), s, &layers.issuers) else {
+            let Some(entry) =
+                auth::allow_entry(cx, format!("{key}.allow[{a}]"), s, &layers.issuers)
+            else {
                 continue;
             };
             let needs = match &entry {

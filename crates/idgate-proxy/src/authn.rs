@@ -113,13 +113,17 @@ pub(crate) async fn authenticate(
     for requirement in &route.auth.requirements {
         let mut failure: Option<AuthFailure> = None;
         let mut passed = false;
+        // Every layer of an `any` whose credential is present is checked: a presented but
+        // invalid, revoked or expired credential fails the request even when another layer
+        // passes, and every identity that passes is added to the caller (the allow list and
+        // scopes may need any of them).
         for &layer in requirement.layers() {
             match layer_check(layer, conn, parts, services, &mut caller).await {
-                Ok(()) => {
-                    passed = true;
-                    break;
+                Ok(()) => passed = true,
+                Err(e @ (AuthFailure::Missing { .. } | AuthFailure::NoClientCertificate)) => {
+                    failure = Some(merge(failure, e));
                 }
-                Err(e) => failure = Some(merge(failure, e)),
+                Err(e) => return Err(e),
             }
         }
         if !passed {

@@ -81,7 +81,11 @@ impl FromStr for Algorithm {
             "EdDSA" => Ok(Self::EdDSA),
             _ if s.eq_ignore_ascii_case("none") => Err(AlgorithmError::None),
             // Byte-wise: the header is untrusted and may cut a UTF-8 character at byte 2.
-            _ if s.as_bytes().get(..2).is_some_and(|p| p.eq_ignore_ascii_case(b"HS")) => {
+            _ if s
+                .as_bytes()
+                .get(..2)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"HS")) =>
+            {
                 Err(AlgorithmError::Hmac(s.to_owned()))
             }
             _ => Err(AlgorithmError::Unsupported(s.to_owned())),

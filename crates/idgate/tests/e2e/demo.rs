@@ -30,5 +30,8 @@ fn demo_runs_the_round_trip_and_explains_each_step() {
         .and_then(|l| l.split_whitespace().find(|w| w.contains("idgate-demo-")))
         .map(|w| w.trim_end_matches(['.', ','].as_ref()).to_owned())
         .expect("the demo names its directory");
-    assert!(!std::path::Path::new(&dir).exists(), "{dir} was left behind");
+    assert!(
+        !std::path::Path::new(&dir).exists(),
+        "{dir} was left behind"
+    );
 }

@@ -6,13 +6,14 @@
 mod support;
 
 mod cli;
-mod demo;
 mod clients;
+mod demo;
 mod examples;
 mod hsm;
 mod hsm_outage;
 mod jwt_interop;
 mod keys;
+mod layers;
 mod oauth2_upstream;
 mod proxy;
 mod rotation;

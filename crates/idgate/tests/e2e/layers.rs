@@ -1,0 +1,67 @@
+//! How a route's authentication layers combine.
+
+use crate::support::*;
+
+/// A gateway whose route accepts `{ any = ["mtls", "api_key"] }`, with an (empty) key store.
+async fn any_gateway(pki: &Pki, upstream: &TestUpstream) -> Gateway {
+    let (port, admin) = (free_port(), free_port());
+    let pepper = pki.path().join("pepper");
+    std::fs::write(&pepper, "0123456789abcdef0123456789abcdef-pepper").unwrap();
+    std::fs::set_permissions(&pepper, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let config = format!(
+        r#"{base}
+[api_keys]
+store = "{store}"
+pepper = "file:{pepper}"
+
+[[upstreams]]
+name = "provider"
+url = "{url}"
+ca = "{ca}"
+
+[[routes]]
+name = "either"
+methods = ["GET"]
+path = "/v3/sessions/"
+upstream = "provider"
+auth = [{{ any = ["mtls", "api_key"] }}]
+allow = ["{ONBOARDING}", "apikey:batch"]
+"#,
+        base = base_config(pki, port, admin),
+        store = pki.path().join("keys.redb").display(),
+        pepper = pepper.display(),
+        url = upstream.url(true),
+        ca = pki.files.bundle.display(),
+    );
+    Gateway::start(&config, port, admin, &[]).await
+}
+
+#[tokio::test]
+async fn any_layer_refuses_a_presented_bad_credential_even_when_another_layer_passes() {
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let gw = any_gateway(&pki, &upstream).await;
+    let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+
+    // The SVID alone passes.
+    assert_eq!(client.get("/v3/sessions/").await.unwrap().status, 200);
+
+    // The same SVID with a wrong (unknown, revoked, forged…) API key is refused: a bad
+    // credential is never silently ignored.
+    let bogus = format!("idg_{}_{}", "a".repeat(16), "b".repeat(52));
+    let reply = client
+        .send("GET", "/v3/sessions/", &[("x-api-key", &bogus)], "")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 401, "{:?}", reply.body);
+    assert_eq!(
+        reply.json()["type"],
+        "https://idgate.dev/problems/invalid-api-key"
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "the refused request reached the provider"
+    );
+    assert!(!gw.output().contains(&bogus));
+}
