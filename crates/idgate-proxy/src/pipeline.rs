@@ -137,11 +137,16 @@ impl Services {
     /// the refusal the caller sees.
     fn auth_failed(&self, conn: &ConnInfo, failure: AuthFailure) -> Refusal {
         if failure.is_failed_attempt() {
-            let n = self.failed_attempts.record(conn.remote.ip().to_canonical());
-            self.metrics.auth_failed(failure.slug());
-            tracing::info!(remote = %conn.remote.ip(), reason = %failure, failures_in_window = n, "authentication failed");
+            self.failed_attempt(conn, failure.slug());
         }
         Refusal::Auth(failure)
+    }
+
+    /// Records a wrong credential from the connection's source.
+    fn failed_attempt(&self, conn: &ConnInfo, reason: &'static str) {
+        let n = self.failed_attempts.record(conn.remote.ip().to_canonical());
+        self.metrics.auth_failed(reason);
+        tracing::info!(remote = %conn.remote.ip(), reason, failures_in_window = n, "authentication failed");
     }
 }
 
@@ -172,7 +177,7 @@ pub async fn handle(
             route_name = &services.route_oauth2;
             let (parts, body) = req.into_parts();
             let rid = request_id.to_str().unwrap_or("-");
-            let resp = endpoint
+            let (resp, client_auth_failed) = endpoint
                 .handle(
                     &conn,
                     &parts.method,
@@ -182,6 +187,9 @@ pub async fn handle(
                     rid,
                 )
                 .await;
+            if client_auth_failed {
+                services.failed_attempt(&conn, "oauth-invalid-client");
+            }
             return Ok(resp.map(Either::Right));
         }
         let route = route(&snapshot, &req)?;

@@ -99,8 +99,9 @@ impl TokenEndpoint {
         headers: &http::HeaderMap,
         body: Incoming,
         request_id: &str,
-    ) -> Response<Full<Bytes>> {
-        match (path, method) {
+    ) -> (Response<Full<Bytes>>, bool) {
+        let mut client_auth_failed = false;
+        let resp = match (path, method) {
             (JWKS_PATH, &Method::GET | &Method::HEAD) => {
                 json_response(StatusCode::OK, &self.issuer.jwks(), true)
             }
@@ -114,7 +115,10 @@ impl TokenEndpoint {
                         .insert(PRAGMA, HeaderValue::from_static("no-cache"));
                     r
                 }
-                Err(e) => e.response(request_id),
+                Err(e) => {
+                    client_auth_failed = e.error == "invalid_client";
+                    e.response(request_id)
+                }
             },
             (TOKEN_PATH, _) => {
                 let mut r = OAuthError::new(
@@ -135,7 +139,8 @@ impl TokenEndpoint {
                     .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
                 r
             }
-        }
+        };
+        (resp, client_auth_failed)
     }
 
     async fn token(
@@ -209,11 +214,11 @@ impl TokenEndpoint {
                     "use one client authentication method",
                 ));
             }
-            (Some((id, secret)), None) => self.by_secret(&id, &secret, true)?,
+            (Some((id, secret)), None) => self.by_secret(conn, &id, &secret, true)?,
             (None, Some(secret)) => {
                 let id = form_id
                     .ok_or_else(|| OAuthError::bad("invalid_request", "client_id is missing"))?;
-                self.by_secret(id, secret, false)?
+                self.by_secret(conn, id, secret, false)?
             }
             (None, None) => self.by_certificate(conn, form_id)?,
         };
@@ -255,16 +260,37 @@ impl TokenEndpoint {
         }))
     }
 
-    fn by_secret(&self, id: &str, secret: &str, basic: bool) -> Result<&Client, OAuthError> {
+    fn by_secret(
+        &self,
+        conn: &ConnInfo,
+        id: &str,
+        secret: &str,
+        basic: bool,
+    ) -> Result<&Client, OAuthError> {
         let client = self.clients.iter().find(|c| c.client_id == id);
-        // Compare even for an unknown client, so timing does not reveal which ids exist.
+        // Digests of equal length are compared, so neither the secret's length nor whether
+        // the client exists shows in the timing.
         let expected = client
             .and_then(|c| c.secret.as_ref())
             .map(|s| s.expose_secret().as_bytes())
             .unwrap_or(b"\0unknown-client\0");
-        let ok: bool = expected.ct_eq(secret.as_bytes()).into();
+        let digest = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b);
+        let ok: bool = digest(expected)
+            .as_ref()
+            .ct_eq(digest(secret.as_bytes()).as_ref())
+            .into();
         match client {
-            Some(c) if ok && c.secret.is_some() => Ok(c),
+            // A client registered with a SPIFFE ID must also present that SVID: the secret
+            // alone does not let another workload act as it.
+            Some(c)
+                if ok
+                    && c.secret.is_some()
+                    && c.spiffe_id
+                        .as_ref()
+                        .is_none_or(|id| conn.peer.as_ref() == Some(id)) =>
+            {
+                Ok(c)
+            }
             _ => Err(OAuthError::invalid_client(basic)),
         }
     }
@@ -277,10 +303,12 @@ impl TokenEndpoint {
         let Some(peer) = &conn.peer else {
             return Err(OAuthError::invalid_client(false));
         };
+        // tls_client_auth: the SVID alone authenticates clients registered without a secret;
+        // a client that has a secret must present it as well.
         let mut candidates = self
             .clients
             .iter()
-            .filter(|c| c.spiffe_id.as_ref() == Some(peer));
+            .filter(|c| c.secret.is_none() && c.spiffe_id.as_ref() == Some(peer));
         match form_id {
             Some(id) => candidates
                 .find(|c| c.client_id == id)

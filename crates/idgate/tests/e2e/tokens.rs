@@ -50,6 +50,12 @@ client_id = "batch"
 client_secret = "file:{secret}"
 scopes = ["sessions:read"]
 
+[[token_endpoint.clients]]
+client_id = "paired"
+spiffe_id = "{ONBOARDING}"
+client_secret = "file:{secret}"
+scopes = ["sessions:read"]
+
 [[upstreams]]
 name = "provider"
 url = "{url}"
@@ -192,6 +198,28 @@ async fn token_endpoint_refuses_bad_requests_with_oauth_errors() {
             401,
             "invalid_client",
         ),
+        // The right secret of a client registered with a SPIFFE ID, from another workload;
+        // then from its own.
+        (
+            &other,
+            vec![(
+                "authorization",
+                basic("paired", "batch-client-secret-value"),
+            )],
+            "grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
+        (
+            &svid,
+            vec![(
+                "authorization",
+                basic("paired", "batch-client-secret-value"),
+            )],
+            "grant_type=client_credentials",
+            200,
+            "",
+        ),
     ];
     for (client, extra, body, status, error) in cases {
         let mut headers = vec![FORM];
@@ -202,6 +230,10 @@ async fn token_endpoint_refuses_bad_requests_with_oauth_errors() {
             .unwrap();
         assert_eq!(reply.status, status, "{body}: {:?}", reply.body);
         let json = reply.json();
+        if status == 200 {
+            assert!(json["access_token"].is_string());
+            continue;
+        }
         assert_eq!(json["error"], error, "{body}");
         assert_eq!(json["status"], status);
         let text = String::from_utf8_lossy(&reply.body);
