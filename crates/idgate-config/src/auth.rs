@@ -495,4 +495,22 @@ auth = ["jwt"]
             "{qualified:?}"
         );
     }
+
+    #[test]
+    fn errors_never_quote_a_misplaced_secret() {
+        for text in [
+            "workers = 1\nsecret = sk_live_abcdef123456\n",
+            "workers = \"sk_live_abcdef123456\"\n",
+            "[listener]\nbind = 123456789\n",
+        ] {
+            let Err(e) = crate::parse(Path::new("t.toml"), text) else {
+                panic!("accepted")
+            };
+            let shown = e.to_string();
+            assert!(
+                !shown.contains("sk_live_abcdef123456") && !shown.contains("123456789"),
+                "{shown}"
+            );
+        }
+    }
 }

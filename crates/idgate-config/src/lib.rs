@@ -276,7 +276,7 @@ impl Ctx<'_> {
                 } else {
                     format!("{key}.{inner}")
                 };
-                let reason = e.into_inner().to_string();
+                let reason = without_values(&e.into_inner().to_string());
                 self.err(path, reason);
                 None
             }
@@ -328,6 +328,23 @@ impl Ctx<'_> {
     }
 }
 
+/// serde's type errors quote the value they found (`invalid type: string "sk_live_…",
+/// expected …`); a misplaced secret must not be printed, so only the expectation is kept.
+fn without_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: ", "invalid length "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            return match rest.rsplit_once(", expected ") {
+                Some((_, expected)) => format!(
+                    "wrong {}: expected {expected}",
+                    prefix.trim_end_matches([':', ' '])
+                ),
+                None => format!("wrong {}", prefix.trim_end_matches([':', ' '])),
+            };
+        }
+    }
+    message.to_owned()
+}
+
 fn io_reason(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => "no such file".to_owned(),
@@ -366,8 +383,21 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let mut table: raw::Table = match toml::from_str(text) {
         Ok(t) => t,
         Err(e) => {
-            // toml's message carries the line, the column and a caret under the problem.
-            cx.err("", format!("not valid TOML: {}", e.to_string().trim_end()));
+            // toml's own rendering quotes the offending line, which may hold a pasted
+            // secret: only the position and the message are reported.
+            let at = e
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    format!("line {line}, column {col}: ")
+                })
+                .unwrap_or_default();
+            cx.err(
+                "",
+                format!("not valid TOML: {at}{}", e.message().trim_end()),
+            );
             return Err(ConfigErrors(cx.errors));
         }
     };
