@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-/// Parses `"<n><unit>"` with unit `ms`, `s`, `m` or `h`.
+const MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Parses `"<n><unit>"` with unit `ms`, `s`, `m` or `h`, at most 30 days.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let (n, unit) = s.split_at(digits);
@@ -16,6 +18,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         _ => return Err(format!("\"{s}\" has no known unit: use ms, s, m or h")),
     };
+    // Timers add durations to the clock; a bound keeps every sum far from overflow.
+    if d > MAX {
+        return Err(format!(
+            "\"{s}\" is longer than the longest allowed duration, 30 days"
+        ));
+    }
     Ok(d)
 }
 
@@ -32,5 +40,7 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("1.5s").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("99999999999h").is_err());
+        assert!(parse_duration("720h").is_ok());
     }
 }

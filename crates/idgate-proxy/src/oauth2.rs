@@ -257,7 +257,11 @@ impl TokenSource {
             Some(serde_json::Value::String(s)) => s.parse().ok(),
             _ => None,
         }
-        .map_or(DEFAULT_LIFETIME, Duration::from_secs);
+        // A peer-supplied lifetime is clamped: a day is more than any access token needs, and
+        // an absurd value must not overflow the clock arithmetic below.
+        .map_or(DEFAULT_LIFETIME, |secs| {
+            Duration::from_secs(secs.min(86_400))
+        });
         let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| "the token is not header-safe".to_owned())?;
         header.set_sensitive(true);

@@ -109,12 +109,7 @@ impl SecretRef {
             }
             Self::File(_) => {
                 let v = self.resolve()?;
-                let digest =
-                    ring::digest::digest(&ring::digest::SHA256, v.expose_secret().as_bytes());
-                let version = digest.as_ref()[..6]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let version = content_version(v.expose_secret().as_bytes());
                 Ok(Fetched {
                     value: SecretBox::new(v.expose_secret().as_bytes().into()),
                     version,
@@ -163,6 +158,23 @@ impl SecretRef {
             }
         }
     }
+}
+
+/// A short tag that changes when a file secret's content does. Keyed with a random
+/// per-process key, so the tag (which reaches logs and metrics) is no oracle for guessing
+/// the secret offline.
+fn content_version(content: &[u8]) -> String {
+    static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let rng = ring::rand::SystemRandom::new();
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+            .unwrap_or_else(|_| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[0u8; 32]))
+    });
+    let tag = ring::hmac::sign(key, content);
+    tag.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A secret value and the version of its source it came from.

@@ -36,6 +36,9 @@ use zeroize::Zeroizing;
 
 use crate::{SecretRef, SecretRefError};
 
+/// Leases and TTLs from Vault are clamped to a week: beyond that the arithmetic on the
+/// clock could overflow, and a re-login a week later costs nothing.
+const MAX_LEASE_SECS: u64 = 7 * 24 * 3600;
 /// Longest Vault response read.
 const MAX_RESPONSE: usize = 1024 * 1024;
 const X_VAULT_TOKEN: HeaderName = HeaderName::from_static("x-vault-token");
@@ -641,7 +644,7 @@ impl Inner {
                 if auth.client_token.is_empty() {
                     return Err(VaultError::BadResponse("empty auth.client_token"));
                 }
-                let lease = Duration::from_secs(auth.lease_duration);
+                let lease = Duration::from_secs(auth.lease_duration.min(MAX_LEASE_SECS));
                 let now = Instant::now();
                 tracing::info!(
                     lease_secs = auth.lease_duration,
@@ -677,7 +680,7 @@ impl Inner {
                 let data = serde_json::from_slice::<wire::Lookup>(&answer)
                     .map_err(|_| VaultError::BadResponse("no data in the token lookup answer"))?
                     .data;
-                let ttl = Duration::from_secs(data.ttl);
+                let ttl = Duration::from_secs(data.ttl.min(MAX_LEASE_SECS));
                 let now = Instant::now();
                 Ok(Session {
                     token,
@@ -707,7 +710,7 @@ impl Inner {
         let auth = serde_json::from_slice::<wire::AuthAnswer>(&answer)
             .map_err(|_| VaultError::BadResponse("no auth in the renewal answer"))?
             .auth;
-        Ok(Duration::from_secs(auth.lease_duration))
+        Ok(Duration::from_secs(auth.lease_duration.min(MAX_LEASE_SECS)))
     }
 
     /// One request to Vault, bounded by the timeout; the answer's body is zeroized after use.

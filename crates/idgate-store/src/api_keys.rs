@@ -206,7 +206,10 @@ fn secs(t: SystemTime) -> u64 {
 }
 
 fn time(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
+    // A damaged record must not panic the reader: far-future times saturate.
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .unwrap_or(UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 64))
 }
 
 /// A time as the store keeps it: whole seconds.
