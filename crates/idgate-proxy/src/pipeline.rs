@@ -269,7 +269,9 @@ pub fn check_path(uri: &Uri) -> Result<(), Refusal> {
         return Err(Refusal::NoRoute);
     }
     let bytes = path.as_bytes();
-    if bytes.contains(&b'\\') {
+    // `;` starts path parameters that servlet-style upstreams strip (`/..;/` is `/../`
+    // to them); a backslash is a separator to some servers.
+    if bytes.iter().any(|&b| b == b'\\' || b == b';') {
         return Err(Refusal::AmbiguousPath);
     }
     let mut i = 0;
@@ -279,7 +281,10 @@ pub fn check_path(uri: &Uri) -> Result<(), Refusal> {
             .get(at + 1..at + 3)
             .map(|h| [h[0].to_ascii_lowercase(), h[1].to_ascii_lowercase()]);
         match code {
-            Some([b'2', b'f'] | [b'5', b'c'] | [b'2', b'e']) => return Err(Refusal::AmbiguousPath),
+            // Encoded '/', '\\', '.', ';', '%' (double encoding) and NUL.
+            Some(
+                [b'2', b'f'] | [b'5', b'c'] | [b'2', b'e'] | [b'3', b'b'] | [b'2', b'5'] | [b'0', b'0'],
+            ) => return Err(Refusal::AmbiguousPath),
             Some([a, b]) if a.is_ascii_hexdigit() && b.is_ascii_hexdigit() => {}
             _ => return Err(Refusal::AmbiguousPath),
         }
@@ -503,6 +508,12 @@ mod tests {
             "/v3/a\\b",
             "/v3/a%zz",
             "/v3/a%2",
+            "/v3/session/..;/decision/",
+            "/v3/session/.;x/",
+            "/v3/a;jsessionid=1",
+            "/v3/a%3bb",
+            "/v3/a%252e%252e/b",
+            "/v3/a%00b",
         ] {
             assert!(
                 matches!(check_path(&uri(bad)), Err(Refusal::AmbiguousPath)),

@@ -115,7 +115,7 @@ impl Refusal {
         Cow::Borrowed(match self {
             Self::Auth(f) => return Cow::Owned(f.detail()),
             Self::AmbiguousPath => {
-                "The path contains '.' or '..' segments, an empty segment, a backslash or a percent-encoded '/', '\\' or '.'; send the normalized path."
+                "The path contains '.' or '..' segments, an empty segment, a backslash, a ';', or a percent-encoded '/', '\\', '.', ';', '%' or NUL; send the normalized path."
             }
             Self::NoRoute => "No route matches this path.",
             Self::MethodNotAllowed { .. } => {
