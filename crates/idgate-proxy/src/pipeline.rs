@@ -283,7 +283,12 @@ pub fn check_path(uri: &Uri) -> Result<(), Refusal> {
         match code {
             // Encoded '/', '\\', '.', ';', '%' (double encoding) and NUL.
             Some(
-                [b'2', b'f'] | [b'5', b'c'] | [b'2', b'e'] | [b'3', b'b'] | [b'2', b'5'] | [b'0', b'0'],
+                [b'2', b'f']
+                | [b'5', b'c']
+                | [b'2', b'e']
+                | [b'3', b'b']
+                | [b'2', b'5']
+                | [b'0', b'0'],
             ) => return Err(Refusal::AmbiguousPath),
             Some([a, b]) if a.is_ascii_hexdigit() && b.is_ascii_hexdigit() => {}
             _ => return Err(Refusal::AmbiguousPath),

@@ -18,8 +18,9 @@ use crate::upstream::Upstream;
 pub struct Snapshot {
     pub routes: RouteTable,
     pub upstreams: Vec<Upstream>,
-    /// Caller credentials removed before forwarding: `x-api-key`, `authorization`, `cookie`
-    /// and every header any upstream credential is sent in.
+    /// Removed before forwarding: the caller's credentials (`x-api-key`, `authorization`,
+    /// `cookie` and every header any upstream credential is sent in), and headers that would
+    /// let a caller override the method, URL or origin an upstream sees.
     pub strip_headers: Vec<HeaderName>,
     /// The API key and JWT verifiers of this configuration.
     pub auth: AuthServices,
@@ -68,6 +69,23 @@ impl Snapshot {
             header::AUTHORIZATION,
             header::COOKIE,
         ];
+        // Headers an upstream may trust to change what the request means (its method, its
+        // URL, who sent it) are the gateway's to set, never the caller's.
+        strip_headers.extend(
+            [
+                "forwarded",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-forwarded-port",
+                "x-real-ip",
+                "x-original-url",
+                "x-rewrite-url",
+                "x-http-method-override",
+                "x-http-method",
+                "x-method-override",
+            ]
+            .map(HeaderName::from_static),
+        );
         for c in config
             .upstreams
             .iter()

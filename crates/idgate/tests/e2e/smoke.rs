@@ -59,3 +59,53 @@ allow = ["spiffe://example.org/ns/kyc/*"]
     );
     assert!(!gw.output().contains("prov-key-123"));
 }
+
+#[tokio::test]
+async fn headers_that_would_change_the_method_url_or_origin_never_reach_the_upstream() {
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let (port, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"{base}
+[[upstreams]]
+name = "provider"
+url = "{url}"
+ca = "{ca}"
+
+[[routes]]
+name = "read"
+methods = ["GET"]
+path = "/v3/session/{{id}}/decision/"
+upstream = "provider"
+allow = ["{ONBOARDING}"]
+"#,
+        base = base_config(&pki, port, admin),
+        url = upstream.url(true),
+        ca = pki.files.bundle.display(),
+    );
+    let _gw = Gateway::start(&config, port, admin, &[]).await;
+    let smuggled = [
+        ("x-http-method-override", "DELETE"),
+        ("x-http-method", "DELETE"),
+        ("x-method-override", "DELETE"),
+        ("x-original-url", "/v3/session/x/delete/"),
+        ("x-rewrite-url", "/v3/session/x/delete/"),
+        ("forwarded", "for=10.0.0.1;host=admin.internal"),
+        ("x-forwarded-host", "admin.internal"),
+        ("x-forwarded-proto", "http"),
+        ("x-real-ip", "10.0.0.1"),
+    ];
+    let reply = Client::new(&pki, Some(ONBOARDING), port, true)
+        .send("GET", "/v3/session/s1/decision/", &smuggled, "")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    let seen = upstream.last();
+    for (name, _) in smuggled {
+        assert!(
+            seen.headers.get(name).is_none(),
+            "{name} reached the upstream"
+        );
+    }
+    assert_eq!(seen.method, "GET");
+}
