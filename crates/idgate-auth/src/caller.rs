@@ -53,9 +53,11 @@ impl Caller {
             parts.push(format!("apikey:{}", k.name));
         }
         if let Some(t) = &self.token {
+            // A subject may be a person's e-mail or user id: logs name the client, or only the
+            // issuer.
             parts.push(match &t.client_id {
                 Some(c) => format!("client:{c}"),
-                None => format!("sub:{}", t.subject),
+                None => format!("token:{}", t.issuer),
             });
         }
         if parts.is_empty() {

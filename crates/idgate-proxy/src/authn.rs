@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,7 +24,7 @@ use crate::routes::Route;
 #[derive(Default)]
 pub struct AuthServices {
     pub api_keys: Option<ApiKeyVerifier>,
-    pub jwt: Option<JwtVerifier>,
+    pub jwt: Option<Arc<JwtVerifier>>,
 }
 
 impl AuthServices {
@@ -73,7 +74,7 @@ impl AuthServices {
         let jwt = if issuers.is_empty() && statics.is_empty() {
             None
         } else {
-            Some(JwtVerifier::new(issuers, statics)?)
+            Some(Arc::new(JwtVerifier::new(issuers, statics)?))
         };
         Ok(Self { api_keys, jwt })
     }
@@ -82,6 +83,10 @@ impl AuthServices {
     pub fn start_background(&self, reload_interval: Option<Duration>) {
         if let (Some(k), Some(every)) = (&self.api_keys, reload_interval) {
             k.spawn_reload(every);
+        }
+        if let Some(jwt) = &self.jwt {
+            let jwt = jwt.clone();
+            tokio::spawn(async move { jwt.prefetch().await });
         }
     }
 }
@@ -229,7 +234,12 @@ pub(crate) fn authorize(
 pub struct FailedAttempts {
     window: Duration,
     max_sources: usize,
-    by_source: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    state: Mutex<Sources>,
+}
+
+struct Sources {
+    map: HashMap<IpAddr, (u32, Instant)>,
+    last_sweep: Instant,
 }
 
 impl std::fmt::Debug for FailedAttempts {
@@ -249,30 +259,37 @@ impl FailedAttempts {
         Self {
             window,
             max_sources,
-            by_source: Mutex::new(HashMap::new()),
+            state: Mutex::new(Sources {
+                map: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
         }
     }
 
     /// Records a failure from `source`; returns how many it has had in the current window.
     pub fn record(&self, source: IpAddr) -> u32 {
-        let Ok(mut map) = self.by_source.lock() else {
+        let Ok(mut state) = self.state.lock() else {
             return 0;
         };
         let now = Instant::now();
-        if map.len() >= self.max_sources && !map.contains_key(&source) {
-            let window = self.window;
-            map.retain(|_, (_, start)| now.duration_since(*start) < window);
-            if map.len() >= self.max_sources
-                && let Some(oldest) = map
-                    .iter()
-                    .min_by_key(|(_, (_, start))| *start)
-                    .map(|(ip, _)| *ip)
-            {
-                map.remove(&oldest);
+        let window = self.window;
+        if state.map.len() >= self.max_sources && !state.map.contains_key(&source) {
+            // Full: sweep expired sources, at most once a second so that a flood of new
+            // sources costs one scan a second, not one per failure.
+            if now.duration_since(state.last_sweep) >= Duration::from_secs(1) {
+                state
+                    .map
+                    .retain(|_, (_, start)| now.duration_since(*start) < window);
+                state.last_sweep = now;
+            }
+            if state.map.len() >= self.max_sources {
+                // Still full: this source is not tracked (the failure is still counted in
+                // the metrics and the log).
+                return 1;
             }
         }
-        let entry = map.entry(source).or_insert((0, now));
-        if now.duration_since(entry.1) >= self.window {
+        let entry = state.map.entry(source).or_insert((0, now));
+        if now.duration_since(entry.1) >= window {
             *entry = (0, now);
         }
         entry.0 += 1;
@@ -281,10 +298,12 @@ impl FailedAttempts {
 
     /// Failures from `source` in the current window.
     pub fn count(&self, source: IpAddr) -> u32 {
-        let Ok(map) = self.by_source.lock() else {
+        let Ok(state) = self.state.lock() else {
             return 0;
         };
-        map.get(&source)
+        state
+            .map
+            .get(&source)
             .filter(|(_, start)| start.elapsed() < self.window)
             .map_or(0, |(n, _)| *n)
     }
@@ -303,9 +322,24 @@ mod tests {
         assert_eq!(f.record(a), 1);
         assert_eq!(f.record(a), 2);
         assert_eq!(f.record(b), 1);
+        // Full, and nothing has expired: a new source is not tracked, known ones still are.
         assert_eq!(f.record(c), 1);
-        assert_eq!(f.count(a), 0, "the oldest source is forgotten when full");
-        assert_eq!(f.count(c), 1);
+        assert_eq!(f.count(c), 0);
+        assert_eq!(f.record(a), 3);
+    }
+
+    #[test]
+    fn expired_sources_make_room() {
+        let f = FailedAttempts::new(Duration::from_millis(1), 1);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        f.record(a);
+        std::thread::sleep(Duration::from_millis(5));
+        if let Ok(mut st) = f.state.lock() {
+            st.last_sweep -= Duration::from_secs(2);
+        }
+        f.record(b);
+        assert_eq!(f.count(b), 1);
     }
 
     #[test]

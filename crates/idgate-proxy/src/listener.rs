@@ -38,7 +38,7 @@ pub(crate) fn http_builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor>
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(100)
         .keep_alive_interval(Some(cfg.idle_timeout))
         .keep_alive_timeout(std::time::Duration::from_secs(20));
     b

@@ -398,7 +398,15 @@ async fn forward<'u>(
         Some(cred) => {
             // Signature schemes cover the body, so it is read whole (bounded) first.
             let (body, bytes) = if cred.needs_body() {
-                let bytes = read_body(body, upstream.max_body_bytes).await?;
+                // A trickled body must not hold the connection (and its buffer) for ever.
+                let bytes = tokio::time::timeout(
+                    upstream.request_timeout,
+                    read_body(body, upstream.max_body_bytes),
+                )
+                .await
+                .map_err(|_| Refusal::BadBody {
+                    reason: "the request body did not arrive in time".to_owned(),
+                })??;
                 (Either::Right(Full::new(bytes.clone())), bytes)
             } else {
                 (Either::Left(body), Bytes::new())

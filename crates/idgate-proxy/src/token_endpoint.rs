@@ -162,9 +162,12 @@ impl TokenEndpoint {
                 "send application/x-www-form-urlencoded",
             ));
         }
-        let bytes = Limited::new(body, MAX_FORM)
-            .collect()
+        let collect = Limited::new(body, MAX_FORM).collect();
+        let bytes = tokio::time::timeout(std::time::Duration::from_secs(10), collect)
             .await
+            .map_err(|_| {
+                OAuthError::bad("invalid_request", "the request body did not arrive in time")
+            })?
             .map_err(|_| {
                 OAuthError::bad(
                     "invalid_request",

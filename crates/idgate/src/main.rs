@@ -176,12 +176,31 @@ fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard 
         .and_then(|s| EnvFilter::try_new(s).ok())
         .or_else(|| EnvFilter::try_new(&config.log.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    // Log lines are written by a background thread so the request path never waits on stdout;
-    // the writer blocks instead of dropping lines when it falls behind.
+    // Log lines are written by a background thread so the request path never waits on stdout.
+    // Should the output stall, lines beyond the buffer are dropped rather than block the
+    // runtime, and the number dropped is reported on stderr.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(64 * 1024)
+        .lossy(true)
+        .buffered_lines_limit(128 * 1024)
         .finish(std::io::stdout());
+    let dropped = writer.error_counter();
+    std::thread::Builder::new()
+        .name("log-drops".into())
+        .spawn(move || {
+            let mut reported = 0;
+            loop {
+                std::thread::sleep(Duration::from_secs(10));
+                let now = dropped.dropped_lines();
+                if now > reported {
+                    eprintln!(
+                        "idgate: {} log line(s) dropped: the log output is not keeping up",
+                        now - reported
+                    );
+                    reported = now;
+                }
+            }
+        })
+        .ok();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
