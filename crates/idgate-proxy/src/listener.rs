@@ -107,6 +107,10 @@ async fn serve_connection(
     // Already verified in the handshake; this reads the ID back out of the leaf.
     let peer = leaf.and_then(|leaf| idgate_tls::leaf_spiffe_id(leaf).ok());
     let cert_thumbprint = leaf.map(|leaf| idgate_auth::issuer::cert_thumbprint(leaf));
+    let expires_in = leaf.and_then(|leaf| idgate_tls::not_after(leaf)).map(|t| {
+        t.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+    });
     let remote_ip = HeaderValue::from_str(&remote.ip().to_canonical().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     let conn = Arc::new(ConnInfo {
@@ -124,7 +128,22 @@ async fn serve_connection(
         async move { Ok::<_, Infallible>(handle(snapshot, conn, services, req).await) }
     });
     let connection = shared.http.serve_connection(TokioIo::new(tls), service);
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(remote = %remote.ip(), error = %e, "connection ended with an error");
+    // A connection speaks for its certificate only while the certificate is valid: a
+    // keep-alive or HTTP/2 connection is closed when its client SVID expires.
+    let expiry = async {
+        match expires_in {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = watcher.watch(connection) => {
+            if let Err(e) = result {
+                tracing::debug!(remote = %remote.ip(), error = %e, "connection ended with an error");
+            }
+        }
+        () = expiry => {
+            tracing::info!(target: "idgate::tls", remote = %remote.ip(), "client certificate expired: connection closed");
+        }
     }
 }

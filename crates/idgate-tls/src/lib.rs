@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 pub use material::{MaterialError, MaterialSpec, TlsMaterial, TlsVersion};
 pub use spiffe::{SpiffeId, SpiffeIdError, SpiffeIdPattern, TrustDomain};
-pub use svid::{SvidError, leaf_spiffe_id};
+pub use svid::{SvidError, leaf_spiffe_id, not_after};
 pub use verifier::{SpiffeClientVerifier, TrustBundles};
 
 /// The one cryptographic provider of the whole process (ring), so that rustls never has to

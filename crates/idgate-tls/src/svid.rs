@@ -31,6 +31,13 @@ pub enum SvidError {
     BadExtension,
 }
 
+/// The end of a certificate's validity (`notAfter`), or `None` if it cannot be read.
+pub fn not_after(der: &[u8]) -> Option<std::time::SystemTime> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
+}
+
 /// Checks a leaf certificate against the X509-SVID rules and returns its SPIFFE ID.
 ///
 /// Chain, signature and validity-period checks are not made here: the caller delegates those

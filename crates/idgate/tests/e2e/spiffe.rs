@@ -421,3 +421,53 @@ async fn refuses_self_signed_svid() {
     let forged = impostor.issue("impostor-leaf", &svid_extensions(EXAMPLE_ID));
     fx.assert_refused(&forged, "BadSignature").await;
 }
+
+#[tokio::test]
+async fn a_connection_is_closed_when_its_client_svid_expires() {
+    let domains = TwoDomains::new();
+    let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+    let (port, admin) = (free_port(), free_port());
+    let config = gateway_config(
+        port,
+        admin,
+        (&domains.gateway.cert, &domains.gateway.key),
+        &[("example.org", &domains.example.ca.cert)],
+        "1h",
+        &format!(
+            r#"[[upstreams]]
+name = "u"
+url = "{url}"
+
+[[routes]]
+name = "r"
+methods = ["GET"]
+path = "/x"
+upstream = "u"
+allow = ["spiffe://example.org/short"]
+"#,
+            url = upstream.url(false)
+        ),
+    );
+    let gw = Gateway::start(&config, port, admin, &[]).await;
+    let short = domains.example.issue_between(
+        "short-lived",
+        &svid_extensions("spiffe://example.org/short"),
+        &openssl_time_ago(Duration::from_secs(60)),
+        &openssl_time_in(Duration::from_secs(3)),
+    );
+    let client = Client::with_identity(
+        &domains.example.ca.cert,
+        &short,
+        port,
+        rustls::DEFAULT_VERSIONS,
+    );
+    let mut conn = client.connect().await.unwrap();
+    assert_eq!(conn.send("GET", "/x", &[], "").await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = conn.send("GET", "/x", &[], "").await;
+    assert!(
+        after.is_err(),
+        "the connection outlived its certificate: {after:?}"
+    );
+    assert!(gw.output().contains("client certificate expired"));
+}
