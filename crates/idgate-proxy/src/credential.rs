@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use http::Method;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode};
 use idgate_config::{CredentialConfig, CredentialScheme};
 use idgate_secrets::pkcs11::{Hsm, ObjectKind};
 use idgate_secrets::{ExposeSecret, Fetched, SecretError, SecretRef};
@@ -464,13 +464,6 @@ pub fn veriff_session_id(path_and_query: &str) -> &str {
         }
     }
     ""
-}
-
-impl CredentialError {
-    /// The HTTP status the caller sees: the gateway cannot authenticate upstream right now.
-    pub fn status(&self) -> StatusCode {
-        StatusCode::SERVICE_UNAVAILABLE
-    }
 }
 
 #[cfg(test)]

@@ -105,11 +105,6 @@ impl Refusal {
             title,
         }
     }
-
-    pub fn status(&self) -> StatusCode {
-        self.kind().status
-    }
-
     /// What the caller is told.
     fn detail(&self) -> Cow<'static, str> {
         Cow::Borrowed(match self {

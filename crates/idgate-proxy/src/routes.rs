@@ -14,7 +14,6 @@ use idgate_config::RouteConfig;
 pub struct Route {
     /// Shared with metrics labels and logs.
     pub name: Arc<str>,
-    pub template: String,
     pub upstream: usize,
     pub allow: Vec<AllowEntry>,
     pub auth: RouteAuth,
@@ -76,7 +75,6 @@ impl RouteTable {
                 .extend(rc.methods.iter().map(|m| (m.clone(), i)));
             routes.push(Route {
                 name: rc.name.as_str().into(),
-                template: rc.path.clone(),
                 upstream: rc.upstream,
                 allow: rc.allow.clone(),
                 auth: rc.auth.clone(),
@@ -108,9 +106,5 @@ impl RouteTable {
             .find(|(rm, _)| rm == method)
             .map(|&(_, r)| &self.routes[r])
             .ok_or(RouteMiss::WrongMethod(&entry.allow_header))
-    }
-
-    pub fn routes(&self) -> &[Route] {
-        &self.routes
     }
 }

@@ -249,20 +249,6 @@ fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {
     }
     Ok(SecretString::from(value.to_owned()))
 }
-
-/// Checks that a secret can be sent as an HTTP header value (visible ASCII and spaces).
-pub fn check_header_safe(reference: &SecretRef, value: &SecretString) -> Result<(), SecretError> {
-    let ok = value
-        .expose_secret()
-        .bytes()
-        .all(|b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(SecretError::NotHeaderSafe(reference.to_string()))
-    }
-}
-
 impl SecretRef {
     /// Checks, without reading the value, that the secret can be had: the variable is set,
     /// the file exists with mode 0600 or stricter, the PKCS#11 module and PIN source exist.

@@ -623,16 +623,6 @@ impl Hsm {
         }
         best.ok_or_else(|| HsmError::NoObject(label.to_owned()))
     }
-
-    /// The version of the newest object with this label, of either kind (cheap: for polling).
-    pub fn current_version(&self, label: &str) -> Result<u32, HsmError> {
-        self.with_session(|s| {
-            Self::newest(s, label, ObjectClass::DATA)
-                .or_else(|_| Self::newest(s, label, ObjectClass::SECRET_KEY))
-                .map(|(_, v)| v)
-        })
-    }
-
     /// HMAC-SHA256 computed inside the token with the newest key of this label.
     pub fn hmac_sha256(&self, label: &str, data: &[u8]) -> Result<(Vec<u8>, u32), HsmError> {
         self.with_session(|s| {
