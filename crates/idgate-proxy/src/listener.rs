@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::header::HeaderValue;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use idgate_config::ListenerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -23,25 +23,31 @@ pub(crate) struct ListenerShared {
     pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
     pub(crate) services: Arc<Services>,
     pub(crate) acceptor: TlsAcceptor,
-    pub(crate) http: auto::Builder<TokioExecutor>,
+    pub(crate) http: HttpBuilders,
     pub(crate) config: ListenerConfig,
 }
 
-pub(crate) fn http_builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+/// One HTTP/1.1 and one HTTP/2 server configuration; ALPN picks between them per
+/// connection, so no connection pays for sniffing its protocol.
+pub(crate) struct HttpBuilders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+pub(crate) fn http_builder(cfg: &ListenerConfig) -> HttpBuilders {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         // Also bounds how long an idle keep-alive connection may wait for its next request.
         .header_read_timeout(cfg.idle_timeout)
         .max_buf_size(cfg.max_header_bytes.max(8192))
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(100)
         .keep_alive_interval(Some(cfg.idle_timeout))
         .keep_alive_timeout(std::time::Duration::from_secs(20));
-    b
+    HttpBuilders { h1, h2 }
 }
 
 /// Accepts connections until `stop` turns true.
@@ -127,9 +133,26 @@ async fn serve_connection(
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(snapshot, conn, services, req).await) }
     });
-    let connection = shared.http.serve_connection(TokioIo::new(tls), service);
-    // A connection speaks for its certificate only while the certificate is valid: a
-    // keep-alive or HTTP/2 connection is closed when its client SVID expires.
+    // The listener offers h2 and http/1.1; a client that negotiated nothing speaks HTTP/1.1.
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    if h2 {
+        let connection = shared.http.h2.serve_connection(io, service);
+        drive(watcher.watch(connection), expires_in, remote).await;
+    } else {
+        let connection = shared.http.h1.serve_connection(io, service);
+        drive(watcher.watch(connection), expires_in, remote).await;
+    }
+}
+
+/// Runs a connection to its end. A connection speaks for its certificate only while the
+/// certificate is valid: a keep-alive or HTTP/2 connection is closed when its client SVID
+/// expires.
+async fn drive<E: std::fmt::Display>(
+    connection: impl Future<Output = Result<(), E>>,
+    expires_in: Option<std::time::Duration>,
+    remote: std::net::SocketAddr,
+) {
     let expiry = async {
         match expires_in {
             Some(d) => tokio::time::sleep(d).await,
@@ -137,7 +160,7 @@ async fn serve_connection(
         }
     };
     tokio::select! {
-        result = watcher.watch(connection) => {
+        result = connection => {
             if let Err(e) = result {
                 tracing::debug!(remote = %remote.ip(), error = %e, "connection ended with an error");
             }

@@ -362,11 +362,14 @@ async fn forward<'u>(
 ) -> Result<Response<Incoming>, Refusal> {
     let (mut parts, body) = req.into_parts();
 
-    let path_and_query = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-    let path_and_query = if upstream.base_path.is_empty() {
-        PathAndQuery::try_from(path_and_query)
-    } else {
-        PathAndQuery::try_from(format!("{}{}", upstream.base_path, path_and_query))
+    // Forwarded as received: without a base path the received bytes are shared, not copied.
+    let path_and_query = match (upstream.base_path.is_empty(), parts.uri.path_and_query()) {
+        (true, Some(pq)) => Ok(pq.clone()),
+        (_, pq) => PathAndQuery::try_from(format!(
+            "{}{}",
+            upstream.base_path,
+            pq.map_or("/", PathAndQuery::as_str)
+        )),
     }
     .map_err(|e| Refusal::Internal {
         reason: format!("cannot build upstream path: {e}"),
