@@ -222,7 +222,7 @@ enum Scheme {
 
 /// One upstream's credential, ready for the request path.
 pub struct Credential {
-    pub label: String,
+    pub label: Arc<str>,
     scheme: Scheme,
     refresh_interval: Duration,
 }
@@ -294,7 +294,7 @@ impl Credential {
             }
         };
         Ok(Self {
-            label: cfg.label.clone(),
+            label: cfg.label.as_str().into(),
             scheme,
             refresh_interval: cfg.refresh_interval,
         })
@@ -372,7 +372,7 @@ impl Credential {
                         .token()
                         .await
                         .map_err(|reason| CredentialError::Token {
-                            label: self.label.clone(),
+                            label: self.label.to_string(),
                             reason,
                         })?;
                 headers.insert(http::header::AUTHORIZATION, value);
@@ -383,7 +383,7 @@ impl Credential {
 
     fn sign_err(&self, reason: String) -> CredentialError {
         CredentialError::Sign {
-            label: self.label.clone(),
+            label: self.label.to_string(),
             reason,
         }
     }

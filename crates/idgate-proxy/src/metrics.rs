@@ -10,7 +10,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-/// A route name shared with the route table, so counting a request allocates nothing.
+/// A label value shared with the configuration (a route or credential name, a version), so
+/// counting a request allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct RouteLabel(pub Arc<str>);
 
@@ -28,8 +29,8 @@ struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CredentialUse {
-    credential: String,
-    version: String,
+    credential: RouteLabel,
+    version: RouteLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,11 +122,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn credential_used(&self, label: &str, version: &str) {
+    pub fn credential_used(&self, label: &Arc<str>, version: &Arc<str>) {
         self.credential_uses
             .get_or_create(&CredentialUse {
-                credential: label.to_owned(),
-                version: version.to_owned(),
+                credential: RouteLabel(label.clone()),
+                version: RouteLabel(version.clone()),
             })
             .inc();
     }

@@ -421,7 +421,7 @@ async fn forward<'u>(
             {
                 Ok(u) => {
                     metrics.credential_used(&cred.label, &u.version);
-                    *used = Some((cred.label.as_str(), u.version));
+                    *used = Some((&*cred.label, u.version));
                 }
                 Err(e) => {
                     metrics.credential_failed(&cred.label);
