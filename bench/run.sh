@@ -416,14 +416,16 @@ fi
 declare -A TLSINFO=()
 probe_tls() { # port -> "TLSv1.3 TLS_AES_256_GCM_SHA384, resumption yes|no"
   local port=$1 sess=$WORK/probe-$1.sess out1 out2 proto cipher reused=no
-  local req="GET /probe HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-  out1=$( (sleep 0.3; printf "$req"; sleep 0.3) | timeout 10 "$OPENSSL" s_client -connect "127.0.0.1:$port" \
+  local req='GET /probe HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'
+  out1=$( (sleep 0.3; printf '%b' "$req"; sleep 0.3) | timeout 10 "$OPENSSL" s_client -connect "127.0.0.1:$port" \
     -noservername -cert "$P/client.crt" -key "$P/client.key" -CAfile "$P/bundle.pem" \
     -sess_out "$sess" 2>/dev/null || true)
-  proto=$(sed -n 's/^ *Protocol *: *//p' <<<"$out1" | head -n1)
-  cipher=$(sed -n 's/^ *Cipher *: *//p' <<<"$out1" | head -n1)
+  # "New, TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384"
+  proto=$(sed -n 's/^New, \(TLSv[0-9.]*\), Cipher is .*/\1/p' <<<"$out1" | head -n1)
+  cipher=$(sed -n 's/^New, TLSv[0-9.]*, Cipher is //p' <<<"$out1" | head -n1)
+  # A TLS 1.3 server that issues no ticket leaves no session to resume.
   if [[ -s $sess ]]; then
-    out2=$( (sleep 0.3; printf "$req"; sleep 0.3) | timeout 10 "$OPENSSL" s_client -connect "127.0.0.1:$port" \
+    out2=$( (sleep 0.3; printf '%b' "$req"; sleep 0.3) | timeout 10 "$OPENSSL" s_client -connect "127.0.0.1:$port" \
       -noservername -cert "$P/client.crt" -key "$P/client.key" -CAfile "$P/bundle.pem" \
       -sess_in "$sess" 2>/dev/null || true)
     grep -q '^Reused' <<<"$out2" && reused=yes
@@ -457,6 +459,10 @@ cpu_ticks() { # pids... -> utime+stime summed
 }
 hwm_kib() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
 
+LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$LOAD_BEFORE" 'BEGIN {exit !(l > 0.5)}'; then
+  log "WARNING: load average is $LOAD_BEFORE before measuring: other work on this machine will skew the numbers"
+fi
 RESULTS=$WORK/results.tsv   # mode round proxy ok rps p50 p99 cpu_us non200 errors
 RSS=$WORK/rss.tsv           # mode proxy kib
 : >"$RESULTS"
@@ -509,7 +515,7 @@ for mode in $MODES; do
            (if $ok > 0 then $ticks / $hz * 1000000 / $ok else 0 end), $non200, $errors]
         | @tsv' "$out")
       printf '%s\n' "$row" >>"$RESULTS"
-      IFS=$'\t' read -r _ _ _ ok rps p50 p99 cpu non200 errors <<<"$row"
+      IFS=$'\t' read -r _ _ _ _ rps p50 p99 cpu non200 errors <<<"$row"
       log "  round $r $p: $(printf '%.0f req/s  p50 %.2f ms  p99 %.2f ms  %.0f us CPU/req' "$rps" "$p50" "$p99" "$cpu")  non-200 $non200  errors $errors"
       sleep "$PAUSE"
     done
@@ -531,9 +537,10 @@ col() { awk -F'\t' -v m="$1" -v p="$2" -v c="$3" '$1 == m && $3 == p {print $c}'
 sum_col() { col "$@" | awk '{s += $1} END {print s + 0}'; }
 
 cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
-nginx_v=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
+nginx_v=$("$NGINX" -v 2>&1 | sed 's|^nginx version: nginx/||')
 haproxy_v=$("$HAPROXY" -v 2>&1 | head -n1 | awk '{print $3}')
 oha_v=$("$OHA" --version | awk '{print $2}')
+openssl_v=$("$HAPROXY" -vv 2>/dev/null | sed -n 's/^Running on OpenSSL version : //p' | awk '{print $1, $2}')
 idgate_v="-"
 has_proxy idgate && idgate_v=$("$IDGATE_BIN" --version 2>/dev/null | head -n1 || echo "?")
 
@@ -542,7 +549,8 @@ MD=$OUT_DIR/latest.md
   echo "### Run of $(date -u +'%Y-%m-%d %H:%M UTC')"
   echo
   echo "- machine: $(nproc) CPUs ($cpu_model), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r)"
-  echo "- versions: idgate \`$idgate_v\` ($(basename "$IDGATE_BIN")), nginx $nginx_v, HAProxy $haproxy_v, oha $oha_v"
+  echo "- versions: idgate \`$idgate_v\` (\`${IDGATE_BIN#"$REPO_DIR"/}\`), nginx $nginx_v, HAProxy $haproxy_v (nginx and HAProxy on ${openssl_v:-the system OpenSSL}), oha $oha_v"
+  echo "- load average (1 min) before / after the run: $LOAD_BEFORE / $(cut -d' ' -f1 /proc/loadavg)"
   echo "- load: oha with $OHA_THREADS threads on the same machine, $CONNS connections, $DURATION per run, $ROUNDS interleaved rounds per mode (order rotated each round), ${WARMUP} warm-up; HTTP/1.1 GET, 11-byte JSON response"
   for p in "${proxy_list[@]}"; do echo "- TLS with ${LABEL[$p]}: ${TLSINFO[$p]}"; done
   for mode in $MODES; do
