@@ -89,10 +89,19 @@ impl<T> LiveValue<T> {
     }
 }
 
+/// Signatures in flight per HSM-held key: as many as the token's session pool keeps idle.
+const HSM_CONCURRENCY: usize = 16;
+
 /// An HMAC-SHA256 key: in memory (from env, file or a wrapped HSM value) or in the HSM.
 enum HmacKey {
     Memory(LiveValue<ring::hmac::Key>),
-    Hsm { hsm: Arc<Hsm>, label: String },
+    Hsm {
+        hsm: Arc<Hsm>,
+        label: String,
+        /// Bounds the signatures in flight, so a burst queues here instead of opening
+        /// more token sessions than the pool keeps.
+        in_flight: Arc<tokio::sync::Semaphore>,
+    },
 }
 
 impl HmacKey {
@@ -107,6 +116,7 @@ impl HmacKey {
                 return Ok(Self::Hsm {
                     hsm,
                     label: uri.object.clone(),
+                    in_flight: Arc::new(tokio::sync::Semaphore::new(HSM_CONCURRENCY)),
                 });
             }
         }
@@ -126,7 +136,15 @@ impl HmacKey {
                 let tag = ring::hmac::sign(&key.value, &data);
                 Ok((hex(tag.as_ref()), key.version.clone()))
             }
-            Self::Hsm { hsm, label } => {
+            Self::Hsm {
+                hsm,
+                label,
+                in_flight,
+            } => {
+                let _permit = in_flight
+                    .acquire()
+                    .await
+                    .map_err(|_| "the signing queue is closed".to_owned())?;
                 let (hsm, label) = (hsm.clone(), label.clone());
                 let (mac, version) =
                     tokio::task::spawn_blocking(move || hsm.hmac_sha256(&label, &data))

@@ -22,7 +22,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -110,11 +110,16 @@ fn valid_request_id(v: &HeaderValue) -> bool {
 }
 
 /// What every request shares, whatever the configuration snapshot.
+/// All request bodies buffered at once (for signature schemes), in KiB: 256 MiB.
+const BODY_BUDGET_KIB: u32 = 256 * 1024;
+
 #[derive(Debug)]
 pub struct Services {
     pub ids: RequestIds,
     pub metrics: Arc<Metrics>,
     pub failed_attempts: FailedAttempts,
+    /// Bounds the memory of buffered request bodies, in KiB.
+    body_budget: tokio::sync::Semaphore,
     /// Route labels for requests that match no configured route.
     route_none: Arc<str>,
     route_oauth2: Arc<str>,
@@ -126,6 +131,7 @@ impl Default for Services {
             ids: RequestIds::default(),
             metrics: Arc::default(),
             failed_attempts: FailedAttempts::default(),
+            body_budget: tokio::sync::Semaphore::new(BODY_BUDGET_KIB as usize),
             route_none: "-".into(),
             route_oauth2: "oauth2".into(),
         }
@@ -212,7 +218,7 @@ pub async fn handle(
             &conn,
             &request_id,
             start,
-            &services.metrics,
+            &services,
             &mut credential,
             req,
         )
@@ -356,7 +362,7 @@ async fn forward<'u>(
     conn: &ConnInfo,
     request_id: &HeaderValue,
     started: Instant,
-    metrics: &Metrics,
+    services: &Services,
     used: &mut Option<(&'u str, Arc<str>)>,
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, Refusal> {
@@ -400,7 +406,27 @@ async fn forward<'u>(
         None => Either::Left(body),
         Some(cred) => {
             // Signature schemes cover the body, so it is read whole (bounded) first.
+            let mut _budget = None;
             let (body, bytes) = if cred.needs_body() {
+                // All buffered bodies together stay within one budget: many streams each
+                // sending the largest body must not exhaust memory.
+                let want = http_body::Body::size_hint(&body)
+                    .exact()
+                    .unwrap_or(upstream.max_body_bytes)
+                    .min(upstream.max_body_bytes);
+                let kib = u32::try_from(want.div_ceil(1024).max(1))
+                    .unwrap_or(BODY_BUDGET_KIB)
+                    .min(BODY_BUDGET_KIB);
+                _budget = Some(
+                    tokio::time::timeout(
+                        Duration::from_secs(1),
+                        services.body_budget.acquire_many(kib),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .ok_or(Refusal::Busy)?,
+                );
                 // A trickled body must not hold the connection (and its buffer) for ever.
                 let bytes = tokio::time::timeout(
                     upstream.request_timeout,
@@ -420,11 +446,11 @@ async fn forward<'u>(
                 .await
             {
                 Ok(u) => {
-                    metrics.credential_used(&cred.label, &u.version);
+                    services.metrics.credential_used(&cred.label, &u.version);
                     *used = Some((&*cred.label, u.version));
                 }
                 Err(e) => {
-                    metrics.credential_failed(&cred.label);
+                    services.metrics.credential_failed(&cred.label);
                     return Err(Refusal::CredentialUnavailable {
                         reason: e.to_string(),
                     });

@@ -30,6 +30,8 @@ pub enum Refusal {
     Auth(AuthFailure),
     /// The body is larger than the upstream accepts for signing.
     BodyTooLarge,
+    /// The gateway holds as many buffered bodies as its memory budget allows.
+    Busy,
     /// The body could not be read from the caller.
     BadBody {
         reason: String,
@@ -73,6 +75,7 @@ impl Refusal {
                 "body-too-large",
                 "Request body too large",
             ),
+            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy", "Gateway busy"),
             Self::BadBody { .. } => (
                 StatusCode::BAD_REQUEST,
                 "bad-body",
@@ -118,6 +121,7 @@ impl Refusal {
             }
             Self::BodyTooLarge => "The request body is larger than this route accepts.",
             Self::BadBody { .. } => "The request body could not be read completely.",
+            Self::Busy => "The gateway is at its limit of buffered request bodies. Retry shortly.",
             Self::UpstreamUnreachable { .. } => {
                 "The upstream service could not be reached. Retry later."
             }
