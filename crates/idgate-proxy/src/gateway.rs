@@ -72,7 +72,7 @@ impl Gateway {
                 Err(e) => errors.push(format!("vault: {e}")),
             }
         }
-        let roots = crate::upstream::platform_roots();
+        let roots = Arc::new(idgate_tls::roots::platform_roots().clone());
         let snapshot = Snapshot::build(&config, &roots, &provider)
             .map_err(|errs| errors.extend(errs))
             .ok();

@@ -1,7 +1,6 @@
 //! Upstream services: a pooled HTTP/1.1 and HTTP/2 client per upstream (rustls, the
 //! platform's roots plus the upstream's own `ca`), its timeouts and its credential.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +17,6 @@ use rustls::RootCertStore;
 
 use crate::credential::Credential;
 use rustls::crypto::CryptoProvider;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 /// The body sent upstream: the caller's body streamed through, or buffered (when a signature
 /// scheme needs all of it, or for the gateway's own requests).
@@ -39,39 +36,6 @@ pub struct Upstream {
     pub client: UpstreamClient,
 }
 
-/// The platform's trusted roots, read once per process.
-pub fn platform_roots() -> Arc<RootCertStore> {
-    let mut store = RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for err in &found.errors {
-        tracing::debug!(error = %err, "skipping an unreadable platform root");
-    }
-    let (added, _ignored) = store.add_parsable_certificates(found.certs);
-    if added == 0 {
-        tracing::warn!(
-            "no platform root certificates found; only upstreams with their own `ca` will verify"
-        );
-    }
-    Arc::new(store)
-}
-
-fn load_ca(path: &Path, store: &mut RootCertStore) -> Result<(), String> {
-    let mut n = 0;
-    for cert in
-        CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?
-    {
-        let cert = cert.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
-        store
-            .add(cert)
-            .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
-        n += 1;
-    }
-    if n == 0 {
-        return Err(format!("{}: no CERTIFICATE block found", path.display()));
-    }
-    Ok(())
-}
-
 impl Upstream {
     /// Builds the client and resolves the credential. Blocking (reads files and secrets).
     pub fn new(
@@ -80,10 +44,12 @@ impl Upstream {
         provider: &Arc<CryptoProvider>,
     ) -> Result<Self, String> {
         let key = format!("upstream {}", cfg.name);
-        let mut store = RootCertStore::clone(roots);
-        if let Some(ca) = &cfg.ca {
-            load_ca(ca, &mut store).map_err(|e| format!("{key}: ca: {e}"))?;
-        }
+        let store = match &cfg.ca {
+            None => RootCertStore::clone(roots),
+            Some(ca) => {
+                idgate_tls::roots::roots_with_ca(Some(ca)).map_err(|e| format!("{key}: ca: {e}"))?
+            }
+        };
         let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("{key}: {e}"))?

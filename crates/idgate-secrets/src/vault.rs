@@ -29,8 +29,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
@@ -290,24 +288,8 @@ struct Inner {
 }
 
 fn load_roots(ca: Option<&PathBuf>) -> Result<rustls::RootCertStore, VaultError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(found.certs);
-    if let Some(path) = ca {
-        let setup = |e: String| VaultError::Setup(format!("ca {}: {e}", path.display()));
-        let mut n = 0;
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| setup(e.to_string()))? {
-            let cert = cert.map_err(|e| setup(format!("bad PEM: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| setup(format!("unusable CA certificate: {e}")))?;
-            n += 1;
-        }
-        if n == 0 {
-            return Err(setup("no CERTIFICATE block found".to_owned()));
-        }
-    }
-    Ok(roots)
+    idgate_tls::roots::roots_with_ca(ca.map(PathBuf::as_path))
+        .map_err(|e| VaultError::Setup(format!("ca {e}")))
 }
 
 /// Two thirds of a lifetime from now: early enough to renew or log in again calmly.

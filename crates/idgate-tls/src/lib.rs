@@ -3,6 +3,7 @@
 
 pub mod devpki;
 pub mod material;
+pub mod roots;
 pub mod spiffe;
 pub mod svid;
 pub mod verifier;

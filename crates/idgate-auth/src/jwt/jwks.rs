@@ -7,8 +7,8 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -19,9 +19,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::RootCertStore;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
 
 use super::json;
@@ -377,40 +374,10 @@ pub(crate) fn discovery_uris(issuer: &str) -> Result<Vec<Uri>, String> {
         .collect()
 }
 
-/// The platform's trusted roots, read once per process (reading them is slow and they
-/// change with the OS image, not with our configuration).
-fn platform_roots() -> &'static RootCertStore {
-    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
-    ROOTS.get_or_init(|| {
-        let mut store = RootCertStore::empty();
-        let found = rustls_native_certs::load_native_certs();
-        let (added, _ignored) = store.add_parsable_certificates(found.certs);
-        if added == 0 {
-            tracing::warn!("no platform root certificates found; only JWKS servers under a configured `ca` will verify");
-        }
-        store
-    })
-}
-
 /// An HTTPS client for JWKS and metadata: the platform's roots plus `ca` if given.
 /// Blocking (reads files).
 pub(crate) fn http_client(ca: Option<&Path>) -> Result<HttpClient, String> {
-    let mut roots = platform_roots().clone();
-    if let Some(path) = ca {
-        let mut n = 0;
-        for cert in CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("ca {}: {e}", path.display()))?
-        {
-            let cert = cert.map_err(|e| format!("ca {}: bad PEM: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("ca {}: unusable CA certificate: {e}", path.display()))?;
-            n += 1;
-        }
-        if n == 0 {
-            return Err(format!("ca {}: no CERTIFICATE block found", path.display()));
-        }
-    }
+    let roots = idgate_tls::roots::roots_with_ca(ca).map_err(|e| format!("ca {e}"))?;
     let tls = rustls::ClientConfig::builder_with_provider(idgate_tls::crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
