@@ -12,7 +12,7 @@ use http::request::Parts;
 use idgate_auth::api_key::{self, ApiKeyVerifier};
 use idgate_auth::failure::Scheme;
 use idgate_auth::issuer::TokenIssuer;
-use idgate_auth::jwt::{self, Algorithm, IssuerConfig, Jwk, JwtVerifier, StaticIssuer};
+use idgate_auth::jwt::{self, Algorithm, Jwk, JwtVerifier, StaticIssuer};
 use idgate_auth::policy::AuthLayer;
 use idgate_auth::{AuthFailure, Caller};
 use idgate_config::Config;
@@ -37,26 +37,7 @@ impl AuthServices {
                 ApiKeyVerifier::open(&a.store, &a.pepper).map_err(|e| format!("api_keys: {e}"))?,
             ),
         };
-        let mut issuers = Vec::new();
-        for j in &config.jwt_issuers {
-            let algorithms = j
-                .algorithms
-                .iter()
-                .map(|a| Algorithm::from_str(a).map_err(|e| format!("jwt_issuers {}: {e}", j.name)))
-                .collect::<Result<Vec<_>, _>>()?;
-            issuers.push(IssuerConfig {
-                name: j.name.clone(),
-                issuer: j.issuer.clone(),
-                jwks_uri: j.jwks_uri.clone(),
-                discovery: j.discovery,
-                audiences: j.audiences.clone(),
-                algorithms,
-                leeway: j.leeway,
-                ca: j.ca.clone(),
-                jwks_refresh_interval: j.jwks_refresh_interval,
-                min_refresh_interval: j.min_refresh_interval,
-            });
-        }
+        let issuers = config.jwt_issuers.clone();
         // The gateway's own token endpoint is an issuer with a key it knows.
         let mut statics = Vec::new();
         if let Some(t) = token_issuer {
