@@ -3,109 +3,16 @@
 //! running gateway.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::assert_eventually;
 use crate::support::*;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-
-/// A SoftHSM2 token in a temporary directory with its own configuration.
-struct Token {
-    dir: tempfile::TempDir,
-}
-
-impl Token {
-    fn new() -> Self {
-        assert!(
-            Path::new(MODULE).exists(),
-            "SoftHSM2 is not installed: run scripts/setup-test-deps.sh"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("tokens")).unwrap();
-        std::fs::write(
-            dir.path().join("softhsm2.conf"),
-            format!("directories.tokendir = {}/tokens\n", dir.path().display()),
-        )
-        .unwrap();
-        let t = Self { dir };
-        let (code, out, err) = run(Command::new("softhsm2-util")
-            .env("SOFTHSM2_CONF", t.conf())
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                "idgate",
-                "--so-pin",
-                "5678",
-                "--pin",
-                "1234",
-            ]));
-        assert_eq!(code, 0, "{out}{err}");
-        let pin = t.dir.path().join("pin");
-        std::fs::write(&pin, "1234").unwrap();
-        std::os::unix::fs::PermissionsExt::set_mode(
-            &mut std::fs::metadata(&pin).unwrap().permissions(),
-            0o600,
-        );
-        std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        t
-    }
-
-    fn conf(&self) -> PathBuf {
-        self.dir.path().join("softhsm2.conf")
-    }
-
-    fn uri(&self, object: &str) -> String {
-        format!(
-            "pkcs11:token=idgate;object={object}?module-path={MODULE}&pin-source=file:{}",
-            self.dir.path().join("pin").display()
-        )
-    }
-
-    /// Runs `idgate hsm <args>` with `stdin` as the secret.
-    fn hsm(&self, args: &[&str], stdin: &str) -> (i32, String, String) {
-        use std::io::Write;
-        let mut child = Command::new(bin())
-            .arg("hsm")
-            .args(args)
-            .env("SOFTHSM2_CONF", self.conf())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-fn hex_hmac(key: &str, data: &[u8]) -> String {
-    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
-    ring::hmac::sign(&k, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 async fn gateway_with_credential(
     pki: &Pki,
     upstream: &TestUpstream,
-    token: &Token,
+    token: &SoftHsmToken,
     credential: &str,
 ) -> Gateway {
     let (port, admin) = (free_port(), free_port());
@@ -141,7 +48,7 @@ allow = ["{ONBOARDING}"]
 
 #[tokio::test]
 async fn wrapped_api_key_from_the_token_reaches_the_provider_and_nowhere_else() {
-    let token = Token::new();
+    let token = SoftHsmToken::new();
     let key = "didit-live-key-7f3a9c21";
     let (code, out, err) = token.hsm(
         &["import-secret", "--uri", &token.uri("didit-api-key")],
@@ -213,7 +120,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn rotating_the_key_in_the_token_under_load_loses_no_request() {
-    let token = Token::new();
+    let token = SoftHsmToken::new();
     let (code, _, err) = token.hsm(
         &["import-secret", "--uri", &token.uri("didit-api-key")],
         "old-key-1111",
@@ -279,7 +186,7 @@ async fn rotating_the_key_in_the_token_under_load_loses_no_request() {
 
 #[tokio::test]
 async fn sumsub_signature_is_computed_inside_the_token_with_a_non_extractable_key() {
-    let token = Token::new();
+    let token = SoftHsmToken::new();
     let secret = "sumsub-secret-key-0123456789abcdef";
     let (code, _, err) = token.hsm(
         &[
@@ -352,7 +259,7 @@ async fn sumsub_signature_is_computed_inside_the_token_with_a_non_extractable_ke
 
 #[tokio::test]
 async fn veriff_signature_covers_the_body_or_the_session_id() {
-    let token = Token::new();
+    let token = SoftHsmToken::new();
     let secret = "veriff-shared-secret-abcdef0123456789";
     let (code, _, err) = token.hsm(
         &[

@@ -6,128 +6,14 @@
 //! The HMAC key never leaves the token, so every request signs inside it: the outage is seen
 //! by the very next request, unlike a wrapped API key, whose unwrapped value stays in memory.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 use crate::assert_eventually;
 use crate::support::*;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-
-/// A SoftHSM2 token store in a temporary directory with one token, `idgate`.
-struct Token {
-    dir: tempfile::TempDir,
-}
-
-impl Token {
-    fn new() -> Self {
-        assert!(
-            Path::new(MODULE).exists(),
-            "SoftHSM2 is not installed: run scripts/setup-test-deps.sh"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("tokens")).unwrap();
-        std::fs::write(
-            dir.path().join("softhsm2.conf"),
-            format!("directories.tokendir = {}/tokens\n", dir.path().display()),
-        )
-        .unwrap();
-        let t = Self { dir };
-        let (code, out, err) = run_bounded(
-            Command::new("softhsm2-util")
-                .env("SOFTHSM2_CONF", t.conf())
-                .args([
-                    "--init-token",
-                    "--free",
-                    "--label",
-                    "idgate",
-                    "--so-pin",
-                    "5678",
-                    "--pin",
-                    "1234",
-                ]),
-            Duration::from_secs(30),
-        );
-        assert_eq!(code, 0, "{out}{err}");
-        let pin = t.dir.path().join("pin");
-        std::fs::write(&pin, "1234").unwrap();
-        std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        t
-    }
-
-    fn conf(&self) -> PathBuf {
-        self.dir.path().join("softhsm2.conf")
-    }
-
-    fn uri(&self, object: &str) -> String {
-        format!(
-            "pkcs11:token=idgate;object={object}?module-path={MODULE}&pin-source=file:{}",
-            self.dir.path().join("pin").display()
-        )
-    }
-
-    /// The token's own directory in the store (SoftHSM2 names it after a UUID).
-    fn token_dir(&self) -> PathBuf {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("tokens"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect();
-        assert_eq!(dirs.len(), 1, "one token directory expected: {dirs:?}");
-        dirs.remove(0)
-    }
-
-    /// Imports an HMAC key with `idgate hsm import-secret --kind hmac`.
-    fn import_hmac(&self, label: &str, key: &str) {
-        self.hsm(&["import-secret", "--kind", "hmac"], label, key);
-    }
-
-    /// Runs `idgate hsm <args> --uri <label's URI>` with `stdin` as the secret.
-    fn hsm(&self, args: &[&str], label: &str, stdin: &str) {
-        use std::io::Write;
-        let mut child = Command::new(bin())
-            .arg("hsm")
-            .args(args)
-            .arg("--uri")
-            .arg(self.uri(label))
-            .env("SOFTHSM2_CONF", self.conf())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-fn hex_hmac(key: &str, data: &[u8]) -> String {
-    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
-    ring::hmac::sign(&k, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[tokio::test]
 async fn token_outage_gives_503_problem_and_log_line_and_recovers_without_restart() {
-    let token = Token::new();
+    let token = SoftHsmToken::new();
     let secret = "veriff-outage-secret-0123456789abcdef";
-    token.import_hmac("veriff-hmac", secret);
+    token.hsm_ok(&["import-secret", "--kind", "hmac"], "veriff-hmac", secret);
 
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
@@ -252,8 +138,8 @@ allow = ["{ONBOARDING}"]
 
 #[tokio::test]
 async fn wrapped_key_keeps_serving_from_memory_during_an_outage_and_rotation_resumes_after() {
-    let token = Token::new();
-    token.hsm(&["import-secret"], "didit-api-key", "wrapped-key-one");
+    let token = SoftHsmToken::new();
+    token.hsm_ok(&["import-secret"], "didit-api-key", "wrapped-key-one");
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
     let (port, admin) = (free_port(), free_port());
@@ -310,7 +196,7 @@ allow = ["{ONBOARDING}"]
 
     // Back, and rotated: the running gateway picks the new version up by itself.
     std::fs::rename(&away, &token_dir).unwrap();
-    token.hsm(&["rotate"], "didit-api-key", "wrapped-key-two");
+    token.hsm_ok(&["rotate"], "didit-api-key", "wrapped-key-two");
     assert_eventually!(
         get().await.is_ok()
             && upstream
