@@ -190,6 +190,9 @@ pub struct UpstreamConfig {
     pub pool_max_idle: usize,
     /// Largest request body buffered for signing (signature schemes need the whole body).
     pub max_body_bytes: u64,
+    /// Whether the caller's address is sent in `x-forwarded-for` (default: yes). Turn it off
+    /// for outside providers that have no need for internal addresses.
+    pub forwarded_for: bool,
     pub credential: Option<CredentialConfig>,
 }
 
@@ -811,6 +814,7 @@ fn upstream(
         ca,
         pool_max_idle,
         max_body_bytes: u.max_body_bytes.unwrap_or(10 * 1024 * 1024),
+        forwarded_for: u.forwarded_for.unwrap_or(true),
         credential,
     };
     (cx.errors.len() == before).then_some(out)

@@ -74,6 +74,8 @@ pub(crate) struct Upstream {
     #[serde(default)]
     pub(crate) max_body_bytes: Option<u64>,
     #[serde(default)]
+    pub(crate) forwarded_for: Option<bool>,
+    #[serde(default)]
     pub(crate) credential: Option<Credential>,
 }
 

@@ -400,7 +400,12 @@ async fn forward<'u>(
     // The Host is the upstream's, set by the client from the URI.
     h.remove(header::HOST);
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
-    append_forwarded_for(h, &conn.remote_ip);
+    if upstream.forwarded_for {
+        append_forwarded_for(h, &conn.remote_ip);
+    } else {
+        // Neither the caller's address nor any it claims goes to this upstream.
+        h.remove(&X_FORWARDED_FOR);
+    }
 
     let body = match &upstream.credential {
         None => Either::Left(body),

@@ -32,6 +32,7 @@ pub struct Upstream {
     pub base_path: String,
     pub request_timeout: Duration,
     pub max_body_bytes: u64,
+    pub forwarded_for: bool,
     pub credential: Option<Arc<Credential>>,
     pub client: UpstreamClient,
 }
@@ -91,6 +92,7 @@ impl Upstream {
             base_path: cfg.base_path.clone(),
             request_timeout: cfg.request_timeout,
             max_body_bytes: cfg.max_body_bytes,
+            forwarded_for: cfg.forwarded_for,
             credential,
             client,
         })

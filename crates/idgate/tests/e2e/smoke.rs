@@ -109,3 +109,41 @@ allow = ["{ONBOARDING}"]
     }
     assert_eq!(seen.method, "GET");
 }
+
+#[tokio::test]
+async fn forwarded_for_can_be_withheld_from_an_upstream() {
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let (port, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"{base}
+[[upstreams]]
+name = "provider"
+url = "{url}"
+ca = "{ca}"
+forwarded_for = false
+
+[[routes]]
+name = "read"
+methods = ["GET"]
+path = "/v3/session/{{id}}/decision/"
+upstream = "provider"
+allow = ["{ONBOARDING}"]
+"#,
+        base = base_config(&pki, port, admin),
+        url = upstream.url(true),
+        ca = pki.files.bundle.display(),
+    );
+    let _gw = Gateway::start(&config, port, admin, &[]).await;
+    let reply = Client::new(&pki, Some(ONBOARDING), port, false)
+        .send(
+            "GET",
+            "/v3/session/s1/decision/",
+            &[("x-forwarded-for", "10.1.2.3")],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(upstream.last().headers.get("x-forwarded-for").is_none());
+}
