@@ -64,26 +64,8 @@ allow = ["spiffe://example.org/ns/kyc/*"]
 async fn headers_that_would_change_the_method_url_or_origin_never_reach_the_upstream() {
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let (port, admin) = (free_port(), free_port());
-    let config = format!(
-        r#"{base}
-[[upstreams]]
-name = "provider"
-url = "{url}"
-ca = "{ca}"
-
-[[routes]]
-name = "read"
-methods = ["GET"]
-path = "/v3/session/{{id}}/decision/"
-upstream = "provider"
-allow = ["{ONBOARDING}"]
-"#,
-        base = base_config(&pki, port, admin),
-        url = upstream.url(true),
-        ca = pki.files.bundle.display(),
-    );
-    let _gw = Gateway::start(&config, port, admin, &[]).await;
+    let gw = decision_gateway(&pki, &upstream, "").await;
+    let port = gw.port;
     let smuggled = [
         ("x-http-method-override", "DELETE"),
         ("x-http-method", "DELETE"),
@@ -114,27 +96,8 @@ allow = ["{ONBOARDING}"]
 async fn forwarded_for_can_be_withheld_from_an_upstream() {
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let (port, admin) = (free_port(), free_port());
-    let config = format!(
-        r#"{base}
-[[upstreams]]
-name = "provider"
-url = "{url}"
-ca = "{ca}"
-forwarded_for = false
-
-[[routes]]
-name = "read"
-methods = ["GET"]
-path = "/v3/session/{{id}}/decision/"
-upstream = "provider"
-allow = ["{ONBOARDING}"]
-"#,
-        base = base_config(&pki, port, admin),
-        url = upstream.url(true),
-        ca = pki.files.bundle.display(),
-    );
-    let _gw = Gateway::start(&config, port, admin, &[]).await;
+    let gw = decision_gateway(&pki, &upstream, "forwarded_for = false").await;
+    let port = gw.port;
     let reply = Client::new(&pki, Some(ONBOARDING), port, false)
         .send(
             "GET",
@@ -146,4 +109,30 @@ allow = ["{ONBOARDING}"]
         .unwrap();
     assert_eq!(reply.status, 200);
     assert!(upstream.last().headers.get("x-forwarded-for").is_none());
+}
+
+/// A gateway with one GET route to a session decision on `upstream`, allowed for the
+/// onboarding workload; `upstream_extra` is added to the `[[upstreams]]` table.
+async fn decision_gateway(pki: &Pki, upstream: &TestUpstream, upstream_extra: &str) -> Gateway {
+    let (port, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"{base}
+[[upstreams]]
+name = "provider"
+url = "{url}"
+ca = "{ca}"
+{upstream_extra}
+
+[[routes]]
+name = "read"
+methods = ["GET"]
+path = "/v3/session/{{id}}/decision/"
+upstream = "provider"
+allow = ["{ONBOARDING}"]
+"#,
+        base = base_config(pki, port, admin),
+        url = upstream.url(true),
+        ca = pki.files.bundle.display(),
+    );
+    Gateway::start(&config, port, admin, &[]).await
 }
