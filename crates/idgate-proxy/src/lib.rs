@@ -5,6 +5,7 @@ pub mod admin;
 pub mod authn;
 pub mod credential;
 pub mod gateway;
+pub mod h1;
 pub mod listener;
 pub mod metrics;
 pub mod oauth2;

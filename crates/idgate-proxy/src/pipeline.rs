@@ -33,6 +33,7 @@ use hyper::body::Incoming;
 use idgate_tls::SpiffeId;
 
 use crate::authn::{self, FailedAttempts};
+use crate::h1::{self, RequestBody};
 use crate::metrics::Metrics;
 use crate::problem::Refusal;
 use crate::routes::{Route, RouteMiss};
@@ -41,7 +42,11 @@ use crate::token_endpoint::TokenEndpoint;
 use crate::upstream::Upstream;
 use idgate_auth::AuthFailure;
 
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// An upstream's response body: from the HTTPS client, or from the cleartext HTTP/1.1 one.
+pub type UpstreamResponseBody = Either<Incoming, h1::ResponseBody>;
+
+/// What the gateway answers with: the upstream's body, or one of its own.
+pub type ProxyBody = Either<UpstreamResponseBody, Full<Bytes>>;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -327,31 +332,61 @@ fn route<'s>(snapshot: &'s Snapshot, req: &Request<Incoming>) -> Result<&'s Rout
         })
 }
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1), plus the proxy ones.
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+    &header::PROXY_AUTHENTICATE,
+];
+
+/// Removes every header named in `names` that is present. One pass over the (usually few)
+/// headers first, so that a message without any of them costs no lookups.
+pub(crate) fn remove_all(headers: &mut HeaderMap, names: &[&HeaderName]) {
+    if headers.keys().any(|k| names.contains(&k)) {
+        for name in names {
+            headers.remove(*name);
+        }
+    }
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    match (connection.next(), connection.next()) {
+        (None, _) => {}
+        // The usual case: one `Connection` header, its value shared, not copied.
+        (Some(value), None) => {
+            let value = value.clone();
+            for name in value.to_str().into_iter().flat_map(|v| v.split(',')) {
+                let name = name.trim();
+                if !name.is_empty()
+                    && !name.eq_ignore_ascii_case("keep-alive")
+                    && !name.eq_ignore_ascii_case("close")
+                {
+                    headers.remove(name);
+                }
+            }
+        }
+        (Some(_), Some(_)) => {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
+        }
     }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHORIZATION,
-        &header::PROXY_AUTHENTICATE,
-    ] {
-        headers.remove(name);
-    }
+    remove_all(headers, &HOP_BY_HOP);
 }
 
 /// Stage 5.
@@ -365,7 +400,7 @@ async fn forward<'u>(
     services: &Services,
     used: &mut Option<(&'u str, Arc<str>)>,
     req: Request<Incoming>,
-) -> Result<Response<Incoming>, Refusal> {
+) -> Result<Response<UpstreamResponseBody>, Refusal> {
     let (mut parts, body) = req.into_parts();
 
     // Forwarded as received: without a base path the received bytes are shared, not copied.
@@ -380,25 +415,14 @@ async fn forward<'u>(
     .map_err(|e| Refusal::Internal {
         reason: format!("cannot build upstream path: {e}"),
     })?;
-    parts.uri = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| Refusal::Internal {
-            reason: format!("cannot build upstream URI: {e}"),
-        })?;
-    // The client picks HTTP/1.1 or HTTP/2 for the upstream connection by ALPN.
-    parts.version = Version::HTTP_11;
-
     let h = &mut parts.headers;
     strip_hop_by_hop(h);
     // The caller's credentials are for the gateway, never for the provider.
-    for name in strip {
-        h.remove(name);
+    if h.keys().any(|k| strip.contains(k)) {
+        for name in strip {
+            h.remove(name);
+        }
     }
-    // The Host is the upstream's, set by the client from the URI.
-    h.remove(header::HOST);
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
     if upstream.forwarded_for {
         append_forwarded_for(h, &conn.remote_ip);
@@ -408,7 +432,7 @@ async fn forward<'u>(
     }
 
     let body = match &upstream.credential {
-        None => Either::Left(body),
+        None => RequestBody::Stream(body),
         Some(cred) => {
             // Signature schemes cover the body, so it is read whole (bounded) first.
             let mut _budget = None;
@@ -441,13 +465,18 @@ async fn forward<'u>(
                 .map_err(|_| Refusal::BadBody {
                     reason: "the request body did not arrive in time".to_owned(),
                 })??;
-                (Either::Right(Full::new(bytes.clone())), bytes)
+                (RequestBody::Buffered(bytes.clone()), bytes)
             } else {
-                (Either::Left(body), Bytes::new())
+                (RequestBody::Stream(body), Bytes::new())
             };
-            let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
             match cred
-                .apply(started, &parts.method, pq, &bytes, &mut parts.headers)
+                .apply(
+                    started,
+                    &parts.method,
+                    path_and_query.as_str(),
+                    &bytes,
+                    &mut parts.headers,
+                )
                 .await
             {
                 Ok(u) => {
@@ -465,6 +494,37 @@ async fn forward<'u>(
         }
     };
 
+    if let Some(pool) = &upstream.h1 {
+        let sent = pool.send(&parts.method, path_and_query.as_str(), &parts.headers, body);
+        return match tokio::time::timeout(upstream.request_timeout, sent).await {
+            Err(_) => Err(Refusal::UpstreamTimeout),
+            Ok(Err(h1::Error::CallerBody(e))) => Err(Refusal::BadBody {
+                reason: e.to_string(),
+            }),
+            Ok(Err(e)) => Err(Refusal::UpstreamUnreachable {
+                reason: format!("upstream {}: {e}", upstream.name),
+            }),
+            Ok(Ok(resp)) => Ok(resp.map(Either::Right)),
+        };
+    }
+
+    // The Host is the upstream's, set by the client from the URI (the HTTP/1.1 client above
+    // writes its own).
+    parts.headers.remove(header::HOST);
+    parts.uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| Refusal::Internal {
+            reason: format!("cannot build upstream URI: {e}"),
+        })?;
+    // The client picks HTTP/1.1 or HTTP/2 for the upstream connection by ALPN.
+    parts.version = Version::HTTP_11;
+    let body = match body {
+        RequestBody::Stream(b) => Either::Left(b),
+        RequestBody::Buffered(b) => Either::Right(Full::new(b)),
+    };
     let req = Request::from_parts(parts, body);
     match tokio::time::timeout(upstream.request_timeout, upstream.client.request(req)).await {
         Err(_) => Err(Refusal::UpstreamTimeout),
@@ -472,7 +532,7 @@ async fn forward<'u>(
         Ok(Err(e)) => Err(Refusal::UpstreamUnreachable {
             reason: format!("upstream {}: {}", upstream.name, error_chain(&e)),
         }),
-        Ok(Ok(resp)) => Ok(resp),
+        Ok(Ok(resp)) => Ok(resp.map(Either::Left)),
     }
 }
 
@@ -529,7 +589,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Stage 6.
-fn respond(resp: Response<Incoming>) -> Response<ProxyBody> {
+fn respond(resp: Response<UpstreamResponseBody>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))

@@ -16,6 +16,7 @@ use idgate_config::UpstreamConfig;
 use rustls::RootCertStore;
 
 use crate::credential::Credential;
+use crate::h1;
 use rustls::crypto::CryptoProvider;
 
 /// The body sent upstream: the caller's body streamed through, or buffered (when a signature
@@ -34,7 +35,11 @@ pub struct Upstream {
     pub max_body_bytes: u64,
     pub forwarded_for: bool,
     pub credential: Option<Arc<Credential>>,
+    /// The client for `https://` upstreams (HTTP/2 or HTTP/1.1 by ALPN), and for the
+    /// gateway's own calls such as OAuth2 token requests.
     pub client: UpstreamClient,
+    /// The request's own HTTP/1.1 client for `http://` upstreams.
+    pub h1: Option<h1::Pool>,
 }
 
 impl Upstream {
@@ -85,6 +90,19 @@ impl Upstream {
             .cloned()
             .ok_or_else(|| format!("{key}: the URL has no host"))?;
         let scheme = cfg.origin.scheme().cloned().unwrap_or(Scheme::HTTPS);
+        let h1 = (scheme == Scheme::HTTP).then(|| {
+            let address = match authority.port_u16() {
+                Some(_) => authority.as_str().to_owned(),
+                None => format!("{}:80", authority.as_str()),
+            };
+            h1::Pool::new(h1::PoolConfig {
+                address,
+                host: authority.as_str().to_owned(),
+                connect_timeout: cfg.connect_timeout,
+                idle_timeout: cfg.pool_idle_timeout,
+                max_idle: cfg.pool_max_idle,
+            })
+        });
         Ok(Self {
             name: cfg.name.clone(),
             scheme,
@@ -95,6 +113,7 @@ impl Upstream {
             forwarded_for: cfg.forwarded_for,
             credential,
             client,
+            h1,
         })
     }
 }

@@ -20,4 +20,5 @@ mod rotation;
 mod smoke;
 mod spiffe;
 mod tokens;
+mod upstream_h1;
 mod vault;

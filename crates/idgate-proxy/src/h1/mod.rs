@@ -1,0 +1,719 @@
+//! The HTTP/1.1 client for cleartext in-cluster upstreams, driven inside the request's own
+//! task.
+//!
+//! A proxied request costs two wake-ups here: the caller's bytes arrive, the upstream's
+//! answer arrives. The request head is written with the body in one `write`, the
+//! response head is parsed where it was read, and a body that came with its head (the
+//! usual case for an API) goes back to the caller without another trip through the
+//! runtime; larger bodies stream from the upstream connection as the caller reads them.
+//! Connections are kept in a per-upstream pool, most recently used first.
+//!
+//! Framing is strict both ways ([`parse`]): the gateway frames the body it sends itself
+//! (`Content-Length`, or chunked when the caller's length is unknown), and a response whose
+//! framing could be read two ways is refused with a 502 rather than guessed at.
+//!
+//! A request that fails on a reused connection before any byte of the answer arrived
+//! (the upstream closed an idle connection at the moment it was taken) is sent again once
+//! on a new connection, when its method is idempotent and its body can be sent again, as
+//! nginx's `proxy_next_upstream error` does.
+
+pub mod parse;
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use self::parse::{Chunk, ChunkedDecoder, Framing, ProtocolError};
+
+/// Read granularity on upstream connections.
+const READ_CHUNK: usize = 8 * 1024;
+/// Request bytes gathered before a `write`: the head and a small body go out together.
+const WRITE_COALESCE: usize = 64 * 1024;
+
+/// Where and how to connect, and how many idle connections to keep.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// `host:port` of the upstream.
+    pub address: String,
+    /// The `Host` header sent upstream.
+    pub host: String,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle: usize,
+}
+
+/// The body of a request to the upstream.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// The caller's body, streamed through.
+    Stream(Incoming),
+    /// A body read whole first (a signature covers it).
+    Buffered(Bytes),
+}
+
+impl RequestBody {
+    /// Whether the body can be sent again on a second connection.
+    fn replayable(&self) -> bool {
+        match self {
+            Self::Stream(b) => b.is_end_stream(),
+            Self::Buffered(_) => true,
+        }
+    }
+}
+
+/// Why a request to the upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("connection closed before the response was complete")]
+    Closed,
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    /// The caller's body could not be read; not the upstream's fault.
+    #[error("reading the request body: {0}")]
+    CallerBody(hyper::Error),
+}
+
+/// One connection to the upstream, with the bytes read from it and not yet used.
+#[derive(Debug)]
+struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    /// Bytes gathered for the next `write`, kept from request to request.
+    out: Vec<u8>,
+    idle_since: Instant,
+}
+
+impl Conn {
+    /// Whether an idle connection can be used: nothing arrived while it was idle (neither
+    /// the upstream's close nor stray bytes). Needs no system call when nothing did.
+    fn still_open(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
+            Poll::Pending
+        )
+    }
+
+    async fn read_more(&mut self) -> io::Result<usize> {
+        self.buf.reserve(READ_CHUNK);
+        tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.buf).await
+    }
+}
+
+/// The idle connections of one upstream.
+#[derive(Debug)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    config: PoolConfig,
+    idle: Mutex<Vec<Conn>>,
+    sweeper: AtomicBool,
+}
+
+impl Pool {
+    pub fn new(config: PoolConfig) -> Self {
+        Self {
+            inner: Arc::new(PoolInner {
+                config,
+                idle: Mutex::new(Vec::new()),
+                sweeper: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Sends one request and reads the response head. The path and query are sent as
+    /// given; `headers` must already be what the upstream may see (the Host, framing and
+    /// `Expect` headers are the client's own).
+    pub async fn send(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: RequestBody,
+    ) -> Result<Response<ResponseBody>, Error> {
+        let head_request = *method == Method::HEAD;
+        let retry_allowed = method.is_idempotent() && body.replayable();
+        let framing = request_framing(method, &body);
+        let request = RequestHead {
+            method,
+            path_and_query,
+            host: &self.inner.config.host,
+            headers,
+            framing,
+        };
+
+        // What a retry sends: the same bytes again (an empty streamed body is nothing).
+        let replay = retry_allowed.then(|| match &body {
+            RequestBody::Buffered(b) => b.clone(),
+            RequestBody::Stream(_) => Bytes::new(),
+        });
+        let mut body = Some(body);
+        let mut pooled = self.inner.checkout();
+        loop {
+            let reused = pooled.is_some();
+            let conn = match pooled.take() {
+                Some(conn) => conn,
+                None => self.inner.connect().await?,
+            };
+            let Some(this_body) = body
+                .take()
+                .or_else(|| replay.clone().map(RequestBody::Buffered))
+            else {
+                return Err(Error::Closed);
+            };
+            match self.exchange(conn, &request, this_body, head_request).await {
+                Ok(resp) => return Ok(resp),
+                // Once, and on a new connection: the pool's other idle connections may have
+                // been closed by the same upstream restart.
+                Err(Failure {
+                    error,
+                    answered: false,
+                }) if reused && replay.is_some() => {
+                    tracing::debug!(error = %error, "reused upstream connection failed; retrying on a new one");
+                }
+                Err(f) => return Err(f.error),
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        mut conn: Conn,
+        request: &RequestHead<'_>,
+        body: RequestBody,
+        head_request: bool,
+    ) -> Result<Response<ResponseBody>, Failure> {
+        conn.out.clear();
+        request.write(&mut conn.out);
+        write_request(&mut conn, request.framing, body)
+            .await
+            .map_err(Failure::unanswered)?;
+        let mut answered = false;
+        let parsed = loop {
+            match parse::parse_head(&mut conn.buf, head_request) {
+                Ok(Some(h)) => break h,
+                Ok(None) => {}
+                Err(e) => return Err(Failure::answered(e.into())),
+            }
+            match conn.read_more().await {
+                Ok(0) => {
+                    return Err(Failure {
+                        error: Error::Closed,
+                        answered,
+                    });
+                }
+                Ok(_) => answered = true,
+                Err(e) => {
+                    return Err(Failure {
+                        error: Error::Io(e),
+                        answered,
+                    });
+                }
+            }
+        };
+        let mut resp = Response::new(ResponseBody::empty());
+        *resp.status_mut() = parsed.status;
+        *resp.version_mut() = Version::HTTP_11;
+        *resp.headers_mut() = parsed.headers;
+        let reusable = parsed.reusable;
+        let body = match parsed.framing {
+            Framing::Empty | Framing::Length(0) => {
+                self.inner.checkin(conn, reusable);
+                ResponseBody::empty()
+            }
+            Framing::Length(n) if conn.buf.len() as u64 >= n => {
+                // The whole body came with the head: hand it over and free the connection.
+                let data = conn.buf.split_to(n as usize).freeze();
+                self.inner.checkin(conn, reusable);
+                ResponseBody::full(data)
+            }
+            framing => ResponseBody::streaming(Streaming {
+                conn: Some(conn),
+                pool: Arc::downgrade(&self.inner),
+                reusable,
+                framing: match framing {
+                    Framing::Length(n) => BodyFraming::Length(n),
+                    Framing::Chunked => BodyFraming::Chunked(ChunkedDecoder::new()),
+                    _ => BodyFraming::UntilClose,
+                },
+            }),
+        };
+        *resp.body_mut() = body;
+        Ok(resp)
+    }
+}
+
+/// A failed exchange, and whether any of the answer had arrived.
+struct Failure {
+    error: Error,
+    answered: bool,
+}
+
+impl Failure {
+    fn unanswered(error: Error) -> Self {
+        Self {
+            error,
+            answered: false,
+        }
+    }
+
+    fn answered(error: Error) -> Self {
+        Self {
+            error,
+            answered: true,
+        }
+    }
+}
+
+impl PoolInner {
+    fn checkout(&self) -> Option<Conn> {
+        let now = Instant::now();
+        loop {
+            let mut conn = self.idle.lock().ok()?.pop()?;
+            if now.duration_since(conn.idle_since) < self.config.idle_timeout && conn.still_open() {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn checkin(self: &Arc<Self>, mut conn: Conn, reusable: bool) {
+        // Bytes after a complete response are a protocol violation: never reuse that.
+        if !reusable || !conn.buf.is_empty() {
+            return;
+        }
+        conn.idle_since = Instant::now();
+        // One large body must not pin its buffers for the life of the connection.
+        if conn.out.capacity() > 4 * READ_CHUNK {
+            conn.out = Vec::with_capacity(1024);
+        }
+        if conn.buf.capacity() > 8 * READ_CHUNK {
+            conn.buf = BytesMut::with_capacity(READ_CHUNK);
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.config.max_idle
+        {
+            idle.push(conn);
+        }
+        if !self.sweeper.swap(true, Ordering::Relaxed) {
+            self.start_sweeper();
+        }
+    }
+
+    /// Closes connections idle for longer than the idle timeout, even without traffic.
+    fn start_sweeper(self: &Arc<Self>) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.sweeper.store(false, Ordering::Relaxed);
+            return;
+        };
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let period = (self.config.idle_timeout / 2).max(Duration::from_secs(1));
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = weak.upgrade() else { return };
+                let now = Instant::now();
+                if let Ok(mut idle) = pool.idle.lock() {
+                    idle.retain(|c| now.duration_since(c.idle_since) < pool.config.idle_timeout);
+                }
+            }
+        });
+    }
+
+    async fn connect(&self) -> Result<Conn, Error> {
+        let connect = async {
+            let mut last = None;
+            for addr in tokio::net::lookup_host(&self.config.address)
+                .await
+                .map_err(Error::Connect)?
+            {
+                match TcpStream::connect(addr).await {
+                    Ok(io) => return Ok(io),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(Error::Connect(last.unwrap_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "no address for the upstream host")
+            })))
+        };
+        let io = tokio::time::timeout(self.config.connect_timeout, connect)
+            .await
+            .map_err(|_| Error::ConnectTimeout)??;
+        let _ = io.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&io).set_tcp_keepalive(&keepalive);
+        tracing::debug!(upstream = %self.config.address, "new upstream connection");
+        Ok(Conn {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(1024),
+            idle_since: Instant::now(),
+        })
+    }
+}
+
+/// How the request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReqFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+fn request_framing(method: &Method, body: &RequestBody) -> ReqFraming {
+    let (empty, exact) = match body {
+        RequestBody::Buffered(b) => (b.is_empty(), Some(b.len() as u64)),
+        RequestBody::Stream(b) => (b.is_end_stream(), b.size_hint().exact()),
+    };
+    if empty {
+        // A method that defines a body says its length, even when it is nothing.
+        return if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+            ReqFraming::Length(0)
+        } else {
+            ReqFraming::None
+        };
+    }
+    exact.map_or(ReqFraming::Chunked, ReqFraming::Length)
+}
+
+/// What goes into the request head.
+struct RequestHead<'a> {
+    method: &'a Method,
+    path_and_query: &'a str,
+    host: &'a str,
+    headers: &'a HeaderMap,
+    framing: ReqFraming,
+}
+
+impl RequestHead<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.path_and_query.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        out.extend_from_slice(self.host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in self.headers {
+            // HeaderValue cannot hold CR, LF or NUL: nothing here can end a line early.
+            if name == HOST || name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == EXPECT
+            {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        match self.framing {
+            ReqFraming::None => {}
+            ReqFraming::Length(n) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa_buf(n).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            ReqFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A number's decimal digits without a heap allocation.
+struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+fn itoa_buf(mut n: u64) -> Digits {
+    let mut d = Digits {
+        buf: [0; 20],
+        start: 20,
+    };
+    loop {
+        d.start -= 1;
+        d.buf[d.start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return d;
+        }
+    }
+}
+
+/// Writes the head gathered in `conn.out` and the body after it.
+async fn write_request(
+    conn: &mut Conn,
+    framing: ReqFraming,
+    body: RequestBody,
+) -> Result<(), Error> {
+    let Conn { io, out, .. } = conn;
+    match body {
+        RequestBody::Buffered(b) if out.len() + b.len() <= WRITE_COALESCE => {
+            out.extend_from_slice(&b);
+            io.write_all(out).await.map_err(Error::Io)
+        }
+        RequestBody::Buffered(b) => {
+            io.write_all(out).await.map_err(Error::Io)?;
+            io.write_all(&b).await.map_err(Error::Io)
+        }
+        RequestBody::Stream(b) if b.is_end_stream() => io.write_all(out).await.map_err(Error::Io),
+        RequestBody::Stream(mut b) => {
+            let chunked = framing == ReqFraming::Chunked;
+            // The head, and whatever of the body is already here, go out together.
+            loop {
+                let ready = {
+                    let mut cx = Context::from_waker(std::task::Waker::noop());
+                    Pin::new(&mut b).poll_frame(&mut cx)
+                };
+                let next = match ready {
+                    Poll::Ready(next) => next,
+                    Poll::Pending => {
+                        // Nothing more yet: send what there is before waiting.
+                        if !out.is_empty() {
+                            io.write_all(out).await.map_err(Error::Io)?;
+                            out.clear();
+                        }
+                        http_body_util::BodyExt::frame(&mut b).await
+                    }
+                };
+                let Some(frame) = next else { break };
+                // Trailers from the caller are not forwarded.
+                let Ok(data) = frame.map_err(Error::CallerBody)?.into_data() else {
+                    continue;
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if chunked {
+                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                }
+                if data.len() > WRITE_COALESCE {
+                    io.write_all(out).await.map_err(Error::Io)?;
+                    out.clear();
+                    io.write_all(&data).await.map_err(Error::Io)?;
+                } else {
+                    out.extend_from_slice(&data);
+                }
+                if chunked {
+                    out.extend_from_slice(b"\r\n");
+                }
+                if out.len() >= WRITE_COALESCE {
+                    io.write_all(out).await.map_err(Error::Io)?;
+                    out.clear();
+                }
+            }
+            if chunked {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            if !out.is_empty() {
+                io.write_all(out).await.map_err(Error::Io)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A response body from an upstream connection. When the body is read to its end, the
+/// connection goes back to the pool; a body dropped early closes it.
+#[derive(Debug)]
+pub struct ResponseBody {
+    state: BodyState,
+}
+
+#[derive(Debug)]
+enum BodyState {
+    Done,
+    Full(Bytes),
+    Streaming(Box<Streaming>),
+}
+
+#[derive(Debug)]
+struct Streaming {
+    conn: Option<Conn>,
+    pool: Weak<PoolInner>,
+    reusable: bool,
+    framing: BodyFraming,
+}
+
+#[derive(Debug)]
+enum BodyFraming {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+}
+
+/// An upstream response body that broke off or was malformed.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("upstream body: {0}")]
+    Io(#[from] io::Error),
+    #[error("upstream body: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("upstream closed the connection before the body was complete")]
+    Truncated,
+}
+
+impl ResponseBody {
+    fn empty() -> Self {
+        Self {
+            state: BodyState::Done,
+        }
+    }
+
+    fn full(data: Bytes) -> Self {
+        Self {
+            state: BodyState::Full(data),
+        }
+    }
+
+    fn streaming(s: Streaming) -> Self {
+        Self {
+            state: BodyState::Streaming(Box::new(s)),
+        }
+    }
+}
+
+impl BodyFraming {
+    /// The next piece of the body out of what is already buffered, if any.
+    fn take_buffered(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, BodyError> {
+        match self {
+            BodyFraming::Length(remaining) => {
+                if buf.is_empty() || *remaining == 0 {
+                    return Ok(None);
+                }
+                let n = usize::try_from(*remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                *remaining -= n as u64;
+                Ok(Some(buf.split_to(n).freeze()))
+            }
+            BodyFraming::Chunked(dec) => match dec.decode(buf)? {
+                Chunk::Data(d) => Ok(Some(d)),
+                Chunk::NeedMore | Chunk::Done => Ok(None),
+            },
+            BodyFraming::UntilClose => {
+                if buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Ok(Some(buf.split().freeze()))
+                }
+            }
+        }
+    }
+
+    fn complete(&self) -> bool {
+        match self {
+            BodyFraming::Length(remaining) => *remaining == 0,
+            BodyFraming::Chunked(dec) => dec.is_done(),
+            BodyFraming::UntilClose => false,
+        }
+    }
+}
+
+impl Streaming {
+    fn finish(&mut self) {
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.upgrade()) {
+            pool.checkin(conn, self.reusable);
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Some(data) = self.framing.take_buffered(&mut conn.buf)? {
+                if self.framing.complete() {
+                    self.finish();
+                }
+                return Poll::Ready(Some(Ok(data)));
+            }
+            if self.framing.complete() {
+                self.finish();
+                return Poll::Ready(None);
+            }
+            conn.buf.reserve(READ_CHUNK);
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut conn.io),
+                cx,
+                &mut conn.buf
+            ))?;
+            if n == 0 {
+                self.conn = None;
+                return match self.framing {
+                    BodyFraming::UntilClose => Poll::Ready(None),
+                    _ => Poll::Ready(Some(Err(BodyError::Truncated))),
+                };
+            }
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match &mut this.state {
+            BodyState::Done => Poll::Ready(None),
+            BodyState::Full(_) => match std::mem::replace(&mut this.state, BodyState::Done) {
+                BodyState::Full(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                _ => Poll::Ready(None),
+            },
+            BodyState::Streaming(s) => {
+                let next = ready!(s.poll_next(cx));
+                if !matches!(next, Some(Ok(_))) {
+                    this.state = BodyState::Done;
+                }
+                Poll::Ready(next.map(|r| r.map(Frame::data)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, BodyState::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            BodyState::Done => SizeHint::with_exact(0),
+            BodyState::Full(data) => SizeHint::with_exact(data.len() as u64),
+            BodyState::Streaming(s) => match (&s.framing, &s.conn) {
+                // What is left to yield, buffered or not.
+                (BodyFraming::Length(n), Some(_)) => SizeHint::with_exact(*n),
+                _ => SizeHint::default(),
+            },
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! What an HTTP/1.1 upstream sends back, read strictly: the response head, the framing of
+//! its body (RFC 9112 §6.3) and the chunked transfer coding (RFC 9112 §7.1).
+//!
+//! An upstream is a peer, not a friend. Anything that could frame a body two ways is an
+//! error, never a guess: `Transfer-Encoding` together with `Content-Length`, differing
+//! `Content-Length` values, a chunk size that overflows. Heads, header counts, chunk
+//! extensions and trailers are bounded.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+/// The largest response head accepted, interim (1xx) heads included. Offsets into a head
+/// fit in a `u16`.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024 - 1;
+/// The most header fields in one response head.
+pub const MAX_HEADERS: usize = 128;
+/// The longest chunk-size line (size and extensions).
+const MAX_CHUNK_LINE: usize = 4096;
+/// All trailer fields of a chunked body together; they are read and dropped.
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// Why a response cannot be used. Never quotes the upstream's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("response head larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("more than {MAX_HEADERS} header fields")]
+    TooManyHeaders,
+    #[error("malformed response head ({0})")]
+    Malformed(&'static str),
+    #[error("Content-Length is invalid or given twice with different values")]
+    BadContentLength,
+    #[error("both Transfer-Encoding and Content-Length")]
+    AmbiguousFraming,
+    #[error("protocol switch (101) that was never asked for")]
+    UnexpectedUpgrade,
+    #[error("malformed chunked body ({0})")]
+    BadChunk(&'static str),
+}
+
+/// How the body of a response ends (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a response to HEAD, 204 or 304.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// The chunked transfer coding.
+    Chunked,
+    /// Everything until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A parsed final (non-1xx) response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection may carry another request once this body is read.
+    pub reusable: bool,
+}
+
+/// Parses a response head at the start of `buf`, skipping interim 1xx responses. Returns
+/// `Ok(None)` when more bytes are needed; on success the head's bytes are taken out of
+/// `buf`, which then starts with the body. Header values share the head's buffer.
+pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ProtocolError> {
+    loop {
+        // (name start, name end, value start, value end) within the head.
+        let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
+        let (len, code, minor, count) = {
+            let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut resp,
+                buf,
+                &mut headers,
+            );
+            let len = match parsed {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+                    return Err(ProtocolError::HeadTooLarge);
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError::TooManyHeaders),
+                Err(e) => return Err(ProtocolError::Malformed(malformed(e))),
+            };
+            if len > MAX_HEAD_BYTES {
+                return Err(ProtocolError::HeadTooLarge);
+            }
+            let code = resp.code.ok_or(ProtocolError::Malformed("status"))?;
+            let minor = resp.version.ok_or(ProtocolError::Malformed("version"))?;
+            let base = buf.as_ptr() as usize;
+            let count = resp.headers.len();
+            for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+                // Within the head, which is shorter than 64 KiB.
+                let offset = |s: &[u8]| u16::try_from(s.as_ptr() as usize - base).unwrap_or(0);
+                let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
+                // Lengths are bounded by the head too.
+                *span = (n, n + h.name.len() as u16, v, v + h.value.len() as u16);
+            }
+            (len, code, minor, count)
+        };
+        if (100..200).contains(&code) {
+            if code == 101 {
+                return Err(ProtocolError::UnexpectedUpgrade);
+            }
+            // 100 Continue, 103 Early Hints: informational only, the final head follows.
+            buf.advance(len);
+            continue;
+        }
+        let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::Malformed("status"))?;
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(ns, ne, vs, ve) in &spans[..count] {
+            let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
+            let name = HeaderName::from_bytes(&head[ns..ne])
+                .map_err(|_| ProtocolError::Malformed("header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+                .map_err(|_| ProtocolError::Malformed("header value"))?;
+            headers.append(name, value);
+        }
+        let (framing, reusable) = framing(&headers, status, minor, head_request)?;
+        return Ok(Some(Head {
+            status,
+            headers,
+            framing,
+            reusable,
+        }));
+    }
+}
+
+fn malformed(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "header name",
+        httparse::Error::HeaderValue => "header value",
+        httparse::Error::NewLine => "line ending",
+        httparse::Error::Status => "status",
+        httparse::Error::Token => "token",
+        httparse::Error::Version => "version",
+        httparse::Error::TooManyHeaders => "too many headers",
+    }
+}
+
+/// RFC 9112 §6.3, strictly.
+fn framing(
+    headers: &HeaderMap,
+    status: StatusCode,
+    minor: u8,
+    head_request: bool,
+) -> Result<(Framing, bool), ProtocolError> {
+    let mut reusable = minor == 1 && !has_token(headers, &CONNECTION, "close");
+    let mut chunked = false;
+    let mut has_te = false;
+    for value in headers.get_all(TRANSFER_ENCODING) {
+        let value = value
+            .to_str()
+            .map_err(|_| ProtocolError::Malformed("transfer-encoding"))?;
+        for coding in value.split(',').map(str::trim) {
+            if coding.is_empty() {
+                continue;
+            }
+            if chunked {
+                // `chunked` must be the last coding; anything after it is a framing trick.
+                return Err(ProtocolError::Malformed("transfer-encoding after chunked"));
+            }
+            has_te = true;
+            chunked = coding.eq_ignore_ascii_case("chunked");
+        }
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_length(part.trim_ascii()).ok_or(ProtocolError::BadContentLength)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ProtocolError::BadContentLength);
+            }
+            length = Some(n);
+        }
+    }
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Framing::Empty, reusable));
+    }
+    if has_te {
+        if length.is_some() {
+            return Err(ProtocolError::AmbiguousFraming);
+        }
+        if minor == 0 {
+            return Err(ProtocolError::Malformed("transfer-encoding in HTTP/1.0"));
+        }
+        if chunked {
+            return Ok((Framing::Chunked, reusable));
+        }
+        reusable = false;
+        return Ok((Framing::UntilClose, reusable));
+    }
+    match length {
+        Some(n) => Ok((Framing::Length(n), reusable)),
+        None => Ok((Framing::UntilClose, false)),
+    }
+}
+
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// What the chunked decoder produced from the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Chunk {
+    Data(Bytes),
+    /// The buffer holds no complete piece; read more.
+    NeedMore,
+    /// The last chunk and the trailers are read; the buffer starts after the body.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// A streaming decoder of the chunked transfer coding. Trailer fields are read and dropped.
+#[derive(Debug, Clone)]
+pub struct ChunkedDecoder {
+    state: State,
+    size: u64,
+    digits: u8,
+    line: usize,
+    trailers: usize,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkedDecoder {
+    pub fn new() -> Self {
+        Self {
+            state: State::Size,
+            size: 0,
+            digits: 0,
+            line: 0,
+            trailers: 0,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Consumes framing from `buf` and returns the next piece of data, if any.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Chunk, ProtocolError> {
+        use ProtocolError::BadChunk;
+        loop {
+            if self.state == State::Done {
+                return Ok(Chunk::Done);
+            }
+            if self.state == State::Data {
+                if buf.is_empty() {
+                    return Ok(Chunk::NeedMore);
+                }
+                let n = usize::try_from(self.size)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                self.size -= n as u64;
+                if self.size == 0 {
+                    self.state = State::DataCr;
+                }
+                return Ok(Chunk::Data(buf.split_to(n).freeze()));
+            }
+            let Some(&b) = buf.first() else {
+                return Ok(Chunk::NeedMore);
+            };
+            buf.advance(1);
+            self.state = match (self.state, b) {
+                (State::Size, _) if b.is_ascii_hexdigit() => {
+                    if self.digits == 16 {
+                        return Err(BadChunk("chunk size too large"));
+                    }
+                    self.digits += 1;
+                    self.size = (self.size << 4) | u64::from(hex_value(b));
+                    self.line += 1;
+                    State::Size
+                }
+                (State::Size, b';' | b' ' | b'\t') if self.digits > 0 => {
+                    self.line += 1;
+                    State::Extension
+                }
+                (State::Size, b'\r') if self.digits > 0 => State::SizeLf,
+                (State::Size, _) => return Err(BadChunk("chunk size")),
+                (State::Extension, b'\r') => State::SizeLf,
+                (State::Extension, b'\t' | b' '..=b'~' | 0x80..=0xff) => {
+                    self.line += 1;
+                    if self.line > MAX_CHUNK_LINE {
+                        return Err(BadChunk("chunk extension too long"));
+                    }
+                    State::Extension
+                }
+                (State::Extension, _) => return Err(BadChunk("chunk extension")),
+                (State::SizeLf, b'\n') => {
+                    self.line = 0;
+                    self.digits = 0;
+                    if self.size == 0 {
+                        State::TrailerStart
+                    } else {
+                        State::Data
+                    }
+                }
+                (State::DataCr, b'\r') => State::DataLf,
+                (State::DataLf, b'\n') => State::Size,
+                (State::SizeLf | State::DataCr | State::DataLf, _) => {
+                    return Err(BadChunk("line ending"));
+                }
+                (State::TrailerStart, b'\r') => State::EndLf,
+                (State::TrailerLine, b'\r') => State::TrailerLf,
+                (State::TrailerStart | State::TrailerLine, b'\t' | b' '..=b'~' | 0x80..=0xff) => {
+                    self.trailers += 1;
+                    if self.trailers > MAX_TRAILER_BYTES {
+                        return Err(BadChunk("trailers too large"));
+                    }
+                    State::TrailerLine
+                }
+                (State::TrailerStart | State::TrailerLine, _) => {
+                    return Err(BadChunk("trailer field"));
+                }
+                (State::TrailerLf, b'\n') => State::TrailerStart,
+                (State::EndLf, b'\n') => State::Done,
+                (State::TrailerLf | State::EndLf, _) => return Err(BadChunk("line ending")),
+                (State::Data | State::Done, _) => unreachable_state(),
+            };
+        }
+    }
+}
+
+fn hex_value(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b - b'A' + 10,
+    }
+}
+
+/// Data and Done are handled before a byte is taken.
+#[cold]
+fn unreachable_state() -> State {
+    State::Done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, head_request: bool) -> Result<Option<Head>, ProtocolError> {
+        parse_head(&mut BytesMut::from(raw), head_request)
+    }
+
+    fn framing_of(raw: &str) -> Result<(Framing, bool), ProtocolError> {
+        head(raw, false).map(|h| {
+            let h = h.expect("complete head");
+            (h.framing, h.reusable)
+        })
+    }
+
+    #[test]
+    fn content_length_frames_the_body_and_the_rest_stays_in_the_buffer() {
+        let mut buf =
+            BytesMut::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: b\r\n\r\nokNEXT");
+        let h = parse_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(h.status, 200);
+        assert_eq!((h.framing, h.reusable), (Framing::Length(2), true));
+        assert_eq!(h.headers.get("x-a").unwrap(), "b");
+        assert_eq!(&buf[..], b"okNEXT");
+    }
+
+    #[test]
+    fn a_partial_head_asks_for_more_and_an_endless_one_is_refused() {
+        assert!(
+            head("HTTP/1.1 200 OK\r\ncontent-len", false)
+                .unwrap()
+                .is_none()
+        );
+        let long = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(head(&long, false).unwrap_err(), ProtocolError::HeadTooLarge);
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x{i}: 1\r\n")).collect();
+        assert_eq!(
+            head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"), false).unwrap_err(),
+            ProtocolError::TooManyHeaders
+        );
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_101_is_refused() {
+        let (f, _) = framing_of(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(f, Framing::Length(0));
+        assert_eq!(
+            head(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+                false
+            )
+            .unwrap_err(),
+            ProtocolError::UnexpectedUpgrade
+        );
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let ok = |raw: &str| framing_of(raw).unwrap();
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+            (Framing::Chunked, true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+            (Framing::Chunked, true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
+            (Framing::UntilClose, false)
+        );
+        assert_eq!(ok("HTTP/1.1 200 OK\r\n\r\n"), (Framing::UntilClose, false));
+        assert_eq!(
+            ok("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 304 Not Modified\r\n\r\n"),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\n"),
+            (Framing::Length(3), false)
+        );
+        assert_eq!(
+            ok("HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\n"),
+            (Framing::Length(3), false)
+        );
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\ncontent-length: 7\r\n\r\n"),
+            (Framing::Length(7), true)
+        );
+        let h = head("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn ambiguous_framing_is_an_error() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 3, 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 0x3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx: a\r\n folded\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/2 200 OK\r\n\r\n",
+        ] {
+            assert!(framing_of(raw).is_err(), "{raw:?}");
+        }
+    }
+
+    fn decode_all(input: &[u8], step: usize) -> Result<(Vec<u8>, BytesMut), ProtocolError> {
+        let mut dec = ChunkedDecoder::new();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        loop {
+            match dec.decode(&mut buf)? {
+                Chunk::Data(d) => out.extend_from_slice(&d),
+                Chunk::Done => return Ok((out, buf)),
+                Chunk::NeedMore if fed < input.len() => {
+                    let end = (fed + step).min(input.len());
+                    buf.extend_from_slice(&input[fed..end]);
+                    fed = end;
+                }
+                Chunk::NeedMore => return Err(ProtocolError::BadChunk("truncated")),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_boundaries() {
+        let body = b"4\r\nWiki\r\n6;name=\"v\"\r\npedia \r\nE\r\nin \r\n\r\nchunks.\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, body.len()] {
+            let (out, rest) = decode_all(body, step).unwrap();
+            assert_eq!(out, b"Wikipedia in \r\n\r\nchunks.", "step {step}");
+            assert!(b"NEXT".starts_with(&rest), "step {step}");
+        }
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_errors() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"4\nWiki\r\n0\r\n\r\n",
+            b"4\r\nWikiX\r\n0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"0\r\nbad\x00trailer\r\n\r\n",
+            b"-1\r\n",
+        ] {
+            assert!(decode_all(bad, 1).is_err(), "{bad:?}");
+        }
+        let long_ext = format!("1;{}\r\na\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_LINE + 1));
+        assert!(decode_all(long_ext.as_bytes(), 64).is_err());
+    }
+}

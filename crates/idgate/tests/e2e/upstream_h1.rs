@@ -1,0 +1,511 @@
+//! The gateway's HTTP/1.1 client for cleartext upstreams, against an upstream scripted
+//! byte for byte over a raw socket: body framing both ways, interim responses, HEAD,
+//! connection reuse, an idle connection the upstream closed, and responses whose framing
+//! could be read two ways.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+const TOKEN: &str = "h1-upstream-token-9c2e";
+const TOKEN_ENV: &str = "TEST_H1_UPSTREAM_TOKEN";
+const LIMIT: Duration = Duration::from_secs(60);
+
+async fn within<T>(test: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, test)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish within {LIMIT:?}"))
+}
+
+/// A request as the upstream read it off the wire.
+#[derive(Debug, Clone)]
+struct Raw {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the upstream does with a request: the bytes to send back, then whether to close.
+#[derive(Clone)]
+enum Answer {
+    Send(Vec<u8>),
+    SendAndClose(Vec<u8>),
+    /// Sends the pieces with a pause between them, then keeps the connection.
+    Trickle(Vec<Vec<u8>>),
+    /// Closes the connection without a word.
+    Close,
+    /// Never answers.
+    Hang,
+}
+
+type Script = Arc<dyn Fn(usize, &Raw) -> Answer + Send + Sync>;
+
+/// An HTTP/1.1 upstream that reads requests strictly and answers from a script. `n` counts
+/// requests over all connections.
+struct RawUpstream {
+    port: u16,
+    seen: Arc<Mutex<Vec<Raw>>>,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawUpstream {
+    async fn start(script: impl Fn(usize, &Raw) -> Answer + Send + Sync + 'static) -> Self {
+        let script: Script = Arc::new(script);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = Arc::new(AtomicUsize::new(0));
+        let (seen2, conns2) = (seen.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                conns2.fetch_add(1, Ordering::SeqCst);
+                let (script, seen, count) = (script.clone(), seen2.clone(), count.clone());
+                tokio::spawn(serve(tcp, script, seen, count));
+            }
+        });
+        Self {
+            port,
+            seen,
+            connections,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn seen(&self) -> Vec<Raw> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve(
+    mut tcp: TcpStream,
+    script: Script,
+    seen: Arc<Mutex<Vec<Raw>>>,
+    n: Arc<AtomicUsize>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(req) = read_request(&mut tcp, &mut buf).await else {
+            return;
+        };
+        seen.lock().unwrap().push(req.clone());
+        match script(n.fetch_add(1, Ordering::SeqCst), &req) {
+            Answer::Send(bytes) => {
+                if tcp.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            Answer::SendAndClose(bytes) => {
+                let _ = tcp.write_all(&bytes).await;
+                return;
+            }
+            Answer::Trickle(pieces) => {
+                for p in pieces {
+                    if tcp.write_all(&p).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            Answer::Close => return,
+            Answer::Hang => {
+                tokio::time::sleep(LIMIT).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one request: the head, then a body framed by Content-Length or chunked.
+async fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Raw> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        fill(tcp, buf).await?;
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).expect("ASCII head");
+    buf.drain(..head_end);
+    let mut lines = head.split("\r\n");
+    let mut start = lines.next()?.split(' ');
+    let (method, target) = (start.next()?.to_owned(), start.next()?.to_owned());
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.split_once(':').expect("header line");
+            (k.to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    let mut raw = Raw {
+        method,
+        target,
+        headers,
+        body: Vec::new(),
+    };
+    if raw.header("transfer-encoding") == Some("chunked") {
+        loop {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                fill(tcp, buf).await?;
+            };
+            let size = usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).ok()?, 16)
+                .expect("chunk size");
+            buf.drain(..line_end + 2);
+            while buf.len() < size + 2 {
+                fill(tcp, buf).await?;
+            }
+            raw.body.extend_from_slice(&buf[..size]);
+            assert_eq!(&buf[size..size + 2], b"\r\n", "chunk data ends with CRLF");
+            buf.drain(..size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    } else if let Some(len) = raw.header("content-length") {
+        let len: usize = len.parse().expect("content-length");
+        while buf.len() < len {
+            fill(tcp, buf).await?;
+        }
+        raw.body = buf.drain(..len).collect();
+    }
+    Some(raw)
+}
+
+async fn fill(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 16 * 1024];
+    match tcp.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
+
+fn ok(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A gateway with one route, `/{*rest}` for any of the usual methods, to `upstream`.
+async fn gateway(pki: &Pki, upstream: &RawUpstream, extra: &str) -> Gateway {
+    let (port, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"{base}
+[[upstreams]]
+name = "raw"
+url = "{url}"
+{extra}
+[upstreams.credential]
+header = "x-provider-token"
+secret = "env:{TOKEN_ENV}"
+
+[[routes]]
+name = "all"
+methods = ["GET", "HEAD", "POST", "PUT"]
+path = "/{{*rest}}"
+upstream = "raw"
+allow = ["{ONBOARDING}"]
+"#,
+        base = base_config(pki, port, admin),
+        url = upstream.url(),
+    );
+    Gateway::start(&config, port, admin, &[(TOKEN_ENV, TOKEN)]).await
+}
+
+fn client(pki: &Pki, gw: &Gateway) -> Client {
+    Client::new(pki, Some(ONBOARDING), gw.port, false)
+}
+
+#[tokio::test]
+async fn chunked_and_close_delimited_bodies_reach_the_caller_whole() {
+    within(async {
+        let upstream = RawUpstream::start(|n, _| match n {
+            0 => Answer::Trickle(vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=\"a\"\r\nhello"
+                    .to_vec(),
+                b"\r\n7\r\n, world\r\n0\r\nx-trailer: dropped\r\n\r\n".to_vec(),
+            ]),
+            _ => Answer::SendAndClose(
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end".to_vec(),
+            ),
+        })
+        .await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, "").await;
+        let c = client(&pki, &gw);
+
+        let r = c.get("/chunked").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"hello, world"[..]));
+        assert!(r.header("x-trailer").is_none());
+        let r = c.get("/close").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"until the end"[..]));
+        // The chunked response left its connection reusable: both requests used it.
+        assert_eq!(upstream.connections(), 1);
+        let seen = upstream.seen();
+        assert_eq!(seen[1].target, "/close");
+        assert_eq!(seen[1].header("x-provider-token"), Some(TOKEN));
+        assert_eq!(
+            seen[1].header("host"),
+            Some(&*format!("127.0.0.1:{}", upstream.port))
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn responses_whose_framing_could_be_read_two_ways_get_502() {
+    within(async {
+        let bad: Vec<&'static [u8]> = vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nx-bad header: 1\r\n\r\n",
+            b"NOT HTTP AT ALL\r\n\r\n",
+        ];
+        let script = bad.clone();
+        let upstream =
+            RawUpstream::start(move |n, _| Answer::SendAndClose(script[n].to_vec())).await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, "").await;
+        let c = client(&pki, &gw);
+        for (i, raw) in bad.iter().enumerate() {
+            let r = c.get(&format!("/bad/{i}")).await.unwrap();
+            assert_eq!(r.status, 502, "{:?}", String::from_utf8_lossy(raw));
+            assert_eq!(r.header("content-type"), Some("application/problem+json"));
+            let body = String::from_utf8_lossy(&r.body);
+            assert!(!body.contains(&upstream.port.to_string()), "{body}");
+            assert!(!body.contains("hello"), "{body}");
+        }
+        assert!(gw.output().contains("invalid") || gw.output().contains("malformed"));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped_and_head_answers_carry_no_body() {
+    within(async {
+        let upstream = RawUpstream::start(|n, req| match (n, req.method.as_str()) {
+            (0, _) => Answer::Send(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"
+                    .to_vec(),
+            ),
+            (_, "HEAD") => Answer::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_vec()),
+            _ => Answer::Send(ok("after head")),
+        })
+        .await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, "").await;
+        let c = client(&pki, &gw);
+        let r = c.send("POST", "/created", &[], "{}").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (201, &b"ok"[..]));
+        let r = c.send("HEAD", "/head", &[], "").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.body.is_empty());
+        // Had the gateway waited for five body bytes after the HEAD answer, this would hang
+        // or read the next response as a body.
+        let r = c.get("/next").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"after head"[..]));
+        assert_eq!(upstream.connections(), 1);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_idempotent_request_on_a_connection_the_upstream_dropped_is_sent_again_once() {
+    within(async {
+        // The upstream answers the first request on a connection and closes the connection
+        // when the second one arrives, as a server whose keep-alive timer just ran out does.
+        let per_conn = Arc::new(Mutex::new(std::collections::HashMap::<String, usize>::new()));
+        let upstream = RawUpstream::start(move |_, req| {
+            let key = req.header("x-test-conn").unwrap_or("-").to_owned();
+            let mut m = per_conn.lock().unwrap();
+            let count = m.entry(key).or_default();
+            *count += 1;
+            // Each connection: answer once, then drop the next request.
+            if (*count).is_multiple_of(2) {
+                Answer::Close
+            } else {
+                Answer::Send(ok("fine"))
+            }
+        })
+        .await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, "").await;
+        let c = client(&pki, &gw);
+        let r = c
+            .send("GET", "/one", &[("x-test-conn", "a")], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        // GET: the dropped attempt is retried on a new connection.
+        let r = c
+            .send("GET", "/two", &[("x-test-conn", "a")], "")
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (200, &b"fine"[..]),
+            "{:?}",
+            gw.output()
+        );
+        assert_eq!(upstream.connections(), 2);
+        let targets: Vec<String> = upstream.seen().into_iter().map(|r| r.target).collect();
+        assert_eq!(targets, ["/one", "/two", "/two"]);
+
+        // POST is not idempotent: the upstream may have acted on it, so it is not sent again.
+        let r = c
+            .send("POST", "/three", &[("x-test-conn", "a")], "{}")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 502, "{:?}", r.body);
+        let posts = upstream
+            .seen()
+            .into_iter()
+            .filter(|r| r.target == "/three")
+            .count();
+        assert_eq!(posts, 1);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn request_bodies_are_framed_by_the_gateway() {
+    within(async {
+        let upstream =
+            RawUpstream::start(|_, req| Answer::Send(ok(&req.body.len().to_string()))).await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, "").await;
+        let c = client(&pki, &gw);
+
+        let r = c.send("POST", "/sized", &[], "0123456789").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"10"[..]));
+        // The caller's chunked body has no length up front: it goes on chunked.
+        let body = "a chunked body of unknown length".repeat(100);
+        let r = c
+            .send(
+                "POST",
+                "/chunked",
+                &[("transfer-encoding", "chunked")],
+                &body,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        // An empty PUT still says its length; a GET says nothing about a body.
+        let r = c.send("PUT", "/empty", &[], "").await.unwrap();
+        assert_eq!(r.status, 200);
+        c.get("/get").await.unwrap();
+
+        let seen = upstream.seen();
+        assert_eq!(seen[0].header("content-length"), Some("10"));
+        assert_eq!(seen[0].body, b"0123456789");
+        assert_eq!(seen[1].header("transfer-encoding"), Some("chunked"));
+        assert_eq!(seen[1].header("content-length"), None);
+        assert_eq!(seen[1].body, body.as_bytes());
+        assert_eq!(seen[2].header("content-length"), Some("0"));
+        assert_eq!(seen[3].header("content-length"), None);
+        assert_eq!(seen[3].header("transfer-encoding"), None);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn large_bodies_stream_through_intact_both_ways() {
+    within(async {
+        let big: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let response = big.clone();
+        let upstream = RawUpstream::start(move |_, req| {
+            let mut head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-got: {}\r\n\r\n",
+                response.len(),
+                req.body.len()
+            )
+            .into_bytes();
+            let (first, rest) = response.split_at(100_000);
+            head.extend_from_slice(first);
+            Answer::Trickle(vec![head, rest.to_vec()])
+        })
+        .await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, "").await;
+        let c = client(&pki, &gw);
+        let sent = "x".repeat(2 * 1024 * 1024);
+        let r = c.send("POST", "/big", &[], &sent).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-got"), Some(&*sent.len().to_string()));
+        assert_eq!(r.body.len(), big.len());
+        assert!(r.body[..] == big[..], "the body arrived changed");
+        assert_eq!(upstream.seen()[0].body, sent.as_bytes());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_body_cut_short_by_the_upstream_is_not_passed_off_as_complete() {
+    within(async {
+        let upstream = RawUpstream::start(|_, _| {
+            Answer::SendAndClose(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten..".to_vec(),
+            )
+        })
+        .await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, "").await;
+        let r = client(&pki, &gw).get("/short").await;
+        assert!(
+            r.is_err(),
+            "a truncated body reached the caller as complete: {r:?}"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_gets_504() {
+    within(async {
+        let upstream = RawUpstream::start(|_, _| Answer::Hang).await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, r#"request_timeout = "300ms""#).await;
+        let r = client(&pki, &gw).get("/slow").await.unwrap();
+        assert_eq!(r.status, 504);
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    })
+    .await
+}
