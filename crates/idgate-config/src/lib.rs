@@ -80,6 +80,11 @@ pub struct ListenerConfig {
     /// HTTP/2: the interval of keep-alive pings (a peer that does not answer is dropped).
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Open connections from one client address.
+    pub max_connections_per_ip: usize,
+    /// A connection older than this is closed once its in-flight requests end (HTTP/1.1)
+    /// or told to go away (HTTP/2); `None`: only the client certificate's expiry ends it.
+    pub max_connection_age: Option<Duration>,
     pub max_header_bytes: usize,
 }
 
@@ -620,6 +625,28 @@ fn listener(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
         }
         Some(n) => n as usize,
     };
+    let max_connections_per_ip = match l.max_connections_per_ip {
+        None => 512.min(max_connections),
+        Some(0) => {
+            cx.err("listener.max_connections_per_ip", "must be more than zero");
+            1
+        }
+        Some(n) if n as usize > max_connections => {
+            cx.err(
+                "listener.max_connections_per_ip",
+                "must not be more than listener.max_connections",
+            );
+            max_connections
+        }
+        Some(n) => n as usize,
+    };
+    let max_connection_age = l.max_connection_age.map(|v| {
+        cx.duration(
+            "listener.max_connection_age",
+            Some(v),
+            Duration::from_secs(3600),
+        )
+    });
     let max_header_bytes = match l.max_header_bytes {
         None => 64 * 1024,
         Some(n) if n < 1024 => {
@@ -643,6 +670,8 @@ fn listener(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
             Duration::from_secs(60),
         ),
         max_connections,
+        max_connections_per_ip,
+        max_connection_age,
         max_header_bytes,
     }
 }

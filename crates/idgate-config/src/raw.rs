@@ -20,6 +20,10 @@ pub(crate) struct Listener {
     #[serde(default)]
     pub(crate) max_connections: Option<u32>,
     #[serde(default)]
+    pub(crate) max_connections_per_ip: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_connection_age: Option<String>,
+    #[serde(default)]
     pub(crate) max_header_bytes: Option<u32>,
 }
 

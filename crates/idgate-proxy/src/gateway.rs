@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::listener::{ListenerShared, accept_loop, http_builder};
+use crate::listener::{ListenerShared, accept_loop};
 use crate::metrics::Metrics;
 use crate::pipeline::Services;
 use crate::snapshot::Snapshot;
@@ -147,15 +147,13 @@ impl Gateway {
             stop_rx.clone(),
         ));
 
-        let shared = Arc::new(ListenerShared {
+        let shared = Arc::new(ListenerShared::new(
             snapshot,
             services,
-            acceptor: TlsAcceptor::from(self.server_config.clone()),
-            http: http_builder(&cfg.listener),
-            config: cfg.listener.clone(),
-        });
-        let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
-        let accept = tokio::spawn(accept_loop(listener, shared, graceful.clone(), stop_rx));
+            TlsAcceptor::from(self.server_config.clone()),
+            cfg.listener.clone(),
+        ));
+        let accept = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
 
         tracing::info!(
             listener = %bound.listener,
@@ -173,14 +171,11 @@ impl Gateway {
         ready.store(false, Ordering::Release);
         let _ = stop_tx.send(true);
         let _ = accept.await;
-        // The accept loop has ended, so this is the last reference.
-        if let Ok(graceful) = Arc::try_unwrap(graceful) {
-            match tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await {
-                Ok(()) => tracing::info!("all connections drained"),
-                Err(_) => {
-                    tracing::warn!("drain timeout reached; closing the remaining connections")
-                }
-            }
+        // Every connection was told by the stop signal; they end as their requests do.
+        if shared.drained(DRAIN_TIMEOUT).await {
+            tracing::info!("all connections drained");
+        } else {
+            tracing::warn!("drain timeout reached; closing the remaining connections");
         }
         let _ = admin_task.await;
         Ok(())

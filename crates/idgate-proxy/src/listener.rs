@@ -1,18 +1,21 @@
 //! The public listener: TCP accept, the TLS handshake (where the client's SVID is verified),
 //! then HTTP/1.1 or HTTP/2 on the connection, every request through the pipeline.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header::HeaderValue;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use idgate_config::ListenerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::pipeline::{ConnInfo, Services, handle};
@@ -25,6 +28,82 @@ pub(crate) struct ListenerShared {
     pub(crate) acceptor: TlsAcceptor,
     pub(crate) http: HttpBuilders,
     pub(crate) config: ListenerConfig,
+    /// One permit per open connection, `max_connections` in all: when every permit is
+    /// back, every connection has ended.
+    pub(crate) connections: Arc<Semaphore>,
+}
+
+impl ListenerShared {
+    pub(crate) fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        services: Arc<Services>,
+        acceptor: TlsAcceptor,
+        config: ListenerConfig,
+    ) -> Self {
+        Self {
+            snapshot,
+            services,
+            acceptor,
+            http: http_builder(&config),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            config,
+        }
+    }
+
+    /// Waits until every connection has ended, or `limit` has passed. Returns whether all
+    /// ended.
+    pub(crate) async fn drained(&self, limit: Duration) -> bool {
+        let all = u32::try_from(self.config.max_connections).unwrap_or(u32::MAX);
+        tokio::time::timeout(limit, self.connections.acquire_many(all))
+            .await
+            .is_ok()
+    }
+}
+
+/// Open connections per client address, so that one source cannot take every connection.
+struct PerIp {
+    limit: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in its address's count; given back on drop.
+struct IpSlot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.table.open.lock()
+            && let Some(n) = open.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What a connection holds while it is open.
+struct Admission {
+    _permit: OwnedSemaphorePermit,
+    _slot: IpSlot,
 }
 
 /// One HTTP/1.1 and one HTTP/2 server configuration; ALPN picks between them per
@@ -34,7 +113,7 @@ pub(crate) struct HttpBuilders {
     h2: http2::Builder<TokioExecutor>,
 }
 
-pub(crate) fn http_builder(cfg: &ListenerConfig) -> HttpBuilders {
+fn http_builder(cfg: &ListenerConfig) -> HttpBuilders {
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
         // Also bounds how long an idle keep-alive connection may wait for its next request.
@@ -46,18 +125,52 @@ pub(crate) fn http_builder(cfg: &ListenerConfig) -> HttpBuilders {
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(100)
         .keep_alive_interval(Some(cfg.idle_timeout))
-        .keep_alive_timeout(std::time::Duration::from_secs(20));
+        .keep_alive_timeout(Duration::from_secs(20));
     HttpBuilders { h1, h2 }
 }
 
-/// Accepts connections until `stop` turns true.
+/// Logs a refused connection at most once a second, so that a flood cannot flood the log.
+struct RefusalLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, remote: IpAddr, why: &'static str) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            remote = %remote,
+            limit = why,
+            also_refused = self.suppressed,
+            "connection refused at accept: limit reached"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// Accepts connections until `stop` turns true; each connection is told to finish when it
+/// does.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     shared: Arc<ListenerShared>,
-    graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    let per_ip = Arc::new(PerIp {
+        limit: shared.config.max_connections_per_ip,
+        open: Mutex::new(HashMap::new()),
+    });
+    let mut refusals = RefusalLog {
+        last: None,
+        suppressed: 0,
+    };
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => break,
@@ -68,20 +181,37 @@ pub(crate) async fn accept_loop(
             Err(e) => {
                 // Out of file descriptors and the like: back off rather than spin.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %remote.ip(), "connection limit reached; closing new connection");
+        let ip = remote.ip().to_canonical();
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            shared
+                .services
+                .metrics
+                .connection_refused("max_connections");
+            refusals.refused(ip, "max_connections");
             continue;
+        };
+        let Some(slot) = per_ip.acquire(ip) else {
+            shared
+                .services
+                .metrics
+                .connection_refused("max_connections_per_ip");
+            refusals.refused(ip, "max_connections_per_ip");
+            continue;
+        };
+        let admission = Admission {
+            _permit: permit,
+            _slot: slot,
         };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
-        let watcher = graceful.watcher();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            serve_connection(tcp, remote, shared, watcher).await;
-            drop(permit);
+            serve_connection(tcp, remote, shared, stop).await;
+            drop(admission);
         });
     }
 }
@@ -90,8 +220,9 @@ async fn serve_connection(
     tcp: TcpStream,
     remote: std::net::SocketAddr,
     shared: Arc<ListenerShared>,
-    watcher: Watcher,
+    stop: watch::Receiver<bool>,
 ) {
+    let accepted_at = tokio::time::Instant::now();
     let handshake =
         tokio::time::timeout(shared.config.handshake_timeout, shared.acceptor.accept(tcp)).await;
     let tls = match handshake {
@@ -136,37 +267,94 @@ async fn serve_connection(
     // The listener offers h2 and http/1.1; a client that negotiated nothing speaks HTTP/1.1.
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(tls);
+    let ends = Ends {
+        expires_in,
+        retire_at: shared
+            .config
+            .max_connection_age
+            .map(|age| accepted_at + age),
+        stop,
+        remote,
+    };
     if h2 {
         let connection = shared.http.h2.serve_connection(io, service);
-        drive(watcher.watch(connection), expires_in, remote).await;
+        drive(connection, |c| c.graceful_shutdown(), ends).await;
     } else {
         let connection = shared.http.h1.serve_connection(io, service);
-        drive(watcher.watch(connection), expires_in, remote).await;
+        drive(connection, |c| c.graceful_shutdown(), ends).await;
     }
+}
+
+/// What ends a connection besides its client.
+struct Ends {
+    /// The client certificate's expiry: the connection is closed then, in-flight or not.
+    expires_in: Option<Duration>,
+    /// `max_connection_age`: the connection finishes its in-flight requests and closes.
+    retire_at: Option<tokio::time::Instant>,
+    /// Shutdown: like retirement.
+    stop: watch::Receiver<bool>,
+    remote: std::net::SocketAddr,
 }
 
 /// Runs a connection to its end. A connection speaks for its certificate only while the
 /// certificate is valid: a keep-alive or HTTP/2 connection is closed when its client SVID
-/// expires.
-async fn drive<E: std::fmt::Display>(
-    connection: impl Future<Output = Result<(), E>>,
-    expires_in: Option<std::time::Duration>,
-    remote: std::net::SocketAddr,
-) {
+/// expires. At `max_connection_age` or shutdown it is shut down gracefully: HTTP/1.1 closes
+/// after the response in flight, HTTP/2 sends GOAWAY and finishes its open streams.
+async fn drive<C, E>(connection: C, graceful: impl Fn(Pin<&mut C>), ends: Ends)
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let Ends {
+        expires_in,
+        retire_at,
+        mut stop,
+        remote,
+    } = ends;
+    let mut connection = pin!(connection);
     let expiry = async {
         match expires_in {
             Some(d) => tokio::time::sleep(d).await,
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        result = connection => {
-            if let Err(e) = result {
-                tracing::debug!(remote = %remote.ip(), error = %e, "connection ended with an error");
-            }
+    let mut expiry = pin!(expiry);
+    let retire = async {
+        match retire_at {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
         }
-        () = expiry => {
-            tracing::info!(target: "idgate::tls", remote = %remote.ip(), "client certificate expired: connection closed");
+    };
+    let mut retire = pin!(retire);
+    let mut winding_down = false;
+    if *stop.borrow_and_update() {
+        graceful(connection.as_mut());
+        winding_down = true;
+    }
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(remote = %remote.ip(), error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = &mut expiry => {
+                tracing::info!(target: "idgate::tls", remote = %remote.ip(), "client certificate expired: connection closed");
+                return;
+            }
+            () = &mut retire, if !winding_down => {
+                tracing::debug!(remote = %remote.ip(), "max_connection_age reached: closing after in-flight requests");
+                graceful(connection.as_mut());
+                winding_down = true;
+            }
+            changed = stop.changed(), if !winding_down => {
+                // A dropped sender means the gateway is going away too.
+                if changed.is_err() || *stop.borrow() {
+                    graceful(connection.as_mut());
+                    winding_down = true;
+                }
+            }
         }
     }
 }

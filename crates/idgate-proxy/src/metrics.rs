@@ -46,6 +46,7 @@ struct ReasonLabel {
 pub struct Metrics {
     registry: Registry,
     auth_failures: Family<ReasonLabel, Counter>,
+    connections_refused: Family<ReasonLabel, Counter>,
     requests: Family<RequestLabels, Counter>,
     credential_uses: Family<CredentialUse, Counter>,
     credential_failures: Family<CredentialLabel, Counter>,
@@ -97,9 +98,16 @@ impl Metrics {
             "Failed authentication attempts (wrong credentials), by reason",
             auth_failures.clone(),
         );
+        let connections_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept, by the limit that refused them",
+            connections_refused.clone(),
+        );
         Self {
             registry,
             auth_failures,
+            connections_refused,
             requests,
             credential_uses,
             credential_failures,
@@ -118,6 +126,12 @@ impl Metrics {
 
     pub fn auth_failed(&self, reason: &'static str) {
         self.auth_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }

@@ -14,6 +14,7 @@ mod hsm_outage;
 mod jwt_interop;
 mod keys;
 mod layers;
+mod limits;
 mod oauth2_upstream;
 mod proxy;
 mod rotation;
