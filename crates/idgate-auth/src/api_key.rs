@@ -666,13 +666,27 @@ pub fn key_in_query(query: Option<&str>) -> bool {
     })
 }
 
+/// Whether a query string carries anything shaped like an idgate key, whatever the
+/// parameter's name, percent-encoded or not. Checked on every route, whatever its
+/// authentication: the gateway's own keys are never forwarded to a provider.
+pub fn idgate_key_in_query(query: Option<&str>) -> bool {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return false;
+    };
+    contains_key_like(query)
+        || (query.contains(['%', '+']) && contains_key_like(&percent_decode(query)))
+}
+
 /// Whether `s` contains `idg_` (any case) followed by something shaped like a key id.
+/// Allocates nothing.
 fn contains_key_like(s: &str) -> bool {
-    let lower = s.to_ascii_lowercase();
-    lower.match_indices(KEY_PREFIX).any(|(i, _)| {
-        lower
-            .get(i + KEY_PREFIX.len()..i + KEY_PREFIX.len() + ID_CHARS)
-            .is_some_and(is_base32)
+    let b = s.as_bytes();
+    let prefix = KEY_PREFIX.as_bytes();
+    (0..b.len().saturating_sub(prefix.len() + ID_CHARS - 1)).any(|i| {
+        b[i..i + prefix.len()].eq_ignore_ascii_case(prefix)
+            && b[i + prefix.len()..i + prefix.len() + ID_CHARS]
+                .iter()
+                .all(|c| c.is_ascii_alphabetic() || (b'2'..=b'7').contains(c))
     })
 }
 
@@ -1174,6 +1188,29 @@ mod tests {
             Some("q=idg_short"),
         ] {
             assert!(!key_in_query(q), "{q:?}");
+        }
+    }
+
+    #[test]
+    fn key_shaped_values_are_found_under_any_name_and_plain_parameters_pass() {
+        let k = "idg_aaaaaaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+        for q in [
+            format!("token={k}"),
+            format!("t={}", k.replace('_', "%5F")),
+            format!("a=1;b={}", k.to_uppercase()),
+            format!("x={}", &k[..KEY_PREFIX.len() + ID_CHARS]),
+        ] {
+            assert!(idgate_key_in_query(Some(&q)), "{q}");
+        }
+        for q in [
+            None,
+            Some("key=abc"),
+            Some("api_key=provider-side-param"),
+            Some("q=idg_short"),
+            Some("q=idg_aaaaaaaaaaaaaaa"),
+            Some("q=idg_aaaaaaaaaaaaaaa1"),
+        ] {
+            assert!(!idgate_key_in_query(q), "{q:?}");
         }
     }
 }

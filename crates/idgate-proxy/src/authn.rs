@@ -92,8 +92,13 @@ pub(crate) async fn authenticate(
         spiffe_id: conn.peer.clone(),
         ..Caller::default()
     };
-    // A key in the URL ends up in logs everywhere the URL goes: refuse it outright.
-    if route.auth.uses(AuthLayer::ApiKey) && api_key::key_in_query(parts.uri.query()) {
+    // A key in the URL ends up in logs everywhere the URL goes: refuse it outright. On a
+    // route that takes API keys, any parameter named like one too; on every route, anything
+    // shaped like one of the gateway's keys, which must never reach a provider.
+    let query = parts.uri.query();
+    if (route.auth.uses(AuthLayer::ApiKey) && api_key::key_in_query(query))
+        || api_key::idgate_key_in_query(query)
+    {
         return Err(AuthFailure::ApiKeyInQuery);
     }
     for requirement in &route.auth.requirements {

@@ -407,6 +407,40 @@ async fn forwards_path_and_query_as_received() {
 }
 
 #[tokio::test]
+async fn a_gateway_api_key_in_the_query_never_reaches_the_upstream_on_any_route() {
+    within(async {
+        // The `decision` route takes no API keys; a caller pasting its gateway key into a
+        // URL there must not hand it to the provider.
+        let s = Setup::start(UpstreamMode::Echo).await;
+        let key = "idg_aaaaaaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+        let c = s.client(Some(ONBOARDING));
+        for pq in [
+            format!("{DECISION}?token={key}"),
+            format!("{DECISION}?t={}", key.replace('_', "%5F")),
+        ] {
+            let r = c.get(&pq).await.unwrap();
+            let p = assert_problem(&r, 400, &[key]);
+            assert!(
+                p["type"].as_str().unwrap().ends_with("api-key-in-query"),
+                "{p}"
+            );
+        }
+        assert!(
+            s.upstream.requests().is_empty(),
+            "a key-shaped query was forwarded"
+        );
+        // A provider's own parameter named `key` is none of the gateway's business here.
+        let r = c
+            .get(&format!("{DECISION}?key=provider-side"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert!(!s.gw.output().contains(key), "the key reached the log");
+    })
+    .await
+}
+
+#[tokio::test]
 async fn strips_hop_by_hop_headers_before_forwarding() {
     within(async {
         // An HTTP/2 upstream hop (whose client drops some connection headers by itself) and an
