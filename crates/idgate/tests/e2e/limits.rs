@@ -113,6 +113,28 @@ async fn a_connection_past_its_max_age_finishes_its_request_then_closes() {
 }
 
 #[tokio::test]
+async fn an_idle_http2_connection_is_told_to_go_away_but_not_while_a_request_runs() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Delay(Duration::from_millis(1500))).await;
+        let gw = gateway(&pki, &upstream, r#"idle_timeout = "1s""#).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, true);
+        let mut conn = client.connect().await.unwrap();
+        // Longer than the idle timeout, but a request is running: not idle.
+        let r = conn.send("GET", PATH, &[], "").await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        // Then nothing but keep-alive pings for twice the idle timeout: GOAWAY.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let again = conn.send("GET", PATH, &[], "").await;
+        assert!(
+            again.is_err(),
+            "an idle HTTP/2 connection still served {again:?}"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
 async fn check_refuses_connection_limits_that_cannot_work() {
     let pki = Pki::default_pki();
     for (extra, reason) in [
