@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -257,15 +258,22 @@ async fn serve_connection(
         cert_thumbprint,
     });
 
+    // The listener offers h2 and http/1.1; a client that negotiated nothing speaks HTTP/1.1.
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    // HTTP/1.1 idleness is hyper's header read timeout; HTTP/2 requests are watched here.
+    let activity = h2.then(|| Arc::new(Activity::new(accepted_at)));
     let service_shared = shared.clone();
+    let service_activity = activity.clone();
     let service = service_fn(move |req| {
         let snapshot = service_shared.snapshot.load_full();
         let services = service_shared.services.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(snapshot, conn, services, req).await) }
+        let activity = service_activity.clone();
+        async move {
+            let _request = activity.as_ref().map(|a| a.begin());
+            Ok::<_, Infallible>(handle(snapshot, conn, services, req).await)
+        }
     });
-    // The listener offers h2 and http/1.1; a client that negotiated nothing speaks HTTP/1.1.
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(tls);
     let ends = Ends {
         expires_in,
@@ -273,6 +281,7 @@ async fn serve_connection(
             .config
             .max_connection_age
             .map(|age| accepted_at + age),
+        idle: activity.map(|a| (a, shared.config.idle_timeout)),
         stop,
         remote,
     };
@@ -285,8 +294,60 @@ async fn serve_connection(
     }
 }
 
+/// Requests of an HTTP/2 connection in the pipeline, and when one last started or ended.
+struct Activity {
+    since: tokio::time::Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `since`.
+    last: AtomicU64,
+}
+
+/// A request in the pipeline; its end is activity too.
+struct InFlight<'a>(&'a Activity);
+
+impl Activity {
+    fn new(since: tokio::time::Instant) -> Self {
+        Self {
+            since,
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    fn begin(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        InFlight(self)
+    }
+
+    /// Whether nothing has been in the pipeline for `idle`.
+    fn idle_for(&self, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self
+                .since
+                .elapsed()
+                .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+                >= idle
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What ends a connection besides its client.
 struct Ends {
+    /// HTTP/2: with no request for this long (keep-alive pings do not count), the
+    /// connection is told to go away.
+    idle: Option<(Arc<Activity>, Duration)>,
     /// The client certificate's expiry: the connection is closed then, in-flight or not.
     expires_in: Option<Duration>,
     /// `max_connection_age`: the connection finishes its in-flight requests and closes.
@@ -308,9 +369,26 @@ where
     let Ends {
         expires_in,
         retire_at,
+        idle,
         mut stop,
         remote,
     } = ends;
+    let idle_check = async {
+        match &idle {
+            Some((activity, limit)) => {
+                let mut tick = tokio::time::interval((*limit / 4).max(Duration::from_millis(250)));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if activity.idle_for(*limit) {
+                        return;
+                    }
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let mut idle_check = pin!(idle_check);
     let mut connection = pin!(connection);
     let expiry = async {
         match expires_in {
@@ -342,6 +420,11 @@ where
             () = &mut expiry => {
                 tracing::info!(target: "idgate::tls", remote = %remote.ip(), "client certificate expired: connection closed");
                 return;
+            }
+            () = &mut idle_check, if !winding_down => {
+                tracing::debug!(remote = %remote.ip(), "HTTP/2 connection idle: going away");
+                graceful(connection.as_mut());
+                winding_down = true;
             }
             () = &mut retire, if !winding_down => {
                 tracing::debug!(remote = %remote.ip(), "max_connection_age reached: closing after in-flight requests");
