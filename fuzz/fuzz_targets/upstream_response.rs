@@ -4,7 +4,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use idgate_proxy::h1::parse::{parse_head, Chunk, ChunkedDecoder, Framing};
+use idgate_proxy::h1::parse::{Chunk, ChunkedDecoder, Framing, HeadParser};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,10 +13,11 @@ fuzz_target!(|data: &[u8]| {
     let step = usize::from(split >> 1).max(1);
 
     // The head, fed in steps as reads would deliver it.
+    let mut parser = HeadParser::new();
     let mut buf = BytesMut::new();
     let mut fed = 0;
     let body_start = loop {
-        match parse_head(&mut buf, head_request) {
+        match parser.parse(&mut buf, head_request) {
             Ok(Some(head)) => {
                 assert!(head.status.as_u16() >= 200);
                 if head_request {

@@ -501,6 +501,9 @@ async fn forward<'u>(
             Ok(Err(h1::Error::CallerBody(e))) => Err(Refusal::BadBody {
                 reason: e.to_string(),
             }),
+            Ok(Err(e @ h1::Error::BodyLength)) => Err(Refusal::BadBody {
+                reason: e.to_string(),
+            }),
             Ok(Err(e)) => Err(Refusal::UpstreamUnreachable {
                 reason: format!("upstream {}: {e}", upstream.name),
             }),

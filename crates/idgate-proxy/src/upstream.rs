@@ -101,6 +101,7 @@ impl Upstream {
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.pool_idle_timeout,
                 max_idle: cfg.pool_max_idle,
+                body_read_timeout: cfg.request_timeout,
             })
         });
         Ok(Self {

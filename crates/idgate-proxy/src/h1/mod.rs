@@ -22,7 +22,7 @@ pub mod parse;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -31,10 +31,10 @@ use http::header::{CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
-use self::parse::{Chunk, ChunkedDecoder, Framing, ProtocolError};
+use self::parse::{Chunk, ChunkedDecoder, Framing, HeadParser, ProtocolError};
 
 /// Read granularity on upstream connections.
 const READ_CHUNK: usize = 8 * 1024;
@@ -51,6 +51,8 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle: usize,
+    /// The longest wait for the next bytes of a response body that streams.
+    pub body_read_timeout: Duration,
 }
 
 /// The body of a request to the upstream.
@@ -87,7 +89,10 @@ pub enum Error {
     Protocol(#[from] ProtocolError),
     /// The caller's body could not be read; not the upstream's fault.
     #[error("reading the request body: {0}")]
-    CallerBody(hyper::Error),
+    CallerBody(Box<dyn std::error::Error + Send + Sync>),
+    /// The caller's body ended before (or went past) the length announced for it.
+    #[error("the request body did not match its declared length")]
+    BodyLength,
 }
 
 /// One connection to the upstream, with the bytes read from it and not yet used.
@@ -207,12 +212,14 @@ impl Pool {
     ) -> Result<Response<ResponseBody>, Failure> {
         conn.out.clear();
         request.write(&mut conn.out);
-        write_request(&mut conn, request.framing, body)
+        let sent = write_request(&mut conn, request.framing, body)
             .await
             .map_err(Failure::unanswered)?;
-        let mut answered = false;
+        // An upstream that answered before the whole request went out has bytes here.
+        let mut answered = !conn.buf.is_empty();
+        let mut head = HeadParser::new();
         let parsed = loop {
-            match parse::parse_head(&mut conn.buf, head_request) {
+            match head.parse(&mut conn.buf, head_request) {
                 Ok(Some(h)) => break h,
                 Ok(None) => {}
                 Err(e) => return Err(Failure::answered(e.into())),
@@ -237,7 +244,9 @@ impl Pool {
         *resp.status_mut() = parsed.status;
         *resp.version_mut() = Version::HTTP_11;
         *resp.headers_mut() = parsed.headers;
-        let reusable = parsed.reusable;
+        // A request cut short leaves the upstream waiting for the rest of its body: that
+        // connection must never carry another request.
+        let reusable = parsed.reusable && sent == Sent::Whole;
         let body = match parsed.framing {
             Framing::Empty | Framing::Length(0) => {
                 self.inner.checkin(conn, reusable);
@@ -253,6 +262,8 @@ impl Pool {
                 conn: Some(conn),
                 pool: Arc::downgrade(&self.inner),
                 reusable,
+                read_timeout: self.inner.config.body_read_timeout,
+                timer: None,
                 framing: match framing {
                     Framing::Length(n) => BodyFraming::Length(n),
                     Framing::Chunked => BodyFraming::Chunked(ChunkedDecoder::new()),
@@ -288,10 +299,15 @@ impl Failure {
 }
 
 impl PoolInner {
+    /// The idle list; a panic elsewhere while it was held leaves it usable.
+    fn idle(&self) -> MutexGuard<'_, Vec<Conn>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn checkout(&self) -> Option<Conn> {
         let now = Instant::now();
         loop {
-            let mut conn = self.idle.lock().ok()?.pop()?;
+            let mut conn = self.idle().pop()?;
             if now.duration_since(conn.idle_since) < self.config.idle_timeout && conn.still_open() {
                 return Some(conn);
             }
@@ -305,16 +321,17 @@ impl PoolInner {
         }
         conn.idle_since = Instant::now();
         // One large body must not pin its buffers for the life of the connection.
-        if conn.out.capacity() > 4 * READ_CHUNK {
+        if conn.out.capacity() > WRITE_COALESCE + READ_CHUNK {
             conn.out = Vec::with_capacity(1024);
         }
         if conn.buf.capacity() > 8 * READ_CHUNK {
             conn.buf = BytesMut::with_capacity(READ_CHUNK);
         }
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.config.max_idle
         {
-            idle.push(conn);
+            let mut idle = self.idle();
+            if idle.len() < self.config.max_idle {
+                idle.push(conn);
+            }
         }
         if !self.sweeper.swap(true, Ordering::Relaxed) {
             self.start_sweeper();
@@ -336,9 +353,8 @@ impl PoolInner {
                 tick.tick().await;
                 let Some(pool) = weak.upgrade() else { return };
                 let now = Instant::now();
-                if let Ok(mut idle) = pool.idle.lock() {
-                    idle.retain(|c| now.duration_since(c.idle_since) < pool.config.idle_timeout);
-                }
+                pool.idle()
+                    .retain(|c| now.duration_since(c.idle_since) < pool.config.idle_timeout);
             }
         });
     }
@@ -467,75 +483,152 @@ fn itoa_buf(mut n: u64) -> Digits {
     }
 }
 
-/// Writes the head gathered in `conn.out` and the body after it.
+/// Whether all of the request went out, or the upstream answered or closed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Whole,
+    Cut,
+}
+
+/// Writes the head gathered in `conn.out` and the body after it. Stops early when the
+/// upstream answers (or closes) while the request is still going out: an upstream that
+/// refuses a request before reading its body gets heard, not blocked on. The body must
+/// match the framing announced in the head, or the request fails.
 async fn write_request(
     conn: &mut Conn,
     framing: ReqFraming,
     body: RequestBody,
-) -> Result<(), Error> {
-    let Conn { io, out, .. } = conn;
+) -> Result<Sent, Error> {
+    let Conn { io, out, buf, .. } = conn;
     match body {
+        RequestBody::Stream(b) => write_streamed(conn, framing, b).await,
         RequestBody::Buffered(b) if out.len() + b.len() <= WRITE_COALESCE => {
             out.extend_from_slice(&b);
-            io.write_all(out).await.map_err(Error::Io)
+            send(io, buf, out).await
         }
         RequestBody::Buffered(b) => {
-            io.write_all(out).await.map_err(Error::Io)?;
-            io.write_all(&b).await.map_err(Error::Io)
+            if send(io, buf, out).await? == Sent::Cut {
+                return Ok(Sent::Cut);
+            }
+            send(io, buf, &b).await
         }
-        RequestBody::Stream(b) if b.is_end_stream() => io.write_all(out).await.map_err(Error::Io),
-        RequestBody::Stream(mut b) => {
-            let chunked = framing == ReqFraming::Chunked;
-            // The head, and whatever of the body is already here, go out together.
-            loop {
-                let ready = {
-                    let mut cx = Context::from_waker(std::task::Waker::noop());
-                    Pin::new(&mut b).poll_frame(&mut cx)
-                };
-                let next = match ready {
-                    Poll::Ready(next) => next,
-                    Poll::Pending => {
-                        // Nothing more yet: send what there is before waiting.
-                        if !out.is_empty() {
-                            io.write_all(out).await.map_err(Error::Io)?;
-                            out.clear();
-                        }
-                        http_body_util::BodyExt::frame(&mut b).await
+    }
+}
+
+/// Streams a body of unknown or announced length; see [`write_request`].
+async fn write_streamed<B>(conn: &mut Conn, framing: ReqFraming, body: B) -> Result<Sent, Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Conn { io, out, buf, .. } = conn;
+    if matches!(framing, ReqFraming::None) {
+        // An empty body (the framing was chosen from it): the head is all.
+        return send(io, buf, out).await;
+    }
+    let mut b = body;
+    let chunked = framing == ReqFraming::Chunked;
+    let mut sent: u64 = 0;
+    // The head, and whatever of the body is already here, go out together.
+    loop {
+        let ready = {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            Pin::new(&mut b).poll_frame(&mut cx)
+        };
+        let next = match ready {
+            Poll::Ready(next) => next,
+            Poll::Pending => {
+                // Nothing more yet: send what there is before waiting.
+                if !out.is_empty() {
+                    if send(io, buf, out).await? == Sent::Cut {
+                        return Ok(Sent::Cut);
                     }
-                };
-                let Some(frame) = next else { break };
-                // Trailers from the caller are not forwarded.
-                let Ok(data) = frame.map_err(Error::CallerBody)?.into_data() else {
-                    continue;
-                };
-                if data.is_empty() {
-                    continue;
-                }
-                if chunked {
-                    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                }
-                if data.len() > WRITE_COALESCE {
-                    io.write_all(out).await.map_err(Error::Io)?;
-                    out.clear();
-                    io.write_all(&data).await.map_err(Error::Io)?;
-                } else {
-                    out.extend_from_slice(&data);
-                }
-                if chunked {
-                    out.extend_from_slice(b"\r\n");
-                }
-                if out.len() >= WRITE_COALESCE {
-                    io.write_all(out).await.map_err(Error::Io)?;
                     out.clear();
                 }
+                tokio::select! {
+                    next = http_body_util::BodyExt::frame(&mut b) => next,
+                    early = answered(io, buf) => {
+                        early?;
+                        return Ok(Sent::Cut);
+                    }
+                }
             }
-            if chunked {
-                out.extend_from_slice(b"0\r\n\r\n");
+        };
+        let Some(frame) = next else { break };
+        // Trailers from the caller are not forwarded.
+        let Ok(data) = frame.map_err(|e| Error::CallerBody(e.into()))?.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent = sent.saturating_add(data.len() as u64);
+        if matches!(framing, ReqFraming::Length(n) if sent > n) {
+            return Err(Error::BodyLength);
+        }
+        if chunked {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if data.len() > WRITE_COALESCE {
+            if send(io, buf, out).await? == Sent::Cut || send(io, buf, &data).await? == Sent::Cut {
+                return Ok(Sent::Cut);
             }
-            if !out.is_empty() {
-                io.write_all(out).await.map_err(Error::Io)?;
+            out.clear();
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.len() >= WRITE_COALESCE {
+            if send(io, buf, out).await? == Sent::Cut {
+                return Ok(Sent::Cut);
             }
-            Ok(())
+            out.clear();
+        }
+    }
+    // A body that ended short of its announced length (an HTTP/2 caller can reset its
+    // stream mid-body) would leave the upstream reading the next request as its rest.
+    if matches!(framing, ReqFraming::Length(n) if sent != n) {
+        return Err(Error::BodyLength);
+    }
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    send(io, buf, out).await
+}
+
+/// Writes all of `data`, unless the upstream answers or closes first.
+async fn send(io: &TcpStream, buf: &mut BytesMut, data: &[u8]) -> Result<Sent, Error> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        match io.try_write(rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    ready = io.writable() => ready.map_err(Error::Io)?,
+                    early = answered(io, buf) => {
+                        early?;
+                        return Ok(Sent::Cut);
+                    }
+                }
+            }
+            Err(e) => return Err(Error::Io(e)),
+        }
+    }
+    Ok(Sent::Whole)
+}
+
+/// Resolves once the upstream has sent something, or closed, while the request is still
+/// going out; what it sent is kept in `buf` for the response parser.
+async fn answered(io: &TcpStream, buf: &mut BytesMut) -> Result<(), Error> {
+    loop {
+        io.readable().await.map_err(Error::Io)?;
+        buf.reserve(READ_CHUNK);
+        match io.try_read_buf(buf) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(Error::Io(e)),
         }
     }
 }
@@ -560,6 +653,9 @@ struct Streaming {
     pool: Weak<PoolInner>,
     reusable: bool,
     framing: BodyFraming,
+    /// The longest wait for the next bytes, and its timer once a read had to wait.
+    read_timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 #[derive(Debug)]
@@ -578,6 +674,8 @@ pub enum BodyError {
     Protocol(#[from] ProtocolError),
     #[error("upstream closed the connection before the body was complete")]
     Truncated,
+    #[error("upstream body: no bytes for longer than the read timeout")]
+    Timeout,
 }
 
 impl ResponseBody {
@@ -660,11 +758,24 @@ impl Streaming {
                 return Poll::Ready(None);
             }
             conn.buf.reserve(READ_CHUNK);
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut conn.io),
-                cx,
-                &mut conn.buf
-            ))?;
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf);
+            let n = match read {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    let deadline = tokio::time::Instant::now() + self.read_timeout;
+                    let timer = self
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    ready!(timer.as_mut().poll(cx));
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(BodyError::Timeout)));
+                }
+            };
+            if let Some(timer) = &mut self.timer {
+                timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.read_timeout);
+            }
             if n == 0 {
                 self.conn = None;
                 return match self.framing {
@@ -715,5 +826,85 @@ impl Body for ResponseBody {
                 _ => SizeHint::default(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A caller's body: these data frames, then its end.
+    struct Frames(VecDeque<Bytes>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(|d| Ok(Frame::data(d))))
+        }
+    }
+
+    /// A connection to a loopback peer, and the peer's end.
+    async fn pair() -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let io = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        let conn = Conn {
+            io,
+            buf: BytesMut::new(),
+            out: b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n".to_vec(),
+            idle_since: Instant::now(),
+        };
+        (conn, peer)
+    }
+
+    #[tokio::test]
+    async fn a_body_that_does_not_match_its_announced_length_fails_the_request() {
+        for (announced, frames) in [(100, vec!["0123456789"]), (5, vec!["0123", "456789"])] {
+            let (mut conn, _peer) = pair().await;
+            let body = Frames(
+                frames
+                    .into_iter()
+                    .map(|f: &'static str| Bytes::from_static(f.as_bytes()))
+                    .collect(),
+            );
+            let r = write_streamed(&mut conn, ReqFraming::Length(announced), body).await;
+            assert!(matches!(r, Err(Error::BodyLength)), "{announced}: {r:?}");
+        }
+        let (mut conn, _peer) = pair().await;
+        let body = Frames([Bytes::from_static(b"0123456789")].into());
+        let r = write_streamed(&mut conn, ReqFraming::Length(10), body).await;
+        assert!(matches!(r, Ok(Sent::Whole)), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_body_is_sent_stops_the_sending() {
+        let (mut conn, mut peer) = pair().await;
+        // The peer answers at once and never reads: 64 MiB cannot fit in socket buffers.
+        peer.write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let mib = Bytes::from(vec![0u8; 1 << 20]);
+        let body = Frames(std::iter::repeat_n(mib, 64).collect());
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            write_streamed(&mut conn, ReqFraming::Length(64 << 20), body),
+        )
+        .await
+        .expect("the sending was not stopped by the answer");
+        assert!(matches!(r, Ok(Sent::Cut)), "{r:?}");
+        assert!(conn.buf.starts_with(b"HTTP/1.1 413"));
     }
 }

@@ -62,73 +62,153 @@ pub struct Head {
     pub reusable: bool,
 }
 
-/// Parses a response head at the start of `buf`, skipping interim 1xx responses. Returns
-/// `Ok(None)` when more bytes are needed; on success the head's bytes are taken out of
-/// `buf`, which then starts with the body. Header values share the head's buffer.
-pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ProtocolError> {
-    loop {
-        // (name start, name end, value start, value end) within the head.
-        let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
-        let (len, code, minor, count) = {
-            let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut []);
-            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-                &mut resp,
-                buf,
-                &mut headers,
-            );
-            let len = match parsed {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+/// The most interim (1xx) responses before the final one.
+const MAX_INTERIM: usize = 8;
+
+/// Reads a response head as its bytes arrive, skipping interim 1xx responses. All heads of
+/// one response together stay within [`MAX_HEAD_BYTES`], and a head is parsed only once
+/// its end has arrived, so a head sent a byte at a time costs one scan, not one per byte.
+#[derive(Debug, Default)]
+pub struct HeadParser {
+    /// Bytes of interim heads already taken.
+    interim_bytes: usize,
+    interim: usize,
+    /// How far the buffer has been searched for the end of the head.
+    scanned: usize,
+}
+
+impl HeadParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses a response head at the start of `buf`. Returns `Ok(None)` when more bytes are
+    /// needed; on success the head's bytes are taken out of `buf`, which then starts with
+    /// the body. Header values share the head's buffer.
+    pub fn parse(
+        &mut self,
+        buf: &mut BytesMut,
+        head_request: bool,
+    ) -> Result<Option<Head>, ProtocolError> {
+        loop {
+            // Nothing to parse until the blank line that ends a head is here.
+            let from = self.scanned.saturating_sub(2);
+            let Some(end) = head_end(buf, from) else {
+                self.scanned = buf.len();
+                if self.interim_bytes + buf.len() > MAX_HEAD_BYTES {
                     return Err(ProtocolError::HeadTooLarge);
                 }
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError::TooManyHeaders),
-                Err(e) => return Err(ProtocolError::Malformed(malformed(e))),
+                return Ok(None);
             };
-            if len > MAX_HEAD_BYTES {
+            if self.interim_bytes + end > MAX_HEAD_BYTES {
                 return Err(ProtocolError::HeadTooLarge);
             }
-            let code = resp.code.ok_or(ProtocolError::Malformed("status"))?;
-            let minor = resp.version.ok_or(ProtocolError::Malformed("version"))?;
-            let base = buf.as_ptr() as usize;
-            let count = resp.headers.len();
-            for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-                // Within the head, which is shorter than 64 KiB.
-                let offset = |s: &[u8]| u16::try_from(s.as_ptr() as usize - base).unwrap_or(0);
-                let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
-                // Lengths are bounded by the head too.
-                *span = (n, n + h.name.len() as u16, v, v + h.value.len() as u16);
+            match parse_one(buf, head_request)? {
+                // The blank line was the end of a head: httparse agrees, or says why not.
+                Parsed::Partial => return Err(ProtocolError::Malformed("head")),
+                Parsed::Interim(len) => {
+                    self.interim += 1;
+                    if self.interim > MAX_INTERIM {
+                        return Err(ProtocolError::Malformed("too many interim responses"));
+                    }
+                    self.interim_bytes += len;
+                    self.scanned = 0;
+                }
+                Parsed::Final(head) => return Ok(Some(head)),
             }
-            (len, code, minor, count)
-        };
-        if (100..200).contains(&code) {
-            if code == 101 {
-                return Err(ProtocolError::UnexpectedUpgrade);
-            }
-            // 100 Continue, 103 Early Hints: informational only, the final head follows.
-            buf.advance(len);
-            continue;
         }
-        let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::Malformed("status"))?;
-        let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(ns, ne, vs, ve) in &spans[..count] {
-            let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
-            let name = HeaderName::from_bytes(&head[ns..ne])
-                .map_err(|_| ProtocolError::Malformed("header name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-                .map_err(|_| ProtocolError::Malformed("header value"))?;
-            headers.append(name, value);
-        }
-        let (framing, reusable) = framing(&headers, status, minor, head_request)?;
-        return Ok(Some(Head {
-            status,
-            headers,
-            framing,
-            reusable,
-        }));
     }
+}
+
+/// Where the first blank line after `from` ends: LF then CRLF, or LF LF (which httparse
+/// then judges).
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < buf.len() {
+        let lf = buf.get(i..)?.iter().position(|&b| b == b'\n')? + i;
+        match buf.get(lf + 1..lf + 3) {
+            Some([b'\n', _]) => return Some(lf + 2),
+            Some(b"\r\n") => return Some(lf + 3),
+            None if buf.get(lf + 1) == Some(&b'\n') => return Some(lf + 2),
+            _ => {}
+        }
+        i = lf + 1;
+    }
+    None
+}
+
+/// Parses a response head at the start of `buf` in one go (a convenience over
+/// [`HeadParser`] for bytes that are all here).
+pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ProtocolError> {
+    HeadParser::new().parse(buf, head_request)
+}
+
+enum Parsed {
+    Partial,
+    /// A 1xx head of this many bytes, taken out of the buffer.
+    Interim(usize),
+    Final(Head),
+}
+
+fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ProtocolError> {
+    // (name start, name end, value start, value end) within the head.
+    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
+    let (len, code, minor, count) = {
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut headers,
+        );
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+            Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError::TooManyHeaders),
+            Err(e) => return Err(ProtocolError::Malformed(malformed(e))),
+        };
+        if len > MAX_HEAD_BYTES {
+            return Err(ProtocolError::HeadTooLarge);
+        }
+        let code = resp.code.ok_or(ProtocolError::Malformed("status"))?;
+        let minor = resp.version.ok_or(ProtocolError::Malformed("version"))?;
+        let base = buf.as_ptr() as usize;
+        let count = resp.headers.len();
+        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+            // Within the head, which is shorter than 64 KiB.
+            let offset = |s: &[u8]| u16::try_from(s.as_ptr() as usize - base).unwrap_or(0);
+            let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
+            // Lengths are bounded by the head too.
+            *span = (n, n + h.name.len() as u16, v, v + h.value.len() as u16);
+        }
+        (len, code, minor, count)
+    };
+    if (100..200).contains(&code) {
+        if code == 101 {
+            return Err(ProtocolError::UnexpectedUpgrade);
+        }
+        // 100 Continue, 103 Early Hints: informational only, the final head follows.
+        buf.advance(len);
+        return Ok(Parsed::Interim(len));
+    }
+    let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::Malformed("status"))?;
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
+        let name = HeaderName::from_bytes(&head[ns..ne])
+            .map_err(|_| ProtocolError::Malformed("header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| ProtocolError::Malformed("header value"))?;
+        headers.append(name, value);
+    }
+    let (framing, reusable) = framing(&headers, status, minor, head_request)?;
+    Ok(Parsed::Final(Head {
+        status,
+        headers,
+        framing,
+        reusable,
+    }))
 }
 
 fn malformed(e: httparse::Error) -> &'static str {
@@ -154,9 +234,12 @@ fn framing(
     let mut chunked = false;
     let mut has_te = false;
     for value in headers.get_all(TRANSFER_ENCODING) {
+        // Present at all, even empty, it says the length is not Content-Length's.
+        has_te = true;
         let value = value
             .to_str()
             .map_err(|_| ProtocolError::Malformed("transfer-encoding"))?;
+        let mut codings = 0;
         for coding in value.split(',').map(str::trim) {
             if coding.is_empty() {
                 continue;
@@ -165,8 +248,11 @@ fn framing(
                 // `chunked` must be the last coding; anything after it is a framing trick.
                 return Err(ProtocolError::Malformed("transfer-encoding after chunked"));
             }
-            has_te = true;
+            codings += 1;
             chunked = coding.eq_ignore_ascii_case("chunked");
+        }
+        if codings == 0 {
+            return Err(ProtocolError::Malformed("empty transfer-encoding"));
         }
     }
     let mut length: Option<u64> = None;
@@ -230,6 +316,8 @@ pub enum Chunk {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Size,
+    /// Whitespace after the size: only `;` (an extension) or the line end may follow.
+    SizeSpace,
     Extension,
     SizeLf,
     Data,
@@ -307,12 +395,19 @@ impl ChunkedDecoder {
                     self.line += 1;
                     State::Size
                 }
-                (State::Size, b';' | b' ' | b'\t') if self.digits > 0 => {
+                (State::Size | State::SizeSpace, b';') if self.digits > 0 => {
                     self.line += 1;
                     State::Extension
                 }
-                (State::Size, b'\r') if self.digits > 0 => State::SizeLf,
-                (State::Size, _) => return Err(BadChunk("chunk size")),
+                (State::Size | State::SizeSpace, b' ' | b'\t') if self.digits > 0 => {
+                    self.line += 1;
+                    if self.line > MAX_CHUNK_LINE {
+                        return Err(BadChunk("chunk size line too long"));
+                    }
+                    State::SizeSpace
+                }
+                (State::Size | State::SizeSpace, b'\r') if self.digits > 0 => State::SizeLf,
+                (State::Size | State::SizeSpace, _) => return Err(BadChunk("chunk size")),
                 (State::Extension, b'\r') => State::SizeLf,
                 (State::Extension, b'\t' | b' '..=b'~' | 0x80..=0xff) => {
                     self.line += 1;
@@ -473,6 +568,45 @@ mod tests {
     }
 
     #[test]
+    fn a_head_arriving_a_byte_at_a_time_is_parsed_once_it_is_whole() {
+        let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let mut parser = HeadParser::new();
+        let mut buf = BytesMut::new();
+        let mut head = None;
+        for &b in raw {
+            buf.extend_from_slice(&[b]);
+            if let Some(h) = parser.parse(&mut buf, false).unwrap() {
+                head = Some(h);
+                break;
+            }
+        }
+        let head = head.expect("a head");
+        assert_eq!(
+            (head.status.as_u16(), head.framing),
+            (200, Framing::Length(2))
+        );
+        // Bare line feeds are left to httparse, which accepts them.
+        let h = head_of("HTTP/1.1 204 No Content\n\n");
+        assert_eq!(h.status, 204);
+    }
+
+    fn head_of(raw: &str) -> Head {
+        head(raw, false).unwrap().unwrap()
+    }
+
+    #[test]
+    fn interim_heads_count_against_one_budget() {
+        let many = "HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_INTERIM + 1);
+        assert!(head(&format!("{many}HTTP/1.1 200 OK\r\n\r\n"), false).is_err());
+        let hint = format!(
+            "HTTP/1.1 103 Early Hints\r\nlink: {}\r\n\r\n",
+            "a".repeat(20_000)
+        );
+        let raw = format!("{}HTTP/1.1 200 OK\r\n\r\n", hint.repeat(4));
+        assert_eq!(head(&raw, false).unwrap_err(), ProtocolError::HeadTooLarge);
+    }
+
+    #[test]
     fn ambiguous_framing_is_an_error() {
         for raw in [
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
@@ -483,6 +617,8 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: \r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: ,\r\n\r\n",
             "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
             "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
             "HTTP/1.1 200 OK\r\nx: a\r\n folded\r\n\r\n",
@@ -514,7 +650,7 @@ mod tests {
 
     #[test]
     fn chunked_bodies_decode_whatever_the_read_boundaries() {
-        let body = b"4\r\nWiki\r\n6;name=\"v\"\r\npedia \r\nE\r\nin \r\n\r\nchunks.\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+        let body = b"4\r\nWiki\r\n6 ;name=\"v\"\r\npedia \r\nE \r\nin \r\n\r\nchunks.\r\n0\r\nx-t: 1\r\n\r\nNEXT";
         for step in [1, 2, 3, 7, body.len()] {
             let (out, rest) = decode_all(body, step).unwrap();
             assert_eq!(out, b"Wikipedia in \r\n\r\nchunks.", "step {step}");
@@ -532,6 +668,8 @@ mod tests {
             b"11111111111111111\r\n",
             b"0\r\nbad\x00trailer\r\n\r\n",
             b"-1\r\n",
+            b"4 5\r\nWiki\r\n0\r\n\r\n",
+            b"4 x\r\nWiki\r\n0\r\n\r\n",
         ] {
             assert!(decode_all(bad, 1).is_err(), "{bad:?}");
         }

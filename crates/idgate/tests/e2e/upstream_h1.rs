@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::assert_eventually;
 use crate::support::*;
 
 const TOKEN: &str = "h1-upstream-token-9c2e";
@@ -59,6 +60,7 @@ type Script = Arc<dyn Fn(usize, &Raw) -> Answer + Send + Sync>;
 /// requests over all connections.
 struct RawUpstream {
     port: u16,
+    /// Requests that arrived (the head; the body only when read before answering).
     seen: Arc<Mutex<Vec<Raw>>>,
     connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
@@ -72,6 +74,16 @@ impl Drop for RawUpstream {
 
 impl RawUpstream {
     async fn start(script: impl Fn(usize, &Raw) -> Answer + Send + Sync + 'static) -> Self {
+        Self::start_with(None, script).await
+    }
+
+    /// With `early`, the upstream answers a request `early` after its head, before reading
+    /// its body, and then reads and drops the body as its Content-Length says, as an HTTP
+    /// server keeping its connection in step must.
+    async fn start_with(
+        early: Option<Duration>,
+        script: impl Fn(usize, &Raw) -> Answer + Send + Sync + 'static,
+    ) -> Self {
         let script: Script = Arc::new(script);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -83,7 +95,7 @@ impl RawUpstream {
             while let Ok((tcp, _)) = listener.accept().await {
                 conns2.fetch_add(1, Ordering::SeqCst);
                 let (script, seen, count) = (script.clone(), seen2.clone(), count.clone());
-                tokio::spawn(serve(tcp, script, seen, count));
+                tokio::spawn(serve(tcp, script, seen, count, early));
             }
         });
         Self {
@@ -112,14 +124,39 @@ async fn serve(
     script: Script,
     seen: Arc<Mutex<Vec<Raw>>>,
     n: Arc<AtomicUsize>,
+    early: Option<Duration>,
 ) {
     let mut buf = Vec::new();
     loop {
-        let Some(req) = read_request(&mut tcp, &mut buf).await else {
+        let req = match early {
+            None => read_request(&mut tcp, &mut buf).await,
+            Some(_) => read_head(&mut tcp, &mut buf).await,
+        };
+        let Some(req) = req else {
             return;
         };
         seen.lock().unwrap().push(req.clone());
-        match script(n.fetch_add(1, Ordering::SeqCst), &req) {
+        let answer = script(n.fetch_add(1, Ordering::SeqCst), &req);
+        if let Some(delay) = early {
+            tokio::time::sleep(delay).await;
+            if let Answer::Send(bytes) = &answer
+                && tcp.write_all(bytes).await.is_err()
+            {
+                return;
+            }
+            // Now the body, to stay in step for the next request.
+            let len: usize = req
+                .header("content-length")
+                .map_or(0, |v| v.parse().unwrap());
+            while buf.len() < len {
+                if fill(&mut tcp, &mut buf).await.is_none() {
+                    return;
+                }
+            }
+            buf.drain(..len);
+            continue;
+        }
+        match answer {
             Answer::Send(bytes) => {
                 if tcp.write_all(&bytes).await.is_err() {
                     return;
@@ -148,6 +185,12 @@ async fn serve(
 
 /// Reads one request: the head, then a body framed by Content-Length or chunked.
 async fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Raw> {
+    let mut raw = read_head(tcp, buf).await?;
+    read_body(tcp, buf, &mut raw).await?;
+    Some(raw)
+}
+
+async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Raw> {
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
@@ -166,12 +209,15 @@ async fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Raw> {
             (k.to_owned(), v.trim().to_owned())
         })
         .collect();
-    let mut raw = Raw {
+    Some(Raw {
         method,
         target,
         headers,
         body: Vec::new(),
-    };
+    })
+}
+
+async fn read_body(tcp: &mut TcpStream, buf: &mut Vec<u8>, raw: &mut Raw) -> Option<()> {
     if raw.header("transfer-encoding") == Some("chunked") {
         loop {
             let line_end = loop {
@@ -200,7 +246,7 @@ async fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Raw> {
         }
         raw.body = buf.drain(..len).collect();
     }
-    Some(raw)
+    Some(())
 }
 
 async fn fill(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
@@ -506,6 +552,106 @@ async fn an_upstream_that_never_answers_gets_504() {
         let r = client(&pki, &gw).get("/slow").await.unwrap();
         assert_eq!(r.status, 504);
         assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_upstream_answering_before_the_body_is_heard_and_its_connection_dropped() {
+    within(async {
+        // 413 right after the head, before reading any of a 32 MiB body: had the gateway
+        // insisted on writing the whole body first, it would wait for its request timeout.
+        let upstream = RawUpstream::start_with(Some(Duration::ZERO), |_, req| {
+            if req.target == "/big" {
+                Answer::Send(
+                    b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 4\r\n\r\nbig!".to_vec(),
+                )
+            } else {
+                Answer::Send(ok("next"))
+            }
+        })
+        .await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, r#"request_timeout = "20s""#).await;
+        let c = client(&pki, &gw);
+        let started = std::time::Instant::now();
+        let body = "x".repeat(32 * 1024 * 1024);
+        match c.send("POST", "/big", &[], &body).await {
+            Ok(r) => assert_eq!((r.status, &r.body[..]), (413, &b"big!"[..])),
+            // The caller may see its own upload cut off once the answer is in: fine, as long
+            // as it was not held for the request timeout.
+            Err(e) => assert!(started.elapsed() < Duration::from_secs(10), "{e}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "held {:?}",
+            started.elapsed()
+        );
+        // The cut-short request's connection is not reused: the next one is sent on a new
+        // connection and arrives whole.
+        let r = c.get("/after").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"next"[..]));
+        assert_eq!(upstream.connections(), 2);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_request_body_reset_mid_way_never_leaves_its_connection_to_the_next_request() {
+    within(async {
+        // The upstream answers each request 300 ms after its head, then reads the body its
+        // Content-Length announced. An HTTP/2 caller announces 100 bytes, sends 10 and
+        // resets the stream. Were that connection pooled, the next caller's request would
+        // be read as the missing 90 bytes.
+        let upstream = RawUpstream::start_with(Some(Duration::from_millis(300)), |_, _| {
+            Answer::Send(ok("fine"))
+        })
+        .await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, r#"request_timeout = "5s""#).await;
+
+        let (cert, key) = pki.workload(ONBOARDING);
+        let tls = tls_client_config(
+            &pki.files.bundle,
+            Some((&cert, &key)),
+            true,
+            rustls::DEFAULT_VERSIONS,
+        );
+        let tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let (mut h2, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(connection);
+        let req = http::Request::post(format!("https://localhost:{}/reset", gw.port))
+            .header("content-length", "100")
+            .body(())
+            .unwrap();
+        let (_response, mut stream) = h2.send_request(req, false).unwrap();
+        stream
+            .send_data(bytes::Bytes::from_static(b"0123456789"), false)
+            .unwrap();
+        assert_eventually!(
+            !upstream.seen().is_empty(),
+            "the request never reached the upstream"
+        );
+        stream.send_reset(h2::Reason::NO_ERROR);
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = client(&pki, &gw).get("/next").await.unwrap();
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (200, &b"fine"[..]),
+            "{}",
+            gw.output()
+        );
+        let targets: Vec<String> = upstream.seen().into_iter().map(|r| r.target).collect();
+        assert_eq!(targets, ["/reset", "/next"]);
+        assert_eq!(upstream.connections(), 2);
     })
     .await
 }
