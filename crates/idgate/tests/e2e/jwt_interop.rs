@@ -29,15 +29,14 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
+/// The authlib server takes a while to start.
 const LIMIT: Duration = Duration::from_secs(90);
-const AUDIENCE: &str = "idgate";
-const SCOPES: &str = "sessions:read sessions:write";
 
 async fn within<T>(test: impl Future<Output = T>) -> T {
-    tokio::time::timeout(LIMIT, test)
-        .await
-        .unwrap_or_else(|_| panic!("the test did not finish within {LIMIT:?}"))
+    within_limit(LIMIT, test).await
 }
+const AUDIENCE: &str = "idgate";
+const SCOPES: &str = "sessions:read sessions:write";
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/fixtures/authlib_server.py")

@@ -6,14 +6,7 @@ use std::time::Duration;
 use crate::assert_eventually;
 use crate::support::*;
 
-const LIMIT: Duration = Duration::from_secs(60);
 const PATH: &str = "/v1/anything";
-
-async fn within<T>(test: impl Future<Output = T>) -> T {
-    tokio::time::timeout(LIMIT, test)
-        .await
-        .unwrap_or_else(|_| panic!("the test did not finish within {LIMIT:?}"))
-}
 
 /// A gateway in front of `upstream` whose `[listener]` gets `listener_extra`.
 async fn gateway(pki: &Pki, upstream: &TestUpstream, listener_extra: &str) -> Gateway {

@@ -31,16 +31,6 @@ const KYC_BARE: &str = "spiffe://example.org/ns/kyc";
 
 const DECISION: &str = "/v3/session/abc-123/decision/";
 
-/// Every test here ends within this, whatever the gateway does: the test client itself has
-/// no timeouts.
-const TEST_LIMIT: Duration = Duration::from_secs(60);
-
-async fn within<T>(test: impl Future<Output = T>) -> T {
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .unwrap_or_else(|_| panic!("the test did not finish within {TEST_LIMIT:?}"))
-}
-
 fn pki() -> Pki {
     Pki::new(TD, &[ONBOARDING, FRONTEND, REVIEW, KYCX, KYC_BARE])
 }

@@ -34,6 +34,22 @@ macro_rules! assert_eventually {
     }};
 }
 
+/// How long an end-to-end test may take before it fails as hung: the test clients
+/// themselves have no timeouts.
+pub const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `test`, failing it if it takes longer than [`TEST_LIMIT`].
+pub async fn within<T>(test: impl Future<Output = T>) -> T {
+    within_limit(TEST_LIMIT, test).await
+}
+
+/// Runs `test`, failing it if it takes longer than `limit`.
+pub async fn within_limit<T>(limit: Duration, test: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, test)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish within {limit:?}"))
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_idgate")
 }
@@ -327,7 +343,7 @@ impl Gateway {
                 }
             });
         }
-        let gw = Self {
+        let mut gw = Self {
             child,
             port,
             admin_port,
@@ -339,11 +355,19 @@ impl Gateway {
         gw
     }
 
-    async fn wait_ready(&self) {
+    async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((200, _)) = admin_get(self.admin_port, "/readyz").await {
                 return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Give the output readers a moment to catch the last lines.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                panic!(
+                    "idgate exited during start-up ({status}); output:\n{}",
+                    self.output()
+                );
             }
             if Instant::now() > deadline {
                 panic!("idgate did not become ready; output:\n{}", self.output());

@@ -15,13 +15,6 @@ use crate::support::*;
 
 const TOKEN: &str = "h1-upstream-token-9c2e";
 const TOKEN_ENV: &str = "TEST_H1_UPSTREAM_TOKEN";
-const LIMIT: Duration = Duration::from_secs(60);
-
-async fn within<T>(test: impl Future<Output = T>) -> T {
-    tokio::time::timeout(LIMIT, test)
-        .await
-        .unwrap_or_else(|_| panic!("the test did not finish within {LIMIT:?}"))
-}
 
 /// A request as the upstream read it off the wire.
 #[derive(Debug, Clone)]
@@ -176,7 +169,7 @@ async fn serve(
             }
             Answer::Close => return,
             Answer::Hang => {
-                tokio::time::sleep(LIMIT).await;
+                tokio::time::sleep(TEST_LIMIT).await;
                 return;
             }
         }
