@@ -28,35 +28,9 @@ impl Setup {
     async fn start() -> Self {
         let pki = Pki::default_pki();
         let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-        let (port, admin) = (free_port(), free_port());
-        let config = format!(
-            r#"{base}
-[[upstreams]]
-name = "provider"
-url = "{url}"
-ca = "{ca}"
-[upstreams.credential]
-header = "x-api-key"
-secret = "env:TEST_PROVIDER_KEY"
-
-[[routes]]
-name = "decision"
-methods = ["GET"]
-path = "/v3/session/{{session_id}}/decision/"
-upstream = "provider"
-allow = ["spiffe://example.org/ns/kyc/*"]
-"#,
-            base = base_config(&pki, port, admin),
-            url = upstream.url(true),
-            ca = pki.files.bundle.display(),
-        );
-        let gw = Gateway::start(
-            &config,
-            port,
-            admin,
-            &[("TEST_PROVIDER_KEY", "prov-key-outside")],
-        )
-        .await;
+        let gw = OneRoute::kyc_decision(&upstream.url(true))
+            .start(&pki, &[("TEST_PROVIDER_KEY", "prov-key-outside")])
+            .await;
         Self { pki, upstream, gw }
     }
 

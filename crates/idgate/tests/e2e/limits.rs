@@ -10,27 +10,13 @@ const PATH: &str = "/v1/anything";
 
 /// A gateway in front of `upstream` whose `[listener]` gets `listener_extra`.
 async fn gateway(pki: &Pki, upstream: &TestUpstream, listener_extra: &str) -> Gateway {
-    let (port, admin) = (free_port(), free_port());
-    let base = base_config(pki, port, admin).replace(
-        "client_auth = \"required\"\n",
-        &format!("client_auth = \"required\"\n{listener_extra}\n"),
-    );
-    let config = format!(
-        r#"{base}
-[[upstreams]]
-name = "echo"
-url = "{url}"
-
-[[routes]]
-name = "any"
-methods = ["GET"]
-path = "/v1/{{*rest}}"
-upstream = "echo"
-allow = ["{ONBOARDING}"]
-"#,
-        url = upstream.url(false),
-    );
-    Gateway::start(&config, port, admin, &[]).await
+    OneRoute {
+        url: &upstream.url(false),
+        listener_extra,
+        ..OneRoute::default()
+    }
+    .start(pki, &[])
+    .await
 }
 
 #[tokio::test]

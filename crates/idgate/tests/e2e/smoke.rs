@@ -4,35 +4,10 @@ use crate::support::*;
 async fn allowed_workload_reaches_upstream_and_others_get_403() {
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let (port, admin) = (free_port(), free_port());
-    let config = format!(
-        r#"{base}
-[[upstreams]]
-name = "provider"
-url = "{url}"
-ca = "{ca}"
-[upstreams.credential]
-header = "x-api-key"
-secret = "env:TEST_PROVIDER_KEY"
-
-[[routes]]
-name = "decision"
-methods = ["GET"]
-path = "/v3/session/{{session_id}}/decision/"
-upstream = "provider"
-allow = ["spiffe://example.org/ns/kyc/*"]
-"#,
-        base = base_config(&pki, port, admin),
-        url = upstream.url(true),
-        ca = pki.files.bundle.display(),
-    );
-    let gw = Gateway::start(
-        &config,
-        port,
-        admin,
-        &[("TEST_PROVIDER_KEY", "prov-key-123")],
-    )
-    .await;
+    let gw = OneRoute::kyc_decision(&upstream.url(true))
+        .start(&pki, &[("TEST_PROVIDER_KEY", "prov-key-123")])
+        .await;
+    let port = gw.port;
 
     let ok = Client::new(&pki, Some(ONBOARDING), port, true)
         .send(
@@ -114,25 +89,12 @@ async fn forwarded_for_can_be_withheld_from_an_upstream() {
 /// A gateway with one GET route to a session decision on `upstream`, allowed for the
 /// onboarding workload; `upstream_extra` is added to the `[[upstreams]]` table.
 async fn decision_gateway(pki: &Pki, upstream: &TestUpstream, upstream_extra: &str) -> Gateway {
-    let (port, admin) = (free_port(), free_port());
-    let config = format!(
-        r#"{base}
-[[upstreams]]
-name = "provider"
-url = "{url}"
-ca = "{ca}"
-{upstream_extra}
-
-[[routes]]
-name = "read"
-methods = ["GET"]
-path = "/v3/session/{{id}}/decision/"
-upstream = "provider"
-allow = ["{ONBOARDING}"]
-"#,
-        base = base_config(pki, port, admin),
-        url = upstream.url(true),
-        ca = pki.files.bundle.display(),
-    );
-    Gateway::start(&config, port, admin, &[]).await
+    OneRoute {
+        url: &upstream.url(true),
+        upstream_extra,
+        path: "/v3/session/{id}/decision/",
+        ..OneRoute::default()
+    }
+    .start(pki, &[])
+    .await
 }

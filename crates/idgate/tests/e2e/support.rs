@@ -908,6 +908,96 @@ impl Client {
     }
 }
 
+/// A gateway with one upstream and one route to it, the shape most end-to-end tests need.
+/// `Default`: no credential, and `GET /v1/{*rest}` allowed for [`ONBOARDING`].
+pub struct OneRoute<'a> {
+    /// The upstream's URL; an `https://` one is trusted through the PKI's bundle.
+    pub url: &'a str,
+    /// More lines for the `[[upstreams]]` table (`request_timeout = "1s"`).
+    pub upstream_extra: &'a str,
+    /// The lines of `[upstreams.credential]`; none when empty.
+    pub credential: &'a str,
+    /// TOML array of methods.
+    pub methods: &'a str,
+    pub path: &'a str,
+    /// TOML array of allow entries.
+    pub allow: &'a str,
+    /// More lines for `[listener]`.
+    pub listener_extra: &'a str,
+}
+
+impl Default for OneRoute<'_> {
+    fn default() -> Self {
+        Self {
+            url: "",
+            upstream_extra: "",
+            credential: "",
+            methods: r#"["GET"]"#,
+            path: "/v1/{*rest}",
+            allow: r#"["spiffe://example.org/ns/kyc/sa/onboarding"]"#,
+            listener_extra: "",
+        }
+    }
+}
+
+impl<'a> OneRoute<'a> {
+    /// `GET /v3/session/{session_id}/decision/` on `url` for every `ns/kyc/*` workload, with
+    /// the provider key from the environment variable `TEST_PROVIDER_KEY` in `x-api-key`.
+    pub fn kyc_decision(url: &'a str) -> Self {
+        Self {
+            url,
+            credential: "header = \"x-api-key\"\nsecret = \"env:TEST_PROVIDER_KEY\"",
+            path: "/v3/session/{session_id}/decision/",
+            allow: r#"["spiffe://example.org/ns/kyc/*"]"#,
+            ..Self::default()
+        }
+    }
+
+    /// The configuration text, for a gateway on `port` with its admin on `admin`.
+    pub fn config(&self, pki: &Pki, port: u16, admin: u16) -> String {
+        let base = base_config(pki, port, admin).replace(
+            "client_auth = \"required\"\n",
+            &format!("client_auth = \"required\"\n{}\n", self.listener_extra),
+        );
+        let ca = if self.url.starts_with("https://") {
+            format!("ca = \"{}\"\n", pki.files.bundle.display())
+        } else {
+            String::new()
+        };
+        let credential = if self.credential.is_empty() {
+            String::new()
+        } else {
+            format!("[upstreams.credential]\n{}\n", self.credential)
+        };
+        format!(
+            r#"{base}
+[[upstreams]]
+name = "provider"
+url = "{url}"
+{ca}{upstream_extra}
+{credential}
+[[routes]]
+name = "route"
+methods = {methods}
+path = "{path}"
+upstream = "provider"
+allow = {allow}
+"#,
+            url = self.url,
+            upstream_extra = self.upstream_extra,
+            methods = self.methods,
+            path = self.path,
+            allow = self.allow,
+        )
+    }
+
+    /// Starts the gateway on free ports with `env`.
+    pub async fn start(&self, pki: &Pki, env: &[(&str, &str)]) -> Gateway {
+        let (port, admin) = (free_port(), free_port());
+        Gateway::start(&self.config(pki, port, admin), port, admin, env).await
+    }
+}
+
 /// A whole gateway configuration from its parts: the gateway's SVID, one bundle per trust
 /// domain, how often the files are polled, and the `[[upstreams]]`/`[[routes]]` text.
 pub fn gateway_config(

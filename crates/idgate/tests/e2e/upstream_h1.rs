@@ -263,28 +263,16 @@ fn ok(body: &str) -> Vec<u8> {
 
 /// A gateway with one route, `/{*rest}` for any of the usual methods, to `upstream`.
 async fn gateway(pki: &Pki, upstream: &RawUpstream, extra: &str) -> Gateway {
-    let (port, admin) = (free_port(), free_port());
-    let config = format!(
-        r#"{base}
-[[upstreams]]
-name = "raw"
-url = "{url}"
-{extra}
-[upstreams.credential]
-header = "x-provider-token"
-secret = "env:{TOKEN_ENV}"
-
-[[routes]]
-name = "all"
-methods = ["GET", "HEAD", "POST", "PUT"]
-path = "/{{*rest}}"
-upstream = "raw"
-allow = ["{ONBOARDING}"]
-"#,
-        base = base_config(pki, port, admin),
-        url = upstream.url(),
-    );
-    Gateway::start(&config, port, admin, &[(TOKEN_ENV, TOKEN)]).await
+    OneRoute {
+        url: &upstream.url(),
+        upstream_extra: extra,
+        credential: &format!("header = \"x-provider-token\"\nsecret = \"env:{TOKEN_ENV}\""),
+        methods: r#"["GET", "HEAD", "POST", "PUT"]"#,
+        path: "/{*rest}",
+        ..OneRoute::default()
+    }
+    .start(pki, &[(TOKEN_ENV, TOKEN)])
+    .await
 }
 
 fn client(pki: &Pki, gw: &Gateway) -> Client {
