@@ -411,6 +411,8 @@ where
     }
     loop {
         tokio::select! {
+            // The connection first: it is what every wake-up is almost always for.
+            biased;
             result = connection.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(remote = %remote.ip(), error = %e, "connection ended with an error");

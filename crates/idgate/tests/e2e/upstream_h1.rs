@@ -460,7 +460,17 @@ async fn request_bodies_are_framed_by_the_gateway() {
         assert_eq!(r.status, 200);
         c.get("/get").await.unwrap();
 
+        // An HTTP/2 caller's body arrives in DATA frames; its length is still announced.
+        let h2 = Client::new(&pki, Some(ONBOARDING), gw.port, true);
+        let r = h2
+            .send("POST", "/h2-sized", &[], "0123456789")
+            .await
+            .unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"10"[..]));
+
         let seen = upstream.seen();
+        assert_eq!(seen[4].header("content-length"), Some("10"));
+        assert_eq!(seen[4].body, b"0123456789");
         assert_eq!(seen[0].header("content-length"), Some("10"));
         assert_eq!(seen[0].body, b"0123456789");
         assert_eq!(seen[1].header("transfer-encoding"), Some("chunked"));
@@ -492,14 +502,16 @@ async fn large_bodies_stream_through_intact_both_ways() {
         .await;
         let pki = Pki::default_pki();
         let gw = gateway(&pki, &upstream, "").await;
-        let c = client(&pki, &gw);
         let sent = "x".repeat(2 * 1024 * 1024);
-        let r = c.send("POST", "/big", &[], &sent).await.unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(r.header("x-got"), Some(&*sent.len().to_string()));
-        assert_eq!(r.body.len(), big.len());
-        assert!(r.body[..] == big[..], "the body arrived changed");
-        assert_eq!(upstream.seen()[0].body, sent.as_bytes());
+        for (i, h2) in [false, true].into_iter().enumerate() {
+            let c = Client::new(&pki, Some(ONBOARDING), gw.port, h2);
+            let r = c.send("POST", "/big", &[], &sent).await.unwrap();
+            assert_eq!(r.status, 200, "h2 {h2}");
+            assert_eq!(r.header("x-got"), Some(&*sent.len().to_string()), "h2 {h2}");
+            assert_eq!(r.body.len(), big.len(), "h2 {h2}");
+            assert!(r.body[..] == big[..], "h2 {h2}: the body arrived changed");
+            assert_eq!(upstream.seen()[i].body, sent.as_bytes(), "h2 {h2}");
+        }
     })
     .await
 }
