@@ -52,8 +52,11 @@ for t in "${targets[@]}"; do
     [ "$t" = pem_bundle ] && seed_svid
     dict=()
     [ -f "dicts/$t.dict" ] && dict=("-dict=dicts/$t.dict")
+    # The checked-in seeds, where a target has any, as a second (read-only) corpus.
+    seeds=()
+    [ -d "seeds/$t" ] && seeds=("seeds/$t")
     echo "=== $t: ${secs}s ==="
-    if ! cargo fuzz run "${san[@]}" "$t" "corpus/$t" "seeds/$t" -- \
+    if ! cargo fuzz run "${san[@]}" "$t" "corpus/$t" "${seeds[@]}" -- \
         -max_total_time="$secs" -print_final_stats=1 "${dict[@]}" "${extra[@]}"; then
         failed+=("$t")
     fi

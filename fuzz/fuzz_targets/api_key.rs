@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let _ = api_key::parse_key_id(&text);
     let _ = api_key::key_in_query(Some(&text));
+    let _ = api_key::idgate_key_in_query(Some(&text));
     if let Ok(value) = http::HeaderValue::from_bytes(data) {
         let mut headers = http::HeaderMap::new();
         headers.insert("x-api-key", value.clone());

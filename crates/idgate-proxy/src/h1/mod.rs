@@ -193,7 +193,7 @@ impl Pool {
                 // Once, and on a new connection: the pool's other idle connections may have
                 // been closed by the same upstream restart.
                 Err(Failure {
-                    error,
+                    error: error @ (Error::Io(_) | Error::Closed),
                     answered: false,
                 }) if reused && replay.is_some() => {
                     tracing::debug!(error = %error, "reused upstream connection failed; retrying on a new one");
