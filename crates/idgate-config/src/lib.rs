@@ -198,6 +198,9 @@ pub struct UpstreamConfig {
     /// Whether the caller's address is sent in `x-forwarded-for` (default: yes). Turn it off
     /// for outside providers that have no need for internal addresses.
     pub forwarded_for: bool,
+    /// `https://` only: offer HTTP/2 by ALPN (one multiplexed connection) instead of the
+    /// gateway's own HTTP/1.1 client.
+    pub http2: bool,
     pub credential: Option<CredentialConfig>,
 }
 
@@ -793,6 +796,11 @@ fn upstream(
                 format!("{key}.url"),
                 "must not carry user info; use [upstreams.credential]",
             );
+        } else if u.http2 == Some(true) && uri.scheme_str() == Some("http") {
+            cx.err(
+                format!("{key}.http2"),
+                "HTTP/2 is offered over TLS only: use an https:// url, or leave http2 out",
+            );
         } else {
             base_path = uri.path().trim_end_matches('/').to_owned();
             if uri.scheme_str() == Some("http") {
@@ -844,6 +852,7 @@ fn upstream(
         pool_max_idle,
         max_body_bytes: u.max_body_bytes.unwrap_or(10 * 1024 * 1024),
         forwarded_for: u.forwarded_for.unwrap_or(true),
+        http2: u.http2.unwrap_or(false),
         credential,
     };
     (cx.errors.len() == before).then_some(out)

@@ -80,6 +80,8 @@ pub(crate) struct Upstream {
     #[serde(default)]
     pub(crate) forwarded_for: Option<bool>,
     #[serde(default)]
+    pub(crate) http2: Option<bool>,
+    #[serde(default)]
     pub(crate) credential: Option<Credential>,
 }
 

@@ -35,10 +35,11 @@ pub struct Upstream {
     pub max_body_bytes: u64,
     pub forwarded_for: bool,
     pub credential: Option<Arc<Credential>>,
-    /// The client for `https://` upstreams (HTTP/2 or HTTP/1.1 by ALPN), and for the
-    /// gateway's own calls such as OAuth2 token requests.
+    /// hyper's client: for `https://` upstreams with `http2 = true` (HTTP/2 or HTTP/1.1 by
+    /// ALPN), and for the gateway's own calls such as OAuth2 token requests.
     pub client: UpstreamClient,
-    /// The request's own HTTP/1.1 client for `http://` upstreams.
+    /// The gateway's own HTTP/1.1 client, run in the request's task: every upstream but
+    /// those with `http2 = true`.
     pub h1: Option<h1::Pool>,
 }
 
@@ -61,6 +62,9 @@ impl Upstream {
             .map_err(|e| format!("{key}: {e}"))?
             .with_root_certificates(store)
             .with_no_client_auth();
+        // The gateway's own HTTP/1.1 client says so in ALPN; hyper's sets its own.
+        let mut h1_tls = tls.clone();
+        h1_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
 
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -90,20 +94,37 @@ impl Upstream {
             .cloned()
             .ok_or_else(|| format!("{key}: the URL has no host"))?;
         let scheme = cfg.origin.scheme().cloned().unwrap_or(Scheme::HTTPS);
-        let h1 = (scheme == Scheme::HTTP).then(|| {
+        let h1 = if scheme == Scheme::HTTPS && cfg.http2 {
+            None
+        } else {
+            let tls = if scheme == Scheme::HTTPS {
+                // The name the upstream's certificate must carry: its host, without the
+                // brackets of an IPv6 literal.
+                let host = authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|e| format!("{key}: host name: {e}"))?;
+                Some((tokio_rustls::TlsConnector::from(Arc::new(h1_tls)), name))
+            } else {
+                None
+            };
             let address = match authority.port_u16() {
                 Some(_) => authority.as_str().to_owned(),
+                None if tls.is_some() => format!("{}:443", authority.as_str()),
                 None => format!("{}:80", authority.as_str()),
             };
-            h1::Pool::new(h1::PoolConfig {
+            Some(h1::Pool::new(h1::PoolConfig {
                 address,
+                tls,
                 host: authority.as_str().to_owned(),
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.pool_idle_timeout,
                 max_idle: cfg.pool_max_idle,
                 body_read_timeout: cfg.request_timeout,
-            })
-        });
+            }))
+        };
         Ok(Self {
             name: cfg.name.clone(),
             scheme,

@@ -1,5 +1,5 @@
-//! The HTTP/1.1 client for cleartext in-cluster upstreams, driven inside the request's own
-//! task.
+//! The gateway's HTTP/1.1 client for upstreams, over TLS or cleartext, driven inside the
+//! request's own task (every upstream but those with `http2 = true`).
 //!
 //! A proxied request costs two wake-ups here: the caller's bytes arrive, the upstream's
 //! answer arrives. The request head is written with the body in one `write`, the
@@ -31,8 +31,11 @@ use http::header::{CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::io::{AsyncRead, ReadBuf};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_rustls::client::TlsStream;
 
 use self::parse::{Chunk, ChunkedDecoder, Framing, HeadParser, ProtocolError};
 
@@ -42,10 +45,13 @@ const READ_CHUNK: usize = 8 * 1024;
 const WRITE_COALESCE: usize = 64 * 1024;
 
 /// Where and how to connect, and how many idle connections to keep.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PoolConfig {
     /// `host:port` of the upstream.
     pub address: String,
+    /// For `https://` upstreams: the TLS client (its ALPN offers `http/1.1` only) and the
+    /// name the certificate must have.
+    pub tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     /// The `Host` header sent upstream.
     pub host: String,
     pub connect_timeout: Duration,
@@ -53,6 +59,16 @@ pub struct PoolConfig {
     pub max_idle: usize,
     /// The longest wait for the next bytes of a response body that streams.
     pub body_read_timeout: Duration,
+}
+
+impl std::fmt::Debug for PoolConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolConfig")
+            .field("address", &self.address)
+            .field("tls", &self.tls.as_ref().map(|(_, name)| name))
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The body of a request to the upstream.
@@ -81,6 +97,8 @@ pub enum Error {
     Connect(io::Error),
     #[error("connect timed out")]
     ConnectTimeout,
+    #[error("TLS: {0}")]
+    Tls(io::Error),
     #[error("connection closed before the response was complete")]
     Closed,
     #[error("{0}")]
@@ -95,10 +113,76 @@ pub enum Error {
     BodyLength,
 }
 
+/// The two directions of an upstream connection, cleartext or TLS. Split, so that the
+/// upstream can be heard while a request is still being written.
+struct Io {
+    r: ReadIo,
+    w: WriteIo,
+}
+
+enum ReadIo {
+    Plain(OwnedReadHalf),
+    Tls(ReadHalf<TlsStream<TcpStream>>),
+}
+
+enum WriteIo {
+    Plain(OwnedWriteHalf),
+    Tls(WriteHalf<TlsStream<TcpStream>>),
+}
+
+impl std::fmt::Debug for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.r {
+            ReadIo::Plain(_) => "Io(plain)",
+            ReadIo::Tls(_) => "Io(tls)",
+        })
+    }
+}
+
+impl AsyncRead for ReadIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(r) => Pin::new(r).poll_read(cx, buf),
+            Self::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(w) => Pin::new(w).poll_write(cx, buf),
+            Self::Tls(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(w) => Pin::new(w).poll_flush(cx),
+            Self::Tls(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(w) => Pin::new(w).poll_shutdown(cx),
+            Self::Tls(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
 /// One connection to the upstream, with the bytes read from it and not yet used.
 #[derive(Debug)]
 struct Conn {
-    io: TcpStream,
+    io: Io,
     buf: BytesMut,
     /// Bytes gathered for the next `write`, kept from request to request.
     out: Vec<u8>,
@@ -113,14 +197,14 @@ impl Conn {
         let mut rb = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(std::task::Waker::noop());
         matches!(
-            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
+            Pin::new(&mut self.io.r).poll_read(&mut cx, &mut rb),
             Poll::Pending
         )
     }
 
     async fn read_more(&mut self) -> io::Result<usize> {
         self.buf.reserve(READ_CHUNK);
-        tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.buf).await
+        tokio::io::AsyncReadExt::read_buf(&mut self.io.r, &mut self.buf).await
     }
 }
 
@@ -375,13 +459,34 @@ impl PoolInner {
                 io::Error::new(io::ErrorKind::NotFound, "no address for the upstream host")
             })))
         };
+        // The TCP connect and the TLS handshake together stay within the connect timeout.
+        let connect = async {
+            let tcp = connect.await?;
+            let _ = tcp.set_nodelay(true);
+            let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+            Ok::<_, Error>(match &self.config.tls {
+                None => {
+                    let (r, w) = tcp.into_split();
+                    Io {
+                        r: ReadIo::Plain(r),
+                        w: WriteIo::Plain(w),
+                    }
+                }
+                Some((tls, name)) => {
+                    let stream = tls.connect(name.clone(), tcp).await.map_err(Error::Tls)?;
+                    let (r, w) = tokio::io::split(stream);
+                    Io {
+                        r: ReadIo::Tls(r),
+                        w: WriteIo::Tls(w),
+                    }
+                }
+            })
+        };
         let io = tokio::time::timeout(self.config.connect_timeout, connect)
             .await
             .map_err(|_| Error::ConnectTimeout)??;
-        let _ = io.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-        let _ = socket2::SockRef::from(&io).set_tcp_keepalive(&keepalive);
-        tracing::debug!(upstream = %self.config.address, "new upstream connection");
+        tracing::debug!(upstream = %self.config.address, tls = self.config.tls.is_some(), "new upstream connection");
         Ok(Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -547,7 +652,7 @@ where
                 }
                 tokio::select! {
                     next = http_body_util::BodyExt::frame(&mut b) => next,
-                    early = answered(io, buf) => {
+                    early = answered(&mut io.r, buf) => {
                         early?;
                         return Ok(Sent::Cut);
                     }
@@ -599,38 +704,37 @@ where
 }
 
 /// Writes all of `data`, unless the upstream answers or closes first.
-async fn send(io: &TcpStream, buf: &mut BytesMut, data: &[u8]) -> Result<Sent, Error> {
-    let mut rest = data;
-    while !rest.is_empty() {
-        match io.try_write(rest) {
-            Ok(n) => rest = &rest[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                tokio::select! {
-                    ready = io.writable() => ready.map_err(Error::Io)?,
-                    early = answered(io, buf) => {
-                        early?;
-                        return Ok(Sent::Cut);
-                    }
-                }
-            }
-            Err(e) => return Err(Error::Io(e)),
+async fn send(io: &mut Io, buf: &mut BytesMut, data: &[u8]) -> Result<Sent, Error> {
+    if data.is_empty() {
+        return Ok(Sent::Whole);
+    }
+    let Io { r, w } = io;
+    tokio::select! {
+        // The write first: it nearly always completes at once, with nothing to hear yet.
+        biased;
+        written = async {
+            w.write_all(data).await?;
+            // TLS records the socket could not take yet must go out too.
+            w.flush().await
+        } => {
+            written.map_err(Error::Io)?;
+            Ok(Sent::Whole)
+        }
+        early = answered(r, buf) => {
+            early?;
+            Ok(Sent::Cut)
         }
     }
-    Ok(Sent::Whole)
 }
 
 /// Resolves once the upstream has sent something, or closed, while the request is still
 /// going out; what it sent is kept in `buf` for the response parser.
-async fn answered(io: &TcpStream, buf: &mut BytesMut) -> Result<(), Error> {
-    loop {
-        io.readable().await.map_err(Error::Io)?;
-        buf.reserve(READ_CHUNK);
-        match io.try_read_buf(buf) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(Error::Io(e)),
-        }
-    }
+async fn answered(r: &mut ReadIo, buf: &mut BytesMut) -> Result<(), Error> {
+    buf.reserve(READ_CHUNK);
+    tokio::io::AsyncReadExt::read_buf(r, buf)
+        .await
+        .map(drop)
+        .map_err(Error::Io)
 }
 
 /// A response body from an upstream connection. When the body is read to its end, the
@@ -758,7 +862,7 @@ impl Streaming {
                 return Poll::Ready(None);
             }
             conn.buf.reserve(READ_CHUNK);
-            let read = tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf);
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut conn.io.r), cx, &mut conn.buf);
             let n = match read {
                 Poll::Ready(r) => r?,
                 Poll::Pending => {
@@ -861,8 +965,12 @@ mod tests {
             .await
             .unwrap();
         let (peer, _) = listener.accept().await.unwrap();
+        let (r, w) = io.into_split();
         let conn = Conn {
-            io,
+            io: Io {
+                r: ReadIo::Plain(r),
+                w: WriteIo::Plain(w),
+            },
             buf: BytesMut::new(),
             out: b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n".to_vec(),
             idle_since: Instant::now(),

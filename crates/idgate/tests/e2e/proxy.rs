@@ -433,12 +433,15 @@ async fn a_gateway_api_key_in_the_query_never_reaches_the_upstream_on_any_route(
 #[tokio::test]
 async fn strips_hop_by_hop_headers_before_forwarding() {
     within(async {
-        // An HTTP/2 upstream hop (whose client drops some connection headers by itself) and an
-        // HTTP/1.1 one (which forwards whatever it is given).
-        let h2_upstream = Setup::start(UpstreamMode::Echo).await;
+        // An HTTP/2 upstream hop (`http2 = true`: hyper's client, which drops some connection
+        // headers by itself), and HTTP/1.1 ones over TLS and cleartext (the gateway's own
+        // client, which writes whatever headers it is given).
+        let h2_upstream = Setup::start_with(UpstreamMode::Echo, "http2 = true", |c| c).await;
+        let tls_h1_upstream = Setup::start(UpstreamMode::Echo).await;
         let h1_upstream = Setup::start_with_http1_upstream(UpstreamMode::Echo).await;
         for (s, upstream_version) in [
             (&h2_upstream, http::Version::HTTP_2),
+            (&tls_h1_upstream, http::Version::HTTP_11),
             (&h1_upstream, http::Version::HTTP_11),
         ] {
             let body = "a chunked request body";

@@ -1,5 +1,6 @@
-//! The gateway's HTTP/1.1 client for cleartext upstreams, against an upstream scripted
-//! byte for byte over a raw socket: body framing both ways, interim responses, HEAD,
+//! The gateway's HTTP/1.1 client, against an upstream scripted byte for byte over a raw
+//! socket (cleartext, so the bytes are the test's own; the TLS hop is the same code over
+//! rustls, and most other end-to-end tests go through it): body framing both ways, interim responses, HEAD,
 //! connection reuse, an idle connection the upstream closed, and responses whose framing
 //! could be read two ways.
 
@@ -647,4 +648,58 @@ async fn a_request_body_reset_mid_way_never_leaves_its_connection_to_the_next_re
         assert_eq!(upstream.connections(), 2);
     })
     .await
+}
+
+#[tokio::test]
+async fn an_https_upstream_whose_certificate_does_not_verify_gets_502() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+        let (port, admin) = (free_port(), free_port());
+        let url = upstream.url(true);
+        // Without `ca` only the platform's roots are trusted, and the test CA is not one.
+        let config = OneRoute {
+            url: &url,
+            ..OneRoute::default()
+        }
+        .config(&pki, port, admin)
+        .lines()
+        .filter(|l| !l.starts_with("ca = "))
+        .collect::<Vec<_>>()
+        .join("\n");
+        let gw = Gateway::start(&config, port, admin, &[]).await;
+        let r = client(&pki, &gw).get("/v1/untrusted").await.unwrap();
+        assert_eq!(r.status, 502, "{:?}", r.body);
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(!body.contains(&upstream.addr.port().to_string()), "{body}");
+        assert!(
+            upstream.requests().is_empty(),
+            "a request crossed an unverified TLS hop"
+        );
+        assert!(gw.output().contains("TLS"), "{}", gw.output());
+    })
+    .await
+}
+
+#[test]
+fn check_refuses_http2_to_a_cleartext_upstream() {
+    let pki = Pki::default_pki();
+    let config = OneRoute {
+        url: "http://127.0.0.1:9",
+        upstream_extra: "http2 = true",
+        ..OneRoute::default()
+    }
+    .config(&pki, free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let (code, out, err) = run(std::process::Command::new(bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&path));
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("upstreams[0].http2"),
+        "{out}{err}"
+    );
 }
