@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -75,7 +75,8 @@ struct IpSlot {
 
 impl PerIp {
     fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
-        let mut open = self.open.lock().ok()?;
+        // Nothing panics while the table is held; were it poisoned, counting goes on.
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let n = open.entry(ip).or_insert(0);
         if *n >= self.limit {
             return None;
@@ -90,9 +91,12 @@ impl PerIp {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        if let Ok(mut open) = self.table.open.lock()
-            && let Some(n) = open.get_mut(&self.ip)
-        {
+        let mut open = self
+            .table
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
                 open.remove(&self.ip);
