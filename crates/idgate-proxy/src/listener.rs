@@ -55,9 +55,21 @@ impl ListenerShared {
     /// ended.
     pub(crate) async fn drained(&self, limit: Duration) -> bool {
         let all = u32::try_from(self.config.max_connections).unwrap_or(u32::MAX);
-        tokio::time::timeout(limit, self.connections.acquire_many(all))
-            .await
-            .is_ok()
+        matches!(
+            tokio::time::timeout(limit, self.connections.acquire_many(all)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+/// What one source is, for `max_connections_per_ip`: an IPv4 address, or an IPv6 /64 (the
+/// smallest network one host is given, whose addresses it can use at will).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
     }
 }
 
@@ -191,6 +203,7 @@ pub(crate) async fn accept_loop(
             }
         };
         let ip = remote.ip().to_canonical();
+        let source = source_key(ip);
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             shared
                 .services
@@ -199,7 +212,7 @@ pub(crate) async fn accept_loop(
             refusals.refused(ip, "max_connections");
             continue;
         };
-        let Some(slot) = per_ip.acquire(ip) else {
+        let Some(slot) = per_ip.acquire(source) else {
             shared
                 .services
                 .metrics
@@ -287,6 +300,7 @@ async fn serve_connection(
             .map(|age| accepted_at + age),
         idle: activity.map(|a| (a, shared.config.idle_timeout)),
         stop,
+        grace: shared.config.idle_timeout.max(MIN_GRACE),
         remote,
     };
     if h2 {
@@ -358,8 +372,13 @@ struct Ends {
     retire_at: Option<tokio::time::Instant>,
     /// Shutdown: like retirement.
     stop: watch::Receiver<bool>,
+    /// How long a retired or idle connection may take to finish what it has in flight.
+    grace: Duration,
     remote: std::net::SocketAddr,
 }
+
+/// The least time a retired connection gets to finish its in-flight requests.
+const MIN_GRACE: Duration = Duration::from_secs(30);
 
 /// Runs a connection to its end. A connection speaks for its certificate only while the
 /// certificate is valid: a keep-alive or HTTP/2 connection is closed when its client SVID
@@ -375,8 +394,13 @@ where
         retire_at,
         idle,
         mut stop,
+        grace,
         remote,
     } = ends;
+    // Armed when the connection is told to finish: a client that keeps a response stalled
+    // (an HTTP/2 window it never opens) must not hold the connection past it.
+    let grace_end = tokio::time::sleep(Duration::from_secs(30 * 24 * 3600));
+    let mut grace_end = pin!(grace_end);
     let idle_check = async {
         match &idle {
             Some((activity, limit)) => {
@@ -431,11 +455,17 @@ where
                 tracing::debug!(remote = %remote.ip(), "HTTP/2 connection idle: going away");
                 graceful(connection.as_mut());
                 winding_down = true;
+                grace_end.as_mut().reset(tokio::time::Instant::now() + grace);
             }
             () = &mut retire, if !winding_down => {
                 tracing::debug!(remote = %remote.ip(), "max_connection_age reached: closing after in-flight requests");
                 graceful(connection.as_mut());
                 winding_down = true;
+                grace_end.as_mut().reset(tokio::time::Instant::now() + grace);
+            }
+            () = &mut grace_end, if winding_down => {
+                tracing::info!(remote = %remote.ip(), "connection did not finish within its grace period: closed");
+                return;
             }
             changed = stop.changed(), if !winding_down => {
                 // A dropped sender means the gateway is going away too.
@@ -445,5 +475,53 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_64_and_ipv4_as_itself() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(other));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(source_key(v4), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(source_key(mapped.to_canonical()), v4);
+    }
+
+    #[tokio::test]
+    async fn a_retired_connection_that_never_finishes_is_closed_after_its_grace() {
+        let (_stop_tx, stop) = watch::channel(false);
+        let told = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let told2 = told.clone();
+        // A connection that ignores being told to finish, as a client stalling a response
+        // would make it.
+        let stuck = std::future::pending::<Result<(), Infallible>>();
+        let ends = Ends {
+            idle: None,
+            expires_in: None,
+            retire_at: Some(tokio::time::Instant::now() + Duration::from_millis(20)),
+            stop,
+            grace: Duration::from_millis(100),
+            remote: "127.0.0.1:1".parse().unwrap(),
+        };
+        let started = Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            drive(stuck, move |_| told2.store(true, Ordering::SeqCst), ends),
+        )
+        .await
+        .expect("the connection outlived its grace");
+        assert!(
+            told.load(Ordering::SeqCst),
+            "it was not told to finish first"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(120));
     }
 }
