@@ -42,7 +42,8 @@ use crate::token_endpoint::TokenEndpoint;
 use crate::upstream::Upstream;
 use idgate_auth::AuthFailure;
 
-/// An upstream's response body: from the HTTPS client, or from the cleartext HTTP/1.1 one.
+/// An upstream's response body: from hyper's client (`http2 = true`), or from the
+/// gateway's own HTTP/1.1 client.
 pub type UpstreamResponseBody = Either<Incoming, h1::ResponseBody>;
 
 /// What the gateway answers with: the upstream's body, or one of its own.

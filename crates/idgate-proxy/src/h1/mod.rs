@@ -19,7 +19,7 @@
 
 pub mod parse;
 
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -72,12 +72,21 @@ impl std::fmt::Debug for PoolConfig {
 }
 
 /// The body of a request to the upstream.
-#[derive(Debug)]
 pub enum RequestBody {
     /// The caller's body, streamed through.
     Stream(Incoming),
     /// A body read whole first (a signature covers it).
     Buffered(Bytes),
+}
+
+/// Names the kind and size only: a body is the caller's data, never for a log.
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stream(b) => write!(f, "RequestBody::Stream({:?})", b.size_hint().exact()),
+            Self::Buffered(b) => write!(f, "RequestBody::Buffered({} bytes)", b.len()),
+        }
+    }
 }
 
 impl RequestBody {
@@ -180,13 +189,24 @@ impl AsyncWrite for WriteIo {
 }
 
 /// One connection to the upstream, with the bytes read from it and not yet used.
-#[derive(Debug)]
 struct Conn {
     io: Io,
     buf: BytesMut,
     /// Bytes gathered for the next `write`, kept from request to request.
     out: Vec<u8>,
     idle_since: Instant,
+}
+
+/// Lengths only: `out` holds the last request head, injected credential included, and
+/// `buf` the upstream's bytes.
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("io", &self.io)
+            .field("buffered", &self.buf.len())
+            .field("idle_since", &self.idle_since)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Conn {
@@ -672,7 +692,8 @@ where
             return Err(Error::BodyLength);
         }
         if chunked {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{:x}\r\n", data.len());
         }
         if data.len() > WRITE_COALESCE {
             if send(io, buf, out).await? == Sent::Cut || send(io, buf, &data).await? == Sent::Cut {
@@ -739,19 +760,27 @@ async fn answered(r: &mut ReadIo, buf: &mut BytesMut) -> Result<(), Error> {
 
 /// A response body from an upstream connection. When the body is read to its end, the
 /// connection goes back to the pool; a body dropped early closes it.
-#[derive(Debug)]
 pub struct ResponseBody {
     state: BodyState,
 }
 
-#[derive(Debug)]
+/// The state only: the body is the upstream's data, never for a log.
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.state {
+            BodyState::Done => "ResponseBody::Done",
+            BodyState::Full(_) => "ResponseBody::Full",
+            BodyState::Streaming(_) => "ResponseBody::Streaming",
+        })
+    }
+}
+
 enum BodyState {
     Done,
     Full(Bytes),
     Streaming(Box<Streaming>),
 }
 
-#[derive(Debug)]
 struct Streaming {
     conn: Option<Conn>,
     pool: Weak<PoolInner>,
@@ -976,6 +1005,29 @@ mod tests {
             idle_since: Instant::now(),
         };
         (conn, peer)
+    }
+
+    #[tokio::test]
+    async fn debug_output_shows_no_request_head_and_no_body() {
+        let (mut conn, _peer) = pair().await;
+        conn.out
+            .extend_from_slice(b"x-provider-token: s3cr3t-provider-key\r\n");
+        conn.buf
+            .extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\nname=Ana");
+        let shown = format!("{conn:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("Ana"),
+            "{shown}"
+        );
+        let bodies = format!(
+            "{:?} {:?}",
+            RequestBody::Buffered(Bytes::from_static(b"dob=1990-01-01")),
+            ResponseBody::full(Bytes::from_static(b"name=Ana"))
+        );
+        assert!(
+            !bodies.contains("1990") && !bodies.contains("Ana"),
+            "{bodies}"
+        );
     }
 
     #[tokio::test]

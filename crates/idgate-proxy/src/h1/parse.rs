@@ -446,7 +446,8 @@ impl ChunkedDecoder {
                 (State::TrailerLf, b'\n') => State::TrailerStart,
                 (State::EndLf, b'\n') => State::Done,
                 (State::TrailerLf | State::EndLf, _) => return Err(BadChunk("line ending")),
-                (State::Data | State::Done, _) => unreachable_state(),
+                // Handled above, before a byte is taken.
+                (State::Data | State::Done, _) => State::Done,
             };
         }
     }
@@ -458,12 +459,6 @@ fn hex_value(b: u8) -> u8 {
         b'a'..=b'f' => b - b'a' + 10,
         _ => b - b'A' + 10,
     }
-}
-
-/// Data and Done are handled before a byte is taken.
-#[cold]
-fn unreachable_state() -> State {
-    State::Done
 }
 
 #[cfg(test)]

@@ -58,9 +58,11 @@ async fn connections_beyond_the_per_address_limit_are_closed_at_accept() {
                 .contains(r#"idgate_connections_refused_total{reason="max_connections_per_ip"} "#),
             "{metrics}"
         );
-        assert!(
+        assert_eventually!(
             gw.output()
-                .contains("connection refused at accept: limit reached")
+                .contains("connection refused at accept: limit reached"),
+            "{}",
+            gw.output()
         );
     })
     .await
