@@ -86,6 +86,9 @@ pub struct ListenerConfig {
     /// or told to go away (HTTP/2); `None`: only the client certificate's expiry ends it.
     pub max_connection_age: Option<Duration>,
     pub max_header_bytes: usize,
+    /// A response the caller stops reading: when writing to it makes no progress for this
+    /// long, the HTTP/1.1 connection is closed or the HTTP/2 stream reset.
+    pub send_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +196,13 @@ pub struct UpstreamConfig {
     pub request_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+    /// Connections open to the upstream at once, in use or idle (`http2 = true`: requests
+    /// in flight).
+    pub max_connections: usize,
+    /// Requests that may wait for a connection when all are busy.
+    pub max_pending: usize,
+    /// The longest such a wait.
+    pub pending_timeout: Duration,
     /// Largest request body buffered for signing (signature schemes need the whole body).
     pub max_body_bytes: u64,
     /// Whether the caller's address is sent in `x-forwarded-for` (default: yes). Turn it off
@@ -676,6 +686,11 @@ fn listener(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
         max_connections_per_ip,
         max_connection_age,
         max_header_bytes,
+        send_timeout: cx.duration(
+            "listener.send_timeout",
+            l.send_timeout,
+            Duration::from_secs(30),
+        ),
     }
 }
 
@@ -829,17 +844,48 @@ fn upstream(
             .map(|p| cx.existing_file(&format!("{key}.ca"), p));
     let credential = u.credential.and_then(|c| credential(cx, &key, &u.name, c));
     let pool_max_idle = u.pool_max_idle.map_or(64, |n| n as usize);
+    let request_timeout = cx.duration(
+        &format!("{key}.request_timeout"),
+        u.request_timeout,
+        Duration::from_secs(30),
+    );
+    let max_connections = match u.max_connections {
+        None => 256,
+        Some(0) => {
+            cx.err(format!("{key}.max_connections"), "must be more than zero");
+            1
+        }
+        Some(n) => n as usize,
+    };
+    let max_pending = u.max_pending.map_or(max_connections, |n| n as usize);
+    // A wait past the request timeout would end in a 504 before it could end in a 503.
+    let pending_timeout = match u.pending_timeout {
+        None => request_timeout.min(Duration::from_secs(5)),
+        set => {
+            let d = cx.duration(
+                &format!("{key}.pending_timeout"),
+                set,
+                Duration::from_secs(5),
+            );
+            if d > request_timeout {
+                cx.err(
+                    format!("{key}.pending_timeout"),
+                    "must not be longer than request_timeout",
+                );
+            }
+            d
+        }
+    };
     let out = UpstreamConfig {
         connect_timeout: cx.duration(
             &format!("{key}.connect_timeout"),
             u.connect_timeout,
             Duration::from_secs(5),
         ),
-        request_timeout: cx.duration(
-            &format!("{key}.request_timeout"),
-            u.request_timeout,
-            Duration::from_secs(30),
-        ),
+        request_timeout,
+        max_connections,
+        max_pending,
+        pending_timeout,
         pool_idle_timeout: cx.duration(
             &format!("{key}.pool_idle_timeout"),
             u.pool_idle_timeout,

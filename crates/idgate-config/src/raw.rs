@@ -25,6 +25,8 @@ pub(crate) struct Listener {
     pub(crate) max_connection_age: Option<String>,
     #[serde(default)]
     pub(crate) max_header_bytes: Option<u32>,
+    #[serde(default)]
+    pub(crate) send_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +77,12 @@ pub(crate) struct Upstream {
     pub(crate) pool_idle_timeout: Option<String>,
     #[serde(default)]
     pub(crate) pool_max_idle: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_connections: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_pending: Option<u32>,
+    #[serde(default)]
+    pub(crate) pending_timeout: Option<String>,
     #[serde(default)]
     pub(crate) max_body_bytes: Option<u64>,
     #[serde(default)]

@@ -13,13 +13,15 @@ use arc_swap::ArcSwap;
 use http::header::HeaderValue;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use idgate_config::ListenerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::metrics::Metrics;
 use crate::pipeline::{ConnInfo, Services, handle};
+use crate::send_timeout::{SendDeadline, Sending, StreamExecutor};
 use crate::snapshot::Snapshot;
 
 /// What every connection task of the listener shares.
@@ -42,10 +44,10 @@ impl ListenerShared {
         config: ListenerConfig,
     ) -> Self {
         Self {
+            http: http_builder(&config, &services.metrics),
             snapshot,
             services,
             acceptor,
-            http: http_builder(&config),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             config,
         }
@@ -127,17 +129,21 @@ struct Admission {
 /// connection, so no connection pays for sniffing its protocol.
 pub(crate) struct HttpBuilders {
     h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
+    h2: http2::Builder<StreamExecutor>,
 }
 
-fn http_builder(cfg: &ListenerConfig) -> HttpBuilders {
+fn http_builder(cfg: &ListenerConfig, metrics: &Arc<Metrics>) -> HttpBuilders {
     let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
         // Also bounds how long an idle keep-alive connection may wait for its next request.
         .header_read_timeout(cfg.idle_timeout)
         .max_buf_size(cfg.max_header_bytes.max(8192))
         .keep_alive(true);
-    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    // Each stream's task is watched for a response the caller's window holds up.
+    let mut h2 = http2::Builder::new(StreamExecutor {
+        timeout: cfg.send_timeout,
+        metrics: metrics.clone(),
+    });
     h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(100)
@@ -288,10 +294,16 @@ async fn serve_connection(
         let activity = service_activity.clone();
         async move {
             let _request = activity.as_ref().map(|a| a.begin());
-            Ok::<_, Infallible>(handle(snapshot, conn, services, req).await)
+            let resp = handle(snapshot, conn, services, req).await;
+            Ok::<_, Infallible>(resp.map(Sending::new))
         }
     });
-    let io = TokioIo::new(tls);
+    let io = TokioIo::new(SendDeadline::new(
+        tls,
+        shared.config.send_timeout,
+        shared.services.metrics.clone(),
+        remote,
+    ));
     let ends = Ends {
         expires_in,
         retire_at: shared

@@ -39,6 +39,17 @@ struct CredentialLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamReason {
+    upstream: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -51,6 +62,8 @@ pub struct Metrics {
     credential_uses: Family<CredentialUse, Counter>,
     credential_failures: Family<CredentialLabel, Counter>,
     credential_rotations: Family<CredentialLabel, Counter>,
+    upstream_saturated: Family<UpstreamReason, Counter>,
+    send_timeouts: Family<KindLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -104,8 +117,22 @@ impl Metrics {
             "Connections closed at accept, by the limit that refused them",
             connections_refused.clone(),
         );
+        let upstream_saturated = Family::<UpstreamReason, Counter>::default();
+        registry.register(
+            "upstream_saturated",
+            "Requests refused because every connection to the upstream was busy, by upstream and reason (queue_full, queue_timeout)",
+            upstream_saturated.clone(),
+        );
+        let send_timeouts = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "send_timeouts",
+            "Responses the caller stopped reading for send_timeout: connections closed (connection), HTTP/2 streams reset (stream)",
+            send_timeouts.clone(),
+        );
         Self {
             registry,
+            upstream_saturated,
+            send_timeouts,
             auth_failures,
             connections_refused,
             requests,
@@ -134,6 +161,19 @@ impl Metrics {
         self.connections_refused
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    pub fn upstream_saturated(&self, upstream: &str, reason: &'static str) {
+        self.upstream_saturated
+            .get_or_create(&UpstreamReason {
+                upstream: upstream.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn send_timed_out(&self, kind: &'static str) {
+        self.send_timeouts.get_or_create(&KindLabel { kind }).inc();
     }
 
     pub fn credential_used(&self, label: &Arc<str>, version: &Arc<str>) {

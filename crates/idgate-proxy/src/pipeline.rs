@@ -34,6 +34,7 @@ use idgate_tls::SpiffeId;
 
 use crate::authn::{self, FailedAttempts};
 use crate::h1::{self, RequestBody};
+use crate::limit::{Held, Saturated};
 use crate::metrics::Metrics;
 use crate::problem::Refusal;
 use crate::routes::{Route, RouteMiss};
@@ -42,9 +43,9 @@ use crate::token_endpoint::TokenEndpoint;
 use crate::upstream::Upstream;
 use idgate_auth::AuthFailure;
 
-/// An upstream's response body: from hyper's client (`http2 = true`), or from the
-/// gateway's own HTTP/1.1 client.
-pub type UpstreamResponseBody = Either<Incoming, h1::ResponseBody>;
+/// An upstream's response body: from hyper's client (`http2 = true`, holding its place
+/// under the upstream's cap), or from the gateway's own HTTP/1.1 client.
+pub type UpstreamResponseBody = Either<Held<Incoming>, h1::ResponseBody>;
 
 /// What the gateway answers with: the upstream's body, or one of its own.
 pub type ProxyBody = Either<UpstreamResponseBody, Full<Bytes>>;
@@ -505,6 +506,7 @@ async fn forward<'u>(
             Ok(Err(e @ h1::Error::BodyLength)) => Err(Refusal::BadBody {
                 reason: e.to_string(),
             }),
+            Ok(Err(h1::Error::Saturated(s))) => Err(saturated(services, upstream, s)),
             Ok(Err(e)) => Err(Refusal::UpstreamUnreachable {
                 reason: format!("upstream {}: {e}", upstream.name),
             }),
@@ -530,13 +532,32 @@ async fn forward<'u>(
         RequestBody::Buffered(b) => Either::Right(Full::new(b)),
     };
     let req = Request::from_parts(parts, body);
-    match tokio::time::timeout(upstream.request_timeout, upstream.client.request(req)).await {
-        Err(_) => Err(Refusal::UpstreamTimeout),
-        // A connect failure, including a connect timeout, means the upstream is unreachable.
-        Ok(Err(e)) => Err(Refusal::UpstreamUnreachable {
-            reason: format!("upstream {}: {}", upstream.name, error_chain(&e)),
-        }),
-        Ok(Ok(resp)) => Ok(resp.map(Either::Left)),
+    let sent = async {
+        let slot = upstream
+            .limit
+            .request_slot()
+            .await
+            .map_err(|s| saturated(services, upstream, s))?;
+        match upstream.client.request(req).await {
+            // A connect failure, including a connect timeout, means the upstream is unreachable.
+            Err(e) => Err(Refusal::UpstreamUnreachable {
+                reason: format!("upstream {}: {}", upstream.name, error_chain(&e)),
+            }),
+            Ok(resp) => Ok(resp.map(|b| Either::Left(Held::new(b, slot)))),
+        }
+    };
+    tokio::time::timeout(upstream.request_timeout, sent)
+        .await
+        .unwrap_or(Err(Refusal::UpstreamTimeout))
+}
+
+/// Every connection to the upstream is busy and the request could not wait for one.
+fn saturated(services: &Services, upstream: &Upstream, why: Saturated) -> Refusal {
+    services
+        .metrics
+        .upstream_saturated(&upstream.name, why.reason());
+    Refusal::UpstreamBusy {
+        reason: format!("upstream {}: {why}", upstream.name),
     }
 }
 

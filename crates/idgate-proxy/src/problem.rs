@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use idgate_auth::AuthFailure;
@@ -40,6 +40,11 @@ pub enum Refusal {
         reason: String,
     },
     UpstreamTimeout,
+    /// Every connection the upstream may have is busy, and the request could not wait for
+    /// one (`max_connections`, `max_pending`, `pending_timeout`).
+    UpstreamBusy {
+        reason: String,
+    },
     /// The upstream credential could not be produced.
     CredentialUnavailable {
         reason: String,
@@ -91,6 +96,11 @@ impl Refusal {
                 "upstream-timeout",
                 "Upstream timed out",
             ),
+            Self::UpstreamBusy { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream-busy",
+                "Upstream busy",
+            ),
             Self::CredentialUnavailable { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "credential-unavailable",
@@ -126,6 +136,9 @@ impl Refusal {
                 "The upstream service could not be reached. Retry later."
             }
             Self::UpstreamTimeout => "The upstream service did not answer in time. Retry later.",
+            Self::UpstreamBusy { .. } => {
+                "The gateway has as many requests open to the upstream service as it allows. Retry shortly."
+            }
             Self::CredentialUnavailable { .. } => {
                 "The gateway cannot authenticate to the upstream service right now. Retry later."
             }
@@ -139,6 +152,7 @@ impl Refusal {
             Self::UpstreamUnreachable { reason }
             | Self::CredentialUnavailable { reason }
             | Self::BadBody { reason }
+            | Self::UpstreamBusy { reason }
             | Self::Internal { reason } => Some(reason),
             _ => None,
         }
@@ -169,6 +183,10 @@ impl Refusal {
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Self::MethodNotAllowed { allow } = &self {
             h.insert(ALLOW, allow.clone());
+        }
+        if let Self::UpstreamBusy { .. } = &self {
+            // Connections free up as fast as the upstream answers: a second is plenty.
+            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         // RFC 9110 requires a challenge on 401 (RFC 6750 also puts one on a 403 for scope).
         if let Self::Auth(f) = &self

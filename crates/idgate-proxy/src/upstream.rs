@@ -17,6 +17,7 @@ use rustls::RootCertStore;
 
 use crate::credential::Credential;
 use crate::h1;
+use crate::limit::ConnLimit;
 use rustls::crypto::CryptoProvider;
 
 /// The body sent upstream: the caller's body streamed through, or buffered (when a signature
@@ -41,6 +42,8 @@ pub struct Upstream {
     /// The gateway's own HTTP/1.1 client, run in the request's task: every upstream but
     /// those with `http2 = true`.
     pub h1: Option<h1::Pool>,
+    /// `max_connections` and its wait queue, for either client.
+    pub limit: Arc<ConnLimit>,
 }
 
 impl Upstream {
@@ -94,6 +97,11 @@ impl Upstream {
             .cloned()
             .ok_or_else(|| format!("{key}: the URL has no host"))?;
         let scheme = cfg.origin.scheme().cloned().unwrap_or(Scheme::HTTPS);
+        let limit = Arc::new(ConnLimit::new(
+            cfg.max_connections,
+            cfg.max_pending,
+            cfg.pending_timeout,
+        ));
         let h1 = if scheme == Scheme::HTTPS && cfg.http2 {
             None
         } else {
@@ -123,6 +131,7 @@ impl Upstream {
                 idle_timeout: cfg.pool_idle_timeout,
                 max_idle: cfg.pool_max_idle,
                 body_read_timeout: cfg.request_timeout,
+                limit: limit.clone(),
             }))
         };
         Ok(Self {
@@ -136,6 +145,7 @@ impl Upstream {
             credential,
             client,
             h1,
+            limit,
         })
     }
 }

@@ -38,6 +38,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_rustls::client::TlsStream;
 
 use self::parse::{Chunk, ChunkedDecoder, Framing, HeadParser, ProtocolError};
+use crate::limit::{Acquired, ConnLimit, Saturated, Slot};
 
 /// Read granularity on upstream connections.
 const READ_CHUNK: usize = 8 * 1024;
@@ -59,6 +60,8 @@ pub struct PoolConfig {
     pub max_idle: usize,
     /// The longest wait for the next bytes of a response body that streams.
     pub body_read_timeout: Duration,
+    /// The upstream's connection cap: idle connections count too.
+    pub limit: Arc<ConnLimit>,
 }
 
 impl std::fmt::Debug for PoolConfig {
@@ -120,6 +123,8 @@ pub enum Error {
     /// The caller's body ended before (or went past) the length announced for it.
     #[error("the request body did not match its declared length")]
     BodyLength,
+    #[error("{0}")]
+    Saturated(#[from] Saturated),
 }
 
 /// The two directions of an upstream connection, cleartext or TLS. Split, so that the
@@ -195,6 +200,8 @@ struct Conn {
     /// Bytes gathered for the next `write`, kept from request to request.
     out: Vec<u8>,
     idle_since: Instant,
+    /// Its place under the upstream's connection cap, freed when it closes.
+    _slot: Option<Slot>,
 }
 
 /// Lengths only: `out` holds the last request head, injected credential included, and
@@ -279,13 +286,10 @@ impl Pool {
             RequestBody::Stream(_) => Bytes::new(),
         });
         let mut body = Some(body);
-        let mut pooled = self.inner.checkout();
+        let mut fresh = false;
         loop {
-            let reused = pooled.is_some();
-            let conn = match pooled.take() {
-                Some(conn) => conn,
-                None => self.inner.connect().await?,
-            };
+            let (conn, reused) = self.inner.obtain(fresh).await?;
+            fresh = true;
             let Some(this_body) = body
                 .take()
                 .or_else(|| replay.clone().map(RequestBody::Buffered))
@@ -408,6 +412,15 @@ impl PoolInner {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// An idle connection (unless `fresh`), or a new one once the cap allows.
+    async fn obtain(&self, fresh: bool) -> Result<(Conn, bool), Error> {
+        let idle = || if fresh { None } else { self.checkout() };
+        match self.config.limit.acquire(idle).await? {
+            Acquired::Reused(conn) => Ok((conn, true)),
+            Acquired::New(slot) => Ok((self.connect(slot).await?, false)),
+        }
+    }
+
     fn checkout(&self) -> Option<Conn> {
         let now = Instant::now();
         loop {
@@ -437,6 +450,7 @@ impl PoolInner {
                 idle.push(conn);
             }
         }
+        self.config.limit.idle_returned();
         if !self.sweeper.swap(true, Ordering::Relaxed) {
             self.start_sweeper();
         }
@@ -463,7 +477,7 @@ impl PoolInner {
         });
     }
 
-    async fn connect(&self) -> Result<Conn, Error> {
+    async fn connect(&self, slot: Slot) -> Result<Conn, Error> {
         let connect = async {
             let mut last = None;
             for addr in tokio::net::lookup_host(&self.config.address)
@@ -512,6 +526,7 @@ impl PoolInner {
             buf: BytesMut::with_capacity(READ_CHUNK),
             out: Vec::with_capacity(1024),
             idle_since: Instant::now(),
+            _slot: Some(slot),
         })
     }
 }
@@ -1003,6 +1018,7 @@ mod tests {
             buf: BytesMut::new(),
             out: b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n".to_vec(),
             idle_since: Instant::now(),
+            _slot: None,
         };
         (conn, peer)
     }

@@ -18,6 +18,7 @@ mod limits;
 mod oauth2_upstream;
 mod proxy;
 mod rotation;
+mod slow_clients;
 mod smoke;
 mod spiffe;
 mod tokens;

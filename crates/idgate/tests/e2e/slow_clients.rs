@@ -1,0 +1,413 @@
+//! Callers that stop reading (`send_timeout`) and fan-out onto one upstream
+//! (`max_connections`, `max_pending`, `pending_timeout`), against an upstream scripted over
+//! a raw socket that counts its connections and sees when one is closed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use crate::support::*;
+
+/// What the gateway is given per `send_timeout` in these tests, and how long the test allows
+/// for it to act.
+const SEND_TIMEOUT: &str = r#"send_timeout = "1s""#;
+const ACTS_WITHIN: Duration = Duration::from_secs(15);
+
+/// An HTTP/1.1 upstream: `/big` streams a 1 GiB body until the gateway stops taking it;
+/// `/slow` answers after `delay`; anything else answers at once with an empty body.
+struct Upstream {
+    port: u16,
+    /// Connections accepted so far.
+    connections: Arc<AtomicUsize>,
+    /// When a `/big` body could no longer be written (the gateway closed the connection).
+    big_closed: Arc<Mutex<Option<Instant>>>,
+    closed: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    async fn start(delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let big_closed = Arc::new(Mutex::new(None));
+        let closed = Arc::new(Notify::new());
+        let (conns, big, notify) = (connections.clone(), big_closed.clone(), closed.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                conns.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(tcp, delay, big.clone(), notify.clone()));
+            }
+        });
+        Self {
+            port,
+            connections,
+            big_closed,
+            closed,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the connection of a `/big` body was closed by the gateway.
+    async fn big_body_abandoned(&self) -> Instant {
+        loop {
+            let notified = self.closed.notified();
+            if let Some(at) = *self.big_closed.lock().unwrap() {
+                return at;
+            }
+            notified.await;
+        }
+    }
+}
+
+async fn serve(
+    mut tcp: TcpStream,
+    delay: Duration,
+    big_closed: Arc<Mutex<Option<Instant>>>,
+    closed: Arc<Notify>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        buf.drain(..head_end);
+        let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
+        if target.ends_with("/big") {
+            let _ = tcp
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n")
+                .await;
+            let piece = vec![b'x'; 64 * 1024];
+            while tcp.write_all(&piece).await.is_ok() {}
+            *big_closed.lock().unwrap() = Some(Instant::now());
+            closed.notify_waiters();
+            return;
+        }
+        if target.ends_with("/slow") {
+            tokio::time::sleep(delay).await;
+        }
+        let answer =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 4\r\n\r\nfine";
+        if tcp.write_all(answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn gateway(pki: &Pki, upstream: &Upstream, listener: &str, extra: &str) -> Gateway {
+    OneRoute {
+        url: &upstream.url(),
+        listener_extra: listener,
+        upstream_extra: extra,
+        ..OneRoute::default()
+    }
+    .start(pki, &[])
+    .await
+}
+
+/// A TLS connection to the gateway as `ONBOARDING`, offering `h2` or `http/1.1`.
+async fn tls_to(pki: &Pki, gw: &Gateway, h2: bool) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let (cert, key) = pki.workload(ONBOARDING);
+    let config = tls_client_config(
+        &pki.files.bundle,
+        Some((&cert, &key)),
+        h2,
+        rustls::DEFAULT_VERSIONS,
+    );
+    let tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
+async fn metrics(gw: &Gateway) -> String {
+    admin_get(gw.admin_port, "/metrics").await.unwrap().1
+}
+
+#[tokio::test]
+async fn an_http1_caller_that_stops_reading_is_disconnected_and_the_upstream_released() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = Upstream::start(Duration::ZERO).await;
+        let gw = gateway(&pki, &upstream, SEND_TIMEOUT, "").await;
+        let mut caller = tls_to(&pki, &gw, false).await;
+        caller
+            .write_all(b"GET /v1/big HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = [0u8; 1024];
+        let n = caller.read(&mut first).await.unwrap();
+        assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &first[..n]);
+
+        // The caller reads nothing more: buffers fill, then the gateway gives up on it and
+        // closes the upstream connection, whose body is incomplete.
+        let stopped = Instant::now();
+        tokio::time::timeout(ACTS_WITHIN, upstream.big_body_abandoned())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the upstream connection was still open {ACTS_WITHIN:?} after the caller stopped reading"
+                )
+            });
+        // What was buffered still arrives; then the connection ends.
+        let drained = tokio::time::timeout(ACTS_WITHIN, async {
+            let mut sink = vec![0u8; 256 * 1024];
+            loop {
+                match caller.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(drained.is_ok(), "the caller's connection stayed open");
+        eprintln!(
+            "caller disconnected {:?} after it stopped reading",
+            stopped.elapsed()
+        );
+        assert!(
+            metrics(&gw)
+                .await
+                .contains(r#"idgate_send_timeouts_total{kind="connection"} 1"#),
+            "{}",
+            metrics(&gw).await
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_http2_stream_whose_window_stays_closed_is_reset_and_the_connection_kept() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = Upstream::start(Duration::ZERO).await;
+        let gw = gateway(&pki, &upstream, SEND_TIMEOUT, "").await;
+        let tls = tls_to(&pki, &gw, true).await;
+        // The connection is served (pings answered) and its own window is wide: only the
+        // stream's window is never opened past its initial 64 KiB.
+        let (mut h2, connection) = h2::client::Builder::new()
+            .initial_connection_window_size(16 << 20)
+            .handshake::<_, bytes::Bytes>(tls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let uri = format!("https://localhost:{}/v1/big", gw.port);
+        let (response, _) = h2
+            .send_request(http::Request::get(uri).body(()).unwrap(), true)
+            .unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+
+        tokio::time::timeout(ACTS_WITHIN, upstream.big_body_abandoned())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the upstream connection was still open {ACTS_WITHIN:?} after the stream stalled"
+                )
+            });
+        // Data up to the window, never released, then the reset.
+        let end = tokio::time::timeout(ACTS_WITHIN, async {
+            loop {
+                match body.data().await {
+                    Some(Ok(_)) => {}
+                    other => return other.map(|r| r.map(drop)),
+                }
+            }
+        })
+        .await
+        .expect("the stream was not reset");
+        let reset = end.and_then(Result::err).and_then(|e| e.reason());
+        assert_eq!(reset, Some(h2::Reason::CANCEL), "{:?}", gw.output());
+
+        // The connection itself is still good for other requests.
+        let uri = format!("https://localhost:{}/v1/empty", gw.port);
+        let (response, _) = h2
+            .send_request(http::Request::get(uri).body(()).unwrap(), true)
+            .unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+        assert!(
+            metrics(&gw)
+                .await
+                .contains(r#"idgate_send_timeouts_total{kind="stream"} 1"#),
+            "{}",
+            metrics(&gw).await
+        );
+    })
+    .await
+}
+
+/// Sends `n` requests to `/v1/slow` at once, each on its own HTTP/2 connection; the statuses.
+async fn at_once(pki: &Pki, gw: &Gateway, n: usize) -> Vec<Reply> {
+    let client = Client::new(pki, Some(ONBOARDING), gw.port, true);
+    let requests = (0..n).map(|_| {
+        let client = client.clone();
+        tokio::spawn(async move { client.get("/v1/slow").await.unwrap() })
+    });
+    let mut replies = Vec::new();
+    for r in requests.collect::<Vec<_>>() {
+        replies.push(r.await.unwrap());
+    }
+    replies
+}
+
+#[tokio::test]
+async fn requests_beyond_max_connections_wait_for_a_free_connection() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = Upstream::start(Duration::from_millis(300)).await;
+        let gw = gateway(&pki, &upstream, "", "max_connections = 2\nmax_pending = 16").await;
+        let replies = at_once(&pki, &gw, 12).await;
+        for r in &replies {
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+        // Twelve callers, and never more than two connections: the others waited for them.
+        assert_eq!(upstream.connections(), 2);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_wait_for_an_upstream_connection_gets_503_busy() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = Upstream::start(Duration::from_millis(1500)).await;
+        for (extra, reason) in [
+            ("max_connections = 2\nmax_pending = 0", "queue_full"),
+            (
+                "max_connections = 2\npending_timeout = \"200ms\"",
+                "queue_timeout",
+            ),
+        ] {
+            let before = upstream.connections();
+            let gw = gateway(&pki, &upstream, "", extra).await;
+            let replies = at_once(&pki, &gw, 3).await;
+            let mut statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+            statuses.sort_unstable();
+            assert_eq!(statuses, [200, 200, 503], "{extra}");
+            let busy = replies.iter().find(|r| r.status == 503).unwrap();
+            assert_eq!(
+                busy.header("content-type"),
+                Some("application/problem+json")
+            );
+            assert_eq!(
+                busy.json()["type"],
+                "https://idgate.dev/problems/upstream-busy"
+            );
+            assert_eq!(busy.header("retry-after"), Some("1"));
+            assert_eq!(upstream.connections() - before, 2, "{extra}");
+            let m = metrics(&gw).await;
+            assert!(
+                m.contains(&format!(
+                    r#"idgate_upstream_saturated_total{{upstream="provider",reason="{reason}"}} 1"#
+                )),
+                "{m}"
+            );
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_http2_upstream_is_bounded_to_max_connections_requests_in_flight() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream =
+            TestUpstream::https(&pki, UpstreamMode::Delay(Duration::from_millis(1500))).await;
+        let gw = OneRoute {
+            url: &upstream.url(true),
+            upstream_extra: "http2 = true\nmax_connections = 2\nmax_pending = 0",
+            ..OneRoute::default()
+        }
+        .start(&pki, &[])
+        .await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, true);
+        let requests: Vec<_> = (0..3)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { client.get("/v1/x").await.unwrap() })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for r in requests {
+            statuses.push(r.await.unwrap().status);
+        }
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 200, 503]);
+        assert_eq!(upstream.requests().len(), 2);
+    })
+    .await
+}
+
+#[test]
+fn check_refuses_connection_caps_and_send_timeouts_that_cannot_work() {
+    let pki = Pki::default_pki();
+    for (listener, upstream, key, reason) in [
+        (
+            r#"send_timeout = "0s""#,
+            "",
+            "listener.send_timeout",
+            "must be more than zero",
+        ),
+        (
+            "",
+            "max_connections = 0",
+            "upstreams[0].max_connections",
+            "must be more than zero",
+        ),
+        (
+            "",
+            "request_timeout = \"2s\"\npending_timeout = \"3s\"",
+            "upstreams[0].pending_timeout",
+            "must not be longer than request_timeout",
+        ),
+    ] {
+        let config = OneRoute {
+            url: "http://127.0.0.1:9",
+            listener_extra: listener,
+            upstream_extra: upstream,
+            ..OneRoute::default()
+        }
+        .config(&pki, free_port(), free_port());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idgate.toml");
+        std::fs::write(&path, config).unwrap();
+        let (code, out, err) = run(std::process::Command::new(bin())
+            .arg("check")
+            .arg("--config")
+            .arg(&path));
+        let all = format!("{out}{err}");
+        assert_eq!(code, 2, "{all}");
+        assert!(all.contains(key) && all.contains(reason), "{all}");
+    }
+}
