@@ -123,6 +123,7 @@ pub enum Error {
     /// The caller's body ended before (or went past) the length announced for it.
     #[error("the request body did not match its declared length")]
     BodyLength,
+    /// Every connection the upstream may have is busy, and the wait for one failed.
     #[error("{0}")]
     Saturated(#[from] Saturated),
 }

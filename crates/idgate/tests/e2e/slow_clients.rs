@@ -18,7 +18,7 @@ const SEND_TIMEOUT: &str = r#"send_timeout = "1s""#;
 const ACTS_WITHIN: Duration = Duration::from_secs(15);
 
 /// An HTTP/1.1 upstream: `/big` streams a 1 GiB body until the gateway stops taking it;
-/// `/slow` answers after `delay`; anything else answers at once with an empty body.
+/// `/slow` answers after `delay`; anything else answers at once with a short body.
 struct Upstream {
     port: u16,
     /// Connections accepted so far.
@@ -251,7 +251,7 @@ async fn an_http2_stream_whose_window_stays_closed_is_reset_and_the_connection_k
         assert_eq!(reset, Some(h2::Reason::CANCEL), "{:?}", gw.output());
 
         // The connection itself is still good for other requests.
-        let uri = format!("https://localhost:{}/v1/empty", gw.port);
+        let uri = format!("https://localhost:{}/v1/small", gw.port);
         let (response, _) = h2
             .send_request(http::Request::get(uri).body(()).unwrap(), true)
             .unwrap();
