@@ -267,7 +267,7 @@ async fn an_http2_stream_whose_window_stays_closed_is_reset_and_the_connection_k
     .await
 }
 
-/// Sends `n` requests to `/v1/slow` at once, each on its own HTTP/2 connection; the statuses.
+/// Sends `n` requests to `/v1/slow` at once, each on its own HTTP/2 connection.
 async fn at_once(pki: &Pki, gw: &Gateway, n: usize) -> Vec<Reply> {
     let client = Client::new(pki, Some(ONBOARDING), gw.port, true);
     let requests = (0..n).map(|_| {
@@ -282,16 +282,43 @@ async fn at_once(pki: &Pki, gw: &Gateway, n: usize) -> Vec<Reply> {
 }
 
 #[tokio::test]
-async fn requests_beyond_max_connections_wait_for_a_free_connection() {
+async fn streams_fanned_in_from_http2_callers_wait_for_one_of_max_connections() {
     within(async {
         let pki = Pki::default_pki();
-        let upstream = Upstream::start(Duration::from_millis(300)).await;
-        let gw = gateway(&pki, &upstream, "", "max_connections = 2\nmax_pending = 16").await;
-        let replies = at_once(&pki, &gw, 12).await;
-        for r in &replies {
-            assert_eq!(r.status, 200, "{:?}", r.body);
+        let upstream = Upstream::start(Duration::from_millis(100)).await;
+        let gw = gateway(
+            &pki,
+            &upstream,
+            "",
+            "max_connections = 2\nmax_pending = 100\nrequest_timeout = \"50s\"\npending_timeout = \"40s\"",
+        )
+        .await;
+        // Three HTTP/2 connections, twenty streams each, all at once.
+        let mut requests = Vec::new();
+        for _ in 0..3 {
+            let tls = tls_to(&pki, &gw, true).await;
+            let (sender, connection) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tls),
+            )
+            .await
+            .unwrap();
+            tokio::spawn(connection);
+            for _ in 0..20 {
+                let mut sender = sender.clone();
+                let uri = format!("https://localhost:{}/v1/slow", gw.port);
+                requests.push(tokio::spawn(async move {
+                    let req = http::Request::get(uri)
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    sender.send_request(req).await.unwrap().status()
+                }));
+            }
         }
-        // Twelve callers, and never more than two connections: the others waited for them.
+        for r in requests {
+            assert_eq!(r.await.unwrap(), 200);
+        }
+        // Sixty streams, and never more than two upstream connections: the others waited.
         assert_eq!(upstream.connections(), 2);
     })
     .await
