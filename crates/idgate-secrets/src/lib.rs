@@ -243,7 +243,7 @@ impl SecretError {
 /// Symlinks are followed (Kubernetes secret volumes are symlinks); the file they lead to must
 /// be a regular file with mode 0600 or stricter, owned by the gateway's effective user or by
 /// root (which can read it anyway, and owns Kubernetes secret volumes).
-fn open_secret_file(path: &Path) -> Result<std::fs::File, SecretError> {
+fn open_secret_file(path: &Path) -> Result<(std::fs::File, std::fs::Metadata), SecretError> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let read_err = |e: std::io::Error| SecretError::Read {
         path: path.to_owned(),
@@ -292,16 +292,17 @@ fn open_secret_file(path: &Path) -> Result<std::fs::File, SecretError> {
             euid,
         });
     }
-    Ok(file)
+    Ok((file, meta))
 }
 
 fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {
     use std::io::Read;
-    let mut file = open_secret_file(path)?;
-    // Sized up front so the buffer is not reallocated, which would leave unzeroed copies.
-    let len = file.metadata().map_or(0, |m| m.len());
+    let (mut file, meta) = open_secret_file(path)?;
+    // Sized up front, with room for the end-of-file read, so that the buffer is neither
+    // reallocated nor bypassed by a small probe read on the stack: either would leave
+    // copies that are not zeroed.
     let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(
-        usize::try_from(len).unwrap_or(0).saturating_add(1),
+        usize::try_from(meta.len()).unwrap_or(0).saturating_add(64),
     ));
     file.read_to_end(&mut bytes)
         .map_err(|e| SecretError::Read {
