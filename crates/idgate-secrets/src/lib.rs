@@ -205,6 +205,16 @@ pub enum SecretError {
     },
     #[error("{path}: mode {mode:o} lets group or others read it; restrict it (chmod 600)")]
     TooOpen { path: PathBuf, mode: u32 },
+    #[error("{path}: is {what}; a secret must be a regular file (a symlink to one is fine)")]
+    NotRegular { path: PathBuf, what: &'static str },
+    #[error(
+        "{path}: owned by uid {owner}; a secret file must belong to the gateway's user (uid {euid}) or root"
+    )]
+    WrongOwner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
     #[error("{0}: the value contains characters not allowed in an HTTP header")]
     NotHeaderSafe(String),
     #[error("{0}: not supported by this build")]
@@ -226,12 +236,47 @@ impl SecretError {
     }
 }
 
-fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {
+/// Opens a `file:` secret and checks the opened file itself, so that what is checked is what
+/// is read: a path swapped between a check and a read (an atomic rename, a Kubernetes
+/// `..data` symlink flip) cannot slip in another file.
+///
+/// Symlinks are followed (Kubernetes secret volumes are symlinks); the file they lead to must
+/// be a regular file with mode 0600 or stricter, owned by the gateway's effective user or by
+/// root (which can read it anyway, and owns Kubernetes secret volumes).
+fn open_secret_file(path: &Path) -> Result<(std::fs::File, std::fs::Metadata), SecretError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let read_err = |e: std::io::Error| SecretError::Read {
         path: path.to_owned(),
         kind: e.kind(),
     };
-    let meta = std::fs::metadata(path).map_err(read_err)?;
+    // Non-blocking, so that opening a FIFO returns at once (and is refused below) instead of
+    // waiting for a writer; it changes nothing for a regular file.
+    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    let file_type = meta.file_type();
+    if !file_type.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if file_type.is_dir() {
+            "a directory"
+        } else if file_type.is_fifo() {
+            "a FIFO"
+        } else if file_type.is_socket() {
+            "a socket"
+        } else if file_type.is_char_device() || file_type.is_block_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err(SecretError::NotRegular {
+            path: path.to_owned(),
+            what,
+        });
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(SecretError::TooOpen {
@@ -239,7 +284,31 @@ fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {
             mode,
         });
     }
-    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(read_err)?);
+    let euid = rustix::process::geteuid().as_raw();
+    if meta.uid() != euid && meta.uid() != 0 {
+        return Err(SecretError::WrongOwner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            euid,
+        });
+    }
+    Ok((file, meta))
+}
+
+fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {
+    use std::io::Read;
+    let (mut file, meta) = open_secret_file(path)?;
+    // Sized up front, with room for the end-of-file read, so that the buffer is neither
+    // reallocated nor bypassed by a small probe read on the stack: either would leave
+    // copies that are not zeroed.
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(
+        usize::try_from(meta.len()).unwrap_or(0).saturating_add(64),
+    ));
+    file.read_to_end(&mut bytes)
+        .map_err(|e| SecretError::Read {
+            path: path.to_owned(),
+            kind: e.kind(),
+        })?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| SecretError::NotHeaderSafe(format!("file:{}", path.display())))?;
     // Editors and `echo` add a final newline that is never part of the secret.
@@ -251,7 +320,8 @@ fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {
 }
 impl SecretRef {
     /// Checks, without reading the value, that the secret can be had: the variable is set,
-    /// the file exists with mode 0600 or stricter, the PKCS#11 module and PIN source exist.
+    /// the file is a regular file with mode 0600 or stricter and a trusted owner, the PKCS#11
+    /// module and PIN source exist.
     /// For `idgate check` and start-up, so every unusable reference is reported with its key.
     pub fn check_available(&self) -> Result<(), SecretError> {
         match self {
@@ -260,25 +330,7 @@ impl SecretRef {
                 Some(_) => Err(SecretError::Empty(self.to_string())),
                 None => Err(SecretError::EnvMissing(name.clone())),
             },
-            Self::File(path) => {
-                let meta = std::fs::metadata(path).map_err(|e| SecretError::Read {
-                    path: path.clone(),
-                    kind: e.kind(),
-                })?;
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    return Err(SecretError::TooOpen {
-                        path: path.clone(),
-                        mode,
-                    });
-                }
-                std::fs::File::open(path)
-                    .map(drop)
-                    .map_err(|e| SecretError::Read {
-                        path: path.clone(),
-                        kind: e.kind(),
-                    })
-            }
+            Self::File(path) => open_secret_file(path).map(drop),
             Self::Pkcs11(uri) => {
                 if !uri.module_path.is_file() {
                     return Err(SecretError::Read {
@@ -323,6 +375,152 @@ mod tests {
         assert!(!err.to_string().contains("s3cret"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(r.resolve().unwrap().expose_secret(), "s3cret");
+    }
+
+    fn private_file(dir: &Path, name: &str, content: &str, mode: u32) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn file_secret_owned_by_another_user_is_refused() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = private_file(dir.path(), "key", "s3cret", 0o600);
+        let euid = rustix::process::geteuid().as_raw();
+        let other = if euid == 4242 { 4243 } else { 4242 };
+        if std::os::unix::fs::chown(&path, Some(other), None).is_err() {
+            // Only root can give a file away; as another user, the test has nothing to try.
+            assert_ne!(euid, 0);
+            return;
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().uid(), other);
+        let r = SecretRef::File(path.clone());
+        for err in [r.resolve().unwrap_err(), r.check_available().unwrap_err()] {
+            assert!(
+                matches!(err, SecretError::WrongOwner { owner, .. } if owner == other),
+                "{err}"
+            );
+            assert!(err.to_string().contains(&path.display().to_string()));
+            assert!(!err.to_string().contains("s3cret"));
+        }
+        // Root's own files are trusted: root can read them anyway.
+        std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+        if euid == 0 {
+            assert_eq!(r.resolve().unwrap().expose_secret(), "s3cret");
+        }
+    }
+
+    #[test]
+    fn file_secret_that_is_a_directory_or_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        // Opening a FIFO for reading blocks until a writer comes, unless done with care: a
+        // stuck read would hang start-up, so this runs on a thread with a deadline.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let paths = (sub.clone(), fifo.clone());
+        std::thread::spawn(move || {
+            let results = [&paths.0, &paths.1].map(|p| {
+                let r = SecretRef::File(p.clone());
+                (r.resolve().map(drop), r.check_available())
+            });
+            let _ = tx.send(results);
+        });
+        let results = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("reading a FIFO secret blocked");
+        for ((read, check), what) in results.into_iter().zip(["a directory", "a FIFO"]) {
+            for err in [read.unwrap_err(), check.unwrap_err()] {
+                assert!(
+                    matches!(err, SecretError::NotRegular { what: w, .. } if w == what),
+                    "{err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn symlinked_file_secret_is_judged_by_the_file_it_leads_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = private_file(dir.path(), "open", "world-readable", 0o644);
+        let private = private_file(dir.path(), "private", "s3cret\n", 0o600);
+        let to_open = dir.path().join("to-open");
+        let to_private = dir.path().join("to-private");
+        std::os::unix::fs::symlink(&open, &to_open).unwrap();
+        std::os::unix::fs::symlink(&private, &to_private).unwrap();
+        // The link itself is 0777: only the target's mode counts, in both directions.
+        let err = SecretRef::File(to_open).resolve().unwrap_err();
+        assert!(
+            matches!(err, SecretError::TooOpen { mode: 0o644, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            SecretRef::File(to_private.clone())
+                .resolve()
+                .unwrap()
+                .expose_secret(),
+            "s3cret"
+        );
+        assert!(SecretRef::File(to_private).check_available().is_ok());
+    }
+
+    /// A Kubernetes secret volume updates by flipping a symlink: a reader that checks one
+    /// file and reads another would, now and then, read a file it never checked.
+    #[test]
+    fn file_secret_swapped_while_being_read_is_never_read_unchecked() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = private_file(dir.path(), "private", "checked", 0o600);
+        let open = private_file(dir.path(), "open", "unchecked", 0o644);
+        let link = dir.path().join("secret");
+        let tmp = dir.path().join("secret.tmp");
+        std::os::unix::fs::symlink(&private, &link).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (stop, link) = (stop.clone(), link.clone());
+            std::thread::spawn(move || {
+                let mut flip = false;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let target = if flip { &private } else { &open };
+                    let _ = std::fs::remove_file(&tmp);
+                    if std::os::unix::fs::symlink(target, &tmp).is_err()
+                        || std::fs::rename(&tmp, &link).is_err()
+                    {
+                        break;
+                    }
+                    flip = !flip;
+                }
+            })
+        };
+        let r = SecretRef::File(link);
+        let started = std::time::Instant::now();
+        let (mut accepted, mut refused) = (0u32, 0u32);
+        while started.elapsed() < std::time::Duration::from_secs(2) {
+            match r.resolve() {
+                Ok(v) => {
+                    assert_eq!(
+                        v.expose_secret(),
+                        "checked",
+                        "read a file that was never checked"
+                    );
+                    accepted += 1;
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert!(accepted > 0 && refused > 0, "{accepted} {refused}");
     }
 
     #[test]

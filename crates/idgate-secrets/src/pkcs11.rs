@@ -195,6 +195,20 @@ pub enum HsmError {
     WrongKind(String, &'static str),
     #[error("stored value of \"{0}\" is malformed or was not wrapped for this label")]
     BadWrapped(String),
+    #[error("slot {slot} already holds the initialised token \"{label}\"")]
+    TokenExists { slot: u64, label: String },
+    #[error("no slot with id {0} has a token in it")]
+    NoSlot(u64),
+    #[error("no slot holds an uninitialised token to initialise (name one with its slot id)")]
+    NoFreeSlot,
+    #[error(
+        "the Security Officer PIN is not this token's (initialising a token again needs its current SO PIN)"
+    )]
+    SoPinIncorrect,
+    #[error("a token label is 1 to 32 bytes long")]
+    BadLabel,
+    #[error("\"{0}\" is at the largest version (4294967295); store it under a new label")]
+    VersionsExhausted(String),
     #[error("PKCS#11 {op}: {error}")]
     Token {
         op: &'static str,
@@ -373,6 +387,14 @@ pub struct ObjectInfo {
     pub version: u32,
     pub extractable: Option<bool>,
     pub sensitive: Option<bool>,
+}
+
+/// The version that follows `newest` for `label`. Versions never wrap: a version 0 after the
+/// largest would sort below every other, and the token would keep serving the old value.
+fn next_version(label: &str, newest: u32) -> Result<u32, HsmError> {
+    newest
+        .checked_add(1)
+        .ok_or_else(|| HsmError::VersionsExhausted(label.to_owned()))
 }
 
 fn version_of(id: &[u8]) -> u32 {
@@ -702,7 +724,7 @@ impl Hsm {
                 Err(e) => return Err(e),
             };
             let version = match Self::newest(s, label, ObjectClass::DATA) {
-                Ok((_, v)) => v + 1,
+                Ok((_, v)) => next_version(label, v)?,
                 Err(HsmError::NoObject(_)) => 1,
                 Err(e) => return Err(e),
             };
@@ -735,7 +757,7 @@ impl Hsm {
     pub fn import_hmac_key(&self, label: &str, key: &[u8]) -> Result<u32, HsmError> {
         self.with_session(|s| {
             let version = match Self::newest(s, label, ObjectClass::SECRET_KEY) {
-                Ok((_, v)) => v + 1,
+                Ok((_, v)) => next_version(label, v)?,
                 Err(HsmError::NoObject(_)) => 1,
                 Err(e) => return Err(e),
             };
@@ -871,6 +893,103 @@ impl Hsm {
     }
 }
 
+/// Which slot [`init_token`] initialises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotChoice {
+    /// The slot with this id.
+    Id(u64),
+    /// The slot already holding a token with the label (if any), else the first slot with an
+    /// uninitialised token (SoftHSM2 always offers one).
+    ByLabel,
+}
+
+/// What [`init_token`] did.
+#[derive(Debug, Clone)]
+pub struct InitializedToken {
+    /// The slot the token was initialised in.
+    pub slot: u64,
+    /// The slot the module shows it in now (SoftHSM2 moves a new token to a slot of its own).
+    pub slot_now: Option<u64>,
+    /// The label of the token that was erased (with `force`).
+    pub replaced: Option<String>,
+}
+
+/// Initialises a token: `C_InitToken` with the Security Officer PIN and `label`, then, as the
+/// SO, `C_InitPIN` with the user PIN. A slot that already holds an initialised token is
+/// refused unless `force`, since initialising erases every object in it.
+///
+/// Blocking; meant for `idgate hsm init-token`.
+pub fn init_token(
+    module_path: &Path,
+    choice: SlotChoice,
+    label: &str,
+    so_pin: &SecretString,
+    user_pin: &SecretString,
+    force: bool,
+) -> Result<InitializedToken, HsmError> {
+    if label.is_empty() || label.len() > 32 {
+        return Err(HsmError::BadLabel);
+    }
+    let ctx = module(module_path)?;
+    let ctx = &ctx.ctx;
+    let slots = ctx.get_slots_with_token().map_err(ck("C_GetSlotList"))?;
+    let mut chosen = None;
+    let mut free = None;
+    for slot in slots {
+        let info = ctx.get_token_info(slot).map_err(ck("C_GetTokenInfo"))?;
+        let current = info
+            .token_initialized()
+            .then(|| info.label().trim_end().to_owned());
+        match choice {
+            SlotChoice::Id(id) if slot.id() == id => chosen = Some((slot, current)),
+            SlotChoice::ByLabel if current.as_deref() == Some(label) && chosen.is_none() => {
+                chosen = Some((slot, current));
+            }
+            SlotChoice::ByLabel if current.is_none() && free.is_none() => free = Some(slot),
+            _ => {}
+        }
+    }
+    let (slot, current) = match (chosen, choice) {
+        (Some(c), _) => c,
+        (None, SlotChoice::Id(id)) => return Err(HsmError::NoSlot(id)),
+        (None, SlotChoice::ByLabel) => (free.ok_or(HsmError::NoFreeSlot)?, None),
+    };
+    if let Some(existing) = &current
+        && !force
+    {
+        return Err(HsmError::TokenExists {
+            slot: slot.id(),
+            label: existing.clone(),
+        });
+    }
+    ctx.init_token(slot, so_pin, label).map_err(|e| match e {
+        CkError::Pkcs11(RvError::PinIncorrect, _) => HsmError::SoPinIncorrect,
+        e => ck("C_InitToken")(e),
+    })?;
+    let session = ctx.open_rw_session(slot).map_err(ck("C_OpenSession"))?;
+    session
+        .login(UserType::So, Some(so_pin))
+        .map_err(ck("C_Login (SO)"))?;
+    session.init_pin(user_pin).map_err(ck("C_InitPIN"))?;
+    // Not logging out leaves nothing behind: closing the session ends the SO login.
+    drop(session);
+    let slot_now = ctx
+        .get_slots_with_token()
+        .ok()
+        .into_iter()
+        .flatten()
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .is_ok_and(|i| i.token_initialized() && i.label().trim_end() == label)
+        })
+        .map(|s| s.id());
+    Ok(InitializedToken {
+        slot: slot.id(),
+        slot_now,
+        replaced: current,
+    })
+}
+
 /// Binds a ciphertext to its label and version, so a wrapped blob copied to another label
 /// (or rolled back to an older version number) fails to decrypt.
 fn wrap_aad(label: &str, version: u32) -> Vec<u8> {
@@ -903,6 +1022,17 @@ mod tests {
             PinSource::File(PathBuf::from("/etc/idgate/pin"))
         );
         assert_eq!(u.to_string(), "pkcs11:token=idgate;object=didit key");
+    }
+
+    #[test]
+    fn versions_stop_at_the_largest_instead_of_wrapping() {
+        assert_eq!(next_version("k", 1).unwrap(), 2);
+        assert_eq!(next_version("k", u32::MAX - 1).unwrap(), u32::MAX);
+        let err = next_version("k", u32::MAX).unwrap_err();
+        assert!(
+            matches!(err, HsmError::VersionsExhausted(ref l) if l == "k"),
+            "{err}"
+        );
     }
 
     #[test]

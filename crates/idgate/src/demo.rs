@@ -322,24 +322,28 @@ fn store_in_softhsm(exe: &Path, dir: &Path, api_key: &str) -> Result<(String, Pa
     let so_pin = random_hex(8);
     let pin_file = dir.join("hsm-pin");
     write_private(&pin_file, pin.as_bytes())?;
-    let init = Command::new("softhsm2-util")
+    // The SO PIN goes through stdin; the user PIN through the file the gateway reads.
+    let mut init = Command::new(exe)
+        .args(["hsm", "init-token", "--module-path", SOFTHSM_MODULE])
+        .args(["--label", "idgate-demo", "--pin-file"])
+        .arg(&pin_file)
         .env("SOFTHSM2_CONF", &conf)
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            "idgate-demo",
-            "--so-pin",
-            &so_pin,
-            "--pin",
-            &pin,
-        ])
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|_| "softhsm2-util is not installed".to_owned())?;
-    if !init.success() {
-        return Err("softhsm2-util could not create a token".into());
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    if let Some(mut stdin) = init.stdin.take() {
+        stdin
+            .write_all(format!("{so_pin}\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    let out = init.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "could not create a token: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     let uri = format!(
         "pkcs11:token=idgate-demo;object=didit-api-key?module-path={SOFTHSM_MODULE}&pin-source=file:{}",

@@ -1,18 +1,24 @@
 //! `idgate hsm`: put upstream secrets into a PKCS#11 token and look at what is there,
 //! without a secret ever passing through argv, the environment or a log.
 
-use std::io::Read;
-use std::path::Path;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
-use idgate_secrets::pkcs11::{Hsm, ObjectKind, Pkcs11Uri};
+use idgate_secrets::pkcs11::{self, Hsm, HsmError, ObjectKind, Pkcs11Uri, SlotChoice};
+use idgate_secrets::{ExposeSecret, SecretRef, SecretString};
 use zeroize::Zeroizing;
 
 #[derive(Subcommand)]
 pub(crate) enum HsmCommand {
-    /// How to create a token for idgate (idgate never holds the Security Officer PIN).
-    InitToken,
+    /// Initialise a token: set its label, Security Officer PIN and user PIN.
+    ///
+    /// The PINs come from files (--so-pin-file, --pin-file) or, for those not given, from
+    /// standard input, one per line: the SO PIN first, then the user PIN. Never from the
+    /// command line or the environment. A slot that already holds an initialised token is
+    /// refused unless --force: initialising erases every object in it.
+    InitToken(InitToken),
     /// Store a secret read from standard input in the token.
     ///
     /// `--kind wrapped` (for static API keys) stores it encrypted under the token's
@@ -42,6 +48,29 @@ pub(crate) enum HsmCommand {
 }
 
 #[derive(Args)]
+pub(crate) struct InitToken {
+    /// The PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so (Debian's SoftHSM2).
+    #[arg(long, value_name = "FILE")]
+    module_path: PathBuf,
+    /// The token's label (1 to 32 bytes), as in the URI's token=.
+    #[arg(long)]
+    label: String,
+    /// The slot id to initialise. Without it: the slot already holding a token with this
+    /// label, else the first slot with an uninitialised token.
+    #[arg(long)]
+    slot: Option<u64>,
+    /// A file holding the Security Officer PIN (mode 0600 or stricter).
+    #[arg(long, value_name = "FILE")]
+    so_pin_file: Option<PathBuf>,
+    /// A file holding the user PIN (mode 0600 or stricter): the gateway's pin-source.
+    #[arg(long, value_name = "FILE")]
+    pin_file: Option<PathBuf>,
+    /// Initialise the slot even if it holds an initialised token, erasing everything in it.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
 pub(crate) struct Target {
     /// The object's pkcs11: URI (RFC 7512), as in the configuration, e.g.
     /// "pkcs11:token=idgate;object=didit-api-key?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/idgate/pin"
@@ -56,29 +85,6 @@ pub(crate) enum Kind {
     /// An HMAC-SHA256 signing key that never leaves the token.
     Hmac,
 }
-
-const INIT_TOKEN_HELP: &str = "\
-idgate uses an existing PKCS#11 token; creating one needs the Security Officer PIN, which
-idgate never asks for. With SoftHSM2 (Debian/Ubuntu: apt-get install softhsm2):
-
-  # a private token directory (or use the system one from /etc/softhsm/softhsm2.conf)
-  mkdir -p /var/lib/idgate/tokens
-  echo 'directories.tokendir = /var/lib/idgate/tokens' > /etc/idgate/softhsm2.conf
-  export SOFTHSM2_CONF=/etc/idgate/softhsm2.conf
-
-  # create the token; keep the SO PIN offline, give idgate only the user PIN
-  softhsm2-util --init-token --free --label idgate --so-pin <SO-PIN> --pin <USER-PIN>
-  install -m 600 /dev/null /run/idgate/pin && printf '%s' '<USER-PIN>' > /run/idgate/pin
-
-  # store the provider's API key, read from stdin
-  idgate hsm import-secret --uri 'pkcs11:token=idgate;object=didit-api-key?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/run/idgate/pin' < didit-key.txt
-
-  # then reference the same URI in the configuration:
-  #   [upstreams.credential]
-  #   header = \"x-api-key\"
-  #   secret = \"pkcs11:token=idgate;object=didit-api-key?module-path=...&pin-source=file:/run/idgate/pin\"
-
-For a hardware HSM, use its vendor's tool to create the token and its PKCS#11 module path.";
 
 fn parse_uri(uri: &str, token_only: bool) -> Result<Pkcs11Uri, String> {
     let rest = uri
@@ -110,10 +116,7 @@ fn read_stdin_secret() -> Result<Zeroizing<Vec<u8>>, String> {
 
 pub(crate) fn run(cmd: HsmCommand) -> ExitCode {
     let result = match cmd {
-        HsmCommand::InitToken => {
-            println!("{INIT_TOKEN_HELP}");
-            Ok(())
-        }
+        HsmCommand::InitToken(args) => init_token(&args),
         HsmCommand::ImportSecret { target, kind } => import(&target.uri, kind),
         HsmCommand::List { uri } => list(&uri),
         HsmCommand::Rotate { target } => rotate(&target.uri),
@@ -125,6 +128,96 @@ pub(crate) fn run(cmd: HsmCommand) -> ExitCode {
             ExitCode::from(crate::EXIT_CONFIG)
         }
     }
+}
+
+/// Reads the PINs that have no file from standard input, one per line, in the order given.
+fn read_stdin_pins(names: &[&str]) -> Result<Vec<SecretString>, String> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!(
+            "reading the {} from standard input, one per line (the terminal shows what you type)",
+            names.join(", then the ")
+        );
+    }
+    let mut buf = Zeroizing::new(Vec::new());
+    stdin
+        .lock()
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read PINs from stdin: {e}"))?;
+    let text = std::str::from_utf8(&buf).map_err(|_| "the PINs on stdin are not UTF-8")?;
+    let mut lines = text.split('\n').map(|l| l.trim_end_matches('\r'));
+    names
+        .iter()
+        .map(|name| match lines.next() {
+            Some(pin) if !pin.is_empty() => Ok(SecretString::from(pin.to_owned())),
+            _ => Err(format!("no {name} on stdin (one PIN per line)")),
+        })
+        .collect()
+}
+
+fn pin_from_file(path: &Path, name: &str) -> Result<SecretString, String> {
+    SecretRef::File(path.to_owned())
+        .resolve()
+        .map_err(|e| format!("cannot read the {name}: {e}"))
+}
+
+fn init_token(args: &InitToken) -> Result<(), String> {
+    const SO: &str = "Security Officer PIN";
+    const USER: &str = "user PIN";
+    let mut from_stdin = Vec::new();
+    if args.so_pin_file.is_none() {
+        from_stdin.push(SO);
+    }
+    if args.pin_file.is_none() {
+        from_stdin.push(USER);
+    }
+    let mut stdin_pins = read_stdin_pins(&from_stdin)?.into_iter();
+    let mut pin = |file: &Option<PathBuf>, name: &str| match file {
+        Some(path) => pin_from_file(path, name),
+        None => stdin_pins.next().ok_or_else(|| format!("no {name}")),
+    };
+    let so_pin = pin(&args.so_pin_file, SO)?;
+    let user_pin = pin(&args.pin_file, USER)?;
+    if so_pin.expose_secret() == user_pin.expose_secret() {
+        return Err("the Security Officer PIN and the user PIN must differ".into());
+    }
+    let choice = args.slot.map_or(SlotChoice::ByLabel, SlotChoice::Id);
+    let done = pkcs11::init_token(
+        &args.module_path,
+        choice,
+        &args.label,
+        &so_pin,
+        &user_pin,
+        args.force,
+    )
+    .map_err(|e| match e {
+        HsmError::TokenExists { .. } => format!(
+            "{e}: refusing to initialise it again, which erases every object in it (--force does)"
+        ),
+        e => e.to_string(),
+    })?;
+    if let Some(old) = &done.replaced {
+        println!(
+            "erased the token \"{old}\" in slot {} and everything in it",
+            done.slot
+        );
+    }
+    match done.slot_now {
+        Some(now) if now != done.slot => println!(
+            "initialised token \"{}\" in slot {} (now shown in slot {now})",
+            args.label, done.slot
+        ),
+        _ => println!("initialised token \"{}\" in slot {}", args.label, done.slot),
+    }
+    println!(
+        "the gateway logs in with the user PIN: pkcs11:token={};object=...?module-path={}&pin-source=file:<user PIN file>",
+        args.label,
+        args.module_path.display()
+    );
+    Ok(())
 }
 
 fn import(uri: &str, kind: Kind) -> Result<(), String> {

@@ -75,11 +75,6 @@ fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
 
-fn write_private(path: &Path, contents: &[u8]) {
-    std::fs::write(path, contents).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 /// A value no one would mistake for another, to look for in the output.
 fn marker(name: &str) -> String {
     format!(
@@ -178,12 +173,26 @@ fn hsm_token(dir: &Path) -> PathBuf {
         format!("directories.tokendir = {}\n", tokens.display()),
     )
     .unwrap();
-    let (code, out, err) = run(Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args(["--init-token", "--free", "--label", "idgate"])
-        .args(["--so-pin", "5678", "--pin", "1234"]));
-    assert_eq!(code, 0, "softhsm2-util --init-token: {out}{err}");
+    write_private(&dir.join("pki/hsm-so-pin"), b"5678");
     write_private(&dir.join("pki/hsm-pin"), b"1234");
+    let (code, out, err) = run(Command::new(bin())
+        .current_dir(dir)
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "hsm",
+            "init-token",
+            "--module-path",
+            MODULE,
+            "--label",
+            "idgate",
+        ])
+        .args([
+            "--so-pin-file",
+            "pki/hsm-so-pin",
+            "--pin-file",
+            "pki/hsm-pin",
+        ]));
+    assert_eq!(code, 0, "idgate hsm init-token: {out}{err}");
 
     let mut import = Command::new(bin())
         .args(["hsm", "import-secret", "--uri", HSM_URI])

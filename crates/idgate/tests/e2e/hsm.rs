@@ -343,3 +343,113 @@ allow = ["{ONBOARDING}"]
         hex_hmac(secret, b"sess-42").as_str()
     );
 }
+
+#[tokio::test]
+async fn token_initialised_by_idgate_alone_serves_a_credential_through_the_gateway() {
+    let token = SoftHsmToken::empty();
+    let so_pin = token.dir.path().join("so-pin");
+    write_private(&so_pin, b"87654321");
+    let pin = token.dir.path().join("pin");
+    write_private(&pin, b"1234");
+    let init = |extra: &[&str]| {
+        let mut args = vec!["init-token", "--module-path", SOFTHSM_MODULE, "--label"];
+        args.extend(["idgate", "--so-pin-file", so_pin.to_str().unwrap()]);
+        args.extend(["--pin-file", pin.to_str().unwrap()]);
+        args.extend(extra);
+        token.hsm(&args, "")
+    };
+    let (code, out, err) = init(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("initialised token \"idgate\""), "{out}");
+    token.hsm_ok(&["import-secret"], "didit-api-key", "doomed-key-0000");
+
+    // Initialising again would erase the stored key: refused, and the way to force it named.
+    let (code, out, err) = init(&[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("already holds the initialised token \"idgate\"") && err.contains("--force"),
+        "{err}"
+    );
+    let (_, listing, _) = token.hsm(&["list", "--uri", &token.uri("x")], "");
+    assert!(listing.contains("didit-api-key"), "{listing}");
+    let (code, out, err) = init(&["--force"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, listing, err) = token.hsm(&["list", "--uri", &token.uri("x")], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(!listing.contains("didit-api-key"), "{listing}");
+
+    let key = "didit-key-from-a-fresh-token";
+    token.hsm_ok(&["import-secret"], "didit-api-key", key);
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let credential = format!(
+        "header = \"x-api-key\"\nsecret = \"{}\"",
+        token.uri("didit-api-key")
+    );
+    let gw = gateway_with_credential(&pki, &upstream, &token, &credential).await;
+    let client = Client::new(&pki, Some(ONBOARDING), gw.port, true);
+    assert_eq!(client.get("/v1/sessions/abc").await.unwrap().status, 200);
+    assert_eq!(upstream.last().headers.get("x-api-key").unwrap(), key);
+}
+
+#[test]
+fn init_token_reads_both_pins_from_stdin_and_refuses_a_missing_one() {
+    let token = SoftHsmToken::empty();
+    let args = [
+        "init-token",
+        "--module-path",
+        SOFTHSM_MODULE,
+        "--label",
+        "idgate",
+    ];
+    let (code, _, err) = token.hsm(&args, "5678\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("no user PIN on stdin"), "{err}");
+    assert!(!err.contains("5678"), "{err}");
+    let (code, out, err) = token.hsm(&args, "5678\n1234\n");
+    assert_eq!(code, 0, "{out}{err}");
+    write_private(&token.dir.path().join("pin"), b"1234");
+    token.hsm_ok(&["import-secret"], "k", "value");
+}
+
+#[test]
+fn rotating_past_the_largest_version_is_refused_instead_of_wrapping() {
+    let token = SoftHsmToken::new();
+    // A key already at the largest version (CKA_ID ffffffff), put there by another tool.
+    let key = token.dir.path().join("key.bin");
+    write_private(&key, &[7u8; 32]);
+    let (code, out, err) = run_bounded(
+        std::process::Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", token.conf())
+            .args([
+                "--import",
+                key.to_str().unwrap(),
+                "--aes",
+                "--token",
+                "idgate",
+            ])
+            .args([
+                "--label",
+                "sumsub-hmac",
+                "--id",
+                "ffffffff",
+                "--pin",
+                "1234",
+            ]),
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = token.hsm(
+        &["rotate", "--uri", &token.uri("sumsub-hmac")],
+        "sumsub-secret-key-rotated-0123456789",
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("largest version"), "{err}");
+    let (_, listing, _) = token.hsm(&["list", "--uri", &token.uri("x")], "");
+    let versions: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.starts_with("sumsub-hmac"))
+        .collect();
+    assert_eq!(versions.len(), 1, "{listing}");
+    assert!(versions[0].contains("4294967295"), "{listing}");
+}

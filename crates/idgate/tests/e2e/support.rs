@@ -1119,7 +1119,27 @@ pub struct SoftHsmToken {
 }
 
 impl SoftHsmToken {
+    /// A token labelled `idgate` (user PIN 1234, SO PIN 5678), initialised with
+    /// `idgate hsm init-token` in a store of its own.
     pub fn new() -> Self {
+        let t = Self::empty();
+        let (code, out, err) = t.hsm(
+            &[
+                "init-token",
+                "--module-path",
+                SOFTHSM_MODULE,
+                "--label",
+                "idgate",
+            ],
+            "5678\n1234\n",
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        write_private(&t.dir.path().join("pin"), b"1234");
+        t
+    }
+
+    /// A SoftHSM2 store of its own (`SOFTHSM2_CONF` and token directory) with no token yet.
+    pub fn empty() -> Self {
         assert!(
             Path::new(SOFTHSM_MODULE).exists(),
             "SoftHSM2 is not installed: run scripts/setup-test-deps.sh"
@@ -1131,28 +1151,7 @@ impl SoftHsmToken {
             format!("directories.tokendir = {}/tokens\n", dir.path().display()),
         )
         .expect("softhsm2.conf");
-        let t = Self { dir };
-        let (code, out, err) = run_bounded(
-            Command::new("softhsm2-util")
-                .env("SOFTHSM2_CONF", t.conf())
-                .args([
-                    "--init-token",
-                    "--free",
-                    "--label",
-                    "idgate",
-                    "--so-pin",
-                    "5678",
-                    "--pin",
-                    "1234",
-                ]),
-            Duration::from_secs(30),
-        );
-        assert_eq!(code, 0, "{out}{err}");
-        let pin = t.dir.path().join("pin");
-        std::fs::write(&pin, "1234").expect("pin");
-        std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .expect("pin mode");
-        t
+        Self { dir }
     }
 
     /// The `SOFTHSM2_CONF` file to give every process that opens the token.
@@ -1211,6 +1210,12 @@ impl SoftHsmToken {
         assert_eq!(dirs.len(), 1, "one token directory expected: {dirs:?}");
         dirs.remove(0)
     }
+}
+
+/// Writes a file only its owner can read, as secret files must be.
+pub fn write_private(path: &Path, contents: &[u8]) {
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
 
 /// Lowercase hex HMAC-SHA256, computed independently of the gateway.
