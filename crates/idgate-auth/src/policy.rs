@@ -324,7 +324,13 @@ mod tests {
         let svid = || Some(id(KYC));
         // (case, allow, caller, expected: Ok(label of the principal) or the failure's slug);
         // the method requires `sessions:write`, and `sessions:read` where the case says so.
-        let cases: Vec<(&str, Vec<AllowEntry>, Caller, Result<&str, &str>)> = vec![
+        type Case = (
+            &'static str,
+            Vec<AllowEntry>,
+            Caller,
+            Result<&'static str, &'static str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "SVID alone lacks the scope",
                 allow(&["spiffe://example.org/ns/kyc/*"]),

@@ -458,7 +458,15 @@ async fn access_log_names_the_principal_on_every_request() {
 
         let both = format!("client:someone-else {ONBOARDING}");
         // (client, method, path, headers, status, caller logged)
-        let cases: Vec<(&Client, &str, &str, Vec<(&str, &str)>, u16, &str)> = vec![
+        type Case<'a> = (
+            &'a Client,
+            &'a str,
+            &'a str,
+            Vec<(&'a str, &'a str)>,
+            u16,
+            &'a str,
+        );
+        let cases: Vec<Case<'_>> = vec![
             // mTLS alone: the SVID.
             (&kyc, "GET", SESSIONS, vec![], 200, ONBOARDING),
             // Refused before authentication: the peer.
