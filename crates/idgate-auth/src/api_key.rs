@@ -505,9 +505,9 @@ impl ApiKeyVerifier {
             tracing::debug!(key_id = id, %state, "API key refused");
             return Err(AuthFailure::InvalidApiKey);
         }
-        match &entry.binding {
-            None => {}
-            Some(Ok(bound)) if peer == Some(bound) => {}
+        let workload = match &entry.binding {
+            None => None,
+            Some(Ok(bound)) if peer == Some(bound) => Some(bound.clone()),
             Some(Ok(bound)) => {
                 tracing::debug!(
                     key_id = id,
@@ -524,11 +524,12 @@ impl ApiKeyVerifier {
                 );
                 return Err(AuthFailure::InvalidApiKey);
             }
-        }
+        };
         Ok(ApiKeyIdentity {
             id: entry.key.id.clone(),
             name: entry.key.name.clone(),
             scopes: entry.key.scopes.clone(),
+            workload,
         })
     }
 }
@@ -906,7 +907,11 @@ mod tests {
         assert_eq!(k.record.bound_spiffe.as_deref(), Some(ONBOARDING));
         let v = ApiKeyVerifier::new(pepper(), [k.record.clone()]);
         let key = k.key.expose_secret();
-        assert!(v.verify(key, Some(&id(ONBOARDING)), now).is_ok());
+        assert_eq!(
+            v.verify(key, Some(&id(ONBOARDING)), now).unwrap().workload,
+            Some(id(ONBOARDING)),
+            "a bound key is also its workload"
+        );
         assert_eq!(
             v.verify(
                 key,

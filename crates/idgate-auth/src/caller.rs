@@ -1,4 +1,13 @@
-//! The authenticated caller: every identity the route's layers established.
+//! The authenticated caller: every identity the route's layers established, and the
+//! principals authorization judges them as.
+//!
+//! A principal is one identity with the scopes it holds. The connection's SVID, an API key
+//! and a token are each a principal of their own; the SVID is part of a key's or a token's
+//! principal only when that credential is bound to it. Authorization then asks one principal
+//! to be on the allow list *and* to hold the scopes, so that credentials of different parties
+//! presented together never add up.
+
+use std::fmt;
 
 use idgate_tls::SpiffeId;
 
@@ -10,6 +19,9 @@ pub struct ApiKeyIdentity {
     /// The name given at `idgate keys create --name`.
     pub name: String,
     pub scopes: Vec<String>,
+    /// The workload the key is bound to (`--bind-spiffe`); verification has checked that it
+    /// is the connection's.
+    pub workload: Option<SpiffeId>,
 }
 
 /// An OAuth2 access token (JWT) that authenticated the request.
@@ -20,50 +32,91 @@ pub struct TokenIdentity {
     /// `client_id` (or `azp`) claim, when present.
     pub client_id: Option<String>,
     pub scopes: Vec<String>,
+    /// The connection's workload, when the token is bound to the connection's certificate
+    /// (RFC 8705) and was issued to that workload. Set by the pipeline, which knows the
+    /// connection; a verifier alone never sets it.
+    pub workload: Option<SpiffeId>,
 }
 
 /// Everything known about who is calling. Used by authorization, and later by rate limits
 /// and audit.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
+    /// The connection's SVID, when the route's `auth` lists `mtls`: a principal with no
+    /// scopes. On other routes the SVID counts only as part of a credential bound to it.
     pub spiffe_id: Option<SpiffeId>,
     pub api_key: Option<ApiKeyIdentity>,
     pub token: Option<TokenIdentity>,
 }
 
-impl Caller {
-    /// Scopes granted by the credentials presented (API key and token together).
-    pub fn has_scope(&self, scope: &str) -> bool {
-        self.api_key
-            .as_ref()
-            .is_some_and(|k| k.scopes.iter().any(|s| s == scope))
-            || self
-                .token
-                .as_ref()
-                .is_some_and(|t| t.scopes.iter().any(|s| s == scope))
+/// One identity with the scopes it holds: what the allow list and the scopes are checked
+/// against, together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal<'a> {
+    /// The connection's SVID on a route that lists `mtls`.
+    Workload(&'a SpiffeId),
+    /// An API key, with the workload it is bound to, if any.
+    ApiKey(&'a ApiKeyIdentity),
+    /// A token, with the workload it is bound to and was issued to, if any.
+    Token(&'a TokenIdentity),
+}
+
+impl<'a> Principal<'a> {
+    /// The SPIFFE ID this principal is, or is bound to.
+    pub fn workload(self) -> Option<&'a SpiffeId> {
+        match self {
+            Self::Workload(id) => Some(id),
+            Self::ApiKey(k) => k.workload.as_ref(),
+            Self::Token(t) => t.workload.as_ref(),
+        }
     }
 
-    /// A short label for logs: the strongest identity present.
-    pub fn label(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(id) = &self.spiffe_id {
-            parts.push(id.to_string());
+    /// The scopes this principal holds: a workload by itself holds none.
+    pub fn scopes(self) -> &'a [String] {
+        match self {
+            Self::Workload(_) => &[],
+            Self::ApiKey(k) => &k.scopes,
+            Self::Token(t) => &t.scopes,
         }
-        if let Some(k) = &self.api_key {
-            parts.push(format!("apikey:{}", k.name));
+    }
+
+    pub fn has_scope(self, scope: &str) -> bool {
+        self.scopes().iter().any(|s| s == scope)
+    }
+}
+
+impl fmt::Display for Principal<'_> {
+    /// A short label for logs. A token's subject may be a person's e-mail or user id: logs
+    /// name the client, or only the issuer.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Workload(id) => f.write_str(id.as_str()),
+            Self::ApiKey(k) => write!(f, "apikey:{}", k.name),
+            Self::Token(t) => match &t.client_id {
+                Some(c) => write!(f, "client:{c}"),
+                None => write!(f, "token:{}", t.issuer),
+            },
         }
-        if let Some(t) = &self.token {
-            // A subject may be a person's e-mail or user id: logs name the client, or only the
-            // issuer.
-            parts.push(match &t.client_id {
-                Some(c) => format!("client:{c}"),
-                None => format!("token:{}", t.issuer),
-            });
+    }
+}
+
+impl Caller {
+    /// Every principal the request established, credentials first.
+    pub fn principals(&self) -> impl Iterator<Item = Principal<'_>> {
+        let token = self.token.as_ref().map(Principal::Token);
+        let key = self.api_key.as_ref().map(Principal::ApiKey);
+        let workload = self.spiffe_id.as_ref().map(Principal::Workload);
+        token.into_iter().chain(key).chain(workload)
+    }
+
+    /// A short label for logs naming every principal, or `None` when there is none.
+    pub fn label(&self) -> Option<String> {
+        use std::fmt::Write as _;
+        let mut principals = self.principals();
+        let mut out = principals.next()?.to_string();
+        for p in principals {
+            let _ = write!(out, " {p}");
         }
-        if parts.is_empty() {
-            "-".to_owned()
-        } else {
-            parts.join(" ")
-        }
+        Some(out)
     }
 }

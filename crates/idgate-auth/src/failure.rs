@@ -39,10 +39,11 @@ pub enum AuthFailure {
     /// The token is bound to a client certificate other than this connection's (RFC 8705).
     #[error("token bound to another certificate")]
     TokenBindingMismatch,
-    /// Authenticated but missing a scope the route requires.
+    /// Authenticated, and an identity on the allow list, but no allowed identity holds every
+    /// scope the route requires.
     #[error("insufficient scope")]
     InsufficientScope { required: Vec<String> },
-    /// Authenticated but not on the route's allow list.
+    /// Authenticated, but no identity is on the route's allow list.
     #[error("not allowed")]
     NotAllowed,
 }
@@ -129,7 +130,10 @@ impl AuthFailure {
                 "The access token is bound to another client certificate; present it over the TLS connection whose certificate it was issued to.".into()
             }
             Self::InsufficientScope { required } => {
-                format!("This route requires the scope(s): {}.", required.join(" "))
+                format!(
+                    "This route requires the scope(s): {}, held by a credential whose own identity the route allows.",
+                    required.join(" ")
+                )
             }
             Self::NotAllowed => "Your identity is not allowed to use this route.".into(),
         }

@@ -14,7 +14,12 @@
 //! 4. signature — `ring`;
 //! 5. claims — `iss`, `aud`, `exp`, `nbf`, `iat` (with leeway), `sub`; then the identity:
 //!    `client_id`/`azp`, scopes from `scope` and `scp`, and the certificate binding
-//!    `cnf.x5t#S256` (RFC 8705) for the pipeline to compare with the connection's.
+//!    `cnf.x5t#S256` (RFC 8705) for the pipeline to compare with the connection's. A `cnf`
+//!    naming anything else (a DPoP key, a JWK) is refused: the gateway cannot check that
+//!    proof, so the token is not a bearer token (RFC 9449 §7).
+//!
+//! An issuer may also require `typ: at+jwt` (RFC 9068 §4), so that its ID tokens — signed
+//! with the same keys, for the same audience at times — are never taken for access tokens.
 
 mod claims;
 mod json;
@@ -62,6 +67,9 @@ pub struct IssuerConfig {
     pub ca: Option<PathBuf>,
     pub jwks_refresh_interval: Duration,
     pub min_refresh_interval: Duration,
+    /// Refuse tokens whose header lacks `typ: at+jwt` (RFC 9068): ID tokens and other JWTs
+    /// of this issuer are then never taken for access tokens.
+    pub require_at_jwt: bool,
 }
 
 impl IssuerConfig {
@@ -78,6 +86,7 @@ impl IssuerConfig {
             ca: None,
             jwks_refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
             min_refresh_interval: DEFAULT_MIN_REFRESH_INTERVAL,
+            require_at_jwt: false,
         }
     }
 }
@@ -91,10 +100,12 @@ pub struct StaticIssuer {
     pub algorithms: Vec<Algorithm>,
     pub leeway: Duration,
     pub keys: Vec<Jwk>,
+    /// As [`IssuerConfig::require_at_jwt`].
+    pub require_at_jwt: bool,
 }
 
 impl StaticIssuer {
-    /// With the default leeway.
+    /// With the default leeway, accepting any access-token `typ`.
     pub fn new(
         issuer: impl Into<String>,
         audiences: Vec<String>,
@@ -107,6 +118,7 @@ impl StaticIssuer {
             algorithms,
             leeway: DEFAULT_LEEWAY,
             keys,
+            require_at_jwt: false,
         }
     }
 }
@@ -127,6 +139,7 @@ struct Issuer {
     audiences: Vec<String>,
     algorithms: Vec<Algorithm>,
     leeway: Duration,
+    require_at_jwt: bool,
     keys: KeySource,
 }
 
@@ -217,6 +230,7 @@ impl JwtVerifier {
                     audiences: cfg.audiences,
                     algorithms: cfg.algorithms,
                     leeway: cfg.leeway,
+                    require_at_jwt: cfg.require_at_jwt,
                     keys: KeySource::Remote(Arc::new(remote)),
                 },
                 &key,
@@ -236,6 +250,7 @@ impl JwtVerifier {
                     audiences: st.audiences,
                     algorithms: st.algorithms,
                     leeway: st.leeway,
+                    require_at_jwt: st.require_at_jwt,
                     keys: KeySource::Static(Arc::new(keys)),
                 },
                 &key,
@@ -280,6 +295,9 @@ impl JwtVerifier {
         if !issuer.algorithms.contains(&alg) {
             return Err("algorithm not allowed");
         }
+        if issuer.require_at_jwt && !unverified.at_jwt {
+            return Err("not an access token (typ at+jwt required)");
+        }
 
         let mut keys = issuer.keys.current().await?;
         let mut candidates = select(&keys, unverified.kid.as_deref(), alg);
@@ -317,6 +335,7 @@ impl JwtVerifier {
                 subject: claims.subject,
                 client_id: claims.client_id,
                 scopes: claims.scopes,
+                workload: None,
             },
             cnf_x5t_s256: claims.cnf_x5t_s256,
             expires_at: claims.expires_at,

@@ -1,8 +1,9 @@
 //! Caller authentication and route authorization.
 //!
 //! A route lists the layers it requires (`mtls`, `api_key`, `jwt`, or `any` of several);
-//! each layer that passes adds an identity to one [`Caller`], which the route's allow list
-//! and scopes then judge. Failures are [`AuthFailure`]s, mapped to 401/403 problems with a
+//! each layer that passes adds an identity to one [`Caller`]. Authorization judges its
+//! [`Principal`]s one at a time: one of them must be on the route's allow list and hold the
+//! scopes. Failures are [`AuthFailure`]s, mapped to 401/403 problems with a
 //! correct `WWW-Authenticate` challenge in one place.
 
 pub mod api_key;
@@ -12,6 +13,6 @@ pub mod issuer;
 pub mod jwt;
 pub mod policy;
 
-pub use caller::{ApiKeyIdentity, Caller, TokenIdentity};
+pub use caller::{ApiKeyIdentity, Caller, Principal, TokenIdentity};
 pub use failure::AuthFailure;
 pub use policy::{AllowEntry, AuthLayer, RouteAuth, ScopeRule};

@@ -6,7 +6,8 @@ use std::fmt;
 use http::Method;
 use idgate_tls::{SpiffeIdError, SpiffeIdPattern};
 
-use crate::caller::Caller;
+use crate::caller::{Caller, Principal};
+use crate::failure::AuthFailure;
 
 /// One way a caller proves who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,9 +83,9 @@ impl RouteAuth {
     }
 }
 
-/// An entry of a route's `allow` list. A caller passes when any of its identities matches any
-/// entry:
-/// - `spiffe://td/path` or `spiffe://td/prefix/*` — the connection's SPIFFE ID;
+/// An entry of a route's `allow` list, matched against one principal at a time:
+/// - `spiffe://td/path` or `spiffe://td/prefix/*` — the connection's SPIFFE ID (on a route
+///   that lists `mtls`), or the workload a key or token is bound to;
 /// - `apikey:NAME` — an API key created with `--name NAME`;
 /// - `client:ID` — an OAuth2 client (the token's `client_id`/`azp` claim);
 /// - `sub:SUBJECT` — a token's subject.
@@ -133,20 +134,48 @@ impl AllowEntry {
         }
     }
 
-    pub fn matches(&self, caller: &Caller) -> bool {
-        match self {
-            Self::Spiffe(p) => caller.spiffe_id.as_ref().is_some_and(|id| p.matches(id)),
-            Self::ApiKey(name) => caller.api_key.as_ref().is_some_and(|k| &k.name == name),
-            Self::Client(c, iss) => caller.token.as_ref().is_some_and(|t| {
+    pub fn matches(&self, principal: Principal<'_>) -> bool {
+        match (self, principal) {
+            (Self::Spiffe(p), _) => principal.workload().is_some_and(|id| p.matches(id)),
+            (Self::ApiKey(name), Principal::ApiKey(k)) => k.name == *name,
+            (Self::Client(c, iss), Principal::Token(t)) => {
                 t.client_id.as_deref() == Some(c.as_str())
                     && iss.as_ref().is_none_or(|i| *i == t.issuer)
-            }),
-            Self::Subject(sub, iss) => caller
-                .token
-                .as_ref()
-                .is_some_and(|t| t.subject == *sub && iss.as_ref().is_none_or(|i| *i == t.issuer)),
+            }
+            (Self::Subject(sub, iss), Principal::Token(t)) => {
+                t.subject == *sub && iss.as_ref().is_none_or(|i| *i == t.issuer)
+            }
+            _ => false,
         }
     }
+}
+
+/// Stage 4's decision, default deny: one principal must be on the allow list *and* hold every
+/// scope in `required`; identities and scopes of different principals never combine.
+/// Returns the principal that passed. Refused, the caller learns it lacks a scope when one of
+/// its principals is allowed (it can fetch a better token), and otherwise that it is not
+/// allowed.
+pub fn authorize<'c>(
+    allow: &[AllowEntry],
+    required: &[String],
+    caller: &'c Caller,
+) -> Result<Principal<'c>, AuthFailure> {
+    let mut allowed = false;
+    for p in caller.principals() {
+        if allow.iter().any(|e| e.matches(p)) {
+            if required.iter().all(|s| p.has_scope(s)) {
+                return Ok(p);
+            }
+            allowed = true;
+        }
+    }
+    Err(if allowed {
+        AuthFailure::InsufficientScope {
+            required: required.to_vec(),
+        }
+    } else {
+        AuthFailure::NotAllowed
+    })
 }
 
 impl fmt::Display for AllowEntry {
@@ -198,35 +227,72 @@ mod tests {
     use crate::caller::{ApiKeyIdentity, TokenIdentity};
     use idgate_tls::SpiffeId;
 
+    const KYC: &str = "spiffe://example.org/ns/kyc/sa/a";
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::new(s).unwrap()
+    }
+
+    fn key(name: &str, scopes: &[&str], workload: Option<&str>) -> ApiKeyIdentity {
+        ApiKeyIdentity {
+            id: "k1".into(),
+            name: name.into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            workload: workload.map(id),
+        }
+    }
+
+    fn token(client: &str, scopes: &[&str], workload: Option<&str>) -> TokenIdentity {
+        TokenIdentity {
+            issuer: "https://idp".into(),
+            subject: "svc-1".into(),
+            client_id: Some(client.into()),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            workload: workload.map(id),
+        }
+    }
+
+    fn allow(entries: &[&str]) -> Vec<AllowEntry> {
+        entries
+            .iter()
+            .map(|e| AllowEntry::parse(e).unwrap())
+            .collect()
+    }
+
     #[test]
     fn allow_entries_match_their_own_kind_of_identity_only() {
-        let caller = Caller {
-            spiffe_id: Some(SpiffeId::new("spiffe://example.org/ns/kyc/sa/a").unwrap()),
-            api_key: Some(ApiKeyIdentity {
-                id: "k1".into(),
-                name: "batch".into(),
-                scopes: vec![],
-            }),
-            token: Some(TokenIdentity {
-                issuer: "https://idp".into(),
-                subject: "svc-1".into(),
-                client_id: Some("onboarding".into()),
-                scopes: vec![],
-            }),
-        };
-        for (entry, ok) in [
-            ("spiffe://example.org/ns/kyc/*", true),
-            ("spiffe://example.org/ns/web/*", false),
-            ("apikey:batch", true),
-            ("apikey:other", false),
-            ("client:onboarding", true),
-            ("client:svc-1", false),
-            ("sub:svc-1", true),
+        let svid = id(KYC);
+        let k = key("batch", &[], None);
+        let t = token("onboarding", &[], None);
+        for (entry, principal, ok) in [
+            (
+                "spiffe://example.org/ns/kyc/*",
+                Principal::Workload(&svid),
+                true,
+            ),
+            (
+                "spiffe://example.org/ns/web/*",
+                Principal::Workload(&svid),
+                false,
+            ),
+            (
+                "spiffe://example.org/ns/kyc/*",
+                Principal::ApiKey(&k),
+                false,
+            ),
+            ("spiffe://example.org/ns/kyc/*", Principal::Token(&t), false),
+            ("apikey:batch", Principal::ApiKey(&k), true),
+            ("apikey:other", Principal::ApiKey(&k), false),
+            ("apikey:batch", Principal::Workload(&svid), false),
+            ("client:onboarding", Principal::Token(&t), true),
+            ("client:svc-1", Principal::Token(&t), false),
+            ("sub:svc-1", Principal::Token(&t), true),
+            ("sub:svc-1", Principal::ApiKey(&k), false),
         ] {
             assert_eq!(
-                AllowEntry::parse(entry).unwrap().matches(&caller),
+                AllowEntry::parse(entry).unwrap().matches(principal),
                 ok,
-                "{entry}"
+                "{entry} {principal}"
             );
         }
         assert!(AllowEntry::parse("batch").is_err());
@@ -235,10 +301,153 @@ mod tests {
             AllowEntry::parse("spiffe://Bad/x"),
             Err(AllowEntryError::Spiffe(_))
         ));
+    }
+
+    #[test]
+    fn a_bound_credential_is_also_its_workload() {
+        let k = key("batch", &[], Some(KYC));
+        let t = token("onboarding", &[], Some(KYC));
+        let kyc = AllowEntry::parse("spiffe://example.org/ns/kyc/*").unwrap();
+        assert!(kyc.matches(Principal::ApiKey(&k)));
+        assert!(kyc.matches(Principal::Token(&t)));
         assert!(
-            !AllowEntry::parse("apikey:batch")
+            AllowEntry::parse("client:onboarding")
                 .unwrap()
-                .matches(&Caller::default())
+                .matches(Principal::Token(&t))
+        );
+    }
+
+    /// One principal must be on the allow list and hold every scope; nothing adds up across
+    /// credentials.
+    #[test]
+    fn one_principal_must_be_allowed_and_hold_the_scopes() {
+        let svid = || Some(id(KYC));
+        // (case, allow, caller, expected: Ok(label of the principal) or the failure's slug);
+        // the method requires `sessions:write`.
+        type Case = (
+            &'static str,
+            Vec<AllowEntry>,
+            Caller,
+            Result<&'static str, &'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "SVID alone lacks the scope",
+                allow(&["spiffe://example.org/ns/kyc/*"]),
+                Caller {
+                    spiffe_id: svid(),
+                    ..Caller::default()
+                },
+                Err("insufficient-scope"),
+            ),
+            (
+                "SVID allowed, someone else's token holds the scope",
+                allow(&["spiffe://example.org/ns/kyc/*"]),
+                Caller {
+                    spiffe_id: svid(),
+                    token: Some(token("someone-else", &["sessions:write"], None)),
+                    ..Caller::default()
+                },
+                Err("insufficient-scope"),
+            ),
+            (
+                "SVID allowed, an unbound key holds the scope",
+                allow(&["spiffe://example.org/ns/kyc/*"]),
+                Caller {
+                    spiffe_id: svid(),
+                    api_key: Some(key("batch", &["sessions:write"], None)),
+                    ..Caller::default()
+                },
+                Err("insufficient-scope"),
+            ),
+            (
+                "jwt-only route: the SVID is no principal, the token is not allowed",
+                allow(&["spiffe://example.org/ns/kyc/*"]),
+                Caller {
+                    token: Some(token("someone-else", &["sessions:write"], None)),
+                    ..Caller::default()
+                },
+                Err("forbidden"),
+            ),
+            (
+                "a token bound to the allowed workload, with the scope",
+                allow(&["spiffe://example.org/ns/kyc/*"]),
+                Caller {
+                    spiffe_id: svid(),
+                    token: Some(token("onboarding", &["sessions:write"], Some(KYC))),
+                    ..Caller::default()
+                },
+                Ok("client:onboarding"),
+            ),
+            (
+                "a key bound to the allowed workload, with the scope",
+                allow(&["spiffe://example.org/ns/kyc/*"]),
+                Caller {
+                    api_key: Some(key("batch", &["sessions:write"], Some(KYC))),
+                    ..Caller::default()
+                },
+                Ok("apikey:batch"),
+            ),
+            (
+                "the token's own client is allowed and holds the scope",
+                allow(&["client:onboarding"]),
+                Caller {
+                    spiffe_id: svid(),
+                    token: Some(token("onboarding", &["sessions:write"], None)),
+                    ..Caller::default()
+                },
+                Ok("client:onboarding"),
+            ),
+            (
+                "an allowed key without the scope and an allowed token with it",
+                allow(&["apikey:batch", "client:onboarding"]),
+                Caller {
+                    api_key: Some(key("batch", &[], None)),
+                    token: Some(token("onboarding", &["sessions:write"], None)),
+                    ..Caller::default()
+                },
+                Ok("client:onboarding"),
+            ),
+            (
+                "nothing at all",
+                allow(&["spiffe://example.org/ns/kyc/*"]),
+                Caller::default(),
+                Err("forbidden"),
+            ),
+        ];
+        let required = ["sessions:write".to_owned()];
+        for (case, allow, caller, expected) in cases {
+            let got = authorize(&allow, &required, &caller)
+                .map(|p| p.to_string())
+                .map_err(|f| f.slug());
+            assert_eq!(got.as_deref().map_err(|e| *e), expected, "{case}");
+        }
+        // Scopes split over two allowed credentials do not add up either.
+        let split = Caller {
+            api_key: Some(key("batch", &["sessions:read"], None)),
+            token: Some(token("onboarding", &["sessions:write"], None)),
+            ..Caller::default()
+        };
+        let both = ["sessions:read".to_owned(), "sessions:write".to_owned()];
+        assert_eq!(
+            authorize(
+                &allow(&["apikey:batch", "client:onboarding"]),
+                &both,
+                &split
+            ),
+            Err(AuthFailure::InsufficientScope {
+                required: both.to_vec()
+            })
+        );
+        // Without required scopes the SVID alone passes, and is what the log names.
+        let svid_only = Caller {
+            spiffe_id: svid(),
+            ..Caller::default()
+        };
+        let p = authorize(&allow(&["spiffe://example.org/ns/kyc/*"]), &[], &svid_only).unwrap();
+        assert_eq!(
+            p,
+            Principal::Workload(&svid_only.spiffe_id.clone().unwrap())
         );
     }
 

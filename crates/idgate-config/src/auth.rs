@@ -160,6 +160,22 @@ pub(crate) fn jwt_issuer(cx: &mut Ctx<'_>, i: usize, j: raw::JwtIssuer) -> Optio
     let ca =
         j.ca.as_deref()
             .map(|p| cx.existing_file(&format!("{key}.ca"), p));
+    // RFC 9068 §4: the media type compares without case, with or without `application/`.
+    let require_at_jwt = match j.require_typ.as_deref() {
+        None => false,
+        Some(t)
+            if t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt") =>
+        {
+            true
+        }
+        Some(t) => {
+            cx.err(
+                format!("{key}.require_typ"),
+                format!("\"{t}\" is not supported: the only value is \"at+jwt\" (RFC 9068)"),
+            );
+            false
+        }
+    };
     let out = JwtIssuerConfig {
         leeway: duration_or_zero(
             cx,
@@ -184,6 +200,7 @@ pub(crate) fn jwt_issuer(cx: &mut Ctx<'_>, i: usize, j: raw::JwtIssuer) -> Optio
         audiences: j.audiences,
         algorithms,
         ca,
+        require_at_jwt,
     };
     (cx.errors.len() == before).then_some(out)
 }
@@ -483,6 +500,40 @@ auth = ["jwt"]
             !qualified.iter().any(|e| e.contains("allow")),
             "{qualified:?}"
         );
+    }
+
+    #[test]
+    fn require_typ_accepts_only_at_jwt() {
+        let errors = |value: &str| {
+            let text = BASE.replacen(
+                "audiences = [\"idgate\"]\n",
+                &format!("audiences = [\"idgate\"]\nrequire_typ = \"{value}\"\n"),
+                1,
+            );
+            match crate::parse(
+                Path::new("t.toml"),
+                &format!("{text}allow = [\"client:a@corp\"]\n"),
+            ) {
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    e.0.into_iter()
+                        .map(|e| format!("{}: {}", e.key, e.reason))
+                        .collect()
+                }
+            }
+        };
+        for ok in ["at+jwt", "AT+JWT", "application/at+jwt"] {
+            let e = errors(ok);
+            assert!(!e.iter().any(|e| e.contains("require_typ")), "{ok}: {e:?}");
+        }
+        for bad in ["JWT", "", "at+jwt "] {
+            let e = errors(bad);
+            assert!(
+                e.iter()
+                    .any(|e| e.starts_with("jwt_issuers[0].require_typ: ") && e.contains("at+jwt")),
+                "{bad}: {e:?}"
+            );
+        }
     }
 
     #[test]

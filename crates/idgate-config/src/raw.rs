@@ -192,6 +192,8 @@ pub(crate) struct JwtIssuer {
     pub(crate) jwks_refresh_interval: Option<String>,
     #[serde(default)]
     pub(crate) min_refresh_interval: Option<String>,
+    #[serde(default)]
+    pub(crate) require_typ: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,5 +1,6 @@
 //! Stages 3 and 4 of the pipeline: authenticate the caller with the layers the route
-//! requires, then authorize it against the route's allow list and scopes.
+//! requires, then authorize one of its principals against the route's allow list and
+//! scopes.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,9 +14,10 @@ use idgate_auth::api_key::{self, ApiKeyVerifier};
 use idgate_auth::failure::Scheme;
 use idgate_auth::issuer::TokenIssuer;
 use idgate_auth::jwt::{self, Algorithm, Jwk, JwtVerifier, StaticIssuer};
-use idgate_auth::policy::AuthLayer;
-use idgate_auth::{AuthFailure, Caller};
+use idgate_auth::policy::{self, AuthLayer};
+use idgate_auth::{AuthFailure, Caller, Principal, TokenIdentity};
 use idgate_config::Config;
+use idgate_tls::SpiffeId;
 
 use crate::pipeline::ConnInfo;
 use crate::routes::Route;
@@ -25,6 +27,9 @@ use crate::routes::Route;
 pub struct AuthServices {
     pub api_keys: Option<ApiKeyVerifier>,
     pub jwt: Option<Arc<JwtVerifier>>,
+    /// The gateway's own token issuer (`iss`) and the workload each of its clients is
+    /// registered with: its tokens are issued to that workload only when the client is.
+    own_tokens: Option<(String, HashMap<String, SpiffeId>)>,
 }
 
 impl AuthServices {
@@ -40,24 +45,56 @@ impl AuthServices {
         let issuers = config.jwt_issuers.clone();
         // The gateway's own token endpoint is an issuer with a key it knows.
         let mut statics = Vec::new();
+        let mut own_tokens = None;
         if let Some(t) = token_issuer {
             let jwk: Jwk = serde_json::from_value(t.jwk().clone())
                 .map_err(|e| format!("token_endpoint: {e}"))?;
             let alg =
                 Algorithm::from_str(t.algorithm()).map_err(|e| format!("token_endpoint: {e}"))?;
-            statics.push(StaticIssuer::new(
+            let mut own = StaticIssuer::new(
                 t.issuer(),
                 vec![t.audience().to_owned()],
                 vec![alg],
                 vec![jwk],
-            ));
+            );
+            // It issues nothing but `at+jwt` access tokens.
+            own.require_at_jwt = true;
+            statics.push(own);
+            let workloads = config
+                .token_endpoint
+                .iter()
+                .flat_map(|te| &te.clients)
+                .filter_map(|c| Some((c.client_id.clone(), c.spiffe_id.clone()?)))
+                .collect();
+            own_tokens = Some((t.issuer().to_owned(), workloads));
         }
         let jwt = if issuers.is_empty() && statics.is_empty() {
             None
         } else {
             Some(Arc::new(JwtVerifier::new(issuers, statics)?))
         };
-        Ok(Self { api_keys, jwt })
+        Ok(Self {
+            api_keys,
+            jwt,
+            own_tokens,
+        })
+    }
+
+    /// The workload a token bound to the connection's certificate was issued to. The
+    /// gateway's own endpoint binds every token to the certificate it was asked over, also
+    /// for a client that authenticated with a secret alone: such a token is the client's,
+    /// not the workload's. An outside issuer's binding is taken as issued to the
+    /// certificate's holder.
+    fn bound_workload(&self, token: &TokenIdentity, peer: &SpiffeId) -> Option<SpiffeId> {
+        match &self.own_tokens {
+            Some((issuer, workloads)) if *issuer == token.issuer => token
+                .client_id
+                .as_ref()
+                .and_then(|c| workloads.get(c))
+                .filter(|w| *w == peer)
+                .cloned(),
+            _ => Some(peer.clone()),
+        }
     }
 
     /// Starts keeping the API key table in step with its store and warms the JWKS caches.
@@ -79,17 +116,21 @@ impl std::fmt::Debug for AuthServices {
 }
 
 /// Stage 3: every requirement of the route must be met; within `{ any = [...] }` one layer
-/// suffices. Each layer that passes adds its identity to the caller.
+/// suffices. Each layer that passes adds its identity to the caller. The connection's SVID
+/// is a principal of its own only on a route that lists `mtls`; elsewhere it counts only as
+/// part of a key or token bound to it.
 pub(crate) async fn authenticate(
     route: &Route,
     conn: &ConnInfo,
     parts: &Parts,
     services: &AuthServices,
 ) -> Result<Caller, AuthFailure> {
-    // The connection's SVID was verified in the handshake; it identifies the caller whether
-    // or not the route requires it.
     let mut caller = Caller {
-        spiffe_id: conn.peer.clone(),
+        spiffe_id: if route.auth.uses(AuthLayer::Mtls) {
+            conn.peer.clone()
+        } else {
+            None
+        },
         ..Caller::default()
     };
     // A key in the URL ends up in logs everywhere the URL goes: refuse it outright. On a
@@ -106,8 +147,8 @@ pub(crate) async fn authenticate(
         let mut passed = false;
         // Every layer of an `any` whose credential is present is checked: a presented but
         // invalid, revoked or expired credential fails the request even when another layer
-        // passes, and every identity that passes is added to the caller (the allow list and
-        // scopes may need any of them).
+        // passes, and every identity that passes is added to the caller (any of them may be
+        // the principal the route allows).
         for &layer in requirement.layers() {
             match layer_check(layer, conn, parts, services, &mut caller).await {
                 Ok(()) => passed = true,
@@ -157,7 +198,7 @@ async fn layer_check(
 ) -> Result<(), AuthFailure> {
     match layer {
         AuthLayer::Mtls => {
-            if caller.spiffe_id.is_some() || conn.peer.is_some() {
+            if conn.peer.is_some() {
                 Ok(())
             } else {
                 Err(AuthFailure::NoClientCertificate)
@@ -183,36 +224,32 @@ async fn layer_check(
             };
             let verifier = services.jwt.as_ref().ok_or_else(missing)?;
             let identity = verifier.verify(token, SystemTime::now()).await?;
+            let mut token = identity.token;
             // RFC 8705: a certificate-bound token is only good over a connection with that
-            // certificate.
-            if let Some(bound) = &identity.cnf_x5t_s256
-                && conn.cert_thumbprint.as_deref() != Some(bound.as_str())
-            {
-                return Err(AuthFailure::TokenBindingMismatch);
+            // certificate, and is then the same principal as the workload it was issued to.
+            if let Some(bound) = &identity.cnf_x5t_s256 {
+                if conn.cert_thumbprint.as_deref() != Some(bound.as_str()) {
+                    return Err(AuthFailure::TokenBindingMismatch);
+                }
+                token.workload = conn
+                    .peer
+                    .as_ref()
+                    .and_then(|peer| services.bound_workload(&token, peer));
             }
-            caller.token = Some(identity.token);
+            caller.token = Some(token);
             Ok(())
         }
     }
 }
 
-/// Stage 4: default deny on the allow list, then the scopes the method requires.
-pub(crate) fn authorize(
+/// Stage 4: default deny. One principal must be on the route's allow list and hold the
+/// scopes the method requires; returns that principal.
+pub(crate) fn authorize<'c>(
     route: &Route,
     method: &http::Method,
-    caller: &Caller,
-) -> Result<(), AuthFailure> {
-    if !route.allows(caller) {
-        return Err(AuthFailure::NotAllowed);
-    }
-    let required = route.scopes.required(method);
-    if required.iter().all(|s| caller.has_scope(s)) {
-        Ok(())
-    } else {
-        Err(AuthFailure::InsufficientScope {
-            required: required.to_vec(),
-        })
-    }
+    caller: &'c Caller,
+) -> Result<Principal<'c>, AuthFailure> {
+    policy::authorize(&route.allow, route.scopes.required(method), caller)
 }
 
 /// Failed authentication attempts per source address over a sliding window, for lockouts.

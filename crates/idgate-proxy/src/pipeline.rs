@@ -8,7 +8,8 @@
 //!   2. route      method + path template → route      (404 / 405, before any auth detail)
 //!   3. authenticate  the route's layers — mtls, api_key, jwt, or any of several —
 //!                 → one Caller                         (401 with a challenge, or 400)
-//!   4. authorize  the route's allow list, then the method's scopes     (403, default deny)
+//!   4. authorize  one principal on the route's allow list holding the method's scopes
+//!                                                             (403, default deny)
 //!   5. forward    strip hop-by-hop headers and the caller's credentials, inject or sign
 //!                 with the upstream credential (503 when it cannot be produced), set
 //!                 x-request-id and x-forwarded-for, call the upstream with its timeouts
@@ -41,7 +42,7 @@ use crate::routes::{Route, RouteMiss};
 use crate::snapshot::Snapshot;
 use crate::token_endpoint::TokenEndpoint;
 use crate::upstream::Upstream;
-use idgate_auth::AuthFailure;
+use idgate_auth::{AuthFailure, Principal};
 
 /// An upstream's response body: from hyper's client (`http2 = true`, holding its place
 /// under the upstream's cap), or from the gateway's own HTTP/1.1 client.
@@ -211,11 +212,15 @@ pub async fn handle(
         let caller = authn::authenticate(route, &conn, &parts, &snapshot.auth)
             .await
             .map_err(|f| services.auth_failed(&conn, f))?;
-        authn::authorize(route, &parts.method, &caller)
-            .map_err(|f| services.auth_failed(&conn, f))?;
-        // The access line names the peer already; other identities are added when present.
-        if caller.api_key.is_some() || caller.token.is_some() {
-            caller_label = Some(caller.label());
+        // The access line names the principal that was authorized, or every one refused.
+        match authn::authorize(route, &parts.method, &caller) {
+            // The peer, which the line names anyway: no label to make.
+            Ok(Principal::Workload(_)) => {}
+            Ok(principal) => caller_label = Some(principal.to_string()),
+            Err(f) => {
+                caller_label = caller.label();
+                return Err(services.auth_failed(&conn, f));
+            }
         }
         let req = Request::from_parts(parts, body);
         let upstream = &snapshot.upstreams[route.upstream];
@@ -252,11 +257,13 @@ pub async fn handle(
         }
     };
     let status = resp.status().as_u16();
+    let peer = conn.peer.as_ref().map_or("-", |p| p.as_str());
     tracing::info!(
         target: "idgate::access",
         request_id = request_id_str,
-        peer = conn.peer.as_ref().map_or("-", |p| p.as_str()),
-        caller = caller_label.as_deref(),
+        peer,
+        // Before authorization (and on mTLS alone), the peer is all that is known.
+        caller = caller_label.as_deref().unwrap_or(peer),
         remote = %conn.remote.ip(),
         method = method.as_str(),
         version = ?version,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::Method;
 use http::header::HeaderValue;
-use idgate_auth::{AllowEntry, Caller, RouteAuth, ScopeRule};
+use idgate_auth::{AllowEntry, RouteAuth, ScopeRule};
 use idgate_config::RouteConfig;
 
 /// One route, ready for the pipeline.
@@ -18,13 +18,6 @@ pub struct Route {
     pub allow: Vec<AllowEntry>,
     pub auth: RouteAuth,
     pub scopes: ScopeRule,
-}
-
-impl Route {
-    /// Default deny: only a caller with an identity on the allow list passes.
-    pub fn allows(&self, caller: &Caller) -> bool {
-        self.allow.iter().any(|e| e.matches(caller))
-    }
 }
 
 #[derive(Debug)]

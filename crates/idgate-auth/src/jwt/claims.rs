@@ -127,9 +127,18 @@ pub(crate) fn check(
         }
     }
 
+    // RFC 7800 confirmation: the only method the gateway can check is the client
+    // certificate's thumbprint (RFC 8705). A token bound to anything else — a DPoP key
+    // (`jkt`, RFC 9449 §7), a `jwk`, `kid`, `jku` — is no bearer token, and accepting it as
+    // one would drop the proof of possession its issuer asked for.
     let cnf_x5t_s256 = match claims.get("cnf") {
         None => None,
-        Some(Value::Object(cnf)) => optional_string(cnf, "x5t#S256")?.map(str::to_owned),
+        Some(Value::Object(cnf)) => {
+            if cnf.is_empty() || cnf.keys().any(|k| k != "x5t#S256") {
+                return Err("unsupported confirmation method");
+            }
+            optional_string(cnf, "x5t#S256")?.map(str::to_owned)
+        }
         Some(_) => return Err("malformed claims"),
     };
 
@@ -283,5 +292,37 @@ mod tests {
             run(with("cnf", json!("x"))).unwrap_err(),
             "malformed claims"
         );
+    }
+
+    #[test]
+    fn only_a_certificate_binding_is_accepted_in_cnf() {
+        for cnf in [
+            json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
+            json!({"x5t#S256": "thumb", "jkt": "abc"}),
+            json!({"jwk": {"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}}),
+            json!({"kid": "k1"}),
+            json!({"jku": "https://attacker.example/jwks"}),
+            json!({"x5t": "sha1-thumb"}),
+            json!({"future-method": true}),
+            json!({}),
+        ] {
+            assert_eq!(
+                run(with("cnf", cnf.clone())).unwrap_err(),
+                "unsupported confirmation method",
+                "{cnf}"
+            );
+        }
+        for cnf in [json!(["x5t#S256"]), json!(null), json!(1), json!(true)] {
+            assert_eq!(
+                run(with("cnf", cnf.clone())).unwrap_err(),
+                "malformed claims",
+                "{cnf}"
+            );
+        }
+        assert_eq!(
+            run(with("cnf", json!({"x5t#S256": 7}))).unwrap_err(),
+            "malformed claims"
+        );
+        assert_eq!(run(without("cnf")).unwrap().cnf_x5t_s256, None);
     }
 }

@@ -349,6 +349,8 @@ pub(crate) struct Unverified<'a> {
     pub(crate) signing_input: &'a [u8],
     pub(crate) alg: Algorithm,
     pub(crate) kid: Option<String>,
+    /// The header says `typ: at+jwt` (RFC 9068 §2.1), in either of its spellings.
+    pub(crate) at_jwt: bool,
     pub(crate) claims: Map<String, Value>,
     pub(crate) signature: Vec<u8>,
 }
@@ -356,7 +358,15 @@ pub(crate) struct Unverified<'a> {
 /// The `typ` values of an access token (RFC 9068 `at+jwt`) or a plain JWT. Other types —
 /// DPoP proofs, logout tokens, security events — are JWTs meant for something else.
 fn typ_is_access_token(typ: &str) -> bool {
-    ["JWT", "at+jwt", "application/at+jwt", "application/jwt"]
+    typ_is_at_jwt(typ)
+        || ["JWT", "application/jwt"]
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(typ))
+}
+
+/// RFC 9068 §4: `at+jwt`, or its media type `application/at+jwt`, compared without case.
+fn typ_is_at_jwt(typ: &str) -> bool {
+    ["at+jwt", "application/at+jwt"]
         .iter()
         .any(|t| t.eq_ignore_ascii_case(typ))
 }
@@ -392,11 +402,11 @@ pub(crate) fn parse(token: &str) -> Result<Unverified<'_>, &'static str> {
     if header.get("b64").is_some_and(|b| b != &Value::Bool(true)) {
         return Err("unsupported critical header");
     }
-    match header.get("typ") {
-        None => {}
-        Some(Value::String(t)) if typ_is_access_token(t) => {}
+    let at_jwt = match header.get("typ") {
+        None => false,
+        Some(Value::String(t)) if typ_is_access_token(t) => typ_is_at_jwt(t),
         Some(_) => return Err("not an access token"),
-    }
+    };
     let kid = match header.get("kid") {
         None => None,
         Some(Value::String(k)) => Some(k.clone()),
@@ -412,6 +422,7 @@ pub(crate) fn parse(token: &str) -> Result<Unverified<'_>, &'static str> {
         signing_input: &token.as_bytes()[..h.len() + 1 + p.len()],
         alg,
         kid,
+        at_jwt,
         claims,
         signature,
     })
@@ -576,5 +587,27 @@ mod tests {
             enc(r#"{"alg":"ES256","typ":"at+jwt","crit":[]}"#)
         );
         assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn at_jwt_is_recognised_in_both_spellings_and_any_case() {
+        let p = enc(r#"{"iss":"x"}"#);
+        let s = URL_SAFE_NO_PAD.encode([1u8; 64]);
+        for (typ, at_jwt) in [
+            (Some("at+jwt"), true),
+            (Some("AT+JWT"), true),
+            (Some("application/at+jwt"), true),
+            (Some("Application/AT+JWT"), true),
+            (Some("JWT"), false),
+            (Some("application/jwt"), false),
+            (None, false),
+        ] {
+            let header = match typ {
+                Some(t) => format!(r#"{{"alg":"ES256","typ":"{t}"}}"#),
+                None => r#"{"alg":"ES256"}"#.to_owned(),
+            };
+            let token = format!("{}.{p}.{s}", enc(&header));
+            assert_eq!(parse(&token).unwrap().at_jwt, at_jwt, "{typ:?}");
+        }
     }
 }

@@ -607,6 +607,76 @@ fn configuration_errors_name_the_issuer() {
     );
 }
 
+#[tokio::test]
+async fn an_issuer_can_require_at_jwt_so_id_tokens_are_refused() {
+    let key = TestKey::p256();
+    let jwk = key.jwk("ec", Algorithm::ES256);
+    let mut strict = StaticIssuer::new(ISS, vec![AUD.into()], vec![Algorithm::ES256], vec![jwk]);
+    strict.require_at_jwt = true;
+    let strict = JwtVerifier::new(vec![], vec![strict]).unwrap();
+    let lenient = static_verifier(
+        vec![key.jwk("ec", Algorithm::ES256)],
+        vec![Algorithm::ES256],
+    );
+    let token = |typ: Option<&str>| {
+        let mut h = json!({"alg": "ES256", "kid": "ec"});
+        if let Some(t) = typ {
+            h["typ"] = json!(t);
+        }
+        sign_token(&key, &h, &claims())
+    };
+    for typ in [
+        "at+jwt",
+        "application/at+jwt",
+        "AT+JWT",
+        "Application/At+Jwt",
+    ] {
+        assert!(verify(&strict, &token(Some(typ))).await.is_ok(), "{typ}");
+    }
+    // An ID token (typ JWT, or none) with the same keys and audience.
+    for typ in [Some("JWT"), Some("application/jwt"), None] {
+        assert_eq!(
+            verify(&strict, &token(typ)).await.unwrap_err(),
+            "not an access token (typ at+jwt required)",
+            "{typ:?}"
+        );
+        assert!(verify(&lenient, &token(typ)).await.is_ok(), "{typ:?}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_bound_to_anything_but_a_certificate_are_refused() {
+    let key = TestKey::p256();
+    let v = static_verifier(
+        vec![key.jwk("ec", Algorithm::ES256)],
+        vec![Algorithm::ES256],
+    );
+    let with_cnf = |cnf: Value| {
+        let mut c = claims();
+        c["cnf"] = cnf;
+        sign_token(&key, &header("ES256", "ec"), &c)
+    };
+    let bound = verify(&v, &with_cnf(json!({"x5t#S256": "thumb"})))
+        .await
+        .unwrap();
+    assert_eq!(bound.cnf_x5t_s256.as_deref(), Some("thumb"));
+    for cnf in [
+        json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
+        json!({"jwk": {"kty": "OKP", "crv": "Ed25519", "x": "abc"}}),
+        json!({"x5t#S256": "thumb", "kid": "k"}),
+    ] {
+        assert_eq!(
+            verify(&v, &with_cnf(cnf.clone())).await.unwrap_err(),
+            "unsupported confirmation method",
+            "{cnf}"
+        );
+    }
+    assert_eq!(
+        verify(&v, &with_cnf(json!("x5t#S256"))).await.unwrap_err(),
+        "malformed claims"
+    );
+}
+
 #[test]
 fn verifier_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}

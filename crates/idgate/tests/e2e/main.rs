@@ -17,6 +17,7 @@ mod layers;
 mod limits;
 mod oauth2_upstream;
 mod openbao;
+mod principals;
 mod proxy;
 mod rotation;
 mod slow_clients;

@@ -6,9 +6,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
 use crate::support::*;
 
-const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+pub(crate) const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
 
-fn signing_key(dir: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn signing_key(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("token-signing.pem");
     std::fs::write(&path, idgate_auth::issuer::generate_es256_pem().unwrap()).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
