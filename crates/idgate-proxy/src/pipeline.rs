@@ -42,8 +42,8 @@ use crate::token_endpoint::TokenEndpoint;
 use crate::upstream::Upstream;
 use idgate_auth::AuthFailure;
 
-/// An upstream's response body: from hyper's client (`http2 = true`), or from the
-/// gateway's own HTTP/1.1 client.
+/// An upstream's response body: from hyper's client (`http2 = true`, `client = "hyper"`),
+/// or from the gateway's own HTTP/1.1 client.
 pub type UpstreamResponseBody = Either<Incoming, h1::ResponseBody>;
 
 /// What the gateway answers with: the upstream's body, or one of its own.
@@ -215,6 +215,16 @@ pub async fn handle(
         // The access line names the peer already; other identities are added when present.
         if caller.api_key.is_some() || caller.token.is_some() {
             caller_label = Some(caller.label());
+        }
+        // Refused before anything goes upstream: an upstream that ignores the body of a GET
+        // would read it as the next request on its connection.
+        if !route.allow_body
+            && idgate_config::body_needs_opt_in(&parts.method)
+            && carries_body(&body)
+        {
+            return Err(Refusal::BodyNotAllowed {
+                method: parts.method,
+            });
         }
         let req = Request::from_parts(parts, body);
         let upstream = &snapshot.upstreams[route.upstream];
@@ -538,6 +548,13 @@ async fn forward<'u>(
         }),
         Ok(Ok(resp)) => Ok(resp.map(Either::Left)),
     }
+}
+
+/// Whether a request has a body: an announced length of 0 is none, a chunked body is one
+/// even before its first chunk.
+fn carries_body(body: &Incoming) -> bool {
+    use http_body::Body as _;
+    !body.is_end_stream() && body.size_hint().exact() != Some(0)
 }
 
 async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, Refusal> {
