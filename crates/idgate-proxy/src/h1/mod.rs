@@ -6,7 +6,9 @@
 //! response head is parsed where it was read, and a body that came with its head (the
 //! usual case for an API) goes back to the caller without another trip through the
 //! runtime; larger bodies stream from the upstream connection as the caller reads them.
-//! Connections are kept in a per-upstream pool, most recently used first.
+//! Connections are kept in a per-upstream pool, most recently used first, and reused only
+//! after an exchange that is provably over on both sides: never after a request body (see
+//! `Pool::exchange`), and only if nothing arrived while the connection was idle.
 //!
 //! Framing is strict both ways ([`parse`]): the gateway frames the body it sends itself
 //! (`Content-Length`, or chunked when the caller's length is unknown), and a response whose
