@@ -211,7 +211,19 @@ pub struct UpstreamConfig {
     /// `https://` only: offer HTTP/2 by ALPN (one multiplexed connection) instead of the
     /// gateway's own HTTP/1.1 client.
     pub http2: bool,
+    /// Which HTTP/1.1 client talks to the upstream.
+    pub client: ClientKind,
     pub credential: Option<CredentialConfig>,
+}
+
+/// The HTTP/1.1 client of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientKind {
+    /// The gateway's own client (strict framing, run in the request's task).
+    #[default]
+    Native,
+    /// hyper's client, as upstreams with `http2 = true` use: the fallback.
+    Hyper,
 }
 
 impl UpstreamConfig {
@@ -235,6 +247,17 @@ pub struct RouteConfig {
     pub auth: RouteAuth,
     /// The scopes the route requires, per method.
     pub scopes: ScopeRule,
+    /// Whether a `GET`, `HEAD`, `OPTIONS` or `DELETE` request may carry a body.
+    pub allow_body: bool,
+}
+
+/// Methods whose requests carry no body unless a route says otherwise: their semantics
+/// define none, and an upstream that ignores one leaves its bytes to the next request.
+pub fn body_needs_opt_in(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
+    )
 }
 
 /// A validated configuration.
@@ -793,6 +816,18 @@ fn upstream(
             None
         }
     };
+    let client = match u.client.as_deref() {
+        None => None,
+        Some("native") => Some(ClientKind::Native),
+        Some("hyper") => Some(ClientKind::Hyper),
+        Some(other) => {
+            cx.err(
+                format!("{key}.client"),
+                format!("\"{other}\" is not a client: use \"native\" or \"hyper\""),
+            );
+            None
+        }
+    };
     let mut origin = None;
     let mut base_path = String::new();
     if let Some(uri) = uri {
@@ -810,6 +845,11 @@ fn upstream(
             cx.err(
                 format!("{key}.url"),
                 "must not carry user info; use [upstreams.credential]",
+            );
+        } else if u.http2 == Some(true) && client == Some(ClientKind::Native) {
+            cx.err(
+                format!("{key}.client"),
+                "http2 = true uses hyper's client: leave client out, or set it to \"hyper\"",
             );
         } else if u.http2 == Some(true) && uri.scheme_str() == Some("http") {
             cx.err(
@@ -899,6 +939,7 @@ fn upstream(
         max_body_bytes: u.max_body_bytes.unwrap_or(10 * 1024 * 1024),
         forwarded_for: u.forwarded_for.unwrap_or(true),
         http2: u.http2.unwrap_or(false),
+        client: client.unwrap_or_default(),
         credential,
     };
     (cx.errors.len() == before).then_some(out)
@@ -1230,6 +1271,13 @@ fn routes(
                 );
             }
         }
+        let allow_body = r.allow_body.unwrap_or(false);
+        if allow_body && !methods.iter().any(body_needs_opt_in) {
+            cx.err(
+                format!("{key}.allow_body"),
+                "only concerns GET, HEAD, OPTIONS and DELETE, and this route lists none of them",
+            );
+        }
         if !scopes.is_empty() && !auth.uses(AuthLayer::ApiKey) && !auth.uses(AuthLayer::Jwt) {
             cx.err(
                 format!("{key}.scopes"),
@@ -1245,6 +1293,7 @@ fn routes(
                 allow,
                 auth,
                 scopes,
+                allow_body,
             });
         }
     }

@@ -90,6 +90,8 @@ pub(crate) struct Upstream {
     #[serde(default)]
     pub(crate) http2: Option<bool>,
     #[serde(default)]
+    pub(crate) client: Option<String>,
+    #[serde(default)]
     pub(crate) credential: Option<Credential>,
 }
 
@@ -136,6 +138,8 @@ pub(crate) struct Route {
     pub(crate) auth: Option<Vec<AuthItem>>,
     #[serde(default)]
     pub(crate) scopes: Option<Scopes>,
+    #[serde(default)]
+    pub(crate) allow_body: Option<bool>,
 }
 
 /// Kept so that an unknown top-level table gets the same message as any other unknown key.

@@ -44,8 +44,8 @@ use crate::token_endpoint::TokenEndpoint;
 use crate::upstream::Upstream;
 use idgate_auth::{AuthFailure, Principal};
 
-/// An upstream's response body: from hyper's client (`http2 = true`, holding its place
-/// under the upstream's cap), or from the gateway's own HTTP/1.1 client.
+/// An upstream's response body: from hyper's client (`http2 = true`, `client = "hyper"`;
+/// holding its place under the upstream's cap), or from the gateway's own HTTP/1.1 client.
 pub type UpstreamResponseBody = Either<Held<Incoming>, h1::ResponseBody>;
 
 /// What the gateway answers with: the upstream's body, or one of its own.
@@ -221,6 +221,16 @@ pub async fn handle(
                 caller_label = caller.label();
                 return Err(services.auth_failed(&conn, f));
             }
+        }
+        // Refused before anything goes upstream: an upstream that ignores the body of a GET
+        // would read it as the next request on its connection.
+        if !route.allow_body
+            && idgate_config::body_needs_opt_in(&parts.method)
+            && carries_body(&body)
+        {
+            return Err(Refusal::BodyNotAllowed {
+                method: parts.method,
+            });
         }
         let req = Request::from_parts(parts, body);
         let upstream = &snapshot.upstreams[route.upstream];
@@ -566,6 +576,13 @@ fn saturated(services: &Services, upstream: &Upstream, why: Saturated) -> Refusa
     Refusal::UpstreamBusy {
         reason: format!("upstream {}: {why}", upstream.name),
     }
+}
+
+/// Whether a request has a body: an announced length of 0 is none, a chunked body is one
+/// even before its first chunk.
+fn carries_body(body: &Incoming) -> bool {
+    use http_body::Body as _;
+    !body.is_end_stream() && body.size_hint().exact() != Some(0)
 }
 
 async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, Refusal> {

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use http::{Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use idgate_auth::AuthFailure;
 
@@ -32,6 +32,10 @@ pub enum Refusal {
     BodyTooLarge,
     /// The gateway holds as many buffered bodies as its memory budget allows.
     Busy,
+    /// A body on a request whose method defines none, on a route that does not take one.
+    BodyNotAllowed {
+        method: Method,
+    },
     /// The body could not be read from the caller.
     BadBody {
         reason: String,
@@ -81,6 +85,11 @@ impl Refusal {
                 "Request body too large",
             ),
             Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy", "Gateway busy"),
+            Self::BodyNotAllowed { .. } => (
+                StatusCode::BAD_REQUEST,
+                "body-not-allowed",
+                "Request body not allowed",
+            ),
             Self::BadBody { .. } => (
                 StatusCode::BAD_REQUEST,
                 "bad-body",
@@ -122,6 +131,11 @@ impl Refusal {
     fn detail(&self) -> Cow<'static, str> {
         Cow::Borrowed(match self {
             Self::Auth(f) => return Cow::Owned(f.detail()),
+            Self::BodyNotAllowed { method } => {
+                return Cow::Owned(format!(
+                    "This route takes no request body with {method}; send the request without one (Content-Length: 0 is fine)."
+                ));
+            }
             Self::AmbiguousPath => {
                 "The path contains '.' or '..' segments, an empty segment, a backslash, a ';', or a percent-encoded '/', '\\', '.', ';', '%' or NUL; send the normalized path."
             }

@@ -18,6 +18,8 @@ pub struct Route {
     pub allow: Vec<AllowEntry>,
     pub auth: RouteAuth,
     pub scopes: ScopeRule,
+    /// Whether a `GET`, `HEAD`, `OPTIONS` or `DELETE` request may carry a body.
+    pub allow_body: bool,
 }
 
 #[derive(Debug)]
@@ -72,6 +74,7 @@ impl RouteTable {
                 allow: rc.allow.clone(),
                 auth: rc.auth.clone(),
                 scopes: rc.scopes.clone(),
+                allow_body: rc.allow_body,
             });
         }
         for entry in &mut paths {

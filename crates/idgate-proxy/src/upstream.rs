@@ -12,7 +12,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use idgate_config::UpstreamConfig;
+use idgate_config::{ClientKind, UpstreamConfig};
 use rustls::RootCertStore;
 
 use crate::credential::Credential;
@@ -37,10 +37,11 @@ pub struct Upstream {
     pub forwarded_for: bool,
     pub credential: Option<Arc<Credential>>,
     /// hyper's client: for `https://` upstreams with `http2 = true` (HTTP/2 or HTTP/1.1 by
-    /// ALPN), and for the gateway's own calls such as OAuth2 token requests.
+    /// ALPN), upstreams with `client = "hyper"`, and the gateway's own calls such as OAuth2
+    /// token requests.
     pub client: UpstreamClient,
     /// The gateway's own HTTP/1.1 client, run in the request's task: every upstream but
-    /// those with `http2 = true`.
+    /// those with `http2 = true` or `client = "hyper"`.
     pub h1: Option<h1::Pool>,
     /// `max_connections` and its wait queue, for either client.
     pub limit: Arc<ConnLimit>,
@@ -76,9 +77,13 @@ impl Upstream {
         http.set_keepalive(Some(Duration::from_secs(60)));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
+            .https_or_http();
+        // hyper's client in place of the own one speaks the own one's HTTP/1.1 only.
+        let connector = if cfg.client == ClientKind::Hyper && !cfg.http2 {
+            connector.enable_http1().wrap_connector(http)
+        } else {
+            connector.enable_all_versions().wrap_connector(http)
+        };
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -102,7 +107,7 @@ impl Upstream {
             cfg.max_pending,
             cfg.pending_timeout,
         ));
-        let h1 = if scheme == Scheme::HTTPS && cfg.http2 {
+        let h1 = if (scheme == Scheme::HTTPS && cfg.http2) || cfg.client == ClientKind::Hyper {
             None
         } else {
             let tls = if scheme == Scheme::HTTPS {

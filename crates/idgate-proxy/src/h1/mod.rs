@@ -6,7 +6,9 @@
 //! response head is parsed where it was read, and a body that came with its head (the
 //! usual case for an API) goes back to the caller without another trip through the
 //! runtime; larger bodies stream from the upstream connection as the caller reads them.
-//! Connections are kept in a per-upstream pool, most recently used first.
+//! Connections are kept in a per-upstream pool, most recently used first, and reused only
+//! after an exchange that is provably over on both sides: never after a request body (see
+//! `Pool::exchange`), and only if nothing arrived while the connection was idle.
 //!
 //! Framing is strict both ways ([`parse`]): the gateway frames the body it sends itself
 //! (`Content-Length`, or chunked when the caller's length is unknown), and a response whose
@@ -36,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHa
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_rustls::client::TlsStream;
+use zeroize::{Zeroize as _, Zeroizing};
 
 use self::parse::{Chunk, ChunkedDecoder, Framing, HeadParser, ProtocolError};
 use crate::limit::{Acquired, ConnLimit, Saturated, Slot};
@@ -137,7 +140,8 @@ struct Io {
 
 enum ReadIo {
     Plain(OwnedReadHalf),
-    Tls(ReadHalf<TlsStream<TcpStream>>),
+    /// With a second handle on the socket, to look at it under the TLS layer.
+    Tls(ReadHalf<TlsStream<TcpStream>>, socket2::Socket),
 }
 
 enum WriteIo {
@@ -149,7 +153,7 @@ impl std::fmt::Debug for Io {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.r {
             ReadIo::Plain(_) => "Io(plain)",
-            ReadIo::Tls(_) => "Io(tls)",
+            ReadIo::Tls(..) => "Io(tls)",
         })
     }
 }
@@ -162,8 +166,22 @@ impl AsyncRead for ReadIo {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(r) => Pin::new(r).poll_read(cx, buf),
-            Self::Tls(r) => Pin::new(r).poll_read(cx, buf),
+            Self::Tls(r, _) => Pin::new(r).poll_read(cx, buf),
         }
+    }
+}
+
+impl ReadIo {
+    /// Whether the socket holds bytes (or the peer's close) not yet read, asked of the
+    /// kernel itself: the runtime learns of arrivals only when it next polls for events.
+    fn bytes_waiting(&self) -> bool {
+        let socket = match self {
+            Self::Plain(r) => socket2::SockRef::from(r.as_ref()),
+            Self::Tls(_, socket) => socket2::SockRef::from(socket),
+        };
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // The socket is non-blocking: nothing there is `WouldBlock`.
+        !matches!(socket.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -198,8 +216,9 @@ impl AsyncWrite for WriteIo {
 struct Conn {
     io: Io,
     buf: BytesMut,
-    /// Bytes gathered for the next `write`, kept from request to request.
-    out: Vec<u8>,
+    /// Bytes gathered for the next `write`, kept from request to request. Zeroed when the
+    /// connection goes idle or away: the last request head holds the injected credential.
+    out: Zeroizing<Vec<u8>>,
     idle_since: Instant,
     /// Its place under the upstream's connection cap, freed when it closes.
     _slot: Option<Slot>,
@@ -218,8 +237,11 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    /// Whether an idle connection can be used: nothing arrived while it was idle (neither
-    /// the upstream's close nor stray bytes). Needs no system call when nothing did.
+    /// Whether an idle connection can carry the next request: nothing arrived while it was
+    /// idle, neither the upstream's close nor stray bytes (the late rest of an answer would
+    /// be read as the answer to the next request). Asked right before the request is
+    /// written: of the runtime's readiness (and the TLS layer's buffer), then of the
+    /// socket, which one `recv` costs.
     fn still_open(&mut self) -> bool {
         let mut probe = [0u8; 1];
         let mut rb = ReadBuf::new(&mut probe);
@@ -227,7 +249,7 @@ impl Conn {
         matches!(
             Pin::new(&mut self.io.r).poll_read(&mut cx, &mut rb),
             Poll::Pending
-        )
+        ) && !self.io.r.bytes_waiting()
     }
 
     async fn read_more(&mut self) -> io::Result<usize> {
@@ -321,12 +343,21 @@ impl Pool {
     ) -> Result<Response<ResponseBody>, Failure> {
         conn.out.clear();
         request.write(&mut conn.out);
-        let sent = write_request(&mut conn, request.framing, body)
-            .await
-            .map_err(Failure::unanswered)?;
-        // An upstream that answered before the whole request went out has bytes here.
-        let mut answered = !conn.buf.is_empty();
+        // Interim heads that arrive during the upload are taken by the same parser.
         let mut head = HeadParser::new();
+        let sent = match write_request(&mut conn, &mut head, request.framing, body).await {
+            Ok(sent) => sent,
+            Err(e @ Error::Protocol(_)) => return Err(Failure::answered(e)),
+            Err(e) => {
+                return Err(Failure {
+                    error: e,
+                    answered: head.saw_interim() || !conn.buf.is_empty(),
+                });
+            }
+        };
+        // An upstream that answered before the whole request went out has bytes here.
+        let early = !conn.buf.is_empty();
+        let mut answered = early || head.saw_interim();
         let parsed = loop {
             match head.parse(&mut conn.buf, head_request) {
                 Ok(Some(h)) => break h,
@@ -353,9 +384,15 @@ impl Pool {
         *resp.status_mut() = parsed.status;
         *resp.version_mut() = Version::HTTP_11;
         *resp.headers_mut() = parsed.headers;
-        // A request cut short leaves the upstream waiting for the rest of its body: that
-        // connection must never carry another request.
-        let reusable = parsed.reusable && sent == Sent::Whole;
+        // The connection carries another request only when this exchange is provably over
+        // on both sides. A request cut short leaves the upstream waiting for the rest of its
+        // body. An answer that came before the request was written did not wait for all of
+        // it. And nothing proves that an upstream read a body before it answered: one that
+        // did not reads the body as the start of the next request, which then carries
+        // the next caller's credential to wherever the body pointed. So a request that
+        // carried body bytes is the last on its connection.
+        let carried_body = !matches!(request.framing, ReqFraming::None | ReqFraming::Length(0));
+        let reusable = parsed.reusable && sent == Sent::Whole && !early && !carried_body;
         let body = match parsed.framing {
             Framing::Empty | Framing::Length(0) => {
                 self.inner.checkin(conn, reusable);
@@ -392,13 +429,6 @@ struct Failure {
 }
 
 impl Failure {
-    fn unanswered(error: Error) -> Self {
-        Self {
-            error,
-            answered: false,
-        }
-    }
-
     fn answered(error: Error) -> Self {
         Self {
             error,
@@ -440,7 +470,9 @@ impl PoolInner {
         conn.idle_since = Instant::now();
         // One large body must not pin its buffers for the life of the connection.
         if conn.out.capacity() > WRITE_COALESCE + READ_CHUNK {
-            conn.out = Vec::with_capacity(1024);
+            conn.out = Zeroizing::new(Vec::with_capacity(1024));
+        } else {
+            conn.out.zeroize();
         }
         if conn.buf.capacity() > 8 * READ_CHUNK {
             conn.buf = BytesMut::with_capacity(READ_CHUNK);
@@ -509,10 +541,13 @@ impl PoolInner {
                     }
                 }
                 Some((tls, name)) => {
+                    let socket = socket2::SockRef::from(&tcp)
+                        .try_clone()
+                        .map_err(Error::Connect)?;
                     let stream = tls.connect(name.clone(), tcp).await.map_err(Error::Tls)?;
                     let (r, w) = tokio::io::split(stream);
                     Io {
-                        r: ReadIo::Tls(r),
+                        r: ReadIo::Tls(r, socket),
                         w: WriteIo::Tls(w),
                     }
                 }
@@ -525,7 +560,7 @@ impl PoolInner {
         Ok(Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
-            out: Vec::with_capacity(1024),
+            out: Zeroizing::new(Vec::with_capacity(1024)),
             idle_since: Instant::now(),
             _slot: Some(slot),
         })
@@ -637,27 +672,33 @@ enum Sent {
 /// match the framing announced in the head, or the request fails.
 async fn write_request(
     conn: &mut Conn,
+    head: &mut HeadParser,
     framing: ReqFraming,
     body: RequestBody,
 ) -> Result<Sent, Error> {
     let Conn { io, out, buf, .. } = conn;
     match body {
-        RequestBody::Stream(b) => write_streamed(conn, framing, b).await,
+        RequestBody::Stream(b) => write_streamed(conn, head, framing, b).await,
         RequestBody::Buffered(b) if out.len() + b.len() <= WRITE_COALESCE => {
             out.extend_from_slice(&b);
-            send(io, buf, out).await
+            send(io, buf, head, out).await
         }
         RequestBody::Buffered(b) => {
-            if send(io, buf, out).await? == Sent::Cut {
+            if send(io, buf, head, out).await? == Sent::Cut {
                 return Ok(Sent::Cut);
             }
-            send(io, buf, &b).await
+            send(io, buf, head, &b).await
         }
     }
 }
 
 /// Streams a body of unknown or announced length; see [`write_request`].
-async fn write_streamed<B>(conn: &mut Conn, framing: ReqFraming, body: B) -> Result<Sent, Error>
+async fn write_streamed<B>(
+    conn: &mut Conn,
+    head: &mut HeadParser,
+    framing: ReqFraming,
+    body: B,
+) -> Result<Sent, Error>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -665,7 +706,7 @@ where
     let Conn { io, out, buf, .. } = conn;
     if matches!(framing, ReqFraming::None) {
         // An empty body (the framing was chosen from it): the head is all.
-        return send(io, buf, out).await;
+        return send(io, buf, head, out).await;
     }
     let mut b = body;
     let chunked = framing == ReqFraming::Chunked;
@@ -681,14 +722,14 @@ where
             Poll::Pending => {
                 // Nothing more yet: send what there is before waiting.
                 if !out.is_empty() {
-                    if send(io, buf, out).await? == Sent::Cut {
+                    if send(io, buf, head, out).await? == Sent::Cut {
                         return Ok(Sent::Cut);
                     }
                     out.clear();
                 }
                 tokio::select! {
                     next = http_body_util::BodyExt::frame(&mut b) => next,
-                    early = answered(&mut io.r, buf) => {
+                    early = answered(&mut io.r, buf, head) => {
                         early?;
                         return Ok(Sent::Cut);
                     }
@@ -712,7 +753,9 @@ where
             let _ = write!(out, "{:x}\r\n", data.len());
         }
         if data.len() > WRITE_COALESCE {
-            if send(io, buf, out).await? == Sent::Cut || send(io, buf, &data).await? == Sent::Cut {
+            if send(io, buf, head, out).await? == Sent::Cut
+                || send(io, buf, head, &data).await? == Sent::Cut
+            {
                 return Ok(Sent::Cut);
             }
             out.clear();
@@ -723,7 +766,7 @@ where
             out.extend_from_slice(b"\r\n");
         }
         if out.len() >= WRITE_COALESCE {
-            if send(io, buf, out).await? == Sent::Cut {
+            if send(io, buf, head, out).await? == Sent::Cut {
                 return Ok(Sent::Cut);
             }
             out.clear();
@@ -737,11 +780,16 @@ where
     if chunked {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    send(io, buf, out).await
+    send(io, buf, head, out).await
 }
 
 /// Writes all of `data`, unless the upstream answers or closes first.
-async fn send(io: &mut Io, buf: &mut BytesMut, data: &[u8]) -> Result<Sent, Error> {
+async fn send(
+    io: &mut Io,
+    buf: &mut BytesMut,
+    head: &mut HeadParser,
+    data: &[u8],
+) -> Result<Sent, Error> {
     if data.is_empty() {
         return Ok(Sent::Whole);
     }
@@ -757,21 +805,27 @@ async fn send(io: &mut Io, buf: &mut BytesMut, data: &[u8]) -> Result<Sent, Erro
             written.map_err(Error::Io)?;
             Ok(Sent::Whole)
         }
-        early = answered(r, buf) => {
+        early = answered(r, buf, head) => {
             early?;
             Ok(Sent::Cut)
         }
     }
 }
 
-/// Resolves once the upstream has sent something, or closed, while the request is still
-/// going out; what it sent is kept in `buf` for the response parser.
-async fn answered(r: &mut ReadIo, buf: &mut BytesMut) -> Result<(), Error> {
-    buf.reserve(READ_CHUNK);
-    tokio::io::AsyncReadExt::read_buf(r, buf)
-        .await
-        .map(drop)
-        .map_err(Error::Io)
+/// Resolves once the upstream has sent a final response head, or closed, while the request
+/// is still going out; what it sent is kept in `buf` for the response parser. Interim heads
+/// (`100 Continue`, `103 Early Hints`) are taken as they complete and the sending goes on:
+/// an upstream that sends one still reads the rest of the body.
+async fn answered(r: &mut ReadIo, buf: &mut BytesMut, head: &mut HeadParser) -> Result<(), Error> {
+    loop {
+        buf.reserve(READ_CHUNK);
+        let n = tokio::io::AsyncReadExt::read_buf(r, buf)
+            .await
+            .map_err(Error::Io)?;
+        if n == 0 || head.skip_interim(buf)? {
+            return Ok(());
+        }
+    }
 }
 
 /// A response body from an upstream connection. When the body is read to its end, the
@@ -1004,6 +1058,20 @@ mod tests {
     }
 
     /// A connection to a loopback peer, and the peer's end.
+    /// A pool that keeps idle connections and never connects anywhere.
+    fn idle_pool() -> Pool {
+        Pool::new(PoolConfig {
+            address: "127.0.0.1:9".to_owned(),
+            tls: None,
+            host: "x".to_owned(),
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+            max_idle: 4,
+            body_read_timeout: Duration::from_secs(1),
+            limit: Arc::new(ConnLimit::new(4, 0, Duration::from_secs(1))),
+        })
+    }
+
     async fn pair() -> (Conn, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let io = TcpStream::connect(listener.local_addr().unwrap())
@@ -1017,7 +1085,9 @@ mod tests {
                 w: WriteIo::Plain(w),
             },
             buf: BytesMut::new(),
-            out: b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n".to_vec(),
+            out: Zeroizing::new(
+                b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n".to_vec(),
+            ),
             idle_since: Instant::now(),
             _slot: None,
         };
@@ -1057,12 +1127,24 @@ mod tests {
                     .map(|f: &'static str| Bytes::from_static(f.as_bytes()))
                     .collect(),
             );
-            let r = write_streamed(&mut conn, ReqFraming::Length(announced), body).await;
+            let r = write_streamed(
+                &mut conn,
+                &mut HeadParser::new(),
+                ReqFraming::Length(announced),
+                body,
+            )
+            .await;
             assert!(matches!(r, Err(Error::BodyLength)), "{announced}: {r:?}");
         }
         let (mut conn, _peer) = pair().await;
         let body = Frames([Bytes::from_static(b"0123456789")].into());
-        let r = write_streamed(&mut conn, ReqFraming::Length(10), body).await;
+        let r = write_streamed(
+            &mut conn,
+            &mut HeadParser::new(),
+            ReqFraming::Length(10),
+            body,
+        )
+        .await;
         assert!(matches!(r, Ok(Sent::Whole)), "{r:?}");
     }
 
@@ -1077,11 +1159,87 @@ mod tests {
         let body = Frames(std::iter::repeat_n(mib, 64).collect());
         let r = tokio::time::timeout(
             Duration::from_secs(20),
-            write_streamed(&mut conn, ReqFraming::Length(64 << 20), body),
+            write_streamed(
+                &mut conn,
+                &mut HeadParser::new(),
+                ReqFraming::Length(64 << 20),
+                body,
+            ),
         )
         .await
         .expect("the sending was not stopped by the answer");
         assert!(matches!(r, Ok(Sent::Cut)), "{r:?}");
         assert!(conn.buf.starts_with(b"HTTP/1.1 413"));
+    }
+
+    #[tokio::test]
+    async fn interim_answers_during_an_upload_do_not_stop_it() {
+        for interim in [
+            &b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\n"[..],
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n",
+        ] {
+            let (mut conn, mut peer) = pair().await;
+            let head_len = conn.out.len();
+            // 8 MiB cannot fit in socket buffers: the sending waits while the interim
+            // answer arrives, and the peer reads it all only afterwards.
+            let total = 8 << 20;
+            let reader = tokio::spawn(async move {
+                peer.write_all(interim).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let mut got = 0;
+                let mut chunk = vec![0u8; 1 << 16];
+                while got < head_len + total {
+                    let n = tokio::io::AsyncReadExt::read(&mut peer, &mut chunk)
+                        .await
+                        .unwrap();
+                    assert!(n > 0, "the upload stopped after {got} bytes");
+                    got += n;
+                }
+                peer
+            });
+            let mib = Bytes::from(vec![7u8; 1 << 20]);
+            let body = Frames(std::iter::repeat_n(mib, 8).collect());
+            let mut head = HeadParser::new();
+            let r = tokio::time::timeout(
+                Duration::from_secs(20),
+                write_streamed(&mut conn, &mut head, ReqFraming::Length(total as u64), body),
+            )
+            .await
+            .expect("the upload stalled");
+            assert!(matches!(r, Ok(Sent::Whole)), "{r:?}");
+            let _peer = reader.await.unwrap();
+            assert!(head.saw_interim());
+            // The parser goes on from where the upload left it.
+            conn.buf
+                .extend_from_slice(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n");
+            let h = head.parse(&mut conn.buf, false).unwrap().unwrap();
+            assert_eq!(h.status.as_u16(), 201);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_keeps_no_request_head() {
+        let (mut conn, _peer) = pair().await;
+        conn.out
+            .extend_from_slice(b"x-provider-token: s3cr3t-provider-key\r\n\r\n");
+        let pool = idle_pool();
+        pool.inner.checkin(conn, true);
+        let conn = pool.inner.checkout().expect("the connection was pooled");
+        assert!(conn.out.is_empty(), "{} bytes kept", conn.out.len());
+    }
+
+    #[tokio::test]
+    async fn bytes_that_arrive_on_an_idle_connection_take_it_out_of_the_pool() {
+        let (conn, mut peer) = pair().await;
+        let pool = idle_pool();
+        pool.inner.checkin(conn, true);
+        // The late rest of an answer, arriving without the task yielding in between: the
+        // runtime has not yet seen it, the socket has.
+        peer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlate!")
+            .await
+            .unwrap();
+        peer.flush().await.unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(pool.inner.checkout().is_none());
     }
 }

@@ -90,6 +90,34 @@ impl HeadParser {
         buf: &mut BytesMut,
         head_request: bool,
     ) -> Result<Option<Head>, ProtocolError> {
+        match self.advance(buf, Some(head_request))? {
+            Parsed::Final(head) => Ok(Some(head)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Takes the complete interim (1xx) heads at the start of `buf`, as [`Self::parse`]
+    /// would, and says whether a complete final head follows them; that head stays in `buf`
+    /// for [`Self::parse`]. For an answer that arrives while the request body is still
+    /// going out: `100 Continue` or `103 Early Hints` does not end the upload, a final head
+    /// does.
+    pub fn skip_interim(&mut self, buf: &mut BytesMut) -> Result<bool, ProtocolError> {
+        Ok(matches!(self.advance(buf, None)?, Parsed::FinalAhead))
+    }
+
+    /// Whether an interim head has been taken.
+    pub fn saw_interim(&self) -> bool {
+        self.interim > 0
+    }
+
+    /// Takes interim heads, then the final head when `take_final` says whether the request
+    /// was a HEAD; with `None` the final head is left in `buf`. `Partial` means more bytes
+    /// are needed.
+    fn advance(
+        &mut self,
+        buf: &mut BytesMut,
+        take_final: Option<bool>,
+    ) -> Result<Parsed, ProtocolError> {
         loop {
             // Nothing to parse until the blank line that ends a head is here.
             let from = self.scanned.saturating_sub(2);
@@ -98,12 +126,12 @@ impl HeadParser {
                 if self.interim_bytes + buf.len() > MAX_HEAD_BYTES {
                     return Err(ProtocolError::HeadTooLarge);
                 }
-                return Ok(None);
+                return Ok(Parsed::Partial);
             };
             if self.interim_bytes + end > MAX_HEAD_BYTES {
                 return Err(ProtocolError::HeadTooLarge);
             }
-            match parse_one(buf, head_request)? {
+            match parse_one(buf, take_final)? {
                 // The blank line was the end of a head: httparse agrees, or says why not.
                 Parsed::Partial => return Err(ProtocolError::Malformed("head")),
                 Parsed::Interim(len) => {
@@ -114,7 +142,7 @@ impl HeadParser {
                     self.interim_bytes += len;
                     self.scanned = 0;
                 }
-                Parsed::Final(head) => return Ok(Some(head)),
+                done => return Ok(done),
             }
         }
     }
@@ -148,9 +176,13 @@ enum Parsed {
     /// A 1xx head of this many bytes, taken out of the buffer.
     Interim(usize),
     Final(Head),
+    /// A complete final head, left in the buffer.
+    FinalAhead,
 }
 
-fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ProtocolError> {
+/// Parses the head at the start of `buf`; a final one is taken only with `take_final`
+/// (whether the request was a HEAD).
+fn parse_one(buf: &mut BytesMut, take_final: Option<bool>) -> Result<Parsed, ProtocolError> {
     // (name start, name end, value start, value end) within the head.
     let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
     let (len, code, minor, count) = {
@@ -192,6 +224,9 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ProtocolE
         return Ok(Parsed::Interim(len));
     }
     let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::Malformed("status"))?;
+    let Some(head_request) = take_final else {
+        return Ok(Parsed::FinalAhead);
+    };
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &(ns, ne, vs, ve) in &spans[..count] {
@@ -266,6 +301,11 @@ fn framing(
         }
     }
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        // A 204 that announces a body (RFC 9110 §8.6 forbids it) may well send one: its
+        // bytes could arrive after the connection went back to the pool.
+        if status == StatusCode::NO_CONTENT && (has_te || length.is_some_and(|n| n > 0)) {
+            reusable = false;
+        }
         return Ok((Framing::Empty, reusable));
     }
     if has_te {
@@ -538,7 +578,7 @@ mod tests {
         assert_eq!(ok("HTTP/1.1 200 OK\r\n\r\n"), (Framing::UntilClose, false));
         assert_eq!(
             ok("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
-            (Framing::Empty, true)
+            (Framing::Empty, false)
         );
         assert_eq!(
             ok("HTTP/1.1 304 Not Modified\r\n\r\n"),
@@ -560,6 +600,57 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn interim_heads_during_an_upload_are_taken_and_a_final_head_is_left_for_the_parser() {
+        let mut parser = HeadParser::new();
+        let mut buf =
+            BytesMut::from("HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 100 Con");
+        assert!(!parser.skip_interim(&mut buf).unwrap());
+        assert!(parser.saw_interim());
+        assert_eq!(&buf[..], b"HTTP/1.1 100 Con");
+        buf.extend_from_slice(b"tinue\r\n\r\n");
+        assert!(!parser.skip_interim(&mut buf).unwrap());
+        assert!(buf.is_empty());
+        buf.extend_from_slice(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n");
+        assert!(parser.skip_interim(&mut buf).unwrap());
+        assert!(
+            parser.skip_interim(&mut buf).unwrap(),
+            "the final head stays"
+        );
+        let h = parser.parse(&mut buf, false).unwrap().unwrap();
+        assert_eq!((h.status.as_u16(), h.framing), (401, Framing::Length(0)));
+
+        // The interim limits hold across both calls.
+        let mut parser = HeadParser::new();
+        let mut buf = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_INTERIM).as_str());
+        assert!(!parser.skip_interim(&mut buf).unwrap());
+        buf.extend_from_slice(b"HTTP/1.1 103 Early Hints\r\n\r\n");
+        assert!(parser.skip_interim(&mut buf).is_err());
+        let mut buf = BytesMut::from("HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert_eq!(
+            HeadParser::new().skip_interim(&mut buf),
+            Err(ProtocolError::UnexpectedUpgrade)
+        );
+    }
+
+    #[test]
+    fn a_no_content_answer_that_announces_a_body_leaves_its_connection_unusable() {
+        for raw in [
+            "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(framing_of(raw), Ok((Framing::Empty, false)), "{raw}");
+        }
+        assert_eq!(
+            framing_of("HTTP/1.1 204 No Content\r\n\r\n"),
+            Ok((Framing::Empty, true))
+        );
+        assert_eq!(
+            framing_of("HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n"),
+            Ok((Framing::Empty, true))
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod cli;
 mod clients;
 mod demo;
 mod examples;
+mod hostile_upstream;
 mod hsm;
 mod hsm_outage;
 mod jwt_interop;

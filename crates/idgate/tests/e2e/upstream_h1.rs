@@ -19,15 +19,15 @@ const TOKEN_ENV: &str = "TEST_H1_UPSTREAM_TOKEN";
 
 /// A request as the upstream read it off the wire.
 #[derive(Debug, Clone)]
-struct Raw {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Raw {
+    pub(crate) method: String,
+    pub(crate) target: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Raw {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -184,7 +184,7 @@ async fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Raw> {
     Some(raw)
 }
 
-async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Raw> {
+pub(crate) async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Raw> {
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
@@ -211,7 +211,7 @@ async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Raw> {
     })
 }
 
-async fn read_body(tcp: &mut TcpStream, buf: &mut Vec<u8>, raw: &mut Raw) -> Option<()> {
+pub(crate) async fn read_body(tcp: &mut TcpStream, buf: &mut Vec<u8>, raw: &mut Raw) -> Option<()> {
     if raw.header("transfer-encoding") == Some("chunked") {
         loop {
             let line_end = loop {
@@ -243,7 +243,7 @@ async fn read_body(tcp: &mut TcpStream, buf: &mut Vec<u8>, raw: &mut Raw) -> Opt
     Some(())
 }
 
-async fn fill(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+pub(crate) async fn fill(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
     let mut chunk = [0u8; 16 * 1024];
     match tcp.read(&mut chunk).await {
         Ok(0) | Err(_) => None,
@@ -254,7 +254,7 @@ async fn fill(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
     }
 }
 
-fn ok(body: &str) -> Vec<u8> {
+pub(crate) fn ok(body: &str) -> Vec<u8> {
     format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
@@ -374,7 +374,8 @@ async fn interim_responses_are_skipped_and_head_answers_carry_no_body() {
         // or read the next response as a body.
         let r = c.get("/next").await.unwrap();
         assert_eq!((r.status, &r.body[..]), (200, &b"after head"[..]));
-        assert_eq!(upstream.connections(), 1);
+        // The POST carried a body, so its connection ended with it; HEAD and GET shared one.
+        assert_eq!(upstream.connections(), 2);
     })
     .await
 }
@@ -707,4 +708,124 @@ fn check_refuses_http2_to_a_cleartext_upstream() {
         format!("{out}{err}").contains("upstreams[0].http2"),
         "{out}{err}"
     );
+}
+
+#[tokio::test]
+async fn a_body_on_a_get_head_options_or_delete_is_refused_unless_the_route_takes_one() {
+    within(async {
+        let upstream =
+            RawUpstream::start(|_, req| Answer::Send(ok(&format!("body {}", req.body.len()))))
+                .await;
+        let pki = Pki::default_pki();
+        let (port, admin) = (free_port(), free_port());
+        let route = |path: &str, allow_body: bool| {
+            format!(
+                "\n[[routes]]\nname = \"{path}\"\nmethods = [\"GET\", \"HEAD\", \"OPTIONS\", \"DELETE\", \"POST\"]\npath = \"/{path}/{{*rest}}\"\nupstream = \"provider\"\nallow = [\"{ONBOARDING}\"]\n{}\n",
+                if allow_body { "allow_body = true" } else { "" }
+            )
+        };
+        let config = format!(
+            "{}\n[[upstreams]]\nname = \"provider\"\nurl = \"{}\"\n{}{}",
+            base_config(&pki, port, admin),
+            upstream.url(),
+            route("strict", false),
+            route("open", true)
+        );
+        let gw = Gateway::start(&config, port, admin, &[]).await;
+        let c = client(&pki, &gw);
+        for method in ["GET", "HEAD", "OPTIONS", "DELETE"] {
+            let r = c.send(method, "/strict/x", &[], "a body").await.unwrap();
+            assert_eq!(r.status, 400, "{method}");
+            if method != "HEAD" {
+                let problem = r.json();
+                assert_eq!(
+                    problem["type"], "https://idgate.dev/problems/body-not-allowed",
+                    "{method}"
+                );
+                assert!(
+                    problem["detail"].as_str().unwrap().contains(method),
+                    "{problem}"
+                );
+            }
+        }
+        // A chunked body says nothing of its length up front: it is a body all the same.
+        let r = c
+            .send(
+                "GET",
+                "/strict/chunked",
+                &[("transfer-encoding", "chunked")],
+                "a body",
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400);
+        // So is one over HTTP/2.
+        let h2 = Client::new(&pki, Some(ONBOARDING), gw.port, true);
+        let r = h2.send("DELETE", "/strict/h2", &[], "a body").await.unwrap();
+        assert_eq!(r.status, 400);
+        assert!(
+            upstream.seen().is_empty(),
+            "a refused request reached the upstream"
+        );
+
+        // A length of 0 is no body; a POST takes one; the route that opts in passes it on.
+        let r = c
+            .send("GET", "/strict/empty", &[("content-length", "0")], "")
+            .await
+            .unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"body 0"[..]));
+        let r = c.send("POST", "/strict/post", &[], "a body").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"body 6"[..]));
+        let r = c.send("DELETE", "/open/x", &[], "a body").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"body 6"[..]));
+        let targets: Vec<String> = upstream.seen().into_iter().map(|r| r.target).collect();
+        assert_eq!(targets, ["/strict/empty", "/strict/post", "/open/x"]);
+    })
+    .await
+}
+
+#[test]
+fn check_refuses_a_client_or_allow_body_that_cannot_apply() {
+    let pki = Pki::default_pki();
+    for (upstream_extra, route_extra, key, reason) in [
+        (
+            "client = \"curl\"",
+            "",
+            "upstreams[0].client",
+            "use \"native\" or \"hyper\"",
+        ),
+        (
+            "client = \"native\"\nhttp2 = true",
+            "",
+            "upstreams[0].client",
+            "uses hyper's client",
+        ),
+        (
+            "",
+            "allow_body = true",
+            "routes[0].allow_body",
+            "lists none of them",
+        ),
+        ("", "allow_body = \"yes\"", "allow_body", "invalid type"),
+    ] {
+        let config = OneRoute {
+            url: "https://127.0.0.1:9",
+            upstream_extra,
+            methods: r#"["POST", "PUT"]"#,
+            ..OneRoute::default()
+        }
+        .config(&pki, free_port(), free_port())
+            + route_extra
+            + "\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idgate.toml");
+        std::fs::write(&path, config).unwrap();
+        let (code, out, err) = run(std::process::Command::new(bin())
+            .arg("check")
+            .arg("--config")
+            .arg(&path));
+        assert_eq!(code, 2, "{key}: {out}{err}");
+        let said = format!("{out}{err}");
+        assert!(said.contains(key) && said.contains(reason), "{key}: {said}");
+    }
 }
