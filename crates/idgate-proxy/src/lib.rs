@@ -9,6 +9,7 @@ pub mod h1;
 pub mod listener;
 pub mod metrics;
 pub mod oauth2;
+pub mod path;
 pub mod pipeline;
 pub mod problem;
 pub mod routes;
