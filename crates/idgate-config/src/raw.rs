@@ -82,6 +82,8 @@ pub(crate) struct Upstream {
     #[serde(default)]
     pub(crate) http2: Option<bool>,
     #[serde(default)]
+    pub(crate) case_insensitive_paths: Option<bool>,
+    #[serde(default)]
     pub(crate) credential: Option<Credential>,
 }
 
