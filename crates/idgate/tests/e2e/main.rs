@@ -16,6 +16,7 @@ mod keys;
 mod layers;
 mod limits;
 mod oauth2_upstream;
+mod paths;
 mod proxy;
 mod rotation;
 mod smoke;
