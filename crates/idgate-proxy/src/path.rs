@@ -430,4 +430,51 @@ mod tests {
             assert_eq!(canon(&once).unwrap(), once, "{p}");
         }
     }
+
+    /// The fuzz target's properties over many paths made of the pieces that matter.
+    #[test]
+    fn generated_paths_canonicalise_to_a_fixed_point_or_are_refused() {
+        const PIECES: &[&str] = &[
+            "/", "/", "a", "Z", "9", "-", ".", "..", "_", "~", "%", "%2", "%2e", "%2E", "%2f",
+            "%41", "%61", "%7e", "%3a", "%40", "%3A", "%20", "%c3", "%C3", "%a9", "%A9", "%c0",
+            "%ae", "%80", "%ed", "%a0", "%f0", "%9f", "%98", "%zz", ";", "\\", "{", "}", "|",
+            ":", "@", "+", "%2b", "%25", "%00", "\u{e9}",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut accepted = 0;
+        for _ in 0..50_000 {
+            let mut p = String::from("/");
+            for _ in 0..(next() % 10) {
+                p.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+            }
+            let Ok(c) = canonical(&p) else { continue };
+            accepted += 1;
+            assert!(c.is_ascii() && !c.contains(['\\', ';']), "{p} -> {c}");
+            let b = c.as_bytes();
+            for (i, _) in c.match_indices('%') {
+                let hex = &b[i + 1..i + 3];
+                assert!(
+                    hex.iter().all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(h)),
+                    "{p} -> {c}"
+                );
+                let v = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap();
+                assert!(
+                    !(is_unreserved(v) || b":@/\\;%\0".contains(&v)),
+                    "{p} -> {c}"
+                );
+            }
+            assert!(check_segments(&c).is_ok());
+            assert!(
+                matches!(canonical(&c), Ok(Cow::Borrowed(again)) if again == c),
+                "{p} -> {c} is not a fixed point"
+            );
+        }
+        assert!(accepted > 5_000, "only {accepted} accepted");
+    }
 }
