@@ -15,7 +15,11 @@ fn check_canonical(path: &str) {
     let b = path.as_bytes();
     for (i, _) in path.match_indices('%') {
         let hex = &b[i + 1..i + 3];
-        assert!(hex.iter().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c)), "{path}");
+        assert!(
+            hex.iter()
+                .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c)),
+            "{path}"
+        );
         let v = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap();
         assert!(
             !(v.is_ascii_alphanumeric() || b"-._~:@/\\;%\0".contains(&v)),
@@ -24,7 +28,9 @@ fn check_canonical(path: &str) {
     }
     let inner = path[1..].strip_suffix('/').unwrap_or(&path[1..]);
     if !inner.is_empty() {
-        assert!(inner.split('/').all(|s| !s.is_empty() && s != "." && s != ".."));
+        assert!(inner
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != ".."));
     }
 }
 
@@ -32,10 +38,15 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         // Config templates go through the same rules; the canonical one is a fixed point.
         if let Ok(t) = canonical_template(text) {
-            assert!(matches!(canonical_template(&t), Ok(Cow::Borrowed(_))), "{t}");
+            assert!(
+                matches!(canonical_template(&t), Ok(Cow::Borrowed(_))),
+                "{t}"
+            );
         }
     }
-    let Ok(uri) = http::Uri::try_from(data) else { return };
+    let Ok(uri) = http::Uri::try_from(data) else {
+        return;
+    };
     match canonical(uri.path()) {
         Ok(c) => {
             check_canonical(&c);
@@ -43,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Cow::Borrowed(again)) => assert_eq!(again, &*c),
                 other => panic!("{c} is not a fixed point: {other:?}"),
             }
-            if !uri.path().contains(['%', '"', '<', '>', '[', ']', '^', '`', '{', '|', '}']) {
+            if !uri
+                .path()
+                .contains(['%', '"', '<', '>', '[', ']', '^', '`', '{', '|', '}'])
+            {
                 assert!(matches!(c, Cow::Borrowed(_)), "{} was copied", uri.path());
             }
             let mut rewritten = uri.clone();

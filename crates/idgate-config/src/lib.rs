@@ -25,8 +25,8 @@ use serde::de::DeserializeOwned;
 
 pub use auth::{ApiKeysConfig, JwtIssuerConfig, TokenClientConfig, TokenEndpointConfig};
 pub use duration::parse_duration;
-pub use routing::fold_template;
 pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
+pub use routing::fold_template;
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -541,7 +541,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         issuers,
     };
     let routes = routes(&mut cx, raw_routes, &upstreams, &trust_domains, &layers);
-    let upstream_names: Vec<&str> = upstreams.iter().flatten().map(|u| u.name.as_str()).collect();
+    let upstream_names: Vec<&str> = upstreams
+        .iter()
+        .flatten()
+        .map(|u| u.name.as_str())
+        .collect();
     warnings.extend(routing::shadow_warnings(&routes, &upstream_names));
     if token_endpoint.is_some() {
         for r in &routes {

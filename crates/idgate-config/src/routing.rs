@@ -91,7 +91,10 @@ fn shadows(literal: &str, param: &str, ignore_case: bool) -> bool {
                 let rest = &a[i..];
                 let non_empty = rest.iter().any(|s| *s != Segment::Literal(""));
                 return non_empty
-                    && (narrower || rest.iter().any(|s| matches!(s, Segment::Literal(x) if !x.is_empty())));
+                    && (narrower
+                        || rest
+                            .iter()
+                            .any(|s| matches!(s, Segment::Literal(x) if !x.is_empty())));
             }
             _ => return false,
         }
@@ -115,7 +118,11 @@ pub(crate) fn shadow_warnings(routes: &[RouteConfig], upstream_names: &[&str]) -
                 .map(|m| m.as_str())
                 .collect();
             if methods.is_empty()
-                || !shadows(&lit.path, &par.path, lit.case_insensitive || par.case_insensitive)
+                || !shadows(
+                    &lit.path,
+                    &par.path,
+                    lit.case_insensitive || par.case_insensitive,
+                )
             {
                 continue;
             }
@@ -158,10 +165,7 @@ mod tests {
     fn folding_ignores_case_and_parameter_names() {
         assert_eq!(fold_template("/API/Users/{id}"), "/api/users/{p0}");
         assert_eq!(fold_template("/api/users/{ID}"), "/api/users/{p0}");
-        assert_eq!(
-            fold_template("/A/{x}.PDF/{*Rest}"),
-            "/a/{p0}.pdf/{*p1}"
-        );
+        assert_eq!(fold_template("/A/{x}.PDF/{*Rest}"), "/a/{p0}.pdf/{*p1}");
         assert_eq!(fold_template("/{{Lit}}"), "/{{lit}}");
     }
 
@@ -205,12 +209,12 @@ mod tests {
         }
         match crate::parse(std::path::Path::new("t.toml"), &text) {
             Ok(_) => Vec::new(),
-            Err(e) => e
-                .0
-                .into_iter()
-                .filter(|e| e.key.ends_with(".path"))
-                .map(|e| format!("{}: {}", e.key, e.reason))
-                .collect(),
+            Err(e) => {
+                e.0.into_iter()
+                    .filter(|e| e.key.ends_with(".path"))
+                    .map(|e| format!("{}: {}", e.key, e.reason))
+                    .collect()
+            }
         }
     }
 

@@ -66,12 +66,13 @@ pub fn canonicalize(uri: &mut Uri) -> Result<(), Refusal> {
         None => path,
     };
     let mut parts = std::mem::take(uri).into_parts();
-    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).map_err(|e| {
-        Refusal::Internal {
-            reason: format!("canonical path rejected: {e}"),
-        }
-    })?);
-    *uri = Uri::from_parts(parts).map_err(|e| Refusal::Internal {
+    let rebuilt = PathAndQuery::try_from(path_and_query)
+        .map_err(http::Error::from)
+        .and_then(|pq| {
+            parts.path_and_query = Some(pq);
+            Uri::from_parts(parts).map_err(http::Error::from)
+        });
+    *uri = rebuilt.map_err(|e| Refusal::Internal {
         reason: format!("canonical path rejected: {e}"),
     })?;
     Ok(())
@@ -243,7 +244,18 @@ fn allowed_raw(c: u8) -> bool {
     is_unreserved(c)
         || matches!(
             c,
-            b'/' | b':' | b'@' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'='
+            b'/' | b':'
+                | b'@'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b'='
         )
 }
 
@@ -437,8 +449,8 @@ mod tests {
         const PIECES: &[&str] = &[
             "/", "/", "a", "Z", "9", "-", ".", "..", "_", "~", "%", "%2", "%2e", "%2E", "%2f",
             "%41", "%61", "%7e", "%3a", "%40", "%3A", "%20", "%c3", "%C3", "%a9", "%A9", "%c0",
-            "%ae", "%80", "%ed", "%a0", "%f0", "%9f", "%98", "%zz", ";", "\\", "{", "}", "|",
-            ":", "@", "+", "%2b", "%25", "%00", "\u{e9}",
+            "%ae", "%80", "%ed", "%a0", "%f0", "%9f", "%98", "%zz", ";", "\\", "{", "}", "|", ":",
+            "@", "+", "%2b", "%25", "%00", "\u{e9}",
         ];
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
         let mut next = || {
@@ -460,7 +472,8 @@ mod tests {
             for (i, _) in c.match_indices('%') {
                 let hex = &b[i + 1..i + 3];
                 assert!(
-                    hex.iter().all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(h)),
+                    hex.iter()
+                        .all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(h)),
                     "{p} -> {c}"
                 );
                 let v = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap();

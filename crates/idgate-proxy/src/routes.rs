@@ -192,7 +192,10 @@ impl RouteTable {
             return match folded {
                 Some(entry)
                     if entry.route(method).is_none()
-                        && entry.by_method.iter().any(|&(_, r)| self.routes[r].case_insensitive) =>
+                        && entry
+                            .by_method
+                            .iter()
+                            .any(|&(_, r)| self.routes[r].case_insensitive) =>
                 {
                     Err(RouteMiss::WrongMethod(&entry.allow_header))
                 }
@@ -242,7 +245,11 @@ mod tests {
             ("export", "GET", "/api/users/export", true),
         ])
         .unwrap();
-        for p in ["/api/users/export", "/api/users/EXPORT", "/API/Users/Export"] {
+        for p in [
+            "/api/users/export",
+            "/api/users/EXPORT",
+            "/API/Users/Export",
+        ] {
             assert_eq!(found(&t, "GET", p), "export", "{p}");
         }
         assert_eq!(found(&t, "GET", "/api/users/Alice"), "read");
@@ -276,8 +283,14 @@ mod tests {
     #[test]
     fn templates_not_in_canonical_form_are_refused() {
         let e = table(&[("x", "GET", "/api/%65xport", false)]).unwrap_err();
-        assert!(e.contains("routes[0].path") && e.contains("/api/export"), "{e}");
+        assert!(
+            e.contains("routes[0].path") && e.contains("/api/export"),
+            "{e}"
+        );
         let e = table(&[("x", "GET", "/api/../{id}", false)]).unwrap_err();
-        assert!(e.contains("routes[0].path") && e.contains("never match"), "{e}");
+        assert!(
+            e.contains("routes[0].path") && e.contains("never match"),
+            "{e}"
+        );
     }
 }

@@ -128,7 +128,10 @@ async fn encoded_spellings_of_a_guarded_literal_are_routed_to_it_and_refused() {
         // The workload the export route is for gets it under any spelling, and the
         // upstream receives the canonical path the route was chosen on.
         let [h1, h2] = s.clients(EXPORTER);
-        for (c, path) in [(&h1, "/api/users/%65xport?all=%2f1"), (&h2, "/api/users/exp%6frt")] {
+        for (c, path) in [
+            (&h1, "/api/users/%65xport?all=%2f1"),
+            (&h2, "/api/users/exp%6frt"),
+        ] {
             let r = c.get(path).await.unwrap();
             assert_eq!(r.status, 200, "{path}: {:?}", r.body);
         }
@@ -139,7 +142,11 @@ async fn encoded_spellings_of_a_guarded_literal_are_routed_to_it_and_refused() {
 
         // The parameter route still takes everything else, forwarded in canonical form.
         let [h1, _] = s.clients(ONBOARDING);
-        for path in ["/api/users/%41lice", "/api/users/caf%c3%a9", "/api/users/a%7cb"] {
+        for path in [
+            "/api/users/%41lice",
+            "/api/users/caf%c3%a9",
+            "/api/users/a%7cb",
+        ] {
             let r = h1.get(path).await.unwrap();
             assert_eq!(r.status, 200, "{path}: {:?}", r.body);
         }
@@ -273,8 +280,10 @@ async fn check_warns_when_a_literal_shadows_a_parameter_with_another_allow_list(
         }
 
         // The same allow list on both: nothing to warn about.
-        let same = users_config(&pki, 8443, 9901, "http://127.0.0.1:1", "")
-            .replace(&format!("[\"{EXPORTER}\"]"), "[\"spiffe://example.org/ns/kyc/*\"]");
+        let same = users_config(&pki, 8443, 9901, "http://127.0.0.1:1", "").replace(
+            &format!("[\"{EXPORTER}\"]"),
+            "[\"spiffe://example.org/ns/kyc/*\"]",
+        );
         let (code, _, err) = check(same).await;
         assert_eq!(code, 0, "{err}");
         assert!(!err.contains("shadows"), "{err}");
