@@ -19,7 +19,7 @@ pub struct Route {
     /// Shared with metrics labels and logs.
     pub name: Arc<str>,
     pub upstream: usize,
-    /// Literal segments were matched without case (the upstream's `case_insensitive_paths`).
+    /// Literal segments are matched without case (the upstream's `case_insensitive_paths`).
     pub case_insensitive: bool,
     pub allow: Vec<AllowEntry>,
     pub auth: RouteAuth,
@@ -147,7 +147,12 @@ impl RouteTable {
             if let Some(folded) = &mut folded {
                 folded
                     .add(fold_template(&rc.path), &rc.methods, i)
-                    .map_err(|e| format!("route {}: {e}", rc.name))?;
+                    .map_err(|e| {
+                        format!(
+                            "routes[{i}].path: \"{}\" cannot be matched without case (case_insensitive_paths): {e}",
+                            rc.path
+                        )
+                    })?;
             }
             routes.push(Route {
                 name: rc.name.as_str().into(),
