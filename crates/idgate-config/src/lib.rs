@@ -8,6 +8,7 @@
 mod auth;
 mod duration;
 mod raw;
+mod routing;
 pub mod vault;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -25,6 +26,7 @@ use serde::de::DeserializeOwned;
 pub use auth::{ApiKeysConfig, JwtIssuerConfig, TokenClientConfig, TokenEndpointConfig};
 pub use duration::parse_duration;
 pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
+pub use routing::fold_template;
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +215,9 @@ pub struct UpstreamConfig {
     pub http2: bool,
     /// Which HTTP/1.1 client talks to the upstream.
     pub client: ClientKind,
+    /// The upstream reads paths without regard to case (`/Export` is `/export` to it), so
+    /// the literal segments of its routes are matched without case too.
+    pub case_insensitive_paths: bool,
     pub credential: Option<CredentialConfig>,
 }
 
@@ -240,6 +245,8 @@ pub struct RouteConfig {
     pub path: String,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
+    /// Literal segments match without case: the upstream's `case_insensitive_paths`.
+    pub case_insensitive: bool,
     /// Who may use the route (default deny): SPIFFE IDs and patterns, `apikey:NAME`,
     /// `client:ID`, `sub:SUBJECT`.
     pub allow: Vec<AllowEntry>,
@@ -567,6 +574,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         issuers,
     };
     let routes = routes(&mut cx, raw_routes, &upstreams, &trust_domains, &layers);
+    let upstream_names: Vec<&str> = upstreams
+        .iter()
+        .flatten()
+        .map(|u| u.name.as_str())
+        .collect();
+    warnings.extend(routing::shadow_warnings(&routes, &upstream_names));
     if token_endpoint.is_some() {
         for r in &routes {
             if matches!(
@@ -940,6 +953,7 @@ fn upstream(
         forwarded_for: u.forwarded_for.unwrap_or(true),
         http2: u.http2.unwrap_or(false),
         client: client.unwrap_or_default(),
+        case_insensitive_paths: u.case_insensitive_paths.unwrap_or(false),
         credential,
     };
     (cx.errors.len() == before).then_some(out)
@@ -1142,6 +1156,8 @@ fn routes(
     // Path template → methods already taken, to find two routes claiming the same request.
     let mut by_path: BTreeMap<String, Vec<(Method, usize)>> = BTreeMap::new();
     let mut router = matchit::Router::new();
+    // Template folded for matching without case → (route, template, upstream ignores case).
+    let mut folded: HashMap<String, (usize, String, bool)> = HashMap::new();
     let mut out = Vec::new();
     for (i, r) in raw {
         let key = format!("routes[{i}]");
@@ -1208,6 +1224,29 @@ fn routes(
                 0
             }
         };
+        let case_insensitive = upstreams
+            .iter()
+            .flatten()
+            .nth(upstream)
+            .is_some_and(|u| u.case_insensitive_paths);
+        if r.path.starts_with('/') {
+            let entry = folded.entry(fold_template(&r.path)).or_insert((
+                i,
+                r.path.clone(),
+                case_insensitive,
+            ));
+            if entry.1 != r.path && (entry.2 || case_insensitive) {
+                cx.err(
+                    format!("{key}.path"),
+                    format!(
+                        "\"{}\" and the path of routes[{}], \"{}\", differ only in case or parameter names, \
+                         and one of them goes to an upstream with case_insensitive_paths: no request could be told apart",
+                        r.path, entry.0, entry.1
+                    ),
+                );
+            }
+            entry.2 |= case_insensitive;
+        }
         if r.allow.is_empty() {
             cx.err(
                 format!("{key}.allow"),
@@ -1290,6 +1329,7 @@ fn routes(
                 methods,
                 path: r.path,
                 upstream,
+                case_insensitive,
                 allow,
                 auth,
                 scopes,

@@ -91,6 +91,7 @@ pub(crate) struct Upstream {
     pub(crate) http2: Option<bool>,
     #[serde(default)]
     pub(crate) client: Option<String>,
+    pub(crate) case_insensitive_paths: Option<bool>,
     #[serde(default)]
     pub(crate) credential: Option<Credential>,
 }

@@ -10,6 +10,7 @@ pub mod limit;
 pub mod listener;
 pub mod metrics;
 pub mod oauth2;
+pub mod path;
 pub mod pipeline;
 pub mod problem;
 pub mod routes;

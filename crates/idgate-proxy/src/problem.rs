@@ -13,6 +13,8 @@ use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use idgate_auth::AuthFailure;
 
+use crate::path::BadEncoding;
+
 /// Where problem `type` URIs point; each is described in `docs/problems.md`.
 pub const PROBLEM_BASE: &str = "https://idgate.dev/problems/";
 
@@ -22,6 +24,9 @@ pub enum Refusal {
     /// The path has dot segments, encoded slashes or other forms that could be read one way
     /// here and another way upstream.
     AmbiguousPath,
+    /// The request target has a raw byte outside ASCII or a percent-escape that is broken or
+    /// not UTF-8.
+    InvalidEncoding(BadEncoding),
     NoRoute,
     MethodNotAllowed {
         allow: HeaderValue,
@@ -71,6 +76,11 @@ impl Refusal {
                 StatusCode::BAD_REQUEST,
                 "ambiguous-path",
                 "Ambiguous request path",
+            ),
+            Self::InvalidEncoding(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-target-encoding",
+                "Invalid encoding in the request target",
             ),
             Self::NoRoute => (StatusCode::NOT_FOUND, "no-route", "No such route"),
             Self::MethodNotAllowed { .. } => (
@@ -137,7 +147,19 @@ impl Refusal {
                 ));
             }
             Self::AmbiguousPath => {
-                "The path contains '.' or '..' segments, an empty segment, a backslash, a ';', or a percent-encoded '/', '\\', '.', ';', '%' or NUL; send the normalized path."
+                "The path contains '.' or '..' segments (percent-encoded or not), an empty segment, a backslash, a ';', or a percent-encoded '/', '\\', ';', '%' or NUL; send the normalized path."
+            }
+            Self::InvalidEncoding(BadEncoding::NonAsciiPath) => {
+                "The path contains a byte outside ASCII; percent-encode its UTF-8 bytes."
+            }
+            Self::InvalidEncoding(BadEncoding::NonAsciiQuery) => {
+                "The query string contains a byte outside ASCII; percent-encode its UTF-8 bytes."
+            }
+            Self::InvalidEncoding(BadEncoding::MalformedEscape) => {
+                "The path contains a '%' that is not followed by two hexadecimal digits."
+            }
+            Self::InvalidEncoding(BadEncoding::NotUtf8) => {
+                "The path contains percent-encoded bytes that are not UTF-8 (an overlong form, a lone continuation byte or a surrogate)."
             }
             Self::NoRoute => "No route matches this path.",
             Self::MethodNotAllowed { .. } => {

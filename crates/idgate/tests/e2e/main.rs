@@ -19,6 +19,7 @@ mod limits;
 mod oauth2_upstream;
 mod openbao;
 mod principals;
+mod paths;
 mod proxy;
 mod rotation;
 mod slow_clients;

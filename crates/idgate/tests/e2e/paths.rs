@@ -1,0 +1,323 @@
+//! Request paths end to end: a route guarded by a literal segment cannot be reached under
+//! another spelling of its path (percent-encoding, case with `case_insensitive_paths`),
+//! broken encodings are refused, the upstream receives the canonical path the route was
+//! chosen on, and `idgate check` judges templates and warns about literal/parameter siblings.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// The one workload allowed to export; kyc workloads may only read single users.
+const EXPORTER: &str = "spiffe://example.org/ns/admin/sa/exporter";
+
+fn pki() -> Pki {
+    Pki::new(TD, &[ONBOARDING, EXPORTER])
+}
+
+/// `GET /api/users/{id}` for every `ns/kyc/*` workload, and `GET /api/users/export` for
+/// [`EXPORTER`] alone, both to one upstream; `upstream_extra` goes in its table.
+fn users_config(pki: &Pki, port: u16, admin: u16, url: &str, upstream_extra: &str) -> String {
+    format!(
+        r#"{base}
+[[upstreams]]
+name = "users"
+url = "{url}"
+{upstream_extra}
+
+[[routes]]
+name = "user-read"
+methods = ["GET"]
+path = "/api/users/{{id}}"
+upstream = "users"
+allow = ["spiffe://example.org/ns/kyc/*"]
+
+[[routes]]
+name = "user-export"
+methods = ["GET"]
+path = "/api/users/export"
+upstream = "users"
+allow = ["{EXPORTER}"]
+"#,
+        base = base_config(pki, port, admin),
+    )
+}
+
+struct Users {
+    pki: Pki,
+    upstream: TestUpstream,
+    _gw: Gateway,
+    port: u16,
+}
+
+impl Users {
+    async fn start(upstream_extra: &str) -> Self {
+        let pki = pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let (port, admin) = (free_port(), free_port());
+        let config = users_config(&pki, port, admin, &upstream.url(false), upstream_extra);
+        let gw = Gateway::start(&config, port, admin, &[]).await;
+        Self {
+            pki,
+            upstream,
+            _gw: gw,
+            port,
+        }
+    }
+
+    /// An HTTP/1.1 and an HTTP/2 client presenting `id`'s SVID.
+    fn clients(&self, id: &str) -> [Client; 2] {
+        [
+            Client::new(&self.pki, Some(id), self.port, false),
+            Client::new(&self.pki, Some(id), self.port, true),
+        ]
+    }
+
+    fn seen_paths(&self) -> Vec<String> {
+        self.upstream
+            .requests()
+            .into_iter()
+            .map(|s| s.path_and_query)
+            .collect()
+    }
+}
+
+/// The problem type of a refusal, after checking the status and the media type.
+fn problem_type(reply: &Reply, status: u16, path: &str) -> String {
+    assert_eq!(
+        reply.status,
+        status,
+        "{path}: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json"),
+        "{path}"
+    );
+    reply.json()["type"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn encoded_spellings_of_a_guarded_literal_are_routed_to_it_and_refused() {
+    within(async {
+        let s = Users::start("").await;
+        for c in s.clients(ONBOARDING) {
+            for path in [
+                "/api/users/export",
+                "/api/users/%65xport",
+                "/api/users/exp%6Frt",
+                "/api/users/exp%6frt",
+                "/api/users/%65%78%70%6f%72%74",
+                "/api/users/%65%78%70%6F%72%74?all=1",
+            ] {
+                let r = c.get(path).await.unwrap();
+                assert_eq!(
+                    problem_type(&r, 403, path),
+                    "https://idgate.dev/problems/forbidden",
+                    "{path}"
+                );
+            }
+        }
+        assert!(
+            s.upstream.requests().is_empty(),
+            "a kyc workload reached the upstream: {:?}",
+            s.seen_paths()
+        );
+
+        // The workload the export route is for gets it under any spelling, and the
+        // upstream receives the canonical path the route was chosen on.
+        let [h1, h2] = s.clients(EXPORTER);
+        for (c, path) in [
+            (&h1, "/api/users/%65xport?all=%2f1"),
+            (&h2, "/api/users/exp%6frt"),
+        ] {
+            let r = c.get(path).await.unwrap();
+            assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+        }
+        assert_eq!(
+            s.seen_paths(),
+            ["/api/users/export?all=%2f1", "/api/users/export"]
+        );
+
+        // The parameter route still takes everything else, forwarded in canonical form.
+        let [h1, _] = s.clients(ONBOARDING);
+        for path in [
+            "/api/users/%41lice",
+            "/api/users/caf%c3%a9",
+            "/api/users/a%7cb",
+        ] {
+            let r = h1.get(path).await.unwrap();
+            assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+        }
+        assert_eq!(
+            &s.seen_paths()[2..],
+            [
+                "/api/users/Alice",
+                "/api/users/caf%C3%A9",
+                "/api/users/a%7Cb"
+            ]
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn case_variants_reach_the_literal_route_when_the_upstream_ignores_case() {
+    within(async {
+        let s = Users::start("case_insensitive_paths = true").await;
+        for c in s.clients(ONBOARDING) {
+            for path in [
+                "/api/users/EXPORT",
+                "/api/users/Export",
+                "/API/Users/eXp%4Frt",
+                "/api/users/%45XPORT",
+            ] {
+                let r = c.get(path).await.unwrap();
+                assert_eq!(
+                    problem_type(&r, 403, path),
+                    "https://idgate.dev/problems/forbidden",
+                    "{path}"
+                );
+            }
+        }
+        assert!(
+            s.upstream.requests().is_empty(),
+            "a kyc workload reached the upstream: {:?}",
+            s.seen_paths()
+        );
+        let [h1, h2] = s.clients(EXPORTER);
+        assert_eq!(h1.get("/api/users/EXPORT").await.unwrap().status, 200);
+        // A parameter keeps its case: only literal segments are compared without it.
+        assert_eq!(h2.get("/API/users/%41lice").await.unwrap().status, 403);
+        let [kyc, _] = s.clients(ONBOARDING);
+        assert_eq!(kyc.get("/API/users/%41lice").await.unwrap().status, 200);
+        assert_eq!(s.seen_paths(), ["/api/users/EXPORT", "/API/users/Alice"]);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn broken_encodings_and_non_ascii_get_400_and_never_reach_the_upstream() {
+    within(async {
+        let s = Users::start("").await;
+        let invalid = "https://idgate.dev/problems/invalid-target-encoding";
+        let ambiguous = "https://idgate.dev/problems/ambiguous-path";
+        for c in s.clients(ONBOARDING) {
+            for (path, want) in [
+                // Overlong `.` (`%C0%AE`), alone and as a dot segment.
+                ("/api/users/%C0%AE", invalid),
+                ("/api/users/%C0%AE%C0%AE/export", invalid),
+                ("/api/users/%c0%ae", invalid),
+                ("/api/users/%E0%80%AE", invalid),
+                // A lone continuation byte, a truncated sequence, a surrogate.
+                ("/api/users/%80export", invalid),
+                ("/api/users/exp%C3rt", invalid),
+                ("/api/users/%ED%A0%80", invalid),
+                ("/api/users/%zz", invalid),
+                ("/api/users/%6", invalid),
+                // Raw bytes outside ASCII, in the path and in the query.
+                ("/api/users/caf\u{e9}", invalid),
+                ("/api/users/1?name=caf\u{e9}", invalid),
+                // Dot segments are recognised after decoding.
+                ("/api/users/%2e%2e/users/export", ambiguous),
+                ("/api/users/.%2E/x", ambiguous),
+                ("/api/users/a%2Fb", ambiguous),
+            ] {
+                let r = c.get(path).await.unwrap();
+                assert_eq!(problem_type(&r, 400, path), want, "{path}");
+            }
+        }
+        assert!(
+            s.upstream.requests().is_empty(),
+            "reached the upstream: {:?}",
+            s.seen_paths()
+        );
+    })
+    .await
+}
+
+/// Runs `idgate check` on `config`: (exit code, stdout, stderr).
+async fn check(config: String) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idgate.toml");
+    std::fs::write(&path, config).unwrap();
+    tokio::task::spawn_blocking(move || {
+        let _dir = dir;
+        run_bounded(
+            Command::new(bin())
+                .arg("check")
+                .arg("--config")
+                .arg(&path)
+                .env_remove("IDGATE_LOG"),
+            Duration::from_secs(20),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn check_warns_when_a_literal_shadows_a_parameter_with_another_allow_list() {
+    within(async {
+        let pki = pki();
+        let config = users_config(&pki, 8443, 9901, "http://127.0.0.1:1", "");
+        let (code, out, err) = check(config).await;
+        assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+        let warning = err
+            .lines()
+            .find(|l| l.contains("shadows"))
+            .unwrap_or_else(|| panic!("no warning:\n{err}"));
+        for part in [
+            "warning: ",
+            "routes[1] \"user-export\" (GET /api/users/export)",
+            "routes[0] \"user-read\" (GET /api/users/{id})",
+            "allow list",
+            "canonicalised",
+            "upstream \"users\" must agree",
+        ] {
+            assert!(warning.contains(part), "{part:?} missing from: {warning}");
+        }
+
+        // The same allow list on both: nothing to warn about.
+        let same = users_config(&pki, 8443, 9901, "http://127.0.0.1:1", "").replace(
+            &format!("[\"{EXPORTER}\"]"),
+            "[\"spiffe://example.org/ns/kyc/*\"]",
+        );
+        let (code, _, err) = check(same).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(!err.contains("shadows"), "{err}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn check_refuses_templates_that_could_never_match_or_differ_only_in_case() {
+    within(async {
+        let pki = pki();
+        let encoded = users_config(&pki, 8443, 9901, "http://127.0.0.1:1", "")
+            .replace("\"/api/users/export\"", "\"/api/users/%65xport\"");
+        let (code, out, err) = check(encoded).await;
+        assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+        assert!(
+            err.contains("routes[1].path") && err.contains("write \"/api/users/export\""),
+            "{err}"
+        );
+
+        let by_case = users_config(
+            &pki,
+            8443,
+            9901,
+            "http://127.0.0.1:1",
+            "case_insensitive_paths = true",
+        )
+        .replace("\"/api/users/export\"", "\"/API/Users/{user}\"");
+        let (code, out, err) = check(by_case).await;
+        assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+        assert!(
+            err.contains("routes[1].path") && err.contains("case_insensitive_paths"),
+            "{err}"
+        );
+    })
+    .await
+}
