@@ -7,6 +7,7 @@
 
 mod auth;
 mod duration;
+mod proxies;
 mod raw;
 pub mod vault;
 
@@ -24,6 +25,7 @@ use serde::de::DeserializeOwned;
 
 pub use auth::{ApiKeysConfig, JwtIssuerConfig, TokenClientConfig, TokenEndpointConfig};
 pub use duration::parse_duration;
+pub use proxies::TrustedProxies;
 pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
 
 /// One problem in a configuration file.
@@ -86,6 +88,9 @@ pub struct ListenerConfig {
     /// or told to go away (HTTP/2); `None`: only the client certificate's expiry ends it.
     pub max_connection_age: Option<Duration>,
     pub max_header_bytes: usize,
+    /// Proxies whose `x-forwarded-for` (and other forwarding headers) are passed on; from
+    /// any other peer they are replaced by the peer's own address.
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(Debug, Clone)]
@@ -658,6 +663,13 @@ fn listener(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
         }
         Some(n) => n as usize,
     };
+    let mut trusted = Vec::new();
+    for (n, entry) in l.trusted_proxies.iter().enumerate() {
+        match TrustedProxies::parse_entry(entry) {
+            Ok(net) => trusted.push(net),
+            Err(reason) => cx.err(format!("listener.trusted_proxies[{n}]"), reason),
+        }
+    }
     ListenerConfig {
         bind,
         tls_min_version,
@@ -676,6 +688,7 @@ fn listener(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
         max_connections_per_ip,
         max_connection_age,
         max_header_bytes,
+        trusted_proxies: TrustedProxies::new(trusted),
     }
 }
 
@@ -1076,6 +1089,12 @@ fn routes(
         }
         for (m, s) in r.methods.iter().enumerate() {
             match Method::from_bytes(s.as_bytes()) {
+                // TRACE echoes the request, credentials injected by the gateway included;
+                // CONNECT turns the connection into a tunnel no policy applies to.
+                Ok(Method::TRACE | Method::CONNECT) => cx.err(
+                    format!("{key}.methods[{m}]"),
+                    format!("{s} is never forwarded: TRACE would echo the injected credential back, CONNECT would open a tunnel past every check"),
+                ),
                 Ok(method) if s.bytes().all(|b| b.is_ascii_uppercase()) => methods.push(method),
                 _ => cx.err(
                     format!("{key}.methods[{m}]"),

@@ -11,7 +11,8 @@
 //!   4. authorize  the route's allow list, then the method's scopes     (403, default deny)
 //!   5. forward    strip hop-by-hop headers and the caller's credentials, inject or sign
 //!                 with the upstream credential (503 when it cannot be produced), set
-//!                 x-request-id and x-forwarded-for, call the upstream with its timeouts
+//!                 x-request-id and x-forwarded-for (appended to only for a trusted proxy),
+//!                 call the upstream with its timeouts
 //!                                                             (502 / 504)
 //!   6. respond    strip hop-by-hop headers, return x-request-id; one access-log line
 //! ```
@@ -51,6 +52,22 @@ pub type ProxyBody = Either<UpstreamResponseBody, Full<Bytes>>;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Headers that tell an upstream who sent a request and how it arrived. Only a trusted proxy
+/// may pass them on; from anyone else they are claims the caller made about itself.
+static FORWARDING: [&HeaderName; 6] = [
+    &X_FORWARDED_FOR,
+    &FORWARDED,
+    &X_FORWARDED_HOST,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_PORT,
+    &X_REAL_IP,
+];
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -61,6 +78,9 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The client's IP as a header value, made once per connection for `x-forwarded-for`.
     pub remote_ip: HeaderValue,
+    /// Whether the peer is one of `listener.trusted_proxies`, whose forwarding headers are
+    /// passed on.
+    pub trusted_proxy: bool,
     /// RFC 8705 thumbprint of the client certificate (`x5t#S256`), for bound tokens.
     pub cert_thumbprint: Option<String>,
 }
@@ -425,11 +445,15 @@ async fn forward<'u>(
         }
     }
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
-    if upstream.forwarded_for {
+    if upstream.forwarded_for && conn.trusted_proxy {
         append_forwarded_for(h, &conn.remote_ip);
     } else {
-        // Neither the caller's address nor any it claims goes to this upstream.
-        h.remove(&X_FORWARDED_FOR);
+        // A caller that is not a trusted proxy could name any address; and an upstream
+        // without `forwarded_for` gets no address, the caller's or any it claims.
+        remove_all(h, &FORWARDING);
+        if upstream.forwarded_for {
+            h.insert(X_FORWARDED_FOR.clone(), conn.remote_ip.clone());
+        }
     }
 
     let body = match &upstream.credential {

@@ -559,6 +559,42 @@ fn dev_pki_refuses_a_malformed_spiffe_id_or_trust_domain() {
     }
 }
 
+#[test]
+fn check_refuses_trace_connect_and_malformed_trusted_proxies() {
+    let ws = Workspace::new();
+    let config = ws.write(
+        "idgate.toml",
+        &format!(
+            "{}{}{}",
+            ws.base(
+                r#"trusted_proxies = ["10.0.0.0/8", "10.0.0.1/8", "proxy.internal", "::/0", "::ffff:192.0.2.0/120"]"#,
+                ""
+            ),
+            upstream("provider", &format!("env:{SET_ENV}")),
+            route("r", "/r", "provider", "allow", ONBOARDING)
+                .replace(r#"methods = ["GET"]"#, r#"methods = ["GET", "TRACE", "CONNECT"]"#),
+        ),
+    );
+    let (code, out, err) = check(&ws, &config);
+    let all = format!("{out}{err}");
+    assert_eq!(code, 2, "{all}");
+    let missing = missing_problems(
+        &all,
+        &config,
+        &[
+            ("routes[0].methods[1]", "TRACE is never forwarded"),
+            ("routes[0].methods[2]", "CONNECT is never forwarded"),
+            ("listener.trusted_proxies[1]", "write \"10.0.0.0/8\""),
+            ("listener.trusted_proxies[2]", "not an address or a CIDR"),
+            ("listener.trusted_proxies[3]", "trusts every address"),
+        ],
+    );
+    assert!(missing.is_empty(), "{missing:#?}\n{all}");
+    for fine in ["trusted_proxies[0]", "trusted_proxies[4]", "methods[0]"] {
+        assert!(!all.contains(fine), "{fine} was refused:\n{all}");
+    }
+}
+
 // ---------------------------------------------------------------------------------- serve
 
 #[test]
