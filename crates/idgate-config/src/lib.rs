@@ -505,9 +505,19 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         ));
     }
 
+    // Upstreams that are there but invalid: their own errors say why, so routes naming them
+    // add nothing.
+    let mut broken_upstreams = HashSet::new();
     let upstreams = array::<raw::Upstream>(&mut cx, &mut table, "upstreams")
         .into_iter()
-        .map(|(i, u)| upstream(&mut cx, i, u, &mut warnings))
+        .map(|(i, u)| {
+            let name = u.name.clone();
+            let valid = upstream(&mut cx, i, u, &mut warnings);
+            if valid.is_none() {
+                broken_upstreams.insert(name);
+            }
+            valid
+        })
         .collect::<Vec<_>>();
     let trust_domains: HashSet<TrustDomain> = identity
         .as_ref()
@@ -538,7 +548,13 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),
         issuers,
     };
-    let routes = routes(&mut cx, raw_routes, &upstreams, &trust_domains, &layers);
+    let routes = routes(
+        &mut cx,
+        raw_routes,
+        (&upstreams, &broken_upstreams),
+        &trust_domains,
+        &layers,
+    );
     if token_endpoint.is_some() {
         for r in &routes {
             if matches!(
@@ -1042,7 +1058,7 @@ struct Layers {
 fn routes(
     cx: &mut Ctx<'_>,
     raw: Vec<(usize, raw::Route)>,
-    upstreams: &[Option<UpstreamConfig>],
+    (upstreams, broken_upstreams): (&[Option<UpstreamConfig>], &HashSet<String>),
     trust_domains: &HashSet<TrustDomain>,
     layers: &Layers,
 ) -> Vec<RouteConfig> {
@@ -1131,13 +1147,14 @@ fn routes(
             );
         }
         let upstream = match upstream_index.get(r.upstream.as_str()) {
-            Some(&u) => u,
+            Some(&u) => Some(u),
+            None if broken_upstreams.contains(&r.upstream) => None,
             None => {
                 cx.err(
                     format!("{key}.upstream"),
                     format!("no upstream is named \"{}\"", r.upstream),
                 );
-                0
+                None
             }
         };
         if r.allow.is_empty() {
@@ -1209,7 +1226,9 @@ fn routes(
                 "scopes come from API keys and tokens: add \"api_key\" or \"jwt\" to this route's auth",
             );
         }
-        if cx.errors.len() == before {
+        if let Some(upstream) = upstream
+            && cx.errors.len() == before
+        {
             out.push(RouteConfig {
                 name: r.name,
                 methods,
