@@ -25,8 +25,8 @@ use serde::de::DeserializeOwned;
 
 pub use auth::{ApiKeysConfig, JwtIssuerConfig, TokenClientConfig, TokenEndpointConfig};
 pub use duration::parse_duration;
-pub use proxies::TrustedProxies;
 pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
+pub use proxies::TrustedProxies;
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -84,7 +84,13 @@ mod tests {
         ] {
             assert!(t.contains(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["11.0.0.1", "::ffff:11.0.0.1", "192.0.3.1", "2001:db9::1", "::1"] {
+        for ip in [
+            "11.0.0.1",
+            "::ffff:11.0.0.1",
+            "192.0.3.1",
+            "2001:db9::1",
+            "::1",
+        ] {
             assert!(!t.contains(ip.parse().unwrap()), "{ip}");
         }
         assert_eq!(
@@ -103,7 +109,14 @@ mod tests {
 
     #[test]
     fn host_bits_everything_and_garbage_are_refused() {
-        for bad in ["10.0.0.1/8", "0.0.0.0/0", "::/0", "10.0.0.0/33", "proxy.local", ""] {
+        for bad in [
+            "10.0.0.1/8",
+            "0.0.0.0/0",
+            "::/0",
+            "10.0.0.0/33",
+            "proxy.local",
+            "",
+        ] {
             assert!(TrustedProxies::parse_entry(bad).is_err(), "{bad}");
         }
     }

@@ -200,14 +200,18 @@ pub async fn handle(
     let mut upstream_status = None;
     let mut credential: Option<(&str, Arc<str>)> = None;
     let mut caller_label: Option<String> = None;
+    // The request body while nothing has read it: a refusal reads it away (see `linger`).
+    let expects_continue = req.headers().contains_key(header::EXPECT);
+    let (parts, body) = req.into_parts();
+    let mut unread = Some(body);
 
     let result = async {
-        check_path(req.uri())?;
+        check_path(&parts.uri)?;
         if let Some(endpoint) = &snapshot.token_endpoint
-            && TokenEndpoint::handles(req.uri().path())
+            && TokenEndpoint::handles(parts.uri.path())
+            && let Some(body) = unread.take()
         {
             route_name = &services.route_oauth2;
-            let (parts, body) = req.into_parts();
             let rid = request_id.to_str().unwrap_or("-");
             let (resp, client_auth_failed) = endpoint
                 .handle(
@@ -224,9 +228,8 @@ pub async fn handle(
             }
             return Ok(resp.map(Either::Right));
         }
-        let route = route(&snapshot, &req)?;
+        let route = route(&snapshot, &parts)?;
         route_name = &route.name;
-        let (parts, body) = req.into_parts();
         let caller = authn::authenticate(route, &conn, &parts, &snapshot.auth)
             .await
             .map_err(|f| services.auth_failed(&conn, f))?;
@@ -236,6 +239,11 @@ pub async fn handle(
         if caller.api_key.is_some() || caller.token.is_some() {
             caller_label = Some(caller.label());
         }
+        let Some(body) = unread.take() else {
+            return Err(Refusal::Internal {
+                reason: "the request body was taken before forwarding".to_owned(),
+            });
+        };
         let req = Request::from_parts(parts, body);
         let upstream = &snapshot.upstreams[route.upstream];
         let resp = forward(
@@ -246,6 +254,7 @@ pub async fn handle(
             start,
             &services,
             &mut credential,
+            &mut unread,
             req,
         )
         .await?;
@@ -267,7 +276,15 @@ pub async fn handle(
                     "request refused"
                 );
             }
-            refusal.into_response(request_id_str).map(Either::Right)
+            let mut resp = refusal.into_response(request_id_str).map(Either::Right);
+            if let Some(body) = unread.take()
+                && !linger(body, expects_continue)
+                && version < Version::HTTP_2
+            {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     };
     let status = resp.status().as_u16();
@@ -341,10 +358,10 @@ pub fn check_path(uri: &Uri) -> Result<(), Refusal> {
 }
 
 /// Stage 2.
-fn route<'s>(snapshot: &'s Snapshot, req: &Request<Incoming>) -> Result<&'s Route, Refusal> {
+fn route<'s>(snapshot: &'s Snapshot, req: &http::request::Parts) -> Result<&'s Route, Refusal> {
     snapshot
         .routes
-        .find(req.method(), req.uri().path())
+        .find(&req.method, req.uri.path())
         .map_err(|miss| match miss {
             RouteMiss::NoPath => Refusal::NoRoute,
             RouteMiss::WrongMethod(allow) => Refusal::MethodNotAllowed {
@@ -420,9 +437,10 @@ async fn forward<'u>(
     started: Instant,
     services: &Services,
     used: &mut Option<(&'u str, Arc<str>)>,
+    unread: &mut Option<Incoming>,
     req: Request<Incoming>,
 ) -> Result<Response<UpstreamResponseBody>, Refusal> {
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
 
     // Forwarded as received: without a base path the received bytes are shared, not copied.
     let path_and_query = match (upstream.base_path.is_empty(), parts.uri.path_and_query()) {
@@ -482,14 +500,24 @@ async fn forward<'u>(
                     .ok_or(Refusal::Busy)?,
                 );
                 // A trickled body must not hold the connection (and its buffer) for ever.
-                let bytes = tokio::time::timeout(
+                let read = tokio::time::timeout(
                     upstream.request_timeout,
-                    read_body(body, upstream.max_body_bytes),
+                    read_body(&mut body, upstream.max_body_bytes),
                 )
                 .await
                 .map_err(|_| Refusal::BadBody {
                     reason: "the request body did not arrive in time".to_owned(),
-                })??;
+                })?;
+                let bytes = match read {
+                    Ok(bytes) => bytes,
+                    Err(refusal) => {
+                        // What is left of a body too large is read away before the answer.
+                        if matches!(refusal, Refusal::BodyTooLarge) {
+                            *unread = Some(body);
+                        }
+                        return Err(refusal);
+                    }
+                };
                 (RequestBody::Buffered(bytes.clone()), bytes)
             } else {
                 (RequestBody::Stream(body), Bytes::new())
@@ -564,7 +592,8 @@ async fn forward<'u>(
     }
 }
 
-async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, Refusal> {
+/// Reads the body whole, up to `limit`; on `BodyTooLarge` the rest is still in `body`.
+async fn read_body(body: &mut Incoming, limit: u64) -> Result<Bytes, Refusal> {
     use http_body::Body as _;
     if body.size_hint().lower() > limit {
         return Err(Refusal::BodyTooLarge);
@@ -577,6 +606,46 @@ async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, Refusal> {
             reason: e.to_string(),
         }),
     }
+}
+
+/// How much of a refused request's body is read and thrown away, and for how long at most.
+const LINGER_BYTES: u64 = 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// Reads away the unread body of a refused request, beside the answer, as nginx's lingering
+/// close does. A client still sending does not read the answer yet: over HTTP/1.1, closing
+/// with its bytes unread makes the kernel reset the connection, which can destroy the answer
+/// before the client reads it; over HTTP/2, the stream would be reset while the client is
+/// still sending, which some clients (curl 7.88) report as an error instead of the answer.
+/// Read to its end, the body leaves neither: the HTTP/1.1 connection even stays usable.
+///
+/// Returns whether the body will be read to its end (as far as can be known); if not, an
+/// HTTP/1.1 answer should close the connection so that the client stops sending. A body
+/// announced with `Expect: 100-continue` is never invited: it is not read at all.
+fn linger(body: Incoming, expects_continue: bool) -> bool {
+    use http_body::Body as _;
+    use http_body_util::BodyExt as _;
+    if body.is_end_stream() {
+        return true;
+    }
+    if expects_continue || body.size_hint().lower() > LINGER_BYTES {
+        return false;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut left = LINGER_BYTES;
+        let _ = tokio::time::timeout(LINGER_TIME, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                match left.checked_sub(n) {
+                    Some(l) => left = l,
+                    None => return,
+                }
+            }
+        })
+        .await;
+    });
+    true
 }
 
 fn append_forwarded_for(h: &mut HeaderMap, ip: &HeaderValue) {

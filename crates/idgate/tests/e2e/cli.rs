@@ -645,9 +645,10 @@ fn check_shows_the_warnings_its_parts_raise_while_loading() {
     assert_eq!(code, 0, "{out}{err}");
     let file = config.display().to_string();
     assert!(
-        err.lines()
-            .any(|l| l.starts_with(&format!("warning: {file}: {NO_STORE_YET}"))
-                && l.contains("keys.redb")),
+        err.lines().any(
+            |l| l.starts_with(&format!("warning: {file}: {NO_STORE_YET}"))
+                && l.contains("keys.redb")
+        ),
         "no warning about the missing store on stderr:\n{err}"
     );
     assert!(out.contains("valid"), "{out}");
@@ -677,7 +678,11 @@ async fn serve_logs_the_warnings_its_parts_raise_while_loading() {
                 .and_then(|v| v.as_str())
                 .is_some_and(|m| m.starts_with(NO_STORE_YET))
     });
-    assert!(warned, "no warning about the missing store:\n{}", gw.output());
+    assert!(
+        warned,
+        "no warning about the missing store:\n{}",
+        gw.output()
+    );
 }
 
 // ---------------------------------------------------------------------------------- serve

@@ -645,16 +645,16 @@ async fn a_callers_own_x_forwarded_for_is_replaced_by_its_address() {
         );
         let seen = s.upstream.last();
         for (name, _) in &CLAIMED_ORIGIN[1..] {
-            assert!(seen.headers.get(*name).is_none(), "{name} reached the upstream");
+            assert!(
+                seen.headers.get(*name).is_none(),
+                "{name} reached the upstream"
+            );
         }
         let two_lines = [
             ("x-forwarded-for", "198.51.100.1, 203.0.113.7"),
             ("x-forwarded-for", "192.0.2.9"),
         ];
-        assert_eq!(
-            forwarded_for_seen(&s, &c, &two_lines).await,
-            ["127.0.0.1"]
-        );
+        assert_eq!(forwarded_for_seen(&s, &c, &two_lines).await, ["127.0.0.1"]);
     })
     .await
 }
