@@ -1349,3 +1349,39 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     })
     .await
 }
+
+/// rustls writes through the `log` crate; its lines join the gateway's log at the level the
+/// configuration asks for, and not below it.
+#[tokio::test]
+async fn rustls_lines_reach_the_log_at_the_configured_level() {
+    within(async {
+        // rustls says which suite it chose ("decided upon suite …") before the client's
+        // missing certificate ends the handshake; the reason is the gateway's own line.
+        let rustls_line = |gw: &Gateway| {
+            json_lines(&gw.output()).into_iter().any(|l| {
+                l.get("target")
+                    .and_then(|t| t.as_str())
+                    .is_some_and(|t| t.starts_with("rustls::"))
+                    && l.get("message")
+                        .and_then(|m| m.as_str())
+                        .is_some_and(|m| m.starts_with("decided upon suite"))
+                    && l.get("level").and_then(|v| v.as_str()) == Some("DEBUG")
+            })
+        };
+        for (level, shown) in [("info,rustls=debug", true), ("info", false)] {
+            let s = Setup::start_with(UpstreamMode::Echo, "", |c| {
+                c.replace("level = \"info\"", &format!("level = \"{level}\""))
+            })
+            .await;
+            // No client certificate: the handshake fails.
+            assert!(s.client(None).get(DECISION).await.is_err());
+            assert_eventually!(
+                !log_lines(&s.gw, "idgate::tls", "TLS handshake refused").is_empty(),
+                "the refused handshake was not logged:\n{}",
+                s.gw.output()
+            );
+            assert_eq!(rustls_line(&s.gw), shown, "level {level}:\n{}", s.gw.output());
+        }
+    })
+    .await
+}
