@@ -616,7 +616,9 @@ allow = ["client:svc"]
         let gw = Gateway::start(&config, port, admin, &[]).await;
         assert_eventually!(
             asked.load(std::sync::atomic::Ordering::SeqCst) > 0
-                && gw.output().contains("cannot fetch the issuer's signing keys"),
+                && gw
+                    .output()
+                    .contains("cannot fetch the issuer's signing keys"),
             "no fetch at start-up:\n{}",
             gw.output()
         );

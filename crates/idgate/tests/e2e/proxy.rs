@@ -1380,7 +1380,12 @@ async fn rustls_lines_reach_the_log_at_the_configured_level() {
                 "the refused handshake was not logged:\n{}",
                 s.gw.output()
             );
-            assert_eq!(rustls_line(&s.gw), shown, "level {level}:\n{}", s.gw.output());
+            assert_eq!(
+                rustls_line(&s.gw),
+                shown,
+                "level {level}:\n{}",
+                s.gw.output()
+            );
         }
     })
     .await
