@@ -870,6 +870,23 @@ async fn serves_http1_and_http2_chosen_by_alpn() {
 }
 
 #[tokio::test]
+async fn http1_connection_stays_usable_after_a_refused_upload() {
+    within(async {
+        let s = Setup::start(UpstreamMode::Echo).await;
+        let mut conn = s.client(Some(FRONTEND)).connect().await.unwrap();
+        let body = "x".repeat(512 * 1024);
+        let r = conn.send("POST", "/v2/session/", &[], &body).await.unwrap();
+        assert_problem(&r, 403, &[]);
+        assert!(r.header("connection").is_none(), "{:?}", r.headers);
+        // The refused body was read away, so the next request follows on the same connection.
+        let r = conn.send("GET", "/v1/profile/p1", &[], "").await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(s.upstream.requests().len(), 1);
+    })
+    .await
+}
+
+#[tokio::test]
 async fn http1_keep_alive_serves_several_requests_on_one_connection() {
     within(async {
         let s = Setup::start(UpstreamMode::Echo).await;
