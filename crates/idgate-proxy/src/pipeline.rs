@@ -511,7 +511,7 @@ async fn forward<'u>(
                 let bytes = match read {
                     Ok(bytes) => bytes,
                     Err(refusal) => {
-                        // What is left of a body too large is read away before the answer.
+                        // What is left of a body too large is read away beside the answer.
                         if matches!(refusal, Refusal::BodyTooLarge) {
                             *unread = Some(body);
                         }
