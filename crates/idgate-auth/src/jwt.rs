@@ -40,7 +40,7 @@ use crate::failure::AuthFailure;
 use jwks::{JwksLocation, KeySet, KeySource, Remote};
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat` unless configured.
-pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 /// How old fetched keys may get before they are refreshed in the background.
 pub const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
 /// The least time between two fetches of one issuer's keys, whatever the tokens say.

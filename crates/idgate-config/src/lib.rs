@@ -7,6 +7,7 @@
 
 mod auth;
 mod duration;
+mod proxies;
 mod raw;
 mod routing;
 pub mod vault;
@@ -26,6 +27,7 @@ use serde::de::DeserializeOwned;
 pub use auth::{ApiKeysConfig, JwtIssuerConfig, TokenClientConfig, TokenEndpointConfig};
 pub use duration::parse_duration;
 pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
+pub use proxies::TrustedProxies;
 pub use routing::fold_template;
 
 /// One problem in a configuration file.
@@ -91,6 +93,9 @@ pub struct ListenerConfig {
     /// A response the caller stops reading: when writing to it makes no progress for this
     /// long, the HTTP/1.1 connection is closed or the HTTP/2 stream reset.
     pub send_timeout: Duration,
+    /// Proxies whose `x-forwarded-for` (and other forwarding headers) are passed on; from
+    /// any other peer they are replaced by the peer's own address.
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(Debug, Clone)]
@@ -540,9 +545,19 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         ));
     }
 
+    // Upstreams that are there but invalid: their own errors say why, so routes naming them
+    // add nothing.
+    let mut broken_upstreams = HashSet::new();
     let upstreams = array::<raw::Upstream>(&mut cx, &mut table, "upstreams")
         .into_iter()
-        .map(|(i, u)| upstream(&mut cx, i, u, &mut warnings))
+        .map(|(i, u)| {
+            let name = u.name.clone();
+            let valid = upstream(&mut cx, i, u, &mut warnings);
+            if valid.is_none() {
+                broken_upstreams.insert(name);
+            }
+            valid
+        })
         .collect::<Vec<_>>();
     let trust_domains: HashSet<TrustDomain> = identity
         .as_ref()
@@ -573,7 +588,13 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),
         issuers,
     };
-    let routes = routes(&mut cx, raw_routes, &upstreams, &trust_domains, &layers);
+    let routes = routes(
+        &mut cx,
+        raw_routes,
+        (&upstreams, &broken_upstreams),
+        &trust_domains,
+        &layers,
+    );
     let upstream_names: Vec<&str> = upstreams
         .iter()
         .flatten()
@@ -704,6 +725,13 @@ fn listener(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
         }
         Some(n) => n as usize,
     };
+    let mut trusted = Vec::new();
+    for (n, entry) in l.trusted_proxies.iter().enumerate() {
+        match TrustedProxies::parse_entry(entry) {
+            Ok(net) => trusted.push(net),
+            Err(reason) => cx.err(format!("listener.trusted_proxies[{n}]"), reason),
+        }
+    }
     ListenerConfig {
         bind,
         tls_min_version,
@@ -727,6 +755,7 @@ fn listener(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
             l.send_timeout,
             Duration::from_secs(30),
         ),
+        trusted_proxies: TrustedProxies::new(trusted),
     }
 }
 
@@ -1130,7 +1159,7 @@ struct Layers {
 fn routes(
     cx: &mut Ctx<'_>,
     raw: Vec<(usize, raw::Route)>,
-    upstreams: &[Option<UpstreamConfig>],
+    (upstreams, broken_upstreams): (&[Option<UpstreamConfig>], &HashSet<String>),
     trust_domains: &HashSet<TrustDomain>,
     layers: &Layers,
 ) -> Vec<RouteConfig> {
@@ -1179,6 +1208,12 @@ fn routes(
         }
         for (m, s) in r.methods.iter().enumerate() {
             match Method::from_bytes(s.as_bytes()) {
+                // TRACE echoes the request, credentials injected by the gateway included;
+                // CONNECT turns the connection into a tunnel no policy applies to.
+                Ok(Method::TRACE | Method::CONNECT) => cx.err(
+                    format!("{key}.methods[{m}]"),
+                    format!("{s} is never forwarded: TRACE would echo the injected credential back, CONNECT would open a tunnel past every check"),
+                ),
                 Ok(method) if s.bytes().all(|b| b.is_ascii_uppercase()) => methods.push(method),
                 _ => cx.err(
                     format!("{key}.methods[{m}]"),
@@ -1215,19 +1250,18 @@ fn routes(
             );
         }
         let upstream = match upstream_index.get(r.upstream.as_str()) {
-            Some(&u) => u,
+            Some(&u) => Some(u),
+            None if broken_upstreams.contains(&r.upstream) => None,
             None => {
                 cx.err(
                     format!("{key}.upstream"),
                     format!("no upstream is named \"{}\"", r.upstream),
                 );
-                0
+                None
             }
         };
-        let case_insensitive = upstreams
-            .iter()
-            .flatten()
-            .nth(upstream)
+        let case_insensitive = upstream
+            .and_then(|u| upstreams.iter().flatten().nth(u))
             .is_some_and(|u| u.case_insensitive_paths);
         if r.path.starts_with('/') {
             let entry = folded.entry(fold_template(&r.path)).or_insert((
@@ -1323,7 +1357,9 @@ fn routes(
                 "scopes come from API keys and tokens: add \"api_key\" or \"jwt\" to this route's auth",
             );
         }
-        if cx.errors.len() == before {
+        if let Some(upstream) = upstream
+            && cx.errors.len() == before
+        {
             out.push(RouteConfig {
                 name: r.name,
                 methods,

@@ -27,6 +27,7 @@ pub(crate) struct Listener {
     pub(crate) max_header_bytes: Option<u32>,
     #[serde(default)]
     pub(crate) send_timeout: Option<String>,
+    pub(crate) trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -278,6 +278,7 @@ async fn serve_connection(
         peer,
         remote,
         remote_ip,
+        trusted_proxy: shared.config.trusted_proxies.contains(remote.ip()),
         cert_thumbprint,
     });
 

@@ -13,7 +13,8 @@
 //!                                                             (403, default deny)
 //!   5. forward    strip hop-by-hop headers and the caller's credentials, inject or sign
 //!                 with the upstream credential (503 when it cannot be produced), set
-//!                 x-request-id and x-forwarded-for, call the upstream with its timeouts
+//!                 x-request-id and x-forwarded-for (appended to only for a trusted proxy),
+//!                 call the upstream with its timeouts
 //!                                                             (502 / 504)
 //!   6. respond    strip hop-by-hop headers, return x-request-id; one access-log line
 //! ```
@@ -55,6 +56,22 @@ pub type ProxyBody = Either<UpstreamResponseBody, Full<Bytes>>;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Headers that tell an upstream who sent a request and how it arrived. Only a trusted proxy
+/// may pass them on; from anyone else they are claims the caller made about itself.
+static FORWARDING: [&HeaderName; 6] = [
+    &X_FORWARDED_FOR,
+    &FORWARDED,
+    &X_FORWARDED_HOST,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_PORT,
+    &X_REAL_IP,
+];
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -65,6 +82,9 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The client's IP as a header value, made once per connection for `x-forwarded-for`.
     pub remote_ip: HeaderValue,
+    /// Whether the peer is one of `listener.trusted_proxies`, whose forwarding headers are
+    /// passed on.
+    pub trusted_proxy: bool,
     /// RFC 8705 thumbprint of the client certificate (`x5t#S256`), for bound tokens.
     pub cert_thumbprint: Option<String>,
 }
@@ -171,7 +191,7 @@ pub async fn handle(
     snapshot: Arc<Snapshot>,
     conn: Arc<ConnInfo>,
     services: Arc<Services>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
@@ -184,14 +204,18 @@ pub async fn handle(
     let mut upstream_status = None;
     let mut credential: Option<(&str, Arc<str>)> = None;
     let mut caller_label: Option<String> = None;
+    // The request body while nothing has read it: a refusal reads it away (see `linger`).
+    let expects_continue = req.headers().contains_key(header::EXPECT);
+    let (mut parts, body) = req.into_parts();
+    let mut unread = Some(body);
 
     let result = async {
-        path::canonicalize(req.uri_mut())?;
+        path::canonicalize(&mut parts.uri)?;
         if let Some(endpoint) = &snapshot.token_endpoint
-            && TokenEndpoint::handles(req.uri().path())
+            && TokenEndpoint::handles(parts.uri.path())
+            && let Some(body) = unread.take()
         {
             route_name = &services.route_oauth2;
-            let (parts, body) = req.into_parts();
             let rid = request_id.to_str().unwrap_or("-");
             let (resp, client_auth_failed) = endpoint
                 .handle(
@@ -208,9 +232,8 @@ pub async fn handle(
             }
             return Ok(resp.map(Either::Right));
         }
-        let route = route(&snapshot, &req)?;
+        let route = route(&snapshot, &parts)?;
         route_name = &route.name;
-        let (parts, body) = req.into_parts();
         let caller = authn::authenticate(route, &conn, &parts, &snapshot.auth)
             .await
             .map_err(|f| services.auth_failed(&conn, f))?;
@@ -228,12 +251,17 @@ pub async fn handle(
         // would read it as the next request on its connection.
         if !route.allow_body
             && idgate_config::body_needs_opt_in(&parts.method)
-            && carries_body(&body)
+            && unread.as_ref().is_some_and(carries_body)
         {
             return Err(Refusal::BodyNotAllowed {
                 method: parts.method,
             });
         }
+        let Some(body) = unread.take() else {
+            return Err(Refusal::Internal {
+                reason: "the request body was taken before forwarding".to_owned(),
+            });
+        };
         let req = Request::from_parts(parts, body);
         let upstream = &snapshot.upstreams[route.upstream];
         let resp = forward(
@@ -244,6 +272,7 @@ pub async fn handle(
             start,
             &services,
             &mut credential,
+            &mut unread,
             req,
         )
         .await?;
@@ -265,7 +294,15 @@ pub async fn handle(
                     "request refused"
                 );
             }
-            refusal.into_response(request_id_str).map(Either::Right)
+            let mut resp = refusal.into_response(request_id_str).map(Either::Right);
+            if let Some(body) = unread.take()
+                && !linger(body, expects_continue)
+                && version < Version::HTTP_2
+            {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     };
     let status = resp.status().as_u16();
@@ -293,10 +330,10 @@ pub async fn handle(
 }
 
 /// Stage 2.
-fn route<'s>(snapshot: &'s Snapshot, req: &Request<Incoming>) -> Result<&'s Route, Refusal> {
+fn route<'s>(snapshot: &'s Snapshot, req: &http::request::Parts) -> Result<&'s Route, Refusal> {
     snapshot
         .routes
-        .find(req.method(), req.uri().path())
+        .find(&req.method, req.uri.path())
         .map_err(|miss| match miss {
             RouteMiss::NoPath => Refusal::NoRoute,
             RouteMiss::WrongMethod(allow) => Refusal::MethodNotAllowed {
@@ -372,9 +409,10 @@ async fn forward<'u>(
     started: Instant,
     services: &Services,
     used: &mut Option<(&'u str, Arc<str>)>,
+    unread: &mut Option<Incoming>,
     req: Request<Incoming>,
 ) -> Result<Response<UpstreamResponseBody>, Refusal> {
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
 
     // Forwarded as received: without a base path the received bytes are shared, not copied.
     let path_and_query = match (upstream.base_path.is_empty(), parts.uri.path_and_query()) {
@@ -397,11 +435,15 @@ async fn forward<'u>(
         }
     }
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
-    if upstream.forwarded_for {
+    if upstream.forwarded_for && conn.trusted_proxy {
         append_forwarded_for(h, &conn.remote_ip);
     } else {
-        // Neither the caller's address nor any it claims goes to this upstream.
-        h.remove(&X_FORWARDED_FOR);
+        // A caller that is not a trusted proxy could name any address; and an upstream
+        // without `forwarded_for` gets no address, the caller's or any it claims.
+        remove_all(h, &FORWARDING);
+        if upstream.forwarded_for {
+            h.insert(X_FORWARDED_FOR.clone(), conn.remote_ip.clone());
+        }
     }
 
     let body = match &upstream.credential {
@@ -430,14 +472,24 @@ async fn forward<'u>(
                     .ok_or(Refusal::Busy)?,
                 );
                 // A trickled body must not hold the connection (and its buffer) for ever.
-                let bytes = tokio::time::timeout(
+                let read = tokio::time::timeout(
                     upstream.request_timeout,
-                    read_body(body, upstream.max_body_bytes),
+                    read_body(&mut body, upstream.max_body_bytes),
                 )
                 .await
                 .map_err(|_| Refusal::BadBody {
                     reason: "the request body did not arrive in time".to_owned(),
-                })??;
+                })?;
+                let bytes = match read {
+                    Ok(bytes) => bytes,
+                    Err(refusal) => {
+                        // What is left of a body too large is read away beside the answer.
+                        if matches!(refusal, Refusal::BodyTooLarge) {
+                            *unread = Some(body);
+                        }
+                        return Err(refusal);
+                    }
+                };
                 (RequestBody::Buffered(bytes.clone()), bytes)
             } else {
                 (RequestBody::Stream(body), Bytes::new())
@@ -539,7 +591,8 @@ fn carries_body(body: &Incoming) -> bool {
     !body.is_end_stream() && body.size_hint().exact() != Some(0)
 }
 
-async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, Refusal> {
+/// Reads the body whole, up to `limit`; on `BodyTooLarge` the rest is still in `body`.
+async fn read_body(body: &mut Incoming, limit: u64) -> Result<Bytes, Refusal> {
     use http_body::Body as _;
     if body.size_hint().lower() > limit {
         return Err(Refusal::BodyTooLarge);
@@ -552,6 +605,46 @@ async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, Refusal> {
             reason: e.to_string(),
         }),
     }
+}
+
+/// How much of a refused request's body is read and thrown away, and for how long at most.
+const LINGER_BYTES: u64 = 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// Reads away the unread body of a refused request, beside the answer, as nginx's lingering
+/// close does. A client still sending does not read the answer yet: over HTTP/1.1, closing
+/// with its bytes unread makes the kernel reset the connection, which can destroy the answer
+/// before the client reads it; over HTTP/2, the stream would be reset while the client is
+/// still sending, which some clients (curl 7.88) report as an error instead of the answer.
+/// Read to its end, the body leaves neither: the HTTP/1.1 connection even stays usable.
+///
+/// Returns whether the body will be read to its end (as far as can be known); if not, an
+/// HTTP/1.1 answer should close the connection so that the client stops sending. A body
+/// announced with `Expect: 100-continue` is never invited: it is not read at all.
+fn linger(body: Incoming, expects_continue: bool) -> bool {
+    use http_body::Body as _;
+    use http_body_util::BodyExt as _;
+    if body.is_end_stream() {
+        return true;
+    }
+    if expects_continue || body.size_hint().lower() > LINGER_BYTES {
+        return false;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut left = LINGER_BYTES;
+        let _ = tokio::time::timeout(LINGER_TIME, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                match left.checked_sub(n) {
+                    Some(l) => left = l,
+                    None => return,
+                }
+            }
+        })
+        .await;
+    });
+    true
 }
 
 fn append_forwarded_for(h: &mut HeaderMap, ip: &HeaderValue) {

@@ -20,7 +20,7 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     /// Removed before forwarding: the caller's credentials (`x-api-key`, `authorization`,
     /// `cookie` and every header any upstream credential is sent in), and headers that would
-    /// let a caller override the method, URL or origin an upstream sees.
+    /// let a caller override the method or URL an upstream sees.
     pub strip_headers: Vec<HeaderName>,
     /// The API key and JWT verifiers of this configuration.
     pub auth: AuthServices,
@@ -70,14 +70,10 @@ impl Snapshot {
             header::COOKIE,
         ];
         // Headers an upstream may trust to change what the request means (its method, its
-        // URL, who sent it) are the gateway's to set, never the caller's.
+        // URL) are the gateway's to set, never the caller's. Who sent it is the forwarding
+        // headers' business, which only a trusted proxy may pass on (see `pipeline.rs`).
         strip_headers.extend(
             [
-                "forwarded",
-                "x-forwarded-host",
-                "x-forwarded-proto",
-                "x-forwarded-port",
-                "x-real-ip",
                 "x-original-url",
                 "x-rewrite-url",
                 "x-http-method-override",

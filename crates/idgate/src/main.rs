@@ -130,37 +130,84 @@ fn print_config_errors(errors: &idgate_config::ConfigErrors) {
     }
 }
 
-/// Loads and prepares a configuration the same way for `check` and `serve`.
-fn prepare(path: &Path) -> Result<(Config, Gateway), ExitCode> {
-    let config = idgate_config::load(path).map_err(|errors| {
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    idgate_config::load(path).map_err(|errors| {
         print_config_errors(&errors);
         ExitCode::from(EXIT_CONFIG)
-    })?;
-    let gateway = Gateway::prepare(config.clone()).map_err(|errors| {
+    })
+}
+
+/// Builds what a configuration describes, the same way for `check` and `serve`. Logging is
+/// in place by then, so that what the parts warn about while they load is seen.
+fn prepare(path: &Path, config: Config) -> Result<Gateway, ExitCode> {
+    Gateway::prepare(config).map_err(|errors| {
         for e in errors {
             eprintln!("error: {}: {e}", path.display());
         }
         ExitCode::from(EXIT_CONFIG)
-    })?;
-    Ok((config, gateway))
+    })
 }
 
 fn check(path: &Path) -> ExitCode {
-    match prepare(path) {
-        Ok((config, _)) => {
-            for w in &config.warnings {
-                eprintln!("warning: {}: {w}", path.display());
-            }
-            println!(
-                "{}: valid ({} upstreams, {} routes, {} trust domains)",
-                path.display(),
-                config.upstreams.len(),
-                config.routes.len(),
-                config.identity.trust_bundles.len()
-            );
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_check_logging(path);
+    for w in &config.warnings {
+        eprintln!("warning: {}: {w}", path.display());
+    }
+    let summary = format!(
+        "{}: valid ({} upstreams, {} routes, {} trust domains)",
+        path.display(),
+        config.upstreams.len(),
+        config.routes.len(),
+        config.identity.trust_bundles.len()
+    );
+    match prepare(path, config) {
+        Ok(_) => {
+            println!("{summary}");
             ExitCode::SUCCESS
         }
         Err(code) => code,
+    }
+}
+
+/// `check` reports on standard error as `warning: FILE: …`, like its own findings; what the
+/// parts log below `warn` is of no use to it.
+fn init_check_logging(path: &Path) {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .event_format(CheckFormat {
+            file: path.display().to_string(),
+        })
+        .try_init();
+}
+
+struct CheckFormat {
+    file: String,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for CheckFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = if *event.metadata().level() == tracing::Level::ERROR {
+            "error"
+        } else {
+            "warning"
+        };
+        write!(writer, "{level}: {}: ", self.file)?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
     }
 }
 
@@ -217,23 +264,28 @@ fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard 
 }
 
 fn serve(path: &Path) -> ExitCode {
-    let (config, gateway) = match prepare(path) {
-        Ok(p) => p,
+    let config = match load(path) {
+        Ok(c) => c,
         Err(code) => return code,
     };
     let _guard = init_logging(&config);
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    let workers = config.workers;
+    let gateway = match prepare(path, config) {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
     // One worker runs everything on the current thread: no cross-thread handoffs, which is
     // the fastest shape for a single core's worth of traffic.
-    let runtime = if config.workers == 1 {
+    let runtime = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.workers)
+            .worker_threads(workers)
             .enable_all()
             .build()
     };

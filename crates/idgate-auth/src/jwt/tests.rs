@@ -321,16 +321,26 @@ async fn refuses_bad_claims_after_a_good_signature() {
     for (token, why) in cases {
         assert_eq!(verify(&k.verifier, &token).await.unwrap_err(), why);
     }
-    // Within the default leeway (60 s) of expiry and not-before.
+    // Within the default leeway (30 s) of expiry and not-before, and past it.
     assert!(
-        verify(&k.verifier, &signed(&|c| c["exp"] = json!(NOW - 30)))
+        verify(&k.verifier, &signed(&|c| c["exp"] = json!(NOW - 20)))
             .await
             .is_ok()
     );
     assert!(
-        verify(&k.verifier, &signed(&|c| c["nbf"] = json!(NOW + 30)))
+        verify(&k.verifier, &signed(&|c| c["nbf"] = json!(NOW + 20)))
             .await
             .is_ok()
+    );
+    assert!(
+        verify(&k.verifier, &signed(&|c| c["exp"] = json!(NOW - 45)))
+            .await
+            .is_err()
+    );
+    assert!(
+        verify(&k.verifier, &signed(&|c| c["nbf"] = json!(NOW + 45)))
+            .await
+            .is_err()
     );
 }
 

@@ -559,6 +559,132 @@ fn dev_pki_refuses_a_malformed_spiffe_id_or_trust_domain() {
     }
 }
 
+#[test]
+fn check_refuses_trace_connect_and_malformed_trusted_proxies() {
+    let ws = Workspace::new();
+    let config = ws.write(
+        "idgate.toml",
+        &format!(
+            "{}{}{}",
+            ws.base(
+                r#"trusted_proxies = ["10.0.0.0/8", "10.0.0.1/8", "proxy.internal", "::/0", "::ffff:192.0.2.0/120"]"#,
+                ""
+            ),
+            upstream("provider", &format!("env:{SET_ENV}")),
+            route("r", "/r", "provider", "allow", ONBOARDING)
+                .replace(r#"methods = ["GET"]"#, r#"methods = ["GET", "TRACE", "CONNECT"]"#),
+        ),
+    );
+    let (code, out, err) = check(&ws, &config);
+    let all = format!("{out}{err}");
+    assert_eq!(code, 2, "{all}");
+    let missing = missing_problems(
+        &all,
+        &config,
+        &[
+            ("routes[0].methods[1]", "TRACE is never forwarded"),
+            ("routes[0].methods[2]", "CONNECT is never forwarded"),
+            ("listener.trusted_proxies[1]", "write \"10.0.0.0/8\""),
+            ("listener.trusted_proxies[2]", "not an address or a CIDR"),
+            ("listener.trusted_proxies[3]", "trusts every address"),
+        ],
+    );
+    assert!(missing.is_empty(), "{missing:#?}\n{all}");
+    for fine in ["trusted_proxies[0]", "trusted_proxies[4]", "methods[0]"] {
+        assert!(!all.contains(fine), "{fine} was refused:\n{all}");
+    }
+}
+
+#[test]
+fn check_reports_a_broken_upstream_once_not_again_for_its_routes() {
+    let ws = Workspace::new();
+    let config = ws.write(
+        "idgate.toml",
+        &format!(
+            "{}{}ca = \"pki/no-such-ca.pem\"\n{}",
+            ws.base("", ""),
+            upstream("didit", &format!("env:{SET_ENV}"))
+                .replace("[upstreams.credential]\n", "")
+                .replace("header = \"x-api-key\"\n", "")
+                .replace(&format!("secret = \"env:{SET_ENV}\"\n"), ""),
+            route("decision", "/d", "didit", "allow", ONBOARDING),
+        ),
+    );
+    let (code, out, err) = check(&ws, &config);
+    let all = format!("{out}{err}");
+    assert_eq!(code, 2, "{all}");
+    let missing = missing_problems(&all, &config, &[("upstreams[0].ca", "no such file")]);
+    assert!(missing.is_empty(), "{missing:#?}\n{all}");
+    assert_eq!(all.lines().count(), 1, "more than the one problem:\n{all}");
+}
+
+/// A configuration with an `[api_keys]` store that does not exist yet.
+fn with_missing_key_store(ws: &Workspace, base: &str) -> PathBuf {
+    let pepper = ws.path("pepper");
+    std::fs::write(&pepper, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&pepper, std::fs::Permissions::from_mode(0o600)).unwrap();
+    ws.write(
+        "idgate.toml",
+        &format!(
+            "{base}\n[api_keys]\nstore = \"{}\"\npepper = \"file:{}\"\n{}{}",
+            ws.path("keys.redb").display(),
+            pepper.display(),
+            upstream("provider", &format!("env:{SET_ENV}")),
+            route("r", "/r", "provider", "allow", ONBOARDING),
+        ),
+    )
+}
+
+const NO_STORE_YET: &str = "the API key store does not exist yet";
+
+#[test]
+fn check_shows_the_warnings_its_parts_raise_while_loading() {
+    let ws = Workspace::new();
+    let config = with_missing_key_store(&ws, &ws.base("", ""));
+    let (code, out, err) = check(&ws, &config);
+    assert_eq!(code, 0, "{out}{err}");
+    let file = config.display().to_string();
+    assert!(
+        err.lines().any(
+            |l| l.starts_with(&format!("warning: {file}: {NO_STORE_YET}"))
+                && l.contains("keys.redb")
+        ),
+        "no warning about the missing store on stderr:\n{err}"
+    );
+    assert!(out.contains("valid"), "{out}");
+}
+
+#[tokio::test]
+async fn serve_logs_the_warnings_its_parts_raise_while_loading() {
+    let ws = Workspace::new();
+    let admin = free_port();
+    // The same base with a known admin port (for readiness) and JSON logs.
+    let base = ws.base("", "");
+    let base = format!(
+        "{}[admin]\nbind = \"127.0.0.1:{admin}\"\n\n[log]\nformat = \"json\"\n",
+        base.split("[admin]").next().unwrap()
+    );
+    let config = with_missing_key_store(&ws, &base);
+    let gw = Gateway::start(
+        &std::fs::read_to_string(&config).unwrap(),
+        ws.port,
+        admin,
+        &[(SET_ENV, "provider-key-for-serve")],
+    )
+    .await;
+    let warned = json_lines(&gw.output()).into_iter().any(|l| {
+        l.get("level").and_then(|v| v.as_str()) == Some("WARN")
+            && l.get("message")
+                .and_then(|v| v.as_str())
+                .is_some_and(|m| m.starts_with(NO_STORE_YET))
+    });
+    assert!(
+        warned,
+        "no warning about the missing store:\n{}",
+        gw.output()
+    );
+}
+
 // ---------------------------------------------------------------------------------- serve
 
 #[test]

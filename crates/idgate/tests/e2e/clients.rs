@@ -208,3 +208,198 @@ async fn python_requests_without_a_client_certificate_fails() {
     assert!(out.starts_with("ERROR"), "{out}");
     assert!(s.upstream.requests().is_empty());
 }
+
+// ------------------------------------------------------------------ refusals with a body
+
+/// A gateway refusing uploads three ways: `POST /v1/*` allows only ONBOARDING (403 for
+/// FRONTEND, 401 without a certificate: client certificates are optional), and
+/// `POST /signed/*` signs with veriff and takes at most 1 KiB (413).
+struct Uploads {
+    pki: Pki,
+    upstream: TestUpstream,
+    gw: Gateway,
+}
+
+impl Uploads {
+    async fn start() -> Self {
+        let pki = Pki::new(TD, &[ONBOARDING, FRONTEND]);
+        let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+        let url = upstream.url(true);
+        let one = OneRoute {
+            url: &url,
+            methods: r#"["POST"]"#,
+            ..OneRoute::default()
+        };
+        let (port, admin) = (free_port(), free_port());
+        let config = format!(
+            r#"{}
+[[upstreams]]
+name = "signed"
+url = "{url}"
+ca = "{ca}"
+max_body_bytes = 1024
+[upstreams.credential]
+scheme = "veriff"
+client = "env:VERIFF_CLIENT"
+secret = "env:VERIFF_SECRET"
+
+[[routes]]
+name = "signed"
+methods = ["POST"]
+path = "/signed/{{*rest}}"
+upstream = "signed"
+allow = ["{ONBOARDING}"]
+"#,
+            one.config(&pki, port, admin)
+                .replace("client_auth = \"required\"", "client_auth = \"optional\""),
+            ca = pki.files.bundle.display(),
+        );
+        let gw = Gateway::start(
+            &config,
+            port,
+            admin,
+            &[
+                ("VERIFF_CLIENT", "veriff-client"),
+                ("VERIFF_SECRET", "veriff-secret-0123456789"),
+            ],
+        )
+        .await;
+        Self { pki, upstream, gw }
+    }
+
+    /// (what, path, client identity, expected status)
+    fn refusals(&self) -> [(&'static str, String, Option<&'static str>, u16); 3] {
+        [
+            (
+                "not allowed",
+                self.gw.url("/v1/upload"),
+                Some(FRONTEND),
+                403,
+            ),
+            ("no certificate", self.gw.url("/v1/upload"), None, 401),
+            (
+                "too large",
+                self.gw.url("/signed/upload"),
+                Some(ONBOARDING),
+                413,
+            ),
+        ]
+    }
+}
+
+/// A body file of `kib` KiB.
+fn body_file(kib: usize) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), vec![b'x'; kib * 1024]).unwrap();
+    f
+}
+
+fn assert_problem(body: &str, status: u16, what: &str) {
+    let p: serde_json::Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("{what}: not a problem ({e}): {body:?}"));
+    assert_eq!(p["status"], status, "{what}: {p}");
+    assert!(
+        p["type"].as_str().is_some_and(|t| !t.is_empty()),
+        "{what}: {p}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_sees_the_problem_when_an_upload_is_refused_over_http1_and_http2() {
+    let s = Uploads::start().await;
+    // Below curl's 1 MiB `Expect: 100-continue` threshold, so the body is sent at once.
+    let body = body_file(1000);
+    for (what, url, id, status) in s.refusals() {
+        for flag in ["--http1.1", "--http2"] {
+            let mut cmd = curl(&[flag, "--data-binary"]);
+            cmd.arg(format!("@{}", body.path().display()))
+                .args(["-H", "content-type: application/octet-stream"])
+                .arg("--cacert")
+                .arg(&s.pki.files.bundle);
+            if let Some(id) = id {
+                let (crt, key) = s.pki.workload(id);
+                cmd.arg("--cert").arg(crt).arg("--key").arg(key);
+            }
+            cmd.arg(&url);
+            let (code, out, err) = run_off_runtime(cmd).await;
+            assert_eq!(code, 0, "{what}, curl {flag}: {err}\n{out}");
+            assert_eq!(
+                status_line(&out).0,
+                status.to_string(),
+                "{what}, {flag}: {out}"
+            );
+            assert_problem(out.rsplit_once('\n').map_or("", |(b, _)| b), status, what);
+        }
+    }
+    assert!(s.upstream.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_requests_sees_the_problem_when_an_upload_is_refused() {
+    require_tool(
+        Command::new("python3").args(["-c", "import requests"]),
+        "python3 with the `requests` package",
+    );
+    const SCRIPT: &str = r#"
+import sys, requests
+url, ca, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cert = (sys.argv[4], sys.argv[5]) if len(sys.argv) > 5 else None
+try:
+    r = requests.post(url, data=b"x" * size, cert=cert, verify=ca, timeout=20)
+except Exception as e:
+    print("ERROR", type(e).__name__, e)
+    sys.exit(3)
+print(r.status_code)
+print(r.text)
+"#;
+    let s = Uploads::start().await;
+    for kib in [100, 1000] {
+        for (what, url, id, status) in s.refusals() {
+            let mut cmd = Command::new("python3");
+            cmd.args(["-c", SCRIPT, &url])
+                .arg(&s.pki.files.bundle)
+                .arg((kib * 1024).to_string());
+            if let Some(id) = id {
+                let (crt, key) = s.pki.workload(id);
+                cmd.arg(crt).arg(key);
+            }
+            let (code, out, err) = run_off_runtime(cmd).await;
+            assert_eq!(code, 0, "{what}, {kib} KiB: {out}{err}");
+            let (first, body) = out.split_once('\n').unwrap_or((&out, ""));
+            assert_eq!(first, status.to_string(), "{what}, {kib} KiB: {out}");
+            assert_problem(body.trim_end(), status, what);
+        }
+    }
+    assert!(s.upstream.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_over_http1_sees_the_problem_for_an_upload_beyond_what_is_read_away() {
+    let s = Uploads::start().await;
+    let body = body_file(8 * 1024);
+    let (crt, key) = s.pki.workload(FRONTEND);
+    // With `Expect: 100-continue` (curl's default above 1 MiB) and without it, so that the
+    // body is on its way when the answer comes.
+    for expect in ["Expect: 100-continue", "Expect:"] {
+        let headers = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = curl(&["--http1.1", "--data-binary"]);
+        cmd.arg(format!("@{}", body.path().display()))
+            .args(["-H", expect, "-D"])
+            .arg(headers.path())
+            .arg("--cacert")
+            .arg(&s.pki.files.bundle)
+            .arg("--cert")
+            .arg(&crt)
+            .arg("--key")
+            .arg(&key)
+            .arg(s.gw.url("/v1/upload"));
+        let (code, out, err) = run_off_runtime(cmd).await;
+        assert_eq!(code, 0, "{expect}: {err}\n{out}");
+        assert_eq!(status_line(&out).0, "403", "{expect}: {out}");
+        assert_problem(out.rsplit_once('\n').map_or("", |(b, _)| b), 403, expect);
+        let head = std::fs::read_to_string(headers.path())
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(head.contains("connection: close"), "{expect}:\n{head}");
+    }
+}

@@ -27,6 +27,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair as _};
 use serde_json::{Value, json};
 
+use crate::assert_eventually;
 use crate::support::*;
 
 /// The authlib server takes a while to start.
@@ -564,6 +565,64 @@ scopes = ["sessions:read"]
             1,
             "only the good token reached the provider"
         );
+    })
+    .await;
+}
+
+/// Keys are fetched when the gateway starts, before any token: an issuer that cannot be
+/// reached shows in the log at once, not with the first caller.
+#[tokio::test]
+async fn the_gateway_fetches_issuer_keys_at_start_up_and_logs_a_failure() {
+    within(async {
+        let jwks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let jwks_port = jwks.local_addr().unwrap().port();
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let asked2 = asked.clone();
+        // Accepts and hangs up: every fetch fails.
+        let server = tokio::spawn(async move {
+            while let Ok((tcp, _)) = jwks.accept().await {
+                asked2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(tcp);
+            }
+        });
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+        let (port, admin) = (free_port(), free_port());
+        let config = format!(
+            r#"{base}
+[[jwt_issuers]]
+name = "unreachable"
+issuer = "http://127.0.0.1:{jwks_port}"
+jwks_uri = "http://127.0.0.1:{jwks_port}/jwks.json"
+audiences = ["{AUDIENCE}"]
+
+[[upstreams]]
+name = "provider"
+url = "{url}"
+ca = "{ca}"
+
+[[routes]]
+name = "decision"
+methods = ["GET"]
+path = "/v3/session/{{id}}/decision/"
+upstream = "provider"
+auth = ["mtls", "jwt"]
+allow = ["client:svc"]
+"#,
+            base = base_config(&pki, port, admin),
+            url = upstream.url(true),
+            ca = pki.files.bundle.display(),
+        );
+        let gw = Gateway::start(&config, port, admin, &[]).await;
+        assert_eventually!(
+            asked.load(std::sync::atomic::Ordering::SeqCst) > 0
+                && gw
+                    .output()
+                    .contains("cannot fetch the issuer's signing keys"),
+            "no fetch at start-up:\n{}",
+            gw.output()
+        );
+        server.abort();
     })
     .await;
 }

@@ -616,55 +616,121 @@ async fn generates_a_request_id_when_missing_or_invalid() {
     .await
 }
 
+/// The upstream's `x-forwarded-for` lines for `headers` sent by `c`.
+async fn forwarded_for_seen(s: &Setup, c: &Client, headers: &[(&str, &str)]) -> Vec<String> {
+    let reply = c.send("GET", DECISION, headers, "").await.unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    s.upstream
+        .last()
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every forwarding header a caller might send about itself.
+const CLAIMED_ORIGIN: [(&str, &str); 6] = [
+    ("x-forwarded-for", "1.2.3.4"),
+    ("forwarded", "for=1.2.3.4;proto=https"),
+    ("x-real-ip", "1.2.3.4"),
+    ("x-forwarded-host", "admin.internal"),
+    ("x-forwarded-proto", "http"),
+    ("x-forwarded-port", "8080"),
+];
+
 #[tokio::test]
-async fn sets_and_appends_x_forwarded_for() {
+async fn a_callers_own_x_forwarded_for_is_replaced_by_its_address() {
     within(async {
         let s = Setup::start(UpstreamMode::Echo).await;
         let c = s.client(Some(ONBOARDING));
-        c.get(DECISION).await.unwrap();
-        let xff: Vec<_> = s
-            .upstream
-            .last()
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .cloned()
-            .collect();
-        assert_eq!(xff, ["127.0.0.1"]);
+        assert_eq!(forwarded_for_seen(&s, &c, &[]).await, ["127.0.0.1"]);
+        assert_eq!(
+            forwarded_for_seen(&s, &c, &CLAIMED_ORIGIN).await,
+            ["127.0.0.1"]
+        );
+        let seen = s.upstream.last();
+        for (name, _) in &CLAIMED_ORIGIN[1..] {
+            assert!(
+                seen.headers.get(*name).is_none(),
+                "{name} reached the upstream"
+            );
+        }
+        let two_lines = [
+            ("x-forwarded-for", "198.51.100.1, 203.0.113.7"),
+            ("x-forwarded-for", "192.0.2.9"),
+        ];
+        assert_eq!(forwarded_for_seen(&s, &c, &two_lines).await, ["127.0.0.1"]);
+    })
+    .await
+}
 
-        c.send("GET", DECISION, &[("x-forwarded-for", "203.0.113.7")], "")
-            .await
-            .unwrap();
-        let xff: Vec<_> = s
-            .upstream
-            .last()
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .cloned()
-            .collect();
-        assert_eq!(xff, ["203.0.113.7, 127.0.0.1"]);
+#[tokio::test]
+async fn a_trusted_proxys_forwarding_headers_are_kept_and_its_address_appended() {
+    within(async {
+        let s = Setup::start_with(UpstreamMode::Echo, "", |c| {
+            c.replace(
+                "client_auth = \"required\"\n",
+                "client_auth = \"required\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+            )
+        })
+        .await;
+        let c = s.client(Some(ONBOARDING));
+        assert_eq!(forwarded_for_seen(&s, &c, &[]).await, ["127.0.0.1"]);
+        assert_eq!(
+            forwarded_for_seen(&s, &c, &CLAIMED_ORIGIN).await,
+            ["1.2.3.4, 127.0.0.1"]
+        );
+        let seen = s.upstream.last();
+        for (name, value) in &CLAIMED_ORIGIN[1..] {
+            assert_eq!(seen.headers.get(*name).unwrap(), value, "{name}");
+        }
+        let two_lines = [
+            ("x-forwarded-for", "198.51.100.1, 203.0.113.7"),
+            ("x-forwarded-for", "192.0.2.9"),
+        ];
+        assert_eq!(
+            forwarded_for_seen(&s, &c, &two_lines).await,
+            ["198.51.100.1, 203.0.113.7, 192.0.2.9, 127.0.0.1"]
+        );
+    })
+    .await
+}
 
-        c.send(
-            "GET",
-            DECISION,
-            &[
-                ("x-forwarded-for", "198.51.100.1, 203.0.113.7"),
-                ("x-forwarded-for", "192.0.2.9"),
-            ],
-            "",
-        )
+/// A TLS connection to the gateway as ONBOARDING speaking HTTP/1.1, for bytes no HTTP
+/// client would send.
+async fn raw_tls(s: &Setup) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.gw.port))
         .await
         .unwrap();
-        let xff: Vec<_> = s
-            .upstream
-            .last()
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .cloned()
-            .collect();
-        assert_eq!(xff, ["198.51.100.1, 203.0.113.7, 192.0.2.9, 127.0.0.1"]);
+    tokio_rustls::TlsConnector::from(s.client(Some(ONBOARDING)).config)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn trace_and_connect_never_reach_the_upstream() {
+    within(async {
+        let s = Setup::start(UpstreamMode::Echo).await;
+        for h2 in [false, true] {
+            let c = Client::new(&s.pki, Some(ONBOARDING), s.gw.port, h2);
+            let reply = c.send("TRACE", DECISION, &[], "").await.unwrap();
+            assert_eq!(reply.status, 405, "TRACE over h2={h2}");
+        }
+        // CONNECT's target is an authority, never a path: nothing to route.
+        let mut tls = raw_tls(&s).await;
+        tls.write_all(b"CONNECT 127.0.0.1:443 HTTP/1.1\r\nhost: 127.0.0.1:443\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = vec![0u8; 1024];
+        let n = tls.read(&mut head).await.unwrap();
+        let head = String::from_utf8_lossy(&head[..n]);
+        assert!(head.starts_with("HTTP/1.1 4"), "{head}");
+        assert!(s.upstream.requests().is_empty());
     })
     .await
 }
@@ -805,6 +871,23 @@ async fn serves_http1_and_http2_chosen_by_alpn() {
         let r = s.client_h2(Some(FRONTEND)).get(DECISION).await.unwrap();
         assert_eq!(r.version, http::Version::HTTP_2);
         assert_problem(&r, 403, &[]);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http1_connection_stays_usable_after_a_refused_upload() {
+    within(async {
+        let s = Setup::start(UpstreamMode::Echo).await;
+        let mut conn = s.client(Some(FRONTEND)).connect().await.unwrap();
+        let body = "x".repeat(512 * 1024);
+        let r = conn.send("POST", "/v2/session/", &[], &body).await.unwrap();
+        assert_problem(&r, 403, &[]);
+        assert!(r.header("connection").is_none(), "{:?}", r.headers);
+        // The refused body was read away, so the next request follows on the same connection.
+        let r = conn.send("GET", "/v1/profile/p1", &[], "").await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(s.upstream.requests().len(), 1);
     })
     .await
 }
@@ -1286,6 +1369,47 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
             "{status:?}; output:\n{}",
             s.gw.output()
         );
+    })
+    .await
+}
+
+/// rustls writes through the `log` crate; its lines join the gateway's log at the level the
+/// configuration asks for, and not below it.
+#[tokio::test]
+async fn rustls_lines_reach_the_log_at_the_configured_level() {
+    within(async {
+        // rustls says which suite it chose ("decided upon suite …") before the client's
+        // missing certificate ends the handshake; the reason is the gateway's own line.
+        let rustls_line = |gw: &Gateway| {
+            json_lines(&gw.output()).into_iter().any(|l| {
+                l.get("target")
+                    .and_then(|t| t.as_str())
+                    .is_some_and(|t| t.starts_with("rustls::"))
+                    && l.get("message")
+                        .and_then(|m| m.as_str())
+                        .is_some_and(|m| m.starts_with("decided upon suite"))
+                    && l.get("level").and_then(|v| v.as_str()) == Some("DEBUG")
+            })
+        };
+        for (level, shown) in [("info,rustls=debug", true), ("info", false)] {
+            let s = Setup::start_with(UpstreamMode::Echo, "", |c| {
+                c.replace("level = \"info\"", &format!("level = \"{level}\""))
+            })
+            .await;
+            // No client certificate: the handshake fails.
+            assert!(s.client(None).get(DECISION).await.is_err());
+            assert_eventually!(
+                !log_lines(&s.gw, "idgate::tls", "TLS handshake refused").is_empty(),
+                "the refused handshake was not logged:\n{}",
+                s.gw.output()
+            );
+            assert_eq!(
+                rustls_line(&s.gw),
+                shown,
+                "level {level}:\n{}",
+                s.gw.output()
+            );
+        }
     })
     .await
 }
