@@ -25,8 +25,8 @@ pub(crate) struct Listener {
     pub(crate) max_connection_age: Option<String>,
     #[serde(default)]
     pub(crate) max_header_bytes: Option<u32>,
-    #[serde(default)]
     pub(crate) send_timeout: Option<String>,
+    #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
 }
 
