@@ -1,6 +1,7 @@
 //! The idgate proxy: the public listener, the request pipeline (see [`pipeline`]), the
 //! upstream client, the admin listener and reloads.
 
+pub mod access_log;
 pub mod admin;
 pub mod authn;
 pub mod credential;

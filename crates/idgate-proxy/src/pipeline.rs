@@ -35,6 +35,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use idgate_tls::SpiffeId;
 
+use crate::access_log::{AccessLog, Decision, Record};
 use crate::authn::{self, FailedAttempts};
 use crate::h1::{self, RequestBody};
 use crate::limit::{Held, Saturated};
@@ -148,6 +149,8 @@ pub struct Services {
     pub ids: RequestIds,
     pub metrics: Arc<Metrics>,
     pub failed_attempts: FailedAttempts,
+    /// Where each request's record goes; `None` when the log filter leaves access lines out.
+    pub access_log: Option<Arc<AccessLog>>,
     /// Bounds the memory of buffered request bodies, in KiB.
     body_budget: tokio::sync::Semaphore,
     /// Route labels for requests that match no configured route.
@@ -157,18 +160,29 @@ pub struct Services {
 
 impl Default for Services {
     fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl Services {
+    pub fn new(access_log: Option<Arc<AccessLog>>) -> Self {
+        let mut metrics = Metrics::new();
+        metrics.count_access_log_drops(
+            access_log
+                .as_ref()
+                .map_or_else(Default::default, |log| log.dropped().clone()),
+        );
         Self {
             ids: RequestIds::default(),
-            metrics: Arc::default(),
+            metrics: Arc::new(metrics),
             failed_attempts: FailedAttempts::default(),
+            access_log,
             body_budget: tokio::sync::Semaphore::new(BODY_BUDGET_KIB as usize),
             route_none: "-".into(),
             route_oauth2: "oauth2".into(),
         }
     }
-}
 
-impl Services {
     /// Counts a failed authentication attempt against its source and turns the failure into
     /// the refusal the caller sees.
     fn auth_failed(&self, conn: &ConnInfo, failure: AuthFailure) -> Refusal {
@@ -204,6 +218,7 @@ pub async fn handle(
     let mut upstream_status = None;
     let mut credential: Option<(&str, Arc<str>)> = None;
     let mut caller_label: Option<String> = None;
+    let mut decision = Decision::Allowed;
     // The request body while nothing has read it: a refusal reads it away (see `linger`).
     let expects_continue = req.headers().contains_key(header::EXPECT);
     let (mut parts, body) = req.into_parts();
@@ -217,7 +232,7 @@ pub async fn handle(
         {
             route_name = &services.route_oauth2;
             let rid = request_id.to_str().unwrap_or("-");
-            let (resp, client_auth_failed) = endpoint
+            let (resp, answered) = endpoint
                 .handle(
                     &conn,
                     &parts.method,
@@ -227,9 +242,10 @@ pub async fn handle(
                     rid,
                 )
                 .await;
-            if client_auth_failed {
+            if answered == Decision::Denied("invalid_client") {
                 services.failed_attempt(&conn, "oauth-invalid-client");
             }
+            decision = answered;
             return Ok(resp.map(Either::Right));
         }
         let route = route(&snapshot, &parts)?;
@@ -285,6 +301,7 @@ pub async fn handle(
     let mut resp = match result {
         Ok(resp) => resp,
         Err(refusal) => {
+            decision = refusal.decision();
             if let Some(reason) = refusal.log_reason() {
                 tracing::warn!(
                     request_id = request_id_str,
@@ -306,24 +323,25 @@ pub async fn handle(
         }
     };
     let status = resp.status().as_u16();
-    let peer = conn.peer.as_ref().map_or("-", |p| p.as_str());
-    tracing::info!(
-        target: "idgate::access",
-        request_id = request_id_str,
-        peer,
-        // Before authorization (and on mTLS alone), the peer is all that is known.
-        caller = caller_label.as_deref().unwrap_or(peer),
-        remote = %conn.remote.ip(),
-        method = method.as_str(),
-        version = ?version,
-        route = &**route_name,
-        status,
-        upstream_status,
-        credential = credential.as_ref().map(|c| c.0),
-        credential_version = credential.as_ref().map(|c| &*c.1),
-        latency_us = start.elapsed().as_micros() as u64,
-        "request"
-    );
+    if let Some(log) = &services.access_log {
+        let peer = conn.peer.as_ref().map(|p| p.as_str());
+        log.write(&Record {
+            time: std::time::SystemTime::now(),
+            request_id: request_id_str,
+            peer,
+            // Before authorization (and on mTLS alone), the peer is all that is known.
+            caller: caller_label.as_deref().or(peer),
+            remote: conn.remote.ip(),
+            method: &method,
+            version,
+            route: route_name,
+            status,
+            upstream_status,
+            credential: credential.as_ref().map(|c| (c.0, &*c.1)),
+            decision,
+            latency: start.elapsed(),
+        });
+    }
     services.metrics.request(route_name, status);
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     resp

@@ -1309,6 +1309,56 @@ async fn sigterm_exits_0() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigterm_writes_the_access_line_of_every_request_before_exiting() {
+    within(async {
+        let mut s = Setup::start(UpstreamMode::Delay(Duration::from_millis(300))).await;
+        let (_, metrics) = admin_get(s.gw.admin_port, "/metrics").await.unwrap();
+        assert!(
+            metrics.contains("idgate_access_log_dropped_total 0"),
+            "{metrics}"
+        );
+        let clients: Vec<_> = (0..5).map(|_| s.client(Some(ONBOARDING))).collect();
+        let in_flight: Vec<_> = clients
+            .into_iter()
+            .map(|c| tokio::spawn(async move { c.get(DECISION).await }))
+            .collect();
+        assert_eventually!(
+            s.upstream.requests().len() == in_flight.len(),
+            "the requests did not reach the upstream"
+        );
+        // Their lines are made as the gateway stops: it must write them before it exits.
+        s.gw.signal("TERM");
+        let mut rids = Vec::new();
+        for r in in_flight {
+            let r = r.await.unwrap().expect("the in-flight request is answered");
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            rids.push(r.header("x-request-id").unwrap().to_owned());
+        }
+        let status = wait_for_exit(&mut s.gw.child, Duration::from_secs(15));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "output:\n{}",
+            s.gw.output()
+        );
+        assert_eventually!(
+            access_lines(&s.gw).len() >= rids.len(),
+            "expected {} access lines; output:\n{}",
+            rids.len(),
+            s.gw.output()
+        );
+        let lines = access_lines(&s.gw);
+        for rid in &rids {
+            let mine = |l: &&std::collections::HashMap<String, serde_json::Value>| {
+                l.get("request_id").and_then(|v| v.as_str()) == Some(rid)
+            };
+            assert_eq!(lines.iter().filter(mine).count(), 1, "one line for {rid}");
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_with_idle_keep_alive_connections_exits_0_promptly() {
     within(async {
         let mut s = Setup::start(UpstreamMode::Echo).await;
