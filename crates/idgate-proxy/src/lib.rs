@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod admin;
 pub mod authn;
 pub mod credential;
+pub mod ctx;
 pub mod gateway;
 pub mod h1;
 pub mod limit;

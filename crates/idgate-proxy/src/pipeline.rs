@@ -5,22 +5,29 @@
 //!                              bundle of its own trust domain → peer SPIFFE ID
 //!   1. path       rewrite the path into its one canonical form (path.rs); refuse paths
 //!                 that could still be read differently here and upstream         (400)
-//!      (the built-in token endpoint and its discovery documents answer here, when configured)
-//!   2. route      method + path template → route      (404 / 405, before any auth detail)
-//!   3. authenticate  the route's layers — mtls, api_key, jwt, or any of several —
+//!   2. built-in   a built-in target's paths (the token endpoint and its discovery
+//!                 documents, when configured) → its route
+//!   3. route      method + path template → route and its path parameters
+//!                                                      (404 / 405, before any auth detail)
+//!      the route's target: the token endpoint answers here; an upstream goes on
+//!   4. authenticate  the route's layers — mtls, api_key, jwt, or any of several —
 //!                 → one Caller                         (401 with a challenge, or 400)
-//!   4. authorize  one principal on the route's allow list holding the method's scopes
+//!   5. authorize  one principal on the route's allow list holding the method's scopes
 //!                                                             (403, default deny)
-//!   5. forward    strip hop-by-hop headers and the caller's credentials, inject or sign
+//!   6. body       no body on a GET (HEAD, OPTIONS, DELETE) unless the route allows one (400)
+//!   7. forward    strip hop-by-hop headers and the caller's credentials, inject or sign
 //!                 with the upstream credential (503 when it cannot be produced), set
 //!                 x-request-id and x-forwarded-for (appended to only for a trusted proxy),
 //!                 call the upstream with its timeouts
 //!                                                             (502 / 504)
-//!   6. respond    strip hop-by-hop headers, return x-request-id; one access-log line
+//!   8. respond    strip hop-by-hop headers; add the context's response headers and
+//!                 x-request-id
+//!   9. record     the context becomes the request's record: access log, metrics
 //! ```
 //!
-//! Each stage is a small function that either hands on or returns a [`Refusal`]; only
-//! `problem.rs` turns a refusal into a response.
+//! Each stage is a small function that reads and writes the request's [`RequestCtx`] and
+//! either hands on or returns a [`Refusal`]; only `problem.rs` turns a refusal into a
+//! response. `docs/architecture.md` says how to add one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,16 +42,16 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use idgate_tls::SpiffeId;
 
-use crate::access_log::{AccessLog, Decision, Record};
+use crate::access_log::{AccessLog, Decision};
 use crate::authn::{self, FailedAttempts};
+use crate::ctx::{Authorized, CredentialUse, RequestCtx};
 use crate::h1::{self, RequestBody};
 use crate::limit::{Held, Saturated};
 use crate::metrics::Metrics;
 use crate::path;
 use crate::problem::Refusal;
-use crate::routes::{Route, RouteMiss};
+use crate::routes::{Route, RouteMiss, Target};
 use crate::snapshot::Snapshot;
-use crate::token_endpoint::TokenEndpoint;
 use crate::upstream::Upstream;
 use idgate_auth::{AuthFailure, Principal};
 
@@ -109,7 +116,7 @@ impl RequestIds {
         }
     }
 
-    fn next(&self) -> HeaderValue {
+    pub(crate) fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 32];
         hex_into(&mut buf[..16], self.prefix);
@@ -133,7 +140,7 @@ fn hex_into(out: &mut [u8], v: u64) {
 
 /// A caller's own request id is kept when it is short and plain, so it can tie their logs
 /// to ours; anything else is replaced.
-fn valid_request_id(v: &HeaderValue) -> bool {
+pub(crate) fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     (1..=128).contains(&b.len())
         && b.iter()
@@ -153,9 +160,8 @@ pub struct Services {
     pub access_log: Option<Arc<AccessLog>>,
     /// Bounds the memory of buffered request bodies, in KiB.
     body_budget: tokio::sync::Semaphore,
-    /// Route labels for requests that match no configured route.
-    route_none: Arc<str>,
-    route_oauth2: Arc<str>,
+    /// The route label of requests that match no route.
+    pub(crate) route_none: Arc<str>,
 }
 
 impl Default for Services {
@@ -179,7 +185,6 @@ impl Services {
             access_log,
             body_budget: tokio::sync::Semaphore::new(BODY_BUDGET_KIB as usize),
             route_none: "-".into(),
-            route_oauth2: "oauth2".into(),
         }
     }
 
@@ -207,149 +212,52 @@ pub async fn handle(
     services: Arc<Services>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let start = Instant::now();
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if valid_request_id(v) => v.clone(),
-        _ => services.ids.next(),
-    };
-    let method = req.method().clone();
-    let version = req.version();
-    let mut route_name: &Arc<str> = &services.route_none;
-    let mut upstream_status = None;
-    let mut credential: Option<(&str, Arc<str>)> = None;
-    let mut caller_label: Option<String> = None;
-    let mut decision = Decision::Allowed;
-    // The request body while nothing has read it: a refusal reads it away (see `linger`).
-    let expects_continue = req.headers().contains_key(header::EXPECT);
-    let (mut parts, body) = req.into_parts();
-    let mut unread = Some(body);
-
-    let result = async {
-        path::canonicalize(&mut parts.uri)?;
-        if let Some(endpoint) = &snapshot.token_endpoint
-            && TokenEndpoint::handles(parts.uri.path())
-            && let Some(body) = unread.take()
-        {
-            route_name = &services.route_oauth2;
-            let rid = request_id.to_str().unwrap_or("-");
-            let (resp, answered) = endpoint
-                .handle(
-                    &conn,
-                    &parts.method,
-                    parts.uri.path(),
-                    &parts.headers,
-                    body,
-                    rid,
-                )
-                .await;
-            if answered == Decision::Denied("invalid_client") {
-                services.failed_attempt(&conn, "oauth-invalid-client");
-            }
-            decision = answered;
-            return Ok(resp.map(Either::Right));
-        }
-        let route = route(&snapshot, &parts)?;
-        route_name = &route.name;
-        let caller = authn::authenticate(route, &conn, &parts, &snapshot.auth)
-            .await
-            .map_err(|f| services.auth_failed(&conn, f))?;
-        // The access line names the principal that was authorized, or every one refused.
-        match authn::authorize(route, &parts.method, &caller) {
-            // The peer, which the line names anyway: no label to make.
-            Ok(Principal::Workload(_)) => {}
-            Ok(principal) => caller_label = Some(principal.to_string()),
-            Err(f) => {
-                caller_label = caller.label();
-                return Err(services.auth_failed(&conn, f));
-            }
-        }
-        // Refused before anything goes upstream: an upstream that ignores the body of a GET
-        // would read it as the next request on its connection.
-        if !route.allow_body
-            && idgate_config::body_needs_opt_in(&parts.method)
-            && unread.as_ref().is_some_and(carries_body)
-        {
-            return Err(Refusal::BodyNotAllowed {
-                method: parts.method,
-            });
-        }
-        let Some(body) = unread.take() else {
-            return Err(Refusal::Internal {
-                reason: "the request body was taken before forwarding".to_owned(),
-            });
-        };
-        let req = Request::from_parts(parts, body);
-        let upstream = &snapshot.upstreams[route.upstream];
-        let resp = forward(
-            upstream,
-            &snapshot.strip_headers,
-            &conn,
-            &request_id,
-            start,
-            &services,
-            &mut credential,
-            &mut unread,
-            req,
-        )
-        .await?;
-        upstream_status = Some(resp.status().as_u16());
-        Ok::<_, Refusal>(respond(resp))
-    }
-    .await;
-
-    let request_id_str = request_id.to_str().unwrap_or("-");
+    let (parts, body) = req.into_parts();
+    let mut ctx = RequestCtx::new(&snapshot, &conn, &services, &parts, body);
+    let result = stages(&mut ctx, parts).await;
     let mut resp = match result {
         Ok(resp) => resp,
-        Err(refusal) => {
-            decision = refusal.decision();
-            if let Some(reason) = refusal.log_reason() {
-                tracing::warn!(
-                    request_id = request_id_str,
-                    route = &**route_name,
-                    problem = refusal.slug(),
-                    reason,
-                    "request refused"
-                );
-            }
-            let mut resp = refusal.into_response(request_id_str).map(Either::Right);
-            if let Some(body) = unread.take()
-                && !linger(body, expects_continue)
-                && version < Version::HTTP_2
-            {
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            resp
-        }
+        Err(refusal) => refuse(&mut ctx, refusal),
     };
-    let status = resp.status().as_u16();
-    if let Some(log) = &services.access_log {
-        let peer = conn.peer.as_ref().map(|p| p.as_str());
-        log.write(&Record {
-            time: std::time::SystemTime::now(),
-            request_id: request_id_str,
-            peer,
-            // Before authorization (and on mTLS alone), the peer is all that is known.
-            caller: caller_label.as_deref().or(peer),
-            remote: conn.remote.ip(),
-            method: &method,
-            version,
-            route: route_name,
-            status,
-            upstream_status,
-            credential: credential.as_ref().map(|c| (c.0, &*c.1)),
-            decision,
-            latency: start.elapsed(),
-        });
-    }
-    services.metrics.request(route_name, status);
-    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    respond(&mut ctx, &mut resp);
+    ctx.record(resp.status());
+    resp.headers_mut()
+        .insert(X_REQUEST_ID.clone(), ctx.request_id);
     resp
 }
 
-/// Stage 2.
-fn route<'s>(snapshot: &'s Snapshot, req: &http::request::Parts) -> Result<&'s Route, Refusal> {
-    snapshot
+/// The stage list, up to the response.
+async fn stages(
+    ctx: &mut RequestCtx<'_>,
+    mut req: http::request::Parts,
+) -> Result<Response<ProxyBody>, Refusal> {
+    path::canonicalize(&mut req.uri)?;
+    let route = match built_in(ctx, &req) {
+        Some(route) => route,
+        None => route(ctx, &req)?,
+    };
+    let upstream = match route.target {
+        Target::TokenEndpoint => return token_endpoint(ctx, &req).await,
+        Target::Upstream(upstream) => &ctx.snapshot.upstreams[upstream],
+    };
+    authenticate(ctx, route, &req).await?;
+    authorize(ctx, route, &req)?;
+    refuse_unexpected_body(ctx, route, &req)?;
+    let resp = forward(ctx, upstream, req).await?;
+    Ok(strip_response(resp))
+}
+
+/// Stage 2: a built-in target's paths are its own, whatever the configured routes.
+fn built_in<'r>(ctx: &mut RequestCtx<'r>, req: &http::request::Parts) -> Option<&'r Route> {
+    let route = ctx.snapshot.routes.built_in(req.uri.path())?;
+    ctx.route = Some(route);
+    Some(route)
+}
+
+/// Stage 3.
+fn route<'r>(ctx: &mut RequestCtx<'r>, req: &http::request::Parts) -> Result<&'r Route, Refusal> {
+    let snapshot: &'r Snapshot = ctx.snapshot;
+    let matched = snapshot
         .routes
         .find(&req.method, req.uri.path())
         .map_err(|miss| match miss {
@@ -357,7 +265,123 @@ fn route<'s>(snapshot: &'s Snapshot, req: &http::request::Parts) -> Result<&'s R
             RouteMiss::WrongMethod(allow) => Refusal::MethodNotAllowed {
                 allow: allow.clone(),
             },
-        })
+        })?;
+    ctx.route = Some(matched.route);
+    ctx.params = matched.params;
+    Ok(matched.route)
+}
+
+/// The token endpoint's target: it authenticates its clients itself and answers in OAuth
+/// terms (RFC 6749 errors, not problems).
+async fn token_endpoint(
+    ctx: &mut RequestCtx<'_>,
+    req: &http::request::Parts,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let (Some(endpoint), Some(body)) = (&ctx.snapshot.token_endpoint, ctx.body.take()) else {
+        return Err(Refusal::Internal {
+            reason: "the token endpoint is not loaded, or the body was taken".to_owned(),
+        });
+    };
+    let (resp, decision) = endpoint
+        .handle(
+            ctx.conn,
+            &req.method,
+            req.uri.path(),
+            &req.headers,
+            body,
+            ctx.request_id(),
+        )
+        .await;
+    if decision == Decision::Denied("invalid_client") {
+        ctx.services
+            .failed_attempt(ctx.conn, "oauth-invalid-client");
+    }
+    ctx.decision = decision;
+    Ok(resp.map(Either::Right))
+}
+
+/// Stage 4.
+async fn authenticate(
+    ctx: &mut RequestCtx<'_>,
+    route: &Route,
+    req: &http::request::Parts,
+) -> Result<(), Refusal> {
+    let caller = authn::authenticate(route, ctx.conn, req, &ctx.snapshot.auth)
+        .await
+        .map_err(|f| ctx.services.auth_failed(ctx.conn, f))?;
+    ctx.caller = Some(caller);
+    Ok(())
+}
+
+/// Stage 5.
+fn authorize(
+    ctx: &mut RequestCtx<'_>,
+    route: &Route,
+    req: &http::request::Parts,
+) -> Result<(), Refusal> {
+    let Some(caller) = &ctx.caller else {
+        return Err(Refusal::Internal {
+            reason: "authorization before authentication".to_owned(),
+        });
+    };
+    let authorized = match authn::authorize(route, &req.method, caller) {
+        Ok(Principal::Workload(_)) => Authorized::Workload,
+        Ok(Principal::ApiKey(_)) => Authorized::ApiKey,
+        Ok(Principal::Token(_)) => Authorized::Token,
+        Err(f) => return Err(ctx.services.auth_failed(ctx.conn, f)),
+    };
+    ctx.authorized = Some(authorized);
+    Ok(())
+}
+
+/// Stage 6: refused before anything goes upstream, because an upstream that ignores the
+/// body of a GET would read it as the next request on its connection.
+fn refuse_unexpected_body(
+    ctx: &RequestCtx<'_>,
+    route: &Route,
+    req: &http::request::Parts,
+) -> Result<(), Refusal> {
+    if !route.allow_body
+        && idgate_config::body_needs_opt_in(&req.method)
+        && ctx.body.as_ref().is_some_and(carries_body)
+    {
+        return Err(Refusal::BodyNotAllowed {
+            method: req.method.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// A refusal becomes its problem response; the body nobody read is read away beside it.
+fn refuse(ctx: &mut RequestCtx<'_>, refusal: Refusal) -> Response<ProxyBody> {
+    ctx.decision = refusal.decision();
+    let request_id = ctx.request_id();
+    if let Some(reason) = refusal.log_reason() {
+        tracing::warn!(
+            request_id,
+            route = &**ctx.route_name(),
+            problem = refusal.slug(),
+            reason,
+            "request refused"
+        );
+    }
+    let mut resp = refusal.into_response(request_id).map(Either::Right);
+    if let Some(body) = ctx.body.take()
+        && !linger(body, ctx.expects_continue)
+        && ctx.version < Version::HTTP_2
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Stage 8: the headers stages add to the answer, whoever made it.
+fn respond(ctx: &mut RequestCtx<'_>, resp: &mut Response<ProxyBody>) {
+    if !ctx.response_headers.is_empty() {
+        let added = std::mem::take(&mut ctx.response_headers);
+        resp.headers_mut().extend(added);
+    }
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus the proxy ones.
@@ -417,20 +441,20 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_all(headers, &HOP_BY_HOP);
 }
 
-/// Stage 5.
-#[allow(clippy::too_many_arguments)]
-async fn forward<'u>(
-    upstream: &'u Upstream,
-    strip: &[HeaderName],
-    conn: &ConnInfo,
-    request_id: &HeaderValue,
-    started: Instant,
-    services: &Services,
-    used: &mut Option<(&'u str, Arc<str>)>,
-    unread: &mut Option<Incoming>,
-    req: Request<Incoming>,
+/// Stage 7.
+async fn forward<'r>(
+    ctx: &mut RequestCtx<'r>,
+    upstream: &'r Upstream,
+    req: http::request::Parts,
 ) -> Result<Response<UpstreamResponseBody>, Refusal> {
-    let (mut parts, mut body) = req.into_parts();
+    let Some(body) = ctx.body.take() else {
+        return Err(Refusal::Internal {
+            reason: "the request body was taken before forwarding".to_owned(),
+        });
+    };
+    let (conn, services) = (ctx.conn, ctx.services);
+    let strip = &ctx.snapshot.strip_headers;
+    let (mut parts, mut body) = (req, body);
 
     // Forwarded as received: without a base path the received bytes are shared, not copied.
     let path_and_query = match (upstream.base_path.is_empty(), parts.uri.path_and_query()) {
@@ -452,7 +476,7 @@ async fn forward<'u>(
             h.remove(name);
         }
     }
-    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    h.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
     if upstream.forwarded_for && conn.trusted_proxy {
         append_forwarded_for(h, &conn.remote_ip);
     } else {
@@ -503,7 +527,7 @@ async fn forward<'u>(
                     Err(refusal) => {
                         // What is left of a body too large is read away beside the answer.
                         if matches!(refusal, Refusal::BodyTooLarge) {
-                            *unread = Some(body);
+                            ctx.body = Some(body);
                         }
                         return Err(refusal);
                     }
@@ -514,7 +538,7 @@ async fn forward<'u>(
             };
             match cred
                 .apply(
-                    started,
+                    ctx.start,
                     &parts.method,
                     path_and_query.as_str(),
                     &bytes,
@@ -524,7 +548,10 @@ async fn forward<'u>(
             {
                 Ok(u) => {
                     services.metrics.credential_used(&cred.label, &u.version);
-                    *used = Some((&*cred.label, u.version));
+                    ctx.credential = Some(CredentialUse {
+                        label: &cred.label,
+                        version: u.version,
+                    });
                 }
                 Err(e) => {
                     services.metrics.credential_failed(&cred.label);
@@ -537,6 +564,21 @@ async fn forward<'u>(
         }
     };
 
+    let sent_at = Instant::now();
+    let resp = send(services, upstream, parts, path_and_query, body).await?;
+    ctx.upstream_latency = Some(sent_at.elapsed());
+    ctx.upstream_status = Some(resp.status());
+    Ok(resp)
+}
+
+/// Sends the request to the upstream with its client, within its request timeout.
+async fn send(
+    services: &Services,
+    upstream: &Upstream,
+    mut parts: http::request::Parts,
+    path_and_query: PathAndQuery,
+    body: RequestBody,
+) -> Result<Response<UpstreamResponseBody>, Refusal> {
     if let Some(pool) = &upstream.h1 {
         let sent = pool.send(&parts.method, path_and_query.as_str(), &parts.headers, body);
         return match tokio::time::timeout(upstream.request_timeout, sent).await {
@@ -702,8 +744,8 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Stage 6.
-fn respond(resp: Response<UpstreamResponseBody>) -> Response<ProxyBody> {
+/// The upstream's response, without its hop-by-hop headers.
+fn strip_response(resp: Response<UpstreamResponseBody>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
