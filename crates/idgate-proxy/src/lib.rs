@@ -6,6 +6,7 @@ pub mod admin;
 pub mod authn;
 pub mod credential;
 pub mod ctx;
+mod forward;
 pub mod gateway;
 pub mod h1;
 pub mod limit;
