@@ -1263,6 +1263,24 @@ async fn secrets_stay_out_of_logs_even_at_trace_level() {
     .await
 }
 
+#[tokio::test]
+async fn access_lines_follow_the_log_filter() {
+    within(async {
+        let (gw, _upstream, sent) = requests_carrying_secrets("info,idgate::access=off").await;
+        assert!(sent.iter().any(|(_, status, _, _)| *status == 502));
+        // The refused request's warning is written: the access lines, filtered out, are not.
+        let refused = || {
+            json_lines(&gw.output())
+                .iter()
+                .any(|l| l.get("message").and_then(|m| m.as_str()) == Some("request refused"))
+        };
+        assert_eventually!(refused(), "no refusal warning; output:\n{}", gw.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(access_lines(&gw).is_empty(), "{}", gw.output());
+    })
+    .await
+}
+
 // --------------------------------------------------------------------------------- admin
 
 #[tokio::test]
