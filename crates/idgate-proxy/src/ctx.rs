@@ -7,13 +7,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
 use hyper::body::Incoming;
 use idgate_auth::{Caller, Principal};
+use tokio::sync::SemaphorePermit;
 
 use crate::access_log::{Decision, Record};
-use crate::pipeline::{ConnInfo, Services};
+use crate::h1::RequestBody;
+use crate::pipeline::{BODY_BUDGET_KIB, ConnInfo, Services};
+use crate::problem::Refusal;
 use crate::routes::{PathParams, Route};
 use crate::snapshot::Snapshot;
 
@@ -47,6 +51,10 @@ pub struct RequestCtx<'r> {
     pub version: Version,
     /// The request body while no stage has taken it: one that is refused reads it away.
     pub body: Option<Incoming>,
+    /// The whole body, once a stage needed it (see [`RequestCtx::read_body`]).
+    pub buffered_body: Option<Bytes>,
+    /// Its share of the gateway's budget for buffered bodies, held to the request's end.
+    body_budget: Option<SemaphorePermit<'r>>,
     /// The body is announced with `Expect: 100-continue`: a refusal must not invite it.
     pub expects_continue: bool,
 
@@ -89,6 +97,8 @@ impl<'r> RequestCtx<'r> {
             method: parts.method.clone(),
             version: parts.version,
             body: Some(body),
+            buffered_body: None,
+            body_budget: None,
             expects_continue: parts.headers.contains_key(http::header::EXPECT),
             route: None,
             params: PathParams::default(),
@@ -99,6 +109,67 @@ impl<'r> RequestCtx<'r> {
             upstream_latency: None,
             response_headers: HeaderMap::new(),
             decision: Decision::Allowed,
+        }
+    }
+
+    /// The whole request body, read once and kept: every stage that needs it (a signer, a
+    /// validator) shares the one copy. Read up to `limit`, within `timeout`, and within the
+    /// gateway's budget for buffered bodies (`Busy` when it is spent). On `BodyTooLarge` the
+    /// rest stays in `body`, to be read away beside the answer.
+    pub async fn read_body(&mut self, limit: u64, timeout: Duration) -> Result<Bytes, Refusal> {
+        if let Some(bytes) = &self.buffered_body {
+            return Ok(bytes.clone());
+        }
+        let Some(mut body) = self.body.take() else {
+            return Err(Refusal::Internal {
+                reason: "the request body was taken before it was read".to_owned(),
+            });
+        };
+        // All buffered bodies together stay within one budget: many streams each sending the
+        // largest body must not exhaust memory.
+        let want = http_body::Body::size_hint(&body)
+            .exact()
+            .unwrap_or(limit)
+            .min(limit);
+        let kib = u32::try_from(want.div_ceil(1024).max(1))
+            .unwrap_or(BODY_BUDGET_KIB)
+            .min(BODY_BUDGET_KIB);
+        let budget = &self.services.body_budget;
+        self.body_budget = Some(
+            tokio::time::timeout(Duration::from_secs(1), budget.acquire_many(kib))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .ok_or(Refusal::Busy)?,
+        );
+        // A trickled body must not hold the connection (and its buffer) for ever.
+        let read = tokio::time::timeout(timeout, read_whole(&mut body, limit))
+            .await
+            .map_err(|_| Refusal::BadBody {
+                reason: "the request body did not arrive in time".to_owned(),
+            })?;
+        match read {
+            Ok(bytes) => {
+                self.buffered_body = Some(bytes.clone());
+                Ok(bytes)
+            }
+            Err(refusal) => {
+                if matches!(refusal, Refusal::BodyTooLarge) {
+                    self.body = Some(body);
+                }
+                Err(refusal)
+            }
+        }
+    }
+
+    /// The body to send on: as it streams in, or as read by [`RequestCtx::read_body`].
+    pub fn take_body(&mut self) -> Result<RequestBody, Refusal> {
+        match (self.body.take(), self.buffered_body.clone()) {
+            (Some(body), _) => Ok(RequestBody::Stream(body)),
+            (None, Some(bytes)) => Ok(RequestBody::Buffered(bytes)),
+            (None, None) => Err(Refusal::Internal {
+                reason: "the request body was taken before forwarding".to_owned(),
+            }),
         }
     }
 
@@ -150,5 +221,21 @@ impl<'r> RequestCtx<'r> {
             });
         }
         self.services.metrics.request(route, status.as_u16());
+    }
+}
+
+/// Reads the body whole, up to `limit`; on `BodyTooLarge` the rest is still in `body`.
+async fn read_whole(body: &mut Incoming, limit: u64) -> Result<Bytes, Refusal> {
+    use http_body::Body as _;
+    if body.size_hint().lower() > limit {
+        return Err(Refusal::BodyTooLarge);
+    }
+    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match http_body_util::BodyExt::collect(limited).await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::BodyTooLarge),
+        Err(e) => Err(Refusal::BadBody {
+            reason: e.to_string(),
+        }),
     }
 }

@@ -3,19 +3,18 @@
 //! with it), the forwarding headers set, and the request sent with the upstream's client
 //! within its timeouts.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use crate::ctx::{CredentialUse, RequestCtx};
 use crate::h1::{self, RequestBody};
 use crate::limit::{Held, Saturated};
-use crate::pipeline::{BODY_BUDGET_KIB, ProxyBody, Services, UpstreamResponseBody, X_REQUEST_ID};
+use crate::pipeline::{ProxyBody, Services, UpstreamResponseBody, X_REQUEST_ID};
 use crate::problem::Refusal;
 use crate::upstream::Upstream;
 
@@ -102,14 +101,9 @@ pub(crate) async fn forward<'r>(
     upstream: &'r Upstream,
     req: http::request::Parts,
 ) -> Result<Response<UpstreamResponseBody>, Refusal> {
-    let Some(body) = ctx.body.take() else {
-        return Err(Refusal::Internal {
-            reason: "the request body was taken before forwarding".to_owned(),
-        });
-    };
     let (conn, services) = (ctx.conn, ctx.services);
     let strip = &ctx.snapshot.strip_headers;
-    let (mut parts, mut body) = (req, body);
+    let mut parts = req;
 
     // Forwarded as received: without a base path the received bytes are shared, not copied.
     let path_and_query = match (upstream.base_path.is_empty(), parts.uri.path_and_query()) {
@@ -144,52 +138,16 @@ pub(crate) async fn forward<'r>(
     }
 
     let body = match &upstream.credential {
-        None => RequestBody::Stream(body),
+        None => ctx.take_body()?,
         Some(cred) => {
             // Signature schemes cover the body, so it is read whole (bounded) first.
-            let mut _budget = None;
             let (body, bytes) = if cred.needs_body() {
-                // All buffered bodies together stay within one budget: many streams each
-                // sending the largest body must not exhaust memory.
-                let want = http_body::Body::size_hint(&body)
-                    .exact()
-                    .unwrap_or(upstream.max_body_bytes)
-                    .min(upstream.max_body_bytes);
-                let kib = u32::try_from(want.div_ceil(1024).max(1))
-                    .unwrap_or(BODY_BUDGET_KIB)
-                    .min(BODY_BUDGET_KIB);
-                _budget = Some(
-                    tokio::time::timeout(
-                        Duration::from_secs(1),
-                        services.body_budget.acquire_many(kib),
-                    )
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .ok_or(Refusal::Busy)?,
-                );
-                // A trickled body must not hold the connection (and its buffer) for ever.
-                let read = tokio::time::timeout(
-                    upstream.request_timeout,
-                    read_body(&mut body, upstream.max_body_bytes),
-                )
-                .await
-                .map_err(|_| Refusal::BadBody {
-                    reason: "the request body did not arrive in time".to_owned(),
-                })?;
-                let bytes = match read {
-                    Ok(bytes) => bytes,
-                    Err(refusal) => {
-                        // What is left of a body too large is read away beside the answer.
-                        if matches!(refusal, Refusal::BodyTooLarge) {
-                            ctx.body = Some(body);
-                        }
-                        return Err(refusal);
-                    }
-                };
+                let bytes = ctx
+                    .read_body(upstream.max_body_bytes, upstream.request_timeout)
+                    .await?;
                 (RequestBody::Buffered(bytes.clone()), bytes)
             } else {
-                (RequestBody::Stream(body), Bytes::new())
+                (ctx.take_body()?, Bytes::new())
             };
             match cred
                 .apply(
@@ -299,21 +257,6 @@ fn saturated(services: &Services, upstream: &Upstream, why: Saturated) -> Refusa
     }
 }
 
-/// Reads the body whole, up to `limit`; on `BodyTooLarge` the rest is still in `body`.
-async fn read_body(body: &mut Incoming, limit: u64) -> Result<Bytes, Refusal> {
-    use http_body::Body as _;
-    if body.size_hint().lower() > limit {
-        return Err(Refusal::BodyTooLarge);
-    }
-    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match http_body_util::BodyExt::collect(limited).await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::BodyTooLarge),
-        Err(e) => Err(Refusal::BadBody {
-            reason: e.to_string(),
-        }),
-    }
-}
 fn append_forwarded_for(h: &mut HeaderMap, ip: &HeaderValue) {
     let prior: Vec<&[u8]> = h
         .get_all(&X_FORWARDED_FOR)
