@@ -267,6 +267,52 @@ async fn an_http2_stream_whose_window_stays_closed_is_reset_and_the_connection_k
     .await
 }
 
+#[tokio::test]
+async fn an_http2_stream_to_a_caller_announcing_no_window_is_reset_and_the_upstream_released() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = Upstream::start(Duration::ZERO).await;
+        let gw = gateway(&pki, &upstream, SEND_TIMEOUT, "").await;
+        let tls = tls_to(&pki, &gw, true).await;
+        // SETTINGS_INITIAL_WINDOW_SIZE = 0: no DATA frame of the stream can ever be sent.
+        let (mut h2, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .initial_connection_window_size(16 << 20)
+            .handshake::<_, bytes::Bytes>(tls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let uri = format!("https://localhost:{}/v1/big", gw.port);
+        let (response, _) = h2
+            .send_request(http::Request::get(uri).body(()).unwrap(), true)
+            .unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+
+        tokio::time::timeout(ACTS_WITHIN, upstream.big_body_abandoned())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the upstream connection was still open {ACTS_WITHIN:?} after the stream stalled"
+                )
+            });
+        let end = tokio::time::timeout(ACTS_WITHIN, body.data())
+            .await
+            .expect("the stream was not reset");
+        let reset = end.and_then(Result::err).and_then(|e| e.reason());
+        assert_eq!(reset, Some(h2::Reason::CANCEL), "{:?}", gw.output());
+        assert!(
+            metrics(&gw)
+                .await
+                .contains(r#"idgate_send_timeouts_total{kind="stream"} 1"#),
+            "{}",
+            metrics(&gw).await
+        );
+    })
+    .await
+}
+
 /// Sends `n` requests to `/v1/slow` at once, each on its own HTTP/2 connection.
 async fn at_once(pki: &Pki, gw: &Gateway, n: usize) -> Vec<Reply> {
     let client = Client::new(pki, Some(ONBOARDING), gw.port, true);
