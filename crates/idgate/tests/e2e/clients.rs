@@ -383,7 +383,7 @@ async fn curl_over_http1_sees_the_problem_for_an_upload_beyond_what_is_read_away
     // With `Expect: 100-continue` (curl's default above 1 MiB) and without it, so that the
     // body is on its way when the answer comes. Whether the close resets the connection
     // before curl reads the answer is a race: run it a few times.
-    for round in 0..5 {
+    for round in 0..10 {
         for expect in ["Expect: 100-continue", "Expect:"] {
             let headers = tempfile::NamedTempFile::new().unwrap();
             let mut cmd = curl(&["--http1.1", "--data-binary"]);
