@@ -410,34 +410,46 @@ async fn curl_over_http1_sees_the_problem_for_an_upload_beyond_what_is_read_away
     }
 }
 
+/// A refused upload over a raw TLS connection: the head of a POST of `FRONTEND`'s announcing
+/// 8 MiB (beyond what is read away, so the answer closes the connection), and 256 KiB of it.
+async fn start_refused_upload(
+    s: &Uploads,
+) -> (
+    tokio::io::ReadHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let client = Client::new(&s.pki, Some(FRONTEND), s.gw.port, false);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.gw.port))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client.config)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (answer_side, mut body_side) = tokio::io::split(tls);
+    let head = format!(
+        "POST /v1/upload HTTP/1.1\r\nhost: localhost\r\n\
+         content-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
+        8 * 1024 * 1024
+    );
+    body_side.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..4 {
+        body_side.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+    }
+    (answer_side, body_side)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_caller_still_sending_a_refused_upload_reads_the_answer_before_the_close() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     within(async {
         let s = Uploads::start().await;
-        let client = Client::new(&s.pki, Some(FRONTEND), s.gw.port, false);
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.gw.port))
-            .await
-            .unwrap();
-        let tls = tokio_rustls::TlsConnector::from(client.config)
-            .connect(
-                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
-        let (mut answer_side, mut body_side) = tokio::io::split(tls);
-        // Announced beyond what is read away: the answer closes the connection.
-        let head = format!(
-            "POST /v1/upload HTTP/1.1\r\nhost: localhost\r\n\
-             content-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
-            8 * 1024 * 1024
-        );
-        body_side.write_all(head.as_bytes()).await.unwrap();
+        let (mut answer_side, mut body_side) = start_refused_upload(&s).await;
         let piece = vec![b'x'; 64 * 1024];
-        for _ in 0..4 {
-            body_side.write_all(&piece).await.unwrap();
-        }
         // The answer and the close come meanwhile, with part of the body unread. The caller,
         // busy uploading, goes on sending slowly and reads the answer only now.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -460,6 +472,25 @@ async fn a_caller_still_sending_a_refused_upload_reads_the_answer_before_the_clo
         // Every piece sent while the answer was unread reached a gateway still reading.
         let sent = sending.await.unwrap();
         sent.unwrap_or_else(|e| panic!("the upload was reset before its answer was read: {e}"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_that_never_stops_sending_a_refused_upload_is_closed_after_a_few_seconds() {
+    use tokio::io::AsyncWriteExt;
+    within(async {
+        let s = Uploads::start().await;
+        let (_answer_side, mut body_side) = start_refused_upload(&s).await;
+        // Never silent and never reading: the lingering close ends at its time bound.
+        let piece = vec![b'x'; 16 * 1024];
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            while body_side.write_all(&piece).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the connection was still open after 20 s");
     })
     .await;
 }
