@@ -321,14 +321,15 @@ mod tests {
         let sender = tokio::spawn(async move {
             for _ in 0..3 {
                 caller.write_all(&[b'x'; 1000]).await.unwrap();
-                tokio::time::sleep(BOUNDS.silence / 2).await;
+                tokio::time::sleep(BOUNDS.silence / 4).await;
             }
             // The caller reads to the answer's end, then closes.
             assert_eq!(caller.read(&mut [0u8; 16]).await.unwrap(), 0);
         });
         let took = close(&mut ours).await;
         sender.await.unwrap();
-        assert!(took >= BOUNDS.silence * 3 / 2, "{took:?}");
+        // Through the caller's pauses, and not to the time bound.
+        assert!(took >= BOUNDS.silence * 3 / 4, "{took:?}");
         assert!(took < BOUNDS.time, "{took:?}");
     }
 
