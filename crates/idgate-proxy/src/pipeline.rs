@@ -22,6 +22,7 @@
 //! Each stage is a small function that either hands on or returns a [`Refusal`]; only
 //! `problem.rs` turns a refusal into a response.
 
+use std::borrow::Borrow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +41,7 @@ use crate::h1::{self, RequestBody};
 use crate::limit::{Held, Saturated};
 use crate::lingering_close::LingerOnClose;
 use crate::metrics::Metrics;
-use crate::path;
+use crate::path::{self, BadEncoding};
 use crate::problem::Refusal;
 use crate::routes::{Route, RouteMiss};
 use crate::snapshot::Snapshot;
@@ -57,21 +58,27 @@ pub type ProxyBody = Either<UpstreamResponseBody, Full<Bytes>>;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that tell an upstream who sent a request and how it arrived. Only a trusted proxy
-/// may pass them on; from anyone else they are claims the caller made about itself.
-static FORWARDING: [&HeaderName; 6] = [
-    &X_FORWARDED_FOR,
-    &FORWARDED,
-    &X_FORWARDED_HOST,
-    &X_FORWARDED_PROTO,
-    &X_FORWARDED_PORT,
-    &X_REAL_IP,
+/// may pass them on; from anyone else they are claims the caller made about itself. Besides
+/// the standard ones, the client-address headers of common CDNs and load balancers, which
+/// frameworks (and libraries such as `request-ip`) read before `x-forwarded-for`.
+static FORWARDING: [HeaderName; 15] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded"),
+    HeaderName::from_static("forwarded-for"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-original-forwarded-for"),
+    HeaderName::from_static("x-appengine-user-ip"),
 ];
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -250,11 +257,14 @@ pub async fn handle(
                 return Err(services.auth_failed(&conn, f));
             }
         }
+        let upstream = &snapshot.upstreams[route.upstream];
         // Refused before anything goes upstream: an upstream that ignores the body of a GET
         // would read it as the next request on its connection.
         if !route.allow_body
             && idgate_config::body_needs_opt_in(&parts.method)
-            && unread.as_ref().is_some_and(carries_body)
+            && let Some(body) = unread.as_mut()
+            && carries_body(body)
+            && !turns_out_empty(body, upstream.request_timeout).await
         {
             return Err(Refusal::BodyNotAllowed {
                 method: parts.method,
@@ -266,7 +276,6 @@ pub async fn handle(
             });
         };
         let req = Request::from_parts(parts, body);
-        let upstream = &snapshot.upstreams[route.upstream];
         let resp = forward(
             upstream,
             &snapshot.strip_headers,
@@ -335,7 +344,7 @@ pub async fn handle(
 
 /// Stage 2.
 fn route<'s>(snapshot: &'s Snapshot, req: &http::request::Parts) -> Result<&'s Route, Refusal> {
-    snapshot
+    let route = snapshot
         .routes
         .find(&req.method, req.uri.path())
         .map_err(|miss| match miss {
@@ -343,7 +352,14 @@ fn route<'s>(snapshot: &'s Snapshot, req: &http::request::Parts) -> Result<&'s R
             RouteMiss::WrongMethod(allow) => Refusal::MethodNotAllowed {
                 allow: allow.clone(),
             },
-        })
+        })?;
+    // An upstream that ignores case may fold more than ASCII (`ı`, `ſ` and the Kelvin sign
+    // are `i`, `s` and `k` to Java's equalsIgnoreCase): the gateway folds ASCII only, so on
+    // such a route a path with characters beyond ASCII could mean a literal it did not match.
+    if route.case_insensitive && path::has_non_ascii_escape(req.uri.path()) {
+        return Err(Refusal::InvalidEncoding(BadEncoding::NonAsciiCaseFolded));
+    }
+    Ok(route)
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus the proxy ones.
@@ -361,10 +377,13 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
 
 /// Removes every header named in `names` that is present. One pass over the (usually few)
 /// headers first, so that a message without any of them costs no lookups.
-pub(crate) fn remove_all(headers: &mut HeaderMap, names: &[&HeaderName]) {
-    if headers.keys().any(|k| names.contains(&k)) {
+pub(crate) fn remove_all<N: Borrow<HeaderName>>(headers: &mut HeaderMap, names: &[N]) {
+    if headers
+        .keys()
+        .any(|k| names.iter().any(|n| n.borrow() == k))
+    {
         for name in names {
-            headers.remove(*name);
+            headers.remove(name.borrow());
         }
     }
 }
@@ -465,16 +484,18 @@ async fn forward<'u>(
                 let kib = u32::try_from(want.div_ceil(1024).max(1))
                     .unwrap_or(BODY_BUDGET_KIB)
                     .min(BODY_BUDGET_KIB);
-                _budget = Some(
-                    tokio::time::timeout(
-                        Duration::from_secs(1),
-                        services.body_budget.acquire_many(kib),
-                    )
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .ok_or(Refusal::Busy)?,
-                );
+                match tokio::time::timeout(
+                    Duration::from_secs(1),
+                    services.body_budget.acquire_many(kib),
+                )
+                .await
+                {
+                    Ok(Ok(permit)) => _budget = Some(permit),
+                    _ => {
+                        *unread = Some(body);
+                        return Err(Refusal::Busy);
+                    }
+                }
                 // A trickled body must not hold the connection (and its buffer) for ever.
                 let read = tokio::time::timeout(
                     upstream.request_timeout,
@@ -514,6 +535,7 @@ async fn forward<'u>(
                 }
                 Err(e) => {
                     services.metrics.credential_failed(&cred.label);
+                    give_back(unread, body);
                     return Err(Refusal::CredentialUnavailable {
                         reason: e.to_string(),
                     });
@@ -527,16 +549,23 @@ async fn forward<'u>(
         let sent = pool.send(&parts.method, path_and_query.as_str(), &parts.headers, body);
         return match tokio::time::timeout(upstream.request_timeout, sent).await {
             Err(_) => Err(Refusal::UpstreamTimeout),
-            Ok(Err(h1::Error::CallerBody(e))) => Err(Refusal::BadBody {
-                reason: e.to_string(),
-            }),
-            Ok(Err(e @ h1::Error::BodyLength)) => Err(Refusal::BadBody {
-                reason: e.to_string(),
-            }),
-            Ok(Err(h1::Error::Saturated(s))) => Err(saturated(services, upstream, s)),
-            Ok(Err(e)) => Err(Refusal::UpstreamUnreachable {
-                reason: format!("upstream {}: {e}", upstream.name),
-            }),
+            Ok(Err(h1::SendError { error, unsent })) => {
+                if let Some(body) = unsent {
+                    give_back(unread, body);
+                }
+                Err(match error {
+                    h1::Error::CallerBody(e) => Refusal::BadBody {
+                        reason: e.to_string(),
+                    },
+                    e @ h1::Error::BodyLength => Refusal::BadBody {
+                        reason: e.to_string(),
+                    },
+                    h1::Error::Saturated(s) => saturated(services, upstream, s),
+                    e => Refusal::UpstreamUnreachable {
+                        reason: format!("upstream {}: {e}", upstream.name),
+                    },
+                })
+            }
             Ok(Ok(resp)) => Ok(resp.map(Either::Right)),
         };
     }
@@ -554,18 +583,25 @@ async fn forward<'u>(
         })?;
     // The client picks HTTP/1.1 or HTTP/2 for the upstream connection by ALPN.
     parts.version = Version::HTTP_11;
-    let body = match body {
-        RequestBody::Stream(b) => Either::Left(b),
-        RequestBody::Buffered(b) => Either::Right(Full::new(b)),
-    };
-    let req = Request::from_parts(parts, body);
     let sent = async {
-        let slot = upstream
-            .limit
-            .request_slot()
+        // Taken before the body goes into the request, so that a refusal can still read it
+        // away.
+        let slot = match upstream.limit.request_slot().await {
+            Ok(slot) => slot,
+            Err(s) => {
+                give_back(unread, body);
+                return Err(saturated(services, upstream, s));
+            }
+        };
+        let body = match body {
+            RequestBody::Stream(b) => Either::Left(b),
+            RequestBody::Buffered(b) => Either::Right(Full::new(b)),
+        };
+        match upstream
+            .client
+            .request(Request::from_parts(parts, body))
             .await
-            .map_err(|s| saturated(services, upstream, s))?;
-        match upstream.client.request(req).await {
+        {
             // A connect failure, including a connect timeout, means the upstream is unreachable.
             Err(e) => Err(Refusal::UpstreamUnreachable {
                 reason: format!("upstream {}: {}", upstream.name, error_chain(&e)),
@@ -576,6 +612,14 @@ async fn forward<'u>(
     tokio::time::timeout(upstream.request_timeout, sent)
         .await
         .unwrap_or(Err(Refusal::UpstreamTimeout))
+}
+
+/// A body that was refused before any of it was read goes back to be read away beside the
+/// answer (one read whole already needs nothing more).
+fn give_back(unread: &mut Option<Incoming>, body: RequestBody) {
+    if let RequestBody::Stream(b) = body {
+        *unread = Some(b);
+    }
 }
 
 /// Every connection to the upstream is busy and the request could not wait for one.
@@ -593,6 +637,18 @@ fn saturated(services: &Services, upstream: &Upstream, why: Saturated) -> Refusa
 fn carries_body(body: &Incoming) -> bool {
     use http_body::Body as _;
     !body.is_end_stream() && body.size_hint().exact() != Some(0)
+}
+
+/// Whether a body of unknown length ends with no data, which some clients send with a `GET`
+/// (an HTTP/2 DATA frame with END_STREAM and nothing in it, a chunked body of one `0`
+/// chunk). It is read with room for nothing, within `wait`; a byte of data is a body.
+async fn turns_out_empty(body: &mut Incoming, wait: Duration) -> bool {
+    use http_body::Body as _;
+    body.size_hint().exact().is_none()
+        && matches!(
+            tokio::time::timeout(wait, read_body(body, 0)).await,
+            Ok(Ok(bytes)) if bytes.is_empty()
+        )
 }
 
 /// Reads the body whole, up to `limit`; on `BodyTooLarge` the rest is still in `body`.
@@ -622,8 +678,9 @@ const LINGER_TIME: Duration = Duration::from_secs(5);
 /// still sending, which some clients (curl 7.88) report as an error instead of the answer.
 /// Read to its end, the body leaves neither: the HTTP/1.1 connection even stays usable.
 ///
-/// Returns whether the body will be read to its end (as far as can be known); if not, an
-/// HTTP/1.1 answer should close the connection so that the client stops sending, and the
+/// Returns whether the body is known to be read to its end (its announced length is within
+/// the bound); if not, an HTTP/1.1 answer should close the connection so that the client
+/// stops sending, since a body of unknown length (chunked) may outgrow the bound, and the
 /// close should linger (see `lingering_close`). A body announced with
 /// `Expect: 100-continue` is never invited: it is not read at all.
 fn linger(body: Incoming, expects_continue: bool, conn: &Arc<ConnInfo>) -> bool {
@@ -635,6 +692,7 @@ fn linger(body: Incoming, expects_continue: bool, conn: &Arc<ConnInfo>) -> bool 
     if expects_continue || body.size_hint().lower() > LINGER_BYTES {
         return false;
     }
+    let whole = body.size_hint().exact().is_some_and(|n| n <= LINGER_BYTES);
     let conn = conn.clone();
     tokio::spawn(async move {
         let mut body = body;
@@ -655,7 +713,7 @@ fn linger(body: Incoming, expects_continue: bool, conn: &Arc<ConnInfo>) -> bool 
             conn.linger_on_close.request();
         }
     });
-    true
+    whole
 }
 
 fn append_forwarded_for(h: &mut HeaderMap, ip: &HeaderValue) {

@@ -105,6 +105,23 @@ impl RequestBody {
     }
 }
 
+/// Why [`Pool::send`] failed, and the caller's body when none of it was sent (no connection
+/// could be had): the gateway can then still read it away beside its refusal.
+#[derive(Debug)]
+pub struct SendError {
+    pub error: Error,
+    pub unsent: Option<RequestBody>,
+}
+
+impl From<Error> for SendError {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            unsent: None,
+        }
+    }
+}
+
 /// Why a request to the upstream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -291,7 +308,7 @@ impl Pool {
         path_and_query: &str,
         headers: &HeaderMap,
         body: RequestBody,
-    ) -> Result<Response<ResponseBody>, Error> {
+    ) -> Result<Response<ResponseBody>, SendError> {
         let head_request = *method == Method::HEAD;
         let retry_allowed = method.is_idempotent() && body.replayable();
         let framing = request_framing(method, &body);
@@ -311,13 +328,21 @@ impl Pool {
         let mut body = Some(body);
         let mut fresh = false;
         loop {
-            let (conn, reused) = self.inner.obtain(fresh).await?;
+            let (conn, reused) = match self.inner.obtain(fresh).await {
+                Ok(c) => c,
+                Err(error) => {
+                    return Err(SendError {
+                        error,
+                        unsent: body.take(),
+                    });
+                }
+            };
             fresh = true;
             let Some(this_body) = body
                 .take()
                 .or_else(|| replay.clone().map(RequestBody::Buffered))
             else {
-                return Err(Error::Closed);
+                return Err(Error::Closed.into());
             };
             match self.exchange(conn, &request, this_body, head_request).await {
                 Ok(resp) => return Ok(resp),
@@ -329,7 +354,7 @@ impl Pool {
                 }) if reused && replay.is_some() => {
                     tracing::debug!(error = %error, "reused upstream connection failed; retrying on a new one");
                 }
-                Err(f) => return Err(f.error),
+                Err(f) => return Err(f.error.into()),
             }
         }
     }

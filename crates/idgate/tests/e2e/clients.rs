@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::assert_eventually;
 use crate::support::*;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -493,4 +494,45 @@ async fn a_caller_that_never_stops_sending_a_refused_upload_is_closed_after_a_fe
         assert!(ended.is_ok(), "the connection was still open after 20 s");
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_sees_the_problem_when_an_upload_finds_the_upstream_busy() {
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Delay(Duration::from_secs(4))).await;
+    let gw = OneRoute {
+        url: &upstream.url(true),
+        upstream_extra: "max_connections = 1\nmax_pending = 0",
+        methods: r#"["GET", "POST"]"#,
+        ..OneRoute::default()
+    }
+    .start(&pki, &[])
+    .await;
+    // One slow request holds the upstream's only connection.
+    let holder = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+    let held = tokio::spawn(async move { holder.get("/v1/hold").await });
+    assert_eventually!(
+        upstream.requests().len() == 1,
+        "the first request never reached the upstream"
+    );
+    // The refusal comes after the body was handed on towards the upstream: it is read away
+    // all the same, so the client shows the answer.
+    let body = body_file(1000);
+    let (crt, key) = pki.workload(ONBOARDING);
+    for flag in ["--http1.1", "--http2"] {
+        let mut cmd = curl(&[flag, "--data-binary"]);
+        cmd.arg(format!("@{}", body.path().display()))
+            .arg("--cacert")
+            .arg(&pki.files.bundle)
+            .arg("--cert")
+            .arg(&crt)
+            .arg("--key")
+            .arg(&key)
+            .arg(gw.url("/v1/upload"));
+        let (code, out, err) = run_off_runtime(cmd).await;
+        assert_eq!(code, 0, "curl {flag}: {err}\n{out}");
+        assert_eq!(status_line(&out).0, "503", "{flag}: {out}");
+        assert_problem(out.rsplit_once('\n').map_or("", |(b, _)| b), 503, flag);
+    }
+    assert_eq!(held.await.unwrap().unwrap().status, 200);
 }
