@@ -7,6 +7,7 @@ pub mod credential;
 pub mod gateway;
 pub mod h1;
 pub mod limit;
+mod lingering_close;
 pub mod listener;
 pub mod metrics;
 pub mod oauth2;

@@ -39,6 +39,7 @@ use idgate_tls::SpiffeId;
 use crate::authn::{self, FailedAttempts};
 use crate::h1::{self, RequestBody};
 use crate::limit::{Held, Saturated};
+use crate::lingering_close::LingerOnClose;
 use crate::metrics::Metrics;
 use crate::path::{self, BadEncoding};
 use crate::problem::Refusal;
@@ -94,6 +95,8 @@ pub struct ConnInfo {
     pub trusted_proxy: bool,
     /// RFC 8705 thumbprint of the client certificate (`x5t#S256`), for bound tokens.
     pub cert_thumbprint: Option<String>,
+    /// Asked for when an HTTP/1.1 answer leaves the caller still sending.
+    pub(crate) linger_on_close: LingerOnClose,
 }
 
 /// Request IDs: a random per-process prefix and a counter — unique, cheap, unguessable
@@ -305,11 +308,12 @@ pub async fn handle(
             }
             let mut resp = refusal.into_response(request_id_str).map(Either::Right);
             if let Some(body) = unread.take()
-                && !linger(body, expects_continue)
+                && !linger(body, expects_continue, &conn)
                 && version < Version::HTTP_2
             {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                conn.linger_on_close.request();
             }
             resp
         }
@@ -676,9 +680,10 @@ const LINGER_TIME: Duration = Duration::from_secs(5);
 ///
 /// Returns whether the body is known to be read to its end (its announced length is within
 /// the bound); if not, an HTTP/1.1 answer should close the connection so that the client
-/// stops sending, since a body of unknown length (chunked) may outgrow the bound. A body
-/// announced with `Expect: 100-continue` is never invited: it is not read at all.
-fn linger(body: Incoming, expects_continue: bool) -> bool {
+/// stops sending, since a body of unknown length (chunked) may outgrow the bound, and the
+/// close should linger (see `lingering_close`). A body announced with
+/// `Expect: 100-continue` is never invited: it is not read at all.
+fn linger(body: Incoming, expects_continue: bool, conn: &Arc<ConnInfo>) -> bool {
     use http_body::Body as _;
     use http_body_util::BodyExt as _;
     if body.is_end_stream() {
@@ -688,19 +693,25 @@ fn linger(body: Incoming, expects_continue: bool) -> bool {
         return false;
     }
     let whole = body.size_hint().exact().is_some_and(|n| n <= LINGER_BYTES);
+    let conn = conn.clone();
     tokio::spawn(async move {
         let mut body = body;
         let mut left = LINGER_BYTES;
-        let _ = tokio::time::timeout(LINGER_TIME, async {
+        let read_to_end = tokio::time::timeout(LINGER_TIME, async {
             while let Some(Ok(frame)) = body.frame().await {
                 let n = frame.data_ref().map_or(0, |d| d.len() as u64);
                 match left.checked_sub(n) {
                     Some(l) => left = l,
-                    None => return,
+                    None => return false,
                 }
             }
+            true
         })
         .await;
+        // Given up on, the body is dropped unread and the HTTP/1.1 connection closes.
+        if !matches!(read_to_end, Ok(true)) {
+            conn.linger_on_close.request();
+        }
     });
     whole
 }
