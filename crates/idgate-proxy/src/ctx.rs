@@ -41,7 +41,7 @@ pub struct CredentialUse<'r> {
 #[derive(Debug)]
 pub struct RequestCtx<'r> {
     // What the request arrived with.
-    pub conn: &'r ConnInfo,
+    pub conn: &'r Arc<ConnInfo>,
     /// The configuration in force when the request arrived, kept to its end.
     pub snapshot: &'r Snapshot,
     pub services: &'r Services,
@@ -79,7 +79,7 @@ pub struct RequestCtx<'r> {
 impl<'r> RequestCtx<'r> {
     pub fn new(
         snapshot: &'r Snapshot,
-        conn: &'r ConnInfo,
+        conn: &'r Arc<ConnInfo>,
         services: &'r Services,
         parts: &http::request::Parts,
         body: Incoming,
@@ -135,13 +135,14 @@ impl<'r> RequestCtx<'r> {
             .unwrap_or(BODY_BUDGET_KIB)
             .min(BODY_BUDGET_KIB);
         let budget = &self.services.body_budget;
-        self.body_budget = Some(
-            tokio::time::timeout(Duration::from_secs(1), budget.acquire_many(kib))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .ok_or(Refusal::Busy)?,
-        );
+        match tokio::time::timeout(Duration::from_secs(1), budget.acquire_many(kib)).await {
+            Ok(Ok(permit)) => self.body_budget = Some(permit),
+            _ => {
+                // Refused before any of it was read: read away beside the answer.
+                self.body = Some(body);
+                return Err(Refusal::Busy);
+            }
+        }
         // A trickled body must not hold the connection (and its buffer) for ever.
         let read = tokio::time::timeout(timeout, read_whole(&mut body, limit))
             .await
@@ -159,6 +160,14 @@ impl<'r> RequestCtx<'r> {
                 }
                 Err(refusal)
             }
+        }
+    }
+
+    /// A body that was refused before any of it was sent goes back to be read away beside
+    /// the answer (one read whole already needs nothing more).
+    pub fn give_back(&mut self, body: RequestBody) {
+        if let RequestBody::Stream(b) = body {
+            self.body = Some(b);
         }
     }
 
@@ -225,7 +234,7 @@ impl<'r> RequestCtx<'r> {
 }
 
 /// Reads the body whole, up to `limit`; on `BodyTooLarge` the rest is still in `body`.
-async fn read_whole(body: &mut Incoming, limit: u64) -> Result<Bytes, Refusal> {
+pub(crate) async fn read_whole(body: &mut Incoming, limit: u64) -> Result<Bytes, Refusal> {
     use http_body::Body as _;
     if body.size_hint().lower() > limit {
         return Err(Refusal::BodyTooLarge);

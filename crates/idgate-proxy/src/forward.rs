@@ -3,6 +3,7 @@
 //! with it), the forwarding headers set, and the request sent with the upstream's client
 //! within its timeouts.
 
+use std::borrow::Borrow;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -19,21 +20,27 @@ use crate::problem::Refusal;
 use crate::upstream::Upstream;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that tell an upstream who sent a request and how it arrived. Only a trusted proxy
-/// may pass them on; from anyone else they are claims the caller made about itself.
-static FORWARDING: [&HeaderName; 6] = [
-    &X_FORWARDED_FOR,
-    &FORWARDED,
-    &X_FORWARDED_HOST,
-    &X_FORWARDED_PROTO,
-    &X_FORWARDED_PORT,
-    &X_REAL_IP,
+/// may pass them on; from anyone else they are claims the caller made about itself. Besides
+/// the standard ones, the client-address headers of common CDNs and load balancers, which
+/// frameworks (and libraries such as `request-ip`) read before `x-forwarded-for`.
+static FORWARDING: [HeaderName; 15] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded"),
+    HeaderName::from_static("forwarded-for"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-original-forwarded-for"),
+    HeaderName::from_static("x-appengine-user-ip"),
 ];
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -53,10 +60,13 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
 
 /// Removes every header named in `names` that is present. One pass over the (usually few)
 /// headers first, so that a message without any of them costs no lookups.
-fn remove_all(headers: &mut HeaderMap, names: &[&HeaderName]) {
-    if headers.keys().any(|k| names.contains(&k)) {
+fn remove_all<N: Borrow<HeaderName>>(headers: &mut HeaderMap, names: &[N]) {
+    if headers
+        .keys()
+        .any(|k| names.iter().any(|n| n.borrow() == k))
+    {
         for name in names {
-            headers.remove(*name);
+            headers.remove(name.borrow());
         }
     }
 }
@@ -168,6 +178,7 @@ pub(crate) async fn forward<'r>(
                 }
                 Err(e) => {
                     services.metrics.credential_failed(&cred.label);
+                    ctx.give_back(body);
                     return Err(Refusal::CredentialUnavailable {
                         reason: e.to_string(),
                     });
@@ -178,7 +189,7 @@ pub(crate) async fn forward<'r>(
     };
 
     let sent_at = Instant::now();
-    let resp = send(services, upstream, parts, path_and_query, body).await?;
+    let resp = send(ctx, upstream, parts, path_and_query, body).await?;
     ctx.upstream_latency = Some(sent_at.elapsed());
     ctx.upstream_status = Some(resp.status());
     Ok(resp)
@@ -186,7 +197,7 @@ pub(crate) async fn forward<'r>(
 
 /// Sends the request to the upstream with its client, within its request timeout.
 async fn send(
-    services: &Services,
+    ctx: &mut RequestCtx<'_>,
     upstream: &Upstream,
     mut parts: http::request::Parts,
     path_and_query: PathAndQuery,
@@ -196,16 +207,23 @@ async fn send(
         let sent = pool.send(&parts.method, path_and_query.as_str(), &parts.headers, body);
         return match tokio::time::timeout(upstream.request_timeout, sent).await {
             Err(_) => Err(Refusal::UpstreamTimeout),
-            Ok(Err(h1::Error::CallerBody(e))) => Err(Refusal::BadBody {
-                reason: e.to_string(),
-            }),
-            Ok(Err(e @ h1::Error::BodyLength)) => Err(Refusal::BadBody {
-                reason: e.to_string(),
-            }),
-            Ok(Err(h1::Error::Saturated(s))) => Err(saturated(services, upstream, s)),
-            Ok(Err(e)) => Err(Refusal::UpstreamUnreachable {
-                reason: format!("upstream {}: {e}", upstream.name),
-            }),
+            Ok(Err(h1::SendError { error, unsent })) => {
+                if let Some(body) = unsent {
+                    ctx.give_back(body);
+                }
+                Err(match error {
+                    h1::Error::CallerBody(e) => Refusal::BadBody {
+                        reason: e.to_string(),
+                    },
+                    e @ h1::Error::BodyLength => Refusal::BadBody {
+                        reason: e.to_string(),
+                    },
+                    h1::Error::Saturated(s) => saturated(ctx.services, upstream, s),
+                    e => Refusal::UpstreamUnreachable {
+                        reason: format!("upstream {}: {e}", upstream.name),
+                    },
+                })
+            }
             Ok(Ok(resp)) => Ok(resp.map(Either::Right)),
         };
     }
@@ -223,18 +241,25 @@ async fn send(
         })?;
     // The client picks HTTP/1.1 or HTTP/2 for the upstream connection by ALPN.
     parts.version = Version::HTTP_11;
-    let body = match body {
-        RequestBody::Stream(b) => Either::Left(b),
-        RequestBody::Buffered(b) => Either::Right(Full::new(b)),
-    };
-    let req = Request::from_parts(parts, body);
     let sent = async {
-        let slot = upstream
-            .limit
-            .request_slot()
+        // Taken before the body goes into the request, so that a refusal can still read it
+        // away.
+        let slot = match upstream.limit.request_slot().await {
+            Ok(slot) => slot,
+            Err(s) => {
+                ctx.give_back(body);
+                return Err(saturated(ctx.services, upstream, s));
+            }
+        };
+        let body = match body {
+            RequestBody::Stream(b) => Either::Left(b),
+            RequestBody::Buffered(b) => Either::Right(Full::new(b)),
+        };
+        match upstream
+            .client
+            .request(Request::from_parts(parts, body))
             .await
-            .map_err(|s| saturated(services, upstream, s))?;
-        match upstream.client.request(req).await {
+        {
             // A connect failure, including a connect timeout, means the upstream is unreachable.
             Err(e) => Err(Refusal::UpstreamUnreachable {
                 reason: format!("upstream {}: {}", upstream.name, error_chain(&e)),

@@ -10,6 +10,7 @@ mod forward;
 pub mod gateway;
 pub mod h1;
 pub mod limit;
+mod lingering_close;
 pub mod listener;
 pub mod metrics;
 pub mod oauth2;

@@ -47,11 +47,13 @@ use crate::ctx::{Authorized, RequestCtx};
 use crate::forward::{forward, strip_response};
 use crate::h1;
 use crate::limit::Held;
+use crate::lingering_close::LingerOnClose;
 use crate::metrics::Metrics;
-use crate::path;
+use crate::path::{self, BadEncoding};
 use crate::problem::Refusal;
 use crate::routes::{Route, RouteMiss, Target};
 use crate::snapshot::Snapshot;
+use crate::upstream::Upstream;
 use idgate_auth::{AuthFailure, Principal};
 
 /// An upstream's response body: from hyper's client (`http2 = true`, `client = "hyper"`;
@@ -75,6 +77,8 @@ pub struct ConnInfo {
     pub trusted_proxy: bool,
     /// RFC 8705 thumbprint of the client certificate (`x5t#S256`), for bound tokens.
     pub cert_thumbprint: Option<String>,
+    /// Asked for when an HTTP/1.1 answer leaves the caller still sending.
+    pub(crate) linger_on_close: LingerOnClose,
 }
 
 /// Request IDs: a random per-process prefix and a counter — unique, cheap, unguessable
@@ -224,7 +228,7 @@ async fn stages(
     };
     authenticate(ctx, route, &req).await?;
     authorize(ctx, route, &req)?;
-    refuse_unexpected_body(ctx, route, &req)?;
+    refuse_unexpected_body(ctx, route, upstream, &req).await?;
     let resp = forward(ctx, upstream, req).await?;
     Ok(strip_response(resp))
 }
@@ -248,9 +252,16 @@ fn route<'r>(ctx: &mut RequestCtx<'r>, req: &http::request::Parts) -> Result<&'r
                 allow: allow.clone(),
             },
         })?;
-    ctx.route = Some(matched.route);
+    let route = matched.route;
+    ctx.route = Some(route);
     ctx.params = matched.params;
-    Ok(matched.route)
+    // An upstream that ignores case may fold more than ASCII (`ı`, `ſ` and the Kelvin sign
+    // are `i`, `s` and `k` to Java's equalsIgnoreCase): the gateway folds ASCII only, so on
+    // such a route a path with characters beyond ASCII could mean a literal it did not match.
+    if route.case_insensitive && path::has_non_ascii_escape(req.uri.path()) {
+        return Err(Refusal::InvalidEncoding(BadEncoding::NonAsciiCaseFolded));
+    }
+    Ok(route)
 }
 
 /// The token endpoint's target: it authenticates its clients itself and answers in OAuth
@@ -318,14 +329,17 @@ fn authorize(
 
 /// Stage 6: refused before anything goes upstream, because an upstream that ignores the
 /// body of a GET would read it as the next request on its connection.
-fn refuse_unexpected_body(
-    ctx: &RequestCtx<'_>,
+async fn refuse_unexpected_body(
+    ctx: &mut RequestCtx<'_>,
     route: &Route,
+    upstream: &Upstream,
     req: &http::request::Parts,
 ) -> Result<(), Refusal> {
     if !route.allow_body
         && idgate_config::body_needs_opt_in(&req.method)
-        && ctx.body.as_ref().is_some_and(carries_body)
+        && let Some(body) = ctx.body.as_mut()
+        && carries_body(body)
+        && !turns_out_empty(body, upstream.request_timeout).await
     {
         return Err(Refusal::BodyNotAllowed {
             method: req.method.clone(),
@@ -349,11 +363,12 @@ fn refuse(ctx: &mut RequestCtx<'_>, refusal: Refusal) -> Response<ProxyBody> {
     }
     let mut resp = refusal.into_response(request_id).map(Either::Right);
     if let Some(body) = ctx.body.take()
-        && !linger(body, ctx.expects_continue)
+        && !linger(body, ctx.expects_continue, ctx.conn)
         && ctx.version < Version::HTTP_2
     {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        ctx.conn.linger_on_close.request();
     }
     resp
 }
@@ -373,6 +388,18 @@ fn carries_body(body: &Incoming) -> bool {
     !body.is_end_stream() && body.size_hint().exact() != Some(0)
 }
 
+/// Whether a body of unknown length ends with no data, which some clients send with a `GET`
+/// (an HTTP/2 DATA frame with END_STREAM and nothing in it, a chunked body of one `0`
+/// chunk). It is read with room for nothing, within `wait`; a byte of data is a body.
+async fn turns_out_empty(body: &mut Incoming, wait: Duration) -> bool {
+    use http_body::Body as _;
+    body.size_hint().exact().is_none()
+        && matches!(
+            tokio::time::timeout(wait, crate::ctx::read_whole(body, 0)).await,
+            Ok(Ok(bytes)) if bytes.is_empty()
+        )
+}
+
 /// How much of a refused request's body is read and thrown away, and for how long at most.
 const LINGER_BYTES: u64 = 1024 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(5);
@@ -384,10 +411,12 @@ const LINGER_TIME: Duration = Duration::from_secs(5);
 /// still sending, which some clients (curl 7.88) report as an error instead of the answer.
 /// Read to its end, the body leaves neither: the HTTP/1.1 connection even stays usable.
 ///
-/// Returns whether the body will be read to its end (as far as can be known); if not, an
-/// HTTP/1.1 answer should close the connection so that the client stops sending. A body
-/// announced with `Expect: 100-continue` is never invited: it is not read at all.
-fn linger(body: Incoming, expects_continue: bool) -> bool {
+/// Returns whether the body is known to be read to its end (its announced length is within
+/// the bound); if not, an HTTP/1.1 answer should close the connection so that the client
+/// stops sending, since a body of unknown length (chunked) may outgrow the bound, and the
+/// close should linger (see `lingering_close`). A body announced with
+/// `Expect: 100-continue` is never invited: it is not read at all.
+fn linger(body: Incoming, expects_continue: bool, conn: &Arc<ConnInfo>) -> bool {
     use http_body::Body as _;
     use http_body_util::BodyExt as _;
     if body.is_end_stream() {
@@ -396,21 +425,28 @@ fn linger(body: Incoming, expects_continue: bool) -> bool {
     if expects_continue || body.size_hint().lower() > LINGER_BYTES {
         return false;
     }
+    let whole = body.size_hint().exact().is_some_and(|n| n <= LINGER_BYTES);
+    let conn = conn.clone();
     tokio::spawn(async move {
         let mut body = body;
         let mut left = LINGER_BYTES;
-        let _ = tokio::time::timeout(LINGER_TIME, async {
+        let read_to_end = tokio::time::timeout(LINGER_TIME, async {
             while let Some(Ok(frame)) = body.frame().await {
                 let n = frame.data_ref().map_or(0, |d| d.len() as u64);
                 match left.checked_sub(n) {
                     Some(l) => left = l,
-                    None => return,
+                    None => return false,
                 }
             }
+            true
         })
         .await;
+        // Given up on, the body is dropped unread and the HTTP/1.1 connection closes.
+        if !matches!(read_to_end, Ok(true)) {
+            conn.linger_on_close.request();
+        }
     });
-    true
+    whole
 }
 
 #[cfg(test)]

@@ -162,6 +162,9 @@ impl Refusal {
             Self::InvalidEncoding(BadEncoding::NotUtf8) => {
                 "The path contains percent-encoded bytes that are not UTF-8 (an overlong form, a lone continuation byte or a surrogate)."
             }
+            Self::InvalidEncoding(BadEncoding::NonAsciiCaseFolded) => {
+                "This route's upstream reads paths without regard to case, so the path must be ASCII."
+            }
             Self::NoRoute => "No route matches this path.",
             Self::MethodNotAllowed { .. } => {
                 "This route does not accept this method; see the Allow header."

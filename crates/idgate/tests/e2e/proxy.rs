@@ -630,13 +630,22 @@ async fn forwarded_for_seen(s: &Setup, c: &Client, headers: &[(&str, &str)]) -> 
 }
 
 /// Every forwarding header a caller might send about itself.
-const CLAIMED_ORIGIN: [(&str, &str); 6] = [
+const CLAIMED_ORIGIN: [(&str, &str); 15] = [
     ("x-forwarded-for", "1.2.3.4"),
     ("forwarded", "for=1.2.3.4;proto=https"),
     ("x-real-ip", "1.2.3.4"),
     ("x-forwarded-host", "admin.internal"),
     ("x-forwarded-proto", "http"),
     ("x-forwarded-port", "8080"),
+    ("x-forwarded", "for=1.2.3.4"),
+    ("forwarded-for", "1.2.3.4"),
+    ("x-client-ip", "1.2.3.4"),
+    ("true-client-ip", "1.2.3.4"),
+    ("cf-connecting-ip", "1.2.3.4"),
+    ("fastly-client-ip", "1.2.3.4"),
+    ("x-cluster-client-ip", "1.2.3.4"),
+    ("x-original-forwarded-for", "1.2.3.4"),
+    ("x-appengine-user-ip", "1.2.3.4"),
 ];
 
 #[tokio::test]
