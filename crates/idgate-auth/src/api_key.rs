@@ -29,7 +29,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use http::HeaderMap;
 use idgate_secrets::{ExposeSecret, SecretBox, SecretError, SecretRef, SecretString};
-use idgate_store::{ApiKeyStore, RedbStore, StoreError, StoreVersion, StoredKey};
+use idgate_store::{
+    AnyApiKeyStore, ApiKeyStore, RedbStore, StoreError, StoreVersion, StoredKey, block_on,
+};
 use idgate_tls::SpiffeId;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -314,7 +316,7 @@ impl Table {
 
 /// How the table follows the store.
 struct Reload {
-    store: Arc<dyn ApiKeyStore>,
+    store: AnyApiKeyStore,
     state: Mutex<ReloadState>,
 }
 
@@ -373,14 +375,17 @@ impl ApiKeyVerifier {
 
     /// A verifier that follows `store` (see [`Self::reload`]), with the keys read now.
     /// Blocking.
-    pub fn with_store(pepper: Pepper, store: Arc<dyn ApiKeyStore>) -> Result<Self, ApiKeyError> {
+    pub fn with_store(
+        pepper: Pepper,
+        store: impl ApiKeyStore + 'static,
+    ) -> Result<Self, ApiKeyError> {
         let now = Instant::now();
         let verifier = Self {
             inner: Arc::new(Inner {
                 pepper,
                 table: ArcSwap::from_pointee(Table::default()),
                 reload: Some(Reload {
-                    store,
+                    store: AnyApiKeyStore::new(store),
                     state: Mutex::new(ReloadState {
                         version: None,
                         settle_until: now,
@@ -405,7 +410,7 @@ impl ApiKeyVerifier {
                 "the API key store does not exist yet; no API key is accepted until `idgate keys create` makes one"
             );
         }
-        Self::with_store(pepper, Arc::new(RedbStore::reader(store_path)))
+        Self::with_store(pepper, RedbStore::reader(store_path))
     }
 
     /// Replaces the whole table.
@@ -543,12 +548,13 @@ impl Inner {
         let now = Instant::now();
         // The version is taken before the read: a commit landing between the two is then seen
         // as a change next time rather than missed.
-        let version = reload.store.version()?;
+        // Called from a blocking thread (see `reload`), which the store's futures may block.
+        let version = block_on(reload.store.version())?;
         let changed = state.version.as_ref() != Some(&version);
         if !changed && now >= state.settle_until && now.duration_since(state.last_read) < BACKSTOP {
             return Ok(false);
         }
-        let keys = reload.store.list()?;
+        let keys = block_on(reload.store.list())?;
         self.report_problems(&keys, &mut state.reported);
         self.table.store(Arc::new(Table::new(keys)));
         if changed {
@@ -970,13 +976,13 @@ mod tests {
         let now = SystemTime::now();
         let store = Arc::new(MemoryStore::new());
         let old = generate(&p, &spec("batch"), now).unwrap();
-        store.insert(&old.record).unwrap();
+        block_on(store.insert(&old.record)).unwrap();
         let verifier = ApiKeyVerifier::with_store(pepper(), store.clone()).unwrap();
         assert!(verifier.verify(old.key.expose_secret(), None, now).is_ok());
 
         let new = generate(&p, &spec("batch"), now).unwrap();
         let until = now + Duration::from_secs(3600);
-        store.rotate(&old.record.id, &new.record, until).unwrap();
+        block_on(store.rotate(&old.record.id, &new.record, until)).unwrap();
         assert!(verifier.reload().unwrap(), "a changed store is re-read");
         for key in [&old.key, &new.key] {
             assert!(verifier.verify(key.expose_secret(), None, now).is_ok());
@@ -992,7 +998,7 @@ mod tests {
                 .is_ok()
         );
 
-        store.revoke(&new.record.id, now).unwrap();
+        block_on(store.revoke(&new.record.id, now)).unwrap();
         verifier.reload().unwrap();
         assert_eq!(
             verifier.verify(new.key.expose_secret(), None, now),
@@ -1021,7 +1027,7 @@ mod tests {
         // The CLI, in another handle, writes while the gateway polls.
         let writer = RedbStore::open(&path, idgate_store::DEFAULT_WAIT).unwrap();
         let k = generate(&pepper(), &spec("batch"), SystemTime::now()).unwrap();
-        writer.insert(&k.record).unwrap();
+        writer.insert(&k.record).await.unwrap();
         let key = k.key.expose_secret().to_owned();
         let deadline = Instant::now() + Duration::from_secs(1);
         while verifier.verify(&key, None, SystemTime::now()).is_err() {
@@ -1033,7 +1039,10 @@ mod tests {
         }
 
         let revoked_at = Instant::now();
-        writer.revoke(&k.record.id, SystemTime::now()).unwrap();
+        writer
+            .revoke(&k.record.id, SystemTime::now())
+            .await
+            .unwrap();
         while verifier.verify(&key, None, SystemTime::now()).is_ok() {
             assert!(
                 revoked_at.elapsed() < Duration::from_secs(1),

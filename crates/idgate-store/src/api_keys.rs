@@ -1,6 +1,9 @@
 //! Caller API key records and the trait every backend implements for them.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -256,16 +259,20 @@ pub(crate) enum VersionInner {
 /// thread-safe; every write is atomic, and a rotation changes both keys in one transaction.
 pub trait ApiKeyStore: Send + Sync {
     /// Adds a key; fails with [`StoreError::Exists`] when its id is taken.
-    fn insert(&self, key: &StoredKey) -> Result<(), StoreError>;
+    fn insert(&self, key: &StoredKey) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    fn get(&self, id: &str) -> Result<Option<StoredKey>, StoreError>;
+    fn get(&self, id: &str) -> impl Future<Output = Result<Option<StoredKey>, StoreError>> + Send;
 
     /// Every key, revoked and expired ones included, oldest first.
-    fn list(&self) -> Result<Vec<StoredKey>, StoreError>;
+    fn list(&self) -> impl Future<Output = Result<Vec<StoredKey>, StoreError>> + Send;
 
     /// Revokes a key at `at` (a key revoked before keeps its first revocation time) and
     /// returns the updated record.
-    fn revoke(&self, id: &str, at: SystemTime) -> Result<StoredKey, StoreError>;
+    fn revoke(
+        &self,
+        id: &str,
+        at: SystemTime,
+    ) -> impl Future<Output = Result<StoredKey, StoreError>> + Send;
 
     /// Adds `new` as the replacement of `old_id`, which stays valid until `old_valid_until`,
     /// and returns the updated old record. Refused for a revoked key and for one already
@@ -275,10 +282,142 @@ pub trait ApiKeyStore: Send + Sync {
         old_id: &str,
         new: &StoredKey,
         old_valid_until: SystemTime,
-    ) -> Result<StoredKey, StoreError>;
+    ) -> impl Future<Output = Result<StoredKey, StoreError>> + Send;
 
     /// The store's current version (see [`StoreVersion`]).
-    fn version(&self) -> Result<StoreVersion, StoreError>;
+    fn version(&self) -> impl Future<Output = Result<StoreVersion, StoreError>> + Send;
+}
+
+impl<T: ApiKeyStore + ?Sized> ApiKeyStore for Arc<T> {
+    fn insert(&self, key: &StoredKey) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).insert(key)
+    }
+
+    fn get(&self, id: &str) -> impl Future<Output = Result<Option<StoredKey>, StoreError>> + Send {
+        (**self).get(id)
+    }
+
+    fn list(&self) -> impl Future<Output = Result<Vec<StoredKey>, StoreError>> + Send {
+        (**self).list()
+    }
+
+    fn revoke(
+        &self,
+        id: &str,
+        at: SystemTime,
+    ) -> impl Future<Output = Result<StoredKey, StoreError>> + Send {
+        (**self).revoke(id, at)
+    }
+
+    fn rotate(
+        &self,
+        old_id: &str,
+        new: &StoredKey,
+        old_valid_until: SystemTime,
+    ) -> impl Future<Output = Result<StoredKey, StoreError>> + Send {
+        (**self).rotate(old_id, new, old_valid_until)
+    }
+
+    fn version(&self) -> impl Future<Output = Result<StoreVersion, StoreError>> + Send {
+        (**self).version()
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// [`ApiKeyStore`] with its futures boxed, so that it can sit behind `dyn`.
+trait ErasedApiKeyStore: Send + Sync {
+    fn insert_boxed<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, ()>;
+    fn get_boxed<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Option<StoredKey>>;
+    fn list_boxed(&self) -> BoxFuture<'_, Vec<StoredKey>>;
+    fn revoke_boxed<'a>(&'a self, id: &'a str, at: SystemTime) -> BoxFuture<'a, StoredKey>;
+    fn rotate_boxed<'a>(
+        &'a self,
+        old_id: &'a str,
+        new: &'a StoredKey,
+        until: SystemTime,
+    ) -> BoxFuture<'a, StoredKey>;
+    fn version_boxed(&self) -> BoxFuture<'_, StoreVersion>;
+}
+
+impl<T: ApiKeyStore> ErasedApiKeyStore for T {
+    fn insert_boxed<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, ()> {
+        Box::pin(self.insert(key))
+    }
+    fn get_boxed<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Option<StoredKey>> {
+        Box::pin(self.get(id))
+    }
+    fn list_boxed(&self) -> BoxFuture<'_, Vec<StoredKey>> {
+        Box::pin(self.list())
+    }
+    fn revoke_boxed<'a>(&'a self, id: &'a str, at: SystemTime) -> BoxFuture<'a, StoredKey> {
+        Box::pin(self.revoke(id, at))
+    }
+    fn rotate_boxed<'a>(
+        &'a self,
+        old_id: &'a str,
+        new: &'a StoredKey,
+        until: SystemTime,
+    ) -> BoxFuture<'a, StoredKey> {
+        Box::pin(self.rotate(old_id, new, until))
+    }
+    fn version_boxed(&self) -> BoxFuture<'_, StoreVersion> {
+        Box::pin(self.version())
+    }
+}
+
+/// Any [`ApiKeyStore`], chosen at run time (from the configuration: redb today, Redis for
+/// several replicas). Native `async fn` in traits cannot be called through `dyn`, so this
+/// boxes each call's future: an allocation per call, nothing on the request path, since
+/// the gateway reads the key store only to refresh its in-memory table (at most once per
+/// reload interval). The other store traits are used per request and stay statically
+/// dispatched. Cheap to clone.
+#[derive(Clone)]
+pub struct AnyApiKeyStore(Arc<dyn ErasedApiKeyStore>);
+
+impl AnyApiKeyStore {
+    pub fn new(store: impl ApiKeyStore + 'static) -> Self {
+        Self(Arc::new(store))
+    }
+}
+
+impl fmt::Debug for AnyApiKeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AnyApiKeyStore")
+    }
+}
+
+// `async fn` lets each boxed future borrow `self` and the arguments for the shortest of their
+// lifetimes.
+impl ApiKeyStore for AnyApiKeyStore {
+    async fn insert(&self, key: &StoredKey) -> Result<(), StoreError> {
+        self.0.insert_boxed(key).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
+        self.0.get_boxed(id).await
+    }
+
+    fn list(&self) -> impl Future<Output = Result<Vec<StoredKey>, StoreError>> + Send {
+        self.0.list_boxed()
+    }
+
+    async fn revoke(&self, id: &str, at: SystemTime) -> Result<StoredKey, StoreError> {
+        self.0.revoke_boxed(id, at).await
+    }
+
+    async fn rotate(
+        &self,
+        old_id: &str,
+        new: &StoredKey,
+        old_valid_until: SystemTime,
+    ) -> Result<StoredKey, StoreError> {
+        self.0.rotate_boxed(old_id, new, old_valid_until).await
+    }
+
+    fn version(&self) -> impl Future<Output = Result<StoreVersion, StoreError>> + Send {
+        self.0.version_boxed()
+    }
 }
 
 /// Oldest first; the id breaks ties so that the order is stable.
@@ -309,71 +448,6 @@ pub(crate) mod tests {
             replaced_by: None,
             grace_until: None,
         }
-    }
-
-    /// The contract every backend must meet.
-    pub(crate) fn contract(store: &dyn ApiKeyStore) {
-        let v0 = store.version().unwrap();
-        let mut a = key("aaaa", "onboarding");
-        a.bound_spiffe = Some("spiffe://example.org/ns/kyc/sa/onboarding".to_owned());
-        a.expires_at = Some(time(1_900_000_000));
-        store.insert(&a).unwrap();
-        assert_ne!(store.version().unwrap(), v0, "a write changes the version");
-        assert!(matches!(store.insert(&a), Err(StoreError::Exists(id)) if id == "aaaa"));
-        assert_eq!(store.get("aaaa").unwrap(), Some(a.clone()));
-        assert_eq!(store.get("nope").unwrap(), None);
-
-        let mut b = key("bbbb", "onboarding");
-        b.created_at = time(1_800_000_100);
-        let old = store.rotate("aaaa", &b, time(1_800_086_400)).unwrap();
-        assert_eq!(old.replaced_by.as_deref(), Some("bbbb"));
-        assert_eq!(old.grace_until, Some(time(1_800_086_400)));
-        assert_eq!(
-            old.state(time(1_800_000_200)),
-            KeyState::Rotated {
-                until: time(1_800_086_400)
-            }
-        );
-        assert_eq!(old.state(time(1_800_086_400)), KeyState::Expired);
-        assert!(matches!(
-            store.rotate("aaaa", &key("cccc", "x"), time(0)),
-            Err(StoreError::AlreadyRotated { by, .. }) if by == "bbbb"
-        ));
-        assert!(
-            store.get("cccc").unwrap().is_none(),
-            "a refused rotation adds nothing"
-        );
-        assert!(matches!(
-            store.rotate("zzzz", &key("cccc", "x"), time(0)),
-            Err(StoreError::NotFound(_))
-        ));
-        assert!(matches!(
-            store.rotate("aaaa", &b, time(0)),
-            Err(StoreError::Exists(_)) | Err(StoreError::AlreadyRotated { .. })
-        ));
-
-        let version = store.version().unwrap();
-        let revoked = store.revoke("bbbb", time(1_800_000_300)).unwrap();
-        assert_eq!(revoked.revoked_at, Some(time(1_800_000_300)));
-        assert_ne!(store.version().unwrap(), version);
-        let again = store.revoke("bbbb", time(1_800_000_999)).unwrap();
-        assert_eq!(
-            again.revoked_at,
-            Some(time(1_800_000_300)),
-            "first revocation time kept"
-        );
-        assert_eq!(again.state(time(1_800_000_301)), KeyState::Revoked);
-        assert!(matches!(
-            store.revoke("nope", time(0)),
-            Err(StoreError::NotFound(_))
-        ));
-        assert!(matches!(
-            store.rotate("bbbb", &key("dddd", "x"), time(0)),
-            Err(StoreError::Revoked(_))
-        ));
-
-        let ids: Vec<String> = store.list().unwrap().into_iter().map(|k| k.id).collect();
-        assert_eq!(ids, ["aaaa", "bbbb"]);
     }
 
     #[test]

@@ -1,27 +1,58 @@
-//! State that outlives a request, behind traits with one implementation per backend:
-//! in memory (tests, a single process) and embedded in a file with redb (one machine, shared
-//! by the gateway and the `idgate` CLI). A Redis backend for several replicas comes later,
-//! behind the same traits.
+//! State that outlives a request, behind async traits with one implementation per backend.
 //!
-//! Every call is synchronous and may block on file I/O: call from a blocking thread
-//! (`tokio::task::spawn_blocking`) when inside an async runtime.
+//! | Trait | For | Atomic promise |
+//! |---|---|---|
+//! | [`ApiKeyStore`] | caller API keys | each write; a rotation changes both keys at once |
+//! | [`Counters`] | rate limits (GCRA), failed-login windows and lockouts | each increment or check |
+//! | [`Nonces`] | webhook replay protection | one `insert_if_absent` winner per window |
+//! | [`Ownership`] | which caller created which provider object | first owner wins while live |
+//! | [`Queue`] | the webhook outbox | one lease holder per message; ack/nack with a stale lease refused |
 //!
-//! What is stored now: caller API keys ([`ApiKeyStore`]). Only a keyed hash of each key is
-//! kept; the key itself is shown once, when it is created, and never stored.
+//! Backends: [`MemoryStore`] (tests, a single process; bounded, lost on exit) and
+//! [`RedbStore`] (the default: an embedded file, durable, shared by the gateway and the
+//! `idgate` CLI). A Redis backend for several replicas comes later behind the same traits;
+//! the `conformance` suites (feature `conformance`) are what it must pass.
+//!
+//! Time is passed in (`now`) rather than read, so that expiry is testable without sleeping
+//! and so that every replica's decision uses the same arithmetic. Expired entries are
+//! ignored on read, swept a few at a time by writes, and wholly by each trait's `sweep`.
+//!
+//! redb calls block on file I/O: inside a tokio runtime they run on its blocking pool; a
+//! synchronous caller drives a store future with [`block_on`].
+//!
+//! API keys: only a keyed hash of each key is kept; the key itself is shown once, when it is
+//! created, and never stored.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod api_keys;
+mod blocking;
+mod counters;
 mod memory;
+mod nonces;
+mod queue;
 mod redb_store;
+mod state;
+mod types;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 
 use std::path::PathBuf;
 
-pub use api_keys::{ApiKeyStore, KeyState, StoreVersion, StoredKey};
-pub use memory::MemoryStore;
+pub use api_keys::{AnyApiKeyStore, ApiKeyStore, KeyState, StoreVersion, StoredKey};
+pub use blocking::block_on;
+pub use counters::{Counters, GcraDecision, GcraLimit, WindowCount};
+pub use memory::{DEFAULT_QUEUE_CAPACITY, DEFAULT_STATE_CAPACITY, MemoryStore};
+pub use nonces::{Nonces, OwnerRecord, Ownership};
+pub use queue::{
+    Backoff, Claimed, Lease, MessageId, MessageInfo, MessageState, NackOutcome, NewMessage, Queue,
+    QueueStats,
+};
 pub use redb_store::{DEFAULT_WAIT, RedbStore};
+pub use types::{CounterKey, MAX_KEY_LEN, Nonce, ObjectId, Owner, QueueName};
 
-/// Why a store operation failed. Never carries a key or a hash.
+/// Why a store operation failed. Never carries a key, a hash or a payload.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("no API key with id {0}")]
@@ -50,4 +81,25 @@ pub enum StoreError {
     Database { path: PathBuf, reason: String },
     #[error("API key record {id} cannot be read: {reason}")]
     Corrupt { id: String, reason: String },
+    #[error("{what} {key} cannot be read: {reason}")]
+    CorruptRow {
+        what: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("not a valid {what}: {reason}")]
+    InvalidKey {
+        what: &'static str,
+        reason: &'static str,
+    },
+    #[error("not a valid limit: {reason}")]
+    InvalidLimit { reason: &'static str },
+    #[error("the store holds its maximum of {capacity} {what}")]
+    Full { what: &'static str, capacity: usize },
+    #[error("no queued message {0}")]
+    NoMessage(MessageId),
+    #[error("the lease on message {0} ran out and was taken over, or the message is gone")]
+    LeaseLost(MessageId),
+    #[error("the store's worker thread stopped: {0}")]
+    Interrupted(String),
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Subcommand};
 use idgate_auth::api_key::{self, KeySpec, NewApiKey, Pepper};
 use idgate_secrets::{ExposeSecret, SecretRef};
-use idgate_store::{ApiKeyStore, KeyState, RedbStore, StoredKey};
+use idgate_store::{ApiKeyStore, KeyState, RedbStore, StoredKey, block_on};
 use idgate_tls::SpiffeId;
 
 use crate::EXIT_CONFIG;
@@ -219,6 +219,7 @@ fn api_keys_section(path: &Path) -> Result<Option<(PathBuf, SecretRef)>, ()> {
     Ok(Some((base.join(store), pepper)))
 }
 
+/// The CLI is synchronous: each store call is driven to its end with `block_on`.
 fn open_store(path: &Path) -> Result<RedbStore, Failure> {
     RedbStore::open(path, idgate_store::DEFAULT_WAIT).map_err(Failure::run)
 }
@@ -266,8 +267,8 @@ fn create(
     let pepper = read_pepper(&pepper_ref)?;
     let store = open_store(&path)?;
     let new = api_key::generate(&pepper, &spec, now).map_err(Failure::run)?;
-    store.insert(&new.record).map_err(Failure::run)?;
-    if let Ok(keys) = store.list() {
+    block_on(store.insert(&new.record)).map_err(Failure::run)?;
+    if let Ok(keys) = block_on(store.list()) {
         warn_foreign_pepper(&keys, &pepper);
     }
     eprintln!("created API key {}", describe(&new.record));
@@ -278,7 +279,7 @@ fn create(
 fn list(args: &StoreArgs, json: bool) -> Result<(), Failure> {
     let (path, pepper_ref) = locate(args)?;
     let store = open_store(&path)?;
-    let keys = store.list().map_err(Failure::run)?;
+    let keys = block_on(store.list()).map_err(Failure::run)?;
     // The pepper is not needed to list; it is checked only to warn about keys it cannot verify.
     if let Ok(pepper) = Pepper::from_ref(&pepper_ref) {
         warn_foreign_pepper(&keys, &pepper);
@@ -355,7 +356,7 @@ fn list(args: &StoreArgs, json: bool) -> Result<(), Failure> {
 fn revoke(args: &StoreArgs, id: &str) -> Result<(), Failure> {
     let (path, _) = locate(args)?;
     let store = open_store(&path)?;
-    let key = store.revoke(id, SystemTime::now()).map_err(Failure::run)?;
+    let key = block_on(store.revoke(id, SystemTime::now())).map_err(Failure::run)?;
     eprintln!(
         "revoked API key {} (name {}); running gateways refuse it within their reload_interval",
         key.id, key.name
@@ -369,8 +370,7 @@ fn rotate(args: &StoreArgs, id: &str, grace: &str, expires: Option<&str>) -> Res
     let (path, pepper_ref) = locate(args)?;
     let pepper = read_pepper(&pepper_ref)?;
     let store = open_store(&path)?;
-    let old = store
-        .get(id)
+    let old = block_on(store.get(id))
         .map_err(Failure::run)?
         .ok_or_else(|| Failure::run(format!("no API key with id {id}")))?;
     let now = SystemTime::now();
@@ -395,9 +395,7 @@ fn rotate(args: &StoreArgs, id: &str, grace: &str, expires: Option<&str>) -> Res
     )
     .map_err(Failure::run)?;
     let new = api_key::generate(&pepper, &spec, now).map_err(Failure::run)?;
-    let old = store
-        .rotate(id, &new.record, now + grace)
-        .map_err(Failure::run)?;
+    let old = block_on(store.rotate(id, &new.record, now + grace)).map_err(Failure::run)?;
     eprintln!("created API key {}", describe(&new.record));
     eprintln!(
         "the old key {} stays valid until {}",

@@ -12,18 +12,24 @@
 //! The file is created with mode 0600 and refused when group or others may read it.
 
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use redb::backends::FileBackend;
 use redb::{
-    Builder, ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition,
-    TableError,
+    Builder, ConcurrencyMode, Database, Key, ReadOnlyTable, ReadableDatabase, ReadableTable,
+    TableDefinition, TableError, Value, WriteTransaction,
 };
 
 use crate::StoreError;
 use crate::api_keys::{ApiKeyStore, StoreVersion, StoredKey, VersionInner, sort_keys};
+use crate::blocking::run_blocking;
+
+mod queue;
+mod state;
 
 /// API key records by id: versioned JSON (see `StoredKey::encode`).
 const API_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys");
@@ -36,9 +42,15 @@ const CACHE_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 
 /// A redb file. Opened for writing with [`RedbStore::open`], or as a reader that opens the
-/// file read-only for each call with [`RedbStore::reader`].
+/// file read-only for each call with [`RedbStore::reader`]. Cheap to clone: clones share the
+/// open file.
+#[derive(Clone)]
 pub struct RedbStore {
-    path: PathBuf,
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) path: PathBuf,
     /// Held for the store's life when writable.
     db: Option<Database>,
     wait: Duration,
@@ -47,8 +59,8 @@ pub struct RedbStore {
 impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbStore")
-            .field("path", &self.path)
-            .field("writable", &self.db.is_some())
+            .field("path", &self.inner.path)
+            .field("writable", &self.inner.db.is_some())
             .finish()
     }
 }
@@ -80,42 +92,69 @@ impl RedbStore {
                 .create_with_backend(backend)
                 .map_err(|e| db_err(&path, e))
         })?;
-        Ok(Self {
+        Ok(Self::from(Inner {
             path,
             db: Some(db),
             wait,
-        })
+        }))
     }
 
     /// A read-only view that opens the file for each read and closes it right after. A missing
     /// (or still empty) file reads as a store without keys.
     pub fn reader(path: impl AsRef<Path>) -> Self {
-        Self {
+        Self::from(Inner {
             path: path.as_ref().to_owned(),
             db: None,
             wait: Duration::from_millis(200),
-        }
+        })
     }
 
     /// How long a reader's opens wait for a process holding the file exclusively.
-    pub fn with_wait(mut self, wait: Duration) -> Self {
-        self.wait = wait;
-        self
+    pub fn with_wait(self, wait: Duration) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.wait = wait;
+                Self::from(inner)
+            }
+            // Shared already: the clones keep the wait they were made with.
+            Err(inner) => Self { inner },
+        }
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
-    /// Runs `f` on a read transaction's table; `None` when there is no table (or no file).
-    fn read<T>(
+    /// Runs `work` with this store on a thread that may block (see [`run_blocking`]).
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&redb::ReadOnlyTable<&'static str, &'static [u8]>) -> Result<T, StoreError>,
+        work: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        run_blocking(move || work(&inner)).await
+    }
+}
+
+impl From<Inner> for RedbStore {
+    fn from(inner: Inner) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+}
+
+impl Inner {
+    /// Runs `f` on a read transaction's table `def`; `None` when there is no such table (or
+    /// no file).
+    pub(crate) fn read<K: Key + 'static, V: Value + 'static, T>(
+        &self,
+        def: TableDefinition<'static, K, V>,
+        f: impl FnOnce(&ReadOnlyTable<K, V>) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
         let path = &self.path;
         if let Some(db) = &self.db {
             let txn = db.begin_read().map_err(|e| db_err(path, e))?;
-            return match txn.open_table(API_KEYS) {
+            return match txn.open_table(def) {
                 Ok(table) => f(&table).map(Some),
                 Err(TableError::TableDoesNotExist(_)) => Ok(None),
                 Err(e) => Err(db_err(path, e)),
@@ -141,7 +180,7 @@ impl RedbStore {
         let Some(db) = db else { return Ok(None) };
         let out = {
             let txn = db.begin_read().map_err(|e| db_err(path, e))?;
-            match txn.open_table(API_KEYS) {
+            match txn.open_table(def) {
                 Ok(table) => f(&table).map(Some),
                 Err(TableError::TableDoesNotExist(_)) => Ok(None),
                 Err(e) => Err(db_err(path, e)),
@@ -154,17 +193,14 @@ impl RedbStore {
     }
 
     /// Runs `f` in a write transaction, committed when `f` succeeds.
-    fn write<T>(
+    pub(crate) fn transact<T>(
         &self,
-        f: impl FnOnce(&mut redb::Table<'_, &'static str, &'static [u8]>) -> Result<T, StoreError>,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let path = &self.path;
         let db = self.db.as_ref().ok_or(StoreError::ReadOnly)?;
         let txn = db.begin_write().map_err(|e| db_err(path, e))?;
-        let out = {
-            let mut table = txn.open_table(API_KEYS).map_err(|e| db_err(path, e))?;
-            f(&mut table)
-        };
+        let out = f(&txn);
         match out {
             Ok(v) => {
                 txn.commit().map_err(|e| db_err(path, e))?;
@@ -175,6 +211,19 @@ impl RedbStore {
                 Err(e)
             }
         }
+    }
+
+    /// Runs `f` on the API key table in a write transaction, committed when `f` succeeds.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut redb::Table<'_, &'static str, &'static [u8]>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.transact(|txn| {
+            let mut table = txn
+                .open_table(API_KEYS)
+                .map_err(|e| db_err(&self.path, e))?;
+            f(&mut table)
+        })
     }
 }
 
@@ -189,8 +238,8 @@ fn get_in(
     }
 }
 
-impl ApiKeyStore for RedbStore {
-    fn insert(&self, key: &StoredKey) -> Result<(), StoreError> {
+impl Inner {
+    fn insert_key(&self, key: &StoredKey) -> Result<(), StoreError> {
         let path = self.path.clone();
         self.write(|t| {
             if t.get(key.id.as_str())
@@ -205,12 +254,14 @@ impl ApiKeyStore for RedbStore {
         })
     }
 
-    fn get(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
-        Ok(self.read(|t| get_in(t, &self.path, id))?.flatten())
+    fn get_key(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
+        Ok(self
+            .read(API_KEYS, |t| get_in(t, &self.path, id))?
+            .flatten())
     }
 
-    fn list(&self) -> Result<Vec<StoredKey>, StoreError> {
-        let keys = self.read(|t| {
+    fn list_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        let keys = self.read(API_KEYS, |t| {
             let mut keys = Vec::new();
             for entry in t.iter().map_err(|e| db_err(&self.path, e))? {
                 let (id, value) = entry.map_err(|e| db_err(&self.path, e))?;
@@ -223,7 +274,7 @@ impl ApiKeyStore for RedbStore {
         Ok(keys)
     }
 
-    fn revoke(&self, id: &str, at: SystemTime) -> Result<StoredKey, StoreError> {
+    fn revoke_key(&self, id: &str, at: SystemTime) -> Result<StoredKey, StoreError> {
         let path = self.path.clone();
         self.write(|t| {
             let mut key =
@@ -235,7 +286,7 @@ impl ApiKeyStore for RedbStore {
         })
     }
 
-    fn rotate(
+    fn rotate_key(
         &self,
         old_id: &str,
         new: &StoredKey,
@@ -260,7 +311,7 @@ impl ApiKeyStore for RedbStore {
         })
     }
 
-    fn version(&self) -> Result<StoreVersion, StoreError> {
+    fn file_version(&self) -> Result<StoreVersion, StoreError> {
         match std::fs::metadata(&self.path) {
             Ok(m) => Ok(StoreVersion(VersionInner::File {
                 dev: m.dev(),
@@ -274,6 +325,47 @@ impl ApiKeyStore for RedbStore {
             }
             Err(e) => Err(io_err(&self.path, e)),
         }
+    }
+}
+
+// Each call runs on a thread that may block: redb waits on the file and on other writers.
+impl ApiKeyStore for RedbStore {
+    fn insert(&self, key: &StoredKey) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let key = key.clone();
+        self.blocking(move |s| s.insert_key(&key))
+    }
+
+    fn get(&self, id: &str) -> impl Future<Output = Result<Option<StoredKey>, StoreError>> + Send {
+        let id = id.to_owned();
+        self.blocking(move |s| s.get_key(&id))
+    }
+
+    fn list(&self) -> impl Future<Output = Result<Vec<StoredKey>, StoreError>> + Send {
+        self.blocking(Inner::list_keys)
+    }
+
+    fn revoke(
+        &self,
+        id: &str,
+        at: SystemTime,
+    ) -> impl Future<Output = Result<StoredKey, StoreError>> + Send {
+        let id = id.to_owned();
+        self.blocking(move |s| s.revoke_key(&id, at))
+    }
+
+    fn rotate(
+        &self,
+        old_id: &str,
+        new: &StoredKey,
+        old_valid_until: SystemTime,
+    ) -> impl Future<Output = Result<StoredKey, StoreError>> + Send {
+        let (old_id, new) = (old_id.to_owned(), new.clone());
+        self.blocking(move |s| s.rotate_key(&old_id, &new, old_valid_until))
+    }
+
+    fn version(&self) -> impl Future<Output = Result<StoreVersion, StoreError>> + Send {
+        // A `stat` of the file: quick enough to run in place.
+        std::future::ready(self.inner.file_version())
     }
 }
 
@@ -314,14 +406,14 @@ fn check_mode(path: &Path, file: &File) -> Result<std::fs::Metadata, StoreError>
     Ok(meta)
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> StoreError {
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io {
         path: path.to_owned(),
         source,
     }
 }
 
-fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+pub(crate) fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
     match e.into() {
         redb::Error::DatabaseAlreadyOpen => StoreError::Busy {
             path: path.to_owned(),
@@ -345,52 +437,66 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::api_keys::tests::{contract, key};
+    use crate::api_keys::tests::key;
+    use crate::block_on;
 
-    #[test]
-    fn meets_the_store_contract_and_creates_the_file_0600() {
+    #[tokio::test]
+    async fn meets_the_api_key_contract_and_creates_the_file_0600() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.redb");
         let store = RedbStore::open(&path, DEFAULT_WAIT).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        contract(&store);
+        crate::conformance::api_keys(&store).await;
     }
 
+    // Synchronous, as the CLI and the gateway's start-up use the store.
     #[test]
     fn a_reader_sees_commits_while_a_writer_has_the_file_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.redb");
         let reader = RedbStore::reader(&path);
         assert_eq!(
-            reader.version().unwrap(),
+            block_on(reader.version()).unwrap(),
             StoreVersion(VersionInner::Missing)
         );
         assert!(
-            reader.list().unwrap().is_empty(),
+            block_on(reader.list()).unwrap().is_empty(),
             "no file reads as no keys"
         );
 
         let writer = RedbStore::open(&path, DEFAULT_WAIT).unwrap();
         assert!(
-            reader.list().unwrap().is_empty(),
+            block_on(reader.list()).unwrap().is_empty(),
             "no table reads as no keys"
         );
-        let before = reader.version().unwrap();
-        writer.insert(&key("aaaa", "a")).unwrap();
-        assert_ne!(reader.version().unwrap(), before);
+        let before = block_on(reader.version()).unwrap();
+        block_on(writer.insert(&key("aaaa", "a"))).unwrap();
+        assert_ne!(block_on(reader.version()).unwrap(), before);
         assert_eq!(
-            reader.get("aaaa").unwrap().map(|k| k.name),
+            block_on(reader.get("aaaa")).unwrap().map(|k| k.name),
             Some("a".into())
         );
 
         // A second writer (another `idgate keys` run) shares the file too.
         let second = RedbStore::open(&path, Duration::ZERO).unwrap();
-        second.revoke("aaaa", SystemTime::now()).unwrap();
-        assert!(reader.get("aaaa").unwrap().unwrap().revoked_at.is_some());
-        assert!(writer.get("aaaa").unwrap().unwrap().revoked_at.is_some());
+        block_on(second.revoke("aaaa", SystemTime::now())).unwrap();
+        assert!(
+            block_on(reader.get("aaaa"))
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_some()
+        );
+        assert!(
+            block_on(writer.get("aaaa"))
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_some()
+        );
         assert!(matches!(
-            reader.insert(&key("bbbb", "b")),
+            block_on(reader.insert(&key("bbbb", "b"))),
             Err(StoreError::ReadOnly)
         ));
     }
@@ -421,7 +527,7 @@ mod tests {
             Err(StoreError::TooOpen { mode: 0o644, .. })
         ));
         assert!(matches!(
-            RedbStore::reader(&path).list(),
+            block_on(RedbStore::reader(&path).list()),
             Err(StoreError::TooOpen { .. })
         ));
     }

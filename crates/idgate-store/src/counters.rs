@@ -1,0 +1,198 @@
+//! Counters with expiry: fixed windows (failed authentications before a lockout, the lockout
+//! itself) and GCRA state (rate limits).
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use crate::StoreError;
+use crate::types::{CounterKey, duration_micros, from_micros, micros};
+
+/// A fixed window's count after an increment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowCount {
+    pub count: u64,
+    /// When the window ends and the count starts again from zero.
+    pub resets_at: SystemTime,
+}
+
+/// A GCRA limit: one request per `emission_interval` on average, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraLimit {
+    emission_interval: Duration,
+    burst: u32,
+}
+
+impl GcraLimit {
+    /// `count` requests per `period`, with up to `burst` of them at once. Refused when
+    /// `count` or `burst` is zero or the rate is finer than one request per microsecond.
+    pub fn per(count: u32, period: Duration, burst: u32) -> Result<Self, StoreError> {
+        let invalid = |reason| Err(StoreError::InvalidLimit { reason });
+        if count == 0 {
+            return invalid("the count is zero");
+        }
+        if burst == 0 {
+            return invalid("the burst is zero");
+        }
+        let emission_interval = period / count;
+        if emission_interval < Duration::from_micros(1) {
+            return invalid("more than one request per microsecond");
+        }
+        Ok(Self {
+            emission_interval,
+            burst,
+        })
+    }
+
+    pub fn emission_interval(&self) -> Duration {
+        self.emission_interval
+    }
+
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+}
+
+/// The outcome of one GCRA check, with what the `RateLimit` and `Retry-After` headers need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraDecision {
+    pub allowed: bool,
+    /// Requests that would still be admitted at once after this one.
+    pub remaining: u32,
+    /// When refused, how long until the same request would be admitted; zero when allowed.
+    pub retry_after: Duration,
+    /// How long until the limit is wholly replenished.
+    pub reset_after: Duration,
+}
+
+/// GCRA over the key's theoretical arrival time (`tat`, microseconds; `None` when the key
+/// has no live state). Returns the decision and, when admitted, the new `tat`, which is also
+/// when the key's state expires. Every backend applies exactly this, atomically with the
+/// read and the write of `tat` (a Redis backend in one Lua script).
+pub(crate) fn gcra(
+    tat: Option<u64>,
+    limit: &GcraLimit,
+    cost: u32,
+    now: SystemTime,
+) -> (GcraDecision, Option<u64>) {
+    let now = micros(now);
+    let t = duration_micros(limit.emission_interval).max(1);
+    let tolerance = t.saturating_mul(u64::from(limit.burst));
+    let tat = tat.unwrap_or(now).max(now);
+    let new_tat = tat.saturating_add(t.saturating_mul(u64::from(cost)));
+    let ahead = new_tat - now;
+    if ahead > tolerance {
+        let decision = GcraDecision {
+            allowed: false,
+            remaining: 0,
+            retry_after: Duration::from_micros(ahead - tolerance),
+            reset_after: Duration::from_micros(tat - now),
+        };
+        return (decision, None);
+    }
+    let remaining = u32::try_from((tolerance - ahead) / t).unwrap_or(u32::MAX);
+    let decision = GcraDecision {
+        allowed: true,
+        remaining,
+        retry_after: Duration::ZERO,
+        reset_after: Duration::from_micros(ahead),
+    };
+    (decision, Some(new_tat))
+}
+
+pub(crate) fn window_count(count: u64, resets_at: u64) -> WindowCount {
+    WindowCount {
+        count,
+        resets_at: from_micros(resets_at),
+    }
+}
+
+/// Counters that expire, shared by every replica using the same backend.
+///
+/// Atomicity: each call is one atomic step; concurrent increments of one key from any number
+/// of tasks or replicas are never lost, and each caller sees the count its own increment
+/// produced. A window key and a GCRA key of the same name are two different values.
+pub trait Counters: Send + Sync {
+    /// Adds `by` to `key` and returns the new count. A key without a live window starts one
+    /// of length `window` at `now`; the count goes back to zero when the window ends (a
+    /// fixed window that starts at the first increment).
+    fn increment(
+        &self,
+        key: &CounterKey,
+        by: u64,
+        window: Duration,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<WindowCount, StoreError>> + Send;
+
+    /// The key's live window, if any.
+    fn get(
+        &self,
+        key: &CounterKey,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Option<WindowCount>, StoreError>> + Send;
+
+    /// Ends the key's window now (a successful login clears its failures); `true` when there
+    /// was one.
+    fn reset(&self, key: &CounterKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// One GCRA check of `cost` requests against `limit` (see [`GcraLimit`]); the state is
+    /// advanced only when the request is admitted.
+    fn gcra(
+        &self,
+        key: &CounterKey,
+        limit: &GcraLimit,
+        cost: u32,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<GcraDecision, StoreError>> + Send;
+
+    /// Removes expired state (windows and GCRA keys) and returns how many entries went.
+    /// Writes already sweep a few as they go; this is for a periodic task. Backends whose
+    /// entries expire by themselves (Redis) return 0.
+    fn sweep(&self, now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(us: u64) -> SystemTime {
+        from_micros(us)
+    }
+
+    #[test]
+    fn gcra_admits_the_burst_then_one_per_interval() {
+        // 10 a second, 3 at once: one every 100 ms.
+        let limit = GcraLimit::per(10, Duration::from_secs(1), 3).unwrap();
+        let now = 1_000_000_000;
+        let mut tat = None;
+        for remaining in [2, 1, 0] {
+            let (d, next) = gcra(tat, &limit, 1, at(now));
+            assert!(d.allowed);
+            assert_eq!(d.remaining, remaining);
+            tat = next;
+        }
+        let (d, next) = gcra(tat, &limit, 1, at(now));
+        assert!(!d.allowed);
+        assert_eq!(next, None, "a refusal does not advance the state");
+        assert_eq!(d.retry_after, Duration::from_millis(100));
+        assert_eq!(d.reset_after, Duration::from_millis(300));
+        let (d, _) = gcra(tat, &limit, 1, at(now + 100_000));
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 0);
+        // Idle for long enough, the whole burst is back.
+        let (d, _) = gcra(tat, &limit, 1, at(now + 10_000_000));
+        assert_eq!((d.allowed, d.remaining), (true, 2));
+    }
+
+    #[test]
+    fn gcra_costs_and_limits_are_checked() {
+        let limit = GcraLimit::per(1, Duration::from_secs(1), 5).unwrap();
+        let (d, tat) = gcra(None, &limit, 5, at(0));
+        assert_eq!((d.allowed, d.remaining), (true, 0));
+        let (d, _) = gcra(tat, &limit, 2, at(1_000_000));
+        assert!(!d.allowed, "two more after one second is one too many");
+        assert_eq!(d.retry_after, Duration::from_secs(1));
+        assert!(GcraLimit::per(0, Duration::from_secs(1), 1).is_err());
+        assert!(GcraLimit::per(1, Duration::from_secs(1), 0).is_err());
+        assert!(GcraLimit::per(2_000_000, Duration::from_secs(1), 1).is_err());
+    }
+}

@@ -1,0 +1,441 @@
+//! Counters, nonces and ownership records in the redb file. Each call is one write
+//! transaction (or one read transaction for a lookup), so it is atomic against every other
+//! task and process sharing the file, and durable once it returns.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use super::{Inner, RedbStore, db_err};
+use crate::StoreError;
+use crate::counters::{Counters, GcraDecision, GcraLimit, WindowCount};
+use crate::nonces::{Nonces, OwnerRecord, Ownership};
+use crate::state::{self, ALL_KINDS, COUNTER_KINDS, Kind, ReadRows, Row, Rows};
+use crate::types::{CounterKey, Nonce, ObjectId, Owner, micros};
+
+/// Rows by (kind, key): (deadline, number, text); see `state::Row`.
+const STATE: TableDefinition<(u8, &str), (u64, u64, &str)> = TableDefinition::new("state");
+/// The same rows by deadline, for sweeping.
+const DEADLINES: TableDefinition<(u64, u8, &str), ()> = TableDefinition::new("state_deadlines");
+
+fn kind_of(tag: u8) -> Option<Kind> {
+    ALL_KINDS.iter().copied().find(|k| k.tag() == tag)
+}
+
+struct StateTables<'t, 'p> {
+    rows: Table<'t, (u8, &'static str), (u64, u64, &'static str)>,
+    deadlines: Table<'t, (u64, u8, &'static str), ()>,
+    path: &'p Path,
+}
+
+impl<'t, 'p> StateTables<'t, 'p> {
+    fn open(txn: &'t WriteTransaction, path: &'p Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            rows: txn.open_table(STATE).map_err(|e| db_err(path, e))?,
+            deadlines: txn.open_table(DEADLINES).map_err(|e| db_err(path, e))?,
+            path,
+        })
+    }
+}
+
+fn read_row(
+    table: &impl ReadableTable<(u8, &'static str), (u64, u64, &'static str)>,
+    path: &Path,
+    kind: Kind,
+    key: &str,
+) -> Result<Option<Row>, StoreError> {
+    Ok(table
+        .get((kind.tag(), key))
+        .map_err(|e| db_err(path, e))?
+        .map(|v| {
+            let (deadline, number, text) = v.value();
+            Row {
+                deadline,
+                number,
+                text: text.to_owned(),
+            }
+        }))
+}
+
+impl ReadRows for StateTables<'_, '_> {
+    fn get(&self, kind: Kind, key: &str) -> Result<Option<Row>, StoreError> {
+        read_row(&self.rows, self.path, kind, key)
+    }
+}
+
+impl Rows for StateTables<'_, '_> {
+    fn put(&mut self, kind: Kind, key: &str, row: Row) -> Result<(), StoreError> {
+        let path = self.path;
+        let old = self
+            .rows
+            .insert(
+                (kind.tag(), key),
+                (row.deadline, row.number, row.text.as_str()),
+            )
+            .map_err(|e| db_err(path, e))?
+            .map(|v| v.value().0);
+        if let Some(old) = old {
+            self.deadlines
+                .remove((old, kind.tag(), key))
+                .map_err(|e| db_err(path, e))?;
+        }
+        self.deadlines
+            .insert((row.deadline, kind.tag(), key), ())
+            .map_err(|e| db_err(path, e))?;
+        Ok(())
+    }
+
+    fn remove(&mut self, kind: Kind, key: &str) -> Result<bool, StoreError> {
+        let path = self.path;
+        let old = self
+            .rows
+            .remove((kind.tag(), key))
+            .map_err(|e| db_err(path, e))?
+            .map(|v| v.value().0);
+        match old {
+            Some(deadline) => {
+                self.deadlines
+                    .remove((deadline, kind.tag(), key))
+                    .map_err(|e| db_err(path, e))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn sweep(&mut self, kinds: &[Kind], now: u64, limit: usize) -> Result<u64, StoreError> {
+        let path = self.path;
+        let mut due: Vec<(u64, u8, String)> = Vec::new();
+        let range = self
+            .deadlines
+            .range(..(now.saturating_add(1), 0u8, ""))
+            .map_err(|e| db_err(path, e))?;
+        for entry in range {
+            if due.len() >= limit {
+                break;
+            }
+            let (key, _) = entry.map_err(|e| db_err(path, e))?;
+            let (deadline, tag, name) = key.value();
+            if kind_of(tag).is_some_and(|k| kinds.contains(&k)) {
+                due.push((deadline, tag, name.to_owned()));
+            }
+        }
+        for (deadline, tag, name) in &due {
+            self.deadlines
+                .remove((*deadline, *tag, name.as_str()))
+                .map_err(|e| db_err(path, e))?;
+            self.rows
+                .remove((*tag, name.as_str()))
+                .map_err(|e| db_err(path, e))?;
+        }
+        Ok(due.len() as u64)
+    }
+}
+
+/// The state table as a read transaction sees it.
+struct ReadState<'a> {
+    table: &'a redb::ReadOnlyTable<(u8, &'static str), (u64, u64, &'static str)>,
+    path: &'a Path,
+}
+
+impl ReadRows for ReadState<'_> {
+    fn get(&self, kind: Kind, key: &str) -> Result<Option<Row>, StoreError> {
+        read_row(self.table, self.path, kind, key)
+    }
+}
+
+impl Inner {
+    fn write_state<T>(
+        &self,
+        f: impl FnOnce(&mut StateTables<'_, '_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.transact(|txn| f(&mut StateTables::open(txn, &self.path)?))
+    }
+
+    fn read_state<T: Default>(
+        &self,
+        f: impl FnOnce(&ReadState<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let path = &self.path;
+        Ok(self
+            .read(STATE, |table| f(&ReadState { table, path }))?
+            .unwrap_or_default())
+    }
+}
+
+impl Counters for RedbStore {
+    fn increment(
+        &self,
+        key: &CounterKey,
+        by: u64,
+        window: Duration,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<WindowCount, StoreError>> + Send {
+        let key = key.clone();
+        self.blocking(move |s| {
+            s.write_state(|rows| state::increment(rows, key.as_str(), by, window, now))
+        })
+    }
+
+    fn get(
+        &self,
+        key: &CounterKey,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Option<WindowCount>, StoreError>> + Send {
+        let key = key.clone();
+        self.blocking(move |s| s.read_state(|rows| state::get_window(rows, key.as_str(), now)))
+    }
+
+    fn reset(&self, key: &CounterKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let key = key.clone();
+        self.blocking(move |s| s.write_state(|rows| rows.remove(Kind::Window, key.as_str())))
+    }
+
+    fn gcra(
+        &self,
+        key: &CounterKey,
+        limit: &GcraLimit,
+        cost: u32,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<GcraDecision, StoreError>> + Send {
+        let (key, limit) = (key.clone(), *limit);
+        self.blocking(move |s| {
+            s.write_state(|rows| state::check_gcra(rows, key.as_str(), &limit, cost, now))
+        })
+    }
+
+    fn sweep(&self, now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        self.blocking(move |s| {
+            s.write_state(|rows| rows.sweep(COUNTER_KINDS, micros(now), usize::MAX))
+        })
+    }
+}
+
+impl Nonces for RedbStore {
+    fn insert_if_absent(
+        &self,
+        nonce: &Nonce,
+        window: Duration,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let nonce = nonce.clone();
+        self.blocking(move |s| {
+            s.write_state(|rows| state::insert_nonce(rows, nonce.as_str(), window, now))
+        })
+    }
+
+    fn sweep(&self, now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        self.blocking(move |s| {
+            s.write_state(|rows| rows.sweep(&[Kind::Nonce], micros(now), usize::MAX))
+        })
+    }
+}
+
+impl Ownership for RedbStore {
+    fn put(
+        &self,
+        object: &ObjectId,
+        owner: &Owner,
+        retention: Duration,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<OwnerRecord, StoreError>> + Send {
+        let (object, owner) = (object.clone(), owner.clone());
+        self.blocking(move |s| {
+            s.write_state(|rows| state::put_owner(rows, object.as_str(), &owner, retention, now))
+        })
+    }
+
+    fn get(
+        &self,
+        object: &ObjectId,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Option<OwnerRecord>, StoreError>> + Send {
+        let object = object.clone();
+        self.blocking(move |s| s.read_state(|rows| state::get_owner(rows, object.as_str(), now)))
+    }
+
+    fn remove(&self, object: &ObjectId) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let object = object.clone();
+        self.blocking(move |s| s.write_state(|rows| rows.remove(Kind::Owner, object.as_str())))
+    }
+
+    fn sweep(&self, now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        self.blocking(move |s| {
+            s.write_state(|rows| rows.sweep(&[Kind::Owner], micros(now), usize::MAX))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::UNIX_EPOCH;
+
+    use redb::ReadableTableMetadata;
+
+    use super::*;
+    use crate::{DEFAULT_WAIT, NewMessage, Queue, QueueName, QueueStats, StoreError, conformance};
+
+    fn start() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn open() -> (tempfile::TempDir, RedbStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path().join("state.redb"), DEFAULT_WAIT).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn meets_the_counter_contract() {
+        let (_dir, store) = open();
+        conformance::counters(&store, start()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn counts_exactly_under_concurrent_increments() {
+        let (_dir, store) = open();
+        conformance::counters_concurrently(Arc::new(store), start()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn meets_the_nonce_contract() {
+        let (_dir, store) = open();
+        conformance::nonces(Arc::new(store), start()).await;
+    }
+
+    #[tokio::test]
+    async fn meets_the_ownership_contract() {
+        let (_dir, store) = open();
+        conformance::ownership(&store, start()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_handles_on_one_file_count_exactly_together() {
+        // Two handles stand for two processes sharing the file (as the gateway and the CLI).
+        let (dir, one) = open();
+        let two = RedbStore::open(dir.path().join("state.redb"), DEFAULT_WAIT).unwrap();
+        let key = CounterKey::new("shared").unwrap();
+        let mut tasks = Vec::new();
+        for store in [one.clone(), two.clone(), one.clone(), two] {
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..20 {
+                    store
+                        .increment(&key, 1, Duration::from_secs(60), start())
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let total = Counters::get(&one, &key, start()).await.unwrap().unwrap();
+        assert_eq!(total.count, 80);
+    }
+
+    #[tokio::test]
+    async fn state_and_leases_survive_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let t0 = start();
+        let (lease, hour) = (Duration::from_secs(30), Duration::from_secs(3600));
+        let (k, n, o) = (
+            CounterKey::new("fail:addr=192.0.2.7").unwrap(),
+            Nonce::new("evt_1").unwrap(),
+            ObjectId::new("session-1").unwrap(),
+        );
+        let owner = Owner::new("apikey:batch").unwrap();
+        let q = QueueName::new("outbox").unwrap();
+        let claimed = {
+            let store = RedbStore::open(&path, DEFAULT_WAIT).unwrap();
+            store.increment(&k, 2, hour, t0).await.unwrap();
+            store.insert_if_absent(&n, hour, t0).await.unwrap();
+            store.put(&o, &owner, hour, t0).await.unwrap();
+            for p in ["first", "second"] {
+                let m = NewMessage {
+                    payload: p.as_bytes().to_vec(),
+                    order_key: None,
+                    max_attempts: 5,
+                    not_before: None,
+                };
+                store.push(&q, m, t0).await.unwrap();
+            }
+            store.claim(&q, 1, lease, t0).await.unwrap()
+        };
+        assert_eq!(claimed.len(), 1);
+
+        let store = RedbStore::open(&path, DEFAULT_WAIT).unwrap();
+        let count = Counters::get(&store, &k, t0).await.unwrap().unwrap();
+        assert_eq!((count.count, count.resets_at), (2, t0 + hour));
+        assert!(!store.insert_if_absent(&n, hour, t0).await.unwrap());
+        assert_eq!(
+            Ownership::get(&store, &o, t0)
+                .await
+                .unwrap()
+                .map(|r| r.owner),
+            Some(owner)
+        );
+        // The lease held before the restart still holds: only the second message is free.
+        let now = t0 + Duration::from_secs(1);
+        let next = store.claim(&q, 10, lease, now).await.unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].payload, b"second");
+        assert!(store.claim(&q, 10, lease, now).await.unwrap().is_empty());
+        // The lease taken before the restart can still be acked.
+        store.ack(&q, &claimed[0].lease).await.unwrap();
+        assert_eq!(store.stats(&q, now).await.unwrap().leased, 1);
+    }
+
+    #[tokio::test]
+    async fn writes_sweep_expired_rows_and_the_index_follows() {
+        let (_dir, store) = open();
+        let t0 = start();
+        for i in 0..40 {
+            let n = Nonce::new(format!("n{i}")).unwrap();
+            store
+                .insert_if_absent(&n, Duration::from_secs(1), t0)
+                .await
+                .unwrap();
+        }
+        let later = t0 + Duration::from_secs(5);
+        let k = CounterKey::new("k").unwrap();
+        store
+            .increment(&k, 1, Duration::from_secs(60), later)
+            .await
+            .unwrap();
+        let left = Nonces::sweep(&store, later).await.unwrap();
+        assert_eq!(left, (40 - state::SWEEP_PER_WRITE) as u64);
+        let rows = store
+            .inner
+            .read(STATE, |t| Ok(t.len().unwrap_or(0)))
+            .unwrap();
+        let index = store
+            .inner
+            .read(DEADLINES, |t| Ok(t.len().unwrap_or(0)))
+            .unwrap();
+        assert_eq!((rows, index), (Some(1), Some(1)));
+    }
+
+    #[tokio::test]
+    async fn a_reader_refuses_writes_and_reads_no_state_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let reader = RedbStore::reader(dir.path().join("none.redb"));
+        let k = CounterKey::new("k").unwrap();
+        assert!(matches!(
+            reader
+                .increment(&k, 1, Duration::from_secs(1), start())
+                .await,
+            Err(StoreError::ReadOnly)
+        ));
+        assert_eq!(Counters::get(&reader, &k, start()).await.unwrap(), None);
+        let q = QueueName::new("q").unwrap();
+        assert_eq!(
+            reader.stats(&q, start()).await.unwrap(),
+            QueueStats::default()
+        );
+    }
+}
