@@ -85,7 +85,7 @@ impl fmt::Debug for NewMessage {
 }
 
 /// The right to ack or nack one claim of a message. A later claim of the same message (after
-/// this lease ran out) makes it stale.
+/// this lease ran out) makes it stale; until then it still works, even past `until`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub id: MessageId,

@@ -10,6 +10,14 @@
 //! for a while before [`StoreError::Busy`].
 //!
 //! The file is created with mode 0600 and refused when group or others may read it.
+//!
+//! One file can hold every kind of state (API keys here, counters, nonces and ownership in
+//! `state`, queues in `queue`), each call one transaction. The API keys are best kept in a
+//! file of their own: their [`StoreVersion`] is the file's change time, so any other write
+//! to the same file would make every gateway re-read its keys.
+//!
+//! Every call blocks on the file: the async trait methods run it on the runtime's blocking
+//! threads (see `crate::blocking`).
 
 use std::fs::{File, OpenOptions};
 use std::future::Future;
