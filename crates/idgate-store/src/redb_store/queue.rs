@@ -1,5 +1,9 @@
 //! Queues in the redb file: one write transaction per push, claim, ack or nack, so a lease
 //! is held by one claimer across every process sharing the file and survives a restart.
+//!
+//! A claim reads the queue's bookkeeping (never its payloads) in push order, twice: once for
+//! the order keys that are out, once to choose. That suits an outbox of thousands of
+//! messages; a backlog of millions would want an index by due time.
 
 use std::future::Future;
 use std::path::Path;
