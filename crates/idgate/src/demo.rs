@@ -4,8 +4,8 @@
 //! and one attempt by a workload that is not allowed — told step by step — then it keeps
 //! running with the `curl` lines to try it by hand, until Ctrl-C.
 
-use std::io::Write;
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -43,13 +43,6 @@ fn step(n: u32, text: &str) {
 
 fn say(text: &str) {
     println!("    {text}");
-}
-
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
@@ -159,36 +152,34 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
         3,
         "Starting the mock identity-verification provider (speaks the Didit v3 API).",
     );
-    let provider_port = free_port()?;
-    let provider = Command::new(&exe)
+    // Port 0: the system picks a free port, and the mock prints the URL it got.
+    let mut provider = Command::new(&exe)
         .arg("mock-provider")
-        .args(["--listen", &format!("127.0.0.1:{provider_port}")])
+        .args(["--listen", "127.0.0.1:0"])
         .arg("--tls-cert")
         .arg(&pki.gateway_cert)
         .arg("--tls-key")
         .arg(&pki.gateway_key)
         .arg("--api-key-file")
         .arg(&key_file)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start the mock provider: {e}"))?;
+    let stdout = provider.stdout.take();
     children.0.push(provider);
-    wait_listening(provider_port).await?;
+    let provider_port = mock_port(stdout).await?;
     say(&format!(
         "https://127.0.0.1:{provider_port} — it accepts only requests carrying the API key."
     ));
 
     step(4, "Starting the gateway.");
-    let port = match port {
-        Some(p) => p,
-        None => free_port()?,
-    };
-    let admin_port = free_port()?;
+    // Without --port, port 0: the gateway reports the ports it got in its ready file.
     let config_path = dir.join("idgate.toml");
+    let ready_file = dir.join("ready.json");
     std::fs::write(
         &config_path,
-        demo_config(&pki, port, admin_port, provider_port, &secret_ref),
+        demo_config(&pki, port.unwrap_or(0), provider_port, &secret_ref),
     )
     .map_err(|e| format!("{}: {e}", config_path.display()))?;
     let log_path = dir.join("idgate.log");
@@ -197,6 +188,8 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
         .arg("serve")
         .arg("--config")
         .arg(&config_path)
+        .arg("--ready-file")
+        .arg(&ready_file)
         .envs(gateway_env.iter().map(|(k, v)| (*k, v.as_str())))
         .env_remove("IDGATE_LOG")
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -204,7 +197,8 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot start the gateway: {e}"))?;
     children.0.push(gateway);
-    wait_ready(admin_port, &log_path).await?;
+    let bound = wait_ready(&ready_file, &log_path).await?;
+    let (port, admin_port) = (bound.listener.port(), bound.admin.port());
     say(&format!(
         "listening on https://localhost:{port} (mutual TLS), config {}",
         config_path.display()
@@ -372,13 +366,7 @@ fn store_in_softhsm(exe: &Path, dir: &Path, api_key: &str) -> Result<(String, Pa
     Ok((uri, conf))
 }
 
-fn demo_config(
-    pki: &devpki::DevPkiFiles,
-    port: u16,
-    admin: u16,
-    provider: u16,
-    secret: &str,
-) -> String {
+fn demo_config(pki: &devpki::DevPkiFiles, port: u16, provider: u16, secret: &str) -> String {
     format!(
         r#"# Written by `idgate demo`.
 workers = 1
@@ -396,7 +384,7 @@ trust_domain = "{TRUST_DOMAIN}"
 bundle = "{bundle}"
 
 [admin]
-bind = "127.0.0.1:{admin}"
+bind = "127.0.0.1:0"
 
 [log]
 format = "text"
@@ -429,37 +417,46 @@ allow = ["spiffe://{TRUST_DOMAIN}/ns/kyc/*"]
     )
 }
 
-async fn wait_listening(port: u16) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!(
-        "the mock provider did not start listening on port {port}"
-    ))
+/// The port in the mock provider's first line on stdout, `listening on
+/// https://127.0.0.1:PORT (didit)`, printed once it is bound. The rest of its stdout is
+/// read away so that the mock never writes into a full pipe.
+async fn mock_port(stdout: Option<std::process::ChildStdout>) -> Result<u16, String> {
+    let stdout = stdout.ok_or("the mock provider has no stdout")?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = tx.send(reader.read_line(&mut line).map(|_| line));
+        let _ = reader.read_to_end(&mut Vec::new());
+    });
+    let line = match tokio::time::timeout(Duration::from_secs(10), rx).await {
+        Ok(Ok(Ok(line))) => line,
+        Ok(Ok(Err(e))) => return Err(format!("cannot read the mock provider's output: {e}")),
+        Ok(Err(_)) | Err(_) => return Err("the mock provider did not start listening".into()),
+    };
+    line.strip_prefix("listening on https://")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse::<SocketAddr>().ok())
+        .map(|addr| addr.port())
+        .ok_or_else(|| format!("the mock provider did not say where it listens: {line:?}"))
 }
 
-async fn wait_ready(admin_port: u16, log: &Path) -> Result<(), String> {
+/// The addresses in the gateway's ready file.
+#[derive(serde::Deserialize)]
+struct Bound {
+    listener: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// Waits for the gateway's ready file, written once both listeners are bound and it serves.
+async fn wait_ready(ready_file: &Path, log: &Path) -> Result<Bound, String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let _ = s
-                .write_all(b"GET /readyz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-                .await;
-            let mut buf = Vec::new();
-            let _ = s.read_to_end(&mut buf).await;
-            if buf.starts_with(b"HTTP/1.1 200") {
-                return Ok(());
-            }
+        if let Ok(text) = std::fs::read(ready_file) {
+            return serde_json::from_slice(&text)
+                .map_err(|e| format!("{}: {e}", ready_file.display()));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(format!(
         "the gateway did not become ready; its log:\n{}",

@@ -1,5 +1,6 @@
 //! `idgate`: a zero-trust API gateway for identity-verification providers.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 mod demo;
 mod hsm;
 mod keys;
+mod ready_file;
 
 // The system allocator cost the proxy about a tenth of its CPU per request; mimalloc's
 // thread-local free lists take most of that back.
@@ -16,10 +18,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
 use idgate_config::{Config, LogFormat};
-use idgate_proxy::Gateway;
 use idgate_proxy::access_log::AccessLog;
+use idgate_proxy::{Bound, Gateway};
 use idgate_tls::devpki::{self, DevPkiRequest};
 use idgate_tls::{SpiffeId, TrustDomain};
+use ready_file::{ReadyFile, ReadyFileError};
 
 /// Exit code for a configuration or usage problem.
 pub(crate) const EXIT_CONFIG: u8 = 2;
@@ -45,10 +48,18 @@ enum Command {
     ///
     /// Reloads the TLS material when its files change, and the TLS material, routes and
     /// upstreams on SIGHUP. SIGTERM or Ctrl-C stops accepting and drains in-flight requests.
+    ///
+    /// Binding port 0 (in `listener.bind` or `admin.bind`) lets the system pick a free port;
+    /// the start-up line "idgate is serving" and the `--ready-file` name the bound addresses.
     Serve {
         /// The TOML configuration file (see docs/configuration.md).
         #[arg(short, long, env = "IDGATE_CONFIG")]
         config: PathBuf,
+        /// Once every listener is bound and the gateway serves, write
+        /// `{"pid":…,"listener":"ip:port","admin":"ip:port"}` to this file (atomically: a
+        /// temporary file in the same directory, renamed). Removed at a clean shutdown.
+        #[arg(long, value_name = "PATH")]
+        ready_file: Option<PathBuf>,
     },
     /// Validate a configuration without serving.
     ///
@@ -111,7 +122,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(&config),
+        Command::Serve { config, ready_file } => serve(&config, ready_file),
         Command::Check { config } => check(&config),
         Command::DevPki {
             out,
@@ -284,7 +295,14 @@ fn init_logging(
     (guard, access_log)
 }
 
-fn serve(path: &Path) -> ExitCode {
+fn serve(path: &Path, ready_file: Option<PathBuf>) -> ExitCode {
+    let ready_file = match ready_file.map(ReadyFile::new).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -321,22 +339,57 @@ fn serve(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Set when the ready file could not be written: the gateway then stops, since whoever
+    // asked for the file is waiting for it.
+    let ready_failed: Cell<Option<ReadyFileError>> = Cell::new(None);
+    let ready_written = Cell::new(false);
     let result = runtime.block_on(async {
         // Registered before the gateway reports ready, so a SIGTERM is never fatal.
         let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        gateway.run(shutdown_signal(term), |_| {}).await
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
+        let on_bound = |bound: Bound| {
+            let Some(file) = &ready_file else { return };
+            match file.write(bound) {
+                Ok(()) => {
+                    ready_written.set(true);
+                    tracing::info!(path = %file.path().display(), "ready file written");
+                }
+                Err(e) => {
+                    ready_failed.set(Some(e));
+                    let _ = failed_tx.send(());
+                }
+            }
+        };
+        let shutdown = async {
+            tokio::select! {
+                () = shutdown_signal(term) => {}
+                // A dropped sender (the file was written, or none was asked for) is no
+                // reason to stop: that branch is then disabled.
+                Ok(()) = failed_rx => {}
+            }
+        };
+        gateway.run(shutdown, on_bound).await
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
+    if let (Some(file), true) = (&ready_file, ready_written.get())
+        && let Err(e) = file.remove()
+    {
+        tracing::warn!(error = %e, "cannot remove the ready file");
+    }
     // Every request has ended: its line is written before the process exits.
     if let Some(log) = &access_log {
         log.close();
     }
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    match (result, ready_failed.into_inner()) {
+        (Err(e), _) => {
             tracing::error!(error = %e, "cannot serve");
             ExitCode::FAILURE
         }
+        (Ok(()), Some(e)) => {
+            tracing::error!(error = %e, "cannot write the ready file; stopped");
+            ExitCode::FAILURE
+        }
+        (Ok(()), None) => ExitCode::SUCCESS,
     }
 }
 

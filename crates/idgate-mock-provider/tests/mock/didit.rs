@@ -7,7 +7,10 @@ use idgate_mock_provider::{
 use serde_json::{Value, json};
 
 use crate::assert_eventually;
-use crate::support::{API_KEY, Client, Pki, Receiver, WEBHOOK_SECRET, didit_mock, python};
+use crate::support::{
+    API_KEY, Client, Pki, Receiver, WEBHOOK_SECRET, didit_mock, loopback, python, start_mock,
+    webhook_to,
+};
 
 fn is_uuid_v4(s: &str) -> bool {
     let b = s.as_bytes();
@@ -52,11 +55,10 @@ async fn session_lifecycle_with_signed_status_webhook() {
     let receiver = Receiver::https(&pki, vec![]).await;
     let mock = didit_mock(
         &pki,
-        Some(WebhookTarget {
-            url: format!("https://localhost:{}/hooks/didit", receiver.addr.port()),
-            secret: WEBHOOK_SECRET.into(),
-            ca: Some(pki.bundle()),
-        }),
+        Some(webhook_to(
+            format!("https://localhost:{}/hooks/didit", receiver.addr.port()),
+            Some(pki.bundle()),
+        )),
     )
     .await;
     assert!(mock.url().starts_with("https://127.0.0.1:"));
@@ -563,11 +565,7 @@ async fn refuses_plain_http_off_loopback_and_cleartext_webhooks_off_loopback() {
     .unwrap_err();
     assert!(matches!(err, MockError::PlainHttpNotLoopback(_)), "{err}");
 
-    let config = MockConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        AuthMode::DiditApiKey("k".into()),
-    )
-    .with_webhook(WebhookTarget {
+    let config = loopback(AuthMode::DiditApiKey("k".into())).with_webhook(WebhookTarget {
         url: "http://hooks.example.org/didit".to_owned(),
         secret: "s".into(),
         ca: None,
@@ -576,12 +574,7 @@ async fn refuses_plain_http_off_loopback_and_cleartext_webhooks_off_loopback() {
     assert!(matches!(err, MockError::WebhookUrl(_)), "{err}");
 
     // Plain HTTP on loopback is fine.
-    let mock = idgate_mock_provider::start(MockConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        AuthMode::DiditApiKey("k".into()),
-    ))
-    .await
-    .unwrap();
+    let mock = start_mock(loopback(AuthMode::DiditApiKey("k".into()))).await;
     assert!(mock.url().starts_with("http://127.0.0.1:"));
     let r = Client::http(mock.addr())
         .send("GET", "/v3/sessions/", &[("x-api-key", "k")], b"")

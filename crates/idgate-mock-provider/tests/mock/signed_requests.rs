@@ -1,9 +1,9 @@
 //! Sumsub and Veriff request signatures, signed in the tests by Python's `hmac`.
 
-use idgate_mock_provider::{AuthMode, DEFAULT_WORKFLOW_ID, MockConfig, MockHandle};
+use idgate_mock_provider::{AuthMode, DEFAULT_WORKFLOW_ID, MockHandle};
 use serde_json::json;
 
-use crate::support::{Client, Pki, py_hmac, unix_now};
+use crate::support::{Client, Pki, loopback, py_hmac, start_mock, unix_now};
 
 const APP_TOKEN: &str = "sbx:app-token-0123";
 const SUMSUB_SECRET: &str = "sumsub-secret-key";
@@ -12,15 +12,11 @@ const VERIFF_SECRET: &str = "veriff-shared-secret";
 
 async fn sumsub_mock() -> MockHandle {
     // Plain HTTP on loopback: also covers the no-TLS listener.
-    idgate_mock_provider::start(MockConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        AuthMode::Sumsub {
-            app_token: APP_TOKEN.into(),
-            secret: SUMSUB_SECRET.into(),
-        },
-    ))
+    start_mock(loopback(AuthMode::Sumsub {
+        app_token: APP_TOKEN.into(),
+        secret: SUMSUB_SECRET.into(),
+    }))
     .await
-    .unwrap()
 }
 
 /// Sends a Sumsub-signed request; `sign_*` say what is signed, to tamper.
@@ -184,18 +180,14 @@ async fn veriff(
 #[tokio::test]
 async fn veriff_mode_signs_bodies_and_session_ids() {
     let pki = Pki::new();
-    let mock = idgate_mock_provider::start(
-        MockConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            AuthMode::Veriff {
-                client: VERIFF_CLIENT.into(),
-                secret: VERIFF_SECRET.into(),
-            },
-        )
+    let mock = start_mock(
+        loopback(AuthMode::Veriff {
+            client: VERIFF_CLIENT.into(),
+            secret: VERIFF_SECRET.into(),
+        })
         .with_tls(pki.cert(), pki.key()),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(mock.mode(), "veriff");
     let c = Client::https(&pki, mock.addr());
 

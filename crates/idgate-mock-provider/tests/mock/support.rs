@@ -70,17 +70,34 @@ impl Pki {
     }
 }
 
-/// A Didit-mode mock over HTTPS on a free loopback port.
-pub async fn didit_mock(pki: &Pki, webhook: Option<WebhookTarget>) -> MockHandle {
-    let mut config = MockConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        AuthMode::DiditApiKey(API_KEY.into()),
-    )
-    .with_tls(pki.cert(), pki.key());
-    config.webhook = webhook;
+/// A mock in `mode` on loopback port 0: the system picks the port when the mock binds, and
+/// [`MockHandle::addr`] tells which. Plain HTTP unless `with_tls` is added.
+pub fn loopback(mode: AuthMode) -> MockConfig {
+    MockConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), mode)
+}
+
+/// Starts the mock `config` describes, failing the test if it cannot.
+pub async fn start_mock(config: MockConfig) -> MockHandle {
     idgate_mock_provider::start(config)
         .await
         .expect("start mock")
+}
+
+/// Webhooks to `url` signed with [`WEBHOOK_SECRET`], trusting `ca` for the receiver.
+pub fn webhook_to(url: String, ca: Option<PathBuf>) -> WebhookTarget {
+    WebhookTarget {
+        url,
+        secret: WEBHOOK_SECRET.into(),
+        ca,
+    }
+}
+
+/// A Didit-mode mock over HTTPS on loopback.
+pub async fn didit_mock(pki: &Pki, webhook: Option<WebhookTarget>) -> MockHandle {
+    let mut config =
+        loopback(AuthMode::DiditApiKey(API_KEY.into())).with_tls(pki.cert(), pki.key());
+    config.webhook = webhook;
+    start_mock(config).await
 }
 
 /// A response as the client saw it.

@@ -1,32 +1,24 @@
 //! Webhook delivery: retries on 5xx and 404, gives up on other errors, signs every attempt
 //! the same way.
 
-use idgate_mock_provider::{
-    AuthMode, DEFAULT_WORKFLOW_ID, DeliveryOutcome, MockConfig, WEBHOOK_MAX_ATTEMPTS, WebhookTarget,
-};
+use idgate_mock_provider::{AuthMode, DEFAULT_WORKFLOW_ID, DeliveryOutcome, WEBHOOK_MAX_ATTEMPTS};
 use serde_json::json;
 
 use crate::assert_eventually;
-use crate::support::{Client, Receiver, WEBHOOK_SECRET, py_hmac};
+use crate::support::{Client, Receiver, WEBHOOK_SECRET, loopback, py_hmac, start_mock, webhook_to};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_on_5xx_and_404_then_gives_up_on_4xx() {
     // Plain HTTP to a loopback receiver: 503, 404, then 200 for the first event; 400 for
     // the second.
     let receiver = Receiver::http(vec![503, 404, 200, 400]).await;
-    let mock = idgate_mock_provider::start(
-        MockConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            AuthMode::DiditApiKey("k".into()),
-        )
-        .with_webhook(WebhookTarget {
-            url: format!("http://127.0.0.1:{}/hook", receiver.addr.port()),
-            secret: WEBHOOK_SECRET.into(),
-            ca: None,
-        }),
+    let mock = start_mock(
+        loopback(AuthMode::DiditApiKey("k".into())).with_webhook(webhook_to(
+            format!("http://127.0.0.1:{}/hook", receiver.addr.port()),
+            None,
+        )),
     )
-    .await
-    .unwrap();
+    .await;
     let c = Client::http(mock.addr());
     let key = [("x-api-key", "k"), ("content-type", "application/json")];
     let s = c
@@ -117,25 +109,16 @@ async fn retries_on_5xx_and_404_then_gives_up_on_4xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gives_up_after_bounded_attempts_when_the_receiver_is_down() {
-    // A port with nothing listening.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mock = idgate_mock_provider::start(
-        MockConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            AuthMode::DiditApiKey("k".into()),
-        )
-        .with_webhook(WebhookTarget {
-            url: format!("http://localhost:{port}/hook"),
-            secret: WEBHOOK_SECRET.into(),
-            ca: None,
-        }),
+    // A port with nothing listening, held for the whole test: the socket is bound but never
+    // listens, so a delivery is refused and no other socket can take the port meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = closed.local_addr().unwrap().port();
+    let mock = start_mock(
+        loopback(AuthMode::DiditApiKey("k".into()))
+            .with_webhook(webhook_to(format!("http://localhost:{port}/hook"), None)),
     )
-    .await
-    .unwrap();
+    .await;
     let c = Client::http(mock.addr());
     let s = c
         .send(

@@ -25,8 +25,6 @@ fn idgate(args: &[&str]) -> (i32, String, String) {
 struct Workspace {
     dir: tempfile::TempDir,
     pki: DevPkiPaths,
-    /// The listener port the configurations name.
-    port: u16,
 }
 
 struct DevPkiPaths {
@@ -46,7 +44,6 @@ impl Workspace {
                 key: files.gateway_key,
             },
             dir,
-            port: free_port(),
         }
     }
 
@@ -60,61 +57,27 @@ impl Workspace {
         p
     }
 
-    /// `[listener]`, `[identity]` and `[admin]` that are valid; `listener_extra` goes in
-    /// `[listener]`, `bundles_extra` after the first trust bundle.
-    fn base(&self, listener_extra: &str, bundles_extra: &str) -> String {
-        format!(
-            r#"workers = 1
+    /// Writes `config` as `name`.
+    fn write_config(&self, name: &str, config: &GatewayConfig) -> PathBuf {
+        self.write(name, &config.to_toml())
+    }
 
-[listener]
-bind = "127.0.0.1:{port}"
-{listener_extra}
-
-[identity]
-svid_cert = "{cert}"
-svid_key = "{key}"
-
-[[identity.trust_bundles]]
-trust_domain = "example.org"
-bundle = "{bundle}"
-{bundles_extra}
-
-[admin]
-bind = "127.0.0.1:{admin}"
-"#,
-            port = self.port,
-            admin = free_port(),
-            cert = self.pki.cert.display(),
-            key = self.pki.key.display(),
-            bundle = self.pki.bundle.display(),
-        )
+    /// `[listener]`, `[identity]` and `[admin]` that are valid (both listeners on port 0),
+    /// with the bundle for example.org and no `[log]`.
+    fn base(&self) -> GatewayConfig {
+        GatewayConfig::new(&self.pki.cert, &self.pki.key).trust(TD, &self.pki.bundle)
     }
 }
 
-fn upstream(name: &str, secret: &str) -> String {
-    format!(
-        r#"
-[[upstreams]]
-name = "{name}"
-url = "https://127.0.0.1:9"
-[upstreams.credential]
-header = "x-api-key"
-secret = "{secret}"
-"#
-    )
+/// An upstream that is never dialled, whose credential is `secret` in `x-api-key`.
+fn upstream(name: &str, secret: &str) -> UpstreamSpec {
+    UpstreamSpec::new(name, "https://127.0.0.1:9")
+        .credential(CredentialSpec::header("x-api-key", secret))
 }
 
-fn route(name: &str, path: &str, upstream: &str, allow_key: &str, allow: &str) -> String {
-    format!(
-        r#"
-[[routes]]
-name = "{name}"
-methods = ["GET"]
-path = "{path}"
-upstream = "{upstream}"
-{allow_key} = ["{allow}"]
-"#
-    )
+/// `GET path` to `upstream`, allowed for `allow`.
+fn route(name: &str, path: &str, upstream: &str, allow: &str) -> RouteSpec {
+    RouteSpec::new(name, &["GET"], path, upstream, &[allow])
 }
 
 /// Never set anywhere, so `env:` of it is a missing secret.
@@ -236,22 +199,18 @@ fn check_accepts_a_valid_config() {
     let secret_file = ws.path("provider.key");
     std::fs::write(&secret_file, "file-provider-key\n").unwrap();
     std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let config = ws.write(
-        "idgate.toml",
-        &format!(
-            "{}{}{}{}",
-            ws.base("tls_min_version = \"1.3\"", ""),
-            upstream("provider", &format!("env:{SET_ENV}")),
-            upstream("other", "file:provider.key"),
-            route(
-                "decision",
-                "/v3/session/{id}/",
-                "provider",
-                "allow",
-                "spiffe://example.org/ns/kyc/*"
-            ),
-        ),
-    );
+    let mut config = ws
+        .base()
+        .upstream(upstream("provider", &format!("env:{SET_ENV}")))
+        .upstream(upstream("other", "file:provider.key"))
+        .route(route(
+            "decision",
+            "/v3/session/{id}/",
+            "provider",
+            "spiffe://example.org/ns/kyc/*",
+        ));
+    config.listener.tls_min_version = Some(TlsVersion::V1_3);
+    let config = ws.write_config("idgate.toml", &config);
     let (code, out, err) = check(&ws, &config);
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("valid"), "{out}");
@@ -267,24 +226,47 @@ fn check_lists_every_problem_at_once_with_file_key_and_reason() {
     let open_secret = ws.path("group-readable.key");
     std::fs::write(&open_secret, "file-secret-value-9d2\n").unwrap();
     std::fs::set_permissions(&open_secret, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let config = ws.write(
-        "broken.toml",
-        &format!(
-            "bogus_top_level = 1\n{}{}{}{}{}{}{}{}{}",
-            ws.base(
-                "tls_min_version = \"1.1\"",
-                "\n[[identity.trust_bundles]]\ntrust_domain = \"other.org\"\nbundle = \"pki/no-such-bundle.pem\"\n"
-            ),
-            upstream("provider", &format!("env:{UNSET_ENV}")),
-            upstream("literal", "sk_live_abc"),
-            upstream("open-file", "file:group-readable.key"),
-            route("typo", "/a", "provider", "alow", "spiffe://example.org/ns/kyc/sa/a"),
-            route("bad-id", "/b", "provider", "allow", "spiffe://Example.org/not valid"),
-            route("twice", "/c", "provider", "allow", "spiffe://example.org/ns/kyc/sa/c"),
-            route("twice", "/d", "provider", "allow", "spiffe://example.org/ns/kyc/sa/d"),
-            route("orphan", "/e", "no-such-upstream", "allow", "spiffe://example.org/ns/kyc/sa/e"),
-        ),
-    );
+    // Each mistake is a value the typed builder holds as it is, wrong as it is.
+    let mut config = ws
+        .base()
+        .trust("other.org", Path::new("pki/no-such-bundle.pem"))
+        .upstream(upstream("provider", &format!("env:{UNSET_ENV}")))
+        .upstream(upstream("literal", "sk_live_abc"))
+        .upstream(upstream("open-file", "file:group-readable.key"))
+        .route(
+            RouteSpec::new("typo", &["GET"], "/a", "provider", &[])
+                .with("alow", strings(&["spiffe://example.org/ns/kyc/sa/a"])),
+        )
+        .route(route(
+            "bad-id",
+            "/b",
+            "provider",
+            "spiffe://Example.org/not valid",
+        ))
+        .route(route(
+            "twice",
+            "/c",
+            "provider",
+            "spiffe://example.org/ns/kyc/sa/c",
+        ))
+        .route(route(
+            "twice",
+            "/d",
+            "provider",
+            "spiffe://example.org/ns/kyc/sa/d",
+        ))
+        .route(route(
+            "orphan",
+            "/e",
+            "no-such-upstream",
+            "spiffe://example.org/ns/kyc/sa/e",
+        ));
+    config.top_level.insert("bogus_top_level".into(), 1.into());
+    config
+        .listener
+        .extra
+        .insert("tls_min_version".into(), "1.1".into());
+    let config = ws.write_config("broken.toml", &config);
     let (code, out, err) = check(&ws, &config);
     let all = format!("{out}{err}");
     assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
@@ -324,14 +306,11 @@ fn check_lists_every_problem_at_once_with_file_key_and_reason() {
 #[test]
 fn check_refuses_a_literal_secret_without_echoing_it() {
     let ws = Workspace::new();
-    let config = ws.write(
+    let config = ws.write_config(
         "idgate.toml",
-        &format!(
-            "{}{}{}",
-            ws.base("", ""),
-            upstream("provider", "sk_live_abc"),
-            route("r", "/r", "provider", "allow", ONBOARDING),
-        ),
+        &ws.base()
+            .upstream(upstream("provider", "sk_live_abc"))
+            .route(route("r", "/r", "provider", ONBOARDING)),
     );
     let (code, out, err) = check(&ws, &config);
     let all = format!("{out}{err}");
@@ -357,14 +336,11 @@ fn check_refuses_a_group_readable_secret_file_naming_its_key() {
     let open_secret = ws.path("group-readable.key");
     std::fs::write(&open_secret, "file-secret-value-9d2\n").unwrap();
     std::fs::set_permissions(&open_secret, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let config = ws.write(
+    let config = ws.write_config(
         "idgate.toml",
-        &format!(
-            "{}{}{}",
-            ws.base("", ""),
-            upstream("provider", "file:group-readable.key"),
-            route("r", "/r", "provider", "allow", ONBOARDING),
-        ),
+        &ws.base()
+            .upstream(upstream("provider", "file:group-readable.key"))
+            .route(route("r", "/r", "provider", ONBOARDING)),
     );
     let (code, out, err) = check(&ws, &config);
     let all = format!("{out}{err}");
@@ -384,14 +360,11 @@ fn check_refuses_a_group_readable_secret_file_naming_its_key() {
 #[test]
 fn check_refuses_a_missing_env_secret_naming_its_key() {
     let ws = Workspace::new();
-    let config = ws.write(
+    let config = ws.write_config(
         "idgate.toml",
-        &format!(
-            "{}{}{}",
-            ws.base("", ""),
-            upstream("provider", &format!("env:{UNSET_ENV}")),
-            route("r", "/r", "provider", "allow", ONBOARDING),
-        ),
+        &ws.base()
+            .upstream(upstream("provider", &format!("env:{UNSET_ENV}")))
+            .route(route("r", "/r", "provider", ONBOARDING)),
     );
     let (code, out, err) = check(&ws, &config);
     let all = format!("{out}{err}");
@@ -562,19 +535,27 @@ fn dev_pki_refuses_a_malformed_spiffe_id_or_trust_domain() {
 #[test]
 fn check_refuses_trace_connect_and_malformed_trusted_proxies() {
     let ws = Workspace::new();
-    let config = ws.write(
-        "idgate.toml",
-        &format!(
-            "{}{}{}",
-            ws.base(
-                r#"trusted_proxies = ["10.0.0.0/8", "10.0.0.1/8", "proxy.internal", "::/0", "::ffff:192.0.2.0/120"]"#,
-                ""
-            ),
-            upstream("provider", &format!("env:{SET_ENV}")),
-            route("r", "/r", "provider", "allow", ONBOARDING)
-                .replace(r#"methods = ["GET"]"#, r#"methods = ["GET", "TRACE", "CONNECT"]"#),
-        ),
+    let mut config = ws
+        .base()
+        .upstream(upstream("provider", &format!("env:{SET_ENV}")))
+        .route(RouteSpec::new(
+            "r",
+            &["GET", "TRACE", "CONNECT"],
+            "/r",
+            "provider",
+            &[ONBOARDING],
+        ));
+    config.listener.extra.insert(
+        "trusted_proxies".into(),
+        strings(&[
+            "10.0.0.0/8",
+            "10.0.0.1/8",
+            "proxy.internal",
+            "::/0",
+            "::ffff:192.0.2.0/120",
+        ]),
     );
+    let config = ws.write_config("idgate.toml", &config);
     let (code, out, err) = check(&ws, &config);
     let all = format!("{out}{err}");
     assert_eq!(code, 2, "{all}");
@@ -598,17 +579,14 @@ fn check_refuses_trace_connect_and_malformed_trusted_proxies() {
 #[test]
 fn check_reports_a_broken_upstream_once_not_again_for_its_routes() {
     let ws = Workspace::new();
-    let config = ws.write(
+    let config = ws.write_config(
         "idgate.toml",
-        &format!(
-            "{}{}ca = \"pki/no-such-ca.pem\"\n{}",
-            ws.base("", ""),
-            upstream("didit", &format!("env:{SET_ENV}"))
-                .replace("[upstreams.credential]\n", "")
-                .replace("header = \"x-api-key\"\n", "")
-                .replace(&format!("secret = \"env:{SET_ENV}\"\n"), ""),
-            route("decision", "/d", "didit", "allow", ONBOARDING),
-        ),
+        &ws.base()
+            .upstream(
+                UpstreamSpec::new("didit", "https://127.0.0.1:9")
+                    .ca(Path::new("pki/no-such-ca.pem")),
+            )
+            .route(route("decision", "/d", "didit", ONBOARDING)),
     );
     let (code, out, err) = check(&ws, &config);
     let all = format!("{out}{err}");
@@ -618,21 +596,20 @@ fn check_reports_a_broken_upstream_once_not_again_for_its_routes() {
     assert_eq!(all.lines().count(), 1, "more than the one problem:\n{all}");
 }
 
-/// A configuration with an `[api_keys]` store that does not exist yet.
-fn with_missing_key_store(ws: &Workspace, base: &str) -> PathBuf {
+/// `base` with an `[api_keys]` store that does not exist yet.
+fn with_missing_key_store(ws: &Workspace, base: GatewayConfig) -> GatewayConfig {
     let pepper = ws.path("pepper");
     std::fs::write(&pepper, "0123456789abcdef0123456789abcdef\n").unwrap();
     std::fs::set_permissions(&pepper, std::fs::Permissions::from_mode(0o600)).unwrap();
-    ws.write(
-        "idgate.toml",
-        &format!(
-            "{base}\n[api_keys]\nstore = \"{}\"\npepper = \"file:{}\"\n{}{}",
-            ws.path("keys.redb").display(),
-            pepper.display(),
-            upstream("provider", &format!("env:{SET_ENV}")),
-            route("r", "/r", "provider", "allow", ONBOARDING),
-        ),
+    base.section(
+        "api_keys",
+        table([
+            ("store", path_value(&ws.path("keys.redb"))),
+            ("pepper", format!("file:{}", pepper.display()).into()),
+        ]),
     )
+    .upstream(upstream("provider", &format!("env:{SET_ENV}")))
+    .route(route("r", "/r", "provider", ONBOARDING))
 }
 
 const NO_STORE_YET: &str = "the API key store does not exist yet";
@@ -640,7 +617,7 @@ const NO_STORE_YET: &str = "the API key store does not exist yet";
 #[test]
 fn check_shows_the_warnings_its_parts_raise_while_loading() {
     let ws = Workspace::new();
-    let config = with_missing_key_store(&ws, &ws.base("", ""));
+    let config = ws.write_config("idgate.toml", &with_missing_key_store(&ws, ws.base()));
     let (code, out, err) = check(&ws, &config);
     assert_eq!(code, 0, "{out}{err}");
     let file = config.display().to_string();
@@ -657,18 +634,14 @@ fn check_shows_the_warnings_its_parts_raise_while_loading() {
 #[tokio::test]
 async fn serve_logs_the_warnings_its_parts_raise_while_loading() {
     let ws = Workspace::new();
-    let admin = free_port();
-    // The same base with a known admin port (for readiness) and JSON logs.
-    let base = ws.base("", "");
-    let base = format!(
-        "{}[admin]\nbind = \"127.0.0.1:{admin}\"\n\n[log]\nformat = \"json\"\n",
-        base.split("[admin]").next().unwrap()
-    );
-    let config = with_missing_key_store(&ws, &base);
+    // The same base with JSON logs.
+    let mut base = ws.base();
+    base.log = Some(LogSpec {
+        format: Some(LogFormat::Json),
+        level: None,
+    });
     let gw = Gateway::start(
-        &std::fs::read_to_string(&config).unwrap(),
-        ws.port,
-        admin,
+        &with_missing_key_store(&ws, base),
         &[(SET_ENV, "provider-key-for-serve")],
     )
     .await;
@@ -690,20 +663,19 @@ async fn serve_logs_the_warnings_its_parts_raise_while_loading() {
 #[test]
 fn serve_with_an_invalid_config_exits_2_and_prints_the_problems_without_starting() {
     let ws = Workspace::new();
-    let port = ws.port;
-    let invalid_file = format!(
-        "{}{}{}",
-        ws.base("tls_min_version = \"1.0\"", ""),
-        upstream("provider", &format!("env:{SET_ENV}")),
-        route("r", "/r", "no-such-upstream", "allow", ONBOARDING),
-    );
+    let mut invalid_file = ws
+        .base()
+        .upstream(upstream("provider", &format!("env:{SET_ENV}")))
+        .route(route("r", "/r", "no-such-upstream", ONBOARDING));
+    invalid_file
+        .listener
+        .extra
+        .insert("tls_min_version".into(), "1.0".into());
     // Valid as a file, but the secret it needs is missing: refused before binding as well.
-    let missing_secret = format!(
-        "{}{}{}",
-        ws.base("", ""),
-        upstream("provider", &format!("env:{UNSET_ENV}")),
-        route("r", "/r", "provider", "allow", ONBOARDING),
-    );
+    let missing_secret = ws
+        .base()
+        .upstream(upstream("provider", &format!("env:{UNSET_ENV}")))
+        .route(route("r", "/r", "provider", ONBOARDING));
     for (name, text, expected) in [
         (
             "invalid.toml",
@@ -712,11 +684,15 @@ fn serve_with_an_invalid_config_exits_2_and_prints_the_problems_without_starting
         ),
         ("missing-secret.toml", missing_secret, &[UNSET_ENV][..]),
     ] {
-        let config = ws.write(name, &text);
+        let config = ws.write_config(name, &text);
+        // The gateway writes this file once it has bound its listeners and serves.
+        let ready_file = ws.path(&format!("{name}.ready"));
         let mut cmd = Command::new(bin());
         cmd.arg("serve")
             .arg("--config")
             .arg(&config)
+            .arg("--ready-file")
+            .arg(&ready_file)
             .env_remove("IDGATE_LOG")
             .env_remove(UNSET_ENV)
             .env(SET_ENV, "provider-key-for-serve");
@@ -730,9 +706,11 @@ fn serve_with_an_invalid_config_exits_2_and_prints_the_problems_without_starting
             );
         }
         assert!(!all.contains("serving"), "{name}: it started:\n{all}");
+        // The listeners bind port 0, so no port number could tell whether they were bound;
+        // the ready file would.
         assert!(
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-            "{name}: something listens on the configured port"
+            !ready_file.exists(),
+            "{name}: the gateway reported its listeners bound"
         );
     }
 }

@@ -226,39 +226,32 @@ impl Uploads {
         let pki = Pki::new(TD, &[ONBOARDING, FRONTEND]);
         let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
         let url = upstream.url(true);
-        let one = OneRoute {
+        let mut config = OneRoute {
             url: &url,
-            methods: r#"["POST"]"#,
+            methods: &["POST"],
             ..OneRoute::default()
-        };
-        let (port, admin) = (free_port(), free_port());
-        let config = format!(
-            r#"{}
-[[upstreams]]
-name = "signed"
-url = "{url}"
-ca = "{ca}"
-max_body_bytes = 1024
-[upstreams.credential]
-scheme = "veriff"
-client = "env:VERIFF_CLIENT"
-secret = "env:VERIFF_SECRET"
-
-[[routes]]
-name = "signed"
-methods = ["POST"]
-path = "/signed/{{*rest}}"
-upstream = "signed"
-allow = ["{ONBOARDING}"]
-"#,
-            one.config(&pki, port, admin)
-                .replace("client_auth = \"required\"", "client_auth = \"optional\""),
-            ca = pki.files.bundle.display(),
-        );
+        }
+        .config(&pki)
+        .upstream(
+            UpstreamSpec::new("signed", &url)
+                .ca(&pki.files.bundle)
+                .with("max_body_bytes", 1024)
+                .credential(CredentialSpec::scheme(
+                    "veriff",
+                    "env:VERIFF_CLIENT",
+                    "env:VERIFF_SECRET",
+                )),
+        )
+        .route(RouteSpec::new(
+            "signed",
+            &["POST"],
+            "/signed/{*rest}",
+            "signed",
+            &[ONBOARDING],
+        ));
+        config.listener.client_auth = ClientAuth::Optional;
         let gw = Gateway::start(
             &config,
-            port,
-            admin,
             &[
                 ("VERIFF_CLIENT", "veriff-client"),
                 ("VERIFF_SECRET", "veriff-secret-0123456789"),
@@ -502,8 +495,11 @@ async fn curl_sees_the_problem_when_an_upload_finds_the_upstream_busy() {
     let upstream = TestUpstream::https(&pki, UpstreamMode::Delay(Duration::from_secs(4))).await;
     let gw = OneRoute {
         url: &upstream.url(true),
-        upstream_extra: "max_connections = 1\nmax_pending = 0",
-        methods: r#"["GET", "POST"]"#,
+        upstream_extra: toml::toml! {
+            max_connections = 1
+            max_pending = 0
+        },
+        methods: &["GET", "POST"],
         ..OneRoute::default()
     }
     .start(&pki, &[])

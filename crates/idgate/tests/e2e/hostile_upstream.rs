@@ -458,37 +458,31 @@ async fn run(client: Client, case: &'static Case, prefix: String, upstream: Upst
 async fn the_own_client_is_never_less_safe_than_hypers_against_a_hostile_upstream() {
     within(async {
         let pki = Pki::default_pki();
-        let (port, admin) = (free_port(), free_port());
-        let mut config = base_config(&pki, port, admin);
+        let mut config = base_config(&pki);
         let mut upstreams = Vec::new();
         for (i, case) in CASES.iter().enumerate() {
             for client in ["native", "hyper"] {
                 let upstream = Upstream::start(case.act).await;
-                config.push_str(&format!(
-                    r#"
-[[upstreams]]
-name = "{client}{i}"
-url = "http://127.0.0.1:{port}"
-client = "{client}"
-request_timeout = "5s"
-
-[upstreams.credential]
-header = "x-provider-token"
-secret = "env:{TOKEN_ENV}"
-
-[[routes]]
-name = "{client}{i}"
-methods = ["GET", "HEAD", "POST"]
-path = "/{client}{i}/{{*rest}}"
-upstream = "{client}{i}"
-allow = ["{ONBOARDING}"]
-"#,
-                    port = upstream.port
+                let name = format!("{client}{i}");
+                let mut spec =
+                    UpstreamSpec::new(&name, &format!("http://127.0.0.1:{}", upstream.port))
+                        .with("client", client)
+                        .credential(CredentialSpec::header(
+                            "x-provider-token",
+                            &format!("env:{TOKEN_ENV}"),
+                        ));
+                spec.request_timeout = Some("5s".into());
+                config = config.upstream(spec).route(RouteSpec::new(
+                    &name,
+                    &["GET", "HEAD", "POST"],
+                    &format!("/{name}/{{*rest}}"),
+                    &name,
+                    &[ONBOARDING],
                 ));
                 upstreams.push((i, client, upstream));
             }
         }
-        let gw = Gateway::start(&config, port, admin, &[(TOKEN_ENV, TOKEN)]).await;
+        let gw = Gateway::start(&config, &[(TOKEN_ENV, TOKEN)]).await;
         let caller = Client::new(&pki, Some(ONBOARDING), gw.port, false);
         let runs: Vec<_> = upstreams
             .into_iter()

@@ -13,34 +13,23 @@ async fn gateway_with_credential(
     pki: &Pki,
     upstream: &TestUpstream,
     token: &SoftHsmToken,
-    credential: &str,
+    credential: CredentialSpec,
 ) -> Gateway {
-    let (port, admin) = (free_port(), free_port());
-    let config = format!(
-        r#"{base}
-[[upstreams]]
-name = "provider"
-url = "{url}"
-ca = "{ca}"
-[upstreams.credential]
-{credential}
-refresh_interval = "250ms"
-
-[[routes]]
-name = "sessions"
-methods = ["GET", "POST", "DELETE"]
-path = "/v1/{{*rest}}"
-upstream = "provider"
-allow = ["{ONBOARDING}"]
-"#,
-        base = base_config(pki, port, admin),
-        url = upstream.url(true),
-        ca = pki.files.bundle.display(),
-    );
+    let config = base_config(pki)
+        .upstream(
+            UpstreamSpec::new("provider", &upstream.url(true))
+                .ca(&pki.files.bundle)
+                .credential(credential.refresh_every("250ms")),
+        )
+        .route(RouteSpec::new(
+            "sessions",
+            &["GET", "POST", "DELETE"],
+            "/v1/{*rest}",
+            "provider",
+            &[ONBOARDING],
+        ));
     Gateway::start(
         &config,
-        port,
-        admin,
         &[("SOFTHSM2_CONF", token.conf().to_str().unwrap())],
     )
     .await
@@ -67,11 +56,8 @@ async fn wrapped_api_key_from_the_token_reaches_the_provider_and_nowhere_else() 
 
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let credential = format!(
-        "header = \"x-api-key\"\nsecret = \"{}\"",
-        token.uri("didit-api-key")
-    );
-    let gw = gateway_with_credential(&pki, &upstream, &token, &credential).await;
+    let credential = CredentialSpec::header("x-api-key", &token.uri("didit-api-key"));
+    let gw = gateway_with_credential(&pki, &upstream, &token, credential).await;
     let client = Client::new(&pki, Some(ONBOARDING), gw.port, true);
     let reply = client.get("/v1/sessions/abc").await.unwrap();
     assert_eq!(reply.status, 200);
@@ -128,11 +114,8 @@ async fn rotating_the_key_in_the_token_under_load_loses_no_request() {
     assert_eq!(code, 0, "{err}");
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let credential = format!(
-        "header = \"x-api-key\"\nsecret = \"{}\"",
-        token.uri("didit-api-key")
-    );
-    let gw = gateway_with_credential(&pki, &upstream, &token, &credential).await;
+    let credential = CredentialSpec::header("x-api-key", &token.uri("didit-api-key"));
+    let gw = gateway_with_credential(&pki, &upstream, &token, credential).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU32::new(0));
@@ -219,12 +202,13 @@ async fn sumsub_signature_is_computed_inside_the_token_with_a_non_extractable_ke
     .unwrap();
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let credential = format!(
-        "scheme = \"sumsub\"\napp_token = \"file:{}\"\nsecret = \"{}\"",
-        app_token_file.display(),
-        token.uri("sumsub-hmac")
-    );
-    let gw = gateway_with_credential(&pki, &upstream, &token, &credential).await;
+    let credential = CredentialSpec {
+        scheme: Some("sumsub".into()),
+        secret: Some(token.uri("sumsub-hmac")),
+        ..CredentialSpec::default()
+    }
+    .with("app_token", format!("file:{}", app_token_file.display()));
+    let gw = gateway_with_credential(&pki, &upstream, &token, credential).await;
     let client = Client::new(&pki, Some(ONBOARDING), gw.port, true);
     let body = r#"{"externalUserId":"u-1","levelName":"basic-kyc"}"#;
     let reply = client
@@ -274,35 +258,25 @@ async fn veriff_signature_covers_the_body_or_the_session_id() {
     assert_eq!(code, 0, "{err}");
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let credential = format!(
-        "scheme = \"veriff\"\nclient = \"env:VERIFF_CLIENT\"\nsecret = \"{}\"",
-        token.uri("veriff-hmac")
-    );
-    let (port, admin) = (free_port(), free_port());
-    let config = format!(
-        r#"{base}
-[[upstreams]]
-name = "veriff"
-url = "{url}"
-ca = "{ca}"
-[upstreams.credential]
-{credential}
-
-[[routes]]
-name = "all"
-methods = ["GET", "POST"]
-path = "/v1/{{*rest}}"
-upstream = "veriff"
-allow = ["{ONBOARDING}"]
-"#,
-        base = base_config(&pki, port, admin),
-        url = upstream.url(true),
-        ca = pki.files.bundle.display(),
-    );
+    let config = base_config(&pki)
+        .upstream(
+            UpstreamSpec::new("veriff", &upstream.url(true))
+                .ca(&pki.files.bundle)
+                .credential(CredentialSpec::scheme(
+                    "veriff",
+                    "env:VERIFF_CLIENT",
+                    &token.uri("veriff-hmac"),
+                )),
+        )
+        .route(RouteSpec::new(
+            "all",
+            &["GET", "POST"],
+            "/v1/{*rest}",
+            "veriff",
+            &[ONBOARDING],
+        ));
     let gw = Gateway::start(
         &config,
-        port,
-        admin,
         &[
             ("SOFTHSM2_CONF", token.conf().to_str().unwrap()),
             ("VERIFF_CLIENT", "veriff-client-key"),
@@ -382,11 +356,8 @@ async fn token_initialised_by_idgate_alone_serves_a_credential_through_the_gatew
     token.hsm_ok(&["import-secret"], "didit-api-key", key);
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let credential = format!(
-        "header = \"x-api-key\"\nsecret = \"{}\"",
-        token.uri("didit-api-key")
-    );
-    let gw = gateway_with_credential(&pki, &upstream, &token, &credential).await;
+    let credential = CredentialSpec::header("x-api-key", &token.uri("didit-api-key"));
+    let gw = gateway_with_credential(&pki, &upstream, &token, credential).await;
     let client = Client::new(&pki, Some(ONBOARDING), gw.port, true);
     assert_eq!(client.get("/v1/sessions/abc").await.unwrap().status, 200);
     assert_eq!(upstream.last().headers.get("x-api-key").unwrap(), key);

@@ -17,35 +17,28 @@ async fn token_outage_gives_503_problem_and_log_line_and_recovers_without_restar
 
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let (port, admin) = (free_port(), free_port());
-    let config = format!(
-        r#"{base}
-[[upstreams]]
-name = "veriff"
-url = "{url}"
-ca = "{ca}"
-[upstreams.credential]
-scheme = "veriff"
-label = "veriff-hsm"
-client = "env:VERIFF_CLIENT"
-secret = "{secret_uri}"
-
-[[routes]]
-name = "sessions"
-methods = ["POST"]
-path = "/v1/sessions"
-upstream = "veriff"
-allow = ["{ONBOARDING}"]
-"#,
-        base = base_config(&pki, port, admin),
-        url = upstream.url(true),
-        ca = pki.files.bundle.display(),
-        secret_uri = token.uri("veriff-hmac"),
-    );
+    let config = base_config(&pki)
+        .upstream(
+            UpstreamSpec::new("veriff", &upstream.url(true))
+                .ca(&pki.files.bundle)
+                .credential(CredentialSpec {
+                    label: Some("veriff-hsm".into()),
+                    ..CredentialSpec::scheme(
+                        "veriff",
+                        "env:VERIFF_CLIENT",
+                        &token.uri("veriff-hmac"),
+                    )
+                }),
+        )
+        .route(RouteSpec::new(
+            "sessions",
+            &["POST"],
+            "/v1/sessions",
+            "veriff",
+            &[ONBOARDING],
+        ));
     let gw = Gateway::start(
         &config,
-        port,
-        admin,
         &[
             ("SOFTHSM2_CONF", token.conf().to_str().unwrap()),
             ("VERIFF_CLIENT", "veriff-client-key"),
@@ -142,34 +135,22 @@ async fn wrapped_key_keeps_serving_from_memory_during_an_outage_and_rotation_res
     token.hsm_ok(&["import-secret"], "didit-api-key", "wrapped-key-one");
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let (port, admin) = (free_port(), free_port());
-    let config = format!(
-        r#"{base}
-[[upstreams]]
-name = "didit"
-url = "{url}"
-ca = "{ca}"
-[upstreams.credential]
-header = "x-api-key"
-secret = "{secret_uri}"
-refresh_interval = "250ms"
-
-[[routes]]
-name = "decision"
-methods = ["GET"]
-path = "/v3/session/{{id}}/decision/"
-upstream = "didit"
-allow = ["{ONBOARDING}"]
-"#,
-        base = base_config(&pki, port, admin),
-        url = upstream.url(true),
-        ca = pki.files.bundle.display(),
-        secret_uri = token.uri("didit-api-key"),
-    );
+    let config = base_config(&pki)
+        .upstream(
+            UpstreamSpec::new("didit", &upstream.url(true))
+                .ca(&pki.files.bundle)
+                .credential(
+                    CredentialSpec::header("x-api-key", &token.uri("didit-api-key"))
+                        .refresh_every("250ms"),
+                ),
+        )
+        .route(RouteSpec::get(
+            "decision",
+            "/v3/session/{id}/decision/",
+            "didit",
+        ));
     let gw = Gateway::start(
         &config,
-        port,
-        admin,
         &[("SOFTHSM2_CONF", token.conf().to_str().unwrap())],
     )
     .await;

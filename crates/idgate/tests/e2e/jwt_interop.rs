@@ -452,35 +452,17 @@ async fn gateway_accepts_authlib_tokens_on_a_jwt_route_and_refuses_forgeries() {
         let idp = AuthlibIdp::start();
         let pki = Pki::default_pki();
         let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-        let (port, admin) = (free_port(), free_port());
-        let config = format!(
-            r#"{base}
-[[jwt_issuers]]
-name = "authlib"
-issuer = "{issuer}"
-audiences = ["{AUDIENCE}"]
-algorithms = ["RS256", "ES256"]
-
-[[upstreams]]
-name = "provider"
-url = "{url}"
-ca = "{ca}"
-
-[[routes]]
-name = "decision"
-methods = ["GET"]
-path = "/v3/session/{{id}}/decision/"
-upstream = "provider"
-auth = ["mtls", "jwt"]
-allow = ["client:svc-es256"]
-scopes = ["sessions:read"]
-"#,
-            base = base_config(&pki, port, admin),
-            issuer = idp.issuer,
-            url = upstream.url(true),
-            ca = pki.files.bundle.display(),
-        );
-        let gw = Gateway::start(&config, port, admin, &[]).await;
+        let issuer = table([
+            ("name", "authlib".into()),
+            ("issuer", idp.issuer.as_str().into()),
+            ("audiences", strings(&[AUDIENCE])),
+            ("algorithms", strings(&["RS256", "ES256"])),
+        ]);
+        let mut config = jwt_config(&pki, &upstream, issuer, "client:svc-es256");
+        config.routes[0]
+            .extra
+            .insert("scopes".into(), strings(&["sessions:read"]));
+        let gw = Gateway::start(&config, &[]).await;
         let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
         let path = "/v3/session/s-1/decision/";
         let get = |token: String| {
@@ -587,33 +569,17 @@ async fn the_gateway_fetches_issuer_keys_at_start_up_and_logs_a_failure() {
         });
         let pki = Pki::default_pki();
         let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-        let (port, admin) = (free_port(), free_port());
-        let config = format!(
-            r#"{base}
-[[jwt_issuers]]
-name = "unreachable"
-issuer = "http://127.0.0.1:{jwks_port}"
-jwks_uri = "http://127.0.0.1:{jwks_port}/jwks.json"
-audiences = ["{AUDIENCE}"]
-
-[[upstreams]]
-name = "provider"
-url = "{url}"
-ca = "{ca}"
-
-[[routes]]
-name = "decision"
-methods = ["GET"]
-path = "/v3/session/{{id}}/decision/"
-upstream = "provider"
-auth = ["mtls", "jwt"]
-allow = ["client:svc"]
-"#,
-            base = base_config(&pki, port, admin),
-            url = upstream.url(true),
-            ca = pki.files.bundle.display(),
-        );
-        let gw = Gateway::start(&config, port, admin, &[]).await;
+        let issuer = table([
+            ("name", "unreachable".into()),
+            ("issuer", format!("http://127.0.0.1:{jwks_port}").into()),
+            (
+                "jwks_uri",
+                format!("http://127.0.0.1:{jwks_port}/jwks.json").into(),
+            ),
+            ("audiences", strings(&[AUDIENCE])),
+        ]);
+        let config = jwt_config(&pki, &upstream, issuer, "client:svc");
+        let gw = Gateway::start(&config, &[]).await;
         assert_eventually!(
             asked.load(std::sync::atomic::Ordering::SeqCst) > 0
                 && gw
@@ -625,4 +591,27 @@ allow = ["client:svc"]
         server.abort();
     })
     .await;
+}
+
+/// One JWT issuer and `GET /v3/session/{id}/decision/` taking mTLS or a JWT, allowed for
+/// `allow`.
+fn jwt_config(
+    pki: &Pki,
+    upstream: &TestUpstream,
+    issuer: toml::Table,
+    allow: &str,
+) -> GatewayConfig {
+    base_config(pki)
+        .section("jwt_issuers", vec![toml::Value::from(issuer)])
+        .upstream(UpstreamSpec::new("provider", &upstream.url(true)).ca(&pki.files.bundle))
+        .route(
+            RouteSpec::new(
+                "decision",
+                &["GET"],
+                "/v3/session/{id}/decision/",
+                "provider",
+                &[allow],
+            )
+            .with("auth", strings(&["mtls", "jwt"])),
+        )
 }

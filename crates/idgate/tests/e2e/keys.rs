@@ -41,61 +41,62 @@ struct Setup {
     config: PathBuf,
     store: PathBuf,
     pepper: PathBuf,
-    port: u16,
-    admin_port: u16,
+    /// What `config` holds.
+    spec: GatewayConfig,
+}
+
+/// The `[api_keys]` section for a store and a pepper reference.
+fn api_keys(store: &str, pepper: &str) -> toml::Table {
+    table([
+        ("store", store.into()),
+        ("pepper", pepper.into()),
+        ("reload_interval", "250ms".into()),
+    ])
 }
 
 impl Setup {
     /// `auth` is the route's `auth` list; the route allows `apikey:batch`.
-    fn new(auth: &str, upstream_url: &str) -> Self {
+    fn new(auth: &[&str], upstream_url: &str) -> Self {
         let pki = Pki::default_pki();
         let store = pki.path().join("keys.redb");
         let pepper = pki.path().join("apikey-pepper");
         std::fs::write(&pepper, format!("{PEPPER}\n")).unwrap();
         std::fs::set_permissions(&pepper, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let (port, admin_port) = (free_port(), free_port());
-        let text = format!(
-            r#"{base}
-[api_keys]
-store = "{store}"
-pepper = "file:{pepper}"
-reload_interval = "250ms"
-
-[[upstreams]]
-name = "provider"
-url = "{upstream_url}"
-ca = "{bundle}"
-[upstreams.credential]
-header = "x-provider-token"
-secret = "env:{PROVIDER_TOKEN_ENV}"
-
-[[routes]]
-name = "create-session"
-methods = ["POST"]
-path = "/v2/session/"
-upstream = "provider"
-auth = {auth}
-allow = ["apikey:batch"]
-"#,
-            base = base_config(&pki, port, admin_port),
-            store = store.display(),
-            pepper = pepper.display(),
-            bundle = pki.files.bundle.display(),
-        );
+        let spec = base_config(&pki)
+            .section(
+                "api_keys",
+                api_keys(
+                    &store.display().to_string(),
+                    &format!("file:{}", pepper.display()),
+                ),
+            )
+            .upstream(
+                UpstreamSpec::new("provider", upstream_url)
+                    .ca(&pki.files.bundle)
+                    .credential(CredentialSpec::header(
+                        "x-provider-token",
+                        &format!("env:{PROVIDER_TOKEN_ENV}"),
+                    )),
+            )
+            .route(
+                RouteSpec::new(
+                    "create-session",
+                    &["POST"],
+                    "/v2/session/",
+                    "provider",
+                    &["apikey:batch"],
+                )
+                .with("auth", strings(auth)),
+            );
         let config = pki.path().join("idgate.toml");
-        std::fs::write(&config, &text).unwrap();
+        std::fs::write(&config, spec.to_toml()).unwrap();
         Self {
             pki,
             config,
             store,
             pepper,
-            port,
-            admin_port,
+            spec,
         }
-    }
-
-    fn config_text(&self) -> String {
-        std::fs::read_to_string(&self.config).unwrap()
     }
 
     fn keys(&self, args: &[&str]) -> (i32, String, String) {
@@ -159,7 +160,7 @@ fn row<'a>(list: &'a str, id: &str) -> &'a str {
 
 #[test]
 fn create_prints_the_key_once_and_the_store_holds_only_a_keyed_hash() {
-    let s = Setup::new(r#"["api_key"]"#, "https://127.0.0.1:9");
+    let s = Setup::new(&["api_key"], "https://127.0.0.1:9");
     let (code, out, err) = s.keys(&[
         "create",
         "--name",
@@ -246,14 +247,12 @@ fn create_prints_the_key_once_and_the_store_holds_only_a_keyed_hash() {
     // Paths in [api_keys] are relative to the configuration file, as the gateway reads them.
     // The provider's secret is not in this shell's environment, which `keys` does not need.
     let relative = s.pki.path().join("relative.toml");
-    let text = s
-        .config_text()
-        .replace(&s.store.display().to_string(), "relative.redb")
-        .replace(
-            &format!("file:{}", s.pepper.display()),
-            "file:apikey-pepper",
-        );
-    std::fs::write(&relative, text).unwrap();
+    let mut config = s.spec.clone();
+    config.sections.insert(
+        "api_keys".into(),
+        api_keys("relative.redb", "file:apikey-pepper").into(),
+    );
+    std::fs::write(&relative, config.to_toml()).unwrap();
     let (code, out, err) = idgate(&[
         "keys",
         "create",
@@ -274,7 +273,7 @@ fn create_prints_the_key_once_and_the_store_holds_only_a_keyed_hash() {
 
 #[test]
 fn bad_arguments_are_refused_before_anything_is_stored() {
-    let s = Setup::new(r#"["api_key"]"#, "https://127.0.0.1:9");
+    let s = Setup::new(&["api_key"], "https://127.0.0.1:9");
     for (args, needle) in [
         (vec!["create", "--name", "has space"], "invalid key name"),
         (
@@ -309,13 +308,13 @@ fn bad_arguments_are_refused_before_anything_is_stored() {
 
     // Without [api_keys], --config says what is missing; --store/--pepper work without one.
     let bare = s.pki.path().join("bare.toml");
-    let text = s.config_text();
-    let start = text.find("[api_keys]").unwrap();
-    let end = text.find("[[upstreams]]").unwrap();
-    let without = format!("{}{}", &text[..start], &text[end..])
-        .replace(r#"auth = ["api_key"]"#, r#"auth = ["mtls"]"#)
-        .replace("apikey:batch", ONBOARDING);
-    std::fs::write(&bare, without).unwrap();
+    let mut without = s.spec.clone();
+    without.sections.remove("api_keys");
+    without.routes[0]
+        .extra
+        .insert("auth".into(), strings(&["mtls"]));
+    without.routes[0].allow = vec![ONBOARDING.into()];
+    std::fs::write(&bare, without.to_toml()).unwrap();
     let (code, _, err) = idgate(&["keys", "list", "--config", bare.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("[api_keys]"), "{err}");
@@ -337,7 +336,7 @@ fn bad_arguments_are_refused_before_anything_is_stored() {
 
 #[test]
 fn rotate_keeps_the_old_key_for_its_grace_and_revoke_is_recorded() {
-    let s = Setup::new(r#"["api_key"]"#, "https://127.0.0.1:9");
+    let s = Setup::new(&["api_key"], "https://127.0.0.1:9");
     let (_, out, _) = s.keys(&[
         "create",
         "--name",
@@ -407,20 +406,13 @@ async fn post(client: &Client, headers: &[(&str, &str)], path: &str) -> Reply {
 async fn running_gateway_refuses_a_revoked_key_within_a_second() {
     tokio::time::timeout(Duration::from_secs(90), async {
         // The PKI first, then an upstream serving its certificate, then the config naming it.
-        let s = Setup::new(r#"["mtls", "api_key"]"#, "https://127.0.0.1:9");
+        let s = Setup::new(&["mtls", "api_key"], "https://127.0.0.1:9");
         let upstream = TestUpstream::https(&s.pki, UpstreamMode::Echo).await;
-        let text = s
-            .config_text()
-            .replace("https://127.0.0.1:9", &upstream.url(true));
-        std::fs::write(&s.config, &text).unwrap();
+        let mut config = s.spec.clone();
+        config.upstreams[0].url = upstream.url(true);
+        std::fs::write(&s.config, config.to_toml()).unwrap();
 
-        let mut gw = Gateway::start(
-            &text,
-            s.port,
-            s.admin_port,
-            &[(PROVIDER_TOKEN_ENV, PROVIDER_TOKEN)],
-        )
-        .await;
+        let mut gw = Gateway::start(&config, &[(PROVIDER_TOKEN_ENV, PROVIDER_TOKEN)]).await;
         // The gateway started before any key existed; the CLI shares the store with it.
         let (code, out, err) = idgate_async(s.keys_args(&["create", "--name", "batch"])).await;
         assert_eq!(code, 0, "{err}");
@@ -428,7 +420,7 @@ async fn running_gateway_refuses_a_revoked_key_within_a_second() {
         let (_, out, _) = idgate_async(s.keys_args(&["create", "--name", "other"])).await;
         let other = key_from(&out);
 
-        let client = Client::new(&s.pki, Some(ONBOARDING), s.port, false);
+        let client = Client::new(&s.pki, Some(ONBOARDING), gw.port, false);
         let deadline = Instant::now() + Duration::from_secs(1);
         let reply = loop {
             let r = post(&client, &[("x-api-key", &key)], "/v2/session/").await;
@@ -562,25 +554,18 @@ async fn running_gateway_refuses_a_revoked_key_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bound_key_works_only_from_its_workload() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let s = Setup::new(r#"["mtls", "api_key"]"#, "https://127.0.0.1:9");
+        let s = Setup::new(&["mtls", "api_key"], "https://127.0.0.1:9");
         let upstream = TestUpstream::https(&s.pki, UpstreamMode::Echo).await;
-        let text = s
-            .config_text()
-            .replace("https://127.0.0.1:9", &upstream.url(true));
+        let mut config = s.spec.clone();
+        config.upstreams[0].url = upstream.url(true);
         let (code, out, err) =
             idgate_async(s.keys_args(&["create", "--name", "batch", "--bind-spiffe", ONBOARDING]))
                 .await;
         assert_eq!(code, 0, "{err}");
         let key = key_from(&out);
-        let _gw = Gateway::start(
-            &text,
-            s.port,
-            s.admin_port,
-            &[(PROVIDER_TOKEN_ENV, PROVIDER_TOKEN)],
-        )
-        .await;
-        let onboarding = Client::new(&s.pki, Some(ONBOARDING), s.port, false);
-        let frontend = Client::new(&s.pki, Some(FRONTEND), s.port, false);
+        let gw = Gateway::start(&config, &[(PROVIDER_TOKEN_ENV, PROVIDER_TOKEN)]).await;
+        let onboarding = Client::new(&s.pki, Some(ONBOARDING), gw.port, false);
+        let frontend = Client::new(&s.pki, Some(FRONTEND), gw.port, false);
         let r = post(&onboarding, &[("x-api-key", &key)], "/v2/session/").await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         let r = post(&frontend, &[("x-api-key", &key)], "/v2/session/").await;

@@ -4,36 +4,30 @@ use crate::support::*;
 
 /// A gateway whose route accepts `{ any = ["mtls", "api_key"] }`, with an (empty) key store.
 async fn any_gateway(pki: &Pki, upstream: &TestUpstream) -> Gateway {
-    let (port, admin) = (free_port(), free_port());
     let pepper = pki.path().join("pepper");
     std::fs::write(&pepper, "0123456789abcdef0123456789abcdef-pepper").unwrap();
     std::fs::set_permissions(&pepper, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let config = format!(
-        r#"{base}
-[api_keys]
-store = "{store}"
-pepper = "file:{pepper}"
-
-[[upstreams]]
-name = "provider"
-url = "{url}"
-ca = "{ca}"
-
-[[routes]]
-name = "either"
-methods = ["GET"]
-path = "/v3/sessions/"
-upstream = "provider"
-auth = [{{ any = ["mtls", "api_key"] }}]
-allow = ["{ONBOARDING}", "apikey:batch"]
-"#,
-        base = base_config(pki, port, admin),
-        store = pki.path().join("keys.redb").display(),
-        pepper = pepper.display(),
-        url = upstream.url(true),
-        ca = pki.files.bundle.display(),
-    );
-    Gateway::start(&config, port, admin, &[]).await
+    let any = toml::toml! { any = ["mtls", "api_key"] };
+    let config = base_config(pki)
+        .section(
+            "api_keys",
+            table([
+                ("store", path_value(&pki.path().join("keys.redb"))),
+                ("pepper", format!("file:{}", pepper.display()).into()),
+            ]),
+        )
+        .upstream(UpstreamSpec::new("provider", &upstream.url(true)).ca(&pki.files.bundle))
+        .route(
+            RouteSpec::new(
+                "either",
+                &["GET"],
+                "/v3/sessions/",
+                "provider",
+                &[ONBOARDING, "apikey:batch"],
+            )
+            .with("auth", toml::Value::Array(vec![any.into()])),
+        );
+    Gateway::start(&config, &[]).await
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use crate::support::*;
 const PATH: &str = "/v1/anything";
 
 /// A gateway in front of `upstream` whose `[listener]` gets `listener_extra`.
-async fn gateway(pki: &Pki, upstream: &TestUpstream, listener_extra: &str) -> Gateway {
+async fn gateway(pki: &Pki, upstream: &TestUpstream, listener_extra: toml::Table) -> Gateway {
     OneRoute {
         url: &upstream.url(false),
         listener_extra,
@@ -24,7 +24,7 @@ async fn connections_beyond_the_per_address_limit_are_closed_at_accept() {
     within(async {
         let pki = Pki::default_pki();
         let upstream = TestUpstream::http(UpstreamMode::Echo).await;
-        let gw = gateway(&pki, &upstream, "max_connections_per_ip = 2").await;
+        let gw = gateway(&pki, &upstream, toml::toml! { max_connections_per_ip = 2 }).await;
         let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
 
         let mut first = client.connect().await.unwrap();
@@ -73,7 +73,7 @@ async fn a_connection_past_its_max_age_finishes_its_request_then_closes() {
     within(async {
         let pki = Pki::default_pki();
         let upstream = TestUpstream::http(UpstreamMode::Delay(Duration::from_millis(1500))).await;
-        let gw = gateway(&pki, &upstream, r#"max_connection_age = "1s""#).await;
+        let gw = gateway(&pki, &upstream, toml::toml! { max_connection_age = "1s" }).await;
         for h2 in [false, true] {
             let client = Client::new(&pki, Some(ONBOARDING), gw.port, h2);
             let mut conn = client.connect().await.unwrap();
@@ -98,7 +98,7 @@ async fn an_idle_http2_connection_is_told_to_go_away_but_not_while_a_request_run
     within(async {
         let pki = Pki::default_pki();
         let upstream = TestUpstream::http(UpstreamMode::Delay(Duration::from_millis(1500))).await;
-        let gw = gateway(&pki, &upstream, r#"idle_timeout = "1s""#).await;
+        let gw = gateway(&pki, &upstream, toml::toml! { idle_timeout = "1s" }).await;
         let client = Client::new(&pki, Some(ONBOARDING), gw.port, true);
         let mut conn = client.connect().await.unwrap();
         // Longer than the idle timeout, but a request is running: not idle.
@@ -119,26 +119,29 @@ async fn an_idle_http2_connection_is_told_to_go_away_but_not_while_a_request_run
 async fn check_refuses_connection_limits_that_cannot_work() {
     let pki = Pki::default_pki();
     for (extra, reason) in [
-        ("max_connections_per_ip = 0", "must be more than zero"),
         (
-            "max_connections = 10\nmax_connections_per_ip = 11",
+            toml::toml! { max_connections_per_ip = 0 },
+            "must be more than zero",
+        ),
+        (
+            toml::toml! {
+                max_connections = 10
+                max_connections_per_ip = 11
+            },
             "must not be more than listener.max_connections",
         ),
-        (r#"max_connection_age = "0s""#, "must be more than zero"),
+        (
+            toml::toml! { max_connection_age = "0s" },
+            "must be more than zero",
+        ),
     ] {
-        let base = base_config(&pki, free_port(), free_port()).replace(
-            "client_auth = \"required\"\n",
-            &format!("client_auth = \"required\"\n{extra}\n"),
-        );
+        let mut config = base_config(&pki)
+            .upstream(UpstreamSpec::new("u", "http://127.0.0.1:9"))
+            .route(RouteSpec::get("r", "/x", "u"));
+        config.listener.extra = extra.clone();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("idgate.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "{base}\n[[upstreams]]\nname = \"u\"\nurl = \"http://127.0.0.1:9\"\n\n[[routes]]\nname = \"r\"\nmethods = [\"GET\"]\npath = \"/x\"\nupstream = \"u\"\nallow = [\"{ONBOARDING}\"]\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&path, config.to_toml()).unwrap();
         let (code, out, err) = run(std::process::Command::new(bin())
             .arg("check")
             .arg("--config")

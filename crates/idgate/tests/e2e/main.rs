@@ -3,6 +3,7 @@
 // A failed unwrap in a test is a test failure with its location: what a test should do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod config;
 mod support;
 
 mod cli;
@@ -21,6 +22,7 @@ mod openbao;
 mod paths;
 mod principals;
 mod proxy;
+mod ready;
 mod rotation;
 mod slow_clients;
 mod smoke;

@@ -184,39 +184,28 @@ fn rand_u32() -> u32 {
 }
 
 async fn gateway(pki: &Pki, upstream: &TestUpstream, endpoint: &TokenEndpoint) -> Gateway {
-    let (port, admin) = (free_port(), free_port());
-    let config = format!(
-        r#"{base}
-[[upstreams]]
-name = "persona"
-url = "{url}"
-ca = "{ca}"
-[upstreams.credential]
-scheme = "oauth2_client_credentials"
-token_url = "{token_url}"
-client_id = "{CLIENT_ID}"
-client_secret = "env:OAUTH_CLIENT_SECRET"
-scope = "{SCOPE}"
-
-[[routes]]
-name = "inquiries"
-methods = ["GET", "POST"]
-path = "/api/v1/inquiries/{{id}}"
-upstream = "persona"
-allow = ["{ONBOARDING}"]
-"#,
-        base = base_config(pki, port, admin),
-        url = upstream.url(true),
-        ca = pki.files.bundle.display(),
-        token_url = endpoint.url(),
-    );
-    Gateway::start(
-        &config,
-        port,
-        admin,
-        &[("OAUTH_CLIENT_SECRET", CLIENT_SECRET)],
-    )
-    .await
+    let credential = CredentialSpec {
+        scheme: Some("oauth2_client_credentials".into()),
+        ..CredentialSpec::default()
+    }
+    .with("token_url", endpoint.url())
+    .with("client_id", CLIENT_ID)
+    .with("client_secret", "env:OAUTH_CLIENT_SECRET")
+    .with("scope", SCOPE);
+    let config = base_config(pki)
+        .upstream(
+            UpstreamSpec::new("persona", &upstream.url(true))
+                .ca(&pki.files.bundle)
+                .credential(credential),
+        )
+        .route(RouteSpec::new(
+            "inquiries",
+            &["GET", "POST"],
+            "/api/v1/inquiries/{id}",
+            "persona",
+            &[ONBOARDING],
+        ));
+    Gateway::start(&config, &[("OAUTH_CLIENT_SECRET", CLIENT_SECRET)]).await
 }
 
 fn bearer(seen: &Seen) -> String {

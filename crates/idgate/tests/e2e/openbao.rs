@@ -38,7 +38,18 @@ impl Drop for OpenBao {
 }
 
 /// A port that is free, and whose next port is free too (the dev server's cluster listener).
+///
+/// The one port the tests pick before a server binds it: the OpenBao dev server takes its
+/// cluster listener at the next port up, so it cannot be given port 0, and it names the
+/// address it bound nowhere a test could read before it answers. A port taken between this
+/// check and the server's bind fails that start, and [`OpenBao::start`] tries again.
 fn free_port_pair() -> u16 {
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port")
+    };
     loop {
         let port = free_port();
         if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
@@ -274,47 +285,37 @@ impl OpenBao {
     }
 }
 
-/// `[vault]` for the server, with `auth` lines (`token = ...` or a `[vault.approle]` table).
-fn vault_section(bao: &OpenBao, extra: &str, auth: &str) -> String {
-    format!(
-        "\n[vault]\naddress = \"{}\"\nca = \"{}\"\ntimeout = \"2s\"\n{extra}\n{auth}\n",
-        bao.addr,
-        bao.ca.display()
-    )
+/// `[vault]` for the server, reading with the token in `VAULT_TOKEN`.
+fn vault_spec(bao: &OpenBao) -> VaultSpec {
+    VaultSpec {
+        address: bao.addr.clone(),
+        ca: Some(bao.ca.clone()),
+        timeout: Some("2s".into()),
+        token: Some("env:VAULT_TOKEN".into()),
+        extra: toml::Table::new(),
+    }
 }
 
 /// A Didit-like upstream whose `x-api-key` comes from `secret`, one route, and `vault`.
 pub(crate) fn config_with(
     pki: &Pki,
     upstream: &TestUpstream,
-    port: u16,
-    admin: u16,
     secret: &str,
-    vault: &str,
-) -> String {
-    format!(
-        r#"{base}
-{vault}
-[[upstreams]]
-name = "didit"
-url = "{url}"
-ca = "{ca}"
-[upstreams.credential]
-header = "x-api-key"
-secret = "{secret}"
-refresh_interval = "250ms"
-
-[[routes]]
-name = "sessions"
-methods = ["GET"]
-path = "/v3/session/{{id}}/decision/"
-upstream = "didit"
-allow = ["{ONBOARDING}"]
-"#,
-        base = base_config(pki, port, admin),
-        url = upstream.url(true),
-        ca = pki.files.bundle.display(),
-    )
+    vault: Option<VaultSpec>,
+) -> GatewayConfig {
+    let mut config = base_config(pki)
+        .upstream(
+            UpstreamSpec::new("didit", &upstream.url(true))
+                .ca(&pki.files.bundle)
+                .credential(CredentialSpec::header("x-api-key", secret).refresh_every("250ms")),
+        )
+        .route(RouteSpec::get(
+            "sessions",
+            "/v3/session/{id}/decision/",
+            "didit",
+        ));
+    config.vault = vault;
+    config
 }
 
 /// Requests from `conns` keep-alive connections until stopped: (sent, failed).
@@ -384,16 +385,15 @@ async fn openbao_kv_secret_reaches_the_upstream_through_a_namespace_and_is_never
     let token = bao.token(Some("kyc"), Duration::ZERO);
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let (port, admin) = (free_port(), free_port());
+    let mut vault = vault_spec(&bao);
+    vault.extra.insert("namespace".into(), "kyc".into());
     let config = config_with(
         &pki,
         &upstream,
-        port,
-        admin,
         "vault:secret/idgate/didit#api_key",
-        &vault_section(&bao, "namespace = \"kyc\"", "token = \"env:VAULT_TOKEN\""),
+        Some(vault),
     );
-    let gw = Gateway::start(&config, port, admin, &[("VAULT_TOKEN", &token)]).await;
+    let gw = Gateway::start(&config, &[("VAULT_TOKEN", &token)]).await;
 
     let client = Client::new(&pki, Some(ONBOARDING), gw.port, true);
     let reply = client.get("/v3/session/s-1/decision/").await.unwrap();
@@ -422,17 +422,14 @@ async fn openbao_token_is_renewed_past_its_ttl_and_a_pinned_version_stays_pinned
     let token = bao.token(None, ttl);
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let (port, admin) = (free_port(), free_port());
     let config = config_with(
         &pki,
         &upstream,
-        port,
-        admin,
         "vault:secret/idgate/didit?version=1#api_key",
-        &vault_section(&bao, "", "token = \"env:VAULT_TOKEN\""),
+        Some(vault_spec(&bao)),
     );
     let started = Instant::now();
-    let gw = Gateway::start(&config, port, admin, &[("VAULT_TOKEN", &token)]).await;
+    let gw = Gateway::start(&config, &[("VAULT_TOKEN", &token)]).await;
     let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
     assert_eq!(
         client.get("/v3/session/a/decision/").await.unwrap().status,
@@ -475,16 +472,13 @@ async fn new_openbao_kv_version_written_under_load_is_used_with_no_failed_reques
     let token = bao.token(None, Duration::ZERO);
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let (port, admin) = (free_port(), free_port());
     let config = config_with(
         &pki,
         &upstream,
-        port,
-        admin,
         "vault:secret/idgate/didit#api_key",
-        &vault_section(&bao, "", "token = \"env:VAULT_TOKEN\""),
+        Some(vault_spec(&bao)),
     );
-    let gw = Gateway::start(&config, port, admin, &[("VAULT_TOKEN", &token)]).await;
+    let gw = Gateway::start(&config, &[("VAULT_TOKEN", &token)]).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let running = load(&pki, gw.port, 4, &stop);
@@ -539,23 +533,23 @@ async fn openbao_approle_logs_in_again_before_the_token_max_ttl_and_after_a_revo
     let files = tempfile::tempdir().unwrap();
     let role_file = files.path().join("role-id");
     write_private(&role_file, role_id.as_bytes());
-    let (port, admin) = (free_port(), free_port());
+    let mut vault = vault_spec(&bao);
+    vault.token = None;
+    vault.extra.insert(
+        "approle".into(),
+        table([
+            ("role_id", format!("file:{}", role_file.display()).into()),
+            ("secret_id", "env:VAULT_SECRET_ID".into()),
+        ])
+        .into(),
+    );
     let config = config_with(
         &pki,
         &upstream,
-        port,
-        admin,
         "vault:secret/idgate/didit#api_key",
-        &vault_section(
-            &bao,
-            "",
-            &format!(
-                "[vault.approle]\nrole_id = \"file:{}\"\nsecret_id = \"env:VAULT_SECRET_ID\"",
-                role_file.display()
-            ),
-        ),
+        Some(vault),
     );
-    let gw = Gateway::start(&config, port, admin, &[("VAULT_SECRET_ID", &secret_id)]).await;
+    let gw = Gateway::start(&config, &[("VAULT_SECRET_ID", &secret_id)]).await;
     assert_eq!(bao.granted("auth/approle/login"), 1, "{}", gw.output());
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -619,10 +613,10 @@ async fn openbao_approle_logs_in_again_before_the_token_max_ttl_and_after_a_revo
     assert!(!out.contains("approle-key-one") && !out.contains("approle-key-two"));
 }
 
-fn check(config: &str, env: &[(&str, &str)]) -> (i32, String, String) {
+fn check(config: &GatewayConfig, env: &[(&str, &str)]) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("idgate.toml");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, config.to_toml()).unwrap();
     let mut cmd = Command::new(bin());
     cmd.arg("check").arg("--config").arg(&path);
     for (k, v) in env {
@@ -635,14 +629,7 @@ fn check(config: &str, env: &[(&str, &str)]) -> (i32, String, String) {
 async fn check_refuses_a_vault_reference_without_a_vault_section() {
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let config = config_with(
-        &pki,
-        &upstream,
-        free_port(),
-        free_port(),
-        "vault:secret/idgate/didit#api_key",
-        "",
-    );
+    let config = config_with(&pki, &upstream, "vault:secret/idgate/didit#api_key", None);
     let (code, out, err) = tokio::task::spawn_blocking(move || check(&config, &[]))
         .await
         .unwrap();
@@ -660,9 +647,8 @@ async fn check_reports_a_refused_token_and_a_missing_secret_or_field_from_openba
     let good = bao.token(None, Duration::ZERO);
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let section = vault_section(&bao, "", "token = \"env:VAULT_TOKEN\"");
     let checked = |secret: &str, token: &str| {
-        let config = config_with(&pki, &upstream, free_port(), free_port(), secret, &section);
+        let config = config_with(&pki, &upstream, secret, Some(vault_spec(&bao)));
         let token = token.to_owned();
         tokio::task::spawn_blocking(move || check(&config, &[("VAULT_TOKEN", &token)]))
     };

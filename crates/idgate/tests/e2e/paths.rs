@@ -16,31 +16,33 @@ fn pki() -> Pki {
 }
 
 /// `GET /api/users/{id}` for every `ns/kyc/*` workload, and `GET /api/users/export` for
-/// [`EXPORTER`] alone, both to one upstream; `upstream_extra` goes in its table.
-fn users_config(pki: &Pki, port: u16, admin: u16, url: &str, upstream_extra: &str) -> String {
-    format!(
-        r#"{base}
-[[upstreams]]
-name = "users"
-url = "{url}"
-{upstream_extra}
+/// [`EXPORTER`] alone, both to one upstream at `url`; `edit` may change the upstream.
+fn users_config(pki: &Pki, url: &str, edit: impl FnOnce(&mut UpstreamSpec)) -> GatewayConfig {
+    let mut upstream = UpstreamSpec::new("users", url);
+    edit(&mut upstream);
+    base_config(pki)
+        .upstream(upstream)
+        .route(RouteSpec::new(
+            "user-read",
+            &["GET"],
+            "/api/users/{id}",
+            "users",
+            &["spiffe://example.org/ns/kyc/*"],
+        ))
+        .route(RouteSpec::new(
+            "user-export",
+            &["GET"],
+            "/api/users/export",
+            "users",
+            &[EXPORTER],
+        ))
+}
 
-[[routes]]
-name = "user-read"
-methods = ["GET"]
-path = "/api/users/{{id}}"
-upstream = "users"
-allow = ["spiffe://example.org/ns/kyc/*"]
-
-[[routes]]
-name = "user-export"
-methods = ["GET"]
-path = "/api/users/export"
-upstream = "users"
-allow = ["{EXPORTER}"]
-"#,
-        base = base_config(pki, port, admin),
-    )
+/// Reads paths without regard to case.
+fn case_insensitive(upstream: &mut UpstreamSpec) {
+    upstream
+        .extra
+        .insert("case_insensitive_paths".into(), true.into());
 }
 
 struct Users {
@@ -51,12 +53,12 @@ struct Users {
 }
 
 impl Users {
-    async fn start(upstream_extra: &str) -> Self {
+    async fn start(edit: impl FnOnce(&mut UpstreamSpec)) -> Self {
         let pki = pki();
         let upstream = TestUpstream::http(UpstreamMode::Echo).await;
-        let (port, admin) = (free_port(), free_port());
-        let config = users_config(&pki, port, admin, &upstream.url(false), upstream_extra);
-        let gw = Gateway::start(&config, port, admin, &[]).await;
+        let config = users_config(&pki, &upstream.url(false), edit);
+        let gw = Gateway::start(&config, &[]).await;
+        let port = gw.port;
         Self {
             pki,
             upstream,
@@ -101,7 +103,7 @@ fn problem_type(reply: &Reply, status: u16, path: &str) -> String {
 #[tokio::test]
 async fn encoded_spellings_of_a_guarded_literal_are_routed_to_it_and_refused() {
     within(async {
-        let s = Users::start("").await;
+        let s = Users::start(|_| {}).await;
         for c in s.clients(ONBOARDING) {
             for path in [
                 "/api/users/export",
@@ -165,7 +167,7 @@ async fn encoded_spellings_of_a_guarded_literal_are_routed_to_it_and_refused() {
 #[tokio::test]
 async fn case_variants_reach_the_literal_route_when_the_upstream_ignores_case() {
     within(async {
-        let s = Users::start("case_insensitive_paths = true").await;
+        let s = Users::start(case_insensitive).await;
         for c in s.clients(ONBOARDING) {
             for path in [
                 "/api/users/EXPORT",
@@ -214,7 +216,7 @@ async fn case_variants_reach_the_literal_route_when_the_upstream_ignores_case() 
 #[tokio::test]
 async fn broken_encodings_and_non_ascii_get_400_and_never_reach_the_upstream() {
     within(async {
-        let s = Users::start("").await;
+        let s = Users::start(|_| {}).await;
         let invalid = "https://idgate.dev/problems/invalid-target-encoding";
         let ambiguous = "https://idgate.dev/problems/ambiguous-path";
         for c in s.clients(ONBOARDING) {
@@ -252,10 +254,10 @@ async fn broken_encodings_and_non_ascii_get_400_and_never_reach_the_upstream() {
 }
 
 /// Runs `idgate check` on `config`: (exit code, stdout, stderr).
-async fn check(config: String) -> (i32, String, String) {
+async fn check(config: GatewayConfig) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("idgate.toml");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, config.to_toml()).unwrap();
     tokio::task::spawn_blocking(move || {
         let _dir = dir;
         run_bounded(
@@ -275,7 +277,7 @@ async fn check(config: String) -> (i32, String, String) {
 async fn check_warns_when_a_literal_shadows_a_parameter_with_another_allow_list() {
     within(async {
         let pki = pki();
-        let config = users_config(&pki, 8443, 9901, "http://127.0.0.1:1", "");
+        let config = users_config(&pki, "http://127.0.0.1:1", |_| {});
         let (code, out, err) = check(config).await;
         assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
         let warning = err
@@ -294,10 +296,8 @@ async fn check_warns_when_a_literal_shadows_a_parameter_with_another_allow_list(
         }
 
         // The same allow list on both: nothing to warn about.
-        let same = users_config(&pki, 8443, 9901, "http://127.0.0.1:1", "").replace(
-            &format!("[\"{EXPORTER}\"]"),
-            "[\"spiffe://example.org/ns/kyc/*\"]",
-        );
+        let mut same = users_config(&pki, "http://127.0.0.1:1", |_| {});
+        same.routes[1].allow = vec!["spiffe://example.org/ns/kyc/*".into()];
         let (code, _, err) = check(same).await;
         assert_eq!(code, 0, "{err}");
         assert!(!err.contains("shadows"), "{err}");
@@ -309,8 +309,8 @@ async fn check_warns_when_a_literal_shadows_a_parameter_with_another_allow_list(
 async fn check_refuses_templates_that_could_never_match_or_differ_only_in_case() {
     within(async {
         let pki = pki();
-        let encoded = users_config(&pki, 8443, 9901, "http://127.0.0.1:1", "")
-            .replace("\"/api/users/export\"", "\"/api/users/%65xport\"");
+        let mut encoded = users_config(&pki, "http://127.0.0.1:1", |_| {});
+        encoded.routes[1].path = "/api/users/%65xport".into();
         let (code, out, err) = check(encoded).await;
         assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
         assert!(
@@ -318,14 +318,8 @@ async fn check_refuses_templates_that_could_never_match_or_differ_only_in_case()
             "{err}"
         );
 
-        let by_case = users_config(
-            &pki,
-            8443,
-            9901,
-            "http://127.0.0.1:1",
-            "case_insensitive_paths = true",
-        )
-        .replace("\"/api/users/export\"", "\"/API/Users/{user}\"");
+        let mut by_case = users_config(&pki, "http://127.0.0.1:1", case_insensitive);
+        by_case.routes[1].path = "/API/Users/{user}".into();
         let (code, out, err) = check(by_case).await;
         assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
         assert!(

@@ -143,7 +143,6 @@ async fn gateway(
     upstream: &TestUpstream,
     require_typ: bool,
 ) -> (Gateway, String, String) {
-    let (port, admin) = (free_port(), free_port());
     let dir = pki.path();
     let secret_file = |name: &str, value: &str| {
         let path = dir.join(name);
@@ -153,80 +152,90 @@ async fn gateway(
     };
     let pepper = secret_file("pepper", "0123456789abcdef0123456789abcdef-pepper");
     let batch_secret = secret_file("batch-secret", BATCH_SECRET);
-    let config = format!(
-        r#"{base}
-[api_keys]
-store = "{store}"
-pepper = "file:{pepper}"
-
-[token_endpoint]
-issuer = "https://idgate.test"
-audience = "idgate"
-signing_key = "file:{signing_key}"
-
-[[token_endpoint.clients]]
-client_id = "onboarding"
-spiffe_id = "{ONBOARDING}"
-scopes = ["sessions:write"]
-
-[[token_endpoint.clients]]
-client_id = "batch"
-client_secret = "file:{batch_secret}"
-scopes = ["sessions:write"]
-
-[[jwt_issuers]]
-name = "outside"
-issuer = "{outside}"
-jwks_uri = "{jwks}"
-audiences = ["idgate"]
-algorithms = ["ES256"]
-{require_typ}
-
-[[jwt_issuers]]
-name = "legacy"
-issuer = "{legacy}"
-jwks_uri = "{jwks}"
-audiences = ["idgate"]
-algorithms = ["ES256"]
-
-[[upstreams]]
-name = "provider"
-url = "{url}"
-ca = "{ca}"
-
-[[routes]]
-name = "sessions"
-methods = ["GET", "POST"]
-path = "{SESSIONS}"
-upstream = "provider"
-auth = [{{ any = ["mtls", "api_key", "jwt"] }}]
-allow = ["spiffe://example.org/ns/kyc/*", "client:partner@outside"]
-scopes = {{ POST = ["sessions:write"] }}
-
-[[routes]]
-name = "reports"
-methods = ["GET"]
-path = "{REPORTS}"
-upstream = "provider"
-auth = ["jwt"]
-allow = ["spiffe://example.org/ns/kyc/*", "client:partner@legacy"]
-"#,
-        base = base_config(pki, port, admin),
-        store = dir.join("keys.redb").display(),
-        pepper = pepper.display(),
-        signing_key = signing_key(dir).display(),
-        batch_secret = batch_secret.display(),
-        outside = idp.issuer("outside"),
-        legacy = idp.issuer("legacy"),
-        jwks = format!("http://127.0.0.1:{}/jwks", idp.port),
-        require_typ = if require_typ {
-            "require_typ = \"at+jwt\""
-        } else {
-            ""
-        },
-        url = upstream.url(true),
-        ca = pki.files.bundle.display(),
-    );
+    let jwks = format!("http://127.0.0.1:{}/jwks", idp.port);
+    let issuer = |name: &str| {
+        table([
+            ("name", name.into()),
+            ("issuer", idp.issuer(name).into()),
+            ("jwks_uri", jwks.as_str().into()),
+            ("audiences", strings(&["idgate"])),
+            ("algorithms", strings(&["ES256"])),
+        ])
+    };
+    let mut outside = issuer("outside");
+    if require_typ {
+        outside.insert("require_typ".into(), "at+jwt".into());
+    }
+    let clients = vec![
+        toml::Value::from(table([
+            ("client_id", "onboarding".into()),
+            ("spiffe_id", ONBOARDING.into()),
+            ("scopes", strings(&["sessions:write"])),
+        ])),
+        toml::Value::from(table([
+            ("client_id", "batch".into()),
+            (
+                "client_secret",
+                format!("file:{}", batch_secret.display()).into(),
+            ),
+            ("scopes", strings(&["sessions:write"])),
+        ])),
+    ];
+    let spec = base_config(pki)
+        .section(
+            "api_keys",
+            table([
+                ("store", path_value(&dir.join("keys.redb"))),
+                ("pepper", format!("file:{}", pepper.display()).into()),
+            ]),
+        )
+        .section(
+            "token_endpoint",
+            table([
+                ("issuer", "https://idgate.test".into()),
+                ("audience", "idgate".into()),
+                (
+                    "signing_key",
+                    format!("file:{}", signing_key(dir).display()).into(),
+                ),
+                ("clients", clients.into()),
+            ]),
+        )
+        .section(
+            "jwt_issuers",
+            vec![
+                toml::Value::from(outside),
+                toml::Value::from(issuer("legacy")),
+            ],
+        )
+        .upstream(UpstreamSpec::new("provider", &upstream.url(true)).ca(&pki.files.bundle))
+        .route(
+            RouteSpec::new(
+                "sessions",
+                &["GET", "POST"],
+                SESSIONS,
+                "provider",
+                &["spiffe://example.org/ns/kyc/*", "client:partner@outside"],
+            )
+            .with(
+                "auth",
+                vec![toml::Value::from(
+                    toml::toml! { any = ["mtls", "api_key", "jwt"] },
+                )],
+            )
+            .with("scopes", toml::toml! { POST = ["sessions:write"] }),
+        )
+        .route(
+            RouteSpec::new(
+                "reports",
+                &["GET"],
+                REPORTS,
+                "provider",
+                &["spiffe://example.org/ns/kyc/*", "client:partner@legacy"],
+            )
+            .with("auth", strings(&["jwt"])),
+        );
+    let config = spec.to_toml();
     let config_path = dir.join("idgate.toml");
     std::fs::write(&config_path, &config).unwrap();
     let create = |args: &[&str]| {
@@ -248,7 +257,7 @@ allow = ["spiffe://example.org/ns/kyc/*", "client:partner@legacy"]
         ONBOARDING,
     ]);
     let loose = create(&["--name", "loose", "--scopes", "sessions:write"]);
-    let gw = Gateway::start(&config, port, admin, &[]).await;
+    let gw = Gateway::start(&spec, &[]).await;
     (gw, bound, loose)
 }
 

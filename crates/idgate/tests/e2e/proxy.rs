@@ -35,52 +35,43 @@ fn pki() -> Pki {
     Pki::new(TD, &[ONBOARDING, FRONTEND, REVIEW, KYCX, KYC_BARE])
 }
 
-/// One `[[upstreams]]` table with the provider credential; `extra` lines go in the table.
-fn upstream_toml(name: &str, url: &str, ca: &Path, extra: &str) -> String {
-    format!(
-        r#"
-[[upstreams]]
-name = "{name}"
-url = "{url}"
-ca = "{ca}"
-{extra}
-[upstreams.credential]
-header = "{PROVIDER_HEADER}"
-secret = "env:{PROVIDER_TOKEN_ENV}"
-"#,
-        ca = ca.display(),
-    )
+/// An upstream `name` at `url` (trusting `ca`) with the provider credential.
+fn provider_upstream(name: &str, url: &str, ca: &Path) -> UpstreamSpec {
+    UpstreamSpec::new(name, url)
+        .ca(ca)
+        .credential(CredentialSpec::header(
+            PROVIDER_HEADER,
+            &format!("env:{PROVIDER_TOKEN_ENV}"),
+        ))
 }
 
 /// The routes every test here uses, all to `upstream`:
 /// - `decision`  GET  /v3/session/{session_id}/decision/  allow ns/kyc/*   (prefix)
 /// - `create-session` POST /v2/session/                   allow ONBOARDING (exact)
 /// - `profile`   GET, PUT /v1/profile/{id}                allow FRONTEND   (exact)
-fn routes_toml(upstream: &str) -> String {
-    format!(
-        r#"
-[[routes]]
-name = "decision"
-methods = ["GET"]
-path = "/v3/session/{{session_id}}/decision/"
-upstream = "{upstream}"
-allow = ["spiffe://example.org/ns/kyc/*"]
-
-[[routes]]
-name = "create-session"
-methods = ["POST"]
-path = "/v2/session/"
-upstream = "{upstream}"
-allow = ["{ONBOARDING}"]
-
-[[routes]]
-name = "profile"
-methods = ["GET", "PUT"]
-path = "/v1/profile/{{id}}"
-upstream = "{upstream}"
-allow = ["{FRONTEND}"]
-"#
-    )
+fn with_standard_routes(config: GatewayConfig, upstream: &str) -> GatewayConfig {
+    config
+        .route(RouteSpec::new(
+            "decision",
+            &["GET"],
+            "/v3/session/{session_id}/decision/",
+            upstream,
+            &["spiffe://example.org/ns/kyc/*"],
+        ))
+        .route(RouteSpec::new(
+            "create-session",
+            &["POST"],
+            "/v2/session/",
+            upstream,
+            &[ONBOARDING],
+        ))
+        .route(RouteSpec::new(
+            "profile",
+            &["GET", "PUT"],
+            "/v1/profile/{id}",
+            upstream,
+            &[FRONTEND],
+        ))
 }
 
 /// A gateway in front of a recording upstream, with the standard routes.
@@ -92,20 +83,16 @@ struct Setup {
 
 impl Setup {
     async fn start(mode: UpstreamMode) -> Self {
-        Self::start_with(mode, "", |c| c).await
+        Self::start_with(mode, |_| {}).await
     }
 
-    /// `upstream_extra` goes into the `[[upstreams]]` table; `edit` may rewrite the whole
-    /// config text (to change the listener, say).
-    async fn start_with(
-        mode: UpstreamMode,
-        upstream_extra: &str,
-        edit: impl FnOnce(String) -> String,
-    ) -> Self {
+    /// `edit` may change the configuration (the listener, say, or the upstream, which is
+    /// `upstreams[0]`).
+    async fn start_with(mode: UpstreamMode, edit: impl FnOnce(&mut GatewayConfig)) -> Self {
         let pki = pki();
         let upstream = TestUpstream::https(&pki, mode).await;
         let url = upstream.url(true);
-        Self::start_in_front_of(pki, upstream, &url, upstream_extra, edit).await
+        Self::start_in_front_of(pki, upstream, &url, edit).await
     }
 
     /// In front of a plain-HTTP loopback upstream, so that the upstream hop is HTTP/1.1 (no
@@ -113,30 +100,21 @@ impl Setup {
     async fn start_with_http1_upstream(mode: UpstreamMode) -> Self {
         let upstream = TestUpstream::http(mode).await;
         let url = upstream.url(false);
-        Self::start_in_front_of(pki(), upstream, &url, "", |c| c).await
+        Self::start_in_front_of(pki(), upstream, &url, |_| {}).await
     }
 
     async fn start_in_front_of(
         pki: Pki,
         upstream: TestUpstream,
         url: &str,
-        upstream_extra: &str,
-        edit: impl FnOnce(String) -> String,
+        edit: impl FnOnce(&mut GatewayConfig),
     ) -> Self {
-        let (port, admin) = (free_port(), free_port());
-        let config = format!(
-            "{}{}{}",
-            base_config(&pki, port, admin),
-            upstream_toml("provider", url, &pki.files.bundle, upstream_extra),
-            routes_toml("provider"),
+        let mut config = with_standard_routes(
+            base_config(&pki).upstream(provider_upstream("provider", url, &pki.files.bundle)),
+            "provider",
         );
-        let gw = Gateway::start(
-            &edit(config),
-            port,
-            admin,
-            &[(PROVIDER_TOKEN_ENV, PROVIDER_TOKEN)],
-        )
-        .await;
+        edit(&mut config);
+        let gw = Gateway::start(&config, &[(PROVIDER_TOKEN_ENV, PROVIDER_TOKEN)]).await;
         Self { pki, upstream, gw }
     }
 
@@ -442,7 +420,8 @@ async fn strips_hop_by_hop_headers_before_forwarding() {
         // An HTTP/2 upstream hop (`http2 = true`: hyper's client, which drops some connection
         // headers by itself), and HTTP/1.1 ones over TLS and cleartext (the gateway's own
         // client, which writes whatever headers it is given).
-        let h2_upstream = Setup::start_with(UpstreamMode::Echo, "http2 = true", |c| c).await;
+        let h2_upstream =
+            Setup::start_with(UpstreamMode::Echo, |c| c.upstreams[0].http2 = Some(true)).await;
         let tls_h1_upstream = Setup::start(UpstreamMode::Echo).await;
         let h1_upstream = Setup::start_with_http1_upstream(UpstreamMode::Echo).await;
         for (s, upstream_version) in [
@@ -677,11 +656,10 @@ async fn a_callers_own_x_forwarded_for_is_replaced_by_its_address() {
 #[tokio::test]
 async fn a_trusted_proxys_forwarding_headers_are_kept_and_its_address_appended() {
     within(async {
-        let s = Setup::start_with(UpstreamMode::Echo, "", |c| {
-            c.replace(
-                "client_auth = \"required\"\n",
-                "client_auth = \"required\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
-            )
+        let s = Setup::start_with(UpstreamMode::Echo, |c| {
+            c.listener
+                .extra
+                .insert("trusted_proxies".into(), strings(&["127.0.0.0/8"]));
         })
         .await;
         let c = s.client(Some(ONBOARDING));
@@ -788,26 +766,14 @@ async fn ambiguous_paths_get_400_and_never_reach_the_upstream() {
 async fn unreachable_upstream_gets_502_problem_without_its_address() {
     within(async {
         let pki = pki();
-        let closed = free_port();
-        let (port, admin) = (free_port(), free_port());
-        let config = format!(
-            "{}{}{}",
-            base_config(&pki, port, admin),
-            upstream_toml(
-                "provider",
-                &format!("https://127.0.0.1:{closed}"),
-                &pki.files.bundle,
-                "connect_timeout = \"2s\""
-            ),
-            routes_toml("provider"),
-        );
-        let gw = Gateway::start(
-            &config,
-            port,
-            admin,
-            &[(PROVIDER_TOKEN_ENV, PROVIDER_TOKEN)],
-        )
-        .await;
+        let closed_port = ClosedPort::new();
+        let closed = closed_port.port;
+        let mut upstream =
+            provider_upstream("provider", &closed_port.url("https"), &pki.files.bundle);
+        upstream.connect_timeout = Some("2s".into());
+        let config = with_standard_routes(base_config(&pki).upstream(upstream), "provider");
+        let gw = Gateway::start(&config, &[(PROVIDER_TOKEN_ENV, PROVIDER_TOKEN)]).await;
+        let port = gw.port;
         for h2 in [false, true] {
             let r = Client::new(&pki, Some(ONBOARDING), port, h2)
                 .get(DECISION)
@@ -835,11 +801,9 @@ async fn unreachable_upstream_gets_502_problem_without_its_address() {
 #[tokio::test]
 async fn slow_upstream_gets_504_problem_without_its_address() {
     within(async {
-        let s = Setup::start_with(
-            UpstreamMode::Delay(Duration::from_secs(5)),
-            r#"request_timeout = "300ms""#,
-            |c| c,
-        )
+        let s = Setup::start_with(UpstreamMode::Delay(Duration::from_secs(5)), |c| {
+            c.upstreams[0].request_timeout = Some("300ms".into());
+        })
         .await;
         let upstream_port = s.upstream.addr.port();
         let started = Instant::now();
@@ -1036,8 +1000,8 @@ async fn accepts_tls_1_2_clients_by_default() {
 #[tokio::test]
 async fn tls_min_version_1_3_refuses_tls_1_2_clients() {
     within(async {
-        let s = Setup::start_with(UpstreamMode::Echo, "", |c| {
-            c.replace("[listener]\n", "[listener]\ntls_min_version = \"1.3\"\n")
+        let s = Setup::start_with(UpstreamMode::Echo, |c| {
+            c.listener.tls_min_version = Some(TlsVersion::V1_3);
         })
         .await;
         let (crt, key) = s.pki.workload(ONBOARDING);
@@ -1094,8 +1058,8 @@ async fn required_client_auth_refuses_connections_without_a_certificate() {
 #[tokio::test]
 async fn optional_client_auth_answers_401_with_a_challenge_without_a_certificate() {
     within(async {
-        let s = Setup::start_with(UpstreamMode::Echo, "", |c| {
-            c.replace("client_auth = \"required\"", "client_auth = \"optional\"")
+        let s = Setup::start_with(UpstreamMode::Echo, |c| {
+            c.listener.client_auth = ClientAuth::Optional;
         })
         .await;
         for c in [s.client(None), s.client_h2(None)] {
@@ -1142,38 +1106,25 @@ async fn requests_carrying_secrets(
 ) {
     let pki = pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let closed = free_port();
-    let (port, admin) = (free_port(), free_port());
-    let down_route = format!(
-        r#"
-[[routes]]
-name = "down-route"
-methods = ["GET"]
-path = "/down/{{x}}"
-upstream = "down"
-allow = ["{ONBOARDING}"]
-"#
-    );
-    let config = format!(
-        "{}{}{}{}{}",
-        base_config(&pki, port, admin).replace("level = \"info\"", &format!("level = \"{level}\"")),
-        upstream_toml("provider", &upstream.url(true), &pki.files.bundle, ""),
-        upstream_toml(
-            "down",
-            &format!("https://127.0.0.1:{closed}"),
-            &pki.files.bundle,
-            ""
-        ),
-        routes_toml("provider"),
-        down_route,
-    );
-    let gw = Gateway::start(
-        &config,
-        port,
-        admin,
-        &[(PROVIDER_TOKEN_ENV, PROVIDER_TOKEN)],
+    let closed = ClosedPort::new();
+    let config = with_standard_routes(
+        base_config(&pki)
+            .json_log(level)
+            .upstream(provider_upstream(
+                "provider",
+                &upstream.url(true),
+                &pki.files.bundle,
+            ))
+            .upstream(provider_upstream(
+                "down",
+                &closed.url("https"),
+                &pki.files.bundle,
+            )),
+        "provider",
     )
-    .await;
+    .route(RouteSpec::get("down-route", "/down/{x}", "down"));
+    let gw = Gateway::start(&config, &[(PROVIDER_TOKEN_ENV, PROVIDER_TOKEN)]).await;
+    let port = gw.port;
     let bearer = format!("Bearer {CALLER_BEARER}");
     let creds = [
         ("x-api-key", CALLER_KEY),
@@ -1469,10 +1420,8 @@ async fn rustls_lines_reach_the_log_at_the_configured_level() {
             })
         };
         for (level, shown) in [("info,rustls=debug", true), ("info", false)] {
-            let s = Setup::start_with(UpstreamMode::Echo, "", |c| {
-                c.replace("level = \"info\"", &format!("level = \"{level}\""))
-            })
-            .await;
+            let s =
+                Setup::start_with(UpstreamMode::Echo, |c| c.log = Some(LogSpec::json(level))).await;
             // No client certificate: the handshake fails.
             assert!(s.client(None).get(DECISION).await.is_err());
             assert_eventually!(

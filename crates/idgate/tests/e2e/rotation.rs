@@ -22,27 +22,17 @@ const GATEWAY_EXTENSIONS: &str = "subjectAltName = URI:spiffe://example.org/idga
      keyUsage = critical,digitalSignature\n\
      extendedKeyUsage = serverAuth,clientAuth\n";
 
-/// An upstream and one route, `/v1/kyc`, for these SPIFFE IDs.
-fn routes(upstream: &TestUpstream, allow: &[&str]) -> String {
-    let allow = allow
-        .iter()
-        .map(|id| format!("\"{id}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"[[upstreams]]
-name = "provider"
-url = "{url}"
-
-[[routes]]
-name = "kyc"
-methods = ["GET"]
-path = "/v1/kyc"
-upstream = "provider"
-allow = [{allow}]
-"#,
-        url = upstream.url(false),
-    )
+/// `config` with an upstream and one route, `/v1/kyc`, for these SPIFFE IDs.
+fn with_kyc_route(config: GatewayConfig, upstream: &TestUpstream, allow: &[&str]) -> GatewayConfig {
+    config
+        .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+        .route(RouteSpec::new(
+            "kyc",
+            &["GET"],
+            "/v1/kyc",
+            "provider",
+            allow,
+        ))
 }
 
 /// Starts a gateway with this SVID and bundle, polling its files every `poll`.
@@ -52,16 +42,12 @@ async fn start(
     poll: &str,
     upstream: &TestUpstream,
 ) -> Gateway {
-    let (port, admin) = (free_port(), free_port());
-    let config = gateway_config(
-        port,
-        admin,
-        svid,
-        &[(TD, bundle)],
-        poll,
-        &routes(upstream, &[ONBOARDING]),
+    let config = with_kyc_route(
+        gateway_config(svid, &[(TD, bundle)], poll),
+        upstream,
+        &[ONBOARDING],
     );
-    Gateway::start(&config, port, admin, &[]).await
+    Gateway::start(&config, &[]).await
 }
 
 /// The first certificate of a PEM file.
@@ -451,17 +437,18 @@ async fn trust_bundle_file_shared_by_two_trust_domains_is_reloaded_for_both() {
     };
     write_shared(0);
     let upstream = TestUpstream::http(UpstreamMode::Echo).await;
-    let (port, admin) = (free_port(), free_port());
     let gateway = &example[0].files;
-    let config = gateway_config(
-        port,
-        admin,
-        (&gateway.gateway_cert, &gateway.gateway_key),
-        &[("example.org", &shared), ("partner.test", &shared)],
-        "1h",
-        &routes(&upstream, &[ONBOARDING, PARTNER]),
+    let config = with_kyc_route(
+        gateway_config(
+            (&gateway.gateway_cert, &gateway.gateway_key),
+            &[("example.org", &shared), ("partner.test", &shared)],
+            "1h",
+        ),
+        &upstream,
+        &[ONBOARDING, PARTNER],
     );
-    let gw = Gateway::start(&config, port, admin, &[]).await;
+    let gw = Gateway::start(&config, &[]).await;
+    let port = gw.port;
     let client = |pki: &Pki, id: &str| {
         let (cert, key) = pki.workload(id);
         Client {
@@ -583,52 +570,25 @@ async fn idle_gateway_does_not_reread_its_tls_files_over_and_over() {
 
 /// The routes of the SIGHUP tests: `kyc` for the allowed IDs, and `extra` if asked.
 fn sighup_config(
-    gw_port: u16,
-    admin: u16,
     pki: &Pki,
     upstream: &TestUpstream,
     kyc_allow: &[&str],
     extra: bool,
-) -> String {
-    let allow = kyc_allow
-        .iter()
-        .map(|id| format!("\"{id}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut routes = format!(
-        r#"[[upstreams]]
-name = "provider"
-url = "{url}"
-
-[[routes]]
-name = "kyc"
-methods = ["GET"]
-path = "/v1/kyc"
-upstream = "provider"
-allow = [{allow}]
-"#,
-        url = upstream.url(false),
+) -> GatewayConfig {
+    let config = with_kyc_route(
+        gateway_config(
+            (&pki.files.gateway_cert, &pki.files.gateway_key),
+            &[(TD, &pki.files.bundle)],
+            "1h",
+        ),
+        upstream,
+        kyc_allow,
     );
     if extra {
-        routes.push_str(&format!(
-            r#"
-[[routes]]
-name = "extra"
-methods = ["GET"]
-path = "/v1/extra"
-upstream = "provider"
-allow = ["{ONBOARDING}"]
-"#
-        ));
+        config.route(RouteSpec::get("extra", "/v1/extra", "provider"))
+    } else {
+        config
     }
-    gateway_config(
-        gw_port,
-        admin,
-        (&pki.files.gateway_cert, &pki.files.gateway_key),
-        &[(TD, &pki.files.bundle)],
-        "1h",
-        &routes,
-    )
 }
 
 async fn get_status(client: &Client, path: &str) -> u16 {
@@ -643,16 +603,17 @@ async fn get_status(client: &Client, path: &str) -> u16 {
 async fn sighup_reloads_routes_and_allow_lists_from_the_config_file() {
     let pki = Pki::default_pki();
     let upstream = TestUpstream::http(UpstreamMode::Echo).await;
-    let (port, admin) = (free_port(), free_port());
-    let config = sighup_config(port, admin, &pki, &upstream, &[ONBOARDING], false);
-    let mut gw = Gateway::start(&config, port, admin, &[]).await;
+    let config = sighup_config(&pki, &upstream, &[ONBOARDING], false);
+    let mut gw = Gateway::start(&config, &[]).await;
+    let port = gw.port;
     let onboarding = Client::new(&pki, Some(ONBOARDING), port, false);
     let frontend = Client::new(&pki, Some(FRONTEND), port, false);
     assert_eq!(get_status(&frontend, "/v1/kyc").await, 403);
     assert_eq!(get_status(&onboarding, "/v1/extra").await, 404);
 
-    let changed = sighup_config(port, admin, &pki, &upstream, &[ONBOARDING, FRONTEND], true);
-    replace_atomically(&gw.config_path, changed.as_bytes());
+    // The listeners stay on port 0 in the file: the running ones are kept.
+    let changed = sighup_config(&pki, &upstream, &[ONBOARDING, FRONTEND], true);
+    replace_atomically(&gw.config_path, changed.to_toml().as_bytes());
     gw.signal("HUP");
     assert_eventually!(
         get_status(&frontend, "/v1/kyc").await == 200,
@@ -676,18 +637,16 @@ async fn sighup_reloads_routes_and_allow_lists_from_the_config_file() {
 async fn sighup_with_an_invalid_config_file_keeps_the_running_routes_and_says_why() {
     let pki = Pki::default_pki();
     let upstream = TestUpstream::http(UpstreamMode::Echo).await;
-    let (port, admin) = (free_port(), free_port());
-    let config = sighup_config(port, admin, &pki, &upstream, &[ONBOARDING], true);
-    let mut gw = Gateway::start(&config, port, admin, &[]).await;
+    let config = sighup_config(&pki, &upstream, &[ONBOARDING], true);
+    let mut gw = Gateway::start(&config, &[]).await;
+    let port = gw.port;
     let onboarding = Client::new(&pki, Some(ONBOARDING), port, false);
     let frontend = Client::new(&pki, Some(FRONTEND), port, false);
 
     // A misspelt key, alongside a change that would have widened the allow list.
-    let invalid = format!(
-        "frobnicate = true\n{}",
-        sighup_config(port, admin, &pki, &upstream, &[ONBOARDING, FRONTEND], false)
-    );
-    replace_atomically(&gw.config_path, invalid.as_bytes());
+    let mut invalid = sighup_config(&pki, &upstream, &[ONBOARDING, FRONTEND], false);
+    invalid.top_level.insert("frobnicate".into(), true.into());
+    replace_atomically(&gw.config_path, invalid.to_toml().as_bytes());
     gw.signal("HUP");
     let refused = || {
         log_lines(

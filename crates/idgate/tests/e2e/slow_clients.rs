@@ -12,9 +12,11 @@ use tokio::sync::Notify;
 
 use crate::support::*;
 
-/// What the gateway is given per `send_timeout` in these tests, and how long the test allows
-/// for it to act.
-const SEND_TIMEOUT: &str = r#"send_timeout = "1s""#;
+/// What the gateway is given per `send_timeout` in these tests (`[listener]`), and how long
+/// the test allows for it to act.
+fn send_timeout() -> toml::Table {
+    toml::toml! { send_timeout = "1s" }
+}
 const ACTS_WITHIN: Duration = Duration::from_secs(15);
 
 /// An HTTP/1.1 upstream: `/big` streams a 1 GiB body until the gateway stops taking it;
@@ -120,7 +122,12 @@ async fn serve(
     }
 }
 
-async fn gateway(pki: &Pki, upstream: &Upstream, listener: &str, extra: &str) -> Gateway {
+async fn gateway(
+    pki: &Pki,
+    upstream: &Upstream,
+    listener: toml::Table,
+    extra: toml::Table,
+) -> Gateway {
     OneRoute {
         url: &upstream.url(),
         listener_extra: listener,
@@ -159,7 +166,7 @@ async fn an_http1_caller_that_stops_reading_is_disconnected_and_the_upstream_rel
     within(async {
         let pki = Pki::default_pki();
         let upstream = Upstream::start(Duration::ZERO).await;
-        let gw = gateway(&pki, &upstream, SEND_TIMEOUT, "").await;
+        let gw = gateway(&pki, &upstream, send_timeout(), toml::Table::new()).await;
         let mut caller = tls_to(&pki, &gw, false).await;
         caller
             .write_all(b"GET /v1/big HTTP/1.1\r\nhost: localhost\r\n\r\n")
@@ -255,7 +262,7 @@ async fn an_http2_stream_whose_window_stays_closed_is_reset_and_the_connection_k
     within(async {
         let pki = Pki::default_pki();
         let upstream = Upstream::start(Duration::ZERO).await;
-        let gw = gateway(&pki, &upstream, SEND_TIMEOUT, "").await;
+        let gw = gateway(&pki, &upstream, send_timeout(), toml::Table::new()).await;
         let tls = tls_to(&pki, &gw, true).await;
         // The connection is served (pings answered) and its own window is wide: only the
         // stream's window is never opened past its initial 64 KiB.
@@ -282,7 +289,7 @@ async fn an_http2_stream_to_a_caller_announcing_no_window_is_reset_and_the_upstr
     within(async {
         let pki = Pki::default_pki();
         let upstream = Upstream::start(Duration::ZERO).await;
-        let gw = gateway(&pki, &upstream, SEND_TIMEOUT, "").await;
+        let gw = gateway(&pki, &upstream, send_timeout(), toml::Table::new()).await;
         let tls = tls_to(&pki, &gw, true).await;
         // SETTINGS_INITIAL_WINDOW_SIZE = 0: no DATA frame of the stream can ever be sent.
         let (mut h2, connection) = h2::client::Builder::new()
@@ -319,8 +326,13 @@ async fn streams_fanned_in_from_http2_callers_wait_for_one_of_max_connections() 
         let gw = gateway(
             &pki,
             &upstream,
-            "",
-            "max_connections = 2\nmax_pending = 100\nrequest_timeout = \"50s\"\npending_timeout = \"40s\"",
+            toml::Table::new(),
+            toml::toml! {
+                max_connections = 2
+                max_pending = 100
+                request_timeout = "50s"
+                pending_timeout = "40s"
+            },
         )
         .await;
         // Three HTTP/2 connections, twenty streams each, all at once.
@@ -360,14 +372,23 @@ async fn a_request_that_cannot_wait_for_an_upstream_connection_gets_503_busy() {
         let pki = Pki::default_pki();
         let upstream = Upstream::start(Duration::from_millis(1500)).await;
         for (extra, reason) in [
-            ("max_connections = 2\nmax_pending = 0", "queue_full"),
             (
-                "max_connections = 2\npending_timeout = \"200ms\"",
+                toml::toml! {
+                    max_connections = 2
+                    max_pending = 0
+                },
+                "queue_full",
+            ),
+            (
+                toml::toml! {
+                    max_connections = 2
+                    pending_timeout = "200ms"
+                },
                 "queue_timeout",
             ),
         ] {
             let before = upstream.connections();
-            let gw = gateway(&pki, &upstream, "", extra).await;
+            let gw = gateway(&pki, &upstream, toml::Table::new(), extra.clone()).await;
             let replies = at_once(&pki, &gw, 3).await;
             let mut statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
             statuses.sort_unstable();
@@ -403,7 +424,11 @@ async fn an_http2_upstream_is_bounded_to_max_connections_requests_in_flight() {
             TestUpstream::https(&pki, UpstreamMode::Delay(Duration::from_millis(1500))).await;
         let gw = OneRoute {
             url: &upstream.url(true),
-            upstream_extra: "http2 = true\nmax_connections = 2\nmax_pending = 0",
+            upstream_extra: toml::toml! {
+                http2 = true
+                max_connections = 2
+                max_pending = 0
+            },
             ..OneRoute::default()
         }
         .start(&pki, &[])
@@ -431,20 +456,23 @@ fn check_refuses_connection_caps_and_send_timeouts_that_cannot_work() {
     let pki = Pki::default_pki();
     for (listener, upstream, key, reason) in [
         (
-            r#"send_timeout = "0s""#,
-            "",
+            toml::toml! { send_timeout = "0s" },
+            toml::Table::new(),
             "listener.send_timeout",
             "must be more than zero",
         ),
         (
-            "",
-            "max_connections = 0",
+            toml::Table::new(),
+            toml::toml! { max_connections = 0 },
             "upstreams[0].max_connections",
             "must be more than zero",
         ),
         (
-            "",
-            "request_timeout = \"2s\"\npending_timeout = \"3s\"",
+            toml::Table::new(),
+            toml::toml! {
+                request_timeout = "2s"
+                pending_timeout = "3s"
+            },
             "upstreams[0].pending_timeout",
             "must not be longer than request_timeout",
         ),
@@ -455,10 +483,10 @@ fn check_refuses_connection_caps_and_send_timeouts_that_cannot_work() {
             upstream_extra: upstream,
             ..OneRoute::default()
         }
-        .config(&pki, free_port(), free_port());
+        .config(&pki);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("idgate.toml");
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, config.to_toml()).unwrap();
         let (code, out, err) = run(std::process::Command::new(bin())
             .arg("check")
             .arg("--config")

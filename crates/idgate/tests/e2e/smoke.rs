@@ -39,7 +39,7 @@ async fn allowed_workload_reaches_upstream_and_others_get_403() {
 async fn headers_that_would_change_the_method_url_or_origin_never_reach_the_upstream() {
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let gw = decision_gateway(&pki, &upstream, "").await;
+    let gw = decision_gateway(&pki, &upstream, toml::Table::new()).await;
     let port = gw.port;
     let smuggled = [
         ("x-http-method-override", "DELETE"),
@@ -71,7 +71,7 @@ async fn headers_that_would_change_the_method_url_or_origin_never_reach_the_upst
 async fn forwarded_for_can_be_withheld_from_an_upstream() {
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let gw = decision_gateway(&pki, &upstream, "forwarded_for = false").await;
+    let gw = decision_gateway(&pki, &upstream, toml::toml! { forwarded_for = false }).await;
     let port = gw.port;
     let reply = Client::new(&pki, Some(ONBOARDING), port, false)
         .send(
@@ -88,7 +88,11 @@ async fn forwarded_for_can_be_withheld_from_an_upstream() {
 
 /// A gateway with one GET route to a session decision on `upstream`, allowed for the
 /// onboarding workload; `upstream_extra` is added to the `[[upstreams]]` table.
-async fn decision_gateway(pki: &Pki, upstream: &TestUpstream, upstream_extra: &str) -> Gateway {
+async fn decision_gateway(
+    pki: &Pki,
+    upstream: &TestUpstream,
+    upstream_extra: toml::Table,
+) -> Gateway {
     OneRoute {
         url: &upstream.url(true),
         upstream_extra,

@@ -74,47 +74,22 @@ impl Fixture {
     async fn start() -> Self {
         let pki = TwoDomains::new();
         let upstream = TestUpstream::http(UpstreamMode::Echo).await;
-        let (port, admin) = (free_port(), free_port());
-        let routes = format!(
-            r#"[[upstreams]]
-name = "provider"
-url = "{url}"
-
-[[routes]]
-name = "example-only"
-methods = ["GET"]
-path = "/v1/example-only"
-upstream = "provider"
-allow = ["{EXAMPLE_ID}"]
-
-[[routes]]
-name = "partner-only"
-methods = ["GET"]
-path = "/v1/partner-only"
-upstream = "provider"
-allow = ["spiffe://partner.test/ns/risk/*"]
-
-[[routes]]
-name = "both"
-methods = ["GET"]
-path = "/v1/both"
-upstream = "provider"
-allow = ["{EXAMPLE_ID}", "{PARTNER_ID}"]
-"#,
-            url = upstream.url(false),
-        );
+        let route = |name: &str, allow: &[&str]| {
+            RouteSpec::new(name, &["GET"], &format!("/v1/{name}"), "provider", allow)
+        };
         let config = gateway_config(
-            port,
-            admin,
             (&pki.gateway.cert, &pki.gateway.key),
             &[
                 ("example.org", &pki.example.ca.cert),
                 ("partner.test", &pki.partner.ca.cert),
             ],
             "10s",
-            &routes,
-        );
-        let gw = Gateway::start(&config, port, admin, &[]).await;
+        )
+        .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+        .route(route("example-only", &[EXAMPLE_ID]))
+        .route(route("partner-only", &["spiffe://partner.test/ns/risk/*"]))
+        .route(route("both", &[EXAMPLE_ID, PARTNER_ID]));
+        let gw = Gateway::start(&config, &[]).await;
         Self { pki, upstream, gw }
     }
 
@@ -426,29 +401,21 @@ async fn refuses_self_signed_svid() {
 async fn a_connection_is_closed_when_its_client_svid_expires() {
     let domains = TwoDomains::new();
     let upstream = TestUpstream::http(UpstreamMode::Echo).await;
-    let (port, admin) = (free_port(), free_port());
     let config = gateway_config(
-        port,
-        admin,
         (&domains.gateway.cert, &domains.gateway.key),
         &[("example.org", &domains.example.ca.cert)],
         "1h",
-        &format!(
-            r#"[[upstreams]]
-name = "u"
-url = "{url}"
-
-[[routes]]
-name = "r"
-methods = ["GET"]
-path = "/x"
-upstream = "u"
-allow = ["spiffe://example.org/short"]
-"#,
-            url = upstream.url(false)
-        ),
-    );
-    let gw = Gateway::start(&config, port, admin, &[]).await;
+    )
+    .upstream(UpstreamSpec::new("u", &upstream.url(false)))
+    .route(RouteSpec::new(
+        "r",
+        &["GET"],
+        "/x",
+        "u",
+        &["spiffe://example.org/short"],
+    ));
+    let gw = Gateway::start(&config, &[]).await;
+    let port = gw.port;
     let short = domains.example.issue_between(
         "short-lived",
         &svid_extensions("spiffe://example.org/short"),

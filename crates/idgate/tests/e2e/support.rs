@@ -1,5 +1,7 @@
-//! Test support: a real PKI on disk, the real `idgate` binary on loopback ports, an
-//! HTTPS upstream that records what it receives, and an mTLS client speaking HTTP/1.1 or 2.
+//! Test support: a real PKI on disk, the real `idgate` binary on loopback ports it picks
+//! itself (port 0, reported in its ready file), an HTTPS upstream that records what it
+//! receives, and an mTLS client speaking HTTP/1.1 or 2. Configurations are built from typed
+//! values (see `config.rs`).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -20,6 +22,8 @@ use idgate_tls::devpki::{self, DevPkiFiles, DevPkiRequest};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
+
+pub use crate::config::*;
 
 /// Retries an assertion until it holds or the time is up, instead of sleeping.
 #[macro_export]
@@ -54,12 +58,31 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_idgate")
 }
 
-/// A free loopback port (bound then released; fine on loopback for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// A loopback port where nothing listens, held for as long as the value lives: the socket
+/// is bound but never listens, so a connection to it is refused and no other socket (another
+/// test's port 0, say) can take the port meanwhile.
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind a port");
+        let port = socket.local_addr().expect("bound address").port();
+        Self {
+            _socket: socket,
+            port,
+        }
+    }
+
+    /// `scheme://127.0.0.1:PORT`.
+    pub fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
 }
 
 /// A development PKI in a temporary directory.
@@ -257,43 +280,32 @@ impl TestUpstream {
     }
 }
 
-/// The `[listener]`, `[identity]` and `[admin]` part of a config for a PKI.
-pub fn base_config(pki: &Pki, port: u16, admin_port: u16) -> String {
-    format!(
-        r#"workers = 1
-
-[listener]
-bind = "127.0.0.1:{port}"
-client_auth = "required"
-
-[identity]
-svid_cert = "{cert}"
-svid_key = "{key}"
-poll_interval = "1s"
-
-[[identity.trust_bundles]]
-trust_domain = "{TD}"
-bundle = "{bundle}"
-
-[admin]
-bind = "127.0.0.1:{admin_port}"
-
-[log]
-format = "json"
-level = "info"
-"#,
-        cert = pki.files.gateway_cert.display(),
-        key = pki.files.gateway_key.display(),
-        bundle = pki.files.bundle.display(),
-    )
+/// The configuration most tests start from (see [`GatewayConfig::for_pki`]): listeners on
+/// port 0, the PKI's gateway SVID and bundle, JSON logs at `info`.
+pub fn base_config(pki: &Pki) -> GatewayConfig {
+    GatewayConfig::for_pki(pki)
 }
+
+/// What `idgate serve --ready-file` wrote once it served.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub struct Ready {
+    pub pid: u32,
+    pub listener: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// How long a gateway may take to start before its test fails.
+const START_LIMIT: Duration = Duration::from_secs(20);
 
 /// A running `idgate serve` child process with its output captured.
 pub struct Gateway {
     pub child: Child,
+    /// The port the listener bound (the configuration asks for port 0).
     pub port: u16,
     pub admin_port: u16,
     pub config_path: PathBuf,
+    /// Where the gateway reports its addresses (`--ready-file`).
+    pub ready_file: PathBuf,
     output: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
 }
@@ -306,14 +318,19 @@ impl Drop for Gateway {
 }
 
 impl Gateway {
-    /// Writes `config` (which must bind `port`/`admin_port`) and starts the gateway, waiting
-    /// for `/readyz`.
-    pub async fn start(config: &str, port: u16, admin_port: u16, env: &[(&str, &str)]) -> Self {
+    /// Writes `config` and starts the gateway with `env`, waiting until it reports the
+    /// addresses it bound.
+    pub async fn start(config: &GatewayConfig, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("idgate.toml");
-        std::fs::write(&config_path, config).expect("write config");
+        let ready_file = dir.path().join("ready.json");
+        std::fs::write(&config_path, config.to_toml()).expect("write config");
         let mut cmd = Command::new(bin());
-        cmd.arg("serve").arg("--config").arg(&config_path);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--ready-file")
+            .arg(&ready_file);
         cmd.env_remove("IDGATE_LOG");
         for (k, v) in env {
             cmd.env(k, v);
@@ -345,21 +362,37 @@ impl Gateway {
         }
         let mut gw = Self {
             child,
-            port,
-            admin_port,
+            port: 0,
+            admin_port: 0,
             config_path,
+            ready_file,
             output,
             _dir: dir,
         };
-        gw.wait_ready().await;
+        let ready = gw.wait_ready().await;
+        gw.port = ready.listener.port();
+        gw.admin_port = ready.admin.port();
         gw
     }
 
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    /// Waits for the ready file (written whole, by a rename), failing with the gateway's
+    /// output if it exits first or takes longer than [`START_LIMIT`].
+    async fn wait_ready(&mut self) -> Ready {
+        let deadline = Instant::now() + START_LIMIT;
         loop {
-            if let Ok((200, _)) = admin_get(self.admin_port, "/readyz").await {
-                return;
+            if let Ok(text) = std::fs::read(&self.ready_file) {
+                let ready: Ready = serde_json::from_slice(&text).unwrap_or_else(|e| {
+                    panic!(
+                        "the ready file is not the expected JSON ({e}): {}",
+                        String::from_utf8_lossy(&text)
+                    )
+                });
+                assert_eq!(
+                    ready.pid,
+                    self.child.id(),
+                    "the ready file names another process"
+                );
+                return ready;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 // Give the output readers a moment to catch the last lines.
@@ -370,9 +403,12 @@ impl Gateway {
                 );
             }
             if Instant::now() > deadline {
-                panic!("idgate did not become ready; output:\n{}", self.output());
+                panic!(
+                    "idgate did not report ready within {START_LIMIT:?}; output:\n{}",
+                    self.output()
+                );
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -913,29 +949,26 @@ impl Client {
 pub struct OneRoute<'a> {
     /// The upstream's URL; an `https://` one is trusted through the PKI's bundle.
     pub url: &'a str,
-    /// More lines for the `[[upstreams]]` table (`request_timeout = "1s"`).
-    pub upstream_extra: &'a str,
-    /// The lines of `[upstreams.credential]`; none when empty.
-    pub credential: &'a str,
-    /// TOML array of methods.
-    pub methods: &'a str,
+    /// More keys for the `[[upstreams]]` table (`request_timeout = "1s"`).
+    pub upstream_extra: toml::Table,
+    pub credential: Option<CredentialSpec>,
+    pub methods: &'a [&'a str],
     pub path: &'a str,
-    /// TOML array of allow entries.
-    pub allow: &'a str,
-    /// More lines for `[listener]`.
-    pub listener_extra: &'a str,
+    pub allow: &'a [&'a str],
+    /// More keys for `[listener]`.
+    pub listener_extra: toml::Table,
 }
 
 impl Default for OneRoute<'_> {
     fn default() -> Self {
         Self {
             url: "",
-            upstream_extra: "",
-            credential: "",
-            methods: r#"["GET"]"#,
+            upstream_extra: toml::Table::new(),
+            credential: None,
+            methods: &["GET"],
             path: "/v1/{*rest}",
-            allow: r#"["spiffe://example.org/ns/kyc/sa/onboarding"]"#,
-            listener_extra: "",
+            allow: &[ONBOARDING],
+            listener_extra: toml::Table::new(),
         }
     }
 }
@@ -946,93 +979,51 @@ impl<'a> OneRoute<'a> {
     pub fn kyc_decision(url: &'a str) -> Self {
         Self {
             url,
-            credential: "header = \"x-api-key\"\nsecret = \"env:TEST_PROVIDER_KEY\"",
+            credential: Some(CredentialSpec::header("x-api-key", "env:TEST_PROVIDER_KEY")),
             path: "/v3/session/{session_id}/decision/",
-            allow: r#"["spiffe://example.org/ns/kyc/*"]"#,
+            allow: &["spiffe://example.org/ns/kyc/*"],
             ..Self::default()
         }
     }
 
-    /// The configuration text, for a gateway on `port` with its admin on `admin`.
-    pub fn config(&self, pki: &Pki, port: u16, admin: u16) -> String {
-        let base = base_config(pki, port, admin).replace(
-            "client_auth = \"required\"\n",
-            &format!("client_auth = \"required\"\n{}\n", self.listener_extra),
-        );
-        let ca = if self.url.starts_with("https://") {
-            format!("ca = \"{}\"\n", pki.files.bundle.display())
-        } else {
-            String::new()
-        };
-        let credential = if self.credential.is_empty() {
-            String::new()
-        } else {
-            format!("[upstreams.credential]\n{}\n", self.credential)
-        };
-        format!(
-            r#"{base}
-[[upstreams]]
-name = "provider"
-url = "{url}"
-{ca}{upstream_extra}
-{credential}
-[[routes]]
-name = "route"
-methods = {methods}
-path = "{path}"
-upstream = "provider"
-allow = {allow}
-"#,
-            url = self.url,
-            upstream_extra = self.upstream_extra,
-            methods = self.methods,
-            path = self.path,
-            allow = self.allow,
-        )
+    /// The configuration: the upstream `provider` and the route `route` to it.
+    pub fn config(&self, pki: &Pki) -> GatewayConfig {
+        let mut config = base_config(pki);
+        config.listener.extra.extend(self.listener_extra.clone());
+        let mut upstream = UpstreamSpec::new("provider", self.url);
+        if self.url.starts_with("https://") {
+            upstream = upstream.ca(&pki.files.bundle);
+        }
+        upstream.extra = self.upstream_extra.clone();
+        upstream.credential = self.credential.clone();
+        config.upstream(upstream).route(RouteSpec::new(
+            "route",
+            self.methods,
+            self.path,
+            "provider",
+            self.allow,
+        ))
     }
 
-    /// Starts the gateway on free ports with `env`.
+    /// Starts the gateway with `env`.
     pub async fn start(&self, pki: &Pki, env: &[(&str, &str)]) -> Gateway {
-        let (port, admin) = (free_port(), free_port());
-        Gateway::start(&self.config(pki, port, admin), port, admin, env).await
+        Gateway::start(&self.config(pki), env).await
     }
 }
 
-/// A whole gateway configuration from its parts: the gateway's SVID, one bundle per trust
-/// domain, how often the files are polled, and the `[[upstreams]]`/`[[routes]]` text.
+/// A gateway configuration from its identity: the gateway's SVID, one bundle per trust
+/// domain and how often the files are polled; JSON logs at `info`, no upstream, no route.
 pub fn gateway_config(
-    port: u16,
-    admin_port: u16,
     svid: (&Path, &Path),
     bundles: &[(&str, &Path)],
     poll_interval: &str,
-    upstreams_and_routes: &str,
-) -> String {
-    let mut out = format!(
-        r#"workers = 1
-
-[listener]
-bind = "127.0.0.1:{port}"
-client_auth = "required"
-
-[identity]
-svid_cert = "{cert}"
-svid_key = "{key}"
-poll_interval = "{poll_interval}"
-"#,
-        cert = svid.0.display(),
-        key = svid.1.display(),
-    );
-    for (td, bundle) in bundles {
-        out.push_str(&format!(
-            "\n[[identity.trust_bundles]]\ntrust_domain = \"{td}\"\nbundle = \"{}\"\n",
-            bundle.display()
-        ));
-    }
-    out.push_str(&format!(
-        "\n[admin]\nbind = \"127.0.0.1:{admin_port}\"\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n{upstreams_and_routes}"
-    ));
-    out
+) -> GatewayConfig {
+    bundles.iter().fold(
+        GatewayConfig::new(svid.0, svid.1)
+            .poll_interval(poll_interval)
+            .json_log("info"),
+        |config, (trust_domain, bundle)| config.trust(trust_domain, bundle),
+    )
 }
 
 /// The gateway's JSON log lines of `target` whose message is `message`.

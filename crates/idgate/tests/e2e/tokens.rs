@@ -20,62 +20,57 @@ pub(crate) fn signing_key(dir: &std::path::Path) -> std::path::PathBuf {
 /// bound tokens with the `sessions:read` scope.
 pub(crate) async fn token_gateway(
     pki: &Pki,
-    client_auth: &str,
+    client_auth: ClientAuth,
     upstream: &TestUpstream,
 ) -> Gateway {
-    let (port, admin) = (free_port(), free_port());
     let key = signing_key(pki.path());
     let secret = pki.path().join("batch-secret");
     std::fs::write(&secret, "batch-client-secret-value").unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let base = base_config(pki, port, admin).replace(
-        "client_auth = \"required\"",
-        &format!("client_auth = \"{client_auth}\""),
-    );
-    let config = format!(
-        r#"{base}
-[token_endpoint]
-issuer = "https://idgate.test"
-audience = "idgate"
-signing_key = "file:{key}"
-token_ttl = "5m"
-
-[[token_endpoint.clients]]
-client_id = "onboarding"
-spiffe_id = "{ONBOARDING}"
-scopes = ["sessions:read", "sessions:write"]
-
-[[token_endpoint.clients]]
-client_id = "batch"
-client_secret = "file:{secret}"
-scopes = ["sessions:read"]
-
-[[token_endpoint.clients]]
-client_id = "paired"
-spiffe_id = "{ONBOARDING}"
-client_secret = "file:{secret}"
-scopes = ["sessions:read"]
-
-[[upstreams]]
-name = "provider"
-url = "{url}"
-ca = "{ca}"
-
-[[routes]]
-name = "decision"
-methods = ["GET"]
-path = "/v3/session/{{id}}/decision/"
-upstream = "provider"
-auth = ["jwt"]
-allow = ["client:onboarding", "client:batch"]
-scopes = ["sessions:read"]
-"#,
-        key = key.display(),
-        secret = secret.display(),
-        url = upstream.url(true),
-        ca = pki.files.bundle.display(),
-    );
-    Gateway::start(&config, port, admin, &[]).await
+    let secret = format!("file:{}", secret.display());
+    let clients = [
+        table([
+            ("client_id", "onboarding".into()),
+            ("spiffe_id", ONBOARDING.into()),
+            ("scopes", strings(&["sessions:read", "sessions:write"])),
+        ]),
+        table([
+            ("client_id", "batch".into()),
+            ("client_secret", secret.as_str().into()),
+            ("scopes", strings(&["sessions:read"])),
+        ]),
+        table([
+            ("client_id", "paired".into()),
+            ("spiffe_id", ONBOARDING.into()),
+            ("client_secret", secret.as_str().into()),
+            ("scopes", strings(&["sessions:read"])),
+        ]),
+    ];
+    let mut config = base_config(pki)
+        .section(
+            "token_endpoint",
+            table([
+                ("issuer", "https://idgate.test".into()),
+                ("audience", "idgate".into()),
+                ("signing_key", format!("file:{}", key.display()).into()),
+                ("token_ttl", "5m".into()),
+                ("clients", clients.map(toml::Value::from).to_vec().into()),
+            ]),
+        )
+        .upstream(UpstreamSpec::new("provider", &upstream.url(true)).ca(&pki.files.bundle))
+        .route(
+            RouteSpec::new(
+                "decision",
+                &["GET"],
+                "/v3/session/{id}/decision/",
+                "provider",
+                &["client:onboarding", "client:batch"],
+            )
+            .with("auth", strings(&["jwt"]))
+            .with("scopes", strings(&["sessions:read"])),
+        );
+    config.listener.client_auth = client_auth;
+    Gateway::start(&config, &[]).await
 }
 
 fn claims(token: &str) -> serde_json::Value {
@@ -94,7 +89,7 @@ fn thumbprint(cert_pem: &std::path::Path) -> String {
 async fn workload_gets_a_token_bound_to_its_certificate_with_its_svid() {
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let gw = token_gateway(&pki, "required", &upstream).await;
+    let gw = token_gateway(&pki, ClientAuth::Required, &upstream).await;
     let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
     let reply = client
         .send(
@@ -123,7 +118,7 @@ async fn workload_gets_a_token_bound_to_its_certificate_with_its_svid() {
 async fn token_endpoint_refuses_bad_requests_with_oauth_errors() {
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let gw = token_gateway(&pki, "optional", &upstream).await;
+    let gw = token_gateway(&pki, ClientAuth::Optional, &upstream).await;
     let svid = Client::new(&pki, Some(ONBOARDING), gw.port, false);
     let other = Client::new(&pki, Some(FRONTEND), gw.port, false);
     let anonymous = Client::new(&pki, None, gw.port, false);
@@ -275,7 +270,7 @@ async fn token_endpoint_refuses_bad_requests_with_oauth_errors() {
 async fn jwks_and_metadata_are_published_without_a_client_certificate() {
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let gw = token_gateway(&pki, "optional", &upstream).await;
+    let gw = token_gateway(&pki, ClientAuth::Optional, &upstream).await;
     let anonymous = Client::new(&pki, None, gw.port, true);
     let jwks = anonymous.get("/.well-known/jwks.json").await.unwrap();
     assert_eq!(jwks.status, 200);
@@ -301,7 +296,7 @@ async fn jwks_and_metadata_are_published_without_a_client_certificate() {
 async fn bound_token_works_over_its_own_certificate_and_is_refused_over_another() {
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let gw = token_gateway(&pki, "optional", &upstream).await;
+    let gw = token_gateway(&pki, ClientAuth::Optional, &upstream).await;
     let owner = Client::new(&pki, Some(ONBOARDING), gw.port, false);
     let thief = Client::new(&pki, Some(FRONTEND), gw.port, false);
     let anonymous = Client::new(&pki, None, gw.port, false);

@@ -263,12 +263,15 @@ pub(crate) fn ok(body: &str) -> Vec<u8> {
 }
 
 /// A gateway with one route, `/{*rest}` for any of the usual methods, to `upstream`.
-async fn gateway(pki: &Pki, upstream: &RawUpstream, extra: &str) -> Gateway {
+async fn gateway(pki: &Pki, upstream: &RawUpstream, extra: toml::Table) -> Gateway {
     OneRoute {
         url: &upstream.url(),
         upstream_extra: extra,
-        credential: &format!("header = \"x-provider-token\"\nsecret = \"env:{TOKEN_ENV}\""),
-        methods: r#"["GET", "HEAD", "POST", "PUT"]"#,
+        credential: Some(CredentialSpec::header(
+            "x-provider-token",
+            &format!("env:{TOKEN_ENV}"),
+        )),
+        methods: &["GET", "HEAD", "POST", "PUT"],
         path: "/{*rest}",
         ..OneRoute::default()
     }
@@ -295,7 +298,7 @@ async fn chunked_and_close_delimited_bodies_reach_the_caller_whole() {
         })
         .await;
         let pki = Pki::default_pki();
-        let gw = gateway(&pki, &upstream, "").await;
+        let gw = gateway(&pki, &upstream, toml::Table::new()).await;
         let c = client(&pki, &gw);
 
         let r = c.get("/chunked").await.unwrap();
@@ -331,7 +334,7 @@ async fn responses_whose_framing_could_be_read_two_ways_get_502() {
         let upstream =
             RawUpstream::start(move |n, _| Answer::SendAndClose(script[n].to_vec())).await;
         let pki = Pki::default_pki();
-        let gw = gateway(&pki, &upstream, "").await;
+        let gw = gateway(&pki, &upstream, toml::Table::new()).await;
         let c = client(&pki, &gw);
         for (i, raw) in bad.iter().enumerate() {
             let r = c.get(&format!("/bad/{i}")).await.unwrap();
@@ -363,7 +366,7 @@ async fn interim_responses_are_skipped_and_head_answers_carry_no_body() {
         })
         .await;
         let pki = Pki::default_pki();
-        let gw = gateway(&pki, &upstream, "").await;
+        let gw = gateway(&pki, &upstream, toml::Table::new()).await;
         let c = client(&pki, &gw);
         let r = c.send("POST", "/created", &[], "{}").await.unwrap();
         assert_eq!((r.status, &r.body[..]), (201, &b"ok"[..]));
@@ -400,7 +403,7 @@ async fn an_idempotent_request_on_a_connection_the_upstream_dropped_is_sent_agai
         })
         .await;
         let pki = Pki::default_pki();
-        let gw = gateway(&pki, &upstream, "").await;
+        let gw = gateway(&pki, &upstream, toml::Table::new()).await;
         let c = client(&pki, &gw);
         let r = c
             .send("GET", "/one", &[("x-test-conn", "a")], "")
@@ -444,7 +447,7 @@ async fn request_bodies_are_framed_by_the_gateway() {
         let upstream =
             RawUpstream::start(|_, req| Answer::Send(ok(&req.body.len().to_string()))).await;
         let pki = Pki::default_pki();
-        let gw = gateway(&pki, &upstream, "").await;
+        let gw = gateway(&pki, &upstream, toml::Table::new()).await;
         let c = client(&pki, &gw);
 
         let r = c.send("POST", "/sized", &[], "0123456789").await.unwrap();
@@ -507,7 +510,7 @@ async fn large_bodies_stream_through_intact_both_ways() {
         })
         .await;
         let pki = Pki::default_pki();
-        let gw = gateway(&pki, &upstream, "").await;
+        let gw = gateway(&pki, &upstream, toml::Table::new()).await;
         let sent = "x".repeat(2 * 1024 * 1024);
         for (i, h2) in [false, true].into_iter().enumerate() {
             let c = Client::new(&pki, Some(ONBOARDING), gw.port, h2);
@@ -532,7 +535,7 @@ async fn a_body_cut_short_by_the_upstream_is_not_passed_off_as_complete() {
         })
         .await;
         let pki = Pki::default_pki();
-        let gw = gateway(&pki, &upstream, "").await;
+        let gw = gateway(&pki, &upstream, toml::Table::new()).await;
         let r = client(&pki, &gw).get("/short").await;
         assert!(
             r.is_err(),
@@ -547,7 +550,7 @@ async fn an_upstream_that_never_answers_gets_504() {
     within(async {
         let upstream = RawUpstream::start(|_, _| Answer::Hang).await;
         let pki = Pki::default_pki();
-        let gw = gateway(&pki, &upstream, r#"request_timeout = "300ms""#).await;
+        let gw = gateway(&pki, &upstream, toml::toml! { request_timeout = "300ms" }).await;
         let r = client(&pki, &gw).get("/slow").await.unwrap();
         assert_eq!(r.status, 504);
         assert_eq!(r.header("content-type"), Some("application/problem+json"));
@@ -571,7 +574,7 @@ async fn an_upstream_answering_before_the_body_is_heard_and_its_connection_dropp
         })
         .await;
         let pki = Pki::default_pki();
-        let gw = gateway(&pki, &upstream, r#"request_timeout = "20s""#).await;
+        let gw = gateway(&pki, &upstream, toml::toml! { request_timeout = "20s" }).await;
         let c = client(&pki, &gw);
         let started = std::time::Instant::now();
         let body = "x".repeat(32 * 1024 * 1024);
@@ -607,7 +610,7 @@ async fn a_request_body_reset_mid_way_never_leaves_its_connection_to_the_next_re
         })
         .await;
         let pki = Pki::default_pki();
-        let gw = gateway(&pki, &upstream, r#"request_timeout = "5s""#).await;
+        let gw = gateway(&pki, &upstream, toml::toml! { request_timeout = "5s" }).await;
 
         let (cert, key) = pki.workload(ONBOARDING);
         let tls = tls_client_config(
@@ -660,19 +663,15 @@ async fn an_https_upstream_whose_certificate_does_not_verify_gets_502() {
     within(async {
         let pki = Pki::default_pki();
         let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-        let (port, admin) = (free_port(), free_port());
         let url = upstream.url(true);
         // Without `ca` only the platform's roots are trusted, and the test CA is not one.
-        let config = OneRoute {
+        let mut config = OneRoute {
             url: &url,
             ..OneRoute::default()
         }
-        .config(&pki, port, admin)
-        .lines()
-        .filter(|l| !l.starts_with("ca = "))
-        .collect::<Vec<_>>()
-        .join("\n");
-        let gw = Gateway::start(&config, port, admin, &[]).await;
+        .config(&pki);
+        config.upstreams[0].ca = None;
+        let gw = Gateway::start(&config, &[]).await;
         let r = client(&pki, &gw).get("/v1/untrusted").await.unwrap();
         assert_eq!(r.status, 502, "{:?}", r.body);
         let body = String::from_utf8_lossy(&r.body);
@@ -692,13 +691,13 @@ fn check_refuses_http2_to_a_cleartext_upstream() {
     let pki = Pki::default_pki();
     let config = OneRoute {
         url: "http://127.0.0.1:9",
-        upstream_extra: "http2 = true",
+        upstream_extra: toml::toml! { http2 = true },
         ..OneRoute::default()
     }
-    .config(&pki, free_port(), free_port());
+    .config(&pki);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("idgate.toml");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, config.to_toml()).unwrap();
     let (code, out, err) = run(std::process::Command::new(bin())
         .arg("check")
         .arg("--config")
@@ -717,21 +716,20 @@ async fn a_body_on_a_get_head_options_or_delete_is_refused_unless_the_route_take
             RawUpstream::start(|_, req| Answer::Send(ok(&format!("body {}", req.body.len()))))
                 .await;
         let pki = Pki::default_pki();
-        let (port, admin) = (free_port(), free_port());
-        let route = |path: &str, allow_body: bool| {
-            format!(
-                "\n[[routes]]\nname = \"{path}\"\nmethods = [\"GET\", \"HEAD\", \"OPTIONS\", \"DELETE\", \"POST\"]\npath = \"/{path}/{{*rest}}\"\nupstream = \"provider\"\nallow = [\"{ONBOARDING}\"]\n{}\n",
-                if allow_body { "allow_body = true" } else { "" }
+        let route = |path: &str| {
+            RouteSpec::new(
+                path,
+                &["GET", "HEAD", "OPTIONS", "DELETE", "POST"],
+                &format!("/{path}/{{*rest}}"),
+                "provider",
+                &[ONBOARDING],
             )
         };
-        let config = format!(
-            "{}\n[[upstreams]]\nname = \"provider\"\nurl = \"{}\"\n{}{}",
-            base_config(&pki, port, admin),
-            upstream.url(),
-            route("strict", false),
-            route("open", true)
-        );
-        let gw = Gateway::start(&config, port, admin, &[]).await;
+        let config = base_config(&pki)
+            .upstream(UpstreamSpec::new("provider", &upstream.url()))
+            .route(route("strict"))
+            .route(route("open").with("allow_body", true));
+        let gw = Gateway::start(&config, &[]).await;
         let c = client(&pki, &gw);
         for method in ["GET", "HEAD", "OPTIONS", "DELETE"] {
             let r = c.send(method, "/strict/x", &[], "a body").await.unwrap();
@@ -761,7 +759,10 @@ async fn a_body_on_a_get_head_options_or_delete_is_refused_unless_the_route_take
         assert_eq!(r.status, 400);
         // So is one over HTTP/2.
         let h2 = Client::new(&pki, Some(ONBOARDING), gw.port, true);
-        let r = h2.send("DELETE", "/strict/h2", &[], "a body").await.unwrap();
+        let r = h2
+            .send("DELETE", "/strict/h2", &[], "a body")
+            .await
+            .unwrap();
         assert_eq!(r.status, 400);
         assert!(
             upstream.seen().is_empty(),
@@ -834,37 +835,44 @@ fn check_refuses_a_client_or_allow_body_that_cannot_apply() {
     let pki = Pki::default_pki();
     for (upstream_extra, route_extra, key, reason) in [
         (
-            "client = \"curl\"",
-            "",
+            toml::toml! { client = "curl" },
+            toml::Table::new(),
             "upstreams[0].client",
             "use \"native\" or \"hyper\"",
         ),
         (
-            "client = \"native\"\nhttp2 = true",
-            "",
+            toml::toml! {
+                client = "native"
+                http2 = true
+            },
+            toml::Table::new(),
             "upstreams[0].client",
             "uses hyper's client",
         ),
         (
-            "",
-            "allow_body = true",
+            toml::Table::new(),
+            toml::toml! { allow_body = true },
             "routes[0].allow_body",
             "lists none of them",
         ),
-        ("", "allow_body = \"yes\"", "allow_body", "invalid type"),
+        (
+            toml::Table::new(),
+            toml::toml! { allow_body = "yes" },
+            "allow_body",
+            "invalid type",
+        ),
     ] {
-        let config = OneRoute {
+        let mut config = OneRoute {
             url: "https://127.0.0.1:9",
             upstream_extra,
-            methods: r#"["POST", "PUT"]"#,
+            methods: &["POST", "PUT"],
             ..OneRoute::default()
         }
-        .config(&pki, free_port(), free_port())
-            + route_extra
-            + "\n";
+        .config(&pki);
+        config.routes[0].extra = route_extra;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("idgate.toml");
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, config.to_toml()).unwrap();
         let (code, out, err) = run(std::process::Command::new(bin())
             .arg("check")
             .arg("--config")

@@ -217,21 +217,20 @@ async fn answers_that_are_not_vaults_keep_the_current_value_in_use_and_are_logge
     let token = "s.fake-token-4f1a";
     let vault = FakeVault::start(&pki, token, "key-version-one").await;
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
-    let (port, admin) = (free_port(), free_port());
-    let section = format!(
-        "\n[vault]\naddress = \"{}\"\nca = \"{}\"\ntimeout = \"2s\"\ntoken = \"env:VAULT_TOKEN\"\n",
-        vault.server.url(),
-        pki.files.bundle.display()
-    );
+    let vault_spec = VaultSpec {
+        address: vault.server.url(),
+        ca: Some(pki.files.bundle.clone()),
+        timeout: Some("2s".into()),
+        token: Some("env:VAULT_TOKEN".into()),
+        extra: toml::Table::new(),
+    };
     let config = config_with(
         &pki,
         &upstream,
-        port,
-        admin,
         "vault:secret/idgate/didit#api_key",
-        &section,
+        Some(vault_spec),
     );
-    let gw = Gateway::start(&config, port, admin, &[("VAULT_TOKEN", token)]).await;
+    let gw = Gateway::start(&config, &[("VAULT_TOKEN", token)]).await;
     let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
 
     for (answers, why) in [
