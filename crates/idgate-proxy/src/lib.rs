@@ -4,6 +4,8 @@
 pub mod access_log;
 pub mod admin;
 pub mod authn;
+pub mod body;
+pub mod conn;
 pub mod credential;
 pub mod ctx;
 mod forward;
@@ -19,6 +21,7 @@ pub mod pipeline;
 pub mod problem;
 pub mod routes;
 mod send_timeout;
+pub mod service;
 pub mod snapshot;
 pub mod token_endpoint;
 pub mod upstream;

@@ -29,165 +29,27 @@
 //! either hands on or returns a [`Refusal`]; only `problem.rs` turns a refusal into a
 //! response. `docs/architecture.md` says how to add one.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
-use idgate_tls::SpiffeId;
+use idgate_auth::Principal;
 
-use crate::access_log::{AccessLog, Decision};
-use crate::authn::{self, FailedAttempts};
+use crate::access_log::Decision;
+use crate::authn;
+use crate::body::ProxyBody;
+use crate::conn::ConnInfo;
 use crate::ctx::{Authorized, RequestCtx};
 use crate::forward::{forward, strip_response};
-use crate::h1;
-use crate::limit::Held;
-use crate::lingering_close::LingerOnClose;
-use crate::metrics::Metrics;
 use crate::path::{self, BadEncoding};
 use crate::problem::Refusal;
 use crate::routes::{Route, RouteMiss, Target};
+use crate::service::{Services, X_REQUEST_ID};
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
-use idgate_auth::{AuthFailure, Principal};
-
-/// An upstream's response body: from hyper's client (`http2 = true`, `client = "hyper"`;
-/// holding its place under the upstream's cap), or from the gateway's own HTTP/1.1 client.
-pub type UpstreamResponseBody = Either<Held<Incoming>, h1::ResponseBody>;
-
-/// What the gateway answers with: the upstream's body, or one of its own.
-pub type ProxyBody = Either<UpstreamResponseBody, Full<Bytes>>;
-
-pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// What the connection established, shared by all its requests.
-#[derive(Debug)]
-pub struct ConnInfo {
-    pub peer: Option<SpiffeId>,
-    pub remote: SocketAddr,
-    /// The client's IP as a header value, made once per connection for `x-forwarded-for`.
-    pub remote_ip: HeaderValue,
-    /// Whether the peer is one of `listener.trusted_proxies`, whose forwarding headers are
-    /// passed on.
-    pub trusted_proxy: bool,
-    /// RFC 8705 thumbprint of the client certificate (`x5t#S256`), for bound tokens.
-    pub cert_thumbprint: Option<String>,
-    /// Asked for when an HTTP/1.1 answer leaves the caller still sending.
-    pub(crate) linger_on_close: LingerOnClose,
-}
-
-/// Request IDs: a random per-process prefix and a counter — unique, cheap, unguessable
-/// across restarts.
-#[derive(Debug)]
-pub struct RequestIds {
-    prefix: u64,
-    counter: AtomicU64,
-}
-
-impl RequestIds {
-    pub fn new() -> Self {
-        let mut seed = [0u8; 16];
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
-        let (a, b) = seed.split_at(8);
-        Self {
-            prefix: u64::from_le_bytes(a.try_into().unwrap_or_default()),
-            counter: AtomicU64::new(u64::from_le_bytes(b.try_into().unwrap_or_default())),
-        }
-    }
-
-    pub(crate) fn next(&self) -> HeaderValue {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let mut buf = [0u8; 32];
-        hex_into(&mut buf[..16], self.prefix);
-        hex_into(&mut buf[16..], n);
-        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
-    }
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-fn hex_into(out: &mut [u8], v: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
-    }
-}
-
-/// A caller's own request id is kept when it is short and plain, so it can tie their logs
-/// to ours; anything else is replaced.
-pub(crate) fn valid_request_id(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
-    (1..=128).contains(&b.len())
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
-}
-
-/// What every request shares, whatever the configuration snapshot.
-/// All request bodies buffered at once (for signature schemes), in KiB: 256 MiB.
-pub(crate) const BODY_BUDGET_KIB: u32 = 256 * 1024;
-
-#[derive(Debug)]
-pub struct Services {
-    pub ids: RequestIds,
-    pub metrics: Arc<Metrics>,
-    pub failed_attempts: FailedAttempts,
-    /// Where each request's record goes; `None` when the log filter leaves access lines out.
-    pub access_log: Option<Arc<AccessLog>>,
-    /// Bounds the memory of buffered request bodies, in KiB.
-    pub(crate) body_budget: tokio::sync::Semaphore,
-    /// The route label of requests that match no route.
-    pub(crate) route_none: Arc<str>,
-}
-
-impl Default for Services {
-    fn default() -> Self {
-        Self::new(None)
-    }
-}
-
-impl Services {
-    pub fn new(access_log: Option<Arc<AccessLog>>) -> Self {
-        let mut metrics = Metrics::new();
-        metrics.count_access_log_drops(
-            access_log
-                .as_ref()
-                .map_or_else(Default::default, |log| log.dropped().clone()),
-        );
-        Self {
-            ids: RequestIds::default(),
-            metrics: Arc::new(metrics),
-            failed_attempts: FailedAttempts::default(),
-            access_log,
-            body_budget: tokio::sync::Semaphore::new(BODY_BUDGET_KIB as usize),
-            route_none: "-".into(),
-        }
-    }
-
-    /// Counts a failed authentication attempt against its source and turns the failure into
-    /// the refusal the caller sees.
-    fn auth_failed(&self, conn: &ConnInfo, failure: AuthFailure) -> Refusal {
-        if failure.is_failed_attempt() {
-            self.failed_attempt(conn, failure.slug());
-        }
-        Refusal::Auth(failure)
-    }
-
-    /// Records a wrong credential from the connection's source.
-    fn failed_attempt(&self, conn: &ConnInfo, reason: &'static str) {
-        let n = self.failed_attempts.record(conn.remote.ip().to_canonical());
-        self.metrics.auth_failed(reason);
-        tracing::info!(remote = %conn.remote.ip(), reason, failures_in_window = n, "authentication failed");
-    }
-}
 
 /// Runs one request through the pipeline. Never fails: refusals become problem responses.
 pub async fn handle(
@@ -447,20 +309,4 @@ fn linger(body: Incoming, expects_continue: bool, conn: &Arc<ConnInfo>) -> bool 
         }
     });
     whole
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_32_hex_chars_and_distinct() {
-        let ids = RequestIds::new();
-        let a = ids.next();
-        let b = ids.next();
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, b);
-        assert!(valid_request_id(&a));
-        assert!(!valid_request_id(&HeaderValue::from_static("a b")));
-    }
 }

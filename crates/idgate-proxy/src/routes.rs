@@ -233,11 +233,11 @@ impl RouteTable {
                         rc.path
                     ));
                 }
-                Err(refusal) => {
+                Err(e) => {
                     return Err(format!(
                         "routes[{i}].path: \"{}\" could never match: requests with such a path are refused ({})",
                         rc.path,
-                        refusal.slug()
+                        crate::problem::Refusal::from(e).slug()
                     ));
                 }
             }
