@@ -14,15 +14,17 @@
 //!                 → one Caller                         (401 with a challenge, or 400)
 //!   5. authorize  one principal on the route's allow list holding the method's scopes
 //!                                                             (403, default deny)
-//!   6. body       no body on a GET (HEAD, OPTIONS, DELETE) unless the route allows one (400)
+//!   6. guards     the route's guards on the request (guards.rs), compiled from its
+//!                 configuration: today no body on a GET (HEAD, OPTIONS, DELETE) unless
+//!                 the route allows one                                       (400)
 //!   7. forward    (forward.rs) strip hop-by-hop headers and the caller's credentials,
 //!                 inject or sign with the upstream credential (503 when it cannot be produced), set
 //!                 x-request-id and x-forwarded-for (appended to only for a trusted proxy),
 //!                 call the upstream with its timeouts
 //!                                                             (502 / 504)
-//!   8. respond    strip hop-by-hop headers; add the context's response headers and
-//!                 x-request-id
-//!   9. record     the context becomes the request's record: access log, metrics
+//!   8. guards     the route's guards on the upstream's response; strip hop-by-hop headers
+//!   9. respond    add the context's response headers and x-request-id
+//!  10. record     the context becomes the request's record: access log, metrics
 //! ```
 //!
 //! Each stage is a small function that reads and writes the request's [`RequestCtx`] and
@@ -41,6 +43,7 @@ use idgate_auth::Principal;
 use crate::access_log::Decision;
 use crate::authn;
 use crate::body::ProxyBody;
+use crate::checks;
 use crate::conn::ConnInfo;
 use crate::ctx::{Authorized, RequestCtx};
 use crate::forward::{forward, strip_response};
@@ -90,9 +93,9 @@ async fn stages(
     };
     authenticate(ctx, route, &req).await?;
     authorize(ctx, route, &req)?;
-    refuse_unexpected_body(ctx, route, upstream, &req).await?;
+    guard_request(ctx, route, upstream, &req).await?;
     let resp = forward(ctx, upstream, req).await?;
-    Ok(strip_response(resp))
+    guard_response(ctx, route, strip_response(resp)).await
 }
 
 /// Stage 2: a built-in target's paths are its own, whatever the configured routes.
@@ -189,25 +192,29 @@ fn authorize(
     Ok(())
 }
 
-/// Stage 6: refused before anything goes upstream, because an upstream that ignores the
-/// body of a GET would read it as the next request on its connection.
-async fn refuse_unexpected_body(
+/// Stage 6: the route's guards on the request, before anything goes upstream.
+async fn guard_request(
     ctx: &mut RequestCtx<'_>,
     route: &Route,
     upstream: &Upstream,
     req: &http::request::Parts,
 ) -> Result<(), Refusal> {
-    if !route.allow_body
-        && idgate_config::body_needs_opt_in(&req.method)
-        && let Some(body) = ctx.body.as_mut()
-        && carries_body(body)
-        && !turns_out_empty(body, upstream.request_timeout).await
-    {
-        return Err(Refusal::BodyNotAllowed {
-            method: req.method.clone(),
-        });
+    for guard in route.guards.on_request() {
+        checks::on_request(*guard, ctx, upstream, req).await?;
     }
     Ok(())
+}
+
+/// Stage 8: the route's guards on the upstream's response, before it goes back.
+async fn guard_response(
+    ctx: &mut RequestCtx<'_>,
+    route: &Route,
+    mut resp: Response<ProxyBody>,
+) -> Result<Response<ProxyBody>, Refusal> {
+    for guard in route.guards.on_response() {
+        checks::on_response(*guard, ctx, &mut resp).await?;
+    }
+    Ok(resp)
 }
 
 /// A refusal becomes its problem response; the body nobody read is read away beside it.
@@ -235,31 +242,12 @@ fn refuse(ctx: &mut RequestCtx<'_>, refusal: Refusal) -> Response<ProxyBody> {
     resp
 }
 
-/// Stage 8: the headers stages add to the answer, whoever made it.
+/// Stage 9: the headers stages add to the answer, whoever made it.
 fn respond(ctx: &mut RequestCtx<'_>, resp: &mut Response<ProxyBody>) {
     if !ctx.response_headers.is_empty() {
         let added = std::mem::take(&mut ctx.response_headers);
         resp.headers_mut().extend(added);
     }
-}
-
-/// Whether a request has a body: an announced length of 0 is none, a chunked body is one
-/// even before its first chunk.
-fn carries_body(body: &Incoming) -> bool {
-    use http_body::Body as _;
-    !body.is_end_stream() && body.size_hint().exact() != Some(0)
-}
-
-/// Whether a body of unknown length ends with no data, which some clients send with a `GET`
-/// (an HTTP/2 DATA frame with END_STREAM and nothing in it, a chunked body of one `0`
-/// chunk). It is read with room for nothing, within `wait`; a byte of data is a body.
-async fn turns_out_empty(body: &mut Incoming, wait: Duration) -> bool {
-    use http_body::Body as _;
-    body.size_hint().exact().is_none()
-        && matches!(
-            tokio::time::timeout(wait, crate::ctx::read_whole(body, 0)).await,
-            Ok(Ok(bytes)) if bytes.is_empty()
-        )
 }
 
 /// How much of a refused request's body is read and thrown away, and for how long at most.
