@@ -19,7 +19,7 @@ use idgate_auth::{AuthFailure, Caller, Principal, TokenIdentity};
 use idgate_config::Config;
 use idgate_tls::SpiffeId;
 
-use crate::pipeline::ConnInfo;
+use crate::conn::ConnInfo;
 use crate::routes::Route;
 
 /// The verifiers of the API key and JWT layers, built per configuration snapshot.

@@ -15,10 +15,11 @@ use idgate_auth::{Caller, Principal};
 use tokio::sync::SemaphorePermit;
 
 use crate::access_log::{Decision, Record};
+use crate::conn::ConnInfo;
 use crate::h1::RequestBody;
-use crate::pipeline::{BODY_BUDGET_KIB, ConnInfo, Services};
 use crate::problem::Refusal;
 use crate::routes::{PathParams, Route};
+use crate::service::{BODY_BUDGET_KIB, Services};
 use crate::snapshot::Snapshot;
 
 /// Which of the caller's principals authorization accepted.
@@ -84,8 +85,8 @@ impl<'r> RequestCtx<'r> {
         parts: &http::request::Parts,
         body: Incoming,
     ) -> Self {
-        let request_id = match parts.headers.get(&crate::pipeline::X_REQUEST_ID) {
-            Some(v) if crate::pipeline::valid_request_id(v) => v.clone(),
+        let request_id = match parts.headers.get(&crate::service::X_REQUEST_ID) {
+            Some(v) if crate::service::valid_request_id(v) => v.clone(),
             _ => services.ids.next(),
         };
         Self {

@@ -12,11 +12,12 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 
+use crate::body::{ProxyBody, UpstreamResponseBody};
 use crate::ctx::{CredentialUse, RequestCtx};
 use crate::h1::{self, RequestBody};
 use crate::limit::{Held, Saturated};
-use crate::pipeline::{ProxyBody, Services, UpstreamResponseBody, X_REQUEST_ID};
 use crate::problem::Refusal;
+use crate::service::{Services, X_REQUEST_ID};
 use crate::upstream::Upstream;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::access_log::AccessLog;
 use crate::listener::{ListenerShared, accept_loop};
 use crate::metrics::Metrics;
-use crate::pipeline::Services;
+use crate::service::Services;
 use crate::snapshot::Snapshot;
 
 /// How long in-flight requests get to finish after a shutdown signal.

@@ -10,8 +10,8 @@
 //! socket closed.
 //!
 //! The caller may still be sending when the pipeline said so (an answer given before the
-//! request body was read, see [`LingerOnClose`]) or when bytes are waiting to be read at the
-//! close. A connection that closes normally costs one read attempt at most, none when the
+//! request body was read, see [`crate::conn::LingerOnClose`]) or when bytes are waiting to
+//! be read at the close. A connection that closes normally costs one read attempt at most, none when the
 //! caller closed first. The lingering happens inside the connection's task, so a lingering
 //! connection keeps its place under `max_connections` and `max_connections_per_ip`, and the
 //! bounds above keep it well inside the shutdown drain.
@@ -20,14 +20,13 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::pipeline::ConnInfo;
+use crate::conn::ConnInfo;
 
 /// How long and how much a closing connection reads of what its caller still sends.
 #[derive(Debug, Clone, Copy)]
@@ -49,21 +48,6 @@ impl Bounds {
         silence: Duration::from_secs(1),
         bytes: 16 * 1024 * 1024,
     };
-}
-
-/// Set when an answer goes out on an HTTP/1.1 connection that is to close while its caller
-/// may still be sending the request body.
-#[derive(Debug, Default)]
-pub(crate) struct LingerOnClose(AtomicBool);
-
-impl LingerOnClose {
-    pub(crate) fn request(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    fn requested(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 /// How one connection is closed.
@@ -248,6 +232,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for LingeringClose<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::LingerOnClose;
     use http::HeaderValue;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 

@@ -19,10 +19,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::lingering_close::{Bounds, LingerOnClose, LingeringClose};
+use crate::conn::{ConnInfo, LingerOnClose};
+use crate::lingering_close::{Bounds, LingeringClose};
 use crate::metrics::Metrics;
-use crate::pipeline::{ConnInfo, Services, handle};
+use crate::pipeline::handle;
 use crate::send_timeout::{SendDeadline, Sending, StreamExecutor};
+use crate::service::Services;
 use crate::snapshot::Snapshot;
 
 /// What every connection task of the listener shares.

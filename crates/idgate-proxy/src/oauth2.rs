@@ -18,7 +18,7 @@ use http::{Request, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use idgate_secrets::{ExposeSecret, SecretError, SecretRef};
 
-use crate::upstream::UpstreamClient;
+use crate::body::UpstreamClient;
 
 pub type TokenClient = UpstreamClient;
 

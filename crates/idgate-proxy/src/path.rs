@@ -15,10 +15,10 @@
 //!   `{`, `|`, `}`) are escaped.
 //!
 //! What an upstream could still read in more than one way is refused with
-//! [`Refusal::AmbiguousPath`]: `.` and `..` segments (escaped ones included), empty segments,
+//! [`PathError::Ambiguous`]: `.` and `..` segments (escaped ones included), empty segments,
 //! `;`, `\`, and escaped `/`, `\`, `;`, `%` or NUL. Raw bytes outside ASCII, broken escapes
 //! and escapes whose bytes are not UTF-8 (overlong forms, lone continuation bytes,
-//! surrogates) are refused with [`Refusal::InvalidEncoding`].
+//! surrogates) are refused with [`PathError::Encoding`]. `problem.rs` maps each to its answer.
 //!
 //! The query string is not rewritten: it takes no part in routing, and decoding it would
 //! change what `&`, `=` and `+` mean to the upstream. It is forwarded as received, but must
@@ -33,7 +33,18 @@ use std::fmt::Write as _;
 use http::Uri;
 use http::uri::PathAndQuery;
 
-use crate::problem::Refusal;
+/// Why a request target has no canonical form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathError {
+    /// Not a path that starts with `/` (`*`, an authority): it names no route.
+    NotAbsolute,
+    /// A form that could be read one way here and another way upstream.
+    Ambiguous,
+    /// A byte or escape the encoding rules refuse.
+    Encoding(BadEncoding),
+    /// The canonical path could not be put back into the request target.
+    Rebuild(String),
+}
 
 /// Which rule of the encoding a request target breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,11 +72,11 @@ pub fn has_non_ascii_escape(path: &str) -> bool {
 
 /// Rewrites the request target's path into its canonical form, in place, and checks the
 /// query string. Nothing is allocated when the path is canonical already.
-pub fn canonicalize(uri: &mut Uri) -> Result<(), Refusal> {
+pub fn canonicalize(uri: &mut Uri) -> Result<(), PathError> {
     if let Some(query) = uri.query()
         && !query.is_ascii()
     {
-        return Err(Refusal::InvalidEncoding(BadEncoding::NonAsciiQuery));
+        return Err(PathError::Encoding(BadEncoding::NonAsciiQuery));
     }
     let path = match canonical(uri.path())? {
         Cow::Borrowed(_) => return Ok(()),
@@ -82,17 +93,15 @@ pub fn canonicalize(uri: &mut Uri) -> Result<(), Refusal> {
             parts.path_and_query = Some(pq);
             Uri::from_parts(parts).map_err(http::Error::from)
         });
-    *uri = rebuilt.map_err(|e| Refusal::Internal {
-        reason: format!("canonical path rejected: {e}"),
-    })?;
+    *uri = rebuilt.map_err(|e| PathError::Rebuild(format!("canonical path rejected: {e}")))?;
     Ok(())
 }
 
 /// The canonical form of a request path, borrowed when the path is canonical already.
 /// A path that does not start with `/` (`*`, an authority) matches no route.
-pub fn canonical(path: &str) -> Result<Cow<'_, str>, Refusal> {
+pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
-        return Err(Refusal::NoRoute);
+        return Err(PathError::NotAbsolute);
     }
     let canonical = canonical_text(path)?;
     check_segments(&canonical)?;
@@ -102,9 +111,9 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, Refusal> {
 /// The canonical form of a route's path template: its literal text canonicalised, its
 /// parameters (`{id}`, `{*rest}`) kept. A template that differs from its canonical form
 /// could never match a request; one that is refused matches none either.
-pub fn canonical_template(template: &str) -> Result<Cow<'_, str>, Refusal> {
+pub fn canonical_template(template: &str) -> Result<Cow<'_, str>, PathError> {
     if !template.starts_with('/') {
-        return Err(Refusal::NoRoute);
+        return Err(PathError::NotAbsolute);
     }
     let mut out: Option<String> = None;
     let mut rest = template;
@@ -155,7 +164,7 @@ fn split_param(s: &str) -> (Cow<'_, str>, usize, usize) {
 
 /// Rewrites escapes and raw characters; the structure of segments is left to
 /// [`check_segments`]. Allocates only from the first byte that changes.
-fn canonical_text(path: &str) -> Result<Cow<'_, str>, Refusal> {
+fn canonical_text(path: &str) -> Result<Cow<'_, str>, PathError> {
     let b = path.as_bytes();
     let mut out: Option<String> = None;
     let mut i = 0;
@@ -170,7 +179,7 @@ fn canonical_text(path: &str) -> Result<Cow<'_, str>, Refusal> {
                 } else if matches!(v, b'/' | b'\\' | b';' | b'%' | 0) {
                     // An upstream that decodes these would split, join or cut segments
                     // differently from the route that matched.
-                    return Err(Refusal::AmbiguousPath);
+                    return Err(PathError::Ambiguous);
                 } else if v.is_ascii() {
                     keep_escape(&mut out, path, i, v);
                     i += 3;
@@ -180,12 +189,12 @@ fn canonical_text(path: &str) -> Result<Cow<'_, str>, Refusal> {
                     for (k, slot) in seq.iter_mut().enumerate().take(width).skip(1) {
                         let at = i + 3 * k;
                         if b.get(at) != Some(&b'%') {
-                            return Err(Refusal::InvalidEncoding(BadEncoding::NotUtf8));
+                            return Err(PathError::Encoding(BadEncoding::NotUtf8));
                         }
                         *slot = escaped(b, at)?;
                     }
                     if width == 0 || std::str::from_utf8(&seq[..width]).is_err() {
-                        return Err(Refusal::InvalidEncoding(BadEncoding::NotUtf8));
+                        return Err(PathError::Encoding(BadEncoding::NotUtf8));
                     }
                     for (k, &byte) in seq[..width].iter().enumerate() {
                         keep_escape(&mut out, path, i + 3 * k, byte);
@@ -195,8 +204,8 @@ fn canonical_text(path: &str) -> Result<Cow<'_, str>, Refusal> {
             }
             // `;` starts path parameters that servlet-style upstreams strip (`/..;/` is
             // `/../` to them); a backslash is a separator to some servers.
-            b'\\' | b';' => return Err(Refusal::AmbiguousPath),
-            0x80.. => return Err(Refusal::InvalidEncoding(BadEncoding::NonAsciiPath)),
+            b'\\' | b';' => return Err(PathError::Ambiguous),
+            0x80.. => return Err(PathError::Encoding(BadEncoding::NonAsciiPath)),
             c if !allowed_raw(c) => {
                 push_escape(changed(&mut out, path, i), c);
                 i += 1;
@@ -213,11 +222,11 @@ fn canonical_text(path: &str) -> Result<Cow<'_, str>, Refusal> {
 }
 
 /// The byte of the escape at `b[at]` (a `%`).
-fn escaped(b: &[u8], at: usize) -> Result<u8, Refusal> {
+fn escaped(b: &[u8], at: usize) -> Result<u8, PathError> {
     let hex = |i: usize| b.get(i).and_then(|&c| char::from(c).to_digit(16));
     match (hex(at + 1), hex(at + 2)) {
         (Some(hi), Some(lo)) => Ok((hi * 16 + lo) as u8),
-        _ => Err(Refusal::InvalidEncoding(BadEncoding::MalformedEscape)),
+        _ => Err(PathError::Encoding(BadEncoding::MalformedEscape)),
     }
 }
 
@@ -282,7 +291,7 @@ fn utf8_width(lead: u8) -> usize {
 
 /// Segments between slashes: none empty, `.` or `..`. A trailing slash is fine (templates
 /// use them).
-fn check_segments(path: &str) -> Result<(), Refusal> {
+fn check_segments(path: &str) -> Result<(), PathError> {
     let inner = &path[1..];
     let inner = inner.strip_suffix('/').unwrap_or(inner);
     if !inner.is_empty()
@@ -290,7 +299,7 @@ fn check_segments(path: &str) -> Result<(), Refusal> {
             .split('/')
             .any(|s| s.is_empty() || s == "." || s == "..")
     {
-        return Err(Refusal::AmbiguousPath);
+        return Err(PathError::Ambiguous);
     }
     Ok(())
 }
@@ -302,7 +311,7 @@ mod tests {
     fn canon(p: &str) -> Result<String, String> {
         canonical(p)
             .map(Cow::into_owned)
-            .map_err(|r| r.slug().to_owned())
+            .map_err(|r| crate::problem::Refusal::from(r).slug().to_owned())
     }
 
     #[test]
@@ -415,7 +424,7 @@ mod tests {
         let mut uri: Uri = "/a?q=caf\u{e9}".parse().unwrap();
         assert!(matches!(
             canonicalize(&mut uri),
-            Err(Refusal::InvalidEncoding(BadEncoding::NonAsciiQuery))
+            Err(PathError::Encoding(BadEncoding::NonAsciiQuery))
         ));
     }
 

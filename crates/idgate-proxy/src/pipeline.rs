@@ -14,180 +14,45 @@
 //!                 → one Caller                         (401 with a challenge, or 400)
 //!   5. authorize  one principal on the route's allow list holding the method's scopes
 //!                                                             (403, default deny)
-//!   6. body       no body on a GET (HEAD, OPTIONS, DELETE) unless the route allows one (400)
+//!   6. guards     the route's guards on the request (guards.rs), compiled from its
+//!                 configuration: today no body on a GET (HEAD, OPTIONS, DELETE) unless
+//!                 the route allows one                                       (400)
 //!   7. forward    (forward.rs) strip hop-by-hop headers and the caller's credentials,
 //!                 inject or sign with the upstream credential (503 when it cannot be produced), set
 //!                 x-request-id and x-forwarded-for (appended to only for a trusted proxy),
 //!                 call the upstream with its timeouts
 //!                                                             (502 / 504)
-//!   8. respond    strip hop-by-hop headers; add the context's response headers and
-//!                 x-request-id
-//!   9. record     the context becomes the request's record: access log, metrics
+//!   8. guards     the route's guards on the upstream's response; strip hop-by-hop headers
+//!   9. respond    add the context's response headers and x-request-id
+//!  10. record     the context becomes the request's record: access log, metrics
 //! ```
 //!
 //! Each stage is a small function that reads and writes the request's [`RequestCtx`] and
 //! either hands on or returns a [`Refusal`]; only `problem.rs` turns a refusal into a
 //! response. `docs/architecture.md` says how to add one.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
-use idgate_tls::SpiffeId;
+use idgate_auth::Principal;
 
-use crate::access_log::{AccessLog, Decision};
-use crate::authn::{self, FailedAttempts};
+use crate::access_log::Decision;
+use crate::authn;
+use crate::body::ProxyBody;
+use crate::checks;
+use crate::conn::ConnInfo;
 use crate::ctx::{Authorized, RequestCtx};
 use crate::forward::{forward, strip_response};
-use crate::h1;
-use crate::limit::Held;
-use crate::lingering_close::LingerOnClose;
-use crate::metrics::Metrics;
 use crate::path::{self, BadEncoding};
 use crate::problem::Refusal;
 use crate::routes::{Route, RouteMiss, Target};
+use crate::service::{Services, X_REQUEST_ID};
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
-use idgate_auth::{AuthFailure, Principal};
-
-/// An upstream's response body: from hyper's client (`http2 = true`, `client = "hyper"`;
-/// holding its place under the upstream's cap), or from the gateway's own HTTP/1.1 client.
-pub type UpstreamResponseBody = Either<Held<Incoming>, h1::ResponseBody>;
-
-/// What the gateway answers with: the upstream's body, or one of its own.
-pub type ProxyBody = Either<UpstreamResponseBody, Full<Bytes>>;
-
-pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// What the connection established, shared by all its requests.
-#[derive(Debug)]
-pub struct ConnInfo {
-    pub peer: Option<SpiffeId>,
-    pub remote: SocketAddr,
-    /// The client's IP as a header value, made once per connection for `x-forwarded-for`.
-    pub remote_ip: HeaderValue,
-    /// Whether the peer is one of `listener.trusted_proxies`, whose forwarding headers are
-    /// passed on.
-    pub trusted_proxy: bool,
-    /// RFC 8705 thumbprint of the client certificate (`x5t#S256`), for bound tokens.
-    pub cert_thumbprint: Option<String>,
-    /// Asked for when an HTTP/1.1 answer leaves the caller still sending.
-    pub(crate) linger_on_close: LingerOnClose,
-}
-
-/// Request IDs: a random per-process prefix and a counter — unique, cheap, unguessable
-/// across restarts.
-#[derive(Debug)]
-pub struct RequestIds {
-    prefix: u64,
-    counter: AtomicU64,
-}
-
-impl RequestIds {
-    pub fn new() -> Self {
-        let mut seed = [0u8; 16];
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
-        let (a, b) = seed.split_at(8);
-        Self {
-            prefix: u64::from_le_bytes(a.try_into().unwrap_or_default()),
-            counter: AtomicU64::new(u64::from_le_bytes(b.try_into().unwrap_or_default())),
-        }
-    }
-
-    pub(crate) fn next(&self) -> HeaderValue {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let mut buf = [0u8; 32];
-        hex_into(&mut buf[..16], self.prefix);
-        hex_into(&mut buf[16..], n);
-        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
-    }
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-fn hex_into(out: &mut [u8], v: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
-    }
-}
-
-/// A caller's own request id is kept when it is short and plain, so it can tie their logs
-/// to ours; anything else is replaced.
-pub(crate) fn valid_request_id(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
-    (1..=128).contains(&b.len())
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
-}
-
-/// What every request shares, whatever the configuration snapshot.
-/// All request bodies buffered at once (for signature schemes), in KiB: 256 MiB.
-pub(crate) const BODY_BUDGET_KIB: u32 = 256 * 1024;
-
-#[derive(Debug)]
-pub struct Services {
-    pub ids: RequestIds,
-    pub metrics: Arc<Metrics>,
-    pub failed_attempts: FailedAttempts,
-    /// Where each request's record goes; `None` when the log filter leaves access lines out.
-    pub access_log: Option<Arc<AccessLog>>,
-    /// Bounds the memory of buffered request bodies, in KiB.
-    pub(crate) body_budget: tokio::sync::Semaphore,
-    /// The route label of requests that match no route.
-    pub(crate) route_none: Arc<str>,
-}
-
-impl Default for Services {
-    fn default() -> Self {
-        Self::new(None)
-    }
-}
-
-impl Services {
-    pub fn new(access_log: Option<Arc<AccessLog>>) -> Self {
-        let mut metrics = Metrics::new();
-        metrics.count_access_log_drops(
-            access_log
-                .as_ref()
-                .map_or_else(Default::default, |log| log.dropped().clone()),
-        );
-        Self {
-            ids: RequestIds::default(),
-            metrics: Arc::new(metrics),
-            failed_attempts: FailedAttempts::default(),
-            access_log,
-            body_budget: tokio::sync::Semaphore::new(BODY_BUDGET_KIB as usize),
-            route_none: "-".into(),
-        }
-    }
-
-    /// Counts a failed authentication attempt against its source and turns the failure into
-    /// the refusal the caller sees.
-    fn auth_failed(&self, conn: &ConnInfo, failure: AuthFailure) -> Refusal {
-        if failure.is_failed_attempt() {
-            self.failed_attempt(conn, failure.slug());
-        }
-        Refusal::Auth(failure)
-    }
-
-    /// Records a wrong credential from the connection's source.
-    fn failed_attempt(&self, conn: &ConnInfo, reason: &'static str) {
-        let n = self.failed_attempts.record(conn.remote.ip().to_canonical());
-        self.metrics.auth_failed(reason);
-        tracing::info!(remote = %conn.remote.ip(), reason, failures_in_window = n, "authentication failed");
-    }
-}
 
 /// Runs one request through the pipeline. Never fails: refusals become problem responses.
 pub async fn handle(
@@ -228,9 +93,9 @@ async fn stages(
     };
     authenticate(ctx, route, &req).await?;
     authorize(ctx, route, &req)?;
-    refuse_unexpected_body(ctx, route, upstream, &req).await?;
+    guard_request(ctx, route, upstream, &req).await?;
     let resp = forward(ctx, upstream, req).await?;
-    Ok(strip_response(resp))
+    guard_response(ctx, route, strip_response(resp)).await
 }
 
 /// Stage 2: a built-in target's paths are its own, whatever the configured routes.
@@ -327,25 +192,29 @@ fn authorize(
     Ok(())
 }
 
-/// Stage 6: refused before anything goes upstream, because an upstream that ignores the
-/// body of a GET would read it as the next request on its connection.
-async fn refuse_unexpected_body(
+/// Stage 6: the route's guards on the request, before anything goes upstream.
+async fn guard_request(
     ctx: &mut RequestCtx<'_>,
     route: &Route,
     upstream: &Upstream,
     req: &http::request::Parts,
 ) -> Result<(), Refusal> {
-    if !route.allow_body
-        && idgate_config::body_needs_opt_in(&req.method)
-        && let Some(body) = ctx.body.as_mut()
-        && carries_body(body)
-        && !turns_out_empty(body, upstream.request_timeout).await
-    {
-        return Err(Refusal::BodyNotAllowed {
-            method: req.method.clone(),
-        });
+    for guard in route.guards.on_request() {
+        checks::on_request(*guard, ctx, upstream, req).await?;
     }
     Ok(())
+}
+
+/// Stage 8: the route's guards on the upstream's response, before it goes back.
+async fn guard_response(
+    ctx: &mut RequestCtx<'_>,
+    route: &Route,
+    mut resp: Response<ProxyBody>,
+) -> Result<Response<ProxyBody>, Refusal> {
+    for guard in route.guards.on_response() {
+        checks::on_response(*guard, ctx, &mut resp).await?;
+    }
+    Ok(resp)
 }
 
 /// A refusal becomes its problem response; the body nobody read is read away beside it.
@@ -373,31 +242,12 @@ fn refuse(ctx: &mut RequestCtx<'_>, refusal: Refusal) -> Response<ProxyBody> {
     resp
 }
 
-/// Stage 8: the headers stages add to the answer, whoever made it.
+/// Stage 9: the headers stages add to the answer, whoever made it.
 fn respond(ctx: &mut RequestCtx<'_>, resp: &mut Response<ProxyBody>) {
     if !ctx.response_headers.is_empty() {
         let added = std::mem::take(&mut ctx.response_headers);
         resp.headers_mut().extend(added);
     }
-}
-
-/// Whether a request has a body: an announced length of 0 is none, a chunked body is one
-/// even before its first chunk.
-fn carries_body(body: &Incoming) -> bool {
-    use http_body::Body as _;
-    !body.is_end_stream() && body.size_hint().exact() != Some(0)
-}
-
-/// Whether a body of unknown length ends with no data, which some clients send with a `GET`
-/// (an HTTP/2 DATA frame with END_STREAM and nothing in it, a chunked body of one `0`
-/// chunk). It is read with room for nothing, within `wait`; a byte of data is a body.
-async fn turns_out_empty(body: &mut Incoming, wait: Duration) -> bool {
-    use http_body::Body as _;
-    body.size_hint().exact().is_none()
-        && matches!(
-            tokio::time::timeout(wait, crate::ctx::read_whole(body, 0)).await,
-            Ok(Ok(bytes)) if bytes.is_empty()
-        )
 }
 
 /// How much of a refused request's body is read and thrown away, and for how long at most.
@@ -447,20 +297,4 @@ fn linger(body: Incoming, expects_continue: bool, conn: &Arc<ConnInfo>) -> bool 
         }
     });
     whole
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_32_hex_chars_and_distinct() {
-        let ids = RequestIds::new();
-        let a = ids.next();
-        let b = ids.next();
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, b);
-        assert!(valid_request_id(&a));
-        assert!(!valid_request_id(&HeaderValue::from_static("a b")));
-    }
 }

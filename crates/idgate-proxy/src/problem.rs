@@ -14,7 +14,7 @@ use http_body_util::Full;
 use idgate_auth::AuthFailure;
 
 use crate::access_log::Decision;
-use crate::path::BadEncoding;
+use crate::path::{BadEncoding, PathError};
 
 /// Where problem `type` URIs point; each is described in `docs/problems.md`.
 pub const PROBLEM_BASE: &str = "https://idgate.dev/problems/";
@@ -62,6 +62,17 @@ pub enum Refusal {
     Internal {
         reason: String,
     },
+}
+
+impl From<PathError> for Refusal {
+    fn from(e: PathError) -> Self {
+        match e {
+            PathError::NotAbsolute => Self::NoRoute,
+            PathError::Ambiguous => Self::AmbiguousPath,
+            PathError::Encoding(bad) => Self::InvalidEncoding(bad),
+            PathError::Rebuild(reason) => Self::Internal { reason },
+        }
+    }
 }
 
 struct Kind {

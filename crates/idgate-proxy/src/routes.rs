@@ -11,6 +11,7 @@ use http::header::HeaderValue;
 use idgate_auth::{AllowEntry, RouteAuth, ScopeRule};
 use idgate_config::{RouteConfig, fold_template};
 
+use crate::guards::Guards;
 use crate::path;
 
 /// What answers a route's requests.
@@ -34,8 +35,9 @@ pub struct Route {
     pub allow: Vec<AllowEntry>,
     pub auth: RouteAuth,
     pub scopes: ScopeRule,
-    /// Whether a `GET`, `HEAD`, `OPTIONS` or `DELETE` request may carry a body.
-    pub allow_body: bool,
+    /// The checks the route runs on the request and the response, compiled from its
+    /// configuration.
+    pub guards: Guards,
     /// The names of the template's parameters, in order.
     params: Box<[Box<str>]>,
 }
@@ -233,11 +235,11 @@ impl RouteTable {
                         rc.path
                     ));
                 }
-                Err(refusal) => {
+                Err(e) => {
                     return Err(format!(
                         "routes[{i}].path: \"{}\" could never match: requests with such a path are refused ({})",
                         rc.path,
-                        refusal.slug()
+                        crate::problem::Refusal::from(e).slug()
                     ));
                 }
             }
@@ -261,7 +263,7 @@ impl RouteTable {
                 allow: rc.allow.clone(),
                 auth: rc.auth.clone(),
                 scopes: rc.scopes.clone(),
-                allow_body: rc.allow_body,
+                guards: Guards::compile(rc),
                 params: template_params(&rc.path),
             });
         }
@@ -280,7 +282,7 @@ impl RouteTable {
                 allow: Vec::new(),
                 auth: RouteAuth::default(),
                 scopes: ScopeRule::default(),
-                allow_body: true,
+                guards: Guards::default(),
                 params: Box::default(),
             }),
         })

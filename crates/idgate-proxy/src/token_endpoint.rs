@@ -25,7 +25,7 @@ use idgate_tls::SpiffeId;
 use subtle::ConstantTimeEq;
 
 use crate::access_log::Decision;
-use crate::pipeline::ConnInfo;
+use crate::conn::ConnInfo;
 
 pub const TOKEN_PATH: &str = "/oauth2/token";
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";

@@ -4,27 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use idgate_config::{ClientKind, UpstreamConfig};
 use rustls::RootCertStore;
 
+use crate::body::UpstreamClient;
 use crate::credential::Credential;
 use crate::h1;
 use crate::limit::ConnLimit;
 use rustls::crypto::CryptoProvider;
-
-/// The body sent upstream: the caller's body streamed through, or buffered (when a signature
-/// scheme needs all of it, or for the gateway's own requests).
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
-
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 #[derive(Debug)]
 pub struct Upstream {

@@ -1,0 +1,40 @@
+//! What a connection established, shared by all its requests: the peer's SPIFFE ID, its
+//! address, whether it is a trusted proxy, its certificate's thumbprint, and the flag by
+//! which a request asks the connection to linger on close.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::header::HeaderValue;
+use idgate_tls::SpiffeId;
+
+/// What the connection established, shared by all its requests.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: Option<SpiffeId>,
+    pub remote: SocketAddr,
+    /// The client's IP as a header value, made once per connection for `x-forwarded-for`.
+    pub remote_ip: HeaderValue,
+    /// Whether the peer is one of `listener.trusted_proxies`, whose forwarding headers are
+    /// passed on.
+    pub trusted_proxy: bool,
+    /// RFC 8705 thumbprint of the client certificate (`x5t#S256`), for bound tokens.
+    pub cert_thumbprint: Option<String>,
+    /// Asked for when an HTTP/1.1 answer leaves the caller still sending.
+    pub(crate) linger_on_close: LingerOnClose,
+}
+
+/// Set when an answer goes out on an HTTP/1.1 connection that is to close while its caller
+/// may still be sending the request body (see `lingering_close.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct LingerOnClose(AtomicBool);
+
+impl LingerOnClose {
+    pub(crate) fn request(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn requested(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}

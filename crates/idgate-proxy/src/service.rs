@@ -1,0 +1,140 @@
+//! What every request shares whatever the configuration snapshot: request ids, metrics,
+//! the failed-attempt counter, the access log and the budget for buffered bodies.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{HeaderName, HeaderValue};
+use idgate_auth::AuthFailure;
+
+use crate::access_log::AccessLog;
+use crate::authn::FailedAttempts;
+use crate::conn::ConnInfo;
+use crate::metrics::Metrics;
+use crate::problem::Refusal;
+
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request IDs: a random per-process prefix and a counter — unique, cheap, unguessable
+/// across restarts.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new() -> Self {
+        let mut seed = [0u8; 16];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
+        let (a, b) = seed.split_at(8);
+        Self {
+            prefix: u64::from_le_bytes(a.try_into().unwrap_or_default()),
+            counter: AtomicU64::new(u64::from_le_bytes(b.try_into().unwrap_or_default())),
+        }
+    }
+
+    pub(crate) fn next(&self) -> HeaderValue {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 32];
+        hex_into(&mut buf[..16], self.prefix);
+        hex_into(&mut buf[16..], n);
+        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn hex_into(out: &mut [u8], v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+/// A caller's own request id is kept when it is short and plain, so it can tie their logs
+/// to ours; anything else is replaced.
+pub(crate) fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    (1..=128).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+}
+
+/// All request bodies buffered at once (for signature schemes), in KiB: 256 MiB.
+pub(crate) const BODY_BUDGET_KIB: u32 = 256 * 1024;
+
+/// What every request shares, whatever the configuration snapshot.
+#[derive(Debug)]
+pub struct Services {
+    pub ids: RequestIds,
+    pub metrics: Arc<Metrics>,
+    pub failed_attempts: FailedAttempts,
+    /// Where each request's record goes; `None` when the log filter leaves access lines out.
+    pub access_log: Option<Arc<AccessLog>>,
+    /// Bounds the memory of buffered request bodies, in KiB.
+    pub(crate) body_budget: tokio::sync::Semaphore,
+    /// The route label of requests that match no route.
+    pub(crate) route_none: Arc<str>,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl Services {
+    pub fn new(access_log: Option<Arc<AccessLog>>) -> Self {
+        let mut metrics = Metrics::new();
+        metrics.count_access_log_drops(
+            access_log
+                .as_ref()
+                .map_or_else(Default::default, |log| log.dropped().clone()),
+        );
+        Self {
+            ids: RequestIds::default(),
+            metrics: Arc::new(metrics),
+            failed_attempts: FailedAttempts::default(),
+            access_log,
+            body_budget: tokio::sync::Semaphore::new(BODY_BUDGET_KIB as usize),
+            route_none: "-".into(),
+        }
+    }
+
+    /// Counts a failed authentication attempt against its source and turns the failure into
+    /// the refusal the caller sees.
+    pub(crate) fn auth_failed(&self, conn: &ConnInfo, failure: AuthFailure) -> Refusal {
+        if failure.is_failed_attempt() {
+            self.failed_attempt(conn, failure.slug());
+        }
+        Refusal::Auth(failure)
+    }
+
+    /// Records a wrong credential from the connection's source.
+    pub(crate) fn failed_attempt(&self, conn: &ConnInfo, reason: &'static str) {
+        let n = self.failed_attempts.record(conn.remote.ip().to_canonical());
+        self.metrics.auth_failed(reason);
+        tracing::info!(remote = %conn.remote.ip(), reason, failures_in_window = n, "authentication failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_32_hex_chars_and_distinct() {
+        let ids = RequestIds::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        assert!(valid_request_id(&a));
+        assert!(!valid_request_id(&HeaderValue::from_static("a b")));
+    }
+}
