@@ -469,12 +469,19 @@ fn status_error(status: StatusCode, body: &[u8]) -> VaultError {
     }
 }
 
+/// Why a login credential (a token, a `role_id` or `secret_id`) could not be read.
+#[derive(Debug, thiserror::Error)]
+enum LoginSecretError {
+    #[error(transparent)]
+    Secret(#[from] crate::SecretError),
+    #[error("the task reading it failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Reads a secret reference on a blocking thread (files and tokens block).
-async fn resolve(source: &SecretRef) -> Result<SecretString, String> {
+async fn resolve(source: &SecretRef) -> Result<SecretString, LoginSecretError> {
     let source = source.clone();
-    tokio::task::spawn_blocking(move || source.resolve().map_err(|e| e.to_string()))
-        .await
-        .map_err(|e| e.to_string())?
+    Ok(tokio::task::spawn_blocking(move || source.resolve()).await??)
 }
 
 impl Inner {
