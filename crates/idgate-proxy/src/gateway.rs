@@ -21,7 +21,7 @@ use crate::access_log::AccessLog;
 use crate::listener::{ListenerShared, accept_loop};
 use crate::metrics::Metrics;
 use crate::pipeline::Services;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{BuildError, BuildProblem, Snapshot};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -54,8 +54,8 @@ pub struct Bound {
 
 impl Gateway {
     /// Loads the TLS material, the upstream clients and credentials. Blocking; every
-    /// problem is returned, each naming its file or section.
-    pub fn prepare(config: Config) -> Result<Self, Vec<String>> {
+    /// problem is returned, each naming the configuration file and the key at fault.
+    pub fn prepare(config: Config) -> Result<Self, Vec<BuildError>> {
         let provider = idgate_tls::crypto_provider();
         let spec = MaterialSpec {
             svid_cert: config.identity.svid_cert.clone(),
@@ -64,14 +64,22 @@ impl Gateway {
         };
         let mut errors = Vec::new();
         let material = TlsMaterial::load(spec, provider.clone())
-            .map_err(|errs| errors.extend(errs.into_iter().map(|e| format!("identity: {e}"))))
+            .map_err(|errs| {
+                errors.extend(errs.into_iter().map(|e| {
+                    BuildError::new(
+                        &config,
+                        identity_key(&config, &e),
+                        BuildProblem::Identity(e),
+                    )
+                }))
+            })
             .ok();
         // `vault:` references are read through the process-wide client: it must be in place
         // before the credentials load. A changed [vault] section takes effect at restart.
         if let Some(v) = &config.vault {
             match idgate_secrets::vault::VaultClient::new(v.clone()) {
                 Ok(client) => idgate_secrets::vault::install(client),
-                Err(e) => errors.push(format!("vault: {e}")),
+                Err(e) => errors.push(BuildError::new(&config, "vault", BuildProblem::Vault(e))),
             }
         }
         let roots = Arc::new(idgate_tls::roots::platform_roots().clone());
@@ -86,7 +94,13 @@ impl Gateway {
                 config.listener.tls_min_version,
                 config.listener.client_auth == ClientAuth::Required,
             )
-            .map_err(|e| vec![format!("listener: {e}")])?;
+            .map_err(|e| {
+                vec![BuildError::new(
+                    &config,
+                    "listener",
+                    BuildProblem::Listener(e),
+                )]
+            })?;
         Ok(Self {
             config,
             provider,
@@ -205,6 +219,24 @@ struct Reloader {
     restart_only: String,
 }
 
+/// The key of `[identity]` a TLS material problem is about, found by its file.
+fn identity_key(config: &Config, e: &idgate_tls::MaterialError) -> String {
+    let path = match e {
+        idgate_tls::MaterialError::Read { path, .. }
+        | idgate_tls::MaterialError::Invalid { path, .. } => path,
+    };
+    let id = &config.identity;
+    if *path == id.svid_cert {
+        "identity.svid_cert".to_owned()
+    } else if *path == id.svid_key {
+        "identity.svid_key".to_owned()
+    } else if let Some(i) = id.trust_bundles.iter().position(|(_, p)| p == path) {
+        format!("identity.trust_bundles[{i}].bundle")
+    } else {
+        "identity".to_owned()
+    }
+}
+
 /// The settings that take effect only at restart: the listener, the identity (paths and
 /// trust domains), the admin listener, logging, workers and Vault.
 fn restart_only(c: &Config) -> String {
@@ -245,7 +277,9 @@ impl Reloader {
                     tracing::warn!("{w}");
                 }
                 let needs_restart = restart_only(&config) != running;
-                Snapshot::build(&config, &roots, &provider).map(|s| (s, needs_restart))
+                Snapshot::build(&config, &roots, &provider)
+                    .map(|s| (s, needs_restart))
+                    .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())
             })
             .await;
             match built {

@@ -15,6 +15,7 @@ use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::errors::JwkError;
 use super::json;
 
 /// The largest token accepted, in bytes. Real access tokens are a few hundred bytes to a
@@ -156,7 +157,7 @@ impl Jwk {
 
     /// A P-256 public key from its uncompressed point `0x04 || x || y` (65 bytes, as
     /// `ring::signature::EcdsaKeyPair::public_key`).
-    pub fn p256(kid: impl Into<String>, uncompressed_point: &[u8]) -> Result<Self, String> {
+    pub fn p256(kid: impl Into<String>, uncompressed_point: &[u8]) -> Result<Self, JwkError> {
         match uncompressed_point {
             [0x04, xy @ ..] if xy.len() == 64 => Ok(Self {
                 kty: "EC".into(),
@@ -168,7 +169,7 @@ impl Jwk {
                 y: Some(URL_SAFE_NO_PAD.encode(&xy[32..])),
                 ..Self::default()
             }),
-            _ => Err("a P-256 public key is 65 bytes: 0x04, x, y".into()),
+            _ => Err(JwkError::P256PointLength),
         }
     }
 
@@ -222,11 +223,11 @@ impl fmt::Debug for VerifyingKey {
     }
 }
 
-fn b64(s: Option<&str>, what: &'static str) -> Result<Vec<u8>, String> {
-    let s = s.ok_or_else(|| format!("missing {what}"))?;
+fn b64(s: Option<&str>, what: &'static str) -> Result<Vec<u8>, JwkError> {
+    let s = s.ok_or(JwkError::Missing(what))?;
     URL_SAFE_NO_PAD
         .decode(s)
-        .map_err(|_| format!("{what} is not base64url"))
+        .map_err(|_| JwkError::NotBase64Url(what))
 }
 
 /// A big-endian integer without its leading zero bytes (ring wants them minimal; some
@@ -240,16 +241,16 @@ fn minimal(mut bytes: Vec<u8>) -> Vec<u8> {
 impl VerifyingKey {
     /// Checks a JWK: a signing key (`use`/`key_ops`) of a type and curve we verify, with
     /// well-formed public parameters. Private members (`d`, …) are not read.
-    pub(crate) fn from_jwk(jwk: &Jwk) -> Result<Self, String> {
+    pub(crate) fn from_jwk(jwk: &Jwk) -> Result<Self, JwkError> {
         if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
-            return Err("not a signing key (use is not \"sig\")".into());
+            return Err(JwkError::NotForSigning);
         }
         if jwk
             .key_ops
             .as_ref()
             .is_some_and(|ops| !ops.iter().any(|o| o == "verify"))
         {
-            return Err("not a verification key (key_ops lacks \"verify\")".into());
+            return Err(JwkError::NotForVerifying);
         }
         let material = match jwk.kty.as_str() {
             "RSA" => {
@@ -258,21 +259,21 @@ impl VerifyingKey {
                 // ring enforces the real bounds (2048..8192 bits) when verifying; refusing
                 // short keys here tells the operator early.
                 if n.len() < 256 {
-                    return Err("RSA modulus shorter than 2048 bits".into());
+                    return Err(JwkError::RsaModulusTooShort);
                 }
                 if e.is_empty() {
-                    return Err("RSA exponent is zero".into());
+                    return Err(JwkError::RsaExponentZero);
                 }
                 KeyMaterial::Rsa { n, e }
             }
             "EC" => {
                 if jwk.crv.as_deref() != Some("P-256") {
-                    return Err("unsupported EC curve (only P-256)".into());
+                    return Err(JwkError::UnsupportedEcCurve);
                 }
                 let x = b64(jwk.x.as_deref(), "x")?;
                 let y = b64(jwk.y.as_deref(), "y")?;
                 if x.len() != 32 || y.len() != 32 {
-                    return Err("P-256 coordinates must be 32 bytes each".into());
+                    return Err(JwkError::P256CoordinateLength);
                 }
                 let mut point = Vec::with_capacity(65);
                 point.push(0x04);
@@ -282,15 +283,15 @@ impl VerifyingKey {
             }
             "OKP" => {
                 if jwk.crv.as_deref() != Some("Ed25519") {
-                    return Err("unsupported OKP curve (only Ed25519)".into());
+                    return Err(JwkError::UnsupportedOkpCurve);
                 }
                 let x = b64(jwk.x.as_deref(), "x")?;
                 if x.len() != 32 {
-                    return Err("an Ed25519 public key is 32 bytes".into());
+                    return Err(JwkError::Ed25519KeyLength);
                 }
                 KeyMaterial::Ed25519(x)
             }
-            other => return Err(format!("unsupported key type {other:?}")),
+            other => return Err(JwkError::UnsupportedKeyType(other.to_owned())),
         };
         Ok(Self {
             kid: jwk.kid.clone(),
