@@ -246,6 +246,52 @@ fn restart_only(c: &Config) -> String {
     )
 }
 
+/// Why a reload was refused; the running configuration stays.
+#[derive(Debug)]
+enum ReloadRefused {
+    Invalid(idgate_config::ConfigErrors),
+    Unusable(Vec<BuildError>),
+}
+
+impl ReloadRefused {
+    /// Each problem as (file, key, reason).
+    fn problems(&self) -> Vec<(String, String, String)> {
+        match self {
+            Self::Invalid(errors) => errors
+                .0
+                .iter()
+                .map(|e| {
+                    (
+                        e.file.display().to_string(),
+                        e.key.clone(),
+                        e.reason.clone(),
+                    )
+                })
+                .collect(),
+            Self::Unusable(errors) => errors
+                .iter()
+                .map(|e| (e.file.display().to_string(), e.key.clone(), e.reason()))
+                .collect(),
+        }
+    }
+}
+
+/// Reads and builds the configuration in `file` for a reload. Blocking.
+fn rebuild(
+    file: &std::path::Path,
+    running: &str,
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<(Snapshot, bool), ReloadRefused> {
+    let config = idgate_config::load(file).map_err(ReloadRefused::Invalid)?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let restart = restart_only(&config) != running;
+    let snapshot = Snapshot::build(&config, roots, provider).map_err(ReloadRefused::Unusable)?;
+    Ok((snapshot, restart))
+}
+
 impl Reloader {
     async fn on_sighup(
         self,
@@ -261,6 +307,7 @@ impl Reloader {
             metrics,
             restart_only: running,
         } = self;
+        let running: Arc<str> = running.into();
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -270,18 +317,9 @@ impl Reloader {
             material.trigger();
             let (file, roots, provider) = (file.clone(), roots.clone(), provider.clone());
             let running = running.clone();
-            let built = tokio::task::spawn_blocking(move || {
-                let config = idgate_config::load(&file)
-                    .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-                for w in &config.warnings {
-                    tracing::warn!("{w}");
-                }
-                let needs_restart = restart_only(&config) != running;
-                Snapshot::build(&config, &roots, &provider)
-                    .map(|s| (s, needs_restart))
-                    .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())
-            })
-            .await;
+            let built =
+                tokio::task::spawn_blocking(move || rebuild(&file, &running, &roots, &provider))
+                    .await;
             match built {
                 Ok(Ok((new, needs_restart))) => {
                     new.start_background(&metrics);
@@ -295,13 +333,67 @@ impl Reloader {
                         );
                     }
                 }
-                Ok(Err(errors)) => {
-                    for e in errors {
-                        tracing::error!(problem = %e, "configuration reload refused; the running configuration stays");
+                Ok(Err(refused)) => {
+                    for (file, key, reason) in refused.problems() {
+                        let problem = if key.is_empty() {
+                            format!("{file}: {reason}")
+                        } else {
+                            format!("{file}: {key}: {reason}")
+                        };
+                        tracing::error!(
+                            %problem,
+                            %file,
+                            %key,
+                            %reason,
+                            "configuration reload refused; the running configuration stays"
+                        );
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "configuration reload task failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::snapshot::tests::{Dir, config};
+
+    #[test]
+    fn a_reload_that_cannot_be_used_names_file_key_and_reason() {
+        let dir = Dir::new("reload");
+        let running = restart_only(&config(&dir, ""));
+        // The file now names a CA file without a certificate: it validates, but the
+        // snapshot cannot be built.
+        dir.write("ca.pem", b"no certificate here\n");
+        let bad = config(&dir, "ca = \"ca.pem\"");
+        let roots = Arc::new(RootCertStore::empty());
+        let refused = match rebuild(&bad.file, &running, &roots, &idgate_tls::crypto_provider()) {
+            Ok(_) => panic!("the reload should be refused"),
+            Err(refused) => refused,
+        };
+        let problems = refused.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let (file, key, reason) = &problems[0];
+        assert_eq!(*file, bad.file.display().to_string());
+        assert_eq!(key, "upstreams[0].ca");
+        assert!(reason.contains("no CERTIFICATE block"), "{reason}");
+
+        // A file that does not validate names its key the same way.
+        dir.write("idgate.toml", b"frobnicate = true\n");
+        let refused = match rebuild(&bad.file, &running, &roots, &idgate_tls::crypto_provider()) {
+            Ok(_) => panic!("the reload should be refused"),
+            Err(refused) => refused,
+        };
+        assert!(
+            refused
+                .problems()
+                .iter()
+                .any(|(_, key, reason)| key == "frobnicate" && reason.contains("unknown key")),
+            "{:?}",
+            refused.problems()
+        );
     }
 }

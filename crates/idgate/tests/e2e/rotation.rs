@@ -710,6 +710,70 @@ async fn sighup_with_an_invalid_config_file_keeps_the_running_routes_and_says_wh
         problem.contains("frobnicate") && problem.contains(&*gw.config_path.to_string_lossy()),
         "the refusal should name the file and the key: {problem:?}"
     );
+    let field = |name: &str| {
+        refused()[0]
+            .get(name)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(field("file"), gw.config_path.to_string_lossy());
+    assert_eq!(field("key"), "frobnicate");
+    assert!(
+        field("reason").contains("unknown key"),
+        "{}",
+        field("reason")
+    );
+    assert_eq!(get_status(&onboarding, "/v1/kyc").await, 200);
+    assert_eq!(get_status(&onboarding, "/v1/extra").await, 200);
+    assert_eq!(get_status(&frontend, "/v1/kyc").await, 403);
+    assert_not_restarted(&mut gw);
+}
+
+#[tokio::test]
+async fn sighup_with_a_config_that_cannot_be_put_into_use_names_the_key_and_keeps_serving() {
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+    let (port, admin) = (free_port(), free_port());
+    let config = sighup_config(port, admin, &pki, &upstream, &[ONBOARDING], true);
+    let mut gw = Gateway::start(&config, port, admin, &[]).await;
+    let onboarding = Client::new(&pki, Some(ONBOARDING), port, false);
+    let frontend = Client::new(&pki, Some(FRONTEND), port, false);
+
+    // The file validates (the CA file exists), but holds no certificate: only building the
+    // upstream's client finds that out.
+    let ca = gw.config_path.with_file_name("not-a-ca.pem");
+    std::fs::write(&ca, "no certificate in here\n").unwrap();
+    let unusable = sighup_config(port, admin, &pki, &upstream, &[ONBOARDING, FRONTEND], false)
+        .replacen("url = ", &format!("ca = \"{}\"\nurl = ", ca.display()), 1);
+    replace_atomically(&gw.config_path, unusable.as_bytes());
+    gw.signal("HUP");
+    let refused = || {
+        log_lines(
+            &gw,
+            "idgate_proxy::gateway",
+            "configuration reload refused; the running configuration stays",
+        )
+    };
+    assert_eventually!(
+        !refused().is_empty(),
+        "the unusable configuration was not refused in the log:\n{}",
+        gw.output()
+    );
+    let field = |name: &str| {
+        refused()[0]
+            .get(name)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(field("file"), gw.config_path.to_string_lossy());
+    assert_eq!(field("key"), "upstreams[0].ca");
+    assert!(
+        field("reason").contains("no CERTIFICATE block"),
+        "{}",
+        field("reason")
+    );
     assert_eq!(get_status(&onboarding, "/v1/kyc").await, 200);
     assert_eq!(get_status(&onboarding, "/v1/extra").await, 200);
     assert_eq!(get_status(&frontend, "/v1/kyc").await, 403);
