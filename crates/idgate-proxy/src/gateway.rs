@@ -159,7 +159,7 @@ impl Gateway {
                 provider: self.provider.clone(),
                 material: watch_handle,
                 metrics: services.metrics.clone(),
-                restart_only: restart_only(cfg),
+                running: cfg.clone(),
             }
             .on_sighup(hup, stop_rx.clone()),
         );
@@ -215,8 +215,9 @@ struct Reloader {
     provider: Arc<CryptoProvider>,
     material: idgate_tls::watch::WatchHandle,
     metrics: Arc<Metrics>,
-    /// The settings a reload cannot change, as running.
-    restart_only: String,
+    /// The configuration the process started with: what a reload cannot change stays as
+    /// it says.
+    running: Config,
 }
 
 /// The key of `[identity]` a TLS material problem is about, found by its file.
@@ -237,13 +238,57 @@ fn identity_key(config: &Config, e: &idgate_tls::MaterialError) -> String {
     }
 }
 
-/// The settings that take effect only at restart: the listener, the identity (paths and
-/// trust domains), the admin listener, logging, workers and Vault.
-fn restart_only(c: &Config) -> String {
-    format!(
-        "{:?}|{:?}|{:?}|{:?}|{}|{:?}",
-        c.listener, c.identity, c.admin, c.log, c.workers, c.vault
-    )
+/// A part of the configuration that a reload leaves as it is: it takes effect at restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartOnly {
+    /// `[listener]`: the bound socket, TLS versions and connection limits.
+    Listener,
+    /// `[identity]`: the SVID's and trust bundles' files and trust domains (their contents
+    /// are reloaded).
+    Identity,
+    /// `[admin]`: the bound socket.
+    Admin,
+    /// `[log]`: the subscriber is installed once.
+    Log,
+    /// `workers`: the runtime's threads.
+    Workers,
+    /// `[vault]`: the process-wide client.
+    Vault,
+}
+
+impl RestartOnly {
+    /// The configuration key it stands for.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Listener => "listener",
+            Self::Identity => "identity",
+            Self::Admin => "admin",
+            Self::Log => "log",
+            Self::Workers => "workers",
+            Self::Vault => "vault",
+        }
+    }
+}
+
+impl std::fmt::Display for RestartOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+/// The parts of `new` that differ from `running` but take effect only at restart.
+pub fn restart_required(running: &Config, new: &Config) -> Vec<RestartOnly> {
+    [
+        (running.listener != new.listener, RestartOnly::Listener),
+        (running.identity != new.identity, RestartOnly::Identity),
+        (running.admin != new.admin, RestartOnly::Admin),
+        (running.log != new.log, RestartOnly::Log),
+        (running.workers != new.workers, RestartOnly::Workers),
+        (running.vault != new.vault, RestartOnly::Vault),
+    ]
+    .into_iter()
+    .filter_map(|(changed, part)| changed.then_some(part))
+    .collect()
 }
 
 /// Why a reload was refused; the running configuration stays.
@@ -279,15 +324,15 @@ impl ReloadRefused {
 /// Reads and builds the configuration in `file` for a reload. Blocking.
 fn rebuild(
     file: &std::path::Path,
-    running: &str,
+    running: &Config,
     roots: &Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
-) -> Result<(Snapshot, bool), ReloadRefused> {
+) -> Result<(Snapshot, Vec<RestartOnly>), ReloadRefused> {
     let config = idgate_config::load(file).map_err(ReloadRefused::Invalid)?;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let restart = restart_only(&config) != running;
+    let restart = restart_required(running, &config);
     let snapshot = Snapshot::build(&config, roots, provider).map_err(ReloadRefused::Unusable)?;
     Ok((snapshot, restart))
 }
@@ -305,9 +350,9 @@ impl Reloader {
             provider,
             material,
             metrics,
-            restart_only: running,
+            running,
         } = self;
-        let running: Arc<str> = running.into();
+        let running = Arc::new(running);
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -321,15 +366,16 @@ impl Reloader {
                 tokio::task::spawn_blocking(move || rebuild(&file, &running, &roots, &provider))
                     .await;
             match built {
-                Ok(Ok((new, needs_restart))) => {
+                Ok(Ok((new, restart))) => {
                     new.start_background(&metrics);
                     snapshot.store(Arc::new(new));
                     tracing::info!(
                         "configuration reloaded: routes, upstreams, credentials and authentication replaced"
                     );
-                    if needs_restart {
+                    for part in restart {
                         tracing::warn!(
-                            "the new configuration also changes [listener], [identity], [admin], [log], workers or [vault]: those changes take effect only at restart"
+                            setting = part.key(),
+                            "the new configuration changes `{part}`, which takes effect only at restart; the running one stays"
                         );
                     }
                 }
@@ -358,13 +404,50 @@ impl Reloader {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::snapshot::tests::{Dir, config};
 
     #[test]
+    fn restart_required_names_each_setting_that_changed() {
+        let dir = Dir::new("restart");
+        let running = config(&dir, "");
+        assert!(restart_required(&running, &running.clone()).is_empty());
+
+        // Routes, upstreams and their credentials change live: no restart.
+        let mut new = running.clone();
+        new.routes[0].allow.clear();
+        new.upstreams[0].request_timeout = Duration::from_secs(1);
+        assert!(restart_required(&running, &new).is_empty());
+
+        let mut new = running.clone();
+        new.listener.idle_timeout = Duration::from_secs(1);
+        new.log.level = "debug".to_owned();
+        new.workers += 1;
+        assert_eq!(
+            restart_required(&running, &new),
+            [
+                RestartOnly::Listener,
+                RestartOnly::Log,
+                RestartOnly::Workers
+            ]
+        );
+
+        let mut new = running.clone();
+        new.admin.bind.set_port(1);
+        new.identity.poll_interval = Duration::from_secs(1);
+        assert_eq!(
+            restart_required(&running, &new),
+            [RestartOnly::Identity, RestartOnly::Admin]
+        );
+        assert_eq!(RestartOnly::Admin.to_string(), "admin");
+    }
+
+    #[test]
     fn a_reload_that_cannot_be_used_names_file_key_and_reason() {
         let dir = Dir::new("reload");
-        let running = restart_only(&config(&dir, ""));
+        let running = config(&dir, "");
         // The file now names a CA file without a certificate: it validates, but the
         // snapshot cannot be built.
         dir.write("ca.pem", b"no certificate here\n");

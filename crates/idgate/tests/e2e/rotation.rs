@@ -651,7 +651,14 @@ async fn sighup_reloads_routes_and_allow_lists_from_the_config_file() {
     assert_eq!(get_status(&frontend, "/v1/kyc").await, 403);
     assert_eq!(get_status(&onboarding, "/v1/extra").await, 404);
 
-    let changed = sighup_config(port, admin, &pki, &upstream, &[ONBOARDING, FRONTEND], true);
+    // Besides the routes, two settings that only a restart changes.
+    let changed = sighup_config(port, admin, &pki, &upstream, &[ONBOARDING, FRONTEND], true)
+        .replacen("workers = 1", "workers = 2", 1)
+        .replacen(
+            "client_auth = \"required\"",
+            "client_auth = \"required\"\nidle_timeout = \"30s\"",
+            1,
+        );
     replace_atomically(&gw.config_path, changed.as_bytes());
     gw.signal("HUP");
     assert_eventually!(
@@ -661,6 +668,28 @@ async fn sighup_reloads_routes_and_allow_lists_from_the_config_file() {
     );
     assert_eq!(get_status(&onboarding, "/v1/extra").await, 200);
     assert_eq!(get_status(&onboarding, "/v1/kyc").await, 200);
+    for (setting, message) in [
+        (
+            "listener",
+            "the new configuration changes `listener`, which takes effect only at restart; the running one stays",
+        ),
+        (
+            "workers",
+            "the new configuration changes `workers`, which takes effect only at restart; the running one stays",
+        ),
+    ] {
+        let lines = log_lines(&gw, "idgate_proxy::gateway", message);
+        assert!(
+            lines.len() == 1 && lines[0].get("setting").and_then(|s| s.as_str()) == Some(setting),
+            "no restart warning for {setting}:\n{}",
+            gw.output()
+        );
+    }
+    assert!(
+        !gw.output().contains("changes `identity`") && !gw.output().contains("changes `admin`"),
+        "{}",
+        gw.output()
+    );
     assert!(
         !log_lines(
             &gw,
