@@ -4,6 +4,7 @@
 //! and one attempt by a workload that is not allowed — told step by step — then it keeps
 //! running with the `curl` lines to try it by hand, until Ctrl-C.
 
+use anyhow::anyhow;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -45,23 +46,23 @@ fn say(text: &str) {
     println!("    {text}");
 }
 
-fn free_port() -> Result<u16, String> {
+fn free_port() -> anyhow::Result<u16> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
+        .map_err(|e| anyhow!("no free port: {e}"))
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     f.write_all(contents)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 fn random_hex(n: usize) -> String {
@@ -90,12 +91,12 @@ pub(crate) fn run(keep_running: bool, port: Option<u16>) -> ExitCode {
     }
 }
 
-async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the idgate binary: {e}"))?;
+async fn demo(keep_running: bool, port: Option<u16>) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().map_err(|e| anyhow!("cannot find the idgate binary: {e}"))?;
     let tmp = tempfile::Builder::new()
         .prefix("idgate-demo-")
         .tempdir()
-        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        .map_err(|e| anyhow!("cannot create a temporary directory: {e}"))?;
     let dir = tmp.path();
     println!(
         "idgate demo — everything happens in {} and on 127.0.0.1 only.",
@@ -109,15 +110,14 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
     let pki = devpki::generate(
         &dir.join("pki"),
         &DevPkiRequest {
-            trust_domain: TrustDomain::new(TRUST_DOMAIN).map_err(|e| e.to_string())?,
+            trust_domain: TrustDomain::new(TRUST_DOMAIN)?,
             workloads: [ALLOWED, DENIED]
                 .iter()
-                .map(|id| SpiffeId::new(id).map_err(|e| e.to_string()))
+                .map(|id| SpiffeId::new(id).map_err(anyhow::Error::from))
                 .collect::<Result<_, _>>()?,
             validity: Duration::from_secs(24 * 3600),
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     say(&format!(
         "trust domain {TRUST_DOMAIN}, CA bundle {}",
         pki.bundle.display()
@@ -172,7 +172,7 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start the mock provider: {e}"))?;
+        .map_err(|e| anyhow!("cannot start the mock provider: {e}"))?;
     children.0.push(provider);
     wait_listening(provider_port).await?;
     say(&format!(
@@ -190,19 +190,19 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
         &config_path,
         demo_config(&pki, port, admin_port, provider_port, &secret_ref),
     )
-    .map_err(|e| format!("{}: {e}", config_path.display()))?;
+    .map_err(|e| anyhow!("{}: {e}", config_path.display()))?;
     let log_path = dir.join("idgate.log");
-    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(&log_path)?;
     let gateway = Command::new(&exe)
         .arg("serve")
         .arg("--config")
         .arg(&config_path)
         .envs(gateway_env.iter().map(|(k, v)| (*k, v.as_str())))
         .env_remove("IDGATE_LOG")
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .map_err(|e| format!("cannot start the gateway: {e}"))?;
+        .map_err(|e| anyhow!("cannot start the gateway: {e}"))?;
     children.0.push(gateway);
     wait_ready(admin_port, &log_path).await?;
     say(&format!(
@@ -222,7 +222,7 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
     let session_id = json
         .get("session_id")
         .and_then(|v| v.as_str())
-        .ok_or_else(|| format!("the provider did not create a session: {json}"))?
+        .ok_or_else(|| anyhow!("the provider did not create a session: {json}"))?
         .to_owned();
     say(&format!(
         "session_id {session_id}, status \"{}\"",
@@ -262,7 +262,7 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
         "Not there: the log has the caller, route, status and credential version only."
     });
     if leaked {
-        return Err("the API key appeared in the gateway log".into());
+        return Err(anyhow!("the API key appeared in the gateway log"));
     }
 
     if !keep_running {
@@ -306,18 +306,17 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
 
 /// Creates a SoftHSM2 token in `dir` and imports the key through `idgate hsm`, returning
 /// the `pkcs11:` reference and the SoftHSM2 configuration file.
-fn store_in_softhsm(exe: &Path, dir: &Path, api_key: &str) -> Result<(String, PathBuf), String> {
+fn store_in_softhsm(exe: &Path, dir: &Path, api_key: &str) -> anyhow::Result<(String, PathBuf)> {
     if !Path::new(SOFTHSM_MODULE).exists() {
-        return Err(format!("{SOFTHSM_MODULE} is missing"));
+        return Err(anyhow!("{SOFTHSM_MODULE} is missing"));
     }
     let tokens = dir.join("tokens");
-    std::fs::create_dir(&tokens).map_err(|e| e.to_string())?;
+    std::fs::create_dir(&tokens)?;
     let conf = dir.join("softhsm2.conf");
     std::fs::write(
         &conf,
         format!("directories.tokendir = {}\n", tokens.display()),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let pin = random_hex(8);
     let so_pin = random_hex(8);
     let pin_file = dir.join("hsm-pin");
@@ -331,16 +330,13 @@ fn store_in_softhsm(exe: &Path, dir: &Path, api_key: &str) -> Result<(String, Pa
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+        .spawn()?;
     if let Some(mut stdin) = init.stdin.take() {
-        stdin
-            .write_all(format!("{so_pin}\n").as_bytes())
-            .map_err(|e| e.to_string())?;
+        stdin.write_all(format!("{so_pin}\n").as_bytes())?;
     }
-    let out = init.wait_with_output().map_err(|e| e.to_string())?;
+    let out = init.wait_with_output()?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(anyhow!(
             "could not create a token: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
@@ -355,16 +351,13 @@ fn store_in_softhsm(exe: &Path, dir: &Path, api_key: &str) -> Result<(String, Pa
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+        .spawn()?;
     if let Some(mut stdin) = import.stdin.take() {
-        stdin
-            .write_all(api_key.as_bytes())
-            .map_err(|e| e.to_string())?;
+        stdin.write_all(api_key.as_bytes())?;
     }
-    let out = import.wait_with_output().map_err(|e| e.to_string())?;
+    let out = import.wait_with_output()?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(anyhow!(
             "import failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
@@ -429,7 +422,7 @@ allow = ["spiffe://{TRUST_DOMAIN}/ns/kyc/*"]
     )
 }
 
-async fn wait_listening(port: u16) -> Result<(), String> {
+async fn wait_listening(port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -440,12 +433,12 @@ async fn wait_listening(port: u16) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(format!(
+    Err(anyhow!(
         "the mock provider did not start listening on port {port}"
     ))
 }
 
-async fn wait_ready(admin_port: u16, log: &Path) -> Result<(), String> {
+async fn wait_ready(admin_port: u16, log: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await {
@@ -461,7 +454,7 @@ async fn wait_ready(admin_port: u16, log: &Path) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(format!(
+    Err(anyhow!(
         "the gateway did not become ready; its log:\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
     ))
@@ -471,24 +464,17 @@ fn client_config(
     bundle: &Path,
     cert: &Path,
     key: &Path,
-) -> Result<Arc<rustls::ClientConfig>, String> {
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(bundle).map_err(|e| e.to_string())? {
-        roots
-            .add(c.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+    for c in CertificateDer::pem_file_iter(bundle)? {
+        roots.add(c?)?;
     }
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| e.to_string())?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| e.to_string())?;
+    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
     let cfg = rustls::ClientConfig::builder_with_provider(idgate_tls::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| e.to_string())?;
+        .with_client_auth_cert(chain, key)?;
     Ok(Arc::new(cfg))
 }
 
@@ -498,34 +484,24 @@ async fn request(
     method: &str,
     path: &str,
     body: &str,
-) -> Result<(u16, serde_json::Value), String> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = ServerName::try_from("localhost")?;
     let tls = tokio_rustls::TlsConnector::from(cfg.clone())
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| anyhow!("TLS: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
     tokio::spawn(conn);
     let req = http::Request::builder()
         .method(method)
         .uri(path)
         .header("host", "localhost")
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .map_err(|e| e.to_string())?;
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        .body(Full::new(Bytes::from(body.to_owned())))?;
+    let resp = send.send_request(req).await?;
     let status = resp.status().as_u16();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let bytes = resp.into_body().collect().await?.to_bytes();
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     Ok((status, json))
 }
