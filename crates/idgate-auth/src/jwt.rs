@@ -22,6 +22,7 @@
 //! with the same keys, for the same audience at times — are never taken for access tokens.
 
 mod claims;
+mod errors;
 mod json;
 mod jwks;
 mod jws;
@@ -33,6 +34,10 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, Uri};
 
+pub use errors::{
+    DiscoveryError, DiscoveryUriError, FetchError, FetchUriError, HttpClientError, IssuerProblem,
+    IssuerSetupError, JwkError, JwksError, KeyError, RefreshError,
+};
 pub use jws::{Algorithm, AlgorithmError, Jwk, MAX_TOKEN_BYTES};
 
 use crate::caller::TokenIdentity;
@@ -158,21 +163,18 @@ impl std::fmt::Debug for JwtVerifier {
 }
 
 fn check_common(
-    key: &str,
     issuer: &str,
     audiences: &[String],
     algorithms: &[Algorithm],
-) -> Result<(), String> {
+) -> Result<(), IssuerProblem> {
     if issuer.is_empty() {
-        return Err(format!("{key}: issuer is empty"));
+        return Err(IssuerProblem::NoIssuer);
     }
     if audiences.is_empty() || audiences.iter().any(String::is_empty) {
-        return Err(format!(
-            "{key}: audiences must list at least one non-empty audience: a token for any audience is a token for someone else"
-        ));
+        return Err(IssuerProblem::NoAudience);
     }
     if algorithms.is_empty() {
-        return Err(format!("{key}: algorithms is empty"));
+        return Err(IssuerProblem::NoAlgorithm);
     }
     Ok(())
 }
@@ -183,38 +185,42 @@ impl JwtVerifier {
     pub fn new(
         issuers: Vec<IssuerConfig>,
         static_issuers: Vec<StaticIssuer>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, IssuerSetupError> {
         let mut out: HashMap<String, Issuer> = HashMap::new();
-        let mut insert = |issuer: Issuer, key: &str| {
+        let mut insert = |issuer: Issuer| {
             if out.contains_key(&issuer.issuer) {
-                return Err(format!(
-                    "{key}: issuer {:?} is configured twice",
-                    issuer.issuer
-                ));
+                return Err(IssuerProblem::Duplicate(issuer.issuer));
             }
             out.insert(issuer.issuer.clone(), issuer);
             Ok(())
         };
-        for cfg in issuers {
-            let key = format!("jwt issuer {}", cfg.name);
+        for (position, cfg) in issuers.into_iter().enumerate() {
+            let name = cfg.name.clone();
+            let setup = |problem| IssuerSetupError {
+                issuer: name.clone(),
+                position: Some(position),
+                problem,
+            };
             if cfg.name.is_empty() {
-                return Err("jwt issuer: name is empty".into());
+                return Err(setup(IssuerProblem::NoName));
             }
-            check_common(&key, &cfg.issuer, &cfg.audiences, &cfg.algorithms)?;
+            check_common(&cfg.issuer, &cfg.audiences, &cfg.algorithms).map_err(setup)?;
             // A configured jwks_uri is used as it is; discovery only finds one.
             let location = match &cfg.jwks_uri {
                 Some(uri) => {
-                    jwks::check_fetch_uri(uri).map_err(|e| format!("{key}: jwks_uri: {e}"))?;
+                    jwks::check_fetch_uri(uri).map_err(|e| setup(IssuerProblem::JwksUri(e)))?;
                     JwksLocation::Uri(uri.clone())
                 }
                 None => JwksLocation::Discover(
-                    jwks::discovery_uris(&cfg.issuer).map_err(|e| format!("{key}: {e}"))?,
+                    jwks::discovery_uris(&cfg.issuer)
+                        .map_err(|e| setup(IssuerProblem::Discovery(e)))?,
                 ),
             };
             if cfg.min_refresh_interval.is_zero() || cfg.jwks_refresh_interval.is_zero() {
-                return Err(format!("{key}: refresh intervals must be more than zero"));
+                return Err(setup(IssuerProblem::ZeroRefreshInterval));
             }
-            let client = jwks::http_client(cfg.ca.as_deref()).map_err(|e| format!("{key}: {e}"))?;
+            let client = jwks::http_client(cfg.ca.as_deref())
+                .map_err(|e| setup(IssuerProblem::HttpClient(Box::new(e))))?;
             let remote = Remote::new(
                 cfg.name.clone(),
                 cfg.issuer.clone(),
@@ -223,38 +229,39 @@ impl JwtVerifier {
                 cfg.jwks_refresh_interval,
                 cfg.min_refresh_interval,
             );
-            insert(
-                Issuer {
-                    name: cfg.name,
-                    issuer: cfg.issuer,
-                    audiences: cfg.audiences,
-                    algorithms: cfg.algorithms,
-                    leeway: cfg.leeway,
-                    require_at_jwt: cfg.require_at_jwt,
-                    keys: KeySource::Remote(Arc::new(remote)),
-                },
-                &key,
-            )?;
+            insert(Issuer {
+                name: cfg.name,
+                issuer: cfg.issuer,
+                audiences: cfg.audiences,
+                algorithms: cfg.algorithms,
+                leeway: cfg.leeway,
+                require_at_jwt: cfg.require_at_jwt,
+                keys: KeySource::Remote(Arc::new(remote)),
+            })
+            .map_err(setup)?;
         }
         for st in static_issuers {
-            let key = format!("jwt issuer {}", st.issuer);
-            check_common(&key, &st.issuer, &st.audiences, &st.algorithms)?;
-            let keys = KeySet::from_jwks(&st.keys, 0).map_err(|e| format!("{key}: {e}"))?;
+            let iss = st.issuer.clone();
+            let setup = |problem| IssuerSetupError {
+                issuer: iss.clone(),
+                position: None,
+                problem,
+            };
+            check_common(&st.issuer, &st.audiences, &st.algorithms).map_err(setup)?;
+            let keys = KeySet::from_jwks(&st.keys, 0).map_err(|e| setup(IssuerProblem::Key(e)))?;
             if keys.keys.is_empty() {
-                return Err(format!("{key}: no signing key"));
+                return Err(setup(IssuerProblem::NoSigningKey));
             }
-            insert(
-                Issuer {
-                    name: st.issuer.clone(),
-                    issuer: st.issuer,
-                    audiences: st.audiences,
-                    algorithms: st.algorithms,
-                    leeway: st.leeway,
-                    require_at_jwt: st.require_at_jwt,
-                    keys: KeySource::Static(Arc::new(keys)),
-                },
-                &key,
-            )?;
+            insert(Issuer {
+                name: st.issuer.clone(),
+                issuer: st.issuer,
+                audiences: st.audiences,
+                algorithms: st.algorithms,
+                leeway: st.leeway,
+                require_at_jwt: st.require_at_jwt,
+                keys: KeySource::Static(Arc::new(keys)),
+            })
+            .map_err(setup)?;
         }
         Ok(Self { issuers: out })
     }

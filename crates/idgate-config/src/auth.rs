@@ -12,7 +12,8 @@ use idgate_auth::policy::{
 use idgate_secrets::SecretRef;
 use idgate_tls::SpiffeId;
 
-use crate::{Ctx, raw};
+use crate::context::Ctx;
+use crate::raw;
 
 /// `[api_keys]`: where caller API keys are stored and the pepper their hashes are keyed with.
 #[derive(Debug, Clone)]

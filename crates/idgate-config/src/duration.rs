@@ -2,27 +2,36 @@
 
 use std::time::Duration;
 
+/// Why a duration was refused; each names the text as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("\"{0}\" is not a duration: write a number and a unit, like \"2s\" or \"250ms\"")]
+    NotANumber(String),
+    #[error("\"{0}\" has no known unit: use ms, s, m or h")]
+    UnknownUnit(String),
+    #[error("\"{0}\" is longer than the longest allowed duration, 30 days")]
+    TooLong(String),
+}
+
 const MAX: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Parses `"<n><unit>"` with unit `ms`, `s`, `m` or `h`, at most 30 days.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let (n, unit) = s.split_at(digits);
-    let n: u64 = n.parse().map_err(|_| {
-        format!("\"{s}\" is not a duration: write a number and a unit, like \"2s\" or \"250ms\"")
-    })?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| DurationError::NotANumber(s.to_owned()))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("\"{s}\" has no known unit: use ms, s, m or h")),
+        _ => return Err(DurationError::UnknownUnit(s.to_owned())),
     };
     // Timers add durations to the clock; a bound keeps every sum far from overflow.
     if d > MAX {
-        return Err(format!(
-            "\"{s}\" is longer than the longest allowed duration, 30 days"
-        ));
+        return Err(DurationError::TooLong(s.to_owned()));
     }
     Ok(d)
 }

@@ -4,6 +4,17 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+/// Why an entry of `listener.trusted_proxies` was refused; each names the entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustedProxyError {
+    #[error("\"{0}\" is not an address or a CIDR like \"10.0.0.0/8\"")]
+    NotANetwork(String),
+    #[error("\"{entry}\" has bits set past its prefix length: write \"{network}\"")]
+    HostBitsSet { entry: String, network: IpNet },
+    #[error("\"{0}\" trusts every address, so any caller could claim any address")]
+    Everything(String),
+}
+
 /// Networks of proxies in front of the gateway. A connection from one of them may carry
 /// `x-forwarded-for` and the other forwarding headers on to the upstream; from anywhere else
 /// they are the caller's own claims and are replaced or removed.
@@ -24,24 +35,22 @@ impl TrustedProxies {
 
     /// Parses one entry: a CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address. The result is
     /// canonical: an IPv4-mapped network becomes the IPv4 network it is.
-    pub(crate) fn parse_entry(s: &str) -> Result<IpNet, String> {
+    pub(crate) fn parse_entry(s: &str) -> Result<IpNet, TrustedProxyError> {
         let net = match s.parse::<IpNet>() {
             Ok(net) => net,
             Err(_) => s
                 .parse::<IpAddr>()
                 .map(IpNet::from)
-                .map_err(|_| format!("\"{s}\" is not an address or a CIDR like \"10.0.0.0/8\""))?,
+                .map_err(|_| TrustedProxyError::NotANetwork(s.to_owned()))?,
         };
         if net.addr() != net.network() {
-            return Err(format!(
-                "\"{s}\" has bits set past its prefix length: write \"{}\"",
-                net.trunc()
-            ));
+            return Err(TrustedProxyError::HostBitsSet {
+                entry: s.to_owned(),
+                network: net.trunc(),
+            });
         }
         if net.prefix_len() == 0 {
-            return Err(format!(
-                "\"{s}\" trusts every address, so any caller could claim any address"
-            ));
+            return Err(TrustedProxyError::Everything(s.to_owned()));
         }
         Ok(match net {
             IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {

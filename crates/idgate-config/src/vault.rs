@@ -26,7 +26,8 @@ use serde::Deserialize;
 
 pub use idgate_secrets::vault::{VaultAuth, VaultSettings as VaultConfig};
 
-use crate::{Ctx, raw};
+use crate::context::Ctx;
+use crate::raw;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

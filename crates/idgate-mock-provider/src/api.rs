@@ -475,7 +475,7 @@ fn create_workflow(app: &App, body: &[u8]) -> Resp {
     };
     let features = match store::features_from_body(&map) {
         Ok(f) => f.unwrap_or_default(),
-        Err(e) => return field_error("features", &e).into(),
+        Err(e) => return field_error("features", &e.to_string()).into(),
     };
     let w = app.state.create_workflow(label, features);
     json_response(StatusCode::CREATED, &w.to_json())
@@ -510,7 +510,7 @@ fn workflow(app: &App, method: &Method, id: &str, body: &[u8]) -> Resp {
     };
     let features = match store::features_from_body(&map) {
         Ok(f) => f,
-        Err(e) => return field_error("features", &e).into(),
+        Err(e) => return field_error("features", &e.to_string()).into(),
     };
     match app.state.update_workflow(id, label, features) {
         Some(w) => json_response(StatusCode::OK, &w.to_json()),

@@ -511,12 +511,26 @@ impl MockState {
     }
 }
 
+/// Why a workflow's `features` were refused; the text goes to the client as the field's
+/// error, as the provider words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum FeaturesError {
+    #[error("features: expected a list")]
+    NotAList,
+    #[error("features: each item needs a \"feature\" name")]
+    NoName,
+    #[error("features: empty feature name")]
+    EmptyName,
+}
+
 /// Workflow features from a create or update body: `features: [{"feature": "OCR"}, ...]`
 /// (or plain strings), or the older flat `is_ocr_enabled`-style flags.
-pub(crate) fn features_from_body(body: &Map<String, Value>) -> Result<Option<Vec<String>>, String> {
+pub(crate) fn features_from_body(
+    body: &Map<String, Value>,
+) -> Result<Option<Vec<String>>, FeaturesError> {
     if let Some(list) = body.get("features") {
         let Value::Array(items) = list else {
-            return Err("features: expected a list".to_owned());
+            return Err(FeaturesError::NotAList);
         };
         let mut out = Vec::new();
         for item in items {
@@ -524,13 +538,13 @@ pub(crate) fn features_from_body(body: &Map<String, Value>) -> Result<Option<Vec
                 Value::String(s) => s.as_str(),
                 Value::Object(o) => match o.get("feature") {
                     Some(Value::String(s)) => s.as_str(),
-                    _ => return Err("features: each item needs a \"feature\" name".to_owned()),
+                    _ => return Err(FeaturesError::NoName),
                 },
-                _ => return Err("features: each item needs a \"feature\" name".to_owned()),
+                _ => return Err(FeaturesError::NoName),
             };
             let name = name.trim().to_ascii_uppercase();
             if name.is_empty() {
-                return Err("features: empty feature name".to_owned());
+                return Err(FeaturesError::EmptyName);
             }
             if !out.contains(&name) {
                 out.push(name);

@@ -199,7 +199,7 @@ impl WebhookSender {
             };
             let reason = match result {
                 Ok(status) => format!("the receiver answered {status}"),
-                Err(e) => e,
+                Err(e) => e.to_string(),
             };
             if !retry || attempt == MAX_ATTEMPTS {
                 tracing::warn!(%event_id, attempt, %reason, "webhook not delivered; giving up");
@@ -220,7 +220,7 @@ impl WebhookSender {
         &self,
         signed: &didit_webhook::SignedWebhook,
         body: Bytes,
-    ) -> Result<u16, String> {
+    ) -> Result<u16, AttemptError> {
         let mut req = http::Request::post(self.url.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(
@@ -229,23 +229,13 @@ impl WebhookSender {
             );
         for (name, value) in signed.headers() {
             let mut value =
-                HeaderValue::from_str(value).map_err(|_| "unsendable header".to_owned())?;
+                HeaderValue::from_str(value).map_err(|_| AttemptError::UnsendableHeader)?;
             value.set_sensitive(true);
             req = req.header(name, value);
         }
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let req = req.body(Full::new(body))?;
         let send = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                // The error chain names the cause (refused, TLS, ...), which the top error hides.
-                let mut msg = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    msg.push_str(": ");
-                    msg.push_str(&s.to_string());
-                    source = s.source();
-                }
-                msg
-            })?;
+            let resp = self.client.request(req).await?;
             let status = resp.status().as_u16();
             // Drain the body so the connection can be reused.
             let _ = resp.into_body().collect().await;
@@ -253,7 +243,36 @@ impl WebhookSender {
         };
         tokio::time::timeout(ATTEMPT_TIMEOUT, send)
             .await
-            .map_err(|_| "timed out".to_owned())?
+            .map_err(|_| AttemptError::TimedOut)?
+    }
+}
+
+/// Why a delivery attempt got no status from the receiver.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("unsendable header")]
+    UnsendableHeader,
+    #[error("{0}")]
+    Request(#[from] http::Error),
+    #[error("{}", Chain(.0))]
+    Send(#[from] hyper_util::client::legacy::Error),
+    #[error("timed out")]
+    TimedOut,
+}
+
+/// An error and its causes, `a: b: c`: the client's top error ("client error
+/// (Connect)") hides whether the connection was refused or TLS failed.
+struct Chain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
     }
 }
 

@@ -22,6 +22,45 @@ use idgate_tls::SpiffeId;
 use crate::conn::ConnInfo;
 use crate::routes::Route;
 
+/// Why the verifiers of a configuration cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("{0}")]
+    ApiKeys(#[from] api_key::ApiKeyError),
+    #[error("{0}")]
+    OwnJwk(#[from] serde_json::Error),
+    #[error("{0}")]
+    OwnAlgorithm(#[from] jwt::AlgorithmError),
+    #[error("{0}")]
+    Issuer(#[from] jwt::IssuerSetupError),
+}
+
+impl AuthSetupError {
+    /// The key path of the setting at fault: `api_keys.pepper`, `jwt_issuers[1].ca`.
+    pub fn key(&self) -> String {
+        match self {
+            Self::ApiKeys(api_key::ApiKeyError::Pepper { .. })
+            | Self::ApiKeys(api_key::ApiKeyError::PepperTooShort { .. }) => {
+                "api_keys.pepper".to_owned()
+            }
+            Self::ApiKeys(api_key::ApiKeyError::Store(_)) => "api_keys.store".to_owned(),
+            Self::ApiKeys(_) => "api_keys".to_owned(),
+            Self::OwnJwk(_) | Self::OwnAlgorithm(_) => "token_endpoint.signing_key".to_owned(),
+            Self::Issuer(e) => {
+                let base = match e.position {
+                    Some(i) => format!("jwt_issuers[{i}]"),
+                    // The only issuer with keys given directly is the own token endpoint.
+                    None => "token_endpoint".to_owned(),
+                };
+                match e.problem.key() {
+                    "" => base,
+                    sub => format!("{base}.{sub}"),
+                }
+            }
+        }
+    }
+}
+
 /// The verifiers of the API key and JWT layers, built per configuration snapshot.
 #[derive(Default)]
 pub struct AuthServices {
@@ -35,22 +74,21 @@ pub struct AuthServices {
 impl AuthServices {
     /// Builds the verifiers the configuration asks for. Blocking (reads the pepper, the key
     /// store, CA files); fetches no JWKS yet.
-    pub fn build(config: &Config, token_issuer: Option<&TokenIssuer>) -> Result<Self, String> {
+    pub fn build(
+        config: &Config,
+        token_issuer: Option<&TokenIssuer>,
+    ) -> Result<Self, AuthSetupError> {
         let api_keys = match &config.api_keys {
             None => None,
-            Some(a) => Some(
-                ApiKeyVerifier::open(&a.store, &a.pepper).map_err(|e| format!("api_keys: {e}"))?,
-            ),
+            Some(a) => Some(ApiKeyVerifier::open(&a.store, &a.pepper)?),
         };
         let issuers = config.jwt_issuers.clone();
         // The gateway's own token endpoint is an issuer with a key it knows.
         let mut statics = Vec::new();
         let mut own_tokens = None;
         if let Some(t) = token_issuer {
-            let jwk: Jwk = serde_json::from_value(t.jwk().clone())
-                .map_err(|e| format!("token_endpoint: {e}"))?;
-            let alg =
-                Algorithm::from_str(t.algorithm()).map_err(|e| format!("token_endpoint: {e}"))?;
+            let jwk: Jwk = serde_json::from_value(t.jwk().clone())?;
+            let alg = Algorithm::from_str(t.algorithm())?;
             let mut own = StaticIssuer::new(
                 t.issuer(),
                 vec![t.audience().to_owned()],

@@ -29,10 +29,55 @@ pub enum CredentialError {
         #[source]
         source: SecretError,
     },
-    #[error("credential {label}: HSM signature failed: {reason}")]
-    Sign { label: String, reason: String },
-    #[error("credential {label}: token endpoint: {reason}")]
-    Token { label: String, reason: String },
+    #[error("credential {label}: HSM signature failed: {source}")]
+    Sign {
+        label: String,
+        #[source]
+        source: SignError,
+    },
+    #[error("credential {label}: token endpoint: {source}")]
+    Token {
+        label: String,
+        #[source]
+        source: Arc<crate::oauth2::TokenError>,
+    },
+}
+
+/// Why an HSM signature was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("the signing queue is closed")]
+    QueueClosed,
+    #[error("{0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Hsm(#[from] idgate_secrets::pkcs11::HsmError),
+}
+
+/// Why a credential cannot be loaded (at start-up or reload).
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialLoadError {
+    #[error("credential {label}: {source}")]
+    Secret {
+        label: String,
+        /// The key of the credential's configuration naming the secret: `secret`,
+        /// `app_token`, `client`, `client_secret`.
+        field: &'static str,
+        #[source]
+        source: SecretError,
+    },
+    #[error("credential {label}: no HTTP client")]
+    NoHttpClient { label: String },
+}
+
+impl CredentialLoadError {
+    /// The key of the setting at fault under the credential's own; empty for the whole.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Secret { field, .. } => field,
+            Self::NoHttpClient { .. } => "",
+        }
+    }
 }
 
 /// A value with the version it was built from and when it came into use.
@@ -129,7 +174,7 @@ impl HmacKey {
     }
 
     /// Signs `data`; returns the lowercase hex MAC and the key version used.
-    async fn sign(&self, started: Instant, data: Vec<u8>) -> Result<(String, Arc<str>), String> {
+    async fn sign(&self, started: Instant, data: Vec<u8>) -> Result<(String, Arc<str>), SignError> {
         match self {
             Self::Memory(live) => {
                 let key = live.for_request(started);
@@ -144,13 +189,10 @@ impl HmacKey {
                 let _permit = in_flight
                     .acquire()
                     .await
-                    .map_err(|_| "the signing queue is closed".to_owned())?;
+                    .map_err(|_| SignError::QueueClosed)?;
                 let (hsm, label) = (hsm.clone(), label.clone());
                 let (mac, version) =
-                    tokio::task::spawn_blocking(move || hsm.hmac_sha256(&label, &data))
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| e.to_string())?;
+                    tokio::task::spawn_blocking(move || hsm.hmac_sha256(&label, &data)).await??;
                 Ok((hex(&mac), version.to_string().into()))
             }
         }
@@ -270,8 +312,14 @@ impl Credential {
     pub fn load(
         cfg: &CredentialConfig,
         oauth_client: Option<crate::oauth2::TokenClient>,
-    ) -> Result<Self, String> {
-        let err = |e: SecretError| format!("credential {}: {e}", cfg.label);
+    ) -> Result<Self, CredentialLoadError> {
+        let err = |field: &'static str| {
+            move |source: SecretError| CredentialLoadError::Secret {
+                label: cfg.label.clone(),
+                field,
+                source,
+            }
+        };
         let scheme = match &cfg.scheme {
             CredentialScheme::Header {
                 header,
@@ -279,16 +327,17 @@ impl Credential {
                 secret,
             } => Scheme::Header {
                 header: header.clone(),
-                value: LiveHeader::load(secret, prefix, cfg.overlap).map_err(err)?,
+                value: LiveHeader::load(secret, prefix, cfg.overlap).map_err(err("secret"))?,
             },
             CredentialScheme::Sumsub { app_token, secret } => Scheme::Sumsub {
-                app_token: LiveHeader::load(app_token, "", cfg.overlap).map_err(err)?,
-                key: HmacKey::load(secret, cfg.overlap).map_err(err)?,
+                app_token: LiveHeader::load(app_token, "", cfg.overlap)
+                    .map_err(err("app_token"))?,
+                key: HmacKey::load(secret, cfg.overlap).map_err(err("secret"))?,
                 key_source: secret.clone(),
             },
             CredentialScheme::Veriff { client, secret } => Scheme::Veriff {
-                client: LiveHeader::load(client, "", cfg.overlap).map_err(err)?,
-                key: HmacKey::load(secret, cfg.overlap).map_err(err)?,
+                client: LiveHeader::load(client, "", cfg.overlap).map_err(err("client"))?,
+                key: HmacKey::load(secret, cfg.overlap).map_err(err("secret"))?,
                 key_source: secret.clone(),
             },
             CredentialScheme::OAuth2ClientCredentials {
@@ -297,8 +346,9 @@ impl Credential {
                 client_secret,
                 scope,
             } => {
-                let client = oauth_client
-                    .ok_or_else(|| format!("credential {}: no HTTP client", cfg.label))?;
+                let client = oauth_client.ok_or_else(|| CredentialLoadError::NoHttpClient {
+                    label: cfg.label.clone(),
+                })?;
                 Scheme::OAuth2(Box::new(
                     crate::oauth2::TokenSource::new(
                         client,
@@ -307,7 +357,7 @@ impl Credential {
                         client_secret,
                         scope.clone(),
                     )
-                    .map_err(err)?,
+                    .map_err(err("client_secret"))?,
                 ))
             }
         };
@@ -353,7 +403,7 @@ impl Credential {
                 let (sig, version) = key
                     .sign(started, data)
                     .await
-                    .map_err(|reason| self.sign_err(reason))?;
+                    .map_err(|source| self.sign_err(source))?;
                 headers.insert(
                     X_APP_TOKEN,
                     app_token.value.for_request(started).value.clone(),
@@ -376,7 +426,7 @@ impl Credential {
                 let (sig, version) = key
                     .sign(started, data)
                     .await
-                    .map_err(|reason| self.sign_err(reason))?;
+                    .map_err(|source| self.sign_err(source))?;
                 headers.insert(
                     X_AUTH_CLIENT,
                     client.value.for_request(started).value.clone(),
@@ -389,9 +439,9 @@ impl Credential {
                     source
                         .token()
                         .await
-                        .map_err(|reason| CredentialError::Token {
+                        .map_err(|source| CredentialError::Token {
                             label: self.label.to_string(),
-                            reason,
+                            source,
                         })?;
                 headers.insert(http::header::AUTHORIZATION, value);
                 Ok(Use { version })
@@ -399,10 +449,10 @@ impl Credential {
         }
     }
 
-    fn sign_err(&self, reason: String) -> CredentialError {
+    fn sign_err(&self, source: SignError) -> CredentialError {
         CredentialError::Sign {
             label: self.label.to_string(),
-            reason,
+            source,
         }
     }
 

@@ -21,7 +21,7 @@ use crate::access_log::AccessLog;
 use crate::listener::{ListenerShared, accept_loop};
 use crate::metrics::Metrics;
 use crate::service::Services;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{BuildError, BuildProblem, Snapshot};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -54,8 +54,8 @@ pub struct Bound {
 
 impl Gateway {
     /// Loads the TLS material, the upstream clients and credentials. Blocking; every
-    /// problem is returned, each naming its file or section.
-    pub fn prepare(config: Config) -> Result<Self, Vec<String>> {
+    /// problem is returned, each naming the configuration file and the key at fault.
+    pub fn prepare(config: Config) -> Result<Self, Vec<BuildError>> {
         let provider = idgate_tls::crypto_provider();
         let spec = MaterialSpec {
             svid_cert: config.identity.svid_cert.clone(),
@@ -64,14 +64,22 @@ impl Gateway {
         };
         let mut errors = Vec::new();
         let material = TlsMaterial::load(spec, provider.clone())
-            .map_err(|errs| errors.extend(errs.into_iter().map(|e| format!("identity: {e}"))))
+            .map_err(|errs| {
+                errors.extend(errs.into_iter().map(|e| {
+                    BuildError::new(
+                        &config,
+                        identity_key(&config, &e),
+                        BuildProblem::Identity(e),
+                    )
+                }))
+            })
             .ok();
         // `vault:` references are read through the process-wide client: it must be in place
         // before the credentials load. A changed [vault] section takes effect at restart.
         if let Some(v) = &config.vault {
             match idgate_secrets::vault::VaultClient::new(v.clone()) {
                 Ok(client) => idgate_secrets::vault::install(client),
-                Err(e) => errors.push(format!("vault: {e}")),
+                Err(e) => errors.push(BuildError::new(&config, "vault", BuildProblem::Vault(e))),
             }
         }
         let roots = Arc::new(idgate_tls::roots::platform_roots().clone());
@@ -86,7 +94,13 @@ impl Gateway {
                 config.listener.tls_min_version,
                 config.listener.client_auth == ClientAuth::Required,
             )
-            .map_err(|e| vec![format!("listener: {e}")])?;
+            .map_err(|e| {
+                vec![BuildError::new(
+                    &config,
+                    "listener",
+                    BuildProblem::Listener(e),
+                )]
+            })?;
         Ok(Self {
             config,
             provider,
@@ -145,7 +159,7 @@ impl Gateway {
                 provider: self.provider.clone(),
                 material: watch_handle,
                 metrics: services.metrics.clone(),
-                restart_only: restart_only(cfg),
+                running: cfg.clone(),
             }
             .on_sighup(hup, stop_rx.clone()),
         );
@@ -201,17 +215,126 @@ struct Reloader {
     provider: Arc<CryptoProvider>,
     material: idgate_tls::watch::WatchHandle,
     metrics: Arc<Metrics>,
-    /// The settings a reload cannot change, as running.
-    restart_only: String,
+    /// The configuration the process started with: what a reload cannot change stays as
+    /// it says.
+    running: Config,
 }
 
-/// The settings that take effect only at restart: the listener, the identity (paths and
-/// trust domains), the admin listener, logging, workers and Vault.
-fn restart_only(c: &Config) -> String {
-    format!(
-        "{:?}|{:?}|{:?}|{:?}|{}|{:?}",
-        c.listener, c.identity, c.admin, c.log, c.workers, c.vault
-    )
+/// The key of `[identity]` a TLS material problem is about, found by its file.
+fn identity_key(config: &Config, e: &idgate_tls::MaterialError) -> String {
+    let path = match e {
+        idgate_tls::MaterialError::Read { path, .. }
+        | idgate_tls::MaterialError::Invalid { path, .. } => path,
+    };
+    let id = &config.identity;
+    if *path == id.svid_cert {
+        "identity.svid_cert".to_owned()
+    } else if *path == id.svid_key {
+        "identity.svid_key".to_owned()
+    } else if let Some(i) = id.trust_bundles.iter().position(|(_, p)| p == path) {
+        format!("identity.trust_bundles[{i}].bundle")
+    } else {
+        "identity".to_owned()
+    }
+}
+
+/// A part of the configuration that a reload leaves as it is: it takes effect at restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartOnly {
+    /// `[listener]`: the bound socket, TLS versions and connection limits.
+    Listener,
+    /// `[identity]`: the SVID's and trust bundles' files and trust domains (their contents
+    /// are reloaded).
+    Identity,
+    /// `[admin]`: the bound socket.
+    Admin,
+    /// `[log]`: the subscriber is installed once.
+    Log,
+    /// `workers`: the runtime's threads.
+    Workers,
+    /// `[vault]`: the process-wide client.
+    Vault,
+}
+
+impl RestartOnly {
+    /// The configuration key it stands for.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Listener => "listener",
+            Self::Identity => "identity",
+            Self::Admin => "admin",
+            Self::Log => "log",
+            Self::Workers => "workers",
+            Self::Vault => "vault",
+        }
+    }
+}
+
+impl std::fmt::Display for RestartOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+/// The parts of `new` that differ from `running` but take effect only at restart.
+pub fn restart_required(running: &Config, new: &Config) -> Vec<RestartOnly> {
+    [
+        (running.listener != new.listener, RestartOnly::Listener),
+        (running.identity != new.identity, RestartOnly::Identity),
+        (running.admin != new.admin, RestartOnly::Admin),
+        (running.log != new.log, RestartOnly::Log),
+        (running.workers != new.workers, RestartOnly::Workers),
+        (running.vault != new.vault, RestartOnly::Vault),
+    ]
+    .into_iter()
+    .filter_map(|(changed, part)| changed.then_some(part))
+    .collect()
+}
+
+/// Why a reload was refused; the running configuration stays.
+#[derive(Debug)]
+enum ReloadRefused {
+    Invalid(idgate_config::ConfigErrors),
+    Unusable(Vec<BuildError>),
+}
+
+impl ReloadRefused {
+    /// Each problem as (file, key, reason).
+    fn problems(&self) -> Vec<(String, String, String)> {
+        match self {
+            Self::Invalid(errors) => errors
+                .0
+                .iter()
+                .map(|e| {
+                    (
+                        e.file.display().to_string(),
+                        e.key.clone(),
+                        e.reason.clone(),
+                    )
+                })
+                .collect(),
+            Self::Unusable(errors) => errors
+                .iter()
+                .map(|e| (e.file.display().to_string(), e.key.clone(), e.reason()))
+                .collect(),
+        }
+    }
+}
+
+/// Reads and builds the configuration in `file` for a reload. Blocking.
+fn rebuild(
+    file: &std::path::Path,
+    running: &Config,
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<(Snapshot, Vec<RestartOnly>), ReloadRefused> {
+    let config = idgate_config::load(file).map_err(ReloadRefused::Invalid)?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let restart = restart_required(running, &config);
+    let snapshot = Snapshot::build(&config, roots, provider).map_err(ReloadRefused::Unusable)?;
+    Ok((snapshot, restart))
 }
 
 impl Reloader {
@@ -227,8 +350,9 @@ impl Reloader {
             provider,
             material,
             metrics,
-            restart_only: running,
+            running,
         } = self;
+        let running = Arc::new(running);
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -238,36 +362,121 @@ impl Reloader {
             material.trigger();
             let (file, roots, provider) = (file.clone(), roots.clone(), provider.clone());
             let running = running.clone();
-            let built = tokio::task::spawn_blocking(move || {
-                let config = idgate_config::load(&file)
-                    .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-                for w in &config.warnings {
-                    tracing::warn!("{w}");
-                }
-                let needs_restart = restart_only(&config) != running;
-                Snapshot::build(&config, &roots, &provider).map(|s| (s, needs_restart))
-            })
-            .await;
+            let built =
+                tokio::task::spawn_blocking(move || rebuild(&file, &running, &roots, &provider))
+                    .await;
             match built {
-                Ok(Ok((new, needs_restart))) => {
+                Ok(Ok((new, restart))) => {
                     new.start_background(&metrics);
                     snapshot.store(Arc::new(new));
                     tracing::info!(
                         "configuration reloaded: routes, upstreams, credentials and authentication replaced"
                     );
-                    if needs_restart {
+                    for part in restart {
                         tracing::warn!(
-                            "the new configuration also changes [listener], [identity], [admin], [log], workers or [vault]: those changes take effect only at restart"
+                            setting = part.key(),
+                            "the new configuration changes `{part}`, which takes effect only at restart; the running one stays"
                         );
                     }
                 }
-                Ok(Err(errors)) => {
-                    for e in errors {
-                        tracing::error!(problem = %e, "configuration reload refused; the running configuration stays");
+                Ok(Err(refused)) => {
+                    for (file, key, reason) in refused.problems() {
+                        let problem = if key.is_empty() {
+                            format!("{file}: {reason}")
+                        } else {
+                            format!("{file}: {key}: {reason}")
+                        };
+                        tracing::error!(
+                            %problem,
+                            %file,
+                            %key,
+                            %reason,
+                            "configuration reload refused; the running configuration stays"
+                        );
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "configuration reload task failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::snapshot::tests::{Dir, config};
+
+    #[test]
+    fn restart_required_names_each_setting_that_changed() {
+        let dir = Dir::new("restart");
+        let running = config(&dir, "");
+        assert!(restart_required(&running, &running.clone()).is_empty());
+
+        // Routes, upstreams and their credentials change live: no restart.
+        let mut new = running.clone();
+        new.routes[0].allow.clear();
+        new.upstreams[0].request_timeout = Duration::from_secs(1);
+        assert!(restart_required(&running, &new).is_empty());
+
+        let mut new = running.clone();
+        new.listener.idle_timeout = Duration::from_secs(1);
+        new.log.level = "debug".to_owned();
+        new.workers += 1;
+        assert_eq!(
+            restart_required(&running, &new),
+            [
+                RestartOnly::Listener,
+                RestartOnly::Log,
+                RestartOnly::Workers
+            ]
+        );
+
+        let mut new = running.clone();
+        new.admin.bind.set_port(1);
+        new.identity.poll_interval = Duration::from_secs(1);
+        assert_eq!(
+            restart_required(&running, &new),
+            [RestartOnly::Identity, RestartOnly::Admin]
+        );
+        assert_eq!(RestartOnly::Admin.to_string(), "admin");
+    }
+
+    #[test]
+    fn a_reload_that_cannot_be_used_names_file_key_and_reason() {
+        let dir = Dir::new("reload");
+        let running = config(&dir, "");
+        // The file now names a CA file without a certificate: it validates, but the
+        // snapshot cannot be built.
+        dir.write("ca.pem", b"no certificate here\n");
+        let bad = config(&dir, "ca = \"ca.pem\"");
+        let roots = Arc::new(RootCertStore::empty());
+        let refused = match rebuild(&bad.file, &running, &roots, &idgate_tls::crypto_provider()) {
+            Ok(_) => panic!("the reload should be refused"),
+            Err(refused) => refused,
+        };
+        let problems = refused.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let (file, key, reason) = &problems[0];
+        assert_eq!(*file, bad.file.display().to_string());
+        assert_eq!(key, "upstreams[0].ca");
+        assert!(reason.contains("no CERTIFICATE block"), "{reason}");
+
+        // A file that does not validate names its key the same way.
+        dir.write("idgate.toml", b"frobnicate = true\n");
+        let refused = match rebuild(&bad.file, &running, &roots, &idgate_tls::crypto_provider()) {
+            Ok(_) => panic!("the reload should be refused"),
+            Err(refused) => refused,
+        };
+        assert!(
+            refused
+                .problems()
+                .iter()
+                .any(|(_, key, reason)| key == "frobnicate" && reason.contains("unknown key")),
+            "{:?}",
+            refused.problems()
+        );
     }
 }

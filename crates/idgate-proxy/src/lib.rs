@@ -21,6 +21,7 @@ pub mod oauth2;
 pub mod path;
 pub mod pipeline;
 pub mod problem;
+pub mod request_id;
 pub mod routes;
 mod send_timeout;
 pub mod service;

@@ -129,6 +129,11 @@ impl Metrics {
             "Responses the caller stopped reading for send_timeout: connections closed (connection), HTTP/2 streams reset (stream)",
             send_timeouts.clone(),
         );
+        registry.register(
+            "request_id_random_failures",
+            "Times the system random source failed to seed request ids (they fall back to the clock)",
+            crate::request_id::random_failures(),
+        );
         Self {
             registry,
             upstream_saturated,

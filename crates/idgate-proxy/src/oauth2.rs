@@ -49,7 +49,40 @@ impl Cached {
 /// The last failed fetch, shared with the requests that arrive soon after it.
 struct Failure {
     at: Instant,
-    reason: String,
+    reason: Arc<TokenError>,
+}
+
+/// Why no token was had from the provider's token endpoint. Never carries the client
+/// secret, a token or the response body.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("{0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Secret(#[from] SecretError),
+    #[error("the client secret is not UTF-8")]
+    SecretNotUtf8,
+    #[error("client credentials are not header-safe")]
+    CredentialsNotHeaderSafe,
+    #[error("{0}")]
+    Request(#[from] http::Error),
+    #[error("request failed: {0}")]
+    Send(#[from] hyper_util::client::legacy::Error),
+    #[error("reading the response: {0}")]
+    Body(Box<dyn std::error::Error + Send + Sync>),
+    /// `code` is the endpoint's RFC 6749 error code in parentheses, or empty.
+    #[error("status {status}{code}")]
+    Status { status: u16, code: String },
+    #[error("the response is not JSON")]
+    NotJson,
+    #[error("the response has no access_token")]
+    NoAccessToken,
+    #[error("the token_type is not Bearer")]
+    NotBearer,
+    #[error("the token is not header-safe")]
+    TokenNotHeaderSafe,
+    #[error("the token endpoint did not answer in time")]
+    Timeout,
 }
 
 pub struct TokenSource {
@@ -126,7 +159,7 @@ impl TokenSource {
 
     /// The `Authorization` value to send, and the version of the client secret it was
     /// obtained with (a bounded label for metrics, unlike the tokens themselves).
-    pub async fn token(&self) -> Result<(HeaderValue, Arc<str>), String> {
+    pub async fn token(&self) -> Result<(HeaderValue, Arc<str>), Arc<TokenError>> {
         let current = self.cached.load_full();
         let now = Instant::now();
         if let Some(c) = current.as_ref().filter(|c| now < c.refresh_at) {
@@ -157,7 +190,8 @@ impl TokenSource {
         }
         let fetched = tokio::time::timeout(TOKEN_TIMEOUT, self.fetch())
             .await
-            .unwrap_or_else(|_| Err("the token endpoint did not answer in time".to_owned()));
+            .unwrap_or(Err(TokenError::Timeout))
+            .map_err(Arc::new);
         match fetched {
             Ok(cached) => {
                 *last_failure = None;
@@ -185,16 +219,13 @@ impl TokenSource {
         }
     }
 
-    async fn fetch(&self) -> Result<Cached, String> {
+    async fn fetch(&self) -> Result<Cached, TokenError> {
         let secret = {
             let r = self.client_secret.clone();
-            tokio::task::spawn_blocking(move || r.fetch())
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?
+            tokio::task::spawn_blocking(move || r.fetch()).await??
         };
         let secret_text = std::str::from_utf8(secret.value.expose_secret())
-            .map_err(|_| "the client secret is not UTF-8".to_owned())?;
+            .map_err(|_| TokenError::SecretNotUtf8)?;
         let basic = zeroize::Zeroizing::new(format!(
             "{}:{}",
             form_encode(&self.client_id),
@@ -204,7 +235,7 @@ impl TokenSource {
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(basic.as_bytes())
         ))
-        .map_err(|_| "client credentials are not header-safe".to_owned())?;
+        .map_err(|_| TokenError::CredentialsNotHeaderSafe)?;
         auth.set_sensitive(true);
         let mut body = "grant_type=client_credentials".to_owned();
         if let Some(scope) = &self.scope {
@@ -215,19 +246,14 @@ impl TokenSource {
             .header(header::AUTHORIZATION, auth)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json")
-            .body(Either::Right(Full::new(Bytes::from(body))))
-            .map_err(|e| e.to_string())?;
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
+            .body(Either::Right(Full::new(Bytes::from(body))))?;
+        let resp = self.client.request(req).await?;
         let status = resp.status();
         let bytes = zeroize::Zeroizing::new(Vec::from(
             Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE)
                 .collect()
                 .await
-                .map_err(|e| format!("reading the response: {e}"))?
+                .map_err(TokenError::Body)?
                 .to_bytes(),
         ));
         if !status.is_success() {
@@ -235,21 +261,24 @@ impl TokenSource {
             let code = serde_json::from_slice::<serde_json::Value>(&bytes)
                 .map(|v| error_code(&v))
                 .unwrap_or_default();
-            return Err(format!("status {}{code}", status.as_u16()));
+            return Err(TokenError::Status {
+                status: status.as_u16(),
+                code,
+            });
         }
         let v: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|_| "the response is not JSON".to_owned())?;
+            serde_json::from_slice(&bytes).map_err(|_| TokenError::NotJson)?;
         let token = v
             .get("access_token")
             .and_then(|t| t.as_str())
             .filter(|t| !t.is_empty())
-            .ok_or("the response has no access_token")?;
+            .ok_or(TokenError::NoAccessToken)?;
         let token_type = v
             .get("token_type")
             .and_then(|t| t.as_str())
             .unwrap_or("Bearer");
         if !token_type.eq_ignore_ascii_case("bearer") {
-            return Err("the token_type is not Bearer".to_owned());
+            return Err(TokenError::NotBearer);
         }
         // A number per RFC 6749; some endpoints send it as a string.
         let lifetime = match v.get("expires_in") {
@@ -263,7 +292,7 @@ impl TokenSource {
             Duration::from_secs(secs.min(86_400))
         });
         let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| "the token is not header-safe".to_owned())?;
+            .map_err(|_| TokenError::TokenNotHeaderSafe)?;
         header.set_sensitive(true);
         let now = Instant::now();
         Ok(Cached {

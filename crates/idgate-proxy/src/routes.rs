@@ -152,6 +152,52 @@ pub enum RouteMiss<'a> {
     WrongMethod(&'a HeaderValue),
 }
 
+/// Why the route table cannot be built from routes the configuration accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteTableError {
+    #[error(
+        "\"{path}\" is not in the canonical form requests are routed on, so it would never match: write \"{canonical}\""
+    )]
+    NotCanonical {
+        route: usize,
+        path: String,
+        canonical: String,
+    },
+    #[error("\"{path}\" could never match: requests with such a path are refused ({refusal})")]
+    NeverMatches {
+        route: usize,
+        path: String,
+        refusal: &'static str,
+    },
+    #[error("route {name}: {source}")]
+    Unroutable {
+        route: usize,
+        name: String,
+        source: matchit::InsertError,
+    },
+    #[error("\"{path}\" cannot be matched without case (case_insensitive_paths): {source}")]
+    CaseClash {
+        route: usize,
+        path: String,
+        source: matchit::InsertError,
+    },
+    #[error("the methods {0} do not make an Allow header")]
+    AllowHeader(String),
+}
+
+impl RouteTableError {
+    /// The key path of the setting at fault: `routes[2].path`.
+    pub fn key(&self) -> String {
+        match self {
+            Self::NotCanonical { route, .. }
+            | Self::NeverMatches { route, .. }
+            | Self::Unroutable { route, .. }
+            | Self::CaseClash { route, .. } => format!("routes[{route}].path"),
+            Self::AllowHeader(_) => "routes".to_owned(),
+        }
+    }
+}
+
 /// Path templates in a `matchit` router, each with the routes of its methods.
 #[derive(Debug, Default)]
 struct Paths {
@@ -161,14 +207,17 @@ struct Paths {
 }
 
 impl Paths {
-    fn add(&mut self, template: String, methods: &[Method], route: usize) -> Result<(), String> {
+    fn add(
+        &mut self,
+        template: String,
+        methods: &[Method],
+        route: usize,
+    ) -> Result<(), matchit::InsertError> {
         let p = match self.index.get(&template) {
             Some(&p) => p,
             None => {
                 let p = self.entries.len();
-                self.router
-                    .insert(template.as_str(), p)
-                    .map_err(|e| e.to_string())?;
+                self.router.insert(template.as_str(), p)?;
                 self.index.insert(template, p);
                 self.entries.push(PathEntry {
                     by_method: Vec::new(),
@@ -183,7 +232,7 @@ impl Paths {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<(), String> {
+    fn finish(&mut self) -> Result<(), RouteTableError> {
         for entry in &mut self.entries {
             let list = entry
                 .by_method
@@ -191,7 +240,8 @@ impl Paths {
                 .map(|(m, _)| m.as_str())
                 .collect::<Vec<_>>()
                 .join(", ");
-            entry.allow_header = HeaderValue::from_str(&list).map_err(|e| e.to_string())?;
+            entry.allow_header = HeaderValue::from_str(&list)
+                .map_err(|_| RouteTableError::AllowHeader(list.clone()))?;
         }
         Ok(())
     }
@@ -219,7 +269,7 @@ impl RouteTable {
     /// Builds the table from validated routes (the configuration already refused conflicts,
     /// and routes on the token endpoint's paths). A template must be in the canonical form
     /// requests are routed on.
-    pub fn new(configs: &[RouteConfig], token_endpoint: bool) -> Result<Self, String> {
+    pub fn new(configs: &[RouteConfig], token_endpoint: bool) -> Result<Self, RouteTableError> {
         let mut exact = Paths::default();
         let mut folded = configs
             .iter()
@@ -230,30 +280,34 @@ impl RouteTable {
             match path::canonical_template(&rc.path) {
                 Ok(Cow::Borrowed(_)) => {}
                 Ok(Cow::Owned(canonical)) => {
-                    return Err(format!(
-                        "routes[{i}].path: \"{}\" is not in the canonical form requests are routed on, so it would never match: write \"{canonical}\"",
-                        rc.path
-                    ));
+                    return Err(RouteTableError::NotCanonical {
+                        route: i,
+                        path: rc.path.clone(),
+                        canonical,
+                    });
                 }
                 Err(e) => {
-                    return Err(format!(
-                        "routes[{i}].path: \"{}\" could never match: requests with such a path are refused ({})",
-                        rc.path,
-                        crate::problem::Refusal::from(e).slug()
-                    ));
+                    return Err(RouteTableError::NeverMatches {
+                        route: i,
+                        path: rc.path.clone(),
+                        refusal: crate::problem::Refusal::from(e).slug(),
+                    });
                 }
             }
             exact
                 .add(rc.path.clone(), &rc.methods, i)
-                .map_err(|e| format!("route {}: {e}", rc.name))?;
+                .map_err(|source| RouteTableError::Unroutable {
+                    route: i,
+                    name: rc.name.clone(),
+                    source,
+                })?;
             if let Some(folded) = &mut folded {
                 folded
                     .add(fold_template(&rc.path), &rc.methods, i)
-                    .map_err(|e| {
-                        format!(
-                            "routes[{i}].path: \"{}\" cannot be matched without case (case_insensitive_paths): {e}",
-                            rc.path
-                        )
+                    .map_err(|source| RouteTableError::CaseClash {
+                        route: i,
+                        path: rc.path.clone(),
+                        source,
                     })?;
             }
             routes.push(Route {
@@ -348,7 +402,7 @@ impl RouteTable {
 mod tests {
     use super::*;
 
-    fn table(routes: &[(&str, &str, &str, bool)]) -> Result<RouteTable, String> {
+    fn table(routes: &[(&str, &str, &str, bool)]) -> Result<RouteTable, RouteTableError> {
         let configs: Vec<RouteConfig> = routes
             .iter()
             .map(|&(name, method, path, case_insensitive)| RouteConfig {
@@ -419,11 +473,13 @@ mod tests {
     #[test]
     fn templates_not_in_canonical_form_are_refused() {
         let e = table(&[("x", "GET", "/api/%65xport", false)]).unwrap_err();
+        let e = format!("{}: {e}", e.key());
         assert!(
             e.contains("routes[0].path") && e.contains("/api/export"),
             "{e}"
         );
         let e = table(&[("x", "GET", "/api/../{id}", false)]).unwrap_err();
+        let e = format!("{}: {e}", e.key());
         assert!(
             e.contains("routes[0].path") && e.contains("never match"),
             "{e}"

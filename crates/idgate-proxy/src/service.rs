@@ -25,12 +25,16 @@ pub struct RequestIds {
 
 impl RequestIds {
     pub fn new() -> Self {
-        let mut seed = [0u8; 16];
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
-        let (a, b) = seed.split_at(8);
+        Self::with_source(&crate::request_id::SystemRandom)
+    }
+
+    /// Seeded from `source`; a failing source does not stop the gateway (see
+    /// [`crate::request_id`]).
+    pub fn with_source(source: &dyn crate::request_id::RandomSource) -> Self {
+        let seed = crate::request_id::seed(source);
         Self {
-            prefix: u64::from_le_bytes(a.try_into().unwrap_or_default()),
-            counter: AtomicU64::new(u64::from_le_bytes(b.try_into().unwrap_or_default())),
+            prefix: seed.prefix,
+            counter: AtomicU64::new(seed.counter),
         }
     }
 

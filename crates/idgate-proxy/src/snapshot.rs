@@ -1,6 +1,8 @@
 //! One immutable view of the routing configuration, swapped atomically on reload. A request
 //! takes the snapshot in force when it arrives and keeps it to the end.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::header::{self, HeaderName};
@@ -8,11 +10,68 @@ use idgate_config::Config;
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 
-use crate::authn::AuthServices;
+use crate::authn::{AuthServices, AuthSetupError};
 use crate::metrics::Metrics;
-use crate::routes::RouteTable;
-use crate::token_endpoint::TokenEndpoint;
-use crate::upstream::Upstream;
+use crate::routes::{RouteTable, RouteTableError};
+use crate::token_endpoint::{TokenEndpoint, TokenEndpointError};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// A setting of a configuration that validated, which the gateway still could not put into
+/// use: a secret it cannot read, a CA file without a certificate, a signing key of the
+/// wrong kind. Like a configuration error it names the file and the key path, at start-up
+/// and at reload alike.
+#[derive(Debug, thiserror::Error)]
+pub struct BuildError {
+    pub file: PathBuf,
+    /// Dotted key path, with array indexes: `upstreams[0].credential.secret`.
+    pub key: String,
+    #[source]
+    pub problem: BuildProblem,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.problem)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.problem)
+        }
+    }
+}
+
+/// What could not be put into use, by the part that refused it.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildProblem {
+    #[error(transparent)]
+    Identity(idgate_tls::MaterialError),
+    #[error(transparent)]
+    Listener(rustls::Error),
+    #[error(transparent)]
+    Vault(idgate_secrets::vault::VaultError),
+    #[error(transparent)]
+    Upstream(UpstreamError),
+    #[error(transparent)]
+    Routes(RouteTableError),
+    #[error(transparent)]
+    TokenEndpoint(TokenEndpointError),
+    #[error(transparent)]
+    Auth(AuthSetupError),
+}
+
+impl BuildError {
+    pub(crate) fn new(config: &Config, key: impl Into<String>, problem: BuildProblem) -> Self {
+        Self {
+            file: config.file.clone(),
+            key: key.into(),
+            problem,
+        }
+    }
+
+    /// The reason alone, without the file and key.
+    pub fn reason(&self) -> String {
+        self.problem.to_string()
+    }
+}
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -45,24 +104,38 @@ impl Snapshot {
         config: &Config,
         roots: &Arc<RootCertStore>,
         provider: &Arc<CryptoProvider>,
-    ) -> Result<Self, Vec<String>> {
+    ) -> Result<Self, Vec<BuildError>> {
         let mut errors = Vec::new();
         let mut upstreams = Vec::new();
-        for u in &config.upstreams {
+        for (i, u) in config.upstreams.iter().enumerate() {
             match Upstream::new(u, roots, provider) {
                 Ok(u) => upstreams.push(u),
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    let key = match e.key() {
+                        sub if sub.is_empty() => format!("upstreams[{i}]"),
+                        sub => format!("upstreams[{i}].{sub}"),
+                    };
+                    errors.push(BuildError::new(config, key, BuildProblem::Upstream(e)));
+                }
             }
         }
         let routes = RouteTable::new(&config.routes, config.token_endpoint.is_some())
-            .map_err(|e| errors.push(e))
+            .map_err(|e| errors.push(BuildError::new(config, e.key(), BuildProblem::Routes(e))))
             .ok();
         let token_endpoint = match &config.token_endpoint {
             None => None,
-            Some(t) => TokenEndpoint::load(t).map_err(|e| errors.push(e)).ok(),
+            Some(t) => TokenEndpoint::load(t)
+                .map_err(|e| {
+                    errors.push(BuildError::new(
+                        config,
+                        e.key(),
+                        BuildProblem::TokenEndpoint(e),
+                    ))
+                })
+                .ok(),
         };
         let auth = AuthServices::build(config, token_endpoint.as_ref().map(|t| &t.issuer))
-            .map_err(|e| errors.push(e))
+            .map_err(|e| errors.push(BuildError::new(config, e.key(), BuildProblem::Auth(e))))
             .ok();
         let mut strip_headers = vec![
             HeaderName::from_static("x-api-key"),
@@ -104,5 +177,132 @@ impl Snapshot {
             }),
             _ => Err(errors),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub(crate) mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    /// A directory of its own under the system's temporary one, removed when dropped.
+    pub(crate) struct Dir(pub(crate) PathBuf);
+
+    impl Dir {
+        pub(crate) fn new(name: &str) -> Self {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let dir =
+                std::env::temp_dir().join(format!("idgate-{name}-{}-{nanos}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        pub(crate) fn write(&self, name: &str, contents: &[u8]) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, contents).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A configuration that validates, with `upstream` as the body of its one upstream.
+    pub(crate) fn config(dir: &Dir, upstream: &str) -> Config {
+        for f in ["svid.pem", "svid.key", "bundle.pem"] {
+            dir.write(f, b"placeholder");
+        }
+        let text = format!(
+            r#"
+[listener]
+bind = "127.0.0.1:0"
+
+[identity]
+svid_cert = "svid.pem"
+svid_key = "svid.key"
+[[identity.trust_bundles]]
+trust_domain = "example.org"
+bundle = "bundle.pem"
+
+[[upstreams]]
+name = "didit"
+url = "https://verification.didit.test"
+{upstream}
+
+[[routes]]
+name = "kyc"
+methods = ["GET"]
+path = "/v1/kyc"
+upstream = "didit"
+allow = ["spiffe://example.org/ns/kyc/sa/onboarding"]
+"#
+        );
+        let file = dir.write("idgate.toml", text.as_bytes());
+        idgate_config::load(&file).unwrap()
+    }
+
+    fn build_errors(config: &Config) -> Vec<BuildError> {
+        let roots = Arc::new(RootCertStore::empty());
+        Snapshot::build(config, &roots, &idgate_tls::crypto_provider())
+            .expect_err("the snapshot should not build")
+    }
+
+    fn file_of(config: &Config) -> &Path {
+        &config.file
+    }
+
+    #[test]
+    fn an_unusable_upstream_ca_is_named_by_file_and_key() {
+        let dir = Dir::new("snapshot-ca");
+        dir.write("ca.pem", b"this file holds no certificate\n");
+        let config = config(&dir, "ca = \"ca.pem\"");
+        let errors = build_errors(&config);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
+        assert_eq!(e.file, file_of(&config));
+        assert_eq!(e.key, "upstreams[0].ca");
+        assert!(
+            matches!(e.problem, BuildProblem::Upstream(_)),
+            "{:?}",
+            e.problem
+        );
+        assert!(e.reason().contains("no CERTIFICATE block"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("{}: upstreams[0].ca: {}", config.file.display(), e.reason())
+        );
+    }
+
+    #[test]
+    fn an_unusable_credential_secret_is_named_by_file_and_key() {
+        let dir = Dir::new("snapshot-secret");
+        // Readable, but a control character cannot go into a header.
+        dir.write("api-key", b"sk_\x01live");
+        let config = config(
+            &dir,
+            "[upstreams.credential]\nheader = \"x-api-key\"\nsecret = \"file:api-key\"",
+        );
+        let errors = build_errors(&config);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
+        assert_eq!(e.file, file_of(&config));
+        assert_eq!(e.key, "upstreams[0].credential.secret");
+        assert!(
+            e.reason().contains("upstream didit")
+                && e.reason().contains("credential didit")
+                && e.reason().contains("not allowed in an HTTP header"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("sk_"), "{e}");
     }
 }

@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use idgate_auth::issuer::TokenIssuer;
 use idgate_config::TokenEndpointConfig;
-use idgate_secrets::{ExposeSecret, SecretString};
+use idgate_secrets::{ExposeSecret, SecretError, SecretString};
 use idgate_tls::SpiffeId;
 use subtle::ConstantTimeEq;
 
@@ -41,6 +41,37 @@ struct Client {
     scopes: Vec<String>,
 }
 
+/// Why the token endpoint cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenEndpointError {
+    #[error("{0}")]
+    SigningKeyUnreadable(SecretError),
+    #[error("{0}")]
+    SigningKey(#[from] idgate_auth::issuer::IssuerError),
+    #[error("client {client_id}: {source}")]
+    ClientSecret {
+        /// The client's place in `[[token_endpoint.clients]]`.
+        position: usize,
+        client_id: String,
+        #[source]
+        source: SecretError,
+    },
+}
+
+impl TokenEndpointError {
+    /// The key path of the setting at fault: `token_endpoint.signing_key`.
+    pub fn key(&self) -> String {
+        match self {
+            Self::SigningKeyUnreadable(_) | Self::SigningKey(_) => {
+                "token_endpoint.signing_key".to_owned()
+            }
+            Self::ClientSecret { position, .. } => {
+                format!("token_endpoint.clients[{position}].client_secret")
+            }
+        }
+    }
+}
+
 pub struct TokenEndpoint {
     pub issuer: TokenIssuer,
     clients: Vec<Client>,
@@ -56,25 +87,30 @@ impl std::fmt::Debug for TokenEndpoint {
 
 impl TokenEndpoint {
     /// Reads the signing key and client secrets. Blocking.
-    pub fn load(cfg: &TokenEndpointConfig) -> Result<Self, String> {
+    pub fn load(cfg: &TokenEndpointConfig) -> Result<Self, TokenEndpointError> {
         let pem = cfg
             .signing_key
             .fetch()
-            .map_err(|e| format!("token_endpoint.signing_key: {e}"))?;
+            .map_err(TokenEndpointError::SigningKeyUnreadable)?;
         let issuer = TokenIssuer::new(
             cfg.issuer.clone(),
             cfg.audience.clone(),
             cfg.token_ttl,
             pem.value.expose_secret(),
-        )
-        .map_err(|e| format!("token_endpoint.signing_key: {e}"))?;
+        )?;
         let mut clients = Vec::new();
-        for c in &cfg.clients {
+        for (position, c) in cfg.clients.iter().enumerate() {
             let secret = match &c.client_secret {
-                Some(r) => Some(
-                    r.resolve()
-                        .map_err(|e| format!("token_endpoint client {}: {e}", c.client_id))?,
-                ),
+                Some(r) => {
+                    Some(
+                        r.resolve()
+                            .map_err(|source| TokenEndpointError::ClientSecret {
+                                position,
+                                client_id: c.client_id.clone(),
+                                source,
+                            })?,
+                    )
+                }
                 None => None,
             };
             clients.push(Client {

@@ -12,10 +12,49 @@ use idgate_config::{ClientKind, UpstreamConfig};
 use rustls::RootCertStore;
 
 use crate::body::UpstreamClient;
-use crate::credential::Credential;
+use crate::credential::{Credential, CredentialLoadError};
 use crate::h1;
 use crate::limit::ConnLimit;
 use rustls::crypto::CryptoProvider;
+
+/// Why an upstream's client or credential cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {name}: {problem}")]
+pub struct UpstreamError {
+    pub name: String,
+    #[source]
+    pub problem: Box<UpstreamProblem>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamProblem {
+    #[error("ca: {0}")]
+    Ca(idgate_tls::roots::CaFileError),
+    #[error("{0}")]
+    Tls(rustls::Error),
+    #[error("{0}")]
+    Credential(CredentialLoadError),
+    #[error("the URL has no host")]
+    NoHost,
+    #[error("host name: {0}")]
+    HostName(rustls::pki_types::InvalidDnsNameError),
+}
+
+impl UpstreamError {
+    /// The key of the setting at fault under the upstream's own: `ca`,
+    /// `credential.secret`; empty for the upstream as a whole.
+    pub fn key(&self) -> String {
+        match &*self.problem {
+            UpstreamProblem::Ca(_) => "ca".to_owned(),
+            UpstreamProblem::Tls(_) => String::new(),
+            UpstreamProblem::Credential(c) => match c.key() {
+                "" => "credential".to_owned(),
+                field => format!("credential.{field}"),
+            },
+            UpstreamProblem::NoHost | UpstreamProblem::HostName(_) => "url".to_owned(),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Upstream {
@@ -44,17 +83,19 @@ impl Upstream {
         cfg: &UpstreamConfig,
         roots: &Arc<RootCertStore>,
         provider: &Arc<CryptoProvider>,
-    ) -> Result<Self, String> {
-        let key = format!("upstream {}", cfg.name);
+    ) -> Result<Self, UpstreamError> {
+        let err = |problem| UpstreamError {
+            name: cfg.name.clone(),
+            problem: Box::new(problem),
+        };
         let store = match &cfg.ca {
             None => RootCertStore::clone(roots),
-            Some(ca) => {
-                idgate_tls::roots::roots_with_ca(Some(ca)).map_err(|e| format!("{key}: ca: {e}"))?
-            }
+            Some(ca) => idgate_tls::roots::roots_with_ca(Some(ca))
+                .map_err(|e| err(UpstreamProblem::Ca(e)))?,
         };
         let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("{key}: {e}"))?
+            .map_err(|e| err(UpstreamProblem::Tls(e)))?
             .with_root_certificates(store)
             .with_no_client_auth();
         // The gateway's own HTTP/1.1 client says so in ALPN; hyper's sets its own.
@@ -84,14 +125,17 @@ impl Upstream {
 
         let credential = match &cfg.credential {
             None => None,
-            Some(c) => Some(Arc::new(Credential::load(c, Some(client.clone()))?)),
+            Some(c) => Some(Arc::new(
+                Credential::load(c, Some(client.clone()))
+                    .map_err(|e| err(UpstreamProblem::Credential(e)))?,
+            )),
         };
 
         let authority = cfg
             .origin
             .authority()
             .cloned()
-            .ok_or_else(|| format!("{key}: the URL has no host"))?;
+            .ok_or_else(|| err(UpstreamProblem::NoHost))?;
         let scheme = cfg.origin.scheme().cloned().unwrap_or(Scheme::HTTPS);
         let limit = Arc::new(ConnLimit::new(
             cfg.max_connections,
@@ -109,7 +153,7 @@ impl Upstream {
                     .trim_start_matches('[')
                     .trim_end_matches(']');
                 let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-                    .map_err(|e| format!("{key}: host name: {e}"))?;
+                    .map_err(|e| err(UpstreamProblem::HostName(e)))?;
                 Some((tokio_rustls::TlsConnector::from(Arc::new(h1_tls)), name))
             } else {
                 None

@@ -32,7 +32,14 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use crate::{SecretRef, SecretRefError};
+use crate::SecretRef;
+
+mod error;
+mod reference;
+mod wire;
+
+pub use error::VaultError;
+pub use reference::VaultRef;
 
 /// Leases and TTLs from Vault are clamped to a week: beyond that the arithmetic on the
 /// clock could overflow, and a re-login a week later costs nothing.
@@ -42,105 +49,6 @@ const MAX_RESPONSE: usize = 1024 * 1024;
 const X_VAULT_TOKEN: HeaderName = HeaderName::from_static("x-vault-token");
 const X_VAULT_NAMESPACE: HeaderName = HeaderName::from_static("x-vault-namespace");
 const X_VAULT_REQUEST: HeaderName = HeaderName::from_static("x-vault-request");
-
-/// One field of a KV v2 secret: `vault:secret/idgate/didit#api_key` is mount `secret`, path
-/// `idgate/didit`, field `api_key`, read from `GET /v1/secret/data/idgate/didit`.
-/// `?version=N` before the `#` pins a version; without it the newest is read.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct VaultRef {
-    pub mount: String,
-    pub path: String,
-    pub field: String,
-    pub version: Option<u64>,
-}
-
-/// Mounts and paths go into request URLs as written, so they are kept to characters that
-/// need no encoding there.
-fn url_safe_segments(s: &str) -> bool {
-    !s.is_empty()
-        && s.split('/').all(|seg| {
-            !seg.is_empty()
-                && seg != "."
-                && seg != ".."
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
-        })
-}
-
-impl VaultRef {
-    /// Parses the part after `vault:`.
-    pub fn parse(rest: &str) -> Result<Self, SecretRefError> {
-        if rest.is_empty() {
-            return Err(SecretRefError::Empty("vault"));
-        }
-        let (location, field) = rest.split_once('#').ok_or(SecretRefError::BadVaultRef(
-            "name the field after '#', as in vault:secret/idgate/didit#api_key",
-        ))?;
-        if field.is_empty() {
-            return Err(SecretRefError::BadVaultRef("the field after '#' is empty"));
-        }
-        if field.bytes().any(|b| b.is_ascii_control()) {
-            return Err(SecretRefError::BadVaultRef(
-                "the field must not contain control characters",
-            ));
-        }
-        let (full_path, query) = match location.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (location, None),
-        };
-        let version = match query {
-            None => None,
-            Some(q) => {
-                let n = q
-                    .strip_prefix("version=")
-                    .ok_or(SecretRefError::BadVaultRef("the only query is ?version=N"))?;
-                match n.parse::<u64>() {
-                    Ok(v) if v >= 1 && n.bytes().all(|b| b.is_ascii_digit()) => Some(v),
-                    _ => {
-                        return Err(SecretRefError::BadVaultRef(
-                            "version must be a whole number from 1",
-                        ));
-                    }
-                }
-            }
-        };
-        let (mount, path) = full_path
-            .split_once('/')
-            .ok_or(SecretRefError::BadVaultRef(
-                "write the KV mount, then the secret's path: vault:<mount>/<path>#<field>",
-            ))?;
-        if !url_safe_segments(mount) || !url_safe_segments(path) {
-            return Err(SecretRefError::BadVaultRef(
-                "mount and path segments must be non-empty, not '.' or '..', and use only letters, digits, '-', '.', '_' and '~'",
-            ));
-        }
-        Ok(Self {
-            mount: mount.to_owned(),
-            path: path.to_owned(),
-            field: field.to_owned(),
-            version,
-        })
-    }
-
-    /// `/v1/<mount>/data/<path>[?version=N]`: the KV v2 read endpoint.
-    fn api_path(&self) -> String {
-        match self.version {
-            Some(v) => format!("/v1/{}/data/{}?version={v}", self.mount, self.path),
-            None => format!("/v1/{}/data/{}", self.mount, self.path),
-        }
-    }
-}
-
-impl fmt::Display for VaultRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "vault:{}/{}", self.mount, self.path)?;
-        if let Some(v) = self.version {
-            write!(f, "?version={v}")?;
-        }
-        write!(f, "#{}", self.field)
-    }
-}
 
 /// How the client logs in to Vault.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -169,46 +77,6 @@ pub struct VaultSettings {
     /// Time allowed for each request to Vault.
     pub timeout: Duration,
     pub auth: VaultAuth,
-}
-
-/// Why Vault did not give a value. Never carries a token, a `secret_id` or a value.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum VaultError {
-    #[error("vault: references need a [vault] section")]
-    NotConfigured,
-    #[error("cannot set up the Vault client: {0}")]
-    Setup(String),
-    #[error("Vault is unreachable: {0}")]
-    Unreachable(String),
-    #[error("Vault did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("permission denied by Vault (check the token or AppRole and its policy)")]
-    PermissionDenied,
-    #[error("no secret at this path in Vault")]
-    NotFound,
-    #[error("version {0} of this secret is deleted or destroyed")]
-    Deleted(u64),
-    #[error("the secret has no field \"{0}\"")]
-    NoField(String),
-    #[error("field \"{0}\" is not a non-empty string")]
-    NotAString(String),
-    #[error("Vault login failed: {0}")]
-    Login(String),
-    #[error("Vault answered {status}: {detail}")]
-    Status { status: u16, detail: String },
-    #[error("unexpected answer from Vault: {0}")]
-    BadResponse(&'static str),
-}
-
-impl VaultError {
-    /// Worth retrying later: the network, a timeout or a Vault that is busy or sealed.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Unreachable(_) | Self::Timeout(_) => true,
-            Self::Status { status, .. } => *status == 429 || *status >= 500,
-            _ => false,
-        }
-    }
 }
 
 static INSTALLED: RwLock<Option<Arc<VaultClient>>> = RwLock::new(None);
@@ -379,65 +247,6 @@ impl VaultClient {
     }
 }
 
-/// The parts of Vault's JSON answers that are read.
-mod wire {
-    use serde::Deserialize;
-    use serde_json::{Map, Value};
-
-    #[derive(Deserialize)]
-    pub(super) struct Errors {
-        #[serde(default)]
-        pub(super) errors: Vec<String>,
-    }
-
-    #[derive(Deserialize)]
-    pub(super) struct KvRead {
-        pub(super) data: KvData,
-    }
-
-    #[derive(Deserialize)]
-    pub(super) struct KvData {
-        pub(super) data: Option<Map<String, Value>>,
-        pub(super) metadata: Option<KvMetadata>,
-    }
-
-    #[derive(Deserialize)]
-    pub(super) struct KvMetadata {
-        pub(super) version: u64,
-        #[serde(default)]
-        pub(super) deletion_time: String,
-        #[serde(default)]
-        pub(super) destroyed: bool,
-    }
-
-    #[derive(Deserialize)]
-    pub(super) struct AuthAnswer {
-        pub(super) auth: Auth,
-    }
-
-    #[derive(Deserialize)]
-    pub(super) struct Auth {
-        pub(super) client_token: String,
-        #[serde(default)]
-        pub(super) lease_duration: u64,
-        #[serde(default)]
-        pub(super) renewable: bool,
-    }
-
-    #[derive(Deserialize)]
-    pub(super) struct Lookup {
-        pub(super) data: LookupData,
-    }
-
-    #[derive(Deserialize)]
-    pub(super) struct LookupData {
-        #[serde(default)]
-        pub(super) ttl: u64,
-        #[serde(default)]
-        pub(super) renewable: bool,
-    }
-}
-
 /// Vault's `errors` array, flattened to one short line for logs (never request data).
 fn error_detail(body: &[u8]) -> String {
     let errors = serde_json::from_slice::<wire::Errors>(body)
@@ -469,12 +278,19 @@ fn status_error(status: StatusCode, body: &[u8]) -> VaultError {
     }
 }
 
+/// Why a login credential (a token, a `role_id` or `secret_id`) could not be read.
+#[derive(Debug, thiserror::Error)]
+enum LoginSecretError {
+    #[error(transparent)]
+    Secret(#[from] crate::SecretError),
+    #[error("the task reading it failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Reads a secret reference on a blocking thread (files and tokens block).
-async fn resolve(source: &SecretRef) -> Result<SecretString, String> {
+async fn resolve(source: &SecretRef) -> Result<SecretString, LoginSecretError> {
     let source = source.clone();
-    tokio::task::spawn_blocking(move || source.resolve().map_err(|e| e.to_string()))
-        .await
-        .map_err(|e| e.to_string())?
+    Ok(tokio::task::spawn_blocking(move || source.resolve()).await??)
 }
 
 impl Inner {
@@ -759,122 +575,4 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_mount_path_field_and_version() {
-        let r = VaultRef::parse("secret/idgate/didit#api_key").unwrap();
-        assert_eq!(r.mount, "secret");
-        assert_eq!(r.path, "idgate/didit");
-        assert_eq!(r.field, "api_key");
-        assert_eq!(r.version, None);
-        assert_eq!(r.api_path(), "/v1/secret/data/idgate/didit");
-        assert_eq!(r.to_string(), "vault:secret/idgate/didit#api_key");
-
-        let r = VaultRef::parse("kv/team-a/sumsub?version=3#hmac key").unwrap();
-        assert_eq!(r.version, Some(3));
-        assert_eq!(r.field, "hmac key");
-        assert_eq!(r.api_path(), "/v1/kv/data/team-a/sumsub?version=3");
-        assert_eq!(r.to_string(), "vault:kv/team-a/sumsub?version=3#hmac key");
-    }
-
-    #[test]
-    fn refuses_references_that_are_incomplete_or_would_change_the_url() {
-        for bad in [
-            "",
-            "secret/idgate/didit",
-            "secret/idgate/didit#",
-            "secret#api_key",
-            "/idgate/didit#api_key",
-            "secret//didit#api_key",
-            "secret/idgate/../sys/raw#k",
-            "secret/idgate/./didit#k",
-            "secret/idgate%2fdidit#k",
-            "secret/idgate/didit?x=1#k",
-            "secret/idgate/didit?version=0#k",
-            "secret/idgate/didit?version=+1#k",
-            "secret/idgate/didit?version=abc#k",
-            "secret/a b#k",
-            "secret/idgate/didit#a\nb",
-        ] {
-            assert!(VaultRef::parse(bad).is_err(), "{bad:?} was accepted");
-        }
-    }
-
-    #[test]
-    fn secret_ref_grammar_reads_vault_references() {
-        let r = SecretRef::parse(
-            "vault:secret/idgate/didit#api_key",
-            std::path::Path::new("/"),
-        )
-        .unwrap();
-        assert!(matches!(&r, SecretRef::Vault(v) if v.path == "idgate/didit"));
-        assert_eq!(r.to_string(), "vault:secret/idgate/didit#api_key");
-        assert!(SecretRef::parse("vault:", std::path::Path::new("/")).is_err());
-    }
-
-    #[test]
-    fn error_detail_is_one_bounded_line() {
-        assert_eq!(
-            error_detail(br#"{"errors":["1 error occurred:\n\t* permission denied\n\n"]}"#),
-            "1 error occurred: * permission denied"
-        );
-        assert_eq!(error_detail(b"not json"), "no detail");
-        let long = format!(r#"{{"errors":["{}"]}}"#, "x".repeat(500));
-        assert!(error_detail(long.as_bytes()).chars().count() <= 201);
-    }
-
-    #[test]
-    fn reading_without_an_installed_client_names_the_missing_section() {
-        assert_eq!(
-            VaultError::NotConfigured.to_string(),
-            "vault: references need a [vault] section"
-        );
-    }
-
-    #[test]
-    fn client_refuses_an_address_without_scheme_or_host() {
-        let settings = |addr: &str| VaultSettings {
-            address: addr.parse().unwrap(),
-            ca: None,
-            namespace: None,
-            timeout: Duration::from_secs(1),
-            auth: VaultAuth::Token(SecretRef::Env("VAULT_TOKEN".into())),
-        };
-        assert!(VaultClient::new(settings("/v1")).is_err());
-        assert!(VaultClient::new(settings("ftp://vault:8200")).is_err());
-    }
-
-    #[test]
-    fn unreachable_vault_is_a_transient_error_without_the_token() {
-        use std::os::unix::fs::PermissionsExt;
-        // A port nothing listens on (bound, then released).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, "hvs.sekrit-token").unwrap();
-        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let client = VaultClient::new(VaultSettings {
-            address: format!("http://127.0.0.1:{port}").parse().unwrap(),
-            ca: None,
-            namespace: None,
-            timeout: Duration::from_millis(500),
-            auth: VaultAuth::Token(SecretRef::File(token_file)),
-        })
-        .unwrap();
-        let err = client
-            .read_blocking(&VaultRef::parse("secret/x#y").unwrap())
-            .unwrap_err();
-        assert!(err.is_transient(), "{err}");
-        assert!(!err.to_string().contains("sekrit"), "{err}");
-        // Dropping the client inside a runtime must not panic.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async move { drop(client) });
-    }
-}
+mod tests;

@@ -1,12 +1,34 @@
 //! Trust anchors for the gateway's outbound TLS (upstreams, JWKS servers, Vault): the
 //! platform's roots, read once per process, plus an optional CA file per destination.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+
+/// Why a CA file could not be added to the trust anchors; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: bad PEM: {source}", path.display())]
+    BadPem {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: unusable CA certificate: {source}", path.display())]
+    Unusable {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{}: no CERTIFICATE block found", path.display())]
+    NoCertificate { path: PathBuf },
+}
 
 /// The platform's trusted roots, read once per process: reading them is slow, and they
 /// change with the OS image, not with the configuration.
@@ -30,21 +52,28 @@ pub fn platform_roots() -> &'static RootCertStore {
 
 /// The platform's roots plus every certificate of the PEM file `ca`, if given. Blocking.
 /// Errors name the file and never include key material (a CA file holds none).
-pub fn roots_with_ca(ca: Option<&Path>) -> Result<RootCertStore, String> {
+pub fn roots_with_ca(ca: Option<&Path>) -> Result<RootCertStore, CaFileError> {
     let mut store = platform_roots().clone();
     if let Some(path) = ca {
         let mut n = 0;
-        for cert in
-            CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?
-        {
-            let cert = cert.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
-            store
-                .add(cert)
-                .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+        for cert in CertificateDer::pem_file_iter(path).map_err(|source| CaFileError::Read {
+            path: path.to_owned(),
+            source,
+        })? {
+            let cert = cert.map_err(|source| CaFileError::BadPem {
+                path: path.to_owned(),
+                source,
+            })?;
+            store.add(cert).map_err(|source| CaFileError::Unusable {
+                path: path.to_owned(),
+                source,
+            })?;
             n += 1;
         }
         if n == 0 {
-            return Err(format!("{}: no CERTIFICATE block found", path.display()));
+            return Err(CaFileError::NoCertificate {
+                path: path.to_owned(),
+            });
         }
     }
     Ok(store)

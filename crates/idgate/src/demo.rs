@@ -4,6 +4,7 @@
 //! and one attempt by a workload that is not allowed — told step by step — then it keeps
 //! running with the `curl` lines to try it by hand, until Ctrl-C.
 
+use anyhow::anyhow;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,16 +46,16 @@ fn say(text: &str) {
     println!("    {text}");
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     f.write_all(contents)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 fn random_hex(n: usize) -> String {
@@ -83,12 +84,12 @@ pub(crate) fn run(keep_running: bool, port: Option<u16>) -> ExitCode {
     }
 }
 
-async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the idgate binary: {e}"))?;
+async fn demo(keep_running: bool, port: Option<u16>) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().map_err(|e| anyhow!("cannot find the idgate binary: {e}"))?;
     let tmp = tempfile::Builder::new()
         .prefix("idgate-demo-")
         .tempdir()
-        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        .map_err(|e| anyhow!("cannot create a temporary directory: {e}"))?;
     let dir = tmp.path();
     println!(
         "idgate demo — everything happens in {} and on 127.0.0.1 only.",
@@ -102,15 +103,14 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
     let pki = devpki::generate(
         &dir.join("pki"),
         &DevPkiRequest {
-            trust_domain: TrustDomain::new(TRUST_DOMAIN).map_err(|e| e.to_string())?,
+            trust_domain: TrustDomain::new(TRUST_DOMAIN)?,
             workloads: [ALLOWED, DENIED]
                 .iter()
-                .map(|id| SpiffeId::new(id).map_err(|e| e.to_string()))
+                .map(|id| SpiffeId::new(id).map_err(anyhow::Error::from))
                 .collect::<Result<_, _>>()?,
             validity: Duration::from_secs(24 * 3600),
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     say(&format!(
         "trust domain {TRUST_DOMAIN}, CA bundle {}",
         pki.bundle.display()
@@ -165,7 +165,7 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start the mock provider: {e}"))?;
+        .map_err(|e| anyhow!("cannot start the mock provider: {e}"))?;
     let stdout = provider.stdout.take();
     children.0.push(provider);
     let provider_port = mock_port(stdout).await?;
@@ -181,9 +181,9 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
         &config_path,
         demo_config(&pki, port.unwrap_or(0), provider_port, &secret_ref),
     )
-    .map_err(|e| format!("{}: {e}", config_path.display()))?;
+    .map_err(|e| anyhow!("{}: {e}", config_path.display()))?;
     let log_path = dir.join("idgate.log");
-    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(&log_path)?;
     let gateway = Command::new(&exe)
         .arg("serve")
         .arg("--config")
@@ -192,10 +192,10 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
         .arg(&ready_file)
         .envs(gateway_env.iter().map(|(k, v)| (*k, v.as_str())))
         .env_remove("IDGATE_LOG")
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .map_err(|e| format!("cannot start the gateway: {e}"))?;
+        .map_err(|e| anyhow!("cannot start the gateway: {e}"))?;
     children.0.push(gateway);
     let bound = wait_ready(&ready_file, &log_path).await?;
     let (port, admin_port) = (bound.listener.port(), bound.admin.port());
@@ -216,7 +216,7 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
     let session_id = json
         .get("session_id")
         .and_then(|v| v.as_str())
-        .ok_or_else(|| format!("the provider did not create a session: {json}"))?
+        .ok_or_else(|| anyhow!("the provider did not create a session: {json}"))?
         .to_owned();
     say(&format!(
         "session_id {session_id}, status \"{}\"",
@@ -256,7 +256,7 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
         "Not there: the log has the caller, route, status and credential version only."
     });
     if leaked {
-        return Err("the API key appeared in the gateway log".into());
+        return Err(anyhow!("the API key appeared in the gateway log"));
     }
 
     if !keep_running {
@@ -300,18 +300,17 @@ async fn demo(keep_running: bool, port: Option<u16>) -> Result<(), String> {
 
 /// Creates a SoftHSM2 token in `dir` and imports the key through `idgate hsm`, returning
 /// the `pkcs11:` reference and the SoftHSM2 configuration file.
-fn store_in_softhsm(exe: &Path, dir: &Path, api_key: &str) -> Result<(String, PathBuf), String> {
+fn store_in_softhsm(exe: &Path, dir: &Path, api_key: &str) -> anyhow::Result<(String, PathBuf)> {
     if !Path::new(SOFTHSM_MODULE).exists() {
-        return Err(format!("{SOFTHSM_MODULE} is missing"));
+        return Err(anyhow!("{SOFTHSM_MODULE} is missing"));
     }
     let tokens = dir.join("tokens");
-    std::fs::create_dir(&tokens).map_err(|e| e.to_string())?;
+    std::fs::create_dir(&tokens)?;
     let conf = dir.join("softhsm2.conf");
     std::fs::write(
         &conf,
         format!("directories.tokendir = {}\n", tokens.display()),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let pin = random_hex(8);
     let so_pin = random_hex(8);
     let pin_file = dir.join("hsm-pin");
@@ -325,16 +324,13 @@ fn store_in_softhsm(exe: &Path, dir: &Path, api_key: &str) -> Result<(String, Pa
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+        .spawn()?;
     if let Some(mut stdin) = init.stdin.take() {
-        stdin
-            .write_all(format!("{so_pin}\n").as_bytes())
-            .map_err(|e| e.to_string())?;
+        stdin.write_all(format!("{so_pin}\n").as_bytes())?;
     }
-    let out = init.wait_with_output().map_err(|e| e.to_string())?;
+    let out = init.wait_with_output()?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(anyhow!(
             "could not create a token: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
@@ -349,16 +345,13 @@ fn store_in_softhsm(exe: &Path, dir: &Path, api_key: &str) -> Result<(String, Pa
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+        .spawn()?;
     if let Some(mut stdin) = import.stdin.take() {
-        stdin
-            .write_all(api_key.as_bytes())
-            .map_err(|e| e.to_string())?;
+        stdin.write_all(api_key.as_bytes())?;
     }
-    let out = import.wait_with_output().map_err(|e| e.to_string())?;
+    let out = import.wait_with_output()?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(anyhow!(
             "import failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
@@ -420,8 +413,8 @@ allow = ["spiffe://{TRUST_DOMAIN}/ns/kyc/*"]
 /// The port in the mock provider's first line on stdout, `listening on
 /// https://127.0.0.1:PORT (didit)`, printed once it is bound. The rest of its stdout is
 /// read away so that the mock never writes into a full pipe.
-async fn mock_port(stdout: Option<std::process::ChildStdout>) -> Result<u16, String> {
-    let stdout = stdout.ok_or("the mock provider has no stdout")?;
+async fn mock_port(stdout: Option<std::process::ChildStdout>) -> anyhow::Result<u16> {
+    let stdout = stdout.ok_or_else(|| anyhow!("the mock provider has no stdout"))?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
@@ -431,14 +424,14 @@ async fn mock_port(stdout: Option<std::process::ChildStdout>) -> Result<u16, Str
     });
     let line = match tokio::time::timeout(Duration::from_secs(10), rx).await {
         Ok(Ok(Ok(line))) => line,
-        Ok(Ok(Err(e))) => return Err(format!("cannot read the mock provider's output: {e}")),
-        Ok(Err(_)) | Err(_) => return Err("the mock provider did not start listening".into()),
+        Ok(Ok(Err(e))) => return Err(anyhow!("cannot read the mock provider's output: {e}")),
+        Ok(Err(_)) | Err(_) => return Err(anyhow!("the mock provider did not start listening")),
     };
     line.strip_prefix("listening on https://")
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|addr| addr.parse::<SocketAddr>().ok())
         .map(|addr| addr.port())
-        .ok_or_else(|| format!("the mock provider did not say where it listens: {line:?}"))
+        .ok_or_else(|| anyhow!("the mock provider did not say where it listens: {line:?}"))
 }
 
 /// The addresses in the gateway's ready file.
@@ -449,16 +442,16 @@ struct Bound {
 }
 
 /// Waits for the gateway's ready file, written once both listeners are bound and it serves.
-async fn wait_ready(ready_file: &Path, log: &Path) -> Result<Bound, String> {
+async fn wait_ready(ready_file: &Path, log: &Path) -> anyhow::Result<Bound> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Ok(text) = std::fs::read(ready_file) {
             return serde_json::from_slice(&text)
-                .map_err(|e| format!("{}: {e}", ready_file.display()));
+                .map_err(|e| anyhow!("{}: {e}", ready_file.display()));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(format!(
+    Err(anyhow!(
         "the gateway did not become ready; its log:\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
     ))
@@ -468,24 +461,17 @@ fn client_config(
     bundle: &Path,
     cert: &Path,
     key: &Path,
-) -> Result<Arc<rustls::ClientConfig>, String> {
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(bundle).map_err(|e| e.to_string())? {
-        roots
-            .add(c.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+    for c in CertificateDer::pem_file_iter(bundle)? {
+        roots.add(c?)?;
     }
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| e.to_string())?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| e.to_string())?;
+    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
     let cfg = rustls::ClientConfig::builder_with_provider(idgate_tls::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| e.to_string())?;
+        .with_client_auth_cert(chain, key)?;
     Ok(Arc::new(cfg))
 }
 
@@ -495,34 +481,24 @@ async fn request(
     method: &str,
     path: &str,
     body: &str,
-) -> Result<(u16, serde_json::Value), String> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = ServerName::try_from("localhost")?;
     let tls = tokio_rustls::TlsConnector::from(cfg.clone())
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| anyhow!("TLS: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
     tokio::spawn(conn);
     let req = http::Request::builder()
         .method(method)
         .uri(path)
         .header("host", "localhost")
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .map_err(|e| e.to_string())?;
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        .body(Full::new(Bytes::from(body.to_owned())))?;
+    let resp = send.send_request(req).await?;
     let status = resp.status().as_u16();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let bytes = resp.into_body().collect().await?.to_bytes();
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     Ok((status, json))
 }

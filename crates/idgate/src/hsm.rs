@@ -1,6 +1,7 @@
 //! `idgate hsm`: put upstream secrets into a PKCS#11 token and look at what is there,
 //! without a secret ever passing through argv, the environment or a log.
 
+use anyhow::anyhow;
 use std::io::{BufRead, IsTerminal, Read};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -88,30 +89,30 @@ pub(crate) enum Kind {
     Hmac,
 }
 
-fn parse_uri(uri: &str, token_only: bool) -> Result<Pkcs11Uri, String> {
+fn parse_uri(uri: &str, token_only: bool) -> anyhow::Result<Pkcs11Uri> {
     let rest = uri
         .strip_prefix("pkcs11:")
-        .ok_or("--uri must start with pkcs11:")?;
+        .ok_or_else(|| anyhow!("--uri must start with pkcs11:"))?;
     let base = Path::new(".");
     if token_only {
         Pkcs11Uri::parse_token(rest, base)
     } else {
         Pkcs11Uri::parse(rest, base)
     }
-    .map_err(|e| e.to_string())
+    .map_err(anyhow::Error::from)
 }
 
-fn read_stdin_secret() -> Result<Zeroizing<Vec<u8>>, String> {
+fn read_stdin_secret() -> anyhow::Result<Zeroizing<Vec<u8>>> {
     let mut buf = Zeroizing::new(Vec::new());
     std::io::stdin()
         .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read the secret from stdin: {e}"))?;
+        .map_err(|e| anyhow!("cannot read the secret from stdin: {e}"))?;
     // A final newline from `echo` or an editor is not part of the secret.
     while matches!(buf.last(), Some(b'\n' | b'\r')) {
         buf.pop();
     }
     if buf.is_empty() {
-        return Err("no secret on stdin".into());
+        return Err(anyhow!("no secret on stdin"));
     }
     Ok(buf)
 }
@@ -137,7 +138,7 @@ const MAX_PIN_LINE: usize = 1024;
 
 /// Reads the PINs that have no file from standard input, one per line, in the order given.
 /// At a terminal each is prompted for on stderr and not echoed.
-fn read_stdin_pins(names: &[&str]) -> Result<Vec<SecretString>, String> {
+fn read_stdin_pins(names: &[&str]) -> anyhow::Result<Vec<SecretString>> {
     if names.is_empty() {
         return Ok(Vec::new());
     }
@@ -146,7 +147,7 @@ fn read_stdin_pins(names: &[&str]) -> Result<Vec<SecretString>, String> {
         return read_pins(&mut stdin.lock(), names, |_| {});
     }
     let quiet = EchoOff::new(std::io::stdin())
-        .map_err(|e| format!("cannot turn off the terminal's echo: {e}"))?;
+        .map_err(|e| anyhow!("cannot turn off the terminal's echo: {e}"))?;
     quiet.restore_on_interrupt();
     read_pins(&mut stdin.lock(), names, |name| eprint!("{name}: "))
 }
@@ -157,7 +158,7 @@ fn read_pins(
     input: &mut impl BufRead,
     names: &[&str],
     mut prompt: impl FnMut(&str),
-) -> Result<Vec<SecretString>, String> {
+) -> anyhow::Result<Vec<SecretString>> {
     names
         .iter()
         .map(|name| {
@@ -165,11 +166,11 @@ fn read_pins(
             let mut line = Zeroizing::new(Vec::with_capacity(MAX_PIN_LINE + 1));
             Read::take(&mut *input, MAX_PIN_LINE as u64 + 1)
                 .read_until(b'\n', &mut line)
-                .map_err(|e| format!("cannot read the {name} from stdin: {e}"))?;
+                .map_err(|e| anyhow!("cannot read the {name} from stdin: {e}"))?;
             if line.last() == Some(&b'\n') {
                 line.pop();
             } else if line.len() > MAX_PIN_LINE {
-                return Err(format!(
+                return Err(anyhow!(
                     "the {name} on stdin is longer than {MAX_PIN_LINE} bytes"
                 ));
             }
@@ -177,9 +178,9 @@ fn read_pins(
                 line.pop();
             }
             let pin = std::str::from_utf8(&line)
-                .map_err(|_| format!("the {name} on stdin is not UTF-8"))?;
+                .map_err(|_| anyhow!("the {name} on stdin is not UTF-8"))?;
             if pin.is_empty() {
-                return Err(format!("no {name} on stdin (one PIN per line)"));
+                return Err(anyhow!("no {name} on stdin (one PIN per line)"));
             }
             Ok(SecretString::from(pin.to_owned()))
         })
@@ -234,13 +235,13 @@ impl<F: AsFd> Drop for EchoOff<F> {
     }
 }
 
-fn pin_from_file(path: &Path, name: &str) -> Result<SecretString, String> {
+fn pin_from_file(path: &Path, name: &str) -> anyhow::Result<SecretString> {
     SecretRef::File(path.to_owned())
         .resolve()
-        .map_err(|e| format!("cannot read the {name}: {e}"))
+        .map_err(|e| anyhow!("cannot read the {name}: {e}"))
 }
 
-fn init_token(args: &InitToken) -> Result<(), String> {
+fn init_token(args: &InitToken) -> anyhow::Result<()> {
     const SO: &str = "Security Officer PIN";
     const USER: &str = "user PIN";
     let mut from_stdin = Vec::new();
@@ -253,12 +254,14 @@ fn init_token(args: &InitToken) -> Result<(), String> {
     let mut stdin_pins = read_stdin_pins(&from_stdin)?.into_iter();
     let mut pin = |file: &Option<PathBuf>, name: &str| match file {
         Some(path) => pin_from_file(path, name),
-        None => stdin_pins.next().ok_or_else(|| format!("no {name}")),
+        None => stdin_pins.next().ok_or_else(|| anyhow!("no {name}")),
     };
     let so_pin = pin(&args.so_pin_file, SO)?;
     let user_pin = pin(&args.pin_file, USER)?;
     if so_pin.expose_secret() == user_pin.expose_secret() {
-        return Err("the Security Officer PIN and the user PIN must differ".into());
+        return Err(anyhow!(
+            "the Security Officer PIN and the user PIN must differ"
+        ));
     }
     let choice = args.slot.map_or(SlotChoice::ByLabel, SlotChoice::Id);
     let done = pkcs11::init_token(
@@ -270,10 +273,10 @@ fn init_token(args: &InitToken) -> Result<(), String> {
         args.force,
     )
     .map_err(|e| match e {
-        HsmError::TokenExists { .. } => format!(
+        HsmError::TokenExists { .. } => anyhow!(
             "{e}: refusing to initialise it again, which erases every object in it (--force does)"
         ),
-        e => e.to_string(),
+        e => e.into(),
     })?;
     if let Some(old) = &done.replaced {
         println!(
@@ -296,15 +299,14 @@ fn init_token(args: &InitToken) -> Result<(), String> {
     Ok(())
 }
 
-fn import(uri: &str, kind: Kind) -> Result<(), String> {
+fn import(uri: &str, kind: Kind) -> anyhow::Result<()> {
     let uri = parse_uri(uri, false)?;
     let value = read_stdin_secret()?;
-    let hsm = Hsm::open(&uri).map_err(|e| e.to_string())?;
+    let hsm = Hsm::open(&uri)?;
     let version = match kind {
         Kind::Wrapped => hsm.import_wrapped(&uri.object, &uri.wrap_key, &value),
         Kind::Hmac => hsm.import_hmac_key(&uri.object, &value),
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     let what = match kind {
         Kind::Wrapped => format!("wrapped under non-extractable key \"{}\"", uri.wrap_key),
         Kind::Hmac => "as a non-extractable HMAC-SHA256 key".to_owned(),
@@ -313,20 +315,17 @@ fn import(uri: &str, kind: Kind) -> Result<(), String> {
     Ok(())
 }
 
-fn rotate(uri: &str) -> Result<(), String> {
+fn rotate(uri: &str) -> anyhow::Result<()> {
     let uri = parse_uri(uri, false)?;
-    let hsm = Hsm::open(&uri).map_err(|e| e.to_string())?;
-    let kind = hsm.kind_of(&uri.object).map_err(|e| e.to_string())?;
+    let hsm = Hsm::open(&uri)?;
+    let kind = hsm.kind_of(&uri.object)?;
     let value = read_stdin_secret()?;
     let version = match kind {
         ObjectKind::WrappedValue => hsm.import_wrapped(&uri.object, &uri.wrap_key, &value),
         ObjectKind::HmacKey => hsm.import_hmac_key(&uri.object, &value),
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     // Keep the previous version for requests still in flight with it.
-    let pruned = hsm
-        .prune(&uri.object, version.saturating_sub(1))
-        .map_err(|e| e.to_string())?;
+    let pruned = hsm.prune(&uri.object, version.saturating_sub(1))?;
     println!(
         "stored \"{}\" version {version}; removed {pruned} older version(s), kept version {}",
         uri.object,
@@ -335,10 +334,10 @@ fn rotate(uri: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn list(uri: &str) -> Result<(), String> {
+fn list(uri: &str) -> anyhow::Result<()> {
     let uri = parse_uri(uri, true)?;
-    let hsm = Hsm::open(&uri).map_err(|e| e.to_string())?;
-    let objects = hsm.list().map_err(|e| e.to_string())?;
+    let hsm = Hsm::open(&uri)?;
+    let objects = hsm.list()?;
     println!(
         "{:<32} {:<14} {:>7}  {:<11} {:<9}",
         "LABEL", "KIND", "VERSION", "EXTRACTABLE", "SENSITIVE"

@@ -4,6 +4,7 @@
 //! The CLI shares the store file with a running gateway (see `idgate_store::RedbStore`), which
 //! picks every change up within its `reload_interval`, without a restart.
 
+use anyhow::anyhow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -454,11 +455,11 @@ fn positive(s: &str, flag: &str) -> Result<Duration, Failure> {
 }
 
 /// `"<n><unit>"`, unit `s`, `m`, `h`, `d` or `w`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let (n, unit) = s.split_at(digits);
     let n: u64 = n.parse().map_err(|_| {
-        format!("\"{s}\" is not a duration: write a number and a unit, like 90d or 24h")
+        anyhow!("\"{s}\" is not a duration: write a number and a unit, like 90d or 24h")
     })?;
     let unit_secs = match unit {
         "s" => 1,
@@ -466,13 +467,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => 3600,
         "d" => 86_400,
         "w" => 7 * 86_400,
-        _ => return Err(format!("\"{s}\" has no known unit: use s, m, h, d or w")),
+        _ => anyhow::bail!("\"{s}\" has no known unit: use s, m, h, d or w"),
     };
     // Anything past a century is a typo, and would overflow SystemTime arithmetic far sooner.
     n.checked_mul(unit_secs)
         .filter(|&secs| secs <= 100 * 365 * 86_400)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("\"{s}\" is too long"))
+        .ok_or_else(|| anyhow!("\"{s}\" is too long"))
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ`.
@@ -503,9 +504,15 @@ mod tests {
 
     #[test]
     fn durations_and_dates() {
-        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
-        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        assert_eq!(
+            parse_duration("90d").ok(),
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        assert_eq!(parse_duration("0s").ok(), Some(Duration::ZERO));
+        assert_eq!(
+            parse_duration("2w").ok(),
+            Some(Duration::from_secs(14 * 86_400))
+        );
         assert!(parse_duration("1y").is_err());
         assert!(parse_duration("d").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());

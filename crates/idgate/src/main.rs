@@ -152,10 +152,10 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 
 /// Builds what a configuration describes, the same way for `check` and `serve`. Logging is
 /// in place by then, so that what the parts warn about while they load is seen.
-fn prepare(path: &Path, config: Config) -> Result<Gateway, ExitCode> {
+fn prepare(config: Config) -> Result<Gateway, ExitCode> {
     Gateway::prepare(config).map_err(|errors| {
         for e in errors {
-            eprintln!("error: {}: {e}", path.display());
+            eprintln!("error: {e}");
         }
         ExitCode::from(EXIT_CONFIG)
     })
@@ -177,7 +177,7 @@ fn check(path: &Path) -> ExitCode {
         config.routes.len(),
         config.identity.trust_bundles.len()
     );
-    match prepare(path, config) {
+    match prepare(config) {
         Ok(_) => {
             println!("{summary}");
             ExitCode::SUCCESS
@@ -312,7 +312,7 @@ fn serve(path: &Path, ready_file: Option<PathBuf>) -> ExitCode {
         tracing::warn!("{w}");
     }
     let workers = config.workers;
-    let gateway = match prepare(path, config) {
+    let gateway = match prepare(config) {
         Ok(g) => g,
         Err(code) => return code,
     };

@@ -21,6 +21,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::Value;
 
+use super::errors::{
+    DiscoveryError, DiscoveryUriError, FetchError, FetchUriError, HttpClientError, JwksError,
+    KeyError, RefreshError,
+};
 use super::json;
 use super::jws::{Jwk, VerifyingKey};
 
@@ -44,14 +48,12 @@ pub(crate) struct KeySet {
 }
 
 impl KeySet {
-    pub(crate) fn from_jwks(jwks: &[Jwk], generation: u64) -> Result<Self, String> {
+    pub(crate) fn from_jwks(jwks: &[Jwk], generation: u64) -> Result<Self, KeyError> {
         let mut keys = Vec::new();
         for (i, jwk) in jwks.iter().enumerate() {
-            let key = VerifyingKey::from_jwk(jwk).map_err(|e| {
-                format!(
-                    "key {}: {e}",
-                    jwk.kid.as_deref().map_or(i.to_string(), str::to_owned)
-                )
+            let key = VerifyingKey::from_jwk(jwk).map_err(|source| KeyError {
+                key: jwk.kid.as_deref().map_or(i.to_string(), str::to_owned),
+                source,
             })?;
             keys.push(key);
         }
@@ -65,28 +67,24 @@ impl KeySet {
 
 /// Parses a JWKS document, keeping the keys we can verify with and skipping (with a log
 /// line) the others: an issuer may publish encryption keys or algorithms we do not use.
-fn parse_jwks(body: &[u8], issuer: &str, generation: u64) -> Result<KeySet, String> {
-    let doc = json::object(body).ok_or("the JWKS is not a JSON object")?;
+fn parse_jwks(body: &[u8], issuer: &str, generation: u64) -> Result<KeySet, JwksError> {
+    let doc = json::object(body).ok_or(JwksError::NotAnObject)?;
     let Some(Value::Array(entries)) = doc.get("keys") else {
-        return Err("the JWKS has no \"keys\" array".into());
+        return Err(JwksError::NoKeysArray);
     };
     let mut keys = Vec::new();
     for entry in entries {
-        let usable = serde_json::from_value::<Jwk>(entry.clone())
-            .map_err(|e| e.to_string())
-            .and_then(|jwk| VerifyingKey::from_jwk(&jwk));
-        match usable {
-            Ok(key) => keys.push(key),
-            Err(why) => tracing::debug!(
-                issuer,
-                kid = entry.get("kid").and_then(|k| k.as_str()).unwrap_or("-"),
-                %why,
-                "skipping a JWKS key"
-            ),
+        let kid = || entry.get("kid").and_then(|k| k.as_str()).unwrap_or("-");
+        match serde_json::from_value::<Jwk>(entry.clone()) {
+            Err(why) => tracing::debug!(issuer, kid = kid(), %why, "skipping a JWKS key"),
+            Ok(jwk) => match VerifyingKey::from_jwk(&jwk) {
+                Ok(key) => keys.push(key),
+                Err(why) => tracing::debug!(issuer, kid = kid(), %why, "skipping a JWKS key"),
+            },
         }
     }
     if keys.is_empty() {
-        return Err("the JWKS has no usable signing key".into());
+        return Err(JwksError::NoUsableKey);
     }
     Ok(KeySet {
         keys,
@@ -246,13 +244,17 @@ impl Remote {
                     found
                 }
             };
-            let body = get(&self.client, &uri).await.map_err(|e| {
-                // The address may have moved: ask the metadata again next time.
-                state.discovered = None;
-                format!("{uri}: {e}")
-            })?;
+            let body = match get(&self.client, &uri).await {
+                Ok(body) => body,
+                Err(source) => {
+                    // The address may have moved: ask the metadata again next time.
+                    state.discovered = None;
+                    return Err(RefreshError::Fetch { uri, source });
+                }
+            };
             let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-            parse_jwks(&body, &self.issuer, generation).map_err(|e| format!("{uri}: {e}"))
+            parse_jwks(&body, &self.issuer, generation)
+                .map_err(|source| RefreshError::Document { uri, source })
         }
         .await;
         match result {
@@ -274,61 +276,64 @@ impl Remote {
 
     /// Reads the issuer's metadata and returns its `jwks_uri`, after checking that the
     /// document speaks for this very issuer (OIDC Discovery §4.3, RFC 8414 §3.3).
-    async fn discover(&self, candidates: &[Uri]) -> Result<Uri, String> {
+    async fn discover(&self, candidates: &[Uri]) -> Result<Uri, DiscoveryError> {
         let mut errors = Vec::new();
         for uri in candidates {
             let body = match get(&self.client, uri).await {
                 Ok(b) => b,
                 Err(e) => {
-                    errors.push(format!("{uri}: {e}"));
+                    errors.push((uri.clone(), e));
                     continue;
                 }
             };
-            let doc = json::object(&body).ok_or_else(|| format!("{uri}: not a JSON object"))?;
+            let doc =
+                json::object(&body).ok_or_else(|| DiscoveryError::NotAnObject(uri.clone()))?;
             if doc.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
-                return Err(format!("{uri}: the metadata names another issuer"));
+                return Err(DiscoveryError::OtherIssuer(uri.clone()));
             }
             let jwks_uri = doc
                 .get("jwks_uri")
                 .and_then(Value::as_str)
-                .ok_or_else(|| format!("{uri}: the metadata has no jwks_uri"))?;
+                .ok_or_else(|| DiscoveryError::NoJwksUri(uri.clone()))?;
             let jwks_uri: Uri = jwks_uri
                 .parse()
-                .map_err(|_| format!("{uri}: jwks_uri is not a URL"))?;
-            check_fetch_uri(&jwks_uri).map_err(|e| format!("{uri}: jwks_uri: {e}"))?;
+                .map_err(|_| DiscoveryError::JwksUriNotAUrl(uri.clone()))?;
+            check_fetch_uri(&jwks_uri).map_err(|source| DiscoveryError::JwksUri {
+                uri: uri.clone(),
+                source,
+            })?;
             return Ok(jwks_uri);
         }
-        Err(format!("no issuer metadata found: {}", errors.join("; ")))
+        Err(DiscoveryError::NotFound(errors))
     }
 }
 
 /// GETs `uri`: 200 and at most [`MAX_DOCUMENT_BYTES`], within [`FETCH_TIMEOUT`].
-async fn get(client: &HttpClient, uri: &Uri) -> Result<Bytes, String> {
+async fn get(client: &HttpClient, uri: &Uri) -> Result<Bytes, FetchError> {
     let req = http::Request::get(uri.clone())
         .header(http::header::ACCEPT, "application/json")
         .header(http::header::USER_AGENT, "idgate")
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
+        .body(Empty::new())?;
     let fetch = async {
-        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let resp = client.request(req).await?;
         if resp.status() != http::StatusCode::OK {
-            return Err(format!("HTTP {}", resp.status().as_u16()));
+            return Err(FetchError::Status(resp.status().as_u16()));
         }
         Limited::new(resp.into_body(), MAX_DOCUMENT_BYTES)
             .collect()
             .await
             .map(|b| b.to_bytes())
-            .map_err(|e| format!("reading the body: {e}"))
+            .map_err(FetchError::Body)
     };
     tokio::time::timeout(FETCH_TIMEOUT, fetch)
         .await
-        .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))?
+        .map_err(|_| FetchError::Timeout(FETCH_TIMEOUT))?
 }
 
 /// `https://`, or `http://` to a loopback address only: keys fetched in clear text from
 /// elsewhere could be swapped by anyone on the path.
-pub(crate) fn check_fetch_uri(uri: &Uri) -> Result<(), String> {
-    let host = uri.host().ok_or("no host")?;
+pub(crate) fn check_fetch_uri(uri: &Uri) -> Result<(), FetchUriError> {
+    let host = uri.host().ok_or(FetchUriError::NoHost)?;
     match uri.scheme_str() {
         Some("https") => Ok(()),
         Some("http") => {
@@ -338,25 +343,23 @@ pub(crate) fn check_fetch_uri(uri: &Uri) -> Result<(), String> {
             if loopback {
                 Ok(())
             } else {
-                Err("http:// is allowed only to a loopback address; use https://".into())
+                Err(FetchUriError::PlainHttpNotLoopback)
             }
         }
-        _ => Err("the URL must start with https://".into()),
+        _ => Err(FetchUriError::NotHttps),
     }
 }
 
 /// Where an issuer's metadata may be: OIDC Discovery's `{issuer}/.well-known/openid-configuration`,
 /// then RFC 8414's `.well-known/oauth-authorization-server` inserted before the issuer's path.
-pub(crate) fn discovery_uris(issuer: &str) -> Result<Vec<Uri>, String> {
-    let parsed: Uri = issuer
-        .parse()
-        .map_err(|_| "the issuer is not a URL, so its metadata cannot be discovered".to_owned())?;
-    check_fetch_uri(&parsed).map_err(|e| format!("issuer: {e}"))?;
+pub(crate) fn discovery_uris(issuer: &str) -> Result<Vec<Uri>, DiscoveryUriError> {
+    let parsed: Uri = issuer.parse().map_err(|_| DiscoveryUriError::NotAUrl)?;
+    check_fetch_uri(&parsed).map_err(DiscoveryUriError::Issuer)?;
     let (Some(scheme), Some(authority)) = (parsed.scheme_str(), parsed.authority()) else {
-        return Err("the issuer is not an absolute URL".into());
+        return Err(DiscoveryUriError::NotAbsolute);
     };
     if parsed.query().is_some() {
-        return Err("an issuer URL has no query".into());
+        return Err(DiscoveryUriError::HasQuery);
     }
     let path = parsed.path().trim_end_matches('/');
     let mut out = vec![format!(
@@ -369,18 +372,17 @@ pub(crate) fn discovery_uris(issuer: &str) -> Result<Vec<Uri>, String> {
     out.into_iter()
         .map(|u| {
             u.parse()
-                .map_err(|_| format!("cannot form the metadata URL {u}"))
+                .map_err(|_| DiscoveryUriError::MetadataUrl(u.clone()))
         })
         .collect()
 }
 
 /// An HTTPS client for JWKS and metadata: the platform's roots plus `ca` if given.
 /// Blocking (reads files).
-pub(crate) fn http_client(ca: Option<&Path>) -> Result<HttpClient, String> {
-    let roots = idgate_tls::roots::roots_with_ca(ca).map_err(|e| format!("ca {e}"))?;
+pub(crate) fn http_client(ca: Option<&Path>) -> Result<HttpClient, HttpClientError> {
+    let roots = idgate_tls::roots::roots_with_ca(ca)?;
     let tls = rustls::ClientConfig::builder_with_provider(idgate_tls::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     let mut http = HttpConnector::new();

@@ -1,0 +1,117 @@
+//! The validation context: the file being read, where relative paths start, and the
+//! problems found so far; helpers that read common value types and record what is wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::{ConfigError, parse_duration};
+
+pub(crate) struct Ctx<'a> {
+    pub(crate) file: &'a Path,
+    pub(crate) base: &'a Path,
+    pub(crate) errors: Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn err(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Deserializes one section, recording a serde error with its full key path.
+    pub(crate) fn section<T: DeserializeOwned>(
+        &mut self,
+        key: &str,
+        value: toml::Value,
+    ) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let path = if inner == "." || inner.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{key}.{inner}")
+                };
+                let reason = without_values(&e.into_inner().to_string());
+                self.err(path, reason);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn path(&self, p: &str) -> PathBuf {
+        self.base.join(p)
+    }
+
+    pub(crate) fn existing_file(&mut self, key: &str, p: &str) -> PathBuf {
+        let path = self.path(p);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => self.err(key, format!("{} is not a regular file", path.display())),
+            Err(e) => self.err(
+                key,
+                format!("cannot read {}: {}", path.display(), io_reason(&e)),
+            ),
+        }
+        path
+    }
+
+    pub(crate) fn duration(&mut self, key: &str, v: Option<String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(&s) {
+                Ok(d) if d.is_zero() => {
+                    self.err(key, "must be more than zero");
+                    default
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    self.err(key, e.to_string());
+                    default
+                }
+            },
+        }
+    }
+
+    pub(crate) fn socket_addr(&mut self, key: &str, s: &str) -> SocketAddr {
+        s.parse().unwrap_or_else(|_| {
+            self.err(
+                key,
+                format!("\"{s}\" is not an address:port like \"127.0.0.1:8443\""),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+}
+
+/// serde's type errors quote the value they found (`invalid type: string "sk_live_…",
+/// expected …`); a misplaced secret must not be printed, so only the expectation is kept.
+pub(crate) fn without_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: ", "invalid length "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            return match rest.rsplit_once(", expected ") {
+                Some((_, expected)) => format!(
+                    "wrong {}: expected {expected}",
+                    prefix.trim_end_matches([':', ' '])
+                ),
+                None => format!("wrong {}", prefix.trim_end_matches([':', ' '])),
+            };
+        }
+    }
+    message.to_owned()
+}
+
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => e.to_string(),
+    }
+}

@@ -1,0 +1,136 @@
+//! `[listener]`: where and how the gateway accepts connections.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use idgate_tls::TlsVersion;
+
+use crate::context::Ctx;
+use crate::{TrustedProxies, raw};
+
+/// Whether the listener demands a client certificate during the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub bind: SocketAddr,
+    pub tls_min_version: TlsVersion,
+    pub client_auth: ClientAuth,
+    pub handshake_timeout: Duration,
+    /// HTTP/1.1: a keep-alive connection with no request for this long is closed.
+    /// HTTP/2: the interval of keep-alive pings (a peer that does not answer is dropped).
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    /// Open connections from one client address.
+    pub max_connections_per_ip: usize,
+    /// A connection older than this is closed once its in-flight requests end (HTTP/1.1)
+    /// or told to go away (HTTP/2); `None`: only the client certificate's expiry ends it.
+    pub max_connection_age: Option<Duration>,
+    pub max_header_bytes: usize,
+    /// A response the caller stops reading: when writing to it makes no progress for this
+    /// long, the HTTP/1.1 connection is closed or the HTTP/2 stream reset.
+    pub send_timeout: Duration,
+    /// Proxies whose `x-forwarded-for` (and other forwarding headers) are passed on; from
+    /// any other peer they are replaced by the peer's own address.
+    pub trusted_proxies: TrustedProxies,
+}
+
+pub(crate) fn parse(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
+    let bind = cx.socket_addr("listener.bind", &l.bind);
+    let tls_min_version = match l.tls_min_version.as_deref() {
+        None | Some("1.2") => TlsVersion::Tls12,
+        Some("1.3") => TlsVersion::Tls13,
+        Some(other) => {
+            cx.err(
+                "listener.tls_min_version",
+                format!("\"{other}\" is not allowed: use \"1.2\" or \"1.3\" (older versions are insecure)"),
+            );
+            TlsVersion::Tls12
+        }
+    };
+    let client_auth = match l.client_auth.as_deref() {
+        None | Some("required") => ClientAuth::Required,
+        Some("optional") => ClientAuth::Optional,
+        Some(other) => {
+            cx.err(
+                "listener.client_auth",
+                format!("\"{other}\" is not allowed: use \"required\" or \"optional\""),
+            );
+            ClientAuth::Required
+        }
+    };
+    let max_connections = match l.max_connections {
+        None => 10_000,
+        Some(0) => {
+            cx.err("listener.max_connections", "must be more than zero");
+            1
+        }
+        Some(n) => n as usize,
+    };
+    let max_connections_per_ip = match l.max_connections_per_ip {
+        None => 512.min(max_connections),
+        Some(0) => {
+            cx.err("listener.max_connections_per_ip", "must be more than zero");
+            1
+        }
+        Some(n) if n as usize > max_connections => {
+            cx.err(
+                "listener.max_connections_per_ip",
+                "must not be more than listener.max_connections",
+            );
+            max_connections
+        }
+        Some(n) => n as usize,
+    };
+    let max_connection_age = l.max_connection_age.map(|v| {
+        cx.duration(
+            "listener.max_connection_age",
+            Some(v),
+            Duration::from_secs(3600),
+        )
+    });
+    let max_header_bytes = match l.max_header_bytes {
+        None => 64 * 1024,
+        Some(n) if n < 1024 => {
+            cx.err("listener.max_header_bytes", "must be at least 1024");
+            1024
+        }
+        Some(n) => n as usize,
+    };
+    let mut trusted = Vec::new();
+    for (n, entry) in l.trusted_proxies.iter().enumerate() {
+        match TrustedProxies::parse_entry(entry) {
+            Ok(net) => trusted.push(net),
+            Err(e) => cx.err(format!("listener.trusted_proxies[{n}]"), e.to_string()),
+        }
+    }
+    ListenerConfig {
+        bind,
+        tls_min_version,
+        client_auth,
+        handshake_timeout: cx.duration(
+            "listener.handshake_timeout",
+            l.handshake_timeout,
+            Duration::from_secs(10),
+        ),
+        idle_timeout: cx.duration(
+            "listener.idle_timeout",
+            l.idle_timeout,
+            Duration::from_secs(60),
+        ),
+        max_connections,
+        max_connections_per_ip,
+        max_connection_age,
+        max_header_bytes,
+        send_timeout: cx.duration(
+            "listener.send_timeout",
+            l.send_timeout,
+            Duration::from_secs(30),
+        ),
+        trusted_proxies: TrustedProxies::new(trusted),
+    }
+}

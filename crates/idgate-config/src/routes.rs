@@ -1,0 +1,268 @@
+//! `[[routes]]`: which requests go to which upstream, and who may send them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use http::Method;
+use idgate_tls::{SpiffeIdPattern, TrustDomain};
+
+use crate::context::Ctx;
+use crate::{
+    AllowEntry, AuthLayer, RouteAuth, ScopeRule, UpstreamConfig, auth, fold_template, raw,
+};
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub methods: Vec<Method>,
+    /// A path template: `/v3/session/{session_id}/decision/`.
+    pub path: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Literal segments match without case: the upstream's `case_insensitive_paths`.
+    pub case_insensitive: bool,
+    /// Who may use the route (default deny): SPIFFE IDs and patterns, `apikey:NAME`,
+    /// `client:ID`, `sub:SUBJECT`.
+    pub allow: Vec<AllowEntry>,
+    /// The authentication layers the route requires (default: mutual TLS).
+    pub auth: RouteAuth,
+    /// The scopes the route requires, per method.
+    pub scopes: ScopeRule,
+    /// Whether a `GET`, `HEAD`, `OPTIONS` or `DELETE` request may carry a body.
+    pub allow_body: bool,
+}
+
+/// Methods whose requests carry no body unless a route says otherwise: their semantics
+/// define none, and an upstream that ignores one leaves its bytes to the next request.
+pub fn body_needs_opt_in(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
+    )
+}
+
+/// Which authentication layers the configuration provides.
+pub(crate) struct Layers {
+    pub(crate) api_keys: bool,
+    pub(crate) jwt: bool,
+    pub(crate) issuers: auth::IssuerNames,
+}
+
+pub(crate) fn parse(
+    cx: &mut Ctx<'_>,
+    raw: Vec<(usize, raw::Route)>,
+    (upstreams, broken_upstreams): (&[Option<UpstreamConfig>], &HashSet<String>),
+    trust_domains: &HashSet<TrustDomain>,
+    layers: &Layers,
+) -> Vec<RouteConfig> {
+    let upstream_index: HashMap<&str, usize> = upstreams
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, u)| (u.name.as_str(), i))
+        .collect();
+    let mut upstream_names = HashSet::new();
+    for (i, u) in upstreams.iter().enumerate() {
+        if let Some(u) = u
+            && !upstream_names.insert(u.name.as_str())
+        {
+            cx.err(
+                format!("upstreams[{i}].name"),
+                format!("upstream \"{}\" is defined twice", u.name),
+            );
+        }
+    }
+
+    let mut names = HashSet::new();
+    // Path template → methods already taken, to find two routes claiming the same request.
+    let mut by_path: BTreeMap<String, Vec<(Method, usize)>> = BTreeMap::new();
+    let mut router = matchit::Router::new();
+    // Template folded for matching without case → (route, template, upstream ignores case).
+    let mut folded: HashMap<String, (usize, String, bool)> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, r) in raw {
+        let key = format!("routes[{i}]");
+        let before = cx.errors.len();
+        if r.name.is_empty() {
+            cx.err(format!("{key}.name"), "must not be empty");
+        } else if !names.insert(r.name.clone()) {
+            cx.err(
+                format!("{key}.name"),
+                format!("route \"{}\" is defined twice", r.name),
+            );
+        }
+        let mut methods = Vec::new();
+        if r.methods.is_empty() {
+            cx.err(
+                format!("{key}.methods"),
+                "list at least one method, like [\"GET\"]",
+            );
+        }
+        for (m, s) in r.methods.iter().enumerate() {
+            match Method::from_bytes(s.as_bytes()) {
+                // TRACE echoes the request, credentials injected by the gateway included;
+                // CONNECT turns the connection into a tunnel no policy applies to.
+                Ok(Method::TRACE | Method::CONNECT) => cx.err(
+                    format!("{key}.methods[{m}]"),
+                    format!("{s} is never forwarded: TRACE would echo the injected credential back, CONNECT would open a tunnel past every check"),
+                ),
+                Ok(method) if s.bytes().all(|b| b.is_ascii_uppercase()) => methods.push(method),
+                _ => cx.err(
+                    format!("{key}.methods[{m}]"),
+                    format!("\"{s}\" is not an HTTP method (write it in capitals)"),
+                ),
+            }
+        }
+        if !r.path.starts_with('/') {
+            cx.err(format!("{key}.path"), "must start with '/'");
+        } else if r.path.contains('?') || r.path.contains('#') {
+            cx.err(
+                format!("{key}.path"),
+                "must not contain a query or fragment",
+            );
+        } else if let Some(taken) = by_path.get_mut(&r.path) {
+            for m in &methods {
+                if let Some((_, other)) = taken.iter().find(|(t, _)| t == m) {
+                    cx.err(
+                        format!("{key}.methods"),
+                        format!("{m} {} is already routed by routes[{other}]", r.path),
+                    );
+                }
+            }
+            taken.extend(methods.iter().map(|m| (m.clone(), i)));
+        } else if let Err(e) = router.insert(r.path.as_str(), ()) {
+            cx.err(
+                format!("{key}.path"),
+                format!("\"{}\" cannot be routed: {e}", r.path),
+            );
+        } else {
+            by_path.insert(
+                r.path.clone(),
+                methods.iter().map(|m| (m.clone(), i)).collect(),
+            );
+        }
+        let upstream = match upstream_index.get(r.upstream.as_str()) {
+            Some(&u) => Some(u),
+            None if broken_upstreams.contains(&r.upstream) => None,
+            None => {
+                cx.err(
+                    format!("{key}.upstream"),
+                    format!("no upstream is named \"{}\"", r.upstream),
+                );
+                None
+            }
+        };
+        let case_insensitive = upstream
+            .and_then(|u| upstreams.iter().flatten().nth(u))
+            .is_some_and(|u| u.case_insensitive_paths);
+        if r.path.starts_with('/') {
+            let entry = folded.entry(fold_template(&r.path)).or_insert((
+                i,
+                r.path.clone(),
+                case_insensitive,
+            ));
+            if entry.1 != r.path && (entry.2 || case_insensitive) {
+                cx.err(
+                    format!("{key}.path"),
+                    format!(
+                        "\"{}\" and the path of routes[{}], \"{}\", differ only in case or parameter names, \
+                         and one of them goes to an upstream with case_insensitive_paths: no request could be told apart",
+                        r.path, entry.0, entry.1
+                    ),
+                );
+            }
+            entry.2 |= case_insensitive;
+        }
+        if r.allow.is_empty() {
+            cx.err(
+                format!("{key}.allow"),
+                "is empty, so no caller could ever use this route",
+            );
+        }
+        let auth = auth::route_auth(cx, &key, r.auth);
+        let scopes = auth::route_scopes(cx, &key, r.scopes, &methods);
+        let mut allow = Vec::new();
+        for (a, s) in r.allow.iter().enumerate() {
+            let Some(entry) =
+                auth::allow_entry(cx, format!("{key}.allow[{a}]"), s, &layers.issuers)
+            else {
+                continue;
+            };
+            let needs = match &entry {
+                AllowEntry::Spiffe(p) => {
+                    let td = match p {
+                        SpiffeIdPattern::Exact(id) => id.trust_domain_name().to_owned(),
+                        SpiffeIdPattern::Prefix(prefix) => prefix
+                            .trim_start_matches("spiffe://")
+                            .split('/')
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    };
+                    if !trust_domains.is_empty() && !trust_domains.iter().any(|t| t.as_str() == td)
+                    {
+                        cx.err(
+                            format!("{key}.allow[{a}]"),
+                            format!("trust domain {td} has no [[identity.trust_bundles]] entry, so no caller could match"),
+                        );
+                    }
+                    None
+                }
+                AllowEntry::ApiKey(_) => Some(AuthLayer::ApiKey),
+                AllowEntry::Client(..) | AllowEntry::Subject(..) => Some(AuthLayer::Jwt),
+            };
+            if let Some(layer) = needs
+                && !auth.uses(layer)
+            {
+                cx.err(
+                    format!("{key}.allow[{a}]"),
+                    format!("\"{s}\" can only match through the {layer} layer, which this route's auth does not list"),
+                );
+            }
+            allow.push(entry);
+        }
+        for layer in [AuthLayer::ApiKey, AuthLayer::Jwt] {
+            let configured = match layer {
+                AuthLayer::ApiKey => layers.api_keys,
+                _ => layers.jwt,
+            };
+            if auth.uses(layer) && !configured {
+                cx.err(
+                    format!("{key}.auth"),
+                    match layer {
+                        AuthLayer::ApiKey => "uses api_key, but there is no [api_keys] section",
+                        _ => "uses jwt, but there is no [[jwt_issuers]] or [token_endpoint]",
+                    },
+                );
+            }
+        }
+        let allow_body = r.allow_body.unwrap_or(false);
+        if allow_body && !methods.iter().any(body_needs_opt_in) {
+            cx.err(
+                format!("{key}.allow_body"),
+                "only concerns GET, HEAD, OPTIONS and DELETE, and this route lists none of them",
+            );
+        }
+        if !scopes.is_empty() && !auth.uses(AuthLayer::ApiKey) && !auth.uses(AuthLayer::Jwt) {
+            cx.err(
+                format!("{key}.scopes"),
+                "scopes come from API keys and tokens: add \"api_key\" or \"jwt\" to this route's auth",
+            );
+        }
+        if let Some(upstream) = upstream
+            && cx.errors.len() == before
+        {
+            out.push(RouteConfig {
+                name: r.name,
+                methods,
+                path: r.path,
+                upstream,
+                case_insensitive,
+                allow,
+                auth,
+                scopes,
+                allow_body,
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,211 @@
+//! `[[upstreams]]`: the services routes forward to, their clients and timeouts.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::uri::{Scheme, Uri};
+
+use crate::context::Ctx;
+use crate::{CredentialConfig, credential, raw};
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// Scheme and authority of the upstream, such as `https://verification.didit.me`.
+    pub origin: Uri,
+    /// Path prefix put before every forwarded path (empty or `/v1`, never ending in `/`).
+    pub base_path: String,
+    pub ca: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
+    /// Connections open to the upstream at once, in use or idle (`http2 = true`: requests
+    /// in flight).
+    pub max_connections: usize,
+    /// Requests that may wait for a connection when all are busy.
+    pub max_pending: usize,
+    /// The longest such a wait.
+    pub pending_timeout: Duration,
+    /// Largest request body buffered for signing (signature schemes need the whole body).
+    pub max_body_bytes: u64,
+    /// Whether the caller's address is sent in `x-forwarded-for` (default: yes). Turn it off
+    /// for outside providers that have no need for internal addresses.
+    pub forwarded_for: bool,
+    /// `https://` only: offer HTTP/2 by ALPN (one multiplexed connection) instead of the
+    /// gateway's own HTTP/1.1 client.
+    pub http2: bool,
+    /// Which HTTP/1.1 client talks to the upstream.
+    pub client: ClientKind,
+    /// The upstream reads paths without regard to case (`/Export` is `/export` to it), so
+    /// the literal segments of its routes are matched without case too.
+    pub case_insensitive_paths: bool,
+    pub credential: Option<CredentialConfig>,
+}
+
+/// The HTTP/1.1 client of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientKind {
+    /// The gateway's own client (strict framing, run in the request's task).
+    #[default]
+    Native,
+    /// hyper's client, as upstreams with `http2 = true` use: the fallback.
+    Hyper,
+}
+
+impl UpstreamConfig {
+    pub fn is_tls(&self) -> bool {
+        self.origin.scheme() == Some(&Scheme::HTTPS)
+    }
+}
+
+pub(crate) fn parse(
+    cx: &mut Ctx<'_>,
+    i: usize,
+    u: raw::Upstream,
+    warnings: &mut Vec<String>,
+) -> Option<UpstreamConfig> {
+    let key = format!("upstreams[{i}]");
+    let before = cx.errors.len();
+    if u.name.is_empty() {
+        cx.err(format!("{key}.name"), "must not be empty");
+    }
+    let uri: Option<Uri> = match u.url.parse::<Uri>() {
+        Ok(uri) => Some(uri),
+        Err(_) => {
+            cx.err(format!("{key}.url"), format!("\"{}\" is not a URL", u.url));
+            None
+        }
+    };
+    let client = match u.client.as_deref() {
+        None => None,
+        Some("native") => Some(ClientKind::Native),
+        Some("hyper") => Some(ClientKind::Hyper),
+        Some(other) => {
+            cx.err(
+                format!("{key}.client"),
+                format!("\"{other}\" is not a client: use \"native\" or \"hyper\""),
+            );
+            None
+        }
+    };
+    let mut origin = None;
+    let mut base_path = String::new();
+    if let Some(uri) = uri {
+        let scheme_ok = matches!(uri.scheme_str(), Some("https" | "http"));
+        if !scheme_ok {
+            cx.err(
+                format!("{key}.url"),
+                "must start with https:// (or http:// for in-cluster services)",
+            );
+        } else if uri.host().is_none() {
+            cx.err(format!("{key}.url"), "has no host");
+        } else if uri.query().is_some() || u.url.contains('#') {
+            cx.err(format!("{key}.url"), "must not have a query or fragment");
+        } else if u.url.contains('@') {
+            cx.err(
+                format!("{key}.url"),
+                "must not carry user info; use [upstreams.credential]",
+            );
+        } else if u.http2 == Some(true) && client == Some(ClientKind::Native) {
+            cx.err(
+                format!("{key}.client"),
+                "http2 = true uses hyper's client: leave client out, or set it to \"hyper\"",
+            );
+        } else if u.http2 == Some(true) && uri.scheme_str() == Some("http") {
+            cx.err(
+                format!("{key}.http2"),
+                "HTTP/2 is offered over TLS only: use an https:// url, or leave http2 out",
+            );
+        } else {
+            base_path = uri.path().trim_end_matches('/').to_owned();
+            if uri.scheme_str() == Some("http") {
+                let loopback = uri
+                    .host()
+                    .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+                    .is_some_and(|h| {
+                        h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                    });
+                if !loopback {
+                    warnings.push(format!(
+                        "upstream {}: {} is plain http://; traffic to it, including the injected credential, is not encrypted",
+                        u.name, u.url
+                    ));
+                }
+            }
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = uri.scheme().cloned();
+            parts.authority = uri.authority().cloned();
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            origin = Uri::from_parts(parts).ok();
+        }
+    }
+    let ca =
+        u.ca.as_deref()
+            .map(|p| cx.existing_file(&format!("{key}.ca"), p));
+    let credential = u
+        .credential
+        .and_then(|c| credential::parse(cx, &key, &u.name, c));
+    let pool_max_idle = u.pool_max_idle.map_or(64, |n| n as usize);
+    let request_timeout = cx.duration(
+        &format!("{key}.request_timeout"),
+        u.request_timeout,
+        Duration::from_secs(30),
+    );
+    let max_connections = match u.max_connections {
+        None => 256,
+        Some(0) => {
+            cx.err(format!("{key}.max_connections"), "must be more than zero");
+            1
+        }
+        Some(n) => n as usize,
+    };
+    let max_pending = u.max_pending.map_or(max_connections, |n| n as usize);
+    // A wait past the request timeout would end in a 504 before it could end in a 503.
+    let pending_timeout = match u.pending_timeout {
+        None => request_timeout.min(Duration::from_secs(5)),
+        set => {
+            let d = cx.duration(
+                &format!("{key}.pending_timeout"),
+                set,
+                Duration::from_secs(5),
+            );
+            if d > request_timeout {
+                cx.err(
+                    format!("{key}.pending_timeout"),
+                    "must not be longer than request_timeout",
+                );
+            }
+            d
+        }
+    };
+    let out = UpstreamConfig {
+        connect_timeout: cx.duration(
+            &format!("{key}.connect_timeout"),
+            u.connect_timeout,
+            Duration::from_secs(5),
+        ),
+        request_timeout,
+        max_connections,
+        max_pending,
+        pending_timeout,
+        pool_idle_timeout: cx.duration(
+            &format!("{key}.pool_idle_timeout"),
+            u.pool_idle_timeout,
+            Duration::from_secs(90),
+        ),
+        name: u.name,
+        origin: origin?,
+        base_path,
+        ca,
+        pool_max_idle,
+        max_body_bytes: u.max_body_bytes.unwrap_or(10 * 1024 * 1024),
+        forwarded_for: u.forwarded_for.unwrap_or(true),
+        http2: u.http2.unwrap_or(false),
+        client: client.unwrap_or_default(),
+        case_insensitive_paths: u.case_insensitive_paths.unwrap_or(false),
+        credential,
+    };
+    (cx.errors.len() == before).then_some(out)
+}

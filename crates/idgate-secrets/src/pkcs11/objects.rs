@@ -1,0 +1,263 @@
+//! What is done with the objects of a token: signing, unwrapping, importing new versions,
+//! pruning old ones and listing them.
+
+use super::*;
+
+impl Hsm {
+    /// HMAC-SHA256 computed inside the token with the newest key of this label.
+    pub fn hmac_sha256(&self, label: &str, data: &[u8]) -> Result<(Vec<u8>, u32), HsmError> {
+        self.with_session(|s| {
+            let (key, version) = Self::newest(s, label, ObjectClass::SECRET_KEY)?;
+            let mac = s
+                .sign(&Mechanism::Sha256Hmac, key, data)
+                .map_err(ck("C_Sign"))?;
+            Ok((mac, version))
+        })
+    }
+
+    /// Decrypts the newest wrapped value of this label inside the token.
+    pub fn unwrap_value(
+        &self,
+        label: &str,
+        wrap_key: &str,
+    ) -> Result<(SecretBox<[u8]>, u32), HsmError> {
+        self.with_session(|s| {
+            let (obj, version) = Self::newest(s, label, ObjectClass::DATA)?;
+            let attrs = s
+                .get_attributes(obj, &[AttributeType::Value])
+                .map_err(ck("C_GetAttributeValue"))?;
+            let blob = attrs
+                .into_iter()
+                .find_map(|a| {
+                    if let Attribute::Value(v) = a {
+                        Some(v)
+                    } else {
+                        None
+                    }
+                })
+                .ok_or_else(|| HsmError::BadWrapped(label.to_owned()))?;
+            let rest = blob
+                .strip_prefix(WRAP_MAGIC)
+                .filter(|r| r.len() > GCM_IV_LEN + 16)
+                .ok_or_else(|| HsmError::BadWrapped(label.to_owned()))?;
+            let (iv, ct) = rest.split_at(GCM_IV_LEN);
+            let mut iv = iv.to_vec();
+            let aad = wrap_aad(label, version);
+            let (key, _) = Self::newest(s, wrap_key, ObjectClass::SECRET_KEY)?;
+            let params = GcmParams::new(&mut iv, &aad, 128.into()).map_err(ck("GcmParams"))?;
+            let plain = Zeroizing::new(
+                s.decrypt(&Mechanism::AesGcm(params), key, ct)
+                    .map_err(|_| HsmError::BadWrapped(label.to_owned()))?,
+            );
+            Ok((SecretBox::new(plain.as_slice().into()), version))
+        })
+    }
+
+    /// Stores `value` wrapped under the token's AES key (created non-extractable if missing),
+    /// as the next version of `label`. Returns the version.
+    pub fn import_wrapped(
+        &self,
+        label: &str,
+        wrap_key: &str,
+        value: &[u8],
+    ) -> Result<u32, HsmError> {
+        self.with_session(|s| {
+            let key = match Self::newest(s, wrap_key, ObjectClass::SECRET_KEY) {
+                Ok((k, _)) => k,
+                Err(HsmError::NoObject(_)) => s
+                    .generate_key(
+                        &Mechanism::AesKeyGen,
+                        &[
+                            Attribute::Token(true),
+                            Attribute::Private(true),
+                            Attribute::Sensitive(true),
+                            Attribute::Extractable(false),
+                            Attribute::Encrypt(true),
+                            Attribute::Decrypt(true),
+                            Attribute::ValueLen(32.into()),
+                            Attribute::Label(wrap_key.as_bytes().to_vec()),
+                            Attribute::Id(1u32.to_be_bytes().to_vec()),
+                        ],
+                    )
+                    .map_err(ck("C_GenerateKey"))?,
+                Err(e) => return Err(e),
+            };
+            let version = match Self::newest(s, label, ObjectClass::DATA) {
+                Ok((_, v)) => next_version(label, v)?,
+                Err(HsmError::NoObject(_)) => 1,
+                Err(e) => return Err(e),
+            };
+            let mut iv = s
+                .generate_random_vec(GCM_IV_LEN as u32)
+                .map_err(ck("C_GenerateRandom"))?;
+            let aad = wrap_aad(label, version);
+            let mut blob = WRAP_MAGIC.to_vec();
+            blob.extend_from_slice(&iv);
+            let params = GcmParams::new(&mut iv, &aad, 128.into()).map_err(ck("GcmParams"))?;
+            let ct = s
+                .encrypt(&Mechanism::AesGcm(params), key, value)
+                .map_err(ck("C_Encrypt"))?;
+            blob.extend_from_slice(&ct);
+            s.create_object(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Application(format!("idgate/{version}").into_bytes()),
+                Attribute::Value(blob),
+            ])
+            .map_err(ck("C_CreateObject"))?;
+            Ok(version)
+        })
+    }
+
+    /// Stores an HMAC key as a sensitive, non-extractable generic secret, as the next version
+    /// of `label`. Returns the version.
+    pub fn import_hmac_key(&self, label: &str, key: &[u8]) -> Result<u32, HsmError> {
+        self.with_session(|s| {
+            let version = match Self::newest(s, label, ObjectClass::SECRET_KEY) {
+                Ok((_, v)) => next_version(label, v)?,
+                Err(HsmError::NoObject(_)) => 1,
+                Err(e) => return Err(e),
+            };
+            s.create_object(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::GENERIC_SECRET),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+                Attribute::Verify(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(version.to_be_bytes().to_vec()),
+                Attribute::Value(key.to_vec()),
+            ])
+            .map_err(ck("C_CreateObject"))?;
+            Ok(version)
+        })
+    }
+
+    /// Deletes every version of `label` older than `keep_from`.
+    pub fn prune(&self, label: &str, keep_from: u32) -> Result<usize, HsmError> {
+        self.with_session(|s| {
+            let mut n = 0;
+            for class in [ObjectClass::DATA, ObjectClass::SECRET_KEY] {
+                let handles = s
+                    .find_objects(&[
+                        Attribute::Class(class),
+                        Attribute::Label(label.as_bytes().to_vec()),
+                    ])
+                    .map_err(ck("C_FindObjects"))?;
+                for h in handles {
+                    let v = object_version(s, h, class)?;
+                    if v < keep_from {
+                        s.destroy_object(h).map_err(ck("C_DestroyObject"))?;
+                        n += 1;
+                    }
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    /// Labels, kinds, versions and protection flags of the token's objects — never values.
+    pub fn list(&self) -> Result<Vec<ObjectInfo>, HsmError> {
+        self.with_session(|s| {
+            let mut out = Vec::new();
+            for h in s.find_objects(&[]).map_err(ck("C_FindObjects"))? {
+                let attrs = s
+                    .get_attributes(
+                        h,
+                        &[
+                            AttributeType::Class,
+                            AttributeType::Label,
+                            AttributeType::Id,
+                            AttributeType::Application,
+                        ],
+                    )
+                    .map_err(ck("C_GetAttributeValue"))?;
+                let mut info = ObjectInfo {
+                    label: String::new(),
+                    kind: "other",
+                    version: 0,
+                    extractable: None,
+                    sensitive: None,
+                };
+                for a in attrs {
+                    match a {
+                        Attribute::Label(l) => {
+                            info.label = String::from_utf8_lossy(&l).into_owned()
+                        }
+                        Attribute::Id(id) => info.version = version_of(&id),
+                        Attribute::Application(app) => info.version = data_version(&app),
+                        Attribute::Class(c) if c == ObjectClass::DATA => {
+                            info.kind = "wrapped-value"
+                        }
+                        Attribute::Class(c) if c == ObjectClass::SECRET_KEY => {
+                            info.kind = "secret-key"
+                        }
+                        _ => {}
+                    }
+                }
+                if info.kind == "secret-key" {
+                    let flags = s
+                        .get_attributes(
+                            h,
+                            &[
+                                AttributeType::Extractable,
+                                AttributeType::Sensitive,
+                                AttributeType::KeyType,
+                            ],
+                        )
+                        .map_err(ck("C_GetAttributeValue"))?;
+                    for a in flags {
+                        match a {
+                            Attribute::Extractable(b) => info.extractable = Some(b),
+                            Attribute::Sensitive(b) => info.sensitive = Some(b),
+                            Attribute::KeyType(k) if k == KeyType::AES => {
+                                info.kind = "aes-wrap-key"
+                            }
+                            Attribute::KeyType(k) if k == KeyType::GENERIC_SECRET => {
+                                info.kind = "hmac-key"
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                out.push(info);
+            }
+            out.sort_by(|a, b| (a.label.as_str(), a.version).cmp(&(b.label.as_str(), b.version)));
+            Ok(out)
+        })
+    }
+
+    /// The flags of the newest secret key with this label: (extractable, sensitive).
+    pub fn key_flags(&self, label: &str) -> Result<(bool, bool), HsmError> {
+        self.with_session(|s| {
+            let (h, _) = Self::newest(s, label, ObjectClass::SECRET_KEY)?;
+            let attrs = s
+                .get_attributes(h, &[AttributeType::Extractable, AttributeType::Sensitive])
+                .map_err(ck("C_GetAttributeValue"))?;
+            let mut flags = (true, false);
+            for a in attrs {
+                match a {
+                    Attribute::Extractable(b) => flags.0 = b,
+                    Attribute::Sensitive(b) => flags.1 = b,
+                    _ => {}
+                }
+            }
+            Ok(flags)
+        })
+    }
+}
+
+/// Binds a ciphertext to its label and version, so a wrapped blob copied to another label
+/// (or rolled back to an older version number) fails to decrypt.
+fn wrap_aad(label: &str, version: u32) -> Vec<u8> {
+    let mut aad = b"idgate-wrapped-v1\0".to_vec();
+    aad.extend_from_slice(label.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad
+}
