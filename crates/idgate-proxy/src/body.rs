@@ -7,9 +7,8 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-
-use crate::h1;
-use crate::limit::Held;
+use idgate_h1 as h1;
+use idgate_h1::limit::Held;
 
 /// The body sent upstream: the caller's body streamed through, or buffered (when a signature
 /// scheme needs all of it, or for the gateway's own requests).

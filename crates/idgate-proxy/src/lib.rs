@@ -10,8 +10,6 @@ pub mod credential;
 pub mod ctx;
 mod forward;
 pub mod gateway;
-pub mod h1;
-pub mod limit;
 mod lingering_close;
 pub mod listener;
 pub mod metrics;

@@ -9,13 +9,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use idgate_config::{ClientKind, UpstreamConfig};
+use idgate_h1 as h1;
+use idgate_h1::limit::ConnLimit;
 use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
 
 use crate::body::UpstreamClient;
 use crate::credential::Credential;
-use crate::h1;
-use crate::limit::ConnLimit;
-use rustls::crypto::CryptoProvider;
 
 #[derive(Debug)]
 pub struct Upstream {
