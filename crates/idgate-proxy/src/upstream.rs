@@ -11,11 +11,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use idgate_config::{ClientKind, UpstreamConfig};
 use idgate_h1 as h1;
 use idgate_h1::limit::ConnLimit;
+use idgate_secrets::credential::Credential;
+use idgate_secrets::oauth2::TokenClient;
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 
 use crate::body::UpstreamClient;
-use crate::credential::Credential;
 
 #[derive(Debug)]
 pub struct Upstream {
@@ -80,11 +81,23 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_max_idle_per_host(cfg.pool_max_idle)
-            .build(connector);
+            .build(connector.clone());
 
         let credential = match &cfg.credential {
             None => None,
-            Some(c) => Some(Arc::new(Credential::load(c, Some(client.clone()))?)),
+            Some(c) => {
+                // Token requests go out as the upstream's own requests would: same roots,
+                // same timeouts, same protocols.
+                let token_client: TokenClient = Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(cfg.pool_idle_timeout)
+                    .pool_max_idle_per_host(cfg.pool_max_idle)
+                    .build(connector);
+                Some(Arc::new(
+                    Credential::load(c, Some(token_client)).map_err(|e| e.to_string())?,
+                ))
+            }
         };
 
         let authority = cfg

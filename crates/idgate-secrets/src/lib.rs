@@ -8,6 +8,8 @@ use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+pub mod credential;
+pub mod oauth2;
 pub mod pkcs11;
 pub mod vault;
 

@@ -15,12 +15,15 @@ use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Uri};
-use http_body_util::{BodyExt, Either, Full, Limited};
-use idgate_secrets::{ExposeSecret, SecretError, SecretRef};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::body::UpstreamClient;
+use crate::{ExposeSecret, SecretError, SecretRef};
 
-pub type TokenClient = UpstreamClient;
+/// The HTTPS client token requests go out with.
+pub type TokenClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Longest token response read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
@@ -52,7 +55,7 @@ struct Failure {
     reason: String,
 }
 
-pub struct TokenSource {
+pub(crate) struct TokenSource {
     client: TokenClient,
     token_url: Uri,
     client_id: String,
@@ -105,7 +108,7 @@ fn error_code(v: &serde_json::Value) -> String {
 
 impl TokenSource {
     /// Checks that the client secret can be read now, so a bad reference fails at start-up.
-    pub fn new(
+    pub(crate) fn new(
         client: TokenClient,
         token_url: Uri,
         client_id: String,
@@ -126,7 +129,7 @@ impl TokenSource {
 
     /// The `Authorization` value to send, and the version of the client secret it was
     /// obtained with (a bounded label for metrics, unlike the tokens themselves).
-    pub async fn token(&self) -> Result<(HeaderValue, Arc<str>), String> {
+    pub(crate) async fn token(&self) -> Result<(HeaderValue, Arc<str>), String> {
         let current = self.cached.load_full();
         let now = Instant::now();
         if let Some(c) = current.as_ref().filter(|c| now < c.refresh_at) {
@@ -215,7 +218,7 @@ impl TokenSource {
             .header(header::AUTHORIZATION, auth)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json")
-            .body(Either::Right(Full::new(Bytes::from(body))))
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
         let resp = self
             .client
