@@ -112,10 +112,7 @@ impl Pepper {
             &hmac::Key::new(hmac::HMAC_SHA256, bytes.expose_secret()),
             b"idgate api key pepper id",
         );
-        let id = tag.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let id = idgate_codec::hex::encode(&tag.as_ref()[..8]);
         Ok(Self { key: bytes, id })
     }
 
@@ -693,33 +690,7 @@ fn contains_key_like(s: &str) -> bool {
 
 /// `%XX` and `+` decoding; malformed escapes are kept as they are.
 fn percent_decode(s: &str) -> Cow<'_, str> {
-    if !s.contains(['%', '+']) {
-        return Cow::Borrowed(s);
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = s
-                    .get(i + 1..i + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    idgate_codec::percent::decode_form_lossy(s)
 }
 
 #[cfg(test)]

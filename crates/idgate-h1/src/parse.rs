@@ -431,7 +431,8 @@ impl ChunkedDecoder {
                         return Err(BadChunk("chunk size too large"));
                     }
                     self.digits += 1;
-                    self.size = (self.size << 4) | u64::from(hex_value(b));
+                    self.size =
+                        (self.size << 4) | u64::from(idgate_codec::hex::digit(b).unwrap_or(0));
                     self.line += 1;
                     State::Size
                 }
@@ -490,14 +491,6 @@ impl ChunkedDecoder {
                 (State::Data | State::Done, _) => State::Done,
             };
         }
-    }
-}
-
-fn hex_value(b: u8) -> u8 {
-    match b {
-        b'0'..=b'9' => b - b'0',
-        b'a'..=b'f' => b - b'a' + 10,
-        _ => b - b'A' + 10,
     }
 }
 

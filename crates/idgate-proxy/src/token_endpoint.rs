@@ -361,22 +361,7 @@ fn basic_credentials(headers: &http::HeaderMap) -> Result<Option<(String, String
 }
 
 fn form_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(h, 16).ok()?);
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    idgate_codec::percent::decode_form(s)
 }
 
 /// Parses `application/x-www-form-urlencoded`.

@@ -16,14 +16,12 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use idgate_tls::client::HttpsClient;
 
 use crate::{ExposeSecret, SecretError, SecretRef};
 
 /// The HTTPS client token requests go out with.
-pub type TokenClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type TokenClient = HttpsClient<Full<Bytes>>;
 
 /// Longest token response read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
@@ -70,17 +68,7 @@ pub(crate) struct TokenSource {
 /// `client_secret_basic` and the request body both use): space as `+`, and every byte
 /// outside `*-._` and ASCII letters and digits percent-encoded.
 fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_') {
-            out.push(b as char);
-        } else if b == b' ' {
-            out.push('+');
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    idgate_codec::percent::encode_form(s, idgate_codec::percent::is_form_plain)
 }
 
 /// When to fetch the next token: a tenth of the lifetime before expiry, but at least a

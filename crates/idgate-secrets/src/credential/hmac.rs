@@ -57,7 +57,7 @@ impl HmacKey {
             Self::Memory(live) => {
                 let key = live.for_request(started);
                 let tag = ring::hmac::sign(&key.value, &data);
-                Ok((hex(tag.as_ref()), key.version.clone()))
+                Ok((idgate_codec::hex::encode(tag.as_ref()), key.version.clone()))
             }
             Self::Hsm {
                 hsm,
@@ -74,7 +74,7 @@ impl HmacKey {
                         .await
                         .map_err(|e| e.to_string())?
                         .map_err(|e| e.to_string())?;
-                Ok((hex(&mac), version.to_string().into()))
+                Ok((idgate_codec::hex::encode(&mac), version.to_string().into()))
             }
         }
     }
@@ -82,14 +82,4 @@ impl HmacKey {
 
 pub(super) fn hmac_key(f: &Fetched) -> ring::hmac::Key {
     ring::hmac::Key::new(ring::hmac::HMAC_SHA256, f.value.expose_secret())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 0xf) as usize] as char);
-    }
-    s
 }
