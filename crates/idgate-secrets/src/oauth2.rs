@@ -4,7 +4,7 @@
 //!
 //! Past the refresh point, one request fetches the next token while the others keep using
 //! the current one, which is still valid; only when no valid token is left do they wait. A
-//! failed fetch is shared the same way: requests within [`FAILURE_BACKOFF`] get the same
+//! failed fetch is shared the same way: requests within `FAILURE_BACKOFF` (a second) get the same
 //! answer (the still-valid token, or the error) instead of queueing one fetch each.
 
 use std::sync::Arc;
