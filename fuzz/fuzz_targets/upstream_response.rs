@@ -5,7 +5,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use idgate_proxy::h1::parse::{Chunk, ChunkedDecoder, Framing, HeadParser};
+use idgate_h1::parse::{Chunk, ChunkedDecoder, Framing, HeadParser};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -116,10 +116,7 @@ impl Pepper {
             &hmac::Key::new(hmac::HMAC_SHA256, bytes.expose_secret()),
             b"idgate api key pepper id",
         );
-        let id = tag.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let id = idgate_codec::hex::encode(&tag.as_ref()[..8]);
         Ok(Self { key: bytes, id })
     }
 

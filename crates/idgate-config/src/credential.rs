@@ -8,71 +8,7 @@ use idgate_secrets::SecretRef;
 use crate::context::Ctx;
 use crate::{auth, raw};
 
-/// How the upstream credential is produced and sent; see PROVIDERS.md for each scheme.
-#[derive(Debug, Clone)]
-pub enum CredentialScheme {
-    /// A static header: Didit `x-api-key`, Persona `Authorization: Bearer`, Onfido
-    /// `Authorization: Token token=`.
-    Header {
-        header: http::HeaderName,
-        /// Put before the secret in the header value, e.g. `Bearer ` or `Token token=`.
-        prefix: String,
-        secret: SecretRef,
-    },
-    /// Sumsub: `X-App-Token`, `X-App-Access-Ts` and `X-App-Access-Sig` = HMAC-SHA256 over
-    /// ts + METHOD + path_with_query + body.
-    Sumsub {
-        app_token: SecretRef,
-        secret: SecretRef,
-    },
-    /// Veriff: `X-AUTH-CLIENT` and `X-HMAC-SIGNATURE` = HMAC-SHA256 over the body (POST,
-    /// PATCH, PUT) or the session id (GET, DELETE).
-    Veriff {
-        client: SecretRef,
-        secret: SecretRef,
-    },
-    /// A bearer token from the provider's OAuth2 token endpoint (client credentials grant).
-    OAuth2ClientCredentials {
-        token_url: Uri,
-        client_id: String,
-        client_secret: SecretRef,
-        scope: Option<String>,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub struct CredentialConfig {
-    pub scheme: CredentialScheme,
-    /// The name under which uses of this credential are counted and logged.
-    pub label: String,
-    /// How often the secret's source is checked for a new version.
-    pub refresh_interval: Duration,
-    /// How long after a rotation a request that started before it may still use the old
-    /// value.
-    pub overlap: Duration,
-}
-
-impl CredentialConfig {
-    /// Every header this credential is sent in: a caller's copies of them are removed.
-    pub fn headers(&self) -> Vec<http::HeaderName> {
-        use http::HeaderName as H;
-        match &self.scheme {
-            CredentialScheme::Header { header, .. } => vec![header.clone()],
-            CredentialScheme::Sumsub { .. } => vec![
-                H::from_static("x-app-token"),
-                H::from_static("x-app-access-ts"),
-                H::from_static("x-app-access-sig"),
-            ],
-            CredentialScheme::Veriff { .. } => {
-                vec![
-                    H::from_static("x-auth-client"),
-                    H::from_static("x-hmac-signature"),
-                ]
-            }
-            CredentialScheme::OAuth2ClientCredentials { .. } => vec![http::header::AUTHORIZATION],
-        }
-    }
-}
+pub use idgate_secrets::credential::{CredentialConfig, CredentialScheme};
 
 pub(crate) fn parse(
     cx: &mut Ctx<'_>,

@@ -218,18 +218,7 @@ fn push_u_escape(out: &mut String, unit: u32) {
 /// Lowercase hex HMAC-SHA256 of `message` under `secret`.
 pub fn hmac_sha256_hex(secret: &[u8], message: &[u8]) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    hex(hmac::sign(&key, message).as_ref())
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
+    idgate_codec::hex::encode(hmac::sign(&key, message).as_ref())
 }
 
 /// `X-Signature`: the HMAC of the raw body bytes as sent.
@@ -311,30 +300,12 @@ pub fn sign(secret: &str, envelope: &Value) -> SignedWebhook {
 /// Checks a lowercase-hex signature in constant time; anything that is not 64 lowercase hex
 /// digits fails.
 pub fn verify_hex(secret: &[u8], message: &[u8], signature_hex: &str) -> bool {
-    let Some(tag) = decode_lower_hex(signature_hex) else {
+    // Uppercase digits are refused: the providers send lowercase.
+    let Some(tag) = idgate_codec::hex::decode_lower(signature_hex) else {
         return false;
     };
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
     hmac::verify(&key, message, &tag).is_ok()
-}
-
-/// Decodes lowercase hex (uppercase digits are refused: the providers send lowercase).
-pub(crate) fn decode_lower_hex(s: &str) -> Option<Vec<u8>> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        }
-    }
-    let bytes = s.as_bytes();
-    if !bytes.len().is_multiple_of(2) {
-        return None;
-    }
-    bytes
-        .chunks_exact(2)
-        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
-        .collect()
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub(crate) fn uuid_v4() -> String {
     let mut b = random_bytes::<16>();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = crate::didit_webhook::hex(&b);
+    let h = idgate_codec::hex::encode(&b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
@@ -144,27 +144,7 @@ pub(crate) fn parse_query(query: &str) -> Vec<(String, String)> {
 }
 
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    idgate_codec::percent::decode_form_lossy(s).into_owned()
 }
 
 /// Encodes pairs as a query string (keys sorted, as Django REST framework writes its
@@ -180,17 +160,7 @@ pub(crate) fn encode_query(pairs: &[(String, String)]) -> String {
 }
 
 fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(char::from(b))
-            }
-            b' ' => out.push('+'),
-            b => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    idgate_codec::percent::encode_form(s, idgate_codec::percent::is_unreserved)
 }
 
 #[cfg(test)]

@@ -10,10 +10,7 @@ use bytes::Bytes;
 use http::Uri;
 use http::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use idgate_tls::client::{HttpsClient, OutboundClient};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -31,7 +28,7 @@ pub const MAX_ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type WebhookClient = HttpsClient<Full<Bytes>>;
 
 pub(crate) struct WebhookSender {
     client: WebhookClient,
@@ -113,24 +110,10 @@ impl WebhookSender {
         if let Some(ca) = &target.ca {
             load_ca(ca, &mut roots)?;
         }
-        let tls = rustls::ClientConfig::builder_with_provider(crate::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| MockError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let client = OutboundClient::new(roots, Duration::from_secs(5))
+            .provider(crate::crypto_provider())
+            .build()
+            .map_err(|e| MockError::Tls(e.to_string()))?;
         Ok(Self {
             client,
             url,
@@ -255,7 +238,7 @@ enum AttemptError {
     #[error("{0}")]
     Request(#[from] http::Error),
     #[error("{}", Chain(.0))]
-    Send(#[from] hyper_util::client::legacy::Error),
+    Send(#[from] idgate_tls::client::RequestError),
     #[error("timed out")]
     TimedOut,
 }

@@ -1,6 +1,7 @@
 //! The admin listener (loopback by default): `/healthz` says the process is alive,
 //! `/readyz` says it is ready for traffic (listener bound, material loaded, not draining),
-//! `/metrics` serves Prometheus metrics.
+//! `/metrics` serves Prometheus metrics. Anything else gets a problem from the one mapping
+//! (`problem.rs`).
 //! Never served on the public listener.
 
 use std::convert::Infallible;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -18,30 +19,25 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
+use crate::problem::ProblemKind;
 
-fn json(
-    status: StatusCode,
-    body: &'static str,
-    content_type: &'static str,
-) -> Response<Full<Bytes>> {
+fn json(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
     resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
 fn route(req: &Request<Incoming>, ready: &AtomicBool, metrics: &Metrics) -> Response<Full<Bytes>> {
-    const JSON: &str = "application/json";
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            r#"{"type":"https://idgate.dev/problems/method-not-allowed","title":"Method not allowed","status":405}"#,
-            "application/problem+json",
-        );
+        let mut resp = ProblemKind::MethodNotAllowed.response(None, None);
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
     }
     match req.uri().path() {
-        "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#, JSON),
+        "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(metrics.encode())));
             resp.headers_mut().insert(
@@ -52,19 +48,9 @@ fn route(req: &Request<Incoming>, ready: &AtomicBool, metrics: &Metrics) -> Resp
             );
             resp
         }
-        "/readyz" if ready.load(Ordering::Acquire) => {
-            json(StatusCode::OK, r#"{"status":"ready"}"#, JSON)
-        }
-        "/readyz" => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"status":"not ready"}"#,
-            JSON,
-        ),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            r#"{"type":"https://idgate.dev/problems/no-route","title":"No such route","status":404}"#,
-            "application/problem+json",
-        ),
+        "/readyz" if ready.load(Ordering::Acquire) => json(StatusCode::OK, r#"{"status":"ready"}"#),
+        "/readyz" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
+        _ => ProblemKind::NoRoute.response(None, None),
     }
 }
 

@@ -4,19 +4,16 @@
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-
-use crate::h1;
-use crate::limit::Held;
+use idgate_h1 as h1;
+use idgate_h1::limit::Held;
+use idgate_tls::client::HttpsClient;
 
 /// The body sent upstream: the caller's body streamed through, or buffered (when a signature
 /// scheme needs all of it, or for the gateway's own requests).
 pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 
 /// hyper's pooled client, as upstreams use it.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+pub type UpstreamClient = HttpsClient<UpstreamBody>;
 
 /// An upstream's response body: from hyper's client (`http2 = true`, `client = "hyper"`;
 /// holding its place under the upstream's cap), or from the gateway's own HTTP/1.1 client.

@@ -12,11 +12,11 @@ use http::header::{HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Version};
 use hyper::body::Incoming;
 use idgate_auth::{Caller, Principal};
+use idgate_h1::RequestBody;
 use tokio::sync::SemaphorePermit;
 
 use crate::access_log::{Decision, Record};
 use crate::conn::ConnInfo;
-use crate::h1::RequestBody;
 use crate::problem::Refusal;
 use crate::routes::{PathParams, Route};
 use crate::service::{BODY_BUDGET_KIB, Services};

@@ -11,11 +11,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
+use idgate_h1::limit::{Held, Saturated};
+use idgate_h1::{self as h1, RequestBody};
 
 use crate::body::{ProxyBody, UpstreamResponseBody};
 use crate::ctx::{CredentialUse, RequestCtx};
-use crate::h1::{self, RequestBody};
-use crate::limit::{Held, Saturated};
 use crate::problem::Refusal;
 use crate::service::{Services, X_REQUEST_ID};
 use crate::upstream::Upstream;

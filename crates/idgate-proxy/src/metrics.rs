@@ -222,3 +222,10 @@ impl Metrics {
         out
     }
 }
+
+/// Rotations of upstream credentials are counted per credential label.
+impl idgate_secrets::credential::Rotations for Metrics {
+    fn credential_rotated(&self, label: &str) {
+        Metrics::credential_rotated(self, label);
+    }
+}

@@ -28,10 +28,10 @@
 //! A path that is already canonical (the usual case: no `%`) is neither copied nor rebuilt.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use http::Uri;
 use http::uri::PathAndQuery;
+use idgate_codec::percent::{self, is_unreserved, push_escape};
 
 /// Why a request target has no canonical form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,11 +223,7 @@ fn canonical_text(path: &str) -> Result<Cow<'_, str>, PathError> {
 
 /// The byte of the escape at `b[at]` (a `%`).
 fn escaped(b: &[u8], at: usize) -> Result<u8, PathError> {
-    let hex = |i: usize| b.get(i).and_then(|&c| char::from(c).to_digit(16));
-    match (hex(at + 1), hex(at + 2)) {
-        (Some(hi), Some(lo)) => Ok((hi * 16 + lo) as u8),
-        _ => Err(PathError::Encoding(BadEncoding::MalformedEscape)),
-    }
+    percent::escaped_byte(b, at).ok_or(PathError::Encoding(BadEncoding::MalformedEscape))
 }
 
 /// The canonical text so far, copied out of `path` up to `upto` on the first change.
@@ -247,15 +243,6 @@ fn keep_escape(out: &mut Option<String>, path: &str, at: usize, byte: u8) {
     } else if written.iter().any(u8::is_ascii_lowercase) {
         push_escape(changed(out, path, at), byte);
     }
-}
-
-fn push_escape(out: &mut String, byte: u8) {
-    let _ = write!(out, "%{byte:02X}");
-}
-
-/// RFC 3986 §2.3.
-fn is_unreserved(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
 }
 
 /// RFC 3986 `pchar` and `/`, unescaped (`%` is handled apart).

@@ -1,6 +1,8 @@
 //! The one mapping from "why the gateway answers itself" to an RFC 9457
-//! `application/problem+json` response. No stage invents a status code of its own: each
-//! returns a [`Refusal`], and only this module turns it into bytes.
+//! `application/problem+json` response: [`ProblemKind`] gives each kind its status, `type`
+//! and title, and renders it, for the pipeline, the token endpoint and the admin listener
+//! alike. No stage invents a status code of its own: each returns a [`Refusal`], and only
+//! this module turns it into bytes.
 //!
 //! Details tell the caller what to fix. They never name files, upstream addresses, internal
 //! errors or secret values; those go to the log through [`Refusal::log_reason`].
@@ -8,7 +10,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA, RETRY_AFTER};
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use idgate_auth::AuthFailure;
@@ -75,49 +77,72 @@ impl From<PathError> for Refusal {
     }
 }
 
-struct Kind {
-    status: StatusCode,
-    slug: &'static str,
-    title: &'static str,
+/// Every kind of answer the gateway gives itself, on the public listener, at the token
+/// endpoint and on the admin listener: its status, its `type` and its title, in one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    AmbiguousPath,
+    InvalidEncoding,
+    NoRoute,
+    MethodNotAllowed,
+    BodyTooLarge,
+    Busy,
+    BodyNotAllowed,
+    BadBody,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    UpstreamBusy,
+    CredentialUnavailable,
+    Internal,
+    /// Authentication or authorization failed; the failure knows its status, slug and title.
+    Auth {
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+    },
+    /// A token request refused, with its RFC 6749 §5.2 error code (`invalid_client`, …).
+    OAuth {
+        status: StatusCode,
+        error: &'static str,
+    },
 }
 
-impl Refusal {
-    fn kind(&self) -> Kind {
-        let (status, slug, title) = match self {
+impl ProblemKind {
+    fn parts(self) -> (StatusCode, &'static str, &'static str) {
+        match self {
             Self::AmbiguousPath => (
                 StatusCode::BAD_REQUEST,
                 "ambiguous-path",
                 "Ambiguous request path",
             ),
-            Self::InvalidEncoding(_) => (
+            Self::InvalidEncoding => (
                 StatusCode::BAD_REQUEST,
                 "invalid-target-encoding",
                 "Invalid encoding in the request target",
             ),
             Self::NoRoute => (StatusCode::NOT_FOUND, "no-route", "No such route"),
-            Self::MethodNotAllowed { .. } => (
+            Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
                 "Method not allowed",
             ),
-            Self::Auth(f) => (f.status(), f.slug(), f.title()),
             Self::BodyTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body-too-large",
                 "Request body too large",
             ),
             Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy", "Gateway busy"),
-            Self::BodyNotAllowed { .. } => (
+            Self::BodyNotAllowed => (
                 StatusCode::BAD_REQUEST,
                 "body-not-allowed",
                 "Request body not allowed",
             ),
-            Self::BadBody { .. } => (
+            Self::BadBody => (
                 StatusCode::BAD_REQUEST,
                 "bad-body",
                 "Unreadable request body",
             ),
-            Self::UpstreamUnreachable { .. } => (
+            Self::UpstreamUnreachable => (
                 StatusCode::BAD_GATEWAY,
                 "upstream-unreachable",
                 "Upstream unreachable",
@@ -127,28 +152,128 @@ impl Refusal {
                 "upstream-timeout",
                 "Upstream timed out",
             ),
-            Self::UpstreamBusy { .. } => (
+            Self::UpstreamBusy => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream-busy",
                 "Upstream busy",
             ),
-            Self::CredentialUnavailable { .. } => (
+            Self::CredentialUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "credential-unavailable",
                 "Upstream credential unavailable",
             ),
-            Self::Internal { .. } => (
+            Self::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",
             ),
-        };
-        Kind {
-            status,
-            slug,
-            title,
+            Self::Auth {
+                status,
+                slug,
+                title,
+            } => (status, slug, title),
+            Self::OAuth { status, error } => (status, error, "Token request refused"),
         }
     }
+
+    pub fn status(self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// The stable name of the problem, and the reason in the request's record: the last
+    /// segment of its `type`, or a token request's error code.
+    pub fn slug(self) -> &'static str {
+        self.parts().1
+    }
+
+    pub fn title(self) -> &'static str {
+        self.parts().2
+    }
+
+    /// The problem's `type`, documented in `docs/problems.md`. A token request's error
+    /// code becomes `oauth-` and the code with `-` for `_`.
+    pub fn type_uri(self) -> String {
+        match self {
+            Self::OAuth { error, .. } => {
+                format!("{PROBLEM_BASE}oauth-{}", error.replace('_', "-"))
+            }
+            _ => format!("{PROBLEM_BASE}{}", self.slug()),
+        }
+    }
+
+    /// For the request's record: refused for what the request is or who sent it (4xx), or
+    /// allowed but not carried out (5xx).
+    pub fn decision(self) -> Decision {
+        if self.status().is_server_error() {
+            Decision::Failed(self.slug())
+        } else {
+            Decision::Denied(self.slug())
+        }
+    }
+
+    /// The problem document, `no-store`. `detail` and `request_id` are left out when there
+    /// is none (the admin listener has neither); a token request's error also carries the
+    /// RFC 6749 members `error` and `error_description` (the detail) and `Pragma: no-cache`.
+    /// Headers that belong to one kind (`Allow`, `Retry-After`, a challenge) are the
+    /// caller's to add.
+    pub fn response(self, detail: Option<&str>, request_id: Option<&str>) -> Response<Full<Bytes>> {
+        let mut body = serde_json::Map::new();
+        body.insert("type".into(), self.type_uri().into());
+        body.insert("title".into(), self.title().into());
+        body.insert("status".into(), self.status().as_u16().into());
+        if let Some(detail) = detail {
+            body.insert("detail".into(), detail.into());
+        }
+        if let Some(id) = request_id {
+            body.insert("request_id".into(), id.into());
+        }
+        if let Self::OAuth { error, .. } = self {
+            body.insert("error".into(), error.into());
+            body.insert(
+                "error_description".into(),
+                detail.unwrap_or_default().into(),
+            );
+        }
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Self::OAuth { .. } = self {
+            h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+        }
+        resp
+    }
+}
+
+impl Refusal {
+    pub fn kind(&self) -> ProblemKind {
+        match self {
+            Self::AmbiguousPath => ProblemKind::AmbiguousPath,
+            Self::InvalidEncoding(_) => ProblemKind::InvalidEncoding,
+            Self::NoRoute => ProblemKind::NoRoute,
+            Self::MethodNotAllowed { .. } => ProblemKind::MethodNotAllowed,
+            Self::Auth(f) => ProblemKind::Auth {
+                status: f.status(),
+                slug: f.slug(),
+                title: f.title(),
+            },
+            Self::BodyTooLarge => ProblemKind::BodyTooLarge,
+            Self::Busy => ProblemKind::Busy,
+            Self::BodyNotAllowed { .. } => ProblemKind::BodyNotAllowed,
+            Self::BadBody { .. } => ProblemKind::BadBody,
+            Self::UpstreamUnreachable { .. } => ProblemKind::UpstreamUnreachable,
+            Self::UpstreamTimeout => ProblemKind::UpstreamTimeout,
+            Self::UpstreamBusy { .. } => ProblemKind::UpstreamBusy,
+            Self::CredentialUnavailable { .. } => ProblemKind::CredentialUnavailable,
+            Self::Internal { .. } => ProblemKind::Internal,
+        }
+    }
+
     /// What the caller is told.
     fn detail(&self) -> Cow<'static, str> {
         Cow::Borrowed(match self {
@@ -210,39 +335,18 @@ impl Refusal {
     }
 
     pub fn slug(&self) -> &'static str {
-        self.kind().slug
+        self.kind().slug()
     }
 
-    /// For the request's record: refused for what the request is or who sent it (4xx), or
-    /// allowed but not carried out (5xx).
+    /// For the request's record (see [`ProblemKind::decision`]).
     pub fn decision(&self) -> Decision {
-        let kind = self.kind();
-        if kind.status.is_server_error() {
-            Decision::Failed(kind.slug)
-        } else {
-            Decision::Denied(kind.slug)
-        }
+        self.kind().decision()
     }
 
     /// Renders the problem; `request_id` is echoed so a caller can quote it to an operator.
     pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
-        let kind = self.kind();
-        let body = serde_json::json!({
-            "type": format!("{PROBLEM_BASE}{}", kind.slug),
-            "title": kind.title,
-            "status": kind.status.as_u16(),
-            "detail": self.detail(),
-            "request_id": request_id,
-        });
-        let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let mut resp = Response::new(Full::new(Bytes::from(bytes)));
-        *resp.status_mut() = kind.status;
+        let mut resp = self.kind().response(Some(&self.detail()), Some(request_id));
         let h = resp.headers_mut();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Self::MethodNotAllowed { allow } = &self {
             h.insert(ALLOW, allow.clone());
         }
@@ -258,5 +362,75 @@ impl Refusal {
             h.insert(http::header::WWW_AUTHENTICATE, v);
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    async fn body(resp: Response<Full<Bytes>>) -> serde_json::Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_problem_without_detail_or_request_id_leaves_them_out() {
+        let resp = ProblemKind::NoRoute.response(None, None);
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/problem+json");
+        assert_eq!(resp.headers()[CACHE_CONTROL], "no-store");
+        assert_eq!(
+            body(resp).await,
+            serde_json::json!({
+                "type": "https://idgate.dev/problems/no-route",
+                "title": "No such route",
+                "status": 404,
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_says_what_to_fix_and_echoes_the_request_id() {
+        let resp = Refusal::UpstreamBusy {
+            reason: "never shown".to_owned(),
+        }
+        .into_response("rid-1");
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[RETRY_AFTER], "1");
+        let v = body(resp).await;
+        assert_eq!(v["type"], "https://idgate.dev/problems/upstream-busy");
+        assert_eq!(v["request_id"], "rid-1");
+        assert!(!v.to_string().contains("never shown"));
+    }
+
+    #[tokio::test]
+    async fn a_token_request_error_speaks_oauth_inside_the_problem() {
+        let kind = ProblemKind::OAuth {
+            status: StatusCode::BAD_REQUEST,
+            error: "invalid_scope",
+        };
+        assert_eq!(kind.decision(), Decision::Denied("invalid_scope"));
+        let resp = kind.response(Some("not granted"), Some("rid-2"));
+        assert_eq!(resp.headers()[PRAGMA], "no-cache");
+        assert_eq!(
+            body(resp).await,
+            serde_json::json!({
+                "error": "invalid_scope",
+                "error_description": "not granted",
+                "type": "https://idgate.dev/problems/oauth-invalid-scope",
+                "title": "Token request refused",
+                "status": 400,
+                "detail": "not granted",
+                "request_id": "rid-2",
+            })
+        );
+        let failed = ProblemKind::OAuth {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: "server_error",
+        };
+        assert_eq!(failed.decision(), Decision::Failed("server_error"));
     }
 }

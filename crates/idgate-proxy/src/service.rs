@@ -41,8 +41,8 @@ impl RequestIds {
     pub(crate) fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 32];
-        hex_into(&mut buf[..16], self.prefix);
-        hex_into(&mut buf[16..], n);
+        idgate_codec::hex::encode_to_slice(&self.prefix.to_be_bytes(), &mut buf[..16]);
+        idgate_codec::hex::encode_to_slice(&n.to_be_bytes(), &mut buf[16..]);
         HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 }
@@ -50,13 +50,6 @@ impl RequestIds {
 impl Default for RequestIds {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-fn hex_into(out: &mut [u8], v: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
     }
 }
 

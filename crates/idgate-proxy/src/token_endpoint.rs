@@ -26,6 +26,7 @@ use subtle::ConstantTimeEq;
 
 use crate::access_log::Decision;
 use crate::conn::ConnInfo;
+use crate::problem::ProblemKind;
 
 pub const TOKEN_PATH: &str = "/oauth2/token";
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
@@ -397,22 +398,7 @@ fn basic_credentials(headers: &http::HeaderMap) -> Result<Option<(String, String
 }
 
 fn form_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(h, 16).ok()?);
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    idgate_codec::percent::decode_form(s)
 }
 
 /// Parses `application/x-www-form-urlencoded`.
@@ -455,13 +441,17 @@ struct OAuthError {
 }
 
 impl OAuthError {
+    /// Its kind of problem: the error code is its slug and its reason in the record.
+    fn kind(&self) -> ProblemKind {
+        ProblemKind::OAuth {
+            status: self.status,
+            error: self.error,
+        }
+    }
+
     /// The request was refused for what it is, or the gateway failed to answer it.
     fn decision(&self) -> Decision {
-        if self.status.is_server_error() {
-            Decision::Failed(self.error)
-        } else {
-            Decision::Denied(self.error)
-        }
+        self.kind().decision()
     }
 
     fn new(status: StatusCode, error: &'static str, description: &'static str) -> Self {
@@ -488,27 +478,13 @@ impl OAuthError {
         }
     }
 
+    /// Both languages at once: the RFC 6749 members inside a problem document.
     fn response(&self, request_id: &str) -> Response<Full<Bytes>> {
-        let body = serde_json::json!({
-            "error": self.error,
-            "error_description": self.description,
-            "type": format!("{}oauth-{}", crate::problem::PROBLEM_BASE, self.error.replace('_', "-")),
-            "title": "Token request refused",
-            "status": self.status.as_u16(),
-            "detail": self.description,
-            "request_id": request_id,
-        });
-        let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-        *r.status_mut() = self.status;
-        let h = r.headers_mut();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+        let mut r = self
+            .kind()
+            .response(Some(self.description), Some(request_id));
         if self.basic_challenge {
-            h.insert(
+            r.headers_mut().insert(
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"idgate\""),
             );

@@ -5,17 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use idgate_config::{ClientKind, UpstreamConfig};
+use idgate_h1 as h1;
+use idgate_h1::limit::ConnLimit;
+use idgate_secrets::credential::Credential;
+use idgate_secrets::oauth2::TokenClient;
+use idgate_tls::client::OutboundClient;
 use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
 
 use crate::body::UpstreamClient;
-use crate::credential::{Credential, CredentialLoadError};
-use crate::h1;
-use crate::limit::ConnLimit;
-use rustls::crypto::CryptoProvider;
+use idgate_secrets::credential::CredentialLoadError;
 
 /// Why an upstream's client or credential cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +31,7 @@ pub enum UpstreamProblem {
     #[error("ca: {0}")]
     Ca(idgate_tls::roots::CaFileError),
     #[error("{0}")]
-    Tls(rustls::Error),
+    Client(idgate_tls::client::ClientError),
     #[error("{0}")]
     Credential(CredentialLoadError),
     #[error("the URL has no host")]
@@ -46,7 +46,7 @@ impl UpstreamError {
     pub fn key(&self) -> String {
         match &*self.problem {
             UpstreamProblem::Ca(_) => "ca".to_owned(),
-            UpstreamProblem::Tls(_) => String::new(),
+            UpstreamProblem::Client(_) => String::new(),
             UpstreamProblem::Credential(c) => match c.key() {
                 "" => "credential".to_owned(),
                 field => format!("credential.{field}"),
@@ -93,42 +93,39 @@ impl Upstream {
             Some(ca) => idgate_tls::roots::roots_with_ca(Some(ca))
                 .map_err(|e| err(UpstreamProblem::Ca(e)))?,
         };
-        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| err(UpstreamProblem::Tls(e)))?
-            .with_root_certificates(store)
-            .with_no_client_auth();
-        // The gateway's own HTTP/1.1 client says so in ALPN; hyper's sets its own.
-        let mut h1_tls = tls.clone();
-        h1_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
-        // hyper's client in place of the own one speaks the own one's HTTP/1.1 only.
-        let connector = if cfg.client == ClientKind::Hyper && !cfg.http2 {
-            connector.enable_http1().wrap_connector(http)
-        } else {
-            connector.enable_all_versions().wrap_connector(http)
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
+        let outbound = OutboundClient::new(store, cfg.connect_timeout)
+            .provider(provider.clone())
+            .tcp_keepalive(Duration::from_secs(60))
             .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle)
-            .build(connector);
+            .pool_max_idle_per_host(cfg.pool_max_idle);
+        // hyper's client in place of the own one speaks the own one's HTTP/1.1 only.
+        let outbound = if cfg.client == ClientKind::Hyper && !cfg.http2 {
+            outbound.http1_only()
+        } else {
+            outbound
+        };
+        let connector = outbound
+            .connector()
+            .map_err(|e| err(UpstreamProblem::Client(e)))?;
+        let client: UpstreamClient = outbound.build_on(connector.clone());
+        // The gateway's own HTTP/1.1 client says so in ALPN.
+        let h1_tls = outbound
+            .clone()
+            .http1_only()
+            .tls_config()
+            .map_err(|e| err(UpstreamProblem::Client(e)))?;
 
         let credential = match &cfg.credential {
             None => None,
-            Some(c) => Some(Arc::new(
-                Credential::load(c, Some(client.clone()))
-                    .map_err(|e| err(UpstreamProblem::Credential(e)))?,
-            )),
+            Some(c) => {
+                // Token requests go out as the upstream's own requests would: same roots,
+                // same timeouts, same protocols.
+                let token_client: TokenClient = outbound.build_on(connector);
+                Some(Arc::new(
+                    Credential::load(c, Some(token_client))
+                        .map_err(|e| err(UpstreamProblem::Credential(e)))?,
+                ))
+            }
         };
 
         let authority = cfg

@@ -8,6 +8,8 @@ use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+pub mod credential;
+pub mod oauth2;
 pub mod pkcs11;
 pub mod vault;
 
@@ -171,10 +173,7 @@ fn content_version(content: &[u8]) -> String {
             .unwrap_or_else(|_| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[0u8; 32]))
     });
     let tag = ring::hmac::sign(key, content);
-    tag.as_ref()[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    idgate_codec::hex::encode(&tag.as_ref()[..6])
 }
 
 /// A secret value and the version of its source it came from.

@@ -25,10 +25,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use idgate_tls::client::{HttpsClient, OutboundClient};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
@@ -108,7 +105,7 @@ impl fmt::Debug for VaultSecret {
     }
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = HttpsClient<Full<Bytes>>;
 
 /// A Vault client with its own one-thread runtime.
 pub struct VaultClient {
@@ -186,27 +183,12 @@ impl VaultClient {
             .map_err(|_| VaultError::Setup("namespace is not a valid header value".to_owned()))?;
 
         let roots = load_roots(settings.ca.as_ref())?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| VaultError::Setup(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut connector = HttpConnector::new();
-        connector.enforce_http(false);
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let http = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
+        let http = OutboundClient::new(roots, settings.timeout)
+            .http1_only()
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(4)
-            .build(https);
+            .build()
+            .map_err(|e| VaultError::Setup(e.to_string()))?;
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -221,18 +221,11 @@ pub(crate) fn truncate(t: SystemTime) -> SystemTime {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    idgate_codec::hex::encode(bytes)
 }
 
 fn unhex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    idgate_codec::hex::decode_array(s)
 }
 
 /// A value that changes whenever the store's content may have changed, so that a reader can

@@ -1,6 +1,7 @@
 //! TLS for idgate: typed SPIFFE IDs, X.509-SVID verification per trust domain, the
 //! gateway's rotating TLS material and a development PKI.
 
+pub mod client;
 pub mod devpki;
 pub mod material;
 pub mod roots;

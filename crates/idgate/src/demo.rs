@@ -61,7 +61,7 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    idgate_codec::hex::encode(&buf)
 }
 
 pub(crate) fn run(keep_running: bool, port: Option<u16>) -> ExitCode {

@@ -86,7 +86,7 @@ pub enum HttpClientError {
     #[error("ca {0}")]
     Ca(#[from] idgate_tls::roots::CaFileError),
     #[error("{0}")]
-    Tls(#[from] rustls::Error),
+    Client(#[from] idgate_tls::client::ClientError),
 }
 
 /// Why one GET of a document failed.
@@ -95,7 +95,7 @@ pub enum FetchError {
     #[error("{0}")]
     Request(#[from] http::Error),
     #[error("{0}")]
-    Connection(#[from] hyper_util::client::legacy::Error),
+    Connection(#[from] idgate_tls::client::RequestError),
     #[error("HTTP {0}")]
     Status(u16),
     #[error("reading the body: {0}")]
@@ -213,7 +213,7 @@ impl IssuerProblem {
             Self::ZeroRefreshInterval => "",
             Self::HttpClient(e) => match **e {
                 HttpClientError::Ca(_) => "ca",
-                HttpClientError::Tls(_) => "",
+                HttpClientError::Client(_) => "",
             },
             Self::Key(_) | Self::NoSigningKey => "",
         }

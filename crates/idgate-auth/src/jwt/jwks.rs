@@ -15,10 +15,7 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::Uri;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use idgate_tls::client::{HttpsClient, OutboundClient};
 use serde_json::Value;
 
 use super::errors::{
@@ -35,7 +32,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// While an issuer has never delivered usable keys, how often a request may try again.
 const NO_KEYS_RETRY: Duration = Duration::from_secs(1);
 
-pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+pub(crate) type HttpClient = HttpsClient<Empty<Bytes>>;
 
 /// One fetched (or configured) set of keys.
 #[derive(Debug)]
@@ -381,25 +378,10 @@ pub(crate) fn discovery_uris(issuer: &str) -> Result<Vec<Uri>, DiscoveryUriError
 /// Blocking (reads files).
 pub(crate) fn http_client(ca: Option<&Path>) -> Result<HttpClient, HttpClientError> {
     let roots = idgate_tls::roots::roots_with_ca(ca)?;
-    let tls = rustls::ClientConfig::builder_with_provider(idgate_tls::crypto_provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(FETCH_TIMEOUT));
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
+    Ok(OutboundClient::new(roots, FETCH_TIMEOUT)
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(1)
-        .build(connector))
+        .build()?)
 }
 
 #[cfg(test)]

@@ -20,24 +20,9 @@ pub struct Pkcs11Uri {
 }
 
 fn pct_decode(s: &str) -> Result<String, SecretRefError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or(SecretRefError::BadPkcs11Uri("bad percent-encoding"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| SecretRefError::BadPkcs11Uri("attribute is not UTF-8"))
+    let bytes = idgate_codec::percent::decode(s)
+        .ok_or(SecretRefError::BadPkcs11Uri("bad percent-encoding"))?;
+    String::from_utf8(bytes).map_err(|_| SecretRefError::BadPkcs11Uri("attribute is not UTF-8"))
 }
 
 impl Pkcs11Uri {

@@ -4,7 +4,7 @@
 //!
 //! Past the refresh point, one request fetches the next token while the others keep using
 //! the current one, which is still valid; only when no valid token is left do they wait. A
-//! failed fetch is shared the same way: requests within [`FAILURE_BACKOFF`] get the same
+//! failed fetch is shared the same way: requests within `FAILURE_BACKOFF` (a second) get the same
 //! answer (the still-valid token, or the error) instead of queueing one fetch each.
 
 use std::sync::Arc;
@@ -15,12 +15,13 @@ use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Uri};
-use http_body_util::{BodyExt, Either, Full, Limited};
-use idgate_secrets::{ExposeSecret, SecretError, SecretRef};
+use http_body_util::{BodyExt, Full, Limited};
+use idgate_tls::client::HttpsClient;
 
-use crate::body::UpstreamClient;
+use crate::{ExposeSecret, SecretError, SecretRef};
 
-pub type TokenClient = UpstreamClient;
+/// The HTTPS client token requests go out with.
+pub type TokenClient = HttpsClient<Full<Bytes>>;
 
 /// Longest token response read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
@@ -67,7 +68,7 @@ pub enum TokenError {
     #[error("{0}")]
     Request(#[from] http::Error),
     #[error("request failed: {0}")]
-    Send(#[from] hyper_util::client::legacy::Error),
+    Send(#[from] idgate_tls::client::RequestError),
     #[error("reading the response: {0}")]
     Body(Box<dyn std::error::Error + Send + Sync>),
     /// `code` is the endpoint's RFC 6749 error code in parentheses, or empty.
@@ -85,7 +86,7 @@ pub enum TokenError {
     Timeout,
 }
 
-pub struct TokenSource {
+pub(crate) struct TokenSource {
     client: TokenClient,
     token_url: Uri,
     client_id: String,
@@ -100,17 +101,7 @@ pub struct TokenSource {
 /// `client_secret_basic` and the request body both use): space as `+`, and every byte
 /// outside `*-._` and ASCII letters and digits percent-encoded.
 fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_') {
-            out.push(b as char);
-        } else if b == b' ' {
-            out.push('+');
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    idgate_codec::percent::encode_form(s, idgate_codec::percent::is_form_plain)
 }
 
 /// When to fetch the next token: a tenth of the lifetime before expiry, but at least a
@@ -138,7 +129,7 @@ fn error_code(v: &serde_json::Value) -> String {
 
 impl TokenSource {
     /// Checks that the client secret can be read now, so a bad reference fails at start-up.
-    pub fn new(
+    pub(crate) fn new(
         client: TokenClient,
         token_url: Uri,
         client_id: String,
@@ -159,7 +150,7 @@ impl TokenSource {
 
     /// The `Authorization` value to send, and the version of the client secret it was
     /// obtained with (a bounded label for metrics, unlike the tokens themselves).
-    pub async fn token(&self) -> Result<(HeaderValue, Arc<str>), Arc<TokenError>> {
+    pub(crate) async fn token(&self) -> Result<(HeaderValue, Arc<str>), Arc<TokenError>> {
         let current = self.cached.load_full();
         let now = Instant::now();
         if let Some(c) = current.as_ref().filter(|c| now < c.refresh_at) {
@@ -246,7 +237,7 @@ impl TokenSource {
             .header(header::AUTHORIZATION, auth)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json")
-            .body(Either::Right(Full::new(Bytes::from(body))))?;
+            .body(Full::new(Bytes::from(body)))?;
         let resp = self.client.request(req).await?;
         let status = resp.status();
         let bytes = zeroize::Zeroizing::new(Vec::from(

@@ -1,24 +1,92 @@
-//! Upstream credentials on the way out: each scheme of PROVIDERS.md turns a request into the
-//! headers that authenticate it to the provider.
+//! Upstream credentials on the way out: each scheme of PROVIDERS.md (a header, Sumsub's and
+//! Veriff's request signatures, OAuth2 client credentials) turns a request into the headers
+//! that authenticate it to the provider. They live here, beside the secrets they are made
+//! of; the gateway only calls [`Credential::apply`] on a request about to leave.
 //!
 //! Values are read from their [`SecretRef`] at start-up and re-read every
 //! `refresh_interval`; a new version is used by requests that start after it appears, while a
 //! request that started before keeps the previous version for at most `overlap`. HMAC keys
 //! that live in an HSM never leave it: each signature is a PKCS#11 call on a blocking thread.
-//! Every use is counted per credential label and version (never the value).
+
+mod hmac;
+mod live;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use http::Method;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use idgate_config::{CredentialConfig, CredentialScheme};
-use idgate_secrets::pkcs11::{Hsm, ObjectKind};
-use idgate_secrets::{ExposeSecret, Fetched, SecretError, SecretRef};
-use zeroize::Zeroizing;
+use http::uri::Uri;
 
-use crate::metrics::Metrics;
+use self::hmac::{HmacKey, hmac_key};
+use self::live::LiveHeader;
+use crate::oauth2::{TokenClient, TokenSource};
+use crate::{SecretError, SecretRef};
+
+/// How the upstream credential is produced and sent; see PROVIDERS.md for each scheme.
+#[derive(Debug, Clone)]
+pub enum CredentialScheme {
+    /// A static header: Didit `x-api-key`, Persona `Authorization: Bearer`, Onfido
+    /// `Authorization: Token token=`.
+    Header {
+        header: HeaderName,
+        /// Put before the secret in the header value, e.g. `Bearer ` or `Token token=`.
+        prefix: String,
+        secret: SecretRef,
+    },
+    /// Sumsub: `X-App-Token`, `X-App-Access-Ts` and `X-App-Access-Sig` = HMAC-SHA256 over
+    /// ts + METHOD + path_with_query + body.
+    Sumsub {
+        app_token: SecretRef,
+        secret: SecretRef,
+    },
+    /// Veriff: `X-AUTH-CLIENT` and `X-HMAC-SIGNATURE` = HMAC-SHA256 over the body (POST,
+    /// PATCH, PUT) or the session id (GET, DELETE).
+    Veriff {
+        client: SecretRef,
+        secret: SecretRef,
+    },
+    /// A bearer token from the provider's OAuth2 token endpoint (client credentials grant).
+    OAuth2ClientCredentials {
+        token_url: Uri,
+        client_id: String,
+        client_secret: SecretRef,
+        scope: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct CredentialConfig {
+    pub scheme: CredentialScheme,
+    /// The name under which uses of this credential are counted and logged.
+    pub label: String,
+    /// How often the secret's source is checked for a new version.
+    pub refresh_interval: Duration,
+    /// How long after a rotation a request that started before it may still use the old
+    /// value.
+    pub overlap: Duration,
+}
+
+impl CredentialConfig {
+    /// Every header this credential is sent in: a caller's copies of them are removed.
+    pub fn headers(&self) -> Vec<HeaderName> {
+        match &self.scheme {
+            CredentialScheme::Header { header, .. } => vec![header.clone()],
+            CredentialScheme::Sumsub { .. } => vec![
+                HeaderName::from_static("x-app-token"),
+                HeaderName::from_static("x-app-access-ts"),
+                HeaderName::from_static("x-app-access-sig"),
+            ],
+            CredentialScheme::Veriff { .. } => {
+                vec![
+                    HeaderName::from_static("x-auth-client"),
+                    HeaderName::from_static("x-hmac-signature"),
+                ]
+            }
+            CredentialScheme::OAuth2ClientCredentials { .. } => vec![http::header::AUTHORIZATION],
+        }
+    }
+}
 
 /// Why a credential could not be produced for a request.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +119,7 @@ pub enum SignError {
     #[error("{0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("{0}")]
-    Hsm(#[from] idgate_secrets::pkcs11::HsmError),
+    Hsm(#[from] crate::pkcs11::HsmError),
 }
 
 /// Why a credential cannot be loaded (at start-up or reload).
@@ -66,6 +134,7 @@ pub enum CredentialLoadError {
         #[source]
         source: SecretError,
     },
+    /// An OAuth2 scheme was loaded without a client to reach its token endpoint.
     #[error("credential {label}: no HTTP client")]
     NoHttpClient { label: String },
 }
@@ -80,186 +149,10 @@ impl CredentialLoadError {
     }
 }
 
-/// A value with the version it was built from and when it came into use.
-pub struct Versioned<T> {
-    pub value: T,
-    pub version: Arc<str>,
-    since: Instant,
-}
-
-/// A value that is replaced when its source changes, keeping the previous one for requests
-/// that started before the change.
-pub struct LiveValue<T> {
-    current: ArcSwap<Versioned<T>>,
-    previous: ArcSwap<Option<Arc<Versioned<T>>>>,
-    overlap: Duration,
-}
-
-impl<T> LiveValue<T> {
-    fn new(value: T, version: String, overlap: Duration) -> Self {
-        Self {
-            current: ArcSwap::from_pointee(Versioned {
-                value,
-                version: version.into(),
-                since: Instant::now(),
-            }),
-            previous: ArcSwap::from_pointee(None),
-            overlap,
-        }
-    }
-
-    fn version(&self) -> Arc<str> {
-        self.current.load().version.clone()
-    }
-
-    fn replace(&self, value: T, version: String) {
-        let old = self.current.swap(Arc::new(Versioned {
-            value,
-            version: version.into(),
-            since: Instant::now(),
-        }));
-        self.previous.store(Arc::new(Some(old)));
-    }
-
-    /// The value for a request that started at `started`.
-    pub fn for_request(&self, started: Instant) -> Arc<Versioned<T>> {
-        let cur = self.current.load_full();
-        if started < cur.since
-            && cur.since.elapsed() < self.overlap
-            && let Some(prev) = self.previous.load().as_ref()
-        {
-            return prev.clone();
-        }
-        cur
-    }
-}
-
-/// Signatures in flight per HSM-held key: as many as the token's session pool keeps idle.
-const HSM_CONCURRENCY: usize = 16;
-
-/// An HMAC-SHA256 key: in memory (from env, file or a wrapped HSM value) or in the HSM.
-enum HmacKey {
-    Memory(LiveValue<ring::hmac::Key>),
-    Hsm {
-        hsm: Arc<Hsm>,
-        label: String,
-        /// Bounds the signatures in flight, so a burst queues here instead of opening
-        /// more token sessions than the pool keeps.
-        in_flight: Arc<tokio::sync::Semaphore>,
-    },
-}
-
-impl HmacKey {
-    fn load(secret: &SecretRef, overlap: Duration) -> Result<Self, SecretError> {
-        if let SecretRef::Pkcs11(uri) = secret {
-            let hsm = Hsm::shared(uri).map_err(|e| SecretError::Hsm(secret.to_string(), e))?;
-            if hsm
-                .kind_of(&uri.object)
-                .map_err(|e| SecretError::Hsm(secret.to_string(), e))?
-                == ObjectKind::HmacKey
-            {
-                return Ok(Self::Hsm {
-                    hsm,
-                    label: uri.object.clone(),
-                    in_flight: Arc::new(tokio::sync::Semaphore::new(HSM_CONCURRENCY)),
-                });
-            }
-        }
-        let f = secret.fetch()?;
-        Ok(Self::Memory(LiveValue::new(
-            hmac_key(&f),
-            f.version,
-            overlap,
-        )))
-    }
-
-    /// Signs `data`; returns the lowercase hex MAC and the key version used.
-    async fn sign(&self, started: Instant, data: Vec<u8>) -> Result<(String, Arc<str>), SignError> {
-        match self {
-            Self::Memory(live) => {
-                let key = live.for_request(started);
-                let tag = ring::hmac::sign(&key.value, &data);
-                Ok((hex(tag.as_ref()), key.version.clone()))
-            }
-            Self::Hsm {
-                hsm,
-                label,
-                in_flight,
-            } => {
-                let _permit = in_flight
-                    .acquire()
-                    .await
-                    .map_err(|_| SignError::QueueClosed)?;
-                let (hsm, label) = (hsm.clone(), label.clone());
-                let (mac, version) =
-                    tokio::task::spawn_blocking(move || hsm.hmac_sha256(&label, &data)).await??;
-                Ok((hex(&mac), version.to_string().into()))
-            }
-        }
-    }
-}
-
-fn hmac_key(f: &Fetched) -> ring::hmac::Key {
-    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, f.value.expose_secret())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 0xf) as usize] as char);
-    }
-    s
-}
-
-fn header_value(prefix: &str, f: &Fetched, source: &SecretRef) -> Result<HeaderValue, SecretError> {
-    let mut raw = Zeroizing::new(Vec::with_capacity(
-        prefix.len() + f.value.expose_secret().len(),
-    ));
-    raw.extend_from_slice(prefix.as_bytes());
-    raw.extend_from_slice(f.value.expose_secret());
-    let ok = raw
-        .iter()
-        .all(|&b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b));
-    if !ok {
-        return Err(SecretError::NotHeaderSafe(source.to_string()));
-    }
-    let mut v = HeaderValue::from_bytes(&raw)
-        .map_err(|_| SecretError::NotHeaderSafe(source.to_string()))?;
-    // Never indexed by HPACK, hidden from Debug.
-    v.set_sensitive(true);
-    Ok(v)
-}
-
-/// A static header value with its source, refreshed in the background.
-struct LiveHeader {
-    source: SecretRef,
-    prefix: String,
-    value: LiveValue<HeaderValue>,
-}
-
-impl LiveHeader {
-    fn load(source: &SecretRef, prefix: &str, overlap: Duration) -> Result<Self, SecretError> {
-        let f = source.fetch()?;
-        let v = header_value(prefix, &f, source)?;
-        Ok(Self {
-            source: source.clone(),
-            prefix: prefix.to_owned(),
-            value: LiveValue::new(v, f.version, overlap),
-        })
-    }
-
-    /// Re-reads the source; blocking.
-    fn refresh(&self) -> Result<bool, SecretError> {
-        let f = self.source.fetch()?;
-        if *f.version == *self.value.version() {
-            return Ok(false);
-        }
-        let v = header_value(&self.prefix, &f, &self.source)?;
-        self.value.replace(v, f.version);
-        Ok(true)
-    }
+/// Told of every rotation a credential's background refresh finds, by the credential's
+/// label (the gateway counts them).
+pub trait Rotations: Send + Sync + 'static {
+    fn credential_rotated(&self, label: &str);
 }
 
 enum Scheme {
@@ -277,7 +170,7 @@ enum Scheme {
         key: HmacKey,
         key_source: SecretRef,
     },
-    OAuth2(Box<crate::oauth2::TokenSource>),
+    OAuth2(Box<TokenSource>),
 }
 
 /// One upstream's credential, ready for the request path.
@@ -311,7 +204,7 @@ impl Credential {
     /// Loads the credential's secrets. Blocking (files, tokens).
     pub fn load(
         cfg: &CredentialConfig,
-        oauth_client: Option<crate::oauth2::TokenClient>,
+        oauth_client: Option<TokenClient>,
     ) -> Result<Self, CredentialLoadError> {
         let err = |field: &'static str| {
             move |source: SecretError| CredentialLoadError::Secret {
@@ -350,7 +243,7 @@ impl Credential {
                     label: cfg.label.clone(),
                 })?;
                 Scheme::OAuth2(Box::new(
-                    crate::oauth2::TokenSource::new(
+                    TokenSource::new(
                         client,
                         token_url.clone(),
                         client_id.clone(),
@@ -489,7 +382,7 @@ impl Credential {
     }
 
     /// Starts the background refresh of this credential's sources.
-    pub fn spawn_refresh(self: &Arc<Self>, metrics: Arc<Metrics>) {
+    pub fn spawn_refresh<R: Rotations>(self: &Arc<Self>, rotations: Arc<R>) {
         let weak = Arc::downgrade(self);
         let every = self.refresh_interval;
         tokio::spawn(async move {
@@ -504,7 +397,7 @@ impl Credential {
                 match tokio::task::spawn_blocking(move || c.refresh()).await {
                     Ok(Ok(true)) => {
                         tracing::info!(credential = %cred.label, "upstream credential rotated: a new version is in use");
-                        metrics.credential_rotated(&cred.label);
+                        rotations.credential_rotated(&cred.label);
                     }
                     Ok(Ok(false)) => {}
                     Ok(Err(e)) => {
@@ -547,21 +440,5 @@ mod tests {
         assert_eq!(veriff_session_id("/v1/sessions/abc-123?x=1"), "abc-123");
         assert_eq!(veriff_session_id("/v1/sessions"), "");
         assert_eq!(veriff_session_id("/v1/other"), "");
-    }
-
-    #[test]
-    fn live_value_keeps_the_previous_version_for_earlier_requests_within_the_overlap() {
-        let live = LiveValue::new(1, "v1".into(), Duration::from_secs(60));
-        let before = Instant::now();
-        std::thread::sleep(Duration::from_millis(5));
-        live.replace(2, "v2".into());
-        assert_eq!(live.for_request(before).value, 1);
-        assert_eq!(live.for_request(Instant::now()).value, 2);
-        let no_overlap = LiveValue::new(1, "v1".into(), Duration::from_millis(1));
-        let before = Instant::now();
-        std::thread::sleep(Duration::from_millis(5));
-        no_overlap.replace(2, "v2".into());
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(no_overlap.for_request(before).value, 2);
     }
 }

@@ -1,0 +1,259 @@
+//! The parser against heads and bodies that frame one way, two ways, or none.
+
+use super::*;
+
+fn head(raw: &str, head_request: bool) -> Result<Option<Head>, ProtocolError> {
+    parse_head(&mut BytesMut::from(raw), head_request)
+}
+
+fn framing_of(raw: &str) -> Result<(Framing, bool), ProtocolError> {
+    head(raw, false).map(|h| {
+        let h = h.expect("complete head");
+        (h.framing, h.reusable)
+    })
+}
+
+#[test]
+fn content_length_frames_the_body_and_the_rest_stays_in_the_buffer() {
+    let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: b\r\n\r\nokNEXT");
+    let h = parse_head(&mut buf, false).unwrap().unwrap();
+    assert_eq!(h.status, 200);
+    assert_eq!((h.framing, h.reusable), (Framing::Length(2), true));
+    assert_eq!(h.headers.get("x-a").unwrap(), "b");
+    assert_eq!(&buf[..], b"okNEXT");
+}
+
+#[test]
+fn a_partial_head_asks_for_more_and_an_endless_one_is_refused() {
+    assert!(
+        head("HTTP/1.1 200 OK\r\ncontent-len", false)
+            .unwrap()
+            .is_none()
+    );
+    let long = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
+    assert_eq!(head(&long, false).unwrap_err(), ProtocolError::HeadTooLarge);
+    let many: String = (0..=MAX_HEADERS).map(|i| format!("x{i}: 1\r\n")).collect();
+    assert_eq!(
+        head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"), false).unwrap_err(),
+        ProtocolError::TooManyHeaders
+    );
+}
+
+#[test]
+fn interim_responses_are_skipped_and_101_is_refused() {
+    let (f, _) = framing_of(
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(f, Framing::Length(0));
+    assert_eq!(
+        head(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+            false
+        )
+        .unwrap_err(),
+        ProtocolError::UnexpectedUpgrade
+    );
+}
+
+#[test]
+fn framing_follows_rfc_9112() {
+    let ok = |raw: &str| framing_of(raw).unwrap();
+    assert_eq!(
+        ok("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+        (Framing::Chunked, true)
+    );
+    assert_eq!(
+        ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+        (Framing::Chunked, true)
+    );
+    assert_eq!(
+        ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
+        (Framing::UntilClose, false)
+    );
+    assert_eq!(ok("HTTP/1.1 200 OK\r\n\r\n"), (Framing::UntilClose, false));
+    assert_eq!(
+        ok("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
+        (Framing::Empty, false)
+    );
+    assert_eq!(
+        ok("HTTP/1.1 304 Not Modified\r\n\r\n"),
+        (Framing::Empty, true)
+    );
+    assert_eq!(
+        ok("HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\n"),
+        (Framing::Length(3), false)
+    );
+    assert_eq!(
+        ok("HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\n"),
+        (Framing::Length(3), false)
+    );
+    assert_eq!(
+        ok("HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\ncontent-length: 7\r\n\r\n"),
+        (Framing::Length(7), true)
+    );
+    let h = head("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.framing, Framing::Empty);
+}
+
+#[test]
+fn interim_heads_during_an_upload_are_taken_and_a_final_head_is_left_for_the_parser() {
+    let mut parser = HeadParser::new();
+    let mut buf = BytesMut::from("HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 100 Con");
+    assert!(!parser.skip_interim(&mut buf).unwrap());
+    assert!(parser.saw_interim());
+    assert_eq!(&buf[..], b"HTTP/1.1 100 Con");
+    buf.extend_from_slice(b"tinue\r\n\r\n");
+    assert!(!parser.skip_interim(&mut buf).unwrap());
+    assert!(buf.is_empty());
+    buf.extend_from_slice(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n");
+    assert!(parser.skip_interim(&mut buf).unwrap());
+    assert!(
+        parser.skip_interim(&mut buf).unwrap(),
+        "the final head stays"
+    );
+    let h = parser.parse(&mut buf, false).unwrap().unwrap();
+    assert_eq!((h.status.as_u16(), h.framing), (401, Framing::Length(0)));
+
+    // The interim limits hold across both calls.
+    let mut parser = HeadParser::new();
+    let mut buf = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_INTERIM).as_str());
+    assert!(!parser.skip_interim(&mut buf).unwrap());
+    buf.extend_from_slice(b"HTTP/1.1 103 Early Hints\r\n\r\n");
+    assert!(parser.skip_interim(&mut buf).is_err());
+    let mut buf = BytesMut::from("HTTP/1.1 101 Switching Protocols\r\n\r\n");
+    assert_eq!(
+        HeadParser::new().skip_interim(&mut buf),
+        Err(ProtocolError::UnexpectedUpgrade)
+    );
+}
+
+#[test]
+fn a_no_content_answer_that_announces_a_body_leaves_its_connection_unusable() {
+    for raw in [
+        "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+        "HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n",
+    ] {
+        assert_eq!(framing_of(raw), Ok((Framing::Empty, false)), "{raw}");
+    }
+    assert_eq!(
+        framing_of("HTTP/1.1 204 No Content\r\n\r\n"),
+        Ok((Framing::Empty, true))
+    );
+    assert_eq!(
+        framing_of("HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n"),
+        Ok((Framing::Empty, true))
+    );
+}
+
+#[test]
+fn a_head_arriving_a_byte_at_a_time_is_parsed_once_it_is_whole() {
+    let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let mut parser = HeadParser::new();
+    let mut buf = BytesMut::new();
+    let mut head = None;
+    for &b in raw {
+        buf.extend_from_slice(&[b]);
+        if let Some(h) = parser.parse(&mut buf, false).unwrap() {
+            head = Some(h);
+            break;
+        }
+    }
+    let head = head.expect("a head");
+    assert_eq!(
+        (head.status.as_u16(), head.framing),
+        (200, Framing::Length(2))
+    );
+    // Bare line feeds are left to httparse, which accepts them.
+    let h = head_of("HTTP/1.1 204 No Content\n\n");
+    assert_eq!(h.status, 204);
+}
+
+fn head_of(raw: &str) -> Head {
+    head(raw, false).unwrap().unwrap()
+}
+
+#[test]
+fn interim_heads_count_against_one_budget() {
+    let many = "HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_INTERIM + 1);
+    assert!(head(&format!("{many}HTTP/1.1 200 OK\r\n\r\n"), false).is_err());
+    let hint = format!(
+        "HTTP/1.1 103 Early Hints\r\nlink: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let raw = format!("{}HTTP/1.1 200 OK\r\n\r\n", hint.repeat(4));
+    assert_eq!(head(&raw, false).unwrap_err(), ProtocolError::HeadTooLarge);
+}
+
+#[test]
+fn ambiguous_framing_is_an_error() {
+    for raw in [
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 3, 4\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 0x3\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: \r\ncontent-length: 5\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: ,\r\n\r\n",
+        "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nx: a\r\n folded\r\n\r\n",
+        "HTTP/1.1 2000 OK\r\n\r\n",
+        "HTTP/2 200 OK\r\n\r\n",
+    ] {
+        assert!(framing_of(raw).is_err(), "{raw:?}");
+    }
+}
+
+fn decode_all(input: &[u8], step: usize) -> Result<(Vec<u8>, BytesMut), ProtocolError> {
+    let mut dec = ChunkedDecoder::new();
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut fed = 0;
+    loop {
+        match dec.decode(&mut buf)? {
+            Chunk::Data(d) => out.extend_from_slice(&d),
+            Chunk::Done => return Ok((out, buf)),
+            Chunk::NeedMore if fed < input.len() => {
+                let end = (fed + step).min(input.len());
+                buf.extend_from_slice(&input[fed..end]);
+                fed = end;
+            }
+            Chunk::NeedMore => return Err(ProtocolError::BadChunk("truncated")),
+        }
+    }
+}
+
+#[test]
+fn chunked_bodies_decode_whatever_the_read_boundaries() {
+    let body = b"4\r\nWiki\r\n6 ;name=\"v\"\r\npedia \r\nE \r\nin \r\n\r\nchunks.\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+    for step in [1, 2, 3, 7, body.len()] {
+        let (out, rest) = decode_all(body, step).unwrap();
+        assert_eq!(out, b"Wikipedia in \r\n\r\nchunks.", "step {step}");
+        assert!(b"NEXT".starts_with(&rest), "step {step}");
+    }
+}
+
+#[test]
+fn malformed_chunked_bodies_are_errors() {
+    for bad in [
+        &b"x\r\n"[..],
+        b"\r\n",
+        b"4\nWiki\r\n0\r\n\r\n",
+        b"4\r\nWikiX\r\n0\r\n\r\n",
+        b"11111111111111111\r\n",
+        b"0\r\nbad\x00trailer\r\n\r\n",
+        b"-1\r\n",
+        b"4 5\r\nWiki\r\n0\r\n\r\n",
+        b"4 x\r\nWiki\r\n0\r\n\r\n",
+    ] {
+        assert!(decode_all(bad, 1).is_err(), "{bad:?}");
+    }
+    let long_ext = format!("1;{}\r\na\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_LINE + 1));
+    assert!(decode_all(long_ext.as_bytes(), 64).is_err());
+}
