@@ -259,7 +259,7 @@ pub fn run_from_args(args: MockArgs) -> ExitCode {
             e @ (MockError::Usage(_)
             | MockError::TlsFile { .. }
             | MockError::WebhookUrl(_)
-            | MockError::WebhookCa { .. }
+            | MockError::WebhookCa(_)
             | MockError::PlainHttpNotLoopback(_)
             | MockError::Tls(_)),
         ) => {

@@ -50,9 +50,9 @@ pub use cli::{LogFormat, MockArgs, Mode, config_from_args, run_from_args};
 pub use store::{DEFAULT_WORKFLOW_ID, DeliveryOutcome, MockState, SeenRequest, WebhookDelivery};
 pub use webhook::MAX_ATTEMPTS as WEBHOOK_MAX_ATTEMPTS;
 
-/// The one cryptographic provider of the mock (ring, as in the rest of idgate).
+/// The one cryptographic provider of the mock: the gateway's.
 fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    idgate_tls::crypto_provider()
 }
 
 /// The server's certificate chain and private key, PEM files (such as `gateway.crt` and
@@ -134,8 +134,8 @@ pub enum MockError {
     },
     #[error("webhook URL {0}")]
     WebhookUrl(String),
-    #[error("webhook CA {path}: {reason}")]
-    WebhookCa { path: PathBuf, reason: String },
+    #[error("webhook CA {0}")]
+    WebhookCa(#[from] idgate_tls::roots::CaFileError),
     /// A command-line problem (missing secret, unreadable file, ...).
     #[error("{0}")]
     Usage(String),

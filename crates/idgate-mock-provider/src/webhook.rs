@@ -2,7 +2,6 @@
 //! signed three ways (see [`crate::didit_webhook`]), retried on 5xx, 404 and connection
 //! errors with exponential backoff, a bounded number of times.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +10,6 @@ use http::Uri;
 use http::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
 use http_body_util::{BodyExt, Full};
 use idgate_tls::client::{HttpsClient, OutboundClient};
-use rustls::RootCertStore;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
@@ -48,33 +44,6 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn load_ca(path: &Path, store: &mut RootCertStore) -> Result<(), MockError> {
-    let bad = |reason: String| MockError::WebhookCa {
-        path: path.to_owned(),
-        reason,
-    };
-    let mut added = 0;
-    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
-        let cert = cert.map_err(|e| bad(format!("bad PEM: {e}")))?;
-        store
-            .add(cert)
-            .map_err(|e| bad(format!("unusable CA certificate: {e}")))?;
-        added += 1;
-    }
-    if added == 0 {
-        return Err(bad("no CERTIFICATE block found".to_owned()));
-    }
-    Ok(())
-}
-
-fn platform_roots(store: &mut RootCertStore) {
-    let found = rustls_native_certs::load_native_certs();
-    for err in &found.errors {
-        tracing::debug!(error = %err, "skipping an unreadable platform root");
-    }
-    store.add_parsable_certificates(found.certs);
-}
-
 impl WebhookSender {
     pub(crate) fn new(
         target: &WebhookTarget,
@@ -105,13 +74,8 @@ impl WebhookSender {
             }
         }
 
-        let mut roots = RootCertStore::empty();
-        platform_roots(&mut roots);
-        if let Some(ca) = &target.ca {
-            load_ca(ca, &mut roots)?;
-        }
+        let roots = idgate_tls::roots::roots_with_ca(target.ca.as_deref())?;
         let client = OutboundClient::new(roots, Duration::from_secs(5))
-            .provider(crate::crypto_provider())
             .build()
             .map_err(|e| MockError::Tls(e.to_string()))?;
         Ok(Self {

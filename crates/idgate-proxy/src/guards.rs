@@ -56,6 +56,7 @@ impl Guards {
     }
 
     /// Whether the route has no guard at all.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.request.is_empty() && self.response.is_empty()
     }

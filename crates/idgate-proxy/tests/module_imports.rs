@@ -35,23 +35,24 @@ fn import_graph() -> BTreeMap<String, BTreeSet<String>> {
         let text = std::fs::read_to_string(&path).unwrap();
         let code = text.split("#[cfg(test)]").next().unwrap_or_default();
         let uses = graph.entry(module.clone()).or_default();
-        for line in code.lines() {
-            let line = line.trim_start();
-            if line.starts_with("//") {
-                continue;
-            }
-            for name in named_modules(line) {
-                if name != module {
-                    uses.insert(name);
-                }
+        // Comments dropped and lines joined: a `use crate::{…}` group that rustfmt spreads
+        // over several lines is read whole.
+        let code: String = code
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for name in named_modules(&code) {
+            if name != module {
+                uses.insert(name);
             }
         }
     }
     graph
 }
 
-/// The modules a line names through `crate::name` or `crate::{a, b::c}`.
-fn named_modules(line: &str) -> Vec<String> {
+/// The modules a text names through `crate::name` or `crate::{a, b::{c, d}}`.
+fn named_modules(text: &str) -> Vec<String> {
     let ident = |s: &str| -> String {
         s.trim_start()
             .chars()
@@ -59,13 +60,29 @@ fn named_modules(line: &str) -> Vec<String> {
             .collect()
     };
     let mut out = Vec::new();
-    for (at, _) in line.match_indices("crate::") {
-        let rest = &line[at + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            let group = group.split('}').next().unwrap_or_default();
-            out.extend(group.split(',').map(ident));
-        } else {
+    for (at, _) in text.match_indices("crate::") {
+        let rest = &text[at + "crate::".len()..];
+        let Some(group) = rest.strip_prefix('{') else {
             out.push(ident(rest));
+            continue;
+        };
+        // Each item at the group's own depth starts with a module's name.
+        let mut depth = 0usize;
+        let mut start = 0;
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    out.push(ident(&group[start..i]));
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    out.push(ident(&group[start..i]));
+                    start = i + 1;
+                }
+                _ => {}
+            }
         }
     }
     out.retain(|name| !name.is_empty() && name != "self");
@@ -135,5 +152,12 @@ fn a_circle_is_found_when_there_is_one() {
     assert_eq!(
         named_modules("use crate::{conn::ConnInfo, problem}; crate::path::x"),
         ["conn", "problem", "path"]
+    );
+    // As rustfmt writes a long group, nested groups included.
+    assert_eq!(
+        named_modules(
+            "use crate::{\n    access_log::{AccessLog, Decision},\n    ctx::RequestCtx,\n    routes,\n};"
+        ),
+        ["access_log", "ctx", "routes"]
     );
 }

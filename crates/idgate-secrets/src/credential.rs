@@ -410,8 +410,11 @@ impl Credential {
     }
 }
 
+/// A signature header: not a secret, but kept out of HPACK's index and `Debug` all the same.
 fn hex_header(s: String) -> HeaderValue {
-    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""))
+    let mut v = HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""));
+    v.set_sensitive(true);
+    v
 }
 
 /// The Veriff session id: the path segment after `sessions/` (`/v1/sessions/{id}/decision`).

@@ -1,7 +1,7 @@
 //! The one way the gateway builds an outbound HTTPS client — to upstreams, token endpoints,
 //! Vault, JWKS servers and webhook receivers: rustls with the one crypto provider and the
-//! safe default protocol versions, the destination's roots, a client certificate when one is
-//! presented, ALPN, a connect timeout and the pool's limits.
+//! safe default protocol versions, the destination's roots, ALPN, a connect timeout and the
+//! pool's limits.
 //!
 //! ```ignore
 //! let client: HttpsClient<Full<Bytes>> = OutboundClient::new(roots, Duration::from_secs(5))
@@ -19,7 +19,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// hyper's pooled client over the connector [`OutboundClient`] builds.
 pub type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
@@ -36,7 +35,7 @@ pub enum ClientError {
 
 /// Which HTTP versions the client speaks, offered by ALPN over TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpVersions {
+enum HttpVersions {
     /// HTTP/1.1 only.
     Http1,
     /// HTTP/2 or HTTP/1.1, as the server picks.
@@ -48,7 +47,6 @@ pub enum HttpVersions {
 pub struct OutboundClient {
     roots: RootCertStore,
     provider: Arc<CryptoProvider>,
-    client_cert: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
     versions: HttpVersions,
     connect_timeout: Duration,
     tcp_keepalive: Option<Duration>,
@@ -56,12 +54,10 @@ pub struct OutboundClient {
     pool_max_idle_per_host: Option<usize>,
 }
 
-/// Never shows the private key.
 impl std::fmt::Debug for OutboundClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OutboundClient")
             .field("roots", &self.roots.len())
-            .field("client_cert", &self.client_cert.is_some())
             .field("versions", &self.versions)
             .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
@@ -75,7 +71,6 @@ impl OutboundClient {
         Self {
             roots,
             provider: crate::crypto_provider(),
-            client_cert: None,
             versions: HttpVersions::Any,
             connect_timeout,
             tcp_keepalive: None,
@@ -90,24 +85,10 @@ impl OutboundClient {
         self
     }
 
-    /// Presents this certificate chain and key to servers that ask for one.
-    pub fn client_cert(
-        mut self,
-        chain: Vec<CertificateDer<'static>>,
-        key: PrivateKeyDer<'static>,
-    ) -> Self {
-        self.client_cert = Some((chain, Arc::new(key)));
-        self
-    }
-
     /// Speaks (and offers by ALPN) HTTP/1.1 only.
     pub fn http1_only(mut self) -> Self {
         self.versions = HttpVersions::Http1;
         self
-    }
-
-    pub fn versions(&self) -> HttpVersions {
-        self.versions
     }
 
     /// Sends TCP keep-alive probes after this much silence.
@@ -133,10 +114,7 @@ impl OutboundClient {
         let builder = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(self.roots.clone());
-        let mut config = match &self.client_cert {
-            None => builder.with_no_client_auth(),
-            Some((chain, key)) => builder.with_client_auth_cert(chain.clone(), key.clone_key())?,
-        };
+        let mut config = builder.with_no_client_auth();
         config.alpn_protocols = match self.versions {
             HttpVersions::Http1 => vec![b"http/1.1".to_vec()],
             HttpVersions::Any => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
@@ -155,17 +133,10 @@ impl OutboundClient {
         if let Some(idle) = self.tcp_keepalive {
             http.set_keepalive(Some(idle));
         }
-        // hyper-rustls sets ALPN itself from the versions enabled below (and refuses a
-        // configuration that already has it).
-        let mut tls = self.tls_config()?;
-        tls.alpn_protocols.clear();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
-        Ok(match self.versions {
-            HttpVersions::Http1 => https.enable_http1().wrap_connector(http),
-            HttpVersions::Any => https.enable_all_versions().wrap_connector(http),
-        })
+        // Built from the configuration itself, so the connector offers exactly its ALPN:
+        // hyper-rustls's builder would leave ALPN empty for HTTP/1.1 alone. Whether HTTP/2
+        // is spoken follows from what the server picks.
+        Ok(HttpsConnector::from((http, Arc::new(self.tls_config()?))))
     }
 
     /// A pooled client over a new connector.
@@ -201,6 +172,7 @@ impl OutboundClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls_pki_types::PrivateKeyDer;
 
     #[test]
     fn alpn_follows_the_http_versions() {
@@ -211,38 +183,61 @@ mod tests {
             [b"h2".to_vec(), b"http/1.1".to_vec()]
         );
         let h1 = any.clone().http1_only();
-        assert_eq!(h1.versions(), HttpVersions::Http1);
-        let _connector = h1.connector().unwrap();
         assert_eq!(
             h1.tls_config().unwrap().alpn_protocols,
             [b"http/1.1".to_vec()]
         );
     }
 
-    #[test]
-    fn a_client_certificate_is_presented_when_given() {
+    /// What a TLS server on loopback sees the client offer, for `client`'s connector:
+    /// the protocol it negotiates when it would take either `h2` or `http/1.1`.
+    async fn negotiated(client: OutboundClient) -> Option<Vec<u8>> {
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["client.example".to_owned()])
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-        let roots = crate::roots::platform_roots().clone();
-        let without = OutboundClient::new(roots, Duration::from_secs(1));
-        assert!(
-            !without
-                .tls_config()
-                .unwrap()
-                .client_auth_cert_resolver
-                .has_certs()
+        let mut server = rustls::ServerConfig::builder_with_provider(crate::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(tcp).await.unwrap();
+            tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+        });
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = OutboundClient { roots, ..client };
+        let http: HttpsClient<String> = client.build().unwrap();
+        let req = http::Request::get(format!("https://localhost:{port}/"))
+            .body(String::new())
+            .unwrap();
+        // The server closes after the handshake; only what was offered matters here.
+        let _ = tokio::time::timeout(Duration::from_secs(5), http.request(req)).await;
+        tokio::time::timeout(Duration::from_secs(5), accepted)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_http1_only_client_offers_http11_by_alpn_and_a_client_of_any_version_offers_h2() {
+        let roots = RootCertStore::empty();
+        let any = OutboundClient::new(roots, Duration::from_secs(5));
+        assert_eq!(
+            negotiated(any.clone().http1_only()).await.as_deref(),
+            Some(&b"http/1.1"[..])
         );
-        let with = without.client_cert(vec![cert.der().clone()], key);
-        assert!(
-            with.tls_config()
-                .unwrap()
-                .client_auth_cert_resolver
-                .has_certs()
-        );
-        assert!(format!("{with:?}").contains("client_cert: true"));
+        assert_eq!(negotiated(any).await.as_deref(), Some(&b"h2"[..]));
     }
 }
