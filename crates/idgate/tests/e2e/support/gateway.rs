@@ -1,0 +1,298 @@
+//! The gateway under test: `idgate serve` as a child process, started from a typed
+//! configuration and ready once it writes its ready file; its admin listener and JSON logs.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{ONBOARDING, Pki, bin};
+use crate::config::*;
+
+/// The configuration most tests start from (see [`GatewayConfig::for_pki`]): listeners on
+/// port 0, the PKI's gateway SVID and bundle, JSON logs at `info`.
+pub fn base_config(pki: &Pki) -> GatewayConfig {
+    GatewayConfig::for_pki(pki)
+}
+
+/// What `idgate serve --ready-file` wrote once it served.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub struct Ready {
+    pub pid: u32,
+    pub listener: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// How long a gateway may take to start before its test fails.
+const START_LIMIT: Duration = Duration::from_secs(20);
+
+/// A running `idgate serve` child process with its output captured.
+pub struct Gateway {
+    pub child: Child,
+    /// The port the listener bound (the configuration asks for port 0).
+    pub port: u16,
+    pub admin_port: u16,
+    pub config_path: PathBuf,
+    /// Where the gateway reports its addresses (`--ready-file`).
+    pub ready_file: PathBuf,
+    output: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    /// Writes `config` and starts the gateway with `env`, waiting until it reports the
+    /// addresses it bound.
+    pub async fn start(config: &GatewayConfig, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("idgate.toml");
+        let ready_file = dir.path().join("ready.json");
+        std::fs::write(&config_path, config.to_toml()).expect("write config");
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--ready-file")
+            .arg(&ready_file);
+        cmd.env_remove("IDGATE_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn idgate");
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let out = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut o = out.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+        }
+        let mut gw = Self {
+            child,
+            port: 0,
+            admin_port: 0,
+            config_path,
+            ready_file,
+            output,
+            _dir: dir,
+        };
+        let ready = gw.wait_ready().await;
+        gw.port = ready.listener.port();
+        gw.admin_port = ready.admin.port();
+        gw
+    }
+
+    /// Waits for the ready file (written whole, by a rename), failing with the gateway's
+    /// output if it exits first or takes longer than [`START_LIMIT`].
+    async fn wait_ready(&mut self) -> Ready {
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            if let Ok(text) = std::fs::read(&self.ready_file) {
+                let ready: Ready = serde_json::from_slice(&text).unwrap_or_else(|e| {
+                    panic!(
+                        "the ready file is not the expected JSON ({e}): {}",
+                        String::from_utf8_lossy(&text)
+                    )
+                });
+                assert_eq!(
+                    ready.pid,
+                    self.child.id(),
+                    "the ready file names another process"
+                );
+                return ready;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Give the output readers a moment to catch the last lines.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                panic!(
+                    "idgate exited during start-up ({status}); output:\n{}",
+                    self.output()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "idgate did not report ready within {START_LIMIT:?}; output:\n{}",
+                    self.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything the gateway wrote to stdout and stderr so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+}
+
+/// A plain HTTP/1.1 GET to the admin listener: (status, body).
+pub async fn admin_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Parses the gateway's JSON log lines.
+pub fn json_lines(output: &str) -> Vec<HashMap<String, serde_json::Value>> {
+    output
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// A gateway with one upstream and one route to it, the shape most end-to-end tests need.
+/// `Default`: no credential, and `GET /v1/{*rest}` allowed for [`ONBOARDING`].
+pub struct OneRoute<'a> {
+    /// The upstream's URL; an `https://` one is trusted through the PKI's bundle.
+    pub url: &'a str,
+    /// More keys for the `[[upstreams]]` table (`request_timeout = "1s"`).
+    pub upstream_extra: toml::Table,
+    pub credential: Option<CredentialSpec>,
+    pub methods: &'a [&'a str],
+    pub path: &'a str,
+    pub allow: &'a [&'a str],
+    /// More keys for `[listener]`.
+    pub listener_extra: toml::Table,
+}
+
+impl Default for OneRoute<'_> {
+    fn default() -> Self {
+        Self {
+            url: "",
+            upstream_extra: toml::Table::new(),
+            credential: None,
+            methods: &["GET"],
+            path: "/v1/{*rest}",
+            allow: &[ONBOARDING],
+            listener_extra: toml::Table::new(),
+        }
+    }
+}
+
+impl<'a> OneRoute<'a> {
+    /// `GET /v3/session/{session_id}/decision/` on `url` for every `ns/kyc/*` workload, with
+    /// the provider key from the environment variable `TEST_PROVIDER_KEY` in `x-api-key`.
+    pub fn kyc_decision(url: &'a str) -> Self {
+        Self {
+            url,
+            credential: Some(CredentialSpec::header("x-api-key", "env:TEST_PROVIDER_KEY")),
+            path: "/v3/session/{session_id}/decision/",
+            allow: &["spiffe://example.org/ns/kyc/*"],
+            ..Self::default()
+        }
+    }
+
+    /// The configuration: the upstream `provider` and the route `route` to it.
+    pub fn config(&self, pki: &Pki) -> GatewayConfig {
+        let mut config = base_config(pki);
+        config.listener.extra.extend(self.listener_extra.clone());
+        let mut upstream = UpstreamSpec::new("provider", self.url);
+        if self.url.starts_with("https://") {
+            upstream = upstream.ca(&pki.files.bundle);
+        }
+        upstream.extra = self.upstream_extra.clone();
+        upstream.credential = self.credential.clone();
+        config.upstream(upstream).route(RouteSpec::new(
+            "route",
+            self.methods,
+            self.path,
+            "provider",
+            self.allow,
+        ))
+    }
+
+    /// Starts the gateway with `env`.
+    pub async fn start(&self, pki: &Pki, env: &[(&str, &str)]) -> Gateway {
+        Gateway::start(&self.config(pki), env).await
+    }
+}
+
+/// A gateway configuration from its identity: the gateway's SVID, one bundle per trust
+/// domain and how often the files are polled; JSON logs at `info`, no upstream, no route.
+pub fn gateway_config(
+    svid: (&Path, &Path),
+    bundles: &[(&str, &Path)],
+    poll_interval: &str,
+) -> GatewayConfig {
+    bundles.iter().fold(
+        GatewayConfig::new(svid.0, svid.1)
+            .poll_interval(poll_interval)
+            .json_log("info"),
+        |config, (trust_domain, bundle)| config.trust(trust_domain, bundle),
+    )
+}
+
+/// The gateway's JSON log lines of `target` whose message is `message`.
+pub fn log_lines(
+    gw: &Gateway,
+    target: &str,
+    message: &str,
+) -> Vec<HashMap<String, serde_json::Value>> {
+    json_lines(&gw.output())
+        .into_iter()
+        .filter(|l| {
+            l.get("target").and_then(|t| t.as_str()) == Some(target)
+                && l.get("message").and_then(|m| m.as_str()) == Some(message)
+        })
+        .collect()
+}

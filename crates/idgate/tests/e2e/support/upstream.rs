@@ -1,0 +1,158 @@
+//! [`TestUpstream`]: an HTTPS (or plain HTTP) upstream on loopback that records what it
+//! receives.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::Pki;
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamMode {
+    /// Answer 200 with a JSON body naming the path.
+    Echo,
+    /// Wait this long before answering.
+    Delay(Duration),
+}
+
+/// An HTTPS (or plain HTTP) upstream on loopback that records every request.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestUpstream {
+    /// HTTPS with the PKI's gateway certificate (valid for 127.0.0.1/localhost); the gateway
+    /// trusts it through `ca = bundle.pem`.
+    pub async fn https(pki: &Pki, mode: UpstreamMode) -> Self {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(&pki.files.gateway_cert)
+                .expect("cert")
+                .collect::<Result<_, _>>()
+                .expect("cert pem");
+        let key = PrivateKeyDer::from_pem_file(&pki.files.gateway_key).expect("key");
+        let mut cfg = rustls::ServerConfig::builder_with_provider(idgate_tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server cert");
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Self::start(Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))), mode).await
+    }
+
+    pub async fn http(mode: UpstreamMode) -> Self {
+        Self::start(None, mode).await
+    }
+
+    async fn start(tls: Option<tokio_rustls::TlsAcceptor>, mode: UpstreamMode) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let seen = seen2.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let pq = parts
+                                .uri
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            seen.lock().unwrap().push(Seen {
+                                method: parts.method.to_string(),
+                                path_and_query: pq.clone(),
+                                version: parts.version,
+                                headers: parts.headers.clone(),
+                                body,
+                            });
+                            if let UpstreamMode::Delay(d) = mode {
+                                tokio::time::sleep(d).await;
+                            }
+                            let body =
+                                serde_json::json!({"upstream": "test", "path": pq}).to_string();
+                            let resp = http::Response::builder()
+                                .status(200)
+                                .header("content-type", "application/json")
+                                .header("x-upstream", "test")
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap();
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(acc) => {
+                            if let Ok(s) = acc.accept(tcp).await {
+                                let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    pub fn url(&self, https: bool) -> String {
+        format!(
+            "{}://127.0.0.1:{}",
+            if https { "https" } else { "http" },
+            self.addr.port()
+        )
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.requests()
+            .last()
+            .cloned()
+            .expect("the upstream saw a request")
+    }
+}

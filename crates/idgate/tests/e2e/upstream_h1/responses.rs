@@ -1,0 +1,140 @@
+//! Responses from the upstream: chunked and close-delimited bodies, framing that could be
+//! read two ways, interim responses, HEAD, a body cut short and an upstream that never answers.
+
+use crate::assert_eventually;
+use crate::support::*;
+
+use super::{Answer, RawUpstream, TOKEN, client, gateway, ok};
+
+#[tokio::test]
+async fn chunked_and_close_delimited_bodies_reach_the_caller_whole() {
+    within(async {
+        let upstream = RawUpstream::start(|n, _| match n {
+            0 => Answer::Trickle(vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=\"a\"\r\nhello"
+                    .to_vec(),
+                b"\r\n7\r\n, world\r\n0\r\nx-trailer: dropped\r\n\r\n".to_vec(),
+            ]),
+            _ => Answer::SendAndClose(
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end".to_vec(),
+            ),
+        })
+        .await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, toml::Table::new()).await;
+        let c = client(&pki, &gw);
+
+        let r = c.get("/chunked").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"hello, world"[..]));
+        assert!(r.header("x-trailer").is_none());
+        let r = c.get("/close").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"until the end"[..]));
+        // The chunked response left its connection reusable: both requests used it.
+        assert_eq!(upstream.connections(), 1);
+        let seen = upstream.seen();
+        assert_eq!(seen[1].target, "/close");
+        assert_eq!(seen[1].header("x-provider-token"), Some(TOKEN));
+        assert_eq!(
+            seen[1].header("host"),
+            Some(&*format!("127.0.0.1:{}", upstream.port))
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn responses_whose_framing_could_be_read_two_ways_get_502() {
+    within(async {
+        let bad: Vec<&'static [u8]> = vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nx-bad header: 1\r\n\r\n",
+            b"NOT HTTP AT ALL\r\n\r\n",
+        ];
+        let script = bad.clone();
+        let upstream =
+            RawUpstream::start(move |n, _| Answer::SendAndClose(script[n].to_vec())).await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, toml::Table::new()).await;
+        let c = client(&pki, &gw);
+        for (i, raw) in bad.iter().enumerate() {
+            let r = c.get(&format!("/bad/{i}")).await.unwrap();
+            assert_eq!(r.status, 502, "{:?}", String::from_utf8_lossy(raw));
+            assert_eq!(r.header("content-type"), Some("application/problem+json"));
+            let body = String::from_utf8_lossy(&r.body);
+            assert!(!body.contains(&upstream.port.to_string()), "{body}");
+            assert!(!body.contains("hello"), "{body}");
+        }
+        assert_eventually!(
+            gw.output().contains("invalid") || gw.output().contains("malformed"),
+            "{}",
+            gw.output()
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped_and_head_answers_carry_no_body() {
+    within(async {
+        let upstream = RawUpstream::start(|n, req| match (n, req.method.as_str()) {
+            (0, _) => Answer::Send(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"
+                    .to_vec(),
+            ),
+            (_, "HEAD") => Answer::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_vec()),
+            _ => Answer::Send(ok("after head")),
+        })
+        .await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, toml::Table::new()).await;
+        let c = client(&pki, &gw);
+        let r = c.send("POST", "/created", &[], "{}").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (201, &b"ok"[..]));
+        let r = c.send("HEAD", "/head", &[], "").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.body.is_empty());
+        // Had the gateway waited for five body bytes after the HEAD answer, this would hang
+        // or read the next response as a body.
+        let r = c.get("/next").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"after head"[..]));
+        // The POST carried a body, so its connection ended with it; HEAD and GET shared one.
+        assert_eq!(upstream.connections(), 2);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_body_cut_short_by_the_upstream_is_not_passed_off_as_complete() {
+    within(async {
+        let upstream = RawUpstream::start(|_, _| {
+            Answer::SendAndClose(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten..".to_vec(),
+            )
+        })
+        .await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, toml::Table::new()).await;
+        let r = client(&pki, &gw).get("/short").await;
+        assert!(
+            r.is_err(),
+            "a truncated body reached the caller as complete: {r:?}"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_gets_504() {
+    within(async {
+        let upstream = RawUpstream::start(|_, _| Answer::Hang).await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, toml::toml! { request_timeout = "300ms" }).await;
+        let r = client(&pki, &gw).get("/slow").await.unwrap();
+        assert_eq!(r.status, 504);
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    })
+    .await
+}
