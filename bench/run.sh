@@ -433,42 +433,65 @@ declare -A PORT=([idgate]=$IDGATE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PO
 declare -A LOGF=([idgate]=$WORK/idgate/idgate.log [nginx]=$WORK/nginx/error.log [haproxy]=$WORK/haproxy/haproxy.log)
 declare -A LABEL=([idgate]=idgate [nginx]=nginx [haproxy]=HAProxy)
 
-if has_proxy idgate; then
-  log "starting idgate on 127.0.0.1:$IDGATE_PORT"
-  # IDGATE_LOG is this script's knob; idgate would read it as a log filter.
-  spawn "$TASKSET_PROXY" env -u IDGATE_LOG BENCH_API_KEY="$API_KEY" "$IDGATE_BIN" serve \
-    --config "$WORK/idgate/idgate.toml" >"$WORK/idgate/idgate.log" 2>&1 &
-  PID[idgate]=$!
-  wait_ready idgate "http://127.0.0.1:$IDGATE_ADMIN_PORT/readyz" "$WORK/idgate/idgate.log"
-fi
-if has_proxy nginx; then
-  log "starting nginx on 127.0.0.1:$NGINX_PORT"
-  "$NGINX" -t -q -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" || die "nginx config invalid"
-  spawn "$TASKSET_PROXY" "$NGINX" -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" \
-    -g 'daemon off;' >"$WORK/nginx/stdout.log" 2>&1 &
-  PID[nginx]=$!
-fi
-if has_proxy haproxy; then
-  log "starting HAProxy on 127.0.0.1:$HAPROXY_PORT"
-  "$HAPROXY" -c -q -f "$WORK/haproxy/haproxy.cfg" || die "HAProxy config invalid"
-  spawn "$TASKSET_PROXY" "$HAPROXY" -db -f "$WORK/haproxy/haproxy.cfg" \
-    >"$WORK/haproxy/access.log" 2>"$WORK/haproxy/haproxy.log" &
-  PID[haproxy]=$!
-fi
-for p in $PROXIES; do
-  wait_ready "$p" "https://127.0.0.1:${PORT[$p]}/ready" "${LOGF[$p]}" "${CLIENT_TLS[@]}"
-done
-
-# Processes whose CPU time and memory count for a proxy. For nginx that is the
-# worker (the master only supervises); the master is reported separately.
 declare -A MEASURE=()
-for p in $PROXIES; do MEASURE[$p]=${PID[$p]}; done
 NGINX_MASTER_PID=""
-if has_proxy nginx; then
-  NGINX_MASTER_PID=${PID[nginx]}
-  MEASURE[nginx]=$(pgrep -P "$NGINX_MASTER_PID" | tr '\n' ' ')
-  [[ -n ${MEASURE[nginx]// /} ]] || die "no nginx worker process found"
-fi
+start_proxies() {
+  local p
+  if has_proxy idgate; then
+    log "starting idgate on 127.0.0.1:$IDGATE_PORT"
+    # IDGATE_LOG is this script's knob; idgate would read it as a log filter.
+    spawn "$TASKSET_PROXY" env -u IDGATE_LOG BENCH_API_KEY="$API_KEY" "$IDGATE_BIN" serve \
+      --config "$WORK/idgate/idgate.toml" >"$WORK/idgate/idgate.log" 2>&1 &
+    PID[idgate]=$!
+    wait_ready idgate "http://127.0.0.1:$IDGATE_ADMIN_PORT/readyz" "$WORK/idgate/idgate.log"
+  fi
+  if has_proxy nginx; then
+    log "starting nginx on 127.0.0.1:$NGINX_PORT"
+    "$NGINX" -t -q -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" || die "nginx config invalid"
+    spawn "$TASKSET_PROXY" "$NGINX" -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" \
+      -g 'daemon off;' >"$WORK/nginx/stdout.log" 2>&1 &
+    PID[nginx]=$!
+  fi
+  if has_proxy haproxy; then
+    log "starting HAProxy on 127.0.0.1:$HAPROXY_PORT"
+    "$HAPROXY" -c -q -f "$WORK/haproxy/haproxy.cfg" || die "HAProxy config invalid"
+    spawn "$TASKSET_PROXY" "$HAPROXY" -db -f "$WORK/haproxy/haproxy.cfg" \
+      >"$WORK/haproxy/access.log" 2>"$WORK/haproxy/haproxy.log" &
+    PID[haproxy]=$!
+  fi
+  for p in $PROXIES; do
+    wait_ready "$p" "https://127.0.0.1:${PORT[$p]}/ready" "${LOGF[$p]}" "${CLIENT_TLS[@]}"
+  done
+
+  # Processes whose CPU time and memory count for a proxy. For nginx that is the
+  # worker (the master only supervises); the master is reported separately.
+  for p in $PROXIES; do MEASURE[$p]=${PID[$p]}; done
+  if has_proxy nginx; then
+    NGINX_MASTER_PID=${PID[nginx]}
+    MEASURE[nginx]=$(pgrep -P "$NGINX_MASTER_PID" | tr '\n' ' ' || true)
+    [[ -n ${MEASURE[nginx]// /} ]] || die "no nginx worker process found"
+  fi
+}
+stop_proxies() { # tag: stops the proxies and keeps their logs under that tag
+  local p pid i f
+  for p in $PROXIES; do kill -TERM "${PID[$p]}" 2>/dev/null || true; done
+  for p in $PROXIES; do
+    pid=${PID[$p]}
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$p ($pid) did not stop on TERM; killing"
+      kill -KILL "$pid" 2>/dev/null || true
+      pkill -KILL -P "$pid" 2>/dev/null || true # nginx's worker
+    fi
+    wait "$pid" 2>/dev/null || true
+    unset "PID[$p]"
+  done
+  for f in idgate/idgate.log nginx/access.log nginx/error.log haproxy/access.log haproxy/haproxy.log; do
+    [[ -e $WORK/$f ]] && mv "$WORK/$f" "$WORK/${f%.log}.$1.log"
+  done
+  return 0
+}
+start_proxies
 
 rss_kib() { # pids... -> VmRSS summed
   local t=0 pid
@@ -519,16 +542,22 @@ done
 
 # ---------------------------------------------------------------- memory
 
-# Resident memory with MEM_CONNS idle mTLS connections held open, each having
-# served one keep-alive request: (VmRSS with them - VmRSS before) / MEM_CONNS.
-# Measured on the fresh processes, before the load runs grow their heaps.
-declare -A MEM_BEFORE=() MEM_HELD=() MEM_ALIVE=() MEM_AFTER=()
-hold_conns() { # proxy
-  local p=$1 line pid
+# Resident memory with MEM_CONNS idle mTLS connections held open:
+# (VmRSS with them - VmRSS before) / MEM_CONNS, twice, each time on freshly
+# started proxies (none of them gives the memory back when the connections
+# close): connections that only made the TLS handshake ("tls"), then
+# connections that also served one keep-alive request ("http"). The proxies are
+# started afresh once more for the load runs.
+MEM_KINDS="tls http"
+declare -A MEM_BEFORE=() MEM_HELD=() MEM_ALIVE=()
+hold_conns() { # proxy kind
+  local p=$1 kind=$2 line pid
+  local -a extra=()
+  [[ $kind == tls ]] && extra=(--no-request)
   # A handshake takes 1-10 ms here (more on a busy machine): allow 50 ms each.
   local open_secs=$((30 + MEM_CONNS / 20))
   coproc HOLD { exec "$PYTHON" "$BENCH_DIR/hold_conns.py" --port "${PORT[$p]}" --count "$MEM_CONNS" \
-    --cert "$P/client.crt" --key "$P/client.key" --ca "$P/bundle.pem" --hold-timeout 60 2>&1; }
+    --cert "$P/client.crt" --key "$P/client.key" --ca "$P/bundle.pem" --hold-timeout 60 "${extra[@]}" 2>&1; }
   pid=$HOLD_PID
   PID[hold]=$pid
   IFS= read -r -t "$open_secs" line <&"${HOLD[0]}" || line="no answer from hold_conns.py in ${open_secs}s"
@@ -536,28 +565,30 @@ hold_conns() { # proxy
     kill "$pid" 2>/dev/null || true
     die "$p: could not hold $MEM_CONNS connections: $line"
   fi
-  log "memory $p: $line"
+  log "memory $p $kind: $line"
   sleep 2 # let the proxy finish its per-connection work
   # shellcheck disable=SC2086
-  MEM_HELD[$p]=$(rss_kib ${MEASURE[$p]})
+  MEM_HELD[$p/$kind]=$(rss_kib ${MEASURE[$p]})
   echo done >&"${HOLD[1]}"
   IFS= read -r -t 60 line <&"${HOLD[0]}" || line="alive ?"
-  MEM_ALIVE[$p]=${line#alive }
+  MEM_ALIVE[$p/$kind]=${line#alive }
   wait "$pid" 2>/dev/null || true
   unset 'PID[hold]'
-  sleep 2 # what the proxy gives back once they are closed
-  # shellcheck disable=SC2086
-  MEM_AFTER[$p]=$(rss_kib ${MEASURE[$p]})
 }
 if ((MEM_CONNS > 0)); then
-  for p in $PROXIES; do
-    # shellcheck disable=SC2086
-    MEM_BEFORE[$p]=$(rss_kib ${MEASURE[$p]})
-    log "memory $p: holding $MEM_CONNS idle mTLS connections"
-    hold_conns "$p"
-    log "memory $p: VmRSS $((MEM_BEFORE[$p] / 1024)) MiB before, $((MEM_HELD[$p] / 1024)) MiB with $MEM_CONNS held" \
-      "(${MEM_ALIVE[$p]} still open at the end)"
-    sleep "$PAUSE"
+  for kind in $MEM_KINDS; do
+    for p in $PROXIES; do
+      # shellcheck disable=SC2086
+      MEM_BEFORE[$p/$kind]=$(rss_kib ${MEASURE[$p]})
+      log "memory $p $kind: holding $MEM_CONNS idle mTLS connections"
+      hold_conns "$p" "$kind"
+      log "memory $p $kind: VmRSS $((MEM_BEFORE[$p/$kind] / 1024)) MiB before, $((MEM_HELD[$p/$kind] / 1024)) MiB" \
+        "with $MEM_CONNS held (${MEM_ALIVE[$p/$kind]} still open at the end)"
+      sleep "$PAUSE"
+    done
+    log "restarting the proxies"
+    stop_proxies "mem-$kind"
+    start_proxies
   done
 fi
 
@@ -710,7 +741,7 @@ MD=$OUT_DIR/latest.md
   echo "- load: oha with $OHA_THREADS threads on the same machine, $CONNS connections, $DURATION per run, $ROUNDS interleaved rounds per mode and response (order rotated each round), ${WARMUP} warm-up; HTTP/1.1 GET"
   for resp in $RESPONSES; do echo "- response \`$resp\`: ${RESP_LABEL[$resp]} (\`${RESP_PATH[$resp]}\`)"; done
   for p in "${proxy_list[@]}"; do echo "- TLS with ${LABEL[$p]}: ${TLSINFO[$p]}"; done
-  for p in "${proxy_list[@]}"; do echo "- logging, ${LABEL[$p]}: ${LOGGING[$p]}; ${LOG_LINES[$p]:-0} lines written"; done
+  for p in "${proxy_list[@]}"; do echo "- logging, ${LABEL[$p]}: ${LOGGING[$p]}; ${LOG_LINES[$p]:-0} lines written during the load runs"; done
   for mode in $MODES; do
     for resp in $RESPONSES; do
       c=$mode/$resp
@@ -759,19 +790,25 @@ MD=$OUT_DIR/latest.md
   echo "#### Memory"
   echo
   if ((MEM_CONNS > 0)); then
-    echo "| proxy | VmRSS at start MiB | before holding MiB | with $MEM_CONNS idle mTLS connections MiB | KiB per idle connection | still open | after closing them MiB |"
+    echo "| proxy | VmRSS at start MiB | $MEM_CONNS held, TLS only: MiB | KiB per connection | $MEM_CONNS held, one request each: MiB | KiB per connection | still open |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
     for p in "${proxy_list[@]}"; do
-      printf '| %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$p]}" "$(mib "${RSS_START[$p]}")" "$(mib "${MEM_BEFORE[$p]}")" \
-        "$(mib "${MEM_HELD[$p]}")" "$(awk -v a="${MEM_HELD[$p]}" -v b="${MEM_BEFORE[$p]}" -v n="$MEM_CONNS" 'BEGIN {printf "%.1f", (a - b) / n}')" \
-        "${MEM_ALIVE[$p]}" "$(mib "${MEM_AFTER[$p]}")"
+      row="| ${LABEL[$p]} | $(mib "${RSS_START[$p]}")"
+      alive_all=""
+      for kind in $MEM_KINDS; do
+        row+=" | $(mib "${MEM_HELD[$p/$kind]}") | $(awk -v a="${MEM_HELD[$p/$kind]}" -v b="${MEM_BEFORE[$p/$kind]}" -v n="$MEM_CONNS" 'BEGIN {printf "%.1f", (a - b) / n}')"
+        alive_all+="${alive_all:+ / }${MEM_ALIVE[$p/$kind]}"
+      done
+      echo "$row | $alive_all |"
     done
     echo
-    echo "VmRSS at start is read once the proxy is ready, before any request. Then, before the load"
-    echo "runs, each proxy in turn gets $MEM_CONNS mutual-TLS connections (from 8 loopback source addresses),"
-    echo "each serving one keep-alive request and then left idle; the per-connection figure is"
-    echo "(VmRSS with them held - VmRSS just before) / $MEM_CONNS. \"still open\" counts the connections"
-    echo "the proxy had not closed when they were released. For nginx the figures are the worker's."
+    echo "VmRSS at start is read once the proxy is ready, before any request. Then each proxy in"
+    echo "turn gets $MEM_CONNS mutual-TLS connections (Python \\`ssl\\`, from 8 loopback source addresses)"
+    echo "that are left idle, first after the handshake alone, then, on freshly started proxies,"
+    echo "after one keep-alive request each. KiB per connection is (VmRSS with them held - VmRSS just"
+    echo "before) / $MEM_CONNS; \"still open\" counts, for each, the connections the proxy had not closed"
+    echo "when they were released. For nginx the figures are the worker's. The load runs use"
+    echo "proxies started afresh after this."
   else
     echo "VmRSS at start (MiB, once ready, before any request):"
     for p in "${proxy_list[@]}"; do printf ' %s %s' "${LABEL[$p]}" "$(mib "${RSS_START[$p]}")"; done
@@ -780,10 +817,10 @@ MD=$OUT_DIR/latest.md
   echo
   if [[ $HWM_RESET == yes ]]; then
     echo "Peak RSS is VmHWM, the process's high-water mark, reset when each mode starts: the mode's own"
-    echo "peak, or the memory the proxy kept from before if that was higher. For nginx it is the worker's"
+    echo "peak, or the memory the proxy kept from the mode before if that was higher. For nginx it is the worker's"
   else
     echo "Peak RSS is VmHWM, the process's high-water mark since start (it could not be reset here): it"
-    echo "includes the memory measurement and the modes before. For nginx it is the worker's"
+    echo "includes the modes before. For nginx it is the worker's"
   fi
   if [[ -n $NGINX_MASTER_PID ]]; then
     echo "(the master's own peak was $(mib "$(hwm_kib "$NGINX_MASTER_PID")") MiB)."
