@@ -803,7 +803,7 @@ MD=$OUT_DIR/latest.md
     done
     echo
     echo "VmRSS at start is read once the proxy is ready, before any request. Then each proxy in"
-    echo "turn gets $MEM_CONNS mutual-TLS connections (Python \\`ssl\\`, from 8 loopback source addresses)"
+    echo "turn gets $MEM_CONNS mutual-TLS connections (from Python, 8 loopback source addresses)"
     echo "that are left idle, first after the handshake alone, then, on freshly started proxies,"
     echo "after one keep-alive request each. KiB per connection is (VmRSS with them held - VmRSS just"
     echo "before) / $MEM_CONNS; \"still open\" counts, for each, the connections the proxy had not closed"
