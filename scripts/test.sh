@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup-test-deps.sh
+# Console scripts installed by pip (OpenBao's `bao`) live beside the Python interpreter,
+# which a fresh shell's PATH may not name yet.
+PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+export PATH
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

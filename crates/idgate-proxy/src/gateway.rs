@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::access_log::AccessLog;
 use crate::listener::{ListenerShared, accept_loop};
 use crate::metrics::Metrics;
 use crate::pipeline::Services;
@@ -33,6 +34,7 @@ pub struct Gateway {
     material: Arc<TlsMaterial>,
     server_config: Arc<rustls::ServerConfig>,
     snapshot: Snapshot,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -92,7 +94,14 @@ impl Gateway {
             material: Arc::new(material),
             server_config: Arc::new(server_config),
             snapshot,
+            access_log: None,
         })
+    }
+
+    /// Writes each request's record to `log`; without one, requests are not logged.
+    pub fn with_access_log(mut self, log: Arc<AccessLog>) -> Self {
+        self.access_log = Some(log);
+        self
     }
 
     /// Binds the listener and the admin listener, then serves until `shutdown` completes;
@@ -117,7 +126,7 @@ impl Gateway {
             admin: admin.local_addr()?,
         };
 
-        let services = Arc::new(Services::default());
+        let services = Arc::new(Services::new(self.access_log.clone()));
         self.snapshot.start_background(&services.metrics);
         let snapshot = Arc::new(ArcSwap::from_pointee(self.snapshot));
         let watch_handle = spawn_watcher(self.material.clone(), cfg.identity.poll_interval);

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::lingering_close::{Bounds, LingerOnClose, LingeringClose};
 use crate::metrics::Metrics;
 use crate::pipeline::{ConnInfo, Services, handle};
 use crate::send_timeout::{SendDeadline, Sending, StreamExecutor};
@@ -280,6 +281,7 @@ async fn serve_connection(
         remote_ip,
         trusted_proxy: shared.config.trusted_proxies.contains(remote.ip()),
         cert_thumbprint,
+        linger_on_close: LingerOnClose::default(),
     });
 
     // The listener offers h2 and http/1.1; a client that negotiated nothing speaks HTTP/1.1.
@@ -288,6 +290,7 @@ async fn serve_connection(
     let activity = h2.then(|| Arc::new(Activity::new(accepted_at)));
     let service_shared = shared.clone();
     let service_activity = activity.clone();
+    let closing = conn.clone();
     let service = service_fn(move |req| {
         let snapshot = service_shared.snapshot.load_full();
         let services = service_shared.services.clone();
@@ -299,12 +302,12 @@ async fn serve_connection(
             Ok::<_, Infallible>(resp.map(Sending::new))
         }
     });
-    let io = TokioIo::new(SendDeadline::new(
+    let io = SendDeadline::new(
         tls,
         shared.config.send_timeout,
         shared.services.metrics.clone(),
         remote,
-    ));
+    );
     let ends = Ends {
         expires_in,
         retire_at: shared
@@ -317,9 +320,11 @@ async fn serve_connection(
         remote,
     };
     if h2 {
-        let connection = shared.http.h2.serve_connection(io, service);
+        let connection = shared.http.h2.serve_connection(TokioIo::new(io), service);
         drive(connection, |c| c.graceful_shutdown(), ends).await;
     } else {
+        // Outside the send deadline: lingering reads, and the write side is already shut.
+        let io = TokioIo::new(LingeringClose::new(io, closing, Bounds::DEFAULT));
         let connection = shared.http.h1.serve_connection(io, service);
         drive(connection, |c| c.graceful_shutdown(), ends).await;
     }

@@ -201,6 +201,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts the access-log lines dropped because its writer fell behind.
+    pub fn count_access_log_drops(&mut self, dropped: Counter) {
+        self.registry.register(
+            "access_log_dropped",
+            "Access-log lines dropped because the log output did not keep up",
+            dropped,
+        );
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -47,6 +47,16 @@ pub enum BadEncoding {
     /// Escaped bytes that are not UTF-8: an overlong form, a lone continuation byte, a
     /// surrogate, a code point past U+10FFFF.
     NotUtf8,
+    /// An escaped character beyond ASCII on a route whose upstream ignores case.
+    NonAsciiCaseFolded,
+}
+
+/// Whether a canonical path holds an escaped byte beyond ASCII (the UTF-8 of a character
+/// past U+007F; canonical escapes have capital hex).
+pub fn has_non_ascii_escape(path: &str) -> bool {
+    path.as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'%' && matches!(w[1], b'8'..=b'9' | b'A'..=b'F'))
 }
 
 /// Rewrites the request target's path into its canonical form, in place, and checks the

@@ -13,6 +13,7 @@ use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use idgate_auth::AuthFailure;
 
+use crate::access_log::Decision;
 use crate::path::BadEncoding;
 
 /// Where problem `type` URIs point; each is described in `docs/problems.md`.
@@ -161,6 +162,9 @@ impl Refusal {
             Self::InvalidEncoding(BadEncoding::NotUtf8) => {
                 "The path contains percent-encoded bytes that are not UTF-8 (an overlong form, a lone continuation byte or a surrogate)."
             }
+            Self::InvalidEncoding(BadEncoding::NonAsciiCaseFolded) => {
+                "This route's upstream reads paths without regard to case, so the path must be ASCII."
+            }
             Self::NoRoute => "No route matches this path.",
             Self::MethodNotAllowed { .. } => {
                 "This route does not accept this method; see the Allow header."
@@ -196,6 +200,17 @@ impl Refusal {
 
     pub fn slug(&self) -> &'static str {
         self.kind().slug
+    }
+
+    /// For the request's record: refused for what the request is or who sent it (4xx), or
+    /// allowed but not carried out (5xx).
+    pub fn decision(&self) -> Decision {
+        let kind = self.kind();
+        if kind.status.is_server_error() {
+            Decision::Failed(kind.slug)
+        } else {
+            Decision::Denied(kind.slug)
+        }
     }
 
     /// Renders the problem; `request_id` is echoed so a caller can quote it to an operator.

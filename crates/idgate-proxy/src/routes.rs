@@ -13,12 +13,22 @@ use idgate_config::{RouteConfig, fold_template};
 
 use crate::path;
 
+/// What answers a route's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The snapshot's upstream at this index, after authentication and authorization.
+    Upstream(usize),
+    /// The built-in OAuth2 token endpoint and its discovery documents, which authenticate
+    /// their clients themselves.
+    TokenEndpoint,
+}
+
 /// One route, ready for the pipeline.
 #[derive(Debug)]
 pub struct Route {
     /// Shared with metrics labels and logs.
     pub name: Arc<str>,
-    pub upstream: usize,
+    pub target: Target,
     /// Literal segments are matched without case (the upstream's `case_insensitive_paths`).
     pub case_insensitive: bool,
     pub allow: Vec<AllowEntry>,
@@ -26,6 +36,25 @@ pub struct Route {
     pub scopes: ScopeRule,
     /// Whether a `GET`, `HEAD`, `OPTIONS` or `DELETE` request may carry a body.
     pub allow_body: bool,
+    /// The names of the template's parameters, in order.
+    params: Box<[Box<str>]>,
+}
+
+/// The parameter names of a path template (`{id}`, `{*rest}`; `{{` and `}}` are literal).
+fn template_params(template: &str) -> Box<[Box<str>]> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        rest = &rest[open + 1..];
+        if let Some(literal) = rest.strip_prefix('{') {
+            rest = literal;
+            continue;
+        }
+        let end = rest.find('}').unwrap_or(rest.len());
+        names.push(rest[..end].trim_start_matches('*').into());
+        rest = rest.get(end + 1..).unwrap_or("");
+    }
+    names.into_boxed_slice()
 }
 
 #[derive(Debug)]
@@ -42,6 +71,76 @@ impl PathEntry {
             .find(|(m, _)| m == method)
             .map(|&(_, r)| r)
     }
+}
+
+/// What a route's path template captured (`{id}`, `{*rest}`), as spans of the canonical
+/// path the route was matched on. Up to [`INLINE_PARAMS`] are held without allocating.
+#[derive(Debug, Default, Clone)]
+pub struct PathParams<'r> {
+    inline: [(&'r str, usize, usize); INLINE_PARAMS],
+    len: usize,
+    more: Vec<(&'r str, usize, usize)>,
+}
+
+const INLINE_PARAMS: usize = 4;
+
+impl<'r> PathParams<'r> {
+    /// The spans of `captured` (slices of `path`) within `path`.
+    fn of<'p>(path: &'p str, captured: impl Iterator<Item = (&'r str, &'p str)>) -> Self {
+        let mut params = Self::default();
+        for (name, value) in captured {
+            let start = (value.as_ptr() as usize).saturating_sub(path.as_ptr() as usize);
+            let span = (name, start, start + value.len());
+            match params.inline.get_mut(params.len) {
+                Some(slot) => *slot = span,
+                None => params.more.push(span),
+            }
+            params.len += 1;
+        }
+        params
+    }
+
+    /// The same spans under the route's own parameter names (a template folded to lower
+    /// case names its parameters by position).
+    fn named(mut self, names: &'r [Box<str>]) -> Self {
+        let spans = self.inline[..self.len.min(INLINE_PARAMS)]
+            .iter_mut()
+            .chain(&mut self.more);
+        for ((name, _, _), own) in spans.zip(names) {
+            *name = own;
+        }
+        self
+    }
+
+    /// The value of parameter `name` in `path`, the canonical path the route matched.
+    pub fn get<'p>(&self, name: &str, path: &'p str) -> Option<&'p str> {
+        self.iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, span)| path.get(span))
+    }
+
+    /// Each parameter's name and span.
+    pub fn iter(&self) -> impl Iterator<Item = (&'r str, std::ops::Range<usize>)> + '_ {
+        self.inline[..self.len.min(INLINE_PARAMS)]
+            .iter()
+            .chain(&self.more)
+            .map(|&(n, start, end)| (n, start..end))
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A route found for a request, with what its template captured.
+#[derive(Debug)]
+pub struct Matched<'r> {
+    pub route: &'r Route,
+    pub params: PathParams<'r>,
 }
 
 /// Why no route was found.
@@ -95,8 +194,11 @@ impl Paths {
         Ok(())
     }
 
-    fn at(&self, path: &str) -> Option<&PathEntry> {
-        self.router.at(path).ok().map(|m| &self.entries[*m.value])
+    fn at<'p>(&self, path: &'p str) -> Option<(&PathEntry, matchit::Params<'_, 'p>)> {
+        self.router
+            .at(path)
+            .ok()
+            .map(|m| (&self.entries[*m.value], m.params))
     }
 }
 
@@ -107,12 +209,15 @@ pub struct RouteTable {
     /// up with the path in lower case, it finds what that upstream would take the path for.
     folded: Option<Paths>,
     routes: Vec<Route>,
+    /// The built-in token endpoint, when configured: matched before any configured route.
+    token_endpoint: Option<Route>,
 }
 
 impl RouteTable {
-    /// Builds the table from validated routes (the configuration already refused conflicts).
-    /// A template must be in the canonical form requests are routed on.
-    pub fn new(configs: &[RouteConfig]) -> Result<Self, String> {
+    /// Builds the table from validated routes (the configuration already refused conflicts,
+    /// and routes on the token endpoint's paths). A template must be in the canonical form
+    /// requests are routed on.
+    pub fn new(configs: &[RouteConfig], token_endpoint: bool) -> Result<Self, String> {
         let mut exact = Paths::default();
         let mut folded = configs
             .iter()
@@ -151,12 +256,13 @@ impl RouteTable {
             }
             routes.push(Route {
                 name: rc.name.as_str().into(),
-                upstream: rc.upstream,
+                target: Target::Upstream(rc.upstream),
                 case_insensitive: rc.case_insensitive,
                 allow: rc.allow.clone(),
                 auth: rc.auth.clone(),
                 scopes: rc.scopes.clone(),
                 allow_body: rc.allow_body,
+                params: template_params(&rc.path),
             });
         }
         exact.finish()?;
@@ -167,11 +273,28 @@ impl RouteTable {
             exact,
             folded,
             routes,
+            token_endpoint: token_endpoint.then(|| Route {
+                name: "oauth2".into(),
+                target: Target::TokenEndpoint,
+                case_insensitive: false,
+                allow: Vec::new(),
+                auth: RouteAuth::default(),
+                scopes: ScopeRule::default(),
+                allow_body: true,
+                params: Box::default(),
+            }),
         })
     }
 
+    /// The built-in target serving `path`, whatever the method (it answers a wrong one).
+    pub fn built_in(&self, path: &str) -> Option<&Route> {
+        self.token_endpoint
+            .as_ref()
+            .filter(|_| crate::token_endpoint::TokenEndpoint::handles(path))
+    }
+
     /// The route for a request; `path` is canonical (see [`crate::path`]).
-    pub fn find(&self, method: &Method, path: &str) -> Result<&Route, RouteMiss<'_>> {
+    pub fn find(&self, method: &Method, path: &str) -> Result<Matched<'_>, RouteMiss<'_>> {
         // A route whose upstream ignores case takes what that upstream would take for its
         // path: the path in lower case against the templates in lower case. Any other route
         // must match as written.
@@ -181,17 +304,23 @@ impl RouteTable {
             } else {
                 Cow::Borrowed(path)
             };
+            // Folding keeps every byte where it is: the spans hold for the path as sent.
             f.at(&lower)
+                .map(|(entry, params)| (entry, PathParams::of(&lower, params.iter())))
         });
-        if let Some(entry) = folded
+        if let Some((entry, params)) = &folded
             && let Some(r) = entry.route(method)
             && self.routes[r].case_insensitive
         {
-            return Ok(&self.routes[r]);
+            let route = &self.routes[r];
+            return Ok(Matched {
+                route,
+                params: params.clone().named(&route.params),
+            });
         }
-        let Some(entry) = self.exact.at(path) else {
+        let Some((entry, params)) = self.exact.at(path) else {
             return match folded {
-                Some(entry)
+                Some((entry, _))
                     if entry.route(method).is_none()
                         && entry
                             .by_method
@@ -203,10 +332,13 @@ impl RouteTable {
                 _ => Err(RouteMiss::NoPath),
             };
         };
-        entry
-            .route(method)
-            .map(|r| &self.routes[r])
-            .ok_or(RouteMiss::WrongMethod(&entry.allow_header))
+        match entry.route(method) {
+            Some(r) => Ok(Matched {
+                route: &self.routes[r],
+                params: PathParams::of(path, params.iter()),
+            }),
+            None => Err(RouteMiss::WrongMethod(&entry.allow_header)),
+        }
     }
 }
 
@@ -229,12 +361,12 @@ mod tests {
                 allow_body: false,
             })
             .collect();
-        RouteTable::new(&configs)
+        RouteTable::new(&configs, false)
     }
 
     fn found(t: &RouteTable, method: &str, path: &str) -> String {
         match t.find(&method.parse().unwrap(), path) {
-            Ok(r) => r.name.to_string(),
+            Ok(m) => m.route.name.to_string(),
             Err(RouteMiss::NoPath) => "404".to_owned(),
             Err(RouteMiss::WrongMethod(allow)) => format!("405 {}", allow.to_str().unwrap()),
         }
@@ -294,5 +426,25 @@ mod tests {
             e.contains("routes[0].path") && e.contains("never match"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn path_parameters_are_spans_of_the_path_as_sent() {
+        let t = table(&[
+            ("read", "GET", "/api/users/{id}/docs/{*rest}", true),
+            ("many", "GET", "/{a}/{b}/{c}/{d}/{e}/{f}", false),
+        ])
+        .unwrap();
+        let path = "/API/users/Alice/docs/a/B";
+        let m = t.find(&Method::GET, path).unwrap();
+        assert_eq!(m.params.get("id", path), Some("Alice"));
+        assert_eq!(m.params.get("rest", path), Some("a/B"));
+        assert_eq!(m.params.get("nope", path), None);
+        let path = "/1/2/3/4/5/6";
+        let m = t.find(&Method::GET, path).unwrap();
+        assert_eq!(m.params.len(), 6);
+        let values: Vec<&str> = m.params.iter().map(|(_, s)| &path[s]).collect();
+        assert_eq!(values, ["1", "2", "3", "4", "5", "6"]);
+        assert_eq!(m.params.get("f", path), Some("6"));
     }
 }

@@ -144,8 +144,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SendDeadline<T> {
 pub(crate) struct StreamWatch {
     /// Data frames handed to hyper so far.
     frames: AtomicU64,
-    /// A frame is with hyper and the body has not been asked for the next one since: hyper
-    /// is waiting for the caller's flow-control window.
+    /// The response head or a frame is with hyper and the body has not been asked for the
+    /// next frame since: hyper is waiting for the caller's flow-control window.
     waiting: AtomicBool,
 }
 
@@ -162,12 +162,15 @@ pub(crate) struct Sending<B> {
 }
 
 impl<B> Sending<B> {
-    /// Wraps a response made in the stream's task.
+    /// Wraps a response made in the stream's task. From here until hyper first asks for the
+    /// body, the stream counts as waiting for the caller: hyper may wait for window before it
+    /// asks, and a caller whose window stays closed must not hold the stream for ever.
     pub(crate) fn new(body: B) -> Self {
-        Self {
-            body,
-            watch: STREAM.try_with(Arc::clone).ok(),
+        let watch = STREAM.try_with(Arc::clone).ok();
+        if let Some(w) = &watch {
+            w.waiting.store(true, Ordering::Relaxed);
         }
+        Self { body, watch }
     }
 }
 
@@ -256,5 +259,55 @@ where
 {
     fn execute(&self, fut: F) {
         tokio::spawn(watch_stream(fut, self.timeout, self.metrics.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::convert::Infallible;
+
+    /// A response body whose upstream has not sent anything yet.
+    struct Silent;
+
+    impl Body for Silent {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Pending
+        }
+    }
+
+    const TIMEOUT: Duration = Duration::from_millis(50);
+
+    #[tokio::test]
+    async fn a_stream_whose_body_is_never_asked_for_after_its_head_ends_at_the_deadline() {
+        // Made its response, then waits for window before it asks for the body.
+        let stream = async {
+            let _response = Sending::new(Silent);
+            std::future::pending::<()>().await
+        };
+        let watched = watch_stream(stream, TIMEOUT, Arc::new(Metrics::new()));
+        tokio::time::timeout(Duration::from_secs(10), watched)
+            .await
+            .expect("the stream was held past send_timeout");
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_body_waits_for_its_upstream_is_left_running() {
+        let stream = async {
+            let mut body = Sending::new(Silent);
+            poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        };
+        let watched = watch_stream(stream, TIMEOUT, Arc::new(Metrics::new()));
+        assert!(
+            tokio::time::timeout(TIMEOUT * 10, watched).await.is_err(),
+            "a stream waiting for its upstream was ended"
+        );
     }
 }

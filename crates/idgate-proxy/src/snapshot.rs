@@ -54,7 +54,7 @@ impl Snapshot {
                 Err(e) => errors.push(e),
             }
         }
-        let routes = RouteTable::new(&config.routes)
+        let routes = RouteTable::new(&config.routes, config.token_endpoint.is_some())
             .map_err(|e| errors.push(e))
             .ok();
         let token_endpoint = match &config.token_endpoint {

@@ -24,6 +24,7 @@ use idgate_secrets::{ExposeSecret, SecretString};
 use idgate_tls::SpiffeId;
 use subtle::ConstantTimeEq;
 
+use crate::access_log::Decision;
 use crate::pipeline::ConnInfo;
 
 pub const TOKEN_PATH: &str = "/oauth2/token";
@@ -99,8 +100,8 @@ impl TokenEndpoint {
         headers: &http::HeaderMap,
         body: Incoming,
         request_id: &str,
-    ) -> (Response<Full<Bytes>>, bool) {
-        let mut client_auth_failed = false;
+    ) -> (Response<Full<Bytes>>, Decision) {
+        let mut decision = Decision::Allowed;
         let resp = match (path, method) {
             (JWKS_PATH, &Method::GET | &Method::HEAD) => {
                 json_response(StatusCode::OK, &self.issuer.jwks(), true)
@@ -116,11 +117,12 @@ impl TokenEndpoint {
                     r
                 }
                 Err(e) => {
-                    client_auth_failed = e.error == "invalid_client";
+                    decision = e.decision();
                     e.response(request_id)
                 }
             },
             (TOKEN_PATH, _) => {
+                decision = Decision::Denied("invalid_request");
                 let mut r = OAuthError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "invalid_request",
@@ -132,6 +134,7 @@ impl TokenEndpoint {
                 r
             }
             _ => {
+                decision = Decision::Denied("invalid_request");
                 let mut r =
                     OAuthError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use GET")
                         .response(request_id);
@@ -140,7 +143,7 @@ impl TokenEndpoint {
                 r
             }
         };
-        (resp, client_auth_failed)
+        (resp, decision)
     }
 
     async fn token(
@@ -416,6 +419,15 @@ struct OAuthError {
 }
 
 impl OAuthError {
+    /// The request was refused for what it is, or the gateway failed to answer it.
+    fn decision(&self) -> Decision {
+        if self.status.is_server_error() {
+            Decision::Failed(self.error)
+        } else {
+            Decision::Denied(self.error)
+        }
+    }
+
     fn new(status: StatusCode, error: &'static str, description: &'static str) -> Self {
         Self {
             status,

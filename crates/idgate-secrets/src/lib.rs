@@ -295,21 +295,33 @@ fn open_secret_file(path: &Path) -> Result<(std::fs::File, std::fs::Metadata), S
     Ok((file, meta))
 }
 
+/// The largest `file:` secret read: far more than any key, token or PIN.
+const MAX_SECRET_FILE: usize = 64 * 1024;
+
 fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {
     use std::io::Read;
-    let (mut file, meta) = open_secret_file(path)?;
-    // Sized up front, with room for the end-of-file read, so that the buffer is neither
-    // reallocated nor bypassed by a small probe read on the stack: either would leave
-    // copies that are not zeroed.
-    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(
-        usize::try_from(meta.len()).unwrap_or(0).saturating_add(64),
-    ));
-    file.read_to_end(&mut bytes)
-        .map_err(|e| SecretError::Read {
-            path: path.to_owned(),
-            kind: e.kind(),
-        })?;
-    let text = std::str::from_utf8(&bytes)
+    let (mut file, _) = open_secret_file(path)?;
+    let failed = |kind| SecretError::Read {
+        path: path.to_owned(),
+        kind,
+    };
+    // One buffer of the largest size, whatever size the file reports (procfs files report
+    // 0): it is never reallocated, which would leave a copy of the secret that is not
+    // zeroed, and a file that holds more than it can take is refused.
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; MAX_SECRET_FILE + 1]);
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(failed(e.kind())),
+        }
+    }
+    if len > MAX_SECRET_FILE {
+        return Err(failed(std::io::ErrorKind::FileTooLarge));
+    }
+    let text = std::str::from_utf8(&buf[..len])
         .map_err(|_| SecretError::NotHeaderSafe(format!("file:{}", path.display())))?;
     // Editors and `echo` add a final newline that is never part of the secret.
     let value = text.trim_end_matches(['\n', '\r']);
@@ -382,6 +394,37 @@ mod tests {
         std::fs::write(&path, content).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         path
+    }
+
+    #[test]
+    fn a_file_secret_whose_size_reads_as_zero_is_read_whole() {
+        let path = Path::new("/proc/self/environ");
+        let len = std::fs::metadata(path).unwrap().len();
+        assert_eq!(len, 0, "procfs reports no size");
+        let expected = std::fs::read(path).unwrap();
+        let value = read_secret_file(path).unwrap();
+        assert!(!expected.is_empty());
+        assert_eq!(value.expose_secret().as_bytes(), expected.trim_ascii_end());
+    }
+
+    #[test]
+    fn a_file_secret_larger_than_any_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let most = "k".repeat(MAX_SECRET_FILE);
+        let path = private_file(dir.path(), "most", &most, 0o600);
+        assert_eq!(read_secret_file(&path).unwrap().expose_secret(), most);
+        let path = private_file(dir.path(), "more", &format!("{most}k"), 0o600);
+        let err = read_secret_file(&path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SecretError::Read {
+                    kind: std::io::ErrorKind::FileTooLarge,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

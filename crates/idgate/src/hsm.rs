@@ -1,13 +1,15 @@
 //! `idgate hsm`: put upstream secrets into a PKCS#11 token and look at what is there,
 //! without a secret ever passing through argv, the environment or a log.
 
-use std::io::{IsTerminal, Read};
+use std::io::{BufRead, IsTerminal, Read};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
 use idgate_secrets::pkcs11::{self, Hsm, HsmError, ObjectKind, Pkcs11Uri, SlotChoice};
 use idgate_secrets::{ExposeSecret, SecretRef, SecretString};
+use rustix::termios::{LocalModes, OptionalActions, Termios, tcgetattr, tcsetattr};
 use zeroize::Zeroizing;
 
 #[derive(Subcommand)]
@@ -130,32 +132,106 @@ pub(crate) fn run(cmd: HsmCommand) -> ExitCode {
     }
 }
 
+/// Longest PIN line read from standard input; PKCS#11 PINs are far shorter.
+const MAX_PIN_LINE: usize = 1024;
+
 /// Reads the PINs that have no file from standard input, one per line, in the order given.
+/// At a terminal each is prompted for on stderr and not echoed.
 fn read_stdin_pins(names: &[&str]) -> Result<Vec<SecretString>, String> {
     if names.is_empty() {
         return Ok(Vec::new());
     }
     let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprintln!(
-            "reading the {} from standard input, one per line (the terminal shows what you type)",
-            names.join(", then the ")
-        );
+    if !stdin.is_terminal() {
+        return read_pins(&mut stdin.lock(), names, |_| {});
     }
-    let mut buf = Zeroizing::new(Vec::new());
-    stdin
-        .lock()
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read PINs from stdin: {e}"))?;
-    let text = std::str::from_utf8(&buf).map_err(|_| "the PINs on stdin are not UTF-8")?;
-    let mut lines = text.split('\n').map(|l| l.trim_end_matches('\r'));
+    let quiet = EchoOff::new(std::io::stdin())
+        .map_err(|e| format!("cannot turn off the terminal's echo: {e}"))?;
+    quiet.restore_on_interrupt();
+    read_pins(&mut stdin.lock(), names, |name| eprint!("{name}: "))
+}
+
+/// Reads one PIN per line for each of `names`, calling `prompt` before each. A line is read
+/// into a buffer that never grows, so no copy of a PIN is left behind in freed memory.
+fn read_pins(
+    input: &mut impl BufRead,
+    names: &[&str],
+    mut prompt: impl FnMut(&str),
+) -> Result<Vec<SecretString>, String> {
     names
         .iter()
-        .map(|name| match lines.next() {
-            Some(pin) if !pin.is_empty() => Ok(SecretString::from(pin.to_owned())),
-            _ => Err(format!("no {name} on stdin (one PIN per line)")),
+        .map(|name| {
+            prompt(name);
+            let mut line = Zeroizing::new(Vec::with_capacity(MAX_PIN_LINE + 1));
+            Read::take(&mut *input, MAX_PIN_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| format!("cannot read the {name} from stdin: {e}"))?;
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            } else if line.len() > MAX_PIN_LINE {
+                return Err(format!(
+                    "the {name} on stdin is longer than {MAX_PIN_LINE} bytes"
+                ));
+            }
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let pin = std::str::from_utf8(&line)
+                .map_err(|_| format!("the {name} on stdin is not UTF-8"))?;
+            if pin.is_empty() {
+                return Err(format!("no {name} on stdin (one PIN per line)"));
+            }
+            Ok(SecretString::from(pin.to_owned()))
         })
         .collect()
+}
+
+/// A terminal's echo turned off (but for the newline ending a line) until dropped, which
+/// puts back the settings it found.
+struct EchoOff<F: AsFd> {
+    tty: F,
+    saved: Termios,
+}
+
+impl<F: AsFd> EchoOff<F> {
+    fn new(tty: F) -> std::io::Result<Self> {
+        let saved = tcgetattr(&tty)?;
+        let mut quiet = saved.clone();
+        quiet.local_modes.remove(LocalModes::ECHO);
+        quiet.local_modes.insert(LocalModes::ECHONL);
+        tcsetattr(&tty, OptionalActions::Now, &quiet)?;
+        Ok(Self { tty, saved })
+    }
+
+    /// Ctrl-C would end the process without running `drop`: from here on it puts the
+    /// terminal's settings back first, then exits as interrupted.
+    fn restore_on_interrupt(&self) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        else {
+            return;
+        };
+        // Registered here, before the first prompt, rather than in the thread.
+        let Ok(mut interrupt) = rt.block_on(async { signal(SignalKind::interrupt()) }) else {
+            return;
+        };
+        let saved = self.saved.clone();
+        std::thread::spawn(move || {
+            if rt.block_on(interrupt.recv()).is_some() {
+                let _ = tcsetattr(std::io::stdin(), OptionalActions::Now, &saved);
+                eprintln!();
+                std::process::exit(130);
+            }
+        });
+    }
+}
+
+impl<F: AsFd> Drop for EchoOff<F> {
+    fn drop(&mut self) {
+        let _ = tcsetattr(&self.tty, OptionalActions::Now, &self.saved);
+    }
 }
 
 fn pin_from_file(path: &Path, name: &str) -> Result<SecretString, String> {
@@ -279,4 +355,92 @@ fn list(uri: &str) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::io::{BufReader, Write};
+
+    /// A pseudo-terminal: the side a user types into and sees, and the process's side.
+    fn pty() -> (File, File) {
+        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+        let user = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+        grantpt(&user).unwrap();
+        unlockpt(&user).unwrap();
+        let name = ptsname(&user, Vec::new()).unwrap();
+        let process = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(name.to_str().unwrap())
+            .unwrap();
+        (File::from(user), process)
+    }
+
+    /// What the user's side of the terminal shows up to `marker`, written by the process.
+    fn shown_until(user: &mut File, process: &mut File, marker: &str) -> String {
+        process.write_all(marker.as_bytes()).unwrap();
+        let mut shown = Vec::new();
+        let mut byte = [0u8; 1];
+        while !shown.ends_with(marker.as_bytes()) {
+            user.read_exact(&mut byte).unwrap();
+            shown.push(byte[0]);
+        }
+        String::from_utf8_lossy(&shown).into_owned()
+    }
+
+    #[test]
+    fn pins_typed_at_a_terminal_are_not_shown_and_its_echo_comes_back() {
+        let (mut user, mut process) = pty();
+        let pins = {
+            let _quiet = EchoOff::new(&process).unwrap();
+            user.write_all(b"so-pin-1\nuser-pin-2\n").unwrap();
+            read_pins(
+                &mut BufReader::new(&process),
+                &["SO PIN", "user PIN"],
+                |_| {},
+            )
+            .unwrap()
+        };
+        assert_eq!(pins[0].expose_secret(), "so-pin-1");
+        assert_eq!(pins[1].expose_secret(), "user-pin-2");
+        let shown = shown_until(&mut user, &mut process, "END");
+        assert!(!shown.contains("pin"), "the terminal showed {shown:?}");
+        assert!(
+            tcgetattr(&process)
+                .unwrap()
+                .local_modes
+                .contains(LocalModes::ECHO)
+        );
+    }
+
+    #[test]
+    fn a_terminal_gets_its_echo_back_when_reading_a_pin_fails() {
+        let (mut user, process) = pty();
+        let read = {
+            let _quiet = EchoOff::new(&process).unwrap();
+            user.write_all(b"\n").unwrap();
+            read_pins(&mut BufReader::new(&process), &["SO PIN"], |_| {})
+        };
+        assert!(read.is_err());
+        assert!(
+            tcgetattr(&process)
+                .unwrap()
+                .local_modes
+                .contains(LocalModes::ECHO)
+        );
+    }
+
+    #[test]
+    fn pins_piped_in_are_read_one_per_line() {
+        let pins = read_pins(&mut &b"so\r\nuser\n"[..], &["SO PIN", "user PIN"], |_| {}).unwrap();
+        assert_eq!(pins[0].expose_secret(), "so");
+        assert_eq!(pins[1].expose_secret(), "user");
+        let pins = read_pins(&mut &b"so\nuser"[..], &["SO PIN", "user PIN"], |_| {}).unwrap();
+        assert_eq!(pins[1].expose_secret(), "user");
+        assert!(read_pins(&mut &b"so\n\n"[..], &["SO PIN", "user PIN"], |_| {}).is_err());
+        let long = vec![b'1'; MAX_PIN_LINE + 1];
+        assert!(read_pins(&mut &long[..], &["SO PIN"], |_| {}).is_err());
+    }
 }

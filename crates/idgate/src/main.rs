@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 mod demo;
@@ -16,6 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use idgate_config::{Config, LogFormat};
 use idgate_proxy::Gateway;
+use idgate_proxy::access_log::AccessLog;
 use idgate_tls::devpki::{self, DevPkiRequest};
 use idgate_tls::{SpiffeId, TrustDomain};
 
@@ -211,7 +213,14 @@ where
     }
 }
 
-fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
+/// The rest of the log is written by `tracing`'s non-blocking writer (flushed when its guard
+/// drops); access lines by the access log's own writer, when the filter lets them through.
+fn init_logging(
+    config: &Config,
+) -> (
+    tracing_appender::non_blocking::WorkerGuard,
+    Option<Arc<AccessLog>>,
+) {
     use tracing_subscriber::EnvFilter;
     // A mistyped IDGATE_LOG must not silence the access log: it is ignored, with a word.
     let env =
@@ -260,7 +269,19 @@ fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard 
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.with_ansi(false).init(),
     }
-    guard
+    // The same filter decides, once, whether requests are logged at all.
+    let access_log = if tracing::enabled!(target: "idgate::access", tracing::Level::INFO) {
+        match AccessLog::start(config.log.format, Box::new(std::io::stdout())) {
+            Ok(log) => Some(Arc::new(log)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the access log writer; requests are not logged");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    (guard, access_log)
 }
 
 fn serve(path: &Path) -> ExitCode {
@@ -268,7 +289,7 @@ fn serve(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let _guard = init_logging(&config);
+    let (_guard, access_log) = init_logging(&config);
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -276,6 +297,10 @@ fn serve(path: &Path) -> ExitCode {
     let gateway = match prepare(path, config) {
         Ok(g) => g,
         Err(code) => return code,
+    };
+    let gateway = match &access_log {
+        Some(log) => gateway.with_access_log(log.clone()),
+        None => gateway,
     };
     // One worker runs everything on the current thread: no cross-thread handoffs, which is
     // the fastest shape for a single core's worth of traffic.
@@ -302,6 +327,10 @@ fn serve(path: &Path) -> ExitCode {
         gateway.run(shutdown_signal(term), |_| {}).await
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
+    // Every request has ended: its line is written before the process exits.
+    if let Some(log) = &access_log {
+        log.close();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

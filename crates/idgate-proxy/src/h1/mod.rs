@@ -47,6 +47,8 @@ use crate::limit::{Acquired, ConnLimit, Saturated, Slot};
 const READ_CHUNK: usize = 8 * 1024;
 /// Request bytes gathered before a `write`: the head and a small body go out together.
 const WRITE_COALESCE: usize = 64 * 1024;
+/// A chunk's size line and the line end after its data, at most.
+const CHUNK_FRAMING: usize = 16 + 2 + 2;
 
 /// Where and how to connect, and how many idle connections to keep.
 #[derive(Clone)]
@@ -101,6 +103,23 @@ impl RequestBody {
         match self {
             Self::Stream(b) => b.is_end_stream(),
             Self::Buffered(_) => true,
+        }
+    }
+}
+
+/// Why [`Pool::send`] failed, and the caller's body when none of it was sent (no connection
+/// could be had): the gateway can then still read it away beside its refusal.
+#[derive(Debug)]
+pub struct SendError {
+    pub error: Error,
+    pub unsent: Option<RequestBody>,
+}
+
+impl From<Error> for SendError {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            unsent: None,
         }
     }
 }
@@ -291,7 +310,7 @@ impl Pool {
         path_and_query: &str,
         headers: &HeaderMap,
         body: RequestBody,
-    ) -> Result<Response<ResponseBody>, Error> {
+    ) -> Result<Response<ResponseBody>, SendError> {
         let head_request = *method == Method::HEAD;
         let retry_allowed = method.is_idempotent() && body.replayable();
         let framing = request_framing(method, &body);
@@ -311,13 +330,21 @@ impl Pool {
         let mut body = Some(body);
         let mut fresh = false;
         loop {
-            let (conn, reused) = self.inner.obtain(fresh).await?;
+            let (conn, reused) = match self.inner.obtain(fresh).await {
+                Ok(c) => c,
+                Err(error) => {
+                    return Err(SendError {
+                        error,
+                        unsent: body.take(),
+                    });
+                }
+            };
             fresh = true;
             let Some(this_body) = body
                 .take()
                 .or_else(|| replay.clone().map(RequestBody::Buffered))
             else {
-                return Err(Error::Closed);
+                return Err(Error::Closed.into());
             };
             match self.exchange(conn, &request, this_body, head_request).await {
                 Ok(resp) => return Ok(resp),
@@ -329,7 +356,7 @@ impl Pool {
                 }) if reused && replay.is_some() => {
                     tracing::debug!(error = %error, "reused upstream connection failed; retrying on a new one");
                 }
-                Err(f) => return Err(f.error),
+                Err(f) => return Err(f.error.into()),
             }
         }
     }
@@ -341,8 +368,7 @@ impl Pool {
         body: RequestBody,
         head_request: bool,
     ) -> Result<Response<ResponseBody>, Failure> {
-        conn.out.clear();
-        request.write(&mut conn.out);
+        request.write(&mut conn.out, &body);
         // Interim heads that arrive during the upload are taken by the same parser.
         let mut head = HeadParser::new();
         let sent = match write_request(&mut conn, &mut head, request.framing, body).await {
@@ -601,35 +627,67 @@ struct RequestHead<'a> {
 }
 
 impl RequestHead<'_> {
-    fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.method.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(self.path_and_query.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        out.extend_from_slice(self.host.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    /// Hands the head's bytes to `put`, piece by piece.
+    fn emit(&self, mut put: impl FnMut(&[u8])) {
+        put(self.method.as_str().as_bytes());
+        put(b" ");
+        put(self.path_and_query.as_bytes());
+        put(b" HTTP/1.1\r\nhost: ");
+        put(self.host.as_bytes());
+        put(b"\r\n");
         for (name, value) in self.headers {
             // HeaderValue cannot hold CR, LF or NUL: nothing here can end a line early.
             if name == HOST || name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == EXPECT
             {
                 continue;
             }
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            put(name.as_str().as_bytes());
+            put(b": ");
+            put(value.as_bytes());
+            put(b"\r\n");
         }
         match self.framing {
             ReqFraming::None => {}
             ReqFraming::Length(n) => {
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(itoa_buf(n).as_bytes());
-                out.extend_from_slice(b"\r\n");
+                put(b"content-length: ");
+                put(itoa_buf(n).as_bytes());
+                put(b"\r\n");
             }
-            ReqFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            ReqFraming::Chunked => put(b"transfer-encoding: chunked\r\n"),
         }
-        out.extend_from_slice(b"\r\n");
+        put(b"\r\n");
     }
+
+    fn len(&self) -> usize {
+        let mut len = 0;
+        self.emit(|part| len += part.len());
+        len
+    }
+
+    /// Puts the head in `out`, with room for what of `body` goes out with it, so that `out`
+    /// is not reallocated while it holds the head (and the credential in it).
+    fn write(&self, out: &mut Zeroizing<Vec<u8>>, body: &RequestBody) {
+        let len = self.len();
+        let coalesced = match body {
+            RequestBody::Buffered(b) if len + b.len() <= WRITE_COALESCE => b.len(),
+            _ => 0,
+        };
+        out.clear();
+        make_room(out, len + coalesced);
+        self.emit(|part| out.extend_from_slice(part));
+    }
+}
+
+/// Makes room for `more` bytes in `out`. A buffer that grew in place would leave a copy of
+/// what it held (a request head, credential included) in the memory it frees: this one is
+/// replaced instead, and the old one zeroed as it drops.
+fn make_room(out: &mut Zeroizing<Vec<u8>>, more: usize) {
+    if out.capacity() - out.len() >= more {
+        return;
+    }
+    let mut bigger = Vec::with_capacity((out.len() + more).max(2 * out.capacity()));
+    bigger.extend_from_slice(out);
+    *out = Zeroizing::new(bigger);
 }
 
 /// A number's decimal digits without a heap allocation.
@@ -748,6 +806,7 @@ where
         if matches!(framing, ReqFraming::Length(n) if sent > n) {
             return Err(Error::BodyLength);
         }
+        make_room(out, CHUNK_FRAMING + data.len().min(WRITE_COALESCE));
         if chunked {
             // Writing into a Vec cannot fail.
             let _ = write!(out, "{:x}\r\n", data.len());
@@ -778,6 +837,7 @@ where
         return Err(Error::BodyLength);
     }
     if chunked {
+        make_room(out, CHUNK_FRAMING);
         out.extend_from_slice(b"0\r\n\r\n");
     }
     send(io, buf, head, out).await
@@ -1215,6 +1275,43 @@ mod tests {
             let h = head.parse(&mut conn.buf, false).unwrap().unwrap();
             assert_eq!(h.status.as_u16(), 201);
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_head_and_its_small_body_are_gathered_in_one_buffer_that_never_grows() {
+        let (mut conn, mut peer) = pair().await;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-provider-token",
+            http::HeaderValue::from_str(&"s3cr3t".repeat(500)).unwrap(),
+        );
+        let body = Bytes::from(vec![b'b'; 20_000]);
+        let request = RequestHead {
+            method: &Method::POST,
+            path_and_query: "/v1/check",
+            host: "provider.example",
+            headers: &headers,
+            framing: ReqFraming::Length(body.len() as u64),
+        };
+        let body = RequestBody::Buffered(body);
+        request.write(&mut conn.out, &body);
+        // Growing from here on could free a copy of the head without zeroing it.
+        let total = conn.out.len() + 20_000;
+        let (at, room) = (conn.out.as_ptr(), conn.out.capacity());
+        assert!(room >= total, "room for {room} bytes of {total}");
+        let r = write_request(&mut conn, &mut HeadParser::new(), request.framing, body).await;
+        assert!(matches!(r, Ok(Sent::Whole)), "{r:?}");
+        assert_eq!(
+            (conn.out.as_ptr(), conn.out.capacity()),
+            (at, room),
+            "the buffer holding the head grew"
+        );
+        let mut got = vec![0u8; total];
+        tokio::io::AsyncReadExt::read_exact(&mut peer, &mut got)
+            .await
+            .unwrap();
+        assert!(got.starts_with(b"POST /v1/check HTTP/1.1\r\nhost: provider.example\r\n"));
+        assert!(got.ends_with(&[b'b'; 20_000]));
     }
 
     #[tokio::test]

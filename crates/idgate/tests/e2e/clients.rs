@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::assert_eventually;
 use crate::support::*;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -353,7 +354,9 @@ print(r.status_code)
 print(r.text)
 "#;
     let s = Uploads::start().await;
-    for kib in [100, 1000] {
+    // Read away beside the answer (100 KiB, 1000 KiB), and beyond that (8 MiB): `requests`
+    // sends the whole body before it reads the answer.
+    for kib in [100, 1000, 8 * 1024] {
         for (what, url, id, status) in s.refusals() {
             let mut cmd = Command::new("python3");
             cmd.args(["-c", SCRIPT, &url])
@@ -379,27 +382,157 @@ async fn curl_over_http1_sees_the_problem_for_an_upload_beyond_what_is_read_away
     let body = body_file(8 * 1024);
     let (crt, key) = s.pki.workload(FRONTEND);
     // With `Expect: 100-continue` (curl's default above 1 MiB) and without it, so that the
-    // body is on its way when the answer comes.
-    for expect in ["Expect: 100-continue", "Expect:"] {
-        let headers = tempfile::NamedTempFile::new().unwrap();
-        let mut cmd = curl(&["--http1.1", "--data-binary"]);
+    // body is on its way when the answer comes. Whether the close resets the connection
+    // before curl reads the answer is a race: run it a few times.
+    for round in 0..10 {
+        for expect in ["Expect: 100-continue", "Expect:"] {
+            let headers = tempfile::NamedTempFile::new().unwrap();
+            let mut cmd = curl(&["--http1.1", "--data-binary"]);
+            cmd.arg(format!("@{}", body.path().display()))
+                .args(["-H", expect, "-D"])
+                .arg(headers.path())
+                .arg("--cacert")
+                .arg(&s.pki.files.bundle)
+                .arg("--cert")
+                .arg(&crt)
+                .arg("--key")
+                .arg(&key)
+                .arg(s.gw.url("/v1/upload"));
+            let (code, out, err) = run_off_runtime(cmd).await;
+            let what = format!("{expect}, round {round}");
+            assert_eq!(code, 0, "{what}: {err}\n{out}");
+            assert_eq!(status_line(&out).0, "403", "{what}: {out}");
+            assert_problem(out.rsplit_once('\n').map_or("", |(b, _)| b), 403, &what);
+            let head = std::fs::read_to_string(headers.path())
+                .unwrap()
+                .to_ascii_lowercase();
+            assert!(head.contains("connection: close"), "{what}:\n{head}");
+        }
+    }
+}
+
+/// A refused upload over a raw TLS connection: the head of a POST of `FRONTEND`'s announcing
+/// 8 MiB (beyond what is read away, so the answer closes the connection), and 256 KiB of it.
+async fn start_refused_upload(
+    s: &Uploads,
+) -> (
+    tokio::io::ReadHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let client = Client::new(&s.pki, Some(FRONTEND), s.gw.port, false);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.gw.port))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client.config)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (answer_side, mut body_side) = tokio::io::split(tls);
+    let head = format!(
+        "POST /v1/upload HTTP/1.1\r\nhost: localhost\r\n\
+         content-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
+        8 * 1024 * 1024
+    );
+    body_side.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..4 {
+        body_side.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+    }
+    (answer_side, body_side)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_still_sending_a_refused_upload_reads_the_answer_before_the_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(async {
+        let s = Uploads::start().await;
+        let (mut answer_side, mut body_side) = start_refused_upload(&s).await;
+        let piece = vec![b'x'; 64 * 1024];
+        // The answer and the close come meanwhile, with part of the body unread. The caller,
+        // busy uploading, goes on sending slowly and reads the answer only now.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sending = tokio::spawn(async move {
+            for _ in 0..10 {
+                body_side.write_all(&piece).await?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok::<_, std::io::Error>(body_side)
+        });
+        let mut answer = Vec::new();
+        let read = answer_side.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        read.unwrap_or_else(|e| panic!("the answer ended in {e} after {answer:?}"));
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 403"), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        assert_problem(body, 403, "read after the close");
+        // Every piece sent while the answer was unread reached a gateway still reading.
+        let sent = sending.await.unwrap();
+        sent.unwrap_or_else(|e| panic!("the upload was reset before its answer was read: {e}"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_that_never_stops_sending_a_refused_upload_is_closed_after_a_few_seconds() {
+    use tokio::io::AsyncWriteExt;
+    within(async {
+        let s = Uploads::start().await;
+        let (_answer_side, mut body_side) = start_refused_upload(&s).await;
+        // Never silent and never reading: the lingering close ends at its time bound.
+        let piece = vec![b'x'; 16 * 1024];
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            while body_side.write_all(&piece).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the connection was still open after 20 s");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_sees_the_problem_when_an_upload_finds_the_upstream_busy() {
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Delay(Duration::from_secs(4))).await;
+    let gw = OneRoute {
+        url: &upstream.url(true),
+        upstream_extra: "max_connections = 1\nmax_pending = 0",
+        methods: r#"["GET", "POST"]"#,
+        ..OneRoute::default()
+    }
+    .start(&pki, &[])
+    .await;
+    // One slow request holds the upstream's only connection.
+    let holder = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+    let held = tokio::spawn(async move { holder.get("/v1/hold").await });
+    assert_eventually!(
+        upstream.requests().len() == 1,
+        "the first request never reached the upstream"
+    );
+    // The refusal comes after the body was handed on towards the upstream: it is read away
+    // all the same, so the client shows the answer.
+    let body = body_file(1000);
+    let (crt, key) = pki.workload(ONBOARDING);
+    for flag in ["--http1.1", "--http2"] {
+        let mut cmd = curl(&[flag, "--data-binary"]);
         cmd.arg(format!("@{}", body.path().display()))
-            .args(["-H", expect, "-D"])
-            .arg(headers.path())
             .arg("--cacert")
-            .arg(&s.pki.files.bundle)
+            .arg(&pki.files.bundle)
             .arg("--cert")
             .arg(&crt)
             .arg("--key")
             .arg(&key)
-            .arg(s.gw.url("/v1/upload"));
+            .arg(gw.url("/v1/upload"));
         let (code, out, err) = run_off_runtime(cmd).await;
-        assert_eq!(code, 0, "{expect}: {err}\n{out}");
-        assert_eq!(status_line(&out).0, "403", "{expect}: {out}");
-        assert_problem(out.rsplit_once('\n').map_or("", |(b, _)| b), 403, expect);
-        let head = std::fs::read_to_string(headers.path())
-            .unwrap()
-            .to_ascii_lowercase();
-        assert!(head.contains("connection: close"), "{expect}:\n{head}");
+        assert_eq!(code, 0, "curl {flag}: {err}\n{out}");
+        assert_eq!(status_line(&out).0, "503", "{flag}: {out}");
+        assert_problem(out.rsplit_once('\n').map_or("", |(b, _)| b), 503, flag);
     }
+    assert_eq!(held.await.unwrap().unwrap().status, 200);
 }

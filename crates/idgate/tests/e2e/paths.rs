@@ -180,6 +180,20 @@ async fn case_variants_reach_the_literal_route_when_the_upstream_ignores_case() 
                     "{path}"
                 );
             }
+            // Such an upstream may fold `ſ`, `ı` or the Kelvin sign into ASCII letters, which
+            // the gateway does not: characters beyond ASCII are refused on its routes.
+            for path in [
+                "/api/users/%C5%BFecret",
+                "/api/users/adm%C4%B1n",
+                "/api/users/%E2%84%AAyc",
+            ] {
+                let r = c.get(path).await.unwrap();
+                assert_eq!(
+                    problem_type(&r, 400, path),
+                    "https://idgate.dev/problems/invalid-target-encoding",
+                    "{path}"
+                );
+            }
         }
         assert!(
             s.upstream.requests().is_empty(),

@@ -630,13 +630,22 @@ async fn forwarded_for_seen(s: &Setup, c: &Client, headers: &[(&str, &str)]) -> 
 }
 
 /// Every forwarding header a caller might send about itself.
-const CLAIMED_ORIGIN: [(&str, &str); 6] = [
+const CLAIMED_ORIGIN: [(&str, &str); 15] = [
     ("x-forwarded-for", "1.2.3.4"),
     ("forwarded", "for=1.2.3.4;proto=https"),
     ("x-real-ip", "1.2.3.4"),
     ("x-forwarded-host", "admin.internal"),
     ("x-forwarded-proto", "http"),
     ("x-forwarded-port", "8080"),
+    ("x-forwarded", "for=1.2.3.4"),
+    ("forwarded-for", "1.2.3.4"),
+    ("x-client-ip", "1.2.3.4"),
+    ("true-client-ip", "1.2.3.4"),
+    ("cf-connecting-ip", "1.2.3.4"),
+    ("fastly-client-ip", "1.2.3.4"),
+    ("x-cluster-client-ip", "1.2.3.4"),
+    ("x-original-forwarded-for", "1.2.3.4"),
+    ("x-appengine-user-ip", "1.2.3.4"),
 ];
 
 #[tokio::test]
@@ -1263,6 +1272,24 @@ async fn secrets_stay_out_of_logs_even_at_trace_level() {
     .await
 }
 
+#[tokio::test]
+async fn access_lines_follow_the_log_filter() {
+    within(async {
+        let (gw, _upstream, sent) = requests_carrying_secrets("info,idgate::access=off").await;
+        assert!(sent.iter().any(|(_, status, _, _)| *status == 502));
+        // The refused request's warning is written: the access lines, filtered out, are not.
+        let refused = || {
+            json_lines(&gw.output())
+                .iter()
+                .any(|l| l.get("message").and_then(|m| m.as_str()) == Some("request refused"))
+        };
+        assert_eventually!(refused(), "no refusal warning; output:\n{}", gw.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(access_lines(&gw).is_empty(), "{}", gw.output());
+    })
+    .await
+}
+
 // --------------------------------------------------------------------------------- admin
 
 #[tokio::test]
@@ -1304,6 +1331,56 @@ async fn sigterm_exits_0() {
             "{status:?}; output:\n{}",
             s.gw.output()
         );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_writes_the_access_line_of_every_request_before_exiting() {
+    within(async {
+        let mut s = Setup::start(UpstreamMode::Delay(Duration::from_millis(300))).await;
+        let (_, metrics) = admin_get(s.gw.admin_port, "/metrics").await.unwrap();
+        assert!(
+            metrics.contains("idgate_access_log_dropped_total 0"),
+            "{metrics}"
+        );
+        let clients: Vec<_> = (0..5).map(|_| s.client(Some(ONBOARDING))).collect();
+        let in_flight: Vec<_> = clients
+            .into_iter()
+            .map(|c| tokio::spawn(async move { c.get(DECISION).await }))
+            .collect();
+        assert_eventually!(
+            s.upstream.requests().len() == in_flight.len(),
+            "the requests did not reach the upstream"
+        );
+        // Their lines are made as the gateway stops: it must write them before it exits.
+        s.gw.signal("TERM");
+        let mut rids = Vec::new();
+        for r in in_flight {
+            let r = r.await.unwrap().expect("the in-flight request is answered");
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            rids.push(r.header("x-request-id").unwrap().to_owned());
+        }
+        let status = wait_for_exit(&mut s.gw.child, Duration::from_secs(15));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "output:\n{}",
+            s.gw.output()
+        );
+        assert_eventually!(
+            access_lines(&s.gw).len() >= rids.len(),
+            "expected {} access lines; output:\n{}",
+            rids.len(),
+            s.gw.output()
+        );
+        let lines = access_lines(&s.gw);
+        for rid in &rids {
+            let mine = |l: &&std::collections::HashMap<String, serde_json::Value>| {
+                l.get("request_id").and_then(|v| v.as_str()) == Some(rid)
+            };
+            assert_eq!(lines.iter().filter(mine).count(), 1, "one line for {rid}");
+        }
     })
     .await
 }

@@ -206,6 +206,50 @@ async fn an_http1_caller_that_stops_reading_is_disconnected_and_the_upstream_rel
     .await
 }
 
+/// Asks for `/v1/big` on `h2`, whose stream window the caller never opens, and checks that
+/// the gateway resets the stream and closes the upstream connection behind it.
+async fn big_stream_is_reset(
+    h2: &mut h2::client::SendRequest<bytes::Bytes>,
+    gw: &Gateway,
+    upstream: &Upstream,
+) {
+    let uri = format!("https://localhost:{}/v1/big", gw.port);
+    let (response, _) = h2
+        .send_request(http::Request::get(uri).body(()).unwrap(), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+
+    tokio::time::timeout(ACTS_WITHIN, upstream.big_body_abandoned())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the upstream connection was still open {ACTS_WITHIN:?} after the stream stalled"
+            )
+        });
+    // Data up to the window, never released, then the reset.
+    let end = tokio::time::timeout(ACTS_WITHIN, async {
+        loop {
+            match body.data().await {
+                Some(Ok(_)) => {}
+                other => return other.map(|r| r.map(drop)),
+            }
+        }
+    })
+    .await
+    .expect("the stream was not reset");
+    let reset = end.and_then(Result::err).and_then(|e| e.reason());
+    assert_eq!(reset, Some(h2::Reason::CANCEL), "{:?}", gw.output());
+    assert!(
+        metrics(gw)
+            .await
+            .contains(r#"idgate_send_timeouts_total{kind="stream"} 1"#),
+        "{}",
+        metrics(gw).await
+    );
+}
+
 #[tokio::test]
 async fn an_http2_stream_whose_window_stays_closed_is_reset_and_the_connection_kept() {
     within(async {
@@ -221,34 +265,7 @@ async fn an_http2_stream_whose_window_stays_closed_is_reset_and_the_connection_k
             .await
             .unwrap();
         tokio::spawn(connection);
-        let uri = format!("https://localhost:{}/v1/big", gw.port);
-        let (response, _) = h2
-            .send_request(http::Request::get(uri).body(()).unwrap(), true)
-            .unwrap();
-        let response = response.await.unwrap();
-        assert_eq!(response.status(), 200);
-        let mut body = response.into_body();
-
-        tokio::time::timeout(ACTS_WITHIN, upstream.big_body_abandoned())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "the upstream connection was still open {ACTS_WITHIN:?} after the stream stalled"
-                )
-            });
-        // Data up to the window, never released, then the reset.
-        let end = tokio::time::timeout(ACTS_WITHIN, async {
-            loop {
-                match body.data().await {
-                    Some(Ok(_)) => {}
-                    other => return other.map(|r| r.map(drop)),
-                }
-            }
-        })
-        .await
-        .expect("the stream was not reset");
-        let reset = end.and_then(Result::err).and_then(|e| e.reason());
-        assert_eq!(reset, Some(h2::Reason::CANCEL), "{:?}", gw.output());
+        big_stream_is_reset(&mut h2, &gw, &upstream).await;
 
         // The connection itself is still good for other requests.
         let uri = format!("https://localhost:{}/v1/small", gw.port);
@@ -256,13 +273,26 @@ async fn an_http2_stream_whose_window_stays_closed_is_reset_and_the_connection_k
             .send_request(http::Request::get(uri).body(()).unwrap(), true)
             .unwrap();
         assert_eq!(response.await.unwrap().status(), 200);
-        assert!(
-            metrics(&gw)
-                .await
-                .contains(r#"idgate_send_timeouts_total{kind="stream"} 1"#),
-            "{}",
-            metrics(&gw).await
-        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_http2_stream_to_a_caller_announcing_no_window_is_reset_and_the_upstream_released() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = Upstream::start(Duration::ZERO).await;
+        let gw = gateway(&pki, &upstream, SEND_TIMEOUT, "").await;
+        let tls = tls_to(&pki, &gw, true).await;
+        // SETTINGS_INITIAL_WINDOW_SIZE = 0: no DATA frame of the stream can ever be sent.
+        let (mut h2, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .initial_connection_window_size(16 << 20)
+            .handshake::<_, bytes::Bytes>(tls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        big_stream_is_reset(&mut h2, &gw, &upstream).await;
     })
     .await
 }

@@ -774,12 +774,57 @@ async fn a_body_on_a_get_head_options_or_delete_is_refused_unless_the_route_take
             .await
             .unwrap();
         assert_eq!((r.status, &r.body[..]), (200, &b"body 0"[..]));
+        // Neither is a body of unknown length that ends with no data: a chunked body of one
+        // `0` chunk, or an HTTP/2 DATA frame with END_STREAM and nothing in it.
+        let r = c
+            .send(
+                "GET",
+                "/strict/chunked-empty",
+                &[("transfer-encoding", "chunked")],
+                "",
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"body 0"[..]));
+        let (cert, key) = pki.workload(ONBOARDING);
+        let tls = tls_client_config(
+            &pki.files.bundle,
+            Some((&cert, &key)),
+            true,
+            rustls::DEFAULT_VERSIONS,
+        );
+        let tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let (mut raw_h2, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(connection);
+        let req = http::Request::get(format!("https://localhost:{}/strict/h2-empty", gw.port))
+            .body(())
+            .unwrap();
+        let (response, mut stream) = raw_h2.send_request(req, false).unwrap();
+        stream.send_data(bytes::Bytes::new(), true).unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+
         let r = c.send("POST", "/strict/post", &[], "a body").await.unwrap();
         assert_eq!((r.status, &r.body[..]), (200, &b"body 6"[..]));
         let r = c.send("DELETE", "/open/x", &[], "a body").await.unwrap();
         assert_eq!((r.status, &r.body[..]), (200, &b"body 6"[..]));
         let targets: Vec<String> = upstream.seen().into_iter().map(|r| r.target).collect();
-        assert_eq!(targets, ["/strict/empty", "/strict/post", "/open/x"]);
+        assert_eq!(
+            targets,
+            [
+                "/strict/empty",
+                "/strict/chunked-empty",
+                "/strict/h2-empty",
+                "/strict/post",
+                "/open/x"
+            ]
+        );
     })
     .await
 }

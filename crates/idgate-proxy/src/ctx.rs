@@ -1,0 +1,250 @@
+//! What one request carries through the stages of [`crate::pipeline`]: the facts it arrived
+//! with and what each stage learned, for the stages after it and for the request's record.
+//!
+//! A stage reads what it needs from the context and writes what it learns into it; nothing
+//! is passed from stage to stage by hand. Making a context allocates nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue};
+use http::{Method, StatusCode, Version};
+use hyper::body::Incoming;
+use idgate_auth::{Caller, Principal};
+use tokio::sync::SemaphorePermit;
+
+use crate::access_log::{Decision, Record};
+use crate::h1::RequestBody;
+use crate::pipeline::{BODY_BUDGET_KIB, ConnInfo, Services};
+use crate::problem::Refusal;
+use crate::routes::{PathParams, Route};
+use crate::snapshot::Snapshot;
+
+/// Which of the caller's principals authorization accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorized {
+    Workload,
+    ApiKey,
+    Token,
+}
+
+/// The upstream credential a forwarded request was sent with: its label and version, never
+/// its value.
+#[derive(Debug, Clone)]
+pub struct CredentialUse<'r> {
+    pub label: &'r Arc<str>,
+    pub version: Arc<str>,
+}
+
+/// One request's context, from its arrival to its record.
+#[derive(Debug)]
+pub struct RequestCtx<'r> {
+    // What the request arrived with.
+    pub conn: &'r Arc<ConnInfo>,
+    /// The configuration in force when the request arrived, kept to its end.
+    pub snapshot: &'r Snapshot,
+    pub services: &'r Services,
+    pub request_id: HeaderValue,
+    pub start: Instant,
+    pub method: Method,
+    pub version: Version,
+    /// The request body while no stage has taken it: one that is refused reads it away.
+    pub body: Option<Incoming>,
+    /// The whole body, once a stage needed it (see [`RequestCtx::read_body`]).
+    pub buffered_body: Option<Bytes>,
+    /// Its share of the gateway's budget for buffered bodies, held to the request's end.
+    body_budget: Option<SemaphorePermit<'r>>,
+    /// The body is announced with `Expect: 100-continue`: a refusal must not invite it.
+    pub expects_continue: bool,
+
+    // What the stages learn.
+    /// The matched route (a configured one or a built-in target).
+    pub route: Option<&'r Route>,
+    /// What the route's path template captured, as spans of the canonical path.
+    pub params: PathParams<'r>,
+    /// Every identity authentication established.
+    pub caller: Option<Caller>,
+    /// The principal of `caller` that authorization accepted.
+    pub authorized: Option<Authorized>,
+    pub credential: Option<CredentialUse<'r>>,
+    pub upstream_status: Option<StatusCode>,
+    /// From sending the request upstream to its response head.
+    pub upstream_latency: Option<Duration>,
+    /// Headers a stage adds to the response the caller gets.
+    pub response_headers: HeaderMap,
+    pub decision: Decision,
+}
+
+impl<'r> RequestCtx<'r> {
+    pub fn new(
+        snapshot: &'r Snapshot,
+        conn: &'r Arc<ConnInfo>,
+        services: &'r Services,
+        parts: &http::request::Parts,
+        body: Incoming,
+    ) -> Self {
+        let request_id = match parts.headers.get(&crate::pipeline::X_REQUEST_ID) {
+            Some(v) if crate::pipeline::valid_request_id(v) => v.clone(),
+            _ => services.ids.next(),
+        };
+        Self {
+            conn,
+            snapshot,
+            services,
+            request_id,
+            start: Instant::now(),
+            method: parts.method.clone(),
+            version: parts.version,
+            body: Some(body),
+            buffered_body: None,
+            body_budget: None,
+            expects_continue: parts.headers.contains_key(http::header::EXPECT),
+            route: None,
+            params: PathParams::default(),
+            caller: None,
+            authorized: None,
+            credential: None,
+            upstream_status: None,
+            upstream_latency: None,
+            response_headers: HeaderMap::new(),
+            decision: Decision::Allowed,
+        }
+    }
+
+    /// The whole request body, read once and kept: every stage that needs it (a signer, a
+    /// validator) shares the one copy. Read up to `limit`, within `timeout`, and within the
+    /// gateway's budget for buffered bodies (`Busy` when it is spent). On `BodyTooLarge` the
+    /// rest stays in `body`, to be read away beside the answer.
+    pub async fn read_body(&mut self, limit: u64, timeout: Duration) -> Result<Bytes, Refusal> {
+        if let Some(bytes) = &self.buffered_body {
+            return Ok(bytes.clone());
+        }
+        let Some(mut body) = self.body.take() else {
+            return Err(Refusal::Internal {
+                reason: "the request body was taken before it was read".to_owned(),
+            });
+        };
+        // All buffered bodies together stay within one budget: many streams each sending the
+        // largest body must not exhaust memory.
+        let want = http_body::Body::size_hint(&body)
+            .exact()
+            .unwrap_or(limit)
+            .min(limit);
+        let kib = u32::try_from(want.div_ceil(1024).max(1))
+            .unwrap_or(BODY_BUDGET_KIB)
+            .min(BODY_BUDGET_KIB);
+        let budget = &self.services.body_budget;
+        match tokio::time::timeout(Duration::from_secs(1), budget.acquire_many(kib)).await {
+            Ok(Ok(permit)) => self.body_budget = Some(permit),
+            _ => {
+                // Refused before any of it was read: read away beside the answer.
+                self.body = Some(body);
+                return Err(Refusal::Busy);
+            }
+        }
+        // A trickled body must not hold the connection (and its buffer) for ever.
+        let read = tokio::time::timeout(timeout, read_whole(&mut body, limit))
+            .await
+            .map_err(|_| Refusal::BadBody {
+                reason: "the request body did not arrive in time".to_owned(),
+            })?;
+        match read {
+            Ok(bytes) => {
+                self.buffered_body = Some(bytes.clone());
+                Ok(bytes)
+            }
+            Err(refusal) => {
+                if matches!(refusal, Refusal::BodyTooLarge) {
+                    self.body = Some(body);
+                }
+                Err(refusal)
+            }
+        }
+    }
+
+    /// A body that was refused before any of it was sent goes back to be read away beside
+    /// the answer (one read whole already needs nothing more).
+    pub fn give_back(&mut self, body: RequestBody) {
+        if let RequestBody::Stream(b) = body {
+            self.body = Some(b);
+        }
+    }
+
+    /// The body to send on: as it streams in, or as read by [`RequestCtx::read_body`].
+    pub fn take_body(&mut self) -> Result<RequestBody, Refusal> {
+        match (self.body.take(), self.buffered_body.clone()) {
+            (Some(body), _) => Ok(RequestBody::Stream(body)),
+            (None, Some(bytes)) => Ok(RequestBody::Buffered(bytes)),
+            (None, None) => Err(Refusal::Internal {
+                reason: "the request body was taken before forwarding".to_owned(),
+            }),
+        }
+    }
+
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
+    /// The route's name for logs and metrics; `-` before (or without) a route.
+    pub fn route_name(&self) -> &'r Arc<str> {
+        self.route.map_or(&self.services.route_none, |r| &r.name)
+    }
+
+    /// The principal authorization accepted.
+    pub fn principal(&self) -> Option<Principal<'_>> {
+        let caller = self.caller.as_ref()?;
+        match self.authorized? {
+            Authorized::Workload => caller.spiffe_id.as_ref().map(Principal::Workload),
+            Authorized::ApiKey => caller.api_key.as_ref().map(Principal::ApiKey),
+            Authorized::Token => caller.token.as_ref().map(Principal::Token),
+        }
+    }
+
+    /// Hands the request's record to its consumers: the access log and the request metrics.
+    pub fn record(&self, status: StatusCode) {
+        let route = self.route_name();
+        if let Some(log) = &self.services.access_log {
+            let peer = self.conn.peer.as_ref().map(|p| p.as_str());
+            // The principal that was authorized, or every one refused. Before authorization
+            // (and on mTLS alone) the peer is all that is known, and no label is made.
+            let label = match self.principal() {
+                Some(Principal::Workload(_)) => None,
+                Some(p) => Some(p.to_string()),
+                None => self.caller.as_ref().and_then(Caller::label),
+            };
+            log.write(&Record {
+                time: SystemTime::now(),
+                request_id: self.request_id(),
+                peer,
+                caller: label.as_deref().or(peer),
+                remote: self.conn.remote.ip(),
+                method: &self.method,
+                version: self.version,
+                route,
+                status: status.as_u16(),
+                upstream_status: self.upstream_status.map(|s| s.as_u16()),
+                credential: self.credential.as_ref().map(|c| (&**c.label, &*c.version)),
+                decision: self.decision,
+                latency: self.start.elapsed(),
+            });
+        }
+        self.services.metrics.request(route, status.as_u16());
+    }
+}
+
+/// Reads the body whole, up to `limit`; on `BodyTooLarge` the rest is still in `body`.
+pub(crate) async fn read_whole(body: &mut Incoming, limit: u64) -> Result<Bytes, Refusal> {
+    use http_body::Body as _;
+    if body.size_hint().lower() > limit {
+        return Err(Refusal::BodyTooLarge);
+    }
+    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match http_body_util::BodyExt::collect(limited).await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::BodyTooLarge),
+        Err(e) => Err(Refusal::BadBody {
+            reason: e.to_string(),
+        }),
+    }
+}

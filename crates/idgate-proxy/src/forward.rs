@@ -1,0 +1,347 @@
+//! Stage 7 of the pipeline: the request goes upstream. The caller's credentials and the
+//! hop-by-hop headers are removed, the upstream credential is injected (or the request signed
+//! with it), the forwarding headers set, and the request sent with the upstream's client
+//! within its timeouts.
+
+use std::borrow::Borrow;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri, Version};
+use http_body_util::{Either, Full};
+
+use crate::ctx::{CredentialUse, RequestCtx};
+use crate::h1::{self, RequestBody};
+use crate::limit::{Held, Saturated};
+use crate::pipeline::{ProxyBody, Services, UpstreamResponseBody, X_REQUEST_ID};
+use crate::problem::Refusal;
+use crate::upstream::Upstream;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Headers that tell an upstream who sent a request and how it arrived. Only a trusted proxy
+/// may pass them on; from anyone else they are claims the caller made about itself. Besides
+/// the standard ones, the client-address headers of common CDNs and load balancers, which
+/// frameworks (and libraries such as `request-ip`) read before `x-forwarded-for`.
+static FORWARDING: [HeaderName; 15] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded"),
+    HeaderName::from_static("forwarded-for"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-original-forwarded-for"),
+    HeaderName::from_static("x-appengine-user-ip"),
+];
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), plus the proxy ones.
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+    &header::PROXY_AUTHENTICATE,
+];
+
+/// Removes every header named in `names` that is present. One pass over the (usually few)
+/// headers first, so that a message without any of them costs no lookups.
+fn remove_all<N: Borrow<HeaderName>>(headers: &mut HeaderMap, names: &[N]) {
+    if headers
+        .keys()
+        .any(|k| names.iter().any(|n| n.borrow() == k))
+    {
+        for name in names {
+            headers.remove(name.borrow());
+        }
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    match (connection.next(), connection.next()) {
+        (None, _) => {}
+        // The usual case: one `Connection` header, its value shared, not copied.
+        (Some(value), None) => {
+            let value = value.clone();
+            for name in value.to_str().into_iter().flat_map(|v| v.split(',')) {
+                let name = name.trim();
+                if !name.is_empty()
+                    && !name.eq_ignore_ascii_case("keep-alive")
+                    && !name.eq_ignore_ascii_case("close")
+                {
+                    headers.remove(name);
+                }
+            }
+        }
+        (Some(_), Some(_)) => {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
+        }
+    }
+    remove_all(headers, &HOP_BY_HOP);
+}
+
+/// Stage 7.
+pub(crate) async fn forward<'r>(
+    ctx: &mut RequestCtx<'r>,
+    upstream: &'r Upstream,
+    req: http::request::Parts,
+) -> Result<Response<UpstreamResponseBody>, Refusal> {
+    let (conn, services) = (ctx.conn, ctx.services);
+    let strip = &ctx.snapshot.strip_headers;
+    let mut parts = req;
+
+    // Forwarded as received: without a base path the received bytes are shared, not copied.
+    let path_and_query = match (upstream.base_path.is_empty(), parts.uri.path_and_query()) {
+        (true, Some(pq)) => Ok(pq.clone()),
+        (_, pq) => PathAndQuery::try_from(format!(
+            "{}{}",
+            upstream.base_path,
+            pq.map_or("/", PathAndQuery::as_str)
+        )),
+    }
+    .map_err(|e| Refusal::Internal {
+        reason: format!("cannot build upstream path: {e}"),
+    })?;
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h);
+    // The caller's credentials are for the gateway, never for the provider.
+    if h.keys().any(|k| strip.contains(k)) {
+        for name in strip {
+            h.remove(name);
+        }
+    }
+    h.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    if upstream.forwarded_for && conn.trusted_proxy {
+        append_forwarded_for(h, &conn.remote_ip);
+    } else {
+        // A caller that is not a trusted proxy could name any address; and an upstream
+        // without `forwarded_for` gets no address, the caller's or any it claims.
+        remove_all(h, &FORWARDING);
+        if upstream.forwarded_for {
+            h.insert(X_FORWARDED_FOR.clone(), conn.remote_ip.clone());
+        }
+    }
+
+    let body = match &upstream.credential {
+        None => ctx.take_body()?,
+        Some(cred) => {
+            // Signature schemes cover the body, so it is read whole (bounded) first.
+            let (body, bytes) = if cred.needs_body() {
+                let bytes = ctx
+                    .read_body(upstream.max_body_bytes, upstream.request_timeout)
+                    .await?;
+                (RequestBody::Buffered(bytes.clone()), bytes)
+            } else {
+                (ctx.take_body()?, Bytes::new())
+            };
+            match cred
+                .apply(
+                    ctx.start,
+                    &parts.method,
+                    path_and_query.as_str(),
+                    &bytes,
+                    &mut parts.headers,
+                )
+                .await
+            {
+                Ok(u) => {
+                    services.metrics.credential_used(&cred.label, &u.version);
+                    ctx.credential = Some(CredentialUse {
+                        label: &cred.label,
+                        version: u.version,
+                    });
+                }
+                Err(e) => {
+                    services.metrics.credential_failed(&cred.label);
+                    ctx.give_back(body);
+                    return Err(Refusal::CredentialUnavailable {
+                        reason: e.to_string(),
+                    });
+                }
+            }
+            body
+        }
+    };
+
+    let sent_at = Instant::now();
+    let resp = send(ctx, upstream, parts, path_and_query, body).await?;
+    ctx.upstream_latency = Some(sent_at.elapsed());
+    ctx.upstream_status = Some(resp.status());
+    Ok(resp)
+}
+
+/// Sends the request to the upstream with its client, within its request timeout.
+async fn send(
+    ctx: &mut RequestCtx<'_>,
+    upstream: &Upstream,
+    mut parts: http::request::Parts,
+    path_and_query: PathAndQuery,
+    body: RequestBody,
+) -> Result<Response<UpstreamResponseBody>, Refusal> {
+    if let Some(pool) = &upstream.h1 {
+        let sent = pool.send(&parts.method, path_and_query.as_str(), &parts.headers, body);
+        return match tokio::time::timeout(upstream.request_timeout, sent).await {
+            Err(_) => Err(Refusal::UpstreamTimeout),
+            Ok(Err(h1::SendError { error, unsent })) => {
+                if let Some(body) = unsent {
+                    ctx.give_back(body);
+                }
+                Err(match error {
+                    h1::Error::CallerBody(e) => Refusal::BadBody {
+                        reason: e.to_string(),
+                    },
+                    e @ h1::Error::BodyLength => Refusal::BadBody {
+                        reason: e.to_string(),
+                    },
+                    h1::Error::Saturated(s) => saturated(ctx.services, upstream, s),
+                    e => Refusal::UpstreamUnreachable {
+                        reason: format!("upstream {}: {e}", upstream.name),
+                    },
+                })
+            }
+            Ok(Ok(resp)) => Ok(resp.map(Either::Right)),
+        };
+    }
+
+    // The Host is the upstream's, set by the client from the URI (the HTTP/1.1 client above
+    // writes its own).
+    parts.headers.remove(header::HOST);
+    parts.uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| Refusal::Internal {
+            reason: format!("cannot build upstream URI: {e}"),
+        })?;
+    // The client picks HTTP/1.1 or HTTP/2 for the upstream connection by ALPN.
+    parts.version = Version::HTTP_11;
+    let sent = async {
+        // Taken before the body goes into the request, so that a refusal can still read it
+        // away.
+        let slot = match upstream.limit.request_slot().await {
+            Ok(slot) => slot,
+            Err(s) => {
+                ctx.give_back(body);
+                return Err(saturated(ctx.services, upstream, s));
+            }
+        };
+        let body = match body {
+            RequestBody::Stream(b) => Either::Left(b),
+            RequestBody::Buffered(b) => Either::Right(Full::new(b)),
+        };
+        match upstream
+            .client
+            .request(Request::from_parts(parts, body))
+            .await
+        {
+            // A connect failure, including a connect timeout, means the upstream is unreachable.
+            Err(e) => Err(Refusal::UpstreamUnreachable {
+                reason: format!("upstream {}: {}", upstream.name, error_chain(&e)),
+            }),
+            Ok(resp) => Ok(resp.map(|b| Either::Left(Held::new(b, slot)))),
+        }
+    };
+    tokio::time::timeout(upstream.request_timeout, sent)
+        .await
+        .unwrap_or(Err(Refusal::UpstreamTimeout))
+}
+
+/// Every connection to the upstream is busy and the request could not wait for one.
+fn saturated(services: &Services, upstream: &Upstream, why: Saturated) -> Refusal {
+    services
+        .metrics
+        .upstream_saturated(&upstream.name, why.reason());
+    Refusal::UpstreamBusy {
+        reason: format!("upstream {}: {why}", upstream.name),
+    }
+}
+
+fn append_forwarded_for(h: &mut HeaderMap, ip: &HeaderValue) {
+    let prior: Vec<&[u8]> = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if prior.is_empty() {
+        h.insert(X_FORWARDED_FOR.clone(), ip.clone());
+        return;
+    }
+    let mut joined = Vec::with_capacity(64);
+    for p in prior {
+        joined.extend_from_slice(p);
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(ip.as_bytes());
+    match HeaderValue::from_bytes(&joined) {
+        Ok(v) => {
+            h.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        Err(_) => {
+            h.insert(X_FORWARDED_FOR.clone(), ip.clone());
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
+}
+
+/// The upstream's response, without its hop-by-hop headers.
+pub(crate) fn strip_response(resp: Response<UpstreamResponseBody>) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Either::Left(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}
