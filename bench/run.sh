@@ -719,9 +719,12 @@ else
   LOGGING[nginx]="\`access_log off\`"
   LOGGING[haproxy]="no \`log\` line"
 fi
-has_proxy idgate && LOG_LINES[idgate]=$(grep -c 'idgate::access' "$WORK/idgate/idgate.log" || true)
-has_proxy nginx && LOG_LINES[nginx]=$(cat "$WORK/nginx/access.log" 2>/dev/null | wc -l)
-has_proxy haproxy && LOG_LINES[haproxy]=$(wc -l <"$WORK/haproxy/access.log")
+count_lines() { # file pattern: matching lines, 0 when there is no such file
+  if [[ -e $1 ]]; then grep -c -- "$2" "$1" || true; else echo 0; fi
+}
+LOG_LINES=([idgate]=$(count_lines "$WORK/idgate/idgate.log" 'idgate::access')
+  [nginx]=$(count_lines "$WORK/nginx/access.log" '')
+  [haproxy]=$(count_lines "$WORK/haproxy/access.log" ''))
 if [[ $IDGATE_LOG == on && $PEER_LOG == on ]]; then
   LOG_TAG="everyone logging every request"
 elif [[ $IDGATE_LOG == off && $PEER_LOG == off ]]; then
