@@ -10,7 +10,12 @@
 # each proxy, over 64 keep-alive connections and with a new connection per
 # request, in interleaved rounds. See bench/README.md.
 #
-# Usage: bench/run.sh            (from anywhere; tunables below, as env vars)
+# Usage: bench/run.sh [all|throughput|memory]   (from anywhere; tunables below, as env vars)
+#
+#   all (default)  memory first, then the load runs
+#   throughput     only the load runs (requests per second, latency), with ratios to nginx
+#                  and HAProxy: for a quiet machine, since other work skews them
+#   memory         only VmRSS at start and per idle connection (oha is not needed)
 #
 #   DURATION=10s      length of one measured oha run (oha -z syntax: 500ms, 10s, 1m)
 #   ROUNDS=3          interleaved rounds per mode; the table shows the median
@@ -32,6 +37,12 @@
 #   TASKSET_OHA=, TASKSET_PROXY=  optional CPU lists (taskset -c) for oha and the proxies
 set -euo pipefail
 
+WHAT=${1:-all}
+case $WHAT in
+  all | throughput | memory) ;;
+  -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+  *) echo "usage: bench/run.sh [all|throughput|memory] (see bench/README.md)" >&2; exit 2 ;;
+esac
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 
@@ -45,6 +56,8 @@ RESPONSE=${RESPONSE:-both}
 IDGATE_LOG=${IDGATE_LOG:-on}
 PEER_LOG=${PEER_LOG:-$IDGATE_LOG}
 MEM_CONNS=${MEM_CONNS:-2000}
+[[ $WHAT == throughput ]] && MEM_CONNS=0
+[[ $WHAT == memory ]] && MODES=""
 PROXIES=${PROXIES:-idgate nginx haproxy}
 DEFAULT_IDGATE_BIN=$REPO_DIR/target/release/idgate
 IDGATE_BIN=${IDGATE_BIN:-$DEFAULT_IDGATE_BIN}
@@ -118,12 +131,15 @@ find_tool() { # name -> path, also looking in sbin and cargo's bin
 }
 
 missing=0
-for t in oha nginx haproxy curl openssl jq python3; do find_tool "$t" >/dev/null || missing=1; done
+TOOLS="nginx haproxy curl openssl jq python3"
+[[ -z $MODES ]] || TOOLS+=" oha"
+for t in $TOOLS; do find_tool "$t" >/dev/null || missing=1; done
 if ((missing)); then
   log "some tools are missing; running bench/setup.sh"
   "$BENCH_DIR/setup.sh"
 fi
-OHA=$(find_tool oha) || die "oha not found"
+OHA=""
+[[ -z $MODES ]] || OHA=$(find_tool oha) || die "oha not found"
 NGINX=$(find_tool nginx) || die "nginx not found"
 HAPROXY=$(find_tool haproxy) || die "haproxy not found"
 CURL=$(find_tool curl) || die "curl not found"
@@ -576,6 +592,7 @@ hold_conns() { # proxy kind
   unset 'PID[hold]'
 }
 if ((MEM_CONNS > 0)); then
+  mem_last=${MEM_KINDS##* }
   for kind in $MEM_KINDS; do
     for p in $PROXIES; do
       # shellcheck disable=SC2086
@@ -586,9 +603,12 @@ if ((MEM_CONNS > 0)); then
         "with $MEM_CONNS held (${MEM_ALIVE[$p/$kind]} still open at the end)"
       sleep "$PAUSE"
     done
-    log "restarting the proxies"
-    stop_proxies "mem-$kind"
-    start_proxies
+    # Fresh proxies for the next kind, and for the load runs if any follow.
+    if [[ $kind != "$mem_last" || -n $MODES ]]; then
+      log "restarting the proxies"
+      stop_proxies "mem-$kind"
+      start_proxies
+    fi
   done
 fi
 
@@ -613,7 +633,7 @@ reset_hwm() {
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
-if awk -v l="$LOAD_BEFORE" 'BEGIN {exit !(l > 0.5)}'; then
+if [[ -n $MODES ]] && awk -v l="$LOAD_BEFORE" 'BEGIN {exit !(l > 0.5)}'; then
   log "WARNING: load average is $LOAD_BEFORE before measuring: other work on this machine will skew the numbers"
 fi
 RESULTS=$WORK/results.tsv   # mode/response round proxy ok rps p50 p99 cpu_us non200 errors
@@ -699,7 +719,8 @@ sum_col() { col "$@" | awk '{s += $1} END {print s + 0}'; }
 cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 nginx_v=$("$NGINX" -v 2>&1 | sed 's|^nginx version: nginx/||')
 haproxy_v=$("$HAPROXY" -v 2>&1 | head -n1 | awk '{print $3}')
-oha_v=$("$OHA" --version | awk '{print $2}')
+oha_v="-"
+[[ -z $OHA ]] || oha_v=$("$OHA" --version | awk '{print $2}')
 openssl_v=$("$HAPROXY" -vv 2>/dev/null | sed -n 's/^Running on OpenSSL version : //p' | awk '{print $1, $2}')
 idgate_v="-"
 has_proxy idgate && idgate_v=$("$IDGATE_BIN" --version 2>/dev/null | head -n1 || echo "?")
@@ -733,18 +754,27 @@ else
   LOG_TAG="idgate logging $IDGATE_LOG, nginx and HAProxy logging $PEER_LOG"
 fi
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+per_conn() { # proxy kind -> KiB per held connection: (VmRSS with them - VmRSS before) / MEM_CONNS
+  awk -v a="${MEM_HELD[$1/$2]:-0}" -v b="${MEM_BEFORE[$1/$2]:-0}" -v n="$MEM_CONNS" 'BEGIN {printf "%.1f", (a - b) / n}'
+}
 
 MD=$OUT_DIR/latest.md
-{
+report() {
   echo "### Run of $(date -u +'%Y-%m-%d %H:%M UTC'): $LOG_TAG"
   echo
   echo "- machine: $(nproc) CPUs ($cpu_model), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r)"
-  echo "- versions: idgate \`$idgate_v\` (\`${IDGATE_BIN#"$REPO_DIR"/}\`), nginx $nginx_v, HAProxy $haproxy_v (nginx and HAProxy on ${openssl_v:-the system OpenSSL}), oha $oha_v"
+  echo "- versions: idgate \`$idgate_v\` (\`${IDGATE_BIN#"$REPO_DIR"/}\`), nginx $nginx_v, HAProxy $haproxy_v (nginx and HAProxy on ${openssl_v:-the system OpenSSL})${OHA:+, oha $oha_v}"
   echo "- load average (1 min) before / after the run: $LOAD_BEFORE / $(cut -d' ' -f1 /proc/loadavg)"
-  echo "- load: oha with $OHA_THREADS threads on the same machine, $CONNS connections, $DURATION per run, $ROUNDS interleaved rounds per mode and response (order rotated each round), ${WARMUP} warm-up; HTTP/1.1 GET"
-  for resp in $RESPONSES; do echo "- response \`$resp\`: ${RESP_LABEL[$resp]} (\`${RESP_PATH[$resp]}\`)"; done
+  [[ -z $MODES ]] || echo "- load: oha with $OHA_THREADS threads on the same machine, $CONNS connections, $DURATION per run, $ROUNDS interleaved rounds per mode and response (order rotated each round), ${WARMUP} warm-up; HTTP/1.1 GET"
+  [[ -z $MODES ]] || for resp in $RESPONSES; do echo "- response \`$resp\`: ${RESP_LABEL[$resp]} (\`${RESP_PATH[$resp]}\`)"; done
   for p in "${proxy_list[@]}"; do echo "- TLS with ${LABEL[$p]}: ${TLSINFO[$p]}"; done
-  for p in "${proxy_list[@]}"; do echo "- logging, ${LABEL[$p]}: ${LOGGING[$p]}; ${LOG_LINES[$p]:-0} lines written during the load runs"; done
+  for p in "${proxy_list[@]}"; do
+    if [[ -n $MODES ]]; then
+      echo "- logging, ${LABEL[$p]}: ${LOGGING[$p]}; ${LOG_LINES[$p]:-0} lines written during the load runs"
+    else
+      echo "- logging, ${LABEL[$p]}: ${LOGGING[$p]}"
+    fi
+  done
   for mode in $MODES; do
     for resp in $RESPONSES; do
       c=$mode/$resp
@@ -799,24 +829,36 @@ MD=$OUT_DIR/latest.md
       row="| ${LABEL[$p]} | $(mib "${RSS_START[$p]}")"
       alive_all=""
       for kind in $MEM_KINDS; do
-        row+=" | $(mib "${MEM_HELD[$p/$kind]}") | $(awk -v a="${MEM_HELD[$p/$kind]}" -v b="${MEM_BEFORE[$p/$kind]}" -v n="$MEM_CONNS" 'BEGIN {printf "%.1f", (a - b) / n}')"
+        row+=" | $(mib "${MEM_HELD[$p/$kind]}") | $(per_conn "$p" "$kind")"
         alive_all+="${alive_all:+ / }${MEM_ALIVE[$p/$kind]}"
       done
       echo "$row | $alive_all |"
     done
+    if has_proxy idgate; then
+      echo
+      for p in "${proxy_list[@]}"; do
+        [[ $p == idgate ]] && continue
+        awk -v s="${RSS_START[idgate]}" -v t="${RSS_START[$p]}" -v a="$(per_conn idgate tls)" \
+          -v b="$(per_conn "$p" tls)" -v c="$(per_conn idgate http)" -v d="$(per_conn "$p" http)" -v n="${LABEL[$p]}" \
+          'BEGIN {printf "- idgate / %s: at start ×%.2f, per connection ×%.2f (TLS only) and ×%.2f (one request)\n",
+            n, (t > 0 ? s / t : 0), (b > 0 ? a / b : 0), (d > 0 ? c / d : 0)}'
+      done
+    fi
     echo
     echo "VmRSS at start is read once the proxy is ready, before any request. Then each proxy in"
     echo "turn gets $MEM_CONNS mutual-TLS connections (from Python, 8 loopback source addresses)"
     echo "that are left idle, first after the handshake alone, then, on freshly started proxies,"
     echo "after one keep-alive request each. KiB per connection is (VmRSS with them held - VmRSS just"
     echo "before) / $MEM_CONNS; \"still open\" counts, for each, the connections the proxy had not closed"
-    echo "when they were released. For nginx the figures are the worker's. The load runs use"
-    echo "proxies started afresh after this."
+    echo "when they were released. For nginx the figures are the worker's."
+    ! has_proxy idgate || echo "A ratio below 1 means idgate uses less."
+    [[ -z $MODES ]] || echo "The load runs use proxies started afresh after this."
   else
     echo "VmRSS at start (MiB, once ready, before any request):"
     for p in "${proxy_list[@]}"; do printf ' %s %s' "${LABEL[$p]}" "$(mib "${RSS_START[$p]}")"; done
     echo "; idle connections not measured (MEM_CONNS=0)."
   fi
+  [[ -n $MODES ]] || return 0
   echo
   if [[ $HWM_RESET == yes ]]; then
     echo "Peak RSS is VmHWM, the process's high-water mark, reset when each mode starts: the mode's own"
@@ -832,7 +874,8 @@ MD=$OUT_DIR/latest.md
   fi
   echo "CPU µs/req is the proxy's user+system CPU time during the run divided by the 200 responses."
   echo "\"errors\" excludes oha's \"aborted due to deadline\" (requests in flight when a run ends)."
-} >"$MD"
+}
+report >"$MD"
 
 echo
 cat "$MD"
