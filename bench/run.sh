@@ -529,8 +529,9 @@ probe_tls() { # port -> "TLSv1.3 TLS_AES_256_GCM_SHA384, resumption yes|no"
     -noservername -cert "$P/client.crt" -key "$P/client.key" -CAfile "$P/bundle.pem" \
     -sess_out "$sess" 2>/dev/null || true)
   # "New, TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384"
-  proto=$(sed -n 's/^New, \(TLSv[0-9.]*\), Cipher is .*/\1/p' <<<"$out1" | head -n1)
-  cipher=$(sed -n 's/^New, TLSv[0-9.]*, Cipher is //p' <<<"$out1" | head -n1)
+  # (sed quits at the first match: `| head` would end it with SIGPIPE, fatal under pipefail)
+  proto=$(sed -n 's/^New, \(TLSv[0-9.]*\), Cipher is .*/\1/p;T;q' <<<"$out1")
+  cipher=$(sed -n 's/^New, TLSv[0-9.]*, Cipher is //p;T;q' <<<"$out1")
   # A TLS 1.3 server that issues no ticket leaves no session to resume.
   if [[ -s $sess ]]; then
     out2=$( (sleep 0.3; printf '%b' "$req"; sleep 0.3) | timeout 10 "$OPENSSL" s_client -connect "127.0.0.1:$port" \
@@ -716,14 +717,14 @@ median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print 0; else if (NR % 
 col() { awk -F'\t' -v m="$1" -v p="$2" -v c="$3" '$1 == m && $3 == p {print $c}' "$RESULTS"; }
 sum_col() { col "$@" | awk '{s += $1} END {print s + 0}'; }
 
-cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p;T;q' /proc/cpuinfo)
 nginx_v=$("$NGINX" -v 2>&1 | sed 's|^nginx version: nginx/||')
-haproxy_v=$("$HAPROXY" -v 2>&1 | head -n1 | awk '{print $3}')
+haproxy_v=$("$HAPROXY" -v 2>&1 | awk 'NR == 1 {print $3}')
 oha_v="-"
 [[ -z $OHA ]] || oha_v=$("$OHA" --version | awk '{print $2}')
 openssl_v=$("$HAPROXY" -vv 2>/dev/null | sed -n 's/^Running on OpenSSL version : //p' | awk '{print $1, $2}')
 idgate_v="-"
-has_proxy idgate && idgate_v=$("$IDGATE_BIN" --version 2>/dev/null | head -n1 || echo "?")
+has_proxy idgate && idgate_v=$("$IDGATE_BIN" --version 2>/dev/null | awk 'NR == 1' || echo "?")
 
 # What each proxy logs in this run, and how many lines it wrote (nginx's last
 # 64 KiB may still sit in its buffer).
