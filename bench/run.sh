@@ -3,11 +3,19 @@
 #
 # Each proxy terminates mutual TLS on loopback, sets the `x-api-key` header and
 # forwards to the same fixed upstream (a separate nginx returning a small JSON
-# body). All three run one worker. oha drives each proxy, first over 64
-# keep-alive connections, then with a new connection per request, in
-# interleaved rounds. See bench/README.md.
+# body, or a ~0.5 KB identity-verification decision). All three run one worker
+# and, by default, log every request as they ship: idgate its access log,
+# nginx and HAProxy to a file. The script first measures each proxy's memory at
+# start and with MEM_CONNS idle mTLS connections held open, then oha drives
+# each proxy, over 64 keep-alive connections and with a new connection per
+# request, in interleaved rounds. See bench/README.md.
 #
-# Usage: bench/run.sh            (from anywhere; tunables below, as env vars)
+# Usage: bench/run.sh [all|throughput|memory]   (from anywhere; tunables below, as env vars)
+#
+#   all (default)  memory first, then the load runs
+#   throughput     only the load runs (requests per second, latency), with ratios to nginx
+#                  and HAProxy: for a quiet machine, since other work skews them
+#   memory         only VmRSS at start and per idle connection (oha is not needed)
 #
 #   DURATION=10s      length of one measured oha run (oha -z syntax: 500ms, 10s, 1m)
 #   ROUNDS=3          interleaved rounds per mode; the table shows the median
@@ -15,6 +23,11 @@
 #   WARMUP=2s         unmeasured oha run per proxy before each mode ("0" to skip)
 #   PAUSE=1           seconds of idle between two runs
 #   MODES="keepalive newconn"
+#   RESPONSE=both     small (11-byte JSON), decision (~0.5 KB decision JSON) or both
+#   IDGATE_LOG=on     on: idgate's defaults (access log on); off: `[log] level = "warn"`
+#                     (no access log). Read by this script, never passed to idgate.
+#   PEER_LOG=$IDGATE_LOG  on: nginx and HAProxy log every request to a file; off: no logs
+#   MEM_CONNS=2000    idle mTLS connections held open for the memory figure ("0" to skip)
 #   PROXIES="idgate nginx haproxy"
 #   IDGATE_BIN=target/release/idgate   built with `cargo build --release -p idgate` if missing
 #   PKI=idgate        idgate: `idgate dev-pki`; openssl: generate with openssl;
@@ -24,6 +37,12 @@
 #   TASKSET_OHA=, TASKSET_PROXY=  optional CPU lists (taskset -c) for oha and the proxies
 set -euo pipefail
 
+WHAT=${1:-all}
+case $WHAT in
+  all | throughput | memory) ;;
+  -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+  *) echo "usage: bench/run.sh [all|throughput|memory] (see bench/README.md)" >&2; exit 2 ;;
+esac
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 
@@ -33,6 +52,12 @@ CONNS=${CONNS:-64}
 WARMUP=${WARMUP:-2s}
 PAUSE=${PAUSE:-1}
 MODES=${MODES:-keepalive newconn}
+RESPONSE=${RESPONSE:-both}
+IDGATE_LOG=${IDGATE_LOG:-on}
+PEER_LOG=${PEER_LOG:-$IDGATE_LOG}
+MEM_CONNS=${MEM_CONNS:-2000}
+[[ $WHAT == throughput ]] && MEM_CONNS=0
+[[ $WHAT == memory ]] && MODES=""
 PROXIES=${PROXIES:-idgate nginx haproxy}
 DEFAULT_IDGATE_BIN=$REPO_DIR/target/release/idgate
 IDGATE_BIN=${IDGATE_BIN:-$DEFAULT_IDGATE_BIN}
@@ -48,6 +73,15 @@ IDGATE_PORT=18443
 IDGATE_ADMIN_PORT=19901
 NGINX_PORT=18444
 HAPROXY_PORT=18445
+
+# What the fixed upstream answers: the small body on any path, and under
+# /decision/ a ~0.5 KB identity-verification decision shaped like a provider's
+# (synthetic values).
+SMALL_BODY='{"ok":true}'
+DECISION_BODY='{"session_id":"7f3c2a9e-4b1d-4e8a-9c6f-2d5b8a1e0f34","status":"Approved","workflow_id":"b2e4c6a8-1d3f-4a5b-8c7d-9e0f1a2b3c4d","vendor_data":"user-4821","decision":{"id_verification":{"status":"Approved","document_type":"Identity Card","issuing_state":"DEU","date_of_birth":"1990-05-14","expiration_date":"2031-08-30"},"liveness":{"status":"Approved","method":"PASSIVE","score":97.4},"face_match":{"status":"Approved","score":91.2},"aml":{"status":"Approved","total_hits":0}},"created_at":"2026-12-01T09:14:22Z"}'
+declare -A RESP_PATH=([small]=/bench/item [decision]=/decision/7f3c2a9e-4b1d-4e8a-9c6f-2d5b8a1e0f34)
+declare -A RESP_BODY=([small]=$SMALL_BODY [decision]=$DECISION_BODY)
+declare -A RESP_LABEL=([small]="${#SMALL_BODY}-byte JSON" [decision]="${#DECISION_BODY}-byte decision JSON")
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -75,6 +109,14 @@ done
 for m in $MODES; do
   case $m in keepalive | newconn) ;; *) die "unknown mode '$m' in MODES" ;; esac
 done
+case $RESPONSE in
+  small | decision) RESPONSES=$RESPONSE ;;
+  both) RESPONSES="small decision" ;;
+  *) die "RESPONSE must be small, decision or both" ;;
+esac
+case $IDGATE_LOG in on | off) ;; *) die "IDGATE_LOG must be on or off" ;; esac
+case $PEER_LOG in on | off) ;; *) die "PEER_LOG must be on or off" ;; esac
+[[ $MEM_CONNS =~ ^[0-9]+$ ]] || die "MEM_CONNS must be a non-negative integer"
 has_proxy() { [[ " $PROXIES " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- tools
@@ -89,17 +131,21 @@ find_tool() { # name -> path, also looking in sbin and cargo's bin
 }
 
 missing=0
-for t in oha nginx haproxy curl openssl jq; do find_tool "$t" >/dev/null || missing=1; done
+TOOLS="nginx haproxy curl openssl jq python3"
+[[ -z $MODES ]] || TOOLS+=" oha"
+for t in $TOOLS; do find_tool "$t" >/dev/null || missing=1; done
 if ((missing)); then
   log "some tools are missing; running bench/setup.sh"
   "$BENCH_DIR/setup.sh"
 fi
-OHA=$(find_tool oha) || die "oha not found"
+OHA=""
+[[ -z $MODES ]] || OHA=$(find_tool oha) || die "oha not found"
 NGINX=$(find_tool nginx) || die "nginx not found"
 HAPROXY=$(find_tool haproxy) || die "haproxy not found"
 CURL=$(find_tool curl) || die "curl not found"
 OPENSSL=$(find_tool openssl) || die "openssl not found"
 find_tool jq >/dev/null || die "jq not found"
+PYTHON=$(find_tool python3) || die "python3 not found"
 
 need_idgate_bin=0
 has_proxy idgate && need_idgate_bin=1
@@ -234,9 +280,9 @@ error_log $1/error.log warn;
 events { worker_connections 8192; }
 EOF
 }
-nginx_http_common() { # dir
+nginx_http_common() { # dir access-log-directive
   cat <<EOF
-    access_log off;
+    $2
     client_body_temp_path $1/tmp/body;
     proxy_temp_path $1/tmp/proxy;
     fastcgi_temp_path $1/tmp/fastcgi;
@@ -249,25 +295,34 @@ nginx_http_common() { # dir
 EOF
 }
 
-# The fixed upstream: plain HTTP, one worker, 200 {"ok":true} for any path,
-# but 401 when the proxy did not set the API key (so a passing sanity check
-# proves the header injection).
+# The fixed upstream: plain HTTP, one worker, 200 {"ok":true} for any path and
+# the decision JSON under /decision/, but 401 when the proxy did not set the API
+# key (so a passing sanity check proves the header injection).
 {
   nginx_common "$WORK/upstream"
   cat <<EOF
 http {
-$(nginx_http_common "$WORK/upstream")
+$(nginx_http_common "$WORK/upstream" "access_log off;")
     server {
         listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;
         default_type application/json;
         location / {
             if (\$http_x_api_key != "$API_KEY") { return 401 '{"ok":false}'; }
-            return 200 '{"ok":true}';
+            return 200 '$SMALL_BODY';
+        }
+        location /decision/ {
+            if (\$http_x_api_key != "$API_KEY") { return 401 '{"ok":false}'; }
+            return 200 '$DECISION_BODY';
         }
     }
 }
 EOF
 } >"$WORK/upstream/nginx.conf"
+
+# IDGATE_LOG=on leaves [log] at its defaults (info: one access line per request,
+# text, to standard output, which goes to a file here).
+IDGATE_LOG_TOML=""
+[[ $IDGATE_LOG == off ]] && IDGATE_LOG_TOML=$'\n[log]\nlevel = "warn"'
 
 cat >"$WORK/idgate/idgate.toml" <<EOF
 workers = 1
@@ -286,9 +341,7 @@ bundle = "$P/bundle.pem"
 
 [admin]
 bind = "127.0.0.1:$IDGATE_ADMIN_PORT"
-
-[log]
-level = "warn"
+$IDGATE_LOG_TOML
 
 [[upstreams]]
 name = "fixed"
@@ -305,11 +358,13 @@ upstream = "fixed"
 allow = ["spiffe://bench.test/client"]
 EOF
 
+NGINX_ACCESS_LOG="access_log off;"
+[[ $PEER_LOG == on ]] && NGINX_ACCESS_LOG="access_log $WORK/nginx/access.log combined buffer=64k;"
 {
   nginx_common "$WORK/nginx"
   cat <<EOF
 http {
-$(nginx_http_common "$WORK/nginx")
+$(nginx_http_common "$WORK/nginx" "$NGINX_ACCESS_LOG")
     upstream fixed {
         server 127.0.0.1:$UPSTREAM_PORT;
         keepalive 64;
@@ -336,15 +391,25 @@ EOF
 } >"$WORK/nginx/nginx.conf"
 
 cat "$P/gateway.crt" "$P/gateway.key" >"$WORK/haproxy/gateway.pem"
+# HAProxy has no file logger and there is no syslog daemon here: it writes each
+# line to its standard output (non-blocking; a line is dropped, not waited for,
+# when the pipe or file cannot take it), which is redirected to access.log.
+HAPROXY_LOG_GLOBAL="" HAPROXY_LOG_DEFAULTS=""
+if [[ $PEER_LOG == on ]]; then
+  HAPROXY_LOG_GLOBAL="    log stdout format raw local0 info"
+  HAPROXY_LOG_DEFAULTS=$'    log global\n    option httplog'
+fi
 cat >"$WORK/haproxy/haproxy.cfg" <<EOF
 global
     nbthread 1
     maxconn 8000
     pidfile $WORK/haproxy/haproxy.pid
     ssl-default-bind-options ssl-min-ver TLSv1.2
+$HAPROXY_LOG_GLOBAL
 
 defaults
     mode http
+$HAPROXY_LOG_DEFAULTS
     timeout connect 5s
     timeout client 300s
     timeout server 300s
@@ -362,6 +427,14 @@ EOF
 
 # ---------------------------------------------------------------- start
 
+# The proxies (which inherit it) and the connection holder need a descriptor per
+# held connection and more: raise the soft limit as far as the hard one allows.
+nofile_want=$((MEM_CONNS * 2 + 1024))
+nofile_hard=$(ulimit -Hn)
+[[ $nofile_hard == unlimited ]] || ((nofile_want <= nofile_hard)) || nofile_want=$nofile_hard
+(($(ulimit -Sn) >= nofile_want)) || ulimit -Sn "$nofile_want"
+((MEM_CONNS + 256 <= $(ulimit -Sn))) || die "ulimit -n $(ulimit -Sn) is too low for MEM_CONNS=$MEM_CONNS"
+
 log "starting the fixed upstream (nginx, 1 worker) on 127.0.0.1:$UPSTREAM_PORT"
 "$NGINX" -t -q -e "$WORK/upstream/error.log" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" \
   || die "upstream nginx config invalid"
@@ -376,40 +449,75 @@ declare -A PORT=([idgate]=$IDGATE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PO
 declare -A LOGF=([idgate]=$WORK/idgate/idgate.log [nginx]=$WORK/nginx/error.log [haproxy]=$WORK/haproxy/haproxy.log)
 declare -A LABEL=([idgate]=idgate [nginx]=nginx [haproxy]=HAProxy)
 
-if has_proxy idgate; then
-  log "starting idgate on 127.0.0.1:$IDGATE_PORT"
-  spawn "$TASKSET_PROXY" env BENCH_API_KEY="$API_KEY" "$IDGATE_BIN" serve --config "$WORK/idgate/idgate.toml" \
-    >"$WORK/idgate/idgate.log" 2>&1 &
-  PID[idgate]=$!
-  wait_ready idgate "http://127.0.0.1:$IDGATE_ADMIN_PORT/readyz" "$WORK/idgate/idgate.log"
-fi
-if has_proxy nginx; then
-  log "starting nginx on 127.0.0.1:$NGINX_PORT"
-  "$NGINX" -t -q -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" || die "nginx config invalid"
-  spawn "$TASKSET_PROXY" "$NGINX" -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" \
-    -g 'daemon off;' >"$WORK/nginx/stdout.log" 2>&1 &
-  PID[nginx]=$!
-fi
-if has_proxy haproxy; then
-  log "starting HAProxy on 127.0.0.1:$HAPROXY_PORT"
-  "$HAPROXY" -c -q -f "$WORK/haproxy/haproxy.cfg" || die "HAProxy config invalid"
-  spawn "$TASKSET_PROXY" "$HAPROXY" -db -f "$WORK/haproxy/haproxy.cfg" >"$WORK/haproxy/haproxy.log" 2>&1 &
-  PID[haproxy]=$!
-fi
-for p in $PROXIES; do
-  wait_ready "$p" "https://127.0.0.1:${PORT[$p]}/ready" "${LOGF[$p]}" "${CLIENT_TLS[@]}"
-done
-
-# Processes whose CPU time and memory count for a proxy. For nginx that is the
-# worker (the master only supervises); the master is reported separately.
 declare -A MEASURE=()
-for p in $PROXIES; do MEASURE[$p]=${PID[$p]}; done
 NGINX_MASTER_PID=""
-if has_proxy nginx; then
-  NGINX_MASTER_PID=${PID[nginx]}
-  MEASURE[nginx]=$(pgrep -P "$NGINX_MASTER_PID" | tr '\n' ' ')
-  [[ -n ${MEASURE[nginx]// /} ]] || die "no nginx worker process found"
-fi
+start_proxies() {
+  local p
+  if has_proxy idgate; then
+    log "starting idgate on 127.0.0.1:$IDGATE_PORT"
+    # IDGATE_LOG is this script's knob; idgate would read it as a log filter.
+    spawn "$TASKSET_PROXY" env -u IDGATE_LOG BENCH_API_KEY="$API_KEY" "$IDGATE_BIN" serve \
+      --config "$WORK/idgate/idgate.toml" >"$WORK/idgate/idgate.log" 2>&1 &
+    PID[idgate]=$!
+    wait_ready idgate "http://127.0.0.1:$IDGATE_ADMIN_PORT/readyz" "$WORK/idgate/idgate.log"
+  fi
+  if has_proxy nginx; then
+    log "starting nginx on 127.0.0.1:$NGINX_PORT"
+    "$NGINX" -t -q -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" || die "nginx config invalid"
+    spawn "$TASKSET_PROXY" "$NGINX" -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" \
+      -g 'daemon off;' >"$WORK/nginx/stdout.log" 2>&1 &
+    PID[nginx]=$!
+  fi
+  if has_proxy haproxy; then
+    log "starting HAProxy on 127.0.0.1:$HAPROXY_PORT"
+    "$HAPROXY" -c -q -f "$WORK/haproxy/haproxy.cfg" || die "HAProxy config invalid"
+    spawn "$TASKSET_PROXY" "$HAPROXY" -db -f "$WORK/haproxy/haproxy.cfg" \
+      >"$WORK/haproxy/access.log" 2>"$WORK/haproxy/haproxy.log" &
+    PID[haproxy]=$!
+  fi
+  for p in $PROXIES; do
+    wait_ready "$p" "https://127.0.0.1:${PORT[$p]}/ready" "${LOGF[$p]}" "${CLIENT_TLS[@]}"
+  done
+
+  # Processes whose CPU time and memory count for a proxy. For nginx that is the
+  # worker (the master only supervises); the master is reported separately.
+  for p in $PROXIES; do MEASURE[$p]=${PID[$p]}; done
+  if has_proxy nginx; then
+    NGINX_MASTER_PID=${PID[nginx]}
+    MEASURE[nginx]=$(pgrep -P "$NGINX_MASTER_PID" | tr '\n' ' ' || true)
+    [[ -n ${MEASURE[nginx]// /} ]] || die "no nginx worker process found"
+  fi
+}
+stop_proxies() { # tag: stops the proxies and keeps their logs under that tag
+  local p pid i f
+  for p in $PROXIES; do kill -TERM "${PID[$p]}" 2>/dev/null || true; done
+  for p in $PROXIES; do
+    pid=${PID[$p]}
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$p ($pid) did not stop on TERM; killing"
+      kill -KILL "$pid" 2>/dev/null || true
+      pkill -KILL -P "$pid" 2>/dev/null || true # nginx's worker
+    fi
+    wait "$pid" 2>/dev/null || true
+    unset "PID[$p]"
+  done
+  for f in idgate/idgate.log nginx/access.log nginx/error.log haproxy/access.log haproxy/haproxy.log; do
+    [[ -e $WORK/$f ]] && mv "$WORK/$f" "$WORK/${f%.log}.$1.log"
+  done
+  return 0
+}
+start_proxies
+
+rss_kib() { # pids... -> VmRSS summed
+  local t=0 pid
+  for pid in "$@"; do t=$((t + $(awk '/^VmRSS:/{print $2}' "/proc/$pid/status"))); done
+  echo "$t"
+}
+# Resident memory right after start-up, before any request went through.
+declare -A RSS_START=()
+# shellcheck disable=SC2086
+for p in $PROXIES; do RSS_START[$p]=$(rss_kib ${MEASURE[$p]}); done
 
 # ---------------------------------------------------------------- sanity checks
 
@@ -421,8 +529,9 @@ probe_tls() { # port -> "TLSv1.3 TLS_AES_256_GCM_SHA384, resumption yes|no"
     -noservername -cert "$P/client.crt" -key "$P/client.key" -CAfile "$P/bundle.pem" \
     -sess_out "$sess" 2>/dev/null || true)
   # "New, TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384"
-  proto=$(sed -n 's/^New, \(TLSv[0-9.]*\), Cipher is .*/\1/p' <<<"$out1" | head -n1)
-  cipher=$(sed -n 's/^New, TLSv[0-9.]*, Cipher is //p' <<<"$out1" | head -n1)
+  # (sed quits at the first match: `| head` would end it with SIGPIPE, fatal under pipefail)
+  proto=$(sed -n 's/^New, \(TLSv[0-9.]*\), Cipher is .*/\1/p;T;q' <<<"$out1")
+  cipher=$(sed -n 's/^New, TLSv[0-9.]*, Cipher is //p;T;q' <<<"$out1")
   # A TLS 1.3 server that issues no ticket leaves no session to resume.
   if [[ -s $sess ]]; then
     out2=$( (sleep 0.3; printf '%b' "$req"; sleep 0.3) | timeout 10 "$OPENSSL" s_client -connect "127.0.0.1:$port" \
@@ -434,17 +543,75 @@ probe_tls() { # port -> "TLSv1.3 TLS_AES_256_GCM_SHA384, resumption yes|no"
 }
 
 for p in $PROXIES; do
-  url="https://127.0.0.1:${PORT[$p]}/sanity/x?y=1"
-  body=$("$CURL" -sS --max-time 5 "${CLIENT_TLS[@]}" -w '\n%{http_code}' "$url") \
-    || die "$p: request with a client certificate failed"
-  code=${body##*$'\n'}
-  [[ $code == 200 ]] || die "$p: with a client certificate got HTTP $code, expected 200: ${body%$'\n'*}"
-  [[ ${body%$'\n'*} == '{"ok":true}' ]] || die "$p: unexpected body '${body%$'\n'*}'"
+  for resp in $RESPONSES; do
+    url="https://127.0.0.1:${PORT[$p]}${RESP_PATH[$resp]}?sanity=1"
+    body=$("$CURL" -sS --max-time 5 "${CLIENT_TLS[@]}" -w '\n%{http_code}' "$url") \
+      || die "$p: request with a client certificate failed"
+    code=${body##*$'\n'}
+    [[ $code == 200 ]] || die "$p: with a client certificate got HTTP $code, expected 200: ${body%$'\n'*}"
+    [[ ${body%$'\n'*} == "${RESP_BODY[$resp]}" ]] || die "$p: unexpected $resp body '${body%$'\n'*}'"
+  done
   code=$("$CURL" -s -o /dev/null --max-time 5 --cacert "$P/bundle.pem" -w '%{http_code}' "$url" || true)
   [[ $code != 200 ]] || die "$p: a request without a client certificate was let through"
   TLSINFO[$p]=$(probe_tls "${PORT[$p]}")
   log "sanity $p: 200 with a client cert, rejected without (${code/000/handshake refused}); ${TLSINFO[$p]}"
 done
+
+# ---------------------------------------------------------------- memory
+
+# Resident memory with MEM_CONNS idle mTLS connections held open:
+# (VmRSS with them - VmRSS before) / MEM_CONNS, twice, each time on freshly
+# started proxies (none of them gives the memory back when the connections
+# close): connections that only made the TLS handshake ("tls"), then
+# connections that also served one keep-alive request ("http"). The proxies are
+# started afresh once more for the load runs.
+MEM_KINDS="tls http"
+declare -A MEM_BEFORE=() MEM_HELD=() MEM_ALIVE=()
+hold_conns() { # proxy kind
+  local p=$1 kind=$2 line pid
+  local -a extra=()
+  [[ $kind == tls ]] && extra=(--no-request)
+  # A handshake takes 1-10 ms here (more on a busy machine): allow 50 ms each.
+  local open_secs=$((30 + MEM_CONNS / 20))
+  coproc HOLD { exec "$PYTHON" "$BENCH_DIR/hold_conns.py" --port "${PORT[$p]}" --count "$MEM_CONNS" \
+    --cert "$P/client.crt" --key "$P/client.key" --ca "$P/bundle.pem" --hold-timeout 60 "${extra[@]}" 2>&1; }
+  pid=$HOLD_PID
+  PID[hold]=$pid
+  IFS= read -r -t "$open_secs" line <&"${HOLD[0]}" || line="no answer from hold_conns.py in ${open_secs}s"
+  if [[ $line != held* ]]; then
+    kill "$pid" 2>/dev/null || true
+    die "$p: could not hold $MEM_CONNS connections: $line"
+  fi
+  log "memory $p $kind: $line"
+  sleep 2 # let the proxy finish its per-connection work
+  # shellcheck disable=SC2086
+  MEM_HELD[$p/$kind]=$(rss_kib ${MEASURE[$p]})
+  echo done >&"${HOLD[1]}"
+  IFS= read -r -t 60 line <&"${HOLD[0]}" || line="alive ?"
+  MEM_ALIVE[$p/$kind]=${line#alive }
+  wait "$pid" 2>/dev/null || true
+  unset 'PID[hold]'
+}
+if ((MEM_CONNS > 0)); then
+  mem_last=${MEM_KINDS##* }
+  for kind in $MEM_KINDS; do
+    for p in $PROXIES; do
+      # shellcheck disable=SC2086
+      MEM_BEFORE[$p/$kind]=$(rss_kib ${MEASURE[$p]})
+      log "memory $p $kind: holding $MEM_CONNS idle mTLS connections"
+      hold_conns "$p" "$kind"
+      log "memory $p $kind: VmRSS $((MEM_BEFORE[$p/$kind] / 1024)) MiB before, $((MEM_HELD[$p/$kind] / 1024)) MiB" \
+        "with $MEM_CONNS held (${MEM_ALIVE[$p/$kind]} still open at the end)"
+      sleep "$PAUSE"
+    done
+    # Fresh proxies for the next kind, and for the load runs if any follow.
+    if [[ $kind != "$mem_last" || -n $MODES ]]; then
+      log "restarting the proxies"
+      stop_proxies "mem-$kind"
+      start_proxies
+    fi
+  done
+fi
 
 # ---------------------------------------------------------------- measuring
 
@@ -458,23 +625,30 @@ cpu_ticks() { # pids... -> utime+stime summed
   echo "$t"
 }
 hwm_kib() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
+# Resets VmHWM to the current VmRSS, so that a mode's peak is its own and not the
+# memory measurement's (Linux >= 4.0; without permission the peak is since start).
+HWM_RESET=yes
+reset_hwm() {
+  local pid
+  for pid in "$@"; do echo 5 2>/dev/null >"/proc/$pid/clear_refs" || HWM_RESET=no; done
+}
 
 LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
-if awk -v l="$LOAD_BEFORE" 'BEGIN {exit !(l > 0.5)}'; then
+if [[ -n $MODES ]] && awk -v l="$LOAD_BEFORE" 'BEGIN {exit !(l > 0.5)}'; then
   log "WARNING: load average is $LOAD_BEFORE before measuring: other work on this machine will skew the numbers"
 fi
-RESULTS=$WORK/results.tsv   # mode round proxy ok rps p50 p99 cpu_us non200 errors
+RESULTS=$WORK/results.tsv   # mode/response round proxy ok rps p50 p99 cpu_us non200 errors
 RSS=$WORK/rss.tsv           # mode proxy kib
 : >"$RESULTS"
 : >"$RSS"
 
-run_oha() { # proxy mode duration outfile
-  local p=$1 mode=$2 dur=$3 out=$4 secs
+run_oha() { # proxy mode response duration outfile
+  local p=$1 mode=$2 resp=$3 dur=$4 out=$5 secs
   local -a args=(--no-tui --output-format json -o "$out" -z "$dur" -c "$CONNS"
     --worker-threads "$OHA_THREADS" "${CLIENT_TLS[@]}")
   [[ $mode == newconn ]] && args+=(--disable-keepalive)
   secs=$(dur_secs "$dur")
-  pin "$TASKSET_OHA" timeout -k 5 $((secs + 60)) "$OHA" "${args[@]}" "https://127.0.0.1:${PORT[$p]}/bench/item" \
+  pin "$TASKSET_OHA" timeout -k 5 $((secs + 60)) "$OHA" "${args[@]}" "https://127.0.0.1:${PORT[$p]}${RESP_PATH[$resp]}" \
     >"$out.log" 2>&1 || { cat "$out.log" >&2; die "oha failed against $p"; }
   alive "$p" || { tail -n 30 "${LOGF[$p]}" >&2; die "$p died during the run"; }
 }
@@ -488,36 +662,43 @@ for mode in $MODES; do
     keepalive) log "mode keepalive: $CONNS keep-alive connections" ;;
     newconn) log "mode newconn: $CONNS concurrent clients, a new TLS connection per request" ;;
   esac
+  # shellcheck disable=SC2086
+  for p in "${proxy_list[@]}"; do reset_hwm ${MEASURE[$p]}; done
   if [[ $WARMUP != 0 ]]; then
     for p in "${proxy_list[@]}"; do
-      log "  warm-up $p ($WARMUP)"
-      run_oha "$p" "$mode" "$WARMUP" "$WORK/oha/$mode-warmup-$p.json"
+      for resp in $RESPONSES; do
+        log "  warm-up $p $resp ($WARMUP)"
+        run_oha "$p" "$mode" "$resp" "$WARMUP" "$WORK/oha/$mode-$resp-warmup-$p.json"
+      done
       sleep "$PAUSE"
     done
   fi
-  for ((r = 1; r <= ROUNDS; r++)); do
-    order=()
-    for ((i = 0; i < n_proxies; i++)); do order+=("${proxy_list[$(((i + slot) % n_proxies))]}"); done
-    slot=$((slot + 1))
-    for p in "${order[@]}"; do
-      out=$WORK/oha/$mode-r$r-$p.json
-      # shellcheck disable=SC2086
-      t0=$(cpu_ticks ${MEASURE[$p]})
-      run_oha "$p" "$mode" "$DURATION" "$out"
-      # shellcheck disable=SC2086
-      t1=$(cpu_ticks ${MEASURE[$p]})
-      row=$(jq -r --arg mode "$mode" --arg r "$r" --arg p "$p" --argjson ticks $((t1 - t0)) --argjson hz "$CLK_TCK" '
-        (.statusCodeDistribution["200"] // 0) as $ok
-        | ([.statusCodeDistribution | to_entries[] | select(.key != "200") | .value] | add // 0) as $non200
-        | ([.errorDistribution | to_entries[] | select(.key != "aborted due to deadline") | .value] | add // 0) as $errors
-        | [$mode, $r, $p, $ok, ($ok / .summary.total),
-           (.metrics.latency_ms.p50 // 0), (.metrics.latency_ms.p99 // 0),
-           (if $ok > 0 then $ticks / $hz * 1000000 / $ok else 0 end), $non200, $errors]
-        | @tsv' "$out")
-      printf '%s\n' "$row" >>"$RESULTS"
-      IFS=$'\t' read -r _ _ _ _ rps p50 p99 cpu non200 errors <<<"$row"
-      log "  round $r $p: $(printf '%.0f req/s  p50 %.2f ms  p99 %.2f ms  %.0f us CPU/req' "$rps" "$p50" "$p99" "$cpu")  non-200 $non200  errors $errors"
-      sleep "$PAUSE"
+  for resp in $RESPONSES; do
+    log "  response $resp (${RESP_LABEL[$resp]})"
+    for ((r = 1; r <= ROUNDS; r++)); do
+      order=()
+      for ((i = 0; i < n_proxies; i++)); do order+=("${proxy_list[$(((i + slot) % n_proxies))]}"); done
+      slot=$((slot + 1))
+      for p in "${order[@]}"; do
+        out=$WORK/oha/$mode-$resp-r$r-$p.json
+        # shellcheck disable=SC2086
+        t0=$(cpu_ticks ${MEASURE[$p]})
+        run_oha "$p" "$mode" "$resp" "$DURATION" "$out"
+        # shellcheck disable=SC2086
+        t1=$(cpu_ticks ${MEASURE[$p]})
+        row=$(jq -r --arg mode "$mode/$resp" --arg r "$r" --arg p "$p" --argjson ticks $((t1 - t0)) --argjson hz "$CLK_TCK" '
+          (.statusCodeDistribution["200"] // 0) as $ok
+          | ([.statusCodeDistribution | to_entries[] | select(.key != "200") | .value] | add // 0) as $non200
+          | ([.errorDistribution | to_entries[] | select(.key != "aborted due to deadline") | .value] | add // 0) as $errors
+          | [$mode, $r, $p, $ok, ($ok / .summary.total),
+             (.metrics.latency_ms.p50 // 0), (.metrics.latency_ms.p99 // 0),
+             (if $ok > 0 then $ticks / $hz * 1000000 / $ok else 0 end), $non200, $errors]
+          | @tsv' "$out")
+        printf '%s\n' "$row" >>"$RESULTS"
+        IFS=$'\t' read -r _ _ _ _ rps p50 p99 cpu non200 errors <<<"$row"
+        log "  $resp round $r $p: $(printf '%.0f req/s  p50 %.2f ms  p99 %.2f ms  %.0f us CPU/req' "$rps" "$p50" "$p99" "$cpu")  non-200 $non200  errors $errors"
+        sleep "$PAUSE"
+      done
     done
   done
   for p in "${proxy_list[@]}"; do
@@ -536,75 +717,166 @@ median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print 0; else if (NR % 
 col() { awk -F'\t' -v m="$1" -v p="$2" -v c="$3" '$1 == m && $3 == p {print $c}' "$RESULTS"; }
 sum_col() { col "$@" | awk '{s += $1} END {print s + 0}'; }
 
-cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p;T;q' /proc/cpuinfo)
 nginx_v=$("$NGINX" -v 2>&1 | sed 's|^nginx version: nginx/||')
-haproxy_v=$("$HAPROXY" -v 2>&1 | head -n1 | awk '{print $3}')
-oha_v=$("$OHA" --version | awk '{print $2}')
+haproxy_v=$("$HAPROXY" -v 2>&1 | awk 'NR == 1 {print $3}')
+oha_v="-"
+[[ -z $OHA ]] || oha_v=$("$OHA" --version | awk '{print $2}')
 openssl_v=$("$HAPROXY" -vv 2>/dev/null | sed -n 's/^Running on OpenSSL version : //p' | awk '{print $1, $2}')
 idgate_v="-"
-has_proxy idgate && idgate_v=$("$IDGATE_BIN" --version 2>/dev/null | head -n1 || echo "?")
+has_proxy idgate && idgate_v=$("$IDGATE_BIN" --version 2>/dev/null | awk 'NR == 1' || echo "?")
+
+# What each proxy logs in this run, and how many lines it wrote (nginx's last
+# 64 KiB may still sit in its buffer).
+declare -A LOGGING=() LOG_LINES=()
+if [[ $IDGATE_LOG == on ]]; then
+  LOGGING[idgate]="its defaults: \`[log]\` level \`info\`, text, one access line per request on standard output, redirected to a file"
+else
+  LOGGING[idgate]="\`[log] level = \"warn\"\`: no access log (\`IDGATE_LOG=off\`)"
+fi
+if [[ $PEER_LOG == on ]]; then
+  LOGGING[nginx]="\`access_log FILE combined buffer=64k\`"
+  LOGGING[haproxy]="\`log stdout format raw local0 info\` with \`option httplog\`, standard output redirected to a file (no syslog daemon)"
+else
+  LOGGING[nginx]="\`access_log off\`"
+  LOGGING[haproxy]="no \`log\` line"
+fi
+count_lines() { # file pattern: matching lines, 0 when there is no such file
+  if [[ -e $1 ]]; then grep -c -- "$2" "$1" || true; else echo 0; fi
+}
+LOG_LINES=([idgate]=$(count_lines "$WORK/idgate/idgate.log" 'idgate::access')
+  [nginx]=$(count_lines "$WORK/nginx/access.log" '')
+  [haproxy]=$(count_lines "$WORK/haproxy/access.log" ''))
+if [[ $IDGATE_LOG == on && $PEER_LOG == on ]]; then
+  LOG_TAG="everyone logging every request"
+elif [[ $IDGATE_LOG == off && $PEER_LOG == off ]]; then
+  LOG_TAG="no access logs (IDGATE_LOG=off)"
+else
+  LOG_TAG="idgate logging $IDGATE_LOG, nginx and HAProxy logging $PEER_LOG"
+fi
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+per_conn() { # proxy kind -> KiB per held connection: (VmRSS with them - VmRSS before) / MEM_CONNS
+  awk -v a="${MEM_HELD[$1/$2]:-0}" -v b="${MEM_BEFORE[$1/$2]:-0}" -v n="$MEM_CONNS" 'BEGIN {printf "%.1f", (a - b) / n}'
+}
 
 MD=$OUT_DIR/latest.md
-{
-  echo "### Run of $(date -u +'%Y-%m-%d %H:%M UTC')"
+report() {
+  echo "### Run of $(date -u +'%Y-%m-%d %H:%M UTC'): $LOG_TAG"
   echo
   echo "- machine: $(nproc) CPUs ($cpu_model), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r)"
-  echo "- versions: idgate \`$idgate_v\` (\`${IDGATE_BIN#"$REPO_DIR"/}\`), nginx $nginx_v, HAProxy $haproxy_v (nginx and HAProxy on ${openssl_v:-the system OpenSSL}), oha $oha_v"
+  echo "- versions: idgate \`$idgate_v\` (\`${IDGATE_BIN#"$REPO_DIR"/}\`), nginx $nginx_v, HAProxy $haproxy_v (nginx and HAProxy on ${openssl_v:-the system OpenSSL})${OHA:+, oha $oha_v}"
   echo "- load average (1 min) before / after the run: $LOAD_BEFORE / $(cut -d' ' -f1 /proc/loadavg)"
-  echo "- load: oha with $OHA_THREADS threads on the same machine, $CONNS connections, $DURATION per run, $ROUNDS interleaved rounds per mode (order rotated each round), ${WARMUP} warm-up; HTTP/1.1 GET, 11-byte JSON response"
+  [[ -z $MODES ]] || echo "- load: oha with $OHA_THREADS threads on the same machine, $CONNS connections, $DURATION per run, $ROUNDS interleaved rounds per mode and response (order rotated each round), ${WARMUP} warm-up; HTTP/1.1 GET"
+  [[ -z $MODES ]] || for resp in $RESPONSES; do echo "- response \`$resp\`: ${RESP_LABEL[$resp]} (\`${RESP_PATH[$resp]}\`)"; done
   for p in "${proxy_list[@]}"; do echo "- TLS with ${LABEL[$p]}: ${TLSINFO[$p]}"; done
+  for p in "${proxy_list[@]}"; do
+    if [[ -n $MODES ]]; then
+      echo "- logging, ${LABEL[$p]}: ${LOGGING[$p]}; ${LOG_LINES[$p]:-0} lines written during the load runs"
+    else
+      echo "- logging, ${LABEL[$p]}: ${LOGGING[$p]}"
+    fi
+  done
   for mode in $MODES; do
-    echo
-    case $mode in
-      keepalive) echo "#### Keep-alive: $CONNS persistent connections" ;;
-      newconn) echo "#### New connection per request: $CONNS concurrent clients (\`--disable-keepalive\`)" ;;
-    esac
-    echo
-    echo "| proxy | req/s (median) | p50 ms | p99 ms | peak RSS MiB | CPU µs/req | non-200 | errors |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-    declare -A M_RPS=() M_P99=()
+    for resp in $RESPONSES; do
+      c=$mode/$resp
+      echo
+      case $mode in
+        keepalive) echo "#### Keep-alive, $resp response: $CONNS persistent connections" ;;
+        newconn) echo "#### New connection per request, $resp response: $CONNS concurrent clients (\`--disable-keepalive\`)" ;;
+      esac
+      echo
+      echo "| proxy | req/s (median) | p50 ms | p99 ms | peak RSS MiB | CPU µs/req | non-200 | errors |"
+      echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+      declare -A M_RPS=() M_P99=()
+      for p in "${proxy_list[@]}"; do
+        rps=$(col "$c" "$p" 5 | median)
+        p50=$(col "$c" "$p" 6 | median)
+        p99=$(col "$c" "$p" 7 | median)
+        cpu=$(col "$c" "$p" 8 | median)
+        kib=$(awk -F'\t' -v m="$mode" -v p="$p" '$1 == m && $2 == p {print $3}' "$RSS")
+        M_RPS[$p]=$rps
+        M_P99[$p]=$p99
+        printf '| %s | %.0f | %.2f | %.2f | %.1f | %.0f | %s | %s |\n' "${LABEL[$p]}" "$rps" "$p50" "$p99" \
+          "$(mib "$kib")" "$cpu" "$(sum_col "$c" "$p" 9)" "$(sum_col "$c" "$p" 10)"
+      done
+      if has_proxy idgate; then
+        echo
+        for p in "${proxy_list[@]}"; do
+          [[ $p == idgate ]] && continue
+          awk -v a="${M_RPS[idgate]}" -v b="${M_RPS[$p]}" -v c="${M_P99[idgate]}" -v d="${M_P99[$p]}" -v n="${LABEL[$p]}" \
+            'BEGIN {printf "- idgate / %s: req/s ×%.2f, p99 ×%.2f\n", n, (b > 0 ? a / b : 0), (d > 0 ? c / d : 0)}'
+        done
+      fi
+      echo
+      printf 'req/s per round:'
+      for ((r = 1; r <= ROUNDS; r++)); do
+        printf ' r%d' "$r"
+        for p in "${proxy_list[@]}"; do
+          printf ' %s %.0f' "${LABEL[$p]}" "$(awk -F'\t' -v m="$c" -v r="$r" -v p="$p" '$1 == m && $2 == r && $3 == p {print $5}' "$RESULTS")"
+        done
+        if ((r < ROUNDS)); then printf ';'; fi
+      done
+      echo
+      unset M_RPS M_P99
+    done
+  done
+  echo
+  echo "#### Memory"
+  echo
+  if ((MEM_CONNS > 0)); then
+    echo "| proxy | VmRSS at start MiB | $MEM_CONNS held, TLS only: MiB | KiB per connection | $MEM_CONNS held, one request each: MiB | KiB per connection | still open |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     for p in "${proxy_list[@]}"; do
-      rps=$(col "$mode" "$p" 5 | median)
-      p50=$(col "$mode" "$p" 6 | median)
-      p99=$(col "$mode" "$p" 7 | median)
-      cpu=$(col "$mode" "$p" 8 | median)
-      kib=$(awk -F'\t' -v m="$mode" -v p="$p" '$1 == m && $2 == p {print $3}' "$RSS")
-      M_RPS[$p]=$rps
-      M_P99[$p]=$p99
-      printf '| %s | %.0f | %.2f | %.2f | %.1f | %.0f | %s | %s |\n' "${LABEL[$p]}" "$rps" "$p50" "$p99" \
-        "$(awk -v k="$kib" 'BEGIN {print k / 1024}')" "$cpu" "$(sum_col "$mode" "$p" 9)" "$(sum_col "$mode" "$p" 10)"
+      row="| ${LABEL[$p]} | $(mib "${RSS_START[$p]}")"
+      alive_all=""
+      for kind in $MEM_KINDS; do
+        row+=" | $(mib "${MEM_HELD[$p/$kind]}") | $(per_conn "$p" "$kind")"
+        alive_all+="${alive_all:+ / }${MEM_ALIVE[$p/$kind]}"
+      done
+      echo "$row | $alive_all |"
     done
     if has_proxy idgate; then
       echo
       for p in "${proxy_list[@]}"; do
         [[ $p == idgate ]] && continue
-        awk -v a="${M_RPS[idgate]}" -v b="${M_RPS[$p]}" -v c="${M_P99[idgate]}" -v d="${M_P99[$p]}" -v n="${LABEL[$p]}" \
-          'BEGIN {printf "- idgate / %s: req/s ×%.2f, p99 ×%.2f\n", n, (b > 0 ? a / b : 0), (d > 0 ? c / d : 0)}'
+        awk -v s="${RSS_START[idgate]}" -v t="${RSS_START[$p]}" -v a="$(per_conn idgate tls)" \
+          -v b="$(per_conn "$p" tls)" -v c="$(per_conn idgate http)" -v d="$(per_conn "$p" http)" -v n="${LABEL[$p]}" \
+          'BEGIN {printf "- idgate / %s: at start ×%.2f, per connection ×%.2f (TLS only) and ×%.2f (one request)\n",
+            n, (t > 0 ? s / t : 0), (b > 0 ? a / b : 0), (d > 0 ? c / d : 0)}'
       done
     fi
     echo
-    printf 'req/s per round:'
-    for ((r = 1; r <= ROUNDS; r++)); do
-      printf ' r%d' "$r"
-      for p in "${proxy_list[@]}"; do
-        printf ' %s %.0f' "${LABEL[$p]}" "$(awk -F'\t' -v m="$mode" -v r="$r" -v p="$p" '$1 == m && $2 == r && $3 == p {print $5}' "$RESULTS")"
-      done
-      if ((r < ROUNDS)); then printf ';'; fi
-    done
-    echo
-    unset M_RPS M_P99
-  done
+    echo "VmRSS at start is read once the proxy is ready, before any request. Then each proxy in"
+    echo "turn gets $MEM_CONNS mutual-TLS connections (from Python, 8 loopback source addresses)"
+    echo "that are left idle, first after the handshake alone, then, on freshly started proxies,"
+    echo "after one keep-alive request each. KiB per connection is (VmRSS with them held - VmRSS just"
+    echo "before) / $MEM_CONNS; \"still open\" counts, for each, the connections the proxy had not closed"
+    echo "when they were released. For nginx the figures are the worker's."
+    ! has_proxy idgate || echo "A ratio below 1 means idgate uses less."
+    [[ -z $MODES ]] || echo "The load runs use proxies started afresh after this."
+  else
+    echo "VmRSS at start (MiB, once ready, before any request):"
+    for p in "${proxy_list[@]}"; do printf ' %s %s' "${LABEL[$p]}" "$(mib "${RSS_START[$p]}")"; done
+    echo "; idle connections not measured (MEM_CONNS=0)."
+  fi
+  [[ -n $MODES ]] || return 0
   echo
-  echo "Peak RSS is VmHWM, the process's high-water mark since start: the figure after the"
-  echo "new-connection mode includes the keep-alive mode before it. For nginx it is the worker's"
+  if [[ $HWM_RESET == yes ]]; then
+    echo "Peak RSS is VmHWM, the process's high-water mark, reset when each mode starts: the mode's own"
+    echo "peak, or the memory the proxy kept from the mode before if that was higher. For nginx it is the worker's"
+  else
+    echo "Peak RSS is VmHWM, the process's high-water mark since start (it could not be reset here): it"
+    echo "includes the modes before. For nginx it is the worker's"
+  fi
   if [[ -n $NGINX_MASTER_PID ]]; then
-    echo "(the master's own peak was $(awk -v k="$(hwm_kib "$NGINX_MASTER_PID")" 'BEGIN {printf "%.1f", k / 1024}') MiB)."
+    echo "(the master's own peak was $(mib "$(hwm_kib "$NGINX_MASTER_PID")") MiB)."
   else
     echo "(the master is not counted)."
   fi
   echo "CPU µs/req is the proxy's user+system CPU time during the run divided by the 200 responses."
   echo "\"errors\" excludes oha's \"aborted due to deadline\" (requests in flight when a run ends)."
-} >"$MD"
+}
+report >"$MD"
 
 echo
 cat "$MD"

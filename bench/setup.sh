@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what bench/run.sh needs and is not part of the Rust build:
-# nginx and HAProxy (Debian packages), oha (crates.io), curl, openssl and jq.
+# nginx and HAProxy (Debian packages), oha (crates.io), curl, openssl, jq and
+# python3 (which holds the idle connections of the memory measurement).
 # Safe to run repeatedly: only missing tools are installed.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || need_apt+=(h
 command -v curl    >/dev/null 2>&1 || need_apt+=(curl)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v jq      >/dev/null 2>&1 || need_apt+=(jq)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 
 if ((${#need_apt[@]})); then
   sudo=()
@@ -25,4 +27,4 @@ if ! command -v oha >/dev/null 2>&1 && [[ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/
   echo "setup: installing oha with cargo (takes several minutes)" >&2
   cargo install oha --locked
 fi
-echo "setup: nginx, haproxy, oha, curl, openssl and jq are present" >&2
+echo "setup: nginx, haproxy, oha, curl, openssl, jq and python3 are present" >&2

@@ -1,11 +1,13 @@
 //! The public listener: TCP accept, the TLS handshake (where the client's SVID is verified),
-//! then HTTP/1.1 or HTTP/2 on the connection, every request through the pipeline.
+//! then HTTP/1.1 or HTTP/2 on the connection, every request through the pipeline. An
+//! HTTP/1.1 connection gets its HTTP state when its caller's first bytes arrive
+//! ([`first_bytes`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use idgate_config::ListenerConfig;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -26,6 +29,9 @@ use crate::pipeline::handle;
 use crate::send_timeout::{SendDeadline, Sending, StreamExecutor};
 use crate::service::Services;
 use crate::snapshot::Snapshot;
+use first_bytes::{Waited, first_bytes, until};
+
+mod first_bytes;
 
 /// What every connection task of the listener shares.
 pub(crate) struct ListenerShared {
@@ -250,10 +256,17 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
 ) {
     let accepted_at = tokio::time::Instant::now();
-    let handshake =
-        tokio::time::timeout(shared.config.handshake_timeout, shared.acceptor.accept(tcp)).await;
-    let tls = match handshake {
-        Ok(Ok(tls)) => tls,
+    // The connection's task lives as long as the connection and is as large as the largest
+    // state it passes through. The handshake's state (a TLS session being set up) is boxed
+    // and freed once done; the TLS session and hyper's connection are boxed once each, so
+    // the task holds pointers to them and not copies left behind by moves.
+    let handshake = Box::pin(tokio::time::timeout(
+        shared.config.handshake_timeout,
+        shared.acceptor.accept(tcp),
+    ))
+    .await;
+    let mut tls = match handshake {
+        Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(e)) => {
             tracing::info!(target: "idgate::tls", remote = %remote.ip(), error = %e, "TLS handshake refused");
             return;
@@ -271,9 +284,10 @@ async fn serve_connection(
     // Already verified in the handshake; this reads the ID back out of the leaf.
     let peer = leaf.and_then(|leaf| idgate_tls::leaf_spiffe_id(leaf).ok());
     let cert_thumbprint = leaf.map(|leaf| idgate_auth::issuer::cert_thumbprint(leaf));
-    let expires_in = leaf.and_then(|leaf| idgate_tls::not_after(leaf)).map(|t| {
-        t.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default()
+    let expires_at = leaf.and_then(|leaf| idgate_tls::not_after(leaf)).map(|t| {
+        tokio::time::Instant::now()
+            + t.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
     });
     let remote_ip = HeaderValue::from_str(&remote.ip().to_canonical().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
@@ -290,17 +304,52 @@ async fn serve_connection(
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     // HTTP/1.1 idleness is hyper's header read timeout; HTTP/2 requests are watched here.
     let activity = h2.then(|| Arc::new(Activity::new(accepted_at)));
+    let mut ends = Ends {
+        expires_at,
+        retire_at: shared
+            .config
+            .max_connection_age
+            .map(|age| accepted_at + age),
+        idle: activity.clone().map(|a| (a, shared.config.idle_timeout)),
+        first_request: None,
+        stop,
+        grace: shared.config.idle_timeout.max(MIN_GRACE),
+        remote,
+    };
+    let mut seen = None;
+    if !h2 {
+        let by = tokio::time::Instant::now() + shared.config.idle_timeout;
+        match first_bytes(&tls, by, &mut ends).await {
+            Waited::Arrived => {}
+            Waited::Closed => return,
+            Waited::GoingAway => {
+                let _ = tokio::time::timeout(shared.config.send_timeout, tls.shutdown()).await;
+                return;
+            }
+        }
+        // hyper's header read timeout starts now: the first request's head must still be
+        // in within idle_timeout of the handshake.
+        let flag = Arc::new(AtomicBool::new(false));
+        ends.first_request = Some((flag.clone(), by));
+        seen = Some(flag);
+    }
     let service_shared = shared.clone();
-    let service_activity = activity.clone();
+    let service_activity = activity;
     let closing = conn.clone();
     let service = service_fn(move |req| {
         let snapshot = service_shared.snapshot.load_full();
         let services = service_shared.services.clone();
         let conn = conn.clone();
         let activity = service_activity.clone();
+        if let Some(seen) = &seen {
+            seen.store(true, Ordering::Relaxed);
+        }
         async move {
             let _request = activity.as_ref().map(|a| a.begin());
-            let resp = handle(snapshot, conn, services, req).await;
+            // hyper keeps the room for this future in a box of its own for the connection's
+            // life: boxing the pipeline's (about 5 KiB) per request lets an idle connection
+            // hold only a pointer's worth. The allocation comes from the thread's free list.
+            let resp = Box::pin(handle(snapshot, conn, services, req)).await;
             Ok::<_, Infallible>(resp.map(Sending::new))
         }
     });
@@ -310,24 +359,13 @@ async fn serve_connection(
         shared.services.metrics.clone(),
         remote,
     );
-    let ends = Ends {
-        expires_in,
-        retire_at: shared
-            .config
-            .max_connection_age
-            .map(|age| accepted_at + age),
-        idle: activity.map(|a| (a, shared.config.idle_timeout)),
-        stop,
-        grace: shared.config.idle_timeout.max(MIN_GRACE),
-        remote,
-    };
     if h2 {
-        let connection = shared.http.h2.serve_connection(TokioIo::new(io), service);
+        let connection = Box::pin(shared.http.h2.serve_connection(TokioIo::new(io), service));
         drive(connection, |c| c.graceful_shutdown(), ends).await;
     } else {
         // Outside the send deadline: lingering reads, and the write side is already shut.
         let io = TokioIo::new(LingeringClose::new(io, closing, Bounds::DEFAULT));
-        let connection = shared.http.h1.serve_connection(io, service);
+        let connection = Box::pin(shared.http.h1.serve_connection(io, service));
         drive(connection, |c| c.graceful_shutdown(), ends).await;
     }
 }
@@ -386,8 +424,11 @@ struct Ends {
     /// HTTP/2: with no request for this long (keep-alive pings do not count), the
     /// connection is told to go away.
     idle: Option<(Arc<Activity>, Duration)>,
+    /// HTTP/1.1 whose hyper started after the caller's first bytes: set once a request has
+    /// begun, and the connection is closed if none has by then.
+    first_request: Option<(Arc<AtomicBool>, tokio::time::Instant)>,
     /// The client certificate's expiry: the connection is closed then, in-flight or not.
-    expires_in: Option<Duration>,
+    expires_at: Option<tokio::time::Instant>,
     /// `max_connection_age`: the connection finishes its in-flight requests and closes.
     retire_at: Option<tokio::time::Instant>,
     /// Shutdown: like retirement.
@@ -404,15 +445,16 @@ const MIN_GRACE: Duration = Duration::from_secs(30);
 /// certificate is valid: a keep-alive or HTTP/2 connection is closed when its client SVID
 /// expires. At `max_connection_age` or shutdown it is shut down gracefully: HTTP/1.1 closes
 /// after the response in flight, HTTP/2 sends GOAWAY and finishes its open streams.
-async fn drive<C, E>(connection: C, graceful: impl Fn(Pin<&mut C>), ends: Ends)
+async fn drive<C, E>(mut connection: Pin<Box<C>>, graceful: impl Fn(Pin<&mut C>), ends: Ends)
 where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     let Ends {
-        expires_in,
+        expires_at,
         retire_at,
         idle,
+        first_request,
         mut stop,
         grace,
         remote,
@@ -437,21 +479,19 @@ where
         }
     };
     let mut idle_check = pin!(idle_check);
-    let mut connection = pin!(connection);
-    let expiry = async {
-        match expires_in {
-            Some(d) => tokio::time::sleep(d).await,
+    let mut expiry = pin!(until(expires_at));
+    let mut retire = pin!(until(retire_at));
+    let mut first_request_due = first_request.is_some();
+    let first_request = async {
+        match &first_request {
+            Some((seen, by)) => {
+                tokio::time::sleep_until(*by).await;
+                seen.load(Ordering::Relaxed)
+            }
             None => std::future::pending().await,
         }
     };
-    let mut expiry = pin!(expiry);
-    let retire = async {
-        match retire_at {
-            Some(t) => tokio::time::sleep_until(t).await,
-            None => std::future::pending().await,
-        }
-    };
-    let mut retire = pin!(retire);
+    let mut first_request = pin!(first_request);
     let mut winding_down = false;
     if *stop.borrow_and_update() {
         graceful(connection.as_mut());
@@ -466,6 +506,13 @@ where
                     tracing::debug!(remote = %remote.ip(), error = %e, "connection ended with an error");
                 }
                 return;
+            }
+            seen = &mut first_request, if first_request_due => {
+                if !seen {
+                    tracing::debug!(remote = %remote.ip(), "no request head within idle_timeout of the handshake: closed");
+                    return;
+                }
+                first_request_due = false;
             }
             () = &mut expiry => {
                 tracing::info!(target: "idgate::tls", remote = %remote.ip(), "client certificate expired: connection closed");
@@ -518,14 +565,15 @@ mod tests {
     #[tokio::test]
     async fn a_retired_connection_that_never_finishes_is_closed_after_its_grace() {
         let (_stop_tx, stop) = watch::channel(false);
-        let told = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let told = Arc::new(AtomicBool::new(false));
         let told2 = told.clone();
         // A connection that ignores being told to finish, as a client stalling a response
         // would make it.
         let stuck = std::future::pending::<Result<(), Infallible>>();
         let ends = Ends {
             idle: None,
-            expires_in: None,
+            first_request: None,
+            expires_at: None,
             retire_at: Some(tokio::time::Instant::now() + Duration::from_millis(20)),
             stop,
             grace: Duration::from_millis(100),
@@ -534,7 +582,11 @@ mod tests {
         let started = Instant::now();
         tokio::time::timeout(
             Duration::from_secs(10),
-            drive(stuck, move |_| told2.store(true, Ordering::SeqCst), ends),
+            drive(
+                Box::pin(stuck),
+                move |_| told2.store(true, Ordering::SeqCst),
+                ends,
+            ),
         )
         .await
         .expect("the connection outlived its grace");

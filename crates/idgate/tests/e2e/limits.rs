@@ -157,3 +157,120 @@ async fn check_refuses_connection_limits_that_cannot_work() {
         );
     }
 }
+
+/// A TLS connection to `gw` as `ONBOARDING` speaking HTTP/1.1, and when its handshake ended.
+async fn h1_tls(
+    pki: &Pki,
+    gw: &Gateway,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    std::time::Instant,
+) {
+    let (cert, key) = pki.workload(ONBOARDING);
+    let config = tls_client_config(
+        &pki.files.bundle,
+        Some((&cert, &key)),
+        false,
+        rustls::DEFAULT_VERSIONS,
+    );
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    (tls, std::time::Instant::now())
+}
+
+/// Reads until the gateway ends the connection; returns what it sent.
+async fn until_closed(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tls.read(&mut buf).await {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_http1_connection_gets_idle_timeout_from_its_handshake_for_its_first_request_head() {
+    use tokio::io::AsyncWriteExt;
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let gw = gateway(&pki, &upstream, r#"idle_timeout = "2s""#).await;
+
+        // Silent after the handshake: closed at the idle timeout, not before.
+        let (mut silent, at) = h1_tls(&pki, &gw).await;
+        let got = until_closed(&mut silent).await;
+        let lived = at.elapsed();
+        assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+        assert!(
+            lived >= Duration::from_millis(1800) && lived < Duration::from_secs(4),
+            "a silent connection lived {lived:?}"
+        );
+
+        // Part of a head late in the idle timeout: it does not buy a fresh one.
+        let (mut partial, at) = h1_tls(&pki, &gw).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        partial
+            .write_all(b"GET /v1/anything HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let got = until_closed(&mut partial).await;
+        let lived = at.elapsed();
+        assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+        assert!(
+            lived < Duration::from_millis(3200),
+            "a connection with an unfinished head lived {lived:?}"
+        );
+
+        // A request sent after a pause is answered; so is one after a second pause that ends
+        // past the first request's deadline: later requests get the idle timeout afresh.
+        let (mut late, _) = h1_tls(&pki, &gw).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        late.write_all(b"GET /v1/anything HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            let n = tokio::io::AsyncReadExt::read(&mut late, &mut byte)
+                .await
+                .unwrap();
+            assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+            head.push(byte[0]);
+        }
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        let length: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no content-length: {text}"));
+        let mut body = vec![0u8; length];
+        tokio::io::AsyncReadExt::read_exact(&mut late, &mut body)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        late.write_all(
+            b"GET /v1/anything HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let got = until_closed(&mut late).await;
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    })
+    .await
+}
