@@ -205,7 +205,7 @@ async fn an_http1_connection_gets_idle_timeout_from_its_handshake_for_its_first_
     within(async {
         let pki = Pki::default_pki();
         let upstream = TestUpstream::http(UpstreamMode::Echo).await;
-        let gw = gateway(&pki, &upstream, r#"idle_timeout = "2s""#).await;
+        let gw = gateway(&pki, &upstream, toml::toml! { idle_timeout = "2s" }).await;
 
         // Silent after the handshake: closed at the idle timeout, not before.
         let (mut silent, at) = h1_tls(&pki, &gw).await;
