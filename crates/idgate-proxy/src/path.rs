@@ -205,6 +205,9 @@ fn canonical_text(path: &str) -> Result<Cow<'_, str>, PathError> {
             // `;` starts path parameters that servlet-style upstreams strip (`/..;/` is
             // `/../` to them); a backslash is a separator to some servers.
             b'\\' | b';' => return Err(PathError::Ambiguous),
+            // A NUL cuts the path short for C-string upstreams; it is refused written raw
+            // (templates) as it is escaped, so a canonical form never holds one.
+            0 => return Err(PathError::Ambiguous),
             0x80.. => return Err(PathError::Encoding(BadEncoding::NonAsciiPath)),
             c if !allowed_raw(c) => {
                 push_escape(changed(&mut out, path, i), c);
@@ -432,8 +435,16 @@ mod tests {
         ] {
             assert_eq!(canonical_template(t).unwrap(), want, "{t}");
         }
-        for bad in ["/a/../{id}", "/a//{id}", "/a%2F{id}", "/caf\u{e9}/{id}"] {
-            assert!(canonical_template(bad).is_err(), "{bad}");
+        for bad in [
+            "/a/../{id}",
+            "/a//{id}",
+            "/a%2F{id}",
+            "/caf\u{e9}/{id}",
+            // A raw NUL is refused as its escape is, so no canonical form holds `%00`.
+            "/api/e\0t/{id}",
+            "/api/e%00t/{id}",
+        ] {
+            assert!(canonical_template(bad).is_err(), "{bad:?}");
         }
     }
 
