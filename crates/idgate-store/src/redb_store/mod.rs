@@ -440,6 +440,25 @@ pub(crate) fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
     }
 }
 
+/// What the redb tests share: a fixed start time and a store in a fresh file.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::RedbStore;
+    use crate::DEFAULT_WAIT;
+
+    pub(crate) fn start() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    pub(crate) fn open() -> (tempfile::TempDir, RedbStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path().join("state.redb"), DEFAULT_WAIT).unwrap();
+        (dir, store)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

@@ -271,22 +271,12 @@ impl Ownership for RedbStore {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::UNIX_EPOCH;
 
     use redb::ReadableTableMetadata;
 
     use super::*;
+    use crate::redb_store::test_support::{open, start};
     use crate::{DEFAULT_WAIT, NewMessage, Queue, QueueName, QueueStats, StoreError, conformance};
-
-    fn start() -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
-    }
-
-    fn open() -> (tempfile::TempDir, RedbStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(dir.path().join("state.redb"), DEFAULT_WAIT).unwrap();
-        (dir, store)
-    }
 
     #[tokio::test]
     async fn meets_the_counter_contract() {
