@@ -137,7 +137,7 @@ impl StoredKey {
             v: 1,
             id: self.id.clone(),
             name: self.name.clone(),
-            hash: hex(&self.hash),
+            hash: idgate_codec::hex::encode(&self.hash),
             pepper_id: self.pepper_id.clone(),
             scopes: self.scopes.clone(),
             created_at: secs(self.created_at),
@@ -163,8 +163,8 @@ impl StoredKey {
         if r.id != id {
             return Err(corrupt("the record is stored under another id".into()));
         }
-        let hash =
-            unhex(&r.hash).ok_or_else(|| corrupt("the hash is not 32 bytes of hex".into()))?;
+        let hash = idgate_codec::hex::decode_array(&r.hash)
+            .ok_or_else(|| corrupt("the hash is not 32 bytes of hex".into()))?;
         Ok(Self {
             id: r.id,
             name: r.name,
@@ -218,14 +218,6 @@ fn time(secs: u64) -> SystemTime {
 /// A time as the store keeps it: whole seconds.
 pub(crate) fn truncate(t: SystemTime) -> SystemTime {
     time(secs(t))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    idgate_codec::hex::encode(bytes)
-}
-
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    idgate_codec::hex::decode_array(s)
 }
 
 /// A value that changes whenever the store's content may have changed, so that a reader can
@@ -480,6 +472,6 @@ pub(crate) mod tests {
         let k = key("abcd", "n");
         let shown = format!("{k:?}");
         assert!(!shown.contains("hash"), "{shown}");
-        assert!(!shown.contains(&hex(&k.hash)));
+        assert!(!shown.contains(&idgate_codec::hex::encode(&k.hash)));
     }
 }

@@ -58,10 +58,13 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
-fn random_hex(n: usize) -> String {
+/// `n` random bytes in hex, for the demo's API key and token PINs: a failing random source
+/// stops the demo rather than hand out a key of zeros.
+fn random_hex(n: usize) -> anyhow::Result<String> {
     let mut buf = vec![0u8; n];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf);
-    idgate_codec::hex::encode(&buf)
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
+        .map_err(|_| anyhow!("the system random source failed"))?;
+    Ok(idgate_codec::hex::encode(&buf))
 }
 
 pub(crate) fn run(keep_running: bool, port: Option<u16>) -> ExitCode {
@@ -123,7 +126,7 @@ async fn demo(keep_running: bool, port: Option<u16>) -> anyhow::Result<()> {
         2,
         "Storing the provider's API key where only the gateway can use it.",
     );
-    let api_key = format!("demo_{}", random_hex(16));
+    let api_key = format!("demo_{}", random_hex(16)?);
     let key_file = dir.join("provider-api-key");
     write_private(&key_file, api_key.as_bytes())?;
     let mut gateway_env: Vec<(&str, String)> = Vec::new();
@@ -311,8 +314,8 @@ fn store_in_softhsm(exe: &Path, dir: &Path, api_key: &str) -> anyhow::Result<(St
         &conf,
         format!("directories.tokendir = {}\n", tokens.display()),
     )?;
-    let pin = random_hex(8);
-    let so_pin = random_hex(8);
+    let pin = random_hex(8)?;
+    let so_pin = random_hex(8)?;
     let pin_file = dir.join("hsm-pin");
     write_private(&pin_file, pin.as_bytes())?;
     // The SO PIN goes through stdin; the user PIN through the file the gateway reads.
