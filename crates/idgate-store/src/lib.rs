@@ -11,7 +11,8 @@
 //! Backends: [`MemoryStore`] (tests, a single process; bounded, lost on exit) and
 //! [`RedbStore`] (the default: an embedded file, durable, shared by the gateway and the
 //! `idgate` CLI). A Redis backend for several replicas comes later behind the same traits;
-//! the `conformance` suites (feature `conformance`) are what it must pass.
+//! the `conformance` suites (feature `conformance`) are what it must pass. [`StateStore`]
+//! is whichever of them the configuration picks, with every trait statically dispatched.
 //!
 //! Time is passed in (`now`) rather than read, so that expiry is testable without sleeping
 //! and so that every replica's decision uses the same arithmetic. Expired entries are
@@ -25,6 +26,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod any;
 mod api_keys;
 mod blocking;
 mod counters;
@@ -40,6 +42,7 @@ pub mod conformance;
 
 use std::path::PathBuf;
 
+pub use any::StateStore;
 pub use api_keys::{AnyApiKeyStore, ApiKeyStore, KeyState, StoreVersion, StoredKey};
 pub use blocking::block_on;
 pub use counters::{Counters, GcraDecision, GcraLimit, WindowCount};
@@ -102,4 +105,6 @@ pub enum StoreError {
     LeaseLost(MessageId),
     #[error("the store's worker thread stopped: {0}")]
     Interrupted(String),
+    #[error("{what} is not built into this binary")]
+    Unsupported { what: &'static str },
 }
