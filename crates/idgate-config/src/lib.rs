@@ -14,6 +14,7 @@ mod error;
 mod identity;
 mod listener;
 mod log;
+mod network;
 mod proxies;
 mod raw;
 mod routes;
@@ -36,10 +37,11 @@ pub use duration::{DurationError, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use identity::IdentityConfig;
 pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
-pub use listener::{ClientAuth, ListenerConfig};
+pub use listener::{ClientAuth, ListenerConfig, ProxyProtocolConfig};
 pub use log::{LogConfig, LogFilterError, LogFormat, check_log_filter};
+pub use network::{CidrRules, NetworkConfig, UserAgentPattern, UserAgentPatternError};
 pub use proxies::{TrustedProxies, TrustedProxyError};
-pub use routes::{RouteConfig, body_needs_opt_in};
+pub use routes::{RouteConfig, RouteNetwork, body_needs_opt_in};
 pub use routing::fold_template;
 pub use upstreams::{ClientKind, UpstreamConfig};
 
@@ -59,6 +61,8 @@ pub struct Config {
     pub token_endpoint: Option<TokenEndpointConfig>,
     /// Where Vault is and how to log in, for `vault:` references.
     pub vault: Option<vault::VaultConfig>,
+    /// `[network]`: address and user-agent rules for every caller.
+    pub network: NetworkConfig,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
 }
@@ -75,6 +79,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "jwt_issuers",
     "token_endpoint",
     "vault",
+    "network",
 ];
 
 fn default_workers() -> usize {
@@ -200,6 +205,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             ));
         }
     }
+    let network = match table.remove("network") {
+        None => Some(NetworkConfig::default()),
+        Some(v) => cx
+            .section::<raw::Network>("network", v)
+            .map(|n| network::parse(&mut cx, n)),
+    };
     let vault = vault::section(&mut cx, &mut table, text, &mut warnings);
     if let Some(a) = &admin
         && !a.bind.ip().is_loopback()
@@ -285,8 +296,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         }
     }
 
-    match (listener, identity, admin, log) {
-        (Some(listener), Some(identity), Some(admin), Some(log)) if cx.errors.is_empty() => {
+    match (listener, identity, admin, log, network) {
+        (Some(listener), Some(identity), Some(admin), Some(log), Some(network))
+            if cx.errors.is_empty() =>
+        {
             Ok(Config {
                 file: file.to_owned(),
                 workers,
@@ -300,6 +313,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 jwt_issuers,
                 token_endpoint,
                 vault,
+                network,
                 warnings,
             })
         }

@@ -28,6 +28,7 @@ use crate::service::Services;
 use crate::snapshot::Snapshot;
 use drive::{Activity, Ends, MIN_GRACE, drive};
 use first_bytes::{Waited, first_bytes};
+use limits::{PerKey, RefusalLog};
 
 pub(crate) use accept::accept_loop;
 
@@ -35,6 +36,7 @@ mod accept;
 mod drive;
 mod first_bytes;
 mod limits;
+mod proxy_header;
 
 /// What every connection task of the listener shares.
 pub(crate) struct ListenerShared {
@@ -46,6 +48,11 @@ pub(crate) struct ListenerShared {
     /// One permit per open connection, `max_connections` in all: when every permit is
     /// back, every connection has ended.
     pub(crate) connections: Arc<Semaphore>,
+    /// Open connections per client address (`max_connections_per_ip`).
+    per_ip: Arc<PerKey<std::net::IpAddr>>,
+    /// Open connections per SPIFFE ID (`max_connections_per_identity`).
+    per_identity: Arc<PerKey<idgate_tls::SpiffeId>>,
+    refusals: RefusalLog,
 }
 
 impl ListenerShared {
@@ -61,6 +68,9 @@ impl ListenerShared {
             services,
             acceptor,
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            per_ip: PerKey::new(config.max_connections_per_ip),
+            per_identity: PerKey::new(config.max_connections_per_identity),
+            refusals: RefusalLog::default(),
             config,
         }
     }
@@ -89,6 +99,7 @@ fn http_builder(cfg: &ListenerConfig, metrics: &Arc<Metrics>) -> HttpBuilders {
         // Also bounds how long an idle keep-alive connection may wait for its next request.
         .header_read_timeout(cfg.idle_timeout)
         .max_buf_size(cfg.max_header_bytes.max(8192))
+        .max_headers(cfg.max_header_count)
         .keep_alive(true);
     // Each stream's task is watched for a response the caller's window holds up.
     let mut h2 = http2::Builder::new(StreamExecutor {
@@ -97,15 +108,18 @@ fn http_builder(cfg: &ListenerConfig, metrics: &Arc<Metrics>) -> HttpBuilders {
     });
     h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(100)
+        .max_concurrent_streams(cfg.max_concurrent_streams)
         .keep_alive_interval(Some(cfg.idle_timeout))
         .keep_alive_timeout(Duration::from_secs(20));
     HttpBuilders { h1, h2 }
 }
 
+/// Serves one admitted connection. `remote` is the client's address: the peer's, or the one
+/// a load balancer at `via` named in its PROXY header.
 async fn serve_connection(
     tcp: TcpStream,
     remote: std::net::SocketAddr,
+    via: Option<std::net::SocketAddr>,
     shared: Arc<ListenerShared>,
     stop: watch::Receiver<bool>,
 ) {
@@ -137,6 +151,24 @@ async fn serve_connection(
         .and_then(|chain| chain.first());
     // Already verified in the handshake; this reads the ID back out of the leaf.
     let peer = leaf.and_then(|leaf| idgate_tls::leaf_spiffe_id(leaf).ok());
+    // One workload may hold only its share of the connections, whatever address it comes
+    // from: many workloads behind one load balancer each get theirs.
+    let _identity_slot = match &peer {
+        Some(id) => match shared.per_identity.acquire(id) {
+            Some(slot) => Some(slot),
+            None => {
+                shared.refuse(
+                    remote.ip(),
+                    "max_connections_per_identity",
+                    "after the handshake",
+                );
+                tracing::debug!(peer = %id, "max_connections_per_identity reached: closed");
+                let _ = tokio::time::timeout(shared.config.send_timeout, tls.shutdown()).await;
+                return;
+            }
+        },
+        None => None,
+    };
     let cert_thumbprint = leaf.map(|leaf| idgate_auth::issuer::cert_thumbprint(leaf));
     let expires_at = leaf.and_then(|leaf| idgate_tls::not_after(leaf)).map(|t| {
         tokio::time::Instant::now()
@@ -148,6 +180,7 @@ async fn serve_connection(
     let conn = Arc::new(ConnInfo {
         peer,
         remote,
+        via,
         remote_ip,
         trusted_proxy: shared.config.trusted_proxies.contains(remote.ip()),
         cert_thumbprint,
@@ -182,9 +215,11 @@ async fn serve_connection(
             }
         }
         // hyper's header read timeout starts now: the first request's head must still be
-        // in within idle_timeout of the handshake.
+        // in within idle_timeout of the handshake, and within header_timeout of its first
+        // bytes (a head trickled in byte by byte holds a connection no longer).
         let flag = Arc::new(AtomicBool::new(false));
-        ends.first_request = Some((flag.clone(), by));
+        let head_by = by.min(tokio::time::Instant::now() + shared.config.header_timeout);
+        ends.first_request = Some((flag.clone(), head_by));
         seen = Some(flag);
     }
     let service_shared = shared.clone();

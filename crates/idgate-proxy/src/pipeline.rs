@@ -41,6 +41,7 @@ use hyper::body::Incoming;
 use idgate_auth::Principal;
 
 use crate::access_log::Decision;
+use crate::admission;
 use crate::authn;
 use crate::body::ProxyBody;
 use crate::checks;
@@ -81,10 +82,12 @@ async fn stages(
     mut req: http::request::Parts,
 ) -> Result<Response<ProxyBody>, Refusal> {
     path::canonicalize(&mut req.uri)?;
+    admission::on_arrival(ctx, &req)?;
     let route = match built_in(ctx, &req) {
         Some(route) => route,
         None => route(ctx, &req)?,
     };
+    admission::on_route(ctx, route, &req)?;
     let upstream = match route.target {
         Target::TokenEndpoint => return token_endpoint(ctx, &req).await,
         Target::Upstream(i) => ctx.snapshot.upstreams.get(i).ok_or(Refusal::Internal {

@@ -64,6 +64,16 @@ pub enum Refusal {
     Internal {
         reason: String,
     },
+    /// The client's address or user agent is refused by `[network]` or the route's rules.
+    ForbiddenNetwork {
+        reason: &'static str,
+    },
+    /// More header fields than `listener.max_header_count`.
+    TooManyHeaders {
+        limit: usize,
+    },
+    /// The caller stopped sending its body for `listener.body_timeout`.
+    BodyTimeout,
 }
 
 impl From<PathError> for Refusal {
@@ -105,6 +115,9 @@ pub enum ProblemKind {
         status: StatusCode,
         error: &'static str,
     },
+    ForbiddenNetwork,
+    TooManyHeaders,
+    BodyTimeout,
 }
 
 impl ProblemKind {
@@ -173,6 +186,21 @@ impl ProblemKind {
                 title,
             } => (status, slug, title),
             Self::OAuth { status, error } => (status, error, "Token request refused"),
+            Self::ForbiddenNetwork => (
+                StatusCode::FORBIDDEN,
+                "forbidden-network",
+                "Client network or user agent not allowed",
+            ),
+            Self::TooManyHeaders => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too-many-headers",
+                "Too many header fields",
+            ),
+            Self::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Request body too slow",
+            ),
         }
     }
 
@@ -271,6 +299,9 @@ impl Refusal {
             Self::UpstreamBusy { .. } => ProblemKind::UpstreamBusy,
             Self::CredentialUnavailable { .. } => ProblemKind::CredentialUnavailable,
             Self::Internal { .. } => ProblemKind::Internal,
+            Self::ForbiddenNetwork { .. } => ProblemKind::ForbiddenNetwork,
+            Self::TooManyHeaders { .. } => ProblemKind::TooManyHeaders,
+            Self::BodyTimeout => ProblemKind::BodyTimeout,
         }
     }
 
@@ -278,6 +309,17 @@ impl Refusal {
     fn detail(&self) -> Cow<'static, str> {
         Cow::Borrowed(match self {
             Self::Auth(f) => return Cow::Owned(f.detail()),
+            Self::TooManyHeaders { limit } => {
+                return Cow::Owned(format!(
+                    "The request has more than {limit} header fields; send fewer."
+                ));
+            }
+            Self::ForbiddenNetwork { .. } => {
+                "Requests from this client address or user agent are not accepted here."
+            }
+            Self::BodyTimeout => {
+                "The request body stopped arriving before it was complete. Retry with the whole body."
+            }
             Self::BodyNotAllowed { method } => {
                 return Cow::Owned(format!(
                     "This route takes no request body with {method}; send the request without one (Content-Length: 0 is fine)."
