@@ -1,7 +1,8 @@
 //! The checks a request meets before anyone is authenticated, cheap and decided on what it
-//! arrived with: how many header fields it has (`listener.max_header_count`), its client
-//! address and user agent against `[network]` and the route's rules, and a body length
-//! announced past the route's `max_body_bytes` (refused before any of it is read or sent).
+//! arrived with: how many header fields it has and their size (`listener.max_header_count`,
+//! `max_header_bytes`), its client address and user agent against `[network]` and the
+//! route's rules, and a body length announced past the route's `max_body_bytes` (refused
+//! before any of it is read or sent).
 
 use http::header::{CONTENT_LENGTH, USER_AGENT};
 use http::request::Parts;
@@ -17,6 +18,17 @@ pub(crate) fn on_arrival(ctx: &RequestCtx<'_>, req: &Parts) -> Result<(), Refusa
     // HTTP/1.1 heads over the limit never get here (hyper answers 431); HTTP/2 ones do.
     if req.headers.len() > limit {
         return Err(Refusal::TooManyHeaders { limit });
+    }
+    // hyper's HTTP/1.1 buffer cannot be under 8 KiB, so a smaller limit is checked here;
+    // sizes are counted as HTTP/2 does (RFC 9113 §6.5.2: name, value and 32 per field).
+    let limit = ctx.snapshot.request_limits.max_header_bytes;
+    let size: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 32)
+        .sum();
+    if size > limit {
+        return Err(Refusal::HeadersTooLarge { limit });
     }
     user_agent(&ctx.snapshot.network.deny_user_agents, req, "network")
 }

@@ -74,6 +74,10 @@ pub enum Refusal {
     },
     /// The caller stopped sending its body for `listener.body_timeout`.
     BodyTimeout,
+    /// The header fields add up to more than `listener.max_header_bytes`.
+    HeadersTooLarge {
+        limit: usize,
+    },
 }
 
 impl From<PathError> for Refusal {
@@ -118,6 +122,7 @@ pub enum ProblemKind {
     ForbiddenNetwork,
     TooManyHeaders,
     BodyTimeout,
+    HeadersTooLarge,
 }
 
 impl ProblemKind {
@@ -200,6 +205,11 @@ impl ProblemKind {
                 StatusCode::REQUEST_TIMEOUT,
                 "body-timeout",
                 "Request body too slow",
+            ),
+            Self::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                "Header fields too large",
             ),
         }
     }
@@ -302,6 +312,7 @@ impl Refusal {
             Self::ForbiddenNetwork { .. } => ProblemKind::ForbiddenNetwork,
             Self::TooManyHeaders { .. } => ProblemKind::TooManyHeaders,
             Self::BodyTimeout => ProblemKind::BodyTimeout,
+            Self::HeadersTooLarge { .. } => ProblemKind::HeadersTooLarge,
         }
     }
 
@@ -312,6 +323,11 @@ impl Refusal {
             Self::TooManyHeaders { limit } => {
                 return Cow::Owned(format!(
                     "The request has more than {limit} header fields; send fewer."
+                ));
+            }
+            Self::HeadersTooLarge { limit } => {
+                return Cow::Owned(format!(
+                    "The request's header fields add up to more than {limit} bytes; send less."
                 ));
             }
             Self::ForbiddenNetwork { .. } => {

@@ -97,6 +97,8 @@ pub struct Snapshot {
 pub struct RequestLimits {
     /// `listener.max_header_count`.
     pub max_header_count: usize,
+    /// `listener.max_header_bytes`.
+    pub max_header_bytes: usize,
     /// `listener.body_timeout`.
     pub body_timeout: std::time::Duration,
 }
@@ -190,6 +192,7 @@ impl Snapshot {
                 network: config.network.clone(),
                 request_limits: RequestLimits {
                     max_header_count: config.listener.max_header_count,
+                    max_header_bytes: config.listener.max_header_bytes,
                     body_timeout: config.listener.body_timeout,
                 },
             }),

@@ -24,6 +24,7 @@ mod paths;
 mod principals;
 mod proxy;
 mod ready;
+mod request_limits;
 mod rotation;
 mod slow_clients;
 mod smoke;
