@@ -5,10 +5,13 @@
 //!                              bundle of its own trust domain → peer SPIFFE ID
 //!   1. path       rewrite the path into its one canonical form (path.rs); refuse paths
 //!                 that could still be read differently here and upstream         (400)
+//!      admission  (admission.rs) header count and size, [network] user agents (431 / 403)
 //!   2. built-in   a built-in target's paths (the token endpoint and its discovery
 //!                 documents, when configured) → its route
 //!   3. route      method + path template → route and its path parameters
 //!                                                      (404 / 405, before any auth detail)
+//!      admission  the route's address and user-agent rules; a Content-Length past its
+//!                 max_body_bytes                                        (403 / 413)
 //!      the route's target: the token endpoint answers here; an upstream goes on
 //!   4. authenticate  the route's layers — mtls, api_key, jwt, or any of several —
 //!                 → one Caller                         (401 with a challenge, or 400)
