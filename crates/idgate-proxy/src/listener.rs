@@ -37,6 +37,7 @@ mod drive;
 mod first_bytes;
 mod limits;
 mod proxy_header;
+mod shed;
 
 /// What every connection task of the listener shares.
 pub(crate) struct ListenerShared {
@@ -53,6 +54,8 @@ pub(crate) struct ListenerShared {
     /// Open connections per SPIFFE ID (`max_connections_per_identity`).
     per_identity: Arc<PerKey<idgate_tls::SpiffeId>>,
     refusals: RefusalLog,
+    /// Connections over `max_connections` being answered 503 (see `shed.rs`).
+    shedding: Arc<Semaphore>,
 }
 
 impl ListenerShared {
@@ -71,6 +74,7 @@ impl ListenerShared {
             per_ip: PerKey::new(config.max_connections_per_ip),
             per_identity: PerKey::new(config.max_connections_per_identity),
             refusals: RefusalLog::default(),
+            shedding: Arc::new(Semaphore::new(shed::SHED_SLOTS)),
             config,
         }
     }

@@ -123,6 +123,8 @@ pub enum ProblemKind {
     TooManyHeaders,
     BodyTimeout,
     HeadersTooLarge,
+    /// Over `listener.max_connections`: answered by the listener, outside the pipeline.
+    Overloaded,
 }
 
 impl ProblemKind {
@@ -210,6 +212,11 @@ impl ProblemKind {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers-too-large",
                 "Header fields too large",
+            ),
+            Self::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Gateway at its connection limit",
             ),
         }
     }

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::limits::{Admission, Slot, source_key};
-use super::{ListenerShared, proxy_header, serve_connection};
+use super::{ListenerShared, proxy_header, serve_connection, shed};
 
 /// Accepts connections until `stop` turns true; each connection is told to finish when it
 /// does.
@@ -35,7 +35,22 @@ pub(crate) async fn accept_loop(
         };
         let ip = remote.ip().to_canonical();
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-            shared.refuse(ip, "max_connections", "at accept");
+            // Over the limit: a few at a time get a quick 503 (never a denied network, nor
+            // a balancer's connection, whose client is not known yet); the rest are closed.
+            let direct = !shared
+                .config
+                .proxy_protocol
+                .as_ref()
+                .is_some_and(|p| p.from_balancer(ip));
+            if direct
+                && shared.snapshot.load().network.cidrs.permits(ip)
+                && let Ok(slot) = shared.shedding.clone().try_acquire_owned()
+            {
+                shared.refuse(ip, "max_connections_shed", "at accept");
+                tokio::spawn(shed::shed(tcp, ip, shared.clone(), slot));
+            } else {
+                shared.refuse(ip, "max_connections", "at accept");
+            }
             continue;
         };
         let _ = tcp.set_nodelay(true);

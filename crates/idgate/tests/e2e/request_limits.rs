@@ -203,3 +203,44 @@ async fn a_stalled_body_gets_408_and_a_trickled_head_is_closed() {
     })
     .await
 }
+
+#[tokio::test]
+async fn over_max_connections_an_http1_client_gets_a_quick_503_and_the_gateway_goes_on() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let gw = gateway(&pki, &upstream, toml::toml! { max_connections = 2 }).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let mut first = client.connect().await.unwrap();
+        let mut second = client.connect().await.unwrap();
+        assert_eq!(first.send("GET", PATH, &[], "").await.unwrap().status, 200);
+        assert_eq!(second.send("GET", PATH, &[], "").await.unwrap().status, 200);
+
+        let r = client.get(PATH).await.unwrap();
+        assert_eq!(r.status, 503, "{:?}", r.body);
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert_eq!(r.json()["type"], "https://idgate.dev/problems/overloaded");
+        // HTTP/2 gets no answer of its own: closed after its handshake (shed all the same).
+        let h2 = Client::new(&pki, Some(ONBOARDING), gw.port, true);
+        assert!(h2.get(PATH).await.is_err());
+        assert_eq!(
+            upstream.requests().len(),
+            2,
+            "a shed request reached the upstream"
+        );
+
+        let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
+        assert!(
+            metrics
+                .contains(r#"idgate_connections_refused_total{reason="max_connections_shed"} 2"#),
+            "{metrics}"
+        );
+        drop(first);
+        crate::assert_eventually!(
+            client.get(PATH).await.is_ok_and(|r| r.status == 200),
+            "no connection served after one closed"
+        );
+        assert_eq!(second.send("GET", PATH, &[], "").await.unwrap().status, 200);
+    })
+    .await
+}
