@@ -166,6 +166,16 @@ async fn a_balancer_names_the_real_client_in_v1_and_v2_and_must_send_a_header() 
             "a slow header held its connection: {read:?}"
         );
 
+        // The access log names the client the balancer named, not the balancer.
+        let remotes: Vec<String> = log_lines(&gw, "idgate::access", "request")
+            .iter()
+            .filter_map(|l| l.get("remote").and_then(|r| r.as_str()).map(str::to_owned))
+            .collect();
+        for client in ["192.0.2.7", "198.51.100.9", "2001:db8::7", "127.0.0.2"] {
+            assert!(remotes.iter().any(|r| r == client), "{client}: {remotes:?}");
+        }
+        assert!(!remotes.iter().any(|r| r == "127.0.0.1"), "{remotes:?}");
+
         let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
         for reason in ["proxy_header_malformed", "proxy_header_timeout"] {
             assert!(
@@ -323,4 +333,99 @@ async fn one_identity_at_its_cap_does_not_lock_out_another_behind_the_same_balan
         );
     })
     .await
+}
+
+#[test]
+fn check_refuses_network_rules_and_caps_that_cannot_work() {
+    let pki = Pki::default_pki();
+    for (listener, network, route, key, reason) in [
+        (
+            toml::toml! { proxy_protocol = { from = [] } },
+            toml::Table::new(),
+            toml::Table::new(),
+            "listener.proxy_protocol.from",
+            "list the load balancers",
+        ),
+        (
+            toml::toml! { proxy_protocol = { from = ["10.0.0.1/8"] } },
+            toml::Table::new(),
+            toml::Table::new(),
+            "listener.proxy_protocol.from[0]",
+            "bits set past its prefix length",
+        ),
+        (
+            toml::toml! {
+                max_connections = 10
+                max_connections_per_identity = 11
+            },
+            toml::Table::new(),
+            toml::Table::new(),
+            "listener.max_connections_per_identity",
+            "must not be more than listener.max_connections",
+        ),
+        (
+            toml::toml! { max_header_count = 0 },
+            toml::Table::new(),
+            toml::Table::new(),
+            "listener.max_header_count",
+            "between 1 and 10000",
+        ),
+        (
+            toml::Table::new(),
+            toml::toml! { deny = ["10.0.0.0/8", "not-a-network"] },
+            toml::Table::new(),
+            "network.deny[1]",
+            "not an address or a CIDR",
+        ),
+        (
+            toml::Table::new(),
+            toml::toml! { deny_user_agents = ["**"] },
+            toml::Table::new(),
+            "network.deny_user_agents[0]",
+            "would refuse every caller",
+        ),
+        (
+            toml::Table::new(),
+            toml::Table::new(),
+            toml::toml! { deny_user_agents = ["bad\tx"] },
+            "routes[0].deny_user_agents[0]",
+            "visible ASCII",
+        ),
+        (
+            toml::Table::new(),
+            toml::Table::new(),
+            toml::toml! { allow_cidrs = ["::ffff:10.0.0.0/9"] },
+            "routes[0].allow_cidrs[0]",
+            "bits set past its prefix length",
+        ),
+        (
+            toml::Table::new(),
+            toml::Table::new(),
+            toml::toml! { max_body_bytes = 0 },
+            "routes[0].max_body_bytes",
+            "must be more than zero",
+        ),
+    ] {
+        let mut config = base_config(&pki)
+            .upstream(UpstreamSpec::new("u", "http://127.0.0.1:9"))
+            .route(RouteSpec::get("r", "/x", "u"));
+        config.listener.extra = listener.clone();
+        config.routes[0].extra = route.clone();
+        if !network.is_empty() {
+            config = config.section("network", network.clone());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idgate.toml");
+        std::fs::write(&path, config.to_toml()).unwrap();
+        let (code, out, err) = run(std::process::Command::new(bin())
+            .arg("check")
+            .arg("--config")
+            .arg(&path));
+        let all = format!("{out}{err}");
+        assert_eq!(code, 2, "{key}: {all}");
+        assert!(
+            all.contains(&format!("{key}: ")) && all.contains(reason),
+            "{key}: {all}"
+        );
+    }
 }
