@@ -1,6 +1,7 @@
 //! What a connection established, shared by all its requests: the peer's SPIFFE ID, its
-//! address, whether it is a trusted proxy, its certificate's thumbprint, and the flag by
-//! which a request asks the connection to linger on close.
+//! client's address (and the load balancer's it came through), whether it is a trusted
+//! proxy, its certificate's thumbprint, and the flag by which a request asks the connection
+//! to linger on close.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,8 @@
-//! The public listener: TCP accept, the TLS handshake (where the client's SVID is verified),
-//! then HTTP/1.1 or HTTP/2 on the connection, every request through the pipeline. An
-//! HTTP/1.1 connection gets its HTTP state when its caller's first bytes arrive
-//! ([`first_bytes`]).
+//! The public listener: TCP accept and admission ([`accept`]: connection caps, network
+//! rules, a load balancer's PROXY header, load shedding), the TLS handshake (where the
+//! client's SVID is verified, then its identity's connection cap), then HTTP/1.1 or HTTP/2
+//! on the connection, every request through the pipeline. An HTTP/1.1 connection gets its
+//! HTTP state when its caller's first bytes arrive ([`first_bytes`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
