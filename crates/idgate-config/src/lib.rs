@@ -14,6 +14,7 @@ mod error;
 mod identity;
 mod listener;
 mod log;
+mod network;
 mod proxies;
 mod raw;
 mod routes;
@@ -37,10 +38,11 @@ pub use duration::{DurationError, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use identity::IdentityConfig;
 pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
-pub use listener::{ClientAuth, ListenerConfig};
+pub use listener::{ClientAuth, ListenerConfig, ProxyProtocolConfig};
 pub use log::{LogConfig, LogFilterError, LogFormat, check_log_filter};
+pub use network::{CidrRules, NetworkConfig, UserAgentPattern, UserAgentPatternError};
 pub use proxies::{TrustedProxies, TrustedProxyError};
-pub use routes::{RouteConfig, body_needs_opt_in};
+pub use routes::{RouteConfig, RouteNetwork, body_needs_opt_in};
 pub use routing::fold_template;
 pub use state::{RedisConfig, RedisNodes, StateBackend};
 pub use upstreams::{ClientKind, UpstreamConfig};
@@ -63,6 +65,8 @@ pub struct Config {
     pub vault: Option<vault::VaultConfig>,
     /// Where shared state (counters, lockouts, ownership, the outbox) is kept.
     pub state: StateBackend,
+    /// `[network]`: address and user-agent rules for every caller.
+    pub network: NetworkConfig,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
 }
@@ -80,6 +84,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "token_endpoint",
     "vault",
     "state",
+    "network",
 ];
 
 fn default_workers() -> usize {
@@ -205,6 +210,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             ));
         }
     }
+    let network = match table.remove("network") {
+        None => Some(NetworkConfig::default()),
+        Some(v) => cx
+            .section::<raw::Network>("network", v)
+            .map(|n| network::parse(&mut cx, n)),
+    };
     let vault = vault::section(&mut cx, &mut table, text, &mut warnings);
     let state = match table.remove("state") {
         None => StateBackend::default(),
@@ -296,8 +307,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         }
     }
 
-    match (listener, identity, admin, log) {
-        (Some(listener), Some(identity), Some(admin), Some(log)) if cx.errors.is_empty() => {
+    match (listener, identity, admin, log, network) {
+        (Some(listener), Some(identity), Some(admin), Some(log), Some(network))
+            if cx.errors.is_empty() =>
+        {
             Ok(Config {
                 file: file.to_owned(),
                 workers,
@@ -312,6 +325,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 token_endpoint,
                 vault,
                 state,
+                network,
                 warnings,
             })
         }

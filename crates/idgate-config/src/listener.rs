@@ -37,6 +37,34 @@ pub struct ListenerConfig {
     /// Proxies whose `x-forwarded-for` (and other forwarding headers) are passed on; from
     /// any other peer they are replaced by the peer's own address.
     pub trusted_proxies: TrustedProxies,
+    /// Load balancers that announce their client with a PROXY protocol header.
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
+    /// Open connections of one SPIFFE ID, counted after the handshake.
+    pub max_connections_per_identity: usize,
+    /// Header fields of one request (HTTP/1.1 and HTTP/2): more are answered 431.
+    pub max_header_count: usize,
+    /// From an HTTP/1.1 connection's first bytes to its first complete request head.
+    pub header_timeout: Duration,
+    /// The longest wait for the next piece of a request body being forwarded.
+    pub body_timeout: Duration,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+}
+
+/// `listener.proxy_protocol`: connections from `from` must start with a PROXY protocol
+/// header (v1 or v2), read within `timeout`; from any other address none is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocolConfig {
+    pub from: Vec<ipnet::IpNet>,
+    pub timeout: Duration,
+}
+
+impl ProxyProtocolConfig {
+    /// Whether a connection from `ip` comes through a configured load balancer.
+    pub fn from_balancer(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.from.iter().any(|n| n.contains(&ip))
+    }
 }
 
 pub(crate) fn parse(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
@@ -108,7 +136,75 @@ pub(crate) fn parse(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
             Err(e) => cx.err(format!("listener.trusted_proxies[{n}]"), e.to_string()),
         }
     }
+    let proxy_protocol = l.proxy_protocol.map(|p| {
+        let from = crate::network::cidr_list(cx, "listener.proxy_protocol.from", &p.from);
+        if from.is_empty() {
+            cx.err(
+                "listener.proxy_protocol.from",
+                "list the load balancers' addresses: no other peer may send a PROXY header",
+            );
+        }
+        ProxyProtocolConfig {
+            from,
+            timeout: cx.duration(
+                "listener.proxy_protocol.timeout",
+                p.timeout,
+                Duration::from_secs(5),
+            ),
+        }
+    });
+    let max_connections_per_identity = match l.max_connections_per_identity {
+        None => 256.min(max_connections),
+        Some(0) => {
+            cx.err(
+                "listener.max_connections_per_identity",
+                "must be more than zero",
+            );
+            1
+        }
+        Some(n) if n as usize > max_connections => {
+            cx.err(
+                "listener.max_connections_per_identity",
+                "must not be more than listener.max_connections",
+            );
+            max_connections
+        }
+        Some(n) => n as usize,
+    };
+    let max_header_count = match l.max_header_count {
+        None => 100,
+        Some(n @ 1..=10_000) => n as usize,
+        Some(_) => {
+            cx.err("listener.max_header_count", "must be between 1 and 10000");
+            100
+        }
+    };
+    let max_concurrent_streams = match l.max_concurrent_streams {
+        None => 100,
+        Some(n @ 1..=10_000) => n,
+        Some(_) => {
+            cx.err(
+                "listener.max_concurrent_streams",
+                "must be between 1 and 10000",
+            );
+            100
+        }
+    };
     ListenerConfig {
+        proxy_protocol,
+        max_connections_per_identity,
+        max_header_count,
+        max_concurrent_streams,
+        header_timeout: cx.duration(
+            "listener.header_timeout",
+            l.header_timeout,
+            Duration::from_secs(10),
+        ),
+        body_timeout: cx.duration(
+            "listener.body_timeout",
+            l.body_timeout,
+            Duration::from_secs(30),
+        ),
         bind,
         tls_min_version,
         client_auth,

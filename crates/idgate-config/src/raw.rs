@@ -28,6 +28,39 @@ pub(crate) struct Listener {
     pub(crate) send_timeout: Option<String>,
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub(crate) proxy_protocol: Option<ProxyProtocol>,
+    #[serde(default)]
+    pub(crate) max_connections_per_identity: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_header_count: Option<u32>,
+    #[serde(default)]
+    pub(crate) header_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) body_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) max_concurrent_streams: Option<u32>,
+}
+
+/// `listener.proxy_protocol = { from = [...], timeout = "5s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProxyProtocol {
+    pub(crate) from: Vec<String>,
+    #[serde(default)]
+    pub(crate) timeout: Option<String>,
+}
+
+/// `[network]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Network {
+    #[serde(default)]
+    pub(crate) allow: Vec<String>,
+    #[serde(default)]
+    pub(crate) deny: Vec<String>,
+    #[serde(default)]
+    pub(crate) deny_user_agents: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +175,14 @@ pub(crate) struct Route {
     pub(crate) scopes: Option<Scopes>,
     #[serde(default)]
     pub(crate) allow_body: Option<bool>,
+    #[serde(default)]
+    pub(crate) allow_cidrs: Vec<String>,
+    #[serde(default)]
+    pub(crate) deny_cidrs: Vec<String>,
+    #[serde(default)]
+    pub(crate) deny_user_agents: Vec<String>,
+    #[serde(default)]
+    pub(crate) max_body_bytes: Option<u64>,
 }
 
 /// Kept so that an unknown top-level table gets the same message as any other unknown key.

@@ -29,6 +29,18 @@ pub struct RouteConfig {
     pub scopes: ScopeRule,
     /// Whether a `GET`, `HEAD`, `OPTIONS` or `DELETE` request may carry a body.
     pub allow_body: bool,
+    /// Who may reach the route by address and user agent, checked after routing.
+    pub network: RouteNetwork,
+    /// The largest request body the route takes (the upstream's `max_body_bytes` unless
+    /// the route sets its own).
+    pub max_body_bytes: u64,
+}
+
+/// A route's `allow_cidrs`, `deny_cidrs` and `deny_user_agents`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteNetwork {
+    pub cidrs: crate::CidrRules,
+    pub deny_user_agents: Vec<crate::UserAgentPattern>,
 }
 
 /// Methods whose requests carry no body unless a route says otherwise: their semantics
@@ -248,7 +260,27 @@ pub(crate) fn parse(
                 "scopes come from API keys and tokens: add \"api_key\" or \"jwt\" to this route's auth",
             );
         }
+        let network = RouteNetwork {
+            cidrs: crate::CidrRules {
+                allow: crate::network::cidr_list(cx, &format!("{key}.allow_cidrs"), &r.allow_cidrs),
+                deny: crate::network::cidr_list(cx, &format!("{key}.deny_cidrs"), &r.deny_cidrs),
+            },
+            deny_user_agents: crate::network::user_agents(
+                cx,
+                &format!("{key}.deny_user_agents"),
+                &r.deny_user_agents,
+            ),
+        };
+        if r.max_body_bytes == Some(0) {
+            cx.err(format!("{key}.max_body_bytes"), "must be more than zero");
+        }
+        let max_body_bytes = r.max_body_bytes.or_else(|| {
+            upstream
+                .and_then(|u| upstreams.iter().flatten().nth(u))
+                .map(|u| u.max_body_bytes)
+        });
         if let Some(upstream) = upstream
+            && let Some(max_body_bytes) = max_body_bytes
             && cx.errors.len() == before
         {
             out.push(RouteConfig {
@@ -261,6 +293,8 @@ pub(crate) fn parse(
                 auth,
                 scopes,
                 allow_body,
+                network,
+                max_body_bytes,
             });
         }
     }

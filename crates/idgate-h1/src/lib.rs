@@ -28,6 +28,7 @@
 //! `body` a response body streamed from it.
 
 mod body;
+mod caller_body;
 mod conn;
 pub mod limit;
 pub mod parse;
@@ -42,10 +43,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Body as _;
-use hyper::body::Incoming;
 use rustls::pki_types::ServerName;
 
 pub use self::body::{BodyError, ResponseBody};
+pub use self::caller_body::{CallerBody, CallerBodyError};
 use self::limit::{ConnLimit, Saturated};
 use self::parse::ProtocolError;
 pub use self::pool::Pool;
@@ -88,8 +89,8 @@ impl std::fmt::Debug for PoolConfig {
 
 /// The body of a request to the upstream.
 pub enum RequestBody {
-    /// The caller's body, streamed through.
-    Stream(Incoming),
+    /// The caller's body, streamed through within its limits.
+    Stream(CallerBody),
     /// A body read whole first (a signature covers it).
     Buffered(Bytes),
 }

@@ -10,7 +10,7 @@ use idgate_tls::client::HttpsClient;
 
 /// The body sent upstream: the caller's body streamed through, or buffered (when a signature
 /// scheme needs all of it, or for the gateway's own requests).
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+pub type UpstreamBody = Either<idgate_h1::CallerBody, Full<Bytes>>;
 
 /// hyper's pooled client, as upstreams use it.
 pub type UpstreamClient = HttpsClient<UpstreamBody>;

@@ -1,6 +1,7 @@
 //! What a connection established, shared by all its requests: the peer's SPIFFE ID, its
-//! address, whether it is a trusted proxy, its certificate's thumbprint, and the flag by
-//! which a request asks the connection to linger on close.
+//! client's address (and the load balancer's it came through), whether it is a trusted
+//! proxy, its certificate's thumbprint, and the flag by which a request asks the connection
+//! to linger on close.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +13,11 @@ use idgate_tls::SpiffeId;
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: Option<SpiffeId>,
+    /// The client's address: the peer's, or the one its load balancer named in a PROXY
+    /// protocol header. Rules, limits, forwarding headers and logs all use this one.
     pub remote: SocketAddr,
+    /// The load balancer the connection came through, when it sent a PROXY header.
+    pub via: Option<SocketAddr>,
     /// The client's IP as a header value, made once per connection for `x-forwarded-for`.
     pub remote_ip: HeaderValue,
     /// Whether the peer is one of `listener.trusted_proxies`, whose forwarding headers are

@@ -168,19 +168,29 @@ impl<'r> RequestCtx<'r> {
     /// the answer (one read whole already needs nothing more).
     pub fn give_back(&mut self, body: RequestBody) {
         if let RequestBody::Stream(b) = body {
-            self.body = Some(b);
+            self.body = Some(b.into_inner());
         }
     }
 
-    /// The body to send on: as it streams in, or as read by [`RequestCtx::read_body`].
+    /// The body to send on: as it streams in (held to the route's `max_body_bytes` and the
+    /// listener's `body_timeout`), or as read by [`RequestCtx::read_body`].
     pub fn take_body(&mut self) -> Result<RequestBody, Refusal> {
         match (self.body.take(), self.buffered_body.clone()) {
-            (Some(body), _) => Ok(RequestBody::Stream(body)),
+            (Some(body), _) => Ok(RequestBody::Stream(idgate_h1::CallerBody::new(
+                body,
+                self.max_body_bytes(),
+                self.snapshot.request_limits.body_timeout,
+            ))),
             (None, Some(bytes)) => Ok(RequestBody::Buffered(bytes)),
             (None, None) => Err(Refusal::Internal {
                 reason: "the request body was taken before forwarding".to_owned(),
             }),
         }
+    }
+
+    /// The largest body the request may have: its route's limit.
+    pub fn max_body_bytes(&self) -> u64 {
+        self.route.map_or(u64::MAX, |r| r.max_body_bytes)
     }
 
     pub fn request_id(&self) -> &str {

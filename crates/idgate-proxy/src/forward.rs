@@ -154,7 +154,10 @@ pub(crate) async fn forward<'r>(
             // Signature schemes cover the body, so it is read whole (bounded) first.
             let (body, bytes) = if cred.needs_body() {
                 let bytes = ctx
-                    .read_body(upstream.max_body_bytes, upstream.request_timeout)
+                    .read_body(
+                        ctx.max_body_bytes().min(upstream.max_body_bytes),
+                        upstream.request_timeout,
+                    )
                     .await?;
                 (RequestBody::Buffered(bytes.clone()), bytes)
             } else {
@@ -213,9 +216,7 @@ async fn send(
                     ctx.give_back(body);
                 }
                 Err(match error {
-                    h1::Error::CallerBody(e) => Refusal::BadBody {
-                        reason: e.to_string(),
-                    },
+                    h1::Error::CallerBody(e) => caller_body(&*e),
                     e @ h1::Error::BodyLength => Refusal::BadBody {
                         reason: e.to_string(),
                     },
@@ -261,6 +262,8 @@ async fn send(
             .request(Request::from_parts(parts, body))
             .await
         {
+            // The caller's body went over a limit while it streamed.
+            Err(e) if h1::CallerBodyError::find(&e).is_some() => Err(caller_body(&e)),
             // A connect failure, including a connect timeout, means the upstream is unreachable.
             Err(e) => Err(Refusal::UpstreamUnreachable {
                 reason: format!("upstream {}: {}", upstream.name, error_chain(&e)),
@@ -271,6 +274,18 @@ async fn send(
     tokio::time::timeout(upstream.request_timeout, sent)
         .await
         .unwrap_or(Err(Refusal::UpstreamTimeout))
+}
+
+/// The refusal for a caller body that failed while it streamed upstream: over the route's
+/// `max_body_bytes` (413), stalled past `body_timeout` (408), or broken off.
+fn caller_body(e: &(dyn std::error::Error + 'static)) -> Refusal {
+    match h1::CallerBodyError::find(e) {
+        Some(h1::CallerBodyError::TooLarge(_)) => Refusal::BodyTooLarge,
+        Some(h1::CallerBodyError::Stalled(_)) => Refusal::BodyTimeout,
+        _ => Refusal::BadBody {
+            reason: error_chain(e),
+        },
+    }
 }
 
 /// Every connection to the upstream is busy and the request could not wait for one.

@@ -79,6 +79,8 @@ mod tests {
             auth: RouteAuth::default(),
             scopes: ScopeRule::default(),
             allow_body,
+            network: Default::default(),
+            max_body_bytes: 1 << 20,
         }
     }
 

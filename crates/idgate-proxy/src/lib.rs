@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod admin;
+mod admission;
 pub mod authn;
 pub mod body;
 mod checks;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod path;
 pub mod pipeline;
 pub mod problem;
+pub mod proxy_protocol;
 pub mod request_id;
 pub mod routes;
 mod send_timeout;

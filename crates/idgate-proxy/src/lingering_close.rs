@@ -249,6 +249,7 @@ mod tests {
         let conn = Arc::new(ConnInfo {
             peer: None,
             remote: "127.0.0.1:1".parse().unwrap(),
+            via: None,
             remote_ip: HeaderValue::from_static("127.0.0.1"),
             trusted_proxy: false,
             cert_thumbprint: None,

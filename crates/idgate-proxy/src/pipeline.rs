@@ -5,10 +5,13 @@
 //!                              bundle of its own trust domain → peer SPIFFE ID
 //!   1. path       rewrite the path into its one canonical form (path.rs); refuse paths
 //!                 that could still be read differently here and upstream         (400)
+//!      admission  (admission.rs) header count and size, [network] user agents (431 / 403)
 //!   2. built-in   a built-in target's paths (the token endpoint and its discovery
 //!                 documents, when configured) → its route
 //!   3. route      method + path template → route and its path parameters
 //!                                                      (404 / 405, before any auth detail)
+//!      admission  the route's address and user-agent rules; a Content-Length past its
+//!                 max_body_bytes                                        (403 / 413)
 //!      the route's target: the token endpoint answers here; an upstream goes on
 //!   4. authenticate  the route's layers — mtls, api_key, jwt, or any of several —
 //!                 → one Caller                         (401 with a challenge, or 400)
@@ -41,6 +44,7 @@ use hyper::body::Incoming;
 use idgate_auth::Principal;
 
 use crate::access_log::Decision;
+use crate::admission;
 use crate::authn;
 use crate::body::ProxyBody;
 use crate::checks;
@@ -81,10 +85,12 @@ async fn stages(
     mut req: http::request::Parts,
 ) -> Result<Response<ProxyBody>, Refusal> {
     path::canonicalize(&mut req.uri)?;
+    admission::on_arrival(ctx, &req)?;
     let route = match built_in(ctx, &req) {
         Some(route) => route,
         None => route(ctx, &req)?,
     };
+    admission::on_route(ctx, route, &req)?;
     let upstream = match route.target {
         Target::TokenEndpoint => return token_endpoint(ctx, &req).await,
         Target::Upstream(i) => ctx.snapshot.upstreams.get(i).ok_or(Refusal::Internal {

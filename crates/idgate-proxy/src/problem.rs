@@ -64,6 +64,20 @@ pub enum Refusal {
     Internal {
         reason: String,
     },
+    /// The client's address or user agent is refused by `[network]` or the route's rules.
+    ForbiddenNetwork {
+        reason: &'static str,
+    },
+    /// More header fields than `listener.max_header_count`.
+    TooManyHeaders {
+        limit: usize,
+    },
+    /// The caller stopped sending its body for `listener.body_timeout`.
+    BodyTimeout,
+    /// The header fields add up to more than `listener.max_header_bytes`.
+    HeadersTooLarge {
+        limit: usize,
+    },
 }
 
 impl From<PathError> for Refusal {
@@ -105,6 +119,12 @@ pub enum ProblemKind {
         status: StatusCode,
         error: &'static str,
     },
+    ForbiddenNetwork,
+    TooManyHeaders,
+    BodyTimeout,
+    HeadersTooLarge,
+    /// Over `listener.max_connections`: answered by the listener, outside the pipeline.
+    Overloaded,
 }
 
 impl ProblemKind {
@@ -173,6 +193,31 @@ impl ProblemKind {
                 title,
             } => (status, slug, title),
             Self::OAuth { status, error } => (status, error, "Token request refused"),
+            Self::ForbiddenNetwork => (
+                StatusCode::FORBIDDEN,
+                "forbidden-network",
+                "Client network or user agent not allowed",
+            ),
+            Self::TooManyHeaders => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too-many-headers",
+                "Too many header fields",
+            ),
+            Self::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Request body too slow",
+            ),
+            Self::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                "Header fields too large",
+            ),
+            Self::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Gateway at its connection limit",
+            ),
         }
     }
 
@@ -271,6 +316,10 @@ impl Refusal {
             Self::UpstreamBusy { .. } => ProblemKind::UpstreamBusy,
             Self::CredentialUnavailable { .. } => ProblemKind::CredentialUnavailable,
             Self::Internal { .. } => ProblemKind::Internal,
+            Self::ForbiddenNetwork { .. } => ProblemKind::ForbiddenNetwork,
+            Self::TooManyHeaders { .. } => ProblemKind::TooManyHeaders,
+            Self::BodyTimeout => ProblemKind::BodyTimeout,
+            Self::HeadersTooLarge { .. } => ProblemKind::HeadersTooLarge,
         }
     }
 
@@ -278,6 +327,22 @@ impl Refusal {
     fn detail(&self) -> Cow<'static, str> {
         Cow::Borrowed(match self {
             Self::Auth(f) => return Cow::Owned(f.detail()),
+            Self::TooManyHeaders { limit } => {
+                return Cow::Owned(format!(
+                    "The request has more than {limit} header fields; send fewer."
+                ));
+            }
+            Self::HeadersTooLarge { limit } => {
+                return Cow::Owned(format!(
+                    "The request's header fields add up to more than {limit} bytes; send less."
+                ));
+            }
+            Self::ForbiddenNetwork { .. } => {
+                "Requests from this client address or user agent are not accepted here."
+            }
+            Self::BodyTimeout => {
+                "The request body stopped arriving before it was complete. Retry with the whole body."
+            }
             Self::BodyNotAllowed { method } => {
                 return Cow::Owned(format!(
                     "This route takes no request body with {method}; send the request without one (Content-Length: 0 is fine)."

@@ -38,6 +38,10 @@ pub struct Route {
     /// The checks the route runs on the request and the response, compiled from its
     /// configuration.
     pub guards: Guards,
+    /// Address and user-agent rules of the route; `None` when it has none.
+    pub network: Option<Box<idgate_config::RouteNetwork>>,
+    /// The largest request body the route takes.
+    pub max_body_bytes: u64,
     /// The names of the template's parameters, in order.
     params: Box<[Box<str>]>,
 }
@@ -318,6 +322,9 @@ impl RouteTable {
                 auth: rc.auth.clone(),
                 scopes: rc.scopes.clone(),
                 guards: Guards::compile(rc),
+                network: (!rc.network.cidrs.is_empty() || !rc.network.deny_user_agents.is_empty())
+                    .then(|| Box::new(rc.network.clone())),
+                max_body_bytes: rc.max_body_bytes,
                 params: template_params(&rc.path),
             });
         }
@@ -337,6 +344,8 @@ impl RouteTable {
                 auth: RouteAuth::default(),
                 scopes: ScopeRule::default(),
                 guards: Guards::default(),
+                network: None,
+                max_body_bytes: u64::MAX,
                 params: Box::default(),
             }),
         })
@@ -415,6 +424,8 @@ mod tests {
                 auth: RouteAuth::default(),
                 scopes: ScopeRule::default(),
                 allow_body: false,
+                network: Default::default(),
+                max_body_bytes: 1 << 20,
             })
             .collect();
         RouteTable::new(&configs, false)

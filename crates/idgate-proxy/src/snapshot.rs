@@ -88,6 +88,21 @@ pub struct Snapshot {
     /// The built-in OAuth2 token endpoint, when configured.
     pub token_endpoint: Option<TokenEndpoint>,
     api_key_reload: Option<std::time::Duration>,
+    /// `[network]`: checked at accept (addresses) and on every request (user agents).
+    pub network: idgate_config::NetworkConfig,
+    /// The listener's limits on one request.
+    pub request_limits: RequestLimits,
+}
+
+/// The listener's limits that the pipeline enforces on each request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// `listener.max_header_count`.
+    pub max_header_count: usize,
+    /// `listener.max_header_bytes`.
+    pub max_header_bytes: usize,
+    /// `listener.body_timeout`.
+    pub body_timeout: std::time::Duration,
 }
 
 impl Snapshot {
@@ -176,6 +191,12 @@ impl Snapshot {
                 auth,
                 token_endpoint,
                 api_key_reload: config.api_keys.as_ref().map(|a| a.reload_interval),
+                network: config.network.clone(),
+                request_limits: RequestLimits {
+                    max_header_count: config.listener.max_header_count,
+                    max_header_bytes: config.listener.max_header_bytes,
+                    body_timeout: config.listener.body_timeout,
+                },
             }),
             _ => Err(errors),
         }

@@ -4,7 +4,7 @@
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use super::Ends;
+use super::drive::Ends;
 
 /// How the wait for an HTTP/1.1 connection's first bytes ended.
 pub(super) enum Waited {

@@ -467,6 +467,8 @@ async fn the_own_client_is_never_less_safe_than_hypers_against_a_hostile_upstrea
                 let mut spec =
                     UpstreamSpec::new(&name, &format!("http://127.0.0.1:{}", upstream.port))
                         .with("client", client)
+                        // Room for the upload: bodies past max_body_bytes are refused.
+                        .with("max_body_bytes", 2 * UPLOAD as i64)
                         .credential(CredentialSpec::header(
                             "x-provider-token",
                             &format!("env:{TOKEN_ENV}"),

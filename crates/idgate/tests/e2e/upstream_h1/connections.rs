@@ -86,7 +86,16 @@ async fn an_upstream_answering_before_the_body_is_heard_and_its_connection_dropp
         })
         .await;
         let pki = Pki::default_pki();
-        let gw = gateway(&pki, &upstream, toml::toml! { request_timeout = "20s" }).await;
+        // Room for the body: past max_body_bytes the gateway would refuse it itself.
+        let gw = gateway(
+            &pki,
+            &upstream,
+            toml::toml! {
+                request_timeout = "20s"
+                max_body_bytes = 67108864
+            },
+        )
+        .await;
         let c = client(&pki, &gw);
         let started = std::time::Instant::now();
         let body = "x".repeat(32 * 1024 * 1024);

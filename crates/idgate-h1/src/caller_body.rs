@@ -1,0 +1,108 @@
+//! A caller's request body on its way upstream, held to the route's limits as it streams:
+//! at most `max_body_bytes` in all, and no wait longer than `body_timeout` for its next
+//! piece. A body over either ends with a [`CallerBodyError`] that the gateway answers as
+//! 413 or 408.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+/// Why a streamed caller body was cut off.
+#[derive(Debug, thiserror::Error)]
+pub enum CallerBodyError {
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("no request body data for {0:?}")]
+    Stalled(Duration),
+    #[error("reading the request body failed: {0}")]
+    Read(#[source] hyper::Error),
+}
+
+impl CallerBodyError {
+    /// The first `CallerBodyError` in an error's chain, if any: the upstream client wraps it.
+    pub fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
+        let mut cur = Some(e);
+        while let Some(err) = cur {
+            if let Some(found) = err.downcast_ref::<Self>() {
+                return Some(found);
+            }
+            cur = err.source();
+        }
+        None
+    }
+}
+
+/// The caller's body with its limits.
+pub struct CallerBody {
+    inner: Incoming,
+    left: u64,
+    limit: u64,
+    gap: Duration,
+    /// Armed while waiting for the caller; disarmed by each piece that arrives.
+    wait: Option<Pin<Box<Sleep>>>,
+}
+
+impl CallerBody {
+    pub fn new(inner: Incoming, limit: u64, gap: Duration) -> Self {
+        Self {
+            inner,
+            left: limit,
+            limit,
+            gap,
+            wait: None,
+        }
+    }
+
+    /// The body itself, to be read away beside a refusal.
+    pub fn into_inner(self) -> Incoming {
+        self.inner
+    }
+}
+
+impl Body for CallerBody {
+    type Data = Bytes;
+    type Error = CallerBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, CallerBodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.wait = None;
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                match this.left.checked_sub(n) {
+                    Some(left) => {
+                        this.left = left;
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    None => Poll::Ready(Some(Err(CallerBodyError::TooLarge(this.limit)))),
+                }
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(CallerBodyError::Read(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let gap = this.gap;
+                let wait = this
+                    .wait
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+                ready!(wait.as_mut().poll(cx));
+                Poll::Ready(Some(Err(CallerBodyError::Stalled(gap))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

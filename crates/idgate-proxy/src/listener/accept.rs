@@ -1,0 +1,131 @@
+//! The accept loop: each TCP connection is admitted (or closed) before any TLS, by
+//! `max_connections`, the `[network]` rules and `max_connections_per_ip` on its client's
+//! address (read from a PROXY protocol header when it comes through a load balancer).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::limits::{Admission, Slot, source_key};
+use super::{ListenerShared, proxy_header, serve_connection, shed};
+
+/// Accepts connections until `stop` turns true; each connection is told to finish when it
+/// does.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<ListenerShared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ip = remote.ip().to_canonical();
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            // Over the limit: a few at a time get a quick 503 (never a denied network, nor
+            // a balancer's connection, whose client is not known yet); the rest are closed.
+            let direct = !shared
+                .config
+                .proxy_protocol
+                .as_ref()
+                .is_some_and(|p| p.from_balancer(ip));
+            if direct
+                && shared.snapshot.load().network.cidrs.permits(ip)
+                && let Ok(slot) = shared.shedding.clone().try_acquire_owned()
+            {
+                shared.refuse(ip, "max_connections_shed", "at accept");
+                tokio::spawn(shed::shed(tcp, ip, shared.clone(), slot));
+            } else {
+                shared.refuse(ip, "max_connections", "at accept");
+            }
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let balancer = shared
+            .config
+            .proxy_protocol
+            .as_ref()
+            .filter(|p| p.from_balancer(ip))
+            .map(|p| p.timeout);
+        let Some(timeout) = balancer else {
+            // A direct client: its address is known now, and a refused one costs no task.
+            let Some(slot) = shared.admit(ip) else {
+                continue;
+            };
+            let admission = Admission {
+                _permit: permit,
+                _slot: slot,
+            };
+            let shared = shared.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                serve_connection(tcp, remote, None, shared, stop).await;
+                drop(admission);
+            });
+            continue;
+        };
+        // Through a load balancer: the client is whoever its PROXY header names, so the
+        // rules and the per-address cap wait for the header (and never count the balancer's
+        // own address). A balancer that sends none is refused, as it would be by HAProxy's
+        // `accept-proxy`.
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tcp = tcp;
+            let client = match proxy_header::read(&mut tcp, remote, timeout).await {
+                Ok(client) => client,
+                Err(e) => {
+                    shared.services.metrics.connection_refused(e.reason());
+                    shared.refusals.refused(ip, e.reason(), "before TLS");
+                    tracing::debug!(balancer = %ip, error = %e, "PROXY header refused");
+                    return;
+                }
+            };
+            let Some(slot) = shared.admit(client.ip()) else {
+                return;
+            };
+            let admission = Admission {
+                _permit: permit,
+                _slot: slot,
+            };
+            serve_connection(tcp, client, Some(remote), shared, stop).await;
+            drop(admission);
+        });
+    }
+}
+
+impl ListenerShared {
+    /// Counts and logs (throttled) a connection refused by `why`.
+    pub(super) fn refuse(&self, ip: IpAddr, why: &'static str, stage: &'static str) {
+        self.services.metrics.connection_refused(why);
+        self.refusals.refused(ip, why, stage);
+    }
+
+    /// Admits a client address before TLS: `[network]` rules, then its place in
+    /// `max_connections_per_ip`. `None`: refused, counted and logged.
+    fn admit(&self, ip: IpAddr) -> Option<Slot<IpAddr>> {
+        let ip = ip.to_canonical();
+        if !self.snapshot.load().network.cidrs.permits(ip) {
+            self.refuse(ip, "network_deny", "before TLS");
+            return None;
+        }
+        let slot = self.per_ip.acquire(&source_key(ip));
+        if slot.is_none() {
+            self.refuse(ip, "max_connections_per_ip", "at accept");
+        }
+        slot
+    }
+}

@@ -1,0 +1,232 @@
+//! How a served connection ends: its client closing, its certificate expiring, idleness
+//! (HTTP/2), `max_connection_age`, or shutdown, each with its grace.
+
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::first_bytes::until;
+
+/// Requests of an HTTP/2 connection in the pipeline, and when one last started or ended.
+pub(super) struct Activity {
+    since: tokio::time::Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `since`.
+    last: AtomicU64,
+}
+
+/// A request in the pipeline; its end is activity too.
+pub(super) struct InFlight<'a>(&'a Activity);
+
+impl Activity {
+    pub(super) fn new(since: tokio::time::Instant) -> Self {
+        Self {
+            since,
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    pub(super) fn begin(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        InFlight(self)
+    }
+
+    /// Whether nothing has been in the pipeline for `idle`.
+    fn idle_for(&self, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self
+                .since
+                .elapsed()
+                .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+                >= idle
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What ends a connection besides its client.
+pub(super) struct Ends {
+    /// HTTP/2: with no request for this long (keep-alive pings do not count), the
+    /// connection is told to go away.
+    pub(super) idle: Option<(Arc<Activity>, Duration)>,
+    /// HTTP/1.1 whose hyper started after the caller's first bytes: set once a request has
+    /// begun, and the connection is closed if none has by then.
+    pub(super) first_request: Option<(Arc<AtomicBool>, tokio::time::Instant)>,
+    /// The client certificate's expiry: the connection is closed then, in-flight or not.
+    pub(super) expires_at: Option<tokio::time::Instant>,
+    /// `max_connection_age`: the connection finishes its in-flight requests and closes.
+    pub(super) retire_at: Option<tokio::time::Instant>,
+    /// Shutdown: like retirement.
+    pub(super) stop: watch::Receiver<bool>,
+    /// How long a retired or idle connection may take to finish what it has in flight.
+    pub(super) grace: Duration,
+    pub(super) remote: std::net::SocketAddr,
+}
+
+/// The least time a retired connection gets to finish its in-flight requests.
+pub(super) const MIN_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs a connection to its end. A connection speaks for its certificate only while the
+/// certificate is valid: a keep-alive or HTTP/2 connection is closed when its client SVID
+/// expires. At `max_connection_age` or shutdown it is shut down gracefully: HTTP/1.1 closes
+/// after the response in flight, HTTP/2 sends GOAWAY and finishes its open streams.
+pub(super) async fn drive<C, E>(
+    mut connection: Pin<Box<C>>,
+    graceful: impl Fn(Pin<&mut C>),
+    ends: Ends,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let Ends {
+        expires_at,
+        retire_at,
+        idle,
+        first_request,
+        mut stop,
+        grace,
+        remote,
+    } = ends;
+    // Armed when the connection is told to finish: a client that keeps a response stalled
+    // (an HTTP/2 window it never opens) must not hold the connection past it.
+    let grace_end = tokio::time::sleep(Duration::from_secs(30 * 24 * 3600));
+    let mut grace_end = pin!(grace_end);
+    let idle_check = async {
+        match &idle {
+            Some((activity, limit)) => {
+                let mut tick = tokio::time::interval((*limit / 4).max(Duration::from_millis(250)));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if activity.idle_for(*limit) {
+                        return;
+                    }
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let mut idle_check = pin!(idle_check);
+    let mut expiry = pin!(until(expires_at));
+    let mut retire = pin!(until(retire_at));
+    let mut first_request_due = first_request.is_some();
+    let first_request = async {
+        match &first_request {
+            Some((seen, by)) => {
+                tokio::time::sleep_until(*by).await;
+                seen.load(Ordering::Relaxed)
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let mut first_request = pin!(first_request);
+    let mut winding_down = false;
+    if *stop.borrow_and_update() {
+        graceful(connection.as_mut());
+        winding_down = true;
+    }
+    loop {
+        tokio::select! {
+            // The connection first: it is what every wake-up is almost always for.
+            biased;
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(remote = %remote.ip(), error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            seen = &mut first_request, if first_request_due => {
+                if !seen {
+                    tracing::debug!(remote = %remote.ip(), "no request head within idle_timeout of the handshake: closed");
+                    return;
+                }
+                first_request_due = false;
+            }
+            () = &mut expiry => {
+                tracing::info!(target: "idgate::tls", remote = %remote.ip(), "client certificate expired: connection closed");
+                return;
+            }
+            () = &mut idle_check, if !winding_down => {
+                tracing::debug!(remote = %remote.ip(), "HTTP/2 connection idle: going away");
+                graceful(connection.as_mut());
+                winding_down = true;
+                grace_end.as_mut().reset(tokio::time::Instant::now() + grace);
+            }
+            () = &mut retire, if !winding_down => {
+                tracing::debug!(remote = %remote.ip(), "max_connection_age reached: closing after in-flight requests");
+                graceful(connection.as_mut());
+                winding_down = true;
+                grace_end.as_mut().reset(tokio::time::Instant::now() + grace);
+            }
+            () = &mut grace_end, if winding_down => {
+                tracing::info!(remote = %remote.ip(), "connection did not finish within its grace period: closed");
+                return;
+            }
+            changed = stop.changed(), if !winding_down => {
+                // A dropped sender means the gateway is going away too.
+                if changed.is_err() || *stop.borrow() {
+                    graceful(connection.as_mut());
+                    winding_down = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Instant;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_retired_connection_that_never_finishes_is_closed_after_its_grace() {
+        let (_stop_tx, stop) = watch::channel(false);
+        let told = Arc::new(AtomicBool::new(false));
+        let told2 = told.clone();
+        // A connection that ignores being told to finish, as a client stalling a response
+        // would make it.
+        let stuck = std::future::pending::<Result<(), Infallible>>();
+        let ends = Ends {
+            idle: None,
+            first_request: None,
+            expires_at: None,
+            retire_at: Some(tokio::time::Instant::now() + Duration::from_millis(20)),
+            stop,
+            grace: Duration::from_millis(100),
+            remote: "127.0.0.1:1".parse().unwrap(),
+        };
+        let started = Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            drive(
+                Box::pin(stuck),
+                move |_| told2.store(true, Ordering::SeqCst),
+                ends,
+            ),
+        )
+        .await
+        .expect("the connection outlived its grace");
+        assert!(
+            told.load(Ordering::SeqCst),
+            "it was not told to finish first"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(120));
+    }
+}
