@@ -12,6 +12,7 @@ mod credential;
 mod duration;
 mod error;
 mod identity;
+mod limits;
 mod listener;
 mod log;
 mod proxies;
@@ -37,6 +38,10 @@ pub use duration::{DurationError, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use identity::IdentityConfig;
 pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
+pub use limits::{
+    LimitKeyPart, LockoutBy, LockoutConfig, OnStateError, Rate, RateLimitConfig, TierMatch,
+    TierRule,
+};
 pub use listener::{ClientAuth, ListenerConfig};
 pub use log::{LogConfig, LogFilterError, LogFormat, check_log_filter};
 pub use proxies::{TrustedProxies, TrustedProxyError};
@@ -63,6 +68,12 @@ pub struct Config {
     pub vault: Option<vault::VaultConfig>,
     /// Where shared state (counters, lockouts, ownership, the outbox) is kept.
     pub state: StateBackend,
+    /// Named rate limits, which routes apply by name.
+    pub rate_limits: Vec<RateLimitConfig>,
+    /// Which callers are in which rate-limit tier; the first match wins.
+    pub tiers: Vec<TierRule>,
+    /// Lockouts after failed authentications; none without a `[lockout]` section.
+    pub lockout: Option<LockoutConfig>,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
 }
@@ -80,6 +91,9 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "token_endpoint",
     "vault",
     "state",
+    "rate_limits",
+    "tiers",
+    "lockout",
 ];
 
 fn default_workers() -> usize {
@@ -251,6 +265,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .remove("token_endpoint")
         .and_then(|v| cx.section::<raw::TokenEndpoint>("token_endpoint", v))
         .and_then(|t| auth::token_endpoint(&mut cx, t));
+    let limits = limits::sections(&mut cx, &mut table);
     let raw_routes = array::<raw::Route>(&mut cx, &mut table, "routes");
     let mut issuers: auth::IssuerNames = jwt_issuers
         .iter()
@@ -263,6 +278,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         api_keys: api_keys.is_some(),
         jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),
         issuers,
+        rate_limits: limits.rate_limits.iter().map(|l| l.name.clone()).collect(),
     };
     let routes = routes::parse(
         &mut cx,
@@ -312,6 +328,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 token_endpoint,
                 vault,
                 state,
+                rate_limits: limits.rate_limits,
+                tiers: limits.tiers,
+                lockout: limits.lockout,
                 warnings,
             })
         }

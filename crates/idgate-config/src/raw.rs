@@ -142,6 +142,10 @@ pub(crate) struct Route {
     pub(crate) scopes: Option<Scopes>,
     #[serde(default)]
     pub(crate) allow_body: Option<bool>,
+    #[serde(default)]
+    pub(crate) rate_limits: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) on_state_error: Option<String>,
 }
 
 /// Kept so that an unknown top-level table gets the same message as any other unknown key.
@@ -224,4 +228,6 @@ pub(crate) struct TokenClient {
     pub(crate) client_secret: Option<String>,
     #[serde(default)]
     pub(crate) scopes: Vec<String>,
+    #[serde(default)]
+    pub(crate) tier: Option<String>,
 }

@@ -7,7 +7,8 @@ use idgate_tls::{SpiffeIdPattern, TrustDomain};
 
 use crate::context::Ctx;
 use crate::{
-    AllowEntry, AuthLayer, RouteAuth, ScopeRule, UpstreamConfig, auth, fold_template, raw,
+    AllowEntry, AuthLayer, OnStateError, RouteAuth, ScopeRule, UpstreamConfig, auth, fold_template,
+    raw,
 };
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,10 @@ pub struct RouteConfig {
     pub scopes: ScopeRule,
     /// Whether a `GET`, `HEAD`, `OPTIONS` or `DELETE` request may carry a body.
     pub allow_body: bool,
+    /// The names of the `[[rate_limits]]` that apply, each decided on every request.
+    pub rate_limits: Vec<String>,
+    /// What the route does when the state backend cannot answer in time.
+    pub on_state_error: OnStateError,
 }
 
 /// Methods whose requests carry no body unless a route says otherwise: their semantics
@@ -45,6 +50,8 @@ pub(crate) struct Layers {
     pub(crate) api_keys: bool,
     pub(crate) jwt: bool,
     pub(crate) issuers: auth::IssuerNames,
+    /// The names of the configured `[[rate_limits]]`.
+    pub(crate) rate_limits: Vec<String>,
 }
 
 pub(crate) fn parse(
@@ -235,6 +242,12 @@ pub(crate) fn parse(
                 );
             }
         }
+        let (rate_limits, on_state_error) = crate::limits::route(
+            cx,
+            &key,
+            (r.rate_limits, r.on_state_error),
+            &layers.rate_limits,
+        );
         let allow_body = r.allow_body.unwrap_or(false);
         if allow_body && !methods.iter().any(body_needs_opt_in) {
             cx.err(
@@ -261,6 +274,8 @@ pub(crate) fn parse(
                 auth,
                 scopes,
                 allow_body,
+                rate_limits,
+                on_state_error,
             });
         }
     }

@@ -39,6 +39,7 @@ use http::{Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use idgate_auth::Principal;
+use idgate_config::OnStateError;
 
 use crate::access_log::Decision;
 use crate::authn;
@@ -47,6 +48,7 @@ use crate::checks;
 use crate::conn::ConnInfo;
 use crate::ctx::{Authorized, RequestCtx};
 use crate::forward::{forward, strip_response};
+use crate::lockout;
 use crate::path::{self, BadEncoding};
 use crate::problem::Refusal;
 use crate::routes::{Route, RouteMiss, Target};
@@ -135,6 +137,13 @@ async fn token_endpoint(
     ctx: &mut RequestCtx<'_>,
     req: &http::request::Parts,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    let snapshot = ctx.snapshot;
+    let client = snapshot
+        .token_endpoint
+        .as_ref()
+        .and_then(|e| e.basic_client(&req.headers));
+    // The token endpoint's built-in route has no on_state_error of its own: it fails open.
+    lockout::check(ctx, &req.headers, client, OnStateError::FailOpen).await?;
     let (Some(endpoint), Some(body)) = (&ctx.snapshot.token_endpoint, ctx.body.take()) else {
         return Err(Refusal::Internal {
             reason: "the token endpoint is not loaded, or the body was taken".to_owned(),
@@ -153,6 +162,7 @@ async fn token_endpoint(
     if decision == Decision::Denied("invalid_client") {
         ctx.services
             .failed_attempt(ctx.conn, "oauth-invalid-client");
+        lockout::failed(ctx, &req.headers, client).await;
     }
     ctx.decision = decision;
     Ok(resp.map(Either::Right))
@@ -164,9 +174,18 @@ async fn authenticate(
     route: &Route,
     req: &http::request::Parts,
 ) -> Result<(), Refusal> {
-    let caller = authn::authenticate(route, ctx.conn, req, &ctx.snapshot.auth)
-        .await
-        .map_err(|f| ctx.services.auth_failed(ctx.conn, f))?;
+    // A locked-out source is refused before its credential is even looked at.
+    let on_error = ctx.snapshot.limits.on_state_error(&route.name);
+    lockout::check(ctx, &req.headers, None, on_error).await?;
+    let caller = match authn::authenticate(route, ctx.conn, req, &ctx.snapshot.auth).await {
+        Ok(caller) => caller,
+        Err(f) => {
+            if f.is_failed_attempt() {
+                lockout::failed(ctx, &req.headers, None).await;
+            }
+            return Err(ctx.services.auth_failed(ctx.conn, f));
+        }
+    };
     ctx.caller = Some(caller);
     Ok(())
 }

@@ -64,6 +64,18 @@ pub enum Refusal {
     Internal {
         reason: String,
     },
+    /// A rate limit of the route refused the request (the first that did, by its name).
+    RateLimited {
+        limit: std::sync::Arc<str>,
+        retry_after: std::time::Duration,
+    },
+    /// The caller's source, API key or token client is locked out after failed
+    /// authentications.
+    LockedOut {
+        retry_after: std::time::Duration,
+    },
+    /// The state backend did not answer in time, on a route that fails closed.
+    StateUnavailable,
 }
 
 impl From<PathError> for Refusal {
@@ -105,6 +117,9 @@ pub enum ProblemKind {
         status: StatusCode,
         error: &'static str,
     },
+    RateLimited,
+    LockedOut,
+    StateUnavailable,
 }
 
 impl ProblemKind {
@@ -173,6 +188,21 @@ impl ProblemKind {
                 title,
             } => (status, slug, title),
             Self::OAuth { status, error } => (status, error, "Token request refused"),
+            Self::RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Rate limit exceeded",
+            ),
+            Self::LockedOut => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "locked-out",
+                "Locked out after failed authentications",
+            ),
+            Self::StateUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "state-unavailable",
+                "Shared state unavailable",
+            ),
         }
     }
 
@@ -271,6 +301,9 @@ impl Refusal {
             Self::UpstreamBusy { .. } => ProblemKind::UpstreamBusy,
             Self::CredentialUnavailable { .. } => ProblemKind::CredentialUnavailable,
             Self::Internal { .. } => ProblemKind::Internal,
+            Self::RateLimited { .. } => ProblemKind::RateLimited,
+            Self::LockedOut { .. } => ProblemKind::LockedOut,
+            Self::StateUnavailable => ProblemKind::StateUnavailable,
         }
     }
 
@@ -319,6 +352,17 @@ impl Refusal {
                 "The gateway cannot authenticate to the upstream service right now. Retry later."
             }
             Self::Internal { .. } => "The gateway failed to handle the request.",
+            Self::RateLimited { limit, .. } => {
+                return Cow::Owned(format!(
+                    "The rate limit \"{limit}\" allows no more requests now; retry after the time in Retry-After."
+                ));
+            }
+            Self::LockedOut { .. } => {
+                "Too many failed authentications: no request is authenticated until the time in Retry-After has passed."
+            }
+            Self::StateUnavailable => {
+                "The gateway cannot check this route's limits right now. Retry shortly."
+            }
         })
     }
 
@@ -354,6 +398,13 @@ impl Refusal {
             // Connections free up as fast as the upstream answers: a second is plenty.
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if let Self::RateLimited { retry_after, .. } | Self::LockedOut { retry_after } = &self {
+            h.insert(RETRY_AFTER, retry_after_value(*retry_after));
+        }
+        if let Self::StateUnavailable = &self {
+            // A backend that times out is usually back within a second or two.
+            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         // RFC 9110 requires a challenge on 401 (RFC 6750 also puts one on a 403 for scope).
         if let Self::Auth(f) = &self
             && let Some(challenge) = f.challenge("idgate")
@@ -363,6 +414,12 @@ impl Refusal {
         }
         resp
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up: a caller that waits that long is admitted.
+pub(crate) fn retry_after_value(d: std::time::Duration) -> HeaderValue {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
 }
 
 #[cfg(test)]

@@ -415,6 +415,8 @@ mod tests {
                 auth: RouteAuth::default(),
                 scopes: ScopeRule::default(),
                 allow_body: false,
+                rate_limits: Vec::new(),
+                on_state_error: Default::default(),
             })
             .collect();
         RouteTable::new(&configs, false)

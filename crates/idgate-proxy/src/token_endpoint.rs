@@ -125,6 +125,16 @@ impl TokenEndpoint {
     }
 
     /// Whether `path` is one of the endpoint's paths.
+    /// The configured client a request names in HTTP Basic client authentication, before
+    /// it is authenticated (for lockouts, which must be checked first).
+    pub(crate) fn basic_client(&self, headers: &http::HeaderMap) -> Option<&str> {
+        let (id, _) = basic_credentials(headers).ok()??;
+        self.clients
+            .iter()
+            .find(|c| c.client_id == id)
+            .map(|c| c.client_id.as_str())
+    }
+
     pub fn handles(path: &str) -> bool {
         matches!(path, TOKEN_PATH | JWKS_PATH | METADATA_PATH)
     }
