@@ -83,44 +83,56 @@ pub struct Limits {
 
 impl Limits {
     pub fn build(config: &Config) -> Result<Self, StoreError> {
-        let defs = config
-            .rate_limits
+        let te = config.token_endpoint.as_ref();
+        let mut limits = Self::new(
+            &config.rate_limits,
+            config
+                .routes
+                .iter()
+                .map(|r| (r.name.as_str(), r.rate_limits.as_slice(), r.on_state_error)),
+            match &config.state {
+                StateBackend::Redis(r) => r.timeout,
+                _ => LOCAL_TIMEOUT,
+            },
+        )?;
+        limits.tiers = config.tiers.clone().into_boxed_slice();
+        limits.client_tiers = te
             .iter()
-            .map(compile)
-            .collect::<Result<Box<[_]>, _>>()?;
-        let routes = config
-            .routes
-            .iter()
-            .map(|r| {
-                let limits = r
-                    .rate_limits
+            .flat_map(|t| &t.clients)
+            .filter_map(|c| Some((c.client_id.clone(), c.tier.clone()?)))
+            .collect();
+        limits.own_issuer = te.map(|t| t.issuer.clone());
+        limits.lockout = config.lockout.clone();
+        Ok(limits)
+    }
+
+    /// The limits `defs` define, applied to routes as `(name, limit names, on_state_error)`
+    /// say; no tiers and no lockout.
+    pub fn new<'a>(
+        defs: &[RateLimitConfig],
+        routes: impl IntoIterator<Item = (&'a str, &'a [String], OnStateError)>,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let defs = defs.iter().map(compile).collect::<Result<Box<[_]>, _>>()?;
+        let routes = routes
+            .into_iter()
+            .map(|(name, names, on_state_error)| {
+                let limits = names
                     .iter()
                     .filter_map(|n| defs.iter().position(|d| *d.name == **n))
                     .collect();
                 let route = RouteLimits {
                     limits,
-                    on_state_error: r.on_state_error,
+                    on_state_error,
                 };
-                (Arc::from(r.name.as_str()), route)
+                (Arc::from(name), route)
             })
-            .collect();
-        let te = config.token_endpoint.as_ref();
-        let client_tiers = te
-            .iter()
-            .flat_map(|t| &t.clients)
-            .filter_map(|c| Some((c.client_id.clone(), c.tier.clone()?)))
             .collect();
         Ok(Self {
             defs,
             routes,
-            tiers: config.tiers.clone().into_boxed_slice(),
-            client_tiers,
-            own_issuer: te.map(|t| t.issuer.clone()),
-            lockout: config.lockout.clone(),
-            timeout: match &config.state {
-                StateBackend::Redis(r) => r.timeout,
-                _ => LOCAL_TIMEOUT,
-            },
+            timeout,
+            ..Self::default()
         })
     }
 
