@@ -22,6 +22,7 @@ mod openbao;
 mod paths;
 mod principals;
 mod proxy;
+mod rate_limits;
 mod ready;
 mod rotation;
 mod slow_clients;
