@@ -278,7 +278,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         api_keys: api_keys.is_some(),
         jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),
         issuers,
-        rate_limits: limits.rate_limits.iter().map(|l| l.name.clone()).collect(),
+        rate_limits: limits.declared.clone(),
     };
     let routes = routes::parse(
         &mut cx,

@@ -171,14 +171,19 @@ pub(crate) struct Limits {
     pub(crate) rate_limits: Vec<RateLimitConfig>,
     pub(crate) tiers: Vec<TierRule>,
     pub(crate) lockout: Option<LockoutConfig>,
+    /// Every limit's name, the invalid ones' too: their own errors say what is wrong, so a
+    /// route naming one adds nothing.
+    pub(crate) declared: Vec<String>,
 }
 
 /// Reads `[[rate_limits]]`, `[[tiers]]` and `[lockout]`.
 pub(crate) fn sections(cx: &mut Ctx<'_>, table: &mut raw::Table) -> Limits {
     let mut names = HashSet::new();
+    let mut declared = Vec::new();
     let rate_limits = crate::array::<RawRateLimit>(cx, table, "rate_limits")
         .into_iter()
         .filter_map(|(i, r)| {
+            declared.push(r.name.clone());
             let key = format!("rate_limits[{i}]");
             if r.name.is_empty() || !r.name.bytes().all(is_name_byte) {
                 cx.err(
@@ -206,6 +211,7 @@ pub(crate) fn sections(cx: &mut Ctx<'_>, table: &mut raw::Table) -> Limits {
         rate_limits,
         tiers,
         lockout,
+        declared,
     }
 }
 
@@ -427,7 +433,126 @@ pub(crate) fn route(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    const BASE: &str = r#"
+[listener]
+bind = "127.0.0.1:8443"
+[identity]
+svid_cert = "c"
+svid_key = "k"
+[[upstreams]]
+name = "p"
+url = "https://provider.test"
+"#;
+
+    /// The errors of `BASE` with `extra`, as `key: reason`, leaving out those of `BASE`.
+    fn errors(extra: &str) -> Vec<String> {
+        let base = match crate::parse(Path::new("t.toml"), BASE) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|e| e.key).collect(),
+        };
+        match crate::parse(Path::new("t.toml"), &format!("{BASE}{extra}")) {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                e.0.into_iter()
+                    .filter(|e| !base.contains(&e.key))
+                    .map(|e| format!("{}: {}", e.key, e.reason))
+                    .collect()
+            }
+        }
+    }
+
+    const ROUTE: &str = r#"
+[[routes]]
+name = "r"
+methods = ["GET"]
+path = "/x"
+upstream = "p"
+allow = ["spiffe://example.org/a"]
+"#;
+
+    #[test]
+    fn a_valid_set_of_limits_tiers_and_lockout_passes() {
+        let text = format!(
+            r#"{ROUTE}rate_limits = ["per-workload", "per-ip"]
+on_state_error = "fail_closed"
+[[rate_limits]]
+name = "per-workload"
+key = ["spiffe_id", "route"]
+rate = "100/s"
+burst = 20
+tiers = {{ gold = {{ rate = "1000/s", burst = 200 }} }}
+[[rate_limits]]
+name = "per-ip"
+key = ["source_ip"]
+count = 30
+period = "1m"
+[[tiers]]
+spiffe = "spiffe://example.org/ns/kyc/*"
+tier = "gold"
+[[tiers]]
+api_key = "batch"
+tier = "gold"
+[lockout]
+max_failures = 5
+by = ["source_ip", "api_key_id", "token_client"]
+"#
+        );
+        assert_eq!(errors(&text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn mistakes_are_named_by_their_key() {
+        let text = format!(
+            r#"{ROUTE}rate_limits = ["nope", "a", "a"]
+on_state_error = "sometimes"
+[[rate_limits]]
+name = "a"
+key = ["spiffe_id", "caller"]
+rate = "100"
+[[rate_limits]]
+name = "a b"
+key = []
+count = 0
+period = "1s"
+[[tiers]]
+tier = "gold"
+[lockout]
+max_failures = 0
+by = ["everyone"]
+"#
+        );
+        let errors = errors(&text);
+        for key in [
+            "routes[0].rate_limits[0]: no [[rate_limits]] is named \"nope\"",
+            "routes[0].rate_limits[2]: is listed twice",
+            "lockout.by: list at least one",
+            "routes[0].on_state_error",
+            "rate_limits[0].key[1]",
+            "rate_limits[0].rate: \"100\" is not a rate",
+            "rate_limits[1].name",
+            "rate_limits[1].key",
+            "rate_limits[1]: the count and the burst must be at least 1",
+            "tiers[0]: give one of spiffe",
+            "lockout.max_failures",
+            "lockout.by[0]",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(key)),
+                "{key}: {errors:?}"
+            );
+        }
+        // The limit "a" is there, if broken: the route naming it is not blamed for it.
+        assert!(
+            !errors
+                .iter()
+                .any(|e| e.starts_with("routes[0].rate_limits[1]")),
+            "{errors:?}"
+        );
+    }
 
     #[test]
     fn rates_are_written_as_count_and_period() {

@@ -10,13 +10,15 @@
 //!   3. route      method + path template → route and its path parameters
 //!                                                      (404 / 405, before any auth detail)
 //!      the route's target: the token endpoint answers here; an upstream goes on
-//!   4. authenticate  the route's layers — mtls, api_key, jwt, or any of several —
+//!   4. authenticate  a locked-out source, key or client first (429, lockout.rs); then the
+//!                 route's layers — mtls, api_key, jwt, or any of several —
 //!                 → one Caller                         (401 with a challenge, or 400)
 //!   5. authorize  one principal on the route's allow list holding the method's scopes
 //!                                                             (403, default deny)
 //!   6. guards     the route's guards on the request (guards.rs), compiled from its
-//!                 configuration: today no body on a GET (HEAD, OPTIONS, DELETE) unless
-//!                 the route allows one                                       (400)
+//!                 configuration: its rate limits (429, or 503 on a fail_closed route
+//!                 without state); no body on a GET (HEAD, OPTIONS, DELETE) unless the
+//!                 route allows one                                           (400)
 //!   7. forward    (forward.rs) strip hop-by-hop headers and the caller's credentials,
 //!                 inject or sign with the upstream credential (503 when it cannot be produced), set
 //!                 x-request-id and x-forwarded-for (appended to only for a trusted proxy),
