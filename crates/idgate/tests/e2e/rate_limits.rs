@@ -199,6 +199,41 @@ async fn the_ratelimit_headers_come_with_every_answer_and_retry_after_with_a_ref
 }
 
 #[tokio::test]
+async fn with_a_redb_backend_rate_limits_are_counted_in_memory_never_in_the_file() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let file = pki.path().join("state.redb");
+        let def = table([
+            ("name", "per-ip".into()),
+            ("key", strings(&["source_ip"])),
+            ("rate", "3/m".into()),
+        ]);
+        let state = table([("backend", "redb".into()), ("path", path_value(&file))]);
+        let gw = limited_gateway(
+            &pki,
+            &upstream,
+            &["per-ip"],
+            vec![("rate_limits", limits(vec![def])), ("state", state.into())],
+        )
+        .await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        for expected in [200, 200, 200, 429] {
+            assert_eq!(client.get(PATH).await.unwrap().status, expected);
+        }
+        drop(gw);
+        // Not one counter in the file: sweeping everything as of next year removes nothing.
+        let store = idgate_store::RedbStore::open(&file, Duration::from_secs(5)).unwrap();
+        let next_year = std::time::SystemTime::now() + Duration::from_secs(366 * 24 * 3600);
+        let rows = idgate_store::Counters::sweep(&store, next_year)
+            .await
+            .unwrap();
+        assert_eq!(rows, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_tier_gives_its_workloads_their_own_rate() {
     within(async {
         let pki = Pki::default_pki();
@@ -244,6 +279,16 @@ async fn a_tier_gives_its_workloads_their_own_rate() {
 
 /// A gateway whose route takes the SVID alone or with an API key, and `[lockout]` as given.
 async fn lockout_gateway(pki: &Pki, upstream: &TestUpstream, lockout: toml::Table) -> Gateway {
+    lockout_gateway_on(pki, upstream, lockout, None).await
+}
+
+/// The same, with `[state]` as given.
+async fn lockout_gateway_on(
+    pki: &Pki,
+    upstream: &TestUpstream,
+    lockout: toml::Table,
+    state: Option<toml::Table>,
+) -> Gateway {
     let pepper = pki.path().join("pepper");
     std::fs::write(&pepper, "0123456789abcdef0123456789abcdef-pepper").unwrap();
     std::fs::set_permissions(&pepper, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -262,6 +307,10 @@ async fn lockout_gateway(pki: &Pki, upstream: &TestUpstream, lockout: toml::Tabl
             RouteSpec::new("route", &["GET"], "/v1/{*rest}", "provider", &[ONBOARDING])
                 .with("auth", toml::Value::Array(vec![any.into()])),
         );
+    let config = match state {
+        Some(state) => config.section("state", state),
+        None => config,
+    };
     Gateway::start(&config, &[]).await
 }
 
@@ -314,6 +363,43 @@ async fn a_source_is_locked_out_after_failures_until_the_cooldown_ends() {
         // And over when the cool-down is.
         tokio::time::sleep_until((locked_at + Duration::from_millis(2100)).into()).await;
         assert_eq!(client.get(PATH).await.unwrap().status, 200);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lockout_kept_in_a_redb_state_file_outlives_the_gateway() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let lockout = table([
+            ("max_failures", 2.into()),
+            ("cooldown", "1m".into()),
+            ("by", strings(&["source_ip"])),
+        ]);
+        let state = table([
+            ("backend", "redb".into()),
+            ("path", path_value(&pki.path().join("state.redb"))),
+        ]);
+        let gw = lockout_gateway_on(&pki, &upstream, lockout.clone(), Some(state.clone())).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let key = bogus_key('a');
+        for _ in 0..2 {
+            let reply = client
+                .send("GET", PATH, &[("x-api-key", &key)], "")
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 401, "{:?}", reply.body);
+        }
+        assert_eq!(client.get(PATH).await.unwrap().status, 429);
+        drop(gw);
+        // Another gateway on the same file: the lockout is still there.
+        let gw = lockout_gateway_on(&pki, &upstream, lockout, Some(state)).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let reply = client.get(PATH).await.unwrap();
+        assert_eq!(reply.status, 429, "{:?}", reply.body);
+        let retry: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+        assert!((50..=60).contains(&retry), "Retry-After {retry}");
     })
     .await;
 }
