@@ -185,10 +185,10 @@ pub(crate) fn sections(cx: &mut Ctx<'_>, table: &mut raw::Table) -> Limits {
         .filter_map(|(i, r)| {
             declared.push(r.name.clone());
             let key = format!("rate_limits[{i}]");
-            if r.name.is_empty() || !r.name.bytes().all(is_name_byte) {
+            if r.name.is_empty() || r.name.len() > 64 || !r.name.bytes().all(is_name_byte) {
                 cx.err(
                     format!("{key}.name"),
-                    "must be letters, digits, '-' or '_' (it is sent in the RateLimit headers)",
+                    "must be 1 to 64 letters, digits, '-' or '_' (it is sent in the RateLimit headers)",
                 );
             } else if !names.insert(r.name.clone()) {
                 cx.err(
