@@ -307,6 +307,65 @@ mod tests {
     }
 
     #[test]
+    fn a_caller_s_tier_is_its_key_s_then_its_client_s_then_its_workload_s() {
+        use idgate_auth::{ApiKeyIdentity, TokenIdentity};
+        use idgate_tls::SpiffeIdPattern;
+        let limits = Limits {
+            tiers: vec![
+                TierRule {
+                    matches: TierMatch::ApiKey("batch".to_owned()),
+                    tier: "bronze".to_owned(),
+                },
+                TierRule {
+                    matches: TierMatch::Spiffe(
+                        SpiffeIdPattern::new("spiffe://example.org/ns/kyc/*").unwrap(),
+                    ),
+                    tier: "gold".to_owned(),
+                },
+            ]
+            .into_boxed_slice(),
+            client_tiers: [("reports".to_owned(), "silver".to_owned())].into(),
+            own_issuer: Some("https://idgate.test".to_owned()),
+            ..Limits::default()
+        };
+        let kyc = SpiffeId::new("spiffe://example.org/ns/kyc/sa/a").unwrap();
+        let web = SpiffeId::new("spiffe://example.org/ns/web/sa/b").unwrap();
+        let key = |name: &str| ApiKeyIdentity {
+            id: "k".to_owned(),
+            name: name.to_owned(),
+            scopes: Vec::new(),
+            workload: None,
+        };
+        let token = |issuer: &str| TokenIdentity {
+            issuer: issuer.to_owned(),
+            subject: "reports".to_owned(),
+            client_id: Some("reports".to_owned()),
+            scopes: Vec::new(),
+            workload: None,
+        };
+        let with_key = Caller {
+            api_key: Some(key("batch")),
+            token: Some(token("https://idgate.test")),
+            ..Caller::default()
+        };
+        assert_eq!(limits.tier(Some(&with_key), Some(&kyc)), Some("bronze"));
+        let with_token = Caller {
+            api_key: Some(key("other")),
+            token: Some(token("https://idgate.test")),
+            ..Caller::default()
+        };
+        assert_eq!(limits.tier(Some(&with_token), Some(&kyc)), Some("silver"));
+        // Another issuer's client of the same name is not the gateway's client.
+        let outside = Caller {
+            token: Some(token("https://idp.partner.test")),
+            ..Caller::default()
+        };
+        assert_eq!(limits.tier(Some(&outside), Some(&kyc)), Some("gold"));
+        assert_eq!(limits.tier(Some(&outside), Some(&web)), None);
+        assert_eq!(limits.tier(None, None), None);
+    }
+
+    #[test]
     fn a_limit_needing_what_the_request_lacks_does_not_apply() {
         let l = limit(vec![LimitKeyPart::ApiKey]);
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
