@@ -139,32 +139,21 @@ async fn token_endpoint(
     ctx: &mut RequestCtx<'_>,
     req: &http::request::Parts,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let snapshot = ctx.snapshot;
-    let client = snapshot
-        .token_endpoint
-        .as_ref()
-        .and_then(|e| e.basic_client(&req.headers));
     // The token endpoint's built-in route has no on_state_error of its own: it fails open.
-    lockout::check(ctx, &req.headers, client, OnStateError::FailOpen).await?;
+    lockout::check(ctx, &req.headers, OnStateError::FailOpen).await?;
+    let clients = lockout::TokenClients::new(ctx);
     let (Some(endpoint), Some(body)) = (&ctx.snapshot.token_endpoint, ctx.body.take()) else {
         return Err(Refusal::Internal {
             reason: "the token endpoint is not loaded, or the body was taken".to_owned(),
         });
     };
     let (resp, decision) = endpoint
-        .handle(
-            ctx.conn,
-            &req.method,
-            req.uri.path(),
-            &req.headers,
-            body,
-            ctx.request_id(),
-        )
+        .handle(ctx.conn, req, body, ctx.request_id(), &clients)
         .await;
     if decision == Decision::Denied("invalid_client") {
         ctx.services
             .failed_attempt(ctx.conn, "oauth-invalid-client");
-        lockout::failed(ctx, &req.headers, client).await;
+        lockout::failed(ctx, &req.headers, clients.claimed().as_deref()).await;
     }
     ctx.decision = decision;
     Ok(resp.map(Either::Right))
@@ -178,7 +167,7 @@ async fn authenticate(
 ) -> Result<(), Refusal> {
     // A locked-out source is refused before its credential is even looked at.
     let on_error = ctx.snapshot.limits.on_state_error(&route.name);
-    lockout::check(ctx, &req.headers, None, on_error).await?;
+    lockout::check(ctx, &req.headers, on_error).await?;
     let caller = match authn::authenticate(route, ctx.conn, req, &ctx.snapshot.auth).await {
         Ok(caller) => caller,
         Err(f) => {

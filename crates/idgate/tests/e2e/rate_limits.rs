@@ -491,7 +491,7 @@ async fn a_token_client_guessed_at_is_locked_out_and_others_still_get_tokens() {
                 base64::engine::general_purpose::STANDARD.encode(format!("batch:{secret}"))
             )
         };
-        let token = |auth: Option<String>| {
+        let token = |auth: Option<String>, form: String| {
             let client = &client;
             async move {
                 let mut headers = vec![FORM];
@@ -500,29 +500,35 @@ async fn a_token_client_guessed_at_is_locked_out_and_others_still_get_tokens() {
                     headers.push(("authorization", auth.as_str()));
                 }
                 client
-                    .send(
-                        "POST",
-                        "/oauth2/token",
-                        &headers,
-                        "grant_type=client_credentials",
-                    )
+                    .send("POST", "/oauth2/token", &headers, &form)
                     .await
                     .unwrap()
             }
         };
-        for _ in 0..2 {
-            let reply = token(Some(basic("wrong"))).await;
-            assert_eq!(reply.status, 401, "{:?}", reply.body);
+        let grant = "grant_type=client_credentials".to_owned();
+        let post = |secret: &str| format!("{grant}&client_id=batch&client_secret={secret}");
+        // One wrong secret by HTTP Basic, one in the form: both count against the client.
+        let reply = token(Some(basic("wrong")), grant.clone()).await;
+        assert_eq!(reply.status, 401, "{:?}", reply.body);
+        let reply = token(None, post("wrong")).await;
+        assert_eq!(reply.status, 401, "{:?}", reply.body);
+        // The right secret now comes too late, either way: the client is locked out before
+        // its secret is compared.
+        for (auth, form) in [
+            (Some(basic("batch-client-secret-value")), grant.clone()),
+            (None, post("batch-client-secret-value")),
+        ] {
+            let reply = token(auth, form).await;
+            assert_eq!(reply.status, 429, "{:?}", reply.body);
+            assert_eq!(
+                reply.json()["type"],
+                "https://idgate.dev/problems/locked-out"
+            );
+            let retry: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+            assert!((50..=60).contains(&retry), "Retry-After {retry}");
         }
-        // The right secret now comes too late: the client is locked out before it is checked.
-        let reply = token(Some(basic("batch-client-secret-value"))).await;
-        assert_eq!(reply.status, 429, "{:?}", reply.body);
-        assert_eq!(
-            reply.json()["type"],
-            "https://idgate.dev/problems/locked-out"
-        );
         // A client authenticating with its SVID is not affected.
-        let reply = token(None).await;
+        let reply = token(None, grant.clone()).await;
         assert_eq!(reply.status, 200, "{:?}", reply.body);
     })
     .await;
