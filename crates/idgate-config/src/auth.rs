@@ -37,6 +37,8 @@ pub struct TokenClientConfig {
     /// Or a client secret (HTTP Basic or form post).
     pub client_secret: Option<SecretRef>,
     pub scopes: Vec<String>,
+    /// The rate-limit tier of the tokens issued to this client.
+    pub tier: Option<String>,
 }
 
 /// `[token_endpoint]`: the built-in OAuth2 client-credentials endpoint.
@@ -292,6 +294,7 @@ pub(crate) fn token_endpoint(
             spiffe_id,
             client_secret,
             scopes: c.scopes,
+            tier: c.tier,
         });
     }
     if cx.errors.len() != before {

@@ -12,6 +12,7 @@ mod credential;
 mod duration;
 mod error;
 mod identity;
+mod limits;
 mod listener;
 mod log;
 mod network;
@@ -38,6 +39,10 @@ pub use duration::{DurationError, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use identity::IdentityConfig;
 pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
+pub use limits::{
+    LimitKeyPart, LockoutBy, LockoutConfig, OnStateError, Rate, RateLimitConfig, TierMatch,
+    TierRule,
+};
 pub use listener::{ClientAuth, ListenerConfig, ProxyProtocolConfig};
 pub use log::{LogConfig, LogFilterError, LogFormat, check_log_filter};
 pub use network::{CidrRules, NetworkConfig, UserAgentPattern, UserAgentPatternError};
@@ -67,6 +72,12 @@ pub struct Config {
     pub state: StateBackend,
     /// `[network]`: address and user-agent rules for every caller.
     pub network: NetworkConfig,
+    /// Named rate limits, which routes apply by name.
+    pub rate_limits: Vec<RateLimitConfig>,
+    /// Which callers are in which rate-limit tier; the first match wins.
+    pub tiers: Vec<TierRule>,
+    /// Lockouts after failed authentications; none without a `[lockout]` section.
+    pub lockout: Option<LockoutConfig>,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
 }
@@ -85,6 +96,9 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "vault",
     "state",
     "network",
+    "rate_limits",
+    "tiers",
+    "lockout",
 ];
 
 fn default_workers() -> usize {
@@ -262,6 +276,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .remove("token_endpoint")
         .and_then(|v| cx.section::<raw::TokenEndpoint>("token_endpoint", v))
         .and_then(|t| auth::token_endpoint(&mut cx, t));
+    let limits = limits::sections(&mut cx, &mut table);
     let raw_routes = array::<raw::Route>(&mut cx, &mut table, "routes");
     let mut issuers: auth::IssuerNames = jwt_issuers
         .iter()
@@ -274,6 +289,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         api_keys: api_keys.is_some(),
         jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),
         issuers,
+        rate_limits: limits.declared.clone(),
     };
     let routes = routes::parse(
         &mut cx,
@@ -326,6 +342,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 vault,
                 state,
                 network,
+                rate_limits: limits.rate_limits,
+                tiers: limits.tiers,
+                lockout: limits.lockout,
                 warnings,
             })
         }

@@ -183,6 +183,9 @@ pub(crate) struct Route {
     pub(crate) deny_user_agents: Vec<String>,
     #[serde(default)]
     pub(crate) max_body_bytes: Option<u64>,
+    pub(crate) rate_limits: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) on_state_error: Option<String>,
 }
 
 /// Kept so that an unknown top-level table gets the same message as any other unknown key.
@@ -265,4 +268,6 @@ pub(crate) struct TokenClient {
     pub(crate) client_secret: Option<String>,
     #[serde(default)]
     pub(crate) scopes: Vec<String>,
+    #[serde(default)]
+    pub(crate) tier: Option<String>,
 }

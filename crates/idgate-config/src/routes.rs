@@ -7,7 +7,8 @@ use idgate_tls::{SpiffeIdPattern, TrustDomain};
 
 use crate::context::Ctx;
 use crate::{
-    AllowEntry, AuthLayer, RouteAuth, ScopeRule, UpstreamConfig, auth, fold_template, raw,
+    AllowEntry, AuthLayer, OnStateError, RouteAuth, ScopeRule, UpstreamConfig, auth, fold_template,
+    raw,
 };
 
 #[derive(Debug, Clone)]
@@ -34,6 +35,10 @@ pub struct RouteConfig {
     /// The largest request body the route takes (the upstream's `max_body_bytes` unless
     /// the route sets its own).
     pub max_body_bytes: u64,
+    /// The names of the `[[rate_limits]]` that apply, each decided on every request.
+    pub rate_limits: Vec<String>,
+    /// What the route does when the state backend cannot answer in time.
+    pub on_state_error: OnStateError,
 }
 
 /// A route's `allow_cidrs`, `deny_cidrs` and `deny_user_agents`.
@@ -57,6 +62,8 @@ pub(crate) struct Layers {
     pub(crate) api_keys: bool,
     pub(crate) jwt: bool,
     pub(crate) issuers: auth::IssuerNames,
+    /// The names of the configured `[[rate_limits]]`.
+    pub(crate) rate_limits: Vec<String>,
 }
 
 pub(crate) fn parse(
@@ -247,6 +254,12 @@ pub(crate) fn parse(
                 );
             }
         }
+        let (rate_limits, on_state_error) = crate::limits::route(
+            cx,
+            &key,
+            (r.rate_limits, r.on_state_error),
+            &layers.rate_limits,
+        );
         let allow_body = r.allow_body.unwrap_or(false);
         if allow_body && !methods.iter().any(body_needs_opt_in) {
             cx.err(
@@ -295,6 +308,8 @@ pub(crate) fn parse(
                 allow_body,
                 network,
                 max_body_bytes,
+                rate_limits,
+                on_state_error,
             });
         }
     }

@@ -147,6 +147,7 @@ impl Gateway {
         };
 
         let services = Arc::new(Services::new(self.access_log.clone(), self.state.clone()));
+        tokio::spawn(sweep_limiter(Arc::downgrade(&services)));
         self.snapshot.start_background(&services.metrics);
         let snapshot = Arc::new(ArcSwap::from_pointee(self.snapshot));
         let watch_handle = spawn_watcher(self.material.clone(), cfg.identity.poll_interval);
@@ -224,6 +225,20 @@ struct Reloader {
     /// The configuration the process started with: what a reload cannot change stays as
     /// it says.
     running: Config,
+}
+
+/// Removes the dead keys of the in-process rate limiter every few seconds, so that its
+/// memory follows the callers of the moment; ends with the gateway.
+async fn sweep_limiter(services: std::sync::Weak<Services>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(services) = services.upgrade() else {
+            return;
+        };
+        services.limiter.sweep(std::time::SystemTime::now());
+    }
 }
 
 /// Opens the state backend `[state]` names. Blocking (a redb file is opened and locked).

@@ -25,6 +25,9 @@ pub enum RequestGuard {
     /// ignores the body of a GET would read it as the next request on its connection.
     /// Compiled for a route that serves one of those methods without `allow_body`.
     NoBody,
+    /// The route's rate limits (`rate_limits`), each decided; first, so that a refused
+    /// request costs nothing more.
+    RateLimit,
 }
 
 /// A check or rewrite on the upstream's response, before it goes back to the caller.
@@ -36,6 +39,9 @@ impl Guards {
     /// The guards a route's configuration asks for.
     pub fn compile(rc: &RouteConfig) -> Self {
         let mut request = Vec::new();
+        if !rc.rate_limits.is_empty() {
+            request.push(RequestGuard::RateLimit);
+        }
         if !rc.allow_body && rc.methods.iter().any(idgate_config::body_needs_opt_in) {
             request.push(RequestGuard::NoBody);
         }
@@ -81,6 +87,8 @@ mod tests {
             allow_body,
             network: Default::default(),
             max_body_bytes: 1 << 20,
+            rate_limits: Vec::new(),
+            on_state_error: Default::default(),
         }
     }
 

@@ -215,6 +215,11 @@ impl Metrics {
         );
     }
 
+    /// The registry, for the metrics a module owns (see `limit_state`).
+    pub(crate) fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

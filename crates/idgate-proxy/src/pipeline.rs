@@ -13,13 +13,15 @@
 //!      admission  the route's address and user-agent rules; a Content-Length past its
 //!                 max_body_bytes                                        (403 / 413)
 //!      the route's target: the token endpoint answers here; an upstream goes on
-//!   4. authenticate  the route's layers — mtls, api_key, jwt, or any of several —
+//!   4. authenticate  a locked-out source, key or client first (429, lockout.rs); then the
+//!                 route's layers — mtls, api_key, jwt, or any of several —
 //!                 → one Caller                         (401 with a challenge, or 400)
 //!   5. authorize  one principal on the route's allow list holding the method's scopes
 //!                                                             (403, default deny)
 //!   6. guards     the route's guards on the request (guards.rs), compiled from its
-//!                 configuration: today no body on a GET (HEAD, OPTIONS, DELETE) unless
-//!                 the route allows one                                       (400)
+//!                 configuration: its rate limits (429, or 503 on a fail_closed route
+//!                 without state); no body on a GET (HEAD, OPTIONS, DELETE) unless the
+//!                 route allows one                                           (400)
 //!   7. forward    (forward.rs) strip hop-by-hop headers and the caller's credentials,
 //!                 inject or sign with the upstream credential (503 when it cannot be produced), set
 //!                 x-request-id and x-forwarded-for (appended to only for a trusted proxy),
@@ -42,6 +44,7 @@ use http::{Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use idgate_auth::Principal;
+use idgate_config::OnStateError;
 
 use crate::access_log::Decision;
 use crate::admission;
@@ -51,6 +54,7 @@ use crate::checks;
 use crate::conn::ConnInfo;
 use crate::ctx::{Authorized, RequestCtx};
 use crate::forward::{forward, strip_response};
+use crate::lockout;
 use crate::path::{self, BadEncoding};
 use crate::problem::Refusal;
 use crate::routes::{Route, RouteMiss, Target};
@@ -141,24 +145,21 @@ async fn token_endpoint(
     ctx: &mut RequestCtx<'_>,
     req: &http::request::Parts,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    // The token endpoint's built-in route has no on_state_error of its own: it fails open.
+    lockout::check(ctx, &req.headers, OnStateError::FailOpen).await?;
+    let clients = lockout::TokenClients::new(ctx);
     let (Some(endpoint), Some(body)) = (&ctx.snapshot.token_endpoint, ctx.body.take()) else {
         return Err(Refusal::Internal {
             reason: "the token endpoint is not loaded, or the body was taken".to_owned(),
         });
     };
     let (resp, decision) = endpoint
-        .handle(
-            ctx.conn,
-            &req.method,
-            req.uri.path(),
-            &req.headers,
-            body,
-            ctx.request_id(),
-        )
+        .handle(ctx.conn, req, body, ctx.request_id(), &clients)
         .await;
     if decision == Decision::Denied("invalid_client") {
         ctx.services
             .failed_attempt(ctx.conn, "oauth-invalid-client");
+        lockout::failed(ctx, &req.headers, clients.claimed().as_deref()).await;
     }
     ctx.decision = decision;
     Ok(resp.map(Either::Right))
@@ -170,9 +171,18 @@ async fn authenticate(
     route: &Route,
     req: &http::request::Parts,
 ) -> Result<(), Refusal> {
-    let caller = authn::authenticate(route, ctx.conn, req, &ctx.snapshot.auth)
-        .await
-        .map_err(|f| ctx.services.auth_failed(ctx.conn, f))?;
+    // A locked-out source is refused before its credential is even looked at.
+    let on_error = ctx.snapshot.limits.on_state_error(&route.name);
+    lockout::check(ctx, &req.headers, on_error).await?;
+    let caller = match authn::authenticate(route, ctx.conn, req, &ctx.snapshot.auth).await {
+        Ok(caller) => caller,
+        Err(f) => {
+            if f.is_failed_attempt() {
+                lockout::failed(ctx, &req.headers, None).await;
+            }
+            return Err(ctx.services.auth_failed(ctx.conn, f));
+        }
+    };
     ctx.caller = Some(caller);
     Ok(())
 }

@@ -78,6 +78,18 @@ pub enum Refusal {
     HeadersTooLarge {
         limit: usize,
     },
+    /// A rate limit of the route refused the request (the first that did, by its name).
+    RateLimited {
+        limit: std::sync::Arc<str>,
+        retry_after: std::time::Duration,
+    },
+    /// The caller's source, API key or token client is locked out after failed
+    /// authentications.
+    LockedOut {
+        retry_after: std::time::Duration,
+    },
+    /// The state backend did not answer in time, on a route that fails closed.
+    StateUnavailable,
 }
 
 impl From<PathError> for Refusal {
@@ -125,6 +137,9 @@ pub enum ProblemKind {
     HeadersTooLarge,
     /// Over `listener.max_connections`: answered by the listener, outside the pipeline.
     Overloaded,
+    RateLimited,
+    LockedOut,
+    StateUnavailable,
 }
 
 impl ProblemKind {
@@ -217,6 +232,21 @@ impl ProblemKind {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
                 "Gateway at its connection limit",
+            ),
+            Self::RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Rate limit exceeded",
+            ),
+            Self::LockedOut => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "locked-out",
+                "Locked out after failed authentications",
+            ),
+            Self::StateUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "state-unavailable",
+                "Shared state unavailable",
             ),
         }
     }
@@ -320,6 +350,9 @@ impl Refusal {
             Self::TooManyHeaders { .. } => ProblemKind::TooManyHeaders,
             Self::BodyTimeout => ProblemKind::BodyTimeout,
             Self::HeadersTooLarge { .. } => ProblemKind::HeadersTooLarge,
+            Self::RateLimited { .. } => ProblemKind::RateLimited,
+            Self::LockedOut { .. } => ProblemKind::LockedOut,
+            Self::StateUnavailable => ProblemKind::StateUnavailable,
         }
     }
 
@@ -384,6 +417,17 @@ impl Refusal {
                 "The gateway cannot authenticate to the upstream service right now. Retry later."
             }
             Self::Internal { .. } => "The gateway failed to handle the request.",
+            Self::RateLimited { limit, .. } => {
+                return Cow::Owned(format!(
+                    "The rate limit \"{limit}\" allows no more requests now; retry after the time in Retry-After."
+                ));
+            }
+            Self::LockedOut { .. } => {
+                "Too many failed authentications: no request is authenticated until the time in Retry-After has passed."
+            }
+            Self::StateUnavailable => {
+                "The gateway cannot check this route's limits right now. Retry shortly."
+            }
         })
     }
 
@@ -419,6 +463,13 @@ impl Refusal {
             // Connections free up as fast as the upstream answers: a second is plenty.
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if let Self::RateLimited { retry_after, .. } | Self::LockedOut { retry_after } = &self {
+            h.insert(RETRY_AFTER, retry_after_value(*retry_after));
+        }
+        if let Self::StateUnavailable = &self {
+            // A backend that times out is usually back within a second or two.
+            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         // RFC 9110 requires a challenge on 401 (RFC 6750 also puts one on a 403 for scope).
         if let Self::Auth(f) = &self
             && let Some(challenge) = f.challenge("idgate")
@@ -428,6 +479,12 @@ impl Refusal {
         }
         resp
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up: a caller that waits that long is admitted.
+pub(crate) fn retry_after_value(d: std::time::Duration) -> HeaderValue {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
 }
 
 #[cfg(test)]

@@ -426,6 +426,8 @@ mod tests {
                 allow_body: false,
                 network: Default::default(),
                 max_body_bytes: 1 << 20,
+                rate_limits: Vec::new(),
+                on_state_error: Default::default(),
             })
             .collect();
         RouteTable::new(&configs, false)

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{HeaderName, HeaderValue};
 use idgate_auth::AuthFailure;
-use idgate_store::{MemoryStore, StateStore};
+use idgate_store::{LocalLimiter, MemoryStore, StateStore};
 
 use crate::access_log::AccessLog;
 use crate::authn::FailedAttempts;
 use crate::conn::ConnInfo;
+use crate::limit_state::{LimitMetrics, StateErrors};
 use crate::metrics::Metrics;
 use crate::problem::Refusal;
 
@@ -81,6 +82,12 @@ pub struct Services {
     pub(crate) route_none: Arc<str>,
     /// Counters, lockouts, ownership records and the outbox, in the backend `[state]` names.
     pub state: StateStore,
+    /// Rate-limit state when the backend is not shared between replicas (see
+    /// `checks/rate_limit.rs`): in memory, never written to a file per request.
+    pub limiter: LocalLimiter,
+    pub limit_metrics: LimitMetrics,
+    /// Failures of the state backend: counted, and logged a line at a time.
+    pub state_errors: StateErrors,
 }
 
 impl Default for Services {
@@ -97,6 +104,7 @@ impl Services {
                 .as_ref()
                 .map_or_else(Default::default, |log| log.dropped().clone()),
         );
+        let limit_metrics = LimitMetrics::register(metrics.registry_mut());
         Self {
             ids: RequestIds::default(),
             metrics: Arc::new(metrics),
@@ -105,6 +113,9 @@ impl Services {
             body_budget: tokio::sync::Semaphore::new(BODY_BUDGET_KIB as usize),
             route_none: "-".into(),
             state,
+            limiter: LocalLimiter::default(),
+            limit_metrics,
+            state_errors: StateErrors::default(),
         }
     }
 

@@ -11,6 +11,7 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 
 use crate::authn::{AuthServices, AuthSetupError};
+use crate::limit_state::Limits;
 use crate::metrics::Metrics;
 use crate::routes::{RouteTable, RouteTableError};
 use crate::token_endpoint::{TokenEndpoint, TokenEndpointError};
@@ -58,6 +59,8 @@ pub enum BuildProblem {
     Auth(AuthSetupError),
     #[error("cannot open the state backend: {0}")]
     State(idgate_store::StoreError),
+    #[error("{0}")]
+    RateLimit(idgate_store::StoreError),
 }
 
 impl BuildError {
@@ -87,6 +90,8 @@ pub struct Snapshot {
     pub auth: AuthServices,
     /// The built-in OAuth2 token endpoint, when configured.
     pub token_endpoint: Option<TokenEndpoint>,
+    /// The rate limits, tiers and lockout settings.
+    pub limits: Limits,
     api_key_reload: Option<std::time::Duration>,
     /// `[network]`: checked at accept (addresses) and on every request (user agents).
     pub network: idgate_config::NetworkConfig,
@@ -154,6 +159,15 @@ impl Snapshot {
         let auth = AuthServices::build(config, token_endpoint.as_ref().map(|t| &t.issuer))
             .map_err(|e| errors.push(BuildError::new(config, e.key(), BuildProblem::Auth(e))))
             .ok();
+        let limits = Limits::build(config)
+            .map_err(|e| {
+                errors.push(BuildError::new(
+                    config,
+                    "rate_limits",
+                    BuildProblem::RateLimit(e),
+                ))
+            })
+            .ok();
         let mut strip_headers = vec![
             HeaderName::from_static("x-api-key"),
             header::AUTHORIZATION,
@@ -183,13 +197,14 @@ impl Snapshot {
                 }
             }
         }
-        match (routes, auth) {
-            (Some(routes), Some(auth)) if errors.is_empty() => Ok(Self {
+        match (routes, auth, limits) {
+            (Some(routes), Some(auth), Some(limits)) if errors.is_empty() => Ok(Self {
                 routes,
                 upstreams,
                 strip_headers,
                 auth,
                 token_endpoint,
+                limits,
                 api_key_reload: config.api_keys.as_ref().map(|a| a.reload_interval),
                 network: config.network.clone(),
                 request_limits: RequestLimits {

@@ -10,11 +10,15 @@
 //! Errors use the RFC 6749 §5.2 members (`error`, `error_description`) inside an RFC 9457
 //! problem document, so OAuth clients and problem-aware clients both understand them.
 
-use std::time::SystemTime;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA, WWW_AUTHENTICATE};
+use http::header::{
+    CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -129,15 +133,17 @@ impl TokenEndpoint {
         matches!(path, TOKEN_PATH | JWKS_PATH | METADATA_PATH)
     }
 
+    /// Answers one request to the endpoint's paths; `gate` is asked about a client before
+    /// its secret is compared.
     pub async fn handle(
         &self,
         conn: &ConnInfo,
-        method: &Method,
-        path: &str,
-        headers: &http::HeaderMap,
+        req: &http::request::Parts,
         body: Incoming,
         request_id: &str,
+        gate: &dyn ClientGate,
     ) -> (Response<Full<Bytes>>, Decision) {
+        let (method, path, headers) = (&req.method, req.uri.path(), &req.headers);
         let mut decision = Decision::Allowed;
         let resp = match (path, method) {
             (JWKS_PATH, &Method::GET | &Method::HEAD) => {
@@ -146,7 +152,7 @@ impl TokenEndpoint {
             (METADATA_PATH, &Method::GET | &Method::HEAD) => {
                 json_response(StatusCode::OK, &self.issuer.metadata(), true)
             }
-            (TOKEN_PATH, &Method::POST) => match self.token(conn, headers, body).await {
+            (TOKEN_PATH, &Method::POST) => match self.token(conn, headers, body, gate).await {
                 Ok(v) => {
                     let mut r = json_response(StatusCode::OK, &v, false);
                     r.headers_mut()
@@ -188,6 +194,7 @@ impl TokenEndpoint {
         conn: &ConnInfo,
         headers: &http::HeaderMap,
         body: Incoming,
+        gate: &dyn ClientGate,
     ) -> Result<serde_json::Value, OAuthError> {
         let ct = headers
             .get(CONTENT_TYPE)
@@ -203,7 +210,7 @@ impl TokenEndpoint {
             ));
         }
         let collect = Limited::new(body, MAX_FORM).collect();
-        let bytes = tokio::time::timeout(std::time::Duration::from_secs(10), collect)
+        let bytes = tokio::time::timeout(Duration::from_secs(10), collect)
             .await
             .map_err(|_| {
                 OAuthError::bad("invalid_request", "the request body did not arrive in time")
@@ -257,10 +264,19 @@ impl TokenEndpoint {
                     "use one client authentication method",
                 ));
             }
-            (Some((id, secret)), None) => self.by_secret(conn, &id, &secret, true)?,
+            (Some((id, secret)), None) => {
+                // A locked-out client is refused before its secret is compared.
+                if let Some(left) = gate.locked_out(&id).await {
+                    return Err(OAuthError::locked_out(left));
+                }
+                self.by_secret(conn, &id, &secret, true)?
+            }
             (None, Some(secret)) => {
                 let id = form_id
                     .ok_or_else(|| OAuthError::bad("invalid_request", "client_id is missing"))?;
+                if let Some(left) = gate.locked_out(id).await {
+                    return Err(OAuthError::locked_out(left));
+                }
                 self.by_secret(conn, id, secret, false)?
             }
             (None, None) => self.by_certificate(conn, form_id)?,
@@ -433,16 +449,31 @@ fn json_response(
     r
 }
 
+/// Asked before a client secret is checked, with the client id the request claims: the
+/// pipeline answers from the lockout state (`lockout.rs`), which this module does not hold.
+pub trait ClientGate: Sync {
+    /// How much longer the client is locked out, when it is.
+    fn locked_out<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<Duration>> + Send + 'a>>;
+}
+
 struct OAuthError {
     status: StatusCode,
     error: &'static str,
     description: &'static str,
     basic_challenge: bool,
+    /// Set when the client is locked out: the answer is then a `locked-out` problem.
+    locked_for: Option<Duration>,
 }
 
 impl OAuthError {
     /// Its kind of problem: the error code is its slug and its reason in the record.
     fn kind(&self) -> ProblemKind {
+        if self.locked_for.is_some() {
+            return ProblemKind::LockedOut;
+        }
         ProblemKind::OAuth {
             status: self.status,
             error: self.error,
@@ -460,6 +491,19 @@ impl OAuthError {
             error,
             description,
             basic_challenge: false,
+            locked_for: None,
+        }
+    }
+
+    /// The client is locked out after failed authentications, for `left` more.
+    fn locked_out(left: Duration) -> Self {
+        Self {
+            locked_for: Some(left),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "locked_out",
+                "too many failed authentications of this client; retry after the time in Retry-After",
+            )
         }
     }
 
@@ -475,6 +519,7 @@ impl OAuthError {
             error: "invalid_client",
             description: "client authentication failed",
             basic_challenge: basic,
+            locked_for: None,
         }
     }
 
@@ -488,6 +533,10 @@ impl OAuthError {
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"idgate\""),
             );
+        }
+        if let Some(left) = self.locked_for {
+            r.headers_mut()
+                .insert(RETRY_AFTER, crate::problem::retry_after_value(left));
         }
         r
     }

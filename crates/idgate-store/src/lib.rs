@@ -30,6 +30,7 @@ mod any;
 mod api_keys;
 mod blocking;
 mod counters;
+mod local_limiter;
 mod memory;
 mod nonces;
 mod queue;
@@ -46,6 +47,7 @@ pub use any::StateStore;
 pub use api_keys::{AnyApiKeyStore, ApiKeyStore, KeyState, StoreVersion, StoredKey};
 pub use blocking::block_on;
 pub use counters::{Counters, GcraDecision, GcraLimit, WindowCount};
+pub use local_limiter::{DEFAULT_LIMITER_CAPACITY, LocalLimiter};
 pub use memory::{DEFAULT_QUEUE_CAPACITY, DEFAULT_STATE_CAPACITY, MemoryStore};
 pub use nonces::{Nonces, OwnerRecord, Ownership};
 pub use queue::{

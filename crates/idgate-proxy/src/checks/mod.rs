@@ -7,6 +7,7 @@
 //! it, its check in a module here, and its arm in [`on_request`] or [`on_response`].
 
 mod no_body;
+mod rate_limit;
 
 use http::Response;
 use http::request::Parts;
@@ -26,6 +27,7 @@ pub(crate) async fn on_request(
 ) -> Result<(), Refusal> {
     match guard {
         RequestGuard::NoBody => no_body::check(ctx, upstream.request_timeout, &req.method).await,
+        RequestGuard::RateLimit => rate_limit::check(ctx).await,
     }
 }
 

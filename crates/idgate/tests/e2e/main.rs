@@ -23,6 +23,7 @@ mod openbao;
 mod paths;
 mod principals;
 mod proxy;
+mod rate_limits;
 mod ready;
 mod request_limits;
 mod rotation;

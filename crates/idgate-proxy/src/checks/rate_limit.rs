@@ -1,0 +1,426 @@
+//! The route's rate limits (GCRA), each decided on every request: the request is refused
+//! when any refuses it. Limits run after authorization, so that they can count by the
+//! identity the caller proved (SPIFFE ID, API key id, token client), and before anything
+//! goes upstream.
+//!
+//! Where the state is: with a backend shared between replicas (Redis), one atomic check
+//! per limit in the backend, bounded by `[state] timeout`; otherwise in this process's
+//! [`idgate_store::LocalLimiter`], never in a file. A backend that fails or is slow, or a
+//! local limiter full of live keys, is a state error: the route's `on_state_error` says
+//! whether the request goes on without that limit (fail_open) or gets 503.
+//!
+//! Every answer on a limited route carries the `RateLimit-Policy` and `RateLimit` fields
+//! of draft-ietf-httpapi-ratelimit-headers-10, one list member per limit that applied.
+//! When several limits apply and one refuses, the ones before it have still counted the
+//! request (as Envoy's and Kong's do): the check of each is atomic, not of all together.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::{HeaderName, HeaderValue};
+use idgate_auth::Caller;
+use idgate_config::OnStateError;
+use idgate_store::{Counters, GcraDecision, LocalLimiter};
+use idgate_tls::SpiffeId;
+
+use crate::ctx::RequestCtx;
+use crate::limit_state::{
+    Limit, LimitMetrics, Limits, RouteLimits, StateErrors, StateFailure, Tiered, bounded,
+    key_parts, shared_key,
+};
+use crate::problem::Refusal;
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+pub(super) async fn check(ctx: &mut RequestCtx<'_>) -> Result<(), Refusal> {
+    let snapshot = ctx.snapshot;
+    let services = ctx.services;
+    let route = ctx.route_name();
+    let Some(route_limits) = snapshot.limits.route(route) else {
+        return Ok(());
+    };
+    let who = Who {
+        caller: ctx.caller.as_ref(),
+        peer: ctx.conn.peer.as_ref(),
+        remote: ctx.conn.remote.ip(),
+        route,
+    };
+    let store = if services.state.is_shared() {
+        Store::Shared(&services.state, services.state.kind())
+    } else {
+        Store::Local(&services.limiter)
+    };
+    let report = Report {
+        errors: &services.state_errors,
+        metrics: &services.limit_metrics,
+    };
+    let verdict = decide_all(&snapshot.limits, route_limits, &who, store, report).await;
+    let verdict = verdict?;
+    for (name, value) in [
+        (&RATELIMIT_POLICY, verdict.policy),
+        (&RATELIMIT, verdict.state),
+    ] {
+        if let Ok(v) = HeaderValue::try_from(value)
+            && !v.is_empty()
+        {
+            ctx.response_headers.insert(name.clone(), v);
+        }
+    }
+    match verdict.refused {
+        None => Ok(()),
+        Some((limit, retry_after)) => {
+            services.limit_metrics.rate_limited(route, limit);
+            Err(Refusal::RateLimited {
+                limit: limit.clone(),
+                retry_after,
+            })
+        }
+    }
+}
+
+/// Who a request is, as far as its limits' keys go.
+struct Who<'a> {
+    caller: Option<&'a Caller>,
+    peer: Option<&'a SpiffeId>,
+    remote: IpAddr,
+    route: &'a str,
+}
+
+/// Where the limits' state is.
+enum Store<'a, C> {
+    /// A backend every replica shares, named for the log.
+    Shared(&'a C, &'static str),
+    Local(&'a LocalLimiter),
+}
+
+/// Where state failures are counted and logged.
+struct Report<'a> {
+    errors: &'a StateErrors,
+    metrics: &'a LimitMetrics,
+}
+
+/// The headers' values and the limit that refused, if one did.
+#[derive(Debug)]
+struct Verdict<'l> {
+    policy: String,
+    state: String,
+    refused: Option<(&'l Arc<str>, Duration)>,
+}
+
+/// Every limit of the route, decided in turn.
+async fn decide_all<'l, C: Counters>(
+    limits: &'l Limits,
+    route_limits: &RouteLimits,
+    who: &Who<'_>,
+    store: Store<'_, C>,
+    report: Report<'_>,
+) -> Result<Verdict<'l>, Refusal> {
+    let tier = limits.tier(who.caller, who.peer);
+    let now = SystemTime::now();
+    let mut verdict = Verdict {
+        policy: String::new(),
+        state: String::new(),
+        refused: None,
+    };
+    for &i in &route_limits.limits {
+        let Some(limit) = limits.defs.get(i) else {
+            continue;
+        };
+        let Some(parts) = key_parts(limit, who.caller, who.peer, who.remote, who.route) else {
+            continue;
+        };
+        let rate = limit.rate(tier);
+        let decision = match &store {
+            Store::Shared(state, backend) => {
+                let decided = match shared_key(limit, &parts) {
+                    Ok(key) => bounded(limits.timeout, state.gcra(&key, &rate.gcra, 1, now)).await,
+                    Err(e) => Err(e.into()),
+                };
+                if decided.is_ok() {
+                    report.errors.succeeded(backend);
+                }
+                decided.map_err(|e| (e, *backend))
+            }
+            // The limit's name is part of the key: two limits counting by the same parts
+            // keep apart, and a reload that keeps a limit keeps its state.
+            Store::Local(limiter) => limiter
+                .check(&(&*limit.name, &parts), &rate.gcra, 1, now)
+                .map_err(|e| (StateFailure::from(e), "local")),
+        };
+        let decision = match decision {
+            Ok(d) => d,
+            Err((e, backend)) => {
+                report.errors.failed(report.metrics, "gcra", backend, &e);
+                match route_limits.on_state_error {
+                    OnStateError::FailOpen => continue,
+                    OnStateError::FailClosed => return Err(Refusal::StateUnavailable),
+                }
+            }
+        };
+        add_items(
+            &mut verdict.policy,
+            &mut verdict.state,
+            limit,
+            rate,
+            &decision,
+        );
+        if !decision.allowed && verdict.refused.is_none() {
+            verdict.refused = Some((&limit.name, decision.retry_after));
+        }
+    }
+    Ok(verdict)
+}
+
+/// One member of each field: `"name";q=100;w=1` and `"name";r=42;t=3`. `t` is when the
+/// caller may send again when refused, and when the whole burst is back otherwise.
+fn add_items(
+    policy: &mut String,
+    state: &mut String,
+    limit: &Limit,
+    rate: &Tiered,
+    d: &GcraDecision,
+) {
+    use std::fmt::Write as _;
+    if !policy.is_empty() {
+        policy.push_str(", ");
+        state.push_str(", ");
+    }
+    policy.push_str(&rate.policy);
+    let t = if d.allowed {
+        d.reset_after
+    } else {
+        d.retry_after
+    };
+    let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
+    let _ = write!(state, "\"{}\";r={};t={secs}", limit.name, d.remaining);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use idgate_config::{LimitKeyPart, Rate, RateLimitConfig};
+    use idgate_store::{CounterKey, GcraLimit, MemoryStore, StoreError, WindowCount};
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+
+    /// A backend that fails every call, after `delay` (a slow one) or at once.
+    struct Failing {
+        delay: Duration,
+    }
+
+    impl Failing {
+        fn fail<T>(&self) -> impl Future<Output = Result<T, StoreError>> + Send + use<T> {
+            let delay = self.delay;
+            async move {
+                tokio::time::sleep(delay).await;
+                Err(StoreError::Interrupted("the backend went away".to_owned()))
+            }
+        }
+    }
+
+    impl Counters for Failing {
+        fn increment(
+            &self,
+            _: &CounterKey,
+            _: u64,
+            _: Duration,
+            _: SystemTime,
+        ) -> impl Future<Output = Result<WindowCount, StoreError>> + Send {
+            self.fail()
+        }
+        fn get(
+            &self,
+            _: &CounterKey,
+            _: SystemTime,
+        ) -> impl Future<Output = Result<Option<WindowCount>, StoreError>> + Send {
+            self.fail()
+        }
+        fn reset(&self, _: &CounterKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
+            self.fail()
+        }
+        fn gcra(
+            &self,
+            _: &CounterKey,
+            _: &GcraLimit,
+            _: u32,
+            _: SystemTime,
+        ) -> impl Future<Output = Result<GcraDecision, StoreError>> + Send {
+            self.fail()
+        }
+        fn sweep(&self, _: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send {
+            self.fail()
+        }
+    }
+
+    fn def(name: &str, key: LimitKeyPart, count: u32, burst: u32) -> RateLimitConfig {
+        RateLimitConfig {
+            name: name.to_owned(),
+            key: vec![key],
+            rate: Rate {
+                count,
+                period: Duration::from_secs(1),
+                burst,
+            },
+            tiers: Default::default(),
+        }
+    }
+
+    fn limits(mode: OnStateError) -> Limits {
+        let defs = [
+            def("per-ip", LimitKeyPart::SourceIp, 10, 3),
+            def("per-route", LimitKeyPart::Route, 100, 100),
+        ];
+        let names = ["per-ip".to_owned(), "per-route".to_owned()];
+        Limits::new(&defs, [("r", &names[..], mode)], Duration::from_millis(50)).unwrap()
+    }
+
+    fn who() -> Who<'static> {
+        Who {
+            caller: None,
+            peer: None,
+            remote: "::ffff:192.0.2.7".parse().unwrap(),
+            route: "r",
+        }
+    }
+
+    struct Reporting {
+        registry: Registry,
+        metrics: LimitMetrics,
+        errors: StateErrors,
+    }
+
+    impl Reporting {
+        fn new() -> Self {
+            let mut registry = Registry::default();
+            let metrics = LimitMetrics::register(&mut registry);
+            Self {
+                registry,
+                metrics,
+                errors: StateErrors::default(),
+            }
+        }
+        fn report(&self) -> Report<'_> {
+            Report {
+                errors: &self.errors,
+                metrics: &self.metrics,
+            }
+        }
+        fn state_errors(&self) -> String {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+            text.lines()
+                .filter(|l| l.starts_with("state_errors_total"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    }
+
+    async fn run<C: Counters>(
+        limits: &Limits,
+        store: Store<'_, C>,
+        r: &Reporting,
+    ) -> Result<(String, String, Option<(String, Duration)>), Refusal> {
+        let route = limits.route("r").unwrap();
+        let v = decide_all(limits, route, &who(), store, r.report()).await?;
+        Ok((
+            v.policy,
+            v.state,
+            v.refused.map(|(n, d)| (n.to_string(), d)),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_shared_backend_decides_each_limit_and_the_headers_say_so() {
+        let limits = limits(OnStateError::FailClosed);
+        let store = MemoryStore::new();
+        let r = Reporting::new();
+        for remaining in [2, 1, 0] {
+            let (policy, state, refused) = run(&limits, Store::Shared(&store, "memory"), &r)
+                .await
+                .unwrap();
+            assert_eq!(policy, "\"per-ip\";q=10;w=1, \"per-route\";q=100;w=1");
+            assert!(
+                state.starts_with(&format!("\"per-ip\";r={remaining};t=1, \"per-route\";r=")),
+                "{state}"
+            );
+            assert!(refused.is_none());
+        }
+        let (_, state, refused) = run(&limits, Store::Shared(&store, "memory"), &r)
+            .await
+            .unwrap();
+        let (name, retry) = refused.unwrap();
+        assert_eq!(name, "per-ip");
+        assert!(retry > Duration::ZERO && retry <= Duration::from_millis(100));
+        assert!(state.starts_with("\"per-ip\";r=0;t=1, "), "{state}");
+        assert_eq!(r.state_errors(), "");
+    }
+
+    #[tokio::test]
+    async fn fail_open_goes_on_without_the_limits_and_counts_the_failures() {
+        let limits = limits(OnStateError::FailOpen);
+        let r = Reporting::new();
+        let failing = Failing {
+            delay: Duration::ZERO,
+        };
+        let (policy, state, refused) = run(&limits, Store::Shared(&failing, "redis"), &r)
+            .await
+            .unwrap();
+        assert_eq!((policy.as_str(), state.as_str(), refused), ("", "", None));
+        assert_eq!(r.state_errors(), "state_errors_total{operation=\"gcra\"} 2");
+    }
+
+    #[tokio::test]
+    async fn fail_closed_refuses_with_503() {
+        let limits = limits(OnStateError::FailClosed);
+        let r = Reporting::new();
+        let failing = Failing {
+            delay: Duration::ZERO,
+        };
+        let refusal = run(&limits, Store::Shared(&failing, "redis"), &r)
+            .await
+            .unwrap_err();
+        assert!(matches!(refusal, Refusal::StateUnavailable));
+        assert_eq!(
+            refusal.kind().status(),
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_backend_is_given_up_on_at_the_timeout() {
+        let limits = limits(OnStateError::FailClosed);
+        let r = Reporting::new();
+        let slow = Failing {
+            delay: Duration::from_secs(30),
+        };
+        let started = std::time::Instant::now();
+        let refusal = run(&limits, Store::Shared(&slow, "redis"), &r).await;
+        assert!(matches!(refusal, Err(Refusal::StateUnavailable)));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_full_local_limiter_follows_the_route_s_mode() {
+        let limiter = LocalLimiter::with_capacity(1);
+        let r = Reporting::new();
+        // Fill the limiter with live keys of another limit until this request's shard is
+        // full: a key it cannot place is then a state error.
+        let other = GcraLimit::per(1, Duration::from_secs(60), 1).unwrap();
+        for k in 0..10_000u32 {
+            let _ = limiter.check(&k, &other, 1, SystemTime::now());
+        }
+        let open = limits(OnStateError::FailOpen);
+        let (_, _, refused) = run(&open, Store::<MemoryStore>::Local(&limiter), &r)
+            .await
+            .unwrap();
+        assert!(refused.is_none());
+        let closed = limits(OnStateError::FailClosed);
+        let refusal = run(&closed, Store::<MemoryStore>::Local(&limiter), &r).await;
+        assert!(matches!(refusal, Err(Refusal::StateUnavailable)));
+        assert!(r.state_errors().contains("operation=\"gcra\""));
+    }
+}

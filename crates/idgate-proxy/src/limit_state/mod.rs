@@ -1,0 +1,374 @@
+//! Rate limits and lockouts as one configuration compiles them ([`Limits`], held by the
+//! snapshot), and what every request shares about them whatever the snapshot
+//! ([`LimitMetrics`], [`StateErrors`], in `Services`). The checks themselves are
+//! `checks/rate_limit.rs` and `lockout.rs`.
+//!
+//! Keys in the state backend name what is counted, never a secret: an API key by its
+//! public id, a token by its `client_id`, an address in its canonical form (IPv4-mapped
+//! IPv6 as IPv4). A part longer than [`MAX_PART`] bytes (a long SPIFFE ID) is replaced by
+//! a hash of it, so every key fits the store's `MAX_KEY_LEN`.
+
+mod metrics;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use idgate_auth::Caller;
+use idgate_config::{
+    Config, LimitKeyPart, LockoutConfig, OnStateError, RateLimitConfig, StateBackend, TierMatch,
+    TierRule,
+};
+use idgate_store::{CounterKey, GcraLimit, StoreError};
+use idgate_tls::SpiffeId;
+
+pub use metrics::{LimitMetrics, StateErrors};
+
+/// The longest part of a state key kept as it is; longer ones are hashed.
+pub const MAX_PART: usize = 128;
+
+/// How long a state call may take when `[state]` sets no timeout (memory, redb): a redb
+/// write waits for the disk, which should never take this long.
+const LOCAL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// One limit at one rate: the GCRA parameters and the `RateLimit-Policy` item.
+#[derive(Debug)]
+pub struct Tiered {
+    pub gcra: GcraLimit,
+    /// `"name";q=COUNT;w=SECONDS`.
+    pub policy: Box<str>,
+}
+
+/// One `[[rate_limits]]`, compiled.
+#[derive(Debug)]
+pub struct Limit {
+    pub name: Arc<str>,
+    pub key: Box<[LimitKeyPart]>,
+    pub default: Tiered,
+    pub tiers: Box<[(Box<str>, Tiered)]>,
+}
+
+impl Limit {
+    /// The rate for a caller in `tier` (the limit's default when it names no such tier).
+    pub fn rate(&self, tier: Option<&str>) -> &Tiered {
+        tier.and_then(|t| self.tiers.iter().find(|(n, _)| **n == *t))
+            .map_or(&self.default, |(_, r)| r)
+    }
+}
+
+/// What one route applies.
+#[derive(Debug)]
+pub struct RouteLimits {
+    /// Indexes into [`Limits::defs`], in the order the route lists them.
+    pub limits: Box<[usize]>,
+    pub on_state_error: OnStateError,
+}
+
+/// The rate limits, tiers and lockout of one configuration.
+#[derive(Debug, Default)]
+pub struct Limits {
+    pub defs: Box<[Limit]>,
+    /// By route name; a route absent here has no limit and fails open.
+    routes: HashMap<Arc<str>, RouteLimits>,
+    tiers: Box<[TierRule]>,
+    /// The tier of the tokens the gateway's own endpoint issues, by client.
+    client_tiers: HashMap<String, String>,
+    own_issuer: Option<String>,
+    pub lockout: Option<LockoutConfig>,
+    /// The bound on each state call.
+    pub timeout: Duration,
+}
+
+impl Limits {
+    pub fn build(config: &Config) -> Result<Self, StoreError> {
+        let te = config.token_endpoint.as_ref();
+        let mut limits = Self::new(
+            &config.rate_limits,
+            config
+                .routes
+                .iter()
+                .map(|r| (r.name.as_str(), r.rate_limits.as_slice(), r.on_state_error)),
+            match &config.state {
+                StateBackend::Redis(r) => r.timeout,
+                _ => LOCAL_TIMEOUT,
+            },
+        )?;
+        limits.tiers = config.tiers.clone().into_boxed_slice();
+        limits.client_tiers = te
+            .iter()
+            .flat_map(|t| &t.clients)
+            .filter_map(|c| Some((c.client_id.clone(), c.tier.clone()?)))
+            .collect();
+        limits.own_issuer = te.map(|t| t.issuer.clone());
+        limits.lockout = config.lockout.clone();
+        Ok(limits)
+    }
+
+    /// The limits `defs` define, applied to routes as `(name, limit names, on_state_error)`
+    /// say; no tiers and no lockout.
+    pub fn new<'a>(
+        defs: &[RateLimitConfig],
+        routes: impl IntoIterator<Item = (&'a str, &'a [String], OnStateError)>,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let defs = defs.iter().map(compile).collect::<Result<Box<[_]>, _>>()?;
+        let routes = routes
+            .into_iter()
+            .map(|(name, names, on_state_error)| {
+                let limits = names
+                    .iter()
+                    .filter_map(|n| defs.iter().position(|d| *d.name == **n))
+                    .collect();
+                let route = RouteLimits {
+                    limits,
+                    on_state_error,
+                };
+                (Arc::from(name), route)
+            })
+            .collect();
+        Ok(Self {
+            defs,
+            routes,
+            timeout,
+            ..Self::default()
+        })
+    }
+
+    pub fn route(&self, name: &str) -> Option<&RouteLimits> {
+        self.routes.get(name)
+    }
+
+    /// What a route does when the backend fails; routes without limits fail open.
+    pub fn on_state_error(&self, route: &str) -> OnStateError {
+        self.route(route)
+            .map_or(OnStateError::FailOpen, |r| r.on_state_error)
+    }
+
+    /// The caller's tier: its API key's (by name), its token client's (tokens of the
+    /// gateway's own endpoint), or its workload's (the first `[[tiers]]` pattern that
+    /// matches the connection's SPIFFE ID), in that order.
+    pub fn tier<'a>(&'a self, caller: Option<&Caller>, peer: Option<&SpiffeId>) -> Option<&'a str> {
+        if let Some(key) = caller.and_then(|c| c.api_key.as_ref())
+            && let Some(t) = self
+                .tiers
+                .iter()
+                .find(|t| matches!(&t.matches, TierMatch::ApiKey(n) if *n == key.name))
+        {
+            return Some(&t.tier);
+        }
+        if let Some(token) = caller.and_then(|c| c.token.as_ref())
+            && self.own_issuer.as_deref() == Some(token.issuer.as_str())
+            && let Some(t) = token
+                .client_id
+                .as_ref()
+                .and_then(|c| self.client_tiers.get(c))
+        {
+            return Some(t);
+        }
+        let peer = peer?;
+        self.tiers.iter().find_map(|t| match &t.matches {
+            TierMatch::Spiffe(p) if p.matches(peer) => Some(t.tier.as_str()),
+            _ => None,
+        })
+    }
+}
+
+fn compile(c: &RateLimitConfig) -> Result<Limit, StoreError> {
+    let tiered = |r: &idgate_config::Rate| -> Result<Tiered, StoreError> {
+        let window = r.period.as_secs_f64().ceil().max(1.0) as u64;
+        Ok(Tiered {
+            gcra: GcraLimit::per(r.count, r.period, r.burst)?,
+            policy: format!("\"{}\";q={};w={window}", c.name, r.count).into(),
+        })
+    };
+    Ok(Limit {
+        name: c.name.as_str().into(),
+        key: c.key.clone().into_boxed_slice(),
+        default: tiered(&c.rate)?,
+        tiers: c
+            .tiers
+            .iter()
+            .map(|(n, r)| Ok((n.as_str().into(), tiered(r)?)))
+            .collect::<Result<_, StoreError>>()?,
+    })
+}
+
+/// Why a state call gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFailure {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Runs one state call within `timeout`, whatever bound the backend has of its own: a slow
+/// backend must never hold a request longer than this.
+pub async fn bounded<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StateFailure> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r.map_err(StateFailure::Store),
+        Err(_) => Err(StateFailure::Timeout(timeout)),
+    }
+}
+
+/// One part of a limit's key, as the request has it: nothing is copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part<'a> {
+    Text(&'a str),
+    Ip(IpAddr),
+}
+
+/// The parts of `limit`'s key for one request; `None` when the request lacks one (an
+/// `api_key` limit on a request that came with no API key): the limit does not apply.
+pub fn key_parts<'a>(
+    limit: &Limit,
+    caller: Option<&'a Caller>,
+    peer: Option<&'a SpiffeId>,
+    remote: IpAddr,
+    route: &'a str,
+) -> Option<[Option<Part<'a>>; 5]> {
+    let mut parts = [None; 5];
+    for (slot, part) in parts.iter_mut().zip(limit.key.iter()) {
+        *slot = Some(match part {
+            LimitKeyPart::SpiffeId => Part::Text(peer?.as_str()),
+            LimitKeyPart::ApiKey => Part::Text(&caller?.api_key.as_ref()?.id),
+            LimitKeyPart::TokenClient => Part::Text(caller?.token.as_ref()?.client_id.as_ref()?),
+            LimitKeyPart::SourceIp => Part::Ip(remote.to_canonical()),
+            LimitKeyPart::Route => Part::Text(route),
+        });
+    }
+    Some(parts)
+}
+
+/// The backend key of a limit for one request's parts: `rl:NAME:part=value:…`.
+pub fn shared_key(limit: &Limit, parts: &[Option<Part<'_>>; 5]) -> Result<CounterKey, StoreError> {
+    let mut key = format!("rl:{}", limit.name);
+    for (name, part) in limit.key.iter().zip(parts.iter().flatten()) {
+        let _ = write!(key, ":{}=", name.as_str());
+        match part {
+            Part::Ip(ip) => {
+                let _ = write!(key, "{ip}");
+            }
+            Part::Text(t) => push_part(&mut key, t),
+        }
+    }
+    CounterKey::new(key)
+}
+
+/// Appends `text`, or `#` and a hash of it when it is long or holds a control character.
+pub fn push_part(key: &mut String, text: &str) {
+    if text.len() <= MAX_PART && !text.chars().any(char::is_control) {
+        key.push_str(text);
+    } else {
+        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        key.push('#');
+        key.push_str(&idgate_codec::hex::encode(&digest.as_ref()[..16]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(key: Vec<LimitKeyPart>) -> Limit {
+        compile(&RateLimitConfig {
+            name: "per-ip".to_owned(),
+            key,
+            rate: idgate_config::Rate {
+                count: 100,
+                period: Duration::from_millis(1500),
+                burst: 10,
+            },
+            tiers: Default::default(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn keys_are_canonical_and_bounded() {
+        let l = limit(vec![LimitKeyPart::SourceIp, LimitKeyPart::Route]);
+        assert_eq!(&*l.default.policy, "\"per-ip\";q=100;w=2");
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let parts = key_parts(&l, None, None, mapped, "decision").unwrap();
+        assert_eq!(
+            shared_key(&l, &parts).unwrap().as_str(),
+            "rl:per-ip:source_ip=192.0.2.7:route=decision"
+        );
+        let long = "r".repeat(MAX_PART + 1);
+        let parts = key_parts(&l, None, None, mapped, &long).unwrap();
+        let key = shared_key(&l, &parts).unwrap();
+        assert!(key.as_str().len() < 100, "{key}");
+        assert!(!key.as_str().contains(&long));
+    }
+
+    #[test]
+    fn a_caller_s_tier_is_its_key_s_then_its_client_s_then_its_workload_s() {
+        use idgate_auth::{ApiKeyIdentity, TokenIdentity};
+        use idgate_tls::SpiffeIdPattern;
+        let limits = Limits {
+            tiers: vec![
+                TierRule {
+                    matches: TierMatch::ApiKey("batch".to_owned()),
+                    tier: "bronze".to_owned(),
+                },
+                TierRule {
+                    matches: TierMatch::Spiffe(
+                        SpiffeIdPattern::new("spiffe://example.org/ns/kyc/*").unwrap(),
+                    ),
+                    tier: "gold".to_owned(),
+                },
+            ]
+            .into_boxed_slice(),
+            client_tiers: [("reports".to_owned(), "silver".to_owned())].into(),
+            own_issuer: Some("https://idgate.test".to_owned()),
+            ..Limits::default()
+        };
+        let kyc = SpiffeId::new("spiffe://example.org/ns/kyc/sa/a").unwrap();
+        let web = SpiffeId::new("spiffe://example.org/ns/web/sa/b").unwrap();
+        let key = |name: &str| ApiKeyIdentity {
+            id: "k".to_owned(),
+            name: name.to_owned(),
+            scopes: Vec::new(),
+            workload: None,
+        };
+        let token = |issuer: &str| TokenIdentity {
+            issuer: issuer.to_owned(),
+            subject: "reports".to_owned(),
+            client_id: Some("reports".to_owned()),
+            scopes: Vec::new(),
+            workload: None,
+        };
+        let with_key = Caller {
+            api_key: Some(key("batch")),
+            token: Some(token("https://idgate.test")),
+            ..Caller::default()
+        };
+        assert_eq!(limits.tier(Some(&with_key), Some(&kyc)), Some("bronze"));
+        let with_token = Caller {
+            api_key: Some(key("other")),
+            token: Some(token("https://idgate.test")),
+            ..Caller::default()
+        };
+        assert_eq!(limits.tier(Some(&with_token), Some(&kyc)), Some("silver"));
+        // Another issuer's client of the same name is not the gateway's client.
+        let outside = Caller {
+            token: Some(token("https://idp.partner.test")),
+            ..Caller::default()
+        };
+        assert_eq!(limits.tier(Some(&outside), Some(&kyc)), Some("gold"));
+        assert_eq!(limits.tier(Some(&outside), Some(&web)), None);
+        assert_eq!(limits.tier(None, None), None);
+    }
+
+    #[test]
+    fn a_limit_needing_what_the_request_lacks_does_not_apply() {
+        let l = limit(vec![LimitKeyPart::ApiKey]);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(key_parts(&l, Some(&Caller::default()), None, ip, "r").is_none());
+    }
+}

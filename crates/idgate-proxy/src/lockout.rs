@@ -1,0 +1,232 @@
+//! Lockouts: after `max_failures` failed authentications within `window` from one source
+//! address (or for one API key id, or one token client), that source gets 429
+//! (`locked-out`) for `cooldown`, before authentication is even tried, so a locked-out
+//! guesser cannot keep guessing. Other callers are not affected.
+//!
+//! Both the failures and the lockout live in the state backend (`Counters` windows), so
+//! every replica sharing it sees them: `authfail:BY=SUBJECT` counts failures in a fixed
+//! window, `lockout:BY=SUBJECT` is a window that lasts the cool-down. Failures are written
+//! only when they happen; a request that authenticates writes nothing, so a successful
+//! authentication does not clear the failures counted against its key or address (they
+//! expire with their window): clearing them would cost a write per request, and a key's
+//! failures are most likely someone else's guesses.
+//!
+//! What is counted: the address always comes from the connection (canonical, IPv4-mapped
+//! as IPv4). The API key id is the public part of a well-formed presented key; the token
+//! client is the `client_id` a request to the token endpoint claims with a client secret
+//! (HTTP Basic or the form), which the endpoint asks about through [`ClientGate`] before it
+//! compares the secret. Made-up ids are counted like real ones, so that nothing in the
+//! answer or its timing tells which exist; their state expires with the window.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+use idgate_config::{LockoutBy, LockoutConfig, OnStateError};
+use idgate_store::{CounterKey, Counters as _};
+
+use crate::ctx::RequestCtx;
+use crate::limit_state::{Limits, StateFailure, bounded, push_part};
+use crate::problem::Refusal;
+use crate::service::Services;
+use crate::token_endpoint::ClientGate;
+
+/// What the lockout state is reached through: what every request shares, and the
+/// configuration's settings.
+#[derive(Clone, Copy)]
+struct Env<'a> {
+    services: &'a Services,
+    limits: &'a Limits,
+}
+
+impl<'a> Env<'a> {
+    fn of(ctx: &RequestCtx<'a>) -> Self {
+        Self {
+            services: ctx.services,
+            limits: &ctx.snapshot.limits,
+        }
+    }
+
+    fn succeeded(self) {
+        self.services
+            .state_errors
+            .succeeded(self.services.state.kind());
+    }
+
+    fn failed(self, operation: &'static str, e: &StateFailure) {
+        let s = self.services;
+        s.state_errors
+            .failed(&s.limit_metrics, operation, s.state.kind(), e);
+    }
+}
+
+/// What a request's failures are counted against, for one `by`; a token client only when
+/// the request names one.
+fn subject(
+    by: LockoutBy,
+    ctx: &RequestCtx<'_>,
+    headers: &HeaderMap,
+    client: Option<&str>,
+) -> Option<String> {
+    match by {
+        LockoutBy::SourceIp => Some(ctx.conn.remote.ip().to_canonical().to_string()),
+        LockoutBy::ApiKeyId => idgate_auth::api_key::presented_key(headers)
+            .ok()
+            .flatten()
+            .and_then(idgate_auth::api_key::parse_key_id)
+            .map(str::to_owned),
+        LockoutBy::TokenClient => client.map(str::to_owned),
+    }
+}
+
+fn key(prefix: &str, by: LockoutBy, subject: &str) -> Result<CounterKey, StateFailure> {
+    let mut key = format!("{prefix}:{}=", by.as_str());
+    push_part(&mut key, subject);
+    Ok(CounterKey::new(key)?)
+}
+
+/// Refuses the request when its address or its API key id is locked out (token clients
+/// are asked about by the token endpoint, through [`TokenClients`]). A backend that does
+/// not answer follows `on_error`.
+pub(crate) async fn check(
+    ctx: &RequestCtx<'_>,
+    headers: &HeaderMap,
+    on_error: OnStateError,
+) -> Result<(), Refusal> {
+    let Some(cfg) = &ctx.snapshot.limits.lockout else {
+        return Ok(());
+    };
+    let env = Env::of(ctx);
+    let now = SystemTime::now();
+    for &by in &cfg.by {
+        let Some(subject) = subject(by, ctx, headers, None) else {
+            continue;
+        };
+        match locked_until(env, by, &subject, now).await {
+            Ok(None) => {}
+            Ok(Some(left)) => return Err(Refusal::LockedOut { retry_after: left }),
+            Err(e) => {
+                env.failed("lockout_check", &e);
+                if on_error == OnStateError::FailClosed {
+                    return Err(Refusal::StateUnavailable);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn locked_until(
+    env: Env<'_>,
+    by: LockoutBy,
+    subject: &str,
+    now: SystemTime,
+) -> Result<Option<Duration>, StateFailure> {
+    let key = key("lockout", by, subject)?;
+    let state = &env.services.state;
+    let window = bounded(env.limits.timeout, state.get(&key, now)).await?;
+    env.succeeded();
+    Ok(window.map(|w| w.resets_at.duration_since(now).unwrap_or(Duration::ZERO)))
+}
+
+/// Counts one failed authentication against each of the request's subjects (`client`: the
+/// token client it claimed), and locks out those that reach `max_failures`.
+pub(crate) async fn failed(ctx: &RequestCtx<'_>, headers: &HeaderMap, client: Option<&str>) {
+    let Some(cfg) = &ctx.snapshot.limits.lockout else {
+        return;
+    };
+    let env = Env::of(ctx);
+    let now = SystemTime::now();
+    for &by in &cfg.by {
+        let Some(subject) = subject(by, ctx, headers, client) else {
+            continue;
+        };
+        if let Err(e) = count(env, cfg, by, &subject, now).await {
+            env.failed("lockout_record", &e);
+        }
+    }
+}
+
+async fn count(
+    env: Env<'_>,
+    cfg: &LockoutConfig,
+    by: LockoutBy,
+    subject: &str,
+    now: SystemTime,
+) -> Result<(), StateFailure> {
+    let timeout = env.limits.timeout;
+    let state = &env.services.state;
+    let failures = key("authfail", by, subject)?;
+    let n = bounded(timeout, state.increment(&failures, 1, cfg.window, now)).await?;
+    env.succeeded();
+    if n.count < u64::from(cfg.max_failures) {
+        return Ok(());
+    }
+    let lock = key("lockout", by, subject)?;
+    let lockout = bounded(timeout, state.increment(&lock, 1, cfg.cooldown, now)).await?;
+    // The failures start again from zero once the cool-down is over.
+    bounded(timeout, state.reset(&failures)).await?;
+    if lockout.count == 1 {
+        env.services.limit_metrics.locked_out(by.as_str());
+        // The address is the connection's, as in every log line; a key id or client id is
+        // public. Never a credential.
+        tracing::warn!(
+            by = by.as_str(),
+            subject,
+            failures = n.count,
+            cooldown_s = cfg.cooldown.as_secs(),
+            "locked out after failed authentications"
+        );
+    }
+    Ok(())
+}
+
+/// The token endpoint's question, before it compares a client secret: is the client the
+/// request claims locked out? Remembers the claim, so that a failure is counted against it.
+/// Any claimed id is looked up, not only configured ones, so that the time the answer takes
+/// does not tell which clients exist; the token endpoint fails open.
+pub(crate) struct TokenClients<'a> {
+    env: Env<'a>,
+    claimed: Mutex<Option<String>>,
+}
+
+impl<'a> TokenClients<'a> {
+    pub(crate) fn new(ctx: &RequestCtx<'a>) -> Self {
+        Self {
+            env: Env::of(ctx),
+            claimed: Mutex::new(None),
+        }
+    }
+
+    /// The client id the request claimed, once the endpoint asked about it.
+    pub(crate) fn claimed(&self) -> Option<String> {
+        self.claimed.lock().ok()?.clone()
+    }
+}
+
+impl ClientGate for TokenClients<'_> {
+    fn locked_out<'b>(
+        &'b self,
+        client_id: &'b str,
+    ) -> Pin<Box<dyn Future<Output = Option<Duration>> + Send + 'b>> {
+        Box::pin(async move {
+            let cfg = self.env.limits.lockout.as_ref()?;
+            if !cfg.by.contains(&LockoutBy::TokenClient) {
+                return None;
+            }
+            if let Ok(mut claimed) = self.claimed.lock() {
+                *claimed = Some(client_id.to_owned());
+            }
+            let now = SystemTime::now();
+            match locked_until(self.env, LockoutBy::TokenClient, client_id, now).await {
+                Ok(left) => left,
+                Err(e) => {
+                    self.env.failed("lockout_check", &e);
+                    None
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,535 @@
+//! Rate limits (GCRA) and lockouts over real sockets: the admitted rate under ten times the
+//! load, another caller unaffected, the RateLimit headers, tiers, lockouts and their expiry,
+//! and lockouts at the token endpoint.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+use crate::support::*;
+use crate::tokens::{FORM, signing_key};
+
+const PATH: &str = "/v1/anything";
+
+/// `[[rate_limits]]` entries.
+fn limits(entries: Vec<toml::Table>) -> toml::Value {
+    toml::Value::Array(entries.into_iter().map(toml::Value::from).collect())
+}
+
+/// A gateway with one route for ONBOARDING and FRONTEND, limited by `route_limits`, and
+/// `sections` added at the top.
+async fn limited_gateway(
+    pki: &Pki,
+    upstream: &TestUpstream,
+    route_limits: &[&str],
+    sections: Vec<(&str, toml::Value)>,
+) -> Gateway {
+    let mut config = base_config(pki)
+        .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+        .route(
+            RouteSpec::new(
+                "route",
+                &["GET"],
+                "/v1/{*rest}",
+                "provider",
+                &[ONBOARDING, FRONTEND],
+            )
+            .with("rate_limits", strings(route_limits)),
+        );
+    for (name, value) in sections {
+        config = config.section(name, value);
+    }
+    Gateway::start(&config, &[]).await
+}
+
+#[tokio::test]
+async fn under_ten_times_the_load_the_admitted_rate_stays_at_the_limit_and_others_pass() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        const RATE: f64 = 20.0;
+        const BURST: f64 = 5.0;
+        let per_workload = table([
+            ("name", "per-workload".into()),
+            ("key", strings(&["spiffe_id"])),
+            ("rate", "20/s".into()),
+            ("burst", 5.into()),
+        ]);
+        let gw = limited_gateway(
+            &pki,
+            &upstream,
+            &["per-workload"],
+            vec![("rate_limits", limits(vec![per_workload]))],
+        )
+        .await;
+
+        // Ten times the rate, from a bounded number of concurrent senders, for three
+        // seconds: what counts is how many were admitted, not how fast the machine is.
+        let client = Arc::new(Client::new(&pki, Some(ONBOARDING), gw.port, true));
+        let admitted = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let run_for = Duration::from_secs(3);
+        let mut senders = Vec::new();
+        for _ in 0..8 {
+            let (client, admitted, refused) = (client.clone(), admitted.clone(), refused.clone());
+            senders.push(tokio::spawn(async move {
+                let mut conn = client.connect().await.unwrap();
+                let mut next = Instant::now();
+                // Each sender: 25 a second, so 200 a second together; a response may take
+                // up to 40 ms before a sender falls behind.
+                while start.elapsed() < run_for {
+                    let reply = conn.send("GET", PATH, &[], "").await.unwrap();
+                    match reply.status {
+                        200 => admitted.fetch_add(1, Ordering::Relaxed),
+                        429 => refused.fetch_add(1, Ordering::Relaxed),
+                        other => panic!("status {other}: {:?}", reply.body),
+                    };
+                    next += Duration::from_millis(40);
+                    tokio::time::sleep_until(next.into()).await;
+                }
+            }));
+        }
+        // Meanwhile another workload, with its own budget, is never refused.
+        let other = Client::new(&pki, Some(FRONTEND), gw.port, false);
+        let mut other_conn = other.connect().await.unwrap();
+        for _ in 0..5 {
+            let reply = other_conn.send("GET", PATH, &[], "").await.unwrap();
+            assert_eq!(reply.status, 200, "{:?}", reply.body);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        for s in senders {
+            s.await.unwrap();
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let admitted = admitted.load(Ordering::Relaxed) as f64;
+        let refused = refused.load(Ordering::Relaxed) as f64;
+        let allowed = RATE * elapsed + BURST;
+        println!("{admitted} admitted, {refused} refused in {elapsed:.2}s; {allowed:.1} allowed");
+        // Ten times the limit was sent; on a slow machine at least three times must have
+        // arrived for the test to say anything.
+        assert!(
+            refused >= 2.0 * admitted,
+            "the load was not several times the limit: {admitted} admitted, {refused} refused"
+        );
+        assert!(
+            admitted <= allowed + 1.0,
+            "{admitted} admitted in {elapsed:.2}s, at most {allowed:.1} allowed"
+        );
+        assert!(
+            admitted >= 0.95 * RATE * elapsed,
+            "{admitted} admitted in {elapsed:.2}s: under 95% of the limit"
+        );
+        // The refusals are in the access log, with their reason, and counted.
+        assert!(gw.output().contains("denied:rate-limited"));
+        let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
+        assert!(
+            metrics.contains("idgate_rate_limited_total{route=\"route\",limit=\"per-workload\"}"),
+            "{metrics}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_ratelimit_headers_come_with_every_answer_and_retry_after_with_a_refusal() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let defs = vec![
+            table([
+                ("name", "per-ip".into()),
+                ("key", strings(&["source_ip"])),
+                ("rate", "2/m".into()),
+            ]),
+            table([
+                ("name", "per-route".into()),
+                ("key", strings(&["route"])),
+                ("count", 100.into()),
+                ("period", "10s".into()),
+                ("burst", 50.into()),
+            ]),
+        ];
+        let gw = limited_gateway(
+            &pki,
+            &upstream,
+            &["per-route", "per-ip"],
+            vec![("rate_limits", limits(defs))],
+        )
+        .await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let policy = "\"per-route\";q=100;w=10, \"per-ip\";q=2;w=60";
+        for r in [1, 0] {
+            let reply = client.get(PATH).await.unwrap();
+            assert_eq!(reply.status, 200);
+            assert_eq!(reply.header("ratelimit-policy"), Some(policy));
+            let state = reply.header("ratelimit").unwrap();
+            let (route, ip) = state.split_once(", ").unwrap();
+            assert!(route.starts_with("\"per-route\";r=4"), "{state}");
+            assert!(ip.starts_with(&format!("\"per-ip\";r={r};t=")), "{state}");
+        }
+        let reply = client.get(PATH).await.unwrap();
+        assert_eq!(reply.status, 429, "{:?}", reply.body);
+        assert_eq!(
+            reply.json()["type"],
+            "https://idgate.dev/problems/rate-limited"
+        );
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json")
+        );
+        // One request every 30 s: the next is due in 30 s, rounded up to whole seconds.
+        let retry: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+        assert!((29..=30).contains(&retry), "Retry-After {retry}");
+        assert_eq!(reply.header("ratelimit-policy"), Some(policy));
+        let state = reply.header("ratelimit").unwrap();
+        assert!(
+            state.ends_with(&format!("\"per-ip\";r=0;t={retry}")),
+            "{state}"
+        );
+        assert_eq!(
+            upstream.requests().len(),
+            2,
+            "a refused request went upstream"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_a_redb_backend_rate_limits_are_counted_in_memory_never_in_the_file() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let file = pki.path().join("state.redb");
+        let def = table([
+            ("name", "per-ip".into()),
+            ("key", strings(&["source_ip"])),
+            ("rate", "3/m".into()),
+        ]);
+        let state = table([("backend", "redb".into()), ("path", path_value(&file))]);
+        let gw = limited_gateway(
+            &pki,
+            &upstream,
+            &["per-ip"],
+            vec![("rate_limits", limits(vec![def])), ("state", state.into())],
+        )
+        .await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        for expected in [200, 200, 200, 429] {
+            assert_eq!(client.get(PATH).await.unwrap().status, expected);
+        }
+        drop(gw);
+        // Not one counter in the file: sweeping everything as of next year removes nothing.
+        let store = idgate_store::RedbStore::open(&file, Duration::from_secs(5)).unwrap();
+        let next_year = std::time::SystemTime::now() + Duration::from_secs(366 * 24 * 3600);
+        let rows = idgate_store::Counters::sweep(&store, next_year)
+            .await
+            .unwrap();
+        assert_eq!(rows, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_tier_gives_its_workloads_their_own_rate() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let mut def = table([
+            ("name", "per-workload".into()),
+            ("key", strings(&["spiffe_id"])),
+            ("rate", "2/m".into()),
+        ]);
+        def.insert(
+            "tiers".to_owned(),
+            table([("gold", table([("rate", "5/m".into())]).into())]).into(),
+        );
+        let tiers = toml::Value::Array(vec![
+            table([
+                ("spiffe", "spiffe://example.org/ns/kyc/*".into()),
+                ("tier", "gold".into()),
+            ])
+            .into(),
+        ]);
+        let gw = limited_gateway(
+            &pki,
+            &upstream,
+            &["per-workload"],
+            vec![("rate_limits", limits(vec![def])), ("tiers", tiers)],
+        )
+        .await;
+        for (id, admitted, q) in [(ONBOARDING, 5, 5), (FRONTEND, 2, 2)] {
+            let client = Client::new(&pki, Some(id), gw.port, false);
+            for _ in 0..admitted {
+                let reply = client.get(PATH).await.unwrap();
+                assert_eq!(reply.status, 200, "{id}");
+                assert_eq!(
+                    reply.header("ratelimit-policy"),
+                    Some(format!("\"per-workload\";q={q};w=60").as_str())
+                );
+            }
+            assert_eq!(client.get(PATH).await.unwrap().status, 429, "{id}");
+        }
+    })
+    .await;
+}
+
+/// A gateway whose route takes the SVID alone or with an API key, and `[lockout]` as given.
+async fn lockout_gateway(pki: &Pki, upstream: &TestUpstream, lockout: toml::Table) -> Gateway {
+    lockout_gateway_on(pki, upstream, lockout, None).await
+}
+
+/// The same, with `[state]` as given.
+async fn lockout_gateway_on(
+    pki: &Pki,
+    upstream: &TestUpstream,
+    lockout: toml::Table,
+    state: Option<toml::Table>,
+) -> Gateway {
+    let pepper = pki.path().join("pepper");
+    std::fs::write(&pepper, "0123456789abcdef0123456789abcdef-pepper").unwrap();
+    std::fs::set_permissions(&pepper, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let any = toml::toml! { any = ["mtls", "api_key"] };
+    let config = base_config(pki)
+        .section(
+            "api_keys",
+            table([
+                ("store", path_value(&pki.path().join("keys.redb"))),
+                ("pepper", format!("file:{}", pepper.display()).into()),
+            ]),
+        )
+        .section("lockout", lockout)
+        .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+        .route(
+            RouteSpec::new("route", &["GET"], "/v1/{*rest}", "provider", &[ONBOARDING])
+                .with("auth", toml::Value::Array(vec![any.into()])),
+        );
+    let config = match state {
+        Some(state) => config.section("state", state),
+        None => config,
+    };
+    Gateway::start(&config, &[]).await
+}
+
+fn bogus_key(c: char) -> String {
+    format!("idg_{}_{}", c.to_string().repeat(16), "b".repeat(52))
+}
+
+#[tokio::test]
+async fn a_source_is_locked_out_after_failures_until_the_cooldown_ends() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let lockout = table([
+            ("max_failures", 3.into()),
+            ("window", "1m".into()),
+            ("cooldown", "2s".into()),
+            ("by", strings(&["source_ip"])),
+        ]);
+        let gw = lockout_gateway(&pki, &upstream, lockout).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        assert_eq!(client.get(PATH).await.unwrap().status, 200);
+        let key = bogus_key('a');
+        for _ in 0..3 {
+            let reply = client
+                .send("GET", PATH, &[("x-api-key", &key)], "")
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 401, "{:?}", reply.body);
+        }
+        // Locked out: even the SVID alone, which would pass, is refused before it is looked at.
+        let locked_at = Instant::now();
+        let reply = client.get(PATH).await.unwrap();
+        assert_eq!(reply.status, 429, "{:?}", reply.body);
+        assert_eq!(
+            reply.json()["type"],
+            "https://idgate.dev/problems/locked-out"
+        );
+        let retry: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=2).contains(&retry), "Retry-After {retry}");
+        assert!(
+            gw.output()
+                .contains("locked out after failed authentications")
+        );
+        assert!(!gw.output().contains(&key), "a presented key was logged");
+        let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
+        assert!(
+            metrics.contains("idgate_lockouts_total{by=\"source_ip\"} 1"),
+            "{metrics}"
+        );
+        // And over when the cool-down is.
+        tokio::time::sleep_until((locked_at + Duration::from_millis(2100)).into()).await;
+        assert_eq!(client.get(PATH).await.unwrap().status, 200);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lockout_kept_in_a_redb_state_file_outlives_the_gateway() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let lockout = table([
+            ("max_failures", 2.into()),
+            ("cooldown", "1m".into()),
+            ("by", strings(&["source_ip"])),
+        ]);
+        let state = table([
+            ("backend", "redb".into()),
+            ("path", path_value(&pki.path().join("state.redb"))),
+        ]);
+        let gw = lockout_gateway_on(&pki, &upstream, lockout.clone(), Some(state.clone())).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let key = bogus_key('a');
+        for _ in 0..2 {
+            let reply = client
+                .send("GET", PATH, &[("x-api-key", &key)], "")
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 401, "{:?}", reply.body);
+        }
+        assert_eq!(client.get(PATH).await.unwrap().status, 429);
+        drop(gw);
+        // Another gateway on the same file: the lockout is still there.
+        let gw = lockout_gateway_on(&pki, &upstream, lockout, Some(state)).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let reply = client.get(PATH).await.unwrap();
+        assert_eq!(reply.status, 429, "{:?}", reply.body);
+        let retry: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+        assert!((50..=60).contains(&retry), "Retry-After {retry}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_locked_out_api_key_leaves_other_keys_and_callers_alone() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let lockout = table([
+            ("max_failures", 2.into()),
+            ("window", "1m".into()),
+            ("cooldown", "1m".into()),
+            ("by", strings(&["api_key_id"])),
+        ]);
+        let gw = lockout_gateway(&pki, &upstream, lockout).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let (a, b) = (bogus_key('a'), bogus_key('c'));
+        for expected in [401, 401, 429, 429] {
+            let reply = client
+                .send("GET", PATH, &[("x-api-key", &a)], "")
+                .await
+                .unwrap();
+            assert_eq!(reply.status, expected, "{:?}", reply.body);
+        }
+        let reply = client
+            .send("GET", PATH, &[("x-api-key", &b)], "")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 401, "another key is not locked out");
+        assert_eq!(client.get(PATH).await.unwrap().status, 200);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_token_client_guessed_at_is_locked_out_and_others_still_get_tokens() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let key = signing_key(pki.path());
+        let secret_file = pki.path().join("batch-secret");
+        std::fs::write(&secret_file, "batch-client-secret-value").unwrap();
+        std::fs::set_permissions(
+            &secret_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let clients = [
+            table([
+                ("client_id", "onboarding".into()),
+                ("spiffe_id", ONBOARDING.into()),
+                ("scopes", strings(&["sessions:read"])),
+            ]),
+            table([
+                ("client_id", "batch".into()),
+                (
+                    "client_secret",
+                    format!("file:{}", secret_file.display()).into(),
+                ),
+                ("scopes", strings(&["sessions:read"])),
+            ]),
+        ];
+        let config = base_config(&pki)
+            .section(
+                "token_endpoint",
+                table([
+                    ("issuer", "https://idgate.test".into()),
+                    ("audience", "idgate".into()),
+                    ("signing_key", format!("file:{}", key.display()).into()),
+                    ("clients", clients.map(toml::Value::from).to_vec().into()),
+                ]),
+            )
+            .section(
+                "lockout",
+                table([
+                    ("max_failures", 2.into()),
+                    ("cooldown", "1m".into()),
+                    ("by", strings(&["token_client"])),
+                ]),
+            )
+            .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+            .route(RouteSpec::get("route", "/v1/{*rest}", "provider"));
+        let gw = Gateway::start(&config, &[]).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let basic = |secret: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("batch:{secret}"))
+            )
+        };
+        let token = |auth: Option<String>, form: String| {
+            let client = &client;
+            async move {
+                let mut headers = vec![FORM];
+                let auth = auth.unwrap_or_default();
+                if !auth.is_empty() {
+                    headers.push(("authorization", auth.as_str()));
+                }
+                client
+                    .send("POST", "/oauth2/token", &headers, &form)
+                    .await
+                    .unwrap()
+            }
+        };
+        let grant = "grant_type=client_credentials".to_owned();
+        let post = |secret: &str| format!("{grant}&client_id=batch&client_secret={secret}");
+        // One wrong secret by HTTP Basic, one in the form: both count against the client.
+        let reply = token(Some(basic("wrong")), grant.clone()).await;
+        assert_eq!(reply.status, 401, "{:?}", reply.body);
+        let reply = token(None, post("wrong")).await;
+        assert_eq!(reply.status, 401, "{:?}", reply.body);
+        // The right secret now comes too late, either way: the client is locked out before
+        // its secret is compared.
+        for (auth, form) in [
+            (Some(basic("batch-client-secret-value")), grant.clone()),
+            (None, post("batch-client-secret-value")),
+        ] {
+            let reply = token(auth, form).await;
+            assert_eq!(reply.status, 429, "{:?}", reply.body);
+            assert_eq!(
+                reply.json()["type"],
+                "https://idgate.dev/problems/locked-out"
+            );
+            let retry: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+            assert!((50..=60).contains(&retry), "Retry-After {retry}");
+        }
+        // A client authenticating with its SVID is not affected.
+        let reply = token(None, grant.clone()).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    })
+    .await;
+}
