@@ -42,7 +42,7 @@ use std::path::PathBuf;
 
 pub use api_keys::{AnyApiKeyStore, ApiKeyStore, KeyState, StoreVersion, StoredKey};
 pub use blocking::block_on;
-pub use counters::{Counters, GcraDecision, GcraLimit, WindowCount};
+pub use counters::{Counters, GcraCheck, GcraDecision, GcraLimit, WindowCount};
 pub use memory::{DEFAULT_QUEUE_CAPACITY, DEFAULT_STATE_CAPACITY, MemoryStore};
 pub use nonces::{Nonces, OwnerRecord, Ownership};
 pub use queue::{
