@@ -18,6 +18,7 @@ mod proxies;
 mod raw;
 mod routes;
 mod routing;
+mod state;
 mod upstreams;
 pub mod vault;
 
@@ -41,6 +42,7 @@ pub use log::{LogConfig, LogFilterError, LogFormat, check_log_filter};
 pub use proxies::{TrustedProxies, TrustedProxyError};
 pub use routes::{RouteConfig, body_needs_opt_in};
 pub use routing::fold_template;
+pub use state::{RedisConfig, RedisNodes, StateBackend};
 pub use upstreams::{ClientKind, UpstreamConfig};
 
 /// A validated configuration.
@@ -59,6 +61,8 @@ pub struct Config {
     pub token_endpoint: Option<TokenEndpointConfig>,
     /// Where Vault is and how to log in, for `vault:` references.
     pub vault: Option<vault::VaultConfig>,
+    /// Where shared state (counters, lockouts, ownership, the outbox) is kept.
+    pub state: StateBackend,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
 }
@@ -75,6 +79,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "jwt_issuers",
     "token_endpoint",
     "vault",
+    "state",
 ];
 
 fn default_workers() -> usize {
@@ -201,6 +206,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         }
     }
     let vault = vault::section(&mut cx, &mut table, text, &mut warnings);
+    let state = match table.remove("state") {
+        None => StateBackend::default(),
+        Some(v) => cx
+            .section::<state::RawState>("state", v)
+            .map_or_else(StateBackend::default, |s| state::parse(&mut cx, s)),
+    };
     if let Some(a) = &admin
         && !a.bind.ip().is_loopback()
     {
@@ -300,6 +311,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 jwt_issuers,
                 token_endpoint,
                 vault,
+                state,
                 warnings,
             })
         }

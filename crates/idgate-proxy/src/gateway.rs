@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use idgate_config::{ClientAuth, Config};
+use idgate_config::{ClientAuth, Config, StateBackend};
+use idgate_store::{MemoryStore, RedbStore, StateStore, StoreError};
 use idgate_tls::{MaterialSpec, TlsMaterial, watch::spawn_watcher};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
@@ -35,6 +36,7 @@ pub struct Gateway {
     server_config: Arc<rustls::ServerConfig>,
     snapshot: Snapshot,
     access_log: Option<Arc<AccessLog>>,
+    state: StateStore,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -82,11 +84,14 @@ impl Gateway {
                 Err(e) => errors.push(BuildError::new(&config, "vault", BuildProblem::Vault(e))),
             }
         }
+        let state = open_state(&config.state)
+            .map_err(|e| errors.push(BuildError::new(&config, "state", BuildProblem::State(e))))
+            .ok();
         let roots = Arc::new(idgate_tls::roots::platform_roots().clone());
         let snapshot = Snapshot::build(&config, &roots, &provider)
             .map_err(|errs| errors.extend(errs))
             .ok();
-        let (Some(material), Some(snapshot)) = (material, snapshot) else {
+        let (Some(material), Some(snapshot), Some(state)) = (material, snapshot, state) else {
             return Err(errors);
         };
         let server_config = material
@@ -109,6 +114,7 @@ impl Gateway {
             server_config: Arc::new(server_config),
             snapshot,
             access_log: None,
+            state,
         })
     }
 
@@ -140,7 +146,7 @@ impl Gateway {
             admin: admin.local_addr()?,
         };
 
-        let services = Arc::new(Services::new(self.access_log.clone()));
+        let services = Arc::new(Services::new(self.access_log.clone(), self.state.clone()));
         self.snapshot.start_background(&services.metrics);
         let snapshot = Arc::new(ArcSwap::from_pointee(self.snapshot));
         let watch_handle = spawn_watcher(self.material.clone(), cfg.identity.poll_interval);
@@ -220,6 +226,20 @@ struct Reloader {
     running: Config,
 }
 
+/// Opens the state backend `[state]` names. Blocking (a redb file is opened and locked).
+/// Opened once per process: a reload keeps it, so counters and ownership records survive.
+fn open_state(backend: &StateBackend) -> Result<StateStore, StoreError> {
+    match backend {
+        StateBackend::Memory => Ok(StateStore::from(MemoryStore::new())),
+        StateBackend::Redb { path } => {
+            RedbStore::open(path, idgate_store::DEFAULT_WAIT).map(StateStore::from)
+        }
+        StateBackend::Redis(_) => Err(StoreError::Unsupported {
+            what: "the redis state backend",
+        }),
+    }
+}
+
 /// The key of `[identity]` a TLS material problem is about, found by its file.
 fn identity_key(config: &Config, e: &idgate_tls::MaterialError) -> String {
     let path = match e {
@@ -254,6 +274,8 @@ pub enum RestartOnly {
     Workers,
     /// `[vault]`: the process-wide client.
     Vault,
+    /// `[state]`: the backend, opened once so that counters and ownership survive reloads.
+    State,
 }
 
 impl RestartOnly {
@@ -266,6 +288,7 @@ impl RestartOnly {
             Self::Log => "log",
             Self::Workers => "workers",
             Self::Vault => "vault",
+            Self::State => "state",
         }
     }
 }
@@ -285,6 +308,7 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<RestartOnly> {
         (running.log != new.log, RestartOnly::Log),
         (running.workers != new.workers, RestartOnly::Workers),
         (running.vault != new.vault, RestartOnly::Vault),
+        (running.state != new.state, RestartOnly::State),
     ]
     .into_iter()
     .filter_map(|(changed, part)| changed.then_some(part))

@@ -1,11 +1,13 @@
 //! What every request shares whatever the configuration snapshot: request ids, metrics,
-//! the failed-attempt counter, the access log and the budget for buffered bodies.
+//! the failed-attempt counter, the access log, the budget for buffered bodies and the
+//! state store (which a reload must not reset: counters and ownership outlive snapshots).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{HeaderName, HeaderValue};
 use idgate_auth::AuthFailure;
+use idgate_store::{MemoryStore, StateStore};
 
 use crate::access_log::AccessLog;
 use crate::authn::FailedAttempts;
@@ -77,16 +79,18 @@ pub struct Services {
     pub(crate) body_budget: tokio::sync::Semaphore,
     /// The route label of requests that match no route.
     pub(crate) route_none: Arc<str>,
+    /// Counters, lockouts, ownership records and the outbox, in the backend `[state]` names.
+    pub state: StateStore,
 }
 
 impl Default for Services {
     fn default() -> Self {
-        Self::new(None)
+        Self::new(None, StateStore::from(MemoryStore::new()))
     }
 }
 
 impl Services {
-    pub fn new(access_log: Option<Arc<AccessLog>>) -> Self {
+    pub fn new(access_log: Option<Arc<AccessLog>>, state: StateStore) -> Self {
         let mut metrics = Metrics::new();
         metrics.count_access_log_drops(
             access_log
@@ -100,6 +104,7 @@ impl Services {
             access_log,
             body_budget: tokio::sync::Semaphore::new(BODY_BUDGET_KIB as usize),
             route_none: "-".into(),
+            state,
         }
     }
 

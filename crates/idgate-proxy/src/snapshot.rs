@@ -56,6 +56,8 @@ pub enum BuildProblem {
     TokenEndpoint(TokenEndpointError),
     #[error(transparent)]
     Auth(AuthSetupError),
+    #[error("cannot open the state backend: {0}")]
+    State(idgate_store::StoreError),
 }
 
 impl BuildError {

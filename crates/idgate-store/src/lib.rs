@@ -10,10 +10,11 @@
 //!
 //! Backends: [`MemoryStore`] (tests, a single process; bounded, lost on exit),
 //! [`RedbStore`] (an embedded file, durable, shared by the gateway and the `idgate` CLI),
-//! and, with the feature `redis`, [`RedisStore`] (a Redis server or Redis Cluster shared by
+//! and, with the feature `redis`, `RedisStore` (a Redis server or Redis Cluster shared by
 //! every replica; see `docs/state.md`). The `conformance` suites (feature `conformance`)
 //! are what every backend passes; with both features, `redis_testing` starts real Redis
-//! servers and clusters for tests.
+//! servers and clusters for tests. [`StateStore`] is whichever of them the configuration
+//! picks, with every trait statically dispatched.
 //!
 //! Time is passed in (`now`) rather than read, so that expiry is testable without sleeping
 //! and so that every replica's decision uses the same arithmetic. Expired entries are
@@ -27,6 +28,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod any;
 mod api_keys;
 mod blocking;
 mod counters;
@@ -44,6 +46,7 @@ pub mod conformance;
 
 use std::path::PathBuf;
 
+pub use any::StateStore;
 pub use api_keys::{AnyApiKeyStore, ApiKeyStore, KeyState, StoreVersion, StoredKey};
 pub use blocking::block_on;
 pub use counters::{Counters, GcraCheck, GcraDecision, GcraLimit, WindowCount};
@@ -118,4 +121,6 @@ pub enum StoreError {
     /// Options for the Redis backend that can never work.
     #[error("the Redis options are invalid: {reason}")]
     RedisConfig { reason: String },
+    #[error("{what} is not built into this binary")]
+    Unsupported { what: &'static str },
 }
