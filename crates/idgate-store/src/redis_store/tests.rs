@@ -11,7 +11,7 @@ use super::testing::{RedisCluster, RedisServer, ServerOptions};
 use super::{RedisOptions, RedisStore};
 use crate::conformance::{self, Expiry};
 use crate::types::{from_micros, micros};
-use crate::{ApiKeyStore, CounterKey, Counters, GcraLimit, Nonce, Nonces, StoreError};
+use crate::{ApiKeyStore, CounterKey, Counters, GcraLimit, Nonce, Nonces, StateStore, StoreError};
 
 fn store(url: &str, prefix: &str) -> RedisStore {
     let mut options = RedisOptions::standalone(url);
@@ -55,6 +55,23 @@ async fn redis_cluster_meets_every_contract() {
         RedisStore::new(&options).unwrap()
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_store_forwards_every_trait_to_redis() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let make = |prefix| StateStore::from(store(&server.url(), prefix));
+    let state = make("s:");
+    assert_eq!((state.kind(), state.is_shared()), ("redis", true));
+    let start = from_micros(micros(SystemTime::now()));
+    conformance::api_keys(&make("keys:")).await;
+    conformance::counters(&make("counters:"), start).await;
+    conformance::gcra_many(&make("many:"), start).await;
+    conformance::nonces_expiring(Arc::new(make("nonces:")), start, Expiry::ByItself).await;
+    conformance::ownership_expiring(&make("owners:"), start, Expiry::ByItself).await;
+    conformance::queue(&make("queue:"), start).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
