@@ -35,6 +35,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::io::tcp::TcpSettings;
+use redis::io::tcp::socket2::TcpKeepalive;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, TlsCertificates, Value};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -199,7 +201,9 @@ impl RedisStore {
                 for url in seeds {
                     infos.push(connection_info(url)?);
                 }
-                let mut builder = ClusterClientBuilder::new(infos).retries(2);
+                let mut builder = ClusterClientBuilder::new(infos)
+                    .retries(2)
+                    .tcp_settings(tcp_settings());
                 if let Some(user) = &options.username {
                     builder = builder.username(user);
                 }
@@ -257,6 +261,22 @@ impl RedisStore {
 /// attempt goes on in the background after the call that started it has given up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long sent data may go unacknowledged before the connection counts as dead and is
+/// made again: a Redis that vanished without closing its connections (a host gone, a
+/// partition) would otherwise hold every later call until the kernel gives up, minutes
+/// later. A Redis that is merely slow still acknowledges, and is only timed out per call.
+const DEAD_PEER: Duration = Duration::from_secs(5);
+
+fn tcp_settings() -> TcpSettings {
+    // Small commands, each awaited: Nagle's algorithm would hold them back.
+    let settings = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(TcpKeepalive::new().with_time(DEAD_PEER));
+    #[cfg(target_os = "linux")]
+    let settings = settings.set_user_timeout(DEAD_PEER);
+    settings
+}
+
 fn connection_info(url: &str) -> Result<redis::ConnectionInfo, StoreError> {
     // The URL is never echoed: it is the operator's to read, and it is kept free of
     // passwords by refusing them below.
@@ -287,7 +307,9 @@ fn standalone_client(
     if let Some(db) = options.database {
         settings = settings.set_db(i64::from(db));
     }
-    let info = info.set_redis_settings(settings);
+    let info = info
+        .set_redis_settings(settings)
+        .set_tcp_settings(tcp_settings());
     let client = match certificates {
         Some(certs) => redis::Client::build_with_tls(info, certs),
         None => redis::Client::open(info),

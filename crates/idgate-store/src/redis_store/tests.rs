@@ -74,6 +74,36 @@ async fn the_state_store_forwards_every_trait_to_redis() {
     conformance::queue(&make("queue:"), start).await;
 }
 
+/// The API key verifier polls `version()` and reads `list()` with `block_on` on a blocking
+/// thread of the runtime: a revocation by one client is seen there at the next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_reader_sees_a_revocation_by_another_client() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (writer, reader) = (store(&server.url(), "k:"), store(&server.url(), "k:"));
+    writer
+        .insert(&conformance::sample_key("k1", "batch"))
+        .await
+        .unwrap();
+    let read = reader.clone();
+    let before = tokio::task::spawn_blocking(move || crate::block_on(read.version()))
+        .await
+        .unwrap()
+        .unwrap();
+    writer.revoke("k1", SystemTime::now()).await.unwrap();
+    let (after, keys) = tokio::task::spawn_blocking(move || {
+        (
+            crate::block_on(reader.version()),
+            crate::block_on(reader.list()),
+        )
+    })
+    .await
+    .unwrap();
+    assert_ne!(after.unwrap(), before);
+    assert!(keys.unwrap()[0].revoked_at.is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_of_one_redis_share_state() {
     let Some(server) = RedisServer::start() else {
