@@ -63,6 +63,9 @@ pub struct ServerOptions {
     /// is the default user's (`requirepass`).
     pub username: Option<String>,
     pub password: Option<String>,
+    /// The ACL user's rules, one word each (`~idgate:*`, `+get`, …); every key and command
+    /// when empty.
+    pub acl_rules: Vec<String>,
 }
 
 /// One `redis-server` process. Killed (and its directory removed) on drop.
@@ -134,9 +137,13 @@ impl RedisServer {
         match (&self.options.username, &self.options.password) {
             (Some(user), Some(password)) => {
                 // Each word of an ACL rule is an argument of its own.
-                cmd.args(["--user", user, "on", &format!(">{password}")])
-                    .args(["~*", "&*", "+@all"])
-                    .args(["--user", "default", "off"]);
+                cmd.args(["--user", user, "on", &format!(">{password}")]);
+                if self.options.acl_rules.is_empty() {
+                    cmd.args(["~*", "&*", "+@all"]);
+                } else {
+                    cmd.args(&self.options.acl_rules);
+                }
+                cmd.args(["--user", "default", "off"]);
             }
             (None, Some(password)) => {
                 cmd.args(["--requirepass", password]);

@@ -315,6 +315,49 @@ async fn authenticates_as_an_acl_user_and_never_shows_the_password() {
     assert!(!format!("{err} {err:?}").contains(PASSWORD));
 }
 
+/// The ACL that docs/state.md recommends is enough for every operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn works_as_a_user_limited_to_its_prefix_and_commands() {
+    let rules = "~idgate:* resetchannels -@all +evalsha +eval +script|load \
+                 +get +hmget +hgetall +del +ping +cluster|slots +cluster|shards \
+                 +hget +hset +hsetnx +hincrby +hdel +hexists +incr +set +pexpireat \
+                 +zadd +zrem +zrange +zrangebyscore +zcard";
+    let Some(server) = RedisServer::start_with(ServerOptions {
+        username: Some("idgate".to_owned()),
+        password: Some(PASSWORD.to_owned()),
+        acl_rules: rules.split_whitespace().map(str::to_owned).collect(),
+        ..ServerOptions::default()
+    }) else {
+        return;
+    };
+    all_suites(|prefix| {
+        let mut options = RedisOptions::standalone(server.url());
+        options.username = Some("idgate".to_owned());
+        options.password = Some(SecretString::from(PASSWORD));
+        options.prefix = format!("idgate:{prefix}");
+        options.timeout = Duration::from_secs(2);
+        RedisStore::new(&options).unwrap()
+    })
+    .await;
+    // Outside its prefix it is refused.
+    let mut options = RedisOptions::standalone(server.url());
+    options.username = Some("idgate".to_owned());
+    options.password = Some(SecretString::from(PASSWORD));
+    options.prefix = "other:".to_owned();
+    let outside = RedisStore::new(&options).unwrap();
+    let refused = outside
+        .insert_if_absent(
+            &Nonce::new("n").unwrap(),
+            Duration::from_secs(1),
+            SystemTime::now(),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable { .. })),
+        "{refused:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requirepass_protects_the_default_user() {
     let Some(server) = RedisServer::start_with(ServerOptions {
