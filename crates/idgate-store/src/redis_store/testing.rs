@@ -286,6 +286,26 @@ impl RedisCluster {
         }
     }
 
+    /// Freezes every node (SIGSTOP), as with a Cluster that stalls.
+    pub fn pause(&self) {
+        self.signal_all("-STOP");
+    }
+
+    /// Lets every node go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal_all("-CONT");
+    }
+
+    fn signal_all(&self, signal: &str) {
+        for node in &self.nodes {
+            let status = Command::new("kill")
+                .args([signal, &node.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill {signal} {}", node.id());
+        }
+    }
+
     /// `redis://127.0.0.1:PORT` for every node: the seed list for a Cluster client.
     pub fn urls(&self) -> Vec<String> {
         self.ports

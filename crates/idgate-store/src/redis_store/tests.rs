@@ -55,6 +55,26 @@ async fn redis_cluster_meets_every_contract() {
         RedisStore::new(&options).unwrap()
     })
     .await;
+
+    // A stalled Cluster answers Unavailable within the timeout, and is used again after.
+    let mut options = RedisOptions::cluster(cluster.urls());
+    options.timeout = Duration::from_millis(100);
+    let store = RedisStore::new(&options).unwrap();
+    let key = CounterKey::new("k").unwrap();
+    let window = Duration::from_secs(60);
+    eventually(|| store.increment(&key, 1, window, SystemTime::now())).await;
+    cluster.pause();
+    let began = Instant::now();
+    let stalled = store.increment(&key, 1, window, SystemTime::now()).await;
+    let took = began.elapsed();
+    cluster.resume();
+    assert!(
+        matches!(stalled, Err(StoreError::Unavailable { .. })),
+        "{stalled:?}"
+    );
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let count = eventually(|| store.increment(&key, 1, window, SystemTime::now())).await;
+    assert!(count.count >= 2, "{count:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,6 +244,38 @@ async fn a_redis_down_at_start_and_restarted_is_used_once_it_is_back() {
             .await
             .unwrap()
     );
+
+    // A pipeline of scripts the fresh server never saw: each check still runs, once.
+    server.restart();
+    let limit = GcraLimit::per(1, Duration::from_secs(60), 1).unwrap();
+    let (a, b) = (CounterKey::new("a").unwrap(), CounterKey::new("b").unwrap());
+    let now = SystemTime::now();
+    let checks = [(&a, &limit, 1), (&b, &limit, 1), (&a, &limit, 1)];
+    let decisions = eventually(|| store.gcra_many(&checks, now)).await;
+    assert_eq!(
+        decisions.iter().map(|d| d.allowed).collect::<Vec<_>>(),
+        [true, true, false]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_is_down_answers_unavailable_in_time() {
+    let mut options = RedisOptions::cluster(["redis://127.0.0.1:1", "redis://127.0.0.1:2"]);
+    options.timeout = Duration::from_millis(100);
+    let store = RedisStore::new(&options).unwrap();
+    let began = Instant::now();
+    let down = store
+        .insert_if_absent(
+            &Nonce::new("n").unwrap(),
+            Duration::from_secs(1),
+            SystemTime::now(),
+        )
+        .await;
+    assert!(
+        matches!(down, Err(StoreError::Unavailable { .. })),
+        "{down:?}"
+    );
+    assert!(began.elapsed() < Duration::from_secs(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
