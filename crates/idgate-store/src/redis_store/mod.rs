@@ -157,8 +157,18 @@ fn config_error(reason: impl Into<String>) -> StoreError {
 impl RedisStore {
     /// Builds the store without connecting: a Redis that is down at start makes the first
     /// calls fail with [`StoreError::Unavailable`], and later ones work once it is up.
-    /// Fails only on options that can never work. Must be called within a tokio runtime.
+    /// Fails only on options that can never work.
+    ///
+    /// Call it within a tokio runtime, which then drives the connections: the store's
+    /// futures make progress only while that runtime runs (a multi-threaded one, or a
+    /// current-thread one being driven). A synchronous caller (the CLI) builds the store
+    /// and awaits its calls inside such a runtime's `block_on`.
     pub fn new(options: &RedisOptions) -> Result<Self, StoreError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(config_error(
+                "the Redis store must be built inside a tokio runtime",
+            ));
+        }
         if options.prefix.contains(['{', '}']) {
             return Err(config_error(
                 "the key prefix must not hold braces (they would change the Cluster hash tags)",

@@ -438,6 +438,12 @@ async fn requirepass_protects_the_default_user() {
     );
 }
 
+#[test]
+fn outside_a_runtime_it_says_so_instead_of_panicking() {
+    let err = RedisStore::new(&RedisOptions::standalone("redis://127.0.0.1:1")).unwrap_err();
+    assert!(matches!(err, StoreError::RedisConfig { .. }), "{err:?}");
+}
+
 #[tokio::test]
 async fn refuses_options_that_cannot_work() {
     let mut options = RedisOptions::standalone("redis://127.0.0.1:1");
