@@ -112,10 +112,35 @@ impl RedisOptions {
     }
 }
 
+/// A URL with any password in it replaced: such a URL is refused by [`RedisStore::new`], but
+/// options holding one may be printed before that.
+fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:<redacted>@{host}{path}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
 impl fmt::Debug for RedisOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match &self.mode {
+            RedisMode::Standalone { url } => RedisMode::Standalone {
+                url: redacted_url(url),
+            },
+            RedisMode::Cluster { seeds } => RedisMode::Cluster {
+                seeds: seeds.iter().map(|u| redacted_url(u)).collect(),
+            },
+        };
         f.debug_struct("RedisOptions")
-            .field("mode", &self.mode)
+            .field("mode", &mode)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("database", &self.database)

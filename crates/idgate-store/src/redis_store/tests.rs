@@ -362,9 +362,19 @@ async fn authenticates_as_an_acl_user_and_never_shows_the_password() {
     let in_url = server
         .url()
         .replace("redis://", &format!("redis://idgate:{PASSWORD}@"));
-    let err = RedisStore::new(&RedisOptions::standalone(in_url)).unwrap_err();
+    let err = RedisStore::new(&RedisOptions::standalone(&in_url)).unwrap_err();
     assert!(matches!(err, StoreError::RedisConfig { .. }));
     assert!(!format!("{err} {err:?}").contains(PASSWORD));
+    for options in [
+        RedisOptions::standalone(&in_url),
+        RedisOptions::cluster([in_url.clone(), format!("{in_url}/?x=1")]),
+    ] {
+        let shown = format!("{options:?}");
+        assert!(
+            !shown.contains(PASSWORD) && shown.contains("idgate:<redacted>@"),
+            "{shown}"
+        );
+    }
 }
 
 /// The ACL that docs/state.md recommends is enough for every operation.
