@@ -11,13 +11,15 @@ use std::time::{Duration, SystemTime};
 
 use crate::StoreError;
 use crate::api_keys::{ApiKeyStore, StoreVersion, StoredKey};
-use crate::counters::{Counters, GcraDecision, GcraLimit, WindowCount};
+use crate::counters::{Counters, GcraCheck, GcraDecision, GcraLimit, WindowCount};
 use crate::memory::MemoryStore;
 use crate::nonces::{Nonces, OwnerRecord, Ownership};
 use crate::queue::{
     Claimed, Lease, MessageId, MessageInfo, NackOutcome, NewMessage, Queue, QueueStats,
 };
 use crate::redb_store::RedbStore;
+#[cfg(feature = "redis")]
+use crate::redis_store::RedisStore;
 use crate::types::{CounterKey, Nonce, ObjectId, Owner, QueueName};
 
 /// One of the backends, chosen at run time. Cheap to clone: clones share the backend.
@@ -27,6 +29,9 @@ pub enum StateStore {
     Memory(Arc<MemoryStore>),
     /// An embedded file: durable, shared by the processes of one machine.
     Redb(Arc<RedbStore>),
+    /// A Redis server or Cluster: shared by every replica. Cheap to clone by itself.
+    #[cfg(feature = "redis")]
+    Redis(RedisStore),
 }
 
 impl StateStore {
@@ -35,6 +40,8 @@ impl StateStore {
         match self {
             Self::Memory(_) => "memory",
             Self::Redb(_) => "redb",
+            #[cfg(feature = "redis")]
+            Self::Redis(_) => "redis",
         }
     }
 
@@ -43,6 +50,8 @@ impl StateStore {
     pub fn is_shared(&self) -> bool {
         match self {
             Self::Memory(_) | Self::Redb(_) => false,
+            #[cfg(feature = "redis")]
+            Self::Redis(_) => true,
         }
     }
 }
@@ -59,12 +68,25 @@ impl From<RedbStore> for StateStore {
     }
 }
 
+#[cfg(feature = "redis")]
+impl From<RedisStore> for StateStore {
+    fn from(store: RedisStore) -> Self {
+        Self::Redis(store)
+    }
+}
+
 /// Forwards a trait method to whichever backend `self` holds.
 macro_rules! forward {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {
             StateStore::Memory($s) => $call.await,
             StateStore::Redb($s) => $call.await,
+            // One more reference, so that `&**s` names the backend as for the `Arc`s.
+            #[cfg(feature = "redis")]
+            StateStore::Redis(store) => {
+                let $s = &store;
+                $call.await
+            }
         }
     };
 }
@@ -131,6 +153,14 @@ impl Counters for StateStore {
         now: SystemTime,
     ) -> Result<GcraDecision, StoreError> {
         forward!(self, s => s.gcra(key, limit, cost, now))
+    }
+
+    async fn gcra_many(
+        &self,
+        checks: &[GcraCheck<'_>],
+        now: SystemTime,
+    ) -> Result<Vec<GcraDecision>, StoreError> {
+        forward!(self, s => s.gcra_many(checks, now))
     }
 
     async fn sweep(&self, now: SystemTime) -> Result<u64, StoreError> {

@@ -212,6 +212,48 @@ pub async fn counters(store: &impl Counters, start: SystemTime) {
     );
 }
 
+/// What every [`Counters::gcra_many`] must do: the decisions of `gcra` calls one after the
+/// other, each limit on its own.
+pub async fn gcra_many(store: &impl Counters, start: SystemTime) {
+    let tight = GcraLimit::per(1, SEC, 1).unwrap();
+    let loose = GcraLimit::per(10, SEC, 5).unwrap();
+    let (a, b, c) = (ck("many:a"), ck("many:b"), ck("many:c"));
+    assert!(store.gcra_many(&[], start).await.unwrap().is_empty());
+    let first = store
+        .gcra_many(&[(&a, &tight, 1), (&b, &loose, 1)], start)
+        .await
+        .unwrap();
+    assert_eq!(
+        first
+            .iter()
+            .map(|d| (d.allowed, d.remaining))
+            .collect::<Vec<_>>(),
+        [(true, 0), (true, 4)]
+    );
+    let second = store
+        .gcra_many(&[(&a, &tight, 1), (&b, &loose, 1)], start)
+        .await
+        .unwrap();
+    assert!(!second[0].allowed);
+    assert_eq!(second[0].retry_after, SEC);
+    assert_eq!(
+        (second[1].allowed, second[1].remaining),
+        (true, 3),
+        "a limit that admits consumes, even when another refuses"
+    );
+    let twice = store
+        .gcra_many(&[(&c, &tight, 1), (&c, &tight, 1)], start)
+        .await
+        .unwrap();
+    assert_eq!(
+        twice.iter().map(|d| d.allowed).collect::<Vec<_>>(),
+        [true, false],
+        "one key twice: the second check sees the first"
+    );
+    let single = store.gcra(&b, &loose, 1, start).await.unwrap();
+    assert_eq!((single.allowed, single.remaining), (true, 2));
+}
+
 /// Concurrent increments of one key from `tasks` tasks: none is lost, and each caller sees
 /// a count of its own.
 pub async fn counters_concurrently<S: Counters + 'static>(store: Arc<S>, start: SystemTime) {
@@ -240,8 +282,33 @@ pub async fn counters_concurrently<S: Counters + 'static>(store: Arc<S>, start: 
     assert_eq!(total, tasks * each);
 }
 
+/// How a backend gets rid of expired entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// `sweep` removes them and counts them (memory, redb).
+    Swept,
+    /// They vanish by themselves (Redis expiries) and `sweep` returns 0.
+    ByItself,
+}
+
+fn check_swept(expiry: Expiry, swept: u64, expected: std::ops::RangeInclusive<u64>) {
+    match expiry {
+        Expiry::Swept => assert!(expected.contains(&swept), "{swept} swept"),
+        Expiry::ByItself => assert_eq!(swept, 0, "entries expire by themselves"),
+    }
+}
+
 /// What every [`Nonces`] must do, concurrency included.
 pub async fn nonces<S: Nonces + 'static>(store: Arc<S>, start: SystemTime) {
+    nonces_expiring(store, start, Expiry::Swept).await;
+}
+
+/// [`nonces`] for a backend whose entries expire as `expiry` says.
+pub async fn nonces_expiring<S: Nonces + 'static>(
+    store: Arc<S>,
+    start: SystemTime,
+    expiry: Expiry,
+) {
     let n = Nonce::new("didit:evt_0001").unwrap();
     let window = 300 * SEC;
     assert!(store.insert_if_absent(&n, window, start).await.unwrap());
@@ -261,8 +328,19 @@ pub async fn nonces<S: Nonces + 'static>(store: Arc<S>, start: SystemTime) {
     );
     let other = Nonce::new("didit:evt_0002").unwrap();
     assert!(store.insert_if_absent(&other, window, start).await.unwrap());
-    assert!(store.sweep(start + 2 * window).await.unwrap() >= 1);
+    check_swept(
+        expiry,
+        store.sweep(start + 2 * window).await.unwrap(),
+        1..=u64::MAX,
+    );
     assert_eq!(store.sweep(start + 2 * window).await.unwrap(), 0);
+    assert!(
+        store
+            .insert_if_absent(&other, window, start + 2 * window)
+            .await
+            .unwrap(),
+        "an expired nonce is new again"
+    );
 
     let racing = Nonce::new("didit:evt_race").unwrap();
     let mut handles = Vec::new();
@@ -284,6 +362,11 @@ pub async fn nonces<S: Nonces + 'static>(store: Arc<S>, start: SystemTime) {
 
 /// What every [`Ownership`] must do.
 pub async fn ownership(store: &impl Ownership, start: SystemTime) {
+    ownership_expiring(store, start, Expiry::Swept).await;
+}
+
+/// [`ownership`] for a backend whose entries expire as `expiry` says.
+pub async fn ownership_expiring(store: &impl Ownership, start: SystemTime, expiry: Expiry) {
     let session = ObjectId::new("6f1c2a70-0b5e-4c43-9d8f-2a3e1b9c7d11").unwrap();
     let (alice, bob) = (
         Owner::new("spiffe://example.org/ns/kyc/sa/onboarding").unwrap(),
@@ -326,7 +409,8 @@ pub async fn ownership(store: &impl Ownership, start: SystemTime) {
 
     let old = ObjectId::new("old").unwrap();
     store.put(&old, &alice, SEC, start).await.unwrap();
-    assert_eq!(store.sweep(start + 2 * SEC).await.unwrap(), 1);
+    check_swept(expiry, store.sweep(start + 2 * SEC).await.unwrap(), 1..=1);
+    assert_eq!(store.get(&old, start + 2 * SEC).await.unwrap(), None);
 }
 
 fn msg(payload: &str, order_key: Option<&str>, max_attempts: u32) -> NewMessage {

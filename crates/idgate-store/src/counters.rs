@@ -106,6 +106,9 @@ pub(crate) fn window_count(count: u64, resets_at: u64) -> WindowCount {
     }
 }
 
+/// One check of [`Counters::gcra_many`]: the key, its limit and the request's cost.
+pub type GcraCheck<'a> = (&'a CounterKey, &'a GcraLimit, u32);
+
 /// Counters that expire, shared by every replica using the same backend.
 ///
 /// Atomicity: each call is one atomic step; concurrent increments of one key from any number
@@ -143,6 +146,26 @@ pub trait Counters: Send + Sync {
         cost: u32,
         now: SystemTime,
     ) -> impl Future<Output = Result<GcraDecision, StoreError>> + Send;
+
+    /// Several GCRA checks at `now`, as a request to which several limits apply needs them:
+    /// the decisions in the order of `checks`. Each limit is decided independently, as by
+    /// [`Counters::gcra`]: a limit that admits consumes, even when another one refuses (so
+    /// a caller over one limit still uses up the others). Not atomic across the checks. The
+    /// default makes the calls one after the other; a networked backend (Redis) makes them
+    /// in one round trip.
+    fn gcra_many(
+        &self,
+        checks: &[GcraCheck<'_>],
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Vec<GcraDecision>, StoreError>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(checks.len());
+            for (key, limit, cost) in checks {
+                out.push(self.gcra(key, limit, *cost, now).await?);
+            }
+            Ok(out)
+        }
+    }
 
     /// Removes expired state (windows and GCRA keys) and returns how many entries went.
     /// Writes already sweep a few as they go; this is for a periodic task. Backends whose

@@ -8,11 +8,13 @@
 //! | [`Ownership`] | which caller created which provider object | first owner wins while live |
 //! | [`Queue`] | the webhook outbox | one lease holder per message; ack/nack with a stale lease refused |
 //!
-//! Backends: [`MemoryStore`] (tests, a single process; bounded, lost on exit) and
-//! [`RedbStore`] (the default: an embedded file, durable, shared by the gateway and the
-//! `idgate` CLI). A Redis backend for several replicas comes later behind the same traits;
-//! the `conformance` suites (feature `conformance`) are what it must pass. [`StateStore`]
-//! is whichever of them the configuration picks, with every trait statically dispatched.
+//! Backends: [`MemoryStore`] (tests, a single process; bounded, lost on exit),
+//! [`RedbStore`] (an embedded file, durable, shared by the gateway and the `idgate` CLI),
+//! and, with the feature `redis`, `RedisStore` (a Redis server or Redis Cluster shared by
+//! every replica; see `docs/state.md`). The `conformance` suites (feature `conformance`)
+//! are what every backend passes; with both features, `redis_testing` starts real Redis
+//! servers and clusters for tests. [`StateStore`] is whichever of them the configuration
+//! picks, with every trait statically dispatched.
 //!
 //! Time is passed in (`now`) rather than read, so that expiry is testable without sleeping
 //! and so that every replica's decision uses the same arithmetic. Expired entries are
@@ -35,6 +37,8 @@ mod memory;
 mod nonces;
 mod queue;
 mod redb_store;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod state;
 mod types;
 
@@ -46,7 +50,7 @@ use std::path::PathBuf;
 pub use any::StateStore;
 pub use api_keys::{AnyApiKeyStore, ApiKeyStore, KeyState, StoreVersion, StoredKey};
 pub use blocking::block_on;
-pub use counters::{Counters, GcraDecision, GcraLimit, WindowCount};
+pub use counters::{Counters, GcraCheck, GcraDecision, GcraLimit, WindowCount};
 pub use local_limiter::{DEFAULT_LIMITER_CAPACITY, LocalLimiter};
 pub use memory::{DEFAULT_QUEUE_CAPACITY, DEFAULT_STATE_CAPACITY, MemoryStore};
 pub use nonces::{Nonces, OwnerRecord, Ownership};
@@ -55,6 +59,11 @@ pub use queue::{
     QueueStats,
 };
 pub use redb_store::{DEFAULT_WAIT, RedbStore};
+/// Real `redis-server` processes for tests (a server, a six-node Cluster).
+#[cfg(all(feature = "redis", feature = "conformance"))]
+pub use redis_store::testing as redis_testing;
+#[cfg(feature = "redis")]
+pub use redis_store::{DEFAULT_PREFIX, DEFAULT_TIMEOUT, RedisMode, RedisOptions, RedisStore};
 pub use types::{CounterKey, MAX_KEY_LEN, Nonce, ObjectId, Owner, QueueName};
 
 /// Why a store operation failed. Never carries a key, a hash or a payload.
@@ -107,6 +116,13 @@ pub enum StoreError {
     LeaseLost(MessageId),
     #[error("the store's worker thread stopped: {0}")]
     Interrupted(String),
+    /// The shared state backend did not answer in time or at all (a Redis outage); the
+    /// reason names no key and no secret.
+    #[error("the state store is unavailable: {reason}")]
+    Unavailable { reason: String },
+    /// Options for the Redis backend that can never work.
+    #[error("the Redis options are invalid: {reason}")]
+    RedisConfig { reason: String },
     #[error("{what} is not built into this binary")]
     Unsupported { what: &'static str },
 }

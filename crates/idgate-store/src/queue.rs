@@ -268,7 +268,7 @@ pub(crate) struct Meta {
 }
 
 impl Meta {
-    fn state(&self, now: u64) -> MessageState {
+    pub(crate) fn state(&self, now: u64) -> MessageState {
         match self.lease_until {
             _ if self.dead => MessageState::Dead,
             Some(until) if until > now => MessageState::Leased {
@@ -283,7 +283,7 @@ impl Meta {
         }
     }
 
-    fn info(&self, seq: u64, now: u64) -> MessageInfo {
+    pub(crate) fn info(&self, seq: u64, now: u64) -> MessageInfo {
         MessageInfo {
             id: MessageId::from_seq(seq),
             state: self.state(now),

@@ -353,6 +353,11 @@ mod tests {
         conformance::counters(&MemoryStore::new(), start()).await;
     }
 
+    #[tokio::test]
+    async fn meets_the_gcra_many_contract() {
+        conformance::gcra_many(&MemoryStore::new(), start()).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn counts_exactly_under_concurrent_increments() {
         conformance::counters_concurrently(Arc::new(MemoryStore::new()), start()).await;

@@ -1,0 +1,434 @@
+//! Counters (fixed windows, GCRA), nonces and ownership records over Redis: one key per
+//! value, its own hash tag, one script per write.
+
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime};
+
+use redis::cluster_routing::Slot;
+use redis::{ErrorKind, Pipeline, RedisError, RedisResult, Script, ServerErrorKind, Value};
+use tokio::task::JoinSet;
+
+use super::reply::{array, bad, exact, expire_at_ms, int, opt_int, opt_string, string};
+use super::{Conn, RedisStore};
+use crate::StoreError;
+use crate::counters::{
+    Counters, GcraCheck, GcraDecision, GcraLimit, WindowCount, gcra, window_count,
+};
+use crate::nonces::{Nonces, OwnerRecord, Ownership};
+use crate::types::{CounterKey, Nonce, ObjectId, Owner, duration_micros, from_micros, micros};
+
+/// Adds to a live window, or starts a new one. ARGV: now, by, the new window's deadline, its
+/// expiry (ms). Returns the count and the deadline.
+static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local d = redis.call('HGET', KEYS[1], 'd')
+if d and tonumber(d) > tonumber(ARGV[1]) then
+  return {redis.call('HINCRBY', KEYS[1], 'n', ARGV[2]), d}
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'n', ARGV[2], 'd', ARGV[3])
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+return {ARGV[2], ARGV[3]}
+",
+    )
+});
+
+/// GCRA: admits when the new arrival time is within the tolerance, and then stores it.
+/// ARGV: now, the cost in microseconds, the tolerance, the expiry grace (ms). Returns whether
+/// it admitted and the arrival time it found (nil for none): the caller computes the decision
+/// from that with the same function as every other backend.
+pub(super) static GCRA: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local now = tonumber(ARGV[1])
+local found = redis.call('GET', KEYS[1])
+local tat = now
+if found and tonumber(found) > now then tat = tonumber(found) end
+local new = tat + tonumber(ARGV[2])
+if new - now > tonumber(ARGV[3]) then return {0, found} end
+local dead = math.max(new, now + 1)
+redis.call('SET', KEYS[1], string.format('%.0f', new),
+  'PXAT', string.format('%.0f', math.ceil(dead / 1000) + tonumber(ARGV[4])))
+return {1, found}
+",
+    )
+});
+
+/// Records a nonce unless it is live. ARGV: now, its deadline, its expiry (ms).
+static NONCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local d = redis.call('GET', KEYS[1])
+if d and tonumber(d) > tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+return 1
+",
+    )
+});
+
+/// Records an owner unless another one's record is live. ARGV: now, the owner, the deadline,
+/// the expiry (ms). Returns the record in force: owner and deadline.
+static OWNER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('HMGET', KEYS[1], 'o', 'd')
+if cur[1] and cur[2] and tonumber(cur[2]) > tonumber(ARGV[1]) and cur[1] ~= ARGV[2] then
+  return cur
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'o', ARGV[2], 'd', ARGV[3])
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+return {ARGV[2], ARGV[3]}
+",
+    )
+});
+
+/// `now + span` as every backend computes a deadline (a zero span still gives a moment).
+fn deadline(now: u64, span: Duration) -> u64 {
+    exact(now.saturating_add(duration_micros(span).max(1)))
+}
+
+/// The GCRA script's arguments for one check: now, cost, tolerance (microseconds).
+fn gcra_args(limit: &GcraLimit, cost: u32, now: u64) -> [u64; 4] {
+    let t = duration_micros(limit.emission_interval()).max(1);
+    [
+        now,
+        exact(t.saturating_mul(u64::from(cost))),
+        exact(t.saturating_mul(u64::from(limit.burst()))),
+        super::reply::EXPIRY_GRACE_MS,
+    ]
+}
+
+/// The decision for what the GCRA script found.
+fn gcra_decision(
+    reply: Value,
+    limit: &GcraLimit,
+    cost: u32,
+    now: SystemTime,
+) -> Result<GcraDecision, StoreError> {
+    let mut items = array(reply)?.into_iter();
+    let (Some(admitted), Some(found)) = (items.next(), items.next()) else {
+        return Err(bad("a GCRA reply"));
+    };
+    let admitted = int(&admitted)? == 1;
+    let (decision, _) = gcra(opt_int(&found)?, limit, cost, now);
+    if decision.allowed != admitted {
+        // Only for spans beyond the year 2255, where Lua's doubles round.
+        return Err(bad("a GCRA decision the store disagrees with"));
+    }
+    Ok(decision)
+}
+
+fn owner_record(object: &ObjectId, reply: Value) -> Result<OwnerRecord, StoreError> {
+    let mut items = array(reply)?.into_iter();
+    let (Some(owner), Some(deadline)) = (items.next(), items.next()) else {
+        return Err(bad("an ownership reply"));
+    };
+    let owner = Owner::new(string(owner)?).map_err(|_| StoreError::CorruptRow {
+        what: "ownership record",
+        key: object.as_str().to_owned(),
+        reason: "the owner is not a valid name".to_owned(),
+    })?;
+    Ok(OwnerRecord {
+        owner,
+        expires_at: from_micros(int(&deadline)?),
+    })
+}
+
+impl RedisStore {
+    fn window_key(&self, key: &CounterKey) -> String {
+        self.tagged("w", key.as_str())
+    }
+
+    fn gcra_key(&self, key: &CounterKey) -> String {
+        self.tagged("g", key.as_str())
+    }
+}
+
+impl RedisStore {
+    /// EVALSHA of the GCRA script for each `(key, args)`, pipelined; the replies in order.
+    async fn pipelined(
+        &self,
+        calls: &[(String, [u64; 4])],
+    ) -> Result<Vec<RedisResult<Value>>, StoreError> {
+        // Which calls go together: all of them, or those of one Cluster slot.
+        let mut groups: Vec<(Option<Slot>, Vec<usize>)> = Vec::new();
+        for (i, (key, _)) in calls.iter().enumerate() {
+            let slot = matches!(self.conn, Conn::Cluster(_)).then(|| Slot::for_key(key));
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((slot, vec![i])),
+            }
+        }
+        let pipelines: Vec<(Vec<usize>, Pipeline)> = groups
+            .into_iter()
+            .map(|(_, members)| {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                for &i in &members {
+                    let (key, args) = &calls[i];
+                    pipe.cmd("EVALSHA")
+                        .arg(GCRA.get_hash())
+                        .arg(1)
+                        .arg(key)
+                        .arg(&args[..]);
+                }
+                (members, pipe)
+            })
+            .collect();
+        let answered = self
+            .call(|conn| async move {
+                let mut set = JoinSet::new();
+                for (members, pipe) in pipelines {
+                    let mut conn = conn.clone();
+                    set.spawn(async move {
+                        let replies: RedisResult<Vec<RedisResult<Value>>> =
+                            pipe.query_async(&mut conn).await;
+                        (members, replies)
+                    });
+                }
+                let mut answered = Vec::new();
+                while let Some(joined) = set.join_next().await {
+                    let (members, replies) = joined.map_err(|_| {
+                        RedisError::from((ErrorKind::Client, "a pipeline task failed"))
+                    })?;
+                    answered.push((members, replies?));
+                }
+                Ok(answered)
+            })
+            .await?;
+        let mut out: Vec<Option<RedisResult<Value>>> = calls.iter().map(|_| None).collect();
+        for (members, replies) in answered {
+            if replies.len() != members.len() {
+                return Err(bad("a pipeline of another length"));
+            }
+            for (i, reply) in members.into_iter().zip(replies) {
+                out[i] = Some(reply);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.ok_or_else(|| bad("a pipeline without every reply")))
+            .collect()
+    }
+}
+
+impl Counters for RedisStore {
+    async fn increment(
+        &self,
+        key: &CounterKey,
+        by: u64,
+        window: Duration,
+        now: SystemTime,
+    ) -> Result<WindowCount, StoreError> {
+        let now = exact(micros(now));
+        let end = deadline(now, window);
+        let key = self.window_key(key);
+        // HINCRBY counts in signed 64 bits.
+        let by = by.min(i64::MAX as u64);
+        let reply: Value = self
+            .call(|mut c| async move {
+                INCREMENT
+                    .key(&key)
+                    .arg(now)
+                    .arg(by)
+                    .arg(end)
+                    .arg(expire_at_ms(end))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let items = array(reply)?;
+        match items.as_slice() {
+            [count, end] => Ok(window_count(int(count)?, int(end)?)),
+            _ => Err(bad("a window reply")),
+        }
+    }
+
+    async fn get(
+        &self,
+        key: &CounterKey,
+        now: SystemTime,
+    ) -> Result<Option<WindowCount>, StoreError> {
+        let key = self.window_key(key);
+        let reply: Value = self
+            .call(|mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("n")
+                    .arg("d")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let items = array(reply)?;
+        let [count, end] = items.as_slice() else {
+            return Err(bad("a window reply"));
+        };
+        match (opt_int(count)?, opt_int(end)?) {
+            (Some(count), Some(end)) if end > micros(now) => Ok(Some(window_count(count, end))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn reset(&self, key: &CounterKey) -> Result<bool, StoreError> {
+        let key = self.window_key(key);
+        let removed: u64 = self
+            .call(|mut c| async move { redis::cmd("DEL").arg(&key).query_async(&mut c).await })
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn gcra(
+        &self,
+        key: &CounterKey,
+        limit: &GcraLimit,
+        cost: u32,
+        now: SystemTime,
+    ) -> Result<GcraDecision, StoreError> {
+        let args = gcra_args(limit, cost, exact(micros(now)));
+        let key = self.gcra_key(key);
+        let reply: Value = self
+            .call(|mut c| async move { GCRA.key(&key).arg(&args[..]).invoke_async(&mut c).await })
+            .await?;
+        gcra_decision(reply, limit, cost, now)
+    }
+
+    /// All checks in one pipelined round trip. In a Cluster a pipeline goes to one node,
+    /// so the checks are grouped by hash slot and the groups' pipelines sent at once: still
+    /// one round trip of waiting. A check the server had no cached script for (NOSCRIPT:
+    /// it did not run) runs once more alone, loading the script.
+    async fn gcra_many(
+        &self,
+        checks: &[GcraCheck<'_>],
+        now: SystemTime,
+    ) -> Result<Vec<GcraDecision>, StoreError> {
+        let now_us = exact(micros(now));
+        let calls: Vec<(String, [u64; 4])> = checks
+            .iter()
+            .map(|(key, limit, cost)| (self.gcra_key(key), gcra_args(limit, *cost, now_us)))
+            .collect();
+        let replies = self.pipelined(&calls).await?;
+        let mut out = Vec::with_capacity(checks.len());
+        for (((_, limit, cost), (key, args)), reply) in checks.iter().zip(&calls).zip(replies) {
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    self.call(|mut c| async move {
+                        GCRA.key(key).arg(&args[..]).invoke_async(&mut c).await
+                    })
+                    .await?
+                }
+                Err(e) => {
+                    return Err(StoreError::Unavailable {
+                        reason: super::describe(&e),
+                    });
+                }
+            };
+            out.push(gcra_decision(reply, limit, *cost, now)?);
+        }
+        Ok(out)
+    }
+
+    async fn sweep(&self, _now: SystemTime) -> Result<u64, StoreError> {
+        // Every key carries its own expiry.
+        Ok(0)
+    }
+}
+
+impl Nonces for RedisStore {
+    async fn insert_if_absent(
+        &self,
+        nonce: &Nonce,
+        window: Duration,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let now = exact(micros(now));
+        let end = deadline(now, window);
+        let key = self.tagged("n", nonce.as_str());
+        let fresh: u64 = self
+            .call(|mut c| async move {
+                NONCE
+                    .key(&key)
+                    .arg(now)
+                    .arg(end)
+                    .arg(expire_at_ms(end))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(fresh == 1)
+    }
+
+    async fn sweep(&self, _now: SystemTime) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}
+
+impl Ownership for RedisStore {
+    async fn put(
+        &self,
+        object: &ObjectId,
+        owner: &Owner,
+        retention: Duration,
+        now: SystemTime,
+    ) -> Result<OwnerRecord, StoreError> {
+        let now = exact(micros(now));
+        let end = deadline(now, retention);
+        let key = self.tagged("o", object.as_str());
+        let owner = owner.as_str().to_owned();
+        let reply: Value = self
+            .call(|mut c| async move {
+                OWNER
+                    .key(&key)
+                    .arg(now)
+                    .arg(&owner)
+                    .arg(end)
+                    .arg(expire_at_ms(end))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        owner_record(object, reply)
+    }
+
+    async fn get(
+        &self,
+        object: &ObjectId,
+        now: SystemTime,
+    ) -> Result<Option<OwnerRecord>, StoreError> {
+        let key = self.tagged("o", object.as_str());
+        let reply: Value = self
+            .call(|mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("o")
+                    .arg("d")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let items = array(reply)?;
+        let [owner, end] = items.as_slice() else {
+            return Err(bad("an ownership reply"));
+        };
+        match (opt_int(end)?, opt_string(owner.clone())?) {
+            (Some(end), Some(_)) if end > micros(now) => {
+                owner_record(object, Value::Array(items)).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn remove(&self, object: &ObjectId) -> Result<bool, StoreError> {
+        let key = self.tagged("o", object.as_str());
+        let removed: u64 = self
+            .call(|mut c| async move { redis::cmd("DEL").arg(&key).query_async(&mut c).await })
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn sweep(&self, _now: SystemTime) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}

@@ -1,0 +1,489 @@
+//! The Redis backend against real servers: the conformance suites on a standalone server
+//! and on a six-node Cluster, and what happens when Redis stalls, goes away, comes back,
+//! speaks TLS or wants a password.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use secrecy::SecretString;
+
+use super::testing::{RedisCluster, RedisServer, ServerOptions};
+use super::{RedisOptions, RedisStore};
+use crate::conformance::{self, Expiry};
+use crate::types::{from_micros, micros};
+use crate::{ApiKeyStore, CounterKey, Counters, GcraLimit, Nonce, Nonces, StateStore, StoreError};
+
+fn store(url: &str, prefix: &str) -> RedisStore {
+    let mut options = RedisOptions::standalone(url);
+    options.prefix = prefix.to_owned();
+    // Generous for a loaded test machine; the timeout tests set their own.
+    options.timeout = Duration::from_secs(2);
+    RedisStore::new(&options).unwrap()
+}
+
+/// Every suite, each under its own prefix of one server or cluster.
+async fn all_suites(make: impl Fn(&str) -> RedisStore) {
+    // The present (Redis expiries follow its clock), in the store's unit.
+    let start = from_micros(micros(SystemTime::now()));
+    conformance::api_keys(&make("keys:")).await;
+    conformance::counters(&make("counters:"), start).await;
+    conformance::counters_concurrently(Arc::new(make("concurrent:")), start).await;
+    conformance::gcra_many(&make("many:"), start).await;
+    conformance::nonces_expiring(Arc::new(make("nonces:")), start, Expiry::ByItself).await;
+    conformance::ownership_expiring(&make("owners:"), start, Expiry::ByItself).await;
+    conformance::queue(&make("queue:"), start).await;
+    conformance::queue_concurrently(Arc::new(make("race:")), start).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn standalone_redis_meets_every_contract() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    all_suites(|prefix| store(&server.url(), prefix)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_meets_every_contract() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    all_suites(|prefix| {
+        let mut options = RedisOptions::cluster(cluster.urls());
+        options.prefix = prefix.to_owned();
+        options.timeout = Duration::from_secs(2);
+        RedisStore::new(&options).unwrap()
+    })
+    .await;
+
+    // A stalled Cluster answers Unavailable within the timeout, and is used again after.
+    let mut options = RedisOptions::cluster(cluster.urls());
+    options.timeout = Duration::from_millis(100);
+    let store = RedisStore::new(&options).unwrap();
+    let key = CounterKey::new("k").unwrap();
+    let window = Duration::from_secs(60);
+    eventually(|| store.increment(&key, 1, window, SystemTime::now())).await;
+    cluster.pause();
+    let began = Instant::now();
+    let stalled = store.increment(&key, 1, window, SystemTime::now()).await;
+    let took = began.elapsed();
+    cluster.resume();
+    assert!(
+        matches!(stalled, Err(StoreError::Unavailable { .. })),
+        "{stalled:?}"
+    );
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let count = eventually(|| store.increment(&key, 1, window, SystemTime::now())).await;
+    assert!(count.count >= 2, "{count:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_store_forwards_every_trait_to_redis() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let make = |prefix| StateStore::from(store(&server.url(), prefix));
+    let state = make("s:");
+    assert_eq!((state.kind(), state.is_shared()), ("redis", true));
+    let start = from_micros(micros(SystemTime::now()));
+    conformance::api_keys(&make("keys:")).await;
+    conformance::counters(&make("counters:"), start).await;
+    conformance::gcra_many(&make("many:"), start).await;
+    conformance::nonces_expiring(Arc::new(make("nonces:")), start, Expiry::ByItself).await;
+    conformance::ownership_expiring(&make("owners:"), start, Expiry::ByItself).await;
+    conformance::queue(&make("queue:"), start).await;
+}
+
+/// The API key verifier polls `version()` and reads `list()` with `block_on` on a blocking
+/// thread of the runtime: a revocation by one client is seen there at the next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_reader_sees_a_revocation_by_another_client() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (writer, reader) = (store(&server.url(), "k:"), store(&server.url(), "k:"));
+    writer
+        .insert(&conformance::sample_key("k1", "batch"))
+        .await
+        .unwrap();
+    let read = reader.clone();
+    let before = tokio::task::spawn_blocking(move || crate::block_on(read.version()))
+        .await
+        .unwrap()
+        .unwrap();
+    writer.revoke("k1", SystemTime::now()).await.unwrap();
+    let (after, keys) = tokio::task::spawn_blocking(move || {
+        (
+            crate::block_on(reader.version()),
+            crate::block_on(reader.list()),
+        )
+    })
+    .await
+    .unwrap();
+    assert_ne!(after.unwrap(), before);
+    assert!(keys.unwrap()[0].revoked_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_of_one_redis_share_state() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (store(&server.url(), "p:"), store(&server.url(), "p:"));
+    let now = SystemTime::now();
+    let n = Nonce::new("evt").unwrap();
+    assert!(
+        a.insert_if_absent(&n, Duration::from_secs(60), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.insert_if_absent(&n, Duration::from_secs(60), now)
+            .await
+            .unwrap()
+    );
+    let v = b.version().await.unwrap();
+    a.insert(&conformance::sample_key("k1", "n")).await.unwrap();
+    assert_ne!(
+        b.version().await.unwrap(),
+        v,
+        "a write by one is seen by the other"
+    );
+    let other = store(&server.url(), "other:");
+    assert!(
+        other
+            .insert_if_absent(&n, Duration::from_secs(60), now)
+            .await
+            .unwrap(),
+        "another prefix is another store"
+    );
+    // Another database, from the URL or from the option, is another store too.
+    let db3 = store(&format!("{}/3", server.url()), "p:");
+    assert!(
+        db3.insert_if_absent(&n, Duration::from_secs(60), now)
+            .await
+            .unwrap()
+    );
+    let mut options = RedisOptions::standalone(server.url());
+    (options.prefix, options.database) = ("p:".to_owned(), Some(3));
+    let also_db3 = RedisStore::new(&options).unwrap();
+    assert!(
+        !also_db3
+            .insert_if_absent(&n, Duration::from_secs(60), now)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_answers_unavailable_within_the_timeout_and_recovers() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut options = RedisOptions::standalone(server.url());
+    options.timeout = Duration::from_millis(50);
+    let store = RedisStore::new(&options).unwrap();
+    let key = CounterKey::new("k").unwrap();
+    let window = Duration::from_secs(60);
+    // Connected and warm (the first call may load the script).
+    for _ in 0..20 {
+        if store
+            .increment(&key, 1, window, SystemTime::now())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    server.pause();
+    for _ in 0..3 {
+        let began = Instant::now();
+        let result = store.increment(&key, 1, window, SystemTime::now()).await;
+        let took = began.elapsed();
+        assert!(
+            matches!(result, Err(StoreError::Unavailable { .. })),
+            "{result:?}"
+        );
+        assert!(took < Duration::from_millis(500), "took {took:?}");
+    }
+    server.resume();
+    let count = eventually(|| store.increment(&key, 1, window, SystemTime::now())).await;
+    assert!(count.count >= 2, "{count:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_down_at_start_and_restarted_is_used_once_it_is_back() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    server.kill();
+    let mut options = RedisOptions::standalone(server.url());
+    options.timeout = Duration::from_millis(100);
+    // Built while Redis is down: no error until it is used.
+    let store = RedisStore::new(&options).unwrap();
+    let n = Nonce::new("evt").unwrap();
+    let window = Duration::from_secs(60);
+    let began = Instant::now();
+    let down = store.insert_if_absent(&n, window, SystemTime::now()).await;
+    assert!(
+        matches!(down, Err(StoreError::Unavailable { .. })),
+        "{down:?}"
+    );
+    assert!(began.elapsed() < Duration::from_secs(1));
+
+    server.restart();
+    assert!(eventually(|| store.insert_if_absent(&n, window, SystemTime::now())).await);
+
+    // Killed and started again under a connected client: it reconnects by itself (to an
+    // empty Redis, which loaded none of the scripts).
+    server.restart();
+    assert!(eventually(|| store.insert_if_absent(&n, window, SystemTime::now())).await);
+    assert!(
+        !store
+            .insert_if_absent(&n, window, SystemTime::now())
+            .await
+            .unwrap()
+    );
+
+    // A pipeline of scripts the fresh server never saw: each check still runs, once.
+    server.restart();
+    let limit = GcraLimit::per(1, Duration::from_secs(60), 1).unwrap();
+    let (a, b) = (CounterKey::new("a").unwrap(), CounterKey::new("b").unwrap());
+    let now = SystemTime::now();
+    let checks = [(&a, &limit, 1), (&b, &limit, 1), (&a, &limit, 1)];
+    let decisions = eventually(|| store.gcra_many(&checks, now)).await;
+    assert_eq!(
+        decisions.iter().map(|d| d.allowed).collect::<Vec<_>>(),
+        [true, true, false]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_is_down_answers_unavailable_in_time() {
+    let mut options = RedisOptions::cluster(["redis://127.0.0.1:1", "redis://127.0.0.1:2"]);
+    options.timeout = Duration::from_millis(100);
+    let store = RedisStore::new(&options).unwrap();
+    let began = Instant::now();
+    let down = store
+        .insert_if_absent(
+            &Nonce::new("n").unwrap(),
+            Duration::from_secs(1),
+            SystemTime::now(),
+        )
+        .await;
+    assert!(
+        matches!(down, Err(StoreError::Unavailable { .. })),
+        "{down:?}"
+    );
+    assert!(began.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speaks_tls_to_a_redis_with_its_own_ca() {
+    let Some(server) = RedisServer::start_with(ServerOptions {
+        tls: true,
+        ..ServerOptions::default()
+    }) else {
+        return;
+    };
+    assert!(server.url().starts_with("rediss://"));
+    let mut options = RedisOptions::standalone(server.url());
+    options.ca_file = Some(server.ca_file());
+    options.timeout = Duration::from_secs(2);
+    let store = RedisStore::new(&options).unwrap();
+    let n = Nonce::new("evt").unwrap();
+    assert!(
+        store
+            .insert_if_absent(&n, Duration::from_secs(60), SystemTime::now())
+            .await
+            .unwrap()
+    );
+
+    // Without the CA the server is not trusted.
+    options.ca_file = None;
+    let untrusted = RedisStore::new(&options).unwrap();
+    let refused = untrusted
+        .insert_if_absent(&n, Duration::from_secs(60), SystemTime::now())
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable { .. })),
+        "{refused:?}"
+    );
+}
+
+const PASSWORD: &str = "s3cret-redis-pa55word";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticates_as_an_acl_user_and_never_shows_the_password() {
+    let Some(server) = RedisServer::start_with(ServerOptions {
+        username: Some("idgate".to_owned()),
+        password: Some(PASSWORD.to_owned()),
+        ..ServerOptions::default()
+    }) else {
+        return;
+    };
+    let mut options = RedisOptions::standalone(server.url());
+    options.username = Some("idgate".to_owned());
+    options.password = Some(SecretString::from(PASSWORD));
+    options.timeout = Duration::from_secs(2);
+    assert!(!format!("{options:?}").contains(PASSWORD));
+    let store = RedisStore::new(&options).unwrap();
+    assert!(!format!("{store:?}").contains(PASSWORD));
+    let limit = GcraLimit::per(1, Duration::from_secs(1), 1).unwrap();
+    let key = CounterKey::new("k").unwrap();
+    assert!(
+        store
+            .gcra(&key, &limit, 1, SystemTime::now())
+            .await
+            .unwrap()
+            .allowed
+    );
+
+    // A wrong password fails, and the error does not show the one given.
+    let wrong = "not-the-".to_owned() + PASSWORD;
+    options.password = Some(SecretString::from(wrong.clone()));
+    let refused = RedisStore::new(&options)
+        .unwrap()
+        .gcra(&key, &limit, 1, SystemTime::now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Unavailable { .. }),
+        "{refused:?}"
+    );
+    for shown in [format!("{refused}"), format!("{refused:?}")] {
+        assert!(
+            !shown.contains(&wrong) && !shown.contains(PASSWORD),
+            "{shown}"
+        );
+    }
+
+    // A password in the URL is refused, without being echoed.
+    let in_url = server
+        .url()
+        .replace("redis://", &format!("redis://idgate:{PASSWORD}@"));
+    let err = RedisStore::new(&RedisOptions::standalone(&in_url)).unwrap_err();
+    assert!(matches!(err, StoreError::RedisConfig { .. }));
+    assert!(!format!("{err} {err:?}").contains(PASSWORD));
+    for options in [
+        RedisOptions::standalone(&in_url),
+        RedisOptions::cluster([in_url.clone(), format!("{in_url}/?x=1")]),
+    ] {
+        let shown = format!("{options:?}");
+        assert!(
+            !shown.contains(PASSWORD) && shown.contains("idgate:<redacted>@"),
+            "{shown}"
+        );
+    }
+}
+
+/// The ACL that docs/state.md recommends is enough for every operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn works_as_a_user_limited_to_its_prefix_and_commands() {
+    let rules = "~idgate:* resetchannels -@all +evalsha +eval +script|load \
+                 +get +hmget +hgetall +del +ping +cluster|slots +cluster|shards \
+                 +hget +hset +hsetnx +hincrby +hdel +hexists +incr +set +pexpireat \
+                 +zadd +zrem +zrange +zrangebyscore +zcard";
+    let Some(server) = RedisServer::start_with(ServerOptions {
+        username: Some("idgate".to_owned()),
+        password: Some(PASSWORD.to_owned()),
+        acl_rules: rules.split_whitespace().map(str::to_owned).collect(),
+        ..ServerOptions::default()
+    }) else {
+        return;
+    };
+    all_suites(|prefix| {
+        let mut options = RedisOptions::standalone(server.url());
+        options.username = Some("idgate".to_owned());
+        options.password = Some(SecretString::from(PASSWORD));
+        options.prefix = format!("idgate:{prefix}");
+        options.timeout = Duration::from_secs(2);
+        RedisStore::new(&options).unwrap()
+    })
+    .await;
+    // Outside its prefix it is refused.
+    let mut options = RedisOptions::standalone(server.url());
+    options.username = Some("idgate".to_owned());
+    options.password = Some(SecretString::from(PASSWORD));
+    options.prefix = "other:".to_owned();
+    let outside = RedisStore::new(&options).unwrap();
+    let refused = outside
+        .insert_if_absent(
+            &Nonce::new("n").unwrap(),
+            Duration::from_secs(1),
+            SystemTime::now(),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable { .. })),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requirepass_protects_the_default_user() {
+    let Some(server) = RedisServer::start_with(ServerOptions {
+        password: Some(PASSWORD.to_owned()),
+        ..ServerOptions::default()
+    }) else {
+        return;
+    };
+    let n = Nonce::new("evt").unwrap();
+    let anonymous = store(&server.url(), "p:");
+    assert!(matches!(
+        anonymous
+            .insert_if_absent(&n, Duration::from_secs(60), SystemTime::now())
+            .await,
+        Err(StoreError::Unavailable { .. })
+    ));
+    let mut options = RedisOptions::standalone(server.url());
+    options.password = Some(SecretString::from(PASSWORD));
+    options.timeout = Duration::from_secs(2);
+    let store = RedisStore::new(&options).unwrap();
+    assert!(
+        store
+            .insert_if_absent(&n, Duration::from_secs(60), SystemTime::now())
+            .await
+            .unwrap()
+    );
+}
+
+#[test]
+fn outside_a_runtime_it_says_so_instead_of_panicking() {
+    let err = RedisStore::new(&RedisOptions::standalone("redis://127.0.0.1:1")).unwrap_err();
+    assert!(matches!(err, StoreError::RedisConfig { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn refuses_options_that_cannot_work() {
+    let mut options = RedisOptions::standalone("redis://127.0.0.1:1");
+    options.prefix = "idgate{x}:".to_owned();
+    assert!(matches!(
+        RedisStore::new(&options),
+        Err(StoreError::RedisConfig { .. })
+    ));
+    assert!(matches!(
+        RedisStore::new(&RedisOptions::standalone("http://example.org")),
+        Err(StoreError::RedisConfig { .. })
+    ));
+    let mut cluster = RedisOptions::cluster(["redis://127.0.0.1:1"]);
+    cluster.database = Some(2);
+    assert!(matches!(
+        RedisStore::new(&cluster),
+        Err(StoreError::RedisConfig { .. })
+    ));
+}
+
+/// Retries `f` for up to ten seconds until it succeeds.
+async fn eventually<T, F: Future<Output = Result<T, StoreError>>>(f: impl Fn() -> F) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "still failing: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
