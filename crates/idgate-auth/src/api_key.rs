@@ -378,8 +378,15 @@ impl ApiKeyVerifier {
         pepper: Pepper,
         store: impl ApiKeyStore + 'static,
     ) -> Result<Self, ApiKeyError> {
+        let verifier = Self::following(pepper, store);
+        verifier.reload()?;
+        Ok(verifier)
+    }
+
+    /// A verifier that follows `store` and has read nothing yet.
+    fn following(pepper: Pepper, store: impl ApiKeyStore + 'static) -> Self {
         let now = Instant::now();
-        let verifier = Self {
+        Self {
             inner: Arc::new(Inner {
                 pepper,
                 table: ArcSwap::from_pointee(Table::default()),
@@ -393,8 +400,26 @@ impl ApiKeyVerifier {
                     }),
                 }),
             }),
-        };
-        verifier.reload()?;
+        }
+    }
+
+    /// A verifier over a store every replica shares (the Redis `[state]` backend), whose
+    /// runtime must be running to answer. The keys are read now when the store answers; when
+    /// it does not (Redis down at start), the gateway starts with no key, says so, and the
+    /// reload task (see [`Self::spawn_reload`]) reads them as soon as it answers: a shared
+    /// store's outage must not stop every replica from starting. Blocking: call from a
+    /// blocking thread of the runtime that drives the store.
+    pub fn shared(
+        pepper: &SecretRef,
+        store: impl ApiKeyStore + 'static,
+    ) -> Result<Self, ApiKeyError> {
+        let verifier = Self::following(Pepper::from_ref(pepper)?, store);
+        if let Err(e) = verifier.reload() {
+            tracing::warn!(
+                error = %e,
+                "cannot read the API keys from the shared state store yet; no API key is accepted until it answers"
+            );
+        }
         Ok(verifier)
     }
 

@@ -15,10 +15,19 @@ use idgate_tls::SpiffeId;
 use crate::context::Ctx;
 use crate::raw;
 
+/// Where the API keys are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeyStoreConfig {
+    /// A redb file of their own (`[api_keys] store`).
+    File(PathBuf),
+    /// The shared `[state]` backend (Redis), so that every replica sees the same keys.
+    State,
+}
+
 /// `[api_keys]`: where caller API keys are stored and the pepper their hashes are keyed with.
 #[derive(Debug, Clone)]
 pub struct ApiKeysConfig {
-    pub store: PathBuf,
+    pub store: ApiKeyStoreConfig,
     pub pepper: SecretRef,
     /// How often the running gateway re-reads the store (revocations take effect within it).
     pub reload_interval: Duration,
@@ -64,19 +73,44 @@ fn available(cx: &mut Ctx<'_>, key: &str, s: &str) -> Option<SecretRef> {
     Some(r)
 }
 
-pub(crate) fn api_keys(cx: &mut Ctx<'_>, a: raw::ApiKeys) -> Option<ApiKeysConfig> {
+/// `shared_state`: `[state]` is a backend every replica shares (Redis), where the keys go
+/// when no file is named.
+pub(crate) fn api_keys(
+    cx: &mut Ctx<'_>,
+    a: raw::ApiKeys,
+    shared_state: bool,
+    warnings: &mut Vec<String>,
+) -> Option<ApiKeysConfig> {
     let before = cx.errors.len();
     let pepper = available(cx, "api_keys.pepper", &a.pepper);
-    let store = cx.path(&a.store);
-    if let Some(parent) = store.parent()
-        && !parent.as_os_str().is_empty()
-        && !parent.is_dir()
-    {
-        cx.err(
-            "api_keys.store",
-            format!("directory {} does not exist", parent.display()),
-        );
-    }
+    let store = match a.store {
+        None if shared_state => ApiKeyStoreConfig::State,
+        None => {
+            cx.err(
+                "api_keys.store",
+                "missing: name a file for the keys, or keep them in a shared [state] backend (backend = \"redis\")",
+            );
+            ApiKeyStoreConfig::State
+        }
+        Some(file) => {
+            let store = cx.path(&file);
+            if let Some(parent) = store.parent()
+                && !parent.as_os_str().is_empty()
+                && !parent.is_dir()
+            {
+                cx.err(
+                    "api_keys.store",
+                    format!("directory {} does not exist", parent.display()),
+                );
+            }
+            if shared_state {
+                warnings.push(
+                    "api_keys.store names a file while [state] is shared: replicas do not share keys kept in a file; leave store out to keep them in [state]".to_owned(),
+                );
+            }
+            ApiKeyStoreConfig::File(store)
+        }
+    };
     let reload_interval = cx.duration(
         "api_keys.reload_interval",
         a.reload_interval,

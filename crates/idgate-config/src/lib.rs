@@ -33,7 +33,9 @@ use serde::de::DeserializeOwned;
 use context::{Ctx, io_reason};
 
 pub use admin::AdminConfig;
-pub use auth::{ApiKeysConfig, JwtIssuerConfig, TokenClientConfig, TokenEndpointConfig};
+pub use auth::{
+    ApiKeyStoreConfig, ApiKeysConfig, JwtIssuerConfig, TokenClientConfig, TokenEndpointConfig,
+};
 pub use credential::{CredentialConfig, CredentialScheme};
 pub use duration::{DurationError, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
@@ -267,7 +269,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let api_keys = table
         .remove("api_keys")
         .and_then(|v| cx.section::<raw::ApiKeys>("api_keys", v))
-        .and_then(|a| auth::api_keys(&mut cx, a));
+        .and_then(|a| {
+            let shared = matches!(state, StateBackend::Redis(_));
+            auth::api_keys(&mut cx, a, shared, &mut warnings)
+        });
     let jwt_issuers = array::<raw::JwtIssuer>(&mut cx, &mut table, "jwt_issuers")
         .into_iter()
         .filter_map(|(i, j)| auth::jwt_issuer(&mut cx, i, j))

@@ -216,7 +216,8 @@ pub(crate) enum Scopes {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ApiKeys {
-    pub(crate) store: String,
+    #[serde(default)]
+    pub(crate) store: Option<String>,
     pub(crate) pepper: String,
     #[serde(default)]
     pub(crate) reload_interval: Option<String>,

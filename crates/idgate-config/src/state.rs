@@ -22,6 +22,17 @@ pub enum StateBackend {
     Redis(Box<RedisConfig>),
 }
 
+impl StateBackend {
+    /// The backend's name, as `backend` writes it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redb { .. } => "redb",
+            Self::Redis(_) => "redis",
+        }
+    }
+}
+
 /// How to reach Redis. `Debug` shows the password's reference (a path or a Vault
 /// location), never the password.
 #[derive(Debug, Clone, PartialEq, Eq)]

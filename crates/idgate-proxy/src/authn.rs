@@ -16,7 +16,7 @@ use idgate_auth::issuer::TokenIssuer;
 use idgate_auth::jwt::{self, Algorithm, Jwk, JwtVerifier, StaticIssuer};
 use idgate_auth::policy::{self, AuthLayer};
 use idgate_auth::{AuthFailure, Caller, Principal, TokenIdentity};
-use idgate_config::Config;
+use idgate_config::{ApiKeyStoreConfig, Config};
 use idgate_tls::SpiffeId;
 
 use crate::conn::ConnInfo;
@@ -77,10 +77,14 @@ impl AuthServices {
     pub fn build(
         config: &Config,
         token_issuer: Option<&TokenIssuer>,
+        state: &idgate_store::StateStore,
     ) -> Result<Self, AuthSetupError> {
         let api_keys = match &config.api_keys {
             None => None,
-            Some(a) => Some(ApiKeyVerifier::open(&a.store, &a.pepper)?),
+            Some(a) => Some(match &a.store {
+                ApiKeyStoreConfig::File(path) => ApiKeyVerifier::open(path, &a.pepper)?,
+                ApiKeyStoreConfig::State => ApiKeyVerifier::shared(&a.pepper, state.clone())?,
+            }),
         };
         let issuers = config.jwt_issuers.clone();
         // The gateway's own token endpoint is an issuer with a key it knows.

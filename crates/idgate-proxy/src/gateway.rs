@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use idgate_config::{ClientAuth, Config, StateBackend};
-use idgate_store::{MemoryStore, RedbStore, StateStore, StoreError};
+use idgate_config::{ClientAuth, Config, RedisNodes, StateBackend};
+use idgate_store::{MemoryStore, RedbStore, RedisOptions, RedisStore, StateStore, StoreError};
 use idgate_tls::{MaterialSpec, TlsMaterial, watch::spawn_watcher};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
@@ -88,7 +88,16 @@ impl Gateway {
             .map_err(|e| errors.push(BuildError::new(&config, "state", BuildProblem::State(e))))
             .ok();
         let roots = Arc::new(idgate_tls::roots::platform_roots().clone());
-        let snapshot = Snapshot::build(&config, &roots, &provider)
+        // Without the backend the rest is still built, so that every problem is reported.
+        let scratch;
+        let state_for_build = match &state {
+            Some(s) => s,
+            None => {
+                scratch = StateStore::from(MemoryStore::new());
+                &scratch
+            }
+        };
+        let snapshot = Snapshot::build(&config, &roots, &provider, state_for_build)
             .map_err(|errs| errors.extend(errs))
             .ok();
         let (Some(material), Some(snapshot), Some(state)) = (material, snapshot, state) else {
@@ -167,6 +176,7 @@ impl Gateway {
                 material: watch_handle,
                 metrics: services.metrics.clone(),
                 running: cfg.clone(),
+                state: self.state.clone(),
             }
             .on_sighup(hup, stop_rx.clone()),
         );
@@ -225,6 +235,8 @@ struct Reloader {
     /// The configuration the process started with: what a reload cannot change stays as
     /// it says.
     running: Config,
+    /// The process's state backend, which every snapshot uses.
+    state: StateStore,
 }
 
 /// Removes the dead keys of the in-process rate limiter every few seconds, so that its
@@ -241,18 +253,44 @@ async fn sweep_limiter(services: std::sync::Weak<Services>) {
     }
 }
 
-/// Opens the state backend `[state]` names. Blocking (a redb file is opened and locked).
-/// Opened once per process: a reload keeps it, so counters and ownership records survive.
-fn open_state(backend: &StateBackend) -> Result<StateStore, StoreError> {
+/// Opens the state backend `[state]` names. Blocking (a redb file is opened and locked; a
+/// Redis password is read). Opened once per process: a reload keeps it, so counters and
+/// ownership records survive. Redis is not contacted here: its store connects on first use
+/// and again whenever Redis comes back, and must be built inside the runtime that will
+/// drive its connections.
+pub fn open_state(backend: &StateBackend) -> Result<StateStore, StateOpenError> {
     match backend {
         StateBackend::Memory => Ok(StateStore::from(MemoryStore::new())),
-        StateBackend::Redb { path } => {
-            RedbStore::open(path, idgate_store::DEFAULT_WAIT).map(StateStore::from)
+        StateBackend::Redb { path } => RedbStore::open(path, idgate_store::DEFAULT_WAIT)
+            .map(StateStore::from)
+            .map_err(StateOpenError::Store),
+        StateBackend::Redis(r) => {
+            let mut options = match &r.nodes {
+                RedisNodes::Server(url) => RedisOptions::standalone(url.clone()),
+                RedisNodes::Cluster(seeds) => RedisOptions::cluster(seeds.iter().cloned()),
+            };
+            options.username = r.username.clone();
+            options.password = match &r.password {
+                None => None,
+                Some(p) => Some(p.resolve().map_err(StateOpenError::Password)?),
+            };
+            options.ca_file = r.ca.clone();
+            options.timeout = r.timeout;
+            options.prefix = r.prefix.clone();
+            RedisStore::new(&options)
+                .map(StateStore::from)
+                .map_err(StateOpenError::Store)
         }
-        StateBackend::Redis(_) => Err(StoreError::Unsupported {
-            what: "the redis state backend",
-        }),
     }
+}
+
+/// Why the state backend cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StateOpenError {
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("state.password: {0}")]
+    Password(idgate_secrets::SecretError),
 }
 
 /// The key of `[identity]` a TLS material problem is about, found by its file.
@@ -366,13 +404,15 @@ fn rebuild(
     running: &Config,
     roots: &Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
+    state: &StateStore,
 ) -> Result<(Snapshot, Vec<RestartOnly>), ReloadRefused> {
     let config = idgate_config::load(file).map_err(ReloadRefused::Invalid)?;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
     let restart = restart_required(running, &config);
-    let snapshot = Snapshot::build(&config, roots, provider).map_err(ReloadRefused::Unusable)?;
+    let snapshot =
+        Snapshot::build(&config, roots, provider, state).map_err(ReloadRefused::Unusable)?;
     Ok((snapshot, restart))
 }
 
@@ -390,6 +430,7 @@ impl Reloader {
             material,
             metrics,
             running,
+            state,
         } = self;
         let running = Arc::new(running);
         loop {
@@ -400,10 +441,11 @@ impl Reloader {
             tracing::info!("SIGHUP: reloading TLS material and configuration");
             material.trigger();
             let (file, roots, provider) = (file.clone(), roots.clone(), provider.clone());
-            let running = running.clone();
-            let built =
-                tokio::task::spawn_blocking(move || rebuild(&file, &running, &roots, &provider))
-                    .await;
+            let (running, state) = (running.clone(), state.clone());
+            let built = tokio::task::spawn_blocking(move || {
+                rebuild(&file, &running, &roots, &provider, &state)
+            })
+            .await;
             match built {
                 Ok(Ok((new, restart))) => {
                     new.start_background(&metrics);
@@ -492,7 +534,13 @@ mod tests {
         dir.write("ca.pem", b"no certificate here\n");
         let bad = config(&dir, "ca = \"ca.pem\"");
         let roots = Arc::new(RootCertStore::empty());
-        let refused = match rebuild(&bad.file, &running, &roots, &idgate_tls::crypto_provider()) {
+        let refused = match rebuild(
+            &bad.file,
+            &running,
+            &roots,
+            &idgate_tls::crypto_provider(),
+            &StateStore::from(MemoryStore::new()),
+        ) {
             Ok(_) => panic!("the reload should be refused"),
             Err(refused) => refused,
         };
@@ -505,7 +553,13 @@ mod tests {
 
         // A file that does not validate names its key the same way.
         dir.write("idgate.toml", b"frobnicate = true\n");
-        let refused = match rebuild(&bad.file, &running, &roots, &idgate_tls::crypto_provider()) {
+        let refused = match rebuild(
+            &bad.file,
+            &running,
+            &roots,
+            &idgate_tls::crypto_provider(),
+            &StateStore::from(MemoryStore::new()),
+        ) {
             Ok(_) => panic!("the reload should be refused"),
             Err(refused) => refused,
         };

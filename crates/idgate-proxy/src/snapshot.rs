@@ -58,7 +58,7 @@ pub enum BuildProblem {
     #[error(transparent)]
     Auth(AuthSetupError),
     #[error("cannot open the state backend: {0}")]
-    State(idgate_store::StoreError),
+    State(crate::gateway::StateOpenError),
     #[error("{0}")]
     RateLimit(idgate_store::StoreError),
 }
@@ -126,6 +126,7 @@ impl Snapshot {
         config: &Config,
         roots: &Arc<RootCertStore>,
         provider: &Arc<CryptoProvider>,
+        state: &idgate_store::StateStore,
     ) -> Result<Self, Vec<BuildError>> {
         let mut errors = Vec::new();
         let mut upstreams = Vec::new();
@@ -156,7 +157,7 @@ impl Snapshot {
                 })
                 .ok(),
         };
-        let auth = AuthServices::build(config, token_endpoint.as_ref().map(|t| &t.issuer))
+        let auth = AuthServices::build(config, token_endpoint.as_ref().map(|t| &t.issuer), state)
             .map_err(|e| errors.push(BuildError::new(config, e.key(), BuildProblem::Auth(e))))
             .ok();
         let limits = Limits::build(config)
@@ -291,8 +292,13 @@ allow = ["spiffe://example.org/ns/kyc/sa/onboarding"]
 
     fn build_errors(config: &Config) -> Vec<BuildError> {
         let roots = Arc::new(RootCertStore::empty());
-        Snapshot::build(config, &roots, &idgate_tls::crypto_provider())
-            .expect_err("the snapshot should not build")
+        Snapshot::build(
+            config,
+            &roots,
+            &idgate_tls::crypto_provider(),
+            &idgate_store::StateStore::from(idgate_store::MemoryStore::new()),
+        )
+        .expect_err("the snapshot should not build")
     }
 
     fn file_of(config: &Config) -> &Path {

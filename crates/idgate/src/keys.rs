@@ -5,14 +5,16 @@
 //! picks every change up within its `reload_interval`, without a restart.
 
 use anyhow::anyhow;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use idgate_auth::api_key::{self, KeySpec, NewApiKey, Pepper};
+use idgate_config::{ApiKeyStoreConfig, StateBackend};
 use idgate_secrets::{ExposeSecret, SecretRef};
-use idgate_store::{ApiKeyStore, KeyState, RedbStore, StoredKey, block_on};
+use idgate_store::{ApiKeyStore, KeyState, RedbStore, StateStore, StoredKey};
 use idgate_tls::SpiffeId;
 
 use crate::EXIT_CONFIG;
@@ -144,12 +146,12 @@ pub(crate) fn run(command: KeysCommand) -> ExitCode {
 }
 
 /// The store file and the pepper's reference, from --store/--pepper or the configuration.
-fn locate(args: &StoreArgs) -> Result<(PathBuf, SecretRef), Failure> {
+fn locate(args: &StoreArgs) -> Result<(Location, SecretRef), Failure> {
     if let (Some(store), Some(pepper)) = (&args.store, &args.pepper) {
         let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         let pepper = SecretRef::parse(pepper, &base)
             .map_err(|e| Failure::config(format!("--pepper: {e}")))?;
-        return Ok((store.clone(), pepper));
+        return Ok((Location::File(store.clone()), pepper));
     }
     let Some(path) = &args.config else {
         return Err(Failure::config(
@@ -158,7 +160,10 @@ fn locate(args: &StoreArgs) -> Result<(PathBuf, SecretRef), Failure> {
     };
     match idgate_config::load(path) {
         Ok(config) => match config.api_keys {
-            Some(a) => Ok((a.store, a.pepper)),
+            Some(a) => match a.store {
+                ApiKeyStoreConfig::File(path) => Ok((Location::File(path), a.pepper)),
+                ApiKeyStoreConfig::State => Ok((Location::State(config.state), a.pepper)),
+            },
             None => Err(no_section(path)),
         },
         // The rest of the configuration may need what only the gateway's environment has
@@ -177,7 +182,8 @@ fn locate(args: &StoreArgs) -> Result<(PathBuf, SecretRef), Failure> {
                 return Err(all());
             }
             match api_keys_section(path) {
-                Ok(Some(found)) => {
+                Ok(Some((store, pepper))) => {
+                    let found = (Location::File(store), pepper);
                     eprintln!(
                         "note: {} has problems outside [api_keys] (see `idgate check`); using its [api_keys] section",
                         path.display()
@@ -206,6 +212,7 @@ fn api_keys_section(path: &Path) -> Result<Option<(PathBuf, SecretRef)>, ()> {
     let Some(section) = table.get("api_keys").and_then(toml::Value::as_table) else {
         return Ok(None);
     };
+    // Keys in the shared [state] backend need the rest of the configuration to be valid.
     let (Some(store), Some(pepper)) = (
         section.get("store").and_then(toml::Value::as_str),
         section.get("pepper").and_then(toml::Value::as_str),
@@ -220,9 +227,51 @@ fn api_keys_section(path: &Path) -> Result<Option<(PathBuf, SecretRef)>, ()> {
     Ok(Some((base.join(store), pepper)))
 }
 
-/// The CLI is synchronous: each store call is driven to its end with `block_on`.
-fn open_store(path: &Path) -> Result<RedbStore, Failure> {
-    RedbStore::open(path, idgate_store::DEFAULT_WAIT).map_err(Failure::run)
+/// Where the keys are: a redb file of their own, or the shared `[state]` backend (Redis).
+enum Location {
+    File(PathBuf),
+    State(StateBackend),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::State(backend) => write!(f, "the [state] backend ({})", backend.kind()),
+        }
+    }
+}
+
+/// An opened key store and the runtime its calls run on: the CLI is synchronous, so each
+/// call is driven to its end with [`Opened::run`]. A Redis store's connections are driven
+/// by that runtime's worker while the CLI waits.
+struct Opened {
+    store: StateStore,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Opened {
+    fn run<F: Future>(&self, call: F) -> F::Output {
+        self.runtime.block_on(call)
+    }
+}
+
+fn open_store(location: &Location) -> Result<Opened, Failure> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::run(format!("cannot start the runtime: {e}")))?;
+    let store = match location {
+        Location::File(path) => RedbStore::open(path, idgate_store::DEFAULT_WAIT)
+            .map(StateStore::from)
+            .map_err(Failure::run)?,
+        Location::State(backend) => {
+            let _inside = runtime.enter();
+            idgate_proxy::gateway::open_state(backend).map_err(Failure::run)?
+        }
+    };
+    Ok(Opened { store, runtime })
 }
 
 fn read_pepper(reference: &SecretRef) -> Result<Pepper, Failure> {
@@ -264,12 +313,14 @@ fn create(
     };
     let spec = KeySpec::new(name, scopes, expires_at, bound)
         .map_err(|e| Failure::config(e.to_string()))?;
-    let (path, pepper_ref) = locate(args)?;
+    let (location, pepper_ref) = locate(args)?;
     let pepper = read_pepper(&pepper_ref)?;
-    let store = open_store(&path)?;
+    let store = open_store(&location)?;
     let new = api_key::generate(&pepper, &spec, now).map_err(Failure::run)?;
-    block_on(store.insert(&new.record)).map_err(Failure::run)?;
-    if let Ok(keys) = block_on(store.list()) {
+    store
+        .run(store.store.insert(&new.record))
+        .map_err(Failure::run)?;
+    if let Ok(keys) = store.run(store.store.list()) {
         warn_foreign_pepper(&keys, &pepper);
     }
     eprintln!("created API key {}", describe(&new.record));
@@ -278,9 +329,9 @@ fn create(
 }
 
 fn list(args: &StoreArgs, json: bool) -> Result<(), Failure> {
-    let (path, pepper_ref) = locate(args)?;
-    let store = open_store(&path)?;
-    let keys = block_on(store.list()).map_err(Failure::run)?;
+    let (location, pepper_ref) = locate(args)?;
+    let store = open_store(&location)?;
+    let keys = store.run(store.store.list()).map_err(Failure::run)?;
     // The pepper is not needed to list; it is checked only to warn about keys it cannot verify.
     if let Ok(pepper) = Pepper::from_ref(&pepper_ref) {
         warn_foreign_pepper(&keys, &pepper);
@@ -349,15 +400,17 @@ fn list(args: &StoreArgs, json: bool) -> Result<(), Failure> {
         print_row(&row.each_ref().map(String::as_str));
     }
     if rows.is_empty() {
-        eprintln!("no API keys in {}", path.display());
+        eprintln!("no API keys in {location}");
     }
     Ok(())
 }
 
 fn revoke(args: &StoreArgs, id: &str) -> Result<(), Failure> {
-    let (path, _) = locate(args)?;
-    let store = open_store(&path)?;
-    let key = block_on(store.revoke(id, SystemTime::now())).map_err(Failure::run)?;
+    let (location, _) = locate(args)?;
+    let store = open_store(&location)?;
+    let key = store
+        .run(store.store.revoke(id, SystemTime::now()))
+        .map_err(Failure::run)?;
     eprintln!(
         "revoked API key {} (name {}); running gateways refuse it within their reload_interval",
         key.id, key.name
@@ -368,10 +421,11 @@ fn revoke(args: &StoreArgs, id: &str) -> Result<(), Failure> {
 fn rotate(args: &StoreArgs, id: &str, grace: &str, expires: Option<&str>) -> Result<(), Failure> {
     let grace = parse_duration(grace).map_err(|e| Failure::config(format!("--grace: {e}")))?;
     let expires = expires.map(|s| positive(s, "--expires")).transpose()?;
-    let (path, pepper_ref) = locate(args)?;
+    let (location, pepper_ref) = locate(args)?;
     let pepper = read_pepper(&pepper_ref)?;
-    let store = open_store(&path)?;
-    let old = block_on(store.get(id))
+    let store = open_store(&location)?;
+    let old = store
+        .run(store.store.get(id))
         .map_err(Failure::run)?
         .ok_or_else(|| Failure::run(format!("no API key with id {id}")))?;
     let now = SystemTime::now();
@@ -396,7 +450,9 @@ fn rotate(args: &StoreArgs, id: &str, grace: &str, expires: Option<&str>) -> Res
     )
     .map_err(Failure::run)?;
     let new = api_key::generate(&pepper, &spec, now).map_err(Failure::run)?;
-    let old = block_on(store.rotate(id, &new.record, now + grace)).map_err(Failure::run)?;
+    let old = store
+        .run(store.store.rotate(id, &new.record, now + grace))
+        .map_err(Failure::run)?;
     eprintln!("created API key {}", describe(&new.record));
     eprintln!(
         "the old key {} stays valid until {}",

@@ -156,13 +156,27 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 
 /// Builds what a configuration describes, the same way for `check` and `serve`. Logging is
 /// in place by then, so that what the parts warn about while they load is seen.
-fn prepare(config: Config) -> Result<Gateway, ExitCode> {
-    Gateway::prepare(config).map_err(|errors| {
-        for e in errors {
-            eprintln!("error: {e}");
+///
+/// The parts are built on a blocking thread of `runtime` while the runtime runs: a Redis
+/// state store belongs to the runtime that drives its connections, and the API keys it
+/// holds are read through them before the gateway serves.
+fn prepare(config: Config, runtime: &tokio::runtime::Runtime) -> Result<Gateway, ExitCode> {
+    let built = runtime.block_on(tokio::task::spawn_blocking(move || {
+        Gateway::prepare(config)
+    }));
+    match built {
+        Ok(Ok(gateway)) => Ok(gateway),
+        Ok(Err(errors)) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            Err(ExitCode::from(EXIT_CONFIG))
         }
-        ExitCode::from(EXIT_CONFIG)
-    })
+        Err(e) => {
+            eprintln!("error: the configuration could not be built: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -181,7 +195,17 @@ fn check(path: &Path) -> ExitCode {
         config.routes.len(),
         config.identity.trust_bundles.len()
     );
-    match prepare(config) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match prepare(config, &runtime) {
         Ok(_) => {
             println!("{summary}");
             ExitCode::SUCCESS
@@ -316,14 +340,6 @@ fn serve(path: &Path, ready_file: Option<PathBuf>) -> ExitCode {
         tracing::warn!("{w}");
     }
     let workers = config.workers;
-    let gateway = match prepare(config) {
-        Ok(g) => g,
-        Err(code) => return code,
-    };
-    let gateway = match &access_log {
-        Some(log) => gateway.with_access_log(log.clone()),
-        None => gateway,
-    };
     // One worker runs everything on the current thread: no cross-thread handoffs, which is
     // the fastest shape for a single core's worth of traffic.
     let runtime = if workers == 1 {
@@ -342,6 +358,14 @@ fn serve(path: &Path, ready_file: Option<PathBuf>) -> ExitCode {
             tracing::error!(error = %e, "cannot start the runtime");
             return ExitCode::FAILURE;
         }
+    };
+    let gateway = match prepare(config, &runtime) {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
+    let gateway = match &access_log {
+        Some(log) => gateway.with_access_log(log.clone()),
+        None => gateway,
     };
     // Set when the ready file could not be written: the gateway then stops, since whoever
     // asked for the file is waiting for it.

@@ -109,7 +109,8 @@ struct Verdict<'l> {
     refused: Option<(&'l Arc<str>, Duration)>,
 }
 
-/// Every limit of the route, decided in turn.
+/// Every limit of the route: in one round trip to a shared backend, or in turn in the
+/// in-process limiter.
 async fn decide_all<'l, C: Counters>(
     limits: &'l Limits,
     route_limits: &RouteLimits,
@@ -124,53 +125,79 @@ async fn decide_all<'l, C: Counters>(
         state: String::new(),
         refused: None,
     };
-    for &i in &route_limits.limits {
-        let Some(limit) = limits.defs.get(i) else {
-            continue;
-        };
-        let Some(parts) = key_parts(limit, who.caller, who.peer, who.remote, who.route) else {
-            continue;
-        };
-        let rate = limit.rate(tier);
-        let decision = match &store {
-            Store::Shared(state, backend) => {
-                let decided = match shared_key(limit, &parts) {
-                    Ok(key) => bounded(limits.timeout, state.gcra(&key, &rate.gcra, 1, now)).await,
-                    Err(e) => Err(e.into()),
-                };
-                if decided.is_ok() {
+    // The limits that apply to this caller, with the rate of its tier.
+    let applicable = route_limits.limits.iter().filter_map(|&i| {
+        let limit = limits.defs.get(i)?;
+        let parts = key_parts(limit, who.caller, who.peer, who.remote, who.route)?;
+        Some((limit, limit.rate(tier), parts))
+    });
+    let state_failed = |e: &dyn std::fmt::Display, backend| {
+        report.errors.failed(report.metrics, "gcra", backend, e);
+        match route_limits.on_state_error {
+            OnStateError::FailOpen => Ok(()),
+            OnStateError::FailClosed => Err(Refusal::StateUnavailable),
+        }
+    };
+    match store {
+        Store::Shared(state, backend) => {
+            // Every limit's check goes in one call: one round trip (one pipeline) to
+            // Redis, bounded as a whole by the state timeout.
+            let mut decided = Vec::new();
+            let mut keys = Vec::new();
+            for (limit, rate, parts) in applicable {
+                match shared_key(limit, &parts) {
+                    Ok(key) => {
+                        keys.push(key);
+                        decided.push((limit, rate));
+                    }
+                    // A key that cannot be stored is the state failing for this limit.
+                    Err(e) => state_failed(&e, backend)?,
+                }
+            }
+            if decided.is_empty() {
+                return Ok(verdict);
+            }
+            let checks: Vec<_> = keys
+                .iter()
+                .zip(&decided)
+                .map(|(key, (_, rate))| (key, &rate.gcra, 1))
+                .collect();
+            let decisions = match bounded(limits.timeout, state.gcra_many(&checks, now)).await {
+                Ok(d) => {
                     report.errors.succeeded(backend);
+                    d
                 }
-                decided.map_err(|e| (e, *backend))
+                Err(e) => {
+                    state_failed(&e, backend)?;
+                    return Ok(verdict);
+                }
+            };
+            for ((limit, rate), decision) in decided.into_iter().zip(&decisions) {
+                verdict.add(limit, rate, decision);
             }
-            // The limit's name is part of the key: two limits counting by the same parts
-            // keep apart, and a reload that keeps a limit keeps its state.
-            Store::Local(limiter) => limiter
-                .check(&(&*limit.name, &parts), &rate.gcra, 1, now)
-                .map_err(|e| (StateFailure::from(e), "local")),
-        };
-        let decision = match decision {
-            Ok(d) => d,
-            Err((e, backend)) => {
-                report.errors.failed(report.metrics, "gcra", backend, &e);
-                match route_limits.on_state_error {
-                    OnStateError::FailOpen => continue,
-                    OnStateError::FailClosed => return Err(Refusal::StateUnavailable),
+        }
+        // The limit's name is part of the key: two limits counting by the same parts keep
+        // apart, and a reload that keeps a limit keeps its state.
+        Store::Local(limiter) => {
+            for (limit, rate, parts) in applicable {
+                match limiter.check(&(&*limit.name, &parts), &rate.gcra, 1, now) {
+                    Ok(decision) => verdict.add(limit, rate, &decision),
+                    Err(e) => state_failed(&StateFailure::from(e), "local")?,
                 }
             }
-        };
-        add_items(
-            &mut verdict.policy,
-            &mut verdict.state,
-            limit,
-            rate,
-            &decision,
-        );
-        if !decision.allowed && verdict.refused.is_none() {
-            verdict.refused = Some((&limit.name, decision.retry_after));
         }
     }
     Ok(verdict)
+}
+
+impl<'l> Verdict<'l> {
+    /// One limit's decision: its header items, and the refusal if it is the first.
+    fn add(&mut self, limit: &'l Limit, rate: &Tiered, decision: &GcraDecision) {
+        add_items(&mut self.policy, &mut self.state, limit, rate, decision);
+        if !decision.allowed && self.refused.is_none() {
+            self.refused = Some((&limit.name, decision.retry_after));
+        }
+    }
 }
 
 /// One member of each field: `"name";q=100;w=1` and `"name";r=42;t=3`. `t` is when the
@@ -370,7 +397,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((policy.as_str(), state.as_str(), refused), ("", "", None));
-        assert_eq!(r.state_errors(), "state_errors_total{operation=\"gcra\"} 2");
+        // Both limits go to the backend in one call, which failed once.
+        assert_eq!(r.state_errors(), "state_errors_total{operation=\"gcra\"} 1");
     }
 
     #[tokio::test]
