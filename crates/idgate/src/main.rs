@@ -161,9 +161,7 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 /// state store belongs to the runtime that drives its connections, and the API keys it
 /// holds are read through them before the gateway serves.
 fn prepare(config: Config, runtime: &tokio::runtime::Runtime) -> Result<Gateway, ExitCode> {
-    let built = runtime.block_on(tokio::task::spawn_blocking(move || {
-        Gateway::prepare(config)
-    }));
+    let built = runtime.block_on(runtime.spawn_blocking(move || Gateway::prepare(config)));
     match built {
         Ok(Ok(gateway)) => Ok(gateway),
         Ok(Err(errors)) => {

@@ -25,6 +25,7 @@ mod principals;
 mod proxy;
 mod rate_limits;
 mod ready;
+mod replicas;
 mod request_limits;
 mod rotation;
 mod slow_clients;

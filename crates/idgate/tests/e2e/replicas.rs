@@ -1,0 +1,346 @@
+//! Several gateway processes sharing one real Redis (a server and a six-node Cluster): a
+//! rate limit holds across replicas, a key revoked through the CLI is refused by every
+//! replica within a second, and a Redis killed under load leaves each route to its
+//! `on_state_error` until it is back.
+
+// A failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use idgate_store::redis_testing::{RedisCluster, RedisServer};
+
+use crate::support::*;
+
+const PATH: &str = "/v1/anything";
+const PEPPER: &str = "r3dis-replicas-pepper-0123456789abcdefABCDEF";
+
+/// `[state]` on Redis: one server's URL, or a Cluster's nodes.
+fn redis_state(nodes: &[String]) -> toml::Table {
+    match nodes {
+        [url] => table([("backend", "redis".into()), ("url", url.as_str().into())]),
+        _ => table([
+            ("backend", "redis".into()),
+            (
+                "cluster",
+                toml::Value::Array(nodes.iter().map(|n| n.as_str().into()).collect()),
+            ),
+            // The Cluster's first connection finds the slots: give it room on a busy machine.
+            ("timeout", "250ms".into()),
+        ]),
+    }
+}
+
+/// A gateway with one limited route for ONBOARDING on the Redis at `nodes`.
+async fn replica(
+    pki: &Pki,
+    upstream: &TestUpstream,
+    nodes: &[String],
+    limit: toml::Table,
+) -> Gateway {
+    let config = base_config(pki)
+        .section("state", redis_state(nodes))
+        .section("rate_limits", toml::Value::Array(vec![limit.into()]))
+        .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+        .route(
+            RouteSpec::new("route", &["GET"], "/v1/{*rest}", "provider", &[ONBOARDING])
+                .with("rate_limits", strings(&["per-workload"])),
+        );
+    Gateway::start(&config, &[]).await
+}
+
+/// Sends ten times `rate` a second for three seconds, spread over the replicas' ports, and
+/// checks that the admitted count stays within 5% of what the limit allows.
+async fn shared_limit_holds(nodes: Vec<String>) {
+    const RATE: f64 = 20.0;
+    const BURST: f64 = 5.0;
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+    let limit = table([
+        ("name", "per-workload".into()),
+        ("key", strings(&["spiffe_id"])),
+        ("rate", "20/s".into()),
+        ("burst", 5.into()),
+    ]);
+    let a = replica(&pki, &upstream, &nodes, limit.clone()).await;
+    let b = replica(&pki, &upstream, &nodes, limit).await;
+    // The first call on a fresh connection pool may take longer: warm both up first, with
+    // a workload of its own budget.
+    for gw in [&a, &b] {
+        let other = Client::new(&pki, Some(FRONTEND), gw.port, false);
+        let _ = other.get(PATH).await;
+    }
+    let admitted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let run_for = Duration::from_secs(3);
+    let mut senders = Vec::new();
+    for i in 0..8 {
+        let port = if i % 2 == 0 { a.port } else { b.port };
+        let client = Client::new(&pki, Some(ONBOARDING), port, false);
+        let (admitted, refused) = (admitted.clone(), refused.clone());
+        senders.push(tokio::spawn(async move {
+            let mut conn = client.connect().await.unwrap();
+            let mut next = Instant::now();
+            while start.elapsed() < run_for {
+                let reply = conn.send("GET", PATH, &[], "").await.unwrap();
+                match reply.status {
+                    200 => admitted.fetch_add(1, Ordering::Relaxed),
+                    429 => refused.fetch_add(1, Ordering::Relaxed),
+                    other => panic!("status {other}: {:?}", reply.body),
+                };
+                next += Duration::from_millis(40);
+                tokio::time::sleep_until(next.into()).await;
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let admitted = admitted.load(Ordering::Relaxed) as f64;
+    let refused = refused.load(Ordering::Relaxed) as f64;
+    let allowed = RATE * elapsed + BURST;
+    println!(
+        "two replicas: {admitted} admitted, {refused} refused in {elapsed:.2}s; {allowed:.1} allowed"
+    );
+    assert!(
+        refused >= 2.0 * admitted,
+        "the load was not several times the limit: {admitted} admitted, {refused} refused"
+    );
+    // Each replica alone would have admitted up to the whole limit: together they admit it
+    // once.
+    assert!(
+        admitted <= 1.05 * allowed,
+        "{admitted} admitted in {elapsed:.2}s across two replicas, at most {allowed:.1} allowed"
+    );
+    assert!(
+        admitted >= 0.95 * RATE * elapsed,
+        "{admitted} admitted in {elapsed:.2}s: under 95% of the limit"
+    );
+    for gw in [&a, &b] {
+        assert!(!gw.output().contains("panicked"), "{}", gw.output());
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_redis_admit_the_limit_once_between_them() {
+    within(async {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        shared_limit_holds(vec![redis.url()]).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_replicas_on_a_redis_cluster_admit_the_limit_once_between_them() {
+    within(async {
+        let Some(cluster) = RedisCluster::start() else {
+            return;
+        };
+        shared_limit_holds(cluster.urls()).await;
+    })
+    .await;
+}
+
+fn idgate_cli(args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .env_remove("IDGATE_CONFIG")
+        .env_remove("IDGATE_LOG");
+    run_bounded(&mut cmd, Duration::from_secs(30))
+}
+
+#[tokio::test]
+async fn a_key_revoked_through_the_cli_is_refused_by_every_replica_within_a_second() {
+    within(async {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let pepper = pki.path().join("pepper");
+        std::fs::write(&pepper, PEPPER).unwrap();
+        std::fs::set_permissions(&pepper, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        // No store file: the keys live in the shared [state].
+        let config = base_config(&pki)
+            .section("state", redis_state(&[redis.url()]))
+            .section(
+                "api_keys",
+                table([("pepper", format!("file:{}", pepper.display()).into())]),
+            )
+            .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+            .route(
+                RouteSpec::new(
+                    "route",
+                    &["GET"],
+                    "/v1/{*rest}",
+                    "provider",
+                    &["apikey:batch"],
+                )
+                .with("auth", strings(&["api_key"])),
+            );
+        let a = Gateway::start(&config, &[]).await;
+        let b = Gateway::start(&config, &[]).await;
+        let file = pki.path().join("idgate.toml");
+        std::fs::write(&file, config.to_toml()).unwrap();
+        let file = file.to_str().unwrap().to_owned();
+
+        let (code, out, err) = tokio::task::spawn_blocking({
+            let file = file.clone();
+            move || idgate_cli(&["keys", "create", "--config", &file, "--name", "batch"])
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "{err}");
+        let key = out.trim().to_owned();
+        let id = key.split('_').nth(1).unwrap().to_owned();
+        // Created on no replica in particular: both take it within their reload interval.
+        for gw in [&a, &b] {
+            let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let reply = client
+                    .send("GET", PATH, &[("x-api-key", &key)], "")
+                    .await
+                    .unwrap();
+                if reply.status == 200 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the new key was never accepted: {}",
+                    reply.status
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+
+        let (code, _, err) = tokio::task::spawn_blocking({
+            let file = file.clone();
+            move || idgate_cli(&["keys", "revoke", "--config", &file, "--id", &id])
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "{err}");
+        let revoked_at = Instant::now();
+        let mut clients =
+            [a.port, b.port].map(|port| Client::new(&pki, Some(ONBOARDING), port, false));
+        let mut refused = [None, None];
+        while refused.iter().any(Option::is_none) && revoked_at.elapsed() < Duration::from_secs(5) {
+            for (i, client) in clients.iter_mut().enumerate() {
+                if refused[i].is_some() {
+                    continue;
+                }
+                let reply = client
+                    .send("GET", PATH, &[("x-api-key", &key)], "")
+                    .await
+                    .unwrap();
+                if reply.status == 401 {
+                    refused[i] = Some(revoked_at.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (i, took) in refused.iter().enumerate() {
+            let took = took.unwrap_or_else(|| panic!("replica {i} still accepts the revoked key"));
+            println!("replica {i} refused the revoked key after {took:?}");
+            assert!(took < Duration::from_secs(1), "replica {i} took {took:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_killed_under_load_leaves_each_route_to_its_fail_mode_until_it_is_back() {
+    within(async {
+        let Some(mut redis) = RedisServer::start() else {
+            return;
+        };
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let limit = table([
+            ("name", "per-workload".into()),
+            ("key", strings(&["spiffe_id", "route"])),
+            ("rate", "3/m".into()),
+        ]);
+        let route = |name: &str, path: &str, mode: &str| {
+            RouteSpec::new(name, &["GET"], path, "provider", &[ONBOARDING])
+                .with("rate_limits", strings(&["per-workload"]))
+                .with("on_state_error", mode)
+        };
+        let config = base_config(&pki)
+            .section("state", redis_state(&[redis.url()]))
+            .section("rate_limits", toml::Value::Array(vec![limit.into()]))
+            .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+            .route(route("open", "/open/{*rest}", "fail_open"))
+            .route(route("closed", "/closed/{*rest}", "fail_closed"));
+        let gw = Gateway::start(&config, &[]).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        assert_eq!(client.get("/open/x").await.unwrap().status, 200);
+        assert_eq!(client.get("/closed/x").await.unwrap().status, 200);
+
+        // Load on both routes while Redis goes away.
+        let load = {
+            let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for i in 0..60 {
+                    let path = if i % 2 == 0 { "/open/y" } else { "/closed/y" };
+                    let started = Instant::now();
+                    let status = client.get(path).await.map(|r| r.status).unwrap_or(0);
+                    statuses.push((path, status, started.elapsed()));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                statuses
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        redis.kill();
+        let statuses = load.await.unwrap();
+        assert!(
+            statuses.iter().all(|(_, s, _)| [200, 429, 503].contains(s)),
+            "{statuses:?}"
+        );
+        // With Redis gone, the open route serves and the closed one refuses.
+        let open = client.get("/open/z").await.unwrap();
+        assert_eq!(open.status, 200, "{:?}", open.body);
+        let closed = client.get("/closed/z").await.unwrap();
+        assert_eq!(closed.status, 503, "{:?}", closed.body);
+        assert_eq!(
+            closed.json()["type"],
+            "https://idgate.dev/problems/state-unavailable"
+        );
+        assert!(closed.header("retry-after").is_some());
+        let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
+        assert!(metrics.contains("idgate_state_errors_total"), "{metrics}");
+
+        // Redis back (empty: it kept nothing): the shared limit applies again.
+        redis.restart();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        loop {
+            let status = client.get("/closed/after").await.unwrap().status;
+            seen.push(status);
+            if status == 429 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the limit never applied again: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Three admitted after the restart, then refused: counted in Redis again.
+        assert_eq!(seen.iter().filter(|s| **s == 200).count(), 3, "{seen:?}");
+        let out = gw.output();
+        assert!(!out.contains("panicked"), "{out}");
+    })
+    .await;
+}
