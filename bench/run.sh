@@ -27,7 +27,14 @@
 #   IDGATE_LOG=on     on: idgate's defaults (access log on); off: `[log] level = "warn"`
 #                     (no access log). Read by this script, never passed to idgate.
 #   PEER_LOG=$IDGATE_LOG  on: nginx and HAProxy log every request to a file; off: no logs
-#   MEM_CONNS=2000    idle mTLS connections held open for the memory figure ("0" to skip)
+#   CHAIN=bare        bare: idgate does what the peers do (mTLS, inject the key, log);
+#                     full: idgate also requires an API key, decides two rate limits kept in
+#                     a local redis-server and checks object ownership on the decision route
+#                     (the peers still do bare mTLS with their logs)
+#   REPLICAS=1        with CHAIN=full, 2 also measures two idgate processes sharing that
+#                     Redis (two oha runs at once, CONNS/2 each) against one
+#   MEM_CONNS=2000    idle mTLS connections held open for the memory figure ("0" to skip;
+#                     0 by default with CHAIN=full)
 #   PROXIES="idgate nginx haproxy"
 #   IDGATE_BIN=target/release/idgate   built with `cargo build --release -p idgate` if missing
 #   PKI=idgate        idgate: `idgate dev-pki`; openssl: generate with openssl;
@@ -54,8 +61,11 @@ PAUSE=${PAUSE:-1}
 MODES=${MODES:-keepalive newconn}
 RESPONSE=${RESPONSE:-both}
 IDGATE_LOG=${IDGATE_LOG:-on}
+CHAIN=${CHAIN:-bare}
+REPLICAS=${REPLICAS:-1}
 PEER_LOG=${PEER_LOG:-$IDGATE_LOG}
-MEM_CONNS=${MEM_CONNS:-2000}
+# The memory figure is the bare chain's: with CHAIN=full it is off unless asked for.
+if [[ $CHAIN == full ]]; then MEM_CONNS=${MEM_CONNS:-0}; else MEM_CONNS=${MEM_CONNS:-2000}; fi
 [[ $WHAT == throughput ]] && MEM_CONNS=0
 [[ $WHAT == memory ]] && MODES=""
 PROXIES=${PROXIES:-idgate nginx haproxy}
@@ -71,6 +81,9 @@ API_KEY=bench-secret
 UPSTREAM_PORT=18080
 IDGATE_PORT=18443
 IDGATE_ADMIN_PORT=19901
+IDGATE2_PORT=18446
+IDGATE2_ADMIN_PORT=19902
+REDIS_PORT=16379
 NGINX_PORT=18444
 HAPROXY_PORT=18445
 
@@ -115,6 +128,8 @@ case $RESPONSE in
   *) die "RESPONSE must be small, decision or both" ;;
 esac
 case $IDGATE_LOG in on | off) ;; *) die "IDGATE_LOG must be on or off" ;; esac
+case $CHAIN in bare | full) ;; *) die "CHAIN must be bare or full" ;; esac
+case $REPLICAS in 1) ;; 2) [[ $CHAIN == full ]] || die "REPLICAS=2 needs CHAIN=full (the replicas share Redis)" ;; *) die "REPLICAS must be 1 or 2" ;; esac
 case $PEER_LOG in on | off) ;; *) die "PEER_LOG must be on or off" ;; esac
 [[ $MEM_CONNS =~ ^[0-9]+$ ]] || die "MEM_CONNS must be a non-negative integer"
 has_proxy() { [[ " $PROXIES " == *" $1 "* ]]; }
@@ -133,6 +148,7 @@ find_tool() { # name -> path, also looking in sbin and cargo's bin
 missing=0
 TOOLS="nginx haproxy curl openssl jq python3"
 [[ -z $MODES ]] || TOOLS+=" oha"
+[[ $CHAIN == bare ]] || TOOLS+=" redis-server"
 for t in $TOOLS; do find_tool "$t" >/dev/null || missing=1; done
 if ((missing)); then
   log "some tools are missing; running bench/setup.sh"
@@ -184,7 +200,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
-for port in $UPSTREAM_PORT $IDGATE_PORT $IDGATE_ADMIN_PORT $NGINX_PORT $HAPROXY_PORT; do
+for port in $UPSTREAM_PORT $IDGATE_PORT $IDGATE_ADMIN_PORT $NGINX_PORT $HAPROXY_PORT $IDGATE2_PORT $IDGATE2_ADMIN_PORT $REDIS_PORT; do
   if port_busy "$port"; then die "127.0.0.1:$port is already in use (another benchmark running?)"; fi
 done
 
@@ -216,7 +232,7 @@ wait_ready() { # name url logfile [curl args...]: poll until the url answers 200
 
 WORK=$OUT_DIR/work
 rm -rf "$WORK"
-mkdir -p "$WORK"/{pki,upstream/tmp,nginx/tmp,haproxy,idgate,oha}
+mkdir -p "$WORK"/{pki,upstream/tmp,nginx/tmp,haproxy,idgate,idgate2,redis,oha}
 P=$WORK/pki
 
 gen_pki_openssl() { # same file names and shapes as `idgate dev-pki`
@@ -324,6 +340,46 @@ EOF
 IDGATE_LOG_TOML=""
 [[ $IDGATE_LOG == off ]] && IDGATE_LOG_TOML=$'\n[log]\nlevel = "warn"'
 
+# CHAIN=bare: one route doing what the peers do. CHAIN=full: every request also shows an
+# API key (kept in Redis, like the limits' counts) and passes two rate limits set far above
+# the load (their cost is measured, not refusals); a session is created once through the
+# gateway (POST, `owns`) and every decision read is checked against its owner.
+if [[ $CHAIN == bare ]]; then
+  IDGATE_CHAIN_TOML='[[routes]]
+name = "all"
+methods = ["GET"]
+path = "/{*rest}"
+upstream = "fixed"
+allow = ["spiffe://bench.test/client"]'
+else
+  head -c 48 /dev/urandom | base64 >"$WORK/idgate/pepper"
+  chmod 600 "$WORK/idgate/pepper"
+  chain_route() { # name method path extra-line
+    printf '\n[[routes]]\nname = "%s"\nmethods = ["%s"]\npath = "%s"\nupstream = "fixed"\n' "$1" "$2" "$3"
+    printf 'allow = ["spiffe://bench.test/client", "apikey:bench"]\nauth = ["mtls", "api_key"]\n'
+    printf 'rate_limits = ["per-workload", "per-key-route"]\n%s\n' "$4"
+  }
+  IDGATE_CHAIN_TOML="[state]
+backend = \"redis\"
+url = \"redis://127.0.0.1:$REDIS_PORT\"
+
+[api_keys]
+pepper = \"file:$WORK/idgate/pepper\"
+
+[[rate_limits]]
+name = \"per-workload\"
+key = [\"spiffe_id\"]
+rate = \"500000/s\"
+
+[[rate_limits]]
+name = \"per-key-route\"
+key = [\"api_key\", \"route\"]
+rate = \"500000/s\"
+$(chain_route create POST /decision/ 'owns = "$.session_id"')
+$(chain_route decision GET '/decision/{session_id}' 'owner_param = "session_id"')
+$(chain_route all GET '/{*rest}' '')"
+fi
+
 cat >"$WORK/idgate/idgate.toml" <<EOF
 workers = 1
 
@@ -350,12 +406,7 @@ url = "http://127.0.0.1:$UPSTREAM_PORT"
 header = "x-api-key"
 secret = "env:BENCH_API_KEY"
 
-[[routes]]
-name = "all"
-methods = ["GET"]
-path = "/{*rest}"
-upstream = "fixed"
-allow = ["spiffe://bench.test/client"]
+$IDGATE_CHAIN_TOML
 EOF
 
 NGINX_ACCESS_LOG="access_log off;"
@@ -445,9 +496,37 @@ wait_ready upstream "http://127.0.0.1:$UPSTREAM_PORT/x" "$WORK/upstream/error.lo
 code=$("$CURL" -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$UPSTREAM_PORT/x")
 [[ $code == 401 ]] || die "upstream answers $code without the API key, expected 401"
 
-declare -A PORT=([idgate]=$IDGATE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT)
-declare -A LOGF=([idgate]=$WORK/idgate/idgate.log [nginx]=$WORK/nginx/error.log [haproxy]=$WORK/haproxy/haproxy.log)
-declare -A LABEL=([idgate]=idgate [nginx]=nginx [haproxy]=HAProxy)
+# CHAIN=full: the Redis the limits' counts and the API key live in, and the key every
+# request to idgate shows (oha and curl send it; the peers ignore it).
+IDGATE_HDR=()
+if [[ $CHAIN == full ]]; then
+  REDIS=$(find_tool redis-server) || die "redis-server not found"
+  log "starting Redis on 127.0.0.1:$REDIS_PORT (no persistence)"
+  spawn "$TASKSET_PROXY" "$REDIS" --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$WORK/redis" >"$WORK/redis/redis.log" 2>&1 &
+  PID[redis]=$!
+  for i in $(seq 100); do
+    "$PYTHON" -c "import socket; socket.create_connection(('127.0.0.1', $REDIS_PORT), 0.2)" 2>/dev/null && break
+    alive redis || die "redis-server exited (log: $WORK/redis/redis.log)"
+    sleep 0.1
+  done
+  BENCH_KEY=$(env -u IDGATE_LOG BENCH_API_KEY="$API_KEY" "$IDGATE_BIN" keys create \
+    --config "$WORK/idgate/idgate.toml" --name bench 2>"$WORK/idgate/keys.log") \
+    || { cat "$WORK/idgate/keys.log" >&2; die "idgate keys create failed"; }
+  IDGATE_HDR=(-H "x-api-key: $BENCH_KEY")
+  # The second replica: the same configuration on other ports.
+  sed -e "s/127.0.0.1:$IDGATE_PORT/127.0.0.1:$IDGATE2_PORT/" -e "s/127.0.0.1:$IDGATE_ADMIN_PORT/127.0.0.1:$IDGATE2_ADMIN_PORT/" \
+    "$WORK/idgate/idgate.toml" >"$WORK/idgate2/idgate.toml"
+fi
+proxy_hdr() { # proxy -> sets HDR to the extra headers its requests carry
+  HDR=()
+  [[ $1 == idgate* ]] && HDR=("${IDGATE_HDR[@]}")
+  return 0
+}
+
+declare -A PORT=([idgate]=$IDGATE_PORT [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT [idgate2]=$IDGATE2_PORT)
+declare -A LOGF=([idgate]=$WORK/idgate/idgate.log [nginx]=$WORK/nginx/error.log [haproxy]=$WORK/haproxy/haproxy.log [idgate2]=$WORK/idgate2/idgate.log)
+declare -A LABEL=([idgate]=idgate [nginx]=nginx [haproxy]=HAProxy [idgate2]="idgate (second replica)")
 
 declare -A MEASURE=()
 NGINX_MASTER_PID=""
@@ -476,8 +555,16 @@ start_proxies() {
     PID[haproxy]=$!
   fi
   for p in $PROXIES; do
-    wait_ready "$p" "https://127.0.0.1:${PORT[$p]}/ready" "${LOGF[$p]}" "${CLIENT_TLS[@]}"
+    proxy_hdr "$p"
+    wait_ready "$p" "https://127.0.0.1:${PORT[$p]}/ready" "${LOGF[$p]}" "${CLIENT_TLS[@]}" "${HDR[@]}"
   done
+  # CHAIN=full: the session the decision route reads is created through the gateway, so
+  # that idgate records its owner.
+  if [[ $CHAIN == full ]] && has_proxy idgate; then
+    code=$("$CURL" -s -o /dev/null -w '%{http_code}' --max-time 5 "${CLIENT_TLS[@]}" "${IDGATE_HDR[@]}" \
+      -X POST -H 'content-type: application/json' --data '{}' "https://127.0.0.1:$IDGATE_PORT/decision/")
+    [[ $code == 200 ]] || die "idgate: creating the session through the gateway got HTTP $code"
+  fi
 
   # Processes whose CPU time and memory count for a proxy. For nginx that is the
   # worker (the master only supervises); the master is reported separately.
@@ -545,7 +632,8 @@ probe_tls() { # port -> "TLSv1.3 TLS_AES_256_GCM_SHA384, resumption yes|no"
 for p in $PROXIES; do
   for resp in $RESPONSES; do
     url="https://127.0.0.1:${PORT[$p]}${RESP_PATH[$resp]}?sanity=1"
-    body=$("$CURL" -sS --max-time 5 "${CLIENT_TLS[@]}" -w '\n%{http_code}' "$url") \
+    proxy_hdr "$p"
+    body=$("$CURL" -sS --max-time 5 "${CLIENT_TLS[@]}" "${HDR[@]}" -w '\n%{http_code}' "$url") \
       || die "$p: request with a client certificate failed"
     code=${body##*$'\n'}
     [[ $code == 200 ]] || die "$p: with a client certificate got HTTP $code, expected 200: ${body%$'\n'*}"
@@ -647,6 +735,8 @@ run_oha() { # proxy mode response duration outfile
   local -a args=(--no-tui --output-format json -o "$out" -z "$dur" -c "$CONNS"
     --worker-threads "$OHA_THREADS" "${CLIENT_TLS[@]}")
   [[ $mode == newconn ]] && args+=(--disable-keepalive)
+  proxy_hdr "$p"
+  args+=("${HDR[@]}")
   secs=$(dur_secs "$dur")
   pin "$TASKSET_OHA" timeout -k 5 $((secs + 60)) "$OHA" "${args[@]}" "https://127.0.0.1:${PORT[$p]}${RESP_PATH[$resp]}" \
     >"$out.log" 2>&1 || { cat "$out.log" >&2; die "oha failed against $p"; }
@@ -711,6 +801,41 @@ for mode in $MODES; do
   done
 done
 
+# ---------------------------------------------------------------- replicas
+
+# REPLICAS=2: idgate alone with CONNS connections, then two idgate processes sharing the
+# Redis, each driven by its own oha with CONNS/2, at the same time; their req/s added up.
+REPLICA_RESULTS=$WORK/replicas.tsv # response round one two
+: >"$REPLICA_RESULTS"
+if [[ $REPLICAS == 2 ]] && has_proxy idgate; then
+  log "starting a second idgate on 127.0.0.1:$IDGATE2_PORT (same Redis)"
+  spawn "$TASKSET_PROXY" env -u IDGATE_LOG BENCH_API_KEY="$API_KEY" "$IDGATE_BIN" serve \
+    --config "$WORK/idgate2/idgate.toml" >"$WORK/idgate2/idgate.log" 2>&1 &
+  PID[idgate2]=$!
+  wait_ready idgate2 "http://127.0.0.1:$IDGATE2_ADMIN_PORT/readyz" "$WORK/idgate2/idgate.log"
+  half=$(((CONNS + 1) / 2))
+  oha_rps() { jq -r '(.statusCodeDistribution["200"] // 0) / .summary.total' "$1"; }
+  for resp in $RESPONSES; do
+    for ((r = 1; r <= ROUNDS; r++)); do
+      one=$WORK/oha/replicas-$resp-r$r-one.json
+      run_oha idgate keepalive "$resp" "$DURATION" "$one"
+      sleep "$PAUSE"
+      a=$WORK/oha/replicas-$resp-r$r-a.json
+      b=$WORK/oha/replicas-$resp-r$r-b.json
+      CONNS=$half run_oha idgate keepalive "$resp" "$DURATION" "$a" &
+      pa=$!
+      CONNS=$half run_oha idgate2 keepalive "$resp" "$DURATION" "$b" &
+      pb=$!
+      wait "$pa" || die "oha against idgate failed"
+      wait "$pb" || die "oha against the second idgate failed"
+      two=$(awk -v x="$(oha_rps "$a")" -v y="$(oha_rps "$b")" 'BEGIN {print x + y}')
+      printf '%s\t%s\t%s\t%s\n' "$resp" "$r" "$(oha_rps "$one")" "$two" >>"$REPLICA_RESULTS"
+      log "  replicas $resp round $r: one $(printf '%.0f' "$(oha_rps "$one")") req/s, two $(printf '%.0f' "$two") req/s"
+      sleep "$PAUSE"
+    done
+  done
+fi
+
 # ---------------------------------------------------------------- report
 
 median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
@@ -729,6 +854,8 @@ has_proxy idgate && idgate_v=$("$IDGATE_BIN" --version 2>/dev/null | awk 'NR == 
 # What each proxy logs in this run, and how many lines it wrote (nginx's last
 # 64 KiB may still sit in its buffer).
 declare -A LOGGING=() LOG_LINES=()
+CHAIN_DESC="the same work as the peers: mTLS, the upstream key injected, the access log"
+[[ $CHAIN == full ]] && CHAIN_DESC="the full chain: mTLS and an API key (both required, the key kept in Redis), two rate limits counted in Redis (one round trip per request), the owner of the session checked in Redis on \\\`decision\\\` (created once through the gateway), the upstream key injected, the access log; nginx and HAProxy do bare mTLS"
 if [[ $IDGATE_LOG == on ]]; then
   LOGGING[idgate]="its defaults: \`[log]\` level \`info\`, text, one access line per request on standard output, redirected to a file"
 else
@@ -768,6 +895,7 @@ report() {
   echo "- load average (1 min) before / after the run: $LOAD_BEFORE / $(cut -d' ' -f1 /proc/loadavg)"
   [[ -z $MODES ]] || echo "- load: oha with $OHA_THREADS threads on the same machine, $CONNS connections, $DURATION per run, $ROUNDS interleaved rounds per mode and response (order rotated each round), ${WARMUP} warm-up; HTTP/1.1 GET"
   [[ -z $MODES ]] || for resp in $RESPONSES; do echo "- response \`$resp\`: ${RESP_LABEL[$resp]} (\`${RESP_PATH[$resp]}\`)"; done
+  echo "- idgate does $CHAIN_DESC"
   for p in "${proxy_list[@]}"; do echo "- TLS with ${LABEL[$p]}: ${TLSINFO[$p]}"; done
   for p in "${proxy_list[@]}"; do
     if [[ -n $MODES ]]; then
@@ -820,6 +948,21 @@ report() {
       unset M_RPS M_P99
     done
   done
+  if [[ -s $REPLICA_RESULTS ]]; then
+    echo
+    echo "#### Two idgate processes on one Redis, keep-alive"
+    echo
+    echo "| response | one process, $CONNS conns: req/s (median) | two processes, $half conns each: req/s (median) | two / one |"
+    echo "|---|---:|---:|---:|"
+    for resp in $RESPONSES; do
+      one=$(awk -F'\t' -v r="$resp" '$1 == r {print $3}' "$REPLICA_RESULTS" | median)
+      two=$(awk -F'\t' -v r="$resp" '$1 == r {print $4}' "$REPLICA_RESULTS" | median)
+      awk -v r="$resp" -v a="$one" -v b="$two" 'BEGIN {printf "| %s | %.0f | %.0f | ×%.2f |\n", r, a, b, (a > 0 ? b / a : 0)}'
+    done
+    echo
+    echo "On $(nproc) cores, shared by both processes, Redis, the upstream and oha: a second process can"
+    echo "only use what the first leaves idle."
+  fi
   echo
   echo "#### Memory"
   echo

@@ -26,6 +26,7 @@ pub mod routes;
 mod send_timeout;
 pub mod service;
 pub mod snapshot;
+pub mod state;
 pub mod token_endpoint;
 pub mod upstream;
 

@@ -58,7 +58,7 @@ pub enum BuildProblem {
     #[error(transparent)]
     Auth(AuthSetupError),
     #[error("cannot open the state backend: {0}")]
-    State(crate::gateway::StateOpenError),
+    State(crate::state::StateOpenError),
     #[error("{0}")]
     RateLimit(idgate_store::StoreError),
 }

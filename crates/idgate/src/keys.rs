@@ -268,7 +268,7 @@ fn open_store(location: &Location) -> Result<Opened, Failure> {
             .map_err(Failure::run)?,
         Location::State(backend) => {
             let _inside = runtime.enter();
-            idgate_proxy::gateway::open_state(backend).map_err(Failure::run)?
+            idgate_proxy::state::open_state(backend).map_err(Failure::run)?
         }
     };
     Ok(Opened { store, runtime })
