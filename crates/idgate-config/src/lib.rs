@@ -12,12 +12,15 @@ mod credential;
 mod duration;
 mod error;
 mod identity;
+mod json_path;
 mod listener;
 mod log;
+mod ownership;
 mod proxies;
 mod raw;
 mod routes;
 mod routing;
+mod schema;
 mod state;
 mod upstreams;
 pub mod vault;
@@ -37,11 +40,17 @@ pub use duration::{DurationError, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use identity::IdentityConfig;
 pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
+pub use json_path::{JsonPath, JsonPathError, JsonStep};
 pub use listener::{ClientAuth, ListenerConfig};
 pub use log::{LogConfig, LogFilterError, LogFormat, check_log_filter};
+pub use ownership::{
+    DEFAULT_RETENTION, ListOwnership, ListRule, OnStateError, OwnershipConfig, RouteOwnership,
+    ShareGroup,
+};
 pub use proxies::{TrustedProxies, TrustedProxyError};
 pub use routes::{RouteConfig, body_needs_opt_in};
 pub use routing::fold_template;
+pub use schema::{RouteSchema, SchemaError, compile_schema};
 pub use state::{RedisConfig, RedisNodes, StateBackend};
 pub use upstreams::{ClientKind, UpstreamConfig};
 
@@ -63,6 +72,8 @@ pub struct Config {
     pub vault: Option<vault::VaultConfig>,
     /// Where shared state (counters, lockouts, ownership, the outbox) is kept.
     pub state: StateBackend,
+    /// Object ownership: the default retention and the sharing groups.
+    pub ownership: OwnershipConfig,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
 }
@@ -80,6 +91,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "token_endpoint",
     "vault",
     "state",
+    "ownership",
 ];
 
 fn default_workers() -> usize {
@@ -259,10 +271,16 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     if let Some(t) = &token_endpoint {
         issuers.push(("token_endpoint".to_owned(), t.issuer.clone()));
     }
+    let ownership = table
+        .remove("ownership")
+        .and_then(|v| cx.section::<ownership::RawOwnership>("ownership", v))
+        .map(|o| ownership::section(&mut cx, o, &issuers))
+        .unwrap_or_default();
     let layers = routes::Layers {
         api_keys: api_keys.is_some(),
         jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),
         issuers,
+        ownership: ownership.clone(),
     };
     let routes = routes::parse(
         &mut cx,
@@ -312,6 +330,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 token_endpoint,
                 vault,
                 state,
+                ownership,
                 warnings,
             })
         }

@@ -6,6 +6,8 @@ use http::Method;
 use idgate_tls::{SpiffeIdPattern, TrustDomain};
 
 use crate::context::Ctx;
+use crate::ownership::{self, OnStateError, OwnershipConfig, RawRouteOwnership, RouteOwnership};
+use crate::schema::{self, RouteSchema};
 use crate::{
     AllowEntry, AuthLayer, RouteAuth, ScopeRule, UpstreamConfig, auth, fold_template, raw,
 };
@@ -29,6 +31,13 @@ pub struct RouteConfig {
     pub scopes: ScopeRule,
     /// Whether a `GET`, `HEAD`, `OPTIONS` or `DELETE` request may carry a body.
     pub allow_body: bool,
+    /// Which objects the route creates, reads or lists, and whose they are.
+    pub ownership: Option<RouteOwnership>,
+    /// The JSON Schema request bodies must satisfy.
+    pub schema: Option<RouteSchema>,
+    /// What the route's state checks do when the backend fails; `None`: each check's own
+    /// default (fail closed for ownership).
+    pub on_state_error: Option<OnStateError>,
 }
 
 /// Methods whose requests carry no body unless a route says otherwise: their semantics
@@ -45,6 +54,8 @@ pub(crate) struct Layers {
     pub(crate) api_keys: bool,
     pub(crate) jwt: bool,
     pub(crate) issuers: auth::IssuerNames,
+    /// `[ownership]`, which routes' ownership keys are resolved against.
+    pub(crate) ownership: OwnershipConfig,
 }
 
 pub(crate) fn parse(
@@ -248,6 +259,25 @@ pub(crate) fn parse(
                 "scopes come from API keys and tokens: add \"api_key\" or \"jwt\" to this route's auth",
             );
         }
+        let ownership = ownership::route(
+            cx,
+            &key,
+            RawRouteOwnership {
+                owns: r.owns.as_deref(),
+                owner_param: r.owner_param.as_deref(),
+                list: r.list.as_deref(),
+                list_items: r.list_items.as_deref(),
+                list_id: r.list_id.as_deref(),
+                retention: r.ownership_retention.as_deref(),
+            },
+            &r.path,
+            &layers.ownership,
+        );
+        let schema = r
+            .schema
+            .as_deref()
+            .and_then(|file| schema::route_schema(cx, &format!("{key}.schema"), file));
+        let on_state_error = ownership::on_state_error(cx, &key, r.on_state_error.as_deref());
         if let Some(upstream) = upstream
             && cx.errors.len() == before
         {
@@ -261,6 +291,9 @@ pub(crate) fn parse(
                 auth,
                 scopes,
                 allow_body,
+                ownership,
+                schema,
+                on_state_error,
             });
         }
     }

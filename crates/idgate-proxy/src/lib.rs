@@ -5,7 +5,7 @@ pub mod access_log;
 pub mod admin;
 pub mod authn;
 pub mod body;
-mod checks;
+pub mod checks;
 pub mod conn;
 pub mod ctx;
 mod forward;

@@ -93,7 +93,7 @@ async fn stages(
     };
     authenticate(ctx, route, &req).await?;
     authorize(ctx, route, &req)?;
-    guard_request(ctx, route, upstream, &req).await?;
+    guard_request(ctx, route, upstream, &mut req).await?;
     let resp = forward(ctx, upstream, req).await?;
     guard_response(ctx, route, strip_response(resp)).await
 }
@@ -197,10 +197,10 @@ async fn guard_request(
     ctx: &mut RequestCtx<'_>,
     route: &Route,
     upstream: &Upstream,
-    req: &http::request::Parts,
+    req: &mut http::request::Parts,
 ) -> Result<(), Refusal> {
     for guard in route.guards.on_request() {
-        checks::on_request(*guard, ctx, upstream, req).await?;
+        checks::on_request(guard, ctx, upstream, req).await?;
     }
     Ok(())
 }
@@ -212,7 +212,7 @@ async fn guard_response(
     mut resp: Response<ProxyBody>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     for guard in route.guards.on_response() {
-        checks::on_response(*guard, ctx, &mut resp).await?;
+        checks::on_response(guard, ctx, &mut resp).await?;
     }
     Ok(resp)
 }

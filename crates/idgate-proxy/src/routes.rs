@@ -415,6 +415,9 @@ mod tests {
                 auth: RouteAuth::default(),
                 scopes: ScopeRule::default(),
                 allow_body: false,
+                ownership: None,
+                schema: None,
+                on_state_error: None,
             })
             .collect();
         RouteTable::new(&configs, false)
