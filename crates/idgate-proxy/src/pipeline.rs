@@ -15,14 +15,18 @@
 //!   5. authorize  one principal on the route's allow list holding the method's scopes
 //!                                                             (403, default deny)
 //!   6. guards     the route's guards on the request (guards.rs), compiled from its
-//!                 configuration: today no body on a GET (HEAD, OPTIONS, DELETE) unless
-//!                 the route allows one                                       (400)
+//!                 configuration: no body on a GET (HEAD, OPTIONS, DELETE) unless the
+//!                 route allows one (400); the object a path parameter names must be
+//!                 the caller's (404); the body must match the route's JSON Schema
+//!                                                             (415 / 400 / 422)
 //!   7. forward    (forward.rs) strip hop-by-hop headers and the caller's credentials,
 //!                 inject or sign with the upstream credential (503 when it cannot be produced), set
 //!                 x-request-id and x-forwarded-for (appended to only for a trusted proxy),
 //!                 call the upstream with its timeouts
 //!                                                             (502 / 504)
-//!   8. guards     the route's guards on the upstream's response; strip hop-by-hop headers
+//!   8. guards     the route's guards on the upstream's response (record or forget an
+//!                 object's owner, keep a list to the caller's objects); strip hop-by-hop
+//!                 headers                                             (403 / 502)
 //!   9. respond    add the context's response headers and x-request-id
 //!  10. record     the context becomes the request's record: access log, metrics
 //! ```
