@@ -61,12 +61,10 @@ pub enum ResponseGuard {
         id: Arc<JsonPath>,
         policy: Arc<OwnershipPolicy>,
     },
-    /// A 2xx answer to a `DELETE` of the object the path parameter names: its record goes.
-    /// Compiled for `owner_param` on a route serving `DELETE`.
-    ForgetOwned {
-        param: Arc<str>,
-        policy: Arc<OwnershipPolicy>,
-    },
+    /// A 2xx answer to a `DELETE` of the object the path parameter names (found the
+    /// caller's by `OwnedObject`): its record goes. Compiled for `owner_param` on a route
+    /// serving `DELETE`.
+    ForgetOwned,
     /// A 2xx list answer is kept to the caller's objects. Compiled for `list`.
     OwnList {
         list: Arc<ListOwnership>,
@@ -89,16 +87,12 @@ impl Guards {
                 fail_open: rc.on_state_error == Some(OnStateError::FailOpen),
             });
             if let Some(param) = &own.owner_param {
-                let param: Arc<str> = param.as_str().into();
                 request.push(RequestGuard::OwnedObject {
-                    param: param.clone(),
+                    param: param.as_str().into(),
                     policy: policy.clone(),
                 });
                 if rc.methods.contains(&Method::DELETE) {
-                    response.push(ResponseGuard::ForgetOwned {
-                        param,
-                        policy: policy.clone(),
-                    });
+                    response.push(ResponseGuard::ForgetOwned);
                 }
             }
             if own.owns.is_some() || own.list.is_some() {
@@ -177,6 +171,44 @@ mod tests {
             assert!(matches!(guards.on_request(), [RequestGuard::NoBody]));
             assert!(guards.on_response().is_empty());
         }
+    }
+
+    #[test]
+    fn ownership_compiles_to_request_and_response_guards() {
+        let mut rc = route(&[Method::GET, Method::DELETE], false);
+        rc.ownership = Some(idgate_config::RouteOwnership {
+            owns: None,
+            owner_param: Some("id".to_owned()),
+            list: None,
+            retention: Duration::from_secs(60),
+            share: Arc::new([]),
+        });
+        let guards = Guards::compile(&rc);
+        assert!(matches!(
+            guards.on_request(),
+            [RequestGuard::NoBody, RequestGuard::OwnedObject { param, policy }]
+                if &**param == "id" && !policy.fail_open
+        ));
+        assert!(matches!(guards.on_response(), [ResponseGuard::ForgetOwned]));
+
+        let mut rc = route(&[Method::POST], false);
+        rc.ownership = Some(idgate_config::RouteOwnership {
+            owns: Some(JsonPath::parse("$.session_id").unwrap()),
+            owner_param: None,
+            list: None,
+            retention: Duration::from_secs(60),
+            share: Arc::new([]),
+        });
+        rc.on_state_error = Some(OnStateError::FailOpen);
+        let guards = Guards::compile(&rc);
+        assert!(matches!(
+            guards.on_request(),
+            [RequestGuard::IdentityEncoding]
+        ));
+        assert!(matches!(
+            guards.on_response(),
+            [ResponseGuard::RecordOwner { policy, .. }] if policy.fail_open
+        ));
     }
 
     #[test]

@@ -50,9 +50,7 @@ pub(crate) async fn on_response(
         ResponseGuard::RecordOwner { id, policy } => {
             ownership::record_owner(ctx, id, policy, resp).await
         }
-        ResponseGuard::ForgetOwned { param, policy } => {
-            ownership::forget_owned(ctx, param, policy, resp.status()).await
-        }
+        ResponseGuard::ForgetOwned => ownership::forget_owned(ctx, resp.status()).await,
         ResponseGuard::OwnList { list, policy } => {
             ownership::own_list(ctx, list, policy, resp).await
         }

@@ -180,8 +180,6 @@ pub(super) async fn record_owner(
 /// whatever happens here, so a failing backend is only logged (the record expires).
 pub(super) async fn forget_owned(
     ctx: &mut RequestCtx<'_>,
-    _param: &str,
-    _policy: &OwnershipPolicy,
     status: StatusCode,
 ) -> Result<(), Refusal> {
     if ctx.method != Method::DELETE || !status.is_success() {
