@@ -20,6 +20,7 @@ mod limits;
 mod oauth2_upstream;
 mod openbao;
 mod ownership;
+mod ownership_upstream;
 mod paths;
 mod principals;
 mod proxy;
