@@ -51,12 +51,26 @@ pub fn compile_schema(path: &Path) -> Result<RouteSchema, SchemaError> {
         path: path.to_owned(),
         reason: io_reason(&e),
     };
-    if std::fs::metadata(path).map_err(read_err)?.len() > MAX_SCHEMA_BYTES {
+    // A device or a pipe could be read (or wait to be opened) for ever: only a regular
+    // file, looked at before it is opened, and only so much of it.
+    if !std::fs::metadata(path).map_err(read_err)?.is_file() {
+        return Err(SchemaError::Read {
+            path: path.to_owned(),
+            reason: "not a regular file".to_owned(),
+        });
+    }
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, MAX_SCHEMA_BYTES + 1),
+        &mut text,
+    )
+    .map_err(read_err)?;
+    if text.len() as u64 > MAX_SCHEMA_BYTES {
         return Err(SchemaError::TooLarge {
             path: path.to_owned(),
         });
     }
-    let text = std::fs::read(path).map_err(read_err)?;
     let doc: Value = serde_json::from_slice(&text).map_err(|e| SchemaError::NotJson {
         path: path.to_owned(),
         reason: format!("line {}, column {}", e.line(), e.column()),
@@ -138,6 +152,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
             compile_schema(&dir.path().join("none.json")),
+            Err(SchemaError::Read { .. })
+        ));
+        assert!(matches!(
+            compile_schema(Path::new("/dev/zero")),
             Err(SchemaError::Read { .. })
         ));
         let p = write(dir.path(), "{");
