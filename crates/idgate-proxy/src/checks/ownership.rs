@@ -87,13 +87,17 @@ fn state_failed(
     policy: &OwnershipPolicy,
     e: StoreError,
 ) -> Result<(), Refusal> {
+    on_state_error(ctx.request_id(), policy, e)
+}
+
+fn on_state_error(
+    request_id: &str,
+    policy: &OwnershipPolicy,
+    e: StoreError,
+) -> Result<(), Refusal> {
     let reason = format!("ownership record unavailable: {e}");
     if policy.fail_open {
-        tracing::warn!(
-            request_id = ctx.request_id(),
-            reason,
-            "state error, failing open"
-        );
+        tracing::warn!(request_id, reason, "state error, failing open");
         Ok(())
     } else {
         Err(Refusal::StateUnavailable { reason })
@@ -296,6 +300,22 @@ mod tests {
             owner_name(Principal::Workload(&other), &share),
             "spiffe://td/ns/web/sa/b"
         );
+    }
+
+    #[test]
+    fn a_failing_store_refuses_unless_the_route_fails_open() {
+        let policy = |fail_open| OwnershipPolicy {
+            retention: Duration::from_secs(60),
+            share: std::sync::Arc::new([]),
+            fail_open,
+        };
+        let refused = on_state_error("r", &policy(false), StoreError::ReadOnly).unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            crate::problem::ProblemKind::StateUnavailable
+        );
+        assert_eq!(refused.kind().status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(on_state_error("r", &policy(true), StoreError::ReadOnly).is_ok());
     }
 
     #[test]
