@@ -12,14 +12,17 @@ mod credential;
 mod duration;
 mod error;
 mod identity;
+mod json_path;
 mod limits;
 mod listener;
 mod log;
 mod network;
+mod ownership;
 mod proxies;
 mod raw;
 mod routes;
 mod routing;
+mod schema;
 mod state;
 mod upstreams;
 pub mod vault;
@@ -41,6 +44,7 @@ pub use duration::{DurationError, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use identity::IdentityConfig;
 pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
+pub use json_path::{JsonPath, JsonPathError, JsonStep};
 pub use limits::{
     LimitKeyPart, LockoutBy, LockoutConfig, OnStateError, Rate, RateLimitConfig, TierMatch,
     TierRule,
@@ -48,9 +52,13 @@ pub use limits::{
 pub use listener::{ClientAuth, ListenerConfig, ProxyProtocolConfig};
 pub use log::{LogConfig, LogFilterError, LogFormat, check_log_filter};
 pub use network::{CidrRules, NetworkConfig, UserAgentPattern, UserAgentPatternError};
+pub use ownership::{
+    DEFAULT_RETENTION, ListOwnership, ListRule, OwnershipConfig, RouteOwnership, ShareGroup,
+};
 pub use proxies::{TrustedProxies, TrustedProxyError};
 pub use routes::{RouteConfig, RouteNetwork, body_needs_opt_in};
 pub use routing::fold_template;
+pub use schema::{RouteSchema, SchemaError, compile_schema};
 pub use state::{RedisConfig, RedisNodes, StateBackend};
 pub use upstreams::{ClientKind, UpstreamConfig};
 
@@ -80,6 +88,8 @@ pub struct Config {
     pub tiers: Vec<TierRule>,
     /// Lockouts after failed authentications; none without a `[lockout]` section.
     pub lockout: Option<LockoutConfig>,
+    /// Object ownership: the default retention and the sharing groups.
+    pub ownership: OwnershipConfig,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
 }
@@ -101,6 +111,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "rate_limits",
     "tiers",
     "lockout",
+    "ownership",
 ];
 
 fn default_workers() -> usize {
@@ -290,11 +301,17 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     if let Some(t) = &token_endpoint {
         issuers.push(("token_endpoint".to_owned(), t.issuer.clone()));
     }
+    let ownership = table
+        .remove("ownership")
+        .and_then(|v| cx.section::<ownership::RawOwnership>("ownership", v))
+        .map(|o| ownership::section(&mut cx, o, &issuers))
+        .unwrap_or_default();
     let layers = routes::Layers {
         api_keys: api_keys.is_some(),
         jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),
         issuers,
         rate_limits: limits.declared.clone(),
+        ownership: ownership.clone(),
     };
     let routes = routes::parse(
         &mut cx,
@@ -350,6 +367,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 rate_limits: limits.rate_limits,
                 tiers: limits.tiers,
                 lockout: limits.lockout,
+                ownership,
                 warnings,
             })
         }

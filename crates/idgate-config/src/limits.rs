@@ -73,11 +73,10 @@ pub struct TierRule {
     pub tier: String,
 }
 
-/// What a route does when the state backend cannot answer in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What a route's state checks do when the state backend cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnStateError {
-    /// The request goes on unlimited (and unchecked for a lockout).
-    #[default]
+    /// The check is skipped and the request goes on (a rate limit: unlimited).
     FailOpen,
     /// The request is refused with 503.
     FailClosed,
@@ -405,16 +404,18 @@ pub(crate) fn route(
     key: &str,
     (rate_limits, on_state_error): (Option<Vec<String>>, Option<String>),
     defined: &[String],
-) -> (Vec<String>, OnStateError) {
+) -> (Vec<String>, Option<OnStateError>) {
+    // Absent: each state check keeps its own default (rate limits open, ownership closed).
     let on_state_error = match on_state_error.as_deref() {
-        None | Some("fail_open") => OnStateError::FailOpen,
-        Some("fail_closed") => OnStateError::FailClosed,
+        None => None,
+        Some("fail_open") => Some(OnStateError::FailOpen),
+        Some("fail_closed") => Some(OnStateError::FailClosed),
         Some(other) => {
             cx.err(
                 format!("{key}.on_state_error"),
                 format!("\"{other}\" is not fail_open or fail_closed"),
             );
-            OnStateError::FailOpen
+            None
         }
     };
     let rate_limits = rate_limits.unwrap_or_default();

@@ -186,6 +186,20 @@ pub(crate) struct Route {
     pub(crate) rate_limits: Option<Vec<String>>,
     #[serde(default)]
     pub(crate) on_state_error: Option<String>,
+    #[serde(default)]
+    pub(crate) owns: Option<String>,
+    #[serde(default)]
+    pub(crate) owner_param: Option<String>,
+    #[serde(default)]
+    pub(crate) list: Option<String>,
+    #[serde(default)]
+    pub(crate) list_items: Option<String>,
+    #[serde(default)]
+    pub(crate) list_id: Option<String>,
+    #[serde(default)]
+    pub(crate) ownership_retention: Option<String>,
+    #[serde(default)]
+    pub(crate) schema: Option<String>,
 }
 
 /// Kept so that an unknown top-level table gets the same message as any other unknown key.

@@ -6,6 +6,8 @@ use http::Method;
 use idgate_tls::{SpiffeIdPattern, TrustDomain};
 
 use crate::context::Ctx;
+use crate::ownership::{self, OwnershipConfig, RawRouteOwnership, RouteOwnership};
+use crate::schema::{self, RouteSchema};
 use crate::{
     AllowEntry, AuthLayer, OnStateError, RouteAuth, ScopeRule, UpstreamConfig, auth, fold_template,
     raw,
@@ -37,8 +39,13 @@ pub struct RouteConfig {
     pub max_body_bytes: u64,
     /// The names of the `[[rate_limits]]` that apply, each decided on every request.
     pub rate_limits: Vec<String>,
-    /// What the route does when the state backend cannot answer in time.
-    pub on_state_error: OnStateError,
+    /// Which objects the route creates, reads or lists, and whose they are.
+    pub ownership: Option<RouteOwnership>,
+    /// The JSON Schema request bodies must satisfy.
+    pub schema: Option<RouteSchema>,
+    /// What the route's state checks do when the backend fails; `None`: each check's own
+    /// default (rate limits fail open, ownership fails closed).
+    pub on_state_error: Option<OnStateError>,
 }
 
 /// A route's `allow_cidrs`, `deny_cidrs` and `deny_user_agents`.
@@ -64,6 +71,8 @@ pub(crate) struct Layers {
     pub(crate) issuers: auth::IssuerNames,
     /// The names of the configured `[[rate_limits]]`.
     pub(crate) rate_limits: Vec<String>,
+    /// `[ownership]`, which routes' ownership keys are resolved against.
+    pub(crate) ownership: OwnershipConfig,
 }
 
 pub(crate) fn parse(
@@ -292,6 +301,24 @@ pub(crate) fn parse(
                 .and_then(|u| upstreams.iter().flatten().nth(u))
                 .map(|u| u.max_body_bytes)
         });
+        let ownership = ownership::route(
+            cx,
+            &key,
+            RawRouteOwnership {
+                owns: r.owns.as_deref(),
+                owner_param: r.owner_param.as_deref(),
+                list: r.list.as_deref(),
+                list_items: r.list_items.as_deref(),
+                list_id: r.list_id.as_deref(),
+                retention: r.ownership_retention.as_deref(),
+            },
+            &r.path,
+            &layers.ownership,
+        );
+        let schema = r
+            .schema
+            .as_deref()
+            .and_then(|file| schema::route_schema(cx, &format!("{key}.schema"), file));
         if let Some(upstream) = upstream
             && let Some(max_body_bytes) = max_body_bytes
             && cx.errors.len() == before
@@ -309,6 +336,8 @@ pub(crate) fn parse(
                 network,
                 max_body_bytes,
                 rate_limits,
+                ownership,
+                schema,
                 on_state_error,
             });
         }

@@ -74,6 +74,8 @@ pub struct RequestCtx<'r> {
     pub upstream_latency: Option<Duration>,
     /// Headers a stage adds to the response the caller gets.
     pub response_headers: HeaderMap,
+    /// The object the path names, once the ownership check found it the caller's.
+    pub owned_object: Option<idgate_store::ObjectId>,
     pub decision: Decision,
 }
 
@@ -109,6 +111,7 @@ impl<'r> RequestCtx<'r> {
             upstream_status: None,
             upstream_latency: None,
             response_headers: HeaderMap::new(),
+            owned_object: None,
             decision: Decision::Allowed,
         }
     }

@@ -9,7 +9,11 @@
 //! This module holds what a route is compiled into; what each guard does is in
 //! `checks/`, which may read the whole request context (the route table below it may not).
 
-use idgate_config::RouteConfig;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use idgate_config::{JsonPath, ListOwnership, OnStateError, RouteConfig, ShareGroup};
 
 /// The guards of one route, in the order they run.
 #[derive(Debug, Default)]
@@ -19,7 +23,7 @@ pub struct Guards {
 }
 
 /// A check on the request, after authorization and before anything goes upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum RequestGuard {
     /// A `GET`, `HEAD`, `OPTIONS` or `DELETE` request carries no body: an upstream that
     /// ignores the body of a GET would read it as the next request on its connection.
@@ -28,12 +32,48 @@ pub enum RequestGuard {
     /// The route's rate limits (`rate_limits`), each decided; first, so that a refused
     /// request costs nothing more.
     RateLimit,
+    /// The object the path parameter names must be the caller's (or its group's); any
+    /// other, and an unknown one, is `404`. Compiled for `owner_param`.
+    OwnedObject {
+        param: Arc<str>,
+        policy: Arc<OwnershipPolicy>,
+    },
+    /// The upstream is asked for an uncompressed answer (the caller's `Accept-Encoding`
+    /// is dropped), because the gateway reads it. Compiled for `owns` and `list`.
+    IdentityEncoding,
+    /// The body must be JSON satisfying the route's schema. Compiled for `schema`.
+    Schema(Arc<jsonschema::Validator>),
+}
+
+/// What a route's ownership guards share: how long records live, who shares them, and
+/// what happens when the state backend fails.
+#[derive(Debug)]
+pub struct OwnershipPolicy {
+    pub retention: Duration,
+    pub share: Arc<[ShareGroup]>,
+    /// `on_state_error = "fail_open"`: a failing backend skips the check.
+    pub fail_open: bool,
 }
 
 /// A check or rewrite on the upstream's response, before it goes back to the caller.
-/// No configuration asks for one yet; object ownership and masking belong here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResponseGuard {}
+#[derive(Debug, Clone)]
+pub enum ResponseGuard {
+    /// A 2xx answer created the object its JSON names at `id`: the caller becomes its
+    /// owner. Compiled for `owns`.
+    RecordOwner {
+        id: Arc<JsonPath>,
+        policy: Arc<OwnershipPolicy>,
+    },
+    /// A 2xx answer to a `DELETE` of the object the path parameter names (found the
+    /// caller's by `OwnedObject`): its record goes. Compiled for `owner_param` on a route
+    /// serving `DELETE`.
+    ForgetOwned,
+    /// A 2xx list answer is kept to the caller's objects. Compiled for `list`.
+    OwnList {
+        list: Arc<ListOwnership>,
+        policy: Arc<OwnershipPolicy>,
+    },
+}
 
 impl Guards {
     /// The guards a route's configuration asks for.
@@ -45,9 +85,44 @@ impl Guards {
         if !rc.allow_body && rc.methods.iter().any(idgate_config::body_needs_opt_in) {
             request.push(RequestGuard::NoBody);
         }
+        let mut response = Vec::new();
+        if let Some(own) = &rc.ownership {
+            let policy = Arc::new(OwnershipPolicy {
+                retention: own.retention,
+                share: own.share.clone(),
+                fail_open: rc.on_state_error == Some(OnStateError::FailOpen),
+            });
+            if let Some(param) = &own.owner_param {
+                request.push(RequestGuard::OwnedObject {
+                    param: param.as_str().into(),
+                    policy: policy.clone(),
+                });
+                if rc.methods.contains(&Method::DELETE) {
+                    response.push(ResponseGuard::ForgetOwned);
+                }
+            }
+            if own.owns.is_some() || own.list.is_some() {
+                request.push(RequestGuard::IdentityEncoding);
+            }
+            if let Some(id) = &own.owns {
+                response.push(ResponseGuard::RecordOwner {
+                    id: Arc::new(id.clone()),
+                    policy: policy.clone(),
+                });
+            }
+            if let Some(list) = &own.list {
+                response.push(ResponseGuard::OwnList {
+                    list: Arc::new(list.clone()),
+                    policy,
+                });
+            }
+        }
+        if let Some(schema) = &rc.schema {
+            request.push(RequestGuard::Schema(schema.validator.clone()));
+        }
         Self {
             request: request.into_boxed_slice(),
-            response: Box::default(),
+            response: response.into_boxed_slice(),
         }
     }
 
@@ -71,7 +146,6 @@ impl Guards {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::Method;
     use idgate_auth::{RouteAuth, ScopeRule};
 
     fn route(methods: &[Method], allow_body: bool) -> RouteConfig {
@@ -88,7 +162,9 @@ mod tests {
             network: Default::default(),
             max_body_bytes: 1 << 20,
             rate_limits: Vec::new(),
-            on_state_error: Default::default(),
+            ownership: None,
+            schema: None,
+            on_state_error: None,
         }
     }
 
@@ -101,9 +177,47 @@ mod tests {
     fn a_route_serving_get_without_allow_body_refuses_bodies() {
         for method in [Method::GET, Method::HEAD, Method::OPTIONS, Method::DELETE] {
             let guards = Guards::compile(&route(&[Method::POST, method], false));
-            assert_eq!(guards.on_request(), &[RequestGuard::NoBody]);
+            assert!(matches!(guards.on_request(), [RequestGuard::NoBody]));
             assert!(guards.on_response().is_empty());
         }
+    }
+
+    #[test]
+    fn ownership_compiles_to_request_and_response_guards() {
+        let mut rc = route(&[Method::GET, Method::DELETE], false);
+        rc.ownership = Some(idgate_config::RouteOwnership {
+            owns: None,
+            owner_param: Some("id".to_owned()),
+            list: None,
+            retention: Duration::from_secs(60),
+            share: Arc::new([]),
+        });
+        let guards = Guards::compile(&rc);
+        assert!(matches!(
+            guards.on_request(),
+            [RequestGuard::NoBody, RequestGuard::OwnedObject { param, policy }]
+                if &**param == "id" && !policy.fail_open
+        ));
+        assert!(matches!(guards.on_response(), [ResponseGuard::ForgetOwned]));
+
+        let mut rc = route(&[Method::POST], false);
+        rc.ownership = Some(idgate_config::RouteOwnership {
+            owns: Some(JsonPath::parse("$.session_id").unwrap()),
+            owner_param: None,
+            list: None,
+            retention: Duration::from_secs(60),
+            share: Arc::new([]),
+        });
+        rc.on_state_error = Some(OnStateError::FailOpen);
+        let guards = Guards::compile(&rc);
+        assert!(matches!(
+            guards.on_request(),
+            [RequestGuard::IdentityEncoding]
+        ));
+        assert!(matches!(
+            guards.on_response(),
+            [ResponseGuard::RecordOwner { policy, .. }] if policy.fail_open
+        ));
     }
 
     #[test]

@@ -6,7 +6,7 @@ pub mod admin;
 mod admission;
 pub mod authn;
 pub mod body;
-mod checks;
+pub mod checks;
 pub mod conn;
 pub mod ctx;
 mod forward;

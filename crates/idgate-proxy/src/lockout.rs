@@ -110,7 +110,9 @@ pub(crate) async fn check(
             Err(e) => {
                 env.failed("lockout_check", &e);
                 if on_error == OnStateError::FailClosed {
-                    return Err(Refusal::StateUnavailable);
+                    return Err(Refusal::StateUnavailable {
+                        reason: format!("lockouts: {e}"),
+                    });
                 }
             }
         }

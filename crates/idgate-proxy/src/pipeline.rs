@@ -21,13 +21,17 @@
 //!   6. guards     the route's guards on the request (guards.rs), compiled from its
 //!                 configuration: its rate limits (429, or 503 on a fail_closed route
 //!                 without state); no body on a GET (HEAD, OPTIONS, DELETE) unless the
-//!                 route allows one                                           (400)
+//!                 route allows one (400); the object a path parameter names must be
+//!                 the caller's (404); the body must match the route's JSON Schema
+//!                                                             (415 / 400 / 422)
 //!   7. forward    (forward.rs) strip hop-by-hop headers and the caller's credentials,
 //!                 inject or sign with the upstream credential (503 when it cannot be produced), set
 //!                 x-request-id and x-forwarded-for (appended to only for a trusted proxy),
 //!                 call the upstream with its timeouts
 //!                                                             (502 / 504)
-//!   8. guards     the route's guards on the upstream's response; strip hop-by-hop headers
+//!   8. guards     the route's guards on the upstream's response (record or forget an
+//!                 object's owner, keep a list to the caller's objects); strip hop-by-hop
+//!                 headers                                             (403 / 502)
 //!   9. respond    add the context's response headers and x-request-id
 //!  10. record     the context becomes the request's record: access log, metrics
 //! ```
@@ -103,7 +107,7 @@ async fn stages(
     };
     authenticate(ctx, route, &req).await?;
     authorize(ctx, route, &req)?;
-    guard_request(ctx, route, upstream, &req).await?;
+    guard_request(ctx, route, upstream, &mut req).await?;
     let resp = forward(ctx, upstream, req).await?;
     guard_response(ctx, route, strip_response(resp)).await
 }
@@ -213,10 +217,10 @@ async fn guard_request(
     ctx: &mut RequestCtx<'_>,
     route: &Route,
     upstream: &Upstream,
-    req: &http::request::Parts,
+    req: &mut http::request::Parts,
 ) -> Result<(), Refusal> {
     for guard in route.guards.on_request() {
-        checks::on_request(*guard, ctx, upstream, req).await?;
+        checks::on_request(guard, ctx, upstream, req).await?;
     }
     Ok(())
 }
@@ -228,7 +232,7 @@ async fn guard_response(
     mut resp: Response<ProxyBody>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     for guard in route.guards.on_response() {
-        checks::on_response(*guard, ctx, &mut resp).await?;
+        checks::on_response(guard, ctx, &mut resp).await?;
     }
     Ok(resp)
 }

@@ -88,8 +88,40 @@ pub enum Refusal {
     LockedOut {
         retry_after: std::time::Duration,
     },
-    /// The state backend did not answer in time, on a route that fails closed.
-    StateUnavailable,
+    /// The object a path parameter names was not created by the caller (or its group), or
+    /// does not exist: one answer for both, so ids cannot be probed.
+    ObjectNotFound,
+    /// A list response holds objects the caller does not own, on a `list = "refuse"` route.
+    ForeignObjects,
+    /// The state backend did not answer, on a route whose state checks fail closed.
+    StateUnavailable {
+        reason: String,
+    },
+    /// An upstream's response the gateway must read (to record or filter objects) is not
+    /// JSON it can read: compressed, of another type, too large, or without the object id.
+    UnreadableResponse {
+        reason: String,
+    },
+    /// The route takes a JSON body and the request's `Content-Type` is not JSON.
+    UnsupportedMediaType,
+    /// The body is not JSON; where parsing failed, never what was there.
+    InvalidJson {
+        line: usize,
+        column: usize,
+        what: &'static str,
+    },
+    /// The body is JSON that does not satisfy the route's schema.
+    SchemaViolation {
+        errors: Vec<SchemaFailure>,
+    },
+}
+
+/// One place a body fails its schema: a JSON pointer into the body and what the schema
+/// says there (the keyword that failed), never the value found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaFailure {
+    pub pointer: String,
+    pub detail: String,
 }
 
 impl From<PathError> for Refusal {
@@ -120,6 +152,12 @@ pub enum ProblemKind {
     UpstreamBusy,
     CredentialUnavailable,
     Internal,
+    ObjectNotFound,
+    ForeignObjects,
+    UnreadableResponse,
+    UnsupportedMediaType,
+    InvalidJson,
+    SchemaViolation,
     /// Authentication or authorization failed; the failure knows its status, slug and title.
     Auth {
         status: StatusCode,
@@ -201,6 +239,32 @@ impl ProblemKind {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",
+            ),
+            Self::ObjectNotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Self::ForeignObjects => (
+                StatusCode::FORBIDDEN,
+                "foreign-objects",
+                "The list holds objects of other callers",
+            ),
+            Self::UnreadableResponse => (
+                StatusCode::BAD_GATEWAY,
+                "unreadable-response",
+                "Upstream response unreadable",
+            ),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            Self::InvalidJson => (
+                StatusCode::BAD_REQUEST,
+                "invalid-json",
+                "Request body is not JSON",
+            ),
+            Self::SchemaViolation => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "schema-violation",
+                "Request body does not match the schema",
             ),
             Self::Auth {
                 status,
@@ -292,6 +356,16 @@ impl ProblemKind {
     /// Headers that belong to one kind (`Allow`, `Retry-After`, a challenge) are the
     /// caller's to add.
     pub fn response(self, detail: Option<&str>, request_id: Option<&str>) -> Response<Full<Bytes>> {
+        self.response_with(detail, request_id, None)
+    }
+
+    /// [`ProblemKind::response`] with one extension member (RFC 9457 §3.2).
+    fn response_with(
+        self,
+        detail: Option<&str>,
+        request_id: Option<&str>,
+        extension: Option<(&str, serde_json::Value)>,
+    ) -> Response<Full<Bytes>> {
         let mut body = serde_json::Map::new();
         body.insert("type".into(), self.type_uri().into());
         body.insert("title".into(), self.title().into());
@@ -301,6 +375,9 @@ impl ProblemKind {
         }
         if let Some(id) = request_id {
             body.insert("request_id".into(), id.into());
+        }
+        if let Some((name, value)) = extension {
+            body.insert(name.into(), value);
         }
         if let Self::OAuth { error, .. } = self {
             body.insert("error".into(), error.into());
@@ -352,7 +429,13 @@ impl Refusal {
             Self::HeadersTooLarge { .. } => ProblemKind::HeadersTooLarge,
             Self::RateLimited { .. } => ProblemKind::RateLimited,
             Self::LockedOut { .. } => ProblemKind::LockedOut,
-            Self::StateUnavailable => ProblemKind::StateUnavailable,
+            Self::ObjectNotFound => ProblemKind::ObjectNotFound,
+            Self::ForeignObjects => ProblemKind::ForeignObjects,
+            Self::StateUnavailable { .. } => ProblemKind::StateUnavailable,
+            Self::UnreadableResponse { .. } => ProblemKind::UnreadableResponse,
+            Self::UnsupportedMediaType => ProblemKind::UnsupportedMediaType,
+            Self::InvalidJson { .. } => ProblemKind::InvalidJson,
+            Self::SchemaViolation { .. } => ProblemKind::SchemaViolation,
         }
     }
 
@@ -379,6 +462,18 @@ impl Refusal {
             Self::BodyNotAllowed { method } => {
                 return Cow::Owned(format!(
                     "This route takes no request body with {method}; send the request without one (Content-Length: 0 is fine)."
+                ));
+            }
+            Self::InvalidJson { line, column, what } => {
+                return Cow::Owned(format!(
+                    "The request body is not valid JSON: {what} at line {line}, column {column}."
+                ));
+            }
+            Self::SchemaViolation { errors } => {
+                return Cow::Owned(format!(
+                    "The request body does not match this route's schema in {} place{}; see errors.",
+                    errors.len(),
+                    if errors.len() == 1 { "" } else { "s" }
                 ));
             }
             Self::AmbiguousPath => {
@@ -425,8 +520,18 @@ impl Refusal {
             Self::LockedOut { .. } => {
                 "Too many failed authentications: no request is authenticated until the time in Retry-After has passed."
             }
-            Self::StateUnavailable => {
-                "The gateway cannot check this route's limits right now. Retry shortly."
+            Self::ObjectNotFound => "No such object.",
+            Self::ForeignObjects => {
+                "The list holds objects this caller did not create; narrow the query to your own."
+            }
+            Self::StateUnavailable { .. } => {
+                "The gateway cannot check this request against its state right now. Retry shortly."
+            }
+            Self::UnreadableResponse { .. } => {
+                "The upstream's answer could not be checked by the gateway, so it is withheld."
+            }
+            Self::UnsupportedMediaType => {
+                "This route takes a JSON body: send it with Content-Type: application/json."
             }
         })
     }
@@ -438,6 +543,8 @@ impl Refusal {
             | Self::CredentialUnavailable { reason }
             | Self::BadBody { reason }
             | Self::UpstreamBusy { reason }
+            | Self::StateUnavailable { reason }
+            | Self::UnreadableResponse { reason }
             | Self::Internal { reason } => Some(reason),
             _ => None,
         }
@@ -454,7 +561,19 @@ impl Refusal {
 
     /// Renders the problem; `request_id` is echoed so a caller can quote it to an operator.
     pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
-        let mut resp = self.kind().response(Some(&self.detail()), Some(request_id));
+        let extension = match &self {
+            Self::SchemaViolation { errors } => Some((
+                "errors",
+                errors
+                    .iter()
+                    .map(|e| serde_json::json!({"pointer": e.pointer, "detail": e.detail}))
+                    .collect(),
+            )),
+            _ => None,
+        };
+        let mut resp = self
+            .kind()
+            .response_with(Some(&self.detail()), Some(request_id), extension);
         let h = resp.headers_mut();
         if let Self::MethodNotAllowed { allow } = &self {
             h.insert(ALLOW, allow.clone());
@@ -466,7 +585,7 @@ impl Refusal {
         if let Self::RateLimited { retry_after, .. } | Self::LockedOut { retry_after } = &self {
             h.insert(RETRY_AFTER, retry_after_value(*retry_after));
         }
-        if let Self::StateUnavailable = &self {
+        if let Self::StateUnavailable { .. } = &self {
             // A backend that times out is usually back within a second or two.
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -427,7 +427,9 @@ mod tests {
                 network: Default::default(),
                 max_body_bytes: 1 << 20,
                 rate_limits: Vec::new(),
-                on_state_error: Default::default(),
+                ownership: None,
+                schema: None,
+                on_state_error: None,
             })
             .collect();
         RouteTable::new(&configs, false)

@@ -6,8 +6,11 @@
 //! To add a guard: a variant in `guards.rs` and the line of `Guards::compile` that asks for
 //! it, its check in a module here, and its arm in [`on_request`] or [`on_response`].
 
+mod json_response;
 mod no_body;
+pub mod ownership;
 mod rate_limit;
+mod schema;
 
 use http::Response;
 use http::request::Parts;
@@ -20,22 +23,38 @@ use crate::upstream::Upstream;
 
 /// Runs one request guard; `upstream` is where the request will go.
 pub(crate) async fn on_request(
-    guard: RequestGuard,
+    guard: &RequestGuard,
     ctx: &mut RequestCtx<'_>,
     upstream: &Upstream,
-    req: &Parts,
+    req: &mut Parts,
 ) -> Result<(), Refusal> {
     match guard {
         RequestGuard::NoBody => no_body::check(ctx, upstream.request_timeout, &req.method).await,
         RequestGuard::RateLimit => rate_limit::check(ctx).await,
+        RequestGuard::OwnedObject { param, policy } => {
+            ownership::check_owned(ctx, param, policy, req.uri.path()).await
+        }
+        RequestGuard::IdentityEncoding => {
+            req.headers.remove(http::header::ACCEPT_ENCODING);
+            Ok(())
+        }
+        RequestGuard::Schema(validator) => schema::check(ctx, validator, upstream, req).await,
     }
 }
 
 /// Runs one response guard on the upstream's response.
 pub(crate) async fn on_response(
-    guard: ResponseGuard,
-    _ctx: &mut RequestCtx<'_>,
-    _resp: &mut Response<ProxyBody>,
+    guard: &ResponseGuard,
+    ctx: &mut RequestCtx<'_>,
+    resp: &mut Response<ProxyBody>,
 ) -> Result<(), Refusal> {
-    match guard {}
+    match guard {
+        ResponseGuard::RecordOwner { id, policy } => {
+            ownership::record_owner(ctx, id, policy, resp).await
+        }
+        ResponseGuard::ForgetOwned => ownership::forget_owned(ctx, resp.status()).await,
+        ResponseGuard::OwnList { list, policy } => {
+            ownership::own_list(ctx, list, policy, resp).await
+        }
+    }
 }

@@ -135,7 +135,9 @@ async fn decide_all<'l, C: Counters>(
         report.errors.failed(report.metrics, "gcra", backend, e);
         match route_limits.on_state_error {
             OnStateError::FailOpen => Ok(()),
-            OnStateError::FailClosed => Err(Refusal::StateUnavailable),
+            OnStateError::FailClosed => Err(Refusal::StateUnavailable {
+                reason: format!("rate limits: {e}"),
+            }),
         }
     };
     match store {
@@ -411,7 +413,7 @@ mod tests {
         let refusal = run(&limits, Store::Shared(&failing, "redis"), &r)
             .await
             .unwrap_err();
-        assert!(matches!(refusal, Refusal::StateUnavailable));
+        assert!(matches!(refusal, Refusal::StateUnavailable { .. }));
         assert_eq!(
             refusal.kind().status(),
             http::StatusCode::SERVICE_UNAVAILABLE
@@ -427,7 +429,7 @@ mod tests {
         };
         let started = std::time::Instant::now();
         let refusal = run(&limits, Store::Shared(&slow, "redis"), &r).await;
-        assert!(matches!(refusal, Err(Refusal::StateUnavailable)));
+        assert!(matches!(refusal, Err(Refusal::StateUnavailable { .. })));
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
@@ -448,7 +450,7 @@ mod tests {
         assert!(refused.is_none());
         let closed = limits(OnStateError::FailClosed);
         let refusal = run(&closed, Store::<MemoryStore>::Local(&limiter), &r).await;
-        assert!(matches!(refusal, Err(Refusal::StateUnavailable)));
+        assert!(matches!(refusal, Err(Refusal::StateUnavailable { .. })));
         assert!(r.state_errors().contains("operation=\"gcra\""));
     }
 }

@@ -89,7 +89,11 @@ impl Limits {
             config
                 .routes
                 .iter()
-                .map(|r| (r.name.as_str(), r.rate_limits.as_slice(), r.on_state_error)),
+                // Rate limits and lockouts fail open unless the route says otherwise.
+                .map(|r| {
+                    let on_error = r.on_state_error.unwrap_or(OnStateError::FailOpen);
+                    (r.name.as_str(), r.rate_limits.as_slice(), on_error)
+                }),
             match &config.state {
                 StateBackend::Redis(r) => r.timeout,
                 _ => LOCAL_TIMEOUT,

@@ -40,6 +40,7 @@ fn examples() -> Vec<(&'static str, Vec<Secret>)> {
     vec![
         ("quickstart.toml", vec![Env("DIDIT_API_KEY")]),
         ("minimal.toml", vec![Env("DIDIT_API_KEY")]),
+        ("ownership.toml", vec![Env("DIDIT_API_KEY")]),
         // Its secret lives in a SoftHSM2 token, set up by `hsm_token`.
         ("didit-hsm.toml", vec![]),
         (
@@ -96,6 +97,13 @@ impl Setup {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join(example);
         std::fs::copy(examples_dir().join(example), &config).unwrap();
+        // The JSON Schemas routes name, beside the configuration as in examples/.
+        let schemas = dir.path().join("schemas");
+        std::fs::create_dir(&schemas).unwrap();
+        for entry in std::fs::read_dir(examples_dir().join("schemas")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), schemas.join(entry.file_name())).unwrap();
+        }
         let pki = dir.path().join("pki");
         let (code, out, err) = run(Command::new(bin())
             .arg("dev-pki")

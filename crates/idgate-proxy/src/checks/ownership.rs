@@ -1,0 +1,338 @@
+//! Object ownership (`owns`, `owner_param`, `list` on a route): which principal created
+//! which upstream object, recorded through the state store's [`Ownership`] trait, so that
+//! no caller reads, changes, deletes or lists another's objects.
+//!
+//! - The **owner** is the principal authorization accepted, named as allow lists name it:
+//!   a SPIFFE ID, `apikey:NAME`, or for a token `sub:SUBJECT@ISSUER` (its subject,
+//!   qualified by its `iss`). A principal matching a `[ownership] share` group owns as the
+//!   group, `group:NAME`: the record names the group, so every member reaches what any
+//!   member created (and a principal leaving the group loses it).
+//! - **Creating** (`owns`): a 2xx JSON answer names the new object; the caller becomes its
+//!   owner for the route's retention. An object already owned by another principal (a
+//!   provider answering with an existing object) is withheld with the same `404` as below.
+//! - **Reading, changing, deleting** (`owner_param`): before anything goes upstream, the
+//!   object the path names must have a live record naming the caller; otherwise the
+//!   gateway answers `404 not-found` itself, the same answer whether the object is
+//!   another's or does not exist. A 2xx `DELETE` removes the record.
+//! - **Lists** (`list`): each item's id is looked up; items of others are removed
+//!   (`filter`) or the whole answer is refused (`refuse`, `403`).
+//!
+//! When the backend fails, `on_state_error` decides: fail closed (the default: ownership
+//! is an authorization check) answers `503 state-unavailable`; fail open skips the check.
+
+use std::time::{Duration, SystemTime};
+
+use http::{Method, Response, StatusCode};
+use idgate_auth::Principal;
+use idgate_config::{JsonPath, ListOwnership, ListRule, ShareGroup};
+use idgate_store::{ObjectId, Owner, Ownership, StoreError};
+use serde_json::Value;
+
+use super::json_response;
+use crate::body::ProxyBody;
+use crate::ctx::RequestCtx;
+use crate::guards::OwnershipPolicy;
+use crate::problem::Refusal;
+use crate::routes::Target;
+
+/// The owner a principal records and is compared as.
+pub fn owner_name(principal: Principal<'_>, share: &[ShareGroup]) -> String {
+    if let Some(g) = share
+        .iter()
+        .find(|g| g.principals.iter().any(|e| e.matches(principal)))
+    {
+        return format!("group:{}", g.group);
+    }
+    match principal {
+        Principal::Workload(id) => id.as_str().to_owned(),
+        Principal::ApiKey(k) => format!("apikey:{}", k.name),
+        Principal::Token(t) => format!("sub:{}@{}", t.subject, t.issuer),
+    }
+}
+
+/// The id an upstream's JSON gives an object: a string as it is, a number as written.
+pub fn object_id_of(value: &Value) -> Option<ObjectId> {
+    match value {
+        Value::String(s) => ObjectId::new(s.as_str()).ok(),
+        Value::Number(n) => ObjectId::new(n.to_string()).ok(),
+        _ => None,
+    }
+}
+
+/// The ids of a list answer's items, in order (`None` for an item without one), or `None`
+/// when the answer has no array where `list.items` says. Untrusted input: never panics.
+pub fn list_ids(doc: &Value, list: &ListOwnership) -> Option<Vec<Option<ObjectId>>> {
+    let items = list.items.select(doc)?.as_array()?;
+    Some(
+        items
+            .iter()
+            .map(|item| list.id.select(item).and_then(object_id_of))
+            .collect(),
+    )
+}
+
+fn caller(ctx: &RequestCtx<'_>, policy: &OwnershipPolicy) -> Result<Owner, Refusal> {
+    let principal = ctx.principal().ok_or_else(|| Refusal::Internal {
+        reason: "an ownership check before authorization".to_owned(),
+    })?;
+    Owner::new(owner_name(principal, &policy.share)).map_err(|e| Refusal::Internal {
+        reason: format!("the principal cannot be an owner: {e}"),
+    })
+}
+
+/// A failing backend: refused when the route fails closed; `Ok` (go on unchecked) when it
+/// fails open. Logged either way.
+fn state_failed(
+    ctx: &RequestCtx<'_>,
+    policy: &OwnershipPolicy,
+    e: StoreError,
+) -> Result<(), Refusal> {
+    on_state_error(ctx.request_id(), policy, e)
+}
+
+fn on_state_error(
+    request_id: &str,
+    policy: &OwnershipPolicy,
+    e: StoreError,
+) -> Result<(), Refusal> {
+    let reason = format!("ownership record unavailable: {e}");
+    if policy.fail_open {
+        tracing::warn!(request_id, reason, "state error, failing open");
+        Ok(())
+    } else {
+        Err(Refusal::StateUnavailable { reason })
+    }
+}
+
+fn timeout(ctx: &RequestCtx<'_>) -> Duration {
+    match ctx.route.map(|r| r.target) {
+        Some(Target::Upstream(i)) => ctx
+            .snapshot
+            .upstreams
+            .get(i)
+            .map_or(Duration::from_secs(30), |u| u.request_timeout),
+        _ => Duration::from_secs(30),
+    }
+}
+
+/// `owner_param`: the object the path names must be the caller's.
+pub(super) async fn check_owned(
+    ctx: &mut RequestCtx<'_>,
+    param: &str,
+    policy: &OwnershipPolicy,
+    path: &str,
+) -> Result<(), Refusal> {
+    let owner = caller(ctx, policy)?;
+    // The path's canonical form keeps reserved characters escaped; the upstream's JSON
+    // named the object unescaped.
+    let id = ctx
+        .params
+        .get(param, path)
+        .and_then(idgate_codec::percent::decode)
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| ObjectId::new(s).ok())
+        .ok_or(Refusal::ObjectNotFound)?;
+    match Ownership::get(&ctx.services.state, &id, SystemTime::now()).await {
+        Ok(Some(record)) if record.owner == owner => {
+            ctx.owned_object = Some(id);
+            Ok(())
+        }
+        Ok(_) => Err(Refusal::ObjectNotFound),
+        Err(e) => state_failed(ctx, policy, e),
+    }
+}
+
+/// `owns`: a 2xx answer created an object; the caller becomes its owner.
+pub(super) async fn record_owner(
+    ctx: &mut RequestCtx<'_>,
+    id_path: &JsonPath,
+    policy: &OwnershipPolicy,
+    resp: &mut Response<ProxyBody>,
+) -> Result<(), Refusal> {
+    if !resp.status().is_success() || ctx.method == Method::HEAD {
+        return Ok(());
+    }
+    let owner = caller(ctx, policy)?;
+    let (bytes, doc) = json_response::read(resp, timeout(ctx)).await?;
+    let id =
+        id_path
+            .select(&doc)
+            .and_then(object_id_of)
+            .ok_or_else(|| Refusal::UnreadableResponse {
+                reason: format!("the upstream's answer has no object id at {id_path}"),
+            })?;
+    json_response::replace_body(resp, bytes);
+    let put = ctx
+        .services
+        .state
+        .put(&id, &owner, policy.retention, SystemTime::now())
+        .await;
+    match put {
+        Ok(record) if record.owner == owner => Ok(()),
+        Ok(_) => {
+            tracing::warn!(
+                request_id = ctx.request_id(),
+                "the upstream answered with an object another principal owns; withheld"
+            );
+            Err(Refusal::ObjectNotFound)
+        }
+        Err(e) => state_failed(ctx, policy, e),
+    }
+}
+
+/// A 2xx `DELETE` of an owned object: its record goes with it. The object is gone upstream
+/// whatever happens here, so a failing backend is only logged (the record expires).
+pub(super) async fn forget_owned(
+    ctx: &mut RequestCtx<'_>,
+    status: StatusCode,
+) -> Result<(), Refusal> {
+    if ctx.method != Method::DELETE || !status.is_success() {
+        return Ok(());
+    }
+    if let Some(id) = ctx.owned_object.take()
+        && let Err(e) = ctx.services.state.remove(&id).await
+    {
+        tracing::warn!(request_id = ctx.request_id(), error = %e, "ownership record not removed");
+    }
+    Ok(())
+}
+
+/// `list`: a 2xx list answer keeps the caller's items only, or is refused.
+pub(super) async fn own_list(
+    ctx: &mut RequestCtx<'_>,
+    list: &ListOwnership,
+    policy: &OwnershipPolicy,
+    resp: &mut Response<ProxyBody>,
+) -> Result<(), Refusal> {
+    if !resp.status().is_success() {
+        return Ok(());
+    }
+    if ctx.method == Method::HEAD {
+        // No body to check; its length would tell how long the whole list is.
+        resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+        return Ok(());
+    }
+    let owner = caller(ctx, policy)?;
+    let (bytes, mut doc) = json_response::read(resp, timeout(ctx)).await?;
+    let ids = list_ids(&doc, list).ok_or_else(|| Refusal::UnreadableResponse {
+        reason: format!("the upstream's answer has no array at {}", list.items),
+    })?;
+    let now = SystemTime::now();
+    let mut keep = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let mine = match id {
+            None => false,
+            Some(id) => match Ownership::get(&ctx.services.state, id, now).await {
+                Ok(record) => record.is_some_and(|r| r.owner == owner),
+                Err(e) => {
+                    // Failing open, the answer goes back as the upstream gave it.
+                    state_failed(ctx, policy, e)?;
+                    json_response::replace_body(resp, bytes);
+                    return Ok(());
+                }
+            },
+        };
+        keep.push(mine);
+    }
+    match list.rule {
+        ListRule::Refuse if keep.contains(&false) => Err(Refusal::ForeignObjects),
+        ListRule::Refuse => {
+            json_response::replace_body(resp, bytes);
+            Ok(())
+        }
+        ListRule::Filter if !keep.contains(&false) => {
+            json_response::replace_body(resp, bytes);
+            Ok(())
+        }
+        ListRule::Filter => {
+            if let Some(Value::Array(items)) = list.items.select_mut(&mut doc) {
+                let mut flags = keep.iter();
+                items.retain(|_| flags.next().copied().unwrap_or(false));
+            }
+            let filtered = serde_json::to_vec(&doc).map_err(|e| Refusal::Internal {
+                reason: format!("a filtered list could not be written: {e}"),
+            })?;
+            json_response::replace_body(resp, filtered.into());
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idgate_auth::{AllowEntry, ApiKeyIdentity, TokenIdentity};
+    use idgate_tls::SpiffeId;
+    use serde_json::json;
+
+    #[test]
+    fn owners_are_named_as_allow_lists_name_principals() {
+        let id = SpiffeId::new("spiffe://td/ns/kyc/sa/a").unwrap();
+        assert_eq!(
+            owner_name(Principal::Workload(&id), &[]),
+            "spiffe://td/ns/kyc/sa/a"
+        );
+        let key = ApiKeyIdentity {
+            id: "k1".to_owned(),
+            name: "batch".to_owned(),
+            scopes: Vec::new(),
+            workload: None,
+        };
+        assert_eq!(owner_name(Principal::ApiKey(&key), &[]), "apikey:batch");
+        let token = TokenIdentity {
+            issuer: "https://iss".to_owned(),
+            subject: "u1".to_owned(),
+            client_id: Some("c".to_owned()),
+            scopes: Vec::new(),
+            workload: None,
+        };
+        assert_eq!(
+            owner_name(Principal::Token(&token), &[]),
+            "sub:u1@https://iss"
+        );
+        let share = [ShareGroup {
+            group: "kyc".to_owned(),
+            principals: vec![AllowEntry::parse("spiffe://td/ns/kyc/*").unwrap()],
+        }];
+        assert_eq!(owner_name(Principal::Workload(&id), &share), "group:kyc");
+        let other = SpiffeId::new("spiffe://td/ns/web/sa/b").unwrap();
+        assert_eq!(
+            owner_name(Principal::Workload(&other), &share),
+            "spiffe://td/ns/web/sa/b"
+        );
+    }
+
+    #[test]
+    fn a_failing_store_refuses_unless_the_route_fails_open() {
+        let policy = |fail_open| OwnershipPolicy {
+            retention: Duration::from_secs(60),
+            share: std::sync::Arc::new([]),
+            fail_open,
+        };
+        let refused = on_state_error("r", &policy(false), StoreError::ReadOnly).unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            crate::problem::ProblemKind::StateUnavailable
+        );
+        assert_eq!(refused.kind().status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(on_state_error("r", &policy(true), StoreError::ReadOnly).is_ok());
+    }
+
+    #[test]
+    fn list_ids_reads_each_item_or_nothing() {
+        let list = ListOwnership {
+            rule: ListRule::Filter,
+            items: JsonPath::parse("$.results").unwrap(),
+            id: JsonPath::parse("$.session_id").unwrap(),
+        };
+        let doc = json!({"results": [{"session_id": "a"}, {"x": 1}, {"session_id": 7}, 3]});
+        let ids: Vec<Option<String>> = list_ids(&doc, &list)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.map(|i| i.as_str().to_owned()))
+            .collect();
+        assert_eq!(ids, [Some("a".into()), None, Some("7".into()), None]);
+        assert!(list_ids(&json!({"results": {}}), &list).is_none());
+        assert!(list_ids(&json!([]), &list).is_none());
+    }
+}
