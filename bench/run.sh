@@ -855,7 +855,7 @@ has_proxy idgate && idgate_v=$("$IDGATE_BIN" --version 2>/dev/null | awk 'NR == 
 # 64 KiB may still sit in its buffer).
 declare -A LOGGING=() LOG_LINES=()
 CHAIN_DESC="the same work as the peers: mTLS, the upstream key injected, the access log"
-[[ $CHAIN == full ]] && CHAIN_DESC="the full chain: mTLS and an API key (both required, the key kept in Redis), two rate limits counted in Redis (one round trip per request), the owner of the session checked in Redis on \\\`decision\\\` (created once through the gateway), the upstream key injected, the access log; nginx and HAProxy do bare mTLS"
+[[ $CHAIN == full ]] && CHAIN_DESC="the full chain: mTLS and an API key (both required, the key kept in Redis), two rate limits counted in Redis (one round trip per request), the owner of the session checked in Redis on the decision route (created once through the gateway), the upstream key injected, the access log; nginx and HAProxy do bare mTLS"
 if [[ $IDGATE_LOG == on ]]; then
   LOGGING[idgate]="its defaults: \`[log]\` level \`info\`, text, one access line per request on standard output, redirected to a file"
 else
