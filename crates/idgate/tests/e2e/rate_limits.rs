@@ -2,8 +2,6 @@
 //! load, another caller unaffected, the RateLimit headers, tiers, lockouts and their expiry,
 //! and lockouts at the token endpoint.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -67,31 +65,15 @@ async fn under_ten_times_the_load_the_admitted_rate_stays_at_the_limit_and_other
 
         // Ten times the rate, from a bounded number of concurrent senders, for three
         // seconds: what counts is how many were admitted, not how fast the machine is.
-        let client = Arc::new(Client::new(&pki, Some(ONBOARDING), gw.port, true));
-        let admitted = Arc::new(AtomicU64::new(0));
-        let refused = Arc::new(AtomicU64::new(0));
-        let start = Instant::now();
-        let run_for = Duration::from_secs(3);
-        let mut senders = Vec::new();
-        for _ in 0..8 {
-            let (client, admitted, refused) = (client.clone(), admitted.clone(), refused.clone());
-            senders.push(tokio::spawn(async move {
-                let mut conn = client.connect().await.unwrap();
-                let mut next = Instant::now();
-                // Each sender: 25 a second, so 200 a second together; a response may take
-                // up to 40 ms before a sender falls behind.
-                while start.elapsed() < run_for {
-                    let reply = conn.send("GET", PATH, &[], "").await.unwrap();
-                    match reply.status {
-                        200 => admitted.fetch_add(1, Ordering::Relaxed),
-                        429 => refused.fetch_add(1, Ordering::Relaxed),
-                        other => panic!("status {other}: {:?}", reply.body),
-                    };
-                    next += Duration::from_millis(40);
-                    tokio::time::sleep_until(next.into()).await;
-                }
-            }));
-        }
+        // Each sender: 25 a second, so 200 a second together; a response may take up to
+        // 40 ms before a sender falls behind.
+        let senders = vec![Client::new(&pki, Some(ONBOARDING), gw.port, true); 8];
+        let load = tokio::spawn(paced_load(
+            senders,
+            PATH,
+            Duration::from_millis(40),
+            Duration::from_secs(3),
+        ));
         // Meanwhile another workload, with its own budget, is never refused.
         let other = Client::new(&pki, Some(FRONTEND), gw.port, false);
         let mut other_conn = other.connect().await.unwrap();
@@ -100,12 +82,10 @@ async fn under_ten_times_the_load_the_admitted_rate_stays_at_the_limit_and_other
             assert_eq!(reply.status, 200, "{:?}", reply.body);
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        for s in senders {
-            s.await.unwrap();
-        }
-        let elapsed = start.elapsed().as_secs_f64();
-        let admitted = admitted.load(Ordering::Relaxed) as f64;
-        let refused = refused.load(Ordering::Relaxed) as f64;
+        let count = load.await.unwrap();
+        let elapsed = count.elapsed.as_secs_f64();
+        let admitted = count.admitted as f64;
+        let refused = count.refused as f64;
         let allowed = RATE * elapsed + BURST;
         println!("{admitted} admitted, {refused} refused in {elapsed:.2}s; {allowed:.1} allowed");
         // Ten times the limit was sent; on a slow machine at least three times must have

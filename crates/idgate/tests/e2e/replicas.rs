@@ -7,8 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use idgate_store::redis_testing::{RedisCluster, RedisServer};
@@ -73,36 +71,23 @@ async fn shared_limit_holds(nodes: Vec<String>) {
         let other = Client::new(&pki, Some(FRONTEND), gw.port, false);
         let _ = other.get(PATH).await;
     }
-    let admitted = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let run_for = Duration::from_secs(3);
-    let mut senders = Vec::new();
-    for i in 0..8 {
-        let port = if i % 2 == 0 { a.port } else { b.port };
-        let client = Client::new(&pki, Some(ONBOARDING), port, false);
-        let (admitted, refused) = (admitted.clone(), refused.clone());
-        senders.push(tokio::spawn(async move {
-            let mut conn = client.connect().await.unwrap();
-            let mut next = Instant::now();
-            while start.elapsed() < run_for {
-                let reply = conn.send("GET", PATH, &[], "").await.unwrap();
-                match reply.status {
-                    200 => admitted.fetch_add(1, Ordering::Relaxed),
-                    429 => refused.fetch_add(1, Ordering::Relaxed),
-                    other => panic!("status {other}: {:?}", reply.body),
-                };
-                next += Duration::from_millis(40);
-                tokio::time::sleep_until(next.into()).await;
-            }
-        }));
-    }
-    for s in senders {
-        s.await.unwrap();
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let admitted = admitted.load(Ordering::Relaxed) as f64;
-    let refused = refused.load(Ordering::Relaxed) as f64;
+    // Ten times the rate, spread over both replicas: each sender 25 a second.
+    let senders = (0..8)
+        .map(|i| {
+            let port = if i % 2 == 0 { a.port } else { b.port };
+            Client::new(&pki, Some(ONBOARDING), port, false)
+        })
+        .collect();
+    let count = paced_load(
+        senders,
+        PATH,
+        Duration::from_millis(40),
+        Duration::from_secs(3),
+    )
+    .await;
+    let elapsed = count.elapsed.as_secs_f64();
+    let admitted = count.admitted as f64;
+    let refused = count.refused as f64;
     let allowed = RATE * elapsed + BURST;
     println!(
         "two replicas: {admitted} admitted, {refused} refused in {elapsed:.2}s; {allowed:.1} allowed"

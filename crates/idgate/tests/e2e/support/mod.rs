@@ -9,6 +9,7 @@
 
 mod client;
 mod gateway;
+mod load;
 mod openssl;
 mod pki;
 mod process;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 pub use self::client::*;
 pub use self::gateway::*;
+pub use self::load::*;
 pub use self::openssl::*;
 pub use self::pki::*;
 pub use self::process::*;
