@@ -338,6 +338,8 @@ struct Inner {
     pepper: Pepper,
     table: ArcSwap<Table>,
     reload: Option<Reload>,
+    /// The store has been read at least once (always, for a fixed table).
+    read: std::sync::atomic::AtomicBool,
 }
 
 /// Verifies presented API keys against the keys last read from the store. Cheap to clone;
@@ -368,6 +370,7 @@ impl ApiKeyVerifier {
                 pepper,
                 table: ArcSwap::from_pointee(Table::new(keys)),
                 reload: None,
+                read: std::sync::atomic::AtomicBool::new(true),
             }),
         }
     }
@@ -390,6 +393,7 @@ impl ApiKeyVerifier {
             inner: Arc::new(Inner {
                 pepper,
                 table: ArcSwap::from_pointee(Table::default()),
+                read: std::sync::atomic::AtomicBool::new(false),
                 reload: Some(Reload {
                     store: AnyApiKeyStore::new(store),
                     state: Mutex::new(ReloadState {
@@ -435,6 +439,12 @@ impl ApiKeyVerifier {
             );
         }
         Self::with_store(pepper, RedbStore::reader(store_path))
+    }
+
+    /// Whether the keys have been read from the store at least once: a verifier over a
+    /// shared store that did not answer at start holds no key until it does.
+    pub fn has_read(&self) -> bool {
+        self.inner.read.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Replaces the whole table.
@@ -581,6 +591,7 @@ impl Inner {
         let keys = block_on(reload.store.list())?;
         self.report_problems(&keys, &mut state.reported);
         self.table.store(Arc::new(Table::new(keys)));
+        self.read.store(true, std::sync::atomic::Ordering::Release);
         if changed {
             state.settle_until = now + SETTLE;
         }

@@ -83,7 +83,11 @@ impl AuthServices {
             None => None,
             Some(a) => Some(match &a.store {
                 ApiKeyStoreConfig::File(path) => ApiKeyVerifier::open(path, &a.pepper)?,
-                ApiKeyStoreConfig::State => ApiKeyVerifier::shared(&a.pepper, state.clone())?,
+                // Reading every key is no request: it may take longer than a state call on
+                // the request path.
+                ApiKeyStoreConfig::State => {
+                    ApiKeyVerifier::shared(&a.pepper, state.patient(Duration::from_secs(5)))?
+                }
             }),
         };
         let issuers = config.jwt_issuers.clone();

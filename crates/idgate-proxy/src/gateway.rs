@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use idgate_config::{ClientAuth, Config};
+use idgate_config::{ApiKeyStoreConfig, ClientAuth, Config};
 use idgate_store::{MemoryStore, StateStore};
 
 use crate::state::open_state;
@@ -375,6 +375,33 @@ fn rebuild(
     let restart = restart_required(running, &config);
     let snapshot =
         Snapshot::build(&config, roots, provider, state).map_err(ReloadRefused::Unusable)?;
+    // Keys kept in [state] need the backend the process opened at start to be the shared
+    // one the file names: a [state] change waits for a restart, and so do keys moving there.
+    if matches!(
+        config.api_keys.as_ref().map(|a| &a.store),
+        Some(ApiKeyStoreConfig::State)
+    ) && !state.is_shared()
+    {
+        return Err(ReloadRefused::Unusable(vec![BuildError::new(
+            &config,
+            "api_keys.store",
+            BuildProblem::ApiKeysNeedRestart,
+        )]));
+    }
+    // At start a shared store that does not answer leaves the gateway without keys until it
+    // does; on a reload the running snapshot has them, and keeps serving with them.
+    if snapshot
+        .auth
+        .api_keys
+        .as_ref()
+        .is_some_and(|v| !v.has_read())
+    {
+        return Err(ReloadRefused::Unusable(vec![BuildError::new(
+            &config,
+            "api_keys",
+            BuildProblem::ApiKeysUnread,
+        )]));
+    }
     Ok((snapshot, restart))
 }
 

@@ -57,6 +57,14 @@ pub enum BuildProblem {
     TokenEndpoint(TokenEndpointError),
     #[error(transparent)]
     Auth(AuthSetupError),
+    #[error(
+        "the API keys in the shared state store could not be read; the running configuration and its keys stay"
+    )]
+    ApiKeysUnread,
+    #[error(
+        "the keys are to be kept in the shared [state], which this process did not open: restart to change [state]"
+    )]
+    ApiKeysNeedRestart,
     #[error("cannot open the state backend: {0}")]
     State(crate::state::StateOpenError),
     #[error("{0}")]

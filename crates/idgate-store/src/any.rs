@@ -45,6 +45,17 @@ impl StateStore {
         }
     }
 
+    /// The same backend with calls bounded by at least `timeout` (Redis; the others have no
+    /// per-call bound): for callers off the request path, which may wait longer than a
+    /// request should.
+    pub fn patient(&self, timeout: Duration) -> Self {
+        match self {
+            #[cfg(feature = "redis")]
+            Self::Redis(r) => Self::Redis(r.with_timeout(timeout)),
+            other => other.clone(),
+        }
+    }
+
     /// Whether every replica sharing the configuration sees the same state (a process-local
     /// backend does not: each replica counts on its own).
     pub fn is_shared(&self) -> bool {

@@ -160,10 +160,19 @@ fn locate(args: &StoreArgs) -> Result<(Location, SecretRef), Failure> {
     };
     match idgate_config::load(path) {
         Ok(config) => match config.api_keys {
-            Some(a) => match a.store {
-                ApiKeyStoreConfig::File(path) => Ok((Location::File(path), a.pepper)),
-                ApiKeyStoreConfig::State => Ok((Location::State(config.state), a.pepper)),
-            },
+            Some(a) => {
+                // The pepper or the Redis password may be `vault:` references, read through
+                // the process-wide client, as the gateway does.
+                if let Some(v) = &config.vault {
+                    let client = idgate_secrets::vault::VaultClient::new(v.clone())
+                        .map_err(|e| Failure::config(format!("vault: {e}")))?;
+                    idgate_secrets::vault::install(client);
+                }
+                match a.store {
+                    ApiKeyStoreConfig::File(path) => Ok((Location::File(path), a.pepper)),
+                    ApiKeyStoreConfig::State => Ok((Location::State(config.state), a.pepper)),
+                }
+            }
             None => Err(no_section(path)),
         },
         // The rest of the configuration may need what only the gateway's environment has
@@ -268,7 +277,10 @@ fn open_store(location: &Location) -> Result<Opened, Failure> {
             .map_err(Failure::run)?,
         Location::State(backend) => {
             let _inside = runtime.enter();
-            idgate_proxy::state::open_state(backend).map_err(Failure::run)?
+            // The CLI may wait for its connection and its writes longer than a request.
+            idgate_proxy::state::open_state(backend)
+                .map_err(Failure::run)?
+                .patient(Duration::from_secs(10))
         }
     };
     Ok(Opened { store, runtime })

@@ -165,6 +165,12 @@ async fn decide_all<'l, C: Counters>(
                 .map(|(key, (_, rate))| (key, &rate.gcra, 1))
                 .collect();
             let decisions = match bounded(limits.timeout, state.gcra_many(&checks, now)).await {
+                // One decision per check, or the backend did not do what was asked.
+                Ok(d) if d.len() != checks.len() => {
+                    let wrong = format!("{} decisions for {} checks", d.len(), checks.len());
+                    state_failed(&wrong, backend)?;
+                    return Ok(verdict);
+                }
                 Ok(d) => {
                     report.errors.succeeded(backend);
                     d

@@ -275,6 +275,16 @@ impl RedisStore {
         format!("{}{kind}:{{{id}}}", self.prefix)
     }
 
+    /// The same store (sharing its connection) with another bound on each call: for callers
+    /// off the request path that may wait longer, such as reading every API key or the CLI.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            conn: self.conn.clone(),
+            prefix: self.prefix.clone(),
+            timeout: timeout.max(Duration::from_millis(1)),
+        }
+    }
+
     /// Runs one call against Redis within the timeout.
     pub(crate) async fn call<T, F>(&self, f: impl FnOnce(Conn) -> F) -> Result<T, StoreError>
     where

@@ -141,6 +141,108 @@ fn idgate_cli(args: &[&str]) -> (i32, String, String) {
     run_bounded(&mut cmd, Duration::from_secs(30))
 }
 
+/// A gateway configuration whose route takes the API key `apikey:batch` alone, the keys
+/// kept in the Redis of `redis` (no store file).
+fn keys_in_redis(pki: &Pki, upstream: &TestUpstream, redis: &RedisServer) -> GatewayConfig {
+    let pepper = pki.path().join("pepper");
+    std::fs::write(&pepper, PEPPER).unwrap();
+    std::fs::set_permissions(&pepper, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    base_config(pki)
+        .section("state", redis_state(&[redis.url()]))
+        .section(
+            "api_keys",
+            table([("pepper", format!("file:{}", pepper.display()).into())]),
+        )
+        .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+        .route(
+            RouteSpec::new(
+                "route",
+                &["GET"],
+                "/v1/{*rest}",
+                "provider",
+                &["apikey:batch"],
+            )
+            .with("auth", strings(&["api_key"])),
+        )
+}
+
+/// Writes `config` next to the PKI and creates the key `batch` with the CLI through it:
+/// the file's path and the key.
+async fn create_key(pki: &Pki, config: &GatewayConfig) -> (String, String) {
+    let file = pki.path().join("idgate.toml");
+    std::fs::write(&file, config.to_toml()).unwrap();
+    let file = file.to_str().unwrap().to_owned();
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let file = file.clone();
+        move || idgate_cli(&["keys", "create", "--config", &file, "--name", "batch"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    (file, out.trim().to_owned())
+}
+
+/// Sends the key until the gateway accepts it (it reads the store every 250 ms).
+async fn until_accepted(client: &Client, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = client
+            .send("GET", PATH, &[("x-api-key", key)], "")
+            .await
+            .unwrap();
+        if reply.status == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the key was never accepted: {}",
+            reply.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_reload_while_redis_is_away_keeps_the_keys_it_had() {
+    within(async {
+        let Some(mut redis) = RedisServer::start() else {
+            return;
+        };
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let config = keys_in_redis(&pki, &upstream, &redis);
+        let gw = Gateway::start(&config, &[]).await;
+        let (_, key) = create_key(&pki, &config).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        until_accepted(&client, &key).await;
+
+        // Redis goes away, then the configuration is reloaded: the new snapshot cannot read
+        // the keys, so the reload is refused and the running keys stay in force.
+        redis.kill();
+        gw.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gw.output().contains("configuration reload refused") {
+            assert!(
+                Instant::now() < deadline,
+                "no refused reload: {}",
+                gw.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(gw.output().contains("api_keys"), "{}", gw.output());
+        let reply = client
+            .send("GET", PATH, &[("x-api-key", &key)], "")
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.status, 200,
+            "the key was dropped by the reload: {:?}",
+            reply.body
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_key_revoked_through_the_cli_is_refused_by_every_replica_within_a_second() {
     within(async {
@@ -149,62 +251,14 @@ async fn a_key_revoked_through_the_cli_is_refused_by_every_replica_within_a_seco
         };
         let pki = Pki::default_pki();
         let upstream = TestUpstream::http(UpstreamMode::Echo).await;
-        let pepper = pki.path().join("pepper");
-        std::fs::write(&pepper, PEPPER).unwrap();
-        std::fs::set_permissions(&pepper, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        // No store file: the keys live in the shared [state].
-        let config = base_config(&pki)
-            .section("state", redis_state(&[redis.url()]))
-            .section(
-                "api_keys",
-                table([("pepper", format!("file:{}", pepper.display()).into())]),
-            )
-            .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
-            .route(
-                RouteSpec::new(
-                    "route",
-                    &["GET"],
-                    "/v1/{*rest}",
-                    "provider",
-                    &["apikey:batch"],
-                )
-                .with("auth", strings(&["api_key"])),
-            );
+        let config = keys_in_redis(&pki, &upstream, &redis);
         let a = Gateway::start(&config, &[]).await;
         let b = Gateway::start(&config, &[]).await;
-        let file = pki.path().join("idgate.toml");
-        std::fs::write(&file, config.to_toml()).unwrap();
-        let file = file.to_str().unwrap().to_owned();
-
-        let (code, out, err) = tokio::task::spawn_blocking({
-            let file = file.clone();
-            move || idgate_cli(&["keys", "create", "--config", &file, "--name", "batch"])
-        })
-        .await
-        .unwrap();
-        assert_eq!(code, 0, "{err}");
-        let key = out.trim().to_owned();
+        let (file, key) = create_key(&pki, &config).await;
         let id = key.split('_').nth(1).unwrap().to_owned();
         // Created on no replica in particular: both take it within their reload interval.
         for gw in [&a, &b] {
-            let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let reply = client
-                    .send("GET", PATH, &[("x-api-key", &key)], "")
-                    .await
-                    .unwrap();
-                if reply.status == 200 {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the new key was never accepted: {}",
-                    reply.status
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            until_accepted(&Client::new(&pki, Some(ONBOARDING), gw.port, false), &key).await;
         }
 
         let (code, _, err) = tokio::task::spawn_blocking({
