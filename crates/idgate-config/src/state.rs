@@ -205,7 +205,9 @@ fn check_url(cx: &mut Ctx<'_>, key: &str, url: &str) {
         );
     }
     let authority = rest.split('/').next().unwrap_or_default();
-    if let Some((userinfo, _)) = authority.rsplit_once('@')
+    // The whole rest, not only the authority: a password holding a '/' would otherwise end
+    // the authority early and slip through.
+    if let Some((userinfo, _)) = rest.rsplit_once('@')
         && userinfo.contains(':')
     {
         cx.err(
@@ -290,6 +292,13 @@ mod tests {
             "{errs:?}"
         );
         assert!(errs.iter().all(|e| !e.contains("hunter2")), "{errs:?}");
+        let errs = parse_text("backend = \"redis\"\nurl = \"redis://app:hun/ter2@10.0.0.1:6379\"")
+            .unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.contains("holds a password")),
+            "{errs:?}"
+        );
+        assert!(errs.iter().all(|e| !e.contains("ter2")), "{errs:?}");
     }
 
     #[test]
