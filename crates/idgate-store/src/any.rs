@@ -48,6 +48,7 @@ impl StateStore {
     /// The same backend with calls bounded by at least `timeout` (Redis; the others have no
     /// per-call bound): for callers off the request path, which may wait longer than a
     /// request should.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     pub fn patient(&self, timeout: Duration) -> Self {
         match self {
             #[cfg(feature = "redis")]
