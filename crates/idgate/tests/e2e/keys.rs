@@ -7,28 +7,18 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-const LIMIT: Duration = Duration::from_secs(30);
 const PEPPER: &str = "n3Wq4p8yVh0cE2rT6uJk1LmZs9Xa7DfB5gHiOoPqRwE=";
 const PROVIDER_TOKEN_ENV: &str = "TEST_KEYS_PROVIDER_TOKEN";
 const PROVIDER_TOKEN: &str = "prov-token-for-keys-tests-9c1d";
 
-fn idgate(args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .env_remove("IDGATE_CONFIG")
-        .env_remove("IDGATE_LOG");
-    run_bounded(&mut cmd, LIMIT)
-}
-
 /// The CLI from an async test, off the runtime's thread.
 async fn idgate_async(args: Vec<String>) -> (i32, String, String) {
     tokio::task::spawn_blocking(move || {
-        idgate(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        idgate_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
     })
     .await
     .unwrap()
@@ -102,7 +92,7 @@ impl Setup {
     fn keys(&self, args: &[&str]) -> (i32, String, String) {
         let mut all = vec!["keys", args[0], "--config", self.config.to_str().unwrap()];
         all.extend(&args[1..]);
-        idgate(&all)
+        idgate_cli(&all)
     }
 
     fn keys_args(&self, args: &[&str]) -> Vec<String> {
@@ -253,7 +243,7 @@ fn create_prints_the_key_once_and_the_store_holds_only_a_keyed_hash() {
         api_keys("relative.redb", "file:apikey-pepper").into(),
     );
     std::fs::write(&relative, config.to_toml()).unwrap();
-    let (code, out, err) = idgate(&[
+    let (code, out, err) = idgate_cli(&[
         "keys",
         "create",
         "--config",
@@ -315,12 +305,12 @@ fn bad_arguments_are_refused_before_anything_is_stored() {
         .insert("auth".into(), strings(&["mtls"]));
     without.routes[0].allow = vec![ONBOARDING.into()];
     std::fs::write(&bare, without.to_toml()).unwrap();
-    let (code, _, err) = idgate(&["keys", "list", "--config", bare.to_str().unwrap()]);
+    let (code, _, err) = idgate_cli(&["keys", "list", "--config", bare.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("[api_keys]"), "{err}");
     std::fs::set_permissions(&s.pepper, std::fs::Permissions::from_mode(0o600)).unwrap();
     let other_store = s.pki.path().join("other.redb");
-    let (code, out, err) = idgate(&[
+    let (code, out, err) = idgate_cli(&[
         "keys",
         "create",
         "--store",

@@ -6,7 +6,6 @@
 // A failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use idgate_store::redis_testing::{RedisCluster, RedisServer};
@@ -131,14 +130,6 @@ async fn two_replicas_on_a_redis_cluster_admit_the_limit_once_between_them() {
         shared_limit_holds(cluster.urls()).await;
     })
     .await;
-}
-
-fn idgate_cli(args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .env_remove("IDGATE_CONFIG")
-        .env_remove("IDGATE_LOG");
-    run_bounded(&mut cmd, Duration::from_secs(30))
 }
 
 /// A gateway configuration whose route takes the API key `apikey:batch` alone, the keys

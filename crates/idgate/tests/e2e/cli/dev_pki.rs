@@ -7,7 +7,7 @@ use std::process::Command;
 
 use crate::support::*;
 
-use super::{LIMIT, idgate};
+use super::LIMIT;
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p)
@@ -32,7 +32,7 @@ fn openssl_text(cert: &Path) -> String {
 fn dev_pki_writes_bundle_gateway_and_workload_svids_with_private_keys() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("pki");
-    let (code, out, err) = idgate(&[
+    let (code, out, err) = idgate_cli(&[
         "dev-pki",
         "--out",
         out_dir.to_str().unwrap(),
@@ -106,7 +106,7 @@ fn dev_pki_writes_bundle_gateway_and_workload_svids_with_private_keys() {
 fn dev_pki_refuses_a_workload_outside_the_trust_domain() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("pki");
-    let (code, out, err) = idgate(&[
+    let (code, out, err) = idgate_cli(&[
         "dev-pki",
         "--out",
         out_dir.to_str().unwrap(),
@@ -140,7 +140,7 @@ fn dev_pki_refuses_a_malformed_spiffe_id_or_trust_domain() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out_dir = dir.path().join("pki");
-        let (code, out, err) = idgate(&[
+        let (code, out, err) = idgate_cli(&[
             "dev-pki",
             "--out",
             out_dir.to_str().unwrap(),

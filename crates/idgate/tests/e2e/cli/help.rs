@@ -1,6 +1,6 @@
 //! `idgate --help`: what idgate is and what each subcommand does.
 
-use super::idgate;
+use crate::support::idgate_cli;
 
 /// The `Commands:` section of `idgate --help`: (name, one-line description), with wrapped
 /// descriptions joined.
@@ -35,7 +35,7 @@ fn squash(s: &str) -> String {
 
 #[test]
 fn help_describes_idgate_and_each_subcommand() {
-    let (code, out, err) = idgate(&["--help"]);
+    let (code, out, err) = idgate_cli(&["--help"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("identity-verification providers"),
@@ -54,7 +54,7 @@ fn help_describes_idgate_and_each_subcommand() {
             !desc.is_empty(),
             "{name} is listed without a description:\n{out}"
         );
-        let (code, sub, err) = idgate(&[name, "--help"]);
+        let (code, sub, err) = idgate_cli(&[name, "--help"]);
         assert_eq!(code, 0, "idgate {name} --help: {err}");
         assert!(
             squash(&sub).contains(&squash(desc)),
@@ -67,7 +67,7 @@ fn help_describes_idgate_and_each_subcommand() {
         ("check", &["--config", "Exits 0"][..]),
         ("dev-pki", &["--out", "--trust-domain", "--workload"][..]),
     ] {
-        let (_, out, _) = idgate(&[sub, "--help"]);
+        let (_, out, _) = idgate_cli(&[sub, "--help"]);
         for word in words {
             assert!(
                 out.contains(word),

@@ -20,14 +20,6 @@ use crate::support::*;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-fn idgate(args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .env_remove("IDGATE_CONFIG")
-        .env_remove("IDGATE_LOG");
-    run_bounded(&mut cmd, LIMIT)
-}
-
 /// A directory with a dev PKI in `pki/` and room for configuration files.
 struct Workspace {
     dir: tempfile::TempDir,

@@ -69,3 +69,13 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (i32, String, String
         None => (-1, out, format!("{err}\n(killed after {timeout:?})")),
     }
 }
+
+/// Runs the `idgate` CLI with `args`, without the caller's `IDGATE_CONFIG` and `IDGATE_LOG`,
+/// for at most 30 s: its exit code, stdout and stderr.
+pub fn idgate_cli(args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(super::bin());
+    cmd.args(args)
+        .env_remove("IDGATE_CONFIG")
+        .env_remove("IDGATE_LOG");
+    run_bounded(&mut cmd, Duration::from_secs(30))
+}
