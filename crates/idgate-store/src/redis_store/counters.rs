@@ -389,7 +389,9 @@ impl Ownership for RedisStore {
                     .await
             })
             .await?;
-        owner_record(object, reply)
+        let record = owner_record(object, reply)?;
+        self.owners.put(object, &record);
+        Ok(record)
     }
 
     async fn get(
@@ -397,6 +399,9 @@ impl Ownership for RedisStore {
         object: &ObjectId,
         now: SystemTime,
     ) -> Result<Option<OwnerRecord>, StoreError> {
+        if let Some(record) = self.owners.get(object, now) {
+            return Ok(Some(record));
+        }
         let key = self.tagged("o", object.as_str());
         let reply: Value = self
             .call(|mut c| async move {
@@ -414,13 +419,17 @@ impl Ownership for RedisStore {
         };
         match (opt_int(end)?, opt_string(owner.clone())?) {
             (Some(end), Some(_)) if end > micros(now) => {
-                owner_record(object, Value::Array(items)).map(Some)
+                let record = owner_record(object, Value::Array(items))?;
+                self.owners.put(object, &record);
+                Ok(Some(record))
             }
             _ => Ok(None),
         }
     }
 
     async fn remove(&self, object: &ObjectId) -> Result<bool, StoreError> {
+        // Forgotten here even if Redis cannot be reached: the object is gone upstream.
+        self.owners.forget(object);
         let key = self.tagged("o", object.as_str());
         let removed: u64 = self
             .call(|mut c| async move { redis::cmd("DEL").arg(&key).query_async(&mut c).await })

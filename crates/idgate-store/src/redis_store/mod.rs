@@ -32,6 +32,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use self::owner_cache::OwnerCache;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
@@ -44,6 +45,7 @@ use crate::StoreError;
 
 mod api_keys;
 mod counters;
+mod owner_cache;
 mod queue;
 mod reply;
 
@@ -157,6 +159,8 @@ pub struct RedisStore {
     conn: Conn,
     prefix: Arc<str>,
     timeout: Duration,
+    /// Ownership records read or written here, shared by every copy of this store.
+    owners: Arc<OwnerCache>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -259,6 +263,7 @@ impl RedisStore {
             conn,
             prefix: options.prefix.as_str().into(),
             timeout: options.timeout,
+            owners: Arc::new(OwnerCache::new()),
         })
     }
 
@@ -282,6 +287,7 @@ impl RedisStore {
             conn: self.conn.clone(),
             prefix: self.prefix.clone(),
             timeout: timeout.max(Duration::from_millis(1)),
+            owners: self.owners.clone(),
         }
     }
 

@@ -11,7 +11,10 @@ use super::testing::{RedisCluster, RedisServer, ServerOptions};
 use super::{RedisOptions, RedisStore};
 use crate::conformance::{self, Expiry};
 use crate::types::{from_micros, micros};
-use crate::{ApiKeyStore, CounterKey, Counters, GcraLimit, Nonce, Nonces, StateStore, StoreError};
+use crate::{
+    ApiKeyStore, CounterKey, Counters, GcraLimit, Nonce, Nonces, ObjectId, Owner, Ownership,
+    StateStore, StoreError,
+};
 
 fn store(url: &str, prefix: &str) -> RedisStore {
     let mut options = RedisOptions::standalone(url);
@@ -172,6 +175,54 @@ async fn two_clients_of_one_redis_share_state() {
             .insert_if_absent(&n, Duration::from_secs(60), now)
             .await
             .unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_read_once_costs_no_round_trip_and_an_unknown_object_is_always_asked() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut options = RedisOptions::standalone(server.url());
+    (options.prefix, options.timeout) = ("own:".to_owned(), Duration::from_millis(200));
+    let (reader, writer) = (
+        RedisStore::new(&options).unwrap(),
+        store(&server.url(), "own:"),
+    );
+    let (session, unknown) = (ObjectId::new("s-1").unwrap(), ObjectId::new("s-2").unwrap());
+    let alice = Owner::new("apikey:alice").unwrap();
+    let now = SystemTime::now();
+    assert_eq!(
+        eventually(|| Ownership::get(&reader, &session, now)).await,
+        None
+    );
+    writer
+        .put(&session, &alice, Duration::from_secs(3600), now)
+        .await
+        .unwrap();
+    let read = Ownership::get(&reader, &session, now).await.unwrap();
+    assert_eq!(
+        read.map(|r| r.owner),
+        Some(alice.clone()),
+        "what was absent is asked again, never remembered"
+    );
+
+    server.pause();
+    let cached = Ownership::get(&reader, &session, SystemTime::now()).await;
+    let asked = Ownership::get(&reader, &unknown, SystemTime::now()).await;
+    server.resume();
+    assert_eq!(cached.unwrap().map(|r| r.owner), Some(alice));
+    assert!(
+        matches!(asked, Err(StoreError::Unavailable { .. })),
+        "an object never seen goes to Redis: {asked:?}"
+    );
+    assert!(Ownership::remove(&reader, &session).await.unwrap());
+    assert_eq!(
+        Ownership::get(&reader, &session, SystemTime::now())
+            .await
+            .unwrap(),
+        None,
+        "a removed record is forgotten here too"
     );
 }
 
