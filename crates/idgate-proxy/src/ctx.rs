@@ -205,6 +205,14 @@ impl<'r> RequestCtx<'r> {
         self.route.map_or(&self.services.route_none, |r| &r.name)
     }
 
+    /// The upstream the route sends to, if it sends to one.
+    pub fn upstream(&self) -> Option<&'r crate::upstream::Upstream> {
+        match self.route?.target {
+            crate::routes::Target::Upstream(i) => self.snapshot.upstreams.get(i),
+            crate::routes::Target::TokenEndpoint => None,
+        }
+    }
+
     /// The principal authorization accepted.
     pub fn principal(&self) -> Option<Principal<'_>> {
         let caller = self.caller.as_ref()?;
@@ -218,6 +226,7 @@ impl<'r> RequestCtx<'r> {
     /// Hands the request's record to its consumers: the access log and the request metrics.
     pub fn record(&self, status: StatusCode) {
         let route = self.route_name();
+        let latency = self.start.elapsed();
         if let Some(log) = &self.services.access_log {
             let peer = self.conn.peer.as_ref().map(|p| p.as_str());
             // The principal that was authorized, or every one refused. Before authorization
@@ -240,10 +249,16 @@ impl<'r> RequestCtx<'r> {
                 upstream_status: self.upstream_status.map(|s| s.as_u16()),
                 credential: self.credential.as_ref().map(|c| (&**c.label, &*c.version)),
                 decision: self.decision,
-                latency: self.start.elapsed(),
+                latency,
             });
         }
-        self.services.metrics.request(route, status.as_u16());
+        let metrics = &self.services.metrics;
+        metrics.request(route, status.as_u16(), self.decision, latency);
+        if let Some(took) = self.upstream_latency
+            && let Some(upstream) = self.upstream()
+        {
+            metrics.upstream_answered(&upstream.name, took);
+        }
     }
 }
 

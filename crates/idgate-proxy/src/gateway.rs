@@ -158,6 +158,7 @@ impl Gateway {
         };
 
         let services = Arc::new(Services::new(self.access_log.clone(), self.state.clone()));
+        services.metrics.certificates_of(self.material.clone());
         tokio::spawn(sweep_limiter(Arc::downgrade(&services)));
         self.snapshot.start_background(&services.metrics);
         let snapshot = Arc::new(ArcSwap::from_pointee(self.snapshot));

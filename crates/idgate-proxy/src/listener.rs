@@ -141,10 +141,14 @@ async fn serve_connection(
     let mut tls = match handshake {
         Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(e)) => {
-            tracing::info!(target: "idgate::tls", remote = %remote.ip(), error = %e, "TLS handshake refused");
+            let reason = idgate_tls::HandshakeFailure::of(&e);
+            shared.services.metrics.tls_handshake_failed(reason);
+            tracing::info!(target: "idgate::tls", remote = %remote.ip(), error = %e, %reason, "TLS handshake refused");
             return;
         }
         Err(_) => {
+            let reason = idgate_tls::HandshakeFailure::Timeout;
+            shared.services.metrics.tls_handshake_failed(reason);
             tracing::info!(target: "idgate::tls", remote = %remote.ip(), "TLS handshake timed out");
             return;
         }

@@ -106,7 +106,10 @@ pub(crate) async fn check(
         };
         match locked_until(env, by, &subject, now).await {
             Ok(None) => {}
-            Ok(Some(left)) => return Err(Refusal::LockedOut { retry_after: left }),
+            Ok(Some(left)) => {
+                env.services.limit_metrics.lockout_refused(by.as_str());
+                return Err(Refusal::LockedOut { retry_after: left });
+            }
             Err(e) => {
                 env.failed("lockout_check", &e);
                 if on_error == OnStateError::FailClosed {
@@ -223,7 +226,13 @@ impl ClientGate for TokenClients<'_> {
             }
             let now = SystemTime::now();
             match locked_until(self.env, LockoutBy::TokenClient, client_id, now).await {
-                Ok(left) => left,
+                Ok(left) => {
+                    if left.is_some() {
+                        let metrics = &self.env.services.limit_metrics;
+                        metrics.lockout_refused(LockoutBy::TokenClient.as_str());
+                    }
+                    left
+                }
                 Err(e) => {
                     self.env.failed("lockout_check", &e);
                     None

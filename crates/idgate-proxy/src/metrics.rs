@@ -1,14 +1,25 @@
 //! Prometheus metrics, on an explicit registry served by the admin listener at `/metrics`.
 //! Labels are route names, status codes and credential labels from the configuration —
 //! never anything a caller sends, never a secret.
+//!
+//! Latency histograms are [`latency::Latency`] (lock-free); the expiry of the gateway's own
+//! certificates is read from its TLS material at each scrape (`metrics/certificates.rs`).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+
+use crate::access_log::Decision;
+use certificates::Certificates;
+use latency::Latency;
+
+mod certificates;
+pub mod latency;
 
 /// A label value shared with the configuration (a route or credential name, a version), so
 /// counting a request allocates nothing.
@@ -21,10 +32,41 @@ impl EncodeLabelValue for RouteLabel {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// A request's route, status and decision: `decision` is `allowed`, `denied` or `failed`,
+/// and a refused request adds its `reason`, the problem slug (a fixed word of the gateway's
+/// own, never caller data).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct RequestLabels {
     route: RouteLabel,
     status: u16,
+    decision: &'static str,
+    reason: Option<&'static str>,
+}
+
+impl EncodeLabelSet for RequestLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel as _;
+        ("route", &*self.route.0).encode(encoder.encode_label())?;
+        ("status", self.status).encode(encoder.encode_label())?;
+        ("decision", self.decision).encode(encoder.encode_label())?;
+        match self.reason {
+            Some(reason) => ("reason", reason).encode(encoder.encode_label()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteOnly {
+    route: RouteLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamOnly {
+    upstream: RouteLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,6 +106,10 @@ pub struct Metrics {
     credential_rotations: Family<CredentialLabel, Counter>,
     upstream_saturated: Family<UpstreamReason, Counter>,
     send_timeouts: Family<KindLabel, Counter>,
+    request_latency: Family<RouteOnly, Latency>,
+    upstream_latency: Family<UpstreamOnly, Latency>,
+    tls_handshake_failures: Family<ReasonLabel, Counter>,
+    certificates: Arc<Certificates>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -84,9 +130,35 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
-            "Requests answered, by route and status",
+            "Requests answered, by route, status and decision (allowed, denied or failed, with the problem slug as reason)",
             requests.clone(),
         );
+        let request_latency = Family::<RouteOnly, Latency>::default();
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its response head, by route",
+            request_latency.clone(),
+        );
+        let upstream_latency = Family::<UpstreamOnly, Latency>::default();
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending a request upstream to the upstream's response head, by upstream",
+            upstream_latency.clone(),
+        );
+        let tls_handshake_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the listener that failed, by reason",
+            tls_handshake_failures.clone(),
+        );
+        // Every reason from the start, so that a rate over the first failure is not lost.
+        for reason in idgate_tls::HandshakeFailure::ALL {
+            drop(tls_handshake_failures.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            }));
+        }
+        let certificates = Arc::new(Certificates::default());
+        registry.register_collector(Box::new(certificates.clone()));
         let credential_uses = Family::<CredentialUse, Counter>::default();
         registry.register(
             "upstream_credential_uses",
@@ -144,16 +216,57 @@ impl Metrics {
             credential_uses,
             credential_failures,
             credential_rotations,
+            request_latency,
+            upstream_latency,
+            tls_handshake_failures,
+            certificates,
         }
     }
 
-    pub fn request(&self, route: &Arc<str>, status: u16) {
+    /// Counts an answered request and how long it took to its response head.
+    pub fn request(&self, route: &Arc<str>, status: u16, decision: Decision, took: Duration) {
+        let (decision, reason) = match decision {
+            Decision::Allowed => ("allowed", None),
+            Decision::Denied(slug) => ("denied", Some(slug)),
+            Decision::Failed(slug) => ("failed", Some(slug)),
+        };
+        let route = RouteLabel(route.clone());
+        self.request_latency
+            .get_or_create(&RouteOnly {
+                route: route.clone(),
+            })
+            .observe(took);
         self.requests
             .get_or_create(&RequestLabels {
-                route: RouteLabel(route.clone()),
+                route,
                 status,
+                decision,
+                reason,
             })
             .inc();
+    }
+
+    /// How long an upstream took to answer a request with its response head.
+    pub fn upstream_answered(&self, upstream: &Arc<str>, took: Duration) {
+        self.upstream_latency
+            .get_or_create(&UpstreamOnly {
+                upstream: RouteLabel(upstream.clone()),
+            })
+            .observe(took);
+    }
+
+    pub fn tls_handshake_failed(&self, why: idgate_tls::HandshakeFailure) {
+        self.tls_handshake_failures
+            .get_or_create(&ReasonLabel {
+                reason: why.as_str(),
+            })
+            .inc();
+    }
+
+    /// Reports the expiry of the gateway's SVID and trust bundles, as `material` holds them
+    /// at each scrape.
+    pub fn certificates_of(&self, material: Arc<idgate_tls::TlsMaterial>) {
+        self.certificates.watch(material);
     }
 
     pub fn auth_failed(&self, reason: &'static str) {
@@ -232,5 +345,49 @@ impl Metrics {
 impl idgate_secrets::credential::Rotations for Metrics {
     fn credential_rotated(&self, label: &str) {
         Metrics::credential_rotated(self, label);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_decision_with_the_reason_only_when_refused() {
+        let metrics = Metrics::new();
+        let route: Arc<str> = "create-session".into();
+        let ms = Duration::from_millis(3);
+        metrics.request(&route, 201, Decision::Allowed, ms);
+        metrics.request(&route, 201, Decision::Allowed, ms);
+        metrics.request(&route, 403, Decision::Denied("forbidden"), ms);
+        metrics.request(&route, 504, Decision::Failed("upstream-timeout"), ms);
+        let text = metrics.encode();
+        for line in [
+            r#"idgate_requests_total{route="create-session",status="201",decision="allowed"} 2"#,
+            r#"idgate_requests_total{route="create-session",status="403",decision="denied",reason="forbidden"} 1"#,
+            r#"idgate_requests_total{route="create-session",status="504",decision="failed",reason="upstream-timeout"} 1"#,
+            r#"idgate_request_duration_seconds_count{route="create-session"} 4"#,
+            r#"idgate_request_duration_seconds_bucket{le="0.0025",route="create-session"} 0"#,
+            r#"idgate_request_duration_seconds_bucket{le="0.005",route="create-session"} 4"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_handshake_failure_reason_is_there_from_the_start() {
+        let metrics = Metrics::new();
+        metrics.tls_handshake_failed(idgate_tls::HandshakeFailure::UnknownCa);
+        let text = metrics.encode();
+        for reason in idgate_tls::HandshakeFailure::ALL {
+            let n = u8::from(reason == idgate_tls::HandshakeFailure::UnknownCa);
+            let line = format!(
+                "idgate_tls_handshake_failures_total{{reason=\"{}\"}} {n}",
+                reason.as_str()
+            );
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // No material given: no certificate series, and no descriptor without samples.
+        assert!(!text.contains("certificate_expiry"), "{text}");
     }
 }

@@ -58,7 +58,8 @@ impl UpstreamError {
 
 #[derive(Debug)]
 pub struct Upstream {
-    pub name: String,
+    /// Shared with metrics labels.
+    pub name: Arc<str>,
     pub scheme: Scheme,
     pub authority: Authority,
     pub base_path: String,
@@ -172,7 +173,7 @@ impl Upstream {
             }))
         };
         Ok(Self {
-            name: cfg.name.clone(),
+            name: cfg.name.as_str().into(),
             scheme,
             authority,
             base_path: cfg.base_path.clone(),

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod devpki;
+pub mod handshake;
 pub mod material;
 pub mod roots;
 pub mod spiffe;
@@ -12,7 +13,8 @@ pub mod watch;
 
 use std::sync::Arc;
 
-pub use material::{MaterialError, MaterialSpec, TlsMaterial, TlsVersion};
+pub use handshake::HandshakeFailure;
+pub use material::{Expiry, MaterialError, MaterialSpec, TlsMaterial, TlsVersion};
 pub use spiffe::{SpiffeId, SpiffeIdError, SpiffeIdPattern, TrustDomain};
 pub use svid::{SvidError, leaf_spiffe_id, not_after};
 pub use verifier::{SpiffeClientVerifier, TrustBundles};

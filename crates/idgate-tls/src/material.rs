@@ -5,10 +5,11 @@
 //! resolver and the current bundles through [`SpiffeClientVerifier`], so a rotation reaches
 //! new handshakes at once and never touches a connection that is already up.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -20,7 +21,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{ASN1Time, FromDer, X509Certificate};
 
-use crate::spiffe::TrustDomain;
+use crate::spiffe::{SpiffeId, TrustDomain};
+use crate::svid::{leaf_spiffe_id, not_after};
 use crate::verifier::{SpiffeClientVerifier, TrustBundles, build_domain_verifier};
 
 /// A problem with one TLS file; names the file and never includes key material.
@@ -142,6 +144,24 @@ pub fn parse_bundle(path: &Path, pem: &[u8]) -> Result<RootCertStore, MaterialEr
     Ok(store)
 }
 
+/// The last `notAfter` among the certificates of a PEM bundle: until then some CA of the
+/// bundle can still vouch for a client. `None` when no certificate's date can be read.
+fn bundle_not_after(pem: &[u8]) -> Option<SystemTime> {
+    CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .filter_map(|cert| not_after(&cert))
+        .max()
+}
+
+/// When the material in use stops being valid, for the gateway's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Expiry {
+    /// The gateway's own certificate: its SPIFFE ID (when it is an SVID) and its `notAfter`.
+    pub svid: Option<(Option<SpiffeId>, SystemTime)>,
+    /// Per trust domain, the last `notAfter` among its bundle's CAs.
+    pub bundles: Vec<(TrustDomain, SystemTime)>,
+}
+
 /// What a reload did, for logs and tests.
 #[derive(Debug, Default)]
 pub struct ReloadOutcome {
@@ -163,6 +183,8 @@ pub struct TlsMaterial {
     provider: Arc<CryptoProvider>,
     svid: Arc<ArcSwap<CertifiedKey>>,
     bundles: Arc<ArcSwap<TrustBundles>>,
+    /// Per trust domain, the last `notAfter` of the bundle in use.
+    bundle_expiry: ArcSwap<BTreeMap<TrustDomain, SystemTime>>,
     /// The file contents last looked at, so that an unchanged file is not parsed again and
     /// a bad file is reported once, not at every poll.
     seen: Mutex<HashMap<PathBuf, Vec<u8>>>,
@@ -204,10 +226,14 @@ impl TlsMaterial {
             _ => None,
         };
         let mut verifiers = HashMap::new();
+        let mut expiry = BTreeMap::new();
         for (td, path) in &spec.bundles {
             let Some(pem) = contents(path, &mut errors) else {
                 continue;
             };
+            if let Some(t) = bundle_not_after(&pem) {
+                expiry.insert(td.clone(), t);
+            }
             match parse_bundle(path, &pem).and_then(|store| {
                 build_domain_verifier(Arc::new(store), &provider)
                     .map_err(|e| MaterialError::invalid(path, e))
@@ -223,6 +249,7 @@ impl TlsMaterial {
                 provider,
                 svid: Arc::new(ArcSwap::from_pointee(svid)),
                 bundles: Arc::new(ArcSwap::from_pointee(TrustBundles::from_map(verifiers))),
+                bundle_expiry: ArcSwap::from_pointee(expiry),
                 seen: Mutex::new(seen),
                 spec,
             }),
@@ -237,6 +264,24 @@ impl TlsMaterial {
     /// The certificate chain the listener currently presents.
     pub fn current_svid(&self) -> Arc<CertifiedKey> {
         self.svid.load_full()
+    }
+
+    /// When the certificate the listener presents and the bundles in use expire. Reads the
+    /// material in force now, so it follows every rotation.
+    pub fn expiry(&self) -> Expiry {
+        let svid = self.svid.load();
+        Expiry {
+            svid: svid
+                .cert
+                .first()
+                .and_then(|leaf| Some((leaf_spiffe_id(leaf).ok(), not_after(leaf)?))),
+            bundles: self
+                .bundle_expiry
+                .load()
+                .iter()
+                .map(|(td, t)| (td.clone(), *t))
+                .collect(),
+        }
     }
 
     /// Re-reads every file and takes into use each piece whose content changed and parses.
@@ -288,7 +333,8 @@ impl TlsMaterial {
 
         // One file may hold the bundles of several trust domains: read and parse it once,
         // then give every trust domain configured with it the new verifier.
-        let mut by_path: HashMap<&Path, Option<Arc<dyn ClientCertVerifier>>> = HashMap::new();
+        type Parsed = (Arc<dyn ClientCertVerifier>, Option<SystemTime>);
+        let mut by_path: HashMap<&Path, Option<Parsed>> = HashMap::new();
         let mut changed_bundles = Vec::new();
         for (td, path) in &self.spec.bundles {
             let verifier = by_path.entry(path.as_path()).or_insert_with(|| {
@@ -298,22 +344,29 @@ impl TlsMaterial {
                         build_domain_verifier(Arc::new(store), &self.provider)
                             .map_err(|e| MaterialError::invalid(path, e))
                     })
+                    .map(|v| (v, bundle_not_after(&pem)))
                     .map_err(|e| outcome.refused.push(e))
                     .ok()
             });
-            if let Some(v) = verifier {
-                changed_bundles.push((td.clone(), path, v.clone()));
+            if let Some((v, expiry)) = verifier {
+                changed_bundles.push((td.clone(), path, v.clone(), *expiry));
             }
         }
         if !changed_bundles.is_empty() {
             let mut map = self.bundles.load().map().clone();
-            for (td, path, v) in changed_bundles {
+            let mut expiries = BTreeMap::clone(&self.bundle_expiry.load());
+            for (td, path, v, expiry) in changed_bundles {
+                match expiry {
+                    Some(t) => expiries.insert(td.clone(), t),
+                    None => expiries.remove(&td),
+                };
                 map.insert(td, v);
                 if !outcome.applied.iter().any(|p| p == path) {
                     outcome.applied.push(path.clone());
                 }
             }
             self.bundles.store(Arc::new(TrustBundles::from_map(map)));
+            self.bundle_expiry.store(Arc::new(expiries));
         }
         outcome
     }
@@ -354,5 +407,74 @@ struct SvidResolver(Arc<ArcSwap<CertifiedKey>>);
 impl ResolvesServerCert for SvidResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.load_full())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::devpki::{self, DevPkiRequest};
+
+    fn pki(dir: &Path, validity: Duration) -> devpki::DevPkiFiles {
+        devpki::generate(
+            dir,
+            &DevPkiRequest {
+                trust_domain: "example.org".parse().unwrap(),
+                workloads: Vec::new(),
+                validity,
+            },
+        )
+        .unwrap()
+    }
+
+    fn not_after_of(path: &Path) -> SystemTime {
+        let pem = std::fs::read(path).unwrap();
+        let leaf = CertificateDer::pem_slice_iter(&pem)
+            .next()
+            .unwrap()
+            .unwrap();
+        not_after(&leaf).unwrap()
+    }
+
+    #[test]
+    fn expiry_names_the_svid_and_follows_each_rotation_of_svid_and_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = pki(dir.path(), Duration::from_secs(3600));
+        let td: TrustDomain = "example.org".parse().unwrap();
+        let material = TlsMaterial::load(
+            MaterialSpec {
+                svid_cert: files.gateway_cert.clone(),
+                svid_key: files.gateway_key.clone(),
+                bundles: vec![(td.clone(), files.bundle.clone())],
+            },
+            crate::crypto_provider(),
+        )
+        .unwrap();
+        let first = material.expiry();
+        let (id, svid_until) = first.svid.clone().unwrap();
+        assert_eq!(id.unwrap().as_str(), "spiffe://example.org/idgate");
+        assert_eq!(svid_until, not_after_of(&files.gateway_cert));
+        assert_eq!(
+            first.bundles,
+            vec![(td.clone(), not_after_of(&files.bundle))]
+        );
+
+        // A new SVID and a bundle of two CAs, the new one lasting longer: the SVID's date is
+        // the new certificate's, the bundle's the later CA's.
+        let next = tempfile::tempdir().unwrap();
+        let renewed = pki(next.path(), Duration::from_secs(2 * 86_400));
+        let mut both = std::fs::read(&files.bundle).unwrap();
+        both.extend(std::fs::read(&renewed.bundle).unwrap());
+        std::fs::write(&files.bundle, &both).unwrap();
+        std::fs::copy(&renewed.gateway_cert, &files.gateway_cert).unwrap();
+        std::fs::copy(&renewed.gateway_key, &files.gateway_key).unwrap();
+        let outcome = material.reload();
+        assert!(outcome.refused.is_empty(), "{:?}", outcome.refused);
+        let second = material.expiry();
+        assert_eq!(second.svid.unwrap().1, not_after_of(&renewed.gateway_cert));
+        assert_eq!(second.bundles, vec![(td, not_after_of(&renewed.bundle))]);
+        assert!(second.bundles[0].1 > first.bundles[0].1);
     }
 }

@@ -29,12 +29,13 @@ struct Operation {
     operation: &'static str,
 }
 
-/// `idgate_rate_limited_total{route,limit}`, `idgate_lockouts_total{by}` and
-/// `idgate_state_errors_total{operation}`.
+/// `idgate_rate_limited_total{route,limit}`, `idgate_lockouts_total{by}`,
+/// `idgate_lockout_refusals_total{by}` and `idgate_state_errors_total{operation}`.
 #[derive(Debug, Default, Clone)]
 pub struct LimitMetrics {
     rate_limited: Family<RouteLimit, Counter>,
     lockouts: Family<By, Counter>,
+    lockout_refusals: Family<By, Counter>,
     state_errors: Family<Operation, Counter>,
 }
 
@@ -51,6 +52,11 @@ impl LimitMetrics {
             "lockouts",
             "Lockouts started after repeated failed authentications, by what was locked out",
             m.lockouts.clone(),
+        );
+        registry.register(
+            "lockout_refusals",
+            "Requests refused because their source, API key or token client was locked out, by what was locked out",
+            m.lockout_refusals.clone(),
         );
         registry.register(
             "state_errors",
@@ -71,6 +77,10 @@ impl LimitMetrics {
 
     pub fn locked_out(&self, by: &'static str) {
         self.lockouts.get_or_create(&By { by }).inc();
+    }
+
+    pub fn lockout_refused(&self, by: &'static str) {
+        self.lockout_refusals.get_or_create(&By { by }).inc();
     }
 
     fn state_error(&self, operation: &'static str) {

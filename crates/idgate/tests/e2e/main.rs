@@ -17,6 +17,7 @@ mod jwt_interop;
 mod keys;
 mod layers;
 mod limits;
+mod metrics;
 mod network;
 mod oauth2_upstream;
 mod openbao;

@@ -340,6 +340,10 @@ async fn a_source_is_locked_out_after_failures_until_the_cooldown_ends() {
             metrics.contains("idgate_lockouts_total{by=\"source_ip\"} 1"),
             "{metrics}"
         );
+        assert!(
+            metrics.contains("idgate_lockout_refusals_total{by=\"source_ip\"} 1"),
+            "{metrics}"
+        );
         // And over when the cool-down is.
         tokio::time::sleep_until((locked_at + Duration::from_millis(2100)).into()).await;
         assert_eq!(client.get(PATH).await.unwrap().status, 200);
@@ -411,6 +415,11 @@ async fn a_locked_out_api_key_leaves_other_keys_and_callers_alone() {
             .unwrap();
         assert_eq!(reply.status, 401, "another key is not locked out");
         assert_eq!(client.get(PATH).await.unwrap().status, 200);
+        let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
+        assert!(
+            metrics.contains("idgate_lockout_refusals_total{by=\"api_key_id\"} 2"),
+            "{metrics}"
+        );
     })
     .await;
 }

@@ -1,0 +1,74 @@
+//! `idgate_certificate_expiry_timestamp_seconds{kind,name}`: when the gateway's own
+//! certificates stop being valid, read from the TLS material in force at each scrape, so
+//! that every rotation the file watch takes into use shows at the next scrape and nothing
+//! has to be told of it. Labels are a fixed kind and the gateway's own names (its SPIFFE
+//! ID, a configured trust domain), never a caller's.
+
+use std::sync::{Arc, OnceLock};
+use std::time::UNIX_EPOCH;
+
+use idgate_tls::TlsMaterial;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Certificate {
+    /// `svid`: the certificate the listener presents; `trust_bundle`: the last CA of a
+    /// trust domain's bundle to expire.
+    kind: &'static str,
+    /// The SVID's SPIFFE ID (`-` for a certificate without one), or the trust domain.
+    name: String,
+}
+
+/// The collector: empty until the gateway hands it its material.
+#[derive(Debug, Default)]
+pub(crate) struct Certificates {
+    material: OnceLock<Arc<TlsMaterial>>,
+}
+
+impl Certificates {
+    /// Reports the expiry of `material` from now on; the first material given stays.
+    pub(crate) fn watch(&self, material: Arc<TlsMaterial>) {
+        let _ = self.material.set(material);
+    }
+}
+
+impl Collector for Certificates {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(material) = self.material.get() else {
+            return Ok(());
+        };
+        let expiry = material.expiry();
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .ok()
+                .and_then(|d| i64::try_from(d.as_secs()).ok())
+        };
+        let svid = expiry.svid.and_then(|(id, t)| {
+            let name = id.map_or_else(|| "-".to_owned(), |id| id.as_str().to_owned());
+            Some((Certificate { kind: "svid", name }, unix(t)?))
+        });
+        let bundles = expiry.bundles.into_iter().filter_map(|(td, t)| {
+            let name = td.as_str().to_owned();
+            Some((
+                Certificate {
+                    kind: "trust_bundle",
+                    name,
+                },
+                unix(t)?,
+            ))
+        });
+        let mut family = encoder.encode_descriptor(
+            "certificate_expiry_timestamp_seconds",
+            "When the gateway's certificates stop being valid (Unix seconds): its SVID (kind svid, name its SPIFFE ID) and the last CA of each trust bundle (kind trust_bundle, name the trust domain).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, seconds) in svid.into_iter().chain(bundles) {
+            ConstGauge::new(seconds).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
