@@ -1,7 +1,8 @@
 //! Reading an upstream's JSON answer whole, for the guards that must look inside it
 //! (ownership records and lists), and putting a rewritten one back.
 //!
-//! The rule for what cannot be read: only a 2xx answer is read; it must be JSON
+//! The rule for what cannot be read: only a 2xx answer is read for ownership (masking
+//! reads answers of every status, see `masking.rs`); it must be JSON
 //! (`application/json` or `…+json`), uncompressed (the request guard asked for identity
 //! encoding) and at most [`MAX_JSON_RESPONSE`] bytes. Anything else is refused with
 //! `502 unreadable-response` at once, from its headers where they tell (type, encoding,
