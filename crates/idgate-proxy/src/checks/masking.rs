@@ -129,8 +129,13 @@ pub(super) async fn mask(
     {
         return Ok(());
     }
+    if !json_response::utf8(resp.headers()) {
+        return Err(Refusal::UnreadableResponse {
+            reason: "the upstream's JSON answer names a charset other than UTF-8".to_owned(),
+        });
+    }
     let timeout = super::ownership::timeout(ctx);
-    let (bytes, mut doc) = json_response::read(resp, timeout).await?;
+    let (bytes, mut doc) = json_response::read_body(resp, timeout).await?;
     let started = ctx.start;
     let pseudonymizer = KeyPseudonymizer {
         key: profile.key.as_deref(),

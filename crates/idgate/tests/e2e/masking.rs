@@ -376,7 +376,10 @@ async fn a_rotated_key_file_gives_new_pseudonyms_without_a_restart() {
         key_file(dir.path(), "key", KEY_B);
         let rotated = expected_pseudonym(KEY_B, "user-rot");
         assert_eventually!(pseudonym().await == rotated, "the new key was never used");
-        assert!(gw.output().contains("pseudonym key rotated"));
+        assert_eventually!(
+            gw.output().contains("pseudonym key rotated"),
+            "the rotation was not logged"
+        );
     })
     .await;
 }
