@@ -7,7 +7,7 @@
 //! it, its check in a module here, and its arm in [`on_request`] or [`on_response`].
 
 mod json_response;
-pub mod masking;
+mod masking;
 mod no_body;
 pub mod ownership;
 mod rate_limit;
