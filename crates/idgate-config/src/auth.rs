@@ -63,7 +63,7 @@ pub struct TokenEndpointConfig {
 
 /// Parses a secret reference and checks the secret can be had, recording problems under
 /// `key`.
-fn available(cx: &mut Ctx<'_>, key: &str, s: &str) -> Option<SecretRef> {
+pub(crate) fn available(cx: &mut Ctx<'_>, key: &str, s: &str) -> Option<SecretRef> {
     let r = SecretRef::parse(s, cx.base)
         .map_err(|e| cx.err(key, e.to_string()))
         .ok()?;

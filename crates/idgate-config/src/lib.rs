@@ -16,6 +16,7 @@ mod json_path;
 mod limits;
 mod listener;
 mod log;
+mod masking;
 mod network;
 mod ownership;
 mod proxies;
@@ -51,6 +52,10 @@ pub use limits::{
 };
 pub use listener::{ClientAuth, ListenerConfig, ProxyProtocolConfig};
 pub use log::{LogConfig, LogFilterError, LogFormat, check_log_filter};
+pub use masking::{
+    CallerMasking, MIN_PSEUDONYM_KEY_BYTES, MaskProfileConfig, MaskingConfig, NonJson,
+    ProfileChoice, RouteMasking,
+};
 pub use network::{CidrRules, NetworkConfig, UserAgentPattern, UserAgentPatternError};
 pub use ownership::{
     DEFAULT_RETENTION, ListOwnership, ListRule, OwnershipConfig, RouteOwnership, ShareGroup,
@@ -90,6 +95,8 @@ pub struct Config {
     pub lockout: Option<LockoutConfig>,
     /// Object ownership: the default retention and the sharing groups.
     pub ownership: OwnershipConfig,
+    /// Response masking: the named profiles routes apply.
+    pub masking: MaskingConfig,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
 }
@@ -112,6 +119,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "tiers",
     "lockout",
     "ownership",
+    "masking",
 ];
 
 fn default_workers() -> usize {
@@ -306,12 +314,21 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .and_then(|v| cx.section::<ownership::RawOwnership>("ownership", v))
         .map(|o| ownership::section(&mut cx, o, &issuers))
         .unwrap_or_default();
+    let (masking, broken_profiles) = table
+        .remove("masking")
+        .and_then(|v| cx.section::<masking::RawMasking>("masking", v))
+        .map(|m| masking::section(&mut cx, m, &mut warnings))
+        .unwrap_or_default();
     let layers = routes::Layers {
         api_keys: api_keys.is_some(),
         jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),
         issuers,
         rate_limits: limits.declared.clone(),
         ownership: ownership.clone(),
+        masking: masking::ProfileNames {
+            loaded: masking.profiles.iter().map(|p| p.name.clone()).collect(),
+            broken: broken_profiles,
+        },
     };
     let routes = routes::parse(
         &mut cx,
@@ -368,6 +385,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 tiers: limits.tiers,
                 lockout: limits.lockout,
                 ownership,
+                masking,
                 warnings,
             })
         }

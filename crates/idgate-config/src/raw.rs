@@ -200,6 +200,9 @@ pub(crate) struct Route {
     pub(crate) ownership_retention: Option<String>,
     #[serde(default)]
     pub(crate) schema: Option<String>,
+    /// A profile name or a table: read by `masking::route`, which names its keys.
+    #[serde(default)]
+    pub(crate) masking: Option<toml::Value>,
 }
 
 /// Kept so that an unknown top-level table gets the same message as any other unknown key.

@@ -6,6 +6,7 @@ use http::Method;
 use idgate_tls::{SpiffeIdPattern, TrustDomain};
 
 use crate::context::Ctx;
+use crate::masking::{self, RouteMasking};
 use crate::ownership::{self, OwnershipConfig, RawRouteOwnership, RouteOwnership};
 use crate::schema::{self, RouteSchema};
 use crate::{
@@ -46,6 +47,8 @@ pub struct RouteConfig {
     /// What the route's state checks do when the backend fails; `None`: each check's own
     /// default (rate limits fail open, ownership fails closed).
     pub on_state_error: Option<OnStateError>,
+    /// Which masking profile applies to the answers each caller gets.
+    pub masking: Option<RouteMasking>,
 }
 
 /// A route's `allow_cidrs`, `deny_cidrs` and `deny_user_agents`.
@@ -73,6 +76,8 @@ pub(crate) struct Layers {
     pub(crate) rate_limits: Vec<String>,
     /// `[ownership]`, which routes' ownership keys are resolved against.
     pub(crate) ownership: OwnershipConfig,
+    /// The `[masking.profiles]` names routes may apply.
+    pub(crate) masking: masking::ProfileNames,
 }
 
 pub(crate) fn parse(
@@ -319,6 +324,7 @@ pub(crate) fn parse(
             .schema
             .as_deref()
             .and_then(|file| schema::route_schema(cx, &format!("{key}.schema"), file));
+        let masking = masking::route(cx, &key, r.masking, &layers.masking, &layers.issuers);
         if let Some(upstream) = upstream
             && let Some(max_body_bytes) = max_body_bytes
             && cx.errors.len() == before
@@ -339,6 +345,7 @@ pub(crate) fn parse(
                 ownership,
                 schema,
                 on_state_error,
+                masking,
             });
         }
     }

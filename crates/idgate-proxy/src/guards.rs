@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
+use idgate_config::RouteMasking;
 use idgate_config::{JsonPath, ListOwnership, OnStateError, RouteConfig, ShareGroup};
 
 /// The guards of one route, in the order they run.
@@ -43,6 +44,9 @@ pub enum RequestGuard {
     IdentityEncoding,
     /// The body must be JSON satisfying the route's schema. Compiled for `schema`.
     Schema(Arc<jsonschema::Validator>),
+    /// The upstream is asked for the whole answer (the caller's `Range` and `If-Range` are
+    /// dropped), because a part of one cannot be masked. Compiled for `masking`.
+    WholeAnswer,
 }
 
 /// What a route's ownership guards share: how long records live, who shares them, and
@@ -73,6 +77,9 @@ pub enum ResponseGuard {
         list: Arc<ListOwnership>,
         policy: Arc<OwnershipPolicy>,
     },
+    /// The answer is masked with the caller's profile. Compiled for `masking`; last, so
+    /// the guards before it read what the upstream sent.
+    Mask(Arc<RouteMasking>),
 }
 
 impl Guards {
@@ -120,6 +127,16 @@ impl Guards {
         if let Some(schema) = &rc.schema {
             request.push(RequestGuard::Schema(schema.validator.clone()));
         }
+        if let Some(masking) = rc.masking.as_ref().filter(|m| m.masks()) {
+            if !request
+                .iter()
+                .any(|g| matches!(g, RequestGuard::IdentityEncoding))
+            {
+                request.push(RequestGuard::IdentityEncoding);
+            }
+            request.push(RequestGuard::WholeAnswer);
+            response.push(ResponseGuard::Mask(Arc::new(masking.clone())));
+        }
         Self {
             request: request.into_boxed_slice(),
             response: response.into_boxed_slice(),
@@ -165,6 +182,7 @@ mod tests {
             ownership: None,
             schema: None,
             on_state_error: None,
+            masking: None,
         }
     }
 
@@ -217,6 +235,49 @@ mod tests {
         assert!(matches!(
             guards.on_response(),
             [ResponseGuard::RecordOwner { policy, .. }] if policy.fail_open
+        ));
+    }
+
+    #[test]
+    fn masking_compiles_to_a_whole_uncompressed_answer_and_its_mask() {
+        use idgate_config::{ProfileChoice, RouteMasking};
+        let mut rc = route(&[Method::POST], false);
+        rc.masking = Some(RouteMasking {
+            by_caller: Vec::new(),
+            default: ProfileChoice::Profile(0),
+        });
+        let guards = Guards::compile(&rc);
+        assert!(matches!(
+            guards.on_request(),
+            [RequestGuard::IdentityEncoding, RequestGuard::WholeAnswer]
+        ));
+        assert!(matches!(guards.on_response(), [ResponseGuard::Mask(_)]));
+        // Everyone may see everything: nothing to compile.
+        rc.masking = Some(RouteMasking {
+            by_caller: Vec::new(),
+            default: ProfileChoice::Allow,
+        });
+        assert!(Guards::compile(&rc).is_empty());
+        // Behind ownership, which already asks for identity, and after its own guard.
+        rc.masking = Some(RouteMasking {
+            by_caller: Vec::new(),
+            default: ProfileChoice::Profile(0),
+        });
+        rc.ownership = Some(idgate_config::RouteOwnership {
+            owns: Some(JsonPath::parse("$.session_id").unwrap()),
+            owner_param: None,
+            list: None,
+            retention: Duration::from_secs(60),
+            share: Arc::new([]),
+        });
+        let guards = Guards::compile(&rc);
+        assert!(matches!(
+            guards.on_request(),
+            [RequestGuard::IdentityEncoding, RequestGuard::WholeAnswer]
+        ));
+        assert!(matches!(
+            guards.on_response(),
+            [ResponseGuard::RecordOwner { .. }, ResponseGuard::Mask(_)]
         ));
     }
 

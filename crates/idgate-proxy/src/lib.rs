@@ -16,6 +16,7 @@ pub mod limit_state;
 mod lingering_close;
 pub mod listener;
 mod lockout;
+pub mod masking;
 pub mod metrics;
 pub mod path;
 pub mod pipeline;

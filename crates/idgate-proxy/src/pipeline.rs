@@ -30,8 +30,9 @@
 //!                 call the upstream with its timeouts
 //!                                                             (502 / 504)
 //!   8. guards     the route's guards on the upstream's response (record or forget an
-//!                 object's owner, keep a list to the caller's objects); strip hop-by-hop
-//!                 headers                                             (403 / 502)
+//!                 object's owner, keep a list to the caller's objects; last, mask the
+//!                 answer with the caller's profile); strip hop-by-hop headers
+//!                                                                 (403 / 502 / 503)
 //!   9. respond    add the context's response headers and x-request-id
 //!  10. record     the context becomes the request's record: access log, metrics
 //! ```

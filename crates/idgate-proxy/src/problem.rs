@@ -114,6 +114,15 @@ pub enum Refusal {
     SchemaViolation {
         errors: Vec<SchemaFailure>,
     },
+    /// The caller's masking profile refuses the upstream's answer: a `block` rule names a
+    /// value in it, or it is not JSON on a `non_json = "block"` profile.
+    ResponseBlocked {
+        reason: String,
+    },
+    /// The answer's pseudonyms could not be made (the key's token is unavailable).
+    MaskingUnavailable {
+        reason: String,
+    },
 }
 
 /// One place a body fails its schema: a JSON pointer into the body and what the schema
@@ -178,6 +187,8 @@ pub enum ProblemKind {
     RateLimited,
     LockedOut,
     StateUnavailable,
+    ResponseBlocked,
+    MaskingUnavailable,
 }
 
 impl ProblemKind {
@@ -312,6 +323,16 @@ impl ProblemKind {
                 "state-unavailable",
                 "Shared state unavailable",
             ),
+            Self::ResponseBlocked => (
+                StatusCode::BAD_GATEWAY,
+                "response-blocked",
+                "Upstream response withheld",
+            ),
+            Self::MaskingUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "masking-unavailable",
+                "Response masking unavailable",
+            ),
         }
     }
 
@@ -436,6 +457,8 @@ impl Refusal {
             Self::UnsupportedMediaType => ProblemKind::UnsupportedMediaType,
             Self::InvalidJson { .. } => ProblemKind::InvalidJson,
             Self::SchemaViolation { .. } => ProblemKind::SchemaViolation,
+            Self::ResponseBlocked { .. } => ProblemKind::ResponseBlocked,
+            Self::MaskingUnavailable { .. } => ProblemKind::MaskingUnavailable,
         }
     }
 
@@ -533,6 +556,12 @@ impl Refusal {
             Self::UnsupportedMediaType => {
                 "This route takes a JSON body: send it with Content-Type: application/json."
             }
+            Self::ResponseBlocked { .. } => {
+                "The upstream's answer holds data this caller may not receive, so it is withheld."
+            }
+            Self::MaskingUnavailable { .. } => {
+                "The gateway cannot mask the upstream's answer right now, so it is withheld. Retry later."
+            }
         })
     }
 
@@ -545,6 +574,8 @@ impl Refusal {
             | Self::UpstreamBusy { reason }
             | Self::StateUnavailable { reason }
             | Self::UnreadableResponse { reason }
+            | Self::ResponseBlocked { reason }
+            | Self::MaskingUnavailable { reason }
             | Self::Internal { reason } => Some(reason),
             _ => None,
         }

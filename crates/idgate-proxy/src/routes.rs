@@ -430,6 +430,7 @@ mod tests {
                 ownership: None,
                 schema: None,
                 on_state_error: None,
+                masking: None,
             })
             .collect();
         RouteTable::new(&configs, false)

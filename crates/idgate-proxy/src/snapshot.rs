@@ -12,6 +12,7 @@ use rustls::crypto::CryptoProvider;
 
 use crate::authn::{AuthServices, AuthSetupError};
 use crate::limit_state::Limits;
+use crate::masking::{MaskingKeyError, MaskingProfiles};
 use crate::metrics::Metrics;
 use crate::routes::{RouteTable, RouteTableError};
 use crate::token_endpoint::{TokenEndpoint, TokenEndpointError};
@@ -69,6 +70,8 @@ pub enum BuildProblem {
     State(crate::state::StateOpenError),
     #[error("{0}")]
     RateLimit(idgate_store::StoreError),
+    #[error(transparent)]
+    Masking(MaskingKeyError),
 }
 
 impl BuildError {
@@ -105,6 +108,8 @@ pub struct Snapshot {
     pub network: idgate_config::NetworkConfig,
     /// The listener's limits on one request.
     pub request_limits: RequestLimits,
+    /// The masking profiles routes apply, with their pseudonym keys.
+    pub masking: MaskingProfiles,
 }
 
 /// The listener's limits that the pipeline enforces on each request.
@@ -126,6 +131,7 @@ impl Snapshot {
             c.spawn_refresh(metrics.clone());
         }
         self.auth.start_background(self.api_key_reload);
+        self.masking.start_background();
     }
 
     /// Builds the routes and upstream clients and resolves the upstream credentials.
@@ -177,6 +183,14 @@ impl Snapshot {
                 ))
             })
             .ok();
+        // On errors the snapshot is not built: the empty set is never used.
+        let masking = MaskingProfiles::load(&config.masking).unwrap_or_else(|es| {
+            errors.extend(
+                es.into_iter()
+                    .map(|e| BuildError::new(config, e.key(), BuildProblem::Masking(e))),
+            );
+            MaskingProfiles::default()
+        });
         let mut strip_headers = vec![
             HeaderName::from_static("x-api-key"),
             header::AUTHORIZATION,
@@ -221,6 +235,7 @@ impl Snapshot {
                     max_header_bytes: config.listener.max_header_bytes,
                     body_timeout: config.listener.body_timeout,
                 },
+                masking,
             }),
             _ => Err(errors),
         }
@@ -356,5 +371,24 @@ allow = ["spiffe://example.org/ns/kyc/sa/onboarding"]
             "{e}"
         );
         assert!(!e.to_string().contains("sk_"), "{e}");
+    }
+
+    #[test]
+    fn an_unusable_pseudonym_key_is_named_by_file_and_key() {
+        let dir = Dir::new("snapshot-pseudonym");
+        dir.write("pseudonym-key", b"too-short-a-key");
+        let config = config(
+            &dir,
+            "[masking.profiles.kyc-minimal]\npseudonym_key = \"file:pseudonym-key\"\nrules = [{ path = \"$.vendor_data\", action = \"pseudonymize\" }]",
+        );
+        let errors = build_errors(&config);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
+        assert_eq!(e.key, "masking.profiles.kyc-minimal.pseudonym_key");
+        assert!(
+            e.reason().contains("15 bytes is too short") && e.reason().contains("kyc-minimal"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("too-short-a-key"), "{e}");
     }
 }

@@ -8,8 +8,7 @@
 //! request that started before keeps the previous version for at most `overlap`. HMAC keys
 //! that live in an HSM never leave it: each signature is a PKCS#11 call on a blocking thread.
 
-mod hmac;
-mod live;
+pub(crate) mod live;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,8 +17,9 @@ use http::Method;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::Uri;
 
-use self::hmac::{HmacKey, hmac_key};
 use self::live::LiveHeader;
+use crate::hmac::HmacKey;
+pub use crate::hmac::SignError;
 use crate::oauth2::{TokenClient, TokenSource};
 use crate::{SecretError, SecretRef};
 
@@ -111,17 +111,6 @@ pub enum CredentialError {
     },
 }
 
-/// Why an HSM signature was not made.
-#[derive(Debug, thiserror::Error)]
-pub enum SignError {
-    #[error("the signing queue is closed")]
-    QueueClosed,
-    #[error("{0}")]
-    Task(#[from] tokio::task::JoinError),
-    #[error("{0}")]
-    Hsm(#[from] crate::pkcs11::HsmError),
-}
-
 /// Why a credential cannot be loaded (at start-up or reload).
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialLoadError {
@@ -163,12 +152,10 @@ enum Scheme {
     Sumsub {
         app_token: LiveHeader,
         key: HmacKey,
-        key_source: SecretRef,
     },
     Veriff {
         client: LiveHeader,
         key: HmacKey,
-        key_source: SecretRef,
     },
     OAuth2(Box<TokenSource>),
 }
@@ -226,12 +213,10 @@ impl Credential {
                 app_token: LiveHeader::load(app_token, "", cfg.overlap)
                     .map_err(err("app_token"))?,
                 key: HmacKey::load(secret, cfg.overlap).map_err(err("secret"))?,
-                key_source: secret.clone(),
             },
             CredentialScheme::Veriff { client, secret } => Scheme::Veriff {
                 client: LiveHeader::load(client, "", cfg.overlap).map_err(err("client"))?,
                 key: HmacKey::load(secret, cfg.overlap).map_err(err("secret"))?,
-                key_source: secret.clone(),
             },
             CredentialScheme::OAuth2ClientCredentials {
                 token_url,
@@ -351,32 +336,10 @@ impl Credential {
 
     /// Re-reads the sources; blocking. Returns whether anything changed.
     fn refresh(&self) -> Result<bool, SecretError> {
-        let refresh_key = |key: &HmacKey, source: &SecretRef| -> Result<bool, SecretError> {
-            match key {
-                HmacKey::Memory(live) => {
-                    let f = source.fetch()?;
-                    if *f.version == *live.version() {
-                        return Ok(false);
-                    }
-                    live.replace(hmac_key(&f), f.version);
-                    Ok(true)
-                }
-                // The HSM picks the newest key version at every signature.
-                HmacKey::Hsm { .. } => Ok(false),
-            }
-        };
         match &self.scheme {
             Scheme::Header { value, .. } => value.refresh(),
-            Scheme::Sumsub {
-                app_token,
-                key,
-                key_source,
-            } => Ok(app_token.refresh()? | refresh_key(key, key_source)?),
-            Scheme::Veriff {
-                client,
-                key,
-                key_source,
-            } => Ok(client.refresh()? | refresh_key(key, key_source)?),
+            Scheme::Sumsub { app_token, key } => Ok(app_token.refresh()? | key.refresh()?),
+            Scheme::Veriff { client, key } => Ok(client.refresh()? | key.refresh()?),
             Scheme::OAuth2(_) => Ok(false),
         }
     }

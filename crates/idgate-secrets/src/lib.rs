@@ -9,10 +9,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub mod credential;
+pub mod hmac;
 pub mod oauth2;
 pub mod pkcs11;
 pub mod vault;
 
+pub use hmac::HmacKey;
 pub use pkcs11::Pkcs11Uri;
 pub use secrecy::{ExposeSecret, SecretBox, SecretString};
 pub use vault::VaultRef;
@@ -213,6 +215,14 @@ pub enum SecretError {
         path: PathBuf,
         owner: u32,
         euid: u32,
+    },
+    #[error(
+        "{reference}: {len} bytes is too short for a key; use at least {min} random bytes (for example `openssl rand -base64 32`)"
+    )]
+    TooShort {
+        reference: String,
+        len: usize,
+        min: usize,
     },
     #[error("{0}: the value contains characters not allowed in an HTTP header")]
     NotHeaderSafe(String),

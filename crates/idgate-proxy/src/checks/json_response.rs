@@ -1,7 +1,8 @@
 //! Reading an upstream's JSON answer whole, for the guards that must look inside it
 //! (ownership records and lists), and putting a rewritten one back.
 //!
-//! The rule for what cannot be read: only a 2xx answer is read; it must be JSON
+//! The rule for what cannot be read: only a 2xx answer is read for ownership (masking
+//! reads answers of every status, see `masking.rs`); it must be JSON
 //! (`application/json` or `…+json`), uncompressed (the request guard asked for identity
 //! encoding) and at most [`MAX_JSON_RESPONSE`] bytes. Anything else is refused with
 //! `502 unreadable-response` at once, from its headers where they tell (type, encoding,
@@ -34,18 +35,38 @@ pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     let Some(v) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let mut parts = v.split(';');
-    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = v
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let json = essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"));
-    let utf8 = parts.all(|p| match p.split_once('=') {
+    json && utf8(headers)
+}
+
+/// Whether the `Content-Type`'s `charset`, if it names one, is UTF-8.
+pub(crate) fn utf8(headers: &HeaderMap) -> bool {
+    let Some(v) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    v.split(';').skip(1).all(|p| match p.split_once('=') {
         Some((k, v)) if k.trim().eq_ignore_ascii_case("charset") => {
             let v = v.trim().trim_matches('"');
             v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")
         }
         _ => true,
-    });
-    json && utf8
+    })
+}
+
+fn identity(h: &HeaderMap) -> Result<(), Refusal> {
+    match h.get(CONTENT_ENCODING) {
+        Some(enc) if !enc.as_bytes().eq_ignore_ascii_case(b"identity") => Err(unreadable(
+            "the upstream compressed an answer the gateway must read",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The answer's body, parsed, and its bytes; `timeout` bounds the wait for the body.
@@ -54,16 +75,21 @@ pub(crate) async fn read(
     timeout: Duration,
 ) -> Result<(Bytes, Value), Refusal> {
     let h = resp.headers();
-    if let Some(enc) = h.get(CONTENT_ENCODING)
-        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
-    {
-        return Err(unreadable(
-            "the upstream compressed an answer the gateway must read",
-        ));
-    }
+    identity(h)?;
     if !is_json(h) {
         return Err(unreadable("the upstream's answer is not JSON"));
     }
+    read_body(resp, timeout).await
+}
+
+/// [`read`] for a caller that judged the media type itself: the encoding, the size and
+/// the syntax are still checked.
+pub(crate) async fn read_body(
+    resp: &mut Response<ProxyBody>,
+    timeout: Duration,
+) -> Result<(Bytes, Value), Refusal> {
+    let h = resp.headers();
+    identity(h)?;
     let announced = h
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -7,6 +7,7 @@
 //! it, its check in a module here, and its arm in [`on_request`] or [`on_response`].
 
 mod json_response;
+mod masking;
 mod no_body;
 pub mod ownership;
 mod rate_limit;
@@ -39,6 +40,11 @@ pub(crate) async fn on_request(
             Ok(())
         }
         RequestGuard::Schema(validator) => schema::check(ctx, validator, upstream, req).await,
+        RequestGuard::WholeAnswer => {
+            req.headers.remove(http::header::RANGE);
+            req.headers.remove(http::header::IF_RANGE);
+            Ok(())
+        }
     }
 }
 
@@ -56,5 +62,6 @@ pub(crate) async fn on_response(
         ResponseGuard::OwnList { list, policy } => {
             ownership::own_list(ctx, list, policy, resp).await
         }
+        ResponseGuard::Mask(masking) => masking::mask(ctx, masking, resp).await,
     }
 }

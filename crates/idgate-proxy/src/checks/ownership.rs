@@ -104,7 +104,8 @@ fn on_state_error(
     }
 }
 
-fn timeout(ctx: &RequestCtx<'_>) -> Duration {
+/// How long an upstream's answer may take to arrive: its request timeout.
+pub(super) fn timeout(ctx: &RequestCtx<'_>) -> Duration {
     match ctx.route.map(|r| r.target) {
         Some(Target::Upstream(i)) => ctx
             .snapshot

@@ -26,7 +26,7 @@ pub(crate) struct LiveValue<T> {
 }
 
 impl<T> LiveValue<T> {
-    pub(super) fn new(value: T, version: String, overlap: Duration) -> Self {
+    pub(crate) fn new(value: T, version: String, overlap: Duration) -> Self {
         Self {
             current: ArcSwap::from_pointee(Versioned {
                 value,
@@ -38,11 +38,11 @@ impl<T> LiveValue<T> {
         }
     }
 
-    pub(super) fn version(&self) -> Arc<str> {
+    pub(crate) fn version(&self) -> Arc<str> {
         self.current.load().version.clone()
     }
 
-    pub(super) fn replace(&self, value: T, version: String) {
+    pub(crate) fn replace(&self, value: T, version: String) {
         let old = self.current.swap(Arc::new(Versioned {
             value,
             version: version.into(),

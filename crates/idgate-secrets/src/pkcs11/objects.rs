@@ -15,6 +15,23 @@ impl Hsm {
         })
     }
 
+    /// HMAC-SHA256 of each of `data` with the newest key of this label, in one session: the
+    /// key is looked up once, and every tag is made with the same version.
+    pub fn hmac_sha256_all(
+        &self,
+        label: &str,
+        data: &[Vec<u8>],
+    ) -> Result<(Vec<Vec<u8>>, u32), HsmError> {
+        self.with_session(|s| {
+            let (key, version) = Self::newest(s, label, ObjectClass::SECRET_KEY)?;
+            let macs = data
+                .iter()
+                .map(|d| s.sign(&Mechanism::Sha256Hmac, key, d).map_err(ck("C_Sign")))
+                .collect::<Result<_, _>>()?;
+            Ok((macs, version))
+        })
+    }
+
     /// Decrypts the newest wrapped value of this label inside the token.
     pub fn unwrap_value(
         &self,

@@ -41,6 +41,10 @@ fn examples() -> Vec<(&'static str, Vec<Secret>)> {
         ("quickstart.toml", vec![Env("DIDIT_API_KEY")]),
         ("minimal.toml", vec![Env("DIDIT_API_KEY")]),
         ("ownership.toml", vec![Env("DIDIT_API_KEY")]),
+        (
+            "kyc-minimal.toml",
+            vec![Env("DIDIT_API_KEY"), File("pseudonym-key")],
+        ),
         // Its secret lives in a SoftHSM2 token, set up by `hsm_token`.
         ("didit-hsm.toml", vec![]),
         (

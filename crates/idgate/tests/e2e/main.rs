@@ -17,6 +17,8 @@ mod jwt_interop;
 mod keys;
 mod layers;
 mod limits;
+mod masking;
+mod masking_answers;
 mod metrics;
 mod network;
 mod oauth2_upstream;

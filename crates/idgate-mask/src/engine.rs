@@ -1,0 +1,348 @@
+//! A profile applied to a document: which rule decides each value, and the two walks that
+//! carry the decisions out.
+//!
+//! **Which rule.** Every value below the document's root has a location (the member names
+//! and array indexes leading to it). The first rule, in the profile's order, whose path
+//! names that location decides the value. `allow` leaves it as it is and the values inside
+//! it are judged on their own; `drop`, `redact`, `mask`, `truncate_date` and `pseudonymize`
+//! replace (or remove) it together with everything inside it; `block` refuses the whole
+//! answer when the value is present and not `null`. A value no rule names is kept, and
+//! the values inside it are judged.
+//!
+//! **How.** Paths are matched while the document is walked, as a set of partial matches
+//! (rule, steps matched so far) carried from a value to its children: each value costs
+//! the number of live partial matches, whatever the paths (`..` included), and a subtree
+//! that no path can reach any more is not walked at all. Array indexes are those of the
+//! document as the upstream sent it, before any element was dropped.
+//!
+//! **Pseudonyms** need a key that may be in an HSM, so masking is two walks: the first
+//! finds what is blocked and every distinct value to pseudonymize, the [`Pseudonymizer`] is
+//! asked once for all of them, and the second walk changes the document.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::action::{self, Action};
+use crate::path::{MaskPath, Segment};
+
+/// One rule of a profile: a path and what happens to the values it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub path: MaskPath,
+    pub action: Action,
+}
+
+/// An ordered list of rules; the first whose path names a value decides it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    rules: Vec<Rule>,
+}
+
+/// The answer must not be passed on: a `block` rule names a value that is present.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rule {rule} ({path}) blocks the answer")]
+pub struct Blocked {
+    /// The rule's index in its profile (`rules[N]` in the configuration).
+    pub rule: usize,
+    /// The rule's path as written, never the value found.
+    pub path: String,
+}
+
+/// Why a document could not be masked.
+#[derive(Debug, thiserror::Error)]
+pub enum MaskError<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Blocked(#[from] Blocked),
+    #[error("pseudonyms could not be made: {0}")]
+    Pseudonymizer(#[source] E),
+    #[error("the pseudonymizer gave {got} tags for {asked} values")]
+    Incomplete { asked: usize, got: usize },
+}
+
+/// What masking did to a document.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Values removed or replaced (`null`s left as they are not counted).
+    pub changed: usize,
+}
+
+/// Makes the HMAC-SHA256 tags pseudonyms are made of, for a whole document at once.
+pub trait Pseudonymizer: Sync {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The tag of each input, in order.
+    fn macs(
+        &self,
+        inputs: &[Vec<u8>],
+    ) -> impl Future<Output = Result<Vec<[u8; 32]>, Self::Error>> + Send;
+}
+
+/// The pseudonyms of one document's values, by the bytes they were made from.
+#[derive(Debug, Clone, Default)]
+pub struct Pseudonyms(HashMap<Vec<u8>, String>);
+
+impl Pseudonyms {
+    /// Pairs each input with its tag.
+    pub fn new(inputs: Vec<Vec<u8>>, macs: &[[u8; 32]]) -> Self {
+        Self(
+            inputs
+                .into_iter()
+                .zip(macs)
+                .map(|(input, mac)| (input, action::pseudonym(mac)))
+                .collect(),
+        )
+    }
+
+    fn get(&self, input: &[u8]) -> Option<&str> {
+        self.0.get(input).map(String::as_str)
+    }
+}
+
+/// A partial match: `step` steps of rule `rule`'s path match the location so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct State {
+    rule: usize,
+    step: usize,
+}
+
+/// The rule that decides a value, by index, with its action.
+type Decision = Option<(usize, Action)>;
+
+impl Profile {
+    pub fn new(rules: Vec<Rule>) -> Self {
+        Self { rules }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Whether some rule pseudonymizes, so the profile needs a key.
+    pub fn pseudonymizes(&self) -> bool {
+        self.rules.iter().any(|r| r.action == Action::Pseudonymize)
+    }
+
+    fn start(&self) -> Vec<State> {
+        (0..self.rules.len())
+            .map(|rule| State { rule, step: 0 })
+            .collect()
+    }
+
+    /// The partial matches of a child at `segment`, and the rule deciding it.
+    fn advance(&self, states: &[State], segment: Segment<'_>) -> (Vec<State>, Decision) {
+        let mut next = Vec::new();
+        let mut first: Option<usize> = None;
+        for &s in states {
+            let Some(steps) = self.rules.get(s.rule).map(|r| r.path.steps()) else {
+                continue;
+            };
+            let Some(step) = steps.get(s.step) else {
+                continue;
+            };
+            // `..` may skip this level and match further down.
+            if step.descendant {
+                next.push(s);
+            }
+            if step.selector.matches(segment) {
+                if s.step + 1 == steps.len() {
+                    first = Some(first.map_or(s.rule, |f| f.min(s.rule)));
+                } else {
+                    next.push(State {
+                        rule: s.rule,
+                        step: s.step + 1,
+                    });
+                }
+            }
+        }
+        next.sort_unstable();
+        next.dedup();
+        let decision = first.and_then(|r| self.rules.get(r).map(|rule| (r, rule.action)));
+        (next, decision)
+    }
+
+    fn blocked(&self, rule: usize) -> Blocked {
+        Blocked {
+            rule,
+            path: self
+                .rules
+                .get(rule)
+                .map(|r| r.path.to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The first walk: refuses a blocked document, and lists each distinct value to
+    /// pseudonymize (its bytes), in document order.
+    pub fn pseudonym_inputs(&self, doc: &Value) -> Result<Vec<Vec<u8>>, Blocked> {
+        let mut inputs = Inputs::default();
+        self.collect(doc, &self.start(), &mut inputs)?;
+        Ok(inputs.list)
+    }
+
+    fn collect(&self, v: &Value, states: &[State], inputs: &mut Inputs) -> Result<(), Blocked> {
+        match v {
+            Value::Object(map) => map.iter().try_for_each(|(k, child)| {
+                self.collect_child(child, states, Segment::Member(k), inputs)
+            }),
+            Value::Array(items) => items.iter().enumerate().try_for_each(|(i, child)| {
+                self.collect_child(child, states, Segment::Index(i), inputs)
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn collect_child(
+        &self,
+        child: &Value,
+        states: &[State],
+        segment: Segment<'_>,
+        inputs: &mut Inputs,
+    ) -> Result<(), Blocked> {
+        let (next, decision) = self.advance(states, segment);
+        match decision {
+            Some((rule, Action::Block)) if !child.is_null() => Err(self.blocked(rule)),
+            Some((_, Action::Pseudonymize)) => {
+                if let Some(input) = action::pseudonym_input(child) {
+                    inputs.add(input);
+                }
+                Ok(())
+            }
+            None | Some((_, Action::Allow | Action::Block)) if !next.is_empty() => {
+                self.collect(child, &next, inputs)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The second walk: applies every rule. A value to pseudonymize that `pseudonyms` lacks
+    /// is redacted. On `Err` the document is partly changed and must not be passed on.
+    pub fn apply(&self, doc: &mut Value, pseudonyms: &Pseudonyms) -> Result<Report, Blocked> {
+        let mut report = Report::default();
+        self.apply_in(doc, &self.start(), pseudonyms, &mut report)?;
+        Ok(report)
+    }
+
+    fn apply_in(
+        &self,
+        v: &mut Value,
+        states: &[State],
+        pseudonyms: &Pseudonyms,
+        report: &mut Report,
+    ) -> Result<(), Blocked> {
+        let mut blocked = None;
+        match v {
+            Value::Object(map) => map.retain(|k, child| {
+                blocked.is_some()
+                    || self
+                        .apply_child(child, states, Segment::Member(k), pseudonyms, report)
+                        .unwrap_or_else(|b| {
+                            blocked = Some(b);
+                            true
+                        })
+            }),
+            Value::Array(items) => {
+                // Indexes as the upstream sent them, whatever was dropped before.
+                let mut i = 0;
+                items.retain_mut(|child| {
+                    let index = i;
+                    i += 1;
+                    blocked.is_some()
+                        || self
+                            .apply_child(child, states, Segment::Index(index), pseudonyms, report)
+                            .unwrap_or_else(|b| {
+                                blocked = Some(b);
+                                true
+                            })
+                });
+            }
+            _ => {}
+        }
+        blocked.map_or(Ok(()), Err)
+    }
+
+    /// Applies the deciding rule to one child; `Ok(false)` when it is dropped.
+    fn apply_child(
+        &self,
+        child: &mut Value,
+        states: &[State],
+        segment: Segment<'_>,
+        pseudonyms: &Pseudonyms,
+        report: &mut Report,
+    ) -> Result<bool, Blocked> {
+        let (next, decision) = self.advance(states, segment);
+        match decision {
+            None | Some((_, Action::Allow)) => {
+                if !next.is_empty() {
+                    self.apply_in(child, &next, pseudonyms, report)?;
+                }
+                Ok(true)
+            }
+            Some((_, Action::Block)) if child.is_null() => Ok(true),
+            Some((rule, Action::Block)) => Err(self.blocked(rule)),
+            Some((_, Action::Drop)) => {
+                report.changed += 1;
+                Ok(false)
+            }
+            Some((_, action)) => {
+                if child.is_null() {
+                    return Ok(true);
+                }
+                let pseudonym = match action {
+                    Action::Pseudonymize => {
+                        action::pseudonym_input(child).and_then(|i| pseudonyms.get(&i))
+                    }
+                    _ => None,
+                };
+                *child = action::replace(action, child, pseudonym);
+                report.changed += 1;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Masks `doc` in place, asking `pseudonymizer` once for every value to pseudonymize
+    /// (not at all when there is none). On `Err` the document must not be passed on.
+    pub async fn mask<P: Pseudonymizer>(
+        &self,
+        doc: &mut Value,
+        pseudonymizer: &P,
+    ) -> Result<Report, MaskError<P::Error>> {
+        let inputs = self.pseudonym_inputs(doc)?;
+        let pseudonyms = if inputs.is_empty() {
+            Pseudonyms::default()
+        } else {
+            let macs = pseudonymizer
+                .macs(&inputs)
+                .await
+                .map_err(MaskError::Pseudonymizer)?;
+            if macs.len() != inputs.len() {
+                return Err(MaskError::Incomplete {
+                    asked: inputs.len(),
+                    got: macs.len(),
+                });
+            }
+            Pseudonyms::new(inputs, &macs)
+        };
+        Ok(self.apply(doc, &pseudonyms)?)
+    }
+}
+
+/// Distinct inputs in the order first seen.
+#[derive(Default)]
+struct Inputs {
+    list: Vec<Vec<u8>>,
+    seen: std::collections::HashSet<Vec<u8>>,
+}
+
+impl Inputs {
+    fn add(&mut self, input: Vec<u8>) {
+        if !self.seen.contains(&input) {
+            self.seen.insert(input.clone());
+            self.list.push(input);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

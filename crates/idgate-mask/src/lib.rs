@@ -1,0 +1,20 @@
+//! Response masking: which values of a JSON answer a caller may see, and in what form.
+//!
+//! A [`Profile`] is an ordered list of [`Rule`]s, each a [`MaskPath`] (`$..date_of_birth`,
+//! `$.id_verifications[*].document_number`) and an [`Action`] (drop, redact, mask,
+//! truncate to the year, pseudonymize, allow, block). For every value of a document the
+//! first rule whose path names it decides what happens to it.
+//!
+//! The crate is pure: it works on a parsed `serde_json::Value` and knows nothing of HTTP,
+//! configuration files or where keys live. Pseudonyms come from a [`Pseudonymizer`] that is
+//! asked once per document for every value at once, so a key held in an HSM costs one
+//! blocking call per answer, not one per value. Documents are an upstream's answers, which
+//! are not trusted: nothing here panics on any input.
+
+mod action;
+mod engine;
+mod path;
+
+pub use action::{Action, REDACTED, mask_chars, pseudonym, truncate_date};
+pub use engine::{Blocked, MaskError, Profile, Pseudonymizer, Pseudonyms, Report, Rule};
+pub use path::{MaskPath, PathError, Segment, Selector, Step};

@@ -1,0 +1,217 @@
+//! Response masking (`masking` on a route, profiles in `[masking.profiles]`): the answer a
+//! caller gets holds only what its profile lets through. See `docs/masking.md`.
+//!
+//! - **Which profile.** The first `by_caller` entry naming the principal authorization
+//!   accepted, or the route's default; `allow` passes the answer as the upstream gave it.
+//! - **Every status.** Error answers are masked like successful ones: a provider's error
+//!   body may quote the personal data it refused.
+//! - **JSON** (`application/json`, `…/json`, `…+json`) is read whole (at most 1 MiB, see
+//!   `json_response`), masked and written again (compact, members in name order) with its
+//!   new `Content-Length`. An answer that cannot be read, parsed (a charset other than
+//!   UTF-8 included) or is too large is refused with `502 unreadable-response`, never
+//!   passed on. An empty body (`Content-Length: 0`) has nothing to mask.
+//! - **Compressed** answers are refused: the request went without the caller's
+//!   `Accept-Encoding`, so an upstream that still compresses is not read past.
+//! - **Partial** answers (`206`) are refused: a fragment of JSON cannot be masked, and the
+//!   request went without `Range`.
+//! - **Not JSON**: passed untouched and streamed, or refused (`502 response-blocked`) when
+//!   the profile says `non_json = "block"`.
+//! - **Headers** describing the upstream's bytes (`ETag`, `Content-MD5`, `Digest`,
+//!   `Content-Digest`, `Repr-Digest`) and `Accept-Ranges` are removed from every answer a
+//!   profile applies to; a `HEAD` answer also loses its `Content-Length` (the unmasked size).
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, Response, StatusCode};
+use idgate_config::{NonJson, ProfileChoice, RouteMasking};
+use idgate_mask::MaskError;
+
+use super::json_response;
+use crate::body::ProxyBody;
+use crate::ctx::RequestCtx;
+use crate::masking::{KeyPseudonymizer, LoadedProfile};
+use crate::problem::Refusal;
+
+/// Headers that describe the upstream's bytes, wrong for masked ones.
+const REPRESENTATION: [&str; 5] = [
+    "etag",
+    "content-md5",
+    "digest",
+    "content-digest",
+    "repr-digest",
+];
+
+/// The media types masking reads as JSON: `…/json`, `…/x-json` and `…+json`, whatever
+/// their parameters (a charset other than UTF-8 is then refused when read, not passed).
+pub(crate) fn is_json_type(headers: &HeaderMap) -> bool {
+    let Some(v) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = v
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let Some((_, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    subtype == "json" || subtype == "x-json" || subtype.ends_with("+json")
+}
+
+fn compressed(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"identity"))
+}
+
+fn announced_empty(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0")
+}
+
+/// `masking`: masks the answer with the caller's profile.
+pub(super) async fn mask(
+    ctx: &mut RequestCtx<'_>,
+    masking: &RouteMasking,
+    resp: &mut Response<ProxyBody>,
+) -> Result<(), Refusal> {
+    let ProfileChoice::Profile(index) = masking.choose(ctx.principal()) else {
+        return Ok(());
+    };
+    let snapshot = ctx.snapshot;
+    let profile = snapshot
+        .masking
+        .get(index)
+        .ok_or_else(|| Refusal::Internal {
+            reason: format!("masking profile {index} is not loaded"),
+        })?;
+    let headers = resp.headers_mut();
+    for name in REPRESENTATION {
+        headers.remove(HeaderName::from_static(name));
+    }
+    headers.remove(header::ACCEPT_RANGES);
+    if resp.status() == StatusCode::PARTIAL_CONTENT {
+        return Err(Refusal::UnreadableResponse {
+            reason: "a partial (206) answer on a masked route cannot be masked".to_owned(),
+        });
+    }
+    if compressed(resp.headers()) {
+        return Err(Refusal::UnreadableResponse {
+            reason: "the upstream compressed an answer on a masked route".to_owned(),
+        });
+    }
+    if !is_json_type(resp.headers()) {
+        return match profile.non_json {
+            NonJson::Pass => Ok(()),
+            NonJson::Block => Err(Refusal::ResponseBlocked {
+                reason: format!(
+                    "masking profile {}: the answer is not JSON (non_json = \"block\")",
+                    profile.name
+                ),
+            }),
+        };
+    }
+    let status = resp.status();
+    if ctx.method == Method::HEAD {
+        // No body to mask; its length would be the unmasked one.
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+        return Ok(());
+    }
+    if status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || announced_empty(resp.headers())
+    {
+        return Ok(());
+    }
+    if !json_response::utf8(resp.headers()) {
+        return Err(Refusal::UnreadableResponse {
+            reason: "the upstream's JSON answer names a charset other than UTF-8".to_owned(),
+        });
+    }
+    let timeout = super::ownership::timeout(ctx);
+    let (bytes, mut doc) = json_response::read_body(resp, timeout).await?;
+    let started = ctx.start;
+    let pseudonymizer = KeyPseudonymizer {
+        key: profile.key.as_deref(),
+        started,
+    };
+    match profile.profile.mask(&mut doc, &pseudonymizer).await {
+        Ok(report) if report.changed == 0 => {
+            json_response::replace_body(resp, bytes);
+            Ok(())
+        }
+        Ok(_) => {
+            let masked = serde_json::to_vec(&doc).map_err(|e| Refusal::Internal {
+                reason: format!("a masked answer could not be written: {e}"),
+            })?;
+            json_response::replace_body(resp, masked.into());
+            Ok(())
+        }
+        Err(e) => Err(refusal(profile, e)),
+    }
+}
+
+fn refusal(profile: &LoadedProfile, e: MaskError<crate::masking::PseudonymError>) -> Refusal {
+    let reason = format!("masking profile {}: {e}", profile.name);
+    match e {
+        MaskError::Blocked(_) => Refusal::ResponseBlocked { reason },
+        MaskError::Pseudonymizer(_) | MaskError::Incomplete { .. } => {
+            Refusal::MaskingUnavailable { reason }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn json_is_told_by_its_media_type_whatever_its_parameters() {
+        for yes in [
+            "application/json",
+            "application/problem+json",
+            "Application/JSON; charset=latin1",
+            "text/json",
+            "application/x-json",
+            "application/vnd.api+json;version=2",
+        ] {
+            assert!(is_json_type(&headers(&[("content-type", yes)])), "{yes}");
+        }
+        for no in ["text/plain", "application/jsonp", "image/png", "json", ""] {
+            assert!(!is_json_type(&headers(&[("content-type", no)])), "{no}");
+        }
+        assert!(!is_json_type(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn any_coding_but_identity_is_compressed() {
+        assert!(!compressed(&HeaderMap::new()));
+        assert!(!compressed(&headers(&[("content-encoding", "identity")])));
+        assert!(!compressed(&headers(&[("content-encoding", " Identity ")])));
+        assert!(compressed(&headers(&[("content-encoding", "gzip")])));
+        assert!(compressed(&headers(&[(
+            "content-encoding",
+            "identity, br"
+        )])));
+        assert!(compressed(&headers(&[
+            ("content-encoding", "identity"),
+            ("content-encoding", "deflate")
+        ])));
+    }
+}
