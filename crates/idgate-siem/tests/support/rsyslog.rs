@@ -35,14 +35,21 @@ pub struct Rsyslog {
     out: PathBuf,
 }
 
+/// `rsyslogd` on the PATH, or where Debian puts it (`/usr/sbin`, which a user's PATH may
+/// not name).
+fn binary() -> Option<&'static str> {
+    ["rsyslogd", "/usr/sbin/rsyslogd"].into_iter().find(|b| {
+        Command::new(b)
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
 fn available() -> bool {
-    let found = Command::new("rsyslogd")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if found {
+    if binary().is_some() {
         return true;
     }
     assert!(
@@ -106,7 +113,7 @@ if $app-name == "idgate" then {{
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("rsyslogd")
+        let child = Command::new(binary().expect("rsyslogd"))
             .arg("-n")
             .arg("-f")
             .arg(&self.conf)
