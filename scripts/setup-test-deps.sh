@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: openssl and curl (outside TLS
-# clients and an independent PKI), SoftHSM2 (a real PKCS#11 token), redis-server,
+# clients and an independent PKI), SoftHSM2 (a real PKCS#11 token), redis-server, rsyslog
+# with its GnuTLS driver (a real syslog collector over TLS for the SIEM export tests),
 # Python `requests`, `authlib` and `flask` (a real OAuth 2.0 server for the JWT tests), and
 # OpenBao's `bao` (a real Vault-API server for the `vault:` tests).
 # Safe to run again: it installs only what is absent.
@@ -11,6 +12,12 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# rsyslogd lives in /usr/sbin, which a non-root PATH may not name; the GnuTLS stream driver
+# is a package of its own.
+if ! command -v rsyslogd >/dev/null 2>&1 && [ ! -x /usr/sbin/rsyslogd ]; then
+  need_apt+=(rsyslog)
+fi
+ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need_apt+=(rsyslog-gnutls)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 
 if ((${#need_apt[@]})); then

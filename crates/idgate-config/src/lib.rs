@@ -24,6 +24,7 @@ mod raw;
 mod routes;
 mod routing;
 mod schema;
+mod siem;
 mod state;
 mod upstreams;
 pub mod vault;
@@ -64,6 +65,10 @@ pub use proxies::{TrustedProxies, TrustedProxyError};
 pub use routes::{RouteConfig, RouteNetwork, body_needs_opt_in};
 pub use routing::fold_template;
 pub use schema::{RouteSchema, SchemaError, compile_schema};
+pub use siem::{
+    BufferLimits, Facility, OnFull, Severity, SiemConfig, SiemSink, SinkKind, SyslogSinkConfig,
+    SyslogTls,
+};
 pub use state::{RedisConfig, RedisNodes, StateBackend};
 pub use upstreams::{ClientKind, UpstreamConfig};
 
@@ -97,6 +102,8 @@ pub struct Config {
     pub ownership: OwnershipConfig,
     /// Response masking: the named profiles routes apply.
     pub masking: MaskingConfig,
+    /// `[siem]`: where audit events are exported; none without the section.
+    pub siem: Option<SiemConfig>,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
 }
@@ -120,6 +127,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "lockout",
     "ownership",
     "masking",
+    "siem",
 ];
 
 fn default_workers() -> usize {
@@ -301,6 +309,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .and_then(|v| cx.section::<raw::TokenEndpoint>("token_endpoint", v))
         .and_then(|t| auth::token_endpoint(&mut cx, t));
     let limits = limits::sections(&mut cx, &mut table);
+    let siem = table
+        .remove("siem")
+        .and_then(|v| cx.section::<siem::RawSiem>("siem", v))
+        .map(|s| siem::parse(&mut cx, s));
     let raw_routes = array::<raw::Route>(&mut cx, &mut table, "routes");
     let mut issuers: auth::IssuerNames = jwt_issuers
         .iter()
@@ -386,6 +398,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 lockout: limits.lockout,
                 ownership,
                 masking,
+                siem,
                 warnings,
             })
         }

@@ -19,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
 
 /// hyper's pooled client over the connector [`OutboundClient`] builds.
 pub type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
@@ -40,6 +41,8 @@ enum HttpVersions {
     Http1,
     /// HTTP/2 or HTTP/1.1, as the server picks.
     Any,
+    /// No HTTP at all (a syslog collector): no ALPN is offered.
+    None,
 }
 
 /// How an outbound HTTPS client is made; see the module documentation.
@@ -52,6 +55,7 @@ pub struct OutboundClient {
     tcp_keepalive: Option<Duration>,
     pool_idle_timeout: Option<Duration>,
     pool_max_idle_per_host: Option<usize>,
+    client_certificate: Option<Arc<CertifiedKey>>,
 }
 
 impl std::fmt::Debug for OutboundClient {
@@ -60,6 +64,7 @@ impl std::fmt::Debug for OutboundClient {
             .field("roots", &self.roots.len())
             .field("versions", &self.versions)
             .field("connect_timeout", &self.connect_timeout)
+            .field("client_certificate", &self.client_certificate.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -76,6 +81,7 @@ impl OutboundClient {
             tcp_keepalive: None,
             pool_idle_timeout: None,
             pool_max_idle_per_host: None,
+            client_certificate: None,
         }
     }
 
@@ -109,15 +115,33 @@ impl OutboundClient {
         self
     }
 
+    /// Offers no ALPN protocol, for a destination that does not speak HTTP (a syslog
+    /// collector over TLS, RFC 5425).
+    pub fn no_alpn(mut self) -> Self {
+        self.versions = HttpVersions::None;
+        self
+    }
+
+    /// Presents this certificate chain and key when the server asks for one (mutual TLS,
+    /// say to a syslog collector that authenticates its senders).
+    pub fn client_certificate(mut self, key: Arc<CertifiedKey>) -> Self {
+        self.client_certificate = Some(key);
+        self
+    }
+
     /// The rustls configuration, with ALPN for the HTTP versions spoken.
     pub fn tls_config(&self) -> Result<rustls::ClientConfig, ClientError> {
         let builder = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(self.roots.clone());
-        let mut config = builder.with_no_client_auth();
+        let mut config = match &self.client_certificate {
+            None => builder.with_no_client_auth(),
+            Some(key) => builder.with_client_cert_resolver(Arc::new(OneClientCert(key.clone()))),
+        };
         config.alpn_protocols = match self.versions {
             HttpVersions::Http1 => vec![b"http/1.1".to_vec()],
             HttpVersions::Any => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            HttpVersions::None => Vec::new(),
         };
         Ok(config)
     }
@@ -169,6 +193,30 @@ impl OutboundClient {
     }
 }
 
+/// The one client certificate a client presents, whatever CA names the server hints at:
+/// the server alone judges whether it accepts it.
+struct OneClientCert(Arc<CertifiedKey>);
+
+impl std::fmt::Debug for OneClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OneClientCert")
+    }
+}
+
+impl rustls::client::ResolvesClientCert for OneClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +234,13 @@ mod tests {
         assert_eq!(
             h1.tls_config().unwrap().alpn_protocols,
             [b"http/1.1".to_vec()]
+        );
+        assert!(
+            any.no_alpn()
+                .tls_config()
+                .unwrap()
+                .alpn_protocols
+                .is_empty()
         );
     }
 

@@ -1,0 +1,384 @@
+//! What the exporter's tests share: a PKI made with rcgen, a strict in-process syslog
+//! collector over real TLS sockets, sink configurations, and a wait helper.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod rfc5424;
+pub mod rsyslog;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use idgate_config::{
+    BufferLimits, Facility, OnFull, Severity, SiemConfig, SiemSink, SinkKind, SyslogSinkConfig,
+    SyslogTls,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+pub use rfc5424::Message;
+
+/// Waits until `cond` holds, for at most `limit`; false when it never did.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A port nothing listens on (bound, then let go).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A CA with a server certificate (localhost, 127.0.0.1) and a client certificate, in a
+/// directory of their own; `other_ca` signs nothing the gateway trusts.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for prefix in ["", "other-"] {
+            let mut ca_params = CertificateParams::default();
+            ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+            let mut server = CertificateParams::default();
+            server.subject_alt_names = vec![
+                SanType::DnsName("localhost".try_into().unwrap()),
+                SanType::IpAddress([127, 0, 0, 1].into()),
+            ];
+            server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            let server_key = KeyPair::generate().unwrap();
+            let server_cert = server.signed_by(&server_key, &ca).unwrap();
+            let mut client = CertificateParams::default();
+            client.subject_alt_names = vec![SanType::DnsName("gateway.test".try_into().unwrap())];
+            client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let client_key = KeyPair::generate().unwrap();
+            let client_cert = client.signed_by(&client_key, &ca).unwrap();
+            let w = |name: &str, pem: String| {
+                std::fs::write(dir.path().join(format!("{prefix}{name}")), pem).unwrap();
+            };
+            w("ca.pem", ca.pem());
+            w("server.pem", server_cert.pem());
+            w("server.key", server_key.serialize_pem());
+            w("client.pem", client_cert.pem());
+            w("client.key", client_key.serialize_pem());
+        }
+        Self { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// TLS settings of a sink trusting this PKI's CA, with its client certificate if asked.
+    pub fn sink_tls(&self, client_cert: bool) -> SyslogTls {
+        SyslogTls {
+            server_name: "localhost".to_owned(),
+            ca: Some(self.path("ca.pem")),
+            client_cert: client_cert.then(|| (self.path("client.pem"), self.path("client.key"))),
+        }
+    }
+
+    /// A collector's TLS: the server certificate of this CA (or of the other one), requiring
+    /// a client certificate of this CA when `mtls`.
+    pub fn server_config(&self, prefix: &str, mtls: bool) -> Arc<rustls::ServerConfig> {
+        let chain =
+            vec![CertificateDer::from_pem_file(self.path(&format!("{prefix}server.pem"))).unwrap()];
+        let key = PrivateKeyDer::from_pem_file(self.path(&format!("{prefix}server.key"))).unwrap();
+        let provider = idgate_tls::crypto_provider();
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let config = if mtls {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_file(self.path("ca.pem")).unwrap())
+                .unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        Arc::new(config.with_single_cert(chain, key).unwrap())
+    }
+}
+
+/// A syslog sink to 127.0.0.1:`port` with `buffer_events` of buffer, quick to reconnect.
+pub fn syslog_sink(
+    name: &str,
+    port: u16,
+    tls: Option<SyslogTls>,
+    buffer_events: usize,
+) -> SiemSink {
+    SiemSink {
+        name: name.to_owned(),
+        key: "siem.sinks[0]".to_owned(),
+        buffer: BufferLimits {
+            events: buffer_events,
+            bytes: 64 << 20,
+            on_full: OnFull::DropNewest,
+        },
+        kind: SinkKind::Syslog(Box::new(SyslogSinkConfig {
+            host: "127.0.0.1".to_owned(),
+            port,
+            tls,
+            facility: Facility::from_name("local0").unwrap(),
+            severity: Severity::from_name("info").unwrap(),
+            msgid: "audit".to_owned(),
+            hostname: Some("gw-test".to_owned()),
+            sd_id: None,
+            utf8_bom: false,
+            connect_timeout: Duration::from_secs(2),
+            write_timeout: Duration::from_secs(2),
+            reconnect_min: Duration::from_millis(20),
+            reconnect_max: Duration::from_millis(200),
+            replay_bytes: 1 << 20,
+        })),
+    }
+}
+
+pub fn siem(sinks: Vec<SiemSink>) -> SiemConfig {
+    SiemConfig {
+        sinks,
+        shutdown_timeout: Duration::from_secs(5),
+    }
+}
+
+/// The event numbered `i`: `{"seq":i,...}` with a decision.
+pub fn event(i: usize) -> String {
+    let decision = if i.is_multiple_of(3) {
+        "denied:not_in_allow_list"
+    } else {
+        "allowed"
+    };
+    format!(
+        r#"{{"class_uid":6003,"seq":{i},"decision":"{decision}","http_response":{{"code":200}}}}"#
+    )
+}
+
+/// The `seq` of a received JSON message.
+pub fn seq(msg: &str) -> usize {
+    let v: serde_json::Value = serde_json::from_str(msg).unwrap();
+    v["seq"].as_u64().unwrap() as usize
+}
+
+/// Checks that `seqs` is every number it holds, each first seen in increasing order (later
+/// repeats are the frames sent again after a broken connection); returns the distinct ones.
+pub fn distinct_in_order(seqs: &[usize]) -> Vec<usize> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut first = Vec::new();
+    for &s in seqs {
+        if seen.insert(s) {
+            first.push(s);
+        }
+    }
+    assert!(
+        first.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {first:?}"
+    );
+    first
+}
+
+#[derive(Default)]
+struct Shared {
+    messages: Mutex<Vec<Message>>,
+    errors: Mutex<Vec<String>>,
+    /// Every byte read off the TCP connections, before TLS.
+    raw: Mutex<Vec<u8>>,
+    handshakes_failed: Mutex<u32>,
+    conns: Mutex<Vec<TcpStream>>,
+}
+
+/// A syslog collector on loopback: TLS (or plain TCP), octet-counted frames, each message
+/// parsed strictly; kill and restart it on the same port.
+pub struct Receiver {
+    pub port: u16,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    pub fn start(port: u16, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        let mut r = Self {
+            port,
+            tls,
+            shared: Arc::default(),
+            stop: Arc::default(),
+            accept: None,
+        };
+        r.listen();
+        r
+    }
+
+    fn listen(&mut self) {
+        let listener = (0..50)
+            .find_map(|_| {
+                TcpListener::bind(("127.0.0.1", self.port))
+                    .map_err(|_| std::thread::sleep(Duration::from_millis(50)))
+                    .ok()
+            })
+            .expect("bind the collector's port");
+        self.port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        self.stop = Arc::new(AtomicBool::new(false));
+        let (stop, shared, tls) = (self.stop.clone(), self.shared.clone(), self.tls.clone());
+        self.accept = Some(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((tcp, _)) => {
+                        tcp.set_nonblocking(false).unwrap();
+                        shared.conns.lock().unwrap().push(tcp.try_clone().unwrap());
+                        let (shared, tls, stop) = (shared.clone(), tls.clone(), stop.clone());
+                        std::thread::spawn(move || serve(tcp, tls, &shared, &stop));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }));
+    }
+
+    /// Closes the listener and every connection at once, as a collector that died.
+    pub fn kill(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.accept.take() {
+            t.join().unwrap();
+        }
+        for c in self.shared.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.listen();
+    }
+
+    pub fn messages(&self) -> Vec<Message> {
+        self.shared.messages.lock().unwrap().clone()
+    }
+
+    pub fn seqs(&self) -> Vec<usize> {
+        self.messages().iter().map(|m| seq(&m.msg)).collect()
+    }
+
+    pub fn errors(&self) -> Vec<String> {
+        self.shared.errors.lock().unwrap().clone()
+    }
+
+    pub fn raw(&self) -> Vec<u8> {
+        self.shared.raw.lock().unwrap().clone()
+    }
+
+    pub fn handshakes_failed(&self) -> u32 {
+        *self.shared.handshakes_failed.lock().unwrap()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads off a connection, keeping a copy of every byte.
+struct Recording<'a> {
+    tcp: TcpStream,
+    shared: &'a Shared,
+}
+
+impl Read for Recording<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.tcp.read(buf)?;
+        self.shared.raw.lock().unwrap().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl Write for Recording<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+fn serve(
+    tcp: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shared: &Shared,
+    stop: &AtomicBool,
+) {
+    let io = Recording { tcp, shared };
+    let mut stream: Box<dyn Read + '_> = match tls {
+        None => Box::new(io),
+        Some(config) => {
+            let mut conn = rustls::ServerConnection::new(config).unwrap();
+            let mut io = io;
+            while conn.is_handshaking() {
+                if conn.complete_io(&mut io).is_err() {
+                    *shared.handshakes_failed.lock().unwrap() += 1;
+                    return;
+                }
+            }
+            Box::new(rustls::StreamOwned::new(conn, io))
+        }
+    };
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    while !stop.load(Ordering::SeqCst) {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+        }
+        match rfc5424::frames(&mut pending) {
+            Ok(frames) => {
+                for f in frames {
+                    match rfc5424::parse(&f) {
+                        Ok(m) => shared.messages.lock().unwrap().push(m),
+                        Err(e) => shared.errors.lock().unwrap().push(e),
+                    }
+                }
+            }
+            Err(e) => {
+                shared.errors.lock().unwrap().push(e);
+                break;
+            }
+        }
+    }
+}
+
+/// Reads a file's lines (empty when it does not exist).
+pub fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
