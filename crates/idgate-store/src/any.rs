@@ -190,6 +190,10 @@ impl Nonces for StateStore {
         forward!(self, s => s.insert_if_absent(nonce, window, now))
     }
 
+    async fn forget(&self, nonce: &Nonce) -> Result<bool, StoreError> {
+        forward!(self, s => s.forget(nonce))
+    }
+
     async fn sweep(&self, now: SystemTime) -> Result<u64, StoreError> {
         forward!(self, s => Nonces::sweep(&**s, now))
     }
@@ -285,6 +289,38 @@ impl Queue for StateStore {
         now: SystemTime,
     ) -> Result<bool, StoreError> {
         forward!(self, s => s.revive(queue, id, now))
+    }
+
+    async fn bury(&self, queue: &QueueName, lease: &Lease, reason: &str) -> Result<(), StoreError> {
+        forward!(self, s => s.bury(queue, lease, reason))
+    }
+
+    async fn peek(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> Result<Option<(MessageInfo, Vec<u8>)>, StoreError> {
+        forward!(self, s => s.peek(queue, id, now))
+    }
+
+    async fn delete_message(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        forward!(self, s => s.delete_message(queue, id, now))
+    }
+
+    async fn messages(
+        &self,
+        queue: &QueueName,
+        after: Option<&MessageId>,
+        limit: usize,
+        now: SystemTime,
+    ) -> Result<Vec<MessageInfo>, StoreError> {
+        forward!(self, s => s.messages(queue, after, limit, now))
     }
 }
 

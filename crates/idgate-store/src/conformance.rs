@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+mod admin;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -342,6 +344,13 @@ pub async fn nonces_expiring<S: Nonces + 'static>(
         "an expired nonce is new again"
     );
 
+    // A nonce forgotten (its event could not be kept) is new again at once.
+    let kept = Nonce::new("didit:evt_0003").unwrap();
+    assert!(store.insert_if_absent(&kept, window, start).await.unwrap());
+    assert!(store.forget(&kept).await.unwrap());
+    assert!(!store.forget(&kept).await.unwrap());
+    assert!(store.insert_if_absent(&kept, window, start).await.unwrap());
+
     let racing = Nonce::new("didit:evt_race").unwrap();
     let mut handles = Vec::new();
     for _ in 0..16 {
@@ -563,6 +572,8 @@ pub async fn queue(store: &impl Queue, start: SystemTime) {
     let last = store.claim(&q, 10, lease, start + 60 * SEC).await.unwrap();
     assert_eq!(payloads(&last), ["a"]);
     assert_eq!(last[0].lease.attempt, 1);
+
+    admin::queue_admin(store, start).await;
 }
 
 /// Claimers racing on one queue never get the same message twice.

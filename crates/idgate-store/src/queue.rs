@@ -247,6 +247,43 @@ pub trait Queue: Send + Sync {
         id: &MessageId,
         now: SystemTime,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Failed for good (a receiver that refuses the message, a retry past its maximum age):
+    /// the message is a dead letter now, whatever attempts it has left. A stale lease
+    /// changes nothing and fails with [`StoreError::LeaseLost`].
+    fn bury(
+        &self,
+        queue: &QueueName,
+        lease: &Lease,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A message's bookkeeping and payload, without claiming it (to show or copy it).
+    fn peek(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Option<(MessageInfo, Vec<u8>)>, StoreError>> + Send;
+
+    /// Deletes a message in any state but leased (one being handled is left to its
+    /// claimer); `false` when there is no such message or it is leased.
+    fn delete_message(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Up to `limit` messages in every state, oldest first, starting after `after` (to page
+    /// through a queue).
+    fn messages(
+        &self,
+        queue: &QueueName,
+        after: Option<&MessageId>,
+        limit: usize,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Vec<MessageInfo>, StoreError>> + Send;
 }
 
 /// A message's bookkeeping as stored (versioned JSON in redb); times in microseconds.
@@ -515,6 +552,75 @@ pub(crate) fn revive(
         }
         _ => Ok(false),
     }
+}
+
+pub(crate) fn bury(
+    rows: &mut impl QueueRows,
+    queue: &str,
+    lease: &Lease,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let (seq, mut meta) = leased(rows, queue, lease)?;
+    meta.lease_until = None;
+    meta.dead = true;
+    meta.last_error = Some(reason.to_owned());
+    rows.set_meta(queue, seq, &meta)
+}
+
+pub(crate) fn peek(
+    rows: &impl ReadQueueRows,
+    queue: &str,
+    id: &MessageId,
+    now: SystemTime,
+) -> Result<Option<(MessageInfo, Vec<u8>)>, StoreError> {
+    let Ok(seq) = id.seq() else { return Ok(None) };
+    match rows.meta(queue, seq)? {
+        Some(meta) => Ok(Some((
+            meta.info(seq, micros(now)),
+            rows.payload(queue, seq)?,
+        ))),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn delete_message(
+    rows: &mut impl QueueRows,
+    queue: &str,
+    id: &MessageId,
+    now: SystemTime,
+) -> Result<bool, StoreError> {
+    let Ok(seq) = id.seq() else { return Ok(false) };
+    match rows.meta(queue, seq)? {
+        Some(meta) if !matches!(meta.state(micros(now)), MessageState::Leased { .. }) => {
+            rows.delete(queue, seq)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+pub(crate) fn messages(
+    rows: &impl ReadQueueRows,
+    queue: &str,
+    after: Option<&MessageId>,
+    limit: usize,
+    now: SystemTime,
+) -> Result<Vec<MessageInfo>, StoreError> {
+    let after = match after {
+        Some(id) => id.seq()?,
+        None => 0,
+    };
+    let now = micros(now);
+    let mut out = Vec::new();
+    if limit > 0 {
+        rows.scan(queue, &mut |seq, meta| {
+            if seq > after {
+                out.push(meta.info(seq, now));
+            }
+            out.len() < limit
+        })?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

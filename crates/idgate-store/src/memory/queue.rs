@@ -175,6 +175,59 @@ impl Queue for MemoryStore {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         std::future::ready(queue::revive(&mut *self.queues(), queue.as_str(), id, now))
     }
+
+    fn bury(
+        &self,
+        queue: &QueueName,
+        lease: &Lease,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(queue::bury(
+            &mut *self.queues(),
+            queue.as_str(),
+            lease,
+            reason,
+        ))
+    }
+
+    fn peek(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Option<(MessageInfo, Vec<u8>)>, StoreError>> + Send {
+        std::future::ready(queue::peek(&*self.queues(), queue.as_str(), id, now))
+    }
+
+    fn delete_message(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        std::future::ready(queue::delete_message(
+            &mut *self.queues(),
+            queue.as_str(),
+            id,
+            now,
+        ))
+    }
+
+    fn messages(
+        &self,
+        queue: &QueueName,
+        after: Option<&MessageId>,
+        limit: usize,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Vec<MessageInfo>, StoreError>> + Send {
+        std::future::ready(queue::messages(
+            &*self.queues(),
+            queue.as_str(),
+            after,
+            limit,
+            now,
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -283,6 +283,52 @@ impl Queue for RedbStore {
         let (queue, id) = (queue.clone(), id.clone());
         self.blocking(move |s| s.write_queue(|t| queue::revive(t, queue.as_str(), &id, now)))
     }
+
+    fn bury(
+        &self,
+        queue: &QueueName,
+        lease: &Lease,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let (queue, lease, reason) = (queue.clone(), lease.clone(), reason.to_owned());
+        self.blocking(move |s| s.write_queue(|t| queue::bury(t, queue.as_str(), &lease, &reason)))
+    }
+
+    fn peek(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Option<(MessageInfo, Vec<u8>)>, StoreError>> + Send {
+        let (queue, id) = (queue.clone(), id.clone());
+        // The bookkeeping and the payload in one transaction, so that they belong together.
+        self.blocking(move |s| s.write_queue(|t| queue::peek(t, queue.as_str(), &id, now)))
+    }
+
+    fn delete_message(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let (queue, id) = (queue.clone(), id.clone());
+        self.blocking(move |s| {
+            s.write_queue(|t| queue::delete_message(t, queue.as_str(), &id, now))
+        })
+    }
+
+    fn messages(
+        &self,
+        queue: &QueueName,
+        after: Option<&MessageId>,
+        limit: usize,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Vec<MessageInfo>, StoreError>> + Send {
+        let (queue, after) = (queue.clone(), after.cloned());
+        self.blocking(move |s| {
+            s.read_queue(|t| queue::messages(t, queue.as_str(), after.as_ref(), limit, now))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -168,6 +168,64 @@ return 1
     )
 });
 
+/// KEYS: live, dead, leased. ARGV: message prefix, id, attempt, reason. 1 when the
+/// message is a dead letter now, -1 for a stale lease.
+static BURY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{LEASED}
+redis.call('HDEL', m, 'l')
+redis.call('HSET', m, 'err', ARGV[4], 'x', '1')
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
+return 1
+"
+    ))
+});
+
+/// KEYS: live, dead, leased. ARGV: message prefix, id, now. 1 when the message was
+/// deleted, 0 when there is none or it is leased (`crate::queue::remove`).
+static REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local m = ARGV[1] .. ARGV[2]
+local f = redis.call('HMGET', m, 'a', 'l', 'x')
+if not f[1] then return 0 end
+if not f[3] and f[2] and tonumber(f[2]) > tonumber(ARGV[3]) then return 0 end
+redis.call('DEL', m)
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return 1
+",
+    )
+});
+
+/// KEYS: live, dead. ARGV: message prefix, after (an id, 0 for the start), limit. Up to
+/// `limit` messages after `after`, live or dead, by id, as {id, META_FIELDS…}.
+static LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local mp, limit = ARGV[1], tonumber(ARGV[3])
+local from = '(' .. ARGV[2]
+local ids = {}
+for _, set in ipairs({KEYS[1], KEYS[2]}) do
+  for _, s in ipairs(redis.call('ZRANGEBYSCORE', set, from, '+inf', 'LIMIT', 0, limit)) do
+    table.insert(ids, s)
+  end
+end
+table.sort(ids, function(a, b) return tonumber(a) < tonumber(b) end)
+local out = {}
+for i, s in ipairs(ids) do
+  if i > limit then break end
+  local f = redis.call('HMGET', mp .. s, 'a', 'm', 'e', 'r', 'l', 'x', 'k', 'err')
+  if f[1] then table.insert(out, {s, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]}) end
+end
+return out
+",
+    )
+});
+
 /// The fields of a message's bookkeeping, in the order `meta` reads them.
 const META_FIELDS: [&str; 8] = ["a", "m", "e", "r", "l", "x", "k", "err"];
 
@@ -489,5 +547,120 @@ impl Queue for RedisStore {
             })
             .await?;
         Ok(done == 1)
+    }
+
+    async fn bury(&self, queue: &QueueName, lease: &Lease, reason: &str) -> Result<(), StoreError> {
+        let keys = self.queue_keys(queue);
+        let seq = lease.id.seq()?;
+        let done: i64 = self
+            .call(|mut c| async move {
+                BURY.key(&keys.live)
+                    .key(&keys.dead)
+                    .key(&keys.leased)
+                    .arg(&keys.message)
+                    .arg(seq)
+                    .arg(lease.attempt)
+                    .arg(reason)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        match done {
+            1 => Ok(()),
+            _ => Err(StoreError::LeaseLost(lease.id.clone())),
+        }
+    }
+
+    async fn peek(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> Result<Option<(MessageInfo, Vec<u8>)>, StoreError> {
+        let Ok(seq) = id.seq() else { return Ok(None) };
+        let key = format!("{}{seq}", self.queue_keys(queue).message);
+        let reply: Value = self
+            .call(|mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg(&META_FIELDS[..])
+                    .arg("p")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut fields = array(reply)?;
+        if fields.first().is_none_or(|a| matches!(a, Value::Nil)) {
+            return Ok(None);
+        }
+        let payload = fields
+            .pop()
+            .ok_or_else(|| bad("a message without a payload"))?;
+        let info = meta(&fields)?.info(seq, micros(now));
+        Ok(Some((info, opt_bytes(payload)?.unwrap_or_default())))
+    }
+
+    async fn delete_message(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let Ok(seq) = id.seq() else { return Ok(false) };
+        let keys = self.queue_keys(queue);
+        let now = exact(micros(now));
+        let done: i64 = self
+            .call(|mut c| async move {
+                REMOVE
+                    .key(&keys.live)
+                    .key(&keys.dead)
+                    .key(&keys.leased)
+                    .arg(&keys.message)
+                    .arg(seq)
+                    .arg(now)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(done == 1)
+    }
+
+    async fn messages(
+        &self,
+        queue: &QueueName,
+        after: Option<&MessageId>,
+        limit: usize,
+        now: SystemTime,
+    ) -> Result<Vec<MessageInfo>, StoreError> {
+        let after = match after {
+            Some(id) => id.seq()?,
+            None => 0,
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let keys = self.queue_keys(queue);
+        let reply: Value = self
+            .call(|mut c| async move {
+                LIST.key(&keys.live)
+                    .key(&keys.dead)
+                    .arg(&keys.message)
+                    .arg(after)
+                    .arg(limit)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let now = micros(now);
+        let mut out = Vec::new();
+        for item in array(reply)? {
+            let fields = array(item)?;
+            let Some((id, fields)) = fields.split_first() else {
+                return Err(bad("a listed message of another shape"));
+            };
+            let seq = int(id)?;
+            out.push(meta(fields)?.info(seq, now));
+        }
+        Ok(out)
     }
 }
