@@ -28,6 +28,7 @@ mod siem;
 mod state;
 mod upstreams;
 pub mod vault;
+mod webhooks;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -71,6 +72,10 @@ pub use siem::{
 };
 pub use state::{RedisConfig, RedisNodes, StateBackend};
 pub use upstreams::{ClientKind, UpstreamConfig};
+pub use webhooks::{
+    DEFAULT_TOLERANCE, DEFAULT_WEBHOOK_BODY, RetryPolicy, SubscriberConfig, WebhookConfig,
+    WebhookScheme,
+};
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -104,6 +109,8 @@ pub struct Config {
     pub masking: MaskingConfig,
     /// `[siem]`: where audit events are exported; none without the section.
     pub siem: Option<SiemConfig>,
+    /// Provider webhooks: their endpoints, outboxes and subscribers.
+    pub webhooks: Vec<WebhookConfig>,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
 }
@@ -128,6 +135,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ownership",
     "masking",
     "siem",
+    "webhooks",
 ];
 
 fn default_workers() -> usize {
@@ -342,6 +350,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             broken: broken_profiles,
         },
     };
+    let raw_webhooks = array::<webhooks::RawWebhook>(&mut cx, &mut table, "webhooks");
     let routes = routes::parse(
         &mut cx,
         raw_routes,
@@ -374,6 +383,25 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         }
     }
 
+    let webhooks = webhooks::section(
+        &mut cx,
+        raw_webhooks,
+        &webhooks::Neighbours {
+            routes: &routes,
+            token_endpoint: token_endpoint.is_some(),
+            profiles: &layers.masking,
+        },
+    );
+    if !webhooks.is_empty()
+        && listener
+            .as_ref()
+            .is_some_and(|l| l.client_auth == ClientAuth::Required)
+    {
+        warnings.push(
+            "webhooks: listener.client_auth is \"required\", so a provider must present a certificate from a trusted bundle to post events; providers usually cannot (set it to \"optional\": routes still require their own authentication)".to_owned(),
+        );
+    }
+
     match (listener, identity, admin, log, network) {
         (Some(listener), Some(identity), Some(admin), Some(log), Some(network))
             if cx.errors.is_empty() =>
@@ -399,6 +427,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 ownership,
                 masking,
                 siem,
+                webhooks,
                 warnings,
             })
         }

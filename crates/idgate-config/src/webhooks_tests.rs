@@ -1,0 +1,254 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use super::*;
+
+const BASE: &str = r#"
+[listener]
+bind = "127.0.0.1:8443"
+client_auth = "optional"
+[identity]
+svid_cert = "c"
+svid_key = "k"
+[[identity.trust_bundles]]
+trust_domain = "example.org"
+bundle = "ca.pem"
+[[upstreams]]
+name = "p"
+url = "https://provider.test"
+[[routes]]
+name = "sessions"
+methods = ["GET"]
+path = "/v3/session/{id}/decision/"
+upstream = "p"
+allow = ["spiffe://example.org/ns/kyc/*"]
+[masking.profiles.kyc-minimal]
+rules = [{ path = "$..full_name", action = "redact" }]
+"#;
+
+const WEBHOOK: &str = r#"
+[[webhooks]]
+name = "didit"
+path = "/webhooks/didit"
+scheme = "didit"
+secret = "file:key"
+outbox_key = "file:key"
+[[webhooks.subscribers]]
+name = "kyc-backend"
+url = "https://kyc.internal:9443/events"
+secret = "file:key"
+"#;
+
+/// A directory with the files `BASE` names and a 0600 `key` file.
+fn dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, mode) in [
+        ("key", 0o600),
+        ("c", 0o644),
+        ("k", 0o600),
+        ("ca.pem", 0o644),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, "k".repeat(40)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    dir
+}
+
+/// Parses `BASE` with `extra`: the configuration, or the errors as `key: reason`.
+fn load(extra: &str) -> Result<crate::Config, Vec<String>> {
+    let dir = dir();
+    let file = dir.path().join("t.toml");
+    crate::parse(&file, &format!("{BASE}{extra}")).map_err(|e| {
+        e.0.into_iter()
+            .map(|e| format!("{}: {}", e.key, e.reason))
+            .collect()
+    })
+}
+
+fn errors(extra: &str) -> Vec<String> {
+    load(extra).err().unwrap_or_default()
+}
+
+#[test]
+fn a_minimal_webhook_takes_the_defaults() {
+    let config = load(WEBHOOK).unwrap();
+    let w = &config.webhooks[0];
+    assert_eq!(
+        (w.name.as_str(), w.path.as_str()),
+        ("didit", "/webhooks/didit")
+    );
+    assert_eq!(w.scheme, WebhookScheme::Didit);
+    assert_eq!(w.secrets.len(), 1);
+    assert_eq!(w.tolerance, DEFAULT_TOLERANCE);
+    assert_eq!(w.max_body_bytes, DEFAULT_WEBHOOK_BODY);
+    assert!(w.source_cidrs.is_empty());
+    assert_eq!(w.retry, RetryPolicy::default());
+    assert_eq!(w.retention, Duration::from_secs(7 * 24 * 3600));
+    let s = &w.subscribers[0];
+    assert_eq!(s.name, "kyc-backend");
+    assert_eq!(s.url, "https://kyc.internal:9443/events");
+    assert!(s.wants(Some("status.updated")) && s.wants(None));
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+#[test]
+fn every_setting_is_read() {
+    let config = load(
+        r#"
+[[webhooks]]
+name = "persona"
+path = "/hooks/persona"
+scheme = "persona"
+secret = "file:key"
+previous_secret = "env:OLD_PERSONA_SECRET_FOR_TEST_UNSET"
+tolerance = "2m"
+source_cidrs = ["203.0.113.0/24", "2001:db8::1"]
+max_body_bytes = 65536
+outbox_key = "file:key"
+outbox_previous_keys = ["file:key"]
+retry = { base = "500ms", max = "1m", max_age = "2h" }
+delivery_timeout = "3s"
+retention = "0s"
+dead_letter_retention = "24h"
+[[webhooks.subscribers]]
+name = "a"
+url = "http://127.0.0.1:9000/events"
+secret = "file:key"
+masking = "kyc-minimal"
+events = ["inquiry.completed"]
+ca = "ca.pem"
+"#,
+    );
+    // The previous secret's variable is not set: the reference is checked like any other.
+    let errs = config.unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("webhooks[0].previous_secret: "),
+        "{errs:?}"
+    );
+
+    let sumsub = WEBHOOK.replace(
+        "scheme = \"didit\"",
+        "scheme = \"sumsub\"\nsource_cidrs = [\"10.0.0.0/8\"]\nretry = { max_age = \"1h\" }\nretention = \"0s\"",
+    ) + "masking = \"kyc-minimal\"\nevents = [\"applicantReviewed\"]\nca = \"ca.pem\"\n";
+    let config = load(&sumsub).unwrap();
+    let w = &config.webhooks[0];
+    assert_eq!(w.scheme, WebhookScheme::Sumsub);
+    assert_eq!(w.source_cidrs, ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+    assert_eq!(w.retry.max_age, Duration::from_secs(3600));
+    assert_eq!(w.retry.base, RetryPolicy::default().base);
+    assert_eq!(w.retention, Duration::ZERO);
+    let s = &w.subscribers[0];
+    assert_eq!(s.masking, Some(0));
+    assert!(s.wants(Some("applicantReviewed")));
+    assert!(!s.wants(Some("applicantPending")) && !s.wants(None));
+    assert!(s.ca.as_ref().is_some_and(|p| p.ends_with("ca.pem")));
+}
+
+#[test]
+fn problems_are_named_by_their_key() {
+    let bad = WEBHOOK
+        .replace("name = \"didit\"", "name = \"di dit\"")
+        .replace("scheme = \"didit\"", "scheme = \"didit-v9\"\ntolerance = \"0s\"")
+        .replace("outbox_key = \"file:key\"", "outbox_key = \"hunter2\"\nmax_body_bytes = 0\nretry = { base = \"10s\", max = \"1s\" }")
+        .replace("https://kyc.internal:9443/events", "http://kyc.internal/events")
+        + "masking = \"nope\"\nevents = [\"\"]\n";
+    let errs = errors(&bad);
+    for expected in [
+        "webhooks[0].name: a webhook name is",
+        "webhooks[0].scheme: \"didit-v9\" is not a webhook scheme: write didit, didit-v2",
+        "webhooks[0].tolerance: must be more than zero",
+        "webhooks[0].outbox_key: a literal secret is not allowed here",
+        "webhooks[0].max_body_bytes: must be between 1 and",
+        "webhooks[0].retry.max: must be at least retry.base",
+        "webhooks[0].subscribers[0].url: must be https:// (http:// only to a loopback address)",
+        "webhooks[0].subscribers[0].masking: no masking profile is named \"nope\"",
+        "webhooks[0].subscribers[0].events[0]: an event type is",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "{expected} in {errs:#?}"
+        );
+    }
+    assert!(!errs.iter().any(|e| e.contains("hunter2")), "{errs:?}");
+
+    let no_subscribers = WEBHOOK.split("[[webhooks.subscribers]]").next().unwrap();
+    assert_eq!(
+        errors(no_subscribers),
+        [
+            "webhooks[0].subscribers: missing: add [[webhooks.subscribers]] with the services events go to"
+        ]
+    );
+    let unknown = WEBHOOK.replace(
+        "scheme = \"didit\"",
+        "scheme = \"didit\"\nsignature = \"x\"",
+    );
+    assert!(
+        errors(&unknown)
+            .iter()
+            .any(|e| e.starts_with("webhooks[0].signature: unknown field `signature`")),
+        "{:?}",
+        errors(&unknown)
+    );
+}
+
+#[test]
+fn a_webhook_path_is_nobody_elses() {
+    let errs = errors(&WEBHOOK.replace("/webhooks/didit", "/v3/session/abc/decision/"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "webhooks[0].path: route \"sessions\" (/v3/session/{id}/decision/) takes /v3/session/abc/decision/ too"
+        ),
+        "{errs:?}"
+    );
+    for (path, reason) in [
+        ("webhooks/didit", "must be an absolute path"),
+        ("/webhooks/{provider}", "is matched exactly"),
+        ("/webhooks/didit?x=1", "is matched exactly"),
+    ] {
+        let errs = errors(&WEBHOOK.replace("/webhooks/didit", path));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("webhooks[0].path: {reason}"))),
+            "{path}: {errs:?}"
+        );
+    }
+    let twice = format!(
+        "{WEBHOOK}{}",
+        WEBHOOK.replace("name = \"didit\"", "name = \"other\"")
+    );
+    assert_eq!(
+        errors(&twice),
+        ["webhooks[1].path: webhook \"didit\" already takes /webhooks/didit"]
+    );
+    let same_name = format!(
+        "{WEBHOOK}{}",
+        WEBHOOK.replace("/webhooks/didit", "/webhooks/other")
+    );
+    assert_eq!(
+        errors(&same_name),
+        ["webhooks[1].name: another webhook is named \"didit\""]
+    );
+}
+
+#[test]
+fn a_listener_that_requires_client_certificates_is_warned_about() {
+    let config = load(WEBHOOK).map(|c| c.warnings).unwrap();
+    assert!(config.is_empty());
+    let dir = dir();
+    let text = format!("{BASE}{WEBHOOK}")
+        .replace("client_auth = \"optional\"", "client_auth = \"required\"");
+    let config = crate::parse(&dir.path().join("t.toml"), &text).unwrap();
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("webhooks: listener.client_auth is \"required\"")),
+        "{:?}",
+        config.warnings
+    );
+}
