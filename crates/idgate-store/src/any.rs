@@ -295,6 +295,15 @@ impl Queue for StateStore {
         forward!(self, s => s.bury(queue, lease, reason))
     }
 
+    async fn release(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        forward!(self, s => s.release(queue, id, now))
+    }
+
     async fn peek(
         &self,
         queue: &QueueName,

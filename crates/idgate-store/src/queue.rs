@@ -258,6 +258,15 @@ pub trait Queue: Send + Sync {
         reason: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Makes a message that waits for its time (pushed for later, or nacked) claimable at
+    /// once; `false` when it is not waiting (ready, leased, a dead letter, or gone).
+    fn release(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// A message's bookkeeping and payload, without claiming it (to show or copy it).
     fn peek(
         &self,
@@ -565,6 +574,24 @@ pub(crate) fn bury(
     meta.dead = true;
     meta.last_error = Some(reason.to_owned());
     rows.set_meta(queue, seq, &meta)
+}
+
+pub(crate) fn release(
+    rows: &mut impl QueueRows,
+    queue: &str,
+    id: &MessageId,
+    now: SystemTime,
+) -> Result<bool, StoreError> {
+    let Ok(seq) = id.seq() else { return Ok(false) };
+    let now = micros(now);
+    match rows.meta(queue, seq)? {
+        Some(mut meta) if matches!(meta.state(now), MessageState::Waiting { .. }) => {
+            meta.ready_at = now;
+            rows.set_meta(queue, seq, &meta)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 pub(crate) fn peek(

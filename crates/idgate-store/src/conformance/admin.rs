@@ -59,6 +59,21 @@ pub(super) async fn queue_admin(store: &impl Queue, start: SystemTime) {
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].payload, b"b");
 
+    // A message pushed for later can be released at once, and only then.
+    let mut held = msg("held", Some("s3"));
+    held.not_before = Some(start + 60 * SEC);
+    let h = store.push(&q, held, start).await.unwrap();
+    assert!(!store.release(&q, &b, start).await.unwrap(), "b is leased");
+    assert!(store.claim(&q, 10, lease, start).await.unwrap().is_empty());
+    assert!(store.release(&q, &h, start).await.unwrap());
+    assert!(
+        !store.release(&q, &h, start).await.unwrap(),
+        "ready already"
+    );
+    let released = store.claim(&q, 10, lease, start).await.unwrap();
+    assert_eq!(released[0].payload, b"held");
+    store.ack(&q, &released[0].lease).await.unwrap();
+
     // Listing pages through every state, oldest first.
     let all = store.messages(&q, None, 10, start).await.unwrap();
     let states: Vec<_> = all.iter().map(|m| (m.id.clone(), m.state)).collect();

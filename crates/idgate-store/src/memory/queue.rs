@@ -190,6 +190,15 @@ impl Queue for MemoryStore {
         ))
     }
 
+    fn release(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        std::future::ready(queue::release(&mut *self.queues(), queue.as_str(), id, now))
+    }
+
     fn peek(
         &self,
         queue: &QueueName,

@@ -294,6 +294,16 @@ impl Queue for RedbStore {
         self.blocking(move |s| s.write_queue(|t| queue::bury(t, queue.as_str(), &lease, &reason)))
     }
 
+    fn release(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let (queue, id) = (queue.clone(), id.clone());
+        self.blocking(move |s| s.write_queue(|t| queue::release(t, queue.as_str(), &id, now)))
+    }
+
     fn peek(
         &self,
         queue: &QueueName,

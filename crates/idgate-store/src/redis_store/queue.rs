@@ -183,6 +183,23 @@ return 1
     ))
 });
 
+/// KEYS: live (for the Cluster slot). ARGV: message prefix, id, now. 1 when a waiting message was made ready
+/// (`crate::queue::release`).
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local m = ARGV[1] .. ARGV[2]
+local f = redis.call('HMGET', m, 'a', 'm', 'r', 'l', 'x')
+if not f[1] or f[5] then return 0 end
+local now = tonumber(ARGV[3])
+if f[4] and tonumber(f[4]) > now then return 0 end
+if tonumber(f[1]) >= tonumber(f[2]) or tonumber(f[3]) <= now then return 0 end
+redis.call('HSET', m, 'r', ARGV[3])
+return 1
+",
+    )
+});
+
 /// KEYS: live, dead, leased. ARGV: message prefix, id, now. 1 when the message was
 /// deleted, 0 when there is none or it is leased (`crate::queue::remove`).
 static REMOVE: LazyLock<Script> = LazyLock::new(|| {
@@ -569,6 +586,29 @@ impl Queue for RedisStore {
             1 => Ok(()),
             _ => Err(StoreError::LeaseLost(lease.id.clone())),
         }
+    }
+
+    async fn release(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let Ok(seq) = id.seq() else { return Ok(false) };
+        let keys = self.queue_keys(queue);
+        let now = exact(micros(now));
+        let done: i64 = self
+            .call(|mut c| async move {
+                RELEASE
+                    .key(&keys.live)
+                    .arg(&keys.message)
+                    .arg(seq)
+                    .arg(now)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(done == 1)
     }
 
     async fn peek(
