@@ -1,0 +1,299 @@
+//! One delivery attempt of one claimed message: open it, mask it for the subscriber, sign
+//! it, post it, and settle the claim by the answer (ack, nack for a retry, or bury).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::Request;
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
+use http_body_util::{BodyExt as _, Full, Limited};
+use idgate_config::NonJson;
+use idgate_mask::{MaskError, Pseudonymizer};
+use idgate_secrets::HmacKey;
+use idgate_secrets::hmac::SignError;
+use idgate_store::{Claimed, NewMessage, Queue};
+
+use super::retry::{Verdict, classify, next_attempt};
+use super::signature::{EVENT_ID_HEADER, SIGNATURE_HEADER, header_value, signed_message};
+use super::{Deliverer, Subscriber, SubscriberMask};
+use crate::metrics::Attempt;
+
+/// The most of a subscriber's answer read (and thrown away), so its connection can be
+/// used again.
+const MAX_ANSWER: usize = 64 * 1024;
+
+const USER_AGENT_VALUE: &str = concat!("idgate-webhooks/", env!("CARGO_PKG_VERSION"));
+
+/// Why a message is not sent this time.
+enum NotSent {
+    /// For good: a dead letter.
+    Refused(String),
+    /// Worth another attempt.
+    Retry(String),
+}
+
+/// Delivers `message` to `sub` and settles its claim. Errors are logged, never returned:
+/// an unsettled claim runs out and the message is tried again.
+pub(super) async fn deliver(d: &Deliverer, sub: &Subscriber, message: Claimed) {
+    let verdict = match prepare(sub, &message).await {
+        Ok((event, body)) => post(d, sub, &event, body).await,
+        Err(NotSent::Refused(reason)) => Verdict::Refused { reason },
+        Err(NotSent::Retry(reason)) => Verdict::Retry {
+            reason,
+            after: None,
+        },
+    };
+    settle(d, sub, &message, verdict).await;
+}
+
+/// The event's idempotency key and the body to send.
+async fn prepare(sub: &Subscriber, message: &Claimed) -> Result<(String, Bytes), NotSent> {
+    let (header, body) = sub
+        .keys
+        .open(sub.queue.as_str(), &message.payload)
+        .map_err(|e| NotSent::Refused(format!("the outbox message cannot be opened: {e}")))?;
+    let body = match &sub.mask {
+        None => body,
+        Some(mask) => masked(mask, body).await?,
+    };
+    Ok((header.event, Bytes::from(body)))
+}
+
+/// The body as the subscriber's masking profile lets it see it.
+async fn masked(mask: &SubscriberMask, body: Vec<u8>) -> Result<Vec<u8>, NotSent> {
+    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return match mask.non_json {
+            NonJson::Pass => Ok(body),
+            NonJson::Block => Err(NotSent::Refused(format!(
+                "the event is not JSON, and masking profile {} lets only JSON through",
+                mask.profile_name
+            ))),
+        };
+    };
+    let pseudonyms = Pseudonyms {
+        key: mask.key.as_deref(),
+        started: Instant::now(),
+    };
+    match mask.profile.mask(&mut doc, &pseudonyms).await {
+        Ok(_) => serde_json::to_vec(&doc)
+            .map_err(|e| NotSent::Refused(format!("the masked event cannot be written: {e}"))),
+        Err(MaskError::Blocked(b)) => Err(NotSent::Refused(format!(
+            "masking profile {}: {b}",
+            mask.profile_name
+        ))),
+        Err(e) => Err(NotSent::Retry(format!(
+            "masking profile {}: {e}",
+            mask.profile_name
+        ))),
+    }
+}
+
+/// The tags of pseudonyms, from the profile's key.
+struct Pseudonyms<'a> {
+    key: Option<&'a HmacKey>,
+    started: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PseudonymError {
+    #[error("the profile has no pseudonym key")]
+    NoKey,
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
+
+impl Pseudonymizer for Pseudonyms<'_> {
+    type Error = PseudonymError;
+
+    async fn macs(&self, inputs: &[Vec<u8>]) -> Result<Vec<[u8; 32]>, PseudonymError> {
+        let key = self.key.ok_or(PseudonymError::NoKey)?;
+        Ok(key.sign_all(self.started, inputs).await?.0)
+    }
+}
+
+/// Signs and posts the body; the verdict on what came back.
+async fn post(d: &Deliverer, sub: &Subscriber, event: &str, body: Bytes) -> Verdict {
+    let retry = |reason: String| Verdict::Retry {
+        reason,
+        after: None,
+    };
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mac = match sub
+        .secret
+        .sign(Instant::now(), signed_message(t, &body))
+        .await
+    {
+        Ok((mac, _version)) => mac,
+        Err(e) => return retry(format!("the delivery could not be signed: {e}")),
+    };
+    let client = match sub.client((d.svid)()) {
+        Ok(c) => c,
+        Err(e) => return retry(format!("no HTTPS client: {e}")),
+    };
+    let (Ok(signature), Ok(event_id)) = (
+        HeaderValue::from_str(&header_value(t, &mac)),
+        HeaderValue::from_str(event),
+    ) else {
+        return Verdict::Refused {
+            reason: "the event's headers cannot be written".to_owned(),
+        };
+    };
+    let request = Request::post(sub.url.clone())
+        .header(CONTENT_TYPE, "application/json")
+        .header(USER_AGENT, USER_AGENT_VALUE)
+        .header(SIGNATURE_HEADER, signature)
+        .header(EVENT_ID_HEADER, event_id)
+        .body(Full::new(body));
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => {
+            return Verdict::Refused {
+                reason: format!("the request cannot be made: {e}"),
+            };
+        }
+    };
+    let exchange = async {
+        let response = client.request(request).await?;
+        let status = response.status();
+        let after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        // Read what little the subscriber says, so the connection can serve the next one.
+        let _ = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await;
+        Ok::<_, idgate_tls::client::RequestError>((status, after))
+    };
+    match tokio::time::timeout(sub.timeout, exchange).await {
+        Ok(Ok((status, after))) => classify(status, after),
+        Ok(Err(e)) => retry(format!(
+            "the subscriber could not be reached: {}",
+            error_chain(&e)
+        )),
+        Err(_) => retry(format!(
+            "the subscriber did not answer within {:?}",
+            sub.timeout
+        )),
+    }
+}
+
+/// An error with its causes, for the log (a connection error's cause says what happened).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// Acks, nacks or buries the claim as the verdict says, and counts it.
+async fn settle(d: &Deliverer, sub: &Subscriber, message: &Claimed, verdict: Verdict) {
+    let now = SystemTime::now();
+    let lease = &message.lease;
+    let (outcome, result) = match verdict {
+        Verdict::Delivered => {
+            keep_copy(d, sub, message, now).await;
+            (
+                Attempt::Delivered,
+                d.store.ack(&sub.queue, lease).await.map(|()| None),
+            )
+        }
+        Verdict::Retry { reason, after } => {
+            match next_attempt(&sub.retry, lease.attempt, message.enqueued_at, now, after) {
+                Some(at) => (
+                    Attempt::Retried,
+                    d.store
+                        .nack(&sub.queue, lease, at, &reason)
+                        .await
+                        .map(|_| Some(reason)),
+                ),
+                None => {
+                    let reason = format!(
+                        "gave up after {} attempts, at the maximum age of {:?}: {reason}",
+                        lease.attempt, sub.retry.max_age
+                    );
+                    (
+                        Attempt::Dead,
+                        d.store
+                            .bury(&sub.queue, lease, &reason)
+                            .await
+                            .map(|()| Some(reason)),
+                    )
+                }
+            }
+        }
+        Verdict::Refused { reason } => (
+            Attempt::Dead,
+            d.store
+                .bury(&sub.queue, lease, &reason)
+                .await
+                .map(|()| Some(reason)),
+        ),
+    };
+    d.metrics.attempt(&sub.webhook, &sub.name, outcome);
+    let (webhook, subscriber, id) = (&*sub.webhook, &*sub.name, lease.id.as_str());
+    match (outcome, result) {
+        (Attempt::Delivered, Ok(_)) => {
+            tracing::info!(
+                webhook,
+                subscriber,
+                id,
+                attempt = lease.attempt,
+                "webhook event delivered"
+            );
+        }
+        (Attempt::Retried, Ok(reason)) => tracing::warn!(
+            webhook,
+            subscriber,
+            id,
+            attempt = lease.attempt,
+            reason = reason.as_deref().unwrap_or(""),
+            "webhook delivery failed; it will be retried"
+        ),
+        (Attempt::Dead, Ok(reason)) => tracing::error!(
+            webhook,
+            subscriber,
+            id,
+            attempt = lease.attempt,
+            reason = reason.as_deref().unwrap_or(""),
+            "webhook event is a dead letter"
+        ),
+        (_, Err(e)) => tracing::warn!(
+            webhook,
+            subscriber,
+            id,
+            error = %e,
+            "the outcome of a webhook delivery could not be recorded; the event will be delivered again"
+        ),
+    }
+}
+
+/// Keeps a copy of a delivered message for its retention (still sealed), so that it can be
+/// shown and replayed; purged when it comes due.
+async fn keep_copy(d: &Deliverer, sub: &Subscriber, message: &Claimed, now: SystemTime) {
+    if sub.retention.is_zero() {
+        return;
+    }
+    let copy = NewMessage {
+        payload: message.payload.clone(),
+        order_key: None,
+        max_attempts: u32::MAX,
+        not_before: Some(now + sub.retention),
+    };
+    if let Err(e) = d.store.push(&sub.delivered, copy, now).await {
+        tracing::warn!(
+            webhook = &*sub.webhook,
+            subscriber = &*sub.name,
+            error = %e,
+            "cannot keep a copy of a delivered webhook event"
+        );
+    }
+}
