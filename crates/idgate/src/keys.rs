@@ -523,7 +523,7 @@ fn positive(s: &str, flag: &str) -> Result<Duration, Failure> {
 }
 
 /// `"<n><unit>"`, unit `s`, `m`, `h`, `d` or `w`.
-fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let (n, unit) = s.split_at(digits);
     let n: u64 = n.parse().map_err(|_| {
@@ -545,7 +545,7 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ`.
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

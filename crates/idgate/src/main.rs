@@ -10,6 +10,7 @@ mod demo;
 mod hsm;
 mod keys;
 mod ready_file;
+mod webhooks;
 
 // The system allocator cost the proxy about a tenth of its CPU per request; mimalloc's
 // thread-local free lists take most of that back.
@@ -117,6 +118,14 @@ enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// Inspect the webhook outbox: list, show, replay and purge events.
+    ///
+    /// Reads the [state] backend the configuration names (a redb file shared with the running
+    /// gateway, or Redis). Event bodies are shown only with `show --body`.
+    Webhooks {
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -136,6 +145,7 @@ fn main() -> ExitCode {
         } => dev_pki(&out, &trust_domain, &workloads, valid_hours),
         Command::Hsm { command } => hsm::run(command),
         Command::Keys { command } => keys::run(command),
+        Command::Webhooks { command } => webhooks::run(command),
         Command::Demo { port, no_wait } => demo::run(!no_wait, port),
         Command::MockProvider(args) => idgate_mock_provider::run_from_args(args),
     }

@@ -311,8 +311,21 @@ impl Queue for RedbStore {
         now: SystemTime,
     ) -> impl Future<Output = Result<Option<(MessageInfo, Vec<u8>)>, StoreError>> + Send {
         let (queue, id) = (queue.clone(), id.clone());
-        // The bookkeeping and the payload in one transaction, so that they belong together.
-        self.blocking(move |s| s.write_queue(|t| queue::peek(t, queue.as_str(), &id, now)))
+        // Two read transactions rather than a write one (which a commit would sync to disk):
+        // a message acked in between has no payload left, and is reported gone.
+        self.blocking(move |s| {
+            let Some(info) = s.read_queue(|t| queue::info(t, queue.as_str(), &id, now))? else {
+                return Ok(None);
+            };
+            let seq = id.seq()?;
+            let path = &s.path;
+            let payload = s.read(QUEUE_PAYLOAD, |t| {
+                Ok(t.get((queue.as_str(), seq))
+                    .map_err(|e| db_err(path, e))?
+                    .map(|v| v.value().to_vec()))
+            })?;
+            Ok(payload.flatten().map(|p| (info, p)))
+        })
     }
 
     fn delete_message(
