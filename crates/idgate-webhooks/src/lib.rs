@@ -6,13 +6,19 @@
 //! - [`delivery`]: the process's deliverer, which claims messages with a lease and posts
 //!   them to each subscriber over mutual TLS, signed (`idgate-signature`), retried with
 //!   backoff until the event's maximum age, in order per session.
+//! - [`intake`]: a verified event written, checked against replays, released — in an order
+//!   that loses nothing when the gateway is killed at any point.
+//! - [`setup`]: the webhooks of a configuration, put into use.
 //! - [`metrics`]: deliveries by outcome and the outbox's depth.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod delivery;
+pub mod intake;
 pub mod metrics;
 pub mod outbox;
+pub mod setup;
 
 pub use delivery::{Deliverer, Plan, Subscriber, SubscriberMask, SvidSource};
 pub use metrics::DeliveryMetrics;
+pub use setup::{Endpoint, SetupError, Webhooks};

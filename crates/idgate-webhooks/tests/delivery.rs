@@ -79,9 +79,9 @@ async fn setup(
         Arc::new(move || client_key.clone()),
         DeliveryMetrics::default(),
     );
-    deliverer.set_plan(Plan {
+    deliverer.set_plan(Arc::new(Plan {
         subscribers: vec![sub.clone()],
-    });
+    }));
     let (stop, stopped) = watch::channel(false);
     deliverer.spawn(stopped);
     Setup {

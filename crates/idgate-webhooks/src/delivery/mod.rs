@@ -213,8 +213,8 @@ impl Deliverer {
     }
 
     /// Delivers for these subscribers from now on (a reload replaces them).
-    pub fn set_plan(&self, plan: Plan) {
-        self.plan.store(Arc::new(plan));
+    pub fn set_plan(&self, plan: Arc<Plan>) {
+        self.plan.store(plan);
         self.wake.notify_one();
     }
 

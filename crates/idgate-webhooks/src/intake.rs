@@ -1,0 +1,133 @@
+//! Taking a verified event in: written to the outbox for each subscriber that wants it,
+//! then checked against replays, then released for delivery — in that order, so that a
+//! gateway killed at any point either kept the event or let the provider's retry keep it:
+//!
+//! ```text
+//! hold (write, not deliverable yet) ──▶ replay check (nonce) ──▶ fresh:  release ──▶ 2xx
+//!                                                            └─▶ replay: discard ──▶ 401
+//! ```
+//!
+//! - killed before the write: nothing kept, no nonce; the provider's retry is fresh;
+//! - killed after the write, before the nonce: the held copy is delivered when its hold
+//!   ends, and the retry writes another with the same idempotency key (a duplicate that
+//!   subscribers drop);
+//! - killed after the nonce: the event is kept (released, or delivered when its hold ends);
+//!   the retry is refused as a replay, which is right: the event is in.
+//!
+//! A store that fails answers 5xx with nothing kept (what was held is discarded, the
+//! nonce never written), so the provider's retry is taken as new.
+
+use std::time::{Duration, SystemTime};
+
+use idgate_store::{Nonce, Nonces, Queue, StoreError};
+use ring::digest::{SHA256, digest};
+
+use crate::outbox::{self, NewEvent, OutboxError};
+use crate::setup::Endpoint;
+
+/// What the verifier read from a genuine event.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    pub event_id: Option<&'a str>,
+    pub session_id: Option<&'a str>,
+    pub event_type: Option<&'a str>,
+    /// What makes this event, or this delivery of it, unique (an event id, a signature).
+    pub replay_key: &'a str,
+}
+
+/// What became of a genuine event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intake {
+    /// Kept for every subscriber that wants it (none may).
+    Accepted {
+        /// The idempotency key subscribers get as `idgate-event-id`.
+        key: String,
+        subscribers: usize,
+    },
+    /// Seen within the replay window: refused, nothing kept.
+    Replayed,
+}
+
+/// Why an event could not be taken in; the provider should retry.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("the event could not be written to the outbox: {0}")]
+    Outbox(#[from] OutboxError),
+    #[error("the replay check could not be made: {0}")]
+    Nonce(StoreError),
+}
+
+/// The nonce of an event: the webhook's name and a digest of its replay key (which may be
+/// long, or hold characters a key may not).
+fn nonce(endpoint: &Endpoint, replay_key: &str) -> Result<Nonce, StoreError> {
+    let d = digest(&SHA256, replay_key.as_bytes());
+    Nonce::new(format!(
+        "webhook:{}:{}",
+        endpoint.name,
+        idgate_codec::hex::encode(&d.as_ref()[..16])
+    ))
+}
+
+/// How long a replay key is remembered: an event is accepted while its timestamp is within
+/// the tolerance either side of the clock, so for twice the tolerance from now.
+pub fn replay_window(endpoint: &Endpoint) -> Duration {
+    endpoint.tolerance * 2
+}
+
+/// Takes a verified event in; see the module documentation for the order of the steps.
+pub async fn accept<S: Queue + Nonces>(
+    store: &S,
+    endpoint: &Endpoint,
+    event: Event<'_>,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<Intake, IntakeError> {
+    let key = outbox::event_key(&endpoint.name, event.event_id, body);
+    let subscribers = endpoint.subscribers_for(event.event_type);
+    let held = outbox::hold(
+        store,
+        &endpoint.keys,
+        NewEvent {
+            webhook: &endpoint.name,
+            key: &key,
+            event_type: event.event_type,
+            session: event.session_id,
+            body,
+        },
+        &subscribers,
+        now,
+    )
+    .await?;
+    let nonce = nonce(endpoint, event.replay_key).map_err(IntakeError::Nonce)?;
+    match store
+        .insert_if_absent(&nonce, replay_window(endpoint), now)
+        .await
+    {
+        Ok(true) => {
+            if let Err(e) = outbox::release(store, &held, now).await {
+                // Kept all the same: delivered once its hold ends.
+                tracing::warn!(webhook = &*endpoint.name, error = %e, "a webhook event could not be released at once; it is delivered when its hold ends");
+            }
+            Ok(Intake::Accepted {
+                key,
+                subscribers: held.len(),
+            })
+        }
+        Ok(false) => {
+            outbox::discard(store, &held, now).await;
+            Ok(Intake::Replayed)
+        }
+        Err(e) => {
+            outbox::discard(store, &held, now).await;
+            // The insert may have been applied even so (a late answer): forgetting it lets
+            // the provider's retry in.
+            if let Err(e) = store.forget(&nonce).await {
+                tracing::warn!(webhook = &*endpoint.name, error = %e, "a webhook replay key could not be forgotten; a retry of the event may be refused as a replay");
+            }
+            Err(IntakeError::Nonce(e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
