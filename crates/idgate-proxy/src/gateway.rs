@@ -158,12 +158,13 @@ impl Gateway {
         };
 
         let services = Arc::new(Services::new(self.access_log.clone(), self.state.clone()));
+        let (stop_tx, stop_rx) = watch::channel(false);
         services.metrics.certificates_of(self.material.clone());
         tokio::spawn(sweep_limiter(Arc::downgrade(&services)));
         self.snapshot.start_background(&services.metrics);
+        let deliverer = start_deliverer(&services, &self.material, &self.snapshot, stop_rx.clone());
         let snapshot = Arc::new(ArcSwap::from_pointee(self.snapshot));
         let watch_handle = spawn_watcher(self.material.clone(), cfg.identity.poll_interval);
-        let (stop_tx, stop_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
 
         // Registered before the gateway reports ready: an unhandled SIGHUP would end the
@@ -180,6 +181,7 @@ impl Gateway {
                 metrics: services.metrics.clone(),
                 running: cfg.clone(),
                 state: self.state.clone(),
+                deliverer,
             }
             .on_sighup(hup, stop_rx.clone()),
         );
@@ -240,6 +242,28 @@ struct Reloader {
     running: Config,
     /// The process's state backend, which every snapshot uses.
     state: StateStore,
+    /// Delivers the webhooks of the snapshot in force.
+    deliverer: Arc<idgate_webhooks::Deliverer>,
+}
+
+/// Starts the process's webhook deliverer on the snapshot's subscribers, presenting the
+/// gateway's SVID (as it rotates) to them.
+fn start_deliverer(
+    services: &Services,
+    material: &Arc<TlsMaterial>,
+    snapshot: &Snapshot,
+    stop: watch::Receiver<bool>,
+) -> Arc<idgate_webhooks::Deliverer> {
+    let material = material.clone();
+    let deliverer = idgate_webhooks::Deliverer::new(
+        services.state.clone(),
+        Arc::new(move || material.current_svid()),
+        services.webhook_metrics.clone(),
+    );
+    deliverer.set_plan(snapshot.webhooks.plan.clone());
+    deliverer.spawn(stop);
+    let _ = services.deliverer.set(deliverer.clone());
+    deliverer
 }
 
 /// Removes the dead keys of the in-process rate limiter every few seconds, so that its
@@ -421,6 +445,7 @@ impl Reloader {
             metrics,
             running,
             state,
+            deliverer,
         } = self;
         let running = Arc::new(running);
         loop {
@@ -439,6 +464,7 @@ impl Reloader {
             match built {
                 Ok(Ok((new, restart))) => {
                     new.start_background(&metrics);
+                    deliverer.set_plan(new.webhooks.plan.clone());
                     snapshot.store(Arc::new(new));
                     tracing::info!(
                         "configuration reloaded: routes, upstreams, credentials and authentication replaced"

@@ -30,6 +30,7 @@ pub mod snapshot;
 pub mod state;
 pub mod token_endpoint;
 pub mod upstream;
+pub mod webhooks;
 
 pub use gateway::{Bound, Gateway};
 pub use problem::Refusal;

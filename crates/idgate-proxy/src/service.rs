@@ -88,6 +88,10 @@ pub struct Services {
     pub limit_metrics: LimitMetrics,
     /// Failures of the state backend: counted, and logged a line at a time.
     pub state_errors: StateErrors,
+    /// Webhook deliveries and the outbox's depth.
+    pub webhook_metrics: idgate_webhooks::DeliveryMetrics,
+    /// The process's webhook deliverer, once the gateway runs: woken when an event is kept.
+    pub deliverer: std::sync::OnceLock<Arc<idgate_webhooks::Deliverer>>,
 }
 
 impl Default for Services {
@@ -105,6 +109,7 @@ impl Services {
                 .map_or_else(Default::default, |log| log.dropped().clone()),
         );
         let limit_metrics = LimitMetrics::register(metrics.registry_mut());
+        let webhook_metrics = idgate_webhooks::DeliveryMetrics::register(metrics.registry_mut());
         Self {
             ids: RequestIds::default(),
             metrics: Arc::new(metrics),
@@ -116,6 +121,8 @@ impl Services {
             limiter: LocalLimiter::default(),
             limit_metrics,
             state_errors: StateErrors::default(),
+            webhook_metrics,
+            deliverer: std::sync::OnceLock::new(),
         }
     }
 

@@ -72,6 +72,8 @@ pub enum BuildProblem {
     RateLimit(idgate_store::StoreError),
     #[error(transparent)]
     Masking(MaskingKeyError),
+    #[error(transparent)]
+    Webhook(idgate_webhooks::SetupError),
 }
 
 impl BuildError {
@@ -110,6 +112,8 @@ pub struct Snapshot {
     pub request_limits: RequestLimits,
     /// The masking profiles routes apply, with their pseudonym keys.
     pub masking: MaskingProfiles,
+    /// Provider webhooks: their endpoints and their subscribers' delivery plan.
+    pub webhooks: idgate_webhooks::Webhooks,
 }
 
 /// The listener's limits that the pipeline enforces on each request.
@@ -191,6 +195,14 @@ impl Snapshot {
             );
             MaskingProfiles::default()
         });
+        let webhooks = crate::webhooks::load(config, &masking)
+            .map_err(|es| {
+                errors.extend(
+                    es.into_iter()
+                        .map(|e| BuildError::new(config, e.key.clone(), BuildProblem::Webhook(e))),
+                )
+            })
+            .unwrap_or_default();
         let mut strip_headers = vec![
             HeaderName::from_static("x-api-key"),
             header::AUTHORIZATION,
@@ -236,6 +248,7 @@ impl Snapshot {
                     body_timeout: config.listener.body_timeout,
                 },
                 masking,
+                webhooks,
             }),
             _ => Err(errors),
         }
