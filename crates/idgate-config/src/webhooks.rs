@@ -37,6 +37,12 @@ pub struct WebhookConfig {
     /// The exact path providers post to (no template).
     pub path: String,
     pub scheme: WebhookScheme,
+    /// For `didit-v2`: which canonical form `X-Signature-V2` signs (`unescaped`, `ascii`,
+    /// `timestamp:unescaped`, `timestamp:ascii`; the verifier's default when absent). Read
+    /// when the configuration is put into use.
+    pub v2_form: Option<String>,
+    /// For `sumsub`: whether `HMAC_SHA1_HEX` digests are taken.
+    pub allow_sha1: bool,
     /// The signing secret, then the previous one while a rotation is under way.
     pub secrets: Vec<SecretRef>,
     /// How far a signed timestamp may be from the gateway's clock, and how long an event's
@@ -165,6 +171,10 @@ pub(crate) struct RawWebhook {
     name: String,
     path: String,
     scheme: String,
+    #[serde(default)]
+    v2_form: Option<String>,
+    #[serde(default)]
+    allow_sha1: Option<bool>,
     secret: String,
     #[serde(default)]
     previous_secret: Option<String>,
@@ -278,6 +288,18 @@ pub(crate) fn section(
             );
             WebhookScheme::Didit
         });
+        if w.v2_form.is_some() && scheme != WebhookScheme::DiditV2 {
+            cx.err(
+                format!("{key}.v2_form"),
+                "is for scheme = \"didit-v2\" only",
+            );
+        }
+        if w.allow_sha1.is_some() && scheme != WebhookScheme::Sumsub {
+            cx.err(
+                format!("{key}.allow_sha1"),
+                "is for scheme = \"sumsub\" only",
+            );
+        }
         let mut secrets: Vec<SecretRef> = auth::available(cx, &format!("{key}.secret"), &w.secret)
             .into_iter()
             .collect();
@@ -334,6 +356,8 @@ pub(crate) fn section(
                 name: w.name,
                 path: w.path,
                 scheme,
+                v2_form: w.v2_form,
+                allow_sha1: w.allow_sha1.unwrap_or(false),
                 secrets,
                 tolerance,
                 source_cidrs,

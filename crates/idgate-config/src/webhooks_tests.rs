@@ -152,7 +152,10 @@ ca = "ca.pem"
 fn problems_are_named_by_their_key() {
     let bad = WEBHOOK
         .replace("name = \"didit\"", "name = \"di dit\"")
-        .replace("scheme = \"didit\"", "scheme = \"didit-v9\"\ntolerance = \"0s\"")
+        .replace(
+            "scheme = \"didit\"",
+            "scheme = \"didit-v9\"\ntolerance = \"0s\"\nallow_sha1 = true",
+        )
         .replace("outbox_key = \"file:key\"", "outbox_key = \"hunter2\"\nmax_body_bytes = 0\nretry = { base = \"10s\", max = \"1s\" }")
         .replace("https://kyc.internal:9443/events", "http://kyc.internal/events")
         + "masking = \"nope\"\nevents = [\"\"]\n";
@@ -161,6 +164,7 @@ fn problems_are_named_by_their_key() {
         "webhooks[0].name: a webhook name is",
         "webhooks[0].scheme: \"didit-v9\" is not a webhook scheme: write didit, didit-v2",
         "webhooks[0].tolerance: must be more than zero",
+        "webhooks[0].allow_sha1: is for scheme = \"sumsub\" only",
         "webhooks[0].outbox_key: a literal secret is not allowed here",
         "webhooks[0].max_body_bytes: must be between 1 and",
         "webhooks[0].retry.max: must be at least retry.base",

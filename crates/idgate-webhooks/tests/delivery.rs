@@ -27,6 +27,8 @@ fn webhook(retry: RetryPolicy) -> WebhookConfig {
         name: "didit".into(),
         path: "/webhooks/didit".into(),
         scheme: WebhookScheme::Didit,
+        v2_form: None,
+        allow_sha1: false,
         secrets: Vec::new(),
         tolerance: Duration::from_secs(300),
         source_cidrs: Vec::new(),

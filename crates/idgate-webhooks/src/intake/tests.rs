@@ -31,6 +31,8 @@ fn webhooks(dir: &std::path::Path) -> Webhooks {
         name: "didit".into(),
         path: "/webhooks/didit".into(),
         scheme: WebhookScheme::Didit,
+        v2_form: None,
+        allow_sha1: false,
         secrets: vec![file("secret", "didit secret")],
         tolerance: Duration::from_secs(300),
         source_cidrs: Vec::new(),
