@@ -22,8 +22,10 @@ use ring::digest::{SHA256, digest};
 
 pub use seal::{Header, KeyError, OpenError, OutboxKeys, SealError, read_header};
 
-/// How long a new event waits for its replay check before it may be delivered anyway.
-pub const HOLD: Duration = Duration::from_secs(60);
+/// How long a new event waits for its replay check before it may be delivered anyway: far
+/// longer than the check takes (a store call), short enough that the event of a gateway
+/// killed in between goes out soon after (and holds its session up no longer).
+pub const HOLD: Duration = Duration::from_secs(5);
 
 /// The suffix of the queue that keeps delivered events.
 const DELIVERED: &str = ".delivered";
