@@ -264,13 +264,24 @@ impl SigningKey {
     }
 }
 
+/// The DER of a PKCS#8 v1 Ed25519 private key (RFC 8410) before its 32-byte seed.
+const PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
 /// A new Ed25519 key: its PKCS#8 document as PEM (to be kept secret) and its public key.
 pub fn generate_signing_key() -> Result<(Zeroizing<String>, PublicKey), KeyError> {
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Random)?;
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Random)?;
     let public = <[u8; 32]>::try_from(pair.public_key().as_ref()).map_err(|_| KeyError::Random)?;
-    let b64 = Zeroizing::new(STANDARD.encode(pkcs8.as_ref()));
+    // Written as PKCS#8 v1 (the seed alone), as OpenSSL writes and reads Ed25519 keys; ring's
+    // v2 document holds the seed at a fixed place.
+    let seed = pkcs8.as_ref().get(16..48).ok_or(KeyError::Random)?;
+    let mut v1 = Zeroizing::new(PKCS8_V1_PREFIX.to_vec());
+    v1.extend_from_slice(seed);
+    Ed25519KeyPair::from_pkcs8_maybe_unchecked(&v1).map_err(|_| KeyError::Random)?;
+    let b64 = Zeroizing::new(STANDARD.encode(v1.as_slice()));
     let mut pem = Zeroizing::new(String::from("-----BEGIN PRIVATE KEY-----\n"));
     for chunk in b64.as_bytes().chunks(64) {
         pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
@@ -299,6 +310,11 @@ impl EncryptionKey {
             &ring::digest::digest(&ring::digest::SHA256, key.as_ref()).as_ref()[..8],
         );
         Self { key, kid }
+    }
+
+    /// A key from its 32 bytes.
+    pub fn from_bytes(key: [u8; 32]) -> Self {
+        Self::new(Zeroizing::new(key))
     }
 
     /// Reads the key a reference names: 32 bytes as base64 or hex text (or raw, from a
