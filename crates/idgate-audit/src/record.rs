@@ -7,7 +7,7 @@
 //! nothing, and its members are written once, on the caller's thread, into a reused buffer.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
 use crate::json;
@@ -117,12 +117,14 @@ fn time(out: &mut Vec<u8>, t: SystemTime) {
     json::datetime(out, ms);
 }
 
-fn endpoint(out: &mut Vec<u8>, name: &str, addr: SocketAddr) {
+fn endpoint(out: &mut Vec<u8>, name: &str, ip: IpAddr, port: Option<u16>) {
     json::key(out, name);
     // An address's text needs no escaping.
-    let _ = write!(out, "{{\"ip\":\"{}\"", addr.ip().to_canonical());
-    out.extend_from_slice(b",\"port\":");
-    json::num(out, addr.port().into());
+    let _ = write!(out, "{{\"ip\":\"{}\"", ip.to_canonical());
+    if let Some(port) = port {
+        out.extend_from_slice(b",\"port\":");
+        json::num(out, port.into());
+    }
     out.push(b'}');
 }
 
@@ -189,7 +191,12 @@ impl ApiActivity<'_> {
             out.push(b'}');
         }
         out.push(b'}');
-        endpoint(out, "src_endpoint", self.remote);
+        endpoint(
+            out,
+            "src_endpoint",
+            self.remote.ip(),
+            Some(self.remote.port()),
+        );
         json::key(out, "api");
         out.extend_from_slice(b"{\"operation\":");
         json::str(out, self.route);
@@ -291,8 +298,10 @@ pub enum ConnectionOutcome {
 #[derive(Debug, Clone)]
 pub struct ConnectionEvent<'a> {
     pub time: SystemTime,
-    /// The client's address (the one a load balancer's PROXY header named, if any).
-    pub remote: SocketAddr,
+    /// The client's address (the one a load balancer's PROXY header named, if any)…
+    pub remote: IpAddr,
+    /// …and port, when known.
+    pub port: Option<u16>,
     /// The load balancer the connection came through.
     pub via: Option<SocketAddr>,
     /// The client's SPIFFE ID, when its handshake got that far.
@@ -325,7 +334,7 @@ impl ConnectionEvent<'_> {
         json::key(out, "status_detail");
         json::str(out, self.reason);
         metadata(out, None);
-        endpoint(out, "src_endpoint", self.remote);
+        endpoint(out, "src_endpoint", self.remote, self.port);
         if let Some(peer) = self.peer {
             json::key(out, "actor");
             out.extend_from_slice(b"{\"user\":{\"uid\":");
@@ -442,7 +451,8 @@ pub(crate) mod tests {
     fn a_refused_connection_is_ocsf_network_activity() {
         let e = ConnectionEvent {
             time: UNIX_EPOCH,
-            remote: "192.0.2.1:4000".parse().unwrap(),
+            remote: "192.0.2.1".parse().unwrap(),
+            port: Some(4000),
             via: Some("10.0.0.1:443".parse().unwrap()),
             peer: None,
             outcome: ConnectionOutcome::HandshakeFailed,

@@ -6,6 +6,7 @@
 //! past the first problem so that `idgate check` can report them all at once.
 
 mod admin;
+mod audit;
 mod auth;
 mod context;
 mod credential;
@@ -36,6 +37,7 @@ use serde::de::DeserializeOwned;
 use context::{Ctx, io_reason};
 
 pub use admin::AdminConfig;
+pub use audit::{AuditConfig, AuditWriterConfig, OnAuditFull, RouteAudit};
 pub use auth::{
     ApiKeyStoreConfig, ApiKeysConfig, JwtIssuerConfig, TokenClientConfig, TokenEndpointConfig,
 };
@@ -90,6 +92,8 @@ pub struct Config {
     pub lockout: Option<LockoutConfig>,
     /// Object ownership: the default retention and the sharing groups.
     pub ownership: OwnershipConfig,
+    /// `[audit]`: the tamper-evident audit trail; `None` when absent or disabled.
+    pub audit: Option<AuditConfig>,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
 }
@@ -112,6 +116,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "tiers",
     "lockout",
     "ownership",
+    "audit",
 ];
 
 fn default_workers() -> usize {
@@ -306,12 +311,18 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .and_then(|v| cx.section::<ownership::RawOwnership>("ownership", v))
         .map(|o| ownership::section(&mut cx, o, &issuers))
         .unwrap_or_default();
+    let audit_section = table.remove("audit");
+    let audit_present = audit_section.is_some();
+    let audit = audit_section
+        .and_then(|v| cx.section::<audit::RawAudit>("audit", v))
+        .and_then(|a| audit::parse(&mut cx, a));
     let layers = routes::Layers {
         api_keys: api_keys.is_some(),
         jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),
         issuers,
         rate_limits: limits.declared.clone(),
         ownership: ownership.clone(),
+        audit: audit.is_some() || (audit_present && !cx.errors.is_empty()),
     };
     let routes = routes::parse(
         &mut cx,
@@ -368,6 +379,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 tiers: limits.tiers,
                 lockout: limits.lockout,
                 ownership,
+                audit,
                 warnings,
             })
         }

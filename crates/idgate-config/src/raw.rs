@@ -200,6 +200,10 @@ pub(crate) struct Route {
     pub(crate) ownership_retention: Option<String>,
     #[serde(default)]
     pub(crate) schema: Option<String>,
+    #[serde(default)]
+    pub(crate) on_audit_full: Option<String>,
+    #[serde(default)]
+    pub(crate) personal_path_params: Option<bool>,
 }
 
 /// Kept so that an unknown top-level table gets the same message as any other unknown key.

@@ -46,6 +46,9 @@ pub struct RouteConfig {
     /// What the route's state checks do when the backend fails; `None`: each check's own
     /// default (rate limits fail open, ownership fails closed).
     pub on_state_error: Option<OnStateError>,
+    /// The route's audit options: its policy when the audit queue is full, and whether its
+    /// path parameters are personal data.
+    pub audit: crate::RouteAudit,
 }
 
 /// A route's `allow_cidrs`, `deny_cidrs` and `deny_user_agents`.
@@ -73,6 +76,8 @@ pub(crate) struct Layers {
     pub(crate) rate_limits: Vec<String>,
     /// `[ownership]`, which routes' ownership keys are resolved against.
     pub(crate) ownership: OwnershipConfig,
+    /// Whether there is an `[audit]` section (routes' `on_audit_full` needs one).
+    pub(crate) audit: bool,
 }
 
 pub(crate) fn parse(
@@ -319,6 +324,13 @@ pub(crate) fn parse(
             .schema
             .as_deref()
             .and_then(|file| schema::route_schema(cx, &format!("{key}.schema"), file));
+        let audit = crate::audit::route(
+            cx,
+            &key,
+            (r.on_audit_full, r.personal_path_params),
+            &r.path,
+            layers.audit,
+        );
         if let Some(upstream) = upstream
             && let Some(max_body_bytes) = max_body_bytes
             && cx.errors.len() == before
@@ -339,6 +351,7 @@ pub(crate) fn parse(
                 ownership,
                 schema,
                 on_state_error,
+                audit,
             });
         }
     }

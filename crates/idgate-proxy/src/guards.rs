@@ -165,6 +165,7 @@ mod tests {
             ownership: None,
             schema: None,
             on_state_error: None,
+            audit: Default::default(),
         }
     }
 

@@ -80,6 +80,26 @@ impl ListenerShared {
         }
     }
 
+    /// Records a failed handshake in the audit trail, if there is one.
+    fn audit_handshake(
+        &self,
+        remote: std::net::SocketAddr,
+        via: Option<std::net::SocketAddr>,
+        reason: &str,
+        detail: Option<&str>,
+    ) {
+        self.audit_refused(crate::audit::Refused {
+            remote: remote.ip(),
+            port: Some(remote.port()),
+            via,
+            peer: None,
+            handshake: true,
+            reason,
+            stage: "during TLS",
+            detail,
+        });
+    }
+
     /// Waits until every connection has ended, or `limit` has passed. Returns whether all
     /// ended.
     pub(crate) async fn drained(&self, limit: Duration) -> bool {
@@ -142,10 +162,12 @@ async fn serve_connection(
         Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(e)) => {
             tracing::info!(target: "idgate::tls", remote = %remote.ip(), error = %e, "TLS handshake refused");
+            shared.audit_handshake(remote, via, "tls_handshake", Some(&e.to_string()));
             return;
         }
         Err(_) => {
             tracing::info!(target: "idgate::tls", remote = %remote.ip(), "TLS handshake timed out");
+            shared.audit_handshake(remote, via, "tls_handshake_timeout", None);
             return;
         }
     };

@@ -114,6 +114,9 @@ pub enum Refusal {
     SchemaViolation {
         errors: Vec<SchemaFailure>,
     },
+    /// The audit queue has no place for the request's record (the route's `on_audit_full`
+    /// decided): the request is not served unrecorded.
+    AuditUnavailable,
 }
 
 /// One place a body fails its schema: a JSON pointer into the body and what the schema
@@ -178,6 +181,7 @@ pub enum ProblemKind {
     RateLimited,
     LockedOut,
     StateUnavailable,
+    AuditUnavailable,
 }
 
 impl ProblemKind {
@@ -312,6 +316,11 @@ impl ProblemKind {
                 "state-unavailable",
                 "Shared state unavailable",
             ),
+            Self::AuditUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit-unavailable",
+                "Audit trail unavailable",
+            ),
         }
     }
 
@@ -436,6 +445,7 @@ impl Refusal {
             Self::UnsupportedMediaType => ProblemKind::UnsupportedMediaType,
             Self::InvalidJson { .. } => ProblemKind::InvalidJson,
             Self::SchemaViolation { .. } => ProblemKind::SchemaViolation,
+            Self::AuditUnavailable => ProblemKind::AuditUnavailable,
         }
     }
 
@@ -533,6 +543,9 @@ impl Refusal {
             Self::UnsupportedMediaType => {
                 "This route takes a JSON body: send it with Content-Type: application/json."
             }
+            Self::AuditUnavailable => {
+                "The gateway cannot record this request in its audit trail right now, so it does not serve it. Retry shortly."
+            }
         })
     }
 
@@ -587,6 +600,10 @@ impl Refusal {
         }
         if let Self::StateUnavailable { .. } = &self {
             // A backend that times out is usually back within a second or two.
+            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Self::AuditUnavailable = &self {
+            // The queue drains as fast as the disk takes a batch.
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         // RFC 9110 requires a challenge on 401 (RFC 6750 also puts one on a 403 for scope).

@@ -69,6 +69,8 @@ pub enum BuildProblem {
     State(crate::state::StateOpenError),
     #[error("{0}")]
     RateLimit(idgate_store::StoreError),
+    #[error("{0}")]
+    Audit(crate::audit::AuditSetupError),
 }
 
 impl BuildError {
@@ -105,6 +107,8 @@ pub struct Snapshot {
     pub network: idgate_config::NetworkConfig,
     /// The listener's limits on one request.
     pub request_limits: RequestLimits,
+    /// What requests do when the audit queue is full, unless their route says otherwise.
+    pub audit: crate::audit::AuditPolicy,
 }
 
 /// The listener's limits that the pipeline enforces on each request.
@@ -221,6 +225,7 @@ impl Snapshot {
                     max_header_bytes: config.listener.max_header_bytes,
                     body_timeout: config.listener.body_timeout,
                 },
+                audit: crate::audit::AuditPolicy::of(config.audit.as_ref()),
             }),
             _ => Err(errors),
         }

@@ -258,7 +258,8 @@ async fn a_full_queue_refuses_reservations_and_drops_unreserved_records_with_a_t
     // Refused connections have a pool of their own: past it they are dropped and counted.
     let refused = ConnectionEvent {
         time: SystemTime::now(),
-        remote: "192.0.2.7:1000".parse().unwrap(),
+        remote: "192.0.2.7".parse().unwrap(),
+        port: None,
         via: None,
         peer: None,
         outcome: ConnectionOutcome::Refused,

@@ -1,6 +1,7 @@
 //! The audit trail end to end: `idgate audit verify` and `show` over real trails, the
-//! tamper mutator, and (with the gateway) one record per request.
+//! tamper mutator, and the gateway's trail (`gateway.rs`).
 
+mod gateway;
 mod tamper;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,10 @@ impl TrailKeys {
 
     fn public(&self) -> PathBuf {
         self.dir.path().join("keys/audit-signing.pub")
+    }
+
+    fn encryption(&self) -> PathBuf {
+        self.dir.path().join("keys/audit-encryption.key")
     }
 }
 
