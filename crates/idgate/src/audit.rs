@@ -48,9 +48,15 @@ pub(crate) enum AuditCommand {
 #[derive(Args)]
 pub(crate) struct TrailArgs {
     /// Trail files, or directories holding them (`audit-*.jsonl`), in any order: files are
-    /// read in chain order (by the first entry's sequence number in their names).
-    #[arg(required = true, value_name = "PATH")]
+    /// read in chain order (by the first entry's sequence number in their names). Default,
+    /// with --config: its [audit] dir.
+    #[arg(value_name = "PATH", required_unless_present = "config")]
     paths: Vec<PathBuf>,
+    /// The gateway's configuration: its [audit] section gives the trail's directory, the
+    /// public keys (public_keys) and the encryption keys (encryption_key,
+    /// previous_encryption_keys).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// A key to decrypt encrypted files, as a secret reference (file:PATH, env:NAME,
     /// vault:…, pkcs11:…); repeat for files written under several keys.
     #[arg(long = "decrypt-key", value_name = "SECRET_REF")]
@@ -62,8 +68,9 @@ pub(crate) struct VerifyArgs {
     #[command(flatten)]
     trail: TrailArgs,
     /// A public key that checkpoints may be signed with (PEM PUBLIC KEY, or 32 bytes in
-    /// base64 or hex); repeat for a trail signed by several keys over time.
-    #[arg(long = "key", value_name = "FILE", required = true)]
+    /// base64 or hex); repeat for a trail signed by several keys over time. Needed unless
+    /// --config names public_keys.
+    #[arg(long = "key", value_name = "FILE")]
     keys: Vec<PathBuf>,
     /// Accept a trail that does not end with the gateway's closing checkpoint (the file
     /// the gateway is writing now, or a part of the trail): exit 0 instead of 3.
@@ -134,16 +141,63 @@ pub(crate) fn trail_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// The decryption keys named on the command line.
-pub(crate) fn decrypt_keys(refs: &[String]) -> Result<Vec<EncryptionKey>, String> {
-    let cwd =
-        std::env::current_dir().map_err(|e| format!("cannot read the current directory: {e}"))?;
-    refs.iter()
-        .map(|r| {
+/// What a trail is read with: its files, the keys to decrypt them, and the public keys
+/// `--config` lists.
+pub(crate) struct Trail {
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) decrypt: Vec<EncryptionKey>,
+    pub(crate) public_keys: Vec<PathBuf>,
+}
+
+impl TrailArgs {
+    /// The files and keys, from the command line and the configuration's `[audit]`.
+    pub(crate) fn open(&self) -> Result<Trail, String> {
+        let cwd = std::env::current_dir()
+            .map_err(|e| format!("cannot read the current directory: {e}"))?;
+        let mut decrypt = Vec::new();
+        for r in &self.decrypt_keys {
             let reference = SecretRef::parse(r, &cwd).map_err(|e| format!("--decrypt-key: {e}"))?;
-            EncryptionKey::load(&reference).map_err(|e| format!("--decrypt-key: {e}"))
+            decrypt
+                .push(EncryptionKey::load(&reference).map_err(|e| format!("--decrypt-key: {e}"))?);
+        }
+        let mut paths = self.paths.clone();
+        let mut public_keys = Vec::new();
+        if let Some(file) = &self.config {
+            let config = idgate_config::load(file).map_err(|errors| {
+                errors
+                    .0
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\nerror: ")
+            })?;
+            let audit = config
+                .audit
+                .ok_or_else(|| format!("{}: has no enabled [audit] section", file.display()))?;
+            let w = audit.writer;
+            let key_err =
+                |key: &str, e: idgate_audit::KeyError| format!("{}: {key}: {e}", file.display());
+            if let Some(r) = &w.encryption_key {
+                decrypt
+                    .push(EncryptionKey::load(r).map_err(|e| key_err("audit.encryption_key", e))?);
+            }
+            for r in &w.previous_encryption_keys {
+                decrypt.push(
+                    EncryptionKey::load(r)
+                        .map_err(|e| key_err("audit.previous_encryption_keys", e))?,
+                );
+            }
+            public_keys = w.public_keys;
+            if paths.is_empty() {
+                paths.push(w.dir);
+            }
+        }
+        Ok(Trail {
+            files: trail_files(&paths)?,
+            decrypt,
+            public_keys,
         })
-        .collect()
+    }
 }
 
 fn verify(args: &VerifyArgs) -> ExitCode {
@@ -151,16 +205,19 @@ fn verify(args: &VerifyArgs) -> ExitCode {
         eprintln!("error: {msg}");
         ExitCode::from(EXIT_CONFIG)
     };
-    let files = match trail_files(&args.trail.paths) {
-        Ok(f) => f,
+    let Trail {
+        files,
+        decrypt,
+        public_keys,
+    } = match args.trail.open() {
+        Ok(t) => t,
         Err(e) => return usage(e),
     };
-    let decrypt = match decrypt_keys(&args.trail.decrypt_keys) {
-        Ok(k) => k,
-        Err(e) => return usage(e),
-    };
+    if args.keys.is_empty() && public_keys.is_empty() {
+        return usage("no public key: give --key FILE, or list public_keys in [audit]".to_owned());
+    }
     let mut keys = Vec::new();
-    for k in &args.keys {
+    for k in args.keys.iter().chain(&public_keys) {
         match PublicKey::read(k) {
             Ok(key) => keys.push(key),
             Err(e) => return usage(format!("--key: {e}")),

@@ -10,7 +10,7 @@ use idgate_audit::reader::{self, Lines};
 use idgate_audit::{EntryKind, json};
 use serde_json::Value;
 
-use super::{TrailArgs, decrypt_keys, trail_files};
+use super::TrailArgs;
 use crate::EXIT_CONFIG;
 
 #[derive(Args)]
@@ -148,12 +148,8 @@ pub(crate) fn run(args: &ShowArgs) -> ExitCode {
         Ok(f) => f,
         Err(e) => return usage(e),
     };
-    let files: Vec<PathBuf> = match trail_files(&args.trail.paths) {
-        Ok(f) => f,
-        Err(e) => return usage(e),
-    };
-    let keys = match decrypt_keys(&args.trail.decrypt_keys) {
-        Ok(k) => k,
+    let (files, keys): (Vec<PathBuf>, _) = match args.trail.open() {
+        Ok(t) => (t.files, t.decrypt),
         Err(e) => return usage(e),
     };
     let stdout = std::io::stdout();

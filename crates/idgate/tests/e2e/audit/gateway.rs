@@ -417,6 +417,16 @@ async fn an_encrypted_trail_needs_its_key_and_refused_connections_are_recorded()
                 .any(|r| r["status_detail"] == "max_connections_per_ip" && r["activity_id"] == 5),
             "{refused:?}"
         );
+        // The gateway's configuration gives the directory, the public key and the key.
+        for command in ["verify", "show"] {
+            let mut cmd = Command::new(bin());
+            cmd.args(["audit", command, "--config"])
+                .arg(&gw.config_path)
+                .env("TEST_PROVIDER_KEY", PROVIDER_KEY);
+            let (code, out, err) = run_bounded(&mut cmd, Duration::from_secs(30));
+            assert_eq!(code, 0, "{command}: {out}{err}");
+            assert!(out.contains("sealed") || out.contains("abc123"), "{out}");
+        }
     })
     .await;
 }
