@@ -12,8 +12,9 @@ use std::time::SystemTime;
 
 use crate::chain::{Digest, EntryKind};
 use crate::checkpoint::{Checkpoint, Close};
+use crate::crypt::EnvelopeError;
 use crate::keys::EncryptionKey;
-use crate::reader::{self, Lines};
+use crate::reader::{self, Lines, ReadError};
 
 /// The name of the file whose first entry is `first_seq`, opened at `at`.
 pub fn file_name(first_seq: u64, at: SystemTime) -> String {
@@ -91,6 +92,14 @@ pub enum TailError {
         "{path}: no intact entry in its last {window} bytes (wrong encryption key, or the file is not this trail's): move it aside to start a new chain"
     )]
     Unverifiable { path: PathBuf, window: u64 },
+    #[error(
+        "{path}: line {line} is encrypted with a key that is not configured ({why}): list it in previous_encryption_keys"
+    )]
+    KeyMissing {
+        path: PathBuf,
+        line: u64,
+        why: String,
+    },
 }
 
 /// Finds the last intact entry of `path` within its last [`TAIL_WINDOW`] bytes.
@@ -114,7 +123,18 @@ pub(crate) fn scan_tail(path: &Path, keys: &[EncryptionKey]) -> Result<Tail, Tai
         if skip || !line.complete || line.too_long {
             continue;
         }
-        if let Ok((entry, _)) = reader::decode(&line.bytes, keys) {
+        let decoded = reader::decode(&line.bytes, keys);
+        // A line this start cannot read for want of its key is no reason to set it aside.
+        if let Err(e @ (ReadError::NoKey | ReadError::Envelope(EnvelopeError::UnknownKey(_)))) =
+            &decoded
+        {
+            return Err(TailError::KeyMissing {
+                path: path.to_owned(),
+                line: line.number,
+                why: e.to_string(),
+            });
+        }
+        if let Ok((entry, _)) = decoded {
             let closed = (entry.kind == EntryKind::Checkpoint)
                 .then(|| Checkpoint::from_entry(&entry.value).ok()?.close)
                 .flatten();

@@ -181,28 +181,29 @@ fn secret(cx: &mut Ctx<'_>, key: &str, s: &str) -> Option<SecretRef> {
 
 /// `[audit]`; `None` when it is disabled.
 pub(crate) fn parse(cx: &mut Ctx<'_>, a: RawAudit) -> Option<AuditConfig> {
-    let enabled = a.enabled.unwrap_or(true);
-    let dir = match (&a.dir, enabled) {
-        (Some(d), _) if !d.is_empty() => Some(cx.path(d)),
-        (_, true) => {
+    // Turned off, the section is kept for later: its keys need not be usable now.
+    if !a.enabled.unwrap_or(true) {
+        return None;
+    }
+    let dir = match &a.dir {
+        Some(d) if !d.is_empty() => Some(cx.path(d)),
+        _ => {
             cx.err(
                 "audit.dir",
                 "missing: the directory the trail's files are written to",
             );
             None
         }
-        _ => None,
     };
-    let signing_key = match (&a.signing_key, enabled) {
-        (Some(s), _) => secret(cx, "audit.signing_key", s),
-        (None, true) => {
+    let signing_key = match &a.signing_key {
+        Some(s) => secret(cx, "audit.signing_key", s),
+        None => {
             cx.err(
                 "audit.signing_key",
                 "missing: the Ed25519 key that signs checkpoints (file:PATH of a PKCS#8 key, or pkcs11:URI); `idgate audit keygen` makes one",
             );
             None
         }
-        (None, false) => None,
     };
     let public_keys = a
         .public_keys
@@ -278,9 +279,6 @@ pub(crate) fn parse(cx: &mut Ctx<'_>, a: RawAudit) -> Option<AuditConfig> {
             "audit.sync_interval",
             "must be at most 10s: a crash loses up to this much of the trail",
         );
-    }
-    if !enabled {
-        return None;
     }
     Some(AuditConfig {
         writer: AuditWriterConfig {
@@ -391,6 +389,14 @@ mod tests {
             (512 << 10, OnAuditFull::FailClosed)
         );
         assert_eq!(parse_text(dir.path(), "enabled = false").unwrap(), None);
+        assert_eq!(
+            parse_text(
+                dir.path(),
+                "enabled = false\nsigning_key = \"file:gone.pem\""
+            )
+            .unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -216,8 +216,13 @@ fn encrypted_files_hold_no_plaintext_and_verify_with_the_key() {
     let (trail, report) = AuditTrail::start(settings(dir.path()), k, None).unwrap();
     assert!(report.continues.is_some() && report.gap.is_none());
     trail.close();
-    let summary = verify(dir.path(), &[keys.public], &[enc, new]);
+    let summary = verify(dir.path(), &[keys.public], &[enc.clone(), new.clone()]);
     assert_eq!(summary.end, End::Sealed);
+    // Without the key of the last file, a start refuses rather than set the file aside.
+    let err =
+        AuditTrail::start(settings(dir.path()), keys.audit_keys(Some(&enc)), None).unwrap_err();
+    assert!(err.to_string().contains("not configured"), "{err}");
+    assert_eq!(files::list(dir.path()).unwrap().len(), 2);
 }
 
 /// An exporter that holds the writer until it is let go: the stand-in for a slow disk.
