@@ -221,3 +221,38 @@ impl AuditSetup {
         AuditTrail::start(self.settings, self.keys, export)
     }
 }
+
+/// Starts the audit trail's writer (on a blocking thread: it reads the previous run's end and
+/// syncs a new file) and says where the chain goes on, and what the previous run lost.
+pub(crate) async fn start(
+    setup: AuditSetup,
+    export: Option<Arc<dyn Export>>,
+    cfg: &idgate_config::Config,
+) -> std::io::Result<Arc<AuditTrail>> {
+    let started = tokio::task::spawn_blocking(move || setup.start(export))
+        .await
+        .map_err(std::io::Error::other)?;
+    let (trail, report) = started.map_err(|e| {
+        let key = match e {
+            AuditError::Key(_) => "audit.encryption_key",
+            _ => "audit.dir",
+        };
+        std::io::Error::other(format!("{}: {key}: {e}", cfg.file.display()))
+    })?;
+    let file = report.file.display().to_string();
+    match &report.continues {
+        Some(last) => {
+            tracing::info!(file = %file, after = last.seq, "audit trail: the chain goes on")
+        }
+        None => tracing::info!(file = %file, "audit trail: a new chain starts"),
+    }
+    if let Some(gap) = &report.gap {
+        tracing::warn!(
+            file = %gap.file.display(),
+            last_seq = gap.last_seq,
+            bytes_discarded = gap.bytes_discarded,
+            "audit trail: the previous run did not close its file; records it had not written are lost, and the trail now says so (a gap entry)"
+        );
+    }
+    Ok(Arc::new(trail))
+}

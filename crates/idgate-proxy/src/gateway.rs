@@ -183,7 +183,7 @@ impl Gateway {
         };
 
         let audit = match self.audit {
-            Some(setup) => Some(start_audit(setup, self.audit_export.clone(), cfg).await?),
+            Some(setup) => Some(crate::audit::start(setup, self.audit_export.clone(), cfg).await?),
             None => None,
         };
         let mut services = Services::new(self.access_log.clone(), self.state.clone());
@@ -261,41 +261,6 @@ impl Gateway {
         }
         Ok(())
     }
-}
-
-/// Starts the audit trail's writer (on a blocking thread: it reads the previous run's end and
-/// syncs a new file) and says where the chain goes on, and what the previous run lost.
-async fn start_audit(
-    setup: AuditSetup,
-    export: Option<Arc<dyn idgate_audit::Export>>,
-    cfg: &Config,
-) -> std::io::Result<Arc<idgate_audit::AuditTrail>> {
-    let started = tokio::task::spawn_blocking(move || setup.start(export))
-        .await
-        .map_err(std::io::Error::other)?;
-    let (trail, report) = started.map_err(|e| {
-        let key = match e {
-            idgate_audit::AuditError::Key(_) => "audit.encryption_key",
-            _ => "audit.dir",
-        };
-        std::io::Error::other(format!("{}: {key}: {e}", cfg.file.display()))
-    })?;
-    let file = report.file.display().to_string();
-    match &report.continues {
-        Some(last) => {
-            tracing::info!(file = %file, after = last.seq, "audit trail: the chain goes on")
-        }
-        None => tracing::info!(file = %file, "audit trail: a new chain starts"),
-    }
-    if let Some(gap) = &report.gap {
-        tracing::warn!(
-            file = %gap.file.display(),
-            last_seq = gap.last_seq,
-            bytes_discarded = gap.bytes_discarded,
-            "audit trail: the previous run did not close its file; records it had not written are lost, and the trail now says so (a gap entry)"
-        );
-    }
-    Ok(Arc::new(trail))
 }
 
 /// SIGHUP: reload the TLS material now, and the routes and upstreams from the configuration
