@@ -57,10 +57,11 @@ pub struct AuditKeys {
     pub previous: Vec<EncryptionKey>,
 }
 
-/// Called by the writer thread with each entry's plaintext line (without its newline) once
-/// the line is written, in chain order: the hook for a SIEM exporter. It runs on the writer
-/// thread, so it must not block: keep a bounded buffer of its own and drop (and count) when
-/// it is full, or the audit queue fills up behind it and requests are refused.
+/// Called with each entry's plaintext line (without its newline) once the line is written,
+/// in chain order, from the first file's opening on: the hook for a SIEM exporter. It runs
+/// on the writer thread (the entries a start writes, on the thread that starts the trail),
+/// so it must not block: keep a bounded buffer of its own and drop (and count) when it is
+/// full, or the audit queue fills up behind it and requests are refused.
 pub trait Export: Send + Sync {
     fn export(&self, line: &[u8]);
 }
@@ -202,6 +203,11 @@ impl AuditTrail {
             .sync_data()
             .map_err(io_err(&writer.current.path))?;
         files::sync_dir(&dir).map_err(io_err(&dir))?;
+        if let Some(export) = &writer.export {
+            for line in built.plain.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                export.export(line);
+            }
+        }
         let report = StartReport {
             file: writer.current.path.clone(),
             continues: last,

@@ -225,15 +225,19 @@ fn encrypted_files_hold_no_plaintext_and_verify_with_the_key() {
     assert_eq!(files::list(dir.path()).unwrap().len(), 2);
 }
 
-/// An exporter that holds the writer until it is let go: the stand-in for a slow disk.
+/// An exporter that, once told to, holds the writer until it is let go: the stand-in for a
+/// slow disk.
 struct Held {
+    holding: AtomicBool,
     go: Mutex<mpsc::Receiver<()>>,
     lines: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Export for Held {
     fn export(&self, line: &[u8]) {
-        let _ = self.go.lock().unwrap().recv();
+        if self.holding.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = self.go.lock().unwrap().recv();
+        }
         self.lines.lock().unwrap().push(line.to_vec());
     }
 }
@@ -246,11 +250,13 @@ async fn a_full_queue_refuses_reservations_and_drops_unreserved_records_with_a_t
     s.queue_capacity = 2;
     let (go, held) = mpsc::channel();
     let held = Arc::new(Held {
+        holding: Default::default(),
         go: Mutex::new(held),
         lines: Default::default(),
     });
-    // The opening entry is exported at start? No: the exporter sees what the thread writes.
     let (trail, _) = AuditTrail::start(s, keys.audit_keys(None), Some(held.clone())).unwrap();
+    held.holding
+        .store(true, std::sync::atomic::Ordering::Release);
     let a = trail.try_reserve().unwrap();
     let b = trail.try_reserve().unwrap();
     assert!(trail.try_reserve().is_none(), "two places only");
@@ -290,8 +296,9 @@ async fn a_full_queue_refuses_reservations_and_drops_unreserved_records_with_a_t
     assert_eq!(summary.end, End::Sealed);
     assert_eq!(summary.dropped, trail.metrics().dropped.get());
     assert_eq!(summary.records, 3 + 5 - summary.dropped);
-    // The exporter saw every line written after the start, in chain order.
+    // The exporter saw every line, the file's opening included, in chain order.
     let lines = held.lines.lock().unwrap();
+    assert_eq!(chain::open(&lines[0]).unwrap().seq, 1);
     let seqs: Vec<u64> = lines.iter().map(|l| chain::open(l).unwrap().seq).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     assert_eq!(seqs.last().copied(), summary.last_seq);

@@ -359,13 +359,34 @@ async fn an_encrypted_trail_needs_its_key_and_refused_connections_are_recorded()
         let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
         let keys = TrailKeys::new(true);
         let trail = tempfile::tempdir().unwrap();
+        // An API key, made with the CLI before the gateway starts.
+        let pepper = keys.dir.path().join("pepper");
+        write_private(&pepper, b"0123456789abcdef0123456789abcdef-pepper");
+        let pepper = format!("file:{}", pepper.display());
+        let store = keys.dir.path().join("keys.redb");
+        let (code, api_key, err) = idgate_cli(&[
+            "keys",
+            "create",
+            "--store",
+            store.to_str().unwrap(),
+            "--pepper",
+            &pepper,
+            "--name",
+            "batch",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let api_key = api_key.trim().to_owned();
+        let bogus = format!("idg_{}_{}", "a".repeat(16), "b".repeat(52));
         let url = upstream.url(true);
-        let mut route = OneRoute::kyc_decision(&url);
+        let mut route = OneRoute {
+            allow: &["spiffe://example.org/ns/kyc/*", "apikey:batch"],
+            ..OneRoute::kyc_decision(&url)
+        };
         route
             .listener_extra
             .insert("max_connections_per_ip".into(), 1.into());
         let enc = format!("file:{}", keys.encryption().display());
-        let config = route.config(&pki).section(
+        let mut config = route.config(&pki).section(
             "audit",
             audit_section(
                 &keys,
@@ -373,14 +394,28 @@ async fn an_encrypted_trail_needs_its_key_and_refused_connections_are_recorded()
                 &[("encryption_key", enc.clone().into())],
             ),
         );
+        config.routes[0].extra.insert(
+            "auth".into(),
+            toml::Value::Array(vec![toml::toml! { any = ["mtls", "api_key"] }.into()]),
+        );
+        let config = config.section(
+            "api_keys",
+            table([("store", path_value(&store)), ("pepper", pepper.into())]),
+        );
         let mut gw = Gateway::start(&config, &[("TEST_PROVIDER_KEY", PROVIDER_KEY)]).await;
         let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
         let mut held = client.connect().await.unwrap();
+        let path = "/v3/session/abc123/decision/";
         let r = held
-            .send("GET", "/v3/session/abc123/decision/", &[], "")
+            .send("GET", path, &[("x-api-key", &api_key)], "")
             .await
             .unwrap();
         assert_eq!(r.status, 200);
+        let r = held
+            .send("GET", path, &[("x-api-key", &bogus)], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 401);
         // A second connection from the same address is refused at accept.
         assert!(match client.connect().await {
             Err(_) => true,
@@ -404,12 +439,23 @@ async fn an_encrypted_trail_needs_its_key_and_refused_connections_are_recorded()
         assert_eq!(code, 0, "{out}{err}");
         let entries = entries(trail.path(), &["--decrypt-key", &enc]);
         let request = class(&entries, 6003);
-        assert_eq!(request.len(), 1);
+        assert_eq!(request.len(), 2);
         // Not personal on this route: the path as sent.
         assert_eq!(
             request[0]["http_request"]["url"]["path"],
             "/v3/session/abc123/decision/"
         );
+        // The caller by the key's name and the layers it used; never a key itself.
+        assert_eq!(request[0]["actor"]["user"]["uid"], "apikey:batch");
+        assert_eq!(
+            request[0]["unmapped"]["auth_layers"],
+            serde_json::json!(["mtls", "api_key"])
+        );
+        assert_eq!(request[1]["status_detail"], "denied:invalid-api-key");
+        let text = serde_json::to_string(&entries).unwrap();
+        for secret in [api_key.as_str(), bogus.as_str(), PROVIDER_KEY] {
+            assert!(!text.contains(secret) && !raw.contains(secret));
+        }
         let refused = class(&entries, 4001);
         assert!(
             refused
