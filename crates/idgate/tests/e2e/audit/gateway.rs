@@ -241,8 +241,10 @@ async fn a_sigkill_under_load_leaves_a_verifiable_chain_and_the_restart_records_
             .1
             .lines()
             .count() as u64;
+        // A record is made before its answer goes out: up to one per connection may be in
+        // the trail without its answer having reached the client.
         assert!(
-            last_written <= answered && last_written > 0,
+            last_written <= answered + 4 && last_written > 0,
             "{last_written} of {answered}"
         );
 
