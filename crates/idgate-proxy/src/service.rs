@@ -88,6 +88,9 @@ pub struct Services {
     pub limit_metrics: LimitMetrics,
     /// Failures of the state backend: counted, and logged a line at a time.
     pub state_errors: StateErrors,
+    /// The audit trail, when `[audit]` is enabled: each request's and each refused
+    /// connection's record goes there too.
+    pub audit: Option<Arc<idgate_audit::AuditTrail>>,
 }
 
 impl Default for Services {
@@ -116,7 +119,18 @@ impl Services {
             limiter: LocalLimiter::default(),
             limit_metrics,
             state_errors: StateErrors::default(),
+            audit: None,
         }
+    }
+
+    /// Records every request and refused connection in `trail` too, and counts its queue in
+    /// the metrics.
+    pub fn with_audit(mut self, trail: Arc<idgate_audit::AuditTrail>) -> Self {
+        if let Some(metrics) = Arc::get_mut(&mut self.metrics) {
+            metrics.count_audit(trail.metrics());
+        }
+        self.audit = Some(trail);
+        self
     }
 
     /// Counts a failed authentication attempt against its source and turns the failure into

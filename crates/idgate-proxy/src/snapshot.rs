@@ -72,6 +72,8 @@ pub enum BuildProblem {
     RateLimit(idgate_store::StoreError),
     #[error(transparent)]
     Masking(MaskingKeyError),
+    #[error("{0}")]
+    Audit(crate::audit::AuditSetupError),
 }
 
 impl BuildError {
@@ -110,6 +112,8 @@ pub struct Snapshot {
     pub request_limits: RequestLimits,
     /// The masking profiles routes apply, with their pseudonym keys.
     pub masking: MaskingProfiles,
+    /// What requests do when the audit queue is full, unless their route says otherwise.
+    pub audit: crate::audit::AuditPolicy,
 }
 
 /// The listener's limits that the pipeline enforces on each request.
@@ -236,6 +240,7 @@ impl Snapshot {
                     body_timeout: config.listener.body_timeout,
                 },
                 masking,
+                audit: crate::audit::AuditPolicy::of(config.audit.as_ref()),
             }),
             _ => Err(errors),
         }
