@@ -6,6 +6,7 @@
 //! past the first problem so that `idgate check` can report them all at once.
 
 mod admin;
+mod audit;
 mod auth;
 mod context;
 mod credential;
@@ -39,6 +40,7 @@ use serde::de::DeserializeOwned;
 use context::{Ctx, io_reason};
 
 pub use admin::AdminConfig;
+pub use audit::{AuditConfig, AuditWriterConfig, OnAuditFull, RouteAudit};
 pub use auth::{
     ApiKeyStoreConfig, ApiKeysConfig, JwtIssuerConfig, TokenClientConfig, TokenEndpointConfig,
 };
@@ -111,6 +113,8 @@ pub struct Config {
     pub siem: Option<SiemConfig>,
     /// Provider webhooks: their endpoints, outboxes and subscribers.
     pub webhooks: Vec<WebhookConfig>,
+    /// `[audit]`: the tamper-evident audit trail; `None` when absent or disabled.
+    pub audit: Option<AuditConfig>,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
 }
@@ -136,6 +140,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "masking",
     "siem",
     "webhooks",
+    "audit",
 ];
 
 fn default_workers() -> usize {
@@ -339,6 +344,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .and_then(|v| cx.section::<masking::RawMasking>("masking", v))
         .map(|m| masking::section(&mut cx, m, &mut warnings))
         .unwrap_or_default();
+    let audit_section = table.remove("audit");
+    let audit_present = audit_section.is_some();
+    let audit = audit_section
+        .and_then(|v| cx.section::<audit::RawAudit>("audit", v))
+        .and_then(|a| audit::parse(&mut cx, a));
     let layers = routes::Layers {
         api_keys: api_keys.is_some(),
         jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),
@@ -349,6 +359,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             loaded: masking.profiles.iter().map(|p| p.name.clone()).collect(),
             broken: broken_profiles,
         },
+        audit: audit.is_some() || (audit_present && !cx.errors.is_empty()),
     };
     let raw_webhooks = array::<webhooks::RawWebhook>(&mut cx, &mut table, "webhooks");
     let routes = routes::parse(
@@ -428,6 +439,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 masking,
                 siem,
                 webhooks,
+                audit,
                 warnings,
             })
         }

@@ -203,6 +203,10 @@ pub(crate) struct Route {
     /// A profile name or a table: read by `masking::route`, which names its keys.
     #[serde(default)]
     pub(crate) masking: Option<toml::Value>,
+    #[serde(default)]
+    pub(crate) on_audit_full: Option<String>,
+    #[serde(default)]
+    pub(crate) personal_path_params: Option<bool>,
 }
 
 /// Kept so that an unknown top-level table gets the same message as any other unknown key.

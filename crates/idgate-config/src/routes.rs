@@ -49,6 +49,9 @@ pub struct RouteConfig {
     pub on_state_error: Option<OnStateError>,
     /// Which masking profile applies to the answers each caller gets.
     pub masking: Option<RouteMasking>,
+    /// The route's audit options: its policy when the audit queue is full, and whether its
+    /// path parameters are personal data.
+    pub audit: crate::RouteAudit,
 }
 
 /// A route's `allow_cidrs`, `deny_cidrs` and `deny_user_agents`.
@@ -78,6 +81,8 @@ pub(crate) struct Layers {
     pub(crate) ownership: OwnershipConfig,
     /// The `[masking.profiles]` names routes may apply.
     pub(crate) masking: masking::ProfileNames,
+    /// Whether there is an `[audit]` section (routes' `on_audit_full` needs one).
+    pub(crate) audit: bool,
 }
 
 pub(crate) fn parse(
@@ -325,6 +330,13 @@ pub(crate) fn parse(
             .as_deref()
             .and_then(|file| schema::route_schema(cx, &format!("{key}.schema"), file));
         let masking = masking::route(cx, &key, r.masking, &layers.masking, &layers.issuers);
+        let audit = crate::audit::route(
+            cx,
+            &key,
+            (r.on_audit_full, r.personal_path_params),
+            &r.path,
+            layers.audit,
+        );
         if let Some(upstream) = upstream
             && let Some(max_body_bytes) = max_body_bytes
             && cx.errors.len() == before
@@ -346,6 +358,7 @@ pub(crate) fn parse(
                 schema,
                 on_state_error,
                 masking,
+                audit,
             });
         }
     }

@@ -77,6 +77,18 @@ pub struct RequestCtx<'r> {
     /// The object the path names, once the ownership check found it the caller's.
     pub owned_object: Option<idgate_store::ObjectId>,
     pub decision: Decision,
+    /// The request's place in the audit queue, reserved before it is served.
+    pub audit_permit: Option<idgate_audit::Permit>,
+    /// The request target in its canonical form, kept for the audit trail (which records its
+    /// path, never its query) when there is one.
+    pub uri: Option<http::Uri>,
+    /// The request body's announced length.
+    pub bytes_in: Option<u64>,
+    /// The response body's length, when known before it is sent.
+    pub bytes_out: Option<u64>,
+    /// The request's record was made; a request dropped before (its caller went away) still
+    /// gets its audit record.
+    recorded: bool,
 }
 
 impl<'r> RequestCtx<'r> {
@@ -91,6 +103,7 @@ impl<'r> RequestCtx<'r> {
             Some(v) if crate::service::valid_request_id(v) => v.clone(),
             _ => services.ids.next(),
         };
+        let bytes_in = http_body::Body::size_hint(&body).exact();
         Self {
             conn,
             snapshot,
@@ -113,6 +126,11 @@ impl<'r> RequestCtx<'r> {
             response_headers: HeaderMap::new(),
             owned_object: None,
             decision: Decision::Allowed,
+            audit_permit: None,
+            uri: None,
+            bytes_in,
+            bytes_out: None,
+            recorded: false,
         }
     }
 
@@ -223,33 +241,22 @@ impl<'r> RequestCtx<'r> {
         }
     }
 
-    /// Hands the request's record to its consumers: the access log and the request metrics.
-    pub fn record(&self, status: StatusCode) {
+    /// Hands the request's record to its consumers: the access log, the audit trail and
+    /// the request metrics.
+    pub fn record(&mut self, status: StatusCode) {
         let route = self.route_name();
         let latency = self.start.elapsed();
-        if let Some(log) = &self.services.access_log {
-            let peer = self.conn.peer.as_ref().map(|p| p.as_str());
-            // The principal that was authorized, or every one refused. Before authorization
-            // (and on mTLS alone) the peer is all that is known, and no label is made.
-            let label = match self.principal() {
-                Some(Principal::Workload(_)) => None,
-                Some(p) => Some(p.to_string()),
-                None => self.caller.as_ref().and_then(Caller::label),
-            };
-            log.write(&Record {
-                time: SystemTime::now(),
-                request_id: self.request_id(),
-                peer,
-                caller: label.as_deref().or(peer),
-                remote: self.conn.remote.ip(),
-                method: &self.method,
-                version: self.version,
-                route,
-                status: status.as_u16(),
-                upstream_status: self.upstream_status.map(|s| s.as_u16()),
-                credential: self.credential.as_ref().map(|c| (&**c.label, &*c.version)),
-                decision: self.decision,
-                latency,
+        self.recorded = true;
+        let permit = self.audit_permit.take();
+        if self.services.access_log.is_some() || self.services.audit.is_some() {
+            self.with_record(status, |record| {
+                if let Some(log) = &self.services.access_log {
+                    log.write(record);
+                }
+                if let Some(trail) = &self.services.audit {
+                    let facts = self.audit_facts();
+                    crate::audit::request(trail, record, &facts, self.conn.remote, permit);
+                }
             });
         }
         let metrics = &self.services.metrics;
@@ -258,6 +265,82 @@ impl<'r> RequestCtx<'r> {
             && let Some(upstream) = self.upstream()
         {
             metrics.upstream_answered(&upstream.name, took);
+        }
+    }
+
+    /// The request's record, made for `f` (borrowed from the context: nothing is copied but
+    /// a non-workload principal's label).
+    fn with_record<T>(&self, status: StatusCode, f: impl FnOnce(&Record<'_>) -> T) -> T {
+        let peer = self.conn.peer.as_ref().map(|p| p.as_str());
+        // The principal that was authorized, or every one refused. Before authorization
+        // (and on mTLS alone) the peer is all that is known, and no label is made.
+        let label = match self.principal() {
+            Some(Principal::Workload(_)) => None,
+            Some(p) => Some(p.to_string()),
+            None => self.caller.as_ref().and_then(Caller::label),
+        };
+        f(&Record {
+            time: SystemTime::now(),
+            request_id: self.request_id(),
+            peer,
+            caller: label.as_deref().or(peer),
+            remote: self.conn.remote.ip(),
+            method: &self.method,
+            version: self.version,
+            route: self.route_name(),
+            status: status.as_u16(),
+            upstream_status: self.upstream_status.map(|s| s.as_u16()),
+            credential: self.credential.as_ref().map(|c| (&**c.label, &*c.version)),
+            decision: self.decision,
+            latency: self.start.elapsed(),
+        })
+    }
+
+    /// What the audit trail records beyond the access line.
+    fn audit_facts(&self) -> crate::audit::AuditFacts<'_> {
+        let template = self.route.map(|r| &*r.template).filter(|t| !t.is_empty());
+        let personal = self.route.is_some_and(|r| r.audit.personal_path_params);
+        let caller = self.caller.as_ref();
+        crate::audit::AuditFacts {
+            path: if personal {
+                template
+            } else {
+                self.uri.as_ref().map(http::Uri::path)
+            },
+            template,
+            auth_layers: idgate_audit::AuthLayers {
+                mtls: caller.is_some_and(|c| c.spiffe_id.is_some()),
+                api_key: caller.is_some_and(|c| c.api_key.is_some()),
+                jwt: caller.is_some_and(|c| c.token.is_some()),
+            },
+            upstream: match self.route.map(|r| r.target) {
+                Some(crate::routes::Target::Upstream(i)) => {
+                    self.snapshot.upstreams.get(i).map(|u| &*u.name)
+                }
+                _ => None,
+            },
+            upstream_latency: self.upstream_latency,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+        }
+    }
+}
+
+/// A request whose future is dropped before its record was made (its caller closed the
+/// connection while it was served) is recorded in the audit trail all the same, as status
+/// 499: a request that reached the gateway never goes unrecorded.
+impl Drop for RequestCtx<'_> {
+    fn drop(&mut self) {
+        if self.recorded {
+            return;
+        }
+        if let Some(trail) = &self.services.audit {
+            let permit = self.audit_permit.take();
+            let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+            self.with_record(status, |record| {
+                let facts = self.audit_facts();
+                crate::audit::request(trail, record, &facts, self.conn.remote, permit);
+            });
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::AccessLog;
+use crate::audit::AuditSetup;
 use crate::listener::{ListenerShared, accept_loop};
 use crate::metrics::Metrics;
 use crate::service::Services;
@@ -39,6 +40,10 @@ pub struct Gateway {
     snapshot: Snapshot,
     access_log: Option<Arc<AccessLog>>,
     state: StateStore,
+    /// `[audit]` with its keys read; the writer starts in `run`.
+    audit: Option<AuditSetup>,
+    /// Handed each audit line once written (a SIEM exporter).
+    audit_export: Option<Arc<dyn idgate_audit::Export>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -102,7 +107,18 @@ impl Gateway {
         let snapshot = Snapshot::build(&config, &roots, &provider, state_for_build)
             .map_err(|errs| errors.extend(errs))
             .ok();
-        let (Some(material), Some(snapshot), Some(state)) = (material, snapshot, state) else {
+        // The trail's keys are read now, so that `check` finds their problems too.
+        let audit = match config.audit.as_ref().map(AuditSetup::load) {
+            None => Some(None),
+            Some(Ok(setup)) => Some(Some(setup)),
+            Some(Err(e)) => {
+                errors.push(BuildError::new(&config, e.key(), BuildProblem::Audit(e)));
+                None
+            }
+        };
+        let (Some(material), Some(snapshot), Some(state), Some(audit)) =
+            (material, snapshot, state, audit)
+        else {
             return Err(errors);
         };
         let server_config = material
@@ -126,7 +142,16 @@ impl Gateway {
             snapshot,
             access_log: None,
             state,
+            audit,
+            audit_export: None,
         })
+    }
+
+    /// Hands each line of the audit trail, once written, to `export` (see
+    /// [`idgate_audit::Export`]: it runs on the writer thread and must not block).
+    pub fn with_audit_export(mut self, export: Arc<dyn idgate_audit::Export>) -> Self {
+        self.audit_export = Some(export);
+        self
     }
 
     /// Writes each request's record to `log`; without one, requests are not logged.
@@ -157,7 +182,15 @@ impl Gateway {
             admin: admin.local_addr()?,
         };
 
-        let services = Arc::new(Services::new(self.access_log.clone(), self.state.clone()));
+        let audit = match self.audit {
+            Some(setup) => Some(crate::audit::start(setup, self.audit_export.clone(), cfg).await?),
+            None => None,
+        };
+        let mut services = Services::new(self.access_log.clone(), self.state.clone());
+        if let Some(trail) = &audit {
+            services = services.with_audit(trail.clone());
+        }
+        let services = Arc::new(services);
         let (stop_tx, stop_rx) = watch::channel(false);
         services.metrics.certificates_of(self.material.clone());
         tokio::spawn(sweep_limiter(Arc::downgrade(&services)));
@@ -223,6 +256,12 @@ impl Gateway {
             tracing::warn!("drain timeout reached; closing the remaining connections");
         }
         let _ = admin_task.await;
+        // Every request has ended (or been given up on): the last batch is written and the
+        // file closed with a signed checkpoint.
+        if let Some(trail) = audit {
+            let _ = tokio::task::spawn_blocking(move || trail.close()).await;
+            tracing::info!("audit trail closed");
+        }
         Ok(())
     }
 }
@@ -316,6 +355,9 @@ pub enum RestartOnly {
     Vault,
     /// `[state]`: the backend, opened once so that counters and ownership survive reloads.
     State,
+    /// `[audit]`'s writer: its directory, rotation, checkpoints, keys, sync interval and
+    /// queue (its `on_audit_full` and `block_timeout` change live).
+    Audit,
 }
 
 impl RestartOnly {
@@ -329,6 +371,7 @@ impl RestartOnly {
             Self::Workers => "workers",
             Self::Vault => "vault",
             Self::State => "state",
+            Self::Audit => "audit",
         }
     }
 }
@@ -349,6 +392,10 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<RestartOnly> {
         (running.workers != new.workers, RestartOnly::Workers),
         (running.vault != new.vault, RestartOnly::Vault),
         (running.state != new.state, RestartOnly::State),
+        (
+            running.audit.as_ref().map(|a| &a.writer) != new.audit.as_ref().map(|a| &a.writer),
+            RestartOnly::Audit,
+        ),
     ]
     .into_iter()
     .filter_map(|(changed, part)| changed.then_some(part))
@@ -539,6 +586,34 @@ mod tests {
             [RestartOnly::Identity, RestartOnly::Admin]
         );
         assert_eq!(RestartOnly::Admin.to_string(), "admin");
+    }
+
+    #[test]
+    fn the_audit_writer_needs_a_restart_and_its_policies_do_not() {
+        let dir = Dir::new("restart-audit");
+        dir.write("signing.pem", b"unused");
+        let with = |extra: &str| {
+            config(
+                &dir,
+                &format!("[audit]\ndir = \"trail\"\nsigning_key = \"file:signing.pem\"\n{extra}"),
+            )
+        };
+        let running = with("");
+        assert!(
+            restart_required(
+                &running,
+                &with("on_audit_full = \"fail_closed\"\nblock_timeout = \"1s\"")
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            restart_required(&running, &with("sync_interval = \"1s\"")),
+            [RestartOnly::Audit]
+        );
+        assert_eq!(
+            restart_required(&running, &config(&dir, "")),
+            [RestartOnly::Audit]
+        );
     }
 
     #[test]

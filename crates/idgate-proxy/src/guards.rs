@@ -183,6 +183,7 @@ mod tests {
             schema: None,
             on_state_error: None,
             masking: None,
+            audit: Default::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod admin;
 mod admission;
+pub mod audit;
 pub mod authn;
 pub mod body;
 pub mod checks;

@@ -80,6 +80,26 @@ impl ListenerShared {
         }
     }
 
+    /// Records a failed handshake in the audit trail, if there is one.
+    fn audit_handshake(
+        &self,
+        remote: std::net::SocketAddr,
+        via: Option<std::net::SocketAddr>,
+        reason: &str,
+        detail: Option<&str>,
+    ) {
+        self.audit_refused(crate::audit::Refused {
+            remote: remote.ip(),
+            port: Some(remote.port()),
+            via,
+            peer: None,
+            handshake: true,
+            reason,
+            stage: "during TLS",
+            detail,
+        });
+    }
+
     /// Waits until every connection has ended, or `limit` has passed. Returns whether all
     /// ended.
     pub(crate) async fn drained(&self, limit: Duration) -> bool {
@@ -144,12 +164,14 @@ async fn serve_connection(
             let reason = idgate_tls::HandshakeFailure::of(&e);
             shared.services.metrics.tls_handshake_failed(reason);
             tracing::info!(target: "idgate::tls", remote = %remote.ip(), error = %e, %reason, "TLS handshake refused");
+            shared.audit_handshake(remote, via, "tls_handshake", Some(&e.to_string()));
             return;
         }
         Err(_) => {
             let reason = idgate_tls::HandshakeFailure::Timeout;
             shared.services.metrics.tls_handshake_failed(reason);
             tracing::info!(target: "idgate::tls", remote = %remote.ip(), "TLS handshake timed out");
+            shared.audit_handshake(remote, via, "tls_handshake_timeout", None);
             return;
         }
     };

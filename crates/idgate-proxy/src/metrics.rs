@@ -328,6 +328,39 @@ impl Metrics {
         );
     }
 
+    /// Counts the audit trail's queue: its depth, the records it lost, the requests refused
+    /// because it was full (by the route's policy) and its failed writes.
+    pub fn count_audit(&mut self, audit: &idgate_audit::AuditMetrics) {
+        let r = &mut self.registry;
+        r.register(
+            "audit_queue_depth",
+            "Audit records waiting to be written",
+            audit.depth.clone(),
+        );
+        r.register(
+            "audit_records_dropped",
+            "Audit records lost: refused requests or connections past the queue's unreserved places, records after the trail closed, writes that failed at exit (the trail itself counts them in `dropped` entries)",
+            audit.dropped.clone(),
+        );
+        r.sub_registry_with_label(("policy".into(), "block".into()))
+            .register(
+                "audit_refused",
+                "Requests refused with 503 because the audit queue had no place for their record, by the route's on_audit_full",
+                audit.refused_block.clone(),
+            );
+        r.sub_registry_with_label(("policy".into(), "fail_closed".into()))
+            .register(
+                "audit_refused",
+                "Requests refused with 503 because the audit queue had no place for their record, by the route's on_audit_full",
+                audit.refused_fail_closed.clone(),
+            );
+        r.register(
+            "audit_write_errors",
+            "Writes or syncs of audit files that failed (a failed write is retried; requests are refused as the queue fills)",
+            audit.write_errors.clone(),
+        );
+    }
+
     /// The registry, for the metrics a module owns (see `limit_state`).
     pub(crate) fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry

@@ -24,6 +24,9 @@
 //!                 route allows one (400); the object a path parameter names must be
 //!                 the caller's (404); the body must match the route's JSON Schema
 //!                                                             (415 / 400 / 422)
+//!                 then a place in the audit queue for the request's record, when there
+//!                 is an audit trail (the token endpoint takes one too): a full queue
+//!                 waits or refuses by the route's on_audit_full              (503)
 //!   7. forward    (forward.rs) strip hop-by-hop headers and the caller's credentials,
 //!                 inject or sign with the upstream credential (503 when it cannot be produced), set
 //!                 x-request-id and x-forwarded-for (appended to only for a trusted proxy),
@@ -34,7 +37,8 @@
 //!                 answer with the caller's profile); strip hop-by-hop headers
 //!                                                                 (403 / 502 / 503)
 //!   9. respond    add the context's response headers and x-request-id
-//!  10. record     the context becomes the request's record: access log, metrics
+//!  10. record     the context becomes the request's record: access log, audit trail,
+//!                 metrics
 //! ```
 //!
 //! Each stage is a small function that reads and writes the request's [`RequestCtx`] and
@@ -49,7 +53,7 @@ use http::{Request, Response, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use idgate_auth::Principal;
-use idgate_config::OnStateError;
+use idgate_config::{OnAuditFull, OnStateError};
 
 use crate::access_log::Decision;
 use crate::admission;
@@ -82,9 +86,10 @@ pub async fn handle(
         Err(refusal) => refuse(&mut ctx, refusal),
     };
     respond(&mut ctx, &mut resp);
+    ctx.bytes_out = http_body::Body::size_hint(resp.body()).exact();
     ctx.record(resp.status());
     resp.headers_mut()
-        .insert(X_REQUEST_ID.clone(), ctx.request_id);
+        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
     resp
 }
 
@@ -94,6 +99,9 @@ async fn stages(
     mut req: http::request::Parts,
 ) -> Result<Response<ProxyBody>, Refusal> {
     path::canonicalize(&mut req.uri)?;
+    if ctx.services.audit.is_some() {
+        ctx.uri = Some(req.uri.clone());
+    }
     admission::on_arrival(ctx, &req)?;
     let route = match built_in(ctx, &req) {
         Some(route) => route,
@@ -101,7 +109,10 @@ async fn stages(
     };
     admission::on_route(ctx, route, &req)?;
     let upstream = match route.target {
-        Target::TokenEndpoint => return token_endpoint(ctx, &req).await,
+        Target::TokenEndpoint => {
+            audit_room(ctx, route).await?;
+            return token_endpoint(ctx, &req).await;
+        }
         Target::Upstream(i) => ctx.snapshot.upstreams.get(i).ok_or(Refusal::Internal {
             reason: format!("route {} names no upstream", route.name),
         })?,
@@ -109,6 +120,7 @@ async fn stages(
     authenticate(ctx, route, &req).await?;
     authorize(ctx, route, &req)?;
     guard_request(ctx, route, upstream, &mut req).await?;
+    audit_room(ctx, route).await?;
     let resp = forward(ctx, upstream, req).await?;
     guard_response(ctx, route, strip_response(resp)).await
 }
@@ -223,6 +235,36 @@ async fn guard_request(
     for guard in route.guards.on_request() {
         checks::on_request(guard, ctx, upstream, req).await?;
     }
+    Ok(())
+}
+
+/// Stage 6, last: a place in the audit queue for the request's record, taken before the
+/// request is served so that it is never served unrecorded. When the queue is full, the
+/// route's `on_audit_full` decides: wait up to `block_timeout` for a place, or refuse at once;
+/// either way a request without a place is refused (503).
+async fn audit_room(ctx: &mut RequestCtx<'_>, route: &Route) -> Result<(), Refusal> {
+    let Some(trail) = &ctx.services.audit else {
+        return Ok(());
+    };
+    if let Some(permit) = trail.try_reserve() {
+        ctx.audit_permit = Some(permit);
+        return Ok(());
+    }
+    let policy = ctx.snapshot.audit;
+    let permit = match route.audit.on_full.unwrap_or(policy.on_full) {
+        OnAuditFull::Block => {
+            let permit = trail.reserve(policy.block_timeout).await;
+            if permit.is_none() {
+                trail.metrics().refused_block.inc();
+            }
+            permit
+        }
+        OnAuditFull::FailClosed => {
+            trail.metrics().refused_fail_closed.inc();
+            None
+        }
+    };
+    ctx.audit_permit = Some(permit.ok_or(Refusal::AuditUnavailable)?);
     Ok(())
 }
 

@@ -123,6 +123,9 @@ pub enum Refusal {
     MaskingUnavailable {
         reason: String,
     },
+    /// The audit queue has no place for the request's record (the route's `on_audit_full`
+    /// decided): the request is not served unrecorded.
+    AuditUnavailable,
 }
 
 /// One place a body fails its schema: a JSON pointer into the body and what the schema
@@ -189,6 +192,7 @@ pub enum ProblemKind {
     StateUnavailable,
     ResponseBlocked,
     MaskingUnavailable,
+    AuditUnavailable,
 }
 
 impl ProblemKind {
@@ -333,6 +337,11 @@ impl ProblemKind {
                 "masking-unavailable",
                 "Response masking unavailable",
             ),
+            Self::AuditUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit-unavailable",
+                "Audit trail unavailable",
+            ),
         }
     }
 
@@ -459,6 +468,7 @@ impl Refusal {
             Self::SchemaViolation { .. } => ProblemKind::SchemaViolation,
             Self::ResponseBlocked { .. } => ProblemKind::ResponseBlocked,
             Self::MaskingUnavailable { .. } => ProblemKind::MaskingUnavailable,
+            Self::AuditUnavailable => ProblemKind::AuditUnavailable,
         }
     }
 
@@ -562,6 +572,9 @@ impl Refusal {
             Self::MaskingUnavailable { .. } => {
                 "The gateway cannot mask the upstream's answer right now, so it is withheld. Retry later."
             }
+            Self::AuditUnavailable => {
+                "The gateway cannot record this request in its audit trail right now, so it does not serve it. Retry shortly."
+            }
         })
     }
 
@@ -618,6 +631,10 @@ impl Refusal {
         }
         if let Self::StateUnavailable { .. } = &self {
             // A backend that times out is usually back within a second or two.
+            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Self::AuditUnavailable = &self {
+            // The queue drains as fast as the disk takes a batch.
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         // RFC 9110 requires a challenge on 401 (RFC 6750 also puts one on a 403 for scope).

@@ -44,6 +44,11 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// The names of the template's parameters, in order.
     params: Box<[Box<str>]>,
+    /// The path template, as configured (empty for a built-in target).
+    pub template: Arc<str>,
+    /// What the route does when the audit queue is full, and whether its path parameters are
+    /// personal (the audit trail then records the template).
+    pub audit: idgate_config::RouteAudit,
 }
 
 /// The parameter names of a path template (`{id}`, `{*rest}`; `{{` and `}}` are literal).
@@ -326,6 +331,8 @@ impl RouteTable {
                     .then(|| Box::new(rc.network.clone())),
                 max_body_bytes: rc.max_body_bytes,
                 params: template_params(&rc.path),
+                template: rc.path.as_str().into(),
+                audit: rc.audit,
             });
         }
         exact.finish()?;
@@ -347,6 +354,8 @@ impl RouteTable {
                 network: None,
                 max_body_bytes: u64::MAX,
                 params: Box::default(),
+                template: "".into(),
+                audit: idgate_config::RouteAudit::default(),
             }),
         })
     }
@@ -431,6 +440,7 @@ mod tests {
                 schema: None,
                 on_state_error: None,
                 masking: None,
+                audit: Default::default(),
             })
             .collect();
         RouteTable::new(&configs, false)

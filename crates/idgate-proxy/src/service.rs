@@ -92,6 +92,9 @@ pub struct Services {
     pub webhook_metrics: idgate_webhooks::DeliveryMetrics,
     /// The process's webhook deliverer, once the gateway runs: woken when an event is kept.
     pub deliverer: std::sync::OnceLock<Arc<idgate_webhooks::Deliverer>>,
+    /// The audit trail, when `[audit]` is enabled: each request's and each refused
+    /// connection's record goes there too.
+    pub audit: Option<Arc<idgate_audit::AuditTrail>>,
 }
 
 impl Default for Services {
@@ -123,7 +126,18 @@ impl Services {
             state_errors: StateErrors::default(),
             webhook_metrics,
             deliverer: std::sync::OnceLock::new(),
+            audit: None,
         }
+    }
+
+    /// Records every request and refused connection in `trail` too, and counts its queue in
+    /// the metrics.
+    pub fn with_audit(mut self, trail: Arc<idgate_audit::AuditTrail>) -> Self {
+        if let Some(metrics) = Arc::get_mut(&mut self.metrics) {
+            metrics.count_audit(trail.metrics());
+        }
+        self.audit = Some(trail);
+        self
     }
 
     /// Counts a failed authentication attempt against its source and turns the failure into

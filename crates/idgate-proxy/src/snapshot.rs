@@ -74,6 +74,8 @@ pub enum BuildProblem {
     Masking(MaskingKeyError),
     #[error(transparent)]
     Webhook(idgate_webhooks::SetupError),
+    #[error("{0}")]
+    Audit(crate::audit::AuditSetupError),
 }
 
 impl BuildError {
@@ -114,6 +116,8 @@ pub struct Snapshot {
     pub masking: MaskingProfiles,
     /// Provider webhooks: their endpoints and their subscribers' delivery plan.
     pub webhooks: idgate_webhooks::Webhooks,
+    /// What requests do when the audit queue is full, unless their route says otherwise.
+    pub audit: crate::audit::AuditPolicy,
 }
 
 /// The listener's limits that the pipeline enforces on each request.
@@ -249,6 +253,7 @@ impl Snapshot {
                 },
                 masking,
                 webhooks,
+                audit: crate::audit::AuditPolicy::of(config.audit.as_ref()),
             }),
             _ => Err(errors),
         }

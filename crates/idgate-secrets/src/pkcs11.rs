@@ -6,6 +6,9 @@
 //! - **never leaves the HSM**: an HMAC-SHA256 key stored as a non-extractable, sensitive
 //!   generic secret; every signature is computed by the token (`CKM_SHA256_HMAC`).
 //!
+//! The token also keeps Ed25519 key pairs that sign the audit trail's checkpoints
+//! (`CKM_EDDSA`, in `ed25519.rs`): the private key is generated there and never leaves it.
+//!
 //! Objects carry a version (`CKA_ID`, 4 bytes big endian, for keys; `CKA_APPLICATION`
 //! `idgate/N` for data objects, which have no `CKA_ID`); rotation adds a new
 //! version under the same label and the newest one is used. Every call here blocks: callers
@@ -30,6 +33,7 @@ use zeroize::Zeroizing;
 
 use crate::SecretRefError;
 
+mod ed25519;
 mod init;
 mod objects;
 mod uri;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod audit;
 mod demo;
 mod hsm;
 mod keys;
@@ -126,6 +127,15 @@ enum Command {
         #[command(subcommand)]
         command: webhooks::WebhooksCommand,
     },
+    /// The tamper-evident audit trail: verify it, show its records, make its keys.
+    ///
+    /// `verify` checks every entry's hash and place in the chain and every checkpoint's
+    /// signature, and names the first entry that does not hold; `show` decrypts and filters
+    /// records for an investigator (see docs/audit.md).
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -146,6 +156,7 @@ fn main() -> ExitCode {
         Command::Hsm { command } => hsm::run(command),
         Command::Keys { command } => keys::run(command),
         Command::Webhooks { command } => webhooks::run(command),
+        Command::Audit { command } => audit::run(command),
         Command::Demo { port, no_wait } => demo::run(!no_wait, port),
         Command::MockProvider(args) => idgate_mock_provider::run_from_args(args),
     }

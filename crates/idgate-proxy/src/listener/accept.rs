@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::limits::{Admission, Slot, source_key};
 use super::{ListenerShared, proxy_header, serve_connection, shed};
+use crate::audit::Refused;
 
 /// Accepts connections until `stop` turns true; each connection is told to finish when it
 /// does.
@@ -90,6 +91,16 @@ pub(crate) async fn accept_loop(
                 Err(e) => {
                     shared.services.metrics.connection_refused(e.reason());
                     shared.refusals.refused(ip, e.reason(), "before TLS");
+                    shared.audit_refused(Refused {
+                        remote: ip,
+                        port: Some(remote.port()),
+                        via: None,
+                        peer: None,
+                        handshake: false,
+                        reason: e.reason(),
+                        stage: "before TLS",
+                        detail: None,
+                    });
                     tracing::debug!(balancer = %ip, error = %e, "PROXY header refused");
                     return;
                 }
@@ -108,10 +119,28 @@ pub(crate) async fn accept_loop(
 }
 
 impl ListenerShared {
-    /// Counts and logs (throttled) a connection refused by `why`.
+    /// Counts, logs (throttled) and records in the audit trail a connection refused by
+    /// `why`.
     pub(super) fn refuse(&self, ip: IpAddr, why: &'static str, stage: &'static str) {
         self.services.metrics.connection_refused(why);
         self.refusals.refused(ip, why, stage);
+        self.audit_refused(Refused {
+            remote: ip,
+            port: None,
+            via: None,
+            peer: None,
+            handshake: false,
+            reason: why,
+            stage,
+            detail: None,
+        });
+    }
+
+    /// Records a connection the listener did not serve in the audit trail, if there is one.
+    pub(super) fn audit_refused(&self, refused: Refused<'_>) {
+        if let Some(trail) = &self.services.audit {
+            crate::audit::connection(trail, refused);
+        }
     }
 
     /// Admits a client address before TLS: `[network]` rules, then its place in

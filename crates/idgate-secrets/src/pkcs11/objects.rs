@@ -214,6 +214,12 @@ impl Hsm {
                         Attribute::Class(c) if c == ObjectClass::SECRET_KEY => {
                             info.kind = "secret-key"
                         }
+                        Attribute::Class(c) if c == ObjectClass::PRIVATE_KEY => {
+                            info.kind = "private-key"
+                        }
+                        Attribute::Class(c) if c == ObjectClass::PUBLIC_KEY => {
+                            info.kind = "public-key"
+                        }
                         _ => {}
                     }
                 }

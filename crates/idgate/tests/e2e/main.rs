@@ -6,6 +6,7 @@
 mod config;
 mod support;
 
+mod audit;
 mod cli;
 mod clients;
 mod demo;

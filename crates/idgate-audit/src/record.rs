@@ -1,0 +1,472 @@
+//! What a record says, and its JSON: one request as an OCSF API Activity (class 6003), one
+//! refused connection or failed handshake as an OCSF Network Activity (class 4001). Field
+//! names follow OCSF where they fit; what OCSF has no place for is under `unmapped`.
+//! `docs/audit.md` has the mapping.
+//!
+//! Both are borrowed from the request's or connection's own values: making one allocates
+//! nothing, and its members are written once, on the caller's thread, into a reused buffer.
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
+
+use crate::json;
+
+/// The OCSF schema version the records follow.
+pub const OCSF_VERSION: &str = "1.3.0";
+
+/// How the gateway decided on a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision<'a> {
+    /// Forwarded upstream, or answered by a built-in target.
+    Allowed,
+    /// Refused for what the request is or who sent it; the problem slug says why.
+    Denied(&'a str),
+    /// Allowed, but not carried out (an upstream or credential failure); the slug says why.
+    Failed(&'a str),
+}
+
+impl Decision<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(b'"');
+        let (word, slug) = match self {
+            Self::Allowed => ("allowed", None),
+            Self::Denied(s) => ("denied:", Some(s)),
+            Self::Failed(s) => ("failed:", Some(s)),
+        };
+        out.extend_from_slice(word.as_bytes());
+        if let Some(slug) = slug {
+            // Slugs are the gateway's own words; escaped all the same.
+            json::str_inner(out, slug);
+        }
+        out.push(b'"');
+    }
+}
+
+/// Which authentication layers produced an identity for the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuthLayers {
+    pub mtls: bool,
+    pub api_key: bool,
+    pub jwt: bool,
+}
+
+/// One request, as the audit trail records it. Never a secret, a header value, a body or a
+/// query string; the path only as the route allows (see `path`).
+#[derive(Debug, Clone)]
+pub struct ApiActivity<'a> {
+    pub time: SystemTime,
+    pub request_id: &'a str,
+    /// The SPIFFE ID of the connection's client certificate.
+    pub peer: Option<&'a str>,
+    /// The principal authorization accepted (or every one refused), as the access log names
+    /// it: a SPIFFE ID, `apikey:NAME`, `client:ID`, `sub:SUBJECT@ISSUER`.
+    pub caller: Option<&'a str>,
+    pub auth_layers: AuthLayers,
+    pub remote: SocketAddr,
+    pub method: &'a str,
+    /// `HTTP/1.1`, `HTTP/2.0`.
+    pub version: &'a str,
+    /// The route's name; `-` when none matched.
+    pub route: &'a str,
+    /// The request's path: its canonical form, or the route's template where the route marks
+    /// its path parameters personal.
+    pub path: Option<&'a str>,
+    /// The route's path template.
+    pub template: Option<&'a str>,
+    pub status: u16,
+    pub upstream: Option<&'a str>,
+    pub upstream_status: Option<u16>,
+    pub upstream_latency: Option<Duration>,
+    /// The upstream credential's label and version (never its value).
+    pub credential: Option<(&'a str, &'a str)>,
+    pub decision: Decision<'a>,
+    pub latency: Duration,
+    /// The request body's length, when announced.
+    pub bytes_in: Option<u64>,
+    /// The response body's length, when known before it was sent.
+    pub bytes_out: Option<u64>,
+}
+
+/// The longest path a record keeps; a longer one is cut (at a character boundary) and
+/// marked, so a hostile path cannot swell the trail.
+pub const MAX_PATH: usize = 1024;
+
+fn metadata(out: &mut Vec<u8>, uid: Option<&str>) {
+    json::key(out, "metadata");
+    out.push(b'{');
+    if let Some(uid) = uid {
+        out.extend_from_slice(b"\"uid\":");
+        json::str(out, uid);
+        out.push(b',');
+    }
+    out.extend_from_slice(
+        b"\"product\":{\"name\":\"idgate\",\"vendor_name\":\"idgate\",\"version\":\"",
+    );
+    out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+    out.extend_from_slice(b"\"},\"version\":\"");
+    out.extend_from_slice(OCSF_VERSION.as_bytes());
+    out.extend_from_slice(b"\"}");
+}
+
+fn time(out: &mut Vec<u8>, t: SystemTime) {
+    let ms = json::millis(t);
+    out.extend_from_slice(b"\"time\":");
+    json::num(out, ms);
+    json::key(out, "time_dt");
+    json::datetime(out, ms);
+}
+
+fn endpoint(out: &mut Vec<u8>, name: &str, ip: IpAddr, port: Option<u16>) {
+    json::key(out, name);
+    // An address's text needs no escaping.
+    let _ = write!(out, "{{\"ip\":\"{}\"", ip.to_canonical());
+    if let Some(port) = port {
+        out.extend_from_slice(b",\"port\":");
+        json::num(out, port.into());
+    }
+    out.push(b'}');
+}
+
+/// `s`, cut to at most `max` bytes at a character boundary.
+fn capped(s: &str, max: usize) -> (&str, bool) {
+    if s.len() <= max {
+        return (s, false);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&s[..end], true)
+}
+
+impl ApiActivity<'_> {
+    /// OCSF activity: 1 Create (POST), 2 Read (GET, HEAD), 3 Update (PUT, PATCH), 4 Delete,
+    /// 99 Other.
+    fn activity(&self) -> (u64, &'static str) {
+        match self.method {
+            "POST" => (1, "Create"),
+            "GET" | "HEAD" => (2, "Read"),
+            "PUT" | "PATCH" => (3, "Update"),
+            "DELETE" => (4, "Delete"),
+            _ => (99, "Other"),
+        }
+    }
+
+    /// Appends the record's members (no braces) to `out`.
+    pub fn write_members(&self, out: &mut Vec<u8>) {
+        let (activity, activity_name) = self.activity();
+        out.extend_from_slice(b"\"class_uid\":6003,\"class_name\":\"API Activity\",\"category_uid\":6,\"category_name\":\"Application Activity\",\"activity_id\":");
+        json::num(out, activity);
+        json::key(out, "activity_name");
+        json::str(out, activity_name);
+        json::key(out, "type_uid");
+        json::num(out, 600_300 + activity);
+        out.push(b',');
+        time(out, self.time);
+        let success = self.decision == Decision::Allowed && self.status < 400;
+        out.extend_from_slice(b",\"severity_id\":1,\"status_id\":");
+        out.extend_from_slice(if success {
+            b"1,\"status\":\"Success\""
+        } else {
+            b"2,\"status\":\"Failure\""
+        });
+        json::key(out, "status_code");
+        out.push(b'"');
+        json::num(out, self.status.into());
+        out.push(b'"');
+        json::key(out, "status_detail");
+        self.decision.write(out);
+        json::key(out, "duration");
+        json::num(
+            out,
+            u64::try_from(self.latency.as_millis()).unwrap_or(u64::MAX),
+        );
+        metadata(out, Some(self.request_id));
+        json::key(out, "actor");
+        out.push(b'{');
+        if let Some(caller) = self.caller.or(self.peer) {
+            out.extend_from_slice(b"\"user\":{\"uid\":");
+            json::str(out, caller);
+            out.push(b'}');
+        }
+        out.push(b'}');
+        endpoint(
+            out,
+            "src_endpoint",
+            self.remote.ip(),
+            Some(self.remote.port()),
+        );
+        json::key(out, "api");
+        out.extend_from_slice(b"{\"operation\":");
+        json::str(out, self.route);
+        out.extend_from_slice(b",\"request\":{\"uid\":");
+        json::str(out, self.request_id);
+        out.push(b'}');
+        if let Some(upstream) = self.upstream {
+            out.extend_from_slice(b",\"service\":{\"name\":");
+            json::str(out, upstream);
+            out.push(b'}');
+        }
+        out.push(b'}');
+        json::key(out, "http_request");
+        out.extend_from_slice(b"{\"http_method\":");
+        json::str(out, self.method);
+        out.extend_from_slice(b",\"version\":");
+        json::str(out, self.version);
+        let mut cut = false;
+        if let Some(path) = self.path {
+            let (path, was_cut) = capped(path, MAX_PATH);
+            cut = was_cut;
+            out.extend_from_slice(b",\"url\":{\"path\":");
+            json::str(out, path);
+            out.push(b'}');
+        }
+        out.push(b'}');
+        json::key(out, "http_response");
+        out.extend_from_slice(b"{\"code\":");
+        json::num(out, self.status.into());
+        out.push(b'}');
+        json::key(out, "unmapped");
+        out.extend_from_slice(b"{\"decision\":");
+        self.decision.write(out);
+        json::key(out, "auth_layers");
+        out.push(b'[');
+        let layers = [
+            (self.auth_layers.mtls, "\"mtls\""),
+            (self.auth_layers.api_key, "\"api_key\""),
+            (self.auth_layers.jwt, "\"jwt\""),
+        ];
+        let mut first = true;
+        for (_, name) in layers.iter().filter(|(on, _)| *on) {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(name.as_bytes());
+        }
+        out.push(b']');
+        if let Some(peer) = self.peer {
+            json::key(out, "peer");
+            json::str(out, peer);
+        }
+        if let Some(t) = self.template {
+            json::key(out, "path_template");
+            json::str(out, t);
+        }
+        if cut {
+            out.extend_from_slice(b",\"path_truncated\":true");
+        }
+        if let Some(s) = self.upstream_status {
+            json::key(out, "upstream_status");
+            json::num(out, s.into());
+        }
+        if let Some(l) = self.upstream_latency {
+            json::key(out, "upstream_latency_us");
+            json::num(out, json::micros(l));
+        }
+        if let Some((label, version)) = self.credential {
+            json::key(out, "credential");
+            json::str(out, label);
+            json::key(out, "credential_version");
+            json::str(out, version);
+        }
+        json::key(out, "latency_us");
+        json::num(out, json::micros(self.latency));
+        if let Some(n) = self.bytes_in {
+            json::key(out, "bytes_in");
+            json::num(out, n);
+        }
+        if let Some(n) = self.bytes_out {
+            json::key(out, "bytes_out");
+            json::num(out, n);
+        }
+        out.push(b'}');
+    }
+}
+
+/// What happened to a connection the gateway did not serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionOutcome {
+    /// Closed by a rule or limit (OCSF activity 5, Refuse).
+    Refused,
+    /// The TLS handshake failed or timed out (OCSF activity 4, Fail).
+    HandshakeFailed,
+}
+
+/// One connection refused before or at TLS, as the audit trail records it.
+#[derive(Debug, Clone)]
+pub struct ConnectionEvent<'a> {
+    pub time: SystemTime,
+    /// The client's address (the one a load balancer's PROXY header named, if any)…
+    pub remote: IpAddr,
+    /// …and port, when known.
+    pub port: Option<u16>,
+    /// The load balancer the connection came through.
+    pub via: Option<SocketAddr>,
+    /// The client's SPIFFE ID, when its handshake got that far.
+    pub peer: Option<&'a str>,
+    pub outcome: ConnectionOutcome,
+    /// Which rule or limit (`network_deny`, `max_connections_per_ip`, `tls_handshake`, …).
+    pub reason: &'a str,
+    /// Where: `at accept`, `before TLS`, `during TLS`, `after the handshake`.
+    pub stage: &'a str,
+    /// More words about it (the TLS alert, say), never a secret.
+    pub detail: Option<&'a str>,
+}
+
+impl ConnectionEvent<'_> {
+    /// Appends the record's members (no braces) to `out`.
+    pub fn write_members(&self, out: &mut Vec<u8>) {
+        let (activity, name) = match self.outcome {
+            ConnectionOutcome::Refused => (5, "Refuse"),
+            ConnectionOutcome::HandshakeFailed => (4, "Fail"),
+        };
+        out.extend_from_slice(b"\"class_uid\":4001,\"class_name\":\"Network Activity\",\"category_uid\":4,\"category_name\":\"Network Activity\",\"activity_id\":");
+        json::num(out, activity);
+        json::key(out, "activity_name");
+        json::str(out, name);
+        json::key(out, "type_uid");
+        json::num(out, 400_100 + activity);
+        out.push(b',');
+        time(out, self.time);
+        out.extend_from_slice(b",\"severity_id\":1,\"status_id\":2,\"status\":\"Failure\"");
+        json::key(out, "status_detail");
+        json::str(out, self.reason);
+        metadata(out, None);
+        endpoint(out, "src_endpoint", self.remote, self.port);
+        if let Some(peer) = self.peer {
+            json::key(out, "actor");
+            out.extend_from_slice(b"{\"user\":{\"uid\":");
+            json::str(out, peer);
+            out.extend_from_slice(b"}}");
+        }
+        json::key(out, "unmapped");
+        out.extend_from_slice(b"{\"stage\":");
+        json::str(out, self.stage);
+        if let Some(via) = self.via {
+            json::key(out, "via");
+            let _ = write!(out, "\"{via}\"");
+        }
+        if let Some(d) = self.detail {
+            let (d, _) = capped(d, 256);
+            json::key(out, "detail");
+            json::str(out, d);
+        }
+        out.push(b'}');
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    pub(crate) fn activity<'a>(request_id: &'a str, path: &'a str) -> ApiActivity<'a> {
+        ApiActivity {
+            time: UNIX_EPOCH + Duration::from_millis(1_795_452_348_053),
+            request_id,
+            peer: Some("spiffe://example.org/ns/kyc/sa/onboarding"),
+            caller: Some("apikey:partner"),
+            auth_layers: AuthLayers {
+                mtls: true,
+                api_key: true,
+                jwt: false,
+            },
+            remote: "[::ffff:10.0.0.7]:51234".parse().unwrap(),
+            method: "GET",
+            version: "HTTP/1.1",
+            route: "decision",
+            path: Some(path),
+            template: Some("/v3/session/{session_id}/decision/"),
+            status: 200,
+            upstream: Some("didit"),
+            upstream_status: Some(200),
+            upstream_latency: Some(Duration::from_micros(1200)),
+            credential: Some(("didit", "3")),
+            decision: Decision::Allowed,
+            latency: Duration::from_micros(2548),
+            bytes_in: None,
+            bytes_out: Some(512),
+        }
+    }
+
+    fn parse(members: &[u8]) -> serde_json::Value {
+        let mut obj = b"{".to_vec();
+        obj.extend_from_slice(members);
+        obj.push(b'}');
+        serde_json::from_slice(&obj).unwrap()
+    }
+
+    #[test]
+    fn an_api_record_is_ocsf_api_activity() {
+        let mut out = Vec::new();
+        activity("rid-1", "/v3/session/{session_id}/decision/").write_members(&mut out);
+        let v = parse(&out);
+        assert_eq!(v["class_uid"], 6003);
+        assert_eq!(v["type_uid"], 600302);
+        assert_eq!(v["time"], 1_795_452_348_053_u64);
+        assert_eq!(v["time_dt"], "2026-11-23T16:45:48.053Z");
+        assert_eq!(v["status_id"], 1);
+        assert_eq!(v["status_code"], "200");
+        assert_eq!(v["metadata"]["uid"], "rid-1");
+        assert_eq!(v["metadata"]["version"], OCSF_VERSION);
+        assert_eq!(v["actor"]["user"]["uid"], "apikey:partner");
+        assert_eq!(v["src_endpoint"]["ip"], "10.0.0.7");
+        assert_eq!(v["api"]["operation"], "decision");
+        assert_eq!(v["api"]["service"]["name"], "didit");
+        assert_eq!(
+            v["http_request"]["url"]["path"],
+            "/v3/session/{session_id}/decision/"
+        );
+        assert_eq!(v["http_response"]["code"], 200);
+        assert_eq!(
+            v["unmapped"]["auth_layers"],
+            serde_json::json!(["mtls", "api_key"])
+        );
+        assert_eq!(v["unmapped"]["credential_version"], "3");
+        assert_eq!(v["unmapped"]["bytes_out"], 512);
+        assert!(v["unmapped"].get("bytes_in").is_none());
+    }
+
+    #[test]
+    fn a_refusal_is_a_failure_with_its_reason_and_long_paths_are_cut() {
+        let long = format!("/x/{}", "\u{e9}".repeat(MAX_PATH));
+        let mut a = activity("rid-2", &long);
+        a.decision = Decision::Denied("forbidden");
+        a.status = 403;
+        a.method = "DELETE";
+        let mut out = Vec::new();
+        a.write_members(&mut out);
+        let v = parse(&out);
+        assert_eq!(v["status_id"], 2);
+        assert_eq!(v["status_detail"], "denied:forbidden");
+        assert_eq!(v["activity_id"], 4);
+        assert!(v["http_request"]["url"]["path"].as_str().unwrap().len() <= MAX_PATH);
+        assert_eq!(v["unmapped"]["path_truncated"], true);
+    }
+
+    #[test]
+    fn a_refused_connection_is_ocsf_network_activity() {
+        let e = ConnectionEvent {
+            time: UNIX_EPOCH,
+            remote: "192.0.2.1".parse().unwrap(),
+            port: Some(4000),
+            via: Some("10.0.0.1:443".parse().unwrap()),
+            peer: None,
+            outcome: ConnectionOutcome::HandshakeFailed,
+            reason: "tls_handshake",
+            stage: "during TLS",
+            detail: Some("peer sent no certificates"),
+        };
+        let mut out = Vec::new();
+        e.write_members(&mut out);
+        let v = parse(&out);
+        assert_eq!(v["class_uid"], 4001);
+        assert_eq!(v["type_uid"], 400104);
+        assert_eq!(v["status_detail"], "tls_handshake");
+        assert_eq!(v["unmapped"]["via"], "10.0.0.1:443");
+        assert!(v["metadata"].get("uid").is_none());
+    }
+}

@@ -1,0 +1,435 @@
+//! The writer: at start, where the chain left off (and what the previous run lost); then one
+//! thread that takes the pending batch every `sync_interval`, chains and signs it, writes it
+//! with one `write` and syncs it, rotates files by size and age, and closes the last file
+//! with a signed checkpoint at a clean exit.
+//!
+//! A crash loses at most the batch being gathered (and, on a power loss, what was written
+//! since the last sync). The next start finds the end of the last file, sets aside whatever
+//! follows its last intact entry, and opens a new file whose first entries say where the
+//! chain comes from and, when the previous run did not close its file, what was lost.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Semaphore;
+
+use crate::chain::{self, Digest, EntryKind};
+use crate::checkpoint::{self, Close};
+use crate::crypt::Sealer;
+use crate::files::{self, Last, TailError};
+use crate::json;
+use crate::keys::{EncryptionKey, KeyError, SigningKey};
+use crate::queue::{AuditMetrics, AuditTrail, Pending, Shared};
+
+mod run;
+#[cfg(test)]
+pub(crate) mod tests;
+
+/// How the trail is written. Changing any of it takes a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterSettings {
+    pub dir: PathBuf,
+    /// A file is closed and a new one opened past this size…
+    pub rotate_bytes: u64,
+    /// …or this age.
+    pub rotate_age: Duration,
+    /// A checkpoint after this many entries…
+    pub checkpoint_every: u64,
+    /// …or this long after the previous one, whichever comes first.
+    pub checkpoint_interval: Duration,
+    /// How often batches are written and synced: at most this much is lost in a crash.
+    pub sync_interval: Duration,
+    /// Places in each of the queue's two pools (see [`crate::queue`]).
+    pub queue_capacity: usize,
+}
+
+/// The keys the writer uses.
+#[derive(Debug)]
+pub struct AuditKeys {
+    pub signing: SigningKey,
+    /// Encrypts new files; `None`: files are plain JSON lines.
+    pub encryption: Option<EncryptionKey>,
+    /// Keys of earlier files, to read the previous run's end after a key change.
+    pub previous: Vec<EncryptionKey>,
+}
+
+/// Called with each entry's plaintext line (without its newline) once the line is written,
+/// in chain order, from the first file's opening on: the hook for a SIEM exporter. It runs
+/// on the writer thread (the entries a start writes, on the thread that starts the trail),
+/// so it must not block: keep a bounded buffer of its own and drop (and count) when it is
+/// full, or the audit queue fills up behind it and requests are refused.
+pub trait Export: Send + Sync {
+    fn export(&self, line: &[u8]);
+}
+
+/// Why the trail cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Tail(#[from] TailError),
+    #[error("{0}")]
+    Key(#[from] KeyError),
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What the previous run left that the new one could not continue from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The file the previous run ended in.
+    pub file: PathBuf,
+    /// The last entry that was intact.
+    pub last_seq: u64,
+    /// Bytes after it, set aside in `<file>.discarded`.
+    pub bytes_discarded: u64,
+}
+
+/// What [`AuditTrail::start`] found and did.
+#[derive(Debug, Clone)]
+pub struct StartReport {
+    /// The file the new run writes.
+    pub file: PathBuf,
+    /// The previous run's last entry, when there was one.
+    pub continues: Option<Last>,
+    /// The previous run did not close its file: what it lost is now in the trail as a gap.
+    pub gap: Option<Gap>,
+}
+
+/// The chain as the writer thread keeps it.
+#[derive(Clone)]
+struct Chain {
+    seq: u64,
+    head: Digest,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+}
+
+/// The file being written.
+struct Current {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    opened: Instant,
+    sealer: Option<Sealer>,
+    /// Records (and `dropped` entries) in it: a file without any is not rotated.
+    entries: u64,
+}
+
+/// One batch, chained and ready to write: the file's bytes and the plaintext lines.
+#[derive(Default)]
+struct Built {
+    /// Plaintext lines, each with its newline; also the file's bytes when not encrypted.
+    plain: Vec<u8>,
+    /// The file's bytes, when encrypted.
+    sealed: Vec<u8>,
+    reserved: usize,
+    unreserved: usize,
+}
+
+impl Built {
+    fn bytes(&self, encrypted: bool) -> &[u8] {
+        if encrypted { &self.sealed } else { &self.plain }
+    }
+}
+
+struct Writer {
+    settings: WriterSettings,
+    keys: AuditKeys,
+    export: Option<Arc<dyn Export>>,
+    chain: Chain,
+    current: Current,
+    line: Vec<u8>,
+}
+
+impl AuditTrail {
+    /// Finds where the chain left off in `settings.dir` (created if missing), records a gap
+    /// when the previous run did not close its file, opens a new file and starts the writer
+    /// thread. Blocking.
+    pub fn start(
+        settings: WriterSettings,
+        keys: AuditKeys,
+        export: Option<Arc<dyn Export>>,
+    ) -> Result<(Self, StartReport), AuditError> {
+        let dir = settings.dir.clone();
+        prepare_dir(&dir)?;
+        let (last, gap) = previous_end(&dir, &keys)?;
+        let (last, previous) = last.unzip();
+        let metrics = AuditMetrics::default();
+        let now = SystemTime::now();
+        let (seq, head) = last
+            .as_ref()
+            .map_or((0, Digest::GENESIS), |l| (l.seq, l.hash));
+        let mut writer = Writer {
+            current: open_file(&dir, seq + 1, now, keys.encryption.as_ref())?,
+            settings,
+            keys,
+            export,
+            chain: Chain {
+                seq,
+                head,
+                since_checkpoint: 0,
+                last_checkpoint: Instant::now(),
+            },
+            line: Vec::with_capacity(2048),
+        };
+        let mut built = Built::default();
+        writer.append_open(&mut built, "start", previous.as_deref())?;
+        if let (Some(g), Some(l)) = (&gap, &last) {
+            writer.append_gap(&mut built, g, l)?;
+        }
+        writer
+            .write_built(&built)
+            .map_err(io_err(&writer.current.path))?;
+        writer
+            .current
+            .file
+            .sync_data()
+            .map_err(io_err(&writer.current.path))?;
+        files::sync_dir(&dir).map_err(io_err(&dir))?;
+        if let Some(export) = &writer.export {
+            for line in built.plain.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                export.export(line);
+            }
+        }
+        let report = StartReport {
+            file: writer.current.path.clone(),
+            continues: last,
+            gap,
+        };
+        let capacity = writer.settings.queue_capacity.max(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Shared>>(1);
+        let handle = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                if let Ok(shared) = rx.recv() {
+                    writer.run(&shared);
+                }
+            })
+            .map_err(io_err(&dir))?;
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            reserved: Arc::new(Semaphore::new(capacity)),
+            unreserved: AtomicUsize::new(0),
+            capacity,
+            closing: AtomicBool::new(false),
+            writer: handle.thread().clone(),
+            metrics,
+        });
+        let _ = tx.send(shared.clone());
+        Ok((
+            Self {
+                shared,
+                writer: Mutex::new(Some(handle)),
+            },
+            report,
+        ))
+    }
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), AuditError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(AuditError::NotADirectory(dir.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err(dir)),
+        Err(e) => Err(io_err(dir)(e)),
+    }
+}
+
+/// The previous run's last intact entry with its file, and the gap when it did not close
+/// its file.
+type PreviousEnd = (Option<(Last, PathBuf)>, Option<Gap>);
+
+/// The previous run's last intact entry and its file, and the gap when it did not close its
+/// file. What follows that entry is set aside; files holding nothing intact are set aside
+/// whole.
+fn previous_end(dir: &Path, keys: &AuditKeys) -> Result<PreviousEnd, AuditError> {
+    let read_keys: Vec<EncryptionKey> = keys
+        .encryption
+        .iter()
+        .chain(&keys.previous)
+        .cloned()
+        .collect();
+    let mut discarded = 0;
+    let mut last_file = None;
+    for path in files::list(dir).map_err(io_err(dir))?.iter().rev() {
+        let tail = files::scan_tail(path, &read_keys)?;
+        discarded += tail.discarded;
+        last_file.get_or_insert_with(|| path.clone());
+        files::set_aside(&tail).map_err(io_err(path))?;
+        let Some(last) = tail.last else {
+            // Nothing intact in it: its bytes are in the side file; the chain ends earlier.
+            std::fs::remove_file(path).map_err(io_err(path))?;
+            continue;
+        };
+        let gap = (last.closed.is_none() || discarded > 0).then(|| Gap {
+            file: last_file.clone().unwrap_or_else(|| path.clone()),
+            last_seq: last.seq,
+            bytes_discarded: discarded,
+        });
+        return Ok((Some((last, path.clone())), gap));
+    }
+    Ok((None, None))
+}
+
+fn open_file(
+    dir: &Path,
+    first_seq: u64,
+    at: SystemTime,
+    key: Option<&EncryptionKey>,
+) -> Result<Current, AuditError> {
+    let path = dir.join(files::file_name(first_seq, at));
+    let file = files::create_private(&path).map_err(io_err(&path))?;
+    Ok(Current {
+        file,
+        path,
+        len: 0,
+        opened: Instant::now(),
+        sealer: key.map(Sealer::new).transpose()?,
+        entries: 0,
+    })
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+impl Writer {
+    fn encrypted(&self) -> bool {
+        self.current.sealer.is_some()
+    }
+
+    /// Chains one entry into `built`.
+    fn append(
+        &mut self,
+        built: &mut Built,
+        kind: EntryKind,
+        members: &[u8],
+    ) -> Result<(), KeyError> {
+        self.line.clear();
+        let seq = self.chain.seq + 1;
+        let hash = chain::seal(&mut self.line, seq, &self.chain.head, kind, members);
+        if let Some(sealer) = &mut self.current.sealer {
+            sealer.seal(&self.line, &mut built.sealed)?;
+            built.sealed.push(b'\n');
+        }
+        built.plain.extend_from_slice(&self.line);
+        built.plain.push(b'\n');
+        self.chain.seq = seq;
+        self.chain.head = hash;
+        match kind {
+            EntryKind::Checkpoint => {
+                self.chain.since_checkpoint = 0;
+                self.chain.last_checkpoint = Instant::now();
+            }
+            _ => self.chain.since_checkpoint += 1,
+        }
+        if matches!(kind, EntryKind::Record | EntryKind::Dropped) {
+            self.current.entries += 1;
+        }
+        Ok(())
+    }
+
+    fn append_open(
+        &mut self,
+        built: &mut Built,
+        reason: &str,
+        previous: Option<&Path>,
+    ) -> Result<(), KeyError> {
+        let mut m = Vec::with_capacity(256);
+        let ms = json::millis(SystemTime::now());
+        m.extend_from_slice(b"\"open\":{\"file\":");
+        json::str(&mut m, &file_name(&self.current.path));
+        json::key(&mut m, "reason");
+        json::str(&mut m, reason);
+        json::key(&mut m, "time");
+        json::num(&mut m, ms);
+        json::key(&mut m, "time_dt");
+        json::datetime(&mut m, ms);
+        if let Some(p) = previous {
+            json::key(&mut m, "previous_file");
+            json::str(&mut m, &file_name(p));
+        }
+        m.push(b'}');
+        self.append(built, EntryKind::Open, &m)
+    }
+
+    fn append_gap(&mut self, built: &mut Built, gap: &Gap, last: &Last) -> Result<(), KeyError> {
+        let mut m = Vec::with_capacity(256);
+        m.extend_from_slice(b"\"gap\":{\"file\":");
+        json::str(&mut m, &file_name(&gap.file));
+        json::key(&mut m, "last_seq");
+        json::num(&mut m, gap.last_seq);
+        json::key(&mut m, "last_hash");
+        json::str(&mut m, &last.hash.hex());
+        json::key(&mut m, "bytes_discarded");
+        json::num(&mut m, gap.bytes_discarded);
+        if gap.bytes_discarded > 0 {
+            json::key(&mut m, "discarded_to");
+            json::str(&mut m, &file_name(&files::discarded_path(&gap.file)));
+        }
+        json::key(&mut m, "reason");
+        json::str(
+            &mut m,
+            if gap.bytes_discarded > 0 {
+                "the previous run's file ended in an incomplete or unverifiable entry"
+            } else {
+                "the previous run stopped without closing its file"
+            },
+        );
+        m.push(b'}');
+        self.append(built, EntryKind::Gap, &m)
+    }
+
+    fn append_checkpoint(
+        &mut self,
+        built: &mut Built,
+        close: Option<Close>,
+    ) -> Result<(), KeyError> {
+        let m = checkpoint::members(
+            &self.keys.signing,
+            self.chain.seq,
+            &self.chain.head,
+            json::millis(SystemTime::now()),
+            close,
+        )?;
+        self.append(built, EntryKind::Checkpoint, &m)
+    }
+
+    fn write_built(&mut self, built: &Built) -> std::io::Result<()> {
+        let bytes = built.bytes(self.encrypted());
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.current.file.write_all(bytes) {
+            // A partial line must not stay ahead of the retry: cut back to what was whole.
+            let _ = self.current.file.set_len(self.current.len);
+            return Err(e);
+        }
+        self.current.len += bytes.len() as u64;
+        Ok(())
+    }
+}

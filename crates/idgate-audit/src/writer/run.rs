@@ -1,0 +1,322 @@
+//! The writer thread's loop: wait for records (or a timed checkpoint or rotation), take the
+//! pending batch, chain it, write it with one `write`, sync it, hand its lines to the
+//! exporter and give the queue's places back.
+//!
+//! A batch that cannot be written (a full disk) is kept and written again every second, in
+//! the same order, before anything newer: meanwhile the queue fills and requests are refused
+//! by their routes' policy rather than served unrecorded.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{Built, Writer, open_file};
+use crate::chain::EntryKind;
+use crate::checkpoint::Close;
+use crate::queue::{self, Shared};
+
+/// How long a batch that could not be written waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How often, at most, the same kind of failure is logged.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+impl Writer {
+    pub(super) fn run(mut self, shared: &Shared) {
+        let mut last_flush = Instant::now();
+        let mut stuck: Option<Built> = None;
+        let mut last_report: Option<Instant> = None;
+        loop {
+            if !shared.closing.load(Ordering::Acquire) {
+                self.wait(shared, last_flush, stuck.is_some());
+            }
+            let closing = shared.closing.load(Ordering::Acquire);
+            if let Some(built) = stuck.take()
+                && let Err(built) = self.commit(shared, built, &mut last_report)
+            {
+                if closing {
+                    self.give_up(shared, &built);
+                    return;
+                }
+                stuck = Some(built);
+                continue;
+            }
+            let built = self.build(shared, closing, &mut last_report);
+            last_flush = Instant::now();
+            if let Err(built) = self.commit(shared, built, &mut last_report) {
+                stuck = Some(built);
+                if !closing {
+                    continue;
+                }
+                // One more try at the end, then the records are counted as lost.
+                std::thread::sleep(RETRY_AFTER);
+                if let Some(built) = stuck.take()
+                    && let Err(built) = self.commit(shared, built, &mut last_report)
+                {
+                    self.give_up(shared, &built);
+                    return;
+                }
+            }
+            if closing {
+                self.finish(shared, &mut last_report);
+                return;
+            }
+            if let Err(opening) = self.rotate_if_due(shared, &mut last_report) {
+                stuck = Some(opening);
+            }
+        }
+    }
+
+    /// Sleeps until there is something to do: records (the first one wakes the thread, then
+    /// the batch gathers until `sync_interval` after the last write), a timed checkpoint, a
+    /// rotation by age, a retry, or the close.
+    fn wait(&self, shared: &Shared, last_flush: Instant, stuck: bool) {
+        if stuck {
+            std::thread::park_timeout(RETRY_AFTER);
+            return;
+        }
+        if shared.pending().items == 0 {
+            let checkpoint = (self.chain.since_checkpoint > 0)
+                .then(|| self.chain.last_checkpoint + self.settings.checkpoint_interval);
+            let rotation =
+                (self.current.entries > 0).then(|| self.current.opened + self.settings.rotate_age);
+            match checkpoint.into_iter().chain(rotation).min() {
+                Some(at) => std::thread::park_timeout(at.saturating_duration_since(Instant::now())),
+                None => std::thread::park(),
+            }
+        }
+        let due = last_flush + self.settings.sync_interval;
+        let now = Instant::now();
+        if now < due
+            && !shared.closing.load(Ordering::Acquire)
+            && shared.pending().items < (shared.capacity / 2).max(1)
+        {
+            std::thread::park_timeout(due - now);
+        }
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        let c = &self.chain;
+        c.since_checkpoint >= self.settings.checkpoint_every.max(1)
+            || (c.since_checkpoint > 0
+                && c.last_checkpoint.elapsed() >= self.settings.checkpoint_interval)
+    }
+
+    /// Takes the pending batch and chains it, with a `dropped` entry for records lost since
+    /// the last one and a checkpoint when one is due.
+    fn build(
+        &mut self,
+        shared: &Shared,
+        closing: bool,
+        last_report: &mut Option<Instant>,
+    ) -> Built {
+        let (batch, dropped) = {
+            let mut p = shared.pending();
+            p.items = 0;
+            if closing {
+                p.closed = true;
+            }
+            (std::mem::take(&mut p.buf), std::mem::take(&mut p.dropped))
+        };
+        let mut built = Built::default();
+        for (reserved, members) in queue::items(&batch) {
+            if reserved {
+                built.reserved += 1;
+            } else {
+                built.unreserved += 1;
+            }
+            if let Err(e) = self.append(&mut built, EntryKind::Record, members) {
+                shared.metrics.dropped.inc();
+                report(
+                    last_report,
+                    || tracing::error!(error = %e, "an audit record could not be encrypted; it is lost"),
+                );
+            }
+            // Every `checkpoint_every` entries, within the batch too.
+            if self.chain.since_checkpoint >= self.settings.checkpoint_every.max(1)
+                && let Err(e) = self.append_checkpoint(&mut built, None)
+            {
+                report(
+                    last_report,
+                    || tracing::error!(error = %e, "an audit checkpoint could not be signed; the next one covers these records"),
+                );
+            }
+        }
+        if dropped > 0 {
+            let mut m = b"\"dropped\":{\"count\":".to_vec();
+            crate::json::num(&mut m, dropped);
+            m.extend_from_slice(
+                b",\"reason\":\"the audit queue was full, or the trail was closing\"}",
+            );
+            if let Err(e) = self.append(&mut built, EntryKind::Dropped, &m) {
+                report(
+                    last_report,
+                    || tracing::error!(error = %e, "the dropped-records entry could not be written"),
+                );
+            }
+        }
+        if self.checkpoint_due()
+            && let Err(e) = self.append_checkpoint(&mut built, None)
+        {
+            report(
+                last_report,
+                || tracing::error!(error = %e, "an audit checkpoint could not be signed; the next one covers these records"),
+            );
+        }
+        built
+    }
+
+    /// Writes a batch, syncs it, exports its lines and gives back its places. A batch that
+    /// cannot be written comes back, to be tried again.
+    fn commit(
+        &mut self,
+        shared: &Shared,
+        built: Built,
+        last_report: &mut Option<Instant>,
+    ) -> Result<(), Built> {
+        if let Err(e) = self.write_built(&built) {
+            shared.metrics.write_errors.inc();
+            let path = self.current.path.display().to_string();
+            report(
+                last_report,
+                || tracing::error!(file = %path, error = %e, "cannot write the audit trail; retrying (requests are refused as the queue fills)"),
+            );
+            return Err(built);
+        }
+        if !built.plain.is_empty()
+            && let Err(e) = self.current.file.sync_data()
+        {
+            shared.metrics.write_errors.inc();
+            let path = self.current.path.display().to_string();
+            report(
+                last_report,
+                || tracing::error!(file = %path, error = %e, "cannot sync the audit trail"),
+            );
+        }
+        if let Some(export) = &self.export {
+            for line in built.plain.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                export.export(line);
+            }
+        }
+        shared.release(built.reserved, built.unreserved);
+        Ok(())
+    }
+
+    /// Records that can never be written (this batch, and any still pending at the exit):
+    /// counted as lost, their places given back.
+    fn give_up(&self, shared: &Shared, built: &Built) {
+        let (reserved, unreserved) = {
+            let mut p = shared.pending();
+            p.closed = true;
+            p.items = 0;
+            let batch = std::mem::take(&mut p.buf);
+            queue::items(&batch).fold((built.reserved, built.unreserved), |(r, u), (res, _)| {
+                if res { (r + 1, u) } else { (r, u + 1) }
+            })
+        };
+        let lost = reserved + unreserved;
+        shared.metrics.dropped.inc_by(lost as u64);
+        shared.release(reserved, unreserved);
+        tracing::error!(
+            lost,
+            "audit records could not be written before the exit; they are lost"
+        );
+    }
+
+    /// Closes the file with a rotation checkpoint and goes on in a new one, when the file is
+    /// past its size or age. The new file is created first: if it cannot be, the current one
+    /// stays open and the rotation is tried after the next batch. A new file's opening entry
+    /// that cannot be written comes back, to be tried again before anything newer.
+    fn rotate_if_due(
+        &mut self,
+        shared: &Shared,
+        last_report: &mut Option<Instant>,
+    ) -> Result<(), Built> {
+        let c = &self.current;
+        if c.entries == 0
+            || (c.len < self.settings.rotate_bytes && c.opened.elapsed() < self.settings.rotate_age)
+        {
+            return Ok(());
+        }
+        let next = match open_file(
+            &self.settings.dir,
+            self.chain.seq + 2,
+            SystemTime::now(),
+            self.keys.encryption.as_ref(),
+        ) {
+            Ok(next) => next,
+            Err(e) => {
+                shared.metrics.write_errors.inc();
+                report(
+                    last_report,
+                    || tracing::error!(error = %e, "cannot open the next audit file; the current one stays open"),
+                );
+                return Ok(());
+            }
+        };
+        let saved = self.chain.clone();
+        let mut closing = Built::default();
+        let closed = self
+            .append_checkpoint(&mut closing, Some(Close::Rotate))
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.write_built(&closing).map_err(|e| e.to_string()));
+        if let Err(e) = closed {
+            self.chain = saved;
+            let _ = std::fs::remove_file(&next.path);
+            shared.metrics.write_errors.inc();
+            report(
+                last_report,
+                || tracing::error!(error = %e, "cannot close the audit file for rotation; it stays open"),
+            );
+            return Ok(());
+        }
+        let _ = self.current.file.sync_data();
+        let old = std::mem::replace(&mut self.current, next);
+        let mut opening = Built::default();
+        if let Err(e) = self.append_open(&mut opening, "rotate", Some(&old.path)) {
+            report(
+                last_report,
+                || tracing::error!(error = %e, "cannot open the next audit file"),
+            );
+        }
+        let _ = crate::files::sync_dir(&self.settings.dir);
+        if let Some(export) = &self.export {
+            for line in closing
+                .plain
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+            {
+                export.export(line);
+            }
+        }
+        // The opening entry goes out like any batch.
+        self.commit(shared, opening, last_report)
+    }
+
+    /// Closes the last file with a signed `shutdown` checkpoint.
+    fn finish(&mut self, shared: &Shared, last_report: &mut Option<Instant>) {
+        let mut built = Built::default();
+        if let Err(e) = self.append_checkpoint(&mut built, Some(Close::Shutdown)) {
+            tracing::error!(error = %e, "the audit file could not be closed with a signed checkpoint; the next start records a gap");
+            return;
+        }
+        for _ in 0..3 {
+            match self.commit(shared, built, last_report) {
+                Ok(()) => return,
+                Err(b) => {
+                    built = b;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        tracing::error!(
+            "the audit file's closing checkpoint could not be written; the next start records a gap"
+        );
+    }
+}
+
+/// Runs `log` at most once per [`REPORT_EVERY`].
+fn report(last: &mut Option<Instant>, log: impl FnOnce()) {
+    if last.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+        log();
+        *last = Some(Instant::now());
+    }
+}

@@ -1,0 +1,337 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::BufReader;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::record::tests::activity;
+use crate::record::{ConnectionEvent, ConnectionOutcome};
+use crate::verify::{End, Summary, Verifier, VerifyOptions};
+use crate::{PublicKey, generate_signing_key};
+
+pub(crate) struct Keys {
+    _dir: tempfile::TempDir,
+    signing: idgate_secrets::SecretRef,
+    pub(crate) public: PublicKey,
+}
+
+impl Keys {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (pem, public) = generate_signing_key().unwrap();
+        let path = dir.path().join("signing.pem");
+        std::fs::write(&path, pem.as_bytes()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Self {
+            _dir: dir,
+            signing: idgate_secrets::SecretRef::File(path),
+            public,
+        }
+    }
+
+    pub(crate) fn audit_keys(&self, encryption: Option<&EncryptionKey>) -> AuditKeys {
+        AuditKeys {
+            signing: SigningKey::load(&self.signing).unwrap(),
+            encryption: encryption.cloned(),
+            previous: Vec::new(),
+        }
+    }
+}
+
+pub(crate) fn settings(dir: &Path) -> WriterSettings {
+    WriterSettings {
+        dir: dir.to_owned(),
+        rotate_bytes: 64 << 20,
+        rotate_age: Duration::from_secs(3600),
+        checkpoint_every: 100,
+        checkpoint_interval: Duration::from_secs(60),
+        sync_interval: Duration::from_millis(5),
+        queue_capacity: 1024,
+    }
+}
+
+pub(crate) fn verify(dir: &Path, keys: &[PublicKey], decrypt: &[EncryptionKey]) -> Summary {
+    let mut v = Verifier::new(VerifyOptions {
+        keys: keys.to_vec(),
+        decrypt: decrypt.to_vec(),
+    });
+    for f in files::list(dir).unwrap() {
+        let name = f.display().to_string();
+        v.file(&name, BufReader::new(File::open(&f).unwrap()))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    v.finish()
+}
+
+fn records(trail: &AuditTrail, n: usize) {
+    for i in 0..n {
+        let id = format!("rid-{i}");
+        let permit = trail.try_reserve().expect("a free place");
+        trail.api(&activity(&id, "/v1/x"), Some(permit));
+    }
+}
+
+fn wait_written(trail: &AuditTrail) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while trail.metrics().depth.get() > 0 {
+        assert!(Instant::now() < deadline, "the writer did not write");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn records_are_chained_signed_and_sealed_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let mut s = settings(dir.path());
+    s.checkpoint_every = 10;
+    let (trail, report) = AuditTrail::start(s, keys.audit_keys(None), None).unwrap();
+    assert!(report.continues.is_none() && report.gap.is_none());
+    records(&trail, 25);
+    trail.close();
+    let summary = verify(dir.path(), &[keys.public], &[]);
+    assert_eq!(summary.records, 25);
+    assert_eq!(summary.end, End::Sealed);
+    assert_eq!(summary.first_seq, Some(1));
+    // Two checkpoints by count (at least) and the closing one.
+    assert!(summary.checkpoints >= 3, "{summary:?}");
+    assert_eq!(summary.unsigned, 0);
+    assert_eq!(trail.metrics().dropped.get(), 0);
+}
+
+#[test]
+fn a_restart_continues_the_chain_in_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    for run in 0..3 {
+        let (trail, report) =
+            AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap();
+        assert_eq!(report.continues.is_some(), run > 0);
+        assert!(report.gap.is_none());
+        records(&trail, 4);
+        trail.close();
+    }
+    assert_eq!(files::list(dir.path()).unwrap().len(), 3);
+    let summary = verify(dir.path(), &[keys.public], &[]);
+    assert_eq!((summary.records, summary.files), (12, 3));
+    assert_eq!(summary.end, End::Sealed);
+    assert!(summary.gaps.is_empty());
+}
+
+/// Copies the trail as a crash would leave it: everything written so far, nothing closed.
+fn crashed_copy(from: &Path, to: &Path) {
+    for f in files::list(from).unwrap() {
+        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn a_start_after_a_crash_sets_the_torn_end_aside_and_records_the_gap() {
+    let live = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let (trail, _) = AuditTrail::start(settings(live.path()), keys.audit_keys(None), None).unwrap();
+    records(&trail, 7);
+    wait_written(&trail);
+    let crashed = tempfile::tempdir().unwrap();
+    crashed_copy(live.path(), crashed.path());
+    trail.close();
+    // Before the restart the chain verifies up to its last written entry, and is open.
+    let before = verify(crashed.path(), &[keys.public], &[]);
+    assert_eq!(before.records, 7);
+    assert!(matches!(before.end, End::Open { .. }), "{:?}", before.end);
+    // A write torn by the crash.
+    let file = &files::list(crashed.path()).unwrap()[0];
+    let torn = b"{\"seq\":10,\"prev\":\"ab";
+    let mut data = std::fs::read(file).unwrap();
+    data.extend_from_slice(torn);
+    std::fs::write(file, &data).unwrap();
+
+    let (trail, report) =
+        AuditTrail::start(settings(crashed.path()), keys.audit_keys(None), None).unwrap();
+    let gap = report.gap.clone().expect("a gap");
+    assert_eq!(gap.last_seq, before.last_seq.unwrap());
+    assert_eq!(gap.bytes_discarded, torn.len() as u64);
+    assert_eq!(std::fs::read(files::discarded_path(file)).unwrap(), torn);
+    records(&trail, 2);
+    trail.close();
+    let after = verify(crashed.path(), &[keys.public], &[]);
+    assert_eq!(after.records, 9);
+    assert_eq!(after.end, End::Sealed);
+    assert_eq!(after.gaps.len(), 1);
+    assert_eq!(after.gaps[0].last_seq, gap.last_seq);
+    assert_eq!(after.gaps[0].bytes_discarded, torn.len() as u64);
+}
+
+#[test]
+fn files_rotate_by_size_and_the_chain_runs_through_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let mut s = settings(dir.path());
+    s.rotate_bytes = 4096;
+    let (trail, _) = AuditTrail::start(s, keys.audit_keys(None), None).unwrap();
+    for _ in 0..6 {
+        records(&trail, 5);
+        wait_written(&trail);
+    }
+    trail.close();
+    let files = files::list(dir.path()).unwrap();
+    assert!(files.len() >= 3, "{files:?}");
+    let summary = verify(dir.path(), &[keys.public], &[]);
+    assert_eq!(summary.records, 30);
+    assert_eq!(summary.end, End::Sealed);
+    // Verifying all but the last file: closed for rotation, the chain goes on elsewhere.
+    let mut v = Verifier::new(VerifyOptions {
+        keys: vec![keys.public],
+        decrypt: Vec::new(),
+    });
+    for f in &files[..files.len() - 1] {
+        v.file("f", BufReader::new(File::open(f).unwrap())).unwrap();
+    }
+    assert!(matches!(v.finish().end, End::Rotated { .. }));
+}
+
+#[test]
+fn encrypted_files_hold_no_plaintext_and_verify_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let (enc, _) = EncryptionKey::generate().unwrap();
+    let (trail, _) =
+        AuditTrail::start(settings(dir.path()), keys.audit_keys(Some(&enc)), None).unwrap();
+    records(&trail, 5);
+    trail.close();
+    let file = std::fs::read_to_string(&files::list(dir.path()).unwrap()[0]).unwrap();
+    assert!(
+        !file.contains("rid-") && !file.contains("apikey:partner"),
+        "{file}"
+    );
+    let summary = verify(dir.path(), &[keys.public], std::slice::from_ref(&enc));
+    assert_eq!((summary.records, summary.end), (5, End::Sealed));
+    // A restart with the same key continues; one that changed it reads the end with the old.
+    let (new, _) = EncryptionKey::generate().unwrap();
+    let mut k = keys.audit_keys(Some(&new));
+    k.previous.push(enc.clone());
+    let (trail, report) = AuditTrail::start(settings(dir.path()), k, None).unwrap();
+    assert!(report.continues.is_some() && report.gap.is_none());
+    trail.close();
+    let summary = verify(dir.path(), &[keys.public], &[enc.clone(), new.clone()]);
+    assert_eq!(summary.end, End::Sealed);
+    // Without the key of the last file, a start refuses rather than set the file aside.
+    let err =
+        AuditTrail::start(settings(dir.path()), keys.audit_keys(Some(&enc)), None).unwrap_err();
+    assert!(err.to_string().contains("not configured"), "{err}");
+    assert_eq!(files::list(dir.path()).unwrap().len(), 2);
+}
+
+/// An exporter that, once told to, holds the writer until it is let go: the stand-in for a
+/// slow disk.
+struct Held {
+    holding: AtomicBool,
+    go: Mutex<mpsc::Receiver<()>>,
+    lines: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Export for Held {
+    fn export(&self, line: &[u8]) {
+        if self.holding.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = self.go.lock().unwrap().recv();
+        }
+        self.lines.lock().unwrap().push(line.to_vec());
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_queue_refuses_reservations_and_drops_unreserved_records_with_a_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let mut s = settings(dir.path());
+    s.queue_capacity = 2;
+    let (go, held) = mpsc::channel();
+    let held = Arc::new(Held {
+        holding: Default::default(),
+        go: Mutex::new(held),
+        lines: Default::default(),
+    });
+    let (trail, _) = AuditTrail::start(s, keys.audit_keys(None), Some(held.clone())).unwrap();
+    held.holding
+        .store(true, std::sync::atomic::Ordering::Release);
+    let a = trail.try_reserve().unwrap();
+    let b = trail.try_reserve().unwrap();
+    assert!(trail.try_reserve().is_none(), "two places only");
+    // Both records go to the writer, which is then held by the exporter.
+    trail.api(&activity("rid-a", "/v1/a"), Some(a));
+    trail.api(&activity("rid-b", "/v1/b"), Some(b));
+    let started = Instant::now();
+    assert!(trail.reserve(Duration::from_millis(50)).await.is_none());
+    assert!(started.elapsed() >= Duration::from_millis(45));
+    // Refused connections have a pool of their own: past it they are dropped and counted.
+    let refused = ConnectionEvent {
+        time: SystemTime::now(),
+        remote: "192.0.2.7".parse().unwrap(),
+        port: None,
+        via: None,
+        peer: None,
+        outcome: ConnectionOutcome::Refused,
+        reason: "network_deny",
+        stage: "before TLS",
+        detail: None,
+    };
+    for _ in 0..5 {
+        trail.connection(&refused);
+    }
+    assert!(
+        trail.metrics().dropped.get() >= 3,
+        "{}",
+        trail.metrics().dropped.get()
+    );
+    // Let the writer go: the places come back.
+    drop(go);
+    let permit = trail.reserve(Duration::from_secs(5)).await;
+    assert!(permit.is_some());
+    trail.api(&activity("rid-c", "/v1/c"), permit);
+    trail.close();
+    let summary = verify(dir.path(), &[keys.public], &[]);
+    assert_eq!(summary.end, End::Sealed);
+    assert_eq!(summary.dropped, trail.metrics().dropped.get());
+    assert_eq!(summary.records, 3 + 5 - summary.dropped);
+    // The exporter saw every line, the file's opening included, in chain order.
+    let lines = held.lines.lock().unwrap();
+    assert_eq!(chain::open(&lines[0]).unwrap().seq, 1);
+    let seqs: Vec<u64> = lines.iter().map(|l| chain::open(l).unwrap().seq).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert_eq!(seqs.last().copied(), summary.last_seq);
+}
+
+#[test]
+fn an_idle_trail_is_checkpointed_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let mut s = settings(dir.path());
+    s.checkpoint_interval = Duration::from_millis(50);
+    let (trail, _) = AuditTrail::start(s, keys.audit_keys(None), None).unwrap();
+    records(&trail, 1);
+    let file = files::list(dir.path()).unwrap()[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&file).unwrap();
+        if text.contains("\"entry\":\"checkpoint\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no timed checkpoint: {text}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let summary = {
+        let mut v = Verifier::new(VerifyOptions {
+            keys: vec![keys.public],
+            decrypt: Vec::new(),
+        });
+        v.file("f", BufReader::new(File::open(&file).unwrap()))
+            .unwrap();
+        v.finish()
+    };
+    assert_eq!(summary.unsigned, 0);
+    assert!(matches!(summary.end, End::Open { .. }));
+    trail.close();
+}

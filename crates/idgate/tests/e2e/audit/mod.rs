@@ -1,0 +1,244 @@
+//! The audit trail end to end: `idgate audit verify` and `show` over real trails, the
+//! tamper mutator, and the gateway's trail (`gateway.rs`).
+
+mod gateway;
+mod tamper;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use idgate_audit::{AuditKeys, AuditTrail, SigningKey, WriterSettings};
+use idgate_secrets::SecretRef;
+
+use crate::support::*;
+use tamper::{Expect, Rng, check_verify, copy_trail};
+
+/// Keys made by `idgate audit keygen`, in a directory of their own.
+struct TrailKeys {
+    dir: tempfile::TempDir,
+}
+
+impl TrailKeys {
+    fn new(encryption: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("keys");
+        let mut args = vec!["audit", "keygen", "--out", out.to_str().unwrap()];
+        if encryption {
+            args.push("--encryption");
+        }
+        let (code, stdout, err) = idgate_cli(&args);
+        assert_eq!(code, 0, "{stdout}{err}");
+        assert!(stdout.contains("key id"), "{stdout}");
+        Self { dir }
+    }
+
+    fn signing(&self) -> PathBuf {
+        self.dir.path().join("keys/audit-signing.pem")
+    }
+
+    fn public(&self) -> PathBuf {
+        self.dir.path().join("keys/audit-signing.pub")
+    }
+
+    fn encryption(&self) -> PathBuf {
+        self.dir.path().join("keys/audit-encryption.key")
+    }
+}
+
+/// A sealed trail of several files written by the trail's own writer: rotated by size,
+/// checkpoints every 7 entries, 60 records.
+fn written_trail(keys: &TrailKeys, dir: &Path) -> Vec<PathBuf> {
+    let settings = WriterSettings {
+        dir: dir.to_owned(),
+        rotate_bytes: 8 * 1024,
+        rotate_age: Duration::from_secs(3600),
+        checkpoint_every: 7,
+        checkpoint_interval: Duration::from_secs(60),
+        sync_interval: Duration::from_millis(2),
+        queue_capacity: 64,
+    };
+    let signing = SigningKey::load(&SecretRef::File(keys.signing())).unwrap();
+    let (trail, _) = AuditTrail::start(
+        settings,
+        AuditKeys {
+            signing,
+            encryption: None,
+            previous: Vec::new(),
+        },
+        None,
+    )
+    .unwrap();
+    for batch in 0..6 {
+        for i in 0..10 {
+            let id = format!("req-{batch}-{i}");
+            let activity = idgate_audit::ApiActivity {
+                time: std::time::SystemTime::now(),
+                request_id: &id,
+                peer: Some(ONBOARDING),
+                caller: Some(ONBOARDING),
+                auth_layers: idgate_audit::AuthLayers {
+                    mtls: true,
+                    ..Default::default()
+                },
+                remote: "127.0.0.1:40000".parse().unwrap(),
+                method: "GET",
+                version: "HTTP/1.1",
+                route: "decision",
+                path: Some("/v3/session/{session_id}/decision/"),
+                template: Some("/v3/session/{session_id}/decision/"),
+                status: 200,
+                upstream: Some("provider"),
+                upstream_status: Some(200),
+                upstream_latency: None,
+                credential: None,
+                decision: idgate_audit::Decision::Allowed,
+                latency: Duration::from_micros(900),
+                bytes_in: None,
+                bytes_out: Some(100),
+            };
+            let permit = trail.try_reserve().unwrap();
+            trail.api(&activity, Some(permit));
+        }
+        // Let each batch be written on its own, so that files rotate in between.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while trail.metrics().depth.get() > 0 {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    trail.close();
+    let files = idgate_audit::files::list(dir).unwrap();
+    assert!(files.len() >= 3, "{files:?}");
+    files
+}
+
+/// Runs every kind of mutation `rounds` times over copies of the trail in `files`.
+fn mutate_and_verify(files: &[PathBuf], public: &Path, rounds: u64) {
+    type Mutation = fn(&mut Rng, &[PathBuf]) -> Expect;
+    let kinds: [(&str, Mutation); 5] = [
+        ("single-byte edit", tamper::edit_byte),
+        ("deleted line", tamper::delete_line),
+        ("swapped lines", tamper::swap_lines),
+        ("truncation", tamper::truncate),
+        ("forged checkpoint", tamper::forge_checkpoint),
+    ];
+    for (name, mutate) in kinds {
+        for round in 0..rounds {
+            let seed = 0x5eed_0000 + round * 7919 + name.len() as u64;
+            let mut rng = Rng::new(seed);
+            let copy = tempfile::tempdir().unwrap();
+            let copied = copy_trail(files, copy.path());
+            let expect = mutate(&mut rng, &copied);
+            check_verify(
+                copy.path(),
+                public,
+                &expect,
+                &format!("{name}, seed {seed:#x}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn verify_names_the_first_bad_entry_after_each_kind_of_tampering() {
+    let keys = TrailKeys::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let files = written_trail(&keys, dir.path());
+    // The pristine trail verifies, sealed.
+    let (code, out, err) = idgate_cli(&[
+        "audit",
+        "verify",
+        "--key",
+        keys.public().to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("60 records") && out.contains("sealed"),
+        "{out}"
+    );
+    mutate_and_verify(&files, &keys.public(), 20);
+}
+
+#[test]
+fn verify_needs_the_right_key_and_explains_usage_problems() {
+    let keys = TrailKeys::new(false);
+    let other = TrailKeys::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    written_trail(&keys, dir.path());
+    let d = dir.path().to_str().unwrap();
+    let (code, _, err) = idgate_cli(&[
+        "audit",
+        "verify",
+        "--key",
+        other.public().to_str().unwrap(),
+        d,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not among the keys given"), "{err}");
+    let (code, _, err) = idgate_cli(&["audit", "verify", d]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = idgate_cli(&[
+        "audit",
+        "verify",
+        "--key",
+        keys.public().to_str().unwrap(),
+        "/nonexistent/trail",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/trail"), "{err}");
+    // One file of the middle: verified, and open (the chain goes on elsewhere).
+    let files = idgate_audit::files::list(dir.path()).unwrap();
+    let (code, out, _) = idgate_cli(&[
+        "audit",
+        "verify",
+        "--key",
+        keys.public().to_str().unwrap(),
+        files[1].to_str().unwrap(),
+    ]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("closed for rotation"), "{out}");
+    let (code, _, _) = idgate_cli(&[
+        "audit",
+        "verify",
+        "--allow-open",
+        "--key",
+        keys.public().to_str().unwrap(),
+        files[1].to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn show_filters_records_and_prints_a_table() {
+    let keys = TrailKeys::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    written_trail(&keys, dir.path());
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = idgate_cli(&["audit", "show", d]);
+    assert_eq!(code, 0, "{err}");
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 60);
+    assert!(records.iter().all(|r| r["entry"] == "record"));
+    let (_, out, _) = idgate_cli(&["audit", "show", "--status", "4xx", d]);
+    assert_eq!(out.lines().count(), 0);
+    let (_, out, _) = idgate_cli(&[
+        "audit", "show", "--caller", ONBOARDING, "--route", "decision", d,
+    ]);
+    assert_eq!(out.lines().count(), 60);
+    let (_, out, _) = idgate_cli(&["audit", "show", "--since", "2999-01-01", d]);
+    assert_eq!(out.lines().count(), 0);
+    let (code, out, _) = idgate_cli(&["audit", "show", "--all", "--format", "table", d]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("TIME"), "{out}");
+    assert!(
+        out.contains("checkpoint") && out.contains("req-5-9"),
+        "{out}"
+    );
+    let (code, _, err) = idgate_cli(&["audit", "show", "--since", "yesterday", d]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--since"), "{err}");
+}
