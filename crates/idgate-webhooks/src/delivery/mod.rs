@@ -246,6 +246,16 @@ impl Deliverer {
                 if free == 0 {
                     continue;
                 }
+                // A claim is a write (in redb, a synced commit); most polls find nothing, and
+                // a count is a read.
+                match self.store.stats(&sub.queue, SystemTime::now()).await {
+                    Ok(s) if s.ready == 0 => continue,
+                    Ok(_) => {}
+                    Err(e) => {
+                        errors.push((sub.queue.clone(), e));
+                        continue;
+                    }
+                }
                 match self
                     .store
                     .claim(&sub.queue, free, sub.lease(), SystemTime::now())
@@ -294,6 +304,9 @@ impl Deliverer {
                 _ = stop.changed() => return,
             }
             let plan = self.plan.load_full();
+            if plan.subscribers.is_empty() {
+                continue;
+            }
             for sub in &plan.subscribers {
                 if let Err(e) = self.housekeep(sub, SystemTime::now()).await {
                     tracing::warn!(queue = sub.queue.as_str(), error = %e, "webhook outbox housekeeping failed; trying again later");
