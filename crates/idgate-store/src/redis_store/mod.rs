@@ -48,12 +48,17 @@ mod counters;
 mod owner_cache;
 mod queue;
 mod reply;
+mod stream_queue;
 
 #[cfg(feature = "conformance")]
 pub mod testing;
 
 #[cfg(test)]
+mod stream_queue_tests;
+#[cfg(test)]
 mod tests;
+
+pub use stream_queue::RedisStreamQueue;
 
 /// The per-call timeout unless configured otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);

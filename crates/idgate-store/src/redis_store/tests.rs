@@ -16,7 +16,7 @@ use crate::{
     StateStore, StoreError,
 };
 
-fn store(url: &str, prefix: &str) -> RedisStore {
+pub(super) fn store(url: &str, prefix: &str) -> RedisStore {
     let mut options = RedisOptions::standalone(url);
     options.prefix = prefix.to_owned();
     // Generous for a loaded test machine; the timeout tests set their own.
@@ -526,7 +526,9 @@ async fn refuses_options_that_cannot_work() {
 }
 
 /// Retries `f` for up to ten seconds until it succeeds.
-async fn eventually<T, F: Future<Output = Result<T, StoreError>>>(f: impl Fn() -> F) -> T {
+pub(super) async fn eventually<T, F: Future<Output = Result<T, StoreError>>>(
+    f: impl Fn() -> F,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match f().await {
