@@ -296,6 +296,57 @@ async fn order_keys_follow_the_oldest_message_through_retries_and_revivals() {
     order_keys_after_retries_and_revivals(&replica(&server.url(), "turns:"), now()).await;
 }
 
+/// How many writes the server took since it started (it never saves in tests).
+async fn writes(store: &RedisStore) -> u64 {
+    let mut cmd = redis::cmd("INFO");
+    cmd.arg("persistence");
+    let Value::BulkString(info) = raw(store, cmd).await else {
+        panic!("INFO answers text");
+    };
+    text(&info)
+        .lines()
+        .find_map(|l| l.strip_prefix("rdb_changes_since_last_save:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO persistence counts changes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_with_nothing_to_do_writes_nothing() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let queue = replica(&server.url(), "idle:");
+    let q = QueueName::new("outbox:idle").unwrap();
+    let t0 = now();
+    let mut later = msg("later", None, 3);
+    later.not_before = Some(t0 + 60 * SEC);
+    queue.push(&q, later, t0).await.unwrap();
+    queue.push(&q, msg("now", None, 3), t0).await.unwrap();
+    let got = queue.claim(&q, 10, 30 * SEC, t0).await.unwrap();
+    queue.ack(&q, &got[0].lease).await.unwrap();
+    let before = writes(queue.store()).await;
+    for _ in 0..5 {
+        assert!(queue.claim(&q, 10, 30 * SEC, t0).await.unwrap().is_empty());
+    }
+    assert_eq!(
+        writes(queue.store()).await,
+        before,
+        "idle polls must not fill the append-only file or the replication stream"
+    );
+    assert_eq!(
+        queue
+            .claim(&q, 10, 30 * SEC, t0 + 60 * SEC)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        writes(queue.store()).await > before,
+        "a claim that leases writes"
+    );
+}
+
 /// What the racing replicas saw.
 #[derive(Default)]
 struct Seen {

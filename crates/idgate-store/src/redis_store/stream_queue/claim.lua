@@ -93,8 +93,13 @@ while #out < max do
 end
 
 -- Then what the group has not taken in yet, in stream order: XREADGROUP leases what is
--- claimable to this consumer and takes the rest in to wait.
-while #out < max do
+-- claimable to this consumer and takes the rest in to wait. Skipped when nothing is new:
+-- most claims find nothing, and they stay reads.
+local fresh = tonumber(last_taken()) < tonumber(redis.call('GET', SEQ) or '0')
+if fresh then
+  gone[me] = true
+end
+while fresh and #out < max do
   local got = redis.call('XREADGROUP', 'GROUP', GROUP, me, 'COUNT', max - #out, 'STREAMS', S, '>')
   if not got then
     break
@@ -110,7 +115,6 @@ while #out < max do
   end
 end
 
-gone[me] = true
 for consumer in pairs(gone) do
   release(consumer)
 end

@@ -42,6 +42,17 @@ local function pending(n)
   return p[2], tonumber(p[4])
 end
 
+-- The id of the last message the group has taken in ('0' before the first).
+local function last_taken()
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', S)) do
+    local info = fields(g)
+    if info.name == GROUP then
+      return string.sub(info['last-delivered-id'], 1, -3)
+    end
+  end
+  return '0'
+end
+
 -- Moves message n to `consumer` in the group, setting its attempts when given.
 local function give(n, consumer, attempts)
   if attempts then

@@ -25,14 +25,7 @@ for _, n in ipairs(redis.call('ZRANGEBYSCORE', LEASED, '-inf', now)) do
     ready = ready + 1
   end
 end
-local last = '0-0'
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', S)) do
-  local info = fields(g)
-  if info.name == GROUP then
-    last = info['last-delivered-id']
-  end
-end
-local from = '(' .. last
+local from = '(' .. sid(last_taken())
 repeat
   local page = redis.call('XRANGE', S, from, '+', 'COUNT', 100)
   for _, e in ipairs(page) do
