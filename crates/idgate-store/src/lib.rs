@@ -63,9 +63,7 @@ pub use redb_store::{DEFAULT_WAIT, RedbStore};
 #[cfg(all(feature = "redis", feature = "conformance"))]
 pub use redis_store::testing as redis_testing;
 #[cfg(feature = "redis")]
-pub use redis_store::{
-    DEFAULT_PREFIX, DEFAULT_TIMEOUT, RedisMode, RedisOptions, RedisStore, RedisStreamQueue,
-};
+pub use redis_store::{DEFAULT_PREFIX, DEFAULT_TIMEOUT, RedisMode, RedisOptions, RedisStore};
 pub use types::{CounterKey, MAX_KEY_LEN, Nonce, ObjectId, Owner, QueueName};
 
 /// Why a store operation failed. Never carries a key, a hash or a payload.

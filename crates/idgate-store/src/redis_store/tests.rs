@@ -434,7 +434,9 @@ async fn works_as_a_user_limited_to_its_prefix_and_commands() {
     let rules = "~idgate:* resetchannels -@all +evalsha +eval +script|load \
                  +get +hmget +hgetall +del +ping +cluster|slots +cluster|shards \
                  +hget +hset +hsetnx +hincrby +hdel +hexists +incr +set +pexpireat \
-                 +zadd +zrem +zrange +zrangebyscore +zcard";
+                 +zadd +zrem +zrange +zrangebyscore +zcard +zcount +zscore +exists \
+                 +xadd +xrange +xreadgroup +xclaim +xack +xdel +xpending \
+                 +xgroup|create +xgroup|delconsumer +xinfo|groups";
     let Some(server) = RedisServer::start_with(ServerOptions {
         username: Some("idgate".to_owned()),
         password: Some(PASSWORD.to_owned()),

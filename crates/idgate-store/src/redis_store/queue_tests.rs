@@ -1,7 +1,7 @@
-//! The queue on Redis Streams against real servers: the queue contract on a standalone
-//! server and on a Cluster, and what replicas sharing one Redis see of each other's claims:
-//! a claim taken over after its lease, a retry that waits for its time, order keys kept
-//! while replicas race, and a restarted Redis that kept everything it acknowledged.
+//! The queue on Redis Streams against real servers, beyond the contract (`tests.rs` runs
+//! that on a server and a Cluster): what replicas sharing one Redis see of each other's
+//! claims — a claim taken over after its lease, a retry that waits for its time, order keys
+//! kept while replicas race — and a restarted Redis that kept everything it acknowledged.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -9,11 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use redis::Value;
 
-use super::stream_queue::RedisStreamQueue;
-use super::testing::{RedisCluster, RedisServer, ServerOptions};
+use super::RedisStore;
+use super::testing::{RedisServer, ServerOptions};
 use super::tests::{eventually, store};
-use super::{RedisOptions, RedisStore};
-use crate::conformance;
 use crate::types::{from_micros, micros};
 use crate::{MessageState, NewMessage, Queue, QueueName, QueueStats, StoreError};
 
@@ -21,8 +19,8 @@ const SEC: Duration = Duration::from_secs(1);
 const MICRO: Duration = Duration::from_micros(1);
 
 /// One replica: a store of its own (its own connection and consumer name) on `url`.
-fn replica(url: &str, prefix: &str) -> RedisStreamQueue {
-    RedisStreamQueue::new(&store(url, prefix))
+fn replica(url: &str, prefix: &str) -> RedisStore {
+    store(url, prefix)
 }
 
 /// The present, in the store's unit.
@@ -53,7 +51,7 @@ async fn raw(store: &RedisStore, cmd: redis::Cmd) -> Value {
 
 /// The consumers in `queue`'s group.
 async fn consumers(store: &RedisStore, queue: &QueueName) -> HashSet<String> {
-    let keys = store.stream_queue_keys(queue);
+    let keys = store.queue_keys(queue);
     let mut cmd = redis::cmd("XINFO");
     cmd.arg("CONSUMERS").arg(keys.stream()).arg("idgate");
     let Value::Array(list) = raw(store, cmd).await else {
@@ -73,7 +71,7 @@ async fn consumers(store: &RedisStore, queue: &QueueName) -> HashSet<String> {
 
 /// The consumers holding messages of `queue`'s group, with how many each.
 async fn holders(store: &RedisStore, queue: &QueueName) -> HashMap<String, u64> {
-    let keys = store.stream_queue_keys(queue);
+    let keys = store.queue_keys(queue);
     let mut cmd = redis::cmd("XPENDING");
     cmd.arg(keys.stream()).arg("idgate");
     let Value::Array(summary) = raw(store, cmd).await else {
@@ -91,28 +89,20 @@ async fn holders(store: &RedisStore, queue: &QueueName) -> HashMap<String, u64> 
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn meets_the_queue_contract_on_a_standalone_redis() {
-    let Some(server) = RedisServer::start() else {
-        return;
+#[test]
+fn each_store_is_a_consumer_named_after_its_host_process_and_a_random_part() {
+    let (a, b) = (super::queue::consumer_name(), super::queue::consumer_name());
+    assert_ne!(a, b, "two stores of one process are two consumers");
+    let parts: Vec<&str> = a.split('/').collect();
+    let [host, pid, random] = parts.as_slice() else {
+        panic!("{a}");
     };
-    conformance::queue(&replica(&server.url(), "queue:"), now()).await;
-    conformance::queue_concurrently(Arc::new(replica(&server.url(), "race:")), now()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn meets_the_queue_contract_on_a_redis_cluster() {
-    let Some(cluster) = RedisCluster::start() else {
-        return;
-    };
-    let make = |prefix: &str| {
-        let mut options = RedisOptions::cluster(cluster.urls());
-        options.prefix = prefix.to_owned();
-        options.timeout = 2 * SEC;
-        RedisStreamQueue::new(&RedisStore::new(&options).unwrap())
-    };
-    conformance::queue(&make("queue:"), now()).await;
-    conformance::queue_concurrently(Arc::new(make("race:")), now()).await;
+    assert!(!host.is_empty() && !host.contains(['(', ')']), "{a}");
+    assert_eq!(*pid, std::process::id().to_string());
+    assert!(
+        random.len() == 16 && random.chars().all(|c| c.is_ascii_hexdigit()),
+        "{a}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +125,7 @@ async fn a_replica_takes_over_the_claims_of_one_that_died() {
     let held = a.claim(&q, 1, lease, t0).await.unwrap();
     assert_eq!(held[0].lease.id, first);
     let a_name = a.consumer().to_owned();
-    assert_eq!(holders(b.store(), &q).await.get(&a_name), Some(&1));
+    assert_eq!(holders(&b, &q).await.get(&a_name), Some(&1));
     // The replica dies holding the lease: nobody answers it.
     drop(a);
 
@@ -153,9 +143,9 @@ async fn a_replica_takes_over_the_claims_of_one_that_died() {
         ["s1-a"]
     );
     assert_eq!(taken[0].lease.attempt, 2);
-    let holding = holders(b.store(), &q).await;
+    let holding = holders(&b, &q).await;
     assert_eq!(holding.get(b.consumer()), Some(&1), "{holding:?}");
-    let present = consumers(b.store(), &q).await;
+    let present = consumers(&b, &q).await;
     assert!(
         !present.contains(&a_name) && present.contains(b.consumer()),
         "the dead replica left the group with its last claim: {present:?}"
@@ -170,13 +160,13 @@ async fn a_replica_takes_over_the_claims_of_one_that_died() {
     b.ack(&q, &next[0].lease).await.unwrap();
 
     // Acked entries are deleted from the stream, and no consumer is left holding nothing.
-    let keys = b.store().stream_queue_keys(&q);
+    let keys = &b.queue_keys(&q);
     let mut xlen = redis::cmd("XLEN");
     xlen.arg(keys.stream());
-    assert_eq!(raw(b.store(), xlen).await, Value::Int(0));
-    assert!(holders(b.store(), &q).await.is_empty());
+    assert_eq!(raw(&b, xlen).await, Value::Int(0));
+    assert!(holders(&b, &q).await.is_empty());
     assert!(
-        consumers(b.store(), &q).await.is_empty(),
+        consumers(&b, &q).await.is_empty(),
         "a consumer stays in the group only while it holds a message"
     );
     assert_eq!(b.stats(&q, t0).await.unwrap(), QueueStats::default());
@@ -324,12 +314,12 @@ async fn a_claim_with_nothing_to_do_writes_nothing() {
     queue.push(&q, msg("now", None, 3), t0).await.unwrap();
     let got = queue.claim(&q, 10, 30 * SEC, t0).await.unwrap();
     queue.ack(&q, &got[0].lease).await.unwrap();
-    let before = writes(queue.store()).await;
+    let before = writes(&queue).await;
     for _ in 0..5 {
         assert!(queue.claim(&q, 10, 30 * SEC, t0).await.unwrap().is_empty());
     }
     assert_eq!(
-        writes(queue.store()).await,
+        writes(&queue).await,
         before,
         "idle polls must not fill the append-only file or the replication stream"
     );
@@ -341,10 +331,7 @@ async fn a_claim_with_nothing_to_do_writes_nothing() {
             .len(),
         1
     );
-    assert!(
-        writes(queue.store()).await > before,
-        "a claim that leases writes"
-    );
+    assert!(writes(&queue).await > before, "a claim that leases writes");
 }
 
 /// What the racing replicas saw.
