@@ -112,7 +112,7 @@ fn genuine(scheme: &Scheme, secret: &[u8], body: &[u8]) -> Option<HeaderMap> {
     let (name, value) = match scheme {
         Scheme::DiditSignature => ("x-signature", hex_hmac(secret, &[body])),
         Scheme::SumsubDigest { .. } => ("x-payload-digest", hex_hmac(secret, &[body])),
-        Scheme::Veriff => ("x-hmac-signature", hex_hmac(secret, &[body]).to_uppercase()),
+        Scheme::Veriff => ("x-hmac-signature", hex_hmac(secret, &[body])),
         Scheme::Onfido => ("x-sha2-signature", hex_hmac(secret, &[body])),
         Scheme::Persona => {
             let t = NOW.to_string();

@@ -12,7 +12,7 @@
 use http::HeaderMap;
 
 use super::json::{self, Json};
-use super::mac::{self, Digest, HexCase};
+use super::mac::{self, Digest};
 use super::{
     Clock, Rejected, V2Form, Verified, X_SIGNATURE, X_SIGNATURE_SIMPLE, X_SIGNATURE_V2,
     X_TIMESTAMP, id_text, replay_key, unix_seconds,
@@ -21,7 +21,7 @@ use super::{
 /// The signature in `name`, decoded: 64 lowercase hex digits.
 fn signature_header(headers: &HeaderMap, name: &'static str) -> Result<Vec<u8>, Rejected> {
     let value = mac::required(headers, name)?;
-    mac::decode_hex(value, Digest::Sha256, HexCase::Lower, name)
+    mac::decode_hex(value, Digest::Sha256, name)
 }
 
 /// The body as a JSON object.

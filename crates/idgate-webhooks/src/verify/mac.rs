@@ -37,15 +37,6 @@ impl Digest {
     }
 }
 
-/// Which hex digits a provider's signature may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HexCase {
-    /// Lowercase only: the provider documents a lowercase digest compared as a string.
-    Lower,
-    /// Either case: the provider's own check compares case-insensitively.
-    Either,
-}
-
 /// The one value of header `name`, trimmed of surrounding whitespace: `None` when absent;
 /// refused when repeated (which value would count?), longer than [`MAX_HEADER_LEN`] or
 /// not visible ASCII.
@@ -72,21 +63,17 @@ pub(crate) fn required<'h>(
     header(headers, name)?.ok_or(Rejected::Missing(name))
 }
 
-/// The signature bytes of a hex value: exactly one digest long, in the provider's case.
+/// The signature bytes of a hex value: exactly one digest long, lowercase. Every provider
+/// here documents a lowercase hex digest, compared as a string by its own example code.
 pub(crate) fn decode_hex(
     value: &str,
     digest: Digest,
-    case: HexCase,
     name: &'static str,
 ) -> Result<Vec<u8>, Rejected> {
     if value.len() != 2 * digest.tag_len() {
         return Err(Rejected::Malformed(name));
     }
-    let decoded = match case {
-        HexCase::Lower => idgate_codec::hex::decode_lower(value),
-        HexCase::Either => idgate_codec::hex::decode(value),
-    };
-    decoded.ok_or(Rejected::Malformed(name))
+    idgate_codec::hex::decode_lower(value).ok_or(Rejected::Malformed(name))
 }
 
 /// The index of the first secret under which `tag` is the HMAC of the concatenated `parts`.
@@ -181,26 +168,16 @@ mod tests {
     }
 
     #[test]
-    fn hex_signatures_have_the_digest_length_and_the_providers_case() {
+    fn hex_signatures_are_one_lowercase_digest() {
         let lower = "ab".repeat(32);
-        let upper = "AB".repeat(32);
         assert_eq!(
-            decode_hex(&lower, Digest::Sha256, HexCase::Lower, "h").unwrap(),
+            decode_hex(&lower, Digest::Sha256, "h").unwrap(),
             vec![0xab; 32]
         );
-        assert!(decode_hex(&upper, Digest::Sha256, HexCase::Lower, "h").is_err());
-        assert!(decode_hex(&upper, Digest::Sha256, HexCase::Either, "h").is_ok());
-        assert!(decode_hex(&lower, Digest::Sha512, HexCase::Lower, "h").is_err());
-        assert!(decode_hex(&lower[..40], Digest::Sha1, HexCase::Lower, "h").is_ok());
-        assert!(
-            decode_hex(
-                &format!("{}zz", &lower[..62]),
-                Digest::Sha256,
-                HexCase::Either,
-                "h"
-            )
-            .is_err()
-        );
+        assert!(decode_hex(&"AB".repeat(32), Digest::Sha256, "h").is_err());
+        assert!(decode_hex(&lower, Digest::Sha512, "h").is_err());
+        assert!(decode_hex(&lower[..40], Digest::Sha1, "h").is_ok());
+        assert!(decode_hex(&format!("{}zz", &lower[..62]), Digest::Sha256, "h").is_err());
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use http::HeaderMap;
 
 use super::json::{self, Json};
-use super::mac::{self, Digest, HexCase};
+use super::mac::{self, Digest};
 use super::{Clock, PERSONA_SIGNATURE, Rejected, Verified, id_text, replay_key, unix_seconds};
 
 /// Groups in one header: two during a rotation; more is refused.
@@ -57,12 +57,9 @@ fn parse(header: &str) -> Result<Vec<Group<'_>>, Rejected> {
                     t = Some((value, unix));
                 }
                 "t" => return malformed(),
-                "v1" if v1.len() < MAX_V1 => v1.push(mac::decode_hex(
-                    value,
-                    Digest::Sha256,
-                    HexCase::Lower,
-                    PERSONA_SIGNATURE,
-                )?),
+                "v1" if v1.len() < MAX_V1 => {
+                    v1.push(mac::decode_hex(value, Digest::Sha256, PERSONA_SIGNATURE)?)
+                }
                 "v1" => return malformed(),
                 _ => {}
             }

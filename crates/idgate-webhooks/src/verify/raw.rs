@@ -17,7 +17,7 @@
 use http::HeaderMap;
 
 use super::json::{self, Json};
-use super::mac::{self, Digest, HexCase};
+use super::mac::{self, Digest};
 use super::{
     Rejected, Verified, X_HMAC_SIGNATURE, X_PAYLOAD_DIGEST, X_PAYLOAD_DIGEST_ALG, X_SHA2_SIGNATURE,
     id_text,
@@ -27,7 +27,6 @@ use super::{
 /// applied to the body when it is JSON.
 fn raw_body(
     digest: Digest,
-    case: HexCase,
     name: &'static str,
     secrets: &[&[u8]],
     headers: &HeaderMap,
@@ -35,7 +34,7 @@ fn raw_body(
     extract: fn(&Json) -> (Option<String>, Option<String>),
 ) -> Result<Verified, Rejected> {
     let value = mac::required(headers, name)?;
-    let tag = mac::decode_hex(value, digest, case, name)?;
+    let tag = mac::decode_hex(value, digest, name)?;
     let index =
         mac::matching_secret(digest, secrets, &[body], &tag).ok_or(Rejected::BadSignature)?;
     let (session_id, event_type) = json::parse(body).map_or((None, None), |v| extract(&v));
@@ -65,19 +64,12 @@ pub(super) fn sumsub(
         Some("HMAC_SHA1_HEX") => return Err(Rejected::Sha1NotAllowed),
         Some(_) => return Err(Rejected::UnknownAlgorithm),
     };
-    raw_body(
-        digest,
-        HexCase::Lower,
-        X_PAYLOAD_DIGEST,
-        secrets,
-        headers,
-        body,
-        |v| (id_text(v.get("applicantId")), id_text(v.get("type"))),
-    )
+    raw_body(digest, X_PAYLOAD_DIGEST, secrets, headers, body, |v| {
+        (id_text(v.get("applicantId")), id_text(v.get("type")))
+    })
 }
 
-/// Veriff `X-HMAC-SIGNATURE`: hex of either case (Veriff's own check lowercases both
-/// sides).
+/// Veriff `X-HMAC-SIGNATURE`: lowercase hex, as for its request signatures.
 pub(super) fn veriff(
     secrets: &[&[u8]],
     headers: &HeaderMap,
@@ -85,7 +77,6 @@ pub(super) fn veriff(
 ) -> Result<Verified, Rejected> {
     raw_body(
         Digest::Sha256,
-        HexCase::Either,
         X_HMAC_SIGNATURE,
         secrets,
         headers,
@@ -114,7 +105,6 @@ pub(super) fn onfido(
 ) -> Result<Verified, Rejected> {
     raw_body(
         Digest::Sha256,
-        HexCase::Lower,
         X_SHA2_SIGNATURE,
         secrets,
         headers,
