@@ -349,6 +349,15 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let audit = audit_section
         .and_then(|v| cx.section::<audit::RawAudit>("audit", v))
         .and_then(|a| audit::parse(&mut cx, a));
+    // The SIEM export carries the audit trail's records: without a trail it would carry
+    // nothing, silently. (A broken [audit] has its own errors already.)
+    let audit_broken = audit_present && audit.is_none() && !cx.errors.is_empty();
+    if siem.is_some() && audit.is_none() && !audit_broken {
+        cx.err(
+            "siem",
+            "[siem] exports the audit trail's records: it needs an enabled [audit] section",
+        );
+    }
     let layers = routes::Layers {
         api_keys: api_keys.is_some(),
         jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),

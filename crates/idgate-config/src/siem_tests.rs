@@ -16,6 +16,10 @@ svid_key = "gw.key"
 [[identity.trust_bundles]]
 trust_domain = "example.org"
 bundle = "bundle.pem"
+
+[audit]
+dir = "audit"
+signing_key = "file:audit-signing.key"
 "#;
 
 /// Parses `BASE` plus `siem` in `dir`; the config, or every problem under `siem`.
@@ -61,6 +65,10 @@ fn dir_with_files() -> tempfile::TempDir {
     ] {
         std::fs::write(dir.path().join(f), "x").unwrap();
     }
+    // A secret file must be the owner's alone.
+    let key = dir.path().join("audit-signing.key");
+    std::fs::write(&key, "x").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     dir
 }
 
@@ -241,4 +249,31 @@ fn errors_name_the_file() {
         "{}: siem.sinks[0].path: ",
         dir.path().join("idgate.toml").display()
     )));
+}
+
+#[test]
+fn a_siem_without_an_audit_trail_is_refused() {
+    let dir = dir_with_files();
+    let file = dir.path().join("idgate.toml");
+    let base = BASE.split("[audit]").next().unwrap_or(BASE);
+    for audit in [
+        "",
+        "[audit]\nenabled = false\ndir = \"audit\"\nsigning_key = \"file:k\"\n",
+    ] {
+        let text = format!("{base}\n{audit}\n[siem]\n[[siem.sinks]]\nkind = \"stdout\"\n");
+        let errors = crate::parse(&file, &text).unwrap_err();
+        let found: Vec<_> = errors
+            .0
+            .iter()
+            .map(|e| (e.key.as_str(), e.reason.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [(
+                "siem",
+                "[siem] exports the audit trail's records: it needs an enabled [audit] section"
+            )],
+            "{audit:?}"
+        );
+    }
 }

@@ -8,14 +8,18 @@
 //! |---|---|---|
 //! | POST | `/v3/session/` | 201 the session (the unfinished one with the same `vendor_data` if any) |
 //! | GET | `/v3/session/{id}/decision/` | 200 the decision, 404 unknown |
-//! | GET | `/v3/sessions/?vendor_data=&status=&page=&page_size=` | 200 `{count,next,previous,results}` |
-//! | PATCH | `/v3/session/{id}/update-status/` | 200, and a `status.updated` webhook if configured |
+//! | GET | `/v3/sessions/?limit=&offset=&vendor_data=&status=…` | 200 `{count,next,previous,results}` (see [`crate::list`]) |
+//! | PATCH | `/v3/session/{id}/update-status/` | 200 `{session_id}` for a finished session, else 400 (see [`crate::flow`]) |
 //! | DELETE | `/v3/session/{id}/delete/` | 204 |
 //! | GET, POST | `/v3/workflows/` | 200 list / 201 created |
 //! | GET, PATCH, DELETE | `/v3/workflows/{uuid}/` | 200 / 200 / 204 |
 //! | POST | `/v1/sessions` (Veriff mode) | 201 Veriff's session shape |
 //! | GET | `/v1/sessions/{id}/decision` (Veriff mode) | 200 Veriff's decision shape |
+//! | POST | `/mock/session/{id}/status/` (not Didit's) | the verifying user's step, see [`crate::flow`] |
 //! | GET | `/healthz` | 200, no credential needed |
+//!
+//! Creating a session and every change of its status send a `status.updated` webhook when
+//! one is configured.
 
 use std::sync::Arc;
 
@@ -29,14 +33,12 @@ use serde_json::{Map, Value, json};
 
 use crate::auth::Authenticator;
 use crate::data::{self, ApiVersion};
-use crate::store::{self, MockState, NewSession, SeenRequest, Status};
-use crate::util;
+use crate::store::{self, MockState, NewSession, SeenRequest};
 use crate::webhook::WebhookSender;
+use crate::{flow, list};
 
 /// Larger bodies are refused with 413.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
-const DEFAULT_PAGE_SIZE: usize = 20;
-const MAX_PAGE_SIZE: usize = 100;
 
 /// What every request handler shares.
 pub(crate) struct App {
@@ -49,9 +51,9 @@ pub(crate) struct App {
     pub(crate) session_url_base: String,
 }
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
-fn json_response(status: StatusCode, body: &Value) -> Resp {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -59,11 +61,11 @@ fn json_response(status: StatusCode, body: &Value) -> Resp {
     resp
 }
 
-fn detail(status: StatusCode, detail: &str) -> Resp {
+pub(crate) fn detail(status: StatusCode, detail: &str) -> Resp {
     json_response(status, &json!({ "detail": detail }))
 }
 
-fn not_found() -> Resp {
+pub(crate) fn not_found() -> Resp {
     detail(StatusCode::NOT_FOUND, "Not found.")
 }
 
@@ -85,6 +87,8 @@ enum Route<'a> {
     Workflow(ApiVersion, &'a str),
     VeriffCreate,
     VeriffDecision(&'a str),
+    /// Not Didit's: the verifying user's step in the hosted flow.
+    MockStatus(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -114,6 +118,7 @@ impl<'a> Route<'a> {
                     _ => return None,
                 }
             }
+            ["mock", "session", id, "status"] => Self::MockStatus(id),
             ["v1", "sessions"] if veriff => Self::VeriffCreate,
             ["v1", "sessions", id, "decision"] if veriff => Self::VeriffDecision(id),
             _ => return None,
@@ -126,7 +131,7 @@ impl<'a> Route<'a> {
             Self::Health | Self::Decision(..) | Self::ListSessions(_) | Self::VeriffDecision(_) => {
                 &[Method::GET]
             }
-            Self::CreateSession(_) | Self::VeriffCreate => &[Method::POST],
+            Self::CreateSession(_) | Self::VeriffCreate | Self::MockStatus(_) => &[Method::POST],
             Self::UpdateStatus(..) => &[Method::PATCH],
             Self::DeleteSession(..) => &[Method::DELETE],
             Self::Workflows(_) => &[Method::GET, Method::POST],
@@ -227,8 +232,9 @@ async fn respond(app: &App, parts: &Parts, body: &Bytes) -> Resp {
             Some(s) => json_response(StatusCode::OK, &data::decision(&s, v)),
             None => not_found(),
         },
-        Route::ListSessions(v) => list_sessions(app, parts, v, query),
-        Route::UpdateStatus(_, id) => update_status(app, id, body),
+        Route::ListSessions(_) => list::list_sessions(app, parts, query),
+        Route::UpdateStatus(_, id) => flow::update_status(app, id, body),
+        Route::MockStatus(id) => flow::flow_step(app, id, body),
         Route::DeleteSession(_, id) => {
             if app.state.delete_session(id) {
                 empty(StatusCode::NO_CONTENT)
@@ -267,7 +273,7 @@ fn injected_failure(status: u16) -> Resp {
 }
 
 /// A 4xx the handler answers with instead of going on.
-struct Reject(StatusCode, Value);
+pub(crate) struct Reject(StatusCode, Value);
 
 impl From<Reject> for Resp {
     fn from(r: Reject) -> Self {
@@ -276,7 +282,7 @@ impl From<Reject> for Resp {
 }
 
 /// The body as a JSON object, or the 400 Django REST framework would answer.
-fn json_object(body: &[u8]) -> Result<Map<String, Value>, Reject> {
+pub(crate) fn json_object(body: &[u8]) -> Result<Map<String, Value>, Reject> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(Reject(
@@ -291,7 +297,7 @@ fn json_object(body: &[u8]) -> Result<Map<String, Value>, Reject> {
 }
 
 /// A 400 naming the field, in both of DRF's shapes (`detail` and `{field: [message]}`).
-fn field_error(field: &str, message: &str) -> Reject {
+pub(crate) fn field_error(field: &str, message: &str) -> Reject {
     Reject(
         StatusCode::BAD_REQUEST,
         json!({ "detail": format!("{field}: {message}"), field: [message] }),
@@ -349,10 +355,14 @@ fn create_session(app: &App, body: &[u8]) -> Resp {
         created,
         "session"
     );
+    // Didit sends the new session's first status, Not Started, at once.
+    if created && let Some(webhook) = &app.webhook {
+        webhook.status_updated(&session);
+    }
     json_response(StatusCode::CREATED, &data::created_session(&session))
 }
 
-fn host(app: &App, parts: &Parts) -> String {
+pub(crate) fn host(app: &App, parts: &Parts) -> String {
     parts
         .headers
         .get(HOST)
@@ -360,102 +370,6 @@ fn host(app: &App, parts: &Parts) -> String {
         .map(str::to_owned)
         .or_else(|| parts.uri.authority().map(|a| a.to_string()))
         .unwrap_or_else(|| app.fallback_host.clone())
-}
-
-fn list_sessions(app: &App, parts: &Parts, _v: ApiVersion, query: &str) -> Resp {
-    let pairs = util::parse_query(query);
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let vendor_data = get("vendor_data").filter(|v| !v.is_empty());
-    let status = get("status").filter(|v| !v.is_empty());
-    // DRF ignores a page_size it cannot read, and caps it.
-    let page_size = get("page_size")
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .map_or(DEFAULT_PAGE_SIZE, |n| n.min(MAX_PAGE_SIZE));
-    let sessions = app.state.list_sessions(vendor_data, status);
-    let count = sessions.len();
-    let pages = count.div_ceil(page_size).max(1);
-    let page = match get("page") {
-        None | Some("") => 1,
-        Some("last") => pages,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=pages).contains(&n) => n,
-            _ => return detail(StatusCode::NOT_FOUND, "Invalid page."),
-        },
-    };
-    let results: Vec<Value> = sessions
-        .iter()
-        .skip((page - 1) * page_size)
-        .take(page_size)
-        .map(data::session_summary)
-        .collect();
-    let link = |target: usize| -> String {
-        let mut q: Vec<(String, String)> =
-            pairs.iter().filter(|(k, _)| k != "page").cloned().collect();
-        // DRF drops `page` for the first page.
-        if target > 1 {
-            q.push(("page".to_owned(), target.to_string()));
-        }
-        let base = format!("{}://{}{}", app.scheme, host(app, parts), parts.uri.path());
-        if q.is_empty() {
-            base
-        } else {
-            format!("{base}?{}", util::encode_query(&q))
-        }
-    };
-    let next = (page < pages).then(|| link(page + 1));
-    let previous = (page > 1).then(|| link(page - 1));
-    json_response(
-        StatusCode::OK,
-        &json!({"count": count, "next": next, "previous": previous, "results": results}),
-    )
-}
-
-fn update_status(app: &App, id: &str, body: &[u8]) -> Resp {
-    if app.state.session(id).is_none() {
-        return not_found();
-    }
-    let map = match json_object(body) {
-        Ok(m) => m,
-        Err(r) => return r.into(),
-    };
-    let status = match map.get("new_status") {
-        None | Some(Value::Null) => {
-            return field_error("new_status", "This field is required.").into();
-        }
-        Some(Value::String(s)) => match Status::parse(s) {
-            Some(st) => st,
-            None => {
-                return field_error("new_status", &format!("\"{s}\" is not a valid choice."))
-                    .into();
-            }
-        },
-        Some(_) => return field_error("new_status", "Not a valid string.").into(),
-    };
-    let comment = match optional_string(&map, "comment") {
-        Ok(c) => c,
-        Err(r) => return r.into(),
-    };
-    let Some((session, previous)) = app.state.update_status(id, status, comment) else {
-        return not_found();
-    };
-    tracing::info!(
-        session_id = %session.id,
-        from = previous.as_str(),
-        to = session.status.as_str(),
-        "status updated"
-    );
-    if previous != session.status
-        && let Some(webhook) = &app.webhook
-    {
-        webhook.status_updated(&session);
-    }
-    json_response(StatusCode::OK, &data::session_summary(&session))
 }
 
 fn create_workflow(app: &App, body: &[u8]) -> Resp {

@@ -94,6 +94,11 @@ pub struct MockArgs {
     #[arg(long, value_name = "PEM")]
     pub webhook_ca: Option<PathBuf>,
 
+    /// Multiplies Didit's webhook retry delays (about 1 and 4 minutes) by this factor, from
+    /// 0 to 1: 0.001 retries after 60 and 240 ms.
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
+    pub webhook_retry_scale: f64,
+
     /// Log format (logs go to stderr; filter with IDGATE_LOG, default "info").
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -184,6 +189,7 @@ pub fn config_from_args(args: &MockArgs) -> Result<MockConfig, MockError> {
                 "webhook-secret",
             )?,
             ca: args.webhook_ca.clone(),
+            retry_scale: args.webhook_retry_scale,
         });
     }
     Ok(config)
@@ -310,6 +316,7 @@ mod tests {
         assert_eq!(args.api_key_env, "MOCK_PROVIDER_API_KEY");
         assert_eq!(args.secret_env, "MOCK_PROVIDER_SECRET");
         assert_eq!(args.webhook_secret_env, "MOCK_PROVIDER_WEBHOOK_SECRET");
+        assert_eq!(args.webhook_retry_scale, 1.0);
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl Person {
         &PEOPLE[i]
     }
 
-    fn full_name(&self) -> String {
+    pub(crate) fn full_name(&self) -> String {
         format!("{} {}", self.first_name, self.last_name)
     }
 
@@ -142,6 +142,13 @@ impl Person {
             self.street, self.postal_code, self.city, self.region, self.country_name
         )
     }
+}
+
+/// The person a session's checks read, once they have run.
+pub(crate) fn listed_person(session: &Session) -> Option<&'static Person> {
+    session
+        .checks_run
+        .then(|| Person::for_session_number(session.number))
 }
 
 /// A risk warning as Didit attaches to a check.
@@ -159,7 +166,7 @@ fn warning(risk: &str, short: &str, long: &str) -> Value {
 /// a declined one failed the document check, one in review has a weak face match.
 fn check_status(session: Status, check: Check) -> (&'static str, Vec<Value>) {
     match (session, check) {
-        (Status::Approved, _) => ("Approved", vec![]),
+        (Status::Approved | Status::KycExpired, _) => ("Approved", vec![]),
         (Status::Declined, Check::IdVerification) => (
             "Declined",
             vec![warning(
@@ -297,16 +304,20 @@ pub(crate) enum ApiVersion {
     V3,
 }
 
-/// `GET /v3/session/{id}/decision/` (or `/v2/`).
+/// `GET /v3/session/{id}/decision/` (or `/v2/`). Each check's block is `null` until the
+/// workflow has run it (and for checks the workflow does not have).
 pub(crate) fn decision(session: &Session, version: ApiVersion) -> Value {
     let p = Person::for_session_number(session.number);
-    let has = |f: &str| session.features.iter().any(|x| x == f);
+    let ran = |f: &str| session.checks_run && session.features.iter().any(|x| x == f);
     let mut d = json!({
         "session_id": session.id,
         "session_number": session.number,
         "session_url": session.url,
+        "session_kind": "user",
+        "environment": "sandbox",
         "status": session.status.as_str(),
         "workflow_id": session.workflow_id,
+        "workflow_version": 1,
         "features": session.features,
         "vendor_data": session.vendor_data,
         "metadata": session.metadata,
@@ -316,37 +327,32 @@ pub(crate) fn decision(session: &Session, version: ApiVersion) -> Value {
         "reviews": session.reviews,
         "created_at": util::iso8601_micros(session.created_at_micros),
     });
-    let checks: [(&str, &str, &str, Option<Value>); 4] = [
+    let checks: [(&str, &str, Option<Value>); 4] = [
         (
-            "ID_VERIFICATION",
             "id_verifications",
             "id_verification",
-            has("ID_VERIFICATION").then(|| id_verification(session, p)),
+            ran("ID_VERIFICATION").then(|| id_verification(session, p)),
         ),
         (
-            "LIVENESS",
             "liveness_checks",
             "liveness",
-            has("LIVENESS").then(|| liveness(session)),
+            ran("LIVENESS").then(|| liveness(session)),
         ),
         (
-            "FACE_MATCH",
             "face_matches",
             "face_match",
-            has("FACE_MATCH").then(|| face_match(session)),
+            ran("FACE_MATCH").then(|| face_match(session)),
         ),
-        (
-            "AML",
-            "aml_screenings",
-            "aml",
-            has("AML").then(|| aml(session, p)),
-        ),
+        ("aml_screenings", "aml", ran("AML").then(|| aml(session, p))),
     ];
     if let Value::Object(map) = &mut d {
-        for (_, v3_key, v2_key, item) in checks {
+        for (v3_key, v2_key, item) in checks {
             match version {
                 ApiVersion::V3 => {
-                    map.insert(v3_key.to_owned(), Value::Array(item.into_iter().collect()));
+                    map.insert(
+                        v3_key.to_owned(),
+                        item.map_or(Value::Null, |i| Value::Array(vec![i])),
+                    );
                 }
                 ApiVersion::V2 => {
                     map.insert(v2_key.to_owned(), item.unwrap_or(Value::Null));
@@ -372,21 +378,46 @@ pub(crate) fn created_session(session: &Session) -> Value {
     })
 }
 
-/// One entry of `GET /v3/sessions/`.
-pub(crate) fn session_summary(session: &Session) -> Value {
+/// One row of `GET /v3/sessions/`: the person's name, document and country once the
+/// checks have run, and each feature with its status.
+pub(crate) fn session_row(session: &Session) -> Value {
+    let person = listed_person(session);
+    let features: Vec<Value> = session
+        .features
+        .iter()
+        .map(|f| {
+            let status = match check_of(f) {
+                Some(check) if session.checks_run => check_status(session.status, check).0,
+                _ => "Not Finished",
+            };
+            json!({"feature": f, "status": status})
+        })
+        .collect();
     json!({
         "session_id": session.id,
         "session_number": session.number,
-        "session_token": session.token,
-        "url": session.url,
+        "session_url": session.url,
+        "session_kind": "user",
+        "status": session.status.as_str(),
         "vendor_data": session.vendor_data,
         "metadata": session.metadata,
-        "status": session.status.as_str(),
         "workflow_id": session.workflow_id,
-        "callback": session.callback,
-        "features": session.features,
+        "full_name": person.map(Person::full_name),
+        "document_type": person.map(|p| p.document_type),
+        "country": person.map(|p| p.nationality),
+        "features": features,
         "created_at": util::iso8601_micros(session.created_at_micros),
     })
+}
+
+fn check_of(feature: &str) -> Option<Check> {
+    match feature {
+        "ID_VERIFICATION" => Some(Check::IdVerification),
+        "LIVENESS" => Some(Check::Liveness),
+        "FACE_MATCH" => Some(Check::FaceMatch),
+        "AML" => Some(Check::Aml),
+        _ => None,
+    }
 }
 
 /// `GET /v1/sessions/{id}/decision` in Veriff's shape: `verification` is null until the

@@ -5,9 +5,15 @@
 //! personal data, listing, status updates, deletion and workflows. It checks credentials
 //! exactly as the real providers document them — Didit's `x-api-key`, or Sumsub's and
 //! Veriff's HMAC request signatures when started in that mode (see [`auth`]) — and can send
-//! `status.updated` webhooks signed with all three of Didit's schemes (see
-//! [`didit_webhook`]). It serves HTTPS (HTTP/1.1 and HTTP/2) with a certificate such as the
-//! one `idgate dev-pki` writes, or plain HTTP on loopback.
+//! `status.updated` webhooks as Didit does, signed with all three of its schemes (see
+//! [`didit_webhook`]), with its retry schedule scaled down for tests. It serves HTTPS
+//! (HTTP/1.1 and HTTP/2) with a certificate such as the one `idgate dev-pki` writes, or
+//! plain HTTP on loopback.
+//!
+//! Sessions move as Didit's do: the verifying user (simulated by [`MockHandle::advance`]
+//! or `POST /mock/session/{id}/status/`, which are not Didit's API) takes a session from
+//! Not Started through In Progress to a result, and the customer's `update-status` only
+//! decides a finished one. A decision's check blocks are `null` until the checks ran.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), idgate_mock_provider::MockError> {
@@ -31,7 +37,10 @@ pub mod auth;
 mod cli;
 mod data;
 pub mod didit_webhook;
+mod flow;
+mod list;
 mod server;
+mod status;
 mod store;
 mod util;
 mod webhook;
@@ -47,8 +56,12 @@ use tokio::task::JoinHandle;
 
 pub use auth::AuthMode;
 pub use cli::{LogFormat, MockArgs, Mode, config_from_args, run_from_args};
+pub use flow::FlowError;
 pub use store::{DEFAULT_WORKFLOW_ID, DeliveryOutcome, MockState, SeenRequest, WebhookDelivery};
-pub use webhook::MAX_ATTEMPTS as WEBHOOK_MAX_ATTEMPTS;
+pub use webhook::{
+    MAX_ATTEMPTS as WEBHOOK_MAX_ATTEMPTS, RETRY_DELAYS as WEBHOOK_RETRY_DELAYS,
+    USER_AGENT_VALUE as WEBHOOK_USER_AGENT,
+};
 
 /// The one cryptographic provider of the mock: the gateway's.
 fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -72,6 +85,32 @@ pub struct WebhookTarget {
     pub secret: SecretString,
     /// Extra roots (PEM) to trust for the receiver, besides the platform's.
     pub ca: Option<PathBuf>,
+    /// Multiplies Didit's retry delays ([`WEBHOOK_RETRY_DELAYS`], about 1 and 4 minutes):
+    /// 1 is the provider's schedule, 0.001 turns it into 60 and 240 ms for tests. From 0
+    /// to 1.
+    pub retry_scale: f64,
+}
+
+impl WebhookTarget {
+    /// Webhooks to `url` signed with `secret`, the platform's roots, Didit's schedule.
+    pub fn new(url: impl Into<String>, secret: SecretString) -> Self {
+        Self {
+            url: url.into(),
+            secret,
+            ca: None,
+            retry_scale: 1.0,
+        }
+    }
+
+    pub fn with_ca(mut self, ca: impl Into<PathBuf>) -> Self {
+        self.ca = Some(ca.into());
+        self
+    }
+
+    pub fn with_retry_scale(mut self, scale: f64) -> Self {
+        self.retry_scale = scale;
+        self
+    }
 }
 
 /// Everything the mock needs to run.
@@ -142,14 +181,23 @@ pub enum MockError {
 }
 
 /// A running mock provider. Dropping it stops the listener too.
-#[derive(Debug)]
 pub struct MockHandle {
     addr: SocketAddr,
     tls: bool,
     mode: &'static str,
-    state: Arc<MockState>,
+    app: Arc<api::App>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for MockHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockHandle")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MockHandle {
@@ -171,7 +219,16 @@ impl MockHandle {
 
     /// What the mock has seen, and failure injection for tests.
     pub fn state(&self) -> &Arc<MockState> {
-        &self.state
+        &self.app.state
+    }
+
+    /// Moves a session as the verifying user on Didit's hosted page would (or Didit's
+    /// timers and reviewers): `"In Progress"` from Not Started, then `"Approved"`,
+    /// `"Declined"`, `"In Review"` or `"Abandoned"`, and so on along Didit's transitions.
+    /// Sends the status webhook, as every change does. Not part of Didit's API; the same
+    /// over HTTP is `POST /mock/session/{id}/status/`.
+    pub fn advance(&self, session_id: &str, status: &str) -> Result<(), FlowError> {
+        flow::advance(&self.app, session_id, status).map(|_| ())
     }
 
     /// Stops accepting connections and waits (up to 5 s) for in-flight requests.
@@ -229,7 +286,12 @@ pub async fn start(config: MockConfig) -> Result<MockHandle, MockError> {
         session_url_base: config.session_url_base.clone(),
     });
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(server::accept_loop(listener, acceptor, app, stop_rx));
+    let task = tokio::spawn(server::accept_loop(
+        listener,
+        acceptor,
+        app.clone(),
+        stop_rx,
+    ));
     tracing::info!(
         %addr,
         mode = config.auth.name(),
@@ -241,7 +303,7 @@ pub async fn start(config: MockConfig) -> Result<MockHandle, MockError> {
         addr,
         tls,
         mode: config.auth.name(),
-        state,
+        app,
         stop,
         task: Some(task),
     })

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+pub(crate) use crate::status::Status;
 use crate::util;
 
 /// The workflow every mock starts with, so that demos and tests have a `workflow_id` to use
@@ -32,63 +33,6 @@ pub(crate) const CREDENTIAL_HEADERS: [&str; 7] = [
     "authorization",
 ];
 
-/// Didit's session statuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Status {
-    NotStarted,
-    InProgress,
-    InReview,
-    Approved,
-    Declined,
-    Abandoned,
-    Resubmitted,
-    Expired,
-}
-
-impl Status {
-    pub(crate) const ALL: [Status; 8] = [
-        Self::NotStarted,
-        Self::InProgress,
-        Self::InReview,
-        Self::Approved,
-        Self::Declined,
-        Self::Abandoned,
-        Self::Resubmitted,
-        Self::Expired,
-    ];
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::NotStarted => "Not Started",
-            Self::InProgress => "In Progress",
-            Self::InReview => "In Review",
-            Self::Approved => "Approved",
-            Self::Declined => "Declined",
-            Self::Abandoned => "Abandoned",
-            Self::Resubmitted => "Resubmitted",
-            Self::Expired => "Expired",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    /// The user may still be working on the session: creating another with the same
-    /// `vendor_data` hands this one back instead.
-    pub(crate) fn is_unfinished(self) -> bool {
-        matches!(
-            self,
-            Self::NotStarted | Self::InProgress | Self::Resubmitted
-        )
-    }
-
-    /// The session has a result that the webhook carries as `decision`.
-    pub(crate) fn has_decision(self) -> bool {
-        matches!(self, Self::Approved | Self::Declined | Self::InReview)
-    }
-}
-
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
     pub(crate) id: String,
@@ -105,6 +49,9 @@ pub(crate) struct Session {
     pub(crate) features: Vec<String>,
     pub(crate) reviews: Vec<Value>,
     pub(crate) created_at_micros: i64,
+    /// The workflow has run its checks (the session reached a status with results once):
+    /// the decision's check blocks are filled from then on.
+    pub(crate) checks_run: bool,
 }
 
 /// What a create request asks for, already validated.
@@ -399,6 +346,7 @@ impl MockState {
             features,
             reviews: Vec::new(),
             created_at_micros: util::unix_now_micros(),
+            checks_run: false,
         };
         inner.sessions.push(session.clone());
         (session, true)
@@ -408,40 +356,45 @@ impl MockState {
         self.lock().sessions.iter().find(|s| s.id == id).cloned()
     }
 
-    /// Newest first, filtered.
-    pub(crate) fn list_sessions(
-        &self,
-        vendor_data: Option<&str>,
-        status: Option<&str>,
-    ) -> Vec<Session> {
-        self.lock()
-            .sessions
-            .iter()
-            .rev()
-            .filter(|s| vendor_data.is_none_or(|v| s.vendor_data.as_deref() == Some(v)))
-            .filter(|s| status.is_none_or(|st| s.status.as_str() == st))
-            .cloned()
-            .collect()
+    /// Every session, newest first.
+    pub(crate) fn sessions_newest_first(&self) -> Vec<Session> {
+        self.lock().sessions.iter().rev().cloned().collect()
     }
 
-    /// Sets the status; returns the session after the change and the status before it.
-    pub(crate) fn update_status(
+    /// Moves a session to `to`, if `by` may: the customer's API only from a finished
+    /// session to Approved, Declined or Resubmitted; the user's flow along Didit's
+    /// transitions. Returns the session after the change and the status before it.
+    pub(crate) fn change_status(
         &self,
         id: &str,
-        status: Status,
-        comment: Option<String>,
-    ) -> Option<(Session, Status)> {
+        to: Status,
+        by: ChangedBy,
+    ) -> Result<(Session, Status), StatusRefused> {
         let mut inner = self.lock();
-        let session = inner.sessions.iter_mut().find(|s| s.id == id)?;
-        let previous = session.status;
-        session.status = status;
-        session.reviews.push(json!({
-            "user": "api",
-            "new_status": status.as_str(),
-            "comment": comment,
-            "created_at": util::iso8601_micros(util::unix_now_micros()),
-        }));
-        Some((session.clone(), previous))
+        let session = inner
+            .sessions
+            .iter_mut()
+            .find(|s| s.id == id)
+            .ok_or(StatusRefused::NotFound)?;
+        let from = session.status;
+        let allowed = match &by {
+            ChangedBy::Api { .. } => from.is_finished() && to.settable_by_api(),
+            ChangedBy::Flow => from.flows_to(to),
+        };
+        if !allowed {
+            return Err(StatusRefused::NotAllowed { from });
+        }
+        session.status = to;
+        session.checks_run |= to.has_results();
+        if let ChangedBy::Api { comment } = by {
+            session.reviews.push(json!({
+                "user": "api",
+                "new_status": to.as_str(),
+                "comment": comment,
+                "created_at": util::iso8601_micros(util::unix_now_micros()),
+            }));
+        }
+        Ok((session.clone(), from))
     }
 
     pub(crate) fn delete_session(&self, id: &str) -> bool {
@@ -509,6 +462,22 @@ impl MockState {
             d.outcome = outcome;
         }
     }
+}
+
+/// Who changes a session's status.
+#[derive(Debug, Clone)]
+pub(crate) enum ChangedBy {
+    /// The customer, through `PATCH /v3/session/{id}/update-status/`.
+    Api { comment: Option<String> },
+    /// The verifying user on the hosted page, or Didit's timers and reviewers.
+    Flow,
+}
+
+/// Why a status change was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatusRefused {
+    NotFound,
+    NotAllowed { from: Status },
 }
 
 /// Why a workflow's `features` were refused; the text goes to the client as the field's

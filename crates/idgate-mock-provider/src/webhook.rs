@@ -1,8 +1,15 @@
-//! Status webhooks to the customer, as Didit sends them: the envelope in canonical JSON,
-//! signed three ways (see [`crate::didit_webhook`]), retried on 5xx, 404 and connection
-//! errors with exponential backoff, a bounded number of times.
+//! Status webhooks to the customer, as Didit sends them: a `status.updated` event when a
+//! session is created and on every change of its status, the envelope in canonical JSON
+//! signed three ways (see [`crate::didit_webhook`]), from `DiditWebhook/2.0`, retried on
+//! 5xx and 404 (and when no answer came) twice, about 1 and 4 minutes later — times
+//! multiplied by the target's `retry_scale`, so that tests take milliseconds.
+//!
+//! One session's events go out one after the other, in the order they happened (an event
+//! waits while the one before it is retried); different sessions' events go out in
+//! parallel.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,17 +19,27 @@ use http_body_util::{BodyExt, Full};
 use idgate_tls::client::{HttpsClient, OutboundClient};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 use crate::data::{self, ApiVersion};
 use crate::didit_webhook;
 use crate::store::{DeliveryOutcome, MockState, Session, WebhookDelivery};
 use crate::{MockError, WebhookTarget, util};
 
-/// Attempts per webhook, the first included.
-pub const MAX_ATTEMPTS: u32 = 5;
-/// The wait before the second attempt; it doubles for each further one.
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Attempts per webhook, the first included: Didit retries a failed delivery about twice.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Didit's waits before the second and the third attempt (about 1 and 4 minutes), before
+/// the target's `retry_scale`.
+pub const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(60), Duration::from_secs(240)];
+/// Didit's webhook client.
+pub const USER_AGENT_VALUE: &str = "DiditWebhook/2.0 +https://didit.me";
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One event waiting for its turn.
+struct Queued {
+    event_id: String,
+    envelope: Value,
+}
 
 type WebhookClient = HttpsClient<Full<Bytes>>;
 
@@ -32,6 +49,9 @@ pub(crate) struct WebhookSender {
     secret: SecretString,
     application_id: String,
     state: Arc<MockState>,
+    retry_delays: [Duration; 2],
+    /// Each session's queue, served by a task of its own.
+    queues: Mutex<HashMap<String, mpsc::UnboundedSender<Queued>>>,
 }
 
 /// Whether an http:// webhook may go to this host: loopback only, so that no event crosses
@@ -78,23 +98,29 @@ impl WebhookSender {
         let client = OutboundClient::new(roots, Duration::from_secs(5))
             .build()
             .map_err(|e| MockError::Tls(e.to_string()))?;
+        // Scaled down only (and `mul_f64` below cannot overflow).
+        if !(0.0..=1.0).contains(&target.retry_scale) {
+            return Err(MockError::Usage(format!(
+                "webhook retry scale {}: expected a number from 0 to 1",
+                target.retry_scale
+            )));
+        }
         Ok(Self {
             client,
             url,
             secret: target.secret.clone(),
             application_id,
             state,
+            retry_delays: RETRY_DELAYS.map(|d| d.mul_f64(target.retry_scale)),
+            queues: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The `status.updated` envelope for a session as it is now.
+    /// The `status.updated` envelope for a session as it is now: `vendor_data`,
+    /// `workflow_id` and `metadata` only when the session has them, `decision` for
+    /// Approved, Declined, In Review and Abandoned.
     fn envelope(&self, event_id: &str, session: &Session) -> Value {
-        let decision = if session.status.has_decision() {
-            data::decision(session, ApiVersion::V3)
-        } else {
-            Value::Null
-        };
-        json!({
+        let mut envelope = json!({
             "event_id": event_id,
             "webhook_type": "status.updated",
             "timestamp": util::unix_now(),
@@ -103,14 +129,29 @@ impl WebhookSender {
             "environment": "sandbox",
             "session_id": session.id,
             "status": session.status.as_str(),
-            "workflow_id": session.workflow_id,
-            "vendor_data": session.vendor_data,
-            "metadata": session.metadata,
-            "decision": decision,
-        })
+        });
+        if let Value::Object(map) = &mut envelope {
+            if let Some(vendor_data) = &session.vendor_data {
+                map.insert("vendor_data".to_owned(), json!(vendor_data));
+            }
+            if !session.workflow_id.is_empty() {
+                map.insert("workflow_id".to_owned(), json!(session.workflow_id));
+            }
+            if !session.metadata.is_null() {
+                map.insert("metadata".to_owned(), session.metadata.clone());
+            }
+            if session.status.webhook_has_decision() {
+                map.insert(
+                    "decision".to_owned(),
+                    data::decision(session, ApiVersion::V3),
+                );
+            }
+        }
+        envelope
     }
 
-    /// Sends a `status.updated` event for the session in the background.
+    /// Queues a `status.updated` event for the session as it is now; it goes out after the
+    /// session's earlier events.
     pub(crate) fn status_updated(self: &Arc<Self>, session: &Session) {
         let event_id = util::uuid_v4();
         let envelope = self.envelope(&event_id, session);
@@ -121,14 +162,29 @@ impl WebhookSender {
             attempts: 0,
             outcome: DeliveryOutcome::Pending,
         });
-        let sender = self.clone();
-        tokio::spawn(async move { sender.deliver(event_id, envelope).await });
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        let queue = queues.entry(session.id.clone()).or_insert_with(|| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
+            // Weak: the queue (in `self`) must not keep `self` alive. When the mock is
+            // dropped, the queue's sender goes with it and the task ends.
+            let sender = Arc::downgrade(self);
+            tokio::spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    let Some(sender) = sender.upgrade() else {
+                        break;
+                    };
+                    sender.deliver(event.event_id, event.envelope).await;
+                }
+            });
+            tx
+        });
+        // The queue's task lives as long as the sender: sending cannot fail before.
+        let _ = queue.send(Queued { event_id, envelope });
     }
 
     async fn deliver(&self, event_id: String, envelope: Value) {
         let signed = didit_webhook::sign(self.secret.expose_secret(), &envelope);
         let body = Bytes::from(signed.body.clone());
-        let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=MAX_ATTEMPTS {
             let result = self.attempt(&signed, body.clone()).await;
             let retry = match &result {
@@ -142,23 +198,26 @@ impl WebhookSender {
                     return;
                 }
                 Ok(status) => *status >= 500 || *status == 404,
+                // No answer at all (refused, reset, timed out): failed like a 5xx.
                 Err(_) => true,
             };
             let reason = match result {
                 Ok(status) => format!("the receiver answered {status}"),
                 Err(e) => e.to_string(),
             };
-            if !retry || attempt == MAX_ATTEMPTS {
+            let delay = usize::try_from(attempt - 1)
+                .ok()
+                .and_then(|i| self.retry_delays.get(i));
+            let Some(delay) = delay.filter(|_| retry) else {
                 tracing::warn!(%event_id, attempt, %reason, "webhook not delivered; giving up");
                 self.state
                     .webhook_progress(&event_id, attempt, DeliveryOutcome::Failed { reason });
                 return;
-            }
-            tracing::info!(%event_id, attempt, %reason, retry_in_ms = backoff.as_millis() as u64, "webhook attempt failed; retrying");
+            };
+            tracing::info!(%event_id, attempt, %reason, retry_in_ms = delay.as_millis() as u64, "webhook attempt failed; retrying");
             self.state
                 .webhook_progress(&event_id, attempt, DeliveryOutcome::Pending);
-            tokio::time::sleep(backoff).await;
-            backoff *= 2;
+            tokio::time::sleep(*delay).await;
         }
     }
 
@@ -170,10 +229,7 @@ impl WebhookSender {
     ) -> Result<u16, AttemptError> {
         let mut req = http::Request::post(self.url.clone())
             .header(CONTENT_TYPE, "application/json")
-            .header(
-                USER_AGENT,
-                concat!("idgate-mock-provider/", env!("CARGO_PKG_VERSION")),
-            );
+            .header(USER_AGENT, USER_AGENT_VALUE);
         for (name, value) in signed.headers() {
             let mut value =
                 HeaderValue::from_str(value).map_err(|_| AttemptError::UnsendableHeader)?;

@@ -182,13 +182,23 @@ impl Gateway {
             admin: admin.local_addr()?,
         };
 
+        // The SIEM sinks start first: the trail's start may already write entries (a gap).
+        let siem = crate::siem::start(cfg).await?;
+        let export = match (&self.audit_export, &siem) {
+            (Some(export), _) => Some(export.clone()),
+            (None, Some(siem)) => Some(siem.clone() as Arc<dyn idgate_audit::Export>),
+            (None, None) => None,
+        };
         let audit = match self.audit {
-            Some(setup) => Some(crate::audit::start(setup, self.audit_export.clone(), cfg).await?),
+            Some(setup) => Some(crate::audit::start(setup, export, cfg).await?),
             None => None,
         };
         let mut services = Services::new(self.access_log.clone(), self.state.clone());
         if let Some(trail) = &audit {
             services = services.with_audit(trail.clone());
+        }
+        if let Some(siem) = &siem {
+            services = services.with_siem(siem.metrics());
         }
         let services = Arc::new(services);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -261,6 +271,9 @@ impl Gateway {
         if let Some(trail) = audit {
             let _ = tokio::task::spawn_blocking(move || trail.close()).await;
             tracing::info!("audit trail closed");
+        }
+        if let Some(siem) = siem {
+            crate::siem::stop(siem).await;
         }
         Ok(())
     }

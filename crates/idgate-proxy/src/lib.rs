@@ -27,6 +27,7 @@ pub mod request_id;
 pub mod routes;
 mod send_timeout;
 pub mod service;
+mod siem;
 pub mod snapshot;
 pub mod state;
 pub mod token_endpoint;

@@ -330,6 +330,11 @@ impl Metrics {
 
     /// Counts the audit trail's queue: its depth, the records it lost, the requests refused
     /// because it was full (by the route's policy) and its failed writes.
+    /// Registers the SIEM export's counters (`idgate_siem_*`, by sink name).
+    pub fn count_siem(&mut self, siem: &idgate_siem::SiemMetrics) {
+        siem.register(&mut self.registry);
+    }
+
     pub fn count_audit(&mut self, audit: &idgate_audit::AuditMetrics) {
         let r = &mut self.registry;
         r.register(

@@ -140,6 +140,14 @@ impl Services {
         self
     }
 
+    /// Counts what the SIEM export's sinks send, buffer and drop.
+    pub(crate) fn with_siem(mut self, siem: &idgate_siem::SiemMetrics) -> Self {
+        if let Some(metrics) = Arc::get_mut(&mut self.metrics) {
+            metrics.count_siem(siem);
+        }
+        self
+    }
+
     /// Counts a failed authentication attempt against its source and turns the failure into
     /// the refusal the caller sees.
     pub(crate) fn auth_failed(&self, conn: &ConnInfo, failure: AuthFailure) -> Refusal {

@@ -76,7 +76,9 @@ struct Running {
     name: String,
     buffer: Arc<Buffer>,
     thread: Option<JoinHandle<()>>,
-    done: mpsc::Receiver<()>,
+    /// Told when the thread ends. In a mutex only so that the exporter can be shared
+    /// between threads (a receiver is not `Sync`); only `shutdown`, which owns it, reads it.
+    done: std::sync::Mutex<mpsc::Receiver<()>>,
 }
 
 /// The exporter: give it events with [`export`](Self::export), end it with
@@ -149,7 +151,7 @@ impl Exporter {
                 name: sink.name.clone(),
                 buffer,
                 thread: Some(thread),
-                done,
+                done: std::sync::Mutex::new(done),
             });
         }
         Ok(Self {
@@ -201,7 +203,8 @@ impl Exporter {
         for sink in &mut self.sinks {
             let wait = deadline.saturating_duration_since(Instant::now());
             // The sink's own deadline ends it; the margin covers one write in progress.
-            match sink.done.recv_timeout(wait + Duration::from_millis(250)) {
+            let done = sink.done.get_mut().unwrap_or_else(|e| e.into_inner());
+            match done.recv_timeout(wait + Duration::from_millis(250)) {
                 Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     if let Some(t) = sink.thread.take() {
                         let _ = t.join();
@@ -228,3 +231,9 @@ impl Drop for Exporter {
         }
     }
 }
+
+/// The audit writer's thread hands events to an exporter the gateway also holds.
+const _: () = {
+    const fn shared_between_threads<T: Send + Sync>() {}
+    shared_between_threads::<Exporter>();
+};

@@ -212,7 +212,7 @@ async fn demo(keep_running: bool, port: Option<u16>) -> anyhow::Result<()> {
     step(5, "Round trip as the allowed workload.");
     let allowed = client_config(&pki.bundle, &pki.workloads[0].1, &pki.workloads[0].2)?;
     let body = format!(r#"{{"workflow_id":"{WORKFLOW_ID}","vendor_data":"demo-user-42"}}"#);
-    let (status, json) = request(&allowed, port, "POST", "/v3/session/", &body).await?;
+    let (status, json) = request(&allowed, port, "POST", "/v3/session/", &body, &[]).await?;
     say(&format!(
         "POST /v3/session/            → {status}  (the gateway added the API key on the way out)"
     ));
@@ -225,8 +225,24 @@ async fn demo(keep_running: bool, port: Option<u16>) -> anyhow::Result<()> {
         "session_id {session_id}, status \"{}\"",
         json.get("status").and_then(|s| s.as_str()).unwrap_or("?")
     ));
+    // The person being verified works on the provider's own page, not through the gateway;
+    // the mock provider plays them (a route of its own, not Didit's API).
+    let step_path = format!("/mock/session/{session_id}/status/");
+    for to in ["In Progress", "Approved"] {
+        let body = format!(r#"{{"status":"{to}"}}"#);
+        let key = [("x-api-key", api_key.as_str())];
+        let (status, _) = request(&allowed, provider_port, "POST", &step_path, &body, &key).await?;
+        if status != 200 {
+            return Err(anyhow!(
+                "the mock provider did not move the session to {to}: {status}"
+            ));
+        }
+    }
+    say(
+        "the person verifies on the provider's page (the mock plays them): In Progress, then Approved",
+    );
     let path = format!("/v3/session/{session_id}/decision/");
-    let (status, json) = request(&allowed, port, "GET", &path, "").await?;
+    let (status, json) = request(&allowed, port, "GET", &path, "", &[]).await?;
     say(&format!("GET  {path} → {status}"));
     say(&format!(
         "decision status \"{}\" with {} ID verification(s)",
@@ -241,7 +257,7 @@ async fn demo(keep_running: bool, port: Option<u16>) -> anyhow::Result<()> {
         "The same request from a workload that is not on the route's allow list.",
     );
     let denied = client_config(&pki.bundle, &pki.workloads[1].1, &pki.workloads[1].2)?;
-    let (status, json) = request(&denied, port, "GET", &path, "").await?;
+    let (status, json) = request(&denied, port, "GET", &path, "", &[]).await?;
     say(&format!("GET  {path} → {status}"));
     say(&format!(
         "problem: {} — {}",
@@ -484,6 +500,7 @@ async fn request(
     method: &str,
     path: &str,
     body: &str,
+    headers: &[(&str, &str)],
 ) -> anyhow::Result<(u16, serde_json::Value)> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let name = ServerName::try_from("localhost")?;
@@ -493,12 +510,15 @@ async fn request(
         .map_err(|e| anyhow!("TLS: {e}"))?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
     tokio::spawn(conn);
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .method(method)
         .uri(path)
         .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))?;
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned())))?;
     let resp = send.send_request(req).await?;
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await?.to_bytes();

@@ -1,66 +1,15 @@
 //! The Didit API: sessions, decisions, listing, status updates, deletion, workflows, and
 //! the `x-api-key` check.
 
-use idgate_mock_provider::{
-    AuthMode, DEFAULT_WORKFLOW_ID, DeliveryOutcome, MockConfig, MockError, WebhookTarget,
-};
+use idgate_mock_provider::{AuthMode, DEFAULT_WORKFLOW_ID, MockConfig, MockError, WebhookTarget};
 use serde_json::{Value, json};
 
-use crate::assert_eventually;
-use crate::support::{
-    API_KEY, Client, Pki, Receiver, WEBHOOK_SECRET, didit_mock, loopback, python, start_mock,
-    webhook_to,
-};
-
-fn is_uuid_v4(s: &str) -> bool {
-    let b = s.as_bytes();
-    s.len() == 36
-        && [8, 13, 18, 23].iter().all(|i| b[*i] == b'-')
-        && b[14] == b'4'
-        && matches!(b[19], b'8' | b'9' | b'a' | b'b')
-        && s.chars()
-            .all(|c| c == '-' || c.is_ascii_digit() || ('a'..='f').contains(&c))
-}
-
-/// Verifies a Didit webhook with Python alone: the three HMACs, and that the raw body is
-/// exactly what `json.dumps(sort_keys=True, separators=(",", ":"))` writes.
-fn python_webhook_check(raw: &[u8]) -> Value {
-    let out = python(
-        r#"
-import hmac, hashlib, json, sys
-secret = sys.argv[1].encode()
-raw = sys.stdin.buffer.read()
-def shorten(d):
-    if isinstance(d, dict): return {k: shorten(v) for k, v in d.items()}
-    if isinstance(d, list): return [shorten(v) for v in d]
-    if isinstance(d, float) and d.is_integer(): return int(d)
-    return d
-body = shorten(json.loads(raw))
-ascii_form = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-utf8_form = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-simple = f"{body['timestamp']}:{body['session_id']}:{body['status']}:{body['webhook_type']}".encode()
-sig = lambda m: hmac.new(secret, m, hashlib.sha256).hexdigest()
-print(json.dumps({"v1": sig(raw), "v2": sig(utf8_form), "simple": sig(simple),
-                  "canonical": ascii_form == raw}))
-"#,
-        &[WEBHOOK_SECRET],
-        raw,
-    );
-    serde_json::from_str(&out).unwrap()
-}
+use crate::support::{API_KEY, Client, Pki, didit_mock, is_uuid_v4, loopback, start_mock};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_lifecycle_with_signed_status_webhook() {
+async fn session_lifecycle_as_didit_allows_it() {
     let pki = Pki::new();
-    let receiver = Receiver::https(&pki, vec![]).await;
-    let mock = didit_mock(
-        &pki,
-        Some(webhook_to(
-            format!("https://localhost:{}/hooks/didit", receiver.addr.port()),
-            Some(pki.bundle()),
-        )),
-    )
-    .await;
+    let mock = didit_mock(&pki, None).await;
     assert!(mock.url().starts_with("https://127.0.0.1:"));
     let c = Client::https(&pki, mock.addr());
 
@@ -105,14 +54,54 @@ async fn session_lifecycle_with_signed_status_webhook() {
     assert_ne!(other["session_id"], s["session_id"]);
     assert_eq!(other["session_number"], 2);
 
-    // Decision (v3: arrays of checks), with realistic personal data.
-    let r = c
-        .didit("GET", &format!("/v3/session/{id}/decision/"), &Value::Null)
-        .await;
-    assert_eq!(r.status, 200);
-    let d = r.json();
+    // Nobody has started the session: no checks ran, every block is null.
+    let decision = format!("/v3/session/{id}/decision/");
+    let d = c.didit("GET", &decision, &Value::Null).await.json();
     assert_eq!(d["session_id"], id.as_str());
     assert_eq!(d["status"], "Not Started");
+    assert_eq!(d["session_kind"], "user");
+    assert!(d["environment"].is_string() && d["workflow_version"].is_number());
+    for block in [
+        "id_verifications",
+        "liveness_checks",
+        "face_matches",
+        "aml_screenings",
+    ] {
+        assert_eq!(d[block], Value::Null, "{block}");
+    }
+
+    // The customer cannot decide an unfinished session.
+    let update = format!("/v3/session/{id}/update-status/");
+    let r = c
+        .didit("PATCH", &update, &json!({"new_status": "Approved"}))
+        .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert!(r.json()["detail"].as_str().unwrap().contains("Not Started"));
+
+    // The user opens the link (the mock's stand-in for the hosted page), then finishes.
+    let step = format!("/mock/session/{id}/status/");
+    let r = c.didit("POST", &step, &json!({"status": "Approved"})).await;
+    assert_eq!(r.status, 400, "not before it started: {:?}", r.body);
+    let r = c
+        .didit("POST", &step, &json!({"status": "In Progress"}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json(), json!({"session_id": id, "status": "In Progress"}));
+    let r = c.send("POST", &step, &[], b"{}").await;
+    assert_eq!(
+        r.status, 401,
+        "the mock's own route takes the credential too"
+    );
+    mock.advance(&id, "In Review").unwrap();
+    assert!(mock.advance(&id, "Not Started").is_err());
+    assert!(mock.advance(&id, "Maybe").is_err());
+    assert!(mock.advance("no-such-session", "In Progress").is_err());
+
+    // Now the checks have run: the decision (v3: arrays of checks) has the person.
+    let r = c.didit("GET", &decision, &Value::Null).await;
+    assert_eq!(r.status, 200);
+    let d = r.json();
+    assert_eq!(d["status"], "In Review");
     assert_eq!(d["vendor_data"], "user-42");
     assert_eq!(
         d["features"],
@@ -144,7 +133,6 @@ async fn session_lifecycle_with_signed_status_webhook() {
     assert_eq!(idv["full_name"], "Carmen Española Española");
     assert!(idv["age"].as_u64().is_some_and(|a| a >= 18));
     assert!(idv["parsed_address"]["city"].is_string());
-    assert!(idv["parsed_address"]["postal_code"].is_string());
     for image in ["portrait_image", "front_image", "back_image"] {
         assert!(idv[image].as_str().unwrap().starts_with("https://"));
     }
@@ -160,6 +148,7 @@ async fn session_lifecycle_with_signed_status_webhook() {
         assert!(items[0]["status"].is_string());
         assert!(items[0]["warnings"].is_array());
     }
+    assert_eq!(d["face_matches"][0]["status"], "In Review");
 
     // Decision (v2: one object per check), over HTTP/2.
     let h2 = Client::https_h2(&pki, mock.addr());
@@ -178,141 +167,101 @@ async fn session_lifecycle_with_signed_status_webhook() {
     }
     assert!(d2.get("id_verifications").is_none());
 
-    // List: filters, pagination with DRF-style absolute links, newest first.
+    // In Review is finished: the customer decides it, and is told only the session id.
+    for (to, status) in [("In Review", 400), ("Maybe", 400), ("Approved", 200)] {
+        let r = c
+            .didit(
+                "PATCH",
+                &update,
+                &json!({"new_status": to, "comment": "documents checked"}),
+            )
+            .await;
+        assert_eq!(r.status, status, "{to}: {:?}", r.body);
+    }
     let r = c
-        .didit("GET", "/v3/sessions/?vendor_data=user-42", &Value::Null)
+        .didit("PATCH", &update, &json!({"new_status": "Declined"}))
         .await;
-    assert_eq!(r.status, 200);
-    let l = r.json();
-    assert_eq!(l["count"], 1);
-    assert_eq!(l["results"][0]["session_id"], id.as_str());
-    assert_eq!(l["next"], Value::Null);
-    assert_eq!(l["previous"], Value::Null);
-
-    let port = mock.addr().port();
-    let l = c
-        .didit("GET", "/v3/sessions/?page_size=1", &Value::Null)
-        .await
-        .json();
-    assert_eq!(l["count"], 2);
-    assert_eq!(l["results"][0]["session_number"], 2);
-    assert_eq!(
-        l["next"],
-        format!("https://localhost:{port}/v3/sessions/?page=2&page_size=1")
-    );
-    let l = c
-        .didit("GET", "/v3/sessions/?page_size=1&page=2", &Value::Null)
-        .await
-        .json();
-    assert_eq!(l["results"][0]["session_number"], 1);
-    assert_eq!(l["next"], Value::Null);
-    assert_eq!(
-        l["previous"],
-        format!("https://localhost:{port}/v3/sessions/?page_size=1")
-    );
-    let r = c.didit("GET", "/v3/sessions/?page=9", &Value::Null).await;
-    assert_eq!(r.status, 404);
-    assert_eq!(r.json(), json!({"detail": "Invalid page."}));
-    let l = c
-        .didit("GET", "/v3/sessions/?status=Approved", &Value::Null)
-        .await
-        .json();
-    assert_eq!(l["count"], 0);
-
-    // Update the status: 200, and a signed status.updated webhook.
-    let r = c
-        .didit(
-            "PATCH",
-            &format!("/v3/session/{id}/update-status/"),
-            &json!({"new_status": "Approved", "comment": "documents checked"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    assert_eq!(r.json()["status"], "Approved");
+    assert_eq!(r.json(), json!({"session_id": id}));
     assert_eq!(
         mock.state().session_status(&id).as_deref(),
-        Some("Approved")
+        Some("Declined")
     );
-
-    assert_eventually!(
-        receiver.received().len() == 1,
-        "no webhook arrived: {:?}",
-        mock.state().webhook_deliveries()
-    );
-    let hook = receiver.received().remove(0);
-    let body: Value = serde_json::from_slice(&hook.body).unwrap();
-    assert_eq!(body["webhook_type"], "status.updated");
-    assert_eq!(body["session_id"], id.as_str());
-    assert_eq!(body["status"], "Approved");
-    assert_eq!(body["vendor_data"], "user-42");
-    assert_eq!(body["workflow_id"], DEFAULT_WORKFLOW_ID);
-    assert_eq!(body["metadata"], json!({"plan": "gold"}));
-    assert_eq!(body["environment"], "sandbox");
-    assert!(is_uuid_v4(body["event_id"].as_str().unwrap()));
-    assert!(body["application_id"].is_string());
-    assert!(body["created_at"].is_i64());
-    let ts = body["timestamp"].as_i64().unwrap();
-    assert!((crate::support::unix_now() - ts).abs() < 60);
-    assert_eq!(hook.header("x-timestamp"), ts.to_string());
-    assert_eq!(
-        body["decision"]["id_verifications"][0]["full_name"],
-        "Carmen Española Española"
-    );
-    assert_eq!(
-        body["decision"]["id_verifications"][0]["status"],
-        "Approved"
-    );
-    // On the wire, non-ASCII is escaped (json.dumps' default ensure_ascii).
-    assert!(hook.body.is_ascii());
-    assert!(
-        std::str::from_utf8(&hook.body)
-            .unwrap()
-            .contains(r"Espa\u00f1ola")
-    );
-    // The whole-number float score went out as an integer.
-    assert!(
-        std::str::from_utf8(&hook.body)
-            .unwrap()
-            .contains(r#""score":0,"#)
-    );
-
-    let py = python_webhook_check(&hook.body);
-    assert_eq!(
-        py["canonical"], true,
-        "the body is not Python's canonical JSON"
-    );
-    assert_eq!(hook.header("x-signature"), py["v1"].as_str().unwrap());
-    assert_eq!(hook.header("x-signature-v2"), py["v2"].as_str().unwrap());
-    assert_eq!(
-        hook.header("x-signature-simple"),
-        py["simple"].as_str().unwrap()
-    );
-    // The name with "ñ" makes the escaped and unescaped forms, and so V1 and V2, differ.
-    assert_ne!(hook.header("x-signature"), hook.header("x-signature-v2"));
-    assert_eq!(hook.header("content-type"), "application/json");
-
-    let deliveries = mock.state().webhook_deliveries();
-    assert_eq!(deliveries.len(), 1);
-    assert_eq!(
-        deliveries[0].outcome,
-        DeliveryOutcome::Delivered { status: 200 }
-    );
-    assert_eq!(deliveries[0].attempts, 1);
-
-    // The same status again changes nothing and sends nothing.
-    let r = c
-        .didit(
-            "PATCH",
-            &format!("/v3/session/{id}/update-status/"),
-            &json!({"new_status": "Approved"}),
-        )
-        .await;
-    assert_eq!(r.status, 200);
+    let d = c.didit("GET", &decision, &Value::Null).await.json();
+    assert_eq!(d["reviews"].as_array().unwrap().len(), 2);
+    assert_eq!(d["reviews"][0]["comment"], "documents checked");
 
     // The session is finished: the same vendor_data now starts a new one.
     let r = c.didit("POST", "/v3/session/", &create).await;
     assert_eq!(r.status, 201);
-    assert_ne!(r.json()["session_id"], id.as_str());
+    let third = r.json()["session_id"].as_str().unwrap().to_owned();
+    assert_ne!(third, id);
+
+    // List: newest first, limit/offset pages with DRF's absolute links, filters.
+    let port = mock.addr().port();
+    let l = c.didit("GET", "/v3/sessions/", &Value::Null).await.json();
+    assert_eq!(l["count"], 3);
+    assert_eq!(
+        (l["next"].clone(), l["previous"].clone()),
+        (Value::Null, Value::Null)
+    );
+    let l = c
+        .didit("GET", "/v3/sessions/?limit=1&offset=1", &Value::Null)
+        .await
+        .json();
+    assert_eq!(l["results"].as_array().unwrap().len(), 1);
+    let row = &l["results"][0];
+    assert_eq!(row["session_number"], 2);
+    assert_eq!(row["full_name"], Value::Null, "its checks never ran");
+    assert_eq!(
+        l["next"],
+        format!("https://localhost:{port}/v3/sessions/?limit=1&offset=2")
+    );
+    assert_eq!(
+        l["previous"],
+        format!("https://localhost:{port}/v3/sessions/?limit=1")
+    );
+    let l = c
+        .didit("GET", "/v3/sessions/?limit=1&offset=2", &Value::Null)
+        .await
+        .json();
+    let row = &l["results"][0];
+    assert_eq!(row["session_id"], id.as_str());
+    assert_eq!(row["session_url"], s["url"]);
+    assert_eq!(row["full_name"], "Carmen Española Española");
+    assert_eq!(row["document_type"], "Identity Card");
+    assert_eq!(row["country"], "ESP");
+    assert_eq!(
+        row["features"][0],
+        json!({"feature": "ID_VERIFICATION", "status": "Declined"})
+    );
+    assert_eq!(l["next"], Value::Null);
+    let l = c
+        .didit("GET", "/v3/sessions/?offset=9", &Value::Null)
+        .await
+        .json();
+    assert_eq!(
+        (l["count"].clone(), l["results"].clone()),
+        (json!(3), json!([]))
+    );
+    for (query, count) in [
+        ("vendor_data=user-42", 2),
+        ("status=Declined", 1),
+        ("status=Not+Started", 2),
+        ("country=ESP", 1),
+        ("search=espa%C3%B1ola", 1),
+        ("search=USER-7", 1),
+        (&format!("search={}", &id[..8]), 1),
+        (&format!("workflow_id={DEFAULT_WORKFLOW_ID}"), 3),
+        ("session_kind=business", 0),
+        ("date_from=2000-01-01&date_to=2999-12-31", 3),
+        ("date_to=2000-01-01", 0),
+    ] {
+        let l = c
+            .didit("GET", &format!("/v3/sessions/?{query}"), &Value::Null)
+            .await
+            .json();
+        assert_eq!(l["count"], count, "{query}");
+    }
 
     // Delete, then it is gone.
     let r = c
@@ -320,9 +269,7 @@ async fn session_lifecycle_with_signed_status_webhook() {
         .await;
     assert_eq!(r.status, 204);
     assert!(r.body.is_empty());
-    let r = c
-        .didit("GET", &format!("/v3/session/{id}/decision/"), &Value::Null)
-        .await;
+    let r = c.didit("GET", &decision, &Value::Null).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.json(), json!({"detail": "Not found."}));
     let r = c
@@ -333,9 +280,7 @@ async fn session_lifecycle_with_signed_status_webhook() {
     // What the mock saw.
     let state = mock.state();
     assert_eq!(state.request_count("/v3/session/"), 4);
-    assert_eq!(state.request_count("/v3/sessions/"), 5);
     assert_eq!(state.last_credential("x-api-key").as_deref(), Some(API_KEY));
-    assert_eq!(receiver.received().len(), 1);
     mock.shutdown().await;
 }
 
@@ -508,10 +453,18 @@ async fn workflows_crud_and_sessions_follow_their_features() {
         .await
         .json();
     assert_eq!(d["features"], json!(["ID_VERIFICATION", "AML"]));
+    assert_eq!(d["id_verifications"], Value::Null);
+    let sid = s["session_id"].as_str().unwrap();
+    mock.advance(sid, "In Progress").unwrap();
+    mock.advance(sid, "Approved").unwrap();
+    let d = c
+        .didit("GET", &format!("/v3/session/{sid}/decision/"), &Value::Null)
+        .await
+        .json();
     assert_eq!(d["id_verifications"].as_array().unwrap().len(), 1);
     assert_eq!(d["aml_screenings"].as_array().unwrap().len(), 1);
-    assert_eq!(d["liveness_checks"], json!([]));
-    assert_eq!(d["face_matches"], json!([]));
+    assert_eq!(d["liveness_checks"], Value::Null);
+    assert_eq!(d["face_matches"], Value::Null);
 
     let r = c
         .didit("POST", "/v3/workflows/", &json!({"features": []}))
@@ -565,11 +518,10 @@ async fn refuses_plain_http_off_loopback_and_cleartext_webhooks_off_loopback() {
     .unwrap_err();
     assert!(matches!(err, MockError::PlainHttpNotLoopback(_)), "{err}");
 
-    let config = loopback(AuthMode::DiditApiKey("k".into())).with_webhook(WebhookTarget {
-        url: "http://hooks.example.org/didit".to_owned(),
-        secret: "s".into(),
-        ca: None,
-    });
+    let config = loopback(AuthMode::DiditApiKey("k".into())).with_webhook(WebhookTarget::new(
+        "http://hooks.example.org/didit",
+        "s".into(),
+    ));
     let err = idgate_mock_provider::start(config).await.unwrap_err();
     assert!(matches!(err, MockError::WebhookUrl(_)), "{err}");
 

@@ -72,7 +72,7 @@ async fn sumsub_mode_accepts_valid_signatures_and_rejects_tampering() {
     assert_eq!(r.status, 201, "{:?}", r.body);
 
     // The query string is part of what is signed.
-    let path = "/v3/sessions/?vendor_data=applicant-1&page_size=5";
+    let path = "/v3/sessions/?vendor_data=applicant-1&limit=5";
     let r = sumsub(&c, "GET", path, "", now, path, "", APP_TOKEN).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["count"], 1);
@@ -211,6 +211,9 @@ async fn veriff_mode_signs_bodies_and_session_ids() {
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["status"], "fail");
 
+    // The user goes through the flow; the session waits for a review.
+    mock.advance(&id, "In Progress").unwrap();
+    mock.advance(&id, "In Review").unwrap();
     // PATCH on the Didit-shaped endpoint: the body is signed.
     let patch = json!({"new_status": "Approved"}).to_string();
     let r = veriff(

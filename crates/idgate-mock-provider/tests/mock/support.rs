@@ -83,13 +83,25 @@ pub async fn start_mock(config: MockConfig) -> MockHandle {
         .expect("start mock")
 }
 
-/// Webhooks to `url` signed with [`WEBHOOK_SECRET`], trusting `ca` for the receiver.
+/// Webhooks to `url` signed with [`WEBHOOK_SECRET`], trusting `ca` for the receiver,
+/// retried after 60 and 240 ms rather than Didit's minutes.
 pub fn webhook_to(url: String, ca: Option<PathBuf>) -> WebhookTarget {
-    WebhookTarget {
-        url,
-        secret: WEBHOOK_SECRET.into(),
-        ca,
+    let target = WebhookTarget::new(url, WEBHOOK_SECRET.into()).with_retry_scale(0.001);
+    match ca {
+        Some(ca) => target.with_ca(ca),
+        None => target,
     }
+}
+
+/// A lowercase, hyphenated version 4 UUID.
+pub fn is_uuid_v4(s: &str) -> bool {
+    let b = s.as_bytes();
+    s.len() == 36
+        && [8, 13, 18, 23].iter().all(|i| b[*i] == b'-')
+        && b[14] == b'4'
+        && matches!(b[19], b'8' | b'9' | b'a' | b'b')
+        && s.chars()
+            .all(|c| c == '-' || c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
 /// A Didit-mode mock over HTTPS on loopback.
@@ -259,6 +271,7 @@ where
 pub struct Received {
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -330,6 +343,7 @@ impl Receiver {
                             got.lock().unwrap().push(Received {
                                 headers: parts.headers,
                                 body,
+                                at: std::time::Instant::now(),
                             });
                             let status = script.lock().unwrap().next().unwrap_or(200);
                             let resp = http::Response::builder()

@@ -19,7 +19,7 @@
 //! | `Pg:{KEY}` | GCRA: the theoretical arrival time |
 //! | `Pn:{NONCE}` | a nonce: its deadline |
 //! | `Po:{OBJECT}` | an ownership record: hash of owner `o` and deadline `d` |
-//! | `Pq:{NAME}:…` | one queue (see the `queue` module) |
+//! | `Pq:{NAME}:…` | one queue: a stream, its consumer group, side sets (see the `queue` module) |
 //!
 //! Every call is bounded by a timeout (50 ms by default): a Redis that is slow, paused or
 //! gone answers [`StoreError::Unavailable`] instead of holding the request up. The store is
@@ -52,6 +52,8 @@ mod reply;
 #[cfg(feature = "conformance")]
 pub mod testing;
 
+#[cfg(test)]
+mod queue_tests;
 #[cfg(test)]
 mod tests;
 
@@ -161,6 +163,9 @@ pub struct RedisStore {
     timeout: Duration,
     /// Ownership records read or written here, shared by every copy of this store.
     owners: Arc<OwnerCache>,
+    /// This store's name among the consumers of every queue's group (see the `queue`
+    /// module): its own, shared by every copy of this store.
+    consumer: Arc<str>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -173,6 +178,7 @@ impl fmt::Debug for RedisStore {
             .field("mode", &mode)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("consumer", &self.consumer)
             .finish_non_exhaustive()
     }
 }
@@ -264,6 +270,7 @@ impl RedisStore {
             prefix: options.prefix.as_str().into(),
             timeout: options.timeout,
             owners: Arc::new(OwnerCache::new()),
+            consumer: queue::consumer_name().into(),
         })
     }
 
@@ -288,6 +295,7 @@ impl RedisStore {
             prefix: self.prefix.clone(),
             timeout: timeout.max(Duration::from_millis(1)),
             owners: self.owners.clone(),
+            consumer: self.consumer.clone(),
         }
     }
 

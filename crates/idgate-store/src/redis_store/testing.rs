@@ -66,6 +66,9 @@ pub struct ServerOptions {
     /// The ACL user's rules, one word each (`~idgate:*`, `+get`, …); every key and command
     /// when empty.
     pub acl_rules: Vec<String>,
+    /// Keep an append-only file, written and fsynced before Redis answers (`appendfsync
+    /// always`), so that [`RedisServer::restart`] comes back with every acknowledged write.
+    pub aof: bool,
 }
 
 /// One `redis-server` process. Killed (and its directory removed) on drop.
@@ -110,8 +113,14 @@ impl RedisServer {
     /// Starts the process on `self.port`; `false` when it exited at once (port taken).
     fn spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
+        let aof: &[&str] = if self.options.aof {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         cmd.current_dir(self.dir.path())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(aof)
             .args(["--dir", &self.dir.path().display().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -194,7 +203,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port, empty.
+    /// Starts the server again on the same port: empty, or with what its append-only file
+    /// holds when [`ServerOptions::aof`] is on.
     pub fn restart(&mut self) {
         self.kill();
         assert!(

@@ -16,7 +16,7 @@ use crate::{
     StateStore, StoreError,
 };
 
-fn store(url: &str, prefix: &str) -> RedisStore {
+pub(super) fn store(url: &str, prefix: &str) -> RedisStore {
     let mut options = RedisOptions::standalone(url);
     options.prefix = prefix.to_owned();
     // Generous for a loaded test machine; the timeout tests set their own.
@@ -434,7 +434,9 @@ async fn works_as_a_user_limited_to_its_prefix_and_commands() {
     let rules = "~idgate:* resetchannels -@all +evalsha +eval +script|load \
                  +get +hmget +hgetall +del +ping +cluster|slots +cluster|shards \
                  +hget +hset +hsetnx +hincrby +hdel +hexists +incr +set +pexpireat \
-                 +zadd +zrem +zrange +zrangebyscore +zcard";
+                 +zadd +zrem +zrange +zrangebyscore +zcard +zcount +zscore +exists \
+                 +xadd +xrange +xreadgroup +xclaim +xack +xdel +xpending \
+                 +xgroup|create +xgroup|delconsumer +xinfo|groups";
     let Some(server) = RedisServer::start_with(ServerOptions {
         username: Some("idgate".to_owned()),
         password: Some(PASSWORD.to_owned()),
@@ -526,7 +528,9 @@ async fn refuses_options_that_cannot_work() {
 }
 
 /// Retries `f` for up to ten seconds until it succeeds.
-async fn eventually<T, F: Future<Output = Result<T, StoreError>>>(f: impl Fn() -> F) -> T {
+pub(super) async fn eventually<T, F: Future<Output = Result<T, StoreError>>>(
+    f: impl Fn() -> F,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match f().await {

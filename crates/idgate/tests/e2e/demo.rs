@@ -17,6 +17,7 @@ fn demo_runs_the_round_trip_and_explains_each_step() {
         "SoftHSM2 found",
         "POST /v3/session/            → 201",
         "/decision/ → 200",
+        "decision status \"Approved\" with 1 ID verification(s)",
         "/decision/ → 403",
         "Caller not allowed",
         "Not there",

@@ -120,6 +120,13 @@ async fn create(c: &Client, vendor_data: &str) -> String {
     r.json()["session_id"].as_str().unwrap().to_owned()
 }
 
+/// The user goes through the provider's flow and is approved: only then does the
+/// decision carry the checks' personal data.
+fn finish(mock: &MockHandle, id: &str) {
+    mock.advance(id, "In Progress").unwrap();
+    mock.advance(id, "Approved").unwrap();
+}
+
 /// The body of a 200 answer, checked against its Content-Length.
 fn whole(r: &Reply) -> String {
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -192,6 +199,7 @@ async fn a_didit_decision_through_kyc_minimal_holds_none_of_the_masked_values() 
         let onboarding = Client::new(&pki, Some(ONBOARDING), gw.port, false);
         let frontend = Client::new(&pki, Some(FRONTEND), gw.port, true);
         let id = create(&onboarding, "user-42").await;
+        finish(&mock, &id);
         let path = V3.replace("{session_id}", &id);
 
         // The onboarding service may see everything: the whole decision, as Didit sent it.
@@ -396,6 +404,7 @@ async fn curl_reads_a_masked_answer_whole_by_its_length_over_http1_and_http2() {
         let gw = Gateway::start(&config, &[("DIDIT_KEY", PROVIDER_KEY)]).await;
         let onboarding = Client::new(&pki, Some(ONBOARDING), gw.port, false);
         let id = create(&onboarding, "user-curl").await;
+        finish(&mock, &id);
         let (cert, key) = pki.workload(FRONTEND);
         for flag in ["--http1.1", "--http2"] {
             let mut cmd = Command::new("curl");

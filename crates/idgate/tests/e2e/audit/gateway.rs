@@ -16,7 +16,11 @@ use crate::support::*;
 const PROVIDER_KEY: &str = "sk_live_audit_provider_9f8e7d6c";
 
 /// `[audit]` writing into `dir`, signed with `keys`, synced every 20 ms, with `extra` keys.
-fn audit_section(keys: &TrailKeys, dir: &Path, extra: &[(&str, toml::Value)]) -> toml::Table {
+pub(super) fn audit_section(
+    keys: &TrailKeys,
+    dir: &Path,
+    extra: &[(&str, toml::Value)],
+) -> toml::Table {
     let mut t = toml::Table::new();
     t.insert("dir".into(), dir.display().to_string().into());
     t.insert(
@@ -46,7 +50,7 @@ fn config(pki: &Pki, upstream: &TestUpstream, keys: &TrailKeys, dir: &Path) -> G
     config.section("audit", audit_section(keys, dir, &[]))
 }
 
-fn stop(gw: &mut Gateway) {
+pub(super) fn stop(gw: &mut Gateway) {
     gw.signal("TERM");
     let status = wait_for_exit(&mut gw.child, Duration::from_secs(30));
     assert!(status.is_some_and(|s| s.success()), "{}", gw.output());
@@ -61,7 +65,7 @@ fn verify(keys: &TrailKeys, dir: &Path, extra: &[&str]) -> (i32, String, String)
 }
 
 /// Every entry of the trail in `dir`, as `idgate audit show --all` prints them.
-fn entries(dir: &Path, extra: &[&str]) -> Vec<serde_json::Value> {
+pub(super) fn entries(dir: &Path, extra: &[&str]) -> Vec<serde_json::Value> {
     let mut args = vec!["audit", "show", "--all"];
     args.extend_from_slice(extra);
     args.push(dir.to_str().unwrap());

@@ -2,6 +2,7 @@
 //! tamper mutator, and the gateway's trail (`gateway.rs`).
 
 mod gateway;
+mod siem;
 mod tamper;
 
 use std::path::{Path, PathBuf};
