@@ -45,9 +45,11 @@ pub struct WebhookConfig {
     pub allow_sha1: bool,
     /// The signing secret, then the previous one while a rotation is under way.
     pub secrets: Vec<SecretRef>,
-    /// How far a signed timestamp may be from the gateway's clock, and how long an event's
-    /// replay key is remembered.
+    /// How far a signed timestamp may be from the gateway's clock.
     pub tolerance: Duration,
+    /// How long an event's replay key is remembered; `None` for the default: twice the
+    /// tolerance for a scheme that signs a timestamp, 24 hours for one that does not.
+    pub replay_window: Option<Duration>,
     /// When not empty, only these source networks may post (compared canonically).
     pub source_cidrs: Vec<IpNet>,
     pub max_body_bytes: u64,
@@ -181,6 +183,8 @@ pub(crate) struct RawWebhook {
     #[serde(default)]
     tolerance: Option<String>,
     #[serde(default)]
+    replay_window: Option<String>,
+    #[serde(default)]
     source_cidrs: Vec<String>,
     #[serde(default)]
     max_body_bytes: Option<i64>,
@@ -307,6 +311,9 @@ pub(crate) fn section(
             secrets.extend(auth::available(cx, &format!("{key}.previous_secret"), p));
         }
         let tolerance = cx.duration(&format!("{key}.tolerance"), w.tolerance, DEFAULT_TOLERANCE);
+        let replay_window = w
+            .replay_window
+            .map(|s| cx.duration(&format!("{key}.replay_window"), Some(s), DEFAULT_TOLERANCE));
         let source_cidrs = network::cidr_list(cx, &format!("{key}.source_cidrs"), &w.source_cidrs);
         let max_body_bytes = match w.max_body_bytes {
             None => DEFAULT_WEBHOOK_BODY,
@@ -360,6 +367,7 @@ pub(crate) fn section(
                 allow_sha1: w.allow_sha1.unwrap_or(false),
                 secrets,
                 tolerance,
+                replay_window,
                 source_cidrs,
                 max_body_bytes,
                 outbox_keys,

@@ -83,6 +83,7 @@ fn a_minimal_webhook_takes_the_defaults() {
     assert_eq!(w.scheme, WebhookScheme::Didit);
     assert_eq!(w.secrets.len(), 1);
     assert_eq!(w.tolerance, DEFAULT_TOLERANCE);
+    assert_eq!(w.replay_window, None);
     assert_eq!(w.max_body_bytes, DEFAULT_WEBHOOK_BODY);
     assert!(w.source_cidrs.is_empty());
     assert_eq!(w.retry, RetryPolicy::default());
@@ -105,6 +106,7 @@ scheme = "persona"
 secret = "file:key"
 previous_secret = "env:OLD_PERSONA_SECRET_FOR_TEST_UNSET"
 tolerance = "2m"
+replay_window = "30m"
 source_cidrs = ["203.0.113.0/24", "2001:db8::1"]
 max_body_bytes = 65536
 outbox_key = "file:key"
@@ -132,7 +134,7 @@ ca = "ca.pem"
 
     let sumsub = WEBHOOK.replace(
         "scheme = \"didit\"",
-        "scheme = \"sumsub\"\nsource_cidrs = [\"10.0.0.0/8\"]\nretry = { max_age = \"1h\" }\nretention = \"0s\"",
+        "scheme = \"sumsub\"\nsource_cidrs = [\"10.0.0.0/8\"]\nretry = { max_age = \"1h\" }\nretention = \"0s\"\nreplay_window = \"20h\"",
     ) + "masking = \"kyc-minimal\"\nevents = [\"applicantReviewed\"]\nca = \"ca.pem\"\n";
     let config = load(&sumsub).unwrap();
     let w = &config.webhooks[0];
@@ -141,6 +143,7 @@ ca = "ca.pem"
     assert_eq!(w.retry.max_age, Duration::from_secs(3600));
     assert_eq!(w.retry.base, RetryPolicy::default().base);
     assert_eq!(w.retention, Duration::ZERO);
+    assert_eq!(w.replay_window, Some(Duration::from_secs(20 * 3600)));
     let s = &w.subscribers[0];
     assert_eq!(s.masking, Some(0));
     assert!(s.wants(Some("applicantReviewed")));

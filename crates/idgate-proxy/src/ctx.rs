@@ -227,7 +227,7 @@ impl<'r> RequestCtx<'r> {
     pub fn upstream(&self) -> Option<&'r crate::upstream::Upstream> {
         match self.route?.target {
             crate::routes::Target::Upstream(i) => self.snapshot.upstreams.get(i),
-            crate::routes::Target::TokenEndpoint => None,
+            crate::routes::Target::TokenEndpoint | crate::routes::Target::Webhook(_) => None,
         }
     }
 

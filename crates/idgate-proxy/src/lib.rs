@@ -32,6 +32,7 @@ pub mod snapshot;
 pub mod state;
 pub mod token_endpoint;
 pub mod upstream;
+mod webhook_endpoint;
 pub mod webhooks;
 
 pub use gateway::{Bound, Gateway};

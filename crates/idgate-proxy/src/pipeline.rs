@@ -7,12 +7,14 @@
 //!                 that could still be read differently here and upstream         (400)
 //!      admission  (admission.rs) header count and size, [network] user agents (431 / 403)
 //!   2. built-in   a built-in target's paths (the token endpoint and its discovery
-//!                 documents, when configured) → its route
+//!                 documents, when configured; each webhook's path) → its route
 //!   3. route      method + path template → route and its path parameters
 //!                                                      (404 / 405, before any auth detail)
 //!      admission  the route's address and user-agent rules; a Content-Length past its
 //!                 max_body_bytes                                        (403 / 413)
-//!      the route's target: the token endpoint answers here; an upstream goes on
+//!      the route's target: the token endpoint answers here; a webhook checks the
+//!                 provider's signature, keeps the event and answers here
+//!                 (webhook_endpoint.rs: 401 / 503); an upstream goes on
 //!   4. authenticate  a locked-out source, key or client first (429, lockout.rs); then the
 //!                 route's layers — mtls, api_key, jwt, or any of several —
 //!                 → one Caller                         (401 with a challenge, or 400)
@@ -70,6 +72,7 @@ use crate::routes::{Route, RouteMiss, Target};
 use crate::service::{Services, X_REQUEST_ID};
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
+use crate::webhook_endpoint;
 
 /// Runs one request through the pipeline. Never fails: refusals become problem responses.
 pub async fn handle(
@@ -112,6 +115,10 @@ async fn stages(
         Target::TokenEndpoint => {
             audit_room(ctx, route).await?;
             return token_endpoint(ctx, &req).await;
+        }
+        Target::Webhook(i) => {
+            audit_room(ctx, route).await?;
+            return webhook_endpoint::handle(ctx, &req, i).await;
         }
         Target::Upstream(i) => ctx.snapshot.upstreams.get(i).ok_or(Refusal::Internal {
             reason: format!("route {} names no upstream", route.name),

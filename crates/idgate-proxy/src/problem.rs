@@ -126,6 +126,27 @@ pub enum Refusal {
     /// The audit queue has no place for the request's record (the route's `on_audit_full`
     /// decided): the request is not served unrecorded.
     AuditUnavailable,
+    /// A provider webhook refused: its signature does not verify, its signed time is out
+    /// of the tolerance, or it was received before. Never kept, never delivered.
+    WebhookRefused {
+        why: WebhookRefusal,
+        reason: String,
+    },
+    /// A genuine webhook event the gateway could not keep: the provider should retry it.
+    WebhookUnavailable {
+        reason: String,
+    },
+}
+
+/// Why a provider webhook was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookRefusal {
+    /// Missing, malformed, or made with another secret.
+    Signature,
+    /// The signed timestamp is too far from the gateway's clock.
+    Stale,
+    /// Received before, within the replay window.
+    Replayed,
 }
 
 /// One place a body fails its schema: a JSON pointer into the body and what the schema
@@ -193,6 +214,10 @@ pub enum ProblemKind {
     ResponseBlocked,
     MaskingUnavailable,
     AuditUnavailable,
+    WebhookSignature,
+    WebhookStale,
+    WebhookReplayed,
+    WebhookUnavailable,
 }
 
 impl ProblemKind {
@@ -342,6 +367,26 @@ impl ProblemKind {
                 "audit-unavailable",
                 "Audit trail unavailable",
             ),
+            Self::WebhookSignature => (
+                StatusCode::UNAUTHORIZED,
+                "webhook-signature-invalid",
+                "Webhook signature invalid",
+            ),
+            Self::WebhookStale => (
+                StatusCode::UNAUTHORIZED,
+                "webhook-stale",
+                "Webhook event outside its time window",
+            ),
+            Self::WebhookReplayed => (
+                StatusCode::UNAUTHORIZED,
+                "webhook-replayed",
+                "Webhook event already received",
+            ),
+            Self::WebhookUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "webhook-unavailable",
+                "Webhook event not stored",
+            ),
         }
     }
 
@@ -469,6 +514,12 @@ impl Refusal {
             Self::ResponseBlocked { .. } => ProblemKind::ResponseBlocked,
             Self::MaskingUnavailable { .. } => ProblemKind::MaskingUnavailable,
             Self::AuditUnavailable => ProblemKind::AuditUnavailable,
+            Self::WebhookRefused { why, .. } => match why {
+                WebhookRefusal::Signature => ProblemKind::WebhookSignature,
+                WebhookRefusal::Stale => ProblemKind::WebhookStale,
+                WebhookRefusal::Replayed => ProblemKind::WebhookReplayed,
+            },
+            Self::WebhookUnavailable { .. } => ProblemKind::WebhookUnavailable,
         }
     }
 
@@ -575,6 +626,19 @@ impl Refusal {
             Self::AuditUnavailable => {
                 "The gateway cannot record this request in its audit trail right now, so it does not serve it. Retry shortly."
             }
+            Self::WebhookRefused {
+                why: WebhookRefusal::Signature,
+                ..
+            } => "The event's signature does not verify with this endpoint's secret.",
+            Self::WebhookRefused {
+                why: WebhookRefusal::Stale,
+                ..
+            } => "The event's signed timestamp is too far from the gateway's clock.",
+            Self::WebhookRefused {
+                why: WebhookRefusal::Replayed,
+                ..
+            } => "This event was received before.",
+            Self::WebhookUnavailable { .. } => "The event could not be stored. Send it again.",
         })
     }
 
@@ -589,6 +653,8 @@ impl Refusal {
             | Self::UnreadableResponse { reason }
             | Self::ResponseBlocked { reason }
             | Self::MaskingUnavailable { reason }
+            | Self::WebhookRefused { reason, .. }
+            | Self::WebhookUnavailable { reason }
             | Self::Internal { reason } => Some(reason),
             _ => None,
         }
@@ -629,7 +695,14 @@ impl Refusal {
         if let Self::RateLimited { retry_after, .. } | Self::LockedOut { retry_after } = &self {
             h.insert(RETRY_AFTER, retry_after_value(*retry_after));
         }
-        if let Self::StateUnavailable { .. } = &self {
+        if let Self::WebhookRefused { .. } = &self {
+            // RFC 9110 puts a challenge on every 401: the provider's signature is the scheme.
+            h.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Signature realm=\"idgate-webhooks\""),
+            );
+        }
+        if let Self::StateUnavailable { .. } | Self::WebhookUnavailable { .. } = &self {
             // A backend that times out is usually back within a second or two.
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use http::Method;
 use http::header::HeaderValue;
 use idgate_auth::{AllowEntry, RouteAuth, ScopeRule};
-use idgate_config::{RouteConfig, fold_template};
+use idgate_config::{RouteConfig, WebhookConfig, fold_template};
 
 use crate::guards::Guards;
 use crate::path;
@@ -22,6 +22,9 @@ pub enum Target {
     /// The built-in OAuth2 token endpoint and its discovery documents, which authenticate
     /// their clients themselves.
     TokenEndpoint,
+    /// The snapshot's provider webhook at this index, which checks the provider's signature
+    /// itself.
+    Webhook(usize),
 }
 
 /// One route, ready for the pipeline.
@@ -49,6 +52,33 @@ pub struct Route {
     /// What the route does when the audit queue is full, and whether its path parameters are
     /// personal (the audit trail then records the template).
     pub audit: idgate_config::RouteAudit,
+}
+
+/// A webhook's route, `webhook:NAME`: no caller authentication (the provider's signature is
+/// the endpoint's to check), the webhook's source networks, its body limit.
+fn webhook_route(i: usize, w: &WebhookConfig) -> Route {
+    Route {
+        name: format!("webhook:{}", w.name).into(),
+        target: Target::Webhook(i),
+        case_insensitive: false,
+        allow: Vec::new(),
+        auth: RouteAuth::default(),
+        scopes: ScopeRule::default(),
+        guards: Guards::default(),
+        network: (!w.source_cidrs.is_empty()).then(|| {
+            Box::new(idgate_config::RouteNetwork {
+                cidrs: idgate_config::CidrRules {
+                    allow: w.source_cidrs.clone(),
+                    deny: Vec::new(),
+                },
+                deny_user_agents: Vec::new(),
+            })
+        }),
+        max_body_bytes: w.max_body_bytes,
+        params: Box::default(),
+        template: w.path.as_str().into(),
+        audit: idgate_config::RouteAudit::default(),
+    }
 }
 
 /// The parameter names of a path template (`{id}`, `{*rest}`; `{{` and `}}` are literal).
@@ -192,6 +222,20 @@ pub enum RouteTableError {
     },
     #[error("the methods {0} do not make an Allow header")]
     AllowHeader(String),
+    #[error(
+        "\"{path}\" is not in the canonical form requests are routed on, so it would never match: write \"{canonical}\""
+    )]
+    WebhookPath {
+        webhook: usize,
+        path: String,
+        canonical: String,
+    },
+    #[error("\"{path}\" could never match: requests with such a path are refused ({refusal})")]
+    WebhookNeverMatches {
+        webhook: usize,
+        path: String,
+        refusal: &'static str,
+    },
 }
 
 impl RouteTableError {
@@ -203,6 +247,9 @@ impl RouteTableError {
             | Self::Unroutable { route, .. }
             | Self::CaseClash { route, .. } => format!("routes[{route}].path"),
             Self::AllowHeader(_) => "routes".to_owned(),
+            Self::WebhookPath { webhook, .. } | Self::WebhookNeverMatches { webhook, .. } => {
+                format!("webhooks[{webhook}].path")
+            }
         }
     }
 }
@@ -272,13 +319,19 @@ pub struct RouteTable {
     routes: Vec<Route>,
     /// The built-in token endpoint, when configured: matched before any configured route.
     token_endpoint: Option<Route>,
+    /// The webhooks' routes, by their exact paths: matched before any configured route.
+    webhooks: HashMap<String, Route>,
 }
 
 impl RouteTable {
     /// Builds the table from validated routes (the configuration already refused conflicts,
     /// and routes on the token endpoint's paths). A template must be in the canonical form
     /// requests are routed on.
-    pub fn new(configs: &[RouteConfig], token_endpoint: bool) -> Result<Self, RouteTableError> {
+    pub fn new(
+        configs: &[RouteConfig],
+        token_endpoint: bool,
+        webhooks: &[WebhookConfig],
+    ) -> Result<Self, RouteTableError> {
         let mut exact = Paths::default();
         let mut folded = configs
             .iter()
@@ -339,6 +392,27 @@ impl RouteTable {
         if let Some(folded) = &mut folded {
             folded.finish()?;
         }
+        let mut webhook_routes = HashMap::with_capacity(webhooks.len());
+        for (i, w) in webhooks.iter().enumerate() {
+            match path::canonical_template(&w.path) {
+                Ok(Cow::Borrowed(_)) => {}
+                Ok(Cow::Owned(canonical)) => {
+                    return Err(RouteTableError::WebhookPath {
+                        webhook: i,
+                        path: w.path.clone(),
+                        canonical,
+                    });
+                }
+                Err(e) => {
+                    return Err(RouteTableError::WebhookNeverMatches {
+                        webhook: i,
+                        path: w.path.clone(),
+                        refusal: crate::problem::Refusal::from(e).slug(),
+                    });
+                }
+            }
+            webhook_routes.insert(w.path.clone(), webhook_route(i, w));
+        }
         Ok(Self {
             exact,
             folded,
@@ -357,11 +431,17 @@ impl RouteTable {
                 template: "".into(),
                 audit: idgate_config::RouteAudit::default(),
             }),
+            webhooks: webhook_routes,
         })
     }
 
     /// The built-in target serving `path`, whatever the method (it answers a wrong one).
     pub fn built_in(&self, path: &str) -> Option<&Route> {
+        if !self.webhooks.is_empty()
+            && let Some(route) = self.webhooks.get(path)
+        {
+            return Some(route);
+        }
         self.token_endpoint
             .as_ref()
             .filter(|_| crate::token_endpoint::TokenEndpoint::handles(path))
@@ -443,7 +523,7 @@ mod tests {
                 audit: Default::default(),
             })
             .collect();
-        RouteTable::new(&configs, false)
+        RouteTable::new(&configs, false, &[])
     }
 
     fn found(t: &RouteTable, method: &str, path: &str) -> String {

@@ -164,9 +164,13 @@ impl Snapshot {
                 }
             }
         }
-        let routes = RouteTable::new(&config.routes, config.token_endpoint.is_some())
-            .map_err(|e| errors.push(BuildError::new(config, e.key(), BuildProblem::Routes(e))))
-            .ok();
+        let routes = RouteTable::new(
+            &config.routes,
+            config.token_endpoint.is_some(),
+            &config.webhooks,
+        )
+        .map_err(|e| errors.push(BuildError::new(config, e.key(), BuildProblem::Routes(e))))
+        .ok();
         let token_endpoint = match &config.token_endpoint {
             None => None,
             Some(t) => TokenEndpoint::load(t)

@@ -17,7 +17,7 @@
 //! A store that fails answers 5xx with nothing kept (what was held is discarded, the
 //! nonce never written), so the provider's retry is taken as new.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use idgate_store::{Nonce, Nonces, Queue, StoreError};
 use ring::digest::{SHA256, digest};
@@ -68,12 +68,6 @@ fn nonce(endpoint: &Endpoint, replay_key: &str) -> Result<Nonce, StoreError> {
     ))
 }
 
-/// How long a replay key is remembered: an event is accepted while its timestamp is within
-/// the tolerance either side of the clock, so for twice the tolerance from now.
-pub fn replay_window(endpoint: &Endpoint) -> Duration {
-    endpoint.tolerance * 2
-}
-
 /// Takes a verified event in; see the module documentation for the order of the steps.
 pub async fn accept<S: Queue + Nonces>(
     store: &S,
@@ -100,7 +94,7 @@ pub async fn accept<S: Queue + Nonces>(
     .await?;
     let nonce = nonce(endpoint, event.replay_key).map_err(IntakeError::Nonce)?;
     match store
-        .insert_if_absent(&nonce, replay_window(endpoint), now)
+        .insert_if_absent(&nonce, endpoint.replay_window, now)
         .await
     {
         Ok(true) => {

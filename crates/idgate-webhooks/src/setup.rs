@@ -11,15 +11,23 @@ use idgate_secrets::{ExposeSecret, SecretBox, SecretError};
 
 use crate::delivery::{Plan, Subscriber, SubscriberError, SubscriberMask};
 use crate::outbox::{KeyError, OutboxKeys};
+use crate::verify::{Scheme, UnknownName, V2Form};
+
+/// How long a replay key is remembered for a scheme that signs no timestamp, unless the
+/// webhook says otherwise: past the retries providers make of an event (Sumsub's last is
+/// after 18 hours).
+const UNTIMED_REPLAY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// One webhook's endpoint, ready for the requests it gets.
 pub struct Endpoint {
     pub name: Arc<str>,
     pub path: String,
-    pub scheme: WebhookScheme,
+    pub scheme: Scheme,
     /// The current secret, then the previous one during a rotation.
     secrets: Vec<SecretBox<[u8]>>,
     pub tolerance: Duration,
+    /// How long an event's replay key is remembered.
+    pub replay_window: Duration,
     pub max_body_bytes: u64,
     pub keys: Arc<OutboxKeys>,
     /// Each subscriber's name and the event types it takes (none: every type).
@@ -77,6 +85,8 @@ pub struct SetupError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupProblem {
+    #[error("v2_form: {0}")]
+    V2Form(UnknownName),
     #[error("secret: {0}")]
     Secret(SecretError),
     #[error("outbox key: {0}")]
@@ -116,6 +126,16 @@ impl Webhooks {
                     }
                 }
             }
+            let scheme = match scheme(w) {
+                Ok(s) => s,
+                Err(e) => {
+                    errors.push(error(
+                        format!("webhooks[{i}].v2_form"),
+                        SetupProblem::V2Form(e),
+                    ));
+                    continue;
+                }
+            };
             let keys = match OutboxKeys::load(&w.outbox_keys) {
                 Ok(k) => Arc::new(k),
                 Err(e) => {
@@ -142,9 +162,16 @@ impl Webhooks {
             endpoints.push(Endpoint {
                 name: w.name.as_str().into(),
                 path: w.path.clone(),
-                scheme: w.scheme,
+                scheme,
                 secrets,
                 tolerance: w.tolerance,
+                replay_window: w.replay_window.unwrap_or(if scheme.signs_timestamp() {
+                    // An event is taken while its timestamp is within the tolerance on either
+                    // side of the clock.
+                    w.tolerance * 2
+                } else {
+                    UNTIMED_REPLAY_WINDOW
+                }),
                 max_body_bytes: w.max_body_bytes,
                 keys,
                 subscribers: w
@@ -163,4 +190,22 @@ impl Webhooks {
             Err(errors)
         }
     }
+}
+
+/// The verifier's scheme for a webhook's settings.
+fn scheme(w: &WebhookConfig) -> Result<Scheme, UnknownName> {
+    Ok(match w.scheme {
+        WebhookScheme::Didit => Scheme::DiditSignature,
+        WebhookScheme::DiditV2 => Scheme::DiditSignatureV2(match &w.v2_form {
+            None => V2Form::default(),
+            Some(form) => form.parse()?,
+        }),
+        WebhookScheme::DiditSimple => Scheme::DiditSignatureSimple,
+        WebhookScheme::Sumsub => Scheme::SumsubDigest {
+            allow_sha1: w.allow_sha1,
+        },
+        WebhookScheme::Veriff => Scheme::Veriff,
+        WebhookScheme::Onfido => Scheme::Onfido,
+        WebhookScheme::Persona => Scheme::Persona,
+    })
 }

@@ -31,6 +31,7 @@ fn webhook(retry: RetryPolicy) -> WebhookConfig {
         allow_sha1: false,
         secrets: Vec::new(),
         tolerance: Duration::from_secs(300),
+        replay_window: None,
         source_cidrs: Vec::new(),
         max_body_bytes: 1 << 20,
         outbox_keys: Vec::new(),

@@ -1,5 +1,5 @@
 use std::os::unix::fs::PermissionsExt;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use idgate_config::{RetryPolicy, SubscriberConfig, WebhookConfig, WebhookScheme};
 use idgate_secrets::SecretRef;
@@ -35,6 +35,7 @@ fn webhooks(dir: &std::path::Path) -> Webhooks {
         allow_sha1: false,
         secrets: vec![file("secret", "didit secret")],
         tolerance: Duration::from_secs(300),
+        replay_window: None,
         source_cidrs: Vec::new(),
         max_body_bytes: 1 << 20,
         outbox_keys: vec![file("outbox.key", &"ab".repeat(32))],
@@ -116,7 +117,8 @@ async fn a_fresh_event_is_kept_for_the_subscribers_that_want_it_and_a_replay_is_
     assert!(matches!(all[0].state, MessageState::Leased { .. }));
 
     // Past the window the key is new again.
-    let past = start() + replay_window(endpoint) + Duration::from_secs(1);
+    assert_eq!(endpoint.replay_window, Duration::from_secs(600));
+    let past = start() + endpoint.replay_window + Duration::from_secs(1);
     let fresh = accept(&store, endpoint, event("e1", "decision"), body, past)
         .await
         .unwrap();

@@ -1,0 +1,115 @@
+//! The webhook endpoint, a built-in target (`Target::Webhook`): a provider's event is read
+//! whole (within the webhook's body limit), its signature checked with the webhook's secrets
+//! (`idgate_webhooks::verify`), and a genuine event is kept durably in the outbox, for each
+//! subscriber that wants it, before the provider gets its 2xx (`idgate_webhooks::intake`).
+//!
+//! A forged, re-signed, stale or replayed event is refused with a 401 problem, recorded
+//! like any refusal, and never kept. An event the store cannot keep gets a 503: the
+//! provider retries it. The source-address rule is the route's (`admission.rs`, 403).
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::{Either, Full};
+use idgate_webhooks::intake::{self, Event, Intake};
+use idgate_webhooks::verify::{self, Rejected};
+
+use crate::body::ProxyBody;
+use crate::ctx::RequestCtx;
+use crate::problem::{Refusal, WebhookRefusal};
+
+/// Answers a provider's post to webhook `index` of the snapshot.
+pub(crate) async fn handle(
+    ctx: &mut RequestCtx<'_>,
+    req: &http::request::Parts,
+    index: usize,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let snapshot = ctx.snapshot;
+    let Some(endpoint) = snapshot.webhooks.endpoints.get(index) else {
+        return Err(Refusal::Internal {
+            reason: format!("no webhook at index {index}"),
+        });
+    };
+    if req.method != Method::POST {
+        return Err(Refusal::MethodNotAllowed {
+            allow: HeaderValue::from_static("POST"),
+        });
+    }
+    let body = ctx
+        .read_body(
+            endpoint.max_body_bytes,
+            snapshot.request_limits.body_timeout,
+        )
+        .await?;
+    let now = SystemTime::now();
+    let verified = verify::verify(
+        &endpoint.scheme,
+        &endpoint.secrets(),
+        &req.headers,
+        &body,
+        now,
+        endpoint.tolerance,
+    )
+    .map_err(|r| refused(r, &endpoint.name))?;
+    let event = Event {
+        event_id: verified.event_id.as_deref(),
+        session_id: verified.session_id.as_deref(),
+        event_type: verified.event_type.as_deref(),
+        replay_key: &verified.replay_key,
+    };
+    let intake = intake::accept(&ctx.services.state, endpoint, event, &body, now)
+        .await
+        .map_err(|e| Refusal::WebhookUnavailable {
+            reason: format!("webhook {}: {e}", endpoint.name),
+        })?;
+    match intake {
+        Intake::Replayed => Err(Refusal::WebhookRefused {
+            why: WebhookRefusal::Replayed,
+            reason: format!(
+                "webhook {}: the event was received before (secret {})",
+                endpoint.name, verified.secret_index
+            ),
+        }),
+        Intake::Accepted { key, subscribers } => {
+            if let Some(d) = ctx.services.deliverer.get() {
+                d.wake();
+            }
+            tracing::info!(
+                request_id = ctx.request_id(),
+                webhook = &*endpoint.name,
+                event = key.as_str(),
+                event_type = verified.event_type.as_deref().unwrap_or("-"),
+                subscribers,
+                previous_secret = verified.secret_index > 0,
+                "webhook event accepted"
+            );
+            Ok(accepted(&key))
+        }
+    }
+}
+
+/// The refusal for what the verifier found; the log learns the detail (never a secret or
+/// a header's value).
+fn refused(r: Rejected, webhook: &str) -> Refusal {
+    let why = match r {
+        Rejected::Stale { .. } | Rejected::Future { .. } => WebhookRefusal::Stale,
+        _ => WebhookRefusal::Signature,
+    };
+    let reason = format!("webhook {webhook}: {r}");
+    if let Rejected::Secrets { .. } = r {
+        return Refusal::Internal { reason };
+    }
+    Refusal::WebhookRefused { why, reason }
+}
+
+/// `200 {"status":"accepted","event_id":KEY}`.
+fn accepted(key: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({"status": "accepted", "event_id": key}).to_string();
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
