@@ -41,3 +41,4 @@ mod spiffe;
 mod tokens;
 mod upstream_h1;
 mod vault;
+mod webhooks;
