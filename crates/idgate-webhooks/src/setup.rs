@@ -209,3 +209,100 @@ fn scheme(w: &WebhookConfig) -> Result<Scheme, UnknownName> {
         WebhookScheme::Persona => Scheme::Persona,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use idgate_config::{RetryPolicy, SubscriberConfig};
+    use idgate_secrets::SecretRef;
+
+    use super::*;
+
+    fn file(dir: &std::path::Path, name: &str, content: &str) -> SecretRef {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        SecretRef::File(p)
+    }
+
+    fn config(dir: &std::path::Path, scheme: WebhookScheme) -> WebhookConfig {
+        WebhookConfig {
+            name: "p".into(),
+            path: "/webhooks/p".into(),
+            scheme,
+            v2_form: None,
+            allow_sha1: false,
+            secrets: vec![file(dir, "secret", "provider secret")],
+            tolerance: Duration::from_secs(300),
+            replay_window: None,
+            source_cidrs: Vec::new(),
+            max_body_bytes: 1 << 20,
+            outbox_keys: vec![file(dir, "outbox.key", &"0f".repeat(32))],
+            retry: RetryPolicy::default(),
+            delivery_timeout: Duration::from_secs(5),
+            retention: Duration::ZERO,
+            dead_letter_retention: Duration::ZERO,
+            subscribers: vec![SubscriberConfig {
+                name: "s".into(),
+                url: "https://localhost:1/".parse().unwrap(),
+                secret: file(dir, "sub", "subscriber secret"),
+                masking: None,
+                events: Vec::new(),
+                ca: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn schemes_and_replay_windows_follow_the_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sumsub = config(dir.path(), WebhookScheme::Sumsub);
+        sumsub.allow_sha1 = true;
+        let mut v2 = config(dir.path(), WebhookScheme::DiditV2);
+        v2.name = "v2".into();
+        v2.v2_form = Some("timestamp:ascii".into());
+        v2.replay_window = Some(Duration::from_secs(60));
+        let w = Webhooks::load(&[sumsub, v2], |_| None).unwrap();
+        assert_eq!(
+            w.endpoints[0].scheme,
+            Scheme::SumsubDigest { allow_sha1: true }
+        );
+        assert_eq!(w.endpoints[0].replay_window, Duration::from_secs(24 * 3600));
+        assert_eq!(
+            w.endpoints[1].scheme,
+            Scheme::DiditSignatureV2("timestamp:ascii".parse().unwrap())
+        );
+        assert_eq!(w.endpoints[1].replay_window, Duration::from_secs(60));
+        assert_eq!(w.plan.subscribers.len(), 2);
+        let didit = Webhooks::load(&[config(dir.path(), WebhookScheme::Didit)], |_| None).unwrap();
+        assert_eq!(didit.endpoints[0].replay_window, Duration::from_secs(600));
+        assert!(!format!("{:?}", didit.endpoints[0]).contains("provider secret"));
+    }
+
+    #[test]
+    fn what_cannot_be_put_into_use_is_named_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bad = config(dir.path(), WebhookScheme::DiditV2);
+        bad.v2_form = Some("latin1".into());
+        let mut short = config(dir.path(), WebhookScheme::Didit);
+        short.outbox_keys = vec![file(dir.path(), "short.key", "too short")];
+        short
+            .secrets
+            .push(SecretRef::Env("IDGATE_TEST_UNSET_SECRET".into()));
+        let mut no_ca = config(dir.path(), WebhookScheme::Persona);
+        no_ca.subscribers[0].ca = Some(dir.path().join("missing.pem"));
+        let errors = Webhooks::load(&[bad, short, no_ca], |_| None).unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "webhooks[0].v2_form",
+                "webhooks[1].previous_secret",
+                "webhooks[1].outbox_key",
+                "webhooks[2].subscribers[0].ca",
+            ]
+        );
+        assert!(errors[2].to_string().contains("32 bytes"), "{}", errors[2]);
+    }
+}
