@@ -190,10 +190,6 @@ impl Nonces for StateStore {
         forward!(self, s => s.insert_if_absent(nonce, window, now))
     }
 
-    async fn forget(&self, nonce: &Nonce) -> Result<bool, StoreError> {
-        forward!(self, s => s.forget(nonce))
-    }
-
     async fn sweep(&self, now: SystemTime) -> Result<u64, StoreError> {
         forward!(self, s => Nonces::sweep(&**s, now))
     }

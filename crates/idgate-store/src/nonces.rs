@@ -21,10 +21,6 @@ pub trait Nonces: Send + Sync {
         now: SystemTime,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Forgets `nonce`, so that the same value is new again: for an event that was recorded
-    /// as seen but could not be kept, whose sender will retry it. `true` when it was there.
-    fn forget(&self, nonce: &Nonce) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
     /// Removes expired nonces (see [`crate::Counters::sweep`]).
     fn sweep(&self, now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }

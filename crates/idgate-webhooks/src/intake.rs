@@ -14,8 +14,10 @@
 //! - killed after the nonce: the event is kept (released, or delivered when its hold ends);
 //!   the retry is refused as a replay, which is right: the event is in.
 //!
-//! A store that fails answers 5xx with nothing kept (what was held is discarded, the
-//! nonce never written), so the provider's retry is taken as new.
+//! A store that fails the write answers 5xx with nothing kept (what was held is discarded),
+//! so the provider's retry is taken as new. One that fails the replay check answers 5xx too,
+//! but keeps what it held: the check may have been recorded all the same, and the retry
+//! refused as a replay; the held copies are delivered when their hold ends.
 
 use std::time::SystemTime;
 
@@ -111,15 +113,11 @@ pub async fn accept<S: Queue + Nonces>(
             outbox::discard(store, &held, now).await;
             Ok(Intake::Replayed)
         }
-        Err(e) => {
-            outbox::discard(store, &held, now).await;
-            // The insert may have been applied even so (a late answer): forgetting it lets
-            // the provider's retry in.
-            if let Err(e) = store.forget(&nonce).await {
-                tracing::warn!(webhook = &*endpoint.name, error = %e, "a webhook replay key could not be forgotten; a retry of the event may be refused as a replay");
-            }
-            Err(IntakeError::Nonce(e))
-        }
+        // The insert may have been applied all the same (an answer that came too late), and
+        // then the provider's retry is refused as a replay: the held copies stay, to be
+        // delivered when their hold ends. At worst the event arrives twice, under one
+        // idempotency key; it is never lost.
+        Err(e) => Err(IntakeError::Nonce(e)),
     }
 }
 

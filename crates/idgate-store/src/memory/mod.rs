@@ -296,10 +296,6 @@ impl Nonces for MemoryStore {
         }))
     }
 
-    fn forget(&self, nonce: &Nonce) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        std::future::ready(self.state().remove(Kind::Nonce, nonce.as_str()))
-    }
-
     fn sweep(&self, now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send {
         std::future::ready(self.state().sweep(&[Kind::Nonce], micros(now), usize::MAX))
     }

@@ -226,11 +226,6 @@ impl Nonces for RedbStore {
         })
     }
 
-    fn forget(&self, nonce: &Nonce) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let nonce = nonce.clone();
-        self.blocking(move |s| s.write_state(|rows| rows.remove(Kind::Nonce, nonce.as_str())))
-    }
-
     fn sweep(&self, now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send {
         self.blocking(move |s| {
             s.write_state(|rows| rows.sweep(&[Kind::Nonce], micros(now), usize::MAX))

@@ -360,14 +360,6 @@ impl Nonces for RedisStore {
         Ok(fresh == 1)
     }
 
-    async fn forget(&self, nonce: &Nonce) -> Result<bool, StoreError> {
-        let key = self.tagged("n", nonce.as_str());
-        let removed: u64 = self
-            .call(|mut c| async move { redis::cmd("DEL").arg(&key).query_async(&mut c).await })
-            .await?;
-        Ok(removed > 0)
-    }
-
     async fn sweep(&self, _now: SystemTime) -> Result<u64, StoreError> {
         Ok(0)
     }

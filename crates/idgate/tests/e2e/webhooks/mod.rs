@@ -6,6 +6,7 @@
 mod cli;
 mod crash;
 mod delivery;
+mod mock_provider;
 mod refusals;
 
 use std::collections::{HashSet, VecDeque};
