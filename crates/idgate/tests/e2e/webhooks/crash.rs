@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use idgate_store::redis_testing::RedisServer;
+
 use super::*;
 
 const SESSIONS: u64 = 40;
@@ -78,8 +80,8 @@ async fn wait_for(sent: &AtomicUsize, n: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_events_survive_two_sigkills_and_a_subscriber_outage_in_order_and_once() {
+/// The test, with the outbox in `state` (the redb file of `webhook_config` when `None`).
+async fn thousand_events(state: Option<toml::Table>) {
     within_limit(Duration::from_secs(150), async {
         let started = Instant::now();
         let pki = Pki::default_pki();
@@ -88,7 +90,10 @@ async fn a_thousand_events_survive_two_sigkills_and_a_subscriber_outage_in_order
         // No copies kept after delivery: the test is about the outbox, not the archive.
         let mut extra = toml::Table::new();
         extra.insert("retention".into(), "0s".into());
-        let config = webhook_config(&pki, dir.path(), &sub.url(), extra);
+        let mut config = webhook_config(&pki, dir.path(), &sub.url(), extra);
+        if let Some(state) = state {
+            config.sections.insert("state".into(), state.into());
+        }
         let mut gw = Gateway::start(&config, &[]).await;
         let port = Arc::new(AtomicU16::new(gw.port));
         let sent = Arc::new(AtomicUsize::new(0));
@@ -173,4 +178,25 @@ async fn a_thousand_events_survive_two_sigkills_and_a_subscriber_outage_in_order
         drop(gw);
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_events_survive_two_sigkills_and_a_subscriber_outage_in_order_and_once() {
+    thousand_events(None).await;
+}
+
+/// The same with the outbox in Redis (its Streams queue): the restarted gateway is another
+/// consumer, which takes over the dead one's claims once their leases run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_events_survive_two_sigkills_and_a_subscriber_outage_on_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let state = table([
+        ("backend", "redis".into()),
+        ("url", redis.url().into()),
+        // A busy machine runs the gateway, Redis and the test on two cores.
+        ("timeout", "500ms".into()),
+    ]);
+    thousand_events(Some(state)).await;
 }
