@@ -32,6 +32,8 @@ enum Secret {
     File(&'static str),
     /// A PKCS#8 P-256 private key file, as `openssl genpkey` writes it.
     EcKeyFile(&'static str),
+    /// 32 random bytes in hex, as `openssl rand -hex 32` writes them (an AES-256 key).
+    HexKeyFile(&'static str),
 }
 
 /// Every example with what examples/README.md says it needs.
@@ -63,6 +65,15 @@ fn examples() -> Vec<(&'static str, Vec<Secret>)> {
                 Env("VERIFF_API_KEY"),
                 File("sumsub-secret-key"),
                 File("veriff-shared-secret"),
+            ],
+        ),
+        (
+            "webhooks.toml",
+            vec![
+                File("didit-webhook-secret"),
+                HexKeyFile("outbox-key"),
+                File("kyc-backend-secret"),
+                File("crm-secret"),
             ],
         ),
         (
@@ -128,6 +139,16 @@ impl Setup {
                     let value = format!("{}-{}", marker(name), "0123456789abcdef".repeat(2));
                     write_private(&pki.join(name), value.as_bytes());
                     markers.push(marker(name));
+                }
+                Secret::HexKeyFile(name) => {
+                    let path = pki.join(name);
+                    let (code, out, err) = run(Command::new("openssl")
+                        .args(["rand", "-hex", "-out"])
+                        .arg(&path)
+                        .arg("32"));
+                    assert_eq!(code, 0, "openssl rand: {out}{err}");
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                        .unwrap();
                 }
                 Secret::EcKeyFile(name) => {
                     let path = pki.join(name);
@@ -294,7 +315,9 @@ fn every_example_in_the_directory_is_covered_and_documented() {
         for s in secrets {
             let name = match s {
                 Secret::Env(n) => n.to_owned(),
-                Secret::File(n) | Secret::EcKeyFile(n) => format!("examples/pki/{n}"),
+                Secret::File(n) | Secret::EcKeyFile(n) | Secret::HexKeyFile(n) => {
+                    format!("examples/pki/{n}")
+                }
             };
             assert!(
                 readme.contains(&name),

@@ -91,3 +91,34 @@ async fn a_dead_letter_is_listed_shown_and_replayed_by_the_cli() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn idgate_check_names_a_webhook_that_cannot_be_put_into_use_by_its_key() {
+    let pki = Pki::default_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let config = webhook_config(
+        &pki,
+        dir.path(),
+        "https://localhost:1/events",
+        toml::Table::new(),
+    );
+    // Written after webhook_config's own: 20 hex digits are no AES-256 key.
+    write_private(&dir.path().join("outbox.key"), "5a".repeat(10).as_bytes());
+    let path = dir.path().join("idgate.toml");
+    std::fs::write(&path, config.to_toml()).unwrap();
+    let (code, _, err) = idgate_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("webhooks[0].outbox_key") && err.contains("32 bytes"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&"5a".repeat(16)),
+        "the key is never shown: {err}"
+    );
+
+    // With a usable key, the same file is valid.
+    write_private(&dir.path().join("outbox.key"), "5a".repeat(32).as_bytes());
+    let (code, out, err) = idgate_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+}
