@@ -253,6 +253,18 @@ async fn a_refusal_makes_a_dead_letter_at_once_and_an_old_event_one_after_its_re
         .unwrap()
         .unwrap();
     assert_eq!(info.state, MessageState::Dead, "the other stays dead");
+
+    // Past the event's maximum age and the dead-letter retention, the dead letter is purged
+    // (with the delivered copy, whose retention ended too).
+    let later = SystemTime::now() + Duration::from_secs(61);
+    assert_eq!(purge(&s.store, &s.sub, later).await.unwrap(), 2);
+    assert!(
+        s.store
+            .dead_letters(&s.sub.queue, later)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
