@@ -31,6 +31,9 @@
 #                     full: idgate also requires an API key, decides two rate limits kept in
 #                     a local redis-server and checks object ownership on the decision route
 #                     (the peers still do bare mTLS with their logs)
+#   EVIDENCE=off      on: idgate also writes its audit trail ([audit], defaults: hash chain,
+#                     checkpoints signed, fsync in batches) and masks the decision answer
+#                     (a masking profile: a pseudonym, a date cut to the year, a redaction)
 #   REPLICAS=1        with CHAIN=full, 2 also measures two idgate processes sharing that
 #                     Redis (two oha runs at once, CONNS/2 each) against one
 #   MEM_CONNS=2000    idle mTLS connections held open for the memory figure ("0" to skip;
@@ -62,6 +65,7 @@ MODES=${MODES:-keepalive newconn}
 RESPONSE=${RESPONSE:-both}
 IDGATE_LOG=${IDGATE_LOG:-on}
 CHAIN=${CHAIN:-bare}
+EVIDENCE=${EVIDENCE:-off}
 REPLICAS=${REPLICAS:-1}
 PEER_LOG=${PEER_LOG:-$IDGATE_LOG}
 # The memory figure is the bare chain's: with CHAIN=full it is off unless asked for.
@@ -129,6 +133,7 @@ case $RESPONSE in
 esac
 case $IDGATE_LOG in on | off) ;; *) die "IDGATE_LOG must be on or off" ;; esac
 case $CHAIN in bare | full) ;; *) die "CHAIN must be bare or full" ;; esac
+case $EVIDENCE in on | off) ;; *) die "EVIDENCE must be on or off" ;; esac
 case $REPLICAS in 1) ;; 2) [[ $CHAIN == full ]] || die "REPLICAS=2 needs CHAIN=full (the replicas share Redis)" ;; *) die "REPLICAS must be 1 or 2" ;; esac
 case $PEER_LOG in on | off) ;; *) die "PEER_LOG must be on or off" ;; esac
 [[ $MEM_CONNS =~ ^[0-9]+$ ]] || die "MEM_CONNS must be a non-negative integer"
@@ -344,13 +349,36 @@ IDGATE_LOG_TOML=""
 # API key (kept in Redis, like the limits' counts) and passes two rate limits set far above
 # the load (their cost is measured, not refusals); a session is created once through the
 # gateway (POST, `owns`) and every decision read is checked against its owner.
+# EVIDENCE=on: the audit trail with its defaults, and the decision answer masked.
+IDGATE_EVIDENCE_TOML=""
+MASKING_LINE=""
+if [[ $EVIDENCE == on ]]; then
+  rm -rf "$WORK/idgate/audit" "$WORK/idgate/audit-keys"
+  "$IDGATE_BIN" audit keygen --out "$WORK/idgate/audit-keys" >/dev/null
+  head -c 48 /dev/urandom | base64 >"$WORK/idgate/pseudonym-key"
+  chmod 600 "$WORK/idgate/pseudonym-key"
+  MASKING_LINE='masking = "bench"'
+  IDGATE_EVIDENCE_TOML="[audit]
+dir = \"$WORK/idgate/audit\"
+signing_key = \"file:$WORK/idgate/audit-keys/audit-signing.pem\"
+
+[masking.profiles.bench]
+pseudonym_key = \"file:$WORK/idgate/pseudonym-key\"
+rules = [
+  { path = \"\$..vendor_data\", action = \"pseudonymize\" },
+  { path = \"\$..date_of_birth\", action = \"truncate_date\" },
+  { path = \"\$..expiration_date\", action = \"redact\" },
+]"
+fi
+
 if [[ $CHAIN == bare ]]; then
-  IDGATE_CHAIN_TOML='[[routes]]
-name = "all"
-methods = ["GET"]
-path = "/{*rest}"
-upstream = "fixed"
-allow = ["spiffe://bench.test/client"]'
+  IDGATE_CHAIN_TOML="[[routes]]
+name = \"all\"
+methods = [\"GET\"]
+path = \"/{*rest}\"
+upstream = \"fixed\"
+allow = [\"spiffe://bench.test/client\"]
+$MASKING_LINE"
 else
   head -c 48 /dev/urandom | base64 >"$WORK/idgate/pepper"
   chmod 600 "$WORK/idgate/pepper"
@@ -376,7 +404,8 @@ name = \"per-key-route\"
 key = [\"api_key\", \"route\"]
 rate = \"500000/s\"
 $(chain_route create POST /decision/ 'owns = "$.session_id"')
-$(chain_route decision GET '/decision/{session_id}' 'owner_param = "session_id"')
+$(chain_route decision GET '/decision/{session_id}' "owner_param = \"session_id\"
+$MASKING_LINE")
 $(chain_route all GET '/{*rest}' '')"
 fi
 
@@ -407,6 +436,8 @@ header = "x-api-key"
 secret = "env:BENCH_API_KEY"
 
 $IDGATE_CHAIN_TOML
+
+$IDGATE_EVIDENCE_TOML
 EOF
 
 NGINX_ACCESS_LOG="access_log off;"
@@ -637,7 +668,14 @@ for p in $PROXIES; do
       || die "$p: request with a client certificate failed"
     code=${body##*$'\n'}
     [[ $code == 200 ]] || die "$p: with a client certificate got HTTP $code, expected 200: ${body%$'\n'*}"
-    [[ ${body%$'\n'*} == "${RESP_BODY[$resp]}" ]] || die "$p: unexpected $resp body '${body%$'\n'*}'"
+    body=${body%$'\n'*}
+    if [[ $p == idgate && $EVIDENCE == on && $resp == decision ]]; then
+      # Masked: the pseudonym, the year and the redaction in place of the values.
+      [[ $body == *'"vendor_data":"ps_'* && $body == *'"date_of_birth":"1990"'* && $body != *user-4821* && $body != *2031-08-30* ]] \
+        || die "$p: the decision answer is not masked as the profile says: '$body'"
+    else
+      [[ $body == "${RESP_BODY[$resp]}" ]] || die "$p: unexpected $resp body '$body'"
+    fi
   done
   code=$("$CURL" -s -o /dev/null --max-time 5 --cacert "$P/bundle.pem" -w '%{http_code}' "$url" || true)
   [[ $code != 200 ]] || die "$p: a request without a client certificate was let through"
@@ -855,7 +893,8 @@ has_proxy idgate && idgate_v=$("$IDGATE_BIN" --version 2>/dev/null | awk 'NR == 
 # 64 KiB may still sit in its buffer).
 declare -A LOGGING=() LOG_LINES=()
 CHAIN_DESC="the same work as the peers: mTLS, the upstream key injected, the access log"
-[[ $CHAIN == full ]] && CHAIN_DESC="the full chain: mTLS and an API key (both required, the key kept in Redis), two rate limits counted in Redis (one round trip per request), the owner of the session checked in Redis on the decision route (created once through the gateway), the upstream key injected, the access log; nginx and HAProxy do bare mTLS"
+[[ $CHAIN == full ]] && CHAIN_DESC="the full chain: mTLS and an API key (both required, the key kept in Redis), two rate limits counted in Redis (one round trip per request), the owner of the session checked on the decision route (created once through the gateway; its record read from Redis, then kept by the replica for 10 s), the upstream key injected, the access log; nginx and HAProxy do bare mTLS"
+[[ $EVIDENCE == on ]] && CHAIN_DESC="$CHAIN_DESC; with the evidence on: the audit trail ([audit] defaults: one hash-chained record per request, Ed25519 checkpoints, fsync in batches) and the decision answer masked (a pseudonym, a date cut to the year, a redaction)"
 if [[ $IDGATE_LOG == on ]]; then
   LOGGING[idgate]="its defaults: \`[log]\` level \`info\`, text, one access line per request on standard output, redirected to a file"
 else
