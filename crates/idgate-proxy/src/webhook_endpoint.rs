@@ -68,8 +68,9 @@ pub(crate) async fn handle(
         Intake::Replayed => Err(Refusal::WebhookRefused {
             why: WebhookRefusal::Replayed,
             reason: format!(
-                "webhook {}: the event was received before (secret {})",
-                endpoint.name, verified.secret_index
+                "webhook {}: the event was received before ({})",
+                endpoint.name,
+                verified.event_id.as_deref().unwrap_or("no event id")
             ),
         }),
         Intake::Accepted { key, subscribers } => {
