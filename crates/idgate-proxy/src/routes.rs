@@ -441,6 +441,7 @@ mod tests {
                 on_state_error: None,
                 masking: None,
                 audit: Default::default(),
+                resilience: Default::default(),
             })
             .collect();
         RouteTable::new(&configs, false)
