@@ -86,6 +86,9 @@ pub struct RequestCtx<'r> {
     pub bytes_in: Option<u64>,
     /// The response body's length, when known before it is sent.
     pub bytes_out: Option<u64>,
+    /// The forward stage failed before any of the request reached the upstream (no
+    /// connection, no place under its cap, no credential): a failover may send it elsewhere.
+    pub nothing_sent: bool,
     /// The request's record was made; a request dropped before (its caller went away) still
     /// gets its audit record.
     recorded: bool,
@@ -130,6 +133,7 @@ impl<'r> RequestCtx<'r> {
             uri: None,
             bytes_in,
             bytes_out: None,
+            nothing_sent: false,
             recorded: false,
         }
     }

@@ -62,10 +62,10 @@ use crate::body::ProxyBody;
 use crate::checks;
 use crate::conn::ConnInfo;
 use crate::ctx::{Authorized, RequestCtx};
-use crate::forward::{forward, strip_response};
 use crate::lockout;
 use crate::path::{self, BadEncoding};
 use crate::problem::Refusal;
+use crate::resilience;
 use crate::routes::{Route, RouteMiss, Target};
 use crate::service::{Services, X_REQUEST_ID};
 use crate::snapshot::Snapshot;
@@ -121,8 +121,8 @@ async fn stages(
     authorize(ctx, route, &req)?;
     guard_request(ctx, route, upstream, &mut req).await?;
     audit_room(ctx, route).await?;
-    let resp = forward(ctx, upstream, req).await?;
-    guard_response(ctx, route, strip_response(resp)).await
+    let resp = resilience::forward(ctx, route, upstream, req).await?;
+    guard_response(ctx, route, resp).await
 }
 
 /// Stage 2: a built-in target's paths are its own, whatever the configured routes.
