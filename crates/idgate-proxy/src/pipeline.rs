@@ -32,6 +32,8 @@
 //!                 x-request-id and x-forwarded-for (appended to only for a trusted proxy),
 //!                 call the upstream with its timeouts
 //!                                                             (502 / 504)
+//!                 (resilience.rs) a route's faults first; when the upstream fails, its
+//!                 failover upstream, else the caller's cached last good answer, stale
 //!   8. guards     the route's guards on the upstream's response (record or forget an
 //!                 object's owner, keep a list to the caller's objects; last, mask the
 //!                 answer with the caller's profile); strip hop-by-hop headers
