@@ -82,6 +82,8 @@ pub(crate) async fn forward<'r>(
             drop(failure);
             ctx.nothing_sent = false;
             ctx.upstream_status = None;
+            ctx.upstream_latency = None;
+            ctx.failover = Some(secondary);
             tracing::info!(
                 request_id = ctx.request_id(),
                 route = &*route.name,
