@@ -453,6 +453,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_answer_from_a_fallback_is_a_success_with_its_reason() {
+        let mut a = activity("rid-3", "/v3/workflows/");
+        a.decision = Decision::AllowedBy("fallback:cache");
+        let mut out = Vec::new();
+        a.write_members(&mut out);
+        let v = parse(&out);
+        assert_eq!(v["status_id"], 1);
+        assert_eq!(v["status_detail"], "allowed:fallback:cache");
+    }
+
+    #[test]
     fn a_refused_connection_is_ocsf_network_activity() {
         let e = ConnectionEvent {
             time: UNIX_EPOCH,

@@ -15,11 +15,13 @@ use serde_json::Value;
 use crate::assert_eventually;
 use crate::support::*;
 
-/// A plain HTTP upstream that answers `{"n": …, "path": …, "secret": …}` (200), or 503
-/// while `failing`, and can be killed: its listener and every connection close.
+/// A plain HTTP upstream that answers `{"n": …, "path": …, "secret": …}` (200, `private`,
+/// or `no-store` while `no_store`), or 503 while `failing`, and can be killed: its listener
+/// and every connection close.
 struct Switchable {
     port: u16,
     failing: Arc<AtomicBool>,
+    no_store: Arc<AtomicBool>,
     served: Arc<AtomicU64>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -29,9 +31,10 @@ impl Switchable {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let failing = Arc::new(AtomicBool::new(false));
+        let no_store = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let (f, s) = (failing.clone(), served.clone());
+        let (f, s, ns) = (failing.clone(), served.clone(), no_store.clone());
         let mut stop_accepting = stopped.clone();
         tokio::spawn(async move {
             loop {
@@ -42,10 +45,10 @@ impl Switchable {
                         Err(_) => continue,
                     },
                 };
-                let (f, s, mut stopped) = (f.clone(), s.clone(), stopped.clone());
+                let (f, s, ns, mut stopped) = (f.clone(), s.clone(), ns.clone(), stopped.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: http::Request<_>| {
-                        let (f, s) = (f.clone(), s.clone());
+                        let (f, s, ns) = (f.clone(), s.clone(), ns.clone());
                         async move {
                             let pq = req.uri().path_and_query().map(|p| p.to_string());
                             let resp = if f.load(Ordering::SeqCst) {
@@ -61,7 +64,14 @@ impl Switchable {
                                 });
                                 http::Response::builder()
                                     .header("content-type", "application/json")
-                                    .header("cache-control", "private")
+                                    .header(
+                                        "cache-control",
+                                        if ns.load(Ordering::SeqCst) {
+                                            "no-store"
+                                        } else {
+                                            "private"
+                                        },
+                                    )
                                     .body(Full::new(Bytes::from(body.to_string())))
                             };
                             Ok::<_, std::convert::Infallible>(resp.unwrap())
@@ -79,6 +89,7 @@ impl Switchable {
         Self {
             port,
             failing,
+            no_store,
             served,
             stop,
         }
@@ -313,6 +324,36 @@ async fn the_failover_upstream_takes_a_get_but_never_a_post_that_reached_the_pri
             access_line(&gw, &rid)["decision"],
             "allowed:fallback:failover"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_marked_no_store_is_never_kept() {
+    within(async {
+        let pki = Pki::default_pki();
+        let dir = tempfile::tempdir().unwrap();
+        let up = Switchable::start().await;
+        let config = base_config(&pki)
+            .upstream(UpstreamSpec::new("p", &up.url()))
+            .route(
+                RouteSpec::new("r", &["GET"], "/v1/{*rest}", "p", &[ONBOARDING])
+                    .with("fallback", table([("cache", true.into())])),
+            )
+            .section("fallback", table([("key", key_ref(dir.path()).into())]));
+        let gw = Gateway::start(&config, &[]).await;
+        let c = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        up.no_store.store(true, Ordering::SeqCst);
+        assert_eq!(c.get("/v1/private").await.unwrap().status, 200);
+        up.no_store.store(false, Ordering::SeqCst);
+        assert_eq!(c.get("/v1/kept").await.unwrap().status, 200);
+        up.failing.store(true, Ordering::SeqCst);
+        let r = c.get("/v1/private").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (503, &b"down for maintenance"[..]));
+        let r = c.get("/v1/kept").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("warning"), Some("110 - \"Response is Stale\""));
+        assert_eq!(r.json()["path"], "/v1/kept");
     })
     .await;
 }
