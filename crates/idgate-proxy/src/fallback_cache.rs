@@ -54,18 +54,21 @@ impl FallbackSettings {
     pub fn load(cfg: &FallbackConfig) -> Result<Self, FallbackKeyError> {
         let fetched = cfg.key.fetch()?;
         let bytes = key_bytes(fetched.value.expose_secret()).ok_or(FallbackKeyError::Malformed)?;
-        Ok(Self::from_key(&bytes, cfg.max_entries, cfg.max_total_bytes))
+        Self::from_key(&bytes, cfg.max_entries, cfg.max_total_bytes)
     }
 
-    fn from_key(key: &[u8; 32], max_entries: usize, max_total_bytes: u64) -> Self {
-        // 32 bytes are always an AES-256 key.
-        #[allow(clippy::expect_used)]
-        let unbound = UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte AES-256 key");
-        Self {
+    fn from_key(
+        key: &[u8; 32],
+        max_entries: usize,
+        max_total_bytes: u64,
+    ) -> Result<Self, FallbackKeyError> {
+        let unbound =
+            UnboundKey::new(&AES_256_GCM, key).map_err(|_| FallbackKeyError::Malformed)?;
+        Ok(Self {
             key: LessSafeKey::new(unbound),
             max_entries,
             max_total_bytes,
-        }
+        })
     }
 }
 
@@ -329,7 +332,7 @@ mod tests {
     use super::*;
 
     fn settings(key: u8, max_entries: usize, max_total_bytes: u64) -> FallbackSettings {
-        FallbackSettings::from_key(&[key; 32], max_entries, max_total_bytes)
+        FallbackSettings::from_key(&[key; 32], max_entries, max_total_bytes).unwrap()
     }
 
     fn answer(body: &'static str) -> Answer {
