@@ -126,6 +126,11 @@ pub enum Refusal {
     /// The audit queue has no place for the request's record (the route's `on_audit_full`
     /// decided): the request is not served unrecorded.
     AuditUnavailable,
+    /// The route's `faults` aborted the request before it went upstream (a rehearsal,
+    /// with `[testing] fault_injection`), with the status they name.
+    FaultInjected {
+        status: StatusCode,
+    },
 }
 
 /// One place a body fails its schema: a JSON pointer into the body and what the schema
@@ -193,6 +198,10 @@ pub enum ProblemKind {
     ResponseBlocked,
     MaskingUnavailable,
     AuditUnavailable,
+    /// An abort injected by the route's `faults`, with their status.
+    FaultInjected {
+        status: StatusCode,
+    },
 }
 
 impl ProblemKind {
@@ -342,6 +351,7 @@ impl ProblemKind {
                 "audit-unavailable",
                 "Audit trail unavailable",
             ),
+            Self::FaultInjected { status } => (status, "fault-injected", "Fault injected"),
         }
     }
 
@@ -469,6 +479,7 @@ impl Refusal {
             Self::ResponseBlocked { .. } => ProblemKind::ResponseBlocked,
             Self::MaskingUnavailable { .. } => ProblemKind::MaskingUnavailable,
             Self::AuditUnavailable => ProblemKind::AuditUnavailable,
+            Self::FaultInjected { status } => ProblemKind::FaultInjected { status: *status },
         }
     }
 
@@ -574,6 +585,9 @@ impl Refusal {
             }
             Self::AuditUnavailable => {
                 "The gateway cannot record this request in its audit trail right now, so it does not serve it. Retry shortly."
+            }
+            Self::FaultInjected { .. } => {
+                "This failure was injected on purpose by the gateway for a resilience test; the upstream service was not called."
             }
         })
     }

@@ -49,6 +49,8 @@ pub struct Route {
     /// What the route does when the audit queue is full, and whether its path parameters are
     /// personal (the audit trail then records the template).
     pub audit: idgate_config::RouteAudit,
+    /// Its fallback, failover and faults; `None` when it has none.
+    pub resilience: Option<Box<idgate_config::RouteResilience>>,
 }
 
 /// The parameter names of a path template (`{id}`, `{*rest}`; `{{` and `}}` are literal).
@@ -333,6 +335,7 @@ impl RouteTable {
                 params: template_params(&rc.path),
                 template: rc.path.as_str().into(),
                 audit: rc.audit,
+                resilience: (!rc.resilience.is_empty()).then(|| Box::new(rc.resilience.clone())),
             });
         }
         exact.finish()?;
@@ -356,6 +359,7 @@ impl RouteTable {
                 params: Box::default(),
                 template: "".into(),
                 audit: idgate_config::RouteAudit::default(),
+                resilience: None,
             }),
         })
     }
@@ -441,6 +445,7 @@ mod tests {
                 on_state_error: None,
                 masking: None,
                 audit: Default::default(),
+                resilience: Default::default(),
             })
             .collect();
         RouteTable::new(&configs, false)

@@ -91,6 +91,8 @@ pub struct Services {
     /// The audit trail, when `[audit]` is enabled: each request's and each refused
     /// connection's record goes there too.
     pub audit: Option<Arc<idgate_audit::AuditTrail>>,
+    /// The last good answers of caching routes, kept across reloads (`fallback_cache.rs`).
+    pub fallback: crate::fallback_cache::FallbackStore,
 }
 
 impl Default for Services {
@@ -120,6 +122,7 @@ impl Services {
             limit_metrics,
             state_errors: StateErrors::default(),
             audit: None,
+            fallback: Default::default(),
         }
     }
 

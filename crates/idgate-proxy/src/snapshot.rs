@@ -74,6 +74,8 @@ pub enum BuildProblem {
     Masking(MaskingKeyError),
     #[error("{0}")]
     Audit(crate::audit::AuditSetupError),
+    #[error(transparent)]
+    Fallback(crate::fallback_cache::FallbackKeyError),
 }
 
 impl BuildError {
@@ -114,6 +116,10 @@ pub struct Snapshot {
     pub masking: MaskingProfiles,
     /// What requests do when the audit queue is full, unless their route says otherwise.
     pub audit: crate::audit::AuditPolicy,
+    /// `[fallback]`: the key that seals cached answers, and the cache's bounds.
+    pub fallback: Option<crate::fallback_cache::FallbackSettings>,
+    /// `[testing] fault_injection`: routes may inject faults.
+    pub fault_injection: bool,
 }
 
 /// The listener's limits that the pipeline enforces on each request.
@@ -136,6 +142,7 @@ impl Snapshot {
         }
         self.auth.start_background(self.api_key_reload);
         self.masking.start_background();
+        metrics.fault_injection.set(i64::from(self.fault_injection));
     }
 
     /// Builds the routes and upstream clients and resolves the upstream credentials.
@@ -195,6 +202,18 @@ impl Snapshot {
             );
             MaskingProfiles::default()
         });
+        let fallback = match &config.fallback {
+            None => None,
+            Some(f) => crate::fallback_cache::FallbackSettings::load(f)
+                .map_err(|e| {
+                    errors.push(BuildError::new(
+                        config,
+                        "fallback.key",
+                        BuildProblem::Fallback(e),
+                    ))
+                })
+                .ok(),
+        };
         let mut strip_headers = vec![
             HeaderName::from_static("x-api-key"),
             header::AUTHORIZATION,
@@ -241,6 +260,8 @@ impl Snapshot {
                 },
                 masking,
                 audit: crate::audit::AuditPolicy::of(config.audit.as_ref()),
+                fallback,
+                fault_injection: config.testing.fault_injection,
             }),
             _ => Err(errors),
         }
