@@ -24,6 +24,9 @@ pub enum Decision<'a> {
     Denied(&'a str),
     /// Allowed, but not carried out (an upstream or credential failure); the slug says why.
     Failed(&'a str),
+    /// Allowed, and answered otherwise than by the route's upstream (`fallback:cache`,
+    /// `fallback:failover`).
+    AllowedBy(&'a str),
 }
 
 impl Decision<'_> {
@@ -33,6 +36,7 @@ impl Decision<'_> {
             Self::Allowed => ("allowed", None),
             Self::Denied(s) => ("denied:", Some(s)),
             Self::Failed(s) => ("failed:", Some(s)),
+            Self::AllowedBy(s) => ("allowed:", Some(s)),
         };
         out.extend_from_slice(word.as_bytes());
         if let Some(slug) = slug {
@@ -164,7 +168,8 @@ impl ApiActivity<'_> {
         json::num(out, 600_300 + activity);
         out.push(b',');
         time(out, self.time);
-        let success = self.decision == Decision::Allowed && self.status < 400;
+        let success = matches!(self.decision, Decision::Allowed | Decision::AllowedBy(_))
+            && self.status < 400;
         out.extend_from_slice(b",\"severity_id\":1,\"status_id\":");
         out.extend_from_slice(if success {
             b"1,\"status\":\"Success\""
@@ -445,6 +450,17 @@ pub(crate) mod tests {
         assert_eq!(v["activity_id"], 4);
         assert!(v["http_request"]["url"]["path"].as_str().unwrap().len() <= MAX_PATH);
         assert_eq!(v["unmapped"]["path_truncated"], true);
+    }
+
+    #[test]
+    fn an_answer_from_a_fallback_is_a_success_with_its_reason() {
+        let mut a = activity("rid-3", "/v3/workflows/");
+        a.decision = Decision::AllowedBy("fallback:cache");
+        let mut out = Vec::new();
+        a.write_members(&mut out);
+        let v = parse(&out);
+        assert_eq!(v["status_id"], 1);
+        assert_eq!(v["status_detail"], "allowed:fallback:cache");
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod network;
 mod ownership;
 mod proxies;
 mod raw;
+mod resilience;
 mod routes;
 mod routing;
 mod schema;
@@ -65,6 +66,7 @@ pub use ownership::{
     DEFAULT_RETENTION, ListOwnership, ListRule, OwnershipConfig, RouteOwnership, ShareGroup,
 };
 pub use proxies::{TrustedProxies, TrustedProxyError};
+pub use resilience::{FallbackCache, FallbackConfig, Faults, RouteResilience, TestingConfig};
 pub use routes::{RouteConfig, RouteNetwork, body_needs_opt_in};
 pub use routing::fold_template;
 pub use schema::{RouteSchema, SchemaError, compile_schema};
@@ -117,6 +119,10 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
+    /// `[fallback]`: the key and bounds of the cache of last good answers.
+    pub fallback: Option<FallbackConfig>,
+    /// `[testing]`: rehearsal switches (fault injection).
+    pub testing: TestingConfig,
 }
 
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -141,6 +147,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "siem",
     "webhooks",
     "audit",
+    "fallback",
+    "testing",
 ];
 
 fn default_workers() -> usize {
@@ -358,6 +366,16 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             "[siem] exports the audit trail's records: it needs an enabled [audit] section",
         );
     }
+    let fallback_present = table.contains_key("fallback");
+    let fallback = table
+        .remove("fallback")
+        .and_then(|v| cx.section::<resilience::RawFallbackSection>("fallback", v))
+        .and_then(|f| resilience::section(&mut cx, f));
+    let testing = table
+        .remove("testing")
+        .and_then(|v| cx.section::<resilience::RawTesting>("testing", v))
+        .map(resilience::testing)
+        .unwrap_or_default();
     let layers = routes::Layers {
         api_keys: api_keys.is_some(),
         jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),
@@ -369,6 +387,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             broken: broken_profiles,
         },
         audit: audit.is_some() || (audit_present && !cx.errors.is_empty()),
+        fallback: fallback_present,
+        fault_injection: testing.fault_injection,
     };
     let raw_webhooks = array::<webhooks::RawWebhook>(&mut cx, &mut table, "webhooks");
     let routes = routes::parse(
@@ -384,6 +404,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .map(|u| u.name.as_str())
         .collect();
     warnings.extend(routing::shadow_warnings(&routes, &upstream_names));
+    warnings.extend(resilience::fault_warning(testing, &routes));
     if token_endpoint.is_some() {
         for r in &routes {
             if matches!(
@@ -450,6 +471,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 webhooks,
                 audit,
                 warnings,
+                fallback,
+                testing,
             })
         }
         _ => Err(ConfigErrors(cx.errors)),

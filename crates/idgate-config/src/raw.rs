@@ -207,6 +207,14 @@ pub(crate) struct Route {
     pub(crate) on_audit_full: Option<String>,
     #[serde(default)]
     pub(crate) personal_path_params: Option<bool>,
+    /// A table: read by `resilience::route`, which names its keys.
+    #[serde(default)]
+    pub(crate) fallback: Option<toml::Value>,
+    #[serde(default)]
+    pub(crate) failover: Option<String>,
+    /// A table: read by `resilience::route`, which names its keys.
+    #[serde(default)]
+    pub(crate) faults: Option<toml::Value>,
 }
 
 /// Kept so that an unknown top-level table gets the same message as any other unknown key.

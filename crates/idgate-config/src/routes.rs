@@ -52,6 +52,9 @@ pub struct RouteConfig {
     /// The route's audit options: its policy when the audit queue is full, and whether its
     /// path parameters are personal data.
     pub audit: crate::RouteAudit,
+    /// What the route does when its upstream fails (a cached answer, a secondary
+    /// upstream), and the faults it injects in rehearsals.
+    pub resilience: crate::RouteResilience,
 }
 
 /// A route's `allow_cidrs`, `deny_cidrs` and `deny_user_agents`.
@@ -83,6 +86,10 @@ pub(crate) struct Layers {
     pub(crate) masking: masking::ProfileNames,
     /// Whether there is an `[audit]` section (routes' `on_audit_full` needs one).
     pub(crate) audit: bool,
+    /// Whether there is a `[fallback]` section (routes' cached fallback needs its key).
+    pub(crate) fallback: bool,
+    /// `[testing] fault_injection = true` (routes' `faults` need it).
+    pub(crate) fault_injection: bool,
 }
 
 pub(crate) fn parse(
@@ -337,6 +344,18 @@ pub(crate) fn parse(
             &r.path,
             layers.audit,
         );
+        let resilience = crate::resilience::route(
+            cx,
+            &key,
+            (r.fallback, r.failover, r.faults),
+            (&methods, upstream),
+            &crate::resilience::Known {
+                upstreams: &upstream_index,
+                broken_upstreams,
+                fallback: layers.fallback,
+                fault_injection: layers.fault_injection,
+            },
+        );
         if let Some(upstream) = upstream
             && let Some(max_body_bytes) = max_body_bytes
             && cx.errors.len() == before
@@ -359,6 +378,7 @@ pub(crate) fn parse(
                 on_state_error,
                 masking,
                 audit,
+                resilience,
             });
         }
     }

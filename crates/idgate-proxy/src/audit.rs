@@ -70,6 +70,7 @@ pub(crate) fn request(
         Decision::Allowed => idgate_audit::Decision::Allowed,
         Decision::Denied(slug) => idgate_audit::Decision::Denied(slug),
         Decision::Failed(slug) => idgate_audit::Decision::Failed(slug),
+        Decision::AllowedBy(reason) => idgate_audit::Decision::AllowedBy(reason),
     };
     trail.api(
         &ApiActivity {

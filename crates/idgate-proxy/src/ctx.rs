@@ -86,6 +86,11 @@ pub struct RequestCtx<'r> {
     pub bytes_in: Option<u64>,
     /// The response body's length, when known before it is sent.
     pub bytes_out: Option<u64>,
+    /// The forward stage failed before any of the request reached the upstream (no
+    /// connection, no place under its cap, no credential): a failover may send it elsewhere.
+    pub nothing_sent: bool,
+    /// The route's failover upstream, once the request went there (`resilience.rs`).
+    pub failover: Option<&'r crate::upstream::Upstream>,
     /// The request's record was made; a request dropped before (its caller went away) still
     /// gets its audit record.
     recorded: bool,
@@ -130,6 +135,8 @@ impl<'r> RequestCtx<'r> {
             uri: None,
             bytes_in,
             bytes_out: None,
+            nothing_sent: false,
+            failover: None,
             recorded: false,
         }
     }
@@ -223,8 +230,12 @@ impl<'r> RequestCtx<'r> {
         self.route.map_or(&self.services.route_none, |r| &r.name)
     }
 
-    /// The upstream the route sends to, if it sends to one.
+    /// The upstream the route sends to, if it sends to one (its failover upstream, once the
+    /// request went there).
     pub fn upstream(&self) -> Option<&'r crate::upstream::Upstream> {
+        if let Some(secondary) = self.failover {
+            return Some(secondary);
+        }
         match self.route?.target {
             crate::routes::Target::Upstream(i) => self.snapshot.upstreams.get(i),
             crate::routes::Target::TokenEndpoint | crate::routes::Target::Webhook(_) => None,
@@ -313,12 +324,7 @@ impl<'r> RequestCtx<'r> {
                 api_key: caller.is_some_and(|c| c.api_key.is_some()),
                 jwt: caller.is_some_and(|c| c.token.is_some()),
             },
-            upstream: match self.route.map(|r| r.target) {
-                Some(crate::routes::Target::Upstream(i)) => {
-                    self.snapshot.upstreams.get(i).map(|u| &*u.name)
-                }
-                _ => None,
-            },
+            upstream: self.upstream().map(|u| &*u.name),
             upstream_latency: self.upstream_latency,
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,

@@ -183,6 +183,7 @@ pub(crate) async fn forward<'r>(
                 Err(e) => {
                     services.metrics.credential_failed(&cred.label);
                     ctx.give_back(body);
+                    ctx.nothing_sent = true;
                     return Err(Refusal::CredentialUnavailable {
                         reason: e.to_string(),
                     });
@@ -214,6 +215,7 @@ async fn send(
             Ok(Err(h1::SendError { error, unsent })) => {
                 if let Some(body) = unsent {
                     ctx.give_back(body);
+                    ctx.nothing_sent = true;
                 }
                 Err(match error {
                     h1::Error::CallerBody(e) => caller_body(&*e),
@@ -250,6 +252,7 @@ async fn send(
             Ok(slot) => slot,
             Err(s) => {
                 ctx.give_back(body);
+                ctx.nothing_sent = true;
                 return Err(saturated(ctx.services, upstream, s));
             }
         };
@@ -265,9 +268,13 @@ async fn send(
             // The caller's body went over a limit while it streamed.
             Err(e) if h1::CallerBodyError::find(&e).is_some() => Err(caller_body(&e)),
             // A connect failure, including a connect timeout, means the upstream is unreachable.
-            Err(e) => Err(Refusal::UpstreamUnreachable {
-                reason: format!("upstream {}: {}", upstream.name, error_chain(&e)),
-            }),
+            Err(e) => {
+                // hyper's client sends nothing before it is connected.
+                ctx.nothing_sent |= e.is_connect();
+                Err(Refusal::UpstreamUnreachable {
+                    reason: format!("upstream {}: {}", upstream.name, error_chain(&e)),
+                })
+            }
             Ok(resp) => Ok(resp.map(|b| Either::Left(Held::new(b, slot)))),
         }
     };

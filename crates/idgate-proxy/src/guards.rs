@@ -184,6 +184,7 @@ mod tests {
             on_state_error: None,
             masking: None,
             audit: Default::default(),
+            resilience: Default::default(),
         }
     }
 

@@ -110,6 +110,8 @@ pub struct Metrics {
     upstream_latency: Family<UpstreamOnly, Latency>,
     tls_handshake_failures: Family<ReasonLabel, Counter>,
     certificates: Arc<Certificates>,
+    /// 1 while the running configuration has `[testing] fault_injection = true`.
+    pub fault_injection: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -206,8 +208,15 @@ impl Metrics {
             "Times the system random source failed to seed request ids (they fall back to the clock)",
             crate::request_id::random_failures(),
         );
+        let fault_injection = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "fault_injection_enabled",
+            "1 while the running configuration lets routes inject faults ([testing] fault_injection = true); never in production",
+            fault_injection.clone(),
+        );
         Self {
             registry,
+            fault_injection,
             upstream_saturated,
             send_timeouts,
             auth_failures,
@@ -229,6 +238,7 @@ impl Metrics {
             Decision::Allowed => ("allowed", None),
             Decision::Denied(slug) => ("denied", Some(slug)),
             Decision::Failed(slug) => ("failed", Some(slug)),
+            Decision::AllowedBy(reason) => ("allowed", Some(reason)),
         };
         let route = RouteLabel(route.clone());
         self.request_latency

@@ -34,6 +34,8 @@
 //!                 x-request-id and x-forwarded-for (appended to only for a trusted proxy),
 //!                 call the upstream with its timeouts
 //!                                                             (502 / 504)
+//!                 (resilience.rs) a route's faults first; when the upstream fails, its
+//!                 failover upstream, else the caller's cached last good answer, stale
 //!   8. guards     the route's guards on the upstream's response (record or forget an
 //!                 object's owner, keep a list to the caller's objects; last, mask the
 //!                 answer with the caller's profile); strip hop-by-hop headers
@@ -64,10 +66,10 @@ use crate::body::ProxyBody;
 use crate::checks;
 use crate::conn::ConnInfo;
 use crate::ctx::{Authorized, RequestCtx};
-use crate::forward::{forward, strip_response};
 use crate::lockout;
 use crate::path::{self, BadEncoding};
 use crate::problem::Refusal;
+use crate::resilience;
 use crate::routes::{Route, RouteMiss, Target};
 use crate::service::{Services, X_REQUEST_ID};
 use crate::snapshot::Snapshot;
@@ -128,8 +130,8 @@ async fn stages(
     authorize(ctx, route, &req)?;
     guard_request(ctx, route, upstream, &mut req).await?;
     audit_room(ctx, route).await?;
-    let resp = forward(ctx, upstream, req).await?;
-    guard_response(ctx, route, strip_response(resp)).await
+    let resp = resilience::forward(ctx, route, upstream, req).await?;
+    guard_response(ctx, route, resp).await
 }
 
 /// Stage 2: a built-in target's paths are its own, whatever the configured routes.

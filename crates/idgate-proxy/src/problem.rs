@@ -126,6 +126,11 @@ pub enum Refusal {
     /// The audit queue has no place for the request's record (the route's `on_audit_full`
     /// decided): the request is not served unrecorded.
     AuditUnavailable,
+    /// The route's `faults` aborted the request before it went upstream (a rehearsal,
+    /// with `[testing] fault_injection`), with the status they name.
+    FaultInjected {
+        status: StatusCode,
+    },
     /// A provider webhook refused: its signature does not verify, its signed time is out
     /// of the tolerance, or it was received before. Never kept, never delivered.
     WebhookRefused {
@@ -218,6 +223,10 @@ pub enum ProblemKind {
     WebhookStale,
     WebhookReplayed,
     WebhookUnavailable,
+    /// An abort injected by the route's `faults`, with their status.
+    FaultInjected {
+        status: StatusCode,
+    },
 }
 
 impl ProblemKind {
@@ -387,6 +396,7 @@ impl ProblemKind {
                 "webhook-unavailable",
                 "Webhook event not stored",
             ),
+            Self::FaultInjected { status } => (status, "fault-injected", "Fault injected"),
         }
     }
 
@@ -520,6 +530,7 @@ impl Refusal {
                 WebhookRefusal::Replayed => ProblemKind::WebhookReplayed,
             },
             Self::WebhookUnavailable { .. } => ProblemKind::WebhookUnavailable,
+            Self::FaultInjected { status } => ProblemKind::FaultInjected { status: *status },
         }
     }
 
@@ -639,6 +650,9 @@ impl Refusal {
                 ..
             } => "This event was received before.",
             Self::WebhookUnavailable { .. } => "The event could not be stored. Send it again.",
+            Self::FaultInjected { .. } => {
+                "This failure was injected on purpose by the gateway for a resilience test; the upstream service was not called."
+            }
         })
     }
 

@@ -52,6 +52,8 @@ pub struct Route {
     /// What the route does when the audit queue is full, and whether its path parameters are
     /// personal (the audit trail then records the template).
     pub audit: idgate_config::RouteAudit,
+    /// Its fallback, failover and faults; `None` when it has none.
+    pub resilience: Option<Box<idgate_config::RouteResilience>>,
 }
 
 /// A webhook's route, `webhook:NAME`: no caller authentication (the provider's signature is
@@ -78,6 +80,7 @@ fn webhook_route(i: usize, w: &WebhookConfig) -> Route {
         params: Box::default(),
         template: w.path.as_str().into(),
         audit: idgate_config::RouteAudit::default(),
+        resilience: None,
     }
 }
 
@@ -386,6 +389,7 @@ impl RouteTable {
                 params: template_params(&rc.path),
                 template: rc.path.as_str().into(),
                 audit: rc.audit,
+                resilience: (!rc.resilience.is_empty()).then(|| Box::new(rc.resilience.clone())),
             });
         }
         exact.finish()?;
@@ -430,6 +434,7 @@ impl RouteTable {
                 params: Box::default(),
                 template: "".into(),
                 audit: idgate_config::RouteAudit::default(),
+                resilience: None,
             }),
             webhooks: webhook_routes,
         })
@@ -521,6 +526,7 @@ mod tests {
                 on_state_error: None,
                 masking: None,
                 audit: Default::default(),
+                resilience: Default::default(),
             })
             .collect();
         RouteTable::new(&configs, false, &[])

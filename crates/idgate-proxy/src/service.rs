@@ -95,6 +95,8 @@ pub struct Services {
     /// The audit trail, when `[audit]` is enabled: each request's and each refused
     /// connection's record goes there too.
     pub audit: Option<Arc<idgate_audit::AuditTrail>>,
+    /// The last good answers of caching routes, kept across reloads (`fallback_cache.rs`).
+    pub fallback: crate::fallback_cache::FallbackStore,
 }
 
 impl Default for Services {
@@ -127,6 +129,7 @@ impl Services {
             webhook_metrics,
             deliverer: std::sync::OnceLock::new(),
             audit: None,
+            fallback: Default::default(),
         }
     }
 

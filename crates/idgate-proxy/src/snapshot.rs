@@ -76,6 +76,8 @@ pub enum BuildProblem {
     Webhook(idgate_webhooks::SetupError),
     #[error("{0}")]
     Audit(crate::audit::AuditSetupError),
+    #[error(transparent)]
+    Fallback(crate::fallback_cache::FallbackKeyError),
 }
 
 impl BuildError {
@@ -118,6 +120,10 @@ pub struct Snapshot {
     pub webhooks: idgate_webhooks::Webhooks,
     /// What requests do when the audit queue is full, unless their route says otherwise.
     pub audit: crate::audit::AuditPolicy,
+    /// `[fallback]`: the key that seals cached answers, and the cache's bounds.
+    pub fallback: Option<crate::fallback_cache::FallbackSettings>,
+    /// `[testing] fault_injection`: routes may inject faults.
+    pub fault_injection: bool,
 }
 
 /// The listener's limits that the pipeline enforces on each request.
@@ -140,6 +146,7 @@ impl Snapshot {
         }
         self.auth.start_background(self.api_key_reload);
         self.masking.start_background();
+        metrics.fault_injection.set(i64::from(self.fault_injection));
     }
 
     /// Builds the routes and upstream clients and resolves the upstream credentials.
@@ -211,6 +218,18 @@ impl Snapshot {
                 )
             })
             .unwrap_or_default();
+        let fallback = match &config.fallback {
+            None => None,
+            Some(f) => crate::fallback_cache::FallbackSettings::load(f)
+                .map_err(|e| {
+                    errors.push(BuildError::new(
+                        config,
+                        "fallback.key",
+                        BuildProblem::Fallback(e),
+                    ))
+                })
+                .ok(),
+        };
         let mut strip_headers = vec![
             HeaderName::from_static("x-api-key"),
             header::AUTHORIZATION,
@@ -258,6 +277,8 @@ impl Snapshot {
                 masking,
                 webhooks,
                 audit: crate::audit::AuditPolicy::of(config.audit.as_ref()),
+                fallback,
+                fault_injection: config.testing.fault_injection,
             }),
             _ => Err(errors),
         }

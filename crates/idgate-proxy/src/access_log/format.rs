@@ -92,6 +92,7 @@ fn decision(out: &mut Vec<u8>, d: Decision) {
         Decision::Allowed => (&b"allowed"[..], None),
         Decision::Denied(slug) => (&b"denied:"[..], Some(slug)),
         Decision::Failed(slug) => (&b"failed:"[..], Some(slug)),
+        Decision::AllowedBy(reason) => (&b"allowed:"[..], Some(reason)),
     };
     out.extend_from_slice(word);
     if let Some(slug) = slug {

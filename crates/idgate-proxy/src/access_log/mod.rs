@@ -47,6 +47,9 @@ pub enum Decision {
     Denied(&'static str),
     /// Allowed, but the gateway could not carry it out (upstream or credential failure).
     Failed(&'static str),
+    /// Allowed, and answered otherwise than by the route's upstream: the reason says how
+    /// (`fallback:cache`, `fallback:failover`).
+    AllowedBy(&'static str),
 }
 
 /// What the access line says about one request. Borrowed from the request's context: making

@@ -11,6 +11,8 @@ mod cli;
 mod clients;
 mod demo;
 mod examples;
+mod fallback;
+mod faults;
 mod hostile_upstream;
 mod hsm;
 mod hsm_outage;
