@@ -128,6 +128,10 @@ pub(crate) struct Upstream {
     pub(crate) case_insensitive_paths: Option<bool>,
     #[serde(default)]
     pub(crate) credential: Option<Credential>,
+    #[serde(default)]
+    pub(crate) breaker: Option<crate::resilience::RawBreaker>,
+    #[serde(default)]
+    pub(crate) retry: Option<crate::resilience::RawRetry>,
 }
 
 #[derive(Debug, Deserialize)]

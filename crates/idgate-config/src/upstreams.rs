@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::uri::{Scheme, Uri};
 
 use crate::context::Ctx;
+use crate::resilience::{BreakerConfig, RetryConfig, parse_breaker, parse_retry};
 use crate::{CredentialConfig, credential, raw};
 
 #[derive(Debug, Clone)]
@@ -42,6 +43,10 @@ pub struct UpstreamConfig {
     /// the literal segments of its routes are matched without case too.
     pub case_insensitive_paths: bool,
     pub credential: Option<CredentialConfig>,
+    /// `[upstreams.breaker]`: none, no breaker.
+    pub breaker: Option<BreakerConfig>,
+    /// `[upstreams.retry]`: none, no retries.
+    pub retry: Option<RetryConfig>,
 }
 
 /// The HTTP/1.1 client of an upstream.
@@ -180,6 +185,8 @@ pub(crate) fn parse(
             d
         }
     };
+    let breaker = u.breaker.map(|b| parse_breaker(cx, &key, b));
+    let retry = u.retry.map(|r| parse_retry(cx, &key, r));
     let out = UpstreamConfig {
         connect_timeout: cx.duration(
             &format!("{key}.connect_timeout"),
@@ -206,6 +213,8 @@ pub(crate) fn parse(
         client: client.unwrap_or_default(),
         case_insensitive_paths: u.case_insensitive_paths.unwrap_or(false),
         credential,
+        breaker,
+        retry,
     };
     (cx.errors.len() == before).then_some(out)
 }

@@ -20,6 +20,8 @@ use crate::problem::Refusal;
 use crate::service::{Services, X_REQUEST_ID};
 use crate::upstream::Upstream;
 
+mod resilient;
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Headers that tell an upstream who sent a request and how it arrived. Only a trusted proxy
@@ -193,14 +195,15 @@ pub(crate) async fn forward<'r>(
     };
 
     let sent_at = Instant::now();
-    let resp = send(ctx, upstream, parts, path_and_query, body).await?;
+    let resp = resilient::send(ctx, upstream, parts, path_and_query, body).await?;
     ctx.upstream_latency = Some(sent_at.elapsed());
     ctx.upstream_status = Some(resp.status());
     Ok(resp)
 }
 
-/// Sends the request to the upstream with its client, within its request timeout.
-async fn send(
+/// Sends the request to the upstream with its client, within its request timeout: one
+/// attempt (`resilient::send` decides whether to make it and whether to make another).
+pub(crate) async fn send(
     ctx: &mut RequestCtx<'_>,
     upstream: &Upstream,
     mut parts: http::request::Parts,
@@ -222,6 +225,10 @@ async fn send(
                     },
                     h1::Error::Saturated(s) => saturated(ctx.services, upstream, s),
                     e => Refusal::UpstreamUnreachable {
+                        connect: matches!(
+                            e,
+                            h1::Error::Connect(_) | h1::Error::ConnectTimeout | h1::Error::Tls(_)
+                        ),
                         reason: format!("upstream {}: {e}", upstream.name),
                     },
                 })
@@ -266,6 +273,7 @@ async fn send(
             Err(e) if h1::CallerBodyError::find(&e).is_some() => Err(caller_body(&e)),
             // A connect failure, including a connect timeout, means the upstream is unreachable.
             Err(e) => Err(Refusal::UpstreamUnreachable {
+                connect: e.is_connect(),
                 reason: format!("upstream {}: {}", upstream.name, error_chain(&e)),
             }),
             Ok(resp) => Ok(resp.map(|b| Either::Left(Held::new(b, slot)))),

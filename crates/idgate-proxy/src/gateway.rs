@@ -223,6 +223,7 @@ impl Gateway {
                 metrics: services.metrics.clone(),
                 running: cfg.clone(),
                 state: self.state.clone(),
+                resilience: services.resilience.clone(),
             }
             .on_sighup(hup, stop_rx.clone()),
         );
@@ -292,6 +293,8 @@ struct Reloader {
     running: Config,
     /// The process's state backend, which every snapshot uses.
     state: StateStore,
+    /// Breakers and retry budgets: kept across reloads, dropped with their upstream.
+    resilience: Arc<crate::resilience::Resilience>,
 }
 
 /// Removes the dead keys of the in-process rate limiter every few seconds, so that its
@@ -481,6 +484,7 @@ impl Reloader {
             metrics,
             running,
             state,
+            resilience,
         } = self;
         let running = Arc::new(running);
         loop {
@@ -499,6 +503,7 @@ impl Reloader {
             match built {
                 Ok(Ok((new, restart))) => {
                     new.start_background(&metrics);
+                    resilience.retain(new.upstreams.iter().map(|u| &*u.name));
                     snapshot.store(Arc::new(new));
                     tracing::info!(
                         "configuration reloaded: routes, upstreams, credentials and authentication replaced"

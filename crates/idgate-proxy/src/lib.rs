@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod problem;
 pub mod proxy_protocol;
 pub mod request_id;
+pub mod resilience;
 pub mod routes;
 mod send_timeout;
 pub mod service;

@@ -50,6 +50,8 @@ pub enum Refusal {
     },
     UpstreamUnreachable {
         reason: String,
+        /// The connection could not be made: the upstream never saw the request.
+        connect: bool,
     },
     UpstreamTimeout,
     /// Every connection the upstream may have is busy, and the request could not wait for
@@ -126,6 +128,11 @@ pub enum Refusal {
     /// The audit queue has no place for the request's record (the route's `on_audit_full`
     /// decided): the request is not served unrecorded.
     AuditUnavailable,
+    /// The upstream's circuit breaker is open: the request is refused without touching it.
+    CircuitOpen {
+        upstream: std::sync::Arc<str>,
+        retry_after: std::time::Duration,
+    },
 }
 
 /// One place a body fails its schema: a JSON pointer into the body and what the schema
@@ -193,6 +200,7 @@ pub enum ProblemKind {
     ResponseBlocked,
     MaskingUnavailable,
     AuditUnavailable,
+    CircuitOpen,
 }
 
 impl ProblemKind {
@@ -342,6 +350,11 @@ impl ProblemKind {
                 "audit-unavailable",
                 "Audit trail unavailable",
             ),
+            Self::CircuitOpen => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "circuit-open",
+                "Upstream circuit open",
+            ),
         }
     }
 
@@ -469,6 +482,7 @@ impl Refusal {
             Self::ResponseBlocked { .. } => ProblemKind::ResponseBlocked,
             Self::MaskingUnavailable { .. } => ProblemKind::MaskingUnavailable,
             Self::AuditUnavailable => ProblemKind::AuditUnavailable,
+            Self::CircuitOpen { .. } => ProblemKind::CircuitOpen,
         }
     }
 
@@ -575,13 +589,16 @@ impl Refusal {
             Self::AuditUnavailable => {
                 "The gateway cannot record this request in its audit trail right now, so it does not serve it. Retry shortly."
             }
+            Self::CircuitOpen { .. } => {
+                "The upstream service is failing, so the gateway does not send it requests for now; retry after the time in Retry-After."
+            }
         })
     }
 
     /// What the log is told, beyond the caller's detail. Never holds a secret value.
     pub fn log_reason(&self) -> Option<&str> {
         match self {
-            Self::UpstreamUnreachable { reason }
+            Self::UpstreamUnreachable { reason, .. }
             | Self::CredentialUnavailable { reason }
             | Self::BadBody { reason }
             | Self::UpstreamBusy { reason }
@@ -626,7 +643,10 @@ impl Refusal {
             // Connections free up as fast as the upstream answers: a second is plenty.
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if let Self::RateLimited { retry_after, .. } | Self::LockedOut { retry_after } = &self {
+        if let Self::RateLimited { retry_after, .. }
+        | Self::LockedOut { retry_after }
+        | Self::CircuitOpen { retry_after, .. } = &self
+        {
             h.insert(RETRY_AFTER, retry_after_value(*retry_after));
         }
         if let Self::StateUnavailable { .. } = &self {

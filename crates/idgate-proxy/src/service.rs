@@ -91,6 +91,8 @@ pub struct Services {
     /// The audit trail, when `[audit]` is enabled: each request's and each refused
     /// connection's record goes there too.
     pub audit: Option<Arc<idgate_audit::AuditTrail>>,
+    /// Every upstream's circuit breaker and retry budget: they outlive reloads.
+    pub resilience: Arc<crate::resilience::Resilience>,
 }
 
 impl Default for Services {
@@ -108,6 +110,7 @@ impl Services {
                 .map_or_else(Default::default, |log| log.dropped().clone()),
         );
         let limit_metrics = LimitMetrics::register(metrics.registry_mut());
+        let resilience = Arc::new(crate::resilience::Resilience::new(metrics.registry_mut()));
         Self {
             ids: RequestIds::default(),
             metrics: Arc::new(metrics),
@@ -120,6 +123,7 @@ impl Services {
             limit_metrics,
             state_errors: StateErrors::default(),
             audit: None,
+            resilience,
         }
     }
 

@@ -76,6 +76,10 @@ pub struct Upstream {
     pub h1: Option<h1::Pool>,
     /// `max_connections` and its wait queue, for either client.
     pub limit: Arc<ConnLimit>,
+    /// `[upstreams.breaker]`: the thresholds; the state lives in [`crate::resilience`].
+    pub breaker: Option<idgate_config::BreakerConfig>,
+    /// `[upstreams.retry]`.
+    pub retry: Option<idgate_config::RetryConfig>,
 }
 
 impl Upstream {
@@ -184,6 +188,8 @@ impl Upstream {
             client,
             h1,
             limit,
+            breaker: cfg.breaker.clone(),
+            retry: cfg.retry.clone(),
         })
     }
 }

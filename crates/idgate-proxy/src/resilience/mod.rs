@@ -1,0 +1,285 @@
+//! Upstream resilience: each upstream's circuit breaker and retry budget, in a registry
+//! that lives as long as the process (in [`crate::service::Services`]), so that a reload —
+//! which rebuilds every [`crate::upstream::Upstream`] — keeps them. State is keyed by the
+//! upstream's name; its thresholds come from the snapshot at each use, so a reload that
+//! changes them applies them to the state as it is, and one that removes the upstream drops
+//! its state ([`Resilience::retain`]).
+//!
+//! The breaker is per upstream: an upstream has one endpoint (its `url`), so the upstream
+//! and its endpoint fail together.
+//!
+//! Breaker changes are a `tracing` event (target `idgate::breaker`), a metric, and a
+//! [`BreakerEvent`] on a broadcast channel ([`Resilience::subscribe`]).
+
+mod breaker;
+mod budget;
+mod metrics;
+mod window;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use idgate_config::{BreakerConfig, RetryBudgetConfig};
+use prometheus_client::registry::Registry;
+use tokio::sync::broadcast;
+
+pub use breaker::{BreakerState, Outcome};
+
+use breaker::{Admission, Breaker, Change};
+use budget::RetryBudget;
+use metrics::ResilienceMetrics;
+
+use crate::upstream::Upstream;
+
+/// A change of an upstream's breaker.
+#[derive(Debug, Clone)]
+pub struct BreakerEvent {
+    pub upstream: Arc<str>,
+    pub from: BreakerState,
+    pub to: BreakerState,
+    pub at: SystemTime,
+}
+
+/// Why an upstream takes no request now, and when to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the upstream's circuit is open; retry in {retry_after:?}")]
+pub struct Unavailable {
+    pub retry_after: Duration,
+}
+
+/// Events kept for a subscriber that lags; older ones are dropped for it.
+const EVENT_BACKLOG: usize = 256;
+
+/// Every upstream's breaker and retry budget.
+#[derive(Debug)]
+pub struct Resilience {
+    upstreams: RwLock<HashMap<Arc<str>, Arc<UpstreamState>>>,
+    events: broadcast::Sender<BreakerEvent>,
+    metrics: ResilienceMetrics,
+}
+
+/// One upstream's state.
+#[derive(Debug)]
+pub(crate) struct UpstreamState {
+    name: Arc<str>,
+    breaker: Mutex<Option<Breaker>>,
+    budget: Mutex<Option<RetryBudget>>,
+}
+
+/// A request let through the breaker; recording its outcome (or dropping it, for a request
+/// that ended early) frees a half-open probe's place.
+pub(crate) struct Permit<'a> {
+    resilience: &'a Resilience,
+    state: Arc<UpstreamState>,
+    cfg: &'a BreakerConfig,
+    admission: Option<Admission>,
+}
+
+impl Permit<'_> {
+    pub(crate) fn record(mut self, outcome: Outcome) {
+        if let Some(admission) = self.admission.take() {
+            self.resilience
+                .record(&self.state, self.cfg, admission, outcome);
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if let Some(admission) = self.admission.take() {
+            self.resilience
+                .record(&self.state, self.cfg, admission, Outcome::Neutral);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The state is counters: one a panicking holder left half-updated is still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Resilience {
+    /// Registers its metrics in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        Self {
+            upstreams: RwLock::default(),
+            events: broadcast::channel(EVENT_BACKLOG).0,
+            metrics: ResilienceMetrics::register(registry),
+        }
+    }
+
+    /// Every breaker change from now on. A subscriber that falls more than a few hundred
+    /// events behind loses the oldest (`RecvError::Lagged`).
+    pub fn subscribe(&self) -> broadcast::Receiver<BreakerEvent> {
+        self.events.subscribe()
+    }
+
+    /// Whether `upstream` takes requests now, without taking a place: for a caller that
+    /// would rather serve a fallback than be refused.
+    pub fn available(&self, upstream: &Upstream) -> Result<(), Unavailable> {
+        let Some(cfg) = &upstream.breaker else {
+            return Ok(());
+        };
+        let state = self.state(&upstream.name);
+        let breaker = lock(&state.breaker);
+        match breaker
+            .as_ref()
+            .and_then(|b| b.refusal(Instant::now(), cfg))
+        {
+            Some(retry_after) => Err(Unavailable { retry_after }),
+            None => Ok(()),
+        }
+    }
+
+    /// The state of `upstream`'s breaker, if it has one that has seen a request.
+    pub fn breaker_state(&self, upstream: &str) -> Option<BreakerState> {
+        let map = self
+            .upstreams
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let state = map.get(upstream)?;
+        lock(&state.breaker).as_ref().map(Breaker::state)
+    }
+
+    /// Drops the state of every upstream not named in `names` (a reload removed them).
+    pub fn retain<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let keep: std::collections::HashSet<&str> = names.into_iter().collect();
+        let mut map = self
+            .upstreams
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.retain(|name, _| {
+            let kept = keep.contains(&**name);
+            if !kept {
+                self.metrics.forget(name);
+            }
+            kept
+        });
+    }
+
+    fn state(&self, name: &Arc<str>) -> Arc<UpstreamState> {
+        if let Some(s) = self
+            .upstreams
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+        {
+            return s.clone();
+        }
+        let mut map = self
+            .upstreams
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.entry(name.clone())
+            .or_insert_with(|| {
+                Arc::new(UpstreamState {
+                    name: name.clone(),
+                    breaker: Mutex::new(None),
+                    budget: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    /// Lets a request to `upstream` through its breaker, or refuses it with the time left.
+    pub(crate) fn admit<'a>(
+        &'a self,
+        upstream: &Upstream,
+        cfg: &'a BreakerConfig,
+    ) -> Result<Permit<'a>, Unavailable> {
+        let state = self.state(&upstream.name);
+        let now = Instant::now();
+        let (admitted, change) = {
+            let mut breaker = lock(&state.breaker);
+            breaker
+                .get_or_insert_with(|| {
+                    self.metrics.set_state(&state.name, BreakerState::Closed);
+                    Breaker::new(now, cfg)
+                })
+                .admit(now, cfg)
+        };
+        self.changed(&state.name, change);
+        match admitted {
+            Ok(admission) => Ok(Permit {
+                resilience: self,
+                state,
+                cfg,
+                admission: Some(admission),
+            }),
+            Err(retry_after) => {
+                self.metrics.refused(&state.name);
+                Err(Unavailable { retry_after })
+            }
+        }
+    }
+
+    fn record(
+        &self,
+        state: &UpstreamState,
+        cfg: &BreakerConfig,
+        admission: Admission,
+        outcome: Outcome,
+    ) {
+        let change = lock(&state.breaker)
+            .as_mut()
+            .and_then(|b| b.record(Instant::now(), cfg, admission, outcome));
+        self.changed(&state.name, change);
+    }
+
+    fn changed(&self, upstream: &Arc<str>, change: Option<Change>) {
+        let Some(Change { from, to }) = change else {
+            return;
+        };
+        self.metrics.set_state(upstream, to);
+        self.metrics.transition(upstream, to);
+        match to {
+            BreakerState::Open => tracing::warn!(
+                target: "idgate::breaker",
+                upstream = %upstream, from = from.as_str(), to = to.as_str(),
+                "circuit breaker opened: requests to the upstream are refused"
+            ),
+            _ => tracing::info!(
+                target: "idgate::breaker",
+                upstream = %upstream, from = from.as_str(), to = to.as_str(),
+                "circuit breaker changed"
+            ),
+        }
+        // No subscriber is not an error.
+        let _ = self.events.send(BreakerEvent {
+            upstream: upstream.clone(),
+            from,
+            to,
+            at: SystemTime::now(),
+        });
+    }
+
+    /// Counts a request's first attempt against `upstream`'s retry budget.
+    pub(crate) fn count_request(&self, upstream: &Upstream, cfg: &RetryBudgetConfig) {
+        let state = self.state(&upstream.name);
+        let now = Instant::now();
+        lock(&state.budget)
+            .get_or_insert_with(|| RetryBudget::new(now, cfg))
+            .request(now, cfg);
+    }
+
+    /// Takes a retry from `upstream`'s budget; counts it, or counts the budget's refusal.
+    pub(crate) fn take_retry(
+        &self,
+        upstream: &Upstream,
+        cfg: &RetryBudgetConfig,
+        reason: &'static str,
+    ) -> bool {
+        let state = self.state(&upstream.name);
+        let now = Instant::now();
+        let granted = lock(&state.budget)
+            .get_or_insert_with(|| RetryBudget::new(now, cfg))
+            .try_retry(now, cfg);
+        if granted {
+            self.metrics.retried(&state.name, reason);
+        } else {
+            self.metrics.budget_exhausted(&state.name);
+        }
+        granted
+    }
+}
