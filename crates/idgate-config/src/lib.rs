@@ -65,7 +65,7 @@ pub use ownership::{
     DEFAULT_RETENTION, ListOwnership, ListRule, OwnershipConfig, RouteOwnership, ShareGroup,
 };
 pub use proxies::{TrustedProxies, TrustedProxyError};
-pub use resilience::{BreakerConfig, RetryBudgetConfig, RetryConfig, RetryOn};
+pub use resilience::{BreakerConfig, HealthConfig, RetryBudgetConfig, RetryConfig, RetryOn};
 pub use routes::{RouteConfig, RouteNetwork, body_needs_opt_in};
 pub use routing::fold_template;
 pub use schema::{RouteSchema, SchemaError, compile_schema};

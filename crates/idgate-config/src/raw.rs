@@ -100,7 +100,12 @@ pub(crate) struct Log {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Upstream {
     pub(crate) name: String,
-    pub(crate) url: String,
+    #[serde(default)]
+    pub(crate) url: Option<String>,
+    #[serde(default)]
+    pub(crate) endpoints: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) health: Option<crate::resilience::RawHealth>,
     #[serde(default)]
     pub(crate) ca: Option<String>,
     #[serde(default)]

@@ -60,6 +60,67 @@ pub struct RetryBudgetConfig {
     pub window: Duration,
 }
 
+/// Active health checks of an upstream's endpoints: a `GET` of `path` on each, every
+/// `interval`; an endpoint leaves the rotation after `unhealthy_threshold` failed checks
+/// in a row and comes back after `healthy_threshold` passed ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Put after the upstream's base path, like a forwarded path.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub expected_status: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    path: String,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    healthy_threshold: Option<u32>,
+    #[serde(default)]
+    unhealthy_threshold: Option<u32>,
+    #[serde(default)]
+    expected_status: Option<u16>,
+}
+
+pub(crate) fn parse_health(cx: &mut Ctx<'_>, upstream: &str, h: RawHealth) -> HealthConfig {
+    let key = |k: &str| format!("{upstream}.health.{k}");
+    if !h.path.starts_with('/') || h.path.contains(['?', '#', ' ']) {
+        cx.err(
+            key("path"),
+            "must be a path starting with /, without a query",
+        );
+    }
+    let interval = cx.duration(&key("interval"), h.interval, Duration::from_secs(5));
+    let timeout = cx.duration(&key("timeout"), h.timeout, Duration::from_secs(2));
+    if timeout > interval {
+        cx.err(key("timeout"), "must not be longer than interval");
+    }
+    let expected_status = match h.expected_status {
+        None => 200,
+        Some(s @ 100..=599) => s,
+        Some(s) => {
+            cx.err(key("expected_status"), format!("{s} is not an HTTP status"));
+            200
+        }
+    };
+    HealthConfig {
+        path: h.path,
+        interval,
+        timeout,
+        healthy_threshold: at_least_one(cx, key("healthy_threshold"), h.healthy_threshold, 2),
+        unhealthy_threshold: at_least_one(cx, key("unhealthy_threshold"), h.unhealthy_threshold, 2),
+        expected_status,
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBreaker {
@@ -272,6 +333,73 @@ url = "https://verification.didit.me"
         assert_eq!(r.statuses, vec![502, 503, 504]);
         assert_eq!(r.on, vec![RetryOn::Connect, RetryOn::Timeout]);
         assert_eq!(r.budget.percent, 20.0);
+    }
+
+    #[test]
+    fn endpoints_share_scheme_and_base_path_and_url_stays_the_one_endpoint_form() {
+        let d = dir();
+        let base = BASE.replace("url = \"https://verification.didit.me\"\n", "");
+        let with = |extra: &str| {
+            let file = d.path().join("idgate.toml");
+            crate::parse(&file, &format!("{base}{extra}")).map_err(|e| {
+                e.0.iter()
+                    .map(|e| format!("{}: {}", e.key, e.reason))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let c = with("endpoints = [\"https://a.example/v1\", \"https://b.example:8443/v1/\"]\n[upstreams.health]\npath = \"/healthz\"\n").unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.endpoints.len(), 2);
+        assert_eq!(u.origin, u.endpoints[0]);
+        assert_eq!(u.base_path, "/v1");
+        let h = u.health.clone().unwrap();
+        assert_eq!(
+            (h.interval, h.timeout, h.expected_status),
+            (Duration::from_secs(5), Duration::from_secs(2), 200)
+        );
+
+        let e =
+            with("endpoints = [\"https://a.example/v1\", \"https://b.example/v2\"]\n").unwrap_err();
+        assert!(
+            e.iter().any(|e| e
+                .starts_with("upstreams[0].endpoints[1]: every endpoint must have the same path")),
+            "{e:?}"
+        );
+        let e = with("endpoints = [\"https://a.example\", \"http://127.0.0.1:1\"]\n").unwrap_err();
+        assert!(
+            e.iter().any(|e| e.starts_with(
+                "upstreams[0].endpoints[1]: every endpoint must have the same scheme"
+            )),
+            "{e:?}"
+        );
+        let e = with("endpoints = []\n").unwrap_err();
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("upstreams[0].endpoints: must name")),
+            "{e:?}"
+        );
+        let e = with("").unwrap_err();
+        assert!(
+            e.iter().any(|e| e.starts_with("upstreams[0].url: missing")),
+            "{e:?}"
+        );
+        let e =
+            with("url = \"https://a.example\"\nendpoints = [\"https://b.example\"]\n").unwrap_err();
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("upstreams[0].endpoints: give either")),
+            "{e:?}"
+        );
+        let e = with("url = \"https://a.example\"\n[upstreams.health]\npath = \"healthz\"\ninterval = \"1s\"\ntimeout = \"2s\"\n").unwrap_err();
+        assert!(
+            e.iter().any(|e| e.starts_with("upstreams[0].health.path")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("upstreams[0].health.timeout")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::body::{ProxyBody, UpstreamResponseBody};
 use crate::ctx::{CredentialUse, RequestCtx};
 use crate::problem::Refusal;
 use crate::service::{Services, X_REQUEST_ID};
-use crate::upstream::Upstream;
+use crate::upstream::{Endpoint, Upstream};
 
 mod resilient;
 
@@ -206,11 +206,12 @@ pub(crate) async fn forward<'r>(
 pub(crate) async fn send(
     ctx: &mut RequestCtx<'_>,
     upstream: &Upstream,
+    endpoint: &Endpoint,
     mut parts: http::request::Parts,
     path_and_query: PathAndQuery,
     body: RequestBody,
 ) -> Result<Response<UpstreamResponseBody>, Refusal> {
-    if let Some(pool) = &upstream.h1 {
+    if let Some(pool) = &endpoint.h1 {
         let sent = pool.send(&parts.method, path_and_query.as_str(), &parts.headers, body);
         return match tokio::time::timeout(upstream.request_timeout, sent).await {
             Err(_) => Err(Refusal::UpstreamTimeout),
@@ -242,7 +243,7 @@ pub(crate) async fn send(
     parts.headers.remove(header::HOST);
     parts.uri = Uri::builder()
         .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
+        .authority(endpoint.authority.clone())
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| Refusal::Internal {

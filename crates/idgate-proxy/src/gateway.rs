@@ -204,6 +204,7 @@ impl Gateway {
         services.metrics.certificates_of(self.material.clone());
         tokio::spawn(sweep_limiter(Arc::downgrade(&services)));
         self.snapshot.start_background(&services.metrics);
+        services.resilience.install(&self.snapshot.upstreams);
         let snapshot = Arc::new(ArcSwap::from_pointee(self.snapshot));
         let watch_handle = spawn_watcher(self.material.clone(), cfg.identity.poll_interval);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -503,7 +504,7 @@ impl Reloader {
             match built {
                 Ok(Ok((new, restart))) => {
                     new.start_background(&metrics);
-                    resilience.retain(new.upstreams.iter().map(|u| &*u.name));
+                    resilience.install(&new.upstreams);
                     snapshot.store(Arc::new(new));
                     tracing::info!(
                         "configuration reloaded: routes, upstreams, credentials and authentication replaced"

@@ -133,6 +133,11 @@ pub enum Refusal {
         upstream: std::sync::Arc<str>,
         retry_after: std::time::Duration,
     },
+    /// Every endpoint of the upstream fails its health checks.
+    UpstreamUnavailable {
+        upstream: std::sync::Arc<str>,
+        retry_after: std::time::Duration,
+    },
 }
 
 /// One place a body fails its schema: a JSON pointer into the body and what the schema
@@ -201,6 +206,7 @@ pub enum ProblemKind {
     MaskingUnavailable,
     AuditUnavailable,
     CircuitOpen,
+    UpstreamUnavailable,
 }
 
 impl ProblemKind {
@@ -355,6 +361,11 @@ impl ProblemKind {
                 "circuit-open",
                 "Upstream circuit open",
             ),
+            Self::UpstreamUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream-unavailable",
+                "No healthy upstream endpoint",
+            ),
         }
     }
 
@@ -483,6 +494,7 @@ impl Refusal {
             Self::MaskingUnavailable { .. } => ProblemKind::MaskingUnavailable,
             Self::AuditUnavailable => ProblemKind::AuditUnavailable,
             Self::CircuitOpen { .. } => ProblemKind::CircuitOpen,
+            Self::UpstreamUnavailable { .. } => ProblemKind::UpstreamUnavailable,
         }
     }
 
@@ -589,6 +601,9 @@ impl Refusal {
             Self::AuditUnavailable => {
                 "The gateway cannot record this request in its audit trail right now, so it does not serve it. Retry shortly."
             }
+            Self::UpstreamUnavailable { .. } => {
+                "Every endpoint of the upstream service fails its health checks; retry after the time in Retry-After."
+            }
             Self::CircuitOpen { .. } => {
                 "The upstream service is failing, so the gateway does not send it requests for now; retry after the time in Retry-After."
             }
@@ -645,7 +660,8 @@ impl Refusal {
         }
         if let Self::RateLimited { retry_after, .. }
         | Self::LockedOut { retry_after }
-        | Self::CircuitOpen { retry_after, .. } = &self
+        | Self::CircuitOpen { retry_after, .. }
+        | Self::UpstreamUnavailable { retry_after, .. } = &self
         {
             h.insert(RETRY_AFTER, retry_after_value(*retry_after));
         }

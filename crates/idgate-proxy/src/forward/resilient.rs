@@ -1,6 +1,8 @@
-//! The forward stage through an upstream's breaker and retries (state in `resilience`): each attempt is let through
-//! the breaker (or refused `circuit-open` without touching the upstream), its outcome
-//! recorded, and a failed one sent again when that is safe and the budget allows.
+//! The forward stage through an upstream's breaker, balancer and retries (their state is
+//! in `resilience`): the request is let through the breaker (or refused `circuit-open`
+//! without touching the upstream), each attempt goes to an endpoint the balancer picks,
+//! a failed one is sent again when that is safe and the budget allows, and the request's
+//! outcome is recorded.
 //!
 //! A retry is safe when the body can be sent again — it is empty or was buffered whole,
 //! never a stream already handed on — and the upstream cannot have acted on the request:
@@ -36,9 +38,45 @@ pub(crate) async fn send(
     path_and_query: PathAndQuery,
     body: RequestBody,
 ) -> Sent {
-    if upstream.breaker.is_none() && upstream.retry.is_none() {
-        return super::send(ctx, upstream, parts, path_and_query, body).await;
+    let plain = upstream.breaker.is_none()
+        && upstream.retry.is_none()
+        && upstream.health.is_none()
+        && upstream.endpoints.len() == 1;
+    if let (true, Some(endpoint)) = (plain, upstream.endpoints.first()) {
+        return super::send(ctx, upstream, endpoint, parts, path_and_query, body).await;
     }
+    let resilience = &ctx.services.resilience;
+    // The breaker counts requests, not attempts: a request that a retry on another endpoint
+    // saved did not fail.
+    let permit = match &upstream.breaker {
+        None => None,
+        Some(cfg) => match resilience.admit(upstream, cfg) {
+            Ok(p) => Some(p),
+            Err(u) => {
+                ctx.give_back(body);
+                return Err(Refusal::CircuitOpen {
+                    upstream: upstream.name.clone(),
+                    retry_after: u.retry_after,
+                });
+            }
+        },
+    };
+    let sent = attempts(ctx, upstream, parts, path_and_query, body).await;
+    if let Some(p) = permit {
+        p.record(classify(&sent).0);
+    }
+    sent
+}
+
+/// The attempts of one request: each on an endpoint the balancer picks (another than the
+/// last one's, when another is healthy), retried while that is safe and the budget allows.
+async fn attempts(
+    ctx: &mut RequestCtx<'_>,
+    upstream: &Upstream,
+    parts: http::request::Parts,
+    path_and_query: PathAndQuery,
+    body: RequestBody,
+) -> Sent {
     let resilience = &ctx.services.resilience;
     let started = Instant::now();
     let retry = upstream.retry.as_ref();
@@ -54,41 +92,29 @@ pub(crate) async fn send(
     });
     let acted_on_is_harmless =
         idempotent(&parts.method) || parts.headers.contains_key(&IDEMPOTENCY_KEY);
-    let mut next = Some((parts, body));
+    let (mut parts, mut body) = (parts, body);
     let mut retries = 0;
-    let mut last: Option<Sent> = None;
+    let mut avoid = None;
     loop {
-        let permit = match &upstream.breaker {
-            None => None,
-            Some(cfg) => match resilience.admit(upstream, cfg) {
-                Ok(p) => Some(p),
-                Err(u) => {
-                    // A retry the breaker refuses leaves the answer the caller already has.
-                    if let Some(sent) = last {
-                        return sent;
-                    }
-                    if let Some((_, body)) = next.take() {
-                        ctx.give_back(body);
-                    }
-                    return Err(Refusal::CircuitOpen {
-                        upstream: upstream.name.clone(),
-                        retry_after: u.retry_after,
-                    });
-                }
-            },
+        let (index, in_flight) = match resilience.pick(upstream, avoid) {
+            Ok(picked) => picked,
+            Err(u) => {
+                ctx.give_back(body);
+                return Err(Refusal::UpstreamUnavailable {
+                    upstream: upstream.name.clone(),
+                    retry_after: u.retry_after,
+                });
+            }
         };
-        let Some((parts, body)) = next.take() else {
-            // Every path that loops sets `next`.
-            return last.unwrap_or(Err(Refusal::Internal {
-                reason: "a retry without a request".to_owned(),
-            }));
+        let Some(endpoint) = upstream.endpoints.get(index) else {
+            return Err(Refusal::Internal {
+                reason: "the balancer picked no endpoint".to_owned(),
+            });
         };
         let head = replay.as_ref().map(|_| copy_parts(&parts));
-        let sent = super::send(ctx, upstream, parts, path_and_query.clone(), body).await;
-        let (outcome, failure) = classify(&sent);
-        if let Some(p) = permit {
-            p.record(outcome);
-        }
+        let sent = super::send(ctx, upstream, endpoint, parts, path_and_query.clone(), body).await;
+        drop(in_flight);
+        let (_, failure) = classify(&sent);
         let (Some(r), Some(head), Some(bytes)) = (retry, head, &replay) else {
             return sent;
         };
@@ -107,8 +133,9 @@ pub(crate) async fn send(
             return sent;
         }
         // The failed answer (and its connection) goes before the retry.
-        drop(last.replace(sent));
-        next = Some((head, RequestBody::Buffered(bytes.clone())));
+        drop(sent);
+        (parts, body) = (head, RequestBody::Buffered(bytes.clone()));
+        avoid = Some(index);
         retries += 1;
         tokio::time::sleep(wait).await;
     }

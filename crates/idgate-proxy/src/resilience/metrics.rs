@@ -29,8 +29,15 @@ struct RetryLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    upstream: RouteLabel,
+    endpoint: RouteLabel,
+}
+
 #[derive(Debug)]
 pub(crate) struct ResilienceMetrics {
+    healthy: Family<EndpointLabels, Gauge>,
     state: Family<UpstreamLabel, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
     refused: Family<UpstreamLabel, Counter>,
@@ -47,6 +54,7 @@ fn label(upstream: &Arc<str>) -> UpstreamLabel {
 impl ResilienceMetrics {
     pub(crate) fn register(registry: &mut Registry) -> Self {
         let m = Self {
+            healthy: Family::default(),
             state: Family::default(),
             transitions: Family::default(),
             refused: Family::default(),
@@ -78,7 +86,21 @@ impl ResilienceMetrics {
             "Retries not made because the upstream's retry budget was spent",
             m.budget_exhausted.clone(),
         );
+        registry.register(
+            "upstream_endpoint_healthy",
+            "Each upstream endpoint: 1 in rotation, 0 out of it after failing its health checks",
+            m.healthy.clone(),
+        );
         m
+    }
+
+    pub(crate) fn set_healthy(&self, upstream: &Arc<str>, endpoint: &Arc<str>, healthy: bool) {
+        self.healthy
+            .get_or_create(&EndpointLabels {
+                upstream: RouteLabel(upstream.clone()),
+                endpoint: RouteLabel(endpoint.clone()),
+            })
+            .set(i64::from(healthy));
     }
 
     pub(crate) fn set_state(&self, upstream: &Arc<str>, state: BreakerState) {

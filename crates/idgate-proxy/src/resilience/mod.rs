@@ -5,14 +5,19 @@
 //! changes them applies them to the state as it is, and one that removes the upstream drops
 //! its state ([`Resilience::retain`]).
 //!
-//! The breaker is per upstream: an upstream has one endpoint (its `url`), so the upstream
-//! and its endpoint fail together.
+//! The breaker is per upstream: it answers "is this provider failing", which is what a
+//! caller and a fallback care about; a failing endpoint among healthy ones is the health
+//! checks' business (it leaves the rotation), and retries go to another endpoint. Each
+//! endpoint's requests in flight and health are kept here too, keyed by upstream and
+//! endpoint, with a health-check task per endpoint ([`Resilience::install`]).
 //!
 //! Breaker changes are a `tracing` event (target `idgate::breaker`), a metric, and a
 //! [`BreakerEvent`] on a broadcast channel ([`Resilience::subscribe`]).
 
+mod balance;
 mod breaker;
 mod budget;
+mod health;
 mod metrics;
 mod window;
 
@@ -26,6 +31,8 @@ use tokio::sync::broadcast;
 
 pub use breaker::{BreakerState, Outcome};
 
+use balance::EndpointState;
+pub(crate) use balance::InFlight;
 use breaker::{Admission, Breaker, Change};
 use budget::RetryBudget;
 use metrics::ResilienceMetrics;
@@ -65,6 +72,26 @@ pub(crate) struct UpstreamState {
     name: Arc<str>,
     breaker: Mutex<Option<Breaker>>,
     budget: Mutex<Option<RetryBudget>>,
+    endpoints: RwLock<HashMap<Arc<str>, Arc<EndpointState>>>,
+}
+
+impl UpstreamState {
+    fn endpoint(&self, label: &Arc<str>) -> Arc<EndpointState> {
+        if let Some(e) = self
+            .endpoints
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(label)
+        {
+            return e.clone();
+        }
+        self.endpoints
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(label.clone())
+            .or_insert_with(|| Arc::new(EndpointState::new(label.clone())))
+            .clone()
+    }
 }
 
 /// A request let through the breaker; recording its outcome (or dropping it, for a request
@@ -154,6 +181,7 @@ impl Resilience {
             if !kept {
                 self.metrics.forget(name);
             }
+            // An endpoint state the checks still hold goes with its last reference.
             kept
         });
     }
@@ -177,9 +205,90 @@ impl Resilience {
                     name: name.clone(),
                     breaker: Mutex::new(None),
                     budget: Mutex::new(None),
+                    endpoints: RwLock::default(),
                 })
             })
             .clone()
+    }
+
+    /// Takes the configuration's upstreams into use, at start and at each reload: drops the
+    /// state of upstreams and endpoints it no longer has, and (re)starts the health checks
+    /// of every endpoint with the configuration's check. Health and load are kept.
+    pub fn install(self: &Arc<Self>, upstreams: &[Upstream]) {
+        self.retain(upstreams.iter().map(|u| &*u.name));
+        for u in upstreams {
+            let state = self.state(&u.name);
+            state
+                .endpoints
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|label, _| u.endpoints.iter().any(|e| e.label == *label));
+            for e in &u.endpoints {
+                let es = state.endpoint(&e.label);
+                let task = u.health.as_ref().and_then(|cfg| {
+                    let uri = http::Uri::builder()
+                        .scheme(u.scheme.clone())
+                        .authority(e.authority.clone())
+                        .path_and_query(format!("{}{}", u.base_path, cfg.path))
+                        .build()
+                        .ok()?;
+                    let check = health::Check {
+                        upstream: u.name.clone(),
+                        uri,
+                        client: u.client.clone(),
+                        cfg: cfg.clone(),
+                    };
+                    let task = tokio::spawn(health::run(
+                        check,
+                        Arc::downgrade(&es),
+                        Arc::downgrade(self),
+                    ));
+                    Some(task.abort_handle())
+                });
+                if task.is_none() && es.set_healthy(true) {
+                    // Checks turned off: the endpoint is taken back as it is.
+                    self.health_changed(&u.name, &es, true);
+                }
+                self.metrics.set_healthy(&u.name, &es.label, es.healthy());
+                if let Some(old) = std::mem::replace(&mut *lock(&es.checker), task) {
+                    old.abort();
+                }
+            }
+        }
+    }
+
+    fn health_changed(&self, upstream: &Arc<str>, endpoint: &EndpointState, healthy: bool) {
+        self.metrics.set_healthy(upstream, &endpoint.label, healthy);
+        if healthy {
+            tracing::info!(target: "idgate::health", upstream = %upstream, endpoint = %endpoint.label, "endpoint passes its health checks: back in rotation");
+        } else {
+            tracing::warn!(target: "idgate::health", upstream = %upstream, endpoint = %endpoint.label, "endpoint fails its health checks: out of rotation");
+        }
+    }
+
+    /// The endpoint of `upstream` for an attempt (see `balance`), counted in flight while
+    /// the guard lives; another than `avoid` when another is healthy. Refused when no
+    /// endpoint is healthy, with the time until the next check.
+    pub(crate) fn pick(
+        &self,
+        upstream: &Upstream,
+        avoid: Option<usize>,
+    ) -> Result<(usize, InFlight), Unavailable> {
+        let state = self.state(&upstream.name);
+        let states: Vec<Arc<EndpointState>> = upstream
+            .endpoints
+            .iter()
+            .map(|e| state.endpoint(&e.label))
+            .collect();
+        match balance::choose(&states, avoid) {
+            Some(i) => Ok((i, InFlight::new(states[i].clone()))),
+            None => Err(Unavailable {
+                retry_after: upstream
+                    .health
+                    .as_ref()
+                    .map_or(Duration::from_secs(1), |h| h.interval),
+            }),
+        }
     }
 
     /// Lets a request to `upstream` through its breaker, or refuses it with the time left.
