@@ -372,6 +372,15 @@ url = "https://verification.didit.me"
             )),
             "{e:?}"
         );
+        let e = with(
+            "url = \"https://a.example\"\nrequest_timeout = \"1s\"\nfirst_byte_timeout = \"2s\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("upstreams[0].first_byte_timeout: must not be longer")),
+            "{e:?}"
+        );
         let e = with("endpoints = []\n").unwrap_err();
         assert!(
             e.iter()

@@ -28,6 +28,9 @@ pub struct UpstreamConfig {
     pub ca: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// One attempt's wait for the response head (≤ `request_timeout`, which bounds all
+    /// attempts together).
+    pub first_byte_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
     /// Connections open to the upstream at once, in use or idle (`http2 = true`: requests
@@ -155,6 +158,19 @@ pub(crate) fn parse(
         u.request_timeout,
         Duration::from_secs(30),
     );
+    let first_byte_timeout = match u.first_byte_timeout.take() {
+        None => request_timeout,
+        set => {
+            let d = cx.duration(&format!("{key}.first_byte_timeout"), set, request_timeout);
+            if d > request_timeout {
+                cx.err(
+                    format!("{key}.first_byte_timeout"),
+                    "must not be longer than request_timeout",
+                );
+            }
+            d
+        }
+    };
     let max_connections = match u.max_connections {
         None => 256,
         Some(0) => {
@@ -192,6 +208,7 @@ pub(crate) fn parse(
             Duration::from_secs(5),
         ),
         request_timeout,
+        first_byte_timeout,
         max_connections,
         max_pending,
         pending_timeout,

@@ -201,19 +201,20 @@ pub(crate) async fn forward<'r>(
     Ok(resp)
 }
 
-/// Sends the request to the upstream with its client, within its request timeout: one
+/// Sends the request to the endpoint with the upstream's client, within `timeout`: one
 /// attempt (`resilient::send` decides whether to make it and whether to make another).
 pub(crate) async fn send(
     ctx: &mut RequestCtx<'_>,
     upstream: &Upstream,
     endpoint: &Endpoint,
+    timeout: std::time::Duration,
     mut parts: http::request::Parts,
     path_and_query: PathAndQuery,
     body: RequestBody,
 ) -> Result<Response<UpstreamResponseBody>, Refusal> {
     if let Some(pool) = &endpoint.h1 {
         let sent = pool.send(&parts.method, path_and_query.as_str(), &parts.headers, body);
-        return match tokio::time::timeout(upstream.request_timeout, sent).await {
+        return match tokio::time::timeout(timeout, sent).await {
             Err(_) => Err(Refusal::UpstreamTimeout),
             Ok(Err(h1::SendError { error, unsent })) => {
                 if let Some(body) = unsent {
@@ -280,7 +281,7 @@ pub(crate) async fn send(
             Ok(resp) => Ok(resp.map(|b| Either::Left(Held::new(b, slot)))),
         }
     };
-    tokio::time::timeout(upstream.request_timeout, sent)
+    tokio::time::timeout(timeout, sent)
         .await
         .unwrap_or(Err(Refusal::UpstreamTimeout))
 }

@@ -75,6 +75,8 @@ pub struct Upstream {
     pub endpoints: Vec<Endpoint>,
     pub base_path: String,
     pub request_timeout: Duration,
+    /// One attempt's wait for the response head.
+    pub first_byte_timeout: Duration,
     pub max_body_bytes: u64,
     pub forwarded_for: bool,
     pub credential: Option<Arc<Credential>>,
@@ -175,6 +177,7 @@ impl Upstream {
             endpoints,
             base_path: cfg.base_path.clone(),
             request_timeout: cfg.request_timeout,
+            first_byte_timeout: cfg.first_byte_timeout,
             max_body_bytes: cfg.max_body_bytes,
             forwarded_for: cfg.forwarded_for,
             credential,

@@ -43,7 +43,17 @@ pub(crate) async fn send(
         && upstream.health.is_none()
         && upstream.endpoints.len() == 1;
     if let (true, Some(endpoint)) = (plain, upstream.endpoints.first()) {
-        return super::send(ctx, upstream, endpoint, parts, path_and_query, body).await;
+        let timeout = upstream.first_byte_timeout;
+        return super::send(
+            ctx,
+            upstream,
+            endpoint,
+            timeout,
+            parts,
+            path_and_query,
+            body,
+        )
+        .await;
     }
     let resilience = &ctx.services.resilience;
     // The breaker counts requests, not attempts: a request that a retry on another endpoint
@@ -112,7 +122,20 @@ async fn attempts(
             });
         };
         let head = replay.as_ref().map(|_| copy_parts(&parts));
-        let sent = super::send(ctx, upstream, endpoint, parts, path_and_query.clone(), body).await;
+        // Each attempt waits `first_byte_timeout` for its answer, and all of them together
+        // no longer than `request_timeout`.
+        let left = upstream.request_timeout.saturating_sub(started.elapsed());
+        let timeout = upstream.first_byte_timeout.min(left);
+        let sent = super::send(
+            ctx,
+            upstream,
+            endpoint,
+            timeout,
+            parts,
+            path_and_query.clone(),
+            body,
+        )
+        .await;
         drop(in_flight);
         let (_, failure) = classify(&sent);
         let (Some(r), Some(head), Some(bytes)) = (retry, head, &replay) else {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::assert_eventually;
 use crate::resilience_upstream::{Flaky, client, load, table};
@@ -22,8 +22,12 @@ fn health(interval: &str, timeout: &str) -> toml::Value {
 }
 
 async fn start(pki: &Pki, a: &Flaky, b: &Flaky, health: toml::Value) -> Gateway {
-    let endpoints = toml::Value::Array(vec![a.url().into(), b.url().into()]);
     let retry = toml::Value::Table(table(&[("attempts", 2.into()), ("backoff", "5ms".into())]));
+    start_with(pki, &[a, b], table(&[("retry", retry), ("health", health)])).await
+}
+
+/// One upstream `provider` with `endpoints` and the `extra` keys.
+async fn start_with(pki: &Pki, endpoints: &[&Flaky], mut extra: toml::Table) -> Gateway {
     let mut config = OneRoute {
         url: "http://unused.invalid",
         ..OneRoute::default()
@@ -31,11 +35,9 @@ async fn start(pki: &Pki, a: &Flaky, b: &Flaky, health: toml::Value) -> Gateway 
     .config(pki);
     let up = &mut config.upstreams[0];
     up.url = String::new();
-    up.extra = table(&[
-        ("endpoints", endpoints),
-        ("retry", retry),
-        ("health", health),
-    ]);
+    let urls = endpoints.iter().map(|e| e.url().into()).collect();
+    extra.insert("endpoints".into(), toml::Value::Array(urls));
+    up.extra = extra;
     Gateway::start(&config, &[]).await
 }
 
@@ -111,6 +113,71 @@ async fn with_every_endpoint_down_the_answer_is_upstream_unavailable() {
             "https://idgate.dev/problems/upstream-unavailable"
         );
         assert_eq!(r.header("retry-after"), Some("1"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_costs_one_first_byte_timeout_and_all_attempts_stay_within_the_request_timeout()
+ {
+    within(async {
+        let pki = Pki::default_pki();
+        let (a, b) = (Flaky::start().await, Flaky::start().await);
+        a.hang.store(true, Ordering::SeqCst);
+        let retry = toml::Value::Table(table(&[
+            ("attempts", 3.into()),
+            ("backoff", "5ms".into()),
+            ("on", toml::Value::Array(vec!["timeout".into()])),
+        ]));
+        let gw = start_with(
+            &pki,
+            &[&a, &b],
+            table(&[
+                ("retry", retry.clone()),
+                ("request_timeout", "2s".into()),
+                ("first_byte_timeout", "200ms".into()),
+            ]),
+        )
+        .await;
+        let c = client(&pki, &gw);
+        for _ in 0..10 {
+            let at = Instant::now();
+            assert_eq!(c.get("/v1/x").await.unwrap().status, 200);
+            assert!(
+                at.elapsed() < Duration::from_millis(1000),
+                "{:?}",
+                at.elapsed()
+            );
+        }
+        assert!(!a.seen().is_empty(), "the hanging endpoint was never tried");
+        assert_eq!(b.seen().len(), 10);
+
+        // Every endpoint hangs: the attempts together stop at request_timeout.
+        let hung = Flaky::start().await;
+        hung.hang.store(true, Ordering::SeqCst);
+        let gw = start_with(
+            &pki,
+            &[&hung],
+            table(&[
+                ("retry", retry),
+                ("request_timeout", "500ms".into()),
+                ("first_byte_timeout", "200ms".into()),
+            ]),
+        )
+        .await;
+        let at = Instant::now();
+        let r = client(&pki, &gw).get("/v1/x").await.unwrap();
+        assert_eq!(r.status, 504);
+        let took = at.elapsed();
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_millis(900),
+            "{took:?}"
+        );
+        assert!(
+            (2..=3).contains(&hung.seen().len()),
+            "{}",
+            hung.seen().len()
+        );
     })
     .await;
 }

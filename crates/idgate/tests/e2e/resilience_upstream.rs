@@ -25,7 +25,7 @@ pub(crate) struct Flaky {
     /// Requests still to answer `503` before the status above.
     fail_next: Arc<AtomicUsize>,
     /// Reads requests and never answers.
-    hang: Arc<AtomicBool>,
+    pub(crate) hang: Arc<AtomicBool>,
     /// Requests read, by method.
     seen: Arc<std::sync::Mutex<Vec<String>>>,
     task: Option<tokio::task::JoinHandle<()>>,
