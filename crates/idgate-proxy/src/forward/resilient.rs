@@ -64,10 +64,7 @@ pub(crate) async fn send(
             Ok(p) => Some(p),
             Err(u) => {
                 ctx.give_back(body);
-                return Err(Refusal::CircuitOpen {
-                    upstream: upstream.name.clone(),
-                    retry_after: u.retry_after,
-                });
+                return Err(u.refusal(&upstream.name));
             }
         },
     };
@@ -110,10 +107,7 @@ async fn attempts(
             Ok(picked) => picked,
             Err(u) => {
                 ctx.give_back(body);
-                return Err(Refusal::UpstreamUnavailable {
-                    upstream: upstream.name.clone(),
-                    retry_after: u.retry_after,
-                });
+                return Err(u.refusal(&upstream.name));
             }
         };
         let Some(endpoint) = upstream.endpoints.get(index) else {

@@ -50,9 +50,38 @@ pub struct BreakerEvent {
 
 /// Why an upstream takes no request now, and when to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the upstream's circuit is open; retry in {retry_after:?}")]
+#[error("{why}; retry in {retry_after:?}")]
 pub struct Unavailable {
+    pub why: Why,
     pub retry_after: Duration,
+}
+
+/// The reason in [`Unavailable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Why {
+    #[error("the upstream's circuit breaker is open")]
+    CircuitOpen,
+    #[error("no endpoint of the upstream passes its health checks")]
+    NoHealthyEndpoint,
+}
+
+impl Unavailable {
+    /// The answer a caller gets for it: `503 circuit-open` or `503 upstream-unavailable`,
+    /// with `Retry-After`.
+    pub fn refusal(self, upstream: &Arc<str>) -> crate::problem::Refusal {
+        use crate::problem::Refusal;
+        let (upstream, retry_after) = (upstream.clone(), self.retry_after);
+        match self.why {
+            Why::CircuitOpen => Refusal::CircuitOpen {
+                upstream,
+                retry_after,
+            },
+            Why::NoHealthyEndpoint => Refusal::UpstreamUnavailable {
+                upstream,
+                retry_after,
+            },
+        }
+    }
 }
 
 /// Events kept for a subscriber that lags; older ones are dropped for it.
@@ -121,6 +150,17 @@ impl Drop for Permit<'_> {
     }
 }
 
+/// Until the next health check, at least a second.
+fn no_healthy_endpoint(upstream: &Upstream) -> Unavailable {
+    Unavailable {
+        why: Why::NoHealthyEndpoint,
+        retry_after: upstream
+            .health
+            .as_ref()
+            .map_or(Duration::from_secs(1), |h| h.interval),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The state is counters: one a panicking holder left half-updated is still usable.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -142,20 +182,29 @@ impl Resilience {
         self.events.subscribe()
     }
 
-    /// Whether `upstream` takes requests now, without taking a place: for a caller that
-    /// would rather serve a fallback than be refused.
+    /// Whether `upstream` takes requests now — its breaker lets one through and an
+    /// endpoint is in rotation — without taking a place: for a caller that would rather
+    /// serve a fallback than be refused.
     pub fn available(&self, upstream: &Upstream) -> Result<(), Unavailable> {
-        let Some(cfg) = &upstream.breaker else {
-            return Ok(());
-        };
         let state = self.state(&upstream.name);
-        let breaker = lock(&state.breaker);
-        match breaker
-            .as_ref()
-            .and_then(|b| b.refusal(Instant::now(), cfg))
+        if let Some(cfg) = &upstream.breaker
+            && let Some(retry_after) = lock(&state.breaker)
+                .as_ref()
+                .and_then(|b| b.refusal(Instant::now(), cfg))
         {
-            Some(retry_after) => Err(Unavailable { retry_after }),
-            None => Ok(()),
+            return Err(Unavailable {
+                why: Why::CircuitOpen,
+                retry_after,
+            });
+        }
+        if upstream
+            .endpoints
+            .iter()
+            .any(|e| state.endpoint(&e.label).healthy())
+        {
+            Ok(())
+        } else {
+            Err(no_healthy_endpoint(upstream))
         }
     }
 
@@ -282,12 +331,7 @@ impl Resilience {
             .collect();
         match balance::choose(&states, avoid) {
             Some(i) => Ok((i, InFlight::new(states[i].clone()))),
-            None => Err(Unavailable {
-                retry_after: upstream
-                    .health
-                    .as_ref()
-                    .map_or(Duration::from_secs(1), |h| h.interval),
-            }),
+            None => Err(no_healthy_endpoint(upstream)),
         }
     }
 
@@ -318,7 +362,10 @@ impl Resilience {
             }),
             Err(retry_after) => {
                 self.metrics.refused(&state.name);
-                Err(Unavailable { retry_after })
+                Err(Unavailable {
+                    why: Why::CircuitOpen,
+                    retry_after,
+                })
             }
         }
     }
@@ -392,3 +439,6 @@ impl Resilience {
         granted
     }
 }
+
+#[cfg(test)]
+mod tests;
