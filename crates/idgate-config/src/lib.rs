@@ -28,6 +28,7 @@ mod routing;
 mod schema;
 mod siem;
 mod state;
+mod upstream_resilience;
 mod upstreams;
 pub mod vault;
 mod webhooks;
@@ -75,6 +76,9 @@ pub use siem::{
     SyslogTls,
 };
 pub use state::{RedisConfig, RedisNodes, StateBackend};
+pub use upstream_resilience::{
+    BreakerConfig, HealthConfig, RetryBudgetConfig, RetryConfig, RetryOn,
+};
 pub use upstreams::{ClientKind, UpstreamConfig};
 pub use webhooks::{
     DEFAULT_TOLERANCE, DEFAULT_WEBHOOK_BODY, RetryPolicy, SubscriberConfig, WebhookConfig,

@@ -100,13 +100,20 @@ pub(crate) struct Log {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Upstream {
     pub(crate) name: String,
-    pub(crate) url: String,
+    #[serde(default)]
+    pub(crate) url: Option<String>,
+    #[serde(default)]
+    pub(crate) endpoints: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) health: Option<crate::upstream_resilience::RawHealth>,
     #[serde(default)]
     pub(crate) ca: Option<String>,
     #[serde(default)]
     pub(crate) connect_timeout: Option<String>,
     #[serde(default)]
     pub(crate) request_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) first_byte_timeout: Option<String>,
     #[serde(default)]
     pub(crate) pool_idle_timeout: Option<String>,
     #[serde(default)]
@@ -128,6 +135,10 @@ pub(crate) struct Upstream {
     pub(crate) case_insensitive_paths: Option<bool>,
     #[serde(default)]
     pub(crate) credential: Option<Credential>,
+    #[serde(default)]
+    pub(crate) breaker: Option<crate::upstream_resilience::RawBreaker>,
+    #[serde(default)]
+    pub(crate) retry: Option<crate::upstream_resilience::RawRetry>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,18 +7,30 @@ use std::time::Duration;
 use http::uri::{Scheme, Uri};
 
 use crate::context::Ctx;
+use crate::upstream_resilience::{
+    BreakerConfig, HealthConfig, RetryConfig, parse_breaker, parse_health, parse_retry,
+};
 use crate::{CredentialConfig, credential, raw};
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
-    /// Scheme and authority of the upstream, such as `https://verification.didit.me`.
+    /// Scheme and authority of the upstream, such as `https://verification.didit.me`: the
+    /// first of `endpoints`.
     pub origin: Uri,
+    /// Every endpoint's scheme and authority (`url` is the one-endpoint form); they share
+    /// the scheme and the base path.
+    pub endpoints: Vec<Uri>,
+    /// `[upstreams.health]`: active health checks of every endpoint; none, none.
+    pub health: Option<HealthConfig>,
     /// Path prefix put before every forwarded path (empty or `/v1`, never ending in `/`).
     pub base_path: String,
     pub ca: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// One attempt's wait for the response head (≤ `request_timeout`, which bounds all
+    /// attempts together).
+    pub first_byte_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
     /// Connections open to the upstream at once, in use or idle (`http2 = true`: requests
@@ -42,6 +54,10 @@ pub struct UpstreamConfig {
     /// the literal segments of its routes are matched without case too.
     pub case_insensitive_paths: bool,
     pub credential: Option<CredentialConfig>,
+    /// `[upstreams.breaker]`: none, no breaker.
+    pub breaker: Option<BreakerConfig>,
+    /// `[upstreams.retry]`: none, no retries.
+    pub retry: Option<RetryConfig>,
 }
 
 /// The HTTP/1.1 client of an upstream.
@@ -63,7 +79,7 @@ impl UpstreamConfig {
 pub(crate) fn parse(
     cx: &mut Ctx<'_>,
     i: usize,
-    u: raw::Upstream,
+    mut u: raw::Upstream,
     warnings: &mut Vec<String>,
 ) -> Option<UpstreamConfig> {
     let key = format!("upstreams[{i}]");
@@ -71,11 +87,27 @@ pub(crate) fn parse(
     if u.name.is_empty() {
         cx.err(format!("{key}.name"), "must not be empty");
     }
-    let uri: Option<Uri> = match u.url.parse::<Uri>() {
-        Ok(uri) => Some(uri),
-        Err(_) => {
-            cx.err(format!("{key}.url"), format!("\"{}\" is not a URL", u.url));
-            None
+    let urls: Vec<(String, String)> = match (u.url.take(), u.endpoints.take()) {
+        (Some(url), None) => vec![(format!("{key}.url"), url)],
+        (None, Some(list)) if list.is_empty() => {
+            cx.err(format!("{key}.endpoints"), "must name at least one URL");
+            Vec::new()
+        }
+        (None, Some(list)) => list
+            .into_iter()
+            .enumerate()
+            .map(|(j, url)| (format!("{key}.endpoints[{j}]"), url))
+            .collect(),
+        (Some(_), Some(_)) => {
+            cx.err(
+                format!("{key}.endpoints"),
+                "give either url (one endpoint) or endpoints, not both",
+            );
+            Vec::new()
+        }
+        (None, None) => {
+            cx.err(format!("{key}.url"), "missing: give url, or endpoints");
+            Vec::new()
         }
     };
     let client = match u.client.as_deref() {
@@ -90,56 +122,29 @@ pub(crate) fn parse(
             None
         }
     };
-    let mut origin = None;
+    let mut endpoints = Vec::new();
     let mut base_path = String::new();
-    if let Some(uri) = uri {
-        let scheme_ok = matches!(uri.scheme_str(), Some("https" | "http"));
-        if !scheme_ok {
+    for (j, (url_key, url)) in urls.iter().enumerate() {
+        let Some((origin, path)) = parse_url(cx, url_key, url, &u, client, warnings) else {
+            continue;
+        };
+        if j == 0 {
+            base_path = path;
+        } else if path != base_path {
             cx.err(
-                format!("{key}.url"),
-                "must start with https:// (or http:// for in-cluster services)",
+                url_key.clone(),
+                "every endpoint must have the same path (the base path) as the first",
             );
-        } else if uri.host().is_none() {
-            cx.err(format!("{key}.url"), "has no host");
-        } else if uri.query().is_some() || u.url.contains('#') {
-            cx.err(format!("{key}.url"), "must not have a query or fragment");
-        } else if u.url.contains('@') {
+        } else if origin.scheme() != endpoints.first().and_then(|o: &Uri| o.scheme()) {
             cx.err(
-                format!("{key}.url"),
-                "must not carry user info; use [upstreams.credential]",
+                url_key.clone(),
+                "every endpoint must have the same scheme as the first",
             );
-        } else if u.http2 == Some(true) && client == Some(ClientKind::Native) {
-            cx.err(
-                format!("{key}.client"),
-                "http2 = true uses hyper's client: leave client out, or set it to \"hyper\"",
-            );
-        } else if u.http2 == Some(true) && uri.scheme_str() == Some("http") {
-            cx.err(
-                format!("{key}.http2"),
-                "HTTP/2 is offered over TLS only: use an https:// url, or leave http2 out",
-            );
-        } else {
-            base_path = uri.path().trim_end_matches('/').to_owned();
-            if uri.scheme_str() == Some("http") {
-                let loopback = uri
-                    .host()
-                    .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-                    .is_some_and(|h| {
-                        h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-                    });
-                if !loopback {
-                    warnings.push(format!(
-                        "upstream {}: {} is plain http://; traffic to it, including the injected credential, is not encrypted",
-                        u.name, u.url
-                    ));
-                }
-            }
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = uri.scheme().cloned();
-            parts.authority = uri.authority().cloned();
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-            origin = Uri::from_parts(parts).ok();
         }
+        if endpoints.contains(&origin) {
+            cx.err(url_key.clone(), "is named twice");
+        }
+        endpoints.push(origin);
     }
     let ca =
         u.ca.as_deref()
@@ -153,6 +158,19 @@ pub(crate) fn parse(
         u.request_timeout,
         Duration::from_secs(30),
     );
+    let first_byte_timeout = match u.first_byte_timeout.take() {
+        None => request_timeout,
+        set => {
+            let d = cx.duration(&format!("{key}.first_byte_timeout"), set, request_timeout);
+            if d > request_timeout {
+                cx.err(
+                    format!("{key}.first_byte_timeout"),
+                    "must not be longer than request_timeout",
+                );
+            }
+            d
+        }
+    };
     let max_connections = match u.max_connections {
         None => 256,
         Some(0) => {
@@ -180,6 +198,9 @@ pub(crate) fn parse(
             d
         }
     };
+    let health = u.health.take().map(|h| parse_health(cx, &key, h));
+    let breaker = u.breaker.map(|b| parse_breaker(cx, &key, b));
+    let retry = u.retry.map(|r| parse_retry(cx, &key, r));
     let out = UpstreamConfig {
         connect_timeout: cx.duration(
             &format!("{key}.connect_timeout"),
@@ -187,6 +208,7 @@ pub(crate) fn parse(
             Duration::from_secs(5),
         ),
         request_timeout,
+        first_byte_timeout,
         max_connections,
         max_pending,
         pending_timeout,
@@ -196,7 +218,8 @@ pub(crate) fn parse(
             Duration::from_secs(90),
         ),
         name: u.name,
-        origin: origin?,
+        origin: endpoints.first()?.clone(),
+        endpoints,
         base_path,
         ca,
         pool_max_idle,
@@ -206,6 +229,80 @@ pub(crate) fn parse(
         client: client.unwrap_or_default(),
         case_insensitive_paths: u.case_insensitive_paths.unwrap_or(false),
         credential,
+        breaker,
+        retry,
+        health,
     };
     (cx.errors.len() == before).then_some(out)
+}
+
+/// One endpoint's URL: its origin (scheme and authority) and its base path.
+fn parse_url(
+    cx: &mut Ctx<'_>,
+    url_key: &str,
+    url: &str,
+    u: &raw::Upstream,
+    client: Option<ClientKind>,
+    warnings: &mut Vec<String>,
+) -> Option<(Uri, String)> {
+    let key = url_key.rsplit_once('.').map_or(url_key, |(k, _)| k);
+    let uri: Option<Uri> = match url.parse::<Uri>() {
+        Ok(uri) => Some(uri),
+        Err(_) => {
+            cx.err(url_key, format!("\"{url}\" is not a URL"));
+            None
+        }
+    };
+    let mut origin = None;
+    let mut base_path = String::new();
+    if let Some(uri) = uri {
+        let scheme_ok = matches!(uri.scheme_str(), Some("https" | "http"));
+        if !scheme_ok {
+            cx.err(
+                url_key.to_owned(),
+                "must start with https:// (or http:// for in-cluster services)",
+            );
+        } else if uri.host().is_none() {
+            cx.err(url_key.to_owned(), "has no host");
+        } else if uri.query().is_some() || url.contains('#') {
+            cx.err(url_key.to_owned(), "must not have a query or fragment");
+        } else if url.contains('@') {
+            cx.err(
+                url_key.to_owned(),
+                "must not carry user info; use [upstreams.credential]",
+            );
+        } else if u.http2 == Some(true) && client == Some(ClientKind::Native) {
+            cx.err(
+                format!("{key}.client"),
+                "http2 = true uses hyper's client: leave client out, or set it to \"hyper\"",
+            );
+        } else if u.http2 == Some(true) && uri.scheme_str() == Some("http") {
+            cx.err(
+                format!("{key}.http2"),
+                "HTTP/2 is offered over TLS only: use an https:// url, or leave http2 out",
+            );
+        } else {
+            base_path = uri.path().trim_end_matches('/').to_owned();
+            if uri.scheme_str() == Some("http") {
+                let loopback = uri
+                    .host()
+                    .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+                    .is_some_and(|h| {
+                        h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                    });
+                if !loopback {
+                    warnings.push(format!(
+                        "upstream {}: {} is plain http://; traffic to it, including the injected credential, is not encrypted",
+                        u.name, url
+                    ));
+                }
+            }
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = uri.scheme().cloned();
+            parts.authority = uri.authority().cloned();
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            origin = Uri::from_parts(parts).ok();
+        }
+    }
+    Some((origin?, base_path))
 }

@@ -18,7 +18,9 @@ use crate::body::{ProxyBody, UpstreamResponseBody};
 use crate::ctx::{CredentialUse, RequestCtx};
 use crate::problem::Refusal;
 use crate::service::{Services, X_REQUEST_ID};
-use crate::upstream::Upstream;
+use crate::upstream::{Endpoint, Upstream};
+
+mod resilient;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -194,23 +196,26 @@ pub(crate) async fn forward<'r>(
     };
 
     let sent_at = Instant::now();
-    let resp = send(ctx, upstream, parts, path_and_query, body).await?;
+    let resp = resilient::send(ctx, upstream, parts, path_and_query, body).await?;
     ctx.upstream_latency = Some(sent_at.elapsed());
     ctx.upstream_status = Some(resp.status());
     Ok(resp)
 }
 
-/// Sends the request to the upstream with its client, within its request timeout.
-async fn send(
+/// Sends the request to the endpoint with the upstream's client, within `timeout`: one
+/// attempt (`resilient::send` decides whether to make it and whether to make another).
+pub(crate) async fn send(
     ctx: &mut RequestCtx<'_>,
     upstream: &Upstream,
+    endpoint: &Endpoint,
+    timeout: std::time::Duration,
     mut parts: http::request::Parts,
     path_and_query: PathAndQuery,
     body: RequestBody,
 ) -> Result<Response<UpstreamResponseBody>, Refusal> {
-    if let Some(pool) = &upstream.h1 {
+    if let Some(pool) = &endpoint.h1 {
         let sent = pool.send(&parts.method, path_and_query.as_str(), &parts.headers, body);
-        return match tokio::time::timeout(upstream.request_timeout, sent).await {
+        return match tokio::time::timeout(timeout, sent).await {
             Err(_) => Err(Refusal::UpstreamTimeout),
             Ok(Err(h1::SendError { error, unsent })) => {
                 if let Some(body) = unsent {
@@ -224,6 +229,10 @@ async fn send(
                     },
                     h1::Error::Saturated(s) => saturated(ctx.services, upstream, s),
                     e => Refusal::UpstreamUnreachable {
+                        connect: matches!(
+                            e,
+                            h1::Error::Connect(_) | h1::Error::ConnectTimeout | h1::Error::Tls(_)
+                        ),
                         reason: format!("upstream {}: {e}", upstream.name),
                     },
                 })
@@ -237,7 +246,7 @@ async fn send(
     parts.headers.remove(header::HOST);
     parts.uri = Uri::builder()
         .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
+        .authority(endpoint.authority.clone())
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| Refusal::Internal {
@@ -272,13 +281,14 @@ async fn send(
                 // hyper's client sends nothing before it is connected.
                 ctx.nothing_sent |= e.is_connect();
                 Err(Refusal::UpstreamUnreachable {
+                    connect: e.is_connect(),
                     reason: format!("upstream {}: {}", upstream.name, error_chain(&e)),
                 })
             }
             Ok(resp) => Ok(resp.map(|b| Either::Left(Held::new(b, slot)))),
         }
     };
-    tokio::time::timeout(upstream.request_timeout, sent)
+    tokio::time::timeout(timeout, sent)
         .await
         .unwrap_or(Err(Refusal::UpstreamTimeout))
 }

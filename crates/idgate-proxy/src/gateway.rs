@@ -206,6 +206,7 @@ impl Gateway {
         tokio::spawn(sweep_limiter(Arc::downgrade(&services)));
         self.snapshot.start_background(&services.metrics);
         let deliverer = start_deliverer(&services, &self.material, &self.snapshot, stop_rx.clone());
+        services.resilience.install(&self.snapshot.upstreams);
         let snapshot = Arc::new(ArcSwap::from_pointee(self.snapshot));
         let watch_handle = spawn_watcher(self.material.clone(), cfg.identity.poll_interval);
         let ready = Arc::new(AtomicBool::new(false));
@@ -225,6 +226,7 @@ impl Gateway {
                 running: cfg.clone(),
                 state: self.state.clone(),
                 deliverer,
+                resilience: services.resilience.clone(),
             }
             .on_sighup(hup, stop_rx.clone()),
         );
@@ -294,6 +296,8 @@ struct Reloader {
     running: Config,
     /// The process's state backend, which every snapshot uses.
     state: StateStore,
+    /// Breakers and retry budgets: kept across reloads, dropped with their upstream.
+    resilience: Arc<crate::resilience::Resilience>,
     /// Delivers the webhooks of the snapshot in force.
     deliverer: Arc<idgate_webhooks::Deliverer>,
 }
@@ -506,6 +510,7 @@ impl Reloader {
             running,
             state,
             deliverer,
+            resilience,
         } = self;
         let running = Arc::new(running);
         loop {
@@ -525,6 +530,7 @@ impl Reloader {
                 Ok(Ok((new, restart))) => {
                     new.start_background(&metrics);
                     deliverer.set_plan(new.webhooks.plan.clone());
+                    resilience.install(&new.upstreams);
                     snapshot.store(Arc::new(new));
                     tracing::info!(
                         "configuration reloaded: routes, upstreams, credentials and authentication replaced"

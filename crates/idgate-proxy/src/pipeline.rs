@@ -66,10 +66,10 @@ use crate::body::ProxyBody;
 use crate::checks;
 use crate::conn::ConnInfo;
 use crate::ctx::{Authorized, RequestCtx};
+use crate::fallback;
 use crate::lockout;
 use crate::path::{self, BadEncoding};
 use crate::problem::Refusal;
-use crate::resilience;
 use crate::routes::{Route, RouteMiss, Target};
 use crate::service::{Services, X_REQUEST_ID};
 use crate::snapshot::Snapshot;
@@ -130,7 +130,7 @@ async fn stages(
     authorize(ctx, route, &req)?;
     guard_request(ctx, route, upstream, &mut req).await?;
     audit_room(ctx, route).await?;
-    let resp = resilience::forward(ctx, route, upstream, req).await?;
+    let resp = fallback::forward(ctx, route, upstream, req).await?;
     guard_response(ctx, route, resp).await
 }
 

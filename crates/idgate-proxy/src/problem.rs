@@ -50,6 +50,8 @@ pub enum Refusal {
     },
     UpstreamUnreachable {
         reason: String,
+        /// The connection could not be made: the upstream never saw the request.
+        connect: bool,
     },
     UpstreamTimeout,
     /// Every connection the upstream may have is busy, and the request could not wait for
@@ -126,6 +128,16 @@ pub enum Refusal {
     /// The audit queue has no place for the request's record (the route's `on_audit_full`
     /// decided): the request is not served unrecorded.
     AuditUnavailable,
+    /// The upstream's circuit breaker is open: the request is refused without touching it.
+    CircuitOpen {
+        upstream: std::sync::Arc<str>,
+        retry_after: std::time::Duration,
+    },
+    /// Every endpoint of the upstream fails its health checks.
+    UpstreamUnavailable {
+        upstream: std::sync::Arc<str>,
+        retry_after: std::time::Duration,
+    },
     /// The route's `faults` aborted the request before it went upstream (a rehearsal,
     /// with `[testing] fault_injection`), with the status they name.
     FaultInjected {
@@ -227,6 +239,8 @@ pub enum ProblemKind {
     FaultInjected {
         status: StatusCode,
     },
+    CircuitOpen,
+    UpstreamUnavailable,
 }
 
 impl ProblemKind {
@@ -397,6 +411,16 @@ impl ProblemKind {
                 "Webhook event not stored",
             ),
             Self::FaultInjected { status } => (status, "fault-injected", "Fault injected"),
+            Self::CircuitOpen => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "circuit-open",
+                "Upstream circuit open",
+            ),
+            Self::UpstreamUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream-unavailable",
+                "No healthy upstream endpoint",
+            ),
         }
     }
 
@@ -531,6 +555,8 @@ impl Refusal {
             },
             Self::WebhookUnavailable { .. } => ProblemKind::WebhookUnavailable,
             Self::FaultInjected { status } => ProblemKind::FaultInjected { status: *status },
+            Self::CircuitOpen { .. } => ProblemKind::CircuitOpen,
+            Self::UpstreamUnavailable { .. } => ProblemKind::UpstreamUnavailable,
         }
     }
 
@@ -653,13 +679,19 @@ impl Refusal {
             Self::FaultInjected { .. } => {
                 "This failure was injected on purpose by the gateway for a resilience test; the upstream service was not called."
             }
+            Self::UpstreamUnavailable { .. } => {
+                "Every endpoint of the upstream service fails its health checks; retry after the time in Retry-After."
+            }
+            Self::CircuitOpen { .. } => {
+                "The upstream service is failing, so the gateway does not send it requests for now; retry after the time in Retry-After."
+            }
         })
     }
 
     /// What the log is told, beyond the caller's detail. Never holds a secret value.
     pub fn log_reason(&self) -> Option<&str> {
         match self {
-            Self::UpstreamUnreachable { reason }
+            Self::UpstreamUnreachable { reason, .. }
             | Self::CredentialUnavailable { reason }
             | Self::BadBody { reason }
             | Self::UpstreamBusy { reason }
@@ -706,7 +738,11 @@ impl Refusal {
             // Connections free up as fast as the upstream answers: a second is plenty.
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if let Self::RateLimited { retry_after, .. } | Self::LockedOut { retry_after } = &self {
+        if let Self::RateLimited { retry_after, .. }
+        | Self::LockedOut { retry_after }
+        | Self::CircuitOpen { retry_after, .. }
+        | Self::UpstreamUnavailable { retry_after, .. } = &self
+        {
             h.insert(RETRY_AFTER, retry_after_value(*retry_after));
         }
         if let Self::WebhookRefused { .. } = &self {

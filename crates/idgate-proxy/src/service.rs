@@ -97,6 +97,8 @@ pub struct Services {
     pub audit: Option<Arc<idgate_audit::AuditTrail>>,
     /// The last good answers of caching routes, kept across reloads (`fallback_cache.rs`).
     pub fallback: crate::fallback_cache::FallbackStore,
+    /// Every upstream's circuit breaker and retry budget: they outlive reloads.
+    pub resilience: Arc<crate::resilience::Resilience>,
 }
 
 impl Default for Services {
@@ -115,6 +117,7 @@ impl Services {
         );
         let limit_metrics = LimitMetrics::register(metrics.registry_mut());
         let webhook_metrics = idgate_webhooks::DeliveryMetrics::register(metrics.registry_mut());
+        let resilience = Arc::new(crate::resilience::Resilience::new(metrics.registry_mut()));
         Self {
             ids: RequestIds::default(),
             metrics: Arc::new(metrics),
@@ -130,6 +133,7 @@ impl Services {
             deliverer: std::sync::OnceLock::new(),
             audit: None,
             fallback: Default::default(),
+            resilience,
         }
     }
 

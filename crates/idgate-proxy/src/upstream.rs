@@ -56,14 +56,27 @@ impl UpstreamError {
     }
 }
 
+/// One of an upstream's endpoints (its `url`, or one of its `endpoints`).
+#[derive(Debug)]
+pub struct Endpoint {
+    pub authority: Authority,
+    /// `host:port` as configured: the endpoint's name in metrics, logs and the registry.
+    pub label: Arc<str>,
+    /// The gateway's own HTTP/1.1 client for this endpoint, when the upstream uses it.
+    pub h1: Option<h1::Pool>,
+}
+
 #[derive(Debug)]
 pub struct Upstream {
     /// Shared with metrics labels.
     pub name: Arc<str>,
     pub scheme: Scheme,
-    pub authority: Authority,
+    /// At least one; requests are balanced over the healthy ones (see `resilience`).
+    pub endpoints: Vec<Endpoint>,
     pub base_path: String,
     pub request_timeout: Duration,
+    /// One attempt's wait for the response head.
+    pub first_byte_timeout: Duration,
     pub max_body_bytes: u64,
     pub forwarded_for: bool,
     pub credential: Option<Arc<Credential>>,
@@ -71,11 +84,14 @@ pub struct Upstream {
     /// ALPN), upstreams with `client = "hyper"`, and the gateway's own calls such as OAuth2
     /// token requests.
     pub client: UpstreamClient,
-    /// The gateway's own HTTP/1.1 client, run in the request's task: every upstream but
-    /// those with `http2 = true` or `client = "hyper"`.
-    pub h1: Option<h1::Pool>,
     /// `max_connections` and its wait queue, for either client.
     pub limit: Arc<ConnLimit>,
+    /// `[upstreams.breaker]`: the thresholds; the state lives in [`crate::resilience`].
+    pub breaker: Option<idgate_config::BreakerConfig>,
+    /// `[upstreams.retry]`.
+    pub retry: Option<idgate_config::RetryConfig>,
+    /// `[upstreams.health]`.
+    pub health: Option<idgate_config::HealthConfig>,
 }
 
 impl Upstream {
@@ -129,61 +145,85 @@ impl Upstream {
             }
         };
 
-        let authority = cfg
-            .origin
-            .authority()
-            .cloned()
-            .ok_or_else(|| err(UpstreamProblem::NoHost))?;
         let scheme = cfg.origin.scheme().cloned().unwrap_or(Scheme::HTTPS);
         let limit = Arc::new(ConnLimit::new(
             cfg.max_connections,
             cfg.max_pending,
             cfg.pending_timeout,
         ));
-        let h1 = if (scheme == Scheme::HTTPS && cfg.http2) || cfg.client == ClientKind::Hyper {
-            None
-        } else {
-            let tls = if scheme == Scheme::HTTPS {
-                // The name the upstream's certificate must carry: its host, without the
-                // brackets of an IPv6 literal.
-                let host = authority
-                    .host()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
-                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-                    .map_err(|e| err(UpstreamProblem::HostName(e)))?;
-                Some((tokio_rustls::TlsConnector::from(Arc::new(h1_tls)), name))
+        let own_client =
+            !((scheme == Scheme::HTTPS && cfg.http2) || cfg.client == ClientKind::Hyper);
+        let h1_tls = Arc::new(h1_tls);
+        let mut endpoints = Vec::with_capacity(cfg.endpoints.len());
+        for origin in &cfg.endpoints {
+            let authority = origin
+                .authority()
+                .cloned()
+                .ok_or_else(|| err(UpstreamProblem::NoHost))?;
+            let h1 = if own_client {
+                Some(h1_pool(cfg, &scheme, &authority, &h1_tls, &limit).map_err(err)?)
             } else {
                 None
             };
-            let address = match authority.port_u16() {
-                Some(_) => authority.as_str().to_owned(),
-                None if tls.is_some() => format!("{}:443", authority.as_str()),
-                None => format!("{}:80", authority.as_str()),
-            };
-            Some(h1::Pool::new(h1::PoolConfig {
-                address,
-                tls,
-                host: authority.as_str().to_owned(),
-                connect_timeout: cfg.connect_timeout,
-                idle_timeout: cfg.pool_idle_timeout,
-                max_idle: cfg.pool_max_idle,
-                body_read_timeout: cfg.request_timeout,
-                limit: limit.clone(),
-            }))
-        };
+            endpoints.push(Endpoint {
+                label: authority.as_str().into(),
+                authority,
+                h1,
+            });
+        }
         Ok(Self {
             name: cfg.name.as_str().into(),
             scheme,
-            authority,
+            endpoints,
             base_path: cfg.base_path.clone(),
             request_timeout: cfg.request_timeout,
+            first_byte_timeout: cfg.first_byte_timeout,
             max_body_bytes: cfg.max_body_bytes,
             forwarded_for: cfg.forwarded_for,
             credential,
             client,
-            h1,
             limit,
+            breaker: cfg.breaker.clone(),
+            retry: cfg.retry.clone(),
+            health: cfg.health.clone(),
         })
     }
+}
+
+/// The gateway's own HTTP/1.1 client for one endpoint, under the upstream's connection cap.
+fn h1_pool(
+    cfg: &UpstreamConfig,
+    scheme: &Scheme,
+    authority: &Authority,
+    h1_tls: &Arc<rustls::ClientConfig>,
+    limit: &Arc<ConnLimit>,
+) -> Result<h1::Pool, UpstreamProblem> {
+    let tls = if *scheme == Scheme::HTTPS {
+        // The name the upstream's certificate must carry: its host, without the brackets
+        // of an IPv6 literal.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(UpstreamProblem::HostName)?;
+        Some((tokio_rustls::TlsConnector::from(h1_tls.clone()), name))
+    } else {
+        None
+    };
+    let address = match authority.port_u16() {
+        Some(_) => authority.as_str().to_owned(),
+        None if tls.is_some() => format!("{}:443", authority.as_str()),
+        None => format!("{}:80", authority.as_str()),
+    };
+    Ok(h1::Pool::new(h1::PoolConfig {
+        address,
+        tls,
+        host: authority.as_str().to_owned(),
+        connect_timeout: cfg.connect_timeout,
+        idle_timeout: cfg.pool_idle_timeout,
+        max_idle: cfg.pool_max_idle,
+        body_read_timeout: cfg.request_timeout,
+        limit: limit.clone(),
+    }))
 }

@@ -221,6 +221,8 @@ pub struct VaultSpec {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct UpstreamSpec {
     pub name: String,
+    /// Left out when empty (for an upstream with `endpoints` instead).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub url: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,

@@ -35,6 +35,8 @@ mod rate_limits;
 mod ready;
 mod replicas;
 mod request_limits;
+mod resilience_endpoints;
+mod resilience_upstream;
 mod rotation;
 mod schema_validation;
 mod slow_clients;

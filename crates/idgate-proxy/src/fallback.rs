@@ -46,6 +46,8 @@ pub(crate) fn upstream_failed(refusal: &Refusal) -> bool {
             | Refusal::UpstreamTimeout
             | Refusal::UpstreamBusy { .. }
             | Refusal::CredentialUnavailable { .. }
+            | Refusal::CircuitOpen { .. }
+            | Refusal::UpstreamUnavailable { .. }
     )
 }
 
@@ -207,6 +209,7 @@ async fn keep(
         Err(_) => return Err(Refusal::UpstreamTimeout),
         Ok(Err(e)) => {
             return Err(Refusal::UpstreamUnreachable {
+                connect: false,
                 reason: format!("upstream {}: the answer broke off: {e}", upstream.name),
             });
         }
@@ -365,7 +368,18 @@ mod tests {
     fn the_upstreams_own_failures_fall_back_and_the_callers_do_not() {
         assert!(upstream_failed(&Refusal::UpstreamTimeout));
         assert!(upstream_failed(&Refusal::UpstreamUnreachable {
+            connect: true,
             reason: String::new()
+        }));
+        let (upstream, retry_after): (std::sync::Arc<str>, _) =
+            ("didit".into(), Duration::from_secs(3));
+        assert!(upstream_failed(&Refusal::CircuitOpen {
+            upstream: upstream.clone(),
+            retry_after
+        }));
+        assert!(upstream_failed(&Refusal::UpstreamUnavailable {
+            upstream,
+            retry_after
         }));
         assert!(!upstream_failed(&Refusal::BodyTooLarge));
         assert!(!upstream_failed(&Refusal::FaultInjected {

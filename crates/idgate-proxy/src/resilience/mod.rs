@@ -1,0 +1,444 @@
+//! Upstream resilience: each upstream's circuit breaker and retry budget, in a registry
+//! that lives as long as the process (in [`crate::service::Services`]), so that a reload —
+//! which rebuilds every [`crate::upstream::Upstream`] — keeps them. State is keyed by the
+//! upstream's name; its thresholds come from the snapshot at each use, so a reload that
+//! changes them applies them to the state as it is, and one that removes the upstream drops
+//! its state ([`Resilience::retain`]).
+//!
+//! The breaker is per upstream: it answers "is this provider failing", which is what a
+//! caller and a fallback care about; a failing endpoint among healthy ones is the health
+//! checks' business (it leaves the rotation), and retries go to another endpoint. Each
+//! endpoint's requests in flight and health are kept here too, keyed by upstream and
+//! endpoint, with a health-check task per endpoint ([`Resilience::install`]).
+//!
+//! Breaker changes are a `tracing` event (target `idgate::breaker`), a metric, and a
+//! [`BreakerEvent`] on a broadcast channel ([`Resilience::subscribe`]).
+
+mod balance;
+mod breaker;
+mod budget;
+mod health;
+mod metrics;
+mod window;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use idgate_config::{BreakerConfig, RetryBudgetConfig};
+use prometheus_client::registry::Registry;
+use tokio::sync::broadcast;
+
+pub use breaker::{BreakerState, Outcome};
+
+use balance::EndpointState;
+pub(crate) use balance::InFlight;
+use breaker::{Admission, Breaker, Change};
+use budget::RetryBudget;
+use metrics::ResilienceMetrics;
+
+use crate::upstream::Upstream;
+
+/// A change of an upstream's breaker.
+#[derive(Debug, Clone)]
+pub struct BreakerEvent {
+    pub upstream: Arc<str>,
+    pub from: BreakerState,
+    pub to: BreakerState,
+    pub at: SystemTime,
+}
+
+/// Why an upstream takes no request now, and when to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{why}; retry in {retry_after:?}")]
+pub struct Unavailable {
+    pub why: Why,
+    pub retry_after: Duration,
+}
+
+/// The reason in [`Unavailable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Why {
+    #[error("the upstream's circuit breaker is open")]
+    CircuitOpen,
+    #[error("no endpoint of the upstream passes its health checks")]
+    NoHealthyEndpoint,
+}
+
+impl Unavailable {
+    /// The answer a caller gets for it: `503 circuit-open` or `503 upstream-unavailable`,
+    /// with `Retry-After`.
+    pub fn refusal(self, upstream: &Arc<str>) -> crate::problem::Refusal {
+        use crate::problem::Refusal;
+        let (upstream, retry_after) = (upstream.clone(), self.retry_after);
+        match self.why {
+            Why::CircuitOpen => Refusal::CircuitOpen {
+                upstream,
+                retry_after,
+            },
+            Why::NoHealthyEndpoint => Refusal::UpstreamUnavailable {
+                upstream,
+                retry_after,
+            },
+        }
+    }
+}
+
+/// Events kept for a subscriber that lags; older ones are dropped for it.
+const EVENT_BACKLOG: usize = 256;
+
+/// Every upstream's breaker and retry budget.
+#[derive(Debug)]
+pub struct Resilience {
+    upstreams: RwLock<HashMap<Arc<str>, Arc<UpstreamState>>>,
+    events: broadcast::Sender<BreakerEvent>,
+    metrics: ResilienceMetrics,
+}
+
+/// One upstream's state.
+#[derive(Debug)]
+pub(crate) struct UpstreamState {
+    name: Arc<str>,
+    breaker: Mutex<Option<Breaker>>,
+    budget: Mutex<Option<RetryBudget>>,
+    endpoints: RwLock<HashMap<Arc<str>, Arc<EndpointState>>>,
+}
+
+impl UpstreamState {
+    fn endpoint(&self, label: &Arc<str>) -> Arc<EndpointState> {
+        if let Some(e) = self
+            .endpoints
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(label)
+        {
+            return e.clone();
+        }
+        self.endpoints
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(label.clone())
+            .or_insert_with(|| Arc::new(EndpointState::new(label.clone())))
+            .clone()
+    }
+}
+
+/// A request let through the breaker; recording its outcome (or dropping it, for a request
+/// that ended early) frees a half-open probe's place.
+pub(crate) struct Permit<'a> {
+    resilience: &'a Resilience,
+    state: Arc<UpstreamState>,
+    cfg: &'a BreakerConfig,
+    admission: Option<Admission>,
+}
+
+impl Permit<'_> {
+    pub(crate) fn record(mut self, outcome: Outcome) {
+        if let Some(admission) = self.admission.take() {
+            self.resilience
+                .record(&self.state, self.cfg, admission, outcome);
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if let Some(admission) = self.admission.take() {
+            self.resilience
+                .record(&self.state, self.cfg, admission, Outcome::Neutral);
+        }
+    }
+}
+
+/// Until the next health check, at least a second.
+fn no_healthy_endpoint(upstream: &Upstream) -> Unavailable {
+    Unavailable {
+        why: Why::NoHealthyEndpoint,
+        retry_after: upstream
+            .health
+            .as_ref()
+            .map_or(Duration::from_secs(1), |h| h.interval),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The state is counters: one a panicking holder left half-updated is still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Resilience {
+    /// Registers its metrics in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        Self {
+            upstreams: RwLock::default(),
+            events: broadcast::channel(EVENT_BACKLOG).0,
+            metrics: ResilienceMetrics::register(registry),
+        }
+    }
+
+    /// Every breaker change from now on. A subscriber that falls more than a few hundred
+    /// events behind loses the oldest (`RecvError::Lagged`).
+    pub fn subscribe(&self) -> broadcast::Receiver<BreakerEvent> {
+        self.events.subscribe()
+    }
+
+    /// Whether `upstream` takes requests now — its breaker lets one through and an
+    /// endpoint is in rotation — without taking a place: for a caller that would rather
+    /// serve a fallback than be refused.
+    pub fn available(&self, upstream: &Upstream) -> Result<(), Unavailable> {
+        let state = self.state(&upstream.name);
+        if let Some(cfg) = &upstream.breaker
+            && let Some(retry_after) = lock(&state.breaker)
+                .as_ref()
+                .and_then(|b| b.refusal(Instant::now(), cfg))
+        {
+            return Err(Unavailable {
+                why: Why::CircuitOpen,
+                retry_after,
+            });
+        }
+        if upstream
+            .endpoints
+            .iter()
+            .any(|e| state.endpoint(&e.label).healthy())
+        {
+            Ok(())
+        } else {
+            Err(no_healthy_endpoint(upstream))
+        }
+    }
+
+    /// The state of `upstream`'s breaker, if it has one that has seen a request.
+    pub fn breaker_state(&self, upstream: &str) -> Option<BreakerState> {
+        let map = self
+            .upstreams
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let state = map.get(upstream)?;
+        lock(&state.breaker).as_ref().map(Breaker::state)
+    }
+
+    /// Drops the state of every upstream not named in `names` (a reload removed them).
+    pub fn retain<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let keep: std::collections::HashSet<&str> = names.into_iter().collect();
+        let mut map = self
+            .upstreams
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.retain(|name, _| {
+            let kept = keep.contains(&**name);
+            if !kept {
+                self.metrics.forget(name);
+            }
+            // An endpoint state the checks still hold goes with its last reference.
+            kept
+        });
+    }
+
+    fn state(&self, name: &Arc<str>) -> Arc<UpstreamState> {
+        if let Some(s) = self
+            .upstreams
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+        {
+            return s.clone();
+        }
+        let mut map = self
+            .upstreams
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.entry(name.clone())
+            .or_insert_with(|| {
+                Arc::new(UpstreamState {
+                    name: name.clone(),
+                    breaker: Mutex::new(None),
+                    budget: Mutex::new(None),
+                    endpoints: RwLock::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// Takes the configuration's upstreams into use, at start and at each reload: drops the
+    /// state of upstreams and endpoints it no longer has, and (re)starts the health checks
+    /// of every endpoint with the configuration's check. Health and load are kept.
+    pub fn install(self: &Arc<Self>, upstreams: &[Upstream]) {
+        self.retain(upstreams.iter().map(|u| &*u.name));
+        for u in upstreams {
+            let state = self.state(&u.name);
+            state
+                .endpoints
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|label, _| u.endpoints.iter().any(|e| e.label == *label));
+            for e in &u.endpoints {
+                let es = state.endpoint(&e.label);
+                let task = u.health.as_ref().and_then(|cfg| {
+                    let uri = http::Uri::builder()
+                        .scheme(u.scheme.clone())
+                        .authority(e.authority.clone())
+                        .path_and_query(format!("{}{}", u.base_path, cfg.path))
+                        .build()
+                        .ok()?;
+                    let check = health::Check {
+                        upstream: u.name.clone(),
+                        uri,
+                        client: u.client.clone(),
+                        cfg: cfg.clone(),
+                    };
+                    let task = tokio::spawn(health::run(
+                        check,
+                        Arc::downgrade(&es),
+                        Arc::downgrade(self),
+                    ));
+                    Some(task.abort_handle())
+                });
+                if task.is_none() && es.set_healthy(true) {
+                    // Checks turned off: the endpoint is taken back as it is.
+                    self.health_changed(&u.name, &es, true);
+                }
+                self.metrics.set_healthy(&u.name, &es.label, es.healthy());
+                if let Some(old) = std::mem::replace(&mut *lock(&es.checker), task) {
+                    old.abort();
+                }
+            }
+        }
+    }
+
+    fn health_changed(&self, upstream: &Arc<str>, endpoint: &EndpointState, healthy: bool) {
+        self.metrics.set_healthy(upstream, &endpoint.label, healthy);
+        if healthy {
+            tracing::info!(target: "idgate::health", upstream = %upstream, endpoint = %endpoint.label, "endpoint passes its health checks: back in rotation");
+        } else {
+            tracing::warn!(target: "idgate::health", upstream = %upstream, endpoint = %endpoint.label, "endpoint fails its health checks: out of rotation");
+        }
+    }
+
+    /// The endpoint of `upstream` for an attempt (see `balance`), counted in flight while
+    /// the guard lives; another than `avoid` when another is healthy. Refused when no
+    /// endpoint is healthy, with the time until the next check.
+    pub(crate) fn pick(
+        &self,
+        upstream: &Upstream,
+        avoid: Option<usize>,
+    ) -> Result<(usize, InFlight), Unavailable> {
+        let state = self.state(&upstream.name);
+        let states: Vec<Arc<EndpointState>> = upstream
+            .endpoints
+            .iter()
+            .map(|e| state.endpoint(&e.label))
+            .collect();
+        match balance::choose(&states, avoid) {
+            Some(i) => Ok((i, InFlight::new(states[i].clone()))),
+            None => Err(no_healthy_endpoint(upstream)),
+        }
+    }
+
+    /// Lets a request to `upstream` through its breaker, or refuses it with the time left.
+    pub(crate) fn admit<'a>(
+        &'a self,
+        upstream: &Upstream,
+        cfg: &'a BreakerConfig,
+    ) -> Result<Permit<'a>, Unavailable> {
+        let state = self.state(&upstream.name);
+        let now = Instant::now();
+        let (admitted, change) = {
+            let mut breaker = lock(&state.breaker);
+            breaker
+                .get_or_insert_with(|| {
+                    self.metrics.set_state(&state.name, BreakerState::Closed);
+                    Breaker::new(now, cfg)
+                })
+                .admit(now, cfg)
+        };
+        self.changed(&state.name, change);
+        match admitted {
+            Ok(admission) => Ok(Permit {
+                resilience: self,
+                state,
+                cfg,
+                admission: Some(admission),
+            }),
+            Err(retry_after) => {
+                self.metrics.refused(&state.name);
+                Err(Unavailable {
+                    why: Why::CircuitOpen,
+                    retry_after,
+                })
+            }
+        }
+    }
+
+    fn record(
+        &self,
+        state: &UpstreamState,
+        cfg: &BreakerConfig,
+        admission: Admission,
+        outcome: Outcome,
+    ) {
+        let change = lock(&state.breaker)
+            .as_mut()
+            .and_then(|b| b.record(Instant::now(), cfg, admission, outcome));
+        self.changed(&state.name, change);
+    }
+
+    fn changed(&self, upstream: &Arc<str>, change: Option<Change>) {
+        let Some(Change { from, to }) = change else {
+            return;
+        };
+        self.metrics.set_state(upstream, to);
+        self.metrics.transition(upstream, to);
+        match to {
+            BreakerState::Open => tracing::warn!(
+                target: "idgate::breaker",
+                upstream = %upstream, from = from.as_str(), to = to.as_str(),
+                "circuit breaker opened: requests to the upstream are refused"
+            ),
+            _ => tracing::info!(
+                target: "idgate::breaker",
+                upstream = %upstream, from = from.as_str(), to = to.as_str(),
+                "circuit breaker changed"
+            ),
+        }
+        // No subscriber is not an error.
+        let _ = self.events.send(BreakerEvent {
+            upstream: upstream.clone(),
+            from,
+            to,
+            at: SystemTime::now(),
+        });
+    }
+
+    /// Counts a request's first attempt against `upstream`'s retry budget.
+    pub(crate) fn count_request(&self, upstream: &Upstream, cfg: &RetryBudgetConfig) {
+        let state = self.state(&upstream.name);
+        let now = Instant::now();
+        lock(&state.budget)
+            .get_or_insert_with(|| RetryBudget::new(now, cfg))
+            .request(now, cfg);
+    }
+
+    /// Takes a retry from `upstream`'s budget; counts it, or counts the budget's refusal.
+    pub(crate) fn take_retry(
+        &self,
+        upstream: &Upstream,
+        cfg: &RetryBudgetConfig,
+        reason: &'static str,
+    ) -> bool {
+        let state = self.state(&upstream.name);
+        let now = Instant::now();
+        let granted = lock(&state.budget)
+            .get_or_insert_with(|| RetryBudget::new(now, cfg))
+            .try_retry(now, cfg);
+        if granted {
+            self.metrics.retried(&state.name, reason);
+        } else {
+            self.metrics.budget_exhausted(&state.name);
+        }
+        granted
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,89 @@
+//! The registry with real upstreams built from configuration: what `available` says, and
+//! what a reload (`install`) keeps, changes and drops.
+
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+
+use super::*;
+use crate::snapshot::tests::{Dir, config};
+
+fn upstream(dir: &Dir, body: &str) -> Upstream {
+    let cfg = config(dir, body);
+    Upstream::new(
+        &cfg.upstreams[0],
+        &Arc::new(RootCertStore::empty()),
+        &idgate_tls::crypto_provider(),
+    )
+    .unwrap()
+}
+
+fn fail(r: &Resilience, u: &Upstream) {
+    let cfg = u.breaker.as_ref().unwrap();
+    r.admit(u, cfg).unwrap().record(Outcome::Failure);
+}
+
+#[tokio::test]
+async fn an_open_breaker_survives_a_reload_and_goes_with_its_upstream() {
+    let dir = Dir::new("resilience-reload");
+    let r = Arc::new(Resilience::new(&mut Registry::default()));
+    let u = upstream(
+        &dir,
+        "[upstreams.breaker]\nconsecutive_failures = 2\nopen_duration = \"30s\"",
+    );
+    r.install(std::slice::from_ref(&u));
+    assert_eq!(r.available(&u), Ok(()));
+    fail(&r, &u);
+    fail(&r, &u);
+    let refused = r.available(&u).unwrap_err();
+    assert_eq!(refused.why, Why::CircuitOpen);
+    assert!(refused.retry_after > Duration::from_secs(28));
+    assert!(matches!(
+        refused.refusal(&u.name),
+        crate::problem::Refusal::CircuitOpen { .. }
+    ));
+
+    // The same upstream, rebuilt by a reload: still open.
+    let again = upstream(
+        &dir,
+        "[upstreams.breaker]\nconsecutive_failures = 2\nopen_duration = \"30s\"",
+    );
+    r.install(std::slice::from_ref(&again));
+    assert_eq!(r.breaker_state("didit"), Some(BreakerState::Open));
+    assert!(r.available(&again).is_err());
+
+    // A reload without it: its state goes, and it comes back closed.
+    r.install(&[]);
+    assert_eq!(r.breaker_state("didit"), None);
+    r.install(std::slice::from_ref(&again));
+    assert_eq!(r.available(&again), Ok(()));
+}
+
+#[tokio::test]
+async fn a_reload_applies_new_thresholds_to_the_counts_so_far() {
+    let dir = Dir::new("resilience-thresholds");
+    let r = Arc::new(Resilience::new(&mut Registry::default()));
+    let lax = upstream(&dir, "[upstreams.breaker]\nconsecutive_failures = 5");
+    r.install(std::slice::from_ref(&lax));
+    fail(&r, &lax);
+    fail(&r, &lax);
+    assert_eq!(r.breaker_state("didit"), Some(BreakerState::Closed));
+    let strict = upstream(&dir, "[upstreams.breaker]\nconsecutive_failures = 3");
+    r.install(std::slice::from_ref(&strict));
+    fail(&r, &strict);
+    assert_eq!(r.breaker_state("didit"), Some(BreakerState::Open));
+}
+
+#[tokio::test]
+async fn breaker_changes_reach_subscribers() {
+    let dir = Dir::new("resilience-events");
+    let r = Arc::new(Resilience::new(&mut Registry::default()));
+    let u = upstream(&dir, "[upstreams.breaker]\nconsecutive_failures = 1");
+    let mut events = r.subscribe();
+    fail(&r, &u);
+    let e = events.try_recv().unwrap();
+    assert_eq!(
+        (&*e.upstream, e.from, e.to),
+        ("didit", BreakerState::Closed, BreakerState::Open)
+    );
+}

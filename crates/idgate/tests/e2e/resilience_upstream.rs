@@ -1,0 +1,479 @@
+//! Upstream resilience over real sockets: the circuit breaker opens when the upstream dies
+//! or hangs under load and answers fast `503 circuit-open` with `Retry-After` until the
+//! upstream is back; retries follow only safe requests and stay within their budget; a
+//! reload keeps a breaker's state, and drops it with its upstream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use crate::assert_eventually;
+use crate::support::*;
+use crate::upstream_h1::{read_body, read_head};
+
+/// A plain HTTP/1.1 upstream on a fixed port that can be killed (its listener and every
+/// connection closed) and started again, answer with a chosen status, fail a number of
+/// requests first, or hang.
+pub(crate) struct Flaky {
+    pub(crate) port: u16,
+    /// The status of every answer but the failed ones.
+    status: Arc<AtomicU16>,
+    /// Requests still to answer `503` before the status above.
+    fail_next: Arc<AtomicUsize>,
+    /// Reads requests and never answers.
+    pub(crate) hang: Arc<AtomicBool>,
+    /// Requests read, by method.
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Flaky {
+    pub(crate) async fn start() -> Self {
+        let mut f = Self {
+            port: 0,
+            status: Arc::new(AtomicU16::new(200)),
+            fail_next: Arc::new(AtomicUsize::new(0)),
+            hang: Arc::new(AtomicBool::new(false)),
+            seen: Arc::default(),
+            task: None,
+        };
+        f.serve().await;
+        f
+    }
+
+    async fn serve(&mut self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.port = listener.local_addr().unwrap().port();
+        let (status, fail_next, hang, seen) = (
+            self.status.clone(),
+            self.fail_next.clone(),
+            self.hang.clone(),
+            self.seen.clone(),
+        );
+        self.task = Some(tokio::spawn(async move {
+            // Dropped with the task: a kill closes every connection too.
+            let mut conns = JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (status, fail_next, hang, seen) = (
+                    status.clone(),
+                    fail_next.clone(),
+                    hang.clone(),
+                    seen.clone(),
+                );
+                conns.spawn(answer(tcp, status, fail_next, hang, seen));
+            }
+        }));
+    }
+
+    pub(crate) fn kill(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
+    pub(crate) async fn restart(&mut self) {
+        self.kill();
+        self.serve().await;
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub(crate) fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Flaky {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn answer(
+    mut tcp: TcpStream,
+    status: Arc<AtomicU16>,
+    fail_next: Arc<AtomicUsize>,
+    hang: Arc<AtomicBool>,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(mut req) = read_head(&mut tcp, &mut buf).await else {
+            return;
+        };
+        if read_body(&mut tcp, &mut buf, &mut req).await.is_none() {
+            return;
+        }
+        seen.lock().unwrap().push(req.method.clone());
+        if hang.load(Ordering::SeqCst) {
+            tokio::time::sleep(TEST_LIMIT).await;
+            return;
+        }
+        let failed = fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let code = if failed {
+            503
+        } else {
+            status.load(Ordering::SeqCst)
+        };
+        let head = format!("HTTP/1.1 {code} X\r\ncontent-length: 2\r\n\r\nok");
+        if tcp.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+pub(crate) fn table(pairs: &[(&str, toml::Value)]) -> toml::Table {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+fn breaker(open_duration: &str) -> toml::Value {
+    toml::Value::Table(table(&[
+        ("consecutive_failures", 5.into()),
+        ("failure_ratio", 0.5.into()),
+        ("window", "5s".into()),
+        ("min_requests", 10.into()),
+        ("open_duration", open_duration.into()),
+        ("half_open_probes", 1.into()),
+    ]))
+}
+
+fn one_route<'a>(upstream: &'a str, extra: toml::Table) -> OneRoute<'a> {
+    OneRoute {
+        url: upstream,
+        upstream_extra: extra,
+        methods: &["GET", "POST"],
+        ..OneRoute::default()
+    }
+}
+
+pub(crate) fn client(pki: &Pki, gw: &Gateway) -> Client {
+    Client::new(pki, Some(ONBOARDING), gw.port, false)
+}
+
+/// `n` callers, each on its own connection, sending `GET`s until `stop`; every answer's
+/// status, `type` slug and time taken.
+pub(crate) fn load(
+    pki: &Pki,
+    gw: &Gateway,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> JoinSet<Vec<(Instant, u16, String, Duration)>> {
+    let mut set = JoinSet::new();
+    for _ in 0..n {
+        let (c, stop) = (client(pki, gw), stop.clone());
+        set.spawn(async move {
+            let mut out = Vec::new();
+            let mut conn = c.connect().await.unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                let at = Instant::now();
+                let r = conn.send("GET", "/v1/x", &[], "").await.unwrap();
+                let slug = if r.status == 200 {
+                    String::new()
+                } else {
+                    r.json()["type"]
+                        .as_str()
+                        .unwrap_or("")
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                out.push((at, r.status, slug, at.elapsed()));
+            }
+            out
+        });
+    }
+    set
+}
+
+fn p99(mut d: Vec<Duration>) -> Duration {
+    d.sort();
+    d[(d.len() * 99 / 100).min(d.len() - 1)]
+}
+
+#[tokio::test]
+async fn killing_the_upstream_opens_the_breaker_and_it_closes_when_the_upstream_is_back() {
+    within(async {
+        let pki = Pki::default_pki();
+        let mut up = Flaky::start().await;
+        let url = up.url();
+        let gw = one_route(&url, table(&[("breaker", breaker("1s"))]))
+            .start(&pki, &[])
+            .await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut callers = load(&pki, &gw, 4, stop.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let killed_at = Instant::now();
+        up.kill();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let before_restart = up.seen().len();
+        up.restart().await;
+        let restarted_at = Instant::now();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        stop.store(true, Ordering::SeqCst);
+        let mut answers = Vec::new();
+        while let Some(a) = callers.join_next().await {
+            answers.extend(a.unwrap());
+        }
+        answers.sort_by_key(|a| a.0);
+
+        let during: Vec<_> = answers
+            .iter()
+            .filter(|a| a.0 >= killed_at && a.0 < restarted_at)
+            .collect();
+        let failed = during.iter().filter(|a| a.1 == 502).count();
+        let refused: Vec<_> = during.iter().filter(|a| a.2 == "circuit-open").collect();
+        // Five failures in a row open it (four callers may each have one more in flight),
+        // and the probe a second later fails once more.
+        assert!(
+            (5..=10).contains(&failed),
+            "{failed} failures reached the caller"
+        );
+        assert!(refused.len() > 20, "{} refusals", refused.len());
+        let first_refusal = refused[0].0 - killed_at;
+        assert!(first_refusal < Duration::from_secs(1), "{first_refusal:?}");
+        let quick = p99(refused.iter().map(|a| a.3).collect());
+        assert!(quick < Duration::from_millis(50), "p99 {quick:?}");
+        assert!(refused.iter().all(|a| a.1 == 503));
+
+        // Back up: a probe goes through within the open time, and then everything does.
+        let after: Vec<_> = answers.iter().filter(|a| a.0 >= restarted_at).collect();
+        let back = after
+            .iter()
+            .position(|a| a.1 == 200)
+            .expect("no success after the restart");
+        assert!(after[back].0 - restarted_at < Duration::from_millis(1500));
+        // Sent once the probe's success closed the breaker.
+        let closed_at = after[back].0 + after[back].3;
+        let later: Vec<_> = after.iter().filter(|a| a.0 >= closed_at).collect();
+        assert!(!later.is_empty());
+        assert!(later.iter().all(|a| a.1 == 200));
+        assert!(up.seen().len() > before_restart);
+
+        let metrics = admin_get(gw.admin_port, "/metrics").await.unwrap().1;
+        for line in [
+            "idgate_upstream_breaker_state{upstream=\"provider\"} 0",
+            "idgate_upstream_breaker_transitions_total{upstream=\"provider\",to=\"open\"}",
+            "idgate_upstream_breaker_transitions_total{upstream=\"provider\",to=\"half_open\"}",
+            "idgate_upstream_breaker_transitions_total{upstream=\"provider\",to=\"closed\"}",
+        ] {
+            assert!(metrics.contains(line), "{line} not in\n{metrics}");
+        }
+        let opened = log_lines(
+            &gw,
+            "idgate::breaker",
+            "circuit breaker opened: requests to the upstream are refused",
+        );
+        assert!(!opened.is_empty(), "{}", gw.output());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_costs_callers_one_timeout_then_answers_are_quick() {
+    within(async {
+        let pki = Pki::default_pki();
+        let up = Flaky::start().await;
+        let url = up.url();
+        let gw = one_route(
+            &url,
+            table(&[
+                ("breaker", breaker("10s")),
+                ("request_timeout", "500ms".into()),
+            ]),
+        )
+        .start(&pki, &[])
+        .await;
+        up.hang.store(true, Ordering::SeqCst);
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let mut callers = load(&pki, &gw, 8, stop.clone());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, Ordering::SeqCst);
+        let mut answers = Vec::new();
+        while let Some(a) = callers.join_next().await {
+            answers.extend(a.unwrap());
+        }
+        let timeouts = answers.iter().filter(|a| a.1 == 504).count();
+        let refused: Vec<_> = answers.iter().filter(|a| a.2 == "circuit-open").collect();
+        // Five timeouts open it (more when callers start late on a busy machine); once it
+        // is open, no one waits: every request sent after the first refusal is refused.
+        assert!(timeouts >= 5, "{timeouts} timeouts");
+        assert!(refused.len() > 50, "{} refusals", refused.len());
+        let opened = refused.iter().map(|a| a.0 + a.3).min().unwrap();
+        assert!(
+            answers
+                .iter()
+                .filter(|a| a.0 >= opened)
+                .all(|a| a.2 == "circuit-open")
+        );
+        let quick = p99(refused.iter().map(|a| a.3).collect());
+        assert!(quick < Duration::from_millis(50), "p99 {quick:?}");
+        // Open within the window: soon after the first timeouts came back.
+        let first_timeout = answers
+            .iter()
+            .filter(|a| a.1 == 504)
+            .map(|a| a.0 + a.3)
+            .min()
+            .unwrap();
+        assert!(opened.saturating_duration_since(first_timeout) < Duration::from_secs(1));
+        assert!(opened - started < Duration::from_secs(2));
+        // The upstream saw only what opened the breaker.
+        assert_eq!(up.seen().len(), timeouts);
+        // Retry-After: what is left of the ten seconds.
+        let r = client(&pki, &gw).get("/v1/x").await.unwrap();
+        assert_eq!(r.status, 503);
+        let left: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((7..=10).contains(&left), "Retry-After {left}");
+    })
+    .await;
+}
+
+fn retry(extra: &[(&str, toml::Value)]) -> toml::Value {
+    let mut t = table(&[("attempts", 2.into()), ("backoff", "5ms".into())]);
+    t.extend(table(extra));
+    toml::Value::Table(t)
+}
+
+#[tokio::test]
+async fn a_get_is_retried_on_a_503_a_post_only_with_an_idempotency_key() {
+    within(async {
+        let pki = Pki::default_pki();
+        let up = Flaky::start().await;
+        let url = up.url();
+        let gw = one_route(&url, table(&[("retry", retry(&[]))]))
+            .start(&pki, &[])
+            .await;
+        let c = client(&pki, &gw);
+
+        up.fail_next.store(1, Ordering::SeqCst);
+        let r = c.get("/v1/x").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(up.seen(), ["GET", "GET"]);
+
+        up.fail_next.store(1, Ordering::SeqCst);
+        let r = c.send("POST", "/v1/x", &[], "").await.unwrap();
+        assert_eq!(r.status, 503, "the upstream's own answer");
+        assert_eq!(up.seen().len(), 3);
+
+        up.fail_next.store(1, Ordering::SeqCst);
+        let r = c
+            .send("POST", "/v1/x", &[("idempotency-key", "k-1")], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(up.seen(), ["GET", "GET", "POST", "POST", "POST"]);
+
+        // A body streamed on is never sent twice, key or not.
+        up.fail_next.store(1, Ordering::SeqCst);
+        let r = c
+            .send("POST", "/v1/x", &[("idempotency-key", "k-2")], "{}")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(up.seen().len(), 6);
+
+        let metrics = admin_get(gw.admin_port, "/metrics").await.unwrap().1;
+        let line = "idgate_upstream_retries_total{upstream=\"provider\",reason=\"status\"} 2";
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_retry_budget_caps_retries_during_an_outage() {
+    within(async {
+        let pki = Pki::default_pki();
+        let up = Flaky::start().await;
+        let url = up.url();
+        let budget = retry(&[
+            ("attempts", 3.into()),
+            ("budget_percent", 0.0.into()),
+            ("budget_min_per_second", 1.into()),
+            ("budget_window", "2s".into()),
+        ]);
+        let gw = one_route(&url, table(&[("retry", budget)]))
+            .start(&pki, &[])
+            .await;
+        up.status.store(503, Ordering::SeqCst);
+        let c = client(&pki, &gw);
+        for _ in 0..20 {
+            assert_eq!(c.get("/v1/x").await.unwrap().status, 503);
+        }
+        // Two retries in the window (one a second over two seconds), not three per request.
+        let seen = up.seen().len();
+        assert!((20..=24).contains(&seen), "{seen} requests upstream");
+        let metrics = admin_get(gw.admin_port, "/metrics").await.unwrap().1;
+        assert!(
+            metrics.contains("idgate_upstream_retry_budget_exhausted_total{upstream=\"provider\"}"),
+            "{metrics}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_breaker_open_and_one_that_removes_the_upstream_drops_it() {
+    within(async {
+        let pki = Pki::default_pki();
+        let mut up = Flaky::start().await;
+        let url = up.url();
+        let route = one_route(&url, table(&[("breaker", breaker("30s"))]));
+        let gw = route.start(&pki, &[]).await;
+        let c = client(&pki, &gw);
+        up.kill();
+        assert_eventually!(
+            c.get("/v1/x").await.unwrap().status == 503,
+            "the breaker did not open"
+        );
+        up.restart().await;
+
+        let reloads = |n: usize| {
+            log_lines(
+                &gw,
+                "idgate_proxy::gateway",
+                "configuration reloaded: routes, upstreams, credentials and authentication replaced",
+            )
+            .len()
+                >= n
+        };
+        // The same configuration again: the breaker stays open, the upstream untouched.
+        gw.signal("HUP");
+        assert_eventually!(reloads(1), "no reload:\n{}", gw.output());
+        let r = c.get("/v1/x").await.unwrap();
+        assert_eq!((r.status, r.header("retry-after").is_some()), (503, true));
+        assert!(up.seen().is_empty());
+
+        // The upstream renamed: its old state goes.
+        let mut renamed = route.config(&pki);
+        renamed.upstreams[0].name = "provider-b".into();
+        renamed.routes[0].upstream = Some("provider-b".into());
+        std::fs::write(&gw.config_path, renamed.to_toml()).unwrap();
+        gw.signal("HUP");
+        assert_eventually!(reloads(2), "no reload:\n{}", gw.output());
+        assert_eq!(c.get("/v1/x").await.unwrap().status, 200);
+
+        // And back: a new breaker, closed.
+        std::fs::write(&gw.config_path, route.config(&pki).to_toml()).unwrap();
+        gw.signal("HUP");
+        assert_eventually!(reloads(3), "no reload:\n{}", gw.output());
+        assert_eq!(c.get("/v1/x").await.unwrap().status, 200);
+        let metrics = admin_get(gw.admin_port, "/metrics").await.unwrap().1;
+        assert!(
+            metrics.contains("idgate_upstream_breaker_state{upstream=\"provider\"} 0"),
+            "{metrics}"
+        );
+    })
+    .await;
+}
