@@ -13,6 +13,7 @@ mod credential;
 mod duration;
 mod error;
 mod identity;
+mod incidents;
 mod json_path;
 mod limits;
 mod listener;
@@ -48,6 +49,9 @@ pub use duration::{DurationError, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use identity::IdentityConfig;
 pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
+pub use incidents::{
+    IncidentSeverity, IncidentsConfig, NotifyConfig as IncidentNotifyConfig, RuleSeverities,
+};
 pub use json_path::{JsonPath, JsonPathError, JsonStep};
 pub use limits::{
     LimitKeyPart, LockoutBy, LockoutConfig, OnStateError, Rate, RateLimitConfig, TierMatch,
@@ -108,6 +112,8 @@ pub struct Config {
     pub siem: Option<SiemConfig>,
     /// `[audit]`: the tamper-evident audit trail; `None` when absent or disabled.
     pub audit: Option<AuditConfig>,
+    /// `[incidents]`: incident detection, storage and notification; none without the section.
+    pub incidents: Option<IncidentsConfig>,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
 }
@@ -133,6 +139,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "masking",
     "siem",
     "audit",
+    "incidents",
 ];
 
 fn default_workers() -> usize {
@@ -375,6 +382,13 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .map(|u| u.name.as_str())
         .collect();
     warnings.extend(routing::shadow_warnings(&routes, &upstream_names));
+    let incidents = table
+        .remove("incidents")
+        .and_then(|v| cx.section::<incidents::RawIncidents>("incidents", v))
+        .map(|i| {
+            let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+            incidents::parse(&mut cx, i, &names, &mut warnings)
+        });
     if token_endpoint.is_some() {
         for r in &routes {
             if matches!(
@@ -420,6 +434,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 masking,
                 siem,
                 audit,
+                incidents,
                 warnings,
             })
         }
