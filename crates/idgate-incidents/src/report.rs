@@ -30,8 +30,10 @@ fn duration(secs: u64) -> String {
 }
 
 /// The Markdown report: what, when, how long, who was affected, what the gateway did, the
-/// DORA classification and the audit records to extract.
-pub fn markdown(i: &Incident) -> String {
+/// DORA classification and the audit records to extract. `config` is the configuration
+/// file the extraction command names (a usual path when not known).
+pub fn markdown(i: &Incident, config: Option<&str>) -> String {
+    let config = config.unwrap_or("/etc/idgate/idgate.toml");
     let mut m = String::new();
     let c = &i.classification;
     let _ = writeln!(m, "# Incident {}\n", i.id);
@@ -145,7 +147,7 @@ pub fn markdown(i: &Incident) -> String {
         let until = a.until.or(i.closed_at).unwrap_or(i.updated_at);
         let _ = writeln!(
             m,
-            "- Extract them with:\n\n```sh\nidgate audit show --config /etc/idgate/idgate.toml --since {since} --until {until}\n```"
+            "- Extract them with:\n\n```sh\nidgate audit show --config {config} --since {since} --until {until}\n```"
         );
     }
     m

@@ -103,7 +103,7 @@ fn ids_that_are_not_file_names_are_refused() {
 #[test]
 fn the_report_names_routes_failures_and_the_audit_range_with_its_command() {
     let i = incident("20251202T081500000Z-upstream_errors-idv", State::Open);
-    let md = report::markdown(&i);
+    let md = report::markdown(&i, None);
     assert!(md.contains("`sessions`"), "{md}");
     assert!(md.contains("Requests failed: **40**"), "{md}");
     assert!(md.contains("Entries `seq` 101 to 160"), "{md}");

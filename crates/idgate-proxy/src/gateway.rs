@@ -200,6 +200,16 @@ impl Gateway {
         if let Some(siem) = &siem {
             services = services.with_siem(siem.metrics());
         }
+        let incidents = match &cfg.incidents {
+            Some(i) => Some(
+                idgate_incidents::IncidentService::start(i, audit.clone())
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+            ),
+            None => None,
+        };
+        if let Some(incidents) = &incidents {
+            services = services.with_incidents(incidents.clone());
+        }
         let services = Arc::new(services);
         services.metrics.certificates_of(self.material.clone());
         tokio::spawn(sweep_limiter(Arc::downgrade(&services)));
@@ -228,8 +238,11 @@ impl Gateway {
         );
         let admin_task = tokio::spawn(crate::admin::serve_admin(
             admin,
-            ready.clone(),
-            services.metrics.clone(),
+            crate::admin::AdminState {
+                ready: ready.clone(),
+                metrics: services.metrics.clone(),
+                incidents: incidents.clone(),
+            },
             stop_rx.clone(),
         ));
 
@@ -264,6 +277,9 @@ impl Gateway {
             tracing::warn!("drain timeout reached; closing the remaining connections");
         }
         let _ = admin_task.await;
+        if let Some(incidents) = &incidents {
+            incidents.stop();
+        }
         // Every request has ended (or been given up on): the last batch is written and the
         // file closed with a signed checkpoint.
         if let Some(trail) = audit {

@@ -91,6 +91,9 @@ pub struct Services {
     /// The audit trail, when `[audit]` is enabled: each request's and each refused
     /// connection's record goes there too.
     pub audit: Option<Arc<idgate_audit::AuditTrail>>,
+    /// Incident detection, when `[incidents]` is configured: each request, TLS handshake
+    /// failure and failed authentication is counted in its feed.
+    pub incidents: Option<Arc<idgate_incidents::IncidentService>>,
 }
 
 impl Default for Services {
@@ -120,6 +123,7 @@ impl Services {
             limit_metrics,
             state_errors: StateErrors::default(),
             audit: None,
+            incidents: None,
         }
     }
 
@@ -130,6 +134,13 @@ impl Services {
             metrics.count_audit(trail.metrics());
         }
         self.audit = Some(trail);
+        self
+    }
+
+    /// Feeds each request, TLS handshake failure and failed authentication to incident
+    /// detection.
+    pub fn with_incidents(mut self, incidents: Arc<idgate_incidents::IncidentService>) -> Self {
+        self.incidents = Some(incidents);
         self
     }
 
@@ -154,6 +165,9 @@ impl Services {
     pub(crate) fn failed_attempt(&self, conn: &ConnInfo, reason: &'static str) {
         let n = self.failed_attempts.record(conn.remote.ip().to_canonical());
         self.metrics.auth_failed(reason);
+        if let Some(incidents) = &self.incidents {
+            incidents.feed().auth_failure();
+        }
         tracing::info!(remote = %conn.remote.ip(), reason, failures_in_window = n, "authentication failed");
     }
 }

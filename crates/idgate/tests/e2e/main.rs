@@ -14,6 +14,7 @@ mod examples;
 mod hostile_upstream;
 mod hsm;
 mod hsm_outage;
+mod incidents;
 mod jwt_interop;
 mod keys;
 mod layers;
