@@ -326,3 +326,7 @@ pub(crate) fn parse(
         notify: r.notify.and_then(|n| notify(cx, n, warnings)),
     }
 }
+
+#[cfg(test)]
+#[path = "incidents_tests.rs"]
+mod tests;

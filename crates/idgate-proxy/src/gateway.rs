@@ -363,6 +363,8 @@ pub enum RestartOnly {
     /// `[audit]`'s writer: its directory, rotation, checkpoints, keys, sync interval and
     /// queue (its `on_audit_full` and `block_timeout` change live).
     Audit,
+    /// `[incidents]`: the detector, its store and notifier start once.
+    Incidents,
 }
 
 impl RestartOnly {
@@ -377,6 +379,7 @@ impl RestartOnly {
             Self::Vault => "vault",
             Self::State => "state",
             Self::Audit => "audit",
+            Self::Incidents => "incidents",
         }
     }
 }
@@ -401,6 +404,7 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<RestartOnly> {
             running.audit.as_ref().map(|a| &a.writer) != new.audit.as_ref().map(|a| &a.writer),
             RestartOnly::Audit,
         ),
+        (running.incidents != new.incidents, RestartOnly::Incidents),
     ]
     .into_iter()
     .filter_map(|(changed, part)| changed.then_some(part))
