@@ -58,10 +58,10 @@ struct Finding {
     summary: String,
 }
 
-/// One second in the window: its sample and the audit trail's last seq after it.
+/// One second in the window: its sample and the audit trail's last seq before it.
 struct Second {
     sample: Sample,
-    last_seq: Option<u64>,
+    seq_before: Option<u64>,
 }
 
 /// Per-upstream sums over the window.
@@ -124,7 +124,6 @@ impl Detector {
     ) -> Vec<(ChangeKind, Incident)> {
         let elapsed = self.last_tick.map_or(1000, |t| now.0.saturating_sub(t.0));
         self.last_tick = Some(now);
-        self.audit = audit;
         for e in &sample.breaker {
             match e {
                 crate::feed::BreakerEvent::Opened { upstream } => {
@@ -137,13 +136,16 @@ impl Detector {
         }
         let breaker_events = sample.breaker.clone();
         let latest = sample.clone();
+        let now_seq = audit.map(|a| a.last_seq);
         self.window.push_back(Second {
             sample,
-            last_seq: audit.map(|a| a.last_seq),
+            // The first second has no tick before it: its entries start after now's.
+            seq_before: self.audit.map(|a| a.last_seq).or(now_seq),
         });
         while self.window.len() > self.window_len() {
             self.window.pop_front();
         }
+        self.audit = audit;
         let findings = self.evaluate();
         let mut changes = Vec::new();
         // Open incidents first: they learn this second's counts.
@@ -294,7 +296,11 @@ impl Detector {
                 ..Classification::default()
             },
             audit: AuditRange {
-                first_seq: self.window.front().and_then(|s| s.last_seq).map(|s| s + 1),
+                first_seq: self
+                    .window
+                    .front()
+                    .and_then(|s| s.seq_before)
+                    .map(|s| s + 1),
                 last_seq: self.audit.map(|a| a.last_seq),
                 since: Some(window_start),
                 until: None,

@@ -135,20 +135,18 @@ pub fn markdown(i: &Incident, config: Option<&str>) -> String {
     }
     let _ = writeln!(m, "\n## Audit records\n");
     let a = &i.audit;
-    match (a.first_seq, a.last_seq) {
-        (Some(f), Some(l)) => {
+    match (a.first_seq, a.last_seq, a.since) {
+        (Some(f), Some(l), Some(since)) => {
+            let until = a.until.or(i.closed_at).unwrap_or(i.updated_at);
             let _ = writeln!(m, "- Entries `seq` {f} to {l}");
+            let _ = writeln!(
+                m,
+                "- Extract them with:\n\n```sh\nidgate audit show --config {config} --since {since} --until {until}\n```"
+            );
         }
         _ => {
             let _ = writeln!(m, "- No audit trail was configured: no entry range");
         }
-    }
-    if let Some(since) = a.since {
-        let until = a.until.or(i.closed_at).unwrap_or(i.updated_at);
-        let _ = writeln!(
-            m,
-            "- Extract them with:\n\n```sh\nidgate audit show --config {config} --since {since} --until {until}\n```"
-        );
     }
     m
 }
