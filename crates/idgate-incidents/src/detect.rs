@@ -174,7 +174,7 @@ impl Detector {
         let mut found = BTreeMap::new();
         let mut sums: BTreeMap<Arc<str>, UpstreamSums> = BTreeMap::new();
         for s in &self.window {
-            for r in s.sample.routes.values() {
+            for (_, r) in &s.sample.routes {
                 let Some(u) = &r.upstream else { continue };
                 let e = sums.entry(u.clone()).or_default();
                 e.requests += r.upstream_requests;

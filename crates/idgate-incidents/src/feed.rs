@@ -110,7 +110,8 @@ pub struct RouteSample {
 /// Everything one second brought.
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
-    pub routes: HashMap<Arc<str>, RouteSample>,
+    /// Each route's counts, one entry per upstream it was sent to.
+    pub routes: Vec<(Arc<str>, RouteSample)>,
     pub tls_failures: u64,
     pub auth_failures: u64,
     pub breaker: Vec<BreakerEvent>,
@@ -119,7 +120,8 @@ pub struct Sample {
 /// The request path's side of incident detection; see the module documentation.
 #[derive(Debug)]
 pub struct Feed {
-    routes: ArcSwap<HashMap<Arc<str>, Arc<RouteCounters>>>,
+    /// Each route's counters, one per upstream it was sent to (usually one).
+    routes: ArcSwap<HashMap<Arc<str>, Vec<Arc<RouteCounters>>>>,
     overflow: Arc<RouteCounters>,
     tls_failures: AtomicU64,
     auth_failures: AtomicU64,
@@ -142,33 +144,30 @@ impl Feed {
     /// Counts one request. Cheap: see the module documentation.
     pub fn request(&self, e: &RequestEvent<'_>) {
         let map = self.routes.load();
-        let counters = match map.get(e.route) {
-            Some(c) => c,
-            None => {
-                drop(map);
-                self.add_route(e.route, e.upstream);
-                return self.request_on(&self.counters_of(e.route), e);
-            }
-        };
-        self.request_on(counters, e);
+        if let Some(c) = find(&map, e.route, e.upstream) {
+            return self.request_on(c, e);
+        }
+        // A new route, or one a reload sent to another upstream: once per route and upstream.
+        drop(map);
+        self.add_route(e.route, e.upstream);
+        let map = self.routes.load();
+        let c = find(&map, e.route, e.upstream).unwrap_or(&self.overflow);
+        self.request_on(c, e);
     }
 
-    fn counters_of(&self, route: &str) -> Arc<RouteCounters> {
-        self.routes
-            .load()
-            .get(route)
-            .cloned()
-            .unwrap_or_else(|| self.overflow.clone())
-    }
-
-    /// The first request of a route (once per route and process).
+    /// Counters for a route and upstream seen for the first time. A route a reload sends
+    /// elsewhere gets counters of its own for the new upstream, so that no second's counts
+    /// are attributed to the wrong one.
     fn add_route(&self, route: &str, upstream: Option<&str>) {
         self.routes.rcu(|map| {
-            if map.contains_key(route) || map.len() >= MAX_ROUTES {
+            let total: usize = map.values().map(Vec::len).sum();
+            if find(map, route, upstream).is_some() || total >= MAX_ROUTES {
                 return Arc::clone(map);
             }
             let mut map = HashMap::clone(map);
-            map.insert(Arc::from(route), Arc::new(RouteCounters::new(upstream)));
+            map.entry(Arc::from(route))
+                .or_default()
+                .push(Arc::new(RouteCounters::new(upstream)));
             Arc::new(map)
         });
     }
@@ -237,15 +236,16 @@ impl Feed {
     /// What arrived since the last drain; the counters start again from zero.
     pub fn drain(&self) -> Sample {
         let map = self.routes.load();
-        let mut routes = HashMap::with_capacity(map.len() + 1);
+        let mut routes = Vec::with_capacity(map.len() + 1);
         let overflow: Arc<str> = Arc::from("*");
-        for (name, c) in map
+        let all = map
             .iter()
-            .chain(std::iter::once((&overflow, &self.overflow)))
-        {
+            .flat_map(|(name, cs)| cs.iter().map(move |c| (name, c)))
+            .chain(std::iter::once((&overflow, &self.overflow)));
+        for (name, c) in all {
             let s = take(c);
             if s.requests > 0 {
-                routes.insert(name.clone(), s);
+                routes.push((name.clone(), s));
             }
         }
         Sample {
@@ -255,6 +255,17 @@ impl Feed {
             breaker: std::mem::take(&mut *self.breaker.lock().unwrap_or_else(|e| e.into_inner())),
         }
     }
+}
+
+fn find<'m>(
+    map: &'m HashMap<Arc<str>, Vec<Arc<RouteCounters>>>,
+    route: &str,
+    upstream: Option<&str>,
+) -> Option<&'m RouteCounters> {
+    map.get(route)?
+        .iter()
+        .find(|c| c.upstream.as_deref() == upstream)
+        .map(|c| &**c)
 }
 
 fn take(c: &RouteCounters) -> RouteSample {
@@ -312,7 +323,8 @@ mod tests {
         feed.auth_failure();
         feed.auth_failure();
         let s = feed.drain();
-        let r = &s.routes["sessions"];
+        assert_eq!(s.routes.len(), 1);
+        let r = &s.routes[0].1;
         assert_eq!(
             (r.requests, r.failed, r.upstream_errors, r.upstream_requests),
             (5, 4, 4, 5)
@@ -323,5 +335,26 @@ mod tests {
         let again = feed.drain();
         assert!(again.routes.is_empty());
         assert_eq!(again.auth_failures, 0);
+    }
+
+    #[test]
+    fn a_route_sent_to_another_upstream_counts_apart() {
+        let feed = Feed::new(2);
+        feed.request(&event("sessions", true, None));
+        let moved = RequestEvent {
+            upstream: Some("idv-eu"),
+            ..event("sessions", false, None)
+        };
+        feed.request(&moved);
+        feed.request(&moved);
+        let s = feed.drain();
+        let by_upstream = |u: &str| {
+            s.routes
+                .iter()
+                .find(|(_, r)| r.upstream.as_deref() == Some(u))
+                .map(|(_, r)| (r.requests, r.failed))
+        };
+        assert_eq!(by_upstream("idv"), Some((1, 1)));
+        assert_eq!(by_upstream("idv-eu"), Some((2, 0)));
     }
 }

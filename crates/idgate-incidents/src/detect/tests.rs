@@ -1,6 +1,5 @@
 //! The rules driven with an injected clock: one tick per simulated second.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +44,7 @@ fn second(route: &str, ok: u64, failed: u64, ms: usize, callers: &[&str]) -> Sam
         callers: callers.iter().map(|c| Box::from(*c)).collect(),
     };
     Sample {
-        routes: HashMap::from([(Arc::from(route), r)]),
+        routes: vec![(Arc::from(route), r)],
         ..Sample::default()
     }
 }

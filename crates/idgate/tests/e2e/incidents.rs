@@ -131,14 +131,17 @@ fn load(pki: &Pki, port: u16, stop: Arc<AtomicBool>) -> (Arc<AtomicU64>, Arc<Ato
     (ok, failed)
 }
 
-fn incidents_section(dir: &Path, notify: SocketAddr) -> toml::Table {
-    let mut notify_t = toml::Table::new();
-    notify_t.insert(
-        "url".into(),
-        format!("http://{notify}/hooks/incidents").into(),
-    );
-    notify_t.insert("secret".into(), "env:INCIDENT_NOTIFY_SECRET".into());
+fn incidents_section(dir: &Path, notify: Option<SocketAddr>) -> toml::Table {
     let mut t = toml::Table::new();
+    if let Some(notify) = notify {
+        let mut notify_t = toml::Table::new();
+        notify_t.insert(
+            "url".into(),
+            format!("http://{notify}/hooks/incidents").into(),
+        );
+        notify_t.insert("secret".into(), "env:INCIDENT_NOTIFY_SECRET".into());
+        t.insert("notify".into(), notify_t.into());
+    }
     t.insert("dir".into(), dir.display().to_string().into());
     t.insert("window".into(), "3s".into());
     t.insert("close_after".into(), "2s".into());
@@ -148,7 +151,6 @@ fn incidents_section(dir: &Path, notify: SocketAddr) -> toml::Table {
         vec![toml::Value::from("route")].into(),
     );
     t.insert("region".into(), "eu-central-1".into());
-    t.insert("notify".into(), notify_t.into());
     t
 }
 
@@ -211,7 +213,10 @@ async fn an_upstream_outage_opens_an_incident_that_closes_after_recovery_and_is_
         }
         .config(&pki)
         .section("audit", audit_section(&keys, &work.path().join("trail")))
-        .section("incidents", incidents_section(&incidents_dir, notify_addr));
+        .section(
+            "incidents",
+            incidents_section(&incidents_dir, Some(notify_addr)),
+        );
         let env = [("INCIDENT_NOTIFY_SECRET", NOTIFY_SECRET)];
         let mut gw = Gateway::start(&config, &env).await;
 
@@ -367,6 +372,54 @@ async fn an_upstream_outage_opens_an_incident_that_closes_after_recovery_and_is_
         ]);
         assert_eq!(code, 0, "{err}");
         assert!(list.contains(&id) && list.contains("closed"), "{list}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_open_when_the_gateway_is_killed_is_closed_as_interrupted_at_restart() {
+    within_limit(Duration::from_secs(90), async {
+        let pki = Pki::default_pki();
+        let work = tempfile::tempdir().unwrap();
+        let incidents_dir = work.path().join("incidents");
+        let mut upstream = KillableUpstream::start("127.0.0.1:0".parse().unwrap()).await;
+        let url = format!("http://{}", upstream.addr);
+        let config = OneRoute {
+            url: &url,
+            ..OneRoute::default()
+        }
+        .config(&pki)
+        .section("incidents", incidents_section(&incidents_dir, None));
+        let mut gw = Gateway::start(&config, &[]).await;
+        upstream.kill();
+        let stop = Arc::new(AtomicBool::new(false));
+        let _load = load(&pki, gw.port, stop.clone());
+        let open = incident_when(
+            gw.admin_port,
+            |i| i["state"] == "open",
+            Duration::from_secs(15),
+        )
+        .await;
+        let id = open["id"].as_str().unwrap().to_owned();
+        stop.store(true, Ordering::Relaxed);
+        gw.signal("KILL");
+        let _ = wait_for_exit(&mut gw.child, Duration::from_secs(10));
+
+        let gw = Gateway::start(&config, &[]).await;
+        let after = admin_json(gw.admin_port, &format!("/incidents/{id}")).await;
+        assert_eq!(after["state"], "interrupted", "{after}");
+        assert!(after["closed_at"].is_string(), "{after}");
+        let last = after["timeline"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(last["kind"], "interrupted", "{after}");
+        let said = "incident left open by a stopped gateway: closed as interrupted";
+        let lines = log_lines(&gw, "idgate_incidents::service", said);
+        assert_eq!(lines.len(), 1, "{}", gw.output());
+        assert_eq!(lines[0]["incident"], id.as_str());
     })
     .await;
 }
