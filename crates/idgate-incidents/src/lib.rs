@@ -11,6 +11,7 @@
 pub mod detect;
 pub mod feed;
 pub mod incident;
+pub mod metrics;
 pub mod notify;
 pub mod report;
 pub mod service;
@@ -19,5 +20,6 @@ pub mod store;
 pub use detect::{AuditState, ChangeKind, Detector};
 pub use feed::{BreakerEvent, Feed, RequestEvent};
 pub use incident::{Incident, Millis, Rule, State};
+pub use metrics::IncidentMetrics;
 pub use service::{IncidentService, StartError};
 pub use store::{Store, StoreError};

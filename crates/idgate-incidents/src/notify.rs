@@ -4,8 +4,6 @@
 //! with backoff. Detection never waits for it: notifications go through a bounded queue
 //! that a full one drops from (counted and logged).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -17,6 +15,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::detect::ChangeKind;
 use crate::incident::Incident;
+use crate::metrics::IncidentMetrics;
+use prometheus_client::metrics::counter::Counter;
 
 pub static SIGNATURE: HeaderName = HeaderName::from_static("idgate-signature");
 
@@ -58,13 +58,15 @@ pub fn body(kind: ChangeKind, incident: &Incident) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct Notifier {
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
-    pub dropped: Arc<AtomicU64>,
-    pub failed: Arc<AtomicU64>,
+    dropped: Counter,
 }
 
 impl Notifier {
     /// Starts the sender task (on the current tokio runtime).
-    pub fn start(cfg: &IncidentNotifyConfig) -> Result<Self, NotifyError> {
+    pub fn start(
+        cfg: &IncidentNotifyConfig,
+        metrics: &IncidentMetrics,
+    ) -> Result<Self, NotifyError> {
         let secret = cfg.secret.resolve()?;
         let roots = idgate_tls::roots::roots_with_ca(cfg.ca.as_deref())?;
         let client: HttpsClient<Full<Bytes>> = OutboundClient::new(roots, cfg.timeout)
@@ -72,19 +74,18 @@ impl Notifier {
             .pool_max_idle_per_host(1)
             .build()?;
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-        let failed = Arc::new(AtomicU64::new(0));
-        tokio::spawn(send_loop(rx, client, cfg.clone(), secret, failed.clone()));
+        let failed = metrics.notify_failed.clone();
+        tokio::spawn(send_loop(rx, client, cfg.clone(), secret, failed));
         Ok(Self {
             tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-            failed,
+            dropped: metrics.notify_dropped.clone(),
         })
     }
 
     /// Queues a notification; never waits.
     pub fn send(&self, kind: ChangeKind, incident: &Incident) {
         if self.tx.try_send(body(kind, incident)).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.inc();
             tracing::warn!(incident = %incident.id, event = kind.as_str(), "incident notification dropped: the queue is full");
         }
     }
@@ -95,7 +96,7 @@ async fn send_loop(
     client: HttpsClient<Full<Bytes>>,
     cfg: IncidentNotifyConfig,
     secret: SecretString,
-    failed: Arc<AtomicU64>,
+    failed: Counter,
 ) {
     while let Some(body) = rx.recv().await {
         let body = Bytes::from(body);
@@ -111,7 +112,7 @@ async fn send_loop(
             {
                 Ok(()) => break,
                 Err(reason) if attempt == cfg.attempts => {
-                    failed.fetch_add(1, Ordering::Relaxed);
+                    failed.inc();
                     tracing::error!(url = %cfg.url, attempts = attempt, reason, "incident notification given up");
                 }
                 Err(reason) => {

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::detect::{AuditState, ChangeKind, Detector};
 use crate::feed::Feed;
 use crate::incident::{Incident, Millis};
+use crate::metrics::IncidentMetrics;
 use crate::notify::{Notifier, NotifyError};
 use crate::store::{Store, StoreError};
 
@@ -42,6 +43,7 @@ pub struct IncidentService {
     /// Every stored incident by id, as last written.
     incidents: RwLock<BTreeMap<String, Incident>>,
     notifier: Option<Notifier>,
+    metrics: IncidentMetrics,
     stop: watch::Sender<bool>,
 }
 
@@ -61,12 +63,18 @@ impl IncidentService {
             .into_iter()
             .map(|i| (i.id.clone(), i))
             .collect();
-        let notifier = cfg.notify.as_ref().map(Notifier::start).transpose()?;
+        let metrics = IncidentMetrics::default();
+        let notifier = cfg
+            .notify
+            .as_ref()
+            .map(|n| Notifier::start(n, &metrics))
+            .transpose()?;
         let (stop, stopped) = watch::channel(false);
         let service = Arc::new(Self {
             feed: Arc::new(Feed::new(cfg.max_callers)),
             incidents: RwLock::new(incidents),
             notifier,
+            metrics,
             stop,
         });
         let detector = Detector::new(cfg.clone());
@@ -78,6 +86,11 @@ impl IncidentService {
             stopped,
         ));
         Ok(service)
+    }
+
+    /// Its counters, for the gateway's registry.
+    pub fn metrics(&self) -> &IncidentMetrics {
+        &self.metrics
     }
 
     /// What the request path feeds.
@@ -121,6 +134,22 @@ impl IncidentService {
     }
 
     fn changed(&self, kind: ChangeKind, incident: Incident) {
+        match kind {
+            ChangeKind::Opened => {
+                self.metrics.open.inc();
+                self.metrics
+                    .opened
+                    .get_or_create(&crate::metrics::OpenedLabels {
+                        rule: incident.rule.as_str(),
+                        severity: incident.severity.0.as_str(),
+                    })
+                    .inc();
+            }
+            ChangeKind::Closed => {
+                self.metrics.open.dec();
+            }
+            ChangeKind::SeverityChanged | ChangeKind::Updated => {}
+        }
         if kind.notifies()
             && let Some(n) = &self.notifier
         {
@@ -169,10 +198,12 @@ async fn ticker(
         }
         let store = store.clone();
         let written = changes.clone();
+        let store_errors = service.metrics.store_errors.clone();
         // fsync is slow: off the runtime's worker threads.
         let saved = tokio::task::spawn_blocking(move || {
             for (_, i) in &written {
                 if let Err(e) = store.save(i) {
+                    store_errors.inc();
                     tracing::error!(incident = %i.id, error = %e, "cannot store the incident");
                 }
             }

@@ -60,7 +60,8 @@ async fn notifications_are_signed_over_t_dot_body_and_retried() {
         attempts: 3,
         timeout: Duration::from_secs(2),
     };
-    let notifier = Notifier::start(&cfg).expect("start");
+    let metrics = idgate_incidents::IncidentMetrics::default();
+    let notifier = Notifier::start(&cfg, &metrics).expect("start");
     let incident: idgate_incidents::Incident =
         serde_json::from_str(include_str!("fixtures/incident.json")).expect("fixture");
     notifier.send(ChangeKind::Opened, &incident);

@@ -138,8 +138,11 @@ impl Services {
     }
 
     /// Feeds each request, TLS handshake failure and failed authentication to incident
-    /// detection.
+    /// detection, and counts its incidents in the metrics.
     pub fn with_incidents(mut self, incidents: Arc<idgate_incidents::IncidentService>) -> Self {
+        if let Some(metrics) = Arc::get_mut(&mut self.metrics) {
+            incidents.metrics().register(metrics.registry_mut());
+        }
         self.incidents = Some(incidents);
         self
     }

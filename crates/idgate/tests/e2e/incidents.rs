@@ -296,6 +296,15 @@ async fn an_upstream_outage_opens_an_incident_that_closes_after_recovery_and_is_
             "route"
         );
 
+        let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
+        assert!(
+            metrics.contains(
+                "idgate_incidents_opened_total{rule=\"upstream_errors\",severity=\"critical\"} 1"
+            ),
+            "{metrics}"
+        );
+        assert!(metrics.contains("idgate_incidents_open 0"), "{metrics}");
+
         // Notified, signed: opened, then closed.
         assert_eventually!(
             notified
