@@ -370,6 +370,27 @@ async fn an_upstream_outage_opens_an_incident_that_closes_after_recovery_and_is_
         // A restart keeps it.
         gw.signal("TERM");
         assert!(wait_for_exit(&mut gw.child, Duration::from_secs(30)).is_some_and(|s| s.success()));
+        // The report's extraction command finds every failed request in the trail.
+        let trail = work.path().join("trail");
+        let (since, until) = (
+            closed["audit"]["since"].as_str().unwrap(),
+            closed["audit"]["until"].as_str().unwrap(),
+        );
+        let (code, records, err) = idgate_cli(&[
+            "audit",
+            "show",
+            "--since",
+            since,
+            "--until",
+            until,
+            "--route",
+            "route",
+            "--status",
+            "5xx",
+            trail.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(records.lines().count() as u64, client_failures, "{records}");
         let gw = Gateway::start(&config, &env).await;
         let after = admin_json(gw.admin_port, &format!("/incidents/{id}")).await;
         assert_eq!(after, closed);
