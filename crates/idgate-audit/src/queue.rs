@@ -16,7 +16,7 @@
 //! A place is given back once the writer has written the record.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     pub(crate) closing: AtomicBool,
     pub(crate) writer: Thread,
     pub(crate) metrics: AuditMetrics,
+    /// The `seq` of the last entry written and synced (0 before the first).
+    pub(crate) last_seq: AtomicU64,
 }
 
 impl Shared {
@@ -130,6 +132,17 @@ impl AuditTrail {
     /// The trail's counters.
     pub fn metrics(&self) -> &AuditMetrics {
         &self.shared.metrics
+    }
+
+    /// The `seq` of the last entry written to the trail (0 before the first): an incident
+    /// notes it to name the records written while it was open.
+    pub fn last_seq(&self) -> u64 {
+        self.shared.last_seq.load(Ordering::Acquire)
+    }
+
+    /// How many records the queue holds (each of its two pools).
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity
     }
 
     /// A place for a request's record, if one is free now.

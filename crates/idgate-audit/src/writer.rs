@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -214,6 +214,7 @@ impl AuditTrail {
             gap,
         };
         let capacity = writer.settings.queue_capacity.max(1);
+        let last_seq = writer.chain.seq;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Shared>>(1);
         let handle = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -231,6 +232,7 @@ impl AuditTrail {
             closing: AtomicBool::new(false),
             writer: handle.thread().clone(),
             metrics,
+            last_seq: AtomicU64::new(last_seq),
         });
         let _ = tx.send(shared.clone());
         Ok((

@@ -13,6 +13,7 @@ mod credential;
 mod duration;
 mod error;
 mod identity;
+mod incidents;
 mod json_path;
 mod limits;
 mod listener;
@@ -51,6 +52,9 @@ pub use duration::{DurationError, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use identity::IdentityConfig;
 pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
+pub use incidents::{
+    IncidentSeverity, IncidentsConfig, NotifyConfig as IncidentNotifyConfig, RuleSeverities,
+};
 pub use json_path::{JsonPath, JsonPathError, JsonStep};
 pub use limits::{
     LimitKeyPart, LockoutBy, LockoutConfig, OnStateError, Rate, RateLimitConfig, TierMatch,
@@ -121,6 +125,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// `[audit]`: the tamper-evident audit trail; `None` when absent or disabled.
     pub audit: Option<AuditConfig>,
+    /// `[incidents]`: incident detection, storage and notification; none without the section.
+    pub incidents: Option<IncidentsConfig>,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
     /// `[fallback]`: the key and bounds of the cache of last good answers.
@@ -153,6 +159,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "audit",
     "fallback",
     "testing",
+    "incidents",
 ];
 
 fn default_workers() -> usize {
@@ -409,6 +416,13 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .collect();
     warnings.extend(routing::shadow_warnings(&routes, &upstream_names));
     warnings.extend(resilience::fault_warning(testing, &routes));
+    let incidents = table
+        .remove("incidents")
+        .and_then(|v| cx.section::<incidents::RawIncidents>("incidents", v))
+        .map(|i| {
+            let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+            incidents::parse(&mut cx, i, &names, &mut warnings)
+        });
     if token_endpoint.is_some() {
         for r in &routes {
             if matches!(
@@ -474,6 +488,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 siem,
                 webhooks,
                 audit,
+                incidents,
                 warnings,
                 fallback,
                 testing,

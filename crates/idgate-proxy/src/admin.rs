@@ -1,6 +1,7 @@
 //! The admin listener (loopback by default): `/healthz` says the process is alive,
 //! `/readyz` says it is ready for traffic (listener bound, material loaded, not draining),
-//! `/metrics` serves Prometheus metrics. Anything else gets a problem from the one mapping
+//! `/metrics` serves Prometheus metrics, `/incidents` and `/incidents/{id}` the incidents
+//! (JSON) when `[incidents]` is configured. Anything else gets a problem from the one mapping
 //! (`problem.rs`).
 //! Never served on the public listener.
 
@@ -29,7 +30,23 @@ fn json(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     resp
 }
 
-fn route(req: &Request<Incoming>, ready: &AtomicBool, metrics: &Metrics) -> Response<Full<Bytes>> {
+fn json_bytes(body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The shared parts the admin listener answers from.
+#[derive(Debug, Clone)]
+pub(crate) struct AdminState {
+    pub(crate) ready: Arc<AtomicBool>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) incidents: Option<Arc<idgate_incidents::IncidentService>>,
+}
+
+fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    let (ready, metrics) = (&*state.ready, &*state.metrics);
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = ProblemKind::MethodNotAllowed.response(None, None);
         resp.headers_mut()
@@ -50,14 +67,22 @@ fn route(req: &Request<Incoming>, ready: &AtomicBool, metrics: &Metrics) -> Resp
         }
         "/readyz" if ready.load(Ordering::Acquire) => json(StatusCode::OK, r#"{"status":"ready"}"#),
         "/readyz" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
-        _ => ProblemKind::NoRoute.response(None, None),
+        path => match (&state.incidents, path.strip_prefix("/incidents")) {
+            (Some(incidents), Some("" | "/")) => json_bytes(incidents.list_json()),
+            (Some(incidents), Some(id)) => {
+                match id.strip_prefix('/').and_then(|id| incidents.get_json(id)) {
+                    Some(body) => json_bytes(body),
+                    None => ProblemKind::NoRoute.response(None, None),
+                }
+            }
+            _ => ProblemKind::NoRoute.response(None, None),
+        },
     }
 }
 
 pub(crate) async fn serve_admin(
     listener: TcpListener,
-    ready: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
+    state: AdminState,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -72,11 +97,10 @@ pub(crate) async fn serve_admin(
                 }
             },
         };
-        let ready = ready.clone();
-        let metrics = metrics.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let resp = route(&req, &ready, &metrics);
+                let resp = route(&req, &state);
                 async move { Ok::<_, Infallible>(resp) }
             });
             let _ = hyper::server::conn::http1::Builder::new()

@@ -270,6 +270,9 @@ impl<'r> RequestCtx<'r> {
                 }
             });
         }
+        if let Some(incidents) = &self.services.incidents {
+            self.feed_incidents(incidents.feed(), status);
+        }
         let metrics = &self.services.metrics;
         metrics.request(route, status.as_u16(), self.decision, latency);
         if let Some(took) = self.upstream_latency
@@ -277,6 +280,32 @@ impl<'r> RequestCtx<'r> {
         {
             metrics.upstream_answered(&upstream.name, took);
         }
+    }
+
+    /// Counts the request for incident detection: nothing is allocated, the principal's
+    /// label is formatted only for a failed request whose caller is not yet noted.
+    fn feed_incidents(&self, feed: &idgate_incidents::Feed, status: StatusCode) {
+        let upstream_5xx = self.upstream_status.is_some_and(|s| s.is_server_error());
+        let gateway_failed = matches!(self.decision, Decision::Failed(_));
+        let upstream = self.upstream();
+        let principal = self.principal();
+        let peer = self.conn.peer.as_ref().map(|p| p.as_str());
+        let caller: Option<&dyn std::fmt::Display> = match (&principal, &peer) {
+            (Some(p), _) => Some(p),
+            (None, Some(peer)) => Some(peer),
+            (None, None) => None,
+        };
+        feed.request(&idgate_incidents::RequestEvent {
+            route: self.route_name(),
+            upstream: upstream.map(|u| &*u.name),
+            failed: gateway_failed
+                || upstream_5xx
+                || (status.is_server_error() && upstream.is_some()),
+            upstream_error: upstream.is_some()
+                && (upstream_5xx || (gateway_failed && self.upstream_status.is_none())),
+            upstream_latency: self.upstream_latency,
+            caller,
+        });
     }
 
     /// The request's record, made for `f` (borrowed from the context: nothing is copied but

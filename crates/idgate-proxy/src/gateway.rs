@@ -200,7 +200,24 @@ impl Gateway {
         if let Some(siem) = &siem {
             services = services.with_siem(siem.metrics());
         }
+        let incidents = match &cfg.incidents {
+            Some(i) => Some(
+                idgate_incidents::IncidentService::start(i, audit.clone())
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+            ),
+            None => None,
+        };
+        if let Some(incidents) = &incidents {
+            services = services.with_incidents(incidents.clone());
+        }
         let services = Arc::new(services);
+        if let Some(incidents) = &incidents {
+            let events = services.resilience.subscribe();
+            tokio::spawn(crate::resilience::feed_incidents(
+                events,
+                incidents.feed().clone(),
+            ));
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         services.metrics.certificates_of(self.material.clone());
         tokio::spawn(sweep_limiter(Arc::downgrade(&services)));
@@ -232,8 +249,11 @@ impl Gateway {
         );
         let admin_task = tokio::spawn(crate::admin::serve_admin(
             admin,
-            ready.clone(),
-            services.metrics.clone(),
+            crate::admin::AdminState {
+                ready: ready.clone(),
+                metrics: services.metrics.clone(),
+                incidents: incidents.clone(),
+            },
             stop_rx.clone(),
         ));
 
@@ -268,6 +288,9 @@ impl Gateway {
             tracing::warn!("drain timeout reached; closing the remaining connections");
         }
         let _ = admin_task.await;
+        if let Some(incidents) = &incidents {
+            incidents.stop();
+        }
         // Every request has ended (or been given up on): the last batch is written and the
         // file closed with a signed checkpoint.
         if let Some(trail) = audit {
@@ -375,6 +398,8 @@ pub enum RestartOnly {
     /// `[audit]`'s writer: its directory, rotation, checkpoints, keys, sync interval and
     /// queue (its `on_audit_full` and `block_timeout` change live).
     Audit,
+    /// `[incidents]`: the detector, its store and notifier start once.
+    Incidents,
 }
 
 impl RestartOnly {
@@ -389,6 +414,7 @@ impl RestartOnly {
             Self::Vault => "vault",
             Self::State => "state",
             Self::Audit => "audit",
+            Self::Incidents => "incidents",
         }
     }
 }
@@ -413,6 +439,7 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<RestartOnly> {
             running.audit.as_ref().map(|a| &a.writer) != new.audit.as_ref().map(|a| &a.writer),
             RestartOnly::Audit,
         ),
+        (running.incidents != new.incidents, RestartOnly::Incidents),
     ]
     .into_iter()
     .filter_map(|(changed, part)| changed.then_some(part))

@@ -163,6 +163,9 @@ async fn serve_connection(
         Ok(Err(e)) => {
             let reason = idgate_tls::HandshakeFailure::of(&e);
             shared.services.metrics.tls_handshake_failed(reason);
+            if let Some(incidents) = &shared.services.incidents {
+                incidents.feed().tls_failure();
+            }
             tracing::info!(target: "idgate::tls", remote = %remote.ip(), error = %e, %reason, "TLS handshake refused");
             shared.audit_handshake(remote, via, "tls_handshake", Some(&e.to_string()));
             return;
@@ -170,6 +173,9 @@ async fn serve_connection(
         Err(_) => {
             let reason = idgate_tls::HandshakeFailure::Timeout;
             shared.services.metrics.tls_handshake_failed(reason);
+            if let Some(incidents) = &shared.services.incidents {
+                incidents.feed().tls_failure();
+            }
             tracing::info!(target: "idgate::tls", remote = %remote.ip(), "TLS handshake timed out");
             shared.audit_handshake(remote, via, "tls_handshake_timeout", None);
             return;

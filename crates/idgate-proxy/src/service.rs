@@ -99,6 +99,9 @@ pub struct Services {
     pub fallback: crate::fallback_cache::FallbackStore,
     /// Every upstream's circuit breaker and retry budget: they outlive reloads.
     pub resilience: Arc<crate::resilience::Resilience>,
+    /// Incident detection, when `[incidents]` is configured: each request, TLS handshake
+    /// failure and failed authentication is counted in its feed.
+    pub incidents: Option<Arc<idgate_incidents::IncidentService>>,
 }
 
 impl Default for Services {
@@ -134,6 +137,7 @@ impl Services {
             audit: None,
             fallback: Default::default(),
             resilience,
+            incidents: None,
         }
     }
 
@@ -144,6 +148,16 @@ impl Services {
             metrics.count_audit(trail.metrics());
         }
         self.audit = Some(trail);
+        self
+    }
+
+    /// Feeds each request, TLS handshake failure and failed authentication to incident
+    /// detection, and counts its incidents in the metrics.
+    pub fn with_incidents(mut self, incidents: Arc<idgate_incidents::IncidentService>) -> Self {
+        if let Some(metrics) = Arc::get_mut(&mut self.metrics) {
+            incidents.metrics().register(metrics.registry_mut());
+        }
+        self.incidents = Some(incidents);
         self
     }
 
@@ -168,6 +182,9 @@ impl Services {
     pub(crate) fn failed_attempt(&self, conn: &ConnInfo, reason: &'static str) {
         let n = self.failed_attempts.record(conn.remote.ip().to_canonical());
         self.metrics.auth_failed(reason);
+        if let Some(incidents) = &self.incidents {
+            incidents.feed().auth_failure();
+        }
         tracing::info!(remote = %conn.remote.ip(), reason, failures_in_window = n, "authentication failed");
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 mod audit;
 mod demo;
 mod hsm;
+mod incidents;
 mod keys;
 mod ready_file;
 mod webhooks;
@@ -136,6 +137,15 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Incidents the gateway detected: list them, show one, or render its report.
+    ///
+    /// `report ID --format md` gives a compliance officer what DORA's incident report asks:
+    /// what, when, how long, who was affected, what the gateway did, and the audit records
+    /// to extract (see docs/incidents.md).
+    Incidents {
+        #[command(subcommand)]
+        command: incidents::IncidentsCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -157,6 +167,7 @@ fn main() -> ExitCode {
         Command::Keys { command } => keys::run(command),
         Command::Webhooks { command } => webhooks::run(command),
         Command::Audit { command } => audit::run(command),
+        Command::Incidents { command } => incidents::run(command),
         Command::Demo { port, no_wait } => demo::run(!no_wait, port),
         Command::MockProvider(args) => idgate_mock_provider::run_from_args(args),
     }

@@ -196,6 +196,7 @@ impl Writer {
                 export.export(line);
             }
         }
+        shared.last_seq.store(self.chain.seq, Ordering::Release);
         shared.release(built.reserved, built.unreserved);
         Ok(())
     }

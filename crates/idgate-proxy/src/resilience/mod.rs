@@ -442,3 +442,27 @@ impl Resilience {
 
 #[cfg(test)]
 mod tests;
+
+/// Hands every breaker opening and closing to incident detection (its `breaker_open`
+/// rule), until the registry is gone. Half-open is a breaker's own business: the
+/// incident stays open until the breaker closes.
+pub(crate) async fn feed_incidents(
+    mut events: broadcast::Receiver<BreakerEvent>,
+    feed: Arc<idgate_incidents::Feed>,
+) {
+    use idgate_incidents::BreakerEvent as Incident;
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            // Missed events (a burst past the channel's bound): the next ones still count.
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let upstream = event.upstream.to_string();
+        match event.to {
+            BreakerState::Open => feed.breaker(Incident::Opened { upstream }),
+            BreakerState::Closed => feed.breaker(Incident::Closed { upstream }),
+            BreakerState::HalfOpen => {}
+        }
+    }
+}

@@ -16,6 +16,7 @@ mod faults;
 mod hostile_upstream;
 mod hsm;
 mod hsm_outage;
+mod incidents;
 mod jwt_interop;
 mod keys;
 mod layers;

@@ -1,0 +1,548 @@
+//! The detectors: a sliding window of one-second [`Sample`]s, the rules evaluated over it at
+//! each tick, and the incidents they open, update and close. Pure: the time of each tick is
+//! given, so tests drive it with their own clock.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use idgate_config::{IncidentSeverity, IncidentsConfig};
+
+use crate::feed::{LATENCY_BOUNDS_MS, LATENCY_BUCKETS, Sample};
+use crate::incident::{
+    Actions, Affected, AuditRange, Classification, EntryKind, Incident, Millis, Rule, Severity,
+    State,
+};
+
+/// The audit trail's state at a tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuditState {
+    pub depth: u64,
+    pub capacity: u64,
+    /// The last entry written.
+    pub last_seq: u64,
+    /// Records lost since the start (a counter).
+    pub dropped: u64,
+}
+
+/// What a tick did to an incident; every change is stored, some are announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Opened,
+    SeverityChanged,
+    /// Counts, timeline or state changed.
+    Updated,
+    Closed,
+}
+
+impl ChangeKind {
+    /// Whether the notification webhook hears of it.
+    pub fn notifies(self) -> bool {
+        !matches!(self, Self::Updated)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Opened => "opened",
+            Self::SeverityChanged => "severity_changed",
+            Self::Updated => "updated",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+type Key = (Rule, Option<String>);
+
+/// A rule that fires at this tick, with what it measured.
+struct Finding {
+    severity: IncidentSeverity,
+    summary: String,
+}
+
+/// One second in the window: its sample and the audit trail's last seq before it.
+struct Second {
+    sample: Sample,
+    seq_before: Option<u64>,
+}
+
+/// Per-upstream sums over the window.
+#[derive(Default)]
+struct UpstreamSums {
+    requests: u64,
+    errors: u64,
+    latency: [u64; LATENCY_BUCKETS],
+}
+
+/// See the module documentation.
+pub struct Detector {
+    cfg: IncidentsConfig,
+    window: VecDeque<Second>,
+    /// Upstreams whose breaker is open.
+    breakers_open: BTreeSet<String>,
+    open: HashMap<Key, Open>,
+    last_tick: Option<Millis>,
+    /// The audit trail at the last tick.
+    audit: Option<AuditState>,
+}
+
+/// An incident still open and what its next tick needs.
+struct Open {
+    incident: Incident,
+    /// Since when the rule has not fired.
+    quiet_since: Option<Millis>,
+    dropped_at_open: u64,
+    /// The rule's own severity, before a critical route raises it.
+    base: IncidentSeverity,
+}
+
+impl Detector {
+    pub fn new(cfg: IncidentsConfig) -> Self {
+        Self {
+            cfg,
+            window: VecDeque::new(),
+            breakers_open: BTreeSet::new(),
+            open: HashMap::new(),
+            last_tick: None,
+            audit: None,
+        }
+    }
+
+    /// The incidents open now.
+    pub fn open_incidents(&self) -> impl Iterator<Item = &Incident> {
+        self.open.values().map(|o| &o.incident)
+    }
+
+    fn window_len(&self) -> usize {
+        usize::try_from(self.cfg.window.as_secs().max(1)).unwrap_or(60)
+    }
+
+    /// One tick: `sample` is what the last second brought. Returns the incidents changed.
+    pub fn tick(
+        &mut self,
+        now: Millis,
+        sample: Sample,
+        audit: Option<AuditState>,
+    ) -> Vec<(ChangeKind, Incident)> {
+        let elapsed = self.last_tick.map_or(1000, |t| now.0.saturating_sub(t.0));
+        self.last_tick = Some(now);
+        for e in &sample.breaker {
+            match e {
+                crate::feed::BreakerEvent::Opened { upstream } => {
+                    self.breakers_open.insert(upstream.clone());
+                }
+                crate::feed::BreakerEvent::Closed { upstream } => {
+                    self.breakers_open.remove(upstream);
+                }
+            }
+        }
+        let breaker_events = sample.breaker.clone();
+        let latest = sample.clone();
+        let now_seq = audit.map(|a| a.last_seq);
+        self.window.push_back(Second {
+            sample,
+            // The first second has no tick before it: its entries start after now's.
+            seq_before: self.audit.map(|a| a.last_seq).or(now_seq),
+        });
+        while self.window.len() > self.window_len() {
+            self.window.pop_front();
+        }
+        self.audit = audit;
+        let findings = self.evaluate();
+        let mut changes = Vec::new();
+        // Open incidents first: they learn this second's counts.
+        let keys: Vec<Key> = self.open.keys().cloned().collect();
+        for key in keys {
+            let finding = findings.get(&key);
+            if let Some(change) =
+                self.advance(&key, now, elapsed, finding, &latest, &breaker_events)
+            {
+                changes.push(change);
+            }
+        }
+        for (key, finding) in findings {
+            if !self.open.contains_key(&key) {
+                let incident = self.open_incident(key.clone(), now, finding);
+                changes.push((ChangeKind::Opened, incident));
+            }
+        }
+        changes
+    }
+
+    /// Every rule over the window: which fire now, for which subject.
+    fn evaluate(&self) -> BTreeMap<Key, Finding> {
+        let cfg = &self.cfg;
+        let sev = &cfg.severities;
+        let mut found = BTreeMap::new();
+        let mut sums: BTreeMap<Arc<str>, UpstreamSums> = BTreeMap::new();
+        for s in &self.window {
+            for (_, r) in &s.sample.routes {
+                let Some(u) = &r.upstream else { continue };
+                let e = sums.entry(u.clone()).or_default();
+                e.requests += r.upstream_requests;
+                e.errors += r.upstream_errors;
+                for (acc, n) in e.latency.iter_mut().zip(r.latency) {
+                    *acc += n;
+                }
+            }
+        }
+        let secs = self.window.len();
+        for (u, s) in &sums {
+            if s.requests >= cfg.min_requests {
+                let ratio = s.errors as f64 / s.requests as f64;
+                if ratio >= cfg.error_ratio {
+                    found.insert(
+                        (Rule::UpstreamErrors, Some(u.to_string())),
+                        Finding {
+                            severity: sev.upstream_errors,
+                            summary: format!(
+                                "upstream {u}: {} of {} requests failed over {secs}s (ratio {ratio:.2}, threshold {:.2})",
+                                s.errors, s.requests, cfg.error_ratio
+                            ),
+                        },
+                    );
+                }
+            }
+            let answered: u64 = s.latency.iter().sum();
+            if answered >= cfg.min_requests {
+                let p99 = percentile_ms(&s.latency, 0.99);
+                let limit = u64::try_from(cfg.latency_p99.as_millis()).unwrap_or(u64::MAX);
+                if p99 > limit {
+                    found.insert(
+                        (Rule::UpstreamLatency, Some(u.to_string())),
+                        Finding {
+                            severity: sev.upstream_latency,
+                            summary: format!(
+                                "upstream {u}: p99 latency over {secs}s is at most {p99} ms, above {limit} ms ({answered} answers)"
+                            ),
+                        },
+                    );
+                }
+            }
+        }
+        for u in &self.breakers_open {
+            found.insert(
+                (Rule::BreakerOpen, Some(u.clone())),
+                Finding {
+                    severity: sev.breaker_open,
+                    summary: format!("upstream {u}: circuit breaker open"),
+                },
+            );
+        }
+        let tls: u64 = self.window.iter().map(|s| s.sample.tls_failures).sum();
+        if tls >= cfg.tls_failures {
+            found.insert(
+                (Rule::TlsFailures, None),
+                Finding {
+                    severity: sev.tls_failures,
+                    summary: format!(
+                        "{tls} TLS handshake failures over {secs}s (threshold {})",
+                        cfg.tls_failures
+                    ),
+                },
+            );
+        }
+        let auth: u64 = self.window.iter().map(|s| s.sample.auth_failures).sum();
+        if auth >= cfg.auth_failures {
+            found.insert(
+                (Rule::AuthFailures, None),
+                Finding {
+                    severity: sev.auth_failures,
+                    summary: format!(
+                        "{auth} failed authentications over {secs}s (threshold {})",
+                        cfg.auth_failures
+                    ),
+                },
+            );
+        }
+        if let Some(a) = self.audit
+            && a.capacity > 0
+            && a.depth as f64 >= cfg.audit_backlog * a.capacity as f64
+        {
+            found.insert(
+                (Rule::AuditBacklog, None),
+                Finding {
+                    severity: sev.audit_backlog,
+                    summary: format!(
+                        "audit queue holds {} of {} records (threshold {:.0}%)",
+                        a.depth,
+                        a.capacity,
+                        cfg.audit_backlog * 100.0
+                    ),
+                },
+            );
+        }
+        found
+    }
+
+    fn open_incident(&mut self, key: Key, now: Millis, f: Finding) -> Incident {
+        let (rule, subject) = key.clone();
+        let window_start = Millis(now.0.saturating_sub(self.window.len() as u64 * 1000));
+        let mut incident = Incident {
+            id: incident_id(now, rule, subject.as_deref()),
+            rule,
+            subject: subject.clone(),
+            severity: Severity(f.severity),
+            state: State::Open,
+            opened_at: now,
+            updated_at: now,
+            closed_at: None,
+            summary: f.summary.clone(),
+            timeline: Vec::new(),
+            affected: Affected::default(),
+            requests_failed: 0,
+            actions: Actions::default(),
+            classification: Classification {
+                data_losses: "none known".into(),
+                geographical_spread: self.cfg.region.clone().unwrap_or_else(|| "n/a".into()),
+                ..Classification::default()
+            },
+            audit: AuditRange {
+                first_seq: self
+                    .window
+                    .front()
+                    .and_then(|s| s.seq_before)
+                    .map(|s| s + 1),
+                last_seq: self.audit.map(|a| a.last_seq),
+                since: Some(window_start),
+                until: None,
+            },
+        };
+        incident.note(
+            window_start,
+            EntryKind::FirstSeen,
+            "first second of the window that fired the rule",
+        );
+        incident.note(now, EntryKind::ThresholdCrossed, f.summary);
+        // The window's counts are the incident's first.
+        let seconds: Vec<Sample> = self.window.iter().map(|s| s.sample.clone()).collect();
+        for s in &seconds {
+            self.count(&mut incident, s);
+        }
+        self.settle_severity(&mut incident, f.severity, now, false);
+        if let Some(u) = &subject {
+            incident.affected.upstreams.insert(u.clone());
+        }
+        self.open.insert(
+            key,
+            Open {
+                incident: incident.clone(),
+                quiet_since: None,
+                base: f.severity,
+                dropped_at_open: self.audit.map_or(0, |a| a.dropped),
+            },
+        );
+        incident
+    }
+
+    /// Adds one second's counts to an incident.
+    fn count(&self, incident: &mut Incident, s: &Sample) {
+        match incident.rule {
+            Rule::TlsFailures => incident.requests_failed += s.tls_failures,
+            Rule::AuthFailures => incident.requests_failed += s.auth_failures,
+            Rule::AuditBacklog => {}
+            _ => {
+                let subject = incident.subject.as_deref();
+                for (route, r) in &s.routes {
+                    if r.upstream.as_deref() != subject || r.failed == 0 {
+                        continue;
+                    }
+                    incident.requests_failed += r.failed;
+                    incident.actions.requests_refused += r.refused;
+                    incident.affected.routes.insert(route.to_string());
+                    for c in &r.callers {
+                        if incident.affected.callers.len() < self.cfg.max_callers {
+                            incident.affected.callers.insert(c.to_string());
+                        } else if !incident.affected.callers.contains(&**c) {
+                            incident.affected.callers_truncated = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The rule's severity, one level graver when a critical route is affected.
+    fn settle_severity(
+        &self,
+        incident: &mut Incident,
+        base: IncidentSeverity,
+        now: Millis,
+        announce: bool,
+    ) -> bool {
+        let critical: Vec<String> = incident
+            .affected
+            .routes
+            .iter()
+            .filter(|r| self.cfg.critical_routes.contains(r))
+            .cloned()
+            .collect();
+        let severity = if critical.is_empty() {
+            base
+        } else {
+            base.raised()
+        };
+        incident.classification.critical_services_affected = critical;
+        incident.classification.clients_affected = incident.affected.callers.len() as u64;
+        incident.classification.duration_secs = incident.opened_at.secs_until(now);
+        if severity != incident.severity.0 {
+            let was = incident.severity;
+            incident.severity = Severity(severity);
+            if announce {
+                incident.note(
+                    now,
+                    EntryKind::SeverityChanged,
+                    format!("{was} → {severity}", severity = severity.as_str()),
+                );
+                return true;
+            }
+        }
+        false
+    }
+
+    fn advance(
+        &mut self,
+        key: &Key,
+        now: Millis,
+        elapsed: u64,
+        finding: Option<&Finding>,
+        latest: &Sample,
+        breaker: &[crate::feed::BreakerEvent],
+    ) -> Option<(ChangeKind, Incident)> {
+        let close_after = u64::try_from(self.cfg.close_after.as_millis()).unwrap_or(u64::MAX);
+        let audit = self.audit;
+        let mut open = self.open.remove(key)?;
+        let before = open.incident.clone();
+        let mut inc = open.incident;
+        self.count(&mut inc, latest);
+        for e in breaker {
+            match e {
+                crate::feed::BreakerEvent::Opened { upstream }
+                    if inc.affected.upstreams.contains(upstream) =>
+                {
+                    inc.actions.breaker_opened += 1;
+                    inc.note(
+                        now,
+                        EntryKind::BreakerOpened,
+                        format!("circuit breaker of {upstream} opened"),
+                    );
+                }
+                crate::feed::BreakerEvent::Closed { upstream }
+                    if inc.affected.upstreams.contains(upstream) =>
+                {
+                    inc.note(
+                        now,
+                        EntryKind::BreakerClosed,
+                        format!("circuit breaker of {upstream} closed"),
+                    );
+                }
+                _ => {}
+            }
+        }
+        if let Some(a) = audit {
+            inc.audit.last_seq = Some(a.last_seq);
+            let dropped = a.dropped.saturating_sub(open.dropped_at_open);
+            inc.classification.audit_records_dropped = dropped;
+            inc.classification.data_losses = if dropped == 0 {
+                "none known".into()
+            } else {
+                format!("{dropped} audit records dropped")
+            };
+        }
+        let mut kind = ChangeKind::Updated;
+        match finding {
+            Some(f) => {
+                if inc.rule.is_downtime() {
+                    inc.classification.service_downtime_secs += elapsed / 1000;
+                }
+                if open.quiet_since.take().is_some() {
+                    inc.state = State::Open;
+                    inc.note(now, EntryKind::FiresAgain, f.summary.clone());
+                }
+                inc.summary = f.summary.clone();
+                open.base = f.severity;
+                if self.settle_severity(&mut inc, f.severity, now, true) {
+                    kind = ChangeKind::SeverityChanged;
+                }
+            }
+            None => {
+                if self.settle_severity(&mut inc, open.base, now, true) {
+                    kind = ChangeKind::SeverityChanged;
+                }
+                match open.quiet_since {
+                    None => {
+                        open.quiet_since = Some(now);
+                        inc.state = State::Recovering;
+                        inc.note(now, EntryKind::Recovering, "the rule no longer fires");
+                    }
+                    Some(since) if now.0.saturating_sub(since.0) >= close_after => {
+                        inc.state = State::Closed;
+                        inc.closed_at = Some(now);
+                        inc.audit.until = Some(now);
+                        inc.classification.duration_secs = inc.opened_at.secs_until(now);
+                        inc.note(
+                            now,
+                            EntryKind::Recovered,
+                            format!("healthy for {}s: closed", close_after / 1000),
+                        );
+                        inc.updated_at = now;
+                        return Some((ChangeKind::Closed, inc));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let changed = inc != before;
+        if changed {
+            inc.updated_at = now;
+        }
+        open.incident = inc.clone();
+        self.open.insert(key.clone(), open);
+        changed.then_some((kind, inc))
+    }
+}
+
+/// The upper bound of the bucket holding the `q` quantile (the last bound doubled for the
+/// open bucket).
+fn percentile_ms(buckets: &[u64; LATENCY_BUCKETS], q: f64) -> u64 {
+    let total: u64 = buckets.iter().sum();
+    let rank = (q * total as f64).ceil() as u64;
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= rank.max(1) {
+            return LATENCY_BOUNDS_MS
+                .get(i)
+                .copied()
+                .unwrap_or(LATENCY_BOUNDS_MS[LATENCY_BOUNDS_MS.len() - 1] * 2);
+        }
+    }
+    0
+}
+
+/// `20261202T081500123Z-upstream_errors-idv`: sortable, unique per rule and subject, and
+/// safe as a file name.
+pub fn incident_id(at: Millis, rule: Rule, subject: Option<&str>) -> String {
+    let compact: String = at
+        .rfc3339()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let mut id = format!("{compact}-{}", rule.as_str());
+    if let Some(s) = subject {
+        id.push('-');
+        id.extend(
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .take(48),
+        );
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests;

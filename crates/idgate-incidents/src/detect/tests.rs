@@ -1,0 +1,301 @@
+//! The rules driven with an injected clock: one tick per simulated second.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use idgate_config::{IncidentSeverity, IncidentsConfig, RuleSeverities};
+
+use super::*;
+use crate::feed::{BreakerEvent, RouteSample};
+use crate::incident::EntryKind;
+
+fn cfg() -> IncidentsConfig {
+    IncidentsConfig {
+        dir: "unused".into(),
+        window: Duration::from_secs(10),
+        close_after: Duration::from_secs(5),
+        min_requests: 20,
+        error_ratio: 0.5,
+        latency_p99: Duration::from_millis(400),
+        tls_failures: 30,
+        auth_failures: 30,
+        audit_backlog: 0.8,
+        severities: RuleSeverities::default(),
+        critical_routes: vec![],
+        region: Some("eu-west-1".into()),
+        max_callers: 2,
+        notify: None,
+    }
+}
+
+/// One second on route `sessions` (upstream `idv`): `ok` answers in `ms`, `failed` with no
+/// answer, from `callers`.
+fn second(route: &str, ok: u64, failed: u64, ms: usize, callers: &[&str]) -> Sample {
+    let mut latency = [0; LATENCY_BUCKETS];
+    latency[ms] = ok;
+    let r = RouteSample {
+        upstream: Some(Arc::from("idv")),
+        requests: ok + failed,
+        failed,
+        upstream_requests: ok + failed,
+        upstream_errors: failed,
+        refused: failed,
+        latency,
+        callers: callers.iter().map(|c| Box::from(*c)).collect(),
+    };
+    Sample {
+        routes: vec![(Arc::from(route), r)],
+        ..Sample::default()
+    }
+}
+
+struct Clock(u64);
+
+impl Clock {
+    fn next(&mut self) -> Millis {
+        self.0 += 1000;
+        Millis(self.0)
+    }
+}
+
+#[test]
+fn an_upstream_outage_opens_grows_recovers_and_closes_with_every_failure_counted() {
+    let mut d = Detector::new(cfg());
+    let mut clock = Clock(1_800_000_000_000);
+    for _ in 0..5 {
+        assert!(
+            d.tick(clock.next(), second("sessions", 10, 0, 2, &[]), None)
+                .is_empty()
+        );
+    }
+    // Failures: the ratio over the window crosses 0.5 once failures outnumber answers.
+    let mut opened = None;
+    let mut injected = 0;
+    for _ in 0..8 {
+        injected += 10;
+        let changes = d.tick(
+            clock.next(),
+            second("sessions", 0, 10, 0, &["key:a", "key:b", "key:c"]),
+            None,
+        );
+        for (kind, i) in changes {
+            if kind == ChangeKind::Opened {
+                opened = Some(i);
+            }
+        }
+    }
+    let opened = opened.expect("the outage opens an incident");
+    assert_eq!(opened.rule, Rule::UpstreamErrors);
+    assert_eq!(opened.subject.as_deref(), Some("idv"));
+    assert_eq!(opened.severity.0, IncidentSeverity::Major);
+    assert_eq!(opened.timeline[0].kind, EntryKind::FirstSeen);
+    assert_eq!(opened.timeline[1].kind, EntryKind::ThresholdCrossed);
+    assert!(opened.affected.routes.contains("sessions"));
+    // Two callers are named, the third is counted as more.
+    assert_eq!(opened.affected.callers.len(), 2);
+    assert!(opened.affected.callers_truncated);
+    assert_eq!(opened.classification.geographical_spread, "eu-west-1");
+    // Recovery: quiet seconds, then closed after close_after.
+    let mut closed = None;
+    let mut recovering_seen = false;
+    for _ in 0..30 {
+        for (kind, i) in d.tick(clock.next(), second("sessions", 10, 0, 2, &[]), None) {
+            recovering_seen |= i.state == State::Recovering;
+            if kind == ChangeKind::Closed {
+                closed = Some(i);
+            }
+        }
+        if closed.is_some() {
+            break;
+        }
+    }
+    let closed = closed.expect("the incident closes once healthy");
+    assert!(recovering_seen);
+    assert_eq!(closed.state, State::Closed);
+    assert_eq!(
+        closed.requests_failed, injected,
+        "every failure, before and after opening"
+    );
+    assert_eq!(closed.actions.requests_refused, injected);
+    assert!(closed.classification.service_downtime_secs >= 1);
+    let kinds: Vec<_> = closed.timeline.iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&EntryKind::Recovering));
+    assert_eq!(kinds.last(), Some(&EntryKind::Recovered));
+    let closed_at = closed.closed_at.expect("closed_at");
+    assert!(closed_at.0 - closed.opened_at.0 >= 5000);
+    assert_eq!(d.open_incidents().count(), 0);
+}
+
+#[test]
+fn too_few_requests_fire_nothing() {
+    let mut d = Detector::new(cfg());
+    let mut clock = Clock(0);
+    for _ in 0..20 {
+        assert!(
+            d.tick(clock.next(), second("sessions", 0, 1, 0, &[]), None)
+                .is_empty()
+        );
+    }
+}
+
+#[test]
+fn slow_answers_open_a_latency_incident() {
+    let mut d = Detector::new(cfg());
+    let mut clock = Clock(0);
+    let mut changes = Vec::new();
+    for _ in 0..3 {
+        // 1000 ms bucket (index 7), above the 400 ms threshold.
+        changes.extend(d.tick(clock.next(), second("sessions", 10, 0, 7, &[]), None));
+    }
+    let (kind, i) = &changes[0];
+    assert_eq!(*kind, ChangeKind::Opened);
+    assert_eq!(i.rule, Rule::UpstreamLatency);
+    assert!(i.summary.contains("1000 ms"), "{}", i.summary);
+    assert_eq!(i.severity.0, IncidentSeverity::Minor);
+}
+
+#[test]
+fn a_breaker_event_opens_and_its_closing_lets_the_incident_close() {
+    let mut d = Detector::new(cfg());
+    let mut clock = Clock(0);
+    let opened = Sample {
+        breaker: vec![BreakerEvent::Opened {
+            upstream: "idv".into(),
+        }],
+        ..Sample::default()
+    };
+    let c = d.tick(clock.next(), opened, None);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].1.rule, Rule::BreakerOpen);
+    // Still open while nothing is said (only its duration grows).
+    let c = d.tick(clock.next(), Sample::default(), None);
+    assert_eq!(c[0].0, ChangeKind::Updated);
+    assert_eq!(c[0].1.state, State::Open);
+    assert_eq!(c[0].1.classification.duration_secs, 1);
+    let closed = Sample {
+        breaker: vec![BreakerEvent::Closed {
+            upstream: "idv".into(),
+        }],
+        ..Sample::default()
+    };
+    let c = d.tick(clock.next(), closed, None);
+    assert_eq!(c[0].1.state, State::Recovering);
+    assert!(
+        c[0].1
+            .timeline
+            .iter()
+            .any(|e| e.kind == EntryKind::BreakerClosed)
+    );
+    let mut closed_kind = None;
+    for _ in 0..6 {
+        for (k, _) in d.tick(clock.next(), Sample::default(), None) {
+            closed_kind = Some(k);
+        }
+    }
+    assert_eq!(closed_kind, Some(ChangeKind::Closed));
+}
+
+#[test]
+fn tls_and_auth_spikes_fire_over_the_window_not_per_second() {
+    let mut d = Detector::new(cfg());
+    let mut clock = Clock(0);
+    let spike = |tls, auth| Sample {
+        tls_failures: tls,
+        auth_failures: auth,
+        ..Sample::default()
+    };
+    assert!(d.tick(clock.next(), spike(20, 29), None).is_empty());
+    let c = d.tick(clock.next(), spike(10, 1), None);
+    let rules: Vec<_> = c.iter().map(|(_, i)| i.rule).collect();
+    assert!(
+        rules.contains(&Rule::TlsFailures) && rules.contains(&Rule::AuthFailures),
+        "{rules:?}"
+    );
+    let tls = c
+        .iter()
+        .find(|(_, i)| i.rule == Rule::TlsFailures)
+        .map(|(_, i)| i.requests_failed);
+    assert_eq!(tls, Some(30));
+}
+
+#[test]
+fn audit_backlog_names_the_seq_range_and_counts_drops_as_data_losses() {
+    let mut d = Detector::new(cfg());
+    let mut clock = Clock(0);
+    let audit = |depth, last_seq, dropped| {
+        Some(AuditState {
+            depth,
+            capacity: 100,
+            last_seq,
+            dropped,
+        })
+    };
+    assert!(
+        d.tick(clock.next(), Sample::default(), audit(10, 40, 0))
+            .is_empty()
+    );
+    let c = d.tick(clock.next(), Sample::default(), audit(85, 50, 3));
+    assert_eq!(c[0].1.rule, Rule::AuditBacklog);
+    assert_eq!(
+        c[0].1.audit.first_seq,
+        Some(41),
+        "from the first second of the window"
+    );
+    let c = d.tick(clock.next(), Sample::default(), audit(90, 70, 8));
+    let i = &c[0].1;
+    assert_eq!(i.audit.last_seq, Some(70));
+    assert_eq!(i.classification.audit_records_dropped, 5);
+    assert_eq!(i.classification.data_losses, "5 audit records dropped");
+}
+
+#[test]
+fn a_critical_route_makes_the_incident_one_level_graver() {
+    let mut c = cfg();
+    c.critical_routes = vec!["sessions".into()];
+    let mut d = Detector::new(c);
+    let mut clock = Clock(0);
+    let mut opened = None;
+    for _ in 0..3 {
+        for (k, i) in d.tick(clock.next(), second("sessions", 0, 10, 0, &[]), None) {
+            if k == ChangeKind::Opened {
+                opened = Some(i);
+            }
+        }
+    }
+    let i = opened.expect("opened");
+    assert_eq!(i.severity.0, IncidentSeverity::Critical);
+    assert_eq!(
+        i.classification.critical_services_affected,
+        vec!["sessions".to_owned()]
+    );
+}
+
+#[test]
+fn a_critical_route_failing_later_regrades_the_incident() {
+    let mut c = cfg();
+    c.critical_routes = vec!["payouts".into()];
+    let mut d = Detector::new(c);
+    let mut clock = Clock(0);
+    for _ in 0..3 {
+        d.tick(clock.next(), second("sessions", 0, 10, 0, &[]), None);
+    }
+    let c = d.tick(clock.next(), second("payouts", 0, 10, 0, &[]), None);
+    let (kind, i) = &c[0];
+    assert_eq!(*kind, ChangeKind::SeverityChanged);
+    assert_eq!(i.severity.0, IncidentSeverity::Critical);
+    assert!(
+        i.timeline
+            .iter()
+            .any(|e| e.kind == EntryKind::SeverityChanged)
+    );
+}
+
+#[test]
+fn ids_are_sortable_and_safe_file_names() {
+    let id = incident_id(
+        Millis(1_764_663_300_123),
+        Rule::UpstreamErrors,
+        Some("idv/../x"),
+    );
+    assert_eq!(id, "20251202T081500123Z-upstream_errors-idv____x");
+}

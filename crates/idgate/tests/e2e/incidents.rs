@@ -1,0 +1,455 @@
+//! Incident detection end to end: the upstream killed under load opens an incident (on the
+//! admin listener, announced signed to the notification receiver), which grows while the
+//! outage lasts and closes after recovery; its report names the route, the count of failed
+//! requests the clients saw and the audit record range; a restart keeps it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+
+use crate::assert_eventually;
+use crate::support::*;
+
+const NOTIFY_SECRET: &str = "incident-notify-secret-4b1d";
+
+/// A plain HTTP upstream that can be killed (listener and every connection closed) and
+/// brought back on the same port.
+struct KillableUpstream {
+    addr: SocketAddr,
+    stop: Option<watch::Sender<bool>>,
+}
+
+impl KillableUpstream {
+    async fn start(addr: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let mut stopped_accept = stopped.clone();
+                let tcp = tokio::select! {
+                    _ = stopped_accept.changed() => return,
+                    a = listener.accept() => match a { Ok((tcp, _)) => tcp, Err(_) => continue },
+                };
+                let mut stopped_conn = stopped.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req: http::Request<Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from_static(b"{\"ok\":true}")))
+                                .unwrap(),
+                        )
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stopped_conn.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+/// The notification receiver: every POST's signature header and body.
+async fn notify_receiver() -> (SocketAddr, Arc<Mutex<Vec<(String, Bytes)>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = got.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let sig = req
+                            .headers()
+                            .get("idgate-signature")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        seen.lock().unwrap().push((sig, body));
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::new(),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, got)
+}
+
+/// Clients sending `GET /v1/kyc` back to back until `stop`: (answered 200, failed).
+fn load(pki: &Pki, port: u16, stop: Arc<AtomicBool>) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    for _ in 0..2 {
+        let client = Client::new(pki, Some(ONBOARDING), port, false);
+        let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut conn = client.connect().await.unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match conn.send("GET", "/v1/kyc", &[], "").await {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    Ok(r) => {
+                        assert!(r.status >= 500, "status {}", r.status);
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(e) => panic!("the gateway dropped a client connection: {e}"),
+                };
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+    (ok, failed)
+}
+
+fn incidents_section(dir: &Path, notify: Option<SocketAddr>) -> toml::Table {
+    let mut t = toml::Table::new();
+    if let Some(notify) = notify {
+        let mut notify_t = toml::Table::new();
+        notify_t.insert(
+            "url".into(),
+            format!("http://{notify}/hooks/incidents").into(),
+        );
+        notify_t.insert("secret".into(), "env:INCIDENT_NOTIFY_SECRET".into());
+        t.insert("notify".into(), notify_t.into());
+    }
+    t.insert("dir".into(), dir.display().to_string().into());
+    t.insert("window".into(), "3s".into());
+    t.insert("close_after".into(), "2s".into());
+    t.insert("min_requests".into(), 5.into());
+    t.insert(
+        "critical_routes".into(),
+        vec![toml::Value::from("route")].into(),
+    );
+    t.insert("region".into(), "eu-central-1".into());
+    t
+}
+
+fn audit_section(keys: &Path, dir: &Path) -> toml::Table {
+    let mut t = toml::Table::new();
+    t.insert("dir".into(), dir.display().to_string().into());
+    t.insert(
+        "signing_key".into(),
+        format!("file:{}", keys.join("audit-signing.pem").display()).into(),
+    );
+    t.insert("sync_interval".into(), "20ms".into());
+    t
+}
+
+async fn admin_json(port: u16, path: &str) -> serde_json::Value {
+    let (status, body) = admin_get(port, path).await.unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The incident's JSON once `cond` holds for it.
+async fn incident_when(
+    port: u16,
+    cond: impl Fn(&serde_json::Value) -> bool,
+    limit: Duration,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let list = admin_json(port, "/incidents").await;
+        for i in list["incidents"].as_array().unwrap() {
+            let id = i["id"].as_str().unwrap();
+            let full = admin_json(port, &format!("/incidents/{id}")).await;
+            if cond(&full) {
+                return full;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such incident: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_outage_opens_an_incident_that_closes_after_recovery_and_is_reported() {
+    within_limit(Duration::from_secs(120), async {
+        let pki = Pki::default_pki();
+        let work = tempfile::tempdir().unwrap();
+        let keys = work.path().join("keys");
+        let (code, out, err) = idgate_cli(&["audit", "keygen", "--out", keys.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}{err}");
+        let incidents_dir = work.path().join("incidents");
+        let (notify_addr, notified) = notify_receiver().await;
+        let mut upstream = KillableUpstream::start("127.0.0.1:0".parse().unwrap()).await;
+        let url = format!("http://{}", upstream.addr);
+        let config = OneRoute {
+            url: &url,
+            ..OneRoute::default()
+        }
+        .config(&pki)
+        .section("audit", audit_section(&keys, &work.path().join("trail")))
+        .section(
+            "incidents",
+            incidents_section(&incidents_dir, Some(notify_addr)),
+        );
+        let env = [("INCIDENT_NOTIFY_SECRET", NOTIFY_SECRET)];
+        let mut gw = Gateway::start(&config, &env).await;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = load(&pki, gw.port, stop.clone());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            ok.load(Ordering::Relaxed) > 20,
+            "the load is served before the outage"
+        );
+        assert_eq!(failed.load(Ordering::Relaxed), 0);
+        let list = admin_json(gw.admin_port, "/incidents").await;
+        assert_eq!(list["incidents"].as_array().unwrap().len(), 0, "{list}");
+
+        upstream.kill();
+        let open = incident_when(
+            gw.admin_port,
+            |i| i["state"] == "open",
+            Duration::from_secs(15),
+        )
+        .await;
+        assert_eq!(open["rule"], "upstream_errors");
+        assert_eq!(open["subject"], "provider");
+        assert_eq!(
+            open["severity"], "critical",
+            "major, raised: the route is critical"
+        );
+        let id = open["id"].as_str().unwrap().to_owned();
+        let timeline = |i: &serde_json::Value| i["timeline"].as_array().unwrap().len();
+        assert_eq!(timeline(&open), 2, "first seen, threshold crossed: {open}");
+        // It grows while the outage lasts.
+        let first_count = open["requests_failed"].as_u64().unwrap();
+        let grown = incident_when(
+            gw.admin_port,
+            |i| i["id"] == id.as_str() && i["requests_failed"].as_u64().unwrap() > first_count,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(grown["state"], "open");
+
+        // The upstream comes back on the same port: recovering, then closed.
+        let _upstream = KillableUpstream::start(upstream.addr).await;
+        let closed = incident_when(
+            gw.admin_port,
+            |i| i["id"] == id.as_str() && i["state"] == "closed",
+            Duration::from_secs(20),
+        )
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let client_failures = failed.load(Ordering::Relaxed);
+        assert!(client_failures > 0);
+        assert_eq!(
+            closed["requests_failed"].as_u64().unwrap(),
+            client_failures,
+            "the incident counts what the clients saw: {closed}"
+        );
+        assert!(timeline(&closed) > timeline(&open), "{closed}");
+        let kinds: Vec<&str> = closed["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds.last(), Some(&"recovered"), "{kinds:?}");
+        assert!(kinds.contains(&"recovering"), "{kinds:?}");
+        let first_seq = closed["audit"]["first_seq"].as_u64().unwrap();
+        let last_seq = closed["audit"]["last_seq"].as_u64().unwrap();
+        assert!(first_seq <= last_seq, "{closed}");
+        assert_eq!(closed["affected"]["routes"][0], "route");
+        assert_eq!(
+            closed["classification"]["geographical_spread"],
+            "eu-central-1"
+        );
+        assert_eq!(
+            closed["classification"]["critical_services_affected"][0],
+            "route"
+        );
+
+        let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
+        assert!(
+            metrics.contains(
+                "idgate_incidents_opened_total{rule=\"upstream_errors\",severity=\"critical\"} 1"
+            ),
+            "{metrics}"
+        );
+        assert!(metrics.contains("idgate_incidents_open 0"), "{metrics}");
+
+        // Notified, signed: opened, then closed.
+        assert_eventually!(
+            notified
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, b)| String::from_utf8_lossy(b).contains("\"closed\"")),
+            "the close is notified"
+        );
+        let notes = notified.lock().unwrap().clone();
+        let mut events = Vec::new();
+        for (sig, body) in &notes {
+            let t = sig
+                .strip_prefix("t=")
+                .and_then(|r| r.split(',').next())
+                .unwrap();
+            let mut signed = format!("{t}.").into_bytes();
+            signed.extend_from_slice(body);
+            assert_eq!(
+                sig,
+                &format!("t={t},v1={}", hex_hmac(NOTIFY_SECRET, &signed))
+            );
+            let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(json["incident"]["id"], id.as_str());
+            events.push(json["event"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(
+            events.first().map(String::as_str),
+            Some("opened"),
+            "{events:?}"
+        );
+        assert_eq!(
+            events.last().map(String::as_str),
+            Some("closed"),
+            "{events:?}"
+        );
+
+        // The report, from the stored file.
+        let config_path = gw.config_path.to_str().unwrap().to_owned();
+        let (code, md, err) = run(std::process::Command::new(bin())
+            .args([
+                "incidents",
+                "report",
+                &id,
+                "--format",
+                "md",
+                "--config",
+                &config_path,
+            ])
+            .env("INCIDENT_NOTIFY_SECRET", NOTIFY_SECRET));
+        assert_eq!(code, 0, "{err}");
+        assert!(md.contains("- Routes: `route`"), "{md}");
+        assert!(
+            md.contains(&format!("- Requests failed: **{client_failures}**")),
+            "{md}"
+        );
+        assert!(
+            md.contains(&format!("Entries `seq` {first_seq} to {last_seq}")),
+            "{md}"
+        );
+        assert!(md.contains("idgate audit show --config"), "{md}");
+
+        // A restart keeps it.
+        gw.signal("TERM");
+        assert!(wait_for_exit(&mut gw.child, Duration::from_secs(30)).is_some_and(|s| s.success()));
+        // The report's extraction command finds every failed request in the trail.
+        let trail = work.path().join("trail");
+        let (since, until) = (
+            closed["audit"]["since"].as_str().unwrap(),
+            closed["audit"]["until"].as_str().unwrap(),
+        );
+        let (code, records, err) = idgate_cli(&[
+            "audit",
+            "show",
+            "--since",
+            since,
+            "--until",
+            until,
+            "--route",
+            "route",
+            "--status",
+            "5xx",
+            trail.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(records.lines().count() as u64, client_failures, "{records}");
+        let gw = Gateway::start(&config, &env).await;
+        let after = admin_json(gw.admin_port, &format!("/incidents/{id}")).await;
+        assert_eq!(after, closed);
+        let (code, list, err) = idgate_cli(&[
+            "incidents",
+            "list",
+            "--dir",
+            incidents_dir.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(list.contains(&id) && list.contains("closed"), "{list}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_open_when_the_gateway_is_killed_is_closed_as_interrupted_at_restart() {
+    within_limit(Duration::from_secs(90), async {
+        let pki = Pki::default_pki();
+        let work = tempfile::tempdir().unwrap();
+        let incidents_dir = work.path().join("incidents");
+        let mut upstream = KillableUpstream::start("127.0.0.1:0".parse().unwrap()).await;
+        let url = format!("http://{}", upstream.addr);
+        let config = OneRoute {
+            url: &url,
+            ..OneRoute::default()
+        }
+        .config(&pki)
+        .section("incidents", incidents_section(&incidents_dir, None));
+        let mut gw = Gateway::start(&config, &[]).await;
+        upstream.kill();
+        let stop = Arc::new(AtomicBool::new(false));
+        let _load = load(&pki, gw.port, stop.clone());
+        let open = incident_when(
+            gw.admin_port,
+            |i| i["state"] == "open",
+            Duration::from_secs(15),
+        )
+        .await;
+        let id = open["id"].as_str().unwrap().to_owned();
+        stop.store(true, Ordering::Relaxed);
+        gw.signal("KILL");
+        let _ = wait_for_exit(&mut gw.child, Duration::from_secs(10));
+
+        let gw = Gateway::start(&config, &[]).await;
+        let after = admin_json(gw.admin_port, &format!("/incidents/{id}")).await;
+        assert_eq!(after["state"], "interrupted", "{after}");
+        assert!(after["closed_at"].is_string(), "{after}");
+        let last = after["timeline"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(last["kind"], "interrupted", "{after}");
+        let said = "incident left open by a stopped gateway: closed as interrupted";
+        let lines = log_lines(&gw, "idgate_incidents::service", said);
+        assert_eq!(lines.len(), 1, "{}", gw.output());
+        assert_eq!(lines[0]["incident"], id.as_str());
+    })
+    .await;
+}
