@@ -14,6 +14,7 @@ mod duration;
 mod error;
 mod identity;
 mod json_path;
+mod lifecycle;
 mod limits;
 mod listener;
 mod log;
@@ -49,6 +50,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use identity::IdentityConfig;
 pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
 pub use json_path::{JsonPath, JsonPathError, JsonStep};
+pub use lifecycle::LifecycleConfig;
 pub use limits::{
     LimitKeyPart, LockoutBy, LockoutConfig, OnStateError, Rate, RateLimitConfig, TierMatch,
     TierRule,
@@ -108,6 +110,8 @@ pub struct Config {
     pub siem: Option<SiemConfig>,
     /// `[audit]`: the tamper-evident audit trail; `None` when absent or disabled.
     pub audit: Option<AuditConfig>,
+    /// `[lifecycle]`: how the gateway drains when told to stop.
+    pub lifecycle: LifecycleConfig,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
 }
@@ -133,6 +137,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "masking",
     "siem",
     "audit",
+    "lifecycle",
 ];
 
 fn default_workers() -> usize {
@@ -318,6 +323,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .remove("siem")
         .and_then(|v| cx.section::<siem::RawSiem>("siem", v))
         .map(|s| siem::parse(&mut cx, s));
+    let lifecycle = table
+        .remove("lifecycle")
+        .and_then(|v| cx.section::<lifecycle::RawLifecycle>("lifecycle", v))
+        .map(|l| lifecycle::parse(&mut cx, l))
+        .unwrap_or_default();
     let raw_routes = array::<raw::Route>(&mut cx, &mut table, "routes");
     let mut issuers: auth::IssuerNames = jwt_issuers
         .iter()
@@ -420,6 +430,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 masking,
                 siem,
                 audit,
+                lifecycle,
                 warnings,
             })
         }

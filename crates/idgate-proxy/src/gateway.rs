@@ -1,6 +1,7 @@
 //! Putting it together: [`Gateway::prepare`] builds everything a configuration describes
 //! without opening a socket (so `idgate check` and `idgate serve` agree on what is valid);
-//! [`Gateway::run`] binds, serves, reloads on SIGHUP and drains on shutdown.
+//! [`Gateway::run`] binds, serves, reloads on SIGHUP and drains on shutdown (see
+//! `lifecycle.rs`).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -22,13 +23,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::AccessLog;
 use crate::audit::AuditSetup;
+use crate::lifecycle::{BackgroundWriters, Drain};
 use crate::listener::{ListenerShared, accept_loop};
 use crate::metrics::Metrics;
 use crate::service::Services;
 use crate::snapshot::{BuildError, BuildProblem, Snapshot};
-
-/// How long in-flight requests get to finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A gateway ready to bind.
 pub struct Gateway {
@@ -162,12 +161,17 @@ impl Gateway {
 
     /// Binds the listener and the admin listener, then serves until `shutdown` completes;
     /// `on_bound` learns the bound addresses (useful with port 0).
+    ///
+    /// Then it drains (`[lifecycle]`): `/readyz` answers 503 at once, the listener keeps
+    /// accepting for `drain_delay` and then closes, in-flight requests get `drain_timeout`
+    /// to finish, and the background writers flush in order (audit trail, SIEM export).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()>,
         on_bound: impl FnOnce(Bound),
     ) -> std::io::Result<()> {
         let cfg = &self.config;
+        let drain = Drain::from(&cfg.lifecycle);
         let listener = TcpListener::bind(cfg.listener.bind).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -226,11 +230,12 @@ impl Gateway {
             }
             .on_sighup(hup, stop_rx.clone()),
         );
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(crate::admin::serve_admin(
             admin,
             ready.clone(),
             services.metrics.clone(),
-            stop_rx.clone(),
+            admin_stop_rx,
         ));
 
         let shared = Arc::new(ListenerShared::new(
@@ -253,26 +258,43 @@ impl Gateway {
         on_bound(bound);
 
         shutdown.await;
-        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        // Not ready first, while still accepting: a load balancer polling /readyz stops
+        // sending here before any connection is refused.
         ready.store(false, Ordering::Release);
+        tracing::info!(
+            drain_delay = ?drain.delay,
+            drain_timeout = ?drain.timeout,
+            "shutting down: not ready; the listener closes after drain_delay"
+        );
+        tokio::time::sleep(drain.delay).await;
+        tracing::info!("listener closed: draining in-flight requests");
         let _ = stop_tx.send(true);
         let _ = accept.await;
-        // Every connection was told by the stop signal; they end as their requests do.
-        if shared.drained(DRAIN_TIMEOUT).await {
+        // Every connection was told by the stop signal (HTTP/1.1 answers its next response
+        // with `Connection: close`, HTTP/2 sends GOAWAY); they end as their requests do.
+        if shared.drained(drain.timeout).await {
             tracing::info!("all connections drained");
         } else {
             tracing::warn!("drain timeout reached; closing the remaining connections");
         }
+        // The admin listener answers (not ready) until the drain is over.
+        let _ = admin_stop.send(true);
         let _ = admin_task.await;
-        // Every request has ended (or been given up on): the last batch is written and the
-        // file closed with a signed checkpoint.
+        // Every request has ended (or been given up on): the background writers flush in
+        // the order their data flows.
+        let mut writers = BackgroundWriters::default();
         if let Some(trail) = audit {
-            let _ = tokio::task::spawn_blocking(move || trail.close()).await;
-            tracing::info!("audit trail closed");
+            // The last batch is written and the file closed with a signed checkpoint.
+            writers.then("audit trail", async move {
+                let _ = tokio::task::spawn_blocking(move || trail.close()).await;
+                tracing::info!("audit trail closed");
+            });
         }
         if let Some(siem) = siem {
-            crate::siem::stop(siem).await;
+            writers.then("SIEM export", crate::siem::stop(siem));
         }
+        // Writers fed by the requests (an outbox, say) register here, after the SIEM export.
+        writers.flush().await;
         Ok(())
     }
 }

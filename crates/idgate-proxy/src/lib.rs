@@ -13,6 +13,7 @@ pub mod ctx;
 mod forward;
 pub mod gateway;
 pub mod guards;
+mod lifecycle;
 pub mod limit_state;
 mod lingering_close;
 pub mod listener;

@@ -27,6 +27,10 @@ use ready_file::{ReadyFile, ReadyFileError};
 
 /// Exit code for a configuration or usage problem.
 pub(crate) const EXIT_CONFIG: u8 = 2;
+/// Exit codes when a second signal cuts the drain short: 128 + the signal's number, as a
+/// shell reports a process killed by it.
+const EXIT_SIGINT: i32 = 130;
+const EXIT_SIGTERM: i32 = 143;
 
 #[derive(Parser)]
 #[command(
@@ -48,7 +52,9 @@ enum Command {
     /// Serve traffic as the configuration file describes.
     ///
     /// Reloads the TLS material when its files change, and the TLS material, routes and
-    /// upstreams on SIGHUP. SIGTERM or Ctrl-C stops accepting and drains in-flight requests.
+    /// upstreams on SIGHUP. SIGTERM or Ctrl-C turns /readyz false, stops accepting after
+    /// [lifecycle] drain_delay and drains in-flight requests up to drain_timeout, then exits
+    /// 0; a second SIGTERM or Ctrl-C exits at once (status 143 or 130).
     ///
     /// Binding port 0 (in `listener.bind` or `admin.bind`) lets the system pick a free port;
     /// the start-up line "idgate is serving" and the `--ready-file` name the bound addresses.
@@ -430,11 +436,23 @@ fn serve(path: &Path, ready_file: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// Completes on the first SIGTERM or SIGINT, which starts the drain. A second one while
+/// draining ends the process at once, with 128 + the signal's number as its status (the
+/// audit trail is then not closed: `audit verify` reports its last entries unsealed).
 async fn shutdown_signal(mut term: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    tokio::spawn(async move {
+        let status = tokio::select! {
+            _ = tokio::signal::ctrl_c() => EXIT_SIGINT,
+            _ = term.recv() => EXIT_SIGTERM,
+        };
+        // Straight to standard error: the log writer's thread may not get to run again.
+        eprintln!("idgate: second stop signal while draining: exiting now");
+        std::process::exit(status);
+    });
 }
 
 fn dev_pki(out: &Path, trust_domain: &str, workloads: &[String], valid_hours: u64) -> ExitCode {
