@@ -4,13 +4,12 @@
 //! `lifecycle.rs`).
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use idgate_config::{ApiKeyStoreConfig, ClientAuth, Config};
+use idgate_config::{ClientAuth, Config};
 use idgate_store::{MemoryStore, StateStore};
 
 use crate::state::open_state;
@@ -25,7 +24,8 @@ use crate::access_log::AccessLog;
 use crate::audit::AuditSetup;
 use crate::lifecycle::{BackgroundWriters, Drain};
 use crate::listener::{ListenerShared, accept_loop};
-use crate::metrics::Metrics;
+use crate::reload::{ReloadMetrics, Reloader};
+pub use crate::reload::{RestartOnly, restart_required};
 use crate::service::Services;
 use crate::snapshot::{BuildError, BuildProblem, Snapshot};
 
@@ -204,6 +204,10 @@ impl Gateway {
         if let Some(siem) = &siem {
             services = services.with_siem(siem.metrics());
         }
+        let reloads = ReloadMetrics::new();
+        if let Some(metrics) = Arc::get_mut(&mut services.metrics) {
+            reloads.register(metrics.registry_mut());
+        }
         let services = Arc::new(services);
         services.metrics.certificates_of(self.material.clone());
         tokio::spawn(sweep_limiter(Arc::downgrade(&services)));
@@ -214,21 +218,21 @@ impl Gateway {
         let ready = Arc::new(AtomicBool::new(false));
 
         // Registered before the gateway reports ready: an unhandled SIGHUP would end the
-        // process.
+        // process. The reloader also watches the configuration file.
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for SIGHUP: {e}")))?;
         tokio::spawn(
             Reloader {
-                file: cfg.file.clone(),
                 snapshot: snapshot.clone(),
                 roots: self.roots.clone(),
                 provider: self.provider.clone(),
                 material: watch_handle,
                 metrics: services.metrics.clone(),
-                running: cfg.clone(),
+                reloads,
+                running: Arc::new(cfg.clone()),
                 state: self.state.clone(),
             }
-            .on_sighup(hup, stop_rx.clone()),
+            .run(hup, stop_rx.clone(), cfg.identity.poll_interval),
         );
         let (admin_stop, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(crate::admin::serve_admin(
@@ -299,23 +303,6 @@ impl Gateway {
     }
 }
 
-/// SIGHUP: reload the TLS material now, and the routes and upstreams from the configuration
-/// file. A configuration that does not validate is logged and the running one stays.
-/// What a SIGHUP reload needs.
-struct Reloader {
-    file: PathBuf,
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    roots: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
-    material: idgate_tls::watch::WatchHandle,
-    metrics: Arc<Metrics>,
-    /// The configuration the process started with: what a reload cannot change stays as
-    /// it says.
-    running: Config,
-    /// The process's state backend, which every snapshot uses.
-    state: StateStore,
-}
-
 /// Removes the dead keys of the in-process rate limiter every few seconds, so that its
 /// memory follows the callers of the moment; ends with the gateway.
 async fn sweep_limiter(services: std::sync::Weak<Services>) {
@@ -345,331 +332,5 @@ fn identity_key(config: &Config, e: &idgate_tls::MaterialError) -> String {
         format!("identity.trust_bundles[{i}].bundle")
     } else {
         "identity".to_owned()
-    }
-}
-
-/// A part of the configuration that a reload leaves as it is: it takes effect at restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartOnly {
-    /// `[listener]`: the bound socket, TLS versions and connection limits.
-    Listener,
-    /// `[identity]`: the SVID's and trust bundles' files and trust domains (their contents
-    /// are reloaded).
-    Identity,
-    /// `[admin]`: the bound socket.
-    Admin,
-    /// `[log]`: the subscriber is installed once.
-    Log,
-    /// `workers`: the runtime's threads.
-    Workers,
-    /// `[vault]`: the process-wide client.
-    Vault,
-    /// `[state]`: the backend, opened once so that counters and ownership survive reloads.
-    State,
-    /// `[audit]`'s writer: its directory, rotation, checkpoints, keys, sync interval and
-    /// queue (its `on_audit_full` and `block_timeout` change live).
-    Audit,
-}
-
-impl RestartOnly {
-    /// The configuration key it stands for.
-    pub fn key(self) -> &'static str {
-        match self {
-            Self::Listener => "listener",
-            Self::Identity => "identity",
-            Self::Admin => "admin",
-            Self::Log => "log",
-            Self::Workers => "workers",
-            Self::Vault => "vault",
-            Self::State => "state",
-            Self::Audit => "audit",
-        }
-    }
-}
-
-impl std::fmt::Display for RestartOnly {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.key())
-    }
-}
-
-/// The parts of `new` that differ from `running` but take effect only at restart.
-pub fn restart_required(running: &Config, new: &Config) -> Vec<RestartOnly> {
-    [
-        (running.listener != new.listener, RestartOnly::Listener),
-        (running.identity != new.identity, RestartOnly::Identity),
-        (running.admin != new.admin, RestartOnly::Admin),
-        (running.log != new.log, RestartOnly::Log),
-        (running.workers != new.workers, RestartOnly::Workers),
-        (running.vault != new.vault, RestartOnly::Vault),
-        (running.state != new.state, RestartOnly::State),
-        (
-            running.audit.as_ref().map(|a| &a.writer) != new.audit.as_ref().map(|a| &a.writer),
-            RestartOnly::Audit,
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(changed, part)| changed.then_some(part))
-    .collect()
-}
-
-/// Why a reload was refused; the running configuration stays.
-#[derive(Debug)]
-enum ReloadRefused {
-    Invalid(idgate_config::ConfigErrors),
-    Unusable(Vec<BuildError>),
-}
-
-impl ReloadRefused {
-    /// Each problem as (file, key, reason).
-    fn problems(&self) -> Vec<(String, String, String)> {
-        match self {
-            Self::Invalid(errors) => errors
-                .0
-                .iter()
-                .map(|e| {
-                    (
-                        e.file.display().to_string(),
-                        e.key.clone(),
-                        e.reason.clone(),
-                    )
-                })
-                .collect(),
-            Self::Unusable(errors) => errors
-                .iter()
-                .map(|e| (e.file.display().to_string(), e.key.clone(), e.reason()))
-                .collect(),
-        }
-    }
-}
-
-/// Reads and builds the configuration in `file` for a reload. Blocking.
-fn rebuild(
-    file: &std::path::Path,
-    running: &Config,
-    roots: &Arc<RootCertStore>,
-    provider: &Arc<CryptoProvider>,
-    state: &StateStore,
-) -> Result<(Snapshot, Vec<RestartOnly>), ReloadRefused> {
-    let config = idgate_config::load(file).map_err(ReloadRefused::Invalid)?;
-    for w in &config.warnings {
-        tracing::warn!("{w}");
-    }
-    let restart = restart_required(running, &config);
-    let snapshot =
-        Snapshot::build(&config, roots, provider, state).map_err(ReloadRefused::Unusable)?;
-    // Keys kept in [state] need the backend the process opened at start to be the shared
-    // one the file names: a [state] change waits for a restart, and so do keys moving there.
-    if matches!(
-        config.api_keys.as_ref().map(|a| &a.store),
-        Some(ApiKeyStoreConfig::State)
-    ) && !state.is_shared()
-    {
-        return Err(ReloadRefused::Unusable(vec![BuildError::new(
-            &config,
-            "api_keys.store",
-            BuildProblem::ApiKeysNeedRestart,
-        )]));
-    }
-    // At start a shared store that does not answer leaves the gateway without keys until it
-    // does; on a reload the running snapshot has them, and keeps serving with them.
-    if snapshot
-        .auth
-        .api_keys
-        .as_ref()
-        .is_some_and(|v| !v.has_read())
-    {
-        return Err(ReloadRefused::Unusable(vec![BuildError::new(
-            &config,
-            "api_keys",
-            BuildProblem::ApiKeysUnread,
-        )]));
-    }
-    Ok((snapshot, restart))
-}
-
-impl Reloader {
-    async fn on_sighup(
-        self,
-        mut hup: tokio::signal::unix::Signal,
-        mut stop: watch::Receiver<bool>,
-    ) {
-        let Self {
-            file,
-            snapshot,
-            roots,
-            provider,
-            material,
-            metrics,
-            running,
-            state,
-        } = self;
-        let running = Arc::new(running);
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return,
-                s = hup.recv() => if s.is_none() { return },
-            }
-            tracing::info!("SIGHUP: reloading TLS material and configuration");
-            material.trigger();
-            let (file, roots, provider) = (file.clone(), roots.clone(), provider.clone());
-            let (running, state) = (running.clone(), state.clone());
-            let built = tokio::task::spawn_blocking(move || {
-                rebuild(&file, &running, &roots, &provider, &state)
-            })
-            .await;
-            match built {
-                Ok(Ok((new, restart))) => {
-                    new.start_background(&metrics);
-                    snapshot.store(Arc::new(new));
-                    tracing::info!(
-                        "configuration reloaded: routes, upstreams, credentials and authentication replaced"
-                    );
-                    for part in restart {
-                        tracing::warn!(
-                            setting = part.key(),
-                            "the new configuration changes `{part}`, which takes effect only at restart; the running one stays"
-                        );
-                    }
-                }
-                Ok(Err(refused)) => {
-                    for (file, key, reason) in refused.problems() {
-                        let problem = if key.is_empty() {
-                            format!("{file}: {reason}")
-                        } else {
-                            format!("{file}: {key}: {reason}")
-                        };
-                        tracing::error!(
-                            %problem,
-                            %file,
-                            %key,
-                            %reason,
-                            "configuration reload refused; the running configuration stays"
-                        );
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "configuration reload task failed"),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::snapshot::tests::{Dir, config};
-
-    #[test]
-    fn restart_required_names_each_setting_that_changed() {
-        let dir = Dir::new("restart");
-        let running = config(&dir, "");
-        assert!(restart_required(&running, &running.clone()).is_empty());
-
-        // Routes, upstreams and their credentials change live: no restart.
-        let mut new = running.clone();
-        new.routes[0].allow.clear();
-        new.upstreams[0].request_timeout = Duration::from_secs(1);
-        assert!(restart_required(&running, &new).is_empty());
-
-        let mut new = running.clone();
-        new.listener.idle_timeout = Duration::from_secs(1);
-        new.log.level = "debug".to_owned();
-        new.workers += 1;
-        assert_eq!(
-            restart_required(&running, &new),
-            [
-                RestartOnly::Listener,
-                RestartOnly::Log,
-                RestartOnly::Workers
-            ]
-        );
-
-        let mut new = running.clone();
-        new.admin.bind.set_port(1);
-        new.identity.poll_interval = Duration::from_secs(1);
-        assert_eq!(
-            restart_required(&running, &new),
-            [RestartOnly::Identity, RestartOnly::Admin]
-        );
-        assert_eq!(RestartOnly::Admin.to_string(), "admin");
-    }
-
-    #[test]
-    fn the_audit_writer_needs_a_restart_and_its_policies_do_not() {
-        let dir = Dir::new("restart-audit");
-        dir.write("signing.pem", b"unused");
-        let with = |extra: &str| {
-            config(
-                &dir,
-                &format!("[audit]\ndir = \"trail\"\nsigning_key = \"file:signing.pem\"\n{extra}"),
-            )
-        };
-        let running = with("");
-        assert!(
-            restart_required(
-                &running,
-                &with("on_audit_full = \"fail_closed\"\nblock_timeout = \"1s\"")
-            )
-            .is_empty()
-        );
-        assert_eq!(
-            restart_required(&running, &with("sync_interval = \"1s\"")),
-            [RestartOnly::Audit]
-        );
-        assert_eq!(
-            restart_required(&running, &config(&dir, "")),
-            [RestartOnly::Audit]
-        );
-    }
-
-    #[test]
-    fn a_reload_that_cannot_be_used_names_file_key_and_reason() {
-        let dir = Dir::new("reload");
-        let running = config(&dir, "");
-        // The file now names a CA file without a certificate: it validates, but the
-        // snapshot cannot be built.
-        dir.write("ca.pem", b"no certificate here\n");
-        let bad = config(&dir, "ca = \"ca.pem\"");
-        let roots = Arc::new(RootCertStore::empty());
-        let refused = match rebuild(
-            &bad.file,
-            &running,
-            &roots,
-            &idgate_tls::crypto_provider(),
-            &StateStore::from(MemoryStore::new()),
-        ) {
-            Ok(_) => panic!("the reload should be refused"),
-            Err(refused) => refused,
-        };
-        let problems = refused.problems();
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        let (file, key, reason) = &problems[0];
-        assert_eq!(*file, bad.file.display().to_string());
-        assert_eq!(key, "upstreams[0].ca");
-        assert!(reason.contains("no CERTIFICATE block"), "{reason}");
-
-        // A file that does not validate names its key the same way.
-        dir.write("idgate.toml", b"frobnicate = true\n");
-        let refused = match rebuild(
-            &bad.file,
-            &running,
-            &roots,
-            &idgate_tls::crypto_provider(),
-            &StateStore::from(MemoryStore::new()),
-        ) {
-            Ok(_) => panic!("the reload should be refused"),
-            Err(refused) => refused,
-        };
-        assert!(
-            refused
-                .problems()
-                .iter()
-                .any(|(_, key, reason)| key == "frobnicate" && reason.contains("unknown key")),
-            "{:?}",
-            refused.problems()
-        );
     }
 }

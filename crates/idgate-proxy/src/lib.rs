@@ -24,6 +24,7 @@ pub mod path;
 pub mod pipeline;
 pub mod problem;
 pub mod proxy_protocol;
+mod reload;
 pub mod request_id;
 pub mod routes;
 mod send_timeout;

@@ -51,8 +51,8 @@ struct Cli {
 enum Command {
     /// Serve traffic as the configuration file describes.
     ///
-    /// Reloads the TLS material when its files change, and the TLS material, routes and
-    /// upstreams on SIGHUP. SIGTERM or Ctrl-C turns /readyz false, stops accepting after
+    /// Reloads the TLS material when its files change, the configuration when its file
+    /// changes, and both on SIGHUP (see docs/configuration.md, Reloading). SIGTERM or Ctrl-C turns /readyz false, stops accepting after
     /// [lifecycle] drain_delay and drains in-flight requests up to drain_timeout, then exits
     /// 0; a second SIGTERM or Ctrl-C exits at once (status 143 or 130).
     ///

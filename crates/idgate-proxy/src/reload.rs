@@ -1,0 +1,243 @@
+//! Reloads of the configuration, on SIGHUP and when the configuration file (or a file it
+//! names that is read with it, such as a route's schema) changes: the new configuration is
+//! loaded and validated as `idgate check` does, built, and swapped in atomically; a request
+//! keeps the snapshot it started with. A configuration that does not validate or cannot be
+//! built is refused with every problem logged, and the running one stays.
+//!
+//! A change is noticed by the directory watch the TLS material uses (which sees an editor's
+//! rename-over and a Kubernetes `..data` swap), with a periodic check as a backstop. The
+//! files must be quiet for a moment before they are read, and a content already tried is not
+//! tried again: a file caught half-written is refused like any invalid one, and the next
+//! write, which changes its content, is tried anew.
+
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use idgate_config::Config;
+use idgate_store::StateStore;
+use idgate_tls::watch::{FileWatch, WatchHandle};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+pub(crate) use metrics::{Outcome, ReloadMetrics};
+use rebuild::{Rebuilt, rebuild};
+pub use rebuild::{RestartOnly, restart_required};
+
+mod metrics;
+mod rebuild;
+
+/// How long the watched files must go unchanged before they are read: an editor or a
+/// deployment tool writes in several steps.
+const SETTLE: Duration = Duration::from_millis(250);
+/// The most settling rounds before the files are read anyway (a file written without end).
+const MAX_SETTLE_ROUNDS: u32 = 20;
+
+/// What a reload needs, for the life of the gateway.
+pub(crate) struct Reloader {
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(crate) roots: Arc<RootCertStore>,
+    pub(crate) provider: Arc<CryptoProvider>,
+    /// The TLS material's watch, triggered by SIGHUP.
+    pub(crate) material: WatchHandle,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) reloads: ReloadMetrics,
+    /// The configuration the process started with: what a reload cannot change stays as
+    /// it says.
+    pub(crate) running: Arc<Config>,
+    /// The process's state backend, which every snapshot uses.
+    pub(crate) state: StateStore,
+}
+
+/// The files a configuration is read from: itself and the route schemas it names.
+fn watched_files(config: &Config) -> Vec<PathBuf> {
+    let mut files = vec![config.file.clone()];
+    files.extend(
+        config
+            .routes
+            .iter()
+            .filter_map(|r| r.schema.as_ref().map(|s| s.path.clone())),
+    );
+    files
+}
+
+/// What the files hold now, as a hash: equal when no file changed (a missing file counts as
+/// its own content). Blocking.
+fn fingerprint(files: &[PathBuf]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in files {
+        f.hash(&mut h);
+        std::fs::read(f).ok().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The reload's log lines keep the target they have always had: filters and alerts select
+/// on it.
+const LOG_TARGET: &str = "idgate_proxy::gateway";
+
+/// Waits until no change has been reported for [`SETTLE`]. A SIGHUP meanwhile (a deployment
+/// tool writes the file, then signals) joins this reload rather than making another one;
+/// returns whether one came.
+async fn settle(changes: &mut mpsc::Receiver<()>, hup: &mut tokio::signal::unix::Signal) -> bool {
+    let mut signalled = false;
+    for _ in 0..MAX_SETTLE_ROUNDS {
+        let quiet = tokio::select! {
+            () = tokio::time::sleep(SETTLE) => true,
+            s = hup.recv() => {
+                signalled |= s.is_some();
+                false
+            }
+        };
+        let mut changed = false;
+        while changes.try_recv().is_ok() {
+            changed = true;
+        }
+        if quiet && !changed {
+            break;
+        }
+    }
+    signalled
+}
+
+impl Reloader {
+    /// Reloads on SIGHUP and on changes of the configuration's files until `stop`.
+    pub(crate) async fn run(
+        self,
+        mut hup: tokio::signal::unix::Signal,
+        mut stop: watch::Receiver<bool>,
+        poll_every: Duration,
+    ) {
+        let mut files = watched_files(&self.running);
+        let (changed_tx, mut changes) = mpsc::channel(1);
+        let watch = {
+            let files = files.clone();
+            tokio::task::spawn_blocking(move || {
+                let seen = fingerprint(&files);
+                (FileWatch::new(&files, changed_tx), seen)
+            })
+            .await
+        };
+        let (watch, mut seen) = match watch {
+            Ok((Ok(watch), seen)) => (Some(Arc::new(watch)), seen),
+            Ok((Err(e), seen)) => {
+                tracing::warn!(target: LOG_TARGET, error = %e, "cannot watch the configuration file; it is reloaded on SIGHUP and checked every identity.poll_interval");
+                (None, seen)
+            }
+            Err(e) => {
+                tracing::warn!(target: LOG_TARGET, error = %e, "cannot watch the configuration file");
+                (None, 0)
+            }
+        };
+        let mut poll = tokio::time::interval(poll_every);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
+        loop {
+            let signalled = tokio::select! {
+                _ = stop.changed() => return,
+                s = hup.recv() => match s {
+                    None => return,
+                    Some(()) => true,
+                },
+                Some(()) = changes.recv() => settle(&mut changes, &mut hup).await,
+                _ = poll.tick() => false,
+            };
+            // Read before the reload reads them: a change made meanwhile is noticed anew.
+            let now = {
+                let files = files.clone();
+                tokio::task::spawn_blocking(move || fingerprint(&files))
+                    .await
+                    .unwrap_or_default()
+            };
+            if signalled {
+                tracing::info!(target: LOG_TARGET, "SIGHUP: reloading TLS material and configuration");
+                self.material.trigger();
+            } else if now == seen {
+                continue;
+            } else {
+                tracing::info!(
+                    target: LOG_TARGET,
+                    file = %self.running.file.display(),
+                    "configuration file changed: reloading"
+                );
+            }
+            seen = now;
+            if let Some(applied) = self.reload().await {
+                files = watched_files(&applied);
+            }
+            // The files may now resolve through other directories (a symlink swap), or be
+            // others (a schema added).
+            if let Some(watch) = &watch {
+                let (watch, files) = (watch.clone(), files.clone());
+                let _ = tokio::task::spawn_blocking(move || watch.refresh(&files)).await;
+            }
+        }
+    }
+
+    /// Loads, validates and builds the configuration file, and puts it into use; returns it
+    /// when applied.
+    async fn reload(&self) -> Option<Config> {
+        let (file, roots, provider) = (
+            self.running.file.clone(),
+            self.roots.clone(),
+            self.provider.clone(),
+        );
+        let (running, state) = (self.running.clone(), self.state.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            rebuild(&file, &running, &roots, &provider, &state)
+        })
+        .await;
+        match built {
+            Ok(Ok(Rebuilt {
+                snapshot,
+                restart,
+                config,
+            })) => {
+                snapshot.start_background(&self.metrics);
+                self.snapshot.store(Arc::new(snapshot));
+                self.reloads.record(Outcome::Applied);
+                tracing::info!(
+                    target: LOG_TARGET,
+                    "configuration reloaded: routes, upstreams, credentials and authentication replaced"
+                );
+                for part in restart {
+                    tracing::warn!(
+                        target: LOG_TARGET,
+                        setting = part.key(),
+                        "the new configuration changes `{part}`, which takes effect only at restart; the running one stays"
+                    );
+                }
+                Some(config)
+            }
+            Ok(Err(refused)) => {
+                self.reloads.record(Outcome::Refused);
+                for (file, key, reason) in refused.problems() {
+                    let problem = if key.is_empty() {
+                        format!("{file}: {reason}")
+                    } else {
+                        format!("{file}: {key}: {reason}")
+                    };
+                    tracing::error!(
+                        target: LOG_TARGET,
+                        %problem,
+                        %file,
+                        %key,
+                        %reason,
+                        "configuration reload refused; the running configuration stays"
+                    );
+                }
+                None
+            }
+            Err(e) => {
+                self.reloads.record(Outcome::Refused);
+                tracing::error!(target: LOG_TARGET, error = %e, "configuration reload task failed");
+                None
+            }
+        }
+    }
+}
