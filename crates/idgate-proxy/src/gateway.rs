@@ -24,8 +24,8 @@ use crate::access_log::AccessLog;
 use crate::audit::AuditSetup;
 use crate::lifecycle::{BackgroundWriters, Drain};
 use crate::listener::{ListenerShared, accept_loop};
+pub use crate::reload::{LogFilter, LogFilterError, RestartOnly, restart_required};
 use crate::reload::{ReloadMetrics, Reloader};
-pub use crate::reload::{RestartOnly, restart_required};
 use crate::service::Services;
 use crate::snapshot::{BuildError, BuildProblem, Snapshot};
 
@@ -43,6 +43,8 @@ pub struct Gateway {
     audit: Option<AuditSetup>,
     /// Handed each audit line once written (a SIEM exporter).
     audit_export: Option<Arc<dyn idgate_audit::Export>>,
+    /// The process's log filter, for reloads.
+    log_filter: Option<Arc<dyn LogFilter>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -143,6 +145,7 @@ impl Gateway {
             state,
             audit,
             audit_export: None,
+            log_filter: None,
         })
     }
 
@@ -150,6 +153,13 @@ impl Gateway {
     /// [`idgate_audit::Export`]: it runs on the writer thread and must not block).
     pub fn with_audit_export(mut self, export: Arc<dyn idgate_audit::Export>) -> Self {
         self.audit_export = Some(export);
+        self
+    }
+
+    /// Lets a reload change the log level through `filter`; without one, `[log]` changes
+    /// only at restart.
+    pub fn with_log_filter(mut self, filter: Arc<dyn LogFilter>) -> Self {
+        self.log_filter = Some(filter);
         self
     }
 
@@ -231,6 +241,7 @@ impl Gateway {
                 reloads,
                 running: Arc::new(cfg.clone()),
                 state: self.state.clone(),
+                log: self.log_filter.map(|f| (f, cfg.log.level.clone())),
             }
             .run(hup, stop_rx.clone(), cfg.identity.poll_interval),
         );

@@ -38,6 +38,19 @@ const SETTLE: Duration = Duration::from_millis(250);
 /// The most settling rounds before the files are read anyway (a file written without end).
 const MAX_SETTLE_ROUNDS: u32 = 20;
 
+/// Puts a new `[log] level` into use: the process's log filter, which whoever installed
+/// the log subscriber owns.
+pub trait LogFilter: Send + Sync {
+    /// `level` is a filter directive the configuration validated (`info`,
+    /// `info,idgate_proxy=debug`).
+    fn set_level(&self, level: &str) -> Result<(), LogFilterError>;
+}
+
+/// Why the log filter could not be replaced; the previous one stays.
+#[derive(Debug, thiserror::Error)]
+#[error("the log filter could not be replaced: {0}")]
+pub struct LogFilterError(pub String);
+
 /// What a reload needs, for the life of the gateway.
 pub(crate) struct Reloader {
     pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
@@ -52,6 +65,8 @@ pub(crate) struct Reloader {
     pub(crate) running: Arc<Config>,
     /// The process's state backend, which every snapshot uses.
     pub(crate) state: StateStore,
+    /// The log filter and the `[log] level` it has, when it can be changed.
+    pub(crate) log: Option<(Arc<dyn LogFilter>, String)>,
 }
 
 /// The files a configuration is read from: itself and the route schemas it names.
@@ -108,7 +123,7 @@ async fn settle(changes: &mut mpsc::Receiver<()>, hup: &mut tokio::signal::unix:
 impl Reloader {
     /// Reloads on SIGHUP and on changes of the configuration's files until `stop`.
     pub(crate) async fn run(
-        self,
+        mut self,
         mut hup: tokio::signal::unix::Signal,
         mut stop: watch::Receiver<bool>,
         poll_every: Duration,
@@ -168,6 +183,7 @@ impl Reloader {
             }
             seen = now;
             if let Some(applied) = self.reload().await {
+                self.set_log_level(&applied.log.level);
                 files = watched_files(&applied);
             }
             // The files may now resolve through other directories (a symlink swap), or be
@@ -175,6 +191,24 @@ impl Reloader {
             if let Some(watch) = &watch {
                 let (watch, files) = (watch.clone(), files.clone());
                 let _ = tokio::task::spawn_blocking(move || watch.refresh(&files)).await;
+            }
+        }
+    }
+
+    /// Puts a changed `[log] level` into use.
+    fn set_log_level(&mut self, level: &str) {
+        let Some((filter, current)) = &mut self.log else {
+            return;
+        };
+        if current == level {
+            return;
+        }
+        // Said before the change: a higher level would hide it.
+        tracing::info!(target: LOG_TARGET, level, "log level changed");
+        match filter.set_level(level) {
+            Ok(()) => *current = level.to_owned(),
+            Err(e) => {
+                tracing::error!(target: LOG_TARGET, error = %e, "the new log level was not put into use")
             }
         }
     }

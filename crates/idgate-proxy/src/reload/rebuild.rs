@@ -20,7 +20,7 @@ pub enum RestartOnly {
     Identity,
     /// `[admin]`: the bound socket.
     Admin,
-    /// `[log]`: the subscriber is installed once.
+    /// `[log] format`: the subscriber and the access log writer are installed once.
     Log,
     /// `workers`: the runtime's threads.
     Workers,
@@ -61,7 +61,8 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<RestartOnly> {
         (running.listener != new.listener, RestartOnly::Listener),
         (running.identity != new.identity, RestartOnly::Identity),
         (running.admin != new.admin, RestartOnly::Admin),
-        (running.log != new.log, RestartOnly::Log),
+        // The level changes live (see `LogFilter`).
+        (running.log.format != new.log.format, RestartOnly::Log),
         (running.workers != new.workers, RestartOnly::Workers),
         (running.vault != new.vault, RestartOnly::Vault),
         (running.state != new.state, RestartOnly::State),
@@ -185,7 +186,7 @@ mod tests {
 
         let mut new = running.clone();
         new.listener.idle_timeout = Duration::from_secs(1);
-        new.log.level = "debug".to_owned();
+        new.log.format = idgate_config::LogFormat::Json;
         new.workers += 1;
         assert_eq!(
             restart_required(&running, &new),

@@ -162,3 +162,46 @@ async fn reloads_under_load_fail_no_request_and_a_bad_one_changes_nothing() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_reload_changes_the_log_level_in_place() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let mut gw = Gateway::start(&config(&pki, &upstream, None), &[]).await;
+        let lines =
+            |gw: &Gateway, message: &str| log_lines(gw, "idgate_proxy::gateway", message).len();
+        let reloaded =
+            "configuration reloaded: routes, upstreams, credentials and authentication replaced";
+
+        // `warn` from now on: the reload says so at `info`, before the change.
+        let mut quiet = config(&pki, &upstream, None);
+        quiet.log = Some(LogSpec::json("warn"));
+        replace_atomically(&gw.config_path, quiet.to_toml().as_bytes());
+        assert_eventually!(
+            lines(&gw, "log level changed") == 1,
+            "the log level was not changed; output:\n{}",
+            gw.output()
+        );
+        assert_eq!(lines(&gw, reloaded), 1);
+
+        // The next reload's `info` line is filtered out, its `warn` line is not.
+        quiet.workers = 2;
+        replace_atomically(&gw.config_path, quiet.to_toml().as_bytes());
+        assert_eventually!(
+            gw.output().contains("changes `workers`"),
+            "the second reload did not happen; output:\n{}",
+            gw.output()
+        );
+        assert_eq!(lines(&gw, reloaded), 1, "{}", gw.output());
+        assert!(
+            !gw.output().contains(
+                "takes effect only at restart; the running one stays\",\"setting\":\"log\""
+            ),
+            "{}",
+            gw.output()
+        );
+        assert_not_restarted(&mut gw);
+    })
+    .await
+}
