@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::access_log::AccessLog;
 use crate::audit::AuditSetup;
 use crate::lifecycle::{BackgroundWriters, Drain};
-use crate::listener::{ListenerShared, accept_loop};
+use crate::listener::{ListenerLive, ListenerShared, accept_loop};
 pub use crate::reload::{LogFilter, LogFilterError, RestartOnly, restart_required};
 use crate::reload::{ReloadMetrics, Reloader};
 use crate::service::Services;
@@ -227,6 +227,11 @@ impl Gateway {
         let (stop_tx, stop_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
 
+        let listener_live = Arc::new(ArcSwap::from_pointee(ListenerLive::new(
+            cfg.listener.clone(),
+            TlsAcceptor::from(self.server_config.clone()),
+            &services.metrics,
+        )));
         // Registered before the gateway reports ready: an unhandled SIGHUP would end the
         // process. The reloader also watches the configuration file.
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -242,6 +247,8 @@ impl Gateway {
                 running: Arc::new(cfg.clone()),
                 state: self.state.clone(),
                 log: self.log_filter.map(|f| (f, cfg.log.level.clone())),
+                listener: listener_live.clone(),
+                tls: self.material.clone(),
             }
             .run(hup, stop_rx.clone(), cfg.identity.poll_interval),
         );
@@ -253,12 +260,7 @@ impl Gateway {
             admin_stop_rx,
         ));
 
-        let shared = Arc::new(ListenerShared::new(
-            snapshot,
-            services,
-            TlsAcceptor::from(self.server_config.clone()),
-            cfg.listener.clone(),
-        ));
+        let shared = Arc::new(ListenerShared::new(snapshot, services, listener_live));
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
 
         tracing::info!(

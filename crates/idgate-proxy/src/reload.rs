@@ -16,17 +16,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use idgate_config::Config;
+use idgate_config::{ClientAuth, Config};
 use idgate_store::StateStore;
+use idgate_tls::TlsMaterial;
 use idgate_tls::watch::{FileWatch, WatchHandle};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 
+use crate::listener::ListenerLive;
 use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{BuildError, BuildProblem, Snapshot};
 pub(crate) use metrics::{Outcome, ReloadMetrics};
-use rebuild::{Rebuilt, rebuild};
+use rebuild::{Rebuilt, ReloadRefused, rebuild};
 pub use rebuild::{RestartOnly, restart_required};
 
 mod metrics;
@@ -67,6 +70,10 @@ pub(crate) struct Reloader {
     pub(crate) state: StateStore,
     /// The log filter and the `[log] level` it has, when it can be changed.
     pub(crate) log: Option<(Arc<dyn LogFilter>, String)>,
+    /// The listener's settings for new connections.
+    pub(crate) listener: Arc<ArcSwap<ListenerLive>>,
+    /// The TLS material a new listener TLS configuration serves.
+    pub(crate) tls: Arc<TlsMaterial>,
 }
 
 /// The files a configuration is read from: itself and the route schemas it names.
@@ -195,6 +202,53 @@ impl Reloader {
         }
     }
 
+    /// The listener settings of `config`, when they differ from those in force; the TLS
+    /// configuration for new handshakes is built anew for them.
+    fn listener_for(&self, config: &Config) -> Result<Option<ListenerLive>, ReloadRefused> {
+        let current = self.listener.load();
+        if current.config == config.listener {
+            return Ok(None);
+        }
+        let server = self
+            .tls
+            .server_config(
+                config.listener.tls_min_version,
+                config.listener.client_auth == ClientAuth::Required,
+            )
+            .map_err(|e| {
+                ReloadRefused::Unusable(vec![BuildError::new(
+                    config,
+                    "listener",
+                    BuildProblem::Listener(e),
+                )])
+            })?;
+        Ok(Some(ListenerLive::new(
+            config.listener.clone(),
+            TlsAcceptor::from(Arc::new(server)),
+            &self.metrics,
+        )))
+    }
+
+    /// Logs every problem of a refused reload and counts it.
+    fn refused(&self, refused: &ReloadRefused) {
+        self.reloads.record(Outcome::Refused);
+        for (file, key, reason) in refused.problems() {
+            let problem = if key.is_empty() {
+                format!("{file}: {reason}")
+            } else {
+                format!("{file}: {key}: {reason}")
+            };
+            tracing::error!(
+                target: LOG_TARGET,
+                %problem,
+                %file,
+                %key,
+                %reason,
+                "configuration reload refused; the running configuration stays"
+            );
+        }
+    }
+
     /// Puts a changed `[log] level` into use.
     fn set_log_level(&mut self, level: &str) {
         let Some((filter, current)) = &mut self.log else {
@@ -232,8 +286,20 @@ impl Reloader {
                 restart,
                 config,
             })) => {
+                let listener = match self.listener_for(&config) {
+                    Ok(listener) => listener,
+                    Err(refused) => {
+                        self.refused(&refused);
+                        return None;
+                    }
+                };
                 snapshot.start_background(&self.metrics);
+                // Both at once, as near as can be: requests take the snapshot, connections
+                // the listener settings, each when it starts.
                 self.snapshot.store(Arc::new(snapshot));
+                if let Some(listener) = listener {
+                    self.listener.store(Arc::new(listener));
+                }
                 self.reloads.record(Outcome::Applied);
                 tracing::info!(
                     target: LOG_TARGET,
@@ -249,22 +315,7 @@ impl Reloader {
                 Some(config)
             }
             Ok(Err(refused)) => {
-                self.reloads.record(Outcome::Refused);
-                for (file, key, reason) in refused.problems() {
-                    let problem = if key.is_empty() {
-                        format!("{file}: {reason}")
-                    } else {
-                        format!("{file}: {key}: {reason}")
-                    };
-                    tracing::error!(
-                        target: LOG_TARGET,
-                        %problem,
-                        %file,
-                        %key,
-                        %reason,
-                        "configuration reload refused; the running configuration stays"
-                    );
-                }
+                self.refused(&refused);
                 None
             }
             Err(e) => {

@@ -13,7 +13,7 @@ use crate::snapshot::{BuildError, BuildProblem, Snapshot};
 /// A part of the configuration that a reload leaves as it is: it takes effect at restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartOnly {
-    /// `[listener]`: the bound socket, TLS versions and connection limits.
+    /// `[listener]`: the bound socket and the connection caps.
     Listener,
     /// `[identity]`: the SVID's and trust bundles' files and trust domains (their contents
     /// are reloaded).
@@ -55,10 +55,26 @@ impl std::fmt::Display for RestartOnly {
     }
 }
 
+/// What of `[listener]` goes with its socket: the address, and the connection caps sized
+/// once (the rest changes with a reload, for new connections).
+fn listener_socket(
+    l: &idgate_config::ListenerConfig,
+) -> (std::net::SocketAddr, usize, usize, usize) {
+    (
+        l.bind,
+        l.max_connections,
+        l.max_connections_per_ip,
+        l.max_connections_per_identity,
+    )
+}
+
 /// The parts of `new` that differ from `running` but take effect only at restart.
 pub fn restart_required(running: &Config, new: &Config) -> Vec<RestartOnly> {
     [
-        (running.listener != new.listener, RestartOnly::Listener),
+        (
+            listener_socket(&running.listener) != listener_socket(&new.listener),
+            RestartOnly::Listener,
+        ),
         (running.identity != new.identity, RestartOnly::Identity),
         (running.admin != new.admin, RestartOnly::Admin),
         // The level changes live (see `LogFilter`).
@@ -178,14 +194,17 @@ mod tests {
         let running = config(&dir, "");
         assert!(restart_required(&running, &running.clone()).is_empty());
 
-        // Routes, upstreams and their credentials change live: no restart.
+        // Routes, upstreams and their credentials change live, and so do the listener's
+        // timeouts and TLS versions: no restart.
         let mut new = running.clone();
+        new.listener.idle_timeout = Duration::from_secs(1);
+        new.listener.tls_min_version = idgate_tls::TlsVersion::Tls13;
         new.routes[0].allow.clear();
         new.upstreams[0].request_timeout = Duration::from_secs(1);
         assert!(restart_required(&running, &new).is_empty());
 
         let mut new = running.clone();
-        new.listener.idle_timeout = Duration::from_secs(1);
+        new.listener.max_connections += 1;
         new.log.format = idgate_config::LogFormat::Json;
         new.workers += 1;
         assert_eq!(

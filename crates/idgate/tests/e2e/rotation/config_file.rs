@@ -205,3 +205,60 @@ async fn a_reload_changes_the_log_level_in_place() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_reload_changes_the_listener_for_new_connections_and_keeps_the_open_ones() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let mut gw = Gateway::start(&config(&pki, &upstream, None), &[]).await;
+        let (cert, key) = pki.workload(ONBOARDING);
+        let tls12 = Client {
+            config: tls_client_config(
+                &pki.files.bundle,
+                Some((&cert, &key)),
+                false,
+                &[&rustls::version::TLS12],
+            ),
+            port: gw.port,
+            h2: false,
+        };
+        let mut open = tls12.connect().await.unwrap();
+        assert_eq!(
+            open.send("GET", "/v1/kyc", &[], "").await.unwrap().status,
+            200
+        );
+
+        // TLS 1.3 only from now on, with other timeouts: no new socket needed.
+        let mut strict = config(&pki, &upstream, None);
+        strict.listener.tls_min_version = Some(TlsVersion::V1_3);
+        strict
+            .listener
+            .extra
+            .insert("handshake_timeout".into(), "3s".into());
+        replace_atomically(&gw.config_path, strict.to_toml().as_bytes());
+        assert_eventually!(
+            tls12.get("/v1/kyc").await.is_err(),
+            "a TLS 1.2 handshake is still accepted; output:\n{}",
+            gw.output()
+        );
+        // The connection opened before goes on, under the settings it started with.
+        assert_eq!(
+            open.send("GET", "/v1/kyc", &[], "").await.unwrap().status,
+            200
+        );
+        let tls13 = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        assert_eq!(status(&tls13, "/v1/kyc").await, 200);
+        assert!(
+            !gw.output().contains("changes `listener`"),
+            "{}",
+            gw.output()
+        );
+        assert_eq!(
+            metric(&gw, "idgate_config_generation ").await.as_deref(),
+            Some("2")
+        );
+        assert_not_restarted(&mut gw);
+    })
+    .await
+}
