@@ -25,7 +25,7 @@ use crate::audit::AuditSetup;
 use crate::lifecycle::{BackgroundWriters, Drain};
 use crate::listener::{ListenerLive, ListenerShared, accept_loop};
 pub use crate::reload::{LogFilter, LogFilterError, RestartOnly, restart_required};
-use crate::reload::{ReloadMetrics, Reloader};
+use crate::reload::{ReloadMetrics, Reloader, identity_key};
 use crate::service::Services;
 use crate::snapshot::{BuildError, BuildProblem, Snapshot};
 
@@ -327,23 +327,5 @@ async fn sweep_limiter(services: std::sync::Weak<Services>) {
             return;
         };
         services.limiter.sweep(std::time::SystemTime::now());
-    }
-}
-
-/// The key of `[identity]` a TLS material problem is about, found by its file.
-fn identity_key(config: &Config, e: &idgate_tls::MaterialError) -> String {
-    let path = match e {
-        idgate_tls::MaterialError::Read { path, .. }
-        | idgate_tls::MaterialError::Invalid { path, .. } => path,
-    };
-    let id = &config.identity;
-    if *path == id.svid_cert {
-        "identity.svid_cert".to_owned()
-    } else if *path == id.svid_key {
-        "identity.svid_key".to_owned()
-    } else if let Some(i) = id.trust_bundles.iter().position(|(_, p)| p == path) {
-        format!("identity.trust_bundles[{i}].bundle")
-    } else {
-        "identity".to_owned()
     }
 }

@@ -29,7 +29,8 @@ use crate::listener::ListenerLive;
 use crate::metrics::Metrics;
 use crate::snapshot::{BuildError, BuildProblem, Snapshot};
 pub(crate) use metrics::{Outcome, ReloadMetrics};
-use rebuild::{Rebuilt, ReloadRefused, rebuild};
+pub(crate) use rebuild::identity_key;
+use rebuild::{Rebuilt, ReloadRefused, identity_for, rebuild};
 pub use rebuild::{RestartOnly, restart_required};
 
 mod metrics;
@@ -276,16 +277,22 @@ impl Reloader {
             self.provider.clone(),
         );
         let (running, state) = (self.running.clone(), self.state.clone());
+        let tls = self.tls.clone();
         let built = tokio::task::spawn_blocking(move || {
-            rebuild(&file, &running, &roots, &provider, &state)
+            let rebuilt = rebuild(&file, &running, &roots, &provider, &state)?;
+            let material = identity_for(&rebuilt.config, &tls, &provider)?;
+            Ok((rebuilt, material))
         })
         .await;
         match built {
-            Ok(Ok(Rebuilt {
-                snapshot,
-                restart,
-                config,
-            })) => {
+            Ok(Ok((
+                Rebuilt {
+                    snapshot,
+                    restart,
+                    config,
+                },
+                material,
+            ))) => {
                 let listener = match self.listener_for(&config) {
                     Ok(listener) => listener,
                     Err(refused) => {
@@ -297,6 +304,11 @@ impl Reloader {
                 // Both at once, as near as can be: requests take the snapshot, connections
                 // the listener settings, each when it starts.
                 self.snapshot.store(Arc::new(snapshot));
+                if let Some(material) = material {
+                    self.tls.take_from(material);
+                    // The watch follows the new files from its next round, now.
+                    self.material.trigger();
+                }
                 if let Some(listener) = listener {
                     self.listener.store(Arc::new(listener));
                 }

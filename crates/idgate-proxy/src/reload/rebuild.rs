@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use idgate_config::{ApiKeyStoreConfig, Config};
 use idgate_store::StateStore;
+use idgate_tls::{MaterialSpec, TlsMaterial};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 
@@ -15,8 +16,7 @@ use crate::snapshot::{BuildError, BuildProblem, Snapshot};
 pub enum RestartOnly {
     /// `[listener]`: the bound socket and the connection caps.
     Listener,
-    /// `[identity]`: the SVID's and trust bundles' files and trust domains (their contents
-    /// are reloaded).
+    /// `[identity] poll_interval`: the TLS material's watch is started once.
     Identity,
     /// `[admin]`: the bound socket.
     Admin,
@@ -75,7 +75,11 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<RestartOnly> {
             listener_socket(&running.listener) != listener_socket(&new.listener),
             RestartOnly::Listener,
         ),
-        (running.identity != new.identity, RestartOnly::Identity),
+        // The files and trust domains change live (see `identity_for`).
+        (
+            running.identity.poll_interval != new.identity.poll_interval,
+            RestartOnly::Identity,
+        ),
         (running.admin != new.admin, RestartOnly::Admin),
         // The level changes live (see `LogFilter`).
         (running.log.format != new.log.format, RestartOnly::Log),
@@ -119,6 +123,58 @@ impl ReloadRefused {
                 .map(|e| (e.file.display().to_string(), e.key.clone(), e.reason()))
                 .collect(),
         }
+    }
+}
+
+/// The TLS material `config` names, loaded whole, when it names other files or trust
+/// domains than `current` serves; `None` when it names the same. Blocking.
+pub(crate) fn identity_for(
+    config: &Config,
+    current: &TlsMaterial,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Option<TlsMaterial>, ReloadRefused> {
+    let id = &config.identity;
+    let now = current.spec();
+    if now.svid_cert == id.svid_cert
+        && now.svid_key == id.svid_key
+        && now.bundles == id.trust_bundles
+    {
+        return Ok(None);
+    }
+    let spec = MaterialSpec {
+        svid_cert: id.svid_cert.clone(),
+        svid_key: id.svid_key.clone(),
+        bundles: id.trust_bundles.clone(),
+    };
+    TlsMaterial::load(spec, provider.clone())
+        .map(Some)
+        .map_err(|errors| {
+            ReloadRefused::Unusable(
+                errors
+                    .into_iter()
+                    .map(|e| {
+                        BuildError::new(config, identity_key(config, &e), BuildProblem::Identity(e))
+                    })
+                    .collect(),
+            )
+        })
+}
+
+/// The key of `[identity]` a TLS material problem is about, found by its file.
+pub(crate) fn identity_key(config: &Config, e: &idgate_tls::MaterialError) -> String {
+    let path = match e {
+        idgate_tls::MaterialError::Read { path, .. }
+        | idgate_tls::MaterialError::Invalid { path, .. } => path,
+    };
+    let id = &config.identity;
+    if *path == id.svid_cert {
+        "identity.svid_cert".to_owned()
+    } else if *path == id.svid_key {
+        "identity.svid_key".to_owned()
+    } else if let Some(i) = id.trust_bundles.iter().position(|(_, p)| p == path) {
+        format!("identity.trust_bundles[{i}].bundle")
+    } else {
+        "identity".to_owned()
     }
 }
 
@@ -219,6 +275,8 @@ mod tests {
         let mut new = running.clone();
         new.admin.bind.set_port(1);
         new.identity.poll_interval = Duration::from_secs(1);
+        // Other files change live.
+        new.identity.svid_cert = dir.0.join("other.pem");
         assert_eq!(
             restart_required(&running, &new),
             [RestartOnly::Identity, RestartOnly::Admin]

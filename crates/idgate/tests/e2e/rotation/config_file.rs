@@ -262,3 +262,109 @@ async fn a_reload_changes_the_listener_for_new_connections_and_keeps_the_open_on
     })
     .await
 }
+
+#[tokio::test]
+async fn a_reload_adds_and_removes_trust_domains_and_refuses_a_bad_bundle() {
+    within(async {
+        let pki = Pki::default_pki();
+        let partner = Pki::new("partner.test", &[super::PARTNER]);
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let svid = (
+            pki.files.gateway_cert.as_path(),
+            pki.files.gateway_key.as_path(),
+        );
+        let with = |bundles: &[(&str, &std::path::Path)], allow: &[&str]| {
+            with_kyc_route(gateway_config(svid, bundles, "1h"), &upstream, allow).to_toml()
+        };
+        let example_only = with(&[(TD, &pki.files.bundle)], &[ONBOARDING]);
+        let gw = Gateway::start(
+            &with_kyc_route(
+                gateway_config(svid, &[(TD, &pki.files.bundle)], "1h"),
+                &upstream,
+                &[ONBOARDING],
+            ),
+            &[],
+        )
+        .await;
+        // A workload of `issuer`, trusting the gateway's own CA.
+        let client = |issuer: &Pki, id: &str| {
+            let (cert, key) = issuer.workload(id);
+            Client {
+                config: tls_client_config(
+                    &pki.files.bundle,
+                    Some((&cert, &key)),
+                    false,
+                    rustls::DEFAULT_VERSIONS,
+                ),
+                port: gw.port,
+                h2: false,
+            }
+        };
+        let onboarding = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let scorer = client(&partner, super::PARTNER);
+        assert_eq!(status(&onboarding, "/v1/kyc").await, 200);
+        assert_eq!(
+            status(&scorer, "/v1/kyc").await,
+            0,
+            "partner.test is not trusted yet"
+        );
+
+        // A bundle file that holds no certificate: refused, with its key.
+        let garbage = partner.path().join("not-a-bundle.pem");
+        std::fs::write(&garbage, b"no certificate here\n").unwrap();
+        replace_atomically(
+            &gw.config_path,
+            with(
+                &[(TD, &pki.files.bundle), ("partner.test", &garbage)],
+                &[ONBOARDING, super::PARTNER],
+            )
+            .as_bytes(),
+        );
+        assert_eventually!(
+            metric(&gw, "idgate_config_reloads_total{result=\"refused\"}").await
+                == Some("1".to_owned()),
+            "the bad bundle was not refused; output:\n{}",
+            gw.output()
+        );
+        assert!(
+            gw.output().contains("identity.trust_bundles[1].bundle"),
+            "{}",
+            gw.output()
+        );
+        assert_eq!(status(&scorer, "/v1/kyc").await, 0);
+
+        // The trust domain added with a good bundle: its workloads are let in.
+        replace_atomically(
+            &gw.config_path,
+            with(
+                &[
+                    (TD, &pki.files.bundle),
+                    ("partner.test", &partner.files.bundle),
+                ],
+                &[ONBOARDING, super::PARTNER],
+            )
+            .as_bytes(),
+        );
+        assert_eventually!(
+            status(&scorer, "/v1/kyc").await == 200,
+            "partner.test was not added; output:\n{}",
+            gw.output()
+        );
+        assert_eq!(status(&onboarding, "/v1/kyc").await, 200);
+
+        // And removed again.
+        replace_atomically(&gw.config_path, example_only.as_bytes());
+        assert_eventually!(
+            status(&scorer, "/v1/kyc").await == 0,
+            "partner.test is still trusted; output:\n{}",
+            gw.output()
+        );
+        assert_eq!(status(&onboarding, "/v1/kyc").await, 200);
+        assert!(
+            !gw.output().contains("changes `identity`"),
+            "{}",
+            gw.output()
+        );
+    })
+    .await
+}
