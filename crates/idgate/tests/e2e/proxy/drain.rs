@@ -77,9 +77,13 @@ async fn sigterm_under_load_turns_not_ready_first_and_cuts_no_request_in_flight(
             "the listener still accepts after drain_delay"
         );
 
-        for r in in_flight.into_iter().chain([late]) {
+        for (i, r) in in_flight.into_iter().chain([late]).enumerate() {
             let r = r.await.unwrap().expect("the in-flight request is answered");
             assert_eq!(r.status, 200, "{:?}", r.body);
+            // An HTTP/1.1 connection says, on the answer in flight, that it ends there.
+            if i % 2 == 0 {
+                assert_eq!(r.header("connection"), Some("close"), "request {i}");
+            }
         }
         let status = wait_for_exit(&mut s.gw.child, Duration::from_secs(15))
             .unwrap_or_else(|| panic!("still running after the drain; output:\n{}", s.gw.output()));
