@@ -181,7 +181,8 @@ impl Gateway {
         on_bound: impl FnOnce(Bound),
     ) -> std::io::Result<()> {
         let cfg = &self.config;
-        let drain = Drain::from(&cfg.lifecycle);
+        // A reload may change it; the one in force when the signal comes is used.
+        let drain = Arc::new(ArcSwap::from_pointee(Drain::from(&cfg.lifecycle)));
         let listener = TcpListener::bind(cfg.listener.bind).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -249,6 +250,7 @@ impl Gateway {
                 log: self.log_filter.map(|f| (f, cfg.log.level.clone())),
                 listener: listener_live.clone(),
                 tls: self.material.clone(),
+                drain: drain.clone(),
             }
             .run(hup, stop_rx.clone(), cfg.identity.poll_interval),
         );
@@ -275,6 +277,7 @@ impl Gateway {
         on_bound(bound);
 
         shutdown.await;
+        let drain = **drain.load();
         // Not ready first, while still accepting: a load balancer polling /readyz stops
         // sending here before any connection is refused.
         ready.store(false, Ordering::Release);

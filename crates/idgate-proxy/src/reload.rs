@@ -25,6 +25,7 @@ use rustls::crypto::CryptoProvider;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::lifecycle::Drain;
 use crate::listener::ListenerLive;
 use crate::metrics::Metrics;
 use crate::snapshot::{BuildError, BuildProblem, Snapshot};
@@ -75,6 +76,8 @@ pub(crate) struct Reloader {
     pub(crate) listener: Arc<ArcSwap<ListenerLive>>,
     /// The TLS material a new listener TLS configuration serves.
     pub(crate) tls: Arc<TlsMaterial>,
+    /// `[lifecycle]`, read when the gateway is told to stop.
+    pub(crate) drain: Arc<ArcSwap<Drain>>,
 }
 
 /// The files a configuration is read from: itself and the route schemas it names.
@@ -312,6 +315,7 @@ impl Reloader {
                 if let Some(listener) = listener {
                     self.listener.store(Arc::new(listener));
                 }
+                self.drain.store(Arc::new(Drain::from(&config.lifecycle)));
                 self.reloads.record(Outcome::Applied);
                 tracing::info!(
                     target: LOG_TARGET,

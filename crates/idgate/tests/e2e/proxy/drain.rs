@@ -133,3 +133,39 @@ async fn a_second_sigterm_while_draining_exits_at_once_and_not_0() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_delay_set_by_a_reload_is_the_one_used() {
+    within(async {
+        let mut s = Setup::start(UpstreamMode::Echo).await;
+        let mut text = std::fs::read_to_string(&s.gw.config_path).unwrap();
+        text.push_str("\n[lifecycle]\ndrain_delay = \"2s\"\n");
+        std::fs::write(&s.gw.config_path, text).unwrap();
+        s.gw.signal("HUP");
+        assert_eventually!(
+            s.gw.output().contains("configuration reloaded"),
+            "not reloaded; output:\n{}",
+            s.gw.output()
+        );
+        s.gw.signal("TERM");
+        let signalled = Instant::now();
+        assert_eventually!(
+            matches!(admin_get(s.gw.admin_port, "/readyz").await, Ok((503, _))),
+            "/readyz did not turn false; output:\n{}",
+            s.gw.output()
+        );
+        // Not ready, and still serving new connections well after the signal.
+        tokio::time::sleep_until((signalled + Duration::from_millis(1000)).into()).await;
+        let r = s.client(Some(ONBOARDING)).get(DECISION).await.unwrap();
+        assert_eq!(r.status, 200);
+        let status = wait_for_exit(&mut s.gw.child, Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("still running after the drain; output:\n{}", s.gw.output()));
+        assert_eq!(status.code(), Some(0), "output:\n{}", s.gw.output());
+        assert!(
+            signalled.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            signalled.elapsed()
+        );
+    })
+    .await
+}
