@@ -24,8 +24,8 @@ use crate::access_log::AccessLog;
 use crate::audit::AuditSetup;
 use crate::lifecycle::{BackgroundWriters, Drain};
 use crate::listener::{ListenerLive, ListenerShared, accept_loop};
+use crate::reload::{ConfigWatch, ReloadMetrics, Reloader, config_fingerprint, identity_key};
 pub use crate::reload::{LogFilter, LogFilterError, RestartOnly, restart_required};
-use crate::reload::{ReloadMetrics, Reloader, identity_key};
 use crate::service::Services;
 use crate::snapshot::{BuildError, BuildProblem, Snapshot};
 
@@ -45,6 +45,8 @@ pub struct Gateway {
     audit_export: Option<Arc<dyn idgate_audit::Export>>,
     /// The process's log filter, for reloads.
     log_filter: Option<Arc<dyn LogFilter>>,
+    /// What the configuration's files held when they were read, for the reloads' watch.
+    config_seen: u64,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -66,6 +68,8 @@ impl Gateway {
     /// Loads the TLS material, the upstream clients and credentials. Blocking; every
     /// problem is returned, each naming the configuration file and the key at fault.
     pub fn prepare(config: Config) -> Result<Self, Vec<BuildError>> {
+        // First: a change made while the rest loads is then one the watch reloads.
+        let config_seen = config_fingerprint(&config);
         let provider = idgate_tls::crypto_provider();
         let spec = MaterialSpec {
             svid_cert: config.identity.svid_cert.clone(),
@@ -146,6 +150,7 @@ impl Gateway {
             audit,
             audit_export: None,
             log_filter: None,
+            config_seen,
         })
     }
 
@@ -237,6 +242,7 @@ impl Gateway {
         // process. The reloader also watches the configuration file.
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for SIGHUP: {e}")))?;
+        let config_watch = ConfigWatch::start(cfg, self.config_seen).await;
         tokio::spawn(
             Reloader {
                 snapshot: snapshot.clone(),
@@ -252,7 +258,12 @@ impl Gateway {
                 tls: self.material.clone(),
                 drain: drain.clone(),
             }
-            .run(hup, stop_rx.clone(), cfg.identity.poll_interval),
+            .run(
+                hup,
+                stop_rx.clone(),
+                cfg.identity.poll_interval,
+                config_watch,
+            ),
         );
         let (admin_stop, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(crate::admin::serve_admin(

@@ -131,6 +131,51 @@ async fn settle(changes: &mut mpsc::Receiver<()>, hup: &mut tokio::signal::unix:
     signalled
 }
 
+/// The watch on the configuration's files, started before the gateway reports ready so that
+/// no change after that is missed.
+pub(crate) struct ConfigWatch {
+    files: Vec<PathBuf>,
+    watch: Option<Arc<FileWatch>>,
+    changes: mpsc::Receiver<()>,
+    /// The files' content when the configuration was loaded.
+    seen: u64,
+}
+
+impl ConfigWatch {
+    /// Watches the files `config` was read from; `seen` is their [`config_fingerprint`] at
+    /// load time.
+    pub(crate) async fn start(config: &Config, seen: u64) -> Self {
+        let files = watched_files(config);
+        let (changed_tx, changes) = mpsc::channel(1);
+        let watch = {
+            let files = files.clone();
+            tokio::task::spawn_blocking(move || FileWatch::new(&files, changed_tx)).await
+        };
+        let watch = match watch {
+            Ok(Ok(watch)) => Some(Arc::new(watch)),
+            Ok(Err(e)) => {
+                tracing::warn!(target: LOG_TARGET, error = %e, "cannot watch the configuration file; it is reloaded on SIGHUP and checked every identity.poll_interval");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(target: LOG_TARGET, error = %e, "cannot watch the configuration file");
+                None
+            }
+        };
+        Self {
+            files,
+            watch,
+            changes,
+            seen,
+        }
+    }
+}
+
+/// What the files `config` was read from hold now (see [`ConfigWatch`]). Blocking.
+pub(crate) fn config_fingerprint(config: &Config) -> u64 {
+    fingerprint(&watched_files(config))
+}
+
 impl Reloader {
     /// Reloads on SIGHUP and on changes of the configuration's files until `stop`.
     pub(crate) async fn run(
@@ -138,28 +183,14 @@ impl Reloader {
         mut hup: tokio::signal::unix::Signal,
         mut stop: watch::Receiver<bool>,
         poll_every: Duration,
+        config_watch: ConfigWatch,
     ) {
-        let mut files = watched_files(&self.running);
-        let (changed_tx, mut changes) = mpsc::channel(1);
-        let watch = {
-            let files = files.clone();
-            tokio::task::spawn_blocking(move || {
-                let seen = fingerprint(&files);
-                (FileWatch::new(&files, changed_tx), seen)
-            })
-            .await
-        };
-        let (watch, mut seen) = match watch {
-            Ok((Ok(watch), seen)) => (Some(Arc::new(watch)), seen),
-            Ok((Err(e), seen)) => {
-                tracing::warn!(target: LOG_TARGET, error = %e, "cannot watch the configuration file; it is reloaded on SIGHUP and checked every identity.poll_interval");
-                (None, seen)
-            }
-            Err(e) => {
-                tracing::warn!(target: LOG_TARGET, error = %e, "cannot watch the configuration file");
-                (None, 0)
-            }
-        };
+        let ConfigWatch {
+            mut files,
+            watch,
+            mut changes,
+            mut seen,
+        } = config_watch;
         let mut poll = tokio::time::interval(poll_every);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
