@@ -15,6 +15,7 @@ mod error;
 mod identity;
 mod incidents;
 mod json_path;
+mod lifecycle;
 mod limits;
 mod listener;
 mod log;
@@ -56,6 +57,7 @@ pub use incidents::{
     IncidentSeverity, IncidentsConfig, NotifyConfig as IncidentNotifyConfig, RuleSeverities,
 };
 pub use json_path::{JsonPath, JsonPathError, JsonStep};
+pub use lifecycle::LifecycleConfig;
 pub use limits::{
     LimitKeyPart, LockoutBy, LockoutConfig, OnStateError, Rate, RateLimitConfig, TierMatch,
     TierRule,
@@ -127,6 +129,8 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// `[incidents]`: incident detection, storage and notification; none without the section.
     pub incidents: Option<IncidentsConfig>,
+    /// `[lifecycle]`: how the gateway drains when told to stop.
+    pub lifecycle: LifecycleConfig,
     /// Things that work but deserve a word at start-up (`http://` upstreams, say).
     pub warnings: Vec<String>,
     /// `[fallback]`: the key and bounds of the cache of last good answers.
@@ -160,6 +164,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "fallback",
     "testing",
     "incidents",
+    "lifecycle",
 ];
 
 fn default_workers() -> usize {
@@ -345,6 +350,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .remove("siem")
         .and_then(|v| cx.section::<siem::RawSiem>("siem", v))
         .map(|s| siem::parse(&mut cx, s));
+    let lifecycle = table
+        .remove("lifecycle")
+        .and_then(|v| cx.section::<lifecycle::RawLifecycle>("lifecycle", v))
+        .map(|l| lifecycle::parse(&mut cx, l))
+        .unwrap_or_default();
     let raw_routes = array::<raw::Route>(&mut cx, &mut table, "routes");
     let mut issuers: auth::IssuerNames = jwt_issuers
         .iter()
@@ -489,6 +499,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 webhooks,
                 audit,
                 incidents,
+                lifecycle,
                 warnings,
                 fallback,
                 testing,

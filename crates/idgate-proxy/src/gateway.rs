@@ -1,15 +1,15 @@
 //! Putting it together: [`Gateway::prepare`] builds everything a configuration describes
 //! without opening a socket (so `idgate check` and `idgate serve` agree on what is valid);
-//! [`Gateway::run`] binds, serves, reloads on SIGHUP and drains on shutdown.
+//! [`Gateway::run`] binds, serves, reloads on SIGHUP and drains on shutdown (see
+//! `lifecycle.rs`).
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use idgate_config::{ApiKeyStoreConfig, ClientAuth, Config};
+use idgate_config::{ClientAuth, Config};
 use idgate_store::{MemoryStore, StateStore};
 
 use crate::state::open_state;
@@ -22,13 +22,12 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::AccessLog;
 use crate::audit::AuditSetup;
-use crate::listener::{ListenerShared, accept_loop};
-use crate::metrics::Metrics;
+use crate::lifecycle::{BackgroundWriters, Drain};
+use crate::listener::{ListenerLive, ListenerShared, accept_loop};
+use crate::reload::{ConfigWatch, ReloadMetrics, Reloader, config_fingerprint, identity_key};
+pub use crate::reload::{LogFilter, LogFilterError, RestartOnly, restart_required};
 use crate::service::Services;
 use crate::snapshot::{BuildError, BuildProblem, Snapshot};
-
-/// How long in-flight requests get to finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A gateway ready to bind.
 pub struct Gateway {
@@ -44,6 +43,10 @@ pub struct Gateway {
     audit: Option<AuditSetup>,
     /// Handed each audit line once written (a SIEM exporter).
     audit_export: Option<Arc<dyn idgate_audit::Export>>,
+    /// The process's log filter, for reloads.
+    log_filter: Option<Arc<dyn LogFilter>>,
+    /// What the configuration's files held when they were read, for the reloads' watch.
+    config_seen: u64,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -65,6 +68,8 @@ impl Gateway {
     /// Loads the TLS material, the upstream clients and credentials. Blocking; every
     /// problem is returned, each naming the configuration file and the key at fault.
     pub fn prepare(config: Config) -> Result<Self, Vec<BuildError>> {
+        // First: a change made while the rest loads is then one the watch reloads.
+        let config_seen = config_fingerprint(&config);
         let provider = idgate_tls::crypto_provider();
         let spec = MaterialSpec {
             svid_cert: config.identity.svid_cert.clone(),
@@ -144,6 +149,8 @@ impl Gateway {
             state,
             audit,
             audit_export: None,
+            log_filter: None,
+            config_seen,
         })
     }
 
@@ -151,6 +158,13 @@ impl Gateway {
     /// [`idgate_audit::Export`]: it runs on the writer thread and must not block).
     pub fn with_audit_export(mut self, export: Arc<dyn idgate_audit::Export>) -> Self {
         self.audit_export = Some(export);
+        self
+    }
+
+    /// Lets a reload change the log level through `filter`; without one, `[log]` changes
+    /// only at restart.
+    pub fn with_log_filter(mut self, filter: Arc<dyn LogFilter>) -> Self {
+        self.log_filter = Some(filter);
         self
     }
 
@@ -162,12 +176,18 @@ impl Gateway {
 
     /// Binds the listener and the admin listener, then serves until `shutdown` completes;
     /// `on_bound` learns the bound addresses (useful with port 0).
+    ///
+    /// Then it drains (`[lifecycle]`): `/readyz` answers 503 at once, the listener keeps
+    /// accepting for `drain_delay` and then closes, in-flight requests get `drain_timeout`
+    /// to finish, and the background writers flush in order (audit trail, SIEM export).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()>,
         on_bound: impl FnOnce(Bound),
     ) -> std::io::Result<()> {
         let cfg = &self.config;
+        // A reload may change it; the one in force when the signal comes is used.
+        let drain = Arc::new(ArcSwap::from_pointee(Drain::from(&cfg.lifecycle)));
         let listener = TcpListener::bind(cfg.listener.bind).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -210,6 +230,10 @@ impl Gateway {
         if let Some(incidents) = &incidents {
             services = services.with_incidents(incidents.clone());
         }
+        let reloads = ReloadMetrics::new();
+        if let Some(metrics) = Arc::get_mut(&mut services.metrics) {
+            reloads.register(metrics.registry_mut());
+        }
         let services = Arc::new(services);
         if let Some(incidents) = &incidents {
             let events = services.resilience.subscribe();
@@ -228,25 +252,41 @@ impl Gateway {
         let watch_handle = spawn_watcher(self.material.clone(), cfg.identity.poll_interval);
         let ready = Arc::new(AtomicBool::new(false));
 
+        let listener_live = Arc::new(ArcSwap::from_pointee(ListenerLive::new(
+            cfg.listener.clone(),
+            TlsAcceptor::from(self.server_config.clone()),
+            &services.metrics,
+        )));
         // Registered before the gateway reports ready: an unhandled SIGHUP would end the
-        // process.
+        // process. The reloader also watches the configuration file.
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for SIGHUP: {e}")))?;
+        let config_watch = ConfigWatch::start(cfg, self.config_seen).await;
         tokio::spawn(
             Reloader {
-                file: cfg.file.clone(),
                 snapshot: snapshot.clone(),
                 roots: self.roots.clone(),
                 provider: self.provider.clone(),
                 material: watch_handle,
                 metrics: services.metrics.clone(),
-                running: cfg.clone(),
+                reloads,
+                running: Arc::new(cfg.clone()),
                 state: self.state.clone(),
                 deliverer,
                 resilience: services.resilience.clone(),
+                log: self.log_filter.map(|f| (f, cfg.log.level.clone())),
+                listener: listener_live.clone(),
+                tls: self.material.clone(),
+                drain: drain.clone(),
             }
-            .on_sighup(hup, stop_rx.clone()),
+            .run(
+                hup,
+                stop_rx.clone(),
+                cfg.identity.poll_interval,
+                config_watch,
+            ),
         );
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(crate::admin::serve_admin(
             admin,
             crate::admin::AdminState {
@@ -254,15 +294,10 @@ impl Gateway {
                 metrics: services.metrics.clone(),
                 incidents: incidents.clone(),
             },
-            stop_rx.clone(),
+            admin_stop_rx,
         ));
 
-        let shared = Arc::new(ListenerShared::new(
-            snapshot,
-            services,
-            TlsAcceptor::from(self.server_config.clone()),
-            cfg.listener.clone(),
-        ));
+        let shared = Arc::new(ListenerShared::new(snapshot, services, listener_live));
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
 
         tracing::info!(
@@ -277,52 +312,49 @@ impl Gateway {
         on_bound(bound);
 
         shutdown.await;
-        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        let drain = **drain.load();
+        // Not ready first, while still accepting: a load balancer polling /readyz stops
+        // sending here before any connection is refused.
         ready.store(false, Ordering::Release);
+        tracing::info!(
+            drain_delay = ?drain.delay,
+            drain_timeout = ?drain.timeout,
+            "shutting down: not ready; the listener closes after drain_delay"
+        );
+        tokio::time::sleep(drain.delay).await;
+        tracing::info!("listener closed: draining in-flight requests");
         let _ = stop_tx.send(true);
         let _ = accept.await;
-        // Every connection was told by the stop signal; they end as their requests do.
-        if shared.drained(DRAIN_TIMEOUT).await {
+        // Every connection was told by the stop signal (HTTP/1.1 answers its next response
+        // with `Connection: close`, HTTP/2 sends GOAWAY); they end as their requests do.
+        if shared.drained(drain.timeout).await {
             tracing::info!("all connections drained");
         } else {
             tracing::warn!("drain timeout reached; closing the remaining connections");
         }
+        // The admin listener answers (not ready) until the drain is over.
+        let _ = admin_stop.send(true);
         let _ = admin_task.await;
         if let Some(incidents) = &incidents {
             incidents.stop();
         }
-        // Every request has ended (or been given up on): the last batch is written and the
-        // file closed with a signed checkpoint.
+        // Every request has ended (or been given up on): the background writers flush in
+        // the order their data flows.
+        let mut writers = BackgroundWriters::default();
         if let Some(trail) = audit {
-            let _ = tokio::task::spawn_blocking(move || trail.close()).await;
-            tracing::info!("audit trail closed");
+            // The last batch is written and the file closed with a signed checkpoint.
+            writers.then("audit trail", async move {
+                let _ = tokio::task::spawn_blocking(move || trail.close()).await;
+                tracing::info!("audit trail closed");
+            });
         }
         if let Some(siem) = siem {
-            crate::siem::stop(siem).await;
+            writers.then("SIEM export", crate::siem::stop(siem));
         }
+        // Writers fed by the requests (an outbox, say) register here, after the SIEM export.
+        writers.flush().await;
         Ok(())
     }
-}
-
-/// SIGHUP: reload the TLS material now, and the routes and upstreams from the configuration
-/// file. A configuration that does not validate is logged and the running one stays.
-/// What a SIGHUP reload needs.
-struct Reloader {
-    file: PathBuf,
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    roots: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
-    material: idgate_tls::watch::WatchHandle,
-    metrics: Arc<Metrics>,
-    /// The configuration the process started with: what a reload cannot change stays as
-    /// it says.
-    running: Config,
-    /// The process's state backend, which every snapshot uses.
-    state: StateStore,
-    /// Breakers and retry budgets: kept across reloads, dropped with their upstream.
-    resilience: Arc<crate::resilience::Resilience>,
-    /// Delivers the webhooks of the snapshot in force.
-    deliverer: Arc<idgate_webhooks::Deliverer>,
 }
 
 /// Starts the process's webhook deliverer on the snapshot's subscribers, presenting the
@@ -356,357 +388,5 @@ async fn sweep_limiter(services: std::sync::Weak<Services>) {
             return;
         };
         services.limiter.sweep(std::time::SystemTime::now());
-    }
-}
-
-/// The key of `[identity]` a TLS material problem is about, found by its file.
-fn identity_key(config: &Config, e: &idgate_tls::MaterialError) -> String {
-    let path = match e {
-        idgate_tls::MaterialError::Read { path, .. }
-        | idgate_tls::MaterialError::Invalid { path, .. } => path,
-    };
-    let id = &config.identity;
-    if *path == id.svid_cert {
-        "identity.svid_cert".to_owned()
-    } else if *path == id.svid_key {
-        "identity.svid_key".to_owned()
-    } else if let Some(i) = id.trust_bundles.iter().position(|(_, p)| p == path) {
-        format!("identity.trust_bundles[{i}].bundle")
-    } else {
-        "identity".to_owned()
-    }
-}
-
-/// A part of the configuration that a reload leaves as it is: it takes effect at restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartOnly {
-    /// `[listener]`: the bound socket, TLS versions and connection limits.
-    Listener,
-    /// `[identity]`: the SVID's and trust bundles' files and trust domains (their contents
-    /// are reloaded).
-    Identity,
-    /// `[admin]`: the bound socket.
-    Admin,
-    /// `[log]`: the subscriber is installed once.
-    Log,
-    /// `workers`: the runtime's threads.
-    Workers,
-    /// `[vault]`: the process-wide client.
-    Vault,
-    /// `[state]`: the backend, opened once so that counters and ownership survive reloads.
-    State,
-    /// `[audit]`'s writer: its directory, rotation, checkpoints, keys, sync interval and
-    /// queue (its `on_audit_full` and `block_timeout` change live).
-    Audit,
-    /// `[incidents]`: the detector, its store and notifier start once.
-    Incidents,
-}
-
-impl RestartOnly {
-    /// The configuration key it stands for.
-    pub fn key(self) -> &'static str {
-        match self {
-            Self::Listener => "listener",
-            Self::Identity => "identity",
-            Self::Admin => "admin",
-            Self::Log => "log",
-            Self::Workers => "workers",
-            Self::Vault => "vault",
-            Self::State => "state",
-            Self::Audit => "audit",
-            Self::Incidents => "incidents",
-        }
-    }
-}
-
-impl std::fmt::Display for RestartOnly {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.key())
-    }
-}
-
-/// The parts of `new` that differ from `running` but take effect only at restart.
-pub fn restart_required(running: &Config, new: &Config) -> Vec<RestartOnly> {
-    [
-        (running.listener != new.listener, RestartOnly::Listener),
-        (running.identity != new.identity, RestartOnly::Identity),
-        (running.admin != new.admin, RestartOnly::Admin),
-        (running.log != new.log, RestartOnly::Log),
-        (running.workers != new.workers, RestartOnly::Workers),
-        (running.vault != new.vault, RestartOnly::Vault),
-        (running.state != new.state, RestartOnly::State),
-        (
-            running.audit.as_ref().map(|a| &a.writer) != new.audit.as_ref().map(|a| &a.writer),
-            RestartOnly::Audit,
-        ),
-        (running.incidents != new.incidents, RestartOnly::Incidents),
-    ]
-    .into_iter()
-    .filter_map(|(changed, part)| changed.then_some(part))
-    .collect()
-}
-
-/// Why a reload was refused; the running configuration stays.
-#[derive(Debug)]
-enum ReloadRefused {
-    Invalid(idgate_config::ConfigErrors),
-    Unusable(Vec<BuildError>),
-}
-
-impl ReloadRefused {
-    /// Each problem as (file, key, reason).
-    fn problems(&self) -> Vec<(String, String, String)> {
-        match self {
-            Self::Invalid(errors) => errors
-                .0
-                .iter()
-                .map(|e| {
-                    (
-                        e.file.display().to_string(),
-                        e.key.clone(),
-                        e.reason.clone(),
-                    )
-                })
-                .collect(),
-            Self::Unusable(errors) => errors
-                .iter()
-                .map(|e| (e.file.display().to_string(), e.key.clone(), e.reason()))
-                .collect(),
-        }
-    }
-}
-
-/// Reads and builds the configuration in `file` for a reload. Blocking.
-fn rebuild(
-    file: &std::path::Path,
-    running: &Config,
-    roots: &Arc<RootCertStore>,
-    provider: &Arc<CryptoProvider>,
-    state: &StateStore,
-) -> Result<(Snapshot, Vec<RestartOnly>), ReloadRefused> {
-    let config = idgate_config::load(file).map_err(ReloadRefused::Invalid)?;
-    for w in &config.warnings {
-        tracing::warn!("{w}");
-    }
-    let restart = restart_required(running, &config);
-    let snapshot =
-        Snapshot::build(&config, roots, provider, state).map_err(ReloadRefused::Unusable)?;
-    // Keys kept in [state] need the backend the process opened at start to be the shared
-    // one the file names: a [state] change waits for a restart, and so do keys moving there.
-    if matches!(
-        config.api_keys.as_ref().map(|a| &a.store),
-        Some(ApiKeyStoreConfig::State)
-    ) && !state.is_shared()
-    {
-        return Err(ReloadRefused::Unusable(vec![BuildError::new(
-            &config,
-            "api_keys.store",
-            BuildProblem::ApiKeysNeedRestart,
-        )]));
-    }
-    // At start a shared store that does not answer leaves the gateway without keys until it
-    // does; on a reload the running snapshot has them, and keeps serving with them.
-    if snapshot
-        .auth
-        .api_keys
-        .as_ref()
-        .is_some_and(|v| !v.has_read())
-    {
-        return Err(ReloadRefused::Unusable(vec![BuildError::new(
-            &config,
-            "api_keys",
-            BuildProblem::ApiKeysUnread,
-        )]));
-    }
-    Ok((snapshot, restart))
-}
-
-impl Reloader {
-    async fn on_sighup(
-        self,
-        mut hup: tokio::signal::unix::Signal,
-        mut stop: watch::Receiver<bool>,
-    ) {
-        let Self {
-            file,
-            snapshot,
-            roots,
-            provider,
-            material,
-            metrics,
-            running,
-            state,
-            deliverer,
-            resilience,
-        } = self;
-        let running = Arc::new(running);
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return,
-                s = hup.recv() => if s.is_none() { return },
-            }
-            tracing::info!("SIGHUP: reloading TLS material and configuration");
-            material.trigger();
-            let (file, roots, provider) = (file.clone(), roots.clone(), provider.clone());
-            let (running, state) = (running.clone(), state.clone());
-            let built = tokio::task::spawn_blocking(move || {
-                rebuild(&file, &running, &roots, &provider, &state)
-            })
-            .await;
-            match built {
-                Ok(Ok((new, restart))) => {
-                    new.start_background(&metrics);
-                    deliverer.set_plan(new.webhooks.plan.clone());
-                    resilience.install(&new.upstreams);
-                    snapshot.store(Arc::new(new));
-                    tracing::info!(
-                        "configuration reloaded: routes, upstreams, credentials and authentication replaced"
-                    );
-                    for part in restart {
-                        tracing::warn!(
-                            setting = part.key(),
-                            "the new configuration changes `{part}`, which takes effect only at restart; the running one stays"
-                        );
-                    }
-                }
-                Ok(Err(refused)) => {
-                    for (file, key, reason) in refused.problems() {
-                        let problem = if key.is_empty() {
-                            format!("{file}: {reason}")
-                        } else {
-                            format!("{file}: {key}: {reason}")
-                        };
-                        tracing::error!(
-                            %problem,
-                            %file,
-                            %key,
-                            %reason,
-                            "configuration reload refused; the running configuration stays"
-                        );
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "configuration reload task failed"),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::snapshot::tests::{Dir, config};
-
-    #[test]
-    fn restart_required_names_each_setting_that_changed() {
-        let dir = Dir::new("restart");
-        let running = config(&dir, "");
-        assert!(restart_required(&running, &running.clone()).is_empty());
-
-        // Routes, upstreams and their credentials change live: no restart.
-        let mut new = running.clone();
-        new.routes[0].allow.clear();
-        new.upstreams[0].request_timeout = Duration::from_secs(1);
-        assert!(restart_required(&running, &new).is_empty());
-
-        let mut new = running.clone();
-        new.listener.idle_timeout = Duration::from_secs(1);
-        new.log.level = "debug".to_owned();
-        new.workers += 1;
-        assert_eq!(
-            restart_required(&running, &new),
-            [
-                RestartOnly::Listener,
-                RestartOnly::Log,
-                RestartOnly::Workers
-            ]
-        );
-
-        let mut new = running.clone();
-        new.admin.bind.set_port(1);
-        new.identity.poll_interval = Duration::from_secs(1);
-        assert_eq!(
-            restart_required(&running, &new),
-            [RestartOnly::Identity, RestartOnly::Admin]
-        );
-        assert_eq!(RestartOnly::Admin.to_string(), "admin");
-    }
-
-    #[test]
-    fn the_audit_writer_needs_a_restart_and_its_policies_do_not() {
-        let dir = Dir::new("restart-audit");
-        dir.write("signing.pem", b"unused");
-        let with = |extra: &str| {
-            config(
-                &dir,
-                &format!("[audit]\ndir = \"trail\"\nsigning_key = \"file:signing.pem\"\n{extra}"),
-            )
-        };
-        let running = with("");
-        assert!(
-            restart_required(
-                &running,
-                &with("on_audit_full = \"fail_closed\"\nblock_timeout = \"1s\"")
-            )
-            .is_empty()
-        );
-        assert_eq!(
-            restart_required(&running, &with("sync_interval = \"1s\"")),
-            [RestartOnly::Audit]
-        );
-        assert_eq!(
-            restart_required(&running, &config(&dir, "")),
-            [RestartOnly::Audit]
-        );
-    }
-
-    #[test]
-    fn a_reload_that_cannot_be_used_names_file_key_and_reason() {
-        let dir = Dir::new("reload");
-        let running = config(&dir, "");
-        // The file now names a CA file without a certificate: it validates, but the
-        // snapshot cannot be built.
-        dir.write("ca.pem", b"no certificate here\n");
-        let bad = config(&dir, "ca = \"ca.pem\"");
-        let roots = Arc::new(RootCertStore::empty());
-        let refused = match rebuild(
-            &bad.file,
-            &running,
-            &roots,
-            &idgate_tls::crypto_provider(),
-            &StateStore::from(MemoryStore::new()),
-        ) {
-            Ok(_) => panic!("the reload should be refused"),
-            Err(refused) => refused,
-        };
-        let problems = refused.problems();
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        let (file, key, reason) = &problems[0];
-        assert_eq!(*file, bad.file.display().to_string());
-        assert_eq!(key, "upstreams[0].ca");
-        assert!(reason.contains("no CERTIFICATE block"), "{reason}");
-
-        // A file that does not validate names its key the same way.
-        dir.write("idgate.toml", b"frobnicate = true\n");
-        let refused = match rebuild(
-            &bad.file,
-            &running,
-            &roots,
-            &idgate_tls::crypto_provider(),
-            &StateStore::from(MemoryStore::new()),
-        ) {
-            Ok(_) => panic!("the reload should be refused"),
-            Err(refused) => refused,
-        };
-        assert!(
-            refused
-                .problems()
-                .iter()
-                .any(|(_, key, reason)| key == "frobnicate" && reason.contains("unknown key")),
-            "{:?}",
-            refused.problems()
-        );
     }
 }

@@ -40,13 +40,35 @@ mod limits;
 mod proxy_header;
 mod shed;
 
+/// The listener's settings that do not need a new socket, with what is built from them:
+/// a reload swaps them, and each new connection takes those in force when it arrives.
+pub(crate) struct ListenerLive {
+    pub(crate) config: ListenerConfig,
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) http: HttpBuilders,
+}
+
+impl ListenerLive {
+    pub(crate) fn new(
+        config: ListenerConfig,
+        acceptor: TlsAcceptor,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        Self {
+            http: http_builder(&config, metrics),
+            acceptor,
+            config,
+        }
+    }
+}
+
 /// What every connection task of the listener shares.
 pub(crate) struct ListenerShared {
     pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
     pub(crate) services: Arc<Services>,
-    pub(crate) acceptor: TlsAcceptor,
-    pub(crate) http: HttpBuilders,
-    pub(crate) config: ListenerConfig,
+    pub(crate) live: Arc<ArcSwap<ListenerLive>>,
+    /// `max_connections` as the process started: the permits below.
+    max_connections: usize,
     /// One permit per open connection, `max_connections` in all: when every permit is
     /// back, every connection has ended.
     pub(crate) connections: Arc<Semaphore>,
@@ -60,23 +82,23 @@ pub(crate) struct ListenerShared {
 }
 
 impl ListenerShared {
+    /// The connection caps are those of `live` now; they change only at restart.
     pub(crate) fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
         services: Arc<Services>,
-        acceptor: TlsAcceptor,
-        config: ListenerConfig,
+        live: Arc<ArcSwap<ListenerLive>>,
     ) -> Self {
+        let config = live.load();
         Self {
-            http: http_builder(&config, &services.metrics),
             snapshot,
             services,
-            acceptor,
-            connections: Arc::new(Semaphore::new(config.max_connections)),
-            per_ip: PerKey::new(config.max_connections_per_ip),
-            per_identity: PerKey::new(config.max_connections_per_identity),
+            max_connections: config.config.max_connections,
+            connections: Arc::new(Semaphore::new(config.config.max_connections)),
+            per_ip: PerKey::new(config.config.max_connections_per_ip),
+            per_identity: PerKey::new(config.config.max_connections_per_identity),
             refusals: RefusalLog::default(),
             shedding: Arc::new(Semaphore::new(shed::SHED_SLOTS)),
-            config,
+            live: live.clone(),
         }
     }
 
@@ -103,7 +125,7 @@ impl ListenerShared {
     /// Waits until every connection has ended, or `limit` has passed. Returns whether all
     /// ended.
     pub(crate) async fn drained(&self, limit: Duration) -> bool {
-        let all = u32::try_from(self.config.max_connections).unwrap_or(u32::MAX);
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
         matches!(
             tokio::time::timeout(limit, self.connections.acquire_many(all)).await,
             Ok(Ok(_))
@@ -149,13 +171,15 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
 ) {
     let accepted_at = tokio::time::Instant::now();
+    // The settings in force now serve this connection to its end.
+    let live = shared.live.load_full();
     // The connection's task lives as long as the connection and is as large as the largest
     // state it passes through. The handshake's state (a TLS session being set up) is boxed
     // and freed once done; the TLS session and hyper's connection are boxed once each, so
     // the task holds pointers to them and not copies left behind by moves.
     let handshake = Box::pin(tokio::time::timeout(
-        shared.config.handshake_timeout,
-        shared.acceptor.accept(tcp),
+        live.config.handshake_timeout,
+        live.acceptor.accept(tcp),
     ))
     .await;
     let mut tls = match handshake {
@@ -200,7 +224,7 @@ async fn serve_connection(
                     "after the handshake",
                 );
                 tracing::debug!(peer = %id, "max_connections_per_identity reached: closed");
-                let _ = tokio::time::timeout(shared.config.send_timeout, tls.shutdown()).await;
+                let _ = tokio::time::timeout(live.config.send_timeout, tls.shutdown()).await;
                 return;
             }
         },
@@ -219,7 +243,7 @@ async fn serve_connection(
         remote,
         via,
         remote_ip,
-        trusted_proxy: shared.config.trusted_proxies.contains(remote.ip()),
+        trusted_proxy: live.config.trusted_proxies.contains(remote.ip()),
         cert_thumbprint,
         linger_on_close: LingerOnClose::default(),
     });
@@ -230,24 +254,21 @@ async fn serve_connection(
     let activity = h2.then(|| Arc::new(Activity::new(accepted_at)));
     let mut ends = Ends {
         expires_at,
-        retire_at: shared
-            .config
-            .max_connection_age
-            .map(|age| accepted_at + age),
-        idle: activity.clone().map(|a| (a, shared.config.idle_timeout)),
+        retire_at: live.config.max_connection_age.map(|age| accepted_at + age),
+        idle: activity.clone().map(|a| (a, live.config.idle_timeout)),
         first_request: None,
         stop,
-        grace: shared.config.idle_timeout.max(MIN_GRACE),
+        grace: live.config.idle_timeout.max(MIN_GRACE),
         remote,
     };
     let mut seen = None;
     if !h2 {
-        let by = tokio::time::Instant::now() + shared.config.idle_timeout;
+        let by = tokio::time::Instant::now() + live.config.idle_timeout;
         match first_bytes(&tls, by, &mut ends).await {
             Waited::Arrived => {}
             Waited::Closed => return,
             Waited::GoingAway => {
-                let _ = tokio::time::timeout(shared.config.send_timeout, tls.shutdown()).await;
+                let _ = tokio::time::timeout(live.config.send_timeout, tls.shutdown()).await;
                 return;
             }
         }
@@ -255,7 +276,7 @@ async fn serve_connection(
         // in within idle_timeout of the handshake, and within header_timeout of its first
         // bytes (a head trickled in byte by byte holds a connection no longer).
         let flag = Arc::new(AtomicBool::new(false));
-        let head_by = by.min(tokio::time::Instant::now() + shared.config.header_timeout);
+        let head_by = by.min(tokio::time::Instant::now() + live.config.header_timeout);
         ends.first_request = Some((flag.clone(), head_by));
         seen = Some(flag);
     }
@@ -281,17 +302,17 @@ async fn serve_connection(
     });
     let io = SendDeadline::new(
         tls,
-        shared.config.send_timeout,
+        live.config.send_timeout,
         shared.services.metrics.clone(),
         remote,
     );
     if h2 {
-        let connection = Box::pin(shared.http.h2.serve_connection(TokioIo::new(io), service));
+        let connection = Box::pin(live.http.h2.serve_connection(TokioIo::new(io), service));
         drive(connection, |c| c.graceful_shutdown(), ends).await;
     } else {
         // Outside the send deadline: lingering reads, and the write side is already shut.
         let io = TokioIo::new(LingeringClose::new(io, closing, Bounds::DEFAULT));
-        let connection = Box::pin(shared.http.h1.serve_connection(io, service));
+        let connection = Box::pin(live.http.h1.serve_connection(io, service));
         drive(connection, |c| c.graceful_shutdown(), ends).await;
     }
 }

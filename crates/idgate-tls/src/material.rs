@@ -179,7 +179,8 @@ impl ReloadOutcome {
 
 /// The live TLS material. Cheap to share; every method is safe to call concurrently.
 pub struct TlsMaterial {
-    spec: MaterialSpec,
+    /// Swapped whole when the configuration names other files ([`TlsMaterial::take_from`]).
+    spec: ArcSwap<MaterialSpec>,
     provider: Arc<CryptoProvider>,
     svid: Arc<ArcSwap<CertifiedKey>>,
     bundles: Arc<ArcSwap<TrustBundles>>,
@@ -251,14 +252,31 @@ impl TlsMaterial {
                 bundles: Arc::new(ArcSwap::from_pointee(TrustBundles::from_map(verifiers))),
                 bundle_expiry: ArcSwap::from_pointee(expiry),
                 seen: Mutex::new(seen),
-                spec,
+                spec: ArcSwap::from_pointee(spec),
             }),
             _ => Err(errors),
         }
     }
 
-    pub fn spec(&self) -> &MaterialSpec {
-        &self.spec
+    pub fn spec(&self) -> Arc<MaterialSpec> {
+        self.spec.load_full()
+    }
+
+    /// Serves `other`'s files from now on: its SVID, its trust domains and their bundles
+    /// (a trust domain it does not have is no longer trusted), for new handshakes. `other`
+    /// was loaded whole, so every file it names is valid; a configuration that names other
+    /// files is put into use this way.
+    pub fn take_from(&self, other: TlsMaterial) {
+        // Under the lock a reload holds: a reload reads either the old files or the new.
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        let other_seen = other.seen.into_inner().unwrap_or_default();
+        self.svid.store(other.svid.load_full());
+        self.bundles.store(other.bundles.load_full());
+        self.bundle_expiry.store(other.bundle_expiry.load_full());
+        self.spec.store(other.spec.load_full());
+        *seen = other_seen;
     }
 
     /// The certificate chain the listener currently presents.
@@ -292,6 +310,7 @@ impl TlsMaterial {
         let Ok(mut seen) = self.seen.lock() else {
             return outcome;
         };
+        let spec = self.spec.load_full();
         let mut fresh = |p: &Path| -> Option<Vec<u8>> {
             match read(p) {
                 Ok(bytes) if seen.get(p) == Some(&bytes) => None,
@@ -307,22 +326,16 @@ impl TlsMaterial {
             }
         };
 
-        let cert = fresh(&self.spec.svid_cert);
-        let key = fresh(&self.spec.svid_key);
+        let cert = fresh(&spec.svid_cert);
+        let key = fresh(&spec.svid_key);
         if cert.is_some() || key.is_some() {
             // Read both again: one of the two may be unchanged, and they must match.
-            match (read(&self.spec.svid_cert), read(&self.spec.svid_key)) {
+            match (read(&spec.svid_cert), read(&spec.svid_key)) {
                 (Ok(c), Ok(k)) => {
-                    match parse_svid(
-                        &self.spec.svid_cert,
-                        &c,
-                        &self.spec.svid_key,
-                        &k,
-                        &self.provider,
-                    ) {
+                    match parse_svid(&spec.svid_cert, &c, &spec.svid_key, &k, &self.provider) {
                         Ok(svid) => {
                             self.svid.store(Arc::new(svid));
-                            outcome.applied.push(self.spec.svid_cert.clone());
+                            outcome.applied.push(spec.svid_cert.clone());
                         }
                         Err(e) => outcome.refused.push(e),
                     }
@@ -336,7 +349,7 @@ impl TlsMaterial {
         type Parsed = (Arc<dyn ClientCertVerifier>, Option<SystemTime>);
         let mut by_path: HashMap<&Path, Option<Parsed>> = HashMap::new();
         let mut changed_bundles = Vec::new();
-        for (td, path) in &self.spec.bundles {
+        for (td, path) in &spec.bundles {
             let verifier = by_path.entry(path.as_path()).or_insert_with(|| {
                 let pem = fresh(path)?;
                 parse_bundle(path, &pem)

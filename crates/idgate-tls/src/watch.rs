@@ -208,6 +208,41 @@ pub fn spawn_watcher(material: Arc<TlsMaterial>, poll_every: Duration) -> WatchH
     }
 }
 
+/// The same directory watch over any files (the configuration file, say), for a caller that
+/// decides itself what a change means: every event that may change what one of the files
+/// reads as is sent on `changed` (a full channel means a notice is pending already).
+pub struct FileWatch {
+    dirs: Mutex<DirWatch>,
+}
+
+impl FileWatch {
+    /// Starts watching the directories `files` resolve through now. Blocking.
+    pub fn new(files: &[PathBuf], changed: mpsc::Sender<()>) -> notify::Result<Self> {
+        let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+            if event.is_ok_and(|e| may_change_content(&e)) {
+                let _ = changed.try_send(());
+            }
+        })?;
+        let mut dirs = DirWatch {
+            watcher,
+            watched: BTreeMap::new(),
+            failed: BTreeSet::new(),
+        };
+        dirs.refresh(files.iter().map(PathBuf::as_path));
+        Ok(Self {
+            dirs: Mutex::new(dirs),
+        })
+    }
+
+    /// Follows the files to where they resolve now (after a symlink swap, or when the list
+    /// changed). Blocking.
+    pub fn refresh(&self, files: &[PathBuf]) {
+        if let Ok(mut dirs) = self.dirs.lock() {
+            dirs.refresh(files.iter().map(PathBuf::as_path));
+        }
+    }
+}
+
 fn log_outcome(outcome: &crate::material::ReloadOutcome) {
     for path in &outcome.applied {
         tracing::info!(file = %path.display(), "TLS material reloaded");

@@ -22,6 +22,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use idgate_config::{Config, LogFormat};
 use idgate_proxy::access_log::AccessLog;
+use idgate_proxy::gateway::{LogFilter, LogFilterError};
 use idgate_proxy::{Bound, Gateway};
 use idgate_tls::devpki::{self, DevPkiRequest};
 use idgate_tls::{SpiffeId, TrustDomain};
@@ -29,6 +30,10 @@ use ready_file::{ReadyFile, ReadyFileError};
 
 /// Exit code for a configuration or usage problem.
 pub(crate) const EXIT_CONFIG: u8 = 2;
+/// Exit codes when a second signal cuts the drain short: 128 + the signal's number, as a
+/// shell reports a process killed by it.
+const EXIT_SIGINT: i32 = 130;
+const EXIT_SIGTERM: i32 = 143;
 
 #[derive(Parser)]
 #[command(
@@ -49,8 +54,10 @@ struct Cli {
 enum Command {
     /// Serve traffic as the configuration file describes.
     ///
-    /// Reloads the TLS material when its files change, and the TLS material, routes and
-    /// upstreams on SIGHUP. SIGTERM or Ctrl-C stops accepting and drains in-flight requests.
+    /// Reloads the TLS material when its files change, the configuration when its file
+    /// changes, and both on SIGHUP (see docs/configuration.md, Reloading). SIGTERM or Ctrl-C turns /readyz false, stops accepting after
+    /// [lifecycle] drain_delay and drains in-flight requests up to drain_timeout, then exits
+    /// 0; a second SIGTERM or Ctrl-C exits at once (status 143 or 130).
     ///
     /// Binding port 0 (in `listener.bind` or `admin.bind`) lets the system pick a free port;
     /// the start-up line "idgate is serving" and the `--ready-file` name the bound addresses.
@@ -289,6 +296,7 @@ fn init_logging(
 ) -> (
     tracing_appender::non_blocking::WorkerGuard,
     Option<Arc<AccessLog>>,
+    Arc<LogLevel>,
 ) {
     use tracing_subscriber::EnvFilter;
     // A mistyped IDGATE_LOG must not silence the access log: it is ignored, with a word.
@@ -302,8 +310,9 @@ fn init_logging(
                     false
                 }
             });
-    let filter = env
-        .and_then(|s| EnvFilter::try_new(s).ok())
+    let env_filter = env.and_then(|s| EnvFilter::try_new(s).ok());
+    let filter = env_filter
+        .clone()
         .or_else(|| EnvFilter::try_new(&config.log.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     // Log lines are written by a background thread so the request path never waits on stdout.
@@ -331,13 +340,26 @@ fn init_logging(
             }
         })
         .ok();
+    let from_env = env_filter.is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
-    match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.with_ansi(false).init(),
-    }
+    // The filter can be replaced while serving (a reload's new `[log] level`).
+    let reload: ReloadFilter = match config.log.format {
+        LogFormat::Json => {
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |f| handle.reload(f))
+        }
+        LogFormat::Text => {
+            let builder = builder.with_ansi(false).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |f| handle.reload(f))
+        }
+    };
+    let log_filter = Arc::new(LogLevel { reload, from_env });
     // The same filter decides, once, whether requests are logged at all.
     let access_log = if tracing::enabled!(target: "idgate::access", tracing::Level::INFO) {
         match AccessLog::start(config.log.format, Box::new(std::io::stdout())) {
@@ -350,7 +372,33 @@ fn init_logging(
     } else {
         None
     };
-    (guard, access_log)
+    (guard, access_log, log_filter)
+}
+
+/// Replaces the log subscriber's filter.
+type ReloadFilter = Box<
+    dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), tracing_subscriber::reload::Error>
+        + Send
+        + Sync,
+>;
+
+/// The log filter as a reload sees it: `[log] level`, unless `IDGATE_LOG` overrides it.
+struct LogLevel {
+    reload: ReloadFilter,
+    /// Set by `IDGATE_LOG`, which a reload of the file does not override.
+    from_env: bool,
+}
+
+impl LogFilter for LogLevel {
+    fn set_level(&self, level: &str) -> Result<(), LogFilterError> {
+        if self.from_env {
+            tracing::info!("[log] level changed, but IDGATE_LOG sets the filter: it stays");
+            return Ok(());
+        }
+        let filter = tracing_subscriber::EnvFilter::try_new(level)
+            .map_err(|e| LogFilterError(e.to_string()))?;
+        (self.reload)(filter).map_err(|e| LogFilterError(e.to_string()))
+    }
 }
 
 fn serve(path: &Path, ready_file: Option<PathBuf>) -> ExitCode {
@@ -365,7 +413,7 @@ fn serve(path: &Path, ready_file: Option<PathBuf>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let (_guard, access_log) = init_logging(&config);
+    let (_guard, access_log, log_filter) = init_logging(&config);
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -393,6 +441,7 @@ fn serve(path: &Path, ready_file: Option<PathBuf>) -> ExitCode {
         Ok(g) => g,
         Err(code) => return code,
     };
+    let gateway = gateway.with_log_filter(log_filter);
     let gateway = match &access_log {
         Some(log) => gateway.with_access_log(log.clone()),
         None => gateway,
@@ -451,11 +500,23 @@ fn serve(path: &Path, ready_file: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// Completes on the first SIGTERM or SIGINT, which starts the drain. A second one while
+/// draining ends the process at once, with 128 + the signal's number as its status (the
+/// audit trail is then not closed: `audit verify` reports its last entries unsealed).
 async fn shutdown_signal(mut term: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    tokio::spawn(async move {
+        let status = tokio::select! {
+            _ = tokio::signal::ctrl_c() => EXIT_SIGINT,
+            _ = term.recv() => EXIT_SIGTERM,
+        };
+        // Straight to standard error: the log writer's thread may not get to run again.
+        eprintln!("idgate: second stop signal while draining: exiting now");
+        std::process::exit(status);
+    });
 }
 
 fn dev_pki(out: &Path, trust_domain: &str, workloads: &[String], valid_hours: u64) -> ExitCode {

@@ -39,6 +39,8 @@ pub(crate) async fn accept_loop(
             // Over the limit: a few at a time get a quick 503 (never a denied network, nor
             // a balancer's connection, whose client is not known yet); the rest are closed.
             let direct = !shared
+                .live
+                .load()
                 .config
                 .proxy_protocol
                 .as_ref()
@@ -56,6 +58,8 @@ pub(crate) async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let balancer = shared
+            .live
+            .load()
             .config
             .proxy_protocol
             .as_ref()

@@ -50,7 +50,8 @@ pub(super) async fn shed(
     _slot: OwnedSemaphorePermit,
 ) {
     let served = tokio::time::timeout(SHED_TIME, async {
-        let mut tls = shared.acceptor.accept(tcp).await.ok()?;
+        let acceptor = shared.live.load().acceptor.clone();
+        let mut tls = acceptor.accept(tcp).await.ok()?;
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
             return None;
         }

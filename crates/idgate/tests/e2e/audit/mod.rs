@@ -1,6 +1,7 @@
 //! The audit trail end to end: `idgate audit verify` and `show` over real trails, the
 //! tamper mutator, and the gateway's trail (`gateway.rs`).
 
+mod drain;
 mod gateway;
 mod siem;
 mod tamper;

@@ -12,6 +12,7 @@
 
 mod admin_and_shutdown;
 mod connections;
+mod drain;
 mod forwarding;
 mod logging;
 mod routing;

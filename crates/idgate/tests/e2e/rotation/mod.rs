@@ -6,6 +6,7 @@
 //!
 //! This module holds the helpers the tests share; each submodule tests one concern.
 
+mod config_file;
 mod sighup;
 mod svid;
 mod trust_bundle;

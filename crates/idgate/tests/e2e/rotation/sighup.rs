@@ -56,7 +56,7 @@ async fn sighup_reloads_routes_and_allow_lists_from_the_config_file() {
     changed
         .listener
         .extra
-        .insert("idle_timeout".into(), "30s".into());
+        .insert("max_connections".into(), 5000.into());
     replace_atomically(&gw.config_path, changed.to_toml().as_bytes());
     gw.signal("HUP");
     assert_eventually!(
