@@ -453,3 +453,52 @@ async fn an_incident_open_when_the_gateway_is_killed_is_closed_as_interrupted_at
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_breaker_opening_opens_a_breaker_incident() {
+    within_limit(Duration::from_secs(60), async {
+        let pki = Pki::default_pki();
+        let work = tempfile::tempdir().unwrap();
+        let mut upstream = KillableUpstream::start("127.0.0.1:0".parse().unwrap()).await;
+        let url = format!("http://{}", upstream.addr);
+        let mut breaker = toml::Table::new();
+        breaker.insert("consecutive_failures".into(), 3.into());
+        breaker.insert("open_duration".into(), "30s".into());
+        let mut upstream_extra = toml::Table::new();
+        upstream_extra.insert("breaker".into(), breaker.into());
+        // The error-ratio rule needs more requests than this test sends: only the breaker
+        // can open the incident.
+        let mut incidents = incidents_section(&work.path().join("incidents"), None);
+        incidents.insert("min_requests".into(), 100_000.into());
+        let config = OneRoute {
+            url: &url,
+            upstream_extra,
+            ..OneRoute::default()
+        }
+        .config(&pki)
+        .section("incidents", incidents);
+        let gw = Gateway::start(&config, &[]).await;
+        upstream.kill();
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let mut slugs = Vec::new();
+        for _ in 0..6 {
+            let r = client.get("/v1/kyc").await.unwrap();
+            slugs.push(r.status);
+        }
+        assert!(slugs.contains(&503), "the breaker never opened: {slugs:?}");
+        let open = incident_when(
+            gw.admin_port,
+            |i| i["rule"] == "breaker_open",
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(open["state"], "open", "{open}");
+        assert_eq!(open["subject"], "provider", "{open}");
+        assert_eq!(
+            open["affected"]["upstreams"],
+            serde_json::json!(["provider"]),
+            "{open}"
+        );
+    })
+    .await;
+}
