@@ -1,7 +1,6 @@
 //! The few JSON and time codecs the audit lines need, written straight into a byte buffer:
 //! strings escaped as `serde_json` escapes them, numbers, and UTC times in milliseconds.
 
-use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A JSON string, quotes included, escaped as `serde_json` escapes it.
@@ -13,30 +12,7 @@ pub(crate) fn str(out: &mut Vec<u8>, s: &str) {
 
 /// A JSON string's content, escaped, without its quotes.
 pub(crate) fn str_inner(out: &mut Vec<u8>, s: &str) {
-    if s.bytes()
-        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
-    {
-        out.extend_from_slice(s.as_bytes());
-    } else {
-        for c in s.chars() {
-            match c {
-                '"' => out.extend_from_slice(b"\\\""),
-                '\\' => out.extend_from_slice(b"\\\\"),
-                '\n' => out.extend_from_slice(b"\\n"),
-                '\r' => out.extend_from_slice(b"\\r"),
-                '\t' => out.extend_from_slice(b"\\t"),
-                '\u{8}' => out.extend_from_slice(b"\\b"),
-                '\u{c}' => out.extend_from_slice(b"\\f"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(out, "\\u{:04x}", c as u32);
-                }
-                c => {
-                    let mut utf8 = [0; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-                }
-            }
-        }
-    }
+    idgate_codec::json::write_escaped(out, s);
 }
 
 /// `,"key":` — the separator and a member's name (a literal without anything to escape).

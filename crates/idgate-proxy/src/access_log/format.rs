@@ -121,36 +121,12 @@ fn number(out: &mut Vec<u8>, n: u64) {
 
 /// Bytes that are written as they are in both formats: printable ASCII but `"` and `\`.
 fn plain(s: &str) -> bool {
-    s.bytes()
-        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    idgate_codec::json::is_plain(s)
 }
 
 /// A JSON string, escaped as `serde_json` escapes it.
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    if plain(s) {
-        out.extend_from_slice(s.as_bytes());
-    } else {
-        for c in s.chars() {
-            match c {
-                '"' => out.extend_from_slice(b"\\\""),
-                '\\' => out.extend_from_slice(b"\\\\"),
-                '\n' => out.extend_from_slice(b"\\n"),
-                '\r' => out.extend_from_slice(b"\\r"),
-                '\t' => out.extend_from_slice(b"\\t"),
-                '\u{8}' => out.extend_from_slice(b"\\b"),
-                '\u{c}' => out.extend_from_slice(b"\\f"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(out, "\\u{:04x}", c as u32);
-                }
-                c => {
-                    let mut utf8 = [0; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-                }
-            }
-        }
-    }
-    out.push(b'"');
+    idgate_codec::json::write_string(out, s);
 }
 
 /// A string as Rust's `Debug` writes it, quotes included.
