@@ -88,21 +88,22 @@ pub(crate) struct StoreArgs {
     pepper: Option<String>,
 }
 
-/// A failure, with the exit code it maps to.
-struct Failure {
-    code: u8,
-    message: String,
+/// A failure of a CLI command, with the exit code it maps to (`idgate keys`, `idgate
+/// webhooks`).
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) message: String,
 }
 
 impl Failure {
-    fn config(message: impl Into<String>) -> Self {
+    pub(crate) fn config(message: impl Into<String>) -> Self {
         Self {
             code: EXIT_CONFIG,
             message: message.into(),
         }
     }
 
-    fn run(message: impl ToString) -> Self {
+    pub(crate) fn run(message: impl ToString) -> Self {
         Self {
             code: 1,
             message: message.to_string(),

@@ -17,7 +17,7 @@ use idgate_config::{Config, StateBackend, SubscriberConfig, WebhookConfig};
 use idgate_store::{MessageId, MessageState, NewMessage, Queue, QueueName, StateStore};
 use idgate_webhooks::outbox::{self, OutboxKeys, read_header};
 
-use crate::EXIT_CONFIG;
+use crate::keys::Failure;
 use crate::keys::{parse_duration, rfc3339};
 use rows::{Row, state_text, table};
 
@@ -77,28 +77,6 @@ pub(crate) enum WebhooksCommand {
         #[arg(long)]
         webhook: Option<String>,
     },
-}
-
-/// A failure, with the exit code it maps to.
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-impl Failure {
-    fn config(message: impl Into<String>) -> Self {
-        Self {
-            code: EXIT_CONFIG,
-            message: message.into(),
-        }
-    }
-
-    fn run(message: impl ToString) -> Self {
-        Self {
-            code: 1,
-            message: message.to_string(),
-        }
-    }
 }
 
 pub(crate) fn run(command: WebhooksCommand) -> ExitCode {
