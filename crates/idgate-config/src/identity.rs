@@ -1,27 +1,155 @@
-//! `[identity]`: the gateway's SVID and the trust bundles its callers are verified with.
+//! `[identity]`: the gateway's SVID and the trust bundles its callers are verified with,
+//! read from files or streamed from the SPIFFE Workload API (a SPIRE agent's socket).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use idgate_tls::TrustDomain;
+use idgate_tls::{TrustDomain, WorkloadEndpoint};
 
 use crate::context::Ctx;
 use crate::raw;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityConfig {
-    pub svid_cert: PathBuf,
-    pub svid_key: PathBuf,
-    pub trust_bundles: Vec<(TrustDomain, PathBuf)>,
+    pub source: IdentitySource,
     /// How often the files are checked for changes besides the directory watch.
     pub poll_interval: Duration,
 }
 
-pub(crate) fn parse(cx: &mut Ctx<'_>, i: raw::Identity) -> IdentityConfig {
-    let svid_cert = cx.existing_file("identity.svid_cert", &i.svid_cert);
-    let svid_key = cx.existing_file("identity.svid_key", &i.svid_key);
-    if i.trust_bundles.is_empty() {
+/// Where the SVID and the trust bundles come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentitySource {
+    Files(FileIdentity),
+    /// `workload_api`, or the `SPIFFE_ENDPOINT_SOCKET` environment variable when no source
+    /// is configured. The bundles are those the agent sends: the gateway's own trust
+    /// domain's and every federated one's.
+    WorkloadApi(WorkloadEndpoint),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub svid_cert: PathBuf,
+    pub svid_key: PathBuf,
+    pub trust_bundles: Vec<(TrustDomain, PathBuf)>,
+}
+
+impl IdentityConfig {
+    /// The files, when the material is read from files.
+    pub fn files(&self) -> Option<&FileIdentity> {
+        match &self.source {
+            IdentitySource::Files(f) => Some(f),
+            IdentitySource::WorkloadApi(_) => None,
+        }
+    }
+
+    /// The Workload API, when the material is streamed from it.
+    pub fn workload_api(&self) -> Option<&WorkloadEndpoint> {
+        match &self.source {
+            IdentitySource::WorkloadApi(e) => Some(e),
+            IdentitySource::Files(_) => None,
+        }
+    }
+
+    /// The trust domains configured by name; empty when the Workload API decides them.
+    pub fn configured_trust_domains(&self) -> HashSet<TrustDomain> {
+        self.files()
+            .map(|f| f.trust_bundles.iter().map(|(td, _)| td.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// `env_socket`: the value of `SPIFFE_ENDPOINT_SOCKET`, used only when `[identity]` names
+/// neither files nor `workload_api`.
+pub(crate) fn parse(
+    cx: &mut Ctx<'_>,
+    i: raw::Identity,
+    env_socket: Option<&str>,
+) -> IdentityConfig {
+    let poll_interval = cx.duration(
+        "identity.poll_interval",
+        i.poll_interval,
+        Duration::from_secs(10),
+    );
+    let files_named = i.svid_cert.is_some() || i.svid_key.is_some() || !i.trust_bundles.is_empty();
+    let source = match (i.workload_api, files_named) {
+        (Some(_), true) => {
+            cx.err(
+                "identity.workload_api",
+                "the SVID and the trust bundles come either from the Workload API or from files: \
+                 remove svid_cert, svid_key and [[identity.trust_bundles]], or workload_api",
+            );
+            None
+        }
+        (Some(addr), false) => endpoint(cx, "identity.workload_api", &addr),
+        (None, true) => files(cx, i.svid_cert, i.svid_key, i.trust_bundles),
+        (None, false) => match env_socket {
+            Some(addr) => endpoint(
+                cx,
+                &format!(
+                    "identity (from the environment variable {})",
+                    WorkloadEndpoint::ENV
+                ),
+                addr,
+            ),
+            None => {
+                cx.err(
+                    "identity",
+                    format!(
+                        "no SVID source: set svid_cert and svid_key with [[identity.trust_bundles]], \
+                         or workload_api (or the environment variable {})",
+                        WorkloadEndpoint::ENV
+                    ),
+                );
+                None
+            }
+        },
+    };
+    IdentityConfig {
+        // A placeholder when the section is in error: the configuration is refused anyway.
+        source: source.unwrap_or(IdentitySource::Files(FileIdentity {
+            svid_cert: PathBuf::new(),
+            svid_key: PathBuf::new(),
+            trust_bundles: Vec::new(),
+        })),
+        poll_interval,
+    }
+}
+
+fn endpoint(cx: &mut Ctx<'_>, key: &str, addr: &str) -> Option<IdentitySource> {
+    match WorkloadEndpoint::parse(addr) {
+        Ok(e) => Some(IdentitySource::WorkloadApi(e)),
+        Err(why) => {
+            cx.err(
+                key,
+                format!(
+                    "\"{addr}\" is not a Workload API address ({why}): use unix:///path/to/agent.sock or tcp://IP:PORT"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn files(
+    cx: &mut Ctx<'_>,
+    svid_cert: Option<String>,
+    svid_key: Option<String>,
+    bundles: Vec<raw::TrustBundle>,
+) -> Option<IdentitySource> {
+    let file = |cx: &mut Ctx<'_>, key: &str, value: Option<String>| match value {
+        Some(p) => Some(cx.existing_file(key, &p)),
+        None => {
+            cx.err(
+                key,
+                "missing: the gateway's SVID is read from svid_cert and svid_key",
+            );
+            None
+        }
+    };
+    let svid_cert = file(cx, "identity.svid_cert", svid_cert);
+    let svid_key = file(cx, "identity.svid_key", svid_key);
+    if bundles.is_empty() {
         cx.err(
             "identity.trust_bundles",
             "at least one [[identity.trust_bundles]] is needed to verify callers",
@@ -29,7 +157,7 @@ pub(crate) fn parse(cx: &mut Ctx<'_>, i: raw::Identity) -> IdentityConfig {
     }
     let mut seen = HashSet::new();
     let mut trust_bundles = Vec::new();
-    for (n, b) in i.trust_bundles.into_iter().enumerate() {
+    for (n, b) in bundles.into_iter().enumerate() {
         let key = format!("identity.trust_bundles[{n}]");
         let path = cx.existing_file(&format!("{key}.bundle"), &b.bundle);
         match TrustDomain::new(&b.trust_domain) {
@@ -48,14 +176,146 @@ pub(crate) fn parse(cx: &mut Ctx<'_>, i: raw::Identity) -> IdentityConfig {
             ),
         }
     }
-    IdentityConfig {
-        svid_cert,
-        svid_key,
+    Some(IdentitySource::Files(FileIdentity {
+        svid_cert: svid_cert?,
+        svid_key: svid_key?,
         trust_bundles,
-        poll_interval: cx.duration(
-            "identity.poll_interval",
-            i.poll_interval,
-            Duration::from_secs(10),
-        ),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    const REST: &str = r#"
+[listener]
+bind = "127.0.0.1:8443"
+
+[[upstreams]]
+name = "provider"
+url = "https://provider.example"
+
+[[routes]]
+name = "kyc"
+methods = ["GET"]
+path = "/v1/kyc"
+upstream = "provider"
+allow = ["spiffe://partner.example/ns/risk/sa/scorer"]
+"#;
+
+    fn parse(dir: &Path, identity: &str, env: Option<&str>) -> Result<crate::Config, Vec<String>> {
+        crate::parse_with_env(
+            &dir.join("idgate.toml"),
+            &format!("{REST}\n[identity]\n{identity}"),
+            env,
+        )
+        .map_err(|e| {
+            e.0.iter()
+                .map(|e| format!("{}: {}", e.key, e.reason))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn workload_api_streams_the_material_and_any_trust_domain_may_be_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = parse(
+            dir.path(),
+            r#"workload_api = "unix:///run/spire/agent.sock""#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            config.identity.workload_api().map(|e| e.as_str()),
+            Some("unix:///run/spire/agent.sock")
+        );
+        assert!(config.identity.files().is_none());
+        // The route allows a trust domain no file names: its bundle may come from the agent.
+        assert!(config.identity.configured_trust_domains().is_empty());
+    }
+
+    #[test]
+    fn workload_api_beside_svid_files_is_refused_at_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let errors = parse(
+            dir.path(),
+            "workload_api = \"unix:///run/spire/agent.sock\"\nsvid_cert = \"gw.crt\"",
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("identity.workload_api: ") && e.contains("either")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_workload_api_address_that_is_not_unix_or_tcp_is_refused_at_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in [
+            "/run/spire/agent.sock",
+            "http://127.0.0.1:8081",
+            "tcp://localhost:1",
+            "unix://",
+        ] {
+            let errors = parse(dir.path(), &format!("workload_api = \"{bad}\""), None).unwrap_err();
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.starts_with("identity.workload_api: ") && e.contains(bad)),
+                "{bad}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn spiffe_endpoint_socket_is_the_source_when_identity_names_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = parse(dir.path(), "", Some("unix:///tmp/agent.sock")).unwrap();
+        assert_eq!(
+            config.identity.workload_api().map(|e| e.as_str()),
+            Some("unix:///tmp/agent.sock")
+        );
+        // A bad value is reported with where it came from.
+        let errors = parse(dir.path(), "", Some("nonsense")).unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.contains("SPIFFE_ENDPOINT_SOCKET")),
+            "{errors:?}"
+        );
+        // Files configured win over the environment: it is not even looked at.
+        std::fs::write(dir.path().join("gw.crt"), "").unwrap();
+        std::fs::write(dir.path().join("gw.key"), "").unwrap();
+        std::fs::write(dir.path().join("b.pem"), "").unwrap();
+        let config = parse(
+            dir.path(),
+            "svid_cert = \"gw.crt\"\nsvid_key = \"gw.key\"\n[[identity.trust_bundles]]\ntrust_domain = \"partner.example\"\nbundle = \"b.pem\"",
+            Some("nonsense"),
+        )
+        .unwrap();
+        assert!(config.identity.files().is_some());
+    }
+
+    #[test]
+    fn no_source_at_all_names_every_way_to_give_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let errors = parse(dir.path(), "", None).unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.starts_with("identity: ")
+                && e.contains("svid_cert")
+                && e.contains("workload_api")
+                && e.contains("SPIFFE_ENDPOINT_SOCKET")),
+            "{errors:?}"
+        );
+        // Half a pair of files is refused at the missing key.
+        std::fs::write(dir.path().join("gw.crt"), "").unwrap();
+        let errors = parse(dir.path(), "svid_cert = \"gw.crt\"", None).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("identity.svid_key: missing")),
+            "{errors:?}"
+        );
     }
 }

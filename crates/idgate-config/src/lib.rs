@@ -51,7 +51,7 @@ pub use auth::{
 pub use credential::{CredentialConfig, CredentialScheme};
 pub use duration::{DurationError, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
-pub use identity::IdentityConfig;
+pub use identity::{FileIdentity, IdentityConfig, IdentitySource};
 pub use idgate_auth::policy::{AllowEntry, AuthLayer, Requirement, RouteAuth, ScopeRule};
 pub use incidents::{
     IncidentSeverity, IncidentsConfig, NotifyConfig as IncidentNotifyConfig, RuleSeverities,
@@ -184,7 +184,18 @@ pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Validates configuration text; `file` names it in errors and anchors relative paths.
+/// `SPIFFE_ENDPOINT_SOCKET` is read from the process's environment.
 pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let env_socket = std::env::var(idgate_tls::WorkloadEndpoint::ENV).ok();
+    parse_with_env(file, text, env_socket.as_deref().filter(|s| !s.is_empty()))
+}
+
+/// [`parse`] with the value `SPIFFE_ENDPOINT_SOCKET` has, for tests.
+pub fn parse_with_env(
+    file: &Path,
+    text: &str,
+    env_socket: Option<&str>,
+) -> Result<Config, ConfigErrors> {
     let base = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -262,7 +273,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         }
         Some(v) => cx
             .section::<raw::Identity>("identity", v)
-            .map(|i| identity::parse(&mut cx, i)),
+            .map(|i| identity::parse(&mut cx, i, env_socket)),
     };
     let admin = match table.remove("admin") {
         None => Some(AdminConfig::default()),
@@ -278,7 +289,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     };
 
     let mut warnings = Vec::new();
-    if let Some(i) = &identity
+    if let Some(i) = identity.as_ref().and_then(IdentityConfig::files)
         && let Ok(meta) = std::fs::metadata(&i.svid_key)
     {
         use std::os::unix::fs::PermissionsExt;
@@ -328,7 +339,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .collect::<Vec<_>>();
     let trust_domains: HashSet<TrustDomain> = identity
         .as_ref()
-        .map(|i| i.trust_bundles.iter().map(|(td, _)| td.clone()).collect())
+        .map(IdentityConfig::configured_trust_domains)
         .unwrap_or_default();
     let api_keys = table
         .remove("api_keys")

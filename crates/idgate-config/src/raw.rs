@@ -66,8 +66,12 @@ pub(crate) struct Network {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Identity {
-    pub(crate) svid_cert: String,
-    pub(crate) svid_key: String,
+    #[serde(default)]
+    pub(crate) svid_cert: Option<String>,
+    #[serde(default)]
+    pub(crate) svid_key: Option<String>,
+    #[serde(default)]
+    pub(crate) workload_api: Option<String>,
     #[serde(default)]
     pub(crate) trust_bundles: Vec<TrustBundle>,
     #[serde(default)]

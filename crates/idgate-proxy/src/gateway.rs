@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use idgate_config::{ClientAuth, Config};
+use idgate_config::{ClientAuth, Config, IdentitySource};
 use idgate_store::{MemoryStore, StateStore};
 
 use crate::state::open_state;
-use idgate_tls::{MaterialSpec, TlsMaterial, watch::spawn_watcher};
+use idgate_tls::{MaterialSpec, TlsMaterial, WorkloadApi, watch::spawn_watcher};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use tokio::net::TcpListener;
@@ -71,23 +71,29 @@ impl Gateway {
         // First: a change made while the rest loads is then one the watch reloads.
         let config_seen = config_fingerprint(&config);
         let provider = idgate_tls::crypto_provider();
-        let spec = MaterialSpec {
-            svid_cert: config.identity.svid_cert.clone(),
-            svid_key: config.identity.svid_key.clone(),
-            bundles: config.identity.trust_bundles.clone(),
-        };
         let mut errors = Vec::new();
-        let material = TlsMaterial::load(spec, provider.clone())
-            .map_err(|errs| {
-                errors.extend(errs.into_iter().map(|e| {
-                    BuildError::new(
-                        &config,
-                        identity_key(&config, &e),
-                        BuildProblem::Identity(e),
-                    )
-                }))
-            })
-            .ok();
+        let material = match &config.identity.source {
+            IdentitySource::Files(files) => {
+                let spec = MaterialSpec {
+                    svid_cert: files.svid_cert.clone(),
+                    svid_key: files.svid_key.clone(),
+                    bundles: files.trust_bundles.clone(),
+                };
+                TlsMaterial::load(spec, provider.clone())
+                    .map_err(|errs| {
+                        errors.extend(errs.into_iter().map(|e| {
+                            BuildError::new(
+                                &config,
+                                identity_key(&config, &e),
+                                BuildProblem::Identity(e),
+                            )
+                        }))
+                    })
+                    .ok()
+            }
+            // Filled in by the Workload API once `run` starts streaming.
+            IdentitySource::WorkloadApi(_) => Some(TlsMaterial::pending(provider.clone())),
+        };
         // `vault:` references are read through the process-wide client: it must be in place
         // before the credentials load. A changed [vault] section takes effect at restart.
         if let Some(v) = &config.vault {
@@ -186,21 +192,13 @@ impl Gateway {
         on_bound: impl FnOnce(Bound),
     ) -> std::io::Result<()> {
         let cfg = &self.config;
+        let mut shutdown = std::pin::pin!(shutdown);
         // A reload may change it; the one in force when the signal comes is used.
         let drain = Arc::new(ArcSwap::from_pointee(Drain::from(&cfg.lifecycle)));
-        let listener = TcpListener::bind(cfg.listener.bind).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("listener.bind {}: {e}", cfg.listener.bind),
-            )
-        })?;
         let admin = TcpListener::bind(cfg.admin.bind).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("admin.bind {}: {e}", cfg.admin.bind))
         })?;
-        let bound = Bound {
-            listener: listener.local_addr()?,
-            admin: admin.local_addr()?,
-        };
+        let admin_addr = admin.local_addr()?;
 
         // The SIEM sinks start first: the trail's start may already write entries (a gap).
         let siem = crate::siem::start(cfg).await?;
@@ -244,6 +242,15 @@ impl Gateway {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         services.metrics.certificates_of(self.material.clone());
+        if let IdentitySource::WorkloadApi(endpoint) = &cfg.identity.source {
+            let workload = WorkloadApi::spawn(
+                endpoint.clone(),
+                self.material.clone(),
+                false,
+                stop_rx.clone(),
+            );
+            services.metrics.workload_api(workload.status().clone());
+        }
         tokio::spawn(sweep_limiter(Arc::downgrade(&services)));
         self.snapshot.start_background(&services.metrics);
         let deliverer = start_deliverer(&services, &self.material, &self.snapshot, stop_rx.clone());
@@ -297,40 +304,70 @@ impl Gateway {
             admin_stop_rx,
         ));
 
-        let shared = Arc::new(ListenerShared::new(snapshot, services, listener_live));
-        let accept = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        // The TLS listener is bound only once there is an SVID to present (at once with
+        // files): until the Workload API delivered one, /readyz says not ready and no caller
+        // meets a handshake that must fail. A shutdown meanwhile skips serving and draining.
+        let material_ready = self.material.is_ready()
+            || {
+                tracing::info!(
+                    admin = %admin_addr,
+                    "waiting for the gateway's SVID from the SPIFFE Workload API; not ready until it comes"
+                );
+                tokio::select! {
+                    () = self.material.wait_ready() => true,
+                    () = &mut shutdown => false,
+                }
+            };
+        if material_ready {
+            let listener = TcpListener::bind(cfg.listener.bind).await.map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("listener.bind {}: {e}", cfg.listener.bind),
+                )
+            })?;
+            let bound = Bound {
+                listener: listener.local_addr()?,
+                admin: admin_addr,
+            };
+            let shared = Arc::new(ListenerShared::new(snapshot, services, listener_live));
+            let accept = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
 
-        tracing::info!(
-            listener = %bound.listener,
-            admin = %bound.admin,
-            workers = cfg.workers,
-            routes = cfg.routes.len(),
-            upstreams = cfg.upstreams.len(),
-            "idgate is serving"
-        );
-        ready.store(true, Ordering::Release);
-        on_bound(bound);
+            tracing::info!(
+                listener = %bound.listener,
+                admin = %bound.admin,
+                workers = cfg.workers,
+                routes = cfg.routes.len(),
+                upstreams = cfg.upstreams.len(),
+                "idgate is serving"
+            );
+            ready.store(true, Ordering::Release);
+            on_bound(bound);
 
-        shutdown.await;
-        let drain = **drain.load();
-        // Not ready first, while still accepting: a load balancer polling /readyz stops
-        // sending here before any connection is refused.
-        ready.store(false, Ordering::Release);
-        tracing::info!(
-            drain_delay = ?drain.delay,
-            drain_timeout = ?drain.timeout,
-            "shutting down: not ready; the listener closes after drain_delay"
-        );
-        tokio::time::sleep(drain.delay).await;
-        tracing::info!("listener closed: draining in-flight requests");
-        let _ = stop_tx.send(true);
-        let _ = accept.await;
-        // Every connection was told by the stop signal (HTTP/1.1 answers its next response
-        // with `Connection: close`, HTTP/2 sends GOAWAY); they end as their requests do.
-        if shared.drained(drain.timeout).await {
-            tracing::info!("all connections drained");
+            shutdown.await;
+            let drain = **drain.load();
+            // Not ready first, while still accepting: a load balancer polling /readyz stops
+            // sending here before any connection is refused.
+            ready.store(false, Ordering::Release);
+            tracing::info!(
+                drain_delay = ?drain.delay,
+                drain_timeout = ?drain.timeout,
+                "shutting down: not ready; the listener closes after drain_delay"
+            );
+            tokio::time::sleep(drain.delay).await;
+            tracing::info!("listener closed: draining in-flight requests");
+            let _ = stop_tx.send(true);
+            let _ = accept.await;
+            // Every connection was told by the stop signal (HTTP/1.1 answers its next
+            // response with `Connection: close`, HTTP/2 sends GOAWAY); they end as their
+            // requests do.
+            if shared.drained(drain.timeout).await {
+                tracing::info!("all connections drained");
+            } else {
+                tracing::warn!("drain timeout reached; closing the remaining connections");
+            }
         } else {
-            tracing::warn!("drain timeout reached; closing the remaining connections");
+            tracing::info!("shutting down before the SVID arrived: nothing was served");
+            let _ = stop_tx.send(true);
         }
         // The admin listener answers (not ready) until the drain is over.
         let _ = admin_stop.send(true);

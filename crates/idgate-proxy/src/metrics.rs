@@ -279,6 +279,11 @@ impl Metrics {
         self.certificates.watch(material);
     }
 
+    /// Reports the state of the SPIFFE Workload API client at each scrape.
+    pub fn workload_api(&self, status: Arc<idgate_tls::WorkloadStatus>) {
+        self.certificates.watch_workload_api(status);
+    }
+
     pub fn auth_failed(&self, reason: &'static str) {
         self.auth_failures
             .get_or_create(&ReasonLabel { reason })

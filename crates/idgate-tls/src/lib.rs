@@ -10,6 +10,7 @@ pub mod spiffe;
 pub mod svid;
 pub mod verifier;
 pub mod watch;
+pub mod workload;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ pub use material::{Expiry, MaterialError, MaterialSpec, TlsMaterial, TlsVersion}
 pub use spiffe::{SpiffeId, SpiffeIdError, SpiffeIdPattern, TrustDomain};
 pub use svid::{SvidError, leaf_spiffe_id, not_after};
 pub use verifier::{SpiffeClientVerifier, TrustBundles};
+pub use workload::{WorkloadApi, WorkloadEndpoint, WorkloadStatus};
 
 /// The one cryptographic provider of the whole process (ring), so that rustls never has to
 /// guess between two.

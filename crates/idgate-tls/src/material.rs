@@ -1,5 +1,6 @@
-//! The gateway's TLS material: its own SVID and the trust bundles, loaded from files,
-//! swapped atomically when they change, and kept as they were when a new file is bad.
+//! The gateway's TLS material: its own SVID and the trust bundles, loaded from files or
+//! streamed from the SPIFFE Workload API ([`crate::workload`]), swapped atomically when they
+//! change, and kept as they were when a new file or update is bad.
 //!
 //! The rustls `ServerConfig` is built once; it reads the current SVID through a certificate
 //! resolver and the current bundles through [`SpiffeClientVerifier`], so a rotation reaches
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
@@ -179,16 +180,21 @@ impl ReloadOutcome {
 
 /// The live TLS material. Cheap to share; every method is safe to call concurrently.
 pub struct TlsMaterial {
-    /// Swapped whole when the configuration names other files ([`TlsMaterial::take_from`]).
-    spec: ArcSwap<MaterialSpec>,
+    /// The files it is read from, swapped whole when the configuration names other files
+    /// ([`TlsMaterial::take_from`]); none when the material comes from the Workload API.
+    spec: ArcSwapOption<MaterialSpec>,
     provider: Arc<CryptoProvider>,
-    svid: Arc<ArcSwap<CertifiedKey>>,
+    /// None only until the Workload API delivered the first SVID: no handshake can succeed
+    /// before, which is why the listener is not bound until [`TlsMaterial::wait_ready`].
+    svid: Arc<ArcSwapOption<CertifiedKey>>,
     bundles: Arc<ArcSwap<TrustBundles>>,
     /// Per trust domain, the last `notAfter` of the bundle in use.
     bundle_expiry: ArcSwap<BTreeMap<TrustDomain, SystemTime>>,
     /// The file contents last looked at, so that an unchanged file is not parsed again and
     /// a bad file is reported once, not at every poll.
     seen: Mutex<HashMap<PathBuf, Vec<u8>>>,
+    /// Whether an SVID is in place.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl fmt::Debug for TlsMaterial {
@@ -248,18 +254,82 @@ impl TlsMaterial {
         match svid {
             Some(svid) if errors.is_empty() => Ok(Self {
                 provider,
-                svid: Arc::new(ArcSwap::from_pointee(svid)),
+                svid: Arc::new(ArcSwapOption::from_pointee(svid)),
                 bundles: Arc::new(ArcSwap::from_pointee(TrustBundles::from_map(verifiers))),
                 bundle_expiry: ArcSwap::from_pointee(expiry),
                 seen: Mutex::new(seen),
-                spec: ArcSwap::from_pointee(spec),
+                spec: ArcSwapOption::from_pointee(spec),
+                ready: tokio::sync::watch::Sender::new(true),
             }),
             _ => Err(errors),
         }
     }
 
-    pub fn spec(&self) -> Arc<MaterialSpec> {
+    /// Material that has no SVID and trusts no trust domain yet: the Workload API fills it
+    /// in ([`TlsMaterial::install_svid`], [`TlsMaterial::install_bundles`]).
+    pub fn pending(provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            spec: ArcSwapOption::empty(),
+            provider,
+            svid: Arc::new(ArcSwapOption::empty()),
+            bundles: Arc::new(ArcSwap::from_pointee(
+                TrustBundles::from_map(HashMap::new()),
+            )),
+            bundle_expiry: ArcSwap::from_pointee(BTreeMap::new()),
+            seen: Mutex::new(HashMap::new()),
+            ready: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// The files the material is read from; none when it comes from the Workload API.
+    pub fn spec(&self) -> Option<Arc<MaterialSpec>> {
         self.spec.load_full()
+    }
+
+    pub fn provider(&self) -> &Arc<CryptoProvider> {
+        &self.provider
+    }
+
+    /// Whether the material has an SVID to present.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Returns once the material has an SVID to present (at once for files).
+    pub async fn wait_ready(&self) {
+        let mut rx = self.ready.subscribe();
+        // The sender lives as long as `self`, so the wait only ends when the value is true.
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+
+    /// Presents `svid` in every handshake from now on; connections already up keep theirs.
+    pub fn install_svid(&self, svid: CertifiedKey) {
+        self.svid.store(Some(Arc::new(svid)));
+        self.ready.send_replace(true);
+    }
+
+    /// Trusts exactly these trust domains from now on, each with its verifier and the last
+    /// `notAfter` of its CAs: a trust domain left out is no longer trusted.
+    pub(crate) fn install_bundles(
+        &self,
+        bundles: Vec<(TrustDomain, Arc<dyn ClientCertVerifier>, Option<SystemTime>)>,
+    ) {
+        let mut map = HashMap::new();
+        let mut expiries = BTreeMap::new();
+        for (td, verifier, expiry) in bundles {
+            if let Some(t) = expiry {
+                expiries.insert(td.clone(), t);
+            }
+            map.insert(td, verifier);
+        }
+        self.bundles.store(Arc::new(TrustBundles::from_map(map)));
+        self.bundle_expiry.store(Arc::new(expiries));
+    }
+
+    /// The verifiers in force now, per trust domain.
+    #[cfg(test)]
+    pub(crate) fn bundles(&self) -> Arc<TrustBundles> {
+        self.bundles.load_full()
     }
 
     /// Serves `other`'s files from now on: its SVID, its trust domains and their bundles
@@ -272,15 +342,19 @@ impl TlsMaterial {
             return;
         };
         let other_seen = other.seen.into_inner().unwrap_or_default();
-        self.svid.store(other.svid.load_full());
+        if let Some(svid) = other.svid.load_full() {
+            self.svid.store(Some(svid));
+            self.ready.send_replace(true);
+        }
         self.bundles.store(other.bundles.load_full());
         self.bundle_expiry.store(other.bundle_expiry.load_full());
         self.spec.store(other.spec.load_full());
         *seen = other_seen;
     }
 
-    /// The certificate chain the listener currently presents.
-    pub fn current_svid(&self) -> Arc<CertifiedKey> {
+    /// The certificate chain the listener currently presents; none before the Workload API
+    /// delivered the first SVID.
+    pub fn current_svid(&self) -> Option<Arc<CertifiedKey>> {
         self.svid.load_full()
     }
 
@@ -290,8 +364,8 @@ impl TlsMaterial {
         let svid = self.svid.load();
         Expiry {
             svid: svid
-                .cert
-                .first()
+                .as_ref()
+                .and_then(|svid| svid.cert.first())
                 .and_then(|leaf| Some((leaf_spiffe_id(leaf).ok(), not_after(leaf)?))),
             bundles: self
                 .bundle_expiry
@@ -310,7 +384,9 @@ impl TlsMaterial {
         let Ok(mut seen) = self.seen.lock() else {
             return outcome;
         };
-        let spec = self.spec.load_full();
+        let Some(spec) = self.spec.load_full() else {
+            return outcome;
+        };
         let mut fresh = |p: &Path| -> Option<Vec<u8>> {
             match read(p) {
                 Ok(bytes) if seen.get(p) == Some(&bytes) => None,
@@ -334,7 +410,7 @@ impl TlsMaterial {
                 (Ok(c), Ok(k)) => {
                     match parse_svid(&spec.svid_cert, &c, &spec.svid_key, &k, &self.provider) {
                         Ok(svid) => {
-                            self.svid.store(Arc::new(svid));
+                            self.svid.store(Some(Arc::new(svid)));
                             outcome.applied.push(spec.svid_cert.clone());
                         }
                         Err(e) => outcome.refused.push(e),
@@ -415,11 +491,11 @@ impl TlsMaterial {
 }
 
 #[derive(Debug)]
-struct SvidResolver(Arc<ArcSwap<CertifiedKey>>);
+struct SvidResolver(Arc<ArcSwapOption<CertifiedKey>>);
 
 impl ResolvesServerCert for SvidResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load_full())
+        self.0.load_full()
     }
 }
 

@@ -157,7 +157,8 @@ pub fn spawn_watcher(material: Arc<TlsMaterial>, poll_every: Duration) -> WatchH
                 watched: BTreeMap::new(),
                 failed: BTreeSet::new(),
             };
-            dirs.refresh(material.spec().files());
+            let spec = material.spec();
+            dirs.refresh(spec.iter().flat_map(|s| s.files()));
             Some(Arc::new(Mutex::new(dirs)))
         }
         Err(e) => {
@@ -190,7 +191,8 @@ pub fn spawn_watcher(material: Arc<TlsMaterial>, poll_every: Duration) -> WatchH
                 if let Some(dirs) = dirs.and_then(|d| d.upgrade())
                     && let Ok(mut dirs) = dirs.lock()
                 {
-                    dirs.refresh(m.spec().files());
+                    let spec = m.spec();
+                    dirs.refresh(spec.iter().flat_map(|s| s.files()));
                 }
                 m.reload()
             })

@@ -79,7 +79,7 @@ async fn setup(
     let client_key = pki.client_key();
     let deliverer = Deliverer::new(
         store.clone(),
-        Arc::new(move || client_key.clone()),
+        Arc::new(move || Some(client_key.clone())),
         DeliveryMetrics::default(),
     );
     deliverer.set_plan(Arc::new(Plan {

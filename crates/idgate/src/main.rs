@@ -225,12 +225,19 @@ fn check(path: &Path) -> ExitCode {
     for w in &config.warnings {
         eprintln!("warning: {}: {w}", path.display());
     }
+    let trust = match &config.identity.source {
+        idgate_config::IdentitySource::Files(f) => {
+            format!("{} trust domains", f.trust_bundles.len())
+        }
+        idgate_config::IdentitySource::WorkloadApi(e) => {
+            format!("SVID and trust bundles from the Workload API at {e}")
+        }
+    };
     let summary = format!(
-        "{}: valid ({} upstreams, {} routes, {} trust domains)",
+        "{}: valid ({} upstreams, {} routes, {trust})",
         path.display(),
         config.upstreams.len(),
         config.routes.len(),
-        config.identity.trust_bundles.len()
     );
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

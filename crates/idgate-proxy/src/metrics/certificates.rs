@@ -3,14 +3,19 @@
 //! that every rotation the file watch takes into use shows at the next scrape and nothing
 //! has to be told of it. Labels are a fixed kind and the gateway's own names (its SPIFFE
 //! ID, a configured trust domain), never a caller's.
+//!
+//! With the SPIFFE Workload API, also its state: `idgate_workload_api_connected` (0 while the
+//! agent is unreachable: the SVID in use then serves until it expires), the updates taken
+//! and refused, and the times the stream was lost.
 
 use std::sync::{Arc, OnceLock};
 use std::time::UNIX_EPOCH;
 
-use idgate_tls::TlsMaterial;
+use idgate_tls::{TlsMaterial, WorkloadStatus};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,6 +31,13 @@ struct Certificate {
 #[derive(Debug, Default)]
 pub(crate) struct Certificates {
     material: OnceLock<Arc<TlsMaterial>>,
+    workload_api: OnceLock<Arc<WorkloadStatus>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpdateKind {
+    /// `svid`, `x509_bundles` or `jwt_bundles`.
+    kind: &'static str,
 }
 
 impl Certificates {
@@ -33,10 +45,59 @@ impl Certificates {
     pub(crate) fn watch(&self, material: Arc<TlsMaterial>) {
         let _ = self.material.set(material);
     }
+
+    /// Reports the state of the Workload API client from now on.
+    pub(crate) fn watch_workload_api(&self, status: Arc<WorkloadStatus>) {
+        let _ = self.workload_api.set(status);
+    }
+}
+
+fn encode_workload_api(
+    status: &WorkloadStatus,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    let connected = encoder.encode_descriptor(
+        "workload_api_connected",
+        "Whether the SPIFFE Workload API stream is open (0: the agent is unreachable and the SVID in use serves until it expires).",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(i64::from(status.connected())).encode(connected)?;
+    let mut updates = encoder.encode_descriptor(
+        "workload_api_updates",
+        "Updates taken from the SPIFFE Workload API: new SVIDs (kind svid), changes of the trusted X.509 bundles (x509_bundles), JWT bundle sets (jwt_bundles).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (kind, n) in [
+        ("svid", status.svid_updates()),
+        ("x509_bundles", status.bundle_updates()),
+        ("jwt_bundles", status.jwt_bundle_updates()),
+    ] {
+        ConstCounter::new(n).encode(updates.encode_family(&UpdateKind { kind })?)?;
+    }
+    let refused = encoder.encode_descriptor(
+        "workload_api_refused_updates",
+        "SVIDs or bundles from the SPIFFE Workload API refused as unusable (the ones in use stayed).",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(status.refused_updates()).encode(refused)?;
+    let lost = encoder.encode_descriptor(
+        "workload_api_disconnects",
+        "Times the SPIFFE Workload API stream could not be opened or was lost.",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(status.disconnects()).encode(lost)?;
+    Ok(())
 }
 
 impl Collector for Certificates {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        if let Some(status) = self.workload_api.get() {
+            encode_workload_api(status, &mut encoder)?;
+        }
         let Some(material) = self.material.get() else {
             return Ok(());
         };

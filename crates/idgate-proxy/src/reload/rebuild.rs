@@ -81,9 +81,11 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<RestartOnly> {
             listener_socket(&running.listener) != listener_socket(&new.listener),
             RestartOnly::Listener,
         ),
-        // The files and trust domains change live (see `identity_for`).
+        // The files and trust domains change live (see `identity_for`); the source (files
+        // or which Workload API) only at restart.
         (
-            running.identity.poll_interval != new.identity.poll_interval,
+            running.identity.poll_interval != new.identity.poll_interval
+                || running.identity.workload_api() != new.identity.workload_api(),
             RestartOnly::Identity,
         ),
         (running.admin != new.admin, RestartOnly::Admin),
@@ -135,14 +137,17 @@ impl ReloadRefused {
 }
 
 /// The TLS material `config` names, loaded whole, when it names other files or trust
-/// domains than `current` serves; `None` when it names the same. Blocking.
+/// domains than `current` serves; `None` when it names the same, or when either streams
+/// from the Workload API (a change of source waits for a restart: see
+/// [`restart_required`]). Blocking.
 pub(crate) fn identity_for(
     config: &Config,
     current: &TlsMaterial,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Option<TlsMaterial>, ReloadRefused> {
-    let id = &config.identity;
-    let now = current.spec();
+    let (Some(id), Some(now)) = (config.identity.files(), current.spec()) else {
+        return Ok(None);
+    };
     if now.svid_cert == id.svid_cert
         && now.svid_key == id.svid_key
         && now.bundles == id.trust_bundles
@@ -174,7 +179,9 @@ pub(crate) fn identity_key(config: &Config, e: &idgate_tls::MaterialError) -> St
         idgate_tls::MaterialError::Read { path, .. }
         | idgate_tls::MaterialError::Invalid { path, .. } => path,
     };
-    let id = &config.identity;
+    let Some(id) = config.identity.files() else {
+        return "identity".to_owned();
+    };
     if *path == id.svid_cert {
         "identity.svid_cert".to_owned()
     } else if *path == id.svid_key {
@@ -284,12 +291,21 @@ mod tests {
         new.admin.bind.set_port(1);
         new.identity.poll_interval = Duration::from_secs(1);
         // Other files change live.
-        new.identity.svid_cert = dir.0.join("other.pem");
+        if let idgate_config::IdentitySource::Files(f) = &mut new.identity.source {
+            f.svid_cert = dir.0.join("other.pem");
+        }
         assert_eq!(
             restart_required(&running, &new),
             [RestartOnly::Identity, RestartOnly::Admin]
         );
         assert_eq!(RestartOnly::Admin.to_string(), "admin");
+
+        // Files to the Workload API: a restart.
+        let mut new = running.clone();
+        new.identity.source = idgate_config::IdentitySource::WorkloadApi(
+            idgate_tls::WorkloadEndpoint::parse("unix:///run/spire/agent.sock").unwrap(),
+        );
+        assert_eq!(restart_required(&running, &new), [RestartOnly::Identity]);
     }
 
     #[test]

@@ -128,7 +128,11 @@ async fn post(d: &Deliverer, sub: &Subscriber, event: &str, body: Bytes) -> Verd
         Ok((mac, _version)) => mac,
         Err(e) => return retry(format!("the delivery could not be signed: {e}")),
     };
-    let client = match sub.client((d.svid)()) {
+    // Before the Workload API delivered the gateway's first SVID there is nothing to present.
+    let Some(svid) = (d.svid)() else {
+        return retry("the gateway has no SVID yet".to_owned());
+    };
+    let client = match sub.client(svid) {
         Ok(c) => c,
         Err(e) => return retry(format!("no HTTPS client: {e}")),
     };

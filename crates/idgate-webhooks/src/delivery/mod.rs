@@ -49,8 +49,9 @@ const PURGE_BATCH: usize = 256;
 /// The HTTPS client of one subscriber.
 type DeliveryClient = HttpsClient<Full<Bytes>>;
 
-/// The gateway's current SVID, presented to subscribers (it follows rotations).
-pub type SvidSource = Arc<dyn Fn() -> Arc<CertifiedKey> + Send + Sync>;
+/// The gateway's current SVID, presented to subscribers (it follows rotations); none before
+/// the Workload API delivered the first.
+pub type SvidSource = Arc<dyn Fn() -> Option<Arc<CertifiedKey>> + Send + Sync>;
 
 /// A subscriber's masking profile with its pseudonym key.
 #[derive(Debug, Clone)]

@@ -59,8 +59,9 @@ impl GatewayConfig {
                 extra: toml::Table::new(),
             },
             identity: IdentitySpec {
-                svid_cert: svid_cert.to_owned(),
-                svid_key: svid_key.to_owned(),
+                svid_cert: Some(svid_cert.to_owned()),
+                svid_key: Some(svid_key.to_owned()),
+                workload_api: None,
                 poll_interval: None,
                 trust_bundles: Vec::new(),
             },
@@ -80,6 +81,15 @@ impl GatewayConfig {
             .trust(TD, &pki.files.bundle)
             .poll_interval("1s")
             .json_log("info")
+    }
+
+    /// The SVID and trust bundles from the Workload API at `endpoint` instead of files.
+    pub fn workload_api(mut self, endpoint: &str) -> Self {
+        self.identity.svid_cert = None;
+        self.identity.svid_key = None;
+        self.identity.trust_bundles.clear();
+        self.identity.workload_api = Some(endpoint.to_owned());
+        self
     }
 
     /// Adds a trust bundle for `trust_domain`.
@@ -154,8 +164,12 @@ pub struct ListenerSpec {
 /// `[identity]`.
 #[derive(Debug, Clone, Serialize)]
 pub struct IdentitySpec {
-    pub svid_cert: PathBuf,
-    pub svid_key: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub svid_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub svid_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload_api: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll_interval: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -65,7 +65,7 @@ fn leaf_der(path: &Path) -> CertificateDer<'static> {
 }
 
 /// The certificate the gateway presents to a new connection.
-async fn presented_cert(client: &Client) -> Result<CertificateDer<'static>, String> {
+pub(crate) async fn presented_cert(client: &Client) -> Result<CertificateDer<'static>, String> {
     let tcp = TcpStream::connect(("127.0.0.1", client.port))
         .await
         .map_err(|e| e.to_string())?;

@@ -58,6 +58,21 @@ impl Gateway {
     /// Writes `config` and starts the gateway with `env`, waiting until it reports the
     /// addresses it bound.
     pub async fn start(config: &GatewayConfig, env: &[(&str, &str)]) -> Self {
+        let mut gw = Self::spawn(config, env);
+        gw.serving().await;
+        gw
+    }
+
+    /// Waits until the gateway reports the addresses it bound (see [`Gateway::spawn`]).
+    pub async fn serving(&mut self) {
+        let ready = self.wait_ready().await;
+        self.port = ready.listener.port();
+        self.admin_port = ready.admin.port();
+    }
+
+    /// Writes `config` and starts the gateway with `env` without waiting for it to serve;
+    /// `port` and `admin_port` are 0 until [`Gateway::serving`].
+    pub fn spawn(config: &GatewayConfig, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("idgate.toml");
         let ready_file = dir.path().join("ready.json");
@@ -97,7 +112,7 @@ impl Gateway {
                 }
             });
         }
-        let mut gw = Self {
+        Self {
             child,
             port: 0,
             admin_port: 0,
@@ -105,11 +120,7 @@ impl Gateway {
             ready_file,
             output,
             _dir: dir,
-        };
-        let ready = gw.wait_ready().await;
-        gw.port = ready.listener.port();
-        gw.admin_port = ready.admin.port();
-        gw
+        }
     }
 
     /// Waits for the ready file (written whole, by a rename), failing with the gateway's

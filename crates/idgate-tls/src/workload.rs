@@ -1,0 +1,292 @@
+//! The gateway's SVID and trust bundles from the SPIFFE Workload API (a SPIRE agent's
+//! socket), instead of files.
+//!
+//! One task holds a `FetchX509SVID` stream open: every message carries the whole X.509
+//! context (the SVIDs, the bundle of the gateway's own trust domain and those of the
+//! federated ones), and is taken into [`TlsMaterial`] as it comes — the default SVID for the
+//! listener and the client certificates, exactly the trust domains it lists for callers. A
+//! second task, when JWT-SVIDs are verified with the agent's keys, holds a
+//! `FetchJWTBundles` stream open and publishes each bundle set on a watch channel.
+//!
+//! When the agent cannot be reached the tasks retry with exponential backoff (0.1 s to 5 s,
+//! with jitter). What was delivered last stays in force meanwhile: the SVID keeps serving
+//! until it expires, and [`WorkloadStatus`] says the agent is gone so that an operator is
+//! warned in time.
+
+mod apply;
+mod backoff;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use ::spiffe::WorkloadApiClient;
+use ::spiffe::transport::Endpoint;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use crate::material::TlsMaterial;
+use crate::spiffe::TrustDomain;
+use apply::Applier;
+use backoff::Backoff;
+
+/// The address of a Workload API: `unix:///path/to/agent.sock` (or `unix:/path`), or
+/// `tcp://IP:PORT`, as the SPIFFE Workload Endpoint specification writes it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WorkloadEndpoint {
+    text: String,
+    parsed: Endpoint,
+}
+
+impl WorkloadEndpoint {
+    /// The environment variable the SPIFFE specification names for the address.
+    pub const ENV: &'static str = "SPIFFE_ENDPOINT_SOCKET";
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let parsed = Endpoint::parse(text).map_err(|e| e.to_string())?;
+        Ok(Self {
+            text: text.to_owned(),
+            parsed,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Debug for WorkloadEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Display for WorkloadEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The JWT bundles the agent sent last: per trust domain, its JWKS (`{"keys":[…]}`) as
+/// JSON bytes, in the SPIFFE bundle format a bundle file has too.
+pub type JwtBundleSet = BTreeMap<TrustDomain, Vec<u8>>;
+
+/// What the Workload API tasks have done, for the gateway's metrics.
+#[derive(Debug, Default)]
+pub struct WorkloadStatus {
+    connected: AtomicBool,
+    svid_updates: AtomicU64,
+    bundle_updates: AtomicU64,
+    jwt_bundle_updates: AtomicU64,
+    refused_updates: AtomicU64,
+    disconnects: AtomicU64,
+}
+
+impl WorkloadStatus {
+    /// Whether the X.509 stream is open now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// New SVIDs taken into use (the first one included).
+    pub fn svid_updates(&self) -> u64 {
+        self.svid_updates.load(Ordering::Relaxed)
+    }
+
+    /// Changes of the set of trusted X.509 bundles taken into use.
+    pub fn bundle_updates(&self) -> u64 {
+        self.bundle_updates.load(Ordering::Relaxed)
+    }
+
+    /// JWT bundle sets received.
+    pub fn jwt_bundle_updates(&self) -> u64 {
+        self.jwt_bundle_updates.load(Ordering::Relaxed)
+    }
+
+    /// Updates (or parts of them) refused as unusable; what was in force stays.
+    pub fn refused_updates(&self) -> u64 {
+        self.refused_updates.load(Ordering::Relaxed)
+    }
+
+    /// Times the X.509 stream could not be opened or ended.
+    pub fn disconnects(&self) -> u64 {
+        self.disconnects.load(Ordering::Relaxed)
+    }
+}
+
+/// The running Workload API client: dropping it does not stop the tasks; `stop` does.
+#[derive(Debug, Clone)]
+pub struct WorkloadApi {
+    status: Arc<WorkloadStatus>,
+    jwt_bundles: watch::Receiver<Option<Arc<JwtBundleSet>>>,
+}
+
+impl WorkloadApi {
+    /// Starts streaming from `endpoint` into `material` (and, with `jwt_bundles`, the JWT
+    /// bundles too) until `stop` turns true. Needs a Tokio runtime.
+    pub fn spawn(
+        endpoint: WorkloadEndpoint,
+        material: Arc<TlsMaterial>,
+        jwt_bundles: bool,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        let status = Arc::new(WorkloadStatus::default());
+        let (jwt_tx, jwt_rx) = watch::channel(None);
+        tokio::spawn(x509_task(
+            endpoint.clone(),
+            Applier::new(material, status.clone()),
+            status.clone(),
+            stop.clone(),
+        ));
+        if jwt_bundles {
+            tokio::spawn(jwt_task(endpoint, jwt_tx, status.clone(), stop));
+        }
+        Self {
+            status,
+            jwt_bundles: jwt_rx,
+        }
+    }
+
+    pub fn status(&self) -> &Arc<WorkloadStatus> {
+        &self.status
+    }
+
+    /// The JWT bundle sets as they arrive (none before the first).
+    pub fn jwt_bundles(&self) -> watch::Receiver<Option<Arc<JwtBundleSet>>> {
+        self.jwt_bundles.clone()
+    }
+}
+
+/// Why a stream ended, for the log.
+fn describe(e: &::spiffe::WorkloadApiError) -> String {
+    let text = e.to_string();
+    if text.contains("PermissionDenied") || text.contains("permission denied") {
+        format!("{text} (the agent has no registration entry matching the gateway)")
+    } else {
+        text
+    }
+}
+
+/// Waits `delay`, or less when `stop` turns true; true when the task should end.
+async fn pause(delay: std::time::Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = stop.wait_for(|s| *s) => return true,
+    }
+    *stop.borrow()
+}
+
+async fn x509_task(
+    endpoint: WorkloadEndpoint,
+    mut applier: Applier,
+    status: Arc<WorkloadStatus>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let ended = match WorkloadApiClient::connect(endpoint.parsed.clone()).await {
+            Err(e) => describe(&e),
+            Ok(client) => match client.stream_x509_contexts().await {
+                Err(e) => describe(&e),
+                Ok(mut stream) => loop {
+                    let next = tokio::select! {
+                        next = stream.next() => next,
+                        _ = stop.wait_for(|s| *s) => return,
+                    };
+                    match next {
+                        Some(Ok(context)) => {
+                            applier.apply(&context);
+                            status.connected.store(true, Ordering::Relaxed);
+                            backoff.reset();
+                        }
+                        Some(Err(e)) => break describe(&e),
+                        None => break "the agent ended the stream".to_owned(),
+                    }
+                },
+            },
+        };
+        status.disconnects.fetch_add(1, Ordering::Relaxed);
+        let was_connected = status.connected.swap(false, Ordering::Relaxed);
+        let delay = backoff.next_delay();
+        match applier.svid_expiry() {
+            Some(until) => tracing::warn!(
+                endpoint = %endpoint,
+                reason = %ended,
+                retry_in = ?delay,
+                svid_valid_until = %until,
+                "SPIFFE Workload API unreachable: the current SVID keeps serving until it expires"
+            ),
+            None if was_connected || backoff.attempts() <= 1 || backoff.attempts() % 10 == 0 => {
+                tracing::warn!(
+                    endpoint = %endpoint,
+                    reason = %ended,
+                    retry_in = ?delay,
+                    "SPIFFE Workload API unreachable: no SVID yet, not ready"
+                )
+            }
+            None => {
+                tracing::debug!(endpoint = %endpoint, reason = %ended, "SPIFFE Workload API unreachable")
+            }
+        }
+        if pause(delay, &mut stop).await {
+            return;
+        }
+    }
+}
+
+async fn jwt_task(
+    endpoint: WorkloadEndpoint,
+    out: watch::Sender<Option<Arc<JwtBundleSet>>>,
+    status: Arc<WorkloadStatus>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let ended = match WorkloadApiClient::connect(endpoint.parsed.clone()).await {
+            Err(e) => describe(&e),
+            Ok(client) => match client.stream_jwt_bundles().await {
+                Err(e) => describe(&e),
+                Ok(mut stream) => loop {
+                    let next = tokio::select! {
+                        next = stream.next() => next,
+                        _ = stop.wait_for(|s| *s) => return,
+                    };
+                    match next {
+                        Some(Ok(set)) => match apply::jwt_bundle_set(&set) {
+                            Ok(bundles) => {
+                                status.jwt_bundle_updates.fetch_add(1, Ordering::Relaxed);
+                                out.send_replace(Some(Arc::new(bundles)));
+                                backoff.reset();
+                            }
+                            Err(e) => {
+                                status.refused_updates.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(error = %e, "JWT bundles from the Workload API refused; the previous ones stay");
+                            }
+                        },
+                        Some(Err(e)) => break describe(&e),
+                        None => break "the agent ended the stream".to_owned(),
+                    }
+                },
+            },
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            endpoint = %endpoint,
+            reason = %ended,
+            retry_in = ?delay,
+            "SPIFFE Workload API JWT bundle stream unavailable: the last JWT bundles stay in use"
+        );
+        if pause(delay, &mut stop).await {
+            return;
+        }
+    }
+}
