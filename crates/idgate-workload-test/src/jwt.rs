@@ -2,6 +2,7 @@
 //! its JWKS bundle and minted JWT-SVIDs.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -31,11 +32,13 @@ pub enum JwtError {
 /// An ES256 signing key for the JWT-SVIDs of one trust domain.
 ///
 /// Each `JwtAuthority::new` makes a new key and `kid`; a rotation publishes both keys for a
-/// while ([`JwtAuthority::jwks_of`]).
+/// while ([`JwtAuthority::jwks_of`]). Clones share the key, so a test can hand one to the
+/// server and keep minting with another.
+#[derive(Clone)]
 pub struct JwtAuthority {
     trust_domain: TrustDomain,
     kid: String,
-    key: EcdsaKeyPair,
+    key: Arc<EcdsaKeyPair>,
     rng: SystemRandom,
 }
 
@@ -62,7 +65,7 @@ impl JwtAuthority {
         Ok(Self {
             trust_domain: td,
             kid: URL_SAFE_NO_PAD.encode(kid),
-            key,
+            key: Arc::new(key),
             rng,
         })
     }

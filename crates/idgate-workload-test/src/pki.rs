@@ -4,7 +4,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
@@ -29,6 +29,8 @@ pub enum PkiError {
     NoPath(String),
     #[error("validity {0:?} does not fit a certificate")]
     Validity(Duration),
+    #[error("time {0:?} does not fit a certificate")]
+    Time(SystemTime),
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
 }
@@ -55,6 +57,15 @@ fn validity_end(ttl: Duration) -> Result<OffsetDateTime, PkiError> {
         .ok_or(PkiError::Validity(ttl))
 }
 
+fn certificate_time(t: SystemTime) -> Result<OffsetDateTime, PkiError> {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).ok(),
+        Err(before) => i64::try_from(before.duration().as_secs()).ok().map(|s| -s),
+    };
+    secs.and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .ok_or(PkiError::Time(t))
+}
+
 /// Certificates are valid from a little in the past, so a peer whose clock runs slightly
 /// behind does not refuse a certificate issued a moment ago.
 fn validity_start() -> OffsetDateTime {
@@ -63,9 +74,16 @@ fn validity_start() -> OffsetDateTime {
 
 /// The CA of one trust domain. Each `TestCa::new` makes a new key, so calling it again for
 /// the same trust domain gives a rotated CA whose SVIDs the old bundle does not verify.
+///
+/// [`TestCa::intermediate`] makes an intermediate CA under it: its SVIDs carry the
+/// intermediate in their chain and verify against the same root bundle.
 pub struct TestCa {
     trust_domain: TrustDomain,
     issuer: CertifiedIssuer<'static, KeyPair>,
+    /// For an intermediate: its own certificate, then its parents' up to (not including)
+    /// the root. Empty for a root.
+    intermediates: Vec<CertificateDer<'static>>,
+    root: CertificateDer<'static>,
 }
 
 impl fmt::Debug for TestCa {
@@ -73,30 +91,63 @@ impl fmt::Debug for TestCa {
         // The CA's signing key stays out of Debug output.
         f.debug_struct("TestCa")
             .field("trust_domain", &self.trust_domain.as_str())
+            .field("intermediate", &!self.intermediates.is_empty())
             .finish_non_exhaustive()
     }
 }
 
+/// CAs live ten days: longer than any test, short enough to look like a real one.
+const CA_VALIDITY: Duration = Duration::from_secs(10 * 24 * 3600);
+
+fn ca_params(td: &TrustDomain, cn: &str) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(cn);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    // The trust domain's own SPIFFE ID, as SPIRE puts on its CAs.
+    params.subject_alt_names = vec![SanType::URI(td.id_string().as_str().try_into()?)];
+    params.not_before = validity_start();
+    params.not_after = validity_end(CA_VALIDITY)?;
+    Ok(params)
+}
+
 impl TestCa {
-    /// A CA for `trust_domain` (`example.org`), valid for ten days.
+    /// A self-signed root CA for `trust_domain` (`example.org`), valid for ten days.
     pub fn new(trust_domain: &str) -> Result<Self, PkiError> {
         let td = self::trust_domain(trust_domain)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = name(&format!("{} test CA", td.as_str()));
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        // The trust domain's own SPIFFE ID, as SPIRE puts on its CAs.
-        params.subject_alt_names = vec![SanType::URI(td.id_string().as_str().try_into()?)];
-        params.not_before = validity_start();
-        params.not_after = validity_end(Duration::from_secs(10 * 24 * 3600))?;
+        let params = ca_params(&td, &format!("{} test CA", td.as_str()))?;
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+        let root = issuer.der().clone();
         Ok(Self {
             trust_domain: td,
             issuer,
+            intermediates: Vec::new(),
+            root,
+        })
+    }
+
+    /// An intermediate CA of the same trust domain, signed by this one.
+    pub fn intermediate(&self) -> Result<Self, PkiError> {
+        let depth = self.intermediates.len() + 1;
+        let params = ca_params(
+            &self.trust_domain,
+            &format!(
+                "{} test intermediate CA {depth}",
+                self.trust_domain.as_str()
+            ),
+        )?;
+        let issuer = CertifiedIssuer::signed_by(params, KeyPair::generate()?, &self.issuer)?;
+        let mut intermediates = vec![issuer.der().clone()];
+        intermediates.extend(self.intermediates.iter().cloned());
+        Ok(Self {
+            trust_domain: self.trust_domain.clone(),
+            issuer,
+            intermediates,
+            root: self.root.clone(),
         })
     }
 
@@ -105,19 +156,20 @@ impl TestCa {
         self.trust_domain.as_str()
     }
 
-    /// The CA certificate.
+    /// This CA's own certificate (for an intermediate, not the root).
     pub fn cert(&self) -> &CertificateDer<'static> {
         self.issuer.der()
     }
 
-    /// The trust bundle: the CA certificate, as the Workload API and bundle files carry it.
+    /// The trust bundle: the root CA certificate, as the Workload API and bundle files
+    /// carry it.
     pub fn bundle(&self) -> Vec<CertificateDer<'static>> {
-        vec![self.issuer.der().clone()]
+        vec![self.root.clone()]
     }
 
     /// The trust bundle as PEM.
     pub fn bundle_pem(&self) -> String {
-        self.issuer.pem()
+        pem_block("CERTIFICATE", self.root.as_ref())
     }
 
     /// Writes the trust bundle as PEM to `path` (atomically, mode 0644).
@@ -125,12 +177,37 @@ impl TestCa {
         write_atomically(path, self.bundle_pem().as_bytes(), false)
     }
 
-    /// Issues an X.509-SVID for `spiffe_id`, valid for `ttl`.
+    /// Issues an X.509-SVID for `spiffe_id`, valid from a few minutes ago for `ttl`.
     ///
     /// The certificate carries the SPIFFE ID as its only URI SAN, the DNS SAN `localhost`
     /// and the IP SAN 127.0.0.1 (so it also serves as a loopback server certificate), and
-    /// the extended key usages serverAuth and clientAuth.
+    /// the extended key usages serverAuth and clientAuth. The chain holds the leaf, then
+    /// this CA's intermediates, never the root.
     pub fn svid(&self, spiffe_id: &str, ttl: Duration) -> Result<Svid, PkiError> {
+        self.svid_valid(spiffe_id, validity_start(), validity_end(ttl)?)
+    }
+
+    /// Issues an X.509-SVID valid from `not_before` to `not_after`, for SVIDs that are
+    /// expired or not yet valid.
+    pub fn svid_with_validity(
+        &self,
+        spiffe_id: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Svid, PkiError> {
+        self.svid_valid(
+            spiffe_id,
+            certificate_time(not_before)?,
+            certificate_time(not_after)?,
+        )
+    }
+
+    fn svid_valid(
+        &self,
+        spiffe_id: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Svid, PkiError> {
         let id = self::spiffe_id(spiffe_id)?;
         if id.trust_domain() != &self.trust_domain {
             return Err(PkiError::ForeignId {
@@ -160,13 +237,15 @@ impl TestCa {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        params.not_before = validity_start();
-        params.not_after = validity_end(ttl)?;
+        params.not_before = not_before;
+        params.not_after = not_after;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.intermediates.iter().cloned());
         Ok(Svid {
             spiffe_id: id,
-            chain: vec![cert.der().clone()],
+            chain,
             key_pkcs8: key.serialize_der(),
         })
     }

@@ -217,15 +217,34 @@ async fn fetched_jwt_svid_is_minted_for_the_default_identity_and_validates() {
     );
 
     let authority = JwtAuthority::new("example.org").unwrap();
-    let jwks = authority.jwks();
-    server.set_jwt_authority(authority);
-    server.set_jwt_bundles(BTreeMap::from([("example.org".to_owned(), jwks)]));
+    server.set_jwt_authority(authority.clone());
+    server.set_jwt_svid_ttl(Duration::from_secs(90));
+    server.set_jwt_bundles(BTreeMap::from([(
+        "example.org".to_owned(),
+        authority.jwks(),
+    )]));
 
     let svid = within("fetch", client.fetch_jwt_svid(["upstream"], None))
         .await
         .unwrap();
     assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/idgate");
     assert_eq!(svid.audience(), ["upstream"]);
+    assert_eq!(svid.key_id(), authority.kid());
+    let claims = b64_json(svid.token().split('.').nth(1).unwrap());
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(lifetime, 90);
+
+    // A token the test mints with its clone of the authority validates the same way.
+    let own = authority
+        .mint("spiffe://example.org/billing", &["upstream"], DAY)
+        .unwrap();
+    let validated = within("validate own", client.validate_jwt_token("upstream", &own))
+        .await
+        .unwrap();
+    assert_eq!(
+        validated.spiffe_id().to_string(),
+        "spiffe://example.org/billing"
+    );
 
     let validated = within(
         "validate",

@@ -162,3 +162,47 @@ fn debug_output_never_shows_private_keys() {
     assert!(!shown.contains(&format!("{:?}", svid.key_pkcs8)));
     assert!(!shown.contains(&format!("{:?}", &svid.key_pkcs8[..16])));
 }
+
+#[test]
+fn intermediate_ca_svids_carry_the_intermediate_and_verify_against_the_root_bundle() {
+    let root = TestCa::new("example.org").unwrap();
+    let intermediate = root.intermediate().unwrap();
+    assert_eq!(intermediate.bundle(), root.bundle());
+    let svid = intermediate
+        .svid("spiffe://example.org/idgate", HOUR)
+        .unwrap();
+    assert_eq!(svid.chain.len(), 2);
+    assert_eq!(&svid.chain[1], intermediate.cert());
+
+    // The spiffe crate checks the intermediate is a CA that may sign certificates.
+    let parsed = spiffe::X509Svid::parse_from_der(&svid.chain_der(), &svid.key_pkcs8).unwrap();
+    assert_eq!(parsed.cert_chain().len(), 2);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&root), provider())
+        .build()
+        .unwrap();
+    verifier
+        .verify_client_cert(&svid.chain[0], &svid.chain[1..], UnixTime::now())
+        .unwrap();
+    // Without the intermediate the leaf does not chain to the root.
+    assert!(
+        verifier
+            .verify_client_cert(&svid.chain[0], &[], UnixTime::now())
+            .is_err()
+    );
+}
+
+#[test]
+fn svid_with_past_validity_is_refused_as_expired() {
+    let ca = TestCa::new("example.org").unwrap();
+    let now = std::time::SystemTime::now();
+    let expired = ca
+        .svid_with_validity("spiffe://example.org/idgate", now - 2 * HOUR, now - HOUR)
+        .unwrap();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&ca), provider())
+        .build()
+        .unwrap();
+    let err = verifier
+        .verify_client_cert(&expired.chain[0], &[], UnixTime::now())
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("Expired"), "{err:?}");
+}

@@ -386,3 +386,54 @@ async fn stale_socket_file_is_replaced_and_a_live_one_is_refused() {
     assert_eq!(server.endpoint(), format!("unix://{}", socket.display()));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn svid_chain_with_an_intermediate_reaches_the_client_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = WorkloadApiServer::start(&dir.path().join("agent.sock"))
+        .await
+        .unwrap();
+    let root = TestCa::new("example.org").unwrap();
+    let intermediate = root.intermediate().unwrap();
+    let svid = intermediate
+        .svid("spiffe://example.org/idgate", DAY)
+        .unwrap();
+    server.set_x509(X509State::issued_by(&intermediate, svid.clone()));
+    let client = client(&server).await;
+    let ctx = within("fetch", client.fetch_x509_context()).await.unwrap();
+    let default = ctx.default_svid().unwrap();
+    let chain: Vec<&[u8]> = default.cert_chain().iter().map(|c| c.as_bytes()).collect();
+    assert_eq!(
+        chain,
+        [svid.chain[0].as_ref(), intermediate.cert().as_ref()]
+    );
+    let own = ctx.bundle_set().get(&td("example.org")).unwrap();
+    assert_eq!(own.authorities()[0].as_bytes(), root.cert().as_ref());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn dropping_the_server_ends_streams_and_removes_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let server = WorkloadApiServer::start(&socket).await.unwrap();
+    let client = client(&server).await;
+    // A stream still waiting for its first SVID.
+    let mut contexts = client.stream_x509_contexts().await.unwrap();
+    server.wait_for_x509_streams(1, WAIT).await.unwrap();
+    drop(server);
+    assert!(!socket.exists());
+    let end = within("stream end", contexts.next()).await;
+    let err = end.unwrap().unwrap_err();
+    assert_eq!(
+        grpc_code(&err),
+        Some(GrpcStatusCode::Unavailable),
+        "{err:?}"
+    );
+    // The path is free for the next agent.
+    WorkloadApiServer::start(&socket)
+        .await
+        .unwrap()
+        .shutdown()
+        .await;
+}
