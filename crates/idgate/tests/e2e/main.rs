@@ -47,3 +47,4 @@ mod tokens;
 mod upstream_h1;
 mod vault;
 mod webhooks;
+mod workload_api;

@@ -1,0 +1,78 @@
+//! Start-up: not ready until the agent delivers the gateway's SVID.
+
+use crate::support::*;
+
+use super::*;
+
+#[tokio::test]
+async fn the_gateway_is_not_ready_and_serves_no_tls_until_the_agent_delivers_its_svid() {
+    within(async {
+        let agent = Agent::start().await;
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let mut gw = Gateway::spawn(&config(&agent, &upstream, &[ONBOARDING]), &[]);
+
+        // The admin listener is up and says not ready; the agent has no SVID for it yet.
+        let mut admin = None;
+        crate::assert_eventually!(
+            {
+                admin = log_lines(
+                    &gw,
+                    "idgate_proxy::gateway",
+                    "waiting for the gateway's SVID from the SPIFFE Workload API; not ready until it comes",
+                )
+                .first()
+                .and_then(|l| l.get("admin")?.as_str()?.parse::<std::net::SocketAddr>().ok());
+                admin.is_some()
+            },
+            "no waiting line; output:\n{}",
+            gw.output()
+        );
+        gw.admin_port = admin.unwrap().port();
+        let (status, _) = admin_get(gw.admin_port, "/readyz").await.unwrap();
+        assert_eq!(status, 503);
+        assert_eq!(
+            metric(&gw, "idgate_workload_api_connected").await,
+            Some(0.0),
+            "before any SVID the stream counts as not connected"
+        );
+
+        let svid = agent.gateway_svid();
+        agent.push(&svid, &[]);
+        gw.serving().await;
+        let (status, _) = admin_get(gw.admin_port, "/readyz").await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(metric(&gw, "idgate_workload_api_connected").await, Some(1.0));
+
+        let dir = tempfile::tempdir().unwrap();
+        let me = caller(&agent.ca, ONBOARDING, dir.path(), "onboarding");
+        let client = Client::with_identity(
+            &agent.bundle_file("bundle.pem"),
+            &me,
+            gw.port,
+            rustls::DEFAULT_VERSIONS,
+        );
+        assert_eq!(presented_leaf(&client).await.unwrap(), svid.chain[0].to_vec());
+        let reply = client.get("/v1/kyc").await.unwrap();
+        assert_eq!(reply.status, 200, "{}", gw.output());
+        assert_eq!(upstream.requests().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_gateway_without_a_registration_entry_keeps_waiting_and_says_why() {
+    within(async {
+        let agent = Agent::start().await;
+        agent.server().set_no_identity();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let gw = Gateway::spawn(&config(&agent, &upstream, &[ONBOARDING]), &[]);
+        crate::assert_eventually!(
+            gw.output()
+                .contains("no registration entry matching the gateway"),
+            "the refusal is not explained; output:\n{}",
+            gw.output()
+        );
+        assert!(!gw.ready_file.exists(), "it must not report serving");
+    })
+    .await;
+}
