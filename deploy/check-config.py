@@ -226,7 +226,10 @@ def main():
         if not replaced:
             fail("no [identity] table header to put the placeholder SVID under")
         for domain in domains:
-            variant += f'\n[[identity.trust_bundles]]\ntrust_domain = "{domain}"\nbundle = "{root}{bundle}"\n'
+            variant += (
+                f'\n[[identity.trust_bundles]]\ntrust_domain = "{domain}"\n'
+                f'bundle = "{root}{bundle}"\n'
+            )
         files += [("svid_cert", cert, "workload API"), ("svid_key", key_file, "workload API")]
         files.append(("bundle", bundle, "workload API"))
     with open(out, "w", encoding="utf-8") as f:
