@@ -4,21 +4,25 @@ deploy/check.sh).
 
 Usage: check-config.py RENDERED.yaml ROOT OUT.toml
 
-- Takes idgate.toml out of the idgate-config ConfigMap and spiffe-helper's helper.conf
-  out of idgate-spiffe-helper.
-- Checks that every file the configuration names is under a volume mounted into the
-  gateway container, that the spiffe-helper sidecar writes the SVID, key and bundle at
-  the paths the configuration reads, and that every secret file under the secrets volume
-  is written by the secret-files init container.
-- Writes OUT.toml: the configuration with every file it reads moved under ROOT, and each
+- Takes idgate.toml out of the idgate-config ConfigMap.
+- Checks that the SPIFFE Workload API socket the gateway connects to (`[identity]
+  workload_api`, or the container's SPIFFE_ENDPOINT_SOCKET) lies in a volume mounted into
+  the gateway container from the SPIFFE CSI driver (or a hostPath), that every file the
+  configuration names is under a volume mounted into the gateway container, and that
+  every secret file under the secrets volume is written by the secret-files init
+  container.
+- Writes OUT.toml: the configuration with every file it reads moved under ROOT, each
   `vault:` reference replaced by a `file:` reference (`idgate check` would otherwise need
-  a live Vault), and prints one line per file that `idgate check` will read, as
-  "KIND PATH" (KIND: svid_cert, svid_key, bundle, ca, secret), for the caller to create.
+  a live Vault), and `workload_api` replaced by SVID and bundle files (it would otherwise
+  need a live SPIRE agent): one bundle entry per trust domain the routes' allow lists
+  name. Prints one line per file that `idgate check` will read, as "KIND PATH" (KIND:
+  svid_cert, svid_key, bundle, ca, secret), for the caller to create.
 """
 
 import re
 import sys
 import tomllib
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -44,9 +48,65 @@ def config_map(objects, prefix, key):
     return data[key]
 
 
-def helper_conf(text):
-    """spiffe-helper's HCL, for the flat `key = "value"` settings used here."""
-    return dict(re.findall(r'^\s*([a-z_]+)\s*=\s*"([^"]*)"', text, re.MULTILINE))
+# Where the placeholder SVID and bundle of the `idgate check` variant go (under ROOT).
+CHECK_SVID_DIR = "/run/idgate/check-svid"
+# The drivers that deliver a SPIFFE Workload API socket as a CSI ephemeral volume.
+WORKLOAD_API_CSI_DRIVERS = {"csi.spiffe.io"}
+
+
+def workload_api_socket(config, gateway):
+    """(KEY, PATH) of the Workload API socket the gateway uses, or None with SVID files.
+
+    The configuration's `identity.workload_api` first; without it and without SVID files,
+    the SPIFFE_ENDPOINT_SOCKET of the gateway container, as the gateway itself falls back.
+    """
+    identity = config["identity"]
+    key, address = "identity.workload_api", identity.get("workload_api")
+    if address is None:
+        if "svid_cert" in identity or "svid_key" in identity:
+            return None
+        env = {e["name"]: e.get("value") for e in gateway.get("env", [])}
+        key, address = "SPIFFE_ENDPOINT_SOCKET", env.get("SPIFFE_ENDPOINT_SOCKET")
+        if address is None:
+            fail("[identity] names no workload_api nor svid_cert/svid_key, and the idgate "
+                 "container sets no SPIFFE_ENDPOINT_SOCKET")
+    named = [k for k in ("svid_cert", "svid_key", "trust_bundles") if k in identity]
+    if named:
+        fail(f"{key} and identity.{', identity.'.join(named)} are exclusive: the SVID and "
+             "bundles come from the Workload API or from files, not both")
+    uri = urlsplit(address)
+    if uri.scheme != "unix" or uri.netloc or not uri.path.startswith("/"):
+        fail(f'{key} = "{address}": give the socket as unix:///absolute/path')
+    return key, uri.path
+
+
+def check_socket_volume(spec, gateway, key, socket):
+    """The socket's directory must be a volume that brings the agent's socket in."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    directory = socket.rsplit("/", 1)[0] or "/"
+    for mount in gateway.get("volumeMounts", []):
+        if mount["mountPath"].rstrip("/") != directory or "subPath" in mount:
+            continue
+        volume = volumes.get(mount["name"], {})
+        if volume.get("csi", {}).get("driver") in WORKLOAD_API_CSI_DRIVERS:
+            return
+        if "hostPath" in volume:
+            return
+        fail(f"{key}: {directory} is mounted from volume {mount['name']}, which is not "
+             f"the SPIFFE CSI driver ({', '.join(sorted(WORKLOAD_API_CSI_DRIVERS))}) "
+             "nor a hostPath of the agent's socket directory")
+    fail(f"{key} = {socket}: no volume is mounted at {directory} in the idgate container")
+
+
+def allowed_trust_domains(config):
+    """The trust domains of the SPIFFE IDs and patterns in the routes' allow lists."""
+    domains = set()
+    for route in config.get("routes", []):
+        for entry in route.get("allow", []):
+            match = re.match(r"spiffe://([^/]+)", entry)
+            if match:
+                domains.add(match.group(1))
+    return sorted(domains)
 
 
 def pod_spec(objects, kind, name):
@@ -76,8 +136,10 @@ def files_read(config):
     """(KIND, PATH, KEY) for every file the configuration makes the gateway read."""
     files = []
     identity = config["identity"]
-    files.append(("svid_cert", identity["svid_cert"], "identity.svid_cert"))
-    files.append(("svid_key", identity["svid_key"], "identity.svid_key"))
+    if "svid_cert" in identity:
+        files.append(("svid_cert", identity["svid_cert"], "identity.svid_cert"))
+    if "svid_key" in identity:
+        files.append(("svid_key", identity["svid_key"], "identity.svid_key"))
     for i, tb in enumerate(identity.get("trust_bundles", [])):
         files.append(("bundle", tb["bundle"], f"identity.trust_bundles[{i}].bundle"))
     state = config.get("state", {})
@@ -111,27 +173,15 @@ def main():
 
     toml_text = config_map(objects, "idgate-config", "idgate.toml")
     config = tomllib.loads(toml_text)
-    helper = helper_conf(config_map(objects, "idgate-spiffe-helper", "helper.conf"))
 
     spec = pod_spec(objects, "Deployment", "idgate")
     gateway = container(spec, "idgate")
     mounts = [m["mountPath"].rstrip("/") for m in gateway.get("volumeMounts", [])]
     copier = " ".join(container(spec, "secret-files", init=True).get("command", []))
 
-    # The SVID files: written by spiffe-helper exactly where the configuration reads them.
-    cert_dir = helper.get("cert_dir", "").rstrip("/")
-    identity = config["identity"]
-    expected = {
-        "identity.svid_cert": (identity["svid_cert"], "svid_file_name"),
-        "identity.svid_key": (identity["svid_key"], "svid_key_file_name"),
-    }
-    for key, (path, setting) in expected.items():
-        written = f"{cert_dir}/{helper.get(setting, '')}"
-        if path != written:
-            fail(f"{key} = {path} is not where spiffe-helper writes it ({written}, {setting})")
-    bundle = f"{cert_dir}/{helper.get('svid_bundle_file_name', '')}"
-    if bundle not in [tb["bundle"] for tb in identity.get("trust_bundles", [])]:
-        fail(f"no identity.trust_bundles entry reads spiffe-helper's bundle {bundle}")
+    socket = workload_api_socket(config, gateway)
+    if socket is not None:
+        check_socket_volume(spec, gateway, *socket)
 
     files = files_read(config)
     for kind, path, key in files:
@@ -152,6 +202,36 @@ def main():
         path = f"{root}/run/idgate/secrets/vault-{i}-{field}"
         variant = variant.replace(f'"vault:{location}#{field}"', f'"file:{path}"', 1)
         files.append(("secret", f"/run/idgate/secrets/vault-{i}-{field}", "vault reference"))
+    if socket is not None:
+        # The variant reads a placeholder SVID and bundle instead of asking an agent.
+        # Without workload_api in the file (SPIFFE_ENDPOINT_SOCKET), svid_cert and
+        # svid_key open [identity]'s keys; `idgate check` runs without that variable.
+        domains = allowed_trust_domains(config)
+        if not domains:
+            fail("no route's allow list names a SPIFFE ID: nothing to check the bundles for")
+        cert, key_file = f"{CHECK_SVID_DIR}/svid.pem", f"{CHECK_SVID_DIR}/svid_key.pem"
+        bundle = f"{CHECK_SVID_DIR}/bundle.pem"
+        svid_keys = f'svid_cert = "{root}{cert}"\nsvid_key = "{root}{key_file}"'
+        variant, replaced = re.subn(
+            r"^workload_api\s*=.*$", lambda _: svid_keys, variant, count=1, flags=re.MULTILINE
+        )
+        if not replaced:
+            variant, replaced = re.subn(
+                r"^\[identity\][ \t]*$",
+                lambda _: "[identity]\n" + svid_keys,
+                variant,
+                count=1,
+                flags=re.MULTILINE,
+            )
+        if not replaced:
+            fail("no [identity] table header to put the placeholder SVID under")
+        for domain in domains:
+            variant += (
+                f'\n[[identity.trust_bundles]]\ntrust_domain = "{domain}"\n'
+                f'bundle = "{root}{bundle}"\n'
+            )
+        files += [("svid_cert", cert, "workload API"), ("svid_key", key_file, "workload API")]
+        files.append(("bundle", bundle, "workload API"))
     with open(out, "w", encoding="utf-8") as f:
         f.write(variant)
 

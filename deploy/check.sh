@@ -3,14 +3,15 @@
 #   1. renders deploy/kubernetes with `kubectl kustomize` (no API server needed) and checks
 #      every object against the official Kubernetes OpenAPI schemas with
 #      `kubernetes-validate --strict` (unknown fields are errors), for the oldest
-#      Kubernetes these manifests support (1.30: native sidecars and the preStop sleep
-#      action on by default) and the newest the validator knows;
-#   2. takes idgate.toml out of the rendered ConfigMap, checks that every file it names is
-#      mounted into the gateway container where it says (and that the spiffe-helper
-#      sidecar writes the SVID files it reads), and runs it through `idgate check` against
-#      placeholder files in a temporary directory (a dev PKI in place of SPIRE's SVID,
-#      dummy secrets);
-#   3. runs `systemd-analyze verify` on deploy/systemd/idgate.service when systemd is here;
+#      Kubernetes these manifests support (1.30: the preStop sleep action on by default)
+#      and the newest the validator knows;
+#   2. takes idgate.toml out of the rendered ConfigMap, checks that the SPIFFE Workload API
+#      socket it names is on the SPIFFE CSI driver's volume in the gateway container and
+#      that every file it names is mounted there where it says, and runs it through
+#      `idgate check` against placeholder files in a temporary directory (a dev PKI in
+#      place of the SVID and bundles the SPIRE agent streams, dummy secrets);
+#   3. runs `systemd-analyze verify` on deploy/systemd/idgate.service, with its drop-ins
+#      (idgate.service.d/: the SPIRE agent ordering), when systemd is here;
 #   4. when a cluster is reachable, also `kubectl apply --dry-run=client -k`.
 #
 # `kubectl apply --dry-run=client` alone is no offline check: even in client mode kubectl
@@ -119,11 +120,13 @@ fi
 cat "$tmp/check.err" >&2
 
 if command -v systemd-analyze >/dev/null 2>&1; then
-  echo "deploy/check: systemd-analyze verify deploy/systemd/idgate.service"
-  # verify wants the unit's binary to exist: point it at the one under test.
+  echo "deploy/check: systemd-analyze verify deploy/systemd/idgate.service and its drop-ins"
+  # verify wants the unit's binary to exist: point it at the one under test. It reads the
+  # drop-ins of idgate.service.d/ beside the unit, as systemd would.
   mkdir -p "$tmp/systemd"
   sed "s#/usr/local/bin/idgate#$(realpath "$IDGATE_BIN")#g" deploy/systemd/idgate.service \
     >"$tmp/systemd/idgate.service"
+  cp -r deploy/systemd/idgate.service.d "$tmp/systemd/"
   # It reports unknown or malformed settings as warnings and still exits 0: any line
   # about this unit is a failure here.
   if ! verify_out="$(systemd-analyze verify --man=no "$tmp/systemd/idgate.service" 2>&1)" ||
