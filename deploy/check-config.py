@@ -13,9 +13,9 @@ Usage: check-config.py RENDERED.yaml ROOT OUT.toml
   container.
 - Writes OUT.toml: the configuration with every file it reads moved under ROOT, each
   `vault:` reference replaced by a `file:` reference (`idgate check` would otherwise need
-  a live Vault), and `workload_api` replaced by SVID and bundle files (it would otherwise
-  need a live SPIRE agent): one bundle entry per trust domain the routes' allow lists
-  name. Prints one line per file that `idgate check` will read, as "KIND PATH" (KIND:
+  a live Vault), and the container's SPIFFE_ENDPOINT_SOCKET written in as `workload_api`
+  when the file relies on it (`idgate check` checks the address and connects to no
+  agent). Prints one line per file that `idgate check` will read, as "KIND PATH" (KIND:
   svid_cert, svid_key, bundle, ca, secret), for the caller to create.
 """
 
@@ -48,8 +48,6 @@ def config_map(objects, prefix, key):
     return data[key]
 
 
-# Where the placeholder SVID and bundle of the `idgate check` variant go (under ROOT).
-CHECK_SVID_DIR = "/run/idgate/check-svid"
 # The drivers that deliver a SPIFFE Workload API socket as a CSI ephemeral volume.
 WORKLOAD_API_CSI_DRIVERS = {"csi.spiffe.io"}
 
@@ -96,17 +94,6 @@ def check_socket_volume(spec, gateway, key, socket):
              f"the SPIFFE CSI driver ({', '.join(sorted(WORKLOAD_API_CSI_DRIVERS))}) "
              "nor a hostPath of the agent's socket directory")
     fail(f"{key} = {socket}: no volume is mounted at {directory} in the idgate container")
-
-
-def allowed_trust_domains(config):
-    """The trust domains of the SPIFFE IDs and patterns in the routes' allow lists."""
-    domains = set()
-    for route in config.get("routes", []):
-        for entry in route.get("allow", []):
-            match = re.match(r"spiffe://([^/]+)", entry)
-            if match:
-                domains.add(match.group(1))
-    return sorted(domains)
 
 
 def pod_spec(objects, kind, name):
@@ -202,36 +189,19 @@ def main():
         path = f"{root}/run/idgate/secrets/vault-{i}-{field}"
         variant = variant.replace(f'"vault:{location}#{field}"', f'"file:{path}"', 1)
         files.append(("secret", f"/run/idgate/secrets/vault-{i}-{field}", "vault reference"))
-    if socket is not None:
-        # The variant reads a placeholder SVID and bundle instead of asking an agent.
-        # Without workload_api in the file (SPIFFE_ENDPOINT_SOCKET), svid_cert and
-        # svid_key open [identity]'s keys; `idgate check` runs without that variable.
-        domains = allowed_trust_domains(config)
-        if not domains:
-            fail("no route's allow list names a SPIFFE ID: nothing to check the bundles for")
-        cert, key_file = f"{CHECK_SVID_DIR}/svid.pem", f"{CHECK_SVID_DIR}/svid_key.pem"
-        bundle = f"{CHECK_SVID_DIR}/bundle.pem"
-        svid_keys = f'svid_cert = "{root}{cert}"\nsvid_key = "{root}{key_file}"'
+    if socket is not None and socket[0] == "SPIFFE_ENDPOINT_SOCKET":
+        # `idgate check` runs without the container's environment: the address it would
+        # take from SPIFFE_ENDPOINT_SOCKET is written into [identity] instead. It checks
+        # the address and connects to nothing.
         variant, replaced = re.subn(
-            r"^workload_api\s*=.*$", lambda _: svid_keys, variant, count=1, flags=re.MULTILINE
+            r"^\[identity\][ \t]*$",
+            lambda _: f'[identity]\nworkload_api = "unix://{socket[1]}"',
+            variant,
+            count=1,
+            flags=re.MULTILINE,
         )
         if not replaced:
-            variant, replaced = re.subn(
-                r"^\[identity\][ \t]*$",
-                lambda _: "[identity]\n" + svid_keys,
-                variant,
-                count=1,
-                flags=re.MULTILINE,
-            )
-        if not replaced:
-            fail("no [identity] table header to put the placeholder SVID under")
-        for domain in domains:
-            variant += (
-                f'\n[[identity.trust_bundles]]\ntrust_domain = "{domain}"\n'
-                f'bundle = "{root}{bundle}"\n'
-            )
-        files += [("svid_cert", cert, "workload API"), ("svid_key", key_file, "workload API")]
-        files.append(("bundle", bundle, "workload API"))
+            fail("no [identity] table header to put the Workload API address under")
     with open(out, "w", encoding="utf-8") as f:
         f.write(variant)
 

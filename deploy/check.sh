@@ -8,8 +8,8 @@
 #   2. takes idgate.toml out of the rendered ConfigMap, checks that the SPIFFE Workload API
 #      socket it names is on the SPIFFE CSI driver's volume in the gateway container and
 #      that every file it names is mounted there where it says, and runs it through
-#      `idgate check` against placeholder files in a temporary directory (a dev PKI in
-#      place of the SVID and bundles the SPIRE agent streams, dummy secrets);
+#      `idgate check` against placeholder files in a temporary directory (dummy secrets;
+#      the Workload API address is checked, no agent is asked);
 #   3. runs `systemd-analyze verify` on deploy/systemd/idgate.service, with its drop-ins
 #      (idgate.service.d/: the SPIRE agent ordering), when systemd is here;
 #   4. when a cluster is reachable, also `kubectl apply --dry-run=client -k`.
