@@ -45,7 +45,8 @@ impl WorkloadApiServer {
     pub async fn start(socket: &Path) -> io::Result<Self> {
         let socket = std::path::absolute(socket)?;
         remove_stale_socket(&socket)?;
-        let listener = UnixListener::bind(&socket)?;
+        let listener = UnixListener::bind(&socket)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", socket.display())))?;
         let shared = Arc::new(Shared {
             state: watch::Sender::new(AgentState::default()),
             counters: Arc::new(watch::Sender::new(Counters::default())),
