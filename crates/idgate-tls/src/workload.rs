@@ -160,13 +160,14 @@ impl WorkloadApi {
     }
 }
 
-/// Why a stream ended, for the log.
+/// Why a stream ended, for the log: a refusal by the agent says what an operator must fix.
 fn describe(e: &::spiffe::WorkloadApiError) -> String {
-    let text = e.to_string();
-    if text.contains("PermissionDenied") || text.contains("permission denied") {
-        format!("{text} (the agent has no registration entry matching the gateway)")
-    } else {
-        text
+    use ::spiffe::WorkloadApiError as E;
+    match e {
+        E::NoIdentityIssued | E::PermissionDenied(_) => format!(
+            "{e}: the agent has no registration entry matching the gateway (check its selectors)"
+        ),
+        _ => e.to_string(),
     }
 }
 

@@ -61,8 +61,11 @@ impl Agent {
     /// Sends `svid` as the gateway's, with the bundle of `example.org` and of each of
     /// `federated`.
     fn push(&self, svid: &Svid, federated: &[&TestCa]) {
-        self.server()
-            .set_x509(X509State::new(svid, GATEWAY_ID, &self.ca).federate(federated));
+        let mut state = X509State::issued_by(&self.ca, svid.clone());
+        for ca in federated {
+            state = state.with_federated(ca.trust_domain(), ca.bundle());
+        }
+        self.server().set_x509(state);
     }
 
     /// The agent goes away: its streams end and its socket is removed.

@@ -12,22 +12,21 @@ async fn the_gateway_is_not_ready_and_serves_no_tls_until_the_agent_delivers_its
         let mut gw = Gateway::spawn(&config(&agent, &upstream, &[ONBOARDING]), &[]);
 
         // The admin listener is up and says not ready; the agent has no SVID for it yet.
-        let mut admin = None;
+        let waiting = |gw: &Gateway| {
+            log_lines(
+                gw,
+                "idgate_proxy::gateway",
+                "waiting for the gateway's SVID from the SPIFFE Workload API; not ready until it comes",
+            )
+            .first()
+            .and_then(|l| l.get("admin")?.as_str()?.parse::<std::net::SocketAddr>().ok())
+        };
         crate::assert_eventually!(
-            {
-                admin = log_lines(
-                    &gw,
-                    "idgate_proxy::gateway",
-                    "waiting for the gateway's SVID from the SPIFFE Workload API; not ready until it comes",
-                )
-                .first()
-                .and_then(|l| l.get("admin")?.as_str()?.parse::<std::net::SocketAddr>().ok());
-                admin.is_some()
-            },
+            waiting(&gw).is_some(),
             "no waiting line; output:\n{}",
             gw.output()
         );
-        gw.admin_port = admin.unwrap().port();
+        gw.admin_port = waiting(&gw).unwrap().port();
         let (status, _) = admin_get(gw.admin_port, "/readyz").await.unwrap();
         assert_eq!(status, 503);
         assert_eq!(
