@@ -318,4 +318,50 @@ allow = ["spiffe://partner.example/ns/risk/sa/scorer"]
             "{errors:?}"
         );
     }
+
+    #[test]
+    fn an_upstream_is_presented_the_gateways_svid_only_as_svid_and_only_over_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = r#"workload_api = "unix:///run/spire/agent.sock""#;
+        let with = |line: &str| {
+            let text = format!(
+                "{}\n[identity]\n{api}",
+                REST.replace(
+                    "url = \"https://provider.example\"",
+                    &format!("url = \"https://provider.example\"\n{line}")
+                )
+            );
+            crate::parse_with_env(&dir.path().join("idgate.toml"), &text, None).map_err(|e| {
+                e.0.iter()
+                    .map(|e| format!("{}: {}", e.key, e.reason))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let config = with("client_certificate = \"svid\"").unwrap();
+        assert!(config.upstreams[0].client_svid);
+        assert!(!parse(dir.path(), api, None).unwrap().upstreams[0].client_svid);
+        let errors = with("client_certificate = \"file:/x\"").unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("upstreams[0].client_certificate: ") && e.contains("svid")),
+            "{errors:?}"
+        );
+        let text = format!(
+            "{}\n[identity]\n{api}",
+            REST.replace(
+                "url = \"https://provider.example\"",
+                "url = \"http://127.0.0.1:8080\"\nclient_certificate = \"svid\""
+            )
+        );
+        let errors =
+            crate::parse_with_env(&dir.path().join("idgate.toml"), &text, None).unwrap_err();
+        assert!(
+            errors
+                .0
+                .iter()
+                .any(|e| e.key == "upstreams[0].client_certificate" && e.reason.contains("https")),
+            "{errors}"
+        );
+    }
 }

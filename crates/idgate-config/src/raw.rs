@@ -113,6 +113,8 @@ pub(crate) struct Upstream {
     #[serde(default)]
     pub(crate) ca: Option<String>,
     #[serde(default)]
+    pub(crate) client_certificate: Option<String>,
+    #[serde(default)]
     pub(crate) connect_timeout: Option<String>,
     #[serde(default)]
     pub(crate) request_timeout: Option<String>,

@@ -26,6 +26,10 @@ pub struct UpstreamConfig {
     /// Path prefix put before every forwarded path (empty or `/v1`, never ending in `/`).
     pub base_path: String,
     pub ca: Option<PathBuf>,
+    /// `client_certificate = "svid"`: the gateway presents its own SVID (as it rotates)
+    /// when the upstream asks for a client certificate (an in-house service that
+    /// authenticates its callers by mutual TLS).
+    pub client_svid: bool,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     /// One attempt's wait for the response head (≤ `request_timeout`, which bounds all
@@ -149,6 +153,24 @@ pub(crate) fn parse(
     let ca =
         u.ca.as_deref()
             .map(|p| cx.existing_file(&format!("{key}.ca"), p));
+    let client_svid = match u.client_certificate.as_deref() {
+        None => false,
+        Some("svid") if origin_is_https(&endpoints) => true,
+        Some("svid") => {
+            cx.err(
+                format!("{key}.client_certificate"),
+                "a client certificate is presented over TLS only: use an https:// url",
+            );
+            false
+        }
+        Some(other) => {
+            cx.err(
+                format!("{key}.client_certificate"),
+                format!("\"{other}\" is not supported: the only value is \"svid\" (the gateway's own SVID)"),
+            );
+            false
+        }
+    };
     let credential = u
         .credential
         .and_then(|c| credential::parse(cx, &key, &u.name, c));
@@ -222,6 +244,7 @@ pub(crate) fn parse(
         endpoints,
         base_path,
         ca,
+        client_svid,
         pool_max_idle,
         max_body_bytes: u.max_body_bytes.unwrap_or(10 * 1024 * 1024),
         forwarded_for: u.forwarded_for.unwrap_or(true),
@@ -234,6 +257,12 @@ pub(crate) fn parse(
         health,
     };
     (cx.errors.len() == before).then_some(out)
+}
+
+fn origin_is_https(endpoints: &[Uri]) -> bool {
+    endpoints
+        .first()
+        .is_none_or(|u| u.scheme_str() == Some("https"))
 }
 
 /// One endpoint's URL: its origin (scheme and authority) and its base path.

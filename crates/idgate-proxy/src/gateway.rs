@@ -115,9 +115,25 @@ impl Gateway {
                 &scratch
             }
         };
-        let snapshot = Snapshot::build(&config, &roots, &provider, state_for_build)
-            .map_err(|errs| errors.extend(errs))
-            .ok();
+        // Upstreams presented the gateway's SVID read it from the material at each handshake.
+        let material = material.map(Arc::new);
+        let scratch_material;
+        let material_for_build = match &material {
+            Some(m) => m,
+            None => {
+                scratch_material = Arc::new(TlsMaterial::pending(provider.clone()));
+                &scratch_material
+            }
+        };
+        let snapshot = Snapshot::build(
+            &config,
+            &roots,
+            &provider,
+            state_for_build,
+            material_for_build,
+        )
+        .map_err(|errs| errors.extend(errs))
+        .ok();
         // The trail's keys are read now, so that `check` finds their problems too.
         let audit = match config.audit.as_ref().map(AuditSetup::load) {
             None => Some(None),
@@ -148,7 +164,7 @@ impl Gateway {
             config,
             provider,
             roots,
-            material: Arc::new(material),
+            material,
             server_config: Arc::new(server_config),
             snapshot,
             access_log: None,

@@ -318,7 +318,7 @@ impl Reloader {
         let (running, state) = (self.running.clone(), self.state.clone());
         let tls = self.tls.clone();
         let built = tokio::task::spawn_blocking(move || {
-            let rebuilt = rebuild(&file, &running, &roots, &provider, &state)?;
+            let rebuilt = rebuild(&file, &running, &roots, &provider, &state, &tls)?;
             let material = identity_for(&rebuilt.config, &tls, &provider)?;
             Ok((rebuilt, material))
         })

@@ -151,16 +151,18 @@ impl Snapshot {
 
     /// Builds the routes and upstream clients and resolves the upstream credentials.
     /// Blocking (reads files and secrets). Errors name the upstream or route.
+    /// `material`: the gateway's SVID, for upstreams that are presented it.
     pub fn build(
         config: &Config,
         roots: &Arc<RootCertStore>,
         provider: &Arc<CryptoProvider>,
         state: &idgate_store::StateStore,
+        material: &Arc<idgate_tls::TlsMaterial>,
     ) -> Result<Self, Vec<BuildError>> {
         let mut errors = Vec::new();
         let mut upstreams = Vec::new();
         for (i, u) in config.upstreams.iter().enumerate() {
-            match Upstream::new(u, roots, provider) {
+            match Upstream::new(u, roots, provider, material) {
                 Ok(u) => upstreams.push(u),
                 Err(e) => {
                     let key = match e.key() {
@@ -363,6 +365,9 @@ allow = ["spiffe://example.org/ns/kyc/sa/onboarding"]
             &roots,
             &idgate_tls::crypto_provider(),
             &idgate_store::StateStore::from(idgate_store::MemoryStore::new()),
+            &Arc::new(idgate_tls::TlsMaterial::pending(
+                idgate_tls::crypto_provider(),
+            )),
         )
         .expect_err("the snapshot should not build")
     }

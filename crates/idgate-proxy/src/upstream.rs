@@ -96,10 +96,12 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the client and resolves the credential. Blocking (reads files and secrets).
+    /// `material`: the gateway's SVID, presented when `client_certificate = "svid"`.
     pub fn new(
         cfg: &UpstreamConfig,
         roots: &Arc<RootCertStore>,
         provider: &Arc<CryptoProvider>,
+        material: &Arc<idgate_tls::TlsMaterial>,
     ) -> Result<Self, UpstreamError> {
         let err = |problem| UpstreamError {
             name: cfg.name.clone(),
@@ -118,6 +120,11 @@ impl Upstream {
         // hyper's client in place of the own one speaks the own one's HTTP/1.1 only.
         let outbound = if cfg.client == ClientKind::Hyper && !cfg.http2 {
             outbound.http1_only()
+        } else {
+            outbound
+        };
+        let outbound = if cfg.client_svid {
+            outbound.client_svid(material.clone())
         } else {
             outbound
         };

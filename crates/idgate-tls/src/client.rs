@@ -55,7 +55,7 @@ pub struct OutboundClient {
     tcp_keepalive: Option<Duration>,
     pool_idle_timeout: Option<Duration>,
     pool_max_idle_per_host: Option<usize>,
-    client_certificate: Option<Arc<CertifiedKey>>,
+    client_certificate: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
 }
 
 impl std::fmt::Debug for OutboundClient {
@@ -125,7 +125,14 @@ impl OutboundClient {
     /// Presents this certificate chain and key when the server asks for one (mutual TLS,
     /// say to a syslog collector that authenticates its senders).
     pub fn client_certificate(mut self, key: Arc<CertifiedKey>) -> Self {
-        self.client_certificate = Some(key);
+        self.client_certificate = Some(Arc::new(OneClientCert(key)));
+        self
+    }
+
+    /// Presents the gateway's SVID, as it is at each handshake (it follows rotations), when
+    /// the server asks for a certificate.
+    pub fn client_svid(mut self, material: Arc<crate::TlsMaterial>) -> Self {
+        self.client_certificate = Some(Arc::new(CurrentSvid(material)));
         self
     }
 
@@ -136,7 +143,7 @@ impl OutboundClient {
             .with_root_certificates(self.roots.clone());
         let mut config = match &self.client_certificate {
             None => builder.with_no_client_auth(),
-            Some(key) => builder.with_client_cert_resolver(Arc::new(OneClientCert(key.clone()))),
+            Some(resolver) => builder.with_client_cert_resolver(resolver.clone()),
         };
         config.alpn_protocols = match self.versions {
             HttpVersions::Http1 => vec![b"http/1.1".to_vec()],
@@ -214,6 +221,29 @@ impl rustls::client::ResolvesClientCert for OneClientCert {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+/// The gateway's SVID in force at each handshake: a rotation reaches every new connection.
+struct CurrentSvid(Arc<crate::TlsMaterial>);
+
+impl std::fmt::Debug for CurrentSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CurrentSvid")
+    }
+}
+
+impl rustls::client::ResolvesClientCert for CurrentSvid {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0.current_svid()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.is_ready()
     }
 }
 

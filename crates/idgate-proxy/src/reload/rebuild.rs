@@ -208,14 +208,15 @@ pub(crate) fn rebuild(
     roots: &Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
     state: &StateStore,
+    material: &Arc<TlsMaterial>,
 ) -> Result<Rebuilt, ReloadRefused> {
     let config = idgate_config::load(file).map_err(ReloadRefused::Invalid)?;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
     let restart = restart_required(running, &config);
-    let snapshot =
-        Snapshot::build(&config, roots, provider, state).map_err(ReloadRefused::Unusable)?;
+    let snapshot = Snapshot::build(&config, roots, provider, state, material)
+        .map_err(ReloadRefused::Unusable)?;
     // Keys kept in [state] need the backend the process opened at start to be the shared
     // one the file names: a [state] change waits for a restart, and so do keys moving there.
     if matches!(
@@ -351,6 +352,7 @@ mod tests {
             &roots,
             &idgate_tls::crypto_provider(),
             &StateStore::from(MemoryStore::new()),
+            &Arc::new(TlsMaterial::pending(idgate_tls::crypto_provider())),
         ) {
             Ok(_) => panic!("the reload should be refused"),
             Err(refused) => refused,
@@ -370,6 +372,7 @@ mod tests {
             &roots,
             &idgate_tls::crypto_provider(),
             &StateStore::from(MemoryStore::new()),
+            &Arc::new(TlsMaterial::pending(idgate_tls::crypto_provider())),
         ) {
             Ok(_) => panic!("the reload should be refused"),
             Err(refused) => refused,

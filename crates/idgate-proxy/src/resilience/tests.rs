@@ -14,6 +14,9 @@ fn upstream(dir: &Dir, body: &str) -> Upstream {
         &cfg.upstreams[0],
         &Arc::new(RootCertStore::empty()),
         &idgate_tls::crypto_provider(),
+        &Arc::new(idgate_tls::TlsMaterial::pending(
+            idgate_tls::crypto_provider(),
+        )),
     )
     .unwrap()
 }

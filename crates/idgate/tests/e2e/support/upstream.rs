@@ -22,6 +22,8 @@ pub struct Seen {
     pub version: http::Version,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    /// The leaf certificate the client presented (mutual TLS only).
+    pub client_cert: Option<CertificateDer<'static>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +67,31 @@ impl TestUpstream {
         Self::start(Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))), mode).await
     }
 
+    /// HTTPS presenting `chain` and `key` that requires a client certificate issued under
+    /// `client_roots`, and records the one presented.
+    pub async fn mutual_tls(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        client_roots: rustls::RootCertStore,
+        mode: UpstreamMode,
+    ) -> Self {
+        let provider = idgate_tls::crypto_provider();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(client_roots),
+            provider.clone(),
+        )
+        .build()
+        .expect("client verifier");
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .expect("server cert");
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Self::start(Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))), mode).await
+    }
+
     pub async fn http(mode: UpstreamMode) -> Self {
         Self::start(None, mode).await
     }
@@ -84,8 +111,23 @@ impl TestUpstream {
                 let seen = seen2.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
+                    let (tls_stream, plain) = match tls {
+                        Some(acc) => match acc.accept(tcp).await {
+                            Ok(s) => (Some(s), None),
+                            Err(_) => return,
+                        },
+                        None => (None, Some(tcp)),
+                    };
+                    let client_cert = tls_stream.as_ref().and_then(|s| {
+                        s.get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| c.clone().into_owned())
+                    });
                     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                         let seen = seen.clone();
+                        let client_cert = client_cert.clone();
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body
@@ -104,6 +146,7 @@ impl TestUpstream {
                                 version: parts.version,
                                 headers: parts.headers.clone(),
                                 body,
+                                client_cert,
                             });
                             if let UpstreamMode::Delay(d) = mode {
                                 tokio::time::sleep(d).await;
@@ -121,15 +164,14 @@ impl TestUpstream {
                     });
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    match tls {
-                        Some(acc) => {
-                            if let Ok(s) = acc.accept(tcp).await {
-                                let _ = builder.serve_connection(TokioIo::new(s), svc).await;
-                            }
+                    match (tls_stream, plain) {
+                        (Some(s), _) => {
+                            let _ = builder.serve_connection(TokioIo::new(s), svc).await;
                         }
-                        None => {
+                        (None, Some(tcp)) => {
                             let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
                         }
+                        (None, None) => {}
                     }
                 });
             }

@@ -6,6 +6,7 @@ mod agent_loss;
 mod federation;
 mod rotation;
 mod start;
+mod upstream_mtls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
