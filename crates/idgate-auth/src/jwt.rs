@@ -21,11 +21,11 @@
 //! An issuer may also require `typ: at+jwt` (RFC 9068 §4), so that its ID tokens — signed
 //! with the same keys, for the same audience at times — are never taken for access tokens.
 
-mod claims;
+pub(crate) mod claims;
 mod errors;
-mod json;
-mod jwks;
-mod jws;
+pub(crate) mod json;
+pub(crate) mod jwks;
+pub(crate) mod jws;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -43,6 +43,11 @@ pub use jws::{Algorithm, AlgorithmError, Jwk, MAX_TOKEN_BYTES};
 use crate::caller::TokenIdentity;
 use crate::failure::AuthFailure;
 use jwks::{JwksLocation, KeySet, KeySource, Remote};
+
+/// The refusal of a token without `iss`: no configured issuer could have signed it.
+pub const MISSING_ISSUER: &str = "missing issuer";
+/// The refusal of a token whose `iss` is no configured issuer.
+pub const UNKNOWN_ISSUER: &str = "unknown issuer";
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat` unless configured.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -295,9 +300,9 @@ impl JwtVerifier {
     ) -> Result<JwtIdentity, &'static str> {
         let unverified = jws::parse(token)?;
         let Some(serde_json::Value::String(iss)) = unverified.claims.get("iss") else {
-            return Err("missing issuer");
+            return Err(MISSING_ISSUER);
         };
-        let issuer = self.issuers.get(iss).ok_or("unknown issuer")?;
+        let issuer = self.issuers.get(iss).ok_or(UNKNOWN_ISSUER)?;
         let alg = unverified.alg;
         if !issuer.algorithms.contains(&alg) {
             return Err("algorithm not allowed");
@@ -351,7 +356,7 @@ impl JwtVerifier {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Selection {
+pub(crate) enum Selection {
     /// Indices of the keys to try.
     Keys(Vec<usize>),
     /// The token names a `kid` the set lacks.
@@ -362,7 +367,7 @@ enum Selection {
     AlgorithmMismatch,
 }
 
-fn select(keys: &KeySet, kid: Option<&str>, alg: Algorithm) -> Selection {
+pub(crate) fn select(keys: &KeySet, kid: Option<&str>, alg: Algorithm) -> Selection {
     match kid {
         Some(kid) => {
             let named: Vec<usize> = (0..keys.keys.len())
@@ -429,4 +434,4 @@ pub fn presented_bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -28,6 +28,7 @@ pub enum Authorized {
     Workload,
     ApiKey,
     Token,
+    JwtSvid,
 }
 
 /// The upstream credential a forwarded request was sent with: its label and version, never
@@ -249,6 +250,7 @@ impl<'r> RequestCtx<'r> {
             Authorized::Workload => caller.spiffe_id.as_ref().map(Principal::Workload),
             Authorized::ApiKey => caller.api_key.as_ref().map(Principal::ApiKey),
             Authorized::Token => caller.token.as_ref().map(Principal::Token),
+            Authorized::JwtSvid => caller.jwt_svid.as_ref().map(Principal::JwtSvid),
         }
     }
 
