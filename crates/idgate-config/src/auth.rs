@@ -1,5 +1,5 @@
 //! The authentication sections: `[api_keys]`, `[[jwt_issuers]]`, `[token_endpoint]`, and a
-//! route's `auth`, `scopes` and `allow` entries.
+//! route's `auth`, `scopes` and `allow` entries. (`[jwt_svid]` is in `jwt_svid`.)
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -242,7 +242,12 @@ pub(crate) fn jwt_issuer(cx: &mut Ctx<'_>, i: usize, j: raw::JwtIssuer) -> Optio
     (cx.errors.len() == before).then_some(out)
 }
 
-fn duration_or_zero(cx: &mut Ctx<'_>, key: &str, v: Option<String>, default: Duration) -> Duration {
+pub(crate) fn duration_or_zero(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    v: Option<String>,
+    default: Duration,
+) -> Duration {
     match v.as_deref() {
         Some("0s" | "0ms" | "0") => Duration::ZERO,
         _ => cx.duration(key, v, default),
@@ -355,14 +360,16 @@ pub(crate) fn route_auth(
     if items.is_empty() {
         cx.err(
             format!("{key}.auth"),
-            "list at least one layer: \"mtls\", \"api_key\" or \"jwt\"",
+            "list at least one layer: \"mtls\", \"api_key\", \"jwt\" or \"jwt_svid\"",
         );
     }
     let layer = |cx: &mut Ctx<'_>, k: String, s: &str| -> Option<AuthLayer> {
         AuthLayer::parse(s).or_else(|| {
             cx.err(
                 k,
-                format!("\"{s}\" is not a layer: use \"mtls\", \"api_key\" or \"jwt\""),
+                format!(
+                    "\"{s}\" is not a layer: use \"mtls\", \"api_key\", \"jwt\" or \"jwt_svid\""
+                ),
             );
             None
         })
@@ -392,7 +399,28 @@ pub(crate) fn route_auth(
             }
         }
     }
-    RouteAuth { requirements }
+    let auth = RouteAuth { requirements };
+    if shares_the_bearer_token(&auth) {
+        cx.err(
+            format!("{key}.auth"),
+            "requires both \"jwt\" and \"jwt_svid\", which read the same Authorization: Bearer header: a request carries one bearer token, so both can never pass; to accept either, write { any = [\"jwt\", \"jwt_svid\"] }",
+        );
+    }
+    auth
+}
+
+/// Whether `jwt` and `jwt_svid` are required separately (in different entries of `auth`).
+/// Within one `any` they are alternatives for the one bearer token, which is fine.
+fn shares_the_bearer_token(auth: &RouteAuth) -> bool {
+    let jwt = auth
+        .requirements
+        .iter()
+        .position(|r| r.layers().contains(&AuthLayer::Jwt));
+    let svid = auth
+        .requirements
+        .iter()
+        .position(|r| r.layers().contains(&AuthLayer::JwtSvid));
+    matches!((jwt, svid), (Some(a), Some(b)) if a != b)
 }
 
 pub(crate) fn route_scopes(
