@@ -400,27 +400,8 @@ pub(crate) fn route_auth(
         }
     }
     let auth = RouteAuth { requirements };
-    if shares_the_bearer_token(&auth) {
-        cx.err(
-            format!("{key}.auth"),
-            "requires both \"jwt\" and \"jwt_svid\", which read the same Authorization: Bearer header: a request carries one bearer token, so both can never pass; to accept either, write { any = [\"jwt\", \"jwt_svid\"] }",
-        );
-    }
+    crate::jwt_svid::check_bearer_layers(cx, key, &auth);
     auth
-}
-
-/// Whether `jwt` and `jwt_svid` are required separately (in different entries of `auth`).
-/// Within one `any` they are alternatives for the one bearer token, which is fine.
-fn shares_the_bearer_token(auth: &RouteAuth) -> bool {
-    let jwt = auth
-        .requirements
-        .iter()
-        .position(|r| r.layers().contains(&AuthLayer::Jwt));
-    let svid = auth
-        .requirements
-        .iter()
-        .position(|r| r.layers().contains(&AuthLayer::JwtSvid));
-    matches!((jwt, svid), (Some(a), Some(b)) if a != b)
 }
 
 pub(crate) fn route_scopes(

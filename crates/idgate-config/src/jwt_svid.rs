@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use idgate_auth::policy::{AuthLayer, RouteAuth};
 use idgate_tls::TrustDomain;
 use serde::Deserialize;
 
@@ -132,6 +133,25 @@ pub(crate) fn parse(
         max_lifetime,
         bundles,
     })
+}
+
+/// Refuses a route requiring `jwt` and `jwt_svid` separately (in different entries of
+/// `auth`): both read the one bearer token of `Authorization`, so both could never pass.
+/// Within one `any` they are alternatives, which is fine.
+pub(crate) fn check_bearer_layers(cx: &mut Ctx<'_>, route_key: &str, auth: &RouteAuth) {
+    let entry = |layer| {
+        auth.requirements
+            .iter()
+            .position(|r| r.layers().contains(&layer))
+    };
+    if let (Some(a), Some(b)) = (entry(AuthLayer::Jwt), entry(AuthLayer::JwtSvid))
+        && a != b
+    {
+        cx.err(
+            format!("{route_key}.auth"),
+            "requires both \"jwt\" and \"jwt_svid\", which read the same Authorization: Bearer header: a request carries one bearer token, so both can never pass; to accept either, write { any = [\"jwt\", \"jwt_svid\"] }",
+        );
+    }
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ fn a_jwt_svid_section_with_bundle_files_is_read() {
     assert_eq!(j.bundles.len(), 2);
     assert_eq!(j.bundles[1].trust_domain.as_str(), "partner.org");
     assert_eq!(j.bundles[1].file, d.path().join("partner.json"));
-    assert!(cfg.routes[0].auth.uses(idgate_auth::AuthLayer::JwtSvid));
+    assert!(cfg.routes[0].auth.uses(AuthLayer::JwtSvid));
 }
 
 #[test]
