@@ -84,10 +84,10 @@ fn replace_atomically(path: &Path, contents: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// A gateway whose route takes JWT-SVIDs of `ns/kyc/*` workloads, with example.org's
+/// A configuration whose route takes JWT-SVIDs of `ns/kyc/*` workloads, with example.org's
 /// bundle in `bundle_file`; the listener does not ask for client certificates to be
 /// required, as behind a proxy that ends the callers' TLS.
-async fn gateway(pki: &Pki, upstream: &TestUpstream, bundle_file: &Path) -> Gateway {
+fn config(pki: &Pki, upstream: &TestUpstream, bundle_file: &Path) -> GatewayConfig {
     let mut config = base_config(pki)
         .section(
             "jwt_svid",
@@ -117,7 +117,11 @@ async fn gateway(pki: &Pki, upstream: &TestUpstream, bundle_file: &Path) -> Gate
             .with("auth", strings(&["jwt_svid"])),
         );
     config.listener.client_auth = ClientAuth::Optional;
-    Gateway::start(&config, &[]).await
+    config
+}
+
+async fn gateway(pki: &Pki, upstream: &TestUpstream, bundle_file: &Path) -> Gateway {
+    Gateway::start(&config(pki, upstream, bundle_file), &[]).await
 }
 
 async fn get_with(client: &Client, token: &str) -> Reply {
@@ -426,4 +430,27 @@ async fn any_of_jwt_and_jwt_svid_judges_each_token_by_its_kind() {
         assert_eq!(upstream.requests().len(), 2);
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idgate_check_reads_the_bundle_files_and_names_a_broken_one() {
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let bundle_file = pki.path().join("jwt-bundle.json");
+    std::fs::write(&bundle_file, bundle(&[&SigningKey::new("spire-1")])).unwrap();
+    let file = pki.path().join("idgate.toml");
+    std::fs::write(&file, config(&pki, &upstream, &bundle_file).to_toml()).unwrap();
+    let (code, out, err) = idgate_cli(&["check", "--config", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // A jwt-svid key without the kid the specification requires.
+    let mut key = SigningKey::new("spire-1").jwk();
+    key.as_object_mut().unwrap().remove("kid");
+    std::fs::write(&bundle_file, json!({"keys": [key]}).to_string()).unwrap();
+    let (code, out, err) = idgate_cli(&["check", "--config", file.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("jwt_svid.bundles[0].file") && err.contains("must have a kid"),
+        "{err}"
+    );
 }
