@@ -17,8 +17,8 @@ use idgate_auth::failure::Scheme;
 use idgate_auth::issuer::TokenIssuer;
 use idgate_auth::jwt::{self, Algorithm, Jwk, JwtVerifier, StaticIssuer};
 use idgate_auth::jwt_svid::{
-    JwtBundle, JwtBundleError, JwtBundles, JwtSvidSettings, JwtSvidSetupError, JwtSvidVerifier,
-    MAX_BUNDLE_BYTES,
+    JwtBundle, JwtBundleError, JwtBundleStore, JwtBundles, JwtSvidSettings, JwtSvidSetupError,
+    JwtSvidVerifier, MAX_BUNDLE_BYTES,
 };
 use idgate_auth::policy::{self, AuthLayer};
 use idgate_auth::{AuthFailure, Caller, Principal, TokenIdentity};
@@ -159,6 +159,17 @@ impl AuthServices {
             jwt_svid,
             own_tokens,
         })
+    }
+
+    /// Makes the `jwt_svid` layer read its bundles from `store` rather than from the files
+    /// read by [`Self::build`]: a store that outlives snapshots, such as the one the SPIFFE
+    /// Workload API's bundle stream keeps current. Nothing changes without `[jwt_svid]`.
+    pub fn with_jwt_bundle_store(mut self, store: JwtBundleStore) -> Result<Self, AuthSetupError> {
+        if let Some(v) = &self.jwt_svid {
+            let shared = JwtSvidVerifier::with_store(v.settings().clone(), store)?;
+            self.jwt_svid = Some(Arc::new(shared));
+        }
+        Ok(self)
     }
 
     /// The workload a token bound to the connection's certificate was issued to. The
@@ -523,6 +534,38 @@ mod tests {
         }
         f.record(b);
         assert_eq!(f.count(b), 1);
+    }
+
+    #[test]
+    fn a_shared_bundle_store_replaces_the_file_bundles() {
+        let settings = JwtSvidSettings::new(vec!["spiffe://example.org/idgate".to_owned()]);
+        let services = AuthServices {
+            jwt_svid: Some(Arc::new(
+                JwtSvidVerifier::new(settings, JwtBundles::new()).unwrap(),
+            )),
+            ..AuthServices::default()
+        };
+        let store = JwtBundleStore::default();
+        let services = services.with_jwt_bundle_store(store.clone()).unwrap();
+        let verifier = services.jwt_svid.as_ref().unwrap();
+        // What the store's owner puts in is what the verifier reads next.
+        let bundles = JwtBundles::parse([(
+            idgate_tls::TrustDomain::new("example.org").unwrap(),
+            &br#"{"keys":[]}"#[..],
+        )])
+        .unwrap();
+        store.set(bundles);
+        assert!(Arc::ptr_eq(&verifier.store().load(), &store.load()));
+        assert_eq!(verifier.store().load().len(), 1);
+        assert_eq!(
+            verifier.settings().audiences,
+            ["spiffe://example.org/idgate"]
+        );
+        // Without [jwt_svid] there is nothing to share.
+        let none = AuthServices::default()
+            .with_jwt_bundle_store(store)
+            .unwrap();
+        assert!(none.jwt_svid.is_none());
     }
 
     #[test]
