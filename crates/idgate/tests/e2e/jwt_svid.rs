@@ -454,3 +454,38 @@ async fn idgate_check_reads_the_bundle_files_and_names_a_broken_one() {
         "{err}"
     );
 }
+
+/// Behind one proxy (no client certificate at all here), each JWT-SVID's workload has its
+/// own rate-limit budget: the limit keyed by `spiffe_id` counts the token's subject.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spiffe_id_rate_limit_counts_each_jwt_svid_workload_apart() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+        let key = SigningKey::new("spire-1");
+        let bundle_file = pki.path().join("jwt-bundle.json");
+        std::fs::write(&bundle_file, bundle(&[&key])).unwrap();
+        let per_workload = table([
+            ("name", "per-workload".into()),
+            ("key", strings(&["spiffe_id"])),
+            ("rate", "2/h".into()),
+        ]);
+        let mut config = config(&pki, &upstream, &bundle_file)
+            .section("rate_limits", toml::Value::Array(vec![per_workload.into()]));
+        config.routes[0] = config.routes[0]
+            .clone()
+            .with("rate_limits", strings(&["per-workload"]));
+        let gw = Gateway::start(&config, &[]).await;
+        let client = Client::new(&pki, None, gw.port, false);
+
+        let onboarding = key.mint(ONBOARDING, AUDIENCE, 300);
+        let other = key.mint("spiffe://example.org/ns/kyc/sa/review", AUDIENCE, 300);
+        for _ in 0..2 {
+            assert_eq!(get_with(&client, &onboarding).await.status, 200);
+        }
+        assert_eq!(get_with(&client, &onboarding).await.status, 429);
+        // Another workload through the same connection-less path still has its budget.
+        assert_eq!(get_with(&client, &other).await.status, 200);
+    })
+    .await;
+}
