@@ -44,11 +44,6 @@ use crate::caller::TokenIdentity;
 use crate::failure::AuthFailure;
 use jwks::{JwksLocation, KeySet, KeySource, Remote};
 
-/// The refusal of a token without `iss`: no configured issuer could have signed it.
-pub const MISSING_ISSUER: &str = "missing issuer";
-/// The refusal of a token whose `iss` is no configured issuer.
-pub const UNKNOWN_ISSUER: &str = "unknown issuer";
-
 /// Clock skew tolerated on `exp`, `nbf` and `iat` unless configured.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 /// How old fetched keys may get before they are refreshed in the background.
@@ -286,6 +281,18 @@ impl JwtVerifier {
         }
     }
 
+    /// Whether the unverified `iss` of `token` names one of the configured issuers. Where a
+    /// route takes an access token or a JWT-SVID for the same header, this says which of
+    /// the two the token is meant to be; nothing about it is trusted yet.
+    pub fn is_issuer_of(&self, token: &str) -> bool {
+        jws::parse_with(token, |_| Ok(false)).is_ok_and(|u| {
+            u.claims
+                .get("iss")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|iss| self.issuers.contains_key(iss))
+        })
+    }
+
     /// Verifies a compact JWS access token at time `now`.
     pub async fn verify(&self, token: &str, now: SystemTime) -> Result<JwtIdentity, AuthFailure> {
         self.verify_inner(token, now)
@@ -300,9 +307,9 @@ impl JwtVerifier {
     ) -> Result<JwtIdentity, &'static str> {
         let unverified = jws::parse(token)?;
         let Some(serde_json::Value::String(iss)) = unverified.claims.get("iss") else {
-            return Err(MISSING_ISSUER);
+            return Err("missing issuer");
         };
-        let issuer = self.issuers.get(iss).ok_or(UNKNOWN_ISSUER)?;
+        let issuer = self.issuers.get(iss).ok_or("unknown issuer")?;
         let alg = unverified.alg;
         if !issuer.algorithms.contains(&alg) {
             return Err("algorithm not allowed");

@@ -318,13 +318,17 @@ async fn bearer_token(
     services: &AuthServices,
     caller: &mut Caller,
 ) -> Result<(), AuthFailure> {
-    match layer_check(AuthLayer::Jwt, conn, parts, services, caller).await {
-        Err(
-            AuthFailure::InvalidToken(jwt::MISSING_ISSUER | jwt::UNKNOWN_ISSUER)
-            | AuthFailure::Missing { .. },
-        ) => layer_check(AuthLayer::JwtSvid, conn, parts, services, caller).await,
-        other => other,
-    }
+    let Some(token) = jwt::presented_bearer(&parts.headers)? else {
+        return Err(AuthFailure::Missing {
+            schemes: vec![Scheme::Bearer],
+        });
+    };
+    let layer = if services.jwt.as_ref().is_some_and(|j| j.is_issuer_of(token)) {
+        AuthLayer::Jwt
+    } else {
+        AuthLayer::JwtSvid
+    };
+    layer_check(layer, conn, parts, services, caller).await
 }
 
 /// Of two failures of alternative layers, the one that tells the caller more: a wrong

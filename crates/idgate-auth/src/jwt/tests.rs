@@ -528,3 +528,29 @@ async fn refuses_oversized_and_odd_headers() {
     let token = format!("{input}.{}", b64(&k.ed.sign("EdDSA", input.as_bytes())));
     assert_eq!(verify(&k.verifier, &token).await.unwrap_err(), "malformed");
 }
+
+#[test]
+fn is_issuer_of_reads_the_unverified_iss_only() {
+    let k = keys();
+    let token = sign_token(&k.ec, &header("ES256", "ec"), &claims());
+    assert!(k.verifier.is_issuer_of(&token));
+    // Any header and signature: only the claim is read.
+    let odd = sign_token(
+        &TestKey::p256(),
+        &json!({"alg": "ES256", "typ": "JOSE"}),
+        &claims(),
+    );
+    assert!(k.verifier.is_issuer_of(&odd));
+    let mut other = claims();
+    other["iss"] = json!("https://idp.other");
+    assert!(
+        !k.verifier
+            .is_issuer_of(&sign_token(&k.ec, &header("ES256", "ec"), &other))
+    );
+    other.as_object_mut().unwrap().remove("iss");
+    assert!(
+        !k.verifier
+            .is_issuer_of(&sign_token(&k.ec, &header("ES256", "ec"), &other))
+    );
+    assert!(!k.verifier.is_issuer_of("not.a.token"));
+}

@@ -47,11 +47,16 @@ impl SigningKey {
 
     /// An ES256 JWT-SVID for `sub` and `aud`, expiring `ttl` from now (negative: expired).
     fn mint(&self, sub: &str, aud: &str, ttl: i64) -> String {
+        self.mint_typed("JWT", sub, aud, ttl)
+    }
+
+    /// As [`Self::mint`], with the header's `typ` (`JWT` or `JOSE` for a JWT-SVID).
+    fn mint_typed(&self, typ: &str, sub: &str, aud: &str, ttl: i64) -> String {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
-        let header = json!({"alg": "ES256", "kid": self.kid, "typ": "JWT"});
+        let header = json!({"alg": "ES256", "kid": self.kid, "typ": typ});
         let claims = json!({"sub": sub, "aud": [aud], "exp": now + ttl, "iat": now - 1});
         let input = format!(
             "{}.{}",
@@ -410,11 +415,20 @@ async fn any_of_jwt_and_jwt_svid_judges_each_token_by_its_kind() {
             reply.headers
         );
 
-        // A JWT-SVID, without a certificate.
+        // A JWT-SVID, without a certificate; also typed `JOSE`, which no access token is.
         assert_eq!(
             get_with(&anonymous, &key.mint(ONBOARDING, AUDIENCE, 300))
                 .await
                 .status,
+            200
+        );
+        assert_eq!(
+            get_with(
+                &anonymous,
+                &key.mint_typed("JOSE", ONBOARDING, AUDIENCE, 300)
+            )
+            .await
+            .status,
             200
         );
         let reply = get_with(&anonymous, &key.mint(ONBOARDING, "idgate", 300)).await;
@@ -427,7 +441,7 @@ async fn any_of_jwt_and_jwt_svid_judges_each_token_by_its_kind() {
             "{:?}",
             reply.headers
         );
-        assert_eq!(upstream.requests().len(), 2);
+        assert_eq!(upstream.requests().len(), 3);
     })
     .await;
 }
