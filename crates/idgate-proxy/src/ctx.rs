@@ -354,6 +354,7 @@ impl<'r> RequestCtx<'r> {
                 mtls: caller.is_some_and(|c| c.spiffe_id.is_some()),
                 api_key: caller.is_some_and(|c| c.api_key.is_some()),
                 jwt: caller.is_some_and(|c| c.token.is_some()),
+                jwt_svid: caller.is_some_and(|c| c.jwt_svid.is_some()),
             },
             upstream: self.upstream().map(|u| &*u.name),
             upstream_latency: self.upstream_latency,
