@@ -233,6 +233,11 @@ pub fn read_jwt_bundles(config: &JwtSvidConfig) -> Result<JwtBundles, AuthSetupE
                 source,
             }
         })?;
+        if bundle.is_empty() {
+            // Valid (the trust domain revoked its keys), but more often the wrong file: an
+            // X.509 bundle, or one exported before JWT-SVIDs were enabled.
+            tracing::warn!(trust_domain = %b.trust_domain, file = %b.file.display(), key = %format!("jwt_svid.bundles[{index}].file"), "the bundle has no jwt-svid key: every JWT-SVID of this trust domain is refused");
+        }
         tracing::debug!(trust_domain = %b.trust_domain, keys = bundle.len(), sequence = ?bundle.sequence(), "JWT-SVID bundle read");
         bundles.insert(bundle);
     }

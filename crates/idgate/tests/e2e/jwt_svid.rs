@@ -457,6 +457,13 @@ async fn idgate_check_reads_the_bundle_files_and_names_a_broken_one() {
     let (code, out, err) = idgate_cli(&["check", "--config", file.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
 
+    // A bundle without a jwt-svid key is valid (the trust domain revoked its keys), and
+    // said so.
+    std::fs::write(&bundle_file, bundle(&[])).unwrap();
+    let (code, out, err) = idgate_cli(&["check", "--config", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("the bundle has no jwt-svid key"), "{err}");
+
     // A jwt-svid key without the kid the specification requires.
     let mut key = SigningKey::new("spire-1").jwk();
     key.as_object_mut().unwrap().remove("kid");
