@@ -1,6 +1,7 @@
 //! The `jwt_svid` layer: callers without a client certificate (behind a proxy that ended
-//! their TLS) present a SPIFFE JWT-SVID, verified against a bundle file. curl and the test
-//! client over real TLS; the bundle file changed and reloaded by SIGHUP and by the watch.
+//! their TLS) present a SPIFFE JWT-SVID, verified against a bundle file. curl, Python
+//! `requests` and the test client over real TLS; the bundle file changed and reloaded by
+//! SIGHUP and by the watch; `idgate check`; rate limits per JWT-SVID workload.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -507,6 +508,66 @@ async fn a_spiffe_id_rate_limit_counts_each_jwt_svid_workload_apart() {
         assert_eq!(get_with(&client, &onboarding).await.status, 429);
         // Another workload through the same connection-less path still has its budget.
         assert_eq!(get_with(&client, &other).await.status, 200);
+    })
+    .await;
+}
+
+/// Python `requests` (another TLS stack and HTTP client) with `Authorization: Bearer`:
+/// status, `WWW-Authenticate`, then the body.
+async fn python_get(ca: PathBuf, url: String, token: String) -> String {
+    const SCRIPT: &str = r#"
+import sys, requests
+url, ca, token = sys.argv[1], sys.argv[2], sys.argv[3]
+r = requests.get(url, verify=ca, timeout=20, headers={"Authorization": "Bearer " + token})
+print(r.status_code)
+print(r.headers.get("www-authenticate", "-"))
+print(r.text)
+"#;
+    tokio::task::spawn_blocking(move || {
+        let (code, out, err) = run_bounded(
+            Command::new("python3")
+                .args(["-c", SCRIPT, &url])
+                .arg(&ca)
+                .arg(&token),
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            code, 0,
+            "python3 with requests failed ({err}); scripts/setup-test-deps.sh installs it"
+        );
+        out
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_requests_with_a_jwt_svid_gets_200_and_with_a_wrong_audience_401() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+        let key = SigningKey::new("spire-1");
+        let bundle_file = pki.path().join("jwt-bundle.json");
+        std::fs::write(&bundle_file, bundle(&[&key])).unwrap();
+        let gw = gateway(&pki, &upstream, &bundle_file).await;
+
+        let good = key.mint(ONBOARDING, AUDIENCE, 300);
+        let out = python_get(pki.files.bundle.clone(), gw.url(PATH), good).await;
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("200"), "{out}");
+        assert_eq!(upstream.last().path_and_query, PATH);
+
+        let wrong = key.mint(ONBOARDING, "spiffe://example.org/reports", 300);
+        let out = python_get(pki.files.bundle.clone(), gw.url(PATH), wrong).await;
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("401"), "{out}");
+        assert!(
+            lines.next().is_some_and(
+                |c| c.contains("error=\"invalid_token\"") && c.contains("wrong audience")
+            ),
+            "{out}"
+        );
+        assert_eq!(upstream.requests().len(), 1);
     })
     .await;
 }
