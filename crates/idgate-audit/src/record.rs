@@ -53,6 +53,7 @@ pub struct AuthLayers {
     pub mtls: bool,
     pub api_key: bool,
     pub jwt: bool,
+    pub jwt_svid: bool,
 }
 
 /// One request, as the audit trail records it. Never a secret, a header value, a body or a
@@ -241,6 +242,7 @@ impl ApiActivity<'_> {
             (self.auth_layers.mtls, "\"mtls\""),
             (self.auth_layers.api_key, "\"api_key\""),
             (self.auth_layers.jwt, "\"jwt\""),
+            (self.auth_layers.jwt_svid, "\"jwt_svid\""),
         ];
         let mut first = true;
         for (_, name) in layers.iter().filter(|(on, _)| *on) {
@@ -378,6 +380,7 @@ pub(crate) mod tests {
                 mtls: true,
                 api_key: true,
                 jwt: false,
+                jwt_svid: false,
             },
             remote: "[::ffff:10.0.0.7]:51234".parse().unwrap(),
             method: "GET",
@@ -402,6 +405,28 @@ pub(crate) mod tests {
         obj.extend_from_slice(members);
         obj.push(b'}');
         serde_json::from_slice(&obj).unwrap()
+    }
+
+    #[test]
+    fn a_jwt_svid_caller_is_recorded_with_its_layer() {
+        let mut a = activity("rid-2", "/v3/session/{session_id}/decision/");
+        a.peer = None;
+        a.caller = Some("jwt-svid:spiffe://example.org/ns/kyc/sa/onboarding");
+        a.auth_layers = AuthLayers {
+            jwt_svid: true,
+            ..AuthLayers::default()
+        };
+        let mut out = Vec::new();
+        a.write_members(&mut out);
+        let v = parse(&out);
+        assert_eq!(
+            v["actor"]["user"]["uid"],
+            "jwt-svid:spiffe://example.org/ns/kyc/sa/onboarding"
+        );
+        assert_eq!(
+            v["unmapped"]["auth_layers"],
+            serde_json::json!(["jwt_svid"])
+        );
     }
 
     #[test]

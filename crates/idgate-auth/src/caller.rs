@@ -11,6 +11,8 @@ use std::fmt;
 
 use idgate_tls::SpiffeId;
 
+pub use crate::jwt_svid::JwtSvidIdentity;
+
 /// An API key that authenticated the request (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyIdentity {
@@ -47,6 +49,8 @@ pub struct Caller {
     pub spiffe_id: Option<SpiffeId>,
     pub api_key: Option<ApiKeyIdentity>,
     pub token: Option<TokenIdentity>,
+    /// A JWT-SVID in `Authorization: Bearer`, when the route's `auth` lists `jwt_svid`.
+    pub jwt_svid: Option<JwtSvidIdentity>,
 }
 
 /// One identity with the scopes it holds: what the allow list and the scopes are checked
@@ -59,6 +63,9 @@ pub enum Principal<'a> {
     ApiKey(&'a ApiKeyIdentity),
     /// A token, with the workload it is bound to and was issued to, if any.
     Token(&'a TokenIdentity),
+    /// A workload that presented a JWT-SVID: like the connection's SVID, a SPIFFE ID with
+    /// no scopes.
+    JwtSvid(&'a JwtSvidIdentity),
 }
 
 impl<'a> Principal<'a> {
@@ -68,13 +75,14 @@ impl<'a> Principal<'a> {
             Self::Workload(id) => Some(id),
             Self::ApiKey(k) => k.workload.as_ref(),
             Self::Token(t) => t.workload.as_ref(),
+            Self::JwtSvid(s) => Some(&s.spiffe_id),
         }
     }
 
     /// The scopes this principal holds: a workload by itself holds none.
     pub fn scopes(self) -> &'a [String] {
         match self {
-            Self::Workload(_) => &[],
+            Self::Workload(_) | Self::JwtSvid(_) => &[],
             Self::ApiKey(k) => &k.scopes,
             Self::Token(t) => &t.scopes,
         }
@@ -96,6 +104,9 @@ impl fmt::Display for Principal<'_> {
                 Some(c) => write!(f, "client:{c}"),
                 None => write!(f, "token:{}", t.issuer),
             },
+            // Said apart from a connection's SVID: a bearer token can be replayed, a
+            // certificate's key cannot, and whoever reads the log should know which it was.
+            Self::JwtSvid(s) => write!(f, "jwt-svid:{}", s.spiffe_id),
         }
     }
 }
@@ -105,8 +116,9 @@ impl Caller {
     pub fn principals(&self) -> impl Iterator<Item = Principal<'_>> {
         let token = self.token.as_ref().map(Principal::Token);
         let key = self.api_key.as_ref().map(Principal::ApiKey);
+        let svid = self.jwt_svid.as_ref().map(Principal::JwtSvid);
         let workload = self.spiffe_id.as_ref().map(Principal::Workload);
-        token.into_iter().chain(key).chain(workload)
+        token.into_iter().chain(key).chain(svid).chain(workload)
     }
 
     /// A short label for logs naming every principal, or `None` when there is none.

@@ -21,11 +21,11 @@
 //! An issuer may also require `typ: at+jwt` (RFC 9068 §4), so that its ID tokens — signed
 //! with the same keys, for the same audience at times — are never taken for access tokens.
 
-mod claims;
+pub(crate) mod claims;
 mod errors;
-mod json;
-mod jwks;
-mod jws;
+pub(crate) mod json;
+pub(crate) mod jwks;
+pub(crate) mod jws;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -281,6 +281,18 @@ impl JwtVerifier {
         }
     }
 
+    /// Whether the unverified `iss` of `token` names one of the configured issuers. Where a
+    /// route takes an access token or a JWT-SVID for the same header, this says which of
+    /// the two the token is meant to be; nothing about it is trusted yet.
+    pub fn is_issuer_of(&self, token: &str) -> bool {
+        jws::parse_with(token, |_| Ok(false)).is_ok_and(|u| {
+            u.claims
+                .get("iss")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|iss| self.issuers.contains_key(iss))
+        })
+    }
+
     /// Verifies a compact JWS access token at time `now`.
     pub async fn verify(&self, token: &str, now: SystemTime) -> Result<JwtIdentity, AuthFailure> {
         self.verify_inner(token, now)
@@ -351,7 +363,7 @@ impl JwtVerifier {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Selection {
+pub(crate) enum Selection {
     /// Indices of the keys to try.
     Keys(Vec<usize>),
     /// The token names a `kid` the set lacks.
@@ -362,7 +374,7 @@ enum Selection {
     AlgorithmMismatch,
 }
 
-fn select(keys: &KeySet, kid: Option<&str>, alg: Algorithm) -> Selection {
+pub(crate) fn select(keys: &KeySet, kid: Option<&str>, alg: Algorithm) -> Selection {
     match kid {
         Some(kid) => {
             let named: Vec<usize> = (0..keys.keys.len())
@@ -429,4 +441,4 @@ pub fn presented_bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -19,6 +19,9 @@ pub enum AuthLayer {
     /// A JWT access token in `Authorization: Bearer`, from a configured issuer or idgate's
     /// own token endpoint.
     Jwt,
+    /// A SPIFFE JWT-SVID in `Authorization: Bearer`, verified against its trust domain's
+    /// JWT bundle (`[jwt_svid]`).
+    JwtSvid,
 }
 
 impl AuthLayer {
@@ -27,6 +30,7 @@ impl AuthLayer {
             "mtls" => Some(Self::Mtls),
             "api_key" => Some(Self::ApiKey),
             "jwt" => Some(Self::Jwt),
+            "jwt_svid" => Some(Self::JwtSvid),
             _ => None,
         }
     }
@@ -38,6 +42,7 @@ impl fmt::Display for AuthLayer {
             Self::Mtls => "mtls",
             Self::ApiKey => "api_key",
             Self::Jwt => "jwt",
+            Self::JwtSvid => "jwt_svid",
         })
     }
 }
@@ -85,7 +90,8 @@ impl RouteAuth {
 
 /// An entry of a route's `allow` list, matched against one principal at a time:
 /// - `spiffe://td/path` or `spiffe://td/prefix/*` — the connection's SPIFFE ID (on a route
-///   that lists `mtls`), or the workload a key or token is bound to;
+///   that lists `mtls`), a JWT-SVID's subject (on a route that lists `jwt_svid`), or the
+///   workload a key or token is bound to;
 /// - `apikey:NAME` — an API key created with `--name NAME`;
 /// - `client:ID` — an OAuth2 client (the token's `client_id`/`azp` claim);
 /// - `sub:SUBJECT` — a token's subject.
@@ -449,6 +455,54 @@ mod tests {
             p,
             Principal::Workload(&svid_only.spiffe_id.clone().unwrap())
         );
+    }
+
+    /// A JWT-SVID's subject is matched like a connection's SVID, holds no scope, and is
+    /// named apart from it in logs.
+    #[test]
+    fn a_jwt_svid_is_a_workload_without_scopes() {
+        let svid = crate::JwtSvidIdentity {
+            spiffe_id: id(KYC),
+            expires_at: std::time::UNIX_EPOCH,
+        };
+        let p = Principal::JwtSvid(&svid);
+        assert!(
+            AllowEntry::parse("spiffe://example.org/ns/kyc/*")
+                .unwrap()
+                .matches(p)
+        );
+        assert!(
+            !AllowEntry::parse("spiffe://example.org/ns/web/*")
+                .unwrap()
+                .matches(p)
+        );
+        assert!(
+            !AllowEntry::parse("sub:spiffe://example.org/ns/kyc/sa/a")
+                .unwrap()
+                .matches(p)
+        );
+        assert!(p.scopes().is_empty());
+        let caller = Caller {
+            jwt_svid: Some(svid.clone()),
+            ..Caller::default()
+        };
+        let allow = allow(&["spiffe://example.org/ns/kyc/*"]);
+        assert_eq!(
+            authorize(&allow, &[], &caller),
+            Ok(Principal::JwtSvid(&svid))
+        );
+        assert_eq!(
+            authorize(&allow, &["sessions:read".to_owned()], &caller)
+                .unwrap_err()
+                .slug(),
+            "insufficient-scope"
+        );
+        assert_eq!(
+            caller.label().as_deref(),
+            Some("jwt-svid:spiffe://example.org/ns/kyc/sa/a")
+        );
+        assert_eq!(AuthLayer::parse("jwt_svid"), Some(AuthLayer::JwtSvid));
+        assert_eq!(AuthLayer::JwtSvid.to_string(), "jwt_svid");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The authentication sections: `[api_keys]`, `[[jwt_issuers]]`, `[token_endpoint]`, and a
-//! route's `auth`, `scopes` and `allow` entries.
+//! route's `auth`, `scopes` and `allow` entries. (`[jwt_svid]` is in `jwt_svid`.)
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -242,7 +242,12 @@ pub(crate) fn jwt_issuer(cx: &mut Ctx<'_>, i: usize, j: raw::JwtIssuer) -> Optio
     (cx.errors.len() == before).then_some(out)
 }
 
-fn duration_or_zero(cx: &mut Ctx<'_>, key: &str, v: Option<String>, default: Duration) -> Duration {
+pub(crate) fn duration_or_zero(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    v: Option<String>,
+    default: Duration,
+) -> Duration {
     match v.as_deref() {
         Some("0s" | "0ms" | "0") => Duration::ZERO,
         _ => cx.duration(key, v, default),
@@ -355,14 +360,16 @@ pub(crate) fn route_auth(
     if items.is_empty() {
         cx.err(
             format!("{key}.auth"),
-            "list at least one layer: \"mtls\", \"api_key\" or \"jwt\"",
+            "list at least one layer: \"mtls\", \"api_key\", \"jwt\" or \"jwt_svid\"",
         );
     }
     let layer = |cx: &mut Ctx<'_>, k: String, s: &str| -> Option<AuthLayer> {
         AuthLayer::parse(s).or_else(|| {
             cx.err(
                 k,
-                format!("\"{s}\" is not a layer: use \"mtls\", \"api_key\" or \"jwt\""),
+                format!(
+                    "\"{s}\" is not a layer: use \"mtls\", \"api_key\", \"jwt\" or \"jwt_svid\""
+                ),
             );
             None
         })
@@ -392,7 +399,9 @@ pub(crate) fn route_auth(
             }
         }
     }
-    RouteAuth { requirements }
+    let auth = RouteAuth { requirements };
+    crate::jwt_svid::check_bearer_layers(cx, key, &auth);
+    auth
 }
 
 pub(crate) fn route_scopes(

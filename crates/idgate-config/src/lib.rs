@@ -15,6 +15,7 @@ mod error;
 mod identity;
 mod incidents;
 mod json_path;
+mod jwt_svid;
 mod lifecycle;
 mod limits;
 mod listener;
@@ -57,6 +58,7 @@ pub use incidents::{
     IncidentSeverity, IncidentsConfig, NotifyConfig as IncidentNotifyConfig, RuleSeverities,
 };
 pub use json_path::{JsonPath, JsonPathError, JsonStep};
+pub use jwt_svid::{JwtSvidBundleFile, JwtSvidConfig};
 pub use lifecycle::LifecycleConfig;
 pub use limits::{
     LimitKeyPart, LockoutBy, LockoutConfig, OnStateError, Rate, RateLimitConfig, TierMatch,
@@ -105,6 +107,8 @@ pub struct Config {
     pub api_keys: Option<ApiKeysConfig>,
     pub jwt_issuers: Vec<JwtIssuerConfig>,
     pub token_endpoint: Option<TokenEndpointConfig>,
+    /// `[jwt_svid]`: SPIFFE JWT-SVIDs for routes listing the `jwt_svid` layer.
+    pub jwt_svid: Option<JwtSvidConfig>,
     /// Where Vault is and how to log in, for `vault:` references.
     pub vault: Option<vault::VaultConfig>,
     /// Where shared state (counters, lockouts, ownership, the outbox) is kept.
@@ -150,6 +154,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "api_keys",
     "jwt_issuers",
     "token_endpoint",
+    "jwt_svid",
     "vault",
     "state",
     "network",
@@ -337,7 +342,7 @@ pub fn parse_with_env(
             valid
         })
         .collect::<Vec<_>>();
-    let trust_domains: HashSet<TrustDomain> = identity
+    let mut trust_domains: HashSet<TrustDomain> = identity
         .as_ref()
         .map(IdentityConfig::configured_trust_domains)
         .unwrap_or_default();
@@ -356,6 +361,13 @@ pub fn parse_with_env(
         .remove("token_endpoint")
         .and_then(|v| cx.section::<raw::TokenEndpoint>("token_endpoint", v))
         .and_then(|t| auth::token_endpoint(&mut cx, t));
+    // Whether JWT bundles come from the Workload API (`identity.workload_api`): until
+    // `[identity]` can say so, they come from files and `[[jwt_svid.bundles]]` is required.
+    let jwt_svid_section = table.remove("jwt_svid");
+    let jwt_svid_present = jwt_svid_section.is_some();
+    let jwt_svid = jwt_svid_section
+        .and_then(|v| cx.section::<jwt_svid::RawJwtSvid>("jwt_svid", v))
+        .and_then(|j| jwt_svid::parse(&mut cx, j, false));
     let limits = limits::sections(&mut cx, &mut table);
     let siem = table
         .remove("siem")
@@ -411,6 +423,8 @@ pub fn parse_with_env(
     let layers = routes::Layers {
         api_keys: api_keys.is_some(),
         jwt: !jwt_issuers.is_empty() || token_endpoint.is_some(),
+        // A broken [jwt_svid] has its own errors: routes using it add none.
+        jwt_svid: jwt_svid_present,
         issuers,
         rate_limits: limits.declared.clone(),
         ownership: ownership.clone(),
@@ -423,6 +437,13 @@ pub fn parse_with_env(
         fault_injection: testing.fault_injection,
     };
     let raw_webhooks = array::<webhooks::RawWebhook>(&mut cx, &mut table, "webhooks");
+    // A JWT-SVID's subject may be of a trust domain known by its JWT bundle only.
+    trust_domains.extend(
+        jwt_svid
+            .iter()
+            .flat_map(|j| &j.bundles)
+            .map(|b| b.trust_domain.clone()),
+    );
     let routes = routes::parse(
         &mut cx,
         raw_routes,
@@ -498,6 +519,7 @@ pub fn parse_with_env(
                 api_keys,
                 jwt_issuers,
                 token_endpoint,
+                jwt_svid,
                 vault,
                 state,
                 network,

@@ -77,6 +77,8 @@ pub fn body_needs_opt_in(method: &Method) -> bool {
 pub(crate) struct Layers {
     pub(crate) api_keys: bool,
     pub(crate) jwt: bool,
+    /// Whether there is a `[jwt_svid]` section.
+    pub(crate) jwt_svid: bool,
     pub(crate) issuers: auth::IssuerNames,
     /// The names of the configured `[[rate_limits]]`.
     pub(crate) rate_limits: Vec<String>,
@@ -265,9 +267,10 @@ pub(crate) fn parse(
             }
             allow.push(entry);
         }
-        for layer in [AuthLayer::ApiKey, AuthLayer::Jwt] {
+        for layer in [AuthLayer::ApiKey, AuthLayer::Jwt, AuthLayer::JwtSvid] {
             let configured = match layer {
                 AuthLayer::ApiKey => layers.api_keys,
+                AuthLayer::JwtSvid => layers.jwt_svid,
                 _ => layers.jwt,
             };
             if auth.uses(layer) && !configured {
@@ -275,6 +278,7 @@ pub(crate) fn parse(
                     format!("{key}.auth"),
                     match layer {
                         AuthLayer::ApiKey => "uses api_key, but there is no [api_keys] section",
+                        AuthLayer::JwtSvid => "uses jwt_svid, but there is no [jwt_svid] section",
                         _ => "uses jwt, but there is no [[jwt_issuers]] or [token_endpoint]",
                     },
                 );

@@ -3,7 +3,9 @@
 //! scopes.
 
 use std::collections::HashMap;
+use std::io::Read as _;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -14,9 +16,13 @@ use idgate_auth::api_key::{self, ApiKeyVerifier};
 use idgate_auth::failure::Scheme;
 use idgate_auth::issuer::TokenIssuer;
 use idgate_auth::jwt::{self, Algorithm, Jwk, JwtVerifier, StaticIssuer};
+use idgate_auth::jwt_svid::{
+    JwtBundle, JwtBundleError, JwtBundleStore, JwtBundles, JwtSvidSettings, JwtSvidSetupError,
+    JwtSvidVerifier, MAX_BUNDLE_BYTES,
+};
 use idgate_auth::policy::{self, AuthLayer};
 use idgate_auth::{AuthFailure, Caller, Principal, TokenIdentity};
-use idgate_config::{ApiKeyStoreConfig, Config};
+use idgate_config::{ApiKeyStoreConfig, Config, JwtSvidConfig};
 use idgate_tls::SpiffeId;
 
 use crate::conn::ConnInfo;
@@ -33,6 +39,20 @@ pub enum AuthSetupError {
     OwnAlgorithm(#[from] jwt::AlgorithmError),
     #[error("{0}")]
     Issuer(#[from] jwt::IssuerSetupError),
+    #[error("{0}")]
+    JwtSvid(#[from] JwtSvidSetupError),
+    #[error("cannot read {}: {source}", path.display())]
+    JwtSvidBundleRead {
+        index: usize,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    JwtSvidBundle {
+        index: usize,
+        path: PathBuf,
+        source: JwtBundleError,
+    },
 }
 
 impl AuthSetupError {
@@ -46,6 +66,11 @@ impl AuthSetupError {
             Self::ApiKeys(api_key::ApiKeyError::Store(_)) => "api_keys.store".to_owned(),
             Self::ApiKeys(_) => "api_keys".to_owned(),
             Self::OwnJwk(_) | Self::OwnAlgorithm(_) => "token_endpoint.signing_key".to_owned(),
+            Self::JwtSvid(JwtSvidSetupError::NoAudience) => "jwt_svid.audiences".to_owned(),
+            Self::JwtSvid(JwtSvidSetupError::ZeroMaxLifetime) => "jwt_svid.max_lifetime".to_owned(),
+            Self::JwtSvidBundleRead { index, .. } | Self::JwtSvidBundle { index, .. } => {
+                format!("jwt_svid.bundles[{index}].file")
+            }
             Self::Issuer(e) => {
                 let base = match e.position {
                     Some(i) => format!("jwt_issuers[{i}]"),
@@ -66,6 +91,8 @@ impl AuthSetupError {
 pub struct AuthServices {
     pub api_keys: Option<ApiKeyVerifier>,
     pub jwt: Option<Arc<JwtVerifier>>,
+    /// The `jwt_svid` layer's verifier, when `[jwt_svid]` is configured.
+    pub jwt_svid: Option<Arc<JwtSvidVerifier>>,
     /// The gateway's own token issuer (`iss`) and the workload each of its clients is
     /// registered with: its tokens are issued to that workload only when the client is.
     own_tokens: Option<(String, HashMap<String, SpiffeId>)>,
@@ -119,11 +146,30 @@ impl AuthServices {
         } else {
             Some(Arc::new(JwtVerifier::new(issuers, statics)?))
         };
+        let jwt_svid = match &config.jwt_svid {
+            None => None,
+            Some(j) => Some(Arc::new(JwtSvidVerifier::new(
+                jwt_svid_settings(j),
+                read_jwt_bundles(j)?,
+            )?)),
+        };
         Ok(Self {
             api_keys,
             jwt,
+            jwt_svid,
             own_tokens,
         })
+    }
+
+    /// Makes the `jwt_svid` layer read its bundles from `store` rather than from the files
+    /// read by [`Self::build`]: a store that outlives snapshots, such as the one the SPIFFE
+    /// Workload API's bundle stream keeps current. Nothing changes without `[jwt_svid]`.
+    pub fn with_jwt_bundle_store(mut self, store: JwtBundleStore) -> Result<Self, AuthSetupError> {
+        if let Some(v) = &self.jwt_svid {
+            let shared = JwtSvidVerifier::with_store(v.settings().clone(), store)?;
+            self.jwt_svid = Some(Arc::new(shared));
+        }
+        Ok(self)
     }
 
     /// The workload a token bound to the connection's certificate was issued to. The
@@ -153,6 +199,49 @@ impl AuthServices {
             tokio::spawn(async move { jwt.prefetch().await });
         }
     }
+}
+
+/// What `[jwt_svid]` asks of a token. A verifier whose bundles come from the Workload API
+/// is built from these with `JwtSvidVerifier::with_store` and that source's store.
+pub fn jwt_svid_settings(config: &JwtSvidConfig) -> JwtSvidSettings {
+    JwtSvidSettings {
+        audiences: config.audiences.clone(),
+        leeway: config.leeway,
+        max_lifetime: config.max_lifetime,
+    }
+}
+
+/// Reads the `[[jwt_svid.bundles]]` files. Blocking. A file that cannot be read or used
+/// refuses the whole configuration: at a reload, the running one keeps its bundles.
+pub fn read_jwt_bundles(config: &JwtSvidConfig) -> Result<JwtBundles, AuthSetupError> {
+    let mut bundles = JwtBundles::new();
+    for (index, b) in config.bundles.iter().enumerate() {
+        let read_error = |source| AuthSetupError::JwtSvidBundleRead {
+            index,
+            path: b.file.clone(),
+            source,
+        };
+        let mut bytes = Vec::new();
+        // One byte over the limit is enough to refuse the file without reading all of it.
+        std::fs::File::open(&b.file)
+            .and_then(|f| f.take(MAX_BUNDLE_BYTES as u64 + 1).read_to_end(&mut bytes))
+            .map_err(read_error)?;
+        let bundle = JwtBundle::parse(b.trust_domain.clone(), &bytes).map_err(|source| {
+            AuthSetupError::JwtSvidBundle {
+                index,
+                path: b.file.clone(),
+                source,
+            }
+        })?;
+        if bundle.is_empty() {
+            // Valid (the trust domain revoked its keys), but more often the wrong file: an
+            // X.509 bundle, or one exported before JWT-SVIDs were enabled.
+            tracing::warn!(trust_domain = %b.trust_domain, file = %b.file.display(), key = %format!("jwt_svid.bundles[{index}].file"), "the bundle has no jwt-svid key: every JWT-SVID of this trust domain is refused");
+        }
+        tracing::debug!(trust_domain = %b.trust_domain, keys = bundle.len(), sequence = ?bundle.sequence(), "JWT-SVID bundle read");
+        bundles.insert(bundle);
+    }
+    Ok(bundles)
 }
 
 impl std::fmt::Debug for AuthServices {
@@ -195,8 +284,19 @@ pub(crate) async fn authenticate(
         // invalid, revoked or expired credential fails the request even when another layer
         // passes, and every identity that passes is added to the caller (any of them may be
         // the principal the route allows).
-        for &layer in requirement.layers() {
-            match layer_check(layer, conn, parts, services, &mut caller).await {
+        let layers = requirement.layers();
+        // Within one `any`, `jwt` and `jwt_svid` are two readings of the one bearer token:
+        // see `bearer_token`.
+        let both_bearers = layers.contains(&AuthLayer::Jwt) && layers.contains(&AuthLayer::JwtSvid);
+        for &layer in layers {
+            let result = match layer {
+                AuthLayer::JwtSvid if both_bearers => continue,
+                AuthLayer::Jwt if both_bearers => {
+                    bearer_token(conn, parts, services, &mut caller).await
+                }
+                _ => layer_check(layer, conn, parts, services, &mut caller).await,
+            };
+            match result {
                 Ok(()) => passed = true,
                 Err(e @ (AuthFailure::Missing { .. } | AuthFailure::NoClientCertificate)) => {
                     failure = Some(merge(failure, e));
@@ -211,6 +311,29 @@ pub(crate) async fn authenticate(
         }
     }
     Ok(caller)
+}
+
+/// `{ any = ["jwt", "jwt_svid"] }`: the bearer token is an access token when its `iss` names
+/// a configured issuer (or the gateway's own endpoint), and is judged as one; any other
+/// token is judged as a JWT-SVID. So each token is verified once, under one set of rules,
+/// and a refusal gives the reason of the kind of token it was taken for.
+async fn bearer_token(
+    conn: &ConnInfo,
+    parts: &Parts,
+    services: &AuthServices,
+    caller: &mut Caller,
+) -> Result<(), AuthFailure> {
+    let Some(token) = jwt::presented_bearer(&parts.headers)? else {
+        return Err(AuthFailure::Missing {
+            schemes: vec![Scheme::Bearer],
+        });
+    };
+    let layer = if services.jwt.as_ref().is_some_and(|j| j.is_issuer_of(token)) {
+        AuthLayer::Jwt
+    } else {
+        AuthLayer::JwtSvid
+    };
+    layer_check(layer, conn, parts, services, caller).await
 }
 
 /// Of two failures of alternative layers, the one that tells the caller more: a wrong
@@ -283,6 +406,17 @@ async fn layer_check(
                     .and_then(|peer| services.bound_workload(&token, peer));
             }
             caller.token = Some(token);
+            Ok(())
+        }
+        AuthLayer::JwtSvid => {
+            let missing = || AuthFailure::Missing {
+                schemes: vec![Scheme::Bearer],
+            };
+            let Some(token) = jwt::presented_bearer(&parts.headers)? else {
+                return Err(missing());
+            };
+            let verifier = services.jwt_svid.as_ref().ok_or_else(missing)?;
+            caller.jwt_svid = Some(verifier.verify(token, SystemTime::now())?);
             Ok(())
         }
     }
@@ -409,6 +543,38 @@ mod tests {
         }
         f.record(b);
         assert_eq!(f.count(b), 1);
+    }
+
+    #[test]
+    fn a_shared_bundle_store_replaces_the_file_bundles() {
+        let settings = JwtSvidSettings::new(vec!["spiffe://example.org/idgate".to_owned()]);
+        let services = AuthServices {
+            jwt_svid: Some(Arc::new(
+                JwtSvidVerifier::new(settings, JwtBundles::new()).unwrap(),
+            )),
+            ..AuthServices::default()
+        };
+        let store = JwtBundleStore::default();
+        let services = services.with_jwt_bundle_store(store.clone()).unwrap();
+        let verifier = services.jwt_svid.as_ref().unwrap();
+        // What the store's owner puts in is what the verifier reads next.
+        let bundles = JwtBundles::parse([(
+            idgate_tls::TrustDomain::new("example.org").unwrap(),
+            &br#"{"keys":[]}"#[..],
+        )])
+        .unwrap();
+        store.set(bundles);
+        assert!(Arc::ptr_eq(&verifier.store().load(), &store.load()));
+        assert_eq!(verifier.store().load().len(), 1);
+        assert_eq!(
+            verifier.settings().audiences,
+            ["spiffe://example.org/idgate"]
+        );
+        // Without [jwt_svid] there is nothing to share.
+        let none = AuthServices::default()
+            .with_jwt_bundle_store(store)
+            .unwrap();
+        assert!(none.jwt_svid.is_none());
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub enum Authorized {
     Workload,
     ApiKey,
     Token,
+    JwtSvid,
 }
 
 /// The upstream credential a forwarded request was sent with: its label and version, never
@@ -249,6 +250,7 @@ impl<'r> RequestCtx<'r> {
             Authorized::Workload => caller.spiffe_id.as_ref().map(Principal::Workload),
             Authorized::ApiKey => caller.api_key.as_ref().map(Principal::ApiKey),
             Authorized::Token => caller.token.as_ref().map(Principal::Token),
+            Authorized::JwtSvid => caller.jwt_svid.as_ref().map(Principal::JwtSvid),
         }
     }
 
@@ -352,6 +354,7 @@ impl<'r> RequestCtx<'r> {
                 mtls: caller.is_some_and(|c| c.spiffe_id.is_some()),
                 api_key: caller.is_some_and(|c| c.api_key.is_some()),
                 jwt: caller.is_some_and(|c| c.token.is_some()),
+                jwt_svid: caller.is_some_and(|c| c.jwt_svid.is_some()),
             },
             upstream: self.upstream().map(|u| &*u.name),
             upstream_latency: self.upstream_latency,

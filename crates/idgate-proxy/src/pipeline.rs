@@ -228,6 +228,7 @@ fn authorize(
         Ok(Principal::Workload(_)) => Authorized::Workload,
         Ok(Principal::ApiKey(_)) => Authorized::ApiKey,
         Ok(Principal::Token(_)) => Authorized::Token,
+        Ok(Principal::JwtSvid(_)) => Authorized::JwtSvid,
         Err(f) => return Err(ctx.services.auth_failed(ctx.conn, f)),
     };
     ctx.authorized = Some(authorized);

@@ -85,7 +85,8 @@ pub(crate) struct Reloader {
     pub(crate) deliverer: Arc<idgate_webhooks::Deliverer>,
 }
 
-/// The files a configuration is read from: itself and the route schemas it names.
+/// The files a configuration is read from: itself, the route schemas and the JWT-SVID
+/// bundles it names.
 fn watched_files(config: &Config) -> Vec<PathBuf> {
     let mut files = vec![config.file.clone()];
     files.extend(
@@ -93,6 +94,13 @@ fn watched_files(config: &Config) -> Vec<PathBuf> {
             .routes
             .iter()
             .filter_map(|r| r.schema.as_ref().map(|s| s.path.clone())),
+    );
+    files.extend(
+        config
+            .jwt_svid
+            .iter()
+            .flat_map(|j| &j.bundles)
+            .map(|b| b.file.clone()),
     );
     files
 }

@@ -24,7 +24,10 @@ pub(crate) struct Expect<'a> {
 }
 
 /// A NumericDate: seconds since the epoch, possibly fractional, never negative.
-fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, &'static str> {
+pub(crate) fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &str,
+) -> Result<Option<f64>, &'static str> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
@@ -47,7 +50,7 @@ fn optional_string<'a>(
 }
 
 /// Strings of a claim that may be one string or an array of strings.
-fn string_or_array(value: &Value) -> Result<Vec<&str>, &'static str> {
+pub(crate) fn string_or_array(value: &Value) -> Result<Vec<&str>, &'static str> {
     match value {
         Value::String(s) => Ok(vec![s.as_str()]),
         Value::Array(items) => items

@@ -45,6 +45,15 @@ pub(crate) struct KeySet {
 }
 
 impl KeySet {
+    /// Keys checked elsewhere (a SPIFFE bundle), as one set.
+    pub(crate) fn new(keys: Vec<VerifyingKey>, generation: u64) -> Self {
+        Self {
+            keys,
+            fetched_at: Instant::now(),
+            generation,
+        }
+    }
+
     pub(crate) fn from_jwks(jwks: &[Jwk], generation: u64) -> Result<Self, KeyError> {
         let mut keys = Vec::new();
         for (i, jwk) in jwks.iter().enumerate() {

@@ -312,6 +312,10 @@ impl VerifyingKey {
         fits && self.alg.as_deref().is_none_or(|a| a == alg.as_str())
     }
 
+    pub(crate) fn is_ed25519(&self) -> bool {
+        matches!(self.material, KeyMaterial::Ed25519(_))
+    }
+
     /// Verifies `signature` over `message` with `alg`; false for any mismatch.
     pub(crate) fn verify(&self, alg: Algorithm, message: &[u8], sig: &[u8]) -> bool {
         if !self.supports(alg) {
@@ -372,11 +376,38 @@ fn typ_is_at_jwt(typ: &str) -> bool {
         .any(|t| t.eq_ignore_ascii_case(typ))
 }
 
-/// Splits and decodes a compact JWS. Refuses: oversized tokens, anything but three
+/// Splits and decodes a compact access token. Refuses: oversized tokens, anything but three
 /// base64url (unpadded, canonical) parts, headers and payloads that are not strict JSON
 /// objects, an `alg` we do not verify (`none`, HMAC, unknown), `crit` extensions, unencoded
 /// payloads (`b64`), and `typ`s of other kinds of JWT.
 pub(crate) fn parse(token: &str) -> Result<Unverified<'_>, &'static str> {
+    parse_with(token, access_token_header)
+}
+
+/// The header checks of an access token (see [`parse`]); whether it says `typ: at+jwt`.
+fn access_token_header(header: &Map<String, Value>) -> Result<bool, &'static str> {
+    match header.get("crit") {
+        None => {}
+        Some(Value::Array(c)) if c.is_empty() => {}
+        Some(_) => return Err("unsupported critical header"),
+    }
+    if header.get("b64").is_some_and(|b| b != &Value::Bool(true)) {
+        return Err("unsupported critical header");
+    }
+    match header.get("typ") {
+        None => Ok(false),
+        Some(Value::String(t)) if typ_is_access_token(t) => Ok(typ_is_at_jwt(t)),
+        Some(_) => Err("not an access token"),
+    }
+}
+
+/// Splits and decodes a compact JWS whose header, once its `alg` is known to be one we
+/// verify, passes `check` (which returns [`Unverified::at_jwt`]). The limits on size,
+/// encoding and JSON are those of [`parse`], for every kind of token.
+pub(crate) fn parse_with(
+    token: &str,
+    check: impl FnOnce(&Map<String, Value>) -> Result<bool, &'static str>,
+) -> Result<Unverified<'_>, &'static str> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err("token too large");
     }
@@ -395,19 +426,7 @@ pub(crate) fn parse(token: &str) -> Result<Unverified<'_>, &'static str> {
             .map_err(|_| "algorithm not allowed")?,
         _ => return Err("malformed"),
     };
-    match header.get("crit") {
-        None => {}
-        Some(Value::Array(c)) if c.is_empty() => {}
-        Some(_) => return Err("unsupported critical header"),
-    }
-    if header.get("b64").is_some_and(|b| b != &Value::Bool(true)) {
-        return Err("unsupported critical header");
-    }
-    let at_jwt = match header.get("typ") {
-        None => false,
-        Some(Value::String(t)) if typ_is_access_token(t) => typ_is_at_jwt(t),
-        Some(_) => return Err("not an access token"),
-    };
+    let at_jwt = check(&header)?;
     let kid = match header.get("kid") {
         None => None,
         Some(Value::String(k)) => Some(k.clone()),

@@ -33,19 +33,19 @@ fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-enum TestKey {
+pub(crate) enum TestKey {
     Ed(Ed25519KeyPair),
     Ec(EcdsaKeyPair),
     Rsa(RsaKeyPair),
 }
 
 impl TestKey {
-    fn ed25519() -> Self {
+    pub(crate) fn ed25519() -> Self {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
         Self::Ed(Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap())
     }
 
-    fn p256() -> Self {
+    pub(crate) fn p256() -> Self {
         let rng = SystemRandom::new();
         let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
@@ -54,7 +54,7 @@ impl TestKey {
 
     /// A 2048-bit RSA key made once per test run by `openssl genpkey` (ring cannot make
     /// RSA keys), as PKCS#8 DER, with its public key as SubjectPublicKeyInfo PEM.
-    fn rsa() -> Self {
+    pub(crate) fn rsa() -> Self {
         Self::Rsa(RsaKeyPair::from_pkcs8(&rsa_material().0).unwrap())
     }
 
@@ -75,7 +75,7 @@ impl TestKey {
         }
     }
 
-    fn jwk(&self, kid: &str, alg: Algorithm) -> Jwk {
+    pub(crate) fn jwk(&self, kid: &str, alg: Algorithm) -> Jwk {
         match self {
             Self::Ed(k) => Jwk::ed25519(kid, k.public_key().as_ref()),
             Self::Ec(k) => Jwk::p256(kid, k.public_key().as_ref()).unwrap(),
@@ -125,7 +125,7 @@ fn rsa_material() -> &'static (Vec<u8>, String) {
     })
 }
 
-fn sign_token(key: &TestKey, header: &Value, claims: &Value) -> String {
+pub(crate) fn sign_token(key: &TestKey, header: &Value, claims: &Value) -> String {
     let alg = header["alg"].as_str().unwrap_or("");
     let input = format!(
         "{}.{}",
@@ -527,4 +527,30 @@ async fn refuses_oversized_and_odd_headers() {
     let input = format!("{h}.{}", b64(c.as_bytes()));
     let token = format!("{input}.{}", b64(&k.ed.sign("EdDSA", input.as_bytes())));
     assert_eq!(verify(&k.verifier, &token).await.unwrap_err(), "malformed");
+}
+
+#[test]
+fn is_issuer_of_reads_the_unverified_iss_only() {
+    let k = keys();
+    let token = sign_token(&k.ec, &header("ES256", "ec"), &claims());
+    assert!(k.verifier.is_issuer_of(&token));
+    // Any header and signature: only the claim is read.
+    let odd = sign_token(
+        &TestKey::p256(),
+        &json!({"alg": "ES256", "typ": "JOSE"}),
+        &claims(),
+    );
+    assert!(k.verifier.is_issuer_of(&odd));
+    let mut other = claims();
+    other["iss"] = json!("https://idp.other");
+    assert!(
+        !k.verifier
+            .is_issuer_of(&sign_token(&k.ec, &header("ES256", "ec"), &other))
+    );
+    other.as_object_mut().unwrap().remove("iss");
+    assert!(
+        !k.verifier
+            .is_issuer_of(&sign_token(&k.ec, &header("ES256", "ec"), &other))
+    );
+    assert!(!k.verifier.is_issuer_of("not.a.token"));
 }

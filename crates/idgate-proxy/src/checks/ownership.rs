@@ -44,7 +44,9 @@ pub fn owner_name(principal: Principal<'_>, share: &[ShareGroup]) -> String {
         return format!("group:{}", g.group);
     }
     match principal {
+        // A workload owns the same objects however it proved its SPIFFE ID.
         Principal::Workload(id) => id.as_str().to_owned(),
+        Principal::JwtSvid(s) => s.spiffe_id.as_str().to_owned(),
         Principal::ApiKey(k) => format!("apikey:{}", k.name),
         Principal::Token(t) => format!("sub:{}@{}", t.subject, t.issuer),
     }

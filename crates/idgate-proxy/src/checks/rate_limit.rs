@@ -41,9 +41,16 @@ pub(super) async fn check(ctx: &mut RequestCtx<'_>) -> Result<(), Refusal> {
     let Some(route_limits) = snapshot.limits.route(route) else {
         return Ok(());
     };
+    // A JWT-SVID names the workload behind the connection's peer (a proxy that ended its
+    // TLS): its limits and tier are that workload's.
+    let svid = ctx
+        .caller
+        .as_ref()
+        .and_then(|c| c.jwt_svid.as_ref())
+        .map(|s| &s.spiffe_id);
     let who = Who {
         caller: ctx.caller.as_ref(),
-        peer: ctx.conn.peer.as_ref(),
+        peer: svid.or(ctx.conn.peer.as_ref()),
         remote: ctx.conn.remote.ip(),
         route,
     };

@@ -18,6 +18,7 @@ mod hsm;
 mod hsm_outage;
 mod incidents;
 mod jwt_interop;
+mod jwt_svid;
 mod keys;
 mod layers;
 mod limits;
