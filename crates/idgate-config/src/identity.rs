@@ -364,4 +364,35 @@ allow = ["spiffe://partner.example/ns/risk/sa/scorer"]
             "{errors}"
         );
     }
+
+    #[test]
+    fn jwt_svid_may_leave_out_bundle_files_only_with_the_workload_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwt = "\n[jwt_svid]\naudiences = [\"spiffe://example.org/idgate\"]\n";
+        let config = parse(
+            dir.path(),
+            &format!("workload_api = \"unix:///run/spire/agent.sock\"\n{jwt}"),
+            None,
+        )
+        .unwrap();
+        assert!(config.jwt_svid.unwrap().bundles.is_empty());
+
+        for f in ["gw.crt", "gw.key", "b.pem"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let errors = parse(
+            dir.path(),
+            &format!(
+                "svid_cert = \"gw.crt\"\nsvid_key = \"gw.key\"\n[[identity.trust_bundles]]\ntrust_domain = \"partner.example\"\nbundle = \"b.pem\"\n{jwt}"
+            ),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("jwt_svid.bundles: missing")),
+            "{errors:?}"
+        );
+    }
 }

@@ -361,13 +361,16 @@ pub fn parse_with_env(
         .remove("token_endpoint")
         .and_then(|v| cx.section::<raw::TokenEndpoint>("token_endpoint", v))
         .and_then(|t| auth::token_endpoint(&mut cx, t));
-    // Whether JWT bundles come from the Workload API (`identity.workload_api`): until
-    // `[identity]` can say so, they come from files and `[[jwt_svid.bundles]]` is required.
+    // With the Workload API (`identity.workload_api`) the JWT bundles may come from the
+    // agent; otherwise `[[jwt_svid.bundles]]` is required.
+    let bundles_from_agent = identity
+        .as_ref()
+        .is_some_and(|i| i.workload_api().is_some());
     let jwt_svid_section = table.remove("jwt_svid");
     let jwt_svid_present = jwt_svid_section.is_some();
     let jwt_svid = jwt_svid_section
         .and_then(|v| cx.section::<jwt_svid::RawJwtSvid>("jwt_svid", v))
-        .and_then(|j| jwt_svid::parse(&mut cx, j, false));
+        .and_then(|j| jwt_svid::parse(&mut cx, j, bundles_from_agent));
     let limits = limits::sections(&mut cx, &mut table);
     let siem = table
         .remove("siem")

@@ -27,7 +27,7 @@ use crate::listener::{ListenerLive, ListenerShared, accept_loop};
 use crate::reload::{ConfigWatch, ReloadMetrics, Reloader, config_fingerprint, identity_key};
 pub use crate::reload::{LogFilter, LogFilterError, RestartOnly, restart_required};
 use crate::service::Services;
-use crate::snapshot::{BuildError, BuildProblem, Snapshot};
+use crate::snapshot::{BuildError, BuildProblem, Shared, Snapshot};
 
 /// A gateway ready to bind.
 pub struct Gateway {
@@ -35,6 +35,8 @@ pub struct Gateway {
     provider: Arc<CryptoProvider>,
     roots: Arc<RootCertStore>,
     material: Arc<TlsMaterial>,
+    /// What every snapshot shares, reloads included.
+    shared: Shared,
     server_config: Arc<rustls::ServerConfig>,
     snapshot: Snapshot,
     access_log: Option<Arc<AccessLog>>,
@@ -115,25 +117,17 @@ impl Gateway {
                 &scratch
             }
         };
-        // Upstreams presented the gateway's SVID read it from the material at each handshake.
+        // What every snapshot shares; without material (it failed to load) the rest is still
+        // built against a placeholder, so that every problem is reported.
         let material = material.map(Arc::new);
-        let scratch_material;
-        let material_for_build = match &material {
-            Some(m) => m,
-            None => {
-                scratch_material = Arc::new(TlsMaterial::pending(provider.clone()));
-                &scratch_material
-            }
-        };
-        let snapshot = Snapshot::build(
-            &config,
-            &roots,
-            &provider,
-            state_for_build,
-            material_for_build,
-        )
-        .map_err(|errs| errors.extend(errs))
-        .ok();
+        let shared = Shared::new(
+            material
+                .clone()
+                .unwrap_or_else(|| Arc::new(TlsMaterial::pending(provider.clone()))),
+        );
+        let snapshot = Snapshot::build(&config, &roots, &provider, state_for_build, &shared)
+            .map_err(|errs| errors.extend(errs))
+            .ok();
         // The trail's keys are read now, so that `check` finds their problems too.
         let audit = match config.audit.as_ref().map(AuditSetup::load) {
             None => Some(None),
@@ -165,6 +159,7 @@ impl Gateway {
             provider,
             roots,
             material,
+            shared,
             server_config: Arc::new(server_config),
             snapshot,
             access_log: None,
@@ -259,13 +254,20 @@ impl Gateway {
         let (stop_tx, stop_rx) = watch::channel(false);
         services.metrics.certificates_of(self.material.clone());
         if let IdentitySource::WorkloadApi(endpoint) = &cfg.identity.source {
+            // The JWT bundles are streamed too: a `[jwt_svid]` without bundle files, now or
+            // after a reload, verifies with them.
             let workload = WorkloadApi::spawn(
                 endpoint.clone(),
                 self.material.clone(),
-                false,
+                true,
                 stop_rx.clone(),
             );
             services.metrics.workload_api(workload.status().clone());
+            tokio::spawn(crate::workload_jwt::feed_jwt_bundles(
+                workload.jwt_bundles(),
+                self.shared.jwt_bundles.clone(),
+                workload.status().clone(),
+            ));
         }
         tokio::spawn(sweep_limiter(Arc::downgrade(&services)));
         self.snapshot.start_background(&services.metrics);
@@ -300,6 +302,7 @@ impl Gateway {
                 log: self.log_filter.map(|f| (f, cfg.log.level.clone())),
                 listener: listener_live.clone(),
                 tls: self.material.clone(),
+                shared: self.shared.clone(),
                 drain: drain.clone(),
             }
             .run(

@@ -40,6 +40,7 @@ pub mod token_endpoint;
 pub mod upstream;
 mod webhook_endpoint;
 pub mod webhooks;
+mod workload_jwt;
 
 pub use gateway::{Bound, Gateway};
 pub use problem::Refusal;

@@ -76,6 +76,8 @@ pub(crate) struct Reloader {
     pub(crate) listener: Arc<ArcSwap<ListenerLive>>,
     /// The TLS material a new listener TLS configuration serves.
     pub(crate) tls: Arc<TlsMaterial>,
+    /// What every snapshot shares (the material, the Workload API's JWT bundles).
+    pub(crate) shared: crate::snapshot::Shared,
     /// `[lifecycle]`, read when the gateway is told to stop.
     pub(crate) drain: Arc<ArcSwap<Drain>>,
     /// Breakers, budgets and endpoint health: kept across reloads, dropped with their
@@ -324,9 +326,9 @@ impl Reloader {
             self.provider.clone(),
         );
         let (running, state) = (self.running.clone(), self.state.clone());
-        let tls = self.tls.clone();
+        let (tls, shared) = (self.tls.clone(), self.shared.clone());
         let built = tokio::task::spawn_blocking(move || {
-            let rebuilt = rebuild(&file, &running, &roots, &provider, &state, &tls)?;
+            let rebuilt = rebuild(&file, &running, &roots, &provider, &state, &shared)?;
             let material = identity_for(&rebuilt.config, &tls, &provider)?;
             Ok((rebuilt, material))
         })

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::routes::{RouteTable, RouteTableError};
 use crate::token_endpoint::{TokenEndpoint, TokenEndpointError};
 use crate::upstream::{Upstream, UpstreamError};
+use idgate_auth::jwt_svid::JwtBundleStore;
 
 /// A setting of a configuration that validated, which the gateway still could not put into
 /// use: a secret it cannot read, a CA file without a certificate, a signing key of the
@@ -95,6 +96,24 @@ impl BuildError {
     }
 }
 
+/// What every snapshot of the process shares, whatever its configuration: the gateway's TLS
+/// material (its SVID, presented to upstreams that ask) and the JWT bundles the SPIFFE
+/// Workload API keeps current.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub material: Arc<idgate_tls::TlsMaterial>,
+    pub jwt_bundles: JwtBundleStore,
+}
+
+impl Shared {
+    pub fn new(material: Arc<idgate_tls::TlsMaterial>) -> Self {
+        Self {
+            material,
+            jwt_bundles: JwtBundleStore::default(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Snapshot {
     pub routes: RouteTable,
@@ -151,18 +170,17 @@ impl Snapshot {
 
     /// Builds the routes and upstream clients and resolves the upstream credentials.
     /// Blocking (reads files and secrets). Errors name the upstream or route.
-    /// `material`: the gateway's SVID, for upstreams that are presented it.
     pub fn build(
         config: &Config,
         roots: &Arc<RootCertStore>,
         provider: &Arc<CryptoProvider>,
         state: &idgate_store::StateStore,
-        material: &Arc<idgate_tls::TlsMaterial>,
+        shared: &Shared,
     ) -> Result<Self, Vec<BuildError>> {
         let mut errors = Vec::new();
         let mut upstreams = Vec::new();
         for (i, u) in config.upstreams.iter().enumerate() {
-            match Upstream::new(u, roots, provider, material) {
+            match Upstream::new(u, roots, provider, &shared.material) {
                 Ok(u) => upstreams.push(u),
                 Err(e) => {
                     let key = match e.key() {
@@ -192,7 +210,21 @@ impl Snapshot {
                 })
                 .ok(),
         };
+        // With the Workload API and no bundle files, JWT-SVIDs are verified with the bundles
+        // the agent streams, kept in a store every snapshot shares.
+        let agent_jwt_bundles = config.identity.workload_api().is_some()
+            && config
+                .jwt_svid
+                .as_ref()
+                .is_some_and(|j| j.bundles.is_empty());
         let auth = AuthServices::build(config, token_endpoint.as_ref().map(|t| &t.issuer), state)
+            .and_then(|a| {
+                if agent_jwt_bundles {
+                    a.with_jwt_bundle_store(shared.jwt_bundles.clone())
+                } else {
+                    Ok(a)
+                }
+            })
             .map_err(|e| errors.push(BuildError::new(config, e.key(), BuildProblem::Auth(e))))
             .ok();
         let limits = Limits::build(config)
@@ -365,9 +397,9 @@ allow = ["spiffe://example.org/ns/kyc/sa/onboarding"]
             &roots,
             &idgate_tls::crypto_provider(),
             &idgate_store::StateStore::from(idgate_store::MemoryStore::new()),
-            &Arc::new(idgate_tls::TlsMaterial::pending(
+            &Shared::new(Arc::new(idgate_tls::TlsMaterial::pending(
                 idgate_tls::crypto_provider(),
-            )),
+            ))),
         )
         .expect_err("the snapshot should not build")
     }

@@ -56,6 +56,8 @@ pub struct OutboundClient {
     pool_idle_timeout: Option<Duration>,
     pool_max_idle_per_host: Option<usize>,
     client_certificate: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
+    /// The client certificate follows the gateway's SVID: no session resumption.
+    rotating_identity: bool,
 }
 
 impl std::fmt::Debug for OutboundClient {
@@ -82,6 +84,7 @@ impl OutboundClient {
             pool_idle_timeout: None,
             pool_max_idle_per_host: None,
             client_certificate: None,
+            rotating_identity: false,
         }
     }
 
@@ -133,6 +136,7 @@ impl OutboundClient {
     /// the server asks for a certificate.
     pub fn client_svid(mut self, material: Arc<crate::TlsMaterial>) -> Self {
         self.client_certificate = Some(Arc::new(CurrentSvid(material)));
+        self.rotating_identity = true;
         self
     }
 
@@ -145,6 +149,11 @@ impl OutboundClient {
             None => builder.with_no_client_auth(),
             Some(resolver) => builder.with_client_cert_resolver(resolver.clone()),
         };
+        if self.rotating_identity {
+            // A resumed session would carry the identity of the handshake it came from: the
+            // server would take the connection for the SVID in force back then.
+            config.resumption = rustls::client::Resumption::disabled();
+        }
         config.alpn_protocols = match self.versions {
             HttpVersions::Http1 => vec![b"http/1.1".to_vec()],
             HttpVersions::Any => vec![b"h2".to_vec(), b"http/1.1".to_vec()],

@@ -111,6 +111,11 @@ impl WorkloadStatus {
         self.refused_updates.load(Ordering::Relaxed)
     }
 
+    /// Counts an update refused by whoever takes it further (the JWT bundles' parser).
+    pub fn record_refused(&self) {
+        self.refused_updates.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Times the X.509 stream could not be opened or ended.
     pub fn disconnects(&self) -> u64 {
         self.disconnects.load(Ordering::Relaxed)

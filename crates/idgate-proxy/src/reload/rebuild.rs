@@ -9,7 +9,7 @@ use idgate_tls::{MaterialSpec, TlsMaterial};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 
-use crate::snapshot::{BuildError, BuildProblem, Snapshot};
+use crate::snapshot::{BuildError, BuildProblem, Shared, Snapshot};
 
 /// A part of the configuration that a reload leaves as it is: it takes effect at restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,14 +208,14 @@ pub(crate) fn rebuild(
     roots: &Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
     state: &StateStore,
-    material: &Arc<TlsMaterial>,
+    shared: &Shared,
 ) -> Result<Rebuilt, ReloadRefused> {
     let config = idgate_config::load(file).map_err(ReloadRefused::Invalid)?;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
     let restart = restart_required(running, &config);
-    let snapshot = Snapshot::build(&config, roots, provider, state, material)
+    let snapshot = Snapshot::build(&config, roots, provider, state, shared)
         .map_err(ReloadRefused::Unusable)?;
     // Keys kept in [state] need the backend the process opened at start to be the shared
     // one the file names: a [state] change waits for a restart, and so do keys moving there.
@@ -352,7 +352,9 @@ mod tests {
             &roots,
             &idgate_tls::crypto_provider(),
             &StateStore::from(MemoryStore::new()),
-            &Arc::new(TlsMaterial::pending(idgate_tls::crypto_provider())),
+            &Shared::new(Arc::new(
+                TlsMaterial::pending(idgate_tls::crypto_provider()),
+            )),
         ) {
             Ok(_) => panic!("the reload should be refused"),
             Err(refused) => refused,
@@ -372,7 +374,9 @@ mod tests {
             &roots,
             &idgate_tls::crypto_provider(),
             &StateStore::from(MemoryStore::new()),
-            &Arc::new(TlsMaterial::pending(idgate_tls::crypto_provider())),
+            &Shared::new(Arc::new(
+                TlsMaterial::pending(idgate_tls::crypto_provider()),
+            )),
         ) {
             Ok(_) => panic!("the reload should be refused"),
             Err(refused) => refused,

@@ -4,6 +4,7 @@
 
 mod agent_loss;
 mod federation;
+mod jwt;
 mod rotation;
 mod start;
 mod upstream_mtls;
