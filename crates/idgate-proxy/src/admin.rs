@@ -1,5 +1,6 @@
 //! The admin listener (loopback by default): `/healthz` says the process is alive,
-//! `/readyz` says it is ready for traffic (listener bound, material loaded, not draining),
+//! `/readyz` says it is ready for traffic (listener bound, material loaded, the SVID not
+//! expired, not draining),
 //! `/metrics` serves Prometheus metrics, `/incidents` and `/incidents/{id}` the incidents
 //! (JSON) when `[incidents]` is configured. Anything else gets a problem from the one mapping
 //! (`problem.rs`).
@@ -43,6 +44,18 @@ pub(crate) struct AdminState {
     pub(crate) ready: Arc<AtomicBool>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) incidents: Option<Arc<idgate_incidents::IncidentService>>,
+    /// The gateway's TLS material: an SVID that has expired (the SPIRE agent gone for
+    /// longer than its lifetime, say) fails every handshake, so the gateway is not ready.
+    pub(crate) material: Arc<idgate_tls::TlsMaterial>,
+}
+
+impl AdminState {
+    fn svid_valid(&self) -> bool {
+        self.material
+            .expiry()
+            .svid
+            .is_some_and(|(_, until)| until > std::time::SystemTime::now())
+    }
 }
 
 fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
@@ -65,7 +78,9 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
             );
             resp
         }
-        "/readyz" if ready.load(Ordering::Acquire) => json(StatusCode::OK, r#"{"status":"ready"}"#),
+        "/readyz" if ready.load(Ordering::Acquire) && state.svid_valid() => {
+            json(StatusCode::OK, r#"{"status":"ready"}"#)
+        }
         "/readyz" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
         path => match (&state.incidents, path.strip_prefix("/incidents")) {
             (Some(incidents), Some("" | "/")) => json_bytes(incidents.list_json()),

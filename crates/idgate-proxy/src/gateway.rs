@@ -319,6 +319,7 @@ impl Gateway {
                 ready: ready.clone(),
                 metrics: services.metrics.clone(),
                 incidents: incidents.clone(),
+                material: self.material.clone(),
             },
             admin_stop_rx,
         ));

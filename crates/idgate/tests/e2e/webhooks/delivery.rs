@@ -44,12 +44,16 @@ async fn events_reach_a_mutual_tls_subscriber_signed_with_its_secret() {
             assert_eq!(d.body["event_id"], format!("evt-{n}"));
         }
         assert_eq!(sub.got().len(), 3, "each once");
-        let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
-        assert!(
-            metrics.contains(
-                r#"idgate_webhook_deliveries_total{webhook="didit",subscriber="kyc",outcome="delivered"} 3"#
-            ),
-            "{metrics}"
+        // The subscriber has answered the third delivery; the gateway counts it once that
+        // answer is back, which may be a moment later.
+        let delivered =
+            r#"idgate_webhook_deliveries_total{webhook="didit",subscriber="kyc",outcome="delivered"} 3"#;
+        assert_eventually!(
+            admin_get(gw.admin_port, "/metrics")
+                .await
+                .is_ok_and(|(_, m)| m.contains(delivered)),
+            "the deliveries are not counted: {}",
+            admin_get(gw.admin_port, "/metrics").await.map(|(_, m)| m).unwrap_or_default()
         );
     })
     .await;

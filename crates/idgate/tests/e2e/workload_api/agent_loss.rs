@@ -77,3 +77,46 @@ async fn losing_the_agent_keeps_the_last_svid_serving_with_a_warning_and_it_reco
     })
     .await;
 }
+
+#[tokio::test]
+async fn once_the_last_svid_expires_without_the_agent_the_gateway_is_not_ready() {
+    within(async {
+        let mut agent = Agent::start().await;
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let mut gw = Gateway::spawn(&config(&agent, &upstream, &[ONBOARDING]), &[]);
+        let now = std::time::SystemTime::now();
+        let short = agent
+            .ca
+            .svid_with_validity(
+                GATEWAY_ID,
+                now - Duration::from_secs(60),
+                now + Duration::from_secs(3),
+            )
+            .unwrap();
+        agent.push(&short, &[]);
+        gw.serving().await;
+        assert_eq!(admin_get(gw.admin_port, "/readyz").await.unwrap().0, 200);
+
+        agent.stop().await;
+        // Still valid: ready. Once expired, every handshake would fail: not ready.
+        crate::assert_eventually!(
+            admin_get(gw.admin_port, "/readyz").await.unwrap().0 == 503,
+            "an expired SVID leaves the gateway ready; output:\n{}",
+            gw.output()
+        );
+        assert!(
+            std::time::SystemTime::now() + Duration::from_millis(100)
+                >= now + Duration::from_secs(3)
+        );
+
+        // The agent comes back with a fresh SVID: ready again.
+        agent.restart().await;
+        agent.push(&agent.gateway_svid(), &[]);
+        crate::assert_eventually!(
+            admin_get(gw.admin_port, "/readyz").await.unwrap().0 == 200,
+            "not ready after a fresh SVID; output:\n{}",
+            gw.output()
+        );
+    })
+    .await;
+}
