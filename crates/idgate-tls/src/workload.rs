@@ -185,6 +185,39 @@ async fn pause(delay: std::time::Duration, stop: &mut watch::Receiver<bool>) -> 
     *stop.borrow()
 }
 
+/// Connects, opens the stream `open` asks for and hands each message to `take`, until the
+/// stream fails or ends (the reason, for the log) or `stop` turns true (`None`).
+async fn follow<T, S, F>(
+    endpoint: &WorkloadEndpoint,
+    open: impl FnOnce(WorkloadApiClient) -> F,
+    stop: &mut watch::Receiver<bool>,
+    mut take: impl FnMut(T),
+) -> Option<String>
+where
+    F: Future<Output = Result<S, ::spiffe::WorkloadApiError>>,
+    S: futures_util::Stream<Item = Result<T, ::spiffe::WorkloadApiError>> + Unpin,
+{
+    let client = match WorkloadApiClient::connect(endpoint.parsed.clone()).await {
+        Ok(client) => client,
+        Err(e) => return Some(describe(&e)),
+    };
+    let mut stream = match open(client).await {
+        Ok(stream) => stream,
+        Err(e) => return Some(describe(&e)),
+    };
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = stop.wait_for(|s| *s) => return None,
+        };
+        match next {
+            Some(Ok(message)) => take(message),
+            Some(Err(e)) => return Some(describe(&e)),
+            None => return Some("the agent ended the stream".to_owned()),
+        }
+    }
+}
+
 async fn x509_task(
     endpoint: WorkloadEndpoint,
     mut applier: Applier,
@@ -196,26 +229,14 @@ async fn x509_task(
         if *stop.borrow() {
             return;
         }
-        let ended = match WorkloadApiClient::connect(endpoint.parsed.clone()).await {
-            Err(e) => describe(&e),
-            Ok(client) => match client.stream_x509_contexts().await {
-                Err(e) => describe(&e),
-                Ok(mut stream) => loop {
-                    let next = tokio::select! {
-                        next = stream.next() => next,
-                        _ = stop.wait_for(|s| *s) => return,
-                    };
-                    match next {
-                        Some(Ok(context)) => {
-                            applier.apply(&context);
-                            status.connected.store(true, Ordering::Relaxed);
-                            backoff.reset();
-                        }
-                        Some(Err(e)) => break describe(&e),
-                        None => break "the agent ended the stream".to_owned(),
-                    }
-                },
-            },
+        let open = |c: WorkloadApiClient| async move { c.stream_x509_contexts().await };
+        let take = |context| {
+            applier.apply(&context);
+            status.connected.store(true, Ordering::Relaxed);
+            backoff.reset();
+        };
+        let Some(ended) = follow(&endpoint, open, &mut stop, take).await else {
+            return;
         };
         status.disconnects.fetch_add(1, Ordering::Relaxed);
         let was_connected = status.connected.swap(false, Ordering::Relaxed);
@@ -257,32 +278,20 @@ async fn jwt_task(
         if *stop.borrow() {
             return;
         }
-        let ended = match WorkloadApiClient::connect(endpoint.parsed.clone()).await {
-            Err(e) => describe(&e),
-            Ok(client) => match client.stream_jwt_bundles().await {
-                Err(e) => describe(&e),
-                Ok(mut stream) => loop {
-                    let next = tokio::select! {
-                        next = stream.next() => next,
-                        _ = stop.wait_for(|s| *s) => return,
-                    };
-                    match next {
-                        Some(Ok(set)) => match apply::jwt_bundle_set(&set) {
-                            Ok(bundles) => {
-                                status.jwt_bundle_updates.fetch_add(1, Ordering::Relaxed);
-                                out.send_replace(Some(Arc::new(bundles)));
-                                backoff.reset();
-                            }
-                            Err(e) => {
-                                status.refused_updates.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(error = %e, "JWT bundles from the Workload API refused; the previous ones stay");
-                            }
-                        },
-                        Some(Err(e)) => break describe(&e),
-                        None => break "the agent ended the stream".to_owned(),
-                    }
-                },
-            },
+        let open = |c: WorkloadApiClient| async move { c.stream_jwt_bundles().await };
+        let take = |set| match apply::jwt_bundle_set(&set) {
+            Ok(bundles) => {
+                status.jwt_bundle_updates.fetch_add(1, Ordering::Relaxed);
+                out.send_replace(Some(Arc::new(bundles)));
+                backoff.reset();
+            }
+            Err(e) => {
+                status.refused_updates.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "JWT bundles from the Workload API refused; the previous ones stay");
+            }
+        };
+        let Some(ended) = follow(&endpoint, open, &mut stop, take).await else {
+            return;
         };
         let delay = backoff.next_delay();
         tracing::warn!(
