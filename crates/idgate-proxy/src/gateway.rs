@@ -210,6 +210,13 @@ impl Gateway {
             std::io::Error::new(e.kind(), format!("admin.bind {}: {e}", cfg.admin.bind))
         })?;
         let admin_addr = admin.local_addr()?;
+        // With its material loaded (files), the listener is bound now, before anything
+        // starts: a taken port is reported with nothing to undo.
+        let mut listener = if self.material.is_ready() {
+            Some(bind_listener(cfg).await?)
+        } else {
+            None
+        };
 
         // The SIEM sinks start first: the trail's start may already write entries (a gap).
         let siem = crate::siem::start(cfg).await?;
@@ -327,6 +334,7 @@ impl Gateway {
         // The TLS listener is bound only once there is an SVID to present (at once with
         // files): until the Workload API delivered one, /readyz says not ready and no caller
         // meets a handshake that must fail. A shutdown meanwhile skips serving and draining.
+        let mut outcome = Ok(());
         let material_ready = self.material.is_ready()
             || {
                 tracing::info!(
@@ -338,13 +346,18 @@ impl Gateway {
                     () = &mut shutdown => false,
                 }
             };
-        if material_ready {
-            let listener = TcpListener::bind(cfg.listener.bind).await.map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("listener.bind {}: {e}", cfg.listener.bind),
-                )
-            })?;
+        // Bound after the wait (Workload API): a taken port then ends the gateway as a
+        // shutdown does, so that the writers started above flush.
+        if material_ready && listener.is_none() {
+            match bind_listener(cfg).await {
+                Ok(l) => listener = Some(l),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot bind the listener");
+                    outcome = Err(e);
+                }
+            }
+        }
+        if let Some(listener) = listener {
             let bound = Bound {
                 listener: listener.local_addr()?,
                 admin: admin_addr,
@@ -386,7 +399,11 @@ impl Gateway {
                 tracing::warn!("drain timeout reached; closing the remaining connections");
             }
         } else {
-            tracing::info!("shutting down before the SVID arrived: nothing was served");
+            if material_ready {
+                tracing::info!("shutting down: nothing was served");
+            } else {
+                tracing::info!("shutting down before the SVID arrived: nothing was served");
+            }
             let _ = stop_tx.send(true);
         }
         // The admin listener answers (not ready) until the drain is over.
@@ -410,8 +427,17 @@ impl Gateway {
         }
         // Writers fed by the requests (an outbox, say) register here, after the SIEM export.
         writers.flush().await;
-        Ok(())
+        outcome
     }
+}
+
+async fn bind_listener(cfg: &Config) -> std::io::Result<TcpListener> {
+    TcpListener::bind(cfg.listener.bind).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("listener.bind {}: {e}", cfg.listener.bind),
+        )
+    })
 }
 
 /// Starts the process's webhook deliverer on the snapshot's subscribers, presenting the

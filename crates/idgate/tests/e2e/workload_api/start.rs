@@ -75,3 +75,31 @@ async fn a_gateway_without_a_registration_entry_keeps_waiting_and_says_why() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_listener_port_taken_when_the_svid_arrives_ends_the_gateway_naming_it() {
+    within(async {
+        let agent = Agent::start().await;
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut config = config(&agent, &upstream, &[ONBOARDING]);
+        config.listener.bind = taken.local_addr().unwrap();
+        let mut gw = Gateway::spawn(&config, &[]);
+        agent.push(&agent.gateway_svid(), &[]);
+        crate::assert_eventually!(
+            gw.child.try_wait().unwrap().is_some(),
+            "the gateway kept running without its listener; output:\n{}",
+            gw.output()
+        );
+        // Reaped already: the status is the one try_wait saw.
+        assert!(!gw.child.wait().unwrap().success());
+        crate::assert_eventually!(
+            gw.output()
+                .contains(&format!("listener.bind {}", taken.local_addr().unwrap())),
+            "the error does not name listener.bind; output:\n{}",
+            gw.output()
+        );
+        assert!(!gw.ready_file.exists());
+    })
+    .await;
+}
