@@ -13,6 +13,9 @@ use crate::raw;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityConfig {
     pub source: IdentitySource,
+    /// With the Workload API: present the SVID whose registration entry has this hint,
+    /// rather than the default (first) one.
+    pub svid_hint: Option<String>,
     /// How often the files are checked for changes besides the directory watch.
     pub poll_interval: Duration,
 }
@@ -105,7 +108,22 @@ pub(crate) fn parse(
             }
         },
     };
+    let svid_hint = match i.svid_hint {
+        Some(h) if h.is_empty() => {
+            cx.err("identity.svid_hint", "must not be empty");
+            None
+        }
+        Some(_) if !matches!(source, Some(IdentitySource::WorkloadApi(_)) | None) => {
+            cx.err(
+                "identity.svid_hint",
+                "chooses among the SVIDs of the Workload API: it has no meaning with svid_cert",
+            );
+            None
+        }
+        hint => hint,
+    };
     IdentityConfig {
+        svid_hint,
         // A placeholder when the section is in error: the configuration is refused anyway.
         source: source.unwrap_or(IdentitySource::Files(FileIdentity {
             svid_cert: PathBuf::new(),
@@ -392,6 +410,33 @@ allow = ["spiffe://partner.example/ns/risk/sa/scorer"]
             errors
                 .iter()
                 .any(|e| e.starts_with("jwt_svid.bundles: missing")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn svid_hint_chooses_among_the_workload_apis_svids_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = parse(
+            dir.path(),
+            "workload_api = \"unix:///run/spire/agent.sock\"\nsvid_hint = \"internal\"",
+            None,
+        )
+        .unwrap();
+        assert_eq!(config.identity.svid_hint.as_deref(), Some("internal"));
+        for f in ["gw.crt", "gw.key", "b.pem"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let errors = parse(
+            dir.path(),
+            "svid_cert = \"gw.crt\"\nsvid_key = \"gw.key\"\nsvid_hint = \"internal\"\n[[identity.trust_bundles]]\ntrust_domain = \"partner.example\"\nbundle = \"b.pem\"",
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("identity.svid_hint: ") && e.contains("svid_cert")),
             "{errors:?}"
         );
     }

@@ -73,6 +73,8 @@ pub(crate) struct Identity {
     #[serde(default)]
     pub(crate) workload_api: Option<String>,
     #[serde(default)]
+    pub(crate) svid_hint: Option<String>,
+    #[serde(default)]
     pub(crate) trust_bundles: Vec<TrustBundle>,
     #[serde(default)]
     pub(crate) poll_interval: Option<String>,

@@ -265,6 +265,7 @@ impl Gateway {
             // after a reload, verifies with them.
             let workload = WorkloadApi::spawn(
                 endpoint.clone(),
+                cfg.identity.svid_hint.clone(),
                 self.material.clone(),
                 true,
                 stop_rx.clone(),

@@ -132,8 +132,11 @@ pub struct WorkloadApi {
 impl WorkloadApi {
     /// Starts streaming from `endpoint` into `material` (and, with `jwt_bundles`, the JWT
     /// bundles too) until `stop` turns true. Needs a Tokio runtime.
+    /// `svid_hint`: present the SVID whose registration entry has this hint, instead of the
+    /// default (first) one.
     pub fn spawn(
         endpoint: WorkloadEndpoint,
+        svid_hint: Option<String>,
         material: Arc<TlsMaterial>,
         jwt_bundles: bool,
         stop: watch::Receiver<bool>,
@@ -142,7 +145,7 @@ impl WorkloadApi {
         let (jwt_tx, jwt_rx) = watch::channel(None);
         tokio::spawn(x509_task(
             endpoint.clone(),
-            Applier::new(material, status.clone()),
+            Applier::new(material, status.clone(), svid_hint),
             status.clone(),
             stop.clone(),
         ));

@@ -85,7 +85,8 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<RestartOnly> {
         // or which Workload API) only at restart.
         (
             running.identity.poll_interval != new.identity.poll_interval
-                || running.identity.workload_api() != new.identity.workload_api(),
+                || running.identity.workload_api() != new.identity.workload_api()
+                || running.identity.svid_hint != new.identity.svid_hint,
             RestartOnly::Identity,
         ),
         (running.admin != new.admin, RestartOnly::Admin),

@@ -33,16 +33,24 @@ pub(super) struct Applier {
     chain: Vec<Vec<u8>>,
     svid_expiry: Option<SystemTime>,
     bundles: HashMap<TrustDomain, Held>,
+    /// The SVID to present, by the hint of its registration entry; the default (first) one
+    /// without.
+    hint: Option<String>,
 }
 
 impl Applier {
-    pub(super) fn new(material: Arc<TlsMaterial>, status: Arc<WorkloadStatus>) -> Self {
+    pub(super) fn new(
+        material: Arc<TlsMaterial>,
+        status: Arc<WorkloadStatus>,
+        hint: Option<String>,
+    ) -> Self {
         Self {
             material,
             status,
             chain: Vec::new(),
             svid_expiry: None,
             bundles: HashMap::new(),
+            hint,
         }
     }
 
@@ -68,8 +76,22 @@ impl Applier {
     }
 
     fn apply_svid(&mut self, context: &X509Context) {
-        let Some(svid) = context.default_svid() else {
-            return self.refused("an X.509 context", "it holds no SVID");
+        let chosen = match &self.hint {
+            None => context.default_svid(),
+            Some(hint) => context
+                .svids()
+                .iter()
+                .find(|s| s.hint() == Some(hint.as_str())),
+        };
+        let Some(svid) = chosen else {
+            let why = match &self.hint {
+                None => "it holds no SVID".to_owned(),
+                Some(hint) => format!(
+                    "none of its {} SVIDs has the hint \"{hint}\" (svid_hint)",
+                    context.svids().len()
+                ),
+            };
+            return self.refused("an X.509 context", why);
         };
         let chain: Vec<Vec<u8>> = svid
             .cert_chain()

@@ -61,7 +61,7 @@ fn context(
 fn setup() -> (Arc<TlsMaterial>, Arc<WorkloadStatus>, Applier) {
     let material = Arc::new(TlsMaterial::pending(crate::crypto_provider()));
     let status = Arc::new(WorkloadStatus::default());
-    let applier = Applier::new(material.clone(), status.clone());
+    let applier = Applier::new(material.clone(), status.clone(), None);
     (material, status, applier)
 }
 
@@ -183,4 +183,46 @@ fn an_svid_whose_key_does_not_fit_is_refused_and_the_one_in_use_stays() {
         assert_eq!(status.refused_updates(), 1);
         assert_eq!(status.svid_updates(), 1);
     }
+}
+
+#[test]
+fn with_a_hint_the_svid_of_that_entry_is_presented_and_without_it_none_is_taken() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (one, two) = (pki(a.path(), "example.org"), pki(b.path(), "example.org"));
+    let hinted = |files: &DevPkiFiles, hint: &str| {
+        Arc::new(
+            X509Svid::parse_from_der_with_hint(
+                &ders(&files.gateway_cert),
+                &key_der(&files.gateway_key),
+                Some(Arc::from(hint)),
+            )
+            .unwrap(),
+        )
+    };
+    let bundles = || {
+        let mut set = X509BundleSet::new();
+        set.add_bundle(bundle("example.org", &one));
+        set
+    };
+    let material = Arc::new(TlsMaterial::pending(crate::crypto_provider()));
+    let status = Arc::new(WorkloadStatus::default());
+    let mut applier = Applier::new(material.clone(), status.clone(), Some("internal".into()));
+
+    // The default (first) SVID is "external"; the gateway's entry is "internal".
+    applier.apply(&X509Context::new(
+        [hinted(&one, "external"), hinted(&two, "internal")],
+        bundles(),
+    ));
+    assert_eq!(
+        leaf(&material),
+        ders(&two.gateway_cert)[..leaf(&material).len()]
+    );
+
+    // An update without that entry is refused: the SVID in use stays.
+    applier.apply(&X509Context::new([hinted(&one, "external")], bundles()));
+    assert_eq!(
+        leaf(&material),
+        ders(&two.gateway_cert)[..leaf(&material).len()]
+    );
+    assert_eq!(status.refused_updates(), 1);
 }

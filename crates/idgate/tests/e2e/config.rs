@@ -62,6 +62,7 @@ impl GatewayConfig {
                 svid_cert: Some(svid_cert.to_owned()),
                 svid_key: Some(svid_key.to_owned()),
                 workload_api: None,
+                svid_hint: None,
                 poll_interval: None,
                 trust_bundles: Vec::new(),
             },
@@ -170,6 +171,8 @@ pub struct IdentitySpec {
     pub svid_key: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workload_api: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub svid_hint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll_interval: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]

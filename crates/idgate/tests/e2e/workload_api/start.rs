@@ -103,3 +103,43 @@ async fn a_listener_port_taken_when_the_svid_arrives_ends_the_gateway_naming_it(
     })
     .await;
 }
+
+#[tokio::test]
+async fn svid_hint_presents_the_svid_of_the_hinted_entry_not_the_default_one() {
+    within(async {
+        let agent = Agent::start().await;
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let mut config = config(&agent, &upstream, &[ONBOARDING]);
+        config.identity.svid_hint = Some("mtls-listener".to_owned());
+        let mut gw = Gateway::spawn(&config, &[]);
+        let other = agent
+            .ca
+            .svid("spiffe://example.org/batch", Duration::from_secs(3600))
+            .unwrap();
+        let listener = agent.gateway_svid();
+        agent.server().set_x509(
+            X509State::new(idgate_workload_test::X509Identity::new(
+                other.clone(),
+                agent.ca.bundle(),
+            ))
+            .with_identity(
+                idgate_workload_test::X509Identity::new(listener.clone(), agent.ca.bundle())
+                    .with_hint("mtls-listener"),
+            ),
+        );
+        gw.serving().await;
+        let dir = tempfile::tempdir().unwrap();
+        let client = Client::with_identity(
+            &agent.bundle_file("bundle.pem"),
+            &caller(&agent.ca, ONBOARDING, dir.path(), "onboarding"),
+            gw.port,
+            rustls::DEFAULT_VERSIONS,
+        );
+        assert_eq!(
+            presented_leaf(&client).await.unwrap(),
+            listener.chain[0].to_vec()
+        );
+        assert_ne!(other.chain[0], listener.chain[0]);
+    })
+    .await;
+}
