@@ -326,18 +326,9 @@ impl JwtVerifier {
             keys = newer;
             candidates = select(&keys, unverified.kid.as_deref(), alg);
         }
-        let indices = match candidates {
-            Selection::Keys(i) => i,
-            Selection::UnknownKid | Selection::Ambiguous => return Err("unknown signing key"),
-            Selection::AlgorithmMismatch => return Err("algorithm does not match key"),
-        };
-        let verified = indices
-            .iter()
-            .any(|&i| keys.keys[i].verify(alg, unverified.signing_input, &unverified.signature));
-        if !verified {
-            tracing::debug!(issuer = %issuer.name, kid = unverified.kid.as_deref().unwrap_or("-"), %alg, "bad token signature");
-            return Err("bad signature");
-        }
+        verify_signature(&keys, candidates, alg, &unverified).inspect_err(|why| {
+            tracing::debug!(issuer = %issuer.name, kid = unverified.kid.as_deref().unwrap_or("-"), %alg, reason = why, "token not verified by its issuer's keys");
+        })?;
 
         let claims = claims::check(
             &unverified.claims,
@@ -372,6 +363,29 @@ pub(crate) enum Selection {
     Ambiguous,
     /// The `kid` exists but its key is of another type, or declares another `alg`.
     AlgorithmMismatch,
+}
+
+/// Whether one of the keys `selection` picked from `keys` verifies `token`'s signature; the
+/// refusal reason of the `jwt` and `jwt_svid` layers alike.
+pub(crate) fn verify_signature(
+    keys: &KeySet,
+    selection: Selection,
+    alg: Algorithm,
+    token: &jws::Unverified<'_>,
+) -> Result<(), &'static str> {
+    let indices = match selection {
+        Selection::Keys(i) => i,
+        Selection::UnknownKid | Selection::Ambiguous => return Err("unknown signing key"),
+        Selection::AlgorithmMismatch => return Err("algorithm does not match key"),
+    };
+    let verified = indices
+        .iter()
+        .any(|&i| keys.keys[i].verify(alg, token.signing_input, &token.signature));
+    if verified {
+        Ok(())
+    } else {
+        Err("bad signature")
+    }
 }
 
 pub(crate) fn select(keys: &KeySet, kid: Option<&str>, alg: Algorithm) -> Selection {

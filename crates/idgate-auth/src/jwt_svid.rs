@@ -39,7 +39,7 @@ pub use bundle::{
 use crate::failure::AuthFailure;
 use crate::jwt::claims::{numeric_date, string_or_array};
 use crate::jwt::jws;
-use crate::jwt::{Algorithm, Selection, select};
+use crate::jwt::{Algorithm, select, verify_signature};
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat` unless configured.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -159,18 +159,10 @@ impl JwtSvidVerifier {
             .get(spiffe_id.trust_domain_name())
             .ok_or("untrusted trust domain")?;
         let keys = bundle.key_set();
-        let indices = match select(keys, unverified.kid.as_deref(), alg) {
-            Selection::Keys(i) => i,
-            Selection::UnknownKid | Selection::Ambiguous => return Err("unknown signing key"),
-            Selection::AlgorithmMismatch => return Err("algorithm does not match key"),
-        };
-        let verified = indices
-            .iter()
-            .any(|&i| keys.keys[i].verify(alg, unverified.signing_input, &unverified.signature));
-        if !verified {
-            tracing::debug!(trust_domain = %bundle.trust_domain(), kid = unverified.kid.as_deref().unwrap_or("-"), %alg, "bad JWT-SVID signature");
-            return Err("bad signature");
-        }
+        let selection = select(keys, unverified.kid.as_deref(), alg);
+        verify_signature(keys, selection, alg, &unverified).inspect_err(|why| {
+            tracing::debug!(trust_domain = %bundle.trust_domain(), kid = unverified.kid.as_deref().unwrap_or("-"), %alg, reason = why, "JWT-SVID not verified by its trust domain's keys");
+        })?;
 
         let expires_at = check_claims(&unverified.claims, &self.settings, now)?;
         Ok(JwtSvidIdentity {
