@@ -893,7 +893,7 @@ has_proxy idgate && idgate_v=$("$IDGATE_BIN" --version 2>/dev/null | awk 'NR == 
 # 64 KiB may still sit in its buffer).
 declare -A LOGGING=() LOG_LINES=()
 CHAIN_DESC="the same work as the peers: mTLS, the upstream key injected, the access log"
-[[ $CHAIN == full ]] && CHAIN_DESC="the full chain: mTLS and an API key (both required, the key kept in Redis), two rate limits counted in Redis (one round trip per request), the owner of the session checked on the decision route (created once through the gateway; its record read from Redis, then kept by the replica for 10 s), the upstream key injected, the access log; nginx and HAProxy do bare mTLS"
+[[ $CHAIN == full ]] && CHAIN_DESC="the full chain: mTLS and an API key (both required, the key kept in Redis), two rate limits counted in Redis (each replica leasing 10 ms of a limit at a time: a script per lease, not per request), the owner of the session checked on the decision route (created once through the gateway; its record read from Redis, then kept by the replica for 10 s), the upstream key injected, the access log; nginx and HAProxy do bare mTLS"
 [[ $EVIDENCE == on ]] && CHAIN_DESC="$CHAIN_DESC; with the evidence on: the audit trail ([audit] defaults: one hash-chained record per request, Ed25519 checkpoints, fsync in batches) and the decision answer masked (a pseudonym, a date cut to the year, a redaction)"
 if [[ $IDGATE_LOG == on ]]; then
   LOGGING[idgate]="its defaults: \`[log]\` level \`info\`, text, one access line per request on standard output, redirected to a file"

@@ -461,8 +461,8 @@ fn start_deliverer(
     deliverer
 }
 
-/// Removes the dead keys of the in-process rate limiter every few seconds, so that its
-/// memory follows the callers of the moment; ends with the gateway.
+/// Removes the dead keys of the in-process rate limiter and the ended leases every few
+/// seconds, so that their memory follows the callers of the moment; ends with the gateway.
 async fn sweep_limiter(services: std::sync::Weak<Services>) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -471,6 +471,8 @@ async fn sweep_limiter(services: std::sync::Weak<Services>) {
         let Some(services) = services.upgrade() else {
             return;
         };
-        services.limiter.sweep(std::time::SystemTime::now());
+        let now = std::time::SystemTime::now();
+        services.limiter.sweep(now);
+        services.leases.sweep(now);
     }
 }

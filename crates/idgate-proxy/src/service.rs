@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{HeaderName, HeaderValue};
 use idgate_auth::AuthFailure;
-use idgate_store::{LocalLimiter, MemoryStore, StateStore};
+use idgate_store::{GcraLeases, LocalLimiter, MemoryStore, StateStore};
 
 use crate::access_log::AccessLog;
 use crate::authn::FailedAttempts;
@@ -85,6 +85,8 @@ pub struct Services {
     /// Rate-limit state when the backend is not shared between replicas (see
     /// `checks/rate_limit.rs`): in memory, never written to a file per request.
     pub limiter: LocalLimiter,
+    /// This replica's leases of the shared backend's rate limits (see `GcraLeases`).
+    pub leases: GcraLeases,
     pub limit_metrics: LimitMetrics,
     /// Failures of the state backend: counted, and logged a line at a time.
     pub state_errors: StateErrors,
@@ -130,6 +132,7 @@ impl Services {
             route_none: "-".into(),
             state,
             limiter: LocalLimiter::default(),
+            leases: GcraLeases::default(),
             limit_metrics,
             state_errors: StateErrors::default(),
             webhook_metrics,

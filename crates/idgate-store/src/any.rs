@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::StoreError;
 use crate::api_keys::{ApiKeyStore, StoreVersion, StoredKey};
-use crate::counters::{Counters, GcraCheck, GcraDecision, GcraLimit, WindowCount};
+use crate::counters::{Counters, GcraCheck, GcraDecision, GcraLimit, GcraTake, WindowCount};
 use crate::memory::MemoryStore;
 use crate::nonces::{Nonces, OwnerRecord, Ownership};
 use crate::queue::{
@@ -161,10 +161,10 @@ impl Counters for StateStore {
         &self,
         key: &CounterKey,
         limit: &GcraLimit,
-        cost: u32,
+        take: GcraTake,
         now: SystemTime,
     ) -> Result<GcraDecision, StoreError> {
-        forward!(self, s => s.gcra(key, limit, cost, now))
+        forward!(self, s => s.gcra(key, limit, take, now))
     }
 
     async fn gcra_many(

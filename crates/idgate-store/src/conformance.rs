@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{
-    ApiKeyStore, CounterKey, Counters, GcraLimit, KeyState, MessageId, MessageState, NackOutcome,
-    NewMessage, Nonce, Nonces, ObjectId, Owner, Ownership, Queue, QueueName, QueueStats,
-    StoreError, StoredKey,
+    ApiKeyStore, CounterKey, Counters, GcraLimit, GcraTake, KeyState, MessageId, MessageState,
+    NackOutcome, NewMessage, Nonce, Nonces, ObjectId, Owner, Ownership, Queue, QueueName,
+    QueueStats, StoreError, StoredKey,
 };
 
 fn time(secs: u64) -> SystemTime {
@@ -41,6 +41,8 @@ pub fn sample_key(id: &str, name: &str) -> StoredKey {
 }
 
 use sample_key as key;
+
+const ONE: GcraTake = GcraTake::EXACTLY_ONE;
 
 /// What every [`ApiKeyStore`] must do. Starts from an empty store.
 pub async fn api_keys(store: &impl ApiKeyStore) {
@@ -179,20 +181,23 @@ pub async fn counters(store: &impl Counters, start: SystemTime) {
     // GCRA: 10 a second, bursts of 2; a GCRA key and a window key of one name are apart.
     let limit = GcraLimit::per(10, SEC, 2).unwrap();
     let rl = ck("fail:addr=192.0.2.7");
-    let a = store.gcra(&rl, &limit, 1, start).await.unwrap();
-    let b = store.gcra(&rl, &limit, 1, start).await.unwrap();
-    let c = store.gcra(&rl, &limit, 1, start).await.unwrap();
+    let a = store.gcra(&rl, &limit, ONE, start).await.unwrap();
+    let b = store.gcra(&rl, &limit, ONE, start).await.unwrap();
+    let c = store.gcra(&rl, &limit, ONE, start).await.unwrap();
     assert_eq!((a.allowed, a.remaining), (true, 1));
     assert_eq!((b.allowed, b.remaining), (true, 0));
     assert!(!c.allowed);
     assert_eq!(c.retry_after, Duration::from_millis(100));
     assert_eq!(store.get(&rl, start).await.unwrap(), None);
     let d = store
-        .gcra(&rl, &limit, 1, start + Duration::from_millis(100))
+        .gcra(&rl, &limit, ONE, start + Duration::from_millis(100))
         .await
         .unwrap();
     assert!(d.allowed, "one more after one emission interval");
-    let idle = store.gcra(&rl, &limit, 1, start + 10 * SEC).await.unwrap();
+    let idle = store
+        .gcra(&rl, &limit, ONE, start + 10 * SEC)
+        .await
+        .unwrap();
     assert_eq!((idle.allowed, idle.remaining), (true, 1));
 
     // Sweeping removes what expired and keeps what lives.
@@ -222,7 +227,7 @@ pub async fn gcra_many(store: &impl Counters, start: SystemTime) {
     let (a, b, c) = (ck("many:a"), ck("many:b"), ck("many:c"));
     assert!(store.gcra_many(&[], start).await.unwrap().is_empty());
     let first = store
-        .gcra_many(&[(&a, &tight, 1), (&b, &loose, 1)], start)
+        .gcra_many(&[(&a, &tight, ONE), (&b, &loose, ONE)], start)
         .await
         .unwrap();
     assert_eq!(
@@ -233,7 +238,7 @@ pub async fn gcra_many(store: &impl Counters, start: SystemTime) {
         [(true, 0), (true, 4)]
     );
     let second = store
-        .gcra_many(&[(&a, &tight, 1), (&b, &loose, 1)], start)
+        .gcra_many(&[(&a, &tight, ONE), (&b, &loose, ONE)], start)
         .await
         .unwrap();
     assert!(!second[0].allowed);
@@ -244,7 +249,7 @@ pub async fn gcra_many(store: &impl Counters, start: SystemTime) {
         "a limit that admits consumes, even when another refuses"
     );
     let twice = store
-        .gcra_many(&[(&c, &tight, 1), (&c, &tight, 1)], start)
+        .gcra_many(&[(&c, &tight, ONE), (&c, &tight, ONE)], start)
         .await
         .unwrap();
     assert_eq!(
@@ -252,8 +257,34 @@ pub async fn gcra_many(store: &impl Counters, start: SystemTime) {
         [true, false],
         "one key twice: the second check sees the first"
     );
-    let single = store.gcra(&b, &loose, 1, start).await.unwrap();
+    let single = store.gcra(&b, &loose, ONE, start).await.unwrap();
     assert_eq!((single.allowed, single.remaining), (true, 2));
+
+    // A lease takes what there is room for, at least one: b has two left, then none.
+    let d = ck("many:d");
+    let leased = store
+        .gcra_many(
+            &[
+                (&b, &loose, GcraTake::up_to(4)),
+                (&d, &loose, GcraTake::up_to(4)),
+            ],
+            start,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        leased
+            .iter()
+            .map(|d| (d.allowed, d.granted, d.remaining))
+            .collect::<Vec<_>>(),
+        [(true, 2, 0), (true, 4, 1)]
+    );
+    let none_left = store
+        .gcra(&b, &loose, GcraTake::up_to(4), start)
+        .await
+        .unwrap();
+    assert_eq!((none_left.allowed, none_left.granted), (false, 0));
+    assert_eq!(none_left.retry_after, Duration::from_millis(100));
 }
 
 /// Concurrent increments of one key from `tasks` tasks: none is lost, and each caller sees

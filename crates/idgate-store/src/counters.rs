@@ -16,7 +16,7 @@ pub struct WindowCount {
 }
 
 /// A GCRA limit: one request per `emission_interval` on average, up to `burst` at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GcraLimit {
     emission_interval: Duration,
     burst: u32,
@@ -52,10 +52,51 @@ impl GcraLimit {
     }
 }
 
+/// How many requests' worth one GCRA check takes: exactly a cost, or as many as the
+/// limit has room for up to a most (at least one): the share of a limit a replica leases
+/// for the requests it expects (see [`crate::GcraLeases`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraTake {
+    least: u32,
+    most: u32,
+}
+
+impl GcraTake {
+    /// One request, as most checks take.
+    pub const EXACTLY_ONE: Self = Self { least: 1, most: 1 };
+
+    /// All of `cost` or nothing.
+    pub fn exactly(cost: u32) -> Self {
+        Self {
+            least: cost,
+            most: cost,
+        }
+    }
+
+    /// Between one and `most` (one when `most` is zero), as many as there is room for.
+    pub fn up_to(most: u32) -> Self {
+        Self {
+            least: 1,
+            most: most.max(1),
+        }
+    }
+
+    pub fn least(&self) -> u32 {
+        self.least
+    }
+
+    pub fn most(&self) -> u32 {
+        self.most
+    }
+}
+
 /// The outcome of one GCRA check, with what the `RateLimit` and `Retry-After` headers need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GcraDecision {
     pub allowed: bool,
+    /// How many requests' worth were taken: within the [`GcraTake`] when allowed, zero when
+    /// refused.
+    pub granted: u32,
     /// Requests that would still be admitted at once after this one.
     pub remaining: u32,
     /// When refused, how long until the same request would be admitted; zero when allowed.
@@ -65,33 +106,42 @@ pub struct GcraDecision {
 }
 
 /// GCRA over the key's theoretical arrival time (`tat`, microseconds; `None` when the key
-/// has no live state). Returns the decision and, when admitted, the new `tat`, which is also
-/// when the key's state expires. Every backend applies exactly this, atomically with the
-/// read and the write of `tat` (a Redis backend in one Lua script).
+/// has no live state): takes as many requests' worth as `take` allows and the limit has room
+/// for. Returns the decision and, when admitted, the new `tat`, which is also when the key's
+/// state expires. Every backend applies exactly this, atomically with the read and the write
+/// of `tat` (a Redis backend in one Lua script).
 pub(crate) fn gcra(
     tat: Option<u64>,
     limit: &GcraLimit,
-    cost: u32,
+    take: GcraTake,
     now: SystemTime,
 ) -> (GcraDecision, Option<u64>) {
     let now = micros(now);
     let t = duration_micros(limit.emission_interval).max(1);
     let tolerance = t.saturating_mul(u64::from(limit.burst));
     let tat = tat.unwrap_or(now).max(now);
-    let new_tat = tat.saturating_add(t.saturating_mul(u64::from(cost)));
-    let ahead = new_tat - now;
-    if ahead > tolerance {
+    let ahead = tat - now;
+    // Each request moves the arrival time on by `t`, and it may run at most `tolerance`
+    // ahead of now.
+    let room = tolerance.saturating_sub(ahead) / t;
+    let granted = room.min(u64::from(take.most));
+    if granted < u64::from(take.least) {
+        let needed = ahead.saturating_add(t.saturating_mul(u64::from(take.least)));
         let decision = GcraDecision {
             allowed: false,
+            granted: 0,
             remaining: 0,
-            retry_after: Duration::from_micros(ahead - tolerance),
-            reset_after: Duration::from_micros(tat - now),
+            retry_after: Duration::from_micros(needed.saturating_sub(tolerance)),
+            reset_after: Duration::from_micros(ahead),
         };
         return (decision, None);
     }
-    let remaining = u32::try_from((tolerance - ahead) / t).unwrap_or(u32::MAX);
+    let new_tat = tat.saturating_add(t.saturating_mul(granted));
+    let ahead = new_tat - now;
+    let remaining = u32::try_from(tolerance.saturating_sub(ahead) / t).unwrap_or(u32::MAX);
     let decision = GcraDecision {
         allowed: true,
+        granted: u32::try_from(granted).unwrap_or(u32::MAX),
         remaining,
         retry_after: Duration::ZERO,
         reset_after: Duration::from_micros(ahead),
@@ -106,8 +156,8 @@ pub(crate) fn window_count(count: u64, resets_at: u64) -> WindowCount {
     }
 }
 
-/// One check of [`Counters::gcra_many`]: the key, its limit and the request's cost.
-pub type GcraCheck<'a> = (&'a CounterKey, &'a GcraLimit, u32);
+/// One check of [`Counters::gcra_many`]: the key, its limit and what the check takes.
+pub type GcraCheck<'a> = (&'a CounterKey, &'a GcraLimit, GcraTake);
 
 /// Counters that expire, shared by every replica using the same backend.
 ///
@@ -137,13 +187,13 @@ pub trait Counters: Send + Sync {
     /// was one.
     fn reset(&self, key: &CounterKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// One GCRA check of `cost` requests against `limit` (see [`GcraLimit`]); the state is
-    /// advanced only when the request is admitted.
+    /// One GCRA check against `limit` (see [`GcraLimit`]) taking what `take` says; the state
+    /// is advanced only when the request is admitted.
     fn gcra(
         &self,
         key: &CounterKey,
         limit: &GcraLimit,
-        cost: u32,
+        take: GcraTake,
         now: SystemTime,
     ) -> impl Future<Output = Result<GcraDecision, StoreError>> + Send;
 
@@ -160,8 +210,8 @@ pub trait Counters: Send + Sync {
     ) -> impl Future<Output = Result<Vec<GcraDecision>, StoreError>> + Send {
         async move {
             let mut out = Vec::with_capacity(checks.len());
-            for (key, limit, cost) in checks {
-                out.push(self.gcra(key, limit, *cost, now).await?);
+            for (key, limit, take) in checks {
+                out.push(self.gcra(key, limit, *take, now).await?);
             }
             Ok(out)
         }
@@ -188,34 +238,61 @@ mod tests {
         let now = 1_000_000_000;
         let mut tat = None;
         for remaining in [2, 1, 0] {
-            let (d, next) = gcra(tat, &limit, 1, at(now));
+            let (d, next) = gcra(tat, &limit, GcraTake::exactly(1), at(now));
             assert!(d.allowed);
             assert_eq!(d.remaining, remaining);
             tat = next;
         }
-        let (d, next) = gcra(tat, &limit, 1, at(now));
+        let (d, next) = gcra(tat, &limit, GcraTake::exactly(1), at(now));
         assert!(!d.allowed);
         assert_eq!(next, None, "a refusal does not advance the state");
         assert_eq!(d.retry_after, Duration::from_millis(100));
         assert_eq!(d.reset_after, Duration::from_millis(300));
-        let (d, _) = gcra(tat, &limit, 1, at(now + 100_000));
+        let (d, _) = gcra(tat, &limit, GcraTake::exactly(1), at(now + 100_000));
         assert!(d.allowed);
         assert_eq!(d.remaining, 0);
         // Idle for long enough, the whole burst is back.
-        let (d, _) = gcra(tat, &limit, 1, at(now + 10_000_000));
+        let (d, _) = gcra(tat, &limit, GcraTake::exactly(1), at(now + 10_000_000));
         assert_eq!((d.allowed, d.remaining), (true, 2));
     }
 
     #[test]
     fn gcra_costs_and_limits_are_checked() {
         let limit = GcraLimit::per(1, Duration::from_secs(1), 5).unwrap();
-        let (d, tat) = gcra(None, &limit, 5, at(0));
+        let (d, tat) = gcra(None, &limit, GcraTake::exactly(5), at(0));
         assert_eq!((d.allowed, d.remaining), (true, 0));
-        let (d, _) = gcra(tat, &limit, 2, at(1_000_000));
+        let (d, _) = gcra(tat, &limit, GcraTake::exactly(2), at(1_000_000));
         assert!(!d.allowed, "two more after one second is one too many");
         assert_eq!(d.retry_after, Duration::from_secs(1));
         assert!(GcraLimit::per(0, Duration::from_secs(1), 1).is_err());
         assert!(GcraLimit::per(1, Duration::from_secs(1), 0).is_err());
         assert!(GcraLimit::per(2_000_000, Duration::from_secs(1), 1).is_err());
+    }
+
+    #[test]
+    fn gcra_up_to_takes_what_there_is_room_for_and_at_least_one() {
+        // 10 a second, 10 at once.
+        let limit = GcraLimit::per(10, Duration::from_secs(1), 10).unwrap();
+        let (d, tat) = gcra(None, &limit, GcraTake::up_to(4), at(0));
+        assert_eq!((d.allowed, d.granted, d.remaining), (true, 4, 6));
+        let (d, tat) = gcra(tat, &limit, GcraTake::up_to(8), at(0));
+        assert_eq!(
+            (d.allowed, d.granted, d.remaining),
+            (true, 6, 0),
+            "only six left"
+        );
+        let (d, next) = gcra(tat, &limit, GcraTake::up_to(8), at(0));
+        assert_eq!((d.allowed, d.granted, next), (false, 0, None));
+        assert_eq!(
+            d.retry_after,
+            Duration::from_millis(100),
+            "one fits again then"
+        );
+        let (d, _) = gcra(tat, &limit, GcraTake::up_to(8), at(250_000));
+        assert_eq!((d.allowed, d.granted, d.remaining), (true, 2, 0));
+        // Exactly is all or nothing, where up to takes a part.
+        let (d, _) = gcra(tat, &limit, GcraTake::exactly(3), at(250_000));
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Duration::from_millis(50));
     }
 }

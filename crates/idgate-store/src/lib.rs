@@ -32,6 +32,7 @@ mod any;
 mod api_keys;
 mod blocking;
 mod counters;
+mod gcra_leases;
 mod local_limiter;
 mod memory;
 mod nonces;
@@ -50,7 +51,10 @@ use std::path::PathBuf;
 pub use any::StateStore;
 pub use api_keys::{AnyApiKeyStore, ApiKeyStore, KeyState, StoreVersion, StoredKey};
 pub use blocking::block_on;
-pub use counters::{Counters, GcraCheck, GcraDecision, GcraLimit, WindowCount};
+pub use counters::{Counters, GcraCheck, GcraDecision, GcraLimit, GcraTake, WindowCount};
+pub use gcra_leases::{
+    DEFAULT_LEASE_CAPACITY, GcraLeases, LEASE_LIFE, LEASE_SPAN, LeaseKey, Leased, lease_size,
+};
 pub use local_limiter::{DEFAULT_LIMITER_CAPACITY, LocalLimiter};
 pub use memory::{DEFAULT_QUEUE_CAPACITY, DEFAULT_STATE_CAPACITY, MemoryStore};
 pub use nonces::{Nonces, OwnerRecord, Ownership};

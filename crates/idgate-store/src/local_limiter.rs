@@ -26,7 +26,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::StoreError;
-use crate::counters::{GcraDecision, GcraLimit, gcra};
+use crate::counters::{GcraDecision, GcraLimit, GcraTake, gcra};
 use crate::types::micros;
 
 /// How many shards: enough that the workers of a large machine rarely meet on one lock.
@@ -141,7 +141,7 @@ impl LocalLimiter {
         let now_us = micros(now);
         let mut shard = self.shard(index);
         let tat = shard.entries.get(&hash).copied().filter(|&t| t > now_us);
-        let (decision, new_tat) = gcra(tat, limit, cost, now);
+        let (decision, new_tat) = gcra(tat, limit, GcraTake::exactly(cost), now);
         let Some(new_tat) = new_tat else {
             return Ok(decision);
         };

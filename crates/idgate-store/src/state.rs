@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::StoreError;
-use crate::counters::{GcraDecision, GcraLimit, WindowCount, gcra, window_count};
+use crate::counters::{GcraDecision, GcraLimit, GcraTake, WindowCount, gcra, window_count};
 use crate::nonces::OwnerRecord;
 use crate::types::{Owner, duration_micros, from_micros, micros};
 
@@ -100,13 +100,13 @@ pub(crate) fn check_gcra(
     rows: &mut impl Rows,
     key: &str,
     limit: &GcraLimit,
-    cost: u32,
+    take: GcraTake,
     now: SystemTime,
 ) -> Result<GcraDecision, StoreError> {
     let now_us = micros(now);
     rows.sweep(ALL_KINDS, now_us, SWEEP_PER_WRITE)?;
     let tat = live(rows, Kind::Gcra, key, now_us)?.map(|r| r.number);
-    let (decision, new_tat) = gcra(tat, limit, cost, now);
+    let (decision, new_tat) = gcra(tat, limit, take, now);
     if let Some(tat) = new_tat {
         let row = Row {
             deadline: tat.max(now_us.saturating_add(1)),

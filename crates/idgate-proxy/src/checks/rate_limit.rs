@@ -21,7 +21,9 @@ use std::time::{Duration, SystemTime};
 use http::header::{HeaderName, HeaderValue};
 use idgate_auth::Caller;
 use idgate_config::OnStateError;
-use idgate_store::{Counters, GcraDecision, LocalLimiter};
+use idgate_store::{
+    CounterKey, Counters, GcraDecision, GcraLeases, GcraTake, LeaseKey, Leased, LocalLimiter,
+};
 use idgate_tls::SpiffeId;
 
 use crate::ctx::RequestCtx;
@@ -55,7 +57,7 @@ pub(super) async fn check(ctx: &mut RequestCtx<'_>) -> Result<(), Refusal> {
         route,
     };
     let store = if services.state.is_shared() {
-        Store::Shared(&services.state, services.state.kind())
+        Store::Shared(&services.state, services.state.kind(), &services.leases)
     } else {
         Store::Local(&services.limiter)
     };
@@ -97,9 +99,20 @@ struct Who<'a> {
 
 /// Where the limits' state is.
 enum Store<'a, C> {
-    /// A backend every replica shares, named for the log.
-    Shared(&'a C, &'static str),
+    /// A backend every replica shares, named for the log, and this replica's leases of it.
+    Shared(&'a C, &'static str, &'a GcraLeases),
     Local(&'a LocalLimiter),
+}
+
+/// A check the shared backend is asked for: the request's own (its limit decided by the
+/// answer), or a renewal of a lease running low (the limit decided already).
+struct Ask {
+    /// Its limit's place in the request's decisions.
+    index: usize,
+    lease: LeaseKey,
+    key: CounterKey,
+    take: GcraTake,
+    renew: bool,
 }
 
 /// Where state failures are counted and logged.
@@ -148,47 +161,85 @@ async fn decide_all<'l, C: Counters>(
         }
     };
     match store {
-        Store::Shared(state, backend) => {
-            // Every limit's check goes in one call: one round trip (one pipeline) to
-            // Redis, bounded as a whole by the state timeout.
-            let mut decided = Vec::new();
-            let mut keys = Vec::new();
+        Store::Shared(state, backend, leases) => {
+            // What this replica can decide from its leases (see `GcraLeases`) it does; the
+            // other checks, and the renewals of leases running low, go in one call: one
+            // round trip (one pipeline) to Redis, bounded as a whole by the state timeout.
+            let mut decisions: Vec<(&Limit, &Tiered, Option<GcraDecision>)> = Vec::new();
+            let mut asks: Vec<Ask> = Vec::new();
             for (limit, rate, parts) in applicable {
-                match shared_key(limit, &parts) {
-                    Ok(key) => {
-                        keys.push(key);
-                        decided.push((limit, rate));
+                let lease = leases.key(&(&*limit.name, &parts), &rate.gcra);
+                let (decided, take) = match leases.decide(lease, &rate.gcra, now) {
+                    Leased::Decided(d) => (Some(d), None),
+                    Leased::Renew(d, take) => (Some(d), Some(take)),
+                    Leased::Ask(take) => (None, Some(take)),
+                };
+                if let Some(take) = take {
+                    match shared_key(limit, &parts) {
+                        Ok(key) => asks.push(Ask {
+                            index: decisions.len(),
+                            lease,
+                            key,
+                            take,
+                            renew: decided.is_some(),
+                        }),
+                        Err(e) => {
+                            leases.abandon(lease);
+                            // A key that cannot be stored is the state failing for this
+                            // limit.
+                            if decided.is_none() {
+                                state_failed(&e, backend)?;
+                            }
+                        }
                     }
-                    // A key that cannot be stored is the state failing for this limit.
-                    Err(e) => state_failed(&e, backend)?,
+                }
+                decisions.push((limit, rate, decided));
+            }
+            if !asks.is_empty() {
+                let checks: Vec<_> = asks
+                    .iter()
+                    .map(|a| (&a.key, &decisions[a.index].1.gcra, a.take))
+                    .collect();
+                let answers = bounded(limits.timeout, state.gcra_many(&checks, now)).await;
+                let failure = match answers {
+                    // One decision per check, or the backend did not do what was asked.
+                    Ok(d) if d.len() != checks.len() => {
+                        Some(format!("{} decisions for {} checks", d.len(), checks.len()))
+                    }
+                    Ok(answers) => {
+                        report.errors.succeeded(backend);
+                        for (ask, answer) in asks.iter().zip(&answers) {
+                            let (_, rate, decision) = &mut decisions[ask.index];
+                            if ask.renew {
+                                leases.refill(ask.lease, &rate.gcra, answer, now);
+                            } else {
+                                *decision = Some(
+                                    leases.record(ask.lease, &rate.gcra, ask.take, answer, now),
+                                );
+                            }
+                        }
+                        None
+                    }
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(e) = failure {
+                    for ask in &asks {
+                        leases.abandon(ask.lease);
+                    }
+                    if asks.iter().all(|a| a.renew) {
+                        // Every limit was decided from its lease: the request goes on, and
+                        // the failure is counted.
+                        report.errors.failed(report.metrics, "gcra", backend, &e);
+                    } else {
+                        // Those decided here still answer; the others follow the mode.
+                        state_failed(&e, backend)?;
+                    }
                 }
             }
-            if decided.is_empty() {
-                return Ok(verdict);
-            }
-            let checks: Vec<_> = keys
-                .iter()
-                .zip(&decided)
-                .map(|(key, (_, rate))| (key, &rate.gcra, 1))
-                .collect();
-            let decisions = match bounded(limits.timeout, state.gcra_many(&checks, now)).await {
-                // One decision per check, or the backend did not do what was asked.
-                Ok(d) if d.len() != checks.len() => {
-                    let wrong = format!("{} decisions for {} checks", d.len(), checks.len());
-                    state_failed(&wrong, backend)?;
-                    return Ok(verdict);
+            for (limit, rate, decision) in decisions {
+                if let Some(decision) = decision {
+                    verdict.add(limit, rate, &decision);
                 }
-                Ok(d) => {
-                    report.errors.succeeded(backend);
-                    d
-                }
-                Err(e) => {
-                    state_failed(&e, backend)?;
-                    return Ok(verdict);
-                }
-            };
-            for ((limit, rate), decision) in decided.into_iter().zip(&decisions) {
-                verdict.add(limit, rate, decision);
             }
         }
         // The limit's name is part of the key: two limits counting by the same parts keep
@@ -244,7 +295,7 @@ mod tests {
     use std::future::Future;
 
     use idgate_config::{LimitKeyPart, Rate, RateLimitConfig};
-    use idgate_store::{CounterKey, GcraLimit, MemoryStore, StoreError, WindowCount};
+    use idgate_store::{CounterKey, GcraLimit, GcraTake, MemoryStore, StoreError, WindowCount};
     use prometheus_client::registry::Registry;
 
     use super::*;
@@ -288,7 +339,7 @@ mod tests {
             &self,
             _: &CounterKey,
             _: &GcraLimit,
-            _: u32,
+            _: GcraTake,
             _: SystemTime,
         ) -> impl Future<Output = Result<GcraDecision, StoreError>> + Send {
             self.fail()
@@ -381,9 +432,13 @@ mod tests {
         let store = MemoryStore::new();
         let r = Reporting::new();
         for remaining in [2, 1, 0] {
-            let (policy, state, refused) = run(&limits, Store::Shared(&store, "memory"), &r)
-                .await
-                .unwrap();
+            let (policy, state, refused) = run(
+                &limits,
+                Store::Shared(&store, "memory", &GcraLeases::default()),
+                &r,
+            )
+            .await
+            .unwrap();
             assert_eq!(policy, "\"per-ip\";q=10;w=1, \"per-route\";q=100;w=1");
             assert!(
                 state.starts_with(&format!("\"per-ip\";r={remaining};t=1, \"per-route\";r=")),
@@ -391,9 +446,13 @@ mod tests {
             );
             assert!(refused.is_none());
         }
-        let (_, state, refused) = run(&limits, Store::Shared(&store, "memory"), &r)
-            .await
-            .unwrap();
+        let (_, state, refused) = run(
+            &limits,
+            Store::Shared(&store, "memory", &GcraLeases::default()),
+            &r,
+        )
+        .await
+        .unwrap();
         let (name, retry) = refused.unwrap();
         assert_eq!(name, "per-ip");
         assert!(retry > Duration::ZERO && retry <= Duration::from_millis(100));
@@ -408,9 +467,13 @@ mod tests {
         let failing = Failing {
             delay: Duration::ZERO,
         };
-        let (policy, state, refused) = run(&limits, Store::Shared(&failing, "redis"), &r)
-            .await
-            .unwrap();
+        let (policy, state, refused) = run(
+            &limits,
+            Store::Shared(&failing, "redis", &GcraLeases::default()),
+            &r,
+        )
+        .await
+        .unwrap();
         assert_eq!((policy.as_str(), state.as_str(), refused), ("", "", None));
         // Both limits go to the backend in one call, which failed once.
         assert_eq!(r.state_errors(), "state_errors_total{operation=\"gcra\"} 1");
@@ -423,9 +486,13 @@ mod tests {
         let failing = Failing {
             delay: Duration::ZERO,
         };
-        let refusal = run(&limits, Store::Shared(&failing, "redis"), &r)
-            .await
-            .unwrap_err();
+        let refusal = run(
+            &limits,
+            Store::Shared(&failing, "redis", &GcraLeases::default()),
+            &r,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(refusal, Refusal::StateUnavailable { .. }));
         assert_eq!(
             refusal.kind().status(),
@@ -441,7 +508,12 @@ mod tests {
             delay: Duration::from_secs(30),
         };
         let started = std::time::Instant::now();
-        let refusal = run(&limits, Store::Shared(&slow, "redis"), &r).await;
+        let refusal = run(
+            &limits,
+            Store::Shared(&slow, "redis", &GcraLeases::default()),
+            &r,
+        )
+        .await;
         assert!(matches!(refusal, Err(Refusal::StateUnavailable { .. })));
         assert!(started.elapsed() < Duration::from_secs(5));
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::StoreError;
 use crate::api_keys::{ApiKeyStore, StoreVersion, StoredKey, VersionInner, sort_keys};
-use crate::counters::{Counters, GcraDecision, GcraLimit, WindowCount};
+use crate::counters::{Counters, GcraDecision, GcraLimit, GcraTake, WindowCount};
 use crate::nonces::{Nonces, OwnerRecord, Ownership};
 use crate::state::{self, ALL_KINDS, COUNTER_KINDS, Kind, ReadRows, Row, Rows};
 use crate::types::{CounterKey, Nonce, ObjectId, Owner, micros};
@@ -271,11 +271,11 @@ impl Counters for MemoryStore {
         &self,
         key: &CounterKey,
         limit: &GcraLimit,
-        cost: u32,
+        take: GcraTake,
         now: SystemTime,
     ) -> impl Future<Output = Result<GcraDecision, StoreError>> + Send {
         std::future::ready(self.with_state(now, |rows| {
-            state::check_gcra(rows, key.as_str(), limit, cost, now)
+            state::check_gcra(rows, key.as_str(), limit, take, now)
         }))
     }
 

@@ -10,7 +10,7 @@ use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::{Inner, RedbStore, db_err};
 use crate::StoreError;
-use crate::counters::{Counters, GcraDecision, GcraLimit, WindowCount};
+use crate::counters::{Counters, GcraDecision, GcraLimit, GcraTake, WindowCount};
 use crate::nonces::{Nonces, OwnerRecord, Ownership};
 use crate::state::{self, ALL_KINDS, COUNTER_KINDS, Kind, ReadRows, Row, Rows};
 use crate::types::{CounterKey, Nonce, ObjectId, Owner, micros};
@@ -197,12 +197,12 @@ impl Counters for RedbStore {
         &self,
         key: &CounterKey,
         limit: &GcraLimit,
-        cost: u32,
+        take: GcraTake,
         now: SystemTime,
     ) -> impl Future<Output = Result<GcraDecision, StoreError>> + Send {
         let (key, limit) = (key.clone(), *limit);
         self.blocking(move |s| {
-            s.write_state(|rows| state::check_gcra(rows, key.as_str(), &limit, cost, now))
+            s.write_state(|rows| state::check_gcra(rows, key.as_str(), &limit, take, now))
         })
     }
 

@@ -12,7 +12,7 @@ use super::reply::{array, bad, exact, expire_at_ms, int, opt_int, opt_string, st
 use super::{Conn, RedisStore};
 use crate::StoreError;
 use crate::counters::{
-    Counters, GcraCheck, GcraDecision, GcraLimit, WindowCount, gcra, window_count,
+    Counters, GcraCheck, GcraDecision, GcraLimit, GcraTake, WindowCount, gcra, window_count,
 };
 use crate::nonces::{Nonces, OwnerRecord, Ownership};
 use crate::types::{CounterKey, Nonce, ObjectId, Owner, duration_micros, from_micros, micros};
@@ -34,23 +34,34 @@ return {ARGV[2], ARGV[3]}
     )
 });
 
-/// GCRA: admits when the new arrival time is within the tolerance, and then stores it.
-/// ARGV: now, the cost in microseconds, the tolerance, the expiry grace (ms). Returns whether
-/// it admitted and the arrival time it found (nil for none): the caller computes the decision
-/// from that with the same function as every other backend.
+/// GCRA: takes as many requests' worth as there is room for, between a least and a most,
+/// and stores the new arrival time. ARGV: now, the emission interval, the tolerance (all in
+/// microseconds), the least, the most, the expiry grace (ms). Returns how many it took (0
+/// when refused) and the arrival time it found (nil for none): the caller computes the
+/// decision from that with the same function as every other backend. Lua numbers are
+/// doubles, so the quotient is corrected with exact products (all below 2^53).
 pub(super) static GCRA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local now = tonumber(ARGV[1])
+local t = tonumber(ARGV[2])
 local found = redis.call('GET', KEYS[1])
 local tat = now
 if found and tonumber(found) > now then tat = tonumber(found) end
-local new = tat + tonumber(ARGV[2])
-if new - now > tonumber(ARGV[3]) then return {0, found} end
+local free = tonumber(ARGV[3]) - (tat - now)
+local k = 0
+if free > 0 then
+  k = math.floor(free / t)
+  if k * t > free then k = k - 1 end
+  if (k + 1) * t <= free then k = k + 1 end
+end
+k = math.min(k, tonumber(ARGV[5]))
+if k < tonumber(ARGV[4]) then return {0, found} end
+local new = tat + k * t
 local dead = math.max(new, now + 1)
 redis.call('SET', KEYS[1], string.format('%.0f', new),
-  'PXAT', string.format('%.0f', math.ceil(dead / 1000) + tonumber(ARGV[4])))
-return {1, found}
+  'PXAT', string.format('%.0f', math.ceil(dead / 1000) + tonumber(ARGV[6])))
+return {k, found}
 ",
     )
 });
@@ -89,31 +100,40 @@ fn deadline(now: u64, span: Duration) -> u64 {
     exact(now.saturating_add(duration_micros(span).max(1)))
 }
 
-/// The GCRA script's arguments for one check: now, cost, tolerance (microseconds).
-fn gcra_args(limit: &GcraLimit, cost: u32, now: u64) -> [u64; 4] {
+/// The GCRA script's arguments for one check: now, emission interval, tolerance
+/// (microseconds), least, most, expiry grace.
+fn gcra_args(limit: &GcraLimit, take: GcraTake, now: u64) -> [u64; 6] {
     let t = duration_micros(limit.emission_interval()).max(1);
     [
         now,
-        exact(t.saturating_mul(u64::from(cost))),
+        exact(t),
         exact(t.saturating_mul(u64::from(limit.burst()))),
+        u64::from(take.least()),
+        u64::from(take.most()),
         super::reply::EXPIRY_GRACE_MS,
     ]
 }
 
-/// The decision for what the GCRA script found.
+/// The decision for what the GCRA script found, which must be what it did.
 fn gcra_decision(
     reply: Value,
     limit: &GcraLimit,
-    cost: u32,
+    take: GcraTake,
     now: SystemTime,
 ) -> Result<GcraDecision, StoreError> {
     let mut items = array(reply)?.into_iter();
-    let (Some(admitted), Some(found)) = (items.next(), items.next()) else {
+    let (Some(taken), Some(found)) = (items.next(), items.next()) else {
         return Err(bad("a GCRA reply"));
     };
-    let admitted = int(&admitted)? == 1;
-    let (decision, _) = gcra(opt_int(&found)?, limit, cost, now);
-    if decision.allowed != admitted {
+    let taken = int(&taken)?;
+    let (decision, _) = gcra(opt_int(&found)?, limit, take, now);
+    // A refusal takes nothing; `exactly(0)` admits and takes nothing too.
+    let agrees = if decision.allowed {
+        u64::from(decision.granted) == taken && (taken > 0 || take.least() == 0)
+    } else {
+        taken == 0
+    };
+    if !agrees {
         // Only for spans beyond the year 2255, where Lua's doubles round.
         return Err(bad("a GCRA decision the store disagrees with"));
     }
@@ -150,7 +170,7 @@ impl RedisStore {
     /// EVALSHA of the GCRA script for each `(key, args)`, pipelined; the replies in order.
     async fn pipelined(
         &self,
-        calls: &[(String, [u64; 4])],
+        calls: &[(String, [u64; 6])],
     ) -> Result<Vec<RedisResult<Value>>, StoreError> {
         // Which calls go together: all of them, or those of one Cluster slot.
         let mut groups: Vec<(Option<Slot>, Vec<usize>)> = Vec::new();
@@ -283,15 +303,15 @@ impl Counters for RedisStore {
         &self,
         key: &CounterKey,
         limit: &GcraLimit,
-        cost: u32,
+        take: GcraTake,
         now: SystemTime,
     ) -> Result<GcraDecision, StoreError> {
-        let args = gcra_args(limit, cost, exact(micros(now)));
+        let args = gcra_args(limit, take, exact(micros(now)));
         let key = self.gcra_key(key);
         let reply: Value = self
             .call(|mut c| async move { GCRA.key(&key).arg(&args[..]).invoke_async(&mut c).await })
             .await?;
-        gcra_decision(reply, limit, cost, now)
+        gcra_decision(reply, limit, take, now)
     }
 
     /// All checks in one pipelined round trip. In a Cluster a pipeline goes to one node,
@@ -304,13 +324,13 @@ impl Counters for RedisStore {
         now: SystemTime,
     ) -> Result<Vec<GcraDecision>, StoreError> {
         let now_us = exact(micros(now));
-        let calls: Vec<(String, [u64; 4])> = checks
+        let calls: Vec<(String, [u64; 6])> = checks
             .iter()
-            .map(|(key, limit, cost)| (self.gcra_key(key), gcra_args(limit, *cost, now_us)))
+            .map(|(key, limit, take)| (self.gcra_key(key), gcra_args(limit, *take, now_us)))
             .collect();
         let replies = self.pipelined(&calls).await?;
         let mut out = Vec::with_capacity(checks.len());
-        for (((_, limit, cost), (key, args)), reply) in checks.iter().zip(&calls).zip(replies) {
+        for (((_, limit, take), (key, args)), reply) in checks.iter().zip(&calls).zip(replies) {
             let reply = match reply {
                 Ok(reply) => reply,
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
@@ -325,7 +345,7 @@ impl Counters for RedisStore {
                     });
                 }
             };
-            out.push(gcra_decision(reply, limit, *cost, now)?);
+            out.push(gcra_decision(reply, limit, *take, now)?);
         }
         Ok(out)
     }

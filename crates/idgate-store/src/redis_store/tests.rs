@@ -9,6 +9,7 @@ use secrecy::SecretString;
 
 use super::testing::{RedisCluster, RedisServer, ServerOptions};
 use super::{RedisOptions, RedisStore};
+use crate::GcraTake;
 use crate::conformance::{self, Expiry};
 use crate::types::{from_micros, micros};
 use crate::{
@@ -301,7 +302,8 @@ async fn a_redis_down_at_start_and_restarted_is_used_once_it_is_back() {
     let limit = GcraLimit::per(1, Duration::from_secs(60), 1).unwrap();
     let (a, b) = (CounterKey::new("a").unwrap(), CounterKey::new("b").unwrap());
     let now = SystemTime::now();
-    let checks = [(&a, &limit, 1), (&b, &limit, 1), (&a, &limit, 1)];
+    let one = GcraTake::EXACTLY_ONE;
+    let checks = [(&a, &limit, one), (&b, &limit, one), (&a, &limit, one)];
     let decisions = eventually(|| store.gcra_many(&checks, now)).await;
     assert_eq!(
         decisions.iter().map(|d| d.allowed).collect::<Vec<_>>(),
@@ -384,7 +386,7 @@ async fn authenticates_as_an_acl_user_and_never_shows_the_password() {
     let key = CounterKey::new("k").unwrap();
     assert!(
         store
-            .gcra(&key, &limit, 1, SystemTime::now())
+            .gcra(&key, &limit, GcraTake::EXACTLY_ONE, SystemTime::now())
             .await
             .unwrap()
             .allowed
@@ -395,7 +397,7 @@ async fn authenticates_as_an_acl_user_and_never_shows_the_password() {
     options.password = Some(SecretString::from(wrong.clone()));
     let refused = RedisStore::new(&options)
         .unwrap()
-        .gcra(&key, &limit, 1, SystemTime::now())
+        .gcra(&key, &limit, GcraTake::EXACTLY_ONE, SystemTime::now())
         .await
         .unwrap_err();
     assert!(

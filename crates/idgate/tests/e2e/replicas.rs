@@ -132,6 +132,80 @@ async fn two_replicas_on_a_redis_cluster_admit_the_limit_once_between_them() {
     .await;
 }
 
+/// How many scripts the Redis server at `port` has run (`EVALSHA` and `EVAL`).
+fn scripts_run(port: u16) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "commandstats"])
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// A limit far above the load is decided from the replica's leases: a hundred requests
+/// cost Redis about one call per ten (a lease is 10 ms of the rate), every answer still
+/// carries the limit's fields, and the share taken is counted in Redis for every replica.
+#[tokio::test]
+async fn a_high_limit_is_decided_from_leases_with_one_call_to_redis_per_lease() {
+    within(async {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let limit = table([
+            ("name", "per-workload".into()),
+            ("key", strings(&["spiffe_id"])),
+            ("rate", "1000/s".into()),
+        ]);
+        let gw = replica(&pki, &upstream, &[redis.url()], limit).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let mut conn = client.connect().await.unwrap();
+        let before = scripts_run(redis.port());
+        let started = Instant::now();
+        let mut remaining = Vec::new();
+        for _ in 0..100 {
+            let reply = conn.send("GET", PATH, &[], "").await.unwrap();
+            assert_eq!(reply.status, 200);
+            assert_eq!(
+                reply.header("ratelimit-policy"),
+                Some("\"per-workload\";q=1000;w=1")
+            );
+            let state = reply.header("ratelimit").unwrap().to_owned();
+            let r: u32 = state
+                .split(";r=")
+                .nth(1)
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            remaining.push(r);
+        }
+        let calls = scripts_run(redis.port()) - before;
+        let elapsed = started.elapsed();
+        println!("100 requests in {elapsed:?}: {calls} scripts run in Redis");
+        // Ten leases of ten, or a few more if the requests were slow enough for the rate
+        // to refill the burst meanwhile (then fewer are taken at once) or a lease to end.
+        assert!((10..=25).contains(&calls), "{calls} calls for 100 requests");
+        // What a caller is told it has left counts what the replica holds for it.
+        assert!(remaining.iter().all(|&r| r >= 899), "{remaining:?}");
+        assert!(!gw.output().contains("panicked"), "{}", gw.output());
+    })
+    .await;
+}
+
 /// A gateway configuration whose route takes the API key `apikey:batch` alone, the keys
 /// kept in the Redis of `redis` (no store file).
 fn keys_in_redis(pki: &Pki, upstream: &TestUpstream, redis: &RedisServer) -> GatewayConfig {
