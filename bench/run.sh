@@ -34,6 +34,8 @@
 #   EVIDENCE=off      on: idgate also writes its audit trail ([audit], defaults: hash chain,
 #                     checkpoints signed, fsync in batches) and masks the decision answer
 #                     (a masking profile: a pseudonym, a date cut to the year, a redaction)
+#   LIMIT_BURST=      with CHAIN=full, the limits' burst (default: their count, 500000);
+#                     under 16 a limit is not leased and Redis decides every request
 #   REPLICAS=1        with CHAIN=full, 2 also measures two idgate processes sharing that
 #                     Redis (two oha runs at once, CONNS/2 each) against one
 #   MEM_CONNS=2000    idle mTLS connections held open for the memory figure ("0" to skip;
@@ -65,6 +67,8 @@ MODES=${MODES:-keepalive newconn}
 RESPONSE=${RESPONSE:-both}
 IDGATE_LOG=${IDGATE_LOG:-on}
 CHAIN=${CHAIN:-bare}
+LIMIT_BURST=${LIMIT_BURST:-}
+[[ -z $LIMIT_BURST || $LIMIT_BURST =~ ^[1-9][0-9]*$ ]] || { echo "LIMIT_BURST must be a positive integer" >&2; exit 2; }
 EVIDENCE=${EVIDENCE:-off}
 REPLICAS=${REPLICAS:-1}
 PEER_LOG=${PEER_LOG:-$IDGATE_LOG}
@@ -382,6 +386,9 @@ $MASKING_LINE"
 else
   head -c 48 /dev/urandom | base64 >"$WORK/idgate/pepper"
   chmod 600 "$WORK/idgate/pepper"
+  # LIMIT_BURST under 16 keeps the limits from being leased: Redis decides every request.
+  LIMIT_BURST_TOML=""
+  [[ -n $LIMIT_BURST ]] && LIMIT_BURST_TOML=$'\n'"burst = $LIMIT_BURST"
   chain_route() { # name method path extra-line
     printf '\n[[routes]]\nname = "%s"\nmethods = ["%s"]\npath = "%s"\nupstream = "fixed"\n' "$1" "$2" "$3"
     printf 'allow = ["spiffe://bench.test/client", "apikey:bench"]\nauth = ["mtls", "api_key"]\n'
@@ -397,12 +404,12 @@ pepper = \"file:$WORK/idgate/pepper\"
 [[rate_limits]]
 name = \"per-workload\"
 key = [\"spiffe_id\"]
-rate = \"500000/s\"
+rate = \"500000/s\"$LIMIT_BURST_TOML
 
 [[rate_limits]]
 name = \"per-key-route\"
 key = [\"api_key\", \"route\"]
-rate = \"500000/s\"
+rate = \"500000/s\"$LIMIT_BURST_TOML
 $(chain_route create POST /decision/ 'owns = "$.session_id"')
 $(chain_route decision GET '/decision/{session_id}' "owner_param = \"session_id\"
 $MASKING_LINE")
@@ -895,6 +902,7 @@ declare -A LOGGING=() LOG_LINES=()
 CHAIN_DESC="the same work as the peers: mTLS, the upstream key injected, the access log"
 [[ $CHAIN == full ]] && CHAIN_DESC="the full chain: mTLS and an API key (both required, the key kept in Redis), two rate limits counted in Redis (each replica leasing 10 ms of a limit at a time: a script per lease, not per request), the owner of the session checked on the decision route (created once through the gateway; its record read from Redis, then kept by the replica for 10 s), the upstream key injected, the access log; nginx and HAProxy do bare mTLS"
 [[ $EVIDENCE == on ]] && CHAIN_DESC="$CHAIN_DESC; with the evidence on: the audit trail ([audit] defaults: one hash-chained record per request, Ed25519 checkpoints, fsync in batches) and the decision answer masked (a pseudonym, a date cut to the year, a redaction)"
+[[ -n $LIMIT_BURST ]] && CHAIN_DESC="$CHAIN_DESC; the limits' burst set to $LIMIT_BURST ($( ((LIMIT_BURST < 16)) && echo "not leased: Redis decides every request" || echo "leased"))"
 if [[ $IDGATE_LOG == on ]]; then
   LOGGING[idgate]="its defaults: \`[log]\` level \`info\`, text, one access line per request on standard output, redirected to a file"
 else
@@ -913,6 +921,12 @@ count_lines() { # file pattern: matching lines, 0 when there is no such file
 LOG_LINES=([idgate]=$(count_lines "$WORK/idgate/idgate.log" 'idgate::access')
   [nginx]=$(count_lines "$WORK/nginx/access.log" '')
   [haproxy]=$(count_lines "$WORK/haproxy/access.log" ''))
+# CHAIN=full: how often idgate asked Redis to run a script (rate-limit checks and leases).
+REDIS_SCRIPTS=""
+if [[ $CHAIN == full ]] && command -v redis-cli >/dev/null 2>&1; then
+  REDIS_SCRIPTS=$(redis-cli -p "$REDIS_PORT" INFO commandstats 2>/dev/null |
+    awk -F'[:=,]' '/^cmdstat_eval(sha)?:/ {n += $3} END {print n + 0}')
+fi
 if [[ $IDGATE_LOG == on && $PEER_LOG == on ]]; then
   LOG_TAG="everyone logging every request"
 elif [[ $IDGATE_LOG == off && $PEER_LOG == off ]]; then
@@ -935,6 +949,7 @@ report() {
   [[ -z $MODES ]] || echo "- load: oha with $OHA_THREADS threads on the same machine, $CONNS connections, $DURATION per run, $ROUNDS interleaved rounds per mode and response (order rotated each round), ${WARMUP} warm-up; HTTP/1.1 GET"
   [[ -z $MODES ]] || for resp in $RESPONSES; do echo "- response \`$resp\`: ${RESP_LABEL[$resp]} (\`${RESP_PATH[$resp]}\`)"; done
   echo "- idgate does $CHAIN_DESC"
+  [[ -z $REDIS_SCRIPTS ]] || echo "- Redis ran $REDIS_SCRIPTS scripts in all (rate-limit checks and leases, warm-ups included) while idgate wrote ${LOG_LINES[idgate]:-0} access lines"
   for p in "${proxy_list[@]}"; do echo "- TLS with ${LABEL[$p]}: ${TLSINFO[$p]}"; done
   for p in "${proxy_list[@]}"; do
     if [[ -n $MODES ]]; then
