@@ -53,7 +53,8 @@ pub use api_keys::{AnyApiKeyStore, ApiKeyStore, KeyState, StoreVersion, StoredKe
 pub use blocking::block_on;
 pub use counters::{Counters, GcraCheck, GcraDecision, GcraLimit, GcraTake, WindowCount};
 pub use gcra_leases::{
-    DEFAULT_LEASE_CAPACITY, GcraLeases, LEASE_LIFE, LEASE_SPAN, LeaseKey, Leased, lease_size,
+    ASK_TIMEOUT, DEFAULT_LEASE_CAPACITY, GcraLeases, LEASE_LIFE, LEASE_SPAN, LeaseKey, Leased,
+    lease_size,
 };
 pub use local_limiter::{DEFAULT_LIMITER_CAPACITY, LocalLimiter};
 pub use memory::{DEFAULT_QUEUE_CAPACITY, DEFAULT_STATE_CAPACITY, MemoryStore};

@@ -115,6 +115,21 @@ struct Ask {
     renew: bool,
 }
 
+/// The asks of one request, abandoned when dropped before their answers were kept.
+struct Asks<'l> {
+    leases: &'l GcraLeases,
+    now: SystemTime,
+    list: Vec<Ask>,
+}
+
+impl Drop for Asks<'_> {
+    fn drop(&mut self) {
+        for ask in &self.list {
+            self.leases.abandon(ask.lease, ask.take, self.now);
+        }
+    }
+}
+
 /// Where state failures are counted and logged.
 struct Report<'a> {
     errors: &'a StateErrors,
@@ -166,17 +181,23 @@ async fn decide_all<'l, C: Counters>(
             // other checks, and the renewals of leases running low, go in one call: one
             // round trip (one pipeline) to Redis, bounded as a whole by the state timeout.
             let mut decisions: Vec<(&Limit, &Tiered, Option<GcraDecision>)> = Vec::new();
-            let mut asks: Vec<Ask> = Vec::new();
+            // Asks not answered when this returns early or is dropped (the caller went
+            // away) are abandoned, so that another request may ask for those leases.
+            let mut asks = Asks {
+                leases,
+                now,
+                list: Vec::new(),
+            };
             for (limit, rate, parts) in applicable {
                 let lease = leases.key(&(&*limit.name, &parts), &rate.gcra);
-                let (decided, take) = match leases.decide(lease, &rate.gcra, now) {
+                let (decided, take) = match leases.decide(lease, &rate.gcra, now, limits.timeout) {
                     Leased::Decided(d) => (Some(d), None),
                     Leased::Renew(d, take) => (Some(d), Some(take)),
                     Leased::Ask(take) => (None, Some(take)),
                 };
                 if let Some(take) = take {
                     match shared_key(limit, &parts) {
-                        Ok(key) => asks.push(Ask {
+                        Ok(key) => asks.list.push(Ask {
                             index: decisions.len(),
                             lease,
                             key,
@@ -184,7 +205,7 @@ async fn decide_all<'l, C: Counters>(
                             renew: decided.is_some(),
                         }),
                         Err(e) => {
-                            leases.abandon(lease);
+                            leases.abandon(lease, take, now);
                             // A key that cannot be stored is the state failing for this
                             // limit.
                             if decided.is_none() {
@@ -195,8 +216,9 @@ async fn decide_all<'l, C: Counters>(
                 }
                 decisions.push((limit, rate, decided));
             }
-            if !asks.is_empty() {
+            if !asks.list.is_empty() {
                 let checks: Vec<_> = asks
+                    .list
                     .iter()
                     .map(|a| (&a.key, &decisions[a.index].1.gcra, a.take))
                     .collect();
@@ -208,7 +230,7 @@ async fn decide_all<'l, C: Counters>(
                     }
                     Ok(answers) => {
                         report.errors.succeeded(backend);
-                        for (ask, answer) in asks.iter().zip(&answers) {
+                        for (ask, answer) in std::mem::take(&mut asks.list).iter().zip(&answers) {
                             let (_, rate, decision) = &mut decisions[ask.index];
                             if ask.renew {
                                 leases.refill(ask.lease, &rate.gcra, answer, now);
@@ -223,10 +245,9 @@ async fn decide_all<'l, C: Counters>(
                     Err(e) => Some(e.to_string()),
                 };
                 if let Some(e) = failure {
-                    for ask in &asks {
-                        leases.abandon(ask.lease);
-                    }
-                    if asks.iter().all(|a| a.renew) {
+                    let only_renewals = asks.list.iter().all(|a| a.renew);
+                    drop(asks);
+                    if only_renewals {
                         // Every limit was decided from its lease: the request goes on, and
                         // the failure is counted.
                         report.errors.failed(report.metrics, "gcra", backend, &e);
@@ -346,6 +367,50 @@ mod tests {
         }
         fn sweep(&self, _: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send {
             self.fail()
+        }
+    }
+
+    /// A backend that notes how much each GCRA check asks for, then answers nothing for
+    /// `delay` and fails.
+    struct Recording {
+        delay: Duration,
+        asked: std::sync::Mutex<Vec<u32>>,
+    }
+
+    impl Counters for Recording {
+        fn increment(
+            &self,
+            _: &CounterKey,
+            _: u64,
+            _: Duration,
+            _: SystemTime,
+        ) -> impl Future<Output = Result<WindowCount, StoreError>> + Send {
+            Failing { delay: self.delay }.fail()
+        }
+        fn get(
+            &self,
+            _: &CounterKey,
+            _: SystemTime,
+        ) -> impl Future<Output = Result<Option<WindowCount>, StoreError>> + Send {
+            Failing { delay: self.delay }.fail()
+        }
+        fn reset(&self, _: &CounterKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
+            Failing { delay: self.delay }.fail()
+        }
+        fn gcra(
+            &self,
+            _: &CounterKey,
+            _: &GcraLimit,
+            take: GcraTake,
+            _: SystemTime,
+        ) -> impl Future<Output = Result<GcraDecision, StoreError>> + Send {
+            if let Ok(mut asked) = self.asked.lock() {
+                asked.push(take.most());
+            }
+            Failing { delay: self.delay }.fail()
+        }
+        fn sweep(&self, _: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send {
+            Failing { delay: self.delay }.fail()
         }
     }
 
@@ -537,5 +602,38 @@ mod tests {
         let refusal = run(&closed, Store::<MemoryStore>::Local(&limiter), &r).await;
         assert!(matches!(refusal, Err(Refusal::StateUnavailable { .. })));
         assert!(r.state_errors().contains("operation=\"gcra\""));
+    }
+
+    /// A request that goes away while it asks for a key's lease (its caller closed the
+    /// connection) clears its mark: the next request asks for the lease, rather than being
+    /// decided one at a time behind a mark nobody would clear for the state timeout.
+    #[tokio::test]
+    async fn a_request_dropped_while_asking_for_a_lease_lets_the_next_one_ask() {
+        // 100,000 a second: leases of 1,000. A state timeout of 5 s.
+        let defs = [def("high", LimitKeyPart::Route, 100_000, 100_000)];
+        let names = ["high".to_owned()];
+        let limits = Limits::new(
+            &defs,
+            [("r", &names[..], OnStateError::FailOpen)],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let route = limits.route("r").unwrap();
+        let backend = Recording {
+            delay: Duration::from_secs(30),
+            asked: Default::default(),
+        };
+        let leases = GcraLeases::default();
+        let r = Reporting::new();
+        for _ in 0..2 {
+            let store = Store::Shared(&backend, "redis", &leases);
+            let gone = tokio::time::timeout(
+                Duration::from_millis(20),
+                decide_all(&limits, route, &who(), store, r.report()),
+            )
+            .await;
+            assert!(gone.is_err(), "the caller went away first");
+        }
+        assert_eq!(*backend.asked.lock().unwrap(), [1_000, 1_000]);
     }
 }

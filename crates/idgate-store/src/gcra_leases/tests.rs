@@ -31,7 +31,7 @@ impl Replica {
     ) -> GcraDecision {
         let key = self.leases.key(&name, limit);
         let counter = CounterKey::new(name).unwrap();
-        match self.leases.decide(key, limit, now) {
+        match self.leases.decide(key, limit, now, Duration::ZERO) {
             Leased::Decided(d) => d,
             Leased::Renew(d, take) => {
                 self.asked += 1;
@@ -76,15 +76,14 @@ async fn a_lease_answers_the_next_requests_without_the_backend() {
         assert_eq!(d.granted, 1);
         remaining.push(d.remaining);
     }
-    // One lease of ten, and the next one asked for when half of it was used.
+    // One lease of ten, topped up by eight when two are left (the eighth request).
     assert_eq!(replica.asked, 2);
-    // The backend had 90 left after the first lease, 80 after the second; what is held
-    // here counts as well.
+    // The backend's room and what is held here, together.
     assert_eq!(remaining, (90..=99).rev().collect::<Vec<_>>());
-    for _ in 0..5 {
+    for _ in 0..6 {
         replica.check(&backend, "a", &limit, at(0)).await;
     }
-    assert_eq!(replica.asked, 3, "half of the second lease used: a third");
+    assert_eq!(replica.asked, 3, "two left again: topped up");
     // Another key has leases of its own.
     replica.check(&backend, "b", &limit, at(0)).await;
     assert_eq!(replica.asked, 4);
@@ -237,26 +236,118 @@ fn one_request_asks_for_a_key_s_lease_at_a_time() {
     let leases = GcraLeases::default();
     let limit = GcraLimit::per(100_000, Duration::from_secs(1), 100_000).unwrap();
     let key = leases.key(&"k", &limit);
-    assert_eq!(
-        leases.decide(key, &limit, at(0)),
-        Leased::Ask(GcraTake::up_to(1_000))
-    );
+    let decide = |t| leases.decide(key, &limit, at(t), Duration::ZERO);
+    assert_eq!(decide(0), Leased::Ask(GcraTake::up_to(1_000)));
     for _ in 0..10 {
-        assert_eq!(
-            leases.decide(key, &limit, at(10)),
-            Leased::Ask(GcraTake::EXACTLY_ONE)
-        );
+        assert_eq!(decide(10), Leased::Ask(GcraTake::EXACTLY_ONE));
     }
+    // Only the ask that set the mark clears it: not one of the others.
+    leases.abandon(key, GcraTake::EXACTLY_ONE, at(10));
+    assert_eq!(decide(15), Leased::Ask(GcraTake::EXACTLY_ONE));
     // The asking request gave up (its backend call failed): the next one asks.
-    leases.abandon(key);
-    assert_eq!(
-        leases.decide(key, &limit, at(20)),
-        Leased::Ask(GcraTake::up_to(1_000))
-    );
-    // One whose request was dropped holds the others back no longer than ASK_TIMEOUT.
+    leases.abandon(key, GcraTake::up_to(1_000), at(0));
+    assert_eq!(decide(20), Leased::Ask(GcraTake::up_to(1_000)));
+    // One whose request was dropped holds the others back no longer than the ask timeout
+    // (the state timeout when longer).
     let later = duration_micros(ASK_TIMEOUT) + 20;
+    assert_eq!(decide(later), Leased::Ask(GcraTake::up_to(1_000)));
     assert_eq!(
-        leases.decide(key, &limit, at(later)),
-        Leased::Ask(GcraTake::up_to(1_000))
+        leases.decide(key, &limit, at(later + 10), Duration::from_secs(2)),
+        Leased::Ask(GcraTake::EXACTLY_ONE)
     );
+    let after = later + 2_000_000;
+    assert_eq!(decide(after), Leased::Ask(GcraTake::up_to(1_000)));
+}
+
+/// A replica that was refused while it still held part of a lease uses that part first:
+/// the backend counted it already.
+#[tokio::test]
+async fn what_is_held_is_used_before_a_refusal_that_came_meanwhile() {
+    let backend = MemoryStore::new();
+    let leases = GcraLeases::default();
+    // 1000 a second, 100 at once: leases of 10, t = 1 ms.
+    let limit = GcraLimit::per(1_000, Duration::from_secs(1), 100).unwrap();
+    let key = leases.key(&"k", &limit);
+    let counter = CounterKey::new("k").unwrap();
+    // Another replica leaves room for exactly 10.
+    let other = backend
+        .gcra(&counter, &limit, GcraTake::exactly(90), at(0))
+        .await
+        .unwrap();
+    assert!(other.allowed);
+    let Leased::Ask(take) = leases.decide(key, &limit, at(0), Duration::ZERO) else {
+        panic!("the first request asks");
+    };
+    let answer = backend.gcra(&counter, &limit, take, at(0)).await.unwrap();
+    assert_eq!(answer.granted, 10);
+    leases.record(key, &limit, take, &answer, at(0));
+    // A request asking alone is refused: the room is all held here.
+    let refused = backend
+        .gcra(&counter, &limit, GcraTake::EXACTLY_ONE, at(0))
+        .await
+        .unwrap();
+    assert!(!refused.allowed);
+    leases.record(key, &limit, GcraTake::EXACTLY_ONE, &refused, at(0));
+    // The nine held are still admitted.
+    let mut admitted = 0;
+    for _ in 0..9 {
+        match leases.decide(key, &limit, at(0), Duration::ZERO) {
+            Leased::Decided(d) | Leased::Renew(d, _) if d.allowed => admitted += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(admitted, 9);
+}
+
+/// A renewal tops the lease up to one lease: a replica never holds more than that.
+#[test]
+fn a_renewal_tops_the_lease_up_to_one_lease() {
+    let leases = GcraLeases::default();
+    let limit = GcraLimit::per(1_000, Duration::from_secs(1), 1_000).unwrap();
+    let key = leases.key(&"k", &limit);
+    let take = GcraTake::up_to(10);
+    assert_eq!(
+        leases.decide(key, &limit, at(0), Duration::ZERO),
+        Leased::Ask(take)
+    );
+    let grant = |granted| GcraDecision {
+        allowed: true,
+        granted,
+        remaining: 900,
+        retry_after: Duration::ZERO,
+        reset_after: Duration::from_millis(100),
+    };
+    leases.record(key, &limit, take, &grant(10), at(0));
+    // Nine held; the seventh request leaves two and asks for eight more.
+    for _ in 0..6 {
+        assert!(matches!(
+            leases.decide(key, &limit, at(1), Duration::ZERO),
+            Leased::Decided(_)
+        ));
+    }
+    let Leased::Renew(_, renew) = leases.decide(key, &limit, at(1), Duration::ZERO) else {
+        panic!("three quarters used: renewed");
+    };
+    assert_eq!(renew, GcraTake::up_to(8));
+}
+
+/// A long refusal (a daily limit) is answered here for at most a lease's life, then asked
+/// about again, with the backend's own `Retry-After` every time.
+#[tokio::test]
+async fn a_long_refusal_is_kept_for_a_lease_s_life_then_asked_about_again() {
+    let backend = MemoryStore::new();
+    let mut replica = Replica::new();
+    let limit = GcraLimit::per(1, Duration::from_secs(86_400), 1).unwrap();
+    assert!(replica.check(&backend, "a", &limit, at(0)).await.allowed);
+    let refused = replica.check(&backend, "a", &limit, at(1)).await;
+    assert!(!refused.allowed);
+    assert!(refused.retry_after > Duration::from_secs(86_000));
+    replica.check(&backend, "a", &limit, at(500_000)).await;
+    assert_eq!(replica.asked, 2, "kept");
+    let later = replica
+        .check(&backend, "a", &limit, at(duration_micros(LEASE_LIFE) + 1))
+        .await;
+    assert!(!later.allowed);
+    assert_eq!(replica.asked, 3, "asked again");
+    assert!(later.retry_after < refused.retry_after);
 }
