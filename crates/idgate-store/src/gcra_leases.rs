@@ -37,11 +37,12 @@
 //! every 100 ms), and when it is still full the request is simply decided by the backend.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, RandomState};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::counters::{GcraDecision, GcraLimit, GcraTake};
+use crate::local_limiter::PassThrough;
 use crate::types::{duration_micros, micros};
 
 /// How much of a limit one lease is: its rate over this span.
@@ -74,26 +75,6 @@ pub fn lease_size(limit: &GcraLimit) -> u32 {
     let per_span = duration_micros(LEASE_SPAN) / t;
     let size = per_span.min(u64::from(limit.burst() / BURST_SHARE));
     u32::try_from(size).unwrap_or(u32::MAX).max(1)
-}
-
-/// The entries are keyed by a hash already.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
 /// What this replica holds of one key (times in microseconds since the epoch).

@@ -39,9 +39,10 @@ const FULL_SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// The default capacity: a million live keys (about 32 MiB at most, see the module docs).
 pub const DEFAULT_LIMITER_CAPACITY: usize = 1_000_000;
 
-/// The entries are keyed by a hash already: hashing it again would be wasted work.
+/// The entries are keyed by a hash already: hashing it again would be wasted work (the
+/// lease table uses it too).
 #[derive(Default)]
-struct PassThrough(u64);
+pub(crate) struct PassThrough(u64);
 
 impl Hasher for PassThrough {
     fn finish(&self) -> u64 {

@@ -321,9 +321,12 @@ mod tests {
 
     use super::*;
 
-    /// A backend that fails every call, after `delay` (a slow one) or at once.
+    /// A backend that fails every call, after `delay` (a slow one) or at once, noting how
+    /// much each GCRA check asked for.
+    #[derive(Default)]
     struct Failing {
         delay: Duration,
+        asked: std::sync::Mutex<Vec<u32>>,
     }
 
     impl Failing {
@@ -360,57 +363,16 @@ mod tests {
             &self,
             _: &CounterKey,
             _: &GcraLimit,
-            _: GcraTake,
-            _: SystemTime,
-        ) -> impl Future<Output = Result<GcraDecision, StoreError>> + Send {
-            self.fail()
-        }
-        fn sweep(&self, _: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send {
-            self.fail()
-        }
-    }
-
-    /// A backend that notes how much each GCRA check asks for, then answers nothing for
-    /// `delay` and fails.
-    struct Recording {
-        delay: Duration,
-        asked: std::sync::Mutex<Vec<u32>>,
-    }
-
-    impl Counters for Recording {
-        fn increment(
-            &self,
-            _: &CounterKey,
-            _: u64,
-            _: Duration,
-            _: SystemTime,
-        ) -> impl Future<Output = Result<WindowCount, StoreError>> + Send {
-            Failing { delay: self.delay }.fail()
-        }
-        fn get(
-            &self,
-            _: &CounterKey,
-            _: SystemTime,
-        ) -> impl Future<Output = Result<Option<WindowCount>, StoreError>> + Send {
-            Failing { delay: self.delay }.fail()
-        }
-        fn reset(&self, _: &CounterKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
-            Failing { delay: self.delay }.fail()
-        }
-        fn gcra(
-            &self,
-            _: &CounterKey,
-            _: &GcraLimit,
             take: GcraTake,
             _: SystemTime,
         ) -> impl Future<Output = Result<GcraDecision, StoreError>> + Send {
             if let Ok(mut asked) = self.asked.lock() {
                 asked.push(take.most());
             }
-            Failing { delay: self.delay }.fail()
+            self.fail()
         }
         fn sweep(&self, _: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send {
-            Failing { delay: self.delay }.fail()
+            self.fail()
         }
     }
 
@@ -529,9 +491,7 @@ mod tests {
     async fn fail_open_goes_on_without_the_limits_and_counts_the_failures() {
         let limits = limits(OnStateError::FailOpen);
         let r = Reporting::new();
-        let failing = Failing {
-            delay: Duration::ZERO,
-        };
+        let failing = Failing::default();
         let (policy, state, refused) = run(
             &limits,
             Store::Shared(&failing, "redis", &GcraLeases::default()),
@@ -548,9 +508,7 @@ mod tests {
     async fn fail_closed_refuses_with_503() {
         let limits = limits(OnStateError::FailClosed);
         let r = Reporting::new();
-        let failing = Failing {
-            delay: Duration::ZERO,
-        };
+        let failing = Failing::default();
         let refusal = run(
             &limits,
             Store::Shared(&failing, "redis", &GcraLeases::default()),
@@ -571,6 +529,7 @@ mod tests {
         let r = Reporting::new();
         let slow = Failing {
             delay: Duration::from_secs(30),
+            ..Failing::default()
         };
         let started = std::time::Instant::now();
         let refusal = run(
@@ -619,9 +578,9 @@ mod tests {
         )
         .unwrap();
         let route = limits.route("r").unwrap();
-        let backend = Recording {
+        let backend = Failing {
             delay: Duration::from_secs(30),
-            asked: Default::default(),
+            ..Failing::default()
         };
         let leases = GcraLeases::default();
         let r = Reporting::new();
