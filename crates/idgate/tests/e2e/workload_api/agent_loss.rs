@@ -14,12 +14,7 @@ async fn losing_the_agent_keeps_the_last_svid_serving_with_a_warning_and_it_reco
         agent.push(&svid, &[]);
         gw.serving().await;
         let dir = tempfile::tempdir().unwrap();
-        let client = Client::with_identity(
-            &agent.bundle_file("bundle.pem"),
-            &caller(&agent.ca, ONBOARDING, dir.path(), "onboarding"),
-            gw.port,
-            rustls::DEFAULT_VERSIONS,
-        );
+        let client = onboarding_client(&agent, dir.path(), gw.port);
         let mut kept = client.connect().await.unwrap();
         assert_eq!(
             kept.send("GET", "/v1/kyc", &[], "").await.unwrap().status,

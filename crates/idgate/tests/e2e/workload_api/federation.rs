@@ -24,12 +24,7 @@ async fn a_federated_bundle_added_at_run_time_lets_its_workloads_in_and_removing
             gw.port,
             rustls::DEFAULT_VERSIONS,
         );
-        let own = Client::with_identity(
-            &bundle,
-            &caller(&agent.ca, ONBOARDING, dir.path(), "onboarding"),
-            gw.port,
-            rustls::DEFAULT_VERSIONS,
-        );
+        let own = onboarding_client(&agent, dir.path(), gw.port);
         let admitted = |c: &Client| {
             let c = c.clone();
             async move { matches!(c.get("/v1/kyc").await, Ok(r) if r.status == 200) }

@@ -104,6 +104,17 @@ fn caller(ca: &TestCa, id: &str, dir: &Path, name: &str) -> CertKey {
     CertKey { cert, key }
 }
 
+/// A client trusting `agent`'s bundle and presenting ONBOARDING's SVID (written to `dir`),
+/// for the gateway on `port`.
+fn onboarding_client(agent: &Agent, dir: &Path, port: u16) -> Client {
+    Client::with_identity(
+        &agent.bundle_file("bundle.pem"),
+        &caller(&agent.ca, ONBOARDING, dir, "onboarding"),
+        port,
+        rustls::DEFAULT_VERSIONS,
+    )
+}
+
 /// A gateway streaming from `agent`, with one route to `upstream` allowing `allow`.
 fn config(agent: &Agent, upstream: &TestUpstream, allow: &[&str]) -> GatewayConfig {
     GatewayConfig::new(Path::new("-"), Path::new("-"))

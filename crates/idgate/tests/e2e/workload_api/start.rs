@@ -43,13 +43,7 @@ async fn the_gateway_is_not_ready_and_serves_no_tls_until_the_agent_delivers_its
         assert_eq!(metric(&gw, "idgate_workload_api_connected").await, Some(1.0));
 
         let dir = tempfile::tempdir().unwrap();
-        let me = caller(&agent.ca, ONBOARDING, dir.path(), "onboarding");
-        let client = Client::with_identity(
-            &agent.bundle_file("bundle.pem"),
-            &me,
-            gw.port,
-            rustls::DEFAULT_VERSIONS,
-        );
+        let client = onboarding_client(&agent, dir.path(), gw.port);
         assert_eq!(presented_leaf(&client).await.unwrap(), svid.chain[0].to_vec());
         let reply = client.get("/v1/kyc").await.unwrap();
         assert_eq!(reply.status, 200, "{}", gw.output());
@@ -129,12 +123,7 @@ async fn svid_hint_presents_the_svid_of_the_hinted_entry_not_the_default_one() {
         );
         gw.serving().await;
         let dir = tempfile::tempdir().unwrap();
-        let client = Client::with_identity(
-            &agent.bundle_file("bundle.pem"),
-            &caller(&agent.ca, ONBOARDING, dir.path(), "onboarding"),
-            gw.port,
-            rustls::DEFAULT_VERSIONS,
-        );
+        let client = onboarding_client(&agent, dir.path(), gw.port);
         assert_eq!(
             presented_leaf(&client).await.unwrap(),
             listener.chain[0].to_vec()

@@ -65,12 +65,7 @@ async fn an_upstream_requiring_mutual_tls_is_presented_the_gateways_newest_svid(
         agent.push(&first, &[]);
         gw.serving().await;
         let dir = tempfile::tempdir().unwrap();
-        let client = Client::with_identity(
-            &bundle,
-            &caller(&agent.ca, ONBOARDING, dir.path(), "onboarding"),
-            gw.port,
-            rustls::DEFAULT_VERSIONS,
-        );
+        let client = onboarding_client(&agent, dir.path(), gw.port);
 
         assert_eq!(
             client.get("/v1/kyc").await.unwrap().status,
