@@ -228,14 +228,16 @@ async fn killing_the_upstream_opens_the_breaker_and_it_closes_when_the_upstream_
         }
         answers.sort_by_key(|a| a.0);
 
+        // Answered after the kill: a request sent just before it fails after it, and its
+        // failure counts towards the breaker like the others.
         let during: Vec<_> = answers
             .iter()
-            .filter(|a| a.0 >= killed_at && a.0 < restarted_at)
+            .filter(|a| a.0 + a.3 >= killed_at && a.0 < restarted_at)
             .collect();
         let failed = during.iter().filter(|a| a.1 == 502).count();
         let refused: Vec<_> = during.iter().filter(|a| a.2 == "circuit-open").collect();
-        // Five failures in a row open it (four callers may each have one more in flight),
-        // and the probe a second later fails once more.
+        // Five failures in a row open it (the other three callers may each have one more
+        // in flight), and the probe a second later fails once more.
         assert!(
             (5..=10).contains(&failed),
             "{failed} failures reached the caller"
