@@ -4,7 +4,9 @@
 //! `p` pseudonymize, `a` allow, `b` block) applied to the answer (the rest of the input).
 //!
 //! Never panics; an accepted path prints back as a path that parses to itself; the masked
-//! document is valid JSON; a reference matcher written from the rules' definition agrees
+//! document is valid JSON; masking the text as it came (`mask_text`) accepts exactly the
+//! texts serde_json reads and, where no object names a member twice, gives the masked
+//! document; a reference matcher written from the rules' definition agrees
 //! on whether the answer is blocked; and in the masked answer every value the first
 //! matching rule names is in that rule's output form (absent, the marker, masked, a year,
 //! a pseudonym, or `null`), so no value a rule masks is left as it was.
@@ -15,7 +17,8 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use idgate_mask::{
-    Action, MaskError, MaskPath, Profile, Pseudonymizer, Rule, Segment, Selector, Step, REDACTED,
+    Action, MaskError, MaskPath, MaskedText, Profile, Pseudonymizer, Rule, Segment, Selector,
+    Step, TextMaskError, REDACTED,
 };
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -163,6 +166,29 @@ fn check_forms<'a>(rules: &[Rule], v: &'a Value, loc: &mut Vec<Seg<'a>>) {
     }
 }
 
+/// Members of every object of a JSON text: its `:`s outside strings.
+fn members_in_text(text: &[u8]) -> usize {
+    let (mut n, mut in_string, mut escaped) = (0, false, false);
+    for &b in text {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') | (false, _, b'"') => in_string = !in_string,
+            (false, _, b':') => n += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+fn members_in_doc(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => m.len() + m.values().map(members_in_doc).sum::<usize>(),
+        Value::Array(a) => a.iter().map(members_in_doc).sum(),
+        _ => 0,
+    }
+}
+
 fn depth(v: &Value) -> usize {
     children(v).iter().map(|(_, c)| depth(c)).max().map_or(0, |d| d + 1)
 }
@@ -174,10 +200,32 @@ fuzz_target!(|data: &[u8]| {
     };
     let Ok(head) = std::str::from_utf8(head) else { return };
     let rules: Vec<Rule> = head.split('\t').filter_map(rule).take(16).collect();
-    let Ok(mut doc) = serde_json::from_slice::<Value>(body) else { return };
-    let original = doc.clone();
     let profile = Profile::new(rules.clone());
+    // The text masker reads a text exactly when serde_json does.
+    let by_text = now(profile.mask_text(body, &Digest));
+    let parsed = serde_json::from_slice::<Value>(body);
+    assert_eq!(
+        parsed.is_ok(),
+        !matches!(by_text, Err(TextMaskError::NotJson(_))),
+        "the text masker and serde_json disagree on whether this is JSON"
+    );
+    let Ok(mut doc) = parsed else { return };
+    let original = doc.clone();
     let result = now(profile.mask(&mut doc, &Digest));
+    // Where no object names a member twice (the document keeps only the last), both
+    // maskers give the same answer.
+    if members_in_text(body) == members_in_doc(&original) {
+        match (&result, &by_text) {
+            (Err(MaskError::Blocked(_)), Err(TextMaskError::Mask(MaskError::Blocked(_)))) => {}
+            (Ok(r), Ok((MaskedText::Unchanged, t))) => assert_eq!((r.changed, t.changed), (0, 0)),
+            (Ok(r), Ok((MaskedText::Changed(out), t))) => {
+                let out: Value = serde_json::from_slice(out).expect("a masked text is JSON");
+                assert_eq!(out, doc);
+                assert_eq!(r.changed, t.changed);
+            }
+            (a, b) => panic!("the maskers disagree: {a:?} against {b:?}"),
+        }
+    }
     let text = serde_json::to_vec(&doc).expect("a masked document serializes");
     let again: Value = serde_json::from_slice(&text).expect("a masked document is JSON");
     assert_eq!(again, doc);

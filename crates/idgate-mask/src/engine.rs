@@ -94,20 +94,20 @@ impl Pseudonyms {
         )
     }
 
-    fn get(&self, input: &[u8]) -> Option<&str> {
+    pub(crate) fn get(&self, input: &[u8]) -> Option<&str> {
         self.0.get(input).map(String::as_str)
     }
 }
 
 /// A partial match: `step` steps of rule `rule`'s path match the location so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct State {
+pub(crate) struct State {
     rule: usize,
     step: usize,
 }
 
 /// The rule that decides a value, by index, with its action.
-type Decision = Option<(usize, Action)>;
+pub(crate) type Decision = Option<(usize, Action)>;
 
 impl Profile {
     pub fn new(rules: Vec<Rule>) -> Self {
@@ -123,7 +123,7 @@ impl Profile {
         self.rules.iter().any(|r| r.action == Action::Pseudonymize)
     }
 
-    fn start(&self) -> Vec<State> {
+    pub(crate) fn start(&self) -> Vec<State> {
         (0..self.rules.len())
             .map(|rule| State { rule, step: 0 })
             .collect()
@@ -131,9 +131,27 @@ impl Profile {
 
     /// The partial matches of a child at `segment`, and the rule deciding it.
     fn advance(&self, states: &[State], segment: Segment<'_>) -> (Vec<State>, Decision) {
-        let mut next = Vec::new();
+        let mut next = states.to_vec();
+        let decision = self.advance_into(&mut next, 0..states.len(), segment);
+        next.drain(..states.len());
+        (next, decision)
+    }
+
+    /// [`Profile::advance`] for the partial matches `stack[states]`, appending the child's
+    /// (sorted, without duplicates) to `stack`: a walk keeps every level's in one stack.
+    pub(crate) fn advance_into(
+        &self,
+        stack: &mut Vec<State>,
+        states: std::ops::Range<usize>,
+        segment: Segment<'_>,
+    ) -> Decision {
+        let next = stack;
+        let from = next.len();
         let mut first: Option<usize> = None;
-        for &s in states {
+        for i in states {
+            let Some(&s) = next.get(i) else {
+                continue;
+            };
             let Some(steps) = self.rules.get(s.rule).map(|r| r.path.steps()) else {
                 continue;
             };
@@ -155,13 +173,20 @@ impl Profile {
                 }
             }
         }
-        next.sort_unstable();
-        next.dedup();
-        let decision = first.and_then(|r| self.rules.get(r).map(|rule| (r, rule.action)));
-        (next, decision)
+        let added = &mut next[from..];
+        added.sort_unstable();
+        let mut kept = from;
+        for i in from..next.len() {
+            if i == from || next[i] != next[kept - 1] {
+                next[kept] = next[i];
+                kept += 1;
+            }
+        }
+        next.truncate(kept);
+        first.and_then(|r| self.rules.get(r).map(|rule| (r, rule.action)))
     }
 
-    fn blocked(&self, rule: usize) -> Blocked {
+    pub(crate) fn blocked(&self, rule: usize) -> Blocked {
         Blocked {
             rule,
             path: self
@@ -309,34 +334,44 @@ impl Profile {
         pseudonymizer: &P,
     ) -> Result<Report, MaskError<P::Error>> {
         let inputs = self.pseudonym_inputs(doc)?;
-        let pseudonyms = if inputs.is_empty() {
-            Pseudonyms::default()
-        } else {
-            let macs = pseudonymizer
-                .macs(&inputs)
-                .await
-                .map_err(MaskError::Pseudonymizer)?;
-            if macs.len() != inputs.len() {
-                return Err(MaskError::Incomplete {
-                    asked: inputs.len(),
-                    got: macs.len(),
-                });
-            }
-            Pseudonyms::new(inputs, &macs)
-        };
+        let pseudonyms = Pseudonyms::ask(inputs, pseudonymizer).await?;
         Ok(self.apply(doc, &pseudonyms)?)
+    }
+}
+
+impl Pseudonyms {
+    /// The pseudonyms of `inputs`, asking `pseudonymizer` once (not at all when there is
+    /// none).
+    pub(crate) async fn ask<P: Pseudonymizer>(
+        inputs: Vec<Vec<u8>>,
+        pseudonymizer: &P,
+    ) -> Result<Self, MaskError<P::Error>> {
+        if inputs.is_empty() {
+            return Ok(Self::default());
+        }
+        let macs = pseudonymizer
+            .macs(&inputs)
+            .await
+            .map_err(MaskError::Pseudonymizer)?;
+        if macs.len() != inputs.len() {
+            return Err(MaskError::Incomplete {
+                asked: inputs.len(),
+                got: macs.len(),
+            });
+        }
+        Ok(Self::new(inputs, &macs))
     }
 }
 
 /// Distinct inputs in the order first seen.
 #[derive(Default)]
-struct Inputs {
-    list: Vec<Vec<u8>>,
+pub(crate) struct Inputs {
+    pub(crate) list: Vec<Vec<u8>>,
     seen: std::collections::HashSet<Vec<u8>>,
 }
 
 impl Inputs {
-    fn add(&mut self, input: Vec<u8>) {
+    pub(crate) fn add(&mut self, input: Vec<u8>) {
         if !self.seen.contains(&input) {
             self.seen.insert(input.clone());
             self.list.push(input);

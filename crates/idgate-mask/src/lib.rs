@@ -5,8 +5,9 @@
 //! truncate to the year, pseudonymize, allow, block). For every value of a document the
 //! first rule whose path names it decides what happens to it.
 //!
-//! The crate is pure: it works on a parsed `serde_json::Value` and knows nothing of HTTP,
-//! configuration files or where keys live. Pseudonyms come from a [`Pseudonymizer`] that is
+//! The crate is pure: it works on a JSON text as it arrived ([`Profile::mask_text`], which
+//! writes out only what changes) or on a parsed `serde_json::Value` ([`Profile::mask`]), and
+//! knows nothing of HTTP, configuration files or where keys live. Pseudonyms come from a [`Pseudonymizer`] that is
 //! asked once per document for every value at once, so a key held in an HSM costs one
 //! blocking call per answer, not one per value. Documents are an upstream's answers, which
 //! are not trusted: nothing here panics on any input.
@@ -14,7 +15,9 @@
 mod action;
 mod engine;
 mod path;
+mod text;
 
 pub use action::{Action, REDACTED, mask_chars, pseudonym, truncate_date};
 pub use engine::{Blocked, MaskError, Profile, Pseudonymizer, Pseudonyms, Report, Rule};
 pub use path::{MaskPath, PathError, Segment, Selector, Step};
+pub use text::{MaskedText, NotJson, TextMaskError};

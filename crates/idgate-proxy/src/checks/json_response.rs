@@ -88,6 +88,22 @@ pub(crate) async fn read_body(
     resp: &mut Response<ProxyBody>,
     timeout: Duration,
 ) -> Result<(Bytes, Value), Refusal> {
+    let bytes = read_bytes(resp, timeout).await?;
+    let value = serde_json::from_slice(&bytes).map_err(|e| {
+        unreadable(format!(
+            "the upstream's answer is not JSON: {}",
+            e.classify_name()
+        ))
+    })?;
+    Ok((bytes, value))
+}
+
+/// The answer's body as it came, for a caller that reads the JSON itself: the encoding and
+/// the size are checked.
+pub(crate) async fn read_bytes(
+    resp: &mut Response<ProxyBody>,
+    timeout: Duration,
+) -> Result<Bytes, Refusal> {
     let h = resp.headers();
     identity(h)?;
     let announced = h
@@ -102,14 +118,7 @@ pub(crate) async fn read_body(
         .await
         .map_err(|_| unreadable("the upstream's answer did not arrive in time"))?
         .map_err(|e| unreadable(format!("the upstream's answer could not be read: {e}")))?;
-    let bytes = collected.to_bytes();
-    let value = serde_json::from_slice(&bytes).map_err(|e| {
-        unreadable(format!(
-            "the upstream's answer is not JSON: {}",
-            e.classify_name()
-        ))
-    })?;
-    Ok((bytes, value))
+    Ok(collected.to_bytes())
 }
 
 /// Puts `bytes` back as the answer's body, with its length.

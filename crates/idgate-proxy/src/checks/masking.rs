@@ -6,8 +6,8 @@
 //! - **Every status.** Error answers are masked like successful ones: a provider's error
 //!   body may quote the personal data it refused.
 //! - **JSON** (`application/json`, `…/json`, `…+json`) is read whole (at most 1 MiB, see
-//!   `json_response`), masked and written again (compact, members in name order) with its
-//!   new `Content-Length`. An answer that cannot be read, parsed (a charset other than
+//!   `json_response`) and masked as the text it is (`Profile::mask_text`): only what the
+//!   profile changes is written anew, with the answer's new `Content-Length`. An answer that cannot be read, parsed (a charset other than
 //!   UTF-8 included) or is too large is refused with `502 unreadable-response`, never
 //!   passed on. An empty body (`Content-Length: 0`) has nothing to mask.
 //! - **Compressed** answers are refused: the request went without the caller's
@@ -23,7 +23,7 @@
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Response, StatusCode};
 use idgate_config::{NonJson, ProfileChoice, RouteMasking};
-use idgate_mask::MaskError;
+use idgate_mask::{MaskError, MaskedText, TextMaskError};
 
 use super::json_response;
 use crate::body::ProxyBody;
@@ -135,25 +135,24 @@ pub(super) async fn mask(
         });
     }
     let timeout = super::ownership::timeout(ctx);
-    let (bytes, mut doc) = json_response::read_body(resp, timeout).await?;
-    let started = ctx.start;
+    let bytes = json_response::read_bytes(resp, timeout).await?;
     let pseudonymizer = KeyPseudonymizer {
         key: profile.key.as_deref(),
-        started,
+        started: ctx.start,
     };
-    match profile.profile.mask(&mut doc, &pseudonymizer).await {
-        Ok(report) if report.changed == 0 => {
+    match profile.profile.mask_text(&bytes, &pseudonymizer).await {
+        Ok((MaskedText::Unchanged, _)) => {
             json_response::replace_body(resp, bytes);
             Ok(())
         }
-        Ok(_) => {
-            let masked = serde_json::to_vec(&doc).map_err(|e| Refusal::Internal {
-                reason: format!("a masked answer could not be written: {e}"),
-            })?;
+        Ok((MaskedText::Changed(masked), _)) => {
             json_response::replace_body(resp, masked.into());
             Ok(())
         }
-        Err(e) => Err(refusal(profile, e)),
+        Err(TextMaskError::NotJson(e)) => Err(Refusal::UnreadableResponse {
+            reason: format!("the upstream's answer is not JSON: {e}"),
+        }),
+        Err(TextMaskError::Mask(e)) => Err(refusal(profile, e)),
     }
 }
 
