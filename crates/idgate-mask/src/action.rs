@@ -17,13 +17,13 @@ pub enum Action {
     Drop,
     /// The value becomes [`REDACTED`].
     Redact,
-    /// A string (or a number, as written) keeps its last `keep` characters; the others
-    /// become `*`. A value of `keep` characters or fewer is all `*`.
+    /// A string (or a number, as read: `1.50` as `1.5`) keeps its last `keep` characters;
+    /// the others become `*`. A value of `keep` characters or fewer is all `*`.
     Mask { keep: usize },
     /// An ISO 8601 date or date-time (`1990-07-13`, `1990-07-13T08:00:00Z`, `1990-07`)
     /// becomes its year, `"1990"`.
     TruncateDate,
-    /// A string (or a number, as written) becomes `ps_` and the unpadded base64url of its
+    /// A string (or a number, as read) becomes `ps_` and the unpadded base64url of its
     /// HMAC-SHA256 under the profile's key: equal values give equal pseudonyms under one key.
     Pseudonymize,
     /// The value is passed as it is; the values inside it are still judged by their own
@@ -131,8 +131,9 @@ pub fn pseudonym(mac: &[u8; 32]) -> String {
     out
 }
 
-/// The bytes a value is pseudonymized from: a string's UTF-8, a number as written (so
-/// `123` and `"123"` share a pseudonym); `None` for other types, which are redacted.
+/// The bytes a value is pseudonymized from: a string's UTF-8, a number as read, a 64-bit
+/// integer or a double (so `123` and `"123"` share a pseudonym); `None` for other types,
+/// which are redacted.
 pub(crate) fn pseudonym_input(v: &Value) -> Option<Vec<u8>> {
     match v {
         Value::String(s) => Some(s.as_bytes().to_vec()),

@@ -113,6 +113,8 @@ struct Walk<'a> {
     /// The second reading's output, and the pseudonyms it writes.
     out: Option<(Vec<u8>, &'a Pseudonyms)>,
     changed: usize,
+    /// The first value a `block` rule names, present and not `null`.
+    blocked: Option<Blocked>,
 }
 
 impl<'a> Walk<'a> {
@@ -127,6 +129,7 @@ impl<'a> Walk<'a> {
             inputs: Inputs::default(),
             out,
             changed: 0,
+            blocked: None,
         }
     }
 
@@ -139,7 +142,10 @@ impl<'a> Walk<'a> {
         if self.pos != self.src.len() {
             return self.fail("characters after the value");
         }
-        Ok(self)
+        match self.blocked.take() {
+            Some(blocked) => Err(Fail::Blocked(blocked)),
+            None => Ok(self),
+        }
     }
 
     fn fail<T>(&self, what: &'static str) -> Result<T, Fail> {
@@ -330,8 +336,9 @@ impl<'a> Walk<'a> {
             }
             Some((rule, Action::Block)) => {
                 let span = self.scanned()?;
-                if self.src.get(span) != Some(b"null") {
-                    return Err(Fail::Blocked(self.profile.blocked(rule)));
+                if self.src.get(span) != Some(b"null") && self.blocked.is_none() {
+                    // Refused as blocked once the whole text is known to be JSON.
+                    self.blocked = Some(self.profile.blocked(rule));
                 }
                 self.keep(key, wrote);
                 self.emit(b"null");

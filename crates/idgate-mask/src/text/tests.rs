@@ -187,6 +187,14 @@ fn what_serde_json_refuses_is_refused_and_what_it_reads_is_read() {
         let ours = masked(&p, text).is_ok();
         assert_eq!(ours, serde, "{text:?}");
     }
+    // A value a block rule names does not make a broken text JSON.
+    let block = profile(&[("$.a", Action::Block)]);
+    for text in [r#"{"a":1,"#, r#"{"a":1} x"#, r#"{"a":1,"b":[}"#] {
+        assert!(
+            matches!(masked(&block, text), Err(TextMaskError::NotJson(_))),
+            "{text}"
+        );
+    }
     let invalid_utf8 = [b'"', 0xff, b'"'];
     assert!(now(p.mask_text(&invalid_utf8, &Digest)).is_err());
 }
@@ -385,7 +393,11 @@ fn masking_the_text_agrees_with_masking_the_parsed_document() {
 #[test]
 fn damaged_texts_are_refused_exactly_when_serde_json_refuses_them() {
     let mut rng = Rng(0x005e_ed0f_da7a);
-    let p = profile(&[("$..*", Action::Allow), ("$..name", Action::Redact)]);
+    let p = profile(&[
+        ("$..b", Action::Block),
+        ("$..*", Action::Allow),
+        ("$..name", Action::Redact),
+    ]);
     let bytes: &[u8] =
         b"{}[]\",:\\u0123456789abcdefABCDEF-+.eEtrunlfs \n\t\x00\x1f\x7f\xc3\xa9\xff";
     let (mut refused, mut read) = (0, 0);
@@ -410,7 +422,7 @@ fn damaged_texts_are_refused_exactly_when_serde_json_refuses_them() {
         }
         let serde = serde_json::from_slice::<Value>(&raw).is_ok();
         let ours = match now(p.mask_text(&raw, &Digest)) {
-            Ok(_) => true,
+            Ok(_) | Err(TextMaskError::Mask(MaskError::Blocked(_))) => true,
             Err(TextMaskError::NotJson(_)) => false,
             Err(e) => panic!("{e}"),
         };
