@@ -380,4 +380,4 @@ impl Inputs {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -212,86 +212,109 @@ impl<'a> Walk<'a> {
     }
 
     fn object(&mut self, states: Range<usize>) -> Result<(), Fail> {
-        self.enter()?;
         self.emit(b"{");
         let mut wrote = false;
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
-        } else {
-            loop {
-                if self.peek() != Some(b'"') {
-                    return self.fail("expected a member name");
+        self.members(|walk, key_span, escaped| {
+            let text = walk.text;
+            let name: Cow<'a, str> = if escaped {
+                let raw = text.get(key_span.clone()).unwrap_or("\"\"");
+                match serde_json::from_str::<String>(raw) {
+                    Ok(name) => Cow::Owned(name),
+                    Err(_) => return walk.fail("an unreadable member name"),
                 }
-                let start = self.pos;
-                let escaped = self.string()?;
-                let key_span = start..self.pos;
-                self.ws();
-                self.expect(b':', "expected ':'")?;
-                self.ws();
-                let text = self.text;
-                let name: Cow<'a, str> = if escaped {
-                    let raw = text.get(key_span.clone()).unwrap_or("\"\"");
-                    match serde_json::from_str::<String>(raw) {
-                        Ok(name) => Cow::Owned(name),
-                        Err(_) => return self.fail("an unreadable member name"),
-                    }
-                } else {
-                    Cow::Borrowed(text.get(start + 1..key_span.end - 1).unwrap_or(""))
-                };
-                self.child(
-                    states.clone(),
-                    Segment::Member(&name),
-                    Some(key_span),
-                    &mut wrote,
-                )?;
-                self.ws();
-                match self.peek() {
-                    Some(b',') => {
-                        self.pos += 1;
-                        self.ws();
-                    }
-                    Some(b'}') => {
-                        self.pos += 1;
-                        break;
-                    }
-                    _ => return self.fail("expected ',' or '}'"),
-                }
-            }
-        }
+            } else {
+                Cow::Borrowed(text.get(key_span.start + 1..key_span.end - 1).unwrap_or(""))
+            };
+            walk.child(
+                states.clone(),
+                Segment::Member(&name),
+                Some(key_span),
+                &mut wrote,
+            )
+        })?;
         self.emit(b"}");
-        self.leave();
         Ok(())
     }
 
     fn array(&mut self, states: Range<usize>) -> Result<(), Fail> {
-        self.enter()?;
         self.emit(b"[");
         let mut wrote = false;
-        if self.peek() == Some(b']') {
+        // Indexes as the upstream sent them, whatever is dropped.
+        self.elements(|walk, index| {
+            walk.child(states.clone(), Segment::Index(index), None, &mut wrote)
+        })?;
+        self.emit(b"]");
+        Ok(())
+    }
+
+    /// An object from its `{` to its `}`: `each` reads a member's value, given the span of
+    /// its name and whether the name holds an escape.
+    fn members(
+        &mut self,
+        mut each: impl FnMut(&mut Self, Range<usize>, bool) -> Result<(), Fail>,
+    ) -> Result<(), Fail> {
+        self.enter()?;
+        if self.peek() == Some(b'}') {
             self.pos += 1;
-        } else {
-            // Indexes as the upstream sent them, whatever is dropped.
-            let mut index = 0;
-            loop {
-                self.child(states.clone(), Segment::Index(index), None, &mut wrote)?;
-                index += 1;
-                self.ws();
-                match self.peek() {
-                    Some(b',') => {
-                        self.pos += 1;
-                        self.ws();
-                    }
-                    Some(b']') => {
-                        self.pos += 1;
-                        break;
-                    }
-                    _ => return self.fail("expected ',' or ']'"),
+            self.leave();
+            return Ok(());
+        }
+        loop {
+            if self.peek() != Some(b'"') {
+                return self.fail("expected a member name");
+            }
+            let start = self.pos;
+            let escaped = self.string()?;
+            let key_span = start..self.pos;
+            self.ws();
+            self.expect(b':', "expected ':'")?;
+            self.ws();
+            each(self, key_span, escaped)?;
+            self.ws();
+            match self.peek() {
+                Some(b',') => {
+                    self.pos += 1;
+                    self.ws();
                 }
+                Some(b'}') => {
+                    self.pos += 1;
+                    self.leave();
+                    return Ok(());
+                }
+                _ => return self.fail("expected ',' or '}'"),
             }
         }
-        self.emit(b"]");
-        self.leave();
-        Ok(())
+    }
+
+    /// An array from its `[` to its `]`: `each` reads an element, given its index.
+    fn elements(
+        &mut self,
+        mut each: impl FnMut(&mut Self, usize) -> Result<(), Fail>,
+    ) -> Result<(), Fail> {
+        self.enter()?;
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            self.leave();
+            return Ok(());
+        }
+        let mut index = 0;
+        loop {
+            each(self, index)?;
+            index += 1;
+            self.ws();
+            match self.peek() {
+                Some(b',') => {
+                    self.pos += 1;
+                    self.ws();
+                }
+                Some(b']') => {
+                    self.pos += 1;
+                    self.leave();
+                    return Ok(());
+                }
+                _ => return self.fail("expected ',' or ']'"),
+            }
+        }
     }
 
     /// One member (with its name's span) or element: the rule deciding it, then the value.
@@ -396,61 +419,8 @@ impl<'a> Walk<'a> {
     /// Reads a value, checking it is JSON, without deciding anything inside it.
     fn scan(&mut self) -> Result<(), Fail> {
         match self.peek() {
-            Some(b'{') => {
-                self.enter()?;
-                if self.peek() == Some(b'}') {
-                    self.pos += 1;
-                } else {
-                    loop {
-                        if self.peek() != Some(b'"') {
-                            return self.fail("expected a member name");
-                        }
-                        self.string()?;
-                        self.ws();
-                        self.expect(b':', "expected ':'")?;
-                        self.ws();
-                        self.scan()?;
-                        self.ws();
-                        match self.peek() {
-                            Some(b',') => {
-                                self.pos += 1;
-                                self.ws();
-                            }
-                            Some(b'}') => {
-                                self.pos += 1;
-                                break;
-                            }
-                            _ => return self.fail("expected ',' or '}'"),
-                        }
-                    }
-                }
-                self.leave();
-                Ok(())
-            }
-            Some(b'[') => {
-                self.enter()?;
-                if self.peek() == Some(b']') {
-                    self.pos += 1;
-                } else {
-                    loop {
-                        self.scan()?;
-                        self.ws();
-                        match self.peek() {
-                            Some(b',') => {
-                                self.pos += 1;
-                                self.ws();
-                            }
-                            Some(b']') => {
-                                self.pos += 1;
-                                break;
-                            }
-                            _ => return self.fail("expected ',' or ']'"),
-                        }
-                    }
-                }
-                self.leave();
-                Ok(())
-            }
+            Some(b'{') => self.members(|walk, _, _| walk.scan()),
+            Some(b'[') => self.elements(|walk, _| walk.scan()),
             Some(b'"') => self.string().map(|_| ()),
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(b't') => self.literal(b"true"),

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::*;
 use crate::action::REDACTED;
 
-fn profile(rules: &[(&str, Action)]) -> Profile {
+pub(crate) fn profile(rules: &[(&str, Action)]) -> Profile {
     Profile::new(
         rules
             .iter()

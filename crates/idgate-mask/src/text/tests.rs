@@ -7,7 +7,7 @@ use std::task::{Context, Poll, Waker};
 use serde_json::Value;
 
 use super::*;
-use crate::{MaskPath, Rule};
+use crate::engine::tests::profile;
 
 /// SHA-256 of the value, ready at once: a stand-in key.
 struct Digest;
@@ -36,18 +36,6 @@ fn now<F: Future>(f: F) -> F::Output {
         Poll::Ready(v) => v,
         Poll::Pending => panic!("waited on a pseudonymizer that never does"),
     }
-}
-
-fn profile(rules: &[(&str, Action)]) -> Profile {
-    Profile::new(
-        rules
-            .iter()
-            .map(|(p, a)| Rule {
-                path: MaskPath::parse(p).unwrap(),
-                action: *a,
-            })
-            .collect(),
-    )
 }
 
 fn masked(p: &Profile, text: &str) -> Result<(MaskedText, Report), TextMaskError<Never>> {
