@@ -137,15 +137,14 @@ impl Profile {
         (next, decision)
     }
 
-    /// [`Profile::advance`] for the partial matches `stack[states]`, appending the child's
-    /// (sorted, without duplicates) to `stack`: a walk keeps every level's in one stack.
+    /// [`Profile::advance`] for the partial matches `next[states]`, appending the child's
+    /// (sorted, without duplicates) to `next`: a walk keeps every level's in one stack.
     pub(crate) fn advance_into(
         &self,
-        stack: &mut Vec<State>,
+        next: &mut Vec<State>,
         states: std::ops::Range<usize>,
         segment: Segment<'_>,
     ) -> Decision {
-        let next = stack;
         let from = next.len();
         let mut first: Option<usize> = None;
         for i in states {

@@ -7,9 +7,9 @@
 //!
 //! The crate is pure: it works on a JSON text as it arrived ([`Profile::mask_text`], which
 //! writes out only what changes) or on a parsed `serde_json::Value` ([`Profile::mask`]), and
-//! knows nothing of HTTP, configuration files or where keys live. Pseudonyms come from a [`Pseudonymizer`] that is
-//! asked once per document for every value at once, so a key held in an HSM costs one
-//! blocking call per answer, not one per value. Documents are an upstream's answers, which
+//! knows nothing of HTTP, configuration files or where keys live. Pseudonyms come from a
+//! [`Pseudonymizer`] that is asked once per document for every value at once, so a key held
+//! in an HSM costs one blocking call per answer, not one per value. Documents are an upstream's answers, which
 //! are not trusted: nothing here panics on any input.
 
 mod action;

@@ -55,7 +55,10 @@ fn only_the_masked_values_change_members_keep_their_order_and_numbers_as_written
         ("$..date_of_birth", Action::TruncateDate),
         ("$.drop_me", Action::Drop),
     ]);
-    let text = r#"{ "z": 1.50, "drop_me": [1, 2], "person": { "date_of_birth": "1990-07-13", "n": 1e2 }, "a": "\u00e9" }"#;
+    let text = concat!(
+        r#"{ "z": 1.50, "drop_me": [1, 2], "#,
+        r#""person": { "date_of_birth": "1990-07-13", "n": 1e2 }, "a": "\u00e9" }"#
+    );
     assert_eq!(
         changed_text(&p, text),
         r#"{"z":1.50,"person":{"date_of_birth":"1990","n":1e2},"a":"\u00e9"}"#

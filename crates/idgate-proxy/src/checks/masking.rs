@@ -9,7 +9,8 @@
 //!   `json_response`) and masked as the text it is (`Profile::mask_text`): only what the
 //!   profile changes is written anew, with the answer's new `Content-Length`. An answer
 //!   that cannot be read, parsed (a charset other than UTF-8 included) or is too large is
-//!   refused with `502 unreadable-response`, never passed on. An empty body (`Content-Length: 0`) has nothing to mask.
+//!   refused with `502 unreadable-response`, never passed on. An empty body
+//!   (`Content-Length: 0`) has nothing to mask.
 //! - **Compressed** answers are refused: the request went without the caller's
 //!   `Accept-Encoding`, so an upstream that still compresses is not read past.
 //! - **Partial** answers (`206`) are refused: a fragment of JSON cannot be masked, and the
