@@ -132,19 +132,35 @@ impl Profile {
     /// The partial matches of a child at `segment`, and the rule deciding it.
     fn advance(&self, states: &[State], segment: Segment<'_>) -> (Vec<State>, Decision) {
         let mut next = states.to_vec();
-        let decision = self.advance_into(&mut next, 0..states.len(), segment);
-        next.drain(..states.len());
+        let (child, decision) = self.advance_into(&mut next, 0..states.len(), segment);
+        next.truncate(child.end);
+        next.drain(..child.start);
         (next, decision)
     }
 
-    /// [`Profile::advance`] for the partial matches `next[states]`, appending the child's
-    /// (sorted, without duplicates) to `next`: a walk keeps every level's in one stack.
+    /// [`Profile::advance`] for the partial matches `next[states]`: the range of `next`
+    /// that holds the child's (sorted, without duplicates), and the rule deciding it. The
+    /// child's are appended to `next` (a walk keeps every level's in one stack), unless
+    /// they are `next[states]` itself: when every partial match is a `..` step that does
+    /// not match here, as for most members under rules like `$..name`.
     pub(crate) fn advance_into(
         &self,
         next: &mut Vec<State>,
         states: std::ops::Range<usize>,
         segment: Segment<'_>,
-    ) -> Decision {
+    ) -> (std::ops::Range<usize>, Decision) {
+        let passes_over = |s: &State| {
+            self.rules
+                .get(s.rule)
+                .and_then(|r| r.path.steps().get(s.step))
+                .is_some_and(|step| step.descendant && !step.selector.matches(segment))
+        };
+        if next
+            .get(states.clone())
+            .is_some_and(|s| s.iter().all(passes_over))
+        {
+            return (states, None);
+        }
         let from = next.len();
         let mut first: Option<usize> = None;
         for i in states {
@@ -182,7 +198,8 @@ impl Profile {
             }
         }
         next.truncate(kept);
-        first.and_then(|r| self.rules.get(r).map(|rule| (r, rule.action)))
+        let decision = first.and_then(|r| self.rules.get(r).map(|rule| (r, rule.action)));
+        (from..kept, decision)
     }
 
     pub(crate) fn blocked(&self, rule: usize) -> Blocked {

@@ -2,13 +2,13 @@
 //!
 //! The same rules decide the same values as on a parsed document (`engine.rs`): the walk
 //! carries the same partial matches from a value to its children, here in one stack for
-//! the whole text. What changes is what is built. The text is read twice: once to check
-//! that it is JSON, refuse it when a `block` rule names a value, and list what to
-//! pseudonymize; then, only when some rule changes a value, once more to write it out.
-//! The written text is the upstream's: its members in its order, its numbers and strings
-//! as written. Only the values the rules replace or drop change, and the objects and
-//! arrays that a rule could reach into lose the whitespace between their tokens. A value
-//! no rule can reach is copied as it is.
+//! the whole text. What changes is what is built. The text is read once: to check that it
+//! is JSON, refuse it when a `block` rule names a value, list what to pseudonymize, and
+//! note each value a rule replaces or drops, by its place in the text. Only when there is
+//! such a value is a new text written: the upstream's bytes between those places copied
+//! as they came (its members in its order, its numbers, strings and whitespace as
+//! written), the replacements in their places, and a dropped member or element removed
+//! with the comma that separated it and the whitespace around that comma.
 //!
 //! A text is JSON here exactly when `serde_json` reads it (RFC 8259: UTF-8, no trailing
 //! commas, no lone surrogates in escapes, numbers within a double's range, at most 127
@@ -72,17 +72,74 @@ impl Profile {
             at: e.valid_up_to(),
             what: "a byte that is not UTF-8",
         })?;
-        let first = Walk::new(self, text, None).run()?;
-        if first.changed == 0 {
+        let walk = Walk::new(self, text).run()?;
+        if walk.changed == 0 {
             return Ok((MaskedText::Unchanged, Report::default()));
         }
-        let pseudonyms = Pseudonyms::ask(first.inputs.list, pseudonymizer).await?;
-        let out = Vec::with_capacity(text.len());
-        let second = Walk::new(self, text, Some((out, &pseudonyms))).run()?;
-        let changed = second.changed;
-        let out = second.out.map(|(out, _)| out).unwrap_or_default();
+        let changed = walk.changed;
+        let pseudonyms = Pseudonyms::ask(walk.inputs.list, pseudonymizer).await?;
+        let out = splice(text.as_bytes(), walk.edits, &pseudonyms)?;
         Ok((MaskedText::Changed(out), Report { changed }))
     }
+}
+
+/// A place in the text that changes: a dropped member's or element's span (with the comma
+/// that separated it; `action` is `None`), or a masked value's and its action. Small, as a
+/// text may hold many: the value is read again from its span when the text is written.
+struct Edit {
+    span: Range<usize>,
+    action: Option<Action>,
+}
+
+/// A value the rules replace, as it is read: strings and numbers keep some form, anything
+/// else is redacted whole.
+fn masked_value(raw: &[u8]) -> Option<Value> {
+    match raw.first() {
+        Some(b'"' | b'-' | b'0'..=b'9') => serde_json::from_slice(raw).ok(),
+        _ => Some(Value::Bool(false)),
+    }
+}
+
+/// The text with each edit made.
+fn splice(src: &[u8], edits: Vec<Edit>, pseudonyms: &Pseudonyms) -> Result<Vec<u8>, NotJson> {
+    let mut out = Vec::with_capacity(src.len() + 16 * edits.len());
+    let mut at = 0;
+    for edit in edits {
+        out.extend_from_slice(src.get(at..edit.span.start).unwrap_or_default());
+        if let Some(action) = edit.action {
+            let unwritable = |what| NotJson {
+                at: edit.span.start,
+                what,
+            };
+            let value = src
+                .get(edit.span.clone())
+                .and_then(masked_value)
+                .ok_or(unwritable("an unreadable value"))?;
+            let input = match action {
+                Action::Pseudonymize => action::pseudonym_input(&value),
+                _ => None,
+            };
+            let pseudonym = input.as_deref().and_then(|i| pseudonyms.get(i));
+            let replaced = action::replace(action, &value, pseudonym);
+            serde_json::to_writer(&mut out, &replaced)
+                .map_err(|_| unwritable("a replacement that could not be written"))?;
+        }
+        at = edit.span.end;
+    }
+    out.extend_from_slice(src.get(at..).unwrap_or_default());
+    Ok(out)
+}
+
+/// Whether a member or element is dropped.
+type Dropped = bool;
+
+/// What a container's walk knows of the members or elements read so far.
+#[derive(Default)]
+struct Items {
+    /// Where the last one read ends.
+    previous_end: Option<usize>,
+    /// Whether one of them stays.
+    kept: bool,
 }
 
 enum Fail {
@@ -99,7 +156,7 @@ impl<E: std::error::Error + 'static> From<Fail> for TextMaskError<E> {
     }
 }
 
-/// One reading of the text: the first lists, the second (with `out`) writes.
+/// The reading of the text.
 struct Walk<'a> {
     profile: &'a Profile,
     text: &'a str,
@@ -108,17 +165,17 @@ struct Walk<'a> {
     depth_left: usize,
     /// The partial matches of every level being read, each level's after its parent's.
     stack: Vec<State>,
-    /// What the first reading found to pseudonymize.
+    /// What to pseudonymize.
     inputs: Inputs,
-    /// The second reading's output, and the pseudonyms it writes.
-    out: Option<(Vec<u8>, &'a Pseudonyms)>,
+    /// The places that change, in the text's order, none inside another.
+    edits: Vec<Edit>,
     changed: usize,
     /// The first value a `block` rule names, present and not `null`.
     blocked: Option<Blocked>,
 }
 
 impl<'a> Walk<'a> {
-    fn new(profile: &'a Profile, text: &'a str, out: Option<(Vec<u8>, &'a Pseudonyms)>) -> Self {
+    fn new(profile: &'a Profile, text: &'a str) -> Self {
         Self {
             profile,
             text,
@@ -127,7 +184,7 @@ impl<'a> Walk<'a> {
             depth_left: DEPTH,
             stack: Vec::new(),
             inputs: Inputs::default(),
-            out,
+            edits: Vec::new(),
             changed: 0,
             blocked: None,
         }
@@ -162,19 +219,6 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn emit(&mut self, bytes: &[u8]) {
-        if let Some((out, _)) = &mut self.out {
-            out.extend_from_slice(bytes);
-        }
-    }
-
-    fn emit_span(&mut self, span: Range<usize>) {
-        let src = self.src;
-        if let Some(bytes) = src.get(span) {
-            self.emit(bytes);
-        }
-    }
-
     fn expect(&mut self, byte: u8, what: &'static str) -> Result<(), Fail> {
         if self.peek() != Some(byte) {
             return self.fail(what);
@@ -202,18 +246,11 @@ impl<'a> Walk<'a> {
         match self.peek() {
             Some(b'{') if !states.is_empty() => self.object(states),
             Some(b'[') if !states.is_empty() => self.array(states),
-            _ => {
-                let start = self.pos;
-                self.scan()?;
-                self.emit_span(start..self.pos);
-                Ok(())
-            }
+            _ => self.scan(),
         }
     }
 
     fn object(&mut self, states: Range<usize>) -> Result<(), Fail> {
-        self.emit(b"{");
-        let mut wrote = false;
         self.members(|walk, key_span, escaped| {
             let text = walk.text;
             let name: Cow<'a, str> = if escaped {
@@ -225,35 +262,24 @@ impl<'a> Walk<'a> {
             } else {
                 Cow::Borrowed(text.get(key_span.start + 1..key_span.end - 1).unwrap_or(""))
             };
-            walk.child(
-                states.clone(),
-                Segment::Member(&name),
-                Some(key_span),
-                &mut wrote,
-            )
-        })?;
-        self.emit(b"}");
-        Ok(())
+            walk.child(states.clone(), Segment::Member(&name))
+        })
     }
 
     fn array(&mut self, states: Range<usize>) -> Result<(), Fail> {
-        self.emit(b"[");
-        let mut wrote = false;
         // Indexes as the upstream sent them, whatever is dropped.
-        self.elements(|walk, index| {
-            walk.child(states.clone(), Segment::Index(index), None, &mut wrote)
-        })?;
-        self.emit(b"]");
-        Ok(())
+        self.elements(|walk, index| walk.child(states.clone(), Segment::Index(index)))
     }
 
     /// An object from its `{` to its `}`: `each` reads a member's value, given the span of
-    /// its name and whether the name holds an escape.
+    /// its name and whether the name holds an escape, and tells whether it drops the
+    /// member.
     fn members(
         &mut self,
-        mut each: impl FnMut(&mut Self, Range<usize>, bool) -> Result<(), Fail>,
+        mut each: impl FnMut(&mut Self, Range<usize>, bool) -> Result<Dropped, Fail>,
     ) -> Result<(), Fail> {
         self.enter()?;
+        let mut items = Items::default();
         if self.peek() == Some(b'}') {
             self.pos += 1;
             self.leave();
@@ -269,29 +295,21 @@ impl<'a> Walk<'a> {
             self.ws();
             self.expect(b':', "expected ':'")?;
             self.ws();
-            each(self, key_span, escaped)?;
-            self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.pos += 1;
-                    self.ws();
-                }
-                Some(b'}') => {
-                    self.pos += 1;
-                    self.leave();
-                    return Ok(());
-                }
-                _ => return self.fail("expected ',' or '}'"),
+            let dropped = each(self, key_span, escaped)?;
+            if self.separator(start, dropped, &mut items, b'}', "expected ',' or '}'")? {
+                return Ok(());
             }
         }
     }
 
-    /// An array from its `[` to its `]`: `each` reads an element, given its index.
+    /// An array from its `[` to its `]`: `each` reads an element, given its index, and
+    /// tells whether it drops the element.
     fn elements(
         &mut self,
-        mut each: impl FnMut(&mut Self, usize) -> Result<(), Fail>,
+        mut each: impl FnMut(&mut Self, usize) -> Result<Dropped, Fail>,
     ) -> Result<(), Fail> {
         self.enter()?;
+        let mut items = Items::default();
         if self.peek() == Some(b']') {
             self.pos += 1;
             self.leave();
@@ -299,114 +317,108 @@ impl<'a> Walk<'a> {
         }
         let mut index = 0;
         loop {
-            each(self, index)?;
+            let start = self.pos;
+            let dropped = each(self, index)?;
             index += 1;
-            self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.pos += 1;
-                    self.ws();
-                }
-                Some(b']') => {
-                    self.pos += 1;
-                    self.leave();
-                    return Ok(());
-                }
-                _ => return self.fail("expected ',' or ']'"),
+            if self.separator(start, dropped, &mut items, b']', "expected ',' or ']'")? {
+                return Ok(());
             }
         }
     }
 
-    /// One member (with its name's span) or element: the rule deciding it, then the value.
-    fn child(
+    /// After a member or element that began at `start`: the comma before the next one, or
+    /// the container's end (`Ok(true)`). A dropped one leaves the text with the comma
+    /// before it, or, when nothing kept comes before it, with the comma after it, so that
+    /// what is left is JSON whichever are dropped.
+    fn separator(
         &mut self,
-        states: Range<usize>,
-        segment: Segment<'_>,
-        key: Option<Range<usize>>,
-        wrote: &mut bool,
-    ) -> Result<(), Fail> {
+        start: usize,
+        dropped: Dropped,
+        items: &mut Items,
+        close: u8,
+        expected: &'static str,
+    ) -> Result<bool, Fail> {
+        let end = self.pos;
+        self.ws();
+        let last = match self.peek() {
+            Some(b',') => false,
+            Some(b) if b == close => true,
+            _ => return self.fail(expected),
+        };
+        self.pos += 1;
+        if !last {
+            self.ws();
+        }
+        if dropped {
+            let span = match items.previous_end {
+                Some(previous_end) if items.kept => previous_end..end,
+                _ if last => start..end,
+                _ => start..self.pos,
+            };
+            match self.edits.last_mut() {
+                // Drops one after the other (`[0,0,0]` under `$[*]`) make one edit.
+                Some(last) if last.action.is_none() && last.span.end == span.start => {
+                    last.span.end = span.end;
+                }
+                _ => self.edits.push(Edit { span, action: None }),
+            }
+        } else {
+            items.kept = true;
+        }
+        items.previous_end = Some(end);
+        if last {
+            self.leave();
+        }
+        Ok(last)
+    }
+
+    /// One member or element: the rule deciding it, then the value.
+    fn child(&mut self, states: Range<usize>, segment: Segment<'_>) -> Result<Dropped, Fail> {
         let from = self.stack.len();
-        let decision = self.profile.advance_into(&mut self.stack, states, segment);
-        let next = from..self.stack.len();
-        let result = self.decided(decision, next, key, wrote);
+        let (next, decision) = self.profile.advance_into(&mut self.stack, states, segment);
+        let result = self.decided(decision, next);
         self.stack.truncate(from);
         result
     }
 
-    /// Before a value that stays: the comma before it and its member name.
-    fn keep(&mut self, key: Option<Range<usize>>, wrote: &mut bool) {
-        if *wrote {
-            self.emit(b",");
-        }
-        if let Some(span) = key {
-            self.emit_span(span);
-            self.emit(b":");
-        }
-        *wrote = true;
-    }
-
-    fn decided(
-        &mut self,
-        decision: Decision,
-        next: Range<usize>,
-        key: Option<Range<usize>>,
-        wrote: &mut bool,
-    ) -> Result<(), Fail> {
+    fn decided(&mut self, decision: Decision, next: Range<usize>) -> Result<Dropped, Fail> {
         let action = match decision {
-            None | Some((_, Action::Allow)) => {
-                self.keep(key, wrote);
-                return self.value(next);
-            }
+            None | Some((_, Action::Allow)) => return self.value(next).map(|()| false),
             Some((rule, Action::Block)) => {
                 let span = self.scanned()?;
                 if self.src.get(span) != Some(b"null") && self.blocked.is_none() {
                     // Refused as blocked once the whole text is known to be JSON.
                     self.blocked = Some(self.profile.blocked(rule));
                 }
-                self.keep(key, wrote);
-                self.emit(b"null");
-                return Ok(());
+                return Ok(false);
             }
             Some((_, Action::Drop)) => {
                 self.scan()?;
                 self.changed += 1;
-                return Ok(());
+                return Ok(true);
             }
             Some((_, action)) => action,
         };
         let span = self.scanned()?;
-        self.keep(key, wrote);
         let src = self.src;
-        let raw = src.get(span).unwrap_or(b"null");
+        let raw = src.get(span.clone()).unwrap_or(b"null");
         if raw == b"null" {
-            self.emit(b"null");
-            return Ok(());
+            return Ok(false);
         }
         self.changed += 1;
-        // Only strings and numbers are ever kept in some form; anything else is redacted.
-        let value = match raw.first() {
-            Some(b'"' | b'-' | b'0'..=b'9') => match serde_json::from_slice::<Value>(raw) {
-                Ok(v) => v,
-                Err(_) => return self.fail("an unreadable value"),
-            },
-            _ => Value::Bool(false),
-        };
-        let input = match action {
-            Action::Pseudonymize => action::pseudonym_input(&value),
-            _ => None,
-        };
-        let Some((out, pseudonyms)) = &mut self.out else {
-            if let Some(input) = input {
+        if action == Action::Pseudonymize {
+            let Some(value) = masked_value(raw) else {
+                return self.fail("an unreadable value");
+            };
+            if let Some(input) = action::pseudonym_input(&value) {
                 self.inputs.add(input);
             }
-            return Ok(());
-        };
-        let pseudonym = input.as_deref().and_then(|i| pseudonyms.get(i));
-        let replaced = action::replace(action, &value, pseudonym);
-        if serde_json::to_writer(out, &replaced).is_err() {
-            return self.fail("a replacement that could not be written");
         }
-        Ok(())
+        self.edits.push(Edit {
+            span,
+            action: Some(action),
+        });
+        Ok(false)
     }
 
     /// Reads a value, checking it is JSON; its span.
@@ -419,8 +431,8 @@ impl<'a> Walk<'a> {
     /// Reads a value, checking it is JSON, without deciding anything inside it.
     fn scan(&mut self) -> Result<(), Fail> {
         match self.peek() {
-            Some(b'{') => self.members(|walk, _, _| walk.scan()),
-            Some(b'[') => self.elements(|walk, _| walk.scan()),
+            Some(b'{') => self.members(|walk, _, _| walk.scan().map(|()| false)),
+            Some(b'[') => self.elements(|walk, _| walk.scan().map(|()| false)),
             Some(b'"') => self.string().map(|_| ()),
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(b't') => self.literal(b"true"),
@@ -449,10 +461,7 @@ impl<'a> Walk<'a> {
         let mut escaped = false;
         loop {
             let rest = self.src.get(self.pos..).unwrap_or_default();
-            let Some(i) = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-            else {
+            let Some(i) = plain_run(rest) else {
                 self.pos = self.src.len();
                 return self.fail("a string that is not closed");
             };
@@ -570,6 +579,35 @@ impl<'a> Walk<'a> {
         }
         Ok(())
     }
+}
+
+/// The length of the run of bytes a string holds as they are: up to its next `"`, `\\` or
+/// control character (`None`: there is none). Eight bytes at a time.
+fn plain_run(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_le_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_le_bytes([b'\\'; 8]);
+    const SPACES: u64 = u64::from_le_bytes([0x20; 8]);
+    let mut at = 0;
+    while let Some(&chunk) = bytes.get(at..).and_then(|r| r.first_chunk::<8>()) {
+        let w = u64::from_le_bytes(chunk);
+        let (q, b) = (w ^ QUOTES, w ^ BACKSLASHES);
+        // A byte's high bit is set where it is zero (`q`, `b`) or under 0x20 (`w`); a
+        // borrow can only set bits above a byte that is, so the lowest one is exact.
+        let found = ((q.wrapping_sub(ONES) & !q)
+            | (b.wrapping_sub(ONES) & !b)
+            | (w.wrapping_sub(SPACES) & !w))
+            & HIGH;
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let tail = bytes.get(at..).unwrap_or_default();
+    tail.iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|i| at + i)
 }
 
 #[cfg(test)]

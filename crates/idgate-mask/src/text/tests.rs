@@ -50,7 +50,7 @@ fn changed_text(p: &Profile, text: &str) -> String {
 }
 
 #[test]
-fn only_the_masked_values_change_members_keep_their_order_and_numbers_as_written() {
+fn only_the_masked_values_change_members_keep_their_order_numbers_and_whitespace() {
     let p = profile(&[
         ("$..date_of_birth", Action::TruncateDate),
         ("$.drop_me", Action::Drop),
@@ -61,7 +61,7 @@ fn only_the_masked_values_change_members_keep_their_order_and_numbers_as_written
     );
     assert_eq!(
         changed_text(&p, text),
-        r#"{"z":1.50,"person":{"date_of_birth":"1990","n":1e2},"a":"\u00e9"}"#
+        r#"{ "z": 1.50, "person": { "date_of_birth": "1990", "n": 1e2 }, "a": "\u00e9" }"#
     );
 }
 
@@ -89,6 +89,21 @@ fn dropping_members_and_elements_leaves_no_stray_commas() {
     );
     let all = profile(&[("$.*", Action::Drop)]);
     assert_eq!(changed_text(&all, r#"{"a":1,"b":2}"#), "{}");
+    assert_eq!(changed_text(&all, "[ 1 ,\n 2 ]"), "[  ]");
+    // With whitespace around the commas: the first, a middle and the last dropped.
+    let some = profile(&[
+        ("$.d", Action::Drop),
+        ("$.list[0]", Action::Drop),
+        ("$.list[2]", Action::Drop),
+        ("$.list[4]", Action::Drop),
+    ]);
+    assert_eq!(
+        changed_text(
+            &some,
+            "{ \"d\" : 1 ,\n \"k\": 2, \"d\": [3] , \"list\": [ 0 , 1 , 2 , 3 , 4 ] , \"d\":4 }"
+        ),
+        "{ \"k\": 2 , \"list\": [ 1 , 3 ] }"
+    );
 }
 
 #[test]
@@ -434,4 +449,33 @@ fn a_refusal_names_a_position_never_the_text() {
     let shown = err.to_string();
     assert!(shown.contains("byte 20"), "{shown}");
     assert!(!shown.contains("secret"), "{shown}");
+}
+
+#[test]
+fn a_strings_plain_run_ends_where_a_byte_by_byte_scan_says() {
+    let by_byte = |b: &[u8]| b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+    // Every byte value at every place of a run longer than two words.
+    for value in 0..=255u8 {
+        for at in 0..19 {
+            let mut bytes = vec![b'a'; 19];
+            bytes[at] = value;
+            assert_eq!(plain_run(&bytes), by_byte(&bytes), "{value} at {at}");
+        }
+    }
+    // Runs of any bytes, of every length up to five words.
+    let mut rng = Rng(0x5eed_0fb1_7e55);
+    for _ in 0..50_000 {
+        let len = rng.below(41);
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        assert_eq!(plain_run(&bytes), by_byte(&bytes), "{bytes:?}");
+    }
+}
+
+#[test]
+fn dropping_every_element_of_a_long_array_notes_one_edit() {
+    let p = profile(&[("$[*]", Action::Drop)]);
+    let text = format!("[{}0]", "0, ".repeat(100_000));
+    let walk = Walk::new(&p, &text).run().map_err(|_| ()).unwrap();
+    assert_eq!((walk.edits.len(), walk.changed), (1, 100_001));
+    assert_eq!(changed_text(&p, &text), "[]");
 }

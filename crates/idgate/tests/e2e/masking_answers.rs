@@ -295,10 +295,11 @@ async fn error_answers_are_masked_and_stale_headers_go() {
             assert!(!seen.contains_key(h), "{h} reached the upstream");
         }
         assert_eq!(r.status, 200);
-        // The upstream's text, its member order kept, with only the masked value changed.
+        // The upstream's text, its member order and whitespace kept, with only the masked
+        // value changed.
         assert_eq!(
             r.body,
-            r#"{"status":"Approved","document_number":"******589"}"#
+            r#"{"status": "Approved",  "document_number": "******589"}"#
         );
         assert_eq!(
             r.header("content-length"),
