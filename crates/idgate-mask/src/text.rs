@@ -133,13 +133,11 @@ fn splice(src: &[u8], edits: Vec<Edit>, pseudonyms: &Pseudonyms) -> Result<Vec<u
 /// Whether a member or element is dropped.
 type Dropped = bool;
 
-/// What a container's walk knows of the members or elements read so far.
+/// What a container's walk knows of the members or elements read so far: once one of
+/// them stays, where the last one read ends (a drop after it takes the comma before it).
 #[derive(Default)]
 struct Items {
-    /// Where the last one read ends.
-    previous_end: Option<usize>,
-    /// Whether one of them stays.
-    kept: bool,
+    after_kept: Option<usize>,
 }
 
 enum Fail {
@@ -350,22 +348,22 @@ impl<'a> Walk<'a> {
             self.ws();
         }
         if dropped {
-            let span = match items.previous_end {
-                Some(previous_end) if items.kept => previous_end..end,
-                _ if last => start..end,
-                _ => start..self.pos,
+            let span = match items.after_kept {
+                Some(previous_end) => previous_end..end,
+                None if last => start..end,
+                None => start..self.pos,
             };
             match self.edits.last_mut() {
                 // Drops one after the other (`[0,0,0]` under `$[*]`) make one edit.
-                Some(last) if last.action.is_none() && last.span.end == span.start => {
-                    last.span.end = span.end;
+                Some(before) if before.action.is_none() && before.span.end == span.start => {
+                    before.span.end = span.end;
                 }
                 _ => self.edits.push(Edit { span, action: None }),
             }
-        } else {
-            items.kept = true;
         }
-        items.previous_end = Some(end);
+        if !dropped || items.after_kept.is_some() {
+            items.after_kept = Some(end);
+        }
         if last {
             self.leave();
         }
