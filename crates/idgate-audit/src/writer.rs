@@ -155,7 +155,51 @@ struct Writer {
     export: Option<Arc<dyn Export>>,
     chain: Chain,
     current: Current,
-    line: Vec<u8>,
+    spare: Spare,
+}
+
+/// Buffers kept from one batch to the next, so that a steady load neither grows a batch's
+/// buffers from empty each time on the request path nor on the writer's.
+#[derive(Default)]
+struct Spare {
+    /// Handed to the queue in place of the batch it takes.
+    batch: Vec<u8>,
+    plain: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+/// A buffer larger than this after a burst is let go rather than kept.
+const KEEP_UP_TO: usize = 4 << 20;
+
+/// `buf`, emptied, when it is worth keeping.
+fn keep(mut buf: Vec<u8>) -> Vec<u8> {
+    if buf.capacity() > KEEP_UP_TO {
+        return Vec::new();
+    }
+    buf.clear();
+    buf
+}
+
+impl Spare {
+    /// A batch to build in, with room for about `hint` bytes of lines.
+    fn built(&mut self, hint: usize, encrypted: bool) -> Built {
+        let mut built = Built {
+            plain: std::mem::take(&mut self.plain),
+            sealed: std::mem::take(&mut self.sealed),
+            ..Built::default()
+        };
+        built.plain.reserve(hint);
+        if encrypted {
+            built.sealed.reserve(hint + hint / 2);
+        }
+        built
+    }
+
+    /// Takes back a written batch's buffers.
+    fn give_back(&mut self, built: Built) {
+        self.plain = keep(built.plain);
+        self.sealed = keep(built.sealed);
+    }
 }
 
 impl AuditTrail {
@@ -187,7 +231,7 @@ impl AuditTrail {
                 since_checkpoint: 0,
                 last_checkpoint: Instant::now(),
             },
-            line: Vec::with_capacity(2048),
+            spare: Spare::default(),
         };
         let mut built = Built::default();
         writer.append_open(&mut built, "start", previous.as_deref())?;
@@ -331,14 +375,16 @@ impl Writer {
         kind: EntryKind,
         members: &[u8],
     ) -> Result<(), KeyError> {
-        self.line.clear();
         let seq = self.chain.seq + 1;
-        let hash = chain::seal(&mut self.line, seq, &self.chain.head, kind, members);
+        let start = built.plain.len();
+        let hash = chain::seal(&mut built.plain, seq, &self.chain.head, kind, members);
         if let Some(sealer) = &mut self.current.sealer {
-            sealer.seal(&self.line, &mut built.sealed)?;
+            if let Err(e) = sealer.seal(&built.plain[start..], &mut built.sealed) {
+                built.plain.truncate(start);
+                return Err(e);
+            }
             built.sealed.push(b'\n');
         }
-        built.plain.extend_from_slice(&self.line);
         built.plain.push(b'\n');
         self.chain.seq = seq;
         self.chain.head = hash;

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
@@ -21,6 +21,34 @@ use crate::material::TlsMaterial;
 
 /// Most symlinks followed while resolving one path, as Linux's own limit (`ELOOP`).
 const MAX_SYMLINKS: usize = 40;
+
+/// The paths whose change can alter what the files read as: each file, each symlink met
+/// while resolving one, and each watched directory itself. Shared between the watch, which
+/// keeps it in step, and the watcher's callback, which passes on only events that name one.
+type Relevant = Arc<RwLock<BTreeSet<PathBuf>>>;
+
+/// Whether an event is about one of the `relevant` paths. A directory watch reports every
+/// entry of the directory, and a busy unrelated file there (a log, say) must not start a
+/// reload with each write. An event that names no path (the kernel's queue overflowed, say)
+/// may be about anything, so it counts.
+fn concerns(event: &Event, relevant: &RwLock<BTreeSet<PathBuf>>) -> bool {
+    if event.paths.is_empty() {
+        return true;
+    }
+    let Ok(relevant) = relevant.read() else {
+        return true;
+    };
+    event.paths.iter().any(|p| relevant.contains(p))
+}
+
+/// A watcher that sends on `tx` each event that may change one of the `relevant` paths.
+fn watcher_for(relevant: Relevant, tx: mpsc::Sender<()>) -> notify::Result<RecommendedWatcher> {
+    notify::recommended_watcher(move |event: notify::Result<Event>| {
+        if event.is_ok_and(|e| may_change_content(&e) && concerns(&e, &relevant)) {
+            let _ = tx.try_send(());
+        }
+    })
+}
 
 /// Keeps the watch alive; dropping it stops watching.
 pub struct WatchHandle {
@@ -49,8 +77,9 @@ fn may_change_content(event: &Event) -> bool {
 /// Adds the directories in which a change can alter what `file` reads as: the directory of
 /// every symlink met while resolving it (where a Kubernetes `..data` link is swapped, also
 /// when the configured file is itself a link into a volume mounted elsewhere) and the
-/// directory the file finally lives in (where an atomic rename replaces it).
-fn dirs_affecting(file: &Path, dirs: &mut BTreeSet<PathBuf>) {
+/// directory the file finally lives in (where an atomic rename replaces it). Adds to
+/// `entries` the paths in them that matter: each symlink met, and the file.
+fn dirs_affecting(file: &Path, dirs: &mut BTreeSet<PathBuf>, entries: &mut BTreeSet<PathBuf>) {
     let Ok(mut path) = std::path::absolute(file) else {
         return;
     };
@@ -75,6 +104,7 @@ fn dirs_affecting(file: &Path, dirs: &mut BTreeSet<PathBuf>) {
             if followed > MAX_SYMLINKS {
                 return;
             }
+            entries.insert(resolved.clone());
             resolved.pop();
             dirs.insert(resolved.clone());
             // An absolute target replaces the whole path when pushed.
@@ -86,6 +116,7 @@ fn dirs_affecting(file: &Path, dirs: &mut BTreeSet<PathBuf>) {
         if let Some(parent) = resolved.parent() {
             dirs.insert(parent.to_owned());
         }
+        entries.insert(resolved);
         return;
     }
 }
@@ -98,6 +129,8 @@ struct DirWatch {
     watched: BTreeMap<PathBuf, (u64, u64)>,
     /// Directories that could not be watched, so that each is reported once.
     failed: BTreeSet<PathBuf>,
+    /// What the watcher's events are sorted by.
+    relevant: Relevant,
 }
 
 impl DirWatch {
@@ -107,8 +140,14 @@ impl DirWatch {
     /// caught by the watch. Blocking file system calls: call it from a blocking thread.
     fn refresh<'a>(&mut self, files: impl Iterator<Item = &'a Path>) {
         let mut wanted = BTreeSet::new();
+        let mut entries = BTreeSet::new();
         for file in files {
-            dirs_affecting(file, &mut wanted);
+            dirs_affecting(file, &mut wanted, &mut entries);
+        }
+        // Set before the watches change: an event from a new directory is never dropped.
+        entries.extend(wanted.iter().cloned());
+        if let Ok(mut relevant) = self.relevant.write() {
+            *relevant = entries;
         }
         let mut now = BTreeMap::new();
         for dir in wanted {
@@ -144,18 +183,14 @@ impl DirWatch {
 /// A directory that cannot be watched (inotify limits, say) is logged and left to the poll.
 pub fn spawn_watcher(material: Arc<TlsMaterial>, poll_every: Duration) -> WatchHandle {
     let (tx, mut rx) = mpsc::channel::<()>(1);
-    let notify_tx = tx.clone();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
-        if event.is_ok_and(|e| may_change_content(&e)) {
-            let _ = notify_tx.try_send(());
-        }
-    });
-    let dirs = match watcher {
+    let relevant = Relevant::default();
+    let dirs = match watcher_for(relevant.clone(), tx.clone()) {
         Ok(watcher) => {
             let mut dirs = DirWatch {
                 watcher,
                 watched: BTreeMap::new(),
                 failed: BTreeSet::new(),
+                relevant,
             };
             let spec = material.spec();
             dirs.refresh(spec.iter().flat_map(|s| s.files()));
@@ -220,15 +255,13 @@ pub struct FileWatch {
 impl FileWatch {
     /// Starts watching the directories `files` resolve through now. Blocking.
     pub fn new(files: &[PathBuf], changed: mpsc::Sender<()>) -> notify::Result<Self> {
-        let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
-            if event.is_ok_and(|e| may_change_content(&e)) {
-                let _ = changed.try_send(());
-            }
-        })?;
+        let relevant = Relevant::default();
+        let watcher = watcher_for(relevant.clone(), changed)?;
         let mut dirs = DirWatch {
             watcher,
             watched: BTreeMap::new(),
             failed: BTreeSet::new(),
+            relevant,
         };
         dirs.refresh(files.iter().map(PathBuf::as_path));
         Ok(Self {
@@ -264,8 +297,14 @@ mod tests {
 
     fn dirs_of(file: &Path) -> BTreeSet<PathBuf> {
         let mut dirs = BTreeSet::new();
-        dirs_affecting(file, &mut dirs);
+        dirs_affecting(file, &mut dirs, &mut BTreeSet::new());
         dirs
+    }
+
+    fn entries_of(file: &Path) -> BTreeSet<PathBuf> {
+        let mut entries = BTreeSet::new();
+        dirs_affecting(file, &mut BTreeSet::new(), &mut entries);
+        entries
     }
 
     #[test]
@@ -293,6 +332,93 @@ mod tests {
             dirs_of(&conf.join("gateway.crt")),
             BTreeSet::from([conf, volume.clone(), volume.join("..v1")])
         );
+    }
+
+    #[test]
+    fn the_entries_that_matter_are_the_file_and_each_symlink_met() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let (conf, volume) = (root.join("conf"), root.join("volume"));
+        std::fs::create_dir_all(volume.join("..v1")).unwrap();
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(volume.join("..v1/gateway.crt"), "x").unwrap();
+        std::fs::write(conf.join("plain.toml"), "x").unwrap();
+        symlink("..v1", volume.join("..data")).unwrap();
+        symlink("..data/gateway.crt", volume.join("gateway.crt")).unwrap();
+        symlink("../volume/gateway.crt", conf.join("gateway.crt")).unwrap();
+
+        assert_eq!(
+            entries_of(&conf.join("plain.toml")),
+            BTreeSet::from([conf.join("plain.toml")])
+        );
+        assert_eq!(
+            entries_of(&conf.join("gateway.crt")),
+            BTreeSet::from([
+                conf.join("gateway.crt"),
+                volume.join("gateway.crt"),
+                volume.join("..data"),
+                volume.join("..v1/gateway.crt"),
+            ])
+        );
+    }
+
+    #[test]
+    fn only_events_naming_a_relevant_path_or_none_count() {
+        let relevant = RwLock::new(BTreeSet::from([
+            PathBuf::from("/etc/idgate"),
+            PathBuf::from("/etc/idgate/idgate.toml"),
+        ]));
+        let about = |paths: &[&str]| {
+            let mut e = Event::new(EventKind::Modify(ModifyKind::Any));
+            for p in paths {
+                e = e.add_path(PathBuf::from(p));
+            }
+            concerns(&e, &relevant)
+        };
+        assert!(!about(&["/etc/idgate/access.log"]));
+        assert!(!about(&["/etc/idgate/idgate.toml.swp"]));
+        assert!(about(&["/etc/idgate/idgate.toml"]));
+        assert!(about(&["/etc/idgate/.tmp123", "/etc/idgate/idgate.toml"]));
+        assert!(about(&["/etc/idgate"]));
+        assert!(about(&[]));
+    }
+
+    /// Over a real inotify watch: a busy neighbour of the configuration file is not a
+    /// change of it; writing the file, or renaming another over it, is.
+    #[test]
+    fn a_busy_neighbour_file_does_not_count_as_a_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let config = root.join("idgate.toml");
+        std::fs::write(&config, "a = 1").unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let _watch = FileWatch::new(std::slice::from_ref(&config), tx).unwrap();
+        let noticed = |rx: &mut mpsc::Receiver<()>| {
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < until {
+                if rx.try_recv().is_ok() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            false
+        };
+
+        for i in 0..50 {
+            std::fs::write(root.join("access.log"), format!("line {i}")).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(rx.try_recv().is_err(), "a write to a neighbour counted");
+
+        std::fs::write(&config, "a = 2").unwrap();
+        assert!(noticed(&mut rx), "a write to the file was missed");
+        while rx.try_recv().is_ok() {}
+
+        std::fs::write(root.join("idgate.toml.new"), "a = 3").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        while rx.try_recv().is_ok() {}
+        std::fs::rename(root.join("idgate.toml.new"), &config).unwrap();
+        assert!(noticed(&mut rx), "a rename over the file was missed");
     }
 
     #[test]

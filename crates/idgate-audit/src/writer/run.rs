@@ -108,15 +108,25 @@ impl Writer {
         closing: bool,
         last_report: &mut Option<Instant>,
     ) -> Built {
-        let (batch, dropped) = {
+        // The queue goes on in the buffer of the batch before, emptied, so the request path
+        // does not grow one from nothing after every batch.
+        let spare = std::mem::take(&mut self.spare.batch);
+        let (batch, items, dropped) = {
             let mut p = shared.pending();
-            p.items = 0;
+            let items = std::mem::take(&mut p.items);
             if closing {
                 p.closed = true;
             }
-            (std::mem::take(&mut p.buf), std::mem::take(&mut p.dropped))
+            (
+                std::mem::replace(&mut p.buf, spare),
+                items,
+                std::mem::take(&mut p.dropped),
+            )
         };
-        let mut built = Built::default();
+        // An entry is its record and about 200 bytes of chaining.
+        let mut built = self
+            .spare
+            .built(batch.len() + items * 200, self.encrypted());
         for (reserved, members) in queue::items(&batch) {
             if reserved {
                 built.reserved += 1;
@@ -140,6 +150,7 @@ impl Writer {
                 );
             }
         }
+        self.spare.batch = super::keep(batch);
         if dropped > 0 {
             let mut m = b"\"dropped\":{\"count\":".to_vec();
             crate::json::num(&mut m, dropped);
@@ -198,6 +209,7 @@ impl Writer {
         }
         shared.last_seq.store(self.chain.seq, Ordering::Release);
         shared.release(built.reserved, built.unreserved);
+        self.spare.give_back(built);
         Ok(())
     }
 
