@@ -40,24 +40,44 @@ pub(crate) fn micros(d: Duration) -> u64 {
 /// RFC 3339 UTC with milliseconds, quoted: `"2026-11-23T16:45:48.053Z"`.
 pub(crate) fn datetime(out: &mut Vec<u8>, ms: u64) {
     out.push(b'"');
-    out.extend_from_slice(&millis_text(ms));
+    match millis_text(ms) {
+        Some(text) => out.extend_from_slice(&text),
+        None => out.extend_from_slice(format_millis(ms).as_bytes()),
+    }
     out.push(b'"');
 }
 
 /// RFC 3339 UTC with milliseconds: `2026-11-23T16:45:48.053Z`.
 pub fn format_millis(ms: u64) -> String {
-    String::from_utf8_lossy(&millis_text(ms)).into_owned()
+    match millis_text(ms) {
+        Some(text) => String::from_utf8_lossy(&text).into_owned(),
+        None => {
+            let secs = ms / 1000;
+            let (y, m, d) = civil_from_days(secs / 86_400);
+            let s = secs % 86_400;
+            format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+                s / 3600,
+                s / 60 % 60,
+                s % 60,
+                ms % 1000
+            )
+        }
+    }
 }
 
-/// The text of [`format_millis`], made without formatting machinery: it is written for
-/// every record. Years past 9999 keep their last four digits (the epoch ends first).
-fn millis_text(ms: u64) -> [u8; 24] {
+/// The text of [`format_millis`] for years up to 9999, made without formatting machinery:
+/// it is written for every record.
+fn millis_text(ms: u64) -> Option<[u8; 24]> {
     fn two(out: &mut [u8], v: u64) {
         out[0] = b'0' + (v / 10 % 10) as u8;
         out[1] = b'0' + (v % 10) as u8;
     }
     let secs = ms / 1000;
     let (y, m, d) = civil_from_days(secs / 86_400);
+    if y > 9999 {
+        return None;
+    }
     let s = secs % 86_400;
     let mut t = *b"0000-00-00T00:00:00.000Z";
     two(&mut t[0..2], y / 100);
@@ -70,7 +90,7 @@ fn millis_text(ms: u64) -> [u8; 24] {
     let frac = ms % 1000;
     t[20] = b'0' + (frac / 100) as u8;
     two(&mut t[21..23], frac % 100);
-    t
+    Some(t)
 }
 
 /// A compact UTC stamp for file names: `20261123T164548Z`.
@@ -187,13 +207,20 @@ mod tests {
             )
         };
         let mut ms = 0u64;
-        // The epoch, every millisecond of a second, and steps of a prime through year 9999.
+        // The epoch, every millisecond of a second, steps of a prime through year 9999, and
+        // past it.
         let mut samples: Vec<u64> = (0..1000).collect();
         while ms < 253_402_300_799_999 {
             samples.push(ms);
             ms += 7_919_999_989;
         }
-        samples.extend([1_795_000_000_000, 951_782_400_000, 253_402_300_799_999]);
+        samples.extend([
+            1_795_000_000_000,
+            951_782_400_000,
+            253_402_300_799_999,
+            253_402_300_800_000,
+            u64::MAX,
+        ]);
         for ms in samples {
             assert_eq!(format_millis(ms), by_format(ms), "{ms}");
         }

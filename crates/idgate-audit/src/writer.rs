@@ -195,10 +195,18 @@ impl Spare {
         built
     }
 
-    /// Takes back a written batch's buffers.
+    /// Takes back a written batch's buffers, keeping the larger of them and the spares (a
+    /// rotation's small opening batch must not replace a steady load's).
     fn give_back(&mut self, built: Built) {
-        self.plain = keep(built.plain);
-        self.sealed = keep(built.sealed);
+        for (spare, given) in [
+            (&mut self.plain, built.plain),
+            (&mut self.sealed, built.sealed),
+        ] {
+            let given = keep(given);
+            if given.capacity() > spare.capacity() {
+                *spare = given;
+            }
+        }
     }
 }
 

@@ -131,23 +131,43 @@ struct DirWatch {
     failed: BTreeSet<PathBuf>,
     /// What the watcher's events are sorted by.
     relevant: Relevant,
+    /// Where the watcher sends its notices.
+    notice: mpsc::Sender<()>,
 }
 
 impl DirWatch {
     /// Watches the directories the files resolve through now and stops watching the others.
     ///
-    /// Runs before each reload reads the files, so that a change made after that read is
-    /// caught by the watch. Blocking file system calls: call it from a blocking thread.
+    /// When the paths that matter changed (a symlink swapped, a file added to the list), a
+    /// notice is sent: an event about a newly relevant path that came before this refresh
+    /// was not passed on, and a caller that read the files before refreshing (the
+    /// configuration's reload) must look once more. Blocking file system calls: call it from
+    /// a blocking thread.
     fn refresh<'a>(&mut self, files: impl Iterator<Item = &'a Path>) {
         let mut wanted = BTreeSet::new();
         let mut entries = BTreeSet::new();
         for file in files {
             dirs_affecting(file, &mut wanted, &mut entries);
         }
-        // Set before the watches change: an event from a new directory is never dropped.
+        // The directories on the way count too: `certs` renamed over in the directory that
+        // holds it changes `certs/live/gateway.crt`. So does each watched directory itself.
+        let ancestors: Vec<PathBuf> = entries
+            .iter()
+            .flat_map(|e| e.ancestors().skip(1).map(Path::to_owned))
+            .collect();
+        entries.extend(ancestors);
         entries.extend(wanted.iter().cloned());
-        if let Ok(mut relevant) = self.relevant.write() {
-            *relevant = entries;
+        // Set before the watches change: an event from a new directory is never dropped.
+        let changed = match self.relevant.write() {
+            Ok(mut relevant) if *relevant != entries => {
+                let first = relevant.is_empty();
+                *relevant = entries;
+                !first
+            }
+            _ => false,
+        };
+        if changed {
+            let _ = self.notice.try_send(());
         }
         let mut now = BTreeMap::new();
         for dir in wanted {
@@ -191,6 +211,7 @@ pub fn spawn_watcher(material: Arc<TlsMaterial>, poll_every: Duration) -> WatchH
                 watched: BTreeMap::new(),
                 failed: BTreeSet::new(),
                 relevant,
+                notice: tx.clone(),
             };
             let spec = material.spec();
             dirs.refresh(spec.iter().flat_map(|s| s.files()));
@@ -256,12 +277,13 @@ impl FileWatch {
     /// Starts watching the directories `files` resolve through now. Blocking.
     pub fn new(files: &[PathBuf], changed: mpsc::Sender<()>) -> notify::Result<Self> {
         let relevant = Relevant::default();
-        let watcher = watcher_for(relevant.clone(), changed)?;
+        let watcher = watcher_for(relevant.clone(), changed.clone())?;
         let mut dirs = DirWatch {
             watcher,
             watched: BTreeMap::new(),
             failed: BTreeSet::new(),
             relevant,
+            notice: changed,
         };
         dirs.refresh(files.iter().map(PathBuf::as_path));
         Ok(Self {
@@ -419,6 +441,51 @@ mod tests {
         while rx.try_recv().is_ok() {}
         std::fs::rename(root.join("idgate.toml.new"), &config).unwrap();
         assert!(noticed(&mut rx), "a rename over the file was missed");
+    }
+
+    /// `conf.toml -> certs/live/conf.toml`, then `certs` replaced by a rename in the
+    /// directory that holds it: no event names the file or the link, only `certs`.
+    #[test]
+    fn a_directory_renamed_over_one_on_the_way_to_a_file_counts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("certs/live")).unwrap();
+        std::fs::create_dir_all(root.join("certs.new/live")).unwrap();
+        std::fs::write(root.join("certs/live/conf.toml"), "a = 1").unwrap();
+        std::fs::write(root.join("certs.new/live/conf.toml"), "a = 2").unwrap();
+        symlink("certs/live/conf.toml", root.join("conf.toml")).unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let _watch = FileWatch::new(&[root.join("conf.toml")], tx).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        while rx.try_recv().is_ok() {}
+
+        std::fs::rename(root.join("certs"), root.join("certs.old")).unwrap();
+        std::fs::rename(root.join("certs.new"), root.join("certs")).unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while rx.try_recv().is_err() {
+            assert!(std::time::Instant::now() < until, "the swap was missed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A caller that read the files before refreshing the watch is told to look again when
+    /// the paths that matter changed; a refresh that changes nothing says nothing.
+    #[test]
+    fn a_refresh_that_changes_the_relevant_paths_sends_a_notice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let (a, b) = (root.join("a.toml"), root.join("b.json"));
+        std::fs::write(&a, "a = 1").unwrap();
+        std::fs::write(&b, "{}").unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let watch = FileWatch::new(std::slice::from_ref(&a), tx).unwrap();
+        assert!(rx.try_recv().is_err(), "the first watch is no change");
+        watch.refresh(std::slice::from_ref(&a));
+        assert!(rx.try_recv().is_err(), "nothing changed");
+        watch.refresh(&[a.clone(), b.clone()]);
+        assert!(rx.try_recv().is_ok(), "b.json now matters");
+        watch.refresh(&[a, b]);
+        assert!(rx.try_recv().is_err(), "nothing changed");
     }
 
     #[test]
