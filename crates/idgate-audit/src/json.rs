@@ -42,7 +42,7 @@ pub(crate) fn datetime(out: &mut Vec<u8>, ms: u64) {
     out.push(b'"');
     match millis_text(ms) {
         Some(text) => out.extend_from_slice(&text),
-        None => out.extend_from_slice(format_millis(ms).as_bytes()),
+        None => out.extend_from_slice(formatted_millis(ms).as_bytes()),
     }
     out.push(b'"');
 }
@@ -51,19 +51,22 @@ pub(crate) fn datetime(out: &mut Vec<u8>, ms: u64) {
 pub fn format_millis(ms: u64) -> String {
     match millis_text(ms) {
         Some(text) => String::from_utf8_lossy(&text).into_owned(),
-        None => {
-            let secs = ms / 1000;
-            let (y, m, d) = civil_from_days(secs / 86_400);
-            let s = secs % 86_400;
-            format!(
-                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-                s / 3600,
-                s / 60 % 60,
-                s % 60,
-                ms % 1000
-            )
-        }
+        None => formatted_millis(ms),
     }
+}
+
+/// [`format_millis`] by the formatter, for any year.
+fn formatted_millis(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    let s = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        ms % 1000
+    )
 }
 
 /// The text of [`format_millis`] for years up to 9999, made without formatting machinery:
@@ -194,18 +197,6 @@ mod tests {
 
     #[test]
     fn times_are_written_as_the_formatter_writes_them() {
-        let by_format = |ms: u64| {
-            let secs = ms / 1000;
-            let (y, m, d) = civil_from_days(secs / 86_400);
-            let s = secs % 86_400;
-            format!(
-                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-                s / 3600,
-                s / 60 % 60,
-                s % 60,
-                ms % 1000
-            )
-        };
         let mut ms = 0u64;
         // The epoch, every millisecond of a second, steps of a prime through year 9999, and
         // past it.
@@ -222,7 +213,12 @@ mod tests {
             u64::MAX,
         ]);
         for ms in samples {
-            assert_eq!(format_millis(ms), by_format(ms), "{ms}");
+            if let Some(text) = millis_text(ms) {
+                assert_eq!(text.as_slice(), formatted_millis(ms).as_bytes(), "{ms}");
+            }
+            let mut quoted = Vec::new();
+            datetime(&mut quoted, ms);
+            assert_eq!(quoted, format!("\"{}\"", formatted_millis(ms)).into_bytes());
         }
     }
 

@@ -337,9 +337,10 @@ mod tests {
         assert_eq!(dirs_of(&root.join("gateway.crt")), BTreeSet::from([root]));
     }
 
-    #[test]
-    fn every_directory_a_symlink_chain_passes_through_is_watched() {
-        // conf/gateway.crt -> ../volume/gateway.crt -> ..data/gateway.crt, ..data -> ..v1
+    /// `conf/gateway.crt -> ../volume/gateway.crt -> ..data/gateway.crt`, `..data -> ..v1`,
+    /// as a Kubernetes volume linked from another directory: the temporary directory, `conf`
+    /// and `volume`.
+    fn linked_volume() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().canonicalize().unwrap();
         let (conf, volume) = (root.join("conf"), root.join("volume"));
@@ -349,6 +350,12 @@ mod tests {
         symlink("..v1", volume.join("..data")).unwrap();
         symlink("..data/gateway.crt", volume.join("gateway.crt")).unwrap();
         symlink("../volume/gateway.crt", conf.join("gateway.crt")).unwrap();
+        (tmp, conf, volume)
+    }
+
+    #[test]
+    fn every_directory_a_symlink_chain_passes_through_is_watched() {
+        let (_tmp, conf, volume) = linked_volume();
 
         assert_eq!(
             dirs_of(&conf.join("gateway.crt")),
@@ -358,16 +365,8 @@ mod tests {
 
     #[test]
     fn the_entries_that_matter_are_the_file_and_each_symlink_met() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().canonicalize().unwrap();
-        let (conf, volume) = (root.join("conf"), root.join("volume"));
-        std::fs::create_dir_all(volume.join("..v1")).unwrap();
-        std::fs::create_dir(&conf).unwrap();
-        std::fs::write(volume.join("..v1/gateway.crt"), "x").unwrap();
+        let (_tmp, conf, volume) = linked_volume();
         std::fs::write(conf.join("plain.toml"), "x").unwrap();
-        symlink("..v1", volume.join("..data")).unwrap();
-        symlink("..data/gateway.crt", volume.join("gateway.crt")).unwrap();
-        symlink("../volume/gateway.crt", conf.join("gateway.crt")).unwrap();
 
         assert_eq!(
             entries_of(&conf.join("plain.toml")),
