@@ -23,8 +23,9 @@ use crate::material::TlsMaterial;
 const MAX_SYMLINKS: usize = 40;
 
 /// The paths whose change can alter what the files read as: each file, each symlink met
-/// while resolving one, and each watched directory itself. Shared between the watch, which
-/// keeps it in step, and the watcher's callback, which passes on only events that name one.
+/// while resolving one, and every directory on the way to either (each watched directory
+/// among them). Shared between the watch, which keeps it in step, and the watcher's
+/// callback, which passes on only events that name one.
 type Relevant = Arc<RwLock<BTreeSet<PathBuf>>>;
 
 /// Whether an event is about one of the `relevant` paths. A directory watch reports every
