@@ -24,6 +24,7 @@
 pub(crate) mod claims;
 mod errors;
 pub(crate) mod json;
+pub(crate) mod jwk;
 pub(crate) mod jwks;
 pub(crate) mod jws;
 
@@ -38,7 +39,8 @@ pub use errors::{
     DiscoveryError, DiscoveryUriError, FetchError, FetchUriError, HttpClientError, IssuerProblem,
     IssuerSetupError, JwkError, JwksError, KeyError, RefreshError,
 };
-pub use jws::{Algorithm, AlgorithmError, Jwk, MAX_TOKEN_BYTES};
+pub use jwk::Jwk;
+pub use jws::{Algorithm, AlgorithmError, MAX_TOKEN_BYTES};
 
 use crate::caller::TokenIdentity;
 use crate::failure::AuthFailure;

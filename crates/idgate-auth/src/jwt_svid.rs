@@ -9,8 +9,8 @@
 //!
 //! 1. shape — the JWS checks of the `jwt` layer (compact, size, strict JSON), then §2: the
 //!    header holds nothing but `alg`, `kid` and `typ`; `typ`, when present, is `JWT` or
-//!    `JOSE`; `alg` is one of §2.1 that we verify (RS256, PS256, ES256 — never `none`, an
-//!    HMAC or EdDSA);
+//!    `JOSE`; `alg` is one of §2.1 that we verify (RS256/384/512, PS256/384/512, ES256,
+//!    ES384 — never `none`, an HMAC or EdDSA; ES512 is refused by name, as unsupported);
 //! 2. trust domain — the unverified `sub` must be a SPIFFE ID (§3.1) whose trust domain has
 //!    a bundle;
 //! 3. key — by `kid` in that bundle's `jwt-svid` keys (a token without `kid` only when the
@@ -44,8 +44,19 @@ use crate::jwt::{Algorithm, select, verify_signature};
 /// Clock skew tolerated on `exp`, `nbf` and `iat` unless configured.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 
-/// The algorithms of JWT-SVID §2.1 the gateway verifies. EdDSA is not among §2.1's.
-pub const ALGORITHMS: [Algorithm; 3] = [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256];
+/// The algorithms of JWT-SVID §2.1 the gateway verifies: all of them but ES512, which
+/// `ring` cannot verify (no P-521). EdDSA is not among §2.1's. SPIRE signs ES256 by
+/// default and ES384 with `jwt_key_type = "ec-p384"`.
+pub const ALGORITHMS: [Algorithm; 8] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+];
 
 /// The only header members JWT-SVID §2 allows.
 const HEADER_MEMBERS: [&str; 3] = ["alg", "kid", "typ"];

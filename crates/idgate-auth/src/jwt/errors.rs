@@ -21,12 +21,16 @@ pub enum JwkError {
     RsaModulusTooShort,
     #[error("RSA exponent is zero")]
     RsaExponentZero,
-    #[error("unsupported EC curve (only P-256)")]
+    #[error("unsupported EC curve (only P-256 and P-384; P-521 cannot be verified)")]
     UnsupportedEcCurve,
     #[error("P-256 coordinates must be 32 bytes each")]
     P256CoordinateLength,
     #[error("a P-256 public key is 65 bytes: 0x04, x, y")]
     P256PointLength,
+    #[error("P-384 coordinates must be 48 bytes each")]
+    P384CoordinateLength,
+    #[error("a P-384 public key is 97 bytes: 0x04, x, y")]
+    P384PointLength,
     #[error("unsupported OKP curve (only Ed25519)")]
     UnsupportedOkpCurve,
     #[error("an Ed25519 public key is 32 bytes")]

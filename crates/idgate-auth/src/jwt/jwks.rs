@@ -23,7 +23,7 @@ use super::errors::{
     KeyError, RefreshError,
 };
 use super::json;
-use super::jws::{Jwk, VerifyingKey};
+use super::jwk::{Jwk, VerifyingKey};
 
 /// The most a JWKS or metadata document may weigh. Real ones are a few KiB.
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
@@ -447,12 +447,15 @@ mod tests {
             {"kty":"oct","k":"c2VjcmV0","kid":"hmac"},
             {"kty":"OKP","crv":"Ed25519","x":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc","kid":"ed","use":"sig"},
             {"kty":"EC","crv":"P-256","x":"AA","y":"AA","kid":"short"},
+            {"kty":"EC","crv":"P-384","x":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEB","y":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEB","kid":"p384"},
+            {"kty":"EC","crv":"P-384","x":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE","y":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE","kid":"short384"},
+            {"kty":"EC","crv":"P-521","x":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEB","y":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEB","kid":"p521"},
             {"kty":"RSA","kid":"enc","use":"enc","n":"AQAB","e":"AQAB"},
             "junk"
         ]}"#;
         let set = parse_jwks(body, "i", 1).unwrap();
-        assert_eq!(set.keys.len(), 1);
-        assert_eq!(set.keys[0].kid.as_deref(), Some("ed"));
+        let kids: Vec<_> = set.keys.iter().filter_map(|k| k.kid.as_deref()).collect();
+        assert_eq!(kids, ["ed", "p384"]);
         assert!(parse_jwks(br#"{"keys":[{"kty":"oct","k":"AA"}]}"#, "i", 1).is_err());
         assert!(parse_jwks(br#"{"keys":{}}"#, "i", 1).is_err());
         assert!(parse_jwks(br#"[]"#, "i", 1).is_err());

@@ -1,6 +1,8 @@
 //! Tokens signed here with `ring` (and an RSA key made by the `openssl` command line),
 //! verified by [`JwtVerifier`]: every algorithm accepted, every forgery refused, and the JWKS
-//! fetched from a small HTTP server on loopback that counts what it is asked.
+//! fetched from a small HTTP server on loopback that counts what it is asked. The
+//! algorithms' own refusals (curve and hash confusion, signature encodings, ES512) are in
+//! `algorithms`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,6 +20,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
 
+mod algorithms;
 mod issuers;
 mod remote;
 
@@ -52,12 +55,28 @@ impl TestKey {
         Self::Ec(EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap())
     }
 
+    /// A P-384 key (ES384), as SPIRE makes with `jwt_key_type = "ec-p384"`.
+    pub(crate) fn p384() -> Self {
+        Self::p384_and_der_twin().0
+    }
+
+    /// A P-384 key, and the same key signing ASN.1 DER signatures instead of JWS's fixed
+    /// `r || s`: a valid signature in the wrong encoding.
+    pub(crate) fn p384_and_der_twin() -> (Self, Self) {
+        let rng = SystemRandom::new();
+        let fixed = &signature::ECDSA_P384_SHA384_FIXED_SIGNING;
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(fixed, &rng).unwrap();
+        let key = |alg| Self::Ec(EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap());
+        (key(fixed), key(&signature::ECDSA_P384_SHA384_ASN1_SIGNING))
+    }
+
     /// A 2048-bit RSA key made once per test run by `openssl genpkey` (ring cannot make
     /// RSA keys), as PKCS#8 DER, with its public key as SubjectPublicKeyInfo PEM.
     pub(crate) fn rsa() -> Self {
         Self::Rsa(RsaKeyPair::from_pkcs8(&rsa_material().0).unwrap())
     }
 
+    /// Signs `msg`; `alg` picks an RSA key's padding and hash (an EC key's curve is its own).
     fn sign(&self, alg: &str, msg: &[u8]) -> Vec<u8> {
         let rng = SystemRandom::new();
         match self {
@@ -65,7 +84,11 @@ impl TestKey {
             Self::Ec(k) => k.sign(&rng, msg).unwrap().as_ref().to_vec(),
             Self::Rsa(k) => {
                 let padding: &dyn signature::RsaEncoding = match alg {
+                    "RS384" => &signature::RSA_PKCS1_SHA384,
+                    "RS512" => &signature::RSA_PKCS1_SHA512,
                     "PS256" => &signature::RSA_PSS_SHA256,
+                    "PS384" => &signature::RSA_PSS_SHA384,
+                    "PS512" => &signature::RSA_PSS_SHA512,
                     _ => &signature::RSA_PKCS1_SHA256,
                 };
                 let mut sig = vec![0; k.public().modulus_len()];
@@ -78,6 +101,10 @@ impl TestKey {
     pub(crate) fn jwk(&self, kid: &str, alg: Algorithm) -> Jwk {
         match self {
             Self::Ed(k) => Jwk::ed25519(kid, k.public_key().as_ref()),
+            // The curve is the key's own: 65 bytes of point for P-256, 97 for P-384.
+            Self::Ec(k) if k.public_key().as_ref().len() == 97 => {
+                Jwk::p384(kid, k.public_key().as_ref()).unwrap()
+            }
             Self::Ec(k) => Jwk::p256(kid, k.public_key().as_ref()).unwrap(),
             Self::Rsa(k) => {
                 let c = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(k.public());
@@ -163,22 +190,29 @@ async fn verify(v: &JwtVerifier, token: &str) -> Result<JwtIdentity, &'static st
     })
 }
 
-/// One key of each type, each with its kid, in one static issuer.
+/// One key of each type and curve, each with its kid, in one static issuer.
 struct Keys {
     ed: TestKey,
     ec: TestKey,
+    p384: TestKey,
     rsa: TestKey,
     verifier: JwtVerifier,
 }
 
 fn keys() -> Keys {
-    let (ed, ec, rsa) = (TestKey::ed25519(), TestKey::p256(), TestKey::rsa());
+    let (ed, ec, p384, rsa) = (
+        TestKey::ed25519(),
+        TestKey::p256(),
+        TestKey::p384(),
+        TestKey::rsa(),
+    );
     let mut rsa_any = rsa.jwk("rsa", Algorithm::RS256);
     rsa_any.alg = None;
     let verifier = static_verifier(
         vec![
             ed.jwk("ed", Algorithm::EdDSA),
             ec.jwk("ec", Algorithm::ES256),
+            p384.jwk("p384", Algorithm::ES384),
             rsa_any,
         ],
         Algorithm::ALL.to_vec(),
@@ -186,6 +220,7 @@ fn keys() -> Keys {
     Keys {
         ed,
         ec,
+        p384,
         rsa,
         verifier,
     }
@@ -194,12 +229,23 @@ fn keys() -> Keys {
 #[tokio::test]
 async fn accepts_each_algorithm_and_reads_the_identity() {
     let k = keys();
-    for (key, alg, kid) in [
+    let cases = [
         (&k.ed, "EdDSA", "ed"),
         (&k.ec, "ES256", "ec"),
+        (&k.p384, "ES384", "p384"),
         (&k.rsa, "RS256", "rsa"),
+        (&k.rsa, "RS384", "rsa"),
+        (&k.rsa, "RS512", "rsa"),
         (&k.rsa, "PS256", "rsa"),
-    ] {
+        (&k.rsa, "PS384", "rsa"),
+        (&k.rsa, "PS512", "rsa"),
+    ];
+    let mut tested: Vec<&str> = cases.iter().map(|(_, alg, _)| *alg).collect();
+    let mut all: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
+    tested.sort();
+    all.sort();
+    assert_eq!(tested, all, "every algorithm we verify is verified here");
+    for (key, alg, kid) in cases {
         let mut c = claims();
         c["cnf"] = json!({"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"});
         let id = verify(&k.verifier, &sign_token(key, &header(alg, kid), &c))

@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use crate::jwt::JwkError;
 use crate::jwt::json;
+use crate::jwt::jwk::{Jwk, VerifyingKey};
 use crate::jwt::jwks::KeySet;
-use crate::jwt::jws::{Jwk, VerifyingKey};
 
 /// The largest bundle document read. Real ones are a few KiB (a handful of keys and CA
 /// certificates); more is a mistake or an attempt to make the gateway parse a large file.

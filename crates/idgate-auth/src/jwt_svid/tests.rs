@@ -1,6 +1,6 @@
-//! JWT-SVIDs minted here with `ring` ES256 keys and an RS256/PS256 key (made by `openssl`),
-//! verified against bundles built the way SPIRE publishes them: every refusal reason of the
-//! module documentation, and the happy paths.
+//! JWT-SVIDs minted here with `ring` ES256 and ES384 keys and an RSA key (made by
+//! `openssl`) for the RS* and PS* algorithms, verified against bundles built the way SPIRE
+//! publishes them: every refusal reason of the module documentation, and the happy paths.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -41,20 +41,29 @@ fn bundle_json(entries: Vec<Value>) -> Vec<u8> {
 
 struct Fixture {
     ec: TestKey,
+    p384: TestKey,
     rsa: TestKey,
     verifier: JwtSvidVerifier,
 }
 
-/// example.org trusts an ES256 key `ec-1` and an RSA key `rsa-1`.
+/// example.org trusts an ES256 key `ec-1`, an ES384 key `ec384-1` (SPIRE's
+/// `jwt_key_type = "ec-p384"`) and an RSA key `rsa-1`, none naming an `alg`, as SPIRE
+/// publishes them.
 fn fixture() -> Fixture {
-    let (ec, rsa) = (TestKey::p256(), TestKey::rsa());
+    let (ec, p384, rsa) = (TestKey::p256(), TestKey::p384(), TestKey::rsa());
     let json = bundle_json(vec![
         svid_entry(&ec.jwk("ec-1", Algorithm::ES256)),
+        svid_entry(&p384.jwk("ec384-1", Algorithm::ES384)),
         svid_entry(&rsa.jwk("rsa-1", Algorithm::RS256)),
     ]);
     let bundles = JwtBundles::parse([(td("example.org"), json.as_slice())]).unwrap();
     let verifier = JwtSvidVerifier::new(JwtSvidSettings::new(vec![AUD.into()]), bundles).unwrap();
-    Fixture { ec, rsa, verifier }
+    Fixture {
+        ec,
+        p384,
+        rsa,
+        verifier,
+    }
 }
 
 fn claims() -> Value {
@@ -104,12 +113,38 @@ fn a_valid_es256_svid_yields_its_spiffe_id_and_expiry() {
 }
 
 #[test]
-fn rs256_and_ps256_svids_are_accepted_with_an_rsa_key() {
+fn rs_and_ps_svids_of_every_hash_are_accepted_with_an_rsa_key() {
     let f = fixture();
-    for alg in ["RS256", "PS256"] {
+    for alg in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] {
         let token = sign_token(&f.rsa, &header(alg, "rsa-1"), &claims());
         assert_eq!(f.verify(&token).unwrap().spiffe_id.as_str(), SUB, "{alg}");
     }
+}
+
+#[test]
+fn an_es384_svid_is_accepted_with_a_p384_key() {
+    let f = fixture();
+    let token = sign_token(&f.p384, &header("ES384", "ec384-1"), &claims());
+    let id = f.verify(&token).unwrap();
+    assert_eq!(id.spiffe_id.as_str(), SUB);
+    assert_eq!(id.expires_at, at(NOW + 300));
+    // Without a kid, the bundle's one P-384 key is the one ES384 candidate.
+    let no_kid = sign_token(&f.p384, &json!({"alg": "ES384", "typ": "JWT"}), &claims());
+    assert!(f.verify(&no_kid).is_ok());
+}
+
+#[test]
+fn the_svid_algorithms_are_those_of_the_specification_we_can_verify() {
+    // JWT-SVID §2.1: RS, ES and PS with 256, 384 and 512 — but ES512, which ring cannot
+    // verify. Never EdDSA, which §2.1 does not name.
+    let mut expected: Vec<Algorithm> = Algorithm::ALL
+        .into_iter()
+        .filter(|a| *a != Algorithm::EdDSA)
+        .collect();
+    let mut algorithms = ALGORITHMS.to_vec();
+    expected.sort_by_key(|a| a.as_str());
+    algorithms.sort_by_key(|a| a.as_str());
+    assert_eq!(algorithms, expected);
 }
 
 #[test]
@@ -155,7 +190,7 @@ fn the_header_is_only_alg_kid_and_typ_jwt_or_jose() {
         ),
         (
             json!({"alg": "ES512", "kid": "ec-1"}),
-            "algorithm not allowed",
+            "ES512 (P-521) is not supported",
         ),
         (json!({"kid": "ec-1"}), "malformed"),
     ] {
@@ -232,6 +267,18 @@ fn the_key_is_the_bundles_key_named_by_kid_and_fit_for_alg() {
         f.verify(&confused).unwrap_err(),
         "algorithm does not match key"
     );
+    // Curve confusion, the bundle's keys naming no `alg`: an ES384 token under the P-256
+    // key, an ES256 one under the P-384 key.
+    let confused = sign_token(&f.p384, &header("ES384", "ec-1"), &claims());
+    assert_eq!(
+        f.verify(&confused).unwrap_err(),
+        "algorithm does not match key"
+    );
+    let confused = sign_token(&f.ec, &header("ES256", "ec384-1"), &claims());
+    assert_eq!(
+        f.verify(&confused).unwrap_err(),
+        "algorithm does not match key"
+    );
     // Without a kid, the one key of the token's algorithm is used.
     let no_kid = sign_token(&f.ec, &json!({"alg": "ES256"}), &claims());
     assert!(f.verify(&no_kid).is_ok());
@@ -246,6 +293,48 @@ fn the_key_is_the_bundles_key_named_by_kid_and_fit_for_alg() {
     let payload = URL_SAFE_NO_PAD.encode(c.to_string());
     parts[1] = &payload;
     assert_eq!(f.verify(&parts.join(".")).unwrap_err(), "bad signature");
+}
+
+#[test]
+fn a_bundle_key_naming_rs256_verifies_no_other_rsa_algorithm() {
+    // SPIRE's entries name no `alg`, but a hand-written bundle may; then it is binding.
+    let rsa = TestKey::rsa();
+    let mut entry = serde_json::to_value(rsa.jwk("rsa-rs256", Algorithm::RS256)).unwrap();
+    entry["use"] = json!("jwt-svid");
+    let json = bundle_json(vec![entry]);
+    let bundles = JwtBundles::parse([(td("example.org"), json.as_slice())]).unwrap();
+    let v = JwtSvidVerifier::new(JwtSvidSettings::new(vec![AUD.into()]), bundles).unwrap();
+    for alg in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] {
+        let token = sign_token(&rsa, &header(alg, "rsa-rs256"), &claims());
+        let expected = if alg == "RS256" {
+            Ok(())
+        } else {
+            Err(AuthFailure::InvalidToken("algorithm does not match key"))
+        };
+        assert_eq!(v.verify(&token, at(NOW)).map(|_| ()), expected, "{alg}");
+    }
+}
+
+#[test]
+fn es384_svid_signatures_in_der_or_cut_short_are_refused() {
+    let (p384, der_twin) = TestKey::p384_and_der_twin();
+    let json = bundle_json(vec![svid_entry(&p384.jwk("ec384-1", Algorithm::ES384))]);
+    let bundles = JwtBundles::parse([(td("example.org"), json.as_slice())]).unwrap();
+    let v = JwtSvidVerifier::new(JwtSvidSettings::new(vec![AUD.into()]), bundles).unwrap();
+    let verify = |token: &str| v.verify(token, at(NOW)).map(|_| ());
+    let good = sign_token(&p384, &header("ES384", "ec384-1"), &claims());
+    assert_eq!(verify(&good), Ok(()));
+    // The same key's valid signature, DER-encoded; and the fixed one cut short.
+    let der = sign_token(&der_twin, &header("ES384", "ec384-1"), &claims());
+    let (input, sig) = good.rsplit_once('.').unwrap();
+    let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    let truncated = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&sig[..95]));
+    for token in [der, truncated] {
+        assert_eq!(
+            verify(&token),
+            Err(AuthFailure::InvalidToken("bad signature"))
+        );
+    }
 }
 
 #[test]
@@ -405,6 +494,9 @@ fn unusable_bundles_are_refused_with_a_reason_naming_the_key() {
     empty_kid["kid"] = json!("");
     let mut short = svid_entry(&ec.jwk("short", Algorithm::ES256));
     short["x"] = json!("AA");
+    // A P-384 key with P-256-sized coordinates.
+    let mut short384 = svid_entry(&TestKey::p384().jwk("short384", Algorithm::ES384));
+    short384["x"] = serde_json::to_value(ec.jwk("k", Algorithm::ES256)).unwrap()["x"].clone();
     let mut bad_type = svid_entry(&ec.jwk("t", Algorithm::ES256));
     bad_type["crv"] = json!(256);
     let dup = svid_entry(&ec.jwk("d", Algorithm::ES256));
@@ -420,6 +512,10 @@ fn unusable_bundles_are_refused_with_a_reason_naming_the_key() {
     assert!(matches!(
         parse(json!({"keys": [short]})).unwrap_err(),
         JwtBundleError::Key { index: 0, ref kid, source: JwkError::P256CoordinateLength } if kid == "short"
+    ));
+    assert!(matches!(
+        parse(json!({"keys": [short384]})).unwrap_err(),
+        JwtBundleError::Key { index: 0, ref kid, source: JwkError::P384CoordinateLength } if kid == "short384"
     ));
     assert!(matches!(
         parse(json!({"keys": [{"use": "x509-svid"}, bad_type]})).unwrap_err(),
