@@ -4,6 +4,8 @@
 //! object) redacts the value instead: a rule never leaves the value it names as it was.
 //! `null` stays `null` under every action but `drop` (it holds nothing to hide).
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use serde_json::Value;
 
@@ -62,13 +64,20 @@ impl Action {
 /// `s` with all but its last `keep` characters replaced by `*`; all of them when it has
 /// no more than `keep`. Counted in characters, so the result has as many as `s`.
 pub fn mask_chars(s: &str, keep: usize) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    mask_chars_into(&mut out, s, keep);
+    // Only `*` and whole characters of `s` were written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`mask_chars`] appended to `out`.
+pub(crate) fn mask_chars_into(out: &mut Vec<u8>, s: &str, keep: usize) {
     let n = s.chars().count();
-    if n <= keep {
-        return "*".repeat(n);
-    }
-    let mut out = "*".repeat(n - keep);
-    out.extend(s.chars().skip(n - keep));
-    out
+    // A value no longer than what would be kept is hidden whole.
+    let hidden = if n <= keep { n } else { n - keep };
+    out.resize(out.len() + hidden, b'*');
+    let kept_from = s.char_indices().nth(hidden).map_or(s.len(), |(at, _)| at);
+    out.extend_from_slice(s.as_bytes().get(kept_from..).unwrap_or_default());
 }
 
 fn digits(b: &[u8]) -> bool {
@@ -134,12 +143,35 @@ pub fn pseudonym(mac: &[u8; 32]) -> String {
 /// The bytes a value is pseudonymized from: a string's UTF-8, a number as read, a 64-bit
 /// integer or a double (so `123` and `"123"` share a pseudonym); `None` for other types,
 /// which are redacted.
-pub(crate) fn pseudonym_input(v: &Value) -> Option<Vec<u8>> {
+pub(crate) fn pseudonym_input(v: &Value) -> Option<Cow<'_, [u8]>> {
     match v {
-        Value::String(s) => Some(s.as_bytes().to_vec()),
-        Value::Number(n) => Some(n.to_string().into_bytes()),
+        Value::String(s) => Some(Cow::Borrowed(s.as_bytes())),
+        Value::Number(n) => Some(Cow::Owned(n.to_string().into_bytes())),
         _ => None,
     }
+}
+
+/// What `action` leaves in place of the JSON string whose contents are `s`, written to
+/// `out` as JSON: the same as [`replace`] on that string, for a string read from a text
+/// without escapes (`s` holds no `"`, `\\` or control character, so every character
+/// kept from it is written as it is). `pseudonym` is the pseudonym of `s` when the action
+/// needs one.
+pub(crate) fn replace_plain_str(
+    out: &mut Vec<u8>,
+    action: Action,
+    s: &str,
+    pseudonym: Option<&str>,
+) {
+    out.push(b'"');
+    match action {
+        Action::Mask { keep } => mask_chars_into(out, s, keep),
+        Action::TruncateDate => {
+            out.extend_from_slice(truncate_date(s).unwrap_or(REDACTED).as_bytes());
+        }
+        Action::Pseudonymize => out.extend_from_slice(pseudonym.unwrap_or(REDACTED).as_bytes()),
+        _ => out.extend_from_slice(REDACTED.as_bytes()),
+    }
+    out.push(b'"');
 }
 
 /// The value `action` leaves in place of `v` (not for `Drop`, `Allow` or `Block`, which the
@@ -237,8 +269,8 @@ mod tests {
         ] {
             assert_eq!(r(a, Value::Null), Value::Null);
         }
-        assert_eq!(pseudonym_input(&json!(123)), Some(b"123".to_vec()));
-        assert_eq!(pseudonym_input(&json!("123")), Some(b"123".to_vec()));
+        assert_eq!(pseudonym_input(&json!(123)).as_deref(), Some(&b"123"[..]));
+        assert_eq!(pseudonym_input(&json!("123")).as_deref(), Some(&b"123"[..]));
         assert_eq!(pseudonym_input(&json!(false)), None);
     }
 }

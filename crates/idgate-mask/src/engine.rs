@@ -123,10 +123,11 @@ impl Profile {
         self.rules.iter().any(|r| r.action == Action::Pseudonymize)
     }
 
+    /// The partial matches at the root, with room for a few levels' more.
     pub(crate) fn start(&self) -> Vec<State> {
-        (0..self.rules.len())
-            .map(|rule| State { rule, step: 0 })
-            .collect()
+        let mut states = Vec::with_capacity(4 * self.rules.len());
+        states.extend((0..self.rules.len()).map(|rule| State { rule, step: 0 }));
+        states
     }
 
     /// The partial matches of a child at `segment`, and the rule deciding it.
@@ -245,7 +246,7 @@ impl Profile {
             Some((rule, Action::Block)) if !child.is_null() => Err(self.blocked(rule)),
             Some((_, Action::Pseudonymize)) => {
                 if let Some(input) = action::pseudonym_input(child) {
-                    inputs.add(input);
+                    inputs.add(&input);
                 }
                 Ok(())
             }
@@ -383,14 +384,28 @@ impl Pseudonyms {
 #[derive(Default)]
 pub(crate) struct Inputs {
     pub(crate) list: Vec<Vec<u8>>,
+    /// The inputs once there are more than [`Inputs::FEW`]; until then the list is
+    /// searched.
     seen: std::collections::HashSet<Vec<u8>>,
 }
 
 impl Inputs {
-    pub(crate) fn add(&mut self, input: Vec<u8>) {
-        if !self.seen.contains(&input) {
-            self.seen.insert(input.clone());
-            self.list.push(input);
+    /// As many inputs as a search of the list finds quicker than a hash set.
+    const FEW: usize = 16;
+
+    pub(crate) fn add(&mut self, input: &[u8]) {
+        if self.list.len() < Self::FEW {
+            if !self.list.iter().any(|known| known.as_slice() == input) {
+                self.list.push(input.to_vec());
+            }
+            return;
+        }
+        if self.seen.is_empty() {
+            self.seen.extend(self.list.iter().cloned());
+        }
+        if !self.seen.contains(input) {
+            self.seen.insert(input.to_vec());
+            self.list.push(input.to_vec());
         }
     }
 }

@@ -78,7 +78,7 @@ impl Profile {
         }
         let changed = walk.changed;
         let pseudonyms = Pseudonyms::ask(walk.inputs.list, pseudonymizer).await?;
-        let out = splice(text.as_bytes(), walk.edits, &pseudonyms)?;
+        let out = splice(text, walk.edits, &pseudonyms)?;
         Ok((MaskedText::Changed(out), Report { changed }))
     }
 }
@@ -91,6 +91,14 @@ struct Edit {
     action: Option<Action>,
 }
 
+/// The contents of a string value written without escapes (`"..."` holding no `\\`), as
+/// they are; `None` for any other value. Most strings are such, and need no decoding.
+fn plain_string(raw: &str) -> Option<&str> {
+    raw.strip_prefix('"')?
+        .strip_suffix('"')
+        .filter(|s| !s.contains('\\'))
+}
+
 /// A value the rules replace, as it is read: strings and numbers keep some form, anything
 /// else is redacted whole.
 fn masked_value(raw: &[u8]) -> Option<Value> {
@@ -101,7 +109,8 @@ fn masked_value(raw: &[u8]) -> Option<Value> {
 }
 
 /// The text with each edit made.
-fn splice(src: &[u8], edits: Vec<Edit>, pseudonyms: &Pseudonyms) -> Result<Vec<u8>, NotJson> {
+fn splice(text: &str, edits: Vec<Edit>, pseudonyms: &Pseudonyms) -> Result<Vec<u8>, NotJson> {
+    let src = text.as_bytes();
     let mut out = Vec::with_capacity(src.len() + 16 * edits.len());
     let mut at = 0;
     for edit in edits {
@@ -111,6 +120,16 @@ fn splice(src: &[u8], edits: Vec<Edit>, pseudonyms: &Pseudonyms) -> Result<Vec<u
                 at: edit.span.start,
                 what,
             };
+            // A string without escapes is written from its contents as they are.
+            if let Some(s) = text.get(edit.span.clone()).and_then(plain_string) {
+                let pseudonym = match action {
+                    Action::Pseudonymize => pseudonyms.get(s.as_bytes()),
+                    _ => None,
+                };
+                action::replace_plain_str(&mut out, action, s, pseudonym);
+                at = edit.span.end;
+                continue;
+            }
             let value = src
                 .get(edit.span.clone())
                 .and_then(masked_value)
@@ -405,11 +424,16 @@ impl<'a> Walk<'a> {
         }
         self.changed += 1;
         if action == Action::Pseudonymize {
-            let Some(value) = masked_value(raw) else {
-                return self.fail("an unreadable value");
-            };
-            if let Some(input) = action::pseudonym_input(&value) {
-                self.inputs.add(input);
+            match self.text.get(span.clone()).and_then(plain_string) {
+                Some(s) => self.inputs.add(s.as_bytes()),
+                None => {
+                    let Some(value) = masked_value(raw) else {
+                        return self.fail("an unreadable value");
+                    };
+                    if let Some(input) = action::pseudonym_input(&value) {
+                        self.inputs.add(&input);
+                    }
+                }
             }
         }
         self.edits.push(Edit {

@@ -11,10 +11,10 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::Response;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
-use http_body_util::{BodyExt as _, Either, Full, Limited};
+use http_body_util::{BodyExt as _, Either, Full};
 use serde_json::Value;
 
 use crate::body::ProxyBody;
@@ -35,15 +35,28 @@ pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     let Some(v) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = v
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let json = essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    let Some((kind, subtype)) = media_type(v) else {
+        return false;
+    };
+    let json = kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json") || plus_json(subtype));
     json && utf8(headers)
+}
+
+/// A `Content-Type`'s type and subtype, its parameters left out; compared without case
+/// (RFC 9110 §8.3.1).
+pub(crate) fn media_type(content_type: &str) -> Option<(&str, &str)> {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence.split_once('/')
+}
+
+/// Whether a subtype has the structured syntax suffix `+json` (RFC 6839), in any case.
+pub(crate) fn plus_json(subtype: &str) -> bool {
+    subtype
+        .len()
+        .checked_sub(5)
+        .and_then(|at| subtype.as_bytes().get(at..))
+        .is_some_and(|suffix| suffix.eq_ignore_ascii_case(b"+json"))
 }
 
 /// Whether the `Content-Type`'s `charset`, if it names one, is UTF-8.
@@ -114,11 +127,45 @@ pub(crate) async fn read_bytes(
         return Err(unreadable("the upstream's answer is larger than 1 MiB"));
     }
     let body = std::mem::replace(resp.body_mut(), Either::Right(Full::new(Bytes::new())));
-    let collected = tokio::time::timeout(timeout, Limited::new(body, MAX_JSON_RESPONSE).collect())
+    tokio::time::timeout(timeout, collect(body, MAX_JSON_RESPONSE))
         .await
         .map_err(|_| unreadable("the upstream's answer did not arrive in time"))?
-        .map_err(|e| unreadable(format!("the upstream's answer could not be read: {e}")))?;
-    Ok(collected.to_bytes())
+}
+
+/// A body's data, at most `limit` bytes of it: a body of one frame (most answers) as
+/// that frame's bytes, several joined in one buffer. Trailers are not kept.
+async fn collect<B>(mut body: B, limit: usize) -> Result<Bytes, Refusal>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| unreadable(format!("the upstream's answer could not be read: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Err(unreadable("the upstream's answer is larger than 1 MiB"));
+        }
+        if data.is_empty() {
+            continue;
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            None => joined.extend_from_slice(&data),
+            Some(earlier) => {
+                joined.reserve(earlier.len() + data.len());
+                joined.extend_from_slice(&earlier);
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
 /// Puts `bytes` back as the answer's body, with its length.
@@ -146,7 +193,73 @@ impl ClassifyName for serde_json::Error {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use http_body::Frame;
+
     use super::*;
+
+    /// A body of the given frames, in order.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    fn frames(parts: &[&'static [u8]]) -> Frames {
+        Frames(
+            parts
+                .iter()
+                .map(|p| Frame::data(Bytes::from_static(p)))
+                .collect(),
+        )
+    }
+
+    fn collected(body: Frames, limit: usize) -> Result<Bytes, Refusal> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(collect(body, limit))
+    }
+
+    #[test]
+    fn a_body_of_one_frame_is_that_frames_bytes_uncopied() {
+        static BODY: &[u8] = br#"{"session_id":"s-1"}"#;
+        let got = collected(frames(&[b"", BODY, b""]), 1024).unwrap();
+        assert_eq!(got.as_ptr(), BODY.as_ptr());
+        assert_eq!(got, BODY);
+    }
+
+    #[test]
+    fn frames_are_joined_in_order_and_trailers_left_out() {
+        let mut body = frames(&[b"{\"a\":", b"", b"1,", b"\"b\":2}"]);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-digest", HeaderValue::from_static("abc"));
+        body.0.push_back(Frame::trailers(trailers));
+        assert_eq!(collected(body, 1024).unwrap(), &b"{\"a\":1,\"b\":2}"[..]);
+        assert_eq!(collected(frames(&[]), 1024).unwrap(), &b""[..]);
+    }
+
+    #[test]
+    fn a_body_past_the_limit_is_refused_whatever_its_frames() {
+        assert!(collected(frames(&[b"12345", b"6"]), 6).is_ok());
+        for body in [frames(&[b"12345", b"67"]), frames(&[b"1234567"])] {
+            let Err(Refusal::UnreadableResponse { reason }) = collected(body, 6) else {
+                panic!("not refused");
+            };
+            assert!(reason.contains("larger than"), "{reason}");
+        }
+    }
 
     fn ct(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -161,12 +274,15 @@ mod tests {
             "Application/JSON; charset=utf-8",
             "application/problem+json",
             "application/json;charset=\"UTF-8\"",
+            "APPLICATION/VND.API+JSON",
         ] {
             assert!(is_json(&ct(yes)), "{yes}");
         }
         for no in [
             "text/json",
+            "text/problem+json",
             "application/jsonx",
+            "application/vnd.api+jsonp",
             "text/plain",
             "application/json; charset=latin1",
             "multipart/form-data",

@@ -50,16 +50,12 @@ pub(crate) fn is_json_type(headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let essence = v
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let Some((_, subtype)) = essence.split_once('/') else {
+    let Some((_, subtype)) = json_response::media_type(v) else {
         return false;
     };
-    subtype == "json" || subtype == "x-json" || subtype.ends_with("+json")
+    subtype.eq_ignore_ascii_case("json")
+        || subtype.eq_ignore_ascii_case("x-json")
+        || json_response::plus_json(subtype)
 }
 
 fn compressed(headers: &HeaderMap) -> bool {
@@ -190,10 +186,20 @@ mod tests {
             "text/json",
             "application/x-json",
             "application/vnd.api+json;version=2",
+            "APPLICATION/VND.API+Json",
         ] {
             assert!(is_json_type(&headers(&[("content-type", yes)])), "{yes}");
         }
-        for no in ["text/plain", "application/jsonp", "image/png", "json", ""] {
+        for no in [
+            "text/plain",
+            "application/jsonp",
+            "application/json5",
+            "application/xjson",
+            "application/vnd.api+jsonp",
+            "image/png",
+            "json",
+            "",
+        ] {
             assert!(!is_json_type(&headers(&[("content-type", no)])), "{no}");
         }
         assert!(!is_json_type(&HeaderMap::new()));
