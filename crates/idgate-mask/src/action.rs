@@ -235,6 +235,55 @@ mod tests {
         }
     }
 
+    /// A string read from a text without escapes is replaced byte for byte as the parsed
+    /// value would be: the same action, the same JSON out.
+    #[test]
+    fn a_plain_string_is_replaced_exactly_as_its_parsed_value_would_be() {
+        let actions = [
+            Action::Redact,
+            Action::Mask { keep: 0 },
+            Action::Mask { keep: 1 },
+            Action::Mask { keep: 4 },
+            Action::Mask { keep: 7 },
+            Action::Mask { keep: 8 },
+            Action::Mask { keep: usize::MAX },
+            Action::TruncateDate,
+            Action::Pseudonymize,
+            Action::Drop,
+            Action::Allow,
+            Action::Block,
+        ];
+        let strings = [
+            "",
+            "x",
+            "naïve ✓",
+            "1990-07-13",
+            "1990-07-13T08:00:00Z",
+            "not a date",
+            "\u{7f}del",
+            "line\u{2028}sep",
+            "emoji 🙂 and Müller",
+            "AB123456",
+        ];
+        for action in actions {
+            for s in strings {
+                for pseudonym in [Some("ps_abc-_"), None] {
+                    let mut fast = Vec::new();
+                    replace_plain_str(&mut fast, action, s, pseudonym);
+                    let parsed = Value::String(s.to_owned());
+                    let slow = serde_json::to_vec(&replace(action, &parsed, pseudonym)).unwrap();
+                    assert_eq!(
+                        String::from_utf8(fast).unwrap(),
+                        String::from_utf8(slow).unwrap(),
+                        "{action:?} {s:?} {pseudonym:?}"
+                    );
+                }
+                let parsed = Value::String(s.to_owned());
+                assert_eq!(pseudonym_input(&parsed).as_deref(), Some(s.as_bytes()));
+            }
+        }
+    }
+
     #[test]
     fn pseudonyms_are_ps_and_base64url() {
         let p = pseudonym(&[0xfb; 32]);

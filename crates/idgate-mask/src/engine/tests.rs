@@ -319,3 +319,24 @@ fn the_report_counts_what_changed() {
     assert!(!p.pseudonymizes());
     assert!(profile(&[("$.x", Action::Pseudonymize)]).pseudonymizes());
 }
+
+/// Distinct inputs in the order first seen, whether there are few (searched) or many
+/// (hashed), and across the change from one to the other.
+#[test]
+fn inputs_are_distinct_and_in_first_seen_order_however_many() {
+    for distinct in [1, 15, 16, 17, 40] {
+        let mut inputs = Inputs::default();
+        let values: Vec<Vec<u8>> = (0..distinct)
+            .map(|i| format!("v{i}").into_bytes())
+            .collect();
+        for (i, v) in values.iter().enumerate() {
+            inputs.add(v);
+            // Every earlier one again, and this one twice.
+            for earlier in &values[..=i] {
+                inputs.add(earlier);
+            }
+            inputs.add(v);
+        }
+        assert_eq!(inputs.list, values, "{distinct} distinct inputs");
+    }
+}

@@ -159,7 +159,9 @@ where
             None if joined.is_empty() => first = Some(data),
             None => joined.extend_from_slice(&data),
             Some(earlier) => {
-                joined.reserve(earlier.len() + data.len());
+                // Room for what the body says is still to come, as far as the limit.
+                let coming = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+                joined.reserve((earlier.len() + data.len()).saturating_add(coming.min(limit)));
                 joined.extend_from_slice(&earlier);
                 joined.extend_from_slice(&data);
             }
@@ -201,18 +203,25 @@ mod tests {
 
     use super::*;
 
-    /// A body of the given frames, in order.
-    struct Frames(VecDeque<Frame<Bytes>>);
+    /// A body of the given frames, in order, then an error when `fails`.
+    struct Frames(VecDeque<Frame<Bytes>>, bool);
 
     impl http_body::Body for Frames {
         type Data = Bytes;
-        type Error = std::convert::Infallible;
+        type Error = &'static str;
 
         fn poll_frame(
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.0.pop_front().map(Ok))
+            Poll::Ready(match self.0.pop_front() {
+                Some(frame) => Some(Ok(frame)),
+                None if self.1 => {
+                    self.1 = false;
+                    Some(Err("connection reset"))
+                }
+                None => None,
+            })
         }
     }
 
@@ -222,6 +231,7 @@ mod tests {
                 .iter()
                 .map(|p| Frame::data(Bytes::from_static(p)))
                 .collect(),
+            false,
         )
     }
 
@@ -248,6 +258,19 @@ mod tests {
         body.0.push_back(Frame::trailers(trailers));
         assert_eq!(collected(body, 1024).unwrap(), &b"{\"a\":1,\"b\":2}"[..]);
         assert_eq!(collected(frames(&[]), 1024).unwrap(), &b""[..]);
+    }
+
+    #[test]
+    fn a_body_that_breaks_off_is_refused_as_unreadable() {
+        let mut body = frames(&[b"{\"a\":"]);
+        body.1 = true;
+        let Err(Refusal::UnreadableResponse { reason }) = collected(body, 1024) else {
+            panic!("not refused");
+        };
+        assert!(
+            reason.contains("could not be read: connection reset"),
+            "{reason}"
+        );
     }
 
     #[test]
