@@ -210,8 +210,12 @@ async fn serve_connection(
         .1
         .peer_certificates()
         .and_then(|chain| chain.first());
-    // Already verified in the handshake; this reads the ID back out of the leaf.
-    let peer = leaf.and_then(|leaf| idgate_tls::leaf_spiffe_id(leaf).ok());
+    // Already verified in the handshake; this reads the ID and the expiry back out of the
+    // leaf, parsed once.
+    let (peer, not_after) = leaf.map_or((None, None), |leaf| {
+        let (id, not_after) = idgate_tls::leaf_facts(leaf);
+        (id.ok(), not_after)
+    });
     // One workload may hold only its share of the connections, whatever address it comes
     // from: many workloads behind one load balancer each get theirs.
     let _identity_slot = match &peer {
@@ -231,7 +235,7 @@ async fn serve_connection(
         None => None,
     };
     let cert_thumbprint = leaf.map(|leaf| idgate_auth::issuer::cert_thumbprint(leaf));
-    let expires_at = leaf.and_then(|leaf| idgate_tls::not_after(leaf)).map(|t| {
+    let expires_at = not_after.map(|t| {
         tokio::time::Instant::now()
             + t.duration_since(std::time::SystemTime::now())
                 .unwrap_or_default()

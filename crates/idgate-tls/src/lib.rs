@@ -17,7 +17,7 @@ use std::sync::Arc;
 pub use handshake::HandshakeFailure;
 pub use material::{Expiry, MaterialError, MaterialSpec, TlsMaterial, TlsVersion};
 pub use spiffe::{SpiffeId, SpiffeIdError, SpiffeIdPattern, TrustDomain};
-pub use svid::{SvidError, leaf_spiffe_id, not_after};
+pub use svid::{SvidError, leaf_facts, leaf_spiffe_id, not_after};
 pub use verifier::{SpiffeClientVerifier, TrustBundles};
 pub use workload::{WorkloadApi, WorkloadEndpoint, WorkloadStatus};
 

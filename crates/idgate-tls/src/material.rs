@@ -23,7 +23,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{ASN1Time, FromDer, X509Certificate};
 
 use crate::spiffe::{SpiffeId, TrustDomain};
-use crate::svid::{leaf_spiffe_id, not_after};
+use crate::svid::{leaf_facts, not_after};
 use crate::verifier::{SpiffeClientVerifier, TrustBundles, build_domain_verifier};
 
 /// A problem with one TLS file; names the file and never includes key material.
@@ -363,10 +363,12 @@ impl TlsMaterial {
     pub fn expiry(&self) -> Expiry {
         let svid = self.svid.load();
         Expiry {
-            svid: svid
-                .as_ref()
-                .and_then(|svid| svid.cert.first())
-                .and_then(|leaf| Some((leaf_spiffe_id(leaf).ok(), not_after(leaf)?))),
+            svid: svid.as_ref().and_then(|svid| svid.cert.first()).and_then(
+                |leaf| match leaf_facts(leaf) {
+                    (id, Some(not_after)) => Some((id.ok(), not_after)),
+                    (_, None) => None,
+                },
+            ),
             bundles: self
                 .bundle_expiry
                 .load()

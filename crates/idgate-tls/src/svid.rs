@@ -34,8 +34,21 @@ pub enum SvidError {
 /// The end of a certificate's validity (`notAfter`), or `None` if it cannot be read.
 pub fn not_after(der: &[u8]) -> Option<std::time::SystemTime> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
+    not_after_of(&cert)
+}
+
+fn not_after_of(cert: &X509Certificate<'_>) -> Option<std::time::SystemTime> {
     let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
     std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
+}
+
+/// [`leaf_spiffe_id`] and [`not_after`] of one leaf, from a single parse (a connection's
+/// peer is read once, after its handshake).
+pub fn leaf_facts(der: &[u8]) -> (Result<SpiffeId, SvidError>, Option<std::time::SystemTime>) {
+    match X509Certificate::from_der(der) {
+        Ok((_, cert)) => (spiffe_id_of(&cert), not_after_of(&cert)),
+        Err(_) => (Err(SvidError::Malformed), None),
+    }
 }
 
 /// Checks a leaf certificate against the X509-SVID rules and returns its SPIFFE ID.
@@ -44,6 +57,10 @@ pub fn not_after(der: &[u8]) -> Option<std::time::SystemTime> {
 /// to a WebPKI verifier built from the bundle of the returned ID's trust domain.
 pub fn leaf_spiffe_id(der: &[u8]) -> Result<SpiffeId, SvidError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| SvidError::Malformed)?;
+    spiffe_id_of(&cert)
+}
+
+fn spiffe_id_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
     let san = cert
         .subject_alternative_name()
         .map_err(|_| SvidError::BadExtension)?;
@@ -166,6 +183,23 @@ mod tests {
             ),
         ] {
             assert_eq!(leaf_spiffe_id(&der).unwrap_err(), why);
+            // One parse tells the same: the refusal, and the expiry all the same.
+            let (id, expiry) = leaf_facts(&der);
+            assert_eq!(id.unwrap_err(), why);
+            assert_eq!(expiry, not_after(&der));
+            assert!(expiry.is_some());
         }
+    }
+
+    #[test]
+    fn one_parse_gives_the_leafs_spiffe_id_and_expiry() {
+        let der = cert(&[ID], false, vec![KeyUsagePurpose::DigitalSignature]);
+        let (id, expiry) = leaf_facts(&der);
+        assert_eq!(id.unwrap().as_str(), ID);
+        assert_eq!(expiry, not_after(&der));
+        assert!(expiry.is_some());
+        let (id, expiry) = leaf_facts(b"not a certificate");
+        assert_eq!(id.unwrap_err(), SvidError::Malformed);
+        assert_eq!(expiry, None);
     }
 }
