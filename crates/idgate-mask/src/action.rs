@@ -153,7 +153,7 @@ pub(crate) fn pseudonym_input(v: &Value) -> Option<Cow<'_, [u8]>> {
 
 /// What `action` leaves in place of the JSON string whose contents are `s`, written to
 /// `out` as JSON: the same as [`replace`] on that string, for a string read from a text
-/// without escapes (`s` holds no `"`, `\\` or control character, so every character
+/// without escapes (`s` holds no `"`, `\` or control character, so every character
 /// kept from it is written as it is). `pseudonym` is the pseudonym of `s` when the action
 /// needs one.
 pub(crate) fn replace_plain_str(

@@ -91,7 +91,7 @@ struct Edit {
     action: Option<Action>,
 }
 
-/// The contents of a string value written without escapes (`"..."` holding no `\\`), as
+/// The contents of a string value written without escapes (`"..."` holding no `\`), as
 /// they are; `None` for any other value. Most strings are such, and need no decoding.
 fn plain_string(raw: &str) -> Option<&str> {
     raw.strip_prefix('"')?
