@@ -8,6 +8,7 @@ pub mod material;
 pub mod roots;
 pub mod spiffe;
 pub mod svid;
+mod verified;
 pub mod verifier;
 pub mod watch;
 pub mod workload;

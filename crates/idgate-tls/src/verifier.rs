@@ -22,6 +22,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::spiffe::TrustDomain;
 use crate::svid::{SvidError, leaf_spiffe_id};
+use crate::verified::{ChainKey, VerifiedChains};
 
 impl Borrow<str> for TrustDomain {
     fn borrow(&self) -> &str {
@@ -48,9 +49,13 @@ impl std::fmt::Debug for PeerRefusal {
 }
 
 /// The verifiers of every configured trust domain, swapped as a whole on reload.
+///
+/// It also remembers the chains that verified against it ([`crate::verified`]): a new
+/// value, built whenever any bundle changes, starts with an empty memory.
 #[derive(Default)]
 pub struct TrustBundles {
     by_domain: HashMap<TrustDomain, Arc<dyn ClientCertVerifier>>,
+    verified: VerifiedChains,
 }
 
 impl TrustBundles {
@@ -63,11 +68,14 @@ impl TrustBundles {
         for (td, store) in roots {
             by_domain.insert(td, build_domain_verifier(store, provider)?);
         }
-        Ok(Self { by_domain })
+        Ok(Self::from_map(by_domain))
     }
 
     pub(crate) fn from_map(by_domain: HashMap<TrustDomain, Arc<dyn ClientCertVerifier>>) -> Self {
-        Self { by_domain }
+        Self {
+            by_domain,
+            verified: VerifiedChains::default(),
+        }
     }
 
     pub(crate) fn get(&self, trust_domain: &str) -> Option<&Arc<dyn ClientCertVerifier>> {
@@ -146,14 +154,22 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let id = leaf_spiffe_id(end_entity).map_err(|e| refuse(e.into()))?;
         let bundles = self.bundles.load();
+        let key = ChainKey::of(end_entity, intermediates);
+        if bundles.verified.holds(&key, now) {
+            return Ok(ClientCertVerified::assertion());
+        }
+        let id = leaf_spiffe_id(end_entity).map_err(|e| refuse(e.into()))?;
         let Some(verifier) = bundles.get(id.trust_domain_name()) else {
             return Err(refuse(PeerRefusal::UnknownTrustDomain(
                 id.trust_domain_name().to_owned(),
             )));
         };
-        verifier.verify_client_cert(end_entity, intermediates, now)
+        verifier.verify_client_cert(end_entity, intermediates, now)?;
+        bundles
+            .verified
+            .remember(key, end_entity, intermediates, now);
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -190,3 +206,6 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests;
