@@ -262,7 +262,7 @@ impl<'r> RequestCtx<'r> {
         self.recorded = true;
         let permit = self.audit_permit.take();
         if self.services.access_log.is_some() || self.services.audit.is_some() {
-            self.with_record(status, |record| {
+            self.with_record(status, latency, |record| {
                 if let Some(log) = &self.services.access_log {
                     log.write(record);
                 }
@@ -312,7 +312,12 @@ impl<'r> RequestCtx<'r> {
 
     /// The request's record, made for `f` (borrowed from the context: nothing is copied but
     /// a non-workload principal's label).
-    fn with_record<T>(&self, status: StatusCode, f: impl FnOnce(&Record<'_>) -> T) -> T {
+    fn with_record<T>(
+        &self,
+        status: StatusCode,
+        latency: Duration,
+        f: impl FnOnce(&Record<'_>) -> T,
+    ) -> T {
         let peer = self.conn.peer.as_ref().map(|p| p.as_str());
         // The principal that was authorized, or every one refused. Before authorization
         // (and on mTLS alone) the peer is all that is known, and no label is made.
@@ -334,7 +339,7 @@ impl<'r> RequestCtx<'r> {
             upstream_status: self.upstream_status.map(|s| s.as_u16()),
             credential: self.credential.as_ref().map(|c| (&**c.label, &*c.version)),
             decision: self.decision,
-            latency: self.start.elapsed(),
+            latency,
         })
     }
 
@@ -375,7 +380,7 @@ impl Drop for RequestCtx<'_> {
         if let Some(trail) = &self.services.audit {
             let permit = self.audit_permit.take();
             let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
-            self.with_record(status, |record| {
+            self.with_record(status, self.start.elapsed(), |record| {
                 let facts = self.audit_facts();
                 crate::audit::request(trail, record, &facts, self.conn.remote, permit);
             });

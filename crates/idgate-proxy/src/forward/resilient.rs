@@ -70,7 +70,9 @@ pub(crate) async fn send(
             }
         },
     };
-    let sent = attempts(ctx, upstream, parts, path_and_query, body).await;
+    // Boxed: the retry loop's future is half again the plain exchange's, and only the
+    // upstreams with a breaker, retries, health checks or several endpoints need it.
+    let sent = Box::pin(attempts(ctx, upstream, parts, path_and_query, body)).await;
     if let Some(p) = permit {
         p.record(classify(&sent).0);
     }
