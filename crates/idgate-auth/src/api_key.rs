@@ -85,8 +85,12 @@ pub enum ApiKeyError {
 }
 
 /// The server-side secret API key hashes are keyed with.
+///
+/// Held as the HMAC key ring derives from it (the hash states after the key's inner and
+/// outer pads), so a request's key is hashed without first hashing the pepper again; the
+/// bytes it was read from are zeroized when `new` returns.
 pub struct Pepper {
-    key: SecretBox<[u8]>,
+    key: hmac::Key,
     id: String,
 }
 
@@ -112,12 +116,10 @@ impl Pepper {
                 min: Self::MIN_LEN,
             });
         }
-        let tag = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, bytes.expose_secret()),
-            b"idgate api key pepper id",
-        );
+        let key = hmac::Key::new(hmac::HMAC_SHA256, bytes.expose_secret());
+        let tag = hmac::sign(&key, b"idgate api key pepper id");
         let id = idgate_codec::hex::encode(&tag.as_ref()[..8]);
-        Ok(Self { key: bytes, id })
+        Ok(Self { key, id })
     }
 
     /// Reads the pepper from a secret reference. Blocking (file, HSM).
@@ -136,10 +138,7 @@ impl Pepper {
 
     /// The keyed hash of a whole key, as stored.
     pub fn hash(&self, key: &str) -> [u8; 32] {
-        let tag = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, self.key.expose_secret()),
-            key.as_bytes(),
-        );
+        let tag = hmac::sign(&self.key, key.as_bytes());
         let mut out = [0u8; 32];
         out.copy_from_slice(tag.as_ref());
         out
