@@ -62,13 +62,29 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
 ];
 
 /// Removes every header named in `names` that is present. One pass over the (usually few)
-/// headers first, so that a message without any of them costs no lookups.
+/// headers first notes which are, so that only those are looked up and removed.
 fn remove_all<N: Borrow<HeaderName>>(headers: &mut HeaderMap, names: &[N]) {
-    if headers
-        .keys()
-        .any(|k| names.iter().any(|n| n.borrow() == k))
-    {
-        for name in names {
+    if names.len() > u64::BITS as usize {
+        if headers
+            .keys()
+            .any(|k| names.iter().any(|n| n.borrow() == k))
+        {
+            for name in names {
+                headers.remove(name.borrow());
+            }
+        }
+        return;
+    }
+    let mut present = 0u64;
+    for key in headers.keys() {
+        if let Some(i) = names.iter().position(|n| n.borrow() == key) {
+            present |= 1 << i;
+        }
+    }
+    while present != 0 {
+        let i = present.trailing_zeros() as usize;
+        present &= present - 1;
+        if let Some(name) = names.get(i) {
             headers.remove(name.borrow());
         }
     }
@@ -376,5 +392,38 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn every_value_of_every_listed_header_is_removed_and_nothing_else() {
+        let mut h = HeaderMap::new();
+        for name in HOP_BY_HOP.iter().rev() {
+            h.append(*name, HeaderValue::from_static("a"));
+            h.append(*name, HeaderValue::from_static("b"));
+        }
+        h.append("x-kept", HeaderValue::from_static("1"));
+        h.append("x-kept", HeaderValue::from_static("2"));
+        remove_all(&mut h, &HOP_BY_HOP);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h.get_all("x-kept").iter().count(), 2);
+
+        // Only some present, in any order.
+        let mut h = HeaderMap::new();
+        h.append(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.append("x-kept", HeaderValue::from_static("1"));
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        remove_all(&mut h, &HOP_BY_HOP);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
+
+        // More names than the bit set holds: the same result.
+        let many: Vec<HeaderName> = (0..70)
+            .map(|i| HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap())
+            .collect();
+        let mut h = HeaderMap::new();
+        h.append("x-h69", HeaderValue::from_static("1"));
+        h.append("x-h3", HeaderValue::from_static("1"));
+        h.append("x-kept", HeaderValue::from_static("1"));
+        remove_all(&mut h, &many);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
     }
 }

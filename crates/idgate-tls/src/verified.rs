@@ -15,6 +15,10 @@
 //!   (the latest `notBefore` to the earliest `notAfter`) and is used only inside it; outside
 //!   it the chain goes through the full verification again, which gives the precise reason.
 //!
+//! That purity holds because the domain verifiers are built without revocation lists
+//! (`verifier::build_domain_verifier`): a verifier that consulted a CRL would have to be
+//! replaced, with its bundle set, whenever the list changed.
+//!
 //! Only successes are remembered. What is never skipped is the handshake's proof of
 //! possession: the client's signature over the transcript with the leaf's key is verified
 //! on every connection, so a copied certificate without its key is still refused.
