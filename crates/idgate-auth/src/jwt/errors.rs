@@ -37,6 +37,15 @@ pub enum JwkError {
     Ed25519KeyLength,
     #[error("unsupported key type {0:?}")]
     UnsupportedKeyType(String),
+    /// The key's `alg` is none the gateway verifies.
+    #[error("the key's alg: {0}")]
+    UnsupportedAlgorithm(String),
+    /// The key's `alg` is one its type or curve cannot verify.
+    #[error("the key's alg is {alg}, which {key} cannot verify")]
+    AlgorithmNotForKey {
+        alg: &'static str,
+        key: &'static str,
+    },
 }
 
 /// A configured key that cannot be used, named by its `kid` or its position.

@@ -131,6 +131,13 @@ impl EcCurve {
         }
     }
 
+    fn key_kind(self) -> &'static str {
+        match self {
+            Self::P256 => "a P-256 key",
+            Self::P384 => "a P-384 key",
+        }
+    }
+
     /// The bytes of one coordinate, and of each of a signature's `r` and `s`.
     fn coordinate_len(self) -> usize {
         match self {
@@ -196,6 +203,27 @@ enum KeyMaterial {
         point: Vec<u8>,
     },
     Ed25519(Vec<u8>),
+}
+
+impl KeyMaterial {
+    /// Whether a key of this type and curve may verify `alg`: an RSA key any `RS*` or
+    /// `PS*`, an EC key its curve's one algorithm, an Ed25519 key EdDSA.
+    fn fits(&self, alg: Algorithm) -> bool {
+        match self {
+            Self::Rsa { .. } => rsa_parameters(alg).is_some(),
+            Self::Ec { curve, .. } => curve.algorithm() == alg,
+            Self::Ed25519(_) => alg == Algorithm::EdDSA,
+        }
+    }
+
+    /// The key's type and curve, for an error.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Rsa { .. } => "an RSA key",
+            Self::Ec { curve, .. } => curve.key_kind(),
+            Self::Ed25519(_) => "an Ed25519 key",
+        }
+    }
 }
 
 /// A JWK checked and decoded, ready to verify signatures.
@@ -294,6 +322,20 @@ impl VerifyingKey {
             }
             other => return Err(JwkError::UnsupportedKeyType(other.to_owned())),
         };
+        // A key that names an algorithm verifies that one alone: refused now if it is one the
+        // gateway cannot verify, or one its own type and curve cannot (RFC 7518 §3), rather
+        // than loaded to refuse every token.
+        if let Some(alg) = jwk.alg.as_deref() {
+            let named = alg
+                .parse::<Algorithm>()
+                .map_err(|why| JwkError::UnsupportedAlgorithm(why.to_string()))?;
+            if !material.fits(named) {
+                return Err(JwkError::AlgorithmNotForKey {
+                    alg: named.as_str(),
+                    key: material.kind(),
+                });
+            }
+        }
         Ok(Self {
             kid: jwk.kid.clone(),
             alg: jwk.alg.clone(),
@@ -305,12 +347,7 @@ impl VerifyingKey {
     /// `PS*`, an EC key its curve's one algorithm), and its own `alg`, when it has one, is
     /// the same.
     pub(crate) fn supports(&self, alg: Algorithm) -> bool {
-        let fits = match &self.material {
-            KeyMaterial::Rsa { .. } => rsa_parameters(alg).is_some(),
-            KeyMaterial::Ec { curve, .. } => curve.algorithm() == alg,
-            KeyMaterial::Ed25519(_) => alg == Algorithm::EdDSA,
-        };
-        fits && self.alg.as_deref().is_none_or(|a| a == alg.as_str())
+        self.material.fits(alg) && self.alg.as_deref().is_none_or(|a| a == alg.as_str())
     }
 
     pub(crate) fn is_ed25519(&self) -> bool {

@@ -107,7 +107,8 @@ impl JwtBundle {
                 Err(
                     why @ (JwkError::UnsupportedKeyType(_)
                     | JwkError::UnsupportedEcCurve
-                    | JwkError::UnsupportedOkpCurve),
+                    | JwkError::UnsupportedOkpCurve
+                    | JwkError::UnsupportedAlgorithm(_)),
                 ) => {
                     tracing::debug!(trust_domain = %trust_domain, kid, %why, "skipping a jwt-svid key");
                 }

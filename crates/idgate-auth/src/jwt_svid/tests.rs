@@ -466,7 +466,11 @@ fn a_bundle_keeps_only_its_jwt_svid_keys() {
     let mut no_use = serde_json::to_value(other.jwk("n", Algorithm::ES256)).unwrap();
     no_use.as_object_mut().unwrap().remove("use");
     let ed = svid_entry(&TestKey::ed25519().jwk("ed", Algorithm::EdDSA));
+    // An algorithm the gateway does not verify: skipped like an unknown key type.
+    let mut hs = svid_entry(&other.jwk("hs", Algorithm::ES256));
+    hs["alg"] = json!("HS256");
     let json = bundle_json(vec![
+        hs,
         x509,
         no_use,
         json!({"kty": "oct", "k": "c2VjcmV0", "kid": "h", "use": "jwt-svid"}),

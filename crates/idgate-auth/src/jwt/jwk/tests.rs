@@ -45,13 +45,60 @@ fn keys_verify_only_their_own_type_and_declared_alg() {
         (says(&rsa, "RS384"), vec![RS384]),
         (says(&rsa, "PS512"), vec![PS512]),
         (no_alg(&rsa), vec![RS256, RS384, RS512, PS256, PS384, PS512]),
-        // A key whose `alg` does not fit its curve or type verifies nothing.
-        (says(&p256, "ES384"), vec![]),
-        (says(&p384, "ES256"), vec![]),
-        (says(&p384, "ES512"), vec![]),
-        (says(&rsa, "ES384"), vec![]),
     ] {
         assert_eq!(supported(&jwk), expected, "{jwk:?}");
+    }
+}
+
+#[test]
+fn a_key_whose_alg_its_type_cannot_verify_is_refused_at_load_and_says_why() {
+    let ed = Jwk::ed25519("k", &[7; 32]);
+    let p256 = Jwk::p256("k", &point(32)).unwrap();
+    let p384 = Jwk::p384("k", &point(48)).unwrap();
+    let rsa = Jwk::rsa("k", &[0xc1; 256], &[1, 0, 1], Algorithm::PS256);
+    let says = |jwk: &Jwk, alg: &str| Jwk {
+        alg: Some(alg.into()),
+        ..jwk.clone()
+    };
+    for (jwk, why) in [
+        (
+            says(&p256, "ES384"),
+            "the key's alg is ES384, which a P-256 key cannot verify",
+        ),
+        (
+            says(&p384, "ES256"),
+            "the key's alg is ES256, which a P-384 key cannot verify",
+        ),
+        (
+            says(&rsa, "ES384"),
+            "the key's alg is ES384, which an RSA key cannot verify",
+        ),
+        (
+            says(&ed, "ES256"),
+            "the key's alg is ES256, which an Ed25519 key cannot verify",
+        ),
+        (
+            says(&p256, "EdDSA"),
+            "the key's alg is EdDSA, which a P-256 key cannot verify",
+        ),
+    ] {
+        let err = VerifyingKey::from_jwk(&jwk).unwrap_err();
+        assert_eq!(err.to_string(), why, "{jwk:?}");
+    }
+    for (jwk, starts) in [
+        (says(&p384, "ES512"), "the key's alg: ES512"),
+        (says(&rsa, "HS256"), "the key's alg: "),
+        (says(&rsa, "none"), "the key's alg: "),
+        (
+            says(&rsa, "rs256"),
+            "the key's alg: unsupported algorithm \"rs256\"",
+        ),
+    ] {
+        let err = VerifyingKey::from_jwk(&jwk).unwrap_err();
+        assert!(
+            matches!(err, JwkError::UnsupportedAlgorithm(_)) && err.to_string().starts_with(starts),
+            "{jwk:?}: {err}"
+        );
     }
 }
 
