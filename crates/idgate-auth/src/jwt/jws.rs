@@ -95,7 +95,7 @@ pub enum AlgorithmError {
     #[error("\"none\" is never accepted: an unsigned token proves nothing")]
     None,
     #[error(
-        "{0} is never accepted: an HMAC needs a shared secret, and a public key is not one; use {names}",
+        "{0:?} is never accepted: an HMAC needs a shared secret, and a public key is not one; use {names}",
         names = Algorithm::NAMES
     )]
     Hmac(String),

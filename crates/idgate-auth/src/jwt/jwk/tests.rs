@@ -87,7 +87,10 @@ fn a_key_whose_alg_its_type_cannot_verify_is_refused_at_load_and_says_why() {
     }
     for (jwk, starts) in [
         (says(&p384, "ES512"), "the key's alg: ES512"),
-        (says(&rsa, "HS256"), "the key's alg: "),
+        (
+            says(&rsa, "HS256\nforged: line"),
+            "the key's alg: \"HS256\\nforged: line\" is never accepted",
+        ),
         (says(&rsa, "none"), "the key's alg: "),
         (
             says(&rsa, "rs256"),
