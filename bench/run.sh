@@ -758,6 +758,9 @@ cpu_ticks() { # pids... -> utime+stime summed
   echo "$t"
 }
 hwm_kib() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
+# The machine's CPU time so far, all of it and the part the hypervisor took for others
+# ("steal", the 8th field of /proc/stat's cpu line; 0 on bare metal): "total steal".
+machine_ticks() { awk '$1 == "cpu" {t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9; exit}' /proc/stat; }
 # Resets VmHWM to the current VmRSS, so that a mode's peak is its own and not the
 # memory measurement's (Linux >= 4.0; without permission the peak is since start).
 HWM_RESET=yes
@@ -770,7 +773,7 @@ LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
 if [[ -n $MODES ]] && awk -v l="$LOAD_BEFORE" 'BEGIN {exit !(l > 0.5)}'; then
   log "WARNING: load average is $LOAD_BEFORE before measuring: other work on this machine will skew the numbers"
 fi
-RESULTS=$WORK/results.tsv   # mode/response round proxy ok rps p50 p99 cpu_us non200 errors
+RESULTS=$WORK/results.tsv   # mode/response round proxy ok rps p50 p99 cpu_us non200 errors steal%
 RSS=$WORK/rss.tsv           # mode proxy kib
 : >"$RESULTS"
 : >"$RSS"
@@ -818,20 +821,24 @@ for mode in $MODES; do
         out=$WORK/oha/$mode-$resp-r$r-$p.json
         # shellcheck disable=SC2086
         t0=$(cpu_ticks ${MEASURE[$p]})
+        read -r m0 s0 <<<"$(machine_ticks)"
         run_oha "$p" "$mode" "$resp" "$DURATION" "$out"
         # shellcheck disable=SC2086
         t1=$(cpu_ticks ${MEASURE[$p]})
-        row=$(jq -r --arg mode "$mode/$resp" --arg r "$r" --arg p "$p" --argjson ticks $((t1 - t0)) --argjson hz "$CLK_TCK" '
+        read -r m1 s1 <<<"$(machine_ticks)"
+        steal=$(awk -v m=$((m1 - m0)) -v s=$((s1 - s0)) 'BEGIN {printf "%.1f", (m > 0 ? 100 * s / m : 0)}')
+        row=$(jq -r --arg mode "$mode/$resp" --arg r "$r" --arg p "$p" --argjson ticks $((t1 - t0)) --argjson hz "$CLK_TCK" \
+          --argjson steal "$steal" '
           (.statusCodeDistribution["200"] // 0) as $ok
           | ([.statusCodeDistribution | to_entries[] | select(.key != "200") | .value] | add // 0) as $non200
           | ([.errorDistribution | to_entries[] | select(.key != "aborted due to deadline") | .value] | add // 0) as $errors
           | [$mode, $r, $p, $ok, ($ok / .summary.total),
              (.metrics.latency_ms.p50 // 0), (.metrics.latency_ms.p99 // 0),
-             (if $ok > 0 then $ticks / $hz * 1000000 / $ok else 0 end), $non200, $errors]
+             (if $ok > 0 then $ticks / $hz * 1000000 / $ok else 0 end), $non200, $errors, $steal]
           | @tsv' "$out")
         printf '%s\n' "$row" >>"$RESULTS"
-        IFS=$'\t' read -r _ _ _ _ rps p50 p99 cpu non200 errors <<<"$row"
-        log "  $resp round $r $p: $(printf '%.0f req/s  p50 %.2f ms  p99 %.2f ms  %.0f us CPU/req' "$rps" "$p50" "$p99" "$cpu")  non-200 $non200  errors $errors"
+        IFS=$'\t' read -r _ _ _ _ rps p50 p99 cpu non200 errors _ <<<"$row"
+        log "  $resp round $r $p: $(printf '%.0f req/s  p50 %.2f ms  p99 %.2f ms  %.0f us CPU/req' "$rps" "$p50" "$p99" "$cpu")  non-200 $non200  errors $errors  steal $steal%"
         sleep "$PAUSE"
       done
     done
@@ -967,8 +974,8 @@ report() {
         newconn) echo "#### New connection per request, $resp response: $CONNS concurrent clients (\`--disable-keepalive\`)" ;;
       esac
       echo
-      echo "| proxy | req/s (median) | p50 ms | p99 ms | peak RSS MiB | CPU µs/req | non-200 | errors |"
-      echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+      echo "| proxy | req/s (median) | p50 ms | p99 ms | peak RSS MiB | CPU µs/req | non-200 | errors | steal % (max) |"
+      echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
       declare -A M_RPS=() M_P99=()
       for p in "${proxy_list[@]}"; do
         rps=$(col "$c" "$p" 5 | median)
@@ -978,8 +985,8 @@ report() {
         kib=$(awk -F'\t' -v m="$mode" -v p="$p" '$1 == m && $2 == p {print $3}' "$RSS")
         M_RPS[$p]=$rps
         M_P99[$p]=$p99
-        printf '| %s | %.0f | %.2f | %.2f | %.1f | %.0f | %s | %s |\n' "${LABEL[$p]}" "$rps" "$p50" "$p99" \
-          "$(mib "$kib")" "$cpu" "$(sum_col "$c" "$p" 9)" "$(sum_col "$c" "$p" 10)"
+        printf '| %s | %.0f | %.2f | %.2f | %.1f | %.0f | %s | %s | %.1f |\n' "${LABEL[$p]}" "$rps" "$p50" "$p99" \
+          "$(mib "$kib")" "$cpu" "$(sum_col "$c" "$p" 9)" "$(sum_col "$c" "$p" 10)" "$(col "$c" "$p" 11 | sort -g | tail -n 1)"
       done
       if has_proxy idgate; then
         echo
@@ -994,7 +1001,7 @@ report() {
       for ((r = 1; r <= ROUNDS; r++)); do
         printf ' r%d' "$r"
         for p in "${proxy_list[@]}"; do
-          printf ' %s %.0f' "${LABEL[$p]}" "$(awk -F'\t' -v m="$c" -v r="$r" -v p="$p" '$1 == m && $2 == r && $3 == p {print $5}' "$RESULTS")"
+          printf ' %s %s' "${LABEL[$p]}" "$(awk -F'\t' -v m="$c" -v r="$r" -v p="$p" '$1 == m && $2 == r && $3 == p {printf "%.0f (steal %.0f%%)", $5, $11}' "$RESULTS")"
         done
         if ((r < ROUNDS)); then printf ';'; fi
       done
@@ -1072,6 +1079,9 @@ report() {
   fi
   echo "CPU µs/req is the proxy's user+system CPU time during the run divided by the 200 responses."
   echo "\"errors\" excludes oha's \"aborted due to deadline\" (requests in flight when a run ends)."
+  echo "Steal is the share of the machine's CPU time the hypervisor gave to other guests during a run"
+  echo "(/proc/stat), the highest of the rounds: above a few percent the machine was throttled, and the"
+  echo "ratios of such runs are not a comparison of the proxies."
 }
 report >"$MD"
 
