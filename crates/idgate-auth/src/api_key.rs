@@ -289,6 +289,9 @@ struct Entry {
     key: StoredKey,
     /// The parsed binding; `Err` when the stored ID does not parse (the key is then unusable).
     binding: Option<Result<SpiffeId, ()>>,
+    /// What a request this key authenticates is told, made once per read of the store: its
+    /// binding, when there is one, is the only workload verification lets through.
+    identity: Arc<ApiKeyIdentity>,
 }
 
 #[derive(Default)]
@@ -305,7 +308,18 @@ impl Table {
                     .bound_spiffe
                     .as_deref()
                     .map(|s| SpiffeId::new(s).map_err(|_| ()));
-                (key.id.clone(), Entry { key, binding })
+                let identity = Arc::new(ApiKeyIdentity {
+                    id: key.id.clone(),
+                    name: key.name.clone(),
+                    scopes: key.scopes.clone(),
+                    workload: binding.clone().and_then(Result::ok),
+                });
+                let entry = Entry {
+                    key,
+                    binding,
+                    identity,
+                };
+                (entry.key.id.clone(), entry)
             })
             .collect();
         Self { keys }
@@ -515,7 +529,7 @@ impl ApiKeyVerifier {
         presented: &str,
         peer: Option<&SpiffeId>,
         now: SystemTime,
-    ) -> Result<ApiKeyIdentity, AuthFailure> {
+    ) -> Result<Arc<ApiKeyIdentity>, AuthFailure> {
         let Some(id) = parse_key_id(presented) else {
             tracing::debug!("API key refused: not an idgate key");
             return Err(AuthFailure::InvalidApiKey);
@@ -543,9 +557,9 @@ impl ApiKeyVerifier {
             tracing::debug!(key_id = id, %state, "API key refused");
             return Err(AuthFailure::InvalidApiKey);
         }
-        let workload = match &entry.binding {
-            None => None,
-            Some(Ok(bound)) if peer == Some(bound) => Some(bound.clone()),
+        match &entry.binding {
+            None => {}
+            Some(Ok(bound)) if peer == Some(bound) => {}
             Some(Ok(bound)) => {
                 tracing::debug!(
                     key_id = id,
@@ -562,13 +576,8 @@ impl ApiKeyVerifier {
                 );
                 return Err(AuthFailure::InvalidApiKey);
             }
-        };
-        Ok(ApiKeyIdentity {
-            id: entry.key.id.clone(),
-            name: entry.key.name.clone(),
-            scopes: entry.key.scopes.clone(),
-            workload,
-        })
+        }
+        Ok(entry.identity.clone())
     }
 }
 

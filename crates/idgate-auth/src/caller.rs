@@ -8,6 +8,7 @@
 //! presented together never add up.
 
 use std::fmt;
+use std::sync::Arc;
 
 use idgate_tls::SpiffeId;
 
@@ -47,7 +48,8 @@ pub struct Caller {
     /// The connection's SVID, when the route's `auth` lists `mtls`: a principal with no
     /// scopes. On other routes the SVID counts only as part of a credential bound to it.
     pub spiffe_id: Option<SpiffeId>,
-    pub api_key: Option<ApiKeyIdentity>,
+    /// Shared with the verifier's table: a request does not copy the key's names and scopes.
+    pub api_key: Option<Arc<ApiKeyIdentity>>,
     pub token: Option<TokenIdentity>,
     /// A JWT-SVID in `Authorization: Bearer`, when the route's `auth` lists `jwt_svid`.
     pub jwt_svid: Option<JwtSvidIdentity>,
@@ -115,7 +117,7 @@ impl Caller {
     /// Every principal the request established, credentials first.
     pub fn principals(&self) -> impl Iterator<Item = Principal<'_>> {
         let token = self.token.as_ref().map(Principal::Token);
-        let key = self.api_key.as_ref().map(Principal::ApiKey);
+        let key = self.api_key.as_deref().map(Principal::ApiKey);
         let svid = self.jwt_svid.as_ref().map(Principal::JwtSvid);
         let workload = self.spiffe_id.as_ref().map(Principal::Workload);
         token.into_iter().chain(key).chain(svid).chain(workload)

@@ -230,6 +230,8 @@ impl ScopeRule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use crate::caller::{ApiKeyIdentity, TokenIdentity};
     use idgate_tls::SpiffeId;
 
@@ -361,7 +363,7 @@ mod tests {
                 allow(&["spiffe://example.org/ns/kyc/*"]),
                 Caller {
                     spiffe_id: svid(),
-                    api_key: Some(key("batch", &["sessions:write"], None)),
+                    api_key: Some(Arc::new(key("batch", &["sessions:write"], None))),
                     ..Caller::default()
                 },
                 Err("insufficient-scope"),
@@ -389,7 +391,7 @@ mod tests {
                 "a key bound to the allowed workload, with the scope",
                 allow(&["spiffe://example.org/ns/kyc/*"]),
                 Caller {
-                    api_key: Some(key("batch", &["sessions:write"], Some(KYC))),
+                    api_key: Some(Arc::new(key("batch", &["sessions:write"], Some(KYC)))),
                     ..Caller::default()
                 },
                 Ok("apikey:batch"),
@@ -408,7 +410,7 @@ mod tests {
                 "an allowed key without the scope and an allowed token with it",
                 allow(&["apikey:batch", "client:onboarding"]),
                 Caller {
-                    api_key: Some(key("batch", &[], None)),
+                    api_key: Some(Arc::new(key("batch", &[], None))),
                     token: Some(token("onboarding", &["sessions:write"], None)),
                     ..Caller::default()
                 },
@@ -430,7 +432,7 @@ mod tests {
         }
         // Scopes split over two allowed credentials do not add up either.
         let split = Caller {
-            api_key: Some(key("batch", &["sessions:read"], None)),
+            api_key: Some(Arc::new(key("batch", &["sessions:read"], None))),
             token: Some(token("onboarding", &["sessions:write"], None)),
             ..Caller::default()
         };

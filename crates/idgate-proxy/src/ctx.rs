@@ -248,7 +248,7 @@ impl<'r> RequestCtx<'r> {
         let caller = self.caller.as_ref()?;
         match self.authorized? {
             Authorized::Workload => caller.spiffe_id.as_ref().map(Principal::Workload),
-            Authorized::ApiKey => caller.api_key.as_ref().map(Principal::ApiKey),
+            Authorized::ApiKey => caller.api_key.as_deref().map(Principal::ApiKey),
             Authorized::Token => caller.token.as_ref().map(Principal::Token),
             Authorized::JwtSvid => caller.jwt_svid.as_ref().map(Principal::JwtSvid),
         }

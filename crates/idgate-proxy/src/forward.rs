@@ -192,7 +192,11 @@ pub(crate) async fn forward<'r>(
                 .await
             {
                 Ok(u) => {
-                    services.metrics.credential_used(&cred.label, &u.version);
+                    services.metrics.credential_used(
+                        &upstream.credential_counted,
+                        &cred.label,
+                        &u.version,
+                    );
                     ctx.credential = Some(CredentialUse {
                         label: &cred.label,
                         version: u.version,

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -95,6 +96,12 @@ struct KindLabel {
 struct ReasonLabel {
     reason: &'static str,
 }
+
+/// The counter of the credential version an upstream's requests used last (see
+/// [`Metrics::credential_used`]). The counter is the family's own: a version counted through
+/// it or through the family adds to the same series.
+#[derive(Debug, Default)]
+pub struct LastUse(ArcSwapOption<(Arc<str>, Counter)>);
 
 pub struct Metrics {
     registry: Registry,
@@ -309,13 +316,22 @@ impl Metrics {
         self.send_timeouts.get_or_create(&KindLabel { kind }).inc();
     }
 
-    pub fn credential_used(&self, label: &Arc<str>, version: &Arc<str>) {
-        self.credential_uses
-            .get_or_create(&CredentialUse {
-                credential: RouteLabel(label.clone()),
-                version: RouteLabel(version.clone()),
-            })
-            .inc();
+    /// Counts a use of the credential `label` at `version`. `last` is the upstream's
+    /// [`LastUse`]: a request that uses the version the one before it used counts on the
+    /// counter kept there, without the family's lock and label hash.
+    pub fn credential_used(&self, last: &LastUse, label: &Arc<str>, version: &Arc<str>) {
+        if let Some(kept) = &*last.0.load()
+            && kept.0 == *version
+        {
+            kept.1.inc();
+            return;
+        }
+        let counter = self.credential_uses.get_or_create_owned(&CredentialUse {
+            credential: RouteLabel(label.clone()),
+            version: RouteLabel(version.clone()),
+        });
+        counter.inc();
+        last.0.store(Some(Arc::new((version.clone(), counter))));
     }
 
     pub fn credential_failed(&self, label: &str) {
@@ -442,5 +458,29 @@ mod tests {
         }
         // No material given: no certificate series, and no descriptor without samples.
         assert!(!text.contains("certificate_expiry"), "{text}");
+    }
+
+    #[test]
+    fn credential_uses_count_each_version_through_the_kept_counter_and_the_family_alike() {
+        let metrics = Metrics::new();
+        let label: Arc<str> = "didit".into();
+        let (v1, v2): (Arc<str>, Arc<str>) = ("v1".into(), "v2".into());
+        let (route_a, route_b) = (LastUse::default(), LastUse::default());
+        metrics.credential_used(&route_a, &label, &v1);
+        metrics.credential_used(&route_a, &label, &v1);
+        // Another upstream with the same credential and version adds to the same series.
+        metrics.credential_used(&route_b, &label, &v1);
+        // A rotation: the new version gets its own series, the old one keeps its count.
+        metrics.credential_used(&route_a, &label, &v2);
+        metrics.credential_used(&route_a, &label, &v2);
+        // An equal version text from another allocation is the same version.
+        metrics.credential_used(&route_a, &label, &Arc::from("v2"));
+        let text = metrics.encode();
+        for line in [
+            r#"idgate_upstream_credential_uses_total{credential="didit",version="v1"} 3"#,
+            r#"idgate_upstream_credential_uses_total{credential="didit",version="v2"} 3"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

@@ -80,6 +80,8 @@ pub struct Upstream {
     pub max_body_bytes: u64,
     pub forwarded_for: bool,
     pub credential: Option<Arc<Credential>>,
+    /// The credential version counted last, for `upstream_credential_uses`.
+    pub credential_counted: crate::metrics::LastUse,
     /// hyper's client: for `https://` upstreams with `http2 = true` (HTTP/2 or HTTP/1.1 by
     /// ALPN), upstreams with `client = "hyper"`, and the gateway's own calls such as OAuth2
     /// token requests.
@@ -188,6 +190,7 @@ impl Upstream {
             max_body_bytes: cfg.max_body_bytes,
             forwarded_for: cfg.forwarded_for,
             credential,
+            credential_counted: Default::default(),
             client,
             limit,
             breaker: cfg.breaker.clone(),

@@ -334,11 +334,13 @@ mod tests {
         };
         let kyc = SpiffeId::new("spiffe://example.org/ns/kyc/sa/a").unwrap();
         let web = SpiffeId::new("spiffe://example.org/ns/web/sa/b").unwrap();
-        let key = |name: &str| ApiKeyIdentity {
-            id: "k".to_owned(),
-            name: name.to_owned(),
-            scopes: Vec::new(),
-            workload: None,
+        let key = |name: &str| {
+            Arc::new(ApiKeyIdentity {
+                id: "k".to_owned(),
+                name: name.to_owned(),
+                scopes: Vec::new(),
+                workload: None,
+            })
         };
         let token = |issuer: &str| TokenIdentity {
             issuer: issuer.to_owned(),
