@@ -8,6 +8,8 @@ pub mod material;
 pub mod roots;
 pub mod spiffe;
 pub mod svid;
+#[cfg(test)]
+mod test_ca;
 mod verified;
 pub mod verifier;
 pub mod watch;

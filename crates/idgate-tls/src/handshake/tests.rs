@@ -4,69 +4,13 @@
 
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
-};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{PrivateKeyDer, ServerName};
 use rustls::{AlertDescription, ClientConfig, ClientConnection, ServerConfig, ServerConnection};
-use time::{Duration, OffsetDateTime};
 
 use super::*;
 use crate::material::{MaterialSpec, TlsMaterial, TlsVersion};
-
-/// A CA for `trust_domain` that issues leaves.
-struct Ca(CertifiedIssuer<'static, KeyPair>);
-
-impl Ca {
-    fn new(trust_domain: &str) -> Self {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{trust_domain} CA"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(10);
-        Self(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
-    }
-
-    fn pem(&self) -> String {
-        self.0.pem()
-    }
-
-    /// A leaf with these SANs, valid from `from` to `until` hours from now.
-    fn leaf(&self, sans: &[&str], from: i64, until: i64) -> (String, String) {
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = sans
-            .iter()
-            .map(|s| match s.strip_prefix("dns:") {
-                Some(dns) => SanType::DnsName((*dns).try_into().unwrap()),
-                None => SanType::URI((*s).try_into().unwrap()),
-            })
-            .collect();
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now + Duration::hours(from);
-        params.not_after = now + Duration::hours(until);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.0).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// A workload SVID valid for a day.
-    fn svid(&self, id: &str) -> (String, String) {
-        self.leaf(&[id], -1, 24)
-    }
-}
+use crate::test_ca::{Ca, Leaf};
 
 /// The gateway's TLS material: its SVID from `ca`, `ca` trusted for `example.org`.
 struct Gateway {
@@ -82,10 +26,10 @@ impl Gateway {
             std::fs::write(&path, text).unwrap();
             path
         };
-        let (cert, key) = ca.leaf(&["spiffe://example.org/idgate", "dns:localhost"], -1, 24);
+        let leaf = ca.leaf(&["spiffe://example.org/idgate", "dns:localhost"], -1, 24);
         let spec = MaterialSpec {
-            svid_cert: write("gateway.crt", &cert),
-            svid_key: write("gateway.key", &key),
+            svid_cert: write("gateway.crt", &leaf.pem),
+            svid_key: write("gateway.key", &leaf.key_pem),
             bundles: vec![(
                 "example.org".parse().unwrap(),
                 write("bundle.pem", &ca.pem()),
@@ -103,25 +47,23 @@ impl Gateway {
     }
 }
 
-/// A client trusting `server_ca`, presenting `identity` (PEM cert and key) if given.
+/// A client trusting `server_ca`, presenting `identity` if given.
 fn client(
     server_ca: &Ca,
-    identity: Option<(String, String)>,
+    identity: Option<Leaf>,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(server_ca.pem().as_bytes()).unwrap())
-        .unwrap();
+    roots.add(server_ca.root()).unwrap();
     let builder = ClientConfig::builder_with_provider(crate::crypto_provider())
         .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots);
     Arc::new(match identity {
-        Some((cert, key)) => builder
+        Some(leaf) => builder
             .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                vec![leaf.der],
+                PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
             )
             .unwrap(),
         None => builder.with_no_client_auth(),

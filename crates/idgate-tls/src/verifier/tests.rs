@@ -3,50 +3,8 @@
 
 use std::time::{Duration as StdDuration, SystemTime};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
-};
-use time::{Duration, OffsetDateTime};
-
 use super::*;
-
-struct Ca(CertifiedIssuer<'static, KeyPair>);
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::days(1);
-        params.not_after = now + Duration::days(30);
-        Self(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
-    }
-
-    fn root(&self) -> CertificateDer<'static> {
-        self.0.der().clone()
-    }
-
-    /// An SVID for `id`, valid from an hour ago until a day from now.
-    fn svid(&self, id: &str) -> CertificateDer<'static> {
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::hours(24);
-        params
-            .signed_by(&KeyPair::generate().unwrap(), &self.0)
-            .unwrap()
-            .der()
-            .clone()
-    }
-}
+use crate::test_ca::Ca;
 
 fn provider() -> Arc<CryptoProvider> {
     crate::crypto_provider()
@@ -87,7 +45,7 @@ fn a_chain_verified_once_is_taken_from_memory_on_the_next_handshake() {
     let ca = Ca::new("example.org CA");
     let bundles = Arc::new(ArcSwap::from_pointee(bundles(&ca)));
     let v = verifier(&bundles);
-    let leaf = ca.svid("spiffe://example.org/ns/kyc/sa/a");
+    let leaf = ca.svid("spiffe://example.org/ns/kyc/sa/a").der;
 
     v.verify_client_cert(&leaf, &[], at(0)).unwrap();
     assert_eq!(hits(&bundles), 0);
@@ -102,7 +60,7 @@ fn a_remembered_chain_outside_its_validity_is_verified_again_and_refused() {
     let ca = Ca::new("example.org CA");
     let bundles = Arc::new(ArcSwap::from_pointee(bundles(&ca)));
     let v = verifier(&bundles);
-    let leaf = ca.svid("spiffe://example.org/ns/kyc/sa/a");
+    let leaf = ca.svid("spiffe://example.org/ns/kyc/sa/a").der;
     v.verify_client_cert(&leaf, &[], at(0)).unwrap();
 
     let expired = v.verify_client_cert(&leaf, &[], at(25 * HOUR)).unwrap_err();
@@ -129,7 +87,7 @@ fn changing_the_bundles_forgets_every_remembered_chain() {
     let old = Ca::new("old example.org CA");
     let bundles = Arc::new(ArcSwap::from_pointee(bundles_of(&old)));
     let v = verifier(&bundles);
-    let leaf = old.svid("spiffe://example.org/ns/kyc/sa/a");
+    let leaf = old.svid("spiffe://example.org/ns/kyc/sa/a").der;
     v.verify_client_cert(&leaf, &[], at(0)).unwrap();
 
     // The trust domain's bundle now holds only a new CA: the old CA's SVID is refused.
@@ -153,11 +111,11 @@ fn another_leaf_or_another_list_of_intermediates_is_not_taken_from_memory() {
     let stranger = Ca::new("example.org CA");
     let bundles = Arc::new(ArcSwap::from_pointee(bundles(&ca)));
     let v = verifier(&bundles);
-    let leaf = ca.svid("spiffe://example.org/ns/kyc/sa/a");
+    let leaf = ca.svid("spiffe://example.org/ns/kyc/sa/a").der;
     v.verify_client_cert(&leaf, &[], at(0)).unwrap();
 
     // Same SPIFFE ID and issuer name, another CA's signature.
-    let forged = stranger.svid("spiffe://example.org/ns/kyc/sa/a");
+    let forged = stranger.svid("spiffe://example.org/ns/kyc/sa/a").der;
     assert!(v.verify_client_cert(&forged, &[], at(0)).is_err());
     // The remembered leaf with an intermediate added is another chain.
     v.verify_client_cert(&leaf, &[stranger.root()], at(0))
@@ -172,11 +130,11 @@ fn a_refused_chain_is_never_remembered() {
     let stranger = Ca::new("stranger CA");
     let bundles = Arc::new(ArcSwap::from_pointee(bundles(&ca)));
     let v = verifier(&bundles);
-    let forged = stranger.svid("spiffe://example.org/ns/kyc/sa/a");
+    let forged = stranger.svid("spiffe://example.org/ns/kyc/sa/a").der;
     for _ in 0..2 {
         assert!(v.verify_client_cert(&forged, &[], at(0)).is_err());
     }
-    let other_domain = ca.svid("spiffe://other.org/ns/kyc/sa/a");
+    let other_domain = ca.svid("spiffe://other.org/ns/kyc/sa/a").der;
     assert!(v.verify_client_cert(&other_domain, &[], at(0)).is_err());
     assert_eq!(bundles.load().verified.len(), 0);
     assert_eq!(hits(&bundles), 0);
@@ -187,7 +145,7 @@ fn the_memory_of_verified_chains_is_bounded() {
     let ca = Ca::new("example.org CA");
     let memory = VerifiedChains::with_capacity(3);
     let leaves: Vec<_> = (0..7)
-        .map(|i| ca.svid(&format!("spiffe://example.org/w/{i}")))
+        .map(|i| ca.svid(&format!("spiffe://example.org/w/{i}")).der)
         .collect();
     for leaf in &leaves {
         memory.remember(ChainKey::of(leaf, &[]), leaf, &[], at(0));
