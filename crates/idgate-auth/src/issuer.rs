@@ -1,18 +1,22 @@
 //! The built-in token issuer (the signing half of `POST /oauth2/token`): short-lived JWT
-//! access tokens for the client credentials grant, signed ES256 or EdDSA, bound to the
-//! client's certificate (RFC 8705 `cnf.x5t#S256`), with the public key published as a JWKS.
+//! access tokens for the client credentials grant, signed ES256, EdDSA or RS256 (by the key's
+//! type), bound to the client's certificate (RFC 8705 `cnf.x5t#S256`), with the public key
+//! published as a JWKS. RS256 is the one algorithm RFC 9068 requires every resource server to
+//! accept: an RSA key serves those that take nothing else.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::rand::SystemRandom;
-use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use ring::rsa::PublicKeyComponents;
+use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use serde_json::{Value, json};
 
 enum Key {
     Es256(EcdsaKeyPair),
     EdDsa(Ed25519KeyPair),
+    Rs256(RsaKeyPair),
 }
 
 /// Signs access tokens. Never exposes its private key (not even in `Debug`).
@@ -40,7 +44,9 @@ impl std::fmt::Debug for TokenIssuer {
 pub enum IssuerError {
     #[error("the signing key is not a PKCS#8 PEM private key")]
     NotPkcs8,
-    #[error("the signing key is neither a P-256 (ES256) nor an Ed25519 (EdDSA) key")]
+    #[error(
+        "the signing key is not a P-256 (ES256), an Ed25519 (EdDSA) or an RSA key of 2048 to 8192 bits (RS256)"
+    )]
     UnsupportedKey,
     #[error("signing failed")]
     Sign,
@@ -59,7 +65,7 @@ pub fn cert_thumbprint(der: &[u8]) -> String {
 }
 
 impl TokenIssuer {
-    /// `pkcs8_pem` is a PEM `PRIVATE KEY` (P-256 or Ed25519).
+    /// `pkcs8_pem` is a PEM `PRIVATE KEY`: P-256, Ed25519, or RSA of 2048 to 8192 bits.
     pub fn new(
         issuer: String,
         audience: String,
@@ -94,6 +100,17 @@ impl TokenIssuer {
                 json!({"kty": "OKP", "crv": "Ed25519", "x": x, "alg": "EdDSA"}),
                 canonical,
             )
+        } else if let Ok(k) = RsaKeyPair::from_pkcs8(der) {
+            // ring takes 2048 to 8192 bits, and a public exponent of at least 65537.
+            let public = PublicKeyComponents::<Vec<u8>>::from(k.public());
+            // RFC 7518 §6.3.1: unsigned big-endian, without leading zeros.
+            let (n, e) = (B64.encode(&public.n), B64.encode(&public.e));
+            let canonical = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
+            (
+                Key::Rs256(k),
+                json!({"kty": "RSA", "n": n, "e": e, "alg": "RS256"}),
+                canonical,
+            )
         } else {
             return Err(IssuerError::UnsupportedKey);
         };
@@ -124,6 +141,7 @@ impl TokenIssuer {
         match self.key {
             Key::Es256(_) => "ES256",
             Key::EdDsa(_) => "EdDSA",
+            Key::Rs256(_) => "RS256",
         }
     }
 
@@ -191,6 +209,17 @@ impl TokenIssuer {
                 .as_ref()
                 .to_vec(),
             Key::EdDsa(k) => k.sign(signing_input.as_bytes()).as_ref().to_vec(),
+            Key::Rs256(k) => {
+                let mut sig = vec![0; k.public().modulus_len()];
+                k.sign(
+                    &signature::RSA_PKCS1_SHA256,
+                    &self.rng,
+                    signing_input.as_bytes(),
+                    &mut sig,
+                )
+                .map_err(|_| IssuerError::Sign)?;
+                sig
+            }
         };
         Ok((
             format!("{signing_input}.{}", B64.encode(sig)),
@@ -254,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_keys_that_are_not_pkcs8_p256_or_ed25519() {
+    fn refuses_text_that_is_not_a_pkcs8_key() {
         assert!(matches!(
             TokenIssuer::new("i".into(), "a".into(), Duration::from_secs(1), b"not a key"),
             Err(IssuerError::NotPkcs8)

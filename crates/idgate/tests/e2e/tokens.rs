@@ -23,7 +23,26 @@ pub(crate) async fn token_gateway(
     client_auth: ClientAuth,
     upstream: &TestUpstream,
 ) -> Gateway {
-    let key = signing_key(pki.path());
+    token_gateway_signing_with(pki, client_auth, upstream, &signing_key(pki.path())).await
+}
+
+/// [`token_gateway`] with the signing key at `key`.
+async fn token_gateway_signing_with(
+    pki: &Pki,
+    client_auth: ClientAuth,
+    upstream: &TestUpstream,
+    key: &std::path::Path,
+) -> Gateway {
+    Gateway::start(&token_config(pki, client_auth, upstream, key), &[]).await
+}
+
+/// The configuration of [`token_gateway`], with the signing key at `key`.
+fn token_config(
+    pki: &Pki,
+    client_auth: ClientAuth,
+    upstream: &TestUpstream,
+    key: &std::path::Path,
+) -> GatewayConfig {
     let secret = pki.path().join("batch-secret");
     std::fs::write(&secret, "batch-client-secret-value").unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -70,7 +89,7 @@ pub(crate) async fn token_gateway(
             .with("scopes", strings(&["sessions:read"])),
         );
     config.listener.client_auth = client_auth;
-    Gateway::start(&config, &[]).await
+    config
 }
 
 fn claims(token: &str) -> serde_json::Value {
@@ -264,6 +283,138 @@ async fn token_endpoint_refuses_bad_requests_with_oauth_errors() {
         thumbprint(&cert)
     );
     assert!(!gw.output().contains("batch-client-secret-value"));
+}
+
+/// An RSA key made by `openssl`: the token is signed RS256, OpenSSL verifies it with the
+/// key's public half, the published JWK carries that key's modulus and exponent (and nothing
+/// private), and the gateway takes the token on its own JWT route.
+#[tokio::test]
+async fn an_rsa_signing_key_issues_rs256_tokens_that_openssl_verifies_and_the_gateway_takes() {
+    let pki = Pki::default_pki();
+    let dir = pki.path();
+    let key = dir.join("token-rsa.pem");
+    let k = key.to_str().unwrap();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        k,
+    ]);
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let gw = token_gateway_signing_with(&pki, ClientAuth::Required, &upstream, &key).await;
+    let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+    let reply = client
+        .send(
+            "POST",
+            "/oauth2/token",
+            &[FORM],
+            "grant_type=client_credentials&scope=sessions%3Aread",
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let token = reply.json()["access_token"].as_str().unwrap().to_owned();
+    let parts: Vec<&str> = token.split('.').collect();
+    let header: serde_json::Value = serde_json::from_slice(&B64.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["typ"], "at+jwt");
+
+    // OpenSSL, with the public half of the key, verifies the signature over `header.claims`.
+    let (input, sig, public) = (dir.join("input"), dir.join("sig"), dir.join("public.pem"));
+    std::fs::write(&input, format!("{}.{}", parts[0], parts[1])).unwrap();
+    std::fs::write(&sig, B64.decode(parts[2]).unwrap()).unwrap();
+    let (public_s, sig_s, input_s) = (
+        public.to_str().unwrap(),
+        sig.to_str().unwrap(),
+        input.to_str().unwrap(),
+    );
+    openssl(&["pkey", "-in", k, "-pubout", "-out", public_s]);
+    let (code, out, err) = run(std::process::Command::new("openssl").args([
+        "dgst",
+        "-sha256",
+        "-verify",
+        public_s,
+        "-signature",
+        sig_s,
+        input_s,
+    ]));
+    assert_eq!((code, out.trim()), (0, "Verified OK"), "{err}");
+
+    // The JWKS publishes that key: its modulus, the exponent 65537, never a private member.
+    let jwks = client.get("/.well-known/jwks.json").await.unwrap().json();
+    let jwk = &jwks["keys"][0];
+    assert_eq!(
+        (jwk["kty"].as_str(), jwk["alg"].as_str()),
+        (Some("RSA"), Some("RS256"))
+    );
+    assert_eq!(jwk["e"], "AQAB");
+    assert_eq!(header["kid"], jwk["kid"]);
+    for private in ["d", "p", "q", "dp", "dq", "qi"] {
+        assert!(jwk.get(private).is_none(), "{private} published: {jwk}");
+    }
+    let (_, modulus, _) =
+        run(std::process::Command::new("openssl").args(["rsa", "-in", k, "-noout", "-modulus"]));
+    let n = B64.decode(jwk["n"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        modulus.trim().strip_prefix("Modulus="),
+        Some(idgate_codec::hex::encode(&n).to_uppercase().as_str())
+    );
+    let meta = client
+        .get("/.well-known/oauth-authorization-server")
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(
+        meta["access_token_signing_alg_values_supported"],
+        serde_json::json!(["RS256"])
+    );
+
+    // The gateway's own route takes the token over the certificate it is bound to.
+    let auth = format!("Bearer {token}");
+    let reply = client
+        .send(
+            "GET",
+            "/v3/session/s-1/decision/",
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+}
+
+/// An RSA key under 2048 bits is refused before the gateway starts, at its key, with what
+/// would do.
+#[tokio::test]
+async fn an_rsa_signing_key_under_2048_bits_is_refused_at_its_key() {
+    let pki = Pki::default_pki();
+    let key = pki.path().join("token-rsa-1024.pem");
+    let k = key.to_str().unwrap();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:1024",
+        "-out",
+        k,
+    ]);
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let file = pki.path().join("idgate.toml");
+    let config = token_config(&pki, ClientAuth::Required, &upstream, &key);
+    std::fs::write(&file, config.to_toml()).unwrap();
+    let (code, out, err) = idgate_cli(&["check", "--config", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}{err}");
+    let expected = format!(
+        "{}: token_endpoint.signing_key: the signing key is not a P-256 (ES256), an Ed25519 (EdDSA) or an RSA key of 2048 to 8192 bits (RS256)",
+        file.display()
+    );
+    assert!(err.contains(&expected), "{err}");
 }
 
 #[tokio::test]
