@@ -758,9 +758,10 @@ cpu_ticks() { # pids... -> utime+stime summed
   echo "$t"
 }
 hwm_kib() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
-# The machine's CPU time so far, all of it and the part the hypervisor took for others
-# ("steal", the 8th field of /proc/stat's cpu line; 0 on bare metal): "total steal".
-machine_ticks() { awk '$1 == "cpu" {t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9; exit}' /proc/stat; }
+# The machine's CPU time so far: all of it, the part the hypervisor took for others
+# ("steal", the 8th field of /proc/stat's cpu line; 0 on bare metal) and the part left idle
+# (idle and iowait): "total steal idle".
+machine_ticks() { awk '$1 == "cpu" {t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9, $5 + $6; exit}' /proc/stat; }
 # Resets VmHWM to the current VmRSS, so that a mode's peak is its own and not the
 # memory measurement's (Linux >= 4.0; without permission the peak is since start).
 HWM_RESET=yes
@@ -821,12 +822,16 @@ for mode in $MODES; do
         out=$WORK/oha/$mode-$resp-r$r-$p.json
         # shellcheck disable=SC2086
         t0=$(cpu_ticks ${MEASURE[$p]})
-        read -r m0 s0 <<<"$(machine_ticks)"
+        read -r m0 s0 i0 <<<"$(machine_ticks)"
         run_oha "$p" "$mode" "$resp" "$DURATION" "$out"
         # shellcheck disable=SC2086
         t1=$(cpu_ticks ${MEASURE[$p]})
-        read -r m1 s1 <<<"$(machine_ticks)"
+        read -r m1 s1 i1 <<<"$(machine_ticks)"
         steal=$(awk -v m=$((m1 - m0)) -v s=$((s1 - s0)) 'BEGIN {printf "%.1f", (m > 0 ? 100 * s / m : 0)}')
+        idle=$(awk -v m=$((m1 - m0)) -v i=$((i1 - i0)) 'BEGIN {printf "%.1f", (m > 0 ? 100 * i / m : 0)}')
+        # Every process's CPU time per request served (the proxy, oha, the upstream, the
+        # kernel's network work): what the run cost the machine as a whole.
+        busy=$(((m1 - m0) - (s1 - s0) - (i1 - i0)))
         row=$(jq -r --arg mode "$mode/$resp" --arg r "$r" --arg p "$p" --argjson ticks $((t1 - t0)) --argjson hz "$CLK_TCK" \
           --argjson steal "$steal" '
           (.statusCodeDistribution["200"] // 0) as $ok
@@ -838,7 +843,9 @@ for mode in $MODES; do
           | @tsv' "$out")
         printf '%s\n' "$row" >>"$RESULTS"
         IFS=$'\t' read -r _ _ _ _ rps p50 p99 cpu non200 errors _ <<<"$row"
-        log "  $resp round $r $p: $(printf '%.0f req/s  p50 %.2f ms  p99 %.2f ms  %.0f us CPU/req' "$rps" "$p50" "$p99" "$cpu")  non-200 $non200  errors $errors  steal $steal%"
+        ok=$(jq -r '.statusCodeDistribution["200"] // 0' "$out")
+        all_cpu=$(awk -v b=$busy -v hz="$CLK_TCK" -v n="$ok" 'BEGIN {printf "%.0f", (n > 0 ? b / hz * 1000000 / n : 0)}')
+        log "  $resp round $r $p: $(printf '%.0f req/s  p50 %.2f ms  p99 %.2f ms  %.0f us CPU/req' "$rps" "$p50" "$p99" "$cpu")  non-200 $non200  errors $errors  steal $steal%  idle $idle%  machine $all_cpu us CPU/req"
         sleep "$PAUSE"
       done
     done
