@@ -285,6 +285,22 @@ async fn token_endpoint_refuses_bad_requests_with_oauth_errors() {
     assert!(!gw.output().contains("batch-client-secret-value"));
 }
 
+/// A PKCS#8 RSA key of `bits` made by `openssl` at `path`, readable by its owner only.
+fn rsa_key(path: &std::path::Path, bits: u32) {
+    let bits = format!("rsa_keygen_bits:{bits}");
+    let out = path.to_str().unwrap();
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        &bits,
+        "-out",
+        out,
+    ]);
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
 /// An RSA key made by `openssl`: the token is signed RS256, OpenSSL verifies it with the
 /// key's public half, the published JWK carries that key's modulus and exponent (and nothing
 /// private), and the gateway takes the token on its own JWT route.
@@ -293,17 +309,8 @@ async fn an_rsa_signing_key_issues_rs256_tokens_that_openssl_verifies_and_the_ga
     let pki = Pki::default_pki();
     let dir = pki.path();
     let key = dir.join("token-rsa.pem");
+    rsa_key(&key, 2048);
     let k = key.to_str().unwrap();
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        k,
-    ]);
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
     let gw = token_gateway_signing_with(&pki, ClientAuth::Required, &upstream, &key).await;
     let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
@@ -393,17 +400,7 @@ async fn an_rsa_signing_key_issues_rs256_tokens_that_openssl_verifies_and_the_ga
 async fn an_rsa_signing_key_under_2048_bits_is_refused_at_its_key() {
     let pki = Pki::default_pki();
     let key = pki.path().join("token-rsa-1024.pem");
-    let k = key.to_str().unwrap();
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:1024",
-        "-out",
-        k,
-    ]);
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    rsa_key(&key, 1024);
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
     let file = pki.path().join("idgate.toml");
     let config = token_config(&pki, ClientAuth::Required, &upstream, &key);
