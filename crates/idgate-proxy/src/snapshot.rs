@@ -217,7 +217,7 @@ impl Snapshot {
                 .jwt_svid
                 .as_ref()
                 .is_some_and(|j| j.bundles.is_empty());
-        let auth = AuthServices::build(config, token_endpoint.as_ref().map(|t| &t.issuer), state)
+        let auth = AuthServices::build(config, token_endpoint.as_ref().map(|t| &*t.issuer), state)
             .and_then(|a| {
                 if agent_jwt_bundles {
                     a.with_jwt_bundle_store(shared.jwt_bundles.clone())

@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
@@ -78,7 +79,8 @@ impl TokenEndpointError {
 }
 
 pub struct TokenEndpoint {
-    pub issuer: TokenIssuer,
+    /// Shared with the blocking thread that signs each token.
+    pub issuer: Arc<TokenIssuer>,
     clients: Vec<Client>,
 }
 
@@ -125,7 +127,10 @@ impl TokenEndpoint {
                 scopes: c.scopes.clone(),
             });
         }
-        Ok(Self { issuer, clients })
+        Ok(Self {
+            issuer: Arc::new(issuer),
+            clients,
+        })
     }
 
     /// Whether `path` is one of the endpoint's paths.
@@ -300,16 +305,30 @@ impl TokenEndpoint {
                 asked
             }
         };
-        let (token, expires_in) = self
-            .issuer
-            .issue(&client.client_id, &scopes, x5t, SystemTime::now())
-            .map_err(|_| {
-                OAuthError::new(
+        // Signing runs on a blocking thread: an RSA signature takes milliseconds (tens of
+        // them with an 8192-bit key), which the worker's other connections must not wait on.
+        let signed = {
+            let (issuer, client_id, x5t) = (
+                self.issuer.clone(),
+                client.client_id.clone(),
+                x5t.to_owned(),
+            );
+            let scopes = scopes.clone();
+            tokio::task::spawn_blocking(move || {
+                issuer.issue(&client_id, &scopes, &x5t, SystemTime::now())
+            })
+            .await
+        };
+        let (token, expires_in) = match signed {
+            Ok(Ok(issued)) => issued,
+            Ok(Err(_)) | Err(_) => {
+                return Err(OAuthError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "server_error",
                     "the token could not be signed",
-                )
-            })?;
+                ));
+            }
+        };
         tracing::info!(client_id = %client.client_id, scopes = %scopes.join(" "), "access token issued");
         Ok(serde_json::json!({
             "access_token": token,
