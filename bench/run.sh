@@ -842,8 +842,7 @@ for mode in $MODES; do
              (if $ok > 0 then $ticks / $hz * 1000000 / $ok else 0 end), $non200, $errors, $steal]
           | @tsv' "$out")
         printf '%s\n' "$row" >>"$RESULTS"
-        IFS=$'\t' read -r _ _ _ _ rps p50 p99 cpu non200 errors _ <<<"$row"
-        ok=$(jq -r '.statusCodeDistribution["200"] // 0' "$out")
+        IFS=$'\t' read -r _ _ _ ok rps p50 p99 cpu non200 errors _ <<<"$row"
         all_cpu=$(awk -v b=$busy -v hz="$CLK_TCK" -v n="$ok" 'BEGIN {printf "%.0f", (n > 0 ? b / hz * 1000000 / n : 0)}')
         log "  $resp round $r $p: $(printf '%.0f req/s  p50 %.2f ms  p99 %.2f ms  %.0f us CPU/req' "$rps" "$p50" "$p99" "$cpu")  non-200 $non200  errors $errors  steal $steal%  idle $idle%  machine $all_cpu us CPU/req"
         sleep "$PAUSE"
