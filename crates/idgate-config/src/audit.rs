@@ -334,6 +334,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::test_support::{BASE, problems};
 
     fn parse_text(dir: &Path, text: &str) -> Result<Option<AuditConfig>, Vec<String>> {
         let file = dir.join("idgate.toml");
@@ -421,31 +422,12 @@ mod tests {
         assert!(errs.iter().all(|e| !e.contains("sk_live")), "{errs:?}");
     }
 
-    const BASE: &str = r#"
-[listener]
-bind = "127.0.0.1:8443"
-[identity]
-svid_cert = "c"
-svid_key = "k"
-[[upstreams]]
-name = "p"
-url = "https://provider.test"
-"#;
-
     /// The route errors of `BASE` with a route `extra` and `section`, as `key: reason`.
     fn route_errors(extra: &str, section: &str) -> Vec<String> {
         let text = format!(
             "{BASE}[[routes]]\nname = \"r\"\nmethods = [\"GET\"]\npath = \"/v1/session/{{id}}\"\nupstream = \"p\"\nallow = [\"spiffe://example.org/a\"]\n{extra}\n{section}"
         );
-        match crate::parse(Path::new("t.toml"), &text) {
-            Ok(_) => Vec::new(),
-            Err(e) => {
-                e.0.into_iter()
-                    .filter(|e| e.key.starts_with("routes"))
-                    .map(|e| format!("{}: {}", e.key, e.reason))
-                    .collect()
-            }
-        }
+        problems(Path::new("t.toml"), &text, |e| e.key.starts_with("routes"))
     }
 
     #[test]

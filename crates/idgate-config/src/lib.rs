@@ -31,6 +31,8 @@ mod routing;
 mod schema;
 mod siem;
 mod state;
+#[cfg(test)]
+mod test_support;
 mod upstream_resilience;
 mod upstreams;
 pub mod vault;

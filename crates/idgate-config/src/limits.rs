@@ -437,33 +437,11 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-
-    const BASE: &str = r#"
-[listener]
-bind = "127.0.0.1:8443"
-[identity]
-svid_cert = "c"
-svid_key = "k"
-[[upstreams]]
-name = "p"
-url = "https://provider.test"
-"#;
+    use crate::test_support::{BASE, added_problems};
 
     /// The errors of `BASE` with `extra`, as `key: reason`, leaving out those of `BASE`.
     fn errors(extra: &str) -> Vec<String> {
-        let base = match crate::parse(Path::new("t.toml"), BASE) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.0.into_iter().map(|e| e.key).collect(),
-        };
-        match crate::parse(Path::new("t.toml"), &format!("{BASE}{extra}")) {
-            Ok(_) => Vec::new(),
-            Err(e) => {
-                e.0.into_iter()
-                    .filter(|e| !base.contains(&e.key))
-                    .map(|e| format!("{}: {}", e.key, e.reason))
-                    .collect()
-            }
-        }
+        added_problems(Path::new("t.toml"), BASE, extra)
     }
 
     const ROUTE: &str = r#"

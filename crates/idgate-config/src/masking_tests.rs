@@ -7,17 +7,7 @@ use idgate_auth::ApiKeyIdentity;
 use idgate_tls::SpiffeId;
 
 use super::*;
-
-const BASE: &str = r#"
-[listener]
-bind = "127.0.0.1:8443"
-[identity]
-svid_cert = "c"
-svid_key = "k"
-[[upstreams]]
-name = "p"
-url = "https://provider.test"
-"#;
+use crate::test_support::{BASE, added_problems};
 
 /// The errors of `BASE` with `extra` in a directory holding a 0600 `key` file, as
 /// `key: reason`, leaving out those of `BASE`.
@@ -26,20 +16,7 @@ fn errors(extra: &str) -> Vec<String> {
     let key = dir.path().join("key");
     std::fs::write(&key, "k".repeat(40)).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let file = dir.path().join("t.toml");
-    let base = match crate::parse(&file, BASE) {
-        Ok(_) => Vec::new(),
-        Err(e) => e.0.into_iter().map(|e| e.key).collect(),
-    };
-    match crate::parse(&file, &format!("{BASE}{extra}")) {
-        Ok(_) => Vec::new(),
-        Err(e) => {
-            e.0.into_iter()
-                .filter(|e| !base.contains(&e.key))
-                .map(|e| format!("{}: {}", e.key, e.reason))
-                .collect()
-        }
-    }
+    added_problems(&dir.path().join("t.toml"), BASE, extra)
 }
 
 const PROFILES: &str = r#"
