@@ -149,11 +149,7 @@ pub(crate) async fn forward<'r>(
     let h = &mut parts.headers;
     strip_hop_by_hop(h);
     // The caller's credentials are for the gateway, never for the provider.
-    if h.keys().any(|k| strip.contains(k)) {
-        for name in strip {
-            h.remove(name);
-        }
-    }
+    remove_all(h, strip);
     h.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
     if upstream.forwarded_for && conn.trusted_proxy {
         append_forwarded_for(h, &conn.remote_ip);
