@@ -230,7 +230,8 @@ impl KeyMaterial {
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct VerifyingKey {
     pub(crate) kid: Option<String>,
-    alg: Option<String>,
+    /// The key's own `alg`, parsed when it was read: the only algorithm it then verifies.
+    alg: Option<Algorithm>,
     material: KeyMaterial,
 }
 
@@ -325,20 +326,24 @@ impl VerifyingKey {
         // A key that names an algorithm verifies that one alone: refused now if it is one the
         // gateway cannot verify, or one its own type and curve cannot (RFC 7518 §3), rather
         // than loaded to refuse every token.
-        if let Some(alg) = jwk.alg.as_deref() {
-            let named = alg
-                .parse::<Algorithm>()
-                .map_err(|why| JwkError::UnsupportedAlgorithm(why.to_string()))?;
-            if !material.fits(named) {
-                return Err(JwkError::AlgorithmNotForKey {
-                    alg: named.as_str(),
-                    key: material.kind(),
-                });
+        let alg = match jwk.alg.as_deref() {
+            None => None,
+            Some(alg) => {
+                let named = alg
+                    .parse::<Algorithm>()
+                    .map_err(|why| JwkError::UnsupportedAlgorithm(why.to_string()))?;
+                if !material.fits(named) {
+                    return Err(JwkError::AlgorithmNotForKey {
+                        alg: named.as_str(),
+                        key: material.kind(),
+                    });
+                }
+                Some(named)
             }
-        }
+        };
         Ok(Self {
             kid: jwk.kid.clone(),
-            alg: jwk.alg.clone(),
+            alg,
             material,
         })
     }
@@ -347,7 +352,7 @@ impl VerifyingKey {
     /// `PS*`, an EC key its curve's one algorithm), and its own `alg`, when it has one, is
     /// the same.
     pub(crate) fn supports(&self, alg: Algorithm) -> bool {
-        self.material.fits(alg) && self.alg.as_deref().is_none_or(|a| a == alg.as_str())
+        self.material.fits(alg) && self.alg.is_none_or(|a| a == alg)
     }
 
     pub(crate) fn is_ed25519(&self) -> bool {
