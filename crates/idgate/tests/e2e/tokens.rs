@@ -92,6 +92,19 @@ fn token_config(
     config
 }
 
+/// `POST /oauth2/token`: the client credentials grant, asking for `sessions:read`.
+async fn ask_token(client: &Client) -> Reply {
+    client
+        .send(
+            "POST",
+            "/oauth2/token",
+            &[FORM],
+            "grant_type=client_credentials&scope=sessions%3Aread",
+        )
+        .await
+        .unwrap()
+}
+
 fn claims(token: &str) -> serde_json::Value {
     let payload = token.split('.').nth(1).expect("JWT");
     serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap()
@@ -110,15 +123,7 @@ async fn workload_gets_a_token_bound_to_its_certificate_with_its_svid() {
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
     let gw = token_gateway(&pki, ClientAuth::Required, &upstream).await;
     let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
-    let reply = client
-        .send(
-            "POST",
-            "/oauth2/token",
-            &[FORM],
-            "grant_type=client_credentials&scope=sessions%3Aread",
-        )
-        .await
-        .unwrap();
+    let reply = ask_token(&client).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     assert_eq!(reply.header("cache-control"), Some("no-store"));
     let body = reply.json();
@@ -314,15 +319,7 @@ async fn an_rsa_signing_key_issues_rs256_tokens_that_openssl_verifies_and_the_ga
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
     let gw = token_gateway_signing_with(&pki, ClientAuth::Required, &upstream, &key).await;
     let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
-    let reply = client
-        .send(
-            "POST",
-            "/oauth2/token",
-            &[FORM],
-            "grant_type=client_credentials&scope=sessions%3Aread",
-        )
-        .await
-        .unwrap();
+    let reply = ask_token(&client).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     let token = reply.json()["access_token"].as_str().unwrap().to_owned();
     let parts: Vec<&str> = token.split('.').collect();
@@ -449,15 +446,7 @@ async fn bound_token_works_over_its_own_certificate_and_is_refused_over_another(
     let thief = Client::new(&pki, Some(FRONTEND), gw.port, false);
     let anonymous = Client::new(&pki, None, gw.port, false);
 
-    let reply = owner
-        .send(
-            "POST",
-            "/oauth2/token",
-            &[FORM],
-            "grant_type=client_credentials&scope=sessions%3Aread",
-        )
-        .await
-        .unwrap();
+    let reply = ask_token(&owner).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     let token = reply.json()["access_token"].as_str().unwrap().to_owned();
     let bearer = format!("Bearer {token}");
