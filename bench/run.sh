@@ -47,6 +47,11 @@
 #   OUT_DIR=bench/out work files, raw oha JSON and the markdown summary (latest.md)
 #   OHA_THREADS=$(nproc)  oha's runtime threads
 #   TASKSET_OHA=, TASKSET_PROXY=  optional CPU lists (taskset -c) for oha and the proxies
+#   REQUESTS=         a number: each measured oha run sends exactly that many requests
+#                     (oha -n) instead of running for DURATION (used by instructions.sh)
+#   PROXY_WRAP=       a command the proxies under test are started under, such as
+#                     `valgrind --tool=callgrind ...` (used by instructions.sh); they are
+#                     then given 120 s, not 5, to exit on TERM
 set -euo pipefail
 
 WHAT=${1:-all}
@@ -84,6 +89,9 @@ OUT_DIR=${OUT_DIR:-$BENCH_DIR/out}
 OHA_THREADS=${OHA_THREADS:-$(nproc)}
 TASKSET_OHA=${TASKSET_OHA:-}
 TASKSET_PROXY=${TASKSET_PROXY:-}
+REQUESTS=${REQUESTS:-}
+# shellcheck disable=SC2206 # a command line, split on spaces
+WRAP=(${PROXY_WRAP:-})
 
 API_KEY=bench-secret
 UPSTREAM_PORT=18080
@@ -121,6 +129,7 @@ dur_secs() { # oha duration -> whole seconds (rounded up), for timeouts
   esac
 }
 dur_secs "$DURATION" >/dev/null
+[[ -z $REQUESTS || $REQUESTS =~ ^[1-9][0-9]*$ ]] || die "REQUESTS must be a whole number"
 [[ $WARMUP == 0 ]] || dur_secs "$WARMUP" >/dev/null
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer"
@@ -193,7 +202,7 @@ cleanup() {
   done
   for name in "${!PID[@]}"; do
     pid=${PID[$name]}
-    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for i in $(seq $((${#WRAP[@]} ? 1200 : 50))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then
       log "$name ($pid) did not stop on TERM; killing"
       kill -KILL "$pid" 2>/dev/null || true
@@ -573,7 +582,7 @@ start_proxies() {
   if has_proxy idgate; then
     log "starting idgate on 127.0.0.1:$IDGATE_PORT"
     # IDGATE_LOG is this script's knob; idgate would read it as a log filter.
-    spawn "$TASKSET_PROXY" env -u IDGATE_LOG BENCH_API_KEY="$API_KEY" "$IDGATE_BIN" serve \
+    spawn "$TASKSET_PROXY" env -u IDGATE_LOG BENCH_API_KEY="$API_KEY" "${WRAP[@]}" "$IDGATE_BIN" serve \
       --config "$WORK/idgate/idgate.toml" >"$WORK/idgate/idgate.log" 2>&1 &
     PID[idgate]=$!
     wait_ready idgate "http://127.0.0.1:$IDGATE_ADMIN_PORT/readyz" "$WORK/idgate/idgate.log"
@@ -581,14 +590,14 @@ start_proxies() {
   if has_proxy nginx; then
     log "starting nginx on 127.0.0.1:$NGINX_PORT"
     "$NGINX" -t -q -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" || die "nginx config invalid"
-    spawn "$TASKSET_PROXY" "$NGINX" -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" \
+    spawn "$TASKSET_PROXY" "${WRAP[@]}" "$NGINX" -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" \
       -g 'daemon off;' >"$WORK/nginx/stdout.log" 2>&1 &
     PID[nginx]=$!
   fi
   if has_proxy haproxy; then
     log "starting HAProxy on 127.0.0.1:$HAPROXY_PORT"
     "$HAPROXY" -c -q -f "$WORK/haproxy/haproxy.cfg" || die "HAProxy config invalid"
-    spawn "$TASKSET_PROXY" "$HAPROXY" -db -f "$WORK/haproxy/haproxy.cfg" \
+    spawn "$TASKSET_PROXY" "${WRAP[@]}" "$HAPROXY" -db -f "$WORK/haproxy/haproxy.cfg" \
       >"$WORK/haproxy/access.log" 2>"$WORK/haproxy/haproxy.log" &
     PID[haproxy]=$!
   fi
@@ -618,7 +627,7 @@ stop_proxies() { # tag: stops the proxies and keeps their logs under that tag
   for p in $PROXIES; do kill -TERM "${PID[$p]}" 2>/dev/null || true; done
   for p in $PROXIES; do
     pid=${PID[$p]}
-    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for i in $(seq $((${#WRAP[@]} ? 1200 : 50))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then
       log "$p ($pid) did not stop on TERM; killing"
       kill -KILL "$pid" 2>/dev/null || true
@@ -781,12 +790,18 @@ RSS=$WORK/rss.tsv           # mode proxy kib
 
 run_oha() { # proxy mode response duration outfile
   local p=$1 mode=$2 resp=$3 dur=$4 out=$5 secs
-  local -a args=(--no-tui --output-format json -o "$out" -z "$dur" -c "$CONNS"
+  local -a args=(--no-tui --output-format json -o "$out" -c "$CONNS"
     --worker-threads "$OHA_THREADS" "${CLIENT_TLS[@]}")
   [[ $mode == newconn ]] && args+=(--disable-keepalive)
   proxy_hdr "$p"
   args+=("${HDR[@]}")
   secs=$(dur_secs "$dur")
+  if [[ -n $REQUESTS && $dur == "$DURATION" ]]; then
+    args+=(-n "$REQUESTS")
+    secs=3600
+  else
+    args+=(-z "$dur")
+  fi
   pin "$TASKSET_OHA" timeout -k 5 $((secs + 60)) "$OHA" "${args[@]}" "https://127.0.0.1:${PORT[$p]}${RESP_PATH[$resp]}" \
     >"$out.log" 2>&1 || { cat "$out.log" >&2; die "oha failed against $p"; }
   alive "$p" || { tail -n 30 "${LOGF[$p]}" >&2; die "$p died during the run"; }
