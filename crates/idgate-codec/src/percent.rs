@@ -19,7 +19,7 @@ pub fn push_escape(out: &mut String, byte: u8) {
 }
 
 /// RFC 3986 §2.3 unreserved characters: `A-Z a-z 0-9 - . _ ~`.
-pub fn is_unreserved(c: u8) -> bool {
+pub const fn is_unreserved(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
 }
 

@@ -10,6 +10,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+/// Room for the headers the gateway adds to an answer (its request id, rate-limit fields)
+/// without growing the map, which rehashes it. The server keeps the map, emptied, for the
+/// caller's next request on the connection, which gets a few headers added too (the request
+/// id, the forwarding and credential headers).
+const HEADROOM: usize = 6;
+
 /// The largest response head accepted, interim (1xx) heads included. Offsets into a head
 /// fit in a `u16`.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024 - 1;
@@ -228,7 +234,7 @@ fn parse_one(buf: &mut BytesMut, take_final: Option<bool>) -> Result<Parsed, Pro
         return Ok(Parsed::FinalAhead);
     };
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::with_capacity(count + HEADROOM);
     for &(ns, ne, vs, ve) in &spans[..count] {
         let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = HeaderName::from_bytes(&head[ns..ne])

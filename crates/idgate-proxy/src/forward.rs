@@ -3,7 +3,6 @@
 //! with it), the forwarding headers set, and the request sent with the upstream's client
 //! within its timeouts.
 
-use std::borrow::Borrow;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -16,6 +15,7 @@ use idgate_h1::{self as h1, RequestBody};
 
 use crate::body::{ProxyBody, UpstreamResponseBody};
 use crate::ctx::{CredentialUse, RequestCtx};
+use crate::header_set::RESPONSE_STRIP;
 use crate::problem::Refusal;
 use crate::service::{Services, X_REQUEST_ID};
 use crate::upstream::{Endpoint, Upstream};
@@ -24,106 +24,6 @@ mod resilient;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Headers that tell an upstream who sent a request and how it arrived. Only a trusted proxy
-/// may pass them on; from anyone else they are claims the caller made about itself. Besides
-/// the standard ones, the client-address headers of common CDNs and load balancers, which
-/// frameworks (and libraries such as `request-ip`) read before `x-forwarded-for`.
-static FORWARDING: [HeaderName; 15] = [
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("forwarded"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded"),
-    HeaderName::from_static("forwarded-for"),
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("x-client-ip"),
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("cf-connecting-ip"),
-    HeaderName::from_static("fastly-client-ip"),
-    HeaderName::from_static("x-cluster-client-ip"),
-    HeaderName::from_static("x-original-forwarded-for"),
-    HeaderName::from_static("x-appengine-user-ip"),
-];
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1), plus the proxy ones.
-static HOP_BY_HOP: [&HeaderName; 9] = [
-    &header::CONNECTION,
-    &KEEP_ALIVE,
-    &PROXY_CONNECTION,
-    &header::TE,
-    &header::TRAILER,
-    &header::TRANSFER_ENCODING,
-    &header::UPGRADE,
-    &header::PROXY_AUTHORIZATION,
-    &header::PROXY_AUTHENTICATE,
-];
-
-/// Removes every header named in `names` that is present. One pass over the (usually few)
-/// headers first notes which are, so that only those are looked up and removed.
-fn remove_all<N: Borrow<HeaderName>>(headers: &mut HeaderMap, names: &[N]) {
-    if names.len() > u64::BITS as usize {
-        if headers
-            .keys()
-            .any(|k| names.iter().any(|n| n.borrow() == k))
-        {
-            for name in names {
-                headers.remove(name.borrow());
-            }
-        }
-        return;
-    }
-    let mut present = 0u64;
-    for key in headers.keys() {
-        if let Some(i) = names.iter().position(|n| n.borrow() == key) {
-            present |= 1 << i;
-        }
-    }
-    while present != 0 {
-        let i = present.trailing_zeros() as usize;
-        present &= present - 1;
-        if let Some(name) = names.get(i) {
-            headers.remove(name.borrow());
-        }
-    }
-}
-
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut connection = headers.get_all(header::CONNECTION).iter();
-    match (connection.next(), connection.next()) {
-        (None, _) => {}
-        // The usual case: one `Connection` header, its value shared, not copied.
-        (Some(value), None) => {
-            let value = value.clone();
-            for name in value.to_str().into_iter().flat_map(|v| v.split(',')) {
-                let name = name.trim();
-                if !name.is_empty()
-                    && !name.eq_ignore_ascii_case("keep-alive")
-                    && !name.eq_ignore_ascii_case("close")
-                {
-                    headers.remove(name);
-                }
-            }
-        }
-        (Some(_), Some(_)) => {
-            let named: Vec<HeaderName> = headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-                .collect();
-            for name in named {
-                headers.remove(name);
-            }
-        }
-    }
-    remove_all(headers, &HOP_BY_HOP);
-}
-
 /// Stage 7.
 pub(crate) async fn forward<'r>(
     ctx: &mut RequestCtx<'r>,
@@ -131,7 +31,6 @@ pub(crate) async fn forward<'r>(
     req: http::request::Parts,
 ) -> Result<Response<UpstreamResponseBody>, Refusal> {
     let (conn, services) = (ctx.conn, ctx.services);
-    let strip = &ctx.snapshot.strip_headers;
     let mut parts = req;
 
     // Forwarded as received: without a base path the received bytes are shared, not copied.
@@ -147,19 +46,19 @@ pub(crate) async fn forward<'r>(
         reason: format!("cannot build upstream path: {e}"),
     })?;
     let h = &mut parts.headers;
-    strip_hop_by_hop(h);
-    // The caller's credentials are for the gateway, never for the provider.
-    remove_all(h, strip);
+    // The caller's credentials are for the gateway, never for the provider. A caller that
+    // is not a trusted proxy could name any address; and an upstream without
+    // `forwarded_for` gets no address, the caller's or any it claims.
+    let trusted = upstream.forwarded_for && conn.trusted_proxy;
+    ctx.snapshot
+        .strip_headers
+        .for_request(trusted)
+        .strip(h, true);
     h.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
-    if upstream.forwarded_for && conn.trusted_proxy {
+    if trusted {
         append_forwarded_for(h, &conn.remote_ip);
-    } else {
-        // A caller that is not a trusted proxy could name any address; and an upstream
-        // without `forwarded_for` gets no address, the caller's or any it claims.
-        remove_all(h, &FORWARDING);
-        if upstream.forwarded_for {
-            h.insert(X_FORWARDED_FOR.clone(), conn.remote_ip.clone());
-        }
+    } else if upstream.forwarded_for {
+        h.insert(X_FORWARDED_FOR.clone(), conn.remote_ip.clone());
     }
 
     let body = match &upstream.credential {
@@ -371,16 +270,21 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// The upstream's response, without its hop-by-hop headers.
 pub(crate) fn strip_response(resp: Response<UpstreamResponseBody>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    RESPONSE_STRIP.strip(&mut parts.headers, true);
     Response::from_parts(parts, Either::Left(body))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::header_set::{FORWARDING, HOP_BY_HOP, RequestStrip};
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        h.keys().map(HeaderName::as_str).collect()
+    }
 
     #[test]
-    fn hop_by_hop_and_connection_named_headers_are_stripped() {
+    fn hop_by_hop_and_connection_named_headers_are_stripped_from_answers() {
         let mut h = HeaderMap::new();
         h.insert(
             header::CONNECTION,
@@ -389,41 +293,36 @@ mod tests {
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
+        RESPONSE_STRIP.strip(&mut h, true);
+        assert_eq!(names(&h), ["x-kept"]);
     }
 
     #[test]
-    fn every_value_of_every_listed_header_is_removed_and_nothing_else() {
-        let mut h = HeaderMap::new();
-        for name in HOP_BY_HOP.iter().rev() {
-            h.append(*name, HeaderValue::from_static("a"));
-            h.append(*name, HeaderValue::from_static("b"));
-        }
-        h.append("x-kept", HeaderValue::from_static("1"));
-        h.append("x-kept", HeaderValue::from_static("2"));
-        remove_all(&mut h, &HOP_BY_HOP);
-        assert_eq!(h.len(), 2, "{h:?}");
-        assert_eq!(h.get_all("x-kept").iter().count(), 2);
-
-        // Only some present, in any order.
-        let mut h = HeaderMap::new();
-        h.append(header::UPGRADE, HeaderValue::from_static("h2c"));
-        h.append("x-kept", HeaderValue::from_static("1"));
-        h.append(header::CONNECTION, HeaderValue::from_static("close"));
-        remove_all(&mut h, &HOP_BY_HOP);
-        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
-
-        // More names than the bit set holds: the same result.
-        let many: Vec<HeaderName> = (0..70)
-            .map(|i| HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap())
-            .collect();
-        let mut h = HeaderMap::new();
-        h.append("x-h69", HeaderValue::from_static("1"));
-        h.append("x-h3", HeaderValue::from_static("1"));
-        h.append("x-kept", HeaderValue::from_static("1"));
-        remove_all(&mut h, &many);
-        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
+    fn requests_lose_forwarding_headers_unless_a_trusted_proxy_sent_them() {
+        let strip = RequestStrip::new(&[HeaderName::from_static("x-api-key")]);
+        let request = || {
+            let mut h = HeaderMap::new();
+            for name in HOP_BY_HOP
+                .iter()
+                .map(|&n| n.clone())
+                .chain(FORWARDING.iter().cloned())
+            {
+                h.append(name, HeaderValue::from_static("a"));
+            }
+            h.append("x-api-key", HeaderValue::from_static("caller-secret"));
+            h.append("x-kept", HeaderValue::from_static("1"));
+            h
+        };
+        let mut h = request();
+        strip.for_request(false).strip(&mut h, true);
+        assert_eq!(names(&h), ["x-kept"]);
+        let mut h = request();
+        strip.for_request(true).strip(&mut h, true);
+        let mut kept = names(&h);
+        kept.sort_unstable();
+        let mut expected: Vec<&str> = FORWARDING.iter().map(HeaderName::as_str).collect();
+        expected.push("x-kept");
+        expected.sort_unstable();
+        assert_eq!(kept, expected);
     }
 }

@@ -16,6 +16,7 @@ mod faults;
 mod forward;
 pub mod gateway;
 pub mod guards;
+mod header_set;
 mod lifecycle;
 pub mod limit_state;
 mod lingering_close;

@@ -166,8 +166,12 @@ fn split_param(s: &str) -> (Cow<'_, str>, usize, usize) {
 /// [`check_segments`]. Allocates only from the first byte that changes.
 fn canonical_text(path: &str) -> Result<Cow<'_, str>, PathError> {
     let b = path.as_bytes();
+    // The usual path holds only bytes that stay as they are: it is its own canonical text.
+    let Some(first) = b.iter().position(|&c| !RAW[usize::from(c)]) else {
+        return Ok(Cow::Borrowed(path));
+    };
     let mut out: Option<String> = None;
-    let mut i = 0;
+    let mut i = first;
     while i < b.len() {
         let c = b[i];
         match c {
@@ -248,8 +252,19 @@ fn keep_escape(out: &mut Option<String>, path: &str, at: usize, byte: u8) {
     }
 }
 
+/// [`allowed_raw`] for every byte.
+static RAW: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        table[c] = allowed_raw(c as u8);
+        c += 1;
+    }
+    table
+};
+
 /// RFC 3986 `pchar` and `/`, unescaped (`%` is handled apart).
-fn allowed_raw(c: u8) -> bool {
+const fn allowed_raw(c: u8) -> bool {
     is_unreserved(c)
         || matches!(
             c,
@@ -282,12 +297,12 @@ fn utf8_width(lead: u8) -> usize {
 /// Segments between slashes: none empty, `.` or `..`. A trailing slash is fine (templates
 /// use them).
 fn check_segments(path: &str) -> Result<(), PathError> {
-    let inner = &path[1..];
-    let inner = inner.strip_suffix('/').unwrap_or(inner);
+    let inner = path.as_bytes().get(1..).unwrap_or_default();
+    let inner = inner.strip_suffix(b"/").unwrap_or(inner);
     if !inner.is_empty()
         && inner
-            .split('/')
-            .any(|s| s.is_empty() || s == "." || s == "..")
+            .split(|&c| c == b'/')
+            .any(|s| s.is_empty() || s == b"." || s == b"..")
     {
         return Err(PathError::Ambiguous);
     }

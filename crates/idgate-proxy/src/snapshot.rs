@@ -118,10 +118,11 @@ impl Shared {
 pub struct Snapshot {
     pub routes: RouteTable,
     pub upstreams: Vec<Upstream>,
-    /// Removed before forwarding: the caller's credentials (`x-api-key`, `authorization`,
-    /// `cookie` and every header any upstream credential is sent in), and headers that would
-    /// let a caller override the method or URL an upstream sees.
-    pub strip_headers: Vec<HeaderName>,
+    /// Removed before forwarding: the hop-by-hop headers, the caller's credentials
+    /// (`x-api-key`, `authorization`, `cookie` and every header any upstream credential is
+    /// sent in), headers that would let a caller override the method or URL an upstream
+    /// sees, and the forwarding headers of a caller that is not a trusted proxy.
+    pub(crate) strip_headers: crate::header_set::RequestStrip,
     /// The API key and JWT verifiers of this configuration.
     pub auth: AuthServices,
     /// The built-in OAuth2 token endpoint, when configured.
@@ -297,7 +298,7 @@ impl Snapshot {
             (Some(routes), Some(auth), Some(limits)) if errors.is_empty() => Ok(Self {
                 routes,
                 upstreams,
-                strip_headers,
+                strip_headers: crate::header_set::RequestStrip::new(&strip_headers),
                 auth,
                 token_endpoint,
                 limits,

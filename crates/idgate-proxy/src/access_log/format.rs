@@ -1,6 +1,7 @@
 //! The access line's two formats, JSON and text, written straight into a byte buffer.
 
 use std::io::Write;
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Version;
@@ -57,7 +58,8 @@ pub(super) fn text_line(out: &mut Vec<u8>, r: &Record<'_>) {
     text_str(out, peer);
     out.extend_from_slice(b" caller=");
     text_str(out, r.caller.unwrap_or(peer));
-    let _ = write!(out, " remote={}", r.remote);
+    out.extend_from_slice(b" remote=");
+    address(out, r.remote);
     out.extend_from_slice(b" method=");
     text_str(out, r.method.as_str());
     out.extend_from_slice(b" version=");
@@ -113,6 +115,23 @@ fn version(out: &mut Vec<u8>, v: Version) {
         }
     };
     out.extend_from_slice(s);
+}
+
+/// An address as `Display` writes it; an IPv4 one without the formatter.
+fn address(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                number(out, octet.into());
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 fn number(out: &mut Vec<u8>, n: u64) {

@@ -357,6 +357,8 @@ mod tests {
         for format in [LogFormat::Json, LogFormat::Text] {
             let mut r = record(&get, Some("apikey:partner"));
             assert_eq!(ours(format, &r), from_tracing(format, &r));
+            r.remote = IpAddr::from([10, 200, 0, 255]);
+            assert_eq!(ours(format, &r), from_tracing(format, &r));
             r.method = &odd;
             r.caller = Some(quoted);
             r.upstream_status = None;

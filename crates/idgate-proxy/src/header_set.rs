@@ -1,0 +1,286 @@
+//! A set of header names that a message's headers are stripped of in one pass.
+//!
+//! Every forwarded request is stripped of the hop-by-hop headers, the caller's credentials
+//! and (from a caller that is not a trusted proxy) the forwarding headers, and every answer of
+//! the hop-by-hop ones: some thirty names, against a handful of headers. Comparing each header
+//! with each name cost more than the rest of the forwarding stage; a set notes the lengths of
+//! its names, so that a header whose name has none of them is passed over with one bit test,
+//! and only the others are compared.
+
+use std::sync::LazyLock;
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// Headers that tell an upstream who sent a request and how it arrived. Only a trusted proxy
+/// may pass them on; from anyone else they are claims the caller made about itself. Besides
+/// the standard ones, the client-address headers of common CDNs and load balancers, which
+/// frameworks (and libraries such as `request-ip`) read before `x-forwarded-for`.
+pub(crate) static FORWARDING: [HeaderName; 15] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded"),
+    HeaderName::from_static("forwarded-for"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-original-forwarded-for"),
+    HeaderName::from_static("x-appengine-user-ip"),
+];
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), plus the proxy ones.
+pub(crate) static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+    &header::PROXY_AUTHENTICATE,
+];
+
+/// What forwarded requests are stripped of, made once per configuration: the hop-by-hop
+/// headers, the callers' credentials and the headers that could change what a request means
+/// to the upstream, and, from a caller that is not a trusted proxy, the forwarding headers.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestStrip {
+    from_trusted: HeaderSet,
+    from_others: HeaderSet,
+}
+
+impl RequestStrip {
+    /// With `caller_headers`: the headers that carry a caller's credentials or could rewrite
+    /// its request.
+    pub(crate) fn new(caller_headers: &[HeaderName]) -> Self {
+        let always = || {
+            HOP_BY_HOP
+                .iter()
+                .map(|&n| n.clone())
+                .chain(caller_headers.iter().cloned())
+        };
+        Self {
+            from_trusted: HeaderSet::new(always()),
+            from_others: HeaderSet::new(always().chain(FORWARDING.iter().cloned())),
+        }
+    }
+
+    /// The set for a request from a trusted proxy (`trusted`) or from anyone else.
+    pub(crate) fn for_request(&self, trusted: bool) -> &HeaderSet {
+        if trusted {
+            &self.from_trusted
+        } else {
+            &self.from_others
+        }
+    }
+}
+
+/// What an upstream's answer is stripped of: the hop-by-hop headers.
+pub(crate) static RESPONSE_STRIP: LazyLock<HeaderSet> =
+    LazyLock::new(|| HeaderSet::new(HOP_BY_HOP.iter().map(|&n| n.clone())));
+
+/// Header names, with a bit per name length for the first test.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderSet {
+    names: Vec<HeaderName>,
+    /// Bit `n` is set when a name is `n` bytes long (127 stands for 127 and longer).
+    lengths: u128,
+}
+
+fn length_bit(name: &HeaderName) -> u128 {
+    1 << name.as_str().len().min(127)
+}
+
+impl HeaderSet {
+    /// The set of `names`, each once.
+    pub(crate) fn new<N: Into<HeaderName>>(names: impl IntoIterator<Item = N>) -> Self {
+        let mut set = Self {
+            names: Vec::new(),
+            lengths: 0,
+        };
+        for name in names {
+            let name = name.into();
+            if !set.names.contains(&name) {
+                set.lengths |= length_bit(&name);
+                set.names.push(name);
+            }
+        }
+        set
+    }
+
+    /// Removes every value of every header in the set. With `connection_named`, the headers
+    /// the `Connection` header names go too (RFC 9110 §7.6.1), when the set holds
+    /// `Connection` and the message has one.
+    pub(crate) fn strip(&self, headers: &mut HeaderMap, connection_named: bool) {
+        // Which members are present, as bits of their places in `names`: one pass over the
+        // message's headers, usually with no removal at all.
+        let mut present = 0u64;
+        let mut overflow = false;
+        for key in headers.keys() {
+            if self.lengths & length_bit(key) == 0 {
+                continue;
+            }
+            if let Some(i) = self.names.iter().position(|n| n == key) {
+                match u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i)) {
+                    Some(bit) => present |= bit,
+                    None => overflow = true,
+                }
+            }
+        }
+        if present == 0 && !overflow {
+            return;
+        }
+        if connection_named && headers.contains_key(header::CONNECTION) {
+            remove_connection_named(headers);
+        }
+        if overflow {
+            // More members than the bit set holds: each is looked up.
+            for name in &self.names {
+                headers.remove(name);
+            }
+            return;
+        }
+        while present != 0 {
+            let i = present.trailing_zeros() as usize;
+            present &= present - 1;
+            if let Some(name) = self.names.get(i) {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
+/// Removes the headers the `Connection` header names (but `keep-alive` and `close`, which
+/// are its options, not header names).
+fn remove_connection_named(headers: &mut HeaderMap) {
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    match (connection.next(), connection.next()) {
+        (None, _) => {}
+        // The usual case: one `Connection` header, its value shared, not copied.
+        (Some(value), None) => {
+            let value = value.clone();
+            for name in value.to_str().into_iter().flat_map(|v| v.split(',')) {
+                let name = name.trim();
+                if !name.is_empty()
+                    && !name.eq_ignore_ascii_case("keep-alive")
+                    && !name.eq_ignore_ascii_case("close")
+                {
+                    headers.remove(name);
+                }
+            }
+        }
+        (Some(_), Some(_)) => {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    /// The names left, sorted: a removal may move the headers after it.
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn every_value_of_every_member_is_removed_and_nothing_else() {
+        let set = HeaderSet::new([header::CONNECTION, header::TE, header::UPGRADE]);
+        let mut h = HeaderMap::new();
+        for name in [header::TE, header::UPGRADE] {
+            h.append(name.clone(), HeaderValue::from_static("a"));
+            h.append(name, HeaderValue::from_static("b"));
+        }
+        h.append("x-kept", HeaderValue::from_static("1"));
+        h.append("x-kept", HeaderValue::from_static("2"));
+        // `tx` has a member's length (`te`) but is not one.
+        h.append("tx", HeaderValue::from_static("1"));
+        set.strip(&mut h, true);
+        assert_eq!(names(&h), ["tx", "x-kept"]);
+        assert_eq!(h.get_all("x-kept").iter().count(), 2);
+    }
+
+    #[test]
+    fn the_headers_connection_names_go_only_when_asked_and_when_it_is_there() {
+        let set = HeaderSet::new([header::CONNECTION]);
+        let message = || {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONNECTION,
+                HeaderValue::from_static("keep-alive, X-Secret-Hop , close"),
+            );
+            h.insert("x-secret-hop", HeaderValue::from_static("1"));
+            h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+            h
+        };
+        let mut h = message();
+        set.strip(&mut h, true);
+        assert_eq!(names(&h), ["keep-alive"]);
+        let mut h = message();
+        set.strip(&mut h, false);
+        assert_eq!(names(&h), ["keep-alive", "x-secret-hop"]);
+
+        // Two `Connection` headers: the names of both.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("x-a"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-b"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("1"));
+        h.insert("x-c", HeaderValue::from_static("1"));
+        set.strip(&mut h, true);
+        assert_eq!(names(&h), ["x-c"]);
+    }
+
+    #[test]
+    fn a_set_larger_than_the_bit_set_still_removes_each_member() {
+        let many: Vec<HeaderName> = (0..70)
+            .map(|i| HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap())
+            .collect();
+        let set = HeaderSet::new(many);
+        let mut h = HeaderMap::new();
+        h.append("x-h69", HeaderValue::from_static("1"));
+        h.append("x-h3", HeaderValue::from_static("1"));
+        h.append("x-kept", HeaderValue::from_static("1"));
+        set.strip(&mut h, false);
+        assert_eq!(names(&h), ["x-kept"]);
+    }
+
+    #[test]
+    fn long_names_share_the_last_length_bit_and_are_still_told_apart() {
+        let long = "x-".to_owned() + &"a".repeat(200);
+        let longer = "x-".to_owned() + &"a".repeat(201);
+        let set = HeaderSet::new([HeaderName::from_bytes(long.as_bytes()).unwrap()]);
+        let mut h = HeaderMap::new();
+        h.insert(
+            HeaderName::from_bytes(longer.as_bytes()).unwrap(),
+            HeaderValue::from_static("1"),
+        );
+        h.insert(
+            HeaderName::from_bytes(long.as_bytes()).unwrap(),
+            HeaderValue::from_static("1"),
+        );
+        set.strip(&mut h, false);
+        assert_eq!(names(&h), [longer.as_str()]);
+    }
+}
