@@ -276,11 +276,12 @@ impl<'r> RequestCtx<'r> {
             self.feed_incidents(incidents.feed(), status);
         }
         let metrics = &self.services.metrics;
-        metrics.request(route, status.as_u16(), self.decision, latency);
+        let kept = self.route.map(|r| &r.metrics);
+        metrics.request(route, kept, status.as_u16(), self.decision, latency);
         if let Some(took) = self.upstream_latency
             && let Some(upstream) = self.upstream()
         {
-            metrics.upstream_answered(&upstream.name, took);
+            metrics.upstream_answered(&upstream.name, &upstream.latency_kept, took);
         }
     }
 

@@ -6,7 +6,7 @@
 //! certificates is read from its TLS material at each scrape (`metrics/certificates.rs`).
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -102,6 +102,19 @@ struct ReasonLabel {
 /// it or through the family adds to the same series.
 #[derive(Debug, Default)]
 pub struct LastUse(ArcSwapOption<(Arc<str>, Counter)>);
+
+/// A latency histogram of a family, kept by what it measures (a route, an upstream).
+#[derive(Debug, Default)]
+pub struct KeptLatency(OnceLock<Latency>);
+
+/// A route's handles on its request metrics, taken from the families at its first request
+/// and kept with the route (a reload's new routes take them again, from the same families).
+#[derive(Debug, Default)]
+pub struct Kept {
+    latency: KeptLatency,
+    /// The requests counter for the status and decision of the route's last request.
+    last: ArcSwapOption<(u16, Decision, Counter)>,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -239,35 +252,68 @@ impl Metrics {
         }
     }
 
-    /// Counts an answered request and how long it took to its response head.
-    pub fn request(&self, route: &Arc<str>, status: u16, decision: Decision, took: Duration) {
+    /// Counts an answered request and how long it took to its response head. `kept` is the
+    /// route's [`Kept`] (none for a request that matched no route): its histogram, and the
+    /// counter of the status and decision of its last request, are used without the
+    /// families' lock and label hash.
+    pub fn request(
+        &self,
+        route: &Arc<str>,
+        kept: Option<&Kept>,
+        status: u16,
+        decision: Decision,
+        took: Duration,
+    ) {
+        let Some(kept) = kept else {
+            self.request_latency_of(route).observe(took);
+            self.requests_of(route, status, decision).inc();
+            return;
+        };
+        kept.latency
+            .0
+            .get_or_init(|| self.request_latency_of(route))
+            .observe(took);
+        if let Some(last) = &*kept.last.load()
+            && last.0 == status
+            && last.1 == decision
+        {
+            last.2.inc();
+            return;
+        }
+        let counter = self.requests_of(route, status, decision);
+        counter.inc();
+        kept.last.store(Some(Arc::new((status, decision, counter))));
+    }
+
+    fn request_latency_of(&self, route: &Arc<str>) -> Latency {
+        self.request_latency.get_or_create_owned(&RouteOnly {
+            route: RouteLabel(route.clone()),
+        })
+    }
+
+    fn requests_of(&self, route: &Arc<str>, status: u16, decision: Decision) -> Counter {
         let (decision, reason) = match decision {
             Decision::Allowed => ("allowed", None),
             Decision::Denied(slug) => ("denied", Some(slug)),
             Decision::Failed(slug) => ("failed", Some(slug)),
             Decision::AllowedBy(reason) => ("allowed", Some(reason)),
         };
-        let route = RouteLabel(route.clone());
-        self.request_latency
-            .get_or_create(&RouteOnly {
-                route: route.clone(),
-            })
-            .observe(took);
-        self.requests
-            .get_or_create(&RequestLabels {
-                route,
-                status,
-                decision,
-                reason,
-            })
-            .inc();
+        self.requests.get_or_create_owned(&RequestLabels {
+            route: RouteLabel(route.clone()),
+            status,
+            decision,
+            reason,
+        })
     }
 
-    /// How long an upstream took to answer a request with its response head.
-    pub fn upstream_answered(&self, upstream: &Arc<str>, took: Duration) {
-        self.upstream_latency
-            .get_or_create(&UpstreamOnly {
-                upstream: RouteLabel(upstream.clone()),
+    /// How long an upstream took to answer a request with its response head. `kept` is the
+    /// upstream's own handle on its histogram, taken from the family at its first answer.
+    pub fn upstream_answered(&self, upstream: &Arc<str>, kept: &KeptLatency, took: Duration) {
+        kept.0
+            .get_or_init(|| {
+                self.upstream_latency.get_or_create_owned(&UpstreamOnly {
+                    upstream: RouteLabel(upstream.clone()),
+                })
             })
             .observe(took);
     }
@@ -426,18 +472,38 @@ mod tests {
         let metrics = Metrics::new();
         let route: Arc<str> = "create-session".into();
         let ms = Duration::from_millis(3);
-        metrics.request(&route, 201, Decision::Allowed, ms);
-        metrics.request(&route, 201, Decision::Allowed, ms);
-        metrics.request(&route, 403, Decision::Denied("forbidden"), ms);
-        metrics.request(&route, 504, Decision::Failed("upstream-timeout"), ms);
+        // The route's kept handles, a reloaded route's new ones and the families alike add
+        // to the same series.
+        let (kept, reloaded) = (Kept::default(), Kept::default());
+        metrics.request(&route, Some(&kept), 201, Decision::Allowed, ms);
+        metrics.request(&route, Some(&kept), 201, Decision::Allowed, ms);
+        metrics.request(&route, Some(&kept), 403, Decision::Denied("forbidden"), ms);
+        metrics.request(&route, Some(&reloaded), 201, Decision::Allowed, ms);
+        metrics.request(&route, None, 403, Decision::Denied("forbidden"), ms);
+        metrics.request(
+            &route,
+            Some(&kept),
+            504,
+            Decision::Failed("upstream-timeout"),
+            ms,
+        );
+        metrics.request(
+            &route,
+            Some(&kept),
+            504,
+            Decision::Failed("upstream-timeout"),
+            ms,
+        );
+        metrics.request(&route, Some(&kept), 504, Decision::Failed("other"), ms);
         let text = metrics.encode();
         for line in [
-            r#"idgate_requests_total{route="create-session",status="201",decision="allowed"} 2"#,
-            r#"idgate_requests_total{route="create-session",status="403",decision="denied",reason="forbidden"} 1"#,
-            r#"idgate_requests_total{route="create-session",status="504",decision="failed",reason="upstream-timeout"} 1"#,
-            r#"idgate_request_duration_seconds_count{route="create-session"} 4"#,
+            r#"idgate_requests_total{route="create-session",status="201",decision="allowed"} 3"#,
+            r#"idgate_requests_total{route="create-session",status="403",decision="denied",reason="forbidden"} 2"#,
+            r#"idgate_requests_total{route="create-session",status="504",decision="failed",reason="upstream-timeout"} 2"#,
+            r#"idgate_requests_total{route="create-session",status="504",decision="failed",reason="other"} 1"#,
+            r#"idgate_request_duration_seconds_count{route="create-session"} 8"#,
             r#"idgate_request_duration_seconds_bucket{le="0.0025",route="create-session"} 0"#,
-            r#"idgate_request_duration_seconds_bucket{le="0.005",route="create-session"} 4"#,
+            r#"idgate_request_duration_seconds_bucket{le="0.005",route="create-session"} 8"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

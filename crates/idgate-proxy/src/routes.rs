@@ -54,6 +54,8 @@ pub struct Route {
     pub audit: idgate_config::RouteAudit,
     /// Its fallback, failover and faults; `None` when it has none.
     pub resilience: Option<Box<idgate_config::RouteResilience>>,
+    /// Its handles on the request metrics, kept from its first request.
+    pub metrics: crate::metrics::Kept,
 }
 
 /// A webhook's route, `webhook:NAME`: no caller authentication (the provider's signature is
@@ -81,6 +83,7 @@ fn webhook_route(i: usize, w: &WebhookConfig) -> Route {
         template: w.path.as_str().into(),
         audit: idgate_config::RouteAudit::default(),
         resilience: None,
+        metrics: Default::default(),
     }
 }
 
@@ -390,6 +393,7 @@ impl RouteTable {
                 template: rc.path.as_str().into(),
                 audit: rc.audit,
                 resilience: (!rc.resilience.is_empty()).then(|| Box::new(rc.resilience.clone())),
+                metrics: Default::default(),
             });
         }
         exact.finish()?;
@@ -435,6 +439,7 @@ impl RouteTable {
                 template: "".into(),
                 audit: idgate_config::RouteAudit::default(),
                 resilience: None,
+                metrics: Default::default(),
             }),
             webhooks: webhook_routes,
         })

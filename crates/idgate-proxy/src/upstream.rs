@@ -82,6 +82,8 @@ pub struct Upstream {
     pub credential: Option<Arc<Credential>>,
     /// The credential version counted last, for `upstream_credential_uses`.
     pub credential_counted: crate::metrics::LastUse,
+    /// Its latency histogram, kept from its first answer.
+    pub latency_kept: crate::metrics::KeptLatency,
     /// hyper's client: for `https://` upstreams with `http2 = true` (HTTP/2 or HTTP/1.1 by
     /// ALPN), upstreams with `client = "hyper"`, and the gateway's own calls such as OAuth2
     /// token requests.
@@ -191,6 +193,7 @@ impl Upstream {
             forwarded_for: cfg.forwarded_for,
             credential,
             credential_counted: Default::default(),
+            latency_kept: Default::default(),
             client,
             limit,
             breaker: cfg.breaker.clone(),

@@ -3,6 +3,7 @@
 //! observation, which the workers would contend on for a busy route) and no allocation.
 //! The buckets are fixed, from 0.5 ms to 30 s.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -21,9 +22,12 @@ pub const BOUNDS_US: [u64; 15] = [
 const LONGEST_US: u64 = 1 << 40;
 
 /// Observations per bucket (not cumulative; the last bucket is everything above 30 s) and
-/// their sum in microseconds.
+/// their sum in microseconds. A clone shares them, so that a route can keep its histogram.
+#[derive(Debug, Default, Clone)]
+pub struct Latency(Arc<Counts>);
+
 #[derive(Debug, Default)]
-pub struct Latency {
+struct Counts {
     buckets: [AtomicU64; BOUNDS_US.len() + 1],
     sum_us: AtomicU64,
 }
@@ -35,8 +39,8 @@ impl Latency {
             .min(LONGEST_US);
         // The first bucket whose bound is at least `us`: a bucket counts what is `le` it.
         let i = BOUNDS_US.partition_point(|&bound| bound < us);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.0.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 }
 
@@ -48,7 +52,7 @@ impl EncodeMetric for Latency {
     fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
         let mut buckets = [(f64::INFINITY, 0u64); BOUNDS_US.len() + 1];
         let mut count = 0;
-        for (i, (bucket, slot)) in self.buckets.iter().zip(&mut buckets).enumerate() {
+        for (i, (bucket, slot)) in self.0.buckets.iter().zip(&mut buckets).enumerate() {
             slot.1 = bucket.load(Ordering::Relaxed);
             count += slot.1;
             if let Some(&bound) = BOUNDS_US.get(i) {
@@ -57,7 +61,7 @@ impl EncodeMetric for Latency {
         }
         // The count is the buckets' total, so that `+Inf` always equals `_count` even while
         // requests are observed during the scrape; the sum may be an observation ahead.
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let sum = self.0.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
