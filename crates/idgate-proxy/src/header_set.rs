@@ -3,9 +3,8 @@
 //! Every forwarded request is stripped of the hop-by-hop headers, the caller's credentials
 //! and (from a caller that is not a trusted proxy) the forwarding headers, and every answer of
 //! the hop-by-hop ones: some thirty names, against a handful of headers. Comparing each header
-//! with each name cost more than the rest of the forwarding stage; a set notes the lengths of
-//! its names, so that a header whose name has none of them is passed over with one bit test,
-//! and only the others are compared.
+//! with each name cost more than the rest of the forwarding stage; a set groups its names by
+//! length, so that a header is compared only with the few members as long as its name.
 
 use std::sync::LazyLock;
 
@@ -87,33 +86,58 @@ impl RequestStrip {
 pub(crate) static RESPONSE_STRIP: LazyLock<HeaderSet> =
     LazyLock::new(|| HeaderSet::new(HOP_BY_HOP.iter().map(|&n| n.clone())));
 
-/// Header names, with a bit per name length for the first test.
+/// Header names, grouped by length: a header is compared only with the members as long as
+/// its name, and most headers have no member of their length at all.
 #[derive(Debug, Clone)]
 pub(crate) struct HeaderSet {
+    /// Sorted by [`bucket`].
     names: Vec<HeaderName>,
-    /// Bit `n` is set when a name is `n` bytes long (127 stands for 127 and longer).
-    lengths: u128,
+    /// The members of bucket `b` are `names[starts[b]..starts[b + 1]]`.
+    starts: [u16; BUCKETS + 1],
+    /// Where `Connection` is in `names`, if it is a member.
+    connection: Option<usize>,
 }
 
-fn length_bit(name: &HeaderName) -> u128 {
-    1 << name.as_str().len().min(127)
+/// Names are grouped by length up to this; longer ones share the last group.
+const BUCKETS: usize = 64;
+
+fn bucket(name: &str) -> usize {
+    name.len().min(BUCKETS - 1)
 }
 
 impl HeaderSet {
     /// The set of `names`, each once.
     pub(crate) fn new<N: Into<HeaderName>>(names: impl IntoIterator<Item = N>) -> Self {
-        let mut set = Self {
-            names: Vec::new(),
-            lengths: 0,
-        };
+        let mut unique: Vec<HeaderName> = Vec::new();
         for name in names {
             let name = name.into();
-            if !set.names.contains(&name) {
-                set.lengths |= length_bit(&name);
-                set.names.push(name);
+            if !unique.contains(&name) {
+                unique.push(name);
             }
         }
-        set
+        unique.sort_by_key(|n| bucket(n.as_str()));
+        let mut starts = [0u16; BUCKETS + 1];
+        for (b, start) in starts.iter_mut().enumerate() {
+            let first = unique.partition_point(|n| bucket(n.as_str()) < b);
+            *start = u16::try_from(first).unwrap_or(u16::MAX);
+        }
+        let connection = unique.iter().position(|n| *n == header::CONNECTION);
+        Self {
+            names: unique,
+            starts,
+            connection,
+        }
+    }
+
+    /// Where `name` is in `names`.
+    fn find(&self, name: &str) -> Option<usize> {
+        let b = bucket(name);
+        let (from, to) = (usize::from(self.starts[b]), usize::from(self.starts[b + 1]));
+        let group = self.names.get(from..to)?;
+        group
+            .iter()
+            .position(|n| n.as_str() == name)
+            .map(|i| from + i)
     }
 
     /// Removes every value of every header in the set. With `connection_named`, the headers
@@ -125,10 +149,7 @@ impl HeaderSet {
         let mut present = 0u64;
         let mut overflow = false;
         for key in headers.keys() {
-            if self.lengths & length_bit(key) == 0 {
-                continue;
-            }
-            if let Some(i) = self.names.iter().position(|n| n == key) {
+            if let Some(i) = self.find(key.as_str()) {
                 match u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i)) {
                     Some(bit) => present |= bit,
                     None => overflow = true,
@@ -138,7 +159,12 @@ impl HeaderSet {
         if present == 0 && !overflow {
             return;
         }
-        if connection_named && headers.contains_key(header::CONNECTION) {
+        let has_connection = match self.connection {
+            Some(i) if i < 64 && !overflow => present & (1 << i) != 0,
+            Some(_) => headers.contains_key(header::CONNECTION),
+            None => false,
+        };
+        if connection_named && has_connection {
             remove_connection_named(headers);
         }
         if overflow {
@@ -267,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn long_names_share_the_last_length_bit_and_are_still_told_apart() {
+    fn long_names_share_the_last_length_group_and_are_still_told_apart() {
         let long = "x-".to_owned() + &"a".repeat(200);
         let longer = "x-".to_owned() + &"a".repeat(201);
         let set = HeaderSet::new([HeaderName::from_bytes(long.as_bytes()).unwrap()]);
