@@ -98,7 +98,7 @@ pub(super) async fn drive<C, E>(
         retire_at,
         idle,
         first_request,
-        mut stop,
+        stop,
         grace,
         remote,
     } = ends;
@@ -135,11 +135,8 @@ pub(super) async fn drive<C, E>(
         }
     };
     let mut first_request = pin!(first_request);
+    let mut stopped = pin!(stopped(stop));
     let mut winding_down = false;
-    if *stop.borrow_and_update() {
-        graceful(connection.as_mut());
-        winding_down = true;
-    }
     loop {
         tokio::select! {
             // The connection first: it is what every wake-up is almost always for.
@@ -177,13 +174,37 @@ pub(super) async fn drive<C, E>(
                 tracing::info!(remote = %remote.ip(), "connection did not finish within its grace period: closed");
                 return;
             }
-            changed = stop.changed(), if !winding_down => {
-                // A dropped sender means the gateway is going away too.
-                if changed.is_err() || *stop.borrow() {
-                    graceful(connection.as_mut());
-                    winding_down = true;
-                }
+            () = &mut stopped, if !winding_down => {
+                graceful(connection.as_mut());
+                winding_down = true;
             }
+        }
+    }
+}
+
+/// Resolves when `stop` is raised, or its sender dropped (the gateway is going away then too).
+///
+/// Every wake-up of a connection's task polls this, mostly for another reason: the task's
+/// waker is left with the watch once, and the watch (whose poll takes its lock) is asked
+/// again only when its version has moved, which costs one atomic load to see.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        let peek = stop.clone();
+        let mut changed = pin!(stop.changed());
+        let mut registered = false;
+        let changed = std::future::poll_fn(|cx| {
+            if registered && matches!(peek.has_changed(), Ok(false)) {
+                return std::task::Poll::Pending;
+            }
+            registered = true;
+            changed.as_mut().poll(cx)
+        })
+        .await;
+        if changed.is_err() {
+            return;
         }
     }
 }
@@ -228,5 +249,34 @@ mod tests {
             "it was not told to finish first"
         );
         assert!(started.elapsed() >= Duration::from_millis(120));
+    }
+
+    #[tokio::test]
+    async fn a_connection_hears_the_stop_signal_raised_or_its_sender_dropped_and_nothing_else() {
+        let short = Duration::from_millis(20);
+        let (tx, rx) = watch::channel(false);
+        let mut heard = pin!(stopped(rx));
+        assert!(tokio::time::timeout(short, &mut heard).await.is_err());
+        // A version that moved without raising the signal is not a stop.
+        tx.send(false).unwrap();
+        assert!(tokio::time::timeout(short, &mut heard).await.is_err());
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), &mut heard)
+            .await
+            .expect("the raised signal was not heard");
+
+        let (tx, rx) = watch::channel(false);
+        let mut heard = pin!(stopped(rx));
+        assert!(tokio::time::timeout(short, &mut heard).await.is_err());
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(5), &mut heard)
+            .await
+            .expect("the dropped sender was not heard");
+
+        // Raised before the connection began.
+        let (_tx, rx) = watch::channel(true);
+        tokio::time::timeout(Duration::from_secs(5), stopped(rx))
+            .await
+            .expect("a signal raised before was not heard");
     }
 }
