@@ -129,7 +129,10 @@ pub(crate) async fn send(
     body: RequestBody,
 ) -> Result<Response<UpstreamResponseBody>, Refusal> {
     if let Some(pool) = &endpoint.h1 {
-        let sent = pool.send(&parts.method, path_and_query.as_str(), &parts.headers, body);
+        // Boxed: the exchange's future (a few KiB) is moved once, into its box, rather than
+        // into the timeout and then into this future's state.
+        let sent =
+            Box::pin(pool.send(&parts.method, path_and_query.as_str(), &parts.headers, body));
         return match tokio::time::timeout(timeout, sent).await {
             Err(_) => Err(Refusal::UpstreamTimeout),
             Ok(Err(h1::SendError { error, unsent })) => {
