@@ -82,7 +82,7 @@ done
 
 {
   echo "Instructions per request in user space (callgrind), keep-alive over $CONNS connections,"
-  echo "CHAIN=$CHAIN EVIDENCE=$EVIDENCE; slope between $N1 and $N2 requests; idgate $("$IDGATE_BIN" --version 2>/dev/null || echo '?')"
+  echo "CHAIN=$CHAIN EVIDENCE=$EVIDENCE; slope between $N1 and $N2 requests; $("$IDGATE_BIN" --version 2>/dev/null || echo '?')"
   echo
   echo "| proxy | response | instructions / request | / idgate |"
   echo "|---|---|---:|---:|"
