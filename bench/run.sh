@@ -431,6 +431,10 @@ workers = 1
 [listener]
 bind = "127.0.0.1:$IDGATE_PORT"
 client_auth = "required"
+# The memory figure holds MEM_CONNS connections of one client SVID from loopback: more than
+# the default caps per identity (256) and per address (512), which would refuse the rest.
+max_connections_per_identity = $((MEM_CONNS > 256 ? MEM_CONNS + CONNS : 256))
+max_connections_per_ip = $((MEM_CONNS > 512 ? MEM_CONNS + CONNS : 512))
 
 [identity]
 svid_cert = "$P/gateway.crt"
