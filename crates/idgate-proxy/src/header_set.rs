@@ -93,7 +93,7 @@ pub(crate) struct HeaderSet {
     /// Sorted by [`bucket`].
     names: Vec<HeaderName>,
     /// The members of bucket `b` are `names[starts[b]..starts[b + 1]]`.
-    starts: [u16; BUCKETS + 1],
+    starts: [usize; BUCKETS + 1],
     /// Where `Connection` is in `names`, if it is a member.
     connection: Option<usize>,
 }
@@ -116,10 +116,9 @@ impl HeaderSet {
             }
         }
         unique.sort_by_key(|n| bucket(n.as_str()));
-        let mut starts = [0u16; BUCKETS + 1];
+        let mut starts = [0; BUCKETS + 1];
         for (b, start) in starts.iter_mut().enumerate() {
-            let first = unique.partition_point(|n| bucket(n.as_str()) < b);
-            *start = u16::try_from(first).unwrap_or(u16::MAX);
+            *start = unique.partition_point(|n| bucket(n.as_str()) < b);
         }
         let connection = unique.iter().position(|n| *n == header::CONNECTION);
         Self {
@@ -132,7 +131,7 @@ impl HeaderSet {
     /// Where `name` is in `names`.
     fn find(&self, name: &str) -> Option<usize> {
         let b = bucket(name);
-        let (from, to) = (usize::from(self.starts[b]), usize::from(self.starts[b + 1]));
+        let (from, to) = (self.starts[b], self.starts[b + 1]);
         let group = self.names.get(from..to)?;
         group
             .iter()

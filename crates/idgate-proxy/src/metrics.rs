@@ -475,26 +475,19 @@ mod tests {
         // The route's kept handles, a reloaded route's new ones and the families alike add
         // to the same series.
         let (kept, reloaded) = (Kept::default(), Kept::default());
-        metrics.request(&route, Some(&kept), 201, Decision::Allowed, ms);
-        metrics.request(&route, Some(&kept), 201, Decision::Allowed, ms);
-        metrics.request(&route, Some(&kept), 403, Decision::Denied("forbidden"), ms);
-        metrics.request(&route, Some(&reloaded), 201, Decision::Allowed, ms);
-        metrics.request(&route, None, 403, Decision::Denied("forbidden"), ms);
-        metrics.request(
-            &route,
-            Some(&kept),
-            504,
-            Decision::Failed("upstream-timeout"),
-            ms,
-        );
-        metrics.request(
-            &route,
-            Some(&kept),
-            504,
-            Decision::Failed("upstream-timeout"),
-            ms,
-        );
-        metrics.request(&route, Some(&kept), 504, Decision::Failed("other"), ms);
+        let timeout = Decision::Failed("upstream-timeout");
+        for (kept, status, decision) in [
+            (Some(&kept), 201, Decision::Allowed),
+            (Some(&kept), 201, Decision::Allowed),
+            (Some(&kept), 403, Decision::Denied("forbidden")),
+            (Some(&reloaded), 201, Decision::Allowed),
+            (None, 403, Decision::Denied("forbidden")),
+            (Some(&kept), 504, timeout),
+            (Some(&kept), 504, timeout),
+            (Some(&kept), 504, Decision::Failed("other")),
+        ] {
+            metrics.request(&route, kept, status, decision, ms);
+        }
         let text = metrics.encode();
         for line in [
             r#"idgate_requests_total{route="create-session",status="201",decision="allowed"} 3"#,

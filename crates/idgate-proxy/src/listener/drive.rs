@@ -135,8 +135,13 @@ pub(super) async fn drive<C, E>(
         }
     };
     let mut first_request = pin!(first_request);
-    let mut stopped = pin!(stopped(stop));
+    // A connection that arrives during shutdown is told to finish before it is first polled.
     let mut winding_down = false;
+    if *stop.borrow() {
+        graceful(connection.as_mut());
+        winding_down = true;
+    }
+    let mut stopped = pin!(stopped(stop));
     loop {
         tokio::select! {
             // The connection first: it is what every wake-up is almost always for.
