@@ -376,9 +376,13 @@ fn serve(
     }
 }
 
-/// Reads a file's lines (empty when it does not exist).
+/// The complete lines of a file (none when it does not exist). The server may still be
+/// writing it: a last line without its newline is half written, and is left for a later
+/// read.
 pub fn read_lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .map(|s| s.lines().map(str::to_owned).collect())
-        .unwrap_or_default()
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    complete.lines().map(str::to_owned).collect()
 }
