@@ -72,7 +72,8 @@ impl RequestStrip {
         }
     }
 
-    /// The set for a request from a trusted proxy (`trusted`) or from anyone else.
+    /// The set for a request whose forwarding headers go on (`trusted`: it came from a
+    /// trusted proxy, to an upstream with `forwarded_for`), or for any other.
     pub(crate) fn for_request(&self, trusted: bool) -> &HeaderSet {
         if trusted {
             &self.from_trusted
