@@ -253,6 +253,19 @@ async fn a_refusal_makes_a_dead_letter_at_once_and_an_old_event_one_after_its_re
         .unwrap()
         .unwrap();
     assert_eq!(info.state, MessageState::Dead, "the other stays dead");
+    // The subscriber's 200 is seen before the deliverer keeps the delivered copy.
+    let kept = || async {
+        s.store
+            .stats(&s.sub.delivered, SystemTime::now())
+            .await
+            .unwrap()
+            .waiting
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while kept().await == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(kept().await, 1, "the delivered copy was not kept");
 
     // Past the event's maximum age and the dead-letter retention, the dead letter is purged
     // (with the delivered copy, whose retention ended too).
