@@ -50,10 +50,7 @@ pub(crate) async fn forward<'r>(
     // is not a trusted proxy could name any address; and an upstream without
     // `forwarded_for` gets no address, the caller's or any it claims.
     let trusted = upstream.forwarded_for && conn.trusted_proxy;
-    ctx.snapshot
-        .strip_headers
-        .for_request(trusted)
-        .strip(h, true);
+    ctx.snapshot.strip_headers.for_request(trusted).strip(h);
     h.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
     if trusted {
         append_forwarded_for(h, &conn.remote_ip);
@@ -273,7 +270,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// The upstream's response, without its hop-by-hop headers.
 pub(crate) fn strip_response(resp: Response<UpstreamResponseBody>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
-    RESPONSE_STRIP.strip(&mut parts.headers, true);
+    RESPONSE_STRIP.strip(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
 }
 
@@ -296,7 +293,7 @@ mod tests {
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        RESPONSE_STRIP.strip(&mut h, true);
+        RESPONSE_STRIP.strip(&mut h);
         assert_eq!(names(&h), ["x-kept"]);
     }
 
@@ -317,10 +314,10 @@ mod tests {
             h
         };
         let mut h = request();
-        strip.for_request(false).strip(&mut h, true);
+        strip.for_request(false).strip(&mut h);
         assert_eq!(names(&h), ["x-kept"]);
         let mut h = request();
-        strip.for_request(true).strip(&mut h, true);
+        strip.for_request(true).strip(&mut h);
         let mut kept = names(&h);
         kept.sort_unstable();
         let mut expected: Vec<&str> = FORWARDING.iter().map(HeaderName::as_str).collect();

@@ -140,10 +140,9 @@ impl HeaderSet {
             .map(|i| from + i)
     }
 
-    /// Removes every value of every header in the set. With `connection_named`, the headers
-    /// the `Connection` header names go too (RFC 9110 §7.6.1), when the set holds
-    /// `Connection` and the message has one.
-    pub(crate) fn strip(&self, headers: &mut HeaderMap, connection_named: bool) {
+    /// Removes every value of every header in the set. When the set holds `Connection` and
+    /// the message has one, the headers it names go too (RFC 9110 §7.6.1).
+    pub(crate) fn strip(&self, headers: &mut HeaderMap) {
         // Which members are present, as bits of their places in `names`: one pass over the
         // message's headers, usually with no removal at all.
         let mut present = 0u64;
@@ -164,7 +163,7 @@ impl HeaderSet {
             Some(_) => headers.contains_key(header::CONNECTION),
             None => false,
         };
-        if connection_named && has_connection {
+        if has_connection {
             remove_connection_named(headers);
         }
         if overflow {
@@ -242,13 +241,13 @@ mod tests {
         h.append("x-kept", HeaderValue::from_static("2"));
         // `tx` has a member's length (`te`) but is not one.
         h.append("tx", HeaderValue::from_static("1"));
-        set.strip(&mut h, true);
+        set.strip(&mut h);
         assert_eq!(names(&h), ["tx", "x-kept"]);
         assert_eq!(h.get_all("x-kept").iter().count(), 2);
     }
 
     #[test]
-    fn the_headers_connection_names_go_only_when_asked_and_when_it_is_there() {
+    fn the_headers_connection_names_go_only_when_the_set_holds_it_and_it_is_there() {
         let set = HeaderSet::new([header::CONNECTION]);
         let message = || {
             let mut h = HeaderMap::new();
@@ -261,11 +260,11 @@ mod tests {
             h
         };
         let mut h = message();
-        set.strip(&mut h, true);
+        set.strip(&mut h);
         assert_eq!(names(&h), ["keep-alive"]);
         let mut h = message();
-        set.strip(&mut h, false);
-        assert_eq!(names(&h), ["keep-alive", "x-secret-hop"]);
+        HeaderSet::new([header::TE]).strip(&mut h);
+        assert_eq!(names(&h), ["connection", "keep-alive", "x-secret-hop"]);
 
         // Two `Connection` headers: the names of both.
         let mut h = HeaderMap::new();
@@ -274,7 +273,7 @@ mod tests {
         h.insert("x-a", HeaderValue::from_static("1"));
         h.insert("x-b", HeaderValue::from_static("1"));
         h.insert("x-c", HeaderValue::from_static("1"));
-        set.strip(&mut h, true);
+        set.strip(&mut h);
         assert_eq!(names(&h), ["x-c"]);
     }
 
@@ -288,7 +287,7 @@ mod tests {
         h.append("x-h69", HeaderValue::from_static("1"));
         h.append("x-h3", HeaderValue::from_static("1"));
         h.append("x-kept", HeaderValue::from_static("1"));
-        set.strip(&mut h, false);
+        set.strip(&mut h);
         assert_eq!(names(&h), ["x-kept"]);
     }
 
@@ -306,7 +305,7 @@ mod tests {
             HeaderName::from_bytes(long.as_bytes()).unwrap(),
             HeaderValue::from_static("1"),
         );
-        set.strip(&mut h, false);
+        set.strip(&mut h);
         assert_eq!(names(&h), [longer.as_str()]);
     }
 }

@@ -97,11 +97,34 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
-/// The counter of the credential version an upstream's requests used last (see
-/// [`Metrics::credential_used`]). The counter is the family's own: a version counted through
-/// it or through the family adds to the same series.
-#[derive(Debug, Default)]
-pub struct LastUse(ArcSwapOption<(Arc<str>, Counter)>);
+/// A family's counter for the labels its holder counted last, with the labels' key: the
+/// credential version an upstream's requests used (see [`Metrics::credential_used`]), the
+/// status and decision of a route's requests. The counter is the family's own: what is
+/// counted through it or through the family adds to the same series.
+#[derive(Debug)]
+pub struct LastUse<K = Arc<str>>(ArcSwapOption<(K, Counter)>);
+
+impl<K> Default for LastUse<K> {
+    fn default() -> Self {
+        Self(ArcSwapOption::empty())
+    }
+}
+
+impl<K: PartialEq + Clone> LastUse<K> {
+    /// Counts one for `key`: on the kept counter when `key` was counted last, else on the
+    /// family's, which `counter` gives and which is kept from then on.
+    fn inc(&self, key: &K, counter: impl FnOnce() -> Counter) {
+        if let Some(kept) = &*self.0.load()
+            && kept.0 == *key
+        {
+            kept.1.inc();
+            return;
+        }
+        let counter = counter();
+        counter.inc();
+        self.0.store(Some(Arc::new((key.clone(), counter))));
+    }
+}
 
 /// A latency histogram of a family, kept by what it measures (a route, an upstream).
 #[derive(Debug, Default)]
@@ -113,7 +136,7 @@ pub struct KeptLatency(OnceLock<Latency>);
 pub struct Kept {
     latency: KeptLatency,
     /// The requests counter for the status and decision of the route's last request.
-    last: ArcSwapOption<(u16, Decision, Counter)>,
+    last: LastUse<(u16, Decision)>,
 }
 
 pub struct Metrics {
@@ -273,16 +296,9 @@ impl Metrics {
             .0
             .get_or_init(|| self.request_latency_of(route))
             .observe(took);
-        if let Some(last) = &*kept.last.load()
-            && last.0 == status
-            && last.1 == decision
-        {
-            last.2.inc();
-            return;
-        }
-        let counter = self.requests_of(route, status, decision);
-        counter.inc();
-        kept.last.store(Some(Arc::new((status, decision, counter))));
+        kept.last.inc(&(status, decision), || {
+            self.requests_of(route, status, decision)
+        });
     }
 
     fn request_latency_of(&self, route: &Arc<str>) -> Latency {
@@ -366,18 +382,12 @@ impl Metrics {
     /// [`LastUse`]: a request that uses the version the one before it used counts on the
     /// counter kept there, without the family's lock and label hash.
     pub fn credential_used(&self, last: &LastUse, label: &Arc<str>, version: &Arc<str>) {
-        if let Some(kept) = &*last.0.load()
-            && kept.0 == *version
-        {
-            kept.1.inc();
-            return;
-        }
-        let counter = self.credential_uses.get_or_create_owned(&CredentialUse {
-            credential: RouteLabel(label.clone()),
-            version: RouteLabel(version.clone()),
+        last.inc(version, || {
+            self.credential_uses.get_or_create_owned(&CredentialUse {
+                credential: RouteLabel(label.clone()),
+                version: RouteLabel(version.clone()),
+            })
         });
-        counter.inc();
-        last.0.store(Some(Arc::new((version.clone(), counter))));
     }
 
     pub fn credential_failed(&self, label: &str) {
