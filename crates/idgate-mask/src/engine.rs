@@ -37,6 +37,21 @@ pub struct Rule {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Profile {
     rules: Vec<Rule>,
+    /// Every step of every rule, rule after rule, each path's in its order: a partial match
+    /// is an index here, and the step after it is the next index.
+    steps: Vec<FlatStep>,
+}
+
+/// One step of [`Profile::steps`], with what the walk asks of it at hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FlatStep {
+    rule: usize,
+    /// The first step of its rule's path.
+    first: bool,
+    /// The last step of its rule's path: matching it names a value.
+    last: bool,
+    descendant: bool,
+    selector: crate::path::Selector,
 }
 
 /// The answer must not be passed on: a `block` rule names a value that is present.
@@ -99,19 +114,35 @@ impl Pseudonyms {
     }
 }
 
-/// A partial match: `step` steps of rule `rule`'s path match the location so far.
+/// A partial match: the steps of a rule's path before `Profile::steps[.0]` match the
+/// location so far. Ordered by rule, then by step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct State {
-    rule: usize,
-    step: usize,
-}
+pub(crate) struct State(usize);
 
 /// The rule that decides a value, by index, with its action.
 pub(crate) type Decision = Option<(usize, Action)>;
 
 impl Profile {
     pub fn new(rules: Vec<Rule>) -> Self {
-        Self { rules }
+        let steps = rules
+            .iter()
+            .enumerate()
+            .flat_map(|(rule, r)| {
+                let n = r.path.steps().len();
+                r.path
+                    .steps()
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, step)| FlatStep {
+                        rule,
+                        first: i == 0,
+                        last: i + 1 == n,
+                        descendant: step.descendant,
+                        selector: step.selector.clone(),
+                    })
+            })
+            .collect();
+        Self { rules, steps }
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -126,7 +157,13 @@ impl Profile {
     /// The partial matches at the root, with room for a few levels' more.
     pub(crate) fn start(&self) -> Vec<State> {
         let mut states = Vec::with_capacity(4 * self.rules.len());
-        states.extend((0..self.rules.len()).map(|rule| State { rule, step: 0 }));
+        states.extend(
+            self.steps
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.first)
+                .map(|(i, _)| State(i)),
+        );
         states
     }
 
@@ -150,10 +187,10 @@ impl Profile {
         states: std::ops::Range<usize>,
         segment: Segment<'_>,
     ) -> (std::ops::Range<usize>, Decision) {
+        let steps = &self.steps;
         let passes_over = |s: &State| {
-            self.rules
-                .get(s.rule)
-                .and_then(|r| r.path.steps().get(s.step))
+            steps
+                .get(s.0)
                 .is_some_and(|step| step.descendant && !step.selector.matches(segment))
         };
         if next
@@ -168,10 +205,7 @@ impl Profile {
             let Some(&s) = next.get(i) else {
                 continue;
             };
-            let Some(steps) = self.rules.get(s.rule).map(|r| r.path.steps()) else {
-                continue;
-            };
-            let Some(step) = steps.get(s.step) else {
+            let Some(step) = steps.get(s.0) else {
                 continue;
             };
             // `..` may skip this level and match further down.
@@ -179,13 +213,10 @@ impl Profile {
                 next.push(s);
             }
             if step.selector.matches(segment) {
-                if s.step + 1 == steps.len() {
-                    first = Some(first.map_or(s.rule, |f| f.min(s.rule)));
+                if step.last {
+                    first = Some(first.map_or(step.rule, |f| f.min(step.rule)));
                 } else {
-                    next.push(State {
-                        rule: s.rule,
-                        step: s.step + 1,
-                    });
+                    next.push(State(s.0 + 1));
                 }
             }
         }
