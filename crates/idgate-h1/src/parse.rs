@@ -72,8 +72,10 @@ pub struct Head {
 const MAX_INTERIM: usize = 8;
 
 /// Reads a response head as its bytes arrive, skipping interim 1xx responses. All heads of
-/// one response together stay within [`MAX_HEAD_BYTES`], and a head is parsed only once
-/// its end has arrived, so a head sent a byte at a time costs one scan, not one per byte.
+/// one response together stay within [`MAX_HEAD_BYTES`]. A head is parsed as soon as its
+/// first bytes are here (most heads arrive whole); one that is not complete then is parsed
+/// again only once its end has arrived, so a head sent a byte at a time costs one scan and
+/// two parses, not one per byte.
 #[derive(Debug, Default)]
 pub struct HeadParser {
     /// Bytes of interim heads already taken.
@@ -125,6 +127,23 @@ impl HeadParser {
         take_final: Option<bool>,
     ) -> Result<Parsed, ProtocolError> {
         loop {
+            let budget = MAX_HEAD_BYTES.saturating_sub(self.interim_bytes);
+            // A head's first look: most arrive whole, and httparse finds their end itself.
+            // One that has not is scanned for its end from then on, so that a head sent a
+            // byte at a time is parsed twice at most, however many reads it takes.
+            let parsed = if self.scanned == 0 {
+                parse_one(buf, take_final, budget)?
+            } else {
+                Parsed::Partial
+            };
+            match parsed {
+                Parsed::Partial => {}
+                Parsed::Interim(len) => {
+                    self.interim_taken(len)?;
+                    continue;
+                }
+                done => return Ok(done),
+            }
             // Nothing to parse until the blank line that ends a head is here.
             let from = self.scanned.saturating_sub(2);
             let Some(end) = head_end(buf, from) else {
@@ -137,20 +156,24 @@ impl HeadParser {
             if self.interim_bytes + end > MAX_HEAD_BYTES {
                 return Err(ProtocolError::HeadTooLarge);
             }
-            match parse_one(buf, take_final)? {
+            match parse_one(buf, take_final, budget)? {
                 // The blank line was the end of a head: httparse agrees, or says why not.
                 Parsed::Partial => return Err(ProtocolError::Malformed("head")),
-                Parsed::Interim(len) => {
-                    self.interim += 1;
-                    if self.interim > MAX_INTERIM {
-                        return Err(ProtocolError::Malformed("too many interim responses"));
-                    }
-                    self.interim_bytes += len;
-                    self.scanned = 0;
-                }
+                Parsed::Interim(len) => self.interim_taken(len)?,
                 done => return Ok(done),
             }
         }
+    }
+
+    /// An interim head of `len` bytes was taken out of the buffer: the next starts afresh.
+    fn interim_taken(&mut self, len: usize) -> Result<(), ProtocolError> {
+        self.interim += 1;
+        if self.interim > MAX_INTERIM {
+            return Err(ProtocolError::Malformed("too many interim responses"));
+        }
+        self.interim_bytes += len;
+        self.scanned = 0;
+        Ok(())
     }
 }
 
@@ -187,8 +210,12 @@ enum Parsed {
 }
 
 /// Parses the head at the start of `buf`; a final one is taken only with `take_final`
-/// (whether the request was a HEAD).
-fn parse_one(buf: &mut BytesMut, take_final: Option<bool>) -> Result<Parsed, ProtocolError> {
+/// (whether the request was a HEAD). A head longer than `budget` bytes is refused.
+fn parse_one(
+    buf: &mut BytesMut,
+    take_final: Option<bool>,
+    budget: usize,
+) -> Result<Parsed, ProtocolError> {
     // (name start, name end, value start, value end) within the head.
     let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
     let (len, code, minor, count) = {
@@ -205,7 +232,7 @@ fn parse_one(buf: &mut BytesMut, take_final: Option<bool>) -> Result<Parsed, Pro
             Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError::TooManyHeaders),
             Err(e) => return Err(ProtocolError::Malformed(malformed(e))),
         };
-        if len > MAX_HEAD_BYTES {
+        if len > budget {
             return Err(ProtocolError::HeadTooLarge);
         }
         let code = resp.code.ok_or(ProtocolError::Malformed("status"))?;

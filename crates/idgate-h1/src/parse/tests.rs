@@ -188,6 +188,65 @@ fn interim_heads_count_against_one_budget() {
 }
 
 #[test]
+fn a_final_head_within_the_limit_alone_is_refused_when_the_interim_ones_used_the_budget() {
+    let hint = format!(
+        "HTTP/1.1 103 Early Hints\r\nlink: {}\r\n\r\n",
+        "a".repeat(MAX_HEAD_BYTES / 2)
+    );
+    let fin = format!(
+        "HTTP/1.1 200 OK\r\nx: {}\r\ncontent-length: 0\r\n\r\n",
+        "b".repeat(MAX_HEAD_BYTES / 2)
+    );
+    let raw = format!("{hint}{fin}");
+    // Whole, and in pieces of every kind of boundary: the same answer.
+    assert_eq!(head(&raw, false).unwrap_err(), ProtocolError::HeadTooLarge);
+    for step in [1000, 4096, hint.len()] {
+        let mut parser = HeadParser::new();
+        let mut buf = BytesMut::new();
+        let mut outcome = Ok(None);
+        for piece in raw.as_bytes().chunks(step) {
+            buf.extend_from_slice(piece);
+            outcome = parser.parse(&mut buf, false);
+            if !matches!(outcome, Ok(None)) {
+                break;
+            }
+        }
+        assert_eq!(
+            outcome.unwrap_err(),
+            ProtocolError::HeadTooLarge,
+            "step {step}"
+        );
+    }
+    // Each alone is within it.
+    assert_eq!(head_of(&fin).status, 200);
+}
+
+#[test]
+fn a_head_split_anywhere_parses_as_it_does_whole() {
+    let raw = b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nx-a: b\r\ncontent-length: 2\r\n\r\nok";
+    for cut in 1..raw.len() {
+        let mut parser = HeadParser::new();
+        let mut buf = BytesMut::from(&raw[..cut]);
+        let first = parser.parse(&mut buf, false).unwrap();
+        buf.extend_from_slice(&raw[cut..]);
+        let head = match first {
+            Some(h) => h,
+            None => parser
+                .parse(&mut buf, false)
+                .unwrap()
+                .expect("a whole head"),
+        };
+        assert_eq!(
+            (head.status.as_u16(), head.framing),
+            (200, Framing::Length(2)),
+            "cut {cut}"
+        );
+        assert_eq!(head.headers.get("x-a").unwrap(), "b", "cut {cut}");
+        assert_eq!(&buf[..], b"ok", "cut {cut}");
+    }
+}
+
+#[test]
 fn ambiguous_framing_is_an_error() {
     for raw in [
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
