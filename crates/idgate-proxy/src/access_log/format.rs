@@ -1,5 +1,6 @@
 //! The access line's two formats, JSON and text, written straight into a byte buffer.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -164,29 +165,50 @@ fn text_str(out: &mut Vec<u8>, s: &str) {
 pub(super) fn timestamp(out: &mut Vec<u8>, t: SystemTime) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let s = secs % 86_400;
-    digits(out, year, 4);
-    out.push(b'-');
-    digits(out, month, 2);
-    out.push(b'-');
-    digits(out, day, 2);
-    out.push(b'T');
-    digits(out, s / 3600, 2);
-    out.push(b':');
-    digits(out, s / 60 % 60, 2);
-    out.push(b':');
-    digits(out, s % 60, 2);
-    out.push(b'.');
-    digits(out, since.subsec_micros().into(), 6);
-    out.push(b'Z');
+    // Up to the seconds, the text changes once a second: each thread keeps its last.
+    let prefix = LAST_SECOND.with(|last| {
+        let (at, text) = last.get();
+        if at == Some(secs) {
+            return text;
+        }
+        let text = up_to_seconds(secs);
+        last.set((Some(secs), text));
+        text
+    });
+    out.extend_from_slice(&prefix);
+    let mut fraction = *b".000000Z";
+    fill_digits(&mut fraction[1..7], since.subsec_micros().into());
+    out.extend_from_slice(&fraction);
 }
 
-/// `n` in exactly `width` decimal digits, zero-padded (higher digits are cut).
-fn digits(out: &mut Vec<u8>, mut n: u64, width: usize) {
-    let start = out.len();
-    out.resize(start + width, b'0');
-    for slot in out[start..].iter_mut().rev() {
+thread_local! {
+    /// The last second [`timestamp`] wrote on this thread, and its text.
+    static LAST_SECOND: Cell<(Option<u64>, [u8; 19])> = const { Cell::new((None, [0; 19])) };
+}
+
+/// `2026-11-23T16:45:48` for `secs` after the epoch.
+fn up_to_seconds(secs: u64) -> [u8; 19] {
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let s = secs % 86_400;
+    let mut text = *b"0000-00-00T00:00:00";
+    for (range, n) in [
+        (0..4, year),
+        (5..7, month),
+        (8..10, day),
+        (11..13, s / 3600),
+        (14..16, s / 60 % 60),
+        (17..19, s % 60),
+    ] {
+        if let Some(slots) = text.get_mut(range) {
+            fill_digits(slots, n);
+        }
+    }
+    text
+}
+
+/// `n` in exactly `slots.len()` decimal digits, zero-padded (higher digits are cut).
+fn fill_digits(slots: &mut [u8], mut n: u64) {
+    for slot in slots.iter_mut().rev() {
         *slot = b'0' + (n % 10) as u8;
         n /= 10;
     }

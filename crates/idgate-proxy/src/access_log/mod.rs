@@ -392,6 +392,36 @@ mod tests {
         assert_eq!(out, b"2026-11-23T16:45:48.053279Z");
     }
 
+    #[test]
+    fn a_timestamp_is_right_within_a_second_across_one_and_when_the_clock_steps_back() {
+        let base = UNIX_EPOCH + Duration::from_secs(1_796_428_799);
+        let cases = [
+            (base, "2026-12-04T23:59:59.000000Z"),
+            (
+                base + Duration::from_micros(999_999),
+                "2026-12-04T23:59:59.999999Z",
+            ),
+            (base + Duration::from_secs(1), "2026-12-05T00:00:00.000000Z"),
+            (
+                base + Duration::from_micros(1_000_042),
+                "2026-12-05T00:00:00.000042Z",
+            ),
+            (
+                base + Duration::from_micros(7),
+                "2026-12-04T23:59:59.000007Z",
+            ),
+            (
+                UNIX_EPOCH + Duration::from_secs(951_868_800),
+                "2000-03-01T00:00:00.000000Z",
+            ),
+        ];
+        for (t, want) in cases {
+            let mut out = Vec::new();
+            timestamp(&mut out, t);
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+    }
+
     /// An output that accepts nothing until it is let go, like a pipe nobody reads.
     struct Stalled {
         go: mpsc::Receiver<()>,
