@@ -47,6 +47,12 @@ pub struct AuditMetrics {
 #[derive(Debug)]
 pub struct Permit(OwnedSemaphorePermit);
 
+/// A pending batch this large is written at once rather than at the next sync: under load a
+/// batch then stays in buffers that are reused from one batch to the next (a batch of
+/// `sync_interval`'s records, megabytes at a few ten thousand requests per second, would be
+/// grown anew on the request path, page by page, each time).
+pub(crate) const WRITE_AT: usize = 256 << 10;
+
 /// Whether an item took a reserved place.
 const RESERVED: u8 = 1;
 const UNRESERVED: u8 = 0;
@@ -223,15 +229,21 @@ impl AuditTrail {
             self.give_back(pool);
             return;
         }
+        let before = pending.buf.len();
         pending.buf.push(pool);
         pending.buf.extend_from_slice(&len.to_le_bytes());
         pending.buf.extend_from_slice(members);
         pending.items += 1;
         let items = pending.items;
+        let after = pending.buf.len();
         drop(pending);
         shared.metrics.depth.inc();
-        // The first record wakes an idle writer; half a queue's worth makes it write early.
-        if items == 1 || items == (shared.capacity / 2).max(1) {
+        // The first record wakes an idle writer; half a queue's worth, or a batch of
+        // `WRITE_AT` bytes, makes it write early.
+        if items == 1
+            || items == (shared.capacity / 2).max(1)
+            || (before < WRITE_AT && after >= WRITE_AT)
+        {
             shared.writer.unpark();
         }
     }

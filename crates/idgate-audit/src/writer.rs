@@ -1,7 +1,7 @@
 //! The writer: at start, where the chain left off (and what the previous run lost); then one
-//! thread that takes the pending batch every `sync_interval`, chains and signs it, writes it
-//! with one `write` and syncs it, rotates files by size and age, and closes the last file
-//! with a signed checkpoint at a clean exit.
+//! thread that takes the pending batch every `sync_interval` (sooner under load), chains and
+//! signs it, writes it with one `write`, syncs the file every `sync_interval`, rotates files
+//! by size and age, and closes the last file with a signed checkpoint at a clean exit.
 //!
 //! A crash loses at most the batch being gathered (and, on a power loss, what was written
 //! since the last sync). The next start finds the end of the last file, sets aside whatever
@@ -41,7 +41,8 @@ pub struct WriterSettings {
     pub checkpoint_every: u64,
     /// …or this long after the previous one, whichever comes first.
     pub checkpoint_interval: Duration,
-    /// How often batches are written and synced: at most this much is lost in a crash.
+    /// How often the trail is synced (and, unless a batch fills up sooner, written): at most
+    /// this much is lost in a crash.
     pub sync_interval: Duration,
     /// Places in each of the queue's two pools (see [`crate::queue`]).
     pub queue_capacity: usize,
@@ -156,6 +157,13 @@ struct Writer {
     chain: Chain,
     current: Current,
     spare: Spare,
+    sync: SyncState,
+}
+
+/// When the current file was last synced, and whether anything was written since.
+struct SyncState {
+    last: Instant,
+    unsynced: bool,
 }
 
 /// Buffers kept from one batch to the next, so that a steady load neither grows a batch's
@@ -240,6 +248,10 @@ impl AuditTrail {
                 last_checkpoint: Instant::now(),
             },
             spare: Spare::default(),
+            sync: SyncState {
+                last: Instant::now(),
+                unsynced: false,
+            },
         };
         let mut built = Built::default();
         writer.append_open(&mut built, "start", previous.as_deref())?;

@@ -1,6 +1,9 @@
-//! The writer thread's loop: wait for records (or a timed checkpoint or rotation), take the
-//! pending batch, chain it, write it with one `write`, sync it, hand its lines to the
-//! exporter and give the queue's places back.
+//! The writer thread's loop: wait for records (or a timed checkpoint, rotation or sync), take
+//! the pending batch, chain it, write it with one `write`, hand its lines to the exporter,
+//! give the queue's places back, and sync the file when `sync_interval` has passed since the
+//! last sync. A batch is taken `sync_interval` after the last sync, or as soon as it holds
+//! [`WRITE_AT`] bytes: under load several batches are written between two syncs, each small
+//! enough for its buffers to be reused.
 //!
 //! A batch that cannot be written (a full disk) is kept and written again every second, in
 //! the same order, before anything newer: meanwhile the queue fills and requests are refused
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{Built, Writer, open_file};
 use crate::chain::EntryKind;
 use crate::checkpoint::Close;
-use crate::queue::{self, Shared};
+use crate::queue::{self, Shared, WRITE_AT};
 
 /// How long a batch that could not be written waits before it is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -21,16 +24,15 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl Writer {
     pub(super) fn run(mut self, shared: &Shared) {
-        let mut last_flush = Instant::now();
         let mut stuck: Option<Built> = None;
         let mut last_report: Option<Instant> = None;
         loop {
             if !shared.closing.load(Ordering::Acquire) {
-                self.wait(shared, last_flush, stuck.is_some());
+                self.wait(shared, stuck.is_some());
             }
             let closing = shared.closing.load(Ordering::Acquire);
             if let Some(built) = stuck.take()
-                && let Err(built) = self.commit(shared, built, &mut last_report)
+                && let Err(built) = self.commit(shared, built, closing, &mut last_report)
             {
                 if closing {
                     self.give_up(shared, &built);
@@ -40,8 +42,7 @@ impl Writer {
                 continue;
             }
             let built = self.build(shared, closing, &mut last_report);
-            last_flush = Instant::now();
-            if let Err(built) = self.commit(shared, built, &mut last_report) {
+            if let Err(built) = self.commit(shared, built, closing, &mut last_report) {
                 stuck = Some(built);
                 if !closing {
                     continue;
@@ -49,7 +50,7 @@ impl Writer {
                 // One more try at the end, then the records are counted as lost.
                 std::thread::sleep(RETRY_AFTER);
                 if let Some(built) = stuck.take()
-                    && let Err(built) = self.commit(shared, built, &mut last_report)
+                    && let Err(built) = self.commit(shared, built, true, &mut last_report)
                 {
                     self.give_up(shared, &built);
                     return;
@@ -66,29 +67,32 @@ impl Writer {
     }
 
     /// Sleeps until there is something to do: records (the first one wakes the thread, then
-    /// the batch gathers until `sync_interval` after the last write), a timed checkpoint, a
-    /// rotation by age, a retry, or the close.
-    fn wait(&self, shared: &Shared, last_flush: Instant, stuck: bool) {
+    /// the batch gathers until `sync_interval` after the last sync, or until it holds
+    /// [`WRITE_AT`] bytes or half the queue), a sync of what was written early, a timed
+    /// checkpoint, a rotation by age, a retry, or the close.
+    fn wait(&self, shared: &Shared, stuck: bool) {
         if stuck {
             std::thread::park_timeout(RETRY_AFTER);
             return;
         }
+        let due = self.sync.last + self.settings.sync_interval;
         if shared.pending().items == 0 {
             let checkpoint = (self.chain.since_checkpoint > 0)
                 .then(|| self.chain.last_checkpoint + self.settings.checkpoint_interval);
             let rotation =
                 (self.current.entries > 0).then(|| self.current.opened + self.settings.rotate_age);
-            match checkpoint.into_iter().chain(rotation).min() {
+            let sync = self.sync.unsynced.then_some(due);
+            match checkpoint.into_iter().chain(rotation).chain(sync).min() {
                 Some(at) => std::thread::park_timeout(at.saturating_duration_since(Instant::now())),
                 None => std::thread::park(),
             }
         }
-        let due = last_flush + self.settings.sync_interval;
         let now = Instant::now();
-        if now < due
-            && !shared.closing.load(Ordering::Acquire)
-            && shared.pending().items < (shared.capacity / 2).max(1)
-        {
+        let small = || {
+            let p = shared.pending();
+            p.items < (shared.capacity / 2).max(1) && p.buf.len() < WRITE_AT
+        };
+        if now < due && !shared.closing.load(Ordering::Acquire) && small() {
             std::thread::park_timeout(due - now);
         }
     }
@@ -175,12 +179,14 @@ impl Writer {
         built
     }
 
-    /// Writes a batch, syncs it, exports its lines and gives back its places. A batch that
-    /// cannot be written comes back, to be tried again.
+    /// Writes a batch, exports its lines, gives back its places, and syncs the file when
+    /// `sync_interval` has passed since the last sync (or `sync_now`). A batch that cannot be
+    /// written comes back, to be tried again.
     fn commit(
         &mut self,
         shared: &Shared,
         built: Built,
+        sync_now: bool,
         last_report: &mut Option<Instant>,
     ) -> Result<(), Built> {
         if let Err(e) = self.write_built(&built) {
@@ -192,25 +198,39 @@ impl Writer {
             );
             return Err(built);
         }
-        if !built.plain.is_empty()
-            && let Err(e) = self.current.file.sync_data()
-        {
-            shared.metrics.write_errors.inc();
-            let path = self.current.path.display().to_string();
-            report(
-                last_report,
-                || tracing::error!(file = %path, error = %e, "cannot sync the audit trail"),
-            );
+        if !built.plain.is_empty() {
+            self.sync.unsynced = true;
         }
         if let Some(export) = &self.export {
             for line in built.plain.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 export.export(line);
             }
         }
-        shared.last_seq.store(self.chain.seq, Ordering::Release);
         shared.release(built.reserved, built.unreserved);
         self.spare.give_back(built);
+        if self.sync.unsynced
+            && (sync_now || self.sync.last.elapsed() >= self.settings.sync_interval)
+        {
+            self.sync_file(shared, last_report);
+        }
         Ok(())
+    }
+
+    /// Syncs what was written to the current file, and makes it the trail's last entry.
+    fn sync_file(&mut self, shared: &Shared, last_report: &mut Option<Instant>) {
+        self.sync.last = Instant::now();
+        if let Err(e) = self.current.file.sync_data() {
+            // Tried again at the next sync; the records are written, not lost.
+            shared.metrics.write_errors.inc();
+            let path = self.current.path.display().to_string();
+            report(
+                last_report,
+                || tracing::error!(file = %path, error = %e, "cannot sync the audit trail"),
+            );
+        } else {
+            self.sync.unsynced = false;
+        }
+        shared.last_seq.store(self.chain.seq, Ordering::Release);
     }
 
     /// Records that can never be written (this batch, and any still pending at the exit):
@@ -281,7 +301,7 @@ impl Writer {
             );
             return Ok(());
         }
-        let _ = self.current.file.sync_data();
+        self.sync_file(shared, last_report);
         let old = std::mem::replace(&mut self.current, next);
         let mut opening = Built::default();
         if let Err(e) = self.append_open(&mut opening, "rotate", Some(&old.path)) {
@@ -301,7 +321,7 @@ impl Writer {
             }
         }
         // The opening entry goes out like any batch.
-        self.commit(shared, opening, last_report)
+        self.commit(shared, opening, false, last_report)
     }
 
     /// Closes the last file with a signed `shutdown` checkpoint.
@@ -312,7 +332,7 @@ impl Writer {
             return;
         }
         for _ in 0..3 {
-            match self.commit(shared, built, last_report) {
+            match self.commit(shared, built, true, last_report) {
                 Ok(()) => return,
                 Err(b) => {
                     built = b;

@@ -335,3 +335,35 @@ fn an_idle_trail_is_checkpointed_on_time() {
     assert!(matches!(summary.end, End::Open { .. }));
     trail.close();
 }
+
+#[test]
+fn a_large_batch_is_written_before_the_sync_interval_and_its_places_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let mut s = settings(dir.path());
+    // Neither the sync interval nor half the queue would make the writer write.
+    s.sync_interval = Duration::from_secs(10);
+    s.queue_capacity = 1 << 16;
+    let (trail, _) = AuditTrail::start(s, keys.audit_keys(None), None).unwrap();
+    let mut members = Vec::new();
+    activity("rid-0", "/v1/x").write_members(&mut members);
+    let n = crate::queue::WRITE_AT / members.len() + 2;
+    assert!(n < (1 << 15), "half the queue is not reached");
+    // The first record wakes the writer, which then gathers: give it time to park.
+    records(&trail, 1);
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    records(&trail, n);
+    wait_written(&trail);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "written only at the sync interval"
+    );
+    let file = files::list(dir.path()).unwrap()[0].clone();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.lines().count() > n, "{} lines", text.lines().count());
+    trail.close();
+    let summary = verify(dir.path(), &[keys.public], &[]);
+    assert_eq!(summary.records as usize, n + 1);
+    assert_eq!(summary.end, End::Sealed);
+}
