@@ -95,22 +95,43 @@ pub trait Pseudonymizer: Sync {
 
 /// The pseudonyms of one document's values, by the bytes they were made from.
 #[derive(Debug, Clone, Default)]
-pub struct Pseudonyms(HashMap<Vec<u8>, String>);
+pub struct Pseudonyms {
+    /// Each input with its pseudonym, in the order asked.
+    pairs: Vec<(Vec<u8>, String)>,
+    /// Indexes into `pairs` by input, once there are more than [`Inputs::FEW`]; until then
+    /// the list is searched (most documents hold one or two values to pseudonymize).
+    index: HashMap<Vec<u8>, usize>,
+}
 
 impl Pseudonyms {
     /// Pairs each input with its tag.
     pub fn new(inputs: Vec<Vec<u8>>, macs: &[[u8; 32]]) -> Self {
-        Self(
-            inputs
-                .into_iter()
-                .zip(macs)
-                .map(|(input, mac)| (input, action::pseudonym(mac)))
-                .collect(),
-        )
+        let pairs: Vec<(Vec<u8>, String)> = inputs
+            .into_iter()
+            .zip(macs)
+            .map(|(input, mac)| (input, action::pseudonym(mac)))
+            .collect();
+        let index = if pairs.len() > Inputs::FEW {
+            pairs
+                .iter()
+                .enumerate()
+                .map(|(i, (input, _))| (input.clone(), i))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        Self { pairs, index }
     }
 
     pub(crate) fn get(&self, input: &[u8]) -> Option<&str> {
-        self.0.get(input).map(String::as_str)
+        let found = if self.index.is_empty() {
+            self.pairs
+                .iter()
+                .find(|(known, _)| known.as_slice() == input)
+        } else {
+            self.index.get(input).and_then(|&i| self.pairs.get(i))
+        };
+        found.map(|(_, pseudonym)| pseudonym.as_str())
     }
 }
 

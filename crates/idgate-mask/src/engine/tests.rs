@@ -340,3 +340,20 @@ fn inputs_are_distinct_and_in_first_seen_order_however_many() {
         assert_eq!(inputs.list, values, "{distinct} distinct inputs");
     }
 }
+
+#[test]
+fn pseudonyms_are_found_by_their_input_whether_few_or_many() {
+    for n in [1usize, 3, Inputs::FEW, Inputs::FEW + 1, 40] {
+        let inputs: Vec<Vec<u8>> = (0..n).map(|i| format!("v-{i}").into_bytes()).collect();
+        let macs: Vec<[u8; 32]> = (0..n).map(|i| [i as u8; 32]).collect();
+        let p = Pseudonyms::new(inputs.clone(), &macs);
+        for (input, mac) in inputs.iter().zip(&macs) {
+            assert_eq!(
+                p.get(input),
+                Some(action::pseudonym(mac).as_str()),
+                "{n} inputs"
+            );
+        }
+        assert_eq!(p.get(b"v-unknown"), None, "{n} inputs");
+    }
+}
