@@ -87,6 +87,19 @@ impl RequestStrip {
 pub(crate) static RESPONSE_STRIP: LazyLock<HeaderSet> =
     LazyLock::new(|| HeaderSet::new(HOP_BY_HOP.iter().map(|&n| n.clone())));
 
+/// What an answer a masking profile applies to is stripped of: the headers that describe the
+/// upstream's bytes (wrong for masked ones) and `Accept-Ranges`.
+pub(crate) static MASKED_STRIP: LazyLock<HeaderSet> = LazyLock::new(|| {
+    HeaderSet::new([
+        header::ETAG,
+        HeaderName::from_static("content-md5"),
+        HeaderName::from_static("digest"),
+        HeaderName::from_static("content-digest"),
+        HeaderName::from_static("repr-digest"),
+        header::ACCEPT_RANGES,
+    ])
+});
+
 /// Header names, grouped by length: a header is compared only with the members as long as
 /// its name, and most headers have no member of their length at all.
 #[derive(Debug, Clone)]
@@ -307,5 +320,24 @@ mod tests {
         );
         set.strip(&mut h);
         assert_eq!(names(&h), [longer.as_str()]);
+    }
+
+    #[test]
+    fn a_masked_answer_loses_what_describes_the_upstreams_bytes_and_keeps_the_rest() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "etag",
+            "content-md5",
+            "digest",
+            "content-digest",
+            "repr-digest",
+            "accept-ranges",
+            "content-type",
+            "cache-control",
+        ] {
+            h.append(HeaderName::from_static(name), HeaderValue::from_static("x"));
+        }
+        MASKED_STRIP.strip(&mut h);
+        assert_eq!(names(&h), ["cache-control", "content-type"]);
     }
 }

@@ -21,7 +21,7 @@
 //!   `Content-Digest`, `Repr-Digest`) and `Accept-Ranges` are removed from every answer a
 //!   profile applies to; a `HEAD` answer also loses its `Content-Length` (the unmasked size).
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode};
 use idgate_config::{NonJson, ProfileChoice, RouteMasking};
 use idgate_mask::{MaskError, MaskedText, TextMaskError};
@@ -29,17 +29,9 @@ use idgate_mask::{MaskError, MaskedText, TextMaskError};
 use super::json_response;
 use crate::body::ProxyBody;
 use crate::ctx::RequestCtx;
+use crate::header_set::MASKED_STRIP;
 use crate::masking::{KeyPseudonymizer, LoadedProfile};
 use crate::problem::Refusal;
-
-/// Headers that describe the upstream's bytes, wrong for masked ones.
-const REPRESENTATION: [&str; 5] = [
-    "etag",
-    "content-md5",
-    "digest",
-    "content-digest",
-    "repr-digest",
-];
 
 /// The media types masking reads as JSON: `…/json`, `…/x-json` and `…+json`, whatever
 /// their parameters (a charset other than UTF-8 is then refused when read, not passed).
@@ -88,11 +80,7 @@ pub(super) async fn mask(
         .ok_or_else(|| Refusal::Internal {
             reason: format!("masking profile {index} is not loaded"),
         })?;
-    let headers = resp.headers_mut();
-    for name in REPRESENTATION {
-        headers.remove(HeaderName::from_static(name));
-    }
-    headers.remove(header::ACCEPT_RANGES);
+    MASKED_STRIP.strip(resp.headers_mut());
     if resp.status() == StatusCode::PARTIAL_CONTENT {
         return Err(Refusal::UnreadableResponse {
             reason: "a partial (206) answer on a masked route cannot be masked".to_owned(),
