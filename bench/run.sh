@@ -771,6 +771,34 @@ cpu_ticks() { # pids... -> utime+stime summed
   echo "$t"
 }
 hwm_kib() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
+# utime+stime of each thread of the pids, as "tid name ticks" lines: where a proxy's CPU went
+# (idgate's worker, its audit writer, its access-log writer). Threads that end between two
+# readings are missing from the second.
+thread_ticks() {
+  local pid task name ticks
+  for pid in "$@"; do
+    for task in /proc/"$pid"/task/*; do
+      name=$(tr ' ' '_' <"$task/comm" 2>/dev/null) || continue
+      ticks=$(sed 's/^.*) //' "$task/stat" 2>/dev/null | awk '{print $12 + $13}') || continue
+      if [[ -n $ticks ]]; then echo "${task##*/} $name $ticks"; fi
+    done
+  done
+}
+# The CPU per request of each thread name between two thread_ticks readings, busiest
+# first: "name µs, ...".
+thread_split() { # before after ok
+  awk -v ok="$3" -v hz="$CLK_TCK" '
+    NR == FNR { before[$1] = $3; next }
+    { used[$2] += $3 - before[$1] }
+    END {
+      n = 0
+      for (t in used) if (used[t] > 0) { names[++n] = t }
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++)
+        if (used[names[j]] > used[names[i]]) { x = names[i]; names[i] = names[j]; names[j] = x }
+      for (i = 1; i <= n; i++)
+        printf "%s%s %.1f", (i > 1 ? ", " : ""), names[i], (ok > 0 ? used[names[i]] / hz * 1000000 / ok : 0)
+    }' "$1" "$2"
+}
 # The machine's CPU time so far: all of it, the part the hypervisor took for others
 # ("steal", the 8th field of /proc/stat's cpu line; 0 on bare metal) and the part left idle
 # (idle and iowait): "total steal idle".
@@ -841,10 +869,14 @@ for mode in $MODES; do
         out=$WORK/oha/$mode-$resp-r$r-$p.json
         # shellcheck disable=SC2086
         t0=$(cpu_ticks ${MEASURE[$p]})
+        # shellcheck disable=SC2086
+        thread_ticks ${MEASURE[$p]} >"$WORK/threads.before"
         read -r m0 s0 i0 <<<"$(machine_ticks)"
         run_oha "$p" "$mode" "$resp" "$DURATION" "$out"
         # shellcheck disable=SC2086
         t1=$(cpu_ticks ${MEASURE[$p]})
+        # shellcheck disable=SC2086
+        thread_ticks ${MEASURE[$p]} >"$WORK/threads.after"
         read -r m1 s1 i1 <<<"$(machine_ticks)"
         steal=$(awk -v m=$((m1 - m0)) -v s=$((s1 - s0)) 'BEGIN {printf "%.1f", (m > 0 ? 100 * s / m : 0)}')
         idle=$(awk -v m=$((m1 - m0)) -v i=$((i1 - i0)) 'BEGIN {printf "%.1f", (m > 0 ? 100 * i / m : 0)}')
@@ -864,6 +896,7 @@ for mode in $MODES; do
         IFS=$'\t' read -r _ _ _ ok rps p50 p99 cpu non200 errors _ <<<"$row"
         all_cpu=$(awk -v b=$busy -v hz="$CLK_TCK" -v n="$ok" 'BEGIN {printf "%.0f", (n > 0 ? b / hz * 1000000 / n : 0)}')
         log "  $resp round $r $p: $(printf '%.0f req/s  p50 %.2f ms  p99 %.2f ms  %.0f us CPU/req' "$rps" "$p50" "$p99" "$cpu")  non-200 $non200  errors $errors  steal $steal%  idle $idle%  machine $all_cpu us CPU/req"
+        log "    by thread, us CPU/req: $(thread_split "$WORK/threads.before" "$WORK/threads.after" "$ok")"
         sleep "$PAUSE"
       done
     done
