@@ -93,14 +93,23 @@ pub trait Pseudonymizer: Sync {
     ) -> impl Future<Output = Result<Vec<[u8; 32]>, Self::Error>> + Send;
 }
 
-/// The pseudonyms of one document's values, by the bytes they were made from.
-#[derive(Debug, Clone, Default)]
+/// The pseudonyms of one document's values, by the bytes they were made from. Its `Debug`
+/// gives the count only: the inputs are personal data.
+#[derive(Clone, Default)]
 pub struct Pseudonyms {
     /// Each input with its pseudonym, in the order asked.
     pairs: Vec<(Vec<u8>, String)>,
     /// Indexes into `pairs` by input, once there are more than [`Inputs::FEW`]; until then
     /// the list is searched (most documents hold one or two values to pseudonymize).
     index: HashMap<Vec<u8>, usize>,
+}
+
+impl std::fmt::Debug for Pseudonyms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pseudonyms")
+            .field("values", &self.pairs.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pseudonyms {

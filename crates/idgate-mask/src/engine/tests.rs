@@ -357,3 +357,13 @@ fn pseudonyms_are_found_by_their_input_whether_few_or_many() {
         assert_eq!(p.get(b"v-unknown"), None, "{n} inputs");
     }
 }
+
+#[test]
+fn pseudonyms_debug_shows_neither_the_values_nor_their_pseudonyms() {
+    let mac = [7u8; 32];
+    let p = Pseudonyms::new(vec![b"jane.doe@example.com".to_vec()], &[mac]);
+    let shown = format!("{p:?}");
+    assert!(!shown.contains("jane.doe"), "{shown}");
+    assert!(!shown.contains(&action::pseudonym(&mac)), "{shown}");
+    assert!(shown.contains("values: 1"), "{shown}");
+}
