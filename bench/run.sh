@@ -868,16 +868,17 @@ for mode in $MODES; do
       for p in "${order[@]}"; do
         out=$WORK/oha/$mode-$resp-r$r-$p.json
         # shellcheck disable=SC2086
-        t0=$(cpu_ticks ${MEASURE[$p]})
-        # shellcheck disable=SC2086
         thread_ticks ${MEASURE[$p]} >"$WORK/threads.before"
+        # shellcheck disable=SC2086
+        t0=$(cpu_ticks ${MEASURE[$p]})
         read -r m0 s0 i0 <<<"$(machine_ticks)"
         run_oha "$p" "$mode" "$resp" "$DURATION" "$out"
         # shellcheck disable=SC2086
         t1=$(cpu_ticks ${MEASURE[$p]})
+        read -r m1 s1 i1 <<<"$(machine_ticks)"
+        # After the machine's reading: the processes this spawns are not the run's.
         # shellcheck disable=SC2086
         thread_ticks ${MEASURE[$p]} >"$WORK/threads.after"
-        read -r m1 s1 i1 <<<"$(machine_ticks)"
         steal=$(awk -v m=$((m1 - m0)) -v s=$((s1 - s0)) 'BEGIN {printf "%.1f", (m > 0 ? 100 * s / m : 0)}')
         idle=$(awk -v m=$((m1 - m0)) -v i=$((i1 - i0)) 'BEGIN {printf "%.1f", (m > 0 ? 100 * i / m : 0)}')
         # Every process's CPU time per request served (the proxy, oha, the upstream, the
