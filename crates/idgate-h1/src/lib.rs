@@ -23,10 +23,15 @@
 //! counts its idle connections under the cap, and the gateway's other client (hyper's, for
 //! `http2 = true` upstreams) takes a slot per request from the same cap.
 //!
+//! On a current-thread runtime (one worker), a request lets the tasks already ready run
+//! before it takes a connection and writes, so that the writes of a busy moment reach the
+//! upstream together (`batch`).
+//!
 //! The modules: [`parse`] reads what the upstream sends, `write` puts the request on the
 //! wire, `pool` keeps connections and runs one exchange, `conn` is one connection and
 //! `body` a response body streamed from it.
 
+mod batch;
 mod body;
 mod caller_body;
 mod conn;

@@ -71,6 +71,8 @@ impl Pool {
         });
         let mut body = Some(body);
         let mut fresh = false;
+        // Before a connection is taken, so that none sits idle while the others run.
+        crate::batch::after_ready_tasks().await;
         loop {
             let (conn, reused) = match self.inner.obtain(fresh).await {
                 Ok(c) => c,
