@@ -10,7 +10,9 @@
 //! the upstream then wakes once per batch (2.1–2.6k a second, as with HAProxy, which
 //! handles all ready events before it sends), the gateway's worker was preempted 30% less
 //! often, and it served 4.8% more req/s with a p99 13% lower (six rounds each, side by
-//! side). The request waits for work that was already due, never for the network.
+//! side). The request waits for work that was already due, never for the network: tokio's
+//! `yield_now` is not used because it defers the task past the runtime's next I/O poll
+//! (tried for the writes to the callers, it was no better: `bench/RESULTS.md`).
 
 use std::future::Future;
 use std::pin::Pin;
