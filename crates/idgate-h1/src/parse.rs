@@ -3,7 +3,8 @@
 //!
 //! An upstream is a peer, not a friend. Anything that could frame a body two ways is an
 //! error, never a guess: `Transfer-Encoding` together with `Content-Length`, differing
-//! `Content-Length` values, a chunk size that overflows. Heads, header counts, chunk
+//! `Content-Length` values, a chunk size that overflows. So is a body in a transfer coding
+//! other than `chunked`, which the gateway cannot undo. Heads, header counts, chunk
 //! extensions and trailers are bounded.
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -39,6 +40,8 @@ pub enum ProtocolError {
     BadContentLength,
     #[error("both Transfer-Encoding and Content-Length")]
     AmbiguousFraming,
+    #[error("a body in a transfer coding other than chunked")]
+    UnsupportedTransferCoding,
     #[error("protocol switch (101) that was never asked for")]
     UnexpectedUpgrade,
     #[error("malformed chunked body ({0})")]
@@ -270,7 +273,12 @@ fn parse_one(
             .map_err(|_| ProtocolError::Malformed("header value"))?;
         headers.append(name, value);
     }
-    let (framing, reusable) = framing(&headers, status, minor, head_request)?;
+    let (framing, reusable, length) = framing(&headers, status, minor, head_request)?;
+    if let Some(n) = length {
+        // `Content-Length: 5, 5` or the field twice: one value, as the caller will see it
+        // (RFC 9110 §8.6 lets a recipient replace them; strict clients refuse the list).
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+    }
     Ok(Parsed::Final(Head {
         status,
         headers,
@@ -291,16 +299,18 @@ fn malformed(e: httparse::Error) -> &'static str {
     }
 }
 
-/// RFC 9112 §6.3, strictly.
+/// RFC 9112 §6.3, strictly: how the body ends, whether the connection may be reused after
+/// it, and the length to write as the one `Content-Length` when the upstream repeated it.
 fn framing(
     headers: &HeaderMap,
     status: StatusCode,
     minor: u8,
     head_request: bool,
-) -> Result<(Framing, bool), ProtocolError> {
-    let mut reusable = minor == 1 && !has_token(headers, &CONNECTION, "close");
+) -> Result<(Framing, bool, Option<u64>), ProtocolError> {
+    let mut reusable = minor == 1 && !asks_to_close(headers);
     let mut chunked = false;
     let mut has_te = false;
+    let mut other_coding = false;
     for value in headers.get_all(TRANSFER_ENCODING) {
         // Present at all, even empty, it says the length is not Content-Length's.
         has_te = true;
@@ -318,28 +328,41 @@ fn framing(
             }
             codings += 1;
             chunked = coding.eq_ignore_ascii_case("chunked");
+            other_coding |= !chunked;
         }
         if codings == 0 {
             return Err(ProtocolError::Malformed("empty transfer-encoding"));
         }
     }
     let mut length: Option<u64> = None;
+    let mut repeated = false;
     for value in headers.get_all(CONTENT_LENGTH) {
         for part in value.as_bytes().split(|&b| b == b',') {
             let n = parse_length(part.trim_ascii()).ok_or(ProtocolError::BadContentLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ProtocolError::BadContentLength);
+            if let Some(l) = length {
+                if l != n {
+                    return Err(ProtocolError::BadContentLength);
+                }
+                repeated = true;
             }
             length = Some(n);
         }
     }
+    let normalize = length.filter(|_| repeated);
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         // A 204 that announces a body (RFC 9110 §8.6 forbids it) may well send one: its
-        // bytes could arrive after the connection went back to the pool.
-        if status == StatusCode::NO_CONTENT && (has_te || length.is_some_and(|n| n > 0)) {
+        // bytes could arrive after the connection went back to the pool. A 304 may carry
+        // the `Transfer-Encoding` a full answer would have had (RFC 9112 §6.1), but one
+        // that does is rare enough that its connection is not worth the doubt.
+        let announces_body = match status {
+            StatusCode::NO_CONTENT => has_te || length.is_some_and(|n| n > 0),
+            StatusCode::NOT_MODIFIED => has_te,
+            _ => false,
+        };
+        if announces_body {
             reusable = false;
         }
-        return Ok((Framing::Empty, reusable));
+        return Ok((Framing::Empty, reusable, normalize));
     }
     if has_te {
         if length.is_some() {
@@ -348,15 +371,17 @@ fn framing(
         if minor == 0 {
             return Err(ProtocolError::Malformed("transfer-encoding in HTTP/1.0"));
         }
-        if chunked {
-            return Ok((Framing::Chunked, reusable));
+        if other_coding {
+            // The gateway decodes `chunked` and frames the answer anew, dropping
+            // `Transfer-Encoding` as hop-by-hop: a `gzip` coding would reach the caller as
+            // bytes it is not told how to read. Refused, as nginx refuses it.
+            return Err(ProtocolError::UnsupportedTransferCoding);
         }
-        reusable = false;
-        return Ok((Framing::UntilClose, reusable));
+        return Ok((Framing::Chunked, reusable, None));
     }
     match length {
-        Some(n) => Ok((Framing::Length(n), reusable)),
-        None => Ok((Framing::UntilClose, false)),
+        Some(n) => Ok((Framing::Length(n), reusable, normalize)),
+        None => Ok((Framing::UntilClose, false, None)),
     }
 }
 
@@ -369,10 +394,13 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
     })
 }
 
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+/// Whether `Connection` names `close`. A value that is not visible ASCII counts as naming
+/// it: what cannot be read cannot prove the connection stays open.
+fn asks_to_close(headers: &HeaderMap) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
+        })
     })
 }
 

@@ -63,14 +63,6 @@ fn framing_follows_rfc_9112() {
         ok("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
         (Framing::Chunked, true)
     );
-    assert_eq!(
-        ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
-        (Framing::Chunked, true)
-    );
-    assert_eq!(
-        ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
-        (Framing::UntilClose, false)
-    );
     assert_eq!(ok("HTTP/1.1 200 OK\r\n\r\n"), (Framing::UntilClose, false));
     assert_eq!(
         ok("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
@@ -144,8 +136,77 @@ fn a_no_content_answer_that_announces_a_body_leaves_its_connection_unusable() {
     );
     assert_eq!(
         framing_of("HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n"),
-        Ok((Framing::Empty, true))
+        Ok((Framing::Empty, true)),
+        "a 304 may give the length of the answer it stands for"
     );
+    assert_eq!(
+        framing_of("HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n"),
+        Ok((Framing::Empty, false)),
+        "a 304 with a transfer coding may be followed by a body"
+    );
+}
+
+#[test]
+fn a_connection_header_that_cannot_be_read_counts_as_close() {
+    for raw in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\xff\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: \xff, close\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\nconnection: \x80\r\n\r\n",
+    ] {
+        let h = parse_head(&mut BytesMut::from(raw), false).unwrap().unwrap();
+        assert_eq!(
+            (h.framing, h.reusable),
+            (Framing::Length(2), false),
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    assert_eq!(
+        framing_of("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\n"),
+        Ok((Framing::Length(2), true))
+    );
+}
+
+#[test]
+fn a_body_in_a_transfer_coding_other_than_chunked_is_refused() {
+    for raw in [
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: deflate\r\ntransfer-encoding: chunked\r\n\r\n",
+    ] {
+        assert_eq!(
+            framing_of(raw),
+            Err(ProtocolError::UnsupportedTransferCoding),
+            "{raw}"
+        );
+    }
+    // Without a body there is nothing to decode: the answer to a HEAD passes.
+    let h = head(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+        true,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!((h.framing, h.reusable), (Framing::Empty, true));
+}
+
+#[test]
+fn a_repeated_content_length_is_passed_on_as_one_value() {
+    for raw in [
+        "HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 7\r\ncontent-length: 7\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 7,7\r\ncontent-length: 7\r\n\r\n",
+    ] {
+        let h = head(raw, false).unwrap().unwrap();
+        assert_eq!(h.framing, Framing::Length(7), "{raw}");
+        let values: Vec<_> = h.headers.get_all(CONTENT_LENGTH).iter().collect();
+        assert_eq!(values, ["7"], "{raw}");
+    }
+    let h = head("HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n", false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.headers.get(CONTENT_LENGTH).unwrap(), "7");
 }
 
 #[test]

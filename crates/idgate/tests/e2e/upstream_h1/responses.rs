@@ -77,6 +77,56 @@ async fn responses_whose_framing_could_be_read_two_ways_get_502() {
 }
 
 #[tokio::test]
+async fn answers_the_gateway_could_misread_or_pass_on_misframed_are_refused_or_mended() {
+    within(async {
+        let upstream = RawUpstream::start(|n, _| match n {
+            // A transfer coding the gateway cannot undo: its bytes would reach the caller
+            // under a framing that no longer says they are compressed.
+            0 => Answer::SendAndClose(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                    .to_vec(),
+            ),
+            1 => Answer::Send(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\ncontent-length: 5\r\n\r\nhello"
+                    .to_vec(),
+            ),
+            // `close` beside a byte that is not ASCII: the connection must not be reused.
+            2 => Answer::Send(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\xff\r\n\r\nok"
+                    .to_vec(),
+            ),
+            _ => Answer::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext".to_vec()),
+        })
+        .await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, toml::Table::new()).await;
+        let c = client(&pki, &gw);
+
+        let r = c.get("/gzip").await.unwrap();
+        assert_eq!(r.status, 502);
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert!(!String::from_utf8_lossy(&r.body).contains("hello"));
+
+        let r = c.get("/repeated-length").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
+        let lengths: Vec<_> = r.headers.get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["5"]);
+        assert_eq!(upstream.connections(), 2, "the second answer's connection is kept");
+
+        let r = c.get("/unreadable-connection").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+        let r = c.get("/after").await.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"next"[..]));
+        assert_eq!(
+            upstream.connections(),
+            3,
+            "an unreadable Connection header ends its connection"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
 async fn interim_responses_are_skipped_and_head_answers_carry_no_body() {
     within(async {
         let upstream = RawUpstream::start(|n, req| match (n, req.method.as_str()) {
