@@ -1,13 +1,19 @@
 //! A caller's request body on its way upstream, held to the route's limits as it streams:
 //! at most `max_body_bytes` in all, and no wait longer than `body_timeout` for its next
 //! piece. A body over either ends with a [`CallerBodyError`] that the gateway answers as
-//! 413 or 408.
+//! 413 or 408. The caller's trailer fields are headers too, arriving after the gateway
+//! stripped the head of what a caller may not send (a forged credential or forwarding
+//! field): they are dropped, unless a [`TrailerFilter`] is given, which strips them the
+//! same way before they go on (the HTTP/2 client forwards trailers; the gateway's own
+//! HTTP/1.1 client writes none).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
@@ -37,6 +43,12 @@ impl CallerBodyError {
     }
 }
 
+/// What may go on of a caller's trailer fields: the filter removes the rest. Trailers it
+/// leaves empty are not sent at all.
+pub trait TrailerFilter: Send + Sync {
+    fn filter(&self, trailers: &mut HeaderMap);
+}
+
 /// The caller's body with its limits.
 pub struct CallerBody {
     inner: Incoming,
@@ -45,6 +57,8 @@ pub struct CallerBody {
     gap: Duration,
     /// Armed while waiting for the caller; disarmed by each piece that arrives.
     wait: Option<Pin<Box<Sleep>>>,
+    /// `None`: the caller's trailers are dropped.
+    trailers: Option<Arc<dyn TrailerFilter>>,
 }
 
 impl CallerBody {
@@ -55,7 +69,14 @@ impl CallerBody {
             limit,
             gap,
             wait: None,
+            trailers: None,
         }
+    }
+
+    /// Passes the caller's trailers on, through `filter`.
+    pub fn with_trailers(mut self, filter: Arc<dyn TrailerFilter>) -> Self {
+        self.trailers = Some(filter);
+        self
     }
 
     /// The body itself, to be read away beside a refusal.
@@ -73,28 +94,45 @@ impl Body for CallerBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, CallerBodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.wait = None;
-                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
-                match this.left.checked_sub(n) {
-                    Some(left) => {
-                        this.left = left;
-                        Poll::Ready(Some(Ok(frame)))
+        loop {
+            return match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.wait = None;
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => {
+                            // Trailers (see the module's note).
+                            let (Ok(mut trailers), Some(keep)) =
+                                (frame.into_trailers(), &this.trailers)
+                            else {
+                                continue;
+                            };
+                            keep.filter(&mut trailers);
+                            if trailers.is_empty() {
+                                continue;
+                            }
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                    };
+                    match this.left.checked_sub(data.len() as u64) {
+                        Some(left) => {
+                            this.left = left;
+                            Poll::Ready(Some(Ok(Frame::data(data))))
+                        }
+                        None => Poll::Ready(Some(Err(CallerBodyError::TooLarge(this.limit)))),
                     }
-                    None => Poll::Ready(Some(Err(CallerBodyError::TooLarge(this.limit)))),
                 }
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(CallerBodyError::Read(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                let gap = this.gap;
-                let wait = this
-                    .wait
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
-                ready!(wait.as_mut().poll(cx));
-                Poll::Ready(Some(Err(CallerBodyError::Stalled(gap))))
-            }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(CallerBodyError::Read(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => {
+                    let gap = this.gap;
+                    let wait = this
+                        .wait
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+                    ready!(wait.as_mut().poll(cx));
+                    Poll::Ready(Some(Err(CallerBodyError::Stalled(gap))))
+                }
+            };
         }
     }
 

@@ -51,7 +51,7 @@ use http_body::Body as _;
 use rustls::pki_types::ServerName;
 
 pub use self::body::{BodyError, ResponseBody};
-pub use self::caller_body::{CallerBody, CallerBodyError};
+pub use self::caller_body::{CallerBody, CallerBodyError, TrailerFilter};
 use self::limit::{ConnLimit, Saturated};
 use self::parse::ProtocolError;
 pub use self::pool::Pool;

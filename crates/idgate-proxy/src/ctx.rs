@@ -143,11 +143,17 @@ impl<'r> RequestCtx<'r> {
     }
 
     /// The whole request body, read once and kept: every stage that needs it (a signer, a
-    /// validator) shares the one copy. Read up to `limit`, within `timeout`, and within the
-    /// gateway's budget for buffered bodies (`Busy` when it is spent). On `BodyTooLarge` the
-    /// rest stays in `body`, to be read away beside the answer.
+    /// validator) shares the one copy. Read up to `limit` and never past the route's
+    /// `max_body_bytes`, within `timeout`, and within the gateway's budget for buffered
+    /// bodies (`Busy` when it is spent). On `BodyTooLarge` the rest stays in `body`, to be
+    /// read away beside the answer. A copy already read is held to `limit` too: a later
+    /// stage's smaller limit is not passed by an earlier stage's read.
     pub async fn read_body(&mut self, limit: u64, timeout: Duration) -> Result<Bytes, Refusal> {
+        let limit = limit.min(self.max_body_bytes());
         if let Some(bytes) = &self.buffered_body {
+            if bytes.len() as u64 > limit {
+                return Err(Refusal::BodyTooLarge);
+            }
             return Ok(bytes.clone());
         }
         let Some(mut body) = self.body.take() else {

@@ -181,7 +181,12 @@ pub(crate) async fn send(
             }
         };
         let body = match body {
-            RequestBody::Stream(b) => Either::Left(b),
+            // This client forwards trailers: they are stripped as the head was.
+            RequestBody::Stream(b) => {
+                let trusted = upstream.forwarded_for && ctx.conn.trusted_proxy;
+                let strip = ctx.snapshot.strip_headers.for_request(trusted).clone();
+                Either::Left(b.with_trailers(strip))
+            }
             RequestBody::Buffered(b) => Either::Right(Full::new(b)),
         };
         match upstream

@@ -6,15 +6,18 @@
 //! with each name cost more than the rest of the forwarding stage; a set groups its names by
 //! length, so that a header is compared only with the few members as long as its name.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use http::header::{self, HeaderMap, HeaderName};
 
 /// Headers that tell an upstream who sent a request and how it arrived. Only a trusted proxy
 /// may pass them on; from anyone else they are claims the caller made about itself. Besides
 /// the standard ones, the client-address headers of common CDNs and load balancers, which
-/// frameworks (and libraries such as `request-ip`) read before `x-forwarded-for`.
-pub(crate) static FORWARDING: [HeaderName; 15] = [
+/// frameworks (and libraries such as `request-ip`) read before `x-forwarded-for`; the
+/// headers in which a proxy passes on the original scheme, host, path and TLS (read by
+/// Spring, Rack and Werkzeug's proxy fixes); and Envoy's `x-forwarded-client-cert`, which
+/// names the client certificate a proxy verified.
+pub(crate) static FORWARDING: [HeaderName; 24] = [
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("forwarded"),
     HeaderName::from_static("x-forwarded-host"),
@@ -30,6 +33,15 @@ pub(crate) static FORWARDING: [HeaderName; 15] = [
     HeaderName::from_static("x-cluster-client-ip"),
     HeaderName::from_static("x-original-forwarded-for"),
     HeaderName::from_static("x-appengine-user-ip"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-original-uri"),
+    HeaderName::from_static("x-forwarded-client-cert"),
 ];
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -52,8 +64,8 @@ pub(crate) static HOP_BY_HOP: [&HeaderName; 9] = [
 /// to the upstream, and, from a caller that is not a trusted proxy, the forwarding headers.
 #[derive(Debug, Clone)]
 pub(crate) struct RequestStrip {
-    from_trusted: HeaderSet,
-    from_others: HeaderSet,
+    from_trusted: Arc<HeaderSet>,
+    from_others: Arc<HeaderSet>,
 }
 
 impl RequestStrip {
@@ -67,19 +79,26 @@ impl RequestStrip {
                 .chain(caller_headers.iter().cloned())
         };
         Self {
-            from_trusted: HeaderSet::new(always()),
-            from_others: HeaderSet::new(always().chain(FORWARDING.iter().cloned())),
+            from_trusted: Arc::new(HeaderSet::new(always())),
+            from_others: Arc::new(HeaderSet::new(always().chain(FORWARDING.iter().cloned()))),
         }
     }
 
     /// The set for a request whose forwarding headers go on (`trusted`: it came from a
     /// trusted proxy, to an upstream with `forwarded_for`), or for any other.
-    pub(crate) fn for_request(&self, trusted: bool) -> &HeaderSet {
+    pub(crate) fn for_request(&self, trusted: bool) -> &Arc<HeaderSet> {
         if trusted {
             &self.from_trusted
         } else {
             &self.from_others
         }
+    }
+}
+
+/// A caller's trailer fields are stripped as its head was.
+impl idgate_h1::TrailerFilter for HeaderSet {
+    fn filter(&self, trailers: &mut HeaderMap) {
+        self.strip(trailers);
     }
 }
 
@@ -197,7 +216,9 @@ impl HeaderSet {
 }
 
 /// Removes the headers the `Connection` header names (but `keep-alive` and `close`, which
-/// are its options, not header names).
+/// are its options, not header names). The value is read as bytes: one that is not all
+/// visible ASCII still has its names removed, so that a stray byte cannot shield the
+/// header named beside it.
 fn remove_connection_named(headers: &mut HeaderMap) {
     let mut connection = headers.get_all(header::CONNECTION).iter();
     match (connection.next(), connection.next()) {
@@ -205,29 +226,33 @@ fn remove_connection_named(headers: &mut HeaderMap) {
         // The usual case: one `Connection` header, its value shared, not copied.
         (Some(value), None) => {
             let value = value.clone();
-            for name in value.to_str().into_iter().flat_map(|v| v.split(',')) {
-                let name = name.trim();
-                if !name.is_empty()
-                    && !name.eq_ignore_ascii_case("keep-alive")
-                    && !name.eq_ignore_ascii_case("close")
-                {
-                    headers.remove(name);
-                }
+            for name in connection_names(value.as_bytes()) {
+                headers.remove(name);
             }
         }
         (Some(_), Some(_)) => {
             let named: Vec<HeaderName> = headers
                 .get_all(header::CONNECTION)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+                .flat_map(|v| connection_names(v.as_bytes()))
                 .collect();
             for name in named {
                 headers.remove(name);
             }
         }
     }
+}
+
+/// The header names in a `Connection` value, its options left out. A member that is not a
+/// header name (no header can be called that) is skipped.
+fn connection_names(value: &[u8]) -> impl Iterator<Item = HeaderName> + '_ {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|name| {
+            !name.eq_ignore_ascii_case(b"keep-alive") && !name.eq_ignore_ascii_case(b"close")
+        })
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
 }
 
 #[cfg(test)]
@@ -288,6 +313,26 @@ mod tests {
         h.insert("x-c", HeaderValue::from_static("1"));
         set.strip(&mut h);
         assert_eq!(names(&h), ["x-c"]);
+    }
+
+    #[test]
+    fn a_byte_that_is_not_ascii_does_not_shield_the_headers_connection_names() {
+        let set = HeaderSet::new([header::CONNECTION]);
+        for (one, two) in [
+            (&b"x-secret-hop, \xff"[..], None),
+            (b"\x80, x-secret-hop", None),
+            (b"x-a", Some(&b"x-secret-hop,\xfe"[..])),
+        ] {
+            let mut h = HeaderMap::new();
+            h.append(header::CONNECTION, HeaderValue::from_bytes(one).unwrap());
+            if let Some(two) = two {
+                h.append(header::CONNECTION, HeaderValue::from_bytes(two).unwrap());
+            }
+            h.insert("x-secret-hop", HeaderValue::from_static("1"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            set.strip(&mut h);
+            assert_eq!(names(&h), ["x-kept"], "{one:?} {two:?}");
+        }
     }
 
     #[test]

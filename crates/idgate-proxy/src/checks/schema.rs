@@ -5,14 +5,23 @@
 //! syntax are right but whose instructions cannot be processed, which is what a schema
 //! violation is.
 //!
+//! The body the schema judges must be the body the upstream reads. An object that names a
+//! member twice is not JSON here (`400`): parsers disagree on which of the two counts, and
+//! `{"callback": "http://…", "callback": "https://…"}` would pass the schema by its last
+//! member and reach an upstream that keeps the first. A request with two `Content-Type`
+//! headers is refused (`415`) for the same reason: the upstream might read the body by the
+//! other one.
+//!
 //! Nothing the caller sent is echoed: a failure names where (the pointer) and which rule
 //! of the schema (its keyword), never the value, which may be personal data.
 //! Requests of methods without a body (GET, HEAD, OPTIONS, DELETE) are not checked: the
 //! body rule (`no_body`) refuses their bodies.
 
+use http::header::CONTENT_TYPE;
 use http::request::Parts;
 use jsonschema::error::ValidationErrorKind;
-use serde_json::Value;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 
 use super::json_response::is_json;
 use crate::ctx::RequestCtx;
@@ -31,25 +40,101 @@ pub(super) async fn check(
     if idgate_config::body_needs_opt_in(&req.method) {
         return Ok(());
     }
-    if !is_json(&req.headers) {
+    if req.headers.get_all(CONTENT_TYPE).iter().nth(1).is_some() || !is_json(&req.headers) {
         return Err(Refusal::UnsupportedMediaType);
     }
     let body = ctx
         .read_body(upstream.max_body_bytes, upstream.request_timeout)
         .await?;
-    let doc: Value = serde_json::from_slice(&body).map_err(|e| Refusal::InvalidJson {
-        line: e.line(),
-        column: e.column(),
-        what: match e.classify() {
-            serde_json::error::Category::Eof => "the body ends too early",
-            _ => "a syntax error",
-        },
-    })?;
+    let doc = parse(&body)?;
     let errors = failures(validator, &doc);
     if errors.is_empty() {
         Ok(())
     } else {
         Err(Refusal::SchemaViolation { errors })
+    }
+}
+
+/// The body as a document, refused where it is not JSON or an object names a member twice.
+fn parse(body: &[u8]) -> Result<Value, Refusal> {
+    let Strict(doc) = serde_json::from_slice(body).map_err(|e| Refusal::InvalidJson {
+        line: e.line(),
+        column: e.column(),
+        what: match e.classify() {
+            serde_json::error::Category::Eof => "the body ends too early",
+            // The only data error a `Strict` document raises.
+            serde_json::error::Category::Data => "a member name given twice",
+            _ => "a syntax error",
+        },
+    })?;
+    Ok(doc)
+}
+
+/// A JSON document none of whose objects names a member twice.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        // JSON text holds no NaN or infinity: `serde_json` reads every number finite.
+        Ok(Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut members = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if members.contains_key(&name) {
+                return Err(de::Error::custom("a member name given twice"));
+            }
+            let Strict(value) = map.next_value()?;
+            members.insert(name, value);
+        }
+        Ok(Value::Object(members))
     }
 }
 
@@ -94,6 +179,46 @@ fn child(parent: &str, name: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_object_naming_a_member_twice_is_not_json_here() {
+        for body in [
+            &br#"{"callback":"http://evil.example/","callback":"https://ok.example/"}"#[..],
+            br#"{"a":{"b":1,"c":2,"b":3}}"#,
+            br#"[{"x":1},{"x":1,"x":1}]"#,
+            // The same name written two ways.
+            br#"{"a":1,"\u0061":2}"#,
+        ] {
+            match parse(body) {
+                Err(Refusal::InvalidJson { what, .. }) => {
+                    assert_eq!(what, "a member name given twice", "{body:?}");
+                }
+                other => panic!("{body:?}: {other:?}"),
+            }
+        }
+        let doc = parse(br#"{"a":{"b":[1,-2,3.5,"x",null,true]},"b":{"a":1}}"#).unwrap();
+        assert_eq!(
+            doc,
+            json!({"a": {"b": [1, -2, 3.5, "x", null, true]}, "b": {"a": 1}})
+        );
+        assert!(matches!(
+            parse(b"{\"a\":"),
+            Err(Refusal::InvalidJson {
+                what: "the body ends too early",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(b"{\"a\" 1}"),
+            Err(Refusal::InvalidJson {
+                what: "a syntax error",
+                ..
+            })
+        ));
+        // Nesting stays bounded as with `serde_json`'s own documents.
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert!(parse(deep.as_bytes()).is_err());
+    }
 
     #[test]
     fn failures_name_pointers_and_keywords_never_values() {

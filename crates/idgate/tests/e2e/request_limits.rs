@@ -1,6 +1,7 @@
 //! Request limits over real sockets: header count and size (431, HTTP/1.1 and HTTP/2), the
 //! route's body limit (413, before anything reaches the upstream when the length is
-//! announced), a stalled body (408), and a head trickled past `header_timeout`.
+//! announced, and where a stage reads the body whole), a stalled body (408), and a head
+//! trickled past `header_timeout`.
 
 use std::time::{Duration, Instant};
 
@@ -146,6 +147,81 @@ async fn a_body_over_the_route_limit_gets_413_and_an_announced_one_never_reaches
         assert!(got.starts_with("HTTP/1.1 413"), "{got}");
     })
     .await
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_route_limit_gets_413_where_a_schema_reads_it_whole() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let dir = tempfile::tempdir().unwrap();
+        let schema = dir.path().join("schema.json");
+        std::fs::write(&schema, r#"{"type": "object"}"#).unwrap();
+        let mut config = OneRoute {
+            url: &upstream.url(false),
+            methods: &["POST"],
+            ..OneRoute::default()
+        }
+        .config(&pki);
+        let schema = schema.display().to_string();
+        config.routes[0].extra = toml::toml! {
+            max_body_bytes = 1000
+            schema = schema
+        };
+        let gw = Gateway::start(&config, &[]).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let json = |n: usize| format!(r#"{{"a":"{}"}}"#, "x".repeat(n));
+
+        // Within the limit, chunked: validated and forwarded.
+        let mut tls = raw(&client).await;
+        tls.write_all(&chunked_json(&json(900))).await.unwrap();
+        let got = answer_head(&mut tls).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        // Over it, with no length announced: the schema's read stops at the route's limit.
+        let mut tls = raw(&client).await;
+        tls.write_all(&chunked_json(&json(200_000))).await.unwrap();
+        let got = answer(&mut tls, Duration::from_secs(10)).await;
+        assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+        let seen = upstream.requests();
+        assert_eq!(
+            seen.len(),
+            1,
+            "only the body within the limit went upstream"
+        );
+        assert_eq!(seen[0].body.len(), json(900).len());
+    })
+    .await
+}
+
+/// A POST of `body` as `application/json`, chunked in pieces of 1000 bytes.
+fn chunked_json(body: &str) -> Vec<u8> {
+    let mut req = format!(
+        "POST {PATH} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for piece in body.as_bytes().chunks(1000) {
+        req.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        req.extend_from_slice(piece);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    req
+}
+
+/// Reads until the end of the answer's head.
+async fn answer_head(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test]

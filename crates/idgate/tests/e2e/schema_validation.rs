@@ -104,6 +104,37 @@ async fn bodies_must_match_the_route_schema_before_they_go_upstream() {
         let r = post("/v3/workflows/", &[("content-type", "application/json")], r#"{"workflow_label":"x","features":["TELEPATHY"]}"#).await;
         assert_eq!(r.status, 422, "{:?}", r.body);
 
+        // Read one way here and another upstream: a member named twice (the schema would
+        // judge the last, an upstream may keep the first), two content types (an upstream
+        // may read the body by the second).
+        let r = post(
+            "/v3/session/",
+            &[("content-type", "application/json")],
+            r#"{"workflow_id":"wf-1","callback":"http://evil.example/","callback":"https://ok.example/"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 400, "{:?}", r.body);
+        let v = r.json();
+        assert_eq!(v["type"], "https://idgate.dev/problems/invalid-json");
+        assert!(v["detail"].as_str().unwrap().contains("a member name given twice"), "{v}");
+        assert!(!v.to_string().contains("evil"));
+        for h2 in [false, true] {
+            let c = Client::new(&pki, Some(ONBOARDING), gw.port, h2);
+            let r = c
+                .send(
+                    "POST",
+                    "/v3/session/",
+                    &[
+                        ("content-type", "application/json"),
+                        ("content-type", "application/x-www-form-urlencoded"),
+                    ],
+                    r#"{"workflow_id":"wf-1","vendor_data":"&is_admin=true&x="}"#,
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 415, "h2 {h2}: {:?}", r.body);
+        }
+
         assert_eq!(mock.state().total_requests(), reached, "a refused body reached the provider");
     })
     .await;

@@ -187,6 +187,62 @@ async fn strips_caller_credentials_and_injects_the_upstream_credential() {
 }
 
 #[tokio::test]
+async fn a_callers_trailer_fields_are_stripped_as_its_head_is() {
+    within(async {
+        // hyper's HTTP/2 client sends the trailers the body yields, stripped of what the head
+        // is stripped of; the gateway's own HTTP/1.1 client writes none.
+        let h2_upstream =
+            Setup::start_with(UpstreamMode::Echo, |c| c.upstreams[0].http2 = Some(true)).await;
+        let h1_upstream = Setup::start(UpstreamMode::Echo).await;
+        for (s, upstream_version) in [
+            (&h2_upstream, http::Version::HTTP_2),
+            (&h1_upstream, http::Version::HTTP_11),
+        ] {
+            let mut tls = raw_tls(s).await;
+            tls.write_all(
+                format!(
+                    "POST /v2/session/ HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\
+                     trailer: {PROVIDER_HEADER}, authorization, x-forwarded-for\r\n\r\n\
+                     5\r\nhello\r\n0\r\n{PROVIDER_HEADER}: forged-by-caller\r\n\
+                     authorization: Bearer forged\r\nx-forwarded-for: 203.0.113.66\r\n\
+                     cookie: s=forged\r\nx-checksum: abc\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tls.read(&mut buf).await.unwrap();
+                assert_ne!(n, 0, "closed before an answer");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let head = String::from_utf8_lossy(&head);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let seen = s.upstream.last();
+            assert_eq!(seen.version, upstream_version);
+            assert_eq!(&seen.body[..], b"hello");
+            let trailers = format!("{:?}", seen.trailers);
+            let expected: &[&str] = if upstream_version == http::Version::HTTP_2 {
+                &["x-checksum"]
+            } else {
+                &[]
+            };
+            let names: Vec<&str> = seen
+                .trailers
+                .iter()
+                .flat_map(|t| t.keys().map(http::HeaderName::as_str))
+                .collect();
+            assert_eq!(names, expected, "{upstream_version:?}: {trailers}");
+            let all = format!("{:?}", seen.headers);
+            assert!(!all.contains("forged") && !all.contains("203.0.113.66"), "{all}");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
 async fn keeps_a_valid_caller_request_id_and_returns_it() {
     within(async {
         let s = Setup::start(UpstreamMode::Echo).await;

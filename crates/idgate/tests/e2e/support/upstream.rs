@@ -22,6 +22,8 @@ pub struct Seen {
     pub version: http::Version,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    /// The trailer fields after the body, if any came.
+    pub trailers: Option<http::HeaderMap>,
     /// The leaf certificate the client presented (mutual TLS only).
     pub client_cert: Option<CertificateDer<'static>>,
 }
@@ -130,11 +132,9 @@ impl TestUpstream {
                         let client_cert = client_cert.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
+                            let collected = body.collect().await.ok();
+                            let trailers = collected.as_ref().and_then(|c| c.trailers().cloned());
+                            let body = collected.map(|b| b.to_bytes()).unwrap_or_default();
                             let pq = parts
                                 .uri
                                 .path_and_query()
@@ -146,6 +146,7 @@ impl TestUpstream {
                                 version: parts.version,
                                 headers: parts.headers.clone(),
                                 body,
+                                trailers,
                                 client_cert,
                             });
                             if let UpstreamMode::Delay(d) = mode {
