@@ -298,11 +298,15 @@ fn utf8_width(lead: u8) -> usize {
 /// use them).
 fn check_segments(path: &str) -> Result<(), PathError> {
     let inner = path.as_bytes().get(1..).unwrap_or_default();
+    if inner.is_empty() {
+        // `/` alone.
+        return Ok(());
+    }
+    // What is left of `//` is one empty segment.
     let inner = inner.strip_suffix(b"/").unwrap_or(inner);
-    if !inner.is_empty()
-        && inner
-            .split(|&c| c == b'/')
-            .any(|s| s.is_empty() || s == b"." || s == b"..")
+    if inner
+        .split(|&c| c == b'/')
+        .any(|s| s.is_empty() || s == b"." || s == b"..")
     {
         return Err(PathError::Ambiguous);
     }
@@ -373,8 +377,15 @@ mod tests {
             "/v3/a%3bb",
             "/v3/a%252e%252e/b",
             "/v3/a%00b",
+            "//",
+            "///",
+            "//v3",
+            "/v3//",
         ] {
             assert_eq!(canon(bad), Err("ambiguous-path"), "{bad}");
+        }
+        for good in ["/", "/v3", "/v3/", "/v3/session/"] {
+            assert_eq!(canon(good).as_deref(), Ok(good), "{good}");
         }
     }
 
