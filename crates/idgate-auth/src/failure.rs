@@ -60,15 +60,15 @@ impl AuthFailure {
     }
 
     /// Whether this counts as a failed authentication attempt (for lockouts): a wrong
-    /// credential, not a missing one or a missing permission.
+    /// credential, not a missing one or a missing permission. A token refused because its
+    /// issuer's keys could not be fetched is not the caller's failure: counting it would
+    /// lock every caller out during (and for the cool-down after) the issuer's outage.
     pub fn is_failed_attempt(&self) -> bool {
-        matches!(
-            self,
-            Self::InvalidApiKey
-                | Self::InvalidToken(_)
-                | Self::TokenBindingMismatch
-                | Self::ApiKeyBindingMismatch
-        )
+        match self {
+            Self::InvalidToken(why) => *why != crate::jwt::jwks::KEYS_UNAVAILABLE,
+            Self::InvalidApiKey | Self::TokenBindingMismatch | Self::ApiKeyBindingMismatch => true,
+            _ => false,
+        }
     }
 
     /// A stable slug for the problem `type`.

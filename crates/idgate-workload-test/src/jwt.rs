@@ -104,6 +104,23 @@ impl JwtAuthority {
         Self::jwks_of(&[self])
     }
 
+    /// One JWT bundle as SPIRE's agent sends it in a `JWTBundlesResponse`: the keys as
+    /// plain JWKs, without the `use` member a SPIFFE bundle file gives them (SPIRE marshals
+    /// them with `bundleutil.StandardJWKS`).
+    pub fn workload_api_jwks_of(authorities: &[&JwtAuthority]) -> Vec<u8> {
+        let keys: Vec<Value> = authorities
+            .iter()
+            .map(|a| {
+                let mut jwk = a.jwk();
+                if let Some(members) = jwk.as_object_mut() {
+                    members.remove("use");
+                }
+                jwk
+            })
+            .collect();
+        json!({ "keys": keys }).to_string().into_bytes()
+    }
+
     /// One JWT bundle holding the keys of several authorities (a key rotation's overlap).
     pub fn jwks_of(authorities: &[&JwtAuthority]) -> Vec<u8> {
         let keys: Vec<Value> = authorities.iter().map(|a| a.jwk()).collect();

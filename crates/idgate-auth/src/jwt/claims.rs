@@ -114,8 +114,10 @@ pub(crate) fn check(
     // `scope` is RFC 8693/9068's space-separated string; `scp` is the array (or string)
     // that Azure AD, Okta and others send instead. Both count.
     let mut scopes: Vec<String> = Vec::new();
+    // Split on the space alone (RFC 6749 §3.3): a scope name holding another blank, such as
+    // U+2003, stays one name and matches no scope a route requires.
     let mut add = |s: &str| {
-        for scope in s.split_whitespace() {
+        for scope in s.split(' ').filter(|t| !t.is_empty()) {
             if !scopes.iter().any(|have| have == scope) {
                 scopes.push(scope.to_owned());
             }

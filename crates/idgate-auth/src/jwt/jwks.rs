@@ -34,6 +34,10 @@ const NO_KEYS_RETRY: Duration = Duration::from_secs(1);
 
 pub(crate) type HttpClient = HttpsClient<Empty<Bytes>>;
 
+/// Why a token is refused when its issuer's keys could not be fetched: the issuer's outage,
+/// not the caller's credential.
+pub(crate) const KEYS_UNAVAILABLE: &str = "signing keys unavailable";
+
 /// One fetched (or configured) set of keys.
 #[derive(Debug)]
 pub(crate) struct KeySet {
@@ -192,7 +196,7 @@ impl Remote {
         if state.last_attempt.is_none_or(|t| t.elapsed() >= retry) {
             self.refresh(&mut state).await;
         }
-        self.keys.load_full().ok_or("signing keys unavailable")
+        self.keys.load_full().ok_or(KEYS_UNAVAILABLE)
     }
 
     /// Refreshes stale keys off the request's path; requests go on with the old keys.

@@ -264,6 +264,21 @@ async fn accepts_each_algorithm_and_reads_the_identity() {
 }
 
 #[tokio::test]
+async fn scopes_are_split_on_the_space_alone() {
+    let k = keys();
+    let mut c = claims();
+    c["scope"] = json!("reports:read\u{2003}sessions:write  reports:read\tadmin");
+    let id = verify(&k.verifier, &sign_token(&k.ec, &header("ES256", "ec"), &c))
+        .await
+        .unwrap();
+    assert_eq!(
+        id.token.scopes,
+        ["reports:read\u{2003}sessions:write", "reports:read\tadmin"],
+        "another blank does not separate scopes (RFC 6749 §3.3)"
+    );
+}
+
+#[tokio::test]
 async fn refuses_tampered_tokens() {
     let k = keys();
     let good = sign_token(&k.ec, &header("ES256", "ec"), &claims());

@@ -4,6 +4,11 @@
 //! entries, unknown uses and key types we do not verify are skipped, as the specification
 //! requires of consumers. A bundle with no JWT-SVID key is valid: its trust domain has
 //! revoked its keys (or publishes none), and every JWT-SVID it issued is refused.
+//!
+//! The Workload API's `FetchJWTBundles` is the exception: what it delivers are the JWT
+//! authorities alone, and SPIRE's agent sends them as plain JWKs, without `use`
+//! (`bundleutil.Marshal` with `StandardJWKS`). There a key without `use` is a JWT-SVID key;
+//! one whose `use` names anything else is still skipped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,10 +63,36 @@ pub struct JwtBundle {
     sequence: Option<u64>,
 }
 
+/// Where a bundle document comes from, which decides what a key without `use` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A SPIFFE bundle (a file, a bundle endpoint): `use` says which SVID a key is for.
+    Bundle,
+    /// The Workload API's JWT bundles: JWT authorities only, `use` often left out.
+    WorkloadApi,
+}
+
 impl JwtBundle {
-    /// Reads a SPIFFE bundle (a JWKS) of `trust_domain`, as found in a bundle file or as
-    /// the Workload API delivers it for each trust domain.
+    /// Reads a SPIFFE bundle (a JWKS) of `trust_domain`, as found in a bundle file: only
+    /// keys whose `use` is `jwt-svid` are read.
     pub fn parse(trust_domain: TrustDomain, json_bytes: &[u8]) -> Result<Self, JwtBundleError> {
+        Self::parse_from(trust_domain, json_bytes, Source::Bundle)
+    }
+
+    /// Reads a trust domain's JWT bundle as the Workload API delivers it: a key without
+    /// `use` is a JWT-SVID key (see the module's note).
+    pub fn parse_workload_api(
+        trust_domain: TrustDomain,
+        json_bytes: &[u8],
+    ) -> Result<Self, JwtBundleError> {
+        Self::parse_from(trust_domain, json_bytes, Source::WorkloadApi)
+    }
+
+    fn parse_from(
+        trust_domain: TrustDomain,
+        json_bytes: &[u8],
+        source: Source,
+    ) -> Result<Self, JwtBundleError> {
         if json_bytes.len() > MAX_BUNDLE_BYTES {
             return Err(JwtBundleError::TooLarge);
         }
@@ -76,8 +107,13 @@ impl JwtBundle {
         };
         let mut keys: Vec<VerifyingKey> = Vec::new();
         for (index, entry) in entries.iter().enumerate() {
-            // Bundle §4.2.2: a missing or unknown `use` means the entry is not ours to read.
-            if entry.get("use").and_then(Value::as_str) != Some(JWT_SVID_USE) {
+            // Bundle §4.2.2: a missing or unknown `use` means the entry is not ours to read;
+            // from the Workload API, a missing one means a JWT authority.
+            let ours = match entry.get("use") {
+                None => source == Source::WorkloadApi,
+                Some(use_) => use_.as_str() == Some(JWT_SVID_USE),
+            };
+            if !ours {
                 continue;
             }
             let jwk: Jwk = serde_json::from_value(entry.clone()).map_err(|e| {
@@ -115,8 +151,11 @@ impl JwtBundle {
                 Err(source) => return Err(JwtBundleError::Key { index, kid, source }),
             }
         }
-        if keys.is_empty() {
-            tracing::debug!(trust_domain = %trust_domain, "the bundle has no usable jwt-svid key: JWT-SVIDs of this trust domain are refused");
+        if keys.is_empty() && !entries.is_empty() {
+            // Keys were sent and none can be used: a mistake worth seeing, not a revocation.
+            tracing::warn!(trust_domain = %trust_domain, keys = entries.len(), "the bundle has no usable jwt-svid key: JWT-SVIDs of this trust domain are refused");
+        } else if keys.is_empty() {
+            tracing::debug!(trust_domain = %trust_domain, "the bundle has no jwt-svid key: JWT-SVIDs of this trust domain are refused");
         }
         Ok(Self {
             trust_domain,
@@ -182,12 +221,13 @@ impl JwtBundles {
     ) -> Result<Self, JwtBundlesError> {
         let mut out = Self::new();
         for (trust_domain, bytes) in bundles {
-            let bundle = JwtBundle::parse(trust_domain.clone(), bytes).map_err(|source| {
-                JwtBundlesError {
-                    trust_domain,
-                    source,
-                }
-            })?;
+            let bundle =
+                JwtBundle::parse_workload_api(trust_domain.clone(), bytes).map_err(|source| {
+                    JwtBundlesError {
+                        trust_domain,
+                        source,
+                    }
+                })?;
             out.insert(bundle);
         }
         Ok(out)

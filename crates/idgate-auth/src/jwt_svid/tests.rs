@@ -490,6 +490,30 @@ fn a_bundle_keeps_only_its_jwt_svid_keys() {
 }
 
 #[test]
+fn a_workload_api_bundle_reads_keys_without_use_as_spire_sends_them() {
+    let (a, b) = (TestKey::p256(), TestKey::p256());
+    // SPIRE's agent marshals JWT authorities as plain JWKs: no `use`.
+    let mut plain = serde_json::to_value(a.jwk("spire-1", Algorithm::ES256)).unwrap();
+    plain.as_object_mut().unwrap().remove("use");
+    plain.as_object_mut().unwrap().remove("alg");
+    let mut x509 = serde_json::to_value(b.jwk("x", Algorithm::ES256)).unwrap();
+    x509["use"] = json!("x509-svid");
+    let json = json!({"keys": [plain, x509, svid_entry(&b.jwk("marked", Algorithm::ES256))]})
+        .to_string()
+        .into_bytes();
+    let bundles = JwtBundles::parse([(td("example.org"), json.as_slice())]).unwrap();
+    let from_agent = bundles.get("example.org").unwrap();
+    assert_eq!(
+        from_agent.key_ids().collect::<Vec<_>>(),
+        ["spire-1", "marked"],
+        "a key without use is a JWT authority; one for another use is still skipped"
+    );
+    // A bundle file is read as the bundle specification says: no `use`, not ours.
+    let from_file = JwtBundle::parse(td("example.org"), &json).unwrap();
+    assert_eq!(from_file.key_ids().collect::<Vec<_>>(), ["marked"]);
+}
+
+#[test]
 fn unusable_bundles_are_refused_with_a_reason_naming_the_key() {
     let ec = TestKey::p256();
     let mut no_kid = svid_entry(&ec.jwk("k", Algorithm::ES256));

@@ -135,11 +135,12 @@ async fn discovers_the_jwks_and_checks_the_metadata_issuer() {
     );
     let v = JwtVerifier::new(vec![remote_config(&base3, None)], vec![]).unwrap();
     let token = sign_token(&key, &header("ES256", "k1"), &claims_for(&base3));
-    assert_eq!(
-        verify(&v, &token).await.unwrap_err(),
-        "signing keys unavailable"
-    );
+    let why = verify(&v, &token).await.unwrap_err();
+    assert_eq!(why, "signing keys unavailable");
     assert_eq!(idp3.hits("/jwks"), 0);
+    // The issuer's outage is not the caller's wrong credential: no lockout counts it.
+    assert!(!AuthFailure::InvalidToken(why).is_failed_attempt());
+    assert!(AuthFailure::InvalidToken("expired").is_failed_attempt());
 }
 
 #[tokio::test]

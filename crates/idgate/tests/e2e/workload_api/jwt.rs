@@ -21,7 +21,8 @@ fn bundles(authorities: &[&JwtAuthority]) -> BTreeMap<String, Vec<u8>> {
     }
     by_domain
         .into_iter()
-        .map(|(td, keys)| (td, JwtAuthority::jwks_of(&keys)))
+        // As SPIRE's agent sends them: without `use`.
+        .map(|(td, keys)| (td, JwtAuthority::workload_api_jwks_of(&keys)))
         .collect()
 }
 
