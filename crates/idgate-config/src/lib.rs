@@ -91,8 +91,8 @@ pub use upstream_resilience::{
 };
 pub use upstreams::{ClientKind, UpstreamConfig};
 pub use webhooks::{
-    DEFAULT_TOLERANCE, DEFAULT_WEBHOOK_BODY, RetryPolicy, SubscriberConfig, WebhookConfig,
-    WebhookScheme,
+    DEFAULT_TOLERANCE, DEFAULT_WEBHOOK_BODY, EventTimeConfig, EventTimeFormat, RetryPolicy,
+    SubscriberConfig, WebhookConfig, WebhookScheme,
 };
 
 /// A validated configuration.
@@ -496,6 +496,7 @@ pub fn parse_with_env(
             routes: &routes,
             token_endpoint: token_endpoint.is_some(),
             profiles: &layers.masking,
+            state: &state,
         },
     );
     if !webhooks.is_empty()

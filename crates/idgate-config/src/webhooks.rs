@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::context::Ctx;
-use crate::{RouteConfig, auth, fold_template, network, parse_duration};
+use crate::{RouteConfig, StateBackend, auth, fold_template, network, parse_duration};
 
 /// How old a signed timestamp may be, unless the webhook says otherwise.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
@@ -28,6 +28,8 @@ const MAX_WEBHOOK_BODY: u64 = 16 * 1024 * 1024;
 const MAX_SUBSCRIBERS: usize = 32;
 /// The most event types one subscriber's filter may name.
 const MAX_EVENT_TYPES: usize = 64;
+/// The most keys in an `event_time` field's path.
+const MAX_EVENT_TIME_DEPTH: usize = 8;
 
 /// `[[webhooks]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,11 +47,19 @@ pub struct WebhookConfig {
     pub allow_sha1: bool,
     /// The signing secret, then the previous one while a rotation is under way.
     pub secrets: Vec<SecretRef>,
-    /// How far a signed timestamp may be from the gateway's clock.
+    /// How far a signed timestamp may be from the gateway's clock (and, with
+    /// `event_time`, how far ahead of it an event's own time may be).
     pub tolerance: Duration,
     /// How long an event's replay key is remembered; `None` for the default: twice the
-    /// tolerance for a scheme that signs a timestamp, 24 hours for one that does not.
+    /// tolerance for a scheme that signs a timestamp, 30 days for one that does not. Where
+    /// a time is checked (a signed timestamp, or `event_time`) it is at least twice the
+    /// tolerance, so that no event still young enough to be taken outlives its key.
     pub replay_window: Option<Duration>,
+    /// For `sumsub`, `veriff` and `onfido`, which sign no timestamp: where the signed body
+    /// holds the event's own time, so that events older than the replay window are refused
+    /// as stale. `None`: no time is read (none is documented for these providers), and a
+    /// replay is recognised only while its key is remembered.
+    pub event_time: Option<EventTimeConfig>,
     /// When not empty, only these source networks may post (compared canonically).
     pub source_cidrs: Vec<IpNet>,
     pub max_body_bytes: u64,
@@ -96,6 +106,15 @@ impl WebhookScheme {
         "persona",
     ];
 
+    /// Whether the provider signs a timestamp the verifier checks against the tolerance
+    /// (Didit's body `timestamp`, Persona's `t`).
+    pub fn signs_timestamp(self) -> bool {
+        matches!(
+            self,
+            Self::Didit | Self::DiditV2 | Self::DiditSimple | Self::Persona
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Didit => "didit",
@@ -120,6 +139,48 @@ impl WebhookScheme {
         ]
         .into_iter()
         .find(|k| k.name() == s)
+    }
+}
+
+/// `event_time = { field = "…", format = "…" }`: a field of the signed body holding the
+/// event's own time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTimeConfig {
+    /// The path of object keys to the field (`"payload.timestamp"` is `["payload",
+    /// "timestamp"]`).
+    pub field: Vec<String>,
+    pub format: EventTimeFormat,
+}
+
+/// How an `event_time` field writes the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventTimeFormat {
+    /// A JSON integer: seconds since the Unix epoch.
+    Unix,
+    /// A JSON integer: milliseconds since the Unix epoch.
+    UnixMillis,
+    /// A string, RFC 3339 with its offset: `2026-05-04T10:20:30Z`, `…30.5+02:00`.
+    Rfc3339,
+    /// A string `YYYY-MM-DD HH:MM:SS[.fff]` (or with `T`) without an offset, in UTC.
+    NaiveUtc,
+}
+
+impl EventTimeFormat {
+    pub const NAMES: [&'static str; 4] = ["unix", "unix_ms", "rfc3339", "naive_utc"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unix => "unix",
+            Self::UnixMillis => "unix_ms",
+            Self::Rfc3339 => "rfc3339",
+            Self::NaiveUtc => "naive_utc",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Unix, Self::UnixMillis, Self::Rfc3339, Self::NaiveUtc]
+            .into_iter()
+            .find(|f| f.name() == s)
     }
 }
 
@@ -185,6 +246,8 @@ pub(crate) struct RawWebhook {
     #[serde(default)]
     replay_window: Option<String>,
     #[serde(default)]
+    event_time: Option<RawEventTime>,
+    #[serde(default)]
     source_cidrs: Vec<String>,
     #[serde(default)]
     max_body_bytes: Option<i64>,
@@ -216,6 +279,13 @@ struct RawRetry {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawEventTime {
+    field: String,
+    format: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawSubscriber {
     name: String,
     url: String,
@@ -229,11 +299,13 @@ struct RawSubscriber {
 }
 
 /// What webhooks are checked against: the routes (whose paths they may not take), whether
-/// the token endpoint is on, the masking profiles that loaded (and those that did not).
+/// the token endpoint is on, the masking profiles that loaded (and those that did not), and
+/// the `[state]` backend their outbox and replay keys are kept in.
 pub(crate) struct Neighbours<'a> {
     pub(crate) routes: &'a [RouteConfig],
     pub(crate) token_endpoint: bool,
     pub(crate) profiles: &'a crate::masking::ProfileNames,
+    pub(crate) state: &'a StateBackend,
 }
 
 fn is_name(s: &str) -> bool {
@@ -311,9 +383,30 @@ pub(crate) fn section(
             secrets.extend(auth::available(cx, &format!("{key}.previous_secret"), p));
         }
         let tolerance = cx.duration(&format!("{key}.tolerance"), w.tolerance, DEFAULT_TOLERANCE);
-        let replay_window = w
-            .replay_window
-            .map(|s| cx.duration(&format!("{key}.replay_window"), Some(s), DEFAULT_TOLERANCE));
+        let event_time = w
+            .event_time
+            .and_then(|t| event_time(cx, &format!("{key}.event_time"), scheme, t));
+        let replay_window = w.replay_window.map(|s| {
+            let unread = cx.errors.len();
+            let window = cx.duration(&format!("{key}.replay_window"), Some(s), DEFAULT_TOLERANCE);
+            // A window that did not parse has its own error.
+            let read = cx.errors.len() == unread;
+            if read && (scheme.signs_timestamp() || event_time.is_some()) {
+                check_replay_window(cx, &format!("{key}.replay_window"), window, tolerance);
+            }
+            window
+        });
+        // A broken [state] has its own errors (and reads as the memory backend).
+        let state_broken = cx
+            .errors
+            .iter()
+            .any(|e| e.key == "state" || e.key.starts_with("state."));
+        if *around.state == StateBackend::Memory && !state_broken {
+            cx.err(
+                key.clone(),
+                "[state] is the in-memory backend (backend = \"memory\", the default), which loses the outbox and the replay keys at exit: providers would be answered 2xx for events a restart drops, and replays taken again after it; set [state] backend = \"redb\" (one machine) or \"redis\" (replicas)",
+            );
+        }
         let source_cidrs = network::cidr_list(cx, &format!("{key}.source_cidrs"), &w.source_cidrs);
         let max_body_bytes = match w.max_body_bytes {
             None => DEFAULT_WEBHOOK_BODY,
@@ -368,6 +461,7 @@ pub(crate) fn section(
                 secrets,
                 tolerance,
                 replay_window,
+                event_time,
                 source_cidrs,
                 max_body_bytes,
                 outbox_keys,
@@ -380,6 +474,69 @@ pub(crate) fn section(
         }
     }
     out
+}
+
+/// A replay window shorter than twice the tolerance would forget an event's key while a copy
+/// of it is still young enough to be accepted: an event is taken while its time is within
+/// the tolerance on either side of the clock.
+fn check_replay_window(cx: &mut Ctx<'_>, key: &str, window: Duration, tolerance: Duration) {
+    let least = tolerance.saturating_mul(2);
+    if window < least {
+        cx.err(
+            key,
+            format!(
+                "is {}s, shorter than twice the tolerance ({}s): an event is accepted while its time is within the tolerance on either side of the clock, so a captured one would be accepted again once its replay key is forgotten; make it at least \"{}s\"",
+                window.as_secs(),
+                least.as_secs(),
+                least.as_secs()
+            ),
+        );
+    }
+}
+
+/// `event_time`: only for the schemes that sign no timestamp (the others have a signed one);
+/// a dotted path of plain keys, and a format by name.
+fn event_time(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    scheme: WebhookScheme,
+    raw: RawEventTime,
+) -> Option<EventTimeConfig> {
+    if scheme.signs_timestamp() {
+        cx.err(
+            key,
+            format!(
+                "is for scheme = \"sumsub\", \"veriff\" or \"onfido\" only: \"{}\" signs its own timestamp",
+                scheme.name()
+            ),
+        );
+        return None;
+    }
+    let field: Vec<String> = raw.field.split('.').map(str::to_owned).collect();
+    let field_ok = field.len() <= MAX_EVENT_TIME_DEPTH && field.iter().all(|k| is_name(k));
+    if !field_ok {
+        cx.err(
+            format!("{key}.field"),
+            format!(
+                "must be a dotted path of 1 to {MAX_EVENT_TIME_DEPTH} object keys of letters, digits, '_' and '-', like \"payload.timestamp\""
+            ),
+        );
+    }
+    let format = EventTimeFormat::parse(&raw.format);
+    if format.is_none() {
+        cx.err(
+            format!("{key}.format"),
+            format!(
+                "\"{}\" is not a time format: write {}",
+                raw.format,
+                EventTimeFormat::NAMES.join(", ")
+            ),
+        );
+    }
+    match (field_ok, format) {
+        (true, Some(format)) => Some(EventTimeConfig { field, format }),
+        _ => None,
+    }
 }
 
 /// A webhook's path: absolute, literal, and nobody else's.

@@ -26,6 +26,9 @@ upstream = "p"
 allow = ["spiffe://example.org/ns/kyc/*"]
 [masking.profiles.kyc-minimal]
 rules = [{ path = "$..full_name", action = "redact" }]
+[state]
+backend = "redb"
+path = "state.redb"
 "#;
 
 const WEBHOOK: &str = r#"
@@ -257,5 +260,151 @@ fn a_listener_that_requires_client_certificates_is_warned_about() {
             .any(|w| w.starts_with("webhooks: listener.client_auth is \"required\"")),
         "{:?}",
         config.warnings
+    );
+}
+
+#[test]
+fn webhooks_are_refused_with_the_in_memory_state_backend() {
+    let dir = dir();
+    let file = dir.path().join("t.toml");
+    let memory_state = "[state]\nbackend = \"redb\"\npath = \"state.redb\"\n";
+    for state in ["", "[state]\nbackend = \"memory\"\n"] {
+        let text = format!("{BASE}{WEBHOOK}").replace(memory_state, state);
+        let errs = crate::parse(&file, &text).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].file, file);
+        assert_eq!(errs[0].key, "webhooks[0]");
+        assert!(
+            errs[0]
+                .reason
+                .starts_with("[state] is the in-memory backend")
+                && errs[0].reason.contains("backend = \"redb\""),
+            "{}",
+            errs[0].reason
+        );
+        assert!(
+            errs[0].to_string().contains("t.toml") && errs[0].to_string().contains("webhooks[0]"),
+            "{}",
+            errs[0]
+        );
+    }
+    // A broken [state] says so itself, once.
+    let broken = format!("{BASE}{WEBHOOK}").replace(memory_state, "[state]\nbackend = \"redb\"\n");
+    let errs: Vec<String> = crate::parse(&file, &broken)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|e| e.key.clone())
+        .collect();
+    assert_eq!(errs, ["state.path"]);
+    // Without webhooks, memory stays the default it is.
+    let text = BASE.replace(memory_state, "");
+    assert_eq!(
+        crate::parse(&file, &text).unwrap().state,
+        StateBackend::Memory
+    );
+    // Redis and redb keep the outbox durably.
+    let redis = format!("{BASE}{WEBHOOK}").replace(
+        memory_state,
+        "[state]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\n",
+    );
+    assert!(crate::parse(&file, &redis).is_ok());
+    assert!(load(WEBHOOK).is_ok());
+}
+
+#[test]
+fn a_replay_window_shorter_than_twice_the_tolerance_is_refused_where_a_time_is_checked() {
+    let with = |scheme: &str, extra: &str| {
+        WEBHOOK.replace(
+            "scheme = \"didit\"",
+            &format!("scheme = \"{scheme}\"\ntolerance = \"300s\"\n{extra}"),
+        )
+    };
+    for scheme in ["didit", "didit-v2", "didit-simple", "persona"] {
+        let errs = errors(&with(scheme, "replay_window = \"599s\""));
+        assert_eq!(errs.len(), 1, "{scheme}: {errs:?}");
+        assert!(
+            errs[0].starts_with(
+                "webhooks[0].replay_window: is 599s, shorter than twice the tolerance (600s)"
+            ),
+            "{scheme}: {errs:?}"
+        );
+        // Between the window and the tolerance, not only below the tolerance.
+        assert!(!errors(&with(scheme, "replay_window = \"400s\"")).is_empty());
+        let config = load(&with(scheme, "replay_window = \"600s\"")).unwrap();
+        assert_eq!(
+            config.webhooks[0].replay_window,
+            Some(Duration::from_secs(600))
+        );
+    }
+    // A scheme that signs no time and reads none: only its keys' memory counts.
+    assert!(load(&with("sumsub", "replay_window = \"60s\"")).is_ok());
+    // With an event time, it is checked like a signed one.
+    let timed =
+        "event_time = { field = \"createdAt\", format = \"unix\" }\nreplay_window = \"60s\"";
+    assert!(
+        errors(&with("sumsub", timed))
+            .iter()
+            .any(|e| e.starts_with("webhooks[0].replay_window: is 60s, shorter than twice")),
+        "{:?}",
+        errors(&with("sumsub", timed))
+    );
+}
+
+#[test]
+fn an_event_time_is_read_for_schemes_that_sign_none() {
+    let with = |scheme: &str, event_time: &str| {
+        WEBHOOK.replace(
+            "scheme = \"didit\"",
+            &format!("scheme = \"{scheme}\"\nevent_time = {event_time}"),
+        )
+    };
+    for (scheme, field, format, want) in [
+        ("sumsub", "createdAt", "unix", EventTimeFormat::Unix),
+        (
+            "veriff",
+            "verification.decisionTime",
+            "rfc3339",
+            EventTimeFormat::Rfc3339,
+        ),
+        (
+            "onfido",
+            "payload.timestamp",
+            "unix_ms",
+            EventTimeFormat::UnixMillis,
+        ),
+        (
+            "sumsub",
+            "createdAtMs",
+            "naive_utc",
+            EventTimeFormat::NaiveUtc,
+        ),
+    ] {
+        let config = load(&with(
+            scheme,
+            &format!("{{ field = \"{field}\", format = \"{format}\" }}"),
+        ))
+        .unwrap();
+        let t = config.webhooks[0].event_time.as_ref().unwrap();
+        assert_eq!(t.field.join("."), field);
+        assert_eq!(t.format, want);
+    }
+    assert_eq!(load(WEBHOOK).unwrap().webhooks[0].event_time, None);
+    assert_eq!(
+        errors(&with(
+            "didit",
+            "{ field = \"timestamp\", format = \"unix\" }"
+        )),
+        [
+            "webhooks[0].event_time: is for scheme = \"sumsub\", \"veriff\" or \"onfido\" only: \"didit\" signs its own timestamp"
+        ]
+    );
+    let errs = errors(&with("sumsub", "{ field = \"a..b\", format = \"iso\" }"));
+    assert!(
+        errs.iter().any(|e| e.starts_with("webhooks[0].event_time.field: must be a dotted path"))
+            && errs.iter().any(|e| e.starts_with(
+                "webhooks[0].event_time.format: \"iso\" is not a time format: write unix, unix_ms, rfc3339, naive_utc"
+            )),
+        "{errs:?}"
     );
 }

@@ -1,4 +1,4 @@
-//! Credential checks, as each provider documents them (PROVIDERS.md):
+//! Credential checks, as each provider documents them:
 //!
 //! - Didit: `x-api-key` equal to the key → else 401 `{"detail": ...}`.
 //! - Sumsub: `X-App-Token` equal to the app token, `X-App-Access-Ts` within ±300 s of now,

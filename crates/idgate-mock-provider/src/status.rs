@@ -1,6 +1,6 @@
 //! Didit's session statuses and how a session may move between them: by the user on the
 //! hosted page (and Didit's own timers and reviewers), or by the customer through
-//! `update-status`. PROVIDERS.md and Didit's "verification statuses" page are the source.
+//! `update-status`. Didit's API reference and its "verification statuses" page are the source.
 //!
 //! ```text
 //! Not Started ──▶ In Progress ──▶ Approved ──▶ Kyc Expired

@@ -1,7 +1,9 @@
 //! The webhook endpoint, a built-in target (`Target::Webhook`): a provider's event is read
 //! whole (within the webhook's body limit), its signature checked with the webhook's secrets
-//! (`idgate_webhooks::verify`), and a genuine event is kept durably in the outbox, for each
-//! subscriber that wants it, before the provider gets its 2xx (`idgate_webhooks::intake`).
+//! and its signed time (or, where the webhook names one, the event's own time) with the
+//! webhook's windows (`Endpoint::verify`), and a genuine event — what the signature covers
+//! of it — is kept durably in the outbox, for each subscriber that wants it, before the
+//! provider gets its 2xx (`idgate_webhooks::intake`).
 //!
 //! A forged, re-signed, stale or replayed event is refused with a 401 problem, recorded
 //! like any refusal, and never kept. An event the store cannot keep gets a 503: the
@@ -14,7 +16,7 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body_util::{Either, Full};
 use idgate_webhooks::intake::{self, Event, Intake};
-use idgate_webhooks::verify::{self, Rejected};
+use idgate_webhooks::verify::Rejected;
 
 use crate::body::ProxyBody;
 use crate::ctx::RequestCtx;
@@ -44,22 +46,19 @@ pub(crate) async fn handle(
         )
         .await?;
     let now = SystemTime::now();
-    let verified = verify::verify(
-        &endpoint.scheme,
-        &endpoint.secrets(),
-        &req.headers,
-        &body,
-        now,
-        endpoint.tolerance,
-    )
-    .map_err(|r| refused(r, &endpoint.name))?;
+    let verified = endpoint
+        .verify(&req.headers, &body, now)
+        .map_err(|r| refused(r, &endpoint.name))?;
     let event = Event {
         event_id: verified.event_id.as_deref(),
         session_id: verified.session_id.as_deref(),
         event_type: verified.event_type.as_deref(),
         replay_key: &verified.replay_key,
     };
-    let intake = intake::accept(&ctx.services.state, endpoint, event, &body, now)
+    // Only what the signature covers is kept and delivered (Didit Simple signs four fields,
+    // not the body): the rest of such a body is anybody's.
+    let kept = verified.deliverable(&body);
+    let intake = intake::accept(&ctx.services.state, endpoint, event, kept, now)
         .await
         .map_err(|e| Refusal::WebhookUnavailable {
             reason: format!("webhook {}: {e}", endpoint.name),

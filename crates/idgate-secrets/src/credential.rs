@@ -1,4 +1,4 @@
-//! Upstream credentials on the way out: each scheme of PROVIDERS.md (a header, Sumsub's and
+//! Upstream credentials on the way out: each scheme the providers document (a header, Sumsub's and
 //! Veriff's request signatures, OAuth2 client credentials) turns a request into the headers
 //! that authenticate it to the provider. They live here, beside the secrets they are made
 //! of; the gateway only calls [`Credential::apply`] on a request about to leave.
@@ -23,7 +23,7 @@ pub use crate::hmac::SignError;
 use crate::oauth2::{TokenClient, TokenSource};
 use crate::{SecretError, SecretRef};
 
-/// How the upstream credential is produced and sent; see PROVIDERS.md for each scheme.
+/// How the upstream credential is produced and sent, as each provider documents it.
 #[derive(Debug, Clone)]
 pub enum CredentialScheme {
     /// A static header: Didit `x-api-key`, Persona `Authorization: Bearer`, Onfido
@@ -294,7 +294,7 @@ impl Credential {
                 Ok(Use { version })
             }
             Scheme::Veriff { client, key, .. } => {
-                // PROVIDERS.md: the body for requests that carry one, the session id for
+                // As the provider documents it: the body for requests that carry one, the session id for
                 // GET and DELETE.
                 let data = if matches!(*method, Method::GET | Method::DELETE | Method::HEAD) {
                     veriff_session_id(path_and_query).as_bytes().to_vec()

@@ -4,19 +4,22 @@
 //! at start-up, at each reload, and in `idgate check`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use idgate_config::{WebhookConfig, WebhookScheme};
+use http::HeaderMap;
+use idgate_config::{EventTimeConfig, EventTimeFormat, WebhookConfig, WebhookScheme};
 use idgate_secrets::{ExposeSecret, SecretBox, SecretError};
 
 use crate::delivery::{Plan, Subscriber, SubscriberError, SubscriberMask};
 use crate::outbox::{KeyError, OutboxKeys};
-use crate::verify::{Scheme, UnknownName, V2Form};
+use crate::verify::{self, EventTime, Rejected, Scheme, TimeFormat, UnknownName, V2Form, Verified};
 
-/// How long a replay key is remembered for a scheme that signs no timestamp, unless the
-/// webhook says otherwise: past the retries providers make of an event (Sumsub's last is
-/// after 18 hours).
-const UNTIMED_REPLAY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// How long a replay key is remembered for a scheme that signs no timestamp (Sumsub, Veriff,
+/// Onfido), unless the webhook says otherwise. Without a signed time, a replay is
+/// recognised only while its key is remembered, so this is long: far past the providers'
+/// own retries (Sumsub's last is after 18 hours), and with `event_time` the age past which
+/// an event is refused as stale (less the tolerance).
+pub const UNTIMED_REPLAY_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// One webhook's endpoint, ready for the requests it gets.
 pub struct Endpoint {
@@ -28,6 +31,9 @@ pub struct Endpoint {
     pub tolerance: Duration,
     /// How long an event's replay key is remembered.
     pub replay_window: Duration,
+    /// For a scheme that signs no timestamp: where the signed body holds the event's own
+    /// time, checked by [`Endpoint::verify`].
+    pub event_time: Option<EventTime>,
     pub max_body_bytes: u64,
     pub keys: Arc<OutboxKeys>,
     /// Each subscriber's name and the event types it takes (none: every type).
@@ -46,6 +52,39 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
+    /// Checks a provider's request: its signature and signed timestamp (`verify::verify`)
+    /// and, where the webhook names one, the event's own time. That time must be no older
+    /// than the replay window less the tolerance, and no further ahead than the tolerance:
+    /// any copy of an event young enough to be accepted then arrives while the first one's
+    /// replay key is still remembered.
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<Verified, Rejected> {
+        let mut verified = verify::verify(
+            &self.scheme,
+            &self.secrets(),
+            headers,
+            body,
+            now,
+            self.tolerance,
+        )?;
+        // Only for schemes whose signature covers the whole body: the time read is signed.
+        if let Some(spec) = &self.event_time
+            && verified.body_signed
+        {
+            let window = verify::event_time::Window {
+                now,
+                max_age: self.replay_window.saturating_sub(self.tolerance),
+                max_ahead: self.tolerance,
+            };
+            verified.timestamp = Some(verify::event_time::check(spec, body, window)?);
+        }
+        Ok(verified)
+    }
+
     /// The secrets to check a signature with, the current one first.
     pub fn secrets(&self) -> Vec<&[u8]> {
         self.secrets.iter().map(|s| s.expose_secret()).collect()
@@ -172,6 +211,12 @@ impl Webhooks {
                 } else {
                     UNTIMED_REPLAY_WINDOW
                 }),
+                // A scheme that signs its own timestamp has no use for it (refused at load).
+                event_time: w
+                    .event_time
+                    .as_ref()
+                    .filter(|_| !scheme.signs_timestamp())
+                    .map(event_time),
                 max_body_bytes: w.max_body_bytes,
                 keys,
                 subscribers: w
@@ -189,6 +234,19 @@ impl Webhooks {
         } else {
             Err(errors)
         }
+    }
+}
+
+/// The verifier's reading of a webhook's `event_time`.
+fn event_time(c: &EventTimeConfig) -> EventTime {
+    EventTime {
+        field: c.field.clone(),
+        format: match c.format {
+            EventTimeFormat::Unix => TimeFormat::Unix,
+            EventTimeFormat::UnixMillis => TimeFormat::UnixMillis,
+            EventTimeFormat::Rfc3339 => TimeFormat::Rfc3339,
+            EventTimeFormat::NaiveUtc => TimeFormat::NaiveUtc,
+        },
     }
 }
 
@@ -236,6 +294,7 @@ mod tests {
             secrets: vec![file(dir, "secret", "provider secret")],
             tolerance: Duration::from_secs(300),
             replay_window: None,
+            event_time: None,
             source_cidrs: Vec::new(),
             max_body_bytes: 1 << 20,
             outbox_keys: vec![file(dir, "outbox.key", &"0f".repeat(32))],
@@ -262,22 +321,98 @@ mod tests {
         let mut v2 = config(dir.path(), WebhookScheme::DiditV2);
         v2.name = "v2".into();
         v2.v2_form = Some("timestamp:ascii".into());
-        v2.replay_window = Some(Duration::from_secs(60));
+        v2.replay_window = Some(Duration::from_secs(900));
         let w = Webhooks::load(&[sumsub, v2], |_| None).unwrap();
         assert_eq!(
             w.endpoints[0].scheme,
             Scheme::SumsubDigest { allow_sha1: true }
         );
-        assert_eq!(w.endpoints[0].replay_window, Duration::from_secs(24 * 3600));
+        assert_eq!(
+            w.endpoints[0].replay_window,
+            Duration::from_secs(30 * 24 * 3600)
+        );
         assert_eq!(
             w.endpoints[1].scheme,
             Scheme::DiditSignatureV2("timestamp:ascii".parse().unwrap())
         );
-        assert_eq!(w.endpoints[1].replay_window, Duration::from_secs(60));
+        assert_eq!(w.endpoints[1].replay_window, Duration::from_secs(900));
         assert_eq!(w.plan.subscribers.len(), 2);
         let didit = Webhooks::load(&[config(dir.path(), WebhookScheme::Didit)], |_| None).unwrap();
         assert_eq!(didit.endpoints[0].replay_window, Duration::from_secs(600));
         assert!(!format!("{:?}", didit.endpoints[0]).contains("provider secret"));
+    }
+
+    /// A Sumsub request for `body`, signed with the endpoint's secret.
+    fn sumsub_request(body: &str) -> HeaderMap {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"provider secret");
+        let digest = idgate_codec::hex::encode(ring::hmac::sign(&key, body.as_bytes()).as_ref());
+        let mut h = HeaderMap::new();
+        h.insert("x-payload-digest", digest.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn an_untimed_event_older_than_its_replay_window_is_refused_as_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sumsub = config(dir.path(), WebhookScheme::Sumsub);
+        sumsub.event_time = Some(EventTimeConfig {
+            field: vec!["createdAt".into()],
+            format: EventTimeFormat::Unix,
+        });
+        sumsub.replay_window = Some(Duration::from_secs(24 * 3600));
+        let w = Webhooks::load(&[sumsub], |_| None).unwrap();
+        let endpoint = &w.endpoints[0];
+        let sent = 1_800_000_000u64;
+        let body =
+            format!(r#"{{"applicantId":"a-1","createdAt":{sent},"type":"applicantReviewed"}}"#);
+        let h = sumsub_request(&body);
+        let at = |secs: u64| std::time::UNIX_EPOCH + Duration::from_secs(sent + secs);
+        let day = 24 * 3600;
+        // Accepted while any copy of it would still find its replay key: the key lives for
+        // the window from acceptance, the event's time may be up to the tolerance ahead.
+        let v = endpoint.verify(&h, body.as_bytes(), at(0)).unwrap();
+        assert_eq!(v.timestamp, Some(at(0)));
+        assert!(endpoint.verify(&h, body.as_bytes(), at(day - 300)).is_ok());
+        // The same signed body a day later: its key is forgotten, so it is stale.
+        assert_eq!(
+            endpoint.verify(&h, body.as_bytes(), at(day - 299)),
+            Err(Rejected::Stale {
+                age_secs: (day - 299) as i64
+            })
+        );
+        assert_eq!(
+            endpoint.verify(&h, body.as_bytes(), at(day + 1)),
+            Err(Rejected::Stale {
+                age_secs: (day + 1) as i64
+            })
+        );
+        // From further ahead than the tolerance: refused, or its key would expire first.
+        let early = std::time::UNIX_EPOCH + Duration::from_secs(sent - 301);
+        assert_eq!(
+            endpoint.verify(&h, body.as_bytes(), early),
+            Err(Rejected::Future { ahead_secs: 301 })
+        );
+        // Without the time the webhook says every event carries: refused, never taken on
+        // the replay key alone.
+        let untimed = r#"{"applicantId":"a-1","type":"applicantReviewed"}"#;
+        assert_eq!(
+            endpoint.verify(&sumsub_request(untimed), untimed.as_bytes(), at(0)),
+            Err(Rejected::Missing("event time"))
+        );
+        // A forgery is a forgery first, whatever its time says.
+        assert_eq!(
+            endpoint.verify(&sumsub_request("{}"), body.as_bytes(), at(0)),
+            Err(Rejected::BadSignature)
+        );
+    }
+
+    #[test]
+    fn without_an_event_time_an_untimed_scheme_remembers_replay_keys_for_thirty_days() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Webhooks::load(&[config(dir.path(), WebhookScheme::Onfido)], |_| None).unwrap();
+        assert_eq!(w.endpoints[0].event_time, None);
+        assert_eq!(w.endpoints[0].replay_window, UNTIMED_REPLAY_WINDOW);
+        assert_eq!(UNTIMED_REPLAY_WINDOW, Duration::from_secs(30 * 24 * 3600));
     }
 
     #[test]

@@ -32,6 +32,7 @@ fn webhook(retry: RetryPolicy) -> WebhookConfig {
         secrets: Vec::new(),
         tolerance: Duration::from_secs(300),
         replay_window: None,
+        event_time: None,
         source_cidrs: Vec::new(),
         max_body_bytes: 1 << 20,
         outbox_keys: Vec::new(),
@@ -99,14 +100,19 @@ async fn setup(
 impl Setup {
     /// Writes an event for the subscriber and releases it, as the endpoint does.
     async fn send(&self, id: &str, session: &str, body: serde_json::Value) {
-        let body = serde_json::to_vec(&body).unwrap();
-        let key = outbox::event_key("didit", Some(id), &body);
+        self.send_raw(id, session, &serde_json::to_vec(&body).unwrap())
+            .await;
+    }
+
+    /// The same with the body's bytes as they are (a provider's body need not be JSON).
+    async fn send_raw(&self, id: &str, session: &str, body: &[u8]) {
+        let key = outbox::event_key("didit", Some(id), body);
         let event = NewEvent {
             webhook: "didit",
             key: &key,
             event_type: Some("status.updated"),
             session: Some(session),
-            body: &body,
+            body,
         };
         let now = SystemTime::now();
         let held = outbox::hold(&self.store, &self.keys, event, &["kyc"], now)
@@ -306,4 +312,128 @@ async fn a_subscriber_sees_events_through_its_masking_profile() {
     assert!(got.signature_ok, "the masked body is what is signed");
     assert_eq!(got.body["status"], "Approved");
     assert_ne!(got.body["decision"]["full_name"], "Ada Lovelace");
+}
+
+/// Waits until `sub`'s queue holds `n` dead letters (or the wait runs out); they are returned.
+async fn dead_letters(s: &Setup, n: usize) -> Vec<idgate_store::MessageInfo> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let letters = s
+            .store
+            .dead_letters(&s.sub.queue, SystemTime::now())
+            .await
+            .unwrap();
+        if letters.len() >= n || std::time::Instant::now() >= deadline {
+            return letters;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_looks_like_json_but_cannot_be_read_never_reaches_a_masked_subscriber() {
+    let pki = Pki::new();
+    let server = SubscriberServer::start(&pki).await;
+    let profile = Profile::new(vec![Rule {
+        path: MaskPath::parse("$..full_name").unwrap(),
+        action: Action::Redact,
+    }]);
+    let mask = SubscriberMask {
+        profile_name: "kyc-minimal".into(),
+        profile,
+        key: None,
+        // The default: what is not JSON at all passes.
+        non_json: NonJson::Pass,
+    };
+    let s = setup(&pki, &server, quick_retries(), Some(mask)).await;
+    let person = r#""decision":{"full_name":"Ada Lovelace"}"#;
+    let deep = format!("{}{{{person}}}{}", "[".repeat(200), "]".repeat(200));
+    let unreadable: Vec<Vec<u8>> = vec![
+        // A lone surrogate escape an applicant typed into any string.
+        format!(r#"{{{person},"note":"x\ud800"}}"#).into_bytes(),
+        // Nested past serde_json's 128 levels.
+        deep.into_bytes(),
+        // A byte-order mark, then an object (lenient readers skip the mark).
+        [
+            b"\xef\xbb\xbf".as_slice(),
+            format!("{{{person}}}").as_bytes(),
+        ]
+        .concat(),
+        // Whitespace, an object, then trailing bytes.
+        format!(" \n{{{person}}} trailing").into_bytes(),
+        // UTF-16 (big-endian): a NUL byte before each character.
+        format!("{{{person}}}")
+            .bytes()
+            .flat_map(|b| [0, b])
+            .collect(),
+    ];
+    for (n, body) in unreadable.iter().enumerate() {
+        s.send_raw(&format!("bad{n}"), &format!("s{n}"), body).await;
+    }
+    // Not JSON at all: non_json = "pass" lets it through, as before.
+    s.send_raw("text", "text", b"status=Approved").await;
+    assert!(
+        eventually(WAIT, || !server.received().is_empty()).await,
+        "the plain-text event was not delivered"
+    );
+    let letters = dead_letters(&s, unreadable.len()).await;
+    assert_eq!(letters.len(), unreadable.len(), "{letters:?}");
+    for letter in &letters {
+        assert_eq!(letter.attempts, 1, "refused at once, not retried");
+        let reason = letter.last_error.as_deref().unwrap();
+        assert!(
+            reason.contains("looks like JSON but cannot be read") && reason.contains("kyc-minimal"),
+            "{reason}"
+        );
+        assert!(
+            !reason.contains("Ada") && !reason.contains("ud800"),
+            "no body content in the reason: {reason}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = server.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].raw, b"status=Approved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_past_the_clock_makes_dead_letters_and_the_queue_keeps_flowing() {
+    let pki = Pki::new();
+    let server = SubscriberServer::start(&pki).await;
+    let s = setup(&pki, &server, quick_retries(), None).await;
+    *server.retry_after.lock().unwrap() = Some("9223372036854775807".to_owned());
+    // More refusals than deliveries a subscriber may have in flight (16): a delivery task
+    // that panicked used to keep its slot, and then the queue was never claimed again.
+    let failing = 20;
+    server.answer(&vec![503; failing]);
+    for n in 0..failing {
+        s.send(
+            &format!("e{n}"),
+            &format!("s{n}"),
+            serde_json::json!({ "n": n }),
+        )
+        .await;
+    }
+    let letters = dead_letters(&s, failing).await;
+    assert_eq!(letters.len(), failing, "{letters:?}");
+    for letter in &letters {
+        assert_eq!(letter.attempts, 1, "{letter:?}");
+        let reason = letter.last_error.as_deref().unwrap();
+        assert!(
+            reason.contains("gave up") && reason.contains("503"),
+            "{reason}"
+        );
+    }
+    // The subscriber is well again: the queue is still claimed.
+    s.send("after", "later", serde_json::json!({ "n": "after" }))
+        .await;
+    assert!(
+        eventually(WAIT, || server
+            .received()
+            .iter()
+            .any(|r| r.status == 200 && r.body["n"] == "after"))
+        .await,
+        "{:?}",
+        server.received()
+    );
 }

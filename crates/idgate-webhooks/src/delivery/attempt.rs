@@ -1,7 +1,7 @@
 //! One delivery attempt of one claimed message: open it, mask it for the subscriber, sign
 //! it, post it, and settle the claim by the answer (ack, nack for a retry, or bury).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::Request;
@@ -13,7 +13,7 @@ use idgate_secrets::HmacKey;
 use idgate_secrets::hmac::SignError;
 use idgate_store::{Claimed, NewMessage, Queue};
 
-use super::retry::{Verdict, classify, next_attempt};
+use super::retry::{Verdict, classify, next_attempt, retry_after};
 use super::signature::{EVENT_ID_HEADER, SIGNATURE_HEADER, header_value, signed_message};
 use super::{Deliverer, Subscriber, SubscriberMask};
 use crate::metrics::Attempt;
@@ -60,15 +60,32 @@ async fn prepare(sub: &Subscriber, message: &Claimed) -> Result<(String, Bytes),
 }
 
 /// The body as the subscriber's masking profile lets it see it.
+///
+/// `non_json = "pass"` lets through only a body that is not JSON at all. One that begins
+/// like a JSON object or array but cannot be read here (a lone surrogate escape, nesting
+/// past the parser's limit, a byte-order mark, trailing bytes) is refused: the rules could
+/// not be applied to it, yet a more lenient reader at the subscriber may well read it, and
+/// with it the values the profile hides.
 async fn masked(mask: &SubscriberMask, body: Vec<u8>) -> Result<Vec<u8>, NotSent> {
-    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return match mask.non_json {
-            NonJson::Pass => Ok(body),
-            NonJson::Block => Err(NotSent::Refused(format!(
-                "the event is not JSON, and masking profile {} lets only JSON through",
+    let mut doc = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(doc) => doc,
+        Err(e) if looks_like_json(&body) => {
+            // serde_json's message names what is wrong and where (line, column), never
+            // the text itself.
+            return Err(NotSent::Refused(format!(
+                "the event looks like JSON but cannot be read ({e}), so masking profile {} cannot be applied to it",
                 mask.profile_name
-            ))),
-        };
+            )));
+        }
+        Err(_) => {
+            return match mask.non_json {
+                NonJson::Pass => Ok(body),
+                NonJson::Block => Err(NotSent::Refused(format!(
+                    "the event is not JSON, and masking profile {} lets only JSON through",
+                    mask.profile_name
+                ))),
+            };
+        }
     };
     let pseudonyms = Pseudonyms {
         key: mask.key.as_deref(),
@@ -86,6 +103,17 @@ async fn masked(mask: &SubscriberMask, body: Vec<u8>) -> Result<Vec<u8>, NotSent
             mask.profile_name
         ))),
     }
+}
+
+/// Whether `body` begins as a JSON object or array would, to a reader more lenient than
+/// serde_json: past whitespace, byte-order marks and NUL bytes (a UTF-16 or UTF-32 text,
+/// which some readers decode), the first byte is `{` or `[`. Only such values hold members
+/// a masking rule names (a rule never names the whole document).
+fn looks_like_json(body: &[u8]) -> bool {
+    const SKIPPED: &[u8] = b" \t\n\r\x0b\x0c\0\xef\xbb\xbf\xfe\xff";
+    body.iter()
+        .find(|b| !SKIPPED.contains(b))
+        .is_some_and(|b| matches!(b, b'{' | b'['))
 }
 
 /// The tags of pseudonyms, from the profile's key.
@@ -165,8 +193,7 @@ async fn post(d: &Deliverer, sub: &Subscriber, event: &str, body: Bytes) -> Verd
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| retry_after(v, sub.retry.max_age));
         // Read what little the subscriber says, so the connection can serve the next one.
         let _ = Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
@@ -290,7 +317,8 @@ async fn keep_copy(d: &Deliverer, sub: &Subscriber, message: &Claimed, now: Syst
         payload: message.payload.clone(),
         order_key: None,
         max_attempts: u32::MAX,
-        not_before: Some(now + sub.retention),
+        // `None` (a retention past the clock's range) only purges the copy sooner.
+        not_before: now.checked_add(sub.retention),
     };
     if let Err(e) = d.store.push(&sub.delivered, copy, now).await {
         tracing::warn!(

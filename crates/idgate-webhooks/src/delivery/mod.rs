@@ -236,6 +236,21 @@ impl Deliverer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Runs `delivery` as a task counted in `queue`'s deliveries in flight. The count is
+    /// given back by a guard when the task ends in any way — done, panicked or cancelled —
+    /// so that no delivery can keep its slot and, 16 of them later, stop the queue.
+    fn spawn_tracked(
+        self: &Arc<Self>,
+        queue: QueueName,
+        delivery: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let slot = InFlight::take(self.clone(), queue);
+        tokio::spawn(async move {
+            let _slot = slot;
+            delivery.await;
+        })
+    }
+
     async fn deliver_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut failing = false;
         while !*stop.borrow() {
@@ -264,14 +279,9 @@ impl Deliverer {
                 {
                     Ok(claimed) => {
                         for message in claimed {
-                            *self.in_flight().entry(sub.queue.clone()).or_insert(0) += 1;
                             let (me, sub) = (self.clone(), sub.clone());
-                            tokio::spawn(async move {
+                            self.spawn_tracked(sub.queue.clone(), async move {
                                 attempt::deliver(&me, &sub, message).await;
-                                if let Some(n) = me.in_flight().get_mut(&sub.queue) {
-                                    *n = n.saturating_sub(1);
-                                }
-                                me.wake.notify_one();
                             });
                         }
                     }
@@ -339,6 +349,29 @@ impl Deliverer {
     }
 }
 
+/// One delivery counted in its queue's deliveries in flight, until it is dropped.
+struct InFlight {
+    deliverer: Arc<Deliverer>,
+    queue: QueueName,
+}
+
+impl InFlight {
+    fn take(deliverer: Arc<Deliverer>, queue: QueueName) -> Self {
+        *deliverer.in_flight().entry(queue.clone()).or_insert(0) += 1;
+        Self { deliverer, queue }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // `in_flight()` takes the lock even when poisoned: a drop during a panic still counts.
+        if let Some(n) = self.deliverer.in_flight().get_mut(&self.queue) {
+            *n = n.saturating_sub(1);
+        }
+        self.deliverer.wake.notify_one();
+    }
+}
+
 /// Removes delivered copies whose retention ended (they come due in their queue) and dead
 /// letters older than the event's maximum age plus the dead-letter retention. Returns how
 /// many went.
@@ -360,12 +393,57 @@ pub async fn purge(
             break;
         }
     }
-    let keep = sub.retry.max_age + sub.dead_letter_retention;
+    let keep = sub.retry.max_age.saturating_add(sub.dead_letter_retention);
     for dead in store.dead_letters(&sub.queue, now).await? {
-        if dead.enqueued_at + keep <= now && store.delete_message(&sub.queue, &dead.id, now).await?
-        {
+        let expired = dead.enqueued_at.checked_add(keep).is_some_and(|t| t <= now);
+        if expired && store.delete_message(&sub.queue, &dead.id, now).await? {
             purged += 1;
         }
     }
     Ok(purged)
+}
+
+#[cfg(test)]
+mod tests {
+    use idgate_store::MemoryStore;
+
+    use super::*;
+
+    fn deliverer() -> Arc<Deliverer> {
+        Deliverer::new(
+            StateStore::from(MemoryStore::new()),
+            Arc::new(|| None),
+            DeliveryMetrics::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_delivery_that_panics_gives_its_in_flight_slot_back() {
+        let d = deliverer();
+        let queue = outbox::queue("didit", "kyc").unwrap();
+        let count = |d: &Deliverer| d.in_flight().get(&queue).copied().unwrap_or(0);
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let task = d.spawn_tracked(queue.clone(), async move {
+            let _ = wait.await;
+            panic!("a delivery that panics");
+        });
+        assert_eq!(count(&d), 1, "counted while it runs");
+        go.send(()).unwrap();
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(count(&d), 0, "the panic gave the slot back");
+
+        // As many as the queue's concurrency, each panicking: the queue is still claimable.
+        for _ in 0..CONCURRENCY + 1 {
+            let task = d.spawn_tracked(queue.clone(), async { panic!("again") });
+            assert!(task.await.unwrap_err().is_panic());
+        }
+        assert_eq!(count(&d), 0);
+
+        // Cancelled (the runtime shutting down, a task aborted): given back as well.
+        let task = d.spawn_tracked(queue.clone(), std::future::pending());
+        assert_eq!(count(&d), 1);
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert_eq!(count(&d), 0);
+    }
 }

@@ -7,8 +7,10 @@
 //!
 //! The delay before attempt n+1 is drawn uniformly from zero to `base · 2^(n-1)` (at most
 //! `max`): exponential backoff with full jitter, so that subscribers coming back are not
-//! hit by every replica at once. A `Retry-After` longer than the draw is honoured. Once the
-//! next attempt would fall past the event's `max_age`, the message is a dead letter.
+//! hit by every replica at once. A `Retry-After` (in seconds) longer than the draw is
+//! honoured, up to the event's `max_age`: whatever a subscriber answers, the arithmetic on
+//! the clock is checked and cannot overflow. Once the next attempt would fall past the
+//! event's `max_age`, the message is a dead letter.
 
 use std::time::{Duration, SystemTime};
 
@@ -97,9 +99,27 @@ fn next_attempt_with(
     }
     .delay(attempt);
     let jittered = cap.mul_f64(draw.clamp(0.0, 1.0));
-    let delay = retry_after.map_or(jittered, |r| r.max(jittered));
-    let at = now + delay;
-    (at <= enqueued_at + policy.max_age).then_some(at)
+    // The subscriber's Retry-After is its own number: capped at the event's maximum age
+    // (any longer wait ends past it anyway), and every sum checked, so that no answer can
+    // overflow the clock.
+    let delay = retry_after.map_or(jittered, |r| r.min(policy.max_age).max(jittered));
+    let at = now.checked_add(delay)?;
+    match enqueued_at.checked_add(policy.max_age) {
+        Some(deadline) if at > deadline => None,
+        _ => Some(at),
+    }
+}
+
+/// A `Retry-After` in seconds (RFC 9110 `delay-seconds`), at most `cap`; `None` for any
+/// other form. The value is the subscriber's: never trusted to be small.
+pub fn retry_after(value: &str, cap: Duration) -> Option<Duration> {
+    let value = value.trim();
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // All digits: only a number too long for u64 fails to parse, and it is past any cap.
+    let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+    Some(Duration::from_secs(secs).min(cap))
 }
 
 #[cfg(test)]
@@ -156,6 +176,67 @@ mod tests {
         for _ in 0..100 {
             let d = next_attempt(&policy, 3, t0, t0, None).unwrap();
             assert!(d.duration_since(t0).unwrap() <= Duration::from_secs(4));
+        }
+    }
+
+    #[test]
+    fn a_retry_after_past_any_representable_time_makes_a_dead_letter_not_a_panic() {
+        let policy = RetryPolicy {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            max_age: Duration::from_secs(3600),
+        };
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        // An attempt comes after the event was received.
+        let now = t0 + Duration::from_secs(1);
+        // What a subscriber answering `Retry-After: 9223372036854775807` (or more) asks for,
+        // whether or not its caller capped it first.
+        for asked in [
+            Duration::from_secs(i64::MAX as u64),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ] {
+            assert_eq!(
+                next_attempt_with(&policy, 1, t0, now, Some(asked), 0.5),
+                None,
+                "past the maximum age: {asked:?}"
+            );
+        }
+        // Within the maximum age it is honoured as before.
+        assert_eq!(
+            next_attempt_with(&policy, 1, t0, now, Some(Duration::from_secs(3599)), 0.5),
+            Some(now + Duration::from_secs(3599))
+        );
+        // A maximum age beyond the clock's range bounds nothing, and overflows nothing.
+        let forever = RetryPolicy {
+            max_age: Duration::MAX,
+            ..policy
+        };
+        assert_eq!(
+            next_attempt_with(&forever, 1, t0, now, Some(Duration::from_secs(10)), 0.5),
+            Some(now + Duration::from_secs(10))
+        );
+        assert_eq!(
+            next_attempt_with(&forever, 1, t0, now, Some(Duration::MAX), 0.5),
+            None
+        );
+    }
+
+    #[test]
+    fn a_retry_after_is_read_in_seconds_and_capped() {
+        let cap = Duration::from_secs(3600);
+        assert_eq!(retry_after(" 120 ", cap), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after("9223372036854775807", cap), Some(cap));
+        assert_eq!(retry_after(&"9".repeat(40), cap), Some(cap));
+        for other in [
+            "",
+            "-1",
+            "1.5",
+            "+5",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "12 s",
+        ] {
+            assert_eq!(retry_after(other, cap), None, "{other:?}");
         }
     }
 }

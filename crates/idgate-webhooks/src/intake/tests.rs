@@ -36,6 +36,7 @@ fn webhooks(dir: &std::path::Path) -> Webhooks {
         secrets: vec![file("secret", "didit secret")],
         tolerance: Duration::from_secs(300),
         replay_window: None,
+        event_time: None,
         source_cidrs: Vec::new(),
         max_body_bytes: 1 << 20,
         outbox_keys: vec![file("outbox.key", &"ab".repeat(32))],

@@ -11,7 +11,7 @@
 
 use http::HeaderMap;
 
-use super::json::{self, Json};
+use super::json::{self, Json, NonAscii};
 use super::mac::{self, Digest};
 use super::{
     Clock, Rejected, V2Form, Verified, X_SIGNATURE, X_SIGNATURE_SIMPLE, X_SIGNATURE_V2,
@@ -65,6 +65,7 @@ fn event(
         timestamp: Some(timestamp),
         secret_index,
         body_signed: true,
+        signed_part: None,
     })
 }
 
@@ -115,9 +116,25 @@ fn simple_field<'a>(body: &'a Json, name: &'static str) -> Result<&'a str, Rejec
     }
 }
 
+/// The four fields Simple signs as the JSON object delivered in place of the body: keys
+/// sorted, no whitespace, non-ASCII escaped (Didit's own form of a body).
+fn simple_part(ts: i64, session_id: &str, status: &str, webhook_type: &str) -> Vec<u8> {
+    let text = |s: &str| Json::Str(s.to_owned());
+    let object = Json::Object(vec![
+        ("session_id".to_owned(), text(session_id)),
+        ("status".to_owned(), text(status)),
+        ("timestamp".to_owned(), Json::Number(ts.to_string())),
+        ("webhook_type".to_owned(), text(webhook_type)),
+    ]);
+    let mut out = String::with_capacity(96 + session_id.len() + status.len());
+    json::write(&object, NonAscii::Escaped, &mut out);
+    out.into_bytes()
+}
+
 /// `X-Signature-Simple`: `{timestamp}:{session_id}:{status}:{webhook_type}`. Only these
-/// four fields are covered: the event id is not reported (it is not signed), and the replay
-/// key is the digest of the signed message.
+/// four fields are covered: the event id is not reported (it is not signed), the replay
+/// key is the digest of the signed message, and what is kept and delivered of the event is
+/// those four fields ([`Verified::signed_part`]), never the unsigned rest of the body.
 pub(super) fn signature_simple(
     secrets: &[&[u8]],
     headers: &HeaderMap,
@@ -142,5 +159,6 @@ pub(super) fn signature_simple(
         replay_key: mac::digest_key(&[message.as_bytes()]),
         secret_index: index,
         body_signed: false,
+        signed_part: Some(simple_part(ts, session_id, status, webhook_type)),
     })
 }

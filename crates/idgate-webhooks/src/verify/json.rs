@@ -58,7 +58,7 @@ pub(crate) enum JsonError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NonAscii {
     /// As UTF-8 (Python `ensure_ascii=False`): only `"`, `\` and control characters
-    /// escaped. What PROVIDERS.md says `X-Signature-V2` signs.
+    /// escaped. What Didit's integrations say `X-Signature-V2` signs.
     #[default]
     Unescaped,
     /// As `\uXXXX` for everything outside U+0020..=U+007E, surrogate pairs above U+FFFF

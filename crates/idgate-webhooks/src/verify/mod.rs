@@ -28,19 +28,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 
 mod didit;
+pub mod event_time;
 mod json;
 mod mac;
 mod number;
 mod persona;
 mod raw;
 
+pub use event_time::{EventTime, TimeFormat};
 pub use json::NonAscii;
 
 /// How many secrets a check tries: the current one and, during a rotation, the previous.
 pub const MAX_SECRETS: usize = 2;
 /// Ids longer than this (or holding control characters) are not reported.
 pub const MAX_ID_LEN: usize = 256;
-/// Timestamp tolerance PROVIDERS.md gives for Didit, and the default for every scheme.
+/// Timestamp tolerance Didit gives, and the default for every scheme.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 /// Didit's webhook headers.
@@ -148,10 +150,10 @@ impl FromStr for Scheme {
     }
 }
 
-/// The message Didit's `X-Signature-V2` signs. PROVIDERS.md: the canonical JSON (sorted
+/// The message Didit's `X-Signature-V2` signs. Didit's integrations: the canonical JSON (sorted
 /// keys, no spaces, whole floats as integers) with non-ASCII unescaped; Didit's own page
 /// calls it "ASCII-escaped" and its examples disagree on a `{timestamp}:` prefix. The
-/// default is PROVIDERS.md's; each form is pinned by test vectors.
+/// default is that of Didit's integrations; each form is pinned by test vectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct V2Form {
     pub non_ascii: NonAscii,
@@ -215,7 +217,8 @@ pub struct Verified {
     /// Didit `webhook_type`, Sumsub `type`, Veriff `eventType`/`action` (or `decision`),
     /// Onfido `payload.action`, Persona `data.attributes.name`.
     pub event_type: Option<String>,
-    /// The signed timestamp checked against the tolerance; `None` for schemes without one.
+    /// The signed timestamp checked against the tolerance; `None` for schemes without one
+    /// (the endpoint sets the event's own time there when it reads one, [`event_time`]).
     pub timestamp: Option<SystemTime>,
     /// What identifies a replay: `event:<event_id>`, else `sha256:<hex>` of the signed
     /// message (the same whichever secret signed it).
@@ -225,6 +228,22 @@ pub struct Verified {
     /// Whether the signature covers the whole body. Only [`Scheme::DiditSignatureSimple`]
     /// covers less (four fields): the rest of such a body is not authenticated.
     pub body_signed: bool,
+    /// When the signature covers only part of the body: that part, as the JSON object that
+    /// is kept and delivered in place of the body (Didit Simple:
+    /// `{"session_id":…,"status":…,"timestamp":…,"webhook_type":…}`). `None` when the whole
+    /// body is signed.
+    pub signed_part: Option<Vec<u8>>,
+}
+
+impl Verified {
+    /// What of the request's `body` may be kept and delivered: all of it when the signature
+    /// covers it, else only the part it covers — what nobody signed is never passed on.
+    pub fn deliverable<'a>(&'a self, body: &'a [u8]) -> &'a [u8] {
+        match &self.signed_part {
+            Some(part) => part,
+            None => body,
+        }
+    }
 }
 
 /// Why a request is not a genuine, fresh event. Never holds a secret, the body or a header
@@ -240,11 +259,12 @@ pub enum Rejected {
     /// No configured secret produces the signature.
     #[error("the signature does not match")]
     BadSignature,
-    /// The signed timestamp is older than the tolerance.
-    #[error("the signed timestamp is {age_secs} s old, past the tolerance")]
+    /// The signed time (a signed timestamp, or the event's own time in the signed body) is
+    /// older than the webhook accepts.
+    #[error("the signed time is {age_secs} s old, older than the webhook accepts")]
     Stale { age_secs: i64 },
-    /// The signed timestamp is further ahead of `now` than the tolerance.
-    #[error("the signed timestamp is {ahead_secs} s ahead, past the tolerance")]
+    /// The signed time is further ahead of `now` than the tolerance.
+    #[error("the signed time is {ahead_secs} s ahead, past the tolerance")]
     Future { ahead_secs: i64 },
     /// `X-Timestamp` disagrees with the signed body's `timestamp`.
     #[error("x-timestamp disagrees with the body's timestamp")]
@@ -324,30 +344,40 @@ struct Clock {
 impl Clock {
     /// The signed unix time `ts` as a time, if it is within the tolerance of now.
     fn fresh(&self, ts: i64) -> Result<SystemTime, Rejected> {
-        let now = match self.now.duration_since(UNIX_EPOCH) {
-            Ok(d) => i128::from(d.as_secs()),
-            Err(e) => -i128::from(e.duration().as_secs()),
-        };
-        let age = now - i128::from(ts);
-        let tolerance = i128::from(self.tolerance.as_secs());
-        let clamp = |v: i128| i64::try_from(v).unwrap_or(i64::MAX);
-        if age > tolerance {
-            return Err(Rejected::Stale {
-                age_secs: clamp(age),
-            });
-        }
-        if -age > tolerance {
-            return Err(Rejected::Future {
-                ahead_secs: clamp(-age),
-            });
-        }
-        let at = if ts >= 0 {
-            UNIX_EPOCH.checked_add(Duration::from_secs(ts.unsigned_abs()))
-        } else {
-            UNIX_EPOCH.checked_sub(Duration::from_secs(ts.unsigned_abs()))
-        };
-        at.ok_or(Rejected::Malformed("timestamp"))
+        within(self.now, ts, self.tolerance, self.tolerance)
     }
+}
+
+/// The unix time `ts` as a time, if it is at most `before` older than `now` and at most
+/// `after` ahead of it (both bounds inclusive).
+fn within(
+    now: SystemTime,
+    ts: i64,
+    before: Duration,
+    after: Duration,
+) -> Result<SystemTime, Rejected> {
+    let now = match now.duration_since(UNIX_EPOCH) {
+        Ok(d) => i128::from(d.as_secs()),
+        Err(e) => -i128::from(e.duration().as_secs()),
+    };
+    let age = now - i128::from(ts);
+    let clamp = |v: i128| i64::try_from(v).unwrap_or(i64::MAX);
+    if age > i128::from(before.as_secs()) {
+        return Err(Rejected::Stale {
+            age_secs: clamp(age),
+        });
+    }
+    if -age > i128::from(after.as_secs()) {
+        return Err(Rejected::Future {
+            ahead_secs: clamp(-age),
+        });
+    }
+    let at = if ts >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(ts.unsigned_abs()))
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_secs(ts.unsigned_abs()))
+    };
+    at.ok_or(Rejected::Malformed("timestamp"))
 }
 
 /// A unix time in seconds as a header writes it: 1 to 19 ASCII digits.

@@ -104,6 +104,7 @@ pub(super) fn verify(
         timestamp: Some(timestamp),
         secret_index: index,
         body_signed: true,
+        signed_part: None,
     })
 }
 

@@ -46,6 +46,7 @@ fn raw_body(
         replay_key: mac::digest_key(&[body]),
         secret_index: index,
         body_signed: true,
+        signed_part: None,
     })
 }
 

@@ -216,6 +216,28 @@ fn simple_covers_four_fields_and_says_so() {
 }
 
 #[test]
+fn simple_delivers_only_the_fields_it_signs() {
+    // The unsigned part of the body (the event id, a decision) is anybody's to change.
+    let body = format!(
+        r#"{{"decision":{{"full_name":"Mallory"}},"event_id":"evt-forged","session_id":"s-\u00e9","status":"Approved","timestamp":{NOW},"vendor_data":"x","webhook_type":"status.updated"}}"#
+    );
+    let message = format!("{NOW}:s-\u{e9}:Approved:status.updated");
+    let h = headers(&[("x-signature-simple", &hex_hmac(SECRET, message.as_bytes()))]);
+    let v = check(Scheme::DiditSignatureSimple, &h, body.as_bytes()).unwrap();
+    let part = format!(
+        r#"{{"session_id":"s-\u00e9","status":"Approved","timestamp":{NOW},"webhook_type":"status.updated"}}"#
+    );
+    assert_eq!(v.signed_part.as_deref(), Some(part.as_bytes()));
+    assert_eq!(v.deliverable(body.as_bytes()), part.as_bytes());
+    // Where the whole body is signed, the whole body is what is delivered.
+    let whole = didit_body(NOW as i64);
+    let h = headers(&[("x-signature", &hex_hmac(SECRET, whole.as_bytes()))]);
+    let v = check(Scheme::DiditSignature, &h, whole.as_bytes()).unwrap();
+    assert_eq!(v.signed_part, None);
+    assert_eq!(v.deliverable(whole.as_bytes()), whole.as_bytes());
+}
+
+#[test]
 fn sumsub_algorithms() {
     let body = br#"{"applicantId":"a-1","type":"applicantReviewed"}"#;
     let sig = hex_hmac(SECRET, body);

@@ -118,16 +118,20 @@ pub struct Received {
     pub event_id: String,
     pub signature_ok: bool,
     pub body: serde_json::Value,
+    /// The body's bytes, as they came.
+    pub raw: Vec<u8>,
     /// The status it answered.
     pub status: u16,
 }
 
 /// A subscriber on a loopback port: answers each request with the next status queued
-/// (200 when none is), and records what it got.
+/// (200 when none is), with `Retry-After` on every other answer when one is set, and
+/// records what it got.
 pub struct SubscriberServer {
     pub port: u16,
     pub received: Arc<Mutex<Vec<Received>>>,
     pub statuses: Arc<Mutex<VecDeque<u16>>>,
+    pub retry_after: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -144,20 +148,22 @@ impl SubscriberServer {
         let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config());
         let received = Arc::new(Mutex::new(Vec::new()));
         let statuses = Arc::new(Mutex::new(VecDeque::new()));
-        let (rec, st) = (received.clone(), statuses.clone());
+        let retry_after = Arc::new(Mutex::new(None::<String>));
+        let (rec, st, ra) = (received.clone(), statuses.clone(), retry_after.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
-                let (acceptor, rec, st) = (acceptor.clone(), rec.clone(), st.clone());
+                let (acceptor, rec, st, ra) =
+                    (acceptor.clone(), rec.clone(), st.clone(), ra.clone());
                 tokio::spawn(async move {
                     // A handshake without the client certificate fails here.
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (rec, st) = (rec.clone(), st.clone());
+                        let (rec, st, ra) = (rec.clone(), st.clone(), ra.clone());
                         async move {
                             let sig = req
                                 .headers()
@@ -184,14 +190,16 @@ impl SubscriberServer {
                                 event_id,
                                 signature_ok,
                                 body: serde_json::from_slice(&body).unwrap_or_default(),
+                                raw: body.to_vec(),
                                 status,
                             });
-                            Ok::<_, hyper::Error>(
-                                http::Response::builder()
-                                    .status(status)
-                                    .body(Full::new(Bytes::new()))
-                                    .unwrap(),
-                            )
+                            let mut answer = http::Response::builder().status(status);
+                            if let Some(after) = ra.lock().unwrap().clone()
+                                && !(200..300).contains(&status)
+                            {
+                                answer = answer.header(http::header::RETRY_AFTER, after);
+                            }
+                            Ok::<_, hyper::Error>(answer.body(Full::new(Bytes::new())).unwrap())
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -204,6 +212,7 @@ impl SubscriberServer {
             port,
             received,
             statuses,
+            retry_after,
             task,
         }
     }

@@ -2,7 +2,7 @@
 """Writes the webhook signature test vectors in this directory, one JSON file per provider.
 
 Computed independently of the Rust verifier, with Python's standard library only, the way
-each provider documents its signature (PROVIDERS.md). For Didit, the provider's own recipe:
+each provider documents its signature. For Didit, the provider's own recipe:
 
     body = json.dumps(shorten_floats(envelope), sort_keys=True, separators=(",", ":"))
     hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()

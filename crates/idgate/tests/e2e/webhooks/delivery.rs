@@ -117,3 +117,39 @@ async fn a_subscriber_that_is_down_gets_every_event_in_order_once_it_is_back() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_didit_simple_event_delivers_only_the_fields_its_signature_covers() {
+    within(async {
+        let pki = Pki::default_pki();
+        let dir = tempfile::tempdir().unwrap();
+        let sub = Subscriber::start(&pki).await;
+        let mut simple = toml::Table::new();
+        simple.insert("scheme".into(), "didit-simple".into());
+        let gw = Gateway::start(&webhook_config(&pki, dir.path(), &sub.url(), simple), &[]).await;
+        let client = provider_client(&pki, gw.port);
+        let t = now_secs();
+        // X-Signature-Simple covers "{timestamp}:{session_id}:{status}:{webhook_type}" only:
+        // whoever holds a signed event can put anything in the rest of the body.
+        let mut e = envelope("evt-unsigned", "sess-1", 1, t);
+        e["decision"] = json!({"full_name": "Ada Lovelace", "status": "Approved"});
+        e["vendor_data"] = "user-42".into();
+        let r = post_signed(&client, DIDIT_SECRET, &e).await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eventually!(!sub.processed().is_empty(), "got {:?}", sub.got());
+        let d = &sub.processed()[0];
+        assert!(d.signature_ok, "re-signed for the subscriber: {d:?}");
+        assert_eq!(
+            d.body,
+            json!({
+                "session_id": "sess-1",
+                "status": "In Progress",
+                "timestamp": t,
+                "webhook_type": "status.updated",
+            }),
+            "only the signed fields"
+        );
+        assert_eq!(d.event_id, r.json()["event_id"].as_str().unwrap());
+    })
+    .await;
+}
