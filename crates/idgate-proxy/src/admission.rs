@@ -1,6 +1,7 @@
 //! The checks a request meets before anyone is authenticated, cheap and decided on what it
 //! arrived with: how many header fields it has and their size (`listener.max_header_count`,
-//! `max_header_bytes`), its client address and user agent against `[network]` and the
+//! `max_header_bytes`), its client address and user agent against `[network]` (the address
+//! again for each request, so that a reloaded rule reaches open connections) and the
 //! route's rules, and a body length announced past the route's `max_body_bytes` (refused
 //! before any of it is read or sent).
 
@@ -12,8 +13,17 @@ use crate::ctx::RequestCtx;
 use crate::problem::Refusal;
 use crate::routes::Route;
 
-/// Before routing: the header count and the global user-agent rules.
+/// Before routing: the global address rules, the header count and the global user-agent
+/// rules. The address was admitted when its connection was; it is asked again here so that
+/// a `[network]` rule added by a reload reaches connections already open (kept alive, or
+/// an HTTP/2 connection's next stream).
 pub(crate) fn on_arrival(ctx: &RequestCtx<'_>, req: &Parts) -> Result<(), Refusal> {
+    let cidrs = &ctx.snapshot.network.cidrs;
+    if !cidrs.is_empty() && !cidrs.permits(ctx.conn.remote.ip()) {
+        return Err(Refusal::ForbiddenNetwork {
+            reason: "client address not allowed",
+        });
+    }
     let limit = ctx.snapshot.request_limits.max_header_count;
     // HTTP/1.1 heads over the limit never get here (hyper answers 431); HTTP/2 ones do.
     if req.headers.len() > limit {

@@ -3,7 +3,7 @@
 //! proxy, its certificate's thumbprint, and the flag by which a request asks the connection
 //! to linger on close.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::HeaderValue;
@@ -41,5 +41,17 @@ impl LingerOnClose {
 
     pub(crate) fn requested(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What one source is, for `max_connections_per_ip`, `source_ip` rate limits and lockouts:
+/// an IPv4 address, or an IPv6 /64 (the smallest network one host is given, whose addresses
+/// it can use at will).
+pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
     }
 }

@@ -45,7 +45,9 @@ pub enum RequestGuard {
     /// The body must be JSON satisfying the route's schema. Compiled for `schema`.
     Schema(Arc<jsonschema::Validator>),
     /// The upstream is asked for the whole answer (the caller's `Range` and `If-Range` are
-    /// dropped), because a part of one cannot be masked. Compiled for `masking`.
+    /// dropped), because a part of one cannot be masked, and unconditionally (the
+    /// conditional headers are dropped), because a `304` or `412` would confirm a guess of
+    /// what was masked. Compiled for `masking`.
     WholeAnswer,
 }
 

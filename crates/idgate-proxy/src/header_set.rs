@@ -244,13 +244,20 @@ fn remove_connection_named(headers: &mut HeaderMap) {
 }
 
 /// The header names in a `Connection` value, its options left out. A member that is not a
-/// header name (no header can be called that) is skipped.
+/// header name (no header can be called that) is skipped, and so is a `Content-*` name: those
+/// describe the representation end to end and are never hop-by-hop, and the gateway's
+/// guards judge a body by them (a `Content-Type` taken away after a check, or before the
+/// masking of an answer, would let a body pass as something it is not).
 fn connection_names(value: &[u8]) -> impl Iterator<Item = HeaderName> + '_ {
     value
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|name| {
-            !name.eq_ignore_ascii_case(b"keep-alive") && !name.eq_ignore_ascii_case(b"close")
+            !name.eq_ignore_ascii_case(b"keep-alive")
+                && !name.eq_ignore_ascii_case(b"close")
+                && !name
+                    .get(..8)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"content-"))
         })
         .filter_map(|name| HeaderName::from_bytes(name).ok())
 }
@@ -333,6 +340,31 @@ mod tests {
             set.strip(&mut h);
             assert_eq!(names(&h), ["x-kept"], "{one:?} {two:?}");
         }
+    }
+
+    #[test]
+    fn connection_cannot_take_away_what_describes_the_body() {
+        let set = HeaderSet::new([header::CONNECTION]);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Content-Type, content-encoding, CONTENT-LENGTH, x-hop"),
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        set.strip(&mut h);
+        assert_eq!(
+            names(&h),
+            ["content-encoding", "content-length", "content-type"]
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ use http::HeaderMap;
 use idgate_config::{LockoutBy, LockoutConfig, OnStateError};
 use idgate_store::{CounterKey, Counters as _};
 
+use crate::conn::source_key;
 use crate::ctx::RequestCtx;
 use crate::limit_state::{Limits, StateFailure, bounded, push_part};
 use crate::problem::Refusal;
@@ -71,7 +72,7 @@ fn subject(
     client: Option<&str>,
 ) -> Option<String> {
     match by {
-        LockoutBy::SourceIp => Some(ctx.conn.remote.ip().to_canonical().to_string()),
+        LockoutBy::SourceIp => Some(source_subject(ctx.conn.remote.ip())),
         LockoutBy::ApiKeyId => idgate_auth::api_key::presented_key(headers)
             .ok()
             .flatten()
@@ -79,6 +80,12 @@ fn subject(
             .map(str::to_owned),
         LockoutBy::TokenClient => client.map(str::to_owned),
     }
+}
+
+/// A source address as a lockout subject: an IPv4 address, or an IPv6 caller's whole /64
+/// (its host may use any address of it, and would otherwise get a fresh count with each).
+fn source_subject(ip: std::net::IpAddr) -> String {
+    source_key(ip.to_canonical()).to_string()
 }
 
 fn key(prefix: &str, by: LockoutBy, subject: &str) -> Result<CounterKey, StateFailure> {
@@ -239,5 +246,19 @@ impl ClientGate for TokenClients<'_> {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_host_is_counted_as_its_64_and_an_ipv4_mapped_address_as_ipv4() {
+        let subject = |a: &str| source_subject(a.parse().unwrap());
+        assert_eq!(subject("2001:db8:1:2::1"), subject("2001:db8:1:2:abcd::7"));
+        assert_ne!(subject("2001:db8:1:2::1"), subject("2001:db8:1:3::1"));
+        assert_eq!(subject("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(subject("192.0.2.7"), "192.0.2.7");
     }
 }

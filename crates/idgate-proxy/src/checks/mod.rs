@@ -41,8 +41,19 @@ pub(crate) async fn on_request(
         }
         RequestGuard::Schema(validator) => schema::check(ctx, validator, upstream, req).await,
         RequestGuard::WholeAnswer => {
-            req.headers.remove(http::header::RANGE);
-            req.headers.remove(http::header::IF_RANGE);
+            for name in [
+                http::header::RANGE,
+                http::header::IF_RANGE,
+                // A `304` or `412` would tell whether a guess of the masked values matches
+                // the upstream's answer, whose validator a caller can compute from a
+                // candidate text.
+                http::header::IF_NONE_MATCH,
+                http::header::IF_MATCH,
+                http::header::IF_MODIFIED_SINCE,
+                http::header::IF_UNMODIFIED_SINCE,
+            ] {
+                req.headers.remove(name);
+            }
             Ok(())
         }
     }

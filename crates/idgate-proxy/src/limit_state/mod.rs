@@ -24,6 +24,8 @@ use idgate_config::{
 use idgate_store::{CounterKey, GcraLimit, StoreError};
 use idgate_tls::SpiffeId;
 
+use crate::conn::source_key;
+
 pub use metrics::{LimitMetrics, StateErrors};
 
 /// The longest part of a state key kept as it is; longer ones are hashed.
@@ -225,6 +227,9 @@ pub async fn bounded<T>(
 pub enum Part<'a> {
     Text(&'a str),
     Ip(IpAddr),
+    /// A token client: its issuer and its id, which is the issuer's to give (two issuers'
+    /// clients of one id are two callers).
+    Client(&'a str, &'a str),
 }
 
 /// The parts of `limit`'s key for one request; `None` when the request lacks one (an
@@ -241,8 +246,13 @@ pub fn key_parts<'a>(
         *slot = Some(match part {
             LimitKeyPart::SpiffeId => Part::Text(peer?.as_str()),
             LimitKeyPart::ApiKey => Part::Text(&caller?.api_key.as_ref()?.id),
-            LimitKeyPart::TokenClient => Part::Text(caller?.token.as_ref()?.client_id.as_ref()?),
-            LimitKeyPart::SourceIp => Part::Ip(remote.to_canonical()),
+            LimitKeyPart::TokenClient => {
+                let token = caller?.token.as_ref()?;
+                Part::Client(&token.issuer, token.client_id.as_ref()?)
+            }
+            // An IPv6 caller's whole /64, as for the connection cap: its host may use any
+            // address of it.
+            LimitKeyPart::SourceIp => Part::Ip(source_key(remote.to_canonical())),
             LimitKeyPart::Route => Part::Text(route),
         });
     }
@@ -259,6 +269,13 @@ pub fn shared_key(limit: &Limit, parts: &[Option<Part<'_>>; 5]) -> Result<Counte
                 let _ = write!(key, "{ip}");
             }
             Part::Text(t) => push_part(&mut key, t),
+            Part::Client(issuer, id) => {
+                // The issuer as a digest of fixed length, so that no id can reach into it.
+                let digest = ring::digest::digest(&ring::digest::SHA256, issuer.as_bytes());
+                key.push_str(&idgate_codec::hex::encode(&digest.as_ref()[..8]));
+                key.push('/');
+                push_part(&mut key, id);
+            }
         }
     }
     CounterKey::new(key)
@@ -369,6 +386,49 @@ mod tests {
         assert_eq!(limits.tier(Some(&outside), Some(&kyc)), Some("gold"));
         assert_eq!(limits.tier(Some(&outside), Some(&web)), None);
         assert_eq!(limits.tier(None, None), None);
+    }
+
+    #[test]
+    fn two_issuers_clients_of_one_id_and_one_hosts_ipv6_addresses_are_keyed_as_what_they_are() {
+        use idgate_auth::TokenIdentity;
+        let l = limit(vec![LimitKeyPart::TokenClient]);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let caller = |issuer: &str| Caller {
+            token: Some(TokenIdentity {
+                issuer: issuer.to_owned(),
+                subject: "onboarding".to_owned(),
+                client_id: Some("onboarding".to_owned()),
+                scopes: Vec::new(),
+                workload: None,
+            }),
+            ..Caller::default()
+        };
+        let (own, partner) = (
+            caller("https://idgate.test"),
+            caller("https://idp.partner.test"),
+        );
+        let own_parts = key_parts(&l, Some(&own), None, ip, "r").unwrap();
+        let partner_parts = key_parts(&l, Some(&partner), None, ip, "r").unwrap();
+        assert_ne!(own_parts, partner_parts, "the lease and local limiter keys");
+        let (a, b) = (
+            shared_key(&l, &own_parts).unwrap(),
+            shared_key(&l, &partner_parts).unwrap(),
+        );
+        assert_ne!(a, b, "the shared key");
+        assert!(a.as_str().ends_with("/onboarding"), "{a}");
+
+        // One host's /64 is one source, as for the connection cap; another /64 is another.
+        let l = limit(vec![LimitKeyPart::SourceIp]);
+        let key_of = |addr: &str| {
+            let parts = key_parts(&l, None, None, addr.parse().unwrap(), "r").unwrap();
+            shared_key(&l, &parts).unwrap()
+        };
+        assert_eq!(key_of("2001:db8:1:2::1"), key_of("2001:db8:1:2:ffff::9"));
+        assert_ne!(key_of("2001:db8:1:2::1"), key_of("2001:db8:1:3::1"));
+        assert_eq!(
+            key_of("2001:db8:1:2::1").as_str(),
+            "rl:per-ip:source_ip=2001:db8:1:2::"
+        );
     }
 
     #[test]

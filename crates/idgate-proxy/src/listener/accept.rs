@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::limits::{Admission, Slot, source_key};
+use super::limits::{Admission, Slot};
 use super::{ListenerShared, proxy_header, serve_connection, shed};
 use crate::audit::Refused;
+use crate::conn::source_key;
 
 /// Accepts connections until `stop` turns true; each connection is told to finish when it
 /// does.

@@ -10,17 +10,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
 
-/// What one source is, for `max_connections_per_ip`: an IPv4 address, or an IPv6 /64 (the
-/// smallest network one host is given, whose addresses it can use at will).
-pub(super) fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
-            u128::from(v6) & !((1u128 << 64) - 1),
-        )),
-        v4 => v4,
-    }
-}
-
 /// Open connections per key (a client address, a SPIFFE ID), so that one key cannot take
 /// every connection.
 pub(super) struct PerKey<K> {
@@ -122,6 +111,7 @@ impl RefusalLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::source_key;
 
     #[test]
     fn an_ipv6_host_counts_as_its_64_and_ipv4_as_itself() {

@@ -276,7 +276,8 @@ async fn error_answers_are_masked_and_stale_headers_go() {
             serde_json::json!({"status": "Declined", "document_number": "******589"})
         );
 
-        // The caller's Range, If-Range and Accept-Encoding do not reach the upstream.
+        // The caller's Range, If-Range and Accept-Encoding do not reach the upstream, nor
+        // the conditional headers whose 304 or 412 would confirm a guess of a masked value.
         let r = c
             .send(
                 "GET",
@@ -285,13 +286,25 @@ async fn error_answers_are_masked_and_stale_headers_go() {
                     ("range", "bytes=0-3"),
                     ("if-range", "\"v1\""),
                     ("accept-encoding", "gzip"),
+                    ("if-none-match", "W/\"guess\""),
+                    ("if-match", "\"guess\""),
+                    ("if-modified-since", "Sat, 05 Dec 2026 00:00:00 GMT"),
+                    ("if-unmodified-since", "Sat, 05 Dec 2026 00:00:00 GMT"),
                 ],
                 "",
             )
             .await
             .unwrap();
         let seen = upstream.last_headers();
-        for h in ["range", "if-range", "accept-encoding"] {
+        for h in [
+            "range",
+            "if-range",
+            "accept-encoding",
+            "if-none-match",
+            "if-match",
+            "if-modified-since",
+            "if-unmodified-since",
+        ] {
             assert!(!seen.contains_key(h), "{h} reached the upstream");
         }
         assert_eq!(r.status, 200);

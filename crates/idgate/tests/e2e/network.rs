@@ -260,6 +260,65 @@ async fn network_rules_close_denied_clients_before_tls_and_routes_answer_403() {
 }
 
 #[tokio::test]
+async fn a_deny_rule_added_by_a_reload_reaches_connections_already_open() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let mut config = OneRoute {
+            url: &upstream.url(false),
+            allow: &[ONBOARDING],
+            ..OneRoute::default()
+        }
+        .config(&pki);
+        let gw = Gateway::start(&config, &[]).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+
+        // One keep-alive connection from 127.0.0.6, served before the rule exists.
+        let tls = tokio_rustls::TlsConnector::from(client.config.clone())
+            .connect(
+                ServerName::try_from("localhost").unwrap(),
+                tcp_from("127.0.0.6", gw.port).await,
+            )
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let get = || {
+            http::Request::get(PATH)
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        let resp = send.send_request(get()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let _ = resp.into_body().collect().await;
+
+        config = config.section("network", toml::toml! { deny = ["127.0.0.6"] });
+        std::fs::write(&gw.config_path, config.to_toml()).unwrap();
+        gw.signal("HUP");
+        assert_eventually!(
+            gw.output().contains("configuration reloaded"),
+            "{}",
+            gw.output()
+        );
+        // The same connection's next request is refused by the new rule.
+        let resp = send.send_request(get()).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("forbidden-network"));
+        assert_eq!(
+            upstream.requests().len(),
+            1,
+            "the refused request never went upstream"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
 async fn one_identity_at_its_cap_does_not_lock_out_another_behind_the_same_balancer() {
     within(async {
         let pki = Pki::default_pki();
