@@ -28,5 +28,11 @@ pub use checkpoint::Close;
 pub use keys::{EncryptionKey, KeyError, PublicKey, SigningKey, generate_signing_key};
 pub use queue::{AuditMetrics, AuditTrail, Permit};
 pub use record::{ApiActivity, AuthLayers, ConnectionEvent, ConnectionOutcome, Decision};
-pub use verify::{End, Finding, Problem, Summary, Verifier, VerifyError, VerifyOptions};
-pub use writer::{AuditError, AuditKeys, Export, Gap, StartReport, WriterSettings};
+pub use verify::{
+    End, ExpectHead, Finding, GapAfter, Problem, Schedule, Summary, Verifier, VerifyError,
+    VerifyOptions,
+};
+pub use writer::{
+    AppendError, AuditError, AuditKeys, Export, Gap, GapReason, MAX_RECORD, StartReport,
+    WriterSettings,
+};

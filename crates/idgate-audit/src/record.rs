@@ -93,9 +93,24 @@ pub struct ApiActivity<'a> {
     pub bytes_out: Option<u64>,
 }
 
-/// The longest path a record keeps; a longer one is cut (at a character boundary) and
-/// marked, so a hostile path cannot swell the trail.
+// Every value a caller or peer chooses is cut to a bound of its own (at a character
+// boundary) and marked (`<member>_truncated` under `unmapped`), so that no request can swell
+// its record; with JSON escaping (six bytes at most for one) a record stays far below the
+// longest line the reader takes. The writer still writes any record past
+// `writer::MAX_RECORD` in a bounded form (see there).
+
+/// The longest path a record keeps.
 pub const MAX_PATH: usize = 1024;
+/// The longest method a record keeps: methods are short tokens (`PROPPATCH`,
+/// `UPDATEREDIRECTREF`); a longer one is a caller's invention.
+pub const MAX_METHOD: usize = 32;
+/// The longest caller or peer a record keeps: a SPIFFE ID is at most 2048 bytes; a
+/// caller's other forms (`jwt-svid:…`, `sub:SUBJECT@ISSUER`) take a little more.
+pub const MAX_IDENTITY: usize = 4096;
+/// The longest request id a record keeps (the gateway keeps a caller's own up to 128).
+pub const MAX_REQUEST_ID: usize = 128;
+/// The longest detail of a refused connection (a TLS error's words) a record keeps.
+pub const MAX_DETAIL: usize = 256;
 
 fn metadata(out: &mut Vec<u8>, uid: Option<&str>) {
     json::key(out, "metadata");
@@ -159,6 +174,17 @@ fn capped(s: &str, max: usize) -> (&str, bool) {
     (&s[..end], true)
 }
 
+/// [`capped`], for a value that may be absent.
+fn capped_opt(s: Option<&str>, max: usize) -> (Option<&str>, bool) {
+    match s {
+        Some(s) => {
+            let (s, cut) = capped(s, max);
+            (Some(s), cut)
+        }
+        None => (None, false),
+    }
+}
+
 impl ApiActivity<'_> {
     /// OCSF activity: 1 Create (POST), 2 Read (GET, HEAD), 3 Update (PUT, PATCH), 4 Delete,
     /// 99 Other.
@@ -175,6 +201,10 @@ impl ApiActivity<'_> {
     /// Appends the record's members (no braces) to `out`.
     pub fn write_members(&self, out: &mut Vec<u8>) {
         let (activity, activity_name) = self.activity();
+        let (method, method_cut) = capped(self.method, MAX_METHOD);
+        let (request_id, request_id_cut) = capped(self.request_id, MAX_REQUEST_ID);
+        let (caller, caller_cut) = capped_opt(self.caller, MAX_IDENTITY);
+        let (peer, peer_cut) = capped_opt(self.peer, MAX_IDENTITY);
         out.extend_from_slice(b"\"class_uid\":6003,\"class_name\":\"API Activity\",\"category_uid\":6,\"category_name\":\"Application Activity\",\"activity_id\":");
         json::num(out, activity);
         json::key(out, "activity_name");
@@ -202,10 +232,10 @@ impl ApiActivity<'_> {
             out,
             u64::try_from(self.latency.as_millis()).unwrap_or(u64::MAX),
         );
-        metadata(out, Some(self.request_id));
+        metadata(out, Some(request_id));
         json::key(out, "actor");
         out.push(b'{');
-        if let Some(caller) = self.caller.or(self.peer) {
+        if let Some(caller) = caller.or(peer) {
             out.extend_from_slice(b"\"user\":{\"uid\":");
             json::str(out, caller);
             out.push(b'}');
@@ -221,7 +251,7 @@ impl ApiActivity<'_> {
         out.extend_from_slice(b"{\"operation\":");
         json::str(out, self.route);
         out.extend_from_slice(b",\"request\":{\"uid\":");
-        json::str(out, self.request_id);
+        json::str(out, request_id);
         out.push(b'}');
         if let Some(upstream) = self.upstream {
             out.extend_from_slice(b",\"service\":{\"name\":");
@@ -231,7 +261,7 @@ impl ApiActivity<'_> {
         out.push(b'}');
         json::key(out, "http_request");
         out.extend_from_slice(b"{\"http_method\":");
-        json::str(out, self.method);
+        json::str(out, method);
         out.extend_from_slice(b",\"version\":");
         json::str(out, self.version);
         let mut cut = false;
@@ -267,7 +297,7 @@ impl ApiActivity<'_> {
             out.extend_from_slice(name.as_bytes());
         }
         out.push(b']');
-        if let Some(peer) = self.peer {
+        if let Some(peer) = peer {
             json::key(out, "peer");
             json::str(out, peer);
         }
@@ -275,8 +305,16 @@ impl ApiActivity<'_> {
             json::key(out, "path_template");
             json::str(out, t);
         }
-        if cut {
-            out.extend_from_slice(b",\"path_truncated\":true");
+        for (was_cut, flag) in [
+            (cut, &b",\"path_truncated\":true"[..]),
+            (method_cut, b",\"method_truncated\":true"),
+            (request_id_cut, b",\"request_id_truncated\":true"),
+            (caller_cut, b",\"caller_truncated\":true"),
+            (peer_cut, b",\"peer_truncated\":true"),
+        ] {
+            if was_cut {
+                out.extend_from_slice(flag);
+            }
         }
         if let Some(s) = self.upstream_status {
             json::key(out, "upstream_status");
@@ -356,7 +394,9 @@ impl ConnectionEvent<'_> {
         json::str(out, self.reason);
         metadata(out, None);
         endpoint(out, "src_endpoint", self.remote, self.port);
-        if let Some(peer) = self.peer {
+        let (peer, peer_cut) = capped_opt(self.peer, MAX_IDENTITY);
+        let (detail, detail_cut) = capped_opt(self.detail, MAX_DETAIL);
+        if let Some(peer) = peer {
             json::key(out, "actor");
             out.extend_from_slice(b"{\"user\":{\"uid\":");
             json::str(out, peer);
@@ -369,10 +409,15 @@ impl ConnectionEvent<'_> {
             json::key(out, "via");
             let _ = write!(out, "\"{via}\"");
         }
-        if let Some(d) = self.detail {
-            let (d, _) = capped(d, 256);
+        if let Some(d) = detail {
             json::key(out, "detail");
             json::str(out, d);
+        }
+        if detail_cut {
+            out.extend_from_slice(b",\"detail_truncated\":true");
+        }
+        if peer_cut {
+            out.extend_from_slice(b",\"peer_truncated\":true");
         }
         out.push(b'}');
     }
@@ -509,6 +554,80 @@ pub(crate) mod tests {
         assert_eq!(v["activity_id"], 4);
         assert!(v["http_request"]["url"]["path"].as_str().unwrap().len() <= MAX_PATH);
         assert_eq!(v["unmapped"]["path_truncated"], true);
+    }
+
+    #[test]
+    fn a_hostile_method_request_id_caller_and_peer_are_cut_and_marked() {
+        // A 300,000-byte method once made a 301 KB entry that `verify` could never read past.
+        let method = "X".repeat(300_000);
+        let request_id = "r".repeat(1000);
+        let caller = format!("sub:{}", "\u{1}".repeat(100_000));
+        let peer = format!("spiffe://example.org/{}", "\u{e9}".repeat(100_000));
+        let mut a = activity(&request_id, "/v1/x");
+        a.method = &method;
+        a.caller = Some(&caller);
+        a.peer = Some(&peer);
+        let mut out = Vec::new();
+        a.write_members(&mut out);
+        // Control characters are escaped six bytes each: still far below a line.
+        assert!(out.len() < 64 * 1024, "{} bytes", out.len());
+        let v = parse(&out);
+        assert_eq!(v["http_request"]["http_method"], "X".repeat(MAX_METHOD));
+        assert_eq!(v["activity_id"], 99);
+        assert_eq!(v["metadata"]["uid"].as_str().unwrap().len(), MAX_REQUEST_ID);
+        assert_eq!(v["api"]["request"]["uid"], v["metadata"]["uid"]);
+        assert!(v["actor"]["user"]["uid"].as_str().unwrap().len() <= MAX_IDENTITY);
+        let kept_peer = v["unmapped"]["peer"].as_str().unwrap();
+        assert!(kept_peer.len() <= MAX_IDENTITY && peer.starts_with(kept_peer));
+        for flag in [
+            "method_truncated",
+            "request_id_truncated",
+            "caller_truncated",
+            "peer_truncated",
+        ] {
+            assert_eq!(v["unmapped"][flag], true, "{flag}");
+        }
+        assert!(v["unmapped"].get("path_truncated").is_none());
+        // Values within their bounds are kept whole and unmarked.
+        let mut plain = Vec::new();
+        activity("rid-1", "/v1/x").write_members(&mut plain);
+        let v = parse(&plain);
+        assert_eq!(v["http_request"]["http_method"], "GET");
+        assert!(
+            v["unmapped"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .all(|k| !k.ends_with("_truncated"))
+        );
+    }
+
+    #[test]
+    fn a_refused_connections_peer_and_detail_are_cut_and_marked() {
+        let peer = format!("spiffe://example.org/{}", "p".repeat(100_000));
+        let detail = "\u{1}".repeat(10_000);
+        let e = ConnectionEvent {
+            time: UNIX_EPOCH,
+            remote: "192.0.2.1".parse().unwrap(),
+            port: None,
+            via: None,
+            peer: Some(&peer),
+            outcome: ConnectionOutcome::Refused,
+            reason: "max_connections_per_identity",
+            stage: "after the handshake",
+            detail: Some(&detail),
+        };
+        let mut out = Vec::new();
+        e.write_members(&mut out);
+        assert!(out.len() < 16 * 1024, "{} bytes", out.len());
+        let v = parse(&out);
+        assert_eq!(
+            v["actor"]["user"]["uid"].as_str().unwrap().len(),
+            MAX_IDENTITY
+        );
+        assert_eq!(v["unmapped"]["detail"].as_str().unwrap().len(), MAX_DETAIL);
+        assert_eq!(v["unmapped"]["peer_truncated"], true);
+        assert_eq!(v["unmapped"]["detail_truncated"], true);
     }
 
     #[test]

@@ -14,8 +14,17 @@
 //! | a file cut at a line's end | the trail ends without its closing checkpoint (open end) |
 //! | entries rewritten with their hashes | the next checkpoint's signature does not verify |
 //! | a checkpoint forged | its signature does not verify with the given keys |
+//! | files removed after a rotation, and a restart | the restart's opening is not the rotation's, and no gap follows it |
+//! | entries added after the last checkpoint | past the writer's schedule ([`Schedule`]), when it is given |
+//! | the end cut back, or the newest files removed | only against an anchor kept elsewhere ([`ExpectHead`]) |
+//!
+//! What the files alone cannot show: a trail cut back to an earlier clean shutdown (its
+//! newest files removed, or its end cut and a restart since) is a whole trail. Only the head
+//! of the chain as it was seen elsewhere (a SIEM's copy of a checkpoint) shows that entries
+//! are missing.
 
 use std::io::BufRead;
+use std::time::Duration;
 
 use crate::chain::{Digest, EntryKind};
 use crate::checkpoint::{Checkpoint, CheckpointError, Close};
@@ -23,11 +32,57 @@ use crate::keys::{EncryptionKey, PublicKey};
 use crate::reader::{self, Lines, ReadError};
 
 /// What a verification needs: the public keys checkpoints may be signed with, and the keys
-/// to decrypt encrypted files.
+/// to decrypt encrypted files. (The writer's schedule and an anchor, when known, are given
+/// with [`Verifier::with_schedule`] and [`Verifier::with_expected_head`].)
 #[derive(Debug, Default)]
 pub struct VerifyOptions {
     pub keys: Vec<PublicKey>,
     pub decrypt: Vec<EncryptionKey>,
+}
+
+/// How often the writer signs: a checkpoint after `every` entries, or `interval` after the
+/// one before (`[audit] checkpoint_every`, `checkpoint_interval`). The entries after a
+/// trail's last checkpoint are its only ones no signature covers; the writer never leaves
+/// more than `every` of them, nor a record more than `interval` (and [`CHECKPOINT_GRACE`])
+/// younger than that checkpoint, so a longer unsigned end was not written by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub every: u64,
+    pub interval: Duration,
+}
+
+/// What a record's time may run past `checkpoint_interval` after the last checkpoint: the
+/// writer's clocks (a record's time is taken before it is queued, a checkpoint's when it is
+/// signed) and a small step of the system clock.
+pub const CHECKPOINT_GRACE: Duration = Duration::from_secs(5);
+
+/// An entry the trail must hold, as seen outside its directory (the sequence number and
+/// hash of a checkpoint a SIEM received, say): `SEQ` or `SEQ:HASH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpectHead {
+    pub seq: u64,
+    pub hash: Option<Digest>,
+}
+
+impl std::str::FromStr for ExpectHead {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{s:?}: write SEQ or SEQ:HASH (an entry's sequence number, and its hash: 64 hex digits)"
+            )
+        };
+        let (seq, hash) = match s.split_once(':') {
+            Some((seq, hash)) => (seq, Some(hash)),
+            None => (s, None),
+        };
+        let seq = seq.parse().map_err(|_| bad())?;
+        let hash = hash
+            .map(|h| Digest::parse(&h.to_ascii_lowercase()).ok_or_else(bad))
+            .transpose()?;
+        Ok(Self { seq, hash })
+    }
 }
 
 /// The first entry that does not hold.
@@ -64,12 +119,21 @@ pub enum Problem {
         "it is entry {found} where entry {expected} belongs: entries before it were removed, or lines were inserted or moved"
     )]
     Seq { expected: u64, found: u64 },
+    #[error(
+        "it follows entry {max}, the last sequence number: sequence numbers do not wrap, so no entry can follow it",
+        max = u64::MAX
+    )]
+    SeqExhausted,
     #[error("its prev is not the hash of the entry before it: that entry was altered or replaced")]
     Link,
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] CheckpointError),
     #[error("the file does not begin with its opening entry: its first lines were removed")]
     NoOpening,
+    #[error(
+        "its open member is missing or malformed: an opening names its file and why it was opened (start or rotate)"
+    )]
+    Opening,
     #[error("an opening entry inside a file: lines of another file were inserted")]
     OpeningInside,
     #[error("an entry after the file's closing checkpoint: lines were appended")]
@@ -78,9 +142,73 @@ pub enum Problem {
         "{file} ends without its closing checkpoint, and this file records no gap for it: entries were cut off its end"
     )]
     MissingGap { file: String },
+    #[error(
+        "{file} was closed for rotation, but this file was opened by a start and records no gap: the files that followed {file} were removed"
+    )]
+    MissingRotation { file: String },
+    #[error(
+        "it opens a file for a rotation, but the file before it, {file}, was not closed for one: files between them were removed"
+    )]
+    NotRotated { file: String },
+    #[error(
+        "its opening names {named} as the file before it, but the file before it is {actual}: files between them were removed or replaced"
+    )]
+    WrongPrevious { named: String, actual: String },
+    #[error(
+        "a gap entry that does not follow a start's opening: the gateway writes one only as the second entry of the file a start opens"
+    )]
+    GapOutOfPlace,
+    #[error(
+        "its gap member is malformed, or does not name the entry before the opening (last_seq, last_hash)"
+    )]
+    GapMismatch,
+    #[error(
+        "the trail ends with {unsigned} entries after its last checkpoint, and this is the first past checkpoint_every ({every}): the gateway signs at least every {every} entries, so the entries from here on were added after it, or its signing failed"
+    )]
+    TailTooLong { unsigned: u64, every: u64 },
+    #[error(
+        "its time is {late:?} after the last checkpoint's, more than checkpoint_interval ({interval:?}) and {grace:?} of grace, and no checkpoint follows: the gateway would have signed it, so it was added after it, or its signing failed",
+        grace = CHECKPOINT_GRACE
+    )]
+    TailTooLate { late: Duration, interval: Duration },
+    #[error(
+        "its hash is not {expected}, the hash it is anchored to (--expect-head): the trail was rewritten from here on, or this is another trail"
+    )]
+    HeadMismatch { expected: Digest },
+    #[error(
+        "the trail ends {end}, before entry {expected}, which it is anchored to (--expect-head): entries were cut off its end, or its newest files were removed",
+        end = trail_end(.last)
+    )]
+    HeadMissing { expected: u64, last: Option<u64> },
+    #[error(
+        "the files given begin here, after entry {expected}, which the trail is anchored to (--expect-head): give the files that hold it"
+    )]
+    AnchorNotGiven { expected: u64 },
 }
 
-/// A gap the trail records: a run that ended without closing its file.
+/// "at entry N", or "without any entry".
+fn trail_end(last: &Option<u64>) -> String {
+    match last {
+        Some(l) => format!("at entry {l}"),
+        None => "without any entry".to_owned(),
+    }
+}
+
+/// What came before a gap the trail records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapAfter {
+    /// The file before was not closed: its run stopped (a crash, a kill), or its end was cut.
+    Unclosed,
+    /// The file before was closed for rotation, and the file after it is missing: a crash in
+    /// the rotation, or files removed.
+    Rotation,
+    /// The file before was closed at shutdown; bytes after its end were set aside.
+    Shutdown,
+    /// The file before was not given.
+    Unknown,
+}
+
+/// A gap the trail records: a run that ended without closing its file, or files missing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GapNote {
     pub file: String,
@@ -89,7 +217,11 @@ pub struct GapNote {
     /// The last intact entry of the run that ended.
     pub last_seq: u64,
     pub bytes_discarded: u64,
+    pub after: GapAfter,
 }
+
+/// How many gaps a summary describes one by one; past them it counts.
+pub const MAX_GAP_NOTES: usize = 16;
 
 /// How the verified trail ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +246,14 @@ pub struct Summary {
     pub checkpoints: u64,
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
+    /// The hash of the last entry: with `last_seq`, the head to anchor elsewhere.
+    pub head: Option<Digest>,
+    /// The sequence number and hash of the last checkpoint entry.
+    pub last_checkpoint: Option<(u64, Digest)>,
+    /// The first [`MAX_GAP_NOTES`] gaps.
     pub gaps: Vec<GapNote>,
+    /// Every gap.
+    pub gap_count: u64,
     /// Records the writer said it dropped (queue full, or closing).
     pub dropped: u64,
     /// Entries after the last checkpoint: chained, not yet signed.
@@ -135,30 +274,116 @@ pub enum VerifyError {
     },
 }
 
+/// Why a file was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenReason {
+    Start,
+    Rotate,
+}
+
+/// A file's opening entry, as read.
+struct Opening {
+    /// The name the file was created with.
+    file: String,
+    reason: OpenReason,
+    previous_file: Option<String>,
+    seq: u64,
+    prev: Digest,
+}
+
+impl Opening {
+    fn read(value: &serde_json::Value, seq: u64, prev: Digest) -> Option<Self> {
+        let o = value.get("open")?;
+        let text = |k| o.get(k).and_then(serde_json::Value::as_str);
+        let reason = match text("reason")? {
+            "start" => OpenReason::Start,
+            "rotate" => OpenReason::Rotate,
+            _ => return None,
+        };
+        let previous_file = match o.get("previous_file") {
+            None => None,
+            Some(v) => Some(v.as_str()?.to_owned()),
+        };
+        let file = text("file").filter(|f| !f.is_empty())?.to_owned();
+        Some(Self {
+            file,
+            reason,
+            previous_file,
+            seq,
+            prev,
+        })
+    }
+}
+
 /// The end of the file before the current one.
 struct PrevEnd {
+    /// As given to the verifier.
     file: String,
+    /// As its opening names it.
+    opened_as: String,
     closed: Option<Close>,
 }
 
-/// Feeds files in chain order; [`Verifier::finish`] gives the summary.
+/// A gap entry that must come next.
+struct NeedGap {
+    file: String,
+    after_rotation: bool,
+}
+
+/// Where an entry is.
+struct Pos {
+    file: String,
+    line: u64,
+    seq: u64,
+}
+
+/// The first entry of the unsigned end that the schedule does not allow.
+struct Late {
+    at: Pos,
+    late: Duration,
+}
+
+/// Feeds files in chain order; [`Verifier::check_end`] checks what only the end of the trail
+/// shows, [`Verifier::finish`] gives the summary.
 pub struct Verifier {
     opts: VerifyOptions,
+    /// When given, the entries after the last checkpoint must fit in it.
+    schedule: Option<Schedule>,
+    /// When given, the trail must hold this entry.
+    expect_head: Option<ExpectHead>,
     /// The next entry's sequence number and `prev`.
     expected: Option<(u64, Digest)>,
+    /// The last entry had the last sequence number: nothing may follow it.
+    exhausted: bool,
     prev_file: Option<PrevEnd>,
     summary: Summary,
     /// The current file's state.
     closed: Option<Close>,
+    opening: Option<Opening>,
     last_line: u64,
-    need_gap: Option<String>,
+    need_gap: Option<NeedGap>,
+    /// The last file given, with or without entries.
+    last_name: String,
+    /// The file of the first entry.
+    first_name: Option<String>,
+    /// The line after the last entry, and its file.
+    end_at: Option<(String, u64)>,
+    /// The time of the last checkpoint.
+    checkpoint_ms: Option<u64>,
+    /// Entries after the last checkpoint past the schedule: the first by count, by time.
+    over_count: Option<Pos>,
+    over_time: Option<Late>,
+    head_seen: bool,
 }
 
 impl Verifier {
     pub fn new(opts: VerifyOptions) -> Self {
         Self {
             opts,
+            schedule: None,
+            expect_head: None,
             expected: None,
+            exhausted: false,
             prev_file: None,
             summary: Summary {
                 files: 0,
@@ -167,22 +392,47 @@ impl Verifier {
                 checkpoints: 0,
                 first_seq: None,
                 last_seq: None,
+                head: None,
+                last_checkpoint: None,
                 gaps: Vec::new(),
+                gap_count: 0,
                 dropped: 0,
                 unsigned: 0,
                 end: End::Empty,
             },
             closed: None,
+            opening: None,
             last_line: 0,
             need_gap: None,
+            last_name: String::new(),
+            first_name: None,
+            end_at: None,
+            checkpoint_ms: None,
+            over_count: None,
+            over_time: None,
+            head_seen: false,
         }
+    }
+
+    /// Holds the entries after the trail's last checkpoint to the writer's schedule.
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = Some(schedule);
+        self
+    }
+
+    /// Requires the trail to hold this entry (with its hash, when given).
+    pub fn with_expected_head(mut self, head: ExpectHead) -> Self {
+        self.expect_head = Some(head);
+        self
     }
 
     /// Verifies the next file of the trail.
     pub fn file(&mut self, name: &str, reader: impl BufRead) -> Result<(), VerifyError> {
         self.summary.files += 1;
         self.closed = None;
+        self.opening = None;
         self.last_line = 0;
+        name.clone_into(&mut self.last_name);
         let mut lines = Lines::new(reader);
         let mut any = false;
         loop {
@@ -204,16 +454,22 @@ impl Verifier {
         }
         // A file the writer created but never wrote to (a crash right then) holds nothing.
         if any {
-            if let Some(file) = self.need_gap.take() {
+            if let Some(need) = self.need_gap.take() {
                 return Err(VerifyError::Broken(Box::new(Finding {
                     file: name.to_owned(),
                     line: self.last_line + 1,
                     seq: self.expected.map(|e| e.0),
-                    problem: Problem::MissingGap { file },
+                    problem: need.problem(),
                 })));
             }
+            self.end_at = Some((name.to_owned(), self.last_line + 1));
             self.prev_file = Some(PrevEnd {
                 file: name.to_owned(),
+                opened_as: self
+                    .opening
+                    .as_ref()
+                    .map(|o| o.file.clone())
+                    .unwrap_or_default(),
                 closed: self.closed,
             });
             self.summary.end = match (self.closed, self.summary.last_seq) {
@@ -224,7 +480,7 @@ impl Verifier {
                 (None, seq) => End::Open {
                     file: name.to_owned(),
                     line: self.last_line + 1,
-                    seq: seq.map_or(0, |s| s + 1),
+                    seq: seq.map_or(0, |s| s.saturating_add(1)),
                 },
             };
         }
@@ -241,6 +497,9 @@ impl Verifier {
         let (entry, _) =
             reader::decode(&line.bytes, &self.opts.decrypt).map_err(|e| (None, e.into()))?;
         let seq = Some(entry.seq);
+        if self.exhausted {
+            return Err((seq, Problem::SeqExhausted));
+        }
         if line.number == 1 && entry.kind != EntryKind::Open {
             return Err((seq, Problem::NoOpening));
         }
@@ -266,26 +525,22 @@ impl Verifier {
         }
         match entry.kind {
             EntryKind::Open => {
-                if let Some(prev) = &self.prev_file
-                    && prev.closed.is_none()
-                {
-                    self.need_gap = Some(prev.file.clone());
-                }
+                let opening = Opening::read(&entry.value, entry.seq, entry.prev)
+                    .ok_or((seq, Problem::Opening))?;
+                self.need_gap = self.succession(&opening).map_err(|p| (seq, p))?;
+                self.opening = Some(opening);
             }
             EntryKind::Gap => {
-                let g = &entry.value["gap"];
-                self.summary.gaps.push(GapNote {
-                    file: name.to_owned(),
-                    line: line.number,
-                    seq: entry.seq,
-                    last_seq: g["last_seq"].as_u64().unwrap_or_default(),
-                    bytes_discarded: g["bytes_discarded"].as_u64().unwrap_or_default(),
-                });
+                let note = self.gap(name, line.number, &entry.value, entry.seq)?;
+                self.summary.gap_count += 1;
+                if self.summary.gaps.len() < MAX_GAP_NOTES {
+                    self.summary.gaps.push(note);
+                }
                 self.need_gap = None;
             }
             _ if self.need_gap.is_some() => {
-                let file = self.need_gap.take().unwrap_or_default();
-                return Err((seq, Problem::MissingGap { file }));
+                let problem = self.need_gap.take().map(|n| n.problem());
+                return Err((seq, problem.unwrap_or(Problem::GapOutOfPlace)));
             }
             EntryKind::Checkpoint => {
                 let c = Checkpoint::from_entry(&entry.value).map_err(|e| (seq, e.into()))?;
@@ -293,28 +548,229 @@ impl Verifier {
                     .map_err(|e| (seq, e.into()))?;
                 self.closed = c.close;
                 self.summary.checkpoints += 1;
+                self.summary.last_checkpoint = Some((entry.seq, entry.hash));
+                self.checkpoint_ms = Some(c.time_ms);
+                self.over_count = None;
+                self.over_time = None;
             }
-            EntryKind::Record => self.summary.records += 1,
+            EntryKind::Record => {
+                self.summary.records += 1;
+                if let (Some(schedule), Some(checkpoint_ms), Some(time)) = (
+                    self.schedule,
+                    self.checkpoint_ms,
+                    entry.value.get("time").and_then(serde_json::Value::as_u64),
+                ) {
+                    let late = Duration::from_millis(time.saturating_sub(checkpoint_ms));
+                    if late > schedule.interval.saturating_add(CHECKPOINT_GRACE)
+                        && self.over_time.is_none()
+                    {
+                        self.over_time = Some(Late {
+                            at: Pos {
+                                file: name.to_owned(),
+                                line: line.number,
+                                seq: entry.seq,
+                            },
+                            late,
+                        });
+                    }
+                }
+            }
             EntryKind::Dropped => {
-                self.summary.dropped +=
-                    entry.value["dropped"]["count"].as_u64().unwrap_or_default();
+                let count = entry.value["dropped"]["count"].as_u64().unwrap_or_default();
+                self.summary.dropped = self.summary.dropped.saturating_add(count);
             }
         }
         if entry.kind == EntryKind::Checkpoint {
             self.summary.unsigned = 0;
         } else {
             self.summary.unsigned += 1;
+            if let Some(schedule) = self.schedule
+                && self.summary.unsigned > schedule.every
+                && self.over_count.is_none()
+            {
+                self.over_count = Some(Pos {
+                    file: name.to_owned(),
+                    line: line.number,
+                    seq: entry.seq,
+                });
+            }
+        }
+        if let Some(expect) = self.expect_head
+            && expect.seq == entry.seq
+        {
+            if let Some(hash) = expect.hash
+                && hash != entry.hash
+            {
+                return Err((seq, Problem::HeadMismatch { expected: hash }));
+            }
+            self.head_seen = true;
         }
         self.summary.entries += 1;
-        self.summary.first_seq.get_or_insert(entry.seq);
+        if self.summary.first_seq.is_none() {
+            self.summary.first_seq = Some(entry.seq);
+            self.first_name = Some(name.to_owned());
+        }
         self.summary.last_seq = Some(entry.seq);
-        self.expected = Some((entry.seq + 1, entry.hash));
+        self.summary.head = Some(entry.hash);
+        match entry.seq.checked_add(1) {
+            Some(next) => self.expected = Some((next, entry.hash)),
+            None => self.exhausted = true,
+        }
         Ok(())
     }
 
-    /// What was verified.
+    /// Checks that a file's opening follows the file before it as the writer opens files:
+    /// after a rotation, the rotation's file (or a start that records the gap); after a
+    /// shutdown or an unclosed end, a start (with a gap after an unclosed end). Returns the
+    /// gap that must come next.
+    fn succession(&self, opening: &Opening) -> Result<Option<NeedGap>, Problem> {
+        let Some(prev) = &self.prev_file else {
+            return Ok(None);
+        };
+        if opening.previous_file.as_deref() != Some(prev.opened_as.as_str()) {
+            return Err(Problem::WrongPrevious {
+                named: opening
+                    .previous_file
+                    .clone()
+                    .unwrap_or_else(|| "none".to_owned()),
+                actual: prev.opened_as.clone(),
+            });
+        }
+        let need = |after_rotation| {
+            Some(NeedGap {
+                file: prev.file.clone(),
+                after_rotation,
+            })
+        };
+        Ok(match (prev.closed, opening.reason) {
+            (Some(Close::Rotate), OpenReason::Rotate) => None,
+            (_, OpenReason::Rotate) => {
+                return Err(Problem::NotRotated {
+                    file: prev.file.clone(),
+                });
+            }
+            (Some(Close::Rotate), OpenReason::Start) => need(true),
+            (None, OpenReason::Start) => need(false),
+            (Some(Close::Shutdown), OpenReason::Start) => None,
+        })
+    }
+
+    /// Reads a gap entry, which only a start writes, right after its opening, naming the
+    /// entry the opening follows.
+    fn gap(
+        &self,
+        name: &str,
+        line: u64,
+        value: &serde_json::Value,
+        seq: u64,
+    ) -> Result<GapNote, (Option<u64>, Problem)> {
+        let opening = self
+            .opening
+            .as_ref()
+            .filter(|o| line == 2 && o.reason == OpenReason::Start)
+            .ok_or((Some(seq), Problem::GapOutOfPlace))?;
+        let g = &value["gap"];
+        let last_seq = g["last_seq"].as_u64();
+        let last_hash = g["last_hash"].as_str().and_then(Digest::parse);
+        if last_seq.is_none()
+            || last_seq.and_then(|s| s.checked_add(1)) != Some(opening.seq)
+            || last_hash != Some(opening.prev)
+        {
+            return Err((Some(seq), Problem::GapMismatch));
+        }
+        let after = match &self.prev_file {
+            None => GapAfter::Unknown,
+            Some(p) => match p.closed {
+                None => GapAfter::Unclosed,
+                Some(Close::Rotate) => GapAfter::Rotation,
+                Some(Close::Shutdown) => GapAfter::Shutdown,
+            },
+        };
+        Ok(GapNote {
+            file: name.to_owned(),
+            line,
+            seq,
+            last_seq: last_seq.unwrap_or_default(),
+            bytes_discarded: g["bytes_discarded"].as_u64().unwrap_or_default(),
+            after,
+        })
+    }
+
+    /// Checks what only the end of the trail shows, once every file was given: that it
+    /// reaches the anchored entry ([`Verifier::with_expected_head`]), and that the entries
+    /// after its last checkpoint fit the writer's schedule ([`Verifier::with_schedule`]).
+    /// Names the first entry that does not hold.
+    pub fn check_end(&self) -> Result<(), VerifyError> {
+        let broken = |file: &str, line, seq, problem| {
+            Err(VerifyError::Broken(Box::new(Finding {
+                file: file.to_owned(),
+                line,
+                seq,
+                problem,
+            })))
+        };
+        let s = &self.summary;
+        if let Some(expect) = self.expect_head
+            && !self.head_seen
+        {
+            if let (Some(first), Some(file)) = (s.first_seq, &self.first_name)
+                && first > expect.seq
+            {
+                let problem = Problem::AnchorNotGiven {
+                    expected: expect.seq,
+                };
+                return broken(file, 1, Some(first), problem);
+            }
+            let (file, line) = match &self.end_at {
+                Some((file, line)) => (file.as_str(), *line),
+                None => (self.last_name.as_str(), 1),
+            };
+            let problem = Problem::HeadMissing {
+                expected: expect.seq,
+                last: s.last_seq,
+            };
+            return broken(file, line, s.last_seq.map(|l| l.saturating_add(1)), problem);
+        }
+        if let Some(schedule) = self.schedule {
+            let count = self.over_count.as_ref().map(|at| {
+                let problem = Problem::TailTooLong {
+                    unsigned: s.unsigned,
+                    every: schedule.every,
+                };
+                (at, problem)
+            });
+            let time = self.over_time.as_ref().map(|l| {
+                let problem = Problem::TailTooLate {
+                    late: l.late,
+                    interval: schedule.interval,
+                };
+                (&l.at, problem)
+            });
+            let first = match (count, time) {
+                (Some(c), Some(t)) => Some(if t.0.seq < c.0.seq { t } else { c }),
+                (c, t) => c.or(t),
+            };
+            if let Some((at, problem)) = first {
+                return broken(&at.file, at.line, Some(at.seq), problem);
+            }
+        }
+        Ok(())
+    }
+
+    /// What was verified (with [`Verifier::check_end`] first, when an anchor or the
+    /// writer's schedule was given).
     pub fn finish(self) -> Summary {
         self.summary
+    }
+}
+
+impl NeedGap {
+    fn problem(self) -> Problem {
+        if self.after_rotation {
+            Problem::MissingRotation { file: self.file }
+        } else {
+            Problem::MissingGap { file: self.file }
+        }
     }
 }
 

@@ -6,7 +6,12 @@
 //! A crash loses at most the batch being gathered (and, on a power loss, what was written
 //! since the last sync). The next start finds the end of the last file, sets aside whatever
 //! follows its last intact entry, and opens a new file whose first entries say where the
-//! chain comes from and, when the previous run did not close its file, what was lost.
+//! chain comes from and, when the previous run did not close its file (or its newest file
+//! was closed for rotation and the next one is missing), what was lost; then it signs the
+//! chain it continues, so that the trail's unsigned end is only ever the current run's.
+//!
+//! Sequence numbers never wrap, and no line is written that a reader would refuse: a record
+//! past [`MAX_RECORD`] is written in a bounded form.
 
 use std::fs::File;
 use std::io::Write;
@@ -24,6 +29,7 @@ use crate::files::{self, Last, TailError};
 use crate::json;
 use crate::keys::{EncryptionKey, KeyError, SigningKey};
 use crate::queue::{AuditMetrics, AuditTrail, Pending, Shared};
+use crate::reader::MAX_LINE;
 
 mod run;
 #[cfg(test)]
@@ -82,7 +88,45 @@ pub enum AuditError {
     Key(#[from] KeyError),
     #[error("{0} is not a directory")]
     NotADirectory(PathBuf),
+    #[error(
+        "the trail's last entry is {last_seq}: its sequence numbers would run past {max} and wrap; move the trail's files aside to start a new chain",
+        max = u64::MAX
+    )]
+    SeqExhausted { last_seq: u64 },
 }
+
+/// Why an entry could not be added to the chain.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("{0}")]
+    Key(#[from] KeyError),
+    #[error(
+        "the chain is at entry {0}, the last sequence number: sequence numbers do not wrap, so nothing more can be added"
+    )]
+    Exhausted(u64),
+}
+
+impl From<AppendError> for AuditError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Key(e) => Self::Key(e),
+            AppendError::Exhausted(last_seq) => Self::SeqExhausted { last_seq },
+        }
+    }
+}
+
+/// The largest record written as is. Sealed into an entry (its chaining takes about 200
+/// bytes) and, when encrypted, tagged and base64-encoded (4/3) into an envelope (about 150
+/// bytes more), a record this large still makes a line the reader takes; a larger one is
+/// written in a bounded form (see [`oversized`]) rather than as a line no one could read.
+pub const MAX_RECORD: usize = 160 * 1024;
+const _: () = assert!((MAX_RECORD + 512 + 16).div_ceil(3) * 4 + 512 <= MAX_LINE);
+
+/// How much of an oversized record its bounded form keeps.
+const OVERSIZED_HEAD: usize = 1024;
+
+/// The entries a start writes: its opening, a gap, and a checkpoint.
+const START_ENTRIES: u64 = 3;
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> AuditError + '_ {
     move |source| AuditError::Io {
@@ -100,6 +144,34 @@ pub struct Gap {
     pub last_seq: u64,
     /// Bytes after it, set aside in `<file>.discarded`.
     pub bytes_discarded: u64,
+    pub reason: GapReason,
+}
+
+/// Why a start records a gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapReason {
+    /// The previous run stopped (a crash, a kill) without closing its file.
+    Unclosed,
+    /// The newest file ended in bytes that are not an intact entry; they were set aside.
+    Discarded,
+    /// The newest file was closed for rotation, but the file the chain went on in is not
+    /// there: a crash in the middle of the rotation, or files removed from the directory.
+    SuccessorMissing,
+}
+
+impl GapReason {
+    /// The words the gap entry gives.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unclosed => "the previous run stopped without closing its file",
+            Self::Discarded => {
+                "the previous run's file ended in an incomplete or unverifiable entry"
+            }
+            Self::SuccessorMissing => {
+                "the newest file was closed for rotation, and the file after it is missing"
+            }
+        }
+    }
 }
 
 /// What [`AuditTrail::start`] found and did.
@@ -236,6 +308,11 @@ impl AuditTrail {
         let (seq, head) = last
             .as_ref()
             .map_or((0, Digest::GENESIS), |l| (l.seq, l.hash));
+        // Refused before a file is made: a chain at its last sequence numbers (only a trail
+        // someone wrote by hand gets there) cannot go on without wrapping.
+        if seq.checked_add(START_ENTRIES).is_none() {
+            return Err(AuditError::SeqExhausted { last_seq: seq });
+        }
         let mut writer = Writer {
             current: open_file(&dir, seq + 1, now, keys.encryption.as_ref())?,
             settings,
@@ -257,6 +334,12 @@ impl AuditTrail {
         writer.append_open(&mut built, "start", previous.as_deref())?;
         if let (Some(g), Some(l)) = (&gap, &last) {
             writer.append_gap(&mut built, g, l)?;
+        }
+        // Every run signs the chain it continues at once: what comes after this checkpoint
+        // is this run's alone, so the unsigned end of the trail is never more than one
+        // `checkpoint_every` or `checkpoint_interval` of this run (what `verify` holds it to).
+        if let Err(e) = writer.append_checkpoint(&mut built, None) {
+            tracing::error!(error = %e, "the audit trail's start could not be signed; the next checkpoint covers it");
         }
         writer
             .write_built(&built)
@@ -349,10 +432,22 @@ fn previous_end(dir: &Path, keys: &AuditKeys) -> Result<PreviousEnd, AuditError>
             std::fs::remove_file(path).map_err(io_err(path))?;
             continue;
         };
-        let gap = (last.closed.is_none() || discarded > 0).then(|| Gap {
+        // A file closed for rotation is followed by the file the chain goes on in: when that
+        // one is missing, entries may be lost with it, and the trail says so.
+        let reason = if discarded > 0 {
+            Some(GapReason::Discarded)
+        } else {
+            match last.closed {
+                None => Some(GapReason::Unclosed),
+                Some(Close::Rotate) => Some(GapReason::SuccessorMissing),
+                Some(Close::Shutdown) => None,
+            }
+        };
+        let gap = reason.map(|reason| Gap {
             file: last_file.clone().unwrap_or_else(|| path.clone()),
             last_seq: last.seq,
             bytes_discarded: discarded,
+            reason,
         });
         return Ok((Some((last, path.clone())), gap));
     }
@@ -377,6 +472,50 @@ fn open_file(
     })
 }
 
+/// A record too large to be written as is, in a bounded form: its class and time when its
+/// start gives them (so `show` still finds it by time), its size and SHA-256, and its first
+/// [`OVERSIZED_HEAD`] bytes as a string. The record keeps its place in the chain, and the
+/// trail says that it was cut. Made on the writer thread, and only for such a record.
+pub(crate) fn oversized(members: &[u8]) -> Vec<u8> {
+    let head = &members[..members.len().min(OVERSIZED_HEAD)];
+    let mut m = Vec::with_capacity(OVERSIZED_HEAD * 2 + 256);
+    // The members start with the record's fixed OCSF members, its class and then its time:
+    // inside a string a quote is escaped, so these names can only be the members' own.
+    if let Some(class) = number_after(head, b"\"class_uid\":") {
+        m.extend_from_slice(b"\"class_uid\":");
+        json::num(&mut m, class);
+        m.push(b',');
+    }
+    if let Some(ms) = number_after(head, b"\"time\":") {
+        m.extend_from_slice(b"\"time\":");
+        json::num(&mut m, ms);
+        json::key(&mut m, "time_dt");
+        json::datetime(&mut m, ms);
+        m.push(b',');
+    }
+    m.extend_from_slice(b"\"oversized\":{\"bytes\":");
+    json::num(&mut m, members.len() as u64);
+    json::key(&mut m, "sha256");
+    json::str(&mut m, &Digest::of(members).hex());
+    json::key(&mut m, "head");
+    json::str(&mut m, &String::from_utf8_lossy(head));
+    m.push(b'}');
+    m
+}
+
+/// The number right after the first `name` in `bytes`.
+fn number_after(bytes: &[u8], name: &[u8]) -> Option<u64> {
+    let at = bytes.windows(name.len()).position(|w| w == name)? + name.len();
+    let digits = bytes[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&bytes[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
 fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -394,14 +533,18 @@ impl Writer {
         built: &mut Built,
         kind: EntryKind,
         members: &[u8],
-    ) -> Result<(), KeyError> {
-        let seq = self.chain.seq + 1;
+    ) -> Result<(), AppendError> {
+        let seq = self
+            .chain
+            .seq
+            .checked_add(1)
+            .ok_or(AppendError::Exhausted(self.chain.seq))?;
         let start = built.plain.len();
         let hash = chain::seal(&mut built.plain, seq, &self.chain.head, kind, members);
         if let Some(sealer) = &mut self.current.sealer {
             if let Err(e) = sealer.seal(&built.plain[start..], &mut built.sealed) {
                 built.plain.truncate(start);
-                return Err(e);
+                return Err(e.into());
             }
             built.sealed.push(b'\n');
         }
@@ -426,7 +569,7 @@ impl Writer {
         built: &mut Built,
         reason: &str,
         previous: Option<&Path>,
-    ) -> Result<(), KeyError> {
+    ) -> Result<(), AppendError> {
         let mut m = Vec::with_capacity(256);
         let ms = json::millis(SystemTime::now());
         m.extend_from_slice(b"\"open\":{\"file\":");
@@ -445,7 +588,7 @@ impl Writer {
         self.append(built, EntryKind::Open, &m)
     }
 
-    fn append_gap(&mut self, built: &mut Built, gap: &Gap, last: &Last) -> Result<(), KeyError> {
+    fn append_gap(&mut self, built: &mut Built, gap: &Gap, last: &Last) -> Result<(), AppendError> {
         let mut m = Vec::with_capacity(256);
         m.extend_from_slice(b"\"gap\":{\"file\":");
         json::str(&mut m, &file_name(&gap.file));
@@ -460,14 +603,7 @@ impl Writer {
             json::str(&mut m, &file_name(&files::discarded_path(&gap.file)));
         }
         json::key(&mut m, "reason");
-        json::str(
-            &mut m,
-            if gap.bytes_discarded > 0 {
-                "the previous run's file ended in an incomplete or unverifiable entry"
-            } else {
-                "the previous run stopped without closing its file"
-            },
-        );
+        json::str(&mut m, gap.reason.as_str());
         m.push(b'}');
         self.append(built, EntryKind::Gap, &m)
     }
@@ -476,7 +612,7 @@ impl Writer {
         &mut self,
         built: &mut Built,
         close: Option<Close>,
-    ) -> Result<(), KeyError> {
+    ) -> Result<(), AppendError> {
         let m = checkpoint::members(
             &self.keys.signing,
             self.chain.seq,

@@ -67,6 +67,9 @@ impl ProxyProtocolConfig {
     }
 }
 
+/// The largest `listener.max_header_bytes` accepted.
+const MAX_HEADER_BYTES: usize = 256 * 1024;
+
 pub(crate) fn parse(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
     let bind = cx.socket_addr("listener.bind", &l.bind);
     let tls_min_version = match l.tls_min_version.as_deref() {
@@ -126,6 +129,17 @@ pub(crate) fn parse(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
         Some(n) if n < 1024 => {
             cx.err("listener.max_header_bytes", "must be at least 1024");
             1024
+        }
+        // No client needs more, and what a request carries (its method, its identities)
+        // reaches logs and the audit trail: a bound keeps a hostile head from swelling them.
+        Some(n) if n as usize > MAX_HEADER_BYTES => {
+            cx.err(
+                "listener.max_header_bytes",
+                format!(
+                    "must be at most {MAX_HEADER_BYTES} (256 KiB, four times the default): the gateway holds a request's whole header block in memory"
+                ),
+            );
+            MAX_HEADER_BYTES
         }
         Some(n) => n as usize,
     };
@@ -228,5 +242,37 @@ pub(crate) fn parse(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
             Duration::from_secs(30),
         ),
         trusted_proxies: TrustedProxies::new(trusted),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::test_support::BASE;
+
+    #[test]
+    fn max_header_bytes_is_refused_past_its_upper_bound() {
+        let file = Path::new("/etc/idgate/idgate.toml");
+        let problems = |n: u32| {
+            let text = BASE.replace("[identity]", &format!("max_header_bytes = {n}\n[identity]"));
+            // The base file has problems of its own (its SVID files are not there).
+            match crate::parse(file, &text) {
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    e.0.into_iter()
+                        .filter(|e| e.key.starts_with("listener."))
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                }
+            }
+        };
+        assert_eq!(problems(262_144), Vec::<String>::new());
+        assert_eq!(
+            problems(300_000),
+            [
+                "/etc/idgate/idgate.toml: listener.max_header_bytes: must be at most 262144 (256 KiB, four times the default): the gateway holds a request's whole header block in memory"
+            ]
+        );
     }
 }

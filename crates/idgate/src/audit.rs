@@ -2,17 +2,22 @@
 //! show its records to an investigator (decrypted, filtered), and make the trail's keys.
 //!
 //! Exit codes of `verify`: 0 the trail verifies and ends with the gateway's closing
-//! checkpoint (or, with `--allow-open`, ends anywhere); 1 an entry does not hold (the first
-//! one is named: file, line, entry, what is wrong); 2 a usage problem (no keys, unreadable
-//! file); 3 the trail verifies up to its end but is not closed (still being written, a
-//! crash, or entries cut off its end).
+//! checkpoint (or, with `--allow-open`, ends anywhere after a checkpoint); 1 an entry does not
+//! hold (the first one is named: file, line, entry, what is wrong), including an unsigned end
+//! longer than the writer's checkpoint schedule and an anchor (`--expect-head`) the trail
+//! does not reach; 2 a usage problem (no keys, unreadable file); 3 the trail verifies up to
+//! its end but is not closed (still being written, a crash, or entries cut off its end), or
+//! no checkpoint signs any of it.
 
 use std::io::BufReader;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use idgate_audit::verify::{End, Summary, Verifier, VerifyError, VerifyOptions};
+use idgate_audit::verify::{
+    End, ExpectHead, GapAfter, Schedule, Summary, Verifier, VerifyError, VerifyOptions,
+};
 use idgate_audit::{EncryptionKey, PublicKey, SigningKey};
 use idgate_secrets::SecretRef;
 
@@ -29,9 +34,11 @@ pub(crate) enum AuditCommand {
     /// checkpoint's signature.
     ///
     /// Stops at the first entry that does not hold and names it (file:line: entry N: what
-    /// is wrong). Exit codes: 0 verified and closed by the gateway at shutdown; 1 broken;
-    /// 2 usage (no key, unreadable file); 3 verified up to an end that is not closed (the
-    /// file being written, a crash, or entries cut off the end; accepted with --allow-open).
+    /// is wrong). Exit codes: 0 verified and closed by the gateway at shutdown; 1 broken
+    /// (also: an unsigned end past the checkpoint schedule, or an --expect-head the trail
+    /// does not reach); 2 usage (no key, unreadable file); 3 verified up to an end that is
+    /// not closed (the file being written, a crash, or entries cut off the end; accepted with
+    /// --allow-open), or nothing in it is signed (never accepted).
     Verify(VerifyArgs),
     /// Print the trail's records for an investigator: decrypted, filtered by time, caller,
     /// route and status, as JSON lines or a table.
@@ -73,9 +80,31 @@ pub(crate) struct VerifyArgs {
     #[arg(long = "key", value_name = "FILE")]
     keys: Vec<PathBuf>,
     /// Accept a trail that does not end with the gateway's closing checkpoint (the file
-    /// the gateway is writing now, or a part of the trail): exit 0 instead of 3.
+    /// the gateway is writing now, or a part of the trail): exit 0 instead of 3. Never for
+    /// files without any checkpoint. With --config (or --checkpoint-every and
+    /// --checkpoint-interval), the entries after the last checkpoint must still fit the
+    /// writer's schedule.
     #[arg(long)]
     allow_open: bool,
+    /// The trail must hold this entry, with this hash: an anchor kept outside the trail's
+    /// directory (the seq and hash of a checkpoint your SIEM received, or the head an
+    /// earlier verify printed). Finds a trail cut back, or its newest files removed, which
+    /// the files alone cannot show.
+    #[arg(long, value_name = "SEQ[:HASH]")]
+    expect_head: Option<ExpectHead>,
+    /// The writer's checkpoint_every: more entries than this after the last checkpoint were
+    /// not written by the gateway (default with --config: its [audit] checkpoint_every).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: Option<u64>,
+    /// The writer's checkpoint_interval: a record after the last checkpoint whose time is
+    /// later than this (and 5 s of grace) after it was not written by the gateway (default
+    /// with --config: its [audit] checkpoint_interval).
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    checkpoint_interval: Option<Duration>,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    idgate_config::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Args)]
@@ -147,6 +176,8 @@ pub(crate) struct Trail {
     pub(crate) files: Vec<PathBuf>,
     pub(crate) decrypt: Vec<EncryptionKey>,
     pub(crate) public_keys: Vec<PathBuf>,
+    /// `checkpoint_every` and `checkpoint_interval`, from `--config`.
+    pub(crate) schedule: Option<Schedule>,
 }
 
 impl TrailArgs {
@@ -162,6 +193,7 @@ impl TrailArgs {
         }
         let mut paths = self.paths.clone();
         let mut public_keys = Vec::new();
+        let mut schedule = None;
         if let Some(file) = &self.config {
             let config = idgate_config::load(file).map_err(|errors| {
                 errors
@@ -188,6 +220,10 @@ impl TrailArgs {
                 );
             }
             public_keys = w.public_keys;
+            schedule = Some(Schedule {
+                every: w.checkpoint_every,
+                interval: w.checkpoint_interval,
+            });
             if paths.is_empty() {
                 paths.push(w.dir);
             }
@@ -196,6 +232,7 @@ impl TrailArgs {
             files: trail_files(&paths)?,
             decrypt,
             public_keys,
+            schedule,
         })
     }
 }
@@ -209,6 +246,7 @@ fn verify(args: &VerifyArgs) -> ExitCode {
         files,
         decrypt,
         public_keys,
+        schedule,
     } = match args.trail.open() {
         Ok(t) => t,
         Err(e) => return usage(e),
@@ -223,7 +261,21 @@ fn verify(args: &VerifyArgs) -> ExitCode {
             Err(e) => return usage(format!("--key: {e}")),
         }
     }
+    // The flags take the place of the configuration's; one alone bounds its axis only.
+    let schedule = match (args.checkpoint_every, args.checkpoint_interval, schedule) {
+        (None, None, s) => s,
+        (every, interval, s) => Some(Schedule {
+            every: every.or(s.map(|s| s.every)).unwrap_or(u64::MAX),
+            interval: interval.or(s.map(|s| s.interval)).unwrap_or(Duration::MAX),
+        }),
+    };
     let mut verifier = Verifier::new(VerifyOptions { keys, decrypt });
+    if let Some(s) = schedule {
+        verifier = verifier.with_schedule(s);
+    }
+    if let Some(head) = args.expect_head {
+        verifier = verifier.with_expected_head(head);
+    }
     for f in &files {
         let name = f.display().to_string();
         let reader = match std::fs::File::open(f) {
@@ -239,8 +291,31 @@ fn verify(args: &VerifyArgs) -> ExitCode {
             Err(e @ VerifyError::Io { .. }) => return usage(e.to_string()),
         }
     }
+    match verifier.check_end() {
+        Ok(()) => {}
+        Err(VerifyError::Broken(finding)) => {
+            eprintln!("error: {finding}");
+            return ExitCode::from(1);
+        }
+        Err(e) => return usage(e.to_string()),
+    }
     let summary = verifier.finish();
     report(&summary);
+    if summary.entries > 0 && summary.checkpoints == 0 {
+        // Anyone who can write the directory can write a chain; only a signature says the
+        // gateway wrote it.
+        println!(
+            "unsigned: no checkpoint signs any of these {} entries: nothing shows the gateway wrote them (not accepted with --allow-open)",
+            summary.entries
+        );
+        return ExitCode::from(EXIT_OPEN);
+    }
+    if schedule.is_none() && summary.unsigned > 0 && !matches!(summary.end, End::Sealed) {
+        println!(
+            "unchecked: the {} entries after the last checkpoint were not held to the writer's checkpoint schedule: give --config, or --checkpoint-every and --checkpoint-interval",
+            summary.unsigned
+        );
+    }
     match summary.end {
         End::Sealed => ExitCode::SUCCESS,
         _ if args.allow_open => ExitCode::SUCCESS,
@@ -263,10 +338,28 @@ fn report(s: &Summary) {
         s.checkpoints
     );
     for g in &s.gaps {
-        println!(
-            "gap: {}:{}: entry {}: the run before ended without closing its file after entry {} ({} bytes set aside): records it had not yet written are lost",
-            g.file, g.line, g.seq, g.last_seq, g.bytes_discarded
-        );
+        let what = match g.after {
+            GapAfter::Unclosed => format!(
+                "the run before ended without closing its file after entry {} ({} bytes set aside): records it had not yet written are lost",
+                g.last_seq, g.bytes_discarded
+            ),
+            GapAfter::Rotation => format!(
+                "the file after the one closed for rotation at entry {} is missing (a crash during the rotation, or files removed) ({} bytes set aside): the entries it held are lost",
+                g.last_seq, g.bytes_discarded
+            ),
+            GapAfter::Shutdown => format!(
+                "{} bytes after the closing checkpoint at entry {} were set aside",
+                g.bytes_discarded, g.last_seq
+            ),
+            GapAfter::Unknown => format!(
+                "the run before ended after entry {} ({} bytes set aside); the file before this one was not given",
+                g.last_seq, g.bytes_discarded
+            ),
+        };
+        println!("gap: {}:{}: entry {}: {what}", g.file, g.line, g.seq);
+    }
+    if s.gap_count > s.gaps.len() as u64 {
+        println!("gap: … and {} more gaps", s.gap_count - s.gaps.len() as u64);
     }
     if s.dropped > 0 {
         println!(
@@ -284,6 +377,13 @@ fn report(s: &Summary) {
             s.unsigned
         ),
         End::Empty => println!("open: the files hold no entries"),
+    }
+    // What to keep elsewhere, to find later whether the trail was cut back (--expect-head).
+    if let (Some(seq), Some(hash)) = (s.last_seq, s.head) {
+        println!("head: entry {seq} {hash}");
+    }
+    if let Some((seq, hash)) = s.last_checkpoint {
+        println!("last checkpoint: entry {seq} {hash} (anchor: --expect-head {seq}:{hash})");
     }
 }
 

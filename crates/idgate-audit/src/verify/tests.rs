@@ -52,7 +52,16 @@ fn run(files: &[PathBuf], keys: &Keys, decrypt: &[EncryptionKey]) -> Result<Summ
             Err(e) => panic!("{e}"),
         }
     }
-    Ok(v.finish())
+    end(v)
+}
+
+/// The end's own checks, then the summary.
+fn end(v: Verifier) -> Result<Summary, Finding> {
+    match v.check_end() {
+        Ok(()) => Ok(v.finish()),
+        Err(VerifyError::Broken(f)) => Err(*f),
+        Err(e) => panic!("{e}"),
+    }
 }
 
 fn lines(path: &Path) -> Vec<Vec<u8>> {
@@ -272,5 +281,416 @@ fn garbage_never_panics_and_is_named() {
             Err(VerifyError::Broken(f)) => assert_eq!(f.line, 1),
             Err(e) => panic!("{e}"),
         }
+    }
+}
+
+/// Seals one entry as a line (with its newline) onto `out`; returns its hash.
+fn entry(out: &mut Vec<u8>, seq: u64, prev: &Digest, kind: EntryKind, members: &str) -> Digest {
+    let hash = crate::chain::seal(out, seq, prev, kind, members.as_bytes());
+    out.push(b'\n');
+    hash
+}
+
+/// The last entry of a file.
+fn last_entry(path: &Path) -> crate::chain::Entry {
+    let l = lines(path);
+    crate::chain::open(l.last().unwrap().strip_suffix(b"\n").unwrap()).unwrap()
+}
+
+/// The name a file's opening gives it.
+fn opened_as(path: &Path) -> String {
+    let first = crate::chain::open(lines(path)[0].strip_suffix(b"\n").unwrap()).unwrap();
+    first.value["open"]["file"].as_str().unwrap().to_owned()
+}
+
+fn opening(file: &str, reason: &str, previous: Option<&str>) -> String {
+    let previous = previous
+        .map(|p| format!(",\"previous_file\":\"{p}\""))
+        .unwrap_or_default();
+    format!("\"open\":{{\"file\":\"{file}\",\"reason\":\"{reason}\",\"time\":1{previous}}}")
+}
+
+fn gap(last_seq: u64, last_hash: &Digest) -> String {
+    format!(
+        "\"gap\":{{\"file\":\"f\",\"last_seq\":{last_seq},\"last_hash\":\"{last_hash}\",\"bytes_discarded\":0,\"reason\":\"r\"}}"
+    )
+}
+
+fn verify_bytes(files: &[(&str, &[u8])], mut v: Verifier) -> Result<Summary, Finding> {
+    for (name, data) in files {
+        match v.file(name, *data) {
+            Ok(()) => {}
+            Err(VerifyError::Broken(f)) => return Err(*f),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    end(v)
+}
+
+fn plain() -> Verifier {
+    Verifier::new(VerifyOptions::default())
+}
+
+#[test]
+fn sequence_numbers_do_not_wrap() {
+    let mut data = Vec::new();
+    let head = entry(
+        &mut data,
+        u64::MAX,
+        &Digest::GENESIS,
+        EntryKind::Open,
+        &opening("a.jsonl", "start", None),
+    );
+    entry(&mut data, 0, &head, EntryKind::Record, "\"time\":1");
+    let found = verify_bytes(&[("wrap", &data)], plain()).unwrap_err();
+    assert_eq!(
+        (found.line, found.seq, found.problem),
+        (2, Some(0), Problem::SeqExhausted)
+    );
+}
+
+#[test]
+fn a_start_right_after_a_rotation_without_a_gap_is_named() {
+    let keys = Keys::new();
+    let (dir, files) = trail(&keys, None);
+    // The newest files removed back to a rotation: what remains ends closed for rotation.
+    let kept = &files[..2];
+    let s = run(kept, &keys, &[]).unwrap();
+    assert!(matches!(s.end, End::Rotated { .. }), "{:?}", s.end);
+    // …and a start opens the next file as if nothing were missing.
+    let last = last_entry(&kept[1]);
+    let mut data = Vec::new();
+    entry(
+        &mut data,
+        last.seq + 1,
+        &last.hash,
+        EntryKind::Open,
+        &opening("audit-new.jsonl", "start", Some(&opened_as(&kept[1]))),
+    );
+    let restarted = dir.path().join("audit-99999999999999999999-restart.jsonl");
+    std::fs::write(&restarted, &data).unwrap();
+    let found = run(
+        &[kept[0].clone(), kept[1].clone(), restarted.clone()],
+        &keys,
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!((found.file.clone(), found.line), (name(&restarted), 2));
+    assert!(
+        matches!(&found.problem, Problem::MissingRotation { file } if *file == name(&kept[1])),
+        "{found}"
+    );
+}
+
+#[test]
+fn an_opening_that_names_another_file_before_it_is_named() {
+    let keys = Keys::new();
+    let (_dir, files) = trail(&keys, None);
+    let f = &files[1];
+    let mut l = lines(f);
+    let first = crate::chain::open(l[0].strip_suffix(b"\n").unwrap()).unwrap();
+    let mut line = Vec::new();
+    entry(
+        &mut line,
+        first.seq,
+        &first.prev,
+        EntryKind::Open,
+        &opening(&opened_as(f), "rotate", Some("audit-elsewhere.jsonl")),
+    );
+    l[0] = line;
+    write_lines(f, &l);
+    let found = run(&files, &keys, &[]).unwrap_err();
+    assert_eq!((found.file.clone(), found.line), (name(f), 1));
+    assert_eq!(
+        found.problem,
+        Problem::WrongPrevious {
+            named: "audit-elsewhere.jsonl".into(),
+            actual: opened_as(&files[0]),
+        }
+    );
+}
+
+#[test]
+fn a_gap_entry_only_follows_a_starts_opening() {
+    let mut data = Vec::new();
+    let h1 = entry(
+        &mut data,
+        1,
+        &Digest::GENESIS,
+        EntryKind::Open,
+        &opening("a.jsonl", "start", None),
+    );
+    let h2 = entry(&mut data, 2, &h1, EntryKind::Gap, &gap(0, &Digest::GENESIS));
+    // A second gap, as in a file of a million of them.
+    entry(&mut data, 3, &h2, EntryKind::Gap, &gap(0, &Digest::GENESIS));
+    let found = verify_bytes(&[("gaps", &data)], plain()).unwrap_err();
+    assert_eq!((found.line, found.problem), (3, Problem::GapOutOfPlace));
+    // A gap that does not name the entry before the opening.
+    let mut data = Vec::new();
+    let h1 = entry(
+        &mut data,
+        1,
+        &Digest::GENESIS,
+        EntryKind::Open,
+        &opening("a.jsonl", "start", None),
+    );
+    entry(&mut data, 2, &h1, EntryKind::Gap, &gap(7, &Digest::GENESIS));
+    let found = verify_bytes(&[("gaps", &data)], plain()).unwrap_err();
+    assert_eq!((found.line, found.problem), (2, Problem::GapMismatch));
+}
+
+#[test]
+fn a_summary_describes_a_bounded_number_of_gaps_and_counts_the_rest() {
+    // Forty runs that each stopped without closing their file: a gap after each.
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut data = Vec::new();
+    let mut head = entry(
+        &mut data,
+        1,
+        &Digest::GENESIS,
+        EntryKind::Open,
+        &opening("f0", "start", None),
+    );
+    files.push(("f0".into(), data));
+    let mut seq = 1;
+    for i in 1..40 {
+        let name = format!("f{i}");
+        let previous = format!("f{}", i - 1);
+        let mut data = Vec::new();
+        let opened = entry(
+            &mut data,
+            seq + 1,
+            &head,
+            EntryKind::Open,
+            &opening(&name, "start", Some(&previous)),
+        );
+        head = entry(
+            &mut data,
+            seq + 2,
+            &opened,
+            EntryKind::Gap,
+            &gap(seq, &head),
+        );
+        seq += 2;
+        files.push((name, data));
+    }
+    let given: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    let s = verify_bytes(&given, plain()).unwrap();
+    assert_eq!(s.gap_count, 39);
+    assert_eq!(s.gaps.len(), MAX_GAP_NOTES);
+    assert_eq!(
+        (s.gaps[0].file.as_str(), s.gaps[0].line, s.gaps[0].after),
+        ("f1", 2, GapAfter::Unclosed)
+    );
+}
+
+/// Removes the trail's closing checkpoint and chains records after its last entry, their
+/// times (`"time":T`) made from the last checkpoint's time: an unsigned end.
+fn unsigned_end(files: &[PathBuf], times: impl Fn(u64) -> Vec<u64>) {
+    let f = files.last().unwrap();
+    let mut l = lines(f);
+    l.pop();
+    let before: Vec<Vec<u8>> = files[..files.len() - 1]
+        .iter()
+        .flat_map(|f| lines(f))
+        .chain(l.iter().cloned())
+        .collect();
+    let checkpoint_ms = before
+        .iter()
+        .rev()
+        .map(|l| crate::chain::open(l.strip_suffix(b"\n").unwrap()).unwrap())
+        .find(|e| e.kind == EntryKind::Checkpoint)
+        .map(|e| e.value["checkpoint"]["time"].as_u64().unwrap())
+        .unwrap();
+    let last = crate::chain::open(l.last().unwrap().strip_suffix(b"\n").unwrap()).unwrap();
+    let (mut seq, mut prev) = (last.seq, last.hash);
+    for t in times(checkpoint_ms) {
+        let mut line = Vec::new();
+        seq += 1;
+        prev = entry(
+            &mut line,
+            seq,
+            &prev,
+            EntryKind::Record,
+            &format!("\"time\":{t}"),
+        );
+        l.push(line);
+    }
+    write_lines(f, &l);
+}
+
+fn run_with(files: &[PathBuf], v: Verifier) -> Result<Summary, Finding> {
+    let data: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|f| (name(f), std::fs::read(f).unwrap()))
+        .collect();
+    let given: Vec<(&str, &[u8])> = data
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    verify_bytes(&given, v)
+}
+
+#[test]
+fn the_unsigned_end_must_fit_the_writers_checkpoint_schedule() {
+    let keys = Keys::new();
+    let with_keys = || {
+        Verifier::new(VerifyOptions {
+            keys: vec![keys.public],
+            decrypt: Vec::new(),
+        })
+    };
+    let opts = || {
+        with_keys().with_schedule(Schedule {
+            every: 5,
+            interval: Duration::from_secs(60),
+        })
+    };
+    // What the writer could have left unsigned fits: the trail is only open.
+    let (_dir, files) = trail(&keys, None);
+    unsigned_end(&files, |_| Vec::new());
+    let s = run_with(&files, opts()).unwrap();
+    assert!(
+        s.unsigned <= 5 && matches!(s.end, End::Open { .. }),
+        "{s:?}"
+    );
+    let before = s.unsigned;
+
+    // Ten records added after the last checkpoint: past `checkpoint_every`.
+    let (_dir, files) = trail(&keys, None);
+    unsigned_end(&files, |cp| (0..10).map(|i| cp + i).collect());
+    let last = files.last().unwrap();
+    let found = run_with(&files, opts()).unwrap_err();
+    let first_added = (lines(last).len() - 10) as u64 + 1;
+    assert_eq!(found.file, name(last));
+    assert_eq!(found.line, first_added + (5 - before));
+    assert_eq!(
+        found.problem,
+        Problem::TailTooLong {
+            unsigned: before + 10,
+            every: 5
+        }
+    );
+    // Without the schedule, the same trail is only open.
+    let s = run(&files, &keys, &[]).unwrap();
+    assert!(matches!(s.end, End::Open { .. }), "{:?}", s.end);
+
+    // A record whose time runs past `checkpoint_interval` and the grace after it.
+    let by_time = || {
+        with_keys().with_schedule(Schedule {
+            every: 1000,
+            interval: Duration::from_secs(60),
+        })
+    };
+    let past = 60_000 + CHECKPOINT_GRACE.as_millis() as u64;
+    let (_dir, files) = trail(&keys, None);
+    unsigned_end(&files, |cp| vec![cp + 1, cp + past - 1]);
+    run_with(&files, by_time()).unwrap();
+    let (_dir, files) = trail(&keys, None);
+    unsigned_end(&files, |cp| vec![cp + 1, cp + past + 1, cp + 2]);
+    let found = run_with(&files, by_time()).unwrap_err();
+    assert_eq!(found.line, lines(files.last().unwrap()).len() as u64 - 1);
+    assert!(
+        matches!(found.problem, Problem::TailTooLate { interval, .. } if interval == Duration::from_secs(60)),
+        "{found}"
+    );
+    assert!(run(&files, &keys, &[]).is_ok());
+}
+
+#[test]
+fn an_anchor_finds_a_trail_cut_back_to_an_earlier_clean_shutdown() {
+    let keys = Keys::new();
+    let (dir, first_run) = trail(&keys, None);
+    // A second run goes on in the same directory, and is removed again.
+    let (t, _) = AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap();
+    for i in 0..3 {
+        let id = format!("rid-second-{i}");
+        let p = t.try_reserve().unwrap();
+        t.api(&activity(&id, "/v1/x"), Some(p));
+    }
+    t.close();
+    let all = crate::files::list(dir.path()).unwrap();
+    assert_eq!(all.len(), first_run.len() + 1);
+    let second_head = last_entry(all.last().unwrap());
+    std::fs::remove_file(all.last().unwrap()).unwrap();
+
+    // From the directory alone, what remains is a whole trail.
+    let s = run(&first_run, &keys, &[]).unwrap();
+    assert_eq!(s.end, End::Sealed);
+    let anchored = |seq, hash| {
+        Verifier::new(VerifyOptions {
+            keys: vec![keys.public],
+            decrypt: Vec::new(),
+        })
+        .with_expected_head(ExpectHead { seq, hash })
+    };
+    // Against the head seen elsewhere, it ends too soon.
+    let found = run_with(
+        &first_run,
+        anchored(second_head.seq, Some(second_head.hash)),
+    )
+    .unwrap_err();
+    let last = first_run.last().unwrap();
+    assert_eq!(
+        (found.file.clone(), found.line),
+        (name(last), lines(last).len() as u64 + 1)
+    );
+    assert_eq!(
+        found.problem,
+        Problem::HeadMissing {
+            expected: second_head.seq,
+            last: s.last_seq
+        }
+    );
+    // An anchor inside the trail holds with its hash, and names the entry without it.
+    let head = last_entry(&first_run[1]);
+    let ok = run_with(&first_run, anchored(head.seq, Some(head.hash))).unwrap();
+    assert_eq!(ok.head, s.head);
+    run_with(&first_run, anchored(head.seq, None)).unwrap();
+    let wrong = Digest::of(b"another trail");
+    let found = run_with(&first_run, anchored(head.seq, Some(wrong))).unwrap_err();
+    assert_eq!(
+        (found.file.clone(), found.line, found.seq),
+        (
+            name(&first_run[1]),
+            lines(&first_run[1]).len() as u64,
+            Some(head.seq)
+        )
+    );
+    assert_eq!(found.problem, Problem::HeadMismatch { expected: wrong });
+    // Files that begin after the anchor cannot show it.
+    let found = run_with(&first_run[1..], anchored(1, None)).unwrap_err();
+    assert_eq!(
+        (found.file, found.line, found.problem),
+        (
+            name(&first_run[1]),
+            1,
+            Problem::AnchorNotGiven { expected: 1 }
+        )
+    );
+}
+
+#[test]
+fn an_anchor_is_written_seq_or_seq_and_hash() {
+    let hash = Digest::of(b"x");
+    assert_eq!(
+        "42".parse::<ExpectHead>(),
+        Ok(ExpectHead {
+            seq: 42,
+            hash: None
+        })
+    );
+    assert_eq!(
+        format!("42:{}", hash.hex().to_uppercase()).parse::<ExpectHead>(),
+        Ok(ExpectHead {
+            seq: 42,
+            hash: Some(hash)
+        })
+    );
+    for bad in ["", "x", "42:", "42:abc", "-1"] {
+        assert!(bad.parse::<ExpectHead>().is_err(), "{bad}");
     }
 }

@@ -12,7 +12,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Built, Writer, open_file};
+use super::{Built, MAX_RECORD, Writer, open_file, oversized};
 use crate::chain::EntryKind;
 use crate::checkpoint::Close;
 use crate::queue::{self, Shared, WRITE_AT};
@@ -137,11 +137,25 @@ impl Writer {
             } else {
                 built.unreserved += 1;
             }
-            if let Err(e) = self.append(&mut built, EntryKind::Record, members) {
+            // A record no reader could take back is written in a bounded form instead: the
+            // chain goes on through it, and the trail says what was cut.
+            let appended = if members.len() > MAX_RECORD {
+                report(last_report, || {
+                    tracing::error!(
+                        bytes = members.len(),
+                        max = MAX_RECORD,
+                        "an audit record is too large for the trail; it is written in a bounded form (its size, SHA-256 and beginning)"
+                    )
+                });
+                self.append(&mut built, EntryKind::Record, &oversized(members))
+            } else {
+                self.append(&mut built, EntryKind::Record, members)
+            };
+            if let Err(e) = appended {
                 shared.metrics.dropped.inc();
                 report(
                     last_report,
-                    || tracing::error!(error = %e, "an audit record could not be encrypted; it is lost"),
+                    || tracing::error!(error = %e, "an audit record could not be added to the trail; it is lost"),
                 );
             }
             // Every `checkpoint_every` entries, within the batch too.
@@ -269,9 +283,19 @@ impl Writer {
         {
             return Ok(());
         }
+        // The rotation's checkpoint, then the new file's opening: its first entry.
+        let Some(first) = self.chain.seq.checked_add(2) else {
+            report(last_report, || {
+                tracing::error!(
+                    last_seq = self.chain.seq,
+                    "the audit trail's sequence numbers are exhausted; the current file stays open"
+                )
+            });
+            return Ok(());
+        };
         let next = match open_file(
             &self.settings.dir,
-            self.chain.seq + 2,
+            first,
             SystemTime::now(),
             self.keys.encryption.as_ref(),
         ) {

@@ -244,3 +244,233 @@ fn show_filters_records_and_prints_a_table() {
     assert_eq!(code, 2);
     assert!(err.contains("--since"), "{err}");
 }
+
+/// A trail of one file written by hand, as anyone who can write the directory could: an
+/// opening and `records` records, chained, and no checkpoint.
+fn fabricated_trail(dir: &Path, records: u64) -> PathBuf {
+    let file = dir.join("audit-00000000000000000001-20261123T164548Z.jsonl");
+    let (mut text, mut prev) = tamper::seal(
+        1,
+        &"0".repeat(64),
+        "open",
+        r#""open":{"file":"audit-00000000000000000001-20261123T164548Z.jsonl","reason":"start","time":1795452348053}"#,
+    );
+    for seq in 2..=records + 1 {
+        let (line, hash) = tamper::seal(
+            seq,
+            &prev,
+            "record",
+            r#""class_uid":6003,"time":1795452348053,"status_code":"200""#,
+        );
+        text.push_str(&line);
+        prev = hash;
+    }
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn allow_open_never_accepts_a_trail_no_checkpoint_signs() {
+    let keys = TrailKeys::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let file = fabricated_trail(dir.path(), 4998);
+    let public = keys.public();
+    let (d, k) = (dir.path().to_str().unwrap(), public.to_str().unwrap());
+    let (code, out, err) = idgate_cli(&["audit", "verify", "--allow-open", "--key", k, d]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("4999 entries") && out.contains("unsigned: no checkpoint signs"),
+        "{out}"
+    );
+    // Held to the writer's schedule, the 1001st unsigned entry is named.
+    let (code, out, err) = idgate_cli(&[
+        "audit",
+        "verify",
+        "--allow-open",
+        "--checkpoint-every",
+        "1000",
+        "--key",
+        k,
+        d,
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    let at = format!("{}:1001: entry 1001:", file.display());
+    assert!(
+        err.contains(&at) && err.contains("checkpoint_every (1000)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn verify_with_the_config_holds_the_unsigned_end_to_its_checkpoint_schedule() {
+    let pki = Pki::default_pki();
+    let keys = TrailKeys::new(false);
+    let trail = tempfile::tempdir().unwrap();
+    let files = written_trail(&keys, trail.path());
+    // The closing checkpoint cut off, and records added after the last checkpoint: more
+    // than the configuration's checkpoint_every (50) allows.
+    let last = files.last().unwrap();
+    let mut lines = tamper::lines(last);
+    lines.pop();
+    let text = String::from_utf8(lines.last().unwrap().clone()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+    let (mut seq, mut prev) = (
+        v["seq"].as_u64().unwrap(),
+        v["hash"].as_str().unwrap().to_owned(),
+    );
+    let kept = lines.len();
+    for _ in 0..60 {
+        seq += 1;
+        let (line, hash) = tamper::seal(seq, &prev, "record", r#""class_uid":6003"#);
+        lines.push(line.into_bytes());
+        prev = hash;
+    }
+    std::fs::write(last, lines.concat()).unwrap();
+    let config = OneRoute::kyc_decision("https://127.0.0.1:9")
+        .config(&pki)
+        .section("audit", gateway::audit_section(&keys, trail.path(), &[]));
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("idgate.toml");
+    std::fs::write(&conf, config.to_toml()).unwrap();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["audit", "verify", "--allow-open", "--config"])
+        .arg(&conf)
+        .env("TEST_PROVIDER_KEY", "unused");
+    let (code, out, err) = run_bounded(&mut cmd, Duration::from_secs(30));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("{}:", last.display())) && err.contains("checkpoint_every (50)"),
+        "{err}"
+    );
+    // The unsigned entries before the added ones are within the schedule: the first named
+    // is past line `kept`.
+    let line: usize = err
+        .split(&format!("{}:", last.display()))
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(line > kept && line <= kept + 51, "{line} {err}");
+    // Without a schedule, the same trail is only open, and says it was not checked.
+    let (code, out, _) = idgate_cli(&[
+        "audit",
+        "verify",
+        "--allow-open",
+        "--key",
+        keys.public().to_str().unwrap(),
+        trail.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("unchecked:"), "{out}");
+}
+
+#[test]
+fn verify_expect_head_finds_a_trail_cut_back_to_an_earlier_shutdown() {
+    let keys = TrailKeys::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let first_run = written_trail(&keys, dir.path());
+    // A second run goes on in the same directory.
+    let settings = WriterSettings {
+        dir: dir.path().to_owned(),
+        rotate_bytes: 64 << 20,
+        rotate_age: Duration::from_secs(3600),
+        checkpoint_every: 7,
+        checkpoint_interval: Duration::from_secs(60),
+        sync_interval: Duration::from_millis(2),
+        queue_capacity: 64,
+    };
+    let signing = SigningKey::load(&SecretRef::File(keys.signing())).unwrap();
+    let keys_for = |signing| AuditKeys {
+        signing,
+        encryption: None,
+        previous: Vec::new(),
+    };
+    let (trail, _) = AuditTrail::start(settings, keys_for(signing), None).unwrap();
+    trail.close();
+    let public = keys.public();
+    let (d, k) = (dir.path().to_str().unwrap(), public.to_str().unwrap());
+    // The head a SIEM would have received: the second run's closing checkpoint.
+    let (code, out, err) = idgate_cli(&["audit", "verify", "--key", k, d]);
+    assert_eq!(code, 0, "{out}{err}");
+    let anchor = out
+        .lines()
+        .find_map(|l| l.split("--expect-head ").nth(1))
+        .map(|a| a.trim_end_matches(')').to_owned())
+        .unwrap_or_else(|| panic!("no anchor: {out}"));
+    let (code, out, err) =
+        idgate_cli(&["audit", "verify", "--expect-head", &anchor, "--key", k, d]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Someone removes the second run's file: from the directory alone, the trail is whole.
+    let all = idgate_audit::files::list(dir.path()).unwrap();
+    assert_eq!(all.len(), first_run.len() + 1);
+    std::fs::remove_file(all.last().unwrap()).unwrap();
+    let (code, out, err) = idgate_cli(&["audit", "verify", "--key", k, d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("sealed"), "{out}");
+    // Against the anchor, it ends too soon.
+    let (code, out, err) =
+        idgate_cli(&["audit", "verify", "--expect-head", &anchor, "--key", k, d]);
+    assert_eq!(code, 1, "{out}{err}");
+    let seq = anchor.split(':').next().unwrap();
+    assert!(
+        err.contains(&format!("before entry {seq}")) && err.contains("--expect-head"),
+        "{err}"
+    );
+    // An anchor whose hash the trail does not have names its entry.
+    let wrong = format!("3:{}", "ab".repeat(32));
+    let (code, _, err) = idgate_cli(&["audit", "verify", "--expect-head", &wrong, "--key", k, d]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:3: entry 3: its hash is not",
+            first_run[0].display()
+        )),
+        "{err}"
+    );
+    let (code, _, err) = idgate_cli(&["audit", "verify", "--expect-head", "x:y", "--key", k, d]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn verify_reports_the_files_missing_after_a_rotation_as_a_gap() {
+    let keys = TrailKeys::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let files = written_trail(&keys, dir.path());
+    // The newest file removed, back to one closed for rotation, and the gateway restarted.
+    std::fs::remove_file(files.last().unwrap()).unwrap();
+    let settings = WriterSettings {
+        dir: dir.path().to_owned(),
+        rotate_bytes: 64 << 20,
+        rotate_age: Duration::from_secs(3600),
+        checkpoint_every: 7,
+        checkpoint_interval: Duration::from_secs(60),
+        sync_interval: Duration::from_millis(2),
+        queue_capacity: 64,
+    };
+    let signing = SigningKey::load(&SecretRef::File(keys.signing())).unwrap();
+    let (trail, report) = AuditTrail::start(
+        settings,
+        AuditKeys {
+            signing,
+            encryption: None,
+            previous: Vec::new(),
+        },
+        None,
+    )
+    .unwrap();
+    assert!(report.gap.is_some());
+    trail.close();
+    let (code, out, err) = idgate_cli(&[
+        "audit",
+        "verify",
+        "--key",
+        keys.public().to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("gap: ") && out.contains("closed for rotation") && out.contains("is missing"),
+        "{out}"
+    );
+}

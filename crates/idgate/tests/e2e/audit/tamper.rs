@@ -156,7 +156,7 @@ fn parts(line: &str) -> (u64, String, String, String) {
 }
 
 /// An entry as the format says it is written, with its hash.
-fn seal(seq: u64, prev: &str, kind: &str, members: &str) -> (String, String) {
+pub(super) fn seal(seq: u64, prev: &str, kind: &str, members: &str) -> (String, String) {
     let mut body = format!("{{\"seq\":{seq},\"prev\":\"{prev}\",\"entry\":\"{kind}\"");
     if !members.is_empty() {
         body.push(',');
