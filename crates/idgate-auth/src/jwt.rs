@@ -23,7 +23,7 @@
 
 pub(crate) mod claims;
 mod errors;
-pub(crate) mod json;
+pub mod json;
 pub(crate) mod jwk;
 pub(crate) mod jwks;
 pub(crate) mod jws;

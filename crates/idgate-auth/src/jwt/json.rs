@@ -1,13 +1,21 @@
-//! Strict JSON for token headers, claims and key documents: an object at the top, and no
+//! Strict JSON for token headers, claims and key documents, and for any document the gateway
+//! judges before another party reads it (a request body checked against a schema): no
 //! member name twice at any depth. `serde_json` alone keeps the last of two duplicate
-//! members while other parsers keep the first, and a token read differently by the issuer's
-//! tooling and by the gateway is a known way to smuggle claims.
+//! members while other parsers keep the first, and a document read one way by the gateway
+//! and another way by the issuer's tooling or the upstream is a known way to smuggle values.
 
 use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+
+/// Parses `bytes` as one JSON value (surrounding whitespace allowed) with no duplicate
+/// member names. A duplicate is a data error ([`serde_json::error::Category::Data`]), the
+/// only one this parse raises; the error gives its line and column.
+pub fn value(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    serde_json::from_slice::<Strict>(bytes).map(|s| s.0)
+}
 
 /// Parses `bytes` as one JSON object with no duplicate member names; `None` otherwise.
 pub(crate) fn object(bytes: &[u8]) -> Option<Map<String, Value>> {

@@ -20,8 +20,7 @@
 use http::header::CONTENT_TYPE;
 use http::request::Parts;
 use jsonschema::error::ValidationErrorKind;
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Number, Value};
+use serde_json::Value;
 
 use super::json_response::is_json;
 use crate::ctx::RequestCtx;
@@ -57,85 +56,16 @@ pub(super) async fn check(
 
 /// The body as a document, refused where it is not JSON or an object names a member twice.
 fn parse(body: &[u8]) -> Result<Value, Refusal> {
-    let Strict(doc) = serde_json::from_slice(body).map_err(|e| Refusal::InvalidJson {
+    idgate_auth::jwt::json::value(body).map_err(|e| Refusal::InvalidJson {
         line: e.line(),
         column: e.column(),
         what: match e.classify() {
             serde_json::error::Category::Eof => "the body ends too early",
-            // The only data error a `Strict` document raises.
+            // The only data error the strict parse raises.
             serde_json::error::Category::Data => "a member name given twice",
             _ => "a syntax error",
         },
-    })?;
-    Ok(doc)
-}
-
-/// A JSON document none of whose objects names a member twice.
-struct Strict(Value);
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
-        Ok(Value::Bool(b))
-    }
-
-    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
-        Ok(Value::Number(n.into()))
-    }
-
-    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
-        Ok(Value::Number(n.into()))
-    }
-
-    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
-        // JSON text holds no NaN or infinity: `serde_json` reads every number finite.
-        Ok(Number::from_f64(n).map_or(Value::Null, Value::Number))
-    }
-
-    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
-        Ok(Value::String(s.to_owned()))
-    }
-
-    fn visit_string<E>(self, s: String) -> Result<Value, E> {
-        Ok(Value::String(s))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-        while let Some(Strict(item)) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut members = Map::new();
-        while let Some(name) = map.next_key::<String>()? {
-            if members.contains_key(&name) {
-                return Err(de::Error::custom("a member name given twice"));
-            }
-            let Strict(value) = map.next_value()?;
-            members.insert(name, value);
-        }
-        Ok(Value::Object(members))
-    }
+    })
 }
 
 /// Where `doc` fails the schema and which keyword, without the values found there.
