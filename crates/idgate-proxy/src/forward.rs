@@ -63,11 +63,9 @@ pub(crate) async fn forward<'r>(
         Some(cred) => {
             // Signature schemes cover the body, so it is read whole (bounded) first.
             let (body, bytes) = if cred.needs_body() {
+                // `read_body` holds it to the route's limit as well.
                 let bytes = ctx
-                    .read_body(
-                        ctx.max_body_bytes().min(upstream.max_body_bytes),
-                        upstream.request_timeout,
-                    )
+                    .read_body(upstream.max_body_bytes, upstream.request_timeout)
                     .await?;
                 (RequestBody::Buffered(bytes.clone()), bytes)
             } else {
