@@ -29,6 +29,30 @@ pub enum Decision<'a> {
     AllowedBy(&'a str),
 }
 
+/// OCSF `severity_id` and its caption: how much a record wants a reader's attention. The
+/// SIEM export's syslog severity follows it (1 `info`, 2 `notice`, 3 `warning`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Severity {
+    /// Served.
+    Informational = 1,
+    /// Turned away for what the request is or who sent it: a denied request, a refused
+    /// connection, a failed handshake.
+    Low = 2,
+    /// Not carried out: the gateway or the upstream failed it (a `failed` decision, a 5xx).
+    Medium = 3,
+}
+
+impl Severity {
+    /// `,"severity_id":N,"severity":"…"`.
+    fn write(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(match self {
+            Self::Informational => b",\"severity_id\":1,\"severity\":\"Informational\"",
+            Self::Low => b",\"severity_id\":2,\"severity\":\"Low\"",
+            Self::Medium => b",\"severity_id\":3,\"severity\":\"Medium\"",
+        });
+    }
+}
+
 impl Decision<'_> {
     fn write(&self, out: &mut Vec<u8>) {
         out.push(b'"');
@@ -186,6 +210,17 @@ fn capped_opt(s: Option<&str>, max: usize) -> (Option<&str>, bool) {
 }
 
 impl ApiActivity<'_> {
+    /// A failure (the decision, or a 5xx from the upstream) is graver than a refusal, which
+    /// is graver than a request served.
+    fn severity(&self) -> Severity {
+        match self.decision {
+            Decision::Failed(_) => Severity::Medium,
+            _ if self.status >= 500 => Severity::Medium,
+            Decision::Denied(_) => Severity::Low,
+            Decision::Allowed | Decision::AllowedBy(_) => Severity::Informational,
+        }
+    }
+
     /// OCSF activity: 1 Create (POST), 2 Read (GET, HEAD), 3 Update (PUT, PATCH), 4 Delete,
     /// 99 Other.
     fn activity(&self) -> (u64, &'static str) {
@@ -215,7 +250,8 @@ impl ApiActivity<'_> {
         time(out, self.time);
         let success = matches!(self.decision, Decision::Allowed | Decision::AllowedBy(_))
             && self.status < 400;
-        out.extend_from_slice(b",\"severity_id\":1,\"status_id\":");
+        self.severity().write(out);
+        out.extend_from_slice(b",\"status_id\":");
         out.extend_from_slice(if success {
             b"1,\"status\":\"Success\""
         } else {
@@ -389,7 +425,9 @@ impl ConnectionEvent<'_> {
         json::num(out, 400_100 + activity);
         out.push(b',');
         time(out, self.time);
-        out.extend_from_slice(b",\"severity_id\":1,\"status_id\":2,\"status\":\"Failure\"");
+        // A peer turned away, like a denied request.
+        Severity::Low.write(out);
+        out.extend_from_slice(b",\"status_id\":2,\"status\":\"Failure\"");
         json::key(out, "status_detail");
         json::str(out, self.reason);
         metadata(out, None);
@@ -517,6 +555,7 @@ pub(crate) mod tests {
         assert_eq!(v["type_uid"], 600302);
         assert_eq!(v["time"], 1_795_452_348_053_u64);
         assert_eq!(v["time_dt"], "2026-11-23T16:45:48.053Z");
+        assert_eq!(v["severity_id"], 1);
         assert_eq!(v["status_id"], 1);
         assert_eq!(v["status_code"], "200");
         assert_eq!(v["metadata"]["uid"], "rid-1");
@@ -639,6 +678,72 @@ pub(crate) mod tests {
         let v = parse(&out);
         assert_eq!(v["status_id"], 1);
         assert_eq!(v["status_detail"], "allowed:fallback:cache");
+    }
+
+    #[test]
+    fn the_severity_follows_the_outcome() {
+        let severity = |decision, status| {
+            let mut a = activity("rid-4", "/v3/workflows/");
+            a.decision = decision;
+            a.status = status;
+            let mut out = Vec::new();
+            a.write_members(&mut out);
+            let v = parse(&out);
+            (v["severity_id"].as_u64().unwrap(), v["severity"].clone())
+        };
+        assert_eq!(
+            severity(Decision::Allowed, 200),
+            (1, "Informational".into())
+        );
+        assert_eq!(
+            severity(Decision::AllowedBy("fallback:cache"), 200),
+            (1, "Informational".into())
+        );
+        assert_eq!(
+            severity(Decision::Allowed, 404),
+            (1, "Informational".into()),
+            "the upstream's own answer"
+        );
+        assert_eq!(
+            severity(Decision::Denied("forbidden"), 403),
+            (2, "Low".into())
+        );
+        assert_eq!(
+            severity(Decision::Denied("rate-limited"), 429),
+            (2, "Low".into())
+        );
+        assert_eq!(
+            severity(Decision::Failed("upstream-timeout"), 504),
+            (3, "Medium".into())
+        );
+        assert_eq!(
+            severity(Decision::Allowed, 502),
+            (3, "Medium".into()),
+            "the upstream failed it"
+        );
+        for outcome in [
+            ConnectionOutcome::Refused,
+            ConnectionOutcome::HandshakeFailed,
+        ] {
+            let e = ConnectionEvent {
+                time: UNIX_EPOCH,
+                remote: "192.0.2.1".parse().unwrap(),
+                port: None,
+                via: None,
+                peer: None,
+                outcome,
+                reason: "max_connections_per_ip",
+                stage: "at accept",
+                detail: None,
+            };
+            let mut out = Vec::new();
+            e.write_members(&mut out);
+            let v = parse(&out);
+            assert_eq!(
+                (v["severity_id"].as_u64(), v["severity"].as_str()),
+                (Some(2), Some("Low"))
+            );
+        }
     }
 
     #[test]

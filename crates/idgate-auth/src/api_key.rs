@@ -474,6 +474,11 @@ impl ApiKeyVerifier {
         self.len() == 0
     }
 
+    /// Whether the table holds a key of id `id`, whatever its state: an in-memory lookup.
+    pub fn knows(&self, id: &str) -> bool {
+        self.inner.table.load().keys.contains_key(id)
+    }
+
     /// The fingerprint of the pepper in use (see [`Pepper::id`]).
     pub fn pepper_id(&self) -> &str {
         self.inner.pepper.id()

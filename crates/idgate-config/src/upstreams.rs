@@ -202,7 +202,8 @@ pub(crate) fn parse(
         Some(n) => n as usize,
     };
     let max_pending = u.max_pending.map_or(max_connections, |n| n as usize);
-    // A wait past the request timeout would end in a 504 before it could end in a 503.
+    // The wait for a connection is bounded by itself (it is no part of an attempt's
+    // first_byte_timeout) and by the request's time: one longer could never be reached.
     let pending_timeout = match u.pending_timeout {
         None => request_timeout.min(Duration::from_secs(5)),
         set => {

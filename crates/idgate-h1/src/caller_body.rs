@@ -5,7 +5,8 @@
 //! stripped the head of what a caller may not send (a forged credential or forwarding
 //! field): they are dropped, unless a [`TrailerFilter`] is given, which strips them the
 //! same way before they go on (the HTTP/2 client forwards trailers; the gateway's own
-//! HTTP/1.1 client writes none).
+//! HTTP/1.1 client writes none). A client that drives the body itself (hyper's) learns
+//! from it when the whole body has gone on ([`CallerBody::with_progress`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
+
+use crate::{Progress, Stage};
 
 /// Why a streamed caller body was cut off.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,8 @@ pub struct CallerBody {
     wait: Option<Pin<Box<Sleep>>>,
     /// `None`: the caller's trailers are dropped.
     trailers: Option<Arc<dyn TrailerFilter>>,
+    /// Told [`Stage::Sent`] once the body's end was handed on.
+    progress: Option<Arc<Progress>>,
 }
 
 impl CallerBody {
@@ -70,7 +75,26 @@ impl CallerBody {
             gap,
             wait: None,
             trailers: None,
+            progress: None,
         }
+    }
+
+    /// Tells `progress` how the body goes, for a client that reads it itself and says
+    /// nothing of it: [`Stage::Streaming`] while the caller's next piece is awaited,
+    /// [`Stage::Sending`] once a piece has been handed on, [`Stage::Sent`] once the end has.
+    pub fn with_progress(mut self, progress: Arc<Progress>) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    fn stage(&self, stage: Stage) {
+        if let Some(p) = &self.progress {
+            p.set(stage);
+        }
+    }
+
+    fn ended(&self) {
+        self.stage(Stage::Sent);
     }
 
     /// Passes the caller's trailers on, through `filter`.
@@ -111,20 +135,32 @@ impl Body for CallerBody {
                             if trailers.is_empty() {
                                 continue;
                             }
+                            // Trailers are a body's last frame.
+                            this.ended();
                             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                         }
                     };
                     match this.left.checked_sub(data.len() as u64) {
                         Some(left) => {
                             this.left = left;
+                            // A client may take the last piece without asking again.
+                            if this.inner.is_end_stream() {
+                                this.ended();
+                            } else {
+                                this.stage(Stage::Sending);
+                            }
                             Poll::Ready(Some(Ok(Frame::data(data))))
                         }
                         None => Poll::Ready(Some(Err(CallerBodyError::TooLarge(this.limit)))),
                     }
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(CallerBodyError::Read(e)))),
-                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(None) => {
+                    this.ended();
+                    Poll::Ready(None)
+                }
                 Poll::Pending => {
+                    this.stage(Stage::Streaming);
                     let gap = this.gap;
                     let wait = this
                         .wait

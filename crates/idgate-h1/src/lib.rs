@@ -27,6 +27,9 @@
 //! before it takes a connection and writes, so that the writes of a busy moment reach the
 //! upstream together (`batch`).
 //!
+//! An exchange reports its [`Progress`] (waiting for a connection, connecting, sending,
+//! sent) to the gateway, which bounds it from outside and must tell whose time ran out.
+//!
 //! The modules: [`parse`] reads what the upstream sends, `write` puts the request on the
 //! wire, `pool` keeps connections and runs one exchange, `conn` is one connection and
 //! `body` a response body streamed from it.
@@ -38,6 +41,7 @@ mod conn;
 pub mod limit;
 pub mod parse;
 mod pool;
+mod progress;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -55,6 +59,7 @@ pub use self::caller_body::{CallerBody, CallerBodyError, TrailerFilter};
 use self::limit::{ConnLimit, Saturated};
 use self::parse::ProtocolError;
 pub use self::pool::Pool;
+pub use self::progress::{Progress, Stage};
 
 /// Read granularity on upstream connections.
 pub(crate) const READ_CHUNK: usize = 8 * 1024;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Response, Version};
+use http_body::Body as _;
 use tokio::net::TcpStream;
 use zeroize::{Zeroize as _, Zeroizing};
 
@@ -17,7 +18,9 @@ use crate::conn::{Conn, Io, ReadIo, WriteIo};
 use crate::limit::{Acquired, Slot};
 use crate::parse::{ChunkedDecoder, Framing, HeadParser};
 use crate::write::{ReqFraming, RequestHead, Sent, request_framing, write_request};
-use crate::{Error, PoolConfig, READ_CHUNK, RequestBody, SendError, WRITE_COALESCE};
+use crate::{
+    Error, PoolConfig, Progress, READ_CHUNK, RequestBody, SendError, Stage, WRITE_COALESCE,
+};
 
 /// The idle connections of one upstream.
 #[derive(Debug)]
@@ -45,13 +48,15 @@ impl Pool {
 
     /// Sends one request and reads the response head. The path and query are sent as
     /// given; `headers` must already be what the upstream may see (the Host, framing and
-    /// `Expect` headers are the client's own).
+    /// `Expect` headers are the client's own). `progress` follows the exchange (the caller
+    /// bounds it in time).
     pub async fn send(
         &self,
         method: &Method,
         path_and_query: &str,
         headers: &HeaderMap,
         body: RequestBody,
+        progress: &Progress,
     ) -> Result<Response<ResponseBody>, SendError> {
         let head_request = *method == Method::HEAD;
         let retry_allowed = method.is_idempotent() && body.replayable();
@@ -74,7 +79,8 @@ impl Pool {
         // Before a connection is taken, so that none sits idle while the others run.
         crate::batch::after_ready_tasks().await;
         loop {
-            let (conn, reused) = match self.inner.obtain(fresh).await {
+            progress.set(Stage::Queued);
+            let (conn, reused) = match self.inner.obtain(fresh, progress).await {
                 Ok(c) => c,
                 Err(error) => {
                     return Err(SendError {
@@ -90,7 +96,15 @@ impl Pool {
             else {
                 return Err(Error::Closed.into());
             };
-            match self.exchange(conn, &request, this_body, head_request).await {
+            // A body still streaming in from the caller goes at the caller's pace.
+            progress.set(match &this_body {
+                RequestBody::Stream(b) if !b.is_end_stream() => Stage::Streaming,
+                _ => Stage::Sending,
+            });
+            match self
+                .exchange(conn, &request, this_body, head_request, progress)
+                .await
+            {
                 Ok(resp) => return Ok(resp),
                 // Once, and on a new connection: the pool's other idle connections may have
                 // been closed by the same upstream restart.
@@ -111,6 +125,7 @@ impl Pool {
         request: &RequestHead<'_>,
         body: RequestBody,
         head_request: bool,
+        progress: &Progress,
     ) -> Result<Response<ResponseBody>, Failure> {
         request.write(&mut conn.out, &body);
         // Interim heads that arrive during the upload are taken by the same parser.
@@ -125,6 +140,7 @@ impl Pool {
                 });
             }
         };
+        progress.set(Stage::Sent);
         // An upstream that answered before the whole request went out has bytes here.
         let early = !conn.buf.is_empty();
         let mut answered = early || head.saw_interim();
@@ -214,11 +230,18 @@ impl PoolInner {
     }
 
     /// An idle connection (unless `fresh`), or a new one once the cap allows.
-    pub(crate) async fn obtain(&self, fresh: bool) -> Result<(Conn, bool), Error> {
+    pub(crate) async fn obtain(
+        &self,
+        fresh: bool,
+        progress: &Progress,
+    ) -> Result<(Conn, bool), Error> {
         let idle = || if fresh { None } else { self.checkout() };
         match self.config.limit.acquire(idle).await? {
             Acquired::Reused(conn) => Ok((conn, true)),
-            Acquired::New(slot) => Ok((self.connect(slot).await?, false)),
+            Acquired::New(slot) => {
+                progress.set(Stage::Connecting);
+                Ok((self.connect(slot).await?, false))
+            }
         }
     }
 

@@ -287,6 +287,7 @@ impl Detector {
             closed_at: None,
             summary: f.summary.clone(),
             timeline: Vec::new(),
+            timeline_truncated: false,
             affected: Affected::default(),
             requests_failed: 0,
             actions: Actions::default(),
@@ -348,6 +349,10 @@ impl Detector {
                     incident.requests_failed += r.failed;
                     incident.actions.requests_refused += r.refused;
                     incident.affected.routes.insert(route.to_string());
+                    // Callers the feed could not note this second: more failed than named.
+                    if r.callers_dropped {
+                        incident.affected.callers_truncated = true;
+                    }
                     for c in &r.callers {
                         if incident.affected.callers.len() < self.cfg.max_callers {
                             incident.affected.callers.insert(c.to_string());
@@ -382,7 +387,6 @@ impl Detector {
         };
         incident.classification.critical_services_affected = critical;
         incident.classification.clients_affected = incident.affected.callers.len() as u64;
-        incident.classification.duration_secs = incident.opened_at.secs_until(now);
         if severity != incident.severity.0 {
             let was = incident.severity;
             incident.severity = Severity(severity);
@@ -490,9 +494,13 @@ impl Detector {
                 }
             }
         }
+        // The time that passed is no change by itself: `duration_secs` is brought up to date
+        // with a real change (and counted to the moment of asking by the admin endpoint), so
+        // an incident that nothing happens to is neither written nor compared again.
         let changed = inc != before;
         if changed {
             inc.updated_at = now;
+            inc.classification.duration_secs = inc.opened_at.secs_until(now);
         }
         open.incident = inc.clone();
         self.open.insert(key.clone(), open);
@@ -519,7 +527,9 @@ fn percentile_ms(buckets: &[u64; LATENCY_BUCKETS], q: f64) -> u64 {
 }
 
 /// `20261202T081500123Z-upstream_errors-idv`: sortable, unique per rule and subject, and
-/// safe as a file name.
+/// safe as a file name. A subject not spelled out exactly (anything but lower-case letters,
+/// digits and `_`, or longer than 48) is followed by a digest of it:
+/// `20261202T081500123Z-breaker_open-kyc_eu-d9ee10fac657` for `kyc-eu`.
 pub fn incident_id(at: Millis, rule: Rule, subject: Option<&str>) -> String {
     let compact: String = at
         .rfc3339()
@@ -538,11 +548,26 @@ pub fn incident_id(at: Millis, rule: Rule, subject: Option<&str>) -> String {
                         '_'
                     }
                 })
-                .take(48),
+                .take(MAX_ID_SUBJECT),
         );
+        // A subject the id does not spell out exactly (`kyc-eu` and `KYC_eu` both read
+        // `kyc_eu`; a long name is cut) gets a digest of its exact bytes, so that upstreams
+        // whose names differ open incidents whose ids (and files) differ. One spelled out
+        // exactly has no `-` in it, so it cannot meet one with a digest.
+        let exact = s.len() <= MAX_ID_SUBJECT
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !exact {
+            let digest = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+            id.push('-');
+            id.push_str(&idgate_codec::hex::encode(&digest.as_ref()[..6]));
+        }
     }
     id
 }
+
+/// The most characters of the subject an incident id spells out.
+const MAX_ID_SUBJECT: usize = 48;
 
 #[cfg(test)]
 mod tests;

@@ -6,12 +6,14 @@
 //! drains them once a second ([`Feed::drain`]). Nothing is allocated per request: a route's
 //! counters are made the first time it is seen, and a failing caller's label is kept only
 //! while fewer than `max_callers` distinct ones failed in this second (on a lock the request
-//! path only tries, never waits for).
+//! path only tries, never waits for). A caller not kept, or not looked at because the lock
+//! was busy, marks the second's callers as incomplete, so that an incident never presents
+//! its named callers as all of them when they may not be.
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::hash::{DefaultHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,6 +79,8 @@ struct RouteCounters {
     latency: [AtomicU64; LATENCY_BUCKETS],
     /// Failing callers this second: a label's hash and the label.
     callers: Mutex<Vec<(u64, Box<str>)>>,
+    /// A failing caller this second was not noted: more failed than `callers` names.
+    callers_dropped: AtomicBool,
 }
 
 impl RouteCounters {
@@ -90,6 +94,7 @@ impl RouteCounters {
             refused: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             callers: Mutex::new(Vec::new()),
+            callers_dropped: AtomicBool::new(false),
         }
     }
 }
@@ -105,6 +110,8 @@ pub struct RouteSample {
     pub refused: u64,
     pub latency: [u64; LATENCY_BUCKETS],
     pub callers: Vec<Box<str>>,
+    /// Failing callers were left out of `callers`: it names some, not all.
+    pub callers_dropped: bool,
 }
 
 /// Everything one second brought.
@@ -205,13 +212,19 @@ impl Feed {
             return;
         }
         let hash = hasher.0.finish();
-        // Another request holds it: this caller is probably already noted; counts matter
-        // more than names.
+        // Another request holds it: the request path never waits for it, and this caller
+        // may or may not be noted already, so the names become a lower bound.
         let Ok(mut callers) = c.callers.try_lock() else {
+            c.callers_dropped.store(true, Ordering::Relaxed);
             return;
         };
-        if callers.len() < self.max_callers && !callers.iter().any(|(h, _)| *h == hash) {
+        if callers.iter().any(|(h, _)| *h == hash) {
+            return;
+        }
+        if callers.len() < self.max_callers {
             callers.push((hash, caller.to_string().into_boxed_str()));
+        } else {
+            c.callers_dropped.store(true, Ordering::Relaxed);
         }
     }
 
@@ -279,6 +292,7 @@ fn take(c: &RouteCounters) -> RouteSample {
         refused: c.refused.swap(0, Ordering::Relaxed),
         latency: std::array::from_fn(|i| c.latency[i].swap(0, Ordering::Relaxed)),
         callers: callers.into_iter().map(|(_, l)| l).collect(),
+        callers_dropped: c.callers_dropped.swap(false, Ordering::Relaxed),
     }
 }
 
@@ -331,10 +345,34 @@ mod tests {
         );
         assert_eq!(r.latency[3], 1, "30 ms falls in the 50 ms bucket");
         assert_eq!(r.callers, vec![Box::from("key:a"), Box::from("key:b")]);
+        assert!(r.callers_dropped, "key:c failed too");
         assert_eq!((s.tls_failures, s.auth_failures), (1, 2));
         let again = feed.drain();
         assert!(again.routes.is_empty());
         assert_eq!(again.auth_failures, 0);
+    }
+
+    #[test]
+    fn a_caller_passed_over_while_the_list_is_busy_marks_the_second_incomplete() {
+        let feed = Feed::new(8);
+        let a = "key:a";
+        feed.request(&event("sessions", true, Some(&a)));
+        let s = feed.drain();
+        assert!(!s.routes[0].1.callers_dropped, "all callers noted");
+        let map = feed.routes.load();
+        let counters = find(&map, "sessions", Some("idv")).expect("the route's counters");
+        // Another request holds the list: the request path does not wait for it.
+        let held = counters.callers.lock().unwrap_or_else(|e| e.into_inner());
+        let b = "key:b";
+        feed.request(&event("sessions", true, Some(&b)));
+        drop(held);
+        let s = feed.drain();
+        let r = &s.routes[0].1;
+        assert_eq!((r.failed, r.callers.len()), (1, 0));
+        assert!(r.callers_dropped);
+        // The next second starts whole again.
+        feed.request(&event("sessions", true, Some(&a)));
+        assert!(!feed.drain().routes[0].1.callers_dropped);
     }
 
     #[test]

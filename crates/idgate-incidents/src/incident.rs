@@ -120,13 +120,76 @@ pub enum EntryKind {
     FiresAgain,
     Recovered,
     Interrupted,
+    /// Stands for the entries left out of a long timeline (see [`Incident::note`]).
+    Omitted,
 }
+
+impl EntryKind {
+    /// Whether a repeat of it is folded into the entry before (see [`Incident::note`]):
+    /// what can happen again and again while an incident lasts.
+    fn folds(self) -> bool {
+        matches!(
+            self,
+            Self::SeverityChanged
+                | Self::BreakerOpened
+                | Self::BreakerClosed
+                | Self::Recovering
+                | Self::FiresAgain
+        )
+    }
+}
+
+/// The first entries a timeline always keeps.
+pub const TIMELINE_HEAD: usize = 16;
+/// The most entries a timeline holds: its first [`TIMELINE_HEAD`], one [`EntryKind::Omitted`]
+/// for what was left out, and the latest.
+pub const TIMELINE_MAX: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TimelineEntry {
+    /// When it happened (the first time, for a folded entry).
     pub at: Millis,
     pub kind: EntryKind,
+    /// Its words (the latest occurrence's, for a folded entry).
     pub detail: String,
+    /// How many times it happened (how many occurrences were left out, for
+    /// [`EntryKind::Omitted`]); 1 when absent.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u64,
+    /// When it last happened, for an entry that stands for more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_at: Option<Millis>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
+impl TimelineEntry {
+    pub fn new(at: Millis, kind: EntryKind, detail: impl Into<String>) -> Self {
+        Self {
+            at,
+            kind,
+            detail: detail.into(),
+            count: 1,
+            last_at: None,
+        }
+    }
+
+    /// When it last happened.
+    pub fn last(&self) -> Millis {
+        self.last_at.unwrap_or(self.at)
+    }
+
+    /// Takes `other`, which happened after it, into its count and times.
+    fn absorb(&mut self, other: &TimelineEntry) {
+        self.count = self.count.saturating_add(other.count);
+        self.last_at = Some(self.last().max(other.last()));
+    }
 }
 
 /// Who and what the incident touched.
@@ -192,7 +255,11 @@ pub struct Incident {
     pub closed_at: Option<Millis>,
     /// The last measurement that crossed the threshold.
     pub summary: String,
+    /// What happened, in order, bounded: see [`Incident::note`].
     pub timeline: Vec<TimelineEntry>,
+    /// The timeline left entries out (an [`EntryKind::Omitted`] entry counts them).
+    #[serde(default)]
+    pub timeline_truncated: bool,
     pub affected: Affected,
     pub requests_failed: u64,
     pub actions: Actions,
@@ -201,12 +268,49 @@ pub struct Incident {
 }
 
 impl Incident {
+    /// Adds an entry to the timeline, which stays bounded however long the incident lasts
+    /// and however often its rule flaps:
+    ///
+    /// - a repeat of what the last entry, or the one before it, says (a breaker that opens
+    ///   again at each retry; a rule flapping between `recovering` and `fires_again`) is
+    ///   folded into that entry: its `count` grows, `last_at` moves on, and `detail` takes
+    ///   the latest words;
+    /// - past [`TIMELINE_MAX`] entries, the first [`TIMELINE_HEAD`] and the latest are kept,
+    ///   and one [`EntryKind::Omitted`] entry after the first ones counts what lies between
+    ///   (from its `at` to its `last_at`); `timeline_truncated` says so.
     pub(crate) fn note(&mut self, at: Millis, kind: EntryKind, detail: impl Into<String>) {
-        self.timeline.push(TimelineEntry {
-            at,
-            kind,
-            detail: detail.into(),
-        });
+        let entry = TimelineEntry::new(at, kind, detail);
+        if kind.folds()
+            && let Some(same) = self
+                .timeline
+                .iter_mut()
+                .rev()
+                .take(2)
+                .find(|e| e.kind == kind)
+        {
+            same.absorb(&entry);
+            same.detail = entry.detail;
+            return;
+        }
+        self.timeline.push(entry);
+        if self.timeline.len() <= TIMELINE_MAX {
+            return;
+        }
+        self.timeline_truncated = true;
+        if self.timeline[TIMELINE_HEAD].kind != EntryKind::Omitted {
+            let first = &self.timeline[TIMELINE_HEAD];
+            let mut marker = TimelineEntry::new(
+                first.at,
+                EntryKind::Omitted,
+                "entries left out to keep the timeline bounded",
+            );
+            marker.count = 0;
+            self.timeline.insert(TIMELINE_HEAD, marker);
+        }
+        while self.timeline.len() > TIMELINE_MAX {
+            let gone = self.timeline.remove(TIMELINE_HEAD + 1);
+            self.timeline[TIMELINE_HEAD].absorb(&gone);
+        }
     }
 }
 
@@ -232,5 +336,104 @@ impl<'de> Deserialize<'de> for Severity {
 impl fmt::Display for Severity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.0.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn incident() -> Incident {
+        Incident {
+            id: "20251202T081500000Z-breaker_open-idv".into(),
+            rule: Rule::BreakerOpen,
+            subject: Some("idv".into()),
+            severity: Severity(IncidentSeverity::Major),
+            state: State::Open,
+            opened_at: Millis(0),
+            updated_at: Millis(0),
+            closed_at: None,
+            summary: String::new(),
+            timeline: Vec::new(),
+            timeline_truncated: false,
+            affected: Affected::default(),
+            requests_failed: 0,
+            actions: Actions::default(),
+            classification: Classification::default(),
+            audit: AuditRange::default(),
+        }
+    }
+
+    #[test]
+    fn a_timeline_keeps_its_first_and_latest_entries_and_counts_what_it_left_out() {
+        let mut i = incident();
+        i.note(Millis(0), EntryKind::FirstSeen, "first");
+        i.note(Millis(1000), EntryKind::ThresholdCrossed, "crossed");
+        // A cycle of three that folding alone does not bound.
+        let cycle = [
+            EntryKind::BreakerOpened,
+            EntryKind::BreakerClosed,
+            EntryKind::SeverityChanged,
+        ];
+        let mut noted = 2;
+        let mut t = 1000;
+        for n in 0..1000 {
+            t += 1000;
+            i.note(Millis(t), cycle[n % 3], format!("event {n}"));
+            noted += 1;
+        }
+        assert_eq!(i.timeline.len(), TIMELINE_MAX);
+        assert!(i.timeline_truncated);
+        assert_eq!(i.timeline[0].kind, EntryKind::FirstSeen);
+        assert_eq!(i.timeline[1].kind, EntryKind::ThresholdCrossed);
+        assert_eq!(i.timeline[2].detail, "event 0", "the first ones are kept");
+        let marker = &i.timeline[TIMELINE_HEAD];
+        assert_eq!(marker.kind, EntryKind::Omitted);
+        assert_eq!(marker.at, Millis(2000 + (TIMELINE_HEAD as u64 - 2) * 1000));
+        assert!(marker.last() < i.timeline[TIMELINE_HEAD + 1].at);
+        let last = i.timeline.last().map(|e| (e.at, e.detail.as_str()));
+        assert_eq!(last, Some((Millis(t), "event 999")), "the latest are kept");
+        // Every occurrence is accounted for.
+        assert_eq!(i.timeline.iter().map(|e| e.count).sum::<u64>(), noted);
+        assert!(
+            i.timeline
+                .windows(2)
+                .all(|w| w[0].last() <= w[1].at || w[1].kind == EntryKind::Omitted)
+        );
+        // The closing entry still goes at the end.
+        i.note(Millis(t + 1000), EntryKind::Recovered, "closed");
+        assert_eq!(i.timeline.len(), TIMELINE_MAX);
+        assert_eq!(
+            i.timeline.last().map(|e| e.kind),
+            Some(EntryKind::Recovered)
+        );
+    }
+
+    #[test]
+    fn repeats_fold_into_one_entry_with_their_count_and_times() {
+        let mut i = incident();
+        i.note(Millis(0), EntryKind::ThresholdCrossed, "crossed");
+        for n in 0..5u64 {
+            i.note(Millis(1000 + n * 2000), EntryKind::Recovering, "quiet");
+            i.note(
+                Millis(2000 + n * 2000),
+                EntryKind::FiresAgain,
+                format!("fires {n}"),
+            );
+        }
+        assert_eq!(i.timeline.len(), 3, "{:#?}", i.timeline);
+        let fires = &i.timeline[2];
+        assert_eq!(
+            (fires.count, fires.at, fires.last()),
+            (5, Millis(2000), Millis(10_000))
+        );
+        assert_eq!(fires.detail, "fires 4", "the latest words");
+        // A single entry is written as before; a folded one with its count and last time.
+        let json = serde_json::to_value(&i.timeline).unwrap_or_default();
+        assert!(json[0].get("count").is_none() && json[0].get("last_at").is_none());
+        assert_eq!(json[2]["count"], 5);
+        assert_eq!(json[2]["last_at"], "1970-01-01T00:00:10.000Z");
+        let back: Vec<TimelineEntry> = serde_json::from_value(json).unwrap_or_default();
+        assert_eq!(back, i.timeline);
     }
 }

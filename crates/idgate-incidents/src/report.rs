@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::incident::Incident;
+use crate::incident::{EntryKind, Incident};
 
 /// The incident as pretty JSON.
 pub fn json(incident: &Incident) -> String {
@@ -67,7 +67,16 @@ pub fn markdown(i: &Incident, config: Option<&str>) -> String {
             let _ = writeln!(m, "- Closed: still open (last update {})", i.updated_at);
         }
     }
-    let _ = writeln!(m, "- Duration: {}", duration(c.duration_secs));
+    let _ = writeln!(
+        m,
+        "- Duration: {}{}",
+        duration(c.duration_secs),
+        if i.state.is_closed() {
+            ""
+        } else {
+            " (up to the last update)"
+        }
+    );
     let _ = writeln!(
         m,
         "- Service downtime: {}\n",
@@ -131,7 +140,28 @@ pub fn markdown(i: &Incident, config: Option<&str>) -> String {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
-        let _ = writeln!(m, "- {} — {kind}: {}", e.at, e.detail);
+        match (e.kind, e.count) {
+            (EntryKind::Omitted, n) => {
+                let _ = writeln!(
+                    m,
+                    "- {} to {} — {n} more entries left out to keep the timeline bounded",
+                    e.at,
+                    e.last()
+                );
+            }
+            (_, 1) => {
+                let _ = writeln!(m, "- {} — {kind}: {}", e.at, e.detail);
+            }
+            (_, n) => {
+                let _ = writeln!(
+                    m,
+                    "- {} — {kind}, {n} times to {}: {} (the latest)",
+                    e.at,
+                    e.last(),
+                    e.detail
+                );
+            }
+        }
     }
     let _ = writeln!(m, "\n## Audit records\n");
     let a = &i.audit;

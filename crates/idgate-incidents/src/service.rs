@@ -127,10 +127,19 @@ impl IncidentService {
         serde_json::to_vec(&serde_json::json!({ "incidents": list })).unwrap_or_default()
     }
 
-    /// `GET /incidents/{id}`: the whole incident.
+    /// `GET /incidents/{id}`: the whole incident; an open one's `duration_secs` counted to
+    /// now (it is stored as of its last change).
     pub fn get_json(&self, id: &str) -> Option<Vec<u8>> {
-        let incidents = self.incidents.read().unwrap_or_else(|e| e.into_inner());
-        incidents.get(id).and_then(|i| serde_json::to_vec(i).ok())
+        let mut incident = self
+            .incidents
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)?
+            .clone();
+        if !incident.state.is_closed() {
+            incident.classification.duration_secs = incident.opened_at.secs_until(now());
+        }
+        serde_json::to_vec(&incident).ok()
     }
 
     fn changed(&self, kind: ChangeKind, incident: Incident) {
@@ -227,5 +236,42 @@ async fn ticker(
             }
             service.changed(kind, incident);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::incident::State;
+
+    #[test]
+    fn an_open_incidents_duration_is_counted_to_the_moment_it_is_served() {
+        let stored: Incident =
+            serde_json::from_str(include_str!("../tests/fixtures/incident.json"))
+                .unwrap_or_else(|e| panic!("fixture: {e}"));
+        let mut open = stored.clone();
+        open.opened_at = Millis(now().0 - 90_000);
+        let mut closed = stored;
+        closed.id = "20251201T000000000Z-upstream_errors-idv".into();
+        closed.state = State::Closed;
+        closed.classification.duration_secs = 42;
+        let (stop, _) = watch::channel(false);
+        let service = IncidentService {
+            feed: Arc::new(Feed::new(2)),
+            incidents: RwLock::new(BTreeMap::from([
+                (open.id.clone(), open.clone()),
+                (closed.id.clone(), closed.clone()),
+            ])),
+            notifier: None,
+            metrics: IncidentMetrics::default(),
+            stop,
+        };
+        let served = |id: &str| -> Incident {
+            let body = service.get_json(id).unwrap_or_default();
+            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{id}: {e}"))
+        };
+        assert_eq!(open.classification.duration_secs, 0, "as stored");
+        assert!(served(&open.id).classification.duration_secs >= 90);
+        assert_eq!(served(&closed.id).classification.duration_secs, 42);
     }
 }

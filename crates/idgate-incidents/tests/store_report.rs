@@ -19,11 +19,12 @@ fn incident(id: &str, state: State) -> Incident {
         updated_at: Millis(1_764_663_360_000),
         closed_at: None,
         summary: "upstream idv: 40 of 40 requests failed".into(),
-        timeline: vec![TimelineEntry {
-            at: Millis(1_764_663_300_000),
-            kind: EntryKind::ThresholdCrossed,
-            detail: "crossed".into(),
-        }],
+        timeline: vec![TimelineEntry::new(
+            Millis(1_764_663_300_000),
+            EntryKind::ThresholdCrossed,
+            "crossed",
+        )],
+        timeline_truncated: false,
         affected: Affected {
             routes: BTreeSet::from(["sessions".to_owned()]),
             upstreams: BTreeSet::from(["idv".to_owned()]),
@@ -114,4 +115,38 @@ fn the_report_names_routes_failures_and_the_audit_range_with_its_command() {
     assert!(md.contains("| Service downtime | 55s |"), "{md}");
     let json: Incident = serde_json::from_str(&report::json(&i)).expect("json");
     assert_eq!(json, i);
+}
+
+#[test]
+fn the_report_shows_folded_entries_and_what_the_timeline_left_out() {
+    let mut i = incident("20251202T081500000Z-upstream_errors-idv", State::Open);
+    let mut folded = TimelineEntry::new(
+        Millis(1_764_663_310_000),
+        EntryKind::BreakerOpened,
+        "circuit breaker of idv opened",
+    );
+    folded.count = 12;
+    folded.last_at = Some(Millis(1_764_663_365_000));
+    let mut omitted = TimelineEntry::new(
+        Millis(1_764_663_370_000),
+        EntryKind::Omitted,
+        "entries left out to keep the timeline bounded",
+    );
+    omitted.count = 40;
+    omitted.last_at = Some(Millis(1_764_663_500_000));
+    i.timeline.extend([folded, omitted]);
+    i.timeline_truncated = true;
+    let md = report::markdown(&i, None);
+    assert!(
+        md.contains("- 2025-12-02T08:15:10.000Z — breaker_opened, 12 times to 2025-12-02T08:16:05.000Z: circuit breaker of idv opened (the latest)"),
+        "{md}"
+    );
+    assert!(
+        md.contains("- 2025-12-02T08:16:10.000Z to 2025-12-02T08:18:20.000Z — 40 more entries left out to keep the timeline bounded"),
+        "{md}"
+    );
+    assert!(
+        md.contains("- Duration: 1m 0s (up to the last update)"),
+        "{md}"
+    );
 }

@@ -87,9 +87,6 @@ pub struct RequestCtx<'r> {
     pub bytes_in: Option<u64>,
     /// The response body's length, when known before it is sent.
     pub bytes_out: Option<u64>,
-    /// The forward stage failed before any of the request reached the upstream (no
-    /// connection, no place under its cap, no credential): a failover may send it elsewhere.
-    pub nothing_sent: bool,
     /// The route's failover upstream, once the request went there (`resilience.rs`).
     pub failover: Option<&'r crate::upstream::Upstream>,
     /// The request's record was made; a request dropped before (its caller went away) still
@@ -136,7 +133,6 @@ impl<'r> RequestCtx<'r> {
             uri: None,
             bytes_in,
             bytes_out: None,
-            nothing_sent: false,
             failover: None,
             recorded: false,
         }

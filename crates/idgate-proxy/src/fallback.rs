@@ -59,7 +59,10 @@ pub(crate) async fn forward<'r>(
     req: http::request::Parts,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let Some(plan) = route.resilience.as_deref() else {
-        return send_upstream(ctx, upstream, req).await.map(strip_response);
+        return send_upstream(ctx, upstream, req)
+            .await
+            .answer
+            .map(strip_response);
     };
     // In a box of its own: the attempts, failover and cache make a future three times the
     // plain exchange's, and every route's request would otherwise carry (and copy) its room.
@@ -83,21 +86,23 @@ async fn forward_with_plan<'r>(
     }
     let cached = Cached::of(ctx, plan, &req);
     let again = plan.failover.map(|i| (i, Resend::of(ctx, &req)));
-    let failure = match attempt(ctx, upstream, req, cached.as_ref()).await {
+    let (failure, reached) = match attempt(ctx, upstream, req, cached.as_ref()).await {
         Outcome::Good(resp) => return Ok(resp),
         Outcome::Refused(r) => return Err(r),
-        Outcome::Failed(f) => f,
+        Outcome::Failed { failure, reached } => (failure, reached),
     };
     let failure = match again {
-        Some((i, again)) if again.may_go(ctx, &failure) => {
+        Some((i, again)) if again.may_go(ctx, &failure, reached) => {
             let secondary = ctx.snapshot.upstreams.get(i).ok_or(Refusal::Internal {
                 reason: format!("route {} names no failover upstream", route.name),
             })?;
             // The primary's answer (its connection) goes before the secondary is asked.
             drop(failure);
-            ctx.nothing_sent = false;
+            // What the record says of the upstream is the secondary's from here: its
+            // status, its latency, and its credential (none, if it has none).
             ctx.upstream_status = None;
             ctx.upstream_latency = None;
+            ctx.credential = None;
             ctx.failover = Some(secondary);
             tracing::info!(
                 request_id = ctx.request_id(),
@@ -111,7 +116,7 @@ async fn forward_with_plan<'r>(
                     return Ok(resp);
                 }
                 Outcome::Refused(r) => return Err(r),
-                Outcome::Failed(f) => f,
+                Outcome::Failed { failure, .. } => failure,
             }
         }
         _ => failure,
@@ -134,8 +139,8 @@ async fn forward_with_plan<'r>(
 enum Outcome {
     /// An answer to pass on.
     Good(Response<ProxyBody>),
-    /// The upstream failed.
-    Failed(Failure),
+    /// The upstream failed; `reached`: some of the request may have reached it.
+    Failed { failure: Failure, reached: bool },
     /// Refused for the request's or the caller's sake: no fallback changes that.
     Refused(Refusal),
 }
@@ -153,15 +158,20 @@ async fn attempt<'r>(
     req: http::request::Parts,
     cached: Option<&Cached<'r>>,
 ) -> Outcome {
-    match send_upstream(ctx, upstream, req).await {
+    let forwarded = send_upstream(ctx, upstream, req).await;
+    let failed = |failure| Outcome::Failed {
+        failure,
+        reached: forwarded.reached,
+    };
+    match forwarded.answer {
         Ok(resp) if resp.status().is_server_error() => {
-            Outcome::Failed(Failure::Answer(strip_response(resp)))
+            failed(Failure::Answer(strip_response(resp)))
         }
         Ok(resp) => match keep(ctx, cached, strip_response(resp), upstream).await {
             Ok(resp) => Outcome::Good(resp),
-            Err(r) => Outcome::Failed(Failure::Refusal(r)),
+            Err(r) => failed(Failure::Refusal(r)),
         },
-        Err(r) if upstream_failed(&r) => Outcome::Failed(Failure::Refusal(r)),
+        Err(r) if upstream_failed(&r) => failed(Failure::Refusal(r)),
         Err(r) => Outcome::Refused(r),
     }
 }
@@ -237,7 +247,11 @@ async fn keep(
         headers,
         body: bytes.clone(),
     };
-    if let Err(e) = ctx.services.fallback.put(c.settings, &c.name, &answer) {
+    if let Err(e) = ctx
+        .services
+        .fallback
+        .put(c.settings, &c.name, &answer, c.cache.max_age)
+    {
         tracing::warn!(
             request_id = ctx.request_id(),
             route = &**ctx.route_name(),
@@ -308,12 +322,12 @@ impl Resend {
         }
     }
 
-    /// A request goes to the secondary when nothing of it reached the primary, or, for an
-    /// idempotent method, after the primary failed it; never a non-idempotent request that
-    /// may have reached the primary. Its body must still be at hand (given back unsent,
-    /// read whole, or none).
-    fn may_go(&self, ctx: &mut RequestCtx<'_>, failure: &Failure) -> bool {
-        let unsent = matches!(failure, Failure::Refusal(_)) && ctx.nothing_sent;
+    /// A request goes to the secondary when nothing of it reached the primary (in any of
+    /// its attempts), or, for an idempotent method, after the primary failed it; never a
+    /// non-idempotent request that may have reached the primary. Its body must still be at
+    /// hand (given back unsent, read whole, or none).
+    fn may_go(&self, ctx: &mut RequestCtx<'_>, failure: &Failure, reached: bool) -> bool {
+        let unsent = matches!(failure, Failure::Refusal(_)) && !reached;
         if !unsent && !self.method.is_idempotent() {
             return false;
         }

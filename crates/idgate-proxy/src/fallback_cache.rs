@@ -3,13 +3,18 @@
 //! with query, so that no caller is ever served another's answer. Each entry is sealed with
 //! AES-256-GCM under the `[fallback]` key, with a random nonce and its full name as
 //! additional data, so an entry read under another name does not open. The store is in the
-//! process, bounded in entries and bytes (the oldest go first), shared by every
-//! configuration the process loads; a restart empties it, and an entry sealed under an
-//! earlier key (the key changed on a reload) simply does not open and is dropped.
+//! process, shared by every configuration the process loads; a restart empties it, and an
+//! entry sealed under an earlier key (the key changed on a reload) simply does not open and
+//! is dropped. Each entry is kept for its route's `max_age`: one found older is dropped, and
+//! every store sweeps a few past their time (also those of routes a reload removed). The
+//! store is bounded in entries and bytes, shared fairly among callers: past a bound, the
+//! caller holding the most gives way, its oldest entry first.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::fmt;
-use std::sync::Mutex;
+use std::hash::{BuildHasher as _, RandomState};
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -98,6 +103,8 @@ fn key_bytes(raw: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
 /// the store, so that the store holds no caller name in the clear.
 pub struct EntryName {
     bytes: Vec<u8>,
+    /// The caller's tag: the store's bounds are shared out by it.
+    caller: u64,
 }
 
 impl EntryName {
@@ -108,7 +115,10 @@ impl EntryName {
             bytes.extend_from_slice(&(part.len() as u32).to_be_bytes());
             bytes.extend_from_slice(part.as_bytes());
         }
-        Self { bytes }
+        Self {
+            bytes,
+            caller: caller_tag(caller),
+        }
     }
 
     fn id(&self) -> [u8; 32] {
@@ -116,6 +126,14 @@ impl EntryName {
         id.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &self.bytes).as_ref());
         id
     }
+}
+
+/// A caller's tag in the store: its name hashed under a key drawn once per process, so that
+/// the store holds no caller name, nor a digest that could be matched against a list of
+/// names.
+fn caller_tag(caller: &str) -> u64 {
+    static KEY: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    KEY.hash_one(caller)
 }
 
 /// A cached answer in the clear: its headers and body (its status is 200).
@@ -134,21 +152,147 @@ pub enum SealError {
     Seal,
 }
 
+/// Expired entries a store removes at most, besides keeping its own: the cost of a store
+/// stays bounded, and expired entries still go as answers are kept.
+const SWEEP_PER_PUT: usize = 8;
+
+type Id = [u8; 32];
+
 struct Entry {
     seq: u64,
     stored: Instant,
+    /// `max_age` of its route when it was stored, past `stored`; none when that is beyond
+    /// the clock's range.
+    expires: Option<Instant>,
+    caller: u64,
     /// Nonce, then ciphertext and tag.
     sealed: Vec<u8>,
 }
 
+/// One caller's entries: how many, how large, and their ids oldest first, each with the
+/// sequence number it was stored under (a later store of the same name, or a removal,
+/// leaves a place stale; stale places are skipped).
+#[derive(Default)]
+struct Share {
+    order: VecDeque<(u64, Id)>,
+    entries: usize,
+    bytes: u64,
+}
+
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<[u8; 32], Entry>,
-    /// Entry ids oldest first, with the sequence number they were stored under (a later
-    /// store of the same name leaves its earlier place stale).
-    order: VecDeque<(u64, [u8; 32])>,
+    entries: HashMap<Id, Entry>,
+    shares: HashMap<u64, Share>,
+    /// The callers by entries held, and by bytes held: when the store is past a bound,
+    /// the caller holding the most gives way.
+    by_entries: BTreeSet<(usize, u64)>,
+    by_bytes: BTreeSet<(u64, u64)>,
+    /// Entries by expiry, soonest first, with their sequence numbers (stale ones skipped).
+    expiry: BinaryHeap<Reverse<(Instant, u64, Id)>>,
     seq: u64,
     bytes: u64,
+}
+
+impl Inner {
+    /// Counts `bytes` in (or out of) `caller`'s share.
+    fn count(&mut self, caller: u64, bytes: u64, added: bool) {
+        let share = self.shares.entry(caller).or_default();
+        self.by_entries.remove(&(share.entries, caller));
+        self.by_bytes.remove(&(share.bytes, caller));
+        if added {
+            share.entries += 1;
+            share.bytes += bytes;
+            self.bytes += bytes;
+        } else {
+            share.entries = share.entries.saturating_sub(1);
+            share.bytes = share.bytes.saturating_sub(bytes);
+            self.bytes = self.bytes.saturating_sub(bytes);
+        }
+        if share.entries == 0 {
+            self.shares.remove(&caller);
+        } else {
+            self.by_entries.insert((share.entries, caller));
+            self.by_bytes.insert((share.bytes, caller));
+        }
+    }
+
+    fn insert(&mut self, id: Id, entry: Entry) {
+        let (seq, caller, size) = (entry.seq, entry.caller, entry.sealed.len() as u64);
+        if let Some(at) = entry.expires {
+            self.expiry.push(Reverse((at, seq, id)));
+        }
+        if let Some(old) = self.entries.insert(id, entry) {
+            self.count(old.caller, old.sealed.len() as u64, false);
+        }
+        self.count(caller, size, true);
+        if let Some(share) = self.shares.get_mut(&caller) {
+            share.order.push_back((seq, id));
+        }
+    }
+
+    /// Removes the entry `id`, if it is still the one stored under `seq`.
+    fn remove(&mut self, id: &Id, seq: u64) -> bool {
+        if self.entries.get(id).is_none_or(|e| e.seq != seq) {
+            return false;
+        }
+        match self.entries.remove(id) {
+            Some(gone) => {
+                self.count(gone.caller, gone.sealed.len() as u64, false);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes `caller`'s oldest entry; false when it has none.
+    fn evict_oldest_of(&mut self, caller: u64) -> bool {
+        loop {
+            let Some((seq, id)) = self
+                .shares
+                .get_mut(&caller)
+                .and_then(|s| s.order.pop_front())
+            else {
+                return false;
+            };
+            if self.remove(&id, seq) {
+                return true;
+            }
+        }
+    }
+
+    /// Removes up to [`SWEEP_PER_PUT`] entries past their expiry, soonest first.
+    fn sweep(&mut self, now: Instant) {
+        for _ in 0..SWEEP_PER_PUT {
+            match self.expiry.peek() {
+                Some(Reverse((at, _, _))) if *at <= now => {}
+                _ => return,
+            }
+            if let Some(Reverse((_, seq, id))) = self.expiry.pop() {
+                self.remove(&id, seq);
+            }
+        }
+    }
+
+    /// Drops stale places once they outnumber the live ones: in the expiry heap, and in
+    /// `caller`'s order (the caller that stored last, whose places grew).
+    fn compact(&mut self, caller: u64) {
+        let Self {
+            entries,
+            shares,
+            expiry,
+            ..
+        } = self;
+        if expiry.len() > 2 * entries.len() + 64 {
+            expiry.retain(|Reverse((_, seq, id))| entries.get(id).is_some_and(|e| e.seq == *seq));
+        }
+        if let Some(share) = shares.get_mut(&caller)
+            && share.order.len() > 2 * share.entries + 16
+        {
+            share
+                .order
+                .retain(|(seq, id)| entries.get(id).is_some_and(|e| e.seq == *seq));
+        }
+    }
 }
 
 /// The in-process store of sealed answers.
@@ -182,75 +326,99 @@ impl FallbackStore {
         self.len() == 0
     }
 
-    /// Seals `answer` under `name` and keeps it, in place of any earlier one; the oldest
-    /// entries go when the store is past its bounds.
+    /// Seals `answer` under `name` and keeps it for `max_age` (its route's), in place of
+    /// any earlier one. A few entries past their time go as it is kept. When the store is
+    /// past its bounds, the caller holding the most entries (or bytes) gives way, its
+    /// oldest entry first: a caller's answers never push out those of a caller that holds
+    /// fewer, so no one caller can empty the store of the others'.
     pub fn put(
         &self,
         settings: &FallbackSettings,
         name: &EntryName,
         answer: &Answer,
+        max_age: Duration,
+    ) -> Result<(), SealError> {
+        self.put_at(Instant::now(), settings, name, answer, max_age)
+    }
+
+    fn put_at(
+        &self,
+        now: Instant,
+        settings: &FallbackSettings,
+        name: &EntryName,
+        answer: &Answer,
+        max_age: Duration,
     ) -> Result<(), SealError> {
         let sealed = seal(&settings.key, name, answer)?;
-        let size = sealed.len() as u64;
-        if size > settings.max_total_bytes {
+        if sealed.len() as u64 > settings.max_total_bytes {
             return Ok(());
         }
         let id = name.id();
         let mut inner = self.lock();
+        inner.sweep(now);
         inner.seq += 1;
-        let seq = inner.seq;
         let entry = Entry {
-            seq,
-            stored: Instant::now(),
+            seq: inner.seq,
+            stored: now,
+            expires: now.checked_add(max_age),
+            caller: name.caller,
             sealed,
         };
-        if let Some(old) = inner.entries.insert(id, entry) {
-            inner.bytes -= old.sealed.len() as u64;
-        }
-        inner.bytes += size;
-        inner.order.push_back((seq, id));
-        while inner.entries.len() > settings.max_entries || inner.bytes > settings.max_total_bytes {
-            let Some((seq, id)) = inner.order.pop_front() else {
+        inner.insert(id, entry);
+        while inner.entries.len() > settings.max_entries {
+            let Some(&(_, largest)) = inner.by_entries.last() else {
                 break;
             };
-            if inner.entries.get(&id).is_some_and(|e| e.seq == seq)
-                && let Some(gone) = inner.entries.remove(&id)
-            {
-                inner.bytes -= gone.sealed.len() as u64;
+            if !inner.evict_oldest_of(largest) {
+                break;
             }
         }
-        if inner.order.len() > 2 * inner.entries.len() + 64 {
-            let Inner { entries, order, .. } = &mut *inner;
-            order.retain(|(seq, id)| entries.get(id).is_some_and(|e| e.seq == *seq));
+        while inner.bytes > settings.max_total_bytes {
+            let Some(&(_, largest)) = inner.by_bytes.last() else {
+                break;
+            };
+            if !inner.evict_oldest_of(largest) {
+                break;
+            }
         }
+        inner.compact(name.caller);
         Ok(())
     }
 
-    /// The answer kept under `name` and its age, when it is at most `max_age` old and
-    /// opens under the key; one that does not open is dropped.
+    /// The answer kept under `name` and its age, when it is at most `max_age` old (and
+    /// within the `max_age` it was kept for) and opens under the key. One too old or that
+    /// does not open is dropped.
     pub fn get(
         &self,
         settings: &FallbackSettings,
         name: &EntryName,
         max_age: Duration,
     ) -> Option<(Answer, Duration)> {
+        self.get_at(Instant::now(), settings, name, max_age)
+    }
+
+    fn get_at(
+        &self,
+        now: Instant,
+        settings: &FallbackSettings,
+        name: &EntryName,
+        max_age: Duration,
+    ) -> Option<(Answer, Duration)> {
         let id = name.id();
-        let (sealed, age) = {
-            let inner = self.lock();
+        let (sealed, age, seq) = {
+            let mut inner = self.lock();
             let entry = inner.entries.get(&id)?;
-            let age = entry.stored.elapsed();
-            if age > max_age {
+            let (age, seq) = (now.saturating_duration_since(entry.stored), entry.seq);
+            if age > max_age || entry.expires.is_some_and(|at| now >= at) {
+                inner.remove(&id, seq);
                 return None;
             }
-            (entry.sealed.clone(), age)
+            (entry.sealed.clone(), age, seq)
         };
         match open(&settings.key, name, sealed) {
             Some(answer) => Some((answer, age)),
             None => {
-                let mut inner = self.lock();
-                if let Some(gone) = inner.entries.remove(&id) {
-                    inner.bytes -= gone.sealed.len() as u64;
-                }
+                self.lock().remove(&id, seq);
                 None
             }
         }
@@ -355,7 +523,12 @@ mod tests {
         let s = settings(1, 10, 1 << 20);
         let store = FallbackStore::default();
         store
-            .put(&s, &name("alice", "/v1/x?a=1"), &answer("{\"a\":1}"))
+            .put(
+                &s,
+                &name("alice", "/v1/x?a=1"),
+                &answer("{\"a\":1}"),
+                Duration::MAX,
+            )
             .unwrap();
         let (got, age) = store
             .get(&s, &name("alice", "/v1/x?a=1"), Duration::from_secs(60))
@@ -403,7 +576,12 @@ mod tests {
     fn an_entry_under_an_earlier_key_is_dropped() {
         let store = FallbackStore::default();
         store
-            .put(&settings(1, 10, 1 << 20), &name("a", "/p"), &answer("x"))
+            .put(
+                &settings(1, 10, 1 << 20),
+                &name("a", "/p"),
+                &answer("x"),
+                Duration::MAX,
+            )
             .unwrap();
         let later = settings(2, 10, 1 << 20);
         assert!(store.get(&later, &name("a", "/p"), Duration::MAX).is_none());
@@ -416,10 +594,17 @@ mod tests {
         let store = FallbackStore::default();
         for i in 0..5 {
             store
-                .put(&s, &name("a", &format!("/p{i}")), &answer("x"))
+                .put(
+                    &s,
+                    &name("a", &format!("/p{i}")),
+                    &answer("x"),
+                    Duration::MAX,
+                )
                 .unwrap();
             // Stores of the same name again leave stale places that are skipped.
-            store.put(&s, &name("a", "/p4"), &answer("y")).unwrap();
+            store
+                .put(&s, &name("a", "/p4"), &answer("y"), Duration::MAX)
+                .unwrap();
         }
         assert_eq!(store.len(), 3);
         assert!(store.get(&s, &name("a", "/p0"), Duration::MAX).is_none());
@@ -427,10 +612,168 @@ mod tests {
         // By bytes: each entry is more than 40 bytes, so two do not fit in 100.
         let s = settings(1, 100, 100);
         let store = FallbackStore::default();
-        store.put(&s, &name("a", "/1"), &answer("x")).unwrap();
-        store.put(&s, &name("a", "/2"), &answer("x")).unwrap();
+        store
+            .put(&s, &name("a", "/1"), &answer("x"), Duration::MAX)
+            .unwrap();
+        store
+            .put(&s, &name("a", "/2"), &answer("x"), Duration::MAX)
+            .unwrap();
         assert_eq!(store.len(), 1);
         assert!(store.get(&s, &name("a", "/2"), Duration::MAX).is_some());
+    }
+
+    #[test]
+    fn an_entry_found_past_max_age_is_dropped() {
+        let s = settings(1, 10, 1 << 20);
+        let store = FallbackStore::default();
+        let t0 = Instant::now();
+        let n = name("alice", "/p");
+        store
+            .put_at(t0, &s, &n, &answer("x"), Duration::from_secs(600))
+            .unwrap();
+        let later = t0 + Duration::from_secs(61);
+        assert!(
+            store
+                .get_at(later, &s, &n, Duration::from_secs(600))
+                .is_some()
+        );
+        // The route's max_age is now a minute (a reload shortened it): too old, and gone.
+        assert!(
+            store
+                .get_at(later, &s, &n, Duration::from_secs(60))
+                .is_none()
+        );
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn an_entry_is_kept_no_longer_than_the_max_age_it_was_stored_for() {
+        let s = settings(1, 10, 1 << 20);
+        let store = FallbackStore::default();
+        let t0 = Instant::now();
+        let n = name("alice", "/p");
+        store
+            .put_at(t0, &s, &n, &answer("x"), Duration::from_secs(60))
+            .unwrap();
+        let later = t0 + Duration::from_secs(61);
+        assert!(
+            store
+                .get_at(later, &s, &n, Duration::from_secs(600))
+                .is_none()
+        );
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn entries_past_their_time_are_swept_as_others_are_kept() {
+        let s = settings(1, 1000, 1 << 20);
+        let store = FallbackStore::default();
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        // Twenty entries no one looks up again (their route was removed, say), and one
+        // kept for an hour.
+        for i in 0..20 {
+            let n = name("alice", &format!("/old{i}"));
+            store.put_at(t0, &s, &n, &answer("x"), minute).unwrap();
+        }
+        store
+            .put_at(t0, &s, &name("bob", "/hour"), &answer("x"), 60 * minute)
+            .unwrap();
+        assert_eq!(store.len(), 21);
+        // Each later store sweeps a few of the expired ones, at most a bounded number.
+        let later = t0 + 2 * minute;
+        store
+            .put_at(later, &s, &name("carol", "/a"), &answer("x"), minute)
+            .unwrap();
+        assert_eq!(store.len(), 22 - SWEEP_PER_PUT);
+        for i in 0..3 {
+            let n = name("carol", &format!("/b{i}"));
+            store.put_at(later, &s, &n, &answer("x"), minute).unwrap();
+        }
+        // All twenty gone; the hour's entry and the new ones stay.
+        assert_eq!(store.len(), 5);
+        assert!(
+            store
+                .get_at(later, &s, &name("bob", "/hour"), 60 * minute)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn one_caller_cannot_push_out_the_entries_of_the_others() {
+        let s = settings(1, 10, 1 << 20);
+        let store = FallbackStore::default();
+        for i in 0..3 {
+            store
+                .put(
+                    &s,
+                    &name("bob", &format!("/b{i}")),
+                    &answer("x"),
+                    Duration::MAX,
+                )
+                .unwrap();
+        }
+        store
+            .put(&s, &name("carol", "/c"), &answer("x"), Duration::MAX)
+            .unwrap();
+        // Alice stores a hundred answers: past the bound, she gives way to herself.
+        for i in 0..100 {
+            store
+                .put(
+                    &s,
+                    &name("alice", &format!("/a{i}")),
+                    &answer("x"),
+                    Duration::MAX,
+                )
+                .unwrap();
+        }
+        assert_eq!(store.len(), 10);
+        for n in [name("bob", "/b0"), name("bob", "/b2"), name("carol", "/c")] {
+            assert!(store.get(&s, &n, Duration::MAX).is_some());
+        }
+        // Her newest six are kept, her older ones went.
+        assert!(
+            store
+                .get(&s, &name("alice", "/a99"), Duration::MAX)
+                .is_some()
+        );
+        assert!(
+            store
+                .get(&s, &name("alice", "/a94"), Duration::MAX)
+                .is_some()
+        );
+        assert!(
+            store
+                .get(&s, &name("alice", "/a93"), Duration::MAX)
+                .is_none()
+        );
+
+        // By bytes too: her large answers do not push out Bob's small one.
+        let s = settings(1, 1000, 2000);
+        let store = FallbackStore::default();
+        store
+            .put(&s, &name("bob", "/small"), &answer("x"), Duration::MAX)
+            .unwrap();
+        let large = Answer {
+            headers: HeaderMap::new(),
+            body: Bytes::from(vec![b'a'; 600]),
+        };
+        for i in 0..10 {
+            store
+                .put(&s, &name("alice", &format!("/l{i}")), &large, Duration::MAX)
+                .unwrap();
+        }
+        assert!(
+            store
+                .get(&s, &name("bob", "/small"), Duration::MAX)
+                .is_some()
+        );
+        assert!(
+            store
+                .get(&s, &name("alice", "/l9"), Duration::MAX)
+                .is_some()
+        );
+        assert!(store.len() <= 4, "{}", store.len());
     }
 
     #[test]

@@ -3,15 +3,17 @@
 //! with it), the forwarding headers set, and the request sent with the upstream's client
 //! within its timeouts.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
 use idgate_h1::limit::{Held, Saturated};
-use idgate_h1::{self as h1, RequestBody};
+use idgate_h1::{self as h1, Progress, RequestBody, Stage};
 
 use crate::body::{ProxyBody, UpstreamResponseBody};
 use crate::ctx::{CredentialUse, RequestCtx};
@@ -24,12 +26,75 @@ mod resilient;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// What the forward stage (or one attempt of it) came to: the upstream's answer or the
+/// refusal, and whether any of the request may have reached the upstream.
+pub(crate) struct Forwarded {
+    pub(crate) answer: Result<Response<UpstreamResponseBody>, Refusal>,
+    /// Some of the request may have reached the upstream, in this attempt or an earlier one
+    /// of the same request: the upstream may have acted on it. Once true, it stays true over
+    /// the request's later attempts.
+    pub(crate) reached: bool,
+}
+
+impl Forwarded {
+    /// Refused before anything went upstream.
+    pub(crate) fn unsent(refusal: Refusal) -> Self {
+        Self {
+            answer: Err(refusal),
+            reached: false,
+        }
+    }
+}
+
+/// One attempt's time limits: the request's end (`request_timeout` from its first
+/// attempt), and the wait for the answer once the whole request is out
+/// (`first_byte_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) deadline: Instant,
+    pub(crate) first_byte: Duration,
+}
+
+impl Limits {
+    /// The limits of a request whose first attempt starts at `started`.
+    pub(crate) fn of(upstream: &Upstream, started: Instant) -> Self {
+        Self {
+            // A timeout past the clock's range is none: a year is as good.
+            deadline: started
+                .checked_add(upstream.request_timeout)
+                .unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600)),
+            first_byte: upstream.first_byte_timeout,
+        }
+    }
+}
+
 /// Stage 7.
 pub(crate) async fn forward<'r>(
     ctx: &mut RequestCtx<'r>,
     upstream: &'r Upstream,
     req: http::request::Parts,
-) -> Result<Response<UpstreamResponseBody>, Refusal> {
+) -> Forwarded {
+    let (parts, path_and_query, body) = match prepare(ctx, upstream, req).await {
+        Ok(prepared) => prepared,
+        Err(refusal) => return Forwarded::unsent(refusal),
+    };
+    let sent_at = Instant::now();
+    let forwarded = resilient::send(ctx, upstream, parts, path_and_query, body).await;
+    if let Ok(resp) = &forwarded.answer {
+        ctx.upstream_latency = Some(sent_at.elapsed());
+        ctx.upstream_status = Some(resp.status());
+    }
+    forwarded
+}
+
+/// The request as the upstream gets it: its path under the base path, the caller's
+/// credentials and hop-by-hop headers out, the forwarding headers and the upstream
+/// credential in; and its body.
+async fn prepare<'r>(
+    ctx: &mut RequestCtx<'r>,
+    upstream: &'r Upstream,
+    req: http::request::Parts,
+) -> Result<(http::request::Parts, PathAndQuery, RequestBody), Refusal> {
     let (conn, services) = (ctx.conn, ctx.services);
     let mut parts = req;
 
@@ -95,7 +160,6 @@ pub(crate) async fn forward<'r>(
                 Err(e) => {
                     services.metrics.credential_failed(&cred.label);
                     ctx.give_back(body);
-                    ctx.nothing_sent = true;
                     return Err(Refusal::CredentialUnavailable {
                         reason: e.to_string(),
                     });
@@ -104,38 +168,47 @@ pub(crate) async fn forward<'r>(
             body
         }
     };
-
-    let sent_at = Instant::now();
-    let resp = resilient::send(ctx, upstream, parts, path_and_query, body).await?;
-    ctx.upstream_latency = Some(sent_at.elapsed());
-    ctx.upstream_status = Some(resp.status());
-    Ok(resp)
+    Ok((parts, path_and_query, body))
 }
 
-/// Sends the request to the endpoint with the upstream's client, within `timeout`: one
+/// Sends the request to the endpoint with the upstream's client, within `limits`: one
 /// attempt (`resilient::send` decides whether to make it and whether to make another).
+///
+/// Only the upstream's own time counts against it as a timeout. The wait for a connection
+/// under `max_connections` is bounded by `pending_timeout` and ends as `upstream-busy`; a
+/// request whose body still streams in from the caller when the request's time runs out is
+/// the caller's (`body-timeout`); `first_byte_timeout` starts once the whole request is out.
 pub(crate) async fn send(
     ctx: &mut RequestCtx<'_>,
     upstream: &Upstream,
     endpoint: &Endpoint,
-    timeout: std::time::Duration,
+    limits: Limits,
     mut parts: http::request::Parts,
     path_and_query: PathAndQuery,
     body: RequestBody,
-) -> Result<Response<UpstreamResponseBody>, Refusal> {
+) -> Forwarded {
     if let Some(pool) = &endpoint.h1 {
+        let progress = Progress::new();
         // Boxed: the exchange's future (a few KiB) is moved once, into its box, rather than
-        // into the timeout and then into this future's state.
-        let sent =
-            Box::pin(pool.send(&parts.method, path_and_query.as_str(), &parts.headers, body));
-        return match tokio::time::timeout(timeout, sent).await {
-            Err(_) => Err(Refusal::UpstreamTimeout),
-            Ok(Err(h1::SendError { error, unsent })) => {
+        // into the timer and then into this future's state.
+        let sent = Box::pin(pool.send(
+            &parts.method,
+            path_and_query.as_str(),
+            &parts.headers,
+            body,
+            &progress,
+        ));
+        return match timed(sent, &progress, limits).await {
+            None => Forwarded {
+                answer: Err(ran_out(ctx.services, upstream, &progress)),
+                reached: progress.reached(),
+            },
+            Some(Err(h1::SendError { error, unsent })) => {
+                let reached = unsent.is_none();
                 if let Some(body) = unsent {
                     ctx.give_back(body);
-                    ctx.nothing_sent = true;
                 }
-                Err(match error {
+                let refusal = match error {
                     h1::Error::CallerBody(e) => caller_body(&*e),
                     e @ h1::Error::BodyLength => Refusal::BadBody {
                         reason: e.to_string(),
@@ -148,25 +221,41 @@ pub(crate) async fn send(
                         ),
                         reason: format!("upstream {}: {e}", upstream.name),
                     },
-                })
+                };
+                Forwarded {
+                    answer: Err(refusal),
+                    reached,
+                }
             }
-            Ok(Ok(resp)) => Ok(resp.map(Either::Right)),
+            Some(Ok(resp)) => Forwarded {
+                answer: Ok(resp.map(Either::Right)),
+                reached: true,
+            },
         };
     }
 
     // The Host is the upstream's, set by the client from the URI (the HTTP/1.1 client above
     // writes its own).
     parts.headers.remove(header::HOST);
-    parts.uri = Uri::builder()
+    parts.uri = match Uri::builder()
         .scheme(upstream.scheme.clone())
         .authority(endpoint.authority.clone())
         .path_and_query(path_and_query)
         .build()
-        .map_err(|e| Refusal::Internal {
-            reason: format!("cannot build upstream URI: {e}"),
-        })?;
+    {
+        Ok(uri) => uri,
+        Err(e) => {
+            ctx.give_back(body);
+            return Forwarded::unsent(Refusal::Internal {
+                reason: format!("cannot build upstream URI: {e}"),
+            });
+        }
+    };
     // The client picks HTTP/1.1 or HTTP/2 for the upstream connection by ALPN.
     parts.version = Version::HTTP_11;
+    // Shared with the caller's body, which hyper's client reads: it says when all of it
+    // went on.
+    let progress = Arc::new(Progress::new());
     let sent = async {
         // Taken before the body goes into the request, so that a refusal can still read it
         // away.
@@ -174,8 +263,7 @@ pub(crate) async fn send(
             Ok(slot) => slot,
             Err(s) => {
                 ctx.give_back(body);
-                ctx.nothing_sent = true;
-                return Err(saturated(ctx.services, upstream, s));
+                return Forwarded::unsent(saturated(ctx.services, upstream, s));
             }
         };
         let body = match body {
@@ -183,11 +271,24 @@ pub(crate) async fn send(
             RequestBody::Stream(b) => {
                 let trusted = upstream.forwarded_for && ctx.conn.trusted_proxy;
                 let strip = ctx.snapshot.strip_headers.for_request(trusted).clone();
-                Either::Left(b.with_trailers(strip))
+                let b = b.with_trailers(strip);
+                if b.is_end_stream() {
+                    // Nothing of the caller's is awaited: the rest is the upstream's time.
+                    progress.set(Stage::Sent);
+                    Either::Left(b)
+                } else {
+                    // The connect and the head are the upstream's time; the body tells
+                    // when the caller's is awaited.
+                    progress.set(Stage::Sending);
+                    Either::Left(b.with_progress(progress.clone()))
+                }
             }
-            RequestBody::Buffered(b) => Either::Right(Full::new(b)),
+            RequestBody::Buffered(b) => {
+                progress.set(Stage::Sent);
+                Either::Right(Full::new(b))
+            }
         };
-        match upstream
+        let answer = match upstream
             .client
             .request(Request::from_parts(parts, body))
             .await
@@ -197,18 +298,62 @@ pub(crate) async fn send(
             // A connect failure, including a connect timeout, means the upstream is unreachable.
             Err(e) => {
                 // hyper's client sends nothing before it is connected.
-                ctx.nothing_sent |= e.is_connect();
-                Err(Refusal::UpstreamUnreachable {
-                    connect: e.is_connect(),
-                    reason: format!("upstream {}: {}", upstream.name, error_chain(&e)),
-                })
+                let connect = e.is_connect();
+                return Forwarded {
+                    answer: Err(Refusal::UpstreamUnreachable {
+                        connect,
+                        reason: format!("upstream {}: {}", upstream.name, error_chain(&e)),
+                    }),
+                    reached: !connect,
+                };
             }
             Ok(resp) => Ok(resp.map(|b| Either::Left(Held::new(b, slot)))),
+        };
+        Forwarded {
+            answer,
+            reached: true,
         }
     };
-    tokio::time::timeout(timeout, sent)
-        .await
-        .unwrap_or(Err(Refusal::UpstreamTimeout))
+    match timed(sent, &progress, limits).await {
+        Some(forwarded) => forwarded,
+        None => Forwarded {
+            answer: Err(ran_out(ctx.services, upstream, &progress)),
+            reached: progress.reached(),
+        },
+    }
+}
+
+/// Runs one exchange within `limits`: until the whole request is out, within the
+/// request's deadline; from then, within `first_byte` of that moment too. `None` when the
+/// time ran out ([`ran_out`] says whose it was).
+async fn timed<T>(
+    exchange: impl Future<Output = T>,
+    progress: &Progress,
+    limits: Limits,
+) -> Option<T> {
+    let mut exchange = std::pin::pin!(exchange);
+    let deadline = tokio::time::Instant::from_std(limits.deadline);
+    tokio::select! {
+        biased;
+        out = &mut exchange => return Some(out),
+        () = progress.sent() => {}
+        () = tokio::time::sleep_until(deadline) => return None,
+    }
+    let first_byte = tokio::time::Instant::now()
+        .checked_add(limits.first_byte)
+        .map_or(deadline, |at| at.min(deadline));
+    tokio::time::timeout_at(first_byte, exchange).await.ok()
+}
+
+/// The refusal for an exchange whose time ran out, by whose time it was: the wait for a
+/// connection is the gateway's own queue (`upstream-busy`), a body still streaming in is
+/// the caller's (`body-timeout`), the rest is the upstream's (`upstream-timeout`).
+fn ran_out(services: &Services, upstream: &Upstream, progress: &Progress) -> Refusal {
+    match progress.stage() {
+        Stage::Queued => saturated(services, upstream, Saturated::QueueTimeout),
+        Stage::Streaming => Refusal::BodyTimeout,
+        Stage::Connecting | Stage::Sending | Stage::Sent => Refusal::UpstreamTimeout,
+    }
 }
 
 /// The refusal for a caller body that failed while it streamed upstream: over the route's

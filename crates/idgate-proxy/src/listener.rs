@@ -24,10 +24,10 @@ use crate::conn::{ConnInfo, LingerOnClose};
 use crate::lingering_close::{Bounds, LingeringClose};
 use crate::metrics::Metrics;
 use crate::pipeline::handle;
-use crate::send_timeout::{SendDeadline, Sending, StreamExecutor};
+use crate::send_timeout::{Activity, SendDeadline, Sending, StreamExecutor};
 use crate::service::Services;
 use crate::snapshot::Snapshot;
-use drive::{Activity, Ends, MIN_GRACE, drive};
+use drive::{Ends, MIN_GRACE, drive};
 use first_bytes::{Waited, first_bytes};
 use limits::{PerKey, RefusalLog};
 
@@ -254,7 +254,8 @@ async fn serve_connection(
 
     // The listener offers h2 and http/1.1; a client that negotiated nothing speaks HTTP/1.1.
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    // HTTP/1.1 idleness is hyper's header read timeout; HTTP/2 requests are watched here.
+    // HTTP/1.1 idleness is hyper's header read timeout; HTTP/2 requests are watched here,
+    // each until its response body ends.
     let activity = h2.then(|| Arc::new(Activity::new(accepted_at)));
     let mut ends = Ends {
         expires_at,
@@ -296,12 +297,14 @@ async fn serve_connection(
             seen.store(true, Ordering::Relaxed);
         }
         async move {
-            let _request = activity.as_ref().map(|a| a.begin());
+            // Held by the response body once there is one: an HTTP/2 stream still sending
+            // its body keeps the connection from being taken for idle.
+            let request = activity.map(Activity::begin);
             // hyper keeps the room for this future in a box of its own for the connection's
             // life: boxing the pipeline's (about 5 KiB) per request lets an idle connection
             // hold only a pointer's worth. The allocation comes from the thread's free list.
             let resp = Box::pin(handle(snapshot, conn, services, req)).await;
-            Ok::<_, Infallible>(resp.map(Sending::new))
+            Ok::<_, Infallible>(resp.map(|body| Sending::new(body, request)))
         }
     });
     let io = SendDeadline::new(

@@ -15,15 +15,23 @@
 //! as IPv4). The API key id is the public part of a well-formed presented key; the token
 //! client is the `client_id` a request to the token endpoint claims with a client secret
 //! (HTTP Basic or the form), which the endpoint asks about through [`ClientGate`] before it
-//! compares the secret. Made-up ids are counted like real ones, so that nothing in the
-//! answer or its timing tells which exist; their state expires with the window.
+//! compares the secret.
+//!
+//! Made-up ids: an id the API key table does not hold, or a client id the configuration
+//! does not name, is counted in one of [`UNKNOWN_BUCKETS`] shared counters, picked by a
+//! keyed hash of the id (its key made at random when the process starts), rather than under
+//! a key of its own: a caller making up ids could otherwise add state-store keys without
+//! end. A real id keeps its own counter. Either way the request makes the same calls to the
+//! store; what is known is decided by an in-memory lookup, and the hash is computed for
+//! every id, so the timing tells no more than that lookup does.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
+use idgate_auth::api_key::ApiKeyVerifier;
 use idgate_config::{LockoutBy, LockoutConfig, OnStateError};
 use idgate_store::{CounterKey, Counters as _};
 
@@ -40,6 +48,8 @@ use crate::token_endpoint::ClientGate;
 struct Env<'a> {
     services: &'a Services,
     limits: &'a Limits,
+    /// The API keys that exist, as far as lockouts go.
+    api_keys: Option<&'a ApiKeyVerifier>,
 }
 
 impl<'a> Env<'a> {
@@ -47,6 +57,7 @@ impl<'a> Env<'a> {
         Self {
             services: ctx.services,
             limits: &ctx.snapshot.limits,
+            api_keys: ctx.snapshot.auth.api_keys.as_ref(),
         }
     }
 
@@ -68,6 +79,7 @@ impl<'a> Env<'a> {
 fn subject(
     by: LockoutBy,
     ctx: &RequestCtx<'_>,
+    env: Env<'_>,
     headers: &HeaderMap,
     client: Option<&str>,
 ) -> Option<String> {
@@ -77,9 +89,49 @@ fn subject(
             .ok()
             .flatten()
             .and_then(idgate_auth::api_key::parse_key_id)
-            .map(str::to_owned),
-        LockoutBy::TokenClient => client.map(str::to_owned),
+            .map(|id| api_key_subject(env, id)),
+        LockoutBy::TokenClient => client.map(|id| client_subject(env, id)),
     }
+}
+
+/// How many counters the ids that do not exist share, for each `by`.
+pub(crate) const UNKNOWN_BUCKETS: u32 = 4096;
+
+/// The key of the hash that spreads unknown ids over their counters: made at random, so
+/// that nobody can pick ids that share one.
+static BUCKET_KEY: LazyLock<ring::hmac::Key> = LazyLock::new(|| {
+    let random = ring::rand::SystemRandom::new();
+    ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &random).unwrap_or_else(|_| {
+        // No system randomness (it is there on every supported system): a key from the
+        // clock and the process, which still keeps the counters bounded.
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let seed = format!("{}.{}", now.as_nanos(), std::process::id());
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, seed.as_bytes())
+    })
+});
+
+/// An id's lockout subject: the id itself when it exists (`known`), otherwise the shared
+/// counter its keyed hash picks. The hash is computed either way.
+fn id_subject(id: &str, known: bool) -> String {
+    let tag = ring::hmac::sign(&BUCKET_KEY, id.as_bytes());
+    let mut first = [0u8; 4];
+    first.copy_from_slice(&tag.as_ref()[..4]);
+    let bucket = u32::from_be_bytes(first) % UNKNOWN_BUCKETS;
+    if known {
+        id.to_owned()
+    } else {
+        format!("#unknown-{bucket}")
+    }
+}
+
+fn api_key_subject(env: Env<'_>, id: &str) -> String {
+    id_subject(id, env.api_keys.is_some_and(|v| v.knows(id)))
+}
+
+fn client_subject(env: Env<'_>, id: &str) -> String {
+    id_subject(id, env.limits.is_token_client(id))
 }
 
 /// A source address as a lockout subject: an IPv4 address, or an IPv6 caller's whole /64
@@ -108,7 +160,7 @@ pub(crate) async fn check(
     let env = Env::of(ctx);
     let now = SystemTime::now();
     for &by in &cfg.by {
-        let Some(subject) = subject(by, ctx, headers, None) else {
+        let Some(subject) = subject(by, ctx, env, headers, None) else {
             continue;
         };
         match locked_until(env, by, &subject, now).await {
@@ -152,7 +204,7 @@ pub(crate) async fn failed(ctx: &RequestCtx<'_>, headers: &HeaderMap, client: Op
     let env = Env::of(ctx);
     let now = SystemTime::now();
     for &by in &cfg.by {
-        let Some(subject) = subject(by, ctx, headers, client) else {
+        let Some(subject) = subject(by, ctx, env, headers, client) else {
             continue;
         };
         if let Err(e) = count(env, cfg, by, &subject, now).await {
@@ -197,8 +249,9 @@ async fn count(
 
 /// The token endpoint's question, before it compares a client secret: is the client the
 /// request claims locked out? Remembers the claim, so that a failure is counted against it.
-/// Any claimed id is looked up, not only configured ones, so that the time the answer takes
-/// does not tell which clients exist; the token endpoint fails open.
+/// Any claimed id is looked up, not only configured ones (those share counters, as in the
+/// module's notes), so that the time the answer takes does not tell which clients exist;
+/// the token endpoint fails open.
 pub(crate) struct TokenClients<'a> {
     env: Env<'a>,
     claimed: Mutex<Option<String>>,
@@ -232,7 +285,8 @@ impl ClientGate for TokenClients<'_> {
                 *claimed = Some(client_id.to_owned());
             }
             let now = SystemTime::now();
-            match locked_until(self.env, LockoutBy::TokenClient, client_id, now).await {
+            let subject = client_subject(self.env, client_id);
+            match locked_until(self.env, LockoutBy::TokenClient, &subject, now).await {
                 Ok(left) => {
                     if left.is_some() {
                         let metrics = &self.env.services.limit_metrics;
@@ -260,5 +314,31 @@ mod tests {
         assert_ne!(subject("2001:db8:1:2::1"), subject("2001:db8:1:3::1"));
         assert_eq!(subject("::ffff:192.0.2.7"), "192.0.2.7");
         assert_eq!(subject("192.0.2.7"), "192.0.2.7");
+    }
+
+    #[test]
+    fn a_real_id_keeps_its_own_subject_and_made_up_ones_share_a_bounded_few() {
+        assert_eq!(id_subject("aaaabbbbccccdddd", true), "aaaabbbbccccdddd");
+        let one = id_subject("aaaabbbbccccdddd", false);
+        assert!(one.starts_with("#unknown-"), "{one}");
+        assert_eq!(
+            one,
+            id_subject("aaaabbbbccccdddd", false),
+            "the same id, the same counter"
+        );
+        let subjects: std::collections::HashSet<String> = (0..50_000)
+            .map(|i| id_subject(&format!("made-up-{i}"), false))
+            .collect();
+        assert!(
+            subjects.len() <= UNKNOWN_BUCKETS as usize,
+            "{}",
+            subjects.len()
+        );
+        // Spread over them, not piled on a few.
+        assert!(
+            subjects.len() > UNKNOWN_BUCKETS as usize * 9 / 10,
+            "{}",
+            subjects.len()
+        );
     }
 }

@@ -18,7 +18,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -159,18 +159,25 @@ tokio::task_local! {
 pub(crate) struct Sending<B> {
     body: B,
     watch: Option<Arc<StreamWatch>>,
+    /// HTTP/2: the request counts as in progress until hyper drops its body, at its end or
+    /// at the stream's reset.
+    _request: Option<InFlight>,
 }
 
 impl<B> Sending<B> {
     /// Wraps a response made in the stream's task. From here until hyper first asks for the
     /// body, the stream counts as waiting for the caller: hyper may wait for window before it
     /// asks, and a caller whose window stays closed must not hold the stream for ever.
-    pub(crate) fn new(body: B) -> Self {
+    pub(crate) fn new(body: B, request: Option<InFlight>) -> Self {
         let watch = STREAM.try_with(Arc::clone).ok();
         if let Some(w) = &watch {
             w.waiting.store(true, Ordering::Relaxed);
         }
-        Self { body, watch }
+        Self {
+            body,
+            watch,
+            _request: request,
+        }
     }
 }
 
@@ -262,6 +269,57 @@ where
     }
 }
 
+/// Requests of an HTTP/2 connection in progress, and when one last started or ended.
+pub(crate) struct Activity {
+    since: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `since`.
+    last: AtomicU64,
+}
+
+/// A request in progress: from its arrival until its response body has ended or been
+/// dropped, since a connection still sending a response is not idle. Its end is activity
+/// too.
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl Activity {
+    pub(crate) fn new(since: Instant) -> Self {
+        Self {
+            since,
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn begin(self: Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        InFlight(self)
+    }
+
+    /// Whether no request has been in progress for `idle`.
+    pub(crate) fn idle_for(&self, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self
+                .since
+                .elapsed()
+                .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+                >= idle
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,7 +347,7 @@ mod tests {
     async fn a_stream_whose_body_is_never_asked_for_after_its_head_ends_at_the_deadline() {
         // Made its response, then waits for window before it asks for the body.
         let stream = async {
-            let _response = Sending::new(Silent);
+            let _response = Sending::new(Silent, None);
             std::future::pending::<()>().await
         };
         let watched = watch_stream(stream, TIMEOUT, Arc::new(Metrics::new()));
@@ -301,7 +359,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_whose_body_waits_for_its_upstream_is_left_running() {
         let stream = async {
-            let mut body = Sending::new(Silent);
+            let mut body = Sending::new(Silent, None);
             poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
         };
         let watched = watch_stream(stream, TIMEOUT, Arc::new(Metrics::new()));

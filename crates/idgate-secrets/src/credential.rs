@@ -5,10 +5,12 @@
 //!
 //! Values are read from their [`SecretRef`] at start-up and re-read every
 //! `refresh_interval`; a new version is used by requests that start after it appears, while a
-//! request that started before keeps the previous version for at most `overlap`. HMAC keys
+//! request that started before keeps the previous version for at most `overlap`. The two
+//! secrets of a signing scheme are read and replaced as one pair (`signed.rs`). HMAC keys
 //! that live in an HSM never leave it: each signature is a PKCS#11 call on a blocking thread.
 
 pub(crate) mod live;
+mod signed;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,7 +20,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::Uri;
 
 use self::live::LiveHeader;
-use crate::hmac::HmacKey;
+use self::signed::{Half, SignedPair};
 pub use crate::hmac::SignError;
 use crate::oauth2::{TokenClient, TokenSource};
 use crate::{SecretError, SecretRef};
@@ -149,14 +151,10 @@ enum Scheme {
         header: HeaderName,
         value: LiveHeader,
     },
-    Sumsub {
-        app_token: LiveHeader,
-        key: HmacKey,
-    },
-    Veriff {
-        client: LiveHeader,
-        key: HmacKey,
-    },
+    /// The app token and the HMAC key, as one pair.
+    Sumsub(SignedPair),
+    /// The client id and the HMAC key, as one pair.
+    Veriff(SignedPair),
     OAuth2(Box<TokenSource>),
 }
 
@@ -200,6 +198,12 @@ impl Credential {
                 source,
             }
         };
+        let pair = |id: &SecretRef, id_field: &'static str, secret: &SecretRef| {
+            SignedPair::load(id, secret, cfg.overlap).map_err(|(half, source)| match half {
+                Half::Id => err(id_field)(source),
+                Half::Key => err("secret")(source),
+            })
+        };
         let scheme = match &cfg.scheme {
             CredentialScheme::Header {
                 header,
@@ -209,15 +213,12 @@ impl Credential {
                 header: header.clone(),
                 value: LiveHeader::load(secret, prefix, cfg.overlap).map_err(err("secret"))?,
             },
-            CredentialScheme::Sumsub { app_token, secret } => Scheme::Sumsub {
-                app_token: LiveHeader::load(app_token, "", cfg.overlap)
-                    .map_err(err("app_token"))?,
-                key: HmacKey::load(secret, cfg.overlap).map_err(err("secret"))?,
-            },
-            CredentialScheme::Veriff { client, secret } => Scheme::Veriff {
-                client: LiveHeader::load(client, "", cfg.overlap).map_err(err("client"))?,
-                key: HmacKey::load(secret, cfg.overlap).map_err(err("secret"))?,
-            },
+            CredentialScheme::Sumsub { app_token, secret } => {
+                Scheme::Sumsub(pair(app_token, "app_token", secret)?)
+            }
+            CredentialScheme::Veriff { client, secret } => {
+                Scheme::Veriff(pair(client, "client", secret)?)
+            }
             CredentialScheme::OAuth2ClientCredentials {
                 token_url,
                 client_id,
@@ -248,7 +249,7 @@ impl Credential {
 
     /// Whether the scheme signs the body, so the gateway must buffer it.
     pub fn needs_body(&self) -> bool {
-        matches!(self.scheme, Scheme::Sumsub { .. } | Scheme::Veriff { .. })
+        matches!(self.scheme, Scheme::Sumsub(_) | Scheme::Veriff(_))
     }
 
     /// Adds the credential's headers to a request about to leave.
@@ -268,7 +269,7 @@ impl Credential {
                     version: v.version.clone(),
                 })
             }
-            Scheme::Sumsub { app_token, key, .. } => {
+            Scheme::Sumsub(pair) => {
                 let ts = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs())
@@ -278,22 +279,21 @@ impl Credential {
                 data.extend_from_slice(method.as_str().as_bytes());
                 data.extend_from_slice(path_and_query.as_bytes());
                 data.extend_from_slice(body);
-                let (sig, version) = key
+                let signed = pair
                     .sign(started, data)
                     .await
                     .map_err(|source| self.sign_err(source))?;
-                headers.insert(
-                    X_APP_TOKEN,
-                    app_token.value.for_request(started).value.clone(),
-                );
+                headers.insert(X_APP_TOKEN, signed.id);
                 headers.insert(
                     X_APP_ACCESS_TS,
                     HeaderValue::from_str(&ts).unwrap_or(HeaderValue::from_static("0")),
                 );
-                headers.insert(X_APP_ACCESS_SIG, hex_header(sig));
-                Ok(Use { version })
+                headers.insert(X_APP_ACCESS_SIG, hex_header(signed.signature));
+                Ok(Use {
+                    version: signed.version,
+                })
             }
-            Scheme::Veriff { client, key, .. } => {
+            Scheme::Veriff(pair) => {
                 // As the provider documents it: the body for requests that carry one, the session id for
                 // GET and DELETE.
                 let data = if matches!(*method, Method::GET | Method::DELETE | Method::HEAD) {
@@ -301,16 +301,15 @@ impl Credential {
                 } else {
                     body.to_vec()
                 };
-                let (sig, version) = key
+                let signed = pair
                     .sign(started, data)
                     .await
                     .map_err(|source| self.sign_err(source))?;
-                headers.insert(
-                    X_AUTH_CLIENT,
-                    client.value.for_request(started).value.clone(),
-                );
-                headers.insert(X_HMAC_SIGNATURE, hex_header(sig));
-                Ok(Use { version })
+                headers.insert(X_AUTH_CLIENT, signed.id);
+                headers.insert(X_HMAC_SIGNATURE, hex_header(signed.signature));
+                Ok(Use {
+                    version: signed.version,
+                })
             }
             Scheme::OAuth2(source) => {
                 let (value, version) =
@@ -338,8 +337,7 @@ impl Credential {
     fn refresh(&self) -> Result<bool, SecretError> {
         match &self.scheme {
             Scheme::Header { value, .. } => value.refresh(),
-            Scheme::Sumsub { app_token, key } => Ok(app_token.refresh()? | key.refresh()?),
-            Scheme::Veriff { client, key } => Ok(client.refresh()? | key.refresh()?),
+            Scheme::Sumsub(pair) | Scheme::Veriff(pair) => pair.refresh(),
             Scheme::OAuth2(_) => Ok(false),
         }
     }

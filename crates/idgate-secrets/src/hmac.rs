@@ -5,12 +5,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
+
 use crate::credential::live::LiveValue;
-use crate::pkcs11::{Hsm, ObjectKind};
+use crate::pkcs11::{Hsm, HsmError, ObjectKind};
 use crate::{ExposeSecret, Fetched, SecretError, SecretRef};
 
-/// Signatures in flight per HSM-held key: as many as the token's session pool keeps idle.
-const HSM_CONCURRENCY: usize = 16;
+/// The longest a request waits for a signature made in a token: for a signing slot of the
+/// token, then for the token's answer. Past it the request fails as the credential being
+/// unavailable (503), while a call the token is still working on keeps its slot.
+const HSM_DEADLINE: Duration = Duration::from_secs(5);
 
 /// An HMAC-SHA256 key: in memory (from env, file, Vault or a wrapped HSM value) or in the
 /// HSM, where it is named by its label and the newest version signs.
@@ -23,13 +27,7 @@ pub struct HmacKey {
 
 enum Kind {
     Memory(LiveValue<ring::hmac::Key>),
-    Hsm {
-        hsm: Arc<Hsm>,
-        label: String,
-        /// Bounds the signatures in flight, so a burst queues here instead of opening
-        /// more token sessions than the pool keeps.
-        in_flight: Arc<tokio::sync::Semaphore>,
-    },
+    Hsm { hsm: Arc<Hsm>, label: String },
 }
 
 impl std::fmt::Debug for HmacKey {
@@ -46,12 +44,40 @@ impl std::fmt::Debug for HmacKey {
 pub enum SignError {
     #[error("the signing queue is closed")]
     QueueClosed,
+    #[error("no signing slot of the token came free within {0:?}")]
+    Busy(Duration),
+    #[error("the token did not answer within {0:?}")]
+    Timeout(Duration),
     #[error("{0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("{0}")]
-    Hsm(#[from] crate::pkcs11::HsmError),
+    Hsm(#[from] HsmError),
     #[error("the token returned a {0}-byte tag, not 32")]
     TagLength(usize),
+}
+
+/// Runs `call` on a blocking thread once one of `slots` is free, waiting at most `deadline`
+/// in all. The slot goes with the call: it is freed when the token is done with it, not when
+/// the caller stops waiting (a request cancelled by its client, or past the deadline), so a
+/// token that slows down or hangs never has more than `slots` calls in flight.
+async fn in_token<T: Send + 'static>(
+    slots: &Arc<Semaphore>,
+    deadline: Duration,
+    call: impl FnOnce() -> Result<T, HsmError> + Send + 'static,
+) -> Result<T, SignError> {
+    let until = tokio::time::Instant::now() + deadline;
+    let slot = tokio::time::timeout_at(until, slots.clone().acquire_owned())
+        .await
+        .map_err(|_| SignError::Busy(deadline))?
+        .map_err(|_| SignError::QueueClosed)?;
+    let task = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        call()
+    });
+    match tokio::time::timeout_at(until, task).await {
+        Ok(done) => Ok(done??),
+        Err(_) => Err(SignError::Timeout(deadline)),
+    }
 }
 
 impl HmacKey {
@@ -71,31 +97,37 @@ impl HmacKey {
         overlap: Duration,
         min_len: usize,
     ) -> Result<Self, SecretError> {
-        if let SecretRef::Pkcs11(uri) = secret {
-            let hsm = Hsm::shared(uri).map_err(|e| SecretError::Hsm(secret.to_string(), e))?;
-            if hsm
-                .kind_of(&uri.object)
-                .map_err(|e| SecretError::Hsm(secret.to_string(), e))?
-                == ObjectKind::HmacKey
-            {
-                return Ok(Self {
-                    source: secret.clone(),
-                    min_len,
-                    kind: Kind::Hsm {
-                        hsm,
-                        label: uri.object.clone(),
-                        in_flight: Arc::new(tokio::sync::Semaphore::new(HSM_CONCURRENCY)),
-                    },
-                });
-            }
+        if let Some(key) = Self::load_in_token(secret)? {
+            return Ok(Self { min_len, ..key });
         }
         let f = secret.fetch()?;
         check_len(secret, &f, min_len)?;
         Ok(Self {
             source: secret.clone(),
             min_len,
-            kind: Kind::Memory(LiveValue::new(hmac_key(&f), f.version, overlap)),
+            kind: Kind::Memory(LiveValue::new(memory_key(&f), f.version, overlap)),
         })
+    }
+
+    /// The key `secret` names when it is an HMAC key kept in a token, which makes every
+    /// signature with its newest version; `None` for any other reference, read into memory
+    /// by its user. Blocking (token calls).
+    pub(crate) fn load_in_token(secret: &SecretRef) -> Result<Option<Self>, SecretError> {
+        let SecretRef::Pkcs11(uri) = secret else {
+            return Ok(None);
+        };
+        let hsm = Hsm::shared(uri).map_err(|e| SecretError::Hsm(secret.to_string(), e))?;
+        let kind = hsm
+            .kind_of(&uri.object)
+            .map_err(|e| SecretError::Hsm(secret.to_string(), e))?;
+        Ok((kind == ObjectKind::HmacKey).then(|| Self {
+            source: secret.clone(),
+            min_len: 0,
+            kind: Kind::Hsm {
+                hsm,
+                label: uri.object.clone(),
+            },
+        }))
     }
 
     /// Whether the key stays in an HSM, which computes every tag.
@@ -115,18 +147,11 @@ impl HmacKey {
                 let tag = ring::hmac::sign(&key.value, &data);
                 Ok((idgate_codec::hex::encode(tag.as_ref()), key.version.clone()))
             }
-            Kind::Hsm {
-                hsm,
-                label,
-                in_flight,
-            } => {
-                let _permit = in_flight
-                    .acquire()
-                    .await
-                    .map_err(|_| SignError::QueueClosed)?;
+            Kind::Hsm { hsm, label } => {
+                let slots = hsm.signing_slots().clone();
                 let (hsm, label) = (hsm.clone(), label.clone());
                 let (mac, version) =
-                    tokio::task::spawn_blocking(move || hsm.hmac_sha256(&label, &data)).await??;
+                    in_token(&slots, HSM_DEADLINE, move || hsm.hmac_sha256(&label, &data)).await?;
                 Ok((idgate_codec::hex::encode(&mac), version.to_string().into()))
             }
         }
@@ -148,19 +173,13 @@ impl HmacKey {
                     .collect::<Result<_, _>>()?;
                 Ok((tags, key.version.clone()))
             }
-            Kind::Hsm {
-                hsm,
-                label,
-                in_flight,
-            } => {
-                let _permit = in_flight
-                    .acquire()
-                    .await
-                    .map_err(|_| SignError::QueueClosed)?;
+            Kind::Hsm { hsm, label } => {
+                let slots = hsm.signing_slots().clone();
                 let (hsm, label, data) = (hsm.clone(), label.clone(), data.to_vec());
-                let (macs, version) =
-                    tokio::task::spawn_blocking(move || hsm.hmac_sha256_all(&label, &data))
-                        .await??;
+                let (macs, version) = in_token(&slots, HSM_DEADLINE, move || {
+                    hsm.hmac_sha256_all(&label, &data)
+                })
+                .await?;
                 let tags = macs.iter().map(|m| tag32(m)).collect::<Result<_, _>>()?;
                 Ok((tags, version.to_string().into()))
             }
@@ -177,7 +196,7 @@ impl HmacKey {
                     return Ok(false);
                 }
                 check_len(&self.source, &f, self.min_len)?;
-                live.replace(hmac_key(&f), f.version);
+                live.replace(memory_key(&f), f.version);
                 Ok(true)
             }
             Kind::Hsm { .. } => Ok(false),
@@ -201,7 +220,9 @@ fn check_len(source: &SecretRef, f: &Fetched, min_len: usize) -> Result<(), Secr
     Ok(())
 }
 
-fn hmac_key(f: &Fetched) -> ring::hmac::Key {
+/// An HMAC-SHA256 key in memory, as ring keeps it: the hash states after the padded key,
+/// which ring does not zeroize when they are dropped.
+pub(crate) fn memory_key(f: &Fetched) -> ring::hmac::Key {
     ring::hmac::Key::new(ring::hmac::HMAC_SHA256, f.value.expose_secret())
 }
 
@@ -265,6 +286,107 @@ mod tests {
             tags[0].as_slice(),
             reference("second key of thirty-two bytes!!", b"b").as_ref()
         );
+    }
+
+    /// Token calls that block until `release` is set, counting how many started.
+    struct HeldCalls {
+        started: Arc<std::sync::atomic::AtomicUsize>,
+        starts: tokio::sync::mpsc::UnboundedSender<()>,
+        release: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    }
+
+    impl HeldCalls {
+        fn new() -> (Self, tokio::sync::mpsc::UnboundedReceiver<()>) {
+            let (starts, rx) = tokio::sync::mpsc::unbounded_channel();
+            let calls = Self {
+                started: Default::default(),
+                starts,
+                release: Default::default(),
+            };
+            (calls, rx)
+        }
+
+        fn call(&self) -> impl FnOnce() -> Result<(), HsmError> + Send + 'static {
+            let (started, starts, release) = (
+                self.started.clone(),
+                self.starts.clone(),
+                self.release.clone(),
+            );
+            move || {
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = starts.send(());
+                let (released, cv) = &*release;
+                // Bounded, so a failing test never leaves a thread behind for long.
+                let _ = cv
+                    .wait_timeout_while(released.lock().unwrap(), Duration::from_secs(30), |r| !*r)
+                    .unwrap();
+                Ok(())
+            }
+        }
+
+        fn started(&self) -> usize {
+            self.started.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        fn release(&self) {
+            *self.release.0.lock().unwrap() = true;
+            self.release.1.notify_all();
+        }
+    }
+
+    #[tokio::test]
+    async fn hsm_signing_bound_holds_for_cancelled_requests() {
+        let slots = Arc::new(Semaphore::new(16));
+        let (calls, mut starts) = HeldCalls::new();
+        let waiting: Vec<_> = (0..16)
+            .map(|_| {
+                let (slots, call) = (slots.clone(), calls.call());
+                tokio::spawn(async move { in_token(&slots, Duration::from_secs(30), call).await })
+            })
+            .collect();
+        for _ in 0..16 {
+            tokio::time::timeout(Duration::from_secs(5), starts.recv())
+                .await
+                .unwrap();
+        }
+        // The requests go away (streams reset by an h2 client, clients timing out) while
+        // the token still works on their signatures.
+        for w in &waiting {
+            w.abort();
+        }
+        for w in waiting {
+            assert!(w.await.unwrap_err().is_cancelled());
+        }
+        // Their calls keep their slots: a new request never starts a 17th call, it waits
+        // for a slot and then fails as the credential being unavailable.
+        let err = in_token(&slots, Duration::from_millis(200), calls.call())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SignError::Busy(_)), "{err}");
+        assert_eq!(calls.started(), 16);
+        // Once the token is done with them, the slots serve again.
+        calls.release();
+        let done = in_token(&slots, Duration::from_secs(5), || Ok(7)).await;
+        assert_eq!(done.unwrap(), 7);
+        assert_eq!(calls.started(), 16);
+    }
+
+    #[tokio::test]
+    async fn a_token_call_past_the_deadline_fails_the_request_and_keeps_its_slot() {
+        let slots = Arc::new(Semaphore::new(1));
+        let (calls, _starts) = HeldCalls::new();
+        let err = in_token(&slots, Duration::from_millis(100), calls.call())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SignError::Timeout(_)), "{err}");
+        assert_eq!(slots.available_permits(), 0, "the hung call lost its slot");
+        calls.release();
+        assert!(
+            in_token(&slots, Duration::from_secs(5), || Ok(()))
+                .await
+                .is_ok()
+        );
+        assert_eq!(calls.started(), 1);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod hmac;
 pub mod oauth2;
 pub mod pkcs11;
 pub mod vault;
+mod zeroizing;
 
 pub use hmac::HmacKey;
 pub use pkcs11::Pkcs11Uri;

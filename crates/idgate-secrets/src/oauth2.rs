@@ -18,6 +18,10 @@ use http::{Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use idgate_tls::client::HttpsClient;
 
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::zeroizing::{JsonSecret, sensitive_header};
 use crate::{ExposeSecret, SecretError, SecretRef};
 
 /// The HTTPS client token requests go out with.
@@ -102,6 +106,48 @@ pub(crate) struct TokenSource {
 /// outside `*-._` and ASCII letters and digits percent-encoded.
 fn form_encode(s: &str) -> String {
     idgate_codec::percent::encode_form(s, idgate_codec::percent::is_form_plain)
+}
+
+/// [`form_encode`] appended to `out`, which must have room for three bytes per byte of `s`:
+/// it never grows, so no reallocation leaves part of a secret behind in freed memory.
+fn form_encode_into(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    debug_assert!(out.capacity() - out.len() >= 3 * s.len());
+    for b in s.bytes() {
+        if idgate_codec::percent::is_form_plain(b) {
+            out.push(b);
+        } else if b == b' ' {
+            out.push(b'+');
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+}
+
+/// The `Authorization` value of `client_secret_basic` (RFC 6749 §2.3.1): `Basic` and the
+/// base64 of the form-encoded id and secret joined by `:`. Built in zeroizing buffers sized
+/// up front, and held over the last of them; `None` if it is not a header value.
+fn basic_credentials(client_id: &str, secret: &str) -> Option<HeaderValue> {
+    let mut pair = Zeroizing::new(Vec::with_capacity(3 * (client_id.len() + secret.len()) + 1));
+    form_encode_into(&mut pair, client_id);
+    pair.push(b':');
+    form_encode_into(&mut pair, secret);
+    const BASIC: &[u8] = b"Basic ";
+    let encoded = base64::encoded_len(pair.len(), true)?;
+    let mut value = Zeroizing::new(vec![0u8; BASIC.len() + encoded]);
+    value[..BASIC.len()].copy_from_slice(BASIC);
+    base64::engine::general_purpose::STANDARD
+        .encode_slice(pair.as_slice(), &mut value[BASIC.len()..])
+        .ok()?;
+    sensitive_header(value)
+}
+
+/// The parts of a token endpoint's answer that are read; any other field is skipped unread.
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: Option<JsonSecret>,
+    token_type: Option<serde_json::Value>,
+    expires_in: Option<serde_json::Value>,
 }
 
 /// When to fetch the next token: a tenth of the lifetime before expiry, but at least a
@@ -217,17 +263,8 @@ impl TokenSource {
         };
         let secret_text = std::str::from_utf8(secret.value.expose_secret())
             .map_err(|_| TokenError::SecretNotUtf8)?;
-        let basic = zeroize::Zeroizing::new(format!(
-            "{}:{}",
-            form_encode(&self.client_id),
-            form_encode(secret_text)
-        ));
-        let mut auth = HeaderValue::from_str(&format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(basic.as_bytes())
-        ))
-        .map_err(|_| TokenError::CredentialsNotHeaderSafe)?;
-        auth.set_sensitive(true);
+        let auth = basic_credentials(&self.client_id, secret_text)
+            .ok_or(TokenError::CredentialsNotHeaderSafe)?;
         let mut body = "grant_type=client_credentials".to_owned();
         if let Some(scope) = &self.scope {
             body.push_str("&scope=");
@@ -240,7 +277,7 @@ impl TokenSource {
             .body(Full::new(Bytes::from(body)))?;
         let resp = self.client.request(req).await?;
         let status = resp.status();
-        let bytes = zeroize::Zeroizing::new(Vec::from(
+        let bytes = Zeroizing::new(Vec::from(
             Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE)
                 .collect()
                 .await
@@ -257,22 +294,22 @@ impl TokenSource {
                 code,
             });
         }
-        let v: serde_json::Value =
+        let answer: TokenAnswer =
             serde_json::from_slice(&bytes).map_err(|_| TokenError::NotJson)?;
-        let token = v
-            .get("access_token")
-            .and_then(|t| t.as_str())
-            .filter(|t| !t.is_empty())
-            .ok_or(TokenError::NoAccessToken)?;
-        let token_type = v
-            .get("token_type")
+        let token = match &answer.access_token {
+            Some(JsonSecret::Text(t)) if !t.expose_secret().is_empty() => t,
+            _ => return Err(TokenError::NoAccessToken),
+        };
+        let token_type = answer
+            .token_type
+            .as_ref()
             .and_then(|t| t.as_str())
             .unwrap_or("Bearer");
         if !token_type.eq_ignore_ascii_case("bearer") {
             return Err(TokenError::NotBearer);
         }
         // A number per RFC 6749; some endpoints send it as a string.
-        let lifetime = match v.get("expires_in") {
+        let lifetime = match &answer.expires_in {
             Some(serde_json::Value::Number(n)) => n.as_u64(),
             Some(serde_json::Value::String(s)) => s.parse().ok(),
             _ => None,
@@ -282,9 +319,7 @@ impl TokenSource {
         .map_or(DEFAULT_LIFETIME, |secs| {
             Duration::from_secs(secs.min(86_400))
         });
-        let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| TokenError::TokenNotHeaderSafe)?;
-        header.set_sensitive(true);
+        let header = bearer(token.expose_secret()).ok_or(TokenError::TokenNotHeaderSafe)?;
         let now = Instant::now();
         Ok(Cached {
             header,
@@ -293,6 +328,15 @@ impl TokenSource {
             version: secret.version.into(),
         })
     }
+}
+
+/// `Bearer <token>`, held over a zeroizing buffer of its own.
+fn bearer(token: &str) -> Option<HeaderValue> {
+    const BEARER: &[u8] = b"Bearer ";
+    let mut value = Zeroizing::new(Vec::with_capacity(BEARER.len() + token.len()));
+    value.extend_from_slice(BEARER);
+    value.extend_from_slice(token.as_bytes());
+    sensitive_header(value)
 }
 
 #[cfg(test)]
@@ -304,6 +348,43 @@ mod tests {
         assert_eq!(form_encode("a b:c/ü"), "a+b%3Ac%2F%C3%BC");
         assert_eq!(form_encode("Az09-._*"), "Az09-._*");
         assert_eq!(form_encode("~+%"), "%7E%2B%25");
+        for s in ["a b:c/ü", "Az09-._*", "~+%", ""] {
+            let mut out = Vec::with_capacity(3 * s.len());
+            form_encode_into(&mut out, s);
+            assert_eq!(out, form_encode(s).as_bytes());
+        }
+    }
+
+    #[test]
+    fn basic_credentials_are_the_form_encoded_pair_in_base64() {
+        let v = basic_credentials("id:1", "s3cr t/ü").unwrap();
+        let expected = base64::engine::general_purpose::STANDARD.encode("id%3A1:s3cr+t%2F%C3%BC");
+        assert_eq!(v.to_str().unwrap(), format!("Basic {expected}"));
+        assert!(v.is_sensitive());
+        assert!(!format!("{v:?}").contains(&expected));
+    }
+
+    /// The client secret, form-encoded and joined to the id, and the header made of them
+    /// leave no copy in memory once the token request is done with them.
+    #[test]
+    fn the_client_secret_leaves_no_copy_in_memory_once_the_header_is_dropped() {
+        const SECRET: &str = "oauth2-client-secret-000000000000000000000-tail-3f9b6e1d7a2c5804e4";
+        // `Basic ` and the base64 of `client:SECRET`: the header value.
+        const HEADER: &str = "Basic Y2xpZW50Om9hdXRoMi1jbGllbnQtc2VjcmV0LTAwMDAwMDAwMDAwMDAwMDAwMDAwMC10YWlsLTNmOWI2ZTFkN2EyYzU4MDRlNA==";
+        let mut scanner = crate::zeroizing::freed::Scanner::new();
+        let header = basic_credentials("client", SECRET).unwrap();
+        assert_eq!(header.as_bytes(), HEADER.as_bytes());
+        let sent = header.clone();
+        drop(header);
+        drop(sent);
+        assert!(
+            !scanner.finds(crate::zeroizing::tail(SECRET)),
+            "a copy of the client secret was left in memory"
+        );
+        assert!(
+            !scanner.finds(crate::zeroizing::tail(HEADER)),
+            "a copy of the header value was left in memory"
+        );
     }
 
     #[test]

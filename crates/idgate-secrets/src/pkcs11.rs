@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -117,6 +117,12 @@ fn ck(op: &'static str) -> impl Fn(CkError) -> HsmError {
 
 /// How often a module may be re-initialised to look for a token that went away.
 const REINIT_EVERY: Duration = Duration::from_secs(1);
+/// How long a call that found its token gone waits for the module's other calls to end
+/// before re-initialising it; past that, it fails as the token being unavailable.
+const REINIT_WAIT: Duration = Duration::from_millis(500);
+/// Sessions kept idle per token, and signatures on the request path in flight on it at once
+/// ([`Hsm::signing_slots`]).
+const POOL_SIZE: usize = 16;
 
 /// A loaded PKCS#11 module. Every call into it holds `gate` for reading; re-initialising it
 /// holds `gate` for writing, so that no call and no session is in use meanwhile.
@@ -150,7 +156,7 @@ impl Module {
     /// Re-initialises the module unless that happened less than [`REINIT_EVERY`] ago.
     /// Returns whether the module is newer than generation `seen`, so a retry may help.
     fn reinitialize(&self, seen: u64) -> bool {
-        let Ok(mut st) = self.gate.write() else {
+        let Some(mut st) = write_without_queueing(&self.gate, REINIT_WAIT) else {
             return false;
         };
         if st.generation != seen {
@@ -170,6 +176,24 @@ impl Module {
         }
         st.generation += 1;
         true
+    }
+}
+
+/// Takes `lock` for writing once no one holds it, trying for at most `wait`, without ever
+/// queueing for it: a writer waiting in a std `RwLock` makes every new reader wait behind it,
+/// so one call hung inside the module (holding a read lock) would stall every other user of
+/// the module (audit checkpoints, pseudonyms, other credentials) instead of letting them fail.
+/// Blocking: called on blocking threads only, like every call into a module.
+fn write_without_queueing<T>(lock: &RwLock<T>, wait: Duration) -> Option<RwLockWriteGuard<'_, T>> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match lock.try_write() {
+            Ok(guard) => return Some(guard),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(_) => return None,
+        }
     }
 }
 
@@ -228,6 +252,8 @@ pub struct Hsm {
     state: Mutex<HsmState>,
     /// The token was found missing and has not been used successfully since (for logs).
     gone: AtomicBool,
+    /// Signatures on the request path in flight on this token: see [`Hsm::signing_slots`].
+    signing: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Default)]
@@ -343,7 +369,16 @@ impl Hsm {
             pin,
             state: Mutex::new(HsmState::default()),
             gone: AtomicBool::new(false),
+            signing: Arc::new(tokio::sync::Semaphore::new(POOL_SIZE)),
         }))
+    }
+
+    /// The slots of signatures made for requests on this token, shared by every key in it:
+    /// as many as the session pool keeps, so a burst queues for a slot instead of opening
+    /// more sessions. A slot is held for as long as the token works on the signature, even
+    /// when the request that asked for it has gone.
+    pub(crate) fn signing_slots(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.signing
     }
 
     fn label(&self) -> String {
@@ -424,7 +459,7 @@ impl Hsm {
         }
         if let Ok(mut st) = self.state.lock()
             && st.generation == gate.generation
-            && st.idle.len() < 16
+            && st.idle.len() < POOL_SIZE
         {
             st.idle.push(session);
         }
@@ -536,6 +571,41 @@ mod tests {
             PinSource::File(PathBuf::from("/etc/idgate/pin"))
         );
         assert_eq!(u.to_string(), "pkcs11:token=idgate;object=didit key");
+    }
+
+    /// A call hung inside the module holds its read lock; a re-initialisation waiting for
+    /// it must not make every other call wait behind it.
+    #[test]
+    fn a_reinitialisation_waiting_for_a_hung_call_never_stalls_the_other_calls() {
+        let gate = Arc::new(RwLock::new(0u64));
+        let hung = gate.read().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                tx.send(()).unwrap();
+                let took = write_without_queueing(&gate, Duration::from_millis(300)).is_some();
+                tx.send(()).unwrap();
+                took
+            })
+        };
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        // Until the writer gives up, every other call still gets in at once.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut reads = 0u32;
+        while rx.try_recv().is_err() {
+            assert!(
+                gate.try_read().is_ok(),
+                "a call was made to wait behind a pending re-initialisation"
+            );
+            reads += 1;
+            assert!(Instant::now() < deadline, "the writer never gave up");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(reads > 0);
+        assert!(!writer.join().unwrap(), "took the lock from a hung call");
+        drop(hung);
+        assert!(write_without_queueing(&gate, Duration::from_millis(300)).is_some());
     }
 
     #[test]

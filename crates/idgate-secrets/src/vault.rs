@@ -11,10 +11,13 @@
 //! or before any runtime exists, and its pooled connections outlive neither.
 //!
 //! Tokens: an AppRole login's token is replaced by a new login when two thirds of its lease
-//! have passed; a configured token is looked up once (`lookup-self`) and, when it has a TTL
-//! and is renewable, renewed (`renew-self`) at two thirds of it. A 403 drops the token and
-//! logs in (or re-reads the token's source) once more. No error or log line carries a token,
-//! a `secret_id` or a secret value.
+//! have passed, and the replaced one is revoked (`revoke-self`) once no read can still be
+//! using it; a configured token is looked up once (`lookup-self`) and, when it has a TTL and
+//! is renewable, renewed (`renew-self`) at two thirds of it. After a 403 the token is looked
+//! up: one Vault no longer accepts is dropped, and the read is tried once more after a new
+//! login (or a new read of the token's source); one it still accepts stays, the 403 being the
+//! policy's answer for that path. No error or log line carries a token, a `secret_id` or a
+//! secret value.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -30,6 +33,7 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::SecretRef;
+use crate::zeroizing::{JsonSecret, sensitive_header};
 
 mod error;
 mod reference;
@@ -214,8 +218,7 @@ impl VaultClient {
         let Some(rt) = &self.runtime.0 else {
             return Err(VaultError::Setup("the client is shut down".to_owned()));
         };
-        // A login, a token lookup, the read, and a second login and read after a 403.
-        let budget = self.inner.timeout * 5;
+        let budget = self.inner.read_budget();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let (inner, reference) = (self.inner.clone(), reference.clone());
         rt.spawn(async move {
@@ -276,17 +279,62 @@ async fn resolve(source: &SecretRef) -> Result<SecretString, LoginSecretError> {
 }
 
 impl Inner {
-    async fn read(&self, r: &VaultRef) -> Result<VaultSecret, VaultError> {
+    /// The longest one read may take: six requests to Vault (a renewal, a login or a token
+    /// lookup, the read, and after a 403 a lookup, a second login and a second read).
+    fn read_budget(&self) -> Duration {
+        self.timeout * 6
+    }
+
+    async fn read(self: &Arc<Self>, r: &VaultRef) -> Result<VaultSecret, VaultError> {
         let token = self.token().await?;
         match self.read_kv(&token, r).await {
-            // The token may have been revoked or may have expired early: log in once more.
-            Err(VaultError::PermissionDenied) => {
-                self.forget(&token).await;
+            // The token may have been revoked or may have expired early, or the policy does
+            // not allow this path: only in the first case does a new login help.
+            Err(VaultError::PermissionDenied) if self.refused(&token).await? => {
                 let token = self.token().await?;
                 self.read_kv(&token, r).await
             }
             other => other,
         }
+    }
+
+    /// After a 403 with `token`: whether it is the token that Vault refuses (then dropped,
+    /// so that the next [`Inner::token`] logs in again or re-reads its source), rather than
+    /// the path. A token that still passes its own lookup (`lookup-self`, in Vault's default
+    /// policy) is kept: its 403 is the policy's answer for that path, and a new login would
+    /// get the same answer.
+    async fn refused(&self, token: &SecretString) -> Result<bool, VaultError> {
+        let current = {
+            let session = self.session.lock().await;
+            session
+                .as_ref()
+                .is_some_and(|s| s.token.expose_secret() == token.expose_secret())
+        };
+        // Another read replaced it meanwhile: the one in use now is worth a try.
+        if !current {
+            return Ok(true);
+        }
+        match self.lookup(token).await {
+            Ok(_) => Ok(false),
+            Err(VaultError::PermissionDenied) => {
+                self.forget(token).await;
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `lookup-self`: the token's TTL and whether it is renewable.
+    async fn lookup(&self, token: &SecretString) -> Result<wire::LookupData, VaultError> {
+        let (status, answer) = self
+            .call(Method::GET, "/v1/auth/token/lookup-self", Some(token), None)
+            .await?;
+        if !status.is_success() {
+            return Err(status_error(status, &answer));
+        }
+        Ok(serde_json::from_slice::<wire::Lookup>(&answer)
+            .map_err(|_| VaultError::BadResponse("no data in the token lookup answer"))?
+            .data)
     }
 
     async fn read_kv(&self, token: &SecretString, r: &VaultRef) -> Result<VaultSecret, VaultError> {
@@ -296,10 +344,7 @@ impl Inner {
         if status == StatusCode::NOT_FOUND {
             // A deleted version answers 404 with its metadata; a missing path with no data.
             return Err(
-                match serde_json::from_slice::<wire::KvRead>(&body)
-                    .ok()
-                    .and_then(|k| k.data.metadata)
-                {
+                match wire::kv_read(&body, &r.field).ok().and_then(|k| k.metadata) {
                     Some(m) => VaultError::Deleted(m.version),
                     None => VaultError::NotFound,
                 },
@@ -308,29 +353,31 @@ impl Inner {
         if !status.is_success() {
             return Err(status_error(status, &body));
         }
-        let kv: wire::KvRead = serde_json::from_slice(&body)
+        let kv = wire::kv_read(&body, &r.field)
             .map_err(|_| VaultError::BadResponse("not a KV version 2 answer"))?;
-        let metadata = kv.data.metadata.ok_or(VaultError::BadResponse(
+        let metadata = kv.metadata.ok_or(VaultError::BadResponse(
             "no data.metadata: is this a KV version 2 mount?",
         ))?;
-        let Some(mut data) = kv.data.data else {
-            return Err(VaultError::Deleted(metadata.version));
-        };
         if metadata.destroyed || !metadata.deletion_time.is_empty() {
             return Err(VaultError::Deleted(metadata.version));
         }
-        match data.remove(&r.field) {
-            Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(VaultSecret {
-                value: SecretString::from(s),
-                version: metadata.version,
-            }),
-            Some(_) => Err(VaultError::NotAString(r.field.clone())),
-            None => Err(VaultError::NoField(r.field.clone())),
+        match kv.field {
+            wire::KvField::Present(JsonSecret::Text(value))
+                if !value.expose_secret().is_empty() =>
+            {
+                Ok(VaultSecret {
+                    value,
+                    version: metadata.version,
+                })
+            }
+            wire::KvField::Present(_) => Err(VaultError::NotAString(r.field.clone())),
+            wire::KvField::Missing => Err(VaultError::NoField(r.field.clone())),
+            wire::KvField::NoData => Err(VaultError::Deleted(metadata.version)),
         }
     }
 
     /// A token that Vault should accept now: the current one, renewed, or a new login.
-    async fn token(&self) -> Result<SecretString, VaultError> {
+    async fn token(self: &Arc<Self>) -> Result<SecretString, VaultError> {
         let mut session = self.session.lock().await;
         let now = Instant::now();
         if let Some(s) = session.as_mut() {
@@ -355,7 +402,9 @@ impl Inner {
         match self.login().await {
             Ok(s) => {
                 let token = s.token.clone();
-                *session = Some(s);
+                if let Some(old) = session.replace(s) {
+                    self.retire(old);
+                }
                 Ok(token)
             }
             // A token that is due for replacement but still valid is better than none.
@@ -367,6 +416,47 @@ impl Inner {
                 _ => Err(e),
             },
         }
+    }
+
+    /// Revokes the token of an AppRole session a new login replaced (`revoke-self`), so that
+    /// tokens do not pile up in Vault until their TTLs end; best effort, in the background.
+    /// It waits until no read can still be using it (the longest a read takes), and is
+    /// skipped for a token that expires before then. A configured token is the operator's
+    /// and is never revoked.
+    fn retire(self: &Arc<Self>, old: Session) {
+        if !matches!(self.auth, VaultAuth::AppRole { .. }) {
+            return;
+        }
+        let grace = self.read_budget();
+        if old.expires_at.is_some_and(|t| t <= Instant::now() + grace) {
+            return;
+        }
+        let inner = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let Some(inner) = inner.upgrade() else { return };
+            let revoked = inner
+                .call(
+                    Method::POST,
+                    "/v1/auth/token/revoke-self",
+                    Some(&old.token),
+                    Some(Bytes::from_static(b"{}")),
+                )
+                .await;
+            match revoked {
+                Ok((status, _)) if status.is_success() => {
+                    tracing::debug!("vault: the replaced AppRole token is revoked");
+                }
+                Ok((status, answer)) => tracing::debug!(
+                    error = %status_error(status, &answer),
+                    "vault: cannot revoke the replaced AppRole token; it expires with its TTL"
+                ),
+                Err(e) => tracing::debug!(
+                    error = %e,
+                    "vault: cannot revoke the replaced AppRole token; it expires with its TTL"
+                ),
+            }
+        });
     }
 
     /// Drops the session if it still holds `token` (another task may have replaced it).
@@ -394,19 +484,13 @@ impl Inner {
                 let secret_id = resolve(secret_id)
                     .await
                     .map_err(|e| VaultError::Login(format!("secret_id: {e}")))?;
-                let body = Zeroizing::new(
-                    serde_json::json!({
-                        "role_id": role_id.expose_secret(),
-                        "secret_id": secret_id.expose_secret(),
-                    })
-                    .to_string(),
-                );
+                let body = login_body(role_id.expose_secret(), secret_id.expose_secret())?;
                 let (status, answer) = self
                     .call(
                         Method::POST,
                         &format!("/v1/auth/{mount}/login"),
                         None,
-                        Some(Bytes::copy_from_slice(body.as_bytes())),
+                        Some(body),
                     )
                     .await?;
                 if !status.is_success() {
@@ -421,9 +505,10 @@ impl Inner {
                         VaultError::BadResponse("no auth.client_token in the login answer")
                     })?
                     .auth;
-                if auth.client_token.is_empty() {
-                    return Err(VaultError::BadResponse("empty auth.client_token"));
-                }
+                let token = match auth.client_token {
+                    JsonSecret::Text(t) if !t.expose_secret().is_empty() => t,
+                    _ => return Err(VaultError::BadResponse("empty auth.client_token")),
+                };
                 let lease = Duration::from_secs(auth.lease_duration.min(MAX_LEASE_SECS));
                 let now = Instant::now();
                 tracing::info!(
@@ -431,7 +516,7 @@ impl Inner {
                     "vault: logged in with AppRole"
                 );
                 Ok(Session {
-                    token: SecretString::from(auth.client_token),
+                    token,
                     renew_at: (!lease.is_zero()).then(|| renew_point(now, lease)),
                     expires_at: (!lease.is_zero()).then(|| now + lease),
                     renewable: auth.renewable,
@@ -441,25 +526,12 @@ impl Inner {
                 let token = resolve(source)
                     .await
                     .map_err(|e| VaultError::Login(format!("token: {e}")))?;
-                let (status, answer) = self
-                    .call(
-                        Method::GET,
-                        "/v1/auth/token/lookup-self",
-                        Some(&token),
-                        None,
-                    )
-                    .await?;
-                if !status.is_success() {
-                    return Err(match status_error(status, &answer) {
-                        VaultError::PermissionDenied => {
-                            VaultError::Login("the token was refused (permission denied)".into())
-                        }
-                        e => e,
-                    });
-                }
-                let data = serde_json::from_slice::<wire::Lookup>(&answer)
-                    .map_err(|_| VaultError::BadResponse("no data in the token lookup answer"))?
-                    .data;
+                let data = self.lookup(&token).await.map_err(|e| match e {
+                    VaultError::PermissionDenied => {
+                        VaultError::Login("the token was refused (permission denied)".into())
+                    }
+                    e => e,
+                })?;
                 let ttl = Duration::from_secs(data.ttl.min(MAX_LEASE_SECS));
                 let now = Instant::now();
                 Ok(Session {
@@ -513,10 +585,10 @@ impl Inner {
             req = req.header(X_VAULT_NAMESPACE, ns.clone());
         }
         if let Some(token) = token {
-            let mut v = HeaderValue::from_str(token.expose_secret()).map_err(|_| {
+            let raw = Zeroizing::new(token.expose_secret().as_bytes().to_vec());
+            let v = sensitive_header(raw).ok_or_else(|| {
                 VaultError::Login("the token contains characters not allowed in a header".into())
             })?;
-            v.set_sensitive(true);
             req = req.header(X_VAULT_TOKEN, v);
         }
         if body.is_some() {
@@ -543,6 +615,23 @@ impl Inner {
             .await
             .map_err(|_| VaultError::Timeout(self.timeout))?
     }
+}
+
+/// The AppRole login body, `{"role_id":…,"secret_id":…}`, written into a zeroizing buffer
+/// with room for the longest escaping of both, so that it is never reallocated (which would
+/// leave a copy behind), and sent from that buffer, wiped once the request is done with it.
+fn login_body(role_id: &str, secret_id: &str) -> Result<Bytes, VaultError> {
+    #[derive(serde::Serialize)]
+    struct Login<'a> {
+        role_id: &'a str,
+        secret_id: &'a str,
+    }
+    // A JSON escape is at most six bytes (`\u001f`) for one.
+    let room = 6 * (role_id.len() + secret_id.len()) + 32;
+    let mut body = Zeroizing::new(Vec::with_capacity(room));
+    serde_json::to_writer(&mut *body, &Login { role_id, secret_id })
+        .map_err(|_| VaultError::Login("cannot write the login request".into()))?;
+    Ok(Bytes::from_owner(body))
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

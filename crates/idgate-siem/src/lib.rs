@@ -60,6 +60,10 @@ pub enum StartProblem {
     Ca(#[from] idgate_tls::roots::CaFileError),
     #[error(transparent)]
     ClientCert(#[from] idgate_tls::MaterialError),
+    /// The client key file is not private (or not readable): it is checked as a `file:`
+    /// secret is.
+    #[error(transparent)]
+    ClientKey(idgate_secrets::SecretError),
     #[error(transparent)]
     Tls(#[from] idgate_tls::client::ClientError),
     #[error("{path}: cannot open for appending: {source}")]

@@ -112,7 +112,7 @@ fn a_stdout_sink_writes_one_line_per_event_and_flushes_at_shutdown() {
     // without a line break, before the first event).
     let events: Vec<&str> = stdout
         .lines()
-        .filter_map(|l| l.find("{\"class_uid\"").map(|at| &l[at..]))
+        .filter_map(|l| l.find("{\"seq\":").map(|at| &l[at..]))
         .collect();
     assert_eq!(events, (0..200).map(event).collect::<Vec<_>>());
 }

@@ -9,7 +9,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use idgate_siem::Exporter;
-use support::{Pki, Receiver, distinct_in_order, event, free_port, siem, syslog_sink, wait_until};
+use support::{
+    Outcome, Pki, Receiver, api_record, connection_record, distinct_in_order, event, free_port,
+    siem, syslog_sink, wait_until,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -45,11 +48,12 @@ fn events_arrive_in_order_as_strict_rfc5424_frames() {
             ("gw-test", "idgate", "audit")
         );
         assert_eq!(m.procid, std::process::id().to_string());
-        let decision = if i.is_multiple_of(3) {
-            "denied:not_in_allow_list"
+        let (decision, status) = if i.is_multiple_of(3) {
+            Outcome::Denied
         } else {
-            "allowed"
-        };
+            Outcome::Allowed
+        }
+        .decision_and_status();
         assert_eq!(
             m.sd,
             [(
@@ -57,7 +61,7 @@ fn events_arrive_in_order_as_strict_rfc5424_frames() {
                 vec![
                     ("class_uid".to_owned(), "6003".to_owned()),
                     ("decision".to_owned(), decision.to_owned()),
-                    ("status".to_owned(), "200".to_owned()),
+                    ("status".to_owned(), status.to_string()),
                 ]
             )]
         );
@@ -289,4 +293,65 @@ fn a_bad_client_key_stops_the_start_naming_the_key() {
     let text = err.to_string();
     assert!(text.starts_with("siem.sinks[0].client_key: "), "{text}");
     assert!(text.contains("client.key"), "{text}");
+}
+
+/// The syslog severity (RFC 5424 code) of each of `records`, sent over TLS to a collector.
+fn syslog_severities(records: &[String]) -> Vec<u8> {
+    let pki = Pki::new();
+    let rx = Receiver::start(0, Some(pki.server_config("", false)));
+    let sink = syslog_sink("soc", rx.port, Some(pki.sink_tls(false)), 100);
+    let exporter = Exporter::start(&siem(vec![sink])).unwrap();
+    for r in records {
+        exporter.export(r.as_bytes());
+    }
+    assert!(wait_until(WAIT, || rx.messages().len() >= records.len()));
+    assert_eq!(exporter.shutdown(), 0);
+    let messages = rx.messages();
+    assert_eq!(
+        messages.iter().map(|m| m.msg.clone()).collect::<Vec<_>>(),
+        records,
+        "MSG is the record as the trail wrote it"
+    );
+    messages.iter().map(|m| m.severity).collect()
+}
+
+#[test]
+fn syslog_severity_of_a_gateway_denied_record_is_notice() {
+    let records = [
+        api_record(0, Outcome::Allowed),
+        api_record(1, Outcome::Denied),
+        connection_record(2),
+    ];
+    // info, then notice for the denied request and for the refused connection.
+    assert_eq!(syslog_severities(&records), [6, 5, 5]);
+}
+
+#[test]
+fn syslog_severity_of_a_gateway_failed_record_is_warning() {
+    let records = [
+        api_record(0, Outcome::Failed),
+        api_record(1, Outcome::Upstream5xx),
+    ];
+    assert_eq!(syslog_severities(&records), [4, 4]);
+}
+
+#[test]
+fn a_group_readable_siem_client_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = Pki::new();
+    let key = pki.path("client.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let sink = syslog_sink("soc", free_port(), Some(pki.sink_tls(true)), 10);
+    let err = Exporter::start(&siem(vec![sink])).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("siem.sinks[0].client_key: "), "{text}");
+    assert!(
+        text.contains("client.key") && text.contains("mode 640"),
+        "{text}"
+    );
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    // Private again, it is taken.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let sink = syslog_sink("soc", free_port(), Some(pki.sink_tls(true)), 10);
+    Exporter::start(&siem(vec![sink])).unwrap().shutdown();
 }

@@ -171,7 +171,7 @@ impl Counters for StateStore {
         &self,
         checks: &[GcraCheck<'_>],
         now: SystemTime,
-    ) -> Result<Vec<GcraDecision>, StoreError> {
+    ) -> Vec<Result<GcraDecision, StoreError>> {
         forward!(self, s => s.gcra_many(checks, now))
     }
 

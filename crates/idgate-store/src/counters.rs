@@ -198,22 +198,23 @@ pub trait Counters: Send + Sync {
     ) -> impl Future<Output = Result<GcraDecision, StoreError>> + Send;
 
     /// Several GCRA checks at `now`, as a request to which several limits apply needs them:
-    /// the decisions in the order of `checks`. Each limit is decided independently, as by
-    /// [`Counters::gcra`]: a limit that admits consumes, even when another one refuses (so
-    /// a caller over one limit still uses up the others). Not atomic across the checks. The
-    /// default makes the calls one after the other; a networked backend (Redis) makes them
-    /// in one round trip.
+    /// one answer per check, in the order of `checks`. Each limit is decided independently,
+    /// as by [`Counters::gcra`]: a limit that admits consumes, even when another one refuses
+    /// (so a caller over one limit still uses up the others), and a check that fails (its
+    /// Redis Cluster node did not answer) fails alone, the others' decisions standing. Not
+    /// atomic across the checks. The default makes the calls one after the other; a
+    /// networked backend (Redis) makes them in one round trip.
     fn gcra_many(
         &self,
         checks: &[GcraCheck<'_>],
         now: SystemTime,
-    ) -> impl Future<Output = Result<Vec<GcraDecision>, StoreError>> + Send {
+    ) -> impl Future<Output = Vec<Result<GcraDecision, StoreError>>> + Send {
         async move {
             let mut out = Vec::with_capacity(checks.len());
             for (key, limit, take) in checks {
-                out.push(self.gcra(key, limit, *take, now).await?);
+                out.push(self.gcra(key, limit, *take, now).await);
             }
-            Ok(out)
+            out
         }
     }
 

@@ -20,8 +20,9 @@
 //! and so that every replica's decision uses the same arithmetic. Expired entries are
 //! ignored on read, swept a few at a time by writes, and wholly by each trait's `sweep`.
 //!
-//! redb calls block on file I/O: inside a tokio runtime they run on its blocking pool; a
-//! synchronous caller drives a store future with [`block_on`].
+//! redb calls block on file I/O: inside a tokio runtime they run on its blocking pool, and
+//! its state writes on one writer thread per file with a bounded queue; a synchronous
+//! caller drives a store future with [`block_on`].
 //!
 //! API keys: only a keyed hash of each key is kept; the key itself is shown once, when it is
 //! created, and never stored.
@@ -63,6 +64,9 @@ pub use queue::{
     Backoff, Claimed, Lease, MessageId, MessageInfo, MessageState, NackOutcome, NewMessage, Queue,
     QueueStats,
 };
+/// A redb file's write lock held as another process would hold it, for tests.
+#[cfg(any(test, feature = "conformance"))]
+pub use redb_store::testing as redb_testing;
 pub use redb_store::{DEFAULT_WAIT, RedbStore};
 /// Real `redis-server` processes for tests (a server, a six-node Cluster).
 #[cfg(all(feature = "redis", feature = "conformance"))]
@@ -119,6 +123,10 @@ pub enum StoreError {
     NoMessage(MessageId),
     #[error("the lease on message {0} ran out and was taken over, or the message is gone")]
     LeaseLost(MessageId),
+    /// A redb file's writer has this many writes waiting already (the file is slow or held
+    /// by another process): the write is refused rather than queued without end.
+    #[error("{capacity} state writes are already waiting for the file; this one was refused")]
+    Overloaded { capacity: usize },
     #[error("the store's worker thread stopped: {0}")]
     Interrupted(String),
     /// The shared state backend did not answer in time or at all (a Redis outage); the

@@ -10,19 +10,62 @@
 //!     .build()?;
 //! ```
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_rustls::HttpsConnector;
+use http::Uri;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
+use tower_service::Service;
 
 /// hyper's pooled client over the connector [`OutboundClient`] builds.
-pub type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
+pub type HttpsClient<B> = Client<Connector, B>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The connector [`OutboundClient`] builds: name lookup, TCP connect and TLS handshake
+/// together within the connect timeout. `HttpConnector`'s own timeout covers the TCP
+/// connect alone, and hyper-rustls sets none on the handshake: a server that accepts and
+/// never answers the `ClientHello` would otherwise hold the request until whatever bounds
+/// it from outside, and it would not fail as a connect failure.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+/// No connection was established within the connect timeout. The client reports it as a
+/// connect error (`is_connect()`), as it does a refused connection: nothing was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("connection not established within the connect timeout ({0:?})")]
+pub struct ConnectTimeout(Duration);
+
+impl Service<Uri> for Connector {
+    type Response = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            tokio::time::timeout(timeout, connecting)
+                .await
+                .unwrap_or_else(|_| Err(ConnectTimeout(timeout).into()))
+        })
+    }
+}
 
 /// Why a request of an [`HttpsClient`] failed.
 pub use hyper_util::client::legacy::Error as RequestError;
@@ -162,10 +205,10 @@ impl OutboundClient {
         Ok(config)
     }
 
-    /// The connector: TCP with `TCP_NODELAY` and the connect timeout, then TLS for
-    /// `https://` (and cleartext for `http://`, which the callers allow only where they
-    /// choose to).
-    pub fn connector(&self) -> Result<HttpsConnector<HttpConnector>, ClientError> {
+    /// The connector: TCP with `TCP_NODELAY`, then TLS for `https://` (and cleartext for
+    /// `http://`, which the callers allow only where they choose to), all within the
+    /// connect timeout.
+    pub fn connector(&self) -> Result<Connector, ClientError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -176,7 +219,10 @@ impl OutboundClient {
         // Built from the configuration itself, so the connector offers exactly its ALPN:
         // hyper-rustls's builder would leave ALPN empty for HTTP/1.1 alone. Whether HTTP/2
         // is spoken follows from what the server picks.
-        Ok(HttpsConnector::from((http, Arc::new(self.tls_config()?))))
+        Ok(Connector {
+            inner: HttpsConnector::from((http, Arc::new(self.tls_config()?))),
+            timeout: self.connect_timeout,
+        })
     }
 
     /// A pooled client over a new connector.
@@ -190,7 +236,7 @@ impl OutboundClient {
 
     /// A pooled client over `connector`, for clients of one destination that differ only in
     /// the bodies they send.
-    pub fn build_on<B>(&self, connector: HttpsConnector<HttpConnector>) -> HttpsClient<B>
+    pub fn build_on<B>(&self, connector: Connector) -> HttpsClient<B>
     where
         B: http_body::Body + Send,
         B::Data: Send,
@@ -322,6 +368,50 @@ mod tests {
             .await
             .unwrap()
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_the_client_hello_fails_at_connect_timeout_as_a_connect_error()
+     {
+        // Accepts, then says nothing: the TCP connect succeeds, the TLS handshake never ends.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let connect_timeout = Duration::from_millis(300);
+        for client in [
+            OutboundClient::new(RootCertStore::empty(), connect_timeout),
+            OutboundClient::new(RootCertStore::empty(), connect_timeout).http1_only(),
+        ] {
+            let http: HttpsClient<String> = client.build().unwrap();
+            let req = http::Request::get(format!("https://localhost:{port}/"))
+                .body(String::new())
+                .unwrap();
+            let started = std::time::Instant::now();
+            let err = tokio::time::timeout(Duration::from_secs(10), http.request(req))
+                .await
+                .expect("the handshake was not bounded by the connect timeout")
+                .expect_err("a silent server answered");
+            assert!(err.is_connect(), "{err:?}");
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+            while let Some(e) = cause {
+                if e.is::<ConnectTimeout>() {
+                    break;
+                }
+                cause = e.source();
+            }
+            assert!(cause.is_some(), "not a connect timeout: {err:?}");
+            assert!(
+                started.elapsed() >= connect_timeout,
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        silent.abort();
     }
 
     #[tokio::test]

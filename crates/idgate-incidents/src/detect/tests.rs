@@ -42,6 +42,7 @@ fn second(route: &str, ok: u64, failed: u64, ms: usize, callers: &[&str]) -> Sam
         refused: failed,
         latency,
         callers: callers.iter().map(|c| Box::from(*c)).collect(),
+        callers_dropped: false,
     };
     Sample {
         routes: vec![(Arc::from(route), r)],
@@ -292,10 +293,234 @@ fn a_critical_route_failing_later_regrades_the_incident() {
 
 #[test]
 fn ids_are_sortable_and_safe_file_names() {
-    let id = incident_id(
-        Millis(1_764_663_300_123),
-        Rule::UpstreamErrors,
-        Some("idv/../x"),
+    let at = Millis(1_764_663_300_123);
+    assert_eq!(
+        incident_id(at, Rule::UpstreamErrors, Some("idv")),
+        "20251202T081500123Z-upstream_errors-idv"
     );
-    assert_eq!(id, "20251202T081500123Z-upstream_errors-idv____x");
+    let id = incident_id(at, Rule::UpstreamErrors, Some("idv/../x"));
+    let digest = idgate_codec::hex::encode(
+        &ring::digest::digest(&ring::digest::SHA256, b"idv/../x").as_ref()[..6],
+    );
+    assert_eq!(
+        id,
+        format!("20251202T081500123Z-upstream_errors-idv____x-{digest}")
+    );
+}
+
+/// A safe file name, as the store takes one.
+fn is_file_name(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+#[test]
+fn incident_ids_of_distinct_upstreams_opened_in_one_tick_differ() {
+    let long = "kyc".repeat(20);
+    let names = [
+        "kyc-eu".to_owned(),
+        "kyc_eu".to_owned(),
+        "KYC_eu".to_owned(),
+        "kyc.eu".to_owned(),
+        format!("{long}-a"),
+        format!("{long}-b"),
+    ];
+    let mut d = Detector::new(cfg());
+    let opened = Sample {
+        breaker: names
+            .iter()
+            .map(|u| BreakerEvent::Opened {
+                upstream: u.clone(),
+            })
+            .collect(),
+        ..Sample::default()
+    };
+    let changes = d.tick(Millis(1_764_663_300_000), opened, None);
+    assert_eq!(changes.len(), names.len());
+    let ids: BTreeSet<&str> = changes.iter().map(|(_, i)| i.id.as_str()).collect();
+    assert_eq!(ids.len(), names.len(), "{ids:#?}");
+    assert!(ids.iter().all(|id| is_file_name(id)), "{ids:#?}");
+    // A name the id spells out exactly keeps the plain form.
+    assert!(
+        ids.contains("20251202T081500000Z-breaker_open-kyc_eu"),
+        "{ids:#?}"
+    );
+}
+
+/// The incidents a tick changed, by rule.
+fn changed(changes: &[(ChangeKind, Incident)], rule: Rule) -> Option<&Incident> {
+    changes.iter().map(|(_, i)| i).find(|i| i.rule == rule)
+}
+
+#[test]
+fn a_breaker_reopening_for_hours_keeps_the_timeline_bounded() {
+    let mut d = Detector::new(cfg());
+    let mut clock = Clock(1_800_000_000_000);
+    let opened = || Sample {
+        breaker: vec![BreakerEvent::Opened {
+            upstream: "idv".into(),
+        }],
+        ..Sample::default()
+    };
+    let first = d.tick(clock.next(), opened(), None);
+    assert_eq!(first.len(), 1);
+    // Three hours of an upstream that stays down: the breaker tries it every 5 s (half
+    // open) and opens again.
+    let mut reopened = 0;
+    let mut last_reopen = Millis(0);
+    let mut latest = None;
+    for second in 1..=3 * 3600 {
+        let now = clock.next();
+        let sample = if second % 5 == 0 {
+            reopened += 1;
+            last_reopen = now;
+            opened()
+        } else {
+            Sample::default()
+        };
+        if let Some(i) = changed(&d.tick(now, sample, None), Rule::BreakerOpen) {
+            latest = Some(i.clone());
+        }
+    }
+    let i = latest.expect("the incident changed");
+    assert_eq!(i.state, State::Open);
+    assert_eq!(i.actions.breaker_opened, reopened);
+    assert!(i.timeline.len() <= 3, "{:#?}", i.timeline);
+    let e = i
+        .timeline
+        .iter()
+        .find(|e| e.kind == EntryKind::BreakerOpened)
+        .expect("a breaker_opened entry");
+    assert_eq!(e.count, reopened, "every reopening counted");
+    assert_eq!(e.last(), last_reopen);
+    assert!(!i.timeline_truncated);
+}
+
+#[test]
+fn tls_failure_flapping_does_not_grow_the_timeline() {
+    let mut c = cfg();
+    c.window = Duration::from_secs(60);
+    c.close_after = Duration::from_secs(120);
+    c.tls_failures = 50;
+    let mut d = Detector::new(c);
+    let mut clock = Clock(1_800_000_000_000);
+    // A peer that connects and closes 50 times every 61 s: the rule fires for a window,
+    // is quiet for a second, and fires again, all day long.
+    let mut bursts = 0;
+    let mut latest = None;
+    for second in 0..24 * 3600 {
+        let tls_failures = if second % 61 == 0 {
+            bursts += 1;
+            50
+        } else {
+            0
+        };
+        let sample = Sample {
+            tls_failures,
+            ..Sample::default()
+        };
+        if let Some(i) = changed(&d.tick(clock.next(), sample, None), Rule::TlsFailures) {
+            latest = Some(i.clone());
+        }
+    }
+    let i = latest.expect("the incident changed");
+    assert!(!i.state.is_closed(), "it never closes: {:?}", i.state);
+    assert_eq!(i.requests_failed, bursts * 50);
+    assert!(i.timeline.len() <= 4, "{:#?}", i.timeline);
+    let count = |kind| {
+        i.timeline
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.count)
+            .sum::<u64>()
+    };
+    assert_eq!(
+        count(EntryKind::FiresAgain),
+        bursts - 1,
+        "{:#?}",
+        i.timeline
+    );
+    assert!(
+        count(EntryKind::Recovering) >= bursts - 1,
+        "{:#?}",
+        i.timeline
+    );
+}
+
+#[test]
+fn an_unchanged_open_incident_is_not_rewritten_every_tick() {
+    let mut d = Detector::new(cfg());
+    let mut clock = Clock(1_800_000_000_000);
+    for _ in 0..10 {
+        assert!(d.tick(clock.next(), Sample::default(), None).is_empty());
+    }
+    let burst = Sample {
+        tls_failures: 40,
+        ..Sample::default()
+    };
+    let opened = d.tick(clock.next(), burst, None);
+    assert_eq!(opened[0].0, ChangeKind::Opened);
+    let opened_at = opened[0].1.opened_at;
+    // The burst stays in the 10 s window: the rule fires on, and nothing changes.
+    for _ in 0..8 {
+        let c = d.tick(clock.next(), Sample::default(), None);
+        assert!(c.is_empty(), "nothing to write: {c:#?}");
+    }
+    // Once it leaves the window, the incident is recovering: a change, written with its
+    // duration up to date.
+    let mut recovering = None;
+    for _ in 0..3 {
+        if let Some(i) = changed(
+            &d.tick(clock.next(), Sample::default(), None),
+            Rule::TlsFailures,
+        ) {
+            recovering = Some(i.clone());
+            break;
+        }
+    }
+    let i = recovering.expect("recovering");
+    assert_eq!(i.state, State::Recovering);
+    assert_eq!(
+        i.classification.duration_secs,
+        opened_at.secs_until(i.updated_at)
+    );
+    assert!(i.classification.duration_secs >= 9);
+}
+
+#[test]
+fn callers_dropped_in_the_feed_mark_the_incident_truncated() {
+    // The feed keeps as many failing callers per second as the incident names in all.
+    let feed = crate::feed::Feed::new(2);
+    let mut d = Detector::new(cfg());
+    let mut clock = Clock(1_800_000_000_000);
+    let callers = ["apikey:a", "apikey:b", "apikey:c"];
+    let mut opened = None;
+    for _ in 0..5 {
+        for caller in &callers {
+            for _ in 0..4 {
+                feed.request(&crate::feed::RequestEvent {
+                    route: "sessions",
+                    upstream: Some("idv"),
+                    failed: true,
+                    upstream_error: true,
+                    upstream_latency: None,
+                    caller: Some(caller as &dyn std::fmt::Display),
+                });
+            }
+        }
+        for (kind, i) in d.tick(clock.next(), feed.drain(), None) {
+            if kind == ChangeKind::Opened {
+                opened = Some(i);
+            }
+        }
+    }
+    let i = opened.expect("opened");
+    assert_eq!(i.affected.callers.len(), 2, "{:?}", i.affected);
+    assert!(
+        i.affected.callers_truncated,
+        "three callers failed, two are named: {:?}",
+        i.affected
+    );
 }

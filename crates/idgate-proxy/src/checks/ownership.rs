@@ -17,21 +17,24 @@
 //! - **Lists** (`list`): each item's id is looked up; items of others are removed
 //!   (`filter`) or the whole answer is refused (`refuse`, `403`).
 //!
-//! When the backend fails, `on_state_error` decides: fail closed (the default: ownership
-//! is an authorization check) answers `503 state-unavailable`; fail open skips the check.
+//! When the backend fails, or does not answer within the state timeout (`[state] timeout`
+//! for Redis, 500 ms for the other backends), `on_state_error` decides: fail closed (the
+//! default: ownership is an authorization check) answers `503 state-unavailable`; fail open
+//! skips the check.
 
 use std::time::{Duration, SystemTime};
 
 use http::{Method, Response, StatusCode};
 use idgate_auth::Principal;
 use idgate_config::{JsonPath, ListOwnership, ListRule, ShareGroup};
-use idgate_store::{ObjectId, Owner, Ownership, StoreError};
+use idgate_store::{ObjectId, Owner, Ownership};
 use serde_json::Value;
 
 use super::json_response;
 use crate::body::ProxyBody;
 use crate::ctx::RequestCtx;
 use crate::guards::OwnershipPolicy;
+use crate::limit_state::{StateFailure, bounded};
 use crate::problem::Refusal;
 use crate::routes::Target;
 
@@ -87,7 +90,7 @@ fn caller(ctx: &RequestCtx<'_>, policy: &OwnershipPolicy) -> Result<Owner, Refus
 fn state_failed(
     ctx: &RequestCtx<'_>,
     policy: &OwnershipPolicy,
-    e: StoreError,
+    e: StateFailure,
 ) -> Result<(), Refusal> {
     on_state_error(ctx.request_id(), policy, e)
 }
@@ -95,7 +98,7 @@ fn state_failed(
 fn on_state_error(
     request_id: &str,
     policy: &OwnershipPolicy,
-    e: StoreError,
+    e: StateFailure,
 ) -> Result<(), Refusal> {
     let reason = format!("ownership record unavailable: {e}");
     if policy.fail_open {
@@ -135,7 +138,12 @@ pub(super) async fn check_owned(
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| ObjectId::new(s).ok())
         .ok_or(Refusal::ObjectNotFound)?;
-    match Ownership::get(&ctx.services.state, &id, SystemTime::now()).await {
+    let state = &ctx.services.state;
+    let record = bounded(
+        ctx.snapshot.limits.timeout,
+        Ownership::get(state, &id, SystemTime::now()),
+    );
+    match record.await {
         Ok(Some(record)) if record.owner == owner => {
             ctx.owned_object = Some(id);
             Ok(())
@@ -168,8 +176,8 @@ pub(super) async fn record_owner(
     let put = ctx
         .services
         .state
-        .put(&id, &owner, policy.retention, SystemTime::now())
-        .await;
+        .put(&id, &owner, policy.retention, SystemTime::now());
+    let put = bounded(ctx.snapshot.limits.timeout, put).await;
     match put {
         Ok(record) if record.owner == owner => Ok(()),
         Ok(_) => {
@@ -193,7 +201,7 @@ pub(super) async fn forget_owned(
         return Ok(());
     }
     if let Some(id) = ctx.owned_object.take()
-        && let Err(e) = ctx.services.state.remove(&id).await
+        && let Err(e) = bounded(ctx.snapshot.limits.timeout, ctx.services.state.remove(&id)).await
     {
         tracing::warn!(request_id = ctx.request_id(), error = %e, "ownership record not removed");
     }
@@ -225,7 +233,12 @@ pub(super) async fn own_list(
     for id in &ids {
         let mine = match id {
             None => false,
-            Some(id) => match Ownership::get(&ctx.services.state, id, now).await {
+            Some(id) => match bounded(
+                ctx.snapshot.limits.timeout,
+                Ownership::get(&ctx.services.state, id, now),
+            )
+            .await
+            {
                 Ok(record) => record.is_some_and(|r| r.owner == owner),
                 Err(e) => {
                     // Failing open, the answer goes back as the upstream gave it.
@@ -312,13 +325,16 @@ mod tests {
             share: std::sync::Arc::new([]),
             fail_open,
         };
-        let refused = on_state_error("r", &policy(false), StoreError::ReadOnly).unwrap_err();
+        let failure = || StateFailure::Store(idgate_store::StoreError::ReadOnly);
+        let refused = on_state_error("r", &policy(false), failure()).unwrap_err();
         assert_eq!(
             refused.kind(),
             crate::problem::ProblemKind::StateUnavailable
         );
         assert_eq!(refused.kind().status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(on_state_error("r", &policy(true), StoreError::ReadOnly).is_ok());
+        assert!(on_state_error("r", &policy(true), failure()).is_ok());
+        let slow = StateFailure::Timeout(Duration::from_millis(500));
+        assert!(on_state_error("r", &policy(false), slow).is_err());
     }
 
     #[test]

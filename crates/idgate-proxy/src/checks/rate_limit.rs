@@ -150,6 +150,13 @@ struct Verdict<'l> {
     refused: Option<(&'l Arc<str>, Duration)>,
 }
 
+/// The bound on one request's GCRA checks as a whole. The backend bounds each round trip
+/// by the state timeout itself (in a Redis Cluster, each node's on its own), so that the
+/// answers of the nodes that did answer come back; this only stops a backend that does not.
+fn backstop(timeout: Duration) -> Duration {
+    timeout + (timeout / 2).max(Duration::from_millis(10))
+}
+
 /// Every limit of the route: in one round trip to a shared backend, or in turn in the
 /// in-process limiter.
 async fn decide_all<'l, C: Counters>(
@@ -231,37 +238,57 @@ async fn decide_all<'l, C: Counters>(
                     .iter()
                     .map(|a| (&a.key, &decisions[a.index].1.gcra, a.take))
                     .collect();
-                let answers = bounded(limits.timeout, state.gcra_many(&checks, now)).await;
-                let failure = match answers {
-                    // One decision per check, or the backend did not do what was asked.
-                    Ok(d) if d.len() != checks.len() => {
-                        Some(format!("{} decisions for {} checks", d.len(), checks.len()))
+                let answers = bounded(backstop(limits.timeout), async {
+                    Ok(state.gcra_many(&checks, now).await)
+                })
+                .await;
+                // One answer per check, or the backend did not do what was asked.
+                let answers = match answers {
+                    Ok(a) if a.len() != checks.len() => {
+                        Err(format!("{} answers for {} checks", a.len(), checks.len()))
                     }
+                    Ok(a) => Ok(a),
+                    Err(e) => Err(e.to_string()),
+                };
+                // The checks the backend answered are applied, each limit on its own; the
+                // ones it did not answer stay in `asks`.
+                let mut failure = None;
+                match answers {
                     Ok(answers) => {
-                        report.errors.succeeded(backend);
-                        for (ask, answer) in std::mem::take(&mut asks.list).iter().zip(&answers) {
+                        let asked = std::mem::take(&mut asks.list);
+                        for (ask, answer) in asked.into_iter().zip(answers) {
+                            let answer = match answer {
+                                Ok(answer) => answer,
+                                Err(e) => {
+                                    failure.get_or_insert_with(|| e.to_string());
+                                    asks.list.push(ask);
+                                    continue;
+                                }
+                            };
                             let (_, rate, decision) = &mut decisions[ask.index];
                             if ask.renew {
-                                leases.refill(ask.lease, &rate.gcra, answer, now);
+                                leases.refill(ask.lease, &rate.gcra, &answer, now);
                             } else {
                                 *decision = Some(
-                                    leases.record(ask.lease, &rate.gcra, ask.take, answer, now),
+                                    leases.record(ask.lease, &rate.gcra, ask.take, &answer, now),
                                 );
                             }
                         }
-                        None
+                        if failure.is_none() {
+                            report.errors.succeeded(backend);
+                        }
                     }
-                    Err(e) => Some(e.to_string()),
-                };
+                    Err(e) => failure = Some(e),
+                }
                 if let Some(e) = failure {
                     let only_renewals = asks.list.iter().all(|a| a.renew);
                     drop(asks);
                     if only_renewals {
-                        // Every limit was decided from its lease: the request goes on, and
-                        // the failure is counted.
+                        // Every limit was decided, from its lease or by the backend: the
+                        // request goes on, and the failure is counted.
                         report.errors.failed(report.metrics, "gcra", backend, &e);
                     } else {
-                        // Those decided here still answer; the others follow the mode.
+                        // Those decided still answer; the others follow the mode.
                         state_failed(&e, backend)?;
                     }
                 }
@@ -571,6 +598,87 @@ mod tests {
         let refusal = run(&closed, Store::<MemoryStore>::Local(&limiter), &r).await;
         assert!(matches!(refusal, Err(Refusal::StateUnavailable { .. })));
         assert!(r.state_errors().contains("operation=\"gcra\""));
+    }
+
+    /// A backend of which part answers (one Cluster node of two down): the checks of keys
+    /// with `down` in them fail, the others are decided in memory.
+    struct PartlyDown {
+        up: MemoryStore,
+        down: &'static str,
+    }
+
+    impl Counters for PartlyDown {
+        fn increment(
+            &self,
+            key: &CounterKey,
+            by: u64,
+            window: Duration,
+            now: SystemTime,
+        ) -> impl Future<Output = Result<WindowCount, StoreError>> + Send {
+            self.up.increment(key, by, window, now)
+        }
+        fn get(
+            &self,
+            key: &CounterKey,
+            now: SystemTime,
+        ) -> impl Future<Output = Result<Option<WindowCount>, StoreError>> + Send {
+            Counters::get(&self.up, key, now)
+        }
+        fn reset(&self, key: &CounterKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
+            self.up.reset(key)
+        }
+        async fn gcra(
+            &self,
+            key: &CounterKey,
+            limit: &GcraLimit,
+            take: GcraTake,
+            now: SystemTime,
+        ) -> Result<GcraDecision, StoreError> {
+            if key.as_str().contains(self.down) {
+                return Err(StoreError::Unavailable {
+                    reason: "no answer within 50 ms".to_owned(),
+                });
+            }
+            self.up.gcra(key, limit, take, now).await
+        }
+        fn sweep(&self, now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send {
+            Counters::sweep(&self.up, now)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_limits_a_partly_down_backend_answered_are_enforced_and_the_others_follow_the_mode()
+    {
+        let backend = PartlyDown {
+            up: MemoryStore::new(),
+            down: "per-route",
+        };
+        let r = Reporting::new();
+        let open = limits(OnStateError::FailOpen);
+        // per-ip (3 at once) answers; per-route does not, and fails open.
+        for _ in 0..3 {
+            let leases = GcraLeases::default();
+            let (policy, _, refused) = run(&open, Store::Shared(&backend, "redis", &leases), &r)
+                .await
+                .unwrap();
+            assert_eq!(policy, "\"per-ip\";q=10;w=1");
+            assert!(refused.is_none());
+        }
+        let leases = GcraLeases::default();
+        let (_, state, refused) = run(&open, Store::Shared(&backend, "redis", &leases), &r)
+            .await
+            .unwrap();
+        assert_eq!(
+            refused.map(|(n, _)| n),
+            Some("per-ip".to_owned()),
+            "{state}"
+        );
+        assert_eq!(r.state_errors(), "state_errors_total{operation=\"gcra\"} 4");
+        // Failing closed, the limit without an answer refuses.
+        let closed = limits(OnStateError::FailClosed);
+        let leases = GcraLeases::default();
+        let refusal = run(&closed, Store::Shared(&backend, "redis", &leases), &r).await;
+        assert!(matches!(refusal, Err(Refusal::StateUnavailable { .. })));
     }
 
     /// A request that goes away while it asks for a key's lease (its caller closed the

@@ -20,6 +20,7 @@ use http_body::Body as _;
 use idgate_config::{RetryConfig, RetryOn};
 use idgate_h1::RequestBody;
 
+use super::{Forwarded, Limits};
 use crate::body::UpstreamResponseBody;
 use crate::ctx::RequestCtx;
 use crate::problem::Refusal;
@@ -28,7 +29,7 @@ use crate::upstream::Upstream;
 
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
-type Sent = Result<Response<UpstreamResponseBody>, Refusal>;
+type Answer = Result<Response<UpstreamResponseBody>, Refusal>;
 
 /// Sends the request to `upstream` through its breaker and retries (see the module).
 pub(crate) async fn send(
@@ -37,23 +38,14 @@ pub(crate) async fn send(
     parts: http::request::Parts,
     path_and_query: PathAndQuery,
     body: RequestBody,
-) -> Sent {
+) -> Forwarded {
+    let limits = Limits::of(upstream, Instant::now());
     let plain = upstream.breaker.is_none()
         && upstream.retry.is_none()
         && upstream.health.is_none()
         && upstream.endpoints.len() == 1;
     if let (true, Some(endpoint)) = (plain, upstream.endpoints.first()) {
-        let timeout = upstream.first_byte_timeout;
-        return super::send(
-            ctx,
-            upstream,
-            endpoint,
-            timeout,
-            parts,
-            path_and_query,
-            body,
-        )
-        .await;
+        return super::send(ctx, upstream, endpoint, limits, parts, path_and_query, body).await;
     }
     let resilience = &ctx.services.resilience;
     // The breaker counts requests, not attempts: a request that a retry on another endpoint
@@ -64,32 +56,33 @@ pub(crate) async fn send(
             Ok(p) => Some(p),
             Err(u) => {
                 // Nothing went upstream: a route's failover may still take the request.
-                ctx.nothing_sent = true;
                 ctx.give_back(body);
-                return Err(u.refusal(&upstream.name));
+                return Forwarded::unsent(u.refusal(&upstream.name));
             }
         },
     };
     // Boxed: the retry loop's future is half again the plain exchange's, and only the
     // upstreams with a breaker, retries, health checks or several endpoints need it.
-    let sent = Box::pin(attempts(ctx, upstream, parts, path_and_query, body)).await;
+    let sent = Box::pin(attempts(ctx, upstream, limits, parts, path_and_query, body)).await;
     if let Some(p) = permit {
-        p.record(classify(&sent).0);
+        p.record(classify(&sent.answer).0);
     }
     sent
 }
 
 /// The attempts of one request: each on an endpoint the balancer picks (another than the
 /// last one's, when another is healthy), retried while that is safe and the budget allows.
+/// Whether the request reached the upstream is the attempts' together: once one attempt
+/// may have delivered any of it, a later one that sends nothing does not undo that.
 async fn attempts(
     ctx: &mut RequestCtx<'_>,
     upstream: &Upstream,
+    limits: Limits,
     parts: http::request::Parts,
     path_and_query: PathAndQuery,
     body: RequestBody,
-) -> Sent {
+) -> Forwarded {
     let resilience = &ctx.services.resilience;
-    let started = Instant::now();
     let retry = upstream.retry.as_ref();
     if let Some(r) = retry {
         resilience.count_request(upstream, &r.budget);
@@ -106,42 +99,47 @@ async fn attempts(
     let (mut parts, mut body) = (parts, body);
     let mut retries = 0;
     let mut avoid = None;
+    let mut reached = false;
     loop {
         let (index, in_flight) = match resilience.pick(upstream, avoid) {
             Ok(picked) => picked,
             Err(u) => {
-                // Nothing went upstream: a route's failover may still take the request.
-                ctx.nothing_sent = true;
                 ctx.give_back(body);
-                return Err(u.refusal(&upstream.name));
+                return Forwarded {
+                    answer: Err(u.refusal(&upstream.name)),
+                    reached,
+                };
             }
         };
         let Some(endpoint) = upstream.endpoints.get(index) else {
-            return Err(Refusal::Internal {
-                reason: "the balancer picked no endpoint".to_owned(),
-            });
+            return Forwarded {
+                answer: Err(Refusal::Internal {
+                    reason: "the balancer picked no endpoint".to_owned(),
+                }),
+                reached,
+            };
         };
         let head = replay.as_ref().map(|_| copy_parts(&parts));
         // Each attempt waits `first_byte_timeout` for its answer, and all of them together
-        // no longer than `request_timeout`.
-        let left = upstream.request_timeout.saturating_sub(started.elapsed());
-        let timeout = upstream.first_byte_timeout.min(left);
-        let sent = super::send(
+        // end at the request's deadline (`request_timeout` from the first one's start).
+        let mut sent = super::send(
             ctx,
             upstream,
             endpoint,
-            timeout,
+            limits,
             parts,
             path_and_query.clone(),
             body,
         )
         .await;
         drop(in_flight);
-        let (_, failure) = classify(&sent);
+        reached |= sent.reached;
+        sent.reached = reached;
+        let (_, failure) = classify(&sent.answer);
         let (Some(r), Some(head), Some(bytes)) = (retry, head, &replay) else {
             return sent;
         };
-        let Some(reason) = failure.filter(|f| wanted(r, *f, &sent)) else {
+        let Some(reason) = failure.filter(|f| wanted(r, *f, &sent.answer)) else {
             return sent;
         };
         let safe = reason == Failure::Connect || acted_on_is_harmless;
@@ -149,7 +147,7 @@ async fn attempts(
             return sent;
         }
         let wait = backoff(r, retries);
-        if started.elapsed() + wait >= upstream.request_timeout {
+        if Instant::now() + wait >= limits.deadline {
             return sent;
         }
         if !resilience.take_retry(upstream, &r.budget, reason.as_str()) {
@@ -198,7 +196,7 @@ impl Failure {
 /// How an attempt went for the breaker, and what failed if the upstream failed. A refusal
 /// of the gateway's own (the caller's body, a full connection queue, the credential) says
 /// nothing of the upstream.
-fn classify(sent: &Sent) -> (Outcome, Option<Failure>) {
+fn classify(sent: &Answer) -> (Outcome, Option<Failure>) {
     match sent {
         Ok(resp) if resp.status().is_server_error() => (Outcome::Failure, Some(Failure::Status)),
         Ok(_) => (Outcome::Success, None),
@@ -214,7 +212,7 @@ fn classify(sent: &Sent) -> (Outcome, Option<Failure>) {
 }
 
 /// Whether the retry configuration retries this failure.
-fn wanted(r: &RetryConfig, f: Failure, sent: &Sent) -> bool {
+fn wanted(r: &RetryConfig, f: Failure, sent: &Answer) -> bool {
     match f {
         Failure::Status => sent
             .as_ref()

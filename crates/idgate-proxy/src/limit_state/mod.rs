@@ -10,7 +10,7 @@
 
 mod metrics;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -78,6 +78,8 @@ pub struct Limits {
     /// The tier of the tokens the gateway's own endpoint issues, by client.
     client_tiers: HashMap<String, String>,
     own_issuer: Option<String>,
+    /// The token endpoint's clients: a lockout counts another client id in a shared counter.
+    token_clients: HashSet<String>,
     pub lockout: Option<LockoutConfig>,
     /// The bound on each state call.
     pub timeout: Duration,
@@ -108,6 +110,11 @@ impl Limits {
             .filter_map(|c| Some((c.client_id.clone(), c.tier.clone()?)))
             .collect();
         limits.own_issuer = te.map(|t| t.issuer.clone());
+        limits.token_clients = te
+            .iter()
+            .flat_map(|t| &t.clients)
+            .map(|c| c.client_id.clone())
+            .collect();
         limits.lockout = config.lockout.clone();
         Ok(limits)
     }
@@ -140,6 +147,11 @@ impl Limits {
             timeout,
             ..Self::default()
         })
+    }
+
+    /// Whether the token endpoint has a client of id `id`.
+    pub fn is_token_client(&self, id: &str) -> bool {
+        self.token_clients.contains(id)
     }
 
     pub fn route(&self, name: &str) -> Option<&RouteLimits> {

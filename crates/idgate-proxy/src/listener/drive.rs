@@ -3,66 +3,18 @@
 
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::first_bytes::until;
-
-/// Requests of an HTTP/2 connection in the pipeline, and when one last started or ended.
-pub(super) struct Activity {
-    since: tokio::time::Instant,
-    in_flight: AtomicUsize,
-    /// Milliseconds after `since`.
-    last: AtomicU64,
-}
-
-/// A request in the pipeline; its end is activity too.
-pub(super) struct InFlight<'a>(&'a Activity);
-
-impl Activity {
-    pub(super) fn new(since: tokio::time::Instant) -> Self {
-        Self {
-            since,
-            in_flight: AtomicUsize::new(0),
-            last: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(ms, Ordering::Relaxed);
-    }
-
-    pub(super) fn begin(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.touch();
-        InFlight(self)
-    }
-
-    /// Whether nothing has been in the pipeline for `idle`.
-    fn idle_for(&self, idle: Duration) -> bool {
-        self.in_flight.load(Ordering::Relaxed) == 0
-            && self
-                .since
-                .elapsed()
-                .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
-                >= idle
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+use crate::send_timeout::Activity;
 
 /// What ends a connection besides its client.
 pub(super) struct Ends {
-    /// HTTP/2: with no request for this long (keep-alive pings do not count), the
-    /// connection is told to go away.
+    /// HTTP/2: with no request in progress for this long (keep-alive pings do not count),
+    /// the connection is told to go away.
     pub(super) idle: Option<(Arc<Activity>, Duration)>,
     /// HTTP/1.1 whose hyper started after the caller's first bytes: set once a request has
     /// begun, and the connection is closed if none has by then.

@@ -51,8 +51,11 @@ pub enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admission {
     Normal,
-    /// One of the half-open probes.
-    Probe,
+    /// One of the probes of a half-open round: the round is the breaker's opening it
+    /// follows, so that a probe that outlives its round decides nothing in a later one.
+    Probe {
+        opening: u64,
+    },
 }
 
 /// A change of state, with the time it took place.
@@ -69,6 +72,9 @@ pub(crate) struct Breaker {
     /// Requests (count 0) and failures (count 1) while closed.
     window: Window,
     open_until: Instant,
+    /// Counts the times the breaker opened: each half-open round is that of one opening.
+    opening: u64,
+    /// The probes of the current round.
     probes_in_flight: u32,
     probe_successes: u32,
 }
@@ -85,6 +91,7 @@ impl Breaker {
             consecutive: 0,
             window: Window::new(now, cfg.window),
             open_until: now,
+            opening: 0,
             probes_in_flight: 0,
             probe_successes: 0,
         }
@@ -115,7 +122,9 @@ impl Breaker {
             BreakerState::Closed => Ok(Admission::Normal),
             BreakerState::HalfOpen if self.probes_in_flight < cfg.half_open_probes => {
                 self.probes_in_flight += 1;
-                Ok(Admission::Probe)
+                Ok(Admission::Probe {
+                    opening: self.opening,
+                })
             }
             // The probes are out: their answers decide soon.
             _ => Err(at_least_a_second(Duration::ZERO)),
@@ -137,7 +146,9 @@ impl Breaker {
         }
     }
 
-    /// Records how a request let through by [`Self::admit`] went.
+    /// Records how a request let through by [`Self::admit`] went. A probe of an earlier
+    /// round (the breaker opened again since it was let through) is neither counted nor
+    /// frees a place: the round it belonged to is over.
     pub(crate) fn record(
         &mut self,
         now: Instant,
@@ -145,8 +156,12 @@ impl Breaker {
         admission: Admission,
         outcome: Outcome,
     ) -> Option<Change> {
-        if admission == Admission::Probe {
-            self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
+        match admission {
+            Admission::Probe { opening } if opening != self.opening => return None,
+            Admission::Probe { .. } => {
+                self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
+            }
+            Admission::Normal => {}
         }
         match (self.state, admission, outcome) {
             (_, _, Outcome::Neutral) => None,
@@ -166,8 +181,10 @@ impl Breaker {
                     .then(|| self.open(now, cfg))
                     .flatten()
             }
-            (BreakerState::HalfOpen, Admission::Probe, Outcome::Failure) => self.open(now, cfg),
-            (BreakerState::HalfOpen, Admission::Probe, Outcome::Success) => {
+            (BreakerState::HalfOpen, Admission::Probe { .. }, Outcome::Failure) => {
+                self.open(now, cfg)
+            }
+            (BreakerState::HalfOpen, Admission::Probe { .. }, Outcome::Success) => {
                 self.probe_successes += 1;
                 if self.probe_successes >= cfg.half_open_probes {
                     self.consecutive = 0;
@@ -185,6 +202,7 @@ impl Breaker {
 
     fn open(&mut self, now: Instant, cfg: &BreakerConfig) -> Option<Change> {
         self.open_until = now + cfg.open_duration;
+        self.opening += 1;
         self.to(BreakerState::Open)
     }
 
@@ -234,11 +252,12 @@ mod tests {
         let t2 = t0 + Duration::from_secs(5);
         let (p1, change) = b.admit(t2, &c);
         assert_eq!(change.map(|c| c.to), Some(BreakerState::HalfOpen));
-        assert_eq!(p1, Ok(Admission::Probe));
-        assert_eq!(b.admit(t2, &c).0, Ok(Admission::Probe));
+        let probe = Admission::Probe { opening: 1 };
+        assert_eq!(p1, Ok(probe));
+        assert_eq!(b.admit(t2, &c).0, Ok(probe));
         assert!(b.admit(t2, &c).0.is_err());
-        assert_eq!(b.record(t2, &c, Admission::Probe, Outcome::Success), None);
-        let closed = b.record(t2, &c, Admission::Probe, Outcome::Success);
+        assert_eq!(b.record(t2, &c, probe, Outcome::Success), None);
+        let closed = b.record(t2, &c, probe, Outcome::Success);
         assert_eq!(closed.map(|c| c.to), Some(BreakerState::Closed));
         assert_eq!(b.admit(t2, &c).0, Ok(Admission::Normal));
     }
@@ -281,6 +300,48 @@ mod tests {
             run(&mut b, t1, &c, Outcome::Success).map(|c| c.to),
             Some(BreakerState::Closed)
         );
+    }
+
+    #[test]
+    fn a_probe_of_an_earlier_half_open_round_neither_counts_nor_frees_a_place() {
+        let c = cfg();
+        let t0 = Instant::now();
+        let mut b = Breaker::new(t0, &c);
+        for _ in 0..3 {
+            run(&mut b, t0, &c, Outcome::Failure);
+        }
+        // The first round: two probes; one fails and opens the breaker again while the
+        // other is still out.
+        let t1 = t0 + Duration::from_secs(5);
+        let late = b.admit(t1, &c).0.unwrap();
+        let failed = b.admit(t1, &c).0.unwrap();
+        assert_eq!(
+            b.record(t1, &c, failed, Outcome::Failure).map(|c| c.to),
+            Some(BreakerState::Open)
+        );
+        // The second round: two probes out, the round full.
+        let t2 = t1 + Duration::from_secs(5);
+        let (first, change) = b.admit(t2, &c);
+        assert_eq!(change.map(|c| c.to), Some(BreakerState::HalfOpen));
+        let first = first.unwrap();
+        let second = b.admit(t2, &c).0.unwrap();
+        assert!(b.admit(t2, &c).0.is_err());
+        // The first round's late probe answers: it does not free a place of this round ...
+        assert_eq!(b.record(t2, &c, late, Outcome::Success), None);
+        assert!(
+            b.admit(t2, &c).0.is_err(),
+            "a place of this round was freed"
+        );
+        // ... nor count towards closing it: this round's two successes still take two.
+        assert_eq!(b.record(t2, &c, first, Outcome::Success), None);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert_eq!(
+            b.record(t2, &c, second, Outcome::Success).map(|c| c.to),
+            Some(BreakerState::Closed)
+        );
+        // A late probe's failure does not open a closed breaker either.
+        assert_eq!(b.record(t2, &c, late, Outcome::Failure), None);
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]

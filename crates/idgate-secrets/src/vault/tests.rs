@@ -115,3 +115,87 @@ fn unreachable_vault_is_a_transient_error_without_the_token() {
         .unwrap();
     rt.block_on(async move { drop(client) });
 }
+
+#[test]
+fn the_approle_login_body_is_json_and_leaves_no_copy_in_memory() {
+    const SECRET_ID: &str = "approle-secret-id-00000000000000000000000-tail-8a3e5c0f6d2b9147c3";
+    let escaped = login_body("role \"1\"\n", "s\\x").unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&escaped).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"role_id": "role \"1\"\n", "secret_id": "s\\x"})
+    );
+    drop((v, escaped));
+
+    let mut scanner = crate::zeroizing::freed::Scanner::new();
+    let body = login_body("5d1c3c2e-role", SECRET_ID).unwrap();
+    let sent = body.clone();
+    drop(body);
+    drop(sent);
+    assert!(
+        !scanner.finds(crate::zeroizing::tail(SECRET_ID)),
+        "a copy of the secret_id was left in memory"
+    );
+}
+
+const KV_ANSWER: &[u8] = br#"{"request_id":"r","lease_id":"","renewable":false,"lease_duration":0,
+"data":{"data":{"other":"kv-other-field-0000000000000000000000000-tail-1b7d4f9a2e6c8053f5",
+"api_key":"kv-read-field-00000000000000000000000000-tail-6c2a8e4b0d7f1935a6","n":[1,{"x":2}]},
+"metadata":{"created_time":"2026-11-02T10:00:00Z","custom_metadata":null,"deletion_time":"",
+"destroyed":false,"version":7}},"wrap_info":null,"warnings":null,"auth":null}"#;
+
+#[test]
+fn a_kv_read_takes_its_field_and_leaves_no_copy_of_any_field_in_memory() {
+    const OTHER: &str = "kv-other-field-0000000000000000000000000-tail-1b7d4f9a2e6c8053f5";
+    const READ: &str = "kv-read-field-00000000000000000000000000-tail-6c2a8e4b0d7f1935a6";
+    let mut scanner = crate::zeroizing::freed::Scanner::new();
+    let kv = wire::kv_read(KV_ANSWER, "api_key").unwrap();
+    assert_eq!(kv.metadata.as_ref().map(|m| m.version), Some(7));
+    match &kv.field {
+        wire::KvField::Present(JsonSecret::Text(v)) => {
+            assert_eq!(v.expose_secret(), READ);
+        }
+        _ => panic!("the field was not read"),
+    }
+    drop(kv);
+    assert!(
+        !scanner.finds(crate::zeroizing::tail(READ)),
+        "a copy of the field read was left in memory"
+    );
+    assert!(
+        !scanner.finds(crate::zeroizing::tail(OTHER)),
+        "a copy of another field was left in memory"
+    );
+}
+
+#[test]
+fn a_kv_read_tells_a_missing_field_from_one_that_is_not_a_string_or_a_deleted_version() {
+    let field = |body: &str, name: &str| wire::kv_read(body.as_bytes(), name).map(|k| k.field);
+    let body = r#"{"data":{"data":{"a":"x","n":1,"o":{"k":"v"}},"metadata":{"version":2}}}"#;
+    assert!(matches!(field(body, "b"), Ok(wire::KvField::Missing)));
+    for name in ["n", "o"] {
+        assert!(matches!(
+            field(body, name),
+            Ok(wire::KvField::Present(JsonSecret::Other))
+        ));
+    }
+    let escaped = r#"{"data":{"data":{"k\u0065y":"v\"1"},"metadata":{"version":2}}}"#;
+    match field(escaped, "key") {
+        Ok(wire::KvField::Present(JsonSecret::Text(v))) => {
+            assert_eq!(v.expose_secret(), "v\"1");
+        }
+        _ => panic!("an escaped field was not read"),
+    }
+    let deleted = r#"{"data":{"data":null,"metadata":{"version":3,"deletion_time":"t"}}}"#;
+    let kv = wire::kv_read(deleted.as_bytes(), "a").unwrap();
+    assert!(matches!(kv.field, wire::KvField::NoData));
+    assert_eq!(kv.metadata.map(|m| m.version), Some(3));
+    for bad in [
+        "<html>",
+        r#"{"data":{"data":{"a":"x"}"#,
+        "{}",
+        r#"{"data":1}"#,
+    ] {
+        assert!(wire::kv_read(bad.as_bytes(), "a").is_err(), "{bad}");
+    }
+}

@@ -54,11 +54,14 @@ pub(crate) fn tls_config(
     if let Some((cert, key_file)) = &tls.client_cert {
         let certified = client_certificate(cert, key_file).map_err(|p| {
             // The error names the file at fault; so does the key path.
-            let about_key = matches!(&p,
+            let about_key = match &p {
+                StartProblem::ClientKey(_) => true,
                 StartProblem::ClientCert(
                     idgate_tls::MaterialError::Read { path, .. }
                     | idgate_tls::MaterialError::Invalid { path, .. },
-                ) if path == key_file);
+                ) => path == key_file,
+                _ => false,
+            };
             at(if about_key {
                 "client_key"
             } else {
@@ -72,18 +75,22 @@ pub(crate) fn tls_config(
 }
 
 fn client_certificate(cert: &Path, key: &Path) -> Result<rustls::sign::CertifiedKey, StartProblem> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| idgate_tls::MaterialError::Read {
-            path: p.to_owned(),
-            source,
-        })
-    };
-    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    use idgate_secrets::ExposeSecret as _;
+    let cert_pem = std::fs::read(cert).map_err(|source| idgate_tls::MaterialError::Read {
+        path: cert.to_owned(),
+        source,
+    })?;
+    // The key is a secret: read as a `file:` secret is (a regular file of mode 0600 or
+    // stricter, owned by the gateway's user or root, checked on the handle it is read from),
+    // so that another local user can neither read it nor put another in its place.
+    let key_pem = idgate_secrets::SecretRef::File(key.to_owned())
+        .resolve()
+        .map_err(StartProblem::ClientKey)?;
     Ok(idgate_tls::material::parse_svid(
         cert,
         &cert_pem,
         key,
-        &key_pem,
+        key_pem.expose_secret().as_bytes(),
         &idgate_tls::crypto_provider(),
     )?)
 }

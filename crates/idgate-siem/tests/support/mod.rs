@@ -77,7 +77,16 @@ impl Pki {
             let client_key = KeyPair::generate().unwrap();
             let client_cert = client.signed_by(&client_key, &ca).unwrap();
             let w = |name: &str, pem: String| {
-                std::fs::write(dir.path().join(format!("{prefix}{name}")), pem).unwrap();
+                let path = dir.path().join(format!("{prefix}{name}"));
+                std::fs::write(&path, pem).unwrap();
+                if name.ends_with(".key") {
+                    // Keys are private, as the sink requires of its client key.
+                    std::fs::set_permissions(
+                        &path,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                    )
+                    .unwrap();
+                }
             };
             w("ca.pem", ca.pem());
             w("server.pem", server_cert.pem());
@@ -171,16 +180,119 @@ pub fn siem(sinks: Vec<SiemSink>) -> SiemConfig {
     }
 }
 
-/// The event numbered `i`: `{"seq":i,...}` with a decision.
+/// How a request's record ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Allowed, the upstream answered 200.
+    Allowed,
+    /// Denied by the gateway: 403 `not_in_allow_list`.
+    Denied,
+    /// Allowed, not carried out: 504 `upstream-timeout`.
+    Failed,
+    /// Allowed, the upstream answered 502.
+    Upstream5xx,
+}
+
+impl Outcome {
+    /// Its decision and status, as the record writes them.
+    pub fn decision_and_status(self) -> (&'static str, u16) {
+        match self {
+            Self::Allowed => ("allowed", 200),
+            Self::Denied => ("denied:not_in_allow_list", 403),
+            Self::Failed => ("failed:upstream-timeout", 504),
+            Self::Upstream5xx => ("allowed", 502),
+        }
+    }
+}
+
+/// The event numbered `i`: the audit entry `seq` = `i` holding a request's record, every
+/// third one denied, the others allowed.
 pub fn event(i: usize) -> String {
-    let decision = if i.is_multiple_of(3) {
-        "denied:not_in_allow_list"
+    let outcome = if i.is_multiple_of(3) {
+        Outcome::Denied
     } else {
-        "allowed"
+        Outcome::Allowed
     };
-    format!(
-        r#"{{"class_uid":6003,"seq":{i},"decision":"{decision}","http_response":{{"code":200}}}}"#
-    )
+    api_record(i, outcome)
+}
+
+/// The audit entry `seq` holding a request's record (`idgate_audit::ApiActivity`, OCSF API
+/// Activity) that ended as `outcome`, byte for byte as the trail writes it and hands it to
+/// the exporter.
+pub fn api_record(seq: usize, outcome: Outcome) -> String {
+    use idgate_audit::{ApiActivity, AuthLayers, Decision};
+    let request_id = format!("req-{seq:08}");
+    let workload = "spiffe://example.org/ns/kyc/sa/onboarding";
+    let (decision, status) = match outcome {
+        Outcome::Allowed => (Decision::Allowed, 200),
+        Outcome::Denied => (Decision::Denied("not_in_allow_list"), 403),
+        Outcome::Failed => (Decision::Failed("upstream-timeout"), 504),
+        Outcome::Upstream5xx => (Decision::Allowed, 502),
+    };
+    let sent_upstream = matches!(outcome, Outcome::Allowed | Outcome::Upstream5xx);
+    let record = ApiActivity {
+        time: record_time(seq),
+        request_id: &request_id,
+        peer: Some(workload),
+        caller: Some(workload),
+        auth_layers: AuthLayers {
+            mtls: true,
+            ..AuthLayers::default()
+        },
+        remote: "10.0.3.7:51234".parse().unwrap(),
+        method: "GET",
+        version: "HTTP/1.1",
+        route: "decision",
+        path: Some("/v3/session/{session_id}/decision/"),
+        template: Some("/v3/session/{session_id}/decision/"),
+        status,
+        upstream: Some("didit"),
+        upstream_status: sent_upstream.then_some(status),
+        upstream_latency: sent_upstream.then_some(Duration::from_micros(1204)),
+        credential: Some(("didit", "env")),
+        decision,
+        latency: Duration::from_micros(2548),
+        bytes_in: None,
+        bytes_out: Some(512),
+    };
+    let mut members = Vec::new();
+    record.write_members(&mut members);
+    entry(seq, &members)
+}
+
+/// The audit entry `seq` holding a refused connection's record
+/// (`idgate_audit::ConnectionEvent`, OCSF Network Activity).
+pub fn connection_record(seq: usize) -> String {
+    use idgate_audit::{ConnectionEvent, ConnectionOutcome};
+    let record = ConnectionEvent {
+        time: record_time(seq),
+        remote: "192.0.2.1".parse().unwrap(),
+        port: Some(40_000),
+        via: None,
+        peer: None,
+        outcome: ConnectionOutcome::Refused,
+        reason: "max_connections_per_ip",
+        stage: "at accept",
+        detail: None,
+    };
+    let mut members = Vec::new();
+    record.write_members(&mut members);
+    entry(seq, &members)
+}
+
+fn record_time(seq: usize) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_millis(1_795_452_348_053 + seq as u64)
+}
+
+/// `members` in a chain entry, as the trail's writer seals one (the link to the entry before
+/// is made up: the exporter does not read it).
+fn entry(seq: usize, members: &[u8]) -> String {
+    let prev = idgate_audit::Digest::of(&seq.to_le_bytes());
+    let mut line = format!(r#"{{"seq":{seq},"prev":"{}","entry":"record","#, prev.hex());
+    line.push_str(std::str::from_utf8(members).unwrap());
+    let hash = idgate_audit::Digest::of(line.as_bytes());
+    line.push_str(&format!(r#","hash":"{}"}}"#, hash.hex()));
+    line
 }
 
 /// The `seq` of a received JSON message.

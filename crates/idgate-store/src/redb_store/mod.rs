@@ -16,8 +16,10 @@
 //! file of their own: their [`StoreVersion`] is the file's change time, so any other write
 //! to the same file would make every gateway re-read its keys.
 //!
-//! Every call blocks on the file: the async trait methods run it on the runtime's blocking
-//! threads (see `crate::blocking`).
+//! Every call blocks on the file: the async trait methods run reads, API key writes and
+//! queue writes on the runtime's blocking threads (see `crate::blocking`), and the state
+//! writes (counters, nonces, ownership) on the file's own writer thread, which waits for
+//! the file where the blocking pool would otherwise fill up with writes (see `writer`).
 
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -38,6 +40,9 @@ use crate::blocking::run_blocking;
 
 mod queue;
 mod state;
+#[cfg(any(test, feature = "conformance"))]
+pub mod testing;
+mod writer;
 
 /// API key records by id: versioned JSON (see `StoredKey::encode`).
 const API_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_keys");
@@ -62,6 +67,8 @@ pub(crate) struct Inner {
     /// Held for the store's life when writable.
     db: Option<Database>,
     wait: Duration,
+    /// The thread making the state writes (see `writer`), once one was made.
+    writer: writer::Writer,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -104,6 +111,7 @@ impl RedbStore {
             path,
             db: Some(db),
             wait,
+            writer: writer::Writer::new(),
         }))
     }
 
@@ -114,6 +122,7 @@ impl RedbStore {
             path: path.as_ref().to_owned(),
             db: None,
             wait: Duration::from_millis(200),
+            writer: writer::Writer::new(),
         })
     }
 

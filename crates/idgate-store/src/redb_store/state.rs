@@ -1,6 +1,7 @@
-//! Counters, nonces and ownership records in the redb file. Each call is one write
-//! transaction (or one read transaction for a lookup), so it is atomic against every other
-//! task and process sharing the file, and durable once it returns.
+//! Counters, nonces and ownership records in the redb file. Each write is made by the
+//! file's writer thread (see `writer`), inside a write transaction, so it is atomic against
+//! every other task and process sharing the file, and durable once it returns; a lookup is
+//! one read transaction.
 
 use std::future::Future;
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
+use super::writer::{self, Done, Op};
 use super::{Inner, RedbStore, db_err};
 use crate::StoreError;
 use crate::counters::{Counters, GcraDecision, GcraLimit, GcraTake, WindowCount};
@@ -24,7 +26,7 @@ fn kind_of(tag: u8) -> Option<Kind> {
     ALL_KINDS.iter().copied().find(|k| k.tag() == tag)
 }
 
-struct StateTables<'t, 'p> {
+pub(super) struct StateTables<'t, 'p> {
     rows: Table<'t, (u8, &'static str), (u64, u64, &'static str)>,
     deadlines: Table<'t, (u64, u8, &'static str), ()>,
     path: &'p Path,
@@ -147,7 +149,7 @@ impl ReadRows for ReadState<'_> {
 }
 
 impl Inner {
-    fn write_state<T>(
+    pub(super) fn write_state<T>(
         &self,
         f: impl FnOnce(&mut StateTables<'_, '_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
@@ -165,6 +167,16 @@ impl Inner {
     }
 }
 
+impl RedbStore {
+    /// Makes `op` through the file's writer and takes its answer as `pick` says.
+    async fn write_op<T>(&self, op: Op, pick: fn(Done) -> Option<T>) -> Result<T, StoreError> {
+        let done = writer::write(&self.inner, op).await?;
+        pick(done).ok_or_else(|| {
+            StoreError::Interrupted("the state writer answered another write".to_owned())
+        })
+    }
+}
+
 impl Counters for RedbStore {
     fn increment(
         &self,
@@ -173,9 +185,15 @@ impl Counters for RedbStore {
         window: Duration,
         now: SystemTime,
     ) -> impl Future<Output = Result<WindowCount, StoreError>> + Send {
-        let key = key.clone();
-        self.blocking(move |s| {
-            s.write_state(|rows| state::increment(rows, key.as_str(), by, window, now))
+        let op = Op::Increment {
+            key: key.as_str().to_owned(),
+            by,
+            window,
+            now,
+        };
+        self.write_op(op, |d| match d {
+            Done::Window(w) => Some(w),
+            _ => None,
         })
     }
 
@@ -189,8 +207,11 @@ impl Counters for RedbStore {
     }
 
     fn reset(&self, key: &CounterKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let key = key.clone();
-        self.blocking(move |s| s.write_state(|rows| rows.remove(Kind::Window, key.as_str())))
+        let op = Op::Remove {
+            kind: Kind::Window,
+            key: key.as_str().to_owned(),
+        };
+        self.write_op(op, removed)
     }
 
     fn gcra(
@@ -200,16 +221,41 @@ impl Counters for RedbStore {
         take: GcraTake,
         now: SystemTime,
     ) -> impl Future<Output = Result<GcraDecision, StoreError>> + Send {
-        let (key, limit) = (key.clone(), *limit);
-        self.blocking(move |s| {
-            s.write_state(|rows| state::check_gcra(rows, key.as_str(), &limit, take, now))
+        let op = Op::Gcra {
+            key: key.as_str().to_owned(),
+            limit: *limit,
+            take,
+            now,
+        };
+        self.write_op(op, |d| match d {
+            Done::Gcra(g) => Some(g),
+            _ => None,
         })
     }
 
     fn sweep(&self, now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        self.blocking(move |s| {
-            s.write_state(|rows| rows.sweep(COUNTER_KINDS, micros(now), usize::MAX))
-        })
+        self.write_op(sweep(COUNTER_KINDS, now), swept)
+    }
+}
+
+fn sweep(kinds: &'static [Kind], now: SystemTime) -> Op {
+    Op::Sweep {
+        kinds,
+        now: micros(now),
+    }
+}
+
+fn swept(done: Done) -> Option<u64> {
+    match done {
+        Done::Swept(n) => Some(n),
+        _ => None,
+    }
+}
+
+fn removed(done: Done) -> Option<bool> {
+    match done {
+        Done::Removed(r) => Some(r),
+        _ => None,
     }
 }
 
@@ -220,16 +266,19 @@ impl Nonces for RedbStore {
         window: Duration,
         now: SystemTime,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let nonce = nonce.clone();
-        self.blocking(move |s| {
-            s.write_state(|rows| state::insert_nonce(rows, nonce.as_str(), window, now))
+        let op = Op::Nonce {
+            nonce: nonce.as_str().to_owned(),
+            window,
+            now,
+        };
+        self.write_op(op, |d| match d {
+            Done::Fresh(f) => Some(f),
+            _ => None,
         })
     }
 
     fn sweep(&self, now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        self.blocking(move |s| {
-            s.write_state(|rows| rows.sweep(&[Kind::Nonce], micros(now), usize::MAX))
-        })
+        self.write_op(sweep(&[Kind::Nonce], now), swept)
     }
 }
 
@@ -241,9 +290,15 @@ impl Ownership for RedbStore {
         retention: Duration,
         now: SystemTime,
     ) -> impl Future<Output = Result<OwnerRecord, StoreError>> + Send {
-        let (object, owner) = (object.clone(), owner.clone());
-        self.blocking(move |s| {
-            s.write_state(|rows| state::put_owner(rows, object.as_str(), &owner, retention, now))
+        let op = Op::PutOwner {
+            object: object.as_str().to_owned(),
+            owner: owner.clone(),
+            retention,
+            now,
+        };
+        self.write_op(op, |d| match d {
+            Done::Owner(r) => Some(r),
+            _ => None,
         })
     }
 
@@ -257,14 +312,15 @@ impl Ownership for RedbStore {
     }
 
     fn remove(&self, object: &ObjectId) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let object = object.clone();
-        self.blocking(move |s| s.write_state(|rows| rows.remove(Kind::Owner, object.as_str())))
+        let op = Op::Remove {
+            kind: Kind::Owner,
+            key: object.as_str().to_owned(),
+        };
+        self.write_op(op, removed)
     }
 
     fn sweep(&self, now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        self.blocking(move |s| {
-            s.write_state(|rows| rows.sweep(&[Kind::Owner], micros(now), usize::MAX))
-        })
+        self.write_op(sweep(&[Kind::Owner], now), swept)
     }
 }
 

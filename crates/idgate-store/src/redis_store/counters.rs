@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use redis::cluster_routing::Slot;
-use redis::{ErrorKind, Pipeline, RedisError, RedisResult, Script, ServerErrorKind, Value};
+use redis::{ErrorKind, RedisResult, Script, ServerErrorKind, Value};
 use tokio::task::JoinSet;
 
 use super::reply::{array, bad, exact, expire_at_ms, int, opt_int, opt_string, string};
@@ -161,17 +161,21 @@ impl RedisStore {
         self.tagged("w", key.as_str())
     }
 
-    fn gcra_key(&self, key: &CounterKey) -> String {
+    pub(super) fn gcra_key(&self, key: &CounterKey) -> String {
         self.tagged("g", key.as_str())
     }
 }
 
 impl RedisStore {
-    /// EVALSHA of the GCRA script for each `(key, args)`, pipelined; the replies in order.
+    /// EVALSHA of the GCRA script for each `(key, args)`, pipelined: each call's reply, in
+    /// order. In a Cluster, the calls of each hash slot go in a pipeline of their own, each
+    /// bounded by the store's timeout on its own: a node that fails or does not answer fails
+    /// its calls only (the outer error), and a call the server refused has the server's
+    /// error (the inner one).
     async fn pipelined(
         &self,
         calls: &[(String, [u64; 6])],
-    ) -> Result<Vec<RedisResult<Value>>, StoreError> {
+    ) -> Vec<Result<RedisResult<Value>, StoreError>> {
         // Which calls go together: all of them, or those of one Cluster slot.
         let mut groups: Vec<(Option<Slot>, Vec<usize>)> = Vec::new();
         for (i, (key, _)) in calls.iter().enumerate() {
@@ -181,54 +185,56 @@ impl RedisStore {
                 None => groups.push((slot, vec![i])),
             }
         }
-        let pipelines: Vec<(Vec<usize>, Pipeline)> = groups
-            .into_iter()
-            .map(|(_, members)| {
-                let mut pipe = redis::pipe();
-                pipe.ignore_errors();
-                for &i in &members {
-                    let (key, args) = &calls[i];
-                    pipe.cmd("EVALSHA")
-                        .arg(GCRA.get_hash())
-                        .arg(1)
-                        .arg(key)
-                        .arg(&args[..]);
-                }
-                (members, pipe)
-            })
-            .collect();
-        let answered = self
-            .call(|conn| async move {
-                let mut set = JoinSet::new();
-                for (members, pipe) in pipelines {
-                    let mut conn = conn.clone();
-                    set.spawn(async move {
-                        let replies: RedisResult<Vec<RedisResult<Value>>> =
-                            pipe.query_async(&mut conn).await;
-                        (members, replies)
-                    });
-                }
-                let mut answered = Vec::new();
-                while let Some(joined) = set.join_next().await {
-                    let (members, replies) = joined.map_err(|_| {
-                        RedisError::from((ErrorKind::Client, "a pipeline task failed"))
-                    })?;
-                    answered.push((members, replies?));
-                }
-                Ok(answered)
-            })
-            .await?;
-        let mut out: Vec<Option<RedisResult<Value>>> = calls.iter().map(|_| None).collect();
-        for (members, replies) in answered {
-            if replies.len() != members.len() {
-                return Err(bad("a pipeline of another length"));
+        let timeout = self.timeout;
+        let mut set = JoinSet::new();
+        for (_, members) in groups {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &i in &members {
+                let (key, args) = &calls[i];
+                pipe.cmd("EVALSHA")
+                    .arg(GCRA.get_hash())
+                    .arg(1)
+                    .arg(key)
+                    .arg(&args[..]);
             }
-            for (i, reply) in members.into_iter().zip(replies) {
-                out[i] = Some(reply);
+            let mut conn = self.conn.clone();
+            set.spawn(async move {
+                let query = pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn);
+                let replies = match tokio::time::timeout(timeout, query).await {
+                    Ok(Ok(replies)) if replies.len() == members.len() => Ok(replies),
+                    // Why the calls failed, as `StoreError::Unavailable` gives it.
+                    Ok(Ok(_)) => Err("Redis answered a pipeline of another length".to_owned()),
+                    Ok(Err(e)) => Err(super::describe(&e)),
+                    Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+                };
+                (members, replies)
+            });
+        }
+        let mut out: Vec<Option<Result<RedisResult<Value>, StoreError>>> =
+            calls.iter().map(|_| None).collect();
+        while let Some(joined) = set.join_next().await {
+            // A task that panicked leaves its calls without a reply, failed below.
+            let Ok((members, replies)) = joined else {
+                continue;
+            };
+            match replies {
+                Ok(replies) => {
+                    for (i, reply) in members.into_iter().zip(replies) {
+                        out[i] = Some(Ok(reply));
+                    }
+                }
+                Err(reason) => {
+                    for i in members {
+                        out[i] = Some(Err(StoreError::Unavailable {
+                            reason: reason.clone(),
+                        }));
+                    }
+                }
             }
         }
         out.into_iter()
-            .map(|r| r.ok_or_else(|| bad("a pipeline without every reply")))
+            .map(|r| r.unwrap_or_else(|| Err(bad("a pipeline task failed"))))
             .collect()
     }
 }
@@ -316,38 +322,39 @@ impl Counters for RedisStore {
 
     /// All checks in one pipelined round trip. In a Cluster a pipeline goes to one node,
     /// so the checks are grouped by hash slot and the groups' pipelines sent at once: still
-    /// one round trip of waiting. A check the server had no cached script for (NOSCRIPT:
-    /// it did not run) runs once more alone, loading the script.
+    /// one round trip of waiting, each bounded by the timeout on its own, so that the
+    /// checks of a node that does not answer fail while the others are decided. A check the
+    /// server had no cached script for (NOSCRIPT: it did not run) runs once more alone,
+    /// loading the script.
     async fn gcra_many(
         &self,
         checks: &[GcraCheck<'_>],
         now: SystemTime,
-    ) -> Result<Vec<GcraDecision>, StoreError> {
+    ) -> Vec<Result<GcraDecision, StoreError>> {
         let now_us = exact(micros(now));
         let calls: Vec<(String, [u64; 6])> = checks
             .iter()
             .map(|(key, limit, take)| (self.gcra_key(key), gcra_args(limit, *take, now_us)))
             .collect();
-        let replies = self.pipelined(&calls).await?;
+        let replies = self.pipelined(&calls).await;
         let mut out = Vec::with_capacity(checks.len());
         for (((_, limit, take), (key, args)), reply) in checks.iter().zip(&calls).zip(replies) {
             let reply = match reply {
-                Ok(reply) => reply,
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                     self.call(|mut c| async move {
                         GCRA.key(key).arg(&args[..]).invoke_async(&mut c).await
                     })
-                    .await?
+                    .await
                 }
-                Err(e) => {
-                    return Err(StoreError::Unavailable {
-                        reason: super::describe(&e),
-                    });
-                }
+                Ok(Err(e)) => Err(StoreError::Unavailable {
+                    reason: super::describe(&e),
+                }),
+                Err(e) => Err(e),
             };
-            out.push(gcra_decision(reply, limit, *take, now)?);
+            out.push(reply.and_then(|reply| gcra_decision(reply, limit, *take, now)));
         }
-        Ok(out)
+        out
     }
 
     async fn sweep(&self, _now: SystemTime) -> Result<u64, StoreError> {

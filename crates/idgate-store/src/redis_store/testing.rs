@@ -178,6 +178,12 @@ impl RedisServer {
         self.port
     }
 
+    /// One inline command (a server without TLS or password): the reply as RESP text,
+    /// empty when there was none.
+    pub fn query(&self, line: &str) -> String {
+        command(self.port, &format!("{line}\r\n"))
+    }
+
     /// The CA that signed a TLS server's certificate (PEM).
     pub fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.crt")
@@ -306,13 +312,59 @@ impl RedisCluster {
         self.signal_all("-CONT");
     }
 
+    /// The node (an index into [`RedisCluster::urls`]) that is the master of `key`'s hash
+    /// slot (`key` as Redis hashes it: a `{tag}` in it counts alone).
+    pub fn master_of(&self, key: &str) -> usize {
+        let slot: u16 = command(self.ports[0], &format!("CLUSTER KEYSLOT {key}\r\n"))
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .unwrap();
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.ports[0].to_string(), "CLUSTER", "NODES"])
+            .output()
+            .expect("redis-cli runs");
+        let nodes = String::from_utf8_lossy(&out.stdout);
+        // `id ip:port@bus flags master ping pong epoch state slot…`, a slot as `N` or `A-B`.
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let mut ends = range.splitn(2, '-').map(|n| n.parse::<u16>().ok());
+                match (ends.next().flatten(), ends.next()) {
+                    (Some(a), Some(Some(b))) => (a..=b).contains(&slot),
+                    (Some(a), None) => a == slot,
+                    _ => false,
+                }
+            });
+            if serves {
+                let port: u16 = fields[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .unwrap();
+                return self.ports.iter().position(|p| *p == port).unwrap();
+            }
+        }
+        panic!("no master serves slot {slot}:\n{nodes}");
+    }
+
+    /// Freezes one node (SIGSTOP): its connections stay open and it answers nothing. Resume
+    /// it within the cluster's node timeout (2 s), or its replica takes over.
+    pub fn pause_node(&self, node: usize) {
+        signal(&self.nodes[node], "-STOP");
+    }
+
+    /// Lets a paused node go on (SIGCONT).
+    pub fn resume_node(&self, node: usize) {
+        signal(&self.nodes[node], "-CONT");
+    }
+
     fn signal_all(&self, signal: &str) {
         for node in &self.nodes {
-            let status = Command::new("kill")
-                .args([signal, &node.id().to_string()])
-                .status()
-                .expect("kill runs");
-            assert!(status.success(), "kill {signal} {}", node.id());
+            self::signal(node, signal);
         }
     }
 
@@ -332,6 +384,14 @@ impl Drop for RedisCluster {
             let _ = child.wait();
         }
     }
+}
+
+fn signal(node: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &node.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {signal} {}", node.id());
 }
 
 /// A loopback port nobody listens on (and, for a cluster node, its bus port too), as the

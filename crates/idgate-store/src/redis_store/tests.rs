@@ -304,11 +304,58 @@ async fn a_redis_down_at_start_and_restarted_is_used_once_it_is_back() {
     let now = SystemTime::now();
     let one = GcraTake::EXACTLY_ONE;
     let checks = [(&a, &limit, one), (&b, &limit, one), (&a, &limit, one)];
-    let decisions = eventually(|| store.gcra_many(&checks, now)).await;
+    let decisions = eventually(|| async {
+        let answers = store.gcra_many(&checks, now).await;
+        answers.into_iter().collect::<Result<Vec<_>, _>>()
+    })
+    .await;
     assert_eq!(
         decisions.iter().map(|d| d.allowed).collect::<Vec<_>>(),
         [true, true, false]
     );
+}
+
+/// One frozen master fails the checks of its slots only: the other checks of the same call
+/// are decided (and consumed) by the masters that answered, within the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_cluster_master_fails_only_the_checks_of_its_slots() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let mut options = RedisOptions::cluster(cluster.urls());
+    options.timeout = Duration::from_millis(300);
+    let store = RedisStore::new(&options).unwrap();
+    // Two keys whose slots two different masters serve.
+    let master = |key: &CounterKey| cluster.master_of(&store.gcra_key(key));
+    let a = CounterKey::new("a").unwrap();
+    let b = (0..64)
+        .map(|i| CounterKey::new(format!("b{i}")).unwrap())
+        .find(|b| master(b) != master(&a))
+        .unwrap();
+    let limit = GcraLimit::per(1, Duration::from_secs(60), 1).unwrap();
+    let one = GcraTake::EXACTLY_ONE;
+    let checks = [(&a, &limit, one), (&b, &limit, one)];
+    // Connected to every master first.
+    let both = eventually(|| async {
+        let answers = store.gcra_many(&checks, SystemTime::now()).await;
+        answers.into_iter().collect::<Result<Vec<_>, _>>()
+    })
+    .await;
+    assert!(both.iter().all(|d| d.allowed));
+
+    let frozen = master(&b);
+    cluster.pause_node(frozen);
+    let began = Instant::now();
+    let answers = store.gcra_many(&checks, SystemTime::now()).await;
+    let took = began.elapsed();
+    cluster.resume_node(frozen);
+    let [a_answer, b_answer] = <[_; 2]>::try_from(answers).unwrap();
+    assert!(!a_answer.unwrap().allowed, "a's master answered: refused");
+    assert!(
+        matches!(b_answer, Err(StoreError::Unavailable { .. })),
+        "{b_answer:?}"
+    );
+    assert!(took < Duration::from_secs(1), "took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 
 use crate::assert_eventually;
+use crate::resilience_upstream::Flaky;
 use crate::support::*;
 
 /// A plain HTTP upstream that answers `{"n": …, "path": …, "secret": …}` (200, `private`,
@@ -354,6 +355,229 @@ async fn an_answer_marked_no_store_is_never_kept() {
         assert_eq!(r.status, 200);
         assert_eq!(r.header("warning"), Some("110 - \"Response is Stale\""));
         assert_eq!(r.json()["path"], "/v1/kept");
+    })
+    .await;
+}
+
+/// The value of one metric series (0 when it is not there yet).
+async fn metric(gw: &Gateway, series: &str) -> u64 {
+    let metrics = admin_get(gw.admin_port, "/metrics").await.unwrap().1;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_reached_the_primary_never_reaches_the_failover_upstream_after_a_retry() {
+    within(async {
+        let pki = Pki::default_pki();
+        // The primary's endpoints: one refuses connections, the other reads the request and
+        // never answers.
+        let refusing = ClosedPort::new();
+        let stalling = Flaky::start().await;
+        stalling.hang.store(true, Ordering::SeqCst);
+        let secondary = Flaky::start().await;
+        let config = base_config(&pki)
+            .upstream(
+                UpstreamSpec::new("primary", "")
+                    .with(
+                        "endpoints",
+                        strings(&[&refusing.url("http"), &stalling.url()]),
+                    )
+                    .with(
+                        "retry",
+                        table([("attempts", 2.into()), ("backoff", "5ms".into())]),
+                    )
+                    .with("first_byte_timeout", "300ms")
+                    .with("request_timeout", "3s")
+                    // A signed request: its body is read whole, so a retry can send it again.
+                    .credential(CredentialSpec::scheme(
+                        "veriff",
+                        "env:VERIFF_CLIENT",
+                        "env:VERIFF_SECRET",
+                    )),
+            )
+            .upstream(UpstreamSpec::new("second", &secondary.url()))
+            .route(
+                RouteSpec::new("r", &["POST"], "/v1/{*rest}", "primary", &[ONBOARDING])
+                    .with("failover", "second"),
+            );
+        let gw = Gateway::start(
+            &config,
+            &[
+                ("VERIFF_CLIENT", "veriff-client"),
+                ("VERIFF_SECRET", "veriff-secret-0123456789"),
+            ],
+        )
+        .await;
+        let c = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let retried = "idgate_upstream_retries_total{upstream=\"primary\",reason=\"connect\"}";
+        // Each request's first endpoint is a random pick of the two: go on until one was
+        // refused its connection first and retried on the stalling endpoint (forty requests
+        // miss that once in 2^40 runs).
+        let mut sent = 0;
+        while metric(&gw, retried).await == 0 {
+            assert!(
+                sent < 40,
+                "no request was retried after a refused connection"
+            );
+            let r = c
+                .send(
+                    "POST",
+                    "/v1/payments",
+                    &[("content-type", "application/json")],
+                    r#"{"amount":1}"#,
+                )
+                .await
+                .unwrap();
+            // The primary's failure stands.
+            assert_eq!(
+                (r.status, problem(&r).as_str()),
+                (504, "upstream-timeout"),
+                "{:?}",
+                r.body
+            );
+            sent += 1;
+        }
+        assert_eventually!(
+            stalling.seen().len() == sent,
+            "the stalling endpoint saw {:?} of {sent}",
+            stalling.seen()
+        );
+        assert!(
+            secondary.seen().is_empty(),
+            "the failover upstream got {:?}",
+            secondary.seen()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_the_primary_answered_never_reaches_the_failover_upstream_when_its_retry_sends_nothing()
+ {
+    within(async {
+        let pki = Pki::default_pki();
+        // The primary's endpoints: one answers 503, the other refuses connections.
+        let failing = Flaky::start().await;
+        failing.status.store(503, Ordering::SeqCst);
+        let refusing = ClosedPort::new();
+        let secondary = Flaky::start().await;
+        let config = base_config(&pki)
+            .upstream(
+                UpstreamSpec::new("primary", "")
+                    .with(
+                        "endpoints",
+                        strings(&[&failing.url(), &refusing.url("http")]),
+                    )
+                    .with(
+                        "retry",
+                        table([("attempts", 1.into()), ("backoff", "5ms".into())]),
+                    )
+                    .credential(CredentialSpec::scheme(
+                        "veriff",
+                        "env:VERIFF_CLIENT",
+                        "env:VERIFF_SECRET",
+                    )),
+            )
+            .upstream(UpstreamSpec::new("second", &secondary.url()))
+            .route(
+                RouteSpec::new("r", &["POST"], "/v1/{*rest}", "primary", &[ONBOARDING])
+                    .with("failover", "second"),
+            );
+        let gw = Gateway::start(
+            &config,
+            &[
+                ("VERIFF_CLIENT", "veriff-client"),
+                ("VERIFF_SECRET", "veriff-secret-0123456789"),
+            ],
+        )
+        .await;
+        let c = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let retried = "idgate_upstream_retries_total{upstream=\"primary\",reason=\"status\"}";
+        // Go on until a request met the 503 first: its retry (allowed by the
+        // Idempotency-Key) found no connection, and sent nothing.
+        let mut sent = 0;
+        while metric(&gw, retried).await == 0 {
+            assert!(sent < 40, "no request was retried after a 503");
+            let r = c
+                .send(
+                    "POST",
+                    "/v1/payments",
+                    &[
+                        ("content-type", "application/json"),
+                        ("idempotency-key", "pay-1"),
+                    ],
+                    r#"{"amount":1}"#,
+                )
+                .await
+                .unwrap();
+            assert!(matches!(r.status, 502 | 503), "{} {:?}", r.status, r.body);
+            sent += 1;
+        }
+        assert_eq!(failing.seen().len(), sent);
+        assert!(
+            secondary.seen().is_empty(),
+            "the failover upstream got {:?}",
+            secondary.seen()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_the_record_names_the_secondarys_credential_never_the_primarys() {
+    within(async {
+        let pki = Pki::default_pki();
+        let down = ClosedPort::new();
+        let secondary = TestUpstream::http(UpstreamMode::Echo).await;
+        let labelled = |label: &str, env: &str| CredentialSpec {
+            label: Some(label.to_owned()),
+            ..CredentialSpec::header("x-api-key", env)
+        };
+        let config = base_config(&pki)
+            .upstream(
+                UpstreamSpec::new("down", &down.url("http"))
+                    .credential(labelled("primary-cred", "env:PRIMARY_KEY")),
+            )
+            .upstream(UpstreamSpec::new("bare", &secondary.url(false)))
+            .upstream(
+                UpstreamSpec::new("keyed", &secondary.url(false))
+                    .credential(labelled("second-cred", "env:SECOND_KEY")),
+            )
+            .route(RouteSpec::get("to-bare", "/bare/{*rest}", "down").with("failover", "bare"))
+            .route(RouteSpec::get("to-keyed", "/keyed/{*rest}", "down").with("failover", "keyed"));
+        let gw = Gateway::start(
+            &config,
+            &[
+                ("PRIMARY_KEY", "primary-key-1"),
+                ("SECOND_KEY", "second-key-2"),
+            ],
+        )
+        .await;
+        let c = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let bare = c.get("/bare/a").await.unwrap();
+        assert_eq!(bare.status, 200, "{:?}", bare.body);
+        assert!(!secondary.last().headers.contains_key("x-api-key"));
+        let keyed = c.get("/keyed/a").await.unwrap();
+        assert_eq!(keyed.status, 200, "{:?}", keyed.body);
+        assert_eq!(secondary.last().headers["x-api-key"], "second-key-2");
+
+        assert_eventually!(
+            log_lines(&gw, "idgate::access", "request").len() >= 2,
+            "access lines:\n{}",
+            gw.output()
+        );
+        let line = access_line(&gw, bare.header("x-request-id").unwrap());
+        assert_eq!(line["decision"], "allowed:fallback:failover");
+        assert!(
+            line.get("credential").is_none_or(Value::is_null),
+            "the record names {:?}",
+            line.get("credential")
+        );
+        let line = access_line(&gw, keyed.header("x-request-id").unwrap());
+        assert_eq!(line["credential"], "second-cred");
     })
     .await;
 }

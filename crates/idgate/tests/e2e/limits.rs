@@ -115,6 +115,90 @@ async fn an_idle_http2_connection_is_told_to_go_away_but_not_while_a_request_run
     .await
 }
 
+/// An HTTP/1.1 upstream on loopback whose `/v1/drip` answers its head at once, then its
+/// body one piece every `every`, `pieces` in all; anything else is answered at once.
+async fn dripping_upstream(
+    pieces: usize,
+    every: Duration,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    if head.split(' ').nth(1) == Some("/v1/drip") {
+                        let _ = tcp
+                            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                            .await;
+                        for _ in 0..pieces {
+                            tokio::time::sleep(every).await;
+                            if tcp.write_all(b"5\r\ndrip\n\r\n").await.is_err() {
+                                return;
+                            }
+                        }
+                        if tcp.write_all(b"0\r\n\r\n").await.is_err() {
+                            return;
+                        }
+                    } else if tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nfine")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn a_long_http2_response_body_is_not_cut_off_by_idle_timeout() {
+    within(async {
+        let pki = Pki::default_pki();
+        // The body streams for three idle timeouts after its head.
+        let (url, upstream) = dripping_upstream(6, Duration::from_millis(500)).await;
+        let gw = OneRoute {
+            url: &url,
+            listener_extra: toml::toml! { idle_timeout = "1s" },
+            ..OneRoute::default()
+        }
+        .start(&pki, &[])
+        .await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, true);
+        let mut conn = client.connect().await.unwrap();
+        let r = conn.send("GET", "/v1/drip", &[], "").await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.body, "drip\n".repeat(6), "{}", gw.output());
+        // A connection taken for idle while the body streamed would have been sent GOAWAY,
+        // and closed a grace later whatever it was still sending: it takes no new request.
+        let again = conn.send("GET", PATH, &[], "").await;
+        assert!(
+            again.as_ref().is_ok_and(|r| r.status == 200),
+            "the connection was told to go away while a response body streamed: {again:?}\n{}",
+            gw.output()
+        );
+        upstream.abort();
+    })
+    .await
+}
+
 #[tokio::test]
 async fn check_refuses_connection_limits_that_cannot_work() {
     let pki = Pki::default_pki();

@@ -269,6 +269,17 @@ async fn lockout_gateway_on(
     lockout: toml::Table,
     state: Option<toml::Table>,
 ) -> Gateway {
+    Gateway::start(&lockout_config(pki, upstream, lockout, state), &[]).await
+}
+
+/// The configuration of [`lockout_gateway_on`], also written to `idgate.toml` in the PKI's
+/// directory for the `idgate keys` CLI.
+fn lockout_config(
+    pki: &Pki,
+    upstream: &TestUpstream,
+    lockout: toml::Table,
+    state: Option<toml::Table>,
+) -> GatewayConfig {
     let pepper = pki.path().join("pepper");
     std::fs::write(&pepper, "0123456789abcdef0123456789abcdef-pepper").unwrap();
     std::fs::set_permissions(&pepper, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -291,7 +302,35 @@ async fn lockout_gateway_on(
         Some(state) => config.section("state", state),
         None => config,
     };
-    Gateway::start(&config, &[]).await
+    std::fs::write(pki.path().join("idgate.toml"), config.to_toml()).unwrap();
+    config
+}
+
+/// `idgate keys ARGS` on the configuration [`lockout_config`] wrote, off the runtime.
+async fn keys_cli(pki: &Pki, args: &[&str]) -> (i32, String, String) {
+    let config = pki.path().join("idgate.toml").display().to_string();
+    let mut all = vec![
+        "keys".to_owned(),
+        args[0].to_owned(),
+        "--config".to_owned(),
+        config,
+    ];
+    all.extend(args[1..].iter().map(|a| (*a).to_owned()));
+    tokio::task::spawn_blocking(move || {
+        idgate_cli(&all.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap()
+}
+
+/// A real key made with the CLI, presented with a wrong secret: a failure counted against
+/// a key id that exists.
+async fn real_key_wrong_secret(pki: &Pki, name: &str) -> String {
+    let (code, out, err) = keys_cli(pki, &["create", "--name", name]).await;
+    assert_eq!(code, 0, "{err}");
+    let key = out.trim();
+    let last = if key.ends_with('a') { 'b' } else { 'a' };
+    format!("{}{last}", &key[..key.len() - 1])
 }
 
 fn bogus_key(c: char) -> String {
@@ -399,9 +438,12 @@ async fn a_locked_out_api_key_leaves_other_keys_and_callers_alone() {
             ("cooldown", "1m".into()),
             ("by", strings(&["api_key_id"])),
         ]);
-        let gw = lockout_gateway(&pki, &upstream, lockout).await;
+        let config = lockout_config(&pki, &upstream, lockout, None);
+        // Keys that exist, guessed at: each id is counted on its own.
+        let a = real_key_wrong_secret(&pki, "a").await;
+        let b = real_key_wrong_secret(&pki, "b").await;
+        let gw = Gateway::start(&config, &[]).await;
         let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
-        let (a, b) = (bogus_key('a'), bogus_key('c'));
         for expected in [401, 401, 429, 429] {
             let reply = client
                 .send("GET", PATH, &[("x-api-key", &a)], "")
@@ -415,11 +457,92 @@ async fn a_locked_out_api_key_leaves_other_keys_and_callers_alone() {
             .unwrap();
         assert_eq!(reply.status, 401, "another key is not locked out");
         assert_eq!(client.get(PATH).await.unwrap().status, 200);
+        // A made-up id is locked out after as many failures (in the counter it shares).
+        let made_up = bogus_key('c');
+        for expected in [401, 401, 429] {
+            let reply = client
+                .send("GET", PATH, &[("x-api-key", &made_up)], "")
+                .await
+                .unwrap();
+            assert_eq!(reply.status, expected, "{:?}", reply.body);
+        }
         let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
         assert!(
-            metrics.contains("idgate_lockout_refusals_total{by=\"api_key_id\"} 2"),
+            metrics.contains("idgate_lockout_refusals_total{by=\"api_key_id\"} 3"),
             "{metrics}"
         );
+    })
+    .await;
+}
+
+/// Made-up API key ids share a fixed number of lockout counters, so that a caller making
+/// them up cannot grow the state store without end; a real key's id keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn made_up_api_key_ids_create_a_bounded_number_of_lockout_keys() {
+    within(async {
+        let Some(redis) = idgate_store::redis_testing::RedisServer::start() else {
+            return;
+        };
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let lockout = table([
+            ("max_failures", 3.into()),
+            ("window", "1m".into()),
+            ("cooldown", "1m".into()),
+            ("by", strings(&["api_key_id"])),
+        ]);
+        let state = table([("backend", "redis".into()), ("url", redis.url().into())]);
+        let config = lockout_config(&pki, &upstream, lockout, Some(state));
+        let real = real_key_wrong_secret(&pki, "batch").await;
+        let gw = Gateway::start(&config, &[]).await;
+
+        // More made-up ids than there are shared counters, over kept-alive connections.
+        const GUESSES: usize = 5000;
+        const CONNECTIONS: usize = 50;
+        let mut flood = tokio::task::JoinSet::new();
+        for c in 0..CONNECTIONS {
+            let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+            flood.spawn(async move {
+                let mut conn = client.connect().await.unwrap();
+                for i in (c..GUESSES).step_by(CONNECTIONS) {
+                    let guess = made_up_key(i + 1);
+                    let headers = [("x-api-key", guess.as_str())];
+                    let reply = match conn.send("GET", PATH, &headers, "").await {
+                        Ok(reply) => reply,
+                        Err(_) => {
+                            conn = client.connect().await.unwrap();
+                            conn.send("GET", PATH, &headers, "").await.unwrap()
+                        }
+                    };
+                    assert!([401, 429].contains(&reply.status), "{:?}", reply.body);
+                }
+            });
+        }
+        while let Some(done) = flood.join_next().await {
+            done.unwrap();
+        }
+        let keys: usize = redis
+            .query("DBSIZE")
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .unwrap();
+        assert!(
+            keys > 0 && keys <= 4096,
+            "{keys} keys for {GUESSES} made-up ids"
+        );
+
+        // A real key's id is counted, and locked out, under its own key.
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        for expected in [401, 401, 401, 429] {
+            let reply = client
+                .send("GET", PATH, &[("x-api-key", &real)], "")
+                .await
+                .unwrap();
+            assert_eq!(reply.status, expected, "{:?}", reply.body);
+        }
+        let lockout_key = format!("idgate:w:{{lockout:api_key_id={}}}", &real[4..20]);
+        assert_eq!(redis.query(&format!("EXISTS {lockout_key}")).trim(), ":1");
     })
     .await;
 }
@@ -519,6 +642,145 @@ async fn a_token_client_guessed_at_is_locked_out_and_others_still_get_tokens() {
         // A client authenticating with its SVID is not affected.
         let reply = token(None, grant.clone()).await;
         assert_eq!(reply.status, 200, "{:?}", reply.body);
+    })
+    .await;
+}
+
+/// A well-formed API key whose id nobody was given: the `n`th of a flood of guesses.
+fn made_up_key(n: usize) -> String {
+    const BASE32: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let id: String = (0..16)
+        .map(|i| char::from(BASE32[(n >> (5 * (i % 4))) % 32]))
+        .rev()
+        .collect();
+    format!("idg_{id}_{}", "q".repeat(52))
+}
+
+/// How many threads the process `pid` runs.
+fn threads_of(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// Failed logins on a redb state file whose writes cannot keep up (here: its write lock
+/// held by another process, as the `idgate keys` CLI or a stalled disk would hold it) wait in
+/// a bounded queue for the file: they do not take a blocking thread each, so the API key
+/// reload still runs and a revoked key is refused on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_auth_flood_on_redb_keeps_lockout_writes_bounded() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let pepper = pki.path().join("pepper");
+        write_private(&pepper, b"0123456789abcdef0123456789abcdef-pepper");
+        let state_file = pki.path().join("state.redb");
+        let config = base_config(&pki)
+            .section(
+                "api_keys",
+                table([
+                    ("store", path_value(&pki.path().join("keys.redb"))),
+                    ("pepper", format!("file:{}", pepper.display()).into()),
+                    ("reload_interval", "200ms".into()),
+                ]),
+            )
+            .section(
+                "state",
+                table([
+                    ("backend", "redb".into()),
+                    ("path", path_value(&state_file)),
+                ]),
+            )
+            .section(
+                "lockout",
+                table([
+                    ("max_failures", 1000.into()),
+                    ("window", "1m".into()),
+                    ("cooldown", "1m".into()),
+                    ("by", strings(&["api_key_id"])),
+                ]),
+            )
+            .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+            .route(
+                RouteSpec::new(
+                    "route",
+                    &["GET"],
+                    "/v1/{*rest}",
+                    "provider",
+                    &["apikey:batch"],
+                )
+                .with("auth", strings(&["mtls", "api_key"])),
+            );
+        let config_file = pki.path().join("idgate.toml");
+        std::fs::write(&config_file, config.to_toml()).unwrap();
+        let keys = |args: &[&str]| {
+            let mut all = vec!["keys", args[0], "--config", config_file.to_str().unwrap()];
+            all.extend(&args[1..]);
+            let all: Vec<String> = all.into_iter().map(str::to_owned).collect();
+            tokio::task::spawn_blocking(move || {
+                idgate_cli(&all.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+        };
+        let (code, out, err) = keys(&["create", "--name", "batch"]).await.unwrap();
+        assert_eq!(code, 0, "{err}");
+        let key = out.trim().to_owned();
+        let gw = Gateway::start(&config, &[]).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let with_key = |key: String| {
+            let client = &client;
+            async move {
+                client
+                    .send("GET", PATH, &[("x-api-key", &key)], "")
+                    .await
+                    .unwrap()
+                    .status
+            }
+        };
+        assert_eq!(with_key(key.clone()).await, 200);
+        let threads_before = threads_of(gw.child.id());
+
+        // The file is held; a flood of made-up keys, each failure a lockout write.
+        let held = idgate_store::redb_testing::HeldWrites::on(&state_file);
+        let mut flood = tokio::task::JoinSet::new();
+        for task in 0..100 {
+            let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+            flood.spawn(async move {
+                for i in 0..7 {
+                    let guess = made_up_key(task * 7 + i + 1);
+                    let reply = client
+                        .send("GET", PATH, &[("x-api-key", &guess)], "")
+                        .await
+                        .unwrap();
+                    assert_eq!(reply.status, 401, "{:?}", reply.body);
+                }
+            });
+        }
+        while let Some(done) = flood.join_next().await {
+            done.unwrap();
+        }
+        let threads = threads_of(gw.child.id());
+        println!("{threads} threads after the flood, {threads_before} before");
+        assert!(
+            threads < threads_before + 100,
+            "{threads} threads after the flood, {threads_before} before"
+        );
+
+        // The key is revoked meanwhile: the gateway's reload still runs, and refuses it.
+        let (code, _, err) = keys(&["revoke", "--id", &key[4..20]]).await.unwrap();
+        assert_eq!(code, 0, "{err}");
+        let revoked = Instant::now();
+        let status = loop {
+            let status = with_key(key.clone()).await;
+            if status != 200 || revoked.elapsed() > Duration::from_secs(3) {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(status, 401, "the revoked key still works\n{}", gw.output());
+        drop(held);
     })
     .await;
 }

@@ -449,3 +449,70 @@ async fn redis_killed_under_load_leaves_each_route_to_its_fail_mode_until_it_is_
     })
     .await;
 }
+
+/// In a Redis Cluster each limit is decided on its own: with the master of one limit's key
+/// frozen, a request is still refused by another limit whose master answered, though the
+/// route fails open for the limit that got no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_cluster_outage_still_enforces_the_limits_redis_answered() {
+    within(async {
+        let Some(cluster) = RedisCluster::start() else {
+            return;
+        };
+        // Two limits on the route whose keys live on two different masters.
+        let master = |name: &str| cluster.master_of(&format!("{{rl:{name}:route=route}}"));
+        let tight = "tight";
+        let loose = (0..64)
+            .map(|i| format!("loose-{i}"))
+            .find(|name| master(name) != master(tight))
+            .unwrap();
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let limit = |name: &str, rate: &str, burst: i64| {
+            toml::Value::from(table([
+                ("name", name.into()),
+                ("key", strings(&["route"])),
+                ("rate", rate.into()),
+                ("burst", burst.into()),
+            ]))
+        };
+        let config = base_config(&pki)
+            .section("state", redis_state(&cluster.urls()))
+            .section(
+                "rate_limits",
+                toml::Value::Array(vec![limit(tight, "2/m", 2), limit(&loose, "100/m", 100)]),
+            )
+            .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+            .route(
+                RouteSpec::new("route", &["GET"], "/v1/{*rest}", "provider", &[ONBOARDING])
+                    .with("rate_limits", strings(&[tight, &loose]))
+                    .with("on_state_error", "fail_open"),
+            );
+        let gw = Gateway::start(&config, &[]).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        for _ in 0..2 {
+            let reply = client.get(PATH).await.unwrap();
+            assert_eq!(reply.status, 200, "{:?}", reply.body);
+        }
+
+        let frozen = master(&loose);
+        cluster.pause_node(frozen);
+        let reply = client.get(PATH).await;
+        cluster.resume_node(frozen);
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, 429, "{:?}\n{}", reply.body, gw.output());
+        assert_eq!(
+            reply.json()["type"],
+            "https://idgate.dev/problems/rate-limited"
+        );
+        let state = reply.header("ratelimit").unwrap_or_default();
+        assert!(state.starts_with("\"tight\";r=0;"), "{state}");
+        assert!(!state.contains("loose"), "{state}");
+        let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
+        assert!(
+            metrics.contains("state_errors_total{operation=\"gcra\"} 1"),
+            "{metrics}"
+        );
+    })
+    .await;
+}

