@@ -1,7 +1,8 @@
 //! The pipeline's first stage, the path canonicaliser: never panics; what it accepts is a
 //! fixed point (canonicalising it again changes nothing and copies nothing), ASCII, with no
 //! escape of a character it decodes, no lower-case hex, no dot or empty segment, backslash,
-//! `;` or escaped `/`, `\`, `;`, `%` or NUL; and rewriting a request's URI keeps its query.
+//! `;` or escaped `/`, `\`, `;`, `%` or control character (`%00` to `%1F`, `%7F`); and
+//! rewriting a request's URI keeps its query.
 #![no_main]
 
 use std::borrow::Cow;
@@ -22,7 +23,7 @@ fn check_canonical(path: &str) {
         );
         let v = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap();
         assert!(
-            !(v.is_ascii_alphanumeric() || b"-._~:@/\\;%\0".contains(&v)),
+            !(v.is_ascii_alphanumeric() || b"-._~:@/\\;%".contains(&v) || v.is_ascii_control()),
             "{path}: escape of {v:#04x} left"
         );
     }

@@ -18,9 +18,11 @@ use crate::context::Ctx;
 pub struct FallbackConfig {
     /// An AES-256 key: 32 bytes in base64 or hex (`env:`, `file:`, `vault:`, `pkcs11:`).
     pub key: SecretRef,
-    /// The most answers the cache holds; past it, the oldest go first.
+    /// The most answers the cache holds; past it, the caller holding the most entries
+    /// gives way, its oldest entry first.
     pub max_entries: usize,
-    /// The most bytes (encrypted answers) the cache holds; past it, the oldest go first.
+    /// The most bytes (encrypted answers) the cache holds; past it, the caller holding the
+    /// most bytes gives way, its oldest entry first.
     pub max_total_bytes: u64,
 }
 
@@ -187,6 +189,8 @@ pub(crate) fn fault_warning(
 pub(crate) struct Known<'a> {
     /// Upstream name → index into the valid upstreams.
     pub(crate) upstreams: &'a HashMap<&'a str, usize>,
+    /// Each valid upstream's `case_insensitive_paths`, by the same index.
+    pub(crate) case_insensitive: &'a [bool],
     /// Upstreams that are defined but invalid (their own errors say why).
     pub(crate) broken_upstreams: &'a HashSet<String>,
     /// Whether there is a `[fallback]` section (or a broken one, reported already).
@@ -211,6 +215,29 @@ pub(crate) fn route(
             cx.err(
                 format!("{key}.failover"),
                 "names the route's own upstream: a failover goes to another one",
+            );
+            None
+        }
+        // The route was chosen on the path read as its upstream reads it; a failover that
+        // reads case otherwise would take the path for another one (`/users/EXPORT`, routed
+        // by `/users/{id}`, is the export to an upstream that ignores case).
+        Some(&u)
+            if upstream.is_some_and(|p| {
+                known.case_insensitive.get(p) != known.case_insensitive.get(u)
+            }) =>
+        {
+            let reads = |u: usize| match known.case_insensitive.get(u) {
+                Some(true) => "without case",
+                _ => "with case",
+            };
+            cx.err(
+                format!("{key}.failover"),
+                format!(
+                    "upstream \"{name}\" reads paths {} (case_insensitive_paths), the route's own upstream {}: \
+                     a request routed for one would be read as another path by the other; give both the same case_insensitive_paths",
+                    reads(u),
+                    upstream.map_or("with case", reads),
+                ),
             );
             None
         }

@@ -146,6 +146,7 @@ fn parse_route(route_text: &str, sections: &str) -> RouteResilience {
         (&[Method::GET], Some(0)),
         &Known {
             upstreams: &upstreams,
+            case_insensitive: &[false, false],
             broken_upstreams: &broken,
             fallback,
             fault_injection: testing,
@@ -173,6 +174,48 @@ fn a_failover_names_another_existing_upstream() {
         parse_route(&route(r#"failover = "q""#), "").failover,
         Some(1)
     );
+}
+
+#[test]
+fn a_failover_upstream_must_read_paths_with_the_same_case_as_its_route() {
+    // Two more upstreams that read paths without case.
+    let folding = r#"
+[[upstreams]]
+name = "f"
+url = "https://folding.test"
+case_insensitive_paths = true
+[[upstreams]]
+name = "g"
+url = "https://folding-secondary.test"
+case_insensitive_paths = true
+"#;
+    let e = errors(&format!("{folding}{}", route(r#"failover = "f""#)));
+    assert!(
+        e.iter().any(|e| e.starts_with(
+            "routes[0].failover: upstream \"f\" reads paths without case (case_insensitive_paths), \
+             the route's own upstream with case"
+        )),
+        "{e:?}"
+    );
+    let e = errors(&format!(
+        "{folding}{}",
+        route(r#"failover = "p""#).replace(r#"upstream = "p""#, r#"upstream = "f""#)
+    ));
+    assert!(
+        e.iter().any(|e| e.starts_with(
+            "routes[0].failover: upstream \"p\" reads paths with case (case_insensitive_paths), \
+             the route's own upstream without case"
+        )),
+        "{e:?}"
+    );
+    // Both without case, or both with it: nothing to say.
+    let e = errors(&format!(
+        "{folding}{}",
+        route(r#"failover = "g""#).replace(r#"upstream = "p""#, r#"upstream = "f""#)
+    ));
+    assert!(e.is_empty(), "{e:?}");
+    let e = errors(&format!("{folding}{}", route(r#"failover = "q""#)));
+    assert!(e.is_empty(), "{e:?}");
 }
 
 #[test]

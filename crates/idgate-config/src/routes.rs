@@ -107,6 +107,11 @@ pub(crate) fn parse(
         .enumerate()
         .map(|(i, u)| (u.name.as_str(), i))
         .collect();
+    let case_insensitive_by_upstream: Vec<bool> = upstreams
+        .iter()
+        .flatten()
+        .map(|u| u.case_insensitive_paths)
+        .collect();
     let mut upstream_names = HashSet::new();
     for (i, u) in upstreams.iter().enumerate() {
         if let Some(u) = u
@@ -355,6 +360,7 @@ pub(crate) fn parse(
             (&methods, upstream),
             &crate::resilience::Known {
                 upstreams: &upstream_index,
+                case_insensitive: &case_insensitive_by_upstream,
                 broken_upstreams,
                 fallback: layers.fallback,
                 fault_injection: layers.fault_injection,

@@ -16,9 +16,10 @@
 //!
 //! What an upstream could still read in more than one way is refused with
 //! [`PathError::Ambiguous`]: `.` and `..` segments (escaped ones included), empty segments,
-//! `;`, `\`, and escaped `/`, `\`, `;`, `%` or NUL. Raw bytes outside ASCII, broken escapes
-//! and escapes whose bytes are not UTF-8 (overlong forms, lone continuation bytes,
-//! surrogates) are refused with [`PathError::Encoding`]. `problem.rs` maps each to its answer.
+//! `;`, `\`, escaped `/`, `\`, `;` or `%`, and control characters (`%00`..`%1F`, `%7F`),
+//! escaped or raw. Raw bytes outside ASCII, broken escapes and escapes whose bytes are not
+//! UTF-8 (overlong forms, lone continuation bytes, surrogates) are refused with
+//! [`PathError::Encoding`]. `problem.rs` maps each to its answer.
 //!
 //! The query string is not rewritten: it takes no part in routing, and decoding it would
 //! change what `&`, `=` and `+` mean to the upstream. It is forwarded as received, but must
@@ -180,9 +181,12 @@ fn canonical_text(path: &str) -> Result<Cow<'_, str>, PathError> {
                 if is_unreserved(v) || v == b':' || v == b'@' {
                     changed(&mut out, path, i).push(char::from(v));
                     i += 3;
-                } else if matches!(v, b'/' | b'\\' | b';' | b'%' | 0) {
+                } else if matches!(v, b'/' | b'\\' | b';' | b'%') || is_control(v) {
                     // An upstream that decodes these would split, join or cut segments
-                    // differently from the route that matched.
+                    // differently from the route that matched. A control character is read
+                    // in more than one way too: a NUL ends a C string, and a route pattern
+                    // ending in Python's `$` still matches before a trailing newline, so
+                    // `/users/export%0A` would run the export handler past a `{id}` route.
                     return Err(PathError::Ambiguous);
                 } else if v.is_ascii() {
                     keep_escape(&mut out, path, i, v);
@@ -209,9 +213,10 @@ fn canonical_text(path: &str) -> Result<Cow<'_, str>, PathError> {
             // `;` starts path parameters that servlet-style upstreams strip (`/..;/` is
             // `/../` to them); a backslash is a separator to some servers.
             b'\\' | b';' => return Err(PathError::Ambiguous),
-            // A NUL cuts the path short for C-string upstreams; it is refused written raw
-            // (templates) as it is escaped, so a canonical form never holds one.
-            0 => return Err(PathError::Ambiguous),
+            // Control characters (NUL included) are refused written raw as they are escaped,
+            // so a canonical form never holds one. Requests cannot carry them raw (`http`
+            // refuses them in a request target); route templates could.
+            c if is_control(c) => return Err(PathError::Ambiguous),
             0x80.. => return Err(PathError::Encoding(BadEncoding::NonAsciiPath)),
             c if !allowed_raw(c) => {
                 push_escape(changed(&mut out, path, i), c);
@@ -226,6 +231,11 @@ fn canonical_text(path: &str) -> Result<Cow<'_, str>, PathError> {
         }
     }
     Ok(out.map_or(Cow::Borrowed(path), Cow::Owned))
+}
+
+/// An ASCII control character: `0x00`..=`0x1F` and DEL.
+const fn is_control(c: u8) -> bool {
+    c < 0x20 || c == 0x7F
 }
 
 /// The byte of the escape at `b[at]` (a `%`).
@@ -390,6 +400,39 @@ mod tests {
     }
 
     #[test]
+    fn escaped_control_characters_are_ambiguous() {
+        // Python's `$` matches before a trailing newline, and the upstream decodes the path
+        // before matching: `/api/users/export%0A` would be the export route to it.
+        for bad in [
+            "/api/users/export%0A",
+            "/api/users/export%0a",
+            "/api/users/export%0d",
+            "/api/users/export%0D%0A",
+            "/api/users/export%09",
+            "/api/users/export%7F",
+            "/api/users/export%7f",
+            "/api/users/%01export",
+            "/api/users/exp%1Fort",
+            "/api/users/%0A/x",
+        ] {
+            assert_eq!(canon(bad), Err("ambiguous-path"), "{bad}");
+        }
+        // Written raw, as a template could hold them, they are refused the same way.
+        for c in (0u8..0x20).chain([0x7F]) {
+            let raw = format!("/api/users/export{}", char::from(c));
+            assert_eq!(canon(&raw), Err("ambiguous-path"), "{raw:?}");
+            assert!(
+                canonical_template(&format!("/api/{}/{{id}}", char::from(c))).is_err(),
+                "{c:#04x}"
+            );
+        }
+        // A space and the printable characters around the controls are not controls.
+        for good in ["/a%20b", "/a%21", "/a%7E", "/a~"] {
+            assert!(canon(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
     fn non_ascii_broken_escapes_and_escapes_that_are_not_utf8_are_refused() {
         for bad in [
             "/a%zz",
@@ -469,6 +512,9 @@ mod tests {
             // A raw NUL is refused as its escape is, so no canonical form holds `%00`.
             "/api/e\0t/{id}",
             "/api/e%00t/{id}",
+            "/api/export%0A",
+            "/api/export\n/{id}",
+            "/api/e%7Ft/{id}",
         ] {
             assert!(canonical_template(bad).is_err(), "{bad:?}");
         }
@@ -489,7 +535,7 @@ mod tests {
             "/", "/", "a", "Z", "9", "-", ".", "..", "_", "~", "%", "%2", "%2e", "%2E", "%2f",
             "%41", "%61", "%7e", "%3a", "%40", "%3A", "%20", "%c3", "%C3", "%a9", "%A9", "%c0",
             "%ae", "%80", "%ed", "%a0", "%f0", "%9f", "%98", "%zz", ";", "\\", "{", "}", "|", ":",
-            "@", "+", "%2b", "%25", "%00", "\u{e9}",
+            "@", "+", "%2b", "%25", "%00", "\u{e9}", "%0a", "%0D", "%09", "%7f", "%1F", "%20",
         ];
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
         let mut next = || {
@@ -517,7 +563,7 @@ mod tests {
                 );
                 let v = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap();
                 assert!(
-                    !(is_unreserved(v) || b":@/\\;%\0".contains(&v)),
+                    !(is_unreserved(v) || b":@/\\;%".contains(&v) || is_control(v)),
                     "{p} -> {c}"
                 );
             }

@@ -109,6 +109,9 @@ struct PathEntry {
     by_method: Vec<(Method, usize)>,
     /// The `Allow` header for a 405 on this path.
     allow_header: HeaderValue,
+    /// In the folded table, when some of the entry's routes go to an upstream that ignores
+    /// case: the `Allow` header of those routes alone, for the path under another case.
+    case_insensitive_allow: Option<HeaderValue>,
 }
 
 impl PathEntry {
@@ -284,6 +287,7 @@ impl Paths {
                 self.entries.push(PathEntry {
                     by_method: Vec::new(),
                     allow_header: HeaderValue::from_static(""),
+                    case_insensitive_allow: None,
                 });
                 p
             }
@@ -294,16 +298,22 @@ impl Paths {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<(), RouteTableError> {
+    /// Builds the `Allow` headers; `folded_from` is given for the folded table, whose
+    /// entries also get those of their case-insensitive routes.
+    fn finish(&mut self, folded_from: Option<&[RouteConfig]>) -> Result<(), RouteTableError> {
         for entry in &mut self.entries {
-            let list = entry
-                .by_method
-                .iter()
-                .map(|(m, _)| m.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
-            entry.allow_header = HeaderValue::from_str(&list)
-                .map_err(|_| RouteTableError::AllowHeader(list.clone()))?;
+            entry.allow_header = allow_header(entry.by_method.iter().map(|(m, _)| m))?;
+            if let Some(configs) = folded_from {
+                let mut ci = entry
+                    .by_method
+                    .iter()
+                    .filter(|&&(_, r)| configs[r].case_insensitive)
+                    .map(|(m, _)| m)
+                    .peekable();
+                if ci.peek().is_some() {
+                    entry.case_insensitive_allow = Some(allow_header(ci)?);
+                }
+            }
         }
         Ok(())
     }
@@ -314,6 +324,14 @@ impl Paths {
             .ok()
             .map(|m| (&self.entries[*m.value], m.params))
     }
+}
+
+/// The `Allow` header listing `methods`.
+fn allow_header<'m>(
+    methods: impl Iterator<Item = &'m Method>,
+) -> Result<HeaderValue, RouteTableError> {
+    let list = methods.map(Method::as_str).collect::<Vec<_>>().join(", ");
+    HeaderValue::from_str(&list).map_err(|_| RouteTableError::AllowHeader(list))
 }
 
 #[derive(Debug)]
@@ -396,9 +414,9 @@ impl RouteTable {
                 metrics: Default::default(),
             });
         }
-        exact.finish()?;
+        exact.finish(None)?;
         if let Some(folded) = &mut folded {
-            folded.finish()?;
+            folded.finish(Some(configs))?;
         }
         let mut webhook_routes = HashMap::with_capacity(webhooks.len());
         for (i, w) in webhooks.iter().enumerate() {
@@ -472,36 +490,48 @@ impl RouteTable {
             f.at(&lower)
                 .map(|(entry, params)| (entry, PathParams::of(&lower, params.iter())))
         });
-        if let Some((entry, params)) = &folded
-            && let Some(r) = entry.route(method)
-            && self.routes[r].case_insensitive
+        if let Some((entry, params)) = folded
+            && let Some(case_insensitive_allow) = &entry.case_insensitive_allow
         {
-            let route = &self.routes[r];
-            return Ok(Matched {
-                route,
-                params: params.clone().named(&route.params),
-            });
-        }
-        let Some((entry, params)) = self.exact.at(path) else {
-            return match folded {
-                Some((entry, _))
-                    if entry.route(method).is_none()
-                        && entry
-                            .by_method
-                            .iter()
-                            .any(|&(_, r)| self.routes[r].case_insensitive) =>
-                {
-                    Err(RouteMiss::WrongMethod(&entry.allow_header))
-                }
-                _ => Err(RouteMiss::NoPath),
+            // The path, read without case, is this template's, and an upstream that reads
+            // paths so has routes on it (the configuration refuses another template folding
+            // to the same one): the request is decided here. A method the template does not
+            // take is a 405 in every case, never a `{param}` sibling's request, since that
+            // sibling's upstream would read the literal path.
+            let route = entry.route(method);
+            if let Some(r) = route
+                && self.routes[r].case_insensitive
+            {
+                let route = &self.routes[r];
+                return Ok(Matched {
+                    route,
+                    params: params.named(&route.params),
+                });
+            }
+            let as_written = self
+                .exact
+                .at(path)
+                .filter(|(exact, _)| exact.by_method.iter().any(|m| entry.by_method.contains(m)));
+            return match (route, as_written) {
+                // A route of a case-sensitive upstream on the same template matches only as
+                // written.
+                (Some(r), Some((exact, params))) if exact.route(method) == Some(r) => Ok(Matched {
+                    route: &self.routes[r],
+                    params: PathParams::of(path, params.iter()),
+                }),
+                (_, Some(_)) => Err(RouteMiss::WrongMethod(&entry.allow_header)),
+                (_, None) => Err(RouteMiss::WrongMethod(case_insensitive_allow)),
             };
-        };
-        match entry.route(method) {
-            Some(r) => Ok(Matched {
-                route: &self.routes[r],
-                params: PathParams::of(path, params.iter()),
-            }),
-            None => Err(RouteMiss::WrongMethod(&entry.allow_header)),
+        }
+        match self.exact.at(path) {
+            Some((entry, params)) => match entry.route(method) {
+                Some(r) => Ok(Matched {
+                    route: &self.routes[r],
+                    params: PathParams::of(path, params.iter()),
+                }),
+                None => Err(RouteMiss::WrongMethod(&entry.allow_header)),
+            },
+            None => Err(RouteMiss::NoPath),
         }
     }
 }
@@ -585,6 +615,41 @@ mod tests {
         assert_eq!(found(&mixed, "GET", "/API/USERS/1"), "read");
         assert_eq!(found(&mixed, "GET", "/other/Thing"), "other");
         assert_eq!(found(&mixed, "GET", "/other/thing"), "404");
+    }
+
+    #[test]
+    fn a_method_the_literal_route_lacks_is_405_in_every_case_on_an_upstream_that_ignores_case() {
+        let t = table(&[
+            ("applicant-read", "GET", "/v1/applicants/{id}", true),
+            ("applicant-export", "POST", "/v1/applicants/export", true),
+        ])
+        .unwrap();
+        for p in [
+            "/v1/applicants/export",
+            "/v1/applicants/EXPORT",
+            "/v1/applicants/Export",
+            "/V1/APPLICANTS/eXPORT",
+        ] {
+            assert_eq!(found(&t, "GET", p), "405 POST", "{p}");
+            assert_eq!(found(&t, "POST", p), "applicant-export", "{p}");
+        }
+        assert_eq!(found(&t, "GET", "/v1/applicants/Alice"), "applicant-read");
+        assert_eq!(found(&t, "GET", "/V1/applicants/Alice"), "applicant-read");
+
+        // One template with routes to upstreams of both kinds: the case-sensitive route
+        // matches only as written, the other methods in every case.
+        let mixed = table(&[
+            ("read", "GET", "/x/{id}", true),
+            ("export", "POST", "/x/export", true),
+            ("export-get", "GET", "/x/export", false),
+        ])
+        .unwrap();
+        assert_eq!(found(&mixed, "GET", "/x/export"), "export-get");
+        assert_eq!(found(&mixed, "GET", "/x/EXPORT"), "405 POST");
+        assert_eq!(found(&mixed, "POST", "/x/EXPORT"), "export");
+        assert_eq!(found(&mixed, "PUT", "/x/export"), "405 POST, GET");
+        assert_eq!(found(&mixed, "PUT", "/X/export"), "405 POST");
+        assert_eq!(found(&mixed, "GET", "/x/Alice"), "read");
     }
 
     #[test]

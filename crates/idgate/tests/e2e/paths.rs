@@ -1,7 +1,8 @@
 //! Request paths end to end: a route guarded by a literal segment cannot be reached under
 //! another spelling of its path (percent-encoding, case with `case_insensitive_paths`),
-//! broken encodings are refused, the upstream receives the canonical path the route was
-//! chosen on, and `idgate check` judges templates and warns about literal/parameter siblings.
+//! broken encodings and control characters are refused, the upstream receives the
+//! canonical path the route was chosen on, and `idgate check` judges templates and warns
+//! about literal/parameter siblings.
 
 use std::process::Command;
 use std::time::Duration;
@@ -54,9 +55,18 @@ struct Users {
 
 impl Users {
     async fn start(edit: impl FnOnce(&mut UpstreamSpec)) -> Self {
+        Self::start_with(edit, |_| {}).await
+    }
+
+    /// As [`Users::start`], with `routes` changing the configuration's routes.
+    async fn start_with(
+        edit: impl FnOnce(&mut UpstreamSpec),
+        routes: impl FnOnce(&mut [RouteSpec]),
+    ) -> Self {
         let pki = pki();
         let upstream = TestUpstream::http(UpstreamMode::Echo).await;
-        let config = users_config(&pki, &upstream.url(false), edit);
+        let mut config = users_config(&pki, &upstream.url(false), edit);
+        routes(&mut config.routes);
         let gw = Gateway::start(&config, &[]).await;
         let port = gw.port;
         Self {
@@ -214,6 +224,81 @@ async fn case_variants_reach_the_literal_route_when_the_upstream_ignores_case() 
 }
 
 #[tokio::test]
+async fn a_method_the_literal_route_lacks_is_405_in_every_case_on_an_upstream_that_ignores_case() {
+    within(async {
+        // The export is a POST for the exporter alone; kyc workloads read single users.
+        let s = Users::start_with(case_insensitive, |routes| {
+            routes[1].methods = vec!["POST".into()];
+        })
+        .await;
+        for c in s.clients(ONBOARDING) {
+            for path in [
+                "/api/users/export",
+                "/api/users/EXPORT",
+                "/api/users/Export",
+                "/API/Users/eXPORT",
+                "/api/users/%45XPORT",
+            ] {
+                let r = c.get(path).await.unwrap();
+                assert_eq!(
+                    problem_type(&r, 405, path),
+                    "https://idgate.dev/problems/method-not-allowed",
+                    "{path}"
+                );
+                assert_eq!(r.header("allow"), Some("POST"), "{path}");
+            }
+        }
+        assert!(
+            s.upstream.requests().is_empty(),
+            "a GET of the export reached the upstream: {:?}",
+            s.seen_paths()
+        );
+        // The routes still take what they list, in any case.
+        let [h1, h2] = s.clients(EXPORTER);
+        let r = h2.send("POST", "/api/users/EXPORT", &[], "").await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let [kyc, _] = s.clients(ONBOARDING);
+        assert_eq!(kyc.get("/API/users/Alice").await.unwrap().status, 200);
+        assert_eq!(h1.get("/api/users/EXPORT").await.unwrap().status, 405);
+        assert_eq!(s.seen_paths(), ["/api/users/EXPORT", "/API/users/Alice"]);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_trailing_escaped_newline_never_reaches_the_upstream_through_a_parameter_route() {
+    within(async {
+        // To an upstream matching `^/api/users/export$` with Python's `re` (Starlette,
+        // FastAPI) after decoding the path, `/api/users/export%0A` is the export.
+        let s = Users::start(|_| {}).await;
+        for c in s.clients(ONBOARDING) {
+            for path in [
+                "/api/users/export%0A",
+                "/api/users/export%0a",
+                "/api/users/export%0D%0A",
+                "/api/users/export%0d",
+                "/api/users/export%09",
+                "/api/users/export%7F",
+                "/api/users/export%01",
+                "/api/users/%65xport%0A?all=1",
+            ] {
+                let r = c.get(path).await.unwrap();
+                assert_eq!(
+                    problem_type(&r, 400, path),
+                    "https://idgate.dev/problems/ambiguous-path",
+                    "{path}"
+                );
+            }
+        }
+        // The parameter route is up: only what it should take got through.
+        let [kyc, _] = s.clients(ONBOARDING);
+        assert_eq!(kyc.get("/api/users/Alice").await.unwrap().status, 200);
+        assert_eq!(s.seen_paths(), ["/api/users/Alice"]);
+    })
+    .await
+}
+
+#[tokio::test]
 async fn broken_encodings_and_non_ascii_get_400_and_never_reach_the_upstream() {
     within(async {
         let s = Users::start(|_| {}).await;
@@ -317,6 +402,18 @@ async fn check_refuses_templates_that_could_never_match_or_differ_only_in_case()
             err.contains("routes[1].path") && err.contains("write \"/api/users/export\""),
             "{err}"
         );
+
+        // A control character would be refused in every request, escaped or raw.
+        for path in ["/api/users/export%0A", "/api/users/export\n"] {
+            let mut control = users_config(&pki, "http://127.0.0.1:1", |_| {});
+            control.routes[1].path = path.into();
+            let (code, out, err) = check(control).await;
+            assert_eq!(code, 2, "{path:?}: stdout:\n{out}\nstderr:\n{err}");
+            assert!(
+                err.contains("routes[1].path") && err.contains("ambiguous-path"),
+                "{path:?}: {err}"
+            );
+        }
 
         let mut by_case = users_config(&pki, "http://127.0.0.1:1", case_insensitive);
         by_case.routes[1].path = "/API/Users/{user}".into();
