@@ -132,7 +132,43 @@ pub(crate) fn api_keys(
     })
 }
 
-pub(crate) fn jwt_issuer(cx: &mut Ctx<'_>, i: usize, j: raw::JwtIssuer) -> Option<JwtIssuerConfig> {
+/// The name allow entries give the gateway's own token endpoint (`client:ID@token_endpoint`).
+pub(crate) const TOKEN_ENDPOINT_ISSUER: &str = "token_endpoint";
+
+/// Every `[[jwt_issuers]]` entry. Allow entries name an issuer by its `name`
+/// (`client:ID@NAME`), so a name is unique and never the built-in issuer's: a second
+/// issuer of one name, or an outside one named `token_endpoint`, would take the entries
+/// meant for another.
+pub(crate) fn jwt_issuers(
+    cx: &mut Ctx<'_>,
+    raws: Vec<(usize, raw::JwtIssuer)>,
+) -> Vec<JwtIssuerConfig> {
+    let mut seen: Vec<(usize, String)> = Vec::new();
+    let mut out = Vec::new();
+    for (i, j) in raws {
+        let key = format!("jwt_issuers[{i}].name");
+        if j.name == TOKEN_ENDPOINT_ISSUER {
+            cx.err(
+                key,
+                "\"token_endpoint\" is the name of the gateway's own token endpoint in allow entries: choose another",
+            );
+        } else if let Some((first, _)) = seen.iter().find(|(_, n)| *n == j.name) {
+            cx.err(
+                key,
+                format!(
+                    "\"{}\" is already the name of jwt_issuers[{first}]: allow entries name issuers by name, so each must be unique",
+                    j.name
+                ),
+            );
+        } else if !j.name.is_empty() {
+            seen.push((i, j.name.clone()));
+        }
+        out.extend(jwt_issuer(cx, i, j));
+    }
+    out
+}
+
+fn jwt_issuer(cx: &mut Ctx<'_>, i: usize, j: raw::JwtIssuer) -> Option<JwtIssuerConfig> {
     let key = format!("jwt_issuers[{i}]");
     let before = cx.errors.len();
     if j.name.is_empty() {

@@ -80,6 +80,44 @@ fn with_corp(line: &str) -> Result<crate::Config, Vec<String>> {
 }
 
 #[test]
+fn jwt_issuer_names_are_unique_and_token_endpoint_is_reserved() {
+    let issuer = |name: &str, host: &str| {
+        format!(
+            "[[jwt_issuers]]\nname = \"{name}\"\nissuer = \"https://{host}\"\n\
+             jwks_uri = \"https://{host}/jwks\"\naudiences = [\"idgate\"]\n"
+        )
+    };
+    // Two more issuers after `corp` and `partner`: a second `corp`, and one that takes the
+    // built-in issuer's name.
+    let extra = format!(
+        "{}{}",
+        issuer("corp", "idp.other.test"),
+        issuer("token_endpoint", "idp.shadow.test")
+    );
+    let text = format!(
+        "{}allow = [\"client:a@corp\"]\n",
+        BASE.replacen("[[routes]]", &format!("{extra}[[routes]]"), 1)
+    );
+    let e = problems(Path::new("t.toml"), &text, |_| true);
+    assert!(
+        e.iter().any(|e| e.starts_with("jwt_issuers[2].name: ")
+            && e.contains("\"corp\" is already the name of jwt_issuers[0]")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|e| e.starts_with("jwt_issuers[3].name: ")
+            && e.contains("gateway's own token endpoint")),
+        "{e:?}"
+    );
+    for fine in ["jwt_issuers[0].name", "jwt_issuers[1].name"] {
+        assert!(!e.iter().any(|e| e.starts_with(fine)), "{fine}: {e:?}");
+    }
+    // Distinct names are fine.
+    let e = errors(r#""client:a@corp""#);
+    assert!(!e.iter().any(|e| e.contains(".name: ")), "{e:?}");
+}
+
+#[test]
 fn require_typ_accepts_only_at_jwt() {
     let errors = |value: &str| {
         with_corp(&format!("require_typ = \"{value}\""))

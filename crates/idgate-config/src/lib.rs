@@ -355,10 +355,8 @@ pub fn parse_with_env(
             let shared = matches!(state, StateBackend::Redis(_));
             auth::api_keys(&mut cx, a, shared, &mut warnings)
         });
-    let jwt_issuers = array::<raw::JwtIssuer>(&mut cx, &mut table, "jwt_issuers")
-        .into_iter()
-        .filter_map(|(i, j)| auth::jwt_issuer(&mut cx, i, j))
-        .collect::<Vec<_>>();
+    let raw_issuers = array::<raw::JwtIssuer>(&mut cx, &mut table, "jwt_issuers");
+    let jwt_issuers = auth::jwt_issuers(&mut cx, raw_issuers);
     let token_endpoint = table
         .remove("token_endpoint")
         .and_then(|v| cx.section::<raw::TokenEndpoint>("token_endpoint", v))
@@ -389,7 +387,7 @@ pub fn parse_with_env(
         .map(|j| (j.name.clone(), j.issuer.clone()))
         .collect();
     if let Some(t) = &token_endpoint {
-        issuers.push(("token_endpoint".to_owned(), t.issuer.clone()));
+        issuers.push((auth::TOKEN_ENDPOINT_ISSUER.to_owned(), t.issuer.clone()));
     }
     let ownership = table
         .remove("ownership")

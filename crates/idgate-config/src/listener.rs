@@ -151,7 +151,7 @@ pub(crate) fn parse(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
         }
     }
     let proxy_protocol = l.proxy_protocol.map(|p| {
-        let from = crate::network::cidr_list(cx, "listener.proxy_protocol.from", &p.from);
+        let from = crate::network::believed_peers(cx, "listener.proxy_protocol.from", &p.from);
         if from.is_empty() {
             cx.err(
                 "listener.proxy_protocol.from",

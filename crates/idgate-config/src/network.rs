@@ -113,6 +113,14 @@ pub struct NetworkConfig {
 /// Parses a list of networks under `key`; each entry is a CIDR or a single address, with no
 /// host bits set past the prefix.
 pub(crate) fn cidr_list(cx: &mut Ctx<'_>, key: &str, entries: &[String]) -> Vec<IpNet> {
+    cidr_list_indexed(cx, key, entries)
+        .into_iter()
+        .map(|(_, net)| net)
+        .collect()
+}
+
+/// [`cidr_list`], each network with the index of its entry.
+fn cidr_list_indexed(cx: &mut Ctx<'_>, key: &str, entries: &[String]) -> Vec<(usize, IpNet)> {
     let mut out = Vec::new();
     for (n, entry) in entries.iter().enumerate() {
         let net = match entry.parse::<IpNet>() {
@@ -138,7 +146,30 @@ pub(crate) fn cidr_list(cx: &mut Ctx<'_>, key: &str, entries: &[String]) -> Vec<
             );
             continue;
         }
-        out.push(canonical(net));
+        out.push((n, canonical(net)));
+    }
+    out
+}
+
+/// Parses the networks under `key` whose peers are believed about another address (the
+/// load balancers a PROXY header may come from). A network of every address (`/0`, or
+/// `::ffff:0.0.0.0/96`, which is every IPv4 address) is refused: any caller could then name
+/// its own source address, which network rules, per-address caps, lockouts, `source_ip`
+/// rate limits and the audit trail all take as true.
+pub(crate) fn believed_peers(cx: &mut Ctx<'_>, key: &str, entries: &[String]) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (n, net) in cidr_list_indexed(cx, key, entries) {
+        if net.prefix_len() == 0 {
+            cx.err(
+                format!("{key}[{n}]"),
+                format!(
+                    "\"{}\" trusts every address, so any caller could claim any address: list the load balancers' own",
+                    entries.get(n).map_or("", String::as_str)
+                ),
+            );
+            continue;
+        }
+        out.push(net);
     }
     out
 }
@@ -208,6 +239,34 @@ mod tests {
         assert!(deny_only.permits("11.0.0.1".parse().unwrap()));
         assert!(!deny_only.permits("192.0.2.9".parse().unwrap()));
         assert!(!deny_only.permits("::ffff:192.0.2.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn proxy_protocol_from_refuses_prefix_zero() {
+        let file = std::path::Path::new("t.toml");
+        let from = |list: &str| {
+            let extra = format!("[listener.proxy_protocol]\nfrom = {list}\n");
+            let text =
+                crate::test_support::BASE.replace("[identity]", &format!("{extra}[identity]"));
+            crate::test_support::problems(file, &text, |e| {
+                e.key.starts_with("listener.proxy_protocol.from")
+            })
+        };
+        assert_eq!(
+            from(r#"["10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "0.0.0.0/1"]"#),
+            Vec::<String>::new()
+        );
+        let e = from(r#"["10.0.0.0/8", "0.0.0.0/0", "::/0", "::ffff:0.0.0.0/96"]"#);
+        for n in 1..=3 {
+            assert!(
+                e.iter().any(
+                    |e| e.starts_with(&format!("listener.proxy_protocol.from[{n}]: "))
+                        && e.contains("trusts every address")
+                ),
+                "{n}: {e:?}"
+            );
+        }
+        assert!(!e.iter().any(|e| e.contains("from[0]")), "{e:?}");
     }
 
     #[test]

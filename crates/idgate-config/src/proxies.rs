@@ -49,10 +49,7 @@ impl TrustedProxies {
                 network: net.trunc(),
             });
         }
-        if net.prefix_len() == 0 {
-            return Err(TrustedProxyError::Everything(s.to_owned()));
-        }
-        Ok(match net {
+        let net = match net {
             IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
                 Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
                     .map(IpNet::V4)
@@ -60,7 +57,12 @@ impl TrustedProxies {
                 None => net,
             },
             other => other,
-        })
+        };
+        // Looked at in the canonical form: `::ffff:0.0.0.0/96` is every IPv4 address.
+        if net.prefix_len() == 0 {
+            return Err(TrustedProxyError::Everything(s.to_owned()));
+        }
+        Ok(net)
     }
 
     pub(crate) fn new(nets: Vec<IpNet>) -> Self {
@@ -79,6 +81,19 @@ mod tests {
                 .map(|e| TrustedProxies::parse_entry(e).unwrap())
                 .collect(),
         )
+    }
+
+    #[test]
+    fn every_address_is_refused_in_any_spelling() {
+        for entry in ["0.0.0.0/0", "::/0", "::ffff:0.0.0.0/96"] {
+            assert!(
+                matches!(
+                    TrustedProxies::parse_entry(entry),
+                    Err(TrustedProxyError::Everything(_))
+                ),
+                "{entry} was accepted"
+            );
+        }
     }
 
     #[test]

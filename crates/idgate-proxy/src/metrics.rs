@@ -415,13 +415,13 @@ impl Metrics {
         );
     }
 
-    /// Counts the audit trail's queue: its depth, the records it lost, the requests refused
-    /// because it was full (by the route's policy) and its failed writes.
     /// Registers the SIEM export's counters (`idgate_siem_*`, by sink name).
     pub fn count_siem(&mut self, siem: &idgate_siem::SiemMetrics) {
         siem.register(&mut self.registry);
     }
 
+    /// Counts the audit trail's queue: its depth, the records it lost, the requests refused
+    /// because it was full (one family, by the route's policy) and its failed writes.
     pub fn count_audit(&mut self, audit: &idgate_audit::AuditMetrics) {
         let r = &mut self.registry;
         r.register(
@@ -434,18 +434,10 @@ impl Metrics {
             "Audit records lost: refused requests or connections past the queue's unreserved places, records after the trail closed, writes that failed at exit (the trail itself counts them in `dropped` entries)",
             audit.dropped.clone(),
         );
-        r.sub_registry_with_label(("policy".into(), "block".into()))
-            .register(
-                "audit_refused",
-                "Requests refused with 503 because the audit queue had no place for their record, by the route's on_audit_full",
-                audit.refused_block.clone(),
-            );
-        r.sub_registry_with_label(("policy".into(), "fail_closed".into()))
-            .register(
-                "audit_refused",
-                "Requests refused with 503 because the audit queue had no place for their record, by the route's on_audit_full",
-                audit.refused_fail_closed.clone(),
-            );
+        r.register_collector(Box::new(AuditRefused {
+            block: audit.refused_block.clone(),
+            fail_closed: audit.refused_fail_closed.clone(),
+        }));
         r.register(
             "audit_write_errors",
             "Writes or syncs of audit files that failed (a failed write is retried; requests are refused as the queue fills)",
@@ -463,6 +455,38 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabel {
+    policy: &'static str,
+}
+
+/// `idgate_audit_refused_total{policy}`: the trail keeps a counter per policy, and a family
+/// may be described once in an exposition, so both are written under one descriptor.
+#[derive(Debug)]
+struct AuditRefused {
+    block: Counter,
+    fail_closed: Counter,
+}
+
+impl prometheus_client::collector::Collector for AuditRefused {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let mut family = encoder.encode_descriptor(
+            "audit_refused",
+            "Requests refused with 503 because the audit queue had no place for their record, by the route's on_audit_full",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (policy, counter) in [("block", &self.block), ("fail_closed", &self.fail_closed)] {
+            counter.encode(family.encode_family(&PolicyLabel { policy })?)?;
+        }
+        Ok(())
     }
 }
 
@@ -507,6 +531,81 @@ mod tests {
             r#"idgate_request_duration_seconds_count{route="create-session"} 8"#,
             r#"idgate_request_duration_seconds_bucket{le="0.0025",route="create-session"} 0"#,
             r#"idgate_request_duration_seconds_bucket{le="0.005",route="create-session"} 8"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn metrics_exposition_has_one_type_line_per_family() {
+        // The gateway's registry with every optional part counted: the audit trail, the
+        // SIEM export, incident detection, reloads, its certificates and the Workload API.
+        let mut services = crate::service::Services::default();
+        let audit = idgate_audit::AuditMetrics::default();
+        audit.refused_block.inc();
+        audit.refused_fail_closed.inc();
+        audit.refused_fail_closed.inc();
+        let Some(metrics) = Arc::get_mut(&mut services.metrics) else {
+            panic!("the metrics are shared before the gateway starts");
+        };
+        metrics.count_audit(&audit);
+        let siem = idgate_siem::SiemMetrics::default();
+        metrics.count_siem(&siem);
+        // A family without a series is not described at all: give each one.
+        let _ = siem.stats("collector");
+        idgate_incidents::IncidentMetrics::default().register(metrics.registry_mut());
+        let reloads = crate::reload::ReloadMetrics::new();
+        reloads.register(metrics.registry_mut());
+        reloads.record(crate::reload::Outcome::Applied);
+        metrics.certificates_of(Arc::new(idgate_tls::TlsMaterial::pending(
+            idgate_tls::crypto_provider(),
+        )));
+        metrics.workload_api(Arc::new(idgate_tls::WorkloadStatus::default()));
+        let route: Arc<str> = "create-session".into();
+        metrics.request(&route, None, 201, Decision::Allowed, Duration::ZERO);
+        metrics.auth_failed("invalid-token");
+        metrics.connection_refused("per_ip");
+        metrics.upstream_saturated("kyc", "queue_full");
+        metrics.send_timed_out("stream");
+        metrics.credential_used(&LastUse::default(), &route, &route);
+        metrics.credential_failed("didit");
+        metrics.credential_rotated("didit");
+        let limits = &services.limit_metrics;
+        limits.rate_limited(&route, &route);
+        limits.locked_out("source");
+        limits.lockout_refused("source");
+        services
+            .state_errors
+            .failed(limits, "ownership", "redis", &"unreachable");
+        let metrics = &services.metrics;
+        let text = metrics.encode();
+        let mut families = std::collections::BTreeMap::<&str, usize>::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap_or(rest);
+                *families.entry(name).or_default() += 1;
+            }
+        }
+        let twice: Vec<_> = families.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "families described twice: {twice:?}\n{text}"
+        );
+        for family in [
+            "idgate_audit_refused",
+            "idgate_siem_events_sent",
+            "idgate_incidents_open",
+            "idgate_config_reloads",
+            "idgate_workload_api_connected",
+            "idgate_state_errors",
+            "idgate_requests",
+            "idgate_upstream_credential_uses",
+        ] {
+            assert_eq!(families.get(family), Some(&1), "{family} in\n{text}");
+        }
+        for line in [
+            r#"idgate_audit_refused_total{policy="block"} 1"#,
+            r#"idgate_audit_refused_total{policy="fail_closed"} 2"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

@@ -86,13 +86,31 @@ fn caller(ctx: &RequestCtx<'_>, policy: &OwnershipPolicy) -> Result<Owner, Refus
 }
 
 /// A failing backend: refused when the route fails closed; `Ok` (go on unchecked) when it
-/// fails open. Logged either way.
+/// fails open. Counted and logged either way.
 fn state_failed(
     ctx: &RequestCtx<'_>,
     policy: &OwnershipPolicy,
     e: StateFailure,
 ) -> Result<(), Refusal> {
+    count_failure(ctx, &e);
     on_state_error(ctx.request_id(), policy, e)
+}
+
+/// Counts a failed ownership call in `idgate_state_errors_total{operation="ownership"}`,
+/// with the throttled log line of every state backend failure.
+fn count_failure(ctx: &RequestCtx<'_>, e: &StateFailure) {
+    let s = ctx.services;
+    s.state_errors
+        .failed(&s.limit_metrics, "ownership", s.state.kind(), e);
+}
+
+/// The backend answered a write: if it was failing, its recovery is logged. Only writes
+/// say so: a read may be answered from the Redis store's cache of owners while Redis is
+/// still away.
+fn count_success(ctx: &RequestCtx<'_>) {
+    ctx.services
+        .state_errors
+        .succeeded(ctx.services.state.kind());
 }
 
 fn on_state_error(
@@ -178,6 +196,9 @@ pub(super) async fn record_owner(
         .state
         .put(&id, &owner, policy.retention, SystemTime::now());
     let put = bounded(ctx.snapshot.limits.timeout, put).await;
+    if put.is_ok() {
+        count_success(ctx);
+    }
     match put {
         Ok(record) if record.owner == owner => Ok(()),
         Ok(_) => {
@@ -200,10 +221,15 @@ pub(super) async fn forget_owned(
     if ctx.method != Method::DELETE || !status.is_success() {
         return Ok(());
     }
-    if let Some(id) = ctx.owned_object.take()
-        && let Err(e) = bounded(ctx.snapshot.limits.timeout, ctx.services.state.remove(&id)).await
-    {
-        tracing::warn!(request_id = ctx.request_id(), error = %e, "ownership record not removed");
+    let Some(id) = ctx.owned_object.take() else {
+        return Ok(());
+    };
+    match bounded(ctx.snapshot.limits.timeout, ctx.services.state.remove(&id)).await {
+        Ok(_) => count_success(ctx),
+        Err(e) => {
+            count_failure(ctx, &e);
+            tracing::warn!(request_id = ctx.request_id(), error = %e, "ownership record not removed");
+        }
     }
     Ok(())
 }

@@ -279,3 +279,40 @@ async fn ownership_records_survive_a_restart_with_the_redb_backend() {
     })
     .await;
 }
+
+/// With the state backend gone, an ownership check is refused (the route fails closed) and
+/// counted where every state failure is, so that an operator sees why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ownership_state_failure_counts_in_state_errors_total() {
+    within(async {
+        let Some(mut redis) = idgate_store::redis_testing::RedisServer::start() else {
+            return;
+        };
+        let pki = pki();
+        let mock = didit_mock().await;
+        let state = table([("backend", "redis".into()), ("url", redis.url().into())]);
+        let gw = start(&pki, &mock, Some(state)).await;
+        let owner = client(&pki, FRONTEND, &gw);
+        let id = create(&owner, "s-1").await;
+        let path = format!("/v3/session/{id}/decision/");
+        assert_eq!(owner.get(&path).await.unwrap().status, 200);
+
+        redis.kill();
+        // An id the gateway holds no cached record of: only the backend could say whose it is.
+        let unknown = "/v3/session/5b0f8a53-6c6e-4f44-9d57-0a4f6c1e2d3b/decision/";
+        let r = owner.get(unknown).await.unwrap();
+        assert_eq!(r.status, 503, "{:?}", r.body);
+        assert_eq!(
+            r.json()["type"],
+            "https://idgate.dev/problems/state-unavailable"
+        );
+        let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
+        assert!(
+            metrics.contains("idgate_state_errors_total{operation=\"ownership\"} 1"),
+            "{metrics}"
+        );
+        let out = gw.output();
+        assert!(out.contains("the state backend failed"), "{out}");
+    })
+    .await;
+}

@@ -324,3 +324,39 @@ async fn serve_logs_the_warnings_its_parts_raise_while_loading() {
         gw.output()
     );
 }
+
+/// A misspelt level would name a target and silence every other line: in `[log] level` it
+/// is refused with its key, in `IDGATE_LOG` it is ignored with a warning and the gateway
+/// logs at its `level`.
+#[tokio::test]
+async fn a_misspelt_log_level_is_refused_and_a_misspelt_idgate_log_is_ignored() {
+    let ws = Workspace::new();
+    let base = || {
+        ws.base()
+            .upstream(upstream("provider", &format!("env:{SET_ENV}")))
+            .route(route("r", "/r", "provider", ONBOARDING))
+    };
+    let mut misspelt = base();
+    misspelt.log = Some(LogSpec {
+        format: None,
+        level: Some("inof".to_owned()),
+    });
+    let config = ws.write_config("idgate.toml", &misspelt);
+    let (code, out, err) = check(&ws, &config);
+    let all = format!("{out}{err}");
+    assert_eq!(code, 2, "{all}");
+    let missing = missing_problems(&all, &config, &[("log.level", "\"inof\" is not a level")]);
+    assert!(missing.is_empty(), "{missing:#?}\n{all}");
+
+    let gw = Gateway::start(
+        &base(),
+        &[(SET_ENV, "provider-key-for-serve"), ("IDGATE_LOG", "inof")],
+    )
+    .await;
+    let out = gw.output();
+    assert!(
+        out.contains("IDGATE_LOG ignored: \"inof\" is not a level"),
+        "{out}"
+    );
+    assert!(out.contains("idgate is serving"), "{out}");
+}
