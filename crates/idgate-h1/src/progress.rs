@@ -44,6 +44,8 @@ pub struct Progress {
     stage: AtomicU8,
     /// Writing began, on this connection or an earlier one of the same exchange.
     reached: AtomicBool,
+    /// Someone waits in [`Progress::sent`]: only then does reaching `Sent` notify.
+    watched: AtomicBool,
     sent: Notify,
 }
 
@@ -66,19 +68,22 @@ impl Progress {
         if matches!(stage, Stage::Sending | Stage::Streaming | Stage::Sent) {
             self.reached.store(true, Ordering::Release);
         }
-        self.stage.store(stage as u8, Ordering::Release);
-        if stage == Stage::Sent {
+        // Sequentially consistent with `sent`'s: either it sees the stage, or this sees
+        // that it waits.
+        self.stage.store(stage as u8, Ordering::SeqCst);
+        if stage == Stage::Sent && self.watched.load(Ordering::SeqCst) {
             self.sent.notify_waiters();
         }
     }
 
     /// Resolves once the whole request is out.
     pub async fn sent(&self) {
-        while self.stage() != Stage::Sent {
+        self.watched.store(true, Ordering::SeqCst);
+        while Stage::from_u8(self.stage.load(Ordering::SeqCst)) != Stage::Sent {
             let mut notified = pin!(self.sent.notified());
             // Registered before looking again, so that a `set` in between is not missed.
             notified.as_mut().enable();
-            if self.stage() == Stage::Sent {
+            if Stage::from_u8(self.stage.load(Ordering::SeqCst)) == Stage::Sent {
                 return;
             }
             notified.await;

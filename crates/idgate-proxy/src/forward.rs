@@ -4,6 +4,7 @@
 //! within its timeouts.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -198,7 +199,7 @@ pub(crate) async fn send(
             body,
             &progress,
         ));
-        return match timed(sent, &progress, limits).await {
+        return match timed(sent, &progress, limits, MovedBy::Itself).await {
             None => Forwarded {
                 answer: Err(ran_out(ctx.services, upstream, &progress)),
                 reached: progress.reached(),
@@ -314,7 +315,7 @@ pub(crate) async fn send(
             reached: true,
         }
     };
-    match timed(sent, &progress, limits).await {
+    match timed(sent, &progress, limits, MovedBy::Elsewhere).await {
         Some(forwarded) => forwarded,
         None => Forwarded {
             answer: Err(ran_out(ctx.services, upstream, &progress)),
@@ -323,26 +324,53 @@ pub(crate) async fn send(
     }
 }
 
+/// Who moves an exchange's [`Progress`] on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MovedBy {
+    /// The exchange's own future, polled by [`timed`]: its stage is read after each poll,
+    /// and nothing needs waking (a wake from inside the poll would only poll the
+    /// connection's task once more for nothing).
+    Itself,
+    /// Another task (hyper's connection, which reads the caller's body): [`timed`] is
+    /// woken when the whole request is out.
+    Elsewhere,
+}
+
 /// Runs one exchange within `limits`: until the whole request is out, within the
 /// request's deadline; from then, within `first_byte` of that moment too. `None` when the
-/// time ran out ([`ran_out`] says whose it was).
+/// time ran out ([`ran_out`] says whose it was). One timer, moved once.
 async fn timed<T>(
     exchange: impl Future<Output = T>,
     progress: &Progress,
     limits: Limits,
+    moved_by: MovedBy,
 ) -> Option<T> {
     let mut exchange = std::pin::pin!(exchange);
     let deadline = tokio::time::Instant::from_std(limits.deadline);
-    tokio::select! {
-        biased;
-        out = &mut exchange => return Some(out),
-        () = progress.sent() => {}
-        () = tokio::time::sleep_until(deadline) => return None,
-    }
-    let first_byte = tokio::time::Instant::now()
-        .checked_add(limits.first_byte)
-        .map_or(deadline, |at| at.min(deadline));
-    tokio::time::timeout_at(first_byte, exchange).await.ok()
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
+    // Polled only for an exchange moved on elsewhere, and never again once it is ready.
+    let mut sent = std::pin::pin!(progress.sent());
+    let mut first_byte_armed = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = exchange.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if !first_byte_armed {
+            let all_out = match moved_by {
+                MovedBy::Itself => progress.stage() == Stage::Sent,
+                MovedBy::Elsewhere => sent.as_mut().poll(cx).is_ready(),
+            };
+            if all_out {
+                first_byte_armed = true;
+                let first_byte = tokio::time::Instant::now()
+                    .checked_add(limits.first_byte)
+                    .map_or(deadline, |at| at.min(deadline));
+                timer.as_mut().reset(first_byte);
+            }
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// The refusal for an exchange whose time ran out, by whose time it was: the wait for a
