@@ -13,18 +13,21 @@
 //! | DELETE | `/v3/session/{id}/delete/` | 204 |
 //! | GET, POST | `/v3/workflows/` | 200 list / 201 created |
 //! | GET, PATCH, DELETE | `/v3/workflows/{uuid}/` | 200 / 200 / 204 |
-//! | POST | `/v1/sessions` (Veriff mode) | 201 Veriff's session shape |
+//! | POST | `/v1/sessions` (Veriff mode) | 201 Veriff's session shape, a new session each time |
 //! | GET | `/v1/sessions/{id}/decision` (Veriff mode) | 200 Veriff's decision shape |
 //! | POST | `/mock/session/{id}/status/` (not Didit's) | the verifying user's step, see [`crate::flow`] |
 //! | GET | `/healthz` | 200, no credential needed |
 //!
 //! Creating a session and every change of its status send a `status.updated` webhook when
 //! one is configured.
+//!
+//! `HEAD` is answered wherever `GET` is, with the same status and headers and no body, as
+//! a Django view answers it.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE, HOST, RETRY_AFTER};
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER};
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -49,6 +52,8 @@ pub(crate) struct App {
     pub(crate) scheme: &'static str,
     pub(crate) fallback_host: String,
     pub(crate) session_url_base: String,
+    /// See [`crate::MockConfig::veriff_abandoned_code`].
+    pub(crate) veriff_abandoned_code: Option<u16>,
 }
 
 pub(crate) type Resp = Response<Full<Bytes>>;
@@ -138,6 +143,24 @@ impl<'a> Route<'a> {
             Self::Workflow(..) => &[Method::GET, Method::PATCH, Method::DELETE],
         }
     }
+
+    /// Whether the route takes `method`: HEAD wherever GET is.
+    fn allows(self, method: &Method) -> bool {
+        let methods = self.methods();
+        methods.contains(method) || (*method == Method::HEAD && methods.contains(&Method::GET))
+    }
+
+    /// The `Allow` header's methods.
+    fn allow_header(self) -> String {
+        let mut names = Vec::new();
+        for m in self.methods() {
+            names.push(m.as_str());
+            if *m == Method::GET {
+                names.push(Method::HEAD.as_str());
+            }
+        }
+        names.join(", ")
+    }
 }
 
 /// Answers one request and records it for [`MockState`].
@@ -146,7 +169,10 @@ pub(crate) async fn handle(app: Arc<App>, req: http::Request<Incoming>) -> Resp 
     let (body, resp) = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => {
             let body = collected.to_bytes();
-            let resp = respond(&app, &parts, &body).await;
+            let mut resp = respond(&app, &parts, &body).await;
+            if parts.method == Method::HEAD {
+                resp = without_body(resp);
+            }
             (body, resp)
         }
         Err(e) if e.is::<http_body_util::LengthLimitError>() => (
@@ -208,22 +234,22 @@ async fn respond(app: &App, parts: &Parts, body: &Bytes) -> Resp {
         tracing::info!(path = parts.uri.path(), "credential refused");
         return json_response(StatusCode::UNAUTHORIZED, &refused.0);
     }
-    let allowed = route.methods();
-    if !allowed.contains(&parts.method) {
+    if !route.allows(&parts.method) {
         let mut resp = detail(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("Method \"{}\" not allowed.", parts.method),
         );
-        let allow = allowed
-            .iter()
-            .map(Method::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
-        if let Ok(v) = HeaderValue::from_str(&allow) {
+        if let Ok(v) = HeaderValue::from_str(&route.allow_header()) {
             resp.headers_mut().insert(ALLOW, v);
         }
         return resp;
     }
+    // HEAD is GET without the body (which `handle` takes off).
+    let method = if parts.method == Method::HEAD {
+        Method::GET
+    } else {
+        parts.method.clone()
+    };
     let query = parts.uri.query().unwrap_or("");
     match route {
         Route::Health => json_response(StatusCode::OK, &json!({"status": "ok"})),
@@ -242,21 +268,33 @@ async fn respond(app: &App, parts: &Parts, body: &Bytes) -> Resp {
                 not_found()
             }
         }
-        Route::Workflows(_) if parts.method == Method::GET => {
+        Route::Workflows(_) if method == Method::GET => {
             let list: Vec<Value> = app.state.workflows().iter().map(|w| w.to_json()).collect();
             json_response(StatusCode::OK, &Value::Array(list))
         }
         Route::Workflows(_) => create_workflow(app, body),
-        Route::Workflow(_, id) => workflow(app, &parts.method, id, body),
+        Route::Workflow(_, id) => workflow(app, &method, id, body),
         Route::VeriffCreate => veriff_create(app, body),
         Route::VeriffDecision(id) => match app.state.session(id) {
-            Some(s) => json_response(StatusCode::OK, &data::veriff_decision(&s)),
+            Some(s) => json_response(
+                StatusCode::OK,
+                &data::veriff_decision(&s, app.veriff_abandoned_code),
+            ),
             None => json_response(
                 StatusCode::NOT_FOUND,
                 &json!({"status": "fail", "code": "1818", "message": "Session not found"}),
             ),
         },
     }
+}
+
+/// The answer to a HEAD: the GET's status and headers, its length, no body.
+fn without_body(resp: Resp) -> Resp {
+    let (mut head, body) = resp.into_parts();
+    if let Some(len) = hyper::body::Body::size_hint(&body).exact() {
+        head.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    Response::from_parts(head, Full::new(Bytes::new()))
 }
 
 fn injected_failure(status: u16) -> Resp {
@@ -348,7 +386,12 @@ fn create_session(app: &App, body: &[u8]) -> Resp {
         Ok(n) => n,
         Err(r) => return r.into(),
     };
-    let (session, created) = app.state.create_session(new, &app.session_url_base, 10);
+    let (session, created) = app.state.create_session(
+        new,
+        &app.session_url_base,
+        10,
+        store::Reuse::UnfinishedByVendorData,
+    );
     tracing::info!(
         session_id = %session.id,
         session_number = session.number,
@@ -433,6 +476,7 @@ fn workflow(app: &App, method: &Method, id: &str, body: &[u8]) -> Resp {
 }
 
 /// Veriff's `POST /v1/sessions`: `{"verification": {"callback", "person", "vendorData"}}`.
+/// Each is a new session: the same `vendorData` twice makes two.
 fn veriff_create(app: &App, body: &[u8]) -> Resp {
     let fail = |message: &str| {
         json_response(
@@ -457,9 +501,12 @@ fn veriff_create(app: &App, body: &[u8]) -> Resp {
         callback: text("callback"),
         ..NewSession::default()
     };
-    let (session, _) = app
-        .state
-        .create_session(new, "https://alchemy.veriff.com/v/", 40);
+    let (session, _) = app.state.create_session(
+        new,
+        "https://alchemy.veriff.com/v/",
+        40,
+        store::Reuse::Never,
+    );
     json_response(
         StatusCode::CREATED,
         &json!({

@@ -9,7 +9,11 @@
 //!   PUT, and for GET and DELETE the session id: the path segment after `/sessions/`
 //!   (`/v1/sessions/{id}/decision` → `{id}`). A GET or DELETE whose path has no
 //!   `/sessions/{id}` (such as a Didit-shaped path served in Veriff mode) signs the raw body,
-//!   which is empty for such requests.
+//!   which is empty for such requests. Creating a session (`POST /v1/sessions`) needs no
+//!   signature; one that is sent anyway must match (Veriff's documents do not say what
+//!   happens to it, and a wrong signature passing unnoticed would hide a signing bug). HEAD
+//!   is signed as GET is, the session id: Veriff's documents do not name HEAD, and that is
+//!   what idgate sends (docs/configuration.md, `scheme = "veriff"`).
 //!
 //! Every comparison is constant-time. Refusals say which header was wrong, never what was
 //! expected, and nothing here logs a credential value.
@@ -200,6 +204,14 @@ pub(crate) fn veriff_session_id(path_and_query: &str) -> Option<&str> {
     (!id.is_empty()).then_some(id)
 }
 
+/// `POST /v1/sessions` (the trailing slash optional, as the router takes it).
+fn is_veriff_create(method: &Method, path_and_query: &str) -> bool {
+    let path = path_and_query
+        .split_once('?')
+        .map_or(path_and_query, |(p, _)| p);
+    *method == Method::POST && matches!(path, "/v1/sessions" | "/v1/sessions/")
+}
+
 fn check_veriff(
     client: &CtSecret,
     secret: &SecretString,
@@ -218,14 +230,19 @@ fn check_veriff(
             ));
         }
     }
-    let Some(sig) = single(headers, "x-hmac-signature").and_then(|s| std::str::from_utf8(s).ok())
-    else {
+    let sig = match single(headers, "x-hmac-signature") {
+        Some(s) => std::str::from_utf8(s).ok(),
+        // Session creation is the one call Veriff takes without a signature.
+        None if is_veriff_create(method, path_and_query) => return Ok(()),
+        None => None,
+    };
+    let Some(sig) = sig else {
         return Err(veriff_refusal(
             "1812",
             "Mandatory X-HMAC-SIGNATURE header is missing",
         ));
     };
-    let payload: &[u8] = if *method == Method::GET || *method == Method::DELETE {
+    let payload: &[u8] = if matches!(*method, Method::GET | Method::HEAD | Method::DELETE) {
         veriff_session_id(path_and_query).map_or(body, str::as_bytes)
     } else {
         body

@@ -99,6 +99,11 @@ pub struct MockArgs {
     #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
     pub webhook_retry_scale: f64,
 
+    /// In veriff mode, the `code` of an abandoned session's decision, which Veriff's
+    /// documents do not settle (without it: null).
+    #[arg(long, value_name = "CODE")]
+    pub veriff_abandoned_code: Option<u16>,
+
     /// Log format (logs go to stderr; filter with IDGATE_LOG, default "info").
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -176,6 +181,7 @@ pub fn config_from_args(args: &MockArgs) -> Result<MockConfig, MockError> {
         },
     };
     let mut config = MockConfig::new(args.listen, auth);
+    config.veriff_abandoned_code = args.veriff_abandoned_code;
     if let Some((cert, key)) = tls {
         config = config.with_tls(cert, key);
     }

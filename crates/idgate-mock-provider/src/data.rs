@@ -421,28 +421,36 @@ fn check_of(feature: &str) -> Option<Check> {
 }
 
 /// `GET /v1/sessions/{id}/decision` in Veriff's shape: `verification` is null until the
-/// session has a decision.
-pub(crate) fn veriff_decision(session: &Session) -> Value {
-    let (status, code) = match session.status {
-        Status::Approved => ("approved", 9001),
-        Status::Declined => ("declined", 9102),
-        Status::Resubmitted => ("resubmission_requested", 9103),
-        Status::Abandoned => ("abandoned", 9104),
-        Status::InReview => ("review", 9121),
+/// session has a decision. Codes and reasons as Veriff documents them: approved 9001,
+/// declined 9102, resubmission_requested 9103, expired 9104, review 9121; reason 102
+/// "suspected document tampering" (the decline's), 207 an expired document (the
+/// resubmission's). The code of an abandoned session is not settled by Veriff's documents:
+/// it is `abandoned_code` (`null` unless the mock is told one), never another status's
+/// code. `person` and `document` are `null` when the checks never ran (an expired session,
+/// or one abandoned before its result): there was nothing to read them from.
+pub(crate) fn veriff_decision(session: &Session, abandoned_code: Option<u16>) -> Value {
+    let (status, code, reason): (&str, Value, Option<(u16, &str)>) = match session.status {
+        Status::Approved => ("approved", json!(9001), None),
+        Status::Declined => (
+            "declined",
+            json!(9102),
+            Some((102, "Suspected document tampering")),
+        ),
+        Status::Resubmitted => (
+            "resubmission_requested",
+            json!(9103),
+            Some((207, "Document expired")),
+        ),
+        Status::Expired => ("expired", json!(9104), None),
+        Status::Abandoned => ("abandoned", json!(abandoned_code), None),
+        Status::InReview => ("review", json!(9121), None),
         _ => return json!({"status": "success", "verification": null}),
     };
     let p = Person::for_session_number(session.number);
     let decided = util::iso8601_micros(util::unix_now_micros());
-    json!({
-        "status": "success",
-        "verification": {
-            "id": session.id,
-            "code": code,
-            "status": status,
-            "reason": if status == "declined" { json!("Document expired") } else { Value::Null },
-            "reasonCode": if status == "declined" { json!(102) } else { Value::Null },
-            "vendorData": session.vendor_data,
-            "person": {
+    let (person, document) = if session.checks_run {
+        (
+            json!({
                 "firstName": p.first_name,
                 "lastName": p.last_name,
                 "dateOfBirth": p.date_of_birth,
@@ -450,14 +458,29 @@ pub(crate) fn veriff_decision(session: &Session) -> Value {
                 "idNumber": if p.personal_number.is_empty() { Value::Null } else { json!(p.personal_number) },
                 "nationality": p.country_alpha2,
                 "placeOfBirth": p.place_of_birth,
-            },
-            "document": {
+            }),
+            json!({
                 "number": p.document_number,
                 "type": if p.document_type == "Passport" { "PASSPORT" } else { "ID_CARD" },
                 "country": p.country_alpha2,
                 "validFrom": p.date_of_issue,
                 "validUntil": p.expiration_date,
-            },
+            }),
+        )
+    } else {
+        (Value::Null, Value::Null)
+    };
+    json!({
+        "status": "success",
+        "verification": {
+            "id": session.id,
+            "code": code,
+            "status": status,
+            "reason": reason.map(|(_, text)| text),
+            "reasonCode": reason.map(|(code, _)| code),
+            "vendorData": session.vendor_data,
+            "person": person,
+            "document": document,
             "acceptanceTime": util::iso8601_micros(session.created_at_micros),
             "decisionTime": decided,
         },

@@ -126,6 +126,9 @@ pub struct MockConfig {
     pub session_url_base: String,
     /// The `application_id` webhooks carry; a random UUID when not set.
     pub application_id: Option<String>,
+    /// The `code` of an abandoned session's Veriff decision, which Veriff's documents do not
+    /// settle: `null` when not set.
+    pub veriff_abandoned_code: Option<u16>,
 }
 
 impl MockConfig {
@@ -138,6 +141,7 @@ impl MockConfig {
             webhook: None,
             session_url_base: "https://verify.didit.me/session/".to_owned(),
             application_id: None,
+            veriff_abandoned_code: None,
         }
     }
 
@@ -151,6 +155,11 @@ impl MockConfig {
 
     pub fn with_webhook(mut self, target: WebhookTarget) -> Self {
         self.webhook = Some(target);
+        self
+    }
+
+    pub fn with_veriff_abandoned_code(mut self, code: u16) -> Self {
+        self.veriff_abandoned_code = Some(code);
         self
     }
 }
@@ -284,6 +293,7 @@ pub async fn start(config: MockConfig) -> Result<MockHandle, MockError> {
         scheme: if tls { "https" } else { "http" },
         fallback_host: addr.to_string(),
         session_url_base: config.session_url_base.clone(),
+        veriff_abandoned_code: config.veriff_abandoned_code,
     });
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(server::accept_loop(

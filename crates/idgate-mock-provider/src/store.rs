@@ -305,16 +305,19 @@ impl MockState {
         inner.requests.push_back(seen);
     }
 
-    /// Creates a session, or hands back the unfinished one with the same `vendor_data`
-    /// (Didit's idempotency). Returns the session and whether it is new.
+    /// Creates a session or, with [`Reuse::UnfinishedByVendorData`], hands back the
+    /// unfinished one with the same `vendor_data`. Returns the session and whether it is
+    /// new.
     pub(crate) fn create_session(
         &self,
         new: NewSession,
         url_base: &str,
         token_len: usize,
+        reuse: Reuse,
     ) -> (Session, bool) {
         let mut inner = self.lock();
-        if let Some(vendor_data) = new.vendor_data.as_deref().filter(|v| !v.is_empty())
+        if reuse == Reuse::UnfinishedByVendorData
+            && let Some(vendor_data) = new.vendor_data.as_deref().filter(|v| !v.is_empty())
             && let Some(existing) =
                 inner.sessions.iter().rev().find(|s| {
                     s.vendor_data.as_deref() == Some(vendor_data) && s.status.is_unfinished()
@@ -462,6 +465,15 @@ impl MockState {
             d.outcome = outcome;
         }
     }
+}
+
+/// Whether creating a session may hand back one that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reuse {
+    /// Didit: the same `vendor_data` with an unfinished session returns that session.
+    UnfinishedByVendorData,
+    /// Veriff, whose documents promise no such thing: every request is a new session.
+    Never,
 }
 
 /// Who changes a session's status.

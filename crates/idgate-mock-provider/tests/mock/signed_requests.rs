@@ -1,6 +1,6 @@
 //! Sumsub and Veriff request signatures, signed in the tests by Python's `hmac`.
 
-use idgate_mock_provider::{AuthMode, DEFAULT_WORKFLOW_ID, MockHandle};
+use idgate_mock_provider::{AuthMode, DEFAULT_WORKFLOW_ID, MockConfig, MockHandle};
 use serde_json::json;
 
 use crate::support::{Client, Pki, loopback, py_hmac, start_mock, unix_now};
@@ -247,7 +247,8 @@ async fn veriff_mode_signs_bodies_and_session_ids() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["status"], "Approved");
 
-    // Refusals: tampered body, wrong client, unknown session (after a valid signature).
+    // Refusals: a tampered body (a signature sent with a creation must match), wrong
+    // client, unknown session (after a valid signature).
     let r = veriff(
         &c,
         "POST",
@@ -259,15 +260,6 @@ async fn veriff_mode_signs_bodies_and_session_ids() {
     .await;
     assert_eq!(r.status, 401);
     let r = veriff(&c, "POST", "/v1/sessions", &body, &body, "other-client").await;
-    assert_eq!(r.status, 401);
-    let r = c
-        .send(
-            "POST",
-            "/v1/sessions",
-            &[("x-auth-client", VERIFF_CLIENT)],
-            body.as_bytes(),
-        )
-        .await;
     assert_eq!(r.status, 401);
     let r = veriff(
         &c,
@@ -285,4 +277,189 @@ async fn veriff_mode_signs_bodies_and_session_ids() {
         Some(VERIFF_CLIENT)
     );
     assert_eq!(mock.state().session_ids(), vec![id]);
+}
+
+async fn veriff_mock(config: impl FnOnce(MockConfig) -> MockConfig) -> MockHandle {
+    start_mock(config(loopback(AuthMode::Veriff {
+        client: VERIFF_CLIENT.into(),
+        secret: VERIFF_SECRET.into(),
+    })))
+    .await
+}
+
+/// Creates a Veriff session for `vendor_data` (signed): its id.
+async fn veriff_session(c: &Client, vendor_data: &str) -> String {
+    let body = json!({"verification": {"vendorData": vendor_data}}).to_string();
+    let r = veriff(c, "POST", "/v1/sessions", &body, &body, VERIFF_CLIENT).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    r.json()["verification"]["id"].as_str().unwrap().to_owned()
+}
+
+/// The `verification` of a session's decision (signed with its id).
+async fn veriff_verification(c: &Client, id: &str) -> serde_json::Value {
+    let path = format!("/v1/sessions/{id}/decision");
+    let r = veriff(c, "GET", &path, "", id, VERIFF_CLIENT).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()["verification"].clone()
+}
+
+#[tokio::test]
+async fn veriff_mode_creates_a_session_without_a_signature() {
+    let mock = veriff_mock(|c| c).await;
+    let c = Client::http(mock.addr());
+    let body = json!({"verification": {"vendorData": "cust-unsigned"}}).to_string();
+    let unsigned = |client: &'static str| {
+        let (c, body) = (&c, body.clone());
+        async move {
+            c.send(
+                "POST",
+                "/v1/sessions",
+                &[
+                    ("x-auth-client", client),
+                    ("content-type", "application/json"),
+                ],
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+
+    // Session creation needs the client key, not a signature.
+    let r = unsigned(VERIFF_CLIENT).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.json()["verification"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(mock.state().session_ids(), vec![id.clone()]);
+    let r = unsigned("other-client").await;
+    assert_eq!(r.status, 401);
+
+    // Every other call still needs one.
+    let r = c
+        .send(
+            "GET",
+            &format!("/v1/sessions/{id}/decision"),
+            &[("x-auth-client", VERIFF_CLIENT)],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["code"], "1812");
+    let r = c
+        .send(
+            "POST",
+            &format!("/mock/session/{id}/status/"),
+            &[("x-auth-client", VERIFF_CLIENT)],
+            br#"{"status":"In Progress"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        mock.state().session_status(&id).as_deref(),
+        Some("Not Started")
+    );
+}
+
+#[tokio::test]
+async fn veriff_decision_codes_follow_providers_md() {
+    let mock = veriff_mock(|c| c).await;
+    let c = Client::http(mock.addr());
+    let session = |path: &[&str]| {
+        let c = &c;
+        let mock = &mock;
+        let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
+        async move {
+            let id = veriff_session(c, "cust-codes").await;
+            for status in &path {
+                mock.advance(&id, status).unwrap();
+            }
+            id
+        }
+    };
+
+    // Not decided yet: no verification.
+    let started = session(&["In Progress"]).await;
+    assert_eq!(
+        veriff_verification(&c, &started).await,
+        serde_json::Value::Null
+    );
+
+    let cases = [
+        (
+            &["In Progress", "Approved"][..],
+            "approved",
+            json!(9001),
+            None,
+        ),
+        (
+            &["In Progress", "Declined"][..],
+            "declined",
+            json!(9102),
+            Some((102, "Suspected document tampering")),
+        ),
+        (
+            &["In Progress", "In Review"][..],
+            "review",
+            json!(9121),
+            None,
+        ),
+        (&["Expired"][..], "expired", json!(9104), None),
+        // Veriff's code for an abandoned session is not settled: none unless configured,
+        // and never expired's 9104.
+        (
+            &["In Progress", "Abandoned"][..],
+            "abandoned",
+            serde_json::Value::Null,
+            None,
+        ),
+    ];
+    for (path, status, code, reason) in cases {
+        let id = session(path).await;
+        let v = veriff_verification(&c, &id).await;
+        assert_eq!(v["status"], status, "{path:?}: {v}");
+        assert_eq!(v["code"], code, "{path:?}: {v}");
+        assert_eq!(v["reasonCode"], json!(reason.map(|r| r.0)), "{path:?}: {v}");
+        assert_eq!(v["reason"], json!(reason.map(|r| r.1)), "{path:?}: {v}");
+        // The person is only known once the checks ran.
+        let read = !matches!(status, "expired" | "abandoned");
+        assert_eq!(v["person"].is_object(), read, "{path:?}: {v}");
+        assert_eq!(v["document"].is_object(), read, "{path:?}: {v}");
+    }
+
+    // Resubmission (the customer's call on a finished session): 9103, reason 207, an
+    // expired document.
+    let id = session(&["In Progress", "Declined"]).await;
+    let patch = json!({"new_status": "Resubmitted"}).to_string();
+    let r = veriff(
+        &c,
+        "PATCH",
+        &format!("/v3/session/{id}/update-status/"),
+        &patch,
+        &patch,
+        VERIFF_CLIENT,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let v = veriff_verification(&c, &id).await;
+    assert_eq!(
+        (&v["status"], &v["code"], &v["reasonCode"]),
+        (&json!("resubmission_requested"), &json!(9103), &json!(207)),
+        "{v}"
+    );
+
+    // Veriff promises no vendorData idempotency: the same vendorData twice is two sessions.
+    let sessions = mock.state().session_ids();
+    assert_eq!(sessions.len(), 7);
+    let unique: std::collections::HashSet<_> = sessions.iter().collect();
+    assert_eq!(unique.len(), sessions.len());
+
+    // A deployment that knows the abandoned code configures it.
+    let configured = veriff_mock(|c| c.with_veriff_abandoned_code(9199)).await;
+    let c = Client::http(configured.addr());
+    let id = veriff_session(&c, "cust-abandons").await;
+    configured.advance(&id, "In Progress").unwrap();
+    configured.advance(&id, "Abandoned").unwrap();
+    let v = veriff_verification(&c, &id).await;
+    assert_eq!(
+        (&v["status"], &v["code"]),
+        (&json!("abandoned"), &json!(9199))
+    );
 }

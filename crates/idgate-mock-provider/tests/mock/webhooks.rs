@@ -257,13 +257,24 @@ async fn retries_5xx_and_404_on_didits_schedule_then_gives_up_on_4xx() {
     assert_eq!(mock.state().webhook_deliveries()[0].attempts, 3);
     let got = receiver.received();
     assert_eq!(got.len(), 3);
-    // Every attempt carries the same bytes and signatures.
-    for hook in &got {
-        assert_eq!(hook.body, got[0].body);
+    // Every attempt carries the same event, with the time it was sent, signed anew.
+    let without_time = |hook: &Received| {
+        let mut b = body(hook);
+        b.as_object_mut().unwrap().remove("timestamp");
+        b
+    };
+    for (hook, previous) in got.iter().zip(std::iter::once(&got[0]).chain(&got)) {
+        assert_eq!(without_time(hook), without_time(&got[0]));
+        assert!(body(hook)["timestamp"].as_i64() >= body(previous)["timestamp"].as_i64());
+        assert_eq!(
+            hook.header("x-timestamp"),
+            body(hook)["timestamp"].to_string()
+        );
         assert_eq!(
             hook.header("x-signature"),
             py_hmac(WEBHOOK_SECRET, &hook.body)
         );
+        gateway_verifies(hook);
     }
     // Didit's ~1 and ~4 minutes, scaled by 0.001.
     let gaps = [got[1].at - got[0].at, got[2].at - got[1].at];

@@ -49,5 +49,6 @@ mod tokens;
 mod upstream_connect;
 mod upstream_h1;
 mod vault;
+mod veriff_mock;
 mod webhooks;
 mod workload_api;

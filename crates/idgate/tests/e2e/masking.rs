@@ -150,6 +150,7 @@ fn masked_values(full: &serde_json::Value) -> Vec<String> {
         "last_name",
         "full_name",
         "date_of_birth",
+        "date_of_issue",
         "place_of_birth",
         "address",
         "formatted_address",
@@ -285,6 +286,46 @@ async fn a_didit_decision_through_kyc_minimal_holds_none_of_the_masked_values() 
         );
         // Neither key is in the log.
         assert!(!gw.output().contains(KEY_A) && !gw.output().contains(KEY_B));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_didit_decision_through_kyc_minimal_holds_no_issue_date() {
+    within(async {
+        let pki = Pki::default_pki();
+        let mock = didit_mock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let a = file_ref(&key_file(dir.path(), "a", KEY_A));
+        let config = config(&pki, &mock, "kyc-minimal", "kyc-minimal")
+            .section("masking", masking(&[("kyc-minimal", kyc_minimal(&a))]));
+        let gw = Gateway::start(&config, &[("DIDIT_KEY", PROVIDER_KEY)]).await;
+        let onboarding = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let frontend = Client::new(&pki, Some(FRONTEND), gw.port, false);
+        let id = create(&onboarding, "user-issued").await;
+        finish(&mock, &id);
+
+        let full = onboarding
+            .get(&V3.replace("{session_id}", &id))
+            .await
+            .unwrap()
+            .json();
+        let issued = full["id_verifications"][0]["date_of_issue"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(issued.len(), "2021-06-02".len(), "{issued}");
+        // Both shapes of the decision: the issue date is cut to its year, as the birth date.
+        for (path, idv) in [(V3, "/id_verifications/0"), (V2, "/id_verification")] {
+            let masked = frontend
+                .get(&path.replace("{session_id}", &id))
+                .await
+                .unwrap();
+            let text = whole(&masked);
+            assert!(!text.contains(issued.as_str()), "{path}: {text}");
+            let idv = masked.json().pointer(idv).unwrap().clone();
+            assert_eq!(idv["date_of_issue"], issued[..4], "{path}: {idv}");
+        }
     })
     .await;
 }

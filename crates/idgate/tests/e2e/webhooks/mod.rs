@@ -6,6 +6,7 @@
 mod cli;
 mod crash;
 mod delivery;
+mod example_profiles;
 mod mock_provider;
 mod refusals;
 
