@@ -12,9 +12,19 @@
 //! reference, `file:`, `env:` or `pkcs11:`), so a copy of the database alone can neither be
 //! used nor brute-forced offline. The key is printed once, when it is created.
 //!
+//! Each record also carries a tag over the fields that grant access (its id, name, hash,
+//! pepper id, scopes, creation, expiry and binding): HMAC-SHA256 keyed with a key derived
+//! from the pepper under a label of its own (see [`Pepper::seal`]). Whoever can write the
+//! store but does not hold the pepper can then neither widen a key (more scopes, another
+//! name, no binding, no expiry) nor add one; a record whose tag is missing or does not
+//! verify is refused. Revocation and rotation only take access away and stay outside the
+//! tag: a store writer can undo them, as it could put back the record as it was before
+//! (a tag proves who wrote a record, not that it is the latest).
+//!
 //! A presented key is looked up by its id and its HMAC compared in constant time. Every way
-//! a key can be wrong (malformed, unknown, wrong secret, revoked, expired) is the same
-//! [`AuthFailure::InvalidApiKey`] to the caller; the log says which, by key id.
+//! a key can be wrong (malformed, unknown, wrong secret, revoked, expired, a record that
+//! does not verify) is the same [`AuthFailure::InvalidApiKey`] to the caller; the log says
+//! which, by key id.
 //!
 //! A running gateway re-reads the store every `reload_interval` (at most one second) when it
 //! changed, so a revocation takes effect without a restart.
@@ -91,8 +101,17 @@ pub enum ApiKeyError {
 /// bytes it was read from are zeroized when `new` returns.
 pub struct Pepper {
     key: hmac::Key,
+    /// Tags records (see [`Pepper::seal`]): HMAC(pepper, [`RECORD_KEY_LABEL`]), never the
+    /// pepper itself, so that a key hash and a record tag can never stand for each other.
+    record_key: hmac::Key,
     id: String,
 }
+
+/// What the record-tagging key is derived under. Key hashes are over keys, which start
+/// with [`KEY_PREFIX`]; the labels do not.
+const RECORD_KEY_LABEL: &[u8] = b"idgate api key record tag key v1";
+/// What a record's tagged bytes start with.
+const RECORD_TAG_CONTEXT: &[u8] = b"idgate api key record v1\0";
 
 impl fmt::Debug for Pepper {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -119,7 +138,13 @@ impl Pepper {
         let key = hmac::Key::new(hmac::HMAC_SHA256, bytes.expose_secret());
         let tag = hmac::sign(&key, b"idgate api key pepper id");
         let id = idgate_codec::hex::encode(&tag.as_ref()[..8]);
-        Ok(Self { key, id })
+        let derived = Zeroizing::new(hmac::sign(&key, RECORD_KEY_LABEL).as_ref().to_vec());
+        let record_key = hmac::Key::new(hmac::HMAC_SHA256, &derived);
+        Ok(Self {
+            key,
+            record_key,
+            id,
+        })
     }
 
     /// Reads the pepper from a secret reference. Blocking (file, HSM).
@@ -143,6 +168,65 @@ impl Pepper {
         out.copy_from_slice(tag.as_ref());
         out
     }
+
+    /// The tag of `record`: HMAC-SHA256, under the record-tagging key, of the fields that
+    /// grant access (see [`granting_fields`]). Whatever `record.tag` holds is ignored.
+    pub fn seal(&self, record: &StoredKey) -> [u8; 32] {
+        let tag = hmac::sign(&self.record_key, &granting_fields(record));
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Whether `record` carries the tag this pepper makes of its fields as they are now.
+    /// Compared in constant time.
+    pub fn vouches_for(&self, record: &StoredKey) -> bool {
+        record.tag.is_some_and(|tag| {
+            hmac::verify(&self.record_key, &granting_fields(record), &tag).is_ok()
+        })
+    }
+}
+
+/// The bytes a record's tag covers: every field that grants or widens access, each with
+/// its length (or a presence byte) before it, so that no two records read the same. The
+/// fields that only take access away (`revoked_at`, `replaced_by`, `grace_until`) are left
+/// out: the store writes them without the pepper.
+fn granting_fields(k: &StoredKey) -> Vec<u8> {
+    fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&(b.len() as u64).to_be_bytes());
+        out.extend_from_slice(b);
+    }
+    fn secs(t: SystemTime) -> [u8; 8] {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .to_be_bytes()
+    }
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(RECORD_TAG_CONTEXT);
+    bytes(&mut out, k.id.as_bytes());
+    bytes(&mut out, k.name.as_bytes());
+    bytes(&mut out, &k.hash);
+    bytes(&mut out, k.pepper_id.as_bytes());
+    out.extend_from_slice(&(k.scopes.len() as u64).to_be_bytes());
+    for s in &k.scopes {
+        bytes(&mut out, s.as_bytes());
+    }
+    out.extend_from_slice(&secs(k.created_at));
+    match k.expires_at {
+        None => out.push(0),
+        Some(t) => {
+            out.push(1);
+            out.extend_from_slice(&secs(t));
+        }
+    }
+    match &k.bound_spiffe {
+        None => out.push(0),
+        Some(b) => {
+            out.push(1);
+            bytes(&mut out, b.as_bytes());
+        }
+    }
+    out
 }
 
 /// What a new key is for.
@@ -238,6 +322,11 @@ pub fn generate(
         revoked_at: None,
         replaced_by: None,
         grace_until: None,
+        tag: None,
+    };
+    let record = StoredKey {
+        tag: Some(pepper.seal(&record)),
+        ..record
     };
     Ok(NewApiKey {
         key: SecretString::from(key.as_str().to_owned()),
@@ -289,6 +378,9 @@ struct Entry {
     key: StoredKey,
     /// The parsed binding; `Err` when the stored ID does not parse (the key is then unusable).
     binding: Option<Result<SpiffeId, ()>>,
+    /// The record's tag verifies with the pepper: its granting fields are as the pepper's
+    /// holder wrote them. Unusable otherwise.
+    vouched: bool,
     /// What a request this key authenticates is told, made once per read of the store: its
     /// binding, when there is one, is the only workload verification lets through.
     identity: Arc<ApiKeyIdentity>,
@@ -300,10 +392,11 @@ struct Table {
 }
 
 impl Table {
-    fn new(keys: impl IntoIterator<Item = StoredKey>) -> Self {
+    fn new(pepper: &Pepper, keys: impl IntoIterator<Item = StoredKey>) -> Self {
         let keys = keys
             .into_iter()
             .map(|key| {
+                let vouched = pepper.vouches_for(&key);
                 let binding = key
                     .bound_spiffe
                     .as_deref()
@@ -317,6 +410,7 @@ impl Table {
                 let entry = Entry {
                     key,
                     binding,
+                    vouched,
                     identity,
                 };
                 (entry.key.id.clone(), entry)
@@ -378,10 +472,11 @@ const NO_HASH: [u8; 32] = [0; 32];
 impl ApiKeyVerifier {
     /// A verifier over a fixed set of keys (tests, or a caller that feeds [`Self::replace`]).
     pub fn new(pepper: Pepper, keys: impl IntoIterator<Item = StoredKey>) -> Self {
+        let table = Table::new(&pepper, keys);
         Self {
             inner: Arc::new(Inner {
                 pepper,
-                table: ArcSwap::from_pointee(Table::new(keys)),
+                table: ArcSwap::from_pointee(table),
                 reload: None,
                 read: std::sync::atomic::AtomicBool::new(true),
             }),
@@ -462,7 +557,8 @@ impl ApiKeyVerifier {
 
     /// Replaces the whole table.
     pub fn replace(&self, keys: impl IntoIterator<Item = StoredKey>) {
-        self.inner.table.store(Arc::new(Table::new(keys)));
+        let table = Table::new(&self.inner.pepper, keys);
+        self.inner.table.store(Arc::new(table));
     }
 
     /// How many keys the table holds, whatever their state.
@@ -555,8 +651,15 @@ impl ApiKeyVerifier {
                 return Err(AuthFailure::InvalidApiKey);
             }
         };
-        // The binding is judged only once the key is proven, so that a guess learns nothing
-        // about which workload a key belongs to.
+        // The record, its state and its binding are judged only once the key is proven, so
+        // that a guess learns nothing about them.
+        if !entry.vouched {
+            tracing::debug!(
+                key_id = id,
+                "API key refused: its record's tag does not verify"
+            );
+            return Err(AuthFailure::InvalidApiKey);
+        }
         let state = entry.key.state(now);
         if !entry.key.is_usable(now) {
             tracing::debug!(key_id = id, %state, "API key refused");
@@ -586,6 +689,27 @@ impl ApiKeyVerifier {
     }
 }
 
+/// Logs each key the store no longer says is revoked or rotated although the last read did:
+/// `idgate keys` never does that, only a direct write to the store (see the module doc).
+fn report_withdrawn(previous: &Table, next: &Table) {
+    for (id, e) in &next.keys {
+        let Some(before) = previous.keys.get(id) else {
+            continue;
+        };
+        let (was, is) = (&before.key, &e.key);
+        let unrevoked = was.revoked_at.is_some() && is.revoked_at.is_none();
+        let ungraced = was.grace_until.is_some()
+            && (is.grace_until > was.grace_until || is.grace_until.is_none());
+        if unrevoked || ungraced {
+            tracing::warn!(
+                key_id = id.as_str(),
+                what = if unrevoked { "revocation" } else { "rotation" },
+                "API key's revocation or rotation was withdrawn in the store, which `idgate keys` never does; the key works again unless expired"
+            );
+        }
+    }
+}
+
 impl Inner {
     fn reload_if_changed(&self) -> Result<bool, ApiKeyError> {
         let Some(reload) = &self.reload else {
@@ -602,8 +726,10 @@ impl Inner {
             return Ok(false);
         }
         let keys = block_on(reload.store.list())?;
-        self.report_problems(&keys, &mut state.reported);
-        self.table.store(Arc::new(Table::new(keys)));
+        let table = Table::new(&self.pepper, keys);
+        self.report_problems(&table, &mut state.reported);
+        report_withdrawn(&self.table.load(), &table);
+        self.table.store(Arc::new(table));
         self.read.store(true, std::sync::atomic::Ordering::Release);
         if changed {
             state.settle_until = now + SETTLE;
@@ -613,19 +739,24 @@ impl Inner {
         Ok(true)
     }
 
-    /// Logs, once each, keys that can never work here.
-    fn report_problems(&self, keys: &[StoredKey], reported: &mut Vec<String>) {
+    /// Logs, once each, keys that can never work here. A record is reported again only
+    /// after a read in which it was fine.
+    fn report_problems(&self, table: &Table, reported: &mut Vec<String>) {
         let mut problems = Vec::new();
-        for k in keys {
+        for e in table.keys.values() {
+            let k = &e.key;
             if k.pepper_id != self.pepper.id() {
+                // Another pepper's tag cannot verify either; one warning says it all.
                 problems.push(format!("pepper:{}", k.id));
+            } else if !e.vouched {
+                let what = if k.tag.is_some() { "tag" } else { "untagged" };
+                problems.push(format!("{what}:{}", k.id));
             }
-            if let Some(b) = &k.bound_spiffe
-                && SpiffeId::new(b).is_err()
-            {
+            if let Some(Err(())) = e.binding {
                 problems.push(format!("binding:{}", k.id));
             }
         }
+        problems.sort();
         for p in &problems {
             if reported.contains(p) {
                 continue;
@@ -635,6 +766,14 @@ impl Inner {
                     key_id = id,
                     pepper_id = self.pepper.id(),
                     "API key was made with another pepper than the one configured; it will be refused"
+                ),
+                Some(("tag", id)) => tracing::warn!(
+                    key_id = id,
+                    "API key record's tag does not verify: a field that grants access (name, scopes, binding, expiry) was changed in the store without the pepper; it will be refused"
+                ),
+                Some(("untagged", id)) => tracing::warn!(
+                    key_id = id,
+                    "API key record carries no tag; it will be refused (`idgate keys create` makes a tagged key for its holder)"
                 ),
                 Some((_, id)) => tracing::warn!(
                     key_id = id,

@@ -12,6 +12,11 @@ use crate::StoreError;
 
 /// One API key as stored: who it is for and what it may do, and a keyed hash of the key,
 /// never the key. Times are kept to the second.
+///
+/// The fields that grant access (id, name, hash, pepper id, scopes, creation, expiry and
+/// binding) are covered by `tag`, made by whoever holds the pepper (see
+/// `idgate_auth::api_key::Pepper::seal`); the store only keeps it. The fields that only take
+/// access away (revocation, rotation) are outside it, so that a store can change them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredKey {
     /// The key's public id (the part of the key before its secret), unique in the store.
@@ -33,11 +38,15 @@ pub struct StoredKey {
     pub replaced_by: Option<String>,
     /// After rotation, the end of the grace period during which this key still works.
     pub grace_until: Option<SystemTime>,
+    /// A keyed tag over the fields that grant access; a verifier refuses a record without
+    /// one that verifies.
+    pub tag: Option<[u8; 32]>,
 }
 
 impl fmt::Debug for StoredKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The hash is left out: nothing that prints a record should help anyone guess keys.
+        // The hash and the tag are left out: nothing that prints a record should help anyone
+        // guess keys or forge records.
         f.debug_struct("StoredKey")
             .field("id", &self.id)
             .field("name", &self.name)
@@ -146,6 +155,7 @@ impl StoredKey {
             revoked_at: self.revoked_at.map(secs),
             replaced_by: self.replaced_by.clone(),
             grace_until: self.grace_until.map(secs),
+            tag: self.tag.map(|t| idgate_codec::hex::encode(&t)),
         };
         // Serializing plain strings, numbers and vectors cannot fail.
         serde_json::to_vec(&record).unwrap_or_default()
@@ -165,6 +175,13 @@ impl StoredKey {
         }
         let hash = idgate_codec::hex::decode_array(&r.hash)
             .ok_or_else(|| corrupt("the hash is not 32 bytes of hex".into()))?;
+        let tag = match &r.tag {
+            None => None,
+            Some(t) => Some(
+                idgate_codec::hex::decode_array(t)
+                    .ok_or_else(|| corrupt("the tag is not 32 bytes of hex".into()))?,
+            ),
+        };
         Ok(Self {
             id: r.id,
             name: r.name,
@@ -177,6 +194,7 @@ impl StoredKey {
             revoked_at: r.revoked_at.map(time),
             replaced_by: r.replaced_by,
             grace_until: r.grace_until.map(time),
+            tag,
         })
     }
 }
@@ -202,6 +220,8 @@ struct RecordV1 {
     replaced_by: Option<String>,
     #[serde(default)]
     grace_until: Option<u64>,
+    #[serde(default)]
+    tag: Option<String>,
 }
 
 fn secs(t: SystemTime) -> u64 {
@@ -432,12 +452,21 @@ pub(crate) mod tests {
             revoked_at: None,
             replaced_by: None,
             grace_until: None,
+            tag: Some([9; 32]),
         }
     }
 
     #[test]
     fn records_round_trip_and_refuse_damage() {
         let mut k = key("abcd", "n");
+        let untagged = StoredKey {
+            tag: None,
+            ..k.clone()
+        };
+        assert_eq!(
+            StoredKey::decode("abcd", &untagged.encode()).unwrap(),
+            untagged
+        );
         k.revoked_at = Some(time(5));
         k.bound_spiffe = Some("spiffe://example.org/a".into());
         let bytes = k.encode();
@@ -448,6 +477,10 @@ pub(crate) mod tests {
             .unwrap()
             .replace("\"v\":1", "\"v\":9");
         assert!(StoredKey::decode("abcd", text.as_bytes()).is_err());
+        let short_tag = String::from_utf8(k.encode())
+            .unwrap()
+            .replace(&"09".repeat(32), "0909");
+        assert!(StoredKey::decode("abcd", short_tag.as_bytes()).is_err());
     }
 
     #[test]
@@ -471,7 +504,7 @@ pub(crate) mod tests {
     fn debug_leaves_the_hash_out() {
         let k = key("abcd", "n");
         let shown = format!("{k:?}");
-        assert!(!shown.contains("hash"), "{shown}");
+        assert!(!shown.contains("hash") && !shown.contains("tag"), "{shown}");
         assert!(!shown.contains(&idgate_codec::hex::encode(&k.hash)));
     }
 }

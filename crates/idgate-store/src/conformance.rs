@@ -37,6 +37,7 @@ pub fn sample_key(id: &str, name: &str) -> StoredKey {
         revoked_at: None,
         replaced_by: None,
         grace_until: None,
+        tag: Some([9; 32]),
     }
 }
 
@@ -62,8 +63,11 @@ pub async fn api_keys(store: &impl ApiKeyStore) {
 
     let mut b = key("bbbb", "onboarding");
     b.created_at = time(1_800_000_100);
+    b.tag = Some([8; 32]);
     let old = store.rotate("aaaa", &b, time(1_800_086_400)).await.unwrap();
     assert_eq!(old.replaced_by.as_deref(), Some("bbbb"));
+    assert_eq!(old.tag, a.tag, "a rotation keeps the old record's tag");
+    assert_eq!(store.get("bbbb").await.unwrap(), Some(b.clone()));
     assert_eq!(old.grace_until, Some(time(1_800_086_400)));
     assert_eq!(
         old.state(time(1_800_000_200)),
@@ -92,6 +96,7 @@ pub async fn api_keys(store: &impl ApiKeyStore) {
     let version = store.version().await.unwrap();
     let revoked = store.revoke("bbbb", time(1_800_000_300)).await.unwrap();
     assert_eq!(revoked.revoked_at, Some(time(1_800_000_300)));
+    assert_eq!(revoked.tag, b.tag, "a revocation keeps the record's tag");
     assert_ne!(store.version().await.unwrap(), version);
     let again = store.revoke("bbbb", time(1_800_000_999)).await.unwrap();
     assert_eq!(

@@ -1,8 +1,10 @@
 //! `idgate keys`: create, list, revoke and rotate caller API keys in the gateway's store.
 //!
-//! A key is printed once, on stdout, when it is made; the store keeps only its keyed hash.
-//! The CLI shares the store file with a running gateway (see `idgate_store::RedbStore`), which
-//! picks every change up within its `reload_interval`, without a restart.
+//! A key is printed once, on stdout, when it is made; the store keeps only its keyed hash,
+//! and a tag over what the key grants that only the pepper's holder can make (see
+//! `idgate_auth::api_key`). The CLI shares the store file with a running gateway (see
+//! `idgate_store::RedbStore`), which picks every change up within its `reload_interval`,
+//! without a restart. Only `create` makes a store file; the other commands need one.
 
 use anyhow::anyhow;
 use std::future::Future;
@@ -40,6 +42,11 @@ pub(crate) enum KeysCommand {
         /// Accept the key only over mTLS from this workload (its SPIFFE ID).
         #[arg(long, value_name = "SPIFFE_ID")]
         bind_spiffe: Option<String>,
+        /// Allow a name an active or rotated key already has: the new key is for the same
+        /// holder. Keys with one name are one principal (allow lists, tiers, the objects
+        /// either creates); to replace a key, use `rotate`.
+        #[arg(long)]
+        same_holder: bool,
     },
     /// List keys: id, name, scopes, dates, binding and state, never a key or a hash.
     List {
@@ -86,6 +93,13 @@ pub(crate) struct StoreArgs {
     /// The pepper's secret reference (file:PATH, env:NAME or pkcs11:URI), with --store.
     #[arg(long, value_name = "SECRET_REF", requires = "store")]
     pepper: Option<String>,
+    /// With the keys in Redis: the ACL user to write them as, instead of the gateway's
+    /// (`[state] username`), whose access to the key records is best read-only.
+    #[arg(long, value_name = "NAME", requires = "redis_password")]
+    redis_user: Option<String>,
+    /// The password of --redis-user (file:PATH, env:NAME, vault: or pkcs11:).
+    #[arg(long, value_name = "SECRET_REF", requires = "redis_user")]
+    redis_password: Option<String>,
 }
 
 /// A failure of a CLI command, with the exit code it maps to (`idgate keys`, `idgate
@@ -119,12 +133,14 @@ pub(crate) fn run(command: KeysCommand) -> ExitCode {
             scopes,
             expires,
             bind_spiffe,
+            same_holder,
         } => create(
             &store,
             &name,
             scopes,
             expires.as_deref(),
             bind_spiffe.as_deref(),
+            same_holder,
         ),
         KeysCommand::List { store, json } => list(&store, json),
         KeysCommand::Revoke { store, id } => revoke(&store, &id),
@@ -148,6 +164,27 @@ pub(crate) fn run(command: KeysCommand) -> ExitCode {
 
 /// The store file and the pepper's reference, from --store/--pepper or the configuration.
 fn locate(args: &StoreArgs) -> Result<(Location, SecretRef), Failure> {
+    let (location, pepper) = locate_as_configured(args)?;
+    let (Some(user), Some(password)) = (&args.redis_user, &args.redis_password) else {
+        return Ok((location, pepper));
+    };
+    match location {
+        Location::State(StateBackend::Redis(mut redis)) => {
+            let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+            redis.username = Some(user.clone());
+            redis.password = Some(
+                SecretRef::parse(password, &base)
+                    .map_err(|e| Failure::config(format!("--redis-password: {e}")))?,
+            );
+            Ok((Location::State(StateBackend::Redis(redis)), pepper))
+        }
+        other => Err(Failure::config(format!(
+            "--redis-user: the keys are kept in {other}, not in Redis"
+        ))),
+    }
+}
+
+fn locate_as_configured(args: &StoreArgs) -> Result<(Location, SecretRef), Failure> {
     if let (Some(store), Some(pepper)) = (&args.store, &args.pepper) {
         let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         let pepper = SecretRef::parse(pepper, &base)
@@ -266,17 +303,37 @@ impl Opened {
     }
 }
 
-fn open_store(location: &Location) -> Result<Opened, Failure> {
+/// What a command does with a store file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Writes, making the file (mode 0600, owned by whoever runs the command) if need be:
+    /// `create` only.
+    Create,
+    /// Writes an existing file.
+    Write,
+    /// Reads; a missing file reads as no keys.
+    Read,
+}
+
+fn open_store(location: &Location, access: Access) -> Result<Opened, Failure> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| Failure::run(format!("cannot start the runtime: {e}")))?;
-    let store = match location {
-        Location::File(path) => RedbStore::open(path, idgate_store::DEFAULT_WAIT)
+    let wait = idgate_store::DEFAULT_WAIT;
+    let store = match (location, access) {
+        (Location::File(path), Access::Create) => RedbStore::open(path, wait)
             .map(StateStore::from)
             .map_err(Failure::run)?,
-        Location::State(backend) => {
+        (Location::File(path), Access::Write) => RedbStore::open_existing(path, wait)
+            .map_err(Failure::run)?
+            .map(StateStore::from)
+            .ok_or_else(|| no_store(path))?,
+        (Location::File(path), Access::Read) => {
+            StateStore::from(RedbStore::reader(path).with_wait(wait))
+        }
+        (Location::State(backend), _) => {
             let _inside = runtime.enter();
             // The CLI may wait for its connection and its writes longer than a request.
             idgate_proxy::state::open_state(backend)
@@ -285,6 +342,13 @@ fn open_store(location: &Location) -> Result<Opened, Failure> {
         }
     };
     Ok(Opened { store, runtime })
+}
+
+fn no_store(path: &Path) -> Failure {
+    Failure::run(format!(
+        "no key store at {}; `idgate keys create` makes it",
+        path.display()
+    ))
 }
 
 fn read_pepper(reference: &SecretRef) -> Result<Pepper, Failure> {
@@ -296,14 +360,43 @@ fn read_pepper(reference: &SecretRef) -> Result<Pepper, Failure> {
 }
 
 /// Warns about keys the configured pepper cannot verify: a pepper changed by mistake would
-/// otherwise make every key fail in silence.
-fn warn_foreign_pepper(keys: &[StoredKey], pepper: &Pepper) {
+/// otherwise make every key fail in silence, and a record changed in the store by someone
+/// without the pepper would be refused without a word here.
+fn warn_unverifiable(keys: &[StoredKey], pepper: &Pepper) {
     let foreign = keys.iter().filter(|k| k.pepper_id != pepper.id()).count();
     if foreign > 0 {
         eprintln!(
             "warning: {foreign} key(s) in the store were made with another pepper than the configured one; the gateway refuses them"
         );
     }
+    let altered: Vec<&str> = keys
+        .iter()
+        .filter(|k| k.pepper_id == pepper.id() && !pepper.vouches_for(k))
+        .map(|k| k.id.as_str())
+        .collect();
+    if !altered.is_empty() {
+        eprintln!(
+            "warning: the record(s) of {} do not verify with the pepper (changed in the store without it, or without a tag); the gateway refuses them",
+            altered.join(", ")
+        );
+    }
+}
+
+/// Refuses a name an active or rotated key already has, unless the new key is meant for
+/// the same holder: keys with one name are one principal everywhere a name counts.
+fn check_name_free(keys: &[StoredKey], name: &str, now: SystemTime) -> Result<(), Failure> {
+    let holders: Vec<String> = keys
+        .iter()
+        .filter(|k| k.name == name && k.is_usable(now))
+        .map(|k| format!("{} ({})", k.id, k.state(now)))
+        .collect();
+    if holders.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::run(format!(
+        "the name {name} is held by {}; keys with one name are one principal: they share allow lists, tiers and the objects either creates\nto replace a key, use `idgate keys rotate --id ID`; to give the same holder another key, add --same-holder",
+        holders.join(", ")
+    )))
 }
 
 fn create(
@@ -312,6 +405,7 @@ fn create(
     scopes: Vec<String>,
     expires: Option<&str>,
     bind_spiffe: Option<&str>,
+    same_holder: bool,
 ) -> Result<(), Failure> {
     let now = SystemTime::now();
     let expires_at = match expires {
@@ -328,13 +422,17 @@ fn create(
         .map_err(|e| Failure::config(e.to_string()))?;
     let (location, pepper_ref) = locate(args)?;
     let pepper = read_pepper(&pepper_ref)?;
-    let store = open_store(&location)?;
+    let store = open_store(&location, Access::Create)?;
+    if !same_holder {
+        let keys = store.run(store.store.list()).map_err(Failure::run)?;
+        check_name_free(&keys, &spec.name, now)?;
+    }
     let new = api_key::generate(&pepper, &spec, now).map_err(Failure::run)?;
     store
         .run(store.store.insert(&new.record))
         .map_err(Failure::run)?;
     if let Ok(keys) = store.run(store.store.list()) {
-        warn_foreign_pepper(&keys, &pepper);
+        warn_unverifiable(&keys, &pepper);
     }
     eprintln!("created API key {}", describe(&new.record));
     show_once(&new);
@@ -343,11 +441,11 @@ fn create(
 
 fn list(args: &StoreArgs, json: bool) -> Result<(), Failure> {
     let (location, pepper_ref) = locate(args)?;
-    let store = open_store(&location)?;
+    let store = open_store(&location, Access::Read)?;
     let keys = store.run(store.store.list()).map_err(Failure::run)?;
     // The pepper is not needed to list; it is checked only to warn about keys it cannot verify.
     if let Ok(pepper) = Pepper::from_ref(&pepper_ref) {
-        warn_foreign_pepper(&keys, &pepper);
+        warn_unverifiable(&keys, &pepper);
     }
     let now = SystemTime::now();
     if json {
@@ -412,15 +510,17 @@ fn list(args: &StoreArgs, json: bool) -> Result<(), Failure> {
     for row in &rows {
         print_row(&row.each_ref().map(String::as_str));
     }
-    if rows.is_empty() {
-        eprintln!("no API keys in {location}");
+    match &location {
+        Location::File(path) if !path.exists() => eprintln!("{}", no_store(path).message),
+        _ if rows.is_empty() => eprintln!("no API keys in {location}"),
+        _ => {}
     }
     Ok(())
 }
 
 fn revoke(args: &StoreArgs, id: &str) -> Result<(), Failure> {
     let (location, _) = locate(args)?;
-    let store = open_store(&location)?;
+    let store = open_store(&location, Access::Write)?;
     let key = store
         .run(store.store.revoke(id, SystemTime::now()))
         .map_err(Failure::run)?;
@@ -436,11 +536,23 @@ fn rotate(args: &StoreArgs, id: &str, grace: &str, expires: Option<&str>) -> Res
     let expires = expires.map(|s| positive(s, "--expires")).transpose()?;
     let (location, pepper_ref) = locate(args)?;
     let pepper = read_pepper(&pepper_ref)?;
-    let store = open_store(&location)?;
+    let store = open_store(&location, Access::Write)?;
     let old = store
         .run(store.store.get(id))
         .map_err(Failure::run)?
         .ok_or_else(|| Failure::run(format!("no API key with id {id}")))?;
+    // The new key takes the old one's name, scopes and binding: only as the pepper's holder
+    // wrote them.
+    if old.pepper_id != pepper.id() {
+        return Err(Failure::run(format!(
+            "key {id} was made with another pepper than the configured one; create a new key instead"
+        )));
+    }
+    if !pepper.vouches_for(&old) {
+        return Err(Failure::run(format!(
+            "the record of key {id} does not verify with the pepper (changed in the store without it, or without a tag); its name, scopes and binding are not copied: revoke it and create a new key"
+        )));
+    }
     let now = SystemTime::now();
     // The new key lives as long as the old one was meant to, unless told otherwise.
     let lifetime = expires.or_else(|| {

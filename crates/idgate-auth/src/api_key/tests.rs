@@ -210,6 +210,99 @@ fn a_bound_key_works_only_from_its_workload() {
 }
 
 #[test]
+fn a_record_whose_binding_or_scopes_were_changed_in_the_store_is_refused() {
+    let p = pepper();
+    let now = t(1_800_000_000);
+    let spec = KeySpec::new(
+        "reporting",
+        vec!["sessions:read".into()],
+        Some(t(1_800_000_100)),
+        Some(id(ONBOARDING)),
+    )
+    .unwrap();
+    let k = generate(&p, &spec, now).unwrap();
+    let other = generate(&p, &self::spec("admin"), now).unwrap();
+    let key = k.key.expose_secret();
+    let peer = id(ONBOARDING);
+    let elsewhere = id("spiffe://example.org/ns/web/sa/frontend");
+    assert!(p.vouches_for(&k.record));
+    assert!(
+        ApiKeyVerifier::new(pepper(), [k.record.clone()])
+            .verify(key, Some(&peer), now)
+            .is_ok()
+    );
+
+    let changed = |f: &dyn Fn(&mut StoredKey)| {
+        let mut r = k.record.clone();
+        f(&mut r);
+        r
+    };
+    for (what, record) in [
+        ("binding removed", changed(&|r| r.bound_spiffe = None)),
+        (
+            "binding moved",
+            changed(&|r| r.bound_spiffe = Some(elsewhere.as_str().to_owned())),
+        ),
+        (
+            "scope added",
+            changed(&|r| r.scopes.push("sessions:delete".into())),
+        ),
+        (
+            "scope replaced",
+            changed(&|r| r.scopes = vec!["admin".into()]),
+        ),
+        ("renamed", changed(&|r| r.name = "admin".into())),
+        ("expiry cleared", changed(&|r| r.expires_at = None)),
+        (
+            "expiry moved",
+            changed(&|r| r.expires_at = Some(t(1_900_000_000))),
+        ),
+        (
+            "created moved",
+            changed(&|r| r.created_at = t(1_800_000_050)),
+        ),
+        ("tag removed", changed(&|r| r.tag = None)),
+        (
+            "another record's tag",
+            changed(&|r| r.tag = other.record.tag),
+        ),
+        (
+            "pepper id changed",
+            changed(&|r| r.pepper_id = "0011223344556677".into()),
+        ),
+    ] {
+        assert!(!p.vouches_for(&record), "{what}");
+        let verifier = ApiKeyVerifier::new(pepper(), [record]);
+        for from in [Some(&peer), Some(&elsewhere), None] {
+            assert_eq!(
+                verifier.verify(key, from, now),
+                Err(AuthFailure::InvalidApiKey),
+                "{what}, from {from:?}"
+            );
+        }
+    }
+
+    // A tag made with the pepper itself rather than the key derived from it is refused too.
+    let mut raw = k.record.clone();
+    let raw_tag = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, PEPPER),
+        &granting_fields(&raw),
+    );
+    raw.tag = Some(raw_tag.as_ref().try_into().unwrap());
+    assert!(!p.vouches_for(&raw));
+
+    // Revocation and rotation are outside the tag: the store writes them without the pepper.
+    let mut rotated = k.record.clone();
+    rotated.replaced_by = Some(other.record.id.clone());
+    rotated.grace_until = Some(t(1_800_000_050));
+    assert!(p.vouches_for(&rotated));
+    let verifier = ApiKeyVerifier::new(pepper(), [rotated.clone()]);
+    assert!(verifier.verify(key, Some(&peer), now).is_ok());
+    rotated.revoked_at = Some(now);
+    assert!(p.vouches_for(&rotated));
+}
+
+#[test]
 fn names_and_scopes_are_checked() {
     assert!(
         KeySpec::new(

@@ -101,18 +101,45 @@ impl RedbStore {
                 .mode(0o600)
                 .open(&path)
                 .map_err(|e| io_err(&path, e))?;
-            check_mode(&path, &file)?;
-            let backend = FileBackend::new(file).map_err(|e| db_err(&path, e))?;
-            builder()
-                .create_with_backend(backend)
-                .map_err(|e| db_err(&path, e))
+            Self::database(&path, file)
         })?;
-        Ok(Self::from(Inner {
+        Ok(Self::writable(path, db, wait))
+    }
+
+    /// Opens an existing store for reading and writing; `None` when there is no file. For
+    /// a writer that must not create the file, whose owner and mode would then be its own
+    /// (an administrator's command run as root before the store exists).
+    pub fn open_existing(
+        path: impl AsRef<Path>,
+        wait: Duration,
+    ) -> Result<Option<Self>, StoreError> {
+        let path = path.as_ref().to_owned();
+        let db = retry_busy(&path, wait, || {
+            let file = match OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_err(&path, e)),
+            };
+            Self::database(&path, file).map(Some)
+        })?;
+        Ok(db.map(|db| Self::writable(path, db, wait)))
+    }
+
+    fn database(path: &Path, file: File) -> Result<Database, StoreError> {
+        check_mode(path, &file)?;
+        let backend = FileBackend::new(file).map_err(|e| db_err(path, e))?;
+        builder()
+            .create_with_backend(backend)
+            .map_err(|e| db_err(path, e))
+    }
+
+    fn writable(path: PathBuf, db: Database, wait: Duration) -> Self {
+        Self::from(Inner {
             path,
             db: Some(db),
             wait,
             writer: writer::Writer::new(),
-        }))
+        })
     }
 
     /// A read-only view that opens the file for each read and closes it right after. A missing
@@ -484,6 +511,36 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         crate::conformance::api_keys(&store).await;
+    }
+
+    #[test]
+    fn open_existing_opens_a_store_and_never_creates_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.redb");
+        assert!(
+            RedbStore::open_existing(&path, DEFAULT_WAIT)
+                .unwrap()
+                .is_none()
+        );
+        assert!(!path.exists(), "no file was created");
+        let made = RedbStore::open(&path, DEFAULT_WAIT).unwrap();
+        block_on(made.insert(&key("aaaa", "a"))).unwrap();
+        let existing = RedbStore::open_existing(&path, DEFAULT_WAIT)
+            .unwrap()
+            .unwrap();
+        block_on(existing.revoke("aaaa", SystemTime::now())).unwrap();
+        assert!(
+            block_on(made.get("aaaa"))
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_some()
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            RedbStore::open_existing(&path, DEFAULT_WAIT),
+            Err(StoreError::TooOpen { .. })
+        ));
     }
 
     // Synchronous, as the CLI and the gateway's start-up use the store.

@@ -9,6 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use idgate_store::redis_testing::RedisServer;
+
 use crate::support::*;
 
 const PEPPER: &str = "n3Wq4p8yVh0cE2rT6uJk1LmZs9Xa7DfB5gHiOoPqRwE=";
@@ -255,8 +257,8 @@ fn create_prints_the_key_once_and_the_store_holds_only_a_keyed_hash() {
     key_from(&out);
     assert!(s.pki.path().join("relative.redb").exists(), "{err}");
 
-    // A second key is a different one.
-    let (code, out2, _) = s.keys(&["create", "--name", "batch"]);
+    // A second key for the same holder is a different one.
+    let (code, out2, _) = s.keys(&["create", "--name", "batch", "--same-holder"]);
     assert_eq!(code, 0);
     assert_ne!(key_from(&out2), key);
 }
@@ -378,12 +380,109 @@ fn rotate_keeps_the_old_key_for_its_grace_and_revoke_is_recorded() {
     assert!(err.contains("no API key with id aaaaaaaaaaaaaaaa"), "{err}");
 
     // A zero grace ends the old key at once.
-    let (_, out, _) = s.keys(&["create", "--name", "batch"]);
+    let (_, out, _) = s.keys(&["create", "--name", "nightly"]);
     let third = key_from(&out);
     let (code, _, _) = s.keys(&["rotate", "--id", id_of(&third), "--grace", "0s"]);
     assert_eq!(code, 0);
     let (_, list, _) = s.keys(&["list"]);
     assert!(row(&list, id_of(&third)).contains("expired"), "{list}");
+}
+
+#[test]
+fn create_refuses_a_name_held_by_an_active_key_without_same_holder() {
+    let s = Setup::new(&["api_key"], "https://127.0.0.1:9");
+    let (code, out, err) = s.keys(&["create", "--name", "partner"]);
+    assert_eq!(code, 0, "{err}");
+    let first = key_from(&out);
+
+    // A second partner given the same name would be the first one's principal: refused,
+    // naming the key that holds the name and the ways on.
+    let (code, out, err) = s.keys(&["create", "--name", "partner", "--scopes", "a"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.is_empty(), "no key printed: {out}");
+    for part in [
+        "the name partner is held by",
+        id_of(&first),
+        "(active)",
+        "one principal",
+        "rotate",
+        "--same-holder",
+    ] {
+        assert!(err.contains(part), "{part} in {err}");
+    }
+    let (_, list, _) = s.keys(&["list", "--json"]);
+    assert_eq!(list.lines().count(), 1, "nothing was added: {list}");
+
+    // The same holder may have a second key.
+    let (code, out, err) = s.keys(&["create", "--name", "partner", "--same-holder"]);
+    assert_eq!(code, 0, "{err}");
+    let second = key_from(&out);
+
+    // Revoked keys hold no name; a rotated key does while its grace lasts.
+    for k in [&first, &second] {
+        let (code, _, err) = s.keys(&["revoke", "--id", id_of(k)]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = s.keys(&["create", "--name", "partner"]);
+    assert_eq!(code, 0, "{err}");
+    let third = key_from(&out);
+    let (code, out, err) = s.keys(&["rotate", "--id", id_of(&third), "--grace", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    let fourth = key_from(&out);
+    let (code, _, err) = s.keys(&["revoke", "--id", id_of(&fourth)]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = s.keys(&["create", "--name", "partner"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(id_of(&third)) && err.contains("(rotated)"),
+        "{err}"
+    );
+    // Another name is free.
+    let (code, _, err) = s.keys(&["create", "--name", "partner-b"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn list_and_revoke_do_not_create_a_missing_store() {
+    let s = Setup::new(&["api_key"], "https://127.0.0.1:9");
+    assert!(!s.store.exists());
+    let wanted = format!(
+        "no key store at {}; `idgate keys create` makes it",
+        s.store.display()
+    );
+
+    // Listing a store that is not there lists nothing, and leaves it not there.
+    let (code, out, err) = s.keys(&["list"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!s.store.exists(), "list created the store");
+    assert!(err.contains(&wanted), "{err}");
+    let (code, out, err) = s.keys(&["list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(!s.store.exists(), "list created the store");
+
+    // Revoking or rotating in a store that is not there says so.
+    for args in [
+        vec!["revoke", "--id", "aaaaaaaaaaaaaaaa"],
+        vec!["rotate", "--id", "aaaaaaaaaaaaaaaa"],
+    ] {
+        let (code, out, err) = s.keys(&args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(err.contains(&wanted), "{args:?}: {err}");
+        assert!(!s.store.exists(), "{args:?} created the store");
+    }
+
+    // `create` makes it (0600), and the others then work on it.
+    let (code, out, err) = s.keys(&["create", "--name", "batch"]);
+    assert_eq!(code, 0, "{err}");
+    let key = key_from(&out);
+    let mode = std::fs::metadata(&s.store).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let (code, _, err) = s.keys(&["revoke", "--id", id_of(&key)]);
+    assert_eq!(code, 0, "{err}");
+    let (_, list, _) = s.keys(&["list"]);
+    assert!(row(&list, id_of(&key)).contains("revoked"), "{list}");
 }
 
 async fn post(client: &Client, headers: &[(&str, &str)], path: &str) -> Reply {
@@ -569,4 +668,241 @@ async fn a_bound_key_works_only_from_its_workload() {
     })
     .await
     .expect("the test finished within 60 s");
+}
+
+/// The ACL users docs/state.md recommends, as its code block under "Hardening the Redis
+/// users" writes them: each `user NAME …` with its continuation lines, `>PASSWORD` made
+/// `>password`.
+fn documented_redis_users(password: &str) -> Vec<(String, Vec<String>)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/state.md"))
+        .unwrap();
+    let section = doc.split("### Hardening the Redis users").nth(1).unwrap();
+    let block = section.split("```").nth(1).unwrap();
+    let mut users: Vec<(String, Vec<String>)> = Vec::new();
+    for line in block.lines() {
+        let mut words = line.split_whitespace().map(|w| match w {
+            ">PASSWORD" => format!(">{password}"),
+            w => w.to_owned(),
+        });
+        if line.starts_with("user ") {
+            words.next();
+            let name = words.next().unwrap();
+            users.push((name, words.collect()));
+        } else if line.starts_with(char::is_whitespace) && !line.trim().is_empty() {
+            users.last_mut().unwrap().1.extend(words);
+        }
+    }
+    users
+}
+
+/// The value of a bulk-string reply (`$N\r\n…\r\n`).
+fn bulk(reply: &str) -> &str {
+    let (head, rest) = reply.split_once("\r\n").unwrap();
+    let len: usize = head.strip_prefix('$').unwrap().parse().unwrap();
+    &rest[..len]
+}
+
+/// The Redis twin of the verifier's unit test: with the keys in Redis and the Redis users of
+/// docs/state.md, a record someone rewrote in Redis (binding removed, renamed to a name the
+/// route allows, a scope added, the expiry cleared) is refused by the running gateway and
+/// not copied by `rotate`; only the keys user writes keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_record_widened_in_redis_is_refused_and_only_the_keys_user_writes_keys() {
+    within_limit(Duration::from_secs(90), async {
+        const REDIS_PASSWORD: &str = "redis-users-password-5e1f";
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        for (name, rules) in documented_redis_users(REDIS_PASSWORD) {
+            let reply = redis.query(&format!("ACL SETUSER {name} reset {}", rules.join(" ")));
+            assert_eq!(reply, "+OK\r\n", "{name}: {reply}");
+        }
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let private = |name: &str, content: &str| {
+            let path = pki.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            format!("file:{}", path.display())
+        };
+        let pepper = private("pepper", PEPPER);
+        let password = private("redis-password", REDIS_PASSWORD);
+        let config = base_config(&pki)
+            .section(
+                "state",
+                table([
+                    ("backend", "redis".into()),
+                    ("url", redis.url().into()),
+                    ("username", "idgate".into()),
+                    ("password", password.as_str().into()),
+                ]),
+            )
+            .section(
+                "api_keys",
+                table([
+                    ("pepper", pepper.as_str().into()),
+                    ("reload_interval", "250ms".into()),
+                ]),
+            )
+            .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+            .route(
+                RouteSpec::new(
+                    "admin",
+                    &["GET"],
+                    "/v1/{*rest}",
+                    "provider",
+                    &["apikey:admin", "apikey:other"],
+                )
+                .with("auth", strings(&["api_key"])),
+            );
+        let file = pki.path().join("idgate.toml");
+        std::fs::write(&file, config.to_toml()).unwrap();
+        let file = file.display().to_string();
+        let keys = |args: &[&str], as_keys_user: bool| {
+            let mut all = vec!["keys".to_owned(), args[0].to_owned(), "--config".to_owned()];
+            all.push(file.clone());
+            all.extend(args[1..].iter().map(|a| (*a).to_owned()));
+            if as_keys_user {
+                all.extend(["--redis-user".to_owned(), "idgate-keys".to_owned()]);
+                all.extend(["--redis-password".to_owned(), password.clone()]);
+            }
+            idgate_async(all)
+        };
+
+        // The gateway's own user cannot write a key; the keys user can.
+        let (code, out, err) = keys(&["create", "--name", "admin"], false).await;
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            out.is_empty() && !err.contains(REDIS_PASSWORD),
+            "{out}{err}"
+        );
+        let (code, out, err) = keys(
+            &[
+                "create",
+                "--name",
+                "reporting",
+                "--scopes",
+                "sessions:read",
+                "--expires",
+                "1d",
+                "--bind-spiffe",
+                ONBOARDING,
+            ],
+            true,
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        let key = key_from(&out);
+        let id = id_of(&key).to_owned();
+
+        let gw = Gateway::start(&config, &[]).await;
+        let frontend = Client::new(&pki, Some(FRONTEND), gw.port, false);
+        let get = |client: &Client, key: String| {
+            let client = client.clone();
+            async move {
+                client
+                    .send("GET", "/v1/x", &[("x-api-key", &key)], "")
+                    .await
+                    .unwrap()
+            }
+        };
+        let r = get(&frontend, key.clone()).await;
+        assert_eq!(r.status, 403, "bound to another workload: {:?}", r.body);
+
+        // Someone with write access to Redis, not the pepper, widens the record.
+        let records = "idgate:{keys}:records";
+        let stored = redis.query(&format!("HGET {records} {id}"));
+        let mut record: serde_json::Value = serde_json::from_str(bulk(&stored)).unwrap();
+        record["bound_spiffe"] = serde_json::Value::Null;
+        record["name"] = "admin".into();
+        record["scopes"] = serde_json::json!(["sessions:read", "sessions:delete"]);
+        record["expires_at"] = serde_json::Value::Null;
+        let widened = record.to_string();
+        assert!(!widened.contains('\''));
+        assert_eq!(
+            redis.query(&format!("HSET {records} {id} '{widened}'")),
+            ":0\r\n"
+        );
+        assert!(redis.query("INCR idgate:{keys}:version").starts_with(':'));
+
+        // The gateway takes the record in at its next read, and refuses the key.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            let r = get(&frontend, key.clone()).await;
+            if r.status != 403 || Instant::now() > deadline {
+                break r.status;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        assert_eq!(
+            status,
+            401,
+            "a widened record is refused, not taken at its word\n{}",
+            gw.output()
+        );
+
+        // `rotate` does not copy it into a new key; `list` warns about it.
+        let (code, out, err) = keys(&["rotate", "--id", &id], true).await;
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            out.is_empty() && err.contains("does not verify"),
+            "{out}{err}"
+        );
+        let (code, _, err) = keys(&["list"], true).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains(&id) && err.contains("do not verify"), "{err}");
+
+        // The log says so once for the record, however often the store is read after.
+        let (code, out, err) = keys(&["create", "--name", "other"], true).await;
+        assert_eq!(code, 0, "{err}");
+        let other = key_from(&out);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while get(&frontend, other.clone()).await.status != 200 {
+            assert!(Instant::now() < deadline, "the new key is never accepted");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let log = gw.output();
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("tag does not verify"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{log}");
+        assert!(warnings[0].contains(&id), "{log}");
+
+        // What a store writer can still do: put back a record as it was before its
+        // revocation. The key works again, and the gateway says so.
+        let other_id = id_of(&other).to_owned();
+        let before_revocation =
+            bulk(&redis.query(&format!("HGET {records} {other_id}"))).to_owned();
+        let (code, _, err) = keys(&["revoke", "--id", &other_id], true).await;
+        assert_eq!(code, 0, "{err}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while get(&frontend, other.clone()).await.status != 401 {
+            assert!(
+                Instant::now() < deadline,
+                "the revoked key is still accepted"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        redis.query(&format!("HSET {records} {other_id} '{before_revocation}'"));
+        redis.query("INCR idgate:{keys}:version");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while get(&frontend, other.clone()).await.status != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "the record put back is not taken"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let log = gw.output();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("was withdrawn in the store") && l.contains(&other_id)),
+            "{log}"
+        );
+        for secret in [PEPPER, REDIS_PASSWORD, secret_of(&key), secret_of(&other)] {
+            assert!(!log.contains(secret), "a secret in the log:\n{log}");
+        }
+    })
+    .await;
 }
