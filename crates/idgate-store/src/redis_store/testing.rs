@@ -515,3 +515,34 @@ fn write_tls_files(dir: &Path) {
     std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
     std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
 }
+
+/// The ACL users docs/state.md recommends, as its code block under "Hardening the Redis
+/// users" writes them: each `user NAME …` with its continuation lines, `>PASSWORD` made
+/// `>password`.
+pub fn documented_users(password: &str) -> Vec<(String, Vec<String>)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/state.md"))
+        .expect("docs/state.md holds the Redis users block");
+    let section = doc
+        .split("### Hardening the Redis users")
+        .nth(1)
+        .expect("docs/state.md holds the Redis users block");
+    let block = section
+        .split("```")
+        .nth(1)
+        .expect("docs/state.md holds the Redis users block");
+    let mut users: Vec<(String, Vec<String>)> = Vec::new();
+    for line in block.lines() {
+        let mut words = line.split_whitespace().map(|w| match w {
+            ">PASSWORD" => format!(">{password}"),
+            w => w.to_owned(),
+        });
+        if line.starts_with("user ") {
+            words.next();
+            let name = words.next().unwrap();
+            users.push((name, words.collect()));
+        } else if line.starts_with(char::is_whitespace) && !line.trim().is_empty() {
+            users.last_mut().unwrap().1.extend(words);
+        }
+    }
+    users
+}

@@ -477,31 +477,6 @@ async fn authenticates_as_an_acl_user_and_never_shows_the_password() {
     }
 }
 
-/// The ACL users docs/state.md recommends, as its code block under "Hardening the Redis
-/// users" writes them: each `user NAME …` with its continuation lines, `>PASSWORD` made
-/// `>password`.
-fn documented_users(password: &str) -> Vec<(String, Vec<String>)> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/state.md"))
-        .unwrap();
-    let section = doc.split("### Hardening the Redis users").nth(1).unwrap();
-    let block = section.split("```").nth(1).unwrap();
-    let mut users: Vec<(String, Vec<String>)> = Vec::new();
-    for line in block.lines() {
-        let mut words = line.split_whitespace().map(|w| match w {
-            ">PASSWORD" => format!(">{password}"),
-            w => w.to_owned(),
-        });
-        if line.starts_with("user ") {
-            words.next();
-            let name = words.next().unwrap();
-            users.push((name, words.collect()));
-        } else if line.starts_with(char::is_whitespace) && !line.trim().is_empty() {
-            users.last_mut().unwrap().1.extend(words);
-        }
-    }
-    users
-}
-
 /// The users docs/state.md recommends: the gateway's does every state operation and reads
 /// the API keys but cannot change them; the one for `idgate keys` writes the keys and
 /// touches nothing else.
@@ -510,7 +485,7 @@ async fn the_documented_users_do_their_work_and_no_more() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let users = documented_users(PASSWORD);
+    let users = super::testing::documented_users(PASSWORD);
     let names: Vec<&str> = users.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["idgate", "idgate-keys"]);
     for (name, rules) in &users {

@@ -670,31 +670,6 @@ async fn a_bound_key_works_only_from_its_workload() {
     .expect("the test finished within 60 s");
 }
 
-/// The ACL users docs/state.md recommends, as its code block under "Hardening the Redis
-/// users" writes them: each `user NAME …` with its continuation lines, `>PASSWORD` made
-/// `>password`.
-fn documented_redis_users(password: &str) -> Vec<(String, Vec<String>)> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/state.md"))
-        .unwrap();
-    let section = doc.split("### Hardening the Redis users").nth(1).unwrap();
-    let block = section.split("```").nth(1).unwrap();
-    let mut users: Vec<(String, Vec<String>)> = Vec::new();
-    for line in block.lines() {
-        let mut words = line.split_whitespace().map(|w| match w {
-            ">PASSWORD" => format!(">{password}"),
-            w => w.to_owned(),
-        });
-        if line.starts_with("user ") {
-            words.next();
-            let name = words.next().unwrap();
-            users.push((name, words.collect()));
-        } else if line.starts_with(char::is_whitespace) && !line.trim().is_empty() {
-            users.last_mut().unwrap().1.extend(words);
-        }
-    }
-    users
-}
-
 /// The value of a bulk-string reply (`$N\r\n…\r\n`).
 fn bulk(reply: &str) -> &str {
     let (head, rest) = reply.split_once("\r\n").unwrap();
@@ -713,7 +688,7 @@ async fn a_key_record_widened_in_redis_is_refused_and_only_the_keys_user_writes_
         let Some(redis) = RedisServer::start() else {
             return;
         };
-        for (name, rules) in documented_redis_users(REDIS_PASSWORD) {
+        for (name, rules) in idgate_store::redis_testing::documented_users(REDIS_PASSWORD) {
             let reply = redis.query(&format!("ACL SETUSER {name} reset {}", rules.join(" ")));
             assert_eq!(reply, "+OK\r\n", "{name}: {reply}");
         }
