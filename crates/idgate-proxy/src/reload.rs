@@ -369,12 +369,15 @@ impl Reloader {
                     target: LOG_TARGET,
                     "configuration reloaded: routes, upstreams, credentials and authentication replaced"
                 );
-                for part in restart {
-                    tracing::warn!(
-                        target: LOG_TARGET,
-                        setting = part.key(),
-                        "the new configuration changes `{part}`, which takes effect only at restart; the running one stays"
-                    );
+                for (part, keys) in restart {
+                    for key in keys {
+                        tracing::warn!(
+                            target: LOG_TARGET,
+                            setting = part.key(),
+                            key,
+                            "the new configuration changes `{key}`, which takes effect only at restart; the running one stays"
+                        );
+                    }
                 }
                 Some(config)
             }

@@ -67,6 +67,14 @@ pub enum BuildProblem {
         "the keys are to be kept in the shared [state], which this process did not open: restart to change [state]"
     )]
     ApiKeysNeedRestart,
+    #[error(
+        "webhooks keep their outbox and replay keys in [state], and this process runs on the in-memory backend it opened at start, which loses them at exit: restart to change [state]"
+    )]
+    WebhooksNeedRestart,
+    #[error(
+        "names no bundle files, so the JWT bundles are to come from the Workload API, which this process does not stream: restart to change [identity], or name the bundle files"
+    )]
+    JwtSvidBundlesNeedRestart,
     #[error("cannot open the state backend: {0}")]
     State(crate::state::StateOpenError),
     #[error("{0}")]
@@ -171,6 +179,10 @@ impl Snapshot {
 
     /// Builds the routes and upstream clients and resolves the upstream credentials.
     /// Blocking (reads files and secrets). Errors name the upstream or route.
+    ///
+    /// `[state]` and the `[identity]` source are read as the process runs them (the state
+    /// timeout of the rate limits, the JWT bundles the Workload API streams): a reload
+    /// passes the running ones in place of those a restart is to bring.
     pub fn build(
         config: &Config,
         roots: &Arc<RootCertStore>,

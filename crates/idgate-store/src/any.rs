@@ -66,6 +66,17 @@ impl StateStore {
             Self::Redis(_) => true,
         }
     }
+
+    /// Whether what is written outlives the process (the in-memory backend loses it at
+    /// exit): what the webhook outbox and its replay keys need.
+    pub fn is_durable(&self) -> bool {
+        match self {
+            Self::Memory(_) => false,
+            Self::Redb(_) => true,
+            #[cfg(feature = "redis")]
+            Self::Redis(_) => true,
+        }
+    }
 }
 
 impl From<MemoryStore> for StateStore {
@@ -352,5 +363,13 @@ mod tests {
             assert_eq!(w.count, 2, "{}", store.kind());
             assert!(!store.is_shared());
         }
+    }
+
+    #[test]
+    fn only_the_in_memory_backend_is_not_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!StateStore::from(MemoryStore::new()).is_durable());
+        let redb = RedbStore::open(dir.path().join("s.redb"), crate::DEFAULT_WAIT).unwrap();
+        assert!(StateStore::from(redb).is_durable());
     }
 }

@@ -86,6 +86,9 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The limits of `config`, each state call bounded by the timeout of its `[state]`:
+    /// that must be the backend the process opened (a reload passes the running `[state]`,
+    /// see `Snapshot::build`).
     pub fn build(config: &Config) -> Result<Self, StoreError> {
         let te = config.token_endpoint.as_ref();
         let mut limits = Self::new(

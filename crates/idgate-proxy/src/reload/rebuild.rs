@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use idgate_config::{ApiKeyStoreConfig, Config};
+use idgate_config::{ApiKeyStoreConfig, Config, RedisNodes, StateBackend};
 use idgate_store::StateStore;
 use idgate_tls::{MaterialSpec, TlsMaterial};
 use rustls::RootCertStore;
@@ -52,6 +52,115 @@ impl RestartOnly {
             Self::Incidents => "incidents",
             Self::Siem => "siem",
         }
+    }
+
+    /// The keys under this part that differ between `running` and `new`: what a reload
+    /// leaves waiting for a restart (the part's own key when it is compared whole).
+    pub fn changed_keys(self, running: &Config, new: &Config) -> Vec<&'static str> {
+        let changed = |pairs: &[(bool, &'static str)]| -> Vec<&'static str> {
+            pairs.iter().filter(|(c, _)| *c).map(|(_, k)| *k).collect()
+        };
+        let keys = match self {
+            Self::Listener => {
+                let (a, b) = (&running.listener, &new.listener);
+                changed(&[
+                    (a.bind != b.bind, "listener.bind"),
+                    (
+                        a.max_connections != b.max_connections,
+                        "listener.max_connections",
+                    ),
+                    (
+                        a.max_connections_per_ip != b.max_connections_per_ip,
+                        "listener.max_connections_per_ip",
+                    ),
+                    (
+                        a.max_connections_per_identity != b.max_connections_per_identity,
+                        "listener.max_connections_per_identity",
+                    ),
+                ])
+            }
+            Self::Identity => {
+                let (a, b) = (&running.identity, &new.identity);
+                changed(&[
+                    (a.poll_interval != b.poll_interval, "identity.poll_interval"),
+                    (
+                        a.workload_api() != b.workload_api(),
+                        "identity.workload_api",
+                    ),
+                    (a.svid_hint != b.svid_hint, "identity.svid_hint"),
+                ])
+            }
+            Self::Admin => changed(&[(running.admin.bind != new.admin.bind, "admin.bind")]),
+            Self::Log => vec!["log.format"],
+            Self::State => state_keys(&running.state, &new.state),
+            Self::Audit => match (&running.audit, &new.audit) {
+                (Some(a), Some(b)) => {
+                    let (a, b) = (&a.writer, &b.writer);
+                    changed(&[
+                        (a.dir != b.dir, "audit.dir"),
+                        (a.rotate_size != b.rotate_size, "audit.rotate_size"),
+                        (a.rotate_age != b.rotate_age, "audit.rotate_age"),
+                        (
+                            a.checkpoint_every != b.checkpoint_every,
+                            "audit.checkpoint_every",
+                        ),
+                        (
+                            a.checkpoint_interval != b.checkpoint_interval,
+                            "audit.checkpoint_interval",
+                        ),
+                        (a.sync_interval != b.sync_interval, "audit.sync_interval"),
+                        (a.queue_capacity != b.queue_capacity, "audit.queue_capacity"),
+                        (a.signing_key != b.signing_key, "audit.signing_key"),
+                        (a.public_keys != b.public_keys, "audit.public_keys"),
+                        (a.encryption_key != b.encryption_key, "audit.encryption_key"),
+                        (
+                            a.previous_encryption_keys != b.previous_encryption_keys,
+                            "audit.previous_encryption_keys",
+                        ),
+                    ])
+                }
+                // Enabled or disabled: the whole section.
+                _ => Vec::new(),
+            },
+            Self::Workers | Self::Vault | Self::Incidents | Self::Siem => Vec::new(),
+        };
+        if keys.is_empty() {
+            vec![self.key()]
+        } else {
+            keys
+        }
+    }
+}
+
+/// The keys of `[state]` that differ: `state.backend` when it is another backend.
+fn state_keys(a: &StateBackend, b: &StateBackend) -> Vec<&'static str> {
+    match (a, b) {
+        (StateBackend::Memory, StateBackend::Memory) => Vec::new(),
+        (StateBackend::Redb { path: p }, StateBackend::Redb { path: q }) => {
+            if p == q {
+                Vec::new()
+            } else {
+                vec!["state.path"]
+            }
+        }
+        (StateBackend::Redis(a), StateBackend::Redis(b)) => [
+            (
+                a.nodes != b.nodes,
+                match b.nodes {
+                    RedisNodes::Server(_) => "state.url",
+                    RedisNodes::Cluster(_) => "state.cluster",
+                },
+            ),
+            (a.username != b.username, "state.username"),
+            (a.password != b.password, "state.password"),
+            (a.ca != b.ca, "state.ca"),
+            (a.timeout != b.timeout, "state.timeout"),
+            (a.prefix != b.prefix, "state.prefix"),
+        ]
+        .into_iter()
+        .filter_map(|(c, k)| c.then_some(k))
+        .collect(),
+        _ => vec!["state.backend"],
     }
 }
 
@@ -197,9 +306,68 @@ pub(crate) fn identity_key(config: &Config, e: &idgate_tls::MaterialError) -> St
 /// A new configuration ready to serve.
 pub(crate) struct Rebuilt {
     pub(crate) snapshot: Snapshot,
-    /// What it changes that waits for a restart.
-    pub(crate) restart: Vec<RestartOnly>,
+    /// What it changes that waits for a restart, with the keys under each.
+    pub(crate) restart: Vec<(RestartOnly, Vec<&'static str>)>,
+    /// The file's configuration as this process runs it (see [`as_running`]).
     pub(crate) config: Config,
+}
+
+/// `new` with the restart-only sections a snapshot is built from as the process runs them:
+/// `[state]` (the backend opened at start, whose per-call timeout the rate limits and
+/// lockouts use) and the `[identity]` source (files or which Workload API, whose JWT
+/// bundles a `[jwt_svid]` without bundle files reads). Nothing of a change that waits for a
+/// restart is then put into use by halves. Other files of the same source change live.
+fn as_running(mut new: Config, running: &Config) -> Config {
+    new.state = running.state.clone();
+    if new.identity.workload_api() != running.identity.workload_api() {
+        new.identity.source = running.identity.source.clone();
+    }
+    new.identity.svid_hint = running.identity.svid_hint.clone();
+    new.identity.poll_interval = running.identity.poll_interval;
+    new
+}
+
+/// What `config` needs of the process that it did not start with: the problems that refuse
+/// the reload until a restart.
+fn needs_restart(config: &Config, running: &Config, state: &StateStore) -> Vec<BuildError> {
+    let mut problems = Vec::new();
+    // Keys kept in [state] need the backend the process opened at start to be the shared
+    // one the file names: a [state] change waits for a restart, and so do keys moving there.
+    if matches!(
+        config.api_keys.as_ref().map(|a| &a.store),
+        Some(ApiKeyStoreConfig::State)
+    ) && !state.is_shared()
+    {
+        problems.push(BuildError::new(
+            config,
+            "api_keys.store",
+            BuildProblem::ApiKeysNeedRestart,
+        ));
+    }
+    // The file may name a durable [state] for them, but the events would go to the store
+    // the process opened: answered 2xx, then lost at exit.
+    if !config.webhooks.is_empty() && !state.is_durable() {
+        problems.push(BuildError::new(
+            config,
+            "webhooks",
+            BuildProblem::WebhooksNeedRestart,
+        ));
+    }
+    // Validation lets a [jwt_svid] leave out its bundle files only with the Workload API; a
+    // process that does not stream from it would refuse every JWT-SVID.
+    if config
+        .jwt_svid
+        .as_ref()
+        .is_some_and(|j| j.bundles.is_empty())
+        && running.identity.workload_api().is_none()
+    {
+        problems.push(BuildError::new(
+            config,
+            "jwt_svid.bundles",
+            BuildProblem::JwtSvidBundlesNeedRestart,
+        ));
+    }
+    problems
 }
 
 /// Reads and builds the configuration in `file` for a reload. Blocking.
@@ -211,26 +379,24 @@ pub(crate) fn rebuild(
     state: &StateStore,
     shared: &Shared,
 ) -> Result<Rebuilt, ReloadRefused> {
-    let config = idgate_config::load(file).map_err(ReloadRefused::Invalid)?;
-    for w in &config.warnings {
+    let loaded = idgate_config::load(file).map_err(ReloadRefused::Invalid)?;
+    for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let restart = restart_required(running, &config);
-    let snapshot = Snapshot::build(&config, roots, provider, state, shared)
-        .map_err(ReloadRefused::Unusable)?;
-    // Keys kept in [state] need the backend the process opened at start to be the shared
-    // one the file names: a [state] change waits for a restart, and so do keys moving there.
-    if matches!(
-        config.api_keys.as_ref().map(|a| &a.store),
-        Some(ApiKeyStoreConfig::State)
-    ) && !state.is_shared()
-    {
-        return Err(ReloadRefused::Unusable(vec![BuildError::new(
-            &config,
-            "api_keys.store",
-            BuildProblem::ApiKeysNeedRestart,
-        )]));
-    }
+    let restart = restart_required(running, &loaded)
+        .into_iter()
+        .map(|part| (part, part.changed_keys(running, &loaded)))
+        .collect();
+    let config = as_running(loaded, running);
+    let mut problems = needs_restart(&config, running, state);
+    let snapshot = match Snapshot::build(&config, roots, provider, state, shared) {
+        Ok(snapshot) if problems.is_empty() => snapshot,
+        Ok(_) => return Err(ReloadRefused::Unusable(problems)),
+        Err(errors) => {
+            problems.splice(0..0, errors);
+            return Err(ReloadRefused::Unusable(problems));
+        }
+    };
     // At start a shared store that does not answer leaves the gateway without keys until it
     // does; on a reload the running snapshot has them, and keeps serving with them.
     if snapshot
@@ -288,6 +454,19 @@ mod tests {
                 RestartOnly::Workers
             ]
         );
+        // The warning names the keys that wait, not the whole section.
+        assert_eq!(
+            RestartOnly::Listener.changed_keys(&running, &new),
+            ["listener.max_connections"]
+        );
+        assert_eq!(
+            RestartOnly::Log.changed_keys(&running, &new),
+            ["log.format"]
+        );
+        assert_eq!(
+            RestartOnly::Workers.changed_keys(&running, &new),
+            ["workers"]
+        );
 
         let mut new = running.clone();
         new.admin.bind.set_port(1);
@@ -300,6 +479,14 @@ mod tests {
             restart_required(&running, &new),
             [RestartOnly::Identity, RestartOnly::Admin]
         );
+        assert_eq!(
+            RestartOnly::Identity.changed_keys(&running, &new),
+            ["identity.poll_interval"]
+        );
+        assert_eq!(
+            RestartOnly::Admin.changed_keys(&running, &new),
+            ["admin.bind"]
+        );
         assert_eq!(RestartOnly::Admin.to_string(), "admin");
 
         // Files to the Workload API: a restart.
@@ -308,6 +495,10 @@ mod tests {
             idgate_tls::WorkloadEndpoint::parse("unix:///run/spire/agent.sock").unwrap(),
         );
         assert_eq!(restart_required(&running, &new), [RestartOnly::Identity]);
+        assert_eq!(
+            RestartOnly::Identity.changed_keys(&running, &new),
+            ["identity.workload_api"]
+        );
     }
 
     #[test]
@@ -331,6 +522,14 @@ mod tests {
         assert_eq!(
             restart_required(&running, &with("sync_interval = \"1s\"")),
             [RestartOnly::Audit]
+        );
+        assert_eq!(
+            RestartOnly::Audit.changed_keys(&running, &with("sync_interval = \"1s\"")),
+            ["audit.sync_interval"]
+        );
+        assert_eq!(
+            RestartOnly::Audit.changed_keys(&running, &config(&dir, "")),
+            ["audit"]
         );
         assert_eq!(
             restart_required(&running, &config(&dir, "")),
@@ -389,6 +588,84 @@ mod tests {
                 .any(|(_, key, reason)| key == "frobnicate" && reason.contains("unknown key")),
             "{:?}",
             refused.problems()
+        );
+    }
+
+    /// Rebuilds `file` for a process that runs `running` on the in-memory store.
+    fn rebuild_for(file: &std::path::Path, running: &Config) -> Result<Rebuilt, ReloadRefused> {
+        rebuild(
+            file,
+            running,
+            &Arc::new(RootCertStore::empty()),
+            &idgate_tls::crypto_provider(),
+            &StateStore::from(MemoryStore::new()),
+            &Shared::new(Arc::new(
+                TlsMaterial::pending(idgate_tls::crypto_provider()),
+            )),
+        )
+    }
+
+    fn refused(result: Result<Rebuilt, ReloadRefused>) -> Vec<(String, String, String)> {
+        match result {
+            Ok(_) => panic!("the reload should be refused"),
+            Err(refused) => refused.problems(),
+        }
+    }
+
+    #[test]
+    fn a_reload_that_changes_only_state_keeps_the_running_state_timeout() {
+        let dir = Dir::new("reload-state");
+        let running = config(&dir, "");
+        // The file now names a Redis whose calls may take 50 ms: the process keeps the
+        // in-memory store it opened, and its bound, until a restart.
+        let redis = |timeout: &str| {
+            format!(
+                "[state]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\ntimeout = \"{timeout}\""
+            )
+        };
+        let new = config(&dir, &redis("50ms"));
+        let rebuilt = rebuild_for(&new.file, &running).unwrap();
+        assert_eq!(rebuilt.snapshot.limits.timeout, Duration::from_millis(500));
+        assert_eq!(
+            rebuilt.restart,
+            [(RestartOnly::State, vec!["state.backend"])]
+        );
+        assert_eq!(rebuilt.config.state, running.state);
+
+        // Between two Redis timeouts, the running one too.
+        let running = config(&dir, &redis("200ms"));
+        let new = config(&dir, &redis("50ms"));
+        let rebuilt = rebuild_for(&new.file, &running).unwrap();
+        assert_eq!(rebuilt.snapshot.limits.timeout, Duration::from_millis(200));
+        assert_eq!(
+            rebuilt.restart,
+            [(RestartOnly::State, vec!["state.timeout"])]
+        );
+    }
+
+    #[test]
+    fn a_reload_whose_jwt_bundles_would_come_from_a_workload_api_not_streamed_is_refused() {
+        let dir = Dir::new("reload-jwt-bundles");
+        let running = config(&dir, "");
+        // Files to the Workload API, with a [jwt_svid] that names no bundle file: its
+        // bundles would come from a stream this process never opened.
+        let text = std::fs::read_to_string(&running.file).unwrap();
+        let start = text.find("[identity]").unwrap();
+        let end = text.find("[[upstreams]]").unwrap();
+        let new = format!(
+            "{}[identity]\nworkload_api = \"unix:///run/spire/agent.sock\"\n\n[jwt_svid]\naudiences = [\"spiffe://example.org/idgate\"]\n\n{}",
+            &text[..start],
+            &text[end..]
+        );
+        let file = dir.write("idgate.toml", new.as_bytes());
+        let problems = refused(rebuild_for(&file, &running));
+        assert!(
+            problems
+                .iter()
+                .any(|(_, key, reason)| key == "jwt_svid.bundles"
+                    && reason.contains("does not stream")
+                    && reason.contains("restart")),
+            "{problems:?}"
         );
     }
 }

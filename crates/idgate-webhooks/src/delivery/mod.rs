@@ -8,9 +8,11 @@
 //! the session waits for a retry: a subscriber sees each session's events in order.
 //!
 //! Beside delivery, a housekeeping round purges what outlived its retention (delivered
-//! copies, dead letters) and reports the outbox's depth.
+//! copies, dead letters) and reports the outbox's depth; the queues of subscribers no longer
+//! configured are found by the records of `registry` and purged the same way.
 
 mod attempt;
+mod registry;
 pub mod retry;
 pub mod signature;
 
@@ -309,23 +311,50 @@ impl Deliverer {
     }
 
     async fn housekeeping_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut looking = registry::Looking::default();
+        // The first round at once: it records the subscribers of this start, which a
+        // restart soon after may remove.
+        let mut every = tokio::time::interval(HOUSEKEEPING);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = tokio::time::sleep(HOUSEKEEPING) => {}
+                _ = every.tick() => {}
                 _ = stop.changed() => return,
             }
-            let plan = self.plan.load_full();
-            if plan.subscribers.is_empty() {
-                continue;
+            self.housekeeping_round(&mut looking, SystemTime::now())
+                .await;
+        }
+    }
+
+    /// Purges what outlived its retention in the queues of the plan's subscribers and of
+    /// those no longer configured, and reports the depths.
+    async fn housekeeping_round(&self, looking: &mut registry::Looking, now: SystemTime) {
+        let plan = self.plan.load_full();
+        for sub in &plan.subscribers {
+            if let Err(e) = self.housekeep(sub, now).await {
+                tracing::warn!(queue = sub.queue.as_str(), error = %e, "webhook outbox housekeeping failed; trying again later");
             }
-            for sub in &plan.subscribers {
-                if let Err(e) = self.housekeep(sub, SystemTime::now()).await {
-                    tracing::warn!(queue = sub.queue.as_str(), error = %e, "webhook outbox housekeeping failed; trying again later");
-                }
+        }
+        // Also with no subscriber configured: a restart may have removed the last ones.
+        match (
+            registry::look_after(&self.store, &plan, looking, now).await,
+            looking.failing,
+        ) {
+            (Err(e), false) => {
+                tracing::warn!(error = %e, "cannot read or record the webhook subscribers in the outbox; trying again later");
+                looking.failing = true;
             }
-            if let Err(e) = Nonces::sweep(&self.store, SystemTime::now()).await {
-                tracing::warn!(error = %e, "cannot sweep expired webhook replay keys");
+            (Ok(()), true) => {
+                tracing::info!("the webhook subscribers in the outbox are looked after again");
+                looking.failing = false;
             }
+            _ => {}
+        }
+        if plan.subscribers.is_empty() {
+            return;
+        }
+        if let Err(e) = Nonces::sweep(&self.store, now).await {
+            tracing::warn!(error = %e, "cannot sweep expired webhook replay keys");
         }
     }
 
@@ -380,23 +409,35 @@ pub async fn purge(
     sub: &Subscriber,
     now: SystemTime,
 ) -> Result<usize, StoreError> {
+    let keep = sub.retry.max_age.saturating_add(sub.dead_letter_retention);
+    purge_queues(store, &sub.queue, &sub.delivered, keep, now).await
+}
+
+/// [`purge`] of one subscriber's `queue` and its `delivered` copies, dead letters kept for
+/// `keep` after their event was received.
+async fn purge_queues(
+    store: &impl Queue,
+    queue: &QueueName,
+    delivered: &QueueName,
+    keep: Duration,
+    now: SystemTime,
+) -> Result<usize, StoreError> {
     let mut purged = 0;
     loop {
         let due = store
-            .claim(&sub.delivered, PURGE_BATCH, Duration::from_secs(60), now)
+            .claim(delivered, PURGE_BATCH, Duration::from_secs(60), now)
             .await?;
         for c in &due {
-            store.ack(&sub.delivered, &c.lease).await?;
+            store.ack(delivered, &c.lease).await?;
         }
         purged += due.len();
         if due.len() < PURGE_BATCH {
             break;
         }
     }
-    let keep = sub.retry.max_age.saturating_add(sub.dead_letter_retention);
-    for dead in store.dead_letters(&sub.queue, now).await? {
+    for dead in store.dead_letters(queue, now).await? {
         let expired = dead.enqueued_at.checked_add(keep).is_some_and(|t| t <= now);
-        if expired && store.delete_message(&sub.queue, &dead.id, now).await? {
+        if expired && store.delete_message(queue, &dead.id, now).await? {
             purged += 1;
         }
     }

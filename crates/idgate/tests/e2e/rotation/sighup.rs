@@ -66,25 +66,27 @@ async fn sighup_reloads_routes_and_allow_lists_from_the_config_file() {
     );
     assert_eq!(get_status(&onboarding, "/v1/extra").await, 200);
     assert_eq!(get_status(&onboarding, "/v1/kyc").await, 200);
-    for (setting, message) in [
-        (
-            "listener",
-            "the new configuration changes `listener`, which takes effect only at restart; the running one stays",
-        ),
-        (
-            "workers",
-            "the new configuration changes `workers`, which takes effect only at restart; the running one stays",
-        ),
+    // One warning for each key that waits, with its section.
+    for (setting, key) in [
+        ("listener", "listener.max_connections"),
+        ("workers", "workers"),
     ] {
-        let lines = log_lines(&gw, "idgate_proxy::gateway", message);
+        let message = format!(
+            "the new configuration changes `{key}`, which takes effect only at restart; the running one stays"
+        );
+        let lines = log_lines(&gw, "idgate_proxy::gateway", &message);
         assert!(
-            lines.len() == 1 && lines[0].get("setting").and_then(|s| s.as_str()) == Some(setting),
-            "no restart warning for {setting}:\n{}",
+            lines.len() == 1
+                && lines[0].get("setting").and_then(|s| s.as_str()) == Some(setting)
+                && lines[0].get("key").and_then(|s| s.as_str()) == Some(key),
+            "no restart warning for {key}:\n{}",
             gw.output()
         );
     }
     assert!(
-        !gw.output().contains("changes `identity`") && !gw.output().contains("changes `admin`"),
+        !gw.output().contains("changes `listener.bind`")
+            && !gw.output().contains("changes `identity")
+            && !gw.output().contains("changes `admin"),
         "{}",
         gw.output()
     );

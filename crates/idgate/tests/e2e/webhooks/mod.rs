@@ -9,6 +9,7 @@ mod delivery;
 mod example_profiles;
 mod mock_provider;
 mod refusals;
+mod reload;
 
 use std::collections::{HashSet, VecDeque};
 use std::path::Path;
