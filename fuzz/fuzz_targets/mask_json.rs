@@ -9,7 +9,9 @@
 //! document; a reference matcher written from the rules' definition agrees
 //! on whether the answer is blocked; and in the masked answer every value the first
 //! matching rule names is in that rule's output form (absent, the marker, masked, a year,
-//! a pseudonym, or `null`), so no value a rule masks is left as it was.
+//! a pseudonym, or `null`), so no value a rule masks is left as it was. The last two hold
+//! for both maskers: `mask_text`'s answer is read keeping every member of an object, a
+//! name given twice included, as that masker keeps them all.
 #![no_main]
 
 use std::future::Future;
@@ -17,11 +19,103 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use idgate_mask::{
-    Action, MaskError, MaskPath, MaskedText, Profile, Pseudonymizer, Rule, Segment, Selector,
-    Step, TextMaskError, REDACTED,
+    Action, MaskError, MaskPath, MaskedText, Profile, Pseudonymizer, Rule, Segment, Selector, Step,
+    TextMaskError, REDACTED,
 };
 use libfuzzer_sys::fuzz_target;
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+
+/// A JSON document as its text has it: an object is its members in order, a name given
+/// twice kept twice (a `serde_json::Value` keeps one). Numbers and booleans are told
+/// apart from nothing else: no rule's output is one.
+enum Doc {
+    Null,
+    Scalar,
+    Str(String),
+    Arr(Vec<Doc>),
+    Obj(Vec<(String, Doc)>),
+}
+
+impl Doc {
+    fn is_null(&self) -> bool {
+        matches!(self, Doc::Null)
+    }
+}
+
+impl From<&Value> for Doc {
+    fn from(v: &Value) -> Self {
+        match v {
+            Value::Null => Doc::Null,
+            Value::Bool(_) | Value::Number(_) => Doc::Scalar,
+            Value::String(s) => Doc::Str(s.clone()),
+            Value::Array(a) => Doc::Arr(a.iter().map(Doc::from).collect()),
+            Value::Object(m) => {
+                Doc::Obj(m.iter().map(|(k, c)| (k.clone(), Doc::from(c))).collect())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Doc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Doc::Null => f.write_str("null"),
+            Doc::Scalar => f.write_str("a number or boolean"),
+            Doc::Str(s) => write!(f, "{s:?}"),
+            Doc::Arr(a) => write!(f, "an array of {}", a.len()),
+            Doc::Obj(m) => write!(f, "an object of {}", m.len()),
+        }
+    }
+}
+
+struct DocVisitor;
+
+impl<'de> Visitor<'de> for DocVisitor {
+    type Value = Doc;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Doc, E> {
+        Ok(Doc::Null)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Doc, E> {
+        Ok(Doc::Scalar)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Doc, E> {
+        Ok(Doc::Scalar)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Doc, E> {
+        Ok(Doc::Scalar)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Doc, E> {
+        Ok(Doc::Scalar)
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Doc, E> {
+        Ok(Doc::Str(s.to_owned()))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Doc, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Doc::Arr(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Doc, A::Error> {
+        let mut members = Vec::new();
+        while let Some(member) = map.next_entry::<String, Doc>()? {
+            members.push(member);
+        }
+        Ok(Doc::Obj(members))
+    }
+}
+
+impl<'de> Deserialize<'de> for Doc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Doc, D::Error> {
+        d.deserialize_any(DocVisitor)
+    }
+}
 
 /// A stand-in key: SHA-256 of the value, ready at once.
 struct Digest;
@@ -75,7 +169,11 @@ fn rule(text: &str) -> Option<Rule> {
         _ => return None,
     };
     let path = MaskPath::parse(path).ok()?;
-    assert_eq!(MaskPath::parse(&path.to_string()).as_ref(), Ok(&path), "{path}");
+    assert_eq!(
+        MaskPath::parse(&path.to_string()).as_ref(),
+        Ok(&path),
+        "{path}"
+    );
     Some(Rule { path, action })
 }
 
@@ -111,17 +209,21 @@ fn first(rules: &[Rule], loc: &[Seg<'_>]) -> Option<Action> {
         .map(|r| r.action)
 }
 
-fn children(v: &Value) -> Vec<(Seg<'_>, &Value)> {
+fn children(v: &Doc) -> Vec<(Seg<'_>, &Doc)> {
     match v {
-        Value::Object(m) => m.iter().map(|(k, c)| (Seg::Member(k), c)).collect(),
-        Value::Array(a) => a.iter().enumerate().map(|(i, c)| (Seg::Index(i), c)).collect(),
+        Doc::Obj(m) => m.iter().map(|(k, c)| (Seg::Member(k), c)).collect(),
+        Doc::Arr(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (Seg::Index(i), c))
+            .collect(),
         _ => Vec::new(),
     }
 }
 
 /// By the definition: a value a `block` rule decides is present and not null, below no
 /// value another rule replaced.
-fn blocked<'a>(rules: &[Rule], v: &'a Value, loc: &mut Vec<Seg<'a>>) -> bool {
+fn blocked<'a>(rules: &[Rule], v: &'a Doc, loc: &mut Vec<Seg<'a>>) -> bool {
     children(v).into_iter().any(|(seg, child)| {
         loc.push(seg);
         let hit = match first(rules, loc) {
@@ -135,7 +237,7 @@ fn blocked<'a>(rules: &[Rule], v: &'a Value, loc: &mut Vec<Seg<'a>>) -> bool {
 }
 
 /// Every value of the masked document is in the form its deciding rule leaves.
-fn check_forms<'a>(rules: &[Rule], v: &'a Value, loc: &mut Vec<Seg<'a>>) {
+fn check_forms<'a>(rules: &[Rule], v: &'a Doc, loc: &mut Vec<Seg<'a>>) {
     for (seg, child) in children(v) {
         loc.push(seg);
         let action = first(rules, loc);
@@ -146,19 +248,17 @@ fn check_forms<'a>(rules: &[Rule], v: &'a Value, loc: &mut Vec<Seg<'a>>) {
                     true
                 }
                 (Some(Action::Drop | Action::Block), _) => false,
-                (Some(_), Value::String(s)) if s == REDACTED => true,
+                (Some(_), Doc::Str(s)) if s == REDACTED => true,
                 (Some(Action::Redact), _) => false,
-                (Some(Action::Mask { keep }), Value::String(s)) => {
+                (Some(Action::Mask { keep }), Doc::Str(s)) => {
                     let n = s.chars().count();
                     s.chars().take(n.saturating_sub(keep)).all(|c| c == '*')
                         && (n > keep || s.chars().all(|c| c == '*'))
                 }
-                (Some(Action::TruncateDate), Value::String(s)) => {
+                (Some(Action::TruncateDate), Doc::Str(s)) => {
                     s.len() == 4 && s.bytes().all(|b| b.is_ascii_digit())
                 }
-                (Some(Action::Pseudonymize), Value::String(s)) => {
-                    s.len() == 46 && s.starts_with("ps_")
-                }
+                (Some(Action::Pseudonymize), Doc::Str(s)) => s.len() == 46 && s.starts_with("ps_"),
                 _ => false,
             };
         assert!(ok, "{action:?} left {child} at depth {}", loc.len());
@@ -189,8 +289,12 @@ fn members_in_doc(v: &Value) -> usize {
     }
 }
 
-fn depth(v: &Value) -> usize {
-    children(v).iter().map(|(_, c)| depth(c)).max().map_or(0, |d| d + 1)
+fn depth(v: &Doc) -> usize {
+    children(v)
+        .iter()
+        .map(|(_, c)| depth(c))
+        .max()
+        .map_or(0, |d| d + 1)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -198,7 +302,9 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &b""[..]),
     };
-    let Ok(head) = std::str::from_utf8(head) else { return };
+    let Ok(head) = std::str::from_utf8(head) else {
+        return;
+    };
     let rules: Vec<Rule> = head.split('\t').filter_map(rule).take(16).collect();
     let profile = Profile::new(rules.clone());
     // The text masker reads a text exactly when serde_json does.
@@ -230,30 +336,57 @@ fuzz_target!(|data: &[u8]| {
     let again: Value = serde_json::from_slice(&text).expect("a masked document is JSON");
     assert_eq!(again, doc);
 
+    // Every member of every object, as the text masker reads the answer.
+    let every: Doc = serde_json::from_slice(body).expect("serde_json read it as a Value");
+    let original = Doc::from(&original);
     // The reference matcher backtracks: keep it to documents and paths it walks quickly.
-    let small = depth(&original) <= 24
+    let small = depth(&every) <= 24
         && rules.iter().all(|r| r.path.steps().len() <= 6)
-        && text.len() <= 64 * 1024;
+        && text.len() <= 64 * 1024
+        && body.len() <= 64 * 1024;
     if !small {
         return;
     }
+    // Indexes name the upstream's elements; once one is dropped the masked array is
+    // indexed differently, so forms are compared only where no path uses one.
+    let indexed = rules.iter().any(|r| {
+        r.path
+            .steps()
+            .iter()
+            .any(|s| matches!(s.selector, Selector::Index(_)))
+    });
     let expect_blocked = blocked(&rules, &original, &mut Vec::new());
     match result {
         Err(MaskError::Blocked(_)) => assert!(expect_blocked, "blocked without a reason"),
+        Err(MaskError::TooManyPseudonyms { .. }) => {}
         Err(e) => panic!("{e}"),
         Ok(_) => {
             assert!(!expect_blocked, "a value a block rule names passed");
-            // Indexes name the upstream's elements; once one is dropped the masked array
-            // is indexed differently, so forms are compared only where no path uses one.
-            let indexed = rules.iter().any(|r| {
-                r.path
-                    .steps()
-                    .iter()
-                    .any(|s| matches!(s.selector, Selector::Index(_)))
-            });
             if !indexed {
-                check_forms(&rules, &doc, &mut Vec::new());
+                check_forms(&rules, &Doc::from(&doc), &mut Vec::new());
             }
         }
+    }
+    // The text masker, by the same definition, over every member: a member named twice
+    // is blocked, and masked, whichever of the two it is.
+    let expect_blocked = blocked(&rules, &every, &mut Vec::new());
+    let masked: Doc = match by_text {
+        Err(TextMaskError::Mask(MaskError::Blocked(_))) => {
+            assert!(expect_blocked, "the text masker blocked without a reason");
+            return;
+        }
+        Err(TextMaskError::Mask(MaskError::TooManyPseudonyms { .. })) => return,
+        Err(e) => panic!("{e}"),
+        Ok((MaskedText::Unchanged, _)) => every,
+        Ok((MaskedText::Changed(out), _)) => {
+            serde_json::from_slice(&out).expect("a masked text is JSON")
+        }
+    };
+    assert!(
+        !expect_blocked,
+        "the text masker passed a value a block rule names"
+    );
+    if !indexed {
+        check_forms(&rules, &masked, &mut Vec::new());
     }
 });

@@ -17,7 +17,10 @@
 //!
 //! **Pseudonyms** need a key that may be in an HSM, so masking is two walks: the first
 //! finds what is blocked and every distinct value to pseudonymize, the [`Pseudonymizer`] is
-//! asked once for all of them, and the second walk changes the document.
+//! asked once for all of them, and the second walk changes the document. A document with
+//! more than [`MAX_PSEUDONYMS`] distinct values to pseudonymize is refused before the key
+//! is asked: a token makes each tag in a call of its own, and one answer must not hold its
+//! signing for long.
 
 use std::collections::HashMap;
 
@@ -64,6 +67,10 @@ pub struct Blocked {
     pub path: String,
 }
 
+/// The most distinct values one document may have pseudonymized: a page of a list of
+/// a thousand records, each with one value to pseudonymize, passes.
+pub const MAX_PSEUDONYMS: usize = 1024;
+
 /// Why a document could not be masked.
 #[derive(Debug, thiserror::Error)]
 pub enum MaskError<E: std::error::Error + 'static> {
@@ -73,6 +80,12 @@ pub enum MaskError<E: std::error::Error + 'static> {
     Pseudonymizer(#[source] E),
     #[error("the pseudonymizer gave {got} tags for {asked} values")]
     Incomplete { asked: usize, got: usize },
+    /// The document holds more distinct values to pseudonymize than [`MAX_PSEUDONYMS`];
+    /// the pseudonymizer was not asked.
+    #[error(
+        "{count} distinct values to pseudonymize, more than the {MAX_PSEUDONYMS} one answer may have"
+    )]
+    TooManyPseudonyms { count: usize },
 }
 
 /// What masking did to a document.
@@ -419,13 +432,18 @@ impl Profile {
 
 impl Pseudonyms {
     /// The pseudonyms of `inputs`, asking `pseudonymizer` once (not at all when there is
-    /// none).
+    /// none, nor when there are more than [`MAX_PSEUDONYMS`]).
     pub(crate) async fn ask<P: Pseudonymizer>(
         inputs: Vec<Vec<u8>>,
         pseudonymizer: &P,
     ) -> Result<Self, MaskError<P::Error>> {
         if inputs.is_empty() {
             return Ok(Self::default());
+        }
+        if inputs.len() > MAX_PSEUDONYMS {
+            return Err(MaskError::TooManyPseudonyms {
+                count: inputs.len(),
+            });
         }
         let macs = pseudonymizer
             .macs(&inputs)

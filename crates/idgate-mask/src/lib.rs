@@ -8,9 +8,10 @@
 //! The crate is pure: it works on a JSON text as it arrived ([`Profile::mask_text`], which
 //! writes out only what changes) or on a parsed `serde_json::Value` ([`Profile::mask`]), and
 //! knows nothing of HTTP, configuration files or where keys live. Pseudonyms come from a
-//! [`Pseudonymizer`] that is asked once per document for every value at once, so a key held
-//! in an HSM costs one blocking call per answer, not one per value. Documents are an upstream's answers, which
-//! are not trusted: nothing here panics on any input.
+//! [`Pseudonymizer`] that is asked once per document for every distinct value at once (at
+//! most [`MAX_PSEUDONYMS`] of them), so a key held in an HSM is looked up once per answer
+//! and makes its tags in one session. Documents are an upstream's answers, which are not
+//! trusted: nothing here panics on any input.
 
 mod action;
 mod engine;
@@ -18,6 +19,8 @@ mod path;
 mod text;
 
 pub use action::{Action, REDACTED, mask_chars, pseudonym, truncate_date};
-pub use engine::{Blocked, MaskError, Profile, Pseudonymizer, Pseudonyms, Report, Rule};
+pub use engine::{
+    Blocked, MAX_PSEUDONYMS, MaskError, Profile, Pseudonymizer, Pseudonyms, Report, Rule,
+};
 pub use path::{MaskPath, PathError, Segment, Selector, Step};
 pub use text::{MaskedText, NotJson, TextMaskError};

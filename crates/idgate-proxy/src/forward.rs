@@ -308,6 +308,16 @@ pub(crate) async fn send(
                     reached: !connect,
                 };
             }
+            // What the own client refuses as it reads the head (RFC 9112 §6.3): hyper's
+            // frames such a body as chunked but keeps the Content-Length, which a caller
+            // (or masking) would take for the framing.
+            Ok(resp) if framed_twice(resp.headers()) => Err(Refusal::UpstreamUnreachable {
+                connect: false,
+                reason: format!(
+                    "upstream {}: both Transfer-Encoding and Content-Length",
+                    upstream.name
+                ),
+            }),
             Ok(resp) => Ok(resp.map(|b| Either::Left(Held::new(b, slot)))),
         };
         Forwarded {
@@ -443,7 +453,14 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// The upstream's response, without its hop-by-hop headers.
+/// Whether an answer's head gives both framings, `Transfer-Encoding` and
+/// `Content-Length`: a sign of response smuggling, never passed on.
+fn framed_twice(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
+}
+
+/// The upstream's response, without its hop-by-hop headers. An answer framed both ways
+/// never gets here: each client refuses it (see [`framed_twice`]).
 pub(crate) fn strip_response(resp: Response<UpstreamResponseBody>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     RESPONSE_STRIP.strip(&mut parts.headers);

@@ -90,14 +90,28 @@ impl HmacKey {
     }
 
     /// [`HmacKey::load`], refusing a key in memory shorter than `min_len` bytes (now and at
-    /// every refresh). A key in a token cannot be measured; the token enforces its own
-    /// minimum.
+    /// every refresh). A key in a token is measured by the length the token states for its
+    /// newest version (`CKA_VALUE_LEN`) when it is loaded; `idgate hsm import-secret` and
+    /// `rotate` refuse short ones before they reach the token.
     pub fn load_min(
         secret: &SecretRef,
         overlap: Duration,
         min_len: usize,
     ) -> Result<Self, SecretError> {
         if let Some(key) = Self::load_in_token(secret)? {
+            if let Kind::Hsm { hsm, label } = &key.kind
+                && min_len > 0
+                && let Some(len) = hsm
+                    .key_len(label)
+                    .map_err(|e| SecretError::Hsm(secret.to_string(), e))?
+                && len < min_len
+            {
+                return Err(SecretError::TooShort {
+                    reference: secret.to_string(),
+                    len,
+                    min: min_len,
+                });
+            }
             return Ok(Self { min_len, ..key });
         }
         let f = secret.fetch()?;
@@ -158,7 +172,8 @@ impl HmacKey {
     }
 
     /// The tag of each of `data`, all with one key version; in a token, in one blocking
-    /// call and one session. Returns the tags and the version used.
+    /// call and one session, a `C_Sign` for each, none started past the deadline. Returns
+    /// the tags and the version used.
     pub async fn sign_all(
         &self,
         started: Instant,
@@ -176,8 +191,11 @@ impl HmacKey {
             Kind::Hsm { hsm, label } => {
                 let slots = hsm.signing_slots().clone();
                 let (hsm, label, data) = (hsm.clone(), label.clone(), data.to_vec());
+                // Past the deadline the caller has given up: the token stops making tags,
+                // and the slot comes free within one tag of it.
+                let until = Instant::now() + HSM_DEADLINE;
                 let (macs, version) = in_token(&slots, HSM_DEADLINE, move || {
-                    hsm.hmac_sha256_all(&label, &data)
+                    hsm.hmac_sha256_all(&label, &data, until)
                 })
                 .await?;
                 let tags = macs.iter().map(|m| tag32(m)).collect::<Result<_, _>>()?;

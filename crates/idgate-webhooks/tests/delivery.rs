@@ -397,6 +397,38 @@ async fn a_body_that_looks_like_json_but_cannot_be_read_never_reaches_a_masked_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_with_more_values_to_pseudonymize_than_the_bound_is_a_dead_letter_at_once() {
+    let pki = Pki::new();
+    let server = SubscriberServer::start(&pki).await;
+    let profile = Profile::new(vec![Rule {
+        path: MaskPath::parse("$..vendor_data").unwrap(),
+        action: Action::Pseudonymize,
+    }]);
+    let mask = SubscriberMask {
+        profile_name: "crm".into(),
+        profile,
+        // The bound is checked before the key is asked for.
+        key: None,
+        non_json: NonJson::Pass,
+    };
+    let s = setup(&pki, &server, quick_retries(), Some(mask)).await;
+    let items: Vec<String> = (0..=idgate_mask::MAX_PSEUDONYMS)
+        .map(|i| format!(r#"{{"vendor_data":"customer-{i}"}}"#))
+        .collect();
+    let body = format!(r#"{{"sessions":[{}]}}"#, items.join(","));
+    s.send_raw("many", "many", body.as_bytes()).await;
+    let letters = dead_letters(&s, 1).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].attempts, 1, "refused at once, not retried");
+    let reason = letters[0].last_error.as_deref().unwrap();
+    assert!(
+        reason.contains("distinct values to pseudonymize") && !reason.contains("customer-"),
+        "{reason}"
+    );
+    assert!(server.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_past_the_clock_makes_dead_letters_and_the_queue_keeps_flowing() {
     let pki = Pki::new();
     let server = SubscriberServer::start(&pki).await;

@@ -305,6 +305,30 @@ fn a_pseudonymizer_that_fails_or_answers_short_fails_the_masking() {
 }
 
 #[test]
+fn an_answer_with_more_distinct_values_to_pseudonymize_than_the_bound_is_refused_unasked() {
+    let p = profile(&[("$.users[*].id", Action::Pseudonymize)]);
+    let users = |n: usize| {
+        // Each value twice: only distinct values count.
+        let users: Vec<Value> = (0..2 * n).map(|i| json!({"id": i % n})).collect();
+        json!({ "users": users })
+    };
+    let key = Key::new(b"k");
+    let masked = mask(&p, users(MAX_PSEUDONYMS), &key).unwrap();
+    assert_eq!(key.calls.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        masked["users"].as_array().map(Vec::len),
+        Some(2 * MAX_PSEUDONYMS)
+    );
+    let key = Key::new(b"k");
+    let err = mask(&p, users(MAX_PSEUDONYMS + 1), &key).unwrap_err();
+    assert!(
+        matches!(err, MaskError::TooManyPseudonyms { count } if count == MAX_PSEUDONYMS + 1),
+        "{err}"
+    );
+    assert_eq!(key.calls.load(Ordering::Relaxed), 0, "the key was asked");
+}
+
+#[test]
 fn the_report_counts_what_changed() {
     let p = profile(&[
         ("$.a", Action::Drop),

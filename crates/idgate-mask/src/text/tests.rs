@@ -141,6 +141,20 @@ fn a_pseudonym_is_the_one_the_parsed_document_gets() {
 }
 
 #[test]
+fn a_text_with_more_distinct_values_to_pseudonymize_than_the_bound_is_refused() {
+    let p = profile(&[("$[*]", Action::Pseudonymize)]);
+    let list = |n: usize| {
+        let items: Vec<String> = (0..n).map(|i| format!("\"v{i}\"")).collect();
+        format!("[{}]", items.join(","))
+    };
+    assert!(masked(&p, &list(crate::MAX_PSEUDONYMS)).is_ok());
+    assert!(matches!(
+        masked(&p, &list(crate::MAX_PSEUDONYMS + 1)),
+        Err(TextMaskError::Mask(MaskError::TooManyPseudonyms { .. }))
+    ));
+}
+
+#[test]
 fn what_serde_json_refuses_is_refused_and_what_it_reads_is_read() {
     let deep_ok = format!("{}{}", "[".repeat(127), "]".repeat(127));
     let deep_bad = format!("{}{}", "[".repeat(128), "]".repeat(128));

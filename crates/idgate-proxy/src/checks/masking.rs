@@ -9,8 +9,12 @@
 //!   `json_response`) and masked as the text it is (`Profile::mask_text`): only what the
 //!   profile changes is written anew, with the answer's new `Content-Length`. An answer
 //!   that cannot be read, parsed (a charset other than UTF-8 included) or is too large is
-//!   refused with `502 unreadable-response`, never passed on. An empty body
-//!   (`Content-Length: 0`) has nothing to mask.
+//!   refused with `502 unreadable-response`, never passed on, and so is one with more
+//!   distinct values to pseudonymize than `idgate_mask::MAX_PSEUDONYMS`.
+//! - **No body** (`HEAD`, `204`, `304`, a body its framing says is empty) has nothing to
+//!   mask and passes, whatever its type. Emptiness is the body's, never the
+//!   `Content-Length` header's: a header that says 0 over a body that has bytes does not
+//!   let them through unmasked. A JSON body read whole and found empty passes empty too.
 //! - **Compressed** answers are refused: the request went without the caller's
 //!   `Accept-Encoding`, so an upstream that still compresses is not read past.
 //! - **Partial** answers (`206`) are refused: a fragment of JSON cannot be masked, and the
@@ -23,6 +27,7 @@
 
 use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode};
+use http_body::Body as _;
 use idgate_config::{NonJson, ProfileChoice, RouteMasking};
 use idgate_mask::{MaskError, MaskedText, TextMaskError};
 
@@ -58,10 +63,16 @@ fn compressed(headers: &HeaderMap) -> bool {
         .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"identity"))
 }
 
-fn announced_empty(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .is_some_and(|v| v.as_bytes() == b"0")
+/// Whether the answer has no body: by its status, the request's method, or the body's
+/// own framing (a client that read `Content-Length: 0` as the framing ends the body at
+/// once). The `Content-Length` header alone never says so: it may not be the framing.
+fn without_body(method: &Method, resp: &Response<ProxyBody>) -> bool {
+    let body = resp.body();
+    *method == Method::HEAD
+        || resp.status() == StatusCode::NO_CONTENT
+        || resp.status() == StatusCode::NOT_MODIFIED
+        || body.is_end_stream()
+        || body.size_hint().exact() == Some(0)
 }
 
 /// `masking`: masks the answer with the caller's profile.
@@ -91,6 +102,13 @@ pub(super) async fn mask(
             reason: "the upstream compressed an answer on a masked route".to_owned(),
         });
     }
+    if without_body(&ctx.method, resp) {
+        if ctx.method == Method::HEAD {
+            // Its length would be the unmasked body's.
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        }
+        return Ok(());
+    }
     if !is_json_type(resp.headers()) {
         return match profile.non_json {
             NonJson::Pass => Ok(()),
@@ -102,18 +120,6 @@ pub(super) async fn mask(
             }),
         };
     }
-    let status = resp.status();
-    if ctx.method == Method::HEAD {
-        // No body to mask; its length would be the unmasked one.
-        resp.headers_mut().remove(header::CONTENT_LENGTH);
-        return Ok(());
-    }
-    if status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-        || announced_empty(resp.headers())
-    {
-        return Ok(());
-    }
     if !json_response::utf8(resp.headers()) {
         return Err(Refusal::UnreadableResponse {
             reason: "the upstream's JSON answer names a charset other than UTF-8".to_owned(),
@@ -121,6 +127,11 @@ pub(super) async fn mask(
     }
     let timeout = super::ownership::timeout(ctx);
     let bytes = json_response::read_bytes(resp, timeout).await?;
+    if bytes.is_empty() {
+        // Nothing to mask; the length is the body's, whatever the upstream announced.
+        json_response::replace_body(resp, bytes);
+        return Ok(());
+    }
     let pseudonymizer = KeyPseudonymizer {
         key: profile.key.as_deref(),
         started: ctx.start,
@@ -148,6 +159,8 @@ fn refusal(profile: &LoadedProfile, e: MaskError<crate::masking::PseudonymError>
         MaskError::Pseudonymizer(_) | MaskError::Incomplete { .. } => {
             Refusal::MaskingUnavailable { reason }
         }
+        // Like an answer over 1 MiB: the answer, not the key, is the trouble.
+        MaskError::TooManyPseudonyms { .. } => Refusal::UnreadableResponse { reason },
     }
 }
 
@@ -191,6 +204,35 @@ mod tests {
             assert!(!is_json_type(&headers(&[("content-type", no)])), "{no}");
         }
         assert!(!is_json_type(&HeaderMap::new()));
+    }
+
+    fn answer(
+        status: u16,
+        content_length: Option<&'static str>,
+        body: &'static [u8],
+    ) -> Response<ProxyBody> {
+        let mut resp = Response::new(http_body_util::Either::Right(http_body_util::Full::new(
+            bytes::Bytes::from_static(body),
+        )));
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+        if let Some(v) = content_length {
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static(v));
+        }
+        resp
+    }
+
+    #[test]
+    fn a_body_is_empty_by_its_framing_never_by_its_content_length_header() {
+        let json = br#"{"document_number":"BAA000589"}"#;
+        assert!(!without_body(&Method::GET, &answer(200, Some("0"), json)));
+        assert!(!without_body(&Method::GET, &answer(200, None, json)));
+        assert!(without_body(&Method::GET, &answer(200, Some("0"), b"")));
+        assert!(without_body(&Method::GET, &answer(201, None, b"")));
+        // By status or method, whatever the body says.
+        assert!(without_body(&Method::GET, &answer(204, None, json)));
+        assert!(without_body(&Method::GET, &answer(304, Some("31"), json)));
+        assert!(without_body(&Method::HEAD, &answer(200, Some("31"), json)));
     }
 
     #[test]

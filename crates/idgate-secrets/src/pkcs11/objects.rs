@@ -16,18 +16,21 @@ impl Hsm {
     }
 
     /// HMAC-SHA256 of each of `data` with the newest key of this label, in one session: the
-    /// key is looked up once, and every tag is made with the same version.
+    /// key is looked up once, and every tag is made with the same version. Each tag is a
+    /// `C_Sign` of its own; none is started once `until` has passed (the caller no longer
+    /// waits for them), so the session, and the signing slot of whoever holds it, is given
+    /// back within one `C_Sign` of it.
     pub fn hmac_sha256_all(
         &self,
         label: &str,
         data: &[Vec<u8>],
+        until: Instant,
     ) -> Result<(Vec<Vec<u8>>, u32), HsmError> {
         self.with_session(|s| {
             let (key, version) = Self::newest(s, label, ObjectClass::SECRET_KEY)?;
-            let macs = data
-                .iter()
-                .map(|d| s.sign(&Mechanism::Sha256Hmac, key, d).map_err(ck("C_Sign")))
-                .collect::<Result<_, _>>()?;
+            let macs = each_until(data, until, |d| {
+                s.sign(&Mechanism::Sha256Hmac, key, d).map_err(ck("C_Sign"))
+            })?;
             Ok((macs, version))
         })
     }
@@ -255,6 +258,21 @@ impl Hsm {
         })
     }
 
+    /// The length in bytes of the newest secret key with this label (`CKA_VALUE_LEN`, which
+    /// the token tells without letting the key out); `None` when the token does not say.
+    pub fn key_len(&self, label: &str) -> Result<Option<usize>, HsmError> {
+        self.with_session(|s| {
+            let (h, _) = Self::newest(s, label, ObjectClass::SECRET_KEY)?;
+            let attrs = s
+                .get_attributes(h, &[AttributeType::ValueLen])
+                .map_err(ck("C_GetAttributeValue"))?;
+            Ok(attrs.into_iter().find_map(|a| match a {
+                Attribute::ValueLen(len) => Some(usize::from(len)),
+                _ => None,
+            }))
+        })
+    }
+
     /// The flags of the newest secret key with this label: (extractable, sensitive).
     pub fn key_flags(&self, label: &str) -> Result<(bool, bool), HsmError> {
         self.with_session(|s| {
@@ -275,6 +293,30 @@ impl Hsm {
     }
 }
 
+/// `call` on each of `data` in order, none started once `until` has passed.
+fn each_until<T>(
+    data: &[Vec<u8>],
+    until: Instant,
+    mut call: impl FnMut(&[u8]) -> Result<T, HsmError>,
+) -> Result<Vec<T>, HsmError> {
+    let mut out = Vec::with_capacity(data.len());
+    for d in data {
+        if Instant::now() >= until {
+            return Err(HsmError::Token {
+                op: "C_Sign",
+                error: format!(
+                    "stopped after {} of {} tags: the caller's time ran out",
+                    out.len(),
+                    data.len()
+                ),
+                gone: false,
+            });
+        }
+        out.push(call(d)?);
+    }
+    Ok(out)
+}
+
 /// Binds a ciphertext to its label and version, so a wrapped blob copied to another label
 /// (or rolled back to an older version number) fails to decrypt.
 fn wrap_aad(label: &str, version: u32) -> Vec<u8> {
@@ -283,4 +325,34 @@ fn wrap_aad(label: &str, version: u32) -> Vec<u8> {
     aad.push(0);
     aad.extend_from_slice(&version.to_be_bytes());
     aad
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_tag_is_started_once_the_callers_time_has_run_out() {
+        let data: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i]).collect();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let all = each_until(&data, far, |d| Ok(d[0])).unwrap();
+        assert_eq!(all, (0..10u8).collect::<Vec<_>>());
+
+        // A token that slows down: the fourth tag takes until past the deadline.
+        let until = Instant::now() + Duration::from_millis(100);
+        let mut started = Vec::new();
+        let err = each_until(&data, until, |_| {
+            started.push(Instant::now());
+            if started.len() == 4 {
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(matches!(err, HsmError::Token { gone: false, .. }), "{err}");
+        assert!((1..=4).contains(&started.len()), "{}", started.len());
+        assert!(started.iter().all(|at| *at < until));
+        assert!(!err.token_gone());
+    }
 }

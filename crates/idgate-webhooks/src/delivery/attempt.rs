@@ -98,6 +98,11 @@ async fn masked(mask: &SubscriberMask, body: Vec<u8>) -> Result<Vec<u8>, NotSent
             "masking profile {}: {b}",
             mask.profile_name
         ))),
+        // The same event holds as many values the next time: retrying cannot help.
+        Err(e @ MaskError::TooManyPseudonyms { .. }) => Err(NotSent::Refused(format!(
+            "masking profile {}: {e}",
+            mask.profile_name
+        ))),
         Err(e) => Err(NotSent::Retry(format!(
             "masking profile {}: {e}",
             mask.profile_name

@@ -1,8 +1,9 @@
 //! Response masking against an upstream that answers each path in a chosen way: what
-//! passes untouched (not JSON, streamed), what is refused rather than passed unmasked
-//! (compressed, unparsable, too large, partial, a `block` rule, not JSON on a blocking
-//! profile), error answers masked like any other, the headers that describe the upstream's
-//! bytes removed; and `idgate check` naming every masking mistake by its key.
+//! passes untouched (not JSON, streamed; no body, whatever the profile), what is refused
+//! rather than passed unmasked (compressed, unparsable, too large, partial, a `block` rule,
+//! not JSON on a blocking profile, more values to pseudonymize than one answer may have,
+//! a body framed two ways), error answers masked like any other, the headers that describe
+//! the upstream's bytes removed; and `idgate check` naming every masking mistake by its key.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,10 +14,25 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::assert_eventually;
 use crate::support::*;
+use crate::upstream_h1::{read_body, read_head};
 
 const DOC: &str = "BAA000589";
 /// More than the 1 MiB a masked answer may have.
 const BIG: usize = 2 << 20;
+/// The profiles' pseudonym key.
+const KEY_ENV: &str = "TEST_MASKING_ANSWERS_KEY";
+const KEY: &str = "masking-answers-key-5e0c2a7b9d1f3e4a6c8b";
+
+/// The most distinct values one answer may have pseudonymized, as docs/masking.md says.
+const MAX_PSEUDONYMS: usize = 1024;
+
+/// A list of `n` records, each with a value of its own to pseudonymize.
+fn records(n: usize) -> Bytes {
+    let items: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"vendor_data":"user-{i}","status":"Approved"}}"#))
+        .collect();
+    Bytes::from(format!(r#"{{"results":[{}]}}"#, items.join(",")))
+}
 
 /// A plain-HTTP upstream answering `/a/<name>` as `answer(name)` says; it records the
 /// request headers it received.
@@ -98,6 +114,10 @@ fn answer(name: &str) -> (u16, Vec<(&'static str, &'static str)>, Bytes) {
             Bytes::from_static(br#"{"person":{"ssn":"123-45-6789"},"status":"Approved"}"#),
         ),
         "empty" => (200, json, Bytes::new()),
+        "no-content" => (204, vec![], Bytes::new()),
+        "created" => (201, vec![], Bytes::new()),
+        "records-at-the-bound" => (200, json, records(MAX_PSEUDONYMS)),
+        "records-past-the-bound" => (200, json, records(MAX_PSEUDONYMS + 1)),
         "text-json" => (
             200,
             vec![("content-type", "text/json; charset=utf-8")],
@@ -163,9 +183,14 @@ fn profile(non_json: &str) -> toml::Value {
     mask.insert("keep".into(), 3.into());
     toml::Value::Table(table([
         ("non_json", non_json.into()),
+        ("pseudonym_key", format!("env:{KEY_ENV}").into()),
         (
             "rules",
-            toml::Value::Array(vec![toml::Value::Table(mask), rule("$..ssn", "block")]),
+            toml::Value::Array(vec![
+                toml::Value::Table(mask),
+                rule("$..ssn", "block"),
+                rule("$..vendor_data", "pseudonymize"),
+            ]),
         ),
     ]))
 }
@@ -208,7 +233,7 @@ async fn start(pki: &Pki, upstream: &Scripted) -> Gateway {
                 ])),
             )]),
         );
-    Gateway::start(&config, &[]).await
+    Gateway::start(&config, &[(KEY_ENV, KEY)]).await
 }
 
 fn problem(r: &Reply) -> String {
@@ -366,6 +391,225 @@ async fn an_answer_that_is_not_json_streams_through_unless_the_profile_blocks_it
             .unwrap();
         assert_eq!((r.status, problem(&r).as_str()), (502, "response-blocked"));
         assert!(!String::from_utf8_lossy(&r.body).contains(DOC));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn answers_without_a_body_pass_a_profile_that_blocks_what_is_not_json() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = Scripted::start().await;
+        let gw = start(&pki, &upstream).await;
+        let strict = Client::new(&pki, Some(FRONTEND), gw.port, false);
+        for (name, status) in [("no-content", 204), ("created", 201)] {
+            let r = strict.get(&format!("/a/{name}")).await.unwrap();
+            assert_eq!(
+                (r.status, r.body.len()),
+                (status, 0),
+                "{name}: {:?}",
+                r.body
+            );
+            assert_eq!(r.header("content-type"), None, "{name}");
+        }
+        // HEAD has no body either, and no length of the one GET would refuse.
+        let r = strict.send("HEAD", "/a/pdf", &[], "").await.unwrap();
+        assert_eq!((r.status, r.header("content-length")), (200, None));
+        // What has a body and is not JSON is still refused.
+        let r = strict.get("/a/pdf").await.unwrap();
+        assert_eq!((r.status, problem(&r).as_str()), (502, "response-blocked"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_answer_with_more_distinct_values_to_pseudonymize_than_the_bound_is_refused() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = Scripted::start().await;
+        let gw = start(&pki, &upstream).await;
+        let c = Client::new(&pki, Some(ONBOARDING), gw.port, true);
+        let r = c.get("/a/records-at-the-bound").await.unwrap();
+        assert_eq!(r.status, 200, "{}", gw.output());
+        let results = r.json()["results"].as_array().cloned().unwrap();
+        assert_eq!(results.len(), MAX_PSEUDONYMS);
+        assert!(
+            results
+                .iter()
+                .all(|item| item["vendor_data"].as_str().unwrap().starts_with("ps_"))
+        );
+        let r = c.get("/a/records-past-the-bound").await.unwrap();
+        assert_eq!(
+            (r.status, problem(&r).as_str()),
+            (502, "unreadable-response")
+        );
+        assert!(!String::from_utf8_lossy(&r.body).contains("user-"));
+        assert_eventually!(
+            gw.output()
+                .contains("1025 distinct values to pseudonymize, more than the 1024"),
+            "no log line says why:\n{}",
+            gw.output()
+        );
+    })
+    .await;
+}
+
+/// An HTTP/1.1 upstream that answers every request with `answer`, byte for byte.
+struct RawAnswer {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawAnswer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawAnswer {
+    async fn start(answer: Vec<u8>) -> Self {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answer = Arc::new(answer);
+        let task = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    while let Some(mut req) = read_head(&mut tcp, &mut buf).await {
+                        if read_body(&mut tcp, &mut buf, &mut req).await.is_none()
+                            || tcp.write_all(&answer).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, task }
+    }
+}
+
+/// Every byte of every frame the gateway sends on an HTTP/2 connection carrying one `GET`
+/// of `path`, until that stream ends (or is reset, or the connection closes), read off the
+/// wire: what a caller receives, whether or not its own HTTP/2 stack would accept it.
+async fn raw_h2_get(c: &Client, path: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    assert!(c.h2);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.port))
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(c.config.clone())
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    };
+    // HPACK without Huffman: `:method GET`, `:scheme https` from the static table, the
+    // path and authority as literals with an indexed name.
+    let mut block = vec![0x82, 0x87];
+    for (index, value) in [(4u8, path), (1, "localhost")] {
+        block.extend([index, value.len() as u8]);
+        block.extend(value.as_bytes());
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    out.extend(frame(0x1, 0x1 | 0x4, 1, &block));
+    tls.write_all(&out).await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let mut head = [0u8; 9];
+        if tls.read_exact(&mut head).await.is_err() {
+            return seen;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        if tls.read_exact(&mut payload).await.is_err() {
+            return seen;
+        }
+        seen.extend(&payload);
+        match kind {
+            // SETTINGS: acknowledged, so the gateway has no reason to wait.
+            0x4 if flags & 0x1 == 0 => tls.write_all(&frame(0x4, 0x1, 0, &[])).await.unwrap(),
+            // DATA or HEADERS ending the stream, RST_STREAM, GOAWAY.
+            0x0 | 0x1 if stream == 1 && flags & 0x1 != 0 => return seen,
+            0x3 if stream == 1 => return seen,
+            0x7 => return seen,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_json_answer_framed_both_ways_never_reaches_an_http2_caller_unmasked() {
+    within(async {
+        let json = format!(r#"{{"document_number":"{DOC}"}}"#);
+        // `Content-Length: 0`, and the body chunked: a reader that believes the header
+        // finds nothing to mask; hyper's client reads the chunks.
+        let both = |first: &str, second: &str| {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{first}\r\n{second}\r\n\r\n\
+                 {:x}\r\n{json}\r\n0\r\n\r\n",
+                json.len()
+            )
+            .into_bytes()
+        };
+        let answers = [
+            both("content-length: 0", "transfer-encoding: chunked"),
+            both("transfer-encoding: chunked", "content-length: 0"),
+        ];
+        let pki = Pki::default_pki();
+        let mut config = base_config(&pki).section(
+            "masking",
+            table([(
+                "profiles",
+                toml::Value::Table(table([("lenient", profile("pass"))])),
+            )]),
+        );
+        let mut upstreams = Vec::new();
+        for (i, answer) in answers.iter().enumerate() {
+            let upstream = RawAnswer::start(answer.clone()).await;
+            for client in ["native", "hyper"] {
+                let name = format!("{client}{i}");
+                config = config
+                    .upstream(
+                        UpstreamSpec::new(&name, &format!("http://127.0.0.1:{}", upstream.port))
+                            .with("client", client),
+                    )
+                    .route(
+                        RouteSpec::new(&name, &["GET"], &format!("/{name}"), &name, &[ONBOARDING])
+                            .with("masking", "lenient"),
+                    );
+            }
+            upstreams.push(upstream);
+        }
+        let gw = Gateway::start(&config, &[(KEY_ENV, KEY)]).await;
+        let c = Client::new(&pki, Some(ONBOARDING), gw.port, true);
+        for i in 0..answers.len() {
+            for client in ["native", "hyper"] {
+                let wire = raw_h2_get(&c, &format!("/{client}{i}")).await;
+                let text = String::from_utf8_lossy(&wire);
+                assert!(!text.contains(DOC), "{client}{i}: the value passed: {text}");
+                // Refused as the own client refuses it: a bad upstream answer.
+                let r = c.get(&format!("/{client}{i}")).await.unwrap();
+                assert_eq!(
+                    (r.status, problem(&r).as_str()),
+                    (502, "upstream-unreachable"),
+                    "{client}{i}"
+                );
+            }
+        }
     })
     .await;
 }
