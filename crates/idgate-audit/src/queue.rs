@@ -248,6 +248,21 @@ impl AuditTrail {
         }
     }
 
+    /// Counts `n` records that will not come: requests still running when the trail must
+    /// close. Before [`AuditTrail::close`], the trail tells them in its last `dropped` entry.
+    pub fn note_lost(&self, n: u64) {
+        if n > 0 {
+            self.shared.lost(n);
+        }
+    }
+
+    /// Records dropped that the trail does not tell: those that came after it closed (no
+    /// entry can follow its closing checkpoint). 0 while it is open.
+    pub fn dropped_untold(&self) -> u64 {
+        let pending = self.shared.pending();
+        if pending.closed { pending.dropped } else { 0 }
+    }
+
     fn give_back(&self, pool: u8) {
         if pool == RESERVED {
             self.shared.reserved.add_permits(1);
@@ -302,5 +317,28 @@ mod tests {
         assert_eq!(got, [(true, &b"a"[..]), (false, b""), (true, b"xyz")]);
         // A cut batch yields what is whole.
         assert_eq!(items(&buf[..buf.len() - 1]).count(), 2);
+    }
+
+    #[test]
+    fn records_noted_lost_before_the_close_are_told_by_the_trail_and_later_ones_are_counted() {
+        use crate::record::tests::activity;
+        use crate::writer::tests::{Keys, settings, verify};
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::new();
+        let (trail, _) =
+            AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap();
+        trail.api(&activity("rid-1", "/v1/x"), trail.try_reserve());
+        // Two requests still running as the trail must close.
+        trail.note_lost(2);
+        assert_eq!(trail.dropped_untold(), 0);
+        trail.close();
+        // One that comes after all the same: refused, and nothing in the trail says so.
+        trail.api(&activity("rid-2", "/v1/x"), trail.try_reserve());
+        assert_eq!(trail.dropped_untold(), 1);
+        assert_eq!(trail.metrics().dropped.get(), 3);
+        let summary = verify(dir.path(), &[keys.public], &[]);
+        assert_eq!(summary.records, 1);
+        assert_eq!(summary.dropped, 2);
+        assert_eq!(summary.end, crate::verify::End::Sealed);
     }
 }

@@ -10,7 +10,7 @@
 //! | a line deleted | the next line's sequence number skips one |
 //! | a line inserted, or two swapped | a sequence number out of place |
 //! | a file's first lines removed | the file does not begin with its opening entry |
-//! | a file cut mid-line | an incomplete last line |
+//! | a file cut mid-line | an incomplete line, when more follows it; at the very end of the trail it is its open end, as the batch the writer is writing looks |
 //! | a file cut at a line's end | the trail ends without its closing checkpoint (open end) |
 //! | entries rewritten with their hashes | the next checkpoint's signature does not verify |
 //! | a checkpoint forged | its signature does not verify with the given keys |
@@ -44,11 +44,19 @@ pub struct VerifyOptions {
 /// one before (`[audit] checkpoint_every`, `checkpoint_interval`). The entries after a
 /// trail's last checkpoint are its only ones no signature covers; the writer never leaves
 /// more than `every` of them, nor a record more than `interval` (and [`CHECKPOINT_GRACE`])
-/// younger than that checkpoint, so a longer unsigned end was not written by it.
+/// younger than that checkpoint, nor a record without its time, so a longer unsigned end
+/// was not written by it. `u64::MAX` and `Duration::MAX` leave their axis unbounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Schedule {
     pub every: u64,
     pub interval: Duration,
+}
+
+impl Schedule {
+    /// Whether records' times are held to `interval`.
+    fn bounds_time(&self) -> bool {
+        self.interval < Duration::MAX
+    }
 }
 
 /// What a record's time may run past `checkpoint_interval` after the last checkpoint: the
@@ -109,7 +117,9 @@ impl std::fmt::Display for Finding {
 /// What is wrong with an entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
-    #[error("the line is incomplete (no newline): a torn write, or the file was cut")]
+    #[error(
+        "the line is incomplete (no newline), and more of the trail follows it: the file was cut, or a torn write was left in place"
+    )]
     Torn,
     #[error("the line is longer than any entry the gateway writes")]
     TooLong,
@@ -171,6 +181,10 @@ pub enum Problem {
         grace = CHECKPOINT_GRACE
     )]
     TailTooLate { late: Duration, interval: Duration },
+    #[error(
+        "a record after the last checkpoint without a time in milliseconds, and no checkpoint follows: the gateway writes every record with its time, so it was added after it, and checkpoint_interval ({interval:?}) cannot bound it"
+    )]
+    TailNoTime { interval: Duration },
     #[error(
         "its hash is not {expected}, the hash it is anchored to (--expect-head): the trail was rewritten from here on, or this is another trail"
     )]
@@ -258,6 +272,9 @@ pub struct Summary {
     pub dropped: u64,
     /// Entries after the last checkpoint: chained, not yet signed.
     pub unsigned: u64,
+    /// The bytes of an incomplete line at the very end of the trail: the batch the writer
+    /// is writing, as a reader sees it part-way, or a file cut there. Not an entry yet.
+    pub incomplete_end: Option<u64>,
     pub end: End,
 }
 
@@ -337,10 +354,12 @@ struct Pos {
     seq: u64,
 }
 
-/// The first entry of the unsigned end that the schedule does not allow.
-struct Late {
-    at: Pos,
-    late: Duration,
+/// An incomplete line at the end of a file: the trail's open end if nothing follows it.
+struct Incomplete {
+    file: String,
+    line: u64,
+    /// The entry it would be.
+    seq: Option<u64>,
 }
 
 /// Feeds files in chain order; [`Verifier::check_end`] checks what only the end of the trail
@@ -370,10 +389,13 @@ pub struct Verifier {
     end_at: Option<(String, u64)>,
     /// The time of the last checkpoint.
     checkpoint_ms: Option<u64>,
-    /// Entries after the last checkpoint past the schedule: the first by count, by time.
+    /// Entries after the last checkpoint past the schedule: the first by count, and the
+    /// first record by time (too late, or without a time).
     over_count: Option<Pos>,
-    over_time: Option<Late>,
+    over_time: Option<(Pos, Problem)>,
     head_seen: bool,
+    /// An incomplete last line of the last file given so far.
+    incomplete: Option<Incomplete>,
 }
 
 impl Verifier {
@@ -398,6 +420,7 @@ impl Verifier {
                 gap_count: 0,
                 dropped: 0,
                 unsigned: 0,
+                incomplete_end: None,
                 end: End::Empty,
             },
             closed: None,
@@ -411,6 +434,7 @@ impl Verifier {
             over_count: None,
             over_time: None,
             head_seen: false,
+            incomplete: None,
         }
     }
 
@@ -427,7 +451,19 @@ impl Verifier {
     }
 
     /// Verifies the next file of the trail.
+    ///
+    /// An incomplete last line (no newline) is the trail's open end when nothing follows it:
+    /// the writer writes a batch with one `write`, which a reader of the live trail may see
+    /// part of. Any file given after it, even an empty one, makes it a break in the trail.
     pub fn file(&mut self, name: &str, reader: impl BufRead) -> Result<(), VerifyError> {
+        if let Some(i) = self.incomplete.take() {
+            return Err(VerifyError::Broken(Box::new(Finding {
+                file: i.file,
+                line: i.line,
+                seq: i.seq,
+                problem: Problem::Torn,
+            })));
+        }
         self.summary.files += 1;
         self.closed = None;
         self.opening = None;
@@ -441,6 +477,25 @@ impl Verifier {
                 source,
             })?;
             let Some(line) = line else { break };
+            if !line.complete && !line.too_long {
+                // Only the end of a file is without a newline.
+                let seq = self.expected.map(|e| e.0);
+                if self.closed.is_some() {
+                    return Err(VerifyError::Broken(Box::new(Finding {
+                        file: name.to_owned(),
+                        line: line.number,
+                        seq,
+                        problem: Problem::AfterClose,
+                    })));
+                }
+                self.summary.incomplete_end = Some(line.bytes.len() as u64);
+                self.incomplete = Some(Incomplete {
+                    file: name.to_owned(),
+                    line: line.number,
+                    seq,
+                });
+                break;
+            }
             any = true;
             self.last_line = line.number;
             self.line(name, &line).map_err(|(seq, problem)| {
@@ -453,8 +508,12 @@ impl Verifier {
             })?;
         }
         // A file the writer created but never wrote to (a crash right then) holds nothing.
-        if any {
-            if let Some(need) = self.need_gap.take() {
+        let incomplete = self.incomplete.is_some();
+        if any || incomplete {
+            // The gap a start's opening needs may be the line being written.
+            if let Some(need) = self.need_gap.take()
+                && !incomplete
+            {
                 return Err(VerifyError::Broken(Box::new(Finding {
                     file: name.to_owned(),
                     line: self.last_line + 1,
@@ -462,6 +521,7 @@ impl Verifier {
                     problem: need.problem(),
                 })));
             }
+            // An incomplete line is where the next entry goes: the line after the last one.
             self.end_at = Some((name.to_owned(), self.last_line + 1));
             self.prev_file = Some(PrevEnd {
                 file: name.to_owned(),
@@ -490,9 +550,6 @@ impl Verifier {
     fn line(&mut self, name: &str, line: &reader::Line) -> Result<(), (Option<u64>, Problem)> {
         if line.too_long {
             return Err((None, Problem::TooLong));
-        }
-        if !line.complete {
-            return Err((None, Problem::Torn));
         }
         let (entry, _) =
             reader::decode(&line.bytes, &self.opts.decrypt).map_err(|e| (None, e.into()))?;
@@ -555,23 +612,29 @@ impl Verifier {
             }
             EntryKind::Record => {
                 self.summary.records += 1;
-                if let (Some(schedule), Some(checkpoint_ms), Some(time)) = (
-                    self.schedule,
-                    self.checkpoint_ms,
-                    entry.value.get("time").and_then(serde_json::Value::as_u64),
-                ) {
-                    let late = Duration::from_millis(time.saturating_sub(checkpoint_ms));
-                    if late > schedule.interval.saturating_add(CHECKPOINT_GRACE)
-                        && self.over_time.is_none()
+                if let (Some(schedule), Some(checkpoint_ms), None) =
+                    (self.schedule, self.checkpoint_ms, &self.over_time)
+                    && schedule.bounds_time()
+                {
+                    let interval = schedule.interval;
+                    // The writer gives every record its time; one without it would escape
+                    // the bound.
+                    let problem = match entry.value.get("time").and_then(serde_json::Value::as_u64)
                     {
-                        self.over_time = Some(Late {
-                            at: Pos {
-                                file: name.to_owned(),
-                                line: line.number,
-                                seq: entry.seq,
-                            },
-                            late,
-                        });
+                        None => Some(Problem::TailNoTime { interval }),
+                        Some(time) => {
+                            let late = Duration::from_millis(time.saturating_sub(checkpoint_ms));
+                            (late > interval.saturating_add(CHECKPOINT_GRACE))
+                                .then_some(Problem::TailTooLate { late, interval })
+                        }
+                    };
+                    if let Some(problem) = problem {
+                        let at = Pos {
+                            file: name.to_owned(),
+                            line: line.number,
+                            seq: entry.seq,
+                        };
+                        self.over_time = Some((at, problem));
                     }
                 }
             }
@@ -739,13 +802,7 @@ impl Verifier {
                 };
                 (at, problem)
             });
-            let time = self.over_time.as_ref().map(|l| {
-                let problem = Problem::TailTooLate {
-                    late: l.late,
-                    interval: schedule.interval,
-                };
-                (&l.at, problem)
-            });
+            let time = self.over_time.as_ref().map(|(at, p)| (at, p.clone()));
             let first = match (count, time) {
                 (Some(c), Some(t)) => Some(if t.0.seq < c.0.seq { t } else { c }),
                 (c, t) => c.or(t),

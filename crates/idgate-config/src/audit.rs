@@ -173,9 +173,7 @@ fn secret(cx: &mut Ctx<'_>, key: &str, s: &str) -> Option<SecretRef> {
     let r = SecretRef::parse(s, cx.base)
         .map_err(|e| cx.err(key, e.to_string()))
         .ok()?;
-    if let Err(e) = r.check_available() {
-        cx.err(key, e.to_string());
-    }
+    cx.secret_available(key, &r);
     Some(r)
 }
 
@@ -342,6 +340,7 @@ mod tests {
             file: &file,
             base: dir,
             errors: Vec::new(),
+            check_secrets: true,
         };
         let raw: RawAudit = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
         let out = parse(&mut cx, raw);

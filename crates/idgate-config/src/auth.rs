@@ -67,9 +67,7 @@ pub(crate) fn available(cx: &mut Ctx<'_>, key: &str, s: &str) -> Option<SecretRe
     let r = SecretRef::parse(s, cx.base)
         .map_err(|e| cx.err(key, e.to_string()))
         .ok()?;
-    if let Err(e) = r.check_available() {
-        cx.err(key, e.to_string());
-    }
+    cx.secret_available(key, &r);
     Some(r)
 }
 

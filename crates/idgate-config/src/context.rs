@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use idgate_secrets::SecretRef;
 use serde::de::DeserializeOwned;
 
 use crate::{ConfigError, parse_duration};
@@ -13,9 +14,21 @@ pub(crate) struct Ctx<'a> {
     pub(crate) file: &'a Path,
     pub(crate) base: &'a Path,
     pub(crate) errors: Vec<ConfigError>,
+    /// Whether secret references are checked for availability, or only parsed.
+    pub(crate) check_secrets: bool,
 }
 
 impl Ctx<'_> {
+    /// Records why the secret `r` cannot be read now (an unset variable, an unreadable or
+    /// too open file, a missing PKCS#11 module or PIN), unless secrets are not checked.
+    pub(crate) fn secret_available(&mut self, key: impl Into<String>, r: &SecretRef) {
+        if self.check_secrets
+            && let Err(e) = r.check_available()
+        {
+            self.err(key, e.to_string());
+        }
+    }
+
     pub(crate) fn err(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.errors.push(ConfigError {
             file: self.file.to_owned(),

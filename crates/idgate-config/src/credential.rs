@@ -62,9 +62,7 @@ pub(crate) fn parse(
         let r = SecretRef::parse(&v, cx.base)
             .map_err(|e| cx.err(format!("{key}.{name}"), e.to_string()))
             .ok()?;
-        if let Err(e) = r.check_available() {
-            cx.err(format!("{key}.{name}"), e.to_string());
-        }
+        cx.secret_available(format!("{key}.{name}"), &r);
         Some(r)
     };
     let scheme = match scheme_name {

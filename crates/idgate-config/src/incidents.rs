@@ -203,9 +203,7 @@ fn notify(cx: &mut Ctx<'_>, n: RawNotify, warnings: &mut Vec<String>) -> Option<
     let secret = SecretRef::parse(&n.secret, cx.base)
         .map_err(|e| cx.err("incidents.notify.secret", e.to_string()))
         .ok()?;
-    if let Err(e) = secret.check_available() {
-        cx.err("incidents.notify.secret", e.to_string());
-    }
+    cx.secret_available("incidents.notify.secret", &secret);
     let ca = n.ca.map(|p| cx.existing_file("incidents.notify.ca", &p));
     let attempts = match n.attempts {
         Some(0) => {

@@ -180,14 +180,28 @@ fn default_workers() -> usize {
 
 /// Reads and validates a configuration file.
 pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
+    parse(file, &read(file)?)
+}
+
+/// Reads and validates a configuration file as [`load`] does, except that no secret is
+/// looked at: secret references are parsed, not checked (an environment variable set, a
+/// file readable, a token's module and PIN there). For a tool that uses one section without
+/// the gateway's environment (`idgate audit verify --config` needs no upstream secret), and
+/// reads what it needs itself.
+pub fn load_without_secrets(file: &Path) -> Result<Config, ConfigErrors> {
+    let env_socket = std::env::var(idgate_tls::WorkloadEndpoint::ENV).ok();
+    let env_socket = env_socket.as_deref().filter(|s| !s.is_empty());
+    parse_checked(file, &read(file)?, env_socket, false)
+}
+
+fn read(file: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(file).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: file.to_owned(),
             key: String::new(),
             reason: format!("cannot read: {}", io_reason(&e)),
         }])
-    })?;
-    parse(file, &text)
+    })
 }
 
 /// Validates configuration text; `file` names it in errors and anchors relative paths.
@@ -203,6 +217,16 @@ pub fn parse_with_env(
     text: &str,
     env_socket: Option<&str>,
 ) -> Result<Config, ConfigErrors> {
+    parse_checked(file, text, env_socket, true)
+}
+
+/// [`parse_with_env`], checking that secrets are available when `check_secrets`.
+fn parse_checked(
+    file: &Path,
+    text: &str,
+    env_socket: Option<&str>,
+    check_secrets: bool,
+) -> Result<Config, ConfigErrors> {
     let base = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -211,6 +235,7 @@ pub fn parse_with_env(
         file,
         base,
         errors: Vec::new(),
+        check_secrets,
     };
     let mut table: raw::Table = match toml::from_str(text) {
         Ok(t) => t,

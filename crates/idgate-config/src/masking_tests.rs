@@ -170,6 +170,7 @@ fn a_route_picks_the_first_entry_naming_the_caller_or_its_default() {
         file: Path::new("/etc/idgate/idgate.toml"),
         base: Path::new("/etc/idgate"),
         errors: Vec::new(),
+        check_secrets: true,
     };
     let names = ProfileNames {
         loaded: vec!["a".into(), "b".into()],
@@ -227,6 +228,7 @@ fn a_profile_is_resolved_into_its_rules() {
         file: Path::new("t.toml"),
         base: Path::new("."),
         errors: Vec::new(),
+        check_secrets: true,
     };
     let raw: RawMasking = toml::from_str(
         r#"[profiles.p]
@@ -264,6 +266,7 @@ fn a_key_no_rule_uses_is_worth_a_warning() {
         file: Path::new("t.toml"),
         base: dir.path(),
         errors: Vec::new(),
+        check_secrets: true,
     };
     let raw: RawMasking = toml::from_str(
         r#"[profiles.p]

@@ -240,6 +240,7 @@ mod tests {
             file: Path::new("/etc/idgate/idgate.toml"),
             base: Path::new("/etc/idgate"),
             errors: Vec::new(),
+            check_secrets: true,
         };
         let out = f(&mut cx);
         let errors = cx

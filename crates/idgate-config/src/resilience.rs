@@ -121,9 +121,7 @@ struct RawFaults {
 pub(crate) fn section(cx: &mut Ctx<'_>, raw: RawFallbackSection) -> Option<FallbackConfig> {
     let key = match SecretRef::parse(&raw.key, cx.base) {
         Ok(r) => {
-            if let Err(e) = r.check_available() {
-                cx.err("fallback.key", e.to_string());
-            }
+            cx.secret_available("fallback.key", &r);
             Some(r)
         }
         Err(e) => {

@@ -122,6 +122,7 @@ fn parse_route(route_text: &str, sections: &str) -> RouteResilience {
         file: &file,
         base: dir.path(),
         errors: Vec::new(),
+        check_secrets: true,
     };
     let table: toml::Table = toml::from_str(&format!("{sections}{route_text}")).unwrap();
     let fallback = table.get("fallback").is_some();

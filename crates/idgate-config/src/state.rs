@@ -164,9 +164,7 @@ fn redis(cx: &mut Ctx<'_>, s: RawState) -> StateBackend {
         let r = SecretRef::parse(&p, cx.base)
             .map_err(|e| cx.err("state.password", e.to_string()))
             .ok()?;
-        if let Err(e) = r.check_available() {
-            cx.err("state.password", e.to_string());
-        }
+        cx.secret_available("state.password", &r);
         Some(r)
     });
     let ca = s.ca.map(|p| cx.existing_file("state.ca", &p));
@@ -232,6 +230,7 @@ mod tests {
             file: Path::new("/etc/idgate/idgate.toml"),
             base: Path::new("/etc/idgate"),
             errors: Vec::new(),
+            check_secrets: true,
         };
         let raw: RawState = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
         let out = parse(&mut cx, raw);

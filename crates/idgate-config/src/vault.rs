@@ -207,9 +207,7 @@ fn login_ref(cx: &mut Ctx<'_>, key: &str, v: &str) -> Option<SecretRef> {
             None
         }
         Ok(r) => {
-            if let Err(e) = r.check_available() {
-                cx.err(key, e.to_string());
-            }
+            cx.secret_available(key, &r);
             Some(r)
         }
         Err(e) => {

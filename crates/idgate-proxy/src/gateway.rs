@@ -17,6 +17,7 @@ use idgate_tls::{MaterialSpec, TlsMaterial, WorkloadApi, watch::spawn_watcher};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -49,6 +50,8 @@ pub struct Gateway {
     log_filter: Option<Arc<dyn LogFilter>>,
     /// What the configuration's files held when they were read, for the reloads' watch.
     config_seen: u64,
+    /// SIGHUP, caught since before `prepare`: one that came meanwhile reloads once running.
+    hangup: Option<Signal>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -168,7 +171,17 @@ impl Gateway {
             audit_export: None,
             log_filter: None,
             config_seen,
+            hangup: None,
         })
+    }
+
+    /// Reloads on `hangup` (SIGHUP) once running. A process that catches SIGHUP before it
+    /// starts preparing is not ended by one that comes meanwhile (its default action), and
+    /// that one is not lost: the gateway reloads as soon as it runs. Without it, `run`
+    /// catches SIGHUP itself.
+    pub fn with_hangup(mut self, hangup: Signal) -> Self {
+        self.hangup = Some(hangup);
+        self
     }
 
     /// Hands each line of the audit trail, once written, to `export` (see
@@ -196,7 +209,9 @@ impl Gateway {
     ///
     /// Then it drains (`[lifecycle]`): `/readyz` answers 503 at once, the listener keeps
     /// accepting for `drain_delay` and then closes, in-flight requests get `drain_timeout`
-    /// to finish, and the background writers flush in order (audit trail, SIEM export).
+    /// to finish (then the connections left are cut, and [`CUT_WAIT`] lets their requests
+    /// record themselves), and the background writers flush in order (audit trail, SIEM
+    /// export).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()>,
@@ -290,10 +305,15 @@ impl Gateway {
             TlsAcceptor::from(self.server_config.clone()),
             &services.metrics,
         )));
-        // Registered before the gateway reports ready: an unhandled SIGHUP would end the
-        // process. The reloader also watches the configuration file.
-        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for SIGHUP: {e}")))?;
+        // Caught before the gateway reports ready (`serve` catches it before `prepare`): an
+        // unhandled SIGHUP would end the process. The reloader also watches the
+        // configuration file.
+        let hup = match self.hangup {
+            Some(hup) => hup,
+            None => tokio::signal::unix::signal(SignalKind::hangup()).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen for SIGHUP: {e}"))
+            })?,
+        };
         let config_watch = ConfigWatch::start(cfg, self.config_seen).await;
         tokio::spawn(
             Reloader {
@@ -336,6 +356,8 @@ impl Gateway {
         // files): until the Workload API delivered one, /readyz says not ready and no caller
         // meets a handshake that must fail. A shutdown meanwhile skips serving and draining.
         let mut outcome = Ok(());
+        // The listener's shared state once serving: what the drain waits for.
+        let mut served = None;
         let material_ready = self.material.is_ready()
             || {
                 tracing::info!(
@@ -397,8 +419,9 @@ impl Gateway {
             if shared.drained(drain.timeout).await {
                 tracing::info!("all connections drained");
             } else {
-                tracing::warn!("drain timeout reached; closing the remaining connections");
+                cut_the_rest(&shared).await;
             }
+            served = Some(shared);
         } else {
             if material_ready {
                 tracing::info!("shutting down: nothing was served");
@@ -416,9 +439,18 @@ impl Gateway {
         // Every request has ended (or been given up on): the background writers flush in
         // the order their data flows.
         let mut writers = BackgroundWriters::default();
-        if let Some(trail) = audit {
+        if let Some(trail) = audit.clone() {
+            // Requests still running now will come too late for the trail: it says how many.
+            let unrecorded = served.as_ref().map_or(0, |s| s.requests_in_flight());
             // The last batch is written and the file closed with a signed checkpoint.
             writers.then("audit trail", async move {
+                if unrecorded > 0 {
+                    tracing::error!(
+                        requests = unrecorded,
+                        "requests still running as the audit trail closes: their records are lost, and the trail says how many (a dropped entry)"
+                    );
+                    trail.note_lost(unrecorded as u64);
+                }
                 let _ = tokio::task::spawn_blocking(move || trail.close()).await;
                 tracing::info!("audit trail closed");
             });
@@ -428,7 +460,42 @@ impl Gateway {
         }
         // Writers fed by the requests (an outbox, say) register here, after the SIEM export.
         writers.flush().await;
+        if let Some(trail) = audit {
+            let untold = trail.dropped_untold();
+            if untold > 0 {
+                tracing::error!(
+                    records = untold,
+                    "audit records came after the trail closed: they are lost, and the trail does not say so"
+                );
+            }
+        }
         outcome
+    }
+}
+
+/// How long the tasks of the connections cut at the drain timeout get to end: dropping a
+/// connection ends its requests at once, each making its record.
+pub const CUT_WAIT: Duration = Duration::from_secs(2);
+
+/// The drain timeout has passed: closes every connection still open, with its requests
+/// (each recorded with status 499), and waits at most [`CUT_WAIT`] for their tasks to end.
+async fn cut_the_rest(shared: &ListenerShared) {
+    tracing::warn!(
+        connections = shared.open_connections(),
+        requests = shared.requests_in_flight(),
+        "drain timeout reached; closing the remaining connections"
+    );
+    shared.cut();
+    if shared.drained(CUT_WAIT).await {
+        tracing::info!(
+            "remaining connections closed; their unanswered requests are recorded with status 499"
+        );
+    } else {
+        tracing::error!(
+            connections = shared.open_connections(),
+            requests = shared.requests_in_flight(),
+            "connections still open {CUT_WAIT:?} after they were closed"
+        );
     }
 }
 

@@ -2,7 +2,8 @@
 //! rules, a load balancer's PROXY header, load shedding), the TLS handshake (where the
 //! client's SVID is verified, then its identity's connection cap), then HTTP/1.1 or HTTP/2
 //! on the connection, every request through the pipeline. An HTTP/1.1 connection gets its
-//! HTTP state when its caller's first bytes arrive ([`first_bytes`]).
+//! HTTP state when its caller's first bytes arrive ([`first_bytes`]). At shutdown, what
+//! `drain_timeout` leaves open is cut ([`cut`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,13 +28,15 @@ use crate::pipeline::handle;
 use crate::send_timeout::{Activity, SendDeadline, Sending, StreamExecutor};
 use crate::service::Services;
 use crate::snapshot::Snapshot;
-use drive::{Ends, MIN_GRACE, drive};
+use cut::Requests;
+use drive::{Ends, MIN_GRACE, drive, stopped};
 use first_bytes::{Waited, first_bytes};
 use limits::{PerKey, RefusalLog};
 
 pub(crate) use accept::accept_loop;
 
 mod accept;
+mod cut;
 mod drive;
 mod first_bytes;
 mod limits;
@@ -79,6 +82,10 @@ pub(crate) struct ListenerShared {
     refusals: RefusalLog,
     /// Connections over `max_connections` being answered 503 (see `shed.rs`).
     shedding: Arc<Semaphore>,
+    /// The requests in the pipeline, whose records are still to come.
+    requests: Arc<Requests>,
+    /// Raised when the drain gives up: every connection still open is closed at once.
+    cut: watch::Sender<bool>,
 }
 
 impl ListenerShared {
@@ -99,6 +106,8 @@ impl ListenerShared {
             refusals: RefusalLog::default(),
             shedding: Arc::new(Semaphore::new(shed::SHED_SLOTS)),
             live: live.clone(),
+            requests: Arc::default(),
+            cut: watch::Sender::new(false),
         }
     }
 
@@ -122,14 +131,46 @@ impl ListenerShared {
         });
     }
 
-    /// Waits until every connection has ended, or `limit` has passed. Returns whether all
+    /// Waits until every connection and every request has ended (an HTTP/2 stream's task
+    /// may outlive its connection by a moment), or `limit` has passed. Returns whether all
     /// ended.
     pub(crate) async fn drained(&self, limit: Duration) -> bool {
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
-        matches!(
-            tokio::time::timeout(limit, self.connections.acquire_many(all)).await,
-            Ok(Ok(_))
-        )
+        let ended = async {
+            let Ok(_all) = self.connections.acquire_many(all).await else {
+                return false;
+            };
+            self.requests.ended().await;
+            true
+        };
+        tokio::time::timeout(limit, ended).await.unwrap_or(false)
+    }
+
+    /// Connections open now.
+    pub(crate) fn open_connections(&self) -> usize {
+        self.max_connections
+            .saturating_sub(self.connections.available_permits())
+    }
+
+    /// Requests in the pipeline now: answered requests whose response is still being sent
+    /// are not counted (their records are made).
+    pub(crate) fn requests_in_flight(&self) -> usize {
+        self.requests.in_flight()
+    }
+
+    /// Closes every connection still open, with what it serves.
+    pub(crate) fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Runs a connection's task until it ends, or until [`ListenerShared::cut`].
+    async fn until_cut(&self, task: impl Future<Output = ()>) {
+        let cut = stopped(self.cut.subscribe());
+        tokio::select! {
+            biased;
+            () = task => {}
+            () = cut => {}
+        }
     }
 }
 
@@ -291,6 +332,7 @@ async fn serve_connection(
     let service = service_fn(move |req| {
         let snapshot = service_shared.snapshot.load_full();
         let services = service_shared.services.clone();
+        let requests = service_shared.requests.clone();
         let conn = conn.clone();
         let activity = service_activity.clone();
         if let Some(seen) = &seen {
@@ -303,7 +345,10 @@ async fn serve_connection(
             // hyper keeps the room for this future in a box of its own for the connection's
             // life: boxing the pipeline's (about 5 KiB) per request lets an idle connection
             // hold only a pointer's worth. The allocation comes from the thread's free list.
-            let resp = Box::pin(handle(snapshot, conn, services, req)).await;
+            // Counted until answered or dropped, for the drain.
+            let resp = requests
+                .count(Box::pin(handle(snapshot, conn, services, req)))
+                .await;
             Ok::<_, Infallible>(resp.map(|body| Sending::new(body, request)))
         }
     });

@@ -74,6 +74,17 @@ pub enum HsmError {
     SoPinIncorrect,
     #[error("a token label is 1 to 32 bytes long")]
     BadLabel,
+    #[error("the {which} is {len} bytes long; this token takes {min} to {max} bytes")]
+    PinLength {
+        which: &'static str,
+        len: usize,
+        min: usize,
+        max: usize,
+    },
+    #[error(
+        "the token \"{label}\" is initialised, but its user PIN could not be set ({cause}): it holds no object and no one can log in to it as a user. Run `idgate hsm init-token --force` again with the Security Officer PIN just set and a user PIN the token takes"
+    )]
+    UserPinNotSet { label: String, cause: String },
     #[error("\"{0}\" is at the largest version (4294967295); store it under a new label")]
     VersionsExhausted(String),
     #[error("PKCS#11 {op}: {error}")]

@@ -25,14 +25,27 @@ pub enum DevPkiError {
     },
     #[error("workload {0} is not in trust domain {1}")]
     ForeignWorkload(SpiffeId, TrustDomain),
+    #[error(
+        "a validity of {0:?} is out of range: SVIDs live from 1 hour up to {MAX_VALID_HOURS} hours (ten years), and the CA ten times as long"
+    )]
+    Validity(std::time::Duration),
 }
+
+/// The longest validity of an SVID, in hours: ten years (of 365 days), so that the CA's
+/// hundred stay well within what a certificate can say (the year 9999).
+pub const MAX_VALID_HOURS: u64 = 87_600;
+
+/// [`MAX_VALID_HOURS`] as a duration.
+pub const MAX_VALIDITY: std::time::Duration =
+    std::time::Duration::from_secs(MAX_VALID_HOURS * 3600);
 
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct DevPkiRequest {
     pub trust_domain: TrustDomain,
     pub workloads: Vec<SpiffeId>,
-    /// Validity of the leaf SVIDs (the CA lives ten times as long).
+    /// Validity of the leaf SVIDs, at most [`MAX_VALIDITY`] (the CA lives ten times as
+    /// long).
     pub validity: std::time::Duration,
 }
 
@@ -112,6 +125,16 @@ fn leaf_params(
 
 /// Generates the PKI into `out` (created if missing). Keys are written 0600.
 pub fn generate(out: &Path, req: &DevPkiRequest) -> Result<DevPkiFiles, DevPkiError> {
+    let now = OffsetDateTime::now_utc();
+    let out_of_range = || DevPkiError::Validity(req.validity);
+    if req.validity > MAX_VALIDITY {
+        return Err(out_of_range());
+    }
+    let validity = Duration::try_from(req.validity).map_err(|_| out_of_range())?;
+    let ca_not_after = validity
+        .checked_mul(10)
+        .and_then(|v| now.checked_add(v))
+        .ok_or_else(out_of_range)?;
     for w in &req.workloads {
         if w.trust_domain_name() != req.trust_domain.as_str() {
             return Err(DevPkiError::ForeignWorkload(
@@ -124,8 +147,6 @@ pub fn generate(out: &Path, req: &DevPkiRequest) -> Result<DevPkiFiles, DevPkiEr
         path: out.to_owned(),
         source,
     })?;
-    let validity = Duration::try_from(req.validity).unwrap_or(Duration::days(1));
-    let now = OffsetDateTime::now_utc();
 
     let mut ca_params = CertificateParams::default();
     ca_params.distinguished_name = name(&format!("{} dev CA", req.trust_domain));
@@ -142,7 +163,7 @@ pub fn generate(out: &Path, req: &DevPkiRequest) -> Result<DevPkiFiles, DevPkiEr
             .try_into()?,
     )];
     ca_params.not_before = now - Duration::minutes(5);
-    ca_params.not_after = now + validity * 10;
+    ca_params.not_after = ca_not_after;
     let ca_key = KeyPair::generate()?;
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
 
@@ -206,4 +227,33 @@ fn issue(
     let cert = leaf_params(id, sans, validity)?.signed_by(&key, ca)?;
     write_file(key_path, &key.serialize_pem(), true)?;
     write_file(crt_path, &cert.pem(), false)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_validity_out_of_range_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("pki");
+        for validity in [
+            MAX_VALIDITY + std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(u64::MAX),
+            std::time::Duration::MAX,
+        ] {
+            let req = DevPkiRequest {
+                trust_domain: TrustDomain::new("example.org").unwrap(),
+                workloads: Vec::new(),
+                validity,
+            };
+            let err = generate(&out, &req).unwrap_err();
+            assert!(
+                matches!(err, DevPkiError::Validity(v) if v == validity),
+                "{err}"
+            );
+            assert!(!out.exists());
+        }
+    }
 }

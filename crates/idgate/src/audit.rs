@@ -6,8 +6,9 @@
 //! hold (the first one is named: file, line, entry, what is wrong), including an unsigned end
 //! longer than the writer's checkpoint schedule and an anchor (`--expect-head`) the trail
 //! does not reach; 2 a usage problem (no keys, unreadable file); 3 the trail verifies up to
-//! its end but is not closed (still being written, a crash, or entries cut off its end), or
-//! no checkpoint signs any of it.
+//! its end but is not closed (still being written, a crash, or entries cut off its end, an
+//! incomplete last line included), or no checkpoint signs any of it (no entry at all
+//! included).
 
 use std::io::BufReader;
 use std::path::PathBuf;
@@ -61,11 +62,13 @@ pub(crate) struct TrailArgs {
     paths: Vec<PathBuf>,
     /// The gateway's configuration: its [audit] section gives the trail's directory, the
     /// public keys (public_keys) and the encryption keys (encryption_key,
-    /// previous_encryption_keys).
+    /// previous_encryption_keys, read through its [vault] when they are vault:
+    /// references). No other secret it names is read.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// A key to decrypt encrypted files, as a secret reference (file:PATH, env:NAME,
-    /// vault:…, pkcs11:…); repeat for files written under several keys.
+    /// vault:… with --config's [vault], pkcs11:…); repeat for files written under several
+    /// keys.
     #[arg(long = "decrypt-key", value_name = "SECRET_REF")]
     decrypt_keys: Vec<String>,
 }
@@ -182,20 +185,23 @@ pub(crate) struct Trail {
 
 impl TrailArgs {
     /// The files and keys, from the command line and the configuration's `[audit]`.
+    ///
+    /// The configuration is validated whole, but of its secrets only the trail's encryption
+    /// keys are read: an auditor needs neither the gateway's upstream secrets nor its
+    /// signing key.
     pub(crate) fn open(&self) -> Result<Trail, String> {
         let cwd = std::env::current_dir()
             .map_err(|e| format!("cannot read the current directory: {e}"))?;
-        let mut decrypt = Vec::new();
+        let mut given = Vec::new();
         for r in &self.decrypt_keys {
-            let reference = SecretRef::parse(r, &cwd).map_err(|e| format!("--decrypt-key: {e}"))?;
-            decrypt
-                .push(EncryptionKey::load(&reference).map_err(|e| format!("--decrypt-key: {e}"))?);
+            given.push(SecretRef::parse(r, &cwd).map_err(|e| format!("--decrypt-key: {e}"))?);
         }
+        let mut decrypt = Vec::new();
         let mut paths = self.paths.clone();
         let mut public_keys = Vec::new();
         let mut schedule = None;
         if let Some(file) = &self.config {
-            let config = idgate_config::load(file).map_err(|errors| {
+            let config = idgate_config::load_without_secrets(file).map_err(|errors| {
                 errors
                     .0
                     .iter()
@@ -207,6 +213,21 @@ impl TrailArgs {
                 .audit
                 .ok_or_else(|| format!("{}: has no enabled [audit] section", file.display()))?;
             let w = audit.writer;
+            // `vault:` keys are read through the process-wide client, as the gateway reads
+            // them. Made only when one is to be read: of [vault], an auditor may need nothing.
+            let from_vault = w
+                .encryption_key
+                .iter()
+                .chain(&w.previous_encryption_keys)
+                .chain(&given)
+                .any(|r| matches!(r, SecretRef::Vault(_)));
+            if let Some(v) = config.vault
+                && from_vault
+            {
+                let client = idgate_secrets::vault::VaultClient::new(v)
+                    .map_err(|e| format!("{}: vault: {e}", file.display()))?;
+                idgate_secrets::vault::install(client);
+            }
             let key_err =
                 |key: &str, e: idgate_audit::KeyError| format!("{}: {key}: {e}", file.display());
             if let Some(r) = &w.encryption_key {
@@ -227,6 +248,10 @@ impl TrailArgs {
             if paths.is_empty() {
                 paths.push(w.dir);
             }
+        }
+        for reference in &given {
+            decrypt
+                .push(EncryptionKey::load(reference).map_err(|e| format!("--decrypt-key: {e}"))?);
         }
         Ok(Trail {
             files: trail_files(&paths)?,
@@ -301,13 +326,19 @@ fn verify(args: &VerifyArgs) -> ExitCode {
     }
     let summary = verifier.finish();
     report(&summary);
-    if summary.entries > 0 && summary.checkpoints == 0 {
-        // Anyone who can write the directory can write a chain; only a signature says the
-        // gateway wrote it.
-        println!(
-            "unsigned: no checkpoint signs any of these {} entries: nothing shows the gateway wrote them (not accepted with --allow-open)",
-            summary.entries
-        );
+    if summary.checkpoints == 0 {
+        // Anyone who can write the directory can write a chain, or empty files; only a
+        // signature says the gateway wrote them.
+        if summary.entries == 0 {
+            println!(
+                "unsigned: the files hold no entry, so no checkpoint signs anything: nothing was verified (not accepted with --allow-open)"
+            );
+        } else {
+            println!(
+                "unsigned: no checkpoint signs any of these {} entries: nothing shows the gateway wrote them (not accepted with --allow-open)",
+                summary.entries
+            );
+        }
         return ExitCode::from(EXIT_OPEN);
     }
     if schedule.is_none() && summary.unsigned > 0 && !matches!(summary.end, End::Sealed) {
@@ -372,10 +403,17 @@ fn report(s: &Summary) {
         End::Rotated { file } => println!(
             "open: {file} was closed for rotation: the chain goes on in a later file, which was not given"
         ),
-        End::Open { file, line, seq } => println!(
-            "open: {file}:{line}: the trail ends before entry {seq} without a closing checkpoint: the gateway is still writing it, stopped without closing it, or entries were cut off its end ({} entries after the last checkpoint are not signed)",
-            s.unsigned
-        ),
+        End::Open { file, line, seq } => {
+            println!(
+                "open: {file}:{line}: the trail ends before entry {seq} without a closing checkpoint: the gateway is still writing it, stopped without closing it, or entries were cut off its end ({} entries after the last checkpoint are not signed)",
+                s.unsigned
+            );
+            if let Some(bytes) = s.incomplete_end {
+                println!(
+                    "open: {file}:{line}: the line is incomplete ({bytes} bytes, no newline): the batch being written, a write the gateway did not finish, or the file was cut there; not verified"
+                );
+            }
+        }
         End::Empty => println!("open: the files hold no entries"),
     }
     // What to keep elsewhere, to find later whether the trail was cut back (--expect-head).

@@ -25,9 +25,11 @@ pub(crate) enum HsmCommand {
     /// Store a secret read from standard input in the token.
     ///
     /// `--kind wrapped` (for static API keys) stores it encrypted under the token's
-    /// non-extractable AES-256 key; `--kind hmac` (for Sumsub and Veriff request signing)
-    /// stores it as a non-extractable HMAC key that never leaves the token. The value is read
-    /// from stdin, never from the command line: `idgate hsm import-secret --uri ... < key.txt`.
+    /// non-extractable AES-256 key; `--kind hmac` (for Sumsub and Veriff request signing,
+    /// pseudonyms, webhook signatures) stores it as a non-extractable HMAC key that never
+    /// leaves the token, and needs at least 32 bytes. The value is read from stdin, never
+    /// from the command line: `idgate hsm import-secret --uri ... < key.txt`; typed at a
+    /// terminal, it is one line and not echoed.
     ImportSecret {
         #[command(flatten)]
         target: Target,
@@ -41,9 +43,9 @@ pub(crate) enum HsmCommand {
         #[arg(long)]
         uri: String,
     },
-    /// Store a new version of an existing secret (read from stdin) and delete versions older
-    /// than the previous one. A running gateway picks the new version up within its
-    /// credential's `refresh_interval`.
+    /// Store a new version of an existing secret (read from stdin, as import-secret reads
+    /// it) and delete versions older than the previous one. A running gateway picks the new
+    /// version up within its credential's `refresh_interval`.
     Rotate {
         #[command(flatten)]
         target: Target,
@@ -102,11 +104,41 @@ fn parse_uri(uri: &str, token_only: bool) -> anyhow::Result<Pkcs11Uri> {
     .map_err(anyhow::Error::from)
 }
 
+/// The fewest bytes an HMAC key may have: SHA-256's output, below which the key is weaker
+/// than the tag it makes (RFC 2104, section 3); what a `file:` pseudonym key needs too.
+const MIN_HMAC_KEY_BYTES: usize = 32;
+
+fn check_hmac_key(key: &[u8]) -> anyhow::Result<()> {
+    if key.len() < MIN_HMAC_KEY_BYTES {
+        return Err(anyhow!(
+            "the HMAC key is {} bytes long; an HMAC key needs at least {MIN_HMAC_KEY_BYTES} (for example `openssl rand -base64 32`)",
+            key.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Longest secret typed at a terminal (a terminal's line is shorter still).
+const MAX_TYPED_SECRET: usize = 64 * 1024;
+
+/// The secret on standard input: all of it when piped in; typed at a terminal, one line,
+/// prompted for on stderr and not echoed.
 fn read_stdin_secret() -> anyhow::Result<Zeroizing<Vec<u8>>> {
-    let mut buf = Zeroizing::new(Vec::new());
-    std::io::stdin()
-        .read_to_end(&mut buf)
-        .map_err(|e| anyhow!("cannot read the secret from stdin: {e}"))?;
+    let stdin = std::io::stdin();
+    let mut buf = if stdin.is_terminal() {
+        let quiet = EchoOff::new(std::io::stdin())
+            .map_err(|e| anyhow!("cannot turn off the terminal's echo: {e}"))?;
+        quiet.restore_on_interrupt();
+        eprint!("secret (not shown; end with Enter): ");
+        read_typed_secret(&mut stdin.lock())?
+    } else {
+        let mut buf = Zeroizing::new(Vec::new());
+        stdin
+            .lock()
+            .read_to_end(&mut buf)
+            .map_err(|e| anyhow!("cannot read the secret from stdin: {e}"))?;
+        buf
+    };
     // A final newline from `echo` or an editor is not part of the secret.
     while matches!(buf.last(), Some(b'\n' | b'\r')) {
         buf.pop();
@@ -115,6 +147,21 @@ fn read_stdin_secret() -> anyhow::Result<Zeroizing<Vec<u8>>> {
         return Err(anyhow!("no secret on stdin"));
     }
     Ok(buf)
+}
+
+/// One line typed at a terminal, read into a buffer that never grows, so no copy of the
+/// secret is left behind in freed memory.
+fn read_typed_secret(input: &mut impl BufRead) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let mut line = Zeroizing::new(Vec::with_capacity(MAX_TYPED_SECRET + 1));
+    Read::take(&mut *input, MAX_TYPED_SECRET as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| anyhow!("cannot read the secret from stdin: {e}"))?;
+    if line.last() != Some(&b'\n') && line.len() > MAX_TYPED_SECRET {
+        return Err(anyhow!(
+            "the secret typed is longer than {MAX_TYPED_SECRET} bytes: pipe it in instead"
+        ));
+    }
+    Ok(line)
 }
 
 pub(crate) fn run(cmd: HsmCommand) -> ExitCode {
@@ -302,6 +349,9 @@ fn init_token(args: &InitToken) -> anyhow::Result<()> {
 fn import(uri: &str, kind: Kind) -> anyhow::Result<()> {
     let uri = parse_uri(uri, false)?;
     let value = read_stdin_secret()?;
+    if let Kind::Hmac = kind {
+        check_hmac_key(&value)?;
+    }
     let hsm = Hsm::open(&uri)?;
     let version = match kind {
         Kind::Wrapped => hsm.import_wrapped(&uri.object, &uri.wrap_key, &value),
@@ -320,6 +370,9 @@ fn rotate(uri: &str) -> anyhow::Result<()> {
     let hsm = Hsm::open(&uri)?;
     let kind = hsm.kind_of(&uri.object)?;
     let value = read_stdin_secret()?;
+    if kind == ObjectKind::HmacKey {
+        check_hmac_key(&value)?;
+    }
     let version = match kind {
         ObjectKind::WrappedValue => hsm.import_wrapped(&uri.object, &uri.wrap_key, &value),
         ObjectKind::HmacKey => hsm.import_hmac_key(&uri.object, &value),
@@ -429,6 +482,37 @@ mod tests {
                 .local_modes
                 .contains(LocalModes::ECHO)
         );
+    }
+
+    #[test]
+    fn a_secret_typed_at_a_terminal_is_one_line_and_not_shown() {
+        let (mut user, mut process) = pty();
+        let secret = {
+            let _quiet = EchoOff::new(&process).unwrap();
+            user.write_all(b"typed-secret-7f3a\n").unwrap();
+            read_typed_secret(&mut BufReader::new(&process)).unwrap()
+        };
+        assert_eq!(secret.as_slice(), b"typed-secret-7f3a\n");
+        let shown = shown_until(&mut user, &mut process, "END");
+        assert!(!shown.contains("typed"), "the terminal showed {shown:?}");
+        let long = vec![b'x'; MAX_TYPED_SECRET + 1];
+        assert!(read_typed_secret(&mut &long[..]).is_err());
+        let exact = vec![b'x'; MAX_TYPED_SECRET];
+        assert_eq!(
+            read_typed_secret(&mut &exact[..]).unwrap().len(),
+            MAX_TYPED_SECRET
+        );
+    }
+
+    #[test]
+    fn an_hmac_key_shorter_than_32_bytes_is_refused() {
+        let err = check_hmac_key(b"only-twenty-one-bytes").unwrap_err();
+        assert!(
+            err.to_string().contains("21 bytes long") && err.to_string().contains("at least 32"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("only-twenty"));
+        check_hmac_key(&[7u8; 32]).unwrap();
     }
 
     #[test]

@@ -95,8 +95,10 @@ enum Command {
         /// A workload SPIFFE ID to issue an SVID for; repeat for more.
         #[arg(long = "workload", value_name = "SPIFFE_ID")]
         workloads: Vec<String>,
-        /// Validity of the SVIDs in hours (the CA lives ten times longer).
-        #[arg(long, default_value_t = 24)]
+        /// Validity of the SVIDs in hours, up to 87600 (ten years; the CA lives ten times
+        /// longer).
+        #[arg(long, default_value_t = 24,
+              value_parser = clap::value_parser!(u64).range(1..=devpki::MAX_VALID_HOURS))]
         valid_hours: u64,
     },
     /// Run the whole path on this machine: dev PKI, HSM-held key, mock provider, gateway.
@@ -261,8 +263,11 @@ fn check(path: &Path) -> ExitCode {
 /// `check` reports on standard error as `warning: FILE: …`, like its own findings; what the
 /// parts log below `warn` is of no use to it.
 fn init_check_logging(path: &Path) {
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal; plain text for a file, a pipe or a CI log.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_max_level(tracing::Level::WARN)
         .event_format(CheckFormat {
             file: path.display().to_string(),
@@ -444,11 +449,25 @@ fn serve(path: &Path, ready_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Caught before the slow part of the start (secrets, Vault, the HSM, Redis, the audit
+    // trail): SIGHUP's default action would end the process, and a service manager does not
+    // restart one ended by it. One that comes meanwhile reloads once the gateway runs.
+    let hangup = {
+        let _runtime = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    };
+    let hangup = match hangup {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP");
+            return ExitCode::FAILURE;
+        }
+    };
     let gateway = match prepare(config, &runtime) {
         Ok(g) => g,
         Err(code) => return code,
     };
-    let gateway = gateway.with_log_filter(log_filter);
+    let gateway = gateway.with_log_filter(log_filter).with_hangup(hangup);
     let gateway = match &access_log {
         Some(log) => gateway.with_access_log(log.clone()),
         None => gateway,
@@ -547,7 +566,7 @@ fn dev_pki(out: &Path, trust_domain: &str, workloads: &[String], valid_hours: u6
     let req = DevPkiRequest {
         trust_domain: td,
         workloads: ids,
-        validity: Duration::from_secs(valid_hours.max(1) * 3600),
+        validity: Duration::from_secs(valid_hours.saturating_mul(3600)),
     };
     match devpki::generate(out, &req) {
         Ok(files) => {
@@ -568,7 +587,7 @@ fn dev_pki(out: &Path, trust_domain: &str, workloads: &[String], valid_hours: u6
             }
             ExitCode::SUCCESS
         }
-        Err(e @ devpki::DevPkiError::ForeignWorkload(..)) => {
+        Err(e @ (devpki::DevPkiError::ForeignWorkload(..) | devpki::DevPkiError::Validity(..))) => {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_CONFIG)
         }

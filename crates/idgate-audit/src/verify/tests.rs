@@ -159,15 +159,32 @@ fn removing_a_files_first_lines_and_cutting_its_end_are_found() {
     assert_eq!((found.line, found.problem.clone()), (1, Problem::NoOpening));
     write_lines(&files[1], &original);
 
-    // Cut mid-line: an incomplete line.
+    // A file before the last cut mid-line: an incomplete line with more of the trail after it.
+    let middle = &files[1];
+    let kept = lines(middle);
+    let mut data = std::fs::read(middle).unwrap();
+    data.truncate(kept[..3].concat().len() + 10);
+    std::fs::write(middle, &data).unwrap();
+    let found = run(&files, &keys, &[]).unwrap_err();
+    assert_eq!(
+        (found.file.clone(), found.line, found.problem.clone()),
+        (name(middle), 4, Problem::Torn)
+    );
+    write_lines(middle, &kept);
+    // The last file cut mid-line: the trail ends open at that line.
     let last = files.last().unwrap();
     let mut data = std::fs::read(last).unwrap();
     let whole = lines(last);
     let cut_at = whole[..3].concat().len() + 10;
     data.truncate(cut_at);
     std::fs::write(last, &data).unwrap();
-    let found = run(&files, &keys, &[]).unwrap_err();
-    assert_eq!((found.line, found.problem.clone()), (4, Problem::Torn));
+    let s = run(&files, &keys, &[]).unwrap();
+    assert!(
+        matches!(&s.end, End::Open { file, line: 4, .. } if *file == name(last)),
+        "{:?}",
+        s.end
+    );
+    assert_eq!(s.incomplete_end, Some(10));
     // Cut at a line's end: the trail is open where it was sealed.
     write_lines(last, &whole[..3]);
     let s = run(&files, &keys, &[]).unwrap();
@@ -693,4 +710,206 @@ fn an_anchor_is_written_seq_or_seq_and_hash() {
     for bad in ["", "x", "42:", "42:abc", "-1"] {
         assert!(bad.parse::<ExpectHead>().is_err(), "{bad}");
     }
+}
+
+/// A file of an opening and a record, and the first `cut` bytes of the next record: a
+/// batch written with one `write`, seen part-way.
+fn with_partial_last_line(cut: usize) -> (Vec<u8>, Vec<u8>) {
+    let mut whole = Vec::new();
+    let open = entry(
+        &mut whole,
+        1,
+        &Digest::GENESIS,
+        EntryKind::Open,
+        &opening("f1", "start", None),
+    );
+    let r1 = entry(&mut whole, 2, &open, EntryKind::Record, "\"time\":1");
+    let mut last = Vec::new();
+    entry(&mut last, 3, &r1, EntryKind::Record, "\"time\":2");
+    let partial = last[..cut].to_vec();
+    (whole, partial)
+}
+
+#[test]
+fn an_incomplete_line_is_the_open_end_only_at_the_very_end_of_the_trail() {
+    // Unsigned entries, so that only the end is looked at (the CLI refuses them for that).
+    let (mut data, partial) = with_partial_last_line(20);
+    let complete = data.clone();
+    data.extend_from_slice(&partial);
+    let s = verify_bytes(&[("f1", &data)], plain()).unwrap();
+    assert_eq!(
+        (s.end.clone(), s.entries, s.incomplete_end),
+        (
+            End::Open {
+                file: "f1".into(),
+                line: 3,
+                seq: 3
+            },
+            2,
+            Some(20)
+        )
+    );
+    // Any file after it, even an empty one, makes it a break.
+    for after in [&b""[..], &complete[..]] {
+        let found = verify_bytes(&[("f1", &data), ("f2", after)], plain()).unwrap_err();
+        assert_eq!(
+            (found.file.as_str(), found.line, found.seq, found.problem),
+            ("f1", 3, Some(3), Problem::Torn)
+        );
+    }
+    // A file whose very first line is being written ends the trail open at line 1.
+    let s = verify_bytes(&[("f1", &complete), ("f2", &partial)], plain()).unwrap();
+    assert_eq!(
+        s.end,
+        End::Open {
+            file: "f2".into(),
+            line: 1,
+            seq: 3
+        }
+    );
+    // An overlong incomplete line is never the writer's.
+    let mut long = complete.clone();
+    long.extend(std::iter::repeat_n(b'x', reader::MAX_LINE + 1));
+    let found = verify_bytes(&[("f1", &long)], plain()).unwrap_err();
+    assert_eq!((found.line, found.problem), (3, Problem::TooLong));
+}
+
+#[test]
+fn an_incomplete_line_after_a_closing_checkpoint_is_named() {
+    let keys = Keys::new();
+    let (_dir, files) = trail(&keys, None);
+    let last = files.last().unwrap();
+    let mut data = std::fs::read(last).unwrap();
+    let n = lines(last).len() as u64;
+    data.extend_from_slice(b"{\"seq\":");
+    std::fs::write(last, &data).unwrap();
+    let found = run(&files, &keys, &[]).unwrap_err();
+    assert_eq!(
+        (found.file, found.line, found.problem),
+        (name(last), n + 1, Problem::AfterClose)
+    );
+}
+
+#[test]
+fn a_starts_gap_being_written_leaves_the_trail_open() {
+    // A killed run's file, then a start's opening whose gap entry is being written.
+    let mut first = Vec::new();
+    let open = entry(
+        &mut first,
+        1,
+        &Digest::GENESIS,
+        EntryKind::Open,
+        &opening("f1", "start", None),
+    );
+    let r = entry(&mut first, 2, &open, EntryKind::Record, "\"time\":1");
+    let mut second = Vec::new();
+    let o2 = entry(
+        &mut second,
+        3,
+        &r,
+        EntryKind::Open,
+        &opening("f2", "start", Some("f1")),
+    );
+    let complete = second.clone();
+    let mut gap_line = Vec::new();
+    entry(&mut gap_line, 4, &o2, EntryKind::Gap, &gap(2, &r));
+    second.extend_from_slice(&gap_line[..30]);
+    let s = verify_bytes(&[("f1", &first), ("f2", &second)], plain()).unwrap();
+    assert!(
+        matches!(&s.end, End::Open { file, line: 2, seq: 4 } if file == "f2"),
+        "{:?}",
+        s.end
+    );
+    // Without the partial line, the gap is missing.
+    let found = verify_bytes(&[("f1", &first), ("f2", &complete)], plain()).unwrap_err();
+    assert!(
+        matches!(found.problem, Problem::MissingGap { .. }),
+        "{found}"
+    );
+}
+
+#[test]
+fn schedule_names_an_unsigned_record_without_a_numeric_time() {
+    let keys = Keys::new();
+    let schedule = || {
+        Verifier::new(VerifyOptions {
+            keys: vec![keys.public],
+            decrypt: Vec::new(),
+        })
+        .with_schedule(Schedule {
+            every: 1000,
+            interval: Duration::from_secs(60),
+        })
+    };
+    for time in ["\"1\"", "-1", "1.5", "null", "18446744073709551616"] {
+        let (_dir, files) = trail(&keys, None);
+        let last = files.last().unwrap();
+        // A record with this time after the last checkpoint, then one in time.
+        let mut l = lines(last);
+        l.pop();
+        let before = crate::chain::open(l.last().unwrap().strip_suffix(b"\n").unwrap()).unwrap();
+        let mut line = Vec::new();
+        let h = entry(
+            &mut line,
+            before.seq + 1,
+            &before.hash,
+            EntryKind::Record,
+            &format!("\"time\":{time}"),
+        );
+        l.push(line);
+        let mut line = Vec::new();
+        entry(
+            &mut line,
+            before.seq + 2,
+            &h,
+            EntryKind::Record,
+            "\"time\":1",
+        );
+        l.push(line);
+        write_lines(last, &l);
+        let found = run_with(&files, schedule()).unwrap_err();
+        assert_eq!(
+            (found.file.clone(), found.line, found.seq),
+            (name(last), l.len() as u64 - 1, Some(before.seq + 1)),
+            "time {time}"
+        );
+        assert_eq!(
+            found.problem,
+            Problem::TailNoTime {
+                interval: Duration::from_secs(60)
+            }
+        );
+        // Without a time bound (only checkpoint_every given), it is not held to one.
+        let count_only = Verifier::new(VerifyOptions {
+            keys: vec![keys.public],
+            decrypt: Vec::new(),
+        })
+        .with_schedule(Schedule {
+            every: 1000,
+            interval: Duration::MAX,
+        });
+        run_with(&files, count_only).unwrap();
+    }
+    // A record without any time member.
+    let (_dir, files) = trail(&keys, None);
+    let last = files.last().unwrap();
+    let mut l = lines(last);
+    l.pop();
+    let before = crate::chain::open(l.last().unwrap().strip_suffix(b"\n").unwrap()).unwrap();
+    let mut line = Vec::new();
+    entry(
+        &mut line,
+        before.seq + 1,
+        &before.hash,
+        EntryKind::Record,
+        "\"class_uid\":6003",
+    );
+    l.push(line);
+    write_lines(last, &l);
+    let found = run_with(&files, schedule()).unwrap_err();
+    assert_eq!(found.line, l.len() as u64);
+    assert!(
+        matches!(found.problem, Problem::TailNoTime { .. }),
+        "{found}"
+    );
 }

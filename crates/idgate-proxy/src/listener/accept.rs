@@ -2,12 +2,12 @@
 //! `max_connections`, the `[network]` rules and `max_connections_per_ip` on its client's
 //! address (read from a PROXY protocol header when it comes through a load balancer).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::limits::{Admission, Slot};
 use super::{ListenerShared, proxy_header, serve_connection, shed};
@@ -15,7 +15,7 @@ use crate::audit::Refused;
 use crate::conn::source_key;
 
 /// Accepts connections until `stop` turns true; each connection is told to finish when it
-/// does.
+/// does, and closed at once if the drain gives up on it ([`ListenerShared::cut`]).
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     shared: Arc<ListenerShared>,
@@ -78,7 +78,8 @@ pub(crate) async fn accept_loop(
             let shared = shared.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                serve_connection(tcp, remote, None, shared, stop).await;
+                let serve = serve_connection(tcp, remote, None, shared.clone(), stop);
+                shared.until_cut(serve).await;
                 drop(admission);
             });
             continue;
@@ -90,37 +91,52 @@ pub(crate) async fn accept_loop(
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let mut tcp = tcp;
-            let client = match proxy_header::read(&mut tcp, remote, timeout).await {
-                Ok(client) => client,
-                Err(e) => {
-                    shared.services.metrics.connection_refused(e.reason());
-                    shared.refusals.refused(ip, e.reason(), "before TLS");
-                    shared.audit_refused(Refused {
-                        remote: ip,
-                        port: Some(remote.port()),
-                        via: None,
-                        peer: None,
-                        handshake: false,
-                        reason: e.reason(),
-                        stage: "before TLS",
-                        detail: None,
-                    });
-                    tracing::debug!(balancer = %ip, error = %e, "PROXY header refused");
-                    return;
-                }
-            };
-            let Some(slot) = shared.admit(client.ip()) else {
-                return;
-            };
-            let admission = Admission {
-                _permit: permit,
-                _slot: slot,
-            };
-            serve_connection(tcp, client, Some(remote), shared, stop).await;
-            drop(admission);
+            let connection = shared.clone();
+            connection
+                .until_cut(through_balancer(tcp, remote, timeout, permit, shared, stop))
+                .await;
         });
     }
+}
+
+/// Serves a connection from a load balancer: its PROXY header first, then as a direct one.
+async fn through_balancer(
+    mut tcp: TcpStream,
+    remote: SocketAddr,
+    timeout: Duration,
+    permit: OwnedSemaphorePermit,
+    shared: Arc<ListenerShared>,
+    stop: watch::Receiver<bool>,
+) {
+    let ip = remote.ip().to_canonical();
+    let client = match proxy_header::read(&mut tcp, remote, timeout).await {
+        Ok(client) => client,
+        Err(e) => {
+            shared.services.metrics.connection_refused(e.reason());
+            shared.refusals.refused(ip, e.reason(), "before TLS");
+            shared.audit_refused(Refused {
+                remote: ip,
+                port: Some(remote.port()),
+                via: None,
+                peer: None,
+                handshake: false,
+                reason: e.reason(),
+                stage: "before TLS",
+                detail: None,
+            });
+            tracing::debug!(balancer = %ip, error = %e, "PROXY header refused");
+            return;
+        }
+    };
+    let Some(slot) = shared.admit(client.ip()) else {
+        return;
+    };
+    let admission = Admission {
+        _permit: permit,
+        _slot: slot,
+    };
+    serve_connection(tcp, client, Some(remote), shared, stop).await;
+    drop(admission);
 }
 
 impl ListenerShared {

@@ -144,7 +144,7 @@ pub(super) async fn drive<C, E>(
 /// Every wake-up of a connection's task polls this, mostly for another reason: the task's
 /// waker is left with the watch once, and the watch (whose poll takes its lock) is asked
 /// again only when its version has moved, which costs one atomic load to see.
-async fn stopped(mut stop: watch::Receiver<bool>) {
+pub(super) async fn stopped(mut stop: watch::Receiver<bool>) {
     loop {
         if *stop.borrow_and_update() {
             return;

@@ -1,10 +1,11 @@
 //! SIGTERM with slow requests in flight and the audit trail on: every request answered
-//! before the process exits 0, and the trail closed so that `audit verify` passes.
+//! before the process exits 0, and the trail closed so that `audit verify` passes; and
+//! requests the drain gives up on, recorded before the trail closes.
 
 use std::time::Duration;
 
 use super::TrailKeys;
-use super::gateway::audit_section;
+use super::gateway::{audit_section, entries};
 use crate::assert_eventually;
 use crate::support::*;
 
@@ -63,6 +64,92 @@ async fn sigterm_under_load_drains_then_closes_the_trail() {
             trail.path().to_str().unwrap(),
         ]);
         assert_eq!(code, 0, "{out}{err}");
+    })
+    .await
+}
+
+/// The drain gives up (`drain_timeout`) on requests whose upstream has not answered: their
+/// connections are cut, HTTP/1.1 and HTTP/2 alike, and each request is in the trail (499)
+/// before it closes, so that no request that reached the gateway goes unrecorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_at_the_drain_timeout_are_recorded_in_the_trail_before_it_closes() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream =
+            TestUpstream::https(&pki, UpstreamMode::Delay(Duration::from_secs(40))).await;
+        let keys = TrailKeys::new(false);
+        let trail = tempfile::tempdir().unwrap();
+        let mut lifecycle = toml::Table::new();
+        lifecycle.insert("drain_delay".into(), "0s".into());
+        lifecycle.insert("drain_timeout".into(), "1s".into());
+        let config = OneRoute::kyc_decision(&upstream.url(true))
+            .config(&pki)
+            .section("audit", audit_section(&keys, trail.path(), &[]))
+            .section("lifecycle", lifecycle);
+        let mut gw = Gateway::start(&config, &[("TEST_PROVIDER_KEY", "sk_test_cut")]).await;
+        let ids = ["cut-over-http1", "cut-over-http2"];
+        let in_flight: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let client = Client::new(&pki, Some(ONBOARDING), gw.port, i == 1);
+                let id = (*id).to_owned();
+                tokio::spawn(async move {
+                    client
+                        .send(
+                            "GET",
+                            "/v3/session/s-1/decision/",
+                            &[("x-request-id", &id)],
+                            "",
+                        )
+                        .await
+                })
+            })
+            .collect();
+        assert_eventually!(
+            upstream.requests().len() == ids.len(),
+            "the requests did not reach the upstream"
+        );
+        gw.signal("TERM");
+        let signalled = std::time::Instant::now();
+        for r in in_flight {
+            let r = r.await.unwrap();
+            assert!(r.is_err(), "a cut request was answered: {r:?}");
+        }
+        let status = wait_for_exit(&mut gw.child, Duration::from_secs(15));
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", gw.output());
+        // drain_timeout (1 s), the cut and the trail's close, well within the bound.
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "the shutdown took {:?}",
+            signalled.elapsed()
+        );
+        let entries = entries(trail.path(), &[]);
+        for id in ids {
+            let mine: Vec<_> = entries
+                .iter()
+                .filter(|e| e["metadata"]["uid"] == id)
+                .collect();
+            assert_eq!(mine.len(), 1, "one record for {id}: {entries:#?}");
+            assert_eq!(mine[0]["http_response"]["code"], 499, "{:#?}", mine[0]);
+        }
+        let public = keys.public();
+        let (code, out, err) = idgate_cli(&[
+            "audit",
+            "verify",
+            "--key",
+            public.to_str().unwrap(),
+            trail.path().to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("sealed") && !out.contains("dropped:"), "{out}");
+        let output = gw.output();
+        assert!(
+            output.contains("drain timeout reached; closing the remaining connections")
+                && output.contains("remaining connections closed"),
+            "{output}"
+        );
+        assert!(!output.contains("records are lost"), "{output}");
     })
     .await
 }

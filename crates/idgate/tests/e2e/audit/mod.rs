@@ -1,6 +1,8 @@
 //! The audit trail end to end: `idgate audit verify` and `show` over real trails, the
-//! tamper mutator, and the gateway's trail (`gateway.rs`).
+//! tamper mutator, the gateway's trail (`gateway.rs`), and what `--config` reads
+//! (`config.rs`).
 
+mod config;
 mod drain;
 mod gateway;
 mod siem;
@@ -50,6 +52,15 @@ impl TrailKeys {
 /// A sealed trail of several files written by the trail's own writer: rotated by size,
 /// checkpoints every 7 entries, 60 records.
 fn written_trail(keys: &TrailKeys, dir: &Path) -> Vec<PathBuf> {
+    written_trail_with(keys, dir, None)
+}
+
+/// [`written_trail`], encrypted with `encryption` when given.
+fn written_trail_with(
+    keys: &TrailKeys,
+    dir: &Path,
+    encryption: Option<idgate_audit::EncryptionKey>,
+) -> Vec<PathBuf> {
     let settings = WriterSettings {
         dir: dir.to_owned(),
         rotate_bytes: 8 * 1024,
@@ -64,7 +75,7 @@ fn written_trail(keys: &TrailKeys, dir: &Path) -> Vec<PathBuf> {
         settings,
         AuditKeys {
             signing,
-            encryption: None,
+            encryption,
             previous: Vec::new(),
         },
         None,
@@ -302,6 +313,121 @@ fn allow_open_never_accepts_a_trail_no_checkpoint_signs() {
 }
 
 #[test]
+fn allow_open_never_accepts_a_trail_with_no_entries() {
+    let keys = TrailKeys::new(false);
+    let public = keys.public();
+    let k = public.to_str().unwrap();
+    // One empty file, and a directory of them.
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir
+        .path()
+        .join("audit-00000000000000000001-20261123T164548Z.jsonl");
+    std::fs::write(&one, "").unwrap();
+    let (code, out, err) = idgate_cli(&[
+        "audit",
+        "verify",
+        "--allow-open",
+        "--key",
+        k,
+        one.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("unsigned: the files hold no entry"), "{out}");
+    for seq in [20, 400] {
+        let f = dir
+            .path()
+            .join(format!("audit-{seq:020}-20261123T164548Z.jsonl"));
+        std::fs::write(f, "").unwrap();
+    }
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = idgate_cli(&["audit", "verify", "--allow-open", "--key", k, d]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("3 files, 0 entries"), "{out}");
+    // Held to a schedule, and anchored to nothing, it is still not accepted.
+    let (code, out, err) = idgate_cli(&[
+        "audit",
+        "verify",
+        "--allow-open",
+        "--checkpoint-every",
+        "10",
+        "--checkpoint-interval",
+        "10s",
+        "--key",
+        k,
+        d,
+    ]);
+    assert_eq!(code, 3, "{out}{err}");
+}
+
+/// Cuts the closing checkpoint off the newest file and leaves its first `keep` bytes: a
+/// batch written with one `write`, as a reader of the live trail can see it part-way.
+fn leave_a_partial_last_line(file: &Path, keep: usize) -> usize {
+    let mut lines = tamper::lines(file);
+    let last = lines.pop().unwrap();
+    let whole = lines.len();
+    lines.push(last[..keep].to_vec());
+    std::fs::write(file, lines.concat()).unwrap();
+    whole + 1
+}
+
+#[test]
+fn allow_open_treats_a_partial_last_line_of_the_last_file_as_open() {
+    let keys = TrailKeys::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let files = written_trail(&keys, dir.path());
+    let public = keys.public();
+    let (d, k) = (dir.path().to_str().unwrap(), public.to_str().unwrap());
+    let last = files.last().unwrap();
+    let line = leave_a_partial_last_line(last, 40);
+    let at = format!("open: {}:{line}:", last.display());
+    let (code, out, err) = idgate_cli(&["audit", "verify", "--allow-open", "--key", k, d]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&at) && out.contains("the line is incomplete (40 bytes"),
+        "{out}"
+    );
+    // Without --allow-open, an end that is not closed.
+    let (code, out, err) = idgate_cli(&["audit", "verify", "--key", k, d]);
+    assert_eq!(code, 3, "{out}{err}");
+    // Held to the writer's schedule, as a live trail is verified.
+    let (code, out, err) = idgate_cli(&[
+        "audit",
+        "verify",
+        "--allow-open",
+        "--checkpoint-every",
+        "7",
+        "--checkpoint-interval",
+        "60s",
+        "--key",
+        k,
+        d,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // The same in a file that more of the trail follows: broken there.
+    let middle = &files[1];
+    let line = leave_a_partial_last_line(middle, 40);
+    let (code, out, err) = idgate_cli(&["audit", "verify", "--allow-open", "--key", k, d]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("{}:{line}:", middle.display()))
+            && err.contains("the line is incomplete"),
+        "{err}"
+    );
+    // And the newest file given alone after it.
+    let (code, _, err) = idgate_cli(&[
+        "audit",
+        "verify",
+        "--allow-open",
+        "--key",
+        k,
+        middle.to_str().unwrap(),
+        last.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+}
+
+#[test]
 fn verify_with_the_config_holds_the_unsigned_end_to_its_checkpoint_schedule() {
     let pki = Pki::default_pki();
     let keys = TrailKeys::new(false);
@@ -319,9 +445,19 @@ fn verify_with_the_config_holds_the_unsigned_end_to_its_checkpoint_schedule() {
         v["hash"].as_str().unwrap().to_owned(),
     );
     let kept = lines.len();
+    // In time: the last checkpoint's, so that only their number is past the schedule.
+    let checkpoint_time = files[..files.len() - 1]
+        .iter()
+        .flat_map(|f| tamper::lines(f))
+        .chain(lines.iter().cloned())
+        .rev()
+        .map(|l| serde_json::from_slice::<serde_json::Value>(&l).unwrap())
+        .find_map(|e| e["checkpoint"]["time"].as_u64())
+        .unwrap();
+    let record = format!(r#""class_uid":6003,"time":{checkpoint_time}"#);
     for _ in 0..60 {
         seq += 1;
-        let (line, hash) = tamper::seal(seq, &prev, "record", r#""class_uid":6003"#);
+        let (line, hash) = tamper::seal(seq, &prev, "record", &record);
         lines.push(line.into_bytes());
         prev = hash;
     }

@@ -86,11 +86,17 @@ fn after_file(files: &[PathBuf], i: usize, line_count: usize) -> Expect {
 
 /// A random single-byte edit: the line holding the byte is named.
 pub(super) fn edit_byte(rng: &mut Rng, files: &[PathBuf]) -> Expect {
-    let f = &files[rng.below(files.len())];
+    let i = rng.below(files.len());
+    let f = &files[i];
     let mut data = std::fs::read(f).unwrap();
     let at = rng.below(data.len());
     data[at] ^= 1 + rng.below(255) as u8;
     std::fs::write(f, &data).unwrap();
+    if i + 1 == files.len() && at + 1 == data.len() {
+        // The trail's last newline edited away: its last line is incomplete, as a batch
+        // being written looks, and the trail ends open there.
+        return Expect::Open(f.clone(), line_of(&data, at));
+    }
     Expect::Broken(f.clone(), line_of(&data, at))
 }
 
@@ -129,6 +135,10 @@ pub(super) fn truncate(rng: &mut Rng, files: &[PathBuf]) -> Expect {
     std::fs::write(&files[i], &data).unwrap();
     if data.ends_with(b"\n") {
         after_file(files, i, line_of(&data, at) - 1)
+    } else if i + 1 == files.len() {
+        // Cut inside the newest file's last line: where the trail ends, as a batch being
+        // written looks.
+        Expect::Open(files[i].clone(), line_of(&data, at))
     } else {
         Expect::Broken(files[i].clone(), line_of(&data, at))
     }

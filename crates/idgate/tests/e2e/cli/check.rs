@@ -298,6 +298,25 @@ fn check_shows_the_warnings_its_parts_raise_while_loading() {
     assert!(out.contains("valid"), "{out}");
 }
 
+/// Standard error is a pipe here, as in CI or a log file: the warnings the parts raise
+/// (with fields: the store's path) carry no terminal colour codes.
+#[test]
+fn check_warnings_are_plain_text_when_not_a_terminal() {
+    let ws = Workspace::new();
+    let config = ws.write_config("idgate.toml", &with_missing_key_store(&ws, ws.base()));
+    let (code, out, err) = check(&ws, &config);
+    assert_eq!(code, 0, "{out}{err}");
+    let warning = err
+        .lines()
+        .find(|l| l.contains(NO_STORE_YET))
+        .unwrap_or_else(|| panic!("no warning about the missing store:\n{err}"));
+    assert!(warning.contains("keys.redb"), "{warning}");
+    assert!(
+        !err.contains('\u{1b}') && !out.contains('\u{1b}'),
+        "escape codes in the output: {err:?}"
+    );
+}
+
 #[tokio::test]
 async fn serve_logs_the_warnings_its_parts_raise_while_loading() {
     let ws = Workspace::new();

@@ -154,3 +154,55 @@ fn dev_pki_refuses_a_malformed_spiffe_id_or_trust_domain() {
         assert!(!out_dir.exists(), "{td} {workload}: something was written");
     }
 }
+
+/// Hours past what a certificate can say (the CA lives ten times as long), or so many that
+/// they no longer fit in seconds, are refused as a usage problem: no panic, no certificate
+/// quietly valid for another time.
+#[test]
+fn dev_pki_refuses_an_out_of_range_validity() {
+    for hours in [
+        "0",
+        "87601",
+        "10000000",
+        "5124095576030431",
+        "18446744073709551615",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out_dir = dir.path().join("pki");
+        let (code, out, err) = idgate_cli(&[
+            "dev-pki",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--trust-domain",
+            TD,
+            "--valid-hours",
+            hours,
+        ]);
+        assert_eq!(
+            code, 2,
+            "--valid-hours {hours}: stdout:\n{out}\nstderr:\n{err}"
+        );
+        assert!(
+            err.contains("--valid-hours") && err.contains("1..=87600"),
+            "{hours}: {err}"
+        );
+        assert!(
+            !out_dir.exists(),
+            "--valid-hours {hours}: something was written"
+        );
+    }
+    // The longest validity there is: ten years, the CA a hundred.
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("pki");
+    let (code, out, err) = idgate_cli(&[
+        "dev-pki",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--trust-domain",
+        TD,
+        "--valid-hours",
+        "87600",
+    ]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(openssl_text(&out_dir.join("gateway.crt")).contains("Not After"));
+}

@@ -1,5 +1,6 @@
 //! The `idgate` command line: help, `check` reporting every problem with its file, key path
-//! and reason, `dev-pki`, and `serve` refusing an invalid configuration before it starts.
+//! and reason, `dev-pki`, `hsm`, and `serve` refusing an invalid configuration before it
+//! starts.
 //!
 //! This module holds the workspace and helpers the tests share; each submodule tests one
 //! command.
@@ -10,6 +11,7 @@
 mod check;
 mod dev_pki;
 mod help;
+mod hsm;
 mod serve;
 
 use std::path::{Path, PathBuf};

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use crate::support::*;
 
-use self::server::OpenBao;
+pub(crate) use self::server::OpenBao;
 
 /// `[vault]` for the server, reading with the token in `VAULT_TOKEN`.
 fn vault_spec(bao: &OpenBao) -> VaultSpec {

@@ -1,10 +1,17 @@
 //! The admin endpoints, and shutdown on SIGTERM: exit 0, every access line written,
-//! idle connections closed and in-flight requests finished.
+//! idle connections closed and in-flight requests finished. A SIGHUP while the gateway
+//! starts.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use crate::assert_eventually;
+use crate::openbao::config_with;
 use crate::support::*;
+use crate::vault::{FakeHttps, Handler, json_response};
 
 use super::{DECISION, Setup, access_lines, assert_problem};
 
@@ -163,6 +170,103 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
             Some(0),
             "{status:?}; output:\n{}",
             s.gw.output()
+        );
+    })
+    .await
+}
+
+// ------------------------------------------------------------------------------- start-up
+
+/// Vault's answers for one token and one KV v2 secret (`secret/idgate/didit`).
+fn vault_answer(
+    parts: &http::request::Parts,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    match parts.uri.path() {
+        "/v1/auth/token/lookup-self" => json_response(
+            200,
+            &json!({"data": {"ttl": 0, "renewable": false, "policies": ["idgate"]}}),
+        ),
+        "/v1/secret/data/idgate/didit" => json_response(
+            200,
+            &json!({
+                "data": {
+                    "data": {"api_key": "key-from-vault"},
+                    "metadata": {
+                        "created_time": "2026-11-02T10:00:00.000000000Z",
+                        "custom_metadata": null, "deletion_time": "",
+                        "destroyed": false, "version": 1
+                    }
+                },
+                "lease_id": "", "renewable": false, "lease_duration": 0, "mount_type": "kv"
+            }),
+        ),
+        _ => json_response(404, &json!({"errors": []})),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sighup_while_the_gateway_starts_neither_ends_it_nor_is_lost() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+        // Vault holds every answer until released: the gateway's start waits on it.
+        let (release, released) = tokio::sync::watch::channel(false);
+        let asked = Arc::new(AtomicBool::new(false));
+        let handler: Handler = {
+            let asked = asked.clone();
+            Arc::new(move |parts, _body| {
+                let asked = asked.clone();
+                let mut released = released.clone();
+                Box::pin(async move {
+                    asked.store(true, Ordering::SeqCst);
+                    let _ = released.wait_for(|r| *r).await;
+                    vault_answer(&parts)
+                })
+            })
+        };
+        let vault = FakeHttps::start(&pki, handler).await;
+        let config = config_with(
+            &pki,
+            &upstream,
+            "vault:secret/idgate/didit#api_key",
+            Some(VaultSpec {
+                address: vault.url(),
+                ca: Some(pki.files.bundle.clone()),
+                timeout: Some("30s".into()),
+                token: Some("env:VAULT_TOKEN".into()),
+                extra: toml::Table::new(),
+            }),
+        );
+        let mut gw = Gateway::spawn(&config, &[("VAULT_TOKEN", "s.start-up-token")]);
+        assert_eventually!(
+            asked.load(Ordering::SeqCst),
+            "the gateway did not ask Vault; output:\n{}",
+            gw.output()
+        );
+        // Still starting: its secrets are not read yet.
+        gw.signal("HUP");
+        release.send_replace(true);
+        // Fails with the gateway's exit status if the signal ended it.
+        gw.serving().await;
+        assert_eventually!(
+            gw.output()
+                .contains("SIGHUP: reloading TLS material and configuration"),
+            "the SIGHUP of the start-up was lost; output:\n{}",
+            gw.output()
+        );
+        assert_eventually!(
+            gw.output().contains("configuration reloaded"),
+            "the SIGHUP's reload did not complete; output:\n{}",
+            gw.output()
+        );
+        let r = Client::new(&pki, Some(ONBOARDING), gw.port, false)
+            .get("/v3/session/s-1/decision/")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(
+            upstream.last().headers.get("x-api-key").unwrap(),
+            "key-from-vault"
         );
     })
     .await
