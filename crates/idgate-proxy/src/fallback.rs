@@ -59,10 +59,11 @@ pub(crate) async fn forward<'r>(
     req: http::request::Parts,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let Some(plan) = route.resilience.as_deref() else {
+        let method = req.method.clone();
         return send_upstream(ctx, upstream, req)
             .await
             .answer
-            .map(strip_response);
+            .map(|resp| strip_response(&method, resp));
     };
     // In a box of its own: the attempts, failover and cache make a future three times the
     // plain exchange's, and every route's request would otherwise carry (and copy) its room.
@@ -158,6 +159,7 @@ async fn attempt<'r>(
     req: http::request::Parts,
     cached: Option<&Cached<'r>>,
 ) -> Outcome {
+    let method = req.method.clone();
     let forwarded = send_upstream(ctx, upstream, req).await;
     let failed = |failure| Outcome::Failed {
         failure,
@@ -165,9 +167,9 @@ async fn attempt<'r>(
     };
     match forwarded.answer {
         Ok(resp) if resp.status().is_server_error() => {
-            failed(Failure::Answer(strip_response(resp)))
+            failed(Failure::Answer(strip_response(&method, resp)))
         }
-        Ok(resp) => match keep(ctx, cached, strip_response(resp), upstream).await {
+        Ok(resp) => match keep(ctx, cached, strip_response(&method, resp), upstream).await {
             Ok(resp) => Outcome::Good(resp),
             Err(r) => failed(Failure::Refusal(r)),
         },

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
 use idgate_h1::limit::{Held, Saturated};
@@ -459,12 +459,38 @@ fn framed_twice(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
 }
 
-/// The upstream's response, without its hop-by-hop headers. An answer framed both ways
-/// never gets here: each client refuses it (see [`framed_twice`]).
-pub(crate) fn strip_response(resp: Response<UpstreamResponseBody>) -> Response<ProxyBody> {
+/// The upstream's response to a request of `method`, without its hop-by-hop headers. An
+/// answer framed both ways never gets here: each client refuses it (see [`framed_twice`]).
+///
+/// An answer that has no content (RFC 9110 §6.4.1: to `HEAD`, `204`, `304`) gets an
+/// empty body whatever the upstream sent after its head: an HTTP/2 upstream can send DATA
+/// after such a head, hyper's HTTP/2 server would pass it on to an HTTP/2 caller, and no
+/// stage after this one expects bytes there to check. Its `Content-Length` stays on
+/// `HEAD` and `304`, where it describes the representation a `GET` would have got; a
+/// `204` may not have one (§8.6).
+pub(crate) fn strip_response(
+    method: &Method,
+    resp: Response<UpstreamResponseBody>,
+) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     RESPONSE_STRIP.strip(&mut parts.headers);
+    if !has_content(method, parts.status) {
+        if parts.status == StatusCode::NO_CONTENT {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        // Dropped unread: its connection's slot goes back at once (an HTTP/2 stream is
+        // reset; the own client's bodiless answer has already ended).
+        drop(body);
+        return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+    }
     Response::from_parts(parts, Either::Left(body))
+}
+
+/// Whether an answer to `method` with `status` may have content (RFC 9110 §6.4.1).
+fn has_content(method: &Method, status: StatusCode) -> bool {
+    *method != Method::HEAD
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
 }
 
 #[cfg(test)]

@@ -58,7 +58,8 @@ impl Where {
         let Some(file) = &self.config else {
             return Err("give --config or --dir".into());
         };
-        let config = idgate_config::load(file).map_err(|errors| {
+        // Only the directory is needed: none of the secrets the configuration names.
+        let config = idgate_config::load_without_secrets(file).map_err(|errors| {
             errors
                 .0
                 .iter()

@@ -171,11 +171,14 @@ fn locate(args: &StoreArgs) -> Result<(Location, SecretRef), Failure> {
     match location {
         Location::State(StateBackend::Redis(mut redis)) => {
             let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+            let password = SecretRef::parse(password, &base)
+                .map_err(|e| Failure::config(format!("--redis-password: {e}")))?;
+            // Named as the flag it came from: opening the store would name `state.password`.
+            password
+                .check_available()
+                .map_err(|e| Failure::config(format!("--redis-password: {e}")))?;
             redis.username = Some(user.clone());
-            redis.password = Some(
-                SecretRef::parse(password, &base)
-                    .map_err(|e| Failure::config(format!("--redis-password: {e}")))?,
-            );
+            redis.password = Some(password);
             Ok((Location::State(StateBackend::Redis(redis)), pepper))
         }
         other => Err(Failure::config(format!(
@@ -196,7 +199,10 @@ fn locate_as_configured(args: &StoreArgs) -> Result<(Location, SecretRef), Failu
             "say where the keys are kept: --config FILE (with an [api_keys] section), or --store FILE --pepper SECRET_REF",
         ));
     };
-    match idgate_config::load(path) {
+    // Of the secrets the configuration names, only the pepper and the Redis password are
+    // used, each read when a command needs it (`read_pepper`, `open_state`), a failure
+    // naming it: the gateway's upstream secrets are never read.
+    match idgate_config::load_without_secrets(path) {
         Ok(config) => match config.api_keys {
             Some(a) => {
                 // The pepper or the Redis password may be `vault:` references, read through
@@ -213,8 +219,8 @@ fn locate_as_configured(args: &StoreArgs) -> Result<(Location, SecretRef), Failu
             }
             None => Err(no_section(path)),
         },
-        // The rest of the configuration may need what only the gateway's environment has
-        // (its upstream secrets, say); managing keys needs only [api_keys].
+        // The rest of the configuration may not hold where the command runs (a file it
+        // names that is not there, say); managing keys in a file needs only [api_keys].
         Err(errors) => {
             let all = || {
                 let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
@@ -443,9 +449,12 @@ fn list(args: &StoreArgs, json: bool) -> Result<(), Failure> {
     let (location, pepper_ref) = locate(args)?;
     let store = open_store(&location, Access::Read)?;
     let keys = store.run(store.store.list()).map_err(Failure::run)?;
-    // The pepper is not needed to list; it is checked only to warn about keys it cannot verify.
-    if let Ok(pepper) = Pepper::from_ref(&pepper_ref) {
-        warn_unverifiable(&keys, &pepper);
+    // The pepper is not needed to list; it is read only to warn about keys it cannot verify.
+    match Pepper::from_ref(&pepper_ref) {
+        Ok(pepper) => warn_unverifiable(&keys, &pepper),
+        Err(e) => {
+            eprintln!("note: {e}; keys the pepper cannot verify are listed without a warning")
+        }
     }
     let now = SystemTime::now();
     if json {

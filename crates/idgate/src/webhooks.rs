@@ -147,8 +147,13 @@ struct Outboxes {
 }
 
 impl Outboxes {
+    /// The configuration is validated whole, but of its secrets only those the command
+    /// uses are read: the Redis password here (by `open_state`), an outbox key by
+    /// `show --body`, a `vault:` one through `[vault]`. Each is read when needed and a
+    /// failure names it; the provider and subscriber secrets are never read, so an
+    /// operator who is not the gateway's user needs none of them.
     fn open(path: &Path) -> Result<Self, Failure> {
-        let config = idgate_config::load(path).map_err(|errors| {
+        let config = idgate_config::load_without_secrets(path).map_err(|errors| {
             let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
             Failure::config(lines.join("\n"))
         })?;

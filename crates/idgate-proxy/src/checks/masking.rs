@@ -11,10 +11,12 @@
 //!   that cannot be read, parsed (a charset other than UTF-8 included) or is too large is
 //!   refused with `502 unreadable-response`, never passed on, and so is one with more
 //!   distinct values to pseudonymize than `idgate_mask::MAX_PSEUDONYMS`.
-//! - **No body** (`HEAD`, `204`, `304`, a body its framing says is empty) has nothing to
-//!   mask and passes, whatever its type. Emptiness is the body's, never the
-//!   `Content-Length` header's: a header that says 0 over a body that has bytes does not
-//!   let them through unmasked. A JSON body read whole and found empty passes empty too.
+//! - **No body** (a body its framing says is empty) has nothing to mask and passes,
+//!   whatever its type. Emptiness is the body's, never the `Content-Length` header's nor
+//!   the status's: a header that says 0 over a body that has bytes does not let them
+//!   through unmasked. An answer to `HEAD`, a `204` or a `304` has an empty body because
+//!   `forward::strip_response` gives it one, whatever the upstream sent after its head.
+//!   A JSON body read whole and found empty passes empty too.
 //! - **Compressed** answers are refused: the request went without the caller's
 //!   `Accept-Encoding`, so an upstream that still compresses is not read past.
 //! - **Partial** answers (`206`) are refused: a fragment of JSON cannot be masked, and the
@@ -23,7 +25,8 @@
 //!   the profile says `non_json = "block"`.
 //! - **Headers** describing the upstream's bytes (`ETag`, `Content-MD5`, `Digest`,
 //!   `Content-Digest`, `Repr-Digest`) and `Accept-Ranges` are removed from every answer a
-//!   profile applies to; a `HEAD` answer also loses its `Content-Length` (the unmasked size).
+//!   profile applies to; an answer to `HEAD` and a `304` also lose their `Content-Length`
+//!   (the unmasked size).
 
 use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode};
@@ -63,16 +66,14 @@ fn compressed(headers: &HeaderMap) -> bool {
         .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"identity"))
 }
 
-/// Whether the answer has no body: by its status, the request's method, or the body's
-/// own framing (a client that read `Content-Length: 0` as the framing ends the body at
-/// once). The `Content-Length` header alone never says so: it may not be the framing.
-fn without_body(method: &Method, resp: &Response<ProxyBody>) -> bool {
+/// Whether the answer has no body, by the body's own framing (a client that read
+/// `Content-Length: 0` as the framing ends the body at once). Neither the status nor the
+/// `Content-Length` header says so: an answer to `HEAD`, a `204` or a `304` has no body
+/// because `forward::strip_response` gave it an empty one, not because the upstream was
+/// trusted to send none.
+fn without_body(resp: &Response<ProxyBody>) -> bool {
     let body = resp.body();
-    *method == Method::HEAD
-        || resp.status() == StatusCode::NO_CONTENT
-        || resp.status() == StatusCode::NOT_MODIFIED
-        || body.is_end_stream()
-        || body.size_hint().exact() == Some(0)
+    body.is_end_stream() || body.size_hint().exact() == Some(0)
 }
 
 /// `masking`: masks the answer with the caller's profile.
@@ -102,11 +103,11 @@ pub(super) async fn mask(
             reason: "the upstream compressed an answer on a masked route".to_owned(),
         });
     }
-    if without_body(&ctx.method, resp) {
-        if ctx.method == Method::HEAD {
-            // Its length would be the unmasked body's.
-            resp.headers_mut().remove(header::CONTENT_LENGTH);
-        }
+    if ctx.method == Method::HEAD || resp.status() == StatusCode::NOT_MODIFIED {
+        // Its length would be the unmasked body's.
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    if without_body(resp) {
         return Ok(());
     }
     if !is_json_type(resp.headers()) {
@@ -223,16 +224,16 @@ mod tests {
     }
 
     #[test]
-    fn a_body_is_empty_by_its_framing_never_by_its_content_length_header() {
+    fn a_body_is_empty_by_its_framing_never_by_its_content_length_header_or_status() {
         let json = br#"{"document_number":"BAA000589"}"#;
-        assert!(!without_body(&Method::GET, &answer(200, Some("0"), json)));
-        assert!(!without_body(&Method::GET, &answer(200, None, json)));
-        assert!(without_body(&Method::GET, &answer(200, Some("0"), b"")));
-        assert!(without_body(&Method::GET, &answer(201, None, b"")));
-        // By status or method, whatever the body says.
-        assert!(without_body(&Method::GET, &answer(204, None, json)));
-        assert!(without_body(&Method::GET, &answer(304, Some("31"), json)));
-        assert!(without_body(&Method::HEAD, &answer(200, Some("31"), json)));
+        assert!(!without_body(&answer(200, Some("0"), json)));
+        assert!(!without_body(&answer(200, None, json)));
+        assert!(without_body(&answer(200, Some("0"), b"")));
+        assert!(without_body(&answer(201, None, b"")));
+        // A status that allows no content does not make the bytes after it none: they
+        // are masked like any others should they get here.
+        assert!(!without_body(&answer(204, None, json)));
+        assert!(!without_body(&answer(304, Some("31"), json)));
     }
 
     #[test]

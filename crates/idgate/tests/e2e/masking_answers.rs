@@ -3,7 +3,9 @@
 //! rather than passed unmasked (compressed, unparsable, too large, partial, a `block` rule,
 //! not JSON on a blocking profile, more values to pseudonymize than one answer may have,
 //! a body framed two ways), error answers masked like any other, the headers that describe
-//! the upstream's bytes removed; and `idgate check` naming every masking mistake by its key.
+//! the upstream's bytes removed, answers to `HEAD`, `204` and `304` empty whatever an HTTP/2
+//! upstream sends after their head; and `idgate check` naming every masking mistake by its
+//! key.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -495,6 +497,25 @@ impl RawAnswer {
 /// of `path`, until that stream ends (or is reset, or the connection closes), read off the
 /// wire: what a caller receives, whether or not its own HTTP/2 stack would accept it.
 async fn raw_h2_get(c: &Client, path: &str) -> Vec<u8> {
+    raw_h2(c, "GET", path)
+        .await
+        .into_iter()
+        .flat_map(|f| f.payload)
+        .collect()
+}
+
+/// One frame as it came off the wire.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// Every frame the gateway sends on an HTTP/2 connection carrying one request of `method`
+/// (without a body) for `path`, until that stream ends (or is reset, or the connection
+/// closes).
+async fn raw_h2(c: &Client, method: &str, path: &str) -> Vec<Frame> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     assert!(c.h2);
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.port))
@@ -514,9 +535,16 @@ async fn raw_h2_get(c: &Client, path: &str) -> Vec<u8> {
         f.extend(payload);
         f
     };
-    // HPACK without Huffman: `:method GET`, `:scheme https` from the static table, the
-    // path and authority as literals with an indexed name.
-    let mut block = vec![0x82, 0x87];
+    // HPACK without Huffman: `:method GET` and `:scheme https` from the static table,
+    // another method, the path and the authority as literals with an indexed name.
+    let mut block = vec![];
+    if method == "GET" {
+        block.push(0x82);
+    } else {
+        block.extend([2, method.len() as u8]);
+        block.extend(method.as_bytes());
+    }
+    block.push(0x87);
     for (index, value) in [(4u8, path), (1, "localhost")] {
         block.extend([index, value.len() as u8]);
         block.extend(value.as_bytes());
@@ -538,7 +566,12 @@ async fn raw_h2_get(c: &Client, path: &str) -> Vec<u8> {
         if tls.read_exact(&mut payload).await.is_err() {
             return seen;
         }
-        seen.extend(&payload);
+        seen.push(Frame {
+            kind,
+            flags,
+            stream,
+            payload,
+        });
         match kind {
             // SETTINGS: acknowledged, so the gateway has no reason to wait.
             0x4 if flags & 0x1 == 0 => tls.write_all(&frame(0x4, 0x1, 0, &[])).await.unwrap(),
@@ -608,6 +641,150 @@ async fn a_json_answer_framed_both_ways_never_reaches_an_http2_caller_unmasked()
                     (502, "upstream-unreachable"),
                     "{client}{i}"
                 );
+            }
+        }
+    })
+    .await;
+}
+
+/// An HTTPS upstream speaking HTTP/2 alone that answers a path ending in `/no-content`
+/// with a `204`, one ending in `/not-modified` with a `304`, and any other with a `200`,
+/// each followed by a JSON body holding `DOC`, to `HEAD` as well: DATA after a head that
+/// allows no content, which HTTP/2 does not forbid the upstream to send nor the client to
+/// take (hyper's server sends a body whatever the status and method, with the
+/// `Content-Length` it finds missing).
+struct H2Upstream {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H2Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl H2Upstream {
+    fn body() -> Bytes {
+        Bytes::from(format!(r#"{{"document_number":"{DOC}"}}"#))
+    }
+
+    async fn start(pki: &Pki) -> Self {
+        use rustls_pki_types::pem::PemObject as _;
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(&pki.files.gateway_cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&pki.files.gateway_key).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(idgate_tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(|req: http::Request<_>| async move {
+                        let path = req.uri().path();
+                        let status = if path.ends_with("/no-content") {
+                            204
+                        } else if path.ends_with("/not-modified") {
+                            304
+                        } else {
+                            200
+                        };
+                        let resp = http::Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Full::new(Self::body()))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Self { port, task }
+    }
+}
+
+#[tokio::test]
+async fn a_204_or_304_with_a_body_from_an_http2_upstream_reaches_an_http2_caller_empty() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = H2Upstream::start(&pki).await;
+        let mut spec = UpstreamSpec::new("h2", &format!("https://127.0.0.1:{}", upstream.port))
+            .ca(&pki.files.bundle);
+        spec.http2 = Some(true);
+        let config = base_config(&pki)
+            .upstream(spec)
+            .route(
+                RouteSpec::new("masked", &["GET", "HEAD"], "/m/{name}", "h2", &[ONBOARDING])
+                    .with("masking", "lenient"),
+            )
+            .route(RouteSpec::new(
+                "plain",
+                &["GET", "HEAD"],
+                "/p/{name}",
+                "h2",
+                &[ONBOARDING],
+            ))
+            .section(
+                "masking",
+                table([(
+                    "profiles",
+                    toml::Value::Table(table([("lenient", profile("pass"))])),
+                )]),
+            );
+        let gw = Gateway::start(&config, &[(KEY_ENV, KEY)]).await;
+        let c = Client::new(&pki, Some(ONBOARDING), gw.port, true);
+        let length = H2Upstream::body().len().to_string();
+        for (route, masked) in [("m", true), ("p", false)] {
+            for (method, name, status) in [
+                ("GET", "no-content", 204),
+                ("GET", "not-modified", 304),
+                ("HEAD", "found", 200),
+            ] {
+                let path = format!("/{route}/{name}");
+                let what = format!("{method} {path}");
+                // On the wire: the stream ends with its head, and no byte of the body
+                // follows it.
+                let frames = raw_h2(&c, method, &path).await;
+                let text = String::from_utf8_lossy(
+                    &frames
+                        .iter()
+                        .flat_map(|f| f.payload.clone())
+                        .collect::<Vec<_>>(),
+                )
+                .into_owned();
+                assert!(!text.contains(DOC), "{what}: the body passed: {text}");
+                let stream: Vec<_> = frames.iter().filter(|f| f.stream == 1).collect();
+                assert!(
+                    stream.iter().all(|f| f.kind != 0x0 || f.payload.is_empty()),
+                    "{what}: DATA with bytes"
+                );
+                assert!(
+                    stream.iter().any(|f| f.kind == 0x1 && f.flags & 0x1 != 0),
+                    "{what}: no head ending the stream: {}",
+                    gw.output()
+                );
+                // As a caller's HTTP/2 stack reads it: `Content-Length` dropped on a `204`,
+                // kept on `HEAD` and `304` where no profile applies.
+                let r = c.send(method, &path, &[], "").await.unwrap();
+                assert_eq!((r.status, r.body.len()), (status, 0), "{what}");
+                let expected = (status != 204 && !masked).then_some(length.as_str());
+                assert_eq!(r.header("content-length"), expected, "{what}");
             }
         }
     })

@@ -1,6 +1,6 @@
 //! The `idgate` command line: help, `check` reporting every problem with its file, key path
-//! and reason, `dev-pki`, `hsm`, and `serve` refusing an invalid configuration before it
-//! starts.
+//! and reason, `dev-pki`, `hsm`, `serve` refusing an invalid configuration before it
+//! starts, and the operator's tools reading only the secrets they use.
 //!
 //! This module holds the workspace and helpers the tests share; each submodule tests one
 //! command.
@@ -12,6 +12,7 @@ mod check;
 mod dev_pki;
 mod help;
 mod hsm;
+mod operator_tools;
 mod serve;
 
 use std::path::{Path, PathBuf};
