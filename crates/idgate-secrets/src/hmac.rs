@@ -16,11 +16,17 @@ use crate::{ExposeSecret, Fetched, SecretError, SecretRef};
 /// unavailable (503), while a call the token is still working on keeps its slot.
 const HSM_DEADLINE: Duration = Duration::from_secs(5);
 
+/// The fewest bytes of an HMAC key the gateway signs with on its own behalf (a pseudonym key,
+/// a webhook subscriber's secret): SHA-256's output, below which the key is weaker than the
+/// tag it makes (RFC 2104, section 3). A provider's signing secret (Sumsub, Veriff) is used
+/// at the length the provider issued it.
+pub const MIN_OWN_KEY_BYTES: usize = 32;
+
 /// An HMAC-SHA256 key: in memory (from env, file, Vault or a wrapped HSM value) or in the
 /// HSM, where it is named by its label and the newest version signs.
 pub struct HmacKey {
     source: SecretRef,
-    /// The fewest bytes a key in memory may have; 0 for no minimum.
+    /// The fewest bytes the key may have, in memory or in a token; 0 for no minimum.
     min_len: usize,
     kind: Kind,
 }
@@ -89,28 +95,27 @@ impl HmacKey {
         Self::load_min(secret, overlap, 0)
     }
 
-    /// [`HmacKey::load`], refusing a key in memory shorter than `min_len` bytes (now and at
-    /// every refresh). A key in a token is measured by the length the token states for its
-    /// newest version (`CKA_VALUE_LEN`) when it is loaded; `idgate hsm import-secret` and
-    /// `rotate` refuse short ones before they reach the token.
+    /// [`HmacKey::load`], refusing a key shorter than `min_len` bytes. A key in memory is
+    /// measured now and at every refresh. A key in a token is measured by the length the
+    /// token states for its newest version (`CKA_VALUE_LEN`), now and again in the session of
+    /// every signature, so a shorter version added later (by whatever tool) fails the
+    /// signatures rather than make them; so does a version whose length the token does not
+    /// state, which cannot be shown to be long enough.
     pub fn load_min(
         secret: &SecretRef,
         overlap: Duration,
         min_len: usize,
     ) -> Result<Self, SecretError> {
         if let Some(key) = Self::load_in_token(secret)? {
-            if let Kind::Hsm { hsm, label } = &key.kind
-                && min_len > 0
-                && let Some(len) = hsm
-                    .key_len(label)
-                    .map_err(|e| SecretError::Hsm(secret.to_string(), e))?
-                && len < min_len
-            {
-                return Err(SecretError::TooShort {
-                    reference: secret.to_string(),
-                    len,
-                    min: min_len,
-                });
+            if let Kind::Hsm { hsm, label } = &key.kind {
+                hsm.check_hmac_key(label, min_len).map_err(|e| match e {
+                    HsmError::KeyTooShort { len, min, .. } => SecretError::TooShort {
+                        reference: secret.to_string(),
+                        len,
+                        min,
+                    },
+                    e => SecretError::Hsm(secret.to_string(), e),
+                })?;
             }
             return Ok(Self { min_len, ..key });
         }
@@ -163,9 +168,11 @@ impl HmacKey {
             }
             Kind::Hsm { hsm, label } => {
                 let slots = hsm.signing_slots().clone();
-                let (hsm, label) = (hsm.clone(), label.clone());
-                let (mac, version) =
-                    in_token(&slots, HSM_DEADLINE, move || hsm.hmac_sha256(&label, &data)).await?;
+                let (hsm, label, min_len) = (hsm.clone(), label.clone(), self.min_len);
+                let (mac, version) = in_token(&slots, HSM_DEADLINE, move || {
+                    hsm.hmac_sha256(&label, &data, min_len)
+                })
+                .await?;
                 Ok((idgate_codec::hex::encode(&mac), version.to_string().into()))
             }
         }
@@ -191,11 +198,12 @@ impl HmacKey {
             Kind::Hsm { hsm, label } => {
                 let slots = hsm.signing_slots().clone();
                 let (hsm, label, data) = (hsm.clone(), label.clone(), data.to_vec());
+                let min_len = self.min_len;
                 // Past the deadline the caller has given up: the token stops making tags,
                 // and the slot comes free within one tag of it.
                 let until = Instant::now() + HSM_DEADLINE;
                 let (macs, version) = in_token(&slots, HSM_DEADLINE, move || {
-                    hsm.hmac_sha256_all(&label, &data, until)
+                    hsm.hmac_sha256_all(&label, &data, until, min_len)
                 })
                 .await?;
                 let tags = macs.iter().map(|m| tag32(m)).collect::<Result<_, _>>()?;
@@ -205,7 +213,8 @@ impl HmacKey {
     }
 
     /// Reads the source again; blocking. Returns whether a new version is now in use. A key
-    /// in a token needs no refresh: the newest version signs every time.
+    /// in a token needs no refresh: the newest version signs every time (held to the
+    /// minimum each time).
     pub fn refresh(&self) -> Result<bool, SecretError> {
         match &self.kind {
             Kind::Memory(live) => {

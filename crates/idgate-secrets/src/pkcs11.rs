@@ -85,6 +85,23 @@ pub enum HsmError {
         "the token \"{label}\" is initialised, but its user PIN could not be set ({cause}): it holds no object and no one can log in to it as a user. Run `idgate hsm init-token --force` again with the Security Officer PIN just set and a user PIN the token takes"
     )]
     UserPinNotSet { label: String, cause: String },
+    #[error(
+        "version {version} of \"{label}\" is {len} bytes long; this key needs at least {min}, so it is not used (store a longer version)"
+    )]
+    KeyTooShort {
+        label: String,
+        version: u32,
+        len: usize,
+        min: usize,
+    },
+    #[error(
+        "the token does not state the length of version {version} of \"{label}\" (CKA_VALUE_LEN), so it cannot be held to the {min} bytes this key needs and is not used"
+    )]
+    KeyLenUnknown {
+        label: String,
+        version: u32,
+        min: usize,
+    },
     #[error("\"{0}\" is at the largest version (4294967295); store it under a new label")]
     VersionsExhausted(String),
     #[error("PKCS#11 {op}: {error}")]

@@ -14,6 +14,10 @@
 //! - killed after the nonce: the event is kept (released, or delivered when its hold ends);
 //!   the retry is refused as a replay, which is right: the event is in.
 //!
+//! The write is followed by a record of each subscriber written for (see the subscriber
+//! registry of `delivery`), so that an event written for a subscriber a reload removed
+//! meanwhile is still found, purged or delivered; it is part of the write.
+//!
 //! A store that fails the write answers 5xx with nothing kept (what was held is discarded),
 //! so the provider's retry is taken as new. One that fails the replay check answers 5xx too,
 //! but keeps what it held: the check may have been recorded all the same, and the retry
@@ -24,6 +28,7 @@ use std::time::SystemTime;
 use idgate_store::{Nonce, Nonces, Queue, StoreError};
 use ring::digest::{SHA256, digest};
 
+use crate::delivery;
 use crate::outbox::{self, NewEvent, OutboxError};
 use crate::setup::Endpoint;
 
@@ -94,6 +99,12 @@ pub async fn accept<S: Queue + Nonces>(
         now,
     )
     .await?;
+    if let Err(e) =
+        delivery::record_written(store, &endpoint.name, &subscribers, endpoint.keep, now).await
+    {
+        outbox::discard(store, &held, now).await;
+        return Err(IntakeError::Outbox(e.into()));
+    }
     let nonce = nonce(endpoint, event.replay_key).map_err(IntakeError::Nonce)?;
     match store
         .insert_if_absent(&nonce, endpoint.replay_window, now)

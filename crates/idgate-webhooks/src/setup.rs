@@ -38,6 +38,9 @@ pub struct Endpoint {
     pub keys: Arc<OutboxKeys>,
     /// Each subscriber's name and the event types it takes (none: every type).
     subscribers: Vec<(String, Vec<String>)>,
+    /// The `retry.max_age` and `dead_letter_retention` of the subscribers, recorded with
+    /// each event written for them (`delivery::record_written`).
+    pub(crate) keep: (Duration, Duration),
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -224,6 +227,7 @@ impl Webhooks {
                     .iter()
                     .map(|s| (s.name.clone(), s.events.clone()))
                     .collect(),
+                keep: (w.retry.max_age, w.dead_letter_retention),
             });
         }
         if errors.is_empty() {
@@ -284,6 +288,9 @@ mod tests {
         SecretRef::File(p)
     }
 
+    /// A subscriber's secret of the least length the gateway takes: 32 bytes.
+    const SUBSCRIBER_SECRET: &str = "subscriber secret of 32 bytes..!";
+
     fn config(dir: &std::path::Path, scheme: WebhookScheme) -> WebhookConfig {
         WebhookConfig {
             name: "p".into(),
@@ -305,7 +312,7 @@ mod tests {
             subscribers: vec![SubscriberConfig {
                 name: "s".into(),
                 url: "https://localhost:1/".parse().unwrap(),
-                secret: file(dir, "sub", "subscriber secret"),
+                secret: file(dir, "sub", SUBSCRIBER_SECRET),
                 masking: None,
                 events: Vec::new(),
                 ca: None,
@@ -439,5 +446,25 @@ mod tests {
             ]
         );
         assert!(errors[2].to_string().contains("32 bytes"), "{}", errors[2]);
+    }
+
+    #[test]
+    fn a_subscriber_secret_shorter_than_32_bytes_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(SUBSCRIBER_SECRET.len(), 32);
+        // The provider's own secret (15 bytes here) is used as the provider issued it.
+        assert!(Webhooks::load(&[config(dir.path(), WebhookScheme::Didit)], |_| None).is_ok());
+        let mut short = config(dir.path(), WebhookScheme::Didit);
+        let secret = &SUBSCRIBER_SECRET[..31];
+        short.subscribers[0].secret = file(dir.path(), "short-sub", secret);
+        let errors = Webhooks::load(&[short], |_| None).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "webhooks[0].subscribers[0].secret");
+        let message = errors[0].to_string();
+        assert!(
+            message.contains("31 bytes is too short for a key; use at least 32"),
+            "{message}"
+        );
+        assert!(!message.contains(secret), "{message}");
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
+use idgate_secrets::hmac::MIN_OWN_KEY_BYTES;
 use idgate_secrets::pkcs11::{self, Hsm, HsmError, ObjectKind, Pkcs11Uri, SlotChoice};
 use idgate_secrets::{ExposeSecret, SecretRef, SecretString};
 use rustix::termios::{LocalModes, OptionalActions, Termios, tcgetattr, tcsetattr};
@@ -27,9 +28,11 @@ pub(crate) enum HsmCommand {
     /// `--kind wrapped` (for static API keys) stores it encrypted under the token's
     /// non-extractable AES-256 key; `--kind hmac` (for Sumsub and Veriff request signing,
     /// pseudonyms, webhook signatures) stores it as a non-extractable HMAC key that never
-    /// leaves the token, and needs at least 32 bytes. The value is read from stdin, never
-    /// from the command line: `idgate hsm import-secret --uri ... < key.txt`; typed at a
-    /// terminal, it is one line and not echoed.
+    /// leaves the token. An HMAC key shorter than 32 bytes is stored with a warning: a
+    /// provider's signing secret is used as issued, but the gateway refuses a pseudonym key
+    /// or a subscriber's secret that short. The value is read from stdin, never from the
+    /// command line: `idgate hsm import-secret --uri ... < key.txt`; typed at a terminal, it
+    /// is one line and not echoed.
     ImportSecret {
         #[command(flatten)]
         target: Target,
@@ -104,18 +107,17 @@ fn parse_uri(uri: &str, token_only: bool) -> anyhow::Result<Pkcs11Uri> {
     .map_err(anyhow::Error::from)
 }
 
-/// The fewest bytes an HMAC key may have: SHA-256's output, below which the key is weaker
-/// than the tag it makes (RFC 2104, section 3); what a `file:` pseudonym key needs too.
-const MIN_HMAC_KEY_BYTES: usize = 32;
-
-fn check_hmac_key(key: &[u8]) -> anyhow::Result<()> {
-    if key.len() < MIN_HMAC_KEY_BYTES {
-        return Err(anyhow!(
-            "the HMAC key is {} bytes long; an HMAC key needs at least {MIN_HMAC_KEY_BYTES} (for example `openssl rand -base64 32`)",
-            key.len()
-        ));
-    }
-    Ok(())
+/// What to tell about an HMAC key of `len` bytes, when it is shorter than a key the gateway
+/// signs with on its own behalf may be. The token does not say what a key is for, so a short
+/// one is stored all the same: a provider's signing secret (Sumsub, Veriff) is used at the
+/// length the provider issued it. A pseudonym key or a subscriber's secret that short is
+/// refused by the gateway, when it loads the key and before every signature.
+fn short_hmac_key_warning(len: usize) -> Option<String> {
+    (len < MIN_OWN_KEY_BYTES).then(|| {
+        format!(
+            "warning: the HMAC key is {len} bytes long. Stored: a provider's request-signing secret (Sumsub, Veriff) is used at the length the provider issued it, where the token signs with a key that short (SoftHSM2 does not). As a masking pseudonym_key or a webhook subscriber's secret the gateway refuses it: those need at least {MIN_OWN_KEY_BYTES} bytes (for example `openssl rand -base64 32`), and signing with this label fails while its newest version is shorter"
+        )
+    })
 }
 
 /// Longest secret typed at a terminal (a terminal's line is shorter still).
@@ -349,9 +351,6 @@ fn init_token(args: &InitToken) -> anyhow::Result<()> {
 fn import(uri: &str, kind: Kind) -> anyhow::Result<()> {
     let uri = parse_uri(uri, false)?;
     let value = read_stdin_secret()?;
-    if let Kind::Hmac = kind {
-        check_hmac_key(&value)?;
-    }
     let hsm = Hsm::open(&uri)?;
     let version = match kind {
         Kind::Wrapped => hsm.import_wrapped(&uri.object, &uri.wrap_key, &value),
@@ -362,6 +361,11 @@ fn import(uri: &str, kind: Kind) -> anyhow::Result<()> {
         Kind::Hmac => "as a non-extractable HMAC-SHA256 key".to_owned(),
     };
     println!("stored \"{}\" version {version} {what}", uri.object);
+    if let Kind::Hmac = kind
+        && let Some(warning) = short_hmac_key_warning(value.len())
+    {
+        eprintln!("{warning}");
+    }
     Ok(())
 }
 
@@ -370,9 +374,6 @@ fn rotate(uri: &str) -> anyhow::Result<()> {
     let hsm = Hsm::open(&uri)?;
     let kind = hsm.kind_of(&uri.object)?;
     let value = read_stdin_secret()?;
-    if kind == ObjectKind::HmacKey {
-        check_hmac_key(&value)?;
-    }
     let version = match kind {
         ObjectKind::WrappedValue => hsm.import_wrapped(&uri.object, &uri.wrap_key, &value),
         ObjectKind::HmacKey => hsm.import_hmac_key(&uri.object, &value),
@@ -384,6 +385,11 @@ fn rotate(uri: &str) -> anyhow::Result<()> {
         uri.object,
         version.saturating_sub(1)
     );
+    if kind == ObjectKind::HmacKey
+        && let Some(warning) = short_hmac_key_warning(value.len())
+    {
+        eprintln!("{warning}");
+    }
     Ok(())
 }
 
@@ -505,14 +511,15 @@ mod tests {
     }
 
     #[test]
-    fn an_hmac_key_shorter_than_32_bytes_is_refused() {
-        let err = check_hmac_key(b"only-twenty-one-bytes").unwrap_err();
+    fn an_hmac_key_shorter_than_32_bytes_is_stored_with_a_warning() {
+        let warning = short_hmac_key_warning(21).unwrap();
         assert!(
-            err.to_string().contains("21 bytes long") && err.to_string().contains("at least 32"),
-            "{err}"
+            warning.starts_with("warning: the HMAC key is 21 bytes long")
+                && warning.contains("pseudonym_key")
+                && warning.contains("at least 32"),
+            "{warning}"
         );
-        assert!(!err.to_string().contains("only-twenty"));
-        check_hmac_key(&[7u8; 32]).unwrap();
+        assert_eq!(short_hmac_key_warning(32), None);
     }
 
     #[test]

@@ -4,10 +4,16 @@
 use super::*;
 
 impl Hsm {
-    /// HMAC-SHA256 computed inside the token with the newest key of this label.
-    pub fn hmac_sha256(&self, label: &str, data: &[u8]) -> Result<(Vec<u8>, u32), HsmError> {
+    /// HMAC-SHA256 computed inside the token with the newest key of this label, which must
+    /// have at least `min_len` bytes ([`Hsm::check_hmac_key`]; 0 for no minimum).
+    pub fn hmac_sha256(
+        &self,
+        label: &str,
+        data: &[u8],
+        min_len: usize,
+    ) -> Result<(Vec<u8>, u32), HsmError> {
         self.with_session(|s| {
-            let (key, version) = Self::newest(s, label, ObjectClass::SECRET_KEY)?;
+            let (key, version) = Self::newest_hmac_key(s, label, min_len)?;
             let mac = s
                 .sign(&Mechanism::Sha256Hmac, key, data)
                 .map_err(ck("C_Sign"))?;
@@ -16,18 +22,19 @@ impl Hsm {
     }
 
     /// HMAC-SHA256 of each of `data` with the newest key of this label, in one session: the
-    /// key is looked up once, and every tag is made with the same version. Each tag is a
-    /// `C_Sign` of its own; none is started once `until` has passed (the caller no longer
-    /// waits for them), so the session, and the signing slot of whoever holds it, is given
-    /// back within one `C_Sign` of it.
+    /// key is looked up (and held to `min_len`, as [`Hsm::hmac_sha256`] does) once, and every
+    /// tag is made with the same version. Each tag is a `C_Sign` of its own; none is started
+    /// once `until` has passed (the caller no longer waits for them), so the session, and
+    /// the signing slot of whoever holds it, is given back within one `C_Sign` of it.
     pub fn hmac_sha256_all(
         &self,
         label: &str,
         data: &[Vec<u8>],
         until: Instant,
+        min_len: usize,
     ) -> Result<(Vec<Vec<u8>>, u32), HsmError> {
         self.with_session(|s| {
-            let (key, version) = Self::newest(s, label, ObjectClass::SECRET_KEY)?;
+            let (key, version) = Self::newest_hmac_key(s, label, min_len)?;
             let macs = each_until(data, until, |d| {
                 s.sign(&Mechanism::Sha256Hmac, key, d).map_err(ck("C_Sign"))
             })?;
@@ -258,19 +265,47 @@ impl Hsm {
         })
     }
 
-    /// The length in bytes of the newest secret key with this label (`CKA_VALUE_LEN`, which
-    /// the token tells without letting the key out); `None` when the token does not say.
-    pub fn key_len(&self, label: &str) -> Result<Option<usize>, HsmError> {
-        self.with_session(|s| {
-            let (h, _) = Self::newest(s, label, ObjectClass::SECRET_KEY)?;
-            let attrs = s
-                .get_attributes(h, &[AttributeType::ValueLen])
-                .map_err(ck("C_GetAttributeValue"))?;
-            Ok(attrs.into_iter().find_map(|a| match a {
-                Attribute::ValueLen(len) => Some(usize::from(len)),
-                _ => None,
-            }))
-        })
+    /// Whether the newest secret key with this label has at least `min_len` bytes, as the
+    /// token states its length (`CKA_VALUE_LEN`) without letting the key out. A key whose
+    /// length the token does not state is refused too ([`HsmError::KeyLenUnknown`]): it
+    /// cannot be shown to meet the minimum. No minimum (0) accepts every key.
+    pub fn check_hmac_key(&self, label: &str, min_len: usize) -> Result<(), HsmError> {
+        self.with_session(|s| Self::newest_hmac_key(s, label, min_len).map(|_| ()))
+    }
+
+    /// The newest secret key with this label, held to `min_len` bytes in the session that
+    /// then signs with it: a version added after the key was loaded (by `idgate hsm rotate`
+    /// or another tool) is measured before its first tag, not only the version seen at load.
+    fn newest_hmac_key(
+        s: &Session,
+        label: &str,
+        min_len: usize,
+    ) -> Result<(ObjectHandle, u32), HsmError> {
+        let (h, version) = Self::newest(s, label, ObjectClass::SECRET_KEY)?;
+        if min_len == 0 {
+            return Ok((h, version));
+        }
+        let attrs = s
+            .get_attributes(h, &[AttributeType::ValueLen])
+            .map_err(ck("C_GetAttributeValue"))?;
+        let len = attrs.into_iter().find_map(|a| match a {
+            Attribute::ValueLen(len) => Some(usize::from(len)),
+            _ => None,
+        });
+        match len {
+            Some(len) if len >= min_len => Ok((h, version)),
+            Some(len) => Err(HsmError::KeyTooShort {
+                label: label.to_owned(),
+                version,
+                len,
+                min: min_len,
+            }),
+            None => Err(HsmError::KeyLenUnknown {
+                label: label.to_owned(),
+                version,
+                min: min_len,
+            }),
+        }
     }
 
     /// The flags of the newest secret key with this label: (extractable, sensitive).

@@ -16,6 +16,8 @@ mod registry;
 pub mod retry;
 pub mod signature;
 
+pub(crate) use registry::record_written;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -26,6 +28,7 @@ use http::Uri;
 use http_body_util::Full;
 use idgate_config::{NonJson, RetryPolicy, SubscriberConfig, WebhookConfig};
 use idgate_mask::Profile;
+use idgate_secrets::hmac::MIN_OWN_KEY_BYTES;
 use idgate_secrets::{HmacKey, SecretError};
 use idgate_store::{Nonces, Queue, QueueName, StateStore, StoreError};
 use idgate_tls::client::{HttpsClient, OutboundClient};
@@ -117,15 +120,17 @@ impl std::fmt::Debug for Subscriber {
 
 impl Subscriber {
     /// Reads the subscriber's secret and CA file; blocking. A `pkcs11:` HMAC key stays in
-    /// the token, which signs every delivery.
+    /// the token, which signs every delivery. The secret is the gateway's own (the operator
+    /// makes it), so it is held to [`MIN_OWN_KEY_BYTES`] from every source, as a pseudonym
+    /// key is; in a token, before every signature too.
     pub fn load(
         webhook: &WebhookConfig,
         config: &SubscriberConfig,
         keys: Arc<OutboxKeys>,
         mask: Option<SubscriberMask>,
     ) -> Result<Self, SubscriberError> {
-        let secret =
-            HmacKey::load(&config.secret, Duration::ZERO).map_err(SubscriberError::Secret)?;
+        let secret = HmacKey::load_min(&config.secret, Duration::ZERO, MIN_OWN_KEY_BYTES)
+            .map_err(SubscriberError::Secret)?;
         let roots =
             idgate_tls::roots::roots_with_ca(config.ca.as_deref()).map_err(SubscriberError::Ca)?;
         Ok(Self {

@@ -2,15 +2,28 @@
 //! reload or a restart removed is no longer in the plan, and nothing else names its queues:
 //! its delivered copies and dead letters, sealed but personal data, would stay for good.
 //! Each housekeeping round records the plan's subscribers, and purges those recorded but no
-//! longer configured at their retention, until both their queues are empty and the record
-//! goes.
+//! longer configured at their retention, until both their queues are empty and the records
+//! go.
 //!
 //! The records are the messages of one queue, [`REGISTRY`], which nothing claims: per
 //! subscriber, its webhook and name, and the `retry.max_age` and `dead_letter_retention` in
 //! force when it was last configured. No personal data. While replicas disagree (a rolling
-//! change), each writes the record of its own configuration in place of the other's; a
-//! removed subscriber's dead letters are kept for the longest its records say. A record that
-//! does not parse is dropped.
+//! change), each writes the record of its own configuration in place of the other's every
+//! round, so the record left is the last one written; should several be left, a removed
+//! subscriber's dead letters are kept for the longest they say. A record that does not
+//! parse is dropped.
+//!
+//! Every event written to a subscriber's queue is followed by a record of the subscriber
+//! ([`record_written`]), whatever the plan says. That keeps every message in the queues
+//! tracked, however the writes and the rounds interleave: a round deletes only records it
+//! read, and only once it then found both queues empty; a record written after an event
+//! was, if that round read it, read before the queues were counted, and so were counted
+//! with the event in them. A request still on the snapshot before a reload (or on a
+//! replica not yet changed) may thus write for a subscriber whose records just went: its
+//! record comes back with the event. Waiting some rounds before deleting would not do: a
+//! write can be late by any time (a slow store). Likewise, a round that keeps one record of
+//! a configured subscriber keeps the newest, or writes a new one: never an older record in
+//! place of one written after an event.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -48,12 +61,46 @@ fn millis(d: Duration) -> Option<u64> {
 
 impl Record {
     fn of(sub: &Subscriber) -> Self {
+        Self::new(
+            &sub.webhook,
+            &sub.name,
+            sub.retry.max_age,
+            sub.dead_letter_retention,
+        )
+    }
+
+    fn new(
+        webhook: &str,
+        subscriber: &str,
+        max_age: Duration,
+        dead_letter_retention: Duration,
+    ) -> Self {
         Self {
-            webhook: sub.webhook.to_string(),
-            subscriber: sub.name.to_string(),
-            max_age_ms: millis(sub.retry.max_age),
-            dead_letter_retention_ms: millis(sub.dead_letter_retention),
+            webhook: webhook.to_owned(),
+            subscriber: subscriber.to_owned(),
+            max_age_ms: millis(max_age),
+            dead_letter_retention_ms: millis(dead_letter_retention),
         }
+    }
+
+    /// Adds this record to the registry.
+    async fn push(
+        &self,
+        store: &impl Queue,
+        registry: &QueueName,
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        // (Names and numbers always serialize.)
+        let Ok(payload) = serde_json::to_vec(self) else {
+            return Ok(());
+        };
+        let message = NewMessage {
+            payload,
+            order_key: None,
+            max_attempts: u32::MAX,
+            not_before: None,
+        };
+        store.push(registry, message, now).await.map(|_| ())
     }
 
     fn names(&self) -> (String, String) {
@@ -135,19 +182,14 @@ pub(crate) async fn look_after(
     for sub in &plan.subscribers {
         let ours = Record::of(sub);
         let records = recorded.remove(&ours.names()).unwrap_or_default();
-        // One record, saying what is configured now: the oldest that does stays.
-        let kept = records.iter().position(|(_, r)| *r == ours);
-        // (Names and numbers always serialize.)
-        if kept.is_none()
-            && let Ok(payload) = serde_json::to_vec(&ours)
-        {
-            let message = NewMessage {
-                payload,
-                order_key: None,
-                max_attempts: u32::MAX,
-                not_before: None,
-            };
-            store.push(&registry, message, now).await?;
+        // One record, saying what is configured now: the newest, when it does; else a new
+        // one, written before the others go (see the module documentation).
+        let kept = records
+            .last()
+            .filter(|(_, r)| *r == ours)
+            .map(|_| records.len() - 1);
+        if kept.is_none() {
+            ours.push(store, &registry, now).await?;
         }
         for (i, (id, _)) in records.iter().enumerate() {
             if Some(i) != kept {
@@ -168,6 +210,26 @@ pub(crate) async fn look_after(
         {
             tracing::warn!(webhook, subscriber, error = %e, "cannot purge the outbox of a webhook subscriber no longer configured; trying again later");
         }
+    }
+    Ok(())
+}
+
+/// Records `subscribers` of `webhook` again, with the `max_age` and `dead_letter_retention`
+/// of the configuration that just wrote an event to each one's queue: called after the
+/// write, so that the event is tracked even if its subscriber was removed meanwhile (see the
+/// module documentation). A configured subscriber's extra records go at the next round.
+pub(crate) async fn record_written(
+    store: &impl Queue,
+    webhook: &str,
+    subscribers: &[&str],
+    (max_age, dead_letter_retention): (Duration, Duration),
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    let registry = QueueName::new(REGISTRY)?;
+    for subscriber in subscribers {
+        Record::new(webhook, subscriber, max_age, dead_letter_retention)
+            .push(store, &registry, now)
+            .await?;
     }
     Ok(())
 }
@@ -238,33 +300,43 @@ mod tests {
 
     use super::*;
     use crate::delivery::Deliverer;
+    use crate::intake::{self, Event, Intake};
     use crate::metrics::DeliveryMetrics;
     use crate::outbox::OutboxKeys;
+    use crate::setup::Webhooks;
 
     const MINUTE: Duration = Duration::from_secs(60);
 
-    /// Subscriber `name` of webhook `didit`: copies kept a minute, dead letters a minute past
+    /// A file only its owner reads, under `dir`.
+    fn private_file(dir: &std::path::Path, name: &str, content: &str) -> SecretRef {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        SecretRef::File(path)
+    }
+
+    /// Webhook `didit` with `subscribers`: copies kept a minute, dead letters a minute past
     /// a maximum age of a minute.
-    fn subscriber(dir: &std::path::Path, name: &str) -> Arc<Subscriber> {
-        let secret = dir.join("subscriber.secret");
-        std::fs::write(&secret, "subscriber-hmac-secret-for-the-tests").unwrap();
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        let webhook = WebhookConfig {
+    fn webhook(dir: &std::path::Path, subscribers: &[&str]) -> WebhookConfig {
+        let secret = private_file(
+            dir,
+            "subscriber.secret",
+            "subscriber-hmac-secret-for-the-tests",
+        );
+        WebhookConfig {
             name: "didit".into(),
             path: "/webhooks/didit".into(),
             scheme: WebhookScheme::Didit,
             v2_form: None,
             allow_sha1: false,
-            secrets: Vec::new(),
+            secrets: vec![private_file(dir, "didit.secret", "didit secret")],
             tolerance: Duration::from_secs(300),
             replay_window: None,
             event_time: None,
             source_cidrs: Vec::new(),
             max_body_bytes: 1 << 20,
-            outbox_keys: Vec::new(),
+            outbox_keys: vec![private_file(dir, "outbox.key", &"05".repeat(32))],
             retry: RetryPolicy {
                 base: Duration::from_millis(20),
                 max: Duration::from_millis(100),
@@ -273,18 +345,25 @@ mod tests {
             delivery_timeout: Duration::from_secs(2),
             retention: MINUTE,
             dead_letter_retention: MINUTE,
-            subscribers: Vec::new(),
-        };
-        let config = SubscriberConfig {
-            name: name.into(),
-            url: "https://kyc.internal/events".parse().unwrap(),
-            secret: SecretRef::File(secret),
-            masking: None,
-            events: Vec::new(),
-            ca: None,
-        };
+            subscribers: subscribers
+                .iter()
+                .map(|name| SubscriberConfig {
+                    name: (*name).into(),
+                    url: "https://kyc.internal/events".parse().unwrap(),
+                    secret: secret.clone(),
+                    masking: None,
+                    events: Vec::new(),
+                    ca: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Subscriber `name` of [`webhook`] `didit`.
+    fn subscriber(dir: &std::path::Path, name: &str) -> Arc<Subscriber> {
+        let webhook = webhook(dir, &[name]);
         let keys = Arc::new(OutboxKeys::from_keys(&[[5u8; 32]]).unwrap());
-        Arc::new(Subscriber::load(&webhook, &config, keys, None).unwrap())
+        Arc::new(Subscriber::load(&webhook, &webhook.subscribers[0], keys, None).unwrap())
     }
 
     fn deliverer(store: &StateStore, subscribers: Vec<Arc<Subscriber>>) -> Arc<Deliverer> {
@@ -441,15 +520,71 @@ mod tests {
             };
             store.push(&registry, message, t0).await.unwrap();
         }
+        let newest = read(&store, &registry, t0).await.unwrap().pop().unwrap().0;
         let d = deliverer(&store, vec![kyc.clone()]);
         d.housekeeping_round(&mut Looking::default(), t0).await;
         let left = read(&store, &registry, t0).await.unwrap();
         assert_eq!(left.len(), 1, "{left:?}");
-        assert_eq!(left[0].1, Some(Record::of(&kyc)));
+        assert_eq!(
+            left[0],
+            (newest, Some(Record::of(&kyc))),
+            "the newest stays"
+        );
         assert_eq!(Record::of(&kyc).keep(), 2 * MINUTE);
         // A record that says no retention: the configuration's defaults.
         let bare: Record =
             serde_json::from_str(r#"{"webhook":"didit","subscriber":"kyc"}"#).unwrap();
         assert_eq!(bare.keep(), Duration::from_secs(31 * 24 * 3600));
+    }
+
+    #[tokio::test]
+    async fn an_event_written_after_a_removed_subscribers_record_went_is_recorded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::from(MemoryStore::new());
+        let mut config = webhook(dir.path(), &["kyc"]);
+        config.retention = Duration::ZERO;
+        let before = Webhooks::load(&[config], |_| None).unwrap();
+        let kyc = before.plan.subscribers[0].clone();
+        let d = deliverer(&store, before.plan.subscribers.clone());
+        let mut looking = Looking::default();
+        let t0 = SystemTime::now();
+        d.housekeeping_round(&mut looking, t0).await;
+        assert_eq!(records(&store, t0).await, 1);
+
+        // A reload removes `kyc`, whose queues are empty: the next round deletes its record.
+        d.set_plan(Arc::new(Plan::default()));
+        d.housekeeping_round(&mut looking, t0).await;
+        assert_eq!(records(&store, t0).await, 0);
+
+        // A request still on the snapshot before the reload writes an event for `kyc`.
+        let event = Event {
+            event_id: Some("evt-late"),
+            session_id: Some("sess-late"),
+            event_type: Some("status.updated"),
+            replay_key: "evt-late",
+        };
+        let got = intake::accept(&store, &before.endpoints[0], event, b"{}", t0)
+            .await
+            .unwrap();
+        assert!(
+            matches!(got, Intake::Accepted { subscribers: 1, .. }),
+            "{got:?}"
+        );
+
+        // Its subscriber is recorded again with it: found by the next round, reported, and
+        // the event kept to be delivered if `kyc` is configured again.
+        assert_eq!(records(&store, t0).await, 1, "the event is not tracked");
+        let t = t0 + MINUTE;
+        d.housekeeping_round(&mut looking, t).await;
+        assert_eq!(store.stats(&kyc.queue, t).await.unwrap().ready, 1);
+        assert_eq!(records(&store, t).await, 1);
+        assert!(
+            looking
+                .reported
+                .contains(&("didit".to_owned(), "kyc".to_owned()))
+        );
+        let registry = QueueName::new(REGISTRY).unwrap();
+        let left = read(&store, &registry, t).await.unwrap();
+        assert_eq!(left[0].1, Some(Record::of(&kyc)));
     }
 }

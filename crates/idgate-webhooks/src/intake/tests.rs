@@ -22,7 +22,7 @@ fn webhooks(dir: &std::path::Path) -> Webhooks {
     let sub = |name: &str, events: &[&str]| SubscriberConfig {
         name: name.into(),
         url: "https://localhost:1/events".parse().unwrap(),
-        secret: file("sub.secret", "subscriber secret"),
+        secret: file("sub.secret", "subscriber secret of 32 bytes..!"),
         masking: None,
         events: events.iter().map(|e| (*e).to_owned()).collect(),
         ca: None,
@@ -134,8 +134,9 @@ async fn an_event_the_store_cannot_keep_is_taken_as_new_when_it_comes_again() {
     let dir = tempfile::tempdir().unwrap();
     let w = webhooks(dir.path());
     let endpoint = &w.endpoints[0];
-    // Room for one message: the second subscriber's copy does not fit.
-    let store = MemoryStore::with_capacity(100, 1);
+    // Room for two messages: the event's two copies, not the subscribers' records that
+    // follow them.
+    let store = MemoryStore::with_capacity(100, 2);
     let body = b"{}";
     let failed = accept(&store, endpoint, event("e2", "decision"), body, start()).await;
     assert!(matches!(failed, Err(IntakeError::Outbox(_))), "{failed:?}");

@@ -1,6 +1,6 @@
 //! Upstream credentials kept in a real PKCS#11 token (SoftHSM2): wrapped API keys and HMAC
 //! keys that never leave the token, imported with `idgate hsm`, used and rotated by a
-//! running gateway.
+//! running gateway; a pseudonym key's versions held to 32 bytes at every signature.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -423,4 +423,102 @@ fn rotating_past_the_largest_version_is_refused_instead_of_wrapping() {
         .collect();
     assert_eq!(versions.len(), 1, "{listing}");
     assert!(versions[0].contains("4294967295"), "{listing}");
+}
+
+/// What the pseudonym of `value` under `key` is: `ps_` and base64url(HMAC-SHA256).
+fn pseudonym(key: &str, value: &str) -> String {
+    use base64::Engine as _;
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
+    let tag = ring::hmac::sign(&k, value.as_bytes());
+    format!(
+        "ps_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
+    )
+}
+
+#[tokio::test]
+async fn a_shorter_token_version_added_after_load_is_not_used() {
+    within(async {
+        const KEY: &str = "pseudonym-key-in-the-token-3e9a71c05b";
+        const SHORT: &str = "sixteen-byte-key";
+        const LONGER: &str = "pseudonym-key-in-the-token-rotated-8d2f";
+        let token = SoftHsmToken::new();
+        let uri = token.uri("pseudonym-key");
+        token.hsm_ok(&["import-secret", "--kind", "hmac"], "pseudonym-key", KEY);
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+        // The echo upstream answers with the path it was asked for, pseudonymized here.
+        let profile = table([
+            ("pseudonym_key", uri.as_str().into()),
+            (
+                "rules",
+                toml::Value::Array(vec![toml::Value::Table(table([
+                    ("path", "$.path".into()),
+                    ("action", "pseudonymize".into()),
+                ]))]),
+            ),
+        ]);
+        let config = base_config(&pki)
+            .upstream(UpstreamSpec::new("provider", &upstream.url(true)).ca(&pki.files.bundle))
+            .route(
+                RouteSpec::new(
+                    "sessions",
+                    &["GET"],
+                    "/v1/{*rest}",
+                    "provider",
+                    &[ONBOARDING],
+                )
+                .with("masking", "pseudonyms"),
+            )
+            .section(
+                "masking",
+                table([(
+                    "profiles",
+                    toml::Value::Table(table([("pseudonyms", toml::Value::Table(profile))])),
+                )]),
+            );
+        let gw = Gateway::start(
+            &config,
+            &[("SOFTHSM2_CONF", token.conf().to_str().unwrap())],
+        )
+        .await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let path = "/v1/sessions/s-1";
+        let reply = client.get(path).await.unwrap();
+        assert_eq!(reply.status, 200, "{:?} {}", reply.body, gw.output());
+        assert_eq!(reply.json()["path"], pseudonym(KEY, path).as_str());
+
+        // Another version, too short for a pseudonym key, is stored in the running gateway's
+        // token (the CLI warns, as it cannot tell what the key is for).
+        let (code, out, err) = token.hsm(&["rotate", "--uri", &uri], SHORT);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            err.contains("warning: the HMAC key is 16 bytes long"),
+            "{err}"
+        );
+        // It makes no pseudonym: the answer is refused, not masked with the short key. The
+        // gateway measures the version in the signing session, before any C_Sign; the log
+        // says so (SoftHSM2 would refuse the short key at C_SignInit itself, other tokens
+        // sign with it).
+        let reply = client.get(path).await.unwrap();
+        let body = String::from_utf8_lossy(&reply.body).into_owned();
+        assert_eq!(reply.status, 503, "{body}");
+        assert!(body.contains("masking-unavailable"), "{body}");
+        assert!(!body.contains(&pseudonym(SHORT, path)), "{body}");
+        assert!(!body.contains(path), "{body}");
+        assert_eventually!(
+            gw.output()
+                .contains("is 16 bytes long; this key needs at least 32"),
+            "the log does not say why: {}",
+            gw.output()
+        );
+        assert!(!gw.output().contains(SHORT) && !gw.output().contains(KEY));
+
+        // A version long enough serves again, with no reload.
+        token.hsm_ok(&["rotate"], "pseudonym-key", LONGER);
+        let reply = client.get(path).await.unwrap();
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        assert_eq!(reply.json()["path"], pseudonym(LONGER, path).as_str());
+    })
+    .await;
 }
