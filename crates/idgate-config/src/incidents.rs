@@ -185,6 +185,17 @@ fn severity(
 }
 
 fn notify(cx: &mut Ctx<'_>, n: RawNotify, warnings: &mut Vec<String>) -> Option<NotifyConfig> {
+    // User info is never sent as credentials (the receiver authenticates the signature), but
+    // it would be in every log line that names the URL; a fragment is never sent at all.
+    // Neither is echoed: the user info may be a password. Any '@' is refused, not only one
+    // in the authority as parsed: a password holding a '/' would end the authority early.
+    if n.url.contains('@') || n.url.contains('#') {
+        cx.err(
+            "incidents.notify.url",
+            "must not carry user info or a fragment (the receiver checks the idgate-signature header)",
+        );
+        return None;
+    }
     let url = match n.url.parse::<http::Uri>() {
         Ok(u) if u.host().is_some() && matches!(u.scheme_str(), Some("https" | "http")) => u,
         _ => {
@@ -197,7 +208,8 @@ fn notify(cx: &mut Ctx<'_>, n: RawNotify, warnings: &mut Vec<String>) -> Option<
     };
     if url.scheme_str() == Some("http") {
         warnings.push(format!(
-            "incidents.notify.url {url} is plain http: incident notifications travel unencrypted"
+            "incidents.notify.url is plain http (to {}): incident notifications travel unencrypted",
+            url.host().unwrap_or("-")
         ));
     }
     let secret = SecretRef::parse(&n.secret, cx.base)

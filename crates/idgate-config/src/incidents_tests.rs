@@ -154,3 +154,30 @@ secret = "hunter2"
         "{problems:?}"
     );
 }
+
+#[test]
+fn an_incident_notify_url_with_user_info_is_refused_without_echoing_it() {
+    let dir = dir_with_files();
+    for url in [
+        "https://alerts:hunter2@hooks.example.com/idgate",
+        "https://alerts:hun/ter2@hooks.example.com/idgate",
+        "https://hooks.example.com/idgate#hunter2",
+    ] {
+        let section = format!(
+            "[incidents]\ndir = \"incidents\"\n[incidents.notify]\nurl = \"{url}\"\nsecret = \"file:notify.key\"\n"
+        );
+        let problems = parse_in(dir.path(), &section).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("incidents.notify.url: must not carry user info")),
+            "{url}: {problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .all(|p| !p.contains("hunter2") && !p.contains("ter2") && !p.contains("alerts")),
+            "{problems:?}"
+        );
+    }
+}

@@ -98,6 +98,9 @@ async fn send_loop(
     secret: SecretString,
     failed: Counter,
 ) {
+    // The receiver is named in logs by its host alone: never the user info or query a URL
+    // can carry.
+    let host = cfg.url.host().unwrap_or("-").to_owned();
     while let Some(body) = rx.recv().await {
         let body = Bytes::from(body);
         let mut backoff = Duration::from_millis(500);
@@ -113,10 +116,10 @@ async fn send_loop(
                 Ok(()) => break,
                 Err(reason) if attempt == cfg.attempts => {
                     failed.inc();
-                    tracing::error!(url = %cfg.url, attempts = attempt, reason, "incident notification given up");
+                    tracing::error!(host = %host, attempts = attempt, reason, "incident notification given up");
                 }
                 Err(reason) => {
-                    tracing::warn!(url = %cfg.url, attempt, reason, "incident notification failed; retrying");
+                    tracing::warn!(host = %host, attempt, reason, "incident notification failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }

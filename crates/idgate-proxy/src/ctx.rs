@@ -18,7 +18,7 @@ use tokio::sync::SemaphorePermit;
 use crate::access_log::{Decision, Record};
 use crate::conn::ConnInfo;
 use crate::problem::Refusal;
-use crate::routes::{PathParams, Route};
+use crate::routes::{PathParams, Route, UnroutedPath};
 use crate::service::{BODY_BUDGET_KIB, Services};
 use crate::snapshot::Snapshot;
 
@@ -348,15 +348,10 @@ impl<'r> RequestCtx<'r> {
 
     /// What the audit trail records beyond the access line.
     fn audit_facts(&self) -> crate::audit::AuditFacts<'_> {
-        let template = self.route.map(|r| &*r.template).filter(|t| !t.is_empty());
-        let personal = self.route.is_some_and(|r| r.audit.personal_path_params);
+        let (path, template) = self.audit_path();
         let caller = self.caller.as_ref();
         crate::audit::AuditFacts {
-            path: if personal {
-                template
-            } else {
-                self.uri.as_ref().map(http::Uri::path)
-            },
+            path,
             template,
             auth_layers: idgate_audit::AuthLayers {
                 mtls: caller.is_some_and(|c| c.spiffe_id.is_some()),
@@ -368,6 +363,28 @@ impl<'r> RequestCtx<'r> {
             upstream_latency: self.upstream_latency,
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
+        }
+    }
+
+    /// The path and template the audit trail records: the canonical path, or the template
+    /// where the route's parameters are personal. A request refused before it had a route
+    /// (on arrival, or by routing: 404, 405) is held to the same promise by the route table:
+    /// the template of a personal route on its path whatever the method, or no path at all
+    /// for a near miss of one. Only such a refusal pays for the lookup.
+    fn audit_path(&self) -> (Option<&str>, Option<&str>) {
+        let path = self.uri.as_ref().map(http::Uri::path);
+        let Some(route) = self.route else {
+            return match path.map(|p| self.snapshot.routes.unrouted_path(p)) {
+                None | Some(UnroutedPath::Withheld) => (None, None),
+                Some(UnroutedPath::AsSent) => (path, None),
+                Some(UnroutedPath::Template(template)) => (Some(template), Some(template)),
+            };
+        };
+        let template = Some(&*route.template).filter(|t| !t.is_empty());
+        if route.audit.personal_path_params {
+            (template, template)
+        } else {
+            (path, template)
         }
     }
 }

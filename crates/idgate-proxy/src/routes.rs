@@ -112,6 +112,10 @@ struct PathEntry {
     /// In the folded table, when some of the entry's routes go to an upstream that ignores
     /// case: the `Allow` header of those routes alone, for the path under another case.
     case_insensitive_allow: Option<HeaderValue>,
+    /// The template of a route on this path whose parameters are personal, if one is: what
+    /// the audit trail records of a request on the path that has no route (a 405, a refusal
+    /// before routing).
+    personal: Option<Arc<str>>,
 }
 
 impl PathEntry {
@@ -198,6 +202,20 @@ pub struct Matched<'r> {
 pub enum RouteMiss<'a> {
     NoPath,
     WrongMethod(&'a HeaderValue),
+}
+
+/// What the audit trail may keep of the path of a request that has no route: one refused
+/// before routing (on arrival, or 404 / 405 by routing itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnroutedPath<'r> {
+    /// The path itself: no route whose parameters are personal could be meant by it.
+    AsSent,
+    /// The template of the route with personal parameters that the path matches, whatever
+    /// the method.
+    Template(&'r str),
+    /// Nothing: no template matches the path, but it begins as a personal route's template
+    /// does up to its first parameter, so it may well carry what that parameter holds.
+    Withheld,
 }
 
 /// Why the route table cannot be built from routes the configuration accepted.
@@ -288,6 +306,7 @@ impl Paths {
                     by_method: Vec::new(),
                     allow_header: HeaderValue::from_static(""),
                     case_insensitive_allow: None,
+                    personal: None,
                 });
                 p
             }
@@ -298,16 +317,23 @@ impl Paths {
         Ok(())
     }
 
-    /// Builds the `Allow` headers; `folded_from` is given for the folded table, whose
-    /// entries also get those of their case-insensitive routes.
-    fn finish(&mut self, folded_from: Option<&[RouteConfig]>) -> Result<(), RouteTableError> {
+    /// Builds the `Allow` headers and notes each path's personal template; `folded` for the
+    /// folded table, whose entries also get the `Allow` header of their case-insensitive
+    /// routes.
+    fn finish(&mut self, routes: &[Route], folded: bool) -> Result<(), RouteTableError> {
         for entry in &mut self.entries {
             entry.allow_header = allow_header(entry.by_method.iter().map(|(m, _)| m))?;
-            if let Some(configs) = folded_from {
+            entry.personal = entry
+                .by_method
+                .iter()
+                .map(|&(_, r)| &routes[r])
+                .find(|r| r.audit.personal_path_params)
+                .map(|r| r.template.clone());
+            if folded {
                 let mut ci = entry
                     .by_method
                     .iter()
-                    .filter(|&&(_, r)| configs[r].case_insensitive)
+                    .filter(|&&(_, r)| routes[r].case_insensitive)
                     .map(|(m, _)| m)
                     .peekable();
                 if ci.peek().is_some() {
@@ -345,6 +371,9 @@ pub struct RouteTable {
     token_endpoint: Option<Route>,
     /// The webhooks' routes, by their exact paths: matched before any configured route.
     webhooks: HashMap<String, Route>,
+    /// The templates of the routes whose parameters are personal, each up to its first
+    /// parameter (`/v3/session/`); empty when there are none.
+    personal_prefixes: Box<[Box<str>]>,
 }
 
 impl RouteTable {
@@ -414,10 +443,15 @@ impl RouteTable {
                 metrics: Default::default(),
             });
         }
-        exact.finish(None)?;
+        exact.finish(&routes, false)?;
         if let Some(folded) = &mut folded {
-            folded.finish(Some(configs))?;
+            folded.finish(&routes, true)?;
         }
+        let personal_prefixes = routes
+            .iter()
+            .filter(|r| r.audit.personal_path_params)
+            .map(|r| r.template.split('{').next().unwrap_or_default().into())
+            .collect();
         let mut webhook_routes = HashMap::with_capacity(webhooks.len());
         for (i, w) in webhooks.iter().enumerate() {
             match path::canonical_template(&w.path) {
@@ -460,6 +494,7 @@ impl RouteTable {
                 metrics: Default::default(),
             }),
             webhooks: webhook_routes,
+            personal_prefixes,
         })
     }
 
@@ -473,6 +508,48 @@ impl RouteTable {
         self.token_endpoint
             .as_ref()
             .filter(|_| crate::token_endpoint::TokenEndpoint::handles(path))
+    }
+
+    /// What the audit trail may record of `path` (canonical) for a request without a route.
+    /// Costs nothing when no route's parameters are personal; else a lookup whatever the
+    /// method (with a lower-case copy of a path with capitals when some upstream ignores
+    /// case), and on a miss a comparison with each personal template's start.
+    pub fn unrouted_path(&self, path: &str) -> UnroutedPath<'_> {
+        if self.personal_prefixes.is_empty() {
+            return UnroutedPath::AsSent;
+        }
+        let exact = self.exact.at(path).map(|(entry, _)| entry);
+        // A folded template decides a request only when a route on it ignores case (see
+        // `find`).
+        let folded = self.folded.as_ref().and_then(|f| {
+            let lower = if path.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(path.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(path)
+            };
+            f.at(&lower)
+                .map(|(entry, _)| entry)
+                .filter(|entry| entry.case_insensitive_allow.is_some())
+        });
+        let mut matched = exact.into_iter().chain(folded).peekable();
+        if matched.peek().is_none() {
+            // Matched by no template: a near miss of a personal one (a missing trailing
+            // slash, one segment too many) still holds its parameter.
+            let near = self.personal_prefixes.iter().any(|prefix| {
+                path.as_bytes()
+                    .get(..prefix.len())
+                    .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
+            });
+            return if near {
+                UnroutedPath::Withheld
+            } else {
+                UnroutedPath::AsSent
+            };
+        }
+        match matched.find_map(|entry| entry.personal.as_deref()) {
+            Some(template) => UnroutedPath::Template(template),
+            None => UnroutedPath::AsSent,
+        }
     }
 
     /// The route for a request; `path` is canonical (see [`crate::path`]).
@@ -541,6 +618,14 @@ mod tests {
     use super::*;
 
     fn table(routes: &[(&str, &str, &str, bool)]) -> Result<RouteTable, RouteTableError> {
+        table_with(routes, &[])
+    }
+
+    /// [`table`], the routes named in `personal` with personal path parameters.
+    fn table_with(
+        routes: &[(&str, &str, &str, bool)],
+        personal: &[&str],
+    ) -> Result<RouteTable, RouteTableError> {
         let configs: Vec<RouteConfig> = routes
             .iter()
             .map(|&(name, method, path, case_insensitive)| RouteConfig {
@@ -560,7 +645,10 @@ mod tests {
                 schema: None,
                 on_state_error: None,
                 masking: None,
-                audit: Default::default(),
+                audit: idgate_config::RouteAudit {
+                    personal_path_params: personal.contains(&name),
+                    ..Default::default()
+                },
                 resilience: Default::default(),
             })
             .collect();
@@ -686,5 +774,49 @@ mod tests {
         let values: Vec<&str> = m.params.iter().map(|(_, s)| &path[s]).collect();
         assert_eq!(values, ["1", "2", "3", "4", "5", "6"]);
         assert_eq!(m.params.get("f", path), Some("6"));
+    }
+
+    #[test]
+    fn a_path_without_a_route_is_kept_from_the_trail_where_a_personal_route_could_be_meant() {
+        let decision = "/v3/session/{session_id}/decision/";
+        let t = table_with(
+            &[
+                ("decision", "GET", decision, false),
+                ("sessions", "POST", "/v3/session/", false),
+                ("status", "GET", "/status/{id}", false),
+                ("applicant", "GET", "/v1/applicants/{id}", true),
+            ],
+            &["decision", "applicant"],
+        )
+        .unwrap();
+        let path = |p| t.unrouted_path(p);
+        // A template of a personal route, whatever the method that missed it.
+        assert_eq!(
+            path("/v3/session/s-1/decision/"),
+            UnroutedPath::Template(decision)
+        );
+        assert_eq!(
+            path("/V1/Applicants/Alice"),
+            UnroutedPath::Template("/v1/applicants/{id}")
+        );
+        // Near misses of a personal template.
+        for p in [
+            "/v3/session/s-1/decision",
+            "/v3/session/s-1/decision/more",
+            "/V3/SESSION/s-1/",
+            "/v1/applicants/Alice/x",
+        ] {
+            assert_eq!(path(p), UnroutedPath::Withheld, "{p}");
+        }
+        // Templates of other routes, and paths no personal route begins like.
+        for p in ["/v3/session/", "/status/1", "/nowhere", "/v3/sessions"] {
+            assert_eq!(path(p), UnroutedPath::AsSent, "{p}");
+        }
+        // Without a personal route, nothing is looked up.
+        let plain = table(&[("decision", "GET", decision, false)]).unwrap();
+        assert_eq!(
+            plain.unrouted_path("/v3/session/s-1/decision"),
+            UnroutedPath::AsSent
+        );
     }
 }

@@ -454,6 +454,43 @@ async fn an_incident_open_when_the_gateway_is_killed_is_closed_as_interrupted_at
     .await;
 }
 
+/// The route on `url`, its upstream's breaker opening after three failures, and `incidents`
+/// where the error-ratio rule needs more requests than a test sends: only the breaker can
+/// open an incident.
+fn breaker_config(pki: &Pki, url: &str, mut incidents: toml::Table) -> GatewayConfig {
+    let mut breaker = toml::Table::new();
+    breaker.insert("consecutive_failures".into(), 3.into());
+    breaker.insert("open_duration".into(), "30s".into());
+    let mut upstream_extra = toml::Table::new();
+    upstream_extra.insert("breaker".into(), breaker.into());
+    incidents.insert("min_requests".into(), 100_000.into());
+    OneRoute {
+        url,
+        upstream_extra,
+        ..OneRoute::default()
+    }
+    .config(pki)
+    .section("incidents", incidents)
+}
+
+/// Requests to the route of [`breaker_config`], its upstream down, until its breaker opens
+/// and the incident is open.
+async fn open_the_breaker(pki: &Pki, gw: &Gateway) -> serde_json::Value {
+    let client = Client::new(pki, Some(ONBOARDING), gw.port, false);
+    let mut slugs = Vec::new();
+    for _ in 0..6 {
+        let r = client.get("/v1/kyc").await.unwrap();
+        slugs.push(r.status);
+    }
+    assert!(slugs.contains(&503), "the breaker never opened: {slugs:?}");
+    incident_when(
+        gw.admin_port,
+        |i| i["rule"] == "breaker_open",
+        Duration::from_secs(10),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_breaker_opening_opens_a_breaker_incident() {
     within_limit(Duration::from_secs(60), async {
@@ -461,37 +498,10 @@ async fn an_upstream_breaker_opening_opens_a_breaker_incident() {
         let work = tempfile::tempdir().unwrap();
         let mut upstream = KillableUpstream::start("127.0.0.1:0".parse().unwrap()).await;
         let url = format!("http://{}", upstream.addr);
-        let mut breaker = toml::Table::new();
-        breaker.insert("consecutive_failures".into(), 3.into());
-        breaker.insert("open_duration".into(), "30s".into());
-        let mut upstream_extra = toml::Table::new();
-        upstream_extra.insert("breaker".into(), breaker.into());
-        // The error-ratio rule needs more requests than this test sends: only the breaker
-        // can open the incident.
-        let mut incidents = incidents_section(&work.path().join("incidents"), None);
-        incidents.insert("min_requests".into(), 100_000.into());
-        let config = OneRoute {
-            url: &url,
-            upstream_extra,
-            ..OneRoute::default()
-        }
-        .config(&pki)
-        .section("incidents", incidents);
-        let gw = Gateway::start(&config, &[]).await;
+        let incidents = incidents_section(&work.path().join("incidents"), None);
+        let gw = Gateway::start(&breaker_config(&pki, &url, incidents), &[]).await;
         upstream.kill();
-        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
-        let mut slugs = Vec::new();
-        for _ in 0..6 {
-            let r = client.get("/v1/kyc").await.unwrap();
-            slugs.push(r.status);
-        }
-        assert!(slugs.contains(&503), "the breaker never opened: {slugs:?}");
-        let open = incident_when(
-            gw.admin_port,
-            |i| i["rule"] == "breaker_open",
-            Duration::from_secs(10),
-        )
-        .await;
+        let open = open_the_breaker(&pki, &gw).await;
         assert_eq!(open["state"], "open", "{open}");
         assert_eq!(open["subject"], "provider", "{open}");
         assert_eq!(
@@ -499,6 +509,58 @@ async fn an_upstream_breaker_opening_opens_a_breaker_incident() {
             serde_json::json!(["provider"]),
             "{open}"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_incident_notification_names_the_receiver_by_its_host_alone() {
+    within_limit(Duration::from_secs(60), async {
+        let pki = Pki::default_pki();
+        let work = tempfile::tempdir().unwrap();
+        let mut upstream = KillableUpstream::start("127.0.0.1:0".parse().unwrap()).await;
+        let url = format!("http://{}", upstream.addr);
+        // A receiver that closes every connection unanswered, its URL with a query worth
+        // keeping out of the log.
+        let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed = receiver.local_addr().unwrap();
+        let hang_up = tokio::spawn(async move {
+            while let Ok((tcp, _)) = receiver.accept().await {
+                drop(tcp);
+            }
+        });
+        let query_secret = "notify-query-token-7c2e";
+        let mut notify = toml::Table::new();
+        notify.insert(
+            "url".into(),
+            format!("http://{closed}/hooks/incidents?token={query_secret}").into(),
+        );
+        notify.insert("secret".into(), "env:INCIDENT_NOTIFY_SECRET".into());
+        notify.insert("attempts".into(), 2.into());
+        notify.insert("timeout".into(), "1s".into());
+        let mut incidents = incidents_section(&work.path().join("incidents"), None);
+        incidents.insert("notify".into(), notify.into());
+        let gw = Gateway::start(
+            &breaker_config(&pki, &url, incidents),
+            &[("INCIDENT_NOTIFY_SECRET", NOTIFY_SECRET)],
+        )
+        .await;
+        upstream.kill();
+        open_the_breaker(&pki, &gw).await;
+        let target = "idgate_incidents::notify";
+        assert_eventually!(
+            !log_lines(&gw, target, "incident notification given up").is_empty(),
+            "no notification given up; output:\n{}",
+            gw.output()
+        );
+        let retried = log_lines(&gw, target, "incident notification failed; retrying");
+        let given_up = log_lines(&gw, target, "incident notification given up");
+        for line in retried.iter().chain(&given_up) {
+            assert_eq!(line["host"], "127.0.0.1", "{line:?}");
+            assert!(!line.contains_key("url"), "{line:?}");
+        }
+        assert!(!gw.output().contains(query_secret), "{}", gw.output());
+        hang_up.abort();
     })
     .await;
 }

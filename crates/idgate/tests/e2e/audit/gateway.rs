@@ -195,6 +195,80 @@ async fn every_request_and_refused_handshake_has_exactly_one_record() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_before_routing_on_a_personal_route_records_its_template_not_the_path() {
+    within_limit(Duration::from_secs(60), async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+        let keys = TrailKeys::new(false);
+        let trail = tempfile::tempdir().unwrap();
+        let config = config(&pki, &upstream, &keys, trail.path())
+            .section("network", toml::toml! { deny_user_agents = ["sqlmap*"] });
+        let mut gw = Gateway::start(&config, &[("TEST_PROVIDER_KEY", PROVIDER_KEY)]).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let session = "c9d27e51-0b6a-4f3e-8a14-7e5d2b9f0c68";
+        let path = format!("/v3/session/{session}/decision/");
+        // (method, path, headers, status, the path recorded)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            u16,
+            Option<&'a str>,
+        );
+        let template = "/v3/session/{session_id}/decision/";
+        let near_miss = format!("/v3/session/{session}/decision");
+        let cases: [Case<'_>; 5] = [
+            // A method the personal route does not take: 405 from routing.
+            ("DELETE", &path, &[], 405, Some(template)),
+            ("HEAD", &path, &[], 405, Some(template)),
+            // A user agent `[network]` denies: 403 on arrival, before any route.
+            (
+                "GET",
+                &path,
+                &[("user-agent", "sqlmap/1.8")],
+                403,
+                Some(template),
+            ),
+            // No route, but the path begins as the personal route's does: no path.
+            ("GET", &near_miss, &[], 404, None),
+            // No route, nothing personal could be meant: the path as sent.
+            ("GET", "/nowhere/else", &[], 404, Some("/nowhere/else")),
+        ];
+        let mut sent = Vec::new();
+        for (method, path, headers, status, _) in &cases {
+            let r = client.send(method, path, headers, "").await.unwrap();
+            assert_eq!(r.status, *status, "{method} {path}");
+            sent.push(r.header("x-request-id").unwrap().to_owned());
+        }
+        stop(&mut gw);
+
+        let raw = all_bytes(trail.path());
+        assert!(!raw.contains(session), "{raw:.3000}");
+        let entries = entries(trail.path(), &[]);
+        let requests = class(&entries, 6003);
+        for ((method, _, _, status, recorded), id) in cases.iter().zip(&sent) {
+            let record = requests
+                .iter()
+                .find(|r| r["metadata"]["uid"] == id.as_str())
+                .unwrap_or_else(|| panic!("{method} {status}: no record"));
+            assert_eq!(record["http_response"]["code"], *status);
+            assert_eq!(
+                record["http_request"]["url"]["path"].as_str(),
+                *recorded,
+                "{method} {status}: {record}"
+            );
+            let template_recorded = record["unmapped"]["path_template"].as_str();
+            assert_eq!(
+                template_recorded,
+                recorded.filter(|p| *p == template),
+                "{record}"
+            );
+        }
+    })
+    .await;
+}
+
 /// Requests on `clients` until the gateway stops answering; how many were answered 200.
 async fn until_it_dies(clients: Vec<Client>, path: String) -> u64 {
     let answered = Arc::new(AtomicU64::new(0));
