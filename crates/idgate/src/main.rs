@@ -162,6 +162,7 @@ fn main() -> ExitCode {
     // whole, however little of it is in use, and idle connections cost a third more resident
     // memory (bench/RESULTS.md). Where the kernel cannot say no, nothing else changes.
     let _ = rustix::thread::disable_transparent_huge_pages(true);
+    keep_memory_private();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, ready_file } => serve(&config, ready_file),
@@ -180,6 +181,21 @@ fn main() -> ExitCode {
         Command::Demo { port, no_wait } => demo::run(!no_wait, port),
         Command::MockProvider(args) => idgate_mock_provider::run_from_args(args),
     }
+}
+
+/// Keeps the process's memory (the provider's keys, the Vault token, the SVID's private key,
+/// the PINs the `hsm` commands read) out of core files and core handlers, whatever limits
+/// the host or the container runtime set: no core dump (`RLIMIT_CORE` 0), and the process
+/// is not dumpable, which also keeps another process of the same user from attaching to it
+/// or reading its memory. Both are refused only where the kernel has neither (then the
+/// host's own settings stand).
+fn keep_memory_private() {
+    let none = rustix::process::Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    let _ = rustix::process::setrlimit(rustix::process::Resource::Core, none);
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
 }
 
 fn print_config_errors(errors: &idgate_config::ConfigErrors) {
@@ -595,5 +611,19 @@ fn dev_pki(out: &Path, trust_domain: &str, workloads: &[String], valid_hours: u6
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use rustix::process::{DumpableBehavior, Resource, dumpable_behavior, getrlimit};
+
+    #[test]
+    fn the_process_keeps_its_memory_out_of_core_dumps() {
+        super::keep_memory_private();
+        assert_eq!(dumpable_behavior().unwrap(), DumpableBehavior::NotDumpable);
+        let core = getrlimit(Resource::Core);
+        assert_eq!((core.current, core.maximum), (Some(0), Some(0)));
     }
 }

@@ -15,6 +15,7 @@ mod connections;
 mod drain;
 mod forwarding;
 mod logging;
+mod process;
 mod routing;
 mod upstream_failures;
 
