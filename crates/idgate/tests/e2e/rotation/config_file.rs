@@ -34,8 +34,38 @@ async fn metric(gw: &Gateway, line_start: &str) -> Option<String> {
         .map(|l| l[line_start.len()..].trim().to_owned())
 }
 
+/// The generation, the reloads applied and refused, and whether the last one succeeded.
+async fn reload_counts(gw: &Gateway) -> [Option<String>; 4] {
+    [
+        metric(gw, "idgate_config_generation ").await,
+        metric(gw, "idgate_config_reloads_total{result=\"applied\"}").await,
+        metric(gw, "idgate_config_reloads_total{result=\"refused\"}").await,
+        metric(gw, "idgate_config_last_reload_success ").await,
+    ]
+}
+
 async fn status(client: &Client, path: &str) -> u16 {
     client.get(path).await.map_or(0, |r| r.status)
+}
+
+const RELOADED: &str =
+    "configuration reloaded: routes, upstreams, credentials and authentication replaced";
+
+/// How many reloads the gateway logged as applied so far.
+fn reloaded_lines(gw: &Gateway) -> usize {
+    log_lines(gw, "idgate_proxy::gateway", RELOADED).len()
+}
+
+/// The keys named by the refused reloads' log lines so far.
+fn refusal_keys(gw: &Gateway) -> Vec<String> {
+    log_lines(
+        gw,
+        "idgate_proxy::gateway",
+        "configuration reload refused; the running configuration stays",
+    )
+    .iter()
+    .filter_map(|l| l.get("key").and_then(|k| k.as_str()).map(str::to_owned))
+    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -100,9 +130,11 @@ async fn reloads_under_load_fail_no_request_and_a_bad_one_changes_nothing() {
             "the completed file was not applied; output:\n{}",
             gw.output()
         );
-        assert_eq!(
-            metric(&gw, "idgate_config_generation ").await.as_deref(),
-            Some("2")
+        // Counted just after the new routes serve: waited for, not assumed done.
+        assert_eventually!(
+            metric(&gw, "idgate_config_generation ").await.as_deref() == Some("2"),
+            "the applied reload was not counted; output:\n{}",
+            gw.output()
         );
 
         // 4. SIGHUP with a broken file: refused, the new route still answers.
@@ -134,29 +166,14 @@ async fn reloads_under_load_fail_no_request_and_a_bad_one_changes_nothing() {
         let count = load.await.unwrap();
         assert!(count.admitted > 0, "{count:?}");
         assert_eq!(count.refused, 0, "{count:?}");
-        // Every reload counted once: the SIGHUP and the file's change are one reload.
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        assert_eq!(
-            metric(&gw, "idgate_config_generation ").await.as_deref(),
-            Some("3")
-        );
-        assert_eq!(
-            metric(&gw, "idgate_config_reloads_total{result=\"applied\"}")
-                .await
-                .as_deref(),
-            Some("2")
-        );
-        assert_eq!(
-            metric(&gw, "idgate_config_reloads_total{result=\"refused\"}")
-                .await
-                .as_deref(),
-            Some("3")
-        );
-        assert_eq!(
-            metric(&gw, "idgate_config_last_reload_success ")
-                .await
-                .as_deref(),
-            Some("1")
+        // Every reload counted once: the SIGHUP and the file's change are one reload. The
+        // last one is counted just after its route serves, so the counts are waited for; a
+        // reload counted twice would never give these.
+        assert_eventually!(
+            reload_counts(&gw).await == ["3", "2", "3", "1"].map(|n| Some(n.to_owned())),
+            "the reloads were not each counted once ({:?}); output:\n{}",
+            reload_counts(&gw).await,
+            gw.output()
         );
         assert_not_restarted(&mut gw);
     })
@@ -254,9 +271,11 @@ async fn a_reload_changes_the_listener_for_new_connections_and_keeps_the_open_on
             "{}",
             gw.output()
         );
-        assert_eq!(
-            metric(&gw, "idgate_config_generation ").await.as_deref(),
-            Some("2")
+        // Counted just after the new settings are in force: waited for, not assumed done.
+        assert_eventually!(
+            metric(&gw, "idgate_config_generation ").await.as_deref() == Some("2"),
+            "the applied reload was not counted; output:\n{}",
+            gw.output()
         );
         assert_not_restarted(&mut gw);
     })
@@ -326,9 +345,11 @@ async fn a_reload_adds_and_removes_trust_domains_and_refuses_a_bad_bundle() {
             "the bad bundle was not refused; output:\n{}",
             gw.output()
         );
-        assert!(
-            gw.output().contains("identity.trust_bundles[1].bundle"),
-            "{}",
+        // The refusal is counted before its reasons are logged, and the log reaches the
+        // output through a writer thread and a pipe: waited for, not assumed written.
+        assert_eventually!(
+            refusal_keys(&gw).contains(&"identity.trust_bundles[1].bundle".to_owned()),
+            "the refusal does not name the bundle's key; output:\n{}",
             gw.output()
         );
         assert_eq!(status(&scorer, "/v1/kyc").await, 0);
@@ -360,6 +381,13 @@ async fn a_reload_adds_and_removes_trust_domains_and_refuses_a_bad_bundle() {
             gw.output()
         );
         assert_eq!(status(&onboarding, "/v1/kyc").await, 200);
+        // The new trust takes effect before the reload's last lines are written: both
+        // reloads' lines are waited for, so that a restart warning would be among them.
+        assert_eventually!(
+            reloaded_lines(&gw) == 2,
+            "the two reloads were not both logged; output:\n{}",
+            gw.output()
+        );
         assert!(
             !gw.output().contains("changes `identity`"),
             "{}",

@@ -66,13 +66,19 @@ async fn sighup_reloads_routes_and_allow_lists_from_the_config_file() {
     );
     assert_eq!(get_status(&onboarding, "/v1/extra").await, 200);
     assert_eq!(get_status(&onboarding, "/v1/kyc").await, 200);
-    // One warning for each key that waits, with its section.
+    // One warning for each key that waits, with its section. They are written just after
+    // the new routes serve: waited for, not assumed written.
     for (setting, key) in [
         ("listener", "listener.max_connections"),
         ("workers", "workers"),
     ] {
         let message = format!(
             "the new configuration changes `{key}`, which takes effect only at restart; the running one stays"
+        );
+        assert_eventually!(
+            !log_lines(&gw, "idgate_proxy::gateway", &message).is_empty(),
+            "no restart warning for {key}:\n{}",
+            gw.output()
         );
         let lines = log_lines(&gw, "idgate_proxy::gateway", &message);
         assert!(

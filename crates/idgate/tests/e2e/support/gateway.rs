@@ -165,7 +165,28 @@ impl Gateway {
         self.output.lock().unwrap().clone()
     }
 
+    /// Sends the signal `sig` (`HUP`, `TERM`, `KILL`, `INT`; another name goes through the
+    /// `kill` command). The common ones are sent by a system call, with no process started
+    /// between the caller's last step and the signal: a `kill` process slowed down by a busy
+    /// machine would stretch the time between a file written and the SIGHUP that follows it,
+    /// or between the moment a test notes and the SIGTERM it measures from.
     pub fn signal(&self, sig: &str) {
+        use rustix::process::{Pid, Signal, kill_process};
+        let known = match sig {
+            "HUP" => Some(Signal::HUP),
+            "TERM" => Some(Signal::TERM),
+            "KILL" => Some(Signal::KILL),
+            "INT" => Some(Signal::INT),
+            _ => None,
+        };
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(Pid::from_raw)
+            .expect("the child's pid");
+        if let Some(signal) = known {
+            kill_process(pid, signal).unwrap_or_else(|e| panic!("kill -{sig}: {e}"));
+            return;
+        }
         let status = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())

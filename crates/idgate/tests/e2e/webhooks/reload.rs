@@ -50,18 +50,24 @@ async fn a_reload_adding_webhooks_while_the_running_state_is_memory_is_refused()
             "the reload was not refused; output:\n{}",
             gw.output()
         );
-        let refusals = log_lines(
-            &gw,
-            "idgate_proxy::gateway",
-            "configuration reload refused; the running configuration stays",
-        );
-        assert!(
-            refusals.iter().any(|l| {
+        // Counted before its reasons are logged, and the log reaches the output through a
+        // writer thread and a pipe: waited for, not assumed written.
+        let says_why = || {
+            log_lines(
+                &gw,
+                "idgate_proxy::gateway",
+                "configuration reload refused; the running configuration stays",
+            )
+            .iter()
+            .any(|l| {
                 let field = |name: &str| l.get(name).and_then(|v| v.as_str()).unwrap_or("");
                 field("key") == "webhooks"
                     && field("reason").contains("in-memory backend")
                     && field("reason").contains("restart to change [state]")
-            }),
+            })
+        };
+        assert_eventually!(
+            says_why(),
             "the refusal does not say why; output:\n{}",
             gw.output()
         );
