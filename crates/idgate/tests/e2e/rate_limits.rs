@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
+use crate::assert_eventually;
 use crate::support::*;
 use crate::tokens::{FORM, signing_key};
 
@@ -369,9 +370,12 @@ async fn a_source_is_locked_out_after_failures_until_the_cooldown_ends() {
         );
         let retry: u64 = reply.header("retry-after").unwrap().parse().unwrap();
         assert!((1..=2).contains(&retry), "Retry-After {retry}");
-        assert!(
+        // The line reaches the output through the log's writer thread: wait for it.
+        assert_eventually!(
             gw.output()
-                .contains("locked out after failed authentications")
+                .contains("locked out after failed authentications"),
+            "no lockout line: {}",
+            gw.output()
         );
         assert!(!gw.output().contains(&key), "a presented key was logged");
         let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
