@@ -522,12 +522,7 @@ impl RouteTable {
         // A folded template decides a request only when a route on it ignores case (see
         // `find`).
         let folded = self.folded.as_ref().and_then(|f| {
-            let lower = if path.bytes().any(|b| b.is_ascii_uppercase()) {
-                Cow::Owned(path.to_ascii_lowercase())
-            } else {
-                Cow::Borrowed(path)
-            };
-            f.at(&lower)
+            f.at(&lower_case(path))
                 .map(|(entry, _)| entry)
                 .filter(|entry| entry.case_insensitive_allow.is_some())
         });
@@ -558,11 +553,7 @@ impl RouteTable {
         // path: the path in lower case against the templates in lower case. Any other route
         // must match as written.
         let folded = self.folded.as_ref().and_then(|f| {
-            let lower = if path.bytes().any(|b| b.is_ascii_uppercase()) {
-                Cow::Owned(path.to_ascii_lowercase())
-            } else {
-                Cow::Borrowed(path)
-            };
+            let lower = lower_case(path);
             // Folding keeps every byte where it is: the spans hold for the path as sent.
             f.at(&lower)
                 .map(|(entry, params)| (entry, PathParams::of(&lower, params.iter())))
@@ -610,6 +601,16 @@ impl RouteTable {
             },
             None => Err(RouteMiss::NoPath),
         }
+    }
+}
+
+/// `path` in ASCII lower case, copied only when it has a capital: what the folded table
+/// of case-insensitive routes is matched against.
+fn lower_case(path: &str) -> Cow<'_, str> {
+    if path.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(path.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(path)
     }
 }
 
