@@ -4,6 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use crate::assert_eventually;
 use crate::support::*;
 
 use super::{SET_ENV, UNSET_ENV, Workspace, check, missing_problems, route, upstream};
@@ -372,10 +373,12 @@ async fn a_misspelt_log_level_is_refused_and_a_misspelt_idgate_log_is_ignored() 
         &[(SET_ENV, "provider-key-for-serve"), ("IDGATE_LOG", "inof")],
     )
     .await;
-    let out = gw.output();
-    assert!(
-        out.contains("IDGATE_LOG ignored: \"inof\" is not a level"),
-        "{out}"
+    // The warning goes to stderr and the log to stdout, each read by its own thread.
+    assert_eventually!(
+        gw.output()
+            .contains("IDGATE_LOG ignored: \"inof\" is not a level"),
+        "no warning about IDGATE_LOG: {}",
+        gw.output()
     );
-    assert!(out.contains("idgate is serving"), "{out}");
+    assert!(gw.output().contains("idgate is serving"), "{}", gw.output());
 }

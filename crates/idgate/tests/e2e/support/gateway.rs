@@ -31,6 +31,9 @@ pub struct Ready {
     pub admin: SocketAddr,
 }
 
+/// The line a gateway logs at info once it serves.
+const SERVING_LINE: &str = "idgate is serving";
+
 /// How long a gateway may take to start before its test fails.
 const START_LIMIT: Duration = Duration::from_secs(20);
 
@@ -44,6 +47,8 @@ pub struct Gateway {
     /// Where the gateway reports its addresses (`--ready-file`).
     pub ready_file: PathBuf,
     output: Arc<Mutex<String>>,
+    /// Whether the log level shows the start-up line "idgate is serving".
+    says_serving: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -63,11 +68,26 @@ impl Gateway {
         gw
     }
 
-    /// Waits until the gateway reports the addresses it bound (see [`Gateway::spawn`]).
+    /// Waits until the gateway reports the addresses it bound (see [`Gateway::spawn`]) and,
+    /// when its level shows it, until the line "idgate is serving" is in its output: the log
+    /// goes out through a writer thread, so the ready file can come before the lines logged
+    /// ahead of it, and a test asserting on a start-up line would race.
     pub async fn serving(&mut self) {
         let ready = self.wait_ready().await;
         self.port = ready.listener.port();
         self.admin_port = ready.admin.port();
+        if self.says_serving {
+            let deadline = Instant::now() + START_LIMIT;
+            while !self.output().contains(SERVING_LINE) {
+                assert!(
+                    Instant::now() < deadline,
+                    "idgate wrote its ready file but not {SERVING_LINE:?} within {START_LIMIT:?}; \
+                     output:\n{}",
+                    self.output()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
 
     /// Writes `config` and starts the gateway with `env` without waiting for it to serve;
@@ -88,6 +108,17 @@ impl Gateway {
             cmd.env(k, v);
         }
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        // The effective level: IDGATE_LOG when it is one (a misspelt one is ignored), else
+        // `[log] level`, else info.
+        let level = env
+            .iter()
+            .find(|(k, _)| *k == "IDGATE_LOG")
+            .map(|(_, v)| *v)
+            .or(config.log.as_ref().and_then(|l| l.level.as_deref()))
+            .unwrap_or("info");
+        let says_serving = !["warn", "error", "off"]
+            .iter()
+            .any(|quiet| level.trim().starts_with(quiet));
         let mut child = cmd.spawn().expect("spawn idgate");
         let output = Arc::new(Mutex::new(String::new()));
         for stream in [
@@ -119,6 +150,7 @@ impl Gateway {
             config_path,
             ready_file,
             output,
+            says_serving,
             _dir: dir,
         }
     }
