@@ -132,8 +132,13 @@ async fn a_failed_refresh_of_the_sumsub_secret_leaves_the_app_token_unrotated() 
     let versions = versions_used(gw.admin_port, "sumsub").await;
     assert_eq!(versions.len(), 3, "{versions:?}");
 
+    // Logged after the new pair is put into use: waited for, not assumed written.
+    assert_eventually!(
+        gw.output().contains("upstream credential rotated"),
+        "the rotation was not logged:\n{}",
+        gw.output()
+    );
     let out = gw.output();
-    assert!(out.contains("upstream credential rotated"), "{out}");
     assert!(
         !out.contains("sbx:app-token") && !out.contains("sumsub-secret-"),
         "{out}"

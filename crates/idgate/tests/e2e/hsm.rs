@@ -167,7 +167,12 @@ async fn rotating_the_key_in_the_token_under_load_loses_no_request() {
         "requests failed during rotation"
     );
     assert!(total > 20, "too little load to mean anything: {total}");
-    assert!(gw.output().contains("upstream credential rotated"));
+    // Logged after the new version is put into use: waited for, not assumed written.
+    assert_eventually!(
+        gw.output().contains("upstream credential rotated"),
+        "the rotation was not logged:\n{}",
+        gw.output()
+    );
     assert!(!gw.output().contains("new-key-2222") && !gw.output().contains("old-key-1111"));
 }
 

@@ -103,9 +103,9 @@ async fn token_outage_gives_503_problem_and_log_line_and_recovers_without_restar
         "no log line names the credential:\n{}",
         gw.output()
     );
-    assert!(
+    assert_eventually!(
         gw.output().contains("PKCS#11 token is unavailable"),
-        "{}",
+        "the outage was not logged:\n{}",
         gw.output()
     );
 
@@ -188,7 +188,12 @@ async fn wrapped_key_keeps_serving_from_memory_during_an_outage_and_rotation_res
         "the rotation after the outage never reached the upstream:\n{}",
         gw.output()
     );
+    // Logged as the token is used again, read from the pipe by another thread: waited for.
+    assert_eventually!(
+        gw.output().contains("PKCS#11 token is available again"),
+        "the token's return was not logged:\n{}",
+        gw.output()
+    );
     let out = gw.output();
-    assert!(out.contains("PKCS#11 token is available again"), "{out}");
     assert!(!out.contains("wrapped-key-one") && !out.contains("wrapped-key-two"));
 }

@@ -369,7 +369,10 @@ async fn an_upstream_outage_opens_an_incident_that_closes_after_recovery_and_is_
 
         // A restart keeps it.
         gw.signal("TERM");
-        assert!(wait_for_exit(&mut gw.child, Duration::from_secs(30)).is_some_and(|s| s.success()));
+        assert!(
+            gw.wait_exit(Duration::from_secs(30))
+                .is_some_and(|s| s.success())
+        );
         // The report's extraction command finds every failed request in the trail.
         let trail = work.path().join("trail");
         let (since, until) = (
@@ -433,7 +436,7 @@ async fn an_incident_open_when_the_gateway_is_killed_is_closed_as_interrupted_at
         let id = open["id"].as_str().unwrap().to_owned();
         stop.store(true, Ordering::Relaxed);
         gw.signal("KILL");
-        let _ = wait_for_exit(&mut gw.child, Duration::from_secs(10));
+        let _ = gw.wait_exit(Duration::from_secs(10));
 
         let gw = Gateway::start(&config, &[]).await;
         let after = admin_json(gw.admin_port, &format!("/incidents/{id}")).await;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use idgate_store::redis_testing::RedisServer;
 
+use crate::assert_eventually;
 use crate::support::*;
 
 const PEPPER: &str = "n3Wq4p8yVh0cE2rT6uJk1LmZs9Xa7DfB5gHiOoPqRwE=";
@@ -836,11 +837,20 @@ async fn a_key_record_widened_in_redis_is_refused_and_only_the_keys_user_writes_
             assert!(Instant::now() < deadline, "the new key is never accepted");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        let warnings = |log: &str| {
+            log.lines()
+                .filter(|l| l.contains("tag does not verify"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        // Read from the pipe by another thread: the warning is waited for, then counted.
+        assert_eventually!(
+            !warnings(&gw.output()).is_empty(),
+            "the record that does not verify was not logged:\n{}",
+            gw.output()
+        );
         let log = gw.output();
-        let warnings: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("tag does not verify"))
-            .collect();
+        let warnings = warnings(&log);
         assert_eq!(warnings.len(), 1, "{log}");
         assert!(warnings[0].contains(&id), "{log}");
 
@@ -869,12 +879,14 @@ async fn a_key_record_widened_in_redis_is_refused_and_only_the_keys_user_writes_
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        let log = gw.output();
-        assert!(
-            log.lines()
+        assert_eventually!(
+            gw.output()
+                .lines()
                 .any(|l| l.contains("was withdrawn in the store") && l.contains(&other_id)),
-            "{log}"
+            "the record put back was not logged:\n{}",
+            gw.output()
         );
+        let log = gw.output();
         for secret in [PEPPER, REDIS_PASSWORD, secret_of(&key), secret_of(&other)] {
             assert!(!log.contains(secret), "a secret in the log:\n{log}");
         }

@@ -166,14 +166,22 @@ async fn a_balancer_names_the_real_client_in_v1_and_v2_and_must_send_a_header() 
             "a slow header held its connection: {read:?}"
         );
 
-        // The access log names the client the balancer named, not the balancer.
-        let remotes: Vec<String> = log_lines(&gw, "idgate::access", "request")
-            .iter()
-            .filter_map(|l| l.get("remote").and_then(|r| r.as_str()).map(str::to_owned))
-            .collect();
+        // The access log names the client the balancer named, not the balancer. Its lines
+        // come through the access log's writer thread and a pipe: waited for.
+        let remotes = || -> Vec<String> {
+            log_lines(&gw, "idgate::access", "request")
+                .iter()
+                .filter_map(|l| l.get("remote").and_then(|r| r.as_str()).map(str::to_owned))
+                .collect()
+        };
         for client in ["192.0.2.7", "198.51.100.9", "2001:db8::7", "127.0.0.2"] {
-            assert!(remotes.iter().any(|r| r == client), "{client}: {remotes:?}");
+            assert_eventually!(
+                remotes().iter().any(|r| r == client),
+                "{client}: {:?}",
+                remotes()
+            );
         }
+        let remotes = remotes();
         assert!(!remotes.iter().any(|r| r == "127.0.0.1"), "{remotes:?}");
 
         let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();

@@ -442,10 +442,11 @@ async fn failed_refresh_keeps_the_current_token_until_it_expires() {
     assert!(refused >= 2, "refresh was not retried: {refused}");
     // A failed fetch is shared for a second, so the endpoint is not hammered.
     assert!(refused <= 6, "{refused} token requests in 2.5 s");
-    assert!(
+    // Logged by the refresh, read from the pipe by another thread: waited for.
+    assert_eventually!(
         gw.output()
             .contains("cannot fetch the next OAuth2 token; the current one stays in use"),
-        "{}",
+        "the failed refresh was not logged:\n{}",
         gw.output()
     );
     assert_output_clean(&gw, &endpoint);

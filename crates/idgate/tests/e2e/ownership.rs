@@ -4,6 +4,7 @@
 
 use idgate_mock_provider::{AuthMode, MockConfig, MockHandle};
 
+use crate::assert_eventually;
 use crate::support::*;
 
 const KYC_REVIEW: &str = "spiffe://example.org/ns/kyc/sa/review";
@@ -311,8 +312,12 @@ async fn ownership_state_failure_counts_in_state_errors_total() {
             metrics.contains("idgate_state_errors_total{operation=\"ownership\"} 1"),
             "{metrics}"
         );
-        let out = gw.output();
-        assert!(out.contains("the state backend failed"), "{out}");
+        // Logged as the check is refused, read from the pipe by another thread: waited for.
+        assert_eventually!(
+            gw.output().contains("the state backend failed"),
+            "the failure was not logged:\n{}",
+            gw.output()
+        );
     })
     .await;
 }

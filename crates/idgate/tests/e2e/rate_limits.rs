@@ -104,7 +104,11 @@ async fn under_ten_times_the_load_the_admitted_rate_stays_at_the_limit_and_other
             "{admitted} admitted in {elapsed:.2}s: under 95% of the limit"
         );
         // The refusals are in the access log, with their reason, and counted.
-        assert!(gw.output().contains("denied:rate-limited"));
+        assert_eventually!(
+            gw.output().contains("denied:rate-limited"),
+            "no refusal in the access log:\n{}",
+            gw.output()
+        );
         let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
         assert!(
             metrics.contains("idgate_rate_limited_total{route=\"route\",limit=\"per-workload\"}"),

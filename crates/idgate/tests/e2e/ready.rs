@@ -60,7 +60,8 @@ async fn the_ready_file_names_the_ports_bound_and_goes_away_at_shutdown() {
         );
 
         gw.signal("TERM");
-        let status = wait_for_exit(&mut gw.child, Duration::from_secs(30))
+        let status = gw
+            .wait_exit(Duration::from_secs(30))
             .unwrap_or_else(|| panic!("still running after SIGTERM:\n{}", gw.output()));
         assert!(status.success(), "{status}:\n{}", gw.output());
         assert!(

@@ -272,12 +272,16 @@ async fn killing_the_upstream_opens_the_breaker_and_it_closes_when_the_upstream_
         ] {
             assert!(metrics.contains(line), "{line} not in\n{metrics}");
         }
-        let opened = log_lines(
-            &gw,
-            "idgate::breaker",
-            "circuit breaker opened: requests to the upstream are refused",
+        assert_eventually!(
+            !log_lines(
+                &gw,
+                "idgate::breaker",
+                "circuit breaker opened: requests to the upstream are refused",
+            )
+            .is_empty(),
+            "the breaker's opening was not logged:\n{}",
+            gw.output()
         );
-        assert!(!opened.is_empty(), "{}", gw.output());
     })
     .await;
 }

@@ -45,11 +45,19 @@ async fn sigterm_under_load_drains_then_closes_the_trail() {
             let r = r.await.unwrap().expect("the in-flight request is answered");
             assert_eq!(r.status, 200, "{:?}", r.body);
         }
-        let status = wait_for_exit(&mut gw.child, Duration::from_secs(20));
+        let status = gw.wait_exit(Duration::from_secs(20));
         assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", gw.output());
+        // The process has exited, but its last lines may still be on their way through the
+        // pipe to the thread that reads it: waited for, then their order checked.
+        assert_eventually!(
+            gw.output().contains("all connections drained")
+                && gw.output().contains("audit trail closed"),
+            "the drain's or the trail's closing line is missing:\n{}",
+            gw.output()
+        );
         let output = gw.output();
-        let drained = output.find("all connections drained").unwrap_or(usize::MAX);
-        let closed = output.find("audit trail closed").unwrap_or(0);
+        let drained = output.find("all connections drained").unwrap();
+        let closed = output.find("audit trail closed").unwrap();
         assert!(
             drained < closed,
             "the trail closed before the drain:\n{output}"
@@ -116,7 +124,7 @@ async fn requests_cut_at_the_drain_timeout_are_recorded_in_the_trail_before_it_c
             let r = r.await.unwrap();
             assert!(r.is_err(), "a cut request was answered: {r:?}");
         }
-        let status = wait_for_exit(&mut gw.child, Duration::from_secs(15));
+        let status = gw.wait_exit(Duration::from_secs(15));
         assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", gw.output());
         // drain_timeout (1 s), the cut and the trail's close, well within the bound.
         assert!(
@@ -143,12 +151,15 @@ async fn requests_cut_at_the_drain_timeout_are_recorded_in_the_trail_before_it_c
         ]);
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains("sealed") && !out.contains("dropped:"), "{out}");
-        let output = gw.output();
-        assert!(
-            output.contains("drain timeout reached; closing the remaining connections")
-                && output.contains("remaining connections closed"),
-            "{output}"
+        // Logged before the exit, read from the pipe by another thread: waited for.
+        assert_eventually!(
+            gw.output()
+                .contains("drain timeout reached; closing the remaining connections")
+                && gw.output().contains("remaining connections closed"),
+            "{}",
+            gw.output()
         );
+        let output = gw.output();
         assert!(!output.contains("records are lost"), "{output}");
     })
     .await

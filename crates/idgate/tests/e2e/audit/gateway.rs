@@ -52,7 +52,7 @@ fn config(pki: &Pki, upstream: &TestUpstream, keys: &TrailKeys, dir: &Path) -> G
 
 pub(super) fn stop(gw: &mut Gateway) {
     gw.signal("TERM");
-    let status = wait_for_exit(&mut gw.child, Duration::from_secs(30));
+    let status = gw.wait_exit(Duration::from_secs(30));
     assert!(status.is_some_and(|s| s.success()), "{}", gw.output());
 }
 
@@ -307,7 +307,7 @@ async fn a_sigkill_under_load_leaves_a_verifiable_chain_and_the_restart_records_
         let load = tokio::spawn(until_it_dies(clients, "/v3/session/s1/decision/".into()));
         tokio::time::sleep(Duration::from_millis(1200)).await;
         gw.signal("KILL");
-        assert!(wait_for_exit(&mut gw.child, Duration::from_secs(10)).is_some());
+        assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
         let answered = load.await.unwrap();
         assert!(answered > 50, "{answered}");
 

@@ -131,10 +131,10 @@ async fn refused_handshakes_are_counted_by_reason() {
             expected.len()
         );
         assert_nothing_private(&m, &text, &[ROGUE, ONBOARDING, PLAIN, "plain.test"]);
-        // The log line says the same reason as the metric.
-        let logged = log_lines(&gw, "idgate::tls", "TLS handshake refused");
-        assert!(
-            logged
+        // The log line says the same reason as the metric; it reaches the output through the
+        // log's writer thread and a pipe, so it is waited for.
+        assert_eventually!(
+            log_lines(&gw, "idgate::tls", "TLS handshake refused")
                 .iter()
                 .any(|l| l.get("reason").and_then(|r| r.as_str()) == Some("bad_svid")),
             "{}",

@@ -106,8 +106,13 @@ async fn new_openbao_kv_version_written_under_load_is_used_with_no_failed_reques
         );
         assert!(key_seen(&upstream, "key-version-two"));
     }
+    // Logged after the new version is put into use: waited for, not assumed written.
+    assert_eventually!(
+        gw.output().contains("upstream credential rotated"),
+        "the rotation was not logged:\n{}",
+        gw.output()
+    );
     let out = gw.output();
-    assert!(out.contains("upstream credential rotated"), "{out}");
     assert!(!out.contains("key-version-one") && !out.contains("key-version-two"));
     let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
     assert!(

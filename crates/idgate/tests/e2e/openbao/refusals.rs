@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::assert_eventually;
 use crate::support::*;
 
 use super::{OpenBao, vault_spec};
@@ -128,8 +129,13 @@ async fn a_policy_403_on_one_path_does_not_log_in_again_every_refresh() {
         gw.output()
     );
     assert_eq!(bao.granted("auth/approle/login"), 1, "{}", gw.output());
+    // Logged after the refused read Vault counted: waited for, not assumed written.
+    assert_eventually!(
+        gw.output().contains("permission denied by Vault"),
+        "the refusal was not logged:\n{}",
+        gw.output()
+    );
     let out = gw.output();
-    assert!(out.contains("permission denied by Vault"), "{out}");
     assert!(
         !out.contains(&secret_id) && !out.contains("other-key-one"),
         "{out}"

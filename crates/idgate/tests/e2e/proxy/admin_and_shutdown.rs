@@ -43,7 +43,7 @@ async fn sigterm_exits_0() {
         let r = s.client(Some(ONBOARDING)).get(DECISION).await.unwrap();
         assert_eq!(r.status, 200);
         s.gw.signal("TERM");
-        let status = wait_for_exit(&mut s.gw.child, Duration::from_secs(15));
+        let status = s.gw.wait_exit(Duration::from_secs(15));
         let status = status.unwrap_or_else(|| {
             panic!(
                 "still running 15s after SIGTERM; output:\n{}",
@@ -86,7 +86,7 @@ async fn sigterm_writes_the_access_line_of_every_request_before_exiting() {
             assert_eq!(r.status, 200, "{:?}", r.body);
             rids.push(r.header("x-request-id").unwrap().to_owned());
         }
-        let status = wait_for_exit(&mut s.gw.child, Duration::from_secs(15));
+        let status = s.gw.wait_exit(Duration::from_secs(15));
         assert_eq!(
             status.and_then(|s| s.code()),
             Some(0),
@@ -121,7 +121,7 @@ async fn sigterm_with_idle_keep_alive_connections_exits_0_promptly() {
         // Both connections stay open and idle while the gateway is told to stop.
         s.gw.signal("TERM");
         let started = Instant::now();
-        let status = wait_for_exit(&mut s.gw.child, Duration::from_secs(15)).unwrap_or_else(|| {
+        let status = s.gw.wait_exit(Duration::from_secs(15)).unwrap_or_else(|| {
             panic!(
                 "still running 15s after SIGTERM; output:\n{}",
                 s.gw.output()
@@ -159,7 +159,7 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
             .unwrap()
             .expect("the in-flight request is answered");
         assert_eq!(r.status, 200, "{:?}", r.body);
-        let status = wait_for_exit(&mut s.gw.child, Duration::from_secs(15)).unwrap_or_else(|| {
+        let status = s.gw.wait_exit(Duration::from_secs(15)).unwrap_or_else(|| {
             panic!(
                 "still running 15s after SIGTERM; output:\n{}",
                 s.gw.output()

@@ -95,7 +95,9 @@ async fn sigterm_under_load_turns_not_ready_first_and_cuts_no_request_in_flight(
                 assert_eq!(r.header("connection"), Some("close"), "request {i}");
             }
         }
-        let status = wait_for_exit(&mut s.gw.child, Duration::from_secs(15))
+        let status = s
+            .gw
+            .wait_exit(Duration::from_secs(15))
             .unwrap_or_else(|| panic!("still running after the drain; output:\n{}", s.gw.output()));
         assert_eq!(status.code(), Some(0), "output:\n{}", s.gw.output());
         assert!(
@@ -103,16 +105,23 @@ async fn sigterm_under_load_turns_not_ready_first_and_cuts_no_request_in_flight(
             "exited {:?} after the signal, before the late request was answered",
             signalled.elapsed()
         );
-        let output = s.gw.output();
-        let not_ready = output
-            .find("shutting down: not ready")
-            .unwrap_or(usize::MAX);
-        let closed = output.find("listener closed: draining").unwrap_or(0);
-        assert!(not_ready < closed, "output:\n{output}");
-        assert!(
-            output.contains("all connections drained"),
-            "output:\n{output}"
+        // The process has exited, but its last lines may still be on their way through the
+        // pipe to the thread that reads it: waited for, then their order checked.
+        assert_eventually!(
+            [
+                "shutting down: not ready",
+                "listener closed: draining",
+                "all connections drained"
+            ]
+            .iter()
+            .all(|line| s.gw.output().contains(line)),
+            "the drain's lines are missing; output:\n{}",
+            s.gw.output()
         );
+        let output = s.gw.output();
+        let not_ready = output.find("shutting down: not ready").unwrap();
+        let closed = output.find("listener closed: draining").unwrap();
+        assert!(not_ready < closed, "output:\n{output}");
     })
     .await
 }
@@ -140,7 +149,7 @@ async fn a_second_sigterm_while_draining_exits_at_once_and_not_0() {
         );
         let second = Instant::now();
         s.gw.signal("TERM");
-        let status = wait_for_exit(&mut s.gw.child, Duration::from_secs(5)).unwrap_or_else(|| {
+        let status = s.gw.wait_exit(Duration::from_secs(5)).unwrap_or_else(|| {
             panic!("a second SIGTERM did not end the drain:\n{}", s.gw.output())
         });
         assert!(second.elapsed() < Duration::from_secs(5));
@@ -213,7 +222,9 @@ async fn a_drain_delay_set_by_a_reload_is_the_one_used() {
             });
         assert_eq!(r.status, 200);
         // ...and exiting no sooner than the delay after the signal.
-        let status = wait_for_exit(&mut s.gw.child, Duration::from_secs(15))
+        let status = s
+            .gw
+            .wait_exit(Duration::from_secs(15))
             .unwrap_or_else(|| panic!("still running after the drain; output:\n{}", s.gw.output()));
         assert_eq!(status.code(), Some(0), "output:\n{}", s.gw.output());
         assert!(

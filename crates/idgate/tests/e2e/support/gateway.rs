@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,8 @@ pub struct Gateway {
     /// Where the gateway reports its addresses (`--ready-file`).
     pub ready_file: PathBuf,
     output: Arc<Mutex<String>>,
+    /// The output readers (stdout, stderr) that have not yet reached the end of their pipe.
+    readers_open: Arc<AtomicUsize>,
     /// Whether the log level shows the start-up line "idgate is serving".
     says_serving: bool,
     _dir: tempfile::TempDir,
@@ -121,6 +124,7 @@ impl Gateway {
             .any(|quiet| level.trim().starts_with(quiet));
         let mut child = cmd.spawn().expect("spawn idgate");
         let output = Arc::new(Mutex::new(String::new()));
+        let readers_open = Arc::new(AtomicUsize::new(0));
         for stream in [
             child
                 .stdout
@@ -135,12 +139,15 @@ impl Gateway {
         .flatten()
         {
             let out = output.clone();
+            let open = readers_open.clone();
+            open.fetch_add(1, Ordering::SeqCst);
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     let mut o = out.lock().unwrap();
                     o.push_str(&line);
                     o.push('\n');
                 }
+                open.fetch_sub(1, Ordering::SeqCst);
             });
         }
         Self {
@@ -150,6 +157,7 @@ impl Gateway {
             config_path,
             ready_file,
             output,
+            readers_open,
             says_serving,
             _dir: dir,
         }
@@ -175,8 +183,7 @@ impl Gateway {
                 return ready;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                // Give the output readers a moment to catch the last lines.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.wait_output_closed(Duration::from_secs(5));
                 panic!(
                     "idgate exited during start-up ({status}); output:\n{}",
                     self.output()
@@ -189,6 +196,24 @@ impl Gateway {
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits up to `timeout` for the gateway to exit and then for its output to be read to
+    /// the end: the process's exit does not mean its last lines have left the pipes, and a
+    /// test asserting on them would race. `None` if the gateway is still running then.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = super::wait_for_exit(&mut self.child, timeout)?;
+        self.wait_output_closed(Duration::from_secs(5));
+        Some(status)
+    }
+
+    /// Waits up to `timeout` until both output readers have reached the end of their pipe
+    /// (`idgate serve` starts no child that could hold them open).
+    fn wait_output_closed(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.readers_open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 

@@ -107,12 +107,15 @@ async fn forged_resigned_stale_and_replayed_events_are_refused_and_never_deliver
         assert_eq!(got[0].event_id, key);
         assert_eq!(got[0].body["event_id"], "evt-genuine");
 
-        // Each refusal is recorded as any refusal is.
-        let decisions: Vec<String> = log_lines(&gw, "idgate::access", "request")
-            .iter()
-            .filter(|l| l["route"] == "webhook:didit")
-            .map(|l| l["decision"].as_str().unwrap_or_default().to_owned())
-            .collect();
+        // Each refusal is recorded as any refusal is, through the access log's writer thread
+        // and a pipe: waited for.
+        let decisions = || -> Vec<String> {
+            log_lines(&gw, "idgate::access", "request")
+                .iter()
+                .filter(|l| l["route"] == "webhook:didit")
+                .map(|l| l["decision"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        };
         for d in [
             "allowed",
             "denied:webhook-replayed",
@@ -120,7 +123,11 @@ async fn forged_resigned_stale_and_replayed_events_are_refused_and_never_deliver
             "denied:webhook-stale",
             "denied:method-not-allowed",
         ] {
-            assert!(decisions.iter().any(|x| x == d), "{d} in {decisions:?}");
+            assert_eventually!(
+                decisions().iter().any(|x| x == d),
+                "{d} in {:?}",
+                decisions()
+            );
         }
         // The gateway never logs the secret.
         assert!(!gw.output().contains(DIDIT_SECRET));
