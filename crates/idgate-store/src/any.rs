@@ -225,6 +225,15 @@ impl Ownership for StateStore {
         forward!(self, s => Ownership::get(&**s, object, now))
     }
 
+    async fn get_for(
+        &self,
+        object: &ObjectId,
+        asker: &Owner,
+        now: SystemTime,
+    ) -> Result<Option<OwnerRecord>, StoreError> {
+        forward!(self, s => s.get_for(object, asker, now))
+    }
+
     async fn remove(&self, object: &ObjectId) -> Result<bool, StoreError> {
         forward!(self, s => s.remove(object))
     }

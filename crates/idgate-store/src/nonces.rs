@@ -55,6 +55,21 @@ pub trait Ownership: Send + Sync {
         now: SystemTime,
     ) -> impl Future<Output = Result<Option<OwnerRecord>, StoreError>> + Send;
 
+    /// The live record for `object`, if any, read for `asker` to learn whether it is its
+    /// own. A store that keeps records it has read close at hand answers only their owner
+    /// from them and asks the store itself for anyone else, so that an object owned by
+    /// someone else takes as long to refuse as one that does not exist (the answer's timing
+    /// must not tell them apart). Stores without such a copy read as [`Ownership::get`].
+    fn get_for(
+        &self,
+        object: &ObjectId,
+        asker: &Owner,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<Option<OwnerRecord>, StoreError>> + Send {
+        let _ = asker;
+        self.get(object, now)
+    }
+
     /// Forgets `object` (deleted at the provider); `true` when there was a record.
     fn remove(&self, object: &ObjectId) -> impl Future<Output = Result<bool, StoreError>> + Send;
 

@@ -159,7 +159,7 @@ pub(super) async fn check_owned(
     let state = &ctx.services.state;
     let record = bounded(
         ctx.snapshot.limits.timeout,
-        Ownership::get(state, &id, SystemTime::now()),
+        state.get_for(&id, &owner, SystemTime::now()),
     );
     match record.await {
         Ok(Some(record)) if record.owner == owner => {
@@ -261,7 +261,7 @@ pub(super) async fn own_list(
             None => false,
             Some(id) => match bounded(
                 ctx.snapshot.limits.timeout,
-                Ownership::get(&ctx.services.state, id, now),
+                ctx.services.state.get_for(id, &owner, now),
             )
             .await
             {

@@ -429,6 +429,47 @@ impl Ownership for RedisStore {
         if let Some(record) = self.owners.get(object, now) {
             return Ok(Some(record));
         }
+        self.read_owner(object, now).await
+    }
+
+    async fn get_for(
+        &self,
+        object: &ObjectId,
+        asker: &Owner,
+        now: SystemTime,
+    ) -> Result<Option<OwnerRecord>, StoreError> {
+        // The copy kept here answers its owner only: anyone else waits for Redis, as for
+        // an object that does not exist.
+        if let Some(record) = self.owners.get(object, now)
+            && record.owner == *asker
+        {
+            return Ok(Some(record));
+        }
+        self.read_owner(object, now).await
+    }
+
+    async fn remove(&self, object: &ObjectId) -> Result<bool, StoreError> {
+        // Forgotten here even if Redis cannot be reached: the object is gone upstream.
+        self.owners.forget(object);
+        let key = self.tagged("o", object.as_str());
+        let removed: u64 = self
+            .call(|mut c| async move { redis::cmd("DEL").arg(&key).query_async(&mut c).await })
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn sweep(&self, _now: SystemTime) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}
+
+impl RedisStore {
+    /// The live record Redis holds for `object`, kept in the copy of records read.
+    async fn read_owner(
+        &self,
+        object: &ObjectId,
+        now: SystemTime,
+    ) -> Result<Option<OwnerRecord>, StoreError> {
         let key = self.tagged("o", object.as_str());
         let reply: Value = self
             .call(|mut c| async move {
@@ -452,19 +493,5 @@ impl Ownership for RedisStore {
             }
             _ => Ok(None),
         }
-    }
-
-    async fn remove(&self, object: &ObjectId) -> Result<bool, StoreError> {
-        // Forgotten here even if Redis cannot be reached: the object is gone upstream.
-        self.owners.forget(object);
-        let key = self.tagged("o", object.as_str());
-        let removed: u64 = self
-            .call(|mut c| async move { redis::cmd("DEL").arg(&key).query_async(&mut c).await })
-            .await?;
-        Ok(removed > 0)
-    }
-
-    async fn sweep(&self, _now: SystemTime) -> Result<u64, StoreError> {
-        Ok(0)
     }
 }

@@ -72,11 +72,13 @@ async fn redis_cluster_meets_every_contract() {
     let stalled = store.increment(&key, 1, window, SystemTime::now()).await;
     let took = began.elapsed();
     cluster.resume();
+    // Cut by the store's own 100 ms timeout (not by the Cluster client's 1 s response
+    // timeout): the bound on the time only has to leave room for a loaded machine.
     assert!(
-        matches!(stalled, Err(StoreError::Unavailable { .. })),
+        matches!(&stalled, Err(StoreError::Unavailable { reason }) if reason == "no answer within 100 ms"),
         "{stalled:?}"
     );
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
     let count = eventually(|| store.increment(&key, 1, window, SystemTime::now())).await;
     assert!(count.count >= 2, "{count:?}");
 }
@@ -184,12 +186,10 @@ async fn an_owner_read_once_costs_no_round_trip_and_an_unknown_object_is_always_
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let mut options = RedisOptions::standalone(server.url());
-    (options.prefix, options.timeout) = ("own:".to_owned(), Duration::from_millis(200));
-    let (reader, writer) = (
-        RedisStore::new(&options).unwrap(),
-        store(&server.url(), "own:"),
-    );
+    // The calls that must succeed get the generous timeout of `store`; the calls made while
+    // Redis is paused go through a short-timeout view sharing its connection and cache.
+    let (reader, writer) = (store(&server.url(), "own:"), store(&server.url(), "own:"));
+    let paused_reader = reader.with_timeout(Duration::from_millis(200));
     let (session, unknown) = (ObjectId::new("s-1").unwrap(), ObjectId::new("s-2").unwrap());
     let alice = Owner::new("apikey:alice").unwrap();
     let now = SystemTime::now();
@@ -209,8 +209,8 @@ async fn an_owner_read_once_costs_no_round_trip_and_an_unknown_object_is_always_
     );
 
     server.pause();
-    let cached = Ownership::get(&reader, &session, SystemTime::now()).await;
-    let asked = Ownership::get(&reader, &unknown, SystemTime::now()).await;
+    let cached = Ownership::get(&paused_reader, &session, SystemTime::now()).await;
+    let asked = Ownership::get(&paused_reader, &unknown, SystemTime::now()).await;
     server.resume();
     assert_eq!(cached.unwrap().map(|r| r.owner), Some(alice));
     assert!(
@@ -227,6 +227,53 @@ async fn an_owner_read_once_costs_no_round_trip_and_an_unknown_object_is_always_
     );
 }
 
+/// The copy of records read answers their owner only: for anyone else the record is read
+/// from Redis, as for an object that does not exist, so the time a refusal takes does not
+/// tell someone else's object from no object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_record_answers_its_owner_only_and_anyone_else_waits_for_redis() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut options = RedisOptions::standalone(server.url());
+    (options.prefix, options.timeout) = ("asked:".to_owned(), Duration::from_millis(200));
+    let store = RedisStore::new(&options).unwrap();
+    let (session, warm) = (
+        ObjectId::new("s-1").unwrap(),
+        ObjectId::new("warm").unwrap(),
+    );
+    let (alice, mallory) = (
+        Owner::new("apikey:alice").unwrap(),
+        Owner::new("apikey:mallory").unwrap(),
+    );
+    let now = SystemTime::now();
+    // Connected and warm, then the record written (and so kept here).
+    assert_eq!(
+        eventually(|| Ownership::get(&store, &warm, now)).await,
+        None
+    );
+    store
+        .put(&session, &alice, Duration::from_secs(3600), now)
+        .await
+        .unwrap();
+
+    server.pause();
+    let own = store.get_for(&session, &alice, SystemTime::now()).await;
+    let foreign = store.get_for(&session, &mallory, SystemTime::now()).await;
+    server.resume();
+    assert_eq!(own.unwrap().map(|r| r.owner), Some(alice.clone()));
+    assert!(
+        matches!(foreign, Err(StoreError::Unavailable { .. })),
+        "someone else's object was answered without asking Redis: {foreign:?}"
+    );
+    // Once Redis answers, the other caller learns the owner, which is not itself.
+    let foreign = store
+        .get_for(&session, &mallory, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(foreign.map(|r| r.owner), Some(alice));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_redis_answers_unavailable_within_the_timeout_and_recovers() {
     let Some(server) = RedisServer::start() else {
@@ -237,16 +284,9 @@ async fn a_paused_redis_answers_unavailable_within_the_timeout_and_recovers() {
     let store = RedisStore::new(&options).unwrap();
     let key = CounterKey::new("k").unwrap();
     let window = Duration::from_secs(60);
-    // Connected and warm (the first call may load the script).
-    for _ in 0..20 {
-        if store
-            .increment(&key, 1, window, SystemTime::now())
-            .await
-            .is_ok()
-        {
-            break;
-        }
-    }
+    // Connected and warm (the first call may load the script): retried until one succeeds,
+    // as a loaded machine may take longer than the 50 ms for the first ones.
+    eventually(|| store.increment(&key, 1, window, SystemTime::now())).await;
     server.pause();
     for _ in 0..3 {
         let began = Instant::now();
@@ -256,7 +296,9 @@ async fn a_paused_redis_answers_unavailable_within_the_timeout_and_recovers() {
             matches!(result, Err(StoreError::Unavailable { .. })),
             "{result:?}"
         );
-        assert!(took < Duration::from_millis(500), "took {took:?}");
+        // Without the timeout the call would wait for the paused server forever; the bound
+        // leaves a loaded machine room over the 50 ms.
+        assert!(took < Duration::from_secs(2), "took {took:?}");
     }
     server.resume();
     let count = eventually(|| store.increment(&key, 1, window, SystemTime::now())).await;
@@ -351,11 +393,13 @@ async fn a_frozen_cluster_master_fails_only_the_checks_of_its_slots() {
     cluster.resume_node(frozen);
     let [a_answer, b_answer] = <[_; 2]>::try_from(answers).unwrap();
     assert!(!a_answer.unwrap().allowed, "a's master answered: refused");
+    // Cut by the store's own 300 ms timeout (not by the Cluster client's 1 s response
+    // timeout): the bound on the time only has to leave room for a loaded machine.
     assert!(
-        matches!(b_answer, Err(StoreError::Unavailable { .. })),
+        matches!(&b_answer, Err(StoreError::Unavailable { reason }) if reason == "no answer within 300 ms"),
         "{b_answer:?}"
     );
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

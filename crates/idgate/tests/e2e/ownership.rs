@@ -321,3 +321,47 @@ async fn ownership_state_failure_counts_in_state_errors_total() {
     })
     .await;
 }
+
+/// The gateway keeps the ownership records it read from Redis for a few seconds, but such a
+/// record answers its owner only: another caller's probe is asked of Redis as an id that
+/// does not exist would be, so neither its answer nor its timing tells the two apart, even
+/// while Redis is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_record_answers_its_owner_only_and_another_callers_probe_goes_to_the_backend() {
+    within(async {
+        let Some(mut redis) = idgate_store::redis_testing::RedisServer::start() else {
+            return;
+        };
+        let pki = pki();
+        let mock = didit_mock().await;
+        let state = table([("backend", "redis".into()), ("url", redis.url().into())]);
+        let gw = start(&pki, &mock, Some(state)).await;
+        let (owner, other) = (client(&pki, FRONTEND, &gw), client(&pki, PORTAL, &gw));
+        let id = create(&owner, "s-1").await;
+        let decision = "/v3/session/{id}/decision/";
+        same_as_unknown(&other, "GET", decision, &id, "").await;
+
+        redis.kill();
+        // The owner is answered from the record kept here...
+        let r = owner.get(&decision.replace("{id}", &id)).await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        // ...the other caller's probe needs the backend, as an unknown id does.
+        let rid = [("x-request-id", "probe-2")];
+        let theirs = other
+            .send("GET", &decision.replace("{id}", &id), &rid, "")
+            .await
+            .unwrap();
+        let missing = other
+            .send(
+                "GET",
+                &decision.replace("{id}", "5b0f8a53-6c6e-4f44-9d57-0a4f6c1e2d3b"),
+                &rid,
+                "",
+            )
+            .await
+            .unwrap();
+        assert_eq!(theirs.status, 503, "{:?}", theirs.body);
+        assert_eq!(observable(&theirs), observable(&missing));
+    })
+    .await;
+}
