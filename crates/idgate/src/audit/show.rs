@@ -162,7 +162,8 @@ pub(crate) fn run(args: &ShowArgs) -> ExitCode {
         );
     }
     let mut skipped = 0u64;
-    for f in &files {
+    for (i, f) in files.iter().enumerate() {
+        let last_file = i + 1 == files.len();
         let name = f.display();
         let file = match std::fs::File::open(f) {
             Ok(file) => file,
@@ -175,6 +176,15 @@ pub(crate) fn run(args: &ShowArgs) -> ExitCode {
                 Ok(None) => break,
                 Err(e) => return usage(format!("{name}: cannot read: {e}")),
             };
+            if !line.complete && !line.too_long && last_file {
+                // Without its newline at the very end of the trail: the batch the writer is
+                // writing (`verify` calls it the open end). Shown once it is whole.
+                eprintln!(
+                    "note: {name}:{}: the trail's last line is still being written; not shown",
+                    line.number
+                );
+                continue;
+            }
             let decoded = if line.complete && !line.too_long {
                 reader::decode(&line.bytes, &keys).map_err(|e| e.to_string())
             } else {

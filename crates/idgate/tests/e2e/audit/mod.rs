@@ -403,10 +403,26 @@ fn allow_open_treats_a_partial_last_line_of_the_last_file_as_open() {
         d,
     ]);
     assert_eq!(code, 0, "{out}{err}");
+    // `show` leaves that line out with a note, and nothing is wrong.
+    let (code, out, err) = idgate_cli(&["audit", "show", d]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("{}:{line}:", last.display()))
+            && err.contains("still being written")
+            && !err.contains("skipped"),
+        "{err}"
+    );
+    assert_eq!(out.lines().count(), 60, "{out}");
 
     // The same in a file that more of the trail follows: broken there.
     let middle = &files[1];
     let line = leave_a_partial_last_line(middle, 40);
+    let (code, _, err) = idgate_cli(&["audit", "show", d]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("warning: {}:{line}: skipped", middle.display())),
+        "{err}"
+    );
     let (code, out, err) = idgate_cli(&["audit", "verify", "--allow-open", "--key", k, d]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
