@@ -255,6 +255,15 @@ async fn bytes_that_arrive_on_an_idle_connection_take_it_out_of_the_pool() {
         .await
         .unwrap();
     peer.flush().await.unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    // Until the kernel holds the bytes on the pooled end: asked of the kernel, without the
+    // runtime polling the socket (a loaded machine may deliver them late).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pool.inner.idle().iter().all(|c| c.io.r.bytes_waiting()) {
+        assert!(
+            Instant::now() < deadline,
+            "the bytes never reached the socket"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert!(pool.inner.checkout().is_none());
 }

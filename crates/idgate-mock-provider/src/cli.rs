@@ -217,9 +217,10 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGINT or on `term`, the SIGTERM listener registered by the caller.
+async fn shutdown_signal(term: std::io::Result<tokio::signal::unix::Signal>) {
     let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        match term {
             Ok(mut s) => {
                 s.recv().await;
             }
@@ -257,11 +258,14 @@ pub fn run_from_args(args: MockArgs) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let handle = crate::start(config).await?;
+        // Registered before the line says the mock listens: a SIGTERM sent as soon as it
+        // is read stops the mock cleanly instead of killing it.
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {} ({})", handle.url(), handle.mode());
         let _ = out.flush();
         drop(out);
-        handle.run_until(shutdown_signal()).await;
+        handle.run_until(shutdown_signal(term)).await;
         Ok::<_, MockError>(())
     });
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -236,10 +236,12 @@ mod tests {
     use http::HeaderValue;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-    /// Short bounds, so that the tests run in real time.
+    /// Short bounds, so that the tests run in real time, yet long enough that a loaded
+    /// machine's scheduling delays (a close "at once" that takes a few hundred ms, a
+    /// trickling caller's pause stretched as much) never pass for a silence.
     const BOUNDS: Bounds = Bounds {
-        time: Duration::from_millis(1500),
-        silence: Duration::from_millis(300),
+        time: Duration::from_secs(3),
+        silence: Duration::from_secs(1),
         bytes: 1024 * 1024,
     };
 

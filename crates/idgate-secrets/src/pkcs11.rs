@@ -612,7 +612,9 @@ mod tests {
             let gate = gate.clone();
             std::thread::spawn(move || {
                 tx.send(()).unwrap();
-                let took = write_without_queueing(&gate, Duration::from_millis(300)).is_some();
+                // Long enough that this thread reads while the writer still tries, even
+                // when a loaded machine runs it late.
+                let took = write_without_queueing(&gate, Duration::from_secs(1)).is_some();
                 tx.send(()).unwrap();
                 took
             })

@@ -26,6 +26,7 @@ fn events_arrive_in_order_as_strict_rfc5424_frames() {
         s.facility = idgate_config::Facility::from_name("audit").unwrap();
     }
     let exporter = Exporter::start(&siem(vec![sink])).unwrap();
+    let year_before = time::OffsetDateTime::now_utc().year().to_string();
     for i in 0..300 {
         exporter.export(event(i).as_bytes());
     }
@@ -72,8 +73,15 @@ fn events_arrive_in_order_as_strict_rfc5424_frames() {
         t.ends_with('Z') && t.len() == "2026-03-01T12:34:56.123456Z".len(),
         "{t}"
     );
+    // The export may be on either side of a new year's midnight.
     let year = time::OffsetDateTime::now_utc().year().to_string();
-    assert!(t.starts_with(&year), "{t}");
+    assert!(t.starts_with(&year) || t.starts_with(&year_before), "{t}");
+    // The collector may have read the last frames before the sink counted them sent.
+    assert!(
+        wait_until(WAIT, || exporter.stats("soc").unwrap().sent >= 300),
+        "{:?}",
+        exporter.stats("soc")
+    );
     let stats = exporter.stats("soc").unwrap();
     assert_eq!((stats.sent, stats.dropped, stats.reconnects), (300, 0, 0));
     assert!(stats.connected);
@@ -98,6 +106,13 @@ fn a_collector_down_at_start_gets_the_buffered_events_once_it_is_up() {
 
     let rx = Receiver::start(port, Some(pki.server_config("", false)));
     assert!(wait_until(WAIT, || rx.messages().len() >= 100));
+    // The collector may have read the frames before the sink counted them sent.
+    assert!(
+        wait_until(WAIT, || exporter.stats("soc").unwrap().sent >= 100),
+        "{:?}",
+        exporter.stats("soc")
+    );
+    // Time for any frame sent twice to arrive as well, before "once each" is judged.
     std::thread::sleep(Duration::from_millis(200));
     // The buffer kept the oldest 100 (drop newest), and they arrive in order, once each.
     assert_eq!(rx.seqs(), (0..100).collect::<Vec<_>>());
@@ -200,6 +215,13 @@ fn mutual_tls_presents_the_client_certificate_and_a_sink_without_one_is_refused(
     }
     assert!(wait_until(WAIT, || rx.messages().len() >= 10));
     assert!(wait_until(WAIT, || rx.handshakes_failed() >= 1));
+    // The collector may have read the frames before the sink counted them sent.
+    assert!(
+        wait_until(WAIT, || exporter.stats("with").unwrap().sent >= 10),
+        "{:?}",
+        exporter.stats("with")
+    );
+    // Time for any copy the other sink might have got through to arrive as well.
     std::thread::sleep(Duration::from_millis(300));
     // Only the sink with a certificate delivered: exactly one copy of each event.
     assert_eq!(rx.seqs(), (0..10).collect::<Vec<_>>());
@@ -245,8 +267,10 @@ fn shutdown_flushes_within_its_bound_and_counts_what_it_could_not_send() {
     }
     let started = Instant::now();
     assert_eq!(exporter.shutdown(), 30);
+    // Within the configured 500 ms, with room for a loaded machine, and well short of the
+    // 5 s the configuration would otherwise give.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );
@@ -265,8 +289,10 @@ fn export_never_waits_for_a_stalled_collector() {
     for _ in 0..2000 {
         exporter.export(big.as_bytes());
     }
+    // An export that waited for the collector would wait forever: the bound only leaves
+    // a loaded machine room to copy and check 120 MB of events in an unoptimised build.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );

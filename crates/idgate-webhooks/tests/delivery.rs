@@ -170,7 +170,19 @@ async fn events_reach_the_subscriber_signed_over_mutual_tls_in_session_order() {
         sorted.sort_unstable();
         assert_eq!(seqs, sorted, "session {session} in order");
     }
-    // Delivered events are kept for their retention, then purged.
+    // Delivered events are kept for their retention, then purged. The subscriber records
+    // its 200 before the deliverer has read it and kept the delivered copy: wait for it.
+    let kept = || async {
+        s.store
+            .stats(&s.sub.delivered, SystemTime::now())
+            .await
+            .unwrap()
+            .waiting
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while kept().await < 30 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let now = SystemTime::now();
     assert_eq!(
         s.store.stats(&s.sub.delivered, now).await.unwrap().waiting,
@@ -198,7 +210,9 @@ async fn a_refusal_makes_a_dead_letter_at_once_and_an_old_event_one_after_its_re
     let retry = RetryPolicy {
         base: Duration::from_millis(20),
         max: Duration::from_millis(50),
-        max_age: Duration::from_millis(600),
+        // Long enough that the first attempt (a TLS handshake on a loaded machine) cannot
+        // reach it: the event must be retried at least once before it is given up on.
+        max_age: Duration::from_secs(2),
     };
     let s = setup(&pki, &server, retry, None).await;
     server.answer(&[422]);

@@ -74,6 +74,32 @@ async fn serves_https_from_env_key_and_never_logs_credentials() {
     );
 }
 
+/// A supervisor may stop the mock as soon as it says it listens: the SIGTERM must find
+/// the mock's handler (a clean stop, status 0), never the default action that kills it.
+#[test]
+fn a_sigterm_sent_as_soon_as_the_mock_says_it_listens_stops_it_cleanly() {
+    for _ in 0..5 {
+        let mut child = bin()
+            .args(["--listen", "127.0.0.1:0"])
+            .env("MOCK_PROVIDER_API_KEY", KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.starts_with("listening on "), "{line:?}");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = child.wait().unwrap();
+        assert!(exit.success(), "{exit:?}");
+    }
+}
+
 #[test]
 fn refuses_missing_secret_and_public_plain_http() {
     let out = bin()

@@ -181,6 +181,9 @@ mod tests {
         // A connection that ignores being told to finish, as a client stalling a response
         // would make it.
         let stuck = std::future::pending::<Result<(), Infallible>>();
+        // Before the retirement's deadline is set: time spent between the two (a test
+        // thread preempted on a loaded machine) must not count against the lower bound.
+        let started = Instant::now();
         let ends = Ends {
             idle: None,
             first_request: None,
@@ -190,7 +193,6 @@ mod tests {
             grace: Duration::from_millis(100),
             remote: "127.0.0.1:1".parse().unwrap(),
         };
-        let started = Instant::now();
         tokio::time::timeout(
             Duration::from_secs(10),
             drive(

@@ -87,11 +87,11 @@ fn client_refuses_an_address_without_scheme_or_host() {
 #[test]
 fn unreachable_vault_is_a_transient_error_without_the_token() {
     use std::os::unix::fs::PermissionsExt;
-    // A port nothing listens on (bound, then released).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
+    // A port nothing listens on, held for the whole test: the socket is bound but never
+    // listens, so a connection is refused and no other process can take the port meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = closed.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "hvs.sekrit-token").unwrap();
