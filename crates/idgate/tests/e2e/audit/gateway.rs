@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::TrailKeys;
+use crate::assert_eventually;
 use crate::support::*;
 
 const PROVIDER_KEY: &str = "sk_live_audit_provider_9f8e7d6c";
@@ -359,8 +360,10 @@ async fn a_sigkill_under_load_leaves_a_verifiable_chain_and_the_restart_records_
 async fn a_full_queue_fails_closed_with_503_or_makes_block_routes_wait() {
     within_limit(Duration::from_secs(60), async {
         let pki = Pki::default_pki();
-        let upstream =
-            TestUpstream::https(&pki, UpstreamMode::Delay(Duration::from_millis(800))).await;
+        // The upstream holds each request long enough for the refused one to be sent and
+        // answered while the queue's one place is taken, on a busy machine too.
+        let upstream_delay = Duration::from_secs(2);
+        let upstream = TestUpstream::https(&pki, UpstreamMode::Delay(upstream_delay)).await;
         let keys = TrailKeys::new(false);
         let trail = tempfile::tempdir().unwrap();
         let url = upstream.url(true);
@@ -385,20 +388,34 @@ async fn a_full_queue_fails_closed_with_503_or_makes_block_routes_wait() {
             audit_section(
                 &keys,
                 trail.path(),
-                &[("queue_capacity", 1.into()), ("block_timeout", "3s".into())],
+                // Far longer than the wait for the place (one upstream delay).
+                &[
+                    ("queue_capacity", 1.into()),
+                    ("block_timeout", "10s".into()),
+                ],
             ),
         );
         let mut gw = Gateway::start(&config, &[("TEST_PROVIDER_KEY", PROVIDER_KEY)]).await;
         let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
 
-        // The one place is held by a request waiting for its upstream.
+        // The one place is held by a request waiting for its upstream: it took the place
+        // before it was forwarded, and keeps it until its record is written.
         let (c1, c2) = (client.clone(), client.clone());
         let slow = tokio::spawn(async move { c1.get("/closed/a").await.unwrap().status });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eventually!(
+            upstream.requests().len() == 1,
+            "the first request did not reach the upstream"
+        );
         let started = Instant::now();
         let refused = c2.get("/closed/b").await.unwrap();
+        let took = started.elapsed();
         assert_eq!(refused.status, 503);
-        assert!(started.elapsed() < Duration::from_millis(500));
+        // Refused without waiting. Waiting for the place instead (what `block` does) would
+        // last until the first request's answer, an upstream delay (2 s) after it reached the
+        // upstream, and then be served `200` after another delay (or refused at
+        // `block_timeout`, 10 s). The bound is well under one delay and leaves a busy machine
+        // plenty of time for a fresh connection and the refusal.
+        assert!(took < upstream_delay * 3 / 4, "refused after {took:?}");
         assert_eq!(
             refused.json()["type"],
             "https://idgate.dev/problems/audit-unavailable"
@@ -409,11 +426,18 @@ async fn a_full_queue_fails_closed_with_503_or_makes_block_routes_wait() {
         // On a block route the second request waits for the place, then is served.
         let c1 = client.clone();
         let slow = tokio::spawn(async move { c1.get("/waits/a").await.unwrap().status });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eventually!(
+            upstream.requests().len() == 2,
+            "the first waiting request did not reach the upstream"
+        );
         let started = Instant::now();
         let waited = client.get("/waits/b").await.unwrap();
+        let took = started.elapsed();
         assert_eq!(waited.status, 200);
-        assert!(started.elapsed() >= Duration::from_millis(400));
+        // It waited for the place (until the first one's answer, an upstream delay after it
+        // reached the upstream) before it was forwarded, and then waited for its own answer:
+        // about two delays. Served without waiting, it would have taken one.
+        assert!(took >= upstream_delay * 3 / 2, "served after {took:?}");
         assert_eq!(slow.await.unwrap(), 200);
 
         let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
