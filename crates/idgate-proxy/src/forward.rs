@@ -544,4 +544,22 @@ mod tests {
         expected.sort_unstable();
         assert_eq!(kept, expected);
     }
+
+    #[test]
+    fn requests_lose_every_header_named_with_an_underscore_even_from_a_trusted_proxy() {
+        let strip = RequestStrip::new(&[HeaderName::from_static("x-api-key")]);
+        for trusted in [false, true] {
+            let mut h = HeaderMap::new();
+            h.append("x_forwarded_for", HeaderValue::from_static("10.6.6.6"));
+            h.append("x_api_key", HeaderValue::from_static("caller-chosen"));
+            h.append("x-kept", HeaderValue::from_static("1"));
+            strip.for_request(trusted).strip(&mut h);
+            assert_eq!(names(&h), ["x-kept"], "trusted: {trusted}");
+        }
+        // Answers keep theirs: the stripping is for what a caller sends upstream.
+        let mut h = HeaderMap::new();
+        h.append("x_upstream", HeaderValue::from_static("1"));
+        RESPONSE_STRIP.strip(&mut h);
+        assert_eq!(names(&h), ["x_upstream"]);
+    }
 }

@@ -79,8 +79,10 @@ impl RequestStrip {
                 .chain(caller_headers.iter().cloned())
         };
         Self {
-            from_trusted: Arc::new(HeaderSet::new(always())),
-            from_others: Arc::new(HeaderSet::new(always().chain(FORWARDING.iter().cloned()))),
+            from_trusted: Arc::new(HeaderSet::new(always()).and_underscored()),
+            from_others: Arc::new(
+                HeaderSet::new(always().chain(FORWARDING.iter().cloned())).and_underscored(),
+            ),
         }
     }
 
@@ -129,6 +131,8 @@ pub(crate) struct HeaderSet {
     starts: [usize; BUCKETS + 1],
     /// Where `Connection` is in `names`, if it is a member.
     connection: Option<usize>,
+    /// Every header whose name holds an underscore goes too (see [`HeaderSet::and_underscored`]).
+    underscored: bool,
 }
 
 /// Names are grouped by length up to this; longer ones share the last group.
@@ -158,7 +162,19 @@ impl HeaderSet {
             names: unique,
             starts,
             connection,
+            underscored: false,
         }
+    }
+
+    /// The same set, and every header whose name holds an underscore. CGI, WSGI, PHP and
+    /// Rack read a header as `HTTP_` and its name with `-` made `_`, so `X_Forwarded_For`
+    /// reaches such an application as `X-Forwarded-For` would: stripping the dashed name
+    /// alone would let a caller set what the upstream takes for its address, its host or a
+    /// credential. As nginx (`underscores_in_headers off`), requests go upstream without
+    /// them.
+    pub(crate) fn and_underscored(mut self) -> Self {
+        self.underscored = true;
+        self
     }
 
     /// Where `name` is in `names`.
@@ -179,13 +195,18 @@ impl HeaderSet {
         // message's headers, usually with no removal at all.
         let mut present = 0u64;
         let mut overflow = false;
+        let mut underscored = false;
         for key in headers.keys() {
+            underscored |= self.underscored && key.as_str().as_bytes().contains(&b'_');
             if let Some(i) = self.find(key.as_str()) {
                 match u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i)) {
                     Some(bit) => present |= bit,
                     None => overflow = true,
                 }
             }
+        }
+        if underscored {
+            remove_underscored(headers);
         }
         if present == 0 && !overflow {
             return;
@@ -212,6 +233,18 @@ impl HeaderSet {
                 headers.remove(name);
             }
         }
+    }
+}
+
+/// Removes every header whose name holds an underscore.
+fn remove_underscored(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().as_bytes().contains(&b'_'))
+        .cloned()
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
 }
 

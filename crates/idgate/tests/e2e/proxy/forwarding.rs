@@ -72,6 +72,53 @@ async fn a_gateway_api_key_in_the_query_never_reaches_the_upstream_on_any_route(
     .await
 }
 
+/// CGI, WSGI, PHP and Rack read `X_Forwarded_For` as they read `X-Forwarded-For`: a header
+/// named with underscores would pass the stripping of forwarding headers and credentials by
+/// its dashed name. None reaches the upstream, from an HTTP/1.1 or an HTTP/2 caller.
+#[tokio::test]
+async fn headers_named_with_underscores_never_reach_the_upstream() {
+    within(async {
+        let s = Setup::start(UpstreamMode::Echo).await;
+        let underscored = [
+            ("X_Forwarded_For", "10.66.66.66"),
+            ("x_real_ip", "10.66.66.66"),
+            ("X_Forwarded_Host", "admin.internal"),
+            ("x_api_key", "caller-chosen"),
+            ("x_custom", "1"),
+        ];
+        let mut headers = underscored.to_vec();
+        headers.push(("x-end-to-end", "kept"));
+        let h1 = s
+            .client(Some(ONBOARDING))
+            .send("GET", DECISION, &headers, "")
+            .await
+            .unwrap();
+        assert_eq!(h1.status, 200, "{:?}", h1.body);
+        let seen_h1 = s.upstream.last();
+        let h2 = s
+            .client_h2(Some(ONBOARDING))
+            .send("GET", DECISION, &headers, "")
+            .await
+            .unwrap();
+        assert_eq!(h2.status, 200, "{:?}", h2.body);
+        let seen_h2 = s.upstream.last();
+        for seen in [&seen_h1, &seen_h2] {
+            let names: Vec<&str> = seen.headers.keys().map(|k| k.as_str()).collect();
+            assert!(
+                names.iter().all(|n| !n.contains('_')),
+                "a header named with an underscore reached the upstream: {names:?}"
+            );
+            assert_eq!(seen.headers.get("x-end-to-end").unwrap(), "kept");
+            assert!(
+                !format!("{:?}", seen.headers).contains("10.66.66.66"),
+                "{:?}",
+                seen.headers
+            );
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn strips_hop_by_hop_headers_before_forwarding() {
     within(async {
