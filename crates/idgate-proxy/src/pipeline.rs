@@ -91,6 +91,9 @@ pub async fn handle(
         Err(refusal) => refuse(&mut ctx, refusal),
     };
     respond(&mut ctx, &mut resp);
+    if ctx.method == http::Method::HEAD {
+        without_content(&mut resp);
+    }
     ctx.bytes_out = http_body::Body::size_hint(resp.body()).exact();
     ctx.record(resp.status());
     resp.headers_mut()
@@ -321,6 +324,25 @@ fn respond(ctx: &mut RequestCtx<'_>, resp: &mut Response<ProxyBody>) {
         let added = std::mem::take(&mut ctx.response_headers);
         resp.headers_mut().extend(added);
     }
+}
+
+/// An answer to `HEAD` has no content (RFC 9110 §9.3.2), whoever made it: hyper's HTTP/1.1
+/// server leaves a body out by itself, its HTTP/2 server would send it as DATA, which a
+/// client must treat as a stream error (RFC 9113 §8.1.1). Upstream answers are emptied as
+/// they arrive (`forward::strip_response`); the gateway's own (problems, the token
+/// endpoint's documents) are emptied here, keeping the length a `GET` would have had.
+fn without_content(resp: &mut Response<ProxyBody>) {
+    use http_body::Body as _;
+    if resp.body().is_end_stream() {
+        return;
+    }
+    if let Some(n) = resp.body().size_hint().exact()
+        && !resp.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    *resp.body_mut() = Either::Right(http_body_util::Full::new(bytes::Bytes::new()));
 }
 
 /// How much of a refused request's body is read and thrown away, and for how long at most.
