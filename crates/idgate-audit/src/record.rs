@@ -85,7 +85,13 @@ pub struct AuthLayers {
 #[derive(Debug, Clone)]
 pub struct ApiActivity<'a> {
     pub time: SystemTime,
+    /// The request's id as the caller and the logs know it: the caller's `x-request-id`
+    /// when it sent one, else the gateway's own (`api.request.uid`).
     pub request_id: &'a str,
+    /// The gateway's own id for the request when `request_id` is the caller's
+    /// (`unmapped.gateway_request_id`): a caller may send any id, another request's too, so
+    /// that the record also carries one that no caller chose.
+    pub uid: Option<&'a str>,
     /// The SPIFFE ID of the connection's client certificate.
     pub peer: Option<&'a str>,
     /// The principal authorization accepted (or every one refused), as the access log names
@@ -341,6 +347,10 @@ impl ApiActivity<'_> {
             json::key(out, "path_template");
             json::str(out, t);
         }
+        if let Some(uid) = self.uid {
+            json::key(out, "gateway_request_id");
+            json::str(out, capped(uid, MAX_REQUEST_ID).0);
+        }
         for (was_cut, flag) in [
             (cut, &b",\"path_truncated\":true"[..]),
             (method_cut, b",\"method_truncated\":true"),
@@ -471,6 +481,7 @@ pub(crate) mod tests {
         ApiActivity {
             time: UNIX_EPOCH + Duration::from_millis(1_795_452_348_053),
             request_id,
+            uid: None,
             peer: Some("spiffe://example.org/ns/kyc/sa/onboarding"),
             caller: Some("apikey:partner"),
             auth_layers: AuthLayers {
@@ -593,6 +604,26 @@ pub(crate) mod tests {
         assert_eq!(v["activity_id"], 4);
         assert!(v["http_request"]["url"]["path"].as_str().unwrap().len() <= MAX_PATH);
         assert_eq!(v["unmapped"]["path_truncated"], true);
+    }
+
+    #[test]
+    fn a_record_also_carries_the_gateways_own_id_when_the_caller_chose_the_request_id() {
+        let mut a = activity("chosen-by-caller", "/v1/x");
+        let mut out = Vec::new();
+        a.write_members(&mut out);
+        let v = parse(&out);
+        assert_eq!(v["metadata"]["uid"], "chosen-by-caller");
+        assert!(v["unmapped"].get("gateway_request_id").is_none());
+        a.uid = Some("0f0e0d0c0b0a09080706050403020100");
+        let mut out = Vec::new();
+        a.write_members(&mut out);
+        let v = parse(&out);
+        assert_eq!(v["metadata"]["uid"], "chosen-by-caller");
+        assert_eq!(v["api"]["request"]["uid"], "chosen-by-caller");
+        assert_eq!(
+            v["unmapped"]["gateway_request_id"],
+            "0f0e0d0c0b0a09080706050403020100"
+        );
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct AuditFacts<'a> {
     pub path: Option<&'a str>,
     pub template: Option<&'a str>,
     pub auth_layers: AuthLayers,
+    /// The gateway's own id for a request that came with the caller's (see
+    /// [`idgate_audit::ApiActivity::uid`]).
+    pub uid: Option<&'a str>,
     pub upstream: Option<&'a str>,
     pub upstream_latency: Option<Duration>,
     pub bytes_in: Option<u64>,
@@ -76,6 +79,7 @@ pub(crate) fn request(
         &ApiActivity {
             time: r.time,
             request_id: r.request_id,
+            uid: facts.uid,
             peer: r.peer,
             caller: r.caller,
             auth_layers: facts.auth_layers,

@@ -48,6 +48,9 @@ pub struct RequestCtx<'r> {
     pub snapshot: &'r Snapshot,
     pub services: &'r Services,
     pub request_id: HeaderValue,
+    /// The gateway's own id when `request_id` is the caller's and an audit trail records
+    /// the request: its record then also carries an id that no caller chose.
+    pub own_id: Option<HeaderValue>,
     pub start: Instant,
     pub method: Method,
     pub version: Version,
@@ -102,9 +105,12 @@ impl<'r> RequestCtx<'r> {
         parts: &http::request::Parts,
         body: Incoming,
     ) -> Self {
-        let request_id = match parts.headers.get(&crate::service::X_REQUEST_ID) {
-            Some(v) if crate::service::valid_request_id(v) => v.clone(),
-            _ => services.ids.next(),
+        let (request_id, own_id) = match parts.headers.get(&crate::service::X_REQUEST_ID) {
+            Some(v) if crate::service::valid_request_id(v) => (
+                v.clone(),
+                services.audit.is_some().then(|| services.ids.next()),
+            ),
+            _ => (services.ids.next(), None),
         };
         let bytes_in = http_body::Body::size_hint(&body).exact();
         Self {
@@ -112,6 +118,7 @@ impl<'r> RequestCtx<'r> {
             snapshot,
             services,
             request_id,
+            own_id,
             start: Instant::now(),
             method: parts.method.clone(),
             version: parts.version,
@@ -353,6 +360,7 @@ impl<'r> RequestCtx<'r> {
         crate::audit::AuditFacts {
             path,
             template,
+            uid: self.own_id.as_ref().and_then(|v| v.to_str().ok()),
             auth_layers: idgate_audit::AuthLayers {
                 mtls: caller.is_some_and(|c| c.spiffe_id.is_some()),
                 api_key: caller.is_some_and(|c| c.api_key.is_some()),

@@ -233,6 +233,7 @@ pub fn api_record(seq: usize, outcome: Outcome) -> String {
     let record = ApiActivity {
         time: record_time(seq),
         request_id: &request_id,
+        uid: None,
         peer: Some(workload),
         caller: Some(workload),
         auth_layers: AuthLayers {

@@ -128,6 +128,17 @@ async fn every_request_and_refused_handshake_has_exactly_one_record() {
             assert_eq!(r.status, 404);
             ids.insert(r.header("x-request-id").unwrap().to_owned());
         }
+        // Two requests naming the same id: a caller chooses its `x-request-id`, and each
+        // record also carries an id of the gateway's own.
+        let onboarding = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        for _ in 0..2 {
+            let r = onboarding
+                .send("GET", &path, &[("x-request-id", "chosen-by-caller")], "")
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("x-request-id"), Some("chosen-by-caller"));
+        }
         // Handshakes without a client certificate, refused by the listener.
         let anonymous = Client::new(&pki, None, gw.port, false);
         for _ in 0..3 {
@@ -146,15 +157,38 @@ async fn every_request_and_refused_handshake_has_exactly_one_record() {
         let requests = class(&entries, 6003);
         assert_eq!(
             requests.len() as u64,
-            load.admitted + load.refused + 10,
+            load.admitted + load.refused + 12,
             "one record per request"
         );
         let uids: HashSet<&str> = requests
             .iter()
             .map(|r| r["metadata"]["uid"].as_str().unwrap())
             .collect();
-        assert_eq!(uids.len(), requests.len(), "request ids are unique");
+        assert_eq!(
+            uids.len(),
+            requests.len() - 1,
+            "request ids are unique, but the one chosen twice"
+        );
         assert!(ids.iter().all(|id| uids.contains(id.as_str())));
+        let chosen: Vec<_> = requests
+            .iter()
+            .filter(|r| r["api"]["request"]["uid"] == "chosen-by-caller")
+            .collect();
+        assert_eq!(chosen.len(), 2, "{chosen:?}");
+        let own: HashSet<&str> = chosen
+            .iter()
+            .filter_map(|r| r["unmapped"]["gateway_request_id"].as_str())
+            .filter(|uid| uid.len() == 32 && !uids.contains(uid))
+            .collect();
+        assert_eq!(own.len(), 2, "{chosen:?}");
+        assert!(
+            requests
+                .iter()
+                .filter(|r| r["unmapped"].get("gateway_request_id").is_some())
+                .count()
+                == 2,
+            "only a caller's own id brings the gateway's beside it"
+        );
         let denied = requests
             .iter()
             .filter(|r| r["status_detail"] == "denied:forbidden")

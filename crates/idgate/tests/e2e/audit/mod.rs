@@ -87,6 +87,7 @@ fn written_trail_with(
             let activity = idgate_audit::ApiActivity {
                 time: std::time::SystemTime::now(),
                 request_id: &id,
+                uid: None,
                 peer: Some(ONBOARDING),
                 caller: Some(ONBOARDING),
                 auth_layers: idgate_audit::AuthLayers {
