@@ -74,7 +74,8 @@ pub use masking::{
 };
 pub use network::{CidrRules, NetworkConfig, UserAgentPattern, UserAgentPatternError};
 pub use ownership::{
-    DEFAULT_RETENTION, ListOwnership, ListRule, OwnershipConfig, RouteOwnership, ShareGroup,
+    DEFAULT_RETENTION, ListOwnership, ListRule, MAX_NAMESPACE_LEN, OwnershipConfig,
+    OwnershipNamespace, RouteOwnership, ShareGroup,
 };
 pub use proxies::{TrustedProxies, TrustedProxyError};
 pub use resilience::{FallbackCache, FallbackConfig, Faults, RouteResilience, TestingConfig};
@@ -486,6 +487,7 @@ fn parse_checked(
         .collect();
     warnings.extend(routing::shadow_warnings(&routes, &upstream_names));
     warnings.extend(resilience::fault_warning(testing, &routes));
+    warnings.extend(ownership::namespace_warnings(&routes));
     let incidents = table
         .remove("incidents")
         .and_then(|v| cx.section::<incidents::RawIncidents>("incidents", v))

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use idgate_auth::{AllowEntry, Principal};
-use idgate_mask::{Action, MaskPath, Profile, Rule};
+use idgate_mask::{Action, MaskPath, MediaRange, PassTypes, Profile, Rule};
 use idgate_secrets::SecretRef;
 use serde::Deserialize;
 
@@ -21,6 +21,9 @@ pub(crate) const ALLOW: &str = "allow";
 
 /// The most rules one profile may have: far more than any real answer needs.
 const MAX_RULES: usize = 256;
+
+/// The most entries of one profile's `pass_types`.
+const MAX_PASS_TYPES: usize = 64;
 
 /// The fewest bytes a pseudonym key in memory may have.
 pub const MIN_PSEUDONYM_KEY_BYTES: usize = 32;
@@ -48,11 +51,12 @@ pub struct MaskProfileConfig {
     pub non_json: NonJson,
 }
 
-/// `non_json`: what a masked route does with an answer that is not JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `non_json` and `pass_types`: what a masked route does with an answer that is not JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NonJson {
-    /// Passed on untouched, streamed (images, PDFs, plain text).
-    Pass,
+    /// An answer of a type `pass_types` names is passed on untouched, streamed (images,
+    /// PDFs); any other is refused with `502`, a text rendering of the data above all.
+    Pass(PassTypes),
     /// Refused with `502`: only JSON, masked, reaches the caller.
     Block,
 }
@@ -120,6 +124,8 @@ struct RawProfile {
     refresh_interval: Option<String>,
     #[serde(default)]
     non_json: Option<String>,
+    #[serde(default)]
+    pass_types: Option<Vec<String>>,
     #[serde(default)]
     rules: Vec<RawRule>,
 }
@@ -272,14 +278,22 @@ fn profile(
         DEFAULT_KEY_REFRESH,
     );
     let non_json = match p.non_json.as_deref() {
-        None | Some("pass") => NonJson::Pass,
-        Some("block") => NonJson::Block,
+        None | Some("pass") => NonJson::Pass(pass_types(cx, key, p.pass_types)),
+        Some("block") => {
+            if p.pass_types.is_some() {
+                cx.err(
+                    format!("{key}.pass_types"),
+                    "is for non_json = \"pass\": with \"block\" nothing but JSON passes",
+                );
+            }
+            NonJson::Block
+        }
         Some(other) => {
             cx.err(
                 format!("{key}.non_json"),
                 format!("\"{other}\": write \"pass\" or \"block\""),
             );
-            NonJson::Pass
+            NonJson::Block
         }
     };
     (cx.errors.len() == before).then_some(MaskProfileConfig {
@@ -289,6 +303,36 @@ fn profile(
         refresh_interval,
         non_json,
     })
+}
+
+/// `pass_types`: the types an answer that is not JSON may have to pass; binary media
+/// (`PassTypes::DEFAULT`) when it is not set.
+fn pass_types(cx: &mut Ctx<'_>, key: &str, raw: Option<Vec<String>>) -> PassTypes {
+    let Some(raw) = raw else {
+        return PassTypes::default();
+    };
+    let at = format!("{key}.pass_types");
+    if raw.is_empty() {
+        cx.err(
+            &at,
+            "is empty: write non_json = \"block\" to pass nothing but JSON",
+        );
+    } else if raw.len() > MAX_PASS_TYPES {
+        cx.err(
+            &at,
+            format!("has {} types; at most {MAX_PASS_TYPES}", raw.len()),
+        );
+    }
+    let ranges = raw
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            MediaRange::parse(s)
+                .map_err(|e| cx.err(format!("{at}[{i}]"), format!("\"{s}\": {e}")))
+                .ok()
+        })
+        .collect();
+    PassTypes::new(ranges)
 }
 
 /// The profile names a route may use: those that loaded, in their order, and those that

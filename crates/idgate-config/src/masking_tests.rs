@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use idgate_auth::ApiKeyIdentity;
+use idgate_mask::PassTypes;
 use idgate_tls::SpiffeId;
 
 use super::*;
@@ -239,7 +240,10 @@ fn a_profile_is_resolved_into_its_rules() {
     let (cfg, broken) = section(&mut cx, raw, &mut warnings);
     assert!(cx.errors.is_empty() && broken.is_empty() && warnings.is_empty());
     let p = &cfg.profiles[0];
-    assert_eq!((p.name.as_str(), p.non_json), ("p", NonJson::Pass));
+    assert_eq!(
+        (p.name.as_str(), &p.non_json),
+        ("p", &NonJson::Pass(PassTypes::default()))
+    );
     assert_eq!(p.refresh_interval, DEFAULT_KEY_REFRESH);
     let rules: Vec<(String, Action)> = p
         .profile
@@ -254,6 +258,79 @@ fn a_profile_is_resolved_into_its_rules() {
             ("$.b".to_owned(), Action::Block)
         ]
     );
+}
+
+#[test]
+fn pass_types_name_the_media_a_passing_profile_lets_through_and_bad_ones_are_named() {
+    let profile = |name: &str, extra: &str| {
+        format!(
+            "[masking.profiles.{name}]\n{extra}\nrules = [{{ path = \"$.a\", action = \"drop\" }}]\n"
+        )
+    };
+    let good = format!(
+        "{}{}",
+        route(r#""csv""#),
+        profile(
+            "csv",
+            r#"pass_types = ["text/csv", "image/*", "Application/PDF"]"#
+        )
+    );
+    assert_eq!(errors(&good), Vec::<String>::new());
+
+    let bad = format!(
+        "{}{}{}{}{}",
+        route(r#""wide""#),
+        profile(
+            "wide",
+            r#"pass_types = ["*/*", "text/*", "application/json", "text/csv; charset=utf-8", "pdf"]"#
+        ),
+        profile("none", "pass_types = []"),
+        profile(
+            "blocking",
+            "non_json = \"block\"\npass_types = [\"image/*\"]"
+        ),
+        profile("typed", "pass_types = \"image/*\""),
+    );
+    let found = errors(&bad);
+    let expected = [
+        "masking.profiles.wide.pass_types[0]: \"*/*\": name the types",
+        "masking.profiles.wide.pass_types[1]: \"text/*\": a text type passes only when named",
+        "masking.profiles.wide.pass_types[2]: \"application/json\": JSON is always masked",
+        "masking.profiles.wide.pass_types[3]: \"text/csv; charset=utf-8\": write the type without parameters",
+        "masking.profiles.wide.pass_types[4]: \"pdf\": write a media type",
+        "masking.profiles.none.pass_types: is empty: write non_json = \"block\"",
+        "masking.profiles.blocking.pass_types: is for non_json = \"pass\"",
+        "masking.profiles.typed.pass_types:",
+    ];
+    for e in expected {
+        assert!(
+            found.iter().any(|got| got.starts_with(e)),
+            "expected {e:?} among:\n{}",
+            found.join("\n")
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "{}", found.join("\n"));
+
+    // Resolved: the types named, in their order, lowercase.
+    let mut cx = Ctx {
+        file: Path::new("t.toml"),
+        base: Path::new("."),
+        errors: Vec::new(),
+        check_secrets: true,
+    };
+    let raw: RawMasking = toml::from_str(
+        r#"[profiles.p]
+           pass_types = ["text/csv", "Image/*"]
+           rules = [{ path = "$.a", action = "drop" }]"#,
+    )
+    .unwrap();
+    let (cfg, _) = section(&mut cx, raw, &mut Vec::new());
+    assert!(cx.errors.is_empty(), "{:?}", cx.errors);
+    let NonJson::Pass(types) = &cfg.profiles[0].non_json else {
+        panic!("{:?}", cfg.profiles[0].non_json);
+    };
+    let named: Vec<String> = types.ranges().iter().map(|r| r.to_string()).collect();
+    assert_eq!(named, ["text/csv", "image/*"]);
 }
 
 #[test]

@@ -218,6 +218,8 @@ pub(crate) struct Route {
     #[serde(default)]
     pub(crate) ownership_retention: Option<String>,
     #[serde(default)]
+    pub(crate) ownership_namespace: Option<String>,
+    #[serde(default)]
     pub(crate) schema: Option<String>,
     /// A profile name or a table: read by `masking::route`, which names its keys.
     #[serde(default)]

@@ -337,8 +337,9 @@ pub(crate) fn parse(
                 list_items: r.list_items.as_deref(),
                 list_id: r.list_id.as_deref(),
                 retention: r.ownership_retention.as_deref(),
+                namespace: r.ownership_namespace.as_deref(),
             },
-            &r.path,
+            (&r.path, upstream.map(|_| r.upstream.as_str())),
             &layers.ownership,
         );
         let schema = r

@@ -12,9 +12,13 @@
 //! most [`MAX_PSEUDONYMS`] of them), so a key held in an HSM is looked up once per answer
 //! and makes its tags in one session. Documents are an upstream's answers, which are not
 //! trusted: nothing here panics on any input.
+//!
+//! What is not JSON cannot be masked: [`media`] says which other types a profile lets
+//! through ([`PassTypes`]), binary media by default and a text type only when named.
 
 mod action;
 mod engine;
+pub mod media;
 mod path;
 mod text;
 
@@ -22,5 +26,6 @@ pub use action::{Action, REDACTED, mask_chars, pseudonym, truncate_date};
 pub use engine::{
     Blocked, MAX_PSEUDONYMS, MaskError, Profile, Pseudonymizer, Pseudonyms, Report, Rule,
 };
+pub use media::{MediaRange, MediaRangeError, MediaType, PassTypes};
 pub use path::{MaskPath, PathError, Segment, Selector, Step};
 pub use text::{MaskedText, NotJson, TextMaskError};

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use http::Method;
 use idgate_config::RouteMasking;
-use idgate_config::{JsonPath, ListOwnership, OnStateError, RouteConfig, ShareGroup};
+use idgate_config::{
+    JsonPath, ListOwnership, OnStateError, OwnershipNamespace, RouteConfig, ShareGroup,
+};
 
 /// The guards of one route, in the order they run.
 #[derive(Debug, Default)]
@@ -51,10 +53,13 @@ pub enum RequestGuard {
     WholeAnswer,
 }
 
-/// What a route's ownership guards share: how long records live, who shares them, and
-/// what happens when the state backend fails.
+/// What a route's ownership guards share: which namespace its records are in, how long
+/// they live, who shares them, and what happens when the state backend fails.
 #[derive(Debug)]
 pub struct OwnershipPolicy {
+    /// The id space of the route's objects: every record it writes or reads is keyed by
+    /// this namespace and the object's id, never by the id alone.
+    pub namespace: OwnershipNamespace,
     pub retention: Duration,
     pub share: Arc<[ShareGroup]>,
     /// `on_state_error = "fail_open"`: a failing backend skips the check.
@@ -97,6 +102,7 @@ impl Guards {
         let mut response = Vec::new();
         if let Some(own) = &rc.ownership {
             let policy = Arc::new(OwnershipPolicy {
+                namespace: own.namespace.clone(),
                 retention: own.retention,
                 share: own.share.clone(),
                 fail_open: rc.on_state_error == Some(OnStateError::FailOpen),
@@ -213,12 +219,14 @@ mod tests {
             list: None,
             retention: Duration::from_secs(60),
             share: Arc::new([]),
+            namespace: OwnershipNamespace::new("didit").unwrap(),
+            namespace_written: false,
         });
         let guards = Guards::compile(&rc);
         assert!(matches!(
             guards.on_request(),
             [RequestGuard::NoBody, RequestGuard::OwnedObject { param, policy }]
-                if &**param == "id" && !policy.fail_open
+                if &**param == "id" && !policy.fail_open && policy.namespace.as_str() == "didit"
         ));
         assert!(matches!(guards.on_response(), [ResponseGuard::ForgetOwned]));
 
@@ -229,6 +237,8 @@ mod tests {
             list: None,
             retention: Duration::from_secs(60),
             share: Arc::new([]),
+            namespace: OwnershipNamespace::new("didit").unwrap(),
+            namespace_written: false,
         });
         rc.on_state_error = Some(OnStateError::FailOpen);
         let guards = Guards::compile(&rc);
@@ -273,6 +283,8 @@ mod tests {
             list: None,
             retention: Duration::from_secs(60),
             share: Arc::new([]),
+            namespace: OwnershipNamespace::new("didit").unwrap(),
+            namespace_written: false,
         });
         let guards = Guards::compile(&rc);
         assert!(matches!(

@@ -78,7 +78,7 @@ impl MaskingProfiles {
                 name: p.name.as_str().into(),
                 profile: p.profile.clone(),
                 key,
-                non_json: p.non_json,
+                non_json: p.non_json.clone(),
                 refresh_interval: p.refresh_interval,
             });
         }

@@ -121,7 +121,8 @@ pub enum Refusal {
         errors: Vec<SchemaFailure>,
     },
     /// The caller's masking profile refuses the upstream's answer: a `block` rule names a
-    /// value in it, or it is not JSON on a `non_json = "block"` profile.
+    /// value in it, or it is not JSON and the profile does not pass its type (`non_json =
+    /// "block"`, or a type `pass_types` does not name).
     ResponseBlocked {
         reason: String,
     },

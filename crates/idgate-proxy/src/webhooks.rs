@@ -14,7 +14,7 @@ pub fn load(config: &Config, masking: &MaskingProfiles) -> Result<Webhooks, Vec<
             profile_name: p.name.clone(),
             profile: p.profile.clone(),
             key: p.key.clone(),
-            non_json: p.non_json,
+            non_json: p.non_json.clone(),
         })
     })
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use idgate_config::{NonJson, RetryPolicy, SubscriberConfig, WebhookConfig, WebhookScheme};
-use idgate_mask::{Action, MaskPath, Profile, Rule};
+use idgate_mask::{Action, MaskPath, PassTypes, Profile, Rule};
 use idgate_secrets::SecretRef;
 use idgate_store::{MemoryStore, MessageState, Queue, StateStore};
 use idgate_webhooks::delivery::purge;
@@ -312,7 +312,7 @@ async fn a_subscriber_sees_events_through_its_masking_profile() {
         profile_name: "kyc-minimal".into(),
         profile,
         key: None,
-        non_json: NonJson::Pass,
+        non_json: NonJson::Pass(PassTypes::default()),
     };
     let s = setup(&pki, &server, quick_retries(), Some(mask)).await;
     s.send(
@@ -357,7 +357,7 @@ async fn a_body_that_looks_like_json_but_cannot_be_read_never_reaches_a_masked_s
         profile,
         key: None,
         // The default: what is not JSON at all passes.
-        non_json: NonJson::Pass,
+        non_json: NonJson::Pass(PassTypes::default()),
     };
     let s = setup(&pki, &server, quick_retries(), Some(mask)).await;
     let person = r#""decision":{"full_name":"Ada Lovelace"}"#;
@@ -384,11 +384,11 @@ async fn a_body_that_looks_like_json_but_cannot_be_read_never_reaches_a_masked_s
     for (n, body) in unreadable.iter().enumerate() {
         s.send_raw(&format!("bad{n}"), &format!("s{n}"), body).await;
     }
-    // Not JSON at all: non_json = "pass" lets it through, as before.
-    s.send_raw("text", "text", b"status=Approved").await;
+    // Not JSON at all, and binary media the default pass_types name: it passes.
+    s.send_raw("pdf", "pdf", PDF).await;
     assert!(
         eventually(WAIT, || !server.received().is_empty()).await,
-        "the plain-text event was not delivered"
+        "the PDF event was not delivered"
     );
     let letters = dead_letters(&s, unreadable.len()).await;
     assert_eq!(letters.len(), unreadable.len(), "{letters:?}");
@@ -407,7 +407,60 @@ async fn a_body_that_looks_like_json_but_cannot_be_read_never_reaches_a_masked_s
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = server.received();
     assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(got[0].raw, b"status=Approved");
+    assert_eq!(got[0].raw, PDF);
+}
+
+/// A body whose first bytes are a PDF's.
+const PDF: &[u8] = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_event_that_is_not_json_never_reaches_a_masked_subscriber_unmasked() {
+    let pki = Pki::new();
+    let server = SubscriberServer::start(&pki).await;
+    let profile = Profile::new(vec![Rule {
+        path: MaskPath::parse("$..full_name").unwrap(),
+        action: Action::Redact,
+    }]);
+    let mask = SubscriberMask {
+        profile_name: "kyc-minimal".into(),
+        profile,
+        key: None,
+        // The default: binary media pass, text does not.
+        non_json: NonJson::Pass(PassTypes::default()),
+    };
+    let s = setup(&pki, &server, quick_retries(), Some(mask)).await;
+    let texts: [&[u8]; 4] = [
+        b"status=Approved&full_name=Ada+Lovelace",
+        b"<decision><full_name>Ada Lovelace</full_name></decision>",
+        b"status,full_name\nApproved,Ada Lovelace\n",
+        b"<!DOCTYPE html><p>Ada Lovelace</p>",
+    ];
+    for (n, body) in texts.iter().enumerate() {
+        s.send_raw(&format!("text{n}"), &format!("t{n}"), body)
+            .await;
+    }
+    s.send_raw("pdf", "pdf", PDF).await;
+    let letters = dead_letters(&s, texts.len()).await;
+    assert_eq!(letters.len(), texts.len(), "{letters:?}");
+    for letter in &letters {
+        assert_eq!(letter.attempts, 1, "refused at once, not retried");
+        let reason = letter.last_error.as_deref().unwrap();
+        assert!(
+            reason.contains("not JSON") && reason.contains("pass_types"),
+            "{reason}"
+        );
+        assert!(
+            !reason.contains("Ada"),
+            "no body content in the reason: {reason}"
+        );
+    }
+    assert!(
+        eventually(WAIT, || !server.received().is_empty()).await,
+        "the PDF event was not delivered"
+    );
+    let got = server.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].raw, PDF);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,7 +476,7 @@ async fn an_event_with_more_values_to_pseudonymize_than_the_bound_is_a_dead_lett
         profile,
         // The bound is checked before the key is asked for.
         key: None,
-        non_json: NonJson::Pass,
+        non_json: NonJson::Pass(PassTypes::default()),
     };
     let s = setup(&pki, &server, quick_retries(), Some(mask)).await;
     let items: Vec<String> = (0..=idgate_mask::MAX_PSEUDONYMS)

@@ -21,8 +21,13 @@
 //!   `Accept-Encoding`, so an upstream that still compresses is not read past.
 //! - **Partial** answers (`206`) are refused: a fragment of JSON cannot be masked, and the
 //!   request went without `Range`.
-//! - **Not JSON**: passed untouched and streamed, or refused (`502 response-blocked`) when
-//!   the profile says `non_json = "block"`.
+//! - **Not JSON**: passed untouched and streamed when the profile says `non_json = "pass"`
+//!   and its `pass_types` name the answer's type (binary media by default); refused
+//!   (`502 response-blocked`) otherwise. A caller can ask the upstream for another
+//!   representation of the same data (`Accept: text/html`, `?format=csv`) that the rules
+//!   cannot read, so a text type passes only when the profile names it. An answer without
+//!   a `Content-Type` (or with one that cannot be read) is read whole, like JSON, and
+//!   judged by the type its first bytes show; one naming two types is refused.
 //! - **Headers** describing the upstream's bytes (`ETag`, `Content-MD5`, `Digest`,
 //!   `Content-Digest`, `Repr-Digest`) and `Accept-Ranges` are removed from every answer a
 //!   profile applies to; an answer to `HEAD` and a `304` also lose their `Content-Length`
@@ -32,7 +37,7 @@ use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode};
 use http_body::Body as _;
 use idgate_config::{NonJson, ProfileChoice, RouteMasking};
-use idgate_mask::{MaskError, MaskedText, TextMaskError};
+use idgate_mask::{MaskError, MaskedText, MediaType, TextMaskError, media};
 
 use super::json_response;
 use crate::body::ProxyBody;
@@ -111,15 +116,7 @@ pub(super) async fn mask(
         return Ok(());
     }
     if !is_json_type(resp.headers()) {
-        return match profile.non_json {
-            NonJson::Pass => Ok(()),
-            NonJson::Block => Err(Refusal::ResponseBlocked {
-                reason: format!(
-                    "masking profile {}: the answer is not JSON (non_json = \"block\")",
-                    profile.name
-                ),
-            }),
-        };
+        return not_json(ctx, profile, resp).await;
     }
     if !json_response::utf8(resp.headers()) {
         return Err(Refusal::UnreadableResponse {
@@ -150,6 +147,70 @@ pub(super) async fn mask(
             reason: format!("the upstream's answer is not JSON: {e}"),
         }),
         Err(TextMaskError::Mask(e)) => Err(refusal(profile, e)),
+    }
+}
+
+/// What an answer's `Content-Type` says it is.
+#[derive(Debug, PartialEq, Eq)]
+enum Declared<'a> {
+    Type(MediaType<'a>),
+    /// No `Content-Type`, or one that is not `type/subtype`.
+    Nothing,
+    /// More than one `Content-Type`: readers disagree on which counts.
+    Several,
+}
+
+fn declared(headers: &HeaderMap) -> Declared<'_> {
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Declared::Nothing,
+        (Some(_), Some(_)) => Declared::Several,
+        (Some(v), None) => v
+            .to_str()
+            .ok()
+            .and_then(MediaType::parse)
+            .map_or(Declared::Nothing, Declared::Type),
+    }
+}
+
+/// An answer that is not JSON: passed untouched only under `non_json = "pass"`, and only
+/// when `pass_types` names its type. An answer whose type is not told by its headers is
+/// read whole (at most 1 MiB, like JSON) and judged by the type its first bytes show, so
+/// a text or JSON body without a type never passes.
+async fn not_json(
+    ctx: &RequestCtx<'_>,
+    profile: &LoadedProfile,
+    resp: &mut Response<ProxyBody>,
+) -> Result<(), Refusal> {
+    let blocked = |why: String| Refusal::ResponseBlocked {
+        reason: format!("masking profile {}: {why}", profile.name),
+    };
+    let NonJson::Pass(types) = &profile.non_json else {
+        return Err(blocked(
+            "the answer is not JSON (non_json = \"block\")".to_owned(),
+        ));
+    };
+    match declared(resp.headers()) {
+        Declared::Type(t) if types.passes(t) => Ok(()),
+        // The type is the upstream's header, never the caller's data.
+        Declared::Type(t) => Err(blocked(format!(
+            "the answer is {t}, which is not JSON and not a type pass_types names"
+        ))),
+        Declared::Several => Err(blocked(
+            "the answer names more than one Content-Type".to_owned(),
+        )),
+        Declared::Nothing => {
+            let bytes = json_response::read_bytes(resp, super::ownership::timeout(ctx)).await?;
+            let passes = media::sniff(&bytes).is_some_and(|t| types.passes(t));
+            json_response::replace_body(resp, bytes);
+            if passes {
+                Ok(())
+            } else {
+                Err(blocked(
+                    "the answer names no media type, and its first bytes are not those of a type pass_types names".to_owned(),
+                ))
+            }
+        }
     }
 }
 
@@ -234,6 +295,30 @@ mod tests {
         // are masked like any others should they get here.
         assert!(!without_body(&answer(204, None, json)));
         assert!(!without_body(&answer(304, Some("31"), json)));
+    }
+
+    #[test]
+    fn the_declared_type_is_one_readable_content_type_or_none() {
+        let t = |kind, subtype| Declared::Type(MediaType { kind, subtype });
+        assert_eq!(
+            declared(&headers(&[("content-type", "text/html; charset=utf-8")])),
+            t("text", "html")
+        );
+        assert_eq!(declared(&HeaderMap::new()), Declared::Nothing);
+        for unreadable in ["html", "image/png, text/html", "", "text/ html"] {
+            assert_eq!(
+                declared(&headers(&[("content-type", unreadable)])),
+                Declared::Nothing,
+                "{unreadable}"
+            );
+        }
+        assert_eq!(
+            declared(&headers(&[
+                ("content-type", "image/png"),
+                ("content-type", "text/html")
+            ])),
+            Declared::Several
+        );
     }
 
     #[test]

@@ -16,6 +16,11 @@
 //!   another's or does not exist. A 2xx `DELETE` removes the record.
 //! - **Lists** (`list`): each item's id is looked up; items of others are removed
 //!   (`filter`) or the whole answer is refused (`refuse`, `403`).
+//! - **Namespaces**: a record is keyed by the route's namespace (`ownership_namespace`, by
+//!   default its upstream's name) and the object's id ([`record_key`]), so an id created
+//!   through one namespace's routes owns nothing on another's: two kinds of objects, or two
+//!   providers, may number their objects alike. Its owner names the namespace too
+//!   ([`owner_in`]), so a record kept before there were namespaces answers no one.
 //!
 //! When the backend fails, or does not answer within the state timeout (`[state] timeout`
 //! for Redis, 500 ms for the other backends), `on_state_error` decides: fail closed (the
@@ -26,8 +31,8 @@ use std::time::{Duration, SystemTime};
 
 use http::{Method, Response, StatusCode};
 use idgate_auth::Principal;
-use idgate_config::{JsonPath, ListOwnership, ListRule, ShareGroup};
-use idgate_store::{ObjectId, Owner, Ownership};
+use idgate_config::{JsonPath, ListOwnership, ListRule, OwnershipNamespace, ShareGroup};
+use idgate_store::{MAX_KEY_LEN, ObjectId, Owner, Ownership, StoreError};
 use serde_json::Value;
 
 use super::json_response;
@@ -64,6 +69,45 @@ pub fn object_id_of(value: &Value) -> Option<ObjectId> {
     }
 }
 
+/// The key of the record of `object` in `namespace`: `NAMESPACE:ID`. A namespace holds
+/// neither `:` nor `#`, so no two (namespace, id) pairs share a key (see [`scoped`] for an
+/// id too long to stand beside its namespace).
+pub fn record_key(
+    namespace: &OwnershipNamespace,
+    object: &ObjectId,
+) -> Result<ObjectId, StoreError> {
+    ObjectId::new(scoped(namespace, ':', object.as_str()))
+}
+
+/// The owner a record of `namespace` names: `NAMESPACE|OWNER`. Records kept before there
+/// were namespaces were keyed by the id alone and name the owner alone (`spiffe://…`,
+/// `apikey:…`, `sub:…`, `group:…`, whose first character outside a namespace's is `:`), so
+/// such a record, even one whose id reads `NAMESPACE:ID`, never names any caller now.
+pub fn owner_in(namespace: &OwnershipNamespace, owner: &Owner) -> Result<Owner, StoreError> {
+    Owner::new(scoped(namespace, '|', owner.as_str()))
+}
+
+/// `NAMESPACE`, `separator`, `value`; or, when that would be longer than the store's key
+/// limit, `NAMESPACE#` and the SHA-256 of `value` in hex: every value the store takes
+/// alone is still taken (and one it refuses alone is refused before it comes here).
+fn scoped(namespace: &OwnershipNamespace, separator: char, value: &str) -> String {
+    let ns = namespace.as_str();
+    if ns.len() + separator.len_utf8() + value.len() <= MAX_KEY_LEN {
+        return format!("{ns}{separator}{value}");
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, value.as_bytes());
+    let mut key = String::with_capacity(ns.len() + 1 + 64);
+    key.push_str(ns);
+    key.push('#');
+    for b in digest.as_ref() {
+        key.push(char::from(HEX[usize::from(b >> 4)]));
+        key.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    key
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// The ids of a list answer's items, in order (`None` for an item without one), or `None`
 /// when the answer has no array where `list.items` says. Untrusted input: never panics.
 pub fn list_ids(doc: &Value, list: &ListOwnership) -> Option<Vec<Option<ObjectId>>> {
@@ -76,13 +120,16 @@ pub fn list_ids(doc: &Value, list: &ListOwnership) -> Option<Vec<Option<ObjectId
     )
 }
 
+/// The caller, as the records of the route's namespace name their owner.
 fn caller(ctx: &RequestCtx<'_>, policy: &OwnershipPolicy) -> Result<Owner, Refusal> {
     let principal = ctx.principal().ok_or_else(|| Refusal::Internal {
         reason: "an ownership check before authorization".to_owned(),
     })?;
-    Owner::new(owner_name(principal, &policy.share)).map_err(|e| Refusal::Internal {
-        reason: format!("the principal cannot be an owner: {e}"),
-    })
+    Owner::new(owner_name(principal, &policy.share))
+        .and_then(|owner| owner_in(&policy.namespace, &owner))
+        .map_err(|e| Refusal::Internal {
+            reason: format!("the principal cannot be an owner: {e}"),
+        })
 }
 
 /// A failing backend: refused when the route fails closed; `Ok` (go on unchecked) when it
@@ -155,6 +202,7 @@ pub(super) async fn check_owned(
         .and_then(idgate_codec::percent::decode)
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| ObjectId::new(s).ok())
+        .and_then(|id| record_key(&policy.namespace, &id).ok())
         .ok_or(Refusal::ObjectNotFound)?;
     let state = &ctx.services.state;
     let record = bounded(
@@ -190,6 +238,9 @@ pub(super) async fn record_owner(
             .ok_or_else(|| Refusal::UnreadableResponse {
                 reason: format!("the upstream's answer has no object id at {id_path}"),
             })?;
+    let id = record_key(&policy.namespace, &id).map_err(|e| Refusal::Internal {
+        reason: format!("an ownership record cannot be keyed: {e}"),
+    })?;
     json_response::replace_body(resp, bytes);
     let put = ctx
         .services
@@ -256,12 +307,12 @@ pub(super) async fn own_list(
     })?;
     let now = SystemTime::now();
     let mut keep = Vec::with_capacity(ids.len());
-    for id in &ids {
-        let mine = match id {
+    for id in ids {
+        let mine = match id.and_then(|id| record_key(&policy.namespace, &id).ok()) {
             None => false,
             Some(id) => match bounded(
                 ctx.snapshot.limits.timeout,
-                ctx.services.state.get_for(id, &owner, now),
+                ctx.services.state.get_for(&id, &owner, now),
             )
             .await
             {
@@ -347,11 +398,12 @@ mod tests {
     #[test]
     fn a_failing_store_refuses_unless_the_route_fails_open() {
         let policy = |fail_open| OwnershipPolicy {
+            namespace: OwnershipNamespace::new("didit").unwrap(),
             retention: Duration::from_secs(60),
             share: std::sync::Arc::new([]),
             fail_open,
         };
-        let failure = || StateFailure::Store(idgate_store::StoreError::ReadOnly);
+        let failure = || StateFailure::Store(StoreError::ReadOnly);
         let refused = on_state_error("r", &policy(false), failure()).unwrap_err();
         assert_eq!(
             refused.kind(),
@@ -361,6 +413,74 @@ mod tests {
         assert!(on_state_error("r", &policy(true), failure()).is_ok());
         let slow = StateFailure::Timeout(Duration::from_millis(500));
         assert!(on_state_error("r", &policy(false), slow).is_err());
+    }
+
+    #[test]
+    fn one_id_in_two_namespaces_is_two_records() {
+        let ns = |n| OwnershipNamespace::new(n).unwrap();
+        let id = ObjectId::new("1").unwrap();
+        let docs = record_key(&ns("docs"), &id).unwrap();
+        let cases = record_key(&ns("cases"), &id).unwrap();
+        assert_eq!((docs.as_str(), cases.as_str()), ("docs:1", "cases:1"));
+        // An id holding the separator stays inside its namespace.
+        let tricky = record_key(&ns("a"), &ObjectId::new("b:c").unwrap()).unwrap();
+        assert_eq!(tricky.as_str(), "a:b:c");
+        assert_ne!(
+            tricky,
+            record_key(&ns("a.b"), &ObjectId::new("c").unwrap()).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_id_at_the_stores_key_limit_is_still_keyed_within_its_namespace() {
+        let ns = |n| OwnershipNamespace::new(n).unwrap();
+        let longest_ns = "n".repeat(idgate_config::MAX_NAMESPACE_LEN);
+        // The longest plain key: the namespace, ':' and the id fill the store's limit.
+        let fits = ObjectId::new("x".repeat(MAX_KEY_LEN - 5)).unwrap();
+        let plain = record_key(&ns("docs"), &fits).unwrap();
+        assert_eq!(plain.as_str().len(), MAX_KEY_LEN);
+        assert!(plain.as_str().starts_with("docs:x"));
+        // Past it, the id's digest stands for it: the longest id the store takes alone is
+        // taken beside the longest namespace, and still told apart from its neighbours.
+        let longest = ObjectId::new("x".repeat(MAX_KEY_LEN)).unwrap();
+        let hashed = record_key(&ns(&longest_ns), &longest).unwrap();
+        assert_eq!(hashed.as_str().len(), longest_ns.len() + 1 + 64);
+        assert!(hashed.as_str().starts_with(&format!("{longest_ns}#")));
+        let neighbour = ObjectId::new(format!("{}y", "x".repeat(MAX_KEY_LEN - 1))).unwrap();
+        assert_ne!(hashed, record_key(&ns(&longest_ns), &neighbour).unwrap());
+        assert_ne!(
+            record_key(&ns("docs"), &longest).unwrap(),
+            record_key(&ns("cases"), &longest).unwrap()
+        );
+        let one_more = record_key(
+            &ns("docs"),
+            &ObjectId::new("x".repeat(MAX_KEY_LEN - 4)).unwrap(),
+        );
+        assert!(one_more.unwrap().as_str().starts_with("docs#"));
+    }
+
+    #[test]
+    fn a_record_kept_before_namespaces_names_no_caller_of_any_namespace() {
+        let ns = |n| OwnershipNamespace::new(n).unwrap();
+        // The owners records named alone, and namespaces that read like their beginnings.
+        for legacy in [
+            "spiffe://example.org/ns/web/sa/portal",
+            "apikey:batch",
+            "sub:u1@https://iss",
+            "group:kyc",
+        ] {
+            let owner = Owner::new(legacy).unwrap();
+            for n in ["didit", "spiffe", "apikey", "sub", "group", "cases"] {
+                let now = owner_in(&ns(n), &owner).unwrap();
+                assert_eq!(now.as_str(), format!("{n}|{legacy}"));
+                assert_ne!(now.as_str(), legacy);
+            }
+        }
+        // The longest owner the store takes alone is taken beside the longest namespace.
+        let longest = Owner::new("o".repeat(MAX_KEY_LEN)).unwrap();
+        let long_ns = ns(&"n".repeat(idgate_config::MAX_NAMESPACE_LEN));
+        let hashed = owner_in(&long_ns, &longest).unwrap();
+        assert!(hashed.as_str().starts_with(&format!("{long_ns}#")));
     }
 
     #[test]

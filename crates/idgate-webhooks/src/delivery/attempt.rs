@@ -8,7 +8,7 @@ use http::Request;
 use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
 use http_body_util::{BodyExt as _, Full, Limited};
 use idgate_config::NonJson;
-use idgate_mask::{MaskError, Pseudonymizer};
+use idgate_mask::{MaskError, Pseudonymizer, media};
 use idgate_secrets::HmacKey;
 use idgate_secrets::hmac::SignError;
 use idgate_store::{Claimed, NewMessage, Queue};
@@ -61,11 +61,16 @@ async fn prepare(sub: &Subscriber, message: &Claimed) -> Result<(String, Bytes),
 
 /// The body as the subscriber's masking profile lets it see it.
 ///
-/// `non_json = "pass"` lets through only a body that is not JSON at all. One that begins
-/// like a JSON object or array but cannot be read here (a lone surrogate escape, nesting
-/// past the parser's limit, a byte-order mark, trailing bytes) is refused: the rules could
-/// not be applied to it, yet a more lenient reader at the subscriber may well read it, and
-/// with it the values the profile hides.
+/// A body that begins like a JSON object or array but cannot be read here (a lone
+/// surrogate escape, nesting past the parser's limit, a byte-order mark, trailing bytes)
+/// is refused: the rules could not be applied to it, yet a more lenient reader at the
+/// subscriber may well read it, and with it the values the profile hides.
+///
+/// Any other body that is not JSON passes only under `non_json = "pass"`, and only when its
+/// first bytes show a type the profile's `pass_types` names (a PDF, an image), as an
+/// answer without a `Content-Type` does on a route: the outbox keeps no type for an event,
+/// so text (form fields, XML, CSV), which would carry the values the profile hides, is
+/// refused.
 async fn masked(mask: &SubscriberMask, body: Vec<u8>) -> Result<Vec<u8>, NotSent> {
     let mut doc = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(doc) => doc,
@@ -78,8 +83,14 @@ async fn masked(mask: &SubscriberMask, body: Vec<u8>) -> Result<Vec<u8>, NotSent
             )));
         }
         Err(_) => {
-            return match mask.non_json {
-                NonJson::Pass => Ok(body),
+            return match &mask.non_json {
+                NonJson::Pass(types) if media::sniff(&body).is_some_and(|t| types.passes(t)) => {
+                    Ok(body)
+                }
+                NonJson::Pass(_) => Err(NotSent::Refused(format!(
+                    "the event is not JSON, and its first bytes are not those of a type masking profile {} passes (pass_types)",
+                    mask.profile_name
+                ))),
                 NonJson::Block => Err(NotSent::Refused(format!(
                     "the event is not JSON, and masking profile {} lets only JSON through",
                     mask.profile_name
