@@ -268,13 +268,14 @@ async fn keep(
 }
 
 /// `Cache-Control: no-store` from the upstream: the answer is never kept. (`private` is
-/// kept: every entry is one caller's own.)
-fn no_store(h: &HeaderMap) -> bool {
+/// kept: every entry is one caller's own.) The value is read as bytes: a byte outside
+/// visible ASCII elsewhere in it (a quoted extension may hold one) does not hide the
+/// directive.
+pub(crate) fn no_store(h: &HeaderMap) -> bool {
     h.get_all(header::CACHE_CONTROL)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"no-store"))
 }
 
 /// A cached answer, served stale (RFC 9111 `Age`, RFC 7234 warn-code 110, RFC 9211
@@ -370,6 +371,22 @@ mod tests {
         assert!(!no_store(&h));
         h.append(header::CACHE_CONTROL, HeaderValue::from_static("No-Store"));
         assert!(no_store(&h));
+    }
+
+    #[test]
+    fn no_store_is_found_whatever_other_bytes_the_value_holds() {
+        // A byte outside visible ASCII (allowed in a quoted extension) beside the directive.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_bytes(b"no-store, ext=\"caf\xc3\xa9\"").unwrap(),
+        );
+        assert!(no_store(&h));
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_bytes(b"private, ext=\"\xff\"").unwrap(),
+        );
+        assert!(!no_store(&h));
     }
 
     #[tokio::test]
