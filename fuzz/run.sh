@@ -22,7 +22,7 @@ cd "$here"
 
 secs="${1:-30}"
 shift || true
-all=(spiffe_id svid_leaf config pem_bundle request_path jwt jwt_svid api_key oauth_form secret_ref upstream_response proxy_protocol ownership_extract mask_json audit_file webhook_verify webhook_event_time outbox_open)
+all=(spiffe_id svid_leaf config pem_bundle request_path jwt jwt_svid api_key oauth_form secret_ref upstream_response proxy_protocol ownership_extract mask_json audit_file webhook_verify webhook_event_time outbox_open strict_json jwt_claims jwks http_headers oauth2_token_answer vault_answer api_key_record redis_reply subscriber_answer)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 

@@ -355,6 +355,37 @@ impl JwtVerifier {
     }
 }
 
+/// The readers of the key documents fetched from an issuer, for the fuzz targets
+/// (`fuzz/fuzz_targets/jwks.rs`); not part of the crate's interface.
+#[doc(hidden)]
+pub mod fuzzing {
+    use http::Uri;
+
+    use super::{Algorithm, DiscoveryError, JwksError, jwks};
+
+    /// A key read from a JWKS: its `kid` and the algorithms it verifies.
+    pub type KeyRead = (Option<String>, Vec<Algorithm>);
+
+    /// The keys a JWKS document gives, as an issuer's keys are read.
+    pub fn jwks(body: &[u8]) -> Result<Vec<KeyRead>, JwksError> {
+        let set = jwks::parse_jwks(body, "fuzz", 1)?;
+        Ok(set
+            .keys
+            .iter()
+            .map(|k| {
+                let algs = Algorithm::ALL.iter().copied();
+                (k.kid.clone(), algs.filter(|a| k.supports(*a)).collect())
+            })
+            .collect())
+    }
+
+    /// The `jwks_uri` that the metadata document `body`, fetched from `uri`, gives for
+    /// `issuer`, as discovery reads it.
+    pub fn metadata_jwks_uri(body: &[u8], issuer: &str, uri: &Uri) -> Result<Uri, DiscoveryError> {
+        jwks::metadata_jwks_uri(body, issuer, uri)
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Selection {
     /// Indices of the keys to try.

@@ -14,6 +14,8 @@ mod fallback;
 pub mod fallback_cache;
 mod faults;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod guards;
 mod header_set;

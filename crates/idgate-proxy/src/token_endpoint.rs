@@ -405,7 +405,9 @@ impl TokenEndpoint {
     }
 }
 
-fn basic_credentials(headers: &http::HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
+pub(crate) fn basic_credentials(
+    headers: &http::HeaderMap,
+) -> Result<Option<(String, String)>, OAuthError> {
     let Some(v) = headers.get(http::header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -478,7 +480,7 @@ pub trait ClientGate: Sync {
     ) -> Pin<Box<dyn Future<Output = Option<Duration>> + Send + 'a>>;
 }
 
-struct OAuthError {
+pub(crate) struct OAuthError {
     status: StatusCode,
     error: &'static str,
     description: &'static str,

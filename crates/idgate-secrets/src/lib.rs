@@ -9,6 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub mod credential;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hmac;
 pub mod oauth2;
 pub mod pkcs11;

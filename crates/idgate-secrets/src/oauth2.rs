@@ -152,7 +152,7 @@ struct TokenAnswer {
 
 /// When to fetch the next token: a tenth of the lifetime before expiry, but at least a
 /// second (or half the lifetime, for very short ones) and at most a minute.
-fn refresh_margin(lifetime: Duration) -> Duration {
+pub(crate) fn refresh_margin(lifetime: Duration) -> Duration {
     (lifetime / 10).clamp(
         Duration::from_secs(1).min(lifetime / 2),
         Duration::from_secs(60),
@@ -161,7 +161,7 @@ fn refresh_margin(lifetime: Duration) -> Duration {
 
 /// An RFC 6749 §5.2 error code is a short token of printable ASCII; anything else from the
 /// endpoint is not repeated in logs.
-fn error_code(v: &serde_json::Value) -> String {
+pub(crate) fn error_code(v: &serde_json::Value) -> String {
     v.get("error")
         .and_then(|e| e.as_str())
         .filter(|e| {
@@ -294,32 +294,7 @@ impl TokenSource {
                 code,
             });
         }
-        let answer: TokenAnswer =
-            serde_json::from_slice(&bytes).map_err(|_| TokenError::NotJson)?;
-        let token = match &answer.access_token {
-            Some(JsonSecret::Text(t)) if !t.expose_secret().is_empty() => t,
-            _ => return Err(TokenError::NoAccessToken),
-        };
-        let token_type = answer
-            .token_type
-            .as_ref()
-            .and_then(|t| t.as_str())
-            .unwrap_or("Bearer");
-        if !token_type.eq_ignore_ascii_case("bearer") {
-            return Err(TokenError::NotBearer);
-        }
-        // A number per RFC 6749; some endpoints send it as a string.
-        let lifetime = match &answer.expires_in {
-            Some(serde_json::Value::Number(n)) => n.as_u64(),
-            Some(serde_json::Value::String(s)) => s.parse().ok(),
-            _ => None,
-        }
-        // A peer-supplied lifetime is clamped: a day is more than any access token needs, and
-        // an absurd value must not overflow the clock arithmetic below.
-        .map_or(DEFAULT_LIFETIME, |secs| {
-            Duration::from_secs(secs.min(86_400))
-        });
-        let header = bearer(token.expose_secret()).ok_or(TokenError::TokenNotHeaderSafe)?;
+        let (header, lifetime) = read_answer(&bytes)?;
         let now = Instant::now();
         Ok(Cached {
             header,
@@ -328,6 +303,37 @@ impl TokenSource {
             version: secret.version.into(),
         })
     }
+}
+
+/// What a token endpoint's successful answer gives: the `Authorization` value to send and
+/// the token's lifetime.
+pub(crate) fn read_answer(bytes: &[u8]) -> Result<(HeaderValue, Duration), TokenError> {
+    let answer: TokenAnswer = serde_json::from_slice(bytes).map_err(|_| TokenError::NotJson)?;
+    let token = match &answer.access_token {
+        Some(JsonSecret::Text(t)) if !t.expose_secret().is_empty() => t,
+        _ => return Err(TokenError::NoAccessToken),
+    };
+    let token_type = answer
+        .token_type
+        .as_ref()
+        .and_then(|t| t.as_str())
+        .unwrap_or("Bearer");
+    if !token_type.eq_ignore_ascii_case("bearer") {
+        return Err(TokenError::NotBearer);
+    }
+    // A number per RFC 6749; some endpoints send it as a string.
+    let lifetime = match &answer.expires_in {
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        Some(serde_json::Value::String(s)) => s.parse().ok(),
+        _ => None,
+    }
+    // A peer-supplied lifetime is clamped: a day is more than any access token needs, and an
+    // absurd value must not overflow the clock arithmetic of the caller.
+    .map_or(DEFAULT_LIFETIME, |secs| {
+        Duration::from_secs(secs.min(86_400))
+    });
+    let header = bearer(token.expose_secret()).ok_or(TokenError::TokenNotHeaderSafe)?;
+    Ok((header, lifetime))
 }
 
 /// `Bearer <token>`, held over a zeroizing buffer of its own.

@@ -263,6 +263,46 @@ fn status_error(status: StatusCode, body: &[u8]) -> VaultError {
     }
 }
 
+/// What Vault's answer to a KV version 2 read (`status`, `body`) gives for `r`: the field's
+/// value and its version, or why there is none.
+pub(crate) fn kv_answer(
+    status: StatusCode,
+    body: &[u8],
+    r: &VaultRef,
+) -> Result<VaultSecret, VaultError> {
+    if status == StatusCode::NOT_FOUND {
+        // A deleted version answers 404 with its metadata; a missing path with no data.
+        return Err(
+            match wire::kv_read(body, &r.field).ok().and_then(|k| k.metadata) {
+                Some(m) => VaultError::Deleted(m.version),
+                None => VaultError::NotFound,
+            },
+        );
+    }
+    if !status.is_success() {
+        return Err(status_error(status, body));
+    }
+    let kv = wire::kv_read(body, &r.field)
+        .map_err(|_| VaultError::BadResponse("not a KV version 2 answer"))?;
+    let metadata = kv.metadata.ok_or(VaultError::BadResponse(
+        "no data.metadata: is this a KV version 2 mount?",
+    ))?;
+    if metadata.destroyed || !metadata.deletion_time.is_empty() {
+        return Err(VaultError::Deleted(metadata.version));
+    }
+    match kv.field {
+        wire::KvField::Present(JsonSecret::Text(value)) if !value.expose_secret().is_empty() => {
+            Ok(VaultSecret {
+                value,
+                version: metadata.version,
+            })
+        }
+        wire::KvField::Present(_) => Err(VaultError::NotAString(r.field.clone())),
+        wire::KvField::Missing => Err(VaultError::NoField(r.field.clone())),
+        wire::KvField::NoData => Err(VaultError::Deleted(metadata.version)),
+    }
+}
+
 /// Why a login credential (a token, a `role_id` or `secret_id`) could not be read.
 #[derive(Debug, thiserror::Error)]
 enum LoginSecretError {
@@ -341,39 +381,7 @@ impl Inner {
         let (status, body) = self
             .call(Method::GET, &r.api_path(), Some(token), None)
             .await?;
-        if status == StatusCode::NOT_FOUND {
-            // A deleted version answers 404 with its metadata; a missing path with no data.
-            return Err(
-                match wire::kv_read(&body, &r.field).ok().and_then(|k| k.metadata) {
-                    Some(m) => VaultError::Deleted(m.version),
-                    None => VaultError::NotFound,
-                },
-            );
-        }
-        if !status.is_success() {
-            return Err(status_error(status, &body));
-        }
-        let kv = wire::kv_read(&body, &r.field)
-            .map_err(|_| VaultError::BadResponse("not a KV version 2 answer"))?;
-        let metadata = kv.metadata.ok_or(VaultError::BadResponse(
-            "no data.metadata: is this a KV version 2 mount?",
-        ))?;
-        if metadata.destroyed || !metadata.deletion_time.is_empty() {
-            return Err(VaultError::Deleted(metadata.version));
-        }
-        match kv.field {
-            wire::KvField::Present(JsonSecret::Text(value))
-                if !value.expose_secret().is_empty() =>
-            {
-                Ok(VaultSecret {
-                    value,
-                    version: metadata.version,
-                })
-            }
-            wire::KvField::Present(_) => Err(VaultError::NotAString(r.field.clone())),
-            wire::KvField::Missing => Err(VaultError::NoField(r.field.clone())),
-            wire::KvField::NoData => Err(VaultError::Deleted(metadata.version)),
-        }
+        kv_answer(status, &body, r)
     }
 
     /// A token that Vault should accept now: the current one, renewed, or a new login.

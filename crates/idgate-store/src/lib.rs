@@ -75,6 +75,27 @@ pub use redis_store::testing as redis_testing;
 pub use redis_store::{DEFAULT_PREFIX, DEFAULT_TIMEOUT, RedisMode, RedisOptions, RedisStore};
 pub use types::{CounterKey, MAX_KEY_LEN, Nonce, ObjectId, Owner, QueueName};
 
+/// The readers of what the backends hold, for the fuzz targets (`fuzz/fuzz_targets/`); not
+/// part of the crate's interface. Each function is the production reader, with no other
+/// logic.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::{StoreError, StoredKey};
+
+    /// An API key record as a backend reads it back, stored under `id`.
+    pub fn api_key_record(id: &str, bytes: &[u8]) -> Result<StoredKey, StoreError> {
+        StoredKey::decode(id, bytes)
+    }
+
+    /// An API key record's bytes, as a backend writes them.
+    pub fn api_key_bytes(key: &StoredKey) -> Vec<u8> {
+        key.encode()
+    }
+
+    #[cfg(feature = "redis")]
+    pub use crate::redis_store::fuzzing::*;
+}
+
 /// Why a store operation failed. Never carries a key, a hash or a payload.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

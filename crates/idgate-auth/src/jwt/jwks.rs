@@ -77,7 +77,7 @@ impl KeySet {
 
 /// Parses a JWKS document, keeping the keys we can verify with and skipping (with a log
 /// line) the others: an issuer may publish encryption keys or algorithms we do not use.
-fn parse_jwks(body: &[u8], issuer: &str, generation: u64) -> Result<KeySet, JwksError> {
+pub(crate) fn parse_jwks(body: &[u8], issuer: &str, generation: u64) -> Result<KeySet, JwksError> {
     let doc = json::object(body).ok_or(JwksError::NotAnObject)?;
     let Some(Value::Array(entries)) = doc.get("keys") else {
         return Err(JwksError::NoKeysArray);
@@ -296,26 +296,35 @@ impl Remote {
                     continue;
                 }
             };
-            let doc =
-                json::object(&body).ok_or_else(|| DiscoveryError::NotAnObject(uri.clone()))?;
-            if doc.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
-                return Err(DiscoveryError::OtherIssuer(uri.clone()));
-            }
-            let jwks_uri = doc
-                .get("jwks_uri")
-                .and_then(Value::as_str)
-                .ok_or_else(|| DiscoveryError::NoJwksUri(uri.clone()))?;
-            let jwks_uri: Uri = jwks_uri
-                .parse()
-                .map_err(|_| DiscoveryError::JwksUriNotAUrl(uri.clone()))?;
-            check_fetch_uri(&jwks_uri).map_err(|source| DiscoveryError::JwksUri {
-                uri: uri.clone(),
-                source,
-            })?;
-            return Ok(jwks_uri);
+            return metadata_jwks_uri(&body, &self.issuer, uri);
         }
         Err(DiscoveryError::NotFound(errors))
     }
+}
+
+/// The `jwks_uri` of the metadata document `body`, fetched from `uri`, once the document is
+/// found to speak for `issuer`; an address keys may be fetched from.
+pub(crate) fn metadata_jwks_uri(
+    body: &[u8],
+    issuer: &str,
+    uri: &Uri,
+) -> Result<Uri, DiscoveryError> {
+    let doc = json::object(body).ok_or_else(|| DiscoveryError::NotAnObject(uri.clone()))?;
+    if doc.get("issuer").and_then(Value::as_str) != Some(issuer) {
+        return Err(DiscoveryError::OtherIssuer(uri.clone()));
+    }
+    let jwks_uri = doc
+        .get("jwks_uri")
+        .and_then(Value::as_str)
+        .ok_or_else(|| DiscoveryError::NoJwksUri(uri.clone()))?;
+    let jwks_uri: Uri = jwks_uri
+        .parse()
+        .map_err(|_| DiscoveryError::JwksUriNotAUrl(uri.clone()))?;
+    check_fetch_uri(&jwks_uri).map_err(|source| DiscoveryError::JwksUri {
+        uri: uri.clone(),
+        source,
+    })?;
+    Ok(jwks_uri)
 }
 
 /// GETs `uri`: 200 and at most [`MAX_DOCUMENT_BYTES`], within [`FETCH_TIMEOUT`].

@@ -11,7 +11,7 @@ mod masking;
 mod no_body;
 pub mod ownership;
 mod rate_limit;
-mod schema;
+pub(crate) mod schema;
 
 use http::Response;
 use http::request::Parts;

@@ -17,7 +17,7 @@
 //! Requests of methods without a body (GET, HEAD, OPTIONS, DELETE) are not checked: the
 //! body rule (`no_body`) refuses their bodies.
 
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_TYPE, HeaderMap};
 use http::request::Parts;
 use jsonschema::error::ValidationErrorKind;
 use serde_json::Value;
@@ -39,7 +39,7 @@ pub(super) async fn check(
     if idgate_config::body_needs_opt_in(&req.method) {
         return Ok(());
     }
-    if req.headers.get_all(CONTENT_TYPE).iter().nth(1).is_some() || !is_json(&req.headers) {
+    if !declares_json(&req.headers) {
         return Err(Refusal::UnsupportedMediaType);
     }
     let body = ctx
@@ -52,6 +52,11 @@ pub(super) async fn check(
     } else {
         Err(Refusal::SchemaViolation { errors })
     }
+}
+
+/// Whether the request's one `Content-Type` says its body is JSON in UTF-8.
+pub(crate) fn declares_json(headers: &HeaderMap) -> bool {
+    headers.get_all(CONTENT_TYPE).iter().nth(1).is_none() && is_json(headers)
 }
 
 /// The body as a document, refused where it is not JSON or an object names a member twice.

@@ -115,7 +115,7 @@ fn gcra_args(limit: &GcraLimit, take: GcraTake, now: u64) -> [u64; 6] {
 }
 
 /// The decision for what the GCRA script found, which must be what it did.
-fn gcra_decision(
+pub(super) fn gcra_decision(
     reply: Value,
     limit: &GcraLimit,
     take: GcraTake,
@@ -140,7 +140,16 @@ fn gcra_decision(
     Ok(decision)
 }
 
-fn owner_record(object: &ObjectId, reply: Value) -> Result<OwnerRecord, StoreError> {
+/// The count and end of a window, as the increment script replies them.
+pub(super) fn window_reply(reply: Value) -> Result<WindowCount, StoreError> {
+    let items = array(reply)?;
+    match items.as_slice() {
+        [count, end] => Ok(window_count(int(count)?, int(end)?)),
+        _ => Err(bad("a window reply")),
+    }
+}
+
+pub(super) fn owner_record(object: &ObjectId, reply: Value) -> Result<OwnerRecord, StoreError> {
     let mut items = array(reply)?.into_iter();
     let (Some(owner), Some(deadline)) = (items.next(), items.next()) else {
         return Err(bad("an ownership reply"));
@@ -264,11 +273,7 @@ impl Counters for RedisStore {
                     .await
             })
             .await?;
-        let items = array(reply)?;
-        match items.as_slice() {
-            [count, end] => Ok(window_count(int(count)?, int(end)?)),
-            _ => Err(bad("a window reply")),
-        }
+        window_reply(reply)
     }
 
     async fn get(

@@ -45,6 +45,7 @@ use crate::StoreError;
 
 mod api_keys;
 mod counters;
+pub(crate) mod fuzzing;
 mod owner_cache;
 mod queue;
 mod reply;

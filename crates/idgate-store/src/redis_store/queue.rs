@@ -157,7 +157,7 @@ impl RedisStore {
 
 /// A message's bookkeeping from its record (`record` in `prelude.lua`): the id, then the
 /// fields in the order of [`Meta`].
-fn record(reply: Value) -> Result<(u64, Meta), StoreError> {
+pub(super) fn record(reply: Value) -> Result<(u64, Meta), StoreError> {
     let fields = array(reply)?;
     let [n, a, m, e, r, l, x, k, err] = fields.as_slice() else {
         return Err(bad("a message of another shape"));
