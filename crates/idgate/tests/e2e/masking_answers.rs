@@ -238,7 +238,8 @@ async fn start(pki: &Pki, upstream: &Scripted) -> Gateway {
     Gateway::start(&config, &[(KEY_ENV, KEY)]).await
 }
 
-fn problem(r: &Reply) -> String {
+/// The slug of a gateway-made problem answer (`response-blocked`), its media type checked.
+pub(crate) fn problem(r: &Reply) -> String {
     assert_eq!(
         r.header("content-type"),
         Some("application/problem+json"),

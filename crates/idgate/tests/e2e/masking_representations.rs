@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::assert_eventually;
+use crate::masking_answers::problem;
 use crate::support::*;
 
 const DOC: &str = "BAA000589";
@@ -223,20 +224,6 @@ async fn start(pki: &Pki, upstream: &Renderer) -> Gateway {
             )]),
         );
     Gateway::start(&config, &[]).await
-}
-
-fn problem(r: &Reply) -> String {
-    assert_eq!(
-        r.header("content-type"),
-        Some("application/problem+json"),
-        "{:?}",
-        r.body
-    );
-    r.json()["type"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("https://idgate.dev/problems/")
-        .to_owned()
 }
 
 fn holds_personal_data(r: &Reply) -> bool {
