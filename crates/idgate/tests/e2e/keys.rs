@@ -18,15 +18,6 @@ const PEPPER: &str = "n3Wq4p8yVh0cE2rT6uJk1LmZs9Xa7DfB5gHiOoPqRwE=";
 const PROVIDER_TOKEN_ENV: &str = "TEST_KEYS_PROVIDER_TOKEN";
 const PROVIDER_TOKEN: &str = "prov-token-for-keys-tests-9c1d";
 
-/// The CLI from an async test, off the runtime's thread.
-async fn idgate_async(args: Vec<String>) -> (i32, String, String) {
-    tokio::task::spawn_blocking(move || {
-        idgate_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-    .await
-    .unwrap()
-}
-
 /// A dev PKI, a pepper file (0600) and a gateway configuration with an `[api_keys]` section
 /// and one route that takes API keys, all in one temporary directory.
 struct Setup {
@@ -504,10 +495,10 @@ async fn running_gateway_refuses_a_revoked_key_within_a_second() {
 
         let mut gw = Gateway::start(&config, &[(PROVIDER_TOKEN_ENV, PROVIDER_TOKEN)]).await;
         // The gateway started before any key existed; the CLI shares the store with it.
-        let (code, out, err) = idgate_async(s.keys_args(&["create", "--name", "batch"])).await;
+        let (code, out, err) = idgate_cli_async(s.keys_args(&["create", "--name", "batch"])).await;
         assert_eq!(code, 0, "{err}");
         let key = key_from(&out);
-        let (_, out, _) = idgate_async(s.keys_args(&["create", "--name", "other"])).await;
+        let (_, out, _) = idgate_cli_async(s.keys_args(&["create", "--name", "other"])).await;
         let other = key_from(&out);
 
         let client = Client::new(&s.pki, Some(ONBOARDING), gw.port, false);
@@ -586,7 +577,7 @@ async fn running_gateway_refuses_a_revoked_key_within_a_second() {
         );
 
         // Revoke while the gateway runs: refused within a second of the CLI returning.
-        let (code, _, err) = idgate_async(s.keys_args(&["revoke", "--id", id_of(&key)])).await;
+        let (code, _, err) = idgate_cli_async(s.keys_args(&["revoke", "--id", id_of(&key)])).await;
         assert_eq!(code, 0, "{err}");
         let revoked = Instant::now();
         let status = loop {
@@ -608,10 +599,11 @@ async fn running_gateway_refuses_a_revoked_key_within_a_second() {
         );
 
         // Rotation on the running gateway: both keys work during the grace period.
-        let (_, out, _) = idgate_async(s.keys_args(&["create", "--name", "batch"])).await;
+        let (_, out, _) = idgate_cli_async(s.keys_args(&["create", "--name", "batch"])).await;
         let first = key_from(&out);
         let (code, out, err) =
-            idgate_async(s.keys_args(&["rotate", "--id", id_of(&first), "--grace", "1h"])).await;
+            idgate_cli_async(s.keys_args(&["rotate", "--id", id_of(&first), "--grace", "1h"]))
+                .await;
         assert_eq!(code, 0, "{err}");
         let second = key_from(&out);
         let deadline = Instant::now() + Duration::from_secs(1);
@@ -648,9 +640,14 @@ async fn a_bound_key_works_only_from_its_workload() {
         let upstream = TestUpstream::https(&s.pki, UpstreamMode::Echo).await;
         let mut config = s.spec.clone();
         config.upstreams[0].url = upstream.url(true);
-        let (code, out, err) =
-            idgate_async(s.keys_args(&["create", "--name", "batch", "--bind-spiffe", ONBOARDING]))
-                .await;
+        let (code, out, err) = idgate_cli_async(s.keys_args(&[
+            "create",
+            "--name",
+            "batch",
+            "--bind-spiffe",
+            ONBOARDING,
+        ]))
+        .await;
         assert_eq!(code, 0, "{err}");
         let key = key_from(&out);
         let gw = Gateway::start(&config, &[(PROVIDER_TOKEN_ENV, PROVIDER_TOKEN)]).await;
@@ -742,7 +739,7 @@ async fn a_key_record_widened_in_redis_is_refused_and_only_the_keys_user_writes_
                 all.extend(["--redis-user".to_owned(), "idgate-keys".to_owned()]);
                 all.extend(["--redis-password".to_owned(), password.clone()]);
             }
-            idgate_async(all)
+            idgate_cli_async(all)
         };
 
         // The gateway's own user cannot write a key; the keys user can.

@@ -20,15 +20,6 @@ const REDIS_PASSWORD: &str = "gateway-redis-password-6d2a";
 const KEYS_PASSWORD: &str = "keys-redis-password-0c7f";
 const PEPPER: &str = "q8Zt1Vb4Nc7Xm2Lk5Jh9Gf3Ds6Aa0Pe1Ow4Ir7Uy2Tq=";
 
-/// The CLI from an async test, off the runtime's thread.
-async fn cli(args: Vec<String>) -> (i32, String, String) {
-    tokio::task::spawn_blocking(move || {
-        idgate_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-    .await
-    .unwrap()
-}
-
 fn args(words: &[&str], config: &Path) -> Vec<String> {
     let mut all: Vec<String> = words.iter().map(|w| (*w).to_owned()).collect();
     all.extend(["--config".to_owned(), config.display().to_string()]);
@@ -139,7 +130,7 @@ async fn webhooks_cli_needs_only_the_outbox_keys_and_state_password() {
         only_for_another_user(&provider_key);
         std::fs::remove_file(dir.path().join("subscriber.secret")).unwrap();
 
-        let (code, out, err) = cli(args(&["webhooks", "list"], &config)).await;
+        let (code, out, err) = idgate_cli_async(args(&["webhooks", "list"], &config)).await;
         assert_eq!(code, 0, "{out}{err}");
         assert_no_secret(&out, &err);
         let id = out
@@ -148,14 +139,16 @@ async fn webhooks_cli_needs_only_the_outbox_keys_and_state_password() {
             .and_then(|l| l.split_whitespace().next())
             .unwrap_or_else(|| panic!("no dead letter listed:\n{out}"))
             .to_owned();
-        let (code, out, err) = cli(args(&["webhooks", "show", &id, "--body"], &config)).await;
+        let (code, out, err) =
+            idgate_cli_async(args(&["webhooks", "show", &id, "--body"], &config)).await;
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains("Ada Lovelace"), "{out}");
 
         // What the command uses is still read, and named when it cannot be.
         let outbox_key = dir.path().join("outbox.key");
         only_for_another_user(&outbox_key);
-        let (code, out, err) = cli(args(&["webhooks", "show", &id, "--body"], &config)).await;
+        let (code, out, err) =
+            idgate_cli_async(args(&["webhooks", "show", &id, "--body"], &config)).await;
         assert_eq!(code, 2, "{out}{err}");
         assert!(
             err.contains("didit: outbox key: ") && err.contains(&outbox_key.display().to_string()),
@@ -163,11 +156,11 @@ async fn webhooks_cli_needs_only_the_outbox_keys_and_state_password() {
         );
         assert!(!out.contains("Ada Lovelace"), "{out}");
         // Listing needs no outbox key.
-        let (code, out, err) = cli(args(&["webhooks", "list"], &config)).await;
+        let (code, out, err) = idgate_cli_async(args(&["webhooks", "list"], &config)).await;
         assert_eq!(code, 0, "{out}{err}");
 
         only_for_another_user(&password);
-        let (code, out, err) = cli(args(&["webhooks", "list"], &config)).await;
+        let (code, out, err) = idgate_cli_async(args(&["webhooks", "list"], &config)).await;
         assert_ne!(code, 0, "{out}{err}");
         assert!(
             err.contains(&format!("state.password: {}", password.display())),
@@ -229,7 +222,7 @@ async fn keys_cli_needs_only_the_pepper_and_its_own_redis_password() {
                 "--redis-password".to_owned(),
                 file_ref(&keys_password),
             ]);
-            cli(all)
+            idgate_cli_async(all)
         };
 
         let (code, out, err) = keys(&["create", "--name", "batch"]).await;

@@ -79,3 +79,12 @@ pub fn idgate_cli(args: &[&str]) -> (i32, String, String) {
         .env_remove("IDGATE_LOG");
     run_bounded(&mut cmd, Duration::from_secs(30))
 }
+
+/// [`idgate_cli`] from an async test, off the runtime's thread.
+pub async fn idgate_cli_async(args: Vec<String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        idgate_cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("the CLI's task")
+}
