@@ -51,7 +51,7 @@ pub(crate) fn media_type(content_type: &str) -> Option<(&str, &str)> {
 }
 
 /// Whether a subtype has the structured syntax suffix `+json` (RFC 6839), in any case.
-pub(crate) fn plus_json(subtype: &str) -> bool {
+fn plus_json(subtype: &str) -> bool {
     subtype
         .len()
         .checked_sub(5)

@@ -55,12 +55,10 @@ pub(crate) fn is_json_type(headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let Some((_, subtype)) = json_response::media_type(v) else {
+    let Some((kind, subtype)) = json_response::media_type(v) else {
         return false;
     };
-    subtype.eq_ignore_ascii_case("json")
-        || subtype.eq_ignore_ascii_case("x-json")
-        || json_response::plus_json(subtype)
+    media::is_json(MediaType { kind, subtype })
 }
 
 fn compressed(headers: &HeaderMap) -> bool {
