@@ -1,6 +1,11 @@
 //! The seed of the request ID generator ([`crate::service::RequestIds`]): a per-process
-//! prefix and the counter's first value, from the system's random source, so IDs are unique
-//! and cannot be guessed across restarts.
+//! prefix, the counter's first value and a key, from the system's random source, so IDs are
+//! unique and cannot be guessed across restarts.
+//!
+//! An ID's second half is the counter passed through a keyed permutation ([`Permutation`]):
+//! still unique within the process (a permutation never maps two counts to one value), but
+//! two IDs a caller holds no longer tell it how many requests, its own or other callers',
+//! the gateway served between them.
 //!
 //! Should the random source fail (a sandbox without an entropy device, say), the gateway
 //! still starts: the seed is made from the clock, the process id and a per-process
@@ -39,6 +44,8 @@ impl RandomSource for SystemRandom {
 pub struct Seed {
     pub prefix: u64,
     pub counter: u64,
+    /// The key of the permutation that hides the counter.
+    pub key: [u64; 2],
     /// False when the random source failed and the seed was made from the clock instead.
     pub from_random: bool,
 }
@@ -54,14 +61,18 @@ pub fn random_failures() -> Counter {
 /// A seed from `source`, or from the clock, the process id and a sequence when it fails.
 /// Never fails, never panics.
 pub fn seed(source: &dyn RandomSource) -> Seed {
-    let mut bytes = [0u8; 16];
+    let mut bytes = [0u8; 32];
     match source.fill(&mut bytes) {
         Ok(()) => {
-            let (a, b) = bytes.split_at(8);
-            let word = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or_default());
+            let word = |i: usize| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+                u64::from_le_bytes(w)
+            };
             Seed {
-                prefix: word(a),
-                counter: word(b),
+                prefix: word(0),
+                counter: word(1),
+                key: [word(2), word(3)],
                 from_random: true,
             }
         }
@@ -95,7 +106,62 @@ fn fallback() -> Seed {
     Seed {
         prefix,
         counter: mix(prefix ^ 0x9e37_79b9_7f4a_7c15),
+        key: [
+            mix(prefix ^ 0x6a09_e667_f3bc_c908),
+            mix(prefix ^ 0xbb67_ae85_84ca_a73b),
+        ],
         from_random: false,
+    }
+}
+
+/// A keyed permutation of 64-bit words: a four-round Feistel network on the two 32-bit
+/// halves (Luby-Rackoff), each round's function SipHash over the key, the round and the
+/// half. Invertible by construction, so distinct counts give distinct outputs; without the
+/// key, consecutive counts give unrelated outputs.
+#[derive(Clone, Copy)]
+pub struct Permutation {
+    key: [u64; 2],
+}
+
+impl std::fmt::Debug for Permutation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Permutation { key: <hidden> }")
+    }
+}
+
+impl Permutation {
+    const ROUNDS: u8 = 4;
+
+    pub fn new(key: [u64; 2]) -> Self {
+        Self { key }
+    }
+
+    fn round(&self, round: u8, half: u32) -> u32 {
+        use std::hash::Hasher;
+        // SipHash-1-3 keyed by what it reads first: the key is absorbed before the input.
+        let mut h = std::hash::DefaultHasher::new();
+        h.write_u64(self.key[0]);
+        h.write_u64(self.key[1]);
+        h.write_u8(round);
+        h.write_u32(half);
+        h.finish() as u32
+    }
+
+    pub fn apply(&self, word: u64) -> u64 {
+        let (mut left, mut right) = ((word >> 32) as u32, word as u32);
+        for round in 0..Self::ROUNDS {
+            (left, right) = (right, left ^ self.round(round, right));
+        }
+        (u64::from(left) << 32) | u64::from(right)
+    }
+
+    #[cfg(test)]
+    fn invert(&self, word: u64) -> u64 {
+        let (mut left, mut right) = ((word >> 32) as u32, word as u32);
+        for round in (0..Self::ROUNDS).rev() {
+            (left, right) = (right ^ self.round(round, left), left);
+        }
+        (u64::from(left) << 32) | u64::from(right)
     }
 }
 
@@ -136,6 +202,45 @@ mod tests {
         assert!(s.from_random);
         assert_eq!(s.prefix, 0x1111_1111_1111_1111);
         assert_eq!(s.counter, 0x1111_1111_1111_1111);
+        assert_eq!(s.key, [0x1111_1111_1111_1111; 2]);
+    }
+
+    #[test]
+    fn the_permutation_is_invertible_and_depends_on_its_key() {
+        let p = Permutation::new([1, 2]);
+        let q = Permutation::new([1, 3]);
+        for w in [0, 1, 2, u64::MAX, 0x8000_0000_0000_0000, 0xdead_beef] {
+            assert_eq!(p.invert(p.apply(w)), w);
+        }
+        let outputs: HashSet<u64> = (0..10_000u64).map(|w| p.apply(w)).collect();
+        assert_eq!(outputs.len(), 10_000);
+        assert!((0..100u64).filter(|&w| p.apply(w) == q.apply(w)).count() < 2);
+    }
+
+    #[test]
+    fn consecutive_request_ids_do_not_reveal_how_many_requests_came_between() {
+        let ids = RequestIds::with_source(&SystemRandom);
+        let tails: Vec<u64> = (0..256)
+            .map(|_| {
+                let id = ids.next();
+                let tail = std::str::from_utf8(&id.as_bytes()[16..]).unwrap_or_default();
+                u64::from_str_radix(tail, 16).unwrap_or_default()
+            })
+            .collect();
+        // With a bare counter every difference would be 1; a permutation's outputs differ
+        // by about half their bits, and never by one.
+        for pair in tails.windows(2) {
+            assert_ne!(pair[1].wrapping_sub(pair[0]), 1, "ids count up");
+        }
+        let mean_bits = tails
+            .windows(2)
+            .map(|p| u64::from((p[0] ^ p[1]).count_ones()))
+            .sum::<u64>()
+            / 255;
+        assert!(
+            (24..=40).contains(&mean_bits),
+            "{mean_bits} bits differ on average"
+        );
     }
 
     #[test]

@@ -18,12 +18,14 @@ use crate::problem::Refusal;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Request IDs: a random per-process prefix and a counter — unique, cheap, unguessable
-/// across restarts.
+/// Request IDs: a random per-process prefix and a counter under a keyed permutation —
+/// unique, cheap, unguessable across restarts, and not counting up within one process.
 #[derive(Debug)]
 pub struct RequestIds {
     prefix: u64,
     counter: AtomicU64,
+    /// Hides the counter in the ID (see [`crate::request_id`]).
+    hide: crate::request_id::Permutation,
 }
 
 impl RequestIds {
@@ -38,11 +40,14 @@ impl RequestIds {
         Self {
             prefix: seed.prefix,
             counter: AtomicU64::new(seed.counter),
+            hide: crate::request_id::Permutation::new(seed.key),
         }
     }
 
     pub(crate) fn next(&self) -> HeaderValue {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let n = self
+            .hide
+            .apply(self.counter.fetch_add(1, Ordering::Relaxed));
         let mut buf = [0u8; 32];
         idgate_codec::hex::encode_to_slice(&self.prefix.to_be_bytes(), &mut buf[..16]);
         idgate_codec::hex::encode_to_slice(&n.to_be_bytes(), &mut buf[16..]);
