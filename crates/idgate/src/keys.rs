@@ -388,21 +388,34 @@ fn warn_unverifiable(keys: &[StoredKey], pepper: &Pepper) {
     }
 }
 
-/// Refuses a name an active or rotated key already has, unless the new key is meant for
-/// the same holder: keys with one name are one principal everywhere a name counts.
+/// Refuses a name any key has had, unless the new key is meant for the same holder: keys
+/// with one name are one principal everywhere a name counts, and a revoked or expired
+/// key's name still owns the objects its keys created (for the ownership retention), so a
+/// new holder given it would read them.
 fn check_name_free(keys: &[StoredKey], name: &str, now: SystemTime) -> Result<(), Failure> {
-    let holders: Vec<String> = keys
+    let (usable, spent): (Vec<&StoredKey>, Vec<&StoredKey>) = keys
         .iter()
-        .filter(|k| k.name == name && k.is_usable(now))
-        .map(|k| format!("{} ({})", k.id, k.state(now)))
-        .collect();
-    if holders.is_empty() {
-        return Ok(());
+        .filter(|k| k.name == name)
+        .partition(|k| k.is_usable(now));
+    let describe = |ks: &[&StoredKey]| {
+        ks.iter()
+            .map(|k| format!("{} ({})", k.id, k.state(now)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !usable.is_empty() {
+        return Err(Failure::run(format!(
+            "the name {name} is held by {}; keys with one name are one principal: they share allow lists, tiers and the objects either creates\nto replace a key, use `idgate keys rotate --id ID`; to give the same holder another key, add --same-holder",
+            describe(&usable)
+        )));
     }
-    Err(Failure::run(format!(
-        "the name {name} is held by {}; keys with one name are one principal: they share allow lists, tiers and the objects either creates\nto replace a key, use `idgate keys rotate --id ID`; to give the same holder another key, add --same-holder",
-        holders.join(", ")
-    )))
+    if !spent.is_empty() {
+        return Err(Failure::run(format!(
+            "the name {name} was held by {}; the objects those keys created stay owned by the name until the ownership retention ends, so a new holder given it would read them\ngive a new holder a name of its own; to give the same holder a new key, add --same-holder",
+            describe(&spent)
+        )));
+    }
+    Ok(())
 }
 
 fn create(

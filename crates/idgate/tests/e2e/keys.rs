@@ -381,7 +381,7 @@ fn rotate_keeps_the_old_key_for_its_grace_and_revoke_is_recorded() {
 }
 
 #[test]
-fn create_refuses_a_name_held_by_an_active_key_without_same_holder() {
+fn create_refuses_a_name_any_key_has_had_without_same_holder() {
     let s = Setup::new(&["api_key"], "https://127.0.0.1:9");
     let (code, out, err) = s.keys(&["create", "--name", "partner"]);
     assert_eq!(code, 0, "{err}");
@@ -410,14 +410,29 @@ fn create_refuses_a_name_held_by_an_active_key_without_same_holder() {
     assert_eq!(code, 0, "{err}");
     let second = key_from(&out);
 
-    // Revoked keys hold no name; a rotated key does while its grace lasts.
+    // A revoked key's name still owns what its keys created: a new holder given it would
+    // read them, so the name stays taken; the same holder may have it again.
     for k in [&first, &second] {
         let (code, _, err) = s.keys(&["revoke", "--id", id_of(k)]);
         assert_eq!(code, 0, "{err}");
     }
     let (code, out, err) = s.keys(&["create", "--name", "partner"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.is_empty(), "no key printed: {out}");
+    for part in [
+        "the name partner was held by",
+        id_of(&first),
+        id_of(&second),
+        "(revoked)",
+        "ownership retention",
+        "--same-holder",
+    ] {
+        assert!(err.contains(part), "{part} in {err}");
+    }
+    let (code, out, err) = s.keys(&["create", "--name", "partner", "--same-holder"]);
     assert_eq!(code, 0, "{err}");
     let third = key_from(&out);
+    // A rotated key holds its name while its grace lasts.
     let (code, out, err) = s.keys(&["rotate", "--id", id_of(&third), "--grace", "1h"]);
     assert_eq!(code, 0, "{err}");
     let fourth = key_from(&out);
@@ -426,7 +441,7 @@ fn create_refuses_a_name_held_by_an_active_key_without_same_holder() {
     let (code, out, err) = s.keys(&["create", "--name", "partner"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
-        err.contains(id_of(&third)) && err.contains("(rotated)"),
+        err.contains("is held by") && err.contains(id_of(&third)) && err.contains("(rotated)"),
         "{err}"
     );
     // Another name is free.
@@ -598,8 +613,10 @@ async fn running_gateway_refuses_a_revoked_key_within_a_second() {
             "no restart involved"
         );
 
-        // Rotation on the running gateway: both keys work during the grace period.
-        let (_, out, _) = idgate_cli_async(s.keys_args(&["create", "--name", "batch"])).await;
+        // Rotation on the running gateway: both keys work during the grace period. The
+        // holder of the revoked key gets a new one under its name.
+        let (_, out, _) =
+            idgate_cli_async(s.keys_args(&["create", "--name", "batch", "--same-holder"])).await;
         let first = key_from(&out);
         let (code, out, err) =
             idgate_cli_async(s.keys_args(&["rotate", "--id", id_of(&first), "--grace", "1h"]))
