@@ -10,7 +10,9 @@
 //! whether the request goes on without that limit (fail_open) or gets 503.
 //!
 //! Every answer on a limited route carries the `RateLimit-Policy` and `RateLimit` fields
-//! of draft-ietf-httpapi-ratelimit-headers-10, one list member per limit that applied.
+//! of draft-ietf-httpapi-ratelimit-headers-10, one list member per limit that applied and
+//! counts per caller (a limit keyed by the route alone is shared: its refusal still comes
+//! with `Retry-After`, but what is left of it is nobody's business but the operator's).
 //! When several limits apply and one refuses, the ones before it have still counted the
 //! request (as Envoy's and Kong's do): the check of each is atomic, not of all together.
 
@@ -316,7 +318,11 @@ async fn decide_all<'l, C: Counters>(
 impl<'l> Verdict<'l> {
     /// One limit's decision: its header items, and the refusal if it is the first.
     fn add(&mut self, limit: &'l Limit, rate: &Tiered, decision: &GcraDecision) {
-        add_items(&mut self.policy, &mut self.state, limit, rate, decision);
+        // A limit every caller shares (counted by route alone) stays out of the fields: its
+        // `r` would tell each caller how many requests the others sent.
+        if limit.per_caller() {
+            add_items(&mut self.policy, &mut self.state, limit, rate, decision);
+        }
         if !decision.allowed && self.refused.is_none() {
             self.refused = Some((&limit.name, decision.retry_after));
         }
@@ -503,11 +509,10 @@ mod tests {
             )
             .await
             .unwrap();
-            assert_eq!(policy, "\"per-ip\";q=10;w=1, \"per-route\";q=100;w=1");
-            assert!(
-                state.starts_with(&format!("\"per-ip\";r={remaining};t=1, \"per-route\";r=")),
-                "{state}"
-            );
+            // The route's budget is decided too, but every caller shares it: it is not
+            // shown.
+            assert_eq!(policy, "\"per-ip\";q=10;w=1");
+            assert_eq!(state, format!("\"per-ip\";r={remaining};t=1"));
             assert!(refused.is_none());
         }
         let (_, state, refused) = run(
@@ -520,7 +525,7 @@ mod tests {
         let (name, retry) = refused.unwrap();
         assert_eq!(name, "per-ip");
         assert!(retry > Duration::ZERO && retry <= Duration::from_millis(100));
-        assert!(state.starts_with("\"per-ip\";r=0;t=1, "), "{state}");
+        assert_eq!(state, "\"per-ip\";r=0;t=1");
         assert_eq!(r.state_errors(), "");
     }
 

@@ -53,6 +53,12 @@ pub struct Limit {
 }
 
 impl Limit {
+    /// Whether the limit counts something of the caller's (its identity or its address),
+    /// rather than one budget every caller of the route shares.
+    pub fn per_caller(&self) -> bool {
+        self.key.iter().any(|p| *p != LimitKeyPart::Route)
+    }
+
     /// The rate for a caller in `tier` (the limit's default when it names no such tier).
     pub fn rate(&self, tier: Option<&str>) -> &Tiered {
         tier.and_then(|t| self.tiers.iter().find(|(n, _)| **n == *t))
