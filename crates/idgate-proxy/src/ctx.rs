@@ -13,13 +13,12 @@ use http::{Method, StatusCode, Version};
 use hyper::body::Incoming;
 use idgate_auth::{Caller, Principal};
 use idgate_h1::RequestBody;
-use tokio::sync::SemaphorePermit;
 
 use crate::access_log::{Decision, Record};
 use crate::conn::ConnInfo;
 use crate::problem::Refusal;
 use crate::routes::{PathParams, Route, UnroutedPath};
-use crate::service::{BODY_BUDGET_KIB, Services};
+use crate::service::{BodyBudget, BodyShare, Services};
 use crate::snapshot::Snapshot;
 
 /// Which of the caller's principals authorization accepted.
@@ -59,7 +58,7 @@ pub struct RequestCtx<'r> {
     /// The whole body, once a stage needed it (see [`RequestCtx::read_body`]).
     pub buffered_body: Option<Bytes>,
     /// Its share of the gateway's budget for buffered bodies, held to the request's end.
-    body_budget: Option<SemaphorePermit<'r>>,
+    body_budget: Option<BodyShare<'r>>,
     /// The body is announced with `Expect: 100-continue`: a refusal must not invite it.
     pub expects_continue: bool,
 
@@ -148,9 +147,10 @@ impl<'r> RequestCtx<'r> {
     /// The whole request body, read once and kept: every stage that needs it (a signer, a
     /// validator) shares the one copy. Read up to `limit` and never past the route's
     /// `max_body_bytes`, within `timeout`, and within the gateway's budget for buffered
-    /// bodies (`Busy` when it is spent). On `BodyTooLarge` the rest stays in `body`, to be
-    /// read away beside the answer. A copy already read is held to `limit` too: a later
-    /// stage's smaller limit is not passed by an earlier stage's read.
+    /// bodies, taken as the bytes arrive (`Busy` when it is spent). On `BodyTooLarge` and
+    /// `Busy` what was read is let go and the rest stays in `body`, to be read away beside
+    /// the answer. A copy already read is held to `limit` too: a later stage's smaller limit
+    /// is not passed by an earlier stage's read.
     pub async fn read_body(&mut self, limit: u64, timeout: Duration) -> Result<Bytes, Refusal> {
         let limit = limit.min(self.max_body_bytes());
         if let Some(bytes) = &self.buffered_body {
@@ -164,37 +164,21 @@ impl<'r> RequestCtx<'r> {
                 reason: "the request body was taken before it was read".to_owned(),
             });
         };
-        // All buffered bodies together stay within one budget: many streams each sending the
-        // largest body must not exhaust memory.
-        let want = http_body::Body::size_hint(&body)
-            .exact()
-            .unwrap_or(limit)
-            .min(limit);
-        let kib = u32::try_from(want.div_ceil(1024).max(1))
-            .unwrap_or(BODY_BUDGET_KIB)
-            .min(BODY_BUDGET_KIB);
         let budget = &self.services.body_budget;
-        match tokio::time::timeout(Duration::from_secs(1), budget.acquire_many(kib)).await {
-            Ok(Ok(permit)) => self.body_budget = Some(permit),
-            _ => {
-                // Refused before any of it was read: read away beside the answer.
-                self.body = Some(body);
-                return Err(Refusal::Busy);
-            }
-        }
         // A trickled body must not hold the connection (and its buffer) for ever.
-        let read = tokio::time::timeout(timeout, read_whole(&mut body, limit))
+        let read = tokio::time::timeout(timeout, read_within_budget(&mut body, limit, budget))
             .await
             .map_err(|_| Refusal::BadBody {
                 reason: "the request body did not arrive in time".to_owned(),
             })?;
         match read {
-            Ok(bytes) => {
+            Ok((bytes, share)) => {
+                self.body_budget = Some(share);
                 self.buffered_body = Some(bytes.clone());
                 Ok(bytes)
             }
             Err(refusal) => {
-                if matches!(refusal, Refusal::BodyTooLarge) {
+                if matches!(refusal, Refusal::BodyTooLarge | Refusal::Busy) {
                     self.body = Some(body);
                 }
                 Err(refusal)
@@ -416,6 +400,113 @@ impl Drop for RequestCtx<'_> {
     }
 }
 
+/// How long a body waits for room in the budget for buffered bodies before it is refused
+/// `Busy`.
+const BUDGET_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads `body` whole, up to `limit`, its share of `budget` growing with the buffer that
+/// holds it: a body that stalls holds room for what it sent (at most twice that), never for
+/// what it only announced. `Busy` when the share cannot grow within
+/// [`BUDGET_WAIT`]; on `Busy` and `BodyTooLarge` what was read is let go (with its share)
+/// and the rest is still in `body`.
+async fn read_within_budget<'b, B>(
+    body: &mut B,
+    limit: u64,
+    budget: &'b BodyBudget,
+) -> Result<(Bytes, BodyShare<'b>), Refusal>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt as _;
+    let hint = body.size_hint();
+    if hint.lower() > limit {
+        return Err(Refusal::BodyTooLarge);
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    // Room is made for what arrives, never for more than was announced.
+    let bound = hint
+        .exact()
+        .and_then(|n| usize::try_from(n).ok())
+        .map_or(limit, |n| n.min(limit));
+    let mut share = budget.share();
+    let mut whole = Whole::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Refusal::BadBody {
+            reason: e.to_string(),
+        })?;
+        // Trailers are nothing a stage reads.
+        let Some(data) = frame.into_data().ok().filter(|d| !d.is_empty()) else {
+            continue;
+        };
+        if whole.len().saturating_add(data.len()) > limit {
+            return Err(Refusal::BodyTooLarge);
+        }
+        let size = whole.size_with(data.len(), bound);
+        if !share.cover(size, BUDGET_WAIT).await {
+            return Err(Refusal::Busy);
+        }
+        whole.push(data, size);
+    }
+    Ok((whole.into_bytes(), share))
+}
+
+/// A body as it is read whole: its first piece kept as it came (a body that arrives in one
+/// piece is never copied), then every piece in one buffer, which grows by doubling (copies
+/// stay linear in the body) but never past the body's announced length or its limit.
+#[derive(Default)]
+struct Whole {
+    first: Bytes,
+    rest: Vec<u8>,
+}
+
+impl Whole {
+    fn len(&self) -> usize {
+        if self.rest.is_empty() {
+            self.first.len()
+        } else {
+            self.rest.len()
+        }
+    }
+
+    /// The memory the body holds once `more` bytes are added (`bound` and `len + more` at
+    /// most), which its share of the budget must cover first.
+    fn size_with(&self, more: usize, bound: usize) -> usize {
+        let len = self.len().saturating_add(more);
+        if self.len() == 0 {
+            len
+        } else if len <= self.rest.capacity() {
+            self.rest.capacity()
+        } else {
+            self.len().saturating_mul(2).min(bound).max(len)
+        }
+    }
+
+    /// Adds `data`, in a buffer of `size` when it must grow (from [`Whole::size_with`]).
+    fn push(&mut self, data: Bytes, size: usize) {
+        if self.len() == 0 {
+            self.first = data;
+            return;
+        }
+        if self.rest.is_empty() {
+            let first = std::mem::take(&mut self.first);
+            self.rest.reserve_exact(size);
+            self.rest.extend_from_slice(&first);
+        } else if size > self.rest.capacity() {
+            self.rest.reserve_exact(size - self.rest.len());
+        }
+        self.rest.extend_from_slice(&data);
+    }
+
+    fn into_bytes(self) -> Bytes {
+        if self.rest.is_empty() {
+            self.first
+        } else {
+            Bytes::from(self.rest)
+        }
+    }
+}
+
 /// Reads the body whole, up to `limit`; on `BodyTooLarge` the rest is still in `body`.
 pub(crate) async fn read_whole(body: &mut Incoming, limit: u64) -> Result<Bytes, Refusal> {
     use http_body::Body as _;
@@ -429,5 +520,170 @@ pub(crate) async fn read_whole(body: &mut Incoming, limit: u64) -> Result<Bytes,
         Err(e) => Err(Refusal::BadBody {
             reason: e.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::pin::{Pin, pin};
+    use std::task::{Context, Poll};
+
+    use http_body::{Frame, SizeHint};
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// A body whose pieces the test sends as it pleases; a length announced or not.
+    struct Pieces {
+        rx: mpsc::UnboundedReceiver<Bytes>,
+        announced: Option<u64>,
+    }
+
+    fn pieces(announced: Option<u64>) -> (mpsc::UnboundedSender<Bytes>, Pieces) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, Pieces { rx, announced })
+    }
+
+    impl http_body::Body for Pieces {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            self.announced
+                .map_or_else(SizeHint::default, SizeHint::with_exact)
+        }
+    }
+
+    fn kib(n: usize) -> Bytes {
+        Bytes::from(vec![b'x'; n * 1024])
+    }
+
+    /// Polls `f` once: whatever it can do without waiting, it has done.
+    async fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx))).await
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_holds_only_the_budget_for_what_it_sent() {
+        let budget = BodyBudget::new(64);
+        // No length and a limit past the whole budget: nothing is held for what may come.
+        let (stalled_tx, mut stalled) = pieces(None);
+        let mut stalled_read = pin!(read_within_budget(&mut stalled, 1 << 20, &budget));
+        assert!(poll_once(&mut stalled_read).await.is_pending());
+        assert_eq!(budget.available_kib(), 64);
+        stalled_tx.send(kib(3)).unwrap();
+        assert!(poll_once(&mut stalled_read).await.is_pending());
+        assert_eq!(budget.available_kib(), 61, "it holds what it sent");
+
+        // Another caller's body is read meanwhile, and holds its own size to the end.
+        let (tx, mut other) = pieces(Some(8 * 1024));
+        for _ in 0..8 {
+            tx.send(kib(1)).unwrap();
+        }
+        drop(tx);
+        let (bytes, share) = read_within_budget(&mut other, 1 << 20, &budget)
+            .await
+            .unwrap();
+        assert_eq!(bytes.len(), 8 * 1024);
+        assert_eq!(share.kib(), 8);
+        assert_eq!(budget.available_kib(), 53);
+        drop(share);
+
+        drop(stalled_tx);
+        let (bytes, share) = stalled_read.await.unwrap();
+        assert_eq!((bytes.len(), share.kib()), (3 * 1024, 3));
+        drop(share);
+        assert_eq!(budget.available_kib(), 64);
+    }
+
+    #[tokio::test]
+    async fn a_body_refused_busy_lets_go_of_what_it_read_and_leaves_the_rest_unread() {
+        let budget = BodyBudget::new(16);
+        let mut other = budget.share();
+        assert!(other.cover(8 * 1024, Duration::ZERO).await);
+
+        let (tx, mut body) = pieces(None);
+        tx.send(kib(4)).unwrap();
+        tx.send(kib(8)).unwrap();
+        tx.send(kib(1)).unwrap();
+        let refused = read_within_budget(&mut body, 1 << 20, &budget).await;
+        assert!(matches!(refused, Err(Refusal::Busy)), "{refused:?}");
+        assert_eq!(budget.available_kib(), 8, "what it read is let go");
+        // The rest stays in the body, to be read away beside the answer.
+        assert_eq!(body.rx.recv().await.map(|b| b.len()), Some(1024));
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_refused_and_lets_go_of_what_it_read() {
+        let budget = BodyBudget::new(64);
+        let (tx, mut announced) = pieces(Some(4 * 1024));
+        tx.send(kib(4)).unwrap();
+        let refused = read_within_budget(&mut announced, 1024, &budget).await;
+        assert!(matches!(refused, Err(Refusal::BodyTooLarge)), "{refused:?}");
+        assert_eq!(announced.rx.len(), 1, "refused before any of it was read");
+
+        let (tx, mut unannounced) = pieces(None);
+        tx.send(kib(1)).unwrap();
+        tx.send(kib(1)).unwrap();
+        let mut read = pin!(read_within_budget(&mut unannounced, 1024, &budget));
+        assert!(matches!(
+            poll_once(&mut read).await,
+            Poll::Ready(Err(Refusal::BodyTooLarge))
+        ));
+        assert_eq!(budget.available_kib(), 64);
+    }
+
+    #[tokio::test]
+    async fn a_body_read_in_pieces_holds_no_more_than_twice_what_arrived() {
+        let budget = BodyBudget::new(1024);
+        // Announced: the buffer ends at the announced length, and the share with it.
+        let (tx, mut announced) = pieces(Some(10_000));
+        for _ in 0..10 {
+            tx.send(Bytes::from(vec![b'a'; 1000])).unwrap();
+        }
+        drop(tx);
+        let (bytes, share) = read_within_budget(&mut announced, 1 << 20, &budget)
+            .await
+            .unwrap();
+        assert_eq!(bytes, vec![b'a'; 10_000]);
+        assert_eq!(share.kib(), 10);
+        drop(share);
+
+        let (tx, mut unannounced) = pieces(None);
+        let mut read = pin!(read_within_budget(&mut unannounced, 1 << 20, &budget));
+        for sent in 1..=40usize {
+            tx.send(Bytes::from(vec![b'b'; 1000])).unwrap();
+            assert!(poll_once(&mut read).await.is_pending());
+            let held = 1024 - budget.available_kib();
+            assert!(
+                held <= 2 * (sent * 1000).div_ceil(1024),
+                "{held} KiB for {sent}000 bytes"
+            );
+        }
+        drop(tx);
+        let (bytes, _share) = read.await.unwrap();
+        assert_eq!(bytes, vec![b'b'; 40_000]);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_one_piece_is_kept_as_it_came() {
+        let budget = BodyBudget::new(64);
+        let (tx, mut body) = pieces(None);
+        let piece = kib(2);
+        tx.send(piece.clone()).unwrap();
+        drop(tx);
+        let (bytes, share) = read_within_budget(&mut body, 1 << 20, &budget)
+            .await
+            .unwrap();
+        assert_eq!(bytes.as_ptr(), piece.as_ptr(), "not copied");
+        assert_eq!(share.kib(), 2);
     }
 }

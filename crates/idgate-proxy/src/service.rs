@@ -70,8 +70,83 @@ pub(crate) fn valid_request_id(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
 }
 
-/// All request bodies buffered at once (for signature schemes), in KiB: 256 MiB.
+/// All request bodies buffered at once (for signature schemes, schemas and webhooks), in
+/// KiB: 256 MiB.
 pub(crate) const BODY_BUDGET_KIB: u32 = 256 * 1024;
+
+/// The memory all buffered request bodies may hold together, in KiB. A body takes its share
+/// as its bytes arrive (see [`crate::ctx::RequestCtx::read_body`]), never for what it only
+/// announced: one that stalls holds room for what it sent, not its route's whole limit.
+#[derive(Debug)]
+pub(crate) struct BodyBudget {
+    kib: tokio::sync::Semaphore,
+    total_kib: u32,
+}
+
+impl BodyBudget {
+    pub(crate) fn new(total_kib: u32) -> Self {
+        Self {
+            kib: tokio::sync::Semaphore::new(total_kib as usize),
+            total_kib,
+        }
+    }
+
+    /// A share that holds nothing yet.
+    pub(crate) fn share(&self) -> BodyShare<'_> {
+        BodyShare {
+            budget: self,
+            held: None,
+        }
+    }
+
+    /// What no body holds now, in KiB.
+    #[cfg(test)]
+    pub(crate) fn available_kib(&self) -> usize {
+        self.kib.available_permits()
+    }
+}
+
+/// One body's share of the [`BodyBudget`]: it grows with the body and goes back when dropped.
+#[derive(Debug)]
+pub(crate) struct BodyShare<'b> {
+    budget: &'b BodyBudget,
+    held: Option<tokio::sync::SemaphorePermit<'b>>,
+}
+
+impl BodyShare<'_> {
+    /// Grows the share to cover `bytes` (in whole KiB), waiting at most `wait` for the
+    /// budget to have room; false when it had none. One body larger than the whole budget
+    /// may hold all of it, never more.
+    pub(crate) async fn cover(&mut self, bytes: usize, wait: std::time::Duration) -> bool {
+        let want = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(self.budget.total_kib);
+        let more = want.saturating_sub(self.kib());
+        if more == 0 {
+            return true;
+        }
+        let kib = &self.budget.kib;
+        let permit = match kib.try_acquire_many(more) {
+            Ok(permit) => permit,
+            Err(_) => match tokio::time::timeout(wait, kib.acquire_many(more)).await {
+                Ok(Ok(permit)) => permit,
+                _ => return false,
+            },
+        };
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+        true
+    }
+
+    /// What the share holds, in KiB.
+    pub(crate) fn kib(&self) -> u32 {
+        self.held.as_ref().map_or(0, |p| {
+            u32::try_from(p.num_permits()).unwrap_or(self.budget.total_kib)
+        })
+    }
+}
 
 /// What every request shares, whatever the configuration snapshot.
 #[derive(Debug)]
@@ -81,8 +156,8 @@ pub struct Services {
     pub failed_attempts: FailedAttempts,
     /// Where each request's record goes; `None` when the log filter leaves access lines out.
     pub access_log: Option<Arc<AccessLog>>,
-    /// Bounds the memory of buffered request bodies, in KiB.
-    pub(crate) body_budget: tokio::sync::Semaphore,
+    /// Bounds the memory of buffered request bodies.
+    pub(crate) body_budget: BodyBudget,
     /// The route label of requests that match no route.
     pub(crate) route_none: Arc<str>,
     /// Counters, lockouts, ownership records and the outbox, in the backend `[state]` names.
@@ -133,7 +208,7 @@ impl Services {
             metrics: Arc::new(metrics),
             failed_attempts: FailedAttempts::default(),
             access_log,
-            body_budget: tokio::sync::Semaphore::new(BODY_BUDGET_KIB as usize),
+            body_budget: BodyBudget::new(BODY_BUDGET_KIB),
             route_none: "-".into(),
             state,
             limiter: LocalLimiter::default(),
