@@ -445,6 +445,17 @@ fn serve(path: &Path, ready_file: Option<PathBuf>) -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    let open_files = raise_open_file_limit();
+    let needed = open_files_needed(&config);
+    if let Some(limit) = open_files
+        && limit < needed
+    {
+        tracing::warn!(
+            limit,
+            needed,
+            "the open-file limit is below what listener.max_connections and the upstreams' max_connections may hold: past it, connections are refused (EMFILE) and the audit trail, state and secrets cannot open files; raise LimitNOFILE (systemd) or the container runtime's nofile limit, or lower the caps"
+        );
+    }
     let workers = config.workers;
     // One worker runs everything on the current thread: no cross-thread handoffs, which is
     // the fastest shape for a single core's worth of traffic.
@@ -614,10 +625,67 @@ fn dev_pki(out: &Path, trust_domain: &str, workloads: &[String], valid_hours: u6
     }
 }
 
+/// Raises the soft limit on open files to the hard one, as nginx, Envoy and Go programs do:
+/// a container starts with a soft limit of 1,024 (Kubernetes has no field to raise it), far
+/// below the connections a gateway holds. The limit after it (`None`: unlimited).
+fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // An unlimited hard limit is not a soft limit Linux takes for open files (it is bound by
+    // fs.nr_open, 1,048,576 by default).
+    let target = limit.maximum.unwrap_or(1 << 20);
+    if limit.current.is_some_and(|current| current < target) {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: limit.maximum,
+            },
+        );
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+/// The open files the configuration may need at once: every caller connection, every
+/// upstream connection, and room for the rest (the admin listener, the state backend,
+/// Vault, the audit trail's and the logs' files, the HSM's).
+fn open_files_needed(config: &Config) -> u64 {
+    const REST: usize = 256;
+    let upstreams: usize = config.upstreams.iter().map(|u| u.max_connections).sum();
+    u64::try_from(
+        config
+            .listener
+            .max_connections
+            .saturating_add(upstreams)
+            .saturating_add(REST),
+    )
+    .unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use rustix::process::{DumpableBehavior, Resource, dumpable_behavior, getrlimit};
+    use rustix::process::{
+        DumpableBehavior, Resource, Rlimit, dumpable_behavior, getrlimit, setrlimit,
+    };
+
+    #[test]
+    fn the_gateway_raises_its_open_file_limit_to_the_hard_limit() {
+        let before = getrlimit(Resource::Nofile);
+        let Some(hard) = before.maximum.filter(|&h| h > 256) else {
+            return;
+        };
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(256),
+                maximum: Some(hard),
+            },
+        )
+        .unwrap();
+        assert_eq!(super::raise_open_file_limit(), Some(hard));
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(hard));
+    }
 
     #[test]
     fn the_process_keeps_its_memory_out_of_core_dumps() {
