@@ -78,12 +78,26 @@ impl Output {
     }
 }
 
+/// Opens the sink's file for appending. A file it creates is 0640 whatever the process's
+/// umask (systemd's `UMask=0077` would make it 0600, out of the log shipper's reach in the
+/// group); a file that already exists keeps the mode its owner gave it.
 fn open(path: &Path) -> io::Result<(File, (u64, u64))> {
-    let file = OpenOptions::new()
+    const MODE: u32 = 0o640;
+    let file = match OpenOptions::new()
         .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(path)?;
+        .create_new(true)
+        .mode(MODE)
+        .open(path)
+    {
+        Ok(created) => {
+            created.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(MODE))?;
+            created
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            OpenOptions::new().append(true).open(path)?
+        }
+        Err(e) => return Err(e),
+    };
     let m = file.metadata()?;
     Ok((file, (m.dev(), m.ino())))
 }

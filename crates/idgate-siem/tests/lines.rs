@@ -71,6 +71,59 @@ fn a_file_sink_appends_lines_in_order_and_follows_a_rotation() {
     );
 }
 
+/// Run by [`a_file_sink_created_under_a_strict_umask_is_readable_by_its_group`] in a
+/// process of its own, whose umask is 077 (systemd's `UMask=0077`, the shipped unit's): the
+/// umask is the whole process's.
+#[test]
+fn umask_child() {
+    let Some(path) = std::env::var_os("IDGATE_SIEM_UMASK_CHILD") else {
+        return;
+    };
+    let exporter = Exporter::start(&siem(vec![sink(
+        "file",
+        SinkKind::File {
+            path: std::path::PathBuf::from(path),
+        },
+    )]))
+    .unwrap();
+    exporter.export(event(0).as_bytes());
+    assert_eq!(exporter.shutdown(), 0);
+}
+
+#[test]
+fn a_file_sink_created_under_a_strict_umask_is_readable_by_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("umask 077 && exec \"$0\" umask_child --exact --nocapture --test-threads=1")
+        .arg(std::env::current_exe().unwrap())
+        .env("IDGATE_SIEM_UMASK_CHILD", &path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read_lines(&path), vec![event(0)]);
+    // The log shipper reads the file as a member of the gateway's group.
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "{mode:o}");
+
+    // A file the operator made stricter keeps its mode when the sink opens it again.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["umask_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env("IDGATE_SIEM_UMASK_CHILD", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(read_lines(&path).len(), 2);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+}
+
 #[test]
 fn a_file_sink_that_cannot_open_its_file_stops_the_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
