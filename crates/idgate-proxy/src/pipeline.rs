@@ -14,7 +14,10 @@
 //!                 max_body_bytes                                        (403 / 413)
 //!      the route's target: the token endpoint answers here; a webhook checks the
 //!                 provider's signature, keeps the event and answers here
-//!                 (webhook_endpoint.rs: 401 / 503); an upstream goes on
+//!                 (webhook_endpoint.rs: 401 / 503); an upstream goes on. Each takes
+//!                 its record's place in the audit queue (below) only once it will
+//!                 serve: a token once its client is authenticated, an event once its
+//!                 signature is verified
 //!   4. authenticate  a locked-out source, key or client first (429, lockout.rs); then the
 //!                 route's layers — mtls, api_key, jwt, or any of several —
 //!                 → one Caller                         (401 with a challenge, or 400)
@@ -27,8 +30,9 @@
 //!                 the caller's (404); the body must match the route's JSON Schema
 //!                                                             (415 / 400 / 422)
 //!                 then a place in the audit queue for the request's record, when there
-//!                 is an audit trail (the token endpoint takes one too): a full queue
-//!                 waits or refuses by the route's on_audit_full              (503)
+//!                 is an audit trail: a full queue waits or refuses by the route's
+//!                 on_audit_full; a request refused before has no place, its record
+//!                 goes to the queue's unreserved pool                        (503)
 //!   7. forward    (forward.rs) strip hop-by-hop headers and the caller's credentials,
 //!                 inject or sign with the upstream credential (503 when it cannot be produced), set
 //!                 x-request-id and x-forwarded-for (appended to only for a trusted proxy),
@@ -73,6 +77,7 @@ use crate::problem::Refusal;
 use crate::routes::{Route, RouteMiss, Target};
 use crate::service::{Services, X_REQUEST_ID};
 use crate::snapshot::Snapshot;
+use crate::token_endpoint::Prepared;
 use crate::upstream::Upstream;
 use crate::webhook_endpoint;
 
@@ -117,13 +122,13 @@ async fn stages(
     };
     admission::on_route(ctx, route, &req)?;
     let upstream = match route.target {
-        Target::TokenEndpoint => {
-            audit_room(ctx, route).await?;
-            return token_endpoint(ctx, &req).await;
-        }
+        Target::TokenEndpoint => return token_endpoint(ctx, route, &req).await,
         Target::Webhook(i) => {
+            // The record's place is taken once the event is genuine, not before its body is
+            // read: unsigned posts, and posts whose body never comes, are refusals.
+            let event = webhook_endpoint::verify(ctx, &req, i).await?;
             audit_room(ctx, route).await?;
-            return webhook_endpoint::handle(ctx, &req, i).await;
+            return webhook_endpoint::keep(ctx, event).await;
         }
         Target::Upstream(i) => ctx.snapshot.upstreams.get(i).ok_or(Refusal::Internal {
             reason: format!("route {} names no upstream", route.name),
@@ -169,27 +174,40 @@ fn route<'r>(ctx: &mut RequestCtx<'r>, req: &http::request::Parts) -> Result<&'r
 }
 
 /// The token endpoint's target: it authenticates its clients itself and answers in OAuth
-/// terms (RFC 6749 errors, not problems).
+/// terms (RFC 6749 errors, not problems). The record's place is taken once the endpoint has
+/// something to serve (for a token, once the form is read and the client authenticated):
+/// requests whose form never comes, or whose client fails, are refusals.
 async fn token_endpoint(
     ctx: &mut RequestCtx<'_>,
+    route: &Route,
     req: &http::request::Parts,
 ) -> Result<Response<ProxyBody>, Refusal> {
     // The token endpoint's built-in route has no on_state_error of its own: it fails open.
     lockout::check(ctx, &req.headers, OnStateError::FailOpen).await?;
     let clients = lockout::TokenClients::new(ctx);
-    let (Some(endpoint), Some(body)) = (&ctx.snapshot.token_endpoint, ctx.body.take()) else {
+    let snapshot = ctx.snapshot;
+    let (Some(endpoint), Some(body)) = (&snapshot.token_endpoint, ctx.body.take()) else {
         return Err(Refusal::Internal {
             reason: "the token endpoint is not loaded, or the body was taken".to_owned(),
         });
     };
-    let (resp, decision) = endpoint
-        .handle(ctx.conn, req, body, ctx.request_id(), &clients)
+    let prepared = endpoint
+        .prepare(ctx.conn, req, body, ctx.request_id(), &clients)
         .await;
-    if decision == Decision::Denied("invalid_client") {
-        ctx.services
-            .failed_attempt(ctx.conn, "oauth-invalid-client");
-        lockout::failed(ctx, &req.headers, clients.claimed().as_deref()).await;
-    }
+    let (resp, decision) = match prepared {
+        Prepared::Refused(resp, decision) => {
+            if decision == Decision::Denied("invalid_client") {
+                ctx.services
+                    .failed_attempt(ctx.conn, "oauth-invalid-client");
+                lockout::failed(ctx, &req.headers, clients.claimed().as_deref()).await;
+            }
+            (resp, decision)
+        }
+        Prepared::Serve(serve) => {
+            audit_room(ctx, route).await?;
+            endpoint.serve(serve, ctx.request_id()).await
+        }
+    };
     ctx.decision = decision;
     Ok(resp.map(Either::Right))
 }
@@ -252,7 +270,9 @@ async fn guard_request(
 }
 
 /// Stage 6, last: a place in the audit queue for the request's record, taken before the
-/// request is served so that it is never served unrecorded. When the queue is full, the
+/// request is served so that it is never served unrecorded, and no earlier, so that a request
+/// still to be refused (its body stalled, its credential wrong) cannot hold a place a served
+/// request needs: its record goes to the queue's unreserved pool. When the queue is full, the
 /// route's `on_audit_full` decides: wait up to `block_timeout` for a place, or refuse at once;
 /// either way a request without a place is refused (503).
 async fn audit_room(ctx: &mut RequestCtx<'_>, route: &Route) -> Result<(), Refusal> {

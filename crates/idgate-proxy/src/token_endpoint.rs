@@ -7,6 +7,12 @@
 //!   token copied elsewhere is useless without the key of that certificate;
 //! - `GET /.well-known/jwks.json` and `GET /.well-known/oauth-authorization-server`.
 //!
+//! A request is answered in two steps, [`TokenEndpoint::prepare`] and
+//! [`TokenEndpoint::serve`]: between them the pipeline takes the place of the request's
+//! record in the audit queue, so that only a request that will be served (a document, or a
+//! token for a client that authenticated) holds one, and a request whose form never comes
+//! or whose client fails does not.
+//!
 //! Errors use the RFC 6749 §5.2 members (`error`, `error_description`) inside an RFC 9457
 //! problem document, so OAuth clients and problem-aware clients both understand them.
 
@@ -78,6 +84,30 @@ impl TokenEndpointError {
     }
 }
 
+/// What the endpoint made of a request before serving anything.
+pub enum Prepared<'e> {
+    /// Answered at once: refused, with the request's decision.
+    Refused(Response<Full<Bytes>>, Decision),
+    /// To be served by [`TokenEndpoint::serve`].
+    Serve(Serve<'e>),
+}
+
+/// What a request is to be served: a discovery document, or an authenticated client's token.
+pub struct Serve<'e>(Served<'e>);
+
+enum Served<'e> {
+    Document(serde_json::Value),
+    Token(Grant<'e>),
+}
+
+/// The token an authenticated client may have: its scopes, bound to the thumbprint of the
+/// connection's certificate.
+struct Grant<'e> {
+    client: &'e Client,
+    scopes: Vec<String>,
+    x5t: String,
+}
+
 pub struct TokenEndpoint {
     /// Shared with the blocking thread that signs each token.
     pub issuer: Arc<TokenIssuer>,
@@ -138,69 +168,65 @@ impl TokenEndpoint {
         matches!(path, TOKEN_PATH | JWKS_PATH | METADATA_PATH)
     }
 
-    /// Answers one request to the endpoint's paths; `gate` is asked about a client before
-    /// its secret is compared.
-    pub async fn handle(
+    /// Reads one request to the endpoint's paths, up to what it would serve: a discovery
+    /// document, or for `POST /oauth2/token` the token of a client it authenticated
+    /// (`gate` is asked about a client before its secret is compared); anything else is
+    /// answered here. Nothing is served before [`TokenEndpoint::serve`], so the caller can
+    /// make room for the request's record in between.
+    pub async fn prepare(
         &self,
         conn: &ConnInfo,
         req: &http::request::Parts,
         body: Incoming,
         request_id: &str,
         gate: &dyn ClientGate,
-    ) -> (Response<Full<Bytes>>, Decision) {
+    ) -> Prepared<'_> {
         let (method, path, headers) = (&req.method, req.uri.path(), &req.headers);
-        let mut decision = Decision::Allowed;
-        let resp = match (path, method) {
+        match (path, method) {
             (JWKS_PATH, &Method::GET | &Method::HEAD) => {
-                json_response(StatusCode::OK, &self.issuer.jwks(), true)
+                Prepared::Serve(Serve(Served::Document(self.issuer.jwks())))
             }
             (METADATA_PATH, &Method::GET | &Method::HEAD) => {
-                json_response(StatusCode::OK, &self.issuer.metadata(), true)
+                Prepared::Serve(Serve(Served::Document(self.issuer.metadata())))
             }
-            (TOKEN_PATH, &Method::POST) => match self.token(conn, headers, body, gate).await {
+            (TOKEN_PATH, &Method::POST) => match self.grant(conn, headers, body, gate).await {
+                Ok(grant) => Prepared::Serve(Serve(Served::Token(grant))),
+                Err(e) => Prepared::Refused(e.response(request_id), e.decision()),
+            },
+            (TOKEN_PATH, _) => method_not_allowed("use POST", "POST", request_id),
+            _ => method_not_allowed("use GET", "GET, HEAD", request_id),
+        }
+    }
+
+    /// Serves what [`TokenEndpoint::prepare`] found to serve: a discovery document, or a
+    /// token signed for its client.
+    pub async fn serve(
+        &self,
+        serve: Serve<'_>,
+        request_id: &str,
+    ) -> (Response<Full<Bytes>>, Decision) {
+        match serve.0 {
+            Served::Document(v) => (json_response(StatusCode::OK, &v, true), Decision::Allowed),
+            Served::Token(grant) => match self.issue(grant).await {
                 Ok(v) => {
                     let mut r = json_response(StatusCode::OK, &v, false);
                     r.headers_mut()
                         .insert(PRAGMA, HeaderValue::from_static("no-cache"));
-                    r
+                    (r, Decision::Allowed)
                 }
-                Err(e) => {
-                    decision = e.decision();
-                    e.response(request_id)
-                }
+                Err(e) => (e.response(request_id), e.decision()),
             },
-            (TOKEN_PATH, _) => {
-                decision = Decision::Denied("invalid_request");
-                let mut r = OAuthError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "invalid_request",
-                    "use POST",
-                )
-                .response(request_id);
-                r.headers_mut()
-                    .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
-                r
-            }
-            _ => {
-                decision = Decision::Denied("invalid_request");
-                let mut r =
-                    OAuthError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use GET")
-                        .response(request_id);
-                r.headers_mut()
-                    .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-                r
-            }
-        };
-        (resp, decision)
+        }
     }
 
-    async fn token(
+    /// Reads a token request's form and authenticates its client: the token it may have.
+    async fn grant(
         &self,
         conn: &ConnInfo,
         headers: &http::HeaderMap,
         body: Incoming,
         gate: &dyn ClientGate,
-    ) -> Result<serde_json::Value, OAuthError> {
+    ) -> Result<Grant<'_>, OAuthError> {
         let ct = headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -305,14 +331,24 @@ impl TokenEndpoint {
                 asked
             }
         };
+        Ok(Grant {
+            client,
+            scopes,
+            x5t: x5t.to_owned(),
+        })
+    }
+
+    /// Signs a grant's token.
+    async fn issue(&self, grant: Grant<'_>) -> Result<serde_json::Value, OAuthError> {
+        let Grant {
+            client,
+            scopes,
+            x5t,
+        } = grant;
         // Signing runs on a blocking thread: an RSA signature takes milliseconds (tens of
         // them with an 8192-bit key), which the worker's other connections must not wait on.
         let signed = {
-            let (issuer, client_id, x5t) = (
-                self.issuer.clone(),
-                client.client_id.clone(),
-                x5t.to_owned(),
-            );
+            let (issuer, client_id) = (self.issuer.clone(), client.client_id.clone());
             let scopes = scopes.clone();
             tokio::task::spawn_blocking(move || {
                 issuer.issue(&client_id, &scopes, &x5t, SystemTime::now())
@@ -448,6 +484,23 @@ pub fn parse_form(bytes: &[u8]) -> Option<Vec<(String, String)>> {
             Some((form_decode(k)?, form_decode(v)?))
         })
         .collect()
+}
+
+/// `405` to a method the path does not take.
+fn method_not_allowed(
+    description: &'static str,
+    allow: &'static str,
+    request_id: &str,
+) -> Prepared<'static> {
+    let e = OAuthError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request",
+        description,
+    );
+    let mut r = e.response(request_id);
+    r.headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    Prepared::Refused(r, e.decision())
 }
 
 fn json_response(

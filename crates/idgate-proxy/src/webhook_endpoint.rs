@@ -1,9 +1,13 @@
-//! The webhook endpoint, a built-in target (`Target::Webhook`): a provider's event is read
-//! whole (within the webhook's body limit), its signature checked with the webhook's secrets
-//! and its signed time (or, where the webhook names one, the event's own time) with the
-//! webhook's windows (`Endpoint::verify`), and a genuine event — what the signature covers
-//! of it — is kept durably in the outbox, for each subscriber that wants it, before the
-//! provider gets its 2xx (`idgate_webhooks::intake`).
+//! The webhook endpoint, a built-in target (`Target::Webhook`), in two steps: [`verify`]
+//! reads a provider's event whole (within the webhook's body limit) and checks its signature
+//! with the webhook's secrets and its signed time (or, where the webhook names one, the
+//! event's own time) with the webhook's windows (`Endpoint::verify`); [`keep`] keeps a
+//! genuine event — what the signature covers of it — durably in the outbox, for each
+//! subscriber that wants it, before the provider gets its 2xx (`idgate_webhooks::intake`).
+//!
+//! Between the two, the pipeline takes the place of the request's record in the audit
+//! queue: only a post whose signature is verified takes one, so posts that are unsigned,
+//! forged, or whose body never comes cannot hold the places of requests that are served.
 //!
 //! A forged, re-signed, stale or replayed event is refused with a 401 problem, recorded
 //! like any refusal, and never kept. An event the store cannot keep gets a 503: the
@@ -15,19 +19,30 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body_util::{Either, Full};
+use idgate_webhooks::Endpoint;
 use idgate_webhooks::intake::{self, Event, Intake};
-use idgate_webhooks::verify::Rejected;
+use idgate_webhooks::verify::{Rejected, Verified};
 
 use crate::body::ProxyBody;
 use crate::ctx::RequestCtx;
 use crate::problem::{Refusal, WebhookRefusal};
 
-/// Answers a provider's post to webhook `index` of the snapshot.
-pub(crate) async fn handle(
-    ctx: &mut RequestCtx<'_>,
+/// A provider's event whose signature and time are verified: what [`keep`] keeps.
+pub(crate) struct Genuine<'r> {
+    endpoint: &'r Endpoint,
+    verified: Verified,
+    body: Bytes,
+    /// When it was verified: the time the event is received at.
+    now: SystemTime,
+}
+
+/// Reads a provider's post to webhook `index` of the snapshot whole and verifies its
+/// signature and time; anything else is refused.
+pub(crate) async fn verify<'r>(
+    ctx: &mut RequestCtx<'r>,
     req: &http::request::Parts,
     index: usize,
-) -> Result<Response<ProxyBody>, Refusal> {
+) -> Result<Genuine<'r>, Refusal> {
     let snapshot = ctx.snapshot;
     let Some(endpoint) = snapshot.webhooks.endpoints.get(index) else {
         return Err(Refusal::Internal {
@@ -49,6 +64,26 @@ pub(crate) async fn handle(
     let verified = endpoint
         .verify(&req.headers, &body, now)
         .map_err(|r| refused(r, &endpoint.name))?;
+    Ok(Genuine {
+        endpoint,
+        verified,
+        body,
+        now,
+    })
+}
+
+/// Keeps a genuine event in the outbox for its subscribers and answers the provider; a
+/// replay of an event kept before is refused.
+pub(crate) async fn keep(
+    ctx: &mut RequestCtx<'_>,
+    genuine: Genuine<'_>,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let Genuine {
+        endpoint,
+        verified,
+        body,
+        now,
+    } = genuine;
     let event = Event {
         event_id: verified.event_id.as_deref(),
         session_id: verified.session_id.as_deref(),

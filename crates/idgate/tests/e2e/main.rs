@@ -7,6 +7,7 @@ mod config;
 mod support;
 
 mod audit;
+mod audit_places;
 mod body_budget;
 mod cli;
 mod clients;
