@@ -27,7 +27,9 @@ pub use chain::{Digest, Entry, EntryKind};
 pub use checkpoint::Close;
 pub use keys::{EncryptionKey, KeyError, PublicKey, SigningKey, generate_signing_key};
 pub use queue::{AuditMetrics, AuditTrail, Permit};
-pub use record::{ApiActivity, AuthLayers, ConnectionEvent, ConnectionOutcome, Decision};
+pub use record::{
+    ApiActivity, AuthLayers, ConnectionEvent, ConnectionOutcome, ConnectionSummary, Decision,
+};
 pub use verify::{
     End, ExpectHead, Finding, GapAfter, Problem, Schedule, Summary, Verifier, VerifyError,
     VerifyOptions,

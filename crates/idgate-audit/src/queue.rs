@@ -25,7 +25,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::record::{ApiActivity, ConnectionEvent};
+use crate::record::{ApiActivity, ConnectionEvent, ConnectionSummary};
 
 /// The trail's counters, registered by the gateway on its metrics registry.
 #[derive(Debug, Clone, Default)]
@@ -181,6 +181,11 @@ impl AuditTrail {
     /// Queues the record of a connection refused before or at TLS. Never blocks.
     pub fn connection(&self, event: &ConnectionEvent<'_>) {
         self.with_members(|m| event.write_members(m), None);
+    }
+
+    /// Queues the count of refused connections not recorded one by one. Never blocks.
+    pub fn connection_summary(&self, summary: &ConnectionSummary<'_>) {
+        self.with_members(|m| summary.write_members(m), None);
     }
 
     fn with_members(&self, write: impl FnOnce(&mut Vec<u8>), permit: Option<Permit>) {

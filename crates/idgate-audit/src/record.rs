@@ -471,6 +471,57 @@ impl ConnectionEvent<'_> {
     }
 }
 
+/// Refused connections of one kind (outcome, reason, stage) that were not recorded one by
+/// one, counted over `start`..`end`: an OCSF Network Activity aggregated with `count`,
+/// `start_time` and `end_time`, and no address. The gateway writes one when refusals come
+/// faster than it records them singly, so that a flood cannot fill the trail's disk and
+/// still no refusal goes unaccounted.
+#[derive(Debug, Clone)]
+pub struct ConnectionSummary<'a> {
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub outcome: ConnectionOutcome,
+    /// As [`ConnectionEvent::reason`].
+    pub reason: &'a str,
+    /// As [`ConnectionEvent::stage`].
+    pub stage: &'a str,
+    /// How many refusals of this kind came in the interval and have no record of their own.
+    pub count: u64,
+}
+
+impl ConnectionSummary<'_> {
+    /// Appends the record's members (no braces) to `out`.
+    pub fn write_members(&self, out: &mut Vec<u8>) {
+        let (activity, name) = match self.outcome {
+            ConnectionOutcome::Refused => (5, "Refuse"),
+            ConnectionOutcome::HandshakeFailed => (4, "Fail"),
+        };
+        out.extend_from_slice(b"\"class_uid\":4001,\"class_name\":\"Network Activity\",\"category_uid\":4,\"category_name\":\"Network Activity\",\"activity_id\":");
+        json::num(out, activity);
+        json::key(out, "activity_name");
+        json::str(out, name);
+        json::key(out, "type_uid");
+        json::num(out, 400_100 + activity);
+        out.push(b',');
+        time(out, self.end);
+        json::key(out, "start_time");
+        json::num(out, json::millis(self.start));
+        json::key(out, "end_time");
+        json::num(out, json::millis(self.end));
+        json::key(out, "count");
+        json::num(out, self.count);
+        Severity::Low.write(out);
+        out.extend_from_slice(b",\"status_id\":2,\"status\":\"Failure\"");
+        json::key(out, "status_detail");
+        json::str(out, self.reason);
+        metadata(out, None);
+        json::key(out, "unmapped");
+        out.extend_from_slice(b"{\"stage\":");
+        json::str(out, self.stage);
+        out.extend_from_slice(b",\"summary\":true}");
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
@@ -775,6 +826,31 @@ pub(crate) mod tests {
                 (Some(2), Some("Low"))
             );
         }
+    }
+
+    #[test]
+    fn a_summary_of_refused_connections_is_aggregated_network_activity_without_an_address() {
+        let s = ConnectionSummary {
+            start: UNIX_EPOCH + Duration::from_millis(1_795_452_348_053),
+            end: UNIX_EPOCH + Duration::from_millis(1_795_452_349_060),
+            outcome: ConnectionOutcome::HandshakeFailed,
+            reason: "tls_handshake",
+            stage: "during TLS",
+            count: 4321,
+        };
+        let mut out = Vec::new();
+        s.write_members(&mut out);
+        let v = parse(&out);
+        assert_eq!(v["class_uid"], 4001);
+        assert_eq!(v["type_uid"], 400104);
+        assert_eq!(v["count"], 4321);
+        assert_eq!(v["start_time"], 1_795_452_348_053_u64);
+        assert_eq!(v["end_time"], 1_795_452_349_060_u64);
+        assert_eq!(v["time"], v["end_time"]);
+        assert_eq!(v["status_detail"], "tls_handshake");
+        assert_eq!(v["unmapped"]["stage"], "during TLS");
+        assert_eq!(v["unmapped"]["summary"], true);
+        assert!(v.get("src_endpoint").is_none() && v.get("actor").is_none());
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub struct AuditConfig {
     pub on_full: OnAuditFull,
     /// How long a `block` route waits for a place.
     pub block_timeout: Duration,
+    /// Refused connections recorded one by one per second (a second's worth at once); past
+    /// it they are counted, and one record a second says how many of each kind.
+    pub connection_records_per_second: u32,
 }
 
 /// A route's audit options.
@@ -108,6 +111,8 @@ pub(crate) struct RawAudit {
     on_audit_full: Option<String>,
     #[serde(default)]
     block_timeout: Option<String>,
+    #[serde(default)]
+    connection_records_per_second: Option<i64>,
 }
 
 const DEFAULT_ROTATE_SIZE: u64 = 64 << 20;
@@ -117,6 +122,8 @@ const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 const DEFAULT_QUEUE_CAPACITY: usize = 8192;
 const DEFAULT_BLOCK_TIMEOUT: Duration = Duration::from_millis(100);
+/// About 200 KiB of trail a second at most for refused connections, whatever a peer does.
+const DEFAULT_CONNECTION_RECORDS_PER_SECOND: u32 = 200;
 
 /// `"64MiB"`, `"512KiB"`, `"1GiB"`, or a number of bytes.
 fn size(cx: &mut Ctx<'_>, key: &str, v: Option<toml::Value>, default: u64) -> u64 {
@@ -271,6 +278,17 @@ pub(crate) fn parse(cx: &mut Ctx<'_>, a: RawAudit) -> Option<AuditConfig> {
             "must be at most 10s: a request waits this long for a place in the queue",
         );
     }
+    let connection_records_per_second = match a.connection_records_per_second {
+        None => DEFAULT_CONNECTION_RECORDS_PER_SECOND,
+        Some(n @ 1..=100_000) => n as u32,
+        Some(_) => {
+            cx.err(
+                "audit.connection_records_per_second",
+                "must be between 1 and 100000 records",
+            );
+            DEFAULT_CONNECTION_RECORDS_PER_SECOND
+        }
+    };
     let (rotate_size, rotate_age, checkpoint_interval, sync_interval) = writer_rest;
     if sync_interval > Duration::from_secs(10) {
         cx.err(
@@ -294,6 +312,7 @@ pub(crate) fn parse(cx: &mut Ctx<'_>, a: RawAudit) -> Option<AuditConfig> {
         },
         on_full: on_full_default,
         block_timeout,
+        connection_records_per_second,
     })
 }
 
@@ -378,6 +397,7 @@ mod tests {
             (a.on_full, a.block_timeout),
             (OnAuditFull::Block, Duration::from_millis(100))
         );
+        assert_eq!(a.connection_records_per_second, 200);
         let a = parse_text(
             dir.path(),
             "dir = \"t\"\nsigning_key = \"file:signing.pem\"\nrotate_size = \"512KiB\"\non_audit_full = \"fail_closed\"",
@@ -404,7 +424,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let errs = parse_text(
             dir.path(),
-            "signing_key = \"sk_live_literal\"\nrotate_size = \"lots\"\non_audit_full = \"maybe\"\nqueue_capacity = 0\nencryption_key = \"file:missing.key\"\npublic_keys = [\"nope.pub\"]",
+            "signing_key = \"sk_live_literal\"\nrotate_size = \"lots\"\non_audit_full = \"maybe\"\nqueue_capacity = 0\nencryption_key = \"file:missing.key\"\npublic_keys = [\"nope.pub\"]\nconnection_records_per_second = 0",
         )
         .unwrap_err();
         for key in [
@@ -415,6 +435,7 @@ mod tests {
             "audit.queue_capacity:",
             "audit.encryption_key:",
             "audit.public_keys[0]:",
+            "audit.connection_records_per_second:",
         ] {
             assert!(errs.iter().any(|e| e.starts_with(key)), "{key} in {errs:?}");
         }

@@ -49,6 +49,12 @@ pub struct ListenerConfig {
     pub body_timeout: Duration,
     /// HTTP/2 streams one connection may have open at once.
     pub max_concurrent_streams: u32,
+    /// Connections in their TLS handshake at once: a connection holds a place from its
+    /// admission until its handshake ends, so that peers that never finish theirs cannot
+    /// take every connection.
+    pub max_handshakes: usize,
+    /// Connections in their TLS handshake at once from one client address.
+    pub max_handshakes_per_ip: usize,
 }
 
 /// `listener.proxy_protocol`: connections from `from` must start with a PROXY protocol
@@ -204,7 +210,44 @@ pub(crate) fn parse(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
             100
         }
     };
+    // A legitimate handshake takes milliseconds: these places are held by peers that are
+    // slow, or that mean to be. Small configurations keep a place for every connection.
+    let max_handshakes = match l.max_handshakes {
+        None => (max_connections / 4).max(64.min(max_connections)),
+        Some(0) => {
+            cx.err("listener.max_handshakes", "must be more than zero");
+            1
+        }
+        Some(n) if n as usize > max_connections => {
+            cx.err(
+                "listener.max_handshakes",
+                "must not be more than listener.max_connections",
+            );
+            max_connections
+        }
+        Some(n) => n as usize,
+    };
+    let max_handshakes_per_ip = match l.max_handshakes_per_ip {
+        // A client host warming up its connection pool opens many at once.
+        None => (max_connections_per_ip / 4)
+            .max(64.min(max_connections_per_ip))
+            .min(max_handshakes),
+        Some(0) => {
+            cx.err("listener.max_handshakes_per_ip", "must be more than zero");
+            1
+        }
+        Some(n) if n as usize > max_handshakes => {
+            cx.err(
+                "listener.max_handshakes_per_ip",
+                "must not be more than listener.max_handshakes",
+            );
+            max_handshakes
+        }
+        Some(n) => n as usize,
+    };
     ListenerConfig {
+        max_handshakes,
+        max_handshakes_per_ip,
         proxy_protocol,
         max_connections_per_identity,
         max_header_count,
@@ -250,6 +293,57 @@ mod tests {
     use std::path::Path;
 
     use crate::test_support::BASE;
+
+    /// `[listener]` with `keys` besides its address, or its problems as `key: reason`.
+    fn listener(keys: &str) -> Result<super::ListenerConfig, Vec<String>> {
+        let raw: crate::raw::Listener =
+            toml::from_str(&format!("bind = \"127.0.0.1:8443\"\n{keys}")).unwrap();
+        let mut cx = crate::context::Ctx {
+            file: Path::new("idgate.toml"),
+            base: Path::new("/etc/idgate"),
+            errors: Vec::new(),
+            check_secrets: false,
+        };
+        let l = super::parse(&mut cx, raw);
+        if cx.errors.is_empty() {
+            Ok(l)
+        } else {
+            Err(cx
+                .errors
+                .into_iter()
+                .map(|e| format!("{}: {}", e.key, e.reason))
+                .collect())
+        }
+    }
+
+    #[test]
+    fn handshake_caps_default_to_a_share_of_the_connections_and_are_checked() {
+        let l = listener("").unwrap();
+        assert_eq!((l.max_handshakes, l.max_handshakes_per_ip), (2500, 128));
+        let l = listener("max_connections_per_ip = 100").unwrap();
+        assert_eq!((l.max_handshakes, l.max_handshakes_per_ip), (2500, 64));
+        let l = listener("max_connections = 100").unwrap();
+        assert_eq!((l.max_handshakes, l.max_handshakes_per_ip), (64, 64));
+        let l = listener("max_connections = 2").unwrap();
+        assert_eq!((l.max_handshakes, l.max_handshakes_per_ip), (2, 2));
+        let l = listener("max_handshakes = 10").unwrap();
+        assert_eq!((l.max_handshakes, l.max_handshakes_per_ip), (10, 10));
+        assert_eq!(
+            listener("max_handshakes = 0\nmax_handshakes_per_ip = 0").unwrap_err(),
+            [
+                "listener.max_handshakes: must be more than zero",
+                "listener.max_handshakes_per_ip: must be more than zero",
+            ]
+        );
+        assert_eq!(
+            listener("max_connections = 10\nmax_handshakes = 11").unwrap_err(),
+            ["listener.max_handshakes: must not be more than listener.max_connections"]
+        );
+        assert_eq!(
+            listener("max_handshakes = 8\nmax_handshakes_per_ip = 9").unwrap_err(),
+            ["listener.max_handshakes_per_ip: must not be more than listener.max_handshakes"]
+        );
+    }
 
     #[test]
     fn max_header_bytes_is_refused_past_its_upper_bound() {

@@ -40,6 +40,10 @@ pub(crate) struct Listener {
     pub(crate) body_timeout: Option<String>,
     #[serde(default)]
     pub(crate) max_concurrent_streams: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_handshakes: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_handshakes_per_ip: Option<u32>,
 }
 
 /// `listener.proxy_protocol = { from = [...], timeout = "5s" }`.
@@ -91,6 +95,8 @@ pub(crate) struct TrustBundle {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Admin {
     pub(crate) bind: String,
+    #[serde(default)]
+    pub(crate) max_connections: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -76,8 +76,11 @@ struct UpstreamSums {
 pub struct Detector {
     cfg: IncidentsConfig,
     window: VecDeque<Second>,
-    /// Upstreams whose breaker is open.
-    breakers_open: BTreeSet<String>,
+    /// Upstreams whose breaker is open, and until when it refuses every request. An entry
+    /// goes when its breaker closes or is dropped, or once that time has passed: from then
+    /// on the breaker lets a probe through at the next request, and only another opening
+    /// (the probe failed) makes it refuse again.
+    breakers_open: BTreeMap<String, Millis>,
     open: HashMap<Key, Open>,
     last_tick: Option<Millis>,
     /// The audit trail at the last tick.
@@ -99,7 +102,7 @@ impl Detector {
         Self {
             cfg,
             window: VecDeque::new(),
-            breakers_open: BTreeSet::new(),
+            breakers_open: BTreeMap::new(),
             open: HashMap::new(),
             last_tick: None,
             audit: None,
@@ -124,16 +127,7 @@ impl Detector {
     ) -> Vec<(ChangeKind, Incident)> {
         let elapsed = self.last_tick.map_or(1000, |t| now.0.saturating_sub(t.0));
         self.last_tick = Some(now);
-        for e in &sample.breaker {
-            match e {
-                crate::feed::BreakerEvent::Opened { upstream } => {
-                    self.breakers_open.insert(upstream.clone());
-                }
-                crate::feed::BreakerEvent::Closed { upstream } => {
-                    self.breakers_open.remove(upstream);
-                }
-            }
-        }
+        self.breakers(now, &sample.breaker);
         let breaker_events = sample.breaker.clone();
         let latest = sample.clone();
         let now_seq = audit.map(|a| a.last_seq);
@@ -165,6 +159,29 @@ impl Detector {
             }
         }
         changes
+    }
+
+    /// Takes the breakers' events of the last second, in order, and forgets the breakers
+    /// whose open time has passed. A breaker that opened in this second counts as open at
+    /// this tick even if its open time (shorter than a second) is already over, so that no
+    /// opening goes unseen.
+    fn breakers(&mut self, now: Millis, events: &[crate::feed::BreakerEvent]) {
+        use crate::feed::BreakerEvent as E;
+        let mut opened_now = BTreeSet::new();
+        for e in events {
+            match e {
+                E::Opened { upstream, until } => {
+                    self.breakers_open.insert(upstream.clone(), *until);
+                    opened_now.insert(upstream.as_str());
+                }
+                E::Closed { upstream } | E::Dropped { upstream } => {
+                    self.breakers_open.remove(upstream);
+                    opened_now.remove(upstream.as_str());
+                }
+            }
+        }
+        self.breakers_open
+            .retain(|u, until| now < *until || opened_now.contains(u.as_str()));
     }
 
     /// Every rule over the window: which fire now, for which subject.
@@ -218,7 +235,7 @@ impl Detector {
                 }
             }
         }
-        for u in &self.breakers_open {
+        for u in self.breakers_open.keys() {
             found.insert(
                 (Rule::BreakerOpen, Some(u.clone())),
                 Finding {
@@ -419,7 +436,7 @@ impl Detector {
         self.count(&mut inc, latest);
         for e in breaker {
             match e {
-                crate::feed::BreakerEvent::Opened { upstream }
+                crate::feed::BreakerEvent::Opened { upstream, .. }
                     if inc.affected.upstreams.contains(upstream) =>
                 {
                     inc.actions.breaker_opened += 1;
@@ -436,6 +453,17 @@ impl Detector {
                         now,
                         EntryKind::BreakerClosed,
                         format!("circuit breaker of {upstream} closed"),
+                    );
+                }
+                crate::feed::BreakerEvent::Dropped { upstream }
+                    if inc.affected.upstreams.contains(upstream) =>
+                {
+                    inc.note(
+                        now,
+                        EntryKind::BreakerClosed,
+                        format!(
+                            "circuit breaker of {upstream} removed by a reload: requests are no longer refused"
+                        ),
                     );
                 }
                 _ => {}

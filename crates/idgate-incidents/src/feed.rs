@@ -62,8 +62,17 @@ impl fmt::Debug for RequestEvent<'_> {
 /// A circuit breaker changed state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BreakerEvent {
-    Opened { upstream: String },
+    /// It opened: it refuses every request until `until` (its `open_duration` later), then
+    /// lets a probe through at the next request.
+    Opened {
+        upstream: String,
+        until: crate::incident::Millis,
+    },
+    /// Its probes succeeded.
     Closed { upstream: String },
+    /// A reload took it away while it was open or half-open (its upstream, or the
+    /// upstream's breaker section, removed): it refuses nothing any more.
+    Dropped { upstream: String },
 }
 
 /// One route's counters for the current second.

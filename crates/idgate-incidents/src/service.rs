@@ -1,8 +1,10 @@
 //! The running detector: a ticker task that once a second drains the [`Feed`], ticks the
 //! [`Detector`], writes each changed incident to the [`Store`], announces what matters and
-//! keeps the incidents the admin listener serves.
+//! keeps the incidents the admin listener serves: the open ones and the
+//! [`HELD_CLOSED`] closed ones opened last. The store keeps every incident; an older one is
+//! read from it when asked for.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +20,9 @@ use crate::notify::{Notifier, NotifyError};
 use crate::store::{Store, StoreError};
 
 const TICK: Duration = Duration::from_secs(1);
+
+/// Closed incidents held in memory and listed, the ones opened last.
+pub const HELD_CLOSED: usize = 1000;
 
 /// Why incident detection could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,43 +41,84 @@ pub fn now() -> Millis {
     )
 }
 
+/// The incidents the service holds, as last written: every open one and the newest
+/// closed ones.
+#[derive(Debug)]
+struct Held {
+    /// By id: ids begin with the opening time, so they sort oldest first.
+    incidents: BTreeMap<String, Incident>,
+    /// The ids of the closed ones among them.
+    closed: BTreeSet<String>,
+    max_closed: usize,
+}
+
+impl Held {
+    fn new(max_closed: usize) -> Self {
+        Self {
+            incidents: BTreeMap::new(),
+            closed: BTreeSet::new(),
+            max_closed,
+        }
+    }
+
+    /// Takes `incident` (new, or a newer version), and lets go of the closed ones opened
+    /// first past the bound.
+    fn put(&mut self, incident: Incident) {
+        if incident.state.is_closed() {
+            self.closed.insert(incident.id.clone());
+        } else {
+            self.closed.remove(&incident.id);
+        }
+        self.incidents.insert(incident.id.clone(), incident);
+        while self.closed.len() > self.max_closed {
+            if let Some(oldest) = self.closed.pop_first() {
+                self.incidents.remove(&oldest);
+            }
+        }
+    }
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct IncidentService {
     feed: Arc<Feed>,
-    /// Every stored incident by id, as last written.
-    incidents: RwLock<BTreeMap<String, Incident>>,
+    held: RwLock<Held>,
+    /// Where the incidents not held are read from.
+    store: Store,
     notifier: Option<Notifier>,
     metrics: IncidentMetrics,
     stop: watch::Sender<bool>,
 }
 
 impl IncidentService {
-    /// Opens the store (closing incidents a stopped gateway left open), starts the notifier
-    /// and the ticker on the current tokio runtime.
+    /// Opens the store, starts the notifier, closes the incidents a stopped gateway left
+    /// open (announcing each closing), and starts the ticker on the current tokio runtime.
     pub fn start(
         cfg: &IncidentsConfig,
         audit: Option<Arc<AuditTrail>>,
     ) -> Result<Arc<Self>, StartError> {
         let store = Store::open(&cfg.dir)?;
-        for i in store.close_interrupted(now())? {
-            tracing::warn!(incident = %i.id, "incident left open by a stopped gateway: closed as interrupted");
-        }
-        let incidents = store
-            .load_all()?
-            .into_iter()
-            .map(|i| (i.id.clone(), i))
-            .collect();
         let metrics = IncidentMetrics::default();
         let notifier = cfg
             .notify
             .as_ref()
             .map(|n| Notifier::start(n, &metrics))
             .transpose()?;
+        for i in store.close_interrupted(now())? {
+            tracing::warn!(incident = %i.id, "incident left open by a stopped gateway: closed as interrupted");
+            if let Some(n) = &notifier {
+                n.send(ChangeKind::Closed, &i);
+            }
+        }
+        let mut held = Held::new(HELD_CLOSED);
+        for i in store.load_newest(HELD_CLOSED)? {
+            held.put(i);
+        }
         let (stop, stopped) = watch::channel(false);
         let service = Arc::new(Self {
             feed: Arc::new(Feed::new(cfg.max_callers)),
-            incidents: RwLock::new(incidents),
+            held: RwLock::new(held),
+            store: store.clone(),
             notifier,
             metrics,
             stop,
@@ -104,12 +150,22 @@ impl IncidentService {
         let _ = self.stop.send(true);
     }
 
-    /// `GET /incidents`: every incident, newest first, in short.
-    pub fn list_json(&self) -> Vec<u8> {
-        let incidents = self.incidents.read().unwrap_or_else(|e| e.into_inner());
-        let list: Vec<_> = incidents
+    /// `GET /incidents`: the incidents held (every open one and the [`HELD_CLOSED`] closed
+    /// ones opened last), newest first, in short; `limit=N` in `query` keeps the newest
+    /// `N` (a `limit` that is not a number is ignored).
+    pub fn list_json(&self, query: Option<&str>) -> Vec<u8> {
+        let limit = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|pair| pair.strip_prefix("limit="))
+            .find_map(|n| n.parse::<usize>().ok())
+            .unwrap_or(usize::MAX);
+        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+        let list: Vec<_> = held
+            .incidents
             .values()
             .rev()
+            .take(limit)
             .map(|i| {
                 serde_json::json!({
                     "id": i.id,
@@ -127,19 +183,42 @@ impl IncidentService {
         serde_json::to_vec(&serde_json::json!({ "incidents": list })).unwrap_or_default()
     }
 
-    /// `GET /incidents/{id}`: the whole incident; an open one's `duration_secs` counted to
-    /// now (it is stored as of its last change).
-    pub fn get_json(&self, id: &str) -> Option<Vec<u8>> {
-        let mut incident = self
-            .incidents
+    /// `GET /incidents/{id}`: the whole incident, from memory or else from the store (on a
+    /// blocking thread); an open one's `duration_secs` counted to now (it is stored as of
+    /// its last change).
+    pub async fn get_json(&self, id: &str) -> Option<Vec<u8>> {
+        let held = self
+            .held
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(id)?
-            .clone();
+            .incidents
+            .get(id)
+            .cloned();
+        let mut incident = match held {
+            Some(i) => i,
+            None => self.stored(id).await?,
+        };
         if !incident.state.is_closed() {
             incident.classification.duration_secs = incident.opened_at.secs_until(now());
         }
         serde_json::to_vec(&incident).ok()
+    }
+
+    /// An incident not held, read from the store.
+    async fn stored(&self, id: &str) -> Option<Incident> {
+        let (store, wanted) = (self.store.clone(), id.to_owned());
+        match tokio::task::spawn_blocking(move || store.load(&wanted)).await {
+            Ok(Ok(i)) => Some(i),
+            Ok(Err(StoreError::NotFound(_))) => None,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read a stored incident");
+                None
+            }
+            Err(_) => {
+                tracing::error!("reading a stored incident panicked");
+                None
+            }
+        }
     }
 
     fn changed(&self, kind: ChangeKind, incident: Incident) {
@@ -164,10 +243,10 @@ impl IncidentService {
         {
             n.send(kind, &incident);
         }
-        self.incidents
+        self.held
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(incident.id.clone(), incident);
+            .put(incident);
     }
 }
 
@@ -242,36 +321,126 @@ async fn ticker(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::incident::State;
+    use crate::detect::incident_id;
+    use crate::incident::{Rule, State};
 
-    #[test]
-    fn an_open_incidents_duration_is_counted_to_the_moment_it_is_served() {
-        let stored: Incident =
-            serde_json::from_str(include_str!("../tests/fixtures/incident.json"))
-                .unwrap_or_else(|e| panic!("fixture: {e}"));
-        let mut open = stored.clone();
+    fn fixture() -> Incident {
+        serde_json::from_str(include_str!("../tests/fixtures/incident.json"))
+            .unwrap_or_else(|e| panic!("fixture: {e}"))
+    }
+
+    fn service_over(dir: &std::path::Path) -> Arc<IncidentService> {
+        let cfg = IncidentsConfig {
+            dir: dir.to_owned(),
+            window: Duration::from_secs(10),
+            close_after: Duration::from_secs(5),
+            min_requests: 20,
+            error_ratio: 0.5,
+            latency_p99: Duration::from_millis(400),
+            tls_failures: 30,
+            auth_failures: 30,
+            audit_backlog: 0.8,
+            severities: idgate_config::RuleSeverities::default(),
+            critical_routes: vec![],
+            region: None,
+            max_callers: 2,
+            notify: None,
+        };
+        IncidentService::start(&cfg, None).unwrap_or_else(|e| panic!("start: {e}"))
+    }
+
+    fn listed(service: &IncidentService, query: Option<&str>) -> Vec<String> {
+        let list: serde_json::Value = serde_json::from_slice(&service.list_json(query))
+            .unwrap_or_else(|e| panic!("list: {e}"));
+        list["incidents"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|i| i["id"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn served(service: &IncidentService, id: &str) -> Incident {
+        let body = service.get_json(id).await.unwrap_or_default();
+        serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{id}: {e}"))
+    }
+
+    #[tokio::test]
+    async fn an_open_incidents_duration_is_counted_to_the_moment_it_is_served() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let service = service_over(dir.path());
+        let mut open = fixture();
         open.opened_at = Millis(now().0 - 90_000);
-        let mut closed = stored;
+        let mut closed = fixture();
         closed.id = "20251201T000000000Z-upstream_errors-idv".into();
         closed.state = State::Closed;
         closed.classification.duration_secs = 42;
-        let (stop, _) = watch::channel(false);
-        let service = IncidentService {
-            feed: Arc::new(Feed::new(2)),
-            incidents: RwLock::new(BTreeMap::from([
-                (open.id.clone(), open.clone()),
-                (closed.id.clone(), closed.clone()),
-            ])),
-            notifier: None,
-            metrics: IncidentMetrics::default(),
-            stop,
-        };
-        let served = |id: &str| -> Incident {
-            let body = service.get_json(id).unwrap_or_default();
-            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{id}: {e}"))
-        };
+        service.changed(ChangeKind::Opened, open.clone());
+        service.changed(ChangeKind::Closed, closed.clone());
         assert_eq!(open.classification.duration_secs, 0, "as stored");
-        assert!(served(&open.id).classification.duration_secs >= 90);
-        assert_eq!(served(&closed.id).classification.duration_secs, 42);
+        assert!(
+            served(&service, &open.id)
+                .await
+                .classification
+                .duration_secs
+                >= 90
+        );
+        assert_eq!(
+            served(&service, &closed.id)
+                .await
+                .classification
+                .duration_secs,
+            42
+        );
+        service.stop();
+    }
+
+    #[tokio::test]
+    async fn the_incidents_held_in_memory_and_listed_are_bounded() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        // A year of a flapping rule: more closed incidents than the service holds.
+        let stored = HELD_CLOSED + 50;
+        let opened = |n: usize| Millis(1_764_663_300_000 + n as u64 * 180_000);
+        let id_of = |n: usize| incident_id(opened(n), Rule::TlsFailures, None);
+        for n in 0..stored {
+            let mut i = fixture();
+            i.id = id_of(n);
+            i.rule = Rule::TlsFailures;
+            i.opened_at = opened(n);
+            i.state = State::Closed;
+            let body = serde_json::to_vec(&i).unwrap_or_default();
+            std::fs::write(dir.path().join(format!("{}.json", i.id)), body)
+                .unwrap_or_else(|e| panic!("write: {e}"));
+        }
+        let service = service_over(dir.path());
+
+        let all = listed(&service, None);
+        assert_eq!(all.len(), HELD_CLOSED);
+        assert_eq!(all.first(), Some(&id_of(stored - 1)), "newest first");
+        assert_eq!(all.last(), Some(&id_of(50)));
+        assert_eq!(
+            listed(&service, Some("limit=3")),
+            [id_of(stored - 1), id_of(stored - 2), id_of(stored - 3)]
+        );
+        assert_eq!(listed(&service, Some("limit=x")).len(), HELD_CLOSED);
+        // One not held is read from the store; one that does not exist is not found.
+        assert_eq!(served(&service, &id_of(0)).await.id, id_of(0));
+        assert!(service.get_json("20991231T000000000Z-nope").await.is_none());
+
+        // An open incident is held besides; once closed, it pushes the oldest out.
+        let mut new = fixture();
+        new.id = id_of(stored);
+        new.opened_at = opened(stored);
+        service.changed(ChangeKind::Opened, new.clone());
+        assert_eq!(listed(&service, None).len(), HELD_CLOSED + 1);
+        new.state = State::Closed;
+        service.changed(ChangeKind::Closed, new.clone());
+        let all = listed(&service, None);
+        assert_eq!(all.len(), HELD_CLOSED);
+        assert_eq!(all.first(), Some(&new.id));
+        assert_eq!(all.last(), Some(&id_of(51)));
+        service.stop();
     }
 }

@@ -110,35 +110,71 @@ impl Store {
         serde_json::from_slice(&bytes).map_err(|source| StoreError::Json { path, source })
     }
 
-    /// Every incident, oldest first. A file that does not read is an error: a compliance
-    /// record is not skipped silently.
-    pub fn load_all(&self) -> Result<Vec<Incident>, StoreError> {
-        let mut out = Vec::new();
+    /// The ids of the incidents in the directory, in no order (none if it is missing).
+    fn ids(&self) -> Result<Vec<String>, StoreError> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io(&self.dir)(e)),
         };
+        let mut ids = Vec::new();
         for entry in entries {
             let entry = entry.map_err(io(&self.dir))?;
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
                 continue;
             };
-            if id.starts_with('.') {
-                continue;
+            if !id.starts_with('.') {
+                ids.push(id.to_owned());
             }
-            out.push(self.load(id)?);
         }
-        out.sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));
+        Ok(ids)
+    }
+
+    /// Every incident, oldest first. A file that does not read is an error: a compliance
+    /// record is not skipped silently.
+    pub fn load_all(&self) -> Result<Vec<Incident>, StoreError> {
+        let mut out = self
+            .ids()?
+            .iter()
+            .map(|id| self.load(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        sort(&mut out);
+        Ok(out)
+    }
+
+    /// The `n` incidents opened last, oldest first: the gateway holds no more than these
+    /// at start, however many the directory keeps. Ids begin with the opening time, so
+    /// only those `n` files are read.
+    pub fn load_newest(&self, n: usize) -> Result<Vec<Incident>, StoreError> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut newest = BinaryHeap::with_capacity(n.saturating_add(1));
+        for id in self.ids()? {
+            newest.push(Reverse(id));
+            if newest.len() > n {
+                newest.pop();
+            }
+        }
+        let mut out = newest
+            .into_iter()
+            .map(|Reverse(id)| self.load(&id))
+            .collect::<Result<Vec<_>, _>>()?;
+        sort(&mut out);
         Ok(out)
     }
 
     /// At start-up: incidents left open by a gateway that stopped are closed as
     /// [`State::Interrupted`], at their last update. Returns them.
+    /// Each file is read once and let go: only the ones it closes are kept, so the
+    /// directory's size does not weigh on memory.
     pub fn close_interrupted(&self, now: Millis) -> Result<Vec<Incident>, StoreError> {
         let mut closed = Vec::new();
-        for mut i in self.load_all()? {
+        for id in self.ids()? {
+            if self.state_of(&id)?.is_closed() {
+                continue;
+            }
+            let mut i = self.load(&id)?;
             if i.state.is_closed() {
                 continue;
             }
@@ -156,6 +192,27 @@ impl Store {
             self.save(&i)?;
             closed.push(i);
         }
+        sort(&mut closed);
         Ok(closed)
     }
+
+    /// The state of a stored incident, without building the whole of it.
+    fn state_of(&self, id: &str) -> Result<State, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct StateOnly {
+            state: State,
+        }
+        let path = self
+            .path_of(id)
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        serde_json::from_slice::<StateOnly>(&bytes)
+            .map(|s| s.state)
+            .map_err(|source| StoreError::Json { path, source })
+    }
+}
+
+/// Oldest first: by opening time, then id.
+fn sort(incidents: &mut [Incident]) {
+    incidents.sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));
 }

@@ -5,10 +5,19 @@
 //! (JSON) when `[incidents]` is configured. Anything else gets a problem from the one mapping
 //! (`problem.rs`).
 //! Never served on the public listener.
+//!
+//! Whoever reaches the listener is not authenticated, so its connections are bounded like
+//! the public listener's: so many at once (`admin.max_connections`, more are closed at
+//! accept), a response the client does not read for [`AdminLimits::send_timeout`] closes
+//! its connection, and a connection is retired at [`AdminLimits::max_age`] however busy it
+//! is kept. Without them, connections kept open would hold file descriptors until the
+//! process had none left for the public listener.
 
 use std::convert::Infallible;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE, HeaderValue};
@@ -17,11 +26,13 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 
+use crate::listener::LogBudget;
 use crate::metrics::Metrics;
 use crate::problem::ProblemKind;
+use crate::send_timeout::SendDeadline;
 
 fn json(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
@@ -58,7 +69,7 @@ impl AdminState {
     }
 }
 
-fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     let (ready, metrics) = (&*state.ready, &*state.metrics);
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = ProblemKind::MethodNotAllowed.response(None, None);
@@ -83,9 +94,13 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         }
         "/readyz" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
         path => match (&state.incidents, path.strip_prefix("/incidents")) {
-            (Some(incidents), Some("" | "/")) => json_bytes(incidents.list_json()),
+            (Some(incidents), Some("" | "/")) => json_bytes(incidents.list_json(req.uri().query())),
             (Some(incidents), Some(id)) => {
-                match id.strip_prefix('/').and_then(|id| incidents.get_json(id)) {
+                let found = match id.strip_prefix('/') {
+                    Some(id) => incidents.get_json(id).await,
+                    None => None,
+                };
+                match found {
                     Some(body) => json_bytes(body),
                     None => ProblemKind::NoRoute.response(None, None),
                 }
@@ -95,34 +110,274 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     }
 }
 
+/// What bounds the admin listener's connections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdminLimits {
+    /// Open at once (`admin.max_connections`).
+    pub(crate) max_connections: usize,
+    /// A response the client takes nothing of for this long closes its connection.
+    pub(crate) send_timeout: Duration,
+    /// The wait for a request's head, and for the next one on a kept-alive connection.
+    pub(crate) header_timeout: Duration,
+    /// A connection this old finishes the response in flight and closes…
+    pub(crate) max_age: Duration,
+    /// …within this long.
+    pub(crate) grace: Duration,
+}
+
+impl AdminLimits {
+    /// The admin listener's bounds, with `admin.max_connections`.
+    pub(crate) fn new(max_connections: usize) -> Self {
+        Self {
+            max_connections,
+            send_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            max_age: Duration::from_secs(60),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
 pub(crate) async fn serve_admin(
     listener: TcpListener,
     state: AdminState,
+    limits: AdminLimits,
     mut stop: watch::Receiver<bool>,
 ) {
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let refusals = LogBudget::new(1, 1);
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, remote) = tokio::select! {
             _ = stop.changed() => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let Ok(place) = open.clone().try_acquire_owned() else {
+            // Closed at once: it holds nothing.
+            drop(tcp);
+            state.metrics.connection_refused("admin_max_connections");
+            if let Some(also_refused) = refusals.admit() {
+                tracing::warn!(
+                    remote = %remote.ip(),
+                    limit = "admin.max_connections",
+                    also_refused,
+                    "admin connection refused at accept: limit reached"
+                );
+            }
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let resp = route(&req, &state);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            serve_connection(tcp, remote, state, limits).await;
+            drop(place);
         });
+    }
+}
+
+/// Serves one admin connection until it ends, stalls on a response, or is retired.
+async fn serve_connection(
+    tcp: TcpStream,
+    remote: std::net::SocketAddr,
+    state: AdminState,
+    limits: AdminLimits,
+) {
+    // The same deadline as the public listener's: a client that stops reading (pipelined
+    // requests whose answers it never takes) cannot hold the connection and its buffers.
+    let io = SendDeadline::new(tcp, limits.send_timeout, state.metrics.clone(), remote);
+    let service = service_fn(move |req| {
+        // An incident not held in memory is read from its file.
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(route(&req, &state).await) }
+    });
+    let mut connection = pin!(
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(TokioIo::new(io), service)
+    );
+    // The header timeout starts again with every request: a request now and then would
+    // keep a connection for ever without an age.
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        () = tokio::time::sleep(limits.max_age) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    if tokio::time::timeout(limits.grace, connection)
+        .await
+        .is_err()
+    {
+        tracing::debug!(remote = %remote.ip(), "admin connection did not finish within its grace: closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpSocket;
+
+    use super::*;
+
+    /// An admin listener on loopback with `limits`; its address and metrics.
+    async fn admin(limits: AdminLimits) -> (std::net::SocketAddr, Arc<Metrics>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let state = AdminState {
+            ready: Arc::new(AtomicBool::new(true)),
+            metrics: metrics.clone(),
+            incidents: None,
+            material: Arc::new(idgate_tls::TlsMaterial::pending(
+                idgate_tls::crypto_provider(),
+            )),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            serve_admin(listener, state, limits, stop_rx).await;
+            drop(stop);
+        });
+        (addr, metrics)
+    }
+
+    /// Sends `GET /healthz` on `tcp` and reads its answer; `false` if the connection ended.
+    async fn healthz(tcp: &mut TcpStream) -> bool {
+        if tcp
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(br#"{"status":"ok"}"#) {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got.starts_with(b"HTTP/1.1 200 ")
+    }
+
+    /// Reads until the other end closes the connection (or resets it).
+    async fn until_closed(tcp: &mut TcpStream) {
+        let mut buf = [0u8; 64 * 1024];
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond().await {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_admin_listener_caps_open_connections_and_closes_one_whose_responses_are_never_read()
+     {
+        let limits = AdminLimits {
+            max_connections: 2,
+            send_timeout: Duration::from_millis(300),
+            ..AdminLimits::new(2)
+        };
+        let (addr, metrics) = admin(limits).await;
+
+        // Two connections held open, saying nothing: a third is closed at accept (the
+        // listener accepts in the order connections came), long before any timeout.
+        let mut held = [
+            TcpStream::connect(addr).await.unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        ];
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), until_closed(&mut third))
+            .await
+            .expect("a connection past admin.max_connections was kept");
+        assert!(healthz(&mut held[0]).await);
+        assert!(
+            metrics
+                .encode()
+                .lines()
+                .any(|l| l
+                    == r#"idgate_connections_refused_total{reason="admin_max_connections"} 1"#),
+            "{}",
+            metrics.encode()
+        );
+        drop(held);
+
+        // A client that pipelines requests and never reads their answers: once the socket
+        // buffers are full, the connection is closed at the send deadline. (Its first
+        // request is answered: the places of the two above are back.)
+        let mut stalled = served(addr, Some(4096)).await;
+        let requests = b"GET /metrics HTTP/1.1\r\nhost: admin\r\n\r\n".repeat(5000);
+        // The listener stops reading requests while their answers cannot be sent.
+        let _ = tokio::time::timeout(Duration::from_secs(2), stalled.write_all(&requests)).await;
+        let timed_out = r#"idgate_send_timeouts_total{kind="connection"} 1"#;
+        eventually(
+            "the stalled connection was kept past the send deadline",
+            async || metrics.encode().lines().any(|l| l == timed_out),
+        )
+        .await;
+        tokio::time::timeout(Duration::from_secs(5), until_closed(&mut stalled))
+            .await
+            .expect("the stalled connection is still open");
+        // Its place is free again: two connections at once.
+        let _one = served(addr, None).await;
+        let _two = served(addr, None).await;
+    }
+
+    /// A connection to `addr` (with a receive buffer of `recv_buffer` bytes) whose
+    /// `/healthz` was answered: places given back come back a moment after their
+    /// connections close, and until then a new connection is closed at accept.
+    async fn served(addr: std::net::SocketAddr, recv_buffer: Option<u32>) -> TcpStream {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let socket = TcpSocket::new_v4().unwrap();
+            if let Some(bytes) = recv_buffer {
+                socket.set_recv_buffer_size(bytes).unwrap();
+            }
+            let mut tcp = socket.connect(addr).await.unwrap();
+            if healthz(&mut tcp).await {
+                return tcp;
+            }
+            assert!(Instant::now() < deadline, "no admin connection was served");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_admin_connection_kept_busy_is_retired_at_its_age() {
+        let limits = AdminLimits {
+            max_age: Duration::from_millis(500),
+            grace: Duration::from_secs(1),
+            ..AdminLimits::new(4)
+        };
+        let (addr, _) = admin(limits).await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let opened = Instant::now();
+        let deadline = opened + Duration::from_secs(5);
+        // A request every 50 ms: never idle, yet retired.
+        while healthz(&mut tcp).await {
+            assert!(
+                Instant::now() < deadline,
+                "a busy admin connection outlived its age"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(opened.elapsed() >= Duration::from_millis(500));
+        // A new connection is served as before.
+        let mut next = TcpStream::connect(addr).await.unwrap();
+        assert!(healthz(&mut next).await);
     }
 }

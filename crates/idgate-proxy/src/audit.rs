@@ -23,6 +23,8 @@ use crate::access_log::{Decision, Record};
 pub struct AuditPolicy {
     pub on_full: OnAuditFull,
     pub block_timeout: Duration,
+    /// Refused connections recorded one by one per second (see `listener/records.rs`).
+    pub connection_records_per_second: u32,
 }
 
 impl AuditPolicy {
@@ -30,6 +32,8 @@ impl AuditPolicy {
         Self {
             on_full: config.map(|c| c.on_full).unwrap_or_default(),
             block_timeout: config.map_or(Duration::ZERO, |c| c.block_timeout),
+            connection_records_per_second: config
+                .map_or(u32::MAX, |c| c.connection_records_per_second),
         }
     }
 }
@@ -111,8 +115,8 @@ pub(crate) struct Refused<'a> {
     pub(crate) via: Option<SocketAddr>,
     pub(crate) peer: Option<&'a str>,
     pub(crate) handshake: bool,
-    pub(crate) reason: &'a str,
-    pub(crate) stage: &'a str,
+    pub(crate) reason: &'static str,
+    pub(crate) stage: &'static str,
     pub(crate) detail: Option<&'a str>,
 }
 

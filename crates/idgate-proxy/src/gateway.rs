@@ -349,6 +349,7 @@ impl Gateway {
                 incidents: incidents.clone(),
                 material: self.material.clone(),
             },
+            crate::admin::AdminLimits::new(cfg.admin.max_connections),
             admin_stop_rx,
         ));
 

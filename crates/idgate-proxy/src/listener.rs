@@ -1,9 +1,10 @@
 //! The public listener: TCP accept and admission ([`accept`]: connection caps, network
-//! rules, a load balancer's PROXY header, load shedding), the TLS handshake (where the
-//! client's SVID is verified, then its identity's connection cap), then HTTP/1.1 or HTTP/2
-//! on the connection, every request through the pipeline. An HTTP/1.1 connection gets its
-//! HTTP state when its caller's first bytes arrive ([`first_bytes`]). At shutdown, what
-//! `drain_timeout` leaves open is cut ([`cut`]).
+//! rules, a load balancer's PROXY header, load shedding, a place among the handshakes in
+//! progress), the TLS handshake (where the client's SVID is verified, then its identity's
+//! connection cap), then HTTP/1.1 or HTTP/2 on the connection, every request through the
+//! pipeline. An HTTP/1.1 connection gets its HTTP state when its caller's first bytes arrive
+//! ([`first_bytes`]). Refused connections are recorded in the audit trail at a bounded rate
+//! ([`records`]). At shutdown, what `drain_timeout` leaves open is cut ([`cut`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,9 +32,11 @@ use crate::snapshot::Snapshot;
 use cut::Requests;
 use drive::{Ends, MIN_GRACE, drive, stopped};
 use first_bytes::{Waited, first_bytes};
-use limits::{PerKey, RefusalLog};
+use limits::{Handshakes, Handshaking, PerKey, RefusalLog};
+use records::RefusalRecords;
 
 pub(crate) use accept::accept_loop;
+pub(crate) use limits::LogBudget;
 
 mod accept;
 mod cut;
@@ -41,7 +44,12 @@ mod drive;
 mod first_bytes;
 mod limits;
 mod proxy_header;
+mod records;
 mod shed;
+
+/// Lines about failed handshakes: a burst at once (a few clients with a bad certificate
+/// are each logged), then one a second, each saying how many were held back.
+const HANDSHAKE_LOG_BURST: u32 = 20;
 
 /// The listener's settings that do not need a new socket, with what is built from them:
 /// a reload swaps them, and each new connection takes those in force when it arrives.
@@ -79,7 +87,13 @@ pub(crate) struct ListenerShared {
     per_ip: Arc<PerKey<std::net::IpAddr>>,
     /// Open connections per SPIFFE ID (`max_connections_per_identity`).
     per_identity: Arc<PerKey<idgate_tls::SpiffeId>>,
+    /// Connections in their handshake (`max_handshakes`, `max_handshakes_per_ip`).
+    handshakes: Handshakes,
     refusals: RefusalLog,
+    /// The log lines of failed handshakes.
+    handshake_log: LogBudget,
+    /// The audit records of refused connections, at a bounded rate.
+    records: RefusalRecords,
     /// Connections over `max_connections` being answered 503 (see `shed.rs`).
     shedding: Arc<Semaphore>,
     /// The requests in the pipeline, whose records are still to come.
@@ -103,7 +117,10 @@ impl ListenerShared {
             connections: Arc::new(Semaphore::new(config.config.max_connections)),
             per_ip: PerKey::new(config.config.max_connections_per_ip),
             per_identity: PerKey::new(config.config.max_connections_per_identity),
+            handshakes: Handshakes::new(),
             refusals: RefusalLog::default(),
+            handshake_log: LogBudget::new(HANDSHAKE_LOG_BURST, 1),
+            records: RefusalRecords::default(),
             shedding: Arc::new(Semaphore::new(shed::SHED_SLOTS)),
             live: live.clone(),
             requests: Arc::default(),
@@ -116,7 +133,7 @@ impl ListenerShared {
         &self,
         remote: std::net::SocketAddr,
         via: Option<std::net::SocketAddr>,
-        reason: &str,
+        reason: &'static str,
         detail: Option<&str>,
     ) {
         self.audit_refused(crate::audit::Refused {
@@ -133,7 +150,7 @@ impl ListenerShared {
 
     /// Waits until every connection and every request has ended (an HTTP/2 stream's task
     /// may outlive its connection by a moment), or `limit` has passed. Returns whether all
-    /// ended.
+    /// ended. Refusals still counted for a summary record are then written to the trail.
     pub(crate) async fn drained(&self, limit: Duration) -> bool {
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
         let ended = async {
@@ -143,7 +160,11 @@ impl ListenerShared {
             self.requests.ended().await;
             true
         };
-        tokio::time::timeout(limit, ended).await.unwrap_or(false)
+        let drained = tokio::time::timeout(limit, ended).await.unwrap_or(false);
+        if let Some(trail) = &self.services.audit {
+            self.records.flush(trail);
+        }
+        drained
     }
 
     /// Connections open now.
@@ -208,6 +229,7 @@ async fn serve_connection(
     tcp: TcpStream,
     remote: std::net::SocketAddr,
     via: Option<std::net::SocketAddr>,
+    handshaking: Handshaking,
     shared: Arc<ListenerShared>,
     stop: watch::Receiver<bool>,
 ) {
@@ -223,6 +245,8 @@ async fn serve_connection(
         live.acceptor.accept(tcp),
     ))
     .await;
+    // The handshake is over, whichever way: its place goes to the next.
+    drop(handshaking);
     let mut tls = match handshake {
         Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(e)) => {
@@ -231,7 +255,9 @@ async fn serve_connection(
             if let Some(incidents) = &shared.services.incidents {
                 incidents.feed().tls_failure();
             }
-            tracing::info!(target: "idgate::tls", remote = %remote.ip(), error = %e, %reason, "TLS handshake refused");
+            if let Some(also_failed) = shared.handshake_log.admit() {
+                tracing::info!(target: "idgate::tls", remote = %remote.ip(), error = %e, %reason, also_failed, "TLS handshake refused");
+            }
             shared.audit_handshake(remote, via, "tls_handshake", Some(&e.to_string()));
             return;
         }
@@ -241,7 +267,9 @@ async fn serve_connection(
             if let Some(incidents) = &shared.services.incidents {
                 incidents.feed().tls_failure();
             }
-            tracing::info!(target: "idgate::tls", remote = %remote.ip(), "TLS handshake timed out");
+            if let Some(also_failed) = shared.handshake_log.admit() {
+                tracing::info!(target: "idgate::tls", remote = %remote.ip(), also_failed, "TLS handshake timed out");
+            }
             shared.audit_handshake(remote, via, "tls_handshake_timeout", None);
             return;
         }

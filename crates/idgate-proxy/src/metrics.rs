@@ -152,6 +152,8 @@ pub struct Metrics {
     request_latency: Family<RouteOnly, Latency>,
     upstream_latency: Family<UpstreamOnly, Latency>,
     tls_handshake_failures: Family<ReasonLabel, Counter>,
+    /// Registered with the audit trail's metrics (see [`Metrics::count_audit`]).
+    connection_records_summarized: Family<ReasonLabel, Counter>,
     certificates: Arc<Certificates>,
     /// 1 while the running configuration has `[testing] fault_injection = true`.
     pub fault_injection: prometheus_client::metrics::gauge::Gauge,
@@ -271,6 +273,7 @@ impl Metrics {
             request_latency,
             upstream_latency,
             tls_handshake_failures,
+            connection_records_summarized: Family::default(),
             certificates,
         }
     }
@@ -374,6 +377,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a refused connection counted in a summary record of the audit trail rather
+    /// than recorded on its own.
+    pub fn connection_record_summarized(&self, reason: &'static str) {
+        self.connection_records_summarized
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
     pub fn send_timed_out(&self, kind: &'static str) {
         self.send_timeouts.get_or_create(&KindLabel { kind }).inc();
     }
@@ -442,6 +453,11 @@ impl Metrics {
             "audit_write_errors",
             "Writes or syncs of audit files that failed (a failed write is retried; requests are refused as the queue fills)",
             audit.write_errors.clone(),
+        );
+        r.register(
+            "audit_connection_records_summarized",
+            "Refused connections past audit.connection_records_per_second: counted in a summary record of the trail rather than recorded one by one, by reason",
+            self.connection_records_summarized.clone(),
         );
     }
 

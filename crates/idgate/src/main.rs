@@ -453,7 +453,7 @@ fn serve(path: &Path, ready_file: Option<PathBuf>) -> ExitCode {
         tracing::warn!(
             limit,
             needed,
-            "the open-file limit is below what listener.max_connections and the upstreams' max_connections may hold: past it, connections are refused (EMFILE) and the audit trail, state and secrets cannot open files; raise LimitNOFILE (systemd) or the container runtime's nofile limit, or lower the caps"
+            "the open-file limit is below what listener.max_connections, admin.max_connections and the upstreams' max_connections may hold: past it, connections are refused (EMFILE) and the audit trail, state and secrets cannot open files; raise LimitNOFILE (systemd) or the container runtime's nofile limit, or lower the caps"
         );
     }
     let workers = config.workers;
@@ -646,9 +646,9 @@ fn raise_open_file_limit() -> Option<u64> {
     getrlimit(Resource::Nofile).current
 }
 
-/// The open files the configuration may need at once: every caller connection, every
-/// upstream connection, and room for the rest (the admin listener, the state backend,
-/// Vault, the audit trail's and the logs' files, the HSM's).
+/// The open files the configuration may need at once: every caller and admin connection,
+/// every upstream connection, and room for the rest (the listening sockets, the state
+/// backend, Vault, the audit trail's and the logs' files, the HSM's).
 fn open_files_needed(config: &Config) -> u64 {
     const REST: usize = 256;
     let upstreams: usize = config.upstreams.iter().map(|u| u.max_connections).sum();
@@ -656,6 +656,7 @@ fn open_files_needed(config: &Config) -> u64 {
         config
             .listener
             .max_connections
+            .saturating_add(config.admin.max_connections)
             .saturating_add(upstreams)
             .saturating_add(REST),
     )

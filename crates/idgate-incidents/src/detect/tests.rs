@@ -162,6 +162,7 @@ fn a_breaker_event_opens_and_its_closing_lets_the_incident_close() {
     let opened = Sample {
         breaker: vec![BreakerEvent::Opened {
             upstream: "idv".into(),
+            until: Millis(60_000),
         }],
         ..Sample::default()
     };
@@ -333,6 +334,7 @@ fn incident_ids_of_distinct_upstreams_opened_in_one_tick_differ() {
             .iter()
             .map(|u| BreakerEvent::Opened {
                 upstream: u.clone(),
+                until: Millis(1_764_663_330_000),
             })
             .collect(),
         ..Sample::default()
@@ -358,13 +360,16 @@ fn changed(changes: &[(ChangeKind, Incident)], rule: Rule) -> Option<&Incident> 
 fn a_breaker_reopening_for_hours_keeps_the_timeline_bounded() {
     let mut d = Detector::new(cfg());
     let mut clock = Clock(1_800_000_000_000);
-    let opened = || Sample {
+    // Each opening refuses for 5 s.
+    let opened = |now: Millis| Sample {
         breaker: vec![BreakerEvent::Opened {
             upstream: "idv".into(),
+            until: Millis(now.0 + 5000),
         }],
         ..Sample::default()
     };
-    let first = d.tick(clock.next(), opened(), None);
+    let now = clock.next();
+    let first = d.tick(now, opened(now), None);
     assert_eq!(first.len(), 1);
     // Three hours of an upstream that stays down: the breaker tries it every 5 s (half
     // open) and opens again.
@@ -376,7 +381,7 @@ fn a_breaker_reopening_for_hours_keeps_the_timeline_bounded() {
         let sample = if second % 5 == 0 {
             reopened += 1;
             last_reopen = now;
-            opened()
+            opened(now)
         } else {
             Sample::default()
         };
@@ -396,6 +401,94 @@ fn a_breaker_reopening_for_hours_keeps_the_timeline_bounded() {
     assert_eq!(e.count, reopened, "every reopening counted");
     assert_eq!(e.last(), last_reopen);
     assert!(!i.timeline_truncated);
+    assert_eq!(
+        i.classification.service_downtime_secs,
+        3 * 3600,
+        "refused all along"
+    );
+}
+
+/// The breaker's incident ticks after an opening that refuses until `until`: the closing
+/// change, if any, within `limit` seconds.
+fn closed_within(d: &mut Detector, clock: &mut Clock, limit: usize) -> Option<Incident> {
+    for _ in 0..limit {
+        for (kind, i) in d.tick(clock.next(), Sample::default(), None) {
+            if kind == ChangeKind::Closed {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn a_breaker_left_open_without_traffic_stops_counting_downtime_after_its_open_time_and_closes() {
+    let mut d = Detector::new(cfg());
+    let mut clock = Clock(1_800_000_000_000);
+    let at = clock.next();
+    let opened = Sample {
+        breaker: vec![BreakerEvent::Opened {
+            upstream: "idv".into(),
+            until: Millis(at.0 + 30_000),
+        }],
+        ..Sample::default()
+    };
+    assert_eq!(d.tick(at, opened, None)[0].0, ChangeKind::Opened);
+    // No request comes: the breaker would let a probe through after 30 s, but no request
+    // makes it move, and it says nothing more.
+    let i = closed_within(&mut d, &mut clock, 3600).expect("the incident closes");
+    assert_eq!(
+        i.classification.service_downtime_secs, 29,
+        "the seconds it refused every request, after the one that opened it"
+    );
+    let closed_at = i.closed_at.expect("closed_at");
+    assert_eq!(
+        closed_at.0 - at.0,
+        30_000 + 5000,
+        "open time, then close_after"
+    );
+    assert_eq!(d.open_incidents().count(), 0);
+    // Nothing fires again until the breaker opens again.
+    for _ in 0..120 {
+        let c = d.tick(clock.next(), Sample::default(), None);
+        assert!(c.is_empty(), "{c:#?}");
+    }
+}
+
+#[test]
+fn a_breaker_dropped_by_a_reload_lets_its_incident_close() {
+    let mut d = Detector::new(cfg());
+    let mut clock = Clock(1_800_000_000_000);
+    let at = clock.next();
+    let opened = Sample {
+        breaker: vec![BreakerEvent::Opened {
+            upstream: "idv".into(),
+            until: Millis(at.0 + 600_000),
+        }],
+        ..Sample::default()
+    };
+    d.tick(at, opened, None);
+    for _ in 0..3 {
+        d.tick(clock.next(), Sample::default(), None);
+    }
+    let dropped = Sample {
+        breaker: vec![BreakerEvent::Dropped {
+            upstream: "idv".into(),
+        }],
+        ..Sample::default()
+    };
+    let c = d.tick(clock.next(), dropped, None);
+    let i = changed(&c, Rule::BreakerOpen).expect("changed");
+    assert_eq!(i.state, State::Recovering);
+    let note = i
+        .timeline
+        .iter()
+        .find(|e| e.kind == EntryKind::BreakerClosed)
+        .expect("a breaker_closed entry");
+    assert!(note.detail.contains("removed by a reload"), "{note:?}");
+    let i = closed_within(&mut d, &mut clock, 60).expect("the incident closes");
+    assert_eq!(i.classification.service_downtime_secs, 3);
+    assert_eq!(d.open_incidents().count(), 0);
 }
 
 #[test]

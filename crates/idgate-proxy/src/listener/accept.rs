@@ -1,6 +1,7 @@
 //! The accept loop: each TCP connection is admitted (or closed) before any TLS, by
-//! `max_connections`, the `[network]` rules and `max_connections_per_ip` on its client's
-//! address (read from a PROXY protocol header when it comes through a load balancer).
+//! `max_connections`, the `[network]` rules, `max_connections_per_ip`, and then
+//! `max_handshakes_per_ip` and `max_handshakes` on its client's address (read from a PROXY
+//! protocol header when it comes through a load balancer).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
-use super::limits::{Admission, Slot};
+use super::limits::{Admission, Handshaking, Slot};
 use super::{ListenerShared, proxy_header, serve_connection, shed};
 use crate::audit::Refused;
 use crate::conn::source_key;
@@ -68,7 +69,7 @@ pub(crate) async fn accept_loop(
             .map(|p| p.timeout);
         let Some(timeout) = balancer else {
             // A direct client: its address is known now, and a refused one costs no task.
-            let Some(slot) = shared.admit(ip) else {
+            let Some((slot, handshaking)) = shared.admit(ip, "at accept") else {
                 continue;
             };
             let admission = Admission {
@@ -78,7 +79,7 @@ pub(crate) async fn accept_loop(
             let shared = shared.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                let serve = serve_connection(tcp, remote, None, shared.clone(), stop);
+                let serve = serve_connection(tcp, remote, None, handshaking, shared.clone(), stop);
                 shared.until_cut(serve).await;
                 drop(admission);
             });
@@ -128,14 +129,14 @@ async fn through_balancer(
             return;
         }
     };
-    let Some(slot) = shared.admit(client.ip()) else {
+    let Some((slot, handshaking)) = shared.admit(client.ip(), "before TLS") else {
         return;
     };
     let admission = Admission {
         _permit: permit,
         _slot: slot,
     };
-    serve_connection(tcp, client, Some(remote), shared, stop).await;
+    serve_connection(tcp, client, Some(remote), handshaking, shared, stop).await;
     drop(admission);
 }
 
@@ -157,25 +158,44 @@ impl ListenerShared {
         });
     }
 
-    /// Records a connection the listener did not serve in the audit trail, if there is one.
+    /// Records a connection the listener did not serve in the audit trail, if there is
+    /// one: on its own, or counted in a summary past `connection_records_per_second`.
     pub(super) fn audit_refused(&self, refused: Refused<'_>) {
         if let Some(trail) = &self.services.audit {
-            crate::audit::connection(trail, refused);
+            let per_second = self.snapshot.load().audit.connection_records_per_second;
+            self.records
+                .record(trail, &self.services.metrics, per_second, refused);
         }
     }
 
-    /// Admits a client address before TLS: `[network]` rules, then its place in
-    /// `max_connections_per_ip`. `None`: refused, counted and logged.
-    fn admit(&self, ip: IpAddr) -> Option<Slot<IpAddr>> {
+    /// Admits a client address before TLS: `[network]` rules, its place in
+    /// `max_connections_per_ip`, then its place among the handshakes in progress (refused
+    /// at `stage`). `None`: refused, counted and logged.
+    fn admit(&self, ip: IpAddr, stage: &'static str) -> Option<(Slot<IpAddr>, Handshaking)> {
         let ip = ip.to_canonical();
         if !self.snapshot.load().network.cidrs.permits(ip) {
             self.refuse(ip, "network_deny", "before TLS");
             return None;
         }
-        let slot = self.per_ip.acquire(&source_key(ip));
-        if slot.is_none() {
+        let source = source_key(ip);
+        let Some(slot) = self.per_ip.acquire(&source) else {
             self.refuse(ip, "max_connections_per_ip", "at accept");
+            return None;
+        };
+        // In force when the connection comes: a reload changes them for the next ones.
+        let (per_ip, all) = {
+            let live = self.live.load();
+            (
+                live.config.max_handshakes_per_ip,
+                live.config.max_handshakes,
+            )
+        };
+        match self.handshakes.begin(source, per_ip, all) {
+            Ok(handshaking) => Some((slot, handshaking)),
+            Err(cap) => {
+                self.refuse(ip, cap, stage);
+                None
+            }
         }
-        slot
     }
 }

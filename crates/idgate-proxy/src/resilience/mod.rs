@@ -12,7 +12,10 @@
 //! endpoint, with a health-check task per endpoint ([`Resilience::install`]).
 //!
 //! Breaker changes are a `tracing` event (target `idgate::breaker`), a metric, and a
-//! [`BreakerEvent`] on a broadcast channel ([`Resilience::subscribe`]).
+//! [`BreakerEvent`] on a broadcast channel ([`Resilience::subscribe`]). A breaker a reload
+//! takes away while it is open or half-open (its upstream, or the upstream's
+//! `[upstreams.breaker]`, removed) is announced too, as a change to closed marked
+//! `dropped`: whoever follows the events would otherwise believe it open for ever.
 
 mod balance;
 mod breaker;
@@ -46,6 +49,14 @@ pub struct BreakerEvent {
     pub from: BreakerState,
     pub to: BreakerState,
     pub at: SystemTime,
+    /// For a change to open: until when it refuses every request (`at` plus
+    /// `open_duration`, if the clock counts that far); the next request after it goes
+    /// through as a probe.
+    pub open_until: Option<SystemTime>,
+    /// A reload took the breaker away (its upstream, or the upstream's
+    /// `[upstreams.breaker]`, removed) while it was open or half-open: `to` is closed, as
+    /// nothing is refused any more.
+    pub dropped: bool,
 }
 
 /// Why an upstream takes no request now, and when to try again.
@@ -218,20 +229,52 @@ impl Resilience {
         lock(&state.breaker).as_ref().map(Breaker::state)
     }
 
-    /// Drops the state of every upstream not named in `names` (a reload removed them).
+    /// Drops the state of every upstream not named in `names` (a reload removed them); a
+    /// breaker dropped while open or half-open is announced (see [`BreakerEvent::dropped`]).
     pub fn retain<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         let keep: std::collections::HashSet<&str> = names.into_iter().collect();
-        let mut map = self
-            .upstreams
+        let mut removed = Vec::new();
+        self.upstreams
             .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.retain(|name, _| {
-            let kept = keep.contains(&**name);
-            if !kept {
-                self.metrics.forget(name);
-            }
-            // An endpoint state the checks still hold goes with its last reference.
-            kept
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|name, state| {
+                let kept = keep.contains(&**name);
+                if !kept {
+                    removed.push(state.clone());
+                }
+                // An endpoint state the checks still hold goes with its last reference.
+                kept
+            });
+        for state in removed {
+            self.drop_breaker(&state);
+        }
+    }
+
+    /// Takes an upstream's breaker away (a reload removed it, or its upstream). A request
+    /// still in flight through it finds none when it ends, so it cannot open it again where
+    /// no one would ever close it.
+    fn drop_breaker(&self, state: &UpstreamState) {
+        let Some(breaker) = lock(&state.breaker).take() else {
+            return;
+        };
+        self.metrics.forget(&state.name);
+        let from = breaker.state();
+        if from == BreakerState::Closed {
+            return;
+        }
+        tracing::info!(
+            target: "idgate::breaker",
+            upstream = %state.name, from = from.as_str(), to = BreakerState::Closed.as_str(),
+            "circuit breaker removed by a reload: requests to the upstream are no longer refused"
+        );
+        // No subscriber is not an error.
+        let _ = self.events.send(BreakerEvent {
+            upstream: state.name.clone(),
+            from,
+            to: BreakerState::Closed,
+            at: SystemTime::now(),
+            open_until: None,
+            dropped: true,
         });
     }
 
@@ -261,12 +304,17 @@ impl Resilience {
     }
 
     /// Takes the configuration's upstreams into use, at start and at each reload: drops the
-    /// state of upstreams and endpoints it no longer has, and (re)starts the health checks
-    /// of every endpoint with the configuration's check. Health and load are kept.
+    /// state of upstreams and endpoints it no longer has, and the breaker of an upstream
+    /// that no longer has one (so that one configured again starts closed), and (re)starts
+    /// the health checks of every endpoint with the configuration's check. Health and load
+    /// are kept.
     pub fn install(self: &Arc<Self>, upstreams: &[Upstream]) {
         self.retain(upstreams.iter().map(|u| &*u.name));
         for u in upstreams {
             let state = self.state(&u.name);
+            if u.breaker.is_none() {
+                self.drop_breaker(&state);
+            }
             state
                 .endpoints
                 .write()
@@ -352,7 +400,7 @@ impl Resilience {
                 })
                 .admit(now, cfg)
         };
-        self.changed(&state.name, change);
+        self.changed(&state.name, change, cfg);
         match admitted {
             Ok(admission) => Ok(Permit {
                 resilience: self,
@@ -380,13 +428,16 @@ impl Resilience {
         let change = lock(&state.breaker)
             .as_mut()
             .and_then(|b| b.record(Instant::now(), cfg, admission, outcome));
-        self.changed(&state.name, change);
+        self.changed(&state.name, change, cfg);
     }
 
-    fn changed(&self, upstream: &Arc<str>, change: Option<Change>) {
+    /// Announces a change; `cfg` is the configuration the breaker changed under (an
+    /// opening lasts its `open_duration`).
+    fn changed(&self, upstream: &Arc<str>, change: Option<Change>, cfg: &BreakerConfig) {
         let Some(Change { from, to }) = change else {
             return;
         };
+        let at = SystemTime::now();
         self.metrics.set_state(upstream, to);
         self.metrics.transition(upstream, to);
         match to {
@@ -406,7 +457,11 @@ impl Resilience {
             upstream: upstream.clone(),
             from,
             to,
-            at: SystemTime::now(),
+            at,
+            open_until: (to == BreakerState::Open)
+                .then(|| at.checked_add(cfg.open_duration))
+                .flatten(),
+            dropped: false,
         });
     }
 
@@ -443,14 +498,21 @@ impl Resilience {
 #[cfg(test)]
 mod tests;
 
-/// Hands every breaker opening and closing to incident detection (its `breaker_open`
-/// rule), until the registry is gone. Half-open is a breaker's own business: the
-/// incident stays open until the breaker closes.
+/// Hands every breaker opening, closing and dropping to incident detection (its
+/// `breaker_open` rule), until the registry is gone. Half-open needs no event: an opening
+/// says until when the breaker refuses every request, and the rule stops firing then
+/// whether or not a request comes to move the breaker on.
 pub(crate) async fn feed_incidents(
     mut events: broadcast::Receiver<BreakerEvent>,
     feed: Arc<idgate_incidents::Feed>,
 ) {
     use idgate_incidents::BreakerEvent as Incident;
+    let millis = |t: SystemTime| {
+        idgate_incidents::Millis(
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        )
+    };
     loop {
         let event = match events.recv().await {
             Ok(event) => event,
@@ -460,7 +522,14 @@ pub(crate) async fn feed_incidents(
         };
         let upstream = event.upstream.to_string();
         match event.to {
-            BreakerState::Open => feed.breaker(Incident::Opened { upstream }),
+            BreakerState::Open => feed.breaker(Incident::Opened {
+                upstream,
+                // An open time past what the clock counts: open until it closes.
+                until: event
+                    .open_until
+                    .map_or(idgate_incidents::Millis(u64::MAX), millis),
+            }),
+            BreakerState::Closed if event.dropped => feed.breaker(Incident::Dropped { upstream }),
             BreakerState::Closed => feed.breaker(Incident::Closed { upstream }),
             BreakerState::HalfOpen => {}
         }

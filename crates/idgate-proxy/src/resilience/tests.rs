@@ -90,3 +90,76 @@ async fn breaker_changes_reach_subscribers() {
         ("didit", BreakerState::Closed, BreakerState::Open)
     );
 }
+
+/// The registry's metrics, as the admin listener serves them.
+fn encoded(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn a_reload_that_removes_an_upstream_with_its_breaker_open_announces_the_breaker_dropped() {
+    let dir = Dir::new("resilience-drop-upstream");
+    let mut registry = Registry::default();
+    let r = Arc::new(Resilience::new(&mut registry));
+    let u = upstream(
+        &dir,
+        "[upstreams.breaker]\nconsecutive_failures = 1\nopen_duration = \"30s\"",
+    );
+    r.install(std::slice::from_ref(&u));
+    let mut events = r.subscribe();
+    let before = SystemTime::now();
+    fail(&r, &u);
+    let opened = events.try_recv().unwrap();
+    assert_eq!((opened.to, opened.dropped), (BreakerState::Open, false));
+    let until = opened.open_until.unwrap();
+    assert!(until >= before + Duration::from_secs(30), "{opened:?}");
+    assert!(encoded(&registry).contains("upstream_breaker_state{upstream=\"didit\"} 1"));
+
+    r.install(&[]);
+    let dropped = events.try_recv().unwrap();
+    assert_eq!(
+        (
+            &*dropped.upstream,
+            dropped.from,
+            dropped.to,
+            dropped.dropped
+        ),
+        ("didit", BreakerState::Open, BreakerState::Closed, true)
+    );
+    assert!(!encoded(&registry).contains("upstream_breaker_state{"));
+}
+
+#[tokio::test]
+async fn a_reload_that_removes_only_the_breaker_announces_it_dropped_and_a_new_one_starts_closed() {
+    let dir = Dir::new("resilience-drop-breaker");
+    let mut registry = Registry::default();
+    let r = Arc::new(Resilience::new(&mut registry));
+    let with = upstream(
+        &dir,
+        "[upstreams.breaker]\nconsecutive_failures = 1\nopen_duration = \"30s\"",
+    );
+    r.install(std::slice::from_ref(&with));
+    let mut events = r.subscribe();
+    fail(&r, &with);
+    assert_eq!(events.try_recv().unwrap().to, BreakerState::Open);
+
+    let without = upstream(&dir, "");
+    assert!(without.breaker.is_none());
+    r.install(std::slice::from_ref(&without));
+    let dropped = events.try_recv().unwrap();
+    assert_eq!(
+        (dropped.from, dropped.to, dropped.dropped),
+        (BreakerState::Open, BreakerState::Closed, true)
+    );
+    assert_eq!(r.breaker_state("didit"), None);
+    assert!(!encoded(&registry).contains("upstream_breaker_state{"));
+    // Nothing more to say at the next reload.
+    r.install(std::slice::from_ref(&without));
+    assert!(events.try_recv().is_err());
+
+    // The section back: a breaker of its own, closed.
+    r.install(std::slice::from_ref(&with));
+    assert_eq!(r.available(&with), Ok(()));
+}

@@ -567,3 +567,151 @@ async fn a_failed_incident_notification_names_the_receiver_by_its_host_alone() {
     })
     .await;
 }
+
+/// The breaker of [`breaker_config`] opened (an incident open), then the configuration
+/// reloaded with `change` made to it: the incident once closed, the gateway's metrics
+/// then, and the notifications received. The breaker stays open for five minutes by
+/// itself, so only what the reload does can close the incident within the test.
+async fn breaker_incident_after_a_reload(
+    change: impl FnOnce(&mut GatewayConfig),
+) -> (serde_json::Value, String, Vec<serde_json::Value>) {
+    let pki = Pki::default_pki();
+    let work = tempfile::tempdir().unwrap();
+    let mut upstream = KillableUpstream::start("127.0.0.1:0".parse().unwrap()).await;
+    let url = format!("http://{}", upstream.addr);
+    let (notify_addr, notified) = notify_receiver().await;
+    let incidents = incidents_section(&work.path().join("incidents"), Some(notify_addr));
+    let mut config = breaker_config(&pki, &url, incidents);
+    config.upstreams[0].extra["breaker"]
+        .as_table_mut()
+        .unwrap()
+        .insert("open_duration".into(), "300s".into());
+    let env = [("INCIDENT_NOTIFY_SECRET", NOTIFY_SECRET)];
+    let gw = Gateway::start(&config, &env).await;
+    upstream.kill();
+    let open = open_the_breaker(&pki, &gw).await;
+    assert_eq!(open["state"], "open", "{open}");
+    let id = open["id"].as_str().unwrap().to_owned();
+
+    change(&mut config);
+    std::fs::write(&gw.config_path, config.to_toml()).unwrap();
+    gw.signal("HUP");
+    let reloaded =
+        "configuration reloaded: routes, upstreams, credentials and authentication replaced";
+    assert_eventually!(
+        !log_lines(&gw, "idgate_proxy::gateway", reloaded).is_empty(),
+        "no reload:\n{}",
+        gw.output()
+    );
+    let closed = incident_when(
+        gw.admin_port,
+        |i| i["id"] == id.as_str() && i["state"] == "closed",
+        Duration::from_secs(15),
+    )
+    .await;
+    let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
+    let closing_notified = || {
+        notified.lock().unwrap().iter().any(|(_, b)| {
+            let n: serde_json::Value = serde_json::from_slice(b).unwrap();
+            n["event"] == "closed" && n["incident"]["id"] == id.as_str()
+        })
+    };
+    assert_eventually!(closing_notified(), "the closing is not announced");
+    let notes = notified
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| serde_json::from_slice(b).unwrap())
+        .collect();
+    (closed, metrics, notes)
+}
+
+/// What [`breaker_incident_after_a_reload`] gave: the incident closed because its breaker
+/// went, its downtime no longer counted, nothing open left, the breaker's gauge gone.
+fn assert_closed_with_the_breaker(closed: &serde_json::Value, metrics: &str) {
+    let kinds: Vec<&str> = closed["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"breaker_closed"), "{closed}");
+    assert_eq!(kinds.last(), Some(&"recovered"), "{closed}");
+    let downtime = closed["classification"]["service_downtime_secs"]
+        .as_u64()
+        .unwrap();
+    let duration = closed["classification"]["duration_secs"].as_u64().unwrap();
+    assert!(downtime < duration, "{closed}");
+    assert!(metrics.contains("idgate_incidents_open 0"), "{metrics}");
+    assert!(
+        !metrics.contains("idgate_upstream_breaker_state{upstream=\"provider\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_removed_by_a_reload_while_its_breaker_is_open_closes_its_breaker_incident() {
+    within_limit(Duration::from_secs(60), async {
+        let (closed, metrics, _) = breaker_incident_after_a_reload(|config| {
+            config.upstreams[0].name = "provider-b".into();
+            config.routes[0].upstream = Some("provider-b".into());
+        })
+        .await;
+        assert_closed_with_the_breaker(&closed, &metrics);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_breaker_removed_by_a_reload_while_open_closes_its_breaker_incident() {
+    within_limit(Duration::from_secs(60), async {
+        let (closed, metrics, _) = breaker_incident_after_a_reload(|config| {
+            config.upstreams[0].extra.remove("breaker");
+        })
+        .await;
+        assert_closed_with_the_breaker(&closed, &metrics);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_interrupted_by_a_restart_is_announced_as_closed() {
+    within_limit(Duration::from_secs(60), async {
+        let pki = Pki::default_pki();
+        let work = tempfile::tempdir().unwrap();
+        let mut upstream = KillableUpstream::start("127.0.0.1:0".parse().unwrap()).await;
+        let url = format!("http://{}", upstream.addr);
+        let (notify_addr, notified) = notify_receiver().await;
+        let incidents = incidents_section(&work.path().join("incidents"), Some(notify_addr));
+        let config = breaker_config(&pki, &url, incidents);
+        let env = [("INCIDENT_NOTIFY_SECRET", NOTIFY_SECRET)];
+        let mut gw = Gateway::start(&config, &env).await;
+        upstream.kill();
+        let open = open_the_breaker(&pki, &gw).await;
+        let id = open["id"].as_str().unwrap().to_owned();
+        let event_of = |event: &str| {
+            notified
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, b)| serde_json::from_slice::<serde_json::Value>(b).unwrap())
+                .find(|n| n["event"] == event && n["incident"]["id"] == id.as_str())
+        };
+        assert_eventually!(event_of("opened").is_some(), "the opening is not announced");
+        gw.signal("KILL");
+        let _ = gw.wait_exit(Duration::from_secs(10));
+        assert!(event_of("closed").is_none());
+
+        let gw = Gateway::start(&config, &env).await;
+        assert_eventually!(
+            event_of("closed").is_some(),
+            "the closing at restart is not announced; output:\n{}",
+            gw.output()
+        );
+        let closed = event_of("closed").unwrap();
+        assert_eq!(closed["incident"]["state"], "interrupted", "{closed}");
+        let stored = admin_json(gw.admin_port, &format!("/incidents/{id}")).await;
+        assert_eq!(closed["incident"], stored);
+    })
+    .await;
+}

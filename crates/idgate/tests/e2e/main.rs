@@ -11,6 +11,7 @@ mod audit_places;
 mod body_budget;
 mod cli;
 mod clients;
+mod connection_floods;
 mod credential_pairs;
 mod demo;
 mod examples;
