@@ -8,7 +8,8 @@
 //!
 //! Whoever reaches the listener is not authenticated, so its connections are bounded like
 //! the public listener's: so many at once (`admin.max_connections`, more are closed at
-//! accept), a response the client does not read for [`AdminLimits::send_timeout`] closes
+//! accept), an eighth of them from one address (so that one client holding its share
+//! leaves room for the kubelet's probes and the scraper, which come from elsewhere), a response the client does not read for [`AdminLimits::send_timeout`] closes
 //! its connection, and a connection is retired at [`AdminLimits::max_age`] however busy it
 //! is kept. Without them, connections kept open would hold file descriptors until the
 //! process had none left for the public listener.
@@ -115,6 +116,8 @@ async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
 pub(crate) struct AdminLimits {
     /// Open at once (`admin.max_connections`).
     pub(crate) max_connections: usize,
+    /// Open at once from one address.
+    pub(crate) max_per_source: usize,
     /// A response the client takes nothing of for this long closes its connection.
     pub(crate) send_timeout: Duration,
     /// The wait for a request's head, and for the next one on a kept-alive connection.
@@ -130,6 +133,7 @@ impl AdminLimits {
     pub(crate) fn new(max_connections: usize) -> Self {
         Self {
             max_connections,
+            max_per_source: (max_connections / 8).max(1),
             send_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             max_age: Duration::from_secs(60),
@@ -145,6 +149,7 @@ pub(crate) async fn serve_admin(
     mut stop: watch::Receiver<bool>,
 ) {
     let open = Arc::new(Semaphore::new(limits.max_connections));
+    let sources = Sources::default();
     let refusals = LogBudget::new(1, 1);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -158,25 +163,84 @@ pub(crate) async fn serve_admin(
                 }
             },
         };
-        let Ok(place) = open.clone().try_acquire_owned() else {
-            // Closed at once: it holds nothing.
-            drop(tcp);
-            state.metrics.connection_refused("admin_max_connections");
-            if let Some(also_refused) = refusals.admit() {
-                tracing::warn!(
-                    remote = %remote.ip(),
-                    limit = "admin.max_connections",
-                    also_refused,
-                    "admin connection refused at accept: limit reached"
-                );
+        let places = match sources.take(remote.ip(), limits.max_per_source) {
+            None => Err((
+                "admin_max_connections_per_ip",
+                "an eighth of admin.max_connections",
+            )),
+            Some(share) => match open.clone().try_acquire_owned() {
+                Ok(place) => Ok((share, place)),
+                Err(_) => Err(("admin_max_connections", "admin.max_connections")),
+            },
+        };
+        let places = match places {
+            Ok(places) => places,
+            Err((reason, limit)) => {
+                // Closed at once: it holds nothing.
+                drop(tcp);
+                state.metrics.connection_refused(reason);
+                if let Some(also_refused) = refusals.admit() {
+                    tracing::warn!(
+                        remote = %remote.ip(),
+                        limit,
+                        also_refused,
+                        "admin connection refused at accept: limit reached"
+                    );
+                }
+                continue;
             }
-            continue;
         };
         let state = state.clone();
         tokio::spawn(async move {
             serve_connection(tcp, remote, state, limits).await;
-            drop(place);
+            drop(places);
         });
+    }
+}
+
+/// The admin connections open from each address.
+#[derive(Clone, Default)]
+struct Sources(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection's place in its address's share; given back when dropped.
+struct SourceShare {
+    sources: Sources,
+    ip: std::net::IpAddr,
+}
+
+impl Sources {
+    /// A place for a connection from `ip`, if it has fewer than `max` open.
+    fn take(&self, ip: std::net::IpAddr, max: usize) -> Option<SourceShare> {
+        let ip = ip.to_canonical();
+        let mut open = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceShare {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceShare {
+    fn drop(&mut self) {
+        let mut open = self
+            .sources
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let std::collections::hash_map::Entry::Occupied(mut e) = open.entry(self.ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 }
 
@@ -289,6 +353,8 @@ mod tests {
      {
         let limits = AdminLimits {
             max_connections: 2,
+            // Every connection here comes from one address: the cap in all is what refuses.
+            max_per_source: 3,
             send_timeout: Duration::from_millis(300),
             ..AdminLimits::new(2)
         };
@@ -354,6 +420,41 @@ mod tests {
             assert!(Instant::now() < deadline, "no admin connection was served");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A connection to `addr` from the local address `from`, once the listener serves it.
+    async fn served_from(addr: std::net::SocketAddr, from: [u8; 4]) -> Option<TcpStream> {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+        let mut tcp = socket.connect(addr).await.unwrap();
+        healthz(&mut tcp).await.then_some(tcp)
+    }
+
+    #[tokio::test]
+    async fn one_client_holding_its_share_of_admin_places_leaves_room_for_probes_from_elsewhere() {
+        let (addr, metrics) = admin(AdminLimits::new(16)).await;
+        // One address holds its share (two of sixteen) with connections that say nothing;
+        // its next one is closed at accept, while other addresses (the kubelet's, the
+        // scraper's) are still served.
+        let _held = [
+            TcpStream::connect(addr).await.unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        ];
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), until_closed(&mut third))
+            .await
+            .expect("a connection past its address's share was kept");
+        let refused =
+            r#"idgate_connections_refused_total{reason="admin_max_connections_per_ip"} 1"#;
+        assert!(
+            metrics.encode().lines().any(|l| l == refused),
+            "{}",
+            metrics.encode()
+        );
+        let mut probe = served_from(addr, [127, 0, 0, 2])
+            .await
+            .expect("a probe from another address was refused");
+        assert!(healthz(&mut probe).await);
     }
 
     #[tokio::test]
