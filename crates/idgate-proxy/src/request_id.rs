@@ -106,10 +106,14 @@ fn fallback() -> Seed {
     Seed {
         prefix,
         counter: mix(prefix ^ 0x9e37_79b9_7f4a_7c15),
-        key: [
-            mix(prefix ^ 0x6a09_e667_f3bc_c908),
-            mix(prefix ^ 0xbb67_ae85_84ca_a73b),
-        ],
+        // Not from the prefix, which every id shows (a key made from it could be made by a
+        // caller too): the standard library's hash keys, drawn from the system once per
+        // thread and already used by every map of the process.
+        key: {
+            use std::hash::BuildHasher as _;
+            let keys = std::hash::RandomState::new();
+            [keys.hash_one((n, nanos)), keys.hash_one((pid, n))]
+        },
         from_random: false,
     }
 }
@@ -252,6 +256,20 @@ mod tests {
         assert_eq!(prefixes.len(), seeds.len(), "fallback prefixes repeat");
         // Other tests may fail the source at the same time; this one's are all counted.
         assert!(random_failures().get() >= before + 1000);
+    }
+
+    #[test]
+    fn the_fallback_key_cannot_be_made_from_the_prefix_an_id_shows() {
+        for _ in 0..100 {
+            let s = seed(&Failing);
+            // What a key derived from the prefix alone would be, as anyone could compute it.
+            let derived = [
+                mix(s.prefix ^ 0x6a09_e667_f3bc_c908),
+                mix(s.prefix ^ 0xbb67_ae85_84ca_a73b),
+            ];
+            assert_ne!(s.key, derived);
+            assert_ne!(s.key[0], s.key[1]);
+        }
     }
 
     #[test]
