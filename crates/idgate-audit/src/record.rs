@@ -420,20 +420,26 @@ pub struct ConnectionEvent<'a> {
     pub detail: Option<&'a str>,
 }
 
+/// The OCSF class and activity members a connection record (or a summary of them) starts
+/// with, and the comma after them.
+fn network_activity(out: &mut Vec<u8>, outcome: ConnectionOutcome) {
+    let (activity, name) = match outcome {
+        ConnectionOutcome::Refused => (5, "Refuse"),
+        ConnectionOutcome::HandshakeFailed => (4, "Fail"),
+    };
+    out.extend_from_slice(b"\"class_uid\":4001,\"class_name\":\"Network Activity\",\"category_uid\":4,\"category_name\":\"Network Activity\",\"activity_id\":");
+    json::num(out, activity);
+    json::key(out, "activity_name");
+    json::str(out, name);
+    json::key(out, "type_uid");
+    json::num(out, 400_100 + activity);
+    out.push(b',');
+}
+
 impl ConnectionEvent<'_> {
     /// Appends the record's members (no braces) to `out`.
     pub fn write_members(&self, out: &mut Vec<u8>) {
-        let (activity, name) = match self.outcome {
-            ConnectionOutcome::Refused => (5, "Refuse"),
-            ConnectionOutcome::HandshakeFailed => (4, "Fail"),
-        };
-        out.extend_from_slice(b"\"class_uid\":4001,\"class_name\":\"Network Activity\",\"category_uid\":4,\"category_name\":\"Network Activity\",\"activity_id\":");
-        json::num(out, activity);
-        json::key(out, "activity_name");
-        json::str(out, name);
-        json::key(out, "type_uid");
-        json::num(out, 400_100 + activity);
-        out.push(b',');
+        network_activity(out, self.outcome);
         time(out, self.time);
         // A peer turned away, like a denied request.
         Severity::Low.write(out);
@@ -492,17 +498,7 @@ pub struct ConnectionSummary<'a> {
 impl ConnectionSummary<'_> {
     /// Appends the record's members (no braces) to `out`.
     pub fn write_members(&self, out: &mut Vec<u8>) {
-        let (activity, name) = match self.outcome {
-            ConnectionOutcome::Refused => (5, "Refuse"),
-            ConnectionOutcome::HandshakeFailed => (4, "Fail"),
-        };
-        out.extend_from_slice(b"\"class_uid\":4001,\"class_name\":\"Network Activity\",\"category_uid\":4,\"category_name\":\"Network Activity\",\"activity_id\":");
-        json::num(out, activity);
-        json::key(out, "activity_name");
-        json::str(out, name);
-        json::key(out, "type_uid");
-        json::num(out, 400_100 + activity);
-        out.push(b',');
+        network_activity(out, self.outcome);
         time(out, self.end);
         json::key(out, "start_time");
         json::num(out, json::millis(self.start));
