@@ -76,10 +76,10 @@ struct UpstreamSums {
 pub struct Detector {
     cfg: IncidentsConfig,
     window: VecDeque<Second>,
-    /// Upstreams whose breaker is open, and until when it refuses every request. An entry
-    /// goes when its breaker closes or is dropped, or once that time has passed: from then
-    /// on the breaker lets a probe through at the next request, and only another opening
-    /// (the probe failed) makes it refuse again.
+    /// Upstreams whose breaker refuses every request, and until when at the latest: open,
+    /// or half-open with a probe out. An entry goes when its breaker closes or is dropped,
+    /// or once that time has passed: from then on an open breaker lets a probe through at
+    /// the next request, and only that probe (announced as half-open) makes it refuse again.
     breakers_open: BTreeMap<String, Millis>,
     open: HashMap<Key, Open>,
     last_tick: Option<Millis>,
@@ -162,9 +162,10 @@ impl Detector {
     }
 
     /// Takes the breakers' events of the last second, in order, and forgets the breakers
-    /// whose open time has passed. A breaker that opened in this second counts as open at
-    /// this tick even if its open time (shorter than a second) is already over, so that no
-    /// opening goes unseen.
+    /// whose refusing time has passed. A breaker that opened in this second counts as open
+    /// at this tick even if its open time (shorter than a second) is already over, so that
+    /// no opening goes unseen. A probe counts a second past its bound
+    /// ([`PROBE_ANSWER_MARGIN`]).
     fn breakers(&mut self, now: Millis, events: &[crate::feed::BreakerEvent]) {
         use crate::feed::BreakerEvent as E;
         let mut opened_now = BTreeSet::new();
@@ -173,6 +174,10 @@ impl Detector {
                 E::Opened { upstream, until } => {
                     self.breakers_open.insert(upstream.clone(), *until);
                     opened_now.insert(upstream.as_str());
+                }
+                E::HalfOpen { upstream, until } => {
+                    let until = Millis(until.0.saturating_add(PROBE_ANSWER_MARGIN));
+                    self.breakers_open.insert(upstream.clone(), until);
                 }
                 E::Closed { upstream } | E::Dropped { upstream } => {
                     self.breakers_open.remove(upstream);
@@ -535,6 +540,12 @@ impl Detector {
         changed.then_some((kind, inc))
     }
 }
+
+/// How long past its bound a probe still counts as out, in milliseconds. A probe that times
+/// out ends at its bound, and the breaker's opening reaches the detector a moment later: a
+/// tick in between would see the breaker refuse nothing. It also covers a probe let through
+/// shortly after the one announced, which is not announced again (at most once a second).
+const PROBE_ANSWER_MARGIN: u64 = 1000;
 
 /// The upper bound of the bucket holding the `q` quantile (the last bound doubled for the
 /// open bucket).

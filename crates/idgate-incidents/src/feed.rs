@@ -68,6 +68,15 @@ pub enum BreakerEvent {
         upstream: String,
         until: crate::incident::Millis,
     },
+    /// It let a probe through (its open time over, a request came): every other request is
+    /// refused until the probe ends, at the latest at `until` (the probe's request timeout).
+    /// A probe that fails opens it again, one that succeeds closes it; one that ended saying
+    /// nothing of the upstream lets the next request through as another probe, announced
+    /// again within a second.
+    HalfOpen {
+        upstream: String,
+        until: crate::incident::Millis,
+    },
     /// Its probes succeeded.
     Closed { upstream: String },
     /// A reload took it away while it was open or half-open (its upstream, or the
@@ -247,7 +256,8 @@ impl Feed {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A circuit breaker opened or closed (rare: taken under a plain lock).
+    /// A circuit breaker opened, let a probe through or closed (rare: taken under a plain
+    /// lock).
     pub fn breaker(&self, event: BreakerEvent) {
         self.breaker
             .lock()

@@ -408,6 +408,87 @@ fn a_breaker_reopening_for_hours_keeps_the_timeline_bounded() {
     );
 }
 
+#[test]
+fn a_breaker_whose_probe_hangs_still_counts_as_down() {
+    // An upstream that never answers, under steady traffic, with the defaults: open for 5 s,
+    // then the next request (20 ms later) is the probe, which every other request waits
+    // behind (refused) until its 30 s request timeout; it fails a moment after that and the
+    // breaker opens again. Events arrive between ticks, with the next tick's sample; the
+    // first probe's bound falls just before a tick and its failure just after.
+    let mut d = Detector::new(cfg());
+    let start = 1_800_000_000_000;
+    let mut clock = Clock(start);
+    let mut events = Vec::new();
+    let mut opened = start + 979;
+    for _ in 0..4 {
+        let up = || "idv".to_owned();
+        events.push((
+            opened,
+            BreakerEvent::Opened {
+                upstream: up(),
+                until: Millis(opened + 5000),
+            },
+        ));
+        let probe = opened + 5020;
+        events.push((
+            probe,
+            BreakerEvent::HalfOpen {
+                upstream: up(),
+                until: Millis(probe + 30_000),
+            },
+        ));
+        opened = probe + 30_002;
+    }
+    let mut changes = Vec::new();
+    let mut ticks_after_opening = 0;
+    let mut last = start;
+    while last < opened {
+        let now = clock.next();
+        let sample = Sample {
+            breaker: events
+                .iter()
+                .filter(|(at, _)| (last + 1..=now.0).contains(at))
+                .map(|(_, e)| e.clone())
+                .collect(),
+            ..Sample::default()
+        };
+        last = now.0;
+        if !changes.is_empty() {
+            ticks_after_opening += 1;
+        }
+        changes.extend(d.tick(now, sample, None));
+    }
+    let opened: Vec<_> = changes
+        .iter()
+        .filter(|(k, _)| *k == ChangeKind::Opened)
+        .collect();
+    assert_eq!(opened.len(), 1, "one outage, one incident: {changes:#?}");
+    let i = d.open_incidents().next().expect("still open");
+    assert_eq!(i.state, State::Open);
+    assert!(
+        !i.timeline
+            .iter()
+            .any(|e| matches!(e.kind, EntryKind::Recovering | EntryKind::FiresAgain)),
+        "{:#?}",
+        i.timeline
+    );
+    assert_eq!(
+        i.classification.service_downtime_secs, ticks_after_opening,
+        "every second after the opening one refused"
+    );
+
+    // The upstream answers again: the last probe succeeds and the breaker closes.
+    let closing = Sample {
+        breaker: vec![BreakerEvent::Closed {
+            upstream: "idv".into(),
+        }],
+        ..Sample::default()
+    };
+    d.tick(clock.next(), closing, None);
+    let i = closed_within(&mut d, &mut clock, 60).expect("the incident closes");
+    assert_eq!(i.classification.service_downtime_secs, ticks_after_opening);
+}
+
 /// The breaker's incident ticks after an opening that refuses until `until`: the closing
 /// change, if any, within `limit` seconds.
 fn closed_within(d: &mut Detector, clock: &mut Clock, limit: usize) -> Option<Incident> {

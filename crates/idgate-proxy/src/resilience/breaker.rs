@@ -77,7 +77,12 @@ pub(crate) struct Breaker {
     /// The probes of the current round.
     probes_in_flight: u32,
     probe_successes: u32,
+    /// When a probe of the current round was last announced ([`Self::announce_probe`]).
+    probe_announced: Option<Instant>,
 }
+
+/// A probe let through within this time of the last one announced is not announced again.
+const PROBE_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a refused caller should wait: at least a second, as `Retry-After` counts.
 fn at_least_a_second(d: Duration) -> Duration {
@@ -94,6 +99,7 @@ impl Breaker {
             opening: 0,
             probes_in_flight: 0,
             probe_successes: 0,
+            probe_announced: None,
         }
     }
 
@@ -117,6 +123,7 @@ impl Breaker {
             change = self.to(BreakerState::HalfOpen);
             self.probes_in_flight = 0;
             self.probe_successes = 0;
+            self.probe_announced = None;
         }
         let admitted = match self.state {
             BreakerState::Closed => Ok(Admission::Normal),
@@ -130,6 +137,23 @@ impl Breaker {
             _ => Err(at_least_a_second(Duration::ZERO)),
         };
         (admitted, change)
+    }
+
+    /// Whether a probe [`Self::admit`] just let through is to be announced: while a probe
+    /// is out every other request is refused, until it ends. The round's first is announced
+    /// (with the change to half-open); a later one, let through once a probe before it ended
+    /// saying nothing of the upstream (its caller went away) and freed its place, is
+    /// announced again, but at most once per [`PROBE_ANNOUNCE_INTERVAL`]: a caller that
+    /// comes and goes cannot make an announcement of every request.
+    pub(crate) fn announce_probe(&mut self, now: Instant) -> bool {
+        if self
+            .probe_announced
+            .is_some_and(|at| now.saturating_duration_since(at) < PROBE_ANNOUNCE_INTERVAL)
+        {
+            return false;
+        }
+        self.probe_announced = Some(now);
+        true
     }
 
     /// How long a request now would wait, without letting one through: `None` when one
@@ -300,6 +324,46 @@ mod tests {
             run(&mut b, t1, &c, Outcome::Success).map(|c| c.to),
             Some(BreakerState::Closed)
         );
+    }
+
+    #[test]
+    fn a_probe_after_one_that_said_nothing_is_announced_again_at_most_once_a_second() {
+        let c = BreakerConfig {
+            half_open_probes: 1,
+            open_duration: Duration::from_millis(100),
+            ..cfg()
+        };
+        let t0 = Instant::now();
+        let mut b = Breaker::new(t0, &c);
+        for _ in 0..3 {
+            run(&mut b, t0, &c, Outcome::Failure);
+        }
+        let t1 = t0 + Duration::from_millis(100);
+        let (first, change) = b.admit(t1, &c);
+        assert_eq!(change.map(|c| c.to), Some(BreakerState::HalfOpen));
+        assert!(b.announce_probe(t1), "the round's first probe");
+        assert_eq!(b.record(t1, &c, first.unwrap(), Outcome::Neutral), None);
+
+        // Its caller went away: the next request is another probe, within a second of the
+        // first one not announced again ...
+        let t2 = t1 + Duration::from_millis(300);
+        let (second, change) = b.admit(t2, &c);
+        assert_eq!(change, None);
+        assert!(!b.announce_probe(t2));
+        assert_eq!(b.record(t2, &c, second.unwrap(), Outcome::Neutral), None);
+        // ... and a second after it, announced.
+        let t3 = t1 + Duration::from_secs(1);
+        let third = b.admit(t3, &c).0.unwrap();
+        assert!(b.announce_probe(t3));
+        assert_eq!(
+            b.record(t3, &c, third, Outcome::Failure).map(|c| c.to),
+            Some(BreakerState::Open)
+        );
+        // A new round's first probe is announced however soon it comes.
+        let t4 = t3 + Duration::from_millis(100);
+        let (_, change) = b.admit(t4, &c);
+        assert_eq!(change.map(|c| c.to), Some(BreakerState::HalfOpen));
+        assert!(b.announce_probe(t4));
     }
 
     #[test]

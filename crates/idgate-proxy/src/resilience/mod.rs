@@ -16,6 +16,11 @@
 //! takes away while it is open or half-open (its upstream, or the upstream's
 //! `[upstreams.breaker]`, removed) is announced too, as a change to closed marked
 //! `dropped`: whoever follows the events would otherwise believe it open for ever.
+//!
+//! Only [`Resilience::install`] adds an upstream's state, and only it gives an upstream a
+//! breaker: a request that took its snapshot before a reload removed the upstream or its
+//! breaker, and is forwarded after it, runs without one (and with state of its own for the
+//! rest), so that it brings back neither the state nor the breaker the reload took away.
 
 mod balance;
 mod breaker;
@@ -49,10 +54,15 @@ pub struct BreakerEvent {
     pub from: BreakerState,
     pub to: BreakerState,
     pub at: SystemTime,
-    /// For a change to open: until when it refuses every request (`at` plus
-    /// `open_duration`, if the clock counts that far); the next request after it goes
-    /// through as a probe.
-    pub open_until: Option<SystemTime>,
+    /// Until when, at the latest, the breaker refuses every request (`None` past what the
+    /// clock counts, or for a change to closed). For a change to open, `at` plus
+    /// `open_duration`: the next request after it goes through as a probe. For a change to
+    /// half-open, a probe was let through and every other request is refused until it
+    /// ends: `at` plus the upstream's `request_timeout`, which bounds the probe's request.
+    /// A probe let through while the breaker is already half-open (one before it ended
+    /// saying nothing of the upstream, its caller gone) is announced the same way, with
+    /// `from` half-open too, at most once a second.
+    pub refuses_until: Option<SystemTime>,
     /// A reload took the breaker away (its upstream, or the upstream's
     /// `[upstreams.breaker]`, removed) while it was open or half-open: `to` is closed, as
     /// nothing is refused any more.
@@ -110,9 +120,48 @@ pub struct Resilience {
 #[derive(Debug)]
 pub(crate) struct UpstreamState {
     name: Arc<str>,
-    breaker: Mutex<Option<Breaker>>,
+    /// Not in the registry: the upstream of a request whose snapshot is older than the
+    /// reload that removed it. Its counts are the request's own and make no metrics.
+    detached: bool,
+    breaker: Mutex<BreakerSlot>,
     budget: Mutex<Option<RetryBudget>>,
     endpoints: RwLock<HashMap<Arc<str>, Arc<EndpointState>>>,
+}
+
+impl UpstreamState {
+    fn new(name: Arc<str>, detached: bool) -> Self {
+        Self {
+            name,
+            detached,
+            breaker: Mutex::new(BreakerSlot::default()),
+            budget: Mutex::new(None),
+            endpoints: RwLock::default(),
+        }
+    }
+}
+
+/// An upstream's breaker, as the configuration installed last has it.
+#[derive(Debug, Default)]
+struct BreakerSlot {
+    /// Whether that configuration gives the upstream a `[upstreams.breaker]`: a request
+    /// forwarded with an older snapshot that still has one makes none.
+    configured: bool,
+    /// Counts the times the upstream was given a breaker: a request let through one that a
+    /// reload then took away does not count with one configured again later.
+    generation: u64,
+    /// Made at the first request through it.
+    breaker: Option<Breaker>,
+}
+
+impl BreakerSlot {
+    /// The breaker of generation `generation`, if it is still the one in use.
+    fn of(&mut self, generation: u64) -> Option<&mut Breaker> {
+        if self.generation == generation {
+            self.breaker.as_mut()
+        } else {
+            None
+        }
+    }
 }
 
 impl UpstreamState {
@@ -136,11 +185,15 @@ impl UpstreamState {
 
 /// A request let through the breaker; recording its outcome (or dropping it, for a request
 /// that ended early) frees a half-open probe's place.
+///
+/// A request that found no breaker (a reload took it away since its snapshot) has no
+/// admission: its outcome counts nowhere.
 pub(crate) struct Permit<'a> {
     resilience: &'a Resilience,
     state: Arc<UpstreamState>,
     cfg: &'a BreakerConfig,
-    admission: Option<Admission>,
+    /// The admission, and the generation of the breaker that gave it.
+    admission: Option<(Admission, u64)>,
 }
 
 impl Permit<'_> {
@@ -200,6 +253,7 @@ impl Resilience {
         let state = self.state(&upstream.name);
         if let Some(cfg) = &upstream.breaker
             && let Some(retry_after) = lock(&state.breaker)
+                .breaker
                 .as_ref()
                 .and_then(|b| b.refusal(Instant::now(), cfg))
         {
@@ -226,7 +280,7 @@ impl Resilience {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let state = map.get(upstream)?;
-        lock(&state.breaker).as_ref().map(Breaker::state)
+        lock(&state.breaker).breaker.as_ref().map(Breaker::state)
     }
 
     /// Drops the state of every upstream not named in `names` (a reload removed them); a
@@ -252,11 +306,15 @@ impl Resilience {
 
     /// Takes an upstream's breaker away (a reload removed it, or its upstream). A request
     /// still in flight through it finds none when it ends, so it cannot open it again where
-    /// no one would ever close it.
+    /// no one would ever close it; one forwarded with an older snapshot makes none.
     fn drop_breaker(&self, state: &UpstreamState) {
-        let Some(breaker) = lock(&state.breaker).take() else {
+        let mut slot = lock(&state.breaker);
+        slot.configured = false;
+        let Some(breaker) = slot.breaker.take() else {
             return;
         };
+        // Under the slot's lock, as every change of the breaker is announced: no change
+        // announced after this one brings its series back.
         self.metrics.forget(&state.name);
         let from = breaker.state();
         if from == BreakerState::Closed {
@@ -273,33 +331,30 @@ impl Resilience {
             from,
             to: BreakerState::Closed,
             at: SystemTime::now(),
-            open_until: None,
+            refuses_until: None,
             dropped: true,
         });
     }
 
+    /// The state of an installed upstream; for one the configuration installed last does
+    /// not have (a request's snapshot is older than the reload that removed it), a detached
+    /// state of the request's own, so that the request runs without bringing it back.
     fn state(&self, name: &Arc<str>) -> Arc<UpstreamState> {
-        if let Some(s) = self
-            .upstreams
+        self.upstreams
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(name)
-        {
-            return s.clone();
-        }
-        let mut map = self
-            .upstreams
+            .cloned()
+            .unwrap_or_else(|| Arc::new(UpstreamState::new(name.clone(), true)))
+    }
+
+    /// The state of an upstream being installed, added if it is new.
+    fn installed(&self, name: &Arc<str>) -> Arc<UpstreamState> {
+        self.upstreams
             .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.entry(name.clone())
-            .or_insert_with(|| {
-                Arc::new(UpstreamState {
-                    name: name.clone(),
-                    breaker: Mutex::new(None),
-                    budget: Mutex::new(None),
-                    endpoints: RwLock::default(),
-                })
-            })
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(UpstreamState::new(name.clone(), false)))
             .clone()
     }
 
@@ -311,8 +366,14 @@ impl Resilience {
     pub fn install(self: &Arc<Self>, upstreams: &[Upstream]) {
         self.retain(upstreams.iter().map(|u| &*u.name));
         for u in upstreams {
-            let state = self.state(&u.name);
-            if u.breaker.is_none() {
+            let state = self.installed(&u.name);
+            if u.breaker.is_some() {
+                let mut slot = lock(&state.breaker);
+                if !slot.configured {
+                    slot.configured = true;
+                    slot.generation += 1;
+                }
+            } else {
                 self.drop_breaker(&state);
             }
             state
@@ -384,6 +445,8 @@ impl Resilience {
     }
 
     /// Lets a request to `upstream` through its breaker, or refuses it with the time left.
+    /// A request whose snapshot is older than the reload that took the breaker away (or the
+    /// upstream) is let through without one.
     pub(crate) fn admit<'a>(
         &'a self,
         upstream: &Upstream,
@@ -391,22 +454,36 @@ impl Resilience {
     ) -> Result<Permit<'a>, Unavailable> {
         let state = self.state(&upstream.name);
         let now = Instant::now();
-        let (admitted, change) = {
-            let mut breaker = lock(&state.breaker);
-            breaker
-                .get_or_insert_with(|| {
+        let admitted = {
+            let mut slot = lock(&state.breaker);
+            let generation = slot.generation;
+            if slot.configured {
+                let breaker = slot.breaker.get_or_insert_with(|| {
                     self.metrics.set_state(&state.name, BreakerState::Closed);
                     Breaker::new(now, cfg)
-                })
-                .admit(now, cfg)
+                });
+                let (admitted, change) = breaker.admit(now, cfg);
+                let probe =
+                    matches!(admitted, Ok(Admission::Probe { .. })) && breaker.announce_probe(now);
+                // Announced under the slot's lock, as a reload's dropping of the breaker
+                // is, so that none comes after that. The only change an admission makes is
+                // to half-open, letting the request through as a probe: its request's
+                // timeout bounds how long every other one is refused.
+                self.changed(&state.name, change, upstream.request_timeout);
+                if probe && change.is_none() {
+                    self.probing(&state.name, upstream.request_timeout);
+                }
+                admitted.map(|a| Some((a, generation)))
+            } else {
+                Ok(None)
+            }
         };
-        self.changed(&state.name, change, cfg);
         match admitted {
             Ok(admission) => Ok(Permit {
                 resilience: self,
                 state,
                 cfg,
-                admission: Some(admission),
+                admission,
             }),
             Err(retry_after) => {
                 self.metrics.refused(&state.name);
@@ -422,18 +499,20 @@ impl Resilience {
         &self,
         state: &UpstreamState,
         cfg: &BreakerConfig,
-        admission: Admission,
+        (admission, generation): (Admission, u64),
         outcome: Outcome,
     ) {
-        let change = lock(&state.breaker)
-            .as_mut()
+        let mut slot = lock(&state.breaker);
+        let change = slot
+            .of(generation)
             .and_then(|b| b.record(Instant::now(), cfg, admission, outcome));
-        self.changed(&state.name, change, cfg);
+        // An outcome makes a change to open (for `open_duration`) or to closed.
+        self.changed(&state.name, change, cfg.open_duration);
     }
 
-    /// Announces a change; `cfg` is the configuration the breaker changed under (an
-    /// opening lasts its `open_duration`).
-    fn changed(&self, upstream: &Arc<str>, change: Option<Change>, cfg: &BreakerConfig) {
+    /// Announces a change; `refusing` is how long the state it went to refuses every
+    /// request at most (see [`BreakerEvent::refuses_until`]).
+    fn changed(&self, upstream: &Arc<str>, change: Option<Change>, refusing: Duration) {
         let Some(Change { from, to }) = change else {
             return;
         };
@@ -458,9 +537,29 @@ impl Resilience {
             from,
             to,
             at,
-            open_until: (to == BreakerState::Open)
-                .then(|| at.checked_add(cfg.open_duration))
+            refuses_until: (to != BreakerState::Closed)
+                .then(|| at.checked_add(refusing))
                 .flatten(),
+            dropped: false,
+        });
+    }
+
+    /// Announces a probe let through a breaker already half-open (no change of state):
+    /// every other request is refused again until it ends, at most `bound` from now.
+    fn probing(&self, upstream: &Arc<str>, bound: Duration) {
+        let at = SystemTime::now();
+        tracing::debug!(
+            target: "idgate::breaker",
+            upstream = %upstream,
+            "circuit breaker half-open: another probe let through"
+        );
+        // No subscriber is not an error.
+        let _ = self.events.send(BreakerEvent {
+            upstream: upstream.clone(),
+            from: BreakerState::HalfOpen,
+            to: BreakerState::HalfOpen,
+            at,
+            refuses_until: at.checked_add(bound),
             dropped: false,
         });
     }
@@ -486,7 +585,9 @@ impl Resilience {
         let granted = lock(&state.budget)
             .get_or_insert_with(|| RetryBudget::new(now, cfg))
             .try_retry(now, cfg);
-        if granted {
+        if state.detached {
+            // No series for an upstream the configuration no longer has.
+        } else if granted {
             self.metrics.retried(&state.name, reason);
         } else {
             self.metrics.budget_exhausted(&state.name);
@@ -498,10 +599,11 @@ impl Resilience {
 #[cfg(test)]
 mod tests;
 
-/// Hands every breaker opening, closing and dropping to incident detection (its
-/// `breaker_open` rule), until the registry is gone. Half-open needs no event: an opening
-/// says until when the breaker refuses every request, and the rule stops firing then
-/// whether or not a request comes to move the breaker on.
+/// Hands every breaker opening, probe, closing and dropping to incident detection (its
+/// `breaker_open` rule), until the registry is gone. Each opening and probe says until when
+/// the breaker refuses every request at the latest, and the rule stops firing then unless
+/// a request moves the breaker on: an opening is followed by a probe only if a request
+/// comes, and a probe by an opening or a closing when it ends.
 pub(crate) async fn feed_incidents(
     mut events: broadcast::Receiver<BreakerEvent>,
     feed: Arc<idgate_incidents::Feed>,
@@ -521,17 +623,15 @@ pub(crate) async fn feed_incidents(
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let upstream = event.upstream.to_string();
+        // A time past what the clock counts: refusing until it changes again.
+        let until = event
+            .refuses_until
+            .map_or(idgate_incidents::Millis(u64::MAX), millis);
         match event.to {
-            BreakerState::Open => feed.breaker(Incident::Opened {
-                upstream,
-                // An open time past what the clock counts: open until it closes.
-                until: event
-                    .open_until
-                    .map_or(idgate_incidents::Millis(u64::MAX), millis),
-            }),
+            BreakerState::Open => feed.breaker(Incident::Opened { upstream, until }),
+            BreakerState::HalfOpen => feed.breaker(Incident::HalfOpen { upstream, until }),
             BreakerState::Closed if event.dropped => feed.breaker(Incident::Dropped { upstream }),
             BreakerState::Closed => feed.breaker(Incident::Closed { upstream }),
-            BreakerState::HalfOpen => {}
         }
     }
 }
