@@ -135,6 +135,14 @@ impl ResilienceMetrics {
         self.budget_exhausted.get_or_create(&label(upstream)).inc();
     }
 
+    /// A removed endpoint's health gauge goes (a reload took it, or its upstream, away).
+    pub(crate) fn forget_endpoint(&self, upstream: &Arc<str>, endpoint: &Arc<str>) {
+        self.healthy.remove(&EndpointLabels {
+            upstream: RouteLabel(upstream.clone()),
+            endpoint: RouteLabel(endpoint.clone()),
+        });
+    }
+
     /// A removed upstream's gauge goes; its counters stay, as counters do.
     pub(crate) fn forget(&self, upstream: &Arc<str>) {
         self.state.remove(&label(upstream));

@@ -301,6 +301,14 @@ impl Resilience {
             });
         for state in removed {
             self.drop_breaker(&state);
+            for label in state
+                .endpoints
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .keys()
+            {
+                self.metrics.forget_endpoint(&state.name, label);
+            }
         }
     }
 
@@ -380,7 +388,13 @@ impl Resilience {
                 .endpoints
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
-                .retain(|label, _| u.endpoints.iter().any(|e| e.label == *label));
+                .retain(|label, _| {
+                    let kept = u.endpoints.iter().any(|e| e.label == *label);
+                    if !kept {
+                        self.metrics.forget_endpoint(&u.name, label);
+                    }
+                    kept
+                });
             for e in &u.endpoints {
                 let es = state.endpoint(&e.label);
                 let task = u.health.as_ref().and_then(|cfg| {

@@ -337,3 +337,37 @@ async fn a_probe_reaches_incident_detection_as_half_open() {
     assert_eq!(upstream, "didit");
     assert!(u128::from(until.0) >= before + 7000, "{seen:?}");
 }
+
+#[tokio::test]
+async fn a_reload_that_removes_an_endpoint_or_its_upstream_takes_its_health_gauge_away() {
+    let dir = Dir::new("resilience-endpoint-gauge");
+    let mut registry = Registry::default();
+    let r = Arc::new(Resilience::new(&mut registry));
+    let first = upstream(&dir, "");
+    let old = first.endpoints[0].label.clone();
+    r.install(std::slice::from_ref(&first));
+    let gauge = |label: &str| {
+        format!("upstream_endpoint_healthy{{upstream=\"didit\",endpoint=\"{label}\"}} 1")
+    };
+    assert!(
+        encoded(&registry).contains(&gauge(&old)),
+        "{}",
+        encoded(&registry)
+    );
+
+    // A reload replaces the endpoint: the old one's gauge goes, the new one's comes.
+    let mut second = upstream(&dir, "");
+    second.endpoints[0].label = "verification-2.didit.test:443".into();
+    r.install(std::slice::from_ref(&second));
+    let metrics = encoded(&registry);
+    assert!(!metrics.contains(&gauge(&old)), "{metrics}");
+    assert!(
+        metrics.contains(&gauge("verification-2.didit.test:443")),
+        "{metrics}"
+    );
+
+    // A reload without the upstream: none of its endpoints' gauges stay.
+    r.install(&[]);
+    let metrics = encoded(&registry);
+    assert!(!metrics.contains("upstream_endpoint_healthy{"), "{metrics}");
+}
