@@ -47,6 +47,11 @@ pub(crate) async fn run(c: Check, state: Weak<EndpointState>, resilience: Weak<R
         let (Some(state), Some(resilience)) = (state.upgrade(), resilience.upgrade()) else {
             return;
         };
+        // Removed by a reload, but still held by a request in flight: no more checks of an
+        // endpoint the configuration no longer has, and no gauge brought back for it.
+        if !resilience.is_installed(&c.upstream, &state) {
+            return;
+        }
         if ok {
             (passed, failed) = (passed.saturating_add(1), 0);
         } else {

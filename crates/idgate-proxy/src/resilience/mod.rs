@@ -429,6 +429,22 @@ impl Resilience {
         }
     }
 
+    /// Whether `endpoint` is still its endpoint's state in the configuration installed last:
+    /// a request in flight may hold one a reload removed, whose checks must then stop.
+    fn is_installed(&self, upstream: &str, endpoint: &Arc<EndpointState>) -> bool {
+        self.upstreams
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(upstream)
+            .is_some_and(|s| {
+                s.endpoints
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&endpoint.label)
+                    .is_some_and(|e| Arc::ptr_eq(e, endpoint))
+            })
+    }
+
     fn health_changed(&self, upstream: &Arc<str>, endpoint: &EndpointState, healthy: bool) {
         self.metrics.set_healthy(upstream, &endpoint.label, healthy);
         if healthy {

@@ -371,3 +371,40 @@ async fn a_reload_that_removes_an_endpoint_or_its_upstream_takes_its_health_gaug
     let metrics = encoded(&registry);
     assert!(!metrics.contains("upstream_endpoint_healthy{"), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_removed_endpoint_held_by_a_request_in_flight_is_checked_no_more() {
+    let dir = Dir::new("resilience-endpoint-check");
+    let mut registry = Registry::default();
+    let r = Arc::new(Resilience::new(&mut registry));
+    let health = "[upstreams.health]\npath = \"/health\"\ninterval = \"50ms\"\ntimeout = \"50ms\"";
+    let first = upstream(&dir, health);
+    r.install(std::slice::from_ref(&first));
+    // A request in flight holds the endpoint's state.
+    let held = r.state(&first.name).endpoint(&first.endpoints[0].label);
+    let checking = || {
+        lock(&held.checker)
+            .as_ref()
+            .is_some_and(|task| !task.is_finished())
+    };
+    assert!(checking());
+
+    // A reload replaces the endpoint: its checks end at their next round, though the
+    // request still holds its state.
+    let mut second = upstream(&dir, health);
+    second.endpoints[0].label = "verification-2.didit.test:443".into();
+    r.install(std::slice::from_ref(&second));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while checking() {
+        assert!(
+            Instant::now() < deadline,
+            "the removed endpoint is still checked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = encoded(&registry);
+    assert!(
+        !metrics.contains(&format!("endpoint=\"{}\"", first.endpoints[0].label)),
+        "{metrics}"
+    );
+}
