@@ -55,15 +55,7 @@ mod tests {
             check_secrets: false,
         };
         let a = parse(&mut cx, raw);
-        if cx.errors.is_empty() {
-            Ok(a)
-        } else {
-            Err(cx
-                .errors
-                .into_iter()
-                .map(|e| format!("{}: {}", e.key, e.reason))
-                .collect())
-        }
+        cx.finish(a)
     }
 
     #[test]

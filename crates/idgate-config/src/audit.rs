@@ -363,15 +363,7 @@ mod tests {
         };
         let raw: RawAudit = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
         let out = parse(&mut cx, raw);
-        if cx.errors.is_empty() {
-            Ok(out)
-        } else {
-            Err(cx
-                .errors
-                .into_iter()
-                .map(|e| format!("{}: {}", e.key, e.reason))
-                .collect())
-        }
+        cx.finish(out)
     }
 
     fn key_file(dir: &Path) {

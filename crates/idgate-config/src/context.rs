@@ -19,6 +19,20 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// A test's result: `out`, or every error as `KEY: REASON`.
+    #[cfg(test)]
+    pub(crate) fn finish<T>(self, out: T) -> Result<T, Vec<String>> {
+        if self.errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(self
+                .errors
+                .into_iter()
+                .map(|e| format!("{}: {}", e.key, e.reason))
+                .collect())
+        }
+    }
+
     /// Records why the secret `r` cannot be read now (an unset variable, an unreadable or
     /// too open file, a missing PKCS#11 module or PIN), unless secrets are not checked.
     pub(crate) fn secret_available(&mut self, key: impl Into<String>, r: &SecretRef) {

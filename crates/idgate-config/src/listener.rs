@@ -305,15 +305,7 @@ mod tests {
             check_secrets: false,
         };
         let l = super::parse(&mut cx, raw);
-        if cx.errors.is_empty() {
-            Ok(l)
-        } else {
-            Err(cx
-                .errors
-                .into_iter()
-                .map(|e| format!("{}: {}", e.key, e.reason))
-                .collect())
-        }
+        cx.finish(l)
     }
 
     #[test]
