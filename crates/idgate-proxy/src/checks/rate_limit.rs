@@ -144,7 +144,7 @@ struct Report<'a> {
 /// numbers.
 const ITEM_ROOM: usize = 64;
 
-/// The headers' values and the limit that refused, if one did.
+/// The headers' values and, when limits refused, the one whose wait is the longest.
 #[derive(Debug)]
 struct Verdict<'l> {
     policy: BytesMut,
@@ -207,14 +207,14 @@ async fn decide_all<'l, C: Counters>(
                 list: Vec::new(),
             };
             for (limit, rate, parts) in applicable {
-                let lease = leases.key(&(&*limit.name, &parts), &rate.gcra);
+                let lease = leases.key(&(&*limit.name, rate.tier.as_deref(), &parts), &rate.gcra);
                 let (decided, take) = match leases.decide(lease, &rate.gcra, now, limits.timeout) {
                     Leased::Decided(d) => (Some(d), None),
                     Leased::Renew(d, take) => (Some(d), Some(take)),
                     Leased::Ask(take) => (None, Some(take)),
                 };
                 if let Some(take) = take {
-                    match shared_key(limit, &parts) {
+                    match shared_key(limit, rate, &parts) {
                         Ok(key) => asks.list.push(Ask {
                             index: decisions.len(),
                             lease,
@@ -302,10 +302,12 @@ async fn decide_all<'l, C: Counters>(
             }
         }
         // The limit's name is part of the key: two limits counting by the same parts keep
-        // apart, and a reload that keeps a limit keeps its state.
+        // apart, and a reload that keeps a limit keeps its state. So is the tier: each
+        // tier of a key that does not tell callers apart (an address) has its own state.
         Store::Local(limiter) => {
             for (limit, rate, parts) in applicable {
-                match limiter.check(&(&*limit.name, &parts), &rate.gcra, 1, now) {
+                let key = (&*limit.name, rate.tier.as_deref(), &parts);
+                match limiter.check(&key, &rate.gcra, 1, now) {
                     Ok(decision) => verdict.add(limit, rate, &decision),
                     Err(e) => state_failed(&StateFailure::from(e), "local")?,
                 }
@@ -316,14 +318,19 @@ async fn decide_all<'l, C: Counters>(
 }
 
 impl<'l> Verdict<'l> {
-    /// One limit's decision: its header items, and the refusal if it is the first.
+    /// One limit's decision: its header items, and the refusal if its wait is the longest
+    /// so far (the first of equal ones): a caller that waits less is refused again.
     fn add(&mut self, limit: &'l Limit, rate: &Tiered, decision: &GcraDecision) {
         // A limit every caller shares (counted by route alone) stays out of the fields: its
         // `r` would tell each caller how many requests the others sent.
         if limit.per_caller() {
             add_items(&mut self.policy, &mut self.state, limit, rate, decision);
         }
-        if !decision.allowed && self.refused.is_none() {
+        if !decision.allowed
+            && self
+                .refused
+                .is_none_or(|(_, longest)| decision.retry_after > longest)
+        {
             self.refused = Some((&limit.name, decision.retry_after));
         }
     }
@@ -684,6 +691,135 @@ mod tests {
         let leases = GcraLeases::default();
         let refusal = run(&closed, Store::Shared(&backend, "redis", &leases), &r).await;
         assert!(matches!(refusal, Err(Refusal::StateUnavailable { .. })));
+    }
+
+    /// `who`'s request against route `r` of `limits`: the name of the limit that refused
+    /// it, and its wait.
+    async fn refusal_of<C: Counters>(
+        limits: &Limits,
+        store: Store<'_, C>,
+        who: &Who<'_>,
+    ) -> Option<(String, Duration)> {
+        let route = limits.route("r").unwrap();
+        let v = decide_all(limits, route, who, store, Reporting::new().report())
+            .await
+            .unwrap();
+        v.refused.map(|(n, d)| (n.to_string(), d))
+    }
+
+    #[tokio::test]
+    async fn a_lower_tier_caller_within_its_rate_does_not_refuse_a_higher_tier_caller_sharing_the_key()
+     {
+        use std::collections::BTreeMap;
+
+        use idgate_config::{TierMatch, TierRule};
+        use idgate_tls::SpiffeIdPattern;
+        // 30 a minute by address; the gold tier 1000/s with a burst of 200.
+        let def = RateLimitConfig {
+            name: "per-ip".to_owned(),
+            key: vec![LimitKeyPart::SourceIp],
+            rate: Rate {
+                count: 30,
+                period: Duration::from_secs(60),
+                burst: 30,
+            },
+            tiers: BTreeMap::from([(
+                "gold".to_owned(),
+                Rate {
+                    count: 1000,
+                    period: Duration::from_secs(1),
+                    burst: 200,
+                },
+            )]),
+        };
+        let names = ["per-ip".to_owned()];
+        let limits = Limits::new(
+            &[def],
+            [("r", &names[..], OnStateError::FailClosed)],
+            Duration::from_millis(50),
+        )
+        .unwrap()
+        .with_tiers(vec![TierRule {
+            matches: TierMatch::Spiffe(
+                SpiffeIdPattern::new("spiffe://example.org/ns/kyc/*").unwrap(),
+            ),
+            tier: "gold".to_owned(),
+        }]);
+        let gold = SpiffeId::new("spiffe://example.org/ns/kyc/sa/onboarding").unwrap();
+        let plain = SpiffeId::new("spiffe://example.org/ns/web/sa/frontend").unwrap();
+        // Two workloads behind one address (one NAT): the key does not tell them apart.
+        let (gold, plain) = (
+            Who {
+                peer: Some(&gold),
+                ..who()
+            },
+            Who {
+                peer: Some(&plain),
+                ..who()
+            },
+        );
+        let limiter = LocalLimiter::with_capacity(100);
+        let memory = MemoryStore::new();
+        let leases = GcraLeases::default();
+        for shared in [false, true] {
+            let store = || {
+                if shared {
+                    Store::Shared(&memory, "memory", &leases)
+                } else {
+                    Store::Local(&limiter)
+                }
+            };
+            // One request of the default tier, well within its 30 a minute...
+            assert_eq!(refusal_of(&limits, store(), &plain).await, None);
+            // ...leaves the gold caller its whole burst,
+            for n in 0..200 {
+                let refused = refusal_of(&limits, store(), &gold).await;
+                assert_eq!(refused, None, "gold request {n}, shared: {shared}");
+            }
+            // and the gold caller's burst leaves the default tier its own.
+            assert_eq!(refusal_of(&limits, store(), &plain).await, None);
+        }
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_the_longest_wait_of_the_limits_that_refused() {
+        let per_minute = RateLimitConfig {
+            rate: Rate {
+                count: 1,
+                period: Duration::from_secs(60),
+                burst: 1,
+            },
+            ..def("per-ip-minute", LimitKeyPart::SourceIp, 1, 1)
+        };
+        let defs = [def("per-ip", LimitKeyPart::SourceIp, 10, 1), per_minute];
+        let names = ["per-ip".to_owned(), "per-ip-minute".to_owned()];
+        let limits = Limits::new(
+            &defs,
+            [("r", &names[..], OnStateError::FailClosed)],
+            Duration::from_millis(50),
+        )
+        .unwrap();
+        let limiter = LocalLimiter::with_capacity(100);
+        let memory = MemoryStore::new();
+        let leases = GcraLeases::default();
+        for shared in [false, true] {
+            let store = || {
+                if shared {
+                    Store::Shared(&memory, "memory", &leases)
+                } else {
+                    Store::Local(&limiter)
+                }
+            };
+            assert_eq!(refusal_of(&limits, store(), &who()).await, None);
+            // Both refuse the second: the first for a tenth of a second, the other for a
+            // minute. Who waits a tenth of a second is refused again.
+            let (name, retry) = refusal_of(&limits, store(), &who()).await.unwrap();
+            assert_eq!(name, "per-ip-minute", "shared: {shared}");
+            assert!(
+                retry >= Duration::from_secs(59),
+                "{retry:?}, shared: {shared}"
+            );
+        }
     }
 
     /// A request that goes away while it asks for a key's lease (its caller closed the

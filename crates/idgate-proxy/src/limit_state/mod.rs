@@ -38,6 +38,12 @@ const LOCAL_TIMEOUT: Duration = Duration::from_millis(500);
 /// One limit at one rate: the GCRA parameters and the `RateLimit-Policy` item.
 #[derive(Debug)]
 pub struct Tiered {
+    /// The tier this rate is for; `None` for the limit's default rate. Each tier counts in
+    /// a state of its own, so that a caller of one tier never spends another's budget
+    /// when the key does not tell them apart (one address, one route).
+    pub tier: Option<Box<str>>,
+    /// `rl:NAME`, or `rl:NAME@TIER` for a tier: the start of the backend key.
+    pub key_prefix: Box<str>,
     pub gcra: GcraLimit,
     /// `"name";q=COUNT;w=SECONDS`.
     pub policy: Box<str>,
@@ -59,7 +65,8 @@ impl Limit {
         self.key.iter().any(|p| *p != LimitKeyPart::Route)
     }
 
-    /// The rate for a caller in `tier` (the limit's default when it names no such tier).
+    /// The rate for a caller in `tier` (the limit's default when it names no such tier),
+    /// and with it the state it counts in.
     pub fn rate(&self, tier: Option<&str>) -> &Tiered {
         tier.and_then(|t| self.tiers.iter().find(|(n, _)| **n == *t))
             .map_or(&self.default, |(_, r)| r)
@@ -158,6 +165,13 @@ impl Limits {
         })
     }
 
+    /// These limits with `tiers` as `[[tiers]]` gives them.
+    #[cfg(test)]
+    pub(crate) fn with_tiers(mut self, tiers: Vec<TierRule>) -> Self {
+        self.tiers = tiers.into_boxed_slice();
+        self
+    }
+
     /// Whether the token endpoint has a client of id `id`.
     pub fn is_token_client(&self, id: &str) -> bool {
         self.token_clients.contains(id)
@@ -203,9 +217,18 @@ impl Limits {
 }
 
 fn compile(c: &RateLimitConfig) -> Result<Limit, StoreError> {
-    let tiered = |r: &idgate_config::Rate| -> Result<Tiered, StoreError> {
+    let tiered = |tier: Option<&str>, r: &idgate_config::Rate| -> Result<Tiered, StoreError> {
         let window = r.period.as_secs_f64().ceil().max(1.0) as u64;
+        // The default rate keeps the key it has always had; a tier's follows the limit's
+        // name after `@`, which no limit name holds.
+        let mut key_prefix = format!("rl:{}", c.name);
+        if let Some(tier) = tier {
+            key_prefix.push('@');
+            push_name(&mut key_prefix, tier);
+        }
         Ok(Tiered {
+            tier: tier.map(Box::from),
+            key_prefix: key_prefix.into(),
             gcra: GcraLimit::per(r.count, r.period, r.burst)?,
             policy: format!("\"{}\";q={};w={window}", c.name, r.count).into(),
         })
@@ -213,13 +236,26 @@ fn compile(c: &RateLimitConfig) -> Result<Limit, StoreError> {
     Ok(Limit {
         name: c.name.as_str().into(),
         key: c.key.clone().into_boxed_slice(),
-        default: tiered(&c.rate)?,
+        default: tiered(None, &c.rate)?,
         tiers: c
             .tiers
             .iter()
-            .map(|(n, r)| Ok((n.as_str().into(), tiered(r)?)))
+            .map(|(n, r)| Ok((n.as_str().into(), tiered(Some(n), r)?)))
             .collect::<Result<_, StoreError>>()?,
     })
+}
+
+/// Appends a tier's name as it is when it is made of letters, digits, `-` and `_` (so that
+/// it cannot reach into the parts after it), or `#` and a hash of it.
+fn push_name(key: &mut String, name: &str) {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    if name.len() <= MAX_PART && name.bytes().all(plain) {
+        key.push_str(name);
+    } else {
+        let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+        key.push('#');
+        key.push_str(&idgate_codec::hex::encode(&digest.as_ref()[..16]));
+    }
 }
 
 /// Why a state call gave no answer.
@@ -280,9 +316,14 @@ pub fn key_parts<'a>(
     Some(parts)
 }
 
-/// The backend key of a limit for one request's parts: `rl:NAME:part=value:…`.
-pub fn shared_key(limit: &Limit, parts: &[Option<Part<'_>>; 5]) -> Result<CounterKey, StoreError> {
-    let mut key = format!("rl:{}", limit.name);
+/// The backend key of a limit at one rate (see [`Limit::rate`]) for one request's parts:
+/// `rl:NAME:part=value:…` for the default rate, `rl:NAME@TIER:part=value:…` for a tier's.
+pub fn shared_key(
+    limit: &Limit,
+    rate: &Tiered,
+    parts: &[Option<Part<'_>>; 5],
+) -> Result<CounterKey, StoreError> {
+    let mut key = String::from(&*rate.key_prefix);
     for (name, part) in limit.key.iter().zip(parts.iter().flatten()) {
         let _ = write!(key, ":{}=", name.as_str());
         match part {
@@ -338,14 +379,51 @@ mod tests {
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         let parts = key_parts(&l, None, None, mapped, "decision").unwrap();
         assert_eq!(
-            shared_key(&l, &parts).unwrap().as_str(),
+            shared_key(&l, &l.default, &parts).unwrap().as_str(),
             "rl:per-ip:source_ip=192.0.2.7:route=decision"
         );
         let long = "r".repeat(MAX_PART + 1);
         let parts = key_parts(&l, None, None, mapped, &long).unwrap();
-        let key = shared_key(&l, &parts).unwrap();
+        let key = shared_key(&l, &l.default, &parts).unwrap();
         assert!(key.as_str().len() < 100, "{key}");
         assert!(!key.as_str().contains(&long));
+    }
+
+    #[test]
+    fn each_tier_counts_under_a_key_of_its_own_and_the_default_rate_keeps_its_key() {
+        let rate = |count| idgate_config::Rate {
+            count,
+            period: Duration::from_secs(1),
+            burst: count,
+        };
+        let l = compile(&RateLimitConfig {
+            name: "per-ip".to_owned(),
+            key: vec![LimitKeyPart::SourceIp],
+            rate: rate(10),
+            tiers: [
+                ("gold".to_owned(), rate(1000)),
+                ("gold:source_ip=192.0.2.8".to_owned(), rate(100)),
+            ]
+            .into(),
+        })
+        .unwrap();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let parts = key_parts(&l, None, None, ip, "r").unwrap();
+        let key = |tier| shared_key(&l, l.rate(tier), &parts).unwrap();
+        assert_eq!(key(None).as_str(), "rl:per-ip:source_ip=192.0.2.7");
+        assert_eq!(
+            key(Some("silver")),
+            key(None),
+            "a tier the limit does not name"
+        );
+        assert_eq!(
+            key(Some("gold")).as_str(),
+            "rl:per-ip@gold:source_ip=192.0.2.7"
+        );
+        // A tier's name that could pass for a key's parts is hashed.
+        let odd = key(Some("gold:source_ip=192.0.2.8"));
+        assert!(odd.as_str().starts_with("rl:per-ip@#"), "{odd}");
+        assert!(odd.as_str().ends_with(":source_ip=192.0.2.7"), "{odd}");
     }
 
     #[test]
@@ -432,8 +510,8 @@ mod tests {
         let partner_parts = key_parts(&l, Some(&partner), None, ip, "r").unwrap();
         assert_ne!(own_parts, partner_parts, "the lease and local limiter keys");
         let (a, b) = (
-            shared_key(&l, &own_parts).unwrap(),
-            shared_key(&l, &partner_parts).unwrap(),
+            shared_key(&l, &l.default, &own_parts).unwrap(),
+            shared_key(&l, &l.default, &partner_parts).unwrap(),
         );
         assert_ne!(a, b, "the shared key");
         assert!(a.as_str().ends_with("/onboarding"), "{a}");
@@ -442,7 +520,7 @@ mod tests {
         let l = limit(vec![LimitKeyPart::SourceIp]);
         let key_of = |addr: &str| {
             let parts = key_parts(&l, None, None, addr.parse().unwrap(), "r").unwrap();
-            shared_key(&l, &parts).unwrap()
+            shared_key(&l, &l.default, &parts).unwrap()
         };
         assert_eq!(key_of("2001:db8:1:2::1"), key_of("2001:db8:1:2:ffff::9"));
         assert_ne!(key_of("2001:db8:1:2::1"), key_of("2001:db8:1:3::1"));

@@ -266,6 +266,123 @@ async fn a_tier_gives_its_workloads_their_own_rate() {
     .await;
 }
 
+/// Two workloads behind one address, one of them in the gold tier, under a limit by
+/// address: the default tier's request, well within its rate, leaves the gold tier its own
+/// budget (and the other way round), in memory and in Redis.
+#[tokio::test]
+async fn a_lower_tier_caller_within_its_rate_does_not_refuse_a_higher_tier_caller_sharing_the_key()
+{
+    within(async {
+        let redis = idgate_store::redis_testing::RedisServer::start();
+        let mut backends = vec![None];
+        if let Some(redis) = &redis {
+            let state = table([("backend", "redis".into()), ("url", redis.url().into())]);
+            backends.push(Some(state));
+        }
+        for state in backends {
+            let pki = Pki::default_pki();
+            let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+            let mut def = table([
+                ("name", "per-ip".into()),
+                ("key", strings(&["source_ip"])),
+                ("rate", "30/m".into()),
+            ]);
+            let gold = table([("rate", "1000/s".into()), ("burst", 200.into())]);
+            def.insert("tiers".to_owned(), table([("gold", gold.into())]).into());
+            let tiers = toml::Value::Array(vec![
+                table([
+                    ("spiffe", "spiffe://example.org/ns/kyc/*".into()),
+                    ("tier", "gold".into()),
+                ])
+                .into(),
+            ]);
+            let backend = if state.is_some() { "redis" } else { "memory" };
+            let mut sections = vec![("rate_limits", limits(vec![def])), ("tiers", tiers)];
+            if let Some(state) = state {
+                sections.push(("state", state.into()));
+            }
+            let gw = limited_gateway(&pki, &upstream, &["per-ip"], sections).await;
+            // Both connect from 127.0.0.1: the key does not tell them apart.
+            let plain = Client::new(&pki, Some(FRONTEND), gw.port, false);
+            let gold = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+            let reply = plain.get(PATH).await.unwrap();
+            assert_eq!(reply.status, 200, "{backend}: {:?}", reply.body);
+            let mut conn = gold.connect().await.unwrap();
+            for n in 0..20 {
+                let reply = conn.send("GET", PATH, &[], "").await.unwrap();
+                assert_eq!(
+                    reply.status, 200,
+                    "{backend}: gold request {n}: {:?}",
+                    reply.body
+                );
+                assert_eq!(
+                    reply.header("ratelimit-policy"),
+                    Some("\"per-ip\";q=1000;w=1")
+                );
+            }
+            let reply = plain.get(PATH).await.unwrap();
+            assert_eq!(reply.status, 200, "{backend}: {:?}", reply.body);
+            assert_eq!(
+                reply.header("ratelimit-policy"),
+                Some("\"per-ip\";q=30;w=60")
+            );
+        }
+        // In Redis each tier has a state of its own.
+        if let Some(redis) = &redis {
+            let keys = redis.query("KEYS *");
+            assert!(
+                keys.contains("rl:per-ip@gold:source_ip=127.0.0.1"),
+                "{keys}"
+            );
+            assert!(keys.contains("rl:per-ip:source_ip=127.0.0.1"), "{keys}");
+        }
+    })
+    .await;
+}
+
+/// When several limits refuse, `Retry-After` is the longest of their waits: a caller that
+/// waits that long is admitted, one that waits for the shortest is refused again.
+#[tokio::test]
+async fn retry_after_is_the_longest_wait_of_the_limits_that_refused() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let defs = vec![
+            table([
+                ("name", "per-ip-second".into()),
+                ("key", strings(&["source_ip"])),
+                ("rate", "10/s".into()),
+                ("burst", 1.into()),
+            ]),
+            table([
+                ("name", "per-ip-minute".into()),
+                ("key", strings(&["source_ip"])),
+                ("rate", "1/m".into()),
+                ("burst", 1.into()),
+            ]),
+        ];
+        let gw = limited_gateway(
+            &pki,
+            &upstream,
+            &["per-ip-second", "per-ip-minute"],
+            vec![("rate_limits", limits(defs))],
+        )
+        .await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        assert_eq!(client.get(PATH).await.unwrap().status, 200);
+        let reply = client.get(PATH).await.unwrap();
+        assert_eq!(reply.status, 429, "{:?}", reply.body);
+        let retry: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+        assert!((59..=60).contains(&retry), "Retry-After {retry}");
+        let detail = reply.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(detail.contains("\"per-ip-minute\""), "{detail}");
+    })
+    .await;
+}
+
 /// A gateway whose route takes the SVID alone or with an API key, and `[lockout]` as given.
 async fn lockout_gateway(pki: &Pki, upstream: &TestUpstream, lockout: toml::Table) -> Gateway {
     lockout_gateway_on(pki, upstream, lockout, None).await
