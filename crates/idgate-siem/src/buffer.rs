@@ -25,6 +25,9 @@ struct State {
     bytes: usize,
     /// Set by shutdown: no more events are taken, and the sink ends by this time.
     closing: Option<Instant>,
+    /// Events the sink took and has neither written nor put back: a batch in flight, which
+    /// a sink still writing when shutdown gives up on it loses.
+    held: usize,
 }
 
 /// What the sink thread learns when it asks for events.
@@ -41,6 +44,7 @@ impl Buffer {
                 queue: VecDeque::new(),
                 bytes: 0,
                 closing: None,
+                held: 0,
             }),
             ready: Condvar::new(),
             limits,
@@ -120,6 +124,7 @@ impl Buffer {
             }
         }
         st.bytes -= bytes;
+        st.held = events.len();
         self.publish(&st);
         Taken {
             events,
@@ -132,11 +137,17 @@ impl Buffer {
     /// until the queue is below its limits again, new events meet a full buffer.
     pub(crate) fn put_back(&self, events: Vec<Arc<Event>>) {
         let mut st = self.lock();
+        st.held = 0;
         for e in events.into_iter().rev() {
             st.bytes += e.json.len();
             st.queue.push_front(e);
         }
         self.publish(&st);
+    }
+
+    /// The batch last taken was written: it is no longer the sink's to lose.
+    pub(crate) fn settled(&self) {
+        self.lock().held = 0;
     }
 
     pub(crate) fn counters(&self) -> &SinkCounters {
@@ -173,13 +184,14 @@ impl Buffer {
         self.ready.notify_all();
     }
 
-    /// Empties the buffer at the end of shutdown; returns how many events it held, which
-    /// are counted as dropped.
+    /// Empties the buffer at the end of shutdown; returns how many events it held, with the
+    /// batch a sink still writing holds, which are counted as dropped.
     pub(crate) fn abandon(&self) -> u64 {
         let mut st = self.lock();
-        let n = st.queue.len() as u64;
+        let n = (st.queue.len() + st.held) as u64;
         st.queue.clear();
         st.bytes = 0;
+        st.held = 0;
         self.publish(&st);
         drop(st);
         self.counters.dropped.inc_by(n);

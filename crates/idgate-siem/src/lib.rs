@@ -16,10 +16,11 @@
 //! ([`SiemMetrics`]) for the gateway to register on its registry.
 //!
 //! Delivery: JSON lines are written in order, one `write` per batch. Syslog frames are
-//! written whole or their connection is dropped; a batch that failed, and the last
-//! `replay_bytes` of frames written on a connection that broke, are sent again on the next
-//! one, so delivery is at-least-once (with duplicates after a broken connection) for every
-//! event the buffer kept. See `docs/siem.md`.
+//! written whole or their connection is dropped; a batch that failed, and the frames of the
+//! last `replay_bytes` that the collector's host had not acknowledged when the connection
+//! ended, are sent again on the next one, so delivery is at-least-once up to the
+//! collector's host (with duplicates after a broken connection) for every event the buffer
+//! kept, while the gateway stops cleanly. See `docs/siem.md`.
 
 mod buffer;
 mod lines;

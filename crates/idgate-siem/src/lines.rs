@@ -111,6 +111,14 @@ pub(crate) fn run(name: &str, mut out: Output, buffer: &Buffer) {
     let mut batch = Vec::with_capacity(64 * 1024);
     loop {
         drops.report(name, &counters);
+        // Past shutdown's deadline what is left stays in the buffer, counted as dropped, even
+        // while writes succeed (a slow pipe on standard output).
+        if buffer
+            .closing()
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            return;
+        }
         let taken = buffer.take(BATCH_EVENTS, BATCH_BYTES, Duration::from_secs(1));
         if taken.events.is_empty() {
             if taken.closing.is_some() {
@@ -126,6 +134,7 @@ pub(crate) fn run(name: &str, mut out: Output, buffer: &Buffer) {
         loop {
             match out.write_batch(&batch) {
                 Ok(()) => {
+                    buffer.settled();
                     counters.sent.inc_by(taken.events.len() as u64);
                     backoff.reset();
                     break;
@@ -149,5 +158,42 @@ pub(crate) fn run(name: &str, mut out: Output, buffer: &Buffer) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use idgate_config::{BufferLimits, OnFull};
+
+    use super::*;
+    use crate::Event;
+    use crate::metrics::SiemMetrics;
+
+    #[test]
+    fn a_lines_sink_stops_at_the_shutdown_deadline_even_while_writes_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let metrics = SiemMetrics::default();
+        let limits = BufferLimits {
+            events: 100,
+            bytes: 1 << 20,
+            on_full: OnFull::DropNewest,
+        };
+        let buffer = Buffer::new(limits, metrics.sink("file"));
+        for i in 0..10 {
+            buffer.push(&Arc::new(Event {
+                at: SystemTime::now(),
+                json: format!("{{\"seq\":{i}}}").into_bytes().into(),
+            }));
+        }
+        // Shutdown's deadline has passed: nothing more is written, all of it is counted.
+        buffer.close(Instant::now());
+        run("file", Output::file(&path).unwrap(), &buffer);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        assert_eq!(buffer.abandon(), 10);
+        assert_eq!(metrics.stats("file").dropped, 10);
     }
 }

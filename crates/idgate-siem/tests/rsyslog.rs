@@ -108,11 +108,17 @@ fn rsyslog_killed_mid_stream_then_restarted_loses_nothing_the_buffer_kept() {
         300,
     )]))
     .unwrap();
+    // The stream is under way before rsyslog dies: the sink is connected (a new connection
+    // is watched for a moment before the first write, for a collector that refuses it).
+    assert!(wait_until(WAIT, || exporter
+        .stats("soc")
+        .unwrap()
+        .connected));
     let total = 2000;
     for i in 0..total {
         if i == 200 {
-            // SIGKILL while events are still coming: what rsyslog had read but not
-            // written dies with it; the replay window covers it.
+            // SIGKILL while events are still coming: its kernel resets the connection,
+            // and the frames of the replay window go again to the next rsyslog.
             rs.kill();
         }
         exporter.export(event(i).as_bytes());

@@ -3,10 +3,17 @@
 //!
 //! Loss and order: events wait in the sink's buffer while the collector is away and go out
 //! in order once it is back. A batch is written whole or its connection is dropped; the
-//! batch then goes back to the front of the buffer, behind the last `replay_bytes` of frames
-//! already written on that connection (syslog over TLS has no acknowledgment, so what the
-//! collector had not yet read when it went away cannot be known). Both are sent again on
-//! the next connection: at-least-once, with duplicates after a broken connection.
+//! batch then goes back to the front of the buffer, behind the frames of the last
+//! `replay_bytes` written on that connection that the collector's host had not
+//! acknowledged when it ended (syslog over TLS has no acknowledgment of its own; the
+//! kernel's TCP send queue is the one there is, and when it cannot be read, after a reset,
+//! the whole window counts as unacknowledged). Both are sent again on the next connection:
+//! at-least-once, with duplicates after a broken connection, and none after a collector
+//! merely closed an idle one.
+//!
+//! Pace: a connection resets the backoff only once it has stayed up for `STEADY`; one that
+//! ends sooner (a collector that accepts, then hangs up) is followed by the backoff's wait,
+//! like a failed attempt, and its warnings share the failures' throttle.
 
 mod conn;
 pub(crate) mod message;
@@ -27,6 +34,9 @@ use message::Header;
 /// At most this much goes into one write.
 const BATCH_EVENTS: usize = 512;
 const BATCH_BYTES: usize = 256 * 1024;
+
+/// A connection that stayed up this long was a working one: the backoff starts over.
+const STEADY: Duration = Duration::from_secs(10);
 
 /// A syslog sink ready to run.
 pub(crate) struct Sink {
@@ -65,7 +75,7 @@ impl Sink {
         let mut drops = DropLog::new();
         let mut failures = Throttle::new(Duration::from_secs(30));
         let mut replay = Replay::new(self.cfg.replay_bytes);
-        let mut conn: Option<Conn> = None;
+        let mut conn: Option<Up> = None;
         let mut connected_before = false;
         let (mut frames, mut scratch) = (Vec::with_capacity(BATCH_BYTES), Vec::new());
         loop {
@@ -74,7 +84,7 @@ impl Sink {
             if closing.is_some_and(|deadline| Instant::now() >= deadline) {
                 break;
             }
-            let Some(c) = conn.as_mut() else {
+            let Some(up) = conn.as_mut() else {
                 if closing.is_some() && buffer.is_empty() {
                     break;
                 }
@@ -86,86 +96,110 @@ impl Sink {
                         }
                         connected_before = true;
                         self.counters.connected.set(1);
-                        backoff.reset();
                         tracing::info!(sink = name, collector = %addr, "SIEM syslog sink connected");
-                        conn = Some(c);
+                        conn = Some(Up {
+                            conn: c,
+                            since: Instant::now(),
+                            steady: false,
+                        });
                     }
                     Err(e) => {
                         if failures.allow() {
                             tracing::warn!(sink = name, collector = %addr, error = %e, "SIEM syslog sink cannot connect; retrying");
                         }
-                        let mut wait = backoff.next_delay();
-                        if let Some(deadline) = closing {
-                            wait = wait.min(deadline.saturating_duration_since(Instant::now()));
-                            std::thread::sleep(wait);
-                        } else {
-                            buffer.sleep(wait);
-                        }
+                        pause(&mut backoff, buffer, closing);
                     }
                 }
                 continue;
             };
+            if !up.steady && up.since.elapsed() >= STEADY {
+                up.steady = true;
+                backoff.reset();
+            }
+            // After a connection that ended soon after it opened, the next attempt waits.
+            let steady = up.steady;
             let taken = buffer.take(BATCH_EVENTS, BATCH_BYTES, Duration::from_secs(1));
-            if taken.events.is_empty() {
-                if taken.closing.is_some() {
-                    break;
+            if taken.events.is_empty() && taken.closing.is_some() {
+                break;
+            }
+            // Checked before each batch, and every idle second: a collector that went away
+            // (or refused the client certificate after the handshake) is noticed before
+            // more frames are given to a dead socket, and the frames it may have lost are
+            // sent again without waiting for the next event.
+            if up.conn.peer_closed() {
+                let idle = taken.events.is_empty();
+                let again = self.lost(&mut conn, &mut replay, taken.events, 0, buffer);
+                // A collector that closes a connection which was idle, and had taken
+                // everything, is only keeping its own house (Filebeat closes idle TCP
+                // connections after 300 s).
+                if idle && again == 0 && steady {
+                    tracing::info!(sink = name, collector = %addr, "SIEM collector closed an idle connection; reconnecting");
+                } else if failures.allow() {
+                    tracing::warn!(sink = name, collector = %addr, resent = again, "SIEM collector closed the connection; reconnecting");
                 }
-                // Idle: a collector that went away (or refused the client certificate
-                // after a TLS 1.3 handshake) is noticed now, so the frames it may have
-                // lost are sent again without waiting for the next event.
-                if c.peer_closed() {
-                    tracing::warn!(sink = name, collector = %addr, "SIEM collector closed the connection; reconnecting");
-                    self.lost(&mut conn, &mut replay, Vec::new(), 0, buffer);
+                if !steady {
+                    pause(&mut backoff, buffer, closing);
                 }
                 continue;
             }
-            if c.peer_closed() {
-                tracing::warn!(sink = name, collector = %addr, "SIEM collector closed the connection; reconnecting");
-                self.lost(&mut conn, &mut replay, taken.events, 0, buffer);
+            if taken.events.is_empty() {
                 continue;
             }
             frames.clear();
             for e in &taken.events {
                 self.header.frame(e, &mut scratch, &mut frames);
             }
-            match c.write_all(&frames) {
+            match up.conn.write_all(&frames) {
                 Ok(()) => {
+                    buffer.settled();
                     self.counters.sent.inc_by(taken.events.len() as u64);
-                    replay.extend(taken.events);
+                    replay.extend(taken.events, up.conn.written());
                 }
                 Err(e) => {
-                    tracing::warn!(sink = name, collector = %addr, error = %e, "SIEM syslog write failed; reconnecting");
+                    if failures.allow() {
+                        tracing::warn!(sink = name, collector = %addr, error = %e, "SIEM syslog write failed; reconnecting");
+                    }
                     let n = taken.events.len() as u64;
                     self.lost(&mut conn, &mut replay, taken.events, n, buffer);
+                    if !steady {
+                        pause(&mut backoff, buffer, closing);
+                    }
                 }
             }
         }
-        if let Some(c) = conn {
-            c.close();
+        if let Some(up) = conn {
+            up.conn.close();
         }
         self.counters.connected.set(0);
     }
 
-    /// A connection is gone: the frames that may not have reached the collector (the replay
-    /// window, and the `unsure` frames of a batch whose write failed) go back to the front of
-    /// the buffer ahead of `batch`'s unwritten rest, to be sent again on the next one.
+    /// A connection is gone: the frames that may not have reached the collector (those of
+    /// the replay window its host had not acknowledged, and the `unsure` frames of a batch
+    /// whose write failed) go back to the front of the buffer ahead of `batch`'s unwritten
+    /// rest, to be sent again on the next one. Returns how many are sent again.
     fn lost(
         &self,
-        conn: &mut Option<Conn>,
+        conn: &mut Option<Up>,
         replay: &mut Replay,
         batch: Vec<Arc<Event>>,
         unsure: u64,
         buffer: &Buffer,
-    ) {
+    ) -> u64 {
+        // The kernel's send queue is read before the socket is let go.
+        let acknowledged = conn.as_ref().and_then(|up| {
+            let unacked = up.conn.unacknowledged()?;
+            Some(up.conn.written().saturating_sub(unacked))
+        });
         *conn = None;
         self.counters.connected.set(0);
-        let again = replay.events.len() as u64 + unsure;
+        let mut back = replay.take_unacknowledged(acknowledged);
+        let again = back.len() as u64 + unsure;
         if again > 0 {
             self.counters.resent.inc_by(again);
         }
-        let mut back: Vec<_> = replay.take();
         back.extend(batch);
         buffer.put_back(back);
+        again
     }
 
     /// Reads the TLS files again before a connection; a file that has become bad keeps the
@@ -183,9 +217,30 @@ impl Sink {
     }
 }
 
-/// The last frames written on the current connection, up to a byte budget.
+/// The connection in use: since when, and whether it has stayed up long enough to count as
+/// working (`STEADY`).
+struct Up {
+    conn: Conn,
+    since: Instant,
+    steady: bool,
+}
+
+/// Waits the backoff's next delay before another attempt, returning early when shutdown
+/// begins and never past its deadline.
+fn pause(backoff: &mut Backoff, buffer: &Buffer, closing: Option<Instant>) {
+    let wait = backoff.next_delay();
+    match closing {
+        Some(deadline) => {
+            std::thread::sleep(wait.min(deadline.saturating_duration_since(Instant::now())));
+        }
+        None => buffer.sleep(wait),
+    }
+}
+
+/// The last frames written on the current connection, up to a byte budget, each with where
+/// its batch ended in the connection's byte stream.
 struct Replay {
-    events: VecDeque<Arc<Event>>,
+    events: VecDeque<(Arc<Event>, u64)>,
     bytes: usize,
     limit: usize,
 }
@@ -199,21 +254,70 @@ impl Replay {
         }
     }
 
-    fn extend(&mut self, written: Vec<Arc<Event>>) {
+    /// Adds a batch just written, which ends at byte `end` of the connection.
+    fn extend(&mut self, written: Vec<Arc<Event>>, end: u64) {
         for e in written {
             self.bytes += e.json.len();
-            self.events.push_back(e);
+            self.events.push_back((e, end));
         }
         while self.bytes > self.limit {
             match self.events.pop_front() {
-                Some(old) => self.bytes -= old.json.len(),
+                Some((old, _)) => self.bytes -= old.json.len(),
                 None => break,
             }
         }
     }
 
-    fn take(&mut self) -> Vec<Arc<Event>> {
+    /// Empties the window, returning the frames whose batch the collector's host had not
+    /// wholly acknowledged: those ending past byte `acknowledged` of the connection, or all
+    /// of them when that is not known.
+    fn take_unacknowledged(&mut self, acknowledged: Option<u64>) -> Vec<Arc<Event>> {
         self.bytes = 0;
-        self.events.drain(..).collect()
+        self.events
+            .drain(..)
+            .filter(|(_, end)| acknowledged.is_none_or(|a| *end > a))
+            .map(|(e, _)| e)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn event(n: usize) -> Arc<Event> {
+        Arc::new(Event {
+            at: SystemTime::now(),
+            json: format!("{{\"seq\":{n}}}").into_bytes().into(),
+        })
+    }
+
+    #[test]
+    fn only_the_frames_the_collector_had_not_acknowledged_are_replayed() {
+        let mut replay = Replay::new(1 << 20);
+        replay.extend(vec![event(0), event(1)], 100);
+        replay.extend(vec![event(2)], 150);
+        replay.extend(vec![event(3), event(4)], 250);
+        let seqs = |events: Vec<Arc<Event>>| {
+            events
+                .iter()
+                .map(|e| String::from_utf8_lossy(&e.json).into_owned())
+                .collect::<Vec<_>>()
+        };
+        // Acknowledged up to byte 150: the last batch (151..=250) was not wholly.
+        assert_eq!(
+            seqs(replay.take_unacknowledged(Some(150))),
+            ["{\"seq\":3}", "{\"seq\":4}"]
+        );
+        replay.extend(vec![event(5)], 300);
+        assert!(
+            replay.take_unacknowledged(Some(300)).is_empty(),
+            "all acknowledged"
+        );
+        replay.extend(vec![event(6)], 400);
+        // Unknown (a reset connection): the whole window.
+        assert_eq!(seqs(replay.take_unacknowledged(None)), ["{\"seq\":6}"]);
     }
 }

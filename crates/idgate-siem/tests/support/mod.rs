@@ -327,6 +327,8 @@ struct Shared {
     raw: Mutex<Vec<u8>>,
     handshakes_failed: Mutex<u32>,
     conns: Mutex<Vec<TcpStream>>,
+    /// Connections accepted, over the receiver's whole life.
+    accepted: Mutex<u32>,
 }
 
 /// A syslog collector on loopback: TLS (or plain TCP), octet-counted frames, each message
@@ -337,16 +339,28 @@ pub struct Receiver {
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
+    /// Closes a connection that brought nothing for this long, as Filebeat's TCP input does.
+    idle_close: Option<Duration>,
 }
 
 impl Receiver {
     pub fn start(port: u16, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        Self::with_idle_close(port, tls, None)
+    }
+
+    /// A receiver that closes each connection once it has been idle for `idle`.
+    pub fn with_idle_close(
+        port: u16,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        idle: Option<Duration>,
+    ) -> Self {
         let mut r = Self {
             port,
             tls,
             shared: Arc::default(),
             stop: Arc::default(),
             accept: None,
+            idle_close: idle,
         };
         r.listen();
         r
@@ -364,12 +378,15 @@ impl Receiver {
         listener.set_nonblocking(true).unwrap();
         self.stop = Arc::new(AtomicBool::new(false));
         let (stop, shared, tls) = (self.stop.clone(), self.shared.clone(), self.tls.clone());
+        let idle = self.idle_close;
         self.accept = Some(std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((tcp, _)) => {
                         tcp.set_nonblocking(false).unwrap();
+                        tcp.set_read_timeout(idle).unwrap();
                         shared.conns.lock().unwrap().push(tcp.try_clone().unwrap());
+                        *shared.accepted.lock().unwrap() += 1;
                         let (shared, tls, stop) = (shared.clone(), tls.clone(), stop.clone());
                         std::thread::spawn(move || serve(tcp, tls, &shared, &stop));
                     }
@@ -413,6 +430,11 @@ impl Receiver {
     pub fn handshakes_failed(&self) -> u32 {
         *self.shared.handshakes_failed.lock().unwrap()
     }
+
+    /// Connections accepted so far, refused handshakes included.
+    pub fn accepted(&self) -> u32 {
+        *self.shared.accepted.lock().unwrap()
+    }
 }
 
 impl Drop for Receiver {
@@ -450,6 +472,8 @@ fn serve(
     shared: &Shared,
     stop: &AtomicBool,
 ) {
+    // `kill` keeps a clone of the connection: ending it here must close it for the sink too.
+    let closer = tcp.try_clone().unwrap();
     let io = Recording { tcp, shared };
     let mut stream: Box<dyn Read + '_> = match tls {
         None => Box::new(io),
@@ -459,6 +483,7 @@ fn serve(
             while conn.is_handshaking() {
                 if conn.complete_io(&mut io).is_err() {
                     *shared.handshakes_failed.lock().unwrap() += 1;
+                    let _ = closer.shutdown(Shutdown::Both);
                     return;
                 }
             }
@@ -487,6 +512,8 @@ fn serve(
             }
         }
     }
+    drop(stream);
+    let _ = closer.shutdown(Shutdown::Both);
 }
 
 /// The complete lines of a file (none when it does not exist). The server may still be
