@@ -1,9 +1,15 @@
 //! The detectors: a sliding window of one-second [`Sample`]s, the rules evaluated over it at
 //! each tick, and the incidents they open, update and close. Pure: the time of each tick is
 //! given, so tests drive it with their own clock.
+//!
+//! Each tick brings two times: the wall clock's, for the timestamps an incident shows, and
+//! a monotonic one, for what is measured between ticks (downtime, quiet time, duration),
+//! in milliseconds: a clock set back or forward, or ticks a little less than a second
+//! apart, change no count.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use idgate_config::{IncidentSeverity, IncidentsConfig};
 
@@ -52,6 +58,30 @@ impl ChangeKind {
 
 type Key = (Rule, Option<String>);
 
+/// When a tick happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick {
+    /// The wall clock: the incidents' timestamps.
+    pub wall: Millis,
+    /// A monotonic clock: what is measured between ticks.
+    pub mono: Instant,
+}
+
+impl Tick {
+    /// Now, by both clocks.
+    pub fn now() -> Self {
+        Self {
+            wall: crate::service::now(),
+            mono: Instant::now(),
+        }
+    }
+}
+
+/// Whole milliseconds from `since` to `until` (0 if `until` is earlier).
+fn millis_between(since: Instant, until: Instant) -> u64 {
+    u64::try_from(until.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A rule that fires at this tick, with what it measured.
 struct Finding {
     severity: IncidentSeverity,
@@ -82,7 +112,7 @@ pub struct Detector {
     /// the next request, and only that probe (announced as half-open) makes it refuse again.
     breakers_open: BTreeMap<String, Millis>,
     open: HashMap<Key, Open>,
-    last_tick: Option<Millis>,
+    last_tick: Option<Instant>,
     /// The audit trail at the last tick.
     audit: Option<AuditState>,
 }
@@ -91,7 +121,11 @@ pub struct Detector {
 struct Open {
     incident: Incident,
     /// Since when the rule has not fired.
-    quiet_since: Option<Millis>,
+    quiet_since: Option<Instant>,
+    /// When it opened, by the monotonic clock: its duration.
+    opened: Instant,
+    /// The service downtime so far, in milliseconds (the incident shows whole seconds).
+    downtime_ms: u64,
     dropped_at_open: u64,
     /// The rule's own severity, before a critical route raises it.
     base: IncidentSeverity,
@@ -121,13 +155,13 @@ impl Detector {
     /// One tick: `sample` is what the last second brought. Returns the incidents changed.
     pub fn tick(
         &mut self,
-        now: Millis,
+        now: Tick,
         sample: Sample,
         audit: Option<AuditState>,
     ) -> Vec<(ChangeKind, Incident)> {
-        let elapsed = self.last_tick.map_or(1000, |t| now.0.saturating_sub(t.0));
-        self.last_tick = Some(now);
-        self.breakers(now, &sample.breaker);
+        let elapsed = self.last_tick.map_or(1000, |t| millis_between(t, now.mono));
+        self.last_tick = Some(now.mono);
+        self.breakers(now.wall, &sample.breaker);
         let breaker_events = sample.breaker.clone();
         let latest = sample.clone();
         let now_seq = audit.map(|a| a.last_seq);
@@ -154,7 +188,7 @@ impl Detector {
         }
         for (key, finding) in findings {
             if !self.open.contains_key(&key) {
-                let incident = self.open_incident(key.clone(), now, finding);
+                let incident = self.open_incident(key.clone(), now, finding, &breaker_events);
                 changes.push((ChangeKind::Opened, incident));
             }
         }
@@ -225,15 +259,17 @@ impl Detector {
             }
             let answered: u64 = s.latency.iter().sum();
             if answered >= cfg.min_requests {
-                let p99 = percentile_ms(&s.latency, 0.99);
+                // Only the p99's bucket is known: the rule fires when all of it lies above
+                // the threshold, so that answers under the threshold never fire it.
+                let (above, p99) = percentile_ms(&s.latency, 0.99);
                 let limit = u64::try_from(cfg.latency_p99.as_millis()).unwrap_or(u64::MAX);
-                if p99 > limit {
+                if above >= limit {
                     found.insert(
                         (Rule::UpstreamLatency, Some(u.to_string())),
                         Finding {
                             severity: sev.upstream_latency,
                             summary: format!(
-                                "upstream {u}: p99 latency over {secs}s is at most {p99} ms, above {limit} ms ({answered} answers)"
+                                "upstream {u}: p99 latency over {secs}s is above {above} ms (at most {p99} ms), threshold {limit} ms ({answered} answers)"
                             ),
                         },
                     );
@@ -295,7 +331,14 @@ impl Detector {
         found
     }
 
-    fn open_incident(&mut self, key: Key, now: Millis, f: Finding) -> Incident {
+    fn open_incident(
+        &mut self,
+        key: Key,
+        tick: Tick,
+        f: Finding,
+        breaker: &[crate::feed::BreakerEvent],
+    ) -> Incident {
+        let now = tick.wall;
         let (rule, subject) = key.clone();
         let window_start = Millis(now.0.saturating_sub(self.window.len() as u64 * 1000));
         let mut incident = Incident {
@@ -344,11 +387,15 @@ impl Detector {
         if let Some(u) = &subject {
             incident.affected.upstreams.insert(u.clone());
         }
+        // The breaker opening that opens the incident (or comes with it) is one of its own.
+        breaker_notes(&mut incident, now, breaker);
         self.open.insert(
             key,
             Open {
                 incident: incident.clone(),
                 quiet_since: None,
+                opened: tick.mono,
+                downtime_ms: 0,
                 base: f.severity,
                 dropped_at_open: self.audit.map_or(0, |a| a.dropped),
             },
@@ -365,11 +412,12 @@ impl Detector {
             _ => {
                 let subject = incident.subject.as_deref();
                 for (route, r) in &s.routes {
-                    if r.upstream.as_deref() != subject || r.failed == 0 {
+                    if r.upstream.as_deref() != subject || (r.failed == 0 && r.fallbacks == 0) {
                         continue;
                     }
                     incident.requests_failed += r.failed;
                     incident.actions.requests_refused += r.refused;
+                    incident.actions.fallbacks_served += r.fallbacks;
                     incident.affected.routes.insert(route.to_string());
                     // Callers the feed could not note this second: more failed than named.
                     if r.callers_dropped {
@@ -427,53 +475,20 @@ impl Detector {
     fn advance(
         &mut self,
         key: &Key,
-        now: Millis,
+        tick: Tick,
         elapsed: u64,
         finding: Option<&Finding>,
         latest: &Sample,
         breaker: &[crate::feed::BreakerEvent],
     ) -> Option<(ChangeKind, Incident)> {
         let close_after = u64::try_from(self.cfg.close_after.as_millis()).unwrap_or(u64::MAX);
+        let now = tick.wall;
         let audit = self.audit;
         let mut open = self.open.remove(key)?;
         let before = open.incident.clone();
         let mut inc = open.incident;
         self.count(&mut inc, latest);
-        for e in breaker {
-            match e {
-                crate::feed::BreakerEvent::Opened { upstream, .. }
-                    if inc.affected.upstreams.contains(upstream) =>
-                {
-                    inc.actions.breaker_opened += 1;
-                    inc.note(
-                        now,
-                        EntryKind::BreakerOpened,
-                        format!("circuit breaker of {upstream} opened"),
-                    );
-                }
-                crate::feed::BreakerEvent::Closed { upstream }
-                    if inc.affected.upstreams.contains(upstream) =>
-                {
-                    inc.note(
-                        now,
-                        EntryKind::BreakerClosed,
-                        format!("circuit breaker of {upstream} closed"),
-                    );
-                }
-                crate::feed::BreakerEvent::Dropped { upstream }
-                    if inc.affected.upstreams.contains(upstream) =>
-                {
-                    inc.note(
-                        now,
-                        EntryKind::BreakerClosed,
-                        format!(
-                            "circuit breaker of {upstream} removed by a reload: requests are no longer refused"
-                        ),
-                    );
-                }
-                _ => {}
-            }
-        }
+        breaker_notes(&mut inc, now, breaker);
         if let Some(a) = audit {
             inc.audit.last_seq = Some(a.last_seq);
             let dropped = a.dropped.saturating_sub(open.dropped_at_open);
@@ -488,7 +503,8 @@ impl Detector {
         match finding {
             Some(f) => {
                 if inc.rule.is_downtime() {
-                    inc.classification.service_downtime_secs += elapsed / 1000;
+                    open.downtime_ms = open.downtime_ms.saturating_add(elapsed);
+                    inc.classification.service_downtime_secs = open.downtime_ms / 1000;
                 }
                 if open.quiet_since.take().is_some() {
                     inc.state = State::Open;
@@ -506,15 +522,16 @@ impl Detector {
                 }
                 match open.quiet_since {
                     None => {
-                        open.quiet_since = Some(now);
+                        open.quiet_since = Some(tick.mono);
                         inc.state = State::Recovering;
                         inc.note(now, EntryKind::Recovering, "the rule no longer fires");
                     }
-                    Some(since) if now.0.saturating_sub(since.0) >= close_after => {
+                    Some(since) if millis_between(since, tick.mono) >= close_after => {
                         inc.state = State::Closed;
                         inc.closed_at = Some(now);
                         inc.audit.until = Some(now);
-                        inc.classification.duration_secs = inc.opened_at.secs_until(now);
+                        inc.classification.duration_secs =
+                            millis_between(open.opened, tick.mono) / 1000;
                         inc.note(
                             now,
                             EntryKind::Recovered,
@@ -533,7 +550,7 @@ impl Detector {
         let changed = inc != before;
         if changed {
             inc.updated_at = now;
-            inc.classification.duration_secs = inc.opened_at.secs_until(now);
+            inc.classification.duration_secs = millis_between(open.opened, tick.mono) / 1000;
         }
         open.incident = inc.clone();
         self.open.insert(key.clone(), open);
@@ -547,22 +564,56 @@ impl Detector {
 /// shortly after the one announced, which is not announced again (at most once a second).
 const PROBE_ANSWER_MARGIN: u64 = 1000;
 
-/// The upper bound of the bucket holding the `q` quantile (the last bound doubled for the
-/// open bucket).
-fn percentile_ms(buckets: &[u64; LATENCY_BUCKETS], q: f64) -> u64 {
+/// The bounds of the bucket holding the `q` quantile: it is above the first (0 for the
+/// first bucket) and at most the second (the last bound doubled for the open bucket).
+fn percentile_ms(buckets: &[u64; LATENCY_BUCKETS], q: f64) -> (u64, u64) {
     let total: u64 = buckets.iter().sum();
     let rank = (q * total as f64).ceil() as u64;
+    let last = LATENCY_BOUNDS_MS[LATENCY_BOUNDS_MS.len() - 1];
     let mut seen = 0;
     for (i, n) in buckets.iter().enumerate() {
         seen += n;
         if seen >= rank.max(1) {
-            return LATENCY_BOUNDS_MS
-                .get(i)
-                .copied()
-                .unwrap_or(LATENCY_BOUNDS_MS[LATENCY_BOUNDS_MS.len() - 1] * 2);
+            let below = i.checked_sub(1).map_or(0, |j| LATENCY_BOUNDS_MS[j]);
+            return (below, LATENCY_BOUNDS_MS.get(i).copied().unwrap_or(last * 2));
         }
     }
-    0
+    (0, 0)
+}
+
+/// Notes the breakers' events of a tick that concern the incident's upstreams, and counts
+/// their openings.
+fn breaker_notes(inc: &mut Incident, now: Millis, events: &[crate::feed::BreakerEvent]) {
+    use crate::feed::BreakerEvent as E;
+    for e in events {
+        match e {
+            E::Opened { upstream, .. } if inc.affected.upstreams.contains(upstream) => {
+                inc.actions.breaker_opened += 1;
+                inc.note(
+                    now,
+                    EntryKind::BreakerOpened,
+                    format!("circuit breaker of {upstream} opened"),
+                );
+            }
+            E::Closed { upstream } if inc.affected.upstreams.contains(upstream) => {
+                inc.note(
+                    now,
+                    EntryKind::BreakerClosed,
+                    format!("circuit breaker of {upstream} closed"),
+                );
+            }
+            E::Dropped { upstream } if inc.affected.upstreams.contains(upstream) => {
+                inc.note(
+                    now,
+                    EntryKind::BreakerClosed,
+                    format!(
+                        "circuit breaker of {upstream} removed by a reload: requests are no longer refused"
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 /// `20261202T081500123Z-upstream_errors-idv`: sortable, unique per rule and subject, and

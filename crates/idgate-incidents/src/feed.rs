@@ -45,6 +45,9 @@ pub struct RequestEvent<'a> {
     pub upstream_latency: Option<Duration>,
     /// The caller's principal label, when the request failed and one is known.
     pub caller: Option<&'a dyn fmt::Display>,
+    /// `upstream` failed the request and a fallback answered the caller in its place: the
+    /// route's failover upstream, or the caller's cached answer.
+    pub fallback: bool,
 }
 
 impl fmt::Debug for RequestEvent<'_> {
@@ -55,6 +58,7 @@ impl fmt::Debug for RequestEvent<'_> {
             .field("failed", &self.failed)
             .field("upstream_error", &self.upstream_error)
             .field("upstream_latency", &self.upstream_latency)
+            .field("fallback", &self.fallback)
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +98,8 @@ struct RouteCounters {
     upstream_errors: AtomicU64,
     /// Failed requests the gateway answered itself: no upstream answer to relay.
     refused: AtomicU64,
+    /// Requests the upstream failed that a fallback answered.
+    fallbacks: AtomicU64,
     latency: [AtomicU64; LATENCY_BUCKETS],
     /// Failing callers this second: a label's hash and the label.
     callers: Mutex<Vec<(u64, Box<str>)>>,
@@ -110,6 +116,7 @@ impl RouteCounters {
             upstream_requests: AtomicU64::new(0),
             upstream_errors: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             callers: Mutex::new(Vec::new()),
             callers_dropped: AtomicBool::new(false),
@@ -126,6 +133,8 @@ pub struct RouteSample {
     pub upstream_requests: u64,
     pub upstream_errors: u64,
     pub refused: u64,
+    /// Requests the upstream failed that a fallback answered.
+    pub fallbacks: u64,
     pub latency: [u64; LATENCY_BUCKETS],
     pub callers: Vec<Box<str>>,
     /// Failing callers were left out of `callers`: it names some, not all.
@@ -204,6 +213,9 @@ impl Feed {
         }
         if e.upstream_error {
             c.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if e.fallback {
+            c.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(took) = e.upstream_latency {
             let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
@@ -309,6 +321,7 @@ fn take(c: &RouteCounters) -> RouteSample {
         upstream_requests: c.upstream_requests.swap(0, Ordering::Relaxed),
         upstream_errors: c.upstream_errors.swap(0, Ordering::Relaxed),
         refused: c.refused.swap(0, Ordering::Relaxed),
+        fallbacks: c.fallbacks.swap(0, Ordering::Relaxed),
         latency: std::array::from_fn(|i| c.latency[i].swap(0, Ordering::Relaxed)),
         callers: callers.into_iter().map(|(_, l)| l).collect(),
         callers_dropped: c.callers_dropped.swap(false, Ordering::Relaxed),
@@ -341,6 +354,7 @@ mod tests {
             upstream_error: failed,
             upstream_latency: (!failed).then_some(Duration::from_millis(30)),
             caller,
+            fallback: false,
         }
     }
 

@@ -210,6 +210,10 @@ pub struct Actions {
     pub requests_refused: u64,
     /// Times a circuit breaker of an affected upstream opened.
     pub breaker_opened: u64,
+    /// Requests the upstream failed that a fallback answered in its place (the route's
+    /// failover upstream, or the caller's cached answer).
+    #[serde(default)]
+    pub fallbacks_served: u64,
 }
 
 /// DORA's classification criteria for major ICT-related incidents (Commission Delegated

@@ -17,7 +17,7 @@ pub mod report;
 pub mod service;
 pub mod store;
 
-pub use detect::{AuditState, ChangeKind, Detector};
+pub use detect::{AuditState, ChangeKind, Detector, Tick};
 pub use feed::{BreakerEvent, Feed, RequestEvent};
 pub use incident::{Incident, Millis, Rule, State};
 pub use metrics::IncidentMetrics;

@@ -22,10 +22,14 @@ pub struct IncidentMetrics {
     pub(crate) opened: Family<OpenedLabels, Counter>,
     /// Incident changes that could not be written to the store.
     pub(crate) store_errors: Counter,
+    /// Files in the incidents directory that did not read as incidents at start.
+    pub(crate) store_unreadable: Counter,
     /// Notifications dropped because the queue was full.
     pub(crate) notify_dropped: Counter,
     /// Notifications given up after every attempt.
     pub(crate) notify_failed: Counter,
+    /// Notifications still queued or being sent when the gateway stopped.
+    pub(crate) notify_unsent: Counter,
 }
 
 impl IncidentMetrics {
@@ -46,6 +50,11 @@ impl IncidentMetrics {
             self.store_errors.clone(),
         );
         r.register(
+            "incident_files_unreadable",
+            "Files in the incidents directory skipped at start: they did not read as incidents",
+            self.store_unreadable.clone(),
+        );
+        r.register(
             "incident_notifications_dropped",
             "Incident notifications dropped: the notification queue was full",
             self.notify_dropped.clone(),
@@ -54,6 +63,11 @@ impl IncidentMetrics {
             "incident_notifications_failed",
             "Incident notifications given up after every attempt",
             self.notify_failed.clone(),
+        );
+        r.register(
+            "incident_notifications_unsent",
+            "Incident notifications still queued or being sent when the gateway stopped",
+            self.notify_unsent.clone(),
         );
     }
 }

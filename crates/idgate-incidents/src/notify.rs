@@ -2,8 +2,11 @@
 //! `[incidents.notify] url`, signed like the gateway's other webhooks —
 //! `idgate-signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` — and retried
 //! with backoff. Detection never waits for it: notifications go through a bounded queue
-//! that a full one drops from (counted and logged).
+//! that a full one drops from (counted and logged). At shutdown the queue is sent on for a
+//! short while ([`Notifier::drain`]); what is still unsent then is counted and logged.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -59,6 +62,13 @@ pub fn body(kind: ChangeKind, incident: &Incident) -> Vec<u8> {
 pub struct Notifier {
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     dropped: Counter,
+    unsent: Counter,
+    /// Queued and not yet sent or given up.
+    pending: Arc<AtomicU64>,
+    /// Told once the gateway stops: the queue takes no more, the sender ends once it is
+    /// empty.
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
+    sender: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Notifier {
@@ -74,55 +84,118 @@ impl Notifier {
             .pool_max_idle_per_host(1)
             .build()?;
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-        let failed = metrics.notify_failed.clone();
-        tokio::spawn(send_loop(rx, client, cfg.clone(), secret, failed));
+        let (closing, closed) = tokio::sync::watch::channel(false);
+        let pending = Arc::new(AtomicU64::new(0));
+        let sender = tokio::spawn(send_loop(
+            rx,
+            closed,
+            client,
+            cfg.clone(),
+            secret,
+            metrics.notify_failed.clone(),
+            pending.clone(),
+        ));
         Ok(Self {
             tx,
             dropped: metrics.notify_dropped.clone(),
+            unsent: metrics.notify_unsent.clone(),
+            pending,
+            closing: Arc::new(closing),
+            sender: Arc::new(Mutex::new(Some(sender))),
         })
     }
 
     /// Queues a notification; never waits.
     pub fn send(&self, kind: ChangeKind, incident: &Incident) {
-        if self.tx.try_send(body(kind, incident)).is_err() {
+        use tokio::sync::mpsc::error::TrySendError;
+        // Counted before it is queued: the sender may be done with it at once.
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.tx.try_send(body(kind, incident)) {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
             self.dropped.inc();
-            tracing::warn!(incident = %incident.id, event = kind.as_str(), "incident notification dropped: the queue is full");
+            let why = match e {
+                TrySendError::Full(_) => "the queue is full",
+                TrySendError::Closed(_) => "the gateway is stopping",
+            };
+            tracing::warn!(incident = %incident.id, event = kind.as_str(), "incident notification dropped: {why}");
         }
+    }
+
+    /// At shutdown: the queue takes no more, and what it holds is sent for at most
+    /// `within`. Returns how many notifications were left unsent (counted and logged).
+    pub async fn drain(&self, within: Duration) -> u64 {
+        let _ = self.closing.send(true);
+        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut sender) = sender
+            && tokio::time::timeout(within, &mut sender).await.is_err()
+        {
+            sender.abort();
+            // Ended (cancelled at its next await) before what it left is counted.
+            let _ = sender.await;
+        }
+        let left = self.pending.swap(0, Ordering::SeqCst);
+        if left > 0 {
+            self.unsent.inc_by(left);
+            tracing::error!(
+                notifications = left,
+                "incident notifications not sent before the gateway stopped"
+            );
+        }
+        left
     }
 }
 
 async fn send_loop(
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
     client: HttpsClient<Full<Bytes>>,
     cfg: IncidentNotifyConfig,
     secret: SecretString,
     failed: Counter,
+    pending: Arc<AtomicU64>,
 ) {
     // The receiver is named in logs by its host alone: never the user info or query a URL
     // can carry.
     let host = cfg.url.host().unwrap_or("-").to_owned();
-    while let Some(body) = rx.recv().await {
-        let body = Bytes::from(body);
-        let mut backoff = Duration::from_millis(500);
-        for attempt in 1..=cfg.attempts {
-            match post(
-                &client,
-                &cfg,
-                secret.expose_secret().as_bytes(),
-                body.clone(),
-            )
-            .await
-            {
-                Ok(()) => break,
-                Err(reason) if attempt == cfg.attempts => {
-                    failed.inc();
-                    tracing::error!(host = %host, attempts = attempt, reason, "incident notification given up");
-                }
-                Err(reason) => {
-                    tracing::warn!(host = %host, attempt, reason, "incident notification failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
+    let mut open = true;
+    loop {
+        let next = tokio::select! {
+            next = rx.recv() => next,
+            // Stopping: nothing more comes in; what is queued still goes out (`recv` ends
+            // once it is empty).
+            _ = closing.wait_for(|c| *c), if open => {
+                open = false;
+                rx.close();
+                continue;
+            }
+        };
+        let Some(body) = next else { return };
+        deliver(&client, &cfg, &secret, &failed, &host, Bytes::from(body)).await;
+        pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One notification, with its retries.
+async fn deliver(
+    client: &HttpsClient<Full<Bytes>>,
+    cfg: &IncidentNotifyConfig,
+    secret: &SecretString,
+    failed: &Counter,
+    host: &str,
+    body: Bytes,
+) {
+    let mut backoff = Duration::from_millis(500);
+    for attempt in 1..=cfg.attempts {
+        match post(client, cfg, secret.expose_secret().as_bytes(), body.clone()).await {
+            Ok(()) => break,
+            Err(reason) if attempt == cfg.attempts => {
+                failed.inc();
+                tracing::error!(host = %host, attempts = attempt, reason, "incident notification given up");
+            }
+            Err(reason) => {
+                tracing::warn!(host = %host, attempt, reason, "incident notification failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }

@@ -108,7 +108,11 @@ pub fn markdown(i: &Incident, config: Option<&str>) -> String {
         "- Circuit breaker openings: {}",
         i.actions.breaker_opened
     );
-    let _ = writeln!(m, "- Fallbacks served: none recorded\n");
+    let _ = writeln!(
+        m,
+        "- Fallbacks served (the failover upstream or a cached answer): {}\n",
+        i.actions.fallbacks_served
+    );
     let _ = writeln!(m, "## DORA classification\n");
     let _ = writeln!(m, "| Criterion | Value |\n|---|---|");
     let _ = writeln!(

@@ -12,7 +12,7 @@ use idgate_audit::AuditTrail;
 use idgate_config::IncidentsConfig;
 use tokio::sync::watch;
 
-use crate::detect::{AuditState, ChangeKind, Detector};
+use crate::detect::{AuditState, ChangeKind, Detector, Tick};
 use crate::feed::Feed;
 use crate::incident::{Incident, Millis};
 use crate::metrics::IncidentMetrics;
@@ -20,6 +20,9 @@ use crate::notify::{Notifier, NotifyError};
 use crate::store::{Store, StoreError};
 
 const TICK: Duration = Duration::from_secs(1);
+
+/// How long the notifications queued when the gateway stops may still take to go out.
+pub const SHUTDOWN_NOTIFY: Duration = Duration::from_secs(5);
 
 /// Closed incidents held in memory and listed, the ones opened last.
 pub const HELD_CLOSED: usize = 1000;
@@ -88,6 +91,7 @@ pub struct IncidentService {
     notifier: Option<Notifier>,
     metrics: IncidentMetrics,
     stop: watch::Sender<bool>,
+    ticker: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl IncidentService {
@@ -104,15 +108,22 @@ impl IncidentService {
             .as_ref()
             .map(|n| Notifier::start(n, &metrics))
             .transpose()?;
-        for i in store.close_interrupted(now())? {
+        let mut unreadable = BTreeMap::new();
+        for i in store.close_interrupted(now(), &mut unreadable)? {
             tracing::warn!(incident = %i.id, "incident left open by a stopped gateway: closed as interrupted");
             if let Some(n) = &notifier {
                 n.send(ChangeKind::Closed, &i);
             }
         }
         let mut held = Held::new(HELD_CLOSED);
-        for i in store.load_newest(HELD_CLOSED)? {
+        for i in store.load_newest(HELD_CLOSED, &mut unreadable)? {
             held.put(i);
+        }
+        // A stray or damaged file does not keep the gateway from starting (nor detection
+        // from running): it is named, counted, and left as it is.
+        for error in unreadable.values() {
+            metrics.store_unreadable.inc();
+            tracing::error!(%error, "a file in the incidents directory is not an incident: skipped");
         }
         let (stop, stopped) = watch::channel(false);
         let service = Arc::new(Self {
@@ -122,15 +133,17 @@ impl IncidentService {
             notifier,
             metrics,
             stop,
+            ticker: std::sync::Mutex::new(None),
         });
         let detector = Detector::new(cfg.clone());
-        tokio::spawn(ticker(
+        let task = tokio::spawn(ticker(
             Arc::downgrade(&service),
             detector,
             store,
             audit,
             stopped,
         ));
+        *service.ticker.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         Ok(service)
     }
 
@@ -148,6 +161,25 @@ impl IncidentService {
     /// next start).
     pub fn stop(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Stops the ticker once it is done with its tick, then sends the notifications still
+    /// queued (an incident the last tick closed, say) for at most `within`; the ones left
+    /// are counted and logged. Returns how many were left.
+    pub async fn shutdown(&self, within: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + within;
+        self.stop();
+        let ticker = self.ticker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(ticker) = ticker {
+            let _ = tokio::time::timeout_at(deadline, ticker).await;
+        }
+        match &self.notifier {
+            Some(n) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                n.drain(left).await
+            }
+            None => 0,
+        }
     }
 
     /// `GET /incidents`: the incidents held (every open one and the [`HELD_CLOSED`] closed
@@ -280,7 +312,7 @@ async fn ticker(
             return;
         };
         let sample = service.feed.drain();
-        let changes = detector.tick(now(), sample, audit.as_deref().map(audit_state));
+        let changes = detector.tick(Tick::now(), sample, audit.as_deref().map(audit_state));
         if changes.is_empty() {
             continue;
         }

@@ -4,6 +4,7 @@
 //! by the CLI without the gateway running, and a compliance record should be a file one can
 //! copy and archive as it is.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -145,8 +146,13 @@ impl Store {
 
     /// The `n` incidents opened last, oldest first: the gateway holds no more than these
     /// at start, however many the directory keeps. Ids begin with the opening time, so
-    /// only those `n` files are read.
-    pub fn load_newest(&self, n: usize) -> Result<Vec<Incident>, StoreError> {
+    /// only those `n` files are read. A file among them that does not read as an incident
+    /// is left out and put in `unreadable` (by id): the gateway starts all the same.
+    pub fn load_newest(
+        &self,
+        n: usize,
+        unreadable: &mut BTreeMap<String, StoreError>,
+    ) -> Result<Vec<Incident>, StoreError> {
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
         let mut newest = BinaryHeap::with_capacity(n.saturating_add(1));
@@ -156,10 +162,15 @@ impl Store {
                 newest.pop();
             }
         }
-        let mut out = newest
-            .into_iter()
-            .map(|Reverse(id)| self.load(&id))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(newest.len());
+        for Reverse(id) in newest {
+            match self.load(&id) {
+                Ok(i) => out.push(i),
+                Err(e) => {
+                    unreadable.insert(id, e);
+                }
+            }
+        }
         sort(&mut out);
         Ok(out)
     }
@@ -167,14 +178,31 @@ impl Store {
     /// At start-up: incidents left open by a gateway that stopped are closed as
     /// [`State::Interrupted`], at their last update. Returns them.
     /// Each file is read once and let go: only the ones it closes are kept, so the
-    /// directory's size does not weigh on memory.
-    pub fn close_interrupted(&self, now: Millis) -> Result<Vec<Incident>, StoreError> {
+    /// directory's size does not weigh on memory. A file that does not read as an incident
+    /// (a stray one, or one damaged) is skipped and put in `unreadable` (by id); one that
+    /// cannot be written back is an error.
+    pub fn close_interrupted(
+        &self,
+        now: Millis,
+        unreadable: &mut BTreeMap<String, StoreError>,
+    ) -> Result<Vec<Incident>, StoreError> {
         let mut closed = Vec::new();
         for id in self.ids()? {
-            if self.state_of(&id)?.is_closed() {
-                continue;
+            match self.state_of(&id) {
+                Ok(state) if state.is_closed() => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    unreadable.insert(id, e);
+                    continue;
+                }
             }
-            let mut i = self.load(&id)?;
+            let mut i = match self.load(&id) {
+                Ok(i) => i,
+                Err(e) => {
+                    unreadable.insert(id, e);
+                    continue;
+                }
+            };
             if i.state.is_closed() {
                 continue;
             }

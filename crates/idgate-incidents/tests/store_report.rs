@@ -35,6 +35,7 @@ fn incident(id: &str, state: State) -> Incident {
         actions: Actions {
             requests_refused: 40,
             breaker_opened: 0,
+            fallbacks_served: 3,
         },
         classification: Classification {
             clients_affected: 1,
@@ -75,7 +76,7 @@ fn incidents_round_trip_and_open_ones_are_closed_as_interrupted_at_start() {
     assert_eq!(names.len(), 2, "{names:?}");
 
     let closed = store
-        .close_interrupted(Millis(1_764_670_000_000))
+        .close_interrupted(Millis(1_764_670_000_000), &mut Default::default())
         .expect("close");
     assert_eq!(closed.len(), 1);
     let again = Store::at(dir.path()).load(&open.id).expect("load");
@@ -113,6 +114,10 @@ fn the_report_names_routes_failures_and_the_audit_range_with_its_command() {
         "{md}"
     );
     assert!(md.contains("| Service downtime | 55s |"), "{md}");
+    assert!(
+        md.contains("- Fallbacks served (the failover upstream or a cached answer): 3"),
+        "{md}"
+    );
     let json: Incident = serde_json::from_str(&report::json(&i)).expect("json");
     assert_eq!(json, i);
 }

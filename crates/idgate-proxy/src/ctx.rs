@@ -279,11 +279,60 @@ impl<'r> RequestCtx<'r> {
     }
 
     /// Counts the request for incident detection: nothing is allocated, the principal's
-    /// label is formatted only for a failed request whose caller is not yet noted.
+    /// label is formatted only for a failed request whose caller is not yet noted. A cached
+    /// answer stands for an upstream failure (of the upstream named last): it is counted as
+    /// one, whatever the caller got.
     fn feed_incidents(&self, feed: &idgate_incidents::Feed, status: StatusCode) {
+        let from_cache = self.decision == Decision::AllowedBy(crate::fallback::FALLBACK_CACHE);
         let upstream_5xx = self.upstream_status.is_some_and(|s| s.is_server_error());
         let gateway_failed = matches!(self.decision, Decision::Failed(_));
         let upstream = self.upstream();
+        let failed = !from_cache
+            && (gateway_failed || upstream_5xx || (status.is_server_error() && upstream.is_some()));
+        self.feed_upstream(
+            feed,
+            upstream,
+            failed,
+            upstream.is_some()
+                && (from_cache
+                    || upstream_5xx
+                    || (gateway_failed && self.upstream_status.is_none())),
+            self.upstream_latency,
+            from_cache,
+        );
+    }
+
+    /// Counts, for incident detection, the primary upstream's failed attempt at a request
+    /// the failover upstream went on with: the request's record (and its own count) names
+    /// the secondary alone, and the primary's failure would go unseen. `served`: a fallback
+    /// answered the caller; else the request failed.
+    pub(crate) fn feed_failed_over(
+        &self,
+        primary: &crate::upstream::Upstream,
+        latency: Option<Duration>,
+        served: bool,
+    ) {
+        if let Some(incidents) = &self.services.incidents {
+            self.feed_upstream(
+                incidents.feed(),
+                Some(primary),
+                !served,
+                true,
+                latency,
+                served,
+            );
+        }
+    }
+
+    fn feed_upstream(
+        &self,
+        feed: &idgate_incidents::Feed,
+        upstream: Option<&crate::upstream::Upstream>,
+        failed: bool,
+        upstream_error: bool,
+        upstream_latency: Option<Duration>,
+        fallback: bool,
+    ) {
         let principal = self.principal();
         let peer = self.conn.peer.as_ref().map(|p| p.as_str());
         let caller: Option<&dyn std::fmt::Display> = match (&principal, &peer) {
@@ -294,13 +343,11 @@ impl<'r> RequestCtx<'r> {
         feed.request(&idgate_incidents::RequestEvent {
             route: self.route_name(),
             upstream: upstream.map(|u| &*u.name),
-            failed: gateway_failed
-                || upstream_5xx
-                || (status.is_server_error() && upstream.is_some()),
-            upstream_error: upstream.is_some()
-                && (upstream_5xx || (gateway_failed && self.upstream_status.is_none())),
-            upstream_latency: self.upstream_latency,
+            failed,
+            upstream_error,
+            upstream_latency,
             caller,
+            fallback,
         });
     }
 

@@ -92,6 +92,30 @@ async fn forward_with_plan<'r>(
         Outcome::Refused(r) => return Err(r),
         Outcome::Failed { failure, reached } => (failure, reached),
     };
+    let primary_latency = ctx.upstream_latency;
+    let answer = fall_back(ctx, route, again, cached.as_ref(), failure, reached).await;
+    // Once the failover upstream took the request, its record names the secondary alone:
+    // incident detection hears of the primary's failure here, or never.
+    if ctx.failover.is_some() {
+        let served = matches!(
+            ctx.decision,
+            Decision::AllowedBy(FALLBACK_FAILOVER | FALLBACK_CACHE)
+        );
+        ctx.feed_failed_over(upstream, primary_latency, served);
+    }
+    answer
+}
+
+/// After the primary failed: the failover upstream if it may take the request, else (or
+/// when it fails too) the caller's cached answer, else the failure as it stands.
+async fn fall_back<'r>(
+    ctx: &mut RequestCtx<'r>,
+    route: &'r Route,
+    again: Option<(usize, Resend)>,
+    cached: Option<&Cached<'r>>,
+    failure: Failure,
+    reached: bool,
+) -> Result<Response<ProxyBody>, Refusal> {
     let failure = match again {
         Some((i, again)) if again.may_go(ctx, &failure, reached) => {
             let secondary = ctx.snapshot.upstreams.get(i).ok_or(Refusal::Internal {
@@ -111,7 +135,7 @@ async fn forward_with_plan<'r>(
                 upstream = &*secondary.name,
                 "upstream failed; the request goes to the failover upstream"
             );
-            match attempt(ctx, secondary, again.into_parts(), cached.as_ref()).await {
+            match attempt(ctx, secondary, again.into_parts(), cached).await {
                 Outcome::Good(resp) => {
                     ctx.decision = Decision::AllowedBy(FALLBACK_FAILOVER);
                     return Ok(resp);
@@ -122,7 +146,7 @@ async fn forward_with_plan<'r>(
         }
         _ => failure,
     };
-    if let Some(c) = &cached
+    if let Some(c) = cached
         && let Some((answer, age)) = ctx
             .services
             .fallback

@@ -435,7 +435,10 @@ impl Gateway {
         let _ = admin_stop.send(true);
         let _ = admin_task.await;
         if let Some(incidents) = &incidents {
-            incidents.stop();
+            // The last tick's changes are stored; its notifications get a short while to go.
+            incidents
+                .shutdown(idgate_incidents::service::SHUTDOWN_NOTIFY)
+                .await;
         }
         // Every request has ended (or been given up on): the background writers flush in
         // the order their data flows.

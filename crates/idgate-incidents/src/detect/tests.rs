@@ -1,7 +1,7 @@
 //! The rules driven with an injected clock: one tick per simulated second.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use idgate_config::{IncidentSeverity, IncidentsConfig, RuleSeverities};
 
@@ -40,6 +40,7 @@ fn second(route: &str, ok: u64, failed: u64, ms: usize, callers: &[&str]) -> Sam
         upstream_requests: ok + failed,
         upstream_errors: failed,
         refused: failed,
+        fallbacks: 0,
         latency,
         callers: callers.iter().map(|c| Box::from(*c)).collect(),
         callers_dropped: false,
@@ -53,9 +54,19 @@ fn second(route: &str, ok: u64, failed: u64, ms: usize, callers: &[&str]) -> Sam
 struct Clock(u64);
 
 impl Clock {
-    fn next(&mut self) -> Millis {
+    fn next(&mut self) -> Tick {
         self.0 += 1000;
-        Millis(self.0)
+        at(self.0)
+    }
+}
+
+/// The tick at `ms` milliseconds: on the wall clock, and as far on a monotonic clock from
+/// a fixed start.
+fn at(ms: u64) -> Tick {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    Tick {
+        wall: Millis(ms),
+        mono: *START.get_or_init(Instant::now) + Duration::from_millis(ms),
     }
 }
 
@@ -339,7 +350,7 @@ fn incident_ids_of_distinct_upstreams_opened_in_one_tick_differ() {
             .collect(),
         ..Sample::default()
     };
-    let changes = d.tick(Millis(1_764_663_300_000), opened, None);
+    let changes = d.tick(at(1_764_663_300_000), opened, None);
     assert_eq!(changes.len(), names.len());
     let ids: BTreeSet<&str> = changes.iter().map(|(_, i)| i.id.as_str()).collect();
     assert_eq!(ids.len(), names.len(), "{ids:#?}");
@@ -361,10 +372,10 @@ fn a_breaker_reopening_for_hours_keeps_the_timeline_bounded() {
     let mut d = Detector::new(cfg());
     let mut clock = Clock(1_800_000_000_000);
     // Each opening refuses for 5 s.
-    let opened = |now: Millis| Sample {
+    let opened = |now: Tick| Sample {
         breaker: vec![BreakerEvent::Opened {
             upstream: "idv".into(),
-            until: Millis(now.0 + 5000),
+            until: Millis(now.wall.0 + 5000),
         }],
         ..Sample::default()
     };
@@ -380,7 +391,7 @@ fn a_breaker_reopening_for_hours_keeps_the_timeline_bounded() {
         let now = clock.next();
         let sample = if second % 5 == 0 {
             reopened += 1;
-            last_reopen = now;
+            last_reopen = now.wall;
             opened(now)
         } else {
             Sample::default()
@@ -391,14 +402,18 @@ fn a_breaker_reopening_for_hours_keeps_the_timeline_bounded() {
     }
     let i = latest.expect("the incident changed");
     assert_eq!(i.state, State::Open);
-    assert_eq!(i.actions.breaker_opened, reopened);
+    assert_eq!(
+        i.actions.breaker_opened,
+        reopened + 1,
+        "the opening that opened it, and every reopening"
+    );
     assert!(i.timeline.len() <= 3, "{:#?}", i.timeline);
     let e = i
         .timeline
         .iter()
         .find(|e| e.kind == EntryKind::BreakerOpened)
         .expect("a breaker_opened entry");
-    assert_eq!(e.count, reopened, "every reopening counted");
+    assert_eq!(e.count, reopened + 1, "every opening counted");
     assert_eq!(e.last(), last_reopen);
     assert!(!i.timeline_truncated);
     assert_eq!(
@@ -447,12 +462,12 @@ fn a_breaker_whose_probe_hangs_still_counts_as_down() {
         let sample = Sample {
             breaker: events
                 .iter()
-                .filter(|(at, _)| (last + 1..=now.0).contains(at))
+                .filter(|(at, _)| (last + 1..=now.wall.0).contains(at))
                 .map(|(_, e)| e.clone())
                 .collect(),
             ..Sample::default()
         };
-        last = now.0;
+        last = now.wall.0;
         if !changes.is_empty() {
             ticks_after_opening += 1;
         }
@@ -510,7 +525,7 @@ fn a_breaker_left_open_without_traffic_stops_counting_downtime_after_its_open_ti
     let opened = Sample {
         breaker: vec![BreakerEvent::Opened {
             upstream: "idv".into(),
-            until: Millis(at.0 + 30_000),
+            until: Millis(at.wall.0 + 30_000),
         }],
         ..Sample::default()
     };
@@ -524,7 +539,7 @@ fn a_breaker_left_open_without_traffic_stops_counting_downtime_after_its_open_ti
     );
     let closed_at = i.closed_at.expect("closed_at");
     assert_eq!(
-        closed_at.0 - at.0,
+        closed_at.0 - at.wall.0,
         30_000 + 5000,
         "open time, then close_after"
     );
@@ -544,7 +559,7 @@ fn a_breaker_dropped_by_a_reload_lets_its_incident_close() {
     let opened = Sample {
         breaker: vec![BreakerEvent::Opened {
             upstream: "idv".into(),
-            until: Millis(at.0 + 600_000),
+            until: Millis(at.wall.0 + 600_000),
         }],
         ..Sample::default()
     };
@@ -681,6 +696,7 @@ fn callers_dropped_in_the_feed_mark_the_incident_truncated() {
                     upstream_error: true,
                     upstream_latency: None,
                     caller: Some(caller as &dyn std::fmt::Display),
+                    fallback: false,
                 });
             }
         }
@@ -697,4 +713,134 @@ fn callers_dropped_in_the_feed_mark_the_incident_truncated() {
         "three callers failed, two are named: {:?}",
         i.affected
     );
+}
+
+#[test]
+fn the_breaker_opening_that_opens_an_incident_is_counted_in_its_actions() {
+    let mut d = Detector::new(cfg());
+    let mut clock = Clock(1_800_000_000_000);
+    let now = clock.next();
+    let opened = Sample {
+        breaker: vec![BreakerEvent::Opened {
+            upstream: "idv".into(),
+            until: Millis(now.wall.0 + 30_000),
+        }],
+        ..Sample::default()
+    };
+    let c = d.tick(now, opened, None);
+    let i = changed(&c, Rule::BreakerOpen).expect("opened");
+    assert_eq!(i.actions.breaker_opened, 1, "{i:#?}");
+    let e = i
+        .timeline
+        .iter()
+        .find(|e| e.kind == EntryKind::BreakerOpened)
+        .expect("a breaker_opened entry");
+    assert_eq!((e.at, e.count), (now.wall, 1));
+    // An incident of the upstream's errors opening with the breaker counts it too.
+    let mut d = Detector::new(cfg());
+    for _ in 0..2 {
+        d.tick(clock.next(), second("sessions", 0, 10, 0, &[]), None);
+    }
+    let now = clock.next();
+    let mut failing = second("sessions", 0, 10, 0, &[]);
+    failing.breaker = vec![BreakerEvent::Opened {
+        upstream: "idv".into(),
+        until: Millis(now.wall.0 + 30_000),
+    }];
+    let c = d.tick(now, failing, None);
+    let errors = changed(&c, Rule::UpstreamErrors).expect("opened");
+    assert_eq!(errors.actions.breaker_opened, 1, "{errors:#?}");
+}
+
+/// Ticks `gaps` apart (in milliseconds, in turn) while the upstream fails every request: the
+/// incident's downtime once `total` milliseconds have passed since it opened.
+fn downtime_after(gaps: &[u64], total: u64, wall_step: i64) -> (u64, u64) {
+    let mut d = Detector::new(cfg());
+    let mut ms = 1_800_000_000_000;
+    let mut wall = ms;
+    let tick = |ms: u64, wall: u64| Tick {
+        wall: Millis(wall),
+        ..at(ms)
+    };
+    let mut opened_at = None;
+    let mut latest = None;
+    let mut n = 0;
+    while opened_at.is_none_or(|o| ms - o < total) {
+        let gap = gaps[n % gaps.len()];
+        n += 1;
+        ms += gap;
+        wall += gap;
+        // The wall clock is set once, half way: nothing measured may follow it.
+        if opened_at.is_some_and(|o| ms - o >= total / 2) && wall_step != 0 {
+            wall = wall.saturating_add_signed(wall_step);
+        }
+        let now = tick(ms, wall);
+        for (kind, i) in d.tick(now, second("sessions", 0, 10, 0, &[]), None) {
+            if kind == ChangeKind::Opened {
+                opened_at = Some(ms);
+            }
+            latest = Some(i);
+        }
+    }
+    let i = latest.expect("opened");
+    (
+        i.classification.service_downtime_secs,
+        i.classification.duration_secs,
+    )
+}
+
+#[test]
+fn service_downtime_counts_every_firing_second_when_ticks_are_999_or_1001_ms_apart() {
+    // Ten minutes of an outage, ticks as a busy runtime makes them.
+    for gaps in [&[999][..], &[1001], &[999, 1001], &[998, 1003, 999]] {
+        let (downtime, duration) = downtime_after(gaps, 600_000, 0);
+        assert_eq!(downtime, 600, "ticks {gaps:?} ms apart");
+        assert_eq!(duration, 600, "ticks {gaps:?} ms apart");
+    }
+    // The wall clock set back an hour, or forward one, changes neither.
+    for step in [-3_600_000, 3_600_000] {
+        assert_eq!(
+            downtime_after(&[1000], 600_000, step),
+            (600, 600),
+            "clock set by {step} ms"
+        );
+    }
+}
+
+#[test]
+fn latency_p99_of_2s_does_not_fire_on_answers_of_1_2s() {
+    let mut c = cfg();
+    c.latency_p99 = Duration::from_secs(2);
+    let mut d = Detector::new(c);
+    let mut clock = Clock(1_800_000_000_000);
+    let bucket = |ms: u64| {
+        LATENCY_BOUNDS_MS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(LATENCY_BOUNDS_MS.len())
+    };
+    // Answers of 1.2 s, for a whole window: under the threshold, nothing fires.
+    for _ in 0..20 {
+        let c = d.tick(
+            clock.next(),
+            second("sessions", 10, 0, bucket(1200), &[]),
+            None,
+        );
+        assert!(c.is_empty(), "{c:#?}");
+    }
+    // Answers of 3 s fire it.
+    let mut opened = None;
+    for _ in 0..10 {
+        let c = d.tick(
+            clock.next(),
+            second("sessions", 10, 0, bucket(3000), &[]),
+            None,
+        );
+        if let Some(i) = changed(&c, Rule::UpstreamLatency) {
+            opened = Some(i.clone());
+            break;
+        }
+    }
+    let i = opened.expect("answers of 3 s open a latency incident");
+    assert!(i.summary.contains("above 2500 ms"), "{}", i.summary);
 }

@@ -715,3 +715,136 @@ async fn an_incident_interrupted_by_a_restart_is_announced_as_closed() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_failing_over_to_its_secondary_still_opens_an_upstream_errors_incident_for_the_primary()
+ {
+    within_limit(Duration::from_secs(60), async {
+        let pki = Pki::default_pki();
+        let work = tempfile::tempdir().unwrap();
+        let down = ClosedPort::new();
+        let secondary = TestUpstream::http(UpstreamMode::Echo).await;
+        let config = base_config(&pki)
+            .upstream(UpstreamSpec::new("down", &down.url("http")))
+            .upstream(UpstreamSpec::new("second", &secondary.url(false)))
+            .route(RouteSpec::get("route", "/v1/{*rest}", "down").with("failover", "second"))
+            .section(
+                "incidents",
+                incidents_section(&work.path().join("incidents"), None),
+            );
+        let gw = Gateway::start(&config, &[]).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        // Every caller is answered, by the secondary: the primary is down all along.
+        for n in 0..10 {
+            let r = client.get(&format!("/v1/kyc/{n}")).await.unwrap();
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+        let open = incident_when(
+            gw.admin_port,
+            |i| {
+                i["rule"] == "upstream_errors"
+                    && i["subject"] == "down"
+                    && i["actions"]["fallbacks_served"] == 10
+            },
+            Duration::from_secs(15),
+        )
+        .await;
+        assert_eq!(open["requests_failed"], 0, "{open}");
+        assert_eq!(open["affected"]["routes"], serde_json::json!(["route"]));
+        let list = admin_json(gw.admin_port, "/incidents").await;
+        assert!(
+            list["incidents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["subject"] != "second"),
+            "the secondary answered well: {list}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_down_behind_cached_answers_still_opens_an_upstream_errors_incident() {
+    within_limit(Duration::from_secs(60), async {
+        let pki = Pki::default_pki();
+        let work = tempfile::tempdir().unwrap();
+        let key = work.path().join("fallback.key");
+        write_private(&key, b"q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq8s=");
+        let mut upstream = KillableUpstream::start("127.0.0.1:0".parse().unwrap()).await;
+        let config = base_config(&pki)
+            .upstream(UpstreamSpec::new(
+                "cached",
+                &format!("http://{}", upstream.addr),
+            ))
+            .route(RouteSpec::get("route", "/v1/{*rest}", "cached").with(
+                "fallback",
+                table([("cache", true.into()), ("max_age", "60s".into())]),
+            ))
+            .section(
+                "fallback",
+                table([("key", format!("file:{}", key.display()).into())]),
+            )
+            .section(
+                "incidents",
+                incidents_section(&work.path().join("incidents"), None),
+            );
+        let gw = Gateway::start(&config, &[]).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let fresh = client.get("/v1/kyc").await.unwrap();
+        assert_eq!(fresh.status, 200, "{:?}", fresh.body);
+        upstream.kill();
+        // Every caller is answered, from the cache: the upstream is down all along.
+        for _ in 0..10 {
+            let r = client.get("/v1/kyc").await.unwrap();
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            assert!(r.header("warning").is_some(), "a stale answer");
+        }
+        let open = incident_when(
+            gw.admin_port,
+            |i| i["rule"] == "upstream_errors" && i["actions"]["fallbacks_served"] == 10,
+            Duration::from_secs(15),
+        )
+        .await;
+        assert_eq!(open["subject"], "cached", "{open}");
+        assert_eq!(open["requests_failed"], 0, "{open}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_json_file_in_the_incidents_dir_does_not_stop_the_gateway() {
+    within_limit(Duration::from_secs(60), async {
+        let pki = Pki::default_pki();
+        let work = tempfile::tempdir().unwrap();
+        let incidents_dir = work.path().join("incidents");
+        std::fs::create_dir(&incidents_dir).unwrap();
+        std::fs::write(incidents_dir.join("notes.json"), b"{\"todo\": 1}").unwrap();
+        std::fs::write(incidents_dir.join("zz-broken.json"), b"{\"id\": ").unwrap();
+        let upstream = KillableUpstream::start("127.0.0.1:0".parse().unwrap()).await;
+        let url = format!("http://{}", upstream.addr);
+        let config = OneRoute {
+            url: &url,
+            ..OneRoute::default()
+        }
+        .config(&pki)
+        .section("incidents", incidents_section(&incidents_dir, None));
+        let gw = Gateway::start(&config, &[]).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        assert_eq!(client.get("/v1/kyc").await.unwrap().status, 200);
+        let list = admin_json(gw.admin_port, "/incidents").await;
+        assert_eq!(list["incidents"], serde_json::json!([]), "{list}");
+        let said = "a file in the incidents directory is not an incident: skipped";
+        let lines = log_lines(&gw, "idgate_incidents::service", said);
+        assert_eq!(lines.len(), 2, "{}", gw.output());
+        assert!(
+            lines.iter().any(|l| l["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("notes.json"))),
+            "{lines:?}"
+        );
+        // The files are left as they were, for someone to look at.
+        assert!(incidents_dir.join("zz-broken.json").exists());
+    })
+    .await;
+}
