@@ -330,7 +330,9 @@ fn ambiguous_framing_is_an_error() {
     }
 }
 
-fn decode_all(input: &[u8], step: usize) -> Result<(Vec<u8>, BytesMut), ProtocolError> {
+/// Feeds `input` to a decoder `step` bytes at a time. `Ok(None)` means the decoder asked for
+/// more after the last byte: it took everything so far as a valid start of a body.
+fn decode_all(input: &[u8], step: usize) -> Result<Option<(Vec<u8>, BytesMut)>, ProtocolError> {
     let mut dec = ChunkedDecoder::new();
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
@@ -338,13 +340,13 @@ fn decode_all(input: &[u8], step: usize) -> Result<(Vec<u8>, BytesMut), Protocol
     loop {
         match dec.decode(&mut buf)? {
             Chunk::Data(d) => out.extend_from_slice(&d),
-            Chunk::Done => return Ok((out, buf)),
+            Chunk::Done => return Ok(Some((out, buf))),
             Chunk::NeedMore if fed < input.len() => {
                 let end = (fed + step).min(input.len());
                 buf.extend_from_slice(&input[fed..end]);
                 fed = end;
             }
-            Chunk::NeedMore => return Err(ProtocolError::BadChunk("truncated")),
+            Chunk::NeedMore => return Ok(None),
         }
     }
 }
@@ -353,27 +355,46 @@ fn decode_all(input: &[u8], step: usize) -> Result<(Vec<u8>, BytesMut), Protocol
 fn chunked_bodies_decode_whatever_the_read_boundaries() {
     let body = b"4\r\nWiki\r\n6 ;name=\"v\"\r\npedia \r\nE \r\nin \r\n\r\nchunks.\r\n0\r\nx-t: 1\r\n\r\nNEXT";
     for step in [1, 2, 3, 7, body.len()] {
-        let (out, rest) = decode_all(body, step).unwrap();
+        let (out, rest) = decode_all(body, step).unwrap().unwrap();
         assert_eq!(out, b"Wikipedia in \r\n\r\nchunks.", "step {step}");
         assert!(b"NEXT".starts_with(&rest), "step {step}");
     }
 }
 
 #[test]
+fn a_chunk_size_of_sixteen_hex_digits_is_read_whole() {
+    let (out, rest) = decode_all(b"0000000000000004\r\nWiki\r\n0\r\n\r\n", 1)
+        .unwrap()
+        .unwrap();
+    assert_eq!((&out[..], &rest[..]), (&b"Wiki"[..], &b""[..]));
+}
+
+#[test]
 fn malformed_chunked_bodies_are_errors() {
-    for bad in [
-        &b"x\r\n"[..],
-        b"\r\n",
-        b"4\nWiki\r\n0\r\n\r\n",
-        b"4\r\nWikiX\r\n0\r\n\r\n",
-        b"11111111111111111\r\n",
-        b"0\r\nbad\x00trailer\r\n\r\n",
-        b"-1\r\n",
-        b"4 5\r\nWiki\r\n0\r\n\r\n",
-        b"4 x\r\nWiki\r\n0\r\n\r\n",
+    use ProtocolError::BadChunk;
+    // Each case fails at a byte the decoder can see is wrong, one byte at a time: a decoder
+    // that asked for more input instead would have accepted the line so far.
+    for (bad, why) in [
+        (&b"x\r\n"[..], "chunk size"),
+        (b"\r\n", "chunk size"),
+        (b"4\nWiki\r\n0\r\n\r\n", "chunk size"),
+        (b"4\r\nWikiX\r\n0\r\n\r\n", "line ending"),
+        (b"11111111111111111\r\n", "chunk size too large"),
+        // Read modulo 2^64 this size would be 5, and `hello` a whole chunk.
+        (
+            b"10000000000000005\r\nhello\r\n0\r\n\r\n",
+            "chunk size too large",
+        ),
+        (b"0\r\nbad\x00trailer\r\n\r\n", "trailer field"),
+        (b"-1\r\n", "chunk size"),
+        (b"4 5\r\nWiki\r\n0\r\n\r\n", "chunk size"),
+        (b"4 x\r\nWiki\r\n0\r\n\r\n", "chunk size"),
     ] {
-        assert!(decode_all(bad, 1).is_err(), "{bad:?}");
+        assert_eq!(decode_all(bad, 1), Err(BadChunk(why)), "{bad:?}");
     }
     let long_ext = format!("1;{}\r\na\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_LINE + 1));
-    assert!(decode_all(long_ext.as_bytes(), 64).is_err());
+    assert_eq!(
+        decode_all(long_ext.as_bytes(), 64),
+        Err(BadChunk("chunk extension too long"))
+    );
 }

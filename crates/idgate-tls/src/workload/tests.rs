@@ -172,17 +172,17 @@ fn an_svid_whose_key_does_not_fit_is_refused_and_the_one_in_use_stays() {
     applier.apply(&context(&own, &own, &[]));
     let in_use = material.current_svid().unwrap();
 
-    // The spiffe crate may refuse the pair itself; either way it must not be taken.
-    if let Ok(svid) =
-        X509Svid::parse_from_der(&ders(&other.gateway_cert), &key_der(&own.gateway_key))
-    {
-        let mut set = X509BundleSet::new();
-        set.add_bundle(bundle("example.org", &own));
-        applier.apply(&X509Context::new([Arc::new(svid)], set));
-        assert!(Arc::ptr_eq(&in_use, &material.current_svid().unwrap()));
-        assert_eq!(status.refused_updates(), 1);
-        assert_eq!(status.svid_updates(), 1);
-    }
+    // The spiffe crate parses the certificate and the key each on its own and takes the
+    // pair: whether they fit is the applier's to check. Should a later version refuse the
+    // pair itself, this test must be rewritten, not pass without checking anything.
+    let svid = X509Svid::parse_from_der(&ders(&other.gateway_cert), &key_der(&own.gateway_key))
+        .expect("the spiffe crate takes a certificate and a key that do not fit");
+    let mut set = X509BundleSet::new();
+    set.add_bundle(bundle("example.org", &own));
+    applier.apply(&X509Context::new([Arc::new(svid)], set));
+    assert!(Arc::ptr_eq(&in_use, &material.current_svid().unwrap()));
+    assert_eq!(status.refused_updates(), 1);
+    assert_eq!(status.svid_updates(), 1);
 }
 
 #[test]

@@ -15,6 +15,17 @@ async fn gateway_with_credential(
     token: &SoftHsmToken,
     credential: CredentialSpec,
 ) -> Gateway {
+    gateway_with_credential_env(pki, upstream, token, credential, &[]).await
+}
+
+/// [`gateway_with_credential`] with `env` added to its environment.
+async fn gateway_with_credential_env(
+    pki: &Pki,
+    upstream: &TestUpstream,
+    token: &SoftHsmToken,
+    credential: CredentialSpec,
+    env: &[(&str, &str)],
+) -> Gateway {
     let config = base_config(pki)
         .upstream(
             UpstreamSpec::new("provider", &upstream.url(true))
@@ -28,11 +39,10 @@ async fn gateway_with_credential(
             "provider",
             &[ONBOARDING],
         ));
-    Gateway::start(
-        &config,
-        &[("SOFTHSM2_CONF", token.conf().to_str().unwrap())],
-    )
-    .await
+    let conf = token.conf();
+    let mut env = env.to_vec();
+    env.push(("SOFTHSM2_CONF", conf.to_str().unwrap()));
+    Gateway::start(&config, &env).await
 }
 
 #[tokio::test]
@@ -57,25 +67,13 @@ async fn wrapped_api_key_from_the_token_reaches_the_provider_and_nowhere_else() 
     let pki = Pki::default_pki();
     let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
     let credential = CredentialSpec::header("x-api-key", &token.uri("didit-api-key"));
-    let gw = gateway_with_credential(&pki, &upstream, &token, credential).await;
+    let mut gw =
+        gateway_with_credential_env(&pki, &upstream, &token, credential, &[TRACE_LOG]).await;
     let client = Client::new(&pki, Some(ONBOARDING), gw.port, true);
     let reply = client.get("/v1/sessions/abc").await.unwrap();
     assert_eq!(reply.status, 200);
     assert_eq!(upstream.last().headers.get("x-api-key").unwrap(), key);
 
-    // The key is in no log, no config file, no process environment.
-    assert!(!gw.output().contains(key));
-    assert!(
-        !std::fs::read_to_string(&gw.config_path)
-            .unwrap()
-            .contains(key)
-    );
-    // The gateway is not dumpable: only root may read its environment (as the tests do
-    // when run as root); to anyone else it is closed, which is as good.
-    match std::fs::read(format!("/proc/{}/environ", gw.child.id())) {
-        Ok(environ) => assert!(!String::from_utf8_lossy(&environ).contains(key)),
-        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}"),
-    }
     // The token files hold only ciphertext.
     for entry in walk(token.dir.path()) {
         let bytes = std::fs::read(&entry).unwrap();
@@ -93,6 +91,8 @@ async fn wrapped_api_key_from_the_token_reaches_the_provider_and_nowhere_else() 
         ),
         "{metrics}"
     );
+    // The key is in no line the gateway wrote, at any level.
+    gw.assert_never_logged(&[key]).await;
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

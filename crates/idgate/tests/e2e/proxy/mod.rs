@@ -110,18 +110,39 @@ impl Setup {
         Self::start_in_front_of(pki(), upstream, &url, |_| {}).await
     }
 
+    /// [`Setup::start`] with the gateway logging at `trace`, for the tests that search its
+    /// log for secrets.
+    async fn start_tracing(mode: UpstreamMode) -> Self {
+        let pki = pki();
+        let upstream = TestUpstream::https(&pki, mode).await;
+        let url = upstream.url(true);
+        Self::start_in_front_of_with_env(pki, upstream, &url, |_| {}, &[TRACE_LOG]).await
+    }
+
     async fn start_in_front_of(
         pki: Pki,
         upstream: TestUpstream,
         url: &str,
         edit: impl FnOnce(&mut GatewayConfig),
     ) -> Self {
+        Self::start_in_front_of_with_env(pki, upstream, url, edit, &[]).await
+    }
+
+    async fn start_in_front_of_with_env(
+        pki: Pki,
+        upstream: TestUpstream,
+        url: &str,
+        edit: impl FnOnce(&mut GatewayConfig),
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut config = with_standard_routes(
             base_config(&pki).upstream(provider_upstream("provider", url, &pki.files.bundle)),
             "provider",
         );
         edit(&mut config);
-        let gw = Gateway::start(&config, &[(PROVIDER_TOKEN_ENV, PROVIDER_TOKEN)]).await;
+        let mut env = env.to_vec();
+        env.push((PROVIDER_TOKEN_ENV, PROVIDER_TOKEN));
+        let gw = Gateway::start(&config, &env).await;
         Self { pki, upstream, gw }
     }
 

@@ -38,6 +38,14 @@ const SERVING_LINE: &str = "idgate is serving";
 /// How long a gateway may take to start before its test fails.
 const START_LIMIT: Duration = Duration::from_secs(20);
 
+/// How long a gateway may take to stop on SIGTERM before its test fails.
+const STOP_LIMIT: Duration = Duration::from_secs(15);
+
+/// The environment entry that sets the gateway's log filter to `trace`, for the gateway and
+/// every library it logs through: what a test that proves a secret is never logged starts
+/// the gateway with (see [`Gateway::assert_never_logged`]).
+pub const TRACE_LOG: (&str, &str) = ("IDGATE_LOG", "trace");
+
 /// A running `idgate serve` child process with its output captured.
 pub struct Gateway {
     pub child: Child,
@@ -52,6 +60,8 @@ pub struct Gateway {
     readers_open: Arc<AtomicUsize>,
     /// Whether the log level shows the start-up line "idgate is serving".
     says_serving: bool,
+    /// The effective log filter (`IDGATE_LOG`, else `[log] level`, else `info`).
+    level: String,
     _dir: tempfile::TempDir,
 }
 
@@ -93,14 +103,35 @@ impl Gateway {
         }
     }
 
+    /// [`Gateway::start`] as the user `user` (uid, gid), which owns the gateway's own
+    /// directory (the configuration, the ready file); the files the configuration names
+    /// must be readable to it. Only root can start a process as another user.
+    pub async fn start_as(config: &GatewayConfig, env: &[(&str, &str)], user: (u32, u32)) -> Self {
+        let mut gw = Self::spawn_with(config, env, Some(user));
+        gw.serving().await;
+        gw
+    }
+
     /// Writes `config` and starts the gateway with `env` without waiting for it to serve;
     /// `port` and `admin_port` are 0 until [`Gateway::serving`].
     pub fn spawn(config: &GatewayConfig, env: &[(&str, &str)]) -> Self {
+        Self::spawn_with(config, env, None)
+    }
+
+    fn spawn_with(config: &GatewayConfig, env: &[(&str, &str)], user: Option<(u32, u32)>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("idgate.toml");
         let ready_file = dir.path().join("ready.json");
         std::fs::write(&config_path, config.to_toml()).expect("write config");
         let mut cmd = Command::new(bin());
+        if let Some((uid, gid)) = user {
+            use std::os::unix::process::CommandExt;
+            for path in [dir.path(), &config_path] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+            }
+            cmd.uid(uid).gid(gid);
+        }
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -159,6 +190,7 @@ impl Gateway {
             output,
             readers_open,
             says_serving,
+            level: level.trim().to_owned(),
             _dir: dir,
         }
     }
@@ -215,6 +247,61 @@ impl Gateway {
         while self.readers_open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Stops the gateway and fails if any of `secrets` is anywhere in what it wrote, naming
+    /// the line. Stopping first is what makes the search whole: the log leaves through
+    /// writer threads, and only once the process has exited and both pipes are read to the
+    /// end is every line in [`Gateway::output`]. The gateway must have been started with
+    /// [`TRACE_LOG`], since a secret kept out of the `info` lines can still be in a `debug` or
+    /// `trace` one.
+    pub async fn assert_never_logged(&mut self, secrets: &[&str]) {
+        assert_eq!(
+            self.level, TRACE_LOG.1,
+            "start the gateway with TRACE_LOG to search its log for secrets"
+        );
+        assert!(secrets.iter().all(|s| !s.is_empty()), "an empty secret");
+        self.stop().await;
+        let out = self.output();
+        assert!(
+            out.contains("\"level\":\"TRACE\"") || out.contains(" TRACE "),
+            "the gateway wrote no trace line; output:\n{out}"
+        );
+        for (i, secret) in secrets.iter().enumerate() {
+            if let Some(line) = out.lines().find(|l| l.contains(secret)) {
+                panic!(
+                    "secret #{i} is in the gateway's output, on the line:\n{}",
+                    line.replace(secret, &format!("<secret #{i}>"))
+                );
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits, without blocking the test's runtime (whose upstreams and
+    /// clients the gateway may still be talking to as it drains), for the gateway to exit
+    /// and its output to be read to the end; fails if that takes longer than [`STOP_LIMIT`].
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + STOP_LIMIT;
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not stop within {STOP_LIMIT:?} of SIGTERM; output:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        while self.readers_open.load(Ordering::SeqCst) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the gateway exited ({status}) but its output pipes stayed open"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        status
     }
 
     /// Everything the gateway wrote to stdout and stderr so far.

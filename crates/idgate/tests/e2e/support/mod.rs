@@ -105,3 +105,18 @@ pub fn hex_hmac(key: &str, data: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// The unprivileged user (uid, gid) a test running as root starts a process as, when what
+/// it checks shows only for a process that is not root's.
+pub const NOBODY: (u32, u32) = (65534, 65534);
+
+/// Gives `dir` and everything under it to `user` (uid, gid), following no symbolic link.
+pub fn chown_tree(dir: &Path, user: (u32, u32)) {
+    std::os::unix::fs::lchown(dir, Some(user.0), Some(user.1))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", dir.display()));
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            chown_tree(&entry.expect("dir entry").path(), user);
+        }
+    }
+}

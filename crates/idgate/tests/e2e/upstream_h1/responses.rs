@@ -177,6 +177,33 @@ async fn a_body_cut_short_by_the_upstream_is_not_passed_off_as_complete() {
 }
 
 #[tokio::test]
+async fn a_chunk_size_beyond_64_bits_ends_the_body_instead_of_being_read_modulo() {
+    within(async {
+        // Read modulo 2^64 the size would be 5 and `hello` a complete body.
+        let upstream = RawUpstream::start(|_, _| {
+            Answer::SendAndClose(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                  10000000000000005\r\nhello\r\n0\r\n\r\n"
+                    .to_vec(),
+            )
+        })
+        .await;
+        let pki = Pki::default_pki();
+        let gw = gateway(&pki, &upstream, toml::Table::new()).await;
+        // The head may already be on its way when the size line is read, so the caller sees
+        // either a 502 or a body that ends in error; never `hello` as a complete body.
+        match client(&pki, &gw).get("/huge-chunk").await {
+            Err(_) => {}
+            Ok(r) => {
+                assert_eq!(r.status, 502, "{:?}", String::from_utf8_lossy(&r.body));
+                assert!(!String::from_utf8_lossy(&r.body).contains("hello"));
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
 async fn an_upstream_that_never_answers_gets_504() {
     within(async {
         let upstream = RawUpstream::start(|_, _| Answer::Hang).await;
