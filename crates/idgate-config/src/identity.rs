@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use idgate_tls::workload::EndpointError;
 use idgate_tls::{TrustDomain, WorkloadEndpoint};
 
 use crate::context::Ctx;
@@ -137,11 +138,15 @@ pub(crate) fn parse(
 fn endpoint(cx: &mut Ctx<'_>, key: &str, addr: &str) -> Option<IdentitySource> {
     match WorkloadEndpoint::parse(addr) {
         Ok(e) => Some(IdentitySource::WorkloadApi(e)),
-        Err(why) => {
+        Err(why @ EndpointError::NotLoopback) => {
+            cx.err(key, format!("\"{addr}\" is refused: {why}"));
+            None
+        }
+        Err(why @ EndpointError::Malformed(_)) => {
             cx.err(
                 key,
                 format!(
-                    "\"{addr}\" is not a Workload API address ({why}): use unix:///path/to/agent.sock or tcp://IP:PORT"
+                    "\"{addr}\" is not a Workload API address ({why}): use unix:///path/to/agent.sock or tcp://127.0.0.1:PORT"
                 ),
             );
             None
@@ -284,6 +289,55 @@ allow = ["spiffe://partner.example/ns/risk/sa/scorer"]
                     .iter()
                     .any(|e| e.starts_with("identity.workload_api: ") && e.contains(bad)),
                 "{bad}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tcp_workload_api_address_that_is_not_loopback_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for remote in [
+            "tcp://10.0.0.7:8081",
+            "tcp://0.0.0.0:8081",
+            "tcp://[2001:db8::1]:8081",
+        ] {
+            let errors =
+                parse(dir.path(), &format!("workload_api = \"{remote}\""), None).unwrap_err();
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.starts_with("identity.workload_api: ")
+                        && e.contains(remote)
+                        && e.contains("no authentication")
+                        && e.contains("loopback")),
+                "{remote}: {errors:?}"
+            );
+        }
+        // From the environment too, with where it came from.
+        let errors = parse(dir.path(), "", Some("tcp://192.0.2.1:8081")).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("SPIFFE_ENDPOINT_SOCKET") && e.contains("loopback")),
+            "{errors:?}"
+        );
+        // The error names the file.
+        let text = format!("{REST}\n[identity]\nworkload_api = \"tcp://10.0.0.7:8081\"");
+        let errors =
+            crate::parse_with_env(&dir.path().join("idgate.toml"), &text, None).unwrap_err();
+        assert!(
+            errors
+                .0
+                .iter()
+                .any(|e| e.key == "identity.workload_api" && e.file.ends_with("idgate.toml")),
+            "{errors}"
+        );
+        // Loopback is taken.
+        for local in ["tcp://127.0.0.1:8081", "tcp://[::1]:8081"] {
+            let config = parse(dir.path(), &format!("workload_api = \"{local}\""), None).unwrap();
+            assert_eq!(
+                config.identity.workload_api().map(|e| e.as_str()),
+                Some(local)
             );
         }
     }

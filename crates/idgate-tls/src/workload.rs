@@ -4,9 +4,11 @@
 //! One task holds a `FetchX509SVID` stream open: every message carries the whole X.509
 //! context (the SVIDs, the bundle of the gateway's own trust domain and those of the
 //! federated ones), and is taken into [`TlsMaterial`] as it comes — the default SVID for the
-//! listener and the client certificates, exactly the trust domains it lists for callers. A
-//! second task, when JWT-SVIDs are verified with the agent's keys, holds a
-//! `FetchJWTBundles` stream open and publishes each bundle set on a watch channel.
+//! listener and the client certificates, exactly the trust domains it lists for callers
+//! (one whose bundle is empty or cannot be used is not trusted at all: the agent's word is
+//! complete, and the CAs it no longer lists must not outlive it). A second task, when
+//! JWT-SVIDs are verified with the agent's keys, holds a `FetchJWTBundles` stream open and
+//! publishes each bundle set on a watch channel.
 //!
 //! When the agent cannot be reached the tasks retry with exponential backoff (0.1 s to 5 s,
 //! with jitter). What was delivered last stays in force meanwhile: the SVID keeps serving
@@ -17,6 +19,8 @@ mod apply;
 mod backoff;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod updates_tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,19 +38,50 @@ use apply::Applier;
 use backoff::Backoff;
 
 /// The address of a Workload API: `unix:///path/to/agent.sock` (or `unix:/path`), or
-/// `tcp://IP:PORT`, as the SPIFFE Workload Endpoint specification writes it.
+/// `tcp://IP:PORT` with a loopback IP, as the SPIFFE Workload Endpoint specification writes
+/// it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WorkloadEndpoint {
     text: String,
     parsed: Endpoint,
 }
 
+/// Why an address cannot be the gateway's Workload API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointError {
+    /// Not a `unix://` URI with an absolute path nor `tcp://IP:PORT`.
+    Malformed(String),
+    /// A `tcp://` address that is not loopback. The Workload API has no authentication of
+    /// its own: over a unix socket the agent's directory decides who may serve it, over TCP
+    /// whoever answers at the address hands the gateway its identity and trust bundles.
+    NotLoopback,
+}
+
+impl fmt::Display for EndpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed(why) => f.write_str(why),
+            Self::NotLoopback => f.write_str(
+                "the Workload API has no authentication over TCP, so only a loopback \
+                 address (127.0.0.0/8, ::1) may be named; prefer the agent's unix socket",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EndpointError {}
+
 impl WorkloadEndpoint {
     /// The environment variable the SPIFFE specification names for the address.
     pub const ENV: &'static str = "SPIFFE_ENDPOINT_SOCKET";
 
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let parsed = Endpoint::parse(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, EndpointError> {
+        let parsed = Endpoint::parse(text).map_err(|e| EndpointError::Malformed(e.to_string()))?;
+        if let Endpoint::Tcp { host, .. } = &parsed
+            && !host.to_canonical().is_loopback()
+        {
+            return Err(EndpointError::NotLoopback);
+        }
         Ok(Self {
             text: text.to_owned(),
             parsed,
@@ -55,6 +90,11 @@ impl WorkloadEndpoint {
 
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// Whether the address is a TCP port (on loopback) rather than a unix socket.
+    pub fn is_tcp(&self) -> bool {
+        matches!(self.parsed, Endpoint::Tcp { .. })
     }
 }
 
@@ -83,6 +123,10 @@ pub struct WorkloadStatus {
     jwt_bundle_updates: AtomicU64,
     refused_updates: AtomicU64,
     disconnects: AtomicU64,
+    /// Whether the JWT bundles are streamed at all; the two below mean nothing otherwise.
+    jwt_stream: bool,
+    jwt_connected: AtomicBool,
+    jwt_disconnects: AtomicU64,
 }
 
 impl WorkloadStatus {
@@ -106,7 +150,9 @@ impl WorkloadStatus {
         self.jwt_bundle_updates.load(Ordering::Relaxed)
     }
 
-    /// Updates (or parts of them) refused as unusable; what was in force stays.
+    /// Updates (or parts of them) refused as unusable. A refused SVID leaves the one in use
+    /// in force; a trust domain whose bundle is refused is no longer trusted, since each
+    /// update is the agent's whole word on what to trust.
     pub fn refused_updates(&self) -> u64 {
         self.refused_updates.load(Ordering::Relaxed)
     }
@@ -119,6 +165,22 @@ impl WorkloadStatus {
     /// Times the X.509 stream could not be opened or ended.
     pub fn disconnects(&self) -> u64 {
         self.disconnects.load(Ordering::Relaxed)
+    }
+
+    /// Whether the JWT bundles are streamed from the Workload API (for JWT-SVID callers).
+    pub fn jwt_stream(&self) -> bool {
+        self.jwt_stream
+    }
+
+    /// Whether the JWT bundle stream is open now.
+    pub fn jwt_connected(&self) -> bool {
+        self.jwt_connected.load(Ordering::Relaxed)
+    }
+
+    /// Times the JWT bundle stream could not be opened, failed or ended: the JWT bundles
+    /// taken last stay in use meanwhile, and a key the agent adds or withdraws is not seen.
+    pub fn jwt_disconnects(&self) -> u64 {
+        self.jwt_disconnects.load(Ordering::Relaxed)
     }
 }
 
@@ -141,7 +203,18 @@ impl WorkloadApi {
         jwt_bundles: bool,
         stop: watch::Receiver<bool>,
     ) -> Self {
-        let status = Arc::new(WorkloadStatus::default());
+        if endpoint.is_tcp() {
+            tracing::warn!(
+                endpoint = %endpoint,
+                "the SPIFFE Workload API is reached over TCP, which has no authentication: \
+                 any local process that binds the port while the agent is away can hand the \
+                 gateway an identity and trust bundles; prefer the agent's unix socket"
+            );
+        }
+        let status = Arc::new(WorkloadStatus {
+            jwt_stream: jwt_bundles,
+            ..WorkloadStatus::default()
+        });
         let (jwt_tx, jwt_rx) = watch::channel(None);
         tokio::spawn(x509_task(
             endpoint.clone(),
@@ -282,20 +355,25 @@ async fn jwt_task(
             return;
         }
         let open = |c: WorkloadApiClient| async move { c.stream_jwt_bundles().await };
-        let take = |set| match apply::jwt_bundle_set(&set) {
-            Ok(bundles) => {
-                status.jwt_bundle_updates.fetch_add(1, Ordering::Relaxed);
-                out.send_replace(Some(Arc::new(bundles)));
-                backoff.reset();
-            }
-            Err(e) => {
-                status.refused_updates.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "JWT bundles from the Workload API refused; the previous ones stay");
+        let take = |set| {
+            status.jwt_connected.store(true, Ordering::Relaxed);
+            match apply::jwt_bundle_set(&set) {
+                Ok(bundles) => {
+                    status.jwt_bundle_updates.fetch_add(1, Ordering::Relaxed);
+                    out.send_replace(Some(Arc::new(bundles)));
+                    backoff.reset();
+                }
+                Err(e) => {
+                    status.refused_updates.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "JWT bundles from the Workload API refused; the previous ones stay");
+                }
             }
         };
         let Some(ended) = follow(&endpoint, open, &mut stop, take).await else {
             return;
         };
+        status.jwt_disconnects.fetch_add(1, Ordering::Relaxed);
+        status.jwt_connected.store(false, Ordering::Relaxed);
         let delay = backoff.next_delay();
         tracing::warn!(
             endpoint = %endpoint,

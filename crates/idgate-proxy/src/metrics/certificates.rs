@@ -6,7 +6,9 @@
 //!
 //! With the SPIFFE Workload API, also its state: `idgate_workload_api_connected` (0 while the
 //! agent is unreachable: the SVID in use then serves until it expires), the updates taken
-//! and refused, and the times the stream was lost.
+//! and refused, and the times the stream was lost; with JWT-SVIDs verified with the agent's
+//! keys, the same two for the JWT bundle stream (`idgate_workload_api_jwt_bundles_connected`,
+//! `idgate_workload_api_jwt_bundles_disconnects_total`).
 
 use std::sync::{Arc, OnceLock};
 use std::time::UNIX_EPOCH;
@@ -78,7 +80,7 @@ fn encode_workload_api(
     }
     let refused = encoder.encode_descriptor(
         "workload_api_refused_updates",
-        "SVIDs or bundles from the SPIFFE Workload API refused as unusable (the ones in use stayed).",
+        "SVIDs or bundles from the SPIFFE Workload API refused as unusable (a refused SVID leaves the one in use; a trust domain whose bundle is refused is no longer trusted).",
         None,
         MetricType::Counter,
     )?;
@@ -90,6 +92,22 @@ fn encode_workload_api(
         MetricType::Counter,
     )?;
     ConstCounter::new(status.disconnects()).encode(lost)?;
+    if status.jwt_stream() {
+        let connected = encoder.encode_descriptor(
+            "workload_api_jwt_bundles_connected",
+            "Whether the SPIFFE Workload API JWT bundle stream is open (0: JWT-SVIDs are verified with the JWT bundles taken last, and a key the agent adds or withdraws is not seen).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(status.jwt_connected())).encode(connected)?;
+        let lost = encoder.encode_descriptor(
+            "workload_api_jwt_bundles_disconnects",
+            "Times the SPIFFE Workload API JWT bundle stream could not be opened, failed or was lost.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(status.jwt_disconnects()).encode(lost)?;
+    }
     Ok(())
 }
 

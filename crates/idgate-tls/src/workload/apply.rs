@@ -1,6 +1,13 @@
 //! Taking a Workload API update into the TLS material: the default SVID when it changed,
 //! and exactly the trust domains the update lists, rebuilding only the verifiers of bundles
 //! whose certificates changed (an SVID rotation resends every bundle unchanged).
+//!
+//! Each update is complete and authoritative, so it fails closed for trust: a trust domain
+//! whose bundle is empty (SPIRE sends a federated bundle without CAs as empty bytes) or
+//! cannot be used is not trusted, even if an earlier update gave it a usable one. Keeping
+//! the earlier one would keep trusting a CA the agent has withdrawn, a compromised one
+//! included. An unusable SVID, by contrast, leaves the one in use: serving an older SVID
+//! of the gateway's own grants nobody anything.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +43,8 @@ pub(super) struct Applier {
     /// The SVID to present, by the hint of its registration entry; the default (first) one
     /// without.
     hint: Option<String>,
+    /// The trust domain of the SVID in use, to say when the gateway's own one is lost.
+    own: Option<TrustDomain>,
 }
 
 impl Applier {
@@ -51,6 +60,7 @@ impl Applier {
             svid_expiry: None,
             bundles: HashMap::new(),
             hint,
+            own: None,
         }
     }
 
@@ -110,6 +120,7 @@ impl Applier {
                 self.material.install_svid(key);
                 self.chain = chain;
                 self.svid_expiry = Some(until);
+                self.own = Some(id.trust_domain());
                 let first = self.status.svid_updates.fetch_add(1, Ordering::Relaxed) == 0;
                 tracing::info!(
                     spiffe_id = %id,
@@ -139,35 +150,43 @@ impl Applier {
                 .iter()
                 .map(|c| c.as_bytes().to_vec())
                 .collect();
-            if let Some(held) = self.bundles.remove(&td) {
-                if held.certs == certs {
+            let was_trusted = match self.bundles.remove(&td) {
+                Some(held) if held.certs == certs => {
                     next.insert(td, held);
                     continue;
                 }
-                // A changed bundle that cannot be used leaves the old one in force.
-                match verifier(&certs, &self.material) {
-                    Ok(v) => {
-                        next.insert(td, v);
-                    }
-                    Err(why) => {
-                        self.refused(&format!("the bundle of {td}"), why);
-                        next.insert(td, held);
-                        continue;
-                    }
+                held => held.is_some(),
+            };
+            if certs.is_empty() {
+                // The agent holds no CA for it: none is trusted, as if it were not listed.
+                if was_trusted {
+                    self.untrusted(
+                        &td,
+                        "the SPIFFE Workload API sent its bundle without any CA",
+                    );
+                    changed = true;
+                } else {
+                    tracing::debug!(trust_domain = %td, "empty trust bundle from the SPIFFE Workload API: not trusted");
                 }
-            } else {
-                match verifier(&certs, &self.material) {
-                    Ok(v) => {
+                continue;
+            }
+            match verifier(&certs, &self.material) {
+                Ok(v) => {
+                    if !was_trusted {
                         tracing::info!(trust_domain = %td, "trust bundle added by the SPIFFE Workload API");
-                        next.insert(td, v);
                     }
-                    Err(why) => {
-                        self.refused(&format!("the bundle of {td}"), why);
-                        continue;
-                    }
+                    next.insert(td, v);
+                    changed = true;
+                }
+                Err(why) => {
+                    self.status.refused_updates.fetch_add(1, Ordering::Relaxed);
+                    self.untrusted(
+                        &td,
+                        &format!("its bundle from the SPIFFE Workload API cannot be used: {why}"),
+                    );
+                    changed |= was_trusted;
                 }
             }
-            changed = true;
         }
         for td in self.bundles.keys() {
             tracing::info!(trust_domain = %td, "trust bundle removed by the SPIFFE Workload API: its workloads are no longer trusted");
@@ -182,6 +201,27 @@ impl Applier {
                     .collect(),
             );
             self.status.bundle_updates.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Says that `td` is not trusted (any longer) and why.
+    fn untrusted(&self, td: &TrustDomain, why: &str) {
+        if self.own.as_ref() == Some(td) {
+            // Failing closed costs the gateway every caller of its own trust domain; keeping
+            // CAs the agent no longer vouches for would let a withdrawn CA's workloads in.
+            tracing::error!(
+                trust_domain = %td,
+                reason = why,
+                "the gateway's own trust domain is no longer trusted: its callers are refused \
+                 until the SPIFFE Workload API sends a usable bundle"
+            );
+        } else {
+            tracing::warn!(
+                trust_domain = %td,
+                reason = why,
+                "trust domain not trusted: its workloads are refused until the SPIFFE \
+                 Workload API sends a usable bundle"
+            );
         }
     }
 }

@@ -7,6 +7,7 @@ mod federation;
 mod jwt;
 mod rotation;
 mod start;
+mod trust_withdrawn;
 mod upstream_mtls;
 
 use std::path::{Path, PathBuf};
