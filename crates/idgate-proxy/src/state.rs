@@ -6,7 +6,8 @@ use idgate_store::{MemoryStore, RedbStore, RedisOptions, RedisStore, StateStore,
 
 /// Opens the state backend `[state]` names. Blocking (a redb file is opened and locked; a
 /// Redis password is read). Opened once per process: a reload keeps it, so counters and
-/// ownership records survive. Redis is not contacted here: its store connects on first use
+/// ownership records survive. A redb file whose disk failed is opened again by the store
+/// itself, without a restart. Redis is not contacted here: its store connects on first use
 /// and again whenever Redis comes back, and must be built inside the runtime that will
 /// drive its connections.
 pub fn open_state(backend: &StateBackend) -> Result<StateStore, StateOpenError> {

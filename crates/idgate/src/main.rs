@@ -235,7 +235,7 @@ fn prepare(config: Config, runtime: &tokio::runtime::Runtime) -> Result<Gateway,
 }
 
 fn check(path: &Path) -> ExitCode {
-    let config = match load(path) {
+    let mut config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -267,12 +267,33 @@ fn check(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    leave_a_missing_state_file_to_serve(&mut config);
     match prepare(config, &runtime) {
         Ok(_) => {
             println!("{summary}");
             ExitCode::SUCCESS
         }
         Err(code) => code,
+    }
+}
+
+/// `check` opens the redb state file to find its problems, but never creates it: made by
+/// whoever runs `check` (often root), it would be refused to the gateway running as its own
+/// user. A file that does not exist yet, in a directory that does, is left to `serve`, and
+/// the rest is checked against state held in memory. Without the directory, the open fails
+/// as it would at start-up, creating nothing.
+fn leave_a_missing_state_file_to_serve(config: &mut Config) {
+    let idgate_config::StateBackend::Redb { path } = &config.state else {
+        return;
+    };
+    // The configuration makes every path name its directory (`./` at the least).
+    let missing = matches!(path.try_exists(), Ok(false));
+    if missing && path.parent().is_some_and(Path::is_dir) {
+        tracing::warn!(
+            "the state file {} does not exist yet; `idgate serve` creates it (mode 0600, owned by the user it runs as)",
+            path.display()
+        );
+        config.state = idgate_config::StateBackend::Memory;
     }
 }
 

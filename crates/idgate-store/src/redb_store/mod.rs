@@ -11,6 +11,14 @@
 //!
 //! The file is created with mode 0600 and refused when group or others may read it.
 //!
+//! A writable store holds its file open for its life, and gets over a failed disk
+//! operation without a restart: once redb has failed a write, a sync or a read (a full disk,
+//! an I/O error), the handle answers every later call with that failure, reads too. The
+//! call that meets it closes the handle, and the next call opens the file again, which
+//! repairs what the failed commit left; while that open fails, the next try waits, from
+//! 50 ms doubling up to 5 s. Damage inside the file that redb cannot read past (it panics)
+//! fails the call with an error naming the file, and the handle is reopened the same way.
+//!
 //! One file can hold every kind of state (API keys here, counters, nonces and ownership in
 //! `state`, queues in `queue`), each call one transaction. The API keys are best kept in a
 //! file of their own: their [`StoreVersion`] is the file's change time, so any other write
@@ -24,14 +32,15 @@
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use redb::backends::FileBackend;
 use redb::{
     Builder, ConcurrencyMode, Database, Key, ReadOnlyTable, ReadableDatabase, ReadableTable,
-    TableDefinition, TableError, Value, WriteTransaction,
+    StorageError, TableDefinition, TableError, TransactionError, Value, WriteTransaction,
 };
 
 use crate::StoreError;
@@ -64,8 +73,8 @@ pub struct RedbStore {
 
 pub(crate) struct Inner {
     pub(crate) path: PathBuf,
-    /// Held for the store's life when writable.
-    db: Option<Database>,
+    /// The open file, when writable.
+    db: Option<Handle>,
     wait: Duration,
     /// The thread making the state writes (see `writer`), once one was made.
     writer: writer::Writer,
@@ -75,10 +84,37 @@ impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbStore")
             .field("path", &self.inner.path)
-            .field("writable", &self.inner.db.is_some())
+            .field("writable", &self.inner.writable())
             .finish()
     }
 }
+
+/// Makes a database of the opened file: [`RedbStore::database`], or in tests one whose disk
+/// fails on demand (see `testing`).
+pub(crate) type MakeDb = Arc<dyn Fn(&Path, File) -> Result<Database, StoreError> + Send + Sync>;
+
+/// A writable store's open file, and what reopens it after a failed disk operation.
+struct Handle {
+    slot: RwLock<Slot>,
+    make: MakeDb,
+}
+
+struct Slot {
+    /// `None` once a failed disk operation closed the file, until it is opened again.
+    db: Option<Arc<Database>>,
+    /// Why the file was closed, while it is.
+    closed_because: String,
+    /// Why the last open since failed.
+    reopen_failed: Option<String>,
+    /// The earliest time for the next open, after one that failed.
+    retry_at: Option<Instant>,
+    /// The wait after the next open that fails.
+    pause: Duration,
+}
+
+/// The wait after a failed reopen, doubled after each until [`REOPEN_PAUSE_MAX`].
+const REOPEN_PAUSE: Duration = Duration::from_millis(50);
+const REOPEN_PAUSE_MAX: Duration = Duration::from_secs(5);
 
 fn builder() -> Builder {
     let mut b = Builder::new();
@@ -91,7 +127,11 @@ impl RedbStore {
     /// Opens the store for reading and writing, creating the file (mode 0600) if it does not
     /// exist. Waits up to `wait` while another process holds the file exclusively.
     pub fn open(path: impl AsRef<Path>, wait: Duration) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_owned();
+        Self::open_with(path.as_ref(), wait, Arc::new(Self::database))
+    }
+
+    pub(crate) fn open_with(path: &Path, wait: Duration, make: MakeDb) -> Result<Self, StoreError> {
+        let path = path.to_owned();
         let db = retry_busy(&path, wait, || {
             let file = OpenOptions::new()
                 .read(true)
@@ -101,9 +141,9 @@ impl RedbStore {
                 .mode(0o600)
                 .open(&path)
                 .map_err(|e| io_err(&path, e))?;
-            Self::database(&path, file)
+            opening(&path, || make(&path, file))
         })?;
-        Ok(Self::writable(path, db, wait))
+        Ok(Self::writable(path, db, wait, make))
     }
 
     /// Opens an existing store for reading and writing; `None` when there is no file. For
@@ -120,9 +160,9 @@ impl RedbStore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(io_err(&path, e)),
             };
-            Self::database(&path, file).map(Some)
+            opening(&path, || Self::database(&path, file)).map(Some)
         })?;
-        Ok(db.map(|db| Self::writable(path, db, wait)))
+        Ok(db.map(|db| Self::writable(path, db, wait, Arc::new(Self::database))))
     }
 
     fn database(path: &Path, file: File) -> Result<Database, StoreError> {
@@ -133,10 +173,20 @@ impl RedbStore {
             .map_err(|e| db_err(path, e))
     }
 
-    fn writable(path: PathBuf, db: Database, wait: Duration) -> Self {
+    fn writable(path: PathBuf, db: Database, wait: Duration, make: MakeDb) -> Self {
+        let slot = Slot {
+            db: Some(Arc::new(db)),
+            closed_because: String::new(),
+            reopen_failed: None,
+            retry_at: None,
+            pause: REOPEN_PAUSE,
+        };
         Self::from(Inner {
             path,
-            db: Some(db),
+            db: Some(Handle {
+                slot: RwLock::new(slot),
+                make,
+            }),
             wait,
             writer: writer::Writer::new(),
         })
@@ -188,6 +238,115 @@ impl From<Inner> for RedbStore {
 }
 
 impl Inner {
+    pub(crate) fn writable(&self) -> bool {
+        self.db.is_some()
+    }
+
+    /// The open file of a writable store (`None` for a reader), opened again first when a
+    /// failed disk operation closed it and the wait after the last try is over.
+    pub(crate) fn handle(&self) -> Result<Option<Arc<Database>>, StoreError> {
+        let Some(handle) = &self.db else {
+            return Ok(None);
+        };
+        if let Some(db) = &handle
+            .slot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .db
+        {
+            return Ok(Some(db.clone()));
+        }
+        let mut slot = handle.slot.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(db) = &slot.db {
+            // Opened by another call meanwhile.
+            return Ok(Some(db.clone()));
+        }
+        if slot.retry_at.is_some_and(|at| Instant::now() < at) {
+            let reason = match &slot.reopen_failed {
+                Some(e) => format!("{}; opening it again failed: {e}", slot.closed_because),
+                None => slot.closed_because.clone(),
+            };
+            return Err(StoreError::Database {
+                path: self.path.clone(),
+                reason,
+            });
+        }
+        match self.reopen(&handle.make) {
+            Ok(db) => {
+                let db = Arc::new(db);
+                slot.db = Some(db.clone());
+                slot.reopen_failed = None;
+                slot.retry_at = None;
+                slot.pause = REOPEN_PAUSE;
+                Ok(Some(db))
+            }
+            Err(e) => {
+                slot.retry_at = Some(Instant::now() + slot.pause);
+                slot.pause = (slot.pause * 2).min(REOPEN_PAUSE_MAX);
+                slot.reopen_failed = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens the file again, as it was first opened (but never creating it).
+    fn reopen(&self, make: &MakeDb) -> Result<Database, StoreError> {
+        let path = &self.path;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| io_err(path, e))?;
+        opening(path, || make(path, file))
+    }
+
+    /// Closes `db` when it failed for good: redb answers every call on a handle whose disk
+    /// operation failed with that failure, and a panic may have left it half-way. The next
+    /// call opens the file again (see [`Inner::handle`]).
+    fn close_if_failed(&self, db: &Arc<Database>, panicked: bool) {
+        let Some(handle) = &self.db else { return };
+        let reason = if panicked {
+            "the file is damaged: its data could not be read".to_owned()
+        } else {
+            match db.begin_read() {
+                Err(TransactionError::Storage(StorageError::PreviousIo)) => {
+                    "a disk operation on the file failed (a full disk, an I/O error)".to_owned()
+                }
+                _ => return,
+            }
+        };
+        let mut slot = handle.slot.write().unwrap_or_else(PoisonError::into_inner);
+        if slot
+            .db
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, db))
+        {
+            // Closed once the calls still using it are done.
+            slot.db = None;
+            slot.closed_because = reason;
+        }
+    }
+
+    /// Runs `work` on the open file, closing it when it failed for good (see
+    /// [`Inner::close_if_failed`]); a panic in redb is an error naming the file.
+    fn on_database<T>(
+        &self,
+        db: &Arc<Database>,
+        work: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match catch_unwind(AssertUnwindSafe(|| work(db))) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.close_if_failed(db, false);
+                Err(e)
+            }
+            Err(_) => {
+                self.close_if_failed(db, true);
+                Err(damaged(&self.path))
+            }
+        }
+    }
+
     /// Runs `f` on a read transaction's table `def`; `None` when there is no such table (or
     /// no file).
     pub(crate) fn read<K: Key + 'static, V: Value + 'static, T>(
@@ -196,13 +355,15 @@ impl Inner {
         f: impl FnOnce(&ReadOnlyTable<K, V>) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
         let path = &self.path;
-        if let Some(db) = &self.db {
-            let txn = db.begin_read().map_err(|e| db_err(path, e))?;
-            return match txn.open_table(def) {
-                Ok(table) => f(&table).map(Some),
-                Err(TableError::TableDoesNotExist(_)) => Ok(None),
-                Err(e) => Err(db_err(path, e)),
-            };
+        if let Some(db) = self.handle()? {
+            return self.on_database(&db, |db| {
+                let txn = db.begin_read().map_err(|e| db_err(path, e))?;
+                match txn.open_table(def) {
+                    Ok(table) => f(&table).map(Some),
+                    Err(TableError::TableDoesNotExist(_)) => Ok(None),
+                    Err(e) => Err(db_err(path, e)),
+                }
+            });
         }
         let db = retry_busy(path, self.wait, || {
             let file = match File::open(path) {
@@ -216,20 +377,23 @@ impl Inner {
                 return Ok(None);
             }
             let backend = FileBackend::new(file).map_err(|e| db_err(path, e))?;
-            builder()
-                .open_read_only_with_backend(backend)
-                .map(Some)
-                .map_err(|e| db_err(path, e))
+            opening(path, || {
+                builder()
+                    .open_read_only_with_backend(backend)
+                    .map_err(|e| db_err(path, e))
+            })
+            .map(Some)
         })?;
         let Some(db) = db else { return Ok(None) };
-        let out = {
+        let out = catch_unwind(AssertUnwindSafe(|| {
             let txn = db.begin_read().map_err(|e| db_err(path, e))?;
             match txn.open_table(def) {
                 Ok(table) => f(&table).map(Some),
                 Err(TableError::TableDoesNotExist(_)) => Ok(None),
                 Err(e) => Err(db_err(path, e)),
             }
-        };
+        }))
+        .unwrap_or_else(|_| Err(damaged(path)));
         // The data is read; a failure to release the file changes nothing for this read, and
         // the next open reports anything that matters.
         let _ = db.close();
@@ -242,19 +406,20 @@ impl Inner {
         f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let path = &self.path;
-        let db = self.db.as_ref().ok_or(StoreError::ReadOnly)?;
-        let txn = db.begin_write().map_err(|e| db_err(path, e))?;
-        let out = f(&txn);
-        match out {
-            Ok(v) => {
-                txn.commit().map_err(|e| db_err(path, e))?;
-                Ok(v)
+        let db = self.handle()?.ok_or(StoreError::ReadOnly)?;
+        self.on_database(&db, |db| {
+            let txn = db.begin_write().map_err(|e| db_err(path, e))?;
+            match f(&txn) {
+                Ok(v) => {
+                    txn.commit().map_err(|e| db_err(path, e))?;
+                    Ok(v)
+                }
+                Err(e) => {
+                    let _ = txn.abort();
+                    Err(e)
+                }
             }
-            Err(e) => {
-                let _ = txn.abort();
-                Err(e)
-            }
-        }
+        })
     }
 
     /// Runs `f` on the API key table in a write transaction, committed when `f` succeeds.
@@ -454,6 +619,21 @@ pub(crate) fn io_err(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io {
         path: path.to_owned(),
         source,
+    }
+}
+
+/// Runs an open of the file, a panic in redb (damage it cannot read past) made an error.
+fn opening<T>(path: &Path, open: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    catch_unwind(AssertUnwindSafe(open)).unwrap_or_else(|_| Err(damaged(path)))
+}
+
+/// What a panic in redb means: data in the file it could not read.
+fn damaged(path: &Path) -> StoreError {
+    StoreError::Database {
+        path: path.to_owned(),
+        reason: "the file is damaged: redb could not read its data; restore it from a backup, \
+                 or move it aside to start with empty state"
+            .to_owned(),
     }
 }
 

@@ -327,11 +327,14 @@ impl Ownership for RedbStore {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
 
     use redb::ReadableTableMetadata;
 
     use super::*;
     use crate::redb_store::test_support::{open, start};
+    use crate::redb_store::testing::open_on_a_disk_filling_up;
     use crate::{DEFAULT_WAIT, NewMessage, Queue, QueueName, QueueStats, StoreError, conformance};
 
     #[tokio::test]
@@ -464,6 +467,90 @@ mod tests {
             .read(DEADLINES, |t| Ok(t.len().unwrap_or(0)))
             .unwrap();
         assert_eq!((rows, index), (Some(1), Some(1)));
+    }
+
+    #[tokio::test]
+    async fn a_state_write_that_failed_for_a_full_disk_leaves_the_store_working_once_there_is_room()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let full = Arc::new(AtomicBool::new(false));
+        let store = open_on_a_disk_filling_up(&dir.path().join("state.redb"), full.clone());
+        let (k, window) = (
+            CounterKey::new("authfail:k").unwrap(),
+            Duration::from_secs(60),
+        );
+        store.increment(&k, 1, window, start()).await.unwrap();
+
+        full.store(true, Ordering::SeqCst);
+        let e = store.increment(&k, 1, window, start()).await.unwrap_err();
+        assert!(matches!(e, StoreError::Database { .. }), "{e}");
+        // Still full: refused again, and the commit that failed left nothing behind.
+        store.increment(&k, 1, window, start()).await.unwrap_err();
+
+        full.store(false, Ordering::SeqCst);
+        // The first try after the disk has room may come before the wait after a failed
+        // reopen is over; within a few of them, the store works again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let count = loop {
+            match store.increment(&k, 1, window, start()).await {
+                Ok(count) => break count,
+                Err(e) if Instant::now() < deadline => {
+                    assert!(matches!(e, StoreError::Database { .. }), "{e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("the store did not recover: {e}"),
+            }
+        };
+        assert_eq!(count.count, 2);
+        let got = Counters::get(&store, &k, start()).await.unwrap().unwrap();
+        assert_eq!(got.count, 2);
+        let n = Nonce::new("after").unwrap();
+        assert!(store.insert_if_absent(&n, window, start()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_state_file_with_a_damaged_row_is_refused_with_its_path_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let (object, hour) = (
+            ObjectId::new("session-1").unwrap(),
+            Duration::from_secs(3600),
+        );
+        let marker = "apikey:owner-marker-5f1c2a";
+        {
+            let store = RedbStore::open(&path, DEFAULT_WAIT).unwrap();
+            let owner = Owner::new(marker).unwrap();
+            store.put(&object, &owner, hour, start()).await.unwrap();
+        }
+        // One byte of the owner's text (every copy of it in the file) is no longer UTF-8.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut damaged = 0;
+        let mut at = 0;
+        while let Some(i) = bytes[at..]
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())
+        {
+            bytes[at + i + marker.len() - 1] = 0xFF;
+            at += i + marker.len();
+            damaged += 1;
+        }
+        assert!(damaged > 0, "the row is in the file");
+        std::fs::write(&path, &bytes).unwrap();
+
+        let store = RedbStore::open(&path, DEFAULT_WAIT).unwrap();
+        let refused = |e: StoreError| {
+            let text = e.to_string();
+            assert!(matches!(e, StoreError::Database { .. }), "{text}");
+            assert!(text.contains(&path.display().to_string()), "{text}");
+            assert!(text.contains("the file is damaged"), "{text}");
+        };
+        refused(Ownership::get(&store, &object, start()).await.unwrap_err());
+        let other = Owner::new("apikey:other").unwrap();
+        refused(store.put(&object, &other, hour, start()).await.unwrap_err());
+        // The rest of the file is still of use.
+        let k = CounterKey::new("k").unwrap();
+        let count = store.increment(&k, 1, hour, start()).await.unwrap();
+        assert_eq!(count.count, 1);
     }
 
     #[tokio::test]

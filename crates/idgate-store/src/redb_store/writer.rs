@@ -129,7 +129,7 @@ fn answer_lost() -> StoreError {
 /// Queues `op` for the writer of `inner`'s file (starting it if need be) and waits for its
 /// answer. Fails at once when [`QUEUE`] writes are waiting already.
 pub(crate) async fn write(inner: &Arc<Inner>, op: Op) -> Result<Done, StoreError> {
-    if inner.db.is_none() {
+    if !inner.writable() {
         return Err(StoreError::ReadOnly);
     }
     let sender = match inner.writer.get() {

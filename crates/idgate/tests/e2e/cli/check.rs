@@ -299,6 +299,36 @@ fn check_shows_the_warnings_its_parts_raise_while_loading() {
     assert!(out.contains("valid"), "{out}");
 }
 
+/// `check` is often run as root: a state file it made would be root's, and refused to the
+/// gateway running as its own user. It leaves a missing one to `serve`, and still opens
+/// (and so checks) one that exists.
+#[test]
+fn check_does_not_create_a_missing_state_file() {
+    let ws = Workspace::new();
+    let state = ws.path("state.redb");
+    let text = format!(
+        "{}\n[state]\nbackend = \"redb\"\npath = \"{}\"\n",
+        ws.base().to_toml(),
+        state.display()
+    );
+    let config = ws.write("idgate.toml", &text);
+    let (code, out, err) = check(&ws, &config);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!state.exists(), "check created the state file");
+    assert!(
+        err.lines().any(|l| l.starts_with("warning: ")
+            && l.contains("state.redb")
+            && l.contains("does not exist yet")),
+        "no warning about the missing state file:\n{err}"
+    );
+
+    std::fs::write(&state, b"").unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out, err) = check(&ws, &config);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("state.redb"), "{err}");
+}
+
 /// Standard error is a pipe here, as in CI or a log file: the warnings the parts raise
 /// (with fields: the store's path) carry no terminal colour codes.
 #[test]
