@@ -338,6 +338,24 @@ impl Queue for StateStore {
         forward!(self, s => s.delete_message(queue, id, now))
     }
 
+    async fn delete_dead(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        forward!(self, s => s.delete_dead(queue, id, now))
+    }
+
+    async fn purge_due(
+        &self,
+        queue: &QueueName,
+        max: usize,
+        now: SystemTime,
+    ) -> Result<usize, StoreError> {
+        forward!(self, s => s.purge_due(queue, max, now))
+    }
+
     async fn messages(
         &self,
         queue: &QueueName,

@@ -8,6 +8,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 mod admin;
+mod lifetimes;
+
+pub use lifetimes::{
+    dead_letter_revived_before_its_purge, due_copies_purged,
+    revived_attempts_count_from_the_revival,
+};
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -603,6 +609,9 @@ pub async fn queue(store: &impl Queue, start: SystemTime) {
     assert_eq!(last[0].lease.attempt, 1);
 
     admin::queue_admin(store, start).await;
+    dead_letter_revived_before_its_purge(store, start).await;
+    revived_attempts_count_from_the_revival(store, start).await;
+    due_copies_purged(store, start).await;
 }
 
 /// Claimers racing on one queue never get the same message twice.

@@ -61,8 +61,8 @@ pub use local_limiter::{DEFAULT_LIMITER_CAPACITY, LocalLimiter};
 pub use memory::{DEFAULT_QUEUE_CAPACITY, DEFAULT_STATE_CAPACITY, MemoryStore};
 pub use nonces::{Nonces, OwnerRecord, Ownership};
 pub use queue::{
-    Backoff, Claimed, Lease, MessageId, MessageInfo, MessageState, NackOutcome, NewMessage, Queue,
-    QueueStats,
+    Backoff, CLAIM_BYTES, Claimed, Lease, MessageId, MessageInfo, MessageState, NackOutcome,
+    NewMessage, Queue, QueueStats,
 };
 /// A redb file's write lock held as another process would hold it, for tests.
 #[cfg(any(test, feature = "conformance"))]

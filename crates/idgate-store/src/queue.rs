@@ -98,6 +98,9 @@ pub struct Claimed {
     pub payload: Vec<u8>,
     pub order_key: Option<String>,
     pub enqueued_at: SystemTime,
+    /// When its current run of attempts began: when it was pushed, or when it was last
+    /// revived (a retry policy's maximum age counts from then).
+    pub attempts_since: SystemTime,
 }
 
 impl fmt::Debug for Claimed {
@@ -133,6 +136,9 @@ pub struct MessageInfo {
     pub max_attempts: u32,
     pub order_key: Option<String>,
     pub enqueued_at: SystemTime,
+    /// When its current run of attempts began: when it was pushed, or when it was last
+    /// revived.
+    pub attempts_since: SystemTime,
     /// The reason given with the last nack.
     pub last_error: Option<String>,
 }
@@ -155,6 +161,10 @@ pub enum NackOutcome {
     /// The attempts are used up: the message is a dead letter now.
     Dead,
 }
+
+/// What the payloads of one claim may add up to before a networked backend (Redis) stops
+/// handing out more: a claim of many large events would otherwise be one long answer.
+pub const CLAIM_BYTES: usize = 4 << 20;
 
 /// Exponential backoff: `first`, doubled for each further attempt, at most `max`. Jitter is
 /// the caller's to add (it owns the randomness).
@@ -191,7 +201,9 @@ pub trait Queue: Send + Sync {
     ) -> impl Future<Output = Result<MessageId, StoreError>> + Send;
 
     /// Leases up to `max` claimable messages, oldest first, for `lease`. A message whose
-    /// lease ran out on its last attempt goes to the dead letters instead.
+    /// lease ran out on its last attempt goes to the dead letters instead. A backend that
+    /// sends payloads over the network hands out fewer once they add up to
+    /// [`CLAIM_BYTES`] (always at least one), so that a claim's answer stays short.
     fn claim(
         &self,
         queue: &QueueName,
@@ -236,8 +248,9 @@ pub trait Queue: Send + Sync {
         now: SystemTime,
     ) -> impl Future<Output = Result<Vec<MessageInfo>, StoreError>> + Send;
 
-    /// Makes a dead letter claimable again at `now` with its attempts reset; `false` when
-    /// `id` is not a dead letter.
+    /// Makes a dead letter claimable again at `now` with its attempts reset, its run of
+    /// attempts starting at `now` ([`Claimed::attempts_since`]); `false` when `id` is not a
+    /// dead letter.
     fn revive(
         &self,
         queue: &QueueName,
@@ -281,6 +294,24 @@ pub trait Queue: Send + Sync {
         now: SystemTime,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Deletes a dead letter, checked in the same step; `false` when `id` is not (or no
+    /// longer) one: a message revived since it was listed stays.
+    fn delete_dead(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes up to `max` claimable messages, oldest first, without reading their payloads
+    /// (a queue of copies, each kept until it comes due); how many went.
+    fn purge_due(
+        &self,
+        queue: &QueueName,
+        max: usize,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
     /// Up to `limit` messages in every state, oldest first, starting after `after` (to page
     /// through a queue).
     fn messages(
@@ -295,8 +326,8 @@ pub trait Queue: Send + Sync {
 mod rows;
 
 pub(crate) use rows::{
-    Meta, QueueRows, ReadQueueRows, ack, bury, claim, dead_letters, delete_message, info, messages,
-    nack, peek, push, release, revive, stats,
+    Meta, QueueRows, ReadQueueRows, ack, bury, claim, dead_letters, delete_dead, delete_message,
+    info, messages, nack, peek, purge_due, push, release, revive, stats,
 };
 
 #[cfg(test)]

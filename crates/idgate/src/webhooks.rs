@@ -504,7 +504,13 @@ impl Outboxes {
                 .block_on(self.store.dead_letters(&queue, now))
                 .map_err(Failure::run)?;
             for d in letters {
-                if d.enqueued_at <= before && self.delete(&queue, &d.id, now)? {
+                // Deleted only if still dead: one revived since the list stays.
+                if d.enqueued_at <= before
+                    && self
+                        .runtime
+                        .block_on(self.store.delete_dead(&queue, &d.id, now))
+                        .map_err(Failure::run)?
+                {
                     dead += 1;
                 }
             }

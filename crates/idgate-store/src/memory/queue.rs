@@ -222,6 +222,34 @@ impl Queue for MemoryStore {
         ))
     }
 
+    fn delete_dead(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        std::future::ready(queue::delete_dead(
+            &mut *self.queues(),
+            queue.as_str(),
+            id,
+            now,
+        ))
+    }
+
+    fn purge_due(
+        &self,
+        queue: &QueueName,
+        max: usize,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        std::future::ready(queue::purge_due(
+            &mut *self.queues(),
+            queue.as_str(),
+            max,
+            now,
+        ))
+    }
+
     fn messages(
         &self,
         queue: &QueueName,
@@ -259,5 +287,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn hands_each_message_to_one_claimer() {
         conformance::queue_concurrently(Arc::new(MemoryStore::new()), start()).await;
+    }
+    #[tokio::test]
+    async fn a_dead_letter_revived_between_listing_and_purge_is_not_deleted() {
+        conformance::dead_letter_revived_before_its_purge(&MemoryStore::new(), start()).await;
+    }
+
+    #[tokio::test]
+    async fn a_revived_dead_letter_counts_its_attempts_from_its_revival() {
+        conformance::revived_attempts_count_from_the_revival(&MemoryStore::new(), start()).await;
     }
 }

@@ -29,6 +29,9 @@ pub(crate) struct Meta {
     pub(crate) order_key: Option<String>,
     #[serde(default)]
     pub(crate) last_error: Option<String>,
+    /// When it was last revived: its run of attempts began then, not at `enqueued_at`.
+    #[serde(default)]
+    pub(crate) revived_at: Option<u64>,
 }
 
 impl Meta {
@@ -55,8 +58,14 @@ impl Meta {
             max_attempts: self.max_attempts,
             order_key: self.order_key.clone(),
             enqueued_at: from_micros(self.enqueued_at),
+            attempts_since: from_micros(self.attempts_since()),
             last_error: self.last_error.clone(),
         }
+    }
+
+    /// When the current run of attempts began.
+    pub(crate) fn attempts_since(&self) -> u64 {
+        self.revived_at.unwrap_or(self.enqueued_at)
     }
 }
 
@@ -100,6 +109,7 @@ pub(crate) fn push(
         dead: false,
         order_key: message.order_key.clone(),
         last_error: None,
+        revived_at: None,
     };
     rows.insert(queue, seq, &meta, &message.payload)?;
     Ok(MessageId::from_seq(seq))
@@ -165,6 +175,7 @@ pub(crate) fn claim(
                 until: from_micros(until),
             },
             payload: rows.payload(queue, seq)?,
+            attempts_since: from_micros(meta.attempts_since()),
             order_key: meta.order_key,
             enqueued_at: from_micros(meta.enqueued_at),
         });
@@ -274,6 +285,7 @@ pub(crate) fn revive(
             meta.attempts = 0;
             meta.ready_at = micros(now);
             meta.lease_until = None;
+            meta.revived_at = Some(micros(now));
             rows.set_meta(queue, seq, &meta)?;
             Ok(true)
         }
@@ -342,6 +354,37 @@ pub(crate) fn delete_message(
         }
         _ => Ok(false),
     }
+}
+
+pub(crate) fn delete_dead(
+    rows: &mut impl QueueRows,
+    queue: &str,
+    id: &MessageId,
+    now: SystemTime,
+) -> Result<bool, StoreError> {
+    let Ok(seq) = id.seq() else { return Ok(false) };
+    match rows.meta(queue, seq)? {
+        Some(meta) if meta.state(micros(now)) == MessageState::Dead => {
+            rows.delete(queue, seq)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// What a claim would hand out, deleted instead (in the same transaction: the payloads
+/// read are local).
+pub(crate) fn purge_due(
+    rows: &mut impl QueueRows,
+    queue: &str,
+    max: usize,
+    now: SystemTime,
+) -> Result<usize, StoreError> {
+    let due = claim(rows, queue, max, Duration::from_secs(1), now)?;
+    for c in &due {
+        ack(rows, queue, &c.lease)?;
+    }
+    Ok(due.len())
 }
 
 pub(crate) fn messages(

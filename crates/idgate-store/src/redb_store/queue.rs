@@ -340,6 +340,26 @@ impl Queue for RedbStore {
         })
     }
 
+    fn delete_dead(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let (queue, id) = (queue.clone(), id.clone());
+        self.blocking(move |s| s.write_queue(|t| queue::delete_dead(t, queue.as_str(), &id, now)))
+    }
+
+    fn purge_due(
+        &self,
+        queue: &QueueName,
+        max: usize,
+        now: SystemTime,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send {
+        let queue = queue.clone();
+        self.blocking(move |s| s.write_queue(|t| queue::purge_due(t, queue.as_str(), max, now)))
+    }
+
     fn messages(
         &self,
         queue: &QueueName,

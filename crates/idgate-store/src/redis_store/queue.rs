@@ -16,6 +16,7 @@
 //! | `:parked` | sorted set | taken in, behind an older message of their order key, by when they are due |
 //! | `:holder` | hash | order key → the message of the key whose claim is unanswered |
 //! | `:err` | hash | message id → the reason of its last nack |
+//! | `:revived` | hash | message id → when it was last revived (its attempts count from then) |
 //! | `:k:KEY` | sorted set | the messages of order key KEY that are neither acked nor dead, by id |
 //!
 //! Consumers: each store built by [`RedisStore::new`] (one per process) has a name of its
@@ -33,6 +34,9 @@
 //! `XCLAIM`, rather than letting `XAUTOCLAIM` pick by idle time.
 //!
 //! An ack deletes the entry (`XACK`, then `XDEL`): the stream holds no acknowledged message.
+//!
+//! A claim's answer carries the payloads, so it stops at [`CLAIM_BYTES`] of them (after at
+//! least one message); a purge claims without them.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::LazyLock;
@@ -45,8 +49,8 @@ use super::RedisStore;
 use super::reply::{array, bad, exact, int, opt_bytes, opt_int, opt_string, string};
 use crate::StoreError;
 use crate::queue::{
-    Claimed, Lease, MessageId, MessageInfo, MessageState, Meta, NackOutcome, NewMessage, Queue,
-    QueueStats,
+    CLAIM_BYTES, Claimed, Lease, MessageId, MessageInfo, MessageState, Meta, NackOutcome,
+    NewMessage, Queue, QueueStats,
 };
 use crate::types::{QueueName, duration_micros, from_micros, micros};
 
@@ -105,7 +109,7 @@ pub(super) fn consumer_name() -> String {
 
 /// The keys of one queue, in the order the scripts read them (`prelude.lua`).
 pub(crate) struct QueueKeys {
-    keys: [String; 8],
+    keys: [String; 9],
     /// Followed by an order key: that key's messages.
     by_key: String,
 }
@@ -127,7 +131,7 @@ impl RedisStore {
         let base = self.tagged("q", queue.as_str());
         QueueKeys {
             keys: [
-                "seq", "s", "lease", "wait", "ready", "parked", "err", "holder",
+                "seq", "s", "lease", "wait", "ready", "parked", "err", "holder", "revived",
             ]
             .map(|k| format!("{base}:{k}")),
             by_key: format!("{base}:k:"),
@@ -159,7 +163,7 @@ impl RedisStore {
 /// fields in the order of [`Meta`].
 pub(super) fn record(reply: Value) -> Result<(u64, Meta), StoreError> {
     let fields = array(reply)?;
-    let [n, a, m, e, r, l, x, k, err] = fields.as_slice() else {
+    let [n, a, m, e, r, l, x, k, err, revived] = fields.as_slice() else {
         return Err(bad("a message of another shape"));
     };
     let small = |v: &Value| u32::try_from(int(v)?).map_err(|_| bad("a count out of range"));
@@ -173,8 +177,67 @@ pub(super) fn record(reply: Value) -> Result<(u64, Meta), StoreError> {
         dead: !matches!(x, Value::Nil),
         order_key: opt_string(k.clone())?,
         last_error: opt_string(err.clone())?,
+        revived_at: opt_int(revived)?,
     };
     Ok((int(n)?, meta))
+}
+
+impl RedisStore {
+    /// A claim; with `payloads` false, the messages come without them (their `payload` is
+    /// empty) and any number of them fits in the answer.
+    async fn claim_with(
+        &self,
+        queue: &QueueName,
+        max: usize,
+        lease: Duration,
+        now: SystemTime,
+        payloads: bool,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let now = exact(micros(now));
+        let until = exact(now.saturating_add(duration_micros(lease).max(1)));
+        let mut call = invocation(&CLAIM, &self.queue_keys(queue));
+        call.arg(now)
+            .arg(until)
+            .arg(max)
+            .arg(&*self.consumer)
+            .arg(CLAIM_BYTES)
+            .arg(if payloads { "0" } else { "1" });
+        let reply: Value = self.run(call).await?;
+        let mut out = Vec::new();
+        for item in array(reply)? {
+            let fields = array(item)?;
+            let [id, attempt, payload, order_key, enqueued, since] = fields.as_slice() else {
+                return Err(bad("a claimed message of another shape"));
+            };
+            out.push(Claimed {
+                lease: Lease {
+                    id: MessageId::from_seq(int(id)?),
+                    attempt: u32::try_from(int(attempt)?).map_err(|_| bad("an attempt"))?,
+                    until: from_micros(until),
+                },
+                payload: opt_bytes(payload.clone())?.unwrap_or_default(),
+                order_key: opt_string(order_key.clone())?,
+                enqueued_at: from_micros(int(enqueued)?),
+                attempts_since: from_micros(int(since)?),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn delete_with(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+        only_dead: bool,
+    ) -> Result<bool, StoreError> {
+        let Ok(seq) = id.seq() else { return Ok(false) };
+        let mut call = invocation(&DELETE, &self.queue_keys(queue));
+        call.arg(seq)
+            .arg(exact(micros(now)))
+            .arg(if only_dead { "1" } else { "0" });
+        Ok(self.run::<i64>(call).await? == 1)
+    }
 }
 
 impl Queue for RedisStore {
@@ -207,29 +270,7 @@ impl Queue for RedisStore {
         lease: Duration,
         now: SystemTime,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let now = exact(micros(now));
-        let until = exact(now.saturating_add(duration_micros(lease).max(1)));
-        let mut call = invocation(&CLAIM, &self.queue_keys(queue));
-        call.arg(now).arg(until).arg(max).arg(&*self.consumer);
-        let reply: Value = self.run(call).await?;
-        let mut out = Vec::new();
-        for item in array(reply)? {
-            let fields = array(item)?;
-            let [id, attempt, payload, order_key, enqueued] = fields.as_slice() else {
-                return Err(bad("a claimed message of another shape"));
-            };
-            out.push(Claimed {
-                lease: Lease {
-                    id: MessageId::from_seq(int(id)?),
-                    attempt: u32::try_from(int(attempt)?).map_err(|_| bad("an attempt"))?,
-                    until: from_micros(until),
-                },
-                payload: opt_bytes(payload.clone())?.unwrap_or_default(),
-                order_key: opt_string(order_key.clone())?,
-                enqueued_at: from_micros(int(enqueued)?),
-            });
-        }
-        Ok(out)
+        self.claim_with(queue, max, lease, now, true).await
     }
 
     async fn ack(&self, queue: &QueueName, lease: &Lease) -> Result<(), StoreError> {
@@ -377,10 +418,32 @@ impl Queue for RedisStore {
         id: &MessageId,
         now: SystemTime,
     ) -> Result<bool, StoreError> {
-        let Ok(seq) = id.seq() else { return Ok(false) };
-        let mut call = invocation(&DELETE, &self.queue_keys(queue));
-        call.arg(seq).arg(exact(micros(now)));
-        Ok(self.run::<i64>(call).await? == 1)
+        self.delete_with(queue, id, now, false).await
+    }
+
+    async fn delete_dead(
+        &self,
+        queue: &QueueName,
+        id: &MessageId,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        self.delete_with(queue, id, now, true).await
+    }
+
+    async fn purge_due(
+        &self,
+        queue: &QueueName,
+        max: usize,
+        now: SystemTime,
+    ) -> Result<usize, StoreError> {
+        // Claimed without their payloads, then acked: a purge reads no event.
+        let due = self
+            .claim_with(queue, max, Duration::from_secs(60), now, false)
+            .await?;
+        for c in &due {
+            self.ack(queue, &c.lease).await?;
+        }
+        Ok(due.len())
     }
 
     async fn messages(

@@ -504,3 +504,63 @@ async fn a_restarted_redis_keeps_every_acknowledged_push_and_lease() {
         .collect();
     assert_eq!(delivered, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_revived_between_listing_and_purge_is_not_deleted() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = store(&server.url(), "purge:");
+    crate::conformance::dead_letter_revived_before_its_purge(&store, now()).await;
+    crate::conformance::revived_attempts_count_from_the_revival(&store, now()).await;
+}
+
+/// A claim's answer carries the payloads: it stops once they add up to `CLAIM_BYTES`
+/// (always with one message at least), and the rest waits for the next claim in order. A
+/// purge claims without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_of_large_payloads_stops_at_its_byte_budget() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = store(&server.url(), "bytes:");
+    let q = QueueName::new("outbox:large").unwrap();
+    let t = now();
+    let third = crate::CLAIM_BYTES / 3 + 1;
+    let large = |fill: u8, len: usize| NewMessage {
+        payload: vec![fill; len],
+        order_key: None,
+        max_attempts: 5,
+        not_before: None,
+    };
+    for fill in 1..=4u8 {
+        store.push(&q, large(fill, third), t).await.unwrap();
+    }
+    let first = store.claim(&q, 16, 30 * SEC, t).await.unwrap();
+    let fills: Vec<u8> = first.iter().map(|c| c.payload[0]).collect();
+    assert_eq!(fills, [1, 2, 3], "stops once past the budget");
+    let second = store.claim(&q, 16, 30 * SEC, t).await.unwrap();
+    assert_eq!(second.iter().map(|c| c.payload[0]).collect::<Vec<_>>(), [4]);
+
+    // One payload above the budget is still handed out, alone.
+    let huge = QueueName::new("outbox:huge").unwrap();
+    for fill in 5..=6u8 {
+        store
+            .push(&huge, large(fill, crate::CLAIM_BYTES + 1), t)
+            .await
+            .unwrap();
+    }
+    let one = store.claim(&huge, 16, 30 * SEC, t).await.unwrap();
+    assert_eq!(one.iter().map(|c| c.payload[0]).collect::<Vec<_>>(), [5]);
+
+    // Purged without being read: every due message at once.
+    let copies = QueueName::new("outbox:copies").unwrap();
+    for fill in 1..=4u8 {
+        store.push(&copies, large(fill, third), t).await.unwrap();
+    }
+    assert_eq!(store.purge_due(&copies, 16, t).await.unwrap(), 4);
+    assert_eq!(
+        store.stats(&copies, t).await.unwrap(),
+        QueueStats::default()
+    );
+}

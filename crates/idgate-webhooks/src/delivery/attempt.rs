@@ -34,7 +34,23 @@ enum NotSent {
 
 /// Delivers `message` to `sub` and settles its claim. Errors are logged, never returned:
 /// an unsettled claim runs out and the message is tried again.
+///
+/// A message claimed past its maximum age (by more than a lease, so that a retry due just
+/// before it is still made) is not tried again but buried: its earlier attempts may never
+/// have settled (a claim whose answer was lost, a gateway killed mid-attempt), and only a
+/// settled attempt would otherwise end its retries.
 pub(super) async fn deliver(d: &Deliverer, sub: &Subscriber, message: Claimed) {
+    if past_max_age(sub, &message, SystemTime::now()) {
+        let verdict = Verdict::Refused {
+            reason: format!(
+                "past its maximum age of {:?} when claimed again, after {} attempt(s)",
+                sub.retry.max_age,
+                message.lease.attempt.saturating_sub(1)
+            ),
+        };
+        settle(d, sub, &message, verdict).await;
+        return;
+    }
     let verdict = match prepare(sub, &message).await {
         Ok((event, body)) => post(d, sub, &event, body).await,
         Err(NotSent::Refused(reason)) => Verdict::Refused { reason },
@@ -44,6 +60,15 @@ pub(super) async fn deliver(d: &Deliverer, sub: &Subscriber, message: Claimed) {
         },
     };
     settle(d, sub, &message, verdict).await;
+}
+
+/// Whether `message`'s run of attempts began longer ago than its maximum age and a lease.
+fn past_max_age(sub: &Subscriber, message: &Claimed, now: SystemTime) -> bool {
+    message
+        .attempts_since
+        .checked_add(sub.retry.max_age)
+        .and_then(|t| t.checked_add(sub.lease()))
+        .is_some_and(|deadline| deadline < now)
 }
 
 /// The event's idempotency key and the body to send.
@@ -254,7 +279,13 @@ async fn settle(d: &Deliverer, sub: &Subscriber, message: &Claimed, verdict: Ver
             )
         }
         Verdict::Retry { reason, after } => {
-            match next_attempt(&sub.retry, lease.attempt, message.enqueued_at, now, after) {
+            match next_attempt(
+                &sub.retry,
+                lease.attempt,
+                message.attempts_since,
+                now,
+                after,
+            ) {
                 Some(at) => (
                     Attempt::Retried,
                     d.store
@@ -285,7 +316,10 @@ async fn settle(d: &Deliverer, sub: &Subscriber, message: &Claimed, verdict: Ver
                 .map(|()| Some(reason)),
         ),
     };
-    d.metrics.attempt(&sub.webhook, &sub.name, outcome);
+    // Counted once the store recorded it: an outcome it did not take is tried again.
+    if result.is_ok() {
+        d.metrics.attempt(&sub.webhook, &sub.name, outcome);
+    }
     let (webhook, subscriber, id) = (&*sub.webhook, &*sub.name, lease.id.as_str());
     match (outcome, result) {
         (Attempt::Delivered, Ok(_)) => {

@@ -12,6 +12,8 @@
 //! configured are found by the records of `registry` and purged the same way.
 
 mod attempt;
+#[cfg(test)]
+mod lifetime_tests;
 mod registry;
 pub mod retry;
 pub mod signature;
@@ -48,8 +50,12 @@ const POLL: Duration = Duration::from_millis(250);
 const HOUSEKEEPING: Duration = Duration::from_secs(10);
 /// A lease outlasts an attempt by this much (masking, signing, the store's own calls).
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
-/// Delivered copies purged per queue and round.
+/// Delivered copies purged per queue and call.
 const PURGE_BATCH: usize = 256;
+/// How long the deliverer waits for one call of the state store. Off the request path, and
+/// a claim's answer carries events (up to `idgate_store::CLAIM_BYTES` of them): a claim
+/// given up on after the store leased its messages holds them until the leases run out.
+const STORE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The HTTPS client of one subscriber.
 type DeliveryClient = HttpsClient<Full<Bytes>>;
@@ -209,9 +215,11 @@ impl std::fmt::Debug for Deliverer {
 }
 
 impl Deliverer {
+    /// Delivers from `store`, whose calls it bounds by [`STORE_PATIENCE`] rather than by
+    /// the request path's timeout.
     pub fn new(store: StateStore, svid: SvidSource, metrics: DeliveryMetrics) -> Arc<Self> {
         Arc::new(Self {
-            store,
+            store: store.patient(STORE_PATIENCE),
             plan: ArcSwap::from_pointee(Plan::default()),
             svid,
             metrics,
@@ -363,9 +371,10 @@ impl Deliverer {
         }
     }
 
-    /// Purges what outlived its retention and reports the depth of `sub`'s queues.
+    /// Purges what outlived its retention and reports the depth of `sub`'s queues (also
+    /// when the purge failed: the depths tell how far it is behind).
     async fn housekeep(&self, sub: &Subscriber, now: SystemTime) -> Result<(), StoreError> {
-        purge(&self.store, sub, now).await?;
+        let purged = purge(&self.store, sub, now).await;
         let stats = self.store.stats(&sub.queue, now).await?;
         let delivered = self.store.stats(&sub.delivered, now).await?;
         self.metrics.depths(
@@ -379,7 +388,7 @@ impl Deliverer {
                 delivered: delivered.waiting + delivered.ready + delivered.leased,
             },
         );
-        Ok(())
+        purged.map(|_| ())
     }
 }
 
@@ -406,9 +415,9 @@ impl Drop for InFlight {
     }
 }
 
-/// Removes delivered copies whose retention ended (they come due in their queue) and dead
-/// letters older than the event's maximum age plus the dead-letter retention. Returns how
-/// many went.
+/// Removes delivered copies whose retention ended (they come due in their queue; their
+/// payloads are not read) and dead letters whose run of attempts began longer ago than the
+/// event's maximum age plus the dead-letter retention. Returns how many went.
 pub async fn purge(
     store: &impl Queue,
     sub: &Subscriber,
@@ -419,7 +428,7 @@ pub async fn purge(
 }
 
 /// [`purge`] of one subscriber's `queue` and its `delivered` copies, dead letters kept for
-/// `keep` after their event was received.
+/// `keep` after their attempts began (a dead letter revived meanwhile is not deleted).
 async fn purge_queues(
     store: &impl Queue,
     queue: &QueueName,
@@ -429,20 +438,18 @@ async fn purge_queues(
 ) -> Result<usize, StoreError> {
     let mut purged = 0;
     loop {
-        let due = store
-            .claim(delivered, PURGE_BATCH, Duration::from_secs(60), now)
-            .await?;
-        for c in &due {
-            store.ack(delivered, &c.lease).await?;
-        }
-        purged += due.len();
-        if due.len() < PURGE_BATCH {
+        let due = store.purge_due(delivered, PURGE_BATCH, now).await?;
+        purged += due;
+        if due < PURGE_BATCH {
             break;
         }
     }
     for dead in store.dead_letters(queue, now).await? {
-        let expired = dead.enqueued_at.checked_add(keep).is_some_and(|t| t <= now);
-        if expired && store.delete_message(queue, &dead.id, now).await? {
+        let expired = dead
+            .attempts_since
+            .checked_add(keep)
+            .is_some_and(|t| t <= now);
+        if expired && store.delete_dead(queue, &dead.id, now).await? {
             purged += 1;
         }
     }

@@ -291,7 +291,7 @@ async fn purge_removed(
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
 
     use idgate_config::{RetryPolicy, SubscriberConfig, WebhookConfig, WebhookScheme};
@@ -318,7 +318,10 @@ mod tests {
 
     /// Webhook `didit` with `subscribers`: copies kept a minute, dead letters a minute past
     /// a maximum age of a minute.
-    fn webhook(dir: &std::path::Path, subscribers: &[&str]) -> WebhookConfig {
+    pub(in crate::delivery) fn webhook(
+        dir: &std::path::Path,
+        subscribers: &[&str],
+    ) -> WebhookConfig {
         let secret = private_file(
             dir,
             "subscriber.secret",
@@ -360,7 +363,7 @@ mod tests {
     }
 
     /// Subscriber `name` of [`webhook`] `didit`.
-    fn subscriber(dir: &std::path::Path, name: &str) -> Arc<Subscriber> {
+    pub(in crate::delivery) fn subscriber(dir: &std::path::Path, name: &str) -> Arc<Subscriber> {
         let webhook = webhook(dir, &[name]);
         let keys = Arc::new(OutboxKeys::from_keys(&[[5u8; 32]]).unwrap());
         Arc::new(Subscriber::load(&webhook, &webhook.subscribers[0], keys, None).unwrap())

@@ -10,7 +10,8 @@
 //! hit by every replica at once. A `Retry-After` (in seconds) longer than the draw is
 //! honoured, up to the event's `max_age`: whatever a subscriber answers, the arithmetic on
 //! the clock is checked and cannot overflow. Once the next attempt would fall past the
-//! event's `max_age`, the message is a dead letter.
+//! event's `max_age` (counted from when it was received, or from its replay), the message
+//! is a dead letter.
 
 use std::time::{Duration, SystemTime};
 
@@ -67,28 +68,22 @@ fn unit_random() -> f64 {
 }
 
 /// When to try again after the `attempt`-th attempt (from 1) failed, or `None` when that
-/// would be past the event's maximum age.
+/// would be past the event's maximum age, counted from `since` (when its attempts began:
+/// when it was received, or when it was last replayed).
 pub fn next_attempt(
     policy: &RetryPolicy,
     attempt: u32,
-    enqueued_at: SystemTime,
+    since: SystemTime,
     now: SystemTime,
     retry_after: Option<Duration>,
 ) -> Option<SystemTime> {
-    next_attempt_with(
-        policy,
-        attempt,
-        enqueued_at,
-        now,
-        retry_after,
-        unit_random(),
-    )
+    next_attempt_with(policy, attempt, since, now, retry_after, unit_random())
 }
 
 fn next_attempt_with(
     policy: &RetryPolicy,
     attempt: u32,
-    enqueued_at: SystemTime,
+    since: SystemTime,
     now: SystemTime,
     retry_after: Option<Duration>,
     draw: f64,
@@ -104,7 +99,7 @@ fn next_attempt_with(
     // overflow the clock.
     let delay = retry_after.map_or(jittered, |r| r.min(policy.max_age).max(jittered));
     let at = now.checked_add(delay)?;
-    match enqueued_at.checked_add(policy.max_age) {
+    match since.checked_add(policy.max_age) {
         Some(deadline) if at > deadline => None,
         _ => Some(at),
     }

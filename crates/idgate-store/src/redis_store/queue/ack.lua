@@ -9,6 +9,7 @@ unlease(n, f.k)
 redis.call('XACK', S, GROUP, sid(n))
 redis.call('XDEL', S, sid(n))
 redis.call('HDEL', ERR, n)
+redis.call('HDEL', REVIVED, n)
 leave(n, f.k)
 release(holder)
 return 1

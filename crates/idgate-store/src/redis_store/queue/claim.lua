@@ -1,8 +1,11 @@
--- ARGV: [2] now, [3] lease until, [4] max, [5] this process's consumer name. The rules of
--- `crate::queue::claim`: oldest first; per order key only the oldest message that is not
--- dead, and none while one of the key is leased; a message whose last lease ran out is a
--- dead letter. Returns {id, attempt, payload, order key, enqueued} each.
+-- ARGV: [2] now, [3] lease until, [4] max, [5] this process's consumer name, [6] the most
+-- the payloads handed out may add up to (at least one message is), [7] '1' to leave the
+-- payloads out (and not count them). The rules of `crate::queue::claim`: oldest first; per
+-- order key only the oldest message that is not dead, and none while one of the key is
+-- leased; a message whose last lease ran out is a dead letter. Returns {id, attempt,
+-- payload (false when left out), order key, enqueued, attempts since} each.
 local now, max, me = tonumber(ARGV[2]), tonumber(ARGV[4]), ARGV[5]
+local budget, bare = tonumber(ARGV[6]), ARGV[7] == '1'
 if max <= 0 or redis.call('EXISTS', S) == 0 then
   return {}
 end
@@ -25,13 +28,23 @@ local function blocked(n, k)
   return h and h ~= n and live(h)
 end
 
-local out, gone = {}, {}
+local out, gone, bytes = {}, {}, 0
+-- Whether another message may be handed out: under `max`, and under the byte budget (the
+-- answer carries the payloads; a long one would outlast its caller's patience).
+local function room()
+  return #out < max and (bare or #out == 0 or bytes < budget)
+end
 local function grant(n, f, attempt)
   redis.call('ZADD', LEASED, ARGV[3], n)
   if f.k then
     redis.call('HSET', HOLDERS, f.k, n)
   end
-  table.insert(out, {n, attempt, f.p, f.k or false, f.e})
+  if bare then
+    table.insert(out, {n, attempt, false, f.k or false, f.e, since(n, f)})
+  else
+    bytes = bytes + #f.p
+    table.insert(out, {n, attempt, f.p, f.k or false, f.e, since(n, f)})
+  end
 end
 
 -- Leases that ran out: on the last attempt the message is a dead letter now; otherwise
@@ -64,7 +77,7 @@ end
 
 -- What the group took in before: the ready ones and the run-out leases, merged by id.
 local ready, ri, after, ei = {}, 1, '-inf', 1
-while #out < max do
+while room() do
   if ri > #ready then
     ready, ri = redis.call('ZRANGEBYSCORE', READY, after, '+inf', 'LIMIT', 0, 100), 1
   end
@@ -99,14 +112,14 @@ local fresh = tonumber(last_taken()) < tonumber(redis.call('GET', SEQ) or '0')
 if fresh then
   gone[me] = true
 end
-while fresh and #out < max do
+while fresh and room() do
   local got = redis.call('XREADGROUP', 'GROUP', GROUP, me, 'COUNT', max - #out, 'STREAMS', S, '>')
   if not got then
     break
   end
   for _, e in ipairs(got[1][2]) do
     local n, f = string.sub(e[1], 1, -3), fields(e[2])
-    if tonumber(f.r) <= now and not blocked(n, f.k) then
+    if tonumber(f.r) <= now and not blocked(n, f.k) and room() then
       grant(n, f, 1)
     else
       give(n, WAITING, 0)

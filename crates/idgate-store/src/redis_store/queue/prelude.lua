@@ -1,8 +1,8 @@
 -- Shared by every queue script: the keys of one queue (all under its hash tag, so one
 -- Cluster slot) and the steps that keep the stream, its consumer group and the side sets
 -- in agreement. Message ids are strings throughout: Lua never formats a large number.
-local SEQ, S, LEASED, WAIT, READY, PARKED, ERR, HOLDERS =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local SEQ, S, LEASED, WAIT, READY, PARKED, ERR, HOLDERS, REVIVED =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 -- Followed by an order key: the messages of that key that are neither acked nor dead.
 local BY_KEY = ARGV[1]
 -- The consumer group, and the two consumers that are no process: one holds what was
@@ -126,8 +126,15 @@ local function leased(n, attempt)
   return f, holder, attempts
 end
 
+-- When message n's current run of attempts began: when it was last revived, or else
+-- when it was pushed.
+local function since(n, f)
+  return redis.call('HGET', REVIVED, n) or f.e
+end
+
 -- What `show` tells of message n: {n, attempts, max attempts, enqueued, ready at, lease
--- until, dead, order key, last error}, false where there is none; nil once acked.
+-- until, dead, order key, last error, revived at}, false where there is none; nil once
+-- acked.
 local function record(n)
   local f = entry(n)
   if not f then
@@ -138,5 +145,6 @@ local function record(n)
   return {
     n, attempts, f.m, f.e, ready_at, redis.call('ZSCORE', LEASED, n),
     holder == DEAD and '1' or false, f.k or false, redis.call('HGET', ERR, n),
+    redis.call('HGET', REVIVED, n),
   }
 end

@@ -1,5 +1,5 @@
 -- ARGV: [2] id, [3] now. 1 when a dead letter was made claimable again with its attempts
--- reset. Back in its order key, it goes before the younger messages of the key: a claim
+-- reset, its run of attempts starting now. Back in its order key, it goes before the younger messages of the key: a claim
 -- checks each message's turn, so one already in :wait or :ready stays there and waits.
 local n = ARGV[2]
 local f = entry(n)
@@ -13,6 +13,7 @@ if holder ~= DEAD and not ran_out then
   return 0
 end
 unlease(n, f.k)
+redis.call('HSET', REVIVED, n, ARGV[3])
 give(n, WAITING, 0)
 release(holder)
 if f.k then

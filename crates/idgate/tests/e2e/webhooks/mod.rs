@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod example_profiles;
+mod lifetimes;
 mod mock_provider;
 mod refusals;
 mod reload;
