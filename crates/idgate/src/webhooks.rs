@@ -139,6 +139,29 @@ impl MessageRef<'_> {
     }
 }
 
+/// The state backend `[state]` names, never created: made by whoever runs the command
+/// (often root), a redb file would be refused to the gateway running as its own user. No
+/// file yet means nothing was ever queued: the commands see an empty outbox.
+fn open_existing_state(state: &StateBackend) -> Result<StateStore, Failure> {
+    if let StateBackend::Redb { path } = state {
+        return Ok(
+            match idgate_store::RedbStore::open_existing(path, idgate_store::DEFAULT_WAIT)
+                .map_err(Failure::run)?
+            {
+                Some(store) => StateStore::from(store),
+                None => {
+                    eprintln!(
+                        "note: no state file at {} yet, so nothing is queued (`idgate serve` creates it)",
+                        path.display()
+                    );
+                    StateStore::from(idgate_store::MemoryStore::new())
+                }
+            },
+        );
+    }
+    idgate_proxy::state::open_state(state).map_err(Failure::run)
+}
+
 /// The configured outboxes, in the opened state backend.
 struct Outboxes {
     config: Config,
@@ -183,9 +206,7 @@ impl Outboxes {
         let store = {
             let _inside = runtime.enter();
             // The CLI may wait for the store longer than a request would.
-            idgate_proxy::state::open_state(&config.state)
-                .map_err(Failure::run)?
-                .patient(Duration::from_secs(10))
+            open_existing_state(&config.state)?.patient(Duration::from_secs(10))
         };
         Ok(Self {
             config,

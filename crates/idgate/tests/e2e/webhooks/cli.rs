@@ -122,3 +122,30 @@ async fn idgate_check_names_a_webhook_that_cannot_be_put_into_use_by_its_key() {
     let (code, out, err) = idgate_cli(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn the_cli_never_creates_a_missing_state_file() {
+    let pki = Pki::default_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = webhook_config(
+        &pki,
+        dir.path(),
+        "https://127.0.0.1:9/events",
+        toml::Table::new(),
+    );
+    let config = dir.path().join("idgate.toml");
+    std::fs::write(&config, spec.to_toml()).unwrap();
+    let state = dir.path().join("state.redb");
+    let config = config.display().to_string();
+    for command in [&["list"][..], &["purge", "--older-than", "1d"]] {
+        let mut args = vec!["webhooks"];
+        args.extend_from_slice(command);
+        args.extend_from_slice(&["--config", &config]);
+        let (code, out, err) = idgate_cli(&args);
+        assert_eq!(code, 0, "{command:?}: {out}{err}");
+        assert!(err.contains("nothing is queued"), "{command:?}: {err}");
+        // Made by whoever runs the command (often root), it would be refused to the
+        // gateway running as its own user.
+        assert!(!state.exists(), "{command:?} created the state file");
+    }
+}
