@@ -168,6 +168,9 @@ fn redis(cx: &mut Ctx<'_>, s: RawState) -> StateBackend {
         Some(r)
     });
     let ca = s.ca.map(|p| cx.existing_file("state.ca", &p));
+    if ca.is_some() {
+        check_tls_everywhere(cx, &nodes);
+    }
     let timeout = cx.duration("state.timeout", s.timeout, DEFAULT_TIMEOUT);
     let prefix = s.prefix.unwrap_or_else(|| "idgate:".to_owned());
     if prefix.contains(['{', '}']) || prefix.chars().any(char::is_control) {
@@ -184,6 +187,33 @@ fn redis(cx: &mut Ctx<'_>, s: RawState) -> StateBackend {
         timeout,
         prefix,
     }))
+}
+
+/// A CA is only used over TLS: with a `redis://` URL it would be ignored and the password
+/// sent in clear (a Redis Cluster client takes TLS or not from its first seed alone).
+fn check_tls_everywhere(cx: &mut Ctx<'_>, nodes: &RedisNodes) {
+    // A URL without a scheme is reported by `check_url` already.
+    let plain = |url: &String| {
+        url.split_once("://")
+            .is_some_and(|(scheme, _)| scheme != "rediss")
+    };
+    match nodes {
+        RedisNodes::Server(url) if plain(url) => cx.err(
+            "state.ca",
+            "is for TLS, but state.url is not a rediss:// URL: write rediss://HOST:PORT, or remove ca",
+        ),
+        RedisNodes::Cluster(urls) => {
+            if let Some(i) = urls.iter().position(plain) {
+                cx.err(
+                    "state.ca",
+                    format!(
+                        "is for TLS, but state.cluster[{i}] is not a rediss:// URL: every node must be rediss://HOST:PORT, or remove ca"
+                    ),
+                );
+            }
+        }
+        RedisNodes::Server(_) => {}
+    }
 }
 
 /// A Redis URL names the scheme, host and port (and for a server, the database). The URL
@@ -290,6 +320,39 @@ mod tests {
             "{errs:?}"
         );
         assert!(errs.iter().all(|e| !e.contains("ter2")), "{errs:?}");
+    }
+
+    #[test]
+    fn a_ca_file_with_plain_cluster_seeds_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let ca = ca.display();
+        let errs = parse_text(&format!(
+            "backend = \"redis\"\ncluster = [\"rediss://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]\nca = \"{ca}\""
+        ))
+        .unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.starts_with("state.ca:")
+                && e.contains("state.cluster[1] is not a rediss:// URL")),
+            "{errs:?}"
+        );
+        let errs = parse_text(&format!(
+            "backend = \"redis\"\nurl = \"redis://10.0.0.1:6379\"\nca = \"{ca}\""
+        ))
+        .unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("state.ca:") && e.contains("state.url is not a rediss://")),
+            "{errs:?}"
+        );
+        let StateBackend::Redis(r) = parse_text(&format!(
+            "backend = \"redis\"\ncluster = [\"rediss://10.0.0.1:7000\", \"rediss://10.0.0.2:7000\"]\nca = \"{ca}\""
+        ))
+        .unwrap() else {
+            panic!("not redis");
+        };
+        assert!(r.ca.is_some());
     }
 
     #[test]

@@ -8,8 +8,8 @@ use redis::cluster_routing::Slot;
 use redis::{ErrorKind, RedisResult, Script, ServerErrorKind, Value};
 use tokio::task::JoinSet;
 
+use super::RedisStore;
 use super::reply::{array, bad, exact, expire_at_ms, int, opt_int, opt_string, string};
-use super::{Conn, RedisStore};
 use crate::StoreError;
 use crate::counters::{
     Counters, GcraCheck, GcraDecision, GcraLimit, GcraTake, WindowCount, gcra, window_count,
@@ -40,9 +40,10 @@ return {ARGV[2], ARGV[3]}
 /// when refused) and the arrival time it found (nil for none): the caller computes the
 /// decision from that with the same function as every other backend. Lua numbers are
 /// doubles, so the quotient is corrected with exact products (all below 2^53).
-pub(super) static GCRA: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+pub(super) static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA_LUA));
+
+/// The GCRA script's text, for [`GCRA`] and for EVAL when a server does not know it yet.
+const GCRA_LUA: &str = r"
 local now = tonumber(ARGV[1])
 local t = tonumber(ARGV[2])
 local found = redis.call('GET', KEYS[1])
@@ -62,9 +63,7 @@ local dead = math.max(new, now + 1)
 redis.call('SET', KEYS[1], string.format('%.0f', new),
   'PXAT', string.format('%.0f', math.ceil(dead / 1000) + tonumber(ARGV[6])))
 return {k, found}
-",
-    )
-});
+";
 
 /// Records a nonce unless it is live. ARGV: now, its deadline, its expiry (ms).
 static NONCE: LazyLock<Script> = LazyLock::new(|| {
@@ -166,7 +165,7 @@ pub(super) fn owner_record(object: &ObjectId, reply: Value) -> Result<OwnerRecor
 }
 
 impl RedisStore {
-    fn window_key(&self, key: &CounterKey) -> String {
+    pub(super) fn window_key(&self, key: &CounterKey) -> String {
         self.tagged("w", key.as_str())
     }
 
@@ -188,7 +187,7 @@ impl RedisStore {
         // Which calls go together: all of them, or those of one Cluster slot.
         let mut groups: Vec<(Option<Slot>, Vec<usize>)> = Vec::new();
         for (i, (key, _)) in calls.iter().enumerate() {
-            let slot = matches!(self.conn, Conn::Cluster(_)).then(|| Slot::for_key(key));
+            let slot = self.link.is_cluster().then(|| Slot::for_key(key));
             match groups.iter_mut().find(|(s, _)| *s == slot) {
                 Some((_, members)) => members.push(i),
                 None => groups.push((slot, vec![i])),
@@ -207,14 +206,23 @@ impl RedisStore {
                     .arg(key)
                     .arg(&args[..]);
             }
-            let mut conn = self.conn.clone();
+            let (mut conn, origin) = self.link.take();
             set.spawn(async move {
                 let query = pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn);
                 let replies = match tokio::time::timeout(timeout, query).await {
-                    Ok(Ok(replies)) if replies.len() == members.len() => Ok(replies),
+                    Ok(Ok(replies)) if replies.len() == members.len() => {
+                        // A call the server refused may say the connection must be made anew.
+                        for e in replies.iter().filter_map(|r| r.as_ref().err()) {
+                            origin.failed(e);
+                        }
+                        Ok(replies)
+                    }
                     // Why the calls failed, as `StoreError::Unavailable` gives it.
                     Ok(Ok(_)) => Err("Redis answered a pipeline of another length".to_owned()),
-                    Ok(Err(e)) => Err(super::describe(&e)),
+                    Ok(Err(e)) => {
+                        origin.failed(&e);
+                        Err(super::describe(&e))
+                    }
                     Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
                 };
                 (members, replies)
@@ -247,6 +255,9 @@ impl RedisStore {
             .collect()
     }
 }
+
+/// A check to run again: its place among the checks, and its script arguments.
+type Rerun = (usize, [u64; 6]);
 
 impl Counters for RedisStore {
     async fn increment(
@@ -329,8 +340,10 @@ impl Counters for RedisStore {
     /// so the checks are grouped by hash slot and the groups' pipelines sent at once: still
     /// one round trip of waiting, each bounded by the timeout on its own, so that the
     /// checks of a node that does not answer fail while the others are decided. A check the
-    /// server had no cached script for (NOSCRIPT: it did not run) runs once more alone,
-    /// loading the script.
+    /// server had no cached script for (NOSCRIPT: it did not run) runs once more with the
+    /// script's text (EVAL, which caches it), sent to its key's node only and at the same
+    /// time as the other such checks: loading the script everywhere first would wait for
+    /// every node of a Cluster, one that stalls included.
     async fn gcra_many(
         &self,
         checks: &[GcraCheck<'_>],
@@ -342,24 +355,56 @@ impl Counters for RedisStore {
             .map(|(key, limit, take)| (self.gcra_key(key), gcra_args(limit, *take, now_us)))
             .collect();
         let replies = self.pipelined(&calls).await;
-        let mut out = Vec::with_capacity(checks.len());
-        for (((_, limit, take), (key, args)), reply) in checks.iter().zip(&calls).zip(replies) {
-            let reply = match reply {
+        let mut out: Vec<Result<Value, StoreError>> = Vec::with_capacity(checks.len());
+        // The checks to run again, by key: those of one key in their order, each key's at
+        // the same time as the others'.
+        let mut again: Vec<(String, Vec<Rerun>)> = Vec::new();
+        for (i, ((key, args), reply)) in calls.into_iter().zip(replies).enumerate() {
+            out.push(match reply {
                 Ok(Ok(reply)) => Ok(reply),
                 Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    self.call(|mut c| async move {
-                        GCRA.key(key).arg(&args[..]).invoke_async(&mut c).await
-                    })
-                    .await
+                    match again.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, runs)) => runs.push((i, args)),
+                        None => again.push((key, vec![(i, args)])),
+                    }
+                    // Replaced by the reply below.
+                    Err(bad("a GCRA check run again"))
                 }
                 Ok(Err(e)) => Err(StoreError::Unavailable {
                     reason: super::describe(&e),
                 }),
                 Err(e) => Err(e),
-            };
-            out.push(reply.and_then(|reply| gcra_decision(reply, limit, *take, now)));
+            });
         }
-        out
+        let mut set = JoinSet::new();
+        for (key, runs) in again {
+            let store = self.clone();
+            set.spawn(async move {
+                let mut replies = Vec::with_capacity(runs.len());
+                for (i, args) in runs {
+                    let mut eval = redis::cmd("EVAL");
+                    eval.arg(GCRA_LUA).arg(1).arg(&key).arg(&args[..]);
+                    let reply = store
+                        .call(|mut c| async move { eval.query_async(&mut c).await })
+                        .await;
+                    replies.push((i, reply));
+                }
+                replies
+            });
+        }
+        // A task that panicked leaves its checks with the error put in their place above.
+        while let Some(joined) = set.join_next().await {
+            for (i, reply) in joined.unwrap_or_default() {
+                out[i] = reply;
+            }
+        }
+        checks
+            .iter()
+            .zip(out)
+            .map(|((_, limit, take), reply)| {
+                reply.and_then(|reply| gcra_decision(reply, limit, *take, now))
+            })
+            .collect()
     }
 
     async fn sweep(&self, _now: SystemTime) -> Result<u64, StoreError> {

@@ -24,13 +24,16 @@
 //! Every call is bounded by a timeout (50 ms by default): a Redis that is slow, paused or
 //! gone answers [`StoreError::Unavailable`] instead of holding the request up. The store is
 //! built without connecting; the connection is made on first use and re-made by itself
-//! after Redis comes back.
+//! after Redis comes back. A standalone server's connection is also made anew (at most once
+//! a second) after a refused login, which the client would otherwise keep answering for
+//! ever, and after a READONLY reply, which says the server was demoted to a replica while
+//! the connection stayed open (a failover behind a name or an address that moved).
 
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use self::owner_cache::OwnerCache;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -38,7 +41,10 @@ use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
 use redis::io::tcp::socket2::TcpKeepalive;
-use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, TlsCertificates, Value};
+use redis::{
+    Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, ServerErrorKind,
+    TlsCertificates, Value,
+};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::StoreError;
@@ -159,7 +165,7 @@ impl fmt::Debug for RedisOptions {
 /// The store over Redis. Cheap to clone: clones share the connection.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: Conn,
+    link: Link,
     prefix: Arc<str>,
     timeout: Duration,
     /// Ownership records read or written here, shared by every copy of this store.
@@ -171,9 +177,9 @@ pub struct RedisStore {
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mode = match self.conn {
-            Conn::Single(_) => "standalone",
-            Conn::Cluster(_) => "cluster",
+        let mode = match self.link {
+            Link::Single(_) => "standalone",
+            Link::Cluster(_) => "cluster",
         };
         f.debug_struct("RedisStore")
             .field("mode", &mode)
@@ -222,7 +228,7 @@ impl RedisStore {
             }),
             None => None,
         };
-        let conn = match &options.mode {
+        let link = match &options.mode {
             RedisMode::Standalone { url } => {
                 let client = standalone_client(url, options, certificates)?;
                 // Each attempt to (re)connect is bounded too; the per-call timeout bounds
@@ -232,9 +238,14 @@ impl RedisStore {
                     .set_response_timeout(None)
                     .set_number_of_retries(2)
                     .set_max_delay(Duration::from_millis(500));
-                let manager = ConnectionManager::new_lazy_with_config(client, config)
-                    .map_err(|e| config_error(describe(&e)))?;
-                Conn::Single(manager)
+                let manager =
+                    ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                        .map_err(|e| config_error(describe(&e)))?;
+                Link::Single(Arc::new(Single {
+                    client,
+                    config,
+                    current: RwLock::new((Arc::new(manager), None)),
+                }))
             }
             RedisMode::Cluster { seeds } => {
                 if options.database.is_some_and(|db| db != 0) {
@@ -246,6 +257,17 @@ impl RedisStore {
                 let mut infos = Vec::with_capacity(seeds.len());
                 for url in seeds {
                     infos.push(connection_info(url)?);
+                }
+                // The Cluster client takes TLS or not from the first seed and then ignores
+                // the CA: with `redis://` seeds it would speak (and log in) in clear.
+                if options.ca_file.is_some()
+                    && !infos
+                        .iter()
+                        .all(|i| matches!(i.addr(), redis::ConnectionAddr::TcpTls { .. }))
+                {
+                    return Err(config_error(
+                        "a CA file is for TLS: every seed must be a rediss:// URL",
+                    ));
                 }
                 let mut builder = ClusterClientBuilder::new(infos)
                     .retries(2)
@@ -263,11 +285,11 @@ impl RedisStore {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(options.timeout.max(CONNECT_TIMEOUT))
                     .set_response_timeout(options.timeout.max(CONNECT_TIMEOUT));
-                Conn::Cluster(client.get_pending_async_connection_with_config(config))
+                Link::Cluster(client.get_pending_async_connection_with_config(config))
             }
         };
         Ok(Self {
-            conn,
+            link,
             prefix: options.prefix.as_str().into(),
             timeout: options.timeout,
             owners: Arc::new(OwnerCache::new()),
@@ -292,7 +314,7 @@ impl RedisStore {
     /// off the request path that may wait longer, such as reading every API key or the CLI.
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         Self {
-            conn: self.conn.clone(),
+            link: self.link.clone(),
             prefix: self.prefix.clone(),
             timeout: timeout.max(Duration::from_millis(1)),
             owners: self.owners.clone(),
@@ -305,11 +327,15 @@ impl RedisStore {
     where
         F: Future<Output = Result<T, RedisError>>,
     {
-        match tokio::time::timeout(self.timeout, f(self.conn.clone())).await {
+        let (conn, origin) = self.link.take();
+        match tokio::time::timeout(self.timeout, f(conn)).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::Unavailable {
-                reason: describe(&e),
-            }),
+            Ok(Err(e)) => {
+                origin.failed(&e);
+                Err(StoreError::Unavailable {
+                    reason: describe(&e),
+                })
+            }
             Err(_) => Err(StoreError::Unavailable {
                 reason: format!("no answer within {} ms", self.timeout.as_millis()),
             }),
@@ -357,6 +383,11 @@ fn standalone_client(
     certificates: Option<TlsCertificates>,
 ) -> Result<redis::Client, StoreError> {
     let info = connection_info(url)?;
+    if certificates.is_some() && !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        return Err(config_error(
+            "a CA file is for TLS: the URL must be rediss://",
+        ));
+    }
     let mut settings = info.redis_settings().clone();
     if let Some(user) = &options.username {
         settings = settings.set_username(user);
@@ -392,6 +423,99 @@ fn describe(e: &RedisError) -> String {
     match e.code() {
         Some(code) => format!("Redis answered {code} ({:?})", e.kind()),
         None => format!("{:?}", e.kind()),
+    }
+}
+
+/// The least time between two replacements of a standalone server's connection: a password
+/// that stays wrong, or a server that stays a replica, costs one new connection a second,
+/// not one per call.
+const REMAKE_EVERY: Duration = Duration::from_secs(1);
+
+/// How the store reaches Redis; clones share it.
+#[derive(Clone)]
+enum Link {
+    Single(Arc<Single>),
+    Cluster(ClusterConnection),
+}
+
+impl Link {
+    /// The connection for one call, and where it came from.
+    fn take(&self) -> (Conn, Origin) {
+        match self {
+            Self::Single(single) => {
+                let manager = single.manager();
+                let conn = Conn::Single((*manager).clone());
+                (conn, Origin(Some((single.clone(), manager))))
+            }
+            Self::Cluster(c) => (Conn::Cluster(c.clone()), Origin(None)),
+        }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+/// One standalone server: the client's connection manager, and what it takes to replace it.
+///
+/// The manager makes its connection again by itself after an I/O error, but not after a
+/// login the server refused (it answers that error for ever after), nor after a READONLY
+/// reply (the server became a replica under an open connection, as in a failover behind a
+/// DNS name or an address that moved). Either one makes a new manager here, whose
+/// connection is made (and the login tried) on its first call.
+struct Single {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// The manager in use, and when it replaced another (`None` for the first).
+    current: RwLock<(Arc<ConnectionManager>, Option<Instant>)>,
+}
+
+impl Single {
+    fn manager(&self) -> Arc<ConnectionManager> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        current.0.clone()
+    }
+
+    /// Replaces `used`, which answered `error`, when the error calls for a new connection and
+    /// no other call has replaced it already; at most once per [`REMAKE_EVERY`].
+    fn failed(&self, used: &Arc<ConnectionManager>, error: &RedisError) {
+        if !needs_new_connection(error) {
+            return;
+        }
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        let (manager, remade_at) = &mut *current;
+        if !Arc::ptr_eq(manager, used) || remade_at.is_some_and(|t| t.elapsed() < REMAKE_EVERY) {
+            return;
+        }
+        // Only fails on options checked when the store was built; the old manager stays then.
+        if let Ok(fresh) =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+        {
+            *manager = Arc::new(fresh);
+            *remade_at = Some(Instant::now());
+        }
+    }
+}
+
+/// Whether an error leaves the connection manager unusable until it is replaced: a login
+/// the server refused (kept by the manager for ever), or a server that no longer takes
+/// writes (a demoted primary, which keeps its clients connected).
+fn needs_new_connection(error: &RedisError) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::ReadOnly)
+    ) || error.code() == Some("READONLY")
+}
+
+/// Where the connection of one call came from, to report a failure that needs a new one.
+struct Origin(Option<(Arc<Single>, Arc<ConnectionManager>)>);
+
+impl Origin {
+    /// Tells the store that the call failed with `error`.
+    fn failed(&self, error: &RedisError) {
+        if let Some((single, used)) = &self.0 {
+            single.failed(used, error);
+        }
     }
 }
 

@@ -368,6 +368,26 @@ impl RedisCluster {
         }
     }
 
+    /// One inline command to one node (an index into [`RedisCluster::urls`]), as its default
+    /// user: the reply as RESP text, empty when there was none.
+    pub fn query(&self, node: usize, line: &str) -> String {
+        command(self.ports[node], &format!("{line}\r\n"))
+    }
+
+    /// The node's id in the cluster (`CLUSTER MYID`).
+    pub fn node_id(&self, node: usize) -> String {
+        let reply = self.query(node, "CLUSTER MYID");
+        // A bulk string: `$40\r\nID\r\n`.
+        reply.lines().nth(1).unwrap_or_default().trim().to_owned()
+    }
+
+    /// The nodes (indexes into [`RedisCluster::urls`]) that are masters now.
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.ports.len())
+            .filter(|&node| self.query(node, "ROLE").starts_with("*3\r\n$6\r\nmaster"))
+            .collect()
+    }
+
     /// `redis://127.0.0.1:PORT` for every node: the seed list for a Cluster client.
     pub fn urls(&self) -> Vec<String> {
         self.ports

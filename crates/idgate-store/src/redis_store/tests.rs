@@ -2,7 +2,9 @@
 //! and on a six-node Cluster, and what happens when Redis stalls, goes away, comes back,
 //! speaks TLS or wants a password.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::SecretString;
@@ -405,6 +407,40 @@ async fn a_frozen_cluster_master_fails_only_the_checks_of_its_slots() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
 }
 
+/// Checks whose node lost its scripts (a restart, SCRIPT FLUSH) run with the script's text
+/// on that node alone: a stalled master elsewhere in the Cluster does not hold them up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_a_node_lost_runs_there_while_another_master_stalls() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let mut options = RedisOptions::cluster(cluster.urls());
+    options.timeout = Duration::from_millis(500);
+    let store = RedisStore::new(&options).unwrap();
+    let a = CounterKey::new("a").unwrap();
+    let limit = GcraLimit::per(10, Duration::from_secs(60), 10).unwrap();
+    let checks = [(&a, &limit, GcraTake::EXACTLY_ONE)];
+    // Connected to every master first.
+    eventually(|| async {
+        let answers = store.gcra_many(&checks, SystemTime::now()).await;
+        answers.into_iter().collect::<Result<Vec<_>, _>>()
+    })
+    .await;
+
+    for node in 0..cluster.urls().len() {
+        assert_eq!(cluster.query(node, "SCRIPT FLUSH"), "+OK\r\n");
+    }
+    let own = cluster.master_of(&store.gcra_key(&a));
+    let stalled = *cluster.masters().iter().find(|&&m| m != own).unwrap();
+    cluster.pause_node(stalled);
+    let began = Instant::now();
+    let answers = store.gcra_many(&checks, SystemTime::now()).await;
+    let took = began.elapsed();
+    cluster.resume_node(stalled);
+    assert!(answers[0].as_ref().is_ok_and(|d| d.allowed), "{answers:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_that_is_down_answers_unavailable_in_time() {
     let mut options = RedisOptions::cluster(["redis://127.0.0.1:1", "redis://127.0.0.1:2"]);
@@ -627,6 +663,263 @@ async fn the_documented_users_do_their_work_and_no_more() {
     );
 }
 
+/// The same users in a Cluster while a slot moves between masters: a key of that slot not
+/// on the old master yet is answered with ASK, which the client follows with ASKING to the
+/// new master, a command the users must be allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_documented_users_follow_a_slot_migration() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let users = super::testing::documented_users(PASSWORD);
+    // ACL users are each node's own.
+    for node in 0..cluster.urls().len() {
+        for (name, rules) in &users {
+            let reply = cluster.query(
+                node,
+                &format!("ACL SETUSER {name} reset {}", rules.join(" ")),
+            );
+            assert_eq!(reply, "+OK\r\n", "{name} on node {node}: {reply}");
+        }
+    }
+    let as_user = |user: &str| {
+        let mut options = RedisOptions::cluster(cluster.urls());
+        options.username = Some(user.to_owned());
+        options.password = Some(SecretString::from(PASSWORD));
+        options.timeout = Duration::from_secs(2);
+        RedisStore::new(&options).unwrap()
+    };
+    let (keys, gateway) = (as_user("idgate-keys"), as_user("idgate"));
+    // Connected to the cluster, before any slot moves.
+    let warm = CounterKey::new("warm").unwrap();
+    let limit = GcraLimit::per(10, Duration::from_secs(60), 10).unwrap();
+    let one = GcraTake::EXACTLY_ONE;
+    eventually(|| gateway.gcra(&warm, &limit, one, SystemTime::now())).await;
+    assert!(eventually(|| keys.list()).await.is_empty());
+
+    // A key record and a GCRA key written, each on its slot's master.
+    let counter = CounterKey::new("k").unwrap();
+    keys.insert(&conformance::sample_key("aaaa", "admin"))
+        .await
+        .unwrap();
+    assert!(
+        gateway
+            .gcra(&counter, &limit, one, SystemTime::now())
+            .await
+            .unwrap()
+            .allowed
+    );
+
+    // Their slots start moving to another master, and their keys are moved already: the
+    // old master answers ASK for them.
+    let masters = cluster.masters();
+    let moving = [
+        vec![keys.key("{keys}:records"), keys.key("{keys}:version")],
+        vec![gateway.gcra_key(&counter)],
+    ];
+    for moved in moving {
+        let slot = cluster.query(0, &format!("CLUSTER KEYSLOT {}", moved[0]));
+        let slot = slot.trim().trim_start_matches(':');
+        let from = cluster.master_of(&moved[0]);
+        let to = *masters.iter().find(|&&m| m != from).unwrap();
+        let (from_id, to_id) = (cluster.node_id(from), cluster.node_id(to));
+        let reply = cluster.query(to, &format!("CLUSTER SETSLOT {slot} IMPORTING {from_id}"));
+        assert_eq!(reply, "+OK\r\n", "{reply}");
+        let reply = cluster.query(from, &format!("CLUSTER SETSLOT {slot} MIGRATING {to_id}"));
+        assert_eq!(reply, "+OK\r\n", "{reply}");
+        let to_port = cluster.urls()[to].rsplit(':').next().unwrap().to_owned();
+        let reply = cluster.query(
+            from,
+            &format!(
+                "MIGRATE 127.0.0.1 {to_port} \"\" 0 5000 KEYS {}",
+                moved.join(" ")
+            ),
+        );
+        assert_eq!(reply, "+OK\r\n", "{reply}");
+    }
+
+    // Each user's calls are sent on to the new master, and do their work there.
+    keys.insert(&conformance::sample_key("bbbb", "admin"))
+        .await
+        .unwrap();
+    let listed = gateway.list().await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(
+        gateway.version().await.unwrap(),
+        keys.version().await.unwrap()
+    );
+    let decision = gateway
+        .gcra(&counter, &limit, one, SystemTime::now())
+        .await
+        .unwrap();
+    assert!(decision.allowed);
+    let decisions = gateway
+        .gcra_many(&[(&counter, &limit, one)], SystemTime::now())
+        .await;
+    assert!(decisions[0].as_ref().unwrap().allowed, "{decisions:?}");
+}
+
+/// A login refused once (a password rotated on the client before Redis) is tried again, and
+/// the store works as soon as Redis takes the new password, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_refused_once_is_tried_again_once_redis_accepts_it() {
+    let Some(server) = RedisServer::start_with(ServerOptions {
+        password: Some(PASSWORD.to_owned()),
+        ..ServerOptions::default()
+    }) else {
+        return;
+    };
+    let with_password = |password: &str| {
+        let mut options = RedisOptions::standalone(server.url());
+        options.password = Some(SecretString::from(password));
+        options.timeout = Duration::from_secs(2);
+        RedisStore::new(&options).unwrap()
+    };
+    let new_password = format!("new-{PASSWORD}");
+    let (old, new) = (with_password(PASSWORD), with_password(&new_password));
+    let n = Nonce::new("evt").unwrap();
+    let window = Duration::from_secs(60);
+    let refused = new.insert_if_absent(&n, window, SystemTime::now()).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Unavailable { reason }) if reason.contains("AuthenticationFailed")),
+        "{refused:?}"
+    );
+
+    // Redis now takes the new password (and the old one no more).
+    let changed: String = old
+        .call(|mut c| async move {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("requirepass")
+                .arg(&new_password)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(changed, "OK");
+    assert!(eventually(|| new.insert_if_absent(&n, window, SystemTime::now())).await);
+}
+
+/// A failover behind one address: the primary is demoted to a replica of another server,
+/// which the address now leads to. The demoted server keeps the store's connection open and
+/// answers READONLY on it; the store then connects again and its writes land on the new
+/// primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readonly_reply_makes_the_connection_be_made_again() {
+    let (Some(old_primary), Some(new_primary)) = (RedisServer::start(), RedisServer::start())
+    else {
+        return;
+    };
+    let address = MovingAddress::to(old_primary.port()).await;
+    // One store sees READONLY on a single call, the other on a pipeline of checks.
+    let (single, pipelined) = (store(&address.url(), "p:"), store(&address.url(), "p:"));
+    let key = CounterKey::new("k").unwrap();
+    let window = Duration::from_secs(60);
+    let limit = GcraLimit::per(10, Duration::from_secs(60), 10).unwrap();
+    let checks = [(&key, &limit, GcraTake::EXACTLY_ONE)];
+    eventually(|| single.increment(&key, 1, window, SystemTime::now())).await;
+    eventually(|| async {
+        let answers = pipelined.gcra_many(&checks, SystemTime::now()).await;
+        answers.into_iter().collect::<Result<Vec<_>, _>>()
+    })
+    .await;
+
+    address.move_to(new_primary.port());
+    let reply = old_primary.query(&format!("REPLICAOF 127.0.0.1 {}", new_primary.port()));
+    assert_eq!(reply, "+OK\r\n", "{reply}");
+    // Synced (not loading, which would answer LOADING): from now on it answers READONLY.
+    // The primary waits 5 s for more replicas before it sends its data.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !old_primary
+        .query("INFO replication")
+        .contains("master_link_status:up")
+    {
+        assert!(Instant::now() < deadline, "the replica did not sync");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let demoted = single.increment(&key, 1, window, SystemTime::now()).await;
+    assert!(
+        matches!(&demoted, Err(StoreError::Unavailable { reason }) if reason.contains("READONLY")),
+        "{demoted:?}"
+    );
+    let count = eventually(|| single.increment(&key, 1, window, SystemTime::now())).await;
+    assert_eq!(
+        count.count, 1,
+        "a new window, on the new primary: {count:?}"
+    );
+    let on_new = new_primary.query(&format!("EXISTS {}", single.window_key(&key)));
+    assert_eq!(on_new, ":1\r\n", "the write landed on the new primary");
+
+    let demoted = pipelined.gcra_many(&checks, SystemTime::now()).await;
+    assert!(
+        matches!(&demoted[0], Err(StoreError::Unavailable { reason }) if reason.contains("READONLY")),
+        "{demoted:?}"
+    );
+    // The next call already goes through a new connection, to the new primary.
+    let decision = pipelined
+        .gcra(&key, &limit, GcraTake::EXACTLY_ONE, SystemTime::now())
+        .await
+        .unwrap();
+    assert!(decision.allowed);
+    let on_new = new_primary.query(&format!("EXISTS {}", pipelined.gcra_key(&key)));
+    assert_eq!(on_new, ":1\r\n", "the check landed on the new primary");
+}
+
+/// A TCP address standing for a name or a virtual address that moves in a failover: each
+/// connection made to it goes to the port it leads to at that moment; connections made
+/// before stay where they went.
+struct MovingAddress {
+    port: u16,
+    to: Arc<AtomicU16>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MovingAddress {
+    async fn to(port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let own = listener.local_addr().unwrap().port();
+        let to = Arc::new(AtomicU16::new(port));
+        let target = to.clone();
+        let task = tokio::spawn(async move {
+            // Dropped with the task, closing every forwarded connection.
+            let mut forwarded = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let port = target.load(Ordering::SeqCst);
+                forwarded.spawn(async move {
+                    let to = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await;
+                    if let Ok(mut outbound) = to {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self {
+            port: own,
+            to,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Leads the connections made from now on to `port`.
+    fn move_to(&self, port: u16) {
+        self.to.store(port, Ordering::SeqCst);
+    }
+}
+
+impl Drop for MovingAddress {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requirepass_protects_the_default_user() {
     let Some(server) = RedisServer::start_with(ServerOptions {
@@ -659,6 +952,34 @@ async fn requirepass_protects_the_default_user() {
 fn outside_a_runtime_it_says_so_instead_of_panicking() {
     let err = RedisStore::new(&RedisOptions::standalone("redis://127.0.0.1:1")).unwrap_err();
     assert!(matches!(err, StoreError::RedisConfig { .. }), "{err:?}");
+}
+
+/// A Cluster client takes TLS or not from its first seed alone and would use a CA with
+/// `redis://` seeds for nothing, logging in in clear: a CA file asks for TLS to every node.
+#[tokio::test]
+async fn a_ca_file_with_plain_cluster_seeds_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, "").unwrap();
+    for seeds in [
+        vec!["redis://127.0.0.1:1", "redis://127.0.0.1:2"],
+        vec!["rediss://127.0.0.1:1", "redis://127.0.0.1:2"],
+    ] {
+        let mut options = RedisOptions::cluster(seeds);
+        options.ca_file = Some(ca.clone());
+        let refused = RedisStore::new(&options);
+        assert!(
+            matches!(&refused, Err(StoreError::RedisConfig { reason }) if reason.contains("rediss://")),
+            "{refused:?}"
+        );
+    }
+    let mut options = RedisOptions::standalone("redis://127.0.0.1:1");
+    options.ca_file = Some(ca);
+    let refused = RedisStore::new(&options);
+    assert!(
+        matches!(&refused, Err(StoreError::RedisConfig { reason }) if reason.contains("rediss://")),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]
