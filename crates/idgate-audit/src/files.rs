@@ -1,19 +1,20 @@
 //! The trail's files in their directory: names that sort in chain order
 //! (`audit-<first seq, 20 digits>-<UTC time>.jsonl`), and, at start, the previous run's end:
-//! the last intact entry of the last file, and what follows it (a torn write, entries that
-//! do not verify), which is set aside in `<file>.discarded` and cut off before the chain
-//! goes on.
+//! the entries that follow the last checkpoint the start can vouch for, as far as they go on
+//! as the writer writes them, and what follows them (a torn write, entries that do not
+//! verify, do not chain, or are not the writer's), which is set aside in `<file>.discarded`
+//! and cut off before the chain goes on.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use crate::chain::{Digest, EntryKind};
-use crate::checkpoint::{Checkpoint, Close};
+use crate::chain::{Digest, Entry, EntryKind};
+use crate::checkpoint::{Checkpoint, CheckpointError, Close};
 use crate::crypt::EnvelopeError;
-use crate::keys::EncryptionKey;
+use crate::keys::{EncryptionKey, PublicKey};
 use crate::reader::{self, Lines, ReadError};
 
 /// The name of the file whose first entry is `first_seq`, opened at `at`.
@@ -55,28 +56,29 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The last intact entry of the previous run.
+/// The entry of the previous run the new one continues from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Last {
     pub seq: u64,
     pub hash: Digest,
     /// Its file was closed by a checkpoint (a clean shutdown, or a rotation).
     pub closed: Option<Close>,
+    /// The last checkpoint the start vouched for (`None`: the chain's beginning): the
+    /// entries after it up to `seq` were signed by no one before this start.
+    pub signed: Option<(u64, Digest)>,
 }
 
-/// What the end of one file looks like.
+/// Where a file is cut, and what is set aside.
 #[derive(Debug)]
 pub(crate) struct Tail {
     pub(crate) path: PathBuf,
-    /// The file's length up to the end of its last intact entry.
+    /// The file's length up to the end of the last entry continued from.
     pub(crate) keep: u64,
-    /// Bytes after it: a torn line, entries that do not verify.
+    /// Bytes after it: a torn line, entries that do not verify or are not continued from.
     pub(crate) discarded: u64,
-    /// `None`: nothing in the file verifies.
-    pub(crate) last: Option<Last>,
 }
 
-/// How much of a file's end is searched for its last intact entry.
+/// How much of a file's end is searched for its last entries.
 const TAIL_WINDOW: u64 = 4 * 1024 * 1024;
 
 /// Why the previous run's end cannot be found.
@@ -100,10 +102,52 @@ pub enum TailError {
         line: u64,
         why: String,
     },
+    #[error(
+        "{path}: no checkpoint the chain can go on from, in its last {window} bytes or in the files before it: what it holds cannot be vouched for; move it aside (the next start records the gap)"
+    )]
+    NoCheckpoint { path: PathBuf, window: u64 },
 }
 
-/// Finds the last intact entry of `path` within its last [`TAIL_WINDOW`] bytes.
-pub(crate) fn scan_tail(path: &Path, keys: &[EncryptionKey]) -> Result<Tail, TailError> {
+/// One intact entry of a file's window, as the start judges it.
+#[derive(Debug)]
+pub(crate) struct Seen {
+    /// The file's first line.
+    pub(crate) first_line: bool,
+    /// Where the line ends, its newline included.
+    pub(crate) end: u64,
+    pub(crate) seq: u64,
+    pub(crate) prev: Digest,
+    pub(crate) hash: Digest,
+    pub(crate) kind: EntryKind,
+    /// A checkpoint that names the entry before it as its head (its signature is checked
+    /// only where the start looks for one to go on from: [`holds`]).
+    pub(crate) held: Option<Checkpoint>,
+    /// An opening's reason: `start` (true) or `rotate`.
+    pub(crate) start: bool,
+    /// An opening that names no file before it.
+    pub(crate) first_of_chain: bool,
+    /// A record's time in milliseconds.
+    pub(crate) time: Option<u64>,
+}
+
+/// The lines of a file's window: each intact entry, or `None` for a line that is not one.
+#[derive(Debug)]
+pub(crate) struct Scan {
+    pub(crate) path: PathBuf,
+    pub(crate) len: u64,
+    /// The window begins at the file's beginning.
+    pub(crate) whole: bool,
+    pub(crate) lines: Vec<Option<Seen>>,
+}
+
+impl Scan {
+    fn any_intact(&self) -> bool {
+        self.lines.iter().any(Option::is_some)
+    }
+}
+
+/// Reads the entries of the last [`TAIL_WINDOW`] bytes of `path`.
+pub(crate) fn scan(path: &Path, keys: &[EncryptionKey]) -> Result<Scan, TailError> {
     let io = |source| TailError::Io {
         path: path.to_owned(),
         source,
@@ -113,15 +157,23 @@ pub(crate) fn scan_tail(path: &Path, keys: &[EncryptionKey]) -> Result<Tail, Tai
     let start = len.saturating_sub(TAIL_WINDOW);
     file.seek(SeekFrom::Start(start)).map_err(io)?;
     let mut lines = Lines::new(BufReader::new(file.take(len - start)));
-    // (end of the line, seq, hash, closed) of the last line that verifies.
-    let mut last: Option<(u64, Last)> = None;
+    let mut out = Vec::new();
     let mut first = true;
     while let Some(line) = lines.next_line().map_err(io)? {
         // The window may begin inside a line: that one is not judged.
         let skip = first && start > 0;
         first = false;
-        if skip || !line.complete || line.too_long {
+        if skip {
             continue;
+        }
+        if !line.complete && !line.too_long {
+            // A torn end: set aside with whatever else follows the last entry kept.
+            break;
+        }
+        if line.too_long {
+            // No entry is this long, and nothing after it is read.
+            out.push(None);
+            break;
         }
         let decoded = reader::decode(&line.bytes, keys);
         // A line this start cannot read for want of its key is no reason to set it aside.
@@ -134,38 +186,290 @@ pub(crate) fn scan_tail(path: &Path, keys: &[EncryptionKey]) -> Result<Tail, Tai
                 why: e.to_string(),
             });
         }
-        if let Ok((entry, _)) = decoded {
-            let closed = (entry.kind == EntryKind::Checkpoint)
-                .then(|| Checkpoint::from_entry(&entry.value).ok()?.close)
-                .flatten();
-            let end = start + line.offset + line.bytes.len() as u64 + 1;
-            last = Some((
-                end,
-                Last {
-                    seq: entry.seq,
-                    hash: entry.hash,
-                    closed,
-                },
-            ));
+        let end = start + line.offset + line.bytes.len() as u64 + 1;
+        let first_line = start + line.offset == 0;
+        out.push(decoded.ok().map(|(entry, _)| seen(&entry, end, first_line)));
+    }
+    Ok(Scan {
+        path: path.to_owned(),
+        len,
+        whole: start == 0,
+        lines: out,
+    })
+}
+
+/// Whether `e` is a checkpoint that holds: it signs the entry before it and, signed with
+/// `own` key's id, verifies with it; one signed with another key (before a key change) is
+/// taken as it stands: `verify` judges it.
+fn holds(e: &Seen, own: &PublicKey) -> bool {
+    e.held.as_ref().is_some_and(|c| {
+        matches!(
+            c.verify(e.seq, &e.prev, std::slice::from_ref(own)),
+            Ok(()) | Err(CheckpointError::UnknownKey(_))
+        )
+    })
+}
+
+fn seen(entry: &Entry, end: u64, first_line: bool) -> Seen {
+    let held = (entry.kind == EntryKind::Checkpoint)
+        .then(|| Checkpoint::from_entry(&entry.value).ok())
+        .flatten()
+        .filter(|c| c.head_seq.checked_add(1) == Some(entry.seq) && c.head == entry.prev);
+    let open = entry.value.get("open");
+    Seen {
+        first_line,
+        end,
+        seq: entry.seq,
+        prev: entry.prev,
+        hash: entry.hash,
+        kind: entry.kind,
+        held,
+        start: open.and_then(|o| o.get("reason")).and_then(|r| r.as_str()) == Some("start"),
+        first_of_chain: open.is_some_and(|o| o.get("previous_file").is_none()),
+        time: entry.value.get("time").and_then(serde_json::Value::as_u64),
+    }
+}
+
+/// What the writer leaves unsigned at most: `every` entries after a checkpoint, and no
+/// record more than `interval` (and [`crate::verify::CHECKPOINT_GRACE`]) later than it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unsigned {
+    pub(crate) every: u64,
+    pub(crate) interval: Duration,
+}
+
+/// The previous run's end: the entry to continue from, in which file, and what is cut off
+/// the files from there on.
+#[derive(Debug)]
+pub(crate) struct End {
+    /// `None`: nothing to continue from (a new chain begins).
+    pub(crate) last: Option<(Last, PathBuf)>,
+    /// Files cut back to what is continued from, and files after it set aside whole
+    /// (`keep` 0; removed once set aside).
+    pub(crate) tails: Vec<Tail>,
+}
+
+/// How many files back a start looks for a checkpoint to go on from: the writer closes
+/// every file with one, so only files that crashed at their start come between.
+const MAX_FILES_BACK: usize = 64;
+
+/// The chain as the walk has taken it so far.
+struct Walk {
+    seq: u64,
+    hash: Digest,
+    closed: Option<Close>,
+    /// Entries after the vouched checkpoint.
+    since: u64,
+    /// The vouched checkpoint's time.
+    signed_ms: Option<u64>,
+    /// After a start's opening: whether its gap came; its checkpoint must come next.
+    after_start: Option<bool>,
+}
+
+impl Walk {
+    /// Whether `e` goes on from the entries taken as the writer writes them, unsigned.
+    fn takes(&self, e: &Seen, limit: Unsigned) -> bool {
+        if self.seq.checked_add(1) != Some(e.seq) || self.hash != e.prev {
+            return false;
+        }
+        if e.first_line != (e.kind == EntryKind::Open) {
+            return false;
+        }
+        if self.closed.is_some() && !e.first_line {
+            return false;
+        }
+        let in_time = || match (e.time, self.signed_ms) {
+            (Some(t), Some(signed)) => {
+                let late = Duration::from_millis(t.saturating_sub(signed));
+                late <= limit
+                    .interval
+                    .saturating_add(crate::verify::CHECKPOINT_GRACE)
+            }
+            (None, _) => limit.interval == Duration::MAX,
+            (Some(_), None) => true,
+        };
+        self.since < limit.every.max(1)
+            && match e.kind {
+                EntryKind::Open => e.start || self.closed == Some(Close::Rotate),
+                // After the checkpoint continued from, none holds (or it would be that one).
+                EntryKind::Checkpoint => false,
+                EntryKind::Gap => self.after_start == Some(false),
+                EntryKind::Dropped => self.after_start.is_none(),
+                EntryKind::Record => self.after_start.is_none() && in_time(),
+            }
+    }
+
+    fn take(&mut self, e: &Seen) {
+        self.seq = e.seq;
+        self.hash = e.hash;
+        self.closed = None;
+        self.since += 1;
+        self.after_start = match e.kind {
+            EntryKind::Open if e.start => Some(false),
+            EntryKind::Gap => Some(true),
+            _ => None,
+        };
+    }
+}
+
+/// Where the walk starts: after a line of a file (a checkpoint that holds), or before a
+/// file's first line (the chain's beginning).
+struct Base {
+    /// Index into the scans, newest first.
+    scan: usize,
+    after: Option<usize>,
+}
+
+/// Finds where the chain goes on in `files` (in chain order): the last checkpoint that holds
+/// in the newest files' windows (or the chain's beginning), and the entries after it as far
+/// as they follow one another as the writer writes them: each linked to the one before,
+/// within `limit`, a start's opening followed only by its gap and its checkpoint, nothing
+/// after a file's closing checkpoint but the next file's opening. Whatever follows is not
+/// continued from: the file it is in is cut there, the files after it are set aside whole.
+pub(crate) fn find_end(
+    files: &[PathBuf],
+    keys: &[EncryptionKey],
+    own: &PublicKey,
+    limit: Unsigned,
+) -> Result<End, TailError> {
+    // Newest first, back to the file with the checkpoint to go on from.
+    let mut scans: Vec<Scan> = Vec::new();
+    let mut base = None;
+    for path in files.iter().rev().take(MAX_FILES_BACK) {
+        let s = scan(path, keys)?;
+        let intact_before = scans.iter().any(Scan::any_intact);
+        if !s.any_intact() && !s.whole && !intact_before {
+            return Err(TailError::Unverifiable {
+                path: s.path,
+                window: TAIL_WINDOW,
+            });
+        }
+        let held = s
+            .lines
+            .iter()
+            .rposition(|l| l.as_ref().is_some_and(|e| holds(e, own)));
+        let genesis = s.whole
+            && s.lines.first().and_then(Option::as_ref).is_some_and(|e| {
+                e.first_line
+                    && e.kind == EntryKind::Open
+                    && e.seq == 1
+                    && e.prev == Digest::GENESIS
+                    && e.first_of_chain
+            });
+        let whole = s.whole;
+        scans.push(s);
+        if held.is_some() || genesis {
+            base = Some(Base {
+                scan: scans.len() - 1,
+                after: held,
+            });
+            break;
+        }
+        if !whole {
+            break;
         }
     }
-    match last {
-        Some((keep, last)) => Ok(Tail {
-            path: path.to_owned(),
-            keep,
-            discarded: len - keep,
-            last: Some(last),
-        }),
-        None if start == 0 => Ok(Tail {
-            path: path.to_owned(),
-            keep: 0,
-            discarded: len,
-            last: None,
-        }),
-        None => Err(TailError::Unverifiable {
-            path: path.to_owned(),
+    if !scans.iter().any(Scan::any_intact) {
+        // Nothing intact anywhere: these files are set aside, and a new chain begins.
+        let tails = scans.iter().map(whole_tail).collect();
+        return Ok(End { last: None, tails });
+    }
+    let Some(base) = base else {
+        let newest = scans
+            .iter()
+            .find(|s| s.any_intact())
+            .map(|s| s.path.clone());
+        return Err(TailError::NoCheckpoint {
+            path: newest.unwrap_or_default(),
             window: TAIL_WINDOW,
-        }),
+        });
+    };
+    // (the last entry taken, the scan it is in, where it ends)
+    let (mut walk, mut last) = match base.after {
+        Some(i) => {
+            let s = &scans[base.scan];
+            match s.lines.get(i).and_then(Option::as_ref) {
+                Some(c) => {
+                    let held = c.held.as_ref();
+                    let last = Last {
+                        seq: c.seq,
+                        hash: c.hash,
+                        closed: held.and_then(|h| h.close),
+                        signed: Some((c.seq, c.hash)),
+                    };
+                    let walk = Walk {
+                        seq: c.seq,
+                        hash: c.hash,
+                        closed: last.closed,
+                        since: 0,
+                        signed_ms: held.map(|h| h.time_ms),
+                        after_start: None,
+                    };
+                    (walk, Some((last, base.scan, c.end)))
+                }
+                None => {
+                    return Err(TailError::NoCheckpoint {
+                        path: s.path.clone(),
+                        window: TAIL_WINDOW,
+                    });
+                }
+            }
+        }
+        None => {
+            let walk = Walk {
+                seq: 0,
+                hash: Digest::GENESIS,
+                closed: None,
+                since: 0,
+                signed_ms: None,
+                after_start: None,
+            };
+            (walk, None)
+        }
+    };
+    let from = base.after.map_or(0, |i| i + 1);
+    'files: for n in (0..=base.scan).rev() {
+        let skip = if n == base.scan { from } else { 0 };
+        for line in &scans[n].lines[skip.min(scans[n].lines.len())..] {
+            match line {
+                Some(e) if walk.takes(e, limit) => {
+                    walk.take(e);
+                    let signed = last.as_ref().and_then(|l| l.0.signed);
+                    let entry = Last {
+                        seq: e.seq,
+                        hash: e.hash,
+                        closed: None,
+                        signed,
+                    };
+                    last = Some((entry, n, e.end));
+                }
+                _ => break 'files,
+            }
+        }
+    }
+    // Cut the file of the last entry taken after it; set aside the files after it whole.
+    let mut tails = Vec::new();
+    let kept_in = last.as_ref().map(|l| l.1);
+    for (n, s) in scans.iter().enumerate() {
+        match (kept_in, &last) {
+            (Some(k), Some((_, _, end))) if n == k => tails.push(Tail {
+                path: s.path.clone(),
+                keep: *end,
+                discarded: s.len - end,
+            }),
+            (Some(k), _) if n > k => {}
+            _ => tails.push(whole_tail(s)),
+        }
+    }
+    let last = last.map(|(l, n, _)| (l, scans[n].path.clone()));
+    Ok(End { last, tails })
+}
+
+fn whole_tail(s: &Scan) -> Tail {
+    Tail {
+        path: s.path.clone(),
+        keep: 0,
+        discarded: s.len,
     }
 }
 
@@ -176,8 +480,8 @@ pub fn discarded_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Moves what follows the last intact entry into the side file, then cuts it off. Both
-/// are made durable before the chain goes on.
+/// Moves what follows the last entry continued from into the side file, then cuts it off.
+/// Both are made durable before the chain goes on.
 pub(crate) fn set_aside(tail: &Tail) -> std::io::Result<()> {
     if tail.discarded == 0 {
         return Ok(());
@@ -210,14 +514,14 @@ mod tests {
     use super::*;
     use crate::chain::seal;
 
-    fn entries(n: u64) -> (Vec<u8>, Digest) {
+    fn entries(n: u64) -> Vec<u8> {
         let mut out = Vec::new();
         let mut prev = Digest::GENESIS;
         for seq in 1..=n {
             prev = seal(&mut out, seq, &prev, EntryKind::Record, b"\"x\":1");
             out.push(b'\n');
         }
-        (out, prev)
+        out
     }
 
     #[test]
@@ -230,38 +534,40 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_end_is_found_set_aside_and_cut_off() {
+    fn a_scan_reads_every_intact_entry_and_stops_at_a_torn_end() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(file_name(1, SystemTime::now()));
-        let (mut data, head) = entries(5);
+        let mut data = entries(5);
+        data.extend_from_slice(b"not an entry\n");
         let good = data.len() as u64;
         data.extend_from_slice(b"{\"seq\":6,\"prev\":\"00");
         std::fs::write(&path, &data).unwrap();
-        let tail = scan_tail(&path, &[]).unwrap();
-        assert_eq!(tail.keep, good);
-        assert_eq!(tail.discarded, data.len() as u64 - good);
-        assert_eq!(
-            tail.last,
-            Some(Last {
-                seq: 5,
-                hash: head,
-                closed: None
-            })
-        );
-        set_aside(&tail).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
-        assert_eq!(
-            std::fs::read(discarded_path(&path)).unwrap(),
-            b"{\"seq\":6,\"prev\":\"00"
-        );
+        let s = scan(&path, &[]).unwrap();
+        assert!(s.whole && s.len == data.len() as u64);
+        let seqs: Vec<Option<u64>> = s.lines.iter().map(|l| l.as_ref().map(|e| e.seq)).collect();
+        assert_eq!(seqs, [Some(1), Some(2), Some(3), Some(4), Some(5), None]);
+        assert!(s.lines[0].as_ref().unwrap().first_line);
+        assert!(good < s.len);
     }
 
     #[test]
-    fn a_file_with_nothing_intact_is_wholly_discarded() {
+    fn what_is_set_aside_goes_to_the_side_file_and_is_cut_off() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit-x.jsonl");
-        std::fs::write(&path, b"\0\0\0\0").unwrap();
-        let tail = scan_tail(&path, &[]).unwrap();
-        assert_eq!((tail.keep, tail.discarded, tail.last), (0, 4, None));
+        let path = dir.path().join(file_name(1, SystemTime::now()));
+        let mut data = entries(2);
+        let keep = data.len() as u64;
+        data.extend_from_slice(b"{\"seq\":3,\"prev\":\"00");
+        std::fs::write(&path, &data).unwrap();
+        let tail = Tail {
+            path: path.clone(),
+            keep,
+            discarded: data.len() as u64 - keep,
+        };
+        set_aside(&tail).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), keep);
+        assert_eq!(
+            std::fs::read(discarded_path(&path)).unwrap(),
+            b"{\"seq\":3,\"prev\":\"00"
+        );
     }
 }

@@ -48,15 +48,19 @@ pub struct Line {
     pub bytes: Vec<u8>,
     /// Ended by a newline (a file's last line may not be: a torn write, or a cut).
     pub complete: bool,
-    /// Longer than [`MAX_LINE`]: `bytes` holds only its beginning.
+    /// Longer than [`MAX_LINE`]: `bytes` holds only its beginning, and nothing after it is
+    /// read (its end may be gigabytes away, in a file that is mostly a hole).
     pub too_long: bool,
 }
 
-/// The lines of a reader, each at most [`MAX_LINE`] bytes kept.
+/// The lines of a reader, each at most [`MAX_LINE`] bytes kept. They end at the first line
+/// longer than that: no entry is, so what follows it is not worth reading to its end.
 pub struct Lines<R> {
     reader: R,
     number: u64,
     offset: u64,
+    /// An overlong line was returned: nothing more is read.
+    stopped: bool,
 }
 
 impl<R: BufRead> Lines<R> {
@@ -65,11 +69,16 @@ impl<R: BufRead> Lines<R> {
             reader,
             number: 0,
             offset: 0,
+            stopped: false,
         }
     }
 
-    /// The next line; `None` at the end.
+    /// The next line; `None` at the end, and after a line longer than [`MAX_LINE`] (which
+    /// comes back without its newline, after at most [`MAX_LINE`] and one buffer's bytes).
     pub fn next_line(&mut self) -> std::io::Result<Option<Line>> {
+        if self.stopped {
+            return Ok(None);
+        }
         let mut bytes = Vec::new();
         let mut too_long = false;
         let mut read = 0u64;
@@ -93,10 +102,14 @@ impl<R: BufRead> Lines<R> {
             if found {
                 break true;
             }
+            if too_long {
+                break false;
+            }
         };
         if read == 0 {
             return Ok(None);
         }
+        self.stopped = too_long;
         self.number += 1;
         let line = Line {
             number: self.number,
@@ -140,17 +153,18 @@ mod tests {
     }
 
     #[test]
-    fn an_overlong_line_is_cut_and_marked() {
-        let mut data = vec![b'x'; MAX_LINE + 10];
+    fn an_overlong_line_is_cut_and_marked_and_ends_the_lines() {
+        let mut data = b"first\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
         data.extend_from_slice(b"\nok\n");
         let mut lines = Lines::new(std::io::BufReader::with_capacity(4096, &data[..]));
+        assert_eq!(lines.next_line().unwrap().unwrap().bytes, b"first");
         let long = lines.next_line().unwrap().unwrap();
-        assert!(long.too_long && long.complete);
-        assert_eq!(long.bytes.len(), MAX_LINE);
-        let ok = lines.next_line().unwrap().unwrap();
+        assert!(long.too_long);
         assert_eq!(
-            (ok.number, ok.offset, ok.bytes.as_slice()),
-            (2, MAX_LINE as u64 + 11, &b"ok"[..])
+            (long.number, long.offset, long.bytes.len()),
+            (2, 6, MAX_LINE)
         );
+        assert!(lines.next_line().unwrap().is_none());
     }
 }

@@ -15,7 +15,8 @@
 //! | entries rewritten with their hashes | the next checkpoint's signature does not verify |
 //! | a checkpoint forged | its signature does not verify with the given keys |
 //! | files removed after a rotation, and a restart | the restart's opening is not the rotation's, and no gap follows it |
-//! | entries added after the last checkpoint | past the writer's schedule ([`Schedule`]), when it is given |
+//! | entries added after the last checkpoint | past the writer's schedule ([`Schedule`]), when it is given, also when a later start signed them (its gap names them either way) |
+//! | a file added after a shutdown: a start's opening, then entries | its second line: a start is followed by its checkpoint |
 //! | the end cut back, or the newest files removed | only against an anchor kept elsewhere ([`ExpectHead`]) |
 //!
 //! What the files alone cannot show: a trail cut back to an earlier clean shutdown (its
@@ -104,14 +105,84 @@ pub struct Finding {
     pub problem: Problem,
 }
 
+/// A finding's words are safe to print: text that comes from the trail (a key id, a file
+/// name) is escaped ([`printable`]).
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: ", self.file, self.line)?;
+        write!(f, "{}:{}: ", printable(&self.file), self.line)?;
         if let Some(seq) = self.seq {
             write!(f, "entry {seq}: ")?;
         }
-        write!(f, "{}", self.problem)
+        write!(f, "{}", printable(&self.problem.to_string()))
     }
+}
+
+/// Whether a character would act on a terminal rather than be shown: C0 and C1 controls,
+/// DEL, and the bidirectional controls that reorder what follows them.
+fn acts_on_a_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `s` with every character that would act on a terminal written as `\u{XXXX}`: text read
+/// from a trail file, or a file's name, printed as it is could move the cursor, erase a
+/// line, or reorder what follows, and make a failed verification look like a good one.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(acts_on_a_terminal) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if acts_on_a_terminal(c) {
+            out.push_str(&format!("\\u{{{:04x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A JSON text (a trail entry, which parsed) safe to print, in its own order: as it is when
+/// nothing in it would act on a terminal; else with such characters escaped as `\uXXXX`
+/// inside strings, and (tabs, carriage returns: the only ones JSON allows there) written as
+/// spaces between them. It reads back as the same JSON.
+pub fn printable_json(text: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let Ok(t) = std::str::from_utf8(text) else {
+        return std::borrow::Cow::Owned(
+            printable(&String::from_utf8_lossy(text))
+                .into_owned()
+                .into_bytes(),
+        );
+    };
+    if !t.chars().any(acts_on_a_terminal) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(t.len() + 16);
+    let (mut in_string, mut escaped) = (false, false);
+    for c in t.chars() {
+        if escaped {
+            escaped = false;
+        } else if in_string && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            in_string = !in_string;
+        } else if acts_on_a_terminal(c) {
+            if in_string {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{u:04x}"));
+                }
+            } else {
+                out.push(' ');
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    std::borrow::Cow::Owned(out.into_bytes())
 }
 
 /// What is wrong with an entry.
@@ -173,18 +244,22 @@ pub enum Problem {
     )]
     GapMismatch,
     #[error(
-        "the trail ends with {unsigned} entries after its last checkpoint, and this is the first past checkpoint_every ({every}): the gateway signs at least every {every} entries, so the entries from here on were added after it, or its signing failed"
+        "{unsigned} entries follow the last checkpoint of the run that wrote them (up to the trail's end, or to the next start), and this is the first past checkpoint_every ({every}): the gateway signs at least every {every} entries, so the entries from here on were added after it, or its signing failed"
     )]
     TailTooLong { unsigned: u64, every: u64 },
     #[error(
-        "its time is {late:?} after the last checkpoint's, more than checkpoint_interval ({interval:?}) and {grace:?} of grace, and no checkpoint follows: the gateway would have signed it, so it was added after it, or its signing failed",
+        "its time is {late:?} after the last checkpoint's, more than checkpoint_interval ({interval:?}) and {grace:?} of grace, and no checkpoint of its run follows: the gateway would have signed it, so it was added after it, or its signing failed",
         grace = CHECKPOINT_GRACE
     )]
     TailTooLate { late: Duration, interval: Duration },
     #[error(
-        "a record after the last checkpoint without a time in milliseconds, and no checkpoint follows: the gateway writes every record with its time, so it was added after it, and checkpoint_interval ({interval:?}) cannot bound it"
+        "a record after the last checkpoint without a time in milliseconds, and no checkpoint of its run follows: the gateway writes every record with its time, so it was added after it, and checkpoint_interval ({interval:?}) cannot bound it"
     )]
     TailNoTime { interval: Duration },
+    #[error(
+        "a start's opening is followed by this entry, not by the start's checkpoint: the gateway signs the chain at every start before it writes anything else, so this file's entries from here on are not the gateway's"
+    )]
+    StartUnsigned,
     #[error(
         "its hash is not {expected}, the hash it is anchored to (--expect-head): the trail was rewritten from here on, or this is another trail"
     )]
@@ -232,6 +307,9 @@ pub struct GapNote {
     pub last_seq: u64,
     pub bytes_discarded: u64,
     pub after: GapAfter,
+    /// Entries (first and last) that followed the last checkpoint of the run that ended:
+    /// no checkpoint of their own run signs them; only this start's does.
+    pub unsigned: Option<(u64, u64)>,
 }
 
 /// How many gaps a summary describes one by one; past them it counts.
@@ -396,6 +474,12 @@ pub struct Verifier {
     head_seen: bool,
     /// An incomplete last line of the last file given so far.
     incomplete: Option<Incomplete>,
+    /// After a start's opening (and its gap): its checkpoint must come next.
+    start_unsigned: bool,
+    /// The entries between the last checkpoint and a start's opening, for its gap.
+    run_unsigned: Option<(u64, u64)>,
+    /// A finding about an earlier entry, found at the current one.
+    earlier: Option<Finding>,
 }
 
 impl Verifier {
@@ -435,6 +519,9 @@ impl Verifier {
             over_time: None,
             head_seen: false,
             incomplete: None,
+            start_unsigned: false,
+            run_unsigned: None,
+            earlier: None,
         }
     }
 
@@ -468,6 +555,8 @@ impl Verifier {
         self.closed = None;
         self.opening = None;
         self.last_line = 0;
+        // A start that crashed before its checkpoint leaves its opening alone in its file.
+        self.start_unsigned = false;
         name.clone_into(&mut self.last_name);
         let mut lines = Lines::new(reader);
         let mut any = false;
@@ -498,14 +587,15 @@ impl Verifier {
             }
             any = true;
             self.last_line = line.number;
-            self.line(name, &line).map_err(|(seq, problem)| {
-                VerifyError::Broken(Box::new(Finding {
+            if let Err((seq, problem)) = self.line(name, &line) {
+                let finding = self.earlier.take().unwrap_or_else(|| Finding {
                     file: name.to_owned(),
                     line: line.number,
                     seq: seq.or(self.expected.map(|e| e.0)),
                     problem,
-                }))
-            })?;
+                });
+                return Err(VerifyError::Broken(Box::new(finding)));
+            }
         }
         // A file the writer created but never wrote to (a crash right then) holds nothing.
         let incomplete = self.incomplete.is_some();
@@ -585,6 +675,10 @@ impl Verifier {
                 let opening = Opening::read(&entry.value, entry.seq, entry.prev)
                     .ok_or((seq, Problem::Opening))?;
                 self.need_gap = self.succession(&opening).map_err(|p| (seq, p))?;
+                if opening.reason == OpenReason::Start {
+                    self.run_ends(entry.seq)?;
+                    self.start_unsigned = true;
+                }
                 self.opening = Some(opening);
             }
             EntryKind::Gap => {
@@ -599,11 +693,15 @@ impl Verifier {
                 let problem = self.need_gap.take().map(|n| n.problem());
                 return Err((seq, problem.unwrap_or(Problem::GapOutOfPlace)));
             }
+            EntryKind::Record | EntryKind::Dropped if self.start_unsigned => {
+                return Err((seq, Problem::StartUnsigned));
+            }
             EntryKind::Checkpoint => {
                 let c = Checkpoint::from_entry(&entry.value).map_err(|e| (seq, e.into()))?;
                 c.verify(entry.seq, &entry.prev, &self.opts.keys)
                     .map_err(|e| (seq, e.into()))?;
                 self.closed = c.close;
+                self.start_unsigned = false;
                 self.summary.checkpoints += 1;
                 self.summary.last_checkpoint = Some((entry.seq, entry.hash));
                 self.checkpoint_ms = Some(c.time_ms);
@@ -682,6 +780,42 @@ impl Verifier {
         Ok(())
     }
 
+    /// At a start's opening (entry `seq`), the run before it has ended: the entries after its
+    /// last checkpoint are held to the schedule as the trail's end is, for the start's
+    /// checkpoint signs them too, and are noted for the start's gap.
+    fn run_ends(&mut self, seq: u64) -> Result<(), (Option<u64>, Problem)> {
+        let unsigned = self.summary.unsigned;
+        self.run_unsigned = (unsigned > 0).then(|| (seq - unsigned, seq - 1));
+        if let Some((at, problem)) = self.over_schedule() {
+            let finding = Finding {
+                file: at.file.clone(),
+                line: at.line,
+                seq: Some(at.seq),
+                problem,
+            };
+            self.earlier = Some(finding.clone());
+            return Err((finding.seq, finding.problem));
+        }
+        Ok(())
+    }
+
+    /// The first entry after the last checkpoint past the schedule, when one is given.
+    fn over_schedule(&self) -> Option<(&Pos, Problem)> {
+        let schedule = self.schedule?;
+        let count = self.over_count.as_ref().map(|at| {
+            let problem = Problem::TailTooLong {
+                unsigned: self.summary.unsigned,
+                every: schedule.every,
+            };
+            (at, problem)
+        });
+        let time = self.over_time.as_ref().map(|(at, p)| (at, p.clone()));
+        match (count, time) {
+            (Some(c), Some(t)) => Some(if t.0.seq < c.0.seq { t } else { c }),
+            (c, t) => c.or(t),
+        }
+    }
+
     /// Checks that a file's opening follows the file before it as the writer opens files:
     /// after a rotation, the rotation's file (or a start that records the gap); after a
     /// shutdown or an unclosed end, a start (with a gap after an unclosed end). Returns the
@@ -756,6 +890,7 @@ impl Verifier {
             last_seq: last_seq.unwrap_or_default(),
             bytes_discarded: g["bytes_discarded"].as_u64().unwrap_or_default(),
             after,
+            unsigned: self.run_unsigned,
         })
     }
 
@@ -794,22 +929,8 @@ impl Verifier {
             };
             return broken(file, line, s.last_seq.map(|l| l.saturating_add(1)), problem);
         }
-        if let Some(schedule) = self.schedule {
-            let count = self.over_count.as_ref().map(|at| {
-                let problem = Problem::TailTooLong {
-                    unsigned: s.unsigned,
-                    every: schedule.every,
-                };
-                (at, problem)
-            });
-            let time = self.over_time.as_ref().map(|(at, p)| (at, p.clone()));
-            let first = match (count, time) {
-                (Some(c), Some(t)) => Some(if t.0.seq < c.0.seq { t } else { c }),
-                (c, t) => c.or(t),
-            };
-            if let Some((at, problem)) = first {
-                return broken(&at.file, at.line, Some(at.seq), problem);
-            }
+        if let Some((at, problem)) = self.over_schedule() {
+            return broken(&at.file, at.line, Some(at.seq), problem);
         }
         Ok(())
     }

@@ -4,11 +4,15 @@
 //! by size and age, and closes the last file with a signed checkpoint at a clean exit.
 //!
 //! A crash loses at most the batch being gathered (and, on a power loss, what was written
-//! since the last sync). The next start finds the end of the last file, sets aside whatever
-//! follows its last intact entry, and opens a new file whose first entries say where the
-//! chain comes from and, when the previous run did not close its file (or its newest file
-//! was closed for rotation and the next one is missing), what was lost; then it signs the
-//! chain it continues, so that the trail's unsigned end is only ever the current run's.
+//! since the last sync). The next start finds the last checkpoint at the end of the trail
+//! that holds, goes on through the entries after it only as far as the writer could have
+//! left them unsigned ([`files::find_end`]), sets aside whatever follows, and opens a new
+//! file whose first entries say where the chain comes from and, when the previous run did
+//! not close its file (or its newest file was closed for rotation and the next one is
+//! missing, or something was set aside), what was lost and what it found unsigned; then it
+//! signs the chain it continues, so that the trail's unsigned end is only ever the current
+//! run's. A failed sync, or a chain at its last sequence number, stops the writer: no
+//! request gets a place in the queue from then on.
 //!
 //! Sequence numbers never wrap, and no line is written that a reader would refuse: a record
 //! past [`MAX_RECORD`] is written in a bounded form.
@@ -152,7 +156,10 @@ pub struct Gap {
 pub enum GapReason {
     /// The previous run stopped (a crash, a kill) without closing its file.
     Unclosed,
-    /// The newest file ended in bytes that are not an intact entry; they were set aside.
+    /// The newest files ended in bytes the chain cannot go on from: an incomplete line, or
+    /// entries that do not verify, or do not follow the last checkpoint as the writer writes
+    /// them (linked one to the next, within its schedule, a start's opening followed by its
+    /// checkpoint). They were set aside.
     Discarded,
     /// The newest file was closed for rotation, but the file the chain went on in is not
     /// there: a crash in the middle of the rotation, or files removed from the directory.
@@ -165,7 +172,7 @@ impl GapReason {
         match self {
             Self::Unclosed => "the previous run stopped without closing its file",
             Self::Discarded => {
-                "the previous run's file ended in an incomplete or unverifiable entry"
+                "the previous run's files ended in bytes the chain cannot go on from (an incomplete line, entries that do not verify or do not follow the last checkpoint as the gateway writes them); they were set aside"
             }
             Self::SuccessorMissing => {
                 "the newest file was closed for rotation, and the file after it is missing"
@@ -230,6 +237,18 @@ struct Writer {
     current: Current,
     spare: Spare,
     sync: SyncState,
+    /// Why the writer must stop taking records, once it must.
+    stop: Option<Stop>,
+}
+
+/// Why the writer stops taking records: requests that need one are refused from then on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The chain is at its last sequence number.
+    Exhausted,
+    /// A sync of the current file failed: what was written since the last sync may be gone
+    /// (the kernel reports such a failure once), so the file is not written again.
+    SyncFailed,
 }
 
 /// When the current file was last synced, and whether anything was written since.
@@ -301,7 +320,7 @@ impl AuditTrail {
     ) -> Result<(Self, StartReport), AuditError> {
         let dir = settings.dir.clone();
         prepare_dir(&dir)?;
-        let (last, gap) = previous_end(&dir, &keys)?;
+        let (last, gap) = previous_end(&dir, &keys, &settings)?;
         let (last, previous) = last.unzip();
         let metrics = AuditMetrics::default();
         let now = SystemTime::now();
@@ -329,26 +348,32 @@ impl AuditTrail {
                 last: Instant::now(),
                 unsynced: false,
             },
+            stop: None,
         };
         let mut built = Built::default();
-        writer.append_open(&mut built, "start", previous.as_deref())?;
-        if let (Some(g), Some(l)) = (&gap, &last) {
-            writer.append_gap(&mut built, g, l)?;
+        // Every run signs the chain it continues at once, right after its opening (and gap):
+        // what comes after this checkpoint is this run's alone, so the unsigned end of a run
+        // is never more than one `checkpoint_every` or `checkpoint_interval` of it (what
+        // `verify` holds it to), and a start that cannot sign does not start.
+        let started = writer
+            .append_open(&mut built, "start", previous.as_deref())
+            .and_then(|()| match (&gap, &last) {
+                (Some(g), Some(l)) => writer.append_gap(&mut built, g, l),
+                _ => Ok(()),
+            })
+            .and_then(|()| writer.append_checkpoint(&mut built, None))
+            .map_err(AuditError::from)
+            .and_then(|()| {
+                writer
+                    .write_built(&built)
+                    .map_err(io_err(&writer.current.path))?;
+                writer.sync().map_err(io_err(&writer.current.path))
+            });
+        if let Err(e) = started {
+            // The file holds nothing the next start could continue from.
+            let _ = std::fs::remove_file(&writer.current.path);
+            return Err(e);
         }
-        // Every run signs the chain it continues at once: what comes after this checkpoint
-        // is this run's alone, so the unsigned end of the trail is never more than one
-        // `checkpoint_every` or `checkpoint_interval` of this run (what `verify` holds it to).
-        if let Err(e) = writer.append_checkpoint(&mut built, None) {
-            tracing::error!(error = %e, "the audit trail's start could not be signed; the next checkpoint covers it");
-        }
-        writer
-            .write_built(&built)
-            .map_err(io_err(&writer.current.path))?;
-        writer
-            .current
-            .file
-            .sync_data()
-            .map_err(io_err(&writer.current.path))?;
         files::sync_dir(&dir).map_err(io_err(&dir))?;
         if let Some(export) = &writer.export {
             for line in built.plain.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -406,52 +431,60 @@ fn prepare_dir(dir: &Path) -> Result<(), AuditError> {
     }
 }
 
-/// The previous run's last intact entry with its file, and the gap when it did not close
-/// its file.
+/// The entry the new run continues from, with its file, and the gap when the previous run
+/// did not close its file or something was set aside.
 type PreviousEnd = (Option<(Last, PathBuf)>, Option<Gap>);
 
-/// The previous run's last intact entry and its file, and the gap when it did not close its
-/// file. What follows that entry is set aside; files holding nothing intact are set aside
-/// whole.
-fn previous_end(dir: &Path, keys: &AuditKeys) -> Result<PreviousEnd, AuditError> {
+/// The entry the new run continues from (see [`files::find_end`]), its file, and the gap
+/// when the previous run did not close its file or something was set aside. What follows
+/// that entry is set aside; files cut back to nothing are removed once set aside.
+fn previous_end(
+    dir: &Path,
+    keys: &AuditKeys,
+    settings: &WriterSettings,
+) -> Result<PreviousEnd, AuditError> {
     let read_keys: Vec<EncryptionKey> = keys
         .encryption
         .iter()
         .chain(&keys.previous)
         .cloned()
         .collect();
+    let all = files::list(dir).map_err(io_err(dir))?;
+    let limit = files::Unsigned {
+        every: settings.checkpoint_every,
+        interval: settings.checkpoint_interval,
+    };
+    let end = files::find_end(&all, &read_keys, &keys.signing.public(), limit)?;
     let mut discarded = 0;
-    let mut last_file = None;
-    for path in files::list(dir).map_err(io_err(dir))?.iter().rev() {
-        let tail = files::scan_tail(path, &read_keys)?;
+    for tail in &end.tails {
         discarded += tail.discarded;
-        last_file.get_or_insert_with(|| path.clone());
-        files::set_aside(&tail).map_err(io_err(path))?;
-        let Some(last) = tail.last else {
-            // Nothing intact in it: its bytes are in the side file; the chain ends earlier.
-            std::fs::remove_file(path).map_err(io_err(path))?;
-            continue;
-        };
-        // A file closed for rotation is followed by the file the chain goes on in: when that
-        // one is missing, entries may be lost with it, and the trail says so.
-        let reason = if discarded > 0 {
-            Some(GapReason::Discarded)
-        } else {
-            match last.closed {
-                None => Some(GapReason::Unclosed),
-                Some(Close::Rotate) => Some(GapReason::SuccessorMissing),
-                Some(Close::Shutdown) => None,
-            }
-        };
-        let gap = reason.map(|reason| Gap {
-            file: last_file.clone().unwrap_or_else(|| path.clone()),
-            last_seq: last.seq,
-            bytes_discarded: discarded,
-            reason,
-        });
-        return Ok((Some((last, path.clone())), gap));
+        files::set_aside(tail).map_err(io_err(&tail.path))?;
+        if tail.keep == 0 {
+            std::fs::remove_file(&tail.path).map_err(io_err(&tail.path))?;
+        }
     }
-    Ok((None, None))
+    let Some((last, path)) = end.last else {
+        return Ok((None, None));
+    };
+    // A file closed for rotation is followed by the file the chain goes on in: when that
+    // one is missing, entries may be lost with it, and the trail says so.
+    let reason = if discarded > 0 {
+        Some(GapReason::Discarded)
+    } else {
+        match last.closed {
+            None => Some(GapReason::Unclosed),
+            Some(Close::Rotate) => Some(GapReason::SuccessorMissing),
+            Some(Close::Shutdown) => None,
+        }
+    };
+    let newest = all.last().cloned().unwrap_or_else(|| path.clone());
+    let gap = reason.map(|reason| Gap {
+        file: newest,
+        last_seq: last.seq,
+        bytes_discarded: discarded,
+        reason,
+    });
+    Ok((Some((last, path)), gap))
 }
 
 fn open_file(
@@ -534,11 +567,10 @@ impl Writer {
         kind: EntryKind,
         members: &[u8],
     ) -> Result<(), AppendError> {
-        let seq = self
-            .chain
-            .seq
-            .checked_add(1)
-            .ok_or(AppendError::Exhausted(self.chain.seq))?;
+        let Some(seq) = self.chain.seq.checked_add(1) else {
+            self.stop = Some(Stop::Exhausted);
+            return Err(AppendError::Exhausted(self.chain.seq));
+        };
         let start = built.plain.len();
         let hash = chain::seal(&mut built.plain, seq, &self.chain.head, kind, members);
         if let Some(sealer) = &mut self.current.sealer {
@@ -549,6 +581,10 @@ impl Writer {
             built.sealed.push(b'\n');
         }
         built.plain.push(b'\n');
+        if seq == u64::MAX {
+            // Nothing can follow this entry: stop before a record is taken that cannot be.
+            self.stop = Some(Stop::Exhausted);
+        }
         self.chain.seq = seq;
         self.chain.head = hash;
         match kind {
@@ -596,6 +632,14 @@ impl Writer {
         json::num(&mut m, gap.last_seq);
         json::key(&mut m, "last_hash");
         json::str(&mut m, &last.hash.hex());
+        // The last checkpoint the start found and vouched for: the entries after it up to
+        // `last_seq` were signed by no one before this start's checkpoint.
+        if let Some((seq, hash)) = &last.signed {
+            json::key(&mut m, "signed_seq");
+            json::num(&mut m, *seq);
+            json::key(&mut m, "signed_hash");
+            json::str(&mut m, &hash.hex());
+        }
         json::key(&mut m, "bytes_discarded");
         json::num(&mut m, gap.bytes_discarded);
         if gap.bytes_discarded > 0 {
@@ -623,10 +667,24 @@ impl Writer {
         self.append(built, EntryKind::Checkpoint, &m)
     }
 
+    /// Syncs the current file's data.
+    fn sync(&self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if tests::sync_fails(&self.settings.dir) {
+            return Err(std::io::Error::other("a sync failure, for a test"));
+        }
+        self.current.file.sync_data()
+    }
+
     fn write_built(&mut self, built: &Built) -> std::io::Result<()> {
         let bytes = built.bytes(self.encrypted());
         if bytes.is_empty() {
             return Ok(());
+        }
+        if self.stop == Some(Stop::SyncFailed) {
+            return Err(std::io::Error::other(
+                "the file failed to sync and is not written again",
+            ));
         }
         if let Err(e) = self.current.file.write_all(bytes) {
             // A partial line must not stay ahead of the retry: cut back to what was whole.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use idgate_audit::verify::{
-    End, ExpectHead, GapAfter, Schedule, Summary, Verifier, VerifyError, VerifyOptions,
+    End, ExpectHead, GapAfter, Schedule, Summary, Verifier, VerifyError, VerifyOptions, printable,
 };
 use idgate_audit::{EncryptionKey, PublicKey, SigningKey};
 use idgate_secrets::SecretRef;
@@ -262,9 +262,16 @@ impl TrailArgs {
     }
 }
 
+/// Prints one line of a report: its text from the trail (file names among it) escaped.
+macro_rules! say {
+    ($($t:tt)*) => {
+        println!("{}", printable(&format!($($t)*)))
+    };
+}
+
 fn verify(args: &VerifyArgs) -> ExitCode {
     let usage = |msg: String| {
-        eprintln!("error: {msg}");
+        eprintln!("error: {}", printable(&msg));
         ExitCode::from(EXIT_CONFIG)
     };
     let Trail {
@@ -360,7 +367,7 @@ fn report(s: &Summary) {
         (Some(a), Some(b)) => format!(", entries {a} to {b}"),
         _ => String::new(),
     };
-    println!(
+    say!(
         "verified: {} file{}, {} entries ({} records, {} checkpoints){range}",
         s.files,
         if s.files == 1 { "" } else { "s" },
@@ -387,41 +394,52 @@ fn report(s: &Summary) {
                 g.last_seq, g.bytes_discarded
             ),
         };
-        println!("gap: {}:{}: entry {}: {what}", g.file, g.line, g.seq);
+        let vouched = match g.unsigned {
+            Some((first, last)) => format!(
+                "; entries {first} to {last} followed the last checkpoint of the run before, and no checkpoint of that run signs them: this start's checkpoint is the first"
+            ),
+            None => String::new(),
+        };
+        say!(
+            "gap: {}:{}: entry {}: {what}{vouched}",
+            g.file,
+            g.line,
+            g.seq
+        );
     }
     if s.gap_count > s.gaps.len() as u64 {
-        println!("gap: … and {} more gaps", s.gap_count - s.gaps.len() as u64);
+        say!("gap: … and {} more gaps", s.gap_count - s.gaps.len() as u64);
     }
     if s.dropped > 0 {
-        println!(
+        say!(
             "dropped: the writer recorded {} record(s) it could not take (its queue was full, or it was closing)",
             s.dropped
         );
     }
     match &s.end {
-        End::Sealed => println!("sealed: the trail ends with the gateway's closing checkpoint"),
-        End::Rotated { file } => println!(
+        End::Sealed => say!("sealed: the trail ends with the gateway's closing checkpoint"),
+        End::Rotated { file } => say!(
             "open: {file} was closed for rotation: the chain goes on in a later file, which was not given"
         ),
         End::Open { file, line, seq } => {
-            println!(
+            say!(
                 "open: {file}:{line}: the trail ends before entry {seq} without a closing checkpoint: the gateway is still writing it, stopped without closing it, or entries were cut off its end ({} entries after the last checkpoint are not signed)",
                 s.unsigned
             );
             if let Some(bytes) = s.incomplete_end {
-                println!(
+                say!(
                     "open: {file}:{line}: the line is incomplete ({bytes} bytes, no newline): the batch being written, a write the gateway did not finish, or the file was cut there; not verified"
                 );
             }
         }
-        End::Empty => println!("open: the files hold no entries"),
+        End::Empty => say!("open: the files hold no entries"),
     }
     // What to keep elsewhere, to find later whether the trail was cut back (--expect-head).
     if let (Some(seq), Some(hash)) = (s.last_seq, s.head) {
-        println!("head: entry {seq} {hash}");
+        say!("head: entry {seq} {hash}");
     }
     if let Some((seq, hash)) = s.last_checkpoint {
-        println!("last checkpoint: entry {seq} {hash} (anchor: --expect-head {seq}:{hash})");
+        say!("last checkpoint: entry {seq} {hash} (anchor: --expect-head {seq}:{hash})");
     }
 }
 

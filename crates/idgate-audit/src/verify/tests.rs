@@ -712,8 +712,9 @@ fn an_anchor_is_written_seq_or_seq_and_hash() {
     }
 }
 
-/// A file of an opening and a record, and the first `cut` bytes of the next record: a
-/// batch written with one `write`, seen part-way.
+/// A file of an opening (for a rotation: the files before it are not given) and a record,
+/// and the first `cut` bytes of the next record: a batch written with one `write`, seen
+/// part-way.
 fn with_partial_last_line(cut: usize) -> (Vec<u8>, Vec<u8>) {
     let mut whole = Vec::new();
     let open = entry(
@@ -721,7 +722,7 @@ fn with_partial_last_line(cut: usize) -> (Vec<u8>, Vec<u8>) {
         1,
         &Digest::GENESIS,
         EntryKind::Open,
-        &opening("f1", "start", None),
+        &opening("f1", "rotate", None),
     );
     let r1 = entry(&mut whole, 2, &open, EntryKind::Record, "\"time\":1");
     let mut last = Vec::new();
@@ -792,14 +793,15 @@ fn an_incomplete_line_after_a_closing_checkpoint_is_named() {
 
 #[test]
 fn a_starts_gap_being_written_leaves_the_trail_open() {
-    // A killed run's file, then a start's opening whose gap entry is being written.
+    // A killed run's file (opened for a rotation: the files before it are not given), then
+    // a start's opening whose gap entry is being written.
     let mut first = Vec::new();
     let open = entry(
         &mut first,
         1,
         &Digest::GENESIS,
         EntryKind::Open,
-        &opening("f1", "start", None),
+        &opening("f1", "rotate", None),
     );
     let r = entry(&mut first, 2, &open, EntryKind::Record, "\"time\":1");
     let mut second = Vec::new();
@@ -911,5 +913,201 @@ fn schedule_names_an_unsigned_record_without_a_numeric_time() {
     assert!(
         matches!(found.problem, Problem::TailNoTime { .. }),
         "{found}"
+    );
+}
+
+#[test]
+fn a_start_opening_without_its_checkpoint_is_named() {
+    let keys = Keys::new();
+    let (_dir, files) = trail(&keys, None);
+    // After the clean shutdown, a file someone added: a start's opening that follows it,
+    // then records, all hashed right, and no checkpoint.
+    let last = files.last().unwrap();
+    let end = last_entry(last);
+    let mut planted = Vec::new();
+    let o = entry(
+        &mut planted,
+        end.seq + 1,
+        &end.hash,
+        EntryKind::Open,
+        &opening("planted", "start", Some(&opened_as(last))),
+    );
+    entry(
+        &mut planted,
+        end.seq + 2,
+        &o,
+        EntryKind::Record,
+        "\"time\":1",
+    );
+    let dir = last.parent().unwrap();
+    let path = dir.join("zz-planted.jsonl");
+    std::fs::write(&path, &planted).unwrap();
+    let mut all = files.clone();
+    all.push(path.clone());
+    let found = run(&all, &keys, &[]).unwrap_err();
+    assert_eq!(
+        (found.file.as_str(), found.line, found.seq, found.problem),
+        (
+            "zz-planted.jsonl",
+            2,
+            Some(end.seq + 2),
+            Problem::StartUnsigned
+        )
+    );
+    // Its opening alone is what a start that crashed before its checkpoint leaves.
+    std::fs::write(&path, &planted[..o_len(&planted)]).unwrap();
+    let s = run(&all, &keys, &[]).unwrap();
+    assert!(matches!(s.end, End::Open { .. }), "{:?}", s.end);
+}
+
+/// The length of the first line of `data`, with its newline.
+fn o_len(data: &[u8]) -> usize {
+    data.iter().position(|&b| b == b'\n').unwrap() + 1
+}
+
+#[test]
+fn a_runs_unsigned_end_is_held_to_the_schedule_when_a_later_start_signs_it() {
+    let keys = Keys::new();
+    let signing = keys.audit_keys(None).signing;
+    let checkpoint = |out: &mut Vec<u8>, seq: u64, prev: &Digest| {
+        let m = crate::checkpoint::members(&signing, seq - 1, prev, 1, None).unwrap();
+        entry(
+            out,
+            seq,
+            prev,
+            EntryKind::Checkpoint,
+            std::str::from_utf8(&m).unwrap(),
+        )
+    };
+    // A run signed at its start, then seven entries, and killed: two more than the writer
+    // leaves unsigned with checkpoint_every 5.
+    let mut f1 = Vec::new();
+    let mut prev = entry(
+        &mut f1,
+        1,
+        &Digest::GENESIS,
+        EntryKind::Open,
+        &opening("f1", "start", None),
+    );
+    prev = checkpoint(&mut f1, 2, &prev);
+    for seq in 3..=9 {
+        prev = entry(&mut f1, seq, &prev, EntryKind::Record, "\"time\":1");
+    }
+    // The next start records the gap and signs them all.
+    let mut f2 = Vec::new();
+    let o = entry(
+        &mut f2,
+        10,
+        &prev,
+        EntryKind::Open,
+        &opening("f2", "start", Some("f1")),
+    );
+    let g = entry(&mut f2, 11, &o, EntryKind::Gap, &gap(9, &prev));
+    checkpoint(&mut f2, 12, &g);
+    let files: [(&str, &[u8]); 2] = [("f1", &f1), ("f2", &f2)];
+    let with_keys = || {
+        Verifier::new(VerifyOptions {
+            keys: vec![keys.public],
+            decrypt: Vec::new(),
+        })
+    };
+    // Without the schedule it verifies, and the gap says what only the start signed.
+    let s = verify_bytes(&files, with_keys()).unwrap();
+    assert_eq!(s.gaps[0].unsigned, Some((3, 9)));
+    // With it, the first entry past checkpoint_every in that run is named.
+    let schedule = Schedule {
+        every: 5,
+        interval: Duration::MAX,
+    };
+    let found = verify_bytes(&files, with_keys().with_schedule(schedule)).unwrap_err();
+    assert_eq!(
+        (found.file.as_str(), found.line, found.seq, found.problem),
+        (
+            "f1",
+            8,
+            Some(8),
+            Problem::TailTooLong {
+                unsigned: 7,
+                every: 5
+            }
+        )
+    );
+}
+
+/// `line` (without its newline) with `from` replaced by `to`, sealed again with its hash.
+fn reseal(line: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let text = std::str::from_utf8(line).unwrap();
+    let body = text[..text.len() - 75].replace(from, to);
+    format!(
+        "{body},\"hash\":\"{}\"}}",
+        Digest::of(body.as_bytes()).hex()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn findings_text_from_the_trail_cannot_carry_control_characters() {
+    let keys = Keys::new();
+    let (_dir, files) = trail(&keys, None);
+    // The closing checkpoint, its key id made to rewrite the terminal's line.
+    let last = files.last().unwrap();
+    let mut l = lines(last);
+    let closing = l.pop().unwrap();
+    let kid = crate::chain::open(closing.strip_suffix(b"\n").unwrap())
+        .unwrap()
+        .value["checkpoint"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let evil = "\\r\\u001b[2K\\u009bverified: all good \u{202e}";
+    let mut forged = reseal(closing.strip_suffix(b"\n").unwrap(), &kid, evil);
+    forged.push(b'\n');
+    l.push(forged.clone());
+    write_lines(last, &l);
+    let found = run(&files, &keys, &[]).unwrap_err();
+    assert!(
+        matches!(&found.problem, Problem::Checkpoint(CheckpointError::UnknownKey(k)) if k.contains('\u{1b}')),
+        "{found:?}"
+    );
+    let said = found.to_string();
+    assert!(
+        !said.chars().any(|c| c.is_control() || c == '\u{202e}'),
+        "{said:?}"
+    );
+    assert!(
+        said.contains("\\u{000d}\\u{001b}[2K\\u{009b}verified"),
+        "{said}"
+    );
+    // The same entry printed as JSON: the same members, with nothing a terminal acts on.
+    let line = forged.strip_suffix(b"\n").unwrap();
+    let shown = printable_json(line);
+    let text = std::str::from_utf8(&shown).unwrap();
+    assert!(!text.chars().any(acts_on_a_terminal), "{text:?}");
+    let again: serde_json::Value = serde_json::from_str(text).unwrap();
+    let before: serde_json::Value = serde_json::from_slice(line).unwrap();
+    assert_eq!(again, before);
+    // Whitespace a terminal acts on, between members, becomes a space.
+    let cr = b"{\"a\":1,\r\"b\":\"\xc2\x9b\"}";
+    assert_eq!(&*printable_json(cr), br#"{"a":1, "b":"\u009b"}"#);
+}
+
+#[test]
+fn verify_stops_at_an_overlong_line_without_reading_to_its_end() {
+    let keys = Keys::new();
+    let (dir, files) = trail(&keys, None);
+    // A file that is mostly a hole: a line of 8 GiB of zero bytes, never ended.
+    let path = dir.path().join("audit-99999999999999999999-hole.jsonl");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(8 << 30).unwrap();
+    let mut all = files.clone();
+    all.push(path);
+    let started = std::time::Instant::now();
+    let found = run(&all, &keys, &[]).unwrap_err();
+    assert_eq!((found.line, found.problem), (1, Problem::TooLong));
+    // Reading 8 GiB of zeros takes seconds at best; a bounded read, milliseconds.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
     );
 }

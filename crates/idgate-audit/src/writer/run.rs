@@ -12,7 +12,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Built, MAX_RECORD, Writer, open_file, oversized};
+use super::{Built, MAX_RECORD, Stop, Writer, open_file, oversized};
 use crate::chain::EntryKind;
 use crate::checkpoint::Close;
 use crate::queue::{self, Shared, WRITE_AT};
@@ -27,6 +27,10 @@ impl Writer {
         let mut stuck: Option<Built> = None;
         let mut last_report: Option<Instant> = None;
         loop {
+            if let Some(stop) = self.stop {
+                self.halt(shared, stop, stuck.as_ref());
+                return;
+            }
             if !shared.closing.load(Ordering::Acquire) {
                 self.wait(shared, stuck.is_some());
             }
@@ -225,26 +229,45 @@ impl Writer {
         if self.sync.unsynced
             && (sync_now || self.sync.last.elapsed() >= self.settings.sync_interval)
         {
-            self.sync_file(shared, last_report);
+            self.sync_file(shared);
         }
         Ok(())
     }
 
-    /// Syncs what was written to the current file, and makes it the trail's last entry.
-    fn sync_file(&mut self, shared: &Shared, last_report: &mut Option<Instant>) {
+    /// Syncs what was written to the current file, and makes it the trail's last entry. A
+    /// failed sync is not tried again: the kernel reports it once and may have dropped the
+    /// data it could not write, so a later sync that succeeds would prove nothing. The
+    /// writer stops ([`Stop::SyncFailed`]); the next start continues after the last entry it
+    /// finds intact, and records the gap.
+    fn sync_file(&mut self, shared: &Shared) {
         self.sync.last = Instant::now();
-        if let Err(e) = self.current.file.sync_data() {
-            // Tried again at the next sync; the records are written, not lost.
+        if let Err(e) = self.sync() {
             shared.metrics.write_errors.inc();
             let path = self.current.path.display().to_string();
-            report(
-                last_report,
-                || tracing::error!(file = %path, error = %e, "cannot sync the audit trail"),
-            );
-        } else {
-            self.sync.unsynced = false;
+            tracing::error!(file = %path, error = %e, after = self.chain.seq, "cannot sync the audit trail: entries written since the last sync may be lost");
+            self.stop = Some(Stop::SyncFailed);
+            return;
         }
+        self.sync.unsynced = false;
         shared.last_seq.store(self.chain.seq, Ordering::Release);
+    }
+
+    /// Stops taking records for good: reservations fail from now on (requests that need a
+    /// record are refused, as when the queue is full), and the records still queued or
+    /// unwritten are counted as lost.
+    fn halt(&self, shared: &Shared, stop: Stop, stuck: Option<&Built>) {
+        shared.reserved.close();
+        match stop {
+            Stop::Exhausted => tracing::error!(
+                last_seq = self.chain.seq,
+                "the audit trail's sequence numbers are exhausted: nothing more can be recorded, and requests that need a record are refused; move the trail's files aside and restart to begin a new chain"
+            ),
+            Stop::SyncFailed => tracing::error!(
+                file = %self.current.path.display(),
+                "the audit file could not be synced, and is not written again: requests that need a record are refused until a restart, which records the gap"
+            ),
+        }
+        self.give_up(shared, stuck.unwrap_or(&Built::default()));
     }
 
     /// Records that can never be written (this batch, and any still pending at the exit):
@@ -262,10 +285,9 @@ impl Writer {
         let lost = reserved + unreserved;
         shared.metrics.dropped.inc_by(lost as u64);
         shared.release(reserved, unreserved);
-        tracing::error!(
-            lost,
-            "audit records could not be written before the exit; they are lost"
-        );
+        if lost > 0 {
+            tracing::error!(lost, "audit records could not be written; they are lost");
+        }
     }
 
     /// Closes the file with a rotation checkpoint and goes on in a new one, when the file is
@@ -278,7 +300,8 @@ impl Writer {
         last_report: &mut Option<Instant>,
     ) -> Result<(), Built> {
         let c = &self.current;
-        if c.entries == 0
+        if self.stop.is_some()
+            || c.entries == 0
             || (c.len < self.settings.rotate_bytes && c.opened.elapsed() < self.settings.rotate_age)
         {
             return Ok(());
@@ -325,7 +348,11 @@ impl Writer {
             );
             return Ok(());
         }
-        self.sync_file(shared, last_report);
+        self.sync_file(shared);
+        if self.stop.is_some() {
+            let _ = std::fs::remove_file(&next.path);
+            return Ok(());
+        }
         let old = std::mem::replace(&mut self.current, next);
         let mut opening = Built::default();
         if let Err(e) = self.append_open(&mut opening, "rotate", Some(&old.path)) {
@@ -350,6 +377,9 @@ impl Writer {
 
     /// Closes the last file with a signed `shutdown` checkpoint.
     fn finish(&mut self, shared: &Shared, last_report: &mut Option<Instant>) {
+        if self.stop.is_some() {
+            return;
+        }
         let mut built = Built::default();
         if let Err(e) = self.append_checkpoint(&mut built, Some(Close::Shutdown)) {
             tracing::error!(error = %e, "the audit file could not be closed with a signed checkpoint; the next start records a gap");

@@ -450,25 +450,86 @@ fn a_start_signs_the_chain_it_continues_at_once() {
     trail.close();
 }
 
+/// An entry to write by hand.
+enum Line<'a> {
+    Open(&'a str, Option<&'a str>),
+    Record(&'a str),
+    Checkpoint(Option<Close>),
+}
+
+/// Appends `lines` to the file `path` as entries from `seq` on, after `prev`, checkpoints
+/// signed with `key`. Returns the last entry's sequence number and hash.
+fn write_entries(
+    path: &Path,
+    key: &SigningKey,
+    mut seq: u64,
+    mut prev: Digest,
+    lines: &[Line<'_>],
+) -> (u64, Digest) {
+    let mut out = Vec::new();
+    let name = path.file_name().unwrap().to_str().unwrap();
+    for line in lines {
+        let (kind, members) = match line {
+            Line::Open(reason, previous) => {
+                let mut m = format!(
+                    r#""open":{{"file":"{name}","reason":"{reason}","time":1,"time_dt":"x""#
+                );
+                if let Some(p) = previous {
+                    m.push_str(&format!(r#","previous_file":"{p}""#));
+                }
+                m.push('}');
+                (EntryKind::Open, m.into_bytes())
+            }
+            Line::Record(id) => (
+                EntryKind::Record,
+                format!(
+                    r#""class_uid":6003,"time":{},"api":{{"request":{{"uid":"{id}"}}}}"#,
+                    json::millis(SystemTime::now())
+                )
+                .into_bytes(),
+            ),
+            Line::Checkpoint(close) => (
+                EntryKind::Checkpoint,
+                checkpoint::members(key, seq - 1, &prev, json::millis(SystemTime::now()), *close)
+                    .unwrap(),
+            ),
+        };
+        prev = chain::seal(&mut out, seq, &prev, kind, &members);
+        out.push(b'\n');
+        seq = seq.wrapping_add(1);
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(&out).unwrap();
+    (seq.wrapping_sub(1), prev)
+}
+
+/// The `open.file` of a trail file: its name.
+fn name_of(path: &Path) -> String {
+    path.file_name().unwrap().to_str().unwrap().to_owned()
+}
+
 #[test]
 fn a_start_refuses_to_continue_a_trail_at_its_last_sequence_numbers() {
     let keys = Keys::new();
+    let signing = keys.audit_keys(None).signing;
     for last in [u64::MAX, u64::MAX - 1] {
         let dir = tempfile::tempdir().unwrap();
-        let mut line = Vec::new();
-        chain::seal(
-            &mut line,
-            last,
-            &Digest::GENESIS,
-            EntryKind::Open,
-            br#""open":{"file":"a","reason":"start","time":1}"#,
+        let path = dir.path().join(files::file_name(1, SystemTime::now()));
+        // A chain someone sealed by hand that far, ending in a checkpoint that holds.
+        write_entries(
+            &path,
+            &signing,
+            last - 1,
+            Digest::GENESIS,
+            &[
+                Line::Open("start", None),
+                Line::Checkpoint(Some(Close::Shutdown)),
+            ],
         );
-        line.push(b'\n');
-        std::fs::write(
-            dir.path().join(files::file_name(1, SystemTime::now())),
-            &line,
-        )
-        .unwrap();
         let err = AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap_err();
         assert!(
             matches!(err, AuditError::SeqExhausted { last_seq } if last_seq == last),
@@ -478,6 +539,189 @@ fn a_start_refuses_to_continue_a_trail_at_its_last_sequence_numbers() {
         // Refused before anything was written.
         assert_eq!(files::list(dir.path()).unwrap().len(), 1);
     }
+}
+
+/// A trail of one run closed at shutdown: its file, and its last entry.
+fn closed_run(dir: &Path, keys: &Keys, n: usize) -> (PathBuf, u64, Digest) {
+    let (trail, _) = AuditTrail::start(settings(dir), keys.audit_keys(None), None).unwrap();
+    records(&trail, n);
+    trail.close();
+    let summary = verify(dir, &[keys.public], &[]);
+    assert_eq!(summary.end, End::Sealed);
+    let file = files::list(dir).unwrap().pop().unwrap();
+    (file, summary.last_seq.unwrap(), summary.head.unwrap())
+}
+
+/// The request ids of the trail's records.
+fn request_ids(dir: &Path) -> Vec<String> {
+    entries(dir, &[])
+        .iter()
+        .filter_map(|e| e["api"]["request"]["uid"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn a_fabricated_run_after_a_clean_shutdown_is_not_signed_by_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let (closed, n, head) = closed_run(dir.path(), &keys, 3);
+    // Someone who can write the directory, but holds no signing key, adds a run after the
+    // shutdown: a start's opening that follows it, and records made up, all hashed right.
+    let planted = dir.path().join(files::file_name(n + 1, SystemTime::now()));
+    let signing = keys.audit_keys(None).signing;
+    write_entries(
+        &planted,
+        &signing,
+        n + 1,
+        head,
+        &[
+            Line::Open("start", Some(&name_of(&closed))),
+            Line::Record("made-up-1"),
+            Line::Record("made-up-2"),
+        ],
+    );
+    let planted_len = std::fs::metadata(&planted).unwrap().len();
+    let (trail, report) =
+        AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap();
+    records(&trail, 1);
+    trail.close();
+    // The start went on after the opening (a start that crashed before its checkpoint looks
+    // so), and set aside what a start never writes after its opening.
+    let last = report.continues.clone().expect("continues");
+    assert_eq!((last.seq, last.signed), (n + 1, Some((n, head))));
+    let gap = report.gap.expect("a gap");
+    assert_eq!(gap.reason, GapReason::Discarded);
+    assert!(gap.bytes_discarded > 0 && gap.bytes_discarded < planted_len);
+    let aside = std::fs::read_to_string(files::discarded_path(&planted)).unwrap();
+    assert!(
+        aside.contains("made-up-1") && aside.contains("made-up-2"),
+        "{aside}"
+    );
+    // The trail the next start signed holds none of it.
+    let ids = request_ids(dir.path());
+    assert!(ids.iter().all(|id| !id.starts_with("made-up")), "{ids:?}");
+    assert_eq!(ids.len(), 4);
+    let summary = verify(dir.path(), &[keys.public], &[]);
+    assert_eq!(summary.end, End::Sealed);
+    // The start's gap says which checkpoint it found, and what it vouched for after it.
+    let gap_entry = entries(dir.path(), &[])
+        .into_iter()
+        .find(|e| e["entry"] == "gap")
+        .unwrap();
+    assert_eq!(gap_entry["gap"]["signed_seq"], n);
+    assert_eq!(gap_entry["gap"]["signed_hash"], head.hex());
+    assert_eq!(gap_entry["gap"]["last_seq"], n + 1);
+}
+
+#[test]
+fn a_start_refuses_a_last_entry_that_does_not_chain() {
+    let live = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let (trail, _) = AuditTrail::start(settings(live.path()), keys.audit_keys(None), None).unwrap();
+    records(&trail, 2);
+    wait_written(&trail);
+    let crashed = tempfile::tempdir().unwrap();
+    crashed_copy(live.path(), crashed.path());
+    trail.close();
+    let before = verify(crashed.path(), &[keys.public], &[]);
+    // After the crash, a line hashed right but that does not follow the chain, at a
+    // sequence number near the last.
+    let file = files::list(crashed.path()).unwrap().pop().unwrap();
+    let signing = keys.audit_keys(None).signing;
+    write_entries(
+        &file,
+        &signing,
+        u64::MAX - 10,
+        Digest::of(b"anything"),
+        &[Line::Record("far-away")],
+    );
+    let (trail, report) =
+        AuditTrail::start(settings(crashed.path()), keys.audit_keys(None), None).unwrap();
+    let last = report.continues.clone().expect("continues");
+    assert_eq!(Some(last.seq), before.last_seq);
+    assert_eq!(report.gap.expect("a gap").reason, GapReason::Discarded);
+    records(&trail, 2);
+    wait_written(&trail);
+    assert_eq!(trail.metrics().dropped.get(), 0);
+    trail.close();
+    let summary = verify(crashed.path(), &[keys.public], &[]);
+    assert_eq!((summary.records, summary.end), (4, End::Sealed));
+    assert!(
+        std::fs::read_to_string(files::discarded_path(&file))
+            .unwrap()
+            .contains("far-away")
+    );
+}
+
+/// Waits until `cond` holds, at most 10 s.
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_exhausted_chain_refuses_requests_rather_than_dropping_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let signing = keys.audit_keys(None).signing;
+    // A chain (sealed and signed by hand) that a start leaves one entry short of the last.
+    let path = dir.path().join(files::file_name(1, SystemTime::now()));
+    write_entries(
+        &path,
+        &signing,
+        u64::MAX - 4,
+        Digest::GENESIS,
+        &[
+            Line::Open("start", None),
+            Line::Checkpoint(Some(Close::Shutdown)),
+        ],
+    );
+    let (trail, report) =
+        AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap();
+    assert_eq!(report.continues.map(|l| l.seq), Some(u64::MAX - 3));
+    // The start's opening and checkpoint, then one record takes the last number.
+    records(&trail, 1);
+    wait_written(&trail);
+    // From then on no request gets a place: it is refused, not served unrecorded.
+    wait_for("reservations still succeed", || {
+        trail.try_reserve().is_none()
+    });
+    assert!(trail.reserve(Duration::from_millis(50)).await.is_none());
+    assert_eq!(trail.metrics().dropped.get(), 0);
+    trail.close();
+    let ids = request_ids(dir.path());
+    assert_eq!(ids, ["rid-0"]);
+}
+
+#[test]
+fn a_failed_sync_stops_the_writer_and_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let (trail, _) = AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap();
+    FAILING_SYNCS.lock().unwrap().push(dir.path().to_owned());
+    records(&trail, 2);
+    // The sync after the write fails: nothing more is written, and no place is given out.
+    wait_for("reservations still succeed", || {
+        trail.try_reserve().is_none()
+    });
+    let written = std::fs::read(&files::list(dir.path()).unwrap()[0]).unwrap();
+    trail.close();
+    assert_eq!(
+        std::fs::read(&files::list(dir.path()).unwrap()[0]).unwrap(),
+        written,
+        "the file was written after its sync failed"
+    );
+    FAILING_SYNCS.lock().unwrap().clear();
+    // The next start finds the file unclosed, records the gap, and the trail verifies.
+    let (trail, report) =
+        AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap();
+    assert_eq!(report.gap.expect("a gap").reason, GapReason::Unclosed);
+    trail.close();
+    let summary = verify(dir.path(), &[keys.public], &[]);
+    assert_eq!((summary.end, summary.gap_count), (End::Sealed, 1));
 }
 
 #[test]
@@ -508,4 +752,15 @@ fn a_start_after_the_newest_files_were_removed_back_to_a_rotation_records_the_ga
     assert_eq!(summary.gap_count, 1);
     assert_eq!(summary.gaps[0].after, crate::verify::GapAfter::Rotation);
     assert_eq!(summary.gaps[0].last_seq, gap.last_seq);
+}
+
+/// Directories whose writer's syncs fail, for a test.
+static FAILING_SYNCS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+pub(crate) fn sync_fails(dir: &Path) -> bool {
+    FAILING_SYNCS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|d| d == dir)
 }

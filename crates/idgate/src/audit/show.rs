@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use idgate_audit::reader::{self, Lines};
+use idgate_audit::verify::{printable, printable_json};
 use idgate_audit::{EntryKind, json};
 use serde_json::Value;
 
@@ -164,7 +165,8 @@ pub(crate) fn run(args: &ShowArgs) -> ExitCode {
     let mut skipped = 0u64;
     for (i, f) in files.iter().enumerate() {
         let last_file = i + 1 == files.len();
-        let name = f.display();
+        // A file's name is printed only escaped, as is all text from the trail.
+        let name = printable(&f.display().to_string()).into_owned();
         let file = match std::fs::File::open(f) {
             Ok(file) => file,
             Err(e) => return usage(format!("{name}: cannot read: {e}")),
@@ -185,15 +187,25 @@ pub(crate) fn run(args: &ShowArgs) -> ExitCode {
                 );
                 continue;
             }
-            let decoded = if line.complete && !line.too_long {
+            let decoded = if line.too_long {
+                // Its end may be far away (a file that is mostly a hole): not read.
+                Err(
+                    "the line is longer than any entry; the rest of the file is not read"
+                        .to_owned(),
+                )
+            } else if line.complete {
                 reader::decode(&line.bytes, &keys).map_err(|e| e.to_string())
             } else {
-                Err("the line is incomplete or too long".to_owned())
+                Err("the line is incomplete".to_owned())
             };
             let (entry, plain) = match decoded {
                 Ok(d) => d,
                 Err(e) => {
-                    eprintln!("warning: {name}:{}: skipped: {e}", line.number);
+                    eprintln!(
+                        "warning: {name}:{}: skipped: {}",
+                        line.number,
+                        printable(&e)
+                    );
                     skipped += 1;
                     continue;
                 }
@@ -202,8 +214,10 @@ pub(crate) fn run(args: &ShowArgs) -> ExitCode {
                 continue;
             }
             let written = match args.format {
-                Format::Json => out.write_all(&plain).and_then(|()| out.write_all(b"\n")),
-                Format::Table => writeln!(out, "{}", row(entry.kind, &entry.value)),
+                Format::Json => out
+                    .write_all(&printable_json(&plain))
+                    .and_then(|()| out.write_all(b"\n")),
+                Format::Table => writeln!(out, "{}", printable(&row(entry.kind, &entry.value))),
             };
             if written.is_err() {
                 // The reader went away (a closed pipe): nothing more to say.

@@ -258,14 +258,15 @@ fn show_filters_records_and_prints_a_table() {
 }
 
 /// A trail of one file written by hand, as anyone who can write the directory could: an
-/// opening and `records` records, chained, and no checkpoint.
+/// opening (for a rotation, as if the files before it had been removed: a start's would be
+/// named for want of its checkpoint) and `records` records, chained, and no checkpoint.
 fn fabricated_trail(dir: &Path, records: u64) -> PathBuf {
     let file = dir.join("audit-00000000000000000001-20261123T164548Z.jsonl");
     let (mut text, mut prev) = tamper::seal(
         1,
         &"0".repeat(64),
         "open",
-        r#""open":{"file":"audit-00000000000000000001-20261123T164548Z.jsonl","reason":"start","time":1795452348053}"#,
+        r#""open":{"file":"audit-00000000000000000001-20261123T164548Z.jsonl","reason":"rotate","time":1795452348053}"#,
     );
     for seq in 2..=records + 1 {
         let (line, hash) = tamper::seal(
@@ -625,5 +626,56 @@ fn verify_reports_the_files_missing_after_a_rotation_as_a_gap() {
     assert!(
         out.contains("gap: ") && out.contains("closed for rotation") && out.contains("is missing"),
         "{out}"
+    );
+}
+
+/// Whether `s` holds a character a terminal would act on rather than show.
+fn acts_on_a_terminal(s: &str) -> bool {
+    s.chars().any(|c| {
+        c.is_control() && c != '\n'
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    })
+}
+
+#[test]
+fn verify_and_show_print_no_control_characters_from_the_trail() {
+    let keys = TrailKeys::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let files = written_trail(&keys, dir.path());
+    // The closing checkpoint's key id, made to erase the line and print a success, sealed
+    // again with its hash: a failed verification that would look like a good one.
+    let last = files.last().unwrap();
+    let data = std::fs::read_to_string(last).unwrap();
+    let (before, closing) = data.trim_end_matches('\n').rsplit_once('\n').unwrap();
+    let kid = serde_json::from_str::<serde_json::Value>(closing).unwrap()["checkpoint"]["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = closing[..closing.len() - 75]
+        .replace(&kid, "\\r\\u001b[2Kverified: 3 files \u{202e}\u{9b}");
+    let hash = idgate_audit::Digest::of(body.as_bytes()).hex();
+    std::fs::write(last, format!("{before}\n{body},\"hash\":\"{hash}\"}}\n")).unwrap();
+    let (d, k) = (dir.path().to_str().unwrap(), keys.public());
+    let (code, out, err) = idgate_cli(&["audit", "verify", "--key", k.to_str().unwrap(), d]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        !acts_on_a_terminal(&out) && !acts_on_a_terminal(&err),
+        "{err:?}"
+    );
+    assert!(err.contains("\\u{001b}[2Kverified"), "{err}");
+    // `show` prints the entry as JSON that means the same, and nothing a terminal acts on.
+    let (code, out, err) = idgate_cli(&["audit", "show", "--all", d]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !acts_on_a_terminal(&out) && !acts_on_a_terminal(&err),
+        "{out:?}"
+    );
+    let shown: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert!(
+        shown["checkpoint"]["kid"]
+            .as_str()
+            .unwrap()
+            .starts_with("\r\u{1b}[2Kverified"),
+        "{shown}"
     );
 }
