@@ -231,6 +231,16 @@ impl AuditSetup {
     }
 }
 
+/// The setting a trail that could not start names: at start a key signs the start's
+/// checkpoint (an HSM may refuse) and seals entries (the random source may fail).
+fn setting_at_fault(e: &AuditError) -> &'static str {
+    match e {
+        AuditError::Key(KeyError::Random) => "audit.encryption_key",
+        AuditError::Key(_) => "audit.signing_key",
+        _ => "audit.dir",
+    }
+}
+
 /// Starts the audit trail's writer (on a blocking thread: it reads the previous run's end and
 /// syncs a new file) and says where the chain goes on, and what the previous run lost.
 pub(crate) async fn start(
@@ -242,11 +252,11 @@ pub(crate) async fn start(
         .await
         .map_err(std::io::Error::other)?;
     let (trail, report) = started.map_err(|e| {
-        let key = match e {
-            AuditError::Key(_) => "audit.encryption_key",
-            _ => "audit.dir",
-        };
-        std::io::Error::other(format!("{}: {key}: {e}", cfg.file.display()))
+        std::io::Error::other(format!(
+            "{}: {}: {e}",
+            cfg.file.display(),
+            setting_at_fault(&e)
+        ))
     })?;
     let file = report.file.display().to_string();
     match &report.continues {
@@ -264,4 +274,26 @@ pub(crate) async fn start(
         );
     }
     Ok(Arc::new(trail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trail_that_cannot_sign_at_start_names_its_signing_key_not_its_encryption_key() {
+        let hsm_refused = AuditError::Key(KeyError::Malformed {
+            what: "pkcs11:object=audit-signing".to_owned(),
+            why: "the token refused to sign",
+        });
+        assert_eq!(setting_at_fault(&hsm_refused), "audit.signing_key");
+        assert_eq!(
+            setting_at_fault(&AuditError::Key(KeyError::Random)),
+            "audit.encryption_key"
+        );
+        assert_eq!(
+            setting_at_fault(&AuditError::NotADirectory("/var/lib/idgate/audit".into())),
+            "audit.dir"
+        );
+    }
 }
