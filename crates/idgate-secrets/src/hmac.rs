@@ -131,20 +131,13 @@ impl HmacKey {
     /// The key `secret` names when it is an HMAC key kept in a token, which makes every
     /// signature with its newest version; `None` for any other reference, read into memory
     /// by its user. Blocking (token calls).
-    pub(crate) fn load_in_token(secret: &SecretRef) -> Result<Option<Self>, SecretError> {
-        let SecretRef::Pkcs11(uri) = secret else {
-            return Ok(None);
-        };
-        let hsm = Hsm::shared(uri).map_err(|e| SecretError::Hsm(secret.to_string(), e))?;
-        let kind = hsm
-            .kind_of(&uri.object)
-            .map_err(|e| SecretError::Hsm(secret.to_string(), e))?;
-        Ok((kind == ObjectKind::HmacKey).then(|| Self {
-            source: secret.clone(),
+    fn load_in_token(secret: &SecretRef) -> Result<Option<Self>, SecretError> {
+        Ok(TokenKey::load(secret)?.map(|k| Self {
+            source: k.source,
             min_len: 0,
             kind: Kind::Hsm {
-                hsm,
-                label: uri.object.clone(),
+                hsm: k.hsm,
+                label: k.label,
             },
         }))
     }
@@ -228,6 +221,53 @@ impl HmacKey {
             }
             Kind::Hsm { .. } => Ok(false),
         }
+    }
+}
+
+/// An HMAC key kept in a token that signs with the version its caller names, not whichever
+/// is newest when the tag is made: the key of a signing scheme, whose version is read with
+/// the id it is paired with and changes only together with it.
+pub(crate) struct TokenKey {
+    source: SecretRef,
+    hsm: Arc<Hsm>,
+    label: String,
+}
+
+impl TokenKey {
+    /// The key `secret` names when it is an HMAC key kept in a token; `None` for any other
+    /// reference. Blocking (token calls).
+    pub(crate) fn load(secret: &SecretRef) -> Result<Option<Self>, SecretError> {
+        let SecretRef::Pkcs11(uri) = secret else {
+            return Ok(None);
+        };
+        let hsm = Hsm::shared(uri).map_err(|e| SecretError::Hsm(secret.to_string(), e))?;
+        let kind = hsm
+            .kind_of(&uri.object)
+            .map_err(|e| SecretError::Hsm(secret.to_string(), e))?;
+        Ok((kind == ObjectKind::HmacKey).then(|| Self {
+            source: secret.clone(),
+            hsm,
+            label: uri.object.clone(),
+        }))
+    }
+
+    /// The newest version of the key in the token now; blocking.
+    pub(crate) fn newest_version(&self) -> Result<u32, SecretError> {
+        self.hsm
+            .hmac_key_version(&self.label, 0)
+            .map_err(|e| SecretError::Hsm(self.source.to_string(), e))
+    }
+
+    /// Signs `data` inside the token with version `version` of the key; returns the
+    /// lowercase hex MAC. A version the token no longer holds fails the signature.
+    pub(crate) async fn sign_at(&self, version: u32, data: Vec<u8>) -> Result<String, SignError> {
+        let slots = self.hsm.signing_slots().clone();
+        let (hsm, label) = (self.hsm.clone(), self.label.clone());
+        let mac = in_token(&slots, HSM_DEADLINE, move || {
+            hsm.hmac_sha256_at(&label, version, &data, 0)
+        })
+        .await?;
+        Ok(idgate_codec::hex::encode(&mac))
     }
 }
 

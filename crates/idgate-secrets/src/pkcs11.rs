@@ -58,6 +58,8 @@ pub enum HsmError {
     Pin(String),
     #[error("no object labelled \"{0}\" in the token")]
     NoObject(String),
+    #[error("version {version} of \"{label}\" is no longer in the token")]
+    NoVersion { label: String, version: u32 },
     #[error("object \"{0}\" is not of the expected kind: {1}")]
     WrongKind(String, &'static str),
     #[error("stored value of \"{0}\" is malformed or was not wrapped for this label")]

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use http::header::HeaderValue;
 
-use super::live::{LiveHeader, LiveValue, header_value};
-use crate::hmac::{HmacKey, SignError, memory_key};
+use super::live::{LiveValue, header_value};
+use crate::hmac::{SignError, TokenKey, memory_key};
 use crate::{Fetched, SecretError, SecretRef};
 
 /// Which of the two secrets could not be loaded.
@@ -31,11 +31,18 @@ enum Keys {
     Token(Box<InToken>),
 }
 
-/// The key stays in a token and signs there with its newest version, which no refresh here
-/// sees; the id alone is refreshed.
+/// The key stays in a token, which holds its versions; the pair is the id with the version
+/// of the key read together with it, and each signature names that version, so a key
+/// rotated in the token signs only once a refresh has read it with the id.
 struct InToken {
-    id: LiveHeader,
-    key: HmacKey,
+    key: TokenKey,
+    pair: LiveValue<TokenPair>,
+}
+
+struct TokenPair {
+    id: HeaderValue,
+    id_version: String,
+    key_version: u32,
 }
 
 struct Pair {
@@ -65,12 +72,17 @@ impl SignedPair {
         overlap: Duration,
     ) -> Result<Self, (Half, SecretError)> {
         let id = id_source.fetch().map_err(|e| (Half::Id, e))?;
-        let keys = match HmacKey::load_in_token(key_source).map_err(|e| (Half::Key, e))? {
-            Some(key) => Keys::Token(Box::new(InToken {
-                id: LiveHeader::from_fetched(id_source, "", id, overlap)
-                    .map_err(|e| (Half::Id, e))?,
-                key,
-            })),
+        let keys = match TokenKey::load(key_source).map_err(|e| (Half::Key, e))? {
+            Some(key) => {
+                let key_version = key.newest_version().map_err(|e| (Half::Key, e))?;
+                let pair =
+                    Self::token_pair(id_source, &id, key_version).map_err(|e| (Half::Id, e))?;
+                let version = pair_version(&pair.id_version, &key_version.to_string());
+                Keys::Token(Box::new(InToken {
+                    key,
+                    pair: LiveValue::new(pair, version, overlap),
+                }))
+            }
             None => {
                 let key = key_source.fetch().map_err(|e| (Half::Key, e))?;
                 let pair = Self::pair(id_source, &id, &key).map_err(|e| (Half::Id, e))?;
@@ -94,6 +106,18 @@ impl SignedPair {
         })
     }
 
+    fn token_pair(
+        id_source: &SecretRef,
+        id: &Fetched,
+        key_version: u32,
+    ) -> Result<TokenPair, SecretError> {
+        Ok(TokenPair {
+            id: header_value("", id, id_source)?,
+            id_version: id.version.clone(),
+            key_version,
+        })
+    }
+
     /// Signs `data` with the pair a request that started at `started` uses.
     pub(super) async fn sign(&self, started: Instant, data: Vec<u8>) -> Result<Signed, SignError> {
         match &self.keys {
@@ -107,12 +131,12 @@ impl SignedPair {
                 })
             }
             Keys::Token(t) => {
-                let id = t.id.value.for_request(started);
-                let (signature, key_version) = t.key.sign(started, data).await?;
+                let pair = t.pair.for_request(started);
+                let signature = t.key.sign_at(pair.value.key_version, data).await?;
                 Ok(Signed {
-                    id: id.value.clone(),
+                    id: pair.value.id.clone(),
                     signature,
-                    version: pair_version(&id.version, &key_version).into(),
+                    version: pair.version.clone(),
                 })
             }
         }
@@ -137,7 +161,20 @@ impl SignedPair {
                 live.replace(pair, version);
                 Ok(true)
             }
-            Keys::Token(t) => t.id.refresh(),
+            Keys::Token(t) => {
+                let id = self.id_source.fetch()?;
+                let key_version = t.key.newest_version()?;
+                let current = t.pair.current();
+                if id.version == current.value.id_version
+                    && key_version == current.value.key_version
+                {
+                    return Ok(false);
+                }
+                let pair = Self::token_pair(&self.id_source, &id, key_version)?;
+                let version = pair_version(&pair.id_version, &key_version.to_string());
+                t.pair.replace(pair, version);
+                Ok(true)
+            }
         }
     }
 }

@@ -21,6 +21,29 @@ impl Hsm {
         })
     }
 
+    /// HMAC-SHA256 computed inside the token with version `version` of this label's key, held
+    /// to `min_len` bytes as [`Hsm::hmac_sha256`] holds the newest: for a key whose version
+    /// must stay paired with another secret's, the version the caller read with it rather than
+    /// whichever is newest now.
+    pub fn hmac_sha256_at(
+        &self,
+        label: &str,
+        version: u32,
+        data: &[u8],
+        min_len: usize,
+    ) -> Result<Vec<u8>, HsmError> {
+        self.with_session(|s| {
+            let key = Self::hmac_key_at(s, label, version, min_len)?;
+            s.sign(&Mechanism::Sha256Hmac, key, data)
+                .map_err(ck("C_Sign"))
+        })
+    }
+
+    /// The newest version of this label's HMAC key, held to `min_len` bytes.
+    pub fn hmac_key_version(&self, label: &str, min_len: usize) -> Result<u32, HsmError> {
+        self.with_session(|s| Self::newest_hmac_key(s, label, min_len).map(|(_, v)| v))
+    }
+
     /// HMAC-SHA256 of each of `data` with the newest key of this label, in one session: the
     /// key is looked up (and held to `min_len`, as [`Hsm::hmac_sha256`] does) once, and every
     /// tag is made with the same version. Each tag is a `C_Sign` of its own; none is started
@@ -282,8 +305,47 @@ impl Hsm {
         min_len: usize,
     ) -> Result<(ObjectHandle, u32), HsmError> {
         let (h, version) = Self::newest(s, label, ObjectClass::SECRET_KEY)?;
+        Self::held_to(s, h, label, version, min_len)?;
+        Ok((h, version))
+    }
+
+    /// Version `version` of this label's secret key (the first found, as [`Hsm::newest`]
+    /// takes the first of the newest), held to `min_len` bytes.
+    fn hmac_key_at(
+        s: &Session,
+        label: &str,
+        version: u32,
+        min_len: usize,
+    ) -> Result<ObjectHandle, HsmError> {
+        let handles = s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])
+            .map_err(ck("C_FindObjects"))?;
+        for h in handles {
+            if object_version(s, h, ObjectClass::SECRET_KEY)? == version {
+                Self::held_to(s, h, label, version, min_len)?;
+                return Ok(h);
+            }
+        }
+        Err(HsmError::NoVersion {
+            label: label.to_owned(),
+            version,
+        })
+    }
+
+    /// Whether the key `h` (version `version` of `label`) has at least `min_len` bytes, as
+    /// the token states its length; 0 accepts every key.
+    fn held_to(
+        s: &Session,
+        h: ObjectHandle,
+        label: &str,
+        version: u32,
+        min_len: usize,
+    ) -> Result<(), HsmError> {
         if min_len == 0 {
-            return Ok((h, version));
+            return Ok(());
         }
         let attrs = s
             .get_attributes(h, &[AttributeType::ValueLen])
@@ -293,7 +355,7 @@ impl Hsm {
             _ => None,
         });
         match len {
-            Some(len) if len >= min_len => Ok((h, version)),
+            Some(len) if len >= min_len => Ok(()),
             Some(len) => Err(HsmError::KeyTooShort {
                 label: label.to_owned(),
                 version,

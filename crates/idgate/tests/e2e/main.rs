@@ -19,6 +19,7 @@ mod fallback;
 mod faults;
 mod hostile_upstream;
 mod hsm;
+mod hsm_pair_rotation;
 mod hsm_outage;
 mod incidents;
 mod jwt_interop;
