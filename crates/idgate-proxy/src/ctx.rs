@@ -283,7 +283,7 @@ impl<'r> RequestCtx<'r> {
     /// answer stands for an upstream failure (of the upstream named last): it is counted as
     /// one, whatever the caller got.
     fn feed_incidents(&self, feed: &idgate_incidents::Feed, status: StatusCode) {
-        let from_cache = self.decision == Decision::AllowedBy(crate::fallback::FALLBACK_CACHE);
+        let from_cache = self.decision == Decision::AllowedBy(crate::access_log::FALLBACK_CACHE);
         let upstream_5xx = self.upstream_status.is_some_and(|s| s.is_server_error());
         let gateway_failed = matches!(self.decision, Decision::Failed(_));
         let upstream = self.upstream();

@@ -29,10 +29,7 @@ use crate::problem::Refusal;
 use crate::routes::Route;
 use crate::upstream::Upstream;
 
-/// The reason in the record of a request answered from the cache.
-pub(crate) const FALLBACK_CACHE: &str = "fallback:cache";
-/// The reason in the record of a request answered by the secondary upstream.
-pub(crate) const FALLBACK_FAILOVER: &str = "fallback:failover";
+pub(crate) use crate::access_log::{FALLBACK_CACHE, FALLBACK_FAILOVER};
 
 static WARNING: HeaderName = HeaderName::from_static("warning");
 static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");

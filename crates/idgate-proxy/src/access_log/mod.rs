@@ -38,6 +38,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// How often, at most, the log says that lines were dropped.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
+/// The reason in the record of a request answered from the cache.
+pub(crate) const FALLBACK_CACHE: &str = "fallback:cache";
+/// The reason in the record of a request answered by the secondary upstream.
+pub(crate) const FALLBACK_FAILOVER: &str = "fallback:failover";
+
 /// How the gateway decided on a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
