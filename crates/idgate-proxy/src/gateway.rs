@@ -296,6 +296,9 @@ impl Gateway {
         self.snapshot.start_background(&services.metrics);
         let deliverer = start_deliverer(&services, &self.material, &self.snapshot, stop_rx.clone());
         services.resilience.install(&self.snapshot.upstreams);
+        if let Some(incidents) = &incidents {
+            incidents.feed().install(cfg);
+        }
         let snapshot = Arc::new(ArcSwap::from_pointee(self.snapshot));
         let watch_handle = spawn_watcher(self.material.clone(), cfg.identity.poll_interval);
         let ready = Arc::new(AtomicBool::new(false));
@@ -327,6 +330,7 @@ impl Gateway {
                 state: self.state.clone(),
                 deliverer,
                 resilience: services.resilience.clone(),
+                incidents: incidents.as_ref().map(|i| i.feed().clone()),
                 log: self.log_filter.map(|f| (f, cfg.log.level.clone())),
                 listener: listener_live.clone(),
                 tls: self.material.clone(),

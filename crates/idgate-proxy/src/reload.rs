@@ -85,6 +85,9 @@ pub(crate) struct Reloader {
     pub(crate) resilience: Arc<crate::resilience::Resilience>,
     /// Delivers the webhooks of the snapshot in force.
     pub(crate) deliverer: Arc<idgate_webhooks::Deliverer>,
+    /// Incident detection's counters, when `[incidents]` is on: kept for the routes and
+    /// upstreams each configuration still has.
+    pub(crate) incidents: Option<Arc<idgate_incidents::Feed>>,
 }
 
 /// The files a configuration is read from: itself, the route schemas and the JWT-SVID
@@ -355,6 +358,9 @@ impl Reloader {
                 // Both at once, as near as can be: requests take the snapshot, connections
                 // the listener settings, each when it starts.
                 self.snapshot.store(Arc::new(snapshot));
+                if let Some(feed) = &self.incidents {
+                    feed.install(&config);
+                }
                 if let Some(material) = material {
                     self.tls.take_from(material);
                     // The watch follows the new files from its next round, now.

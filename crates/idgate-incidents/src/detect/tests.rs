@@ -844,3 +844,39 @@ fn latency_p99_of_2s_does_not_fire_on_answers_of_1_2s() {
     let i = opened.expect("answers of 3 s open a latency incident");
     assert!(i.summary.contains("above 2500 ms"), "{}", i.summary);
 }
+
+#[test]
+fn an_upstream_first_seen_past_the_feeds_bound_still_opens_its_incident() {
+    let feed = crate::feed::Feed::new(2);
+    for i in 0..crate::feed::MAX_PAIRS {
+        feed.request(&crate::feed::RequestEvent {
+            route: &format!("route-{i}"),
+            upstream: Some("idv"),
+            failed: false,
+            upstream_error: false,
+            upstream_latency: Some(Duration::from_millis(20)),
+            caller: None,
+            fallback: false,
+        });
+    }
+    for _ in 0..20 {
+        feed.request(&crate::feed::RequestEvent {
+            route: "late",
+            upstream: Some("kyc"),
+            failed: true,
+            upstream_error: true,
+            upstream_latency: None,
+            caller: None,
+            fallback: false,
+        });
+    }
+    let mut d = Detector::new(cfg());
+    let changes = d.tick(at(1_800_000_000_000), feed.drain(), None);
+    assert!(
+        changes.iter().any(|(kind, i)| *kind == ChangeKind::Opened
+            && i.rule == Rule::UpstreamErrors
+            && i.subject.as_deref() == Some("kyc")
+            && i.requests_failed == 20),
+        "{changes:?}"
+    );
+}
