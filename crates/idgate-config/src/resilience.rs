@@ -74,6 +74,9 @@ pub struct Faults {
 
 pub(crate) const DEFAULT_MAX_AGE: Duration = Duration::from_secs(600);
 pub(crate) const DEFAULT_MAX_BYTES: u64 = 1 << 20;
+/// The largest `max_bytes` a route may set: an answer to cache is read whole into memory,
+/// like a masked one, and sent to the caller from there.
+pub(crate) const MAX_FALLBACK_BYTES: u64 = 1 << 20;
 pub(crate) const DEFAULT_MAX_ENTRIES: usize = 10_000;
 pub(crate) const DEFAULT_MAX_TOTAL_BYTES: u64 = 64 << 20;
 
@@ -271,6 +274,15 @@ fn cache(
     let max_bytes = match f.max_bytes {
         Some(0) => {
             cx.err(format!("{key}.max_bytes"), "must be more than zero");
+            DEFAULT_MAX_BYTES
+        }
+        Some(n) if n > MAX_FALLBACK_BYTES => {
+            cx.err(
+                format!("{key}.max_bytes"),
+                format!(
+                    "must be at most {MAX_FALLBACK_BYTES} (1 MiB): an answer to cache is held whole in memory"
+                ),
+            );
             DEFAULT_MAX_BYTES
         }
         other => other.unwrap_or(DEFAULT_MAX_BYTES),

@@ -113,6 +113,31 @@ fn a_cached_fallback_loads_with_its_settings() {
     );
 }
 
+#[test]
+fn a_cached_fallback_may_keep_answers_of_at_most_1_mib() {
+    let with = |max_bytes: u64| {
+        errors(&format!(
+            "[fallback]\nkey = \"file:key\"\n{}",
+            route(&format!(
+                "fallback = {{ cache = true, max_bytes = {max_bytes} }}"
+            ))
+        ))
+    };
+    assert!(
+        with(MAX_FALLBACK_BYTES).is_empty(),
+        "{:?}",
+        with(MAX_FALLBACK_BYTES)
+    );
+    let e = with(MAX_FALLBACK_BYTES + 1);
+    assert!(
+        e.iter().any(|e| e.starts_with(
+            "routes[0].fallback.max_bytes: must be at most 1048576 (1 MiB): an answer to cache is held whole in memory"
+        )),
+        "{e:?}"
+    );
+    assert!(!with(1 << 40).is_empty());
+}
+
 /// A route's resilience settings, parsed alone (the rest of the file is not validated).
 fn parse_route(route_text: &str, sections: &str) -> RouteResilience {
     let dir = tempfile::tempdir().unwrap();

@@ -5,8 +5,9 @@
 //! additional data, so an entry read under another name does not open. The store is in the
 //! process, shared by every configuration the process loads; a restart empties it, and an
 //! entry sealed under an earlier key (the key changed on a reload) simply does not open and
-//! is dropped. Each entry is kept for its route's `max_age`: one found older is dropped, and
-//! every store sweeps a few past their time (also those of routes a reload removed). The
+//! is dropped. Each entry is kept for its route's `max_age`: one found older is dropped,
+//! every store sweeps a few past their time, and a periodic [`FallbackStore::sweep`] the
+//! rest (also those of routes a reload removed), even when nothing is stored. The
 //! store is bounded in entries and bytes, shared fairly among callers: past a bound, the
 //! caller holding the most gives way, its oldest entry first.
 
@@ -156,6 +157,11 @@ pub enum SealError {
 /// stays bounded, and expired entries still go as answers are kept.
 const SWEEP_PER_PUT: usize = 8;
 
+/// Expired entries one periodic sweep removes at most, and how many while it holds the
+/// lock at once: a sweep never holds up the requests using the store for long.
+const SWEEP_PER_TICK: usize = 4096;
+const SWEEP_PER_LOCK: usize = 64;
+
 type Id = [u8; 32];
 
 struct Entry {
@@ -260,17 +266,21 @@ impl Inner {
         }
     }
 
-    /// Removes up to [`SWEEP_PER_PUT`] entries past their expiry, soonest first.
-    fn sweep(&mut self, now: Instant) {
-        for _ in 0..SWEEP_PER_PUT {
+    /// Removes up to `most` entries past their expiry, soonest first; tells whether more
+    /// are left.
+    fn sweep(&mut self, now: Instant, most: usize) -> bool {
+        for _ in 0..most {
             match self.expiry.peek() {
                 Some(Reverse((at, _, _))) if *at <= now => {}
-                _ => return,
+                _ => return false,
             }
             if let Some(Reverse((_, seq, id))) = self.expiry.pop() {
                 self.remove(&id, seq);
             }
         }
+        self.expiry
+            .peek()
+            .is_some_and(|Reverse((at, _, _))| *at <= now)
     }
 
     /// Drops stale places once they outnumber the live ones: in the expiry heap, and in
@@ -326,6 +336,17 @@ impl FallbackStore {
         self.len() == 0
     }
 
+    /// Removes the entries past their time at `now`, up to a bounded number per call (run
+    /// every few seconds): answers are kept no longer than their `max_age` even when no
+    /// other is stored or looked up.
+    pub fn sweep(&self, now: Instant) {
+        for _ in 0..SWEEP_PER_TICK / SWEEP_PER_LOCK {
+            if !self.lock().sweep(now, SWEEP_PER_LOCK) {
+                return;
+            }
+        }
+    }
+
     /// Seals `answer` under `name` and keeps it for `max_age` (its route's), in place of
     /// any earlier one. A few entries past their time go as it is kept. When the store is
     /// past its bounds, the caller holding the most entries (or bytes) gives way, its
@@ -355,7 +376,7 @@ impl FallbackStore {
         }
         let id = name.id();
         let mut inner = self.lock();
-        inner.sweep(now);
+        inner.sweep(now, SWEEP_PER_PUT);
         inner.seq += 1;
         let entry = Entry {
             seq: inner.seq,
@@ -692,6 +713,43 @@ mod tests {
         }
         // All twenty gone; the hour's entry and the new ones stay.
         assert_eq!(store.len(), 5);
+        assert!(
+            store
+                .get_at(later, &s, &name("bob", "/hour"), 60 * minute)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn an_entry_past_max_age_is_gone_without_a_later_put() {
+        let s = settings(1, 100_000, 1 << 30);
+        let store = FallbackStore::default();
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        store
+            .put_at(t0, &s, &name("alice", "/p"), &answer("x"), minute)
+            .unwrap();
+        store
+            .put_at(t0, &s, &name("bob", "/hour"), &answer("x"), 60 * minute)
+            .unwrap();
+        // Before its time, a sweep leaves it.
+        store.sweep(t0 + minute - Duration::from_secs(1));
+        assert_eq!(store.len(), 2);
+        // Past it, the sweep alone removes it: nothing else was stored or looked up.
+        store.sweep(t0 + minute);
+        assert_eq!(store.len(), 1);
+        assert!(!store.lock().shares.contains_key(&caller_tag("alice")));
+
+        // Many at once go over a few sweeps, each bounded.
+        for i in 0..SWEEP_PER_TICK + 10 {
+            let n = name("carol", &format!("/c{i}"));
+            store.put_at(t0, &s, &n, &answer("x"), minute).unwrap();
+        }
+        let later = t0 + 2 * minute;
+        store.sweep(later);
+        assert_eq!(store.len(), 11);
+        store.sweep(later);
+        assert_eq!(store.len(), 1);
         assert!(
             store
                 .get_at(later, &s, &name("bob", "/hour"), 60 * minute)

@@ -536,8 +536,9 @@ fn start_deliverer(
     deliverer
 }
 
-/// Removes the dead keys of the in-process rate limiter and the ended leases every few
-/// seconds, so that their memory follows the callers of the moment; ends with the gateway.
+/// Removes the dead keys of the in-process rate limiter, the ended leases and the cached
+/// fallback answers past their `max_age` every few seconds, so that their memory follows
+/// the callers of the moment and no answer outlives its time; ends with the gateway.
 async fn sweep_limiter(services: std::sync::Weak<Services>) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -549,5 +550,6 @@ async fn sweep_limiter(services: std::sync::Weak<Services>) {
         let now = std::time::SystemTime::now();
         services.limiter.sweep(now);
         services.leases.sweep(now);
+        services.fallback.sweep(std::time::Instant::now());
     }
 }

@@ -9,6 +9,12 @@
 //! the response body is dropped, and with it the upstream connection it was reading from,
 //! which is closed rather than pooled because its body is incomplete.
 //!
+//! Over HTTP/2 a body is handed to hyper at most [`H2_FRAME`] bytes at a time: hyper gives
+//! a data frame to h2 as soon as the stream has one byte of window, and h2 then holds
+//! whatever does not fit for as long as the caller keeps the window shut. A large answer
+//! made in one piece (masked, checked, cached) would otherwise be held whole, its stream
+//! open until the connection ends, out of the watch's reach.
+//!
 //! No timer runs while writes complete: a deadline is armed only when a write returns
 //! `Pending` (or a stream starts waiting for window), and a write that completes disarms it
 //! with one store. An HTTP/2 stream costs one small allocation for its watch.
@@ -22,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -154,11 +161,18 @@ tokio::task_local! {
     static STREAM: Arc<StreamWatch>;
 }
 
+/// The most bytes of an HTTP/2 response body handed to hyper at once (h2's default largest
+/// frame): what h2 may hold for a caller whose window stays shut, per stream.
+const H2_FRAME: usize = 16 * 1024;
+
 /// A response body that reports to its stream's watch (HTTP/2; over HTTP/1.1 it reports to
 /// nothing and [`SendDeadline`] does the work).
 pub(crate) struct Sending<B> {
     body: B,
     watch: Option<Arc<StreamWatch>>,
+    /// HTTP/2: what is left of a data frame larger than [`H2_FRAME`], handed on before the
+    /// body is asked for more.
+    rest: Bytes,
     /// HTTP/2: the request counts as in progress until hyper drops its body, at its end or
     /// at the stream's reset.
     _request: Option<InFlight>,
@@ -176,40 +190,73 @@ impl<B> Sending<B> {
         Self {
             body,
             watch,
+            rest: Bytes::new(),
             _request: request,
         }
     }
 }
 
-impl<B: Body + Unpin> Body for Sending<B> {
-    type Data = B::Data;
+/// The first [`H2_FRAME`] bytes of `data`, the others left in `rest`; a piece no larger is
+/// passed as it is.
+fn first_piece(mut data: Bytes, rest: &mut Bytes) -> Bytes {
+    if data.len() > H2_FRAME {
+        let head = data.split_to(H2_FRAME);
+        *rest = data;
+        head
+    } else {
+        data
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Sending<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
+        let Some(w) = &this.watch else {
+            return Pin::new(&mut this.body).poll_frame(cx);
+        };
         // The stream task polls both this body and its watch, so relaxed order is enough.
-        if let Some(w) = &this.watch {
-            w.waiting.store(false, Ordering::Relaxed);
-        }
-        let r = Pin::new(&mut this.body).poll_frame(cx);
-        if let (Some(w), Poll::Ready(Some(Ok(frame)))) = (&this.watch, &r)
-            && frame.is_data()
-        {
-            w.frames.fetch_add(1, Ordering::Relaxed);
-            w.waiting.store(true, Ordering::Relaxed);
-        }
+        w.waiting.store(false, Ordering::Relaxed);
+        let r = if this.rest.is_empty() {
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        Poll::Ready(Some(Ok(Frame::data(first_piece(data, &mut this.rest)))))
+                    }
+                    Err(other) => return Poll::Ready(Some(Ok(other))),
+                },
+                other => return other,
+            }
+        } else {
+            let rest = std::mem::take(&mut this.rest);
+            Poll::Ready(Some(Ok(Frame::data(first_piece(rest, &mut this.rest)))))
+        };
+        w.frames.fetch_add(1, Ordering::Relaxed);
+        w.waiting.store(true, Ordering::Relaxed);
         r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let hint = self.body.size_hint();
+        if self.rest.is_empty() {
+            return hint;
+        }
+        let rest = self.rest.len() as u64;
+        let mut more = SizeHint::new();
+        more.set_lower(hint.lower().saturating_add(rest));
+        if let Some(upper) = hint.upper() {
+            more.set_upper(upper.saturating_add(rest));
+        }
+        more
     }
 }
 
@@ -323,7 +370,7 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
+    use http_body_util::Full;
     use std::convert::Infallible;
 
     /// A response body whose upstream has not sent anything yet.
@@ -367,5 +414,65 @@ mod tests {
             tokio::time::timeout(TIMEOUT * 10, watched).await.is_err(),
             "a stream waiting for its upstream was ended"
         );
+    }
+
+    /// The data frames `body` hands to hyper on an HTTP/2 stream, and whether it says it has
+    /// ended after the last.
+    async fn frames_on_a_stream(body: Full<Bytes>) -> (Vec<Bytes>, bool) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stream = async move {
+            let mut body = Sending::new(body, None);
+            let mut frames = Vec::new();
+            while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    frames.push(data);
+                }
+                if body.is_end_stream() {
+                    break;
+                }
+            }
+            let _ = tx.send((frames, body.is_end_stream()));
+        };
+        watch_stream(stream, TIMEOUT, Arc::new(Metrics::new())).await;
+        rx.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_small_answer_goes_to_an_http2_stream_whole_and_untouched() {
+        let answer = Bytes::from(vec![b'x'; H2_FRAME]);
+        let (frames, ended) = frames_on_a_stream(Full::new(answer.clone())).await;
+        assert_eq!(frames.len(), 1);
+        // The very same bytes: not copied, not split.
+        assert_eq!(frames[0].as_ptr(), answer.as_ptr());
+        assert_eq!(frames[0].len(), answer.len());
+        assert!(ended);
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_goes_to_an_http2_stream_in_frames_of_at_most_16_kib() {
+        let answer: Bytes = (0..H2_FRAME * 5 + 7)
+            .map(|i| i as u8)
+            .collect::<Vec<u8>>()
+            .into();
+        let body = Full::new(answer.clone());
+        assert_eq!(body.size_hint().exact(), Some(answer.len() as u64));
+        let (frames, ended) = frames_on_a_stream(body).await;
+        assert_eq!(frames.len(), 6);
+        assert!(frames.iter().all(|f| f.len() <= H2_FRAME));
+        assert_eq!(frames.concat(), answer);
+        assert!(ended);
+    }
+
+    #[test]
+    fn over_http1_an_answer_is_passed_as_it_is() {
+        let answer = Bytes::from(vec![b'x'; H2_FRAME * 4]);
+        let mut body = Sending::new(Full::new(answer.clone()), None);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) else {
+            panic!("no frame");
+        };
+        assert_eq!(frame.into_data().unwrap(), answer);
+        assert!(body.is_end_stream());
     }
 }

@@ -20,7 +20,8 @@ fn send_timeout() -> toml::Table {
 const ACTS_WITHIN: Duration = Duration::from_secs(15);
 
 /// An HTTP/1.1 upstream: `/big` streams a 1 GiB body until the gateway stops taking it;
-/// `/slow` answers after `delay`; anything else answers at once with a short body.
+/// `/masked` answers at once with [`masked_answer`]; `/slow` answers after `delay`; anything
+/// else answers at once with a short body.
 struct Upstream {
     port: u16,
     /// Connections accepted so far.
@@ -111,6 +112,19 @@ async fn serve(
             closed.notify_waiters();
             return;
         }
+        if target.ends_with("/masked") {
+            let answer = masked_answer();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                answer.len()
+            );
+            if tcp.write_all(head.as_bytes()).await.is_err()
+                || tcp.write_all(&answer).await.is_err()
+            {
+                return;
+            }
+            continue;
+        }
         if target.ends_with("/slow") {
             tokio::time::sleep(delay).await;
         }
@@ -120,6 +134,16 @@ async fn serve(
             return;
         }
     }
+}
+
+/// About 512 KiB of JSON with a document number for the masking profile to mask: masked,
+/// it is sent to the caller as one piece the gateway made.
+fn masked_answer() -> Vec<u8> {
+    format!(
+        r#"{{"document_number":"BAA000589","pad":"{}"}}"#,
+        "x".repeat(512 * 1024)
+    )
+    .into_bytes()
 }
 
 async fn gateway(
@@ -300,6 +324,74 @@ async fn an_http2_stream_to_a_caller_announcing_no_window_is_reset_and_the_upstr
             .unwrap();
         tokio::spawn(connection);
         big_stream_is_reset(&mut h2, &gw, &upstream).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_http2_stream_with_a_one_byte_window_is_reset_within_send_timeout_for_a_masked_answer() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = Upstream::start(Duration::ZERO).await;
+        let mut config = OneRoute {
+            url: &upstream.url(),
+            listener_extra: send_timeout(),
+            ..OneRoute::default()
+        }
+        .config(&pki);
+        config.routes[0]
+            .extra
+            .insert("masking".to_owned(), "documents".into());
+        let masking: toml::Table = toml::from_str(
+            r#"profiles.documents.rules = [{ path = "$..document_number", action = "mask", keep = 3 }]"#,
+        )
+        .unwrap();
+        let gw = Gateway::start(&config.section("masking", masking), &[]).await;
+        let tls = tls_to(&pki, &gw, true).await;
+        // SETTINGS_INITIAL_WINDOW_SIZE = 1, and no WINDOW_UPDATE ever: one byte of the
+        // answer can be sent, the rest never.
+        let (mut h2, connection) = h2::client::Builder::new()
+            .initial_window_size(1)
+            .initial_connection_window_size(16 << 20)
+            .handshake::<_, bytes::Bytes>(tls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let uri = format!("https://localhost:{}/v1/masked", gw.port);
+        let (response, _) = h2
+            .send_request(http::Request::get(uri).body(()).unwrap(), true)
+            .unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let answered = Instant::now();
+        let mut body = response.into_body();
+
+        // The byte the window allows, then the reset once send_timeout (1 s) has passed.
+        let within_send_timeout = Duration::from_secs(1) + Duration::from_secs(4);
+        let mut received = 0;
+        let end = tokio::time::timeout(within_send_timeout, async {
+            loop {
+                match body.data().await {
+                    Some(Ok(data)) => received += data.len(),
+                    other => return other.map(|r| r.map(drop)),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the stream was still open {within_send_timeout:?} after its answer began")
+        });
+        let reset = end.and_then(Result::err).and_then(|e| e.reason());
+        assert_eq!(reset, Some(h2::Reason::CANCEL), "{:?}", gw.output());
+        assert_eq!(received, 1);
+        eprintln!("stream reset {:?} after its answer began", answered.elapsed());
+        assert!(
+            metrics(&gw)
+                .await
+                .contains(r#"idgate_send_timeouts_total{kind="stream"} 1"#),
+            "{}",
+            metrics(&gw).await
+        );
     })
     .await
 }
