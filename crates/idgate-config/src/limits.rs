@@ -248,6 +248,14 @@ fn rate_limit(cx: &mut Ctx<'_>, key: &str, r: RawRateLimit) -> Option<RateLimitC
         parts.push(p);
     }
     let rate = rate_of(cx, key, (r.rate, r.count, r.period, r.burst));
+    // One budget every caller shares cannot also be a budget per tier: each tier would
+    // count apart, and the route would admit the sum of their rates.
+    if !r.tiers.is_empty() && !parts.is_empty() && parts.iter().all(|p| *p == LimitKeyPart::Route) {
+        cx.err(
+            format!("{key}.tiers"),
+            "a limit keyed by route alone is one budget every caller of the route shares; tiers need a key that tells callers apart (spiffe_id, api_key, token_client, source_ip), or a limit of their own",
+        );
+    }
     let mut tiers = BTreeMap::new();
     for (name, t) in r.tiers {
         let tkey = format!("{key}.tiers.{name}");
@@ -481,6 +489,27 @@ by = ["source_ip", "api_key_id", "token_client"]
 "#
         );
         assert_eq!(errors(&text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn tiers_on_a_limit_every_caller_of_the_route_shares_are_refused() {
+        // Each tier counts apart: a route cap of 50/s with a gold tier at 500/s would let
+        // 550/s through to the provider.
+        let text = format!(
+            r#"{ROUTE}rate_limits = ["provider-quota"]
+[[rate_limits]]
+name = "provider-quota"
+key = ["route"]
+rate = "50/s"
+tiers = {{ gold = {{ rate = "500/s" }} }}
+"#
+        );
+        let errors = errors(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("rate_limits[0].tiers: a limit keyed by route alone"),
+            "{errors:?}"
+        );
     }
 
     #[test]
