@@ -35,12 +35,13 @@ enum NotSent {
 /// Delivers `message` to `sub` and settles its claim. Errors are logged, never returned:
 /// an unsettled claim runs out and the message is tried again.
 ///
-/// A message claimed past its maximum age (by more than a lease, so that a retry due just
-/// before it is still made) is not tried again but buried: its earlier attempts may never
-/// have settled (a claim whose answer was lost, a gateway killed mid-attempt), and only a
-/// settled attempt would otherwise end its retries.
+/// A message claimed again past its maximum age (by more than a lease, so that a retry due
+/// just before it is still made) is not tried again but buried: its earlier attempts may
+/// never have settled (a claim whose answer was lost, a gateway killed mid-attempt), and
+/// only a settled attempt would otherwise end its retries. One claimed for the first time
+/// (a backlog after an outage longer than its maximum age) is tried once.
 pub(super) async fn deliver(d: &Deliverer, sub: &Subscriber, message: Claimed) {
-    if past_max_age(sub, &message, SystemTime::now()) {
+    if message.lease.attempt > 1 && past_max_age(sub, &message, SystemTime::now()) {
         let verdict = Verdict::Refused {
             reason: format!(
                 "past its maximum age of {:?} when claimed again, after {} attempt(s)",

@@ -60,10 +60,14 @@ async fn a_message_whose_attempts_never_settle_is_a_dead_letter_after_max_age() 
         }),
         DeliveryMetrics::default(),
     );
-    // Received longer ago than the maximum age (a minute), its earlier attempts unanswered.
+    // Received longer ago than the maximum age (a minute), its earlier attempt unanswered:
+    // claimed, and its lease left to run out.
     let received = SystemTime::now() - 2 * MINUTE;
     event(&store, &sub, received).await;
+    let _lost = claim(&store, &sub, Duration::from_micros(1)).await;
+    tokio::time::sleep(Duration::from_millis(2)).await;
     let message = claim(&store, &sub, MINUTE).await;
+    assert_eq!(message.lease.attempt, 2);
     let id = message.lease.id.clone();
 
     let (d2, sub2) = (d.clone(), sub.clone());
@@ -83,6 +87,31 @@ async fn a_message_whose_attempts_never_settle_is_a_dead_letter_after_max_age() 
         "{info:?}"
     );
     assert_eq!(attempts.load(Ordering::SeqCst), 0, "not attempted again");
+}
+
+/// A backlog older than its maximum age (an outage of the gateway or its store) is not
+/// buried untried: each message is attempted once.
+#[tokio::test]
+async fn a_message_first_claimed_past_max_age_is_tried_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::from(MemoryStore::new());
+    let sub = subscriber(dir.path(), "kyc");
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    // No SVID yet: the attempt is made, and ends as one to retry.
+    let d = Deliverer::new(
+        store.clone(),
+        Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            None
+        }),
+        DeliveryMetrics::default(),
+    );
+    event(&store, &sub, SystemTime::now() - 2 * MINUTE).await;
+    let message = claim(&store, &sub, MINUTE).await;
+    assert_eq!(message.lease.attempt, 1);
+    attempt::deliver(&d, &sub, message).await;
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "not attempted");
 }
 
 #[tokio::test]
