@@ -15,9 +15,16 @@
 //! operation without a restart: once redb has failed a write, a sync or a read (a full disk,
 //! an I/O error), the handle answers every later call with that failure, reads too. The
 //! call that meets it closes the handle, and the next call opens the file again, which
-//! repairs what the failed commit left; while that open fails, the next try waits, from
-//! 50 ms doubling up to 5 s. Damage inside the file that redb cannot read past (it panics)
-//! fails the call with an error naming the file, and the handle is reopened the same way.
+//! repairs what the failed commit left. Damage inside the file that redb cannot read past
+//! (it panics) fails the call with an error naming the file; a read leaves the handle as it
+//! was, a write leaves it working but with pages to reclaim, so it is reopened the same way.
+//!
+//! Opening the file again is costly (closing syncs it, and after a panic the open rebuilds
+//! redb's record of free pages), and a permanent fault would bring it about on every call.
+//! So opens are paced: after each, the next waits 50 ms, doubling up to 5 s, whether the
+//! open failed or the file failed again once open; the wait drops back to 50 ms only once a
+//! call succeeds on a handle that has outlived its wait with nothing left to repair. A
+//! handle a write panicked on before its wait was over keeps serving calls until then.
 //!
 //! One file can hold every kind of state (API keys here, counters, nonces and ownership in
 //! `state`, queues in `queue`), each call one transaction. The API keys are best kept in a
@@ -31,9 +38,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::future::Future;
+use std::ops::Deref;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -101,20 +110,62 @@ struct Handle {
 
 struct Slot {
     /// `None` once a failed disk operation closed the file, until it is opened again.
-    db: Option<Arc<Database>>,
+    db: Option<Arc<Opened>>,
     /// Why the file was closed, while it is.
     closed_because: String,
     /// Why the last open since failed.
     reopen_failed: Option<String>,
-    /// The earliest time for the next open, after one that failed.
+    /// The earliest time for the next open: the wait after the last one is over.
     retry_at: Option<Instant>,
-    /// The wait after the next open that fails.
+    /// The wait after the next open.
     pause: Duration,
 }
 
-/// The wait after a failed reopen, doubled after each until [`REOPEN_PAUSE_MAX`].
+/// One open of a writable store's file.
+pub(crate) struct Opened {
+    db: Database,
+    /// When the wait after this open is over (see [`Inner::handle`]).
+    settled_at: Instant,
+    /// Whether a call succeeded on it after `settled_at`, with nothing to repair, which
+    /// resets the wait between opens; the first open of the file needs no proof.
+    proven: AtomicBool,
+    /// Set by a panic in a write: the handle still works, but leaked the pages of the
+    /// transaction the panic dropped, which only an open reclaims. Opened again by the
+    /// first call after `settled_at`.
+    repair_due: AtomicBool,
+}
+
+impl Opened {
+    fn new(db: Database, settled_at: Instant, proven: bool) -> Self {
+        Self {
+            db,
+            settled_at,
+            proven: AtomicBool::new(proven),
+            repair_due: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a call should open the file again rather than use this handle, at `now`.
+    fn due_for_repair(&self, now: impl FnOnce() -> Instant) -> bool {
+        self.repair_due.load(Ordering::Relaxed) && now() >= self.settled_at
+    }
+}
+
+impl Deref for Opened {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+/// The wait after an open of the file before the next, doubled after each until
+/// [`REOPEN_PAUSE_MAX`], and reset once the file works again.
 const REOPEN_PAUSE: Duration = Duration::from_millis(50);
 const REOPEN_PAUSE_MAX: Duration = Duration::from_secs(5);
+
+/// Why a writable store's file was closed after a panic in redb.
+const DAMAGED_REASON: &str = "the file is damaged: its data could not be read";
 
 fn builder() -> Builder {
     let mut b = Builder::new();
@@ -175,7 +226,7 @@ impl RedbStore {
 
     fn writable(path: PathBuf, db: Database, wait: Duration, make: MakeDb) -> Self {
         let slot = Slot {
-            db: Some(Arc::new(db)),
+            db: Some(Arc::new(Opened::new(db, Instant::now(), true))),
             closed_because: String::new(),
             reopen_failed: None,
             retry_at: None,
@@ -243,8 +294,9 @@ impl Inner {
     }
 
     /// The open file of a writable store (`None` for a reader), opened again first when a
-    /// failed disk operation closed it and the wait after the last try is over.
-    pub(crate) fn handle(&self) -> Result<Option<Arc<Database>>, StoreError> {
+    /// failed disk operation closed it, or a panic left pages to reclaim, and the wait after
+    /// the last open is over.
+    pub(crate) fn handle(&self) -> Result<Option<Arc<Opened>>, StoreError> {
         let Some(handle) = &self.db else {
             return Ok(None);
         };
@@ -253,13 +305,19 @@ impl Inner {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .db
+            && !db.due_for_repair(Instant::now)
         {
             return Ok(Some(db.clone()));
         }
         let mut slot = handle.slot.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(db) = &slot.db {
-            // Opened by another call meanwhile.
-            return Ok(Some(db.clone()));
+            if !db.due_for_repair(Instant::now) {
+                // Opened by another call meanwhile.
+                return Ok(Some(db.clone()));
+            }
+            // Closed once the calls still using it are done.
+            slot.db = None;
+            DAMAGED_REASON.clone_into(&mut slot.closed_because);
         }
         if slot.retry_at.is_some_and(|at| Instant::now() < at) {
             let reason = match &slot.reopen_failed {
@@ -271,18 +329,21 @@ impl Inner {
                 reason,
             });
         }
-        match self.reopen(&handle.make) {
+        let opened = self.reopen(&handle.make);
+        // Counted from the end of the open, which may have been a long repair. Doubled
+        // whether or not the open worked: a fault the open does not clear (a full disk,
+        // damage) would otherwise have the file opened again on every call.
+        let settled_at = Instant::now() + slot.pause;
+        slot.retry_at = Some(settled_at);
+        slot.pause = (slot.pause * 2).min(REOPEN_PAUSE_MAX);
+        match opened {
             Ok(db) => {
-                let db = Arc::new(db);
+                let db = Arc::new(Opened::new(db, settled_at, false));
                 slot.db = Some(db.clone());
                 slot.reopen_failed = None;
-                slot.retry_at = None;
-                slot.pause = REOPEN_PAUSE;
                 Ok(Some(db))
             }
             Err(e) => {
-                slot.retry_at = Some(Instant::now() + slot.pause);
-                slot.pause = (slot.pause * 2).min(REOPEN_PAUSE_MAX);
                 slot.reopen_failed = Some(e.to_string());
                 Err(e)
             }
@@ -301,20 +362,16 @@ impl Inner {
     }
 
     /// Closes `db` when it failed for good: redb answers every call on a handle whose disk
-    /// operation failed with that failure, and a panic may have left it half-way. The next
-    /// call opens the file again (see [`Inner::handle`]).
-    fn close_if_failed(&self, db: &Arc<Database>, panicked: bool) {
+    /// operation failed with that failure. The next call opens the file again (see
+    /// [`Inner::handle`]).
+    fn close_if_failed(&self, db: &Arc<Opened>) {
         let Some(handle) = &self.db else { return };
-        let reason = if panicked {
-            "the file is damaged: its data could not be read".to_owned()
-        } else {
-            match db.begin_read() {
-                Err(TransactionError::Storage(StorageError::PreviousIo)) => {
-                    "a disk operation on the file failed (a full disk, an I/O error)".to_owned()
-                }
-                _ => return,
-            }
-        };
+        if !matches!(
+            db.begin_read(),
+            Err(TransactionError::Storage(StorageError::PreviousIo))
+        ) {
+            return;
+        }
         let mut slot = handle.slot.write().unwrap_or_else(PoisonError::into_inner);
         if slot
             .db
@@ -323,25 +380,56 @@ impl Inner {
         {
             // Closed once the calls still using it are done.
             slot.db = None;
-            slot.closed_because = reason;
+            "a disk operation on the file failed (a full disk, an I/O error)"
+                .clone_into(&mut slot.closed_because);
+        }
+    }
+
+    /// Notes a call that succeeded on `db`: once the handle has outlived the wait after its
+    /// open with nothing to repair, the file works again, and the wait between opens drops
+    /// back to its start.
+    fn worked(&self, db: &Arc<Opened>) {
+        if db.proven.load(Ordering::Relaxed)
+            || db.repair_due.load(Ordering::Relaxed)
+            || Instant::now() < db.settled_at
+        {
+            return;
+        }
+        let Some(handle) = &self.db else { return };
+        let mut slot = handle.slot.write().unwrap_or_else(PoisonError::into_inner);
+        if slot
+            .db
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, db))
+            && !db.proven.swap(true, Ordering::Relaxed)
+        {
+            slot.pause = REOPEN_PAUSE;
         }
     }
 
     /// Runs `work` on the open file, closing it when it failed for good (see
-    /// [`Inner::close_if_failed`]); a panic in redb is an error naming the file.
+    /// [`Inner::close_if_failed`]); a panic in redb is an error naming the file. A panic in
+    /// a write (`writes`) has the file opened again once the wait after its last open is
+    /// over (see [`Opened::repair_due`]); one in a read leaves the handle as it was.
     fn on_database<T>(
         &self,
-        db: &Arc<Database>,
+        db: &Arc<Opened>,
+        writes: bool,
         work: impl FnOnce(&Database) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        match catch_unwind(AssertUnwindSafe(|| work(db))) {
-            Ok(Ok(v)) => Ok(v),
+        match catch_unwind(AssertUnwindSafe(|| work(&db.db))) {
+            Ok(Ok(v)) => {
+                self.worked(db);
+                Ok(v)
+            }
             Ok(Err(e)) => {
-                self.close_if_failed(db, false);
+                self.close_if_failed(db);
                 Err(e)
             }
             Err(_) => {
-                self.close_if_failed(db, true);
+                if writes {
+                    db.repair_due.store(true, Ordering::Relaxed);
+                }
                 Err(damaged(&self.path))
             }
         }
@@ -356,7 +444,7 @@ impl Inner {
     ) -> Result<Option<T>, StoreError> {
         let path = &self.path;
         if let Some(db) = self.handle()? {
-            return self.on_database(&db, |db| {
+            return self.on_database(&db, false, |db| {
                 let txn = db.begin_read().map_err(|e| db_err(path, e))?;
                 match txn.open_table(def) {
                     Ok(table) => f(&table).map(Some),
@@ -407,7 +495,7 @@ impl Inner {
     ) -> Result<T, StoreError> {
         let path = &self.path;
         let db = self.handle()?.ok_or(StoreError::ReadOnly)?;
-        self.on_database(&db, |db| {
+        self.on_database(&db, true, |db| {
             let txn = db.begin_write().map_err(|e| db_err(path, e))?;
             match f(&txn) {
                 Ok(v) => {

@@ -327,14 +327,14 @@ impl Ownership for RedbStore {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::time::Instant;
 
     use redb::ReadableTableMetadata;
 
     use super::*;
     use crate::redb_store::test_support::{open, start};
-    use crate::redb_store::testing::open_on_a_disk_filling_up;
+    use crate::redb_store::testing::{open_counting_opens, open_on_a_disk_filling_up};
     use crate::{DEFAULT_WAIT, NewMessage, Queue, QueueName, QueueStats, StoreError, conformance};
 
     #[tokio::test]
@@ -508,22 +508,17 @@ mod tests {
         assert!(store.insert_if_absent(&n, window, start()).await.unwrap());
     }
 
-    #[tokio::test]
-    async fn a_state_file_with_a_damaged_row_is_refused_with_its_path_not_a_panic() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.redb");
-        let (object, hour) = (
-            ObjectId::new("session-1").unwrap(),
-            Duration::from_secs(3600),
-        );
+    /// Writes an owner of `object` to the file at `path`, then damages it there: one byte of
+    /// the owner's text (every copy of it in the file) is no longer UTF-8.
+    async fn write_a_damaged_owner(path: &Path, object: &ObjectId) {
         let marker = "apikey:owner-marker-5f1c2a";
         {
-            let store = RedbStore::open(&path, DEFAULT_WAIT).unwrap();
+            let store = RedbStore::open(path, DEFAULT_WAIT).unwrap();
             let owner = Owner::new(marker).unwrap();
-            store.put(&object, &owner, hour, start()).await.unwrap();
+            let hour = Duration::from_secs(3600);
+            store.put(object, &owner, hour, start()).await.unwrap();
         }
-        // One byte of the owner's text (every copy of it in the file) is no longer UTF-8.
-        let mut bytes = std::fs::read(&path).unwrap();
+        let mut bytes = std::fs::read(path).unwrap();
         let mut damaged = 0;
         let mut at = 0;
         while let Some(i) = bytes[at..]
@@ -535,15 +530,29 @@ mod tests {
             damaged += 1;
         }
         assert!(damaged > 0, "the row is in the file");
-        std::fs::write(&path, &bytes).unwrap();
+        std::fs::write(path, &bytes).unwrap();
+    }
+
+    /// Asserts that `e` refuses a call for damage in the file at `path`, naming it.
+    fn refused_as_damaged(path: &Path, e: StoreError) {
+        let text = e.to_string();
+        assert!(matches!(e, StoreError::Database { .. }), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("the file is damaged"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_state_file_with_a_damaged_row_is_refused_with_its_path_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let (object, hour) = (
+            ObjectId::new("session-1").unwrap(),
+            Duration::from_secs(3600),
+        );
+        write_a_damaged_owner(&path, &object).await;
 
         let store = RedbStore::open(&path, DEFAULT_WAIT).unwrap();
-        let refused = |e: StoreError| {
-            let text = e.to_string();
-            assert!(matches!(e, StoreError::Database { .. }), "{text}");
-            assert!(text.contains(&path.display().to_string()), "{text}");
-            assert!(text.contains("the file is damaged"), "{text}");
-        };
+        let refused = |e: StoreError| refused_as_damaged(&path, e);
         refused(Ownership::get(&store, &object, start()).await.unwrap_err());
         let other = Owner::new("apikey:other").unwrap();
         refused(store.put(&object, &other, hour, start()).await.unwrap_err());
@@ -551,6 +560,59 @@ mod tests {
         let k = CounterKey::new("k").unwrap();
         let count = store.increment(&k, 1, hour, start()).await.unwrap();
         assert_eq!(count.count, 1);
+    }
+
+    #[tokio::test]
+    async fn a_permanently_damaged_row_does_not_reopen_the_file_on_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let (object, hour) = (
+            ObjectId::new("session-1").unwrap(),
+            Duration::from_secs(3600),
+        );
+        write_a_damaged_owner(&path, &object).await;
+        let opens = Arc::new(AtomicUsize::new(0));
+        let store = open_counting_opens(&path, opens.clone());
+        assert_eq!(opens.load(Ordering::SeqCst), 1);
+
+        // A client polling the damaged row: a read that meets it leaves the file as it was.
+        for _ in 0..20 {
+            refused_as_damaged(
+                &path,
+                Ownership::get(&store, &object, start()).await.unwrap_err(),
+            );
+        }
+        assert_eq!(opens.load(Ordering::SeqCst), 1, "a read reopened the file");
+
+        // Writing it too, among other callers' writes, which keep working throughout.
+        let (other, k) = (
+            Owner::new("apikey:other").unwrap(),
+            CounterKey::new("k").unwrap(),
+        );
+        let started = Instant::now();
+        for i in 1..=40 {
+            refused_as_damaged(
+                &path,
+                Ownership::get(&store, &object, start()).await.unwrap_err(),
+            );
+            let e = store.put(&object, &other, hour, start()).await.unwrap_err();
+            refused_as_damaged(&path, e);
+            let count = store.increment(&k, 1, hour, start()).await.unwrap();
+            assert_eq!(count.count, i);
+        }
+        let elapsed = started.elapsed();
+        // Each open waits for the one before: 50 ms, then 100 ms, ... up to 5 s after it.
+        let (mut allowed, mut at, mut pause) = (0, Duration::ZERO, Duration::from_millis(50));
+        while at <= elapsed {
+            allowed += 1;
+            at += pause;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+        let reopens = opens.load(Ordering::SeqCst) - 1;
+        assert!(
+            (1..=allowed).contains(&reopens),
+            "{reopens} reopens in {elapsed:?}, at most {allowed} expected"
+        );
     }
 
     #[tokio::test]

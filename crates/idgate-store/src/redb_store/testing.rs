@@ -1,6 +1,6 @@
 //! A redb file held by another writer, for tests: what the gateway's writes meet when the
-//! `idgate` CLI, or a slow disk, keeps the file's write lock. And a store on a disk that
-//! fills up on demand.
+//! `idgate` CLI, or a slow disk, keeps the file's write lock. A store on a disk that
+//! fills up on demand, and one that counts how often its file is opened.
 //!
 //! Exposed as `idgate_store::redb_testing` with the feature `conformance`, so that other
 //! crates' end-to-end tests can hold a running gateway's state file.
@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
@@ -70,6 +70,16 @@ pub fn open_on_a_disk_filling_up(path: &Path, full: Arc<AtomicBool>) -> RedbStor
                 full: full.clone(),
             })
             .map_err(|e| db_err(path, e))
+    };
+    RedbStore::open_with(path, crate::DEFAULT_WAIT, Arc::new(make)).unwrap()
+}
+
+/// Opens `path` as [`RedbStore::open`] does, counting in `opens` each open of the file:
+/// the first, and each after a failure closed it.
+pub fn open_counting_opens(path: &Path, opens: Arc<AtomicUsize>) -> RedbStore {
+    let make = move |path: &Path, file: File| {
+        opens.fetch_add(1, Ordering::SeqCst);
+        RedbStore::database(path, file)
     };
     RedbStore::open_with(path, crate::DEFAULT_WAIT, Arc::new(make)).unwrap()
 }

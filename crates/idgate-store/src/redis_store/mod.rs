@@ -32,10 +32,11 @@
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use self::owner_cache::OwnerCache;
+use arc_swap::ArcSwap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
@@ -244,7 +245,11 @@ impl RedisStore {
                 Link::Single(Arc::new(Single {
                     client,
                     config,
-                    current: RwLock::new((Arc::new(manager), None)),
+                    current: ArcSwap::from_pointee(Current {
+                        manager,
+                        generation: 0,
+                    }),
+                    remade_at: Mutex::new(None),
                 }))
             }
             RedisMode::Cluster { seeds } => {
@@ -443,9 +448,11 @@ impl Link {
     fn take(&self) -> (Conn, Origin) {
         match self {
             Self::Single(single) => {
-                let manager = single.manager();
-                let conn = Conn::Single((*manager).clone());
-                (conn, Origin(Some((single.clone(), manager))))
+                // A load, not a lock: every call of every worker thread comes here, and a
+                // lock would have them all write the same cache line.
+                let current = single.current.load();
+                let conn = Conn::Single(current.manager.clone());
+                (conn, Origin(Some((single.clone(), current.generation))))
             }
             Self::Cluster(c) => (Conn::Cluster(c.clone()), Origin(None)),
         }
@@ -466,32 +473,46 @@ impl Link {
 struct Single {
     client: redis::Client,
     config: ConnectionManagerConfig,
-    /// The manager in use, and when it replaced another (`None` for the first).
-    current: RwLock<(Arc<ConnectionManager>, Option<Instant>)>,
+    /// The manager in use.
+    current: ArcSwap<Current>,
+    /// When the manager last replaced another (`None` before the first); held while
+    /// replacing it, so that one call does.
+    remade_at: Mutex<Option<Instant>>,
+}
+
+/// A standalone server's manager in use, and which one it is.
+struct Current {
+    manager: ConnectionManager,
+    /// Counts the replacements: a failure is reported against the manager the call used,
+    /// which another call may have replaced since.
+    generation: u64,
 }
 
 impl Single {
-    fn manager(&self) -> Arc<ConnectionManager> {
-        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        current.0.clone()
-    }
-
-    /// Replaces `used`, which answered `error`, when the error calls for a new connection and
-    /// no other call has replaced it already; at most once per [`REMAKE_EVERY`].
-    fn failed(&self, used: &Arc<ConnectionManager>, error: &RedisError) {
+    /// Replaces the manager of `generation`, which answered `error`, when the error calls
+    /// for a new connection and no other call has replaced it already; at most once per
+    /// [`REMAKE_EVERY`].
+    fn failed(&self, generation: u64, error: &RedisError) {
         if !needs_new_connection(error) {
             return;
         }
-        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        let (manager, remade_at) = &mut *current;
-        if !Arc::ptr_eq(manager, used) || remade_at.is_some_and(|t| t.elapsed() < REMAKE_EVERY) {
+        let mut remade_at = self
+            .remade_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.current.load().generation != generation
+            || remade_at.is_some_and(|t| t.elapsed() < REMAKE_EVERY)
+        {
             return;
         }
         // Only fails on options checked when the store was built; the old manager stays then.
-        if let Ok(fresh) =
+        if let Ok(manager) =
             ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
         {
-            *manager = Arc::new(fresh);
+            self.current.store(Arc::new(Current {
+                manager,
+                generation: generation.wrapping_add(1),
+            }));
             *remade_at = Some(Instant::now());
         }
     }
@@ -508,13 +529,13 @@ fn needs_new_connection(error: &RedisError) -> bool {
 }
 
 /// Where the connection of one call came from, to report a failure that needs a new one.
-struct Origin(Option<(Arc<Single>, Arc<ConnectionManager>)>);
+struct Origin(Option<(Arc<Single>, u64)>);
 
 impl Origin {
     /// Tells the store that the call failed with `error`.
     fn failed(&self, error: &RedisError) {
-        if let Some((single, used)) = &self.0 {
-            single.failed(used, error);
+        if let Some((single, generation)) = &self.0 {
+            single.failed(*generation, error);
         }
     }
 }
@@ -551,5 +572,35 @@ impl ConnectionLike for Conn {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+#[cfg(test)]
+mod link_tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_finds_its_connection_while_another_call_replaces_it() {
+        // No server: the store connects on first use, and taking a connection connects not.
+        let store = RedisStore::new(&RedisOptions::standalone("redis://127.0.0.1:1")).unwrap();
+        let Link::Single(single) = &store.link else {
+            panic!("a standalone store");
+        };
+        // A replacement under way, as after a refused login.
+        let replacing = single
+            .remade_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (taken, answer) = mpsc::channel();
+        let link = store.link.clone();
+        std::thread::spawn(move || {
+            let (conn, _origin) = link.take();
+            let _ = taken.send(matches!(conn, Conn::Single(_)));
+        });
+        let got = answer.recv_timeout(Duration::from_secs(10));
+        drop(replacing);
+        assert_eq!(got, Ok(true), "the call waited for the replacement");
     }
 }
