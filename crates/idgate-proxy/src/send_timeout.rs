@@ -13,7 +13,12 @@
 //! a data frame to h2 as soon as the stream has one byte of window, and h2 then holds
 //! whatever does not fit for as long as the caller keeps the window shut. A large answer
 //! made in one piece (masked, checked, cached) would otherwise be held whole, its stream
-//! open until the connection ends, out of the watch's reach.
+//! open until the connection ends, out of the watch's reach. Each piece of such an answer
+//! is a copy, so a piece h2 holds keeps only its own bytes alive, not the whole answer; and
+//! its last byte is handed alone, with the end of the stream: hyper hands over a piece only
+//! once the stream's window covers all it has handed before, so the stream's task (and its
+//! watch) lasts until the caller has taken all but that byte, which needs no more window
+//! than the one hyper waited for.
 //!
 //! No timer runs while writes complete: a deadline is armed only when a write returns
 //! `Pending` (or a stream starts waiting for window), and a write that completes disarms it
@@ -28,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -196,16 +201,36 @@ impl<B> Sending<B> {
     }
 }
 
-/// The first [`H2_FRAME`] bytes of `data`, the others left in `rest`; a piece no larger is
-/// passed as it is.
-fn first_piece(mut data: Bytes, rest: &mut Bytes) -> Bytes {
+/// The first piece of `data` to hand hyper, what is left of it in `rest`; a frame of at
+/// most [`H2_FRAME`] bytes is passed as it is. A larger one goes in copies of at most
+/// [`H2_FRAME`] bytes: h2 may hold a piece for as long as the caller's window stays shut,
+/// and a slice would keep the whole frame alive with it. When the body `ends` with this
+/// frame, its last byte is a piece of its own, the one sent with the end of the stream.
+fn first_piece(data: Bytes, rest: &mut Bytes, ends: bool) -> Bytes {
     if data.len() > H2_FRAME {
-        let head = data.split_to(H2_FRAME);
         *rest = data;
-        head
+        next_piece(rest, ends)
     } else {
         data
     }
+}
+
+/// The next copied piece of `rest` (not empty), as [`first_piece`] cuts it.
+fn next_piece(rest: &mut Bytes, ends: bool) -> Bytes {
+    let most = if ends {
+        rest.len().saturating_sub(1)
+    } else {
+        rest.len()
+    };
+    let n = most.clamp(1, H2_FRAME);
+    let piece = Bytes::copy_from_slice(&rest[..n]);
+    if n == rest.len() {
+        // An empty slice would still hold the frame's allocation.
+        *rest = Bytes::new();
+    } else {
+        rest.advance(n);
+    }
+    piece
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for Sending<B> {
@@ -226,15 +251,20 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Sending<B> {
             match Pin::new(&mut this.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        Poll::Ready(Some(Ok(Frame::data(first_piece(data, &mut this.rest)))))
+                        let ends = this.body.is_end_stream();
+                        Poll::Ready(Some(Ok(Frame::data(first_piece(
+                            data,
+                            &mut this.rest,
+                            ends,
+                        )))))
                     }
                     Err(other) => return Poll::Ready(Some(Ok(other))),
                 },
                 other => return other,
             }
         } else {
-            let rest = std::mem::take(&mut this.rest);
-            Poll::Ready(Some(Ok(Frame::data(first_piece(rest, &mut this.rest)))))
+            let ends = this.body.is_end_stream();
+            Poll::Ready(Some(Ok(Frame::data(next_piece(&mut this.rest, ends)))))
         };
         w.frames.fetch_add(1, Ordering::Relaxed);
         w.waiting.store(true, Ordering::Relaxed);
@@ -322,6 +352,8 @@ pub(crate) struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds after `since`.
     last: AtomicU64,
+    /// Whether a request has ever begun.
+    used: AtomicBool,
 }
 
 /// A request in progress: from its arrival until its response body has ended or been
@@ -335,6 +367,7 @@ impl Activity {
             since,
             in_flight: AtomicUsize::new(0),
             last: AtomicU64::new(0),
+            used: AtomicBool::new(false),
         }
     }
 
@@ -346,7 +379,14 @@ impl Activity {
     pub(crate) fn begin(self: Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.touch();
+        self.used.store(true, Ordering::Relaxed);
         InFlight(self)
+    }
+
+    /// Whether no request has ever begun: nothing can be in flight, and the client may not
+    /// even have sent its connection preface, before which it cannot be told to go away.
+    pub(crate) fn never_used(&self) -> bool {
+        !self.used.load(Ordering::Relaxed)
     }
 
     /// Whether no request has been in progress for `idle`.
@@ -457,10 +497,58 @@ mod tests {
         let body = Full::new(answer.clone());
         assert_eq!(body.size_hint().exact(), Some(answer.len() as u64));
         let (frames, ended) = frames_on_a_stream(body).await;
-        assert_eq!(frames.len(), 6);
-        assert!(frames.iter().all(|f| f.len() <= H2_FRAME));
+        // Five full frames, the six bytes after them, and the last byte alone.
+        let sizes: Vec<usize> = frames.iter().map(Bytes::len).collect();
+        assert_eq!(
+            sizes,
+            [H2_FRAME, H2_FRAME, H2_FRAME, H2_FRAME, H2_FRAME, 6, 1]
+        );
         assert_eq!(frames.concat(), answer);
         assert!(ended);
+    }
+
+    /// An answer's bytes that say when the answer's allocation is freed.
+    struct Owned(Vec<u8>, Arc<AtomicBool>);
+
+    impl AsRef<[u8]> for Owned {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Owned {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_last_piece_of_a_large_answer_holds_only_its_own_bytes() {
+        let freed = Arc::new(AtomicBool::new(false));
+        let answer = Bytes::from_owner(Owned(vec![b'x'; 64 * H2_FRAME], freed.clone()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stream = async move {
+            let mut body = Sending::new(Full::new(answer), None);
+            let mut last = None;
+            while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                // Each piece is let go as the next is taken, as h2 does once it is sent.
+                last = frame.unwrap().into_data().ok();
+                if body.is_end_stream() {
+                    break;
+                }
+            }
+            // The body has ended but lives on with its stream, and h2 holds its last piece
+            // for a caller who never opens the window for it.
+            let _ = tx.send((last, body.is_end_stream(), body));
+        };
+        watch_stream(stream, TIMEOUT, Arc::new(Metrics::new())).await;
+        let (last, ended, _body) = rx.await.unwrap();
+        assert!(ended);
+        assert_eq!(last.map(|b| b.len()), Some(1), "the last byte goes alone");
+        assert!(
+            freed.load(Ordering::SeqCst),
+            "a piece of the answer still holds all of it"
+        );
     }
 
     #[test]

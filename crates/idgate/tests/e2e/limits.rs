@@ -115,6 +115,29 @@ async fn an_idle_http2_connection_is_told_to_go_away_but_not_while_a_request_run
     .await
 }
 
+#[tokio::test]
+async fn an_http2_connection_without_a_preface_is_closed_at_idle_timeout() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        // The grace an idle connection gets to finish is at least 30 s.
+        let gw = gateway(&pki, &upstream, toml::toml! { idle_timeout = "1s" }).await;
+        // h2 negotiated, then not a byte: no preface, no request.
+        let (mut silent, at) = tls_with(&pki, &gw, true).await;
+        let closed = tokio::time::timeout(Duration::from_secs(10), until_closed(&mut silent)).await;
+        let lived = at.elapsed();
+        assert!(
+            closed.is_ok(),
+            "a silent HTTP/2 connection was still open after {lived:?}"
+        );
+        assert!(
+            lived >= Duration::from_millis(900) && lived < Duration::from_secs(4),
+            "a silent HTTP/2 connection lived {lived:?}"
+        );
+    })
+    .await
+}
+
 /// An HTTP/1.1 upstream on loopback whose `/v1/drip` answers its head at once, then its
 /// body one piece every `every`, `pieces` in all; anything else is answered at once.
 async fn dripping_upstream(
@@ -250,11 +273,24 @@ async fn h1_tls(
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     std::time::Instant,
 ) {
+    tls_with(pki, gw, false).await
+}
+
+/// A TLS connection to `gw` as `ONBOARDING` that negotiated `h2` or HTTP/1.1, and when its
+/// handshake ended.
+async fn tls_with(
+    pki: &Pki,
+    gw: &Gateway,
+    h2: bool,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    std::time::Instant,
+) {
     let (cert, key) = pki.workload(ONBOARDING);
     let config = tls_client_config(
         &pki.files.bundle,
         Some((&cert, &key)),
-        false,
+        h2,
         rustls::DEFAULT_VERSIONS,
     );
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))

@@ -328,25 +328,31 @@ async fn an_http2_stream_to_a_caller_announcing_no_window_is_reset_and_the_upstr
     .await
 }
 
+/// A gateway with `send_timeout` whose route masks the document numbers of the upstream's
+/// answers, so `/v1/masked` is answered with one piece the gateway made.
+async fn masking_gateway(pki: &Pki, upstream: &Upstream) -> Gateway {
+    let mut config = OneRoute {
+        url: &upstream.url(),
+        listener_extra: send_timeout(),
+        ..OneRoute::default()
+    }
+    .config(pki);
+    config.routes[0]
+        .extra
+        .insert("masking".to_owned(), "documents".into());
+    let masking: toml::Table = toml::from_str(
+        r#"profiles.documents.rules = [{ path = "$..document_number", action = "mask", keep = 3 }]"#,
+    )
+    .unwrap();
+    Gateway::start(&config.section("masking", masking), &[]).await
+}
+
 #[tokio::test]
 async fn an_http2_stream_with_a_one_byte_window_is_reset_within_send_timeout_for_a_masked_answer() {
     within(async {
         let pki = Pki::default_pki();
         let upstream = Upstream::start(Duration::ZERO).await;
-        let mut config = OneRoute {
-            url: &upstream.url(),
-            listener_extra: send_timeout(),
-            ..OneRoute::default()
-        }
-        .config(&pki);
-        config.routes[0]
-            .extra
-            .insert("masking".to_owned(), "documents".into());
-        let masking: toml::Table = toml::from_str(
-            r#"profiles.documents.rules = [{ path = "$..document_number", action = "mask", keep = 3 }]"#,
-        )
-        .unwrap();
-        let gw = Gateway::start(&config.section("masking", masking), &[]).await;
+        let gw = masking_gateway(&pki, &upstream).await;
         let tls = tls_to(&pki, &gw, true).await;
         // SETTINGS_INITIAL_WINDOW_SIZE = 1, and no WINDOW_UPDATE ever: one byte of the
         // answer can be sent, the rest never.
@@ -384,7 +390,101 @@ async fn an_http2_stream_with_a_one_byte_window_is_reset_within_send_timeout_for
         let reset = end.and_then(Result::err).and_then(|e| e.reason());
         assert_eq!(reset, Some(h2::Reason::CANCEL), "{:?}", gw.output());
         assert_eq!(received, 1);
-        eprintln!("stream reset {:?} after its answer began", answered.elapsed());
+        eprintln!(
+            "stream reset {:?} after its answer began",
+            answered.elapsed()
+        );
+        assert!(
+            metrics(&gw)
+                .await
+                .contains(r#"idgate_send_timeouts_total{kind="stream"} 1"#),
+            "{}",
+            metrics(&gw).await
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_http2_stream_whose_caller_leaves_the_last_byte_unread_is_reset_within_send_timeout() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = Upstream::start(Duration::ZERO).await;
+        let gw = masking_gateway(&pki, &upstream).await;
+        let uri = format!("https://localhost:{}/v1/masked", gw.port);
+
+        // A caller that reads as it should gets the whole masked answer.
+        let (mut h2, connection) = h2::client::handshake(tls_to(&pki, &gw, true).await)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let (response, _) = h2
+            .send_request(http::Request::get(&uri).body(()).unwrap(), true)
+            .unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let mut answer = Vec::new();
+        while let Some(data) = body.data().await {
+            let data = data.unwrap();
+            answer.extend_from_slice(&data);
+            body.flow_control().release_capacity(data.len()).unwrap();
+        }
+        assert!(answer.len() > 512 * 1024, "{}", answer.len());
+        assert!(!answer.windows(9).any(|w| w == b"BAA000589"), "not masked");
+        // So does curl over HTTP/2 (nghttp2), last byte and all.
+        let (cert, key) = pki.workload(ONBOARDING);
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-sS", "--http2", "--max-time", "20", "-o", "-", "--cacert"])
+            .arg(&pki.files.bundle)
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(["-w", "\n%{http_code} %{http_version} %{size_download}"])
+            .arg(&uri);
+        let (code, out, err) =
+            tokio::task::spawn_blocking(move || run_bounded(&mut curl, ACTS_WITHIN))
+                .await
+                .unwrap();
+        assert_eq!(code, 0, "curl: {err}");
+        let (body, last) = out.rsplit_once('\n').unwrap();
+        assert_eq!(last, format!("200 2 {}", answer.len()), "{err}");
+        assert_eq!(body.as_bytes(), answer, "curl read another answer");
+
+        // This one opens the stream's window for all of the answer but its last byte, and
+        // never for that one.
+        let window = u32::try_from(answer.len() - 1).unwrap();
+        let (mut h2, connection) = h2::client::Builder::new()
+            .initial_window_size(window)
+            .initial_connection_window_size(16 << 20)
+            .handshake::<_, bytes::Bytes>(tls_to(&pki, &gw, true).await)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let (response, _) = h2
+            .send_request(http::Request::get(&uri).body(()).unwrap(), true)
+            .unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let within_send_timeout = Duration::from_secs(1) + Duration::from_secs(4);
+        let mut received = 0;
+        let end = tokio::time::timeout(within_send_timeout, async {
+            loop {
+                match body.data().await {
+                    Some(Ok(data)) => received += data.len(),
+                    other => return other.map(|r| r.map(drop)),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the stream was still open {within_send_timeout:?} after its answer began")
+        });
+        let reset = end.and_then(Result::err).and_then(|e| e.reason());
+        assert_eq!(reset, Some(h2::Reason::CANCEL), "{:?}", gw.output());
+        assert_eq!(received, answer.len() - 1);
         assert!(
             metrics(&gw)
                 .await
