@@ -78,7 +78,8 @@ pub(crate) struct Tail {
     pub(crate) discarded: u64,
 }
 
-/// How much of a file's end is searched for its last entries.
+/// How much of a file is read at a time, from its end back, in search of its last
+/// checkpoint; a file whose last window holds no intact entry is not this trail's.
 const TAIL_WINDOW: u64 = 4 * 1024 * 1024;
 
 /// Why the previous run's end cannot be found.
@@ -103,9 +104,9 @@ pub enum TailError {
         why: String,
     },
     #[error(
-        "{path}: no checkpoint the chain can go on from, in its last {window} bytes or in the files before it: what it holds cannot be vouched for; move it aside (the next start records the gap)"
+        "{path}: no checkpoint the chain can go on from, in it (read back from its end as far as it holds intact entries) or in the files before it: what it holds cannot be vouched for; move it aside (the next start records the gap)"
     )]
-    NoCheckpoint { path: PathBuf, window: u64 },
+    NoCheckpoint { path: PathBuf },
 }
 
 /// One intact entry of a file's window, as the start judges it.
@@ -135,35 +136,120 @@ pub(crate) struct Seen {
 pub(crate) struct Scan {
     pub(crate) path: PathBuf,
     pub(crate) len: u64,
-    /// The window begins at the file's beginning.
+    /// The lines begin at the file's beginning.
     pub(crate) whole: bool,
+    /// Some line read holds an intact entry (also one past `lines`).
+    pub(crate) intact: bool,
     pub(crate) lines: Vec<Option<Seen>>,
 }
 
 impl Scan {
     fn any_intact(&self) -> bool {
-        self.lines.iter().any(Option::is_some)
+        self.intact || self.lines.iter().any(Option::is_some)
     }
 }
 
-/// Reads the entries of the last [`TAIL_WINDOW`] bytes of `path`.
-pub(crate) fn scan(path: &Path, keys: &[EncryptionKey]) -> Result<Scan, TailError> {
+/// Reads the entries of `path` that the start judges: from the last checkpoint in it that
+/// holds (see [`holds`]) to its end, at most `cap` lines of them (the walk takes no more
+/// than `checkpoint_every` entries after a checkpoint: a longer scan ends in a line that is
+/// not taken). The checkpoint is searched for from the file's end back, [`TAIL_WINDOW`]
+/// bytes at a time, one line in memory at a time, as far back as the windows hold intact
+/// entries: however far the writer's schedule (`checkpoint_every`, up to a file's rotation
+/// size) put it from the end, it is found. A file without one is read from its beginning
+/// (the chain's, or the walk goes on from a file before it); one whose last window holds
+/// nothing intact, from that window (it is not this trail's); one with a window that holds
+/// nothing intact before its last checkpoint-less ones, from after that window (the start
+/// cannot vouch for them).
+pub(crate) fn scan(
+    path: &Path,
+    keys: &[EncryptionKey],
+    own: &PublicKey,
+    cap: usize,
+) -> Result<Scan, TailError> {
+    let io = |source| TailError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let len = File::open(path)
+        .and_then(|f| f.metadata())
+        .map_err(io)?
+        .len();
+    let mut to = len;
+    let mut any_intact = false;
+    let (from, whole) = loop {
+        let start = to.saturating_sub(TAIL_WINDOW);
+        let (mut intact, mut held) = (false, None);
+        each_line(path, keys, start, to, len, |at, e| {
+            if let Some(e) = &e {
+                intact = true;
+                if holds(e, own) {
+                    held = Some(at);
+                }
+            }
+            true
+        })?;
+        any_intact |= intact;
+        match held {
+            Some(at) => break (at, at == 0),
+            // The last window, nothing intact in it: not this trail's, or a new chain.
+            None if !intact && to == len => break (start, start == 0),
+            // Nothing intact this far back: the start cannot vouch for what follows.
+            None if !intact => break (to, false),
+            None if start == 0 => break (0, true),
+            None => to = start,
+        }
+    };
+    let mut lines = Vec::new();
+    each_line(path, keys, from, len, len, |_, e| {
+        if lines.len() >= cap {
+            // Not taken: the walk stops here, and what follows is set aside.
+            lines.push(None);
+            return false;
+        }
+        lines.push(e);
+        true
+    })?;
+    Ok(Scan {
+        path: path.to_owned(),
+        len,
+        whole,
+        intact: any_intact,
+        lines,
+    })
+}
+
+/// Calls `each` with where each line that begins in `from..to` of `path` begins, and its
+/// entry (`None`: not an intact entry), until it returns false. The line `from` falls
+/// inside, if any, is not judged (the window before it has it whole); a torn last line is
+/// not given, and nothing after an overlong one.
+fn each_line(
+    path: &Path,
+    keys: &[EncryptionKey],
+    from: u64,
+    to: u64,
+    len: u64,
+    mut each: impl FnMut(u64, Option<Seen>) -> bool,
+) -> Result<(), TailError> {
+    use std::os::unix::fs::FileExt;
     let io = |source| TailError::Io {
         path: path.to_owned(),
         source,
     };
     let mut file = File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    let start = len.saturating_sub(TAIL_WINDOW);
-    file.seek(SeekFrom::Start(start)).map_err(io)?;
-    let mut lines = Lines::new(BufReader::new(file.take(len - start)));
-    let mut out = Vec::new();
-    let mut first = true;
+    let mut inside = false;
+    if from > 0 {
+        let mut before = [0u8];
+        file.read_exact_at(&mut before, from - 1).map_err(io)?;
+        inside = before[0] != b'\n';
+    }
+    file.seek(SeekFrom::Start(from)).map_err(io)?;
+    let mut lines = Lines::new(BufReader::new(file.take(len.saturating_sub(from))));
     while let Some(line) = lines.next_line().map_err(io)? {
-        // The window may begin inside a line: that one is not judged.
-        let skip = first && start > 0;
-        first = false;
-        if skip {
+        let at = from + line.offset;
+        if at >= to {
+            break;
+        }
+        if std::mem::take(&mut inside) {
             continue;
         }
         if !line.complete && !line.too_long {
@@ -172,7 +258,7 @@ pub(crate) fn scan(path: &Path, keys: &[EncryptionKey]) -> Result<Scan, TailErro
         }
         if line.too_long {
             // No entry is this long, and nothing after it is read.
-            out.push(None);
+            each(at, None);
             break;
         }
         let decoded = reader::decode(&line.bytes, keys);
@@ -186,16 +272,13 @@ pub(crate) fn scan(path: &Path, keys: &[EncryptionKey]) -> Result<Scan, TailErro
                 why: e.to_string(),
             });
         }
-        let end = start + line.offset + line.bytes.len() as u64 + 1;
-        let first_line = start + line.offset == 0;
-        out.push(decoded.ok().map(|(entry, _)| seen(&entry, end, first_line)));
+        let end = at + line.bytes.len() as u64 + 1;
+        let seen = decoded.ok().map(|(entry, _)| seen(&entry, end, at == 0));
+        if !each(at, seen) {
+            break;
+        }
     }
-    Ok(Scan {
-        path: path.to_owned(),
-        len,
-        whole: start == 0,
-        lines: out,
-    })
+    Ok(())
 }
 
 /// Whether `e` is a checkpoint that holds: it signs the entry before it and, signed with
@@ -332,11 +415,13 @@ pub(crate) fn find_end(
     own: &PublicKey,
     limit: Unsigned,
 ) -> Result<End, TailError> {
-    // Newest first, back to the file with the checkpoint to go on from.
+    // Newest first, back to the file with the checkpoint to go on from. Of a file, no more
+    // lines than the walk can take after a checkpoint (and one to stop at).
+    let cap = usize::try_from(limit.every.max(1).saturating_add(2)).unwrap_or(usize::MAX);
     let mut scans: Vec<Scan> = Vec::new();
     let mut base = None;
     for path in files.iter().rev().take(MAX_FILES_BACK) {
-        let s = scan(path, keys)?;
+        let s = scan(path, keys, own, cap)?;
         let intact_before = scans.iter().any(Scan::any_intact);
         if !s.any_intact() && !s.whole && !intact_before {
             return Err(TailError::Unverifiable {
@@ -381,7 +466,6 @@ pub(crate) fn find_end(
             .map(|s| s.path.clone());
         return Err(TailError::NoCheckpoint {
             path: newest.unwrap_or_default(),
-            window: TAIL_WINDOW,
         });
     };
     // (the last entry taken, the scan it is in, where it ends)
@@ -410,7 +494,6 @@ pub(crate) fn find_end(
                 None => {
                     return Err(TailError::NoCheckpoint {
                         path: s.path.clone(),
-                        window: TAIL_WINDOW,
                     });
                 }
             }
@@ -542,7 +625,13 @@ mod tests {
         let good = data.len() as u64;
         data.extend_from_slice(b"{\"seq\":6,\"prev\":\"00");
         std::fs::write(&path, &data).unwrap();
-        let s = scan(&path, &[]).unwrap();
+        let s = scan(
+            &path,
+            &[],
+            &crate::keys::generate_signing_key().unwrap().1,
+            100,
+        )
+        .unwrap();
         assert!(s.whole && s.len == data.len() as u64);
         let seqs: Vec<Option<u64>> = s.lines.iter().map(|l| l.as_ref().map(|e| e.seq)).collect();
         assert_eq!(seqs, [Some(1), Some(2), Some(3), Some(4), Some(5), None]);

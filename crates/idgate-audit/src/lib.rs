@@ -32,9 +32,9 @@ pub use record::{
 };
 pub use verify::{
     End, ExpectHead, Finding, GapAfter, Problem, Schedule, Summary, Verifier, VerifyError,
-    VerifyOptions,
+    VerifyOptions, Warning,
 };
 pub use writer::{
-    AppendError, AuditError, AuditKeys, Export, Gap, GapReason, MAX_RECORD, StartReport,
+    AppendError, AuditError, AuditKeys, Export, Gap, GapReason, Halt, MAX_RECORD, StartReport,
     WriterSettings,
 };

@@ -16,7 +16,7 @@
 //! A place is given back once the writer has written the record.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::record::{ApiActivity, ConnectionEvent, ConnectionSummary};
+use crate::writer::Halt;
 
 /// The trail's counters, registered by the gateway on its metrics registry.
 #[derive(Debug, Clone, Default)]
@@ -39,8 +40,12 @@ pub struct AuditMetrics {
     pub refused_block: Counter,
     /// Requests refused (503) on `fail_closed` routes: no place was free.
     pub refused_fail_closed: Counter,
-    /// Writes and syncs of the trail's files that failed (each is retried).
+    /// Writes and syncs of the trail's files that failed (a failed write is retried; a
+    /// failed sync stops the writer).
     pub write_errors: Counter,
+    /// 1 once the writer has stopped for good ([`AuditTrail::halted`]): every request that
+    /// needs a record is refused until a restart.
+    pub halted: Gauge,
 }
 
 /// A reserved place in the queue for one request's record.
@@ -79,6 +84,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: AuditMetrics,
     /// The `seq` of the last entry written and synced (0 before the first).
     pub(crate) last_seq: AtomicU64,
+    /// Why the writer stopped for good ([`Halt::code`]), 0 while it runs.
+    pub(crate) halted: AtomicU8,
 }
 
 impl Shared {
@@ -144,6 +151,14 @@ impl AuditTrail {
     /// notes it to name the records written while it was open.
     pub fn last_seq(&self) -> u64 {
         self.shared.last_seq.load(Ordering::Acquire)
+    }
+
+    /// Why the writer has stopped for good, once it has (a failed sync, an exhausted chain):
+    /// from then on every request that needs a record is refused, so the gateway reports
+    /// itself neither ready nor live and an orchestrator restarts it. `None` while it runs,
+    /// and after a clean close.
+    pub fn halted(&self) -> Option<Halt> {
+        Halt::from_code(self.shared.halted.load(Ordering::Acquire))
     }
 
     /// How many records the queue holds (each of its two pools).

@@ -16,7 +16,7 @@
 //! | a checkpoint forged | its signature does not verify with the given keys |
 //! | files removed after a rotation, and a restart | the restart's opening is not the rotation's, and no gap follows it |
 //! | entries added after the last checkpoint | past the writer's schedule ([`Schedule`]), when it is given, also when a later start signed them (its gap names them either way) |
-//! | a file added after a shutdown: a start's opening, then entries | its second line: a start is followed by its checkpoint |
+//! | a file added after a shutdown: a start's opening, then entries | its second line: a start is followed by its checkpoint (or, from gateways that went on when they could not sign at a start, by a checkpoint of its own run: then a [`Warning`]) |
 //! | the end cut back, or the newest files removed | only against an anchor kept elsewhere ([`ExpectHead`]) |
 //!
 //! What the files alone cannot show: a trail cut back to an earlier clean shutdown (its
@@ -257,7 +257,7 @@ pub enum Problem {
     )]
     TailNoTime { interval: Duration },
     #[error(
-        "a start's opening is followed by this entry, not by the start's checkpoint: the gateway signs the chain at every start before it writes anything else, so this file's entries from here on are not the gateway's"
+        "a start's opening is followed by this entry, not by the start's checkpoint, and no checkpoint of its run signs it: the gateway signs the chain at every start before it writes anything else, so the entries from here on are not the gateway's"
     )]
     StartUnsigned,
     #[error(
@@ -353,7 +353,41 @@ pub struct Summary {
     /// The bytes of an incomplete line at the very end of the trail: the batch the writer
     /// is writing, as a reader sees it part-way, or a file cut there. Not an entry yet.
     pub incomplete_end: Option<u64>,
+    /// The first [`MAX_GAP_NOTES`] starts whose own checkpoint is missing, though a later
+    /// checkpoint of the same run signs what follows them (see [`Warning`]).
+    pub warnings: Vec<Warning>,
+    /// Every such start.
+    pub warning_count: u64,
     pub end: End,
+}
+
+/// Something the trail shows that does not break it. The one kind: a start's opening
+/// followed by records rather than by the start's checkpoint, where a later checkpoint of
+/// the same run (before the next start) holds and so signs them. Gateways before the one
+/// that refuses to start without signing logged a start checkpoint they could not sign
+/// (an HSM that refused) and went on; the earliest wrote none at starts. A start without
+/// any checkpoint of its own run is not this: it is broken ([`Problem::StartUnsigned`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// The first entry after the opening.
+    pub at: Finding,
+    /// The checkpoint of the same run that signs it.
+    pub signed_by: u64,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let a = &self.at;
+        write!(f, "{}:{}: ", printable(&a.file), a.line)?;
+        if let Some(seq) = a.seq {
+            write!(f, "entry {seq}: ")?;
+        }
+        write!(
+            f,
+            "a start's opening is followed by this entry, not by the start's checkpoint (a gateway before this version went on when it could not sign at a start); checkpoint {} of the same run signs it",
+            self.signed_by
+        )
+    }
 }
 
 /// Why a verification could not go on.
@@ -476,6 +510,9 @@ pub struct Verifier {
     incomplete: Option<Incomplete>,
     /// After a start's opening (and its gap): its checkpoint must come next.
     start_unsigned: bool,
+    /// A start's opening was followed by records, not its checkpoint: broken unless a
+    /// checkpoint of the same run comes before the run ends ([`Warning`]).
+    start_pending: Option<Finding>,
     /// The entries between the last checkpoint and a start's opening, for its gap.
     run_unsigned: Option<(u64, u64)>,
     /// A finding about an earlier entry, found at the current one.
@@ -505,6 +542,8 @@ impl Verifier {
                 dropped: 0,
                 unsigned: 0,
                 incomplete_end: None,
+                warnings: Vec::new(),
+                warning_count: 0,
                 end: End::Empty,
             },
             closed: None,
@@ -520,6 +559,7 @@ impl Verifier {
             head_seen: false,
             incomplete: None,
             start_unsigned: false,
+            start_pending: None,
             run_unsigned: None,
             earlier: None,
         }
@@ -670,6 +710,19 @@ impl Verifier {
                 return Err((seq, Problem::Link));
             }
         }
+        if matches!(entry.kind, EntryKind::Record | EntryKind::Dropped)
+            && self.start_unsigned
+            && self.need_gap.is_none()
+        {
+            // Judged when its run ends: signed by a checkpoint of the run, or not at all.
+            self.start_unsigned = false;
+            self.start_pending = Some(Finding {
+                file: name.to_owned(),
+                line: line.number,
+                seq,
+                problem: Problem::StartUnsigned,
+            });
+        }
         match entry.kind {
             EntryKind::Open => {
                 let opening = Opening::read(&entry.value, entry.seq, entry.prev)
@@ -693,15 +746,21 @@ impl Verifier {
                 let problem = self.need_gap.take().map(|n| n.problem());
                 return Err((seq, problem.unwrap_or(Problem::GapOutOfPlace)));
             }
-            EntryKind::Record | EntryKind::Dropped if self.start_unsigned => {
-                return Err((seq, Problem::StartUnsigned));
-            }
             EntryKind::Checkpoint => {
                 let c = Checkpoint::from_entry(&entry.value).map_err(|e| (seq, e.into()))?;
                 c.verify(entry.seq, &entry.prev, &self.opts.keys)
                     .map_err(|e| (seq, e.into()))?;
                 self.closed = c.close;
                 self.start_unsigned = false;
+                if let Some(at) = self.start_pending.take() {
+                    self.summary.warning_count += 1;
+                    if self.summary.warnings.len() < MAX_GAP_NOTES {
+                        self.summary.warnings.push(Warning {
+                            at,
+                            signed_by: entry.seq,
+                        });
+                    }
+                }
                 self.summary.checkpoints += 1;
                 self.summary.last_checkpoint = Some((entry.seq, entry.hash));
                 self.checkpoint_ms = Some(c.time_ms);
@@ -784,6 +843,10 @@ impl Verifier {
     /// last checkpoint are held to the schedule as the trail's end is, for the start's
     /// checkpoint signs them too, and are noted for the start's gap.
     fn run_ends(&mut self, seq: u64) -> Result<(), (Option<u64>, Problem)> {
+        if let Some(finding) = self.start_pending.take() {
+            self.earlier = Some(finding.clone());
+            return Err((finding.seq, finding.problem));
+        }
         let unsigned = self.summary.unsigned;
         self.run_unsigned = (unsigned > 0).then(|| (seq - unsigned, seq - 1));
         if let Some((at, problem)) = self.over_schedule() {
@@ -928,6 +991,10 @@ impl Verifier {
                 last: s.last_seq,
             };
             return broken(file, line, s.last_seq.map(|l| l.saturating_add(1)), problem);
+        }
+        // A start whose run has no checkpoint of its own, up to the trail's end.
+        if let Some(f) = &self.start_pending {
+            return broken(&f.file, f.line, f.seq, f.problem.clone());
         }
         if let Some((at, problem)) = self.over_schedule() {
             return broken(&at.file, at.line, Some(at.seq), problem);

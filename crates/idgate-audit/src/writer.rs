@@ -12,7 +12,8 @@
 //! missing, or something was set aside), what was lost and what it found unsigned; then it
 //! signs the chain it continues, so that the trail's unsigned end is only ever the current
 //! run's. A failed sync, or a chain at its last sequence number, stops the writer: no
-//! request gets a place in the queue from then on.
+//! request gets a place in the queue from then on, and [`AuditTrail::halted`] says why, for
+//! the gateway's probes (a restart continues the trail after a failed sync).
 //!
 //! Sequence numbers never wrap, and no line is written that a reader would refuse: a record
 //! past [`MAX_RECORD`] is written in a bounded form.
@@ -20,7 +21,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -238,17 +239,55 @@ struct Writer {
     spare: Spare,
     sync: SyncState,
     /// Why the writer must stop taking records, once it must.
-    stop: Option<Stop>,
+    stop: Option<Halt>,
 }
 
-/// Why the writer stops taking records: requests that need one are refused from then on.
+/// Why the writer stopped taking records for good: requests that need one are refused from
+/// then on, until a restart (see [`AuditTrail::halted`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
+pub enum Halt {
     /// The chain is at its last sequence number.
     Exhausted,
     /// A sync of the current file failed: what was written since the last sync may be gone
     /// (the kernel reports such a failure once), so the file is not written again.
     SyncFailed,
+}
+
+impl Halt {
+    /// A short name for probes and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exhausted => "audit_sequence_exhausted",
+            Self::SyncFailed => "audit_sync_failed",
+        }
+    }
+
+    /// What happened, and what brings the trail back.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::Exhausted => {
+                "the audit trail's sequence numbers are exhausted; move the trail's files aside and restart to begin a new chain"
+            }
+            Self::SyncFailed => {
+                "an audit file could not be synced and is not written again; a restart continues the trail and records the gap"
+            }
+        }
+    }
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Self::Exhausted => 1,
+            Self::SyncFailed => 2,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::Exhausted),
+            2 => Some(Self::SyncFailed),
+            _ => None,
+        }
+    }
 }
 
 /// When the current file was last synced, and whether anything was written since.
@@ -405,6 +444,7 @@ impl AuditTrail {
             writer: handle.thread().clone(),
             metrics,
             last_seq: AtomicU64::new(last_seq),
+            halted: AtomicU8::new(0),
         });
         let _ = tx.send(shared.clone());
         Ok((
@@ -568,7 +608,7 @@ impl Writer {
         members: &[u8],
     ) -> Result<(), AppendError> {
         let Some(seq) = self.chain.seq.checked_add(1) else {
-            self.stop = Some(Stop::Exhausted);
+            self.stop = Some(Halt::Exhausted);
             return Err(AppendError::Exhausted(self.chain.seq));
         };
         let start = built.plain.len();
@@ -583,7 +623,7 @@ impl Writer {
         built.plain.push(b'\n');
         if seq == u64::MAX {
             // Nothing can follow this entry: stop before a record is taken that cannot be.
-            self.stop = Some(Stop::Exhausted);
+            self.stop = Some(Halt::Exhausted);
         }
         self.chain.seq = seq;
         self.chain.head = hash;
@@ -681,7 +721,7 @@ impl Writer {
         if bytes.is_empty() {
             return Ok(());
         }
-        if self.stop == Some(Stop::SyncFailed) {
+        if self.stop == Some(Halt::SyncFailed) {
             return Err(std::io::Error::other(
                 "the file failed to sync and is not written again",
             ));

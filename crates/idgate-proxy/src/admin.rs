@@ -4,6 +4,10 @@
 //! `/metrics` serves Prometheus metrics, `/incidents` and `/incidents/{id}` the incidents
 //! (JSON) when `[incidents]` is configured. Anything else gets a problem from the one mapping
 //! (`problem.rs`).
+//! Both probes fail (503, with the reason) once the audit writer has stopped for good (a
+//! failed sync, an exhausted chain): every request that needs a record is refused until a
+//! restart, so the orchestrator takes the replica out of service and restarts it (the
+//! restart records the gap in the trail).
 //! Never served on the public listener.
 //!
 //! Whoever reaches the listener is not authenticated, so its connections are bounded like
@@ -50,6 +54,24 @@ fn json_bytes(body: Vec<u8>) -> Response<Full<Bytes>> {
     resp
 }
 
+/// A probe's answer once the audit writer has stopped: 503 with the reason. The words are
+/// the trail's own fixed ones, with nothing to escape.
+fn halted(path: &str, halt: idgate_audit::Halt) -> Response<Full<Bytes>> {
+    let status = if path == "/readyz" {
+        "not ready"
+    } else {
+        "audit writer stopped"
+    };
+    let body = format!(
+        r#"{{"status":"{status}","reason":"{}","detail":"{}"}}"#,
+        halt.as_str(),
+        halt.explain()
+    );
+    let mut resp = json_bytes(body.into_bytes());
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    resp
+}
+
 /// The shared parts the admin listener answers from.
 #[derive(Debug, Clone)]
 pub(crate) struct AdminState {
@@ -59,9 +81,16 @@ pub(crate) struct AdminState {
     /// The gateway's TLS material: an SVID that has expired (the SPIRE agent gone for
     /// longer than its lifetime, say) fails every handshake, so the gateway is not ready.
     pub(crate) material: Arc<idgate_tls::TlsMaterial>,
+    /// The audit trail, when `[audit]` is configured: a writer stopped for good (a failed
+    /// sync, an exhausted chain) fails both probes.
+    pub(crate) audit: Option<Arc<idgate_audit::AuditTrail>>,
 }
 
 impl AdminState {
+    fn audit_halted(&self) -> Option<idgate_audit::Halt> {
+        self.audit.as_ref().and_then(|a| a.halted())
+    }
+
     fn svid_valid(&self) -> bool {
         self.material
             .expiry()
@@ -79,6 +108,9 @@ async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         return resp;
     }
     match req.uri().path() {
+        "/healthz" | "/readyz" if let Some(halt) = state.audit_halted() => {
+            halted(req.uri().path(), halt)
+        }
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(metrics.encode())));
@@ -301,6 +333,7 @@ mod tests {
             material: Arc::new(idgate_tls::TlsMaterial::pending(
                 idgate_tls::crypto_provider(),
             )),
+            audit: None,
         };
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(async move {

@@ -352,6 +352,7 @@ impl Gateway {
                 metrics: services.metrics.clone(),
                 incidents: incidents.clone(),
                 material: self.material.clone(),
+                audit: audit.clone(),
             },
             crate::admin::AdminLimits::new(cfg.admin.max_connections),
             admin_stop_rx,

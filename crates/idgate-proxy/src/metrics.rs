@@ -432,7 +432,8 @@ impl Metrics {
     }
 
     /// Counts the audit trail's queue: its depth, the records it lost, the requests refused
-    /// because it was full (one family, by the route's policy) and its failed writes.
+    /// because it was full (one family, by the route's policy), its failed writes, and
+    /// whether its writer has stopped for good.
     pub fn count_audit(&mut self, audit: &idgate_audit::AuditMetrics) {
         let r = &mut self.registry;
         r.register(
@@ -451,8 +452,13 @@ impl Metrics {
         }));
         r.register(
             "audit_write_errors",
-            "Writes or syncs of audit files that failed (a failed write is retried; requests are refused as the queue fills)",
+            "Writes or syncs of audit files that failed (a failed write is retried, and requests are refused as the queue fills; a failed sync stops the writer, see idgate_audit_halted)",
             audit.write_errors.clone(),
+        );
+        r.register(
+            "audit_halted",
+            "1 once the audit writer has stopped for good (a failed sync, an exhausted chain): every request that needs a record is refused, and /readyz and /healthz fail, until a restart",
+            audit.halted.clone(),
         );
         r.register(
             "audit_connection_records_summarized",

@@ -410,6 +410,15 @@ fn report(s: &Summary) {
     if s.gap_count > s.gaps.len() as u64 {
         say!("gap: … and {} more gaps", s.gap_count - s.gaps.len() as u64);
     }
+    for w in &s.warnings {
+        say!("warning: {w}");
+    }
+    if s.warning_count > s.warnings.len() as u64 {
+        say!(
+            "warning: … and {} more starts without their own checkpoint",
+            s.warning_count - s.warnings.len() as u64
+        );
+    }
     if s.dropped > 0 {
         say!(
             "dropped: the writer recorded {} record(s) it could not take (its queue was full, or it was closing)",

@@ -1034,6 +1034,111 @@ fn a_runs_unsigned_end_is_held_to_the_schedule_when_a_later_start_signs_it() {
     );
 }
 
+#[test]
+fn a_start_whose_checkpoint_failed_under_the_previous_writer_is_reported_not_broken() {
+    let keys = Keys::new();
+    let signing = keys.audit_keys(None).signing;
+    let checkpoint = |out: &mut Vec<u8>, seq: u64, prev: &Digest, close| {
+        let m = crate::checkpoint::members(&signing, seq - 1, prev, 1, close).unwrap();
+        entry(
+            out,
+            seq,
+            prev,
+            EntryKind::Checkpoint,
+            std::str::from_utf8(&m).unwrap(),
+        )
+    };
+    // A run signed at its start, closed at shutdown.
+    let mut f1 = Vec::new();
+    let mut prev = entry(
+        &mut f1,
+        1,
+        &Digest::GENESIS,
+        EntryKind::Open,
+        &opening("f1", "start", None),
+    );
+    prev = checkpoint(&mut f1, 2, &prev, None);
+    prev = entry(&mut f1, 3, &prev, EntryKind::Record, "\"time\":1");
+    prev = checkpoint(&mut f1, 4, &prev, Some(Close::Shutdown));
+    // The next run could not sign at its start (an HSM that refused) and went on, as the
+    // gateway once did: its records follow the opening, and its scheduled checkpoint signs
+    // them; it closes at shutdown.
+    let mut f2 = Vec::new();
+    let o = entry(
+        &mut f2,
+        5,
+        &prev,
+        EntryKind::Open,
+        &opening("f2", "start", Some("f1")),
+    );
+    let mut p2 = o;
+    for seq in 6..=8 {
+        p2 = entry(&mut f2, seq, &p2, EntryKind::Record, "\"time\":1");
+    }
+    p2 = checkpoint(&mut f2, 9, &p2, None);
+    p2 = entry(&mut f2, 10, &p2, EntryKind::Record, "\"time\":1");
+    checkpoint(&mut f2, 11, &p2, Some(Close::Shutdown));
+    let with_keys = || {
+        Verifier::new(VerifyOptions {
+            keys: vec![keys.public],
+            decrypt: Vec::new(),
+        })
+    };
+    let schedule = Schedule {
+        every: 5,
+        interval: Duration::MAX,
+    };
+    let files: [(&str, &[u8]); 2] = [("f1", &f1), ("f2", &f2)];
+    let s = verify_bytes(&files, with_keys().with_schedule(schedule)).unwrap();
+    assert_eq!((s.end, s.records), (End::Sealed, 5));
+    assert_eq!(s.warning_count, 1);
+    let w = &s.warnings[0];
+    assert_eq!(
+        (w.at.file.as_str(), w.at.line, w.at.seq, w.signed_by),
+        ("f2", 2, Some(6), 9)
+    );
+    assert!(
+        w.to_string().contains("checkpoint 9 of the same run"),
+        "{w}"
+    );
+
+    // Without a checkpoint of its own run, signed only by the next start's, it is broken:
+    // whoever can write the directory can write such a run.
+    let unsigned = &f2[..f2.len() - lines_from(&f2, 3)];
+    let mut f3 = Vec::new();
+    let last = crate::chain::open(
+        unsigned
+            .split(|&b| b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .unwrap(),
+    )
+    .unwrap();
+    let o = entry(
+        &mut f3,
+        9,
+        &last.hash,
+        EntryKind::Open,
+        &opening("f3", "start", Some("f2")),
+    );
+    let g = entry(&mut f3, 10, &o, EntryKind::Gap, &gap(8, &last.hash));
+    checkpoint(&mut f3, 11, &g, Some(Close::Shutdown));
+    let files: [(&str, &[u8]); 3] = [("f1", &f1), ("f2", unsigned), ("f3", &f3)];
+    let found = verify_bytes(&files, with_keys()).unwrap_err();
+    assert_eq!(
+        (found.file.as_str(), found.line, found.seq, found.problem),
+        ("f2", 2, Some(6), Problem::StartUnsigned)
+    );
+    // Nor at the trail's end.
+    let found = verify_bytes(&files[..2], with_keys()).unwrap_err();
+    assert_eq!((found.line, found.problem), (2, Problem::StartUnsigned));
+}
+
+/// The bytes of the last `n` lines of `data`.
+fn lines_from(data: &[u8], n: usize) -> usize {
+    let l: Vec<&[u8]> = data.split_inclusive(|&b| b == b'\n').collect();
+    l[l.len() - n..].iter().map(|l| l.len()).sum()
+}
+
 /// `line` (without its newline) with `from` replaced by `to`, sealed again with its hash.
 fn reseal(line: &[u8], from: &str, to: &str) -> Vec<u8> {
     let text = std::str::from_utf8(line).unwrap();

@@ -7,12 +7,13 @@
 //!
 //! A batch that cannot be written (a full disk) is kept and written again every second, in
 //! the same order, before anything newer: meanwhile the queue fills and requests are refused
-//! by their routes' policy rather than served unrecorded.
+//! by their routes' policy rather than served unrecorded. A failed sync is not retried: it
+//! stops the writer for good ([`Writer::halt`]), as does a chain at its last number.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Built, MAX_RECORD, Stop, Writer, open_file, oversized};
+use super::{Built, Halt, MAX_RECORD, Writer, open_file, oversized};
 use crate::chain::EntryKind;
 use crate::checkpoint::Close;
 use crate::queue::{self, Shared, WRITE_AT};
@@ -237,7 +238,7 @@ impl Writer {
     /// Syncs what was written to the current file, and makes it the trail's last entry. A
     /// failed sync is not tried again: the kernel reports it once and may have dropped the
     /// data it could not write, so a later sync that succeeds would prove nothing. The
-    /// writer stops ([`Stop::SyncFailed`]); the next start continues after the last entry it
+    /// writer stops ([`Halt::SyncFailed`]); the next start continues after the last entry it
     /// finds intact, and records the gap.
     fn sync_file(&mut self, shared: &Shared) {
         self.sync.last = Instant::now();
@@ -245,26 +246,30 @@ impl Writer {
             shared.metrics.write_errors.inc();
             let path = self.current.path.display().to_string();
             tracing::error!(file = %path, error = %e, after = self.chain.seq, "cannot sync the audit trail: entries written since the last sync may be lost");
-            self.stop = Some(Stop::SyncFailed);
+            self.stop = Some(Halt::SyncFailed);
             return;
         }
         self.sync.unsynced = false;
         shared.last_seq.store(self.chain.seq, Ordering::Release);
     }
 
-    /// Stops taking records for good: reservations fail from now on (requests that need a
-    /// record are refused, as when the queue is full), and the records still queued or
-    /// unwritten are counted as lost.
-    fn halt(&self, shared: &Shared, stop: Stop, stuck: Option<&Built>) {
+    /// Stops taking records for good: the trail says why ([`crate::AuditTrail::halted`],
+    /// and the `halted` gauge: the gateway's probes fail, so an orchestrator restarts it),
+    /// reservations fail from now on (requests that need a record are refused, as when the
+    /// queue is full), and the records still queued or unwritten are counted as lost.
+    fn halt(&self, shared: &Shared, stop: Halt, stuck: Option<&Built>) {
+        // Said before the queue closes: whoever is refused a place can see why.
+        shared.halted.store(stop.code(), Ordering::Release);
+        shared.metrics.halted.set(1);
         shared.reserved.close();
         match stop {
-            Stop::Exhausted => tracing::error!(
+            Halt::Exhausted => tracing::error!(
                 last_seq = self.chain.seq,
-                "the audit trail's sequence numbers are exhausted: nothing more can be recorded, and requests that need a record are refused; move the trail's files aside and restart to begin a new chain"
+                "the audit trail's sequence numbers are exhausted: nothing more can be recorded, requests that need a record are refused, and the gateway reports itself neither ready nor live; move the trail's files aside and restart to begin a new chain"
             ),
-            Stop::SyncFailed => tracing::error!(
+            Halt::SyncFailed => tracing::error!(
                 file = %self.current.path.display(),
-                "the audit file could not be synced, and is not written again: requests that need a record are refused until a restart, which records the gap"
+                "the audit file could not be synced, and is not written again: requests that need a record are refused, and the gateway reports itself neither ready nor live, until a restart, which records the gap"
             ),
         }
         self.give_up(shared, stuck.unwrap_or(&Built::default()));

@@ -166,6 +166,45 @@ fn a_start_after_a_crash_sets_the_torn_end_aside_and_records_the_gap() {
 }
 
 #[test]
+fn a_crash_with_more_than_4_mib_after_the_last_checkpoint_still_starts() {
+    let live = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let (enc, _) = EncryptionKey::generate().unwrap();
+    // An encrypted trail of 2 KB records, a checkpoint every 5000 entries: the start's
+    // checkpoint is the only one, and more than 4 MiB follows it when the process dies.
+    let mut s = settings(live.path());
+    s.checkpoint_every = 5000;
+    s.checkpoint_interval = Duration::from_secs(3600);
+    let (trail, _) = AuditTrail::start(s.clone(), keys.audit_keys(Some(&enc)), None).unwrap();
+    let path = "/v1/".to_owned() + &"p".repeat(2000);
+    let mut n = 0;
+    for batch in 0..4 {
+        for i in 0..500 {
+            let id = format!("rid-{batch}-{i}");
+            trail.api(&activity(&id, &path), Some(trail.try_reserve().unwrap()));
+            n += 1;
+        }
+        wait_written(&trail);
+    }
+    let crashed = tempfile::tempdir().unwrap();
+    crashed_copy(live.path(), crashed.path());
+    trail.close();
+    let file = &files::list(crashed.path()).unwrap()[0];
+    assert!(std::fs::metadata(file).unwrap().len() > 5 << 20);
+
+    s.dir = crashed.path().to_owned();
+    let (trail, report) =
+        AuditTrail::start(s, keys.audit_keys(Some(&enc)), None).expect("the restart");
+    let gap = report.gap.clone().expect("a gap");
+    assert_eq!(gap.reason, GapReason::Unclosed);
+    // Every record the dead run wrote is continued from, nothing set aside.
+    assert_eq!((gap.last_seq, gap.bytes_discarded), (n + 2, 0));
+    trail.close();
+    let summary = verify(crashed.path(), &[keys.public], std::slice::from_ref(&enc));
+    assert_eq!((summary.records, summary.end), (n, End::Sealed));
+}
+
+#[test]
 fn files_rotate_by_size_and_the_chain_runs_through_them() {
     let dir = tempfile::tempdir().unwrap();
     let keys = Keys::new();
@@ -691,6 +730,9 @@ async fn an_exhausted_chain_refuses_requests_rather_than_dropping_records() {
     });
     assert!(trail.reserve(Duration::from_millis(50)).await.is_none());
     assert_eq!(trail.metrics().dropped.get(), 0);
+    // The trail says why, for the gateway's probes and its gauge.
+    assert_eq!(trail.halted(), Some(Halt::Exhausted));
+    assert_eq!(trail.metrics().halted.get(), 1);
     trail.close();
     let ids = request_ids(dir.path());
     assert_eq!(ids, ["rid-0"]);
@@ -707,6 +749,9 @@ fn a_failed_sync_stops_the_writer_and_requests_are_refused() {
     wait_for("reservations still succeed", || {
         trail.try_reserve().is_none()
     });
+    // The trail says why, for the gateway's probes and its gauge.
+    assert_eq!(trail.halted(), Some(Halt::SyncFailed));
+    assert_eq!(trail.metrics().halted.get(), 1);
     let written = std::fs::read(&files::list(dir.path()).unwrap()[0]).unwrap();
     trail.close();
     assert_eq!(
@@ -719,6 +764,8 @@ fn a_failed_sync_stops_the_writer_and_requests_are_refused() {
     let (trail, report) =
         AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap();
     assert_eq!(report.gap.expect("a gap").reason, GapReason::Unclosed);
+    assert_eq!(trail.halted(), None);
+    assert_eq!(trail.metrics().halted.get(), 0);
     trail.close();
     let summary = verify(dir.path(), &[keys.public], &[]);
     assert_eq!((summary.end, summary.gap_count), (End::Sealed, 1));

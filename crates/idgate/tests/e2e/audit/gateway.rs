@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::TrailKeys;
+use super::{HandSealed, TrailKeys};
 use crate::assert_eventually;
 use crate::support::*;
 
@@ -386,6 +386,82 @@ async fn a_sigkill_under_load_leaves_a_verifiable_chain_and_the_restart_records_
             .last()
             .unwrap();
         assert_eq!(gap["gap"]["last_seq"], before_gap["seq"]);
+    })
+    .await;
+}
+
+/// Writes into `dir` a trail someone sealed by hand up to entry `u64::MAX - 3`: an opening
+/// and a `shutdown` checkpoint signed with `keys`. A start continues it with its own opening
+/// and checkpoint, and the next record takes the last sequence number there is.
+fn trail_at_its_last_numbers(keys: &TrailKeys, dir: &Path) {
+    let first = u64::MAX - 4;
+    let name = idgate_audit::files::file_name(first, std::time::SystemTime::now());
+    let mut hand = HandSealed::new(keys, first, &"0".repeat(64));
+    hand.open(&name, None);
+    hand.checkpoint(Some("shutdown"));
+    std::fs::write(dir.join(name), hand.take()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_and_liveness_fail_once_the_audit_writer_has_stopped() {
+    within_limit(Duration::from_secs(60), async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+        let keys = TrailKeys::new(false);
+        let trail = tempfile::tempdir().unwrap();
+        trail_at_its_last_numbers(&keys, trail.path());
+        let config = config(&pki, &upstream, &keys, trail.path());
+        let mut gw = Gateway::start(&config, &[("TEST_PROVIDER_KEY", PROVIDER_KEY)]).await;
+        let admin = gw.admin_port;
+        assert_eq!(admin_get(admin, "/readyz").await.unwrap().0, 200);
+        assert_eq!(admin_get(admin, "/healthz").await.unwrap().0, 200);
+        let metrics = admin_get(admin, "/metrics").await.unwrap().1;
+        assert!(
+            metrics.lines().any(|l| l == "idgate_audit_halted 0"),
+            "{metrics}"
+        );
+
+        // The one record there is room for takes the chain's last number: the writer stops,
+        // and every request after it is refused rather than served unrecorded.
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        assert_eq!(
+            client.get("/v3/session/s1/decision/").await.unwrap().status,
+            200
+        );
+        // (One that took its place before the writer stopped may still be served; its record
+        // is counted as lost.)
+        assert_eventually!(
+            client.get("/v3/session/s2/decision/").await.unwrap().status == 503,
+            "requests are still served after the chain ran out"
+        );
+
+        // The replica says so: not ready (out of the load balancer), not live (restarted),
+        // and a gauge to alert on.
+        let (status, body) = admin_get(admin, "/readyz").await.unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("audit_sequence_exhausted"), "{body}");
+        let (status, body) = admin_get(admin, "/healthz").await.unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("audit_sequence_exhausted"), "{body}");
+        let metrics = admin_get(admin, "/metrics").await.unwrap().1;
+        assert!(
+            metrics.lines().any(|l| l == "idgate_audit_halted 1"),
+            "{metrics}"
+        );
+        assert!(
+            gw.output().contains("sequence numbers are exhausted"),
+            "{}",
+            gw.output()
+        );
+        gw.signal("TERM");
+        assert!(
+            gw.wait_exit(Duration::from_secs(30)).is_some(),
+            "{}",
+            gw.output()
+        );
+        // What was written holds: the record that took the last number among it.
+        let (code, out, err) = verify(&keys, trail.path(), &["--allow-open"]);
+        assert_eq!(code, 0, "{out}{err}");
     })
     .await;
 }

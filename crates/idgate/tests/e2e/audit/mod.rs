@@ -49,6 +49,131 @@ impl TrailKeys {
     }
 }
 
+/// Entries sealed by hand, as the format describes them, their checkpoints signed with the
+/// trail's key: a trail no writer of this version would write.
+struct HandSealed {
+    key: SigningKey,
+    seq: u64,
+    prev: String,
+    out: String,
+}
+
+impl HandSealed {
+    /// Entries from `seq` on, after the entry whose hash is `prev`.
+    fn new(keys: &TrailKeys, seq: u64, prev: &str) -> Self {
+        Self {
+            key: SigningKey::load(&SecretRef::File(keys.signing())).unwrap(),
+            seq,
+            prev: prev.to_owned(),
+            out: String::new(),
+        }
+    }
+
+    fn push(&mut self, kind: &str, members: &str) {
+        let (line, hash) = tamper::seal(self.seq, &self.prev, kind, members);
+        self.out.push_str(&line);
+        (self.seq, self.prev) = (self.seq.wrapping_add(1), hash);
+    }
+
+    /// A start's opening of the file `name`, after `previous`.
+    fn open(&mut self, name: &str, previous: Option<&str>) {
+        let previous = previous
+            .map(|p| format!(r#","previous_file":"{p}""#))
+            .unwrap_or_default();
+        self.push(
+            "open",
+            &format!(
+                r#""open":{{"file":"{name}","reason":"start","time":1,"time_dt":"x"{previous}}}"#
+            ),
+        );
+    }
+
+    fn record(&mut self, id: &str) {
+        self.push(
+            "record",
+            &format!(r#""class_uid":6003,"time":1,"api":{{"request":{{"uid":"{id}"}}}}"#),
+        );
+    }
+
+    /// A checkpoint over the entry before it, closing its file with `close` when given.
+    fn checkpoint(&mut self, close: Option<&str>) {
+        use base64::Engine as _;
+        let head_seq = self.seq - 1;
+        let head = self.prev.clone();
+        let message = format!(
+            "idgate-audit-checkpoint-v1\n{head_seq}\n{head}\n1\n{}\n",
+            close.unwrap_or("-")
+        );
+        let (sig, public) = self.key.sign(message.as_bytes()).unwrap();
+        let close = close
+            .map(|c| format!(r#","close":"{c}""#))
+            .unwrap_or_default();
+        self.push(
+            "checkpoint",
+            &format!(
+                r#""checkpoint":{{"head_seq":{head_seq},"head":"{head}","time":1,"time_dt":"x"{close},"alg":"Ed25519","kid":"{}","sig":"{}"}}"#,
+                public.kid(),
+                base64::engine::general_purpose::STANDARD.encode(sig)
+            ),
+        );
+    }
+
+    /// The lines sealed since the last call.
+    fn take(&mut self) -> String {
+        std::mem::take(&mut self.out)
+    }
+}
+
+#[test]
+fn verify_reports_a_start_an_earlier_gateway_could_not_sign_and_a_later_checkpoint_of_its_run_did()
+{
+    let keys = TrailKeys::new(false);
+    let dir = tempfile::tempdir().unwrap();
+    let t = std::time::SystemTime::now();
+    let (f1, f2) = (
+        idgate_audit::files::file_name(1, t),
+        idgate_audit::files::file_name(5, t),
+    );
+    let mut hand = HandSealed::new(&keys, 1, &"0".repeat(64));
+    hand.open(&f1, None);
+    hand.checkpoint(None);
+    hand.record("r-1");
+    hand.checkpoint(Some("shutdown"));
+    std::fs::write(dir.path().join(&f1), hand.take()).unwrap();
+    // The next run went on without its start's checkpoint; its scheduled one signs it.
+    hand.open(&f2, Some(&f1));
+    hand.record("r-2");
+    hand.record("r-3");
+    hand.checkpoint(None);
+    hand.record("r-4");
+    hand.checkpoint(Some("shutdown"));
+    std::fs::write(dir.path().join(&f2), hand.take()).unwrap();
+    let public = keys.public();
+    let args = ["audit", "verify", "--key", public.to_str().unwrap()];
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = idgate_cli(&[&args[..], &[d]].concat());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "warning: {}:2: entry 6: a start's opening",
+            dir.path().join(&f2).display()
+        )) && out.contains("checkpoint 8 of the same run signs it")
+            && out.contains("sealed"),
+        "{out}"
+    );
+
+    // Without that checkpoint, nothing of its own run signs it: broken.
+    let text = std::fs::read_to_string(dir.path().join(&f2)).unwrap();
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    std::fs::write(dir.path().join(&f2), lines[..3].concat()).unwrap();
+    let (code, out, err) = idgate_cli(&[&args[..], &["--allow-open", d]].concat());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(":2: entry 6: a start's opening is followed by this entry"),
+        "{err}"
+    );
+}
+
 /// A sealed trail of several files written by the trail's own writer: rotated by size,
 /// checkpoints every 7 entries, 60 records.
 fn written_trail(keys: &TrailKeys, dir: &Path) -> Vec<PathBuf> {
