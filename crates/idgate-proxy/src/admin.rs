@@ -4,10 +4,11 @@
 //! `/metrics` serves Prometheus metrics, `/incidents` and `/incidents/{id}` the incidents
 //! (JSON) when `[incidents]` is configured. Anything else gets a problem from the one mapping
 //! (`problem.rs`).
-//! Both probes fail (503, with the reason) once the audit writer has stopped for good (a
-//! failed sync, an exhausted chain): every request that needs a record is refused until a
-//! restart, so the orchestrator takes the replica out of service and restarts it (the
-//! restart records the gap in the trail).
+//! `/readyz` fails (503, with the reason) once the audit writer has stopped for good (a
+//! failed sync, an exhausted chain): every request that needs a record is refused, so the
+//! orchestrator takes the replica out of service. After a failed sync `/healthz` fails
+//! too, so that it is restarted (the restart records the gap in the trail); an exhausted
+//! chain refuses every start until its files are moved aside, so liveness stays up.
 //! Never served on the public listener.
 //!
 //! Whoever reaches the listener is not authenticated, so its connections are bounded like
@@ -56,6 +57,14 @@ fn json_bytes(body: Vec<u8>) -> Response<Full<Bytes>> {
 
 /// A probe's answer once the audit writer has stopped: 503 with the reason. The words are
 /// the trail's own fixed ones, with nothing to escape.
+/// Whether a restart brings a stopped audit writer back: after a failed sync it does (the
+/// start records the gap and opens a new file); an exhausted chain stops every start too
+/// (its files must be moved aside), so failing liveness would only make a restart loop of
+/// a process that still serves what needs no record.
+fn restart_helps(halt: idgate_audit::Halt) -> bool {
+    matches!(halt, idgate_audit::Halt::SyncFailed)
+}
+
 fn halted(path: &str, halt: idgate_audit::Halt) -> Response<Full<Bytes>> {
     let status = if path == "/readyz" {
         "not ready"
@@ -108,8 +117,9 @@ async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         return resp;
     }
     match req.uri().path() {
-        "/healthz" | "/readyz" if let Some(halt) = state.audit_halted() => {
-            halted(req.uri().path(), halt)
+        "/readyz" if let Some(halt) = state.audit_halted() => halted("/readyz", halt),
+        "/healthz" if let Some(halt) = state.audit_halted().filter(|h| restart_helps(*h)) => {
+            halted("/healthz", halt)
         }
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/metrics" => {
@@ -320,6 +330,14 @@ mod tests {
     use tokio::net::TcpSocket;
 
     use super::*;
+
+    #[test]
+    fn liveness_fails_only_for_a_stopped_audit_writer_that_a_restart_mends() {
+        assert!(restart_helps(idgate_audit::Halt::SyncFailed));
+        // Every start refuses an exhausted chain: a failing liveness probe would restart
+        // the process in a loop.
+        assert!(!restart_helps(idgate_audit::Halt::Exhausted));
+    }
 
     /// An admin listener on loopback with `limits`; its address and metrics.
     async fn admin(limits: AdminLimits) -> (std::net::SocketAddr, Arc<Metrics>) {
