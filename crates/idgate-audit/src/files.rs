@@ -6,7 +6,7 @@
 //! and cut off before the chain goes on.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -109,7 +109,7 @@ pub enum TailError {
     NoCheckpoint { path: PathBuf },
 }
 
-/// One intact entry of a file's window, as the start judges it.
+/// One intact entry of a file, as the start judges it.
 #[derive(Debug)]
 pub(crate) struct Seen {
     /// The file's first line.
@@ -131,40 +131,37 @@ pub(crate) struct Seen {
     pub(crate) time: Option<u64>,
 }
 
-/// The lines of a file's window: each intact entry, or `None` for a line that is not one.
+/// Where a file's entries to judge begin, as found from its end back.
 #[derive(Debug)]
 pub(crate) struct Scan {
     pub(crate) path: PathBuf,
     pub(crate) len: u64,
-    /// The lines begin at the file's beginning.
+    /// Where the entries to judge begin: the last checkpoint in it that holds, or as far
+    /// back as the start looked.
+    pub(crate) from: u64,
+    /// They begin at the file's beginning.
     pub(crate) whole: bool,
-    /// Some line read holds an intact entry (also one past `lines`).
+    /// Some line read holds an intact entry.
     pub(crate) intact: bool,
-    pub(crate) lines: Vec<Option<Seen>>,
+    /// The last checkpoint in it that holds (see [`holds`]), at `from`.
+    pub(crate) held: Option<Seen>,
+    /// Read from its beginning, its first line is the chain's first entry.
+    pub(crate) genesis: bool,
 }
 
-impl Scan {
-    fn any_intact(&self) -> bool {
-        self.intact || self.lines.iter().any(Option::is_some)
-    }
-}
-
-/// Reads the entries of `path` that the start judges: from the last checkpoint in it that
-/// holds (see [`holds`]) to its end, at most `cap` lines of them (the walk takes no more
-/// than `checkpoint_every` entries after a checkpoint: a longer scan ends in a line that is
-/// not taken). The checkpoint is searched for from the file's end back, [`TAIL_WINDOW`]
-/// bytes at a time, one line in memory at a time, as far back as the windows hold intact
-/// entries: however far the writer's schedule (`checkpoint_every`, up to a file's rotation
-/// size) put it from the end, it is found. A file without one is read from its beginning
-/// (the chain's, or the walk goes on from a file before it); one whose last window holds
-/// nothing intact, from that window (it is not this trail's); one with a window that holds
-/// nothing intact before its last checkpoint-less ones, from after that window (the start
-/// cannot vouch for them).
+/// Finds where the entries of `path` that the start judges begin: the last checkpoint in
+/// it that holds (see [`holds`]). It is searched for from the file's end back,
+/// [`TAIL_WINDOW`] bytes at a time, one line in memory at a time, as far back as the
+/// windows hold intact entries: however far the writer's schedule (`checkpoint_every`, up
+/// to a file's rotation size) put it from the end, it is found. A file without one is
+/// judged from its beginning (the chain's, or the walk goes on from a file before it); one
+/// whose last window holds nothing intact, from that window (it is not this trail's); one
+/// with a window that holds nothing intact before its last checkpoint-less ones, from
+/// after that window (the start cannot vouch for them).
 pub(crate) fn scan(
     path: &Path,
     keys: &[EncryptionKey],
     own: &PublicKey,
-    cap: usize,
 ) -> Result<Scan, TailError> {
     let io = |source| TailError::Io {
         path: path.to_owned(),
@@ -176,46 +173,49 @@ pub(crate) fn scan(
         .len();
     let mut to = len;
     let mut any_intact = false;
-    let (from, whole) = loop {
+    let mut first_is_genesis = false;
+    let (from, whole, held) = loop {
         let start = to.saturating_sub(TAIL_WINDOW);
         let (mut intact, mut held) = (false, None);
         each_line(path, keys, start, to, len, |at, e| {
-            if let Some(e) = &e {
+            if let Some(e) = e {
                 intact = true;
-                if holds(e, own) {
-                    held = Some(at);
+                first_is_genesis |= at == 0 && is_genesis(&e);
+                if holds(&e, own) {
+                    held = Some((at, e));
                 }
             }
             true
         })?;
         any_intact |= intact;
         match held {
-            Some(at) => break (at, at == 0),
+            Some((at, e)) => break (at, at == 0, Some(e)),
             // The last window, nothing intact in it: not this trail's, or a new chain.
-            None if !intact && to == len => break (start, start == 0),
+            None if !intact && to == len => break (start, start == 0, None),
             // Nothing intact this far back: the start cannot vouch for what follows.
-            None if !intact => break (to, false),
-            None if start == 0 => break (0, true),
+            None if !intact => break (to, false, None),
+            None if start == 0 => break (0, true, None),
             None => to = start,
         }
     };
-    let mut lines = Vec::new();
-    each_line(path, keys, from, len, len, |_, e| {
-        if lines.len() >= cap {
-            // Not taken: the walk stops here, and what follows is set aside.
-            lines.push(None);
-            return false;
-        }
-        lines.push(e);
-        true
-    })?;
     Ok(Scan {
         path: path.to_owned(),
         len,
+        from,
         whole,
         intact: any_intact,
-        lines,
+        genesis: whole && held.is_none() && first_is_genesis,
+        held,
     })
+}
+
+/// Whether `e` is the chain's first entry: the opening of a file that names none before it.
+fn is_genesis(e: &Seen) -> bool {
+    e.first_line
+        && e.kind == EntryKind::Open
+        && e.seq == 1
+        && e.prev == Digest::GENESIS
+        && e.first_of_chain
 }
 
 /// Calls `each` with where each line that begins in `from..to` of `path` begins, and its
@@ -395,108 +395,75 @@ impl Walk {
     }
 }
 
-/// Where the walk starts: after a line of a file (a checkpoint that holds), or before a
-/// file's first line (the chain's beginning).
-struct Base {
-    /// Index into the scans, newest first.
-    scan: usize,
-    after: Option<usize>,
-}
-
 /// Finds where the chain goes on in `files` (in chain order): the last checkpoint that holds
 /// in the newest files' windows (or the chain's beginning), and the entries after it as far
 /// as they follow one another as the writer writes them: each linked to the one before,
 /// within `limit`, a start's opening followed only by its gap and its checkpoint, nothing
 /// after a file's closing checkpoint but the next file's opening. Whatever follows is not
 /// continued from: the file it is in is cut there, the files after it are set aside whole.
+///
+/// The walk reads one line at a time and keeps only the last entry it took: however many
+/// entries follow the checkpoint, and however many of them `limit` lets it take, the start
+/// holds one line of a file in memory at a time.
 pub(crate) fn find_end(
     files: &[PathBuf],
     keys: &[EncryptionKey],
     own: &PublicKey,
     limit: Unsigned,
 ) -> Result<End, TailError> {
-    // Newest first, back to the file with the checkpoint to go on from. Of a file, no more
-    // lines than the walk can take after a checkpoint (and one to stop at).
-    let cap = usize::try_from(limit.every.max(1).saturating_add(2)).unwrap_or(usize::MAX);
+    // Newest first, back to the file with the checkpoint to go on from (or the chain's
+    // beginning): its index in `scans`.
     let mut scans: Vec<Scan> = Vec::new();
     let mut base = None;
     for path in files.iter().rev().take(MAX_FILES_BACK) {
-        let s = scan(path, keys, own, cap)?;
-        let intact_before = scans.iter().any(Scan::any_intact);
-        if !s.any_intact() && !s.whole && !intact_before {
+        let s = scan(path, keys, own)?;
+        let intact_before = scans.iter().any(|s| s.intact);
+        if !s.intact && !s.whole && !intact_before {
             return Err(TailError::Unverifiable {
                 path: s.path,
                 window: TAIL_WINDOW,
             });
         }
-        let held = s
-            .lines
-            .iter()
-            .rposition(|l| l.as_ref().is_some_and(|e| holds(e, own)));
-        let genesis = s.whole
-            && s.lines.first().and_then(Option::as_ref).is_some_and(|e| {
-                e.first_line
-                    && e.kind == EntryKind::Open
-                    && e.seq == 1
-                    && e.prev == Digest::GENESIS
-                    && e.first_of_chain
-            });
-        let whole = s.whole;
+        let (found, whole) = (s.held.is_some() || s.genesis, s.whole);
         scans.push(s);
-        if held.is_some() || genesis {
-            base = Some(Base {
-                scan: scans.len() - 1,
-                after: held,
-            });
+        if found {
+            base = Some(scans.len() - 1);
             break;
         }
         if !whole {
             break;
         }
     }
-    if !scans.iter().any(Scan::any_intact) {
+    if !scans.iter().any(|s| s.intact) {
         // Nothing intact anywhere: these files are set aside, and a new chain begins.
         let tails = scans.iter().map(whole_tail).collect();
         return Ok(End { last: None, tails });
     }
     let Some(base) = base else {
-        let newest = scans
-            .iter()
-            .find(|s| s.any_intact())
-            .map(|s| s.path.clone());
+        let newest = scans.iter().find(|s| s.intact).map(|s| s.path.clone());
         return Err(TailError::NoCheckpoint {
             path: newest.unwrap_or_default(),
         });
     };
-    // (the last entry taken, the scan it is in, where it ends)
-    let (mut walk, mut last) = match base.after {
-        Some(i) => {
-            let s = &scans[base.scan];
-            match s.lines.get(i).and_then(Option::as_ref) {
-                Some(c) => {
-                    let held = c.held.as_ref();
-                    let last = Last {
-                        seq: c.seq,
-                        hash: c.hash,
-                        closed: held.and_then(|h| h.close),
-                        signed: Some((c.seq, c.hash)),
-                    };
-                    let walk = Walk {
-                        seq: c.seq,
-                        hash: c.hash,
-                        closed: last.closed,
-                        since: 0,
-                        signed_ms: held.map(|h| h.time_ms),
-                        after_start: None,
-                    };
-                    (walk, Some((last, base.scan, c.end)))
-                }
-                None => {
-                    return Err(TailError::NoCheckpoint {
-                        path: s.path.clone(),
-                    });
-                }
-            }
+    // (the last entry taken, the scan it is in, where it ends), and where the walk begins.
+    let (mut walk, mut last, from) = match &scans[base].held {
+        Some(c) => {
+            let held = c.held.as_ref();
+            let last = Last {
+                seq: c.seq,
+                hash: c.hash,
+                closed: held.and_then(|h| h.close),
+                signed: Some((c.seq, c.hash)),
+            };
+            let walk = Walk {
+                seq: c.seq,
+                hash: c.hash,
+                closed: last.closed,
+                since: 0,
+                signed_ms: held.map(|h| h.time_ms),
+                after_start: None,
+            };
+            (walk, Some((last, base, c.end)), c.end)
         }
         None => {
             let walk = Walk {
@@ -507,40 +474,45 @@ pub(crate) fn find_end(
                 signed_ms: None,
                 after_start: None,
             };
-            (walk, None)
+            (walk, None, 0)
         }
     };
-    let from = base.after.map_or(0, |i| i + 1);
-    'files: for n in (0..=base.scan).rev() {
-        let skip = if n == base.scan { from } else { 0 };
-        for line in &scans[n].lines[skip.min(scans[n].lines.len())..] {
-            match line {
-                Some(e) if walk.takes(e, limit) => {
-                    walk.take(e);
-                    let signed = last.as_ref().and_then(|l| l.0.signed);
-                    let entry = Last {
-                        seq: e.seq,
-                        hash: e.hash,
-                        closed: None,
-                        signed,
-                    };
-                    last = Some((entry, n, e.end));
-                }
-                _ => break 'files,
+    for n in (0..=base).rev() {
+        let s = &scans[n];
+        let from = if n == base { from } else { s.from };
+        let mut stopped = false;
+        each_line(&s.path, keys, from, s.len, s.len, |_, line| match line {
+            Some(e) if walk.takes(&e, limit) => {
+                walk.take(&e);
+                let signed = last.as_ref().and_then(|l| l.0.signed);
+                let entry = Last {
+                    seq: e.seq,
+                    hash: e.hash,
+                    closed: None,
+                    signed,
+                };
+                last = Some((entry, n, e.end));
+                true
             }
+            _ => {
+                stopped = true;
+                false
+            }
+        })?;
+        if stopped {
+            break;
         }
     }
     // Cut the file of the last entry taken after it; set aside the files after it whole.
     let mut tails = Vec::new();
-    let kept_in = last.as_ref().map(|l| l.1);
     for (n, s) in scans.iter().enumerate() {
-        match (kept_in, &last) {
-            (Some(k), Some((_, _, end))) if n == k => tails.push(Tail {
+        match &last {
+            Some((_, k, end)) if n == *k => tails.push(Tail {
                 path: s.path.clone(),
                 keep: *end,
                 discarded: s.len - end,
             }),
-            (Some(k), _) if n > k => {}
+            Some((_, k, _)) if n > *k => {}
             _ => tails.push(whole_tail(s)),
         }
     }
@@ -571,22 +543,36 @@ pub(crate) fn set_aside(tail: &Tail) -> std::io::Result<()> {
     }
     let mut file = OpenOptions::new().read(true).write(true).open(&tail.path)?;
     file.seek(SeekFrom::Start(tail.keep))?;
-    let mut rest = Vec::new();
-    Read::by_ref(&mut file)
-        .take(tail.discarded)
-        .read_to_end(&mut rest)?;
     let side = discarded_path(&tail.path);
     let mut out = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(&side)?;
-    out.write_all(&rest)?;
+    copy_exactly(&mut file, &mut out, tail.discarded)?;
     out.sync_all()?;
     file.set_len(tail.keep)?;
     file.sync_all()?;
     if let Some(dir) = tail.path.parent() {
         sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Copies the next `n` bytes of `from` to `to`, a small buffer at a time (between two files
+/// the kernel copies them): what is set aside may be as large as a file, and is never held
+/// in memory whole.
+pub(crate) fn copy_exactly(
+    from: &mut impl Read,
+    to: &mut impl std::io::Write,
+    n: u64,
+) -> std::io::Result<()> {
+    let copied = std::io::copy(&mut from.take(n), to)?;
+    if copied < n {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{copied} of the {n} bytes to set aside were read: the file was cut meanwhile"),
+        ));
     }
     Ok(())
 }
@@ -617,26 +603,30 @@ mod tests {
     }
 
     #[test]
-    fn a_scan_reads_every_intact_entry_and_stops_at_a_torn_end() {
+    fn a_file_is_read_one_intact_entry_at_a_time_up_to_a_torn_end() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(file_name(1, SystemTime::now()));
         let mut data = entries(5);
         data.extend_from_slice(b"not an entry\n");
-        let good = data.len() as u64;
+        let len = data.len() as u64;
         data.extend_from_slice(b"{\"seq\":6,\"prev\":\"00");
         std::fs::write(&path, &data).unwrap();
-        let s = scan(
-            &path,
-            &[],
-            &crate::keys::generate_signing_key().unwrap().1,
-            100,
-        )
+        let own = crate::keys::generate_signing_key().unwrap().1;
+        let s = scan(&path, &[], &own).unwrap();
+        // No checkpoint: the file is judged from its beginning.
+        assert!(s.whole && s.intact && s.from == 0 && s.held.is_none());
+        assert_eq!(s.len, data.len() as u64);
+        let mut seqs = Vec::new();
+        each_line(&path, &[], 0, s.len, s.len, |_, e| {
+            seqs.push(e.map(|e| (e.seq, e.first_line)));
+            true
+        })
         .unwrap();
-        assert!(s.whole && s.len == data.len() as u64);
-        let seqs: Vec<Option<u64>> = s.lines.iter().map(|l| l.as_ref().map(|e| e.seq)).collect();
-        assert_eq!(seqs, [Some(1), Some(2), Some(3), Some(4), Some(5), None]);
-        assert!(s.lines[0].as_ref().unwrap().first_line);
-        assert!(good < s.len);
+        let want = [1, 2, 3, 4, 5].map(|n| Some((n, n == 1)));
+        assert_eq!(seqs[..5], want);
+        // The line that is not an entry is given, the torn end not.
+        assert_eq!(seqs[5..], [None]);
+        assert!(len < s.len);
     }
 
     #[test]

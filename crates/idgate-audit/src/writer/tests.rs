@@ -204,6 +204,101 @@ fn a_crash_with_more_than_4_mib_after_the_last_checkpoint_still_starts() {
     assert_eq!((summary.records, summary.end), (n, End::Sealed));
 }
 
+/// A reader that notes the largest read asked of it: the buffer its caller fills.
+struct LargestRead<R> {
+    inner: R,
+    largest: usize,
+}
+
+impl<R: std::io::Read> std::io::Read for LargestRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.largest = self.largest.max(buf.len());
+        self.inner.read(buf)
+    }
+}
+
+/// A writer that only counts.
+struct Counted(u64);
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether the bytes of `a` from `a_at` on are those of `b`, read a MiB at a time.
+fn same_bytes(a: &Path, a_at: u64, b: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut a = File::open(a).unwrap();
+    a.seek(SeekFrom::Start(a_at)).unwrap();
+    let mut b = File::open(b).unwrap();
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = a.read(&mut x).unwrap();
+        if n == 0 {
+            return b.read(&mut y).unwrap() == 0;
+        }
+        if b.read_exact(&mut y[..n]).is_err() || x[..n] != y[..n] {
+            return false;
+        }
+    }
+}
+
+#[test]
+fn a_start_sets_aside_a_large_tail_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let signing = keys.audit_keys(None).signing;
+    let path = dir.path().join(files::file_name(1, SystemTime::now()));
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+    // A run that signed its start, then wrote 32 MiB of records and no checkpoint (its
+    // signing key out of reach); the next start allows 10 unsigned entries after one.
+    let start = [Line::Open("start", None), Line::Checkpoint(None)];
+    let (seq, prev) = write_entries(&path, &signing, 1, Digest::GENESIS, &start);
+    let id = "r".repeat(4000);
+    let records = |n| -> Vec<Line<'_>> { (0..n).map(|_| Line::Record(&id)).collect() };
+    let (mut seq, mut prev) = write_entries(&path, &signing, seq + 1, prev, &records(10));
+    let keep = len(&path);
+    while len(&path) < 32 << 20 {
+        (seq, prev) = write_entries(&path, &signing, seq + 1, prev, &records(256));
+    }
+    let total = len(&path);
+    assert!(total - keep >= 30 << 20);
+    let before = tempfile::tempdir().unwrap();
+    let copy = before.path().join("before");
+    std::fs::copy(&path, &copy).unwrap();
+
+    let mut s = settings(dir.path());
+    s.checkpoint_every = 10;
+    let (trail, report) = AuditTrail::start(s, keys.audit_keys(None), None).expect("the start");
+    let gap = report.gap.clone().expect("a gap");
+    assert_eq!(gap.reason, GapReason::Discarded);
+    assert_eq!((gap.last_seq, gap.bytes_discarded), (12, total - keep));
+    trail.close();
+    // The file is cut after the entries the start went on from; its tail is in the side
+    // file, byte for byte.
+    assert_eq!(len(&path), keep);
+    assert!(same_bytes(&copy, keep, &files::discarded_path(&path)));
+    let summary = verify(dir.path(), &[keys.public], &[]);
+    assert_eq!((summary.records, summary.end), (10, End::Sealed));
+
+    // The tail is moved through a small buffer, never read whole.
+    let mut from = File::open(&copy).unwrap();
+    std::io::Seek::seek(&mut from, std::io::SeekFrom::Start(keep)).unwrap();
+    let mut from = LargestRead {
+        inner: from,
+        largest: 0,
+    };
+    let mut to = Counted(0);
+    files::copy_exactly(&mut from, &mut to, total - keep).unwrap();
+    assert_eq!(to.0, total - keep);
+    assert!(from.largest <= 64 << 10, "a read of {} bytes", from.largest);
+}
+
 #[test]
 fn files_rotate_by_size_and_the_chain_runs_through_them() {
     let dir = tempfile::tempdir().unwrap();
