@@ -22,9 +22,11 @@
 //! Opening the file again is costly (closing syncs it, and after a panic the open rebuilds
 //! redb's record of free pages), and a permanent fault would bring it about on every call.
 //! So opens are paced: after each, the next waits 50 ms, doubling up to 5 s, whether the
-//! open failed or the file failed again once open; the wait drops back to 50 ms only once a
-//! call succeeds on a handle that has outlived its wait with nothing left to repair. A
-//! handle a write panicked on before its wait was over keeps serving calls until then.
+//! open failed or the file failed again once open. The wait drops back to 50 ms only once a
+//! call succeeds on a handle that has worked for 5 s (the longest wait) past its own wait
+//! with nothing left to repair: a fault that comes back at intervals shorter than that
+//! keeps the pace slow, however many calls succeed in between. A handle a write panicked
+//! on before its wait was over keeps serving calls until then.
 //!
 //! One file can hold every kind of state (API keys here, counters, nonces and ownership in
 //! `state`, queues in `queue`), each call one transaction. The API keys are best kept in a
@@ -126,8 +128,9 @@ pub(crate) struct Opened {
     db: Database,
     /// When the wait after this open is over (see [`Inner::handle`]).
     settled_at: Instant,
-    /// Whether a call succeeded on it after `settled_at`, with nothing to repair, which
-    /// resets the wait between opens; the first open of the file needs no proof.
+    /// Whether a call succeeded on it [`PROVEN_AFTER`] past `settled_at`, with nothing to
+    /// repair, which resets the wait between opens; the first open of the file needs no
+    /// proof.
     proven: AtomicBool,
     /// Set by a panic in a write: the handle still works, but leaked the pages of the
     /// transaction the panic dropped, which only an open reclaims. Opened again by the
@@ -163,6 +166,12 @@ impl Deref for Opened {
 /// [`REOPEN_PAUSE_MAX`], and reset once the file works again.
 const REOPEN_PAUSE: Duration = Duration::from_millis(50);
 const REOPEN_PAUSE_MAX: Duration = Duration::from_secs(5);
+
+/// How long an open must work past its wait, with nothing to repair, before the wait between
+/// opens drops back to [`REOPEN_PAUSE`]. As long as the longest wait, so that a fault coming
+/// back at any shorter interval has the wait grow to it rather than the file opened again
+/// each time, however many calls succeed in between.
+const PROVEN_AFTER: Duration = REOPEN_PAUSE_MAX;
 
 /// Why a writable store's file was closed after a panic in redb.
 const DAMAGED_REASON: &str = "the file is damaged: its data could not be read";
@@ -385,13 +394,14 @@ impl Inner {
         }
     }
 
-    /// Notes a call that succeeded on `db`: once the handle has outlived the wait after its
-    /// open with nothing to repair, the file works again, and the wait between opens drops
-    /// back to its start.
+    /// Notes a call that succeeded on `db`: once the handle has worked for [`PROVEN_AFTER`]
+    /// past the wait after its open with nothing to repair, the file works again, and the
+    /// wait between opens drops back to its start. A handle that failed in that time was
+    /// closed, and one a write panicked on is due for repair, so neither is proven.
     fn worked(&self, db: &Arc<Opened>) {
         if db.proven.load(Ordering::Relaxed)
             || db.repair_due.load(Ordering::Relaxed)
-            || Instant::now() < db.settled_at
+            || Instant::now() < db.settled_at + PROVEN_AFTER
         {
             return;
         }

@@ -615,6 +615,71 @@ mod tests {
         );
     }
 
+    /// The wait before the next open of `store`'s file.
+    fn reopen_pause(store: &RedbStore) -> Duration {
+        let handle = store.inner.db.as_ref().unwrap();
+        handle.slot.read().unwrap().pause
+    }
+
+    #[tokio::test]
+    async fn an_intermittently_written_damaged_row_backs_off_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let (object, hour) = (
+            ObjectId::new("session-1").unwrap(),
+            Duration::from_secs(3600),
+        );
+        write_a_damaged_owner(&path, &object).await;
+        let opens = Arc::new(AtomicUsize::new(0));
+        let store = open_counting_opens(&path, opens.clone());
+        let (other, k) = (
+            Owner::new("apikey:other").unwrap(),
+            CounterKey::new("k").unwrap(),
+        );
+
+        // A client writing the damaged row now and then, while other writes keep working,
+        // well past the wait after each open.
+        let started = Instant::now();
+        let mut count = 0;
+        for _ in 0..12 {
+            let e = store.put(&object, &other, hour, start()).await.unwrap_err();
+            refused_as_damaged(&path, e);
+            for _ in 0..2 {
+                count += 1;
+                let got = store.increment(&k, 1, hour, start()).await.unwrap();
+                assert_eq!(got.count, count);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+        let elapsed = started.elapsed();
+        // Each open waits for the one before: 50 ms, then 100 ms, ... up to 5 s after it.
+        let (mut allowed, mut at, mut pause) = (0, Duration::ZERO, Duration::from_millis(50));
+        while at <= elapsed {
+            allowed += 1;
+            at += pause;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+        let reopens = opens.load(Ordering::SeqCst) - 1;
+        assert!(
+            (1..=allowed).contains(&reopens),
+            "{reopens} reopens for 12 writes in {elapsed:?}, at most {allowed} expected"
+        );
+
+        // Once the row is left alone, the file is opened again once more (reclaiming what
+        // the last write left), and the wait drops back to 50 ms after it has worked a while.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reopen_pause(&store) != Duration::from_millis(50) {
+            assert!(
+                Instant::now() < deadline,
+                "the wait between opens stayed up"
+            );
+            count += 1;
+            let got = store.increment(&k, 1, hour, start()).await.unwrap();
+            assert_eq!(got.count, count);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     #[tokio::test]
     async fn a_reader_refuses_writes_and_reads_no_state_as_empty() {
         let dir = tempfile::tempdir().unwrap();
