@@ -355,29 +355,23 @@ async fn serve_connection(
         seen = Some(flag);
     }
     let service_shared = shared.clone();
-    let service_activity = activity;
     let closing = conn.clone();
-    let service = service_fn(move |req| {
+    let service = counted(activity.clone(), move |req| {
         let snapshot = service_shared.snapshot.load_full();
         let services = service_shared.services.clone();
         let requests = service_shared.requests.clone();
         let conn = conn.clone();
-        let activity = service_activity.clone();
         if let Some(seen) = &seen {
             seen.store(true, Ordering::Relaxed);
         }
+        // hyper keeps the room for this future in a box of its own for the connection's
+        // life: boxing the pipeline's (about 5 KiB) per request lets an idle connection hold
+        // only a pointer's worth. The allocation comes from the thread's free list. Counted
+        // until answered or dropped, for the drain.
         async move {
-            // Held by the response body once there is one: an HTTP/2 stream still sending
-            // its body keeps the connection from being taken for idle.
-            let request = activity.map(Activity::begin);
-            // hyper keeps the room for this future in a box of its own for the connection's
-            // life: boxing the pipeline's (about 5 KiB) per request lets an idle connection
-            // hold only a pointer's worth. The allocation comes from the thread's free list.
-            // Counted until answered or dropped, for the drain.
-            let resp = requests
+            requests
                 .count(Box::pin(handle(snapshot, conn, services, req)))
-                .await;
-            Ok::<_, Infallible>(resp.map(|body| Sending::new(body, request)))
+                .await
         }
     });
     let io = SendDeadline::new(
@@ -386,6 +380,10 @@ async fn serve_connection(
         shared.services.metrics.clone(),
         remote,
     );
+    let io = match activity {
+        Some(activity) => io.telling(activity),
+        None => io,
+    };
     if h2 {
         let connection = Box::pin(live.http.h2.serve_connection(TokioIo::new(io), service));
         drive(connection, |c| c.graceful_shutdown(), ends).await;
@@ -394,5 +392,162 @@ async fn serve_connection(
         let io = TokioIo::new(LingeringClose::new(io, closing, Bounds::DEFAULT));
         let connection = Box::pin(live.http.h1.serve_connection(io, service));
         drive(connection, |c| c.graceful_shutdown(), ends).await;
+    }
+}
+
+/// A connection's hyper service: `answer` answers each request. Over HTTP/2 the request
+/// counts as in progress from the moment hyper takes it (see [`Activity`]) until its
+/// response body is dropped, so an HTTP/2 stream still sending its body keeps the connection
+/// from being taken for idle. It is begun here, in the connection's own poll where hyper
+/// takes the request, and not in the stream's task: that may first run after the connection
+/// has been checked for idleness in the same wake-up, which would then see nothing in
+/// flight and send away (or close) a connection with a request on its way.
+fn counted<A, F, B>(
+    activity: Option<Arc<Activity>>,
+    answer: A,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<Sending<B>>,
+    Error = Infallible,
+    Future: Send + 'static,
+>
+where
+    A: Fn(http::Request<hyper::body::Incoming>) -> F,
+    F: Future<Output = http::Response<B>> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+{
+    service_fn(move |req| {
+        let request = activity.clone().map(Activity::begin);
+        let answered = answer(req);
+        async move { Ok(answered.await.map(|body| Sending::new(body, request))) }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    use super::*;
+    use crate::send_timeout::StreamExecutor;
+
+    /// A client's bytes: its preface at once, then a request's HEADERS that can be read from
+    /// `release` on. Nothing wakes a reader: the connection hears the request when its idle
+    /// check wakes it, as a request that arrives with the idle tick does.
+    struct Client {
+        preface: Vec<u8>,
+        request: Vec<u8>,
+        release: tokio::time::Instant,
+    }
+
+    impl AsyncRead for Client {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let this = self.get_mut();
+            let next = if !this.preface.is_empty() {
+                &mut this.preface
+            } else if !this.request.is_empty() && tokio::time::Instant::now() >= this.release {
+                &mut this.request
+            } else {
+                return Poll::Pending;
+            };
+            let n = next.len().min(buf.remaining());
+            buf.put_slice(&next[..n]);
+            next.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Client {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_http2_request_taken_as_the_connection_goes_idle_keeps_it() {
+        let idle = Duration::from_millis(400);
+        let since = tokio::time::Instant::now();
+        let activity = Arc::new(Activity::new(since));
+        let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        // GET https / on stream 1, ending the stream and its headers.
+        let request = vec![0, 0, 3, 1, 5, 0, 0, 0, 1, 0x82, 0x87, 0x84];
+        let metrics = Arc::new(Metrics::new());
+        let remote: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let io = SendDeadline::new(
+            Client {
+                preface,
+                request,
+                release: since + idle,
+            },
+            Duration::from_secs(30),
+            metrics.clone(),
+            remote,
+        )
+        .telling(activity.clone());
+        let answering = Arc::new(tokio::sync::Notify::new());
+        let answered = answering.clone();
+        // The request is being forwarded: its answer is still to come.
+        let service = counted(Some(activity.clone()), move |_| {
+            let answering = answering.clone();
+            async move {
+                answering.notify_one();
+                std::future::pending::<http::Response<Full<Bytes>>>().await
+            }
+        });
+        let builder = http2::Builder::new(StreamExecutor {
+            timeout: Duration::from_secs(30),
+            metrics,
+        });
+        let connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+        let (_stop_tx, stop) = watch::channel(false);
+        let told = Arc::new(AtomicBool::new(false));
+        let told_too = told.clone();
+        let ends = Ends {
+            idle: Some((activity, idle)),
+            first_request: None,
+            expires_at: None,
+            retire_at: None,
+            stop,
+            grace: MIN_GRACE,
+            remote,
+        };
+        let driven = tokio::spawn(drive(
+            connection,
+            move |c| {
+                told_too.store(true, Ordering::SeqCst);
+                c.graceful_shutdown();
+            },
+            ends,
+        ));
+        tokio::time::timeout(Duration::from_secs(10), answered.notified())
+            .await
+            .expect("the request never reached its handler");
+        assert!(
+            !told.load(Ordering::SeqCst),
+            "the connection was sent away with a request in flight"
+        );
+        assert!(!driven.is_finished(), "the connection was closed");
+        driven.abort();
     }
 }

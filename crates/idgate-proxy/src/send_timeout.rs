@@ -72,6 +72,8 @@ pub(crate) struct SendDeadline<T> {
     deadline: Deadline,
     metrics: Arc<Metrics>,
     remote: SocketAddr,
+    /// HTTP/2: told when the first bytes are read from the caller, then let go.
+    unheard: Option<Arc<Activity>>,
 }
 
 impl<T> SendDeadline<T> {
@@ -82,7 +84,15 @@ impl<T> SendDeadline<T> {
             deadline: Deadline::default(),
             metrics,
             remote,
+            unheard: None,
         }
+    }
+
+    /// Tells `activity` when the caller's first bytes are read, so that an idle connection
+    /// that has heard its client's preface is told to go away rather than dropped.
+    pub(crate) fn telling(mut self, activity: Arc<Activity>) -> Self {
+        self.unheard = Some(activity);
+        self
     }
 
     fn track<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
@@ -109,7 +119,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for SendDeadline<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let Some(activity) = &this.unheard else {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        };
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            activity.heard.store(true, Ordering::Relaxed);
+            this.unheard = None;
+        }
+        r
     }
 }
 
@@ -352,8 +372,8 @@ pub(crate) struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds after `since`.
     last: AtomicU64,
-    /// Whether a request has ever begun.
-    used: AtomicBool,
+    /// Whether the client has sent a byte since the TLS handshake (its preface first).
+    heard: AtomicBool,
 }
 
 /// A request in progress: from its arrival until its response body has ended or been
@@ -367,7 +387,7 @@ impl Activity {
             since,
             in_flight: AtomicUsize::new(0),
             last: AtomicU64::new(0),
-            used: AtomicBool::new(false),
+            heard: AtomicBool::new(false),
         }
     }
 
@@ -379,14 +399,14 @@ impl Activity {
     pub(crate) fn begin(self: Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.touch();
-        self.used.store(true, Ordering::Relaxed);
         InFlight(self)
     }
 
-    /// Whether no request has ever begun: nothing can be in flight, and the client may not
-    /// even have sent its connection preface, before which it cannot be told to go away.
-    pub(crate) fn never_used(&self) -> bool {
-        !self.used.load(Ordering::Relaxed)
+    /// Whether the client has sent nothing since the TLS handshake, not even its connection
+    /// preface: no request can have begun, and it cannot be told to go away. (Set by the
+    /// connection's reads, see [`SendDeadline::telling`].)
+    pub(crate) fn silent(&self) -> bool {
+        !self.heard.load(Ordering::Relaxed)
     }
 
     /// Whether no request has been in progress for `idle`.

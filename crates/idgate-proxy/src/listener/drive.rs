@@ -14,7 +14,8 @@ use crate::send_timeout::Activity;
 /// What ends a connection besides its client.
 pub(super) struct Ends {
     /// HTTP/2: with no request in progress for this long (keep-alive pings do not count),
-    /// the connection is told to go away; one that has made no request at all is closed.
+    /// the connection is told to go away; one whose client has sent nothing at all (not
+    /// even its preface) is closed.
     pub(super) idle: Option<(Arc<Activity>, Duration)>,
     /// HTTP/1.1 whose hyper started after the caller's first bytes: set once a request has
     /// begun, and the connection is closed if none has by then.
@@ -117,9 +118,10 @@ pub(super) async fn drive<C, E>(
             }
             () = &mut idle_check, if !winding_down => {
                 // Nothing to finish, and a client that has not sent its preface would not
-                // hear the GOAWAY: the grace would only hold its place.
-                if idle.as_ref().is_some_and(|(activity, _)| activity.never_used()) {
-                    tracing::debug!(remote = %remote.ip(), "no HTTP/2 request within idle_timeout of the handshake: closed");
+                // hear the GOAWAY: the grace would only hold its place. One that has sent a
+                // byte may have a request on its way, and is told to go away.
+                if idle.as_ref().is_some_and(|(activity, _)| activity.silent()) {
+                    tracing::debug!(remote = %remote.ip(), "nothing from the HTTP/2 client within idle_timeout of the handshake: closed");
                     return;
                 }
                 tracing::debug!(remote = %remote.ip(), "HTTP/2 connection idle: going away");

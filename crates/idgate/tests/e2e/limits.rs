@@ -138,6 +138,58 @@ async fn an_http2_connection_without_a_preface_is_closed_at_idle_timeout() {
     .await
 }
 
+#[tokio::test]
+async fn an_http2_connection_that_sent_its_preface_is_told_to_go_away_at_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let gw = gateway(&pki, &upstream, toml::toml! { idle_timeout = "1s" }).await;
+        // A pooled client: its preface and SETTINGS, then nothing, as if waiting for work.
+        let (mut pooled, at) = tls_with(&pki, &gw, true).await;
+        pooled
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        pooled.flush().await.unwrap();
+        // The frames the gateway sends, until a GOAWAY or the end of the connection.
+        let goaway = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut header = [0u8; 9];
+            loop {
+                if pooled.read_exact(&mut header).await.is_err() {
+                    return None;
+                }
+                let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+                let mut payload = vec![0u8; len];
+                if pooled.read_exact(&mut payload).await.is_err() {
+                    return None;
+                }
+                if header[3] == 0x7 {
+                    return Some(payload);
+                }
+            }
+        })
+        .await;
+        let lived = at.elapsed();
+        let Ok(goaway) = goaway else {
+            panic!("an idle HTTP/2 connection was neither told to go away nor closed after {lived:?}");
+        };
+        let Some(goaway) = goaway else {
+            panic!("an idle HTTP/2 connection that sent its preface was closed without a GOAWAY after {lived:?}");
+        };
+        assert_eq!(
+            goaway.get(4..8),
+            Some(&[0u8, 0, 0, 0][..]),
+            "GOAWAY not NO_ERROR"
+        );
+        assert!(
+            lived >= Duration::from_millis(900) && lived < Duration::from_secs(4),
+            "GOAWAY after {lived:?}"
+        );
+    })
+    .await
+}
+
 /// An HTTP/1.1 upstream on loopback whose `/v1/drip` answers its head at once, then its
 /// body one piece every `every`, `pieces` in all; anything else is answered at once.
 async fn dripping_upstream(
