@@ -55,8 +55,6 @@ fn json_bytes(body: Vec<u8>) -> Response<Full<Bytes>> {
     resp
 }
 
-/// A probe's answer once the audit writer has stopped: 503 with the reason. The words are
-/// the trail's own fixed ones, with nothing to escape.
 /// Whether a restart brings a stopped audit writer back: after a failed sync it does (the
 /// start records the gap and opens a new file); an exhausted chain stops every start too
 /// (its files must be moved aside), so failing liveness would only make a restart loop of
@@ -65,6 +63,16 @@ fn restart_helps(halt: idgate_audit::Halt) -> bool {
     matches!(halt, idgate_audit::Halt::SyncFailed)
 }
 
+/// The answer of probe `path` (`/readyz` or `/healthz`) when the audit writer has stopped
+/// with `halt`, if the stop fails it: readiness for either reason, liveness where a restart
+/// mends it.
+fn halted_probe(path: &str, halt: Option<idgate_audit::Halt>) -> Option<Response<Full<Bytes>>> {
+    let halt = halt?;
+    (path == "/readyz" || restart_helps(halt)).then(|| halted(path, halt))
+}
+
+/// A probe's answer once the audit writer has stopped: 503 with the reason. The words are
+/// the trail's own fixed ones, with nothing to escape.
 fn halted(path: &str, halt: idgate_audit::Halt) -> Response<Full<Bytes>> {
     let status = if path == "/readyz" {
         "not ready"
@@ -117,9 +125,10 @@ async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         return resp;
     }
     match req.uri().path() {
-        "/readyz" if let Some(halt) = state.audit_halted() => halted("/readyz", halt),
-        "/healthz" if let Some(halt) = state.audit_halted().filter(|h| restart_helps(*h)) => {
-            halted("/healthz", halt)
+        path @ ("/readyz" | "/healthz")
+            if let Some(resp) = halted_probe(path, state.audit_halted()) =>
+        {
+            resp
         }
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/metrics" => {
@@ -333,10 +342,16 @@ mod tests {
 
     #[test]
     fn liveness_fails_only_for_a_stopped_audit_writer_that_a_restart_mends() {
-        assert!(restart_helps(idgate_audit::Halt::SyncFailed));
+        use idgate_audit::Halt;
+        let status = |path, halt| halted_probe(path, halt).map(|r| r.status().as_u16());
+        assert_eq!(status("/readyz", None), None);
+        assert_eq!(status("/healthz", None), None);
+        assert_eq!(status("/readyz", Some(Halt::SyncFailed)), Some(503));
+        assert_eq!(status("/healthz", Some(Halt::SyncFailed)), Some(503));
+        assert_eq!(status("/readyz", Some(Halt::Exhausted)), Some(503));
         // Every start refuses an exhausted chain: a failing liveness probe would restart
         // the process in a loop.
-        assert!(!restart_helps(idgate_audit::Halt::Exhausted));
+        assert_eq!(status("/healthz", Some(Halt::Exhausted)), None);
     }
 
     /// An admin listener on loopback with `limits`; its address and metrics.
