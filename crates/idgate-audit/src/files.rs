@@ -157,11 +157,13 @@ pub(crate) struct Scan {
 /// judged from its beginning (the chain's, or the walk goes on from a file before it); one
 /// whose last window holds nothing intact, from that window (it is not this trail's); one
 /// with a window that holds nothing intact before its last checkpoint-less ones, from
-/// after that window (the start cannot vouch for them).
+/// after that window (the start cannot vouch for them). A checkpoint past `upto` is not
+/// one to go on from (see [`Synced`]).
 pub(crate) fn scan(
     path: &Path,
     keys: &[EncryptionKey],
     own: &PublicKey,
+    upto: Option<u64>,
 ) -> Result<Scan, TailError> {
     let io = |source| TailError::Io {
         path: path.to_owned(),
@@ -181,7 +183,7 @@ pub(crate) fn scan(
             if let Some(e) = e {
                 intact = true;
                 first_is_genesis |= at == 0 && is_genesis(&e);
-                if holds(&e, own) {
+                if holds(&e, own) && upto.is_none_or(|u| e.seq <= u) {
                     held = Some((at, e));
                 }
             }
@@ -332,6 +334,70 @@ pub(crate) struct End {
     pub(crate) tails: Vec<Tail>,
 }
 
+/// Where a writer's sync failed: its file, and the last entry synced before the failure
+/// (it may be in a file before). Linux keeps the pages it could not write readable until
+/// they are evicted, so a start soon after would otherwise take them as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Synced {
+    pub(crate) file: PathBuf,
+    pub(crate) seq: u64,
+}
+
+/// The name, in the trail's directory, of the note a failed sync leaves for the next start.
+pub(crate) const SYNC_FAILED: &str = "sync-failed.json";
+
+/// Records durably where a sync failed: written to a new file, synced, renamed over the
+/// note, and the directory synced.
+pub(crate) fn note_sync_failed(dir: &Path, synced: &Synced) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = synced
+        .file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| std::io::Error::other("the audit file's name is not UTF-8"))?;
+    let note = serde_json::json!({ "file": name, "synced_seq": synced.seq });
+    let tmp = dir.join(format!("{SYNC_FAILED}.tmp"));
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(note.to_string().as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(SYNC_FAILED))?;
+    sync_dir(dir)
+}
+
+/// The note a failed sync left in `dir`, if any.
+pub(crate) fn sync_failed(dir: &Path) -> std::io::Result<Option<Synced>> {
+    let bytes = match std::fs::read(dir.join(SYNC_FAILED)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a failed sync's note (a file name and a synced_seq): check it, and remove it to continue the trail after the last entry found intact",
+        )
+    };
+    let note: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let file = note
+        .get("file")
+        .and_then(serde_json::Value::as_str)
+        .filter(|n| is_trail_file(n) && !n.contains('/'))
+        .ok_or_else(bad)?;
+    let seq = note
+        .get("synced_seq")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(bad)?;
+    Ok(Some(Synced {
+        file: dir.join(file),
+        seq,
+    }))
+}
+
 /// How many files back a start looks for a checkpoint to go on from: the writer closes
 /// every file with one, so only files that crashed at their start come between.
 const MAX_FILES_BACK: usize = 64;
@@ -402,6 +468,9 @@ impl Walk {
 /// after a file's closing checkpoint but the next file's opening. Whatever follows is not
 /// continued from: the file it is in is cut there, the files after it are set aside whole.
 ///
+/// In the file a failed sync left (`synced`), nothing past its last synced entry is taken:
+/// what the kernel could not write may still be readable until its pages are evicted.
+///
 /// The walk reads one line at a time and keeps only the last entry it took: however many
 /// entries follow the checkpoint, and however many of them `limit` lets it take, the start
 /// holds one line of a file in memory at a time.
@@ -410,13 +479,15 @@ pub(crate) fn find_end(
     keys: &[EncryptionKey],
     own: &PublicKey,
     limit: Unsigned,
+    synced: Option<&Synced>,
 ) -> Result<End, TailError> {
+    let upto = |path: &Path| synced.filter(|s| s.file == path).map(|s| s.seq);
     // Newest first, back to the file with the checkpoint to go on from (or the chain's
     // beginning): its index in `scans`.
     let mut scans: Vec<Scan> = Vec::new();
     let mut base = None;
     for path in files.iter().rev().take(MAX_FILES_BACK) {
-        let s = scan(path, keys, own)?;
+        let s = scan(path, keys, own, upto(path))?;
         let intact_before = scans.iter().any(|s| s.intact);
         if !s.intact && !s.whole && !intact_before {
             return Err(TailError::Unverifiable {
@@ -480,9 +551,10 @@ pub(crate) fn find_end(
     for n in (0..=base).rev() {
         let s = &scans[n];
         let from = if n == base { from } else { s.from };
+        let upto = upto(&s.path);
         let mut stopped = false;
         each_line(&s.path, keys, from, s.len, s.len, |_, line| match line {
-            Some(e) if walk.takes(&e, limit) => {
+            Some(e) if upto.is_none_or(|u| e.seq <= u) && walk.takes(&e, limit) => {
                 walk.take(&e);
                 let signed = last.as_ref().and_then(|l| l.0.signed);
                 let entry = Last {
@@ -612,7 +684,7 @@ mod tests {
         data.extend_from_slice(b"{\"seq\":6,\"prev\":\"00");
         std::fs::write(&path, &data).unwrap();
         let own = crate::keys::generate_signing_key().unwrap().1;
-        let s = scan(&path, &[], &own).unwrap();
+        let s = scan(&path, &[], &own, None).unwrap();
         // No checkpoint: the file is judged from its beginning.
         assert!(s.whole && s.intact && s.from == 0 && s.held.is_none());
         assert_eq!(s.len, data.len() as u64);

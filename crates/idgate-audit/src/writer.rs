@@ -13,7 +13,8 @@
 //! signs the chain it continues, so that the trail's unsigned end is only ever the current
 //! run's. A failed sync, or a chain at its last sequence number, stops the writer: no
 //! request gets a place in the queue from then on, and [`AuditTrail::halted`] says why, for
-//! the gateway's probes (a restart continues the trail after a failed sync).
+//! the gateway's probes (a restart continues the trail after a failed sync, from the last
+//! entry synced: a note in the directory says which, see [`files::Synced`]).
 //!
 //! Sequence numbers never wrap, and no line is written that a reader would refuse: a record
 //! past [`MAX_RECORD`] is written in a bounded form.
@@ -165,6 +166,10 @@ pub enum GapReason {
     /// The newest file was closed for rotation, but the file the chain went on in is not
     /// there: a crash in the middle of the rotation, or files removed from the directory.
     SuccessorMissing,
+    /// The previous run stopped because a sync failed: the entries written after the last
+    /// one synced may never have reached the disk (even if they can still be read), so they
+    /// were set aside.
+    SyncFailed,
 }
 
 impl GapReason {
@@ -177,6 +182,9 @@ impl GapReason {
             }
             Self::SuccessorMissing => {
                 "the newest file was closed for rotation, and the file after it is missing"
+            }
+            Self::SyncFailed => {
+                "the previous run stopped when a sync failed; the entries written after its last synced one may not be on disk, and were set aside"
             }
         }
     }
@@ -294,6 +302,8 @@ impl Halt {
 struct SyncState {
     last: Instant,
     unsynced: bool,
+    /// The last entry known to be on disk: the one at the last sync that succeeded.
+    synced_seq: u64,
 }
 
 /// Buffers kept from one batch to the next, so that a steady load neither grows a batch's
@@ -359,7 +369,9 @@ impl AuditTrail {
     ) -> Result<(Self, StartReport), AuditError> {
         let dir = settings.dir.clone();
         prepare_dir(&dir)?;
-        let (last, gap) = previous_end(&dir, &keys, &settings)?;
+        let sync_failed =
+            files::sync_failed(&dir).map_err(io_err(&dir.join(files::SYNC_FAILED)))?;
+        let (last, gap) = previous_end(&dir, &keys, &settings, sync_failed.as_ref())?;
         let (last, previous) = last.unzip();
         let metrics = AuditMetrics::default();
         let now = SystemTime::now();
@@ -386,6 +398,7 @@ impl AuditTrail {
             sync: SyncState {
                 last: Instant::now(),
                 unsynced: false,
+                synced_seq: seq,
             },
             stop: None,
         };
@@ -414,6 +427,14 @@ impl AuditTrail {
             return Err(e);
         }
         files::sync_dir(&dir).map_err(io_err(&dir))?;
+        writer.sync.synced_seq = writer.chain.seq;
+        // The failed sync's note has done its work once this start's checkpoint, which signs
+        // the chain cut back to what was synced, is on disk.
+        if sync_failed.is_some() {
+            let note = dir.join(files::SYNC_FAILED);
+            std::fs::remove_file(&note).map_err(io_err(&note))?;
+            files::sync_dir(&dir).map_err(io_err(&dir))?;
+        }
         if let Some(export) = &writer.export {
             for line in built.plain.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 export.export(line);
@@ -477,11 +498,14 @@ type PreviousEnd = (Option<(Last, PathBuf)>, Option<Gap>);
 
 /// The entry the new run continues from (see [`files::find_end`]), its file, and the gap
 /// when the previous run did not close its file or something was set aside. What follows
-/// that entry is set aside; files cut back to nothing are removed once set aside.
+/// that entry is set aside; files cut back to nothing are removed once set aside. After a
+/// failed sync (`sync_failed`), that includes every entry its file holds past the last one
+/// synced.
 fn previous_end(
     dir: &Path,
     keys: &AuditKeys,
     settings: &WriterSettings,
+    sync_failed: Option<&files::Synced>,
 ) -> Result<PreviousEnd, AuditError> {
     let read_keys: Vec<EncryptionKey> = keys
         .encryption
@@ -494,7 +518,7 @@ fn previous_end(
         every: settings.checkpoint_every,
         interval: settings.checkpoint_interval,
     };
-    let end = files::find_end(&all, &read_keys, &keys.signing.public(), limit)?;
+    let end = files::find_end(&all, &read_keys, &keys.signing.public(), limit, sync_failed)?;
     let mut discarded = 0;
     for tail in &end.tails {
         discarded += tail.discarded;
@@ -508,7 +532,9 @@ fn previous_end(
     };
     // A file closed for rotation is followed by the file the chain goes on in: when that
     // one is missing, entries may be lost with it, and the trail says so.
-    let reason = if discarded > 0 {
+    let reason = if discarded > 0 && sync_failed.is_some() {
+        Some(GapReason::SyncFailed)
+    } else if discarded > 0 {
         Some(GapReason::Discarded)
     } else {
         match last.closed {

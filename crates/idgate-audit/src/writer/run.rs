@@ -238,8 +238,8 @@ impl Writer {
     /// Syncs what was written to the current file, and makes it the trail's last entry. A
     /// failed sync is not tried again: the kernel reports it once and may have dropped the
     /// data it could not write, so a later sync that succeeds would prove nothing. The
-    /// writer stops ([`Halt::SyncFailed`]); the next start continues after the last entry it
-    /// finds intact, and records the gap.
+    /// writer stops ([`Halt::SyncFailed`]), noting where (see [`Writer::note_sync_failed`]);
+    /// the next start continues from the last entry synced, and records the gap.
     fn sync_file(&mut self, shared: &Shared) {
         self.sync.last = Instant::now();
         if let Err(e) = self.sync() {
@@ -250,6 +250,7 @@ impl Writer {
             return;
         }
         self.sync.unsynced = false;
+        self.sync.synced_seq = self.chain.seq;
         shared.last_seq.store(self.chain.seq, Ordering::Release);
     }
 
@@ -267,12 +268,33 @@ impl Writer {
                 last_seq = self.chain.seq,
                 "the audit trail's sequence numbers are exhausted: nothing more can be recorded, requests that need a record are refused, and the gateway reports itself neither ready nor live; move the trail's files aside and restart to begin a new chain"
             ),
-            Halt::SyncFailed => tracing::error!(
-                file = %self.current.path.display(),
-                "the audit file could not be synced, and is not written again: requests that need a record are refused, and the gateway reports itself neither ready nor live, until a restart, which records the gap"
-            ),
+            Halt::SyncFailed => {
+                tracing::error!(
+                    file = %self.current.path.display(),
+                    "the audit file could not be synced, and is not written again: requests that need a record are refused, and the gateway reports itself neither ready nor live, until a restart, which records the gap"
+                );
+                self.note_sync_failed();
+            }
         }
         self.give_up(shared, stuck.unwrap_or(&Built::default()));
+    }
+
+    /// Leaves the next start a note of where the sync failed: the kernel may keep what it
+    /// could not write readable for a while, and a start that took it as written would
+    /// sign entries that can vanish. If even the note cannot be made durable, nothing more
+    /// can be done here.
+    fn note_sync_failed(&self) {
+        let synced = crate::files::Synced {
+            file: self.current.path.clone(),
+            seq: self.sync.synced_seq,
+        };
+        if let Err(e) = crate::files::note_sync_failed(&self.settings.dir, &synced) {
+            tracing::error!(
+                error = %e,
+                synced_seq = synced.seq,
+                "the failed sync could not be noted for the next start: a start before the kernel drops the unwritten entries continues after them"
+            );
+        }
     }
 
     /// Records that can never be written (this batch, and any still pending at the exit):

@@ -855,15 +855,68 @@ fn a_failed_sync_stops_the_writer_and_requests_are_refused() {
         "the file was written after its sync failed"
     );
     FAILING_SYNCS.lock().unwrap().clear();
-    // The next start finds the file unclosed, records the gap, and the trail verifies.
+    // The next start sets aside what was written since the last sync, records the gap,
+    // and the trail verifies.
     let (trail, report) =
         AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap();
-    assert_eq!(report.gap.expect("a gap").reason, GapReason::Unclosed);
+    assert_eq!(report.gap.expect("a gap").reason, GapReason::SyncFailed);
     assert_eq!(trail.halted(), None);
     assert_eq!(trail.metrics().halted.get(), 0);
     trail.close();
     let summary = verify(dir.path(), &[keys.public], &[]);
     assert_eq!((summary.end, summary.gap_count), (End::Sealed, 1));
+}
+
+/// Records one entry for each of `ids`.
+fn records_named(trail: &AuditTrail, ids: &[&str]) {
+    for id in ids {
+        let permit = trail.try_reserve().expect("a free place");
+        trail.api(&activity(id, "/v1/x"), Some(permit));
+    }
+}
+
+#[test]
+fn a_start_after_a_failed_sync_goes_on_only_from_what_was_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let (trail, _) = AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap();
+    // The start's opening and checkpoint, then three records, synced.
+    records_named(&trail, &["synced-0", "synced-1", "synced-2"]);
+    wait_for("the records are synced", || trail.last_seq() >= 5);
+    let synced = trail.last_seq();
+    // The next records are written, but their sync fails: the kernel keeps them readable
+    // (here they are even on disk), yet no one may count on them.
+    FAILING_SYNCS.lock().unwrap().push(dir.path().to_owned());
+    records_named(&trail, &["lost-0", "lost-1"]);
+    wait_for("the writer did not halt", || {
+        trail.halted() == Some(Halt::SyncFailed)
+    });
+    trail.close();
+    FAILING_SYNCS.lock().unwrap().clear();
+    let file = files::list(dir.path()).unwrap().pop().unwrap();
+    assert!(String::from_utf8_lossy(&std::fs::read(&file).unwrap()).contains("lost-1"));
+    let note = dir.path().join(files::SYNC_FAILED);
+    assert!(note.exists(), "the failed sync left no note");
+    // A quick restart goes on from the last synced entry, and sets the later ones aside.
+    let (trail, report) =
+        AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap();
+    assert_eq!(report.continues.as_ref().map(|l| l.seq), Some(synced));
+    let gap = report.gap.expect("a gap");
+    assert_eq!(gap.reason, GapReason::SyncFailed);
+    assert_eq!((gap.file.as_path(), gap.last_seq), (file.as_path(), synced));
+    assert!(gap.bytes_discarded > 0);
+    let aside = std::fs::read(files::discarded_path(&file)).unwrap();
+    assert!(String::from_utf8_lossy(&aside).contains("lost-0"));
+    assert!(!note.exists(), "the note outlived the start's checkpoint");
+    records_named(&trail, &["after-0"]);
+    trail.close();
+    let summary = verify(dir.path(), &[keys.public], &[]);
+    assert_eq!((summary.end, summary.gap_count), (End::Sealed, 1));
+    assert_eq!(summary.gaps[0].last_seq, synced);
+    assert_eq!(
+        request_ids(dir.path()),
+        ["synced-0", "synced-1", "synced-2", "after-0"]
+    );
 }
 
 #[test]
