@@ -76,6 +76,32 @@ impl ProxyProtocolConfig {
 /// The largest `listener.max_header_bytes` accepted.
 const MAX_HEADER_BYTES: usize = 256 * 1024;
 
+/// The count `listener.NAME` sets (`default` when it is not set): more than zero and at most
+/// the `listener.CAP` it is a share of; a count out of bounds is refused and the nearest
+/// bound stands in for it.
+fn count_within(
+    cx: &mut Ctx<'_>,
+    (name, value): (&str, Option<u32>),
+    default: usize,
+    (cap_name, cap): (&str, usize),
+) -> usize {
+    match value {
+        None => default,
+        Some(0) => {
+            cx.err(format!("listener.{name}"), "must be more than zero");
+            1
+        }
+        Some(n) if n as usize > cap => {
+            cx.err(
+                format!("listener.{name}"),
+                format!("must not be more than listener.{cap_name}"),
+            );
+            cap
+        }
+        Some(n) => n as usize,
+    }
+}
+
 pub(crate) fn parse(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
     let bind = cx.socket_addr("listener.bind", &l.bind);
     let tls_min_version = match l.tls_min_version.as_deref() {
@@ -108,21 +134,12 @@ pub(crate) fn parse(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
         }
         Some(n) => n as usize,
     };
-    let max_connections_per_ip = match l.max_connections_per_ip {
-        None => 512.min(max_connections),
-        Some(0) => {
-            cx.err("listener.max_connections_per_ip", "must be more than zero");
-            1
-        }
-        Some(n) if n as usize > max_connections => {
-            cx.err(
-                "listener.max_connections_per_ip",
-                "must not be more than listener.max_connections",
-            );
-            max_connections
-        }
-        Some(n) => n as usize,
-    };
+    let max_connections_per_ip = count_within(
+        cx,
+        ("max_connections_per_ip", l.max_connections_per_ip),
+        512.min(max_connections),
+        ("max_connections", max_connections),
+    );
     let max_connection_age = l.max_connection_age.map(|v| {
         cx.duration(
             "listener.max_connection_age",
@@ -173,24 +190,15 @@ pub(crate) fn parse(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
             ),
         }
     });
-    let max_connections_per_identity = match l.max_connections_per_identity {
-        None => 256.min(max_connections),
-        Some(0) => {
-            cx.err(
-                "listener.max_connections_per_identity",
-                "must be more than zero",
-            );
-            1
-        }
-        Some(n) if n as usize > max_connections => {
-            cx.err(
-                "listener.max_connections_per_identity",
-                "must not be more than listener.max_connections",
-            );
-            max_connections
-        }
-        Some(n) => n as usize,
-    };
+    let max_connections_per_identity = count_within(
+        cx,
+        (
+            "max_connections_per_identity",
+            l.max_connections_per_identity,
+        ),
+        256.min(max_connections),
+        ("max_connections", max_connections),
+    );
     let max_header_count = match l.max_header_count {
         None => 100,
         Some(n @ 1..=10_000) => n as usize,
@@ -212,39 +220,21 @@ pub(crate) fn parse(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
     };
     // A legitimate handshake takes milliseconds: these places are held by peers that are
     // slow, or that mean to be. Small configurations keep a place for every connection.
-    let max_handshakes = match l.max_handshakes {
-        None => (max_connections / 4).max(64.min(max_connections)),
-        Some(0) => {
-            cx.err("listener.max_handshakes", "must be more than zero");
-            1
-        }
-        Some(n) if n as usize > max_connections => {
-            cx.err(
-                "listener.max_handshakes",
-                "must not be more than listener.max_connections",
-            );
-            max_connections
-        }
-        Some(n) => n as usize,
-    };
-    let max_handshakes_per_ip = match l.max_handshakes_per_ip {
+    let max_handshakes = count_within(
+        cx,
+        ("max_handshakes", l.max_handshakes),
+        (max_connections / 4).max(64.min(max_connections)),
+        ("max_connections", max_connections),
+    );
+    let max_handshakes_per_ip = count_within(
+        cx,
+        ("max_handshakes_per_ip", l.max_handshakes_per_ip),
         // A client host warming up its connection pool opens many at once.
-        None => (max_connections_per_ip / 4)
+        (max_connections_per_ip / 4)
             .max(64.min(max_connections_per_ip))
             .min(max_handshakes),
-        Some(0) => {
-            cx.err("listener.max_handshakes_per_ip", "must be more than zero");
-            1
-        }
-        Some(n) if n as usize > max_handshakes => {
-            cx.err(
-                "listener.max_handshakes_per_ip",
-                "must not be more than listener.max_handshakes",
-            );
-            max_handshakes
-        }
-        Some(n) => n as usize,
-    };
+        ("max_handshakes", max_handshakes),
+    );
     ListenerConfig {
         max_handshakes,
         max_handshakes_per_ip,
