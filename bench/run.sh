@@ -47,6 +47,8 @@
 #   OUT_DIR=bench/out work files, raw oha JSON and the markdown summary (latest.md)
 #   OHA_THREADS=$(nproc)  oha's runtime threads
 #   TASKSET_OHA=, TASKSET_PROXY=  optional CPU lists (taskset -c) for oha and the proxies
+#   TASKSET_UPSTREAM=  optional CPU list for the fixed upstream and Redis (the world outside
+#                     the proxy; unset, they run where the scheduler puts them)
 #   REQUESTS=         a number: each measured oha run sends exactly that many requests
 #                     (oha -n) instead of running for DURATION (used by instructions.sh)
 #   PROXY_WRAP=       a command the proxies under test are started under, such as
@@ -89,6 +91,7 @@ OUT_DIR=${OUT_DIR:-$BENCH_DIR/out}
 OHA_THREADS=${OHA_THREADS:-$(nproc)}
 TASKSET_OHA=${TASKSET_OHA:-}
 TASKSET_PROXY=${TASKSET_PROXY:-}
+TASKSET_UPSTREAM=${TASKSET_UPSTREAM:-}
 REQUESTS=${REQUESTS:-}
 # shellcheck disable=SC2206 # a command line, split on spaces
 WRAP=(${PROXY_WRAP:-})
@@ -540,7 +543,7 @@ nofile_hard=$(ulimit -Hn)
 log "starting the fixed upstream (nginx, 1 worker) on 127.0.0.1:$UPSTREAM_PORT"
 "$NGINX" -t -q -e "$WORK/upstream/error.log" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" \
   || die "upstream nginx config invalid"
-spawn "$TASKSET_PROXY" "$NGINX" -e "$WORK/upstream/error.log" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" \
+spawn "$TASKSET_UPSTREAM" "$NGINX" -e "$WORK/upstream/error.log" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" \
   -g 'daemon off;' >"$WORK/upstream/stdout.log" 2>&1 &
 PID[upstream]=$!
 wait_ready upstream "http://127.0.0.1:$UPSTREAM_PORT/x" "$WORK/upstream/error.log" -H "x-api-key: $API_KEY"
@@ -553,7 +556,7 @@ IDGATE_HDR=()
 if [[ $CHAIN == full ]]; then
   REDIS=$(find_tool redis-server) || die "redis-server not found"
   log "starting Redis on 127.0.0.1:$REDIS_PORT (no persistence)"
-  spawn "$TASKSET_PROXY" "$REDIS" --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+  spawn "$TASKSET_UPSTREAM" "$REDIS" --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$WORK/redis" >"$WORK/redis/redis.log" 2>&1 &
   PID[redis]=$!
   for i in $(seq 100); do
