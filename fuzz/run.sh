@@ -8,6 +8,10 @@
 # Environment:
 #   SANITIZER=address|none   (default address; `none` if the sanitizer build fails)
 #   FUZZ_ARGS="..."          extra libFuzzer flags, e.g. "-jobs=2 -workers=2"
+#   FUZZ_TIMEOUT=10          seconds one input may take before it counts as a crash (a hang,
+#                            or work that grows faster than the input)
+#   FUZZ_RSS_LIMIT_MB=2048   memory the run may hold before it counts as a crash (an input
+#                            that makes a parser allocate far more than its own size)
 #
 # The corpus grows in fuzz/corpus/<target>/ (gitignored); the checked-in seeds in
 # fuzz/seeds/<target>/ are read as a second, read-only corpus dir. Crashes land in
@@ -57,7 +61,9 @@ for t in "${targets[@]}"; do
     [ -d "seeds/$t" ] && seeds=("seeds/$t")
     echo "=== $t: ${secs}s ==="
     if ! cargo fuzz run "${san[@]}" "$t" "corpus/$t" "${seeds[@]}" -- \
-        -max_total_time="$secs" -print_final_stats=1 "${dict[@]}" "${extra[@]}"; then
+        -max_total_time="$secs" -print_final_stats=1 \
+        -timeout="${FUZZ_TIMEOUT:-10}" -rss_limit_mb="${FUZZ_RSS_LIMIT_MB:-2048}" \
+        "${dict[@]}" "${extra[@]}"; then
         failed+=("$t")
     fi
 done

@@ -86,6 +86,9 @@ pub struct HeadParser {
     interim: usize,
     /// How far the buffer has been searched for the end of the head.
     scanned: usize,
+    /// The empty lines at the start of the buffer, which httparse skips before a status
+    /// line: their line feeds are not the end of a head.
+    blank: usize,
 }
 
 impl HeadParser {
@@ -148,7 +151,8 @@ impl HeadParser {
                 done => return Ok(done),
             }
             // Nothing to parse until the blank line that ends a head is here.
-            let from = self.scanned.saturating_sub(2);
+            self.blank = empty_lines(buf, self.blank);
+            let from = self.scanned.saturating_sub(2).max(self.blank);
             let Some(end) = head_end(buf, from) else {
                 self.scanned = buf.len();
                 if self.interim_bytes + buf.len() > MAX_HEAD_BYTES {
@@ -176,7 +180,21 @@ impl HeadParser {
         }
         self.interim_bytes += len;
         self.scanned = 0;
+        self.blank = 0;
         Ok(())
+    }
+}
+
+/// Where the empty lines (CRLF or LF) at the start of `buf` end, going on from `from`, a
+/// point known to follow only empty lines. A CR not yet followed by its LF is not counted.
+fn empty_lines(buf: &[u8], from: usize) -> usize {
+    let mut i = from;
+    loop {
+        match buf.get(i..) {
+            Some([b'\n', ..]) => i += 1,
+            Some([b'\r', b'\n', ..]) => i += 2,
+            _ => return i,
+        }
     }
 }
 

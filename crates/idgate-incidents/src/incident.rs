@@ -311,10 +311,16 @@ impl Incident {
             marker.count = 0;
             self.timeline.insert(TIMELINE_HEAD, marker);
         }
-        while self.timeline.len() > TIMELINE_MAX {
-            let gone = self.timeline.remove(TIMELINE_HEAD + 1);
-            self.timeline[TIMELINE_HEAD].absorb(&gone);
+        // In one pass: a timeline read from a file may be far over the bound.
+        let excess = self.timeline.len() - TIMELINE_MAX;
+        let (head, rest) = self.timeline.split_at_mut(TIMELINE_HEAD + 1);
+        if let (Some(marker), Some(gone)) = (head.last_mut(), rest.get(..excess)) {
+            for g in gone {
+                marker.absorb(g);
+            }
         }
+        self.timeline
+            .drain(TIMELINE_HEAD + 1..TIMELINE_HEAD + 1 + excess);
     }
 }
 
@@ -407,6 +413,34 @@ mod tests {
         // The closing entry still goes at the end.
         i.note(Millis(t + 1000), EntryKind::Recovered, "closed");
         assert_eq!(i.timeline.len(), TIMELINE_MAX);
+        assert_eq!(
+            i.timeline.last().map(|e| e.kind),
+            Some(EntryKind::Recovered)
+        );
+    }
+
+    #[test]
+    fn a_timeline_read_far_over_its_bound_is_cut_back_to_it_with_every_occurrence_counted() {
+        let mut i = incident();
+        let kinds = [EntryKind::BreakerOpened, EntryKind::BreakerClosed];
+        i.timeline = (0..100_000u64)
+            .map(|n| TimelineEntry::new(Millis(n), kinds[n as usize % 2], format!("e{n}")))
+            .collect();
+        i.note(Millis(100_000), EntryKind::Recovered, "closed");
+        assert_eq!(i.timeline.len(), TIMELINE_MAX);
+        assert!(i.timeline_truncated);
+        assert_eq!(
+            i.timeline[TIMELINE_HEAD - 1].detail,
+            format!("e{}", TIMELINE_HEAD - 1)
+        );
+        let marker = &i.timeline[TIMELINE_HEAD];
+        assert_eq!(marker.kind, EntryKind::Omitted);
+        assert_eq!(marker.at, Millis(TIMELINE_HEAD as u64));
+        assert_eq!(
+            marker.last(),
+            Millis(i.timeline[TIMELINE_HEAD + 1].at.0 - 1)
+        );
+        assert_eq!(i.timeline.iter().map(|e| e.count).sum::<u64>(), 100_001);
         assert_eq!(
             i.timeline.last().map(|e| e.kind),
             Some(EntryKind::Recovered)

@@ -254,6 +254,20 @@ pub(crate) async fn send(
     };
     // The client picks HTTP/1.1 or HTTP/2 for the upstream connection by ALPN.
     parts.version = Version::HTTP_11;
+    // hyper's HTTP/1.1 client sends a GET or HEAD body of unknown length as no body at all,
+    // and the caller would get an answer to a request that never carried it. Asked for,
+    // it goes chunked, as the own client sends it (HTTP/2 drops the field and sends DATA).
+    // Only a route with `allow_body` lets such a body get here.
+    if matches!(parts.method, Method::GET | Method::HEAD)
+        && let RequestBody::Stream(b) = &body
+        && !b.is_end_stream()
+        && b.size_hint().exact().is_none()
+    {
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     // Shared with the caller's body, which hyper's client reads: it says when all of it
     // went on.
     let progress = Arc::new(Progress::new());

@@ -80,6 +80,16 @@ pub fn canonicalize(uri: &mut Uri) -> Result<(), PathError> {
         return Err(PathError::Encoding(BadEncoding::NonAsciiQuery));
     }
     let path = match canonical(uri.path())? {
+        // `GET http://gw?q=1`, or an HTTP/2 `:path` of `?q=1`: no path, which `Uri::path`
+        // reads as `/`. The request is routed as `/`, so it goes upstream as `/` too, not
+        // as the bare `?q=1` the target holds.
+        Cow::Borrowed(path)
+            if uri
+                .path_and_query()
+                .is_some_and(|pq| !pq.as_str().starts_with('/')) =>
+        {
+            path.to_owned()
+        }
         Cow::Borrowed(_) => return Ok(()),
         Cow::Owned(path) => path,
     };
@@ -481,6 +491,29 @@ mod tests {
             canonicalize(&mut uri),
             Err(PathError::Encoding(BadEncoding::NonAsciiQuery))
         ));
+    }
+
+    #[test]
+    fn a_target_without_a_path_gets_the_root_path_it_is_routed_on() {
+        for (target, expected) in [
+            ("https://gw.example?q=1", "/?q=1"),
+            ("https://gw.example", "/"),
+            ("https://gw.example/?q=1", "/?q=1"),
+        ] {
+            let mut uri: Uri = target.parse().unwrap();
+            assert_eq!(uri.path(), "/", "{target}");
+            canonicalize(&mut uri).unwrap();
+            assert_eq!(uri.path_and_query().unwrap().as_str(), expected, "{target}");
+            assert_eq!(uri.authority().unwrap().as_str(), "gw.example", "{target}");
+        }
+        // The HTTP/2 `:path` of `?q=1`, as hyper's server hands it on.
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTPS);
+        parts.authority = Some(http::uri::Authority::from_static("gw.example"));
+        parts.path_and_query = Some(PathAndQuery::from_static("?q=1"));
+        let mut uri = Uri::from_parts(parts).unwrap();
+        canonicalize(&mut uri).unwrap();
+        assert_eq!(uri.path_and_query().unwrap().as_str(), "/?q=1");
     }
 
     #[test]

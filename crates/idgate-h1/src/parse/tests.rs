@@ -308,6 +308,66 @@ fn a_head_split_anywhere_parses_as_it_does_whole() {
 }
 
 #[test]
+fn a_head_after_blank_lines_parses_the_same_whole_or_in_pieces() {
+    // httparse skips empty lines before a status line; their line feeds must not be taken
+    // for the end of a head that has not all arrived yet.
+    for blank in ["\r\n", "\r\n\r\n", "\n\n", "\n\r\n\r\n\n"] {
+        let raw = format!("{blank}HTTP/1.1 200 OK\r\nx-a: b\r\ncontent-length: 2\r\n\r\nok");
+        let whole = head_of(&raw);
+        assert_eq!(whole.status, 200, "{blank:?}");
+        let raw = raw.as_bytes();
+        for cut in 1..raw.len() {
+            let mut parser = HeadParser::new();
+            let mut buf = BytesMut::from(&raw[..cut]);
+            let first = parser.parse(&mut buf, false).unwrap();
+            buf.extend_from_slice(&raw[cut..]);
+            let head = match first {
+                Some(h) => h,
+                None => parser
+                    .parse(&mut buf, false)
+                    .unwrap_or_else(|e| panic!("{blank:?} cut {cut}: {e}"))
+                    .expect("a whole head"),
+            };
+            assert_eq!(
+                (head.status, head.framing, head.headers.get("x-a")),
+                (whole.status, whole.framing, whole.headers.get("x-a")),
+                "{blank:?} cut {cut}"
+            );
+            assert_eq!(&buf[..], b"ok", "{blank:?} cut {cut}");
+        }
+    }
+    // A byte at a time, after an interim head followed by blank lines too.
+    let raw = b"HTTP/1.1 100 Continue\r\n\r\n\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+    let mut parser = HeadParser::new();
+    let mut buf = BytesMut::new();
+    let mut last = None;
+    for &b in raw {
+        buf.extend_from_slice(&[b]);
+        if let Some(h) = parser.parse(&mut buf, false).unwrap() {
+            last = Some(h);
+        }
+    }
+    assert_eq!(last.expect("a head").status, 204);
+    // Blank lines count against the head's budget like any other byte of it.
+    let raw = format!(
+        "{}HTTP/1.1 200 OK\r\n\r\n",
+        "\r\n".repeat(MAX_HEAD_BYTES / 2)
+    );
+    assert_eq!(head(&raw, false).unwrap_err(), ProtocolError::HeadTooLarge);
+    let mut parser = HeadParser::new();
+    let mut buf = BytesMut::new();
+    let mut outcome = Ok(None);
+    for piece in raw.as_bytes().chunks(1000) {
+        buf.extend_from_slice(piece);
+        outcome = parser.parse(&mut buf, false);
+        if !matches!(outcome, Ok(None)) {
+            break;
+        }
+    }
+    assert_eq!(outcome.unwrap_err(), ProtocolError::HeadTooLarge);
+}
+
+#[test]
 fn ambiguous_framing_is_an_error() {
     for raw in [
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",

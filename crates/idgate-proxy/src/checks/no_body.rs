@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Method;
 use hyper::body::Incoming;
 
@@ -20,11 +21,17 @@ pub(super) async fn check(
     if idgate_config::body_needs_opt_in(method)
         && let Some(body) = ctx.body.as_mut()
         && carries_body(body)
-        && !turns_out_empty(body, wait).await
     {
-        return Err(Refusal::BodyNotAllowed {
-            method: method.clone(),
-        });
+        if !turns_out_empty(body, wait).await {
+            return Err(Refusal::BodyNotAllowed {
+                method: method.clone(),
+            });
+        }
+        // Read to its end, it is no body, and goes upstream as none: still a stream, it
+        // would be framed as one of unknown length (`Transfer-Encoding: chunked` on a GET),
+        // which is what this check keeps from upstreams.
+        ctx.body = None;
+        ctx.buffered_body = Some(Bytes::new());
     }
     Ok(())
 }

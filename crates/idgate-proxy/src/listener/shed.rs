@@ -59,7 +59,8 @@ pub(super) async fn shed(
         // the kernel reset the connection under the client's request, hiding the answer.
         let mut head = Vec::with_capacity(1024);
         let mut buf = [0u8; 2048];
-        while head.len() < HEAD_BYTES && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut end = HeadEnd::default();
+        while head.len() < HEAD_BYTES && !end.found(&head) {
             let n = tls.read(&mut buf).await.ok()?;
             if n == 0 {
                 return None;
@@ -72,6 +73,24 @@ pub(super) async fn shed(
     .await;
     if !matches!(served, Ok(Some(()))) {
         tracing::debug!(remote = %ip, "shed connection closed without an answer");
+    }
+}
+
+/// Looks for the blank line that ends a request head as its bytes arrive. Each call looks
+/// only at what came since the last one (and the three bytes before, where the line may
+/// have started): a head sent in one-byte TLS records costs one pass, not one per record.
+#[derive(Debug, Default)]
+struct HeadEnd {
+    scanned: usize,
+}
+
+impl HeadEnd {
+    /// Whether `head`, which only ever grows between calls, holds the end of a head.
+    fn found(&mut self, head: &[u8]) -> bool {
+        let from = self.scanned.saturating_sub(3);
+        self.scanned = head.len();
+        head.get(from..)
+            .is_some_and(|new| new.windows(4).any(|w| w == b"\r\n\r\n"))
     }
 }
 
@@ -88,5 +107,49 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["type"], "https://idgate.dev/problems/overloaded");
         assert_eq!(v["status"], 503);
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_however_the_bytes_are_split() {
+        let raw = b"GET /v1/x HTTP/1.1\r\nhost: gw\r\nx-a: b\r\n\r\n";
+        // Every pair of cuts: the end shows up with the last byte, never before.
+        for first in 0..=raw.len() {
+            for second in first..=raw.len() {
+                let mut end = HeadEnd::default();
+                let mut head = Vec::new();
+                let mut found_at = None;
+                for piece in [&raw[..first], &raw[first..second], &raw[second..]] {
+                    head.extend_from_slice(piece);
+                    if found_at.is_none() && end.found(&head) {
+                        found_at = Some(head.len());
+                    }
+                }
+                assert_eq!(found_at, Some(raw.len()), "cuts {first} {second}");
+            }
+        }
+        // A byte at a time too, and not before the last.
+        let mut end = HeadEnd::default();
+        for n in 1..=raw.len() {
+            assert_eq!(end.found(&raw[..n]), n == raw.len(), "byte {n}");
+        }
+    }
+
+    #[test]
+    fn bytes_already_searched_for_the_end_of_a_head_are_not_searched_again() {
+        // Work linear in the head: were earlier bytes looked at again, the blank line
+        // written over them after they were searched would be found.
+        let mut head = b"GET / HTTP/1.1\r\nx: yz".to_vec();
+        let mut end = HeadEnd::default();
+        assert!(!end.found(&head));
+        head[..4].copy_from_slice(b"\r\n\r\n");
+        for b in *b"abc" {
+            head.push(b);
+            assert!(!end.found(&head));
+        }
+        // The three bytes before the new ones are looked at with them.
+        head.extend_from_slice(b"\r\n\r");
+        assert!(!end.found(&head));
+        head.push(b'\n');
+        assert!(end.found(&head));
     }
 }

@@ -54,6 +54,7 @@ mod spiffe;
 mod tokens;
 mod upstream_connect;
 mod upstream_h1;
+mod upstream_requests;
 mod vault;
 mod veriff_mock;
 mod webhooks;
