@@ -27,6 +27,10 @@ use crate::body::ProxyBody;
 use crate::ctx::RequestCtx;
 use crate::problem::{Refusal, WebhookRefusal};
 
+/// Bodies up to this size are verified on the worker that read them; larger ones on a
+/// blocking thread. A provider's event is a few KiB.
+const VERIFY_INLINE_BYTES: usize = 64 * 1024;
+
 /// A provider's event whose signature and time are verified: what [`keep`] keeps.
 pub(crate) struct Genuine<'r> {
     endpoint: &'r Endpoint,
@@ -44,11 +48,12 @@ pub(crate) async fn verify<'r>(
     index: usize,
 ) -> Result<Genuine<'r>, Refusal> {
     let snapshot = ctx.snapshot;
-    let Some(endpoint) = snapshot.webhooks.endpoints.get(index) else {
+    let Some(shared) = snapshot.webhooks.endpoints.get(index) else {
         return Err(Refusal::Internal {
             reason: format!("no webhook at index {index}"),
         });
     };
+    let endpoint: &'r Endpoint = shared;
     if req.method != Method::POST {
         return Err(Refusal::MethodNotAllowed {
             allow: HeaderValue::from_static("POST"),
@@ -61,9 +66,22 @@ pub(crate) async fn verify<'r>(
         )
         .await?;
     let now = SystemTime::now();
-    let verified = endpoint
-        .verify(&req.headers, &body, now)
-        .map_err(|r| refused(r, &endpoint.name))?;
+    let verified = if body.len() <= VERIFY_INLINE_BYTES {
+        endpoint.verify(&req.headers, &body, now)
+    } else {
+        // Before its signature is checked, a large body is parsed (some schemes sign its
+        // canonical form): anybody's post costs that CPU, so it is spent on a blocking
+        // thread, not on the worker that serves every other request.
+        let shared = std::sync::Arc::clone(shared);
+        let headers = req.headers.clone();
+        let body = body.clone();
+        tokio::task::spawn_blocking(move || shared.verify(&headers, &body, now))
+            .await
+            .map_err(|e| Refusal::Internal {
+                reason: format!("webhook {}: verification stopped: {e}", endpoint.name),
+            })?
+    }
+    .map_err(|r| refused(r, &endpoint.name))?;
     Ok(Genuine {
         endpoint,
         verified,

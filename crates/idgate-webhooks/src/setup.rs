@@ -109,7 +109,8 @@ impl Endpoint {
 /// the delivery plan of their subscribers.
 #[derive(Debug, Default)]
 pub struct Webhooks {
-    pub endpoints: Vec<Endpoint>,
+    /// Shared, so that a large body's verification can run on a blocking thread.
+    pub endpoints: Vec<Arc<Endpoint>>,
     pub plan: Arc<Plan>,
 }
 
@@ -201,7 +202,7 @@ impl Webhooks {
                     )),
                 }
             }
-            endpoints.push(Endpoint {
+            endpoints.push(Arc::new(Endpoint {
                 name: w.name.as_str().into(),
                 path: w.path.clone(),
                 scheme,
@@ -228,7 +229,7 @@ impl Webhooks {
                     .map(|s| (s.name.clone(), s.events.clone()))
                     .collect(),
                 keep: (w.retry.max_age, w.dead_letter_retention),
-            });
+            }));
         }
         if errors.is_empty() {
             Ok(Self {

@@ -14,6 +14,12 @@
 //! surrogate (not UTF-8), `NaN`/`Infinity` literals (not JSON) and numbers beyond a
 //! double's range (which Python would write back as `Infinity`) are refused. Depth is
 //! capped; every step is linear in the input.
+//!
+//! A whole double is written back as its exact integer, `1e308` as 309 digits: the
+//! numbers of a body may be written back longer than they came by at most the body's own
+//! size (`MIN_NUMBER_GROWTH` for a small body), so that the canonical form, and the work
+//! to make it, stay within a small multiple of the body, signed or not. Didit writes whole
+//! doubles as integers already, so its bodies never come near.
 
 use std::fmt::Write as _;
 
@@ -21,6 +27,9 @@ use std::fmt::Write as _;
 const MAX_DEPTH: usize = 128;
 /// Python refuses to convert longer integers (`sys.set_int_max_str_digits`).
 const MAX_INT_DIGITS: usize = 4300;
+/// How many bytes longer than received the numbers of a small body may be written back,
+/// in all; a larger body's may grow by its own size.
+const MIN_NUMBER_GROWTH: usize = 4096;
 
 /// A parsed JSON value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +61,8 @@ pub(crate) enum JsonError {
     IntegerTooLong,
     #[error("a number beyond the range of a double")]
     OutOfRange,
+    #[error("numbers that would be written back far longer than they were sent")]
+    NumbersTooLong,
 }
 
 /// How characters outside printable ASCII are written.
@@ -107,6 +118,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<Json, JsonError> {
         bytes: text.as_bytes(),
         pos: 0,
         depth: 0,
+        growth_left: body.len().max(MIN_NUMBER_GROWTH),
     };
     p.skip_ws();
     let value = p.value()?;
@@ -122,6 +134,8 @@ struct Parser<'a> {
     bytes: &'a [u8],
     pos: usize,
     depth: usize,
+    /// How much longer than their lexemes the numbers still to come may be written.
+    growth_left: usize,
 }
 
 impl Parser<'_> {
@@ -384,7 +398,12 @@ impl Parser<'_> {
             // that writes JSON can have meant it.
             return Err(JsonError::OutOfRange);
         }
-        Ok(Json::Number(super::number::float_text(f)))
+        let text = super::number::float_text(f);
+        self.growth_left = self
+            .growth_left
+            .checked_sub(text.len().saturating_sub(lexeme.len()))
+            .ok_or(JsonError::NumbersTooLong)?;
+        Ok(Json::Number(text))
     }
 }
 
@@ -571,6 +590,47 @@ mod tests {
         assert_eq!(parse(b"-1e309"), Err(JsonError::OutOfRange));
         let long = "9".repeat(MAX_INT_DIGITS + 1);
         assert_eq!(parse(long.as_bytes()), Err(JsonError::IntegerTooLong));
+    }
+
+    #[test]
+    fn a_body_of_huge_whole_floats_costs_no_more_than_its_size() {
+        // `1e308` (5 bytes) is written back as 309 digits, made by shifting a bignum.
+        let huge = |n: usize| format!(r#"{{"a":[{}]}}"#, vec!["1e308"; n].join(","));
+        let body = huge(100_000);
+        assert_eq!(
+            canonical(&body, NonAscii::Unescaped).map(|out| out.len()),
+            Err(JsonError::NumbersTooLong)
+        );
+        // A few such numbers are written exactly, as Python writes them; one more is not.
+        let fits = MIN_NUMBER_GROWTH / 304;
+        let out = canonical(&huge(fits), NonAscii::Unescaped).unwrap();
+        let one = "100000000000000001097906362944045541740492309677311846336810682903157585404911491537163328978494688899061249669721172515611590283743140088328307009198146046031271664502933027185697489699588559043338384466165001178426897626212945177628091195786707458122783970171784415105291802893207873272974885715430223118336";
+        assert_eq!(out, format!(r#"{{"a":[{}]}}"#, vec![one; fits].join(",")));
+        assert_eq!(
+            canonical(&huge(fits + 1), NonAscii::Unescaped),
+            Err(JsonError::NumbersTooLong)
+        );
+        // Whatever is taken is written back within twice its size (and the allowance).
+        for item in [
+            "1e308",
+            "1e18",
+            "9.007199254740993e15",
+            "1.5e300",
+            "-1e22",
+            "2e-7",
+        ] {
+            for n in [1, 10, 1000, 100_000] {
+                let body = format!("[{}]", vec![item; n].join(","));
+                if let Ok(out) = canonical(&body, NonAscii::Escaped) {
+                    assert!(
+                        out.len() <= 2 * body.len() + MIN_NUMBER_GROWTH,
+                        "{n} x {item}: {} bytes from {}",
+                        out.len(),
+                        body.len()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -16,10 +16,13 @@ pub(super) struct Row {
 
 impl Row {
     /// When the gateway received the event (a copy kept after delivery was written later).
+    /// The header is read unopened, so its time is anybody's: one past what a time can hold
+    /// falls back to when the store took the message.
     fn received(&self) -> SystemTime {
-        self.header.as_ref().map_or(self.info.enqueued_at, |h| {
-            SystemTime::UNIX_EPOCH + Duration::from_secs(h.received_at)
-        })
+        self.header
+            .as_ref()
+            .and_then(|h| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(h.received_at)))
+            .unwrap_or(self.info.enqueued_at)
     }
 
     pub(super) fn cells(&self, id: &str, delivered: bool) -> Vec<String> {
@@ -84,5 +87,57 @@ pub(super) fn table(header: &[&str], rows: Vec<Vec<String>>) {
     line(header.to_vec());
     for row in &rows {
         line(row.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use idgate_store::MessageId;
+
+    use super::*;
+
+    fn row(received_at: u64, enqueued_at: SystemTime) -> Row {
+        Row {
+            info: MessageInfo {
+                id: MessageId::parse("1").unwrap(),
+                state: MessageState::Dead,
+                attempts: 3,
+                max_attempts: u32::MAX,
+                order_key: Some("sess-1".into()),
+                enqueued_at,
+                attempts_since: enqueued_at,
+                last_error: None,
+            },
+            header: Some(outbox::Header {
+                webhook: "didit".into(),
+                subscriber: "kyc".into(),
+                queue: "webhook.didit.kyc".into(),
+                key: "0011223344556677".into(),
+                event: "evt_0".into(),
+                event_type: Some("status.updated".into()),
+                received_at,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_row_with_an_absurd_received_at_is_listed() {
+        let enqueued = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        // The clear header is read unopened: any u64 can be there.
+        for received_at in [u64::MAX, 1 << 63] {
+            let row = row(received_at, enqueued);
+            let cells = row.cells("didit/kyc/1", false);
+            assert_eq!(cells[4], "evt_0");
+            assert_eq!(cells[6], rfc3339(enqueued), "{received_at}");
+            assert_eq!(
+                row.json("didit/kyc/1", false)["received"],
+                rfc3339(enqueued)
+            );
+        }
+        // A time a header can hold is the one shown.
+        let row = row(1_700_000_000, enqueued);
+        assert_eq!(row.cells("didit/kyc/1", false)[6], "2023-11-14T22:13:20Z");
     }
 }

@@ -176,3 +176,140 @@ async fn a_source_outside_the_allow_list_and_a_body_over_the_limit_are_refused()
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_body_of_huge_whole_floats_is_refused_promptly_under_v2_and_simple() {
+    within(async {
+        let pki = Pki::default_pki();
+        let sub = Subscriber::start(&pki).await;
+        // Just under the body limit (1 MiB): 6 bytes a number, each a 309-digit integer in the
+        // canonical form, read before any signature can be checked.
+        let t = now_secs();
+        let numbers = vec!["1e308"; 170_000].join(",");
+        let body = format!(
+            r#"{{"session_id":"s","status":"Approved","timestamp":{t},"webhook_type":"status.updated","x":[{numbers}]}}"#
+        );
+        let forged = "0".repeat(64);
+        for (scheme, header) in [
+            ("didit-v2", "x-signature-v2"),
+            ("didit-simple", "x-signature-simple"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut w = toml::Table::new();
+            w.insert("scheme".into(), scheme.into());
+            let gw = Gateway::start(&webhook_config(&pki, dir.path(), &sub.url(), w), &[]).await;
+            let client = provider_client(&pki, gw.port);
+            let headers = [
+                (header, forged.as_str()),
+                ("content-type", "application/json"),
+            ];
+            let r = within_limit(
+                Duration::from_secs(5),
+                client.send("POST", WEBHOOK_PATH, &headers, &body),
+            )
+            .await
+            .unwrap();
+            assert_eq!(r.status, 401, "{scheme}: {:?}", r.body);
+            assert_eq!(
+                problem_type(&r),
+                "https://idgate.dev/problems/webhook-signature-invalid"
+            );
+            // A genuine event is taken as before.
+            let ok = post_signed(&client, DIDIT_SECRET, &envelope("evt-1", "s-1", 1, t))
+                .await
+                .unwrap();
+            assert_eq!(ok.status, 200, "{scheme}: {:?}", ok.body);
+        }
+    })
+    .await;
+}
+
+/// The send and receive queues of the loopback TCP connection from `local` to `remote`, as
+/// the kernel reports them.
+fn tcp_queues(local: u16, remote: u16) -> Option<(u64, u64)> {
+    let table = std::fs::read_to_string("/proc/self/net/tcp").ok()?;
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if port(f.get(1)?)? != local || port(f.get(2)?)? != remote {
+            return None;
+        }
+        let (tx, rx) = f.get(4)?.split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
+}
+
+/// A large post is parsed before its signature can be checked; anybody can send one, so its
+/// parse must not hold up the worker that serves everything else (the test gateway has one).
+#[tokio::test]
+async fn a_large_unsigned_post_is_parsed_off_the_worker_that_serves_other_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(async {
+        let pki = Pki::default_pki();
+        let sub = Subscriber::start(&pki).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = toml::Table::new();
+        w.insert("scheme".into(), "didit-v2".into());
+        w.insert("max_body_bytes".into(), (16_i64 << 20).into());
+        let gw = Gateway::start(&webhook_config(&pki, dir.path(), &sub.url(), w), &[]).await;
+        // Over a million members in one object, each sorted into the canonical form.
+        let t = now_secs();
+        let members: Vec<String> = (0..1_200_000u32)
+            .rev()
+            .map(|i| format!(r#""k{i:07}":0"#))
+            .collect();
+        let body = format!(
+            r#"{{"session_id":"s","status":"Approved","timestamp":{t},"webhook_type":"status.updated","x":{{{}}}}}"#,
+            members.join(",")
+        );
+        let head = format!(
+            "POST {WEBHOOK_PATH} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\nx-signature-v2: {}\r\ncontent-length: {}\r\n\r\n",
+            "0".repeat(64),
+            body.len()
+        );
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+            .await
+            .unwrap();
+        let me = tcp.local_addr().unwrap().port();
+        let config = tls_client_config(&pki.files.bundle, None, false, rustls::DEFAULT_VERSIONS);
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.write_all(body.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        // Once the gateway has read every byte, it parses the body.
+        assert_eventually!(
+            tcp_queues(me, gw.port).is_some_and(|(tx, _)| tx == 0)
+                && tcp_queues(gw.port, me).is_some_and(|(_, rx)| rx == 0),
+            "the gateway did not read the post"
+        );
+        let read = std::time::Instant::now();
+        let probe = admin_get(gw.admin_port, "/healthz").await.unwrap();
+        let waited = read.elapsed();
+        assert_eq!(probe.0, 200);
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the gateway closed without an answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let verified = read.elapsed();
+        assert!(answer.starts_with(b"HTTP/1.1 401"), "{}", String::from_utf8_lossy(&answer));
+        // On the worker, the probe would wait for the parse: its answer would come about when
+        // the post's does.
+        assert!(
+            waited * 2 < verified,
+            "the admin listener answered after {waited:?}, the post after {verified:?}"
+        );
+    })
+    .await;
+}
