@@ -85,6 +85,8 @@ impl Held {
 #[derive(Debug)]
 pub struct IncidentService {
     feed: Arc<Feed>,
+    /// `latency_p99`: a request still unanswered after it says so much of its upstream.
+    latency_threshold: Duration,
     held: RwLock<Held>,
     /// Where the incidents not held are read from.
     store: Store,
@@ -128,6 +130,7 @@ impl IncidentService {
         let (stop, stopped) = watch::channel(false);
         let service = Arc::new(Self {
             feed: Arc::new(Feed::new(cfg.max_callers)),
+            latency_threshold: cfg.latency_p99,
             held: RwLock::new(held),
             store: store.clone(),
             notifier,
@@ -155,6 +158,12 @@ impl IncidentService {
     /// What the request path feeds.
     pub fn feed(&self) -> &Arc<Feed> {
         &self.feed
+    }
+
+    /// The upstream latency (`latency_p99`) past which a request its caller gave up on
+    /// before the upstream answered counts, with the time it waited, as a slow answer.
+    pub fn latency_threshold(&self) -> Duration {
+        self.latency_threshold
     }
 
     /// Stops the ticker; open incidents stay open in the store (closed as interrupted at the

@@ -75,6 +75,9 @@ pub struct RequestCtx<'r> {
     pub upstream_status: Option<StatusCode>,
     /// From sending the request upstream to its response head.
     pub upstream_latency: Option<Duration>,
+    /// When the request was sent upstream (to the failover upstream, once it went there):
+    /// how long an upstream kept a request whose caller went away before it answered.
+    pub upstream_sent: Option<Instant>,
     /// Headers a stage adds to the response the caller gets.
     pub response_headers: HeaderMap,
     /// The object the path names, once the ownership check found it the caller's.
@@ -91,8 +94,8 @@ pub struct RequestCtx<'r> {
     pub bytes_out: Option<u64>,
     /// The route's failover upstream, once the request went there (`resilience.rs`).
     pub failover: Option<&'r crate::upstream::Upstream>,
-    /// The request's record was made; a request dropped before (its caller went away) still
-    /// gets its audit record.
+    /// The request's record was made; a request dropped before (its caller went away) gets
+    /// its record when its context is dropped.
     recorded: bool,
 }
 
@@ -132,6 +135,7 @@ impl<'r> RequestCtx<'r> {
             credential: None,
             upstream_status: None,
             upstream_latency: None,
+            upstream_sent: None,
             response_headers: HeaderMap::new(),
             owned_object: None,
             decision: Decision::Allowed,
@@ -247,12 +251,42 @@ impl<'r> RequestCtx<'r> {
         }
     }
 
-    /// Hands the request's record to its consumers: the access log, the audit trail and
-    /// the request metrics.
+    /// Hands the request's record to its consumers: the access log, the audit trail, the
+    /// request metrics and incident detection.
     pub fn record(&mut self, status: StatusCode) {
+        self.recorded = true;
+        if let Some(incidents) = &self.services.incidents {
+            self.feed_incidents(incidents.feed(), status, self.upstream_latency);
+        }
+        self.write_record(status);
+    }
+
+    /// The record of a request whose caller went away before its answer: status 499 and
+    /// the decision `allowed:client-closed` (it was not refused: a refusal is recorded as
+    /// it is answered), in the access log, the audit trail and the metrics alike. Incident
+    /// detection hears what the upstream showed: its answer if it gave one, or, when it
+    /// kept the request past the latency threshold, that time as a latency at least that
+    /// long. A caller that gives up sooner says nothing of the upstream, and is no failure.
+    fn record_unanswered(&mut self) {
+        self.recorded = true;
+        let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+        if let Some(incidents) = &self.services.incidents {
+            let threshold = incidents.latency_threshold();
+            let kept = self
+                .upstream_sent
+                .filter(|_| self.upstream_latency.is_none())
+                .map(|sent| sent.elapsed())
+                .filter(|&kept| kept >= threshold);
+            self.feed_incidents(incidents.feed(), status, self.upstream_latency.or(kept));
+        }
+        self.decision = Decision::AllowedBy(crate::access_log::CLIENT_CLOSED);
+        self.write_record(status);
+    }
+
+    /// The record's access line, audit record and request metrics.
+    fn write_record(&mut self, status: StatusCode) {
         let route = self.route_name();
         let latency = self.start.elapsed();
-        self.recorded = true;
         let permit = self.audit_permit.take();
         if self.services.access_log.is_some() || self.services.audit.is_some() {
             self.with_record(status, latency, |record| {
@@ -264,9 +298,6 @@ impl<'r> RequestCtx<'r> {
                     crate::audit::request(trail, record, &facts, self.conn.remote, permit);
                 }
             });
-        }
-        if let Some(incidents) = &self.services.incidents {
-            self.feed_incidents(incidents.feed(), status);
         }
         let metrics = &self.services.metrics;
         let kept = self.route.map(|r| &r.metrics);
@@ -281,8 +312,13 @@ impl<'r> RequestCtx<'r> {
     /// Counts the request for incident detection: nothing is allocated, the principal's
     /// label is formatted only for a failed request whose caller is not yet noted. A cached
     /// answer stands for an upstream failure (of the upstream named last): it is counted as
-    /// one, whatever the caller got.
-    fn feed_incidents(&self, feed: &idgate_incidents::Feed, status: StatusCode) {
+    /// one, whatever the caller got. `upstream_latency`: how long the upstream took.
+    fn feed_incidents(
+        &self,
+        feed: &idgate_incidents::Feed,
+        status: StatusCode,
+        upstream_latency: Option<Duration>,
+    ) {
         let from_cache = self.decision == Decision::AllowedBy(crate::access_log::FALLBACK_CACHE);
         let upstream_5xx = self.upstream_status.is_some_and(|s| s.is_server_error());
         let gateway_failed = matches!(self.decision, Decision::Failed(_));
@@ -297,7 +333,7 @@ impl<'r> RequestCtx<'r> {
                 && (from_cache
                     || upstream_5xx
                     || (gateway_failed && self.upstream_status.is_none())),
-            self.upstream_latency,
+            upstream_latency,
             from_cache,
         );
     }
@@ -429,20 +465,13 @@ impl<'r> RequestCtx<'r> {
 }
 
 /// A request whose future is dropped before its record was made (its caller closed the
-/// connection while it was served) is recorded in the audit trail all the same, as status
-/// 499: a request that reached the gateway never goes unrecorded.
+/// connection or reset the stream while it was served, or the drain cut its connection) is
+/// recorded all the same, with status 499: a request that reached the gateway never goes
+/// unrecorded. Nothing here waits: the record is handed over as an answered one's is.
 impl Drop for RequestCtx<'_> {
     fn drop(&mut self) {
-        if self.recorded {
-            return;
-        }
-        if let Some(trail) = &self.services.audit {
-            let permit = self.audit_permit.take();
-            let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
-            self.with_record(status, self.start.elapsed(), |record| {
-                let facts = self.audit_facts();
-                crate::audit::request(trail, record, &facts, self.conn.remote, permit);
-            });
+        if !self.recorded {
+            self.record_unanswered();
         }
     }
 }

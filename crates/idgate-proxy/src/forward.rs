@@ -75,11 +75,13 @@ pub(crate) async fn forward<'r>(
     upstream: &'r Upstream,
     req: http::request::Parts,
 ) -> Forwarded {
+    ctx.upstream_sent = None;
     let (parts, path_and_query, body) = match prepare(ctx, upstream, req).await {
         Ok(prepared) => prepared,
         Err(refusal) => return Forwarded::unsent(refusal),
     };
     let sent_at = Instant::now();
+    ctx.upstream_sent = Some(sent_at);
     let forwarded = resilient::send(ctx, upstream, parts, path_and_query, body).await;
     if let Ok(resp) = &forwarded.answer {
         ctx.upstream_latency = Some(sent_at.elapsed());

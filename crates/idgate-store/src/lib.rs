@@ -125,6 +125,8 @@ pub enum StoreError {
     Database { path: PathBuf, reason: String },
     #[error("API key record {id} cannot be read: {reason}")]
     Corrupt { id: String, reason: String },
+    /// A row that cannot be read. `key` names it by what the store gave it (a queue and a
+    /// sequence number), or by a keyed hash of an id that came from a request (an object's).
     #[error("{what} {key} cannot be read: {reason}")]
     CorruptRow {
         what: &'static str,

@@ -172,13 +172,55 @@ pub(crate) fn get_owner(
 }
 
 fn owner_record(object: &str, row: Row) -> Result<OwnerRecord, StoreError> {
-    let owner = Owner::new(row.text).map_err(|_| StoreError::CorruptRow {
-        what: "ownership record",
-        key: object.to_owned(),
-        reason: "the owner is not a valid name".to_owned(),
-    })?;
+    let owner = Owner::new(row.text).map_err(|_| corrupt_owner(object))?;
     Ok(OwnerRecord {
         owner,
         expires_at: from_micros(row.deadline),
     })
+}
+
+/// An ownership record of `object` whose owner cannot be read. The object's id comes from a
+/// request (a verification session's id: personal data), so the error names it only by
+/// [`withheld`].
+pub(crate) fn corrupt_owner(object: &str) -> StoreError {
+    StoreError::CorruptRow {
+        what: "ownership record",
+        key: withheld(object),
+        reason: "the owner is not a valid name".to_owned(),
+    }
+}
+
+/// `id` as a log may name it: `#` and a keyed hash of it under a key drawn at random for
+/// this process and never kept. The same id reads the same while the process runs, so
+/// repeated failures of one record can be told apart from failures of many, and nothing
+/// leads back to the id.
+pub(crate) fn withheld(id: &str) -> String {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    format!(
+        "#{:016x}",
+        KEY.get_or_init(std::hash::RandomState::new).hash_one(id)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_ownership_record_is_reported_without_its_object_id() {
+        let object = "didit:sess-0b7c41d2-private";
+        let row = Row {
+            deadline: u64::MAX,
+            number: 0,
+            text: "\u{1}".to_owned(),
+        };
+        let e = owner_record(object, row).unwrap_err();
+        for shown in [e.to_string(), format!("{e:?}")] {
+            assert!(!shown.contains("sess-0b7c41d2"), "{shown}");
+            assert!(shown.contains(&withheld(object)), "{shown}");
+        }
+        assert_eq!(withheld(object), withheld(object));
+        assert_ne!(withheld(object), withheld("didit:another"));
+    }
 }

@@ -2,10 +2,11 @@
 //!
 //! A line is serialized once, on the request's task, into a buffer the thread reuses; it is
 //! then appended to one pending batch. One writer thread takes the whole batch and writes it
-//! with one `write_all`, so the request never waits on the log output and the output sees a
-//! few large writes instead of one per request. When the writer falls behind (the output is
-//! a stalled pipe, a full disk), lines beyond [`PENDING_LIMIT`] are dropped and counted
-//! (`idgate_access_log_dropped_total`), never waited for.
+//! at once, so the request never waits on the log output and the output sees a few large
+//! writes instead of one per request. When the writer falls behind (the output is a stalled
+//! pipe, a full disk), lines beyond [`PENDING_LIMIT`] are dropped and counted
+//! (`idgate_access_log_dropped_total`), never waited for; so are the lines a failing write
+//! did not write whole, and a line it cut is ended before the next one is written.
 //!
 //! The lines are the ones `tracing`'s formatter writes for the `idgate::access` event, field
 //! for field, in JSON or text; the rest of the log still goes through `tracing`. Both write
@@ -42,6 +43,9 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 pub(crate) const FALLBACK_CACHE: &str = "fallback:cache";
 /// The reason in the record of a request answered by the secondary upstream.
 pub(crate) const FALLBACK_FAILOVER: &str = "fallback:failover";
+/// The reason in the record of a request whose caller went away before its answer (status
+/// 499).
+pub(crate) const CLIENT_CLOSED: &str = "client-closed";
 
 /// How the gateway decided on a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +56,9 @@ pub enum Decision {
     Denied(&'static str),
     /// Allowed, but the gateway could not carry it out (upstream or credential failure).
     Failed(&'static str),
-    /// Allowed, and answered otherwise than by the route's upstream: the reason says how
-    /// (`fallback:cache`, `fallback:failover`).
+    /// Allowed, and answered otherwise than by the route's upstream, or not at all: the
+    /// reason says how (`fallback:cache`, `fallback:failover`; `client-closed` when the
+    /// caller went away first).
     AllowedBy(&'static str),
 }
 
@@ -208,6 +213,8 @@ impl AccessLog {
 /// The writer thread: waits for a first line, lets the batch gather, writes it whole.
 fn write_batches(shared: &Shared, mut out: Box<dyn Write + Send>) {
     let mut batch = Vec::with_capacity(64 << 10);
+    // The last write stopped within a line.
+    let mut cut = false;
     let mut reported = 0;
     let mut last_report: Option<Instant> = None;
     loop {
@@ -227,10 +234,9 @@ fn write_batches(shared: &Shared, mut out: Box<dyn Write + Send>) {
         }
         std::mem::swap(&mut *shared.pending(), &mut batch);
         if !batch.is_empty() {
-            if out.write_all(&batch).and_then(|()| out.flush()).is_err() {
-                shared
-                    .dropped
-                    .inc_by(batch.iter().filter(|&&b| b == b'\n').count() as u64);
+            let lost = write_batch(&mut *out, &batch, &mut cut);
+            if lost > 0 {
+                shared.dropped.inc_by(lost);
             }
             batch.clear();
             if batch.capacity() > KEEP_CAPACITY {
@@ -250,6 +256,44 @@ fn write_batches(shared: &Shared, mut out: Box<dyn Write + Send>) {
             return;
         }
     }
+}
+
+/// Writes `batch` (whole lines) to `out` as far as it takes it, and returns how many of its
+/// lines did not reach it whole: a line the output took only part of is lost, the lines
+/// before it are not. `cut` says that an earlier write stopped within a line: the next one
+/// that succeeds begins with a newline, so that no line is glued to half of another.
+fn write_batch(out: &mut dyn Write, batch: &[u8], cut: &mut bool) -> u64 {
+    let lines = |bytes: &[u8]| bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+    let mut written = 0;
+    let result = (|| {
+        if *cut {
+            write_all(out, b"\n", &mut 0)?;
+            *cut = false;
+        }
+        write_all(out, batch, &mut written)?;
+        out.flush()
+    })();
+    if result.is_ok() {
+        return 0;
+    }
+    let whole = lines(&batch[..written]);
+    if written > 0 && batch[written - 1] != b'\n' {
+        *cut = true;
+    }
+    lines(batch) - whole
+}
+
+/// `Write::write_all`, counting in `written` the bytes the output took.
+fn write_all(out: &mut dyn Write, bytes: &[u8], written: &mut usize) -> std::io::Result<()> {
+    while *written < bytes.len() {
+        match out.write(&bytes[*written..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => *written += n.min(bytes.len() - *written),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -473,6 +517,65 @@ mod tests {
         for l in lines {
             serde_json::from_str::<serde_json::Value>(l).unwrap();
         }
+    }
+
+    /// An output that takes `room` bytes, a few at a time, then fails one write (a disk
+    /// that filled, then had room again) and takes everything after.
+    struct FailsOnce {
+        room: usize,
+        failed: bool,
+        out: Collect,
+    }
+
+    impl Write for FailsOnce {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.failed {
+                return self.out.write(buf);
+            }
+            if self.room == 0 {
+                self.failed = true;
+                return Err(std::io::ErrorKind::StorageFull.into());
+            }
+            let n = buf.len().min(self.room).min(7);
+            self.room -= n;
+            self.out.write(&buf[..n])
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_write_that_fails_part_way_counts_only_lost_lines_and_never_glues_the_next_line_to_half_a_line()
+     {
+        let get = Method::GET;
+        let line = ours(LogFormat::Json, &record(&get, None));
+        let half = line.len() / 2;
+        let collected = Collect::default();
+        let mut out = FailsOnce {
+            room: line.len() + half,
+            failed: false,
+            out: collected.clone(),
+        };
+        let mut cut = false;
+        // The first line is written whole, the second half-way, the third not at all.
+        let lost = write_batch(&mut out, line.repeat(3).as_bytes(), &mut cut);
+        assert_eq!(lost, 2);
+        assert!(cut);
+        assert_eq!(write_batch(&mut out, line.as_bytes(), &mut cut), 0);
+        assert!(!cut);
+        assert_eq!(write_batch(&mut out, line.as_bytes(), &mut cut), 0);
+
+        let written = String::from_utf8(collected.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = written.split_inclusive('\n').collect();
+        let ended = format!("{}\n", &line[..half]);
+        assert_eq!(lines, [&*line, &*ended, &*line, &*line], "{written}");
+        // The half line stands alone; every whole line is still one record.
+        let records = written
+            .lines()
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+            .count();
+        assert_eq!(records, 3, "{written}");
     }
 
     #[test]

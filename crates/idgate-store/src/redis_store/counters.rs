@@ -153,11 +153,8 @@ pub(super) fn owner_record(object: &ObjectId, reply: Value) -> Result<OwnerRecor
     let (Some(owner), Some(deadline)) = (items.next(), items.next()) else {
         return Err(bad("an ownership reply"));
     };
-    let owner = Owner::new(string(owner)?).map_err(|_| StoreError::CorruptRow {
-        what: "ownership record",
-        key: object.as_str().to_owned(),
-        reason: "the owner is not a valid name".to_owned(),
-    })?;
+    let owner =
+        Owner::new(string(owner)?).map_err(|_| crate::state::corrupt_owner(object.as_str()))?;
     Ok(OwnerRecord {
         owner,
         expires_at: from_micros(int(&deadline)?),
