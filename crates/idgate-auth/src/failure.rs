@@ -61,11 +61,13 @@ impl AuthFailure {
 
     /// Whether this counts as a failed authentication attempt (for lockouts): a wrong
     /// credential, not a missing one or a missing permission. A token refused because its
-    /// issuer's keys could not be fetched is not the caller's failure: counting it would
-    /// lock every caller out during (and for the cool-down after) the issuer's outage.
+    /// issuer's keys could not be fetched, or because its `kid` could not be looked for in
+    /// them just now, is not the caller's failure: counting it would lock every caller out
+    /// during (and for the cool-down after) the issuer's outage, or after it rotates its key.
     pub fn is_failed_attempt(&self) -> bool {
+        use crate::jwt::jwks::{KEY_NOT_LOOKED_UP, KEYS_UNAVAILABLE};
         match self {
-            Self::InvalidToken(why) => *why != crate::jwt::jwks::KEYS_UNAVAILABLE,
+            Self::InvalidToken(why) => ![KEYS_UNAVAILABLE, KEY_NOT_LOOKED_UP].contains(why),
             Self::InvalidApiKey | Self::TokenBindingMismatch | Self::ApiKeyBindingMismatch => true,
             _ => false,
         }

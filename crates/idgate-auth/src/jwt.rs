@@ -10,7 +10,10 @@
 //! 2. issuer — the unverified `iss` picks a configured issuer; its allowed algorithms;
 //! 3. key — by `kid` (an unknown one refreshes the JWKS, rate-limited), or the issuer's
 //!    only key for the algorithm; the key's type, curve and own `alg` must fit the token's
-//!    `alg`, which is what defeats algorithm confusion;
+//!    `alg`, which is what defeats algorithm confusion. A `kid` that could not be looked
+//!    for (refresh not allowed yet, or failed) is refused with a reason of its own, which
+//!    is not a failed attempt: right after an issuer rotates its key, honest callers come
+//!    with the new one;
 //! 4. signature — `ring`;
 //! 5. claims — `iss`, `aud`, `exp`, `nbf`, `iat` (with leeway), `sub`; then the identity:
 //!    `client_id`/`azp`, scopes from `scope` and `scp`, and the certificate binding
@@ -40,11 +43,12 @@ pub use errors::{
     IssuerSetupError, JwkError, JwksError, KeyError, RefreshError,
 };
 pub use jwk::Jwk;
+pub use jwks::IssuerKeyCache;
 pub use jws::{Algorithm, AlgorithmError, MAX_TOKEN_BYTES};
 
 use crate::caller::TokenIdentity;
 use crate::failure::AuthFailure;
-use jwks::{JwksLocation, KeySet, KeySource, Remote};
+use jwks::{JwksLocation, KeySet, KeySource, KidLookup, Remote, RemoteSettings};
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat` unless configured.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -151,7 +155,8 @@ struct Issuer {
 }
 
 /// Verifies bearer tokens from the configured issuers. Built once per configuration
-/// snapshot; cheap to share (`Send + Sync`); fetches keys lazily on first use.
+/// snapshot; cheap to share (`Send + Sync`); fetches keys lazily on first use, or takes
+/// over those an earlier snapshot fetched ([`Self::with_key_cache`]).
 pub struct JwtVerifier {
     issuers: HashMap<String, Issuer>,
 }
@@ -187,6 +192,18 @@ impl JwtVerifier {
     pub fn new(
         issuers: Vec<IssuerConfig>,
         static_issuers: Vec<StaticIssuer>,
+    ) -> Result<Self, IssuerSetupError> {
+        Self::with_key_cache(issuers, static_issuers, &IssuerKeyCache::default())
+    }
+
+    /// As [`Self::new`], taking over from `cache` the keys already fetched from each issuer
+    /// (at the same JWKS address, through the same `ca`) by the verifiers of earlier
+    /// snapshots, and leaving its own there for the next: a reload while an issuer is down
+    /// keeps the keys it had.
+    pub fn with_key_cache(
+        issuers: Vec<IssuerConfig>,
+        static_issuers: Vec<StaticIssuer>,
+        cache: &IssuerKeyCache,
     ) -> Result<Self, IssuerSetupError> {
         let mut out: HashMap<String, Issuer> = HashMap::new();
         let mut insert = |issuer: Issuer| {
@@ -224,12 +241,16 @@ impl JwtVerifier {
             let client = jwks::http_client(cfg.ca.as_deref())
                 .map_err(|e| setup(IssuerProblem::HttpClient(Box::new(e))))?;
             let remote = Remote::new(
-                cfg.name.clone(),
-                cfg.issuer.clone(),
-                location,
+                RemoteSettings {
+                    name: cfg.name.clone(),
+                    issuer: cfg.issuer.clone(),
+                    location,
+                    ca: cfg.ca.clone(),
+                    refresh_interval: cfg.jwks_refresh_interval,
+                    min_refresh_interval: cfg.min_refresh_interval,
+                },
                 client,
-                cfg.jwks_refresh_interval,
-                cfg.min_refresh_interval,
+                cache,
             );
             insert(Issuer {
                 name: cfg.name,
@@ -322,11 +343,18 @@ impl JwtVerifier {
 
         let mut keys = issuer.keys.current().await?;
         let mut candidates = select(&keys, unverified.kid.as_deref(), alg);
-        if candidates == Selection::UnknownKid
-            && let Some(newer) = issuer.keys.refresh_for_unknown_kid(&keys).await
-        {
-            keys = newer;
-            candidates = select(&keys, unverified.kid.as_deref(), alg);
+        if candidates == Selection::UnknownKid {
+            match issuer.keys.refresh_for_unknown_kid(&keys).await {
+                KidLookup::Newer(newer) => {
+                    keys = newer;
+                    candidates = select(&keys, unverified.kid.as_deref(), alg);
+                }
+                KidLookup::Final => {}
+                KidLookup::NotLookedUp => {
+                    tracing::debug!(issuer = %issuer.name, kid = unverified.kid.as_deref().unwrap_or("-"), "token names a key id not known yet, which could not be looked for now");
+                    return Err(jwks::KEY_NOT_LOOKED_UP);
+                }
+            }
         }
         verify_signature(&keys, candidates, alg, &unverified).inspect_err(|why| {
             tracing::debug!(issuer = %issuer.name, kid = unverified.kid.as_deref().unwrap_or("-"), %alg, reason = why, "token not verified by its issuer's keys");

@@ -100,11 +100,13 @@ pub struct AuthServices {
 
 impl AuthServices {
     /// Builds the verifiers the configuration asks for. Blocking (reads the pepper, the key
-    /// store, CA files); fetches no JWKS yet.
+    /// store, CA files); fetches no JWKS yet, and takes over from `jwt_keys` those the
+    /// running snapshot fetched.
     pub fn build(
         config: &Config,
         token_issuer: Option<&TokenIssuer>,
         state: &idgate_store::StateStore,
+        jwt_keys: &jwt::IssuerKeyCache,
     ) -> Result<Self, AuthSetupError> {
         let api_keys = match &config.api_keys {
             None => None,
@@ -144,7 +146,9 @@ impl AuthServices {
         let jwt = if issuers.is_empty() && statics.is_empty() {
             None
         } else {
-            Some(Arc::new(JwtVerifier::new(issuers, statics)?))
+            Some(Arc::new(JwtVerifier::with_key_cache(
+                issuers, statics, jwt_keys,
+            )?))
         };
         let jwt_svid = match &config.jwt_svid {
             None => None,

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::routes::{RouteTable, RouteTableError};
 use crate::token_endpoint::{TokenEndpoint, TokenEndpointError};
 use crate::upstream::{Upstream, UpstreamError};
+use idgate_auth::jwt::IssuerKeyCache;
 use idgate_auth::jwt_svid::JwtBundleStore;
 
 /// A setting of a configuration that validated, which the gateway still could not put into
@@ -105,12 +106,14 @@ impl BuildError {
 }
 
 /// What every snapshot of the process shares, whatever its configuration: the gateway's TLS
-/// material (its SVID, presented to upstreams that ask) and the JWT bundles the SPIFFE
-/// Workload API keeps current.
+/// material (its SVID, presented to upstreams that ask), the JWT bundles the SPIFFE
+/// Workload API keeps current, and the keys fetched from the outside token issuers (a
+/// reload keeps them, also while an issuer is down).
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub material: Arc<idgate_tls::TlsMaterial>,
     pub jwt_bundles: JwtBundleStore,
+    pub jwt_issuer_keys: IssuerKeyCache,
 }
 
 impl Shared {
@@ -118,6 +121,7 @@ impl Shared {
         Self {
             material,
             jwt_bundles: JwtBundleStore::default(),
+            jwt_issuer_keys: IssuerKeyCache::default(),
         }
     }
 }
@@ -230,16 +234,21 @@ impl Snapshot {
                 .jwt_svid
                 .as_ref()
                 .is_some_and(|j| j.bundles.is_empty());
-        let auth = AuthServices::build(config, token_endpoint.as_ref().map(|t| &*t.issuer), state)
-            .and_then(|a| {
-                if agent_jwt_bundles {
-                    a.with_jwt_bundle_store(shared.jwt_bundles.clone())
-                } else {
-                    Ok(a)
-                }
-            })
-            .map_err(|e| errors.push(BuildError::new(config, e.key(), BuildProblem::Auth(e))))
-            .ok();
+        let auth = AuthServices::build(
+            config,
+            token_endpoint.as_ref().map(|t| &*t.issuer),
+            state,
+            &shared.jwt_issuer_keys,
+        )
+        .and_then(|a| {
+            if agent_jwt_bundles {
+                a.with_jwt_bundle_store(shared.jwt_bundles.clone())
+            } else {
+                Ok(a)
+            }
+        })
+        .map_err(|e| errors.push(BuildError::new(config, e.key(), BuildProblem::Auth(e))))
+        .ok();
         let limits = Limits::build(config)
             .map_err(|e| {
                 errors.push(BuildError::new(

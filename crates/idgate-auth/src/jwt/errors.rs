@@ -56,15 +56,14 @@ pub struct KeyError {
     pub source: JwkError,
 }
 
-/// A JWKS document that gives no key to verify with.
+/// A document that is not a JWKS. (One whose `keys` hold no usable key is a JWKS: an
+/// empty set.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum JwksError {
     #[error("the JWKS is not a JSON object")]
     NotAnObject,
     #[error("the JWKS has no \"keys\" array")]
     NoKeysArray,
-    #[error("the JWKS has no usable signing key")]
-    NoUsableKey,
 }
 
 /// Why an address may not be fetched keys from.

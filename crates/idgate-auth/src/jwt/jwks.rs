@@ -4,11 +4,16 @@
 //! and refreshed at once for a `kid` not yet seen, but at most once per minimum interval
 //! and by one request at a time however many are waiting: a stream of tokens with made-up
 //! `kid`s must not turn the gateway into a flood against the issuer.
+//!
+//! What was fetched from an issuer outlives the configuration snapshot that fetched it: an
+//! [`IssuerKeyCache`] hands it to the next snapshot that names the same issuer at the same
+//! address, so a reload while the issuer is down keeps the keys it had.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -37,6 +42,11 @@ pub(crate) type HttpClient = HttpsClient<Empty<Bytes>>;
 /// Why a token is refused when its issuer's keys could not be fetched: the issuer's outage,
 /// not the caller's credential.
 pub(crate) const KEYS_UNAVAILABLE: &str = "signing keys unavailable";
+
+/// Why a token is refused when it names a `kid` its issuer's keys lack and they could not be
+/// fetched again to look for it (the minimum interval had not passed, or the fetch failed):
+/// the key may be a new one, so this is no sign of a forged token.
+pub(crate) const KEY_NOT_LOOKED_UP: &str = "signing key not known yet";
 
 /// One fetched (or configured) set of keys.
 #[derive(Debug)]
@@ -76,7 +86,9 @@ impl KeySet {
 }
 
 /// Parses a JWKS document, keeping the keys we can verify with and skipping (with a log
-/// line) the others: an issuer may publish encryption keys or algorithms we do not use.
+/// line) the others: an issuer may publish encryption keys or algorithms we do not use. A
+/// document that holds none of ours is still the issuer's word, and an empty set: an issuer
+/// that withdraws its last signing key is trusted no more.
 pub(crate) fn parse_jwks(body: &[u8], issuer: &str, generation: u64) -> Result<KeySet, JwksError> {
     let doc = json::object(body).ok_or(JwksError::NotAnObject)?;
     let Some(Value::Array(entries)) = doc.get("keys") else {
@@ -92,9 +104,6 @@ pub(crate) fn parse_jwks(body: &[u8], issuer: &str, generation: u64) -> Result<K
                 Err(why) => tracing::debug!(issuer, kid = kid(), %why, "skipping a JWKS key"),
             },
         }
-    }
-    if keys.is_empty() {
-        return Err(JwksError::NoUsableKey);
     }
     Ok(KeySet {
         keys,
@@ -118,97 +127,190 @@ impl KeySource {
         }
     }
 
-    /// Called when a token names a `kid` that `seen` lacks: the newer set if one could be
-    /// had (someone else's refresh, or ours if the minimum interval allows).
-    pub(crate) async fn refresh_for_unknown_kid(&self, seen: &KeySet) -> Option<Arc<KeySet>> {
+    /// Called when a token names a `kid` that `seen` lacks: whether a newer set could be had
+    /// (someone else's refresh, or ours if the minimum interval allows).
+    pub(crate) async fn refresh_for_unknown_kid(&self, seen: &KeySet) -> KidLookup {
         match self {
-            Self::Static(_) => None,
+            Self::Static(_) => KidLookup::Final,
             Self::Remote(r) => r.refresh_for_unknown_kid(seen.generation).await,
         }
     }
 }
 
+/// What looking again for a `kid` the keys held lack gave.
+pub(crate) enum KidLookup {
+    /// A set fetched since: the `kid` is looked for in it.
+    Newer(Arc<KeySet>),
+    /// The keys held are all there is (keys given in the configuration).
+    Final,
+    /// No fetch could be made (the minimum interval had not passed) or it failed: whether the
+    /// issuer has such a key is not known.
+    NotLookedUp,
+}
+
 /// Where to fetch the JWKS.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum JwksLocation {
     Uri(Uri),
     /// Found through the issuer's metadata at one of these addresses, tried in order.
     Discover(Vec<Uri>),
 }
 
-pub(crate) struct Remote {
-    pub(crate) name: String,
-    pub(crate) issuer: String,
+/// The keys fetched from each outside issuer, kept across configuration snapshots. A
+/// verifier built with the cache takes over what an earlier one fetched from the same
+/// issuer, at the same JWKS address, through the same `ca`: the keys, the time of the last
+/// fetch and the address discovery found. The cache holds nothing itself once no verifier
+/// uses an issuer. Cheap to clone; every clone is the same cache.
+#[derive(Clone, Default)]
+pub struct IssuerKeyCache {
+    issuers: Arc<Mutex<CachedIssuers>>,
+}
+
+/// Each issuer's record, for as long as a verifier holds it.
+type CachedIssuers = HashMap<CacheKey, Weak<FetchedKeys>>;
+
+impl std::fmt::Debug for IssuerKeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let issuers = self
+            .issuers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count();
+        f.debug_struct("IssuerKeyCache")
+            .field("issuers", &issuers)
+            .finish()
+    }
+}
+
+/// What defines where an issuer's keys come from: keys fetched from elsewhere, or trusted
+/// through other roots, are not taken over.
+#[derive(PartialEq, Eq, Hash)]
+struct CacheKey {
+    issuer: String,
     location: JwksLocation,
-    client: HttpClient,
-    refresh_interval: Duration,
-    min_refresh_interval: Duration,
+    ca: Option<PathBuf>,
+}
+
+impl IssuerKeyCache {
+    /// The fetched keys of `issuer` at `location` through `ca`: those a live verifier holds,
+    /// or a new, empty record.
+    fn take(&self, issuer: &str, location: &JwksLocation, ca: Option<&Path>) -> Arc<FetchedKeys> {
+        let mut issuers = self.issuers.lock().unwrap_or_else(PoisonError::into_inner);
+        issuers.retain(|_, w| w.strong_count() > 0);
+        let key = CacheKey {
+            issuer: issuer.to_owned(),
+            location: location.clone(),
+            ca: ca.map(Path::to_path_buf),
+        };
+        if let Some(held) = issuers.get(&key).and_then(Weak::upgrade) {
+            return held;
+        }
+        let fresh = Arc::new(FetchedKeys::default());
+        issuers.insert(key, Arc::downgrade(&fresh));
+        fresh
+    }
+}
+
+/// One issuer's keys and the record of fetching them, shared by the verifiers of successive
+/// snapshots.
+#[derive(Default)]
+struct FetchedKeys {
     keys: ArcSwapOption<KeySet>,
     /// Held by the one task fetching; the others wait on it or use what they have.
     fetch: tokio::sync::Mutex<FetchState>,
+    /// Fetch attempts ended, successful or not: a request that waited for the fetch lock
+    /// while one ended takes that attempt's outcome rather than making its own.
+    attempts: AtomicU64,
     background_refresh: AtomicBool,
     generation: AtomicU64,
 }
 
+pub(crate) struct Remote {
+    pub(crate) name: String,
+    pub(crate) issuer: String,
+    location: JwksLocation,
+    /// This snapshot's: a reload reads the `ca` file again.
+    client: HttpClient,
+    refresh_interval: Duration,
+    min_refresh_interval: Duration,
+    fetched: Arc<FetchedKeys>,
+}
+
 #[derive(Default)]
 struct FetchState {
+    /// When the last fetch started, and once it is over, when it ended.
     last_attempt: Option<Instant>,
     /// The `jwks_uri` found by discovery, kept until a fetch from it fails.
     discovered: Option<Uri>,
 }
 
+/// How a [`Remote`] fetches: the settings of one issuer.
+pub(crate) struct RemoteSettings {
+    pub(crate) name: String,
+    pub(crate) issuer: String,
+    pub(crate) location: JwksLocation,
+    pub(crate) ca: Option<PathBuf>,
+    pub(crate) refresh_interval: Duration,
+    pub(crate) min_refresh_interval: Duration,
+}
+
 impl Remote {
+    /// With the keys `cache` holds for this issuer, if any.
     pub(crate) fn new(
-        name: String,
-        issuer: String,
-        location: JwksLocation,
+        settings: RemoteSettings,
         client: HttpClient,
-        refresh_interval: Duration,
-        min_refresh_interval: Duration,
+        cache: &IssuerKeyCache,
     ) -> Self {
+        let fetched = cache.take(&settings.issuer, &settings.location, settings.ca.as_deref());
         Self {
-            name,
-            issuer,
-            location,
+            name: settings.name,
+            issuer: settings.issuer,
+            location: settings.location,
             client,
-            refresh_interval,
-            min_refresh_interval,
-            keys: ArcSwapOption::empty(),
-            fetch: tokio::sync::Mutex::new(FetchState::default()),
-            background_refresh: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
+            refresh_interval: settings.refresh_interval,
+            min_refresh_interval: settings.min_refresh_interval,
+            fetched,
         }
     }
 
     async fn current(self: &Arc<Self>) -> Result<Arc<KeySet>, &'static str> {
-        if let Some(keys) = self.keys.load_full() {
+        let fetched = &self.fetched;
+        if let Some(keys) = fetched.keys.load_full() {
             if keys.fetched_at.elapsed() >= self.refresh_interval {
                 self.refresh_in_background();
             }
             return Ok(keys);
         }
         // No keys yet: everyone waits for the first fetch, which only one of them makes.
-        let mut state = self.fetch.lock().await;
-        if let Some(keys) = self.keys.load_full() {
+        let attempts = fetched.attempts.load(Ordering::Acquire);
+        let mut state = fetched.fetch.lock().await;
+        if let Some(keys) = fetched.keys.load_full() {
             return Ok(keys);
+        }
+        // An attempt ended while this request waited, and brought no keys: so be it.
+        if fetched.attempts.load(Ordering::Acquire) != attempts {
+            return Err(KEYS_UNAVAILABLE);
         }
         let retry = NO_KEYS_RETRY.min(self.min_refresh_interval);
         if state.last_attempt.is_none_or(|t| t.elapsed() >= retry) {
             self.refresh(&mut state).await;
         }
-        self.keys.load_full().ok_or(KEYS_UNAVAILABLE)
+        fetched.keys.load_full().ok_or(KEYS_UNAVAILABLE)
     }
 
     /// Refreshes stale keys off the request's path; requests go on with the old keys.
     fn refresh_in_background(self: &Arc<Self>) {
-        if self.background_refresh.swap(true, Ordering::AcqRel) {
+        if self.fetched.background_refresh.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
             {
-                let mut state = this.fetch.lock().await;
+                let mut state = this.fetched.fetch.lock().await;
                 let stale = this
+                    .fetched
                     .keys
                     .load()
                     .as_ref()
@@ -220,30 +322,46 @@ impl Remote {
                     this.refresh(&mut state).await;
                 }
             }
-            this.background_refresh.store(false, Ordering::Release);
+            this.fetched
+                .background_refresh
+                .store(false, Ordering::Release);
         });
     }
 
-    async fn refresh_for_unknown_kid(&self, seen: u64) -> Option<Arc<KeySet>> {
-        let mut state = self.fetch.lock().await;
-        let newer = || self.keys.load_full().filter(|k| k.generation != seen);
-        if let Some(keys) = newer() {
-            return Some(keys);
+    async fn refresh_for_unknown_kid(&self, seen: u64) -> KidLookup {
+        let fetched = &self.fetched;
+        let attempts = fetched.attempts.load(Ordering::Acquire);
+        let mut state = fetched.fetch.lock().await;
+        let newer = || {
+            fetched
+                .keys
+                .load_full()
+                .filter(|k| k.generation != seen)
+                .map_or(KidLookup::NotLookedUp, KidLookup::Newer)
+        };
+        if let found @ KidLookup::Newer(_) = newer() {
+            return found;
+        }
+        // An attempt ended while this request waited and brought nothing new: it failed.
+        if fetched.attempts.load(Ordering::Acquire) != attempts {
+            return KidLookup::NotLookedUp;
         }
         if state
             .last_attempt
             .is_some_and(|t| t.elapsed() < self.min_refresh_interval)
         {
-            return None;
+            return KidLookup::NotLookedUp;
         }
         tracing::info!(issuer = %self.name, "token signed with an unknown key id; refreshing the JWKS");
         self.refresh(&mut state).await;
         newer()
     }
 
-    /// Fetches the JWKS once (discovering its address first if need be) and installs it.
-    /// A failure keeps the keys we had: an issuer's outage should not log everyone out.
+    /// Fetches the JWKS once (discovering its address first if need be) and installs it, even
+    /// when it holds no key we can use. A failure (no answer, not 200, not a JWKS) keeps the
+    /// keys we had: an issuer's outage should not log everyone out.
     async fn refresh(&self, state: &mut FetchState) {
+        // Stamped now, so that an attempt cut short (its request gone) still counts...
         state.last_attempt = Some(Instant::now());
         let result = async {
             let uri = match (&self.location, &state.discovered) {
@@ -262,18 +380,25 @@ impl Remote {
                     return Err(RefreshError::Fetch { uri, source });
                 }
             };
-            let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+            let generation = self.fetched.generation.fetch_add(1, Ordering::Relaxed) + 1;
             parse_jwks(&body, &self.issuer, generation)
                 .map_err(|source| RefreshError::Document { uri, source })
         }
         .await;
         match result {
+            Ok(keys) if keys.keys.is_empty() => {
+                tracing::warn!(
+                    issuer = %self.name,
+                    "the issuer's JWKS holds no usable signing key; its tokens are refused until it publishes one"
+                );
+                self.fetched.keys.store(Some(Arc::new(keys)));
+            }
             Ok(keys) => {
                 tracing::debug!(issuer = %self.name, keys = keys.keys.len(), "JWKS fetched");
-                self.keys.store(Some(Arc::new(keys)));
+                self.fetched.keys.store(Some(Arc::new(keys)));
             }
             Err(error) => {
-                let have = self.keys.load().is_some();
+                let have = self.fetched.keys.load().is_some();
                 tracing::warn!(
                     issuer = %self.name,
                     %error,
@@ -282,6 +407,10 @@ impl Remote {
                 );
             }
         }
+        // ...and restamped at its end, so that the intervals run from what the issuer last
+        // said, however long it took to say it.
+        state.last_attempt = Some(Instant::now());
+        self.fetched.attempts.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Reads the issuer's metadata and returns its `jwks_uri`, after checking that the
@@ -455,7 +584,7 @@ mod tests {
     }
 
     #[test]
-    fn a_jwks_keeps_usable_keys_and_needs_one() {
+    fn a_jwks_keeps_usable_keys_and_may_hold_none() {
         let body = br#"{"keys":[
             {"kty":"oct","k":"c2VjcmV0","kid":"hmac"},
             {"kty":"OKP","crv":"Ed25519","x":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc","kid":"ed","use":"sig"},
@@ -469,8 +598,11 @@ mod tests {
         let set = parse_jwks(body, "i", 1).unwrap();
         let kids: Vec<_> = set.keys.iter().filter_map(|k| k.kid.as_deref()).collect();
         assert_eq!(kids, ["ed", "p384"]);
-        assert!(parse_jwks(br#"{"keys":[{"kty":"oct","k":"AA"}]}"#, "i", 1).is_err());
+        let none = |body: &[u8]| parse_jwks(body, "i", 1).unwrap().keys.is_empty();
+        assert!(none(br#"{"keys":[{"kty":"oct","k":"AA"}]}"#));
+        assert!(none(br#"{"keys":[]}"#));
         assert!(parse_jwks(br#"{"keys":{}}"#, "i", 1).is_err());
+        assert!(parse_jwks(br#"{"other":[]}"#, "i", 1).is_err());
         assert!(parse_jwks(br#"[]"#, "i", 1).is_err());
     }
 }

@@ -24,6 +24,7 @@ mod hsm_outage;
 mod hsm_pair_rotation;
 mod incidents;
 mod jwt_interop;
+mod jwt_issuer_keys;
 mod jwt_svid;
 mod keys;
 mod layers;

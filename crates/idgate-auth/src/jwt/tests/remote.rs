@@ -156,7 +156,7 @@ async fn unknown_kid_refreshes_at_most_once_per_interval_however_many_ask() {
     let forged = sign_token(&old, &header("EdDSA", "made-up"), &claims_for(&base));
     assert_eq!(
         verify(&v, &forged).await.unwrap_err(),
-        "unknown signing key"
+        "signing key not known yet"
     );
     assert_eq!(
         idp.hits("/jwks"),
@@ -192,7 +192,7 @@ async fn unknown_kid_refreshes_at_most_once_per_interval_however_many_ask() {
     let rotated = sign_token(&new, &header("EdDSA", "new"), &claims_for(&base));
     assert_eq!(
         verify(&v, &rotated).await.unwrap_err(),
-        "unknown signing key"
+        "signing key not known yet"
     );
     assert_eq!(idp.hits("/jwks"), 2);
     // ...and after it, one refresh finds it.
@@ -253,11 +253,176 @@ async fn stale_keys_are_refreshed_in_the_background_and_kept_when_the_issuer_fai
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Once the minimum interval has passed, k1 is looked for in a fresh set, which lacks it.
+    tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(
         verify(&v, &t1).await.unwrap_err(),
         "unknown signing key",
         "k1 was withdrawn"
     );
+}
+
+/// Polls `cond` every 20 ms until it holds, failing after five seconds.
+async fn eventually<F: Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cond().await {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_verifier_built_with_the_key_cache_takes_over_the_keys_held_while_the_issuer_is_down() {
+    let (idp, base) = Idp::start().await;
+    let key = TestKey::p256();
+    idp.set_jwks(&[key.jwk("k1", Algorithm::ES256)]);
+    let jwks = format!("{base}/jwks");
+    let cache = IssuerKeyCache::default();
+    let build = |cfg: IssuerConfig| JwtVerifier::with_key_cache(vec![cfg], vec![], &cache);
+    let running = build(remote_config(&base, Some(jwks.clone()))).unwrap();
+    running.prefetch().await;
+    let token = sign_token(&key, &header("ES256", "k1"), &claims_for(&base));
+    assert!(verify(&running, &token).await.is_ok());
+
+    idp.set("/jwks", 500, "{}".into());
+    // Another name and other intervals are the same issuer at the same address.
+    let mut same = remote_config(&base, Some(jwks.clone()));
+    same.name = "renamed".into();
+    same.jwks_refresh_interval = Duration::from_secs(60);
+    let next = build(same).unwrap();
+    assert!(verify(&next, &token).await.is_ok());
+    assert_eq!(
+        idp.hits("/jwks"),
+        1,
+        "the keys held were taken, not fetched"
+    );
+
+    // Keys from another address are not taken over.
+    idp.set("/other-jwks", 500, "{}".into());
+    let elsewhere = build(remote_config(&base, Some(format!("{base}/other-jwks")))).unwrap();
+    assert_eq!(
+        verify(&elsewhere, &token).await.unwrap_err(),
+        "signing keys unavailable"
+    );
+
+    // Once no verifier holds the issuer, neither does the cache.
+    drop((running, next, elsewhere));
+    let later = build(remote_config(&base, Some(jwks))).unwrap();
+    assert_eq!(
+        verify(&later, &token).await.unwrap_err(),
+        "signing keys unavailable"
+    );
+}
+
+#[tokio::test]
+async fn requests_waiting_for_an_issuers_first_keys_share_one_failed_fetch() {
+    let (idp, base) = Idp::start().await;
+    let key = TestKey::ed25519();
+    idp.set("/jwks", 500, "{}".into());
+    *idp.delay.lock().unwrap() = Duration::from_millis(1500);
+    let v = Arc::new(
+        JwtVerifier::new(
+            vec![remote_config(&base, Some(format!("{base}/jwks")))],
+            vec![],
+        )
+        .unwrap(),
+    );
+    let token = sign_token(&key, &header("EdDSA", "k"), &claims_for(&base));
+    let started = std::time::Instant::now();
+    let waiting: Vec<_> = (0..5)
+        .map(|_| {
+            let (v, token) = (v.clone(), token.clone());
+            tokio::spawn(async move { verify(&v, &token).await })
+        })
+        .collect();
+    for w in waiting {
+        let refused = tokio::time::timeout(Duration::from_secs(20), w)
+            .await
+            .expect("a request waited for fetches of its own")
+            .unwrap();
+        assert_eq!(refused.unwrap_err(), "signing keys unavailable");
+    }
+    assert_eq!(idp.hits("/jwks"), 1, "one fetch for all five");
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "refused after {:?}: one slow fetch each, one after another",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_issuer_that_publishes_no_usable_key_is_no_longer_trusted() {
+    let (idp, base) = Idp::start().await;
+    let key = TestKey::p256();
+    let mut cfg = remote_config(&base, Some(format!("{base}/jwks")));
+    cfg.jwks_refresh_interval = Duration::from_millis(200);
+    cfg.min_refresh_interval = Duration::from_millis(100);
+    let token = sign_token(&key, &header("ES256", "k1"), &claims_for(&base));
+    let hmac = json!({"kty": "oct", "k": "c2VjcmV0c2VjcmV0c2VjcmV0", "kid": "k1"});
+    let mut encryption = serde_json::to_value(key.jwk("k1", Algorithm::ES256)).unwrap();
+    encryption["use"] = json!("enc");
+    for withdrawn in [json!({"keys": []}), json!({"keys": [hmac, encryption]})] {
+        idp.set_jwks(&[key.jwk("k1", Algorithm::ES256)]);
+        let v = JwtVerifier::new(vec![cfg.clone()], vec![]).unwrap();
+        assert!(verify(&v, &token).await.is_ok());
+
+        // A well-formed JWKS without a key to verify with: the issuer's word, taken.
+        idp.set("/jwks", 200, withdrawn.to_string());
+        eventually("the withdrawn key is still trusted", || async {
+            verify(&v, &token).await.is_err()
+        })
+        .await;
+        // Past the minimum interval the kid is looked for in a fresh set, which lacks it.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let why = verify(&v, &token).await.unwrap_err();
+        assert_eq!(why, "unknown signing key", "{withdrawn}");
+        assert!(AuthFailure::InvalidToken(why).is_failed_attempt());
+    }
+
+    // An issuer that has never published a usable key: its tokens are refused as signed with
+    // an unknown key, not as its outage.
+    idp.set("/jwks", 200, json!({"keys": []}).to_string());
+    let v = JwtVerifier::new(vec![cfg], vec![]).unwrap();
+    let no_kid = sign_token(&key, &json!({"alg": "ES256"}), &claims_for(&base));
+    assert_eq!(
+        verify(&v, &no_kid).await.unwrap_err(),
+        "unknown signing key"
+    );
+}
+
+#[tokio::test]
+async fn a_token_whose_kid_could_not_be_looked_up_is_not_a_failed_attempt() {
+    let (idp, base) = Idp::start().await;
+    let (old, new) = (TestKey::ed25519(), TestKey::ed25519());
+    idp.set_jwks(&[old.jwk("old", Algorithm::EdDSA)]);
+    let mut cfg = remote_config(&base, Some(format!("{base}/jwks")));
+    cfg.min_refresh_interval = Duration::from_secs(2);
+    let v = JwtVerifier::new(vec![cfg], vec![]).unwrap();
+    v.prefetch().await;
+    let rotated = sign_token(&new, &header("EdDSA", "new"), &claims_for(&base));
+    let refusal = |why: &'static str| AuthFailure::InvalidToken(why);
+
+    // The issuer rotated just after the fetch: the new kid cannot be looked for yet.
+    let why = verify(&v, &rotated).await.unwrap_err();
+    assert_eq!(why, "signing key not known yet");
+    assert_eq!(idp.hits("/jwks"), 1);
+    assert!(!refusal(why).is_failed_attempt());
+
+    // Past the interval, but the issuer is down: the look-up fails.
+    idp.set("/jwks", 500, "{}".into());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let why = verify(&v, &rotated).await.unwrap_err();
+    assert_eq!(idp.hits("/jwks"), 2);
+    assert_eq!(why, "signing key not known yet");
+    assert!(!refusal(why).is_failed_attempt());
+
+    // A fresh fetch that succeeds and lacks the kid: that token was not the issuer's.
+    idp.set_jwks(&[old.jwk("old", Algorithm::EdDSA)]);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let why = verify(&v, &rotated).await.unwrap_err();
+    assert_eq!(idp.hits("/jwks"), 3);
+    assert_eq!(why, "unknown signing key");
+    assert!(refusal(why).is_failed_attempt());
 }
 
 #[tokio::test]

@@ -196,9 +196,11 @@ async fn tampered_expired_misaddressed_and_forged_authlib_tokens_are_refused() {
             "alg": "ES256", "typ": "at+jwt", "kid": "attacker",
             "jwk": {"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..])}
         });
+        // Its kid is not the issuer's; the keys were fetched a moment ago, so it is not
+        // looked for again yet.
         assert_eq!(
             refusal(&v, &sign(&embedded), now).await,
-            "unknown signing key"
+            "signing key not known yet"
         );
 
         // Time: the real token two hours on is expired; an hour before, not yet issued.
