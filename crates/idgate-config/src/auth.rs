@@ -1,6 +1,7 @@
 //! The authentication sections: `[api_keys]`, `[[jwt_issuers]]`, `[token_endpoint]`, and a
 //! route's `auth`, `scopes` and `allow` entries. (`[jwt_svid]` is in `jwt_svid`.)
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use idgate_auth::policy::{
     AllowEntry, AllowEntryError, AuthLayer, Requirement, RouteAuth, ScopeRule,
 };
 use idgate_secrets::SecretRef;
-use idgate_tls::SpiffeId;
+use idgate_tls::{SpiffeId, SpiffeIdPattern, TrustDomain};
 
 use crate::context::Ctx;
 use crate::raw;
@@ -253,7 +254,7 @@ fn jwt_issuer(cx: &mut Ctx<'_>, i: usize, j: raw::JwtIssuer) -> Option<JwtIssuer
         }
     };
     let out = JwtIssuerConfig {
-        leeway: duration_or_zero(
+        leeway: leeway(
             cx,
             &format!("{key}.leeway"),
             j.leeway,
@@ -279,6 +280,27 @@ fn jwt_issuer(cx: &mut Ctx<'_>, i: usize, j: raw::JwtIssuer) -> Option<JwtIssuer
         require_at_jwt,
     };
     (cx.errors.len() == before).then_some(out)
+}
+
+/// The longest clock leeway on a token's time claims.
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+/// A token's clock leeway (`jwt_issuers[].leeway`, `jwt_svid.leeway`): zero or more, at
+/// most [`MAX_LEEWAY`].
+pub(crate) fn leeway(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    v: Option<String>,
+    default: Duration,
+) -> Duration {
+    let leeway = duration_or_zero(cx, key, v, default);
+    if leeway > MAX_LEEWAY {
+        cx.err(
+            key,
+            "at most 5m: leeway is for clock skew, and lengthens every token's life",
+        );
+    }
+    leeway
 }
 
 pub(crate) fn duration_or_zero(
@@ -340,7 +362,7 @@ pub(crate) fn token_endpoint(
             "register at least one [[token_endpoint.clients]]",
         );
     }
-    let mut ids = std::collections::HashSet::new();
+    let mut ids = HashSet::new();
     let mut clients = Vec::new();
     for (i, c) in t.clients.into_iter().enumerate() {
         let key = format!("token_endpoint.clients[{i}]");
@@ -494,6 +516,33 @@ pub(crate) fn allow_entry(
             cx.err(key, format!("\"{s}\": {e}"));
             None
         }
+    }
+}
+
+/// Refuses a SPIFFE ID pattern of a trust domain the gateway has no bundle for (when it
+/// names its trust domains: with the Workload API any may come): no caller could match it,
+/// and a typo would leave the entry meaning nothing, silently.
+pub(crate) fn known_trust_domain(
+    cx: &mut Ctx<'_>,
+    key: String,
+    pattern: &SpiffeIdPattern,
+    trust_domains: &HashSet<TrustDomain>,
+) {
+    let td = match pattern {
+        SpiffeIdPattern::Exact(id) => id.trust_domain_name(),
+        SpiffeIdPattern::Prefix(prefix) => prefix
+            .trim_start_matches("spiffe://")
+            .split('/')
+            .next()
+            .unwrap_or_default(),
+    };
+    if !trust_domains.is_empty() && !trust_domains.iter().any(|t| t.as_str() == td) {
+        cx.err(
+            key,
+            format!(
+                "trust domain {td} has no [[identity.trust_bundles]] entry, so no caller could match"
+            ),
+        );
     }
 }
 

@@ -187,3 +187,21 @@ fn algorithms_take_every_verified_name_and_refuse_es512_by_name() {
         "{e:?}"
     );
 }
+
+#[test]
+fn a_jwt_issuer_leeway_over_five_minutes_is_refused() {
+    let leeway = |value: &str| with_corp(&format!("leeway = \"{value}\""));
+    for ok in ["0s", "30s", "5m"] {
+        let config = leeway(ok).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        assert!(config.jwt_issuers[0].leeway <= std::time::Duration::from_secs(300));
+    }
+    for long in ["301s", "1h", "720h"] {
+        assert_eq!(
+            leeway(long).unwrap_err(),
+            [
+                "jwt_issuers[0].leeway: at most 5m: leeway is for clock skew, and lengthens every token's life"
+            ],
+            "{long}"
+        );
+    }
+}

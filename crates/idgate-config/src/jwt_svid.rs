@@ -84,18 +84,12 @@ pub(crate) fn parse(
             );
         }
     }
-    let leeway = crate::auth::duration_or_zero(
+    let leeway = crate::auth::leeway(
         cx,
         "jwt_svid.leeway",
         raw.leeway,
         idgate_auth::jwt_svid::DEFAULT_LEEWAY,
     );
-    if leeway > Duration::from_secs(300) {
-        cx.err(
-            "jwt_svid.leeway",
-            "at most 5m: leeway is for clock skew, and lengthens every token's life",
-        );
-    }
     // `duration` reports a zero or malformed value itself.
     let max_lifetime = raw
         .max_lifetime

@@ -1,12 +1,13 @@
 //! `[listener]`: where and how the gateway accepts connections.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use idgate_tls::TlsVersion;
 
 use crate::context::Ctx;
-use crate::{TrustedProxies, raw};
+use crate::{ConfigErrors, TrustedProxies, raw};
 
 /// Whether the listener demands a client certificate during the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,46 @@ pub struct ListenerConfig {
     pub max_handshakes: usize,
     /// Connections in their TLS handshake at once from one client address.
     pub max_handshakes_per_ip: usize,
+    /// `max_handshakes` and `max_handshakes_per_ip` as the file writes them (`None`: a share
+    /// of the connection caps), so that a reload can size them against the caps the process
+    /// runs with (see [`ListenerConfig::with_caps_of`]).
+    handshakes_written: (Option<u32>, Option<u32>),
+}
+
+impl ListenerConfig {
+    /// This listener as a process that started with `running` puts it into use: the socket
+    /// and the connection caps (`max_connections`, `max_connections_per_ip`,
+    /// `max_connections_per_identity`) are sized once, at start, and stay as `running` has
+    /// them; the handshake caps, a share of them, are sized again against those. A
+    /// `max_handshakes` above the running `max_connections` is refused (`file` is where it
+    /// is written): it would let stalled handshakes take every connection.
+    pub fn with_caps_of(
+        mut self,
+        running: &ListenerConfig,
+        file: &Path,
+    ) -> Result<Self, ConfigErrors> {
+        self.bind = running.bind;
+        self.max_connections = running.max_connections;
+        self.max_connections_per_ip = running.max_connections_per_ip;
+        self.max_connections_per_identity = running.max_connections_per_identity;
+        let mut cx = Ctx {
+            file,
+            base: file.parent().unwrap_or(Path::new("")),
+            errors: Vec::new(),
+            check_secrets: false,
+        };
+        (self.max_handshakes, self.max_handshakes_per_ip) = handshake_caps(
+            &mut cx,
+            self.handshakes_written,
+            (self.max_connections, self.max_connections_per_ip),
+            true,
+        );
+        if cx.errors.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigErrors(cx.errors))
+        }
+    }
 }
 
 /// `listener.proxy_protocol`: connections from `from` must start with a PROXY protocol
@@ -100,6 +141,49 @@ fn count_within(
         }
         Some(n) => n as usize,
     }
+}
+
+/// `max_handshakes` and `max_handshakes_per_ip`, as `written` or by default a share of
+/// `max_connections` and `max_connections_per_ip`; `running`: those are the caps the process
+/// started with, not the file's, and a refusal says so.
+fn handshake_caps(
+    cx: &mut Ctx<'_>,
+    (all, per_ip): (Option<u32>, Option<u32>),
+    (max_connections, max_connections_per_ip): (usize, usize),
+    running: bool,
+) -> (usize, usize) {
+    let cap_name = if running {
+        format!(
+            "max_connections the process runs with ({max_connections}; a new value takes effect at restart)"
+        )
+    } else {
+        "max_connections".to_owned()
+    };
+    // A legitimate handshake takes milliseconds: these places are held by peers that are
+    // slow, or that mean to be. Small configurations keep a place for every connection.
+    let max_handshakes = count_within(
+        cx,
+        ("max_handshakes", all),
+        (max_connections / 4).max(64.min(max_connections)),
+        (&cap_name, max_connections),
+    );
+    let cap_name = if running && all.is_none() {
+        format!(
+            "max_handshakes ({max_handshakes}, a share of the max_connections the process runs with)"
+        )
+    } else {
+        "max_handshakes".to_owned()
+    };
+    let max_handshakes_per_ip = count_within(
+        cx,
+        ("max_handshakes_per_ip", per_ip),
+        // A client host warming up its connection pool opens many at once.
+        (max_connections_per_ip / 4)
+            .max(64.min(max_connections_per_ip))
+            .min(max_handshakes),
+        (&cap_name, max_handshakes),
+    );
+    (max_handshakes, max_handshakes_per_ip)
 }
 
 pub(crate) fn parse(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
@@ -218,26 +302,17 @@ pub(crate) fn parse(cx: &mut Ctx<'_>, l: raw::Listener) -> ListenerConfig {
             100
         }
     };
-    // A legitimate handshake takes milliseconds: these places are held by peers that are
-    // slow, or that mean to be. Small configurations keep a place for every connection.
-    let max_handshakes = count_within(
+    let handshakes_written = (l.max_handshakes, l.max_handshakes_per_ip);
+    let (max_handshakes, max_handshakes_per_ip) = handshake_caps(
         cx,
-        ("max_handshakes", l.max_handshakes),
-        (max_connections / 4).max(64.min(max_connections)),
-        ("max_connections", max_connections),
-    );
-    let max_handshakes_per_ip = count_within(
-        cx,
-        ("max_handshakes_per_ip", l.max_handshakes_per_ip),
-        // A client host warming up its connection pool opens many at once.
-        (max_connections_per_ip / 4)
-            .max(64.min(max_connections_per_ip))
-            .min(max_handshakes),
-        ("max_handshakes", max_handshakes),
+        handshakes_written,
+        (max_connections, max_connections_per_ip),
+        false,
     );
     ListenerConfig {
         max_handshakes,
         max_handshakes_per_ip,
+        handshakes_written,
         proxy_protocol,
         max_connections_per_identity,
         max_header_count,

@@ -5,12 +5,13 @@
 //! so that the gateway compiles a route without looking a name up. The pseudonym key is a
 //! secret reference, read when the configuration is put into use.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use idgate_auth::{AllowEntry, Principal};
 use idgate_mask::{Action, MaskPath, MediaRange, PassTypes, Profile, Rule};
 use idgate_secrets::SecretRef;
+use idgate_tls::TrustDomain;
 use serde::Deserialize;
 
 use crate::auth;
@@ -349,7 +350,7 @@ pub(crate) fn route(
     key: &str,
     raw: Option<toml::Value>,
     names: &ProfileNames,
-    issuers: &auth::IssuerNames,
+    (issuers, trust_domains): (&auth::IssuerNames, &HashSet<TrustDomain>),
 ) -> Option<RouteMasking> {
     let profiles = &names.loaded;
     let key = format!("{key}.masking");
@@ -401,12 +402,19 @@ pub(crate) fn route(
                 "is empty, so the entry applies to no caller",
             );
         }
-        let callers = c
-            .callers
-            .iter()
-            .enumerate()
-            .filter_map(|(n, s)| auth::allow_entry(cx, format!("{ckey}.callers[{n}]"), s, issuers))
-            .collect();
+        let mut callers = Vec::new();
+        for (n, s) in c.callers.iter().enumerate() {
+            let at = format!("{ckey}.callers[{n}]");
+            let Some(entry) = auth::allow_entry(cx, at.clone(), s, issuers) else {
+                continue;
+            };
+            // An entry no caller can match leaves the callers it meant with the default
+            // profile (often "allow"), silently.
+            if let AllowEntry::Spiffe(p) = &entry {
+                auth::known_trust_domain(cx, at, p, trust_domains);
+            }
+            callers.push(entry);
+        }
         let profile = choice(cx, format!("{ckey}.profile"), &c.profile);
         by_caller.push(CallerMasking { callers, profile });
     }

@@ -186,7 +186,14 @@ fn a_route_picks_the_first_entry_naming_the_caller_or_its_default() {
     .unwrap()
     .remove("m")
     .unwrap();
-    let m = super::route(&mut cx, "routes[0]", Some(raw), &names, &Vec::new()).unwrap();
+    let m = super::route(
+        &mut cx,
+        "routes[0]",
+        Some(raw),
+        &names,
+        (&Vec::new(), &HashSet::new()),
+    )
+    .unwrap();
     assert!(cx.errors.is_empty(), "{:?}", cx.errors);
     let id = |s: &str| SpiffeId::new(s).unwrap();
     let auditor = id("spiffe://td/ns/audit/sa/x");
@@ -356,4 +363,48 @@ fn a_key_no_rule_uses_is_worth_a_warning() {
     assert!(cx.errors.is_empty(), "{:?}", cx.errors);
     assert_eq!(warnings.len(), 1);
     assert!(warnings[0].contains("masking.profiles.p.pseudonym_key"));
+}
+
+#[test]
+fn a_masking_caller_of_an_unknown_trust_domain_is_refused() {
+    // The gateway trusts example.org only.
+    let base = BASE.replace(
+        "svid_key = \"k\"\n",
+        "svid_key = \"k\"\n[[identity.trust_bundles]]\ntrust_domain = \"example.org\"\nbundle = \"b\"\n",
+    );
+    let by_caller = |caller: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k".repeat(40)).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let masking = format!(
+            r#"{{ default = "allow", by_caller = [{{ callers = ["{caller}"], profile = "kyc-minimal" }}] }}"#
+        );
+        added_problems(
+            &dir.path().join("t.toml"),
+            &base,
+            &format!("{}{PROFILES}", route(&masking)),
+        )
+    };
+    assert_eq!(
+        by_caller("spiffe://example.org/ns/partner/*"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        by_caller("spiffe://example.org/ns/partner/sa/api"),
+        Vec::<String>::new()
+    );
+    // A typo in the trust domain: the partner would get the default, "allow".
+    for typo in [
+        "spiffe://exmaple.org/ns/partner/*",
+        "spiffe://exmaple.org/ns/partner/sa/api",
+    ] {
+        assert_eq!(
+            by_caller(typo),
+            [
+                "routes[0].masking.by_caller[0].callers[0]: trust domain exmaple.org has no [[identity.trust_bundles]] entry, so no caller could match"
+            ],
+            "{typo}"
+        );
+    }
 }

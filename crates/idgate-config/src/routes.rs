@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use http::Method;
-use idgate_tls::{SpiffeIdPattern, TrustDomain};
+use idgate_tls::TrustDomain;
 
 use crate::context::Ctx;
 use crate::masking::{self, RouteMasking};
@@ -241,22 +241,7 @@ pub(crate) fn parse(
             };
             let needs = match &entry {
                 AllowEntry::Spiffe(p) => {
-                    let td = match p {
-                        SpiffeIdPattern::Exact(id) => id.trust_domain_name().to_owned(),
-                        SpiffeIdPattern::Prefix(prefix) => prefix
-                            .trim_start_matches("spiffe://")
-                            .split('/')
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    };
-                    if !trust_domains.is_empty() && !trust_domains.iter().any(|t| t.as_str() == td)
-                    {
-                        cx.err(
-                            format!("{key}.allow[{a}]"),
-                            format!("trust domain {td} has no [[identity.trust_bundles]] entry, so no caller could match"),
-                        );
-                    }
+                    auth::known_trust_domain(cx, format!("{key}.allow[{a}]"), p, trust_domains);
                     None
                 }
                 AllowEntry::ApiKey(_) => Some(AuthLayer::ApiKey),
@@ -346,7 +331,13 @@ pub(crate) fn parse(
             .schema
             .as_deref()
             .and_then(|file| schema::route_schema(cx, &format!("{key}.schema"), file));
-        let masking = masking::route(cx, &key, r.masking, &layers.masking, &layers.issuers);
+        let masking = masking::route(
+            cx,
+            &key,
+            r.masking,
+            &layers.masking,
+            (&layers.issuers, trust_domains),
+        );
         let audit = crate::audit::route(
             cx,
             &key,

@@ -279,7 +279,8 @@ fn parse_url(
     let uri: Option<Uri> = match url.parse::<Uri>() {
         Ok(uri) => Some(uri),
         Err(_) => {
-            cx.err(url_key, format!("\"{url}\" is not a URL"));
+            // Not echoed: a password may have been pasted into it.
+            cx.err(url_key, "is not a URL: write https://HOST[:PORT][/PATH]");
             None
         }
     };
@@ -335,4 +336,60 @@ fn parse_url(
         }
     }
     Some((origin?, base_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::test_support::problems;
+
+    #[test]
+    fn a_malformed_url_with_user_info_is_refused_without_echoing_it() {
+        // A password pasted into each URL, with characters no URL may hold.
+        let text = r#"
+[listener]
+bind = "127.0.0.1:8443"
+[identity]
+svid_cert = "c"
+svid_key = "k"
+[[upstreams]]
+name = "p"
+url = "https://svc:p^ss w0rd@provider.test"
+[[webhooks]]
+name = "didit"
+path = "/webhooks/didit"
+scheme = "didit"
+secret = "file:key"
+outbox_key = "file:key"
+[[webhooks.subscribers]]
+name = "kyc-backend"
+url = "https://kyc:p^ss w0rd@kyc.internal:9443/events"
+secret = "file:key"
+[vault]
+address = "https://vault:p^ss w0rd@vault.internal:8200"
+token = "env:VAULT_TOKEN"
+"#;
+        let all = problems(Path::new("/etc/idgate/idgate.toml"), text, |_| true);
+        for (key, reason) in [
+            (
+                "upstreams[0].url",
+                "is not a URL: write https://HOST[:PORT][/PATH]",
+            ),
+            (
+                "webhooks[0].subscribers[0].url",
+                "is not a URL: write https://HOST[:PORT]/PATH",
+            ),
+            (
+                "vault.address",
+                "is not a URL: write Vault's address, like https://vault.internal:8200",
+            ),
+        ] {
+            assert!(all.contains(&format!("{key}: {reason}")), "{key}: {all:#?}");
+        }
+        assert!(
+            !all.iter().any(|p| p.contains("p^ss") || p.contains("w0rd")),
+            "{all:#?}"
+        );
+    }
 }

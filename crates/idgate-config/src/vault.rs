@@ -150,7 +150,11 @@ pub(crate) fn section(
 fn address(cx: &mut Ctx<'_>, s: &str, warnings: &mut Vec<String>) -> Option<Uri> {
     let key = "vault.address";
     let Ok(uri) = s.parse::<Uri>() else {
-        cx.err(key, format!("\"{s}\" is not a URL"));
+        // Not echoed: a password may have been pasted into it.
+        cx.err(
+            key,
+            "is not a URL: write Vault's address, like https://vault.internal:8200",
+        );
         return None;
     };
     let host = uri

@@ -691,7 +691,8 @@ fn subscribers(
 /// in clear text.
 fn subscriber_url(cx: &mut Ctx<'_>, key: &str, url: &str) -> Option<Uri> {
     let Ok(uri) = url.parse::<Uri>() else {
-        cx.err(key, format!("\"{url}\" is not a URL"));
+        // Not echoed: a password may have been pasted into it.
+        cx.err(key, "is not a URL: write https://HOST[:PORT]/PATH");
         return None;
     };
     let loopback = uri

@@ -134,9 +134,11 @@ impl SecretRef {
                 })
             }
             Self::Vault(r) => {
-                let client = vault::installed().ok_or_else(|| {
-                    SecretError::Vault(self.to_string(), vault::VaultError::NotConfigured)
-                })?;
+                // Validation refuses a `vault:` reference without a [vault] section: a
+                // process without a client started without one (a reload added it), or could
+                // not build it (which the start reports at `vault`).
+                let client = vault::installed()
+                    .ok_or_else(|| SecretError::VaultNeedsRestart(self.to_string()))?;
                 let s = client
                     .read_blocking(r)
                     .map_err(|e| SecretError::Vault(self.to_string(), e))?;
@@ -235,6 +237,10 @@ pub enum SecretError {
     Hsm(String, pkcs11::HsmError),
     #[error("{0}: {1}")]
     Vault(String, vault::VaultError),
+    #[error(
+        "{0}: no Vault client is running: the [vault] section is put into use when the gateway starts (restart after adding it)"
+    )]
+    VaultNeedsRestart(String),
 }
 
 impl SecretError {

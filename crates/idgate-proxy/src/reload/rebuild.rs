@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use idgate_config::{ApiKeyStoreConfig, Config, RedisNodes, StateBackend};
+use idgate_config::{ApiKeyStoreConfig, AuditConfig, Config, RedisNodes, StateBackend};
 use idgate_store::StateStore;
 use idgate_tls::{MaterialSpec, TlsMaterial};
 use rustls::RootCertStore;
@@ -312,19 +312,34 @@ pub(crate) struct Rebuilt {
     pub(crate) config: Config,
 }
 
-/// `new` with the restart-only sections a snapshot is built from as the process runs them:
-/// `[state]` (the backend opened at start, whose per-call timeout the rate limits and
-/// lockouts use) and the `[identity]` source (files or which Workload API, whose JWT
-/// bundles a `[jwt_svid]` without bundle files reads). Nothing of a change that waits for a
-/// restart is then put into use by halves. Other files of the same source change live.
-fn as_running(mut new: Config, running: &Config) -> Config {
+/// `new` with the restart-only sections a snapshot or the listener is built from as the
+/// process runs them: `[state]` (the backend opened at start, whose per-call timeout the
+/// rate limits and lockouts use), the `[identity]` source (files or which Workload API,
+/// whose JWT bundles a `[jwt_svid]` without bundle files reads), the listener's socket and
+/// connection caps (the handshake caps, a share of them, are sized against those), and
+/// whether there is an `[audit]` trail (its record rate and block timeout guard the trail
+/// the process writes). Nothing of a change that waits for a restart is then put into use
+/// by halves. Other files of the same source, and the trail's policies, change live.
+fn as_running(mut new: Config, running: &Config) -> Result<Config, ReloadRefused> {
     new.state = running.state.clone();
     if new.identity.workload_api() != running.identity.workload_api() {
         new.identity.source = running.identity.source.clone();
     }
     new.identity.svid_hint = running.identity.svid_hint.clone();
     new.identity.poll_interval = running.identity.poll_interval;
-    new
+    new.listener = new
+        .listener
+        .with_caps_of(&running.listener, &new.file)
+        .map_err(ReloadRefused::Invalid)?;
+    new.audit = match (&running.audit, new.audit.take()) {
+        (None, _) => None,
+        (Some(trail), None) => Some(trail.clone()),
+        (Some(trail), Some(policies)) => Some(AuditConfig {
+            writer: trail.writer.clone(),
+            ..policies
+        }),
+    };
+    Ok(new)
 }
 
 /// What `config` needs of the process that it did not start with: the problems that refuse
@@ -370,6 +385,46 @@ fn needs_restart(config: &Config, running: &Config, state: &StateStore) -> Vec<B
     problems
 }
 
+/// What the next start would refuse in the restart-only parts `new` changes (`restart`),
+/// found with the start's own builders where they change nothing: `[vault]`'s client
+/// (built, nothing sent) and `[audit]`'s keys (read). A reload the next start would refuse
+/// is refused now, while the running configuration still serves. The other parts' builders
+/// are not run, and their problems show at restart: `[state]` (a redb file would be
+/// created and locked, a Redis Cluster connected), `[siem]` and `[incidents]` (their sinks,
+/// store and notifier open files and connections), `[listener]` and `[admin]` (sockets are
+/// bound) and `[identity]`'s Workload API (a stream is opened). Blocking.
+fn restart_checks(
+    new: &Config,
+    running: &Config,
+    restart: &[(RestartOnly, Vec<&'static str>)],
+) -> Vec<BuildError> {
+    let changed = |part| restart.iter().any(|(p, _)| *p == part);
+    let mut problems = Vec::new();
+    if changed(RestartOnly::Vault)
+        && let Some(vault) = &new.vault
+        && let Err(e) = idgate_secrets::vault::VaultClient::new(vault.clone())
+    {
+        problems.push(BuildError::new(new, "vault", BuildProblem::Vault(e)));
+    }
+    // A `vault:` key would be read through the running client, not the one the new
+    // [vault] section makes at the next start: it is left to the start.
+    let read_elsewhere = |w: &idgate_config::AuditWriterConfig| {
+        running.vault != new.vault
+            && std::iter::once(&w.signing_key)
+                .chain(&w.encryption_key)
+                .chain(&w.previous_encryption_keys)
+                .any(|k| matches!(k, idgate_secrets::SecretRef::Vault(_)))
+    };
+    if changed(RestartOnly::Audit)
+        && let Some(audit) = &new.audit
+        && !read_elsewhere(&audit.writer)
+        && let Err(e) = crate::audit::AuditSetup::load(audit)
+    {
+        problems.push(BuildError::new(new, e.key(), BuildProblem::Audit(e)));
+    }
+    problems
+}
+
 /// Reads and builds the configuration in `file` for a reload. Blocking.
 pub(crate) fn rebuild(
     file: &std::path::Path,
@@ -383,12 +438,13 @@ pub(crate) fn rebuild(
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let restart = restart_required(running, &loaded)
+    let restart: Vec<_> = restart_required(running, &loaded)
         .into_iter()
         .map(|part| (part, part.changed_keys(running, &loaded)))
         .collect();
-    let config = as_running(loaded, running);
-    let mut problems = needs_restart(&config, running, state);
+    let mut problems = restart_checks(&loaded, running, &restart);
+    let config = as_running(loaded, running)?;
+    problems.extend(needs_restart(&config, running, state));
     let snapshot = match Snapshot::build(&config, roots, provider, state, shared) {
         Ok(snapshot) if problems.is_empty() => snapshot,
         Ok(_) => return Err(ReloadRefused::Unusable(problems)),
@@ -666,6 +722,198 @@ mod tests {
                     && reason.contains("does not stream")
                     && reason.contains("restart")),
             "{problems:?}"
+        );
+    }
+
+    /// `config(dir, "")` with `keys` added to its `[listener]`, bound to `bind`.
+    fn with_listener(dir: &Dir, bind: &str, keys: &str) -> Config {
+        let file = config(dir, "").file;
+        let text = std::fs::read_to_string(&file).unwrap().replacen(
+            "bind = \"127.0.0.1:0\"\n",
+            &format!("bind = \"{bind}\"\n{keys}\n"),
+            1,
+        );
+        dir.write("idgate.toml", text.as_bytes());
+        idgate_config::load(&file).unwrap()
+    }
+
+    #[test]
+    fn a_reload_that_raises_max_connections_keeps_max_handshakes_within_the_running_cap() {
+        let dir = Dir::new("reload-listener-caps");
+        let running = with_listener(&dir, "127.0.0.1:0", "max_connections = 400");
+        assert_eq!(
+            (
+                running.listener.max_handshakes,
+                running.listener.max_handshakes_per_ip
+            ),
+            (100, 100)
+        );
+        // The semaphore keeps 400 places until a restart: the new file's defaults (10000
+        // handshakes of 40000 connections) would let stalled handshakes take all 400.
+        let new = with_listener(
+            &dir,
+            "127.0.0.1:1",
+            "max_connections = 40000\nmax_connections_per_ip = 40000\nmax_connections_per_identity = 40000",
+        );
+        assert_eq!(new.listener.max_handshakes, 10_000);
+        let rebuilt = rebuild_for(&new.file, &running).unwrap();
+        let l = &rebuilt.config.listener;
+        assert_eq!(
+            (
+                l.bind,
+                l.max_connections,
+                l.max_connections_per_ip,
+                l.max_connections_per_identity
+            ),
+            (
+                running.listener.bind,
+                400,
+                running.listener.max_connections_per_ip,
+                running.listener.max_connections_per_identity
+            )
+        );
+        assert_eq!((l.max_handshakes, l.max_handshakes_per_ip), (100, 100));
+        assert_eq!(rebuilt.restart[0].0, RestartOnly::Listener);
+
+        // A handshake cap the file writes is used when it fits the running cap…
+        let new = with_listener(
+            &dir,
+            "127.0.0.1:0",
+            "max_connections = 40000\nmax_handshakes = 50\nmax_handshakes_per_ip = 10",
+        );
+        let l = rebuild_for(&new.file, &running).unwrap().config.listener;
+        assert_eq!(
+            (l.max_connections, l.max_handshakes, l.max_handshakes_per_ip),
+            (400, 50, 10)
+        );
+        // …and refused above it.
+        let new = with_listener(
+            &dir,
+            "127.0.0.1:0",
+            "max_connections = 40000\nmax_handshakes = 1000",
+        );
+        let problems = refused(rebuild_for(&new.file, &running));
+        assert_eq!(
+            problems,
+            [(
+                new.file.display().to_string(),
+                "listener.max_handshakes".to_owned(),
+                "must not be more than listener.max_connections the process runs with (400; a new value takes effect at restart)".to_owned()
+            )]
+        );
+        // A per-address cap above the share the running caps leave, too.
+        let new = with_listener(
+            &dir,
+            "127.0.0.1:0",
+            "max_connections = 40000\nmax_handshakes_per_ip = 200",
+        );
+        let problems = refused(rebuild_for(&new.file, &running));
+        assert_eq!(
+            problems,
+            [(
+                new.file.display().to_string(),
+                "listener.max_handshakes_per_ip".to_owned(),
+                "must not be more than listener.max_handshakes (100, a share of the max_connections the process runs with)".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_reload_that_removes_audit_keeps_the_running_trails_record_rate_and_block_timeout() {
+        let dir = Dir::new("reload-audit-off");
+        dir.write("signing.pem", b"unused");
+        let audit = |extra: &str| {
+            format!("[audit]\ndir = \"trail\"\nsigning_key = \"file:signing.pem\"\n{extra}\n")
+        };
+        let running = config(
+            &dir,
+            &audit("block_timeout = \"2s\"\nconnection_records_per_second = 5"),
+        );
+        for new in [config(&dir, ""), config(&dir, &audit("enabled = false"))] {
+            let rebuilt = rebuild_for(&new.file, &running).unwrap();
+            let policy = rebuilt.snapshot.audit;
+            assert_eq!(policy.block_timeout, Duration::from_secs(2));
+            assert_eq!(policy.connection_records_per_second, 5);
+            assert_eq!(rebuilt.config.audit, running.audit);
+            assert_eq!(rebuilt.restart, [(RestartOnly::Audit, vec!["audit"])]);
+        }
+        // The policies still change live.
+        let new = config(
+            &dir,
+            &audit("block_timeout = \"1s\"\nconnection_records_per_second = 7"),
+        );
+        let policy = rebuild_for(&new.file, &running).unwrap().snapshot.audit;
+        assert_eq!(policy.block_timeout, Duration::from_secs(1));
+        assert_eq!(policy.connection_records_per_second, 7);
+    }
+
+    #[test]
+    fn a_reload_whose_audit_keys_cannot_be_read_is_refused_naming_the_key() {
+        let dir = Dir::new("reload-audit-keys");
+        let running = config(&dir, "");
+        let audit = "[audit]\ndir = \"trail\"\nsigning_key = \"file:signing.pem\"\n";
+        // Readable (the file validates), but no key: the next start would refuse it.
+        dir.write("signing.pem", b"not a key\n");
+        let new = config(&dir, audit);
+        let problems = refused(rebuild_for(&new.file, &running));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let (file, key, reason) = &problems[0];
+        assert_eq!(*file, new.file.display().to_string());
+        assert_eq!(key, "audit.signing_key");
+        assert!(
+            reason.contains("not a PKCS#8 Ed25519 private key"),
+            "{reason}"
+        );
+        assert!(!reason.contains("not a key"), "{reason}");
+
+        // With a key it is applied, waiting for the restart whole; the trail's directory is
+        // left to the start.
+        let (pem, _) = idgate_audit::generate_signing_key().unwrap();
+        dir.write("signing.pem", pem.as_bytes());
+        let rebuilt = rebuild_for(&new.file, &running).unwrap();
+        assert_eq!(rebuilt.restart, [(RestartOnly::Audit, vec!["audit"])]);
+        assert_eq!(rebuilt.config.audit, None);
+        assert!(!dir.0.join("trail").exists());
+    }
+
+    #[test]
+    fn a_reload_whose_vault_client_cannot_be_built_is_refused_naming_the_key() {
+        let dir = Dir::new("reload-vault-client");
+        let running = config(&dir, "");
+        dir.write("vault-token", b"s.token");
+        // The CA file exists (the file validates) but holds no certificate.
+        dir.write("vault-ca.pem", b"no certificate here\n");
+        let new = config(
+            &dir,
+            "[vault]\naddress = \"https://vault.internal:8200\"\nca = \"vault-ca.pem\"\ntoken = \"file:vault-token\"\n",
+        );
+        let problems = refused(rebuild_for(&new.file, &running));
+        assert!(
+            problems
+                .iter()
+                .any(|(_, key, reason)| key == "vault" && reason.contains("Vault client")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_reload_that_adds_vault_says_a_restart_is_needed() {
+        let dir = Dir::new("reload-vault-added");
+        let running = config(&dir, "");
+        dir.write("vault-token", b"s.token");
+        let new = config(
+            &dir,
+            "[upstreams.credential]\nheader = \"x-api-key\"\nsecret = \"vault:secret/idgate/didit#api_key\"\n\n[vault]\naddress = \"https://vault.internal:8200\"\ntoken = \"file:vault-token\"\n",
+        );
+        let problems = refused(rebuild_for(&new.file, &running));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let (_, key, reason) = &problems[0];
+        assert_eq!(key, "upstreams[0].credential.secret");
+        assert!(
+            reason.contains("no Vault client is running")
+                && reason.contains("restart after adding it")
+                && !reason.contains("need a [vault] section"),
+            "{reason}"
         );
     }
 }
