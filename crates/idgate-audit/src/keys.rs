@@ -156,13 +156,9 @@ impl PublicKey {
 enum Signer {
     /// Read from a file, the environment or Vault; held in memory.
     InMemory(Ed25519KeyPair),
-    /// Held in a PKCS#11 token; each signature is a `C_Sign` there. The public key is that of
-    /// the newest version, re-read when the token signs with a newer one.
-    Token {
-        hsm: Arc<Hsm>,
-        label: String,
-        current: Mutex<(u32, PublicKey)>,
-    },
+    /// Held in a PKCS#11 token; each signature is a `C_Sign` there, by the newest version,
+    /// and comes with the public key of the private key that made it.
+    Token { hsm: Arc<Hsm>, label: String },
 }
 
 /// The key that signs checkpoints.
@@ -193,13 +189,12 @@ impl SigningKey {
                 source,
             };
             let hsm = Hsm::shared(uri).map_err(hsm_err)?;
-            let (public, version) = hsm.ed25519_public_key(&uri.object).map_err(hsm_err)?;
+            let (public, _) = hsm.ed25519_public_key(&uri.object).map_err(hsm_err)?;
             let public = PublicKey(public);
             return Ok(Self {
                 signer: Signer::Token {
                     hsm,
                     label: uri.object.clone(),
-                    current: Mutex::new((version, public)),
                 },
                 public: Mutex::new(public),
                 reference: name,
@@ -241,22 +236,15 @@ impl SigningKey {
     pub fn sign(&self, message: &[u8]) -> Result<(Vec<u8>, PublicKey), KeyError> {
         let (sig, public) = match &self.signer {
             Signer::InMemory(pair) => (pair.sign(message).as_ref().to_vec(), self.public()),
-            Signer::Token {
-                hsm,
-                label,
-                current,
-            } => {
+            Signer::Token { hsm, label } => {
+                // The public key comes from the session that signed: looked up apart, it
+                // could be that of a key pair generated in between.
                 let hsm_err = |source| KeyError::Hsm {
                     reference: self.reference.clone(),
                     source,
                 };
-                let (sig, version) = hsm.ed25519_sign(label, message).map_err(hsm_err)?;
-                let mut cur = current.lock().unwrap_or_else(|e| e.into_inner());
-                if cur.0 != version {
-                    let (public, v) = hsm.ed25519_public_key(label).map_err(hsm_err)?;
-                    *cur = (v, PublicKey(public));
-                }
-                (sig, cur.1)
+                let (sig, _, public) = hsm.ed25519_sign(label, message).map_err(hsm_err)?;
+                (sig, PublicKey(public))
             }
         };
         *self.public.lock().unwrap_or_else(|e| e.into_inner()) = public;
@@ -409,5 +397,120 @@ mod tests {
         let err = EncryptionKey::load(&private_file(dir.path(), "s", "c2hvcnQ=")).unwrap_err();
         assert!(err.to_string().contains("not an AES-256 key"), "{err}");
         assert!(!format!("{key:?}").contains(text.as_str()));
+    }
+
+    /// Set in the process [`in_own_token_store`] runs a test in: its SoftHSM2 token store.
+    const STORE: &str = "IDGATE_TEST_SOFTHSM_STORE";
+    const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+    /// Runs `body` (the test `name` of this module) in a process of its own, with a SoftHSM2
+    /// token store of its own (SoftHSM2 reads `SOFTHSM2_CONF` once per process) holding the
+    /// token `idgate`, whose user PIN is in the file it is given.
+    fn in_own_token_store(name: &str, body: impl FnOnce(&Path)) {
+        use std::time::{Duration, Instant};
+        if let Some(dir) = std::env::var_os(STORE) {
+            let dir = Path::new(&dir);
+            let pin = |p: &str| idgate_secrets::SecretString::from(p.to_owned());
+            idgate_secrets::pkcs11::init_token(
+                Path::new(SOFTHSM_MODULE),
+                idgate_secrets::pkcs11::SlotChoice::ByLabel,
+                "idgate",
+                &pin("5678"),
+                &pin("1234"),
+                false,
+            )
+            .unwrap();
+            private_file(dir, "pin", "1234");
+            body(&dir.join("pin"));
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tokens")).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        let store = format!("directories.tokendir = {}/tokens\n", dir.path().display());
+        std::fs::write(&conf, store).unwrap();
+        let test = format!("keys::tests::{name}");
+        let out = dir.path().join("out");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+            .env("SOFTHSM2_CONF", &conf)
+            .env(STORE, dir.path())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("err")).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let output = std::fs::read_to_string(&out).unwrap_or_default()
+            + &std::fs::read_to_string(dir.path().join("err")).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| s.success()) && output.contains("1 passed"),
+            "{test} (status {status:?}):\n{output}"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_names_the_public_key_of_the_private_key_that_signed_it() {
+        use idgate_secrets::pkcs11::cryptoki::object::{Attribute, ObjectClass};
+        in_own_token_store(
+            "a_checkpoint_names_the_public_key_of_the_private_key_that_signed_it",
+            |pin| {
+                let reference = SecretRef::parse(
+                    &format!(
+                        "pkcs11:token=idgate;object=audit?module-path={SOFTHSM_MODULE}&pin-source=file:{}",
+                        pin.display()
+                    ),
+                    Path::new("/"),
+                )
+                .unwrap();
+                let SecretRef::Pkcs11(uri) = &reference else {
+                    panic!("{reference}")
+                };
+                let hsm = Hsm::open(uri).unwrap();
+                let (_, first) = hsm.generate_ed25519("audit").unwrap();
+                let (_, second) = hsm.generate_ed25519("audit").unwrap();
+                let key = SigningKey::load(&reference).unwrap();
+                assert_eq!(key.public(), PublicKey(second));
+                let (sig, by) = key.sign(b"checkpoint 1").unwrap();
+                assert_eq!(by, PublicKey(second));
+                assert!(by.verify(b"checkpoint 1", &sig));
+
+                // From now on the newest public key is not that of the newest private key,
+                // as when a key pair is generated between a signature and the look-up of
+                // its public key.
+                hsm.with_session(|s| {
+                    let found = s
+                        .find_objects(&[
+                            Attribute::Class(ObjectClass::PRIVATE_KEY),
+                            Attribute::Id(2u32.to_be_bytes().to_vec()),
+                        ])
+                        .unwrap();
+                    assert_eq!(found.len(), 1);
+                    s.destroy_object(found[0]).unwrap();
+                    Ok(())
+                })
+                .unwrap();
+                let (sig, by) = key.sign(b"checkpoint 2").unwrap();
+                assert_eq!(by, PublicKey(first));
+                assert!(by.verify(b"checkpoint 2", &sig));
+                assert_eq!(key.public(), PublicKey(first));
+                // And a key loaded now names the same.
+                let key = SigningKey::load(&reference).unwrap();
+                assert_eq!(key.public(), PublicKey(first));
+                let (sig, by) = key.sign(b"checkpoint 3").unwrap();
+                assert!(by.verify(b"checkpoint 3", &sig));
+                assert_eq!(key.public(), PublicKey(first));
+            },
+        );
     }
 }

@@ -72,7 +72,9 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts the sender task (on the current tokio runtime).
+    /// Reads the secret and starts the sender task (on the current tokio runtime).
+    /// Blocking: a `vault:` or `pkcs11:` secret waits on Vault or the token, so call it from
+    /// a blocking thread of the runtime (`spawn_blocking`), as the gateway does.
     pub fn start(
         cfg: &IncidentNotifyConfig,
         metrics: &IncidentMetrics,

@@ -251,11 +251,18 @@ impl Gateway {
         if let Some(siem) = &siem {
             services = services.with_siem(siem.metrics());
         }
-        let incidents = match &cfg.incidents {
-            Some(i) => Some(
-                idgate_incidents::IncidentService::start(i, audit.clone())
-                    .map_err(|e| std::io::Error::other(e.to_string()))?,
-            ),
+        let incidents = match cfg.incidents.clone() {
+            // On a blocking thread: it reads the incidents directory and the notifier's
+            // secret, which for a `vault:` or `pkcs11:` one waits on Vault or the token.
+            Some(i) => {
+                let audit = audit.clone();
+                let started = tokio::task::spawn_blocking(move || {
+                    idgate_incidents::IncidentService::start(&i, audit)
+                })
+                .await
+                .map_err(std::io::Error::other)?;
+                Some(started.map_err(|e| std::io::Error::other(e.to_string()))?)
+            }
             None => None,
         };
         if let Some(incidents) = &incidents {

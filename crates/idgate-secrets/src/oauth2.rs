@@ -209,10 +209,21 @@ impl TokenSource {
             (Err(_), Some(c)) => return Ok(c.out()),
             (Err(_), None) => self.refreshing.lock().await,
         };
-        // While this request waited, another may have fetched a token or failed to.
+        // While this request waited, another may have fetched a token or failed to. A token
+        // fetched meanwhile is used while it is valid, even past its refresh point: the
+        // requests queued behind a fetch take its result instead of each fetching again.
+        let seen = current;
         let current = self.cached.load_full();
         let now = Instant::now();
-        if let Some(c) = current.as_ref().filter(|c| now < c.refresh_at) {
+        let fetched_meanwhile = match (&seen, &current) {
+            (Some(seen), Some(current)) => !Arc::ptr_eq(seen, current),
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if let Some(c) = current
+            .as_ref()
+            .filter(|c| now < c.refresh_at || (fetched_meanwhile && now < c.expires_at))
+        {
             return Ok(c.out());
         }
         let valid = current.filter(|c| now < c.expires_at);
@@ -321,12 +332,15 @@ pub(crate) fn read_answer(bytes: &[u8]) -> Result<(HeaderValue, Duration), Token
     if !token_type.eq_ignore_ascii_case("bearer") {
         return Err(TokenError::NotBearer);
     }
-    // A number per RFC 6749; some endpoints send it as a string.
+    // A number per RFC 6749; some endpoints send it as a string. Zero is no lifetime at all
+    // (some endpoints send it for a token that does not expire): taken as not given, since
+    // it would have every request fetch a token, each waiting in line for the one before.
     let lifetime = match &answer.expires_in {
         Some(serde_json::Value::Number(n)) => n.as_u64(),
         Some(serde_json::Value::String(s)) => s.parse().ok(),
         _ => None,
     }
+    .filter(|secs| *secs > 0)
     // A peer-supplied lifetime is clamped: a day is more than any access token needs, and an
     // absurd value must not overflow the clock arithmetic of the caller.
     .map_or(DEFAULT_LIFETIME, |secs| {
@@ -401,6 +415,108 @@ mod tests {
         assert_eq!(m(3), Duration::from_secs(1));
         assert_eq!(m(1), Duration::from_millis(500));
         assert_eq!(m(0), Duration::ZERO);
+    }
+
+    /// A token endpoint on loopback whose every token is `expires_in: 0`; counts the token
+    /// requests it answers, each after `delay`.
+    fn zero_lifetime_endpoint(delay: Duration) -> (Uri, Arc<std::sync::atomic::AtomicU32>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        let issued = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let count = issued.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                let length = String::from_utf8_lossy(&head)
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                if conn.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                std::thread::sleep(delay);
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let answer = format!(
+                    r#"{{"access_token":"token-{n}","token_type":"Bearer","expires_in":0}}"#
+                );
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        (url.parse().unwrap(), issued)
+    }
+
+    #[test]
+    fn an_expires_in_of_zero_does_not_fetch_a_token_per_request() {
+        use std::os::unix::fs::PermissionsExt;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (url, issued) = zero_lifetime_endpoint(Duration::from_millis(200));
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "client-secret").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        rt.block_on(async {
+            let client = idgate_tls::client::OutboundClient::new(
+                rustls::RootCertStore::empty(),
+                Duration::from_secs(5),
+            )
+            .http1_only()
+            .build()
+            .unwrap();
+            let source = Arc::new(
+                TokenSource::new(client, url, "client".into(), &SecretRef::File(secret), None)
+                    .unwrap(),
+            );
+            // Twenty first requests at once: one fetches, the others wait for it.
+            let first: Vec<_> = (0..20)
+                .map(|_| {
+                    let source = source.clone();
+                    tokio::spawn(async move { source.token().await })
+                })
+                .collect();
+            for request in first {
+                let (header, _) = request.await.unwrap().unwrap();
+                assert_eq!(header.to_str().unwrap(), "Bearer token-1");
+            }
+            // And the requests after them.
+            for _ in 0..50 {
+                let (header, _) = source.token().await.unwrap();
+                assert_eq!(header.to_str().unwrap(), "Bearer token-1");
+            }
+        });
+        assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn an_expires_in_of_zero_is_taken_as_not_given() {
+        let lifetime = |expires_in: &str| {
+            let answer = format!(r#"{{"access_token":"t","expires_in":{expires_in}}}"#);
+            read_answer(answer.as_bytes()).unwrap().1
+        };
+        assert_eq!(lifetime("0"), DEFAULT_LIFETIME);
+        assert_eq!(lifetime("\"0\""), DEFAULT_LIFETIME);
+        assert_eq!(lifetime("null"), DEFAULT_LIFETIME);
+        assert_eq!(lifetime("1"), Duration::from_secs(1));
+        assert_eq!(lifetime("3600"), Duration::from_secs(3600));
+        assert_eq!(lifetime("99999999999"), Duration::from_secs(86_400));
     }
 
     #[test]

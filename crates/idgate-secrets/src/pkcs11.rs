@@ -35,9 +35,14 @@ use crate::SecretRefError;
 
 mod ed25519;
 mod init;
+mod login;
 mod objects;
+#[cfg(test)]
+mod token_tests;
 mod uri;
 
+/// The PKCS#11 binding whose sessions [`Hsm::with_session`] lends.
+pub use cryptoki;
 pub use init::{InitializedToken, SlotChoice, init_token};
 pub use uri::{PinSource, Pkcs11Uri};
 
@@ -56,6 +61,13 @@ pub enum HsmError {
     NoToken(String),
     #[error("cannot read the token PIN: {0}")]
     Pin(String),
+    #[error(
+        "the token refused the user PIN from {pin_source} ({code}); it is not presented again until {pin_source} holds another"
+    )]
+    PinRefused {
+        pin_source: String,
+        code: &'static str,
+    },
     #[error("no object labelled \"{0}\" in the token")]
     NoObject(String),
     #[error("version {version} of \"{label}\" is no longer in the token")]
@@ -162,8 +174,36 @@ const POOL_SIZE: usize = 16;
 /// for good and only look at their storage again when initialised.
 struct Module {
     ctx: Pkcs11,
-    path: PathBuf,
+    /// The library file, as the file system knows it: see [`module`].
+    file: ModuleFile,
     gate: RwLock<ModuleState>,
+}
+
+/// A file as the file system knows it: its device and inode.
+type FileId = (u64, u64);
+
+/// Which file a module is: its device and inode, and its canonical path (for logs).
+#[derive(Clone, Debug)]
+struct ModuleFile {
+    id: FileId,
+    path: PathBuf,
+}
+
+impl ModuleFile {
+    /// Blocking: reads the file system.
+    fn of(path: &Path) -> Result<Self, HsmError> {
+        use std::os::unix::fs::MetadataExt;
+        let err = |e: std::io::Error| HsmError::Module {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+        let canonical = std::fs::canonicalize(path).map_err(err)?;
+        let meta = std::fs::metadata(&canonical).map_err(err)?;
+        Ok(Self {
+            id: (meta.dev(), meta.ino()),
+            path: canonical,
+        })
+    }
 }
 
 struct ModuleState {
@@ -201,7 +241,7 @@ impl Module {
         match self.ctx.initialize(init_args()) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e) => {
-                tracing::warn!(module = %self.path.display(), error = %e, "cannot initialise the PKCS#11 module again; retrying later");
+                tracing::warn!(module = %self.file.path.display(), error = %e, "cannot initialise the PKCS#11 module again; retrying later");
             }
         }
         st.generation += 1;
@@ -227,21 +267,29 @@ fn write_without_queueing<T>(lock: &RwLock<T>, wait: Duration) -> Option<RwLockW
     }
 }
 
-/// One loaded module per path for the whole process: `C_Initialize` must run once.
+/// One loaded module per library file for the whole process: `C_Initialize` must run once.
+///
+/// The file is known by its device and inode, not by the path as written: the dynamic loader
+/// loads one library once however it is reached (Debian's `/usr/lib/softhsm/libsofthsm2.so`
+/// is a symlink to `/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so`), so two module
+/// objects for two spellings would share the library's state without sharing the lock that
+/// keeps a re-initialisation from running under another call. Blocking (reads the file
+/// system).
 fn module(path: &Path) -> Result<Arc<Module>, HsmError> {
-    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = OnceLock::new();
+    static MODULES: OnceLock<Mutex<HashMap<FileId, Arc<Module>>>> = OnceLock::new();
+    let file = ModuleFile::of(path)?;
     let modules = MODULES.get_or_init(Default::default);
     let mut modules = modules
         .lock()
         .map_err(|_| HsmError::Pin("module table poisoned".into()))?;
-    if let Some(m) = modules.get(path) {
+    if let Some(m) = modules.get(&file.id) {
         return Ok(m.clone());
     }
     let err = |reason: String| HsmError::Module {
         path: path.to_owned(),
         reason,
     };
-    let ctx = Pkcs11::new(path).map_err(|e| err(e.to_string()))?;
+    let ctx = Pkcs11::new(&file.path).map_err(|e| err(e.to_string()))?;
     ctx.initialize(init_args())
         .or_else(|e| match e {
             CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _) => Ok(()),
@@ -250,40 +298,30 @@ fn module(path: &Path) -> Result<Arc<Module>, HsmError> {
         .map_err(|e| err(e.to_string()))?;
     let module = Arc::new(Module {
         ctx,
-        path: path.to_owned(),
+        file: file.clone(),
         gate: RwLock::new(ModuleState {
             generation: 0,
             last_reinit: None,
         }),
     });
-    modules.insert(path.to_owned(), module.clone());
+    modules.insert(file.id, module.clone());
     Ok(module)
-}
-
-fn read_pin(source: &PinSource) -> Result<SecretString, HsmError> {
-    match source {
-        PinSource::Env(name) => std::env::var(name)
-            .map(SecretString::from)
-            .map_err(|_| HsmError::Pin(format!("environment variable {name} is not set"))),
-        PinSource::File(path) => {
-            let r = crate::SecretRef::File(path.clone())
-                .resolve()
-                .map_err(|e| HsmError::Pin(e.to_string()))?;
-            Ok(r)
-        }
-    }
 }
 
 /// A logged-in view of one token, with a pool of sessions.
 pub struct Hsm {
     module: Arc<Module>,
     token_label: Option<String>,
-    pin: SecretString,
+    /// Where the PIN is read from at each login: see `login.rs`.
+    pin: Mutex<login::Pin>,
     state: Mutex<HsmState>,
     /// The token was found missing and has not been used successfully since (for logs).
     gone: AtomicBool,
     /// Signatures on the request path in flight on this token: see [`Hsm::signing_slots`].
     signing: Arc<tokio::sync::Semaphore>,
+    /// `C_Login` calls made, for the tests that count them.
+    #[cfg(test)]
+    login_attempts: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -362,26 +400,38 @@ pub enum ObjectKind {
 
 impl Hsm {
     /// The process-wide handle of the token `uri` names, opened on first use, so that every
-    /// credential on one token shares its session pool and login.
+    /// credential on one token shares its session pool and login. The token is known by its
+    /// module's file and its label; the PIN is read, at the next login, from the source the
+    /// last reference to it names (a reload may have changed it).
     pub fn shared(uri: &Pkcs11Uri) -> Result<Arc<Self>, HsmError> {
-        type Key = (PathBuf, Option<String>);
+        type Key = (FileId, Option<String>);
         static TOKENS: OnceLock<Mutex<HashMap<Key, Arc<Hsm>>>> = OnceLock::new();
         let tokens = TOKENS.get_or_init(Default::default);
-        let key = (uri.module_path.clone(), uri.token.clone());
+        let module = module(&uri.module_path)?;
+        let key = (module.file.id, uri.token.clone());
         if let Some(h) = tokens.lock().ok().and_then(|t| t.get(&key).cloned()) {
+            if let Ok(mut pin) = h.pin.lock() {
+                pin.set_source(&uri.pin_source);
+            }
             return Ok(h);
         }
-        let hsm = Self::open(uri)?;
+        let hsm = Self::with_module(module, uri)?;
         if let Ok(mut t) = tokens.lock() {
-            t.insert(key, hsm.clone());
+            return Ok(t.entry(key).or_insert(hsm).clone());
         }
         Ok(hsm)
     }
 
-    /// Whether `label` names a wrapped value or an HMAC key (the newest of either).
+    /// Whether `label` names a wrapped value or an HMAC key: the kind of an object the
+    /// gateway would use, else (for `idgate hsm rotate`, and for an error that says what is
+    /// wrong with it) the kind of whatever is stored under the label.
     pub fn kind_of(&self, label: &str) -> Result<ObjectKind, HsmError> {
         self.with_session(|s| {
-            if Self::newest(s, label, ObjectClass::SECRET_KEY).is_ok() {
+            if Self::newest_of(s, label, Wanted::HmacKey).is_ok() {
+                Ok(ObjectKind::HmacKey)
+            } else if Self::newest_of(s, label, Wanted::WrappedValue).is_ok() {
+                Ok(ObjectKind::WrappedValue)
+            } else if Self::newest(s, label, ObjectClass::SECRET_KEY).is_ok() {
                 Ok(ObjectKind::HmacKey)
             } else {
                 Self::newest(s, label, ObjectClass::DATA).map(|_| ObjectKind::WrappedValue)
@@ -389,17 +439,23 @@ impl Hsm {
         })
     }
 
-    /// Opens the token that `uri` names; the PIN is read now and kept in zeroizing memory.
+    /// Opens the token that `uri` names. The PIN is read now, to report an unreadable
+    /// source at once, and again at each login; it is never kept.
     pub fn open(uri: &Pkcs11Uri) -> Result<Arc<Self>, HsmError> {
-        let module = module(&uri.module_path)?;
-        let pin = read_pin(&uri.pin_source)?;
+        Self::with_module(module(&uri.module_path)?, uri)
+    }
+
+    fn with_module(module: Arc<Module>, uri: &Pkcs11Uri) -> Result<Arc<Self>, HsmError> {
+        drop(login::read_pin(&uri.pin_source)?);
         Ok(Arc::new(Self {
             module,
             token_label: uri.token.clone(),
-            pin,
+            pin: Mutex::new(login::Pin::new(uri.pin_source.clone())),
             state: Mutex::new(HsmState::default()),
             gone: AtomicBool::new(false),
             signing: Arc::new(tokio::sync::Semaphore::new(POOL_SIZE)),
+            #[cfg(test)]
+            login_attempts: Default::default(),
         }))
     }
 
@@ -451,12 +507,17 @@ impl Hsm {
     /// When the token is gone, the pool is emptied and the slot forgotten; the next calls
     /// look for the token again, re-initialising the module at most once a second, so the
     /// gateway recovers by itself when the token returns. Both changes are logged once.
+    ///
+    /// A pooled session may have lost its login (a `C_Logout` by another user of the module,
+    /// or the token ending it), and then sees no private object: when `f` fails on one that
+    /// is no longer logged in, it is closed and `f` runs once more on a new session, logged
+    /// in again.
     pub fn with_session<T>(
         &self,
-        f: impl FnOnce(&Session) -> Result<T, HsmError>,
+        mut f: impl FnMut(&Session) -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
         let mut gate = self.module.read()?;
-        let (session, slot) = match self.checkout(gate.generation) {
+        let (session, slot, pooled) = match self.checkout(gate.generation) {
             Ok(s) => s,
             Err(e) if e.token_gone() => {
                 let seen = gate.generation;
@@ -472,13 +533,21 @@ impl Hsm {
             }
             Err(e) => return Err(e),
         };
-        let result = match f(&session) {
-            Err(e) if !e.token_gone() && !self.present_in(slot) => {
-                tracing::debug!(error = %e, "PKCS#11 call failed and the token is no longer present");
-                Err(HsmError::NoToken(self.label()))
+        let mut result = self.call(&mut f, &session, slot);
+        let mut session = Some(session);
+        if pooled
+            && matches!(&result, Err(e) if !e.token_gone())
+            && session.as_ref().is_some_and(|s| !login::logged_in(s))
+        {
+            session = None;
+            match self.new_session(slot) {
+                Ok(fresh) => {
+                    result = self.call(&mut f, &fresh, slot);
+                    session = Some(fresh);
+                }
+                Err(e) => result = Err(e),
             }
-            r => r,
-        };
+        }
         if matches!(&result, Err(e) if e.token_gone()) {
             drop(session);
             if let Ok(mut st) = self.state.lock() {
@@ -487,7 +556,8 @@ impl Hsm {
             }
             return result.map_err(|e| self.note_gone(e));
         }
-        if let Ok(mut st) = self.state.lock()
+        if let Some(session) = session
+            && let Ok(mut st) = self.state.lock()
             && st.generation == gate.generation
             && st.idle.len() < POOL_SIZE
         {
@@ -496,6 +566,23 @@ impl Hsm {
         self.note_back();
         drop(gate);
         result
+    }
+
+    /// `f` on `session`; a failure after which the token is no longer in `slot` is the
+    /// token's absence.
+    fn call<T>(
+        &self,
+        f: &mut impl FnMut(&Session) -> Result<T, HsmError>,
+        session: &Session,
+        slot: Slot,
+    ) -> Result<T, HsmError> {
+        match f(session) {
+            Err(e) if !e.token_gone() && !self.present_in(slot) => {
+                tracing::debug!(error = %e, "PKCS#11 call failed and the token is no longer present");
+                Err(HsmError::NoToken(self.label()))
+            }
+            r => r,
+        }
     }
 
     fn note_gone(&self, e: HsmError) -> HsmError {
@@ -511,8 +598,9 @@ impl Hsm {
         }
     }
 
-    /// A pooled session of module generation `generation`, or a new one; with its slot.
-    fn checkout(&self, generation: u64) -> Result<(Session, Slot), HsmError> {
+    /// A pooled session of module generation `generation`, or a new one; with its slot and
+    /// whether it came from the pool.
+    fn checkout(&self, generation: u64) -> Result<(Session, Slot, bool), HsmError> {
         let (pooled, slot) = {
             let mut st = self
                 .state
@@ -539,34 +627,63 @@ impl Hsm {
             (st.idle.pop(), slot)
         };
         match pooled {
-            Some(s) => Ok((s, slot)),
-            None => Ok((self.new_session(slot)?, slot)),
+            Some(s) => Ok((s, slot, true)),
+            None => Ok((self.new_session(slot)?, slot, false)),
         }
     }
 
+    /// A new read-write session, logged in ([`Hsm::log_in`]).
     fn new_session(&self, slot: Slot) -> Result<Session, HsmError> {
         let session = self
             .module
             .ctx
             .open_rw_session(slot)
             .map_err(ck("C_OpenSession"))?;
-        match session.login(UserType::User, Some(&self.pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
-            Err(e) => Err(ck("C_Login")(e)),
+        if !login::logged_in(&session) {
+            self.log_in(&session)?;
         }
+        Ok(session)
     }
 
-    /// The newest version of the object with this label and class: (handle, version).
+    /// The newest version of any object with this label and class: (handle, version). For
+    /// numbering a new version, which must be above every one there; an object to be used
+    /// is looked up with [`Hsm::newest_of`].
     fn newest(
         session: &Session,
         label: &str,
         class: ObjectClass,
     ) -> Result<(ObjectHandle, u32), HsmError> {
+        Self::newest_matching(session, label, class, &[])
+    }
+
+    /// The newest version of this label that is what `wanted` must be. When none is, but
+    /// the label holds an object of the class, the error says what it lacks.
+    fn newest_of(
+        session: &Session,
+        label: &str,
+        wanted: Wanted,
+    ) -> Result<(ObjectHandle, u32), HsmError> {
+        match Self::newest_matching(session, label, wanted.class(), &wanted.attributes()) {
+            Err(HsmError::NoObject(_)) if Self::newest(session, label, wanted.class()).is_ok() => {
+                Err(HsmError::WrongKind(label.to_owned(), wanted.described()))
+            }
+            found => found,
+        }
+    }
+
+    fn newest_matching(
+        session: &Session,
+        label: &str,
+        class: ObjectClass,
+        attributes: &[Attribute],
+    ) -> Result<(ObjectHandle, u32), HsmError> {
+        let mut template = vec![
+            Attribute::Class(class),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ];
+        template.extend_from_slice(attributes);
         let handles = session
-            .find_objects(&[
-                Attribute::Class(class),
-                Attribute::Label(label.as_bytes().to_vec()),
-            ])
+            .find_objects(&template)
             .map_err(ck("C_FindObjects"))?;
         let mut best = None;
         for h in handles {
@@ -576,6 +693,77 @@ impl Hsm {
             }
         }
         best.ok_or_else(|| HsmError::NoObject(label.to_owned()))
+    }
+}
+
+/// What an object is used as, and so what it must be for the gateway to use it: private
+/// (readable only once logged in, so that no one without the PIN can put an object of their
+/// own under the label), and a key with the flags it was stored with. An object under the
+/// label that is not all of this is never used, whatever its version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    /// A wrapped value: a private data object.
+    WrappedValue,
+    /// The AES key that wraps values: private, sensitive, never extractable.
+    WrapKey,
+    /// An HMAC key: a private, sensitive, never extractable generic secret that may sign.
+    HmacKey,
+    /// The private half of an Ed25519 pair: private, sensitive, never extractable, may sign.
+    Ed25519Private,
+}
+
+impl Wanted {
+    fn class(self) -> ObjectClass {
+        match self {
+            Self::WrappedValue => ObjectClass::DATA,
+            Self::WrapKey | Self::HmacKey => ObjectClass::SECRET_KEY,
+            Self::Ed25519Private => ObjectClass::PRIVATE_KEY,
+        }
+    }
+
+    fn described(self) -> &'static str {
+        match self {
+            Self::WrappedValue => "a private data object",
+            Self::WrapKey => "a private, sensitive, never extractable AES key",
+            Self::HmacKey => {
+                "a private, sensitive, never extractable generic secret key that may sign"
+            }
+            Self::Ed25519Private => {
+                "a private, sensitive, never extractable Ed25519 key that may sign"
+            }
+        }
+    }
+
+    fn attributes(self) -> Vec<Attribute> {
+        let held = [
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+        ];
+        match self {
+            Self::WrappedValue => vec![Attribute::Private(true)],
+            Self::WrapKey => [
+                &held[..],
+                &[Attribute::KeyType(KeyType::AES), Attribute::Decrypt(true)],
+            ]
+            .concat(),
+            Self::HmacKey => [
+                &held[..],
+                &[
+                    Attribute::KeyType(KeyType::GENERIC_SECRET),
+                    Attribute::Sign(true),
+                ],
+            ]
+            .concat(),
+            Self::Ed25519Private => [
+                &held[..],
+                &[
+                    Attribute::KeyType(KeyType::EC_EDWARDS),
+                    Attribute::Sign(true),
+                ],
+            ]
+            .concat(),
+        }
     }
 }
 
@@ -661,5 +849,22 @@ mod tests {
             Pkcs11Uri::parse_token("token=t?module-path=/m.so&pin-source=env:PIN", base).is_ok()
         );
         assert!(Pkcs11Uri::parse("object=%zz?module-path=/m.so&pin-source=env:PIN", base).is_err());
+    }
+
+    #[test]
+    fn a_relative_module_path_is_refused() {
+        let base = Path::new("/etc/idgate");
+        for relative in ["libsofthsm2.so", "./lib/m.so", "../m.so", ""] {
+            let uri = format!("token=t;object=k?module-path={relative}&pin-source=env:PIN");
+            assert_eq!(
+                Pkcs11Uri::parse(&uri, base),
+                Err(SecretRefError::BadPkcs11Uri(
+                    "module-path must be the module's absolute path"
+                )),
+                "{relative:?}"
+            );
+        }
+        let uri = "token=t;object=k?module-path=/usr/lib/softhsm/../softhsm/libsofthsm2.so&pin-source=env:PIN";
+        assert!(Pkcs11Uri::parse(uri, base).is_ok());
     }
 }

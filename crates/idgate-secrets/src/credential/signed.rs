@@ -10,7 +10,7 @@ use http::header::HeaderValue;
 
 use super::live::{LiveValue, header_value};
 use crate::hmac::{SignError, TokenKey, memory_key};
-use crate::{Fetched, SecretError, SecretRef};
+use crate::{Fetched, SecretError, SecretRef, VaultRef};
 
 /// Which of the two secrets could not be loaded.
 pub(super) enum Half {
@@ -64,6 +64,35 @@ fn pair_version(id: &str, key: &str) -> String {
     format!("{id}/{key}")
 }
 
+/// Where to read the key once the id has been read as `id`. Two fields of one Vault secret
+/// (neither pinned to a version) are read from one KV version: the key at the version the id
+/// was read at, since a write to the secret between the two reads would otherwise pair the
+/// id of one version with the key of the next.
+fn key_read_with<'a>(
+    id_source: &SecretRef,
+    id: &Fetched,
+    key_source: &'a SecretRef,
+) -> std::borrow::Cow<'a, SecretRef> {
+    use std::borrow::Cow;
+    match (id_source, key_source) {
+        (SecretRef::Vault(i), SecretRef::Vault(k))
+            if i.mount == k.mount
+                && i.path == k.path
+                && i.version.is_none()
+                && k.version.is_none() =>
+        {
+            match id.version.parse() {
+                Ok(version) => Cow::Owned(SecretRef::Vault(VaultRef {
+                    version: Some(version),
+                    ..k.clone()
+                })),
+                Err(_) => Cow::Borrowed(key_source),
+            }
+        }
+        _ => Cow::Borrowed(key_source),
+    }
+}
+
 impl SignedPair {
     /// Reads both secrets; blocking (files, tokens).
     pub(super) fn load(
@@ -84,7 +113,9 @@ impl SignedPair {
                 }))
             }
             None => {
-                let key = key_source.fetch().map_err(|e| (Half::Key, e))?;
+                let key = key_read_with(id_source, &id, key_source)
+                    .fetch()
+                    .map_err(|e| (Half::Key, e))?;
                 let pair = Self::pair(id_source, &id, &key).map_err(|e| (Half::Id, e))?;
                 let version = pair_version(&pair.id_version, &pair.key_version);
                 Keys::Memory(LiveValue::new(pair, version, overlap))
@@ -149,7 +180,7 @@ impl SignedPair {
         match &self.keys {
             Keys::Memory(live) => {
                 let id = self.id_source.fetch()?;
-                let key = self.key_source.fetch()?;
+                let key = key_read_with(&self.id_source, &id, &self.key_source).fetch()?;
                 let current = live.current();
                 if id.version == current.value.id_version
                     && key.version == current.value.key_version
@@ -176,5 +207,126 @@ impl SignedPair {
                 Ok(true)
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::vault::{VaultAuth, VaultClient, VaultSettings};
+
+    /// The fields of version `v` of the secret `secret/veriff`.
+    fn fields(v: u64) -> (String, String) {
+        (
+            format!("client-id-{v}"),
+            format!("signing-key-of-version-{v}"),
+        )
+    }
+
+    /// A Vault that answers a token lookup and KV reads of `secret/veriff`, whose newest
+    /// version becomes 2 right after the first read of the newest: as if a write landed
+    /// between two reads of the gateway. A read of a pinned version gets that version.
+    fn fake_vault() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let newest_reads = AtomicU32::new(0);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head);
+                let target = head.split(' ').nth(1).unwrap_or("");
+                let body = match target.split_once('?') {
+                    _ if target == "/v1/auth/token/lookup-self" => {
+                        r#"{"data":{"ttl":0,"renewable":false}}"#.to_owned()
+                    }
+                    Some(("/v1/secret/data/veriff", q)) => {
+                        let v = q.strip_prefix("version=").unwrap().parse().unwrap();
+                        kv(v)
+                    }
+                    None if target == "/v1/secret/data/veriff" => {
+                        let reads = newest_reads.fetch_add(1, Ordering::SeqCst);
+                        kv(if reads == 0 { 1 } else { 2 })
+                    }
+                    _ => r#"{"errors":[]}"#.to_owned(),
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        port
+    }
+
+    fn kv(v: u64) -> String {
+        let (id, key) = fields(v);
+        format!(
+            r#"{{"data":{{"data":{{"client_id":"{id}","signing_key":"{key}"}},"metadata":{{"version":{v},"deletion_time":"","destroyed":false}}}}}}"#
+        )
+    }
+
+    fn expected(v: u64, data: &[u8]) -> (String, String, String) {
+        let (id, key) = fields(v);
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
+        let tag = ring::hmac::sign(&key, data);
+        (
+            id,
+            idgate_codec::hex::encode(tag.as_ref()),
+            format!("{v}/{v}"),
+        )
+    }
+
+    #[test]
+    fn a_pair_in_one_vault_secret_is_read_from_one_kv_version() {
+        let port = fake_vault();
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "vault-token").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        crate::vault::install(
+            VaultClient::new(VaultSettings {
+                address: format!("http://127.0.0.1:{port}").parse().unwrap(),
+                ca: None,
+                namespace: None,
+                timeout: Duration::from_secs(5),
+                auth: VaultAuth::Token(SecretRef::File(token)),
+            })
+            .unwrap(),
+        );
+        let base = std::path::Path::new("/");
+        let id = SecretRef::parse("vault:secret/veriff#client_id", base).unwrap();
+        let key = SecretRef::parse("vault:secret/veriff#signing_key", base).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let signed = |pair: &SignedPair| {
+            let s = rt
+                .block_on(pair.sign(Instant::now(), b"body".to_vec()))
+                .unwrap();
+            (
+                s.id.to_str().unwrap().to_owned(),
+                s.signature,
+                s.version.to_string(),
+            )
+        };
+
+        let Ok(pair) = SignedPair::load(&id, &key, Duration::ZERO) else {
+            panic!("the pair was not loaded");
+        };
+        assert_eq!(signed(&pair), expected(1, b"body"));
+        // The next version is taken whole too.
+        assert!(pair.refresh().unwrap());
+        assert_eq!(signed(&pair), expected(2, b"body"));
     }
 }

@@ -44,19 +44,27 @@ impl Hsm {
         })
     }
 
-    /// The public key of the newest Ed25519 key pair of `label`, with its version.
+    /// The public key of the newest Ed25519 key pair of `label` (the pair of the newest
+    /// private key, which signs), with its version.
     pub fn ed25519_public_key(&self, label: &str) -> Result<([u8; 32], u32), HsmError> {
         self.with_session(|s| {
-            let (h, version) = Self::newest(s, label, ObjectClass::PUBLIC_KEY)?;
-            Ok((ec_point(s, h, label)?, version))
+            let (key, version) = Self::newest_of(s, label, Wanted::Ed25519Private)?;
+            Ok((public_of(s, key, label)?, version))
         })
     }
 
     /// An Ed25519 signature (RFC 8032, pure) of `data` by the newest private key of `label`,
-    /// made inside the token; with the key's version.
-    pub fn ed25519_sign(&self, label: &str, data: &[u8]) -> Result<(Vec<u8>, u32), HsmError> {
+    /// made inside the token; with the key's version and the public key that verifies it,
+    /// found in the same session by the private key's `CKA_ID`, so that a key pair generated
+    /// meanwhile cannot pass its public key off as the signer's.
+    pub fn ed25519_sign(
+        &self,
+        label: &str,
+        data: &[u8],
+    ) -> Result<(Vec<u8>, u32, [u8; 32]), HsmError> {
         self.with_session(|s| {
-            let (key, version) = Self::newest(s, label, ObjectClass::PRIVATE_KEY)?;
+            let (key, version) = Self::newest_of(s, label, Wanted::Ed25519Private)?;
+            let public = public_of(s, key, label)?;
             let params = EddsaParams::new(EddsaSignatureScheme::Pure);
             let sig = s
                 .sign(&Mechanism::Eddsa(params), key, data)
@@ -64,9 +72,38 @@ impl Hsm {
             if sig.len() != 64 {
                 return Err(HsmError::WrongKind(label.to_owned(), "an Ed25519 key"));
             }
-            Ok((sig, version))
+            Ok((sig, version, public))
         })
     }
+}
+
+/// The public key paired with the private key `private`: the public key object with its
+/// label and `CKA_ID`.
+fn public_of(s: &Session, private: ObjectHandle, label: &str) -> Result<[u8; 32], HsmError> {
+    let id = s
+        .get_attributes(private, &[AttributeType::Id])
+        .map_err(ck("C_GetAttributeValue"))?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Id(id) => Some(id),
+            _ => None,
+        })
+        .ok_or_else(|| HsmError::WrongKind(label.to_owned(), "an Ed25519 key pair"))?;
+    let public = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Id(id.clone()),
+        ])
+        .map_err(ck("C_FindObjects"))?;
+    let [public] = public[..] else {
+        // None, or several that could each be the one: the signer is not known for sure.
+        return Err(HsmError::NoVersion {
+            label: label.to_owned(),
+            version: version_of(&id),
+        });
+    };
+    ec_point(s, public, label)
 }
 
 /// The 32-byte public key in a public key object's `CKA_EC_POINT`: a DER OCTET STRING

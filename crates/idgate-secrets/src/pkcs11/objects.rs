@@ -72,7 +72,7 @@ impl Hsm {
         wrap_key: &str,
     ) -> Result<(SecretBox<[u8]>, u32), HsmError> {
         self.with_session(|s| {
-            let (obj, version) = Self::newest(s, label, ObjectClass::DATA)?;
+            let (obj, version) = Self::newest_of(s, label, Wanted::WrappedValue)?;
             let attrs = s
                 .get_attributes(obj, &[AttributeType::Value])
                 .map_err(ck("C_GetAttributeValue"))?;
@@ -93,7 +93,7 @@ impl Hsm {
             let (iv, ct) = rest.split_at(GCM_IV_LEN);
             let mut iv = iv.to_vec();
             let aad = wrap_aad(label, version);
-            let (key, _) = Self::newest(s, wrap_key, ObjectClass::SECRET_KEY)?;
+            let (key, _) = Self::newest_of(s, wrap_key, Wanted::WrapKey)?;
             let params = GcmParams::new(&mut iv, &aad, 128.into()).map_err(ck("GcmParams"))?;
             let plain = Zeroizing::new(
                 s.decrypt(&Mechanism::AesGcm(params), key, ct)
@@ -112,7 +112,7 @@ impl Hsm {
         value: &[u8],
     ) -> Result<u32, HsmError> {
         self.with_session(|s| {
-            let key = match Self::newest(s, wrap_key, ObjectClass::SECRET_KEY) {
+            let key = match Self::newest_of(s, wrap_key, Wanted::WrapKey) {
                 Ok((k, _)) => k,
                 Err(HsmError::NoObject(_)) => s
                     .generate_key(
@@ -304,7 +304,7 @@ impl Hsm {
         label: &str,
         min_len: usize,
     ) -> Result<(ObjectHandle, u32), HsmError> {
-        let (h, version) = Self::newest(s, label, ObjectClass::SECRET_KEY)?;
+        let (h, version) = Self::newest_of(s, label, Wanted::HmacKey)?;
         Self::held_to(s, h, label, version, min_len)?;
         Ok((h, version))
     }
@@ -317,12 +317,12 @@ impl Hsm {
         version: u32,
         min_len: usize,
     ) -> Result<ObjectHandle, HsmError> {
-        let handles = s
-            .find_objects(&[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::Label(label.as_bytes().to_vec()),
-            ])
-            .map_err(ck("C_FindObjects"))?;
+        let mut template = vec![
+            Attribute::Class(Wanted::HmacKey.class()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ];
+        template.extend(Wanted::HmacKey.attributes());
+        let handles = s.find_objects(&template).map_err(ck("C_FindObjects"))?;
         for h in handles {
             if object_version(s, h, ObjectClass::SECRET_KEY)? == version {
                 Self::held_to(s, h, label, version, min_len)?;

@@ -27,7 +27,8 @@ fn pct_decode(s: &str) -> Result<String, SecretRefError> {
 
 impl Pkcs11Uri {
     /// Parses the part after `pkcs11:`. A relative `pin-source=file:` path is resolved against
-    /// `base_dir`; `module-path` is used as written (give the module's absolute path).
+    /// `base_dir`; `module-path` must be absolute: the library it names is loaded into the
+    /// gateway, and a relative one would depend on the directory it was started in.
     pub fn parse(rest: &str, base_dir: &Path) -> Result<Self, SecretRefError> {
         Self::parse_inner(rest, base_dir, true)
     }
@@ -74,7 +75,15 @@ impl Pkcs11Uri {
             ))?;
             let v = pct_decode(v)?;
             match k {
-                "module-path" => module_path = Some(PathBuf::from(v)),
+                "module-path" => {
+                    let path = PathBuf::from(v);
+                    if !path.is_absolute() {
+                        return Err(SecretRefError::BadPkcs11Uri(
+                            "module-path must be the module's absolute path",
+                        ));
+                    }
+                    module_path = Some(path);
+                }
                 "pin-source" => {
                     pin_source = Some(if let Some(p) = v.strip_prefix("file:") {
                         PinSource::File(base_dir.join(p))
