@@ -58,7 +58,7 @@ pub struct RequestCtx<'r> {
     /// The whole body, once a stage needed it (see [`RequestCtx::read_body`]).
     pub buffered_body: Option<Bytes>,
     /// Its share of the gateway's budget for buffered bodies, held to the request's end.
-    body_budget: Option<BodyShare<'r>>,
+    body_budget: Option<BodyShare>,
     /// The body is announced with `Expect: 100-continue`: a refusal must not invite it.
     pub expects_continue: bool,
 
@@ -190,6 +190,18 @@ impl<'r> RequestCtx<'r> {
         }
     }
 
+    /// Lends the buffered body's share of the budget to a job that reads the body on past
+    /// the request, should its caller go away first: the share goes with the job, and
+    /// [`RequestCtx::keep_body_share`] takes it back when the job ends.
+    pub(crate) fn lend_body_share(&mut self) -> Option<BodyShare> {
+        self.body_budget.take()
+    }
+
+    /// Takes back the share [`RequestCtx::lend_body_share`] lent, held to the request's end.
+    pub(crate) fn keep_body_share(&mut self, share: Option<BodyShare>) {
+        self.body_budget = share;
+    }
+
     /// A body that was refused before any of it was sent goes back to be read away beside
     /// the answer (one read whole already needs nothing more).
     pub fn give_back(&mut self, body: RequestBody) {
@@ -261,9 +273,11 @@ impl<'r> RequestCtx<'r> {
         self.write_record(status);
     }
 
-    /// The record of a request whose caller went away before its answer: status 499 and
-    /// the decision `allowed:client-closed` (it was not refused: a refusal is recorded as
-    /// it is answered), in the access log, the audit trail and the metrics alike. Incident
+    /// The record of a request whose caller went away before its answer: status 499, in
+    /// the access log, the audit trail and the metrics alike. Its decision is the one the
+    /// gateway had already made: a request a stage refused (or failed) while it still had
+    /// work to finish (a failed login's lockout count) keeps `denied:…` (`failed:…`); any
+    /// other becomes `allowed:client-closed`. Incident
     /// detection hears what the upstream showed: its answer if it gave one, or, when it
     /// kept the request past the latency threshold, that time as a latency at least that
     /// long. A caller that gives up sooner says nothing of the upstream, and is no failure.
@@ -279,7 +293,9 @@ impl<'r> RequestCtx<'r> {
                 .filter(|&kept| kept >= threshold);
             self.feed_incidents(incidents.feed(), status, self.upstream_latency.or(kept));
         }
-        self.decision = Decision::AllowedBy(crate::access_log::CLIENT_CLOSED);
+        if !matches!(self.decision, Decision::Denied(_) | Decision::Failed(_)) {
+            self.decision = Decision::AllowedBy(crate::access_log::CLIENT_CLOSED);
+        }
         self.write_record(status);
     }
 
@@ -485,11 +501,11 @@ const BUDGET_WAIT: Duration = Duration::from_secs(1);
 /// what it only announced. `Busy` when the share cannot grow within
 /// [`BUDGET_WAIT`]; on `Busy` and `BodyTooLarge` what was read is let go (with its share)
 /// and the rest is still in `body`.
-async fn read_within_budget<'b, B>(
+async fn read_within_budget<B>(
     body: &mut B,
     limit: u64,
-    budget: &'b BodyBudget,
-) -> Result<(Bytes, BodyShare<'b>), Refusal>
+    budget: &BodyBudget,
+) -> Result<(Bytes, BodyShare), Refusal>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,

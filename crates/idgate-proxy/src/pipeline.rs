@@ -197,6 +197,8 @@ async fn token_endpoint(
     let (resp, decision) = match prepared {
         Prepared::Refused(resp, decision) => {
             if decision == Decision::Denied("invalid_client") {
+                // Decided before the lockout count is awaited, as in `authenticate`.
+                ctx.decision = decision;
                 ctx.services
                     .failed_attempt(ctx.conn, "oauth-invalid-client");
                 lockout::failed(ctx, &req.headers, clients.claimed().as_deref()).await;
@@ -224,10 +226,15 @@ async fn authenticate(
     let caller = match authn::authenticate(route, ctx.conn, req, &ctx.snapshot.auth).await {
         Ok(caller) => caller,
         Err(f) => {
-            if f.is_failed_attempt() {
+            // The refusal is decided before the lockout count is awaited: a caller that
+            // goes away meanwhile is recorded as refused, never as allowed.
+            let counts = f.is_failed_attempt();
+            let refusal = ctx.services.auth_failed(ctx.conn, f);
+            ctx.decision = refusal.decision();
+            if counts {
                 lockout::failed(ctx, &req.headers, None).await;
             }
-            return Err(ctx.services.auth_failed(ctx.conn, f));
+            return Err(refusal);
         }
     };
     ctx.caller = Some(caller);

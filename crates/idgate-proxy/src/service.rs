@@ -79,22 +79,23 @@ pub(crate) const BODY_BUDGET_KIB: u32 = 256 * 1024;
 /// announced: one that stalls holds room for what it sent, not its route's whole limit.
 #[derive(Debug)]
 pub(crate) struct BodyBudget {
-    kib: tokio::sync::Semaphore,
+    kib: Arc<tokio::sync::Semaphore>,
     total_kib: u32,
 }
 
 impl BodyBudget {
     pub(crate) fn new(total_kib: u32) -> Self {
         Self {
-            kib: tokio::sync::Semaphore::new(total_kib as usize),
+            kib: Arc::new(tokio::sync::Semaphore::new(total_kib as usize)),
             total_kib,
         }
     }
 
     /// A share that holds nothing yet.
-    pub(crate) fn share(&self) -> BodyShare<'_> {
+    pub(crate) fn share(&self) -> BodyShare {
         BodyShare {
-            budget: self,
+            kib: Arc::clone(&self.kib),
+            total_kib: self.total_kib,
             held: None,
         }
     }
@@ -107,31 +108,36 @@ impl BodyBudget {
 }
 
 /// One body's share of the [`BodyBudget`]: it grows with the body and goes back when dropped.
+/// It owns what it holds, so a job that still reads the body (a webhook's verification on a
+/// blocking thread) can hold it past the request.
 #[derive(Debug)]
-pub(crate) struct BodyShare<'b> {
-    budget: &'b BodyBudget,
-    held: Option<tokio::sync::SemaphorePermit<'b>>,
+pub(crate) struct BodyShare {
+    kib: Arc<tokio::sync::Semaphore>,
+    total_kib: u32,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-impl BodyShare<'_> {
+impl BodyShare {
     /// Grows the share to cover `bytes` (in whole KiB), waiting at most `wait` for the
     /// budget to have room; false when it had none. One body larger than the whole budget
     /// may hold all of it, never more.
     pub(crate) async fn cover(&mut self, bytes: usize, wait: std::time::Duration) -> bool {
         let want = u32::try_from(bytes.div_ceil(1024))
             .unwrap_or(u32::MAX)
-            .min(self.budget.total_kib);
+            .min(self.total_kib);
         let more = want.saturating_sub(self.kib());
         if more == 0 {
             return true;
         }
-        let kib = &self.budget.kib;
-        let permit = match kib.try_acquire_many(more) {
+        let kib = &self.kib;
+        let permit = match Arc::clone(kib).try_acquire_many_owned(more) {
             Ok(permit) => permit,
-            Err(_) => match tokio::time::timeout(wait, kib.acquire_many(more)).await {
-                Ok(Ok(permit)) => permit,
-                _ => return false,
-            },
+            Err(_) => {
+                match tokio::time::timeout(wait, Arc::clone(kib).acquire_many_owned(more)).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => return false,
+                }
+            }
         };
         match &mut self.held {
             Some(held) => held.merge(permit),
@@ -143,7 +149,7 @@ impl BodyShare<'_> {
     /// What the share holds, in KiB.
     pub(crate) fn kib(&self) -> u32 {
         self.held.as_ref().map_or(0, |p| {
-            u32::try_from(p.num_permits()).unwrap_or(self.budget.total_kib)
+            u32::try_from(p.num_permits()).unwrap_or(self.total_kib)
         })
     }
 }

@@ -13,7 +13,8 @@
 //! like any refusal, and never kept. An event the store cannot keep gets a 503: the
 //! provider retries it. The source-address rule is the route's (`admission.rs`, 403).
 
-use std::time::SystemTime;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
@@ -22,6 +23,7 @@ use http_body_util::{Either, Full};
 use idgate_webhooks::Endpoint;
 use idgate_webhooks::intake::{self, Event, Intake};
 use idgate_webhooks::verify::{Rejected, Verified};
+use tokio::sync::Semaphore;
 
 use crate::body::ProxyBody;
 use crate::ctx::RequestCtx;
@@ -30,6 +32,18 @@ use crate::problem::{Refusal, WebhookRefusal};
 /// Bodies up to this size are verified on the worker that read them; larger ones on a
 /// blocking thread. A provider's event is a few KiB.
 const VERIFY_INLINE_BYTES: usize = 64 * 1024;
+
+/// How long a large body waits for a free verification slot (at most the listener's
+/// `body_timeout`) before it is answered 503.
+const VERIFY_WAIT: Duration = Duration::from_secs(5);
+
+/// The large bodies verified at once, in the whole process: one per core. Past that they
+/// wait their turn here, not in the blocking pool, which state reads, outbox pushes and
+/// secret fetches share.
+static VERIFY_SLOTS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    Arc::new(Semaphore::new(cores))
+});
 
 /// A provider's event whose signature and time are verified: what [`keep`] keeps.
 pub(crate) struct Genuine<'r> {
@@ -71,15 +85,33 @@ pub(crate) async fn verify<'r>(
     } else {
         // Before its signature is checked, a large body is parsed (some schemes sign its
         // canonical form): anybody's post costs that CPU, so it is spent on a blocking
-        // thread, not on the worker that serves every other request.
-        let shared = std::sync::Arc::clone(shared);
+        // thread, not on the worker that serves every other request, and on no more threads
+        // at once than there are cores.
+        let shared = Arc::clone(shared);
         let headers = req.headers.clone();
-        let body = body.clone();
-        tokio::task::spawn_blocking(move || shared.verify(&headers, &body, now))
-            .await
-            .map_err(|e| Refusal::Internal {
-                reason: format!("webhook {}: verification stopped: {e}", endpoint.name),
-            })?
+        let copy = body.clone();
+        let wait = VERIFY_WAIT.min(snapshot.request_limits.body_timeout);
+        let share = ctx.lend_body_share();
+        let job = move || shared.verify(&headers, &copy, now);
+        match off_worker(&VERIFY_SLOTS, wait, share, job).await {
+            Ok((verified, share)) => {
+                ctx.keep_body_share(share);
+                verified
+            }
+            Err(OffWorker::Busy) => {
+                return Err(Refusal::WebhookUnavailable {
+                    reason: format!(
+                        "webhook {}: no verification slot freed within {wait:?}",
+                        endpoint.name
+                    ),
+                });
+            }
+            Err(OffWorker::Stopped(e)) => {
+                return Err(Refusal::Internal {
+                    reason: format!("webhook {}: verification stopped: {e}", endpoint.name),
+                });
+            }
+        }
     }
     .map_err(|r| refused(r, &endpoint.name))?;
     Ok(Genuine {
@@ -88,6 +120,43 @@ pub(crate) async fn verify<'r>(
         body,
         now,
     })
+}
+
+/// Why [`off_worker`] did not run its job to the end.
+#[derive(Debug)]
+enum OffWorker {
+    /// No slot freed in time.
+    Busy,
+    /// The job panicked.
+    Stopped(tokio::task::JoinError),
+}
+
+/// Runs `job` on a blocking thread once one of `slots` is free (waiting at most `wait`), and
+/// hands back its result with `held`. The slot and `held` (the body's share of the budget)
+/// go with the job: should the caller go away and this future be dropped, the job still
+/// holds both until it ends, so neither the body it reads nor its thread is ever
+/// unaccounted for.
+async fn off_worker<T, H>(
+    slots: &Arc<Semaphore>,
+    wait: Duration,
+    held: H,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<(T, H), OffWorker>
+where
+    T: Send + 'static,
+    H: Send + 'static,
+{
+    let slot = match tokio::time::timeout(wait, Arc::clone(slots).acquire_owned()).await {
+        Ok(Ok(slot)) => slot,
+        _ => return Err(OffWorker::Busy),
+    };
+    tokio::task::spawn_blocking(move || {
+        let done = job();
+        drop(slot);
+        (done, held)
+    })
+    .await
+    .map_err(OffWorker::Stopped)
 }
 
 /// Keeps a genuine event in the outbox for its subscribers and answers the provider; a
@@ -165,4 +234,93 @@ fn accepted(key: &str) -> Response<ProxyBody> {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::service::BodyBudget;
+
+    /// Waits for `cond`, failing the test past a deadline.
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_webhook_posts_are_verified_at_most_n_at_a_time() {
+        const N: usize = 2;
+        let slots = Arc::new(Semaphore::new(N));
+        let budget = BodyBudget::new(64);
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let entered = Arc::new(Mutex::new(Vec::new()));
+        let mut gates = Vec::new();
+        let mut posts = Vec::new();
+        for i in 0..N + 2 {
+            let (open, gate) = mpsc::channel::<()>();
+            gates.push(open);
+            let mut share = budget.share();
+            assert!(share.cover(4 * 1024, Duration::ZERO).await);
+            let (running, most, entered) = (running.clone(), most.clone(), entered.clone());
+            let job = move || {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                entered.lock().unwrap().push(i);
+                let _ = gate.recv();
+                running.fetch_sub(1, Ordering::SeqCst);
+                i
+            };
+            let slots = slots.clone();
+            posts.push(tokio::spawn(async move {
+                off_worker(&slots, Duration::from_secs(30), share, job)
+                    .await
+                    .map(|(i, _share)| i)
+            }));
+        }
+        until("N verifications to start", || {
+            entered.lock().unwrap().len() == N
+        })
+        .await;
+        assert_eq!(slots.available_permits(), 0);
+        assert_eq!(budget.available_kib(), 64 - 4 * (N + 2));
+
+        // Every slot is taken: a post that cannot wait its turn is refused.
+        let refused = off_worker(&slots, Duration::from_millis(20), (), || ()).await;
+        assert!(matches!(refused, Err(OffWorker::Busy)), "{refused:?}");
+
+        // A caller goes away while its body is verified: the job keeps its slot and its
+        // body's share of the budget until it ends.
+        let first = entered.lock().unwrap()[0];
+        posts[first].abort();
+        assert!((&mut posts[first]).await.unwrap_err().is_cancelled());
+        assert_eq!(slots.available_permits(), 0);
+        assert_eq!(budget.available_kib(), 64 - 4 * (N + 2));
+        gates[first].send(()).unwrap();
+        until("the third verification to start", || {
+            entered.lock().unwrap().len() == N + 1
+        })
+        .await;
+        assert_eq!(budget.available_kib(), 64 - 4 * (N + 1));
+        assert_eq!(running.load(Ordering::SeqCst), N);
+
+        for gate in &gates {
+            let _ = gate.send(());
+        }
+        for (i, post) in posts.into_iter().enumerate() {
+            if i != first {
+                assert_eq!(post.await.unwrap().unwrap(), i);
+            }
+        }
+        assert_eq!(most.load(Ordering::SeqCst), N);
+        assert_eq!(budget.available_kib(), 64);
+    }
 }

@@ -45,6 +45,7 @@ mod principals;
 mod proxy;
 mod rate_limits;
 mod ready;
+mod refused_caller_gone;
 mod replicas;
 mod request_limits;
 mod resilience_endpoints;

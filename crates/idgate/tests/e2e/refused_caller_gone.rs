@@ -1,0 +1,116 @@
+//! A request refused while the gateway still had work to finish for it (a wrong credential's
+//! lockout count, written to the state backend) whose caller goes away meanwhile: its record
+//! keeps the refusal (status 499, `denied:…`), never `allowed:client-closed`.
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::assert_eventually;
+use crate::support::*;
+
+/// The sum of `idgate_auth_failures_total`.
+async fn auth_failures(gw: &Gateway) -> f64 {
+    let (status, text) = admin_get(gw.admin_port, "/metrics").await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter(|l| l.starts_with("idgate_auth_failures_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// The access line of the request `id`, once it is in the gateway's output.
+fn access_line(gw: &Gateway, id: &str) -> Option<serde_json::Value> {
+    log_lines(gw, "idgate::access", "request")
+        .into_iter()
+        .find(|l| l.get("request_id").and_then(|v| v.as_str()) == Some(id))
+        .map(|l| serde_json::to_value(l).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_after_a_wrong_api_key_is_recorded_as_denied() {
+    within(async {
+        let Some(redis) = idgate_store::redis_testing::RedisServer::start() else {
+            return;
+        };
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let pepper = pki.path().join("pepper");
+        write_private(&pepper, b"0123456789abcdef0123456789abcdef-pepper");
+        let any = toml::toml! { any = ["mtls", "api_key"] };
+        let config = base_config(&pki)
+            .section(
+                "api_keys",
+                table([
+                    ("store", path_value(&pki.path().join("keys.redb"))),
+                    ("pepper", format!("file:{}", pepper.display()).into()),
+                ]),
+            )
+            .section(
+                "lockout",
+                table([
+                    ("max_failures", 100.into()),
+                    ("window", "1m".into()),
+                    ("cooldown", "1m".into()),
+                    ("by", strings(&["source_ip"])),
+                ]),
+            )
+            .section(
+                "state",
+                table([
+                    ("backend", "redis".into()),
+                    ("url", redis.url().into()),
+                    // The lockout count waits on the paused server for the whole test.
+                    ("timeout", "30s".into()),
+                ]),
+            )
+            .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+            .route(
+                RouteSpec::new("route", &["GET"], "/v1/{*rest}", "provider", &[ONBOARDING])
+                    .with("auth", toml::Value::Array(vec![any.into()])),
+            );
+        let gw = Gateway::start(&config, &[]).await;
+
+        // Writes wait; the lockout check (a read) goes through, the count (a write) waits.
+        assert!(redis.query("CLIENT PAUSE 40000 WRITE").starts_with("+OK"));
+        let (cert, key) = pki.workload(ONBOARDING);
+        let tls = tls_client_config(
+            &pki.files.bundle,
+            Some((&cert, &key)),
+            false,
+            rustls::DEFAULT_VERSIONS,
+        );
+        let tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let wrong = format!("idg_{}_{}", "a".repeat(16), "b".repeat(52));
+        let request = format!(
+            "GET /v1/anything HTTP/1.1\r\nhost: localhost\r\nx-api-key: {wrong}\r\nx-request-id: gone-after-a-wrong-key\r\n\r\n"
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        // The failure is counted; its lockout count waits on the paused server.
+        assert_eventually!(
+            auth_failures(&gw).await >= 1.0,
+            "the wrong key was not counted:\n{}",
+            gw.output()
+        );
+        assert!(access_line(&gw, "gone-after-a-wrong-key").is_none());
+        tls.shutdown().await.unwrap();
+        drop(tls);
+        assert_eventually!(
+            access_line(&gw, "gone-after-a-wrong-key").is_some(),
+            "no access line for the request whose caller went away:\n{}",
+            gw.output()
+        );
+        let line = access_line(&gw, "gone-after-a-wrong-key").unwrap();
+        assert_eq!(line["status"], 499, "{line}");
+        let decision = line["decision"].as_str().unwrap();
+        assert!(decision.starts_with("denied:"), "{line}");
+        redis.query("CLIENT UNPAUSE");
+    })
+    .await;
+}
