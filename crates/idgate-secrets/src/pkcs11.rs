@@ -269,21 +269,33 @@ fn write_without_queueing<T>(lock: &RwLock<T>, wait: Duration) -> Option<RwLockW
 
 /// One loaded module per library file for the whole process: `C_Initialize` must run once.
 ///
-/// The file is known by its device and inode, not by the path as written: the dynamic loader
-/// loads one library once however it is reached (Debian's `/usr/lib/softhsm/libsofthsm2.so`
-/// is a symlink to `/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so`), so two module
-/// objects for two spellings would share the library's state without sharing the lock that
-/// keeps a re-initialisation from running under another call. Blocking (reads the file
-/// system).
+/// A path already seen, as written or as its canonical form, gives the module it gave
+/// before, without looking at the file again. A new spelling is known by its file's device
+/// and inode, not by the path as written: the dynamic loader loads one library once however
+/// it is reached (Debian's `/usr/lib/softhsm/libsofthsm2.so` is a symlink to
+/// `/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so`), so two module objects for two
+/// spellings would share the library's state without sharing the lock that keeps a
+/// re-initialisation from running under another call. Blocking (reads the file system).
 fn module(path: &Path) -> Result<Arc<Module>, HsmError> {
-    static MODULES: OnceLock<Mutex<HashMap<FileId, Arc<Module>>>> = OnceLock::new();
-    let file = ModuleFile::of(path)?;
+    static MODULES: OnceLock<Mutex<Modules>> = OnceLock::new();
     let modules = MODULES.get_or_init(Default::default);
     let mut modules = modules
         .lock()
         .map_err(|_| HsmError::Pin("module table poisoned".into()))?;
-    if let Some(m) = modules.get(&file.id) {
+    // A spelling once loaded keeps its module: the library stays loaded whatever happens to
+    // its file since (replaced by a package upgrade, so another inode, or briefly missing).
+    if let Some(m) = modules.by_path.get(path) {
         return Ok(m.clone());
+    }
+    let file = ModuleFile::of(path)?;
+    let known = modules
+        .by_path
+        .get(&file.path)
+        .or_else(|| modules.by_file.get(&file.id))
+        .cloned();
+    if let Some(m) = known {
+        modules.by_path.insert(path.to_owned(), m.clone());
+        return Ok(m);
     }
     let err = |reason: String| HsmError::Module {
         path: path.to_owned(),
@@ -304,15 +316,27 @@ fn module(path: &Path) -> Result<Arc<Module>, HsmError> {
             last_reinit: None,
         }),
     });
-    modules.insert(file.id, module.clone());
+    modules.by_file.insert(file.id, module.clone());
+    modules.by_path.insert(file.path, module.clone());
+    modules.by_path.insert(path.to_owned(), module.clone());
     Ok(module)
+}
+
+/// The modules loaded, by the paths they were reached by and by their files.
+#[derive(Default)]
+struct Modules {
+    by_path: HashMap<PathBuf, Arc<Module>>,
+    by_file: HashMap<FileId, Arc<Module>>,
 }
 
 /// A logged-in view of one token, with a pool of sessions.
 pub struct Hsm {
     module: Arc<Module>,
     token_label: Option<String>,
-    /// Where the PIN is read from at each login: see `login.rs`.
+    /// Where the PIN is read from at each login: fixed for the life of the handle, so that a
+    /// configuration that names another source gets a handle of its own ([`Hsm::shared`]).
+    pin_source: PinSource,
+    /// The PIN the token last refused from `pin_source`: see `login.rs`.
     pin: Mutex<login::Pin>,
     state: Mutex<HsmState>,
     /// The token was found missing and has not been used successfully since (for logs).
@@ -330,6 +354,52 @@ struct HsmState {
     idle: Vec<Session>,
     /// The module generation `slot` and `idle` belong to.
     generation: u64,
+}
+
+impl Drop for Hsm {
+    /// Closes the pooled sessions under the module's gate, as every call into the module is
+    /// made, and only those of the module's current initialisation: older handles may since
+    /// have been given to someone else's sessions (see [`Hsm::checkout`]).
+    ///
+    /// On a thread of its own: closing a session is a call into the module (a round trip to
+    /// a network HSM), and a handle may be dropped on the async runtime with the last
+    /// snapshot that held it.
+    fn drop(&mut self) {
+        let Ok(st) = self.state.get_mut() else {
+            return;
+        };
+        let idle = std::mem::take(&mut st.idle);
+        if idle.is_empty() {
+            return;
+        }
+        /// Sessions that are forgotten, not closed, unless taken out to be closed.
+        struct Unclosed(Vec<Session>);
+        impl Drop for Unclosed {
+            fn drop(&mut self) {
+                std::mem::take(&mut self.0)
+                    .into_iter()
+                    .for_each(std::mem::forget);
+            }
+        }
+        let mut idle = Unclosed(idle);
+        let generation = st.generation;
+        let module = Arc::clone(&self.module);
+        let close = move || {
+            if let Ok(gate) = module.read()
+                && gate.generation == generation
+            {
+                drop(std::mem::take(&mut idle.0));
+                drop(gate);
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("pkcs11-close".into())
+            .spawn(close)
+        {
+            // The sessions are left to the module (closed when the process ends).
+            tracing::warn!(error = %e, "cannot start a thread to close a PKCS#11 token's idle sessions");
+        }
+    }
 }
 
 impl fmt::Debug for Hsm {
@@ -399,26 +469,53 @@ pub enum ObjectKind {
 }
 
 impl Hsm {
-    /// The process-wide handle of the token `uri` names, opened on first use, so that every
-    /// credential on one token shares its session pool and login. The token is known by its
-    /// module's file and its label; the PIN is read, at the next login, from the source the
-    /// last reference to it names (a reload may have changed it).
+    /// The process-wide handle of the token `uri` names with its PIN source, opened on first
+    /// use, so that every credential on one token shares its session pool and login. The
+    /// token is known by its module's file and its label.
+    ///
+    /// The PIN source is part of the handle: a reference that names another source (a
+    /// reload that changed it) gets a handle of its own, so the running handles keep reading
+    /// their own source until the configuration holding them is dropped, whether or not the
+    /// new one goes into use. Both log in to the same token, whose login holds for every
+    /// session of the process (`CKR_USER_ALREADY_LOGGED_IN` is taken as logged in). A handle
+    /// of another source that nothing holds any more is let go here, so they do not pile up.
     pub fn shared(uri: &Pkcs11Uri) -> Result<Arc<Self>, HsmError> {
         type Key = (FileId, Option<String>);
-        static TOKENS: OnceLock<Mutex<HashMap<Key, Arc<Hsm>>>> = OnceLock::new();
+        static TOKENS: OnceLock<Mutex<HashMap<Key, Vec<Arc<Hsm>>>>> = OnceLock::new();
         let tokens = TOKENS.get_or_init(Default::default);
         let module = module(&uri.module_path)?;
         let key = (module.file.id, uri.token.clone());
-        if let Some(h) = tokens.lock().ok().and_then(|t| t.get(&key).cloned()) {
-            if let Ok(mut pin) = h.pin.lock() {
-                pin.set_source(&uri.pin_source);
-            }
+        let (found, unused) = {
+            let mut t = tokens
+                .lock()
+                .map_err(|_| HsmError::Pin("token table poisoned".into()))?;
+            let handles = t.entry(key.clone()).or_default();
+            // Only the table holds it (every clone is made under this lock).
+            let (unused, kept): (Vec<_>, Vec<_>) = std::mem::take(handles)
+                .into_iter()
+                .partition(|h| h.pin_source != uri.pin_source && Arc::strong_count(h) == 1);
+            *handles = kept;
+            let found = handles
+                .iter()
+                .find(|h| h.pin_source == uri.pin_source)
+                .cloned();
+            (found, unused)
+        };
+        // Dropped outside the table's lock: closing their sessions calls into the module.
+        drop(unused);
+        if let Some(h) = found {
             return Ok(h);
         }
+        // Opened outside the lock: it reads the PIN source.
         let hsm = Self::with_module(module, uri)?;
-        if let Ok(mut t) = tokens.lock() {
-            return Ok(t.entry(key).or_insert(hsm).clone());
+        let mut t = tokens
+            .lock()
+            .map_err(|_| HsmError::Pin("token table poisoned".into()))?;
+        let handles = t.entry(key).or_default();
+        if let Some(h) = handles.iter().find(|h| h.pin_source == uri.pin_source) {
+            return Ok(h.clone());
         }
+        handles.push(hsm.clone());
         Ok(hsm)
     }
 
@@ -450,7 +547,8 @@ impl Hsm {
         Ok(Arc::new(Self {
             module,
             token_label: uri.token.clone(),
-            pin: Mutex::new(login::Pin::new(uri.pin_source.clone())),
+            pin_source: uri.pin_source.clone(),
+            pin: Mutex::default(),
             state: Mutex::new(HsmState::default()),
             gone: AtomicBool::new(false),
             signing: Arc::new(tokio::sync::Semaphore::new(POOL_SIZE)),

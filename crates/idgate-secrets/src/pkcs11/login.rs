@@ -10,9 +10,9 @@ use secrecy::ExposeSecret;
 
 use super::*;
 
-/// Where the user PIN comes from, and the last one the token refused.
+/// The last PIN the token refused from a handle's source, if any.
+#[derive(Default)]
 pub(super) struct Pin {
-    source: PinSource,
     refused: Option<Refused>,
 }
 
@@ -21,22 +21,6 @@ pub(super) struct Pin {
 struct Refused {
     pin: SecretString,
     code: &'static str,
-}
-
-impl Pin {
-    pub(super) fn new(source: PinSource) -> Self {
-        Self {
-            source,
-            refused: None,
-        }
-    }
-
-    /// The source named in the configuration loaded last: the next login reads it.
-    pub(super) fn set_source(&mut self, source: &PinSource) {
-        if self.source != *source {
-            self.source = source.clone();
-        }
-    }
 }
 
 impl fmt::Display for PinSource {
@@ -99,12 +83,12 @@ impl Hsm {
         if logged_in(session) {
             return Ok(());
         }
-        let value = read_pin(&pin.source)?;
+        let value = read_pin(&self.pin_source)?;
         if let Some(refused) = &pin.refused
             && refused.pin.expose_secret().as_bytes() == value.expose_secret().as_bytes()
         {
             return Err(HsmError::PinRefused {
-                pin_source: pin.source.to_string(),
+                pin_source: self.pin_source.to_string(),
                 code: refused.code,
             });
         }
@@ -124,7 +108,7 @@ impl Hsm {
                 }) else {
                     return Err(ck("C_Login")(e));
                 };
-                let pin_source = pin.source.to_string();
+                let pin_source = self.pin_source.to_string();
                 tracing::error!(token = %self.label(), pin_source = %pin_source, code, "the PKCS#11 token refused the user PIN: it is not presented again until its source holds another");
                 pin.refused = Some(Refused { pin: value, code });
                 Err(HsmError::PinRefused { pin_source, code })

@@ -425,3 +425,67 @@ fn a_public_or_extractable_key_under_the_label_is_never_signed_with() {
         },
     );
 }
+
+#[test]
+fn a_refused_reload_leaves_the_running_tokens_pin_source_as_it_was() {
+    in_own_store(
+        "a_refused_reload_leaves_the_running_tokens_pin_source_as_it_was",
+        |store| {
+            store.init_token();
+            let running = Hsm::shared(&store.uri("key")).unwrap();
+            running.import_hmac_key("key", KEY).unwrap();
+            // A configuration that names another PIN file for the token is loaded (as a
+            // reload does before it is refused) and never used.
+            let other_pin = store.dir.join("other-pin");
+            std::fs::write(&other_pin, "wrong-pin-7d21").unwrap();
+            std::fs::set_permissions(&other_pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let mut refused = store.uri("key");
+            refused.pin_source = PinSource::File(other_pin);
+            let unused = Hsm::shared(&refused).unwrap();
+            // The running handle loses its login and logs in again: from its own file.
+            let other = Hsm::open(&store.uri("key")).unwrap();
+            other
+                .with_session(|s| s.logout().map_err(ck("C_Logout")))
+                .unwrap();
+            let before = attempts(&running);
+            assert_eq!(
+                running.hmac_sha256("key", b"x", 32).unwrap(),
+                (hmac(KEY, b"x"), 1)
+            );
+            assert_eq!(attempts(&running), before + 1);
+            assert!(!Arc::ptr_eq(&running, &unused));
+            let let_go = Arc::downgrade(&unused);
+            drop(unused);
+            // The same reference still gets the running handle; the unused one is let go.
+            assert!(Arc::ptr_eq(
+                &running,
+                &Hsm::shared(&store.uri("key")).unwrap()
+            ));
+            assert!(let_go.upgrade().is_none(), "an unused handle was kept");
+        },
+    );
+}
+
+#[test]
+fn replacing_the_module_file_keeps_one_module_per_loaded_library() {
+    in_own_store(
+        "replacing_the_module_file_keeps_one_module_per_loaded_library",
+        |store| {
+            let library = std::fs::canonicalize(SOFTHSM_MODULE).unwrap();
+            let path = store.dir.join("libmodule.so");
+            std::fs::copy(&library, &path).unwrap();
+            let first = module(&path).unwrap();
+            // A package upgrade: a new file renamed over the old one (another inode).
+            let upgrade = store.dir.join("libmodule.so.new");
+            std::fs::copy(&library, &upgrade).unwrap();
+            std::fs::rename(&upgrade, &path).unwrap();
+            assert!(
+                Arc::ptr_eq(&first, &module(&path).unwrap()),
+                "the replaced file loaded a second module"
+            );
+            // While the file is briefly missing, the loaded library is still used.
+            std::fs::remove_file(&path).unwrap();
+            assert!(Arc::ptr_eq(&first, &module(&path).unwrap()));
+        },
+    );
+}
