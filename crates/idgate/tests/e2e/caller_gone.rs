@@ -6,29 +6,9 @@
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::assert_eventually;
 use crate::support::*;
-
-/// A TLS connection to the gateway as `ONBOARDING`, offering `h2` or `http/1.1`.
-async fn tls_to(pki: &Pki, gw: &Gateway, h2: bool) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let (cert, key) = pki.workload(ONBOARDING);
-    let config = tls_client_config(
-        &pki.files.bundle,
-        Some((&cert, &key)),
-        h2,
-        rustls::DEFAULT_VERSIONS,
-    );
-    let tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
-    tokio_rustls::TlsConnector::from(config)
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap()
-}
 
 /// The access line of the request `id`, once it is in the gateway's output.
 fn access_line(gw: &Gateway, id: &str) -> Option<serde_json::Value> {

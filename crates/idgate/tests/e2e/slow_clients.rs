@@ -162,25 +162,6 @@ async fn gateway(
     .await
 }
 
-/// A TLS connection to the gateway as `ONBOARDING`, offering `h2` or `http/1.1`.
-async fn tls_to(pki: &Pki, gw: &Gateway, h2: bool) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let (cert, key) = pki.workload(ONBOARDING);
-    let config = tls_client_config(
-        &pki.files.bundle,
-        Some((&cert, &key)),
-        h2,
-        rustls::DEFAULT_VERSIONS,
-    );
-    let tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
-    tokio_rustls::TlsConnector::from(config)
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap()
-}
-
 async fn metrics(gw: &Gateway) -> String {
     admin_get(gw.admin_port, "/metrics").await.unwrap().1
 }

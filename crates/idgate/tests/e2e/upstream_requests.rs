@@ -68,24 +68,6 @@ async fn gateway(pki: &Pki, upstream: UpstreamSpec, route: RouteSpec) -> Gateway
     Gateway::start(&base_config(pki).upstream(upstream).route(route), &[]).await
 }
 
-async fn tls_to(pki: &Pki, gw: &Gateway, h2: bool) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let (cert, key) = pki.workload(ONBOARDING);
-    let config = tls_client_config(
-        &pki.files.bundle,
-        Some((&cert, &key)),
-        h2,
-        rustls::DEFAULT_VERSIONS,
-    );
-    let tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
-    tokio_rustls::TlsConnector::from(config)
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap()
-}
-
 /// Sends `request` as written over HTTP/1.1 (it asks to close) and returns the answer's
 /// status line and body.
 async fn send_raw_h1(pki: &Pki, gw: &Gateway, request: &str) -> (String, String) {

@@ -213,3 +213,25 @@ impl Client {
         }
     }
 }
+
+/// A TLS connection to the gateway as `ONBOARDING`, offering `h2` or `http/1.1`.
+pub async fn tls_to(
+    pki: &Pki,
+    gw: &super::Gateway,
+    h2: bool,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let (cert, key) = pki.workload(super::ONBOARDING);
+    let config = tls_client_config(
+        &pki.files.bundle,
+        Some((&cert, &key)),
+        h2,
+        rustls::DEFAULT_VERSIONS,
+    );
+    let tcp = TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .expect("connect to the gateway");
+    tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS handshake with the gateway")
+}
