@@ -361,9 +361,9 @@ impl Drop for Hsm {
     /// made, and only those of the module's current initialisation: older handles may since
     /// have been given to someone else's sessions (see [`Hsm::checkout`]).
     ///
-    /// On a thread of its own: closing a session is a call into the module (a round trip to
-    /// a network HSM), and a handle may be dropped on the async runtime with the last
-    /// snapshot that held it.
+    /// Off the async runtime: closing a session is a call into the module (a round trip to
+    /// a network HSM), and a handle may be dropped on the runtime with the last snapshot
+    /// that held it.
     fn drop(&mut self) {
         let Ok(st) = self.state.get_mut() else {
             return;
@@ -384,7 +384,7 @@ impl Drop for Hsm {
         let mut idle = Unclosed(idle);
         let generation = st.generation;
         let module = Arc::clone(&self.module);
-        let close = move || {
+        let mut close = move || {
             if let Ok(gate) = module.read()
                 && gate.generation == generation
             {
@@ -392,12 +392,11 @@ impl Drop for Hsm {
                 drop(gate);
             }
         };
-        if let Err(e) = std::thread::Builder::new()
-            .name("pkcs11-close".into())
-            .spawn(close)
-        {
-            // The sessions are left to the module (closed when the process ends).
-            tracing::warn!(error = %e, "cannot start a thread to close a PKCS#11 token's idle sessions");
+        // On the runtime, on its blocking pool (which the runtime waits for when it shuts
+        // down, so that no close runs into the module's teardown at exit); elsewhere, here.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(close)),
+            Err(_) => close(),
         }
     }
 }
