@@ -129,6 +129,8 @@ pub(crate) struct Upstream {
     #[serde(default)]
     pub(crate) first_byte_timeout: Option<String>,
     #[serde(default)]
+    pub(crate) response_body_timeout: Option<String>,
+    #[serde(default)]
     pub(crate) pool_idle_timeout: Option<String>,
     #[serde(default)]
     pub(crate) pool_max_idle: Option<u32>,

@@ -35,6 +35,9 @@ pub struct UpstreamConfig {
     /// One attempt's wait for the response head (≤ `request_timeout`, which bounds all
     /// attempts together).
     pub first_byte_timeout: Duration,
+    /// A response body's time, from its head to its last byte (a caller reading slowly
+    /// included): a body still coming past it is cut off.
+    pub response_body_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
     /// Connections open to the upstream at once, in use or idle (`http2 = true`: requests
@@ -232,6 +235,11 @@ pub(crate) fn parse(
         ),
         request_timeout,
         first_byte_timeout,
+        response_body_timeout: cx.duration(
+            &format!("{key}.response_body_timeout"),
+            u.response_body_timeout,
+            Duration::from_secs(120),
+        ),
         max_connections,
         max_pending,
         pending_timeout,

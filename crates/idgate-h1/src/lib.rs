@@ -54,7 +54,7 @@ use bytes::Bytes;
 use http_body::Body as _;
 use rustls::pki_types::ServerName;
 
-pub use self::body::{BodyError, ResponseBody};
+pub use self::body::{BodyError, ResponseBody, Timed};
 pub use self::caller_body::{CallerBody, CallerBodyError, TrailerFilter};
 use self::limit::{ConnLimit, Saturated};
 use self::parse::ProtocolError;
@@ -83,6 +83,8 @@ pub struct PoolConfig {
     pub max_idle: usize,
     /// The longest wait for the next bytes of a response body that streams.
     pub body_read_timeout: Duration,
+    /// The longest a streaming response body may take, from its head to its last byte.
+    pub body_timeout: Duration,
     /// The upstream's connection cap: idle connections count too.
     pub limit: Arc<ConnLimit>,
 }

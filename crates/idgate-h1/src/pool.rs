@@ -13,7 +13,7 @@ use http_body::Body as _;
 use tokio::net::TcpStream;
 use zeroize::{Zeroize as _, Zeroizing};
 
-use crate::body::{BodyFraming, ResponseBody, Streaming};
+use crate::body::{BodyClock, BodyFraming, ResponseBody, Streaming};
 use crate::conn::{Conn, Io, ReadIo, WriteIo};
 use crate::limit::{Acquired, Slot};
 use crate::parse::{ChunkedDecoder, Framing, HeadParser};
@@ -194,8 +194,10 @@ impl Pool {
                 conn: Some(conn),
                 pool: Arc::downgrade(&self.inner),
                 reusable,
-                read_timeout: self.inner.config.body_read_timeout,
-                timer: None,
+                clock: BodyClock::start(
+                    self.inner.config.body_read_timeout,
+                    self.inner.config.body_timeout,
+                ),
                 framing: match framing {
                     Framing::Length(n) => BodyFraming::Length(n),
                     Framing::Chunked => BodyFraming::Chunked(ChunkedDecoder::new()),

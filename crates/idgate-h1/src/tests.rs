@@ -49,6 +49,7 @@ fn idle_pool() -> Pool {
         idle_timeout: Duration::from_secs(60),
         max_idle: 4,
         body_read_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(5),
         limit: Arc::new(ConnLimit::new(4, 0, Duration::from_secs(1))),
     })
 }

@@ -16,8 +16,9 @@ pub type UpstreamBody = Either<idgate_h1::CallerBody, Full<Bytes>>;
 pub type UpstreamClient = HttpsClient<UpstreamBody>;
 
 /// An upstream's response body: from hyper's client (`http2 = true`, `client = "hyper"`;
-/// holding its place under the upstream's cap), or from the gateway's own HTTP/1.1 client.
-pub type UpstreamResponseBody = Either<Held<Incoming>, h1::ResponseBody>;
+/// holding its place under the upstream's cap, under the own client's time limits), or from
+/// the gateway's own HTTP/1.1 client.
+pub type UpstreamResponseBody = Either<h1::Timed<Held<Incoming>>, h1::ResponseBody>;
 
 /// What the gateway answers with: the upstream's body, or one of its own.
 pub type ProxyBody = Either<UpstreamResponseBody, Full<Bytes>>;

@@ -334,7 +334,15 @@ pub(crate) async fn send(
                     upstream.name
                 ),
             }),
-            Ok(resp) => Ok(resp.map(|b| Either::Left(Held::new(b, slot)))),
+            Ok(resp) => Ok(resp.map(|b| {
+                let held = Held::new(b, slot);
+                let timed = h1::Timed::new(
+                    held,
+                    upstream.request_timeout,
+                    upstream.response_body_timeout,
+                );
+                Either::Left(timed)
+            })),
         };
         Forwarded {
             answer,

@@ -77,6 +77,8 @@ pub struct Upstream {
     pub request_timeout: Duration,
     /// One attempt's wait for the response head.
     pub first_byte_timeout: Duration,
+    /// A response body's time from its head to its last byte.
+    pub response_body_timeout: Duration,
     pub max_body_bytes: u64,
     pub forwarded_for: bool,
     pub credential: Option<Arc<Credential>>,
@@ -189,6 +191,7 @@ impl Upstream {
             base_path: cfg.base_path.clone(),
             request_timeout: cfg.request_timeout,
             first_byte_timeout: cfg.first_byte_timeout,
+            response_body_timeout: cfg.response_body_timeout,
             max_body_bytes: cfg.max_body_bytes,
             forwarded_for: cfg.forwarded_for,
             credential,
@@ -237,6 +240,7 @@ fn h1_pool(
         idle_timeout: cfg.pool_idle_timeout,
         max_idle: cfg.pool_max_idle,
         body_read_timeout: cfg.request_timeout,
+        body_timeout: cfg.response_body_timeout,
         limit: limit.clone(),
     }))
 }

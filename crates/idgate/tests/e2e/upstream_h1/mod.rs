@@ -47,6 +47,9 @@ enum Answer {
     SendAndClose(Vec<u8>),
     /// Sends the pieces with a pause between them, then keeps the connection.
     Trickle(Vec<Vec<u8>>),
+    /// Sends the bytes, then one more byte (`.`) after each pause, for as long as the
+    /// connection takes them.
+    Drip(Vec<u8>, Duration),
     /// Closes the connection without a word.
     Close,
     /// Never answers.
@@ -171,6 +174,17 @@ async fn serve(
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            Answer::Drip(head, pause) => {
+                if tcp.write_all(&head).await.is_err() {
+                    return;
+                }
+                loop {
+                    tokio::time::sleep(pause).await;
+                    if tcp.write_all(b".").await.is_err() {
+                        return;
+                    }
                 }
             }
             Answer::Close => return,

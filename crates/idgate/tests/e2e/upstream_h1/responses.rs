@@ -1,5 +1,8 @@
 //! Responses from the upstream: chunked and close-delimited bodies, framing that could be
-//! read two ways, interim responses, HEAD, a body cut short and an upstream that never answers.
+//! read two ways, interim responses, HEAD, a body cut short, a body that trickles or stalls,
+//! and an upstream that never answers.
+
+use std::time::{Duration, Instant};
 
 use crate::assert_eventually;
 use crate::support::*;
@@ -212,6 +215,60 @@ async fn an_upstream_that_never_answers_gets_504() {
         let r = client(&pki, &gw).get("/slow").await.unwrap();
         assert_eq!(r.status, 504);
         assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_response_body_that_trickles_or_stalls_is_cut_off_with_either_client() {
+    within_limit(Duration::from_secs(20), async {
+        // A byte every 50 ms: each wait is far within the read timeout (request_timeout),
+        // and the body would never end; only the whole body's time limit cuts it.
+        let dripping = RawUpstream::start(|_, _| {
+            Answer::Drip(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\nstart".to_vec(),
+                Duration::from_millis(50),
+            )
+        })
+        .await;
+        // Some bytes, then nothing on a connection kept open: the read timeout cuts it.
+        let stalled = RawUpstream::start(|_, _| {
+            Answer::Trickle(vec![
+                b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n".to_vec(),
+                b"start".to_vec(),
+            ])
+        })
+        .await;
+        let pki = Pki::default_pki();
+        for client_kind in ["native", "hyper"] {
+            for (upstream, limits, what) in [
+                (
+                    &dripping,
+                    toml::toml! { response_body_timeout = "700ms" },
+                    "a body trickling past response_body_timeout",
+                ),
+                (
+                    &stalled,
+                    toml::toml! { request_timeout = "700ms" },
+                    "a body pausing past the read timeout",
+                ),
+            ] {
+                let mut extra = limits;
+                extra.insert("client".into(), client_kind.into());
+                let gw = gateway(&pki, upstream, extra).await;
+                let started = Instant::now();
+                let r = client(&pki, &gw).get("/slow-body").await;
+                let took = started.elapsed();
+                assert!(
+                    r.is_err(),
+                    "{what} ({client_kind}) reached the caller as complete: {r:?}"
+                );
+                assert!(
+                    took >= Duration::from_millis(600) && took < Duration::from_secs(10),
+                    "{what} ({client_kind}) was cut after {took:?}, not at its limit"
+                );
+            }
+        }
     })
     .await
 }
