@@ -416,7 +416,7 @@ impl<'r> RequestCtx<'r> {
         // (and on mTLS alone) the peer is all that is known, and no label is made.
         let label = match self.principal() {
             Some(Principal::Workload(_)) => None,
-            Some(p) => Some(p.to_string()),
+            Some(p) => Some(p.label()),
             None => self.caller.as_ref().and_then(Caller::label),
         };
         f(&Record {

@@ -37,7 +37,7 @@
 //! every 100 ms), and when it is still full the request is simply decided by the backend.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, RandomState};
+use std::hash::{BuildHasherDefault, Hash, RandomState};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -197,7 +197,7 @@ impl GcraLeases {
     /// The key of `key` under `limit` (any hashable value: the limit's name and the
     /// caller's parts, say).
     pub fn key(&self, key: &impl Hash, limit: &GcraLimit) -> LeaseKey {
-        LeaseKey(self.hasher.hash_one((key, limit)))
+        LeaseKey(crate::key_hash::hash_one(&self.hasher, &(key, limit)))
     }
 
     fn shard(&self, key: LeaseKey) -> MutexGuard<'_, Shard> {

@@ -34,6 +34,7 @@ mod api_keys;
 mod blocking;
 mod counters;
 mod gcra_leases;
+mod key_hash;
 mod local_limiter;
 mod memory;
 mod nonces;

@@ -21,7 +21,7 @@
 //! keys, the check fails with [`StoreError::Full`] and the caller's failure policy decides.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::hash::{BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -135,7 +135,7 @@ impl LocalLimiter {
         cost: u32,
         now: SystemTime,
     ) -> Result<GcraDecision, StoreError> {
-        let hash = self.hasher.hash_one(key);
+        let hash = crate::key_hash::hash_one(&self.hasher, key);
         // Middle bits pick the shard: the table takes its bucket from the low bits and its
         // control byte from the top ones, which must still vary within a shard.
         let index = ((hash >> 32) as usize) % SHARDS;
