@@ -320,28 +320,25 @@ pub(super) async fn own_list(
     let ids = list_ids(&doc, list).ok_or_else(|| Refusal::UnreadableResponse {
         reason: format!("the upstream's answer has no array at {}", list.items),
     })?;
-    let now = SystemTime::now();
-    let mut keep = Vec::with_capacity(ids.len());
-    for id in ids {
-        let mine = match id.and_then(|id| record_key(&policy.namespace, &id).ok()) {
-            None => false,
-            Some(id) => match bounded(
-                ctx.snapshot.limits.timeout,
-                ctx.services.state.get_for(&id, &owner, now),
-            )
-            .await
-            {
-                Ok(record) => record.is_some_and(|r| r.owner == owner),
-                Err(e) => {
-                    // Failing open, the answer goes back as the upstream gave it.
-                    state_failed(ctx, policy, e)?;
-                    json_response::replace_body(resp, bytes);
-                    return Ok(());
-                }
-            },
-        };
-        keep.push(mine);
-    }
+    let keys = ids
+        .into_iter()
+        .map(|id| id.and_then(|id| record_key(&policy.namespace, &id).ok()));
+    let lookups = owned_items(
+        &ctx.services.state,
+        keys,
+        &owner,
+        SystemTime::now(),
+        ctx.snapshot.limits.timeout,
+    );
+    let keep = match lookups.await {
+        Ok(keep) => keep,
+        Err(e) => {
+            // Failing open, the answer goes back as the upstream gave it.
+            state_failed(ctx, policy, e)?;
+            json_response::replace_body(resp, bytes);
+            return Ok(());
+        }
+    };
     match list.rule {
         ListRule::Refuse if keep.contains(&false) => Err(Refusal::ForeignObjects),
         ListRule::Refuse => {
@@ -366,12 +363,175 @@ pub(super) async fn own_list(
     }
 }
 
+/// How many of a list's items are looked up at once: a Redis connection carries them in the
+/// same round trips, and a list of hundreds takes a few round trips' time, not hundreds.
+pub(crate) const LIST_LOOKUPS_AT_ONCE: usize = 32;
+
+/// Whether each of a list's records (`None`: an item without a usable id) names `owner`.
+/// The lookups go [`LIST_LOOKUPS_AT_ONCE`] at a time and all of them within `timeout`, the
+/// time one state call may take: however long the list, a slow or silent backend holds the
+/// answer that long at most, and then the route's `on_state_error` decides.
+async fn owned_items<S: Ownership>(
+    state: &S,
+    keys: impl Iterator<Item = Option<ObjectId>>,
+    owner: &Owner,
+    now: SystemTime,
+    timeout: Duration,
+) -> Result<Vec<bool>, StateFailure> {
+    use futures_util::{StreamExt as _, TryStreamExt as _};
+    let lookups = keys.map(|key| async move {
+        match key {
+            None => Ok(false),
+            Some(key) => Ok(state
+                .get_for(&key, owner, now)
+                .await?
+                .is_some_and(|r| r.owner == *owner)),
+        }
+    });
+    let all = futures_util::stream::iter(lookups)
+        .buffered(LIST_LOOKUPS_AT_ONCE)
+        .try_collect::<Vec<bool>>();
+    bounded(timeout, all).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use idgate_auth::{AllowEntry, ApiKeyIdentity, TokenIdentity};
     use idgate_tls::SpiffeId;
     use serde_json::json;
+
+    /// A store whose reads take `delay` each (or never end), counting how many run at once.
+    struct Slow {
+        inner: idgate_store::MemoryStore,
+        delay: Option<Duration>,
+        running: std::sync::atomic::AtomicUsize,
+        peak: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Slow {
+        fn new(delay: Option<Duration>) -> Self {
+            Self {
+                inner: idgate_store::MemoryStore::new(),
+                delay,
+                running: Default::default(),
+                peak: Default::default(),
+            }
+        }
+    }
+
+    impl Ownership for Slow {
+        fn put(
+            &self,
+            object: &ObjectId,
+            owner: &Owner,
+            retention: Duration,
+            now: SystemTime,
+        ) -> impl Future<Output = Result<idgate_store::OwnerRecord, StoreError>> + Send {
+            self.inner.put(object, owner, retention, now)
+        }
+
+        async fn get(
+            &self,
+            object: &ObjectId,
+            now: SystemTime,
+        ) -> Result<Option<idgate_store::OwnerRecord>, StoreError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let running = self.running.fetch_add(1, SeqCst) + 1;
+            self.peak.fetch_max(running, SeqCst);
+            match self.delay {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+            self.running.fetch_sub(1, SeqCst);
+            self.inner.get(object, now).await
+        }
+
+        fn remove(
+            &self,
+            object: &ObjectId,
+        ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+            self.inner.remove(object)
+        }
+
+        fn sweep(&self, now: SystemTime) -> impl Future<Output = Result<u64, StoreError>> + Send {
+            self.inner.sweep(now)
+        }
+    }
+
+    fn list_of(n: usize) -> Vec<Option<ObjectId>> {
+        (0..n)
+            .map(|i| (i % 7 != 6).then(|| ObjectId::new(format!("cases:{i}")).unwrap()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_long_list_is_looked_up_many_items_at_a_time_within_one_state_timeout() {
+        let store = Slow::new(Some(Duration::from_millis(20)));
+        let (alice, bob) = (
+            Owner::new("apikey:alice").unwrap(),
+            Owner::new("apikey:bob").unwrap(),
+        );
+        let now = SystemTime::now();
+        let ids = list_of(200);
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(id) = id {
+                let owner = if i % 2 == 0 { &alice } else { &bob };
+                store
+                    .put(id, owner, Duration::from_secs(60), now)
+                    .await
+                    .unwrap();
+            }
+        }
+        // One at a time, 172 reads of 20 ms take 3.4 s: past the state timeout.
+        let keep = owned_items(
+            &store,
+            ids.clone().into_iter(),
+            &alice,
+            now,
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("the whole list within one state timeout");
+        let expected: Vec<bool> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| id.is_some() && i % 2 == 0)
+            .collect();
+        assert_eq!(keep, expected, "each item's answer in the list's order");
+        let peak = store.peak.load(std::sync::atomic::Ordering::SeqCst);
+        // Items without an id hold their place in the window too.
+        assert!(
+            (LIST_LOOKUPS_AT_ONCE / 2..=LIST_LOOKUPS_AT_ONCE).contains(&peak),
+            "{peak} reads at once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_never_answers_holds_a_list_for_one_state_timeout() {
+        let store = Slow::new(None);
+        let alice = Owner::new("apikey:alice").unwrap();
+        let timeout = Duration::from_millis(100);
+        let started = std::time::Instant::now();
+        let got = owned_items(
+            &store,
+            list_of(500).into_iter(),
+            &alice,
+            SystemTime::now(),
+            timeout,
+        )
+        .await;
+        assert!(
+            matches!(got, Err(StateFailure::Timeout(t)) if t == timeout),
+            "{got:?}"
+        );
+        // Item by item, each bounded on its own, this list took 43 s.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 
     #[test]
     fn owners_are_named_as_allow_lists_name_principals() {
