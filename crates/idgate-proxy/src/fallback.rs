@@ -60,7 +60,7 @@ pub(crate) async fn forward<'r>(
         return send_upstream(ctx, upstream, req)
             .await
             .answer
-            .map(|resp| strip_response(&method, resp));
+            .map(|resp| strip_response(ctx, upstream, &method, resp));
     };
     // In a box of its own: the attempts, failover and cache make a future three times the
     // plain exchange's, and every route's request would otherwise carry (and copy) its room.
@@ -187,13 +187,16 @@ async fn attempt<'r>(
         reached: forwarded.reached,
     };
     match forwarded.answer {
-        Ok(resp) if resp.status().is_server_error() => {
-            failed(Failure::Answer(strip_response(&method, resp)))
+        Ok(resp) if resp.status().is_server_error() => failed(Failure::Answer(strip_response(
+            ctx, upstream, &method, resp,
+        ))),
+        Ok(resp) => {
+            let resp = strip_response(ctx, upstream, &method, resp);
+            match keep(ctx, cached, resp, upstream).await {
+                Ok(resp) => Outcome::Good(resp),
+                Err(r) => failed(Failure::Refusal(r)),
+            }
         }
-        Ok(resp) => match keep(ctx, cached, strip_response(&method, resp), upstream).await {
-            Ok(resp) => Outcome::Good(resp),
-            Err(r) => failed(Failure::Refusal(r)),
-        },
         Err(r) if upstream_failed(&r) => failed(Failure::Refusal(r)),
         Err(r) => Outcome::Refused(r),
     }

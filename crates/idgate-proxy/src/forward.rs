@@ -16,7 +16,7 @@ use http_body_util::{Either, Full};
 use idgate_h1::limit::{Held, Saturated};
 use idgate_h1::{self as h1, Progress, RequestBody, Stage};
 
-use crate::body::{ProxyBody, UpstreamResponseBody};
+use crate::body::{ProxyBody, Reported, UpstreamResponseBody};
 use crate::ctx::{CredentialUse, RequestCtx};
 use crate::header_set::RESPONSE_STRIP;
 use crate::problem::Refusal;
@@ -493,6 +493,8 @@ fn framed_twice(headers: &HeaderMap) -> bool {
 /// `HEAD` and `304`, where it describes the representation a `GET` would have got; a
 /// `204` may not have one (§8.6).
 pub(crate) fn strip_response(
+    ctx: &RequestCtx<'_>,
+    upstream: &Upstream,
     method: &Method,
     resp: Response<UpstreamResponseBody>,
 ) -> Response<ProxyBody> {
@@ -507,6 +509,12 @@ pub(crate) fn strip_response(
         drop(body);
         return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
     }
+    let body = Reported::new(
+        body,
+        ctx.request_id.clone(),
+        upstream.name.clone(),
+        ctx.services.metrics.clone(),
+    );
     Response::from_parts(parts, Either::Left(body))
 }
 

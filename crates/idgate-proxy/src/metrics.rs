@@ -148,6 +148,7 @@ pub struct Metrics {
     credential_failures: Family<CredentialLabel, Counter>,
     credential_rotations: Family<CredentialLabel, Counter>,
     upstream_saturated: Family<UpstreamReason, Counter>,
+    upstream_body_errors: Family<UpstreamReason, Counter>,
     send_timeouts: Family<KindLabel, Counter>,
     request_latency: Family<RouteOnly, Latency>,
     upstream_latency: Family<UpstreamOnly, Latency>,
@@ -242,6 +243,12 @@ impl Metrics {
             "Requests refused because every connection to the upstream was busy, by upstream and reason (queue_full, queue_timeout)",
             upstream_saturated.clone(),
         );
+        let upstream_body_errors = Family::<UpstreamReason, Counter>::default();
+        registry.register(
+            "upstream_body_errors",
+            "Upstream response bodies that broke off after their head was passed on, by upstream and reason (reset, truncated, malformed, read_timeout, body_timeout)",
+            upstream_body_errors.clone(),
+        );
         let send_timeouts = Family::<KindLabel, Counter>::default();
         registry.register(
             "send_timeouts",
@@ -263,6 +270,7 @@ impl Metrics {
             registry,
             fault_injection,
             upstream_saturated,
+            upstream_body_errors,
             send_timeouts,
             auth_failures,
             connections_refused,
@@ -370,6 +378,17 @@ impl Metrics {
 
     pub fn upstream_saturated(&self, upstream: &str, reason: &'static str) {
         self.upstream_saturated
+            .get_or_create(&UpstreamReason {
+                upstream: upstream.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// An upstream's response body broke off after its head went to the caller (see
+    /// [`crate::body::Reported`]).
+    pub fn upstream_body_failed(&self, upstream: &str, reason: &'static str) {
+        self.upstream_body_errors
             .get_or_create(&UpstreamReason {
                 upstream: upstream.to_owned(),
                 reason,

@@ -241,16 +241,18 @@ async fn a_response_body_that_trickles_or_stalls_is_cut_off_with_either_client()
         .await;
         let pki = Pki::default_pki();
         for client_kind in ["native", "hyper"] {
-            for (upstream, limits, what) in [
+            for (upstream, limits, what, reason) in [
                 (
                     &dripping,
                     toml::toml! { response_body_timeout = "700ms" },
                     "a body trickling past response_body_timeout",
+                    "body_timeout",
                 ),
                 (
                     &stalled,
                     toml::toml! { request_timeout = "700ms" },
                     "a body pausing past the read timeout",
+                    "read_timeout",
                 ),
             ] {
                 let mut extra = limits;
@@ -266,6 +268,23 @@ async fn a_response_body_that_trickles_or_stalls_is_cut_off_with_either_client()
                 assert!(
                     took >= Duration::from_millis(600) && took < Duration::from_secs(10),
                     "{what} ({client_kind}) was cut after {took:?}, not at its limit"
+                );
+                // The access line went out with the head (200): the cut is counted and
+                // logged on its own, with the request's id.
+                let series = format!(
+                    "idgate_upstream_body_errors_total{{upstream=\"provider\",reason=\"{reason}\"}} 1"
+                );
+                let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
+                assert!(
+                    metrics.lines().any(|l| l == series),
+                    "{what} ({client_kind}) not counted as {series}: {metrics}"
+                );
+                let out = gw.output();
+                let logged = out.lines().find(|l| l.contains("the upstream's body broke off"));
+                assert!(
+                    logged.is_some_and(|l| l.contains(&format!("\"reason\":\"{reason}\""))
+                        && l.contains("\"request_id\":\"")),
+                    "{what} ({client_kind}) not logged with its reason and request id: {out}"
                 );
             }
         }
