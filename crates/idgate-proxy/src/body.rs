@@ -36,7 +36,9 @@ pub type ProxyBody = Either<Reported<UpstreamResponseBody>, Full<Bytes>>;
 /// connection or stream, closes early, sends a malformed frame, goes quiet past
 /// `request_timeout` or runs past `response_body_timeout`) is cut short at the caller too,
 /// and nothing else would tell. This counts it in `idgate_upstream_body_errors_total`
-/// and logs it once, with the request's id.
+/// and logs it once, with the request's id. (A stage that reads the answer whole, such as
+/// masking, answers `502` for such a body, with an access line of its own; it is counted
+/// here all the same.)
 pub struct Reported<B> {
     body: B,
     /// Boxed: every answer's future carries the body, and is moved several times.
