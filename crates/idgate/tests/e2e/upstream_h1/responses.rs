@@ -274,17 +274,24 @@ async fn a_response_body_that_trickles_or_stalls_is_cut_off_with_either_client()
                 let series = format!(
                     "idgate_upstream_body_errors_total{{upstream=\"provider\",reason=\"{reason}\"}} 1"
                 );
-                let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
-                assert!(
-                    metrics.lines().any(|l| l == series),
-                    "{what} ({client_kind}) not counted as {series}: {metrics}"
+                assert_eventually!(
+                    admin_get(gw.admin_port, "/metrics")
+                        .await
+                        .is_ok_and(|(_, m)| m.lines().any(|l| l == series)),
+                    "{what} ({client_kind}) not counted as {series}"
                 );
-                let out = gw.output();
-                let logged = out.lines().find(|l| l.contains("the upstream's body broke off"));
-                assert!(
-                    logged.is_some_and(|l| l.contains(&format!("\"reason\":\"{reason}\""))
-                        && l.contains("\"request_id\":\"")),
-                    "{what} ({client_kind}) not logged with its reason and request id: {out}"
+                // The log is read from the gateway's output as it comes: wait for the line.
+                let logged = |out: &str| {
+                    out.lines().any(|l| {
+                        l.contains("the upstream's body broke off")
+                            && l.contains(&format!("\"reason\":\"{reason}\""))
+                            && l.contains("\"request_id\":\"")
+                    })
+                };
+                assert_eventually!(
+                    logged(&gw.output()),
+                    "{what} ({client_kind}) not logged with its reason and request id: {}",
+                    gw.output()
                 );
             }
         }
