@@ -24,11 +24,15 @@
 //! end. A real id keeps its own counter. Either way the request makes the same calls to the
 //! store; what is known is decided by an in-memory lookup, and the hash is computed for
 //! every id, so the timing tells no more than that lookup does.
+//!
+//! Guesses sent at once: each reads the shared lockout before the others' failures are
+//! written, so each process also counts its failures itself as they are judged
+//! ([`LocalFailures`], see there), and refuses a subject it holds whatever its credential.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{LazyLock, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderMap;
 use idgate_auth::api_key::ApiKeyVerifier;
@@ -41,6 +45,9 @@ use crate::limit_state::{Limits, StateFailure, bounded, push_part};
 use crate::problem::Refusal;
 use crate::service::Services;
 use crate::token_endpoint::ClientGate;
+
+mod local;
+pub(crate) use local::LocalFailures;
 
 /// What the lockout state is reached through: what every request shares, and the
 /// configuration's settings.
@@ -193,6 +200,42 @@ async fn locked_until(
     let window = bounded(env.limits.timeout, state.get(&key, now)).await?;
     env.succeeded();
     Ok(window.map(|w| w.resets_at.duration_since(now).unwrap_or(Duration::ZERO)))
+}
+
+/// Once the request's credential is judged (`failed`: it was wrong), synchronously, before
+/// anything is awaited: the failure is counted in this process's own count at once, and a
+/// subject this process holds is refused with `429` whatever the credential was, so that
+/// guesses sent at once get no more answers than `max_failures` (see [`LocalFailures`]).
+/// `client`: the token client the request claimed.
+pub(crate) fn judged(
+    ctx: &RequestCtx<'_>,
+    headers: &HeaderMap,
+    client: Option<&str>,
+    failed: bool,
+) -> Result<(), Refusal> {
+    let Some(cfg) = &ctx.snapshot.limits.lockout else {
+        return Ok(());
+    };
+    let local = &ctx.services.local_failures;
+    if !failed && local.is_empty() {
+        return Ok(());
+    }
+    let env = Env::of(ctx);
+    let now = Instant::now();
+    let mut held: Option<Duration> = None;
+    for &by in &cfg.by {
+        let Some(subject) = subject(by, ctx, env, headers, client) else {
+            continue;
+        };
+        if let Some(left) = local.settle(local.key(by, &subject), failed, cfg, now) {
+            env.services.limit_metrics.lockout_refused(by.as_str());
+            held = held.max(Some(left));
+        }
+    }
+    match held {
+        Some(retry_after) => Err(Refusal::LockedOut { retry_after }),
+        None => Ok(()),
+    }
 }
 
 /// Counts one failed authentication against each of the request's subjects (`client`: the

@@ -194,6 +194,18 @@ async fn token_endpoint(
     let prepared = endpoint
         .prepare(ctx.conn, req, body, ctx.request_id(), &clients)
         .await;
+    // Settled as the secret is judged, before anything is awaited: a client or source this
+    // process holds gets 429 whatever its secret was.
+    let invalid_client =
+        matches!(&prepared, Prepared::Refused(_, d) if *d == Decision::Denied("invalid_client"));
+    let claimed = clients.claimed();
+    if let Err(locked) = lockout::judged(ctx, &req.headers, claimed.as_deref(), invalid_client) {
+        if invalid_client {
+            ctx.services
+                .failed_attempt(ctx.conn, "oauth-invalid-client");
+        }
+        return Err(locked);
+    }
     let (resp, decision) = match prepared {
         Prepared::Refused(resp, decision) => {
             if decision == Decision::Denied("invalid_client") {
@@ -201,7 +213,7 @@ async fn token_endpoint(
                 ctx.decision = decision;
                 ctx.services
                     .failed_attempt(ctx.conn, "oauth-invalid-client");
-                lockout::failed(ctx, &req.headers, clients.claimed().as_deref()).await;
+                lockout::failed(ctx, &req.headers, claimed.as_deref()).await;
             }
             (resp, decision)
         }
@@ -223,20 +235,33 @@ async fn authenticate(
     // A locked-out source is refused before its credential is even looked at.
     let on_error = ctx.snapshot.limits.on_state_error(&route.name);
     lockout::check(ctx, &req.headers, on_error).await?;
-    let caller = match authn::authenticate(route, ctx.conn, req, &ctx.snapshot.auth).await {
+    let judged = authn::authenticate(route, ctx.conn, req, &ctx.snapshot.auth).await;
+    // Settled as the credential is judged, before anything is awaited: guesses sent at once
+    // get no more answers than the lockout allows (see `lockout::judged`).
+    let failed = judged
+        .as_ref()
+        .is_err_and(idgate_auth::AuthFailure::is_failed_attempt);
+    let held = lockout::judged(ctx, &req.headers, None, failed);
+    let caller = match judged {
         Ok(caller) => caller,
         Err(f) => {
             // The refusal is decided before the lockout count is awaited: a caller that
             // goes away meanwhile is recorded as refused, never as allowed.
-            let counts = f.is_failed_attempt();
             let refusal = ctx.services.auth_failed(ctx.conn, f);
+            let (refusal, count) = match held {
+                // Held: the answer does not tell that the guess was wrong. The shared count
+                // already has the failures that started the hold.
+                Err(locked) => (locked, false),
+                Ok(()) => (refusal, failed),
+            };
             ctx.decision = refusal.decision();
-            if counts {
+            if count {
                 lockout::failed(ctx, &req.headers, None).await;
             }
             return Err(refusal);
         }
     };
+    held?;
     ctx.caller = Some(caller);
     Ok(())
 }

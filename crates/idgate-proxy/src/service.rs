@@ -174,6 +174,9 @@ pub struct Services {
     /// This replica's leases of the shared backend's rate limits (see `GcraLeases`).
     pub leases: GcraLeases,
     pub limit_metrics: LimitMetrics,
+    /// This process's own count of failed authentications, taken as each is judged (see
+    /// `lockout.rs`): it outlives reloads, as the shared count does.
+    pub(crate) local_failures: crate::lockout::LocalFailures,
     /// Failures of the state backend: counted, and logged a line at a time.
     pub state_errors: StateErrors,
     /// Webhook deliveries and the outbox's depth.
@@ -220,6 +223,7 @@ impl Services {
             limiter: LocalLimiter::default(),
             leases: GcraLeases::default(),
             limit_metrics,
+            local_failures: Default::default(),
             state_errors: StateErrors::default(),
             webhook_metrics,
             deliverer: std::sync::OnceLock::new(),

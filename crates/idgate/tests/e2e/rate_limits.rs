@@ -604,6 +604,77 @@ async fn a_locked_out_api_key_leaves_other_keys_and_callers_alone() {
     .await;
 }
 
+/// Guesses sent all at once, one per connection, at a key that exists: each is checked
+/// against the shared lockout before the failures of the others are written, so the shared
+/// count alone would answer every one of them. The gateway also counts each failure as it
+/// is judged: once `max_failures` wrong guesses were answered, the rest get 429, right or
+/// wrong, and the key holder's right secret too until the cool-down ends.
+#[tokio::test]
+async fn guesses_sent_at_once_get_no_more_answers_than_max_failures() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let lockout = table([
+            ("max_failures", 3.into()),
+            ("window", "1m".into()),
+            ("cooldown", "1m".into()),
+            ("by", strings(&["api_key_id"])),
+        ]);
+        // A backend the requests wait on (redb answers on a blocking thread), as Redis.
+        let state = table([
+            ("backend", "redb".into()),
+            ("path", path_value(&pki.path().join("state.redb"))),
+        ]);
+        let config = lockout_config(&pki, &upstream, lockout, Some(state));
+        let (code, out, err) = keys_cli(&pki, &["create", "--name", "held"]).await;
+        assert_eq!(code, 0, "{err}");
+        let right = out.trim().to_owned();
+        let gw = Gateway::start(&config, &[]).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        const GUESSES: usize = 40;
+        let mut connections = Vec::with_capacity(GUESSES);
+        for _ in 0..GUESSES {
+            connections.push(client.connect().await.unwrap());
+        }
+        let mut burst = tokio::task::JoinSet::new();
+        for (i, mut connection) in connections.into_iter().enumerate() {
+            // The key's id, each guess a different wrong secret.
+            let tail = char::from(b'a' + u8::try_from(i % 26).unwrap());
+            let mut guess = format!(
+                "{}{}",
+                &right[..right.len() - 2],
+                tail.to_string().repeat(2)
+            );
+            if guess == right {
+                guess = format!("{}22", &right[..right.len() - 2]);
+            }
+            burst.spawn(async move {
+                let reply = connection
+                    .send("GET", PATH, &[("x-api-key", &guess)], "")
+                    .await
+                    .unwrap();
+                reply.status
+            });
+        }
+        let statuses = burst.join_all().await;
+        let answered = statuses.iter().filter(|&&s| s == 401).count();
+        let locked = statuses.iter().filter(|&&s| s == 429).count();
+        assert_eq!(answered + locked, GUESSES, "{statuses:?}");
+        assert!(
+            answered <= 3,
+            "{answered} guesses were judged: {statuses:?}"
+        );
+        // The right secret now gets the same answer as a wrong one.
+        let reply = client
+            .send("GET", PATH, &[("x-api-key", &right)], "")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 429, "{:?}", reply.body);
+        assert!(!gw.output().contains(&right[20..]), "a secret was logged");
+    })
+    .await;
+}
+
 /// Made-up API key ids share a fixed number of lockout counters, so that a caller making
 /// them up cannot grow the state store without end; a real key's id keeps its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -676,62 +747,80 @@ async fn made_up_api_key_ids_create_a_bounded_number_of_lockout_keys() {
     .await;
 }
 
+/// A token endpoint with a client `batch` (secret `batch-client-secret-value`) and
+/// `onboarding` (its SVID), a lockout by token client after 2 failures, and `[state]` as
+/// given.
+fn token_lockout_config(
+    pki: &Pki,
+    upstream: &TestUpstream,
+    state: Option<toml::Table>,
+) -> GatewayConfig {
+    let key = signing_key(pki.path());
+    let secret_file = pki.path().join("batch-secret");
+    std::fs::write(&secret_file, "batch-client-secret-value").unwrap();
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let clients = [
+        table([
+            ("client_id", "onboarding".into()),
+            ("spiffe_id", ONBOARDING.into()),
+            ("scopes", strings(&["sessions:read"])),
+        ]),
+        table([
+            ("client_id", "batch".into()),
+            (
+                "client_secret",
+                format!("file:{}", secret_file.display()).into(),
+            ),
+            ("scopes", strings(&["sessions:read"])),
+        ]),
+    ];
+    let config = base_config(pki)
+        .section(
+            "token_endpoint",
+            table([
+                ("issuer", "https://idgate.test".into()),
+                ("audience", "idgate".into()),
+                ("signing_key", format!("file:{}", key.display()).into()),
+                ("clients", clients.map(toml::Value::from).to_vec().into()),
+            ]),
+        )
+        .section(
+            "lockout",
+            table([
+                ("max_failures", 2.into()),
+                ("cooldown", "1m".into()),
+                ("by", strings(&["token_client"])),
+            ]),
+        )
+        .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+        .route(RouteSpec::get("route", "/v1/{*rest}", "provider"));
+    match state {
+        Some(state) => config.section("state", state),
+        None => config,
+    }
+}
+
+/// `Authorization: Basic` for the client `batch` and `secret`.
+fn batch_basic(secret: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("batch:{secret}"))
+    )
+}
+
 #[tokio::test]
 async fn a_token_client_guessed_at_is_locked_out_and_others_still_get_tokens() {
     within(async {
         let pki = Pki::default_pki();
         let upstream = TestUpstream::http(UpstreamMode::Echo).await;
-        let key = signing_key(pki.path());
-        let secret_file = pki.path().join("batch-secret");
-        std::fs::write(&secret_file, "batch-client-secret-value").unwrap();
-        std::fs::set_permissions(
-            &secret_file,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
-        let clients = [
-            table([
-                ("client_id", "onboarding".into()),
-                ("spiffe_id", ONBOARDING.into()),
-                ("scopes", strings(&["sessions:read"])),
-            ]),
-            table([
-                ("client_id", "batch".into()),
-                (
-                    "client_secret",
-                    format!("file:{}", secret_file.display()).into(),
-                ),
-                ("scopes", strings(&["sessions:read"])),
-            ]),
-        ];
-        let config = base_config(&pki)
-            .section(
-                "token_endpoint",
-                table([
-                    ("issuer", "https://idgate.test".into()),
-                    ("audience", "idgate".into()),
-                    ("signing_key", format!("file:{}", key.display()).into()),
-                    ("clients", clients.map(toml::Value::from).to_vec().into()),
-                ]),
-            )
-            .section(
-                "lockout",
-                table([
-                    ("max_failures", 2.into()),
-                    ("cooldown", "1m".into()),
-                    ("by", strings(&["token_client"])),
-                ]),
-            )
-            .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
-            .route(RouteSpec::get("route", "/v1/{*rest}", "provider"));
+        let config = token_lockout_config(&pki, &upstream, None);
         let gw = Gateway::start(&config, &[]).await;
         let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
-        let basic = |secret: &str| {
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("batch:{secret}"))
-            )
-        };
+        let basic = batch_basic;
         let token = |auth: Option<String>, form: String| {
             let client = &client;
             async move {
@@ -771,6 +860,62 @@ async fn a_token_client_guessed_at_is_locked_out_and_others_still_get_tokens() {
         // A client authenticating with its SVID is not affected.
         let reply = token(None, grant.clone()).await;
         assert_eq!(reply.status, 200, "{:?}", reply.body);
+    })
+    .await;
+}
+
+/// The same guessing at a client's secret, the guesses sent at once on a backend the
+/// requests wait on: no more than `max_failures` are answered, and the right secret is
+/// refused with them.
+#[tokio::test]
+async fn guesses_at_a_token_clients_secret_sent_at_once_get_no_more_answers_than_max_failures() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let state = table([
+            ("backend", "redb".into()),
+            ("path", path_value(&pki.path().join("state.redb"))),
+        ]);
+        let config = token_lockout_config(&pki, &upstream, Some(state));
+        let gw = Gateway::start(&config, &[]).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        const GUESSES: usize = 40;
+        let mut connections = Vec::with_capacity(GUESSES);
+        for _ in 0..GUESSES {
+            connections.push(client.connect().await.unwrap());
+        }
+        let mut burst = tokio::task::JoinSet::new();
+        for (i, mut connection) in connections.into_iter().enumerate() {
+            burst.spawn(async move {
+                let auth = batch_basic(&format!("guess-{i}"));
+                let headers = [FORM, ("authorization", auth.as_str())];
+                let grant = "grant_type=client_credentials";
+                let reply = connection
+                    .send("POST", "/oauth2/token", &headers, grant)
+                    .await
+                    .unwrap();
+                reply.status
+            });
+        }
+        let statuses = burst.join_all().await;
+        let answered = statuses.iter().filter(|&&s| s == 401).count();
+        let locked = statuses.iter().filter(|&&s| s == 429).count();
+        assert_eq!(answered + locked, GUESSES, "{statuses:?}");
+        assert!(
+            answered <= 2,
+            "{answered} guesses were judged: {statuses:?}"
+        );
+        let auth = batch_basic("batch-client-secret-value");
+        let reply = client
+            .send(
+                "POST",
+                "/oauth2/token",
+                &[FORM, ("authorization", &auth)],
+                "grant_type=client_credentials",
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 429, "{:?}", reply.body);
     })
     .await;
 }
