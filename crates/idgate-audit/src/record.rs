@@ -27,6 +27,9 @@ pub enum Decision<'a> {
     /// Allowed, and answered otherwise than by the route's upstream (`fallback:cache`,
     /// `fallback:failover`).
     AllowedBy(&'a str),
+    /// Neither allowed nor refused: the caller went away before the gateway decided
+    /// (`client-closed`).
+    Undecided(&'a str),
 }
 
 /// OCSF `severity_id` and its caption: how much a record wants a reader's attention. The
@@ -61,6 +64,7 @@ impl Decision<'_> {
             Self::Denied(s) => ("denied:", Some(s)),
             Self::Failed(s) => ("failed:", Some(s)),
             Self::AllowedBy(s) => ("allowed:", Some(s)),
+            Self::Undecided(s) => ("undecided:", Some(s)),
         };
         out.extend_from_slice(word.as_bytes());
         if let Some(slug) = slug {
@@ -223,7 +227,10 @@ impl ApiActivity<'_> {
             Decision::Failed(_) => Severity::Medium,
             _ if self.status >= 500 => Severity::Medium,
             Decision::Denied(_) => Severity::Low,
-            Decision::Allowed | Decision::AllowedBy(_) => Severity::Informational,
+            // The caller left: nothing was refused or failed.
+            Decision::Allowed | Decision::AllowedBy(_) | Decision::Undecided(_) => {
+                Severity::Informational
+            }
         }
     }
 
@@ -756,6 +763,19 @@ pub(crate) mod tests {
         let v = parse(&out);
         assert_eq!(v["status_id"], 1);
         assert_eq!(v["status_detail"], "allowed:fallback:cache");
+    }
+
+    #[test]
+    fn a_request_left_before_the_gateway_decided_is_a_failure_and_never_allowed() {
+        let mut a = activity("rid-5", "/v3/workflows/");
+        a.decision = Decision::Undecided("client-closed");
+        a.status = 499;
+        let mut out = Vec::new();
+        a.write_members(&mut out);
+        let v = parse(&out);
+        assert_eq!(v["status_id"], 2);
+        assert_eq!(v["status_detail"], "undecided:client-closed");
+        assert_eq!(v["severity_id"], 1);
     }
 
     #[test]

@@ -78,6 +78,7 @@ pub(crate) fn request(
         Decision::Denied(slug) => idgate_audit::Decision::Denied(slug),
         Decision::Failed(slug) => idgate_audit::Decision::Failed(slug),
         Decision::AllowedBy(reason) => idgate_audit::Decision::AllowedBy(reason),
+        Decision::Undecided(reason) => idgate_audit::Decision::Undecided(reason),
     };
     trail.api(
         &ApiActivity {

@@ -83,6 +83,9 @@ pub struct RequestCtx<'r> {
     /// The object the path names, once the ownership check found it the caller's.
     pub owned_object: Option<idgate_store::ObjectId>,
     pub decision: Decision,
+    /// The gateway has decided to serve the request: every check passed and its record has
+    /// its place. Until then a caller that goes away leaves the request undecided.
+    pub admitted: bool,
     /// The request's place in the audit queue, reserved before it is served.
     pub audit_permit: Option<idgate_audit::Permit>,
     /// The request target in its canonical form, kept for the audit trail (which records its
@@ -139,6 +142,7 @@ impl<'r> RequestCtx<'r> {
             response_headers: HeaderMap::new(),
             owned_object: None,
             decision: Decision::Allowed,
+            admitted: false,
             audit_permit: None,
             uri: None,
             bytes_in,
@@ -276,8 +280,10 @@ impl<'r> RequestCtx<'r> {
     /// The record of a request whose caller went away before its answer: status 499, in
     /// the access log, the audit trail and the metrics alike. Its decision is the one the
     /// gateway had already made: a request a stage refused (or failed) while it still had
-    /// work to finish (a failed login's lockout count) keeps `denied:…` (`failed:…`); any
-    /// other becomes `allowed:client-closed`. Incident
+    /// work to finish (a failed login's lockout count) keeps `denied:…` (`failed:…`); one the
+    /// gateway had decided to serve becomes `allowed:client-closed`, and one it had not
+    /// decided on yet (its credential, a check or its place in the audit queue still awaited)
+    /// `undecided:client-closed`: it was never allowed. Incident
     /// detection hears what the upstream showed: its answer if it gave one, or, when it
     /// kept the request past the latency threshold, that time as a latency at least that
     /// long. A caller that gives up sooner says nothing of the upstream, and is no failure.
@@ -294,7 +300,11 @@ impl<'r> RequestCtx<'r> {
             self.feed_incidents(incidents.feed(), status, self.upstream_latency.or(kept));
         }
         if !matches!(self.decision, Decision::Denied(_) | Decision::Failed(_)) {
-            self.decision = Decision::AllowedBy(crate::access_log::CLIENT_CLOSED);
+            self.decision = if self.admitted {
+                Decision::AllowedBy(crate::access_log::CLIENT_CLOSED)
+            } else {
+                Decision::Undecided(crate::access_log::CLIENT_CLOSED)
+            };
         }
         self.write_record(status);
     }

@@ -324,6 +324,7 @@ impl Metrics {
             Decision::Denied(slug) => ("denied", Some(slug)),
             Decision::Failed(slug) => ("failed", Some(slug)),
             Decision::AllowedBy(reason) => ("allowed", Some(reason)),
+            Decision::Undecided(reason) => ("undecided", Some(reason)),
         };
         self.requests.get_or_create_owned(&RequestLabels {
             route: RouteLabel(route.clone()),

@@ -302,17 +302,20 @@ async fn guard_request(
 }
 
 /// Stage 6, last: a place in the audit queue for the request's record, taken before the
-/// request is served so that it is never served unrecorded, and no earlier, so that a request
+/// request is served so that it is never served unrecorded (once it is, the request is
+/// admitted: the gateway has decided to serve it), and no earlier, so that a request
 /// still to be refused (its body stalled, its credential wrong) cannot hold a place a served
 /// request needs: its record goes to the queue's unreserved pool. When the queue is full, the
 /// route's `on_audit_full` decides: wait up to `block_timeout` for a place, or refuse at once;
 /// either way a request without a place is refused (503).
 async fn audit_room(ctx: &mut RequestCtx<'_>, route: &Route) -> Result<(), Refusal> {
     let Some(trail) = &ctx.services.audit else {
+        ctx.admitted = true;
         return Ok(());
     };
     if let Some(permit) = trail.try_reserve() {
         ctx.audit_permit = Some(permit);
+        ctx.admitted = true;
         return Ok(());
     }
     let policy = ctx.snapshot.audit;
@@ -330,6 +333,7 @@ async fn audit_room(ctx: &mut RequestCtx<'_>, route: &Route) -> Result<(), Refus
         }
     };
     ctx.audit_permit = Some(permit.ok_or(Refusal::AuditUnavailable)?);
+    ctx.admitted = true;
     Ok(())
 }
 

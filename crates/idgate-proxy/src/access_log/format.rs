@@ -96,6 +96,7 @@ fn decision(out: &mut Vec<u8>, d: Decision) {
         Decision::Denied(slug) => (&b"denied:"[..], Some(slug)),
         Decision::Failed(slug) => (&b"failed:"[..], Some(slug)),
         Decision::AllowedBy(reason) => (&b"allowed:"[..], Some(reason)),
+        Decision::Undecided(reason) => (&b"undecided:"[..], Some(reason)),
     };
     out.extend_from_slice(word);
     if let Some(slug) = slug {

@@ -60,6 +60,9 @@ pub enum Decision {
     /// reason says how (`fallback:cache`, `fallback:failover`; `client-closed` when the
     /// caller went away first).
     AllowedBy(&'static str),
+    /// Neither allowed nor refused: the caller went away before the gateway decided (its
+    /// credential, a check or its place in the audit queue still awaited); `client-closed`.
+    Undecided(&'static str),
 }
 
 /// What the access line says about one request. Borrowed from the request's context: making

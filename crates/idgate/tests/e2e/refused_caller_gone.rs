@@ -1,6 +1,7 @@
 //! A request refused while the gateway still had work to finish for it (a wrong credential's
 //! lockout count, written to the state backend) whose caller goes away meanwhile: its record
-//! keeps the refusal (status 499, `denied:…`), never `allowed:client-closed`.
+//! keeps the refusal (status 499, `denied:…`), never `allowed:client-closed`; one whose
+//! caller goes away before the gateway decided on it is `undecided:client-closed`.
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -26,6 +27,68 @@ fn access_line(gw: &Gateway, id: &str) -> Option<serde_json::Value> {
         .map(|l| serde_json::to_value(l).unwrap())
 }
 
+/// A route that takes the SVID alone or with an API key, lockouts by source on `redis`, whose
+/// calls may wait 30 s.
+fn config_on(
+    pki: &Pki,
+    upstream: &TestUpstream,
+    redis: &idgate_store::redis_testing::RedisServer,
+) -> GatewayConfig {
+    let pepper = pki.path().join("pepper");
+    write_private(&pepper, b"0123456789abcdef0123456789abcdef-pepper");
+    let any = toml::toml! { any = ["mtls", "api_key"] };
+    base_config(pki)
+        .section(
+            "api_keys",
+            table([
+                ("store", path_value(&pki.path().join("keys.redb"))),
+                ("pepper", format!("file:{}", pepper.display()).into()),
+            ]),
+        )
+        .section(
+            "lockout",
+            table([
+                ("max_failures", 100.into()),
+                ("window", "1m".into()),
+                ("cooldown", "1m".into()),
+                ("by", strings(&["source_ip"])),
+            ]),
+        )
+        .section(
+            "state",
+            table([
+                ("backend", "redis".into()),
+                ("url", redis.url().into()),
+                // The lockout count waits on the paused server for the whole test.
+                ("timeout", "30s".into()),
+            ]),
+        )
+        .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+        .route(
+            RouteSpec::new("route", &["GET"], "/v1/{*rest}", "provider", &[ONBOARDING])
+                .with("auth", toml::Value::Array(vec![any.into()])),
+        )
+}
+
+/// A TLS connection to the gateway with the onboarding workload's SVID.
+async fn connect(pki: &Pki, gw: &Gateway) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let (cert, key) = pki.workload(ONBOARDING);
+    let tls = tls_client_config(
+        &pki.files.bundle,
+        Some((&cert, &key)),
+        false,
+        rustls::DEFAULT_VERSIONS,
+    );
+    let tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_goes_away_after_a_wrong_api_key_is_recorded_as_denied() {
     within(async {
@@ -34,59 +97,12 @@ async fn a_caller_that_goes_away_after_a_wrong_api_key_is_recorded_as_denied() {
         };
         let pki = Pki::default_pki();
         let upstream = TestUpstream::http(UpstreamMode::Echo).await;
-        let pepper = pki.path().join("pepper");
-        write_private(&pepper, b"0123456789abcdef0123456789abcdef-pepper");
-        let any = toml::toml! { any = ["mtls", "api_key"] };
-        let config = base_config(&pki)
-            .section(
-                "api_keys",
-                table([
-                    ("store", path_value(&pki.path().join("keys.redb"))),
-                    ("pepper", format!("file:{}", pepper.display()).into()),
-                ]),
-            )
-            .section(
-                "lockout",
-                table([
-                    ("max_failures", 100.into()),
-                    ("window", "1m".into()),
-                    ("cooldown", "1m".into()),
-                    ("by", strings(&["source_ip"])),
-                ]),
-            )
-            .section(
-                "state",
-                table([
-                    ("backend", "redis".into()),
-                    ("url", redis.url().into()),
-                    // The lockout count waits on the paused server for the whole test.
-                    ("timeout", "30s".into()),
-                ]),
-            )
-            .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
-            .route(
-                RouteSpec::new("route", &["GET"], "/v1/{*rest}", "provider", &[ONBOARDING])
-                    .with("auth", toml::Value::Array(vec![any.into()])),
-            );
+        let config = config_on(&pki, &upstream, &redis);
         let gw = Gateway::start(&config, &[]).await;
 
         // Writes wait; the lockout check (a read) goes through, the count (a write) waits.
         assert!(redis.query("CLIENT PAUSE 40000 WRITE").starts_with("+OK"));
-        let (cert, key) = pki.workload(ONBOARDING);
-        let tls = tls_client_config(
-            &pki.files.bundle,
-            Some((&cert, &key)),
-            false,
-            rustls::DEFAULT_VERSIONS,
-        );
-        let tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(tls)
-            .connect(
-                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
+        let mut tls = connect(&pki, &gw).await;
         let wrong = format!("idg_{}_{}", "a".repeat(16), "b".repeat(52));
         let request = format!(
             "GET /v1/anything HTTP/1.1\r\nhost: localhost\r\nx-api-key: {wrong}\r\nx-request-id: gone-after-a-wrong-key\r\n\r\n"
@@ -111,6 +127,57 @@ async fn a_caller_that_goes_away_after_a_wrong_api_key_is_recorded_as_denied() {
         let decision = line["decision"].as_str().unwrap();
         assert!(decision.starts_with("denied:"), "{line}");
         redis.query("CLIENT UNPAUSE");
+    })
+    .await;
+}
+
+/// A request whose caller goes away while the gateway has not decided on it yet (its
+/// lockout check waits on a state backend that does not answer): its record says so
+/// (`undecided:client-closed`, status 499), never `allowed`, since nothing allowed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_before_the_gateway_decided_is_not_recorded_as_allowed() {
+    within(async {
+        let Some(redis) = idgate_store::redis_testing::RedisServer::start() else {
+            return;
+        };
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let config = config_on(&pki, &upstream, &redis);
+        let gw = Gateway::start(&config, &[]).await;
+        // The SVID alone, which the route takes: only the lockout check stands before it.
+        let mut tls = connect(&pki, &gw).await;
+        redis.pause();
+        tls.write_all(
+            b"GET /v1/anything HTTP/1.1\r\nhost: localhost\r\nx-request-id: gone-undecided\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        // Time for the gateway to read the request; had it not, there would be no line at
+        // all below, never a wrong one.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert!(access_line(&gw, "gone-undecided").is_none(), "answered");
+        tls.shutdown().await.unwrap();
+        drop(tls);
+        assert_eventually!(
+            access_line(&gw, "gone-undecided").is_some(),
+            "no access line for the request whose caller went away:\n{}",
+            gw.output()
+        );
+        let line = access_line(&gw, "gone-undecided").unwrap();
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["decision"], "undecided:client-closed", "{line}");
+        assert!(upstream.requests().is_empty());
+        let (_, metrics) = admin_get(gw.admin_port, "/metrics").await.unwrap();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("idgate_requests_total{")
+                    && l.contains(r#"decision="undecided""#)
+                    && l.contains(r#"reason="client-closed""#)
+                    && l.ends_with(" 1")),
+            "{metrics}"
+        );
+        redis.resume();
     })
     .await;
 }
