@@ -27,6 +27,8 @@ pub struct TokenIssuer {
     key: Key,
     kid: String,
     jwk: Value,
+    /// The public halves of the keys signed with before a rotation, as JWKs.
+    previous: Vec<Value>,
     rng: SystemRandom,
 }
 
@@ -50,6 +52,8 @@ pub enum IssuerError {
     UnsupportedKey,
     #[error("signing failed")]
     Sign,
+    #[error("this is the signing key itself, not a previous one")]
+    PreviousIsCurrent,
 }
 
 fn thumbprint(canonical: &str) -> String {
@@ -57,6 +61,56 @@ fn thumbprint(canonical: &str) -> String {
         &ring::digest::SHA256,
         canonical.as_bytes(),
     ))
+}
+
+/// A PEM `PRIVATE KEY` (P-256, Ed25519, or RSA of 2048 to 8192 bits) and its public half as a
+/// JWK, with `kid` (its RFC 7638 thumbprint), `alg` and `use`.
+fn parse_key(pkcs8_pem: &[u8], rng: &SystemRandom) -> Result<(Key, Value), IssuerError> {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = match PrivateKeyDer::from_pem_slice(pkcs8_pem) {
+        Ok(PrivateKeyDer::Pkcs8(der)) => der,
+        _ => return Err(IssuerError::NotPkcs8),
+    };
+    let der = der.secret_pkcs8_der();
+    let (key, jwk_fields, canonical) = if let Ok(k) =
+        EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, rng)
+    {
+        let public = k.public_key().as_ref();
+        let (x, y) = (B64.encode(&public[1..33]), B64.encode(&public[33..65]));
+        // RFC 7638: required members in lexicographic order, no spaces.
+        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+        (
+            Key::Es256(k),
+            json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "alg": "ES256"}),
+            canonical,
+        )
+    } else if let Ok(k) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
+        let x = B64.encode(k.public_key().as_ref());
+        let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+        (
+            Key::EdDsa(k),
+            json!({"kty": "OKP", "crv": "Ed25519", "x": x, "alg": "EdDSA"}),
+            canonical,
+        )
+    } else if let Ok(k) = RsaKeyPair::from_pkcs8(der) {
+        // ring takes 2048 to 8192 bits, and a public exponent of at least 65537.
+        let public = PublicKeyComponents::<Vec<u8>>::from(k.public());
+        // RFC 7518 §6.3.1: unsigned big-endian, without leading zeros.
+        let (n, e) = (B64.encode(&public.n), B64.encode(&public.e));
+        let canonical = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
+        (
+            Key::Rs256(k),
+            json!({"kty": "RSA", "n": n, "e": e, "alg": "RS256"}),
+            canonical,
+        )
+    } else {
+        return Err(IssuerError::UnsupportedKey);
+    };
+    let mut jwk = jwk_fields;
+    jwk["kid"] = Value::String(thumbprint(&canonical));
+    jwk["use"] = Value::String("sig".into());
+    Ok((key, jwk))
 }
 
 /// RFC 8705 certificate thumbprint: base64url(SHA-256(DER)).
@@ -72,52 +126,13 @@ impl TokenIssuer {
         ttl: Duration,
         pkcs8_pem: &[u8],
     ) -> Result<Self, IssuerError> {
-        use rustls_pki_types::PrivateKeyDer;
-        use rustls_pki_types::pem::PemObject;
-        let der = match PrivateKeyDer::from_pem_slice(pkcs8_pem) {
-            Ok(PrivateKeyDer::Pkcs8(der)) => der,
-            _ => return Err(IssuerError::NotPkcs8),
-        };
         let rng = SystemRandom::new();
-        let der = der.secret_pkcs8_der();
-        let (key, jwk_fields, canonical) = if let Ok(k) =
-            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
-        {
-            let public = k.public_key().as_ref();
-            let (x, y) = (B64.encode(&public[1..33]), B64.encode(&public[33..65]));
-            // RFC 7638: required members in lexicographic order, no spaces.
-            let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-            (
-                Key::Es256(k),
-                json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "alg": "ES256"}),
-                canonical,
-            )
-        } else if let Ok(k) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
-            let x = B64.encode(k.public_key().as_ref());
-            let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
-            (
-                Key::EdDsa(k),
-                json!({"kty": "OKP", "crv": "Ed25519", "x": x, "alg": "EdDSA"}),
-                canonical,
-            )
-        } else if let Ok(k) = RsaKeyPair::from_pkcs8(der) {
-            // ring takes 2048 to 8192 bits, and a public exponent of at least 65537.
-            let public = PublicKeyComponents::<Vec<u8>>::from(k.public());
-            // RFC 7518 §6.3.1: unsigned big-endian, without leading zeros.
-            let (n, e) = (B64.encode(&public.n), B64.encode(&public.e));
-            let canonical = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
-            (
-                Key::Rs256(k),
-                json!({"kty": "RSA", "n": n, "e": e, "alg": "RS256"}),
-                canonical,
-            )
-        } else {
-            return Err(IssuerError::UnsupportedKey);
-        };
-        let kid = thumbprint(&canonical);
-        let mut jwk = jwk_fields;
-        jwk["kid"] = Value::String(kid.clone());
-        jwk["use"] = Value::String("sig".into());
+        let (key, jwk) = parse_key(pkcs8_pem, &rng)?;
+        let kid = jwk
+            .get("kid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         Ok(Self {
             issuer,
             audience,
@@ -125,8 +140,27 @@ impl TokenIssuer {
             key,
             kid,
             jwk,
+            previous: Vec::new(),
             rng,
         })
+    }
+
+    /// Keeps accepting, and publishing, the tokens of the keys signed with before a rotation
+    /// (`pkcs8_pems`, in the form of the signing key): only their public halves are kept.
+    /// Refuses one that does not parse, and one that is the signing key itself, with its
+    /// position.
+    pub fn with_previous(mut self, pkcs8_pems: &[&[u8]]) -> Result<Self, (usize, IssuerError)> {
+        for (position, pem) in pkcs8_pems.iter().enumerate() {
+            let (_, jwk) = parse_key(pem, &self.rng).map_err(|e| (position, e))?;
+            let kid = jwk.get("kid").and_then(Value::as_str).unwrap_or_default();
+            if kid == self.kid {
+                return Err((position, IssuerError::PreviousIsCurrent));
+            }
+            if !self.previous.iter().any(|p| p.get("kid") == jwk.get("kid")) {
+                self.previous.push(jwk);
+            }
+        }
+        Ok(self)
     }
 
     pub fn issuer(&self) -> &str {
@@ -152,7 +186,14 @@ impl TokenIssuer {
 
     /// `{"keys": [jwk]}` for `/.well-known/jwks.json`.
     pub fn jwks(&self) -> Value {
-        json!({ "keys": [self.jwk] })
+        let keys: Vec<&Value> = std::iter::once(&self.jwk).chain(&self.previous).collect();
+        json!({ "keys": keys })
+    }
+
+    /// The public keys of the signing keys before a rotation, as JWKs (with `kid`, `alg`,
+    /// `use`): their tokens are still accepted.
+    pub fn previous_jwks(&self) -> &[Value] {
+        &self.previous
     }
 
     /// RFC 8414 metadata for `/.well-known/oauth-authorization-server`.
@@ -246,6 +287,38 @@ pub fn generate_es256_pem() -> Result<String, IssuerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn previous_keys_are_published_by_their_public_halves_and_the_signing_key_is_not_one() {
+        let pem = |p: String| p.into_bytes();
+        let current = pem(generate_es256_pem().unwrap());
+        let old = pem(generate_es256_pem().unwrap());
+        let issuer = |previous: &[&[u8]]| {
+            TokenIssuer::new(
+                "https://idgate.test".into(),
+                "idgate".into(),
+                Duration::from_secs(60),
+                &current,
+            )
+            .unwrap()
+            .with_previous(previous)
+        };
+        let rotated = issuer(&[&old, &old]).unwrap();
+        let keys = rotated.jwks()["keys"].as_array().unwrap().clone();
+        assert_eq!(keys.len(), 2, "the same previous key once");
+        assert_eq!(keys[0], *rotated.jwk(), "the signing key first");
+        assert_ne!(keys[1]["kid"], keys[0]["kid"]);
+        assert!(keys.iter().all(|k| k.get("d").is_none()));
+        assert_eq!(rotated.previous_jwks(), &keys[1..]);
+        assert!(matches!(
+            issuer(&[&old, &current]).unwrap_err(),
+            (1, IssuerError::PreviousIsCurrent)
+        ));
+        assert!(matches!(
+            issuer(&[b"not a key"]).unwrap_err(),
+            (0, IssuerError::NotPkcs8)
+        ));
+    }
 
     #[test]
     fn issues_bound_es256_tokens_that_verify_with_the_published_key() {

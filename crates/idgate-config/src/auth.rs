@@ -51,6 +51,9 @@ pub struct TokenClientConfig {
     pub tier: Option<String>,
 }
 
+/// The most `previous_signing_keys`: a rotation needs one.
+pub(crate) const MAX_PREVIOUS_SIGNING_KEYS: usize = 4;
+
 /// `[token_endpoint]`: the built-in OAuth2 client-credentials endpoint.
 #[derive(Debug, Clone)]
 pub struct TokenEndpointConfig {
@@ -58,6 +61,9 @@ pub struct TokenEndpointConfig {
     pub audience: String,
     /// A PKCS#8 PEM private key (P-256 for ES256, Ed25519 for EdDSA).
     pub signing_key: SecretRef,
+    /// The keys signed with before a rotation: their tokens are still accepted, and their
+    /// public halves published, until they are taken out.
+    pub previous_signing_keys: Vec<SecretRef>,
     pub token_ttl: Duration,
     pub clients: Vec<TokenClientConfig>,
 }
@@ -345,6 +351,22 @@ pub(crate) fn token_endpoint(
         cx.err("token_endpoint.audience", "must not be empty");
     }
     let signing_key = available(cx, "token_endpoint.signing_key", &t.signing_key);
+    if t.previous_signing_keys.len() > MAX_PREVIOUS_SIGNING_KEYS {
+        cx.err(
+            "token_endpoint.previous_signing_keys",
+            format!(
+                "at most {MAX_PREVIOUS_SIGNING_KEYS}: keep a previous key only until the tokens it signed have expired (token_ttl)"
+            ),
+        );
+    }
+    let previous_signing_keys: Vec<SecretRef> = t
+        .previous_signing_keys
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            available(cx, &format!("token_endpoint.previous_signing_keys[{i}]"), s)
+        })
+        .collect();
     let token_ttl = cx.duration(
         "token_endpoint.token_ttl",
         t.token_ttl,
@@ -404,6 +426,7 @@ pub(crate) fn token_endpoint(
         issuer: t.issuer,
         audience: t.audience,
         signing_key: signing_key?,
+        previous_signing_keys,
         token_ttl,
         clients,
     })

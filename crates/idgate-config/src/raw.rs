@@ -312,6 +312,8 @@ pub(crate) struct TokenEndpoint {
     pub(crate) audience: String,
     pub(crate) signing_key: String,
     #[serde(default)]
+    pub(crate) previous_signing_keys: Vec<String>,
+    #[serde(default)]
     pub(crate) token_ttl: Option<String>,
     #[serde(default)]
     pub(crate) clients: Vec<TokenClient>,

@@ -124,14 +124,18 @@ impl AuthServices {
         let mut statics = Vec::new();
         let mut own_tokens = None;
         if let Some(t) = token_issuer {
-            let jwk: Jwk = serde_json::from_value(t.jwk().clone())?;
-            let alg = Algorithm::from_str(t.algorithm())?;
-            let mut own = StaticIssuer::new(
-                t.issuer(),
-                vec![t.audience().to_owned()],
-                vec![alg],
-                vec![jwk],
-            );
+            // The signing key, and those signed with before a rotation.
+            let mut jwks = vec![serde_json::from_value::<Jwk>(t.jwk().clone())?];
+            let mut algs = vec![Algorithm::from_str(t.algorithm())?];
+            for previous in t.previous_jwks() {
+                let alg = previous.get("alg").and_then(serde_json::Value::as_str);
+                let alg = Algorithm::from_str(alg.unwrap_or_default())?;
+                if !algs.contains(&alg) {
+                    algs.push(alg);
+                }
+                jwks.push(serde_json::from_value(previous.clone())?);
+            }
+            let mut own = StaticIssuer::new(t.issuer(), vec![t.audience().to_owned()], algs, jwks);
             // It issues nothing but `at+jwt` access tokens.
             own.require_at_jwt = true;
             statics.push(own);

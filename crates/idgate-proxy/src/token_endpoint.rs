@@ -60,6 +60,17 @@ pub enum TokenEndpointError {
     SigningKeyUnreadable(SecretError),
     #[error("{0}")]
     SigningKey(#[from] idgate_auth::issuer::IssuerError),
+    #[error("{source}")]
+    PreviousSigningKeyUnreadable {
+        /// Its place in `previous_signing_keys`.
+        position: usize,
+        source: SecretError,
+    },
+    #[error("{source}")]
+    PreviousSigningKey {
+        position: usize,
+        source: idgate_auth::issuer::IssuerError,
+    },
     #[error("client {client_id}: {source}")]
     ClientSecret {
         /// The client's place in `[[token_endpoint.clients]]`.
@@ -76,6 +87,10 @@ impl TokenEndpointError {
         match self {
             Self::SigningKeyUnreadable(_) | Self::SigningKey(_) => {
                 "token_endpoint.signing_key".to_owned()
+            }
+            Self::PreviousSigningKeyUnreadable { position, .. }
+            | Self::PreviousSigningKey { position, .. } => {
+                format!("token_endpoint.previous_signing_keys[{position}]")
             }
             Self::ClientSecret { position, .. } => {
                 format!("token_endpoint.clients[{position}].client_secret")
@@ -129,11 +144,26 @@ impl TokenEndpoint {
             .signing_key
             .fetch()
             .map_err(TokenEndpointError::SigningKeyUnreadable)?;
+        let mut previous = Vec::with_capacity(cfg.previous_signing_keys.len());
+        for (position, r) in cfg.previous_signing_keys.iter().enumerate() {
+            let pem =
+                r.fetch()
+                    .map_err(|source| TokenEndpointError::PreviousSigningKeyUnreadable {
+                        position,
+                        source,
+                    })?;
+            previous.push(pem);
+        }
+        let pems: Vec<&[u8]> = previous.iter().map(|p| p.value.expose_secret()).collect();
         let issuer = TokenIssuer::new(
             cfg.issuer.clone(),
             cfg.audience.clone(),
             cfg.token_ttl,
             pem.value.expose_secret(),
+        )?
+        .with_previous(&pems)
+        .map_err(
+            |(position, source)| TokenEndpointError::PreviousSigningKey { position, source },
         )?;
         let mut clients = Vec::new();
         for (position, c) in cfg.clients.iter().enumerate() {

@@ -4,6 +4,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
+use crate::assert_eventually;
 use crate::support::*;
 
 pub(crate) const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
@@ -547,4 +548,134 @@ async fn bound_token_works_over_its_own_certificate_and_is_refused_over_another(
         &signature(write_only),
     ])
     .await;
+}
+
+/// `previous_signing_keys = ["file:PATH"]` in `[token_endpoint]`.
+fn name_previous_key(config: &mut GatewayConfig, path: &std::path::Path) {
+    let section = config.sections.get_mut("token_endpoint").unwrap();
+    section.as_table_mut().unwrap().insert(
+        "previous_signing_keys".to_owned(),
+        strings(&[&format!("file:{}", path.display())]),
+    );
+}
+
+/// A planned rotation of the signing key: the key signed with before it, named in
+/// `previous_signing_keys`, keeps its tokens valid and stays in the JWKS; taken out, its
+/// tokens are refused. All over SIGHUP reloads, on the same files.
+#[tokio::test]
+async fn tokens_of_the_key_before_a_rotation_are_accepted_while_it_is_named_previous() {
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+        let write_key = |path: &std::path::Path, pem: &str| {
+            let staged = path.with_extension("new");
+            std::fs::write(&staged, pem).unwrap();
+            std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            std::fs::rename(&staged, path).unwrap();
+        };
+        let generate = || idgate_auth::issuer::generate_es256_pem().unwrap();
+        let (first, second) = (generate(), generate());
+        let current = pki.path().join("signing.pem");
+        let previous = pki.path().join("previous.pem");
+        write_key(&current, &first);
+        // Before any rotation the previous key is one that never signed anything.
+        write_key(&previous, &generate());
+        let mut config = token_config(&pki, ClientAuth::Optional, &upstream, &current);
+        name_previous_key(&mut config, &previous);
+        let gw = Gateway::start(&config, &[]).await;
+        let owner = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        let decision = |token: String| {
+            let owner = &owner;
+            async move {
+                let bearer = format!("Bearer {token}");
+                let reply = owner
+                    .send(
+                        "GET",
+                        "/v3/session/s1/decision/",
+                        &[("authorization", &bearer)],
+                        "",
+                    )
+                    .await
+                    .unwrap();
+                (reply.status, reply.body)
+            }
+        };
+        let token = |reply: Reply| reply.json()["access_token"].as_str().unwrap().to_owned();
+        let kids = || async {
+            let jwks = owner.get("/.well-known/jwks.json").await.unwrap().json();
+            let mut kids: Vec<String> = jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| {
+                    assert!(k.get("d").is_none(), "a private key was published");
+                    k["kid"].as_str().unwrap().to_owned()
+                })
+                .collect();
+            kids.sort();
+            kids
+        };
+        let before = token(ask_token(&owner).await);
+        assert_eq!(decision(before.clone()).await.0, 200);
+        let first_kid = kids().await;
+
+        // The rotation: the new key signs, the old one is named previous.
+        write_key(&previous, &first);
+        write_key(&current, &second);
+        gw.signal("HUP");
+        assert_eventually!(
+            kids().await.len() == 2 && kids().await != first_kid,
+            "the rotation was not taken; output:\n{}",
+            gw.output()
+        );
+        let after = token(ask_token(&owner).await);
+        let header = |t: &str| -> serde_json::Value {
+            serde_json::from_slice(&B64.decode(t.split('.').next().unwrap()).unwrap()).unwrap()
+        };
+        assert_ne!(header(&after)["kid"], header(&before)["kid"]);
+        assert!(
+            kids()
+                .await
+                .contains(&header(&before)["kid"].as_str().unwrap().to_owned())
+        );
+        assert_eq!(decision(before.clone()).await.0, 200, "{}", gw.output());
+        assert_eq!(decision(after.clone()).await.0, 200);
+
+        // Taken out: the tokens it signed are refused, the new key's are not.
+        write_key(&previous, &generate());
+        gw.signal("HUP");
+        assert_eventually!(
+            decision(before.clone()).await.0 == 401,
+            "the retired key's token is still accepted; output:\n{}",
+            gw.output()
+        );
+        let (_, body) = decision(before).await;
+        assert!(
+            String::from_utf8_lossy(&body).contains("unknown signing key"),
+            "{body:?}"
+        );
+        assert_eq!(decision(after).await.0, 200);
+    })
+    .await;
+}
+
+/// A previous key that is the signing key itself is a mistake in the rotation: refused
+/// before the gateway starts, at its key.
+#[tokio::test]
+async fn a_previous_signing_key_that_is_the_signing_key_is_refused_at_its_key() {
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::Echo).await;
+    let key = signing_key(pki.path());
+    let mut config = token_config(&pki, ClientAuth::Optional, &upstream, &key);
+    name_previous_key(&mut config, &key);
+    let file = pki.path().join("idgate.toml");
+    std::fs::write(&file, config.to_toml()).unwrap();
+    let (code, out, err) = idgate_cli(&["check", "--config", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}{err}");
+    let expected = format!(
+        "{}: token_endpoint.previous_signing_keys[0]: this is the signing key itself, not a previous one",
+        file.display()
+    );
+    assert!(err.contains(&expected), "{err}");
 }
