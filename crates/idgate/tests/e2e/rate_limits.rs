@@ -750,7 +750,7 @@ async fn made_up_api_key_ids_create_a_bounded_number_of_lockout_keys() {
 /// A token endpoint with a client `batch` (secret `batch-client-secret-value`) and
 /// `onboarding` (its SVID), a lockout by token client after 2 failures, and `[state]` as
 /// given.
-fn token_lockout_config(
+pub(crate) fn token_lockout_config(
     pki: &Pki,
     upstream: &TestUpstream,
     state: Option<toml::Table>,
@@ -805,7 +805,7 @@ fn token_lockout_config(
 }
 
 /// `Authorization: Basic` for the client `batch` and `secret`.
-fn batch_basic(secret: &str) -> String {
+pub(crate) fn batch_basic(secret: &str) -> String {
     format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("batch:{secret}"))

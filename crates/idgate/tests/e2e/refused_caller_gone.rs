@@ -181,3 +181,51 @@ async fn a_caller_that_goes_away_before_the_gateway_decided_is_not_recorded_as_a
     })
     .await;
 }
+
+/// The same at the token endpoint: a wrong client secret is refused (`invalid_client`)
+/// before its lockout count is written; a caller that goes away meanwhile is recorded
+/// `denied:invalid_client`, never allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_after_a_wrong_client_secret_is_recorded_as_denied() {
+    within(async {
+        let Some(redis) = idgate_store::redis_testing::RedisServer::start() else {
+            return;
+        };
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let state = table([
+            ("backend", "redis".into()),
+            ("url", redis.url().into()),
+            ("timeout", "30s".into()),
+        ]);
+        let config = crate::rate_limits::token_lockout_config(&pki, &upstream, Some(state));
+        let gw = Gateway::start(&config, &[]).await;
+        assert!(redis.query("CLIENT PAUSE 40000 WRITE").starts_with("+OK"));
+        let mut tls = connect(&pki, &gw).await;
+        let form = "grant_type=client_credentials";
+        let request = format!(
+            "POST /oauth2/token HTTP/1.1\r\nhost: localhost\r\nauthorization: {}\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\nx-request-id: gone-after-a-wrong-secret\r\n\r\n{form}",
+            crate::rate_limits::batch_basic("wrong"),
+            form.len()
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        assert_eventually!(
+            auth_failures(&gw).await >= 1.0,
+            "the wrong secret was not counted:\n{}",
+            gw.output()
+        );
+        assert!(access_line(&gw, "gone-after-a-wrong-secret").is_none());
+        tls.shutdown().await.unwrap();
+        drop(tls);
+        assert_eventually!(
+            access_line(&gw, "gone-after-a-wrong-secret").is_some(),
+            "no access line for the request whose caller went away:\n{}",
+            gw.output()
+        );
+        let line = access_line(&gw, "gone-after-a-wrong-secret").unwrap();
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["decision"], "denied:invalid_client", "{line}");
+        redis.query("CLIENT UNPAUSE");
+    })
+    .await;
+}
