@@ -177,6 +177,10 @@ struct Module {
     /// The library file, as the file system knows it: see [`module`].
     file: ModuleFile,
     gate: RwLock<ModuleState>,
+    /// The PINs each token refused, by token label: kept with the module, which lives as
+    /// long as the process, so that a handle let go and made again (its PIN source named
+    /// once more) does not present them again. See `login.rs`.
+    logins: Mutex<login::Refusals>,
 }
 
 /// A file as the file system knows it: its device and inode.
@@ -315,6 +319,7 @@ fn module(path: &Path) -> Result<Arc<Module>, HsmError> {
             generation: 0,
             last_reinit: None,
         }),
+        logins: Mutex::default(),
     });
     modules.by_file.insert(file.id, module.clone());
     modules.by_path.insert(file.path, module.clone());
@@ -336,8 +341,6 @@ pub struct Hsm {
     /// Where the PIN is read from at each login: fixed for the life of the handle, so that a
     /// configuration that names another source gets a handle of its own ([`Hsm::shared`]).
     pin_source: PinSource,
-    /// The PIN the token last refused from `pin_source`: see `login.rs`.
-    pin: Mutex<login::Pin>,
     state: Mutex<HsmState>,
     /// The token was found missing and has not been used successfully since (for logs).
     gone: AtomicBool,
@@ -547,7 +550,6 @@ impl Hsm {
             module,
             token_label: uri.token.clone(),
             pin_source: uri.pin_source.clone(),
-            pin: Mutex::default(),
             state: Mutex::new(HsmState::default()),
             gone: AtomicBool::new(false),
             signing: Arc::new(tokio::sync::Semaphore::new(POOL_SIZE)),

@@ -4,19 +4,29 @@
 //! takes down every application on the partition. So the PIN is read from its source when a
 //! login is needed, never kept between logins, and a PIN the token refused is presented
 //! again only once its source holds another: a typo, or a PIN rotated in the token before
-//! its file, costs one refused login, not one per credential, per session or per retry.
+//! its file, costs one refused login, not one per credential, per session or per retry. The
+//! refused PINs are kept with the module, by token, so a handle let go and made again (a
+//! reload that stops naming a PIN source, then names it again) does not present them once
+//! more; a successful login forgets them.
+
+use std::collections::HashMap;
 
 use secrecy::ExposeSecret;
 
 use super::*;
 
-/// The last PIN the token refused from a handle's source, if any.
+/// The PINs each token of a module refused, by token label: at most [`KEPT`] a token, the
+/// latest last.
 #[derive(Default)]
-pub(super) struct Pin {
-    refused: Option<Refused>,
+pub(super) struct Refusals {
+    by_token: HashMap<Option<String>, Vec<Refused>>,
 }
 
-/// A PIN the token refused, kept (zeroized on drop) only to tell whether its source still
+/// The most refused PINs remembered for one token: as many sources as a configuration
+/// could name for it, and more.
+const KEPT: usize = 8;
+
+/// A PIN the token refused, kept (zeroized on drop) only to tell whether a source still
 /// holds it.
 struct Refused {
     pin: SecretString,
@@ -75,8 +85,9 @@ impl Hsm {
     /// unless it is already. One login at a time per token: a PIN refused by one is known to
     /// the next before it presents anything.
     pub(super) fn log_in(&self, session: &Session) -> Result<(), HsmError> {
-        let mut pin = self
-            .pin
+        let mut logins = self
+            .module
+            .logins
             .lock()
             .map_err(|_| HsmError::Pin("PIN state poisoned".into()))?;
         // Another call may have logged in while this one waited.
@@ -84,19 +95,21 @@ impl Hsm {
             return Ok(());
         }
         let value = read_pin(&self.pin_source)?;
-        if let Some(refused) = &pin.refused
-            && refused.pin.expose_secret().as_bytes() == value.expose_secret().as_bytes()
+        let refused = logins.by_token.entry(self.token_label.clone()).or_default();
+        if let Some(known) = refused
+            .iter()
+            .find(|r| r.pin.expose_secret().as_bytes() == value.expose_secret().as_bytes())
         {
             return Err(HsmError::PinRefused {
                 pin_source: self.pin_source.to_string(),
-                code: refused.code,
+                code: known.code,
             });
         }
         #[cfg(test)]
         self.login_attempts.fetch_add(1, Ordering::SeqCst);
         match session.login(UserType::User, Some(&value)) {
             Ok(()) => {
-                pin.refused = None;
+                refused.clear();
                 Ok(())
             }
             // Logged in meanwhile by another user of the module: this PIN was not checked.
@@ -110,7 +123,10 @@ impl Hsm {
                 };
                 let pin_source = self.pin_source.to_string();
                 tracing::error!(token = %self.label(), pin_source = %pin_source, code, "the PKCS#11 token refused the user PIN: it is not presented again until its source holds another");
-                pin.refused = Some(Refused { pin: value, code });
+                if refused.len() == KEPT {
+                    refused.remove(0);
+                }
+                refused.push(Refused { pin: value, code });
                 Err(HsmError::PinRefused { pin_source, code })
             }
         }

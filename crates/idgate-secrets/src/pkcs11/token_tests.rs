@@ -205,6 +205,52 @@ fn a_refused_pin_is_not_presented_again_until_its_source_changes() {
     );
 }
 
+/// A reload that stops naming a PIN source lets its handle go; one that names it again
+/// makes a new handle. The token's refusal of the PIN there outlives the first handle: the
+/// new one does not present it again (each presentation counts towards locking the user).
+#[test]
+fn a_refused_pin_is_not_presented_again_by_a_handle_made_anew_for_its_source() {
+    in_own_store(
+        "a_refused_pin_is_not_presented_again_by_a_handle_made_anew_for_its_source",
+        |store| {
+            store.init_token();
+            store.write_pin("wrong-pin-77aa01");
+            let first = Hsm::shared(&store.uri("key")).unwrap();
+            let err = first.hmac_key_version("key", 0).unwrap_err();
+            assert!(matches!(err, HsmError::PinRefused { .. }), "{err}");
+            assert_eq!(attempts(&first), 1);
+            drop(first);
+            // Another source named for the token: the first handle, unused, is let go.
+            let other_pin = store.dir.join("other-pin");
+            std::fs::write(&other_pin, "another-pin").unwrap();
+            std::fs::set_permissions(&other_pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let mut uri = store.uri("key");
+            uri.pin_source = PinSource::File(other_pin);
+            let other = Hsm::shared(&uri).unwrap();
+            // The first source named again: a handle of its own, made anew.
+            let again = Hsm::shared(&store.uri("key")).unwrap();
+            assert!(!Arc::ptr_eq(&again, &other));
+            let err = again.hmac_key_version("key", 0).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    HsmError::PinRefused {
+                        code: "CKR_PIN_INCORRECT",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert_eq!(attempts(&again), 0, "the refused PIN was presented again");
+            // Its source now holds the right PIN: presented, and logged in.
+            store.write_pin(USER_PIN);
+            assert_eq!(again.import_hmac_key("key", KEY).unwrap(), 1);
+            assert_eq!(attempts(&again), 1);
+            drop(other);
+        },
+    );
+}
+
 #[test]
 fn a_pin_changed_and_reloaded_is_used_once_the_token_returns() {
     in_own_store(
