@@ -97,6 +97,10 @@ pub struct RequestCtx<'r> {
     pub bytes_out: Option<u64>,
     /// The route's failover upstream, once the request went there (`resilience.rs`).
     pub failover: Option<&'r crate::upstream::Upstream>,
+    /// The primary upstream's failed attempt, and how long it took to answer if it did,
+    /// while the request falls back: incident detection hears of it once the fallback ends,
+    /// or, when the caller goes away first, with the request's record.
+    pub primary_failed: Option<(&'r crate::upstream::Upstream, Option<Duration>)>,
     /// The request's record was made; a request dropped before (its caller went away) gets
     /// its record when its context is dropped.
     recorded: bool,
@@ -148,6 +152,7 @@ impl<'r> RequestCtx<'r> {
             bytes_in,
             bytes_out: None,
             failover: None,
+            primary_failed: None,
             recorded: false,
         }
     }
@@ -298,6 +303,13 @@ impl<'r> RequestCtx<'r> {
                 .map(|sent| sent.elapsed())
                 .filter(|&kept| kept >= threshold);
             self.feed_incidents(incidents.feed(), status, self.upstream_latency.or(kept));
+            // A primary that failed before the failover upstream took the request: its
+            // failure stands, whatever became of the request.
+            if self.failover.is_some()
+                && let Some((primary, latency)) = self.primary_failed.take()
+            {
+                self.feed_upstream(incidents.feed(), Some(primary), false, true, latency, false);
+            }
         }
         if !matches!(self.decision, Decision::Denied(_) | Decision::Failed(_)) {
             self.decision = if self.admitted {
@@ -368,12 +380,10 @@ impl<'r> RequestCtx<'r> {
     /// the failover upstream went on with: the request's record (and its own count) names
     /// the secondary alone, and the primary's failure would go unseen. `served`: a fallback
     /// answered the caller; else the request failed.
-    pub(crate) fn feed_failed_over(
-        &self,
-        primary: &crate::upstream::Upstream,
-        latency: Option<Duration>,
-        served: bool,
-    ) {
+    pub(crate) fn feed_failed_over(&mut self, served: bool) {
+        let Some((primary, latency)) = self.primary_failed.take() else {
+            return;
+        };
         if let Some(incidents) = &self.services.incidents {
             self.feed_upstream(
                 incidents.feed(),

@@ -89,17 +89,19 @@ async fn forward_with_plan<'r>(
         Outcome::Refused(r) => return Err(r),
         Outcome::Failed { failure, reached } => (failure, reached),
     };
-    let primary_latency = ctx.upstream_latency;
+    ctx.primary_failed = Some((upstream, ctx.upstream_latency));
     let answer = fall_back(ctx, route, again, cached.as_ref(), failure, reached).await;
     // Once the failover upstream took the request, its record names the secondary alone:
-    // incident detection hears of the primary's failure here, or never.
+    // incident detection hears of the primary's failure here, or with the record when the
+    // caller goes away first (`RequestCtx::primary_failed`).
     if ctx.failover.is_some() {
         let served = matches!(
             ctx.decision,
             Decision::AllowedBy(FALLBACK_FAILOVER | FALLBACK_CACHE)
         );
-        ctx.feed_failed_over(upstream, primary_latency, served);
+        ctx.feed_failed_over(served);
     }
+    ctx.primary_failed = None;
     answer
 }
 

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::assert_eventually;
@@ -760,6 +761,46 @@ async fn a_primary_failing_over_to_its_secondary_still_opens_an_upstream_errors_
                 .all(|i| i["subject"] != "second"),
             "the secondary answered well: {list}"
         );
+    })
+    .await;
+}
+
+/// The same when the callers go away while the secondary works on their requests: the
+/// primary's failure is counted with each request's record, not lost with its future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_failing_over_is_counted_even_when_the_callers_leave_before_the_secondary_answers()
+ {
+    within_limit(Duration::from_secs(60), async {
+        let pki = Pki::default_pki();
+        let work = tempfile::tempdir().unwrap();
+        let down = ClosedPort::new();
+        let secondary = TestUpstream::http(UpstreamMode::Delay(Duration::from_secs(40))).await;
+        let config = base_config(&pki)
+            .upstream(UpstreamSpec::new("down", &down.url("http")))
+            .upstream(UpstreamSpec::new("second", &secondary.url(false)))
+            .route(RouteSpec::get("route", "/v1/{*rest}", "down").with("failover", "second"))
+            .section(
+                "incidents",
+                incidents_section(&work.path().join("incidents"), None),
+            );
+        let gw = Gateway::start(&config, &[]).await;
+        for n in 0..6 {
+            let mut tls = tls_to(&pki, &gw, false).await;
+            let request = format!("GET /v1/kyc/{n} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+            tls.write_all(request.as_bytes()).await.unwrap();
+            assert_eventually!(
+                secondary.requests().len() == n + 1,
+                "the request did not reach the secondary"
+            );
+            tls.shutdown().await.unwrap();
+        }
+        let open = incident_when(
+            gw.admin_port,
+            |i| i["rule"] == "upstream_errors" && i["subject"] == "down",
+            Duration::from_secs(15),
+        )
+        .await;
+        assert_eq!(open["requests_failed"], 0, "{open}");
     })
     .await;
 }
