@@ -90,6 +90,8 @@ struct Finding {
 
 /// One second in the window: its sample and the audit trail's last seq before it.
 struct Second {
+    /// Its place in the run of seconds since the detector started.
+    index: u64,
     sample: Sample,
     seq_before: Option<u64>,
 }
@@ -112,6 +114,12 @@ pub struct Detector {
     /// the next request, and only that probe (announced as half-open) makes it refuse again.
     breakers_open: BTreeMap<String, Millis>,
     open: HashMap<Key, Open>,
+    /// Of each incident closed while seconds it counted are still in the window, the last of
+    /// them: an incident of the same rule and subject opening meanwhile starts after it, so
+    /// that no second is counted by two incidents.
+    counted_through: HashMap<Key, u64>,
+    /// The index the next second gets.
+    next_index: u64,
     last_tick: Option<Instant>,
     /// The audit trail at the last tick.
     audit: Option<AuditState>,
@@ -138,6 +146,8 @@ impl Detector {
             window: VecDeque::new(),
             breakers_open: BTreeMap::new(),
             open: HashMap::new(),
+            counted_through: HashMap::new(),
+            next_index: 0,
             last_tick: None,
             audit: None,
         }
@@ -166,12 +176,17 @@ impl Detector {
         let latest = sample.clone();
         let now_seq = audit.map(|a| a.last_seq);
         self.window.push_back(Second {
+            index: self.next_index,
             sample,
             // The first second has no tick before it: its entries start after now's.
             seq_before: self.audit.map(|a| a.last_seq).or(now_seq),
         });
+        self.next_index += 1;
         while self.window.len() > self.window_len() {
             self.window.pop_front();
+        }
+        if let Some(first) = self.window.front().map(|s| s.index) {
+            self.counted_through.retain(|_, last| *last >= first);
         }
         self.audit = audit;
         let findings = self.evaluate();
@@ -340,7 +355,11 @@ impl Detector {
     ) -> Incident {
         let now = tick.wall;
         let (rule, subject) = key.clone();
-        let window_start = Millis(now.0.saturating_sub(self.window.len() as u64 * 1000));
+        // The window's seconds, but those an incident of this key closed with.
+        let after = self.counted_through.remove(&key);
+        let fresh = |s: &&Second| after.is_none_or(|last| s.index > last);
+        let uncounted = self.window.iter().filter(fresh).count();
+        let window_start = Millis(now.0.saturating_sub(uncounted as u64 * 1000));
         let mut incident = Incident {
             id: incident_id(now, rule, subject.as_deref()),
             rule,
@@ -364,7 +383,8 @@ impl Detector {
             audit: AuditRange {
                 first_seq: self
                     .window
-                    .front()
+                    .iter()
+                    .find(fresh)
                     .and_then(|s| s.seq_before)
                     .map(|s| s + 1),
                 last_seq: self.audit.map(|a| a.last_seq),
@@ -379,7 +399,12 @@ impl Detector {
         );
         incident.note(now, EntryKind::ThresholdCrossed, f.summary);
         // The window's counts are the incident's first.
-        let seconds: Vec<Sample> = self.window.iter().map(|s| s.sample.clone()).collect();
+        let seconds: Vec<Sample> = self
+            .window
+            .iter()
+            .filter(fresh)
+            .map(|s| s.sample.clone())
+            .collect();
         for s in &seconds {
             self.count(&mut incident, s);
         }
@@ -538,6 +563,9 @@ impl Detector {
                             format!("healthy for {}s: closed", close_after / 1000),
                         );
                         inc.updated_at = now;
+                        if let Some(last) = self.window.back() {
+                            self.counted_through.insert(key.clone(), last.index);
+                        }
                         return Some((ChangeKind::Closed, inc));
                     }
                     Some(_) => {}

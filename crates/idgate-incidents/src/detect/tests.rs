@@ -880,3 +880,59 @@ fn an_upstream_first_seen_past_the_feeds_bound_still_opens_its_incident() {
         "{changes:?}"
     );
 }
+
+/// An incident that fires again soon after it closed opens anew with the window's seconds
+/// as its first counts, but not those the closed one counted already: each failure is in
+/// one incident.
+#[test]
+fn an_incident_reopened_soon_after_closing_counts_no_second_the_closed_one_counted() {
+    let mut c = cfg();
+    c.window = Duration::from_secs(30);
+    c.close_after = Duration::from_secs(2);
+    let mut d = Detector::new(c);
+    let mut clock = Clock(1_800_000_000_000);
+    let mut injected = 0;
+    let mut closed = Vec::new();
+    let mut opened = 0;
+    let mut tick = |d: &mut Detector, sample: Sample, closed: &mut Vec<Incident>| {
+        for (kind, i) in d.tick(clock.next(), sample, None) {
+            match kind {
+                ChangeKind::Opened => opened += 1,
+                ChangeKind::Closed => closed.push(i),
+                _ => {}
+            }
+        }
+    };
+    for _ in 0..20 {
+        injected += 10;
+        tick(&mut d, second("sessions", 0, 10, 0, &[]), &mut closed);
+    }
+    for _ in 0..60 {
+        tick(&mut d, second("sessions", 10, 0, 2, &[]), &mut closed);
+        if !closed.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(closed.len(), 1, "the first incident closes");
+    // The window still holds seconds of the first outage when the second begins.
+    for _ in 0..3 {
+        injected += 100;
+        tick(&mut d, second("sessions", 0, 100, 0, &[]), &mut closed);
+    }
+    for _ in 0..80 {
+        tick(&mut d, second("sessions", 10, 0, 2, &[]), &mut closed);
+        if closed.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(closed.len(), 2, "the second incident closes");
+    assert_eq!(closed[0].requests_failed, 200);
+    assert_eq!(
+        closed[0].requests_failed + closed[1].requests_failed,
+        injected,
+        "a failure counted twice"
+    );
+    // Its first second is after the first incident's last.
+    assert!(closed[1].audit.since >= closed[0].closed_at);
+    let _ = opened;
+}
