@@ -14,7 +14,10 @@ use idgate_secrets::hmac::SignError;
 use idgate_store::{Claimed, NewMessage, Queue};
 
 use super::retry::{Verdict, classify, next_attempt, retry_after};
-use super::signature::{EVENT_ID_HEADER, SIGNATURE_HEADER, header_value, signed_message};
+use super::signature::{
+    EVENT_ID_HEADER, SIGNATURE_HEADER, event_id_signable, header_value, signed_message,
+    signed_message_v2,
+};
 use super::{Deliverer, Subscriber, SubscriberMask};
 use crate::metrics::Attempt;
 
@@ -190,12 +193,18 @@ async fn post(d: &Deliverer, sub: &Subscriber, event: &str, body: Bytes) -> Verd
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mac = match sub
-        .secret
-        .sign(Instant::now(), signed_message(t, &body))
-        .await
-    {
-        Ok((mac, _version)) => mac,
+    if !event_id_signable(event) {
+        return Verdict::Refused {
+            reason: "the event's id cannot be signed".to_owned(),
+        };
+    }
+    // Both in one call: with a key in a PKCS#11 token, one trip to it.
+    let messages = [signed_message(t, &body), signed_message_v2(t, event, &body)];
+    let (v1, v2) = match sub.secret.sign_all(Instant::now(), &messages).await {
+        Ok((macs, _version)) => match macs.as_slice() {
+            [v1, v2] => (idgate_codec::hex::encode(v1), idgate_codec::hex::encode(v2)),
+            _ => return retry("the delivery could not be signed".to_owned()),
+        },
         Err(e) => return retry(format!("the delivery could not be signed: {e}")),
     };
     // Before the Workload API delivered the gateway's first SVID there is nothing to present.
@@ -207,7 +216,7 @@ async fn post(d: &Deliverer, sub: &Subscriber, event: &str, body: Bytes) -> Verd
         Err(e) => return retry(format!("no HTTPS client: {e}")),
     };
     let (Ok(signature), Ok(event_id)) = (
-        HeaderValue::from_str(&header_value(t, &mac)),
+        HeaderValue::from_str(&header_value(t, &v1, &v2)),
         HeaderValue::from_str(event),
     ) else {
         return Verdict::Refused {

@@ -178,13 +178,13 @@ impl SubscriberServer {
                                 .unwrap_or("")
                                 .to_owned();
                             let body = req.into_body().collect().await?.to_bytes();
-                            let signature_ok = signature::verify(
-                                SUBSCRIBER_SECRET.as_bytes(),
-                                &sig,
-                                &body,
-                                SystemTime::now(),
-                                Duration::from_secs(300),
-                            );
+                            let secret = SUBSCRIBER_SECRET.as_bytes();
+                            let (now, tolerance) = (SystemTime::now(), Duration::from_secs(300));
+                            let signature_ok =
+                                signature::verify(secret, &sig, &body, now, tolerance)
+                                    && signature::verify_v2(
+                                        secret, &sig, &event_id, &body, now, tolerance,
+                                    );
                             let status = st.lock().unwrap().pop_front().unwrap_or(200);
                             rec.lock().unwrap().push(Received {
                                 event_id,

@@ -259,24 +259,30 @@ impl Subscriber {
     }
 }
 
-/// `idgate-signature: t=T,v1=HEX` checked as docs/webhooks.md tells subscribers to, apart
-/// from the gateway's code: HEX is HMAC-SHA256(secret, "T." + body), T within 300 s.
-fn check_signature(header: &str, body: &[u8]) -> bool {
+/// `idgate-signature: t=T,v1=HEX1,v2=HEX2` checked as docs/webhooks.md tells subscribers
+/// to, apart from the gateway's code: HEX1 is HMAC-SHA256(secret, "T." + body), HEX2
+/// HMAC-SHA256(secret, "T." + event id + "." + body), T within 300 s. Both must hold.
+fn check_signature(header: &str, event_id: &str, body: &[u8]) -> bool {
     let mut t = None;
-    let mut v1 = None;
+    let (mut v1, mut v2) = (None, None);
     for part in header.split(',') {
         match part.split_once('=') {
             Some(("t", v)) => t = v.parse::<u64>().ok(),
             Some(("v1", v)) => v1 = Some(v.to_owned()),
+            Some(("v2", v)) => v2 = Some(v.to_owned()),
             _ => {}
         }
     }
-    let (Some(t), Some(v1)) = (t, v1) else {
+    let (Some(t), Some(v1), Some(v2)) = (t, v1, v2) else {
         return false;
     };
     let mut signed = format!("{t}.").into_bytes();
     signed.extend_from_slice(body);
-    now_secs().abs_diff(t) <= 300 && hex_hmac(SUBSCRIBER_SECRET, &signed) == v1
+    let mut signed_v2 = format!("{t}.{event_id}.").into_bytes();
+    signed_v2.extend_from_slice(body);
+    now_secs().abs_diff(t) <= 300
+        && hex_hmac(SUBSCRIBER_SECRET, &signed) == v1
+        && hex_hmac(SUBSCRIBER_SECRET, &signed_v2) == v2
 }
 
 async fn answer(
@@ -301,7 +307,7 @@ async fn answer(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let signature_ok = check_signature(&sig, &body);
+    let signature_ok = check_signature(&sig, &event_id, &body);
     let mut st = state.lock().unwrap();
     let status = st.statuses.pop_front().unwrap_or(200);
     let d = Delivery {
