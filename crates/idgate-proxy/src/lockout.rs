@@ -217,7 +217,7 @@ pub(crate) fn judged(
         return Ok(());
     };
     let local = &ctx.services.local_failures;
-    if !failed && local.is_empty() {
+    if !failed && local.holds_none() {
         return Ok(());
     }
     let env = Env::of(ctx);

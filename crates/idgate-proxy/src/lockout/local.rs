@@ -33,9 +33,11 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct LocalFailures {
     hasher: RandomState,
     table: Mutex<Table>,
-    /// Whether the table may hold an entry: while it holds none, a request that
-    /// authenticated does not look at it.
-    any: AtomicBool,
+    /// Whether a subject may be held: while none is, a request that authenticated does not
+    /// look at the table (a gateway with failures now and then, but no subject held, pays
+    /// nothing on its other requests). Set when a hold starts, cleared by a sweep that finds
+    /// none left.
+    holding: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -70,9 +72,10 @@ impl LocalFailures {
         self.hasher.hash_one((by.as_str(), subject))
     }
 
-    /// Whether no subject has failures or a hold here.
-    pub(crate) fn is_empty(&self) -> bool {
-        !self.any.load(Ordering::Acquire)
+    /// Whether no subject is held here (a request whose credential passed has nothing to
+    /// look up).
+    pub(crate) fn holds_none(&self) -> bool {
+        !self.holding.load(Ordering::Acquire)
     }
 
     /// Settles one judged credential of the subject `key` at `now`: how much longer the
@@ -91,6 +94,8 @@ impl LocalFailures {
         if table.next_sweep.is_none_or(|at| at <= now) {
             table.tallies.retain(|_, t| !t.expired(now));
             table.next_sweep = Some(now + SWEEP_EVERY);
+            let holding = table.tallies.values().any(|t| t.held(now).is_some());
+            self.holding.store(holding, Ordering::Release);
         }
         if let Some(left) = table.tallies.get(&key).and_then(|t| t.held(now)) {
             return Some(left);
@@ -112,9 +117,9 @@ impl LocalFailures {
                 tally.held_until = Some(now + cfg.cooldown);
                 tally.failures = 0;
                 tally.window_ends = now;
+                self.holding.store(true, Ordering::Release);
             }
         }
-        self.any.store(!table.tallies.is_empty(), Ordering::Release);
         None
     }
 }
@@ -138,11 +143,17 @@ mod tests {
         let cfg = cfg(3);
         let now = Instant::now();
         let key = local.key(LockoutBy::SourceIp, "192.0.2.7");
-        assert!(local.is_empty());
-        for _ in 0..3 {
+        assert!(local.holds_none());
+        for _ in 0..2 {
             assert_eq!(local.settle(key, true, &cfg, now), None, "still answered");
         }
-        assert!(!local.is_empty());
+        assert!(local.holds_none(), "failures alone hold nothing");
+        assert_eq!(
+            local.settle(key, true, &cfg, now),
+            None,
+            "the last one answered"
+        );
+        assert!(!local.holds_none());
         // Held: a right credential gets the same answer as a wrong one.
         assert_eq!(
             local.settle(key, false, &cfg, now),
@@ -159,7 +170,7 @@ mod tests {
         // Over after the cool-down, with the count from zero, and forgotten.
         let later = now + Duration::from_secs(121);
         assert_eq!(local.settle(key, false, &cfg, later), None);
-        assert!(local.is_empty(), "the expired entry was swept");
+        assert!(local.holds_none(), "the expired hold was swept");
         assert_eq!(local.settle(key, true, &cfg, later), None);
         assert_eq!(local.settle(key, false, &cfg, later), None);
     }
