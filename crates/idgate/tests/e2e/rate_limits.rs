@@ -604,6 +604,63 @@ async fn a_locked_out_api_key_leaves_other_keys_and_callers_alone() {
     .await;
 }
 
+/// How many guesses [`at_once`] sends.
+const GUESSES: usize = 40;
+
+/// One request of a burst.
+struct Sent {
+    method: &'static str,
+    path: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: &'static str,
+}
+
+impl Sent {
+    fn get<const N: usize>(path: &'static str, headers: [(&'static str, String); N]) -> Self {
+        Self {
+            method: "GET",
+            path,
+            headers: headers.into(),
+            body: "",
+        }
+    }
+}
+
+/// [`GUESSES`] requests sent at once, one per connection (each connected first, so that they
+/// arrive together): `request(i)` makes the `i`th. Their statuses.
+async fn at_once(client: &Client, request: impl Fn(usize) -> Sent) -> Vec<u16> {
+    let mut connections = Vec::with_capacity(GUESSES);
+    for _ in 0..GUESSES {
+        connections.push(client.connect().await.unwrap());
+    }
+    let mut burst = tokio::task::JoinSet::new();
+    for (i, mut connection) in connections.into_iter().enumerate() {
+        let sent = request(i);
+        burst.spawn(async move {
+            let headers: Vec<(&str, &str)> =
+                sent.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let reply = connection
+                .send(sent.method, sent.path, &headers, sent.body)
+                .await
+                .unwrap();
+            reply.status
+        });
+    }
+    burst.join_all().await
+}
+
+/// Every guess of a burst was answered 401 (judged) or 429 (held), and at most `most` were
+/// judged.
+fn judged_at_most(statuses: &[u16], most: usize) {
+    let answered = statuses.iter().filter(|&&s| s == 401).count();
+    let locked = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!(answered + locked, GUESSES, "{statuses:?}");
+    assert!(
+        answered <= most,
+        "{answered} guesses were judged: {statuses:?}"
+    );
+}
+
 /// Guesses sent all at once, one per connection, at a key that exists: each is checked
 /// against the shared lockout before the failures of the others are written, so the shared
 /// count alone would answer every one of them. The gateway also counts each failure as it
@@ -631,13 +688,7 @@ async fn guesses_sent_at_once_get_no_more_answers_than_max_failures() {
         let right = out.trim().to_owned();
         let gw = Gateway::start(&config, &[]).await;
         let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
-        const GUESSES: usize = 40;
-        let mut connections = Vec::with_capacity(GUESSES);
-        for _ in 0..GUESSES {
-            connections.push(client.connect().await.unwrap());
-        }
-        let mut burst = tokio::task::JoinSet::new();
-        for (i, mut connection) in connections.into_iter().enumerate() {
+        let statuses = at_once(&client, |i| {
             // The key's id, each guess a different wrong secret.
             let tail = char::from(b'a' + u8::try_from(i % 26).unwrap());
             let mut guess = format!(
@@ -648,22 +699,10 @@ async fn guesses_sent_at_once_get_no_more_answers_than_max_failures() {
             if guess == right {
                 guess = format!("{}22", &right[..right.len() - 2]);
             }
-            burst.spawn(async move {
-                let reply = connection
-                    .send("GET", PATH, &[("x-api-key", &guess)], "")
-                    .await
-                    .unwrap();
-                reply.status
-            });
-        }
-        let statuses = burst.join_all().await;
-        let answered = statuses.iter().filter(|&&s| s == 401).count();
-        let locked = statuses.iter().filter(|&&s| s == 429).count();
-        assert_eq!(answered + locked, GUESSES, "{statuses:?}");
-        assert!(
-            answered <= 3,
-            "{answered} guesses were judged: {statuses:?}"
-        );
+            Sent::get(PATH, [("x-api-key", guess)])
+        })
+        .await;
+        judged_at_most(&statuses, 3);
         // The right secret now gets the same answer as a wrong one.
         let reply = client
             .send("GET", PATH, &[("x-api-key", &right)], "")
@@ -879,32 +918,17 @@ async fn guesses_at_a_token_clients_secret_sent_at_once_get_no_more_answers_than
         let config = token_lockout_config(&pki, &upstream, Some(state));
         let gw = Gateway::start(&config, &[]).await;
         let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
-        const GUESSES: usize = 40;
-        let mut connections = Vec::with_capacity(GUESSES);
-        for _ in 0..GUESSES {
-            connections.push(client.connect().await.unwrap());
-        }
-        let mut burst = tokio::task::JoinSet::new();
-        for (i, mut connection) in connections.into_iter().enumerate() {
-            burst.spawn(async move {
-                let auth = batch_basic(&format!("guess-{i}"));
-                let headers = [FORM, ("authorization", auth.as_str())];
-                let grant = "grant_type=client_credentials";
-                let reply = connection
-                    .send("POST", "/oauth2/token", &headers, grant)
-                    .await
-                    .unwrap();
-                reply.status
-            });
-        }
-        let statuses = burst.join_all().await;
-        let answered = statuses.iter().filter(|&&s| s == 401).count();
-        let locked = statuses.iter().filter(|&&s| s == 429).count();
-        assert_eq!(answered + locked, GUESSES, "{statuses:?}");
-        assert!(
-            answered <= 2,
-            "{answered} guesses were judged: {statuses:?}"
-        );
+        let statuses = at_once(&client, |i| Sent {
+            method: "POST",
+            path: "/oauth2/token",
+            headers: vec![
+                (FORM.0, FORM.1.to_owned()),
+                ("authorization", batch_basic(&format!("guess-{i}"))),
+            ],
+            body: "grant_type=client_credentials",
+        })
+        .await;
+        judged_at_most(&statuses, 2);
         let auth = batch_basic("batch-client-secret-value");
         let reply = client
             .send(

@@ -70,8 +70,42 @@ fn config_on(
         )
 }
 
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Sends `request` (its `x-request-id` is `id`) on `tls`, waits until its wrong credential is
+/// counted (its lockout count then waits on the paused server), and goes away: the
+/// request's access line.
+async fn counted_then_gone(
+    mut tls: Tls,
+    gw: &Gateway,
+    request: &str,
+    id: &str,
+) -> serde_json::Value {
+    tls.write_all(request.as_bytes()).await.unwrap();
+    assert_eventually!(
+        auth_failures(gw).await >= 1.0,
+        "the wrong credential was not counted:\n{}",
+        gw.output()
+    );
+    gone(tls, gw, id).await
+}
+
+/// Closes `tls` while its request `id` is still unanswered: the request's access line, once
+/// it is written.
+async fn gone(mut tls: Tls, gw: &Gateway, id: &str) -> serde_json::Value {
+    assert!(access_line(gw, id).is_none(), "answered");
+    tls.shutdown().await.unwrap();
+    drop(tls);
+    assert_eventually!(
+        access_line(gw, id).is_some(),
+        "no access line for the request whose caller went away:\n{}",
+        gw.output()
+    );
+    access_line(gw, id).unwrap()
+}
+
 /// A TLS connection to the gateway with the onboarding workload's SVID.
-async fn connect(pki: &Pki, gw: &Gateway) -> tokio_rustls::client::TlsStream<TcpStream> {
+async fn connect(pki: &Pki, gw: &Gateway) -> Tls {
     let (cert, key) = pki.workload(ONBOARDING);
     let tls = tls_client_config(
         &pki.files.bundle,
@@ -102,27 +136,12 @@ async fn a_caller_that_goes_away_after_a_wrong_api_key_is_recorded_as_denied() {
 
         // Writes wait; the lockout check (a read) goes through, the count (a write) waits.
         assert!(redis.query("CLIENT PAUSE 40000 WRITE").starts_with("+OK"));
-        let mut tls = connect(&pki, &gw).await;
+        let tls = connect(&pki, &gw).await;
         let wrong = format!("idg_{}_{}", "a".repeat(16), "b".repeat(52));
         let request = format!(
             "GET /v1/anything HTTP/1.1\r\nhost: localhost\r\nx-api-key: {wrong}\r\nx-request-id: gone-after-a-wrong-key\r\n\r\n"
         );
-        tls.write_all(request.as_bytes()).await.unwrap();
-        // The failure is counted; its lockout count waits on the paused server.
-        assert_eventually!(
-            auth_failures(&gw).await >= 1.0,
-            "the wrong key was not counted:\n{}",
-            gw.output()
-        );
-        assert!(access_line(&gw, "gone-after-a-wrong-key").is_none());
-        tls.shutdown().await.unwrap();
-        drop(tls);
-        assert_eventually!(
-            access_line(&gw, "gone-after-a-wrong-key").is_some(),
-            "no access line for the request whose caller went away:\n{}",
-            gw.output()
-        );
-        let line = access_line(&gw, "gone-after-a-wrong-key").unwrap();
+        let line = counted_then_gone(tls, &gw, &request, "gone-after-a-wrong-key").await;
         assert_eq!(line["status"], 499, "{line}");
         let decision = line["decision"].as_str().unwrap();
         assert!(decision.starts_with("denied:"), "{line}");
@@ -155,15 +174,7 @@ async fn a_caller_that_goes_away_before_the_gateway_decided_is_not_recorded_as_a
         // Time for the gateway to read the request; had it not, there would be no line at
         // all below, never a wrong one.
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        assert!(access_line(&gw, "gone-undecided").is_none(), "answered");
-        tls.shutdown().await.unwrap();
-        drop(tls);
-        assert_eventually!(
-            access_line(&gw, "gone-undecided").is_some(),
-            "no access line for the request whose caller went away:\n{}",
-            gw.output()
-        );
-        let line = access_line(&gw, "gone-undecided").unwrap();
+        let line = gone(tls, &gw, "gone-undecided").await;
         assert_eq!(line["status"], 499, "{line}");
         assert_eq!(line["decision"], "undecided:client-closed", "{line}");
         assert!(upstream.requests().is_empty());
@@ -201,28 +212,14 @@ async fn a_caller_that_goes_away_after_a_wrong_client_secret_is_recorded_as_deni
         let config = crate::rate_limits::token_lockout_config(&pki, &upstream, Some(state));
         let gw = Gateway::start(&config, &[]).await;
         assert!(redis.query("CLIENT PAUSE 40000 WRITE").starts_with("+OK"));
-        let mut tls = connect(&pki, &gw).await;
+        let tls = connect(&pki, &gw).await;
         let form = "grant_type=client_credentials";
         let request = format!(
             "POST /oauth2/token HTTP/1.1\r\nhost: localhost\r\nauthorization: {}\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\nx-request-id: gone-after-a-wrong-secret\r\n\r\n{form}",
             crate::rate_limits::batch_basic("wrong"),
             form.len()
         );
-        tls.write_all(request.as_bytes()).await.unwrap();
-        assert_eventually!(
-            auth_failures(&gw).await >= 1.0,
-            "the wrong secret was not counted:\n{}",
-            gw.output()
-        );
-        assert!(access_line(&gw, "gone-after-a-wrong-secret").is_none());
-        tls.shutdown().await.unwrap();
-        drop(tls);
-        assert_eventually!(
-            access_line(&gw, "gone-after-a-wrong-secret").is_some(),
-            "no access line for the request whose caller went away:\n{}",
-            gw.output()
-        );
-        let line = access_line(&gw, "gone-after-a-wrong-secret").unwrap();
+        let line = counted_then_gone(tls, &gw, &request, "gone-after-a-wrong-secret").await;
         assert_eq!(line["status"], 499, "{line}");
         assert_eq!(line["decision"], "denied:invalid_client", "{line}");
         redis.query("CLIENT UNPAUSE");
