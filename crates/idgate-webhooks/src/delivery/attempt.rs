@@ -1,7 +1,7 @@
 //! One delivery attempt of one claimed message: open it, mask it for the subscriber, sign
 //! it, post it, and settle the claim by the answer (ack, nack for a retry, or bury).
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::Request;
@@ -55,15 +55,46 @@ pub(super) async fn deliver(d: &Deliverer, sub: &Subscriber, message: Claimed) {
         settle(d, sub, &message, verdict).await;
         return;
     }
-    let verdict = match prepare(sub, &message).await {
-        Ok((event, body)) => post(d, sub, &event, body).await,
-        Err(NotSent::Refused(reason)) => Verdict::Refused { reason },
-        Err(NotSent::Retry(reason)) => Verdict::Retry {
+    // Opened, masked and signed in what the lease leaves beyond the post itself: a message
+    // still being made ready (a slow or busy HSM) when another replica could claim it is
+    // not sent, so no two attempts overlap.
+    let ready_by = time_to_make_ready(message.lease.until, SystemTime::now(), sub.timeout);
+    let ready = async {
+        let (event, body) = prepare(sub, &message).await?;
+        let signature = sign(sub, &event, &body).await?;
+        Ok::<_, NotSent>((event, body, signature))
+    };
+    // A timeout polls its future once before it looks at the clock: with no time left, the
+    // message is not even opened.
+    let made_ready = if ready_by.is_zero() {
+        Err(())
+    } else {
+        tokio::time::timeout(ready_by, ready).await.map_err(|_| ())
+    };
+    let verdict = match made_ready {
+        Ok(Ok((event, body, signature))) => post(d, sub, &event, body, signature).await,
+        Ok(Err(NotSent::Refused(reason))) => Verdict::Refused { reason },
+        Ok(Err(NotSent::Retry(reason))) => Verdict::Retry {
             reason,
+            after: None,
+        },
+        Err(_) => Verdict::Retry {
+            reason: format!(
+                "not ready to send within the lease (opening, masking and signing took over {ready_by:?}): not sent"
+            ),
             after: None,
         },
     };
     settle(d, sub, &message, verdict).await;
+}
+
+/// How long opening, masking and signing a message may take: what the lease (until
+/// `until`) leaves at `now` beyond the post's own `timeout`; nothing when it leaves less.
+fn time_to_make_ready(until: SystemTime, now: SystemTime, timeout: Duration) -> Duration {
+    until
+        .duration_since(now)
+        .unwrap_or(Duration::ZERO)
+        .saturating_sub(timeout)
 }
 
 /// Whether `message`'s run of attempts began longer ago than its maximum age and a lease.
@@ -184,28 +215,47 @@ impl Pseudonymizer for Pseudonyms<'_> {
     }
 }
 
-/// Signs and posts the body; the verdict on what came back.
-async fn post(d: &Deliverer, sub: &Subscriber, event: &str, body: Bytes) -> Verdict {
-    let retry = |reason: String| Verdict::Retry {
-        reason,
-        after: None,
-    };
+/// The `idgate-signature` value for `event` and `body`, signed now.
+async fn sign(sub: &Subscriber, event: &str, body: &[u8]) -> Result<HeaderValue, NotSent> {
+    if !event_id_signable(event) {
+        return Err(NotSent::Refused(
+            "the event's id cannot be signed".to_owned(),
+        ));
+    }
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    if !event_id_signable(event) {
-        return Verdict::Refused {
-            reason: "the event's id cannot be signed".to_owned(),
-        };
-    }
     // Both in one call: with a key in a PKCS#11 token, one trip to it.
-    let messages = [signed_message(t, &body), signed_message_v2(t, event, &body)];
-    let (v1, v2) = match sub.secret.sign_all(Instant::now(), &messages).await {
-        Ok((macs, _version)) => match macs.as_slice() {
-            [v1, v2] => (idgate_codec::hex::encode(v1), idgate_codec::hex::encode(v2)),
-            _ => return retry("the delivery could not be signed".to_owned()),
-        },
-        Err(e) => return retry(format!("the delivery could not be signed: {e}")),
+    let messages = [signed_message(t, body), signed_message_v2(t, event, body)];
+    let unsigned = |why: String| NotSent::Retry(format!("the delivery could not be signed{why}"));
+    let (macs, _version) = sub
+        .secret
+        .sign_all(Instant::now(), &messages)
+        .await
+        .map_err(|e| unsigned(format!(": {e}")))?;
+    let [v1, v2] = macs.as_slice() else {
+        return Err(unsigned(String::new()));
+    };
+    let value = header_value(
+        t,
+        &idgate_codec::hex::encode(v1),
+        &idgate_codec::hex::encode(v2),
+    );
+    HeaderValue::from_str(&value)
+        .map_err(|_| NotSent::Refused("the event's headers cannot be written".to_owned()))
+}
+
+/// Posts the signed body; the verdict on what came back.
+async fn post(
+    d: &Deliverer,
+    sub: &Subscriber,
+    event: &str,
+    body: Bytes,
+    signature: HeaderValue,
+) -> Verdict {
+    let retry = |reason: String| Verdict::Retry {
+        reason,
+        after: None,
     };
     // Before the Workload API delivered the gateway's first SVID there is nothing to present.
     let Some(svid) = (d.svid)() else {
@@ -215,10 +265,7 @@ async fn post(d: &Deliverer, sub: &Subscriber, event: &str, body: Bytes) -> Verd
         Ok(c) => c,
         Err(e) => return retry(format!("no HTTPS client: {e}")),
     };
-    let (Ok(signature), Ok(event_id)) = (
-        HeaderValue::from_str(&header_value(t, &v1, &v2)),
-        HeaderValue::from_str(event),
-    ) else {
+    let Ok(event_id) = HeaderValue::from_str(event) else {
         return Verdict::Refused {
             reason: "the event's headers cannot be written".to_owned(),
         };
@@ -386,6 +433,31 @@ async fn keep_copy(d: &Deliverer, sub: &Subscriber, message: &Claimed, now: Syst
             subscriber = &*sub.name,
             error = %e,
             "cannot keep a copy of a delivered webhook event"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_made_ready_only_in_what_the_lease_leaves_beyond_the_post() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let timeout = Duration::from_secs(10);
+        let secs = Duration::from_secs;
+        // A fresh claim: the lease's margin.
+        assert_eq!(time_to_make_ready(now + secs(15), now, timeout), secs(5));
+        // Claimed a while ago (a busy deliverer): what is left of the margin.
+        assert_eq!(time_to_make_ready(now + secs(12), now, timeout), secs(2));
+        // Less left than the post may take, or the lease over: no time at all.
+        assert_eq!(
+            time_to_make_ready(now + secs(9), now, timeout),
+            Duration::ZERO
+        );
+        assert_eq!(
+            time_to_make_ready(now - secs(1), now, timeout),
+            Duration::ZERO
         );
     }
 }
