@@ -56,6 +56,10 @@ pub fn escaped_byte(b: &[u8], at: usize) -> Option<u8> {
 /// after it is `None`; lenient: it stays as written.
 fn decode_bytes(s: &str, plus: bool, strict: bool) -> Option<Vec<u8>> {
     let b = s.as_bytes();
+    // Most values (ids in paths) hold nothing to decode: copied whole.
+    if !b.iter().any(|&c| c == b'%' || (plus && c == b'+')) {
+        return Some(b.to_vec());
+    }
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -123,6 +127,10 @@ mod tests {
             assert_eq!(decode(bad), None, "{bad:?}");
         }
         assert_eq!(decode_form("a+b%3Ac").as_deref(), Some("a b:c"));
+        // Nothing to decode: as it is (a `+` stays one outside forms).
+        assert_eq!(decode("3f2c-a+b").as_deref(), Some(&b"3f2c-a+b"[..]));
+        assert_eq!(decode_form("plain").as_deref(), Some("plain"));
+        assert_eq!(decode("").as_deref(), Some(&b""[..]));
         assert_eq!(decode_form("%ff"), None);
         assert_eq!(decode_form("%zz"), None);
     }
