@@ -219,6 +219,8 @@ struct Current {
     sealer: Option<Sealer>,
     /// Records (and `dropped` entries) in it: a file without any is not rotated.
     entries: u64,
+    /// Up to where its synced pages were let go of (see `Writer::let_go_of_synced_pages`).
+    dropped_to: u64,
 }
 
 /// One batch, chained and ready to write: the file's bytes and the plaintext lines.
@@ -568,6 +570,7 @@ fn open_file(
         opened: Instant::now(),
         sealer: key.map(Sealer::new).transpose()?,
         entries: 0,
+        dropped_to: 0,
     })
 }
 

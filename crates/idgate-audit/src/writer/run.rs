@@ -252,6 +252,25 @@ impl Writer {
         self.sync.unsynced = false;
         self.sync.synced_seq = self.chain.seq;
         shared.last_seq.store(self.chain.seq, Ordering::Release);
+        self.let_go_of_synced_pages();
+    }
+
+    /// The synced whole pages of the current file are on disk, and the trail is not read
+    /// back while it is written: the kernel may drop them from its cache now rather than
+    /// when memory runs short, so that the trail does not crowd out what is read (the
+    /// configuration, keys, the other files), and the next batches reuse the memory they
+    /// free. The last page, if partly written, stays: the next write would read it back.
+    /// Advice only: a kernel that does not take it changes nothing.
+    fn let_go_of_synced_pages(&mut self) {
+        const PAGE: u64 = 4096;
+        let whole = self.current.len / PAGE * PAGE;
+        let from = self.current.dropped_to.min(whole);
+        if whole > from {
+            let len = std::num::NonZeroU64::new(whole - from);
+            let _ =
+                rustix::fs::fadvise(&self.current.file, from, len, rustix::fs::Advice::DontNeed);
+            self.current.dropped_to = whole;
+        }
     }
 
     /// Stops taking records for good: the trail says why ([`crate::AuditTrail::halted`],

@@ -959,3 +959,57 @@ pub(crate) fn sync_fails(dir: &Path) -> bool {
         .iter()
         .any(|d| d == dir)
 }
+
+/// The bytes of `file` in the page cache, by `fincore` (util-linux); `None` where it cannot
+/// tell: no `fincore`, or a file system whose pages are its storage (tmpfs).
+fn resident_bytes(file: &Path) -> Option<u64> {
+    let fs = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(file)
+        .output()
+        .ok()?;
+    if String::from_utf8_lossy(&fs.stdout).trim() == "tmpfs" {
+        return None;
+    }
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(file)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+#[test]
+fn synced_whole_pages_leave_the_page_cache_and_the_last_partial_page_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let (trail, _) = AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap();
+    records(&trail, 300);
+    wait_written(&trail);
+    let file = files::list(dir.path()).unwrap()[0].clone();
+    let len = std::fs::metadata(&file).unwrap().len();
+    assert!(len > 16 * 4096, "{len} bytes");
+    let Some(mut resident) = resident_bytes(&file) else {
+        eprintln!(
+            "skipped: the page cache of {} cannot be read here",
+            file.display()
+        );
+        trail.close();
+        return;
+    };
+    // Synced every 5 ms: the pages written before the last sync are let go of.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while resident > 4096 {
+        assert!(
+            Instant::now() < deadline,
+            "{resident} of {len} bytes still cached after the sync"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+        resident = resident_bytes(&file).unwrap_or(0);
+    }
+    trail.close();
+    // The trail reads back whole, from the disk.
+    let summary = verify(dir.path(), &[keys.public], &[]);
+    assert_eq!(summary.records, 300);
+    assert_eq!(summary.end, End::Sealed);
+}
