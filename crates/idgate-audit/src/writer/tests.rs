@@ -961,14 +961,16 @@ pub(crate) fn sync_fails(dir: &Path) -> bool {
 }
 
 /// The bytes of `file` in the page cache, by `fincore` (util-linux); `None` where it cannot
-/// tell: no `fincore`, or a file system whose pages are its storage (tmpfs).
+/// tell: no `fincore`, or a file system other than ext4, XFS or Btrfs (on tmpfs the pages
+/// are the storage; an overlay may keep them in the file below).
 fn resident_bytes(file: &Path) -> Option<u64> {
     let fs = std::process::Command::new("stat")
         .args(["-f", "-c", "%T"])
         .arg(file)
         .output()
         .ok()?;
-    if String::from_utf8_lossy(&fs.stdout).trim() == "tmpfs" {
+    let fs = String::from_utf8_lossy(&fs.stdout);
+    if !matches!(fs.trim(), "ext2/ext3" | "xfs" | "btrfs") {
         return None;
     }
     let out = std::process::Command::new("fincore")
