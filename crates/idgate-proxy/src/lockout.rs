@@ -202,27 +202,34 @@ async fn locked_until(
     Ok(window.map(|w| w.resets_at.duration_since(now).unwrap_or(Duration::ZERO)))
 }
 
+/// A wrong credential's lockout subjects, made once as it is judged ([`judged`]) and
+/// counted in the shared backend with them ([`failed`]).
+#[derive(Default)]
+pub(crate) struct Subjects(Vec<(LockoutBy, String)>);
+
 /// Once the request's credential is judged (`failed`: it was wrong), synchronously, before
 /// anything is awaited: the failure is counted in this process's own count at once, and a
 /// subject this process holds is refused with `429` whatever the credential was, so that
 /// guesses sent at once get no more answers than `max_failures` (see [`LocalFailures`]).
-/// `client`: the token client the request claimed.
+/// `client`: the token client the request claimed. A wrong credential's subjects come
+/// back, for [`failed`].
 pub(crate) fn judged(
     ctx: &RequestCtx<'_>,
     headers: &HeaderMap,
     client: Option<&str>,
     failed: bool,
-) -> Result<(), Refusal> {
+) -> Result<Subjects, Refusal> {
     let Some(cfg) = &ctx.snapshot.limits.lockout else {
-        return Ok(());
+        return Ok(Subjects::default());
     };
     let local = &ctx.services.local_failures;
     if !failed && local.holds_none() {
-        return Ok(());
+        return Ok(Subjects::default());
     }
     let env = Env::of(ctx);
     let now = Instant::now();
     let mut held: Option<Duration> = None;
+    let mut subjects = Vec::with_capacity(cfg.by.len());
     for &by in &cfg.by {
         let Some(subject) = subject(by, ctx, env, headers, client) else {
             continue;
@@ -231,25 +238,25 @@ pub(crate) fn judged(
             env.services.limit_metrics.lockout_refused(by.as_str());
             held = held.max(Some(left));
         }
+        if failed {
+            subjects.push((by, subject));
+        }
     }
     match held {
         Some(retry_after) => Err(Refusal::LockedOut { retry_after }),
-        None => Ok(()),
+        None => Ok(Subjects(subjects)),
     }
 }
 
-/// Counts one failed authentication against each of the request's subjects (`client`: the
-/// token client it claimed), and locks out those that reach `max_failures`.
-pub(crate) async fn failed(ctx: &RequestCtx<'_>, headers: &HeaderMap, client: Option<&str>) {
+/// Counts one failed authentication against each of its `subjects` in the shared backend,
+/// and locks out those that reach `max_failures`.
+pub(crate) async fn failed(ctx: &RequestCtx<'_>, subjects: Subjects) {
     let Some(cfg) = &ctx.snapshot.limits.lockout else {
         return;
     };
     let env = Env::of(ctx);
     let now = SystemTime::now();
-    for &by in &cfg.by {
-        let Some(subject) = subject(by, ctx, env, headers, client) else {
-            continue;
-        };
+    for (by, subject) in subjects.0 {
         if let Err(e) = count(env, cfg, by, &subject, now).await {
             env.failed("lockout_record", &e);
         }

@@ -199,13 +199,16 @@ async fn token_endpoint(
     let invalid_client =
         matches!(&prepared, Prepared::Refused(_, d) if *d == Decision::Denied("invalid_client"));
     let claimed = clients.claimed();
-    if let Err(locked) = lockout::judged(ctx, &req.headers, claimed.as_deref(), invalid_client) {
-        if invalid_client {
-            ctx.services
-                .failed_attempt(ctx.conn, "oauth-invalid-client");
+    let subjects = match lockout::judged(ctx, &req.headers, claimed.as_deref(), invalid_client) {
+        Ok(subjects) => subjects,
+        Err(locked) => {
+            if invalid_client {
+                ctx.services
+                    .failed_attempt(ctx.conn, "oauth-invalid-client");
+            }
+            return Err(locked);
         }
-        return Err(locked);
-    }
+    };
     let (resp, decision) = match prepared {
         Prepared::Refused(resp, decision) => {
             if decision == Decision::Denied("invalid_client") {
@@ -213,7 +216,7 @@ async fn token_endpoint(
                 ctx.decision = decision;
                 ctx.services
                     .failed_attempt(ctx.conn, "oauth-invalid-client");
-                lockout::failed(ctx, &req.headers, claimed.as_deref()).await;
+                lockout::failed(ctx, subjects).await;
             }
             (resp, decision)
         }
@@ -251,12 +254,12 @@ async fn authenticate(
             let (refusal, count) = match held {
                 // Held: the answer does not tell that the guess was wrong. The shared count
                 // already has the failures that started the hold.
-                Err(locked) => (locked, false),
-                Ok(()) => (refusal, failed),
+                Err(locked) => (locked, None),
+                Ok(subjects) => (refusal, Some(subjects)),
             };
             ctx.decision = refusal.decision();
-            if count {
-                lockout::failed(ctx, &req.headers, None).await;
+            if let Some(subjects) = count {
+                lockout::failed(ctx, subjects).await;
             }
             return Err(refusal);
         }

@@ -1007,7 +1007,7 @@ fn synced_whole_pages_leave_the_page_cache_and_the_last_partial_page_stays() {
             "{resident} of {len} bytes still cached after the sync"
         );
         std::thread::sleep(Duration::from_millis(10));
-        resident = resident_bytes(&file).unwrap_or(0);
+        resident = resident_bytes(&file).expect("fincore answered a moment ago");
     }
     trail.close();
     // The trail reads back whole, from the disk.
