@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use hyper::body::Incoming;
 use idgate_auth::{Caller, Principal};
@@ -79,7 +79,7 @@ pub struct RequestCtx<'r> {
     /// how long an upstream kept a request whose caller went away before it answered.
     pub upstream_sent: Option<Instant>,
     /// Headers a stage adds to the response the caller gets.
-    pub response_headers: HeaderMap,
+    pub response_headers: AddedHeaders,
     /// The object the path names, once the ownership check found it the caller's.
     pub owned_object: Option<idgate_store::ObjectId>,
     pub decision: Decision,
@@ -143,7 +143,7 @@ impl<'r> RequestCtx<'r> {
             upstream_status: None,
             upstream_latency: None,
             upstream_sent: None,
-            response_headers: HeaderMap::new(),
+            response_headers: AddedHeaders::default(),
             owned_object: None,
             decision: Decision::Allowed,
             admitted: false,
@@ -635,6 +635,39 @@ pub(crate) async fn read_whole(body: &mut Incoming, limit: u64) -> Result<Bytes,
     }
 }
 
+/// Headers stages add to the answer, whoever made it; one added again replaces the value
+/// added before, and each replaces the answer's own header of its name. A request gets none
+/// or two (the rate limits' fields): they are kept in place, not in a map of their own,
+/// which would be allocated and hashed for each request and hashed again when emptied
+/// into the answer's.
+#[derive(Debug, Default)]
+pub struct AddedHeaders {
+    inline: [Option<(HeaderName, HeaderValue)>; 2],
+    more: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl AddedHeaders {
+    pub fn insert(&mut self, name: HeaderName, value: HeaderValue) {
+        let mut added = self.inline.iter_mut().flatten().chain(self.more.iter_mut());
+        if let Some(same) = added.find(|(n, _)| *n == name) {
+            same.1 = value;
+            return;
+        }
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some((name, value)),
+            None => self.more.push((name, value)),
+        }
+    }
+
+    /// Moves every added header into `headers`, each replacing the values of its name.
+    pub fn move_into(&mut self, headers: &mut HeaderMap) {
+        let inline = self.inline.iter_mut().filter_map(Option::take);
+        for (name, value) in inline.chain(self.more.drain(..)) {
+            headers.insert(name, value);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
@@ -797,5 +830,31 @@ mod tests {
             .unwrap();
         assert_eq!(bytes.as_ptr(), piece.as_ptr(), "not copied");
         assert_eq!(share.kib(), 2);
+    }
+
+    #[test]
+    fn added_headers_replace_their_name_in_the_answer_and_each_other() {
+        let name = |n: &'static str| HeaderName::from_static(n);
+        let value = |v: &'static str| HeaderValue::from_static(v);
+        let mut added = AddedHeaders::default();
+        added.insert(name("ratelimit"), value("first"));
+        added.insert(name("ratelimit-policy"), value("p"));
+        added.insert(name("x-third"), value("3"));
+        added.insert(name("ratelimit"), value("second"));
+        added.insert(name("x-third"), value("three"));
+        let mut answer = HeaderMap::new();
+        answer.append(name("ratelimit"), value("upstream's"));
+        answer.append(name("ratelimit"), value("upstream's too"));
+        answer.insert(name("content-type"), value("application/json"));
+        added.move_into(&mut answer);
+        let all = |n| answer.get_all(n).iter().collect::<Vec<_>>();
+        assert_eq!(all("ratelimit"), ["second"]);
+        assert_eq!(all("ratelimit-policy"), ["p"]);
+        assert_eq!(all("x-third"), ["three"]);
+        assert_eq!(all("content-type"), ["application/json"]);
+        // Emptied: a second move adds nothing.
+        let mut again = HeaderMap::new();
+        added.move_into(&mut again);
+        assert!(again.is_empty());
     }
 }

@@ -379,10 +379,7 @@ fn refuse(ctx: &mut RequestCtx<'_>, refusal: Refusal) -> Response<ProxyBody> {
 
 /// Stage 9: the headers stages add to the answer, whoever made it.
 fn respond(ctx: &mut RequestCtx<'_>, resp: &mut Response<ProxyBody>) {
-    if !ctx.response_headers.is_empty() {
-        let added = std::mem::take(&mut ctx.response_headers);
-        resp.headers_mut().extend(added);
-    }
+    ctx.response_headers.move_into(resp.headers_mut());
 }
 
 /// An answer to `HEAD` has no content (RFC 9110 §9.3.2), whoever made it: hyper's HTTP/1.1
