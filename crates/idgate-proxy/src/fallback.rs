@@ -64,7 +64,7 @@ pub(crate) async fn forward<'r>(
     };
     // In a box of its own: the attempts, failover and cache make a future three times the
     // plain exchange's, and every route's request would otherwise carry (and copy) its room.
-    Box::pin(forward_with_plan(ctx, route, upstream, req, plan)).await
+    crate::boxed::pinned(|| forward_with_plan(ctx, route, upstream, req, plan)).await
 }
 
 /// [`forward`] for a route with a resilience plan: faults, the failover upstream, the cache.
@@ -117,9 +117,13 @@ async fn fall_back<'r>(
 ) -> Result<Response<ProxyBody>, Refusal> {
     let failure = match again {
         Some((i, again)) if again.may_go(ctx, &failure, reached) => {
-            let secondary = ctx.snapshot.upstreams.get(i).ok_or(Refusal::Internal {
-                reason: format!("route {} names no failover upstream", route.name),
-            })?;
+            let secondary = ctx
+                .snapshot
+                .upstreams
+                .get(i)
+                .ok_or_else(|| Refusal::Internal {
+                    reason: format!("route {} names no failover upstream", route.name),
+                })?;
             // The primary's answer (its connection) goes before the secondary is asked.
             drop(failure);
             // What the record says of the upstream is the secondary's from here: its

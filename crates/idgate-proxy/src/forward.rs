@@ -192,15 +192,17 @@ pub(crate) async fn send(
 ) -> Forwarded {
     if let Some(pool) = &endpoint.h1 {
         let progress = Progress::new();
-        // Boxed: the exchange's future (a few KiB) is moved once, into its box, rather than
+        // Boxed: the exchange's future (a few KiB) is built in its box, rather than moved
         // into the timer and then into this future's state.
-        let sent = Box::pin(pool.send(
-            &parts.method,
-            path_and_query.as_str(),
-            &parts.headers,
-            body,
-            &progress,
-        ));
+        let sent = crate::boxed::pinned(|| {
+            pool.send(
+                &parts.method,
+                path_and_query.as_str(),
+                &parts.headers,
+                body,
+                &progress,
+            )
+        });
         return match timed(sent, &progress, limits, MovedBy::Itself).await {
             None => Forwarded {
                 answer: Err(ran_out(ctx.services, upstream, &progress)),

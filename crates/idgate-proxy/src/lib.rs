@@ -7,6 +7,7 @@ mod admission;
 pub mod audit;
 pub mod authn;
 pub mod body;
+mod boxed;
 pub mod checks;
 pub mod conn;
 pub mod ctx;

@@ -240,10 +240,9 @@ async fn serve_connection(
     // state it passes through. The handshake's state (a TLS session being set up) is boxed
     // and freed once done; the TLS session and hyper's connection are boxed once each, so
     // the task holds pointers to them and not copies left behind by moves.
-    let handshake = Box::pin(tokio::time::timeout(
-        live.config.handshake_timeout,
-        live.acceptor.accept(tcp),
-    ))
+    let handshake = crate::boxed::pinned(|| {
+        tokio::time::timeout(live.config.handshake_timeout, live.acceptor.accept(tcp))
+    })
     .await;
     // The handshake is over, whichever way: its place goes to the next.
     drop(handshaking);
@@ -370,7 +369,9 @@ async fn serve_connection(
         // until answered or dropped, for the drain.
         async move {
             requests
-                .count(Box::pin(handle(snapshot, conn, services, req)))
+                .count(crate::boxed::pinned(|| {
+                    handle(snapshot, conn, services, req)
+                }))
                 .await
         }
     });
@@ -385,12 +386,13 @@ async fn serve_connection(
         None => io,
     };
     if h2 {
-        let connection = Box::pin(live.http.h2.serve_connection(TokioIo::new(io), service));
+        let connection =
+            crate::boxed::pinned(|| live.http.h2.serve_connection(TokioIo::new(io), service));
         drive(connection, |c| c.graceful_shutdown(), ends).await;
     } else {
         // Outside the send deadline: lingering reads, and the write side is already shut.
         let io = TokioIo::new(LingeringClose::new(io, closing, Bounds::DEFAULT));
-        let connection = Box::pin(live.http.h1.serve_connection(io, service));
+        let connection = crate::boxed::pinned(|| live.http.h1.serve_connection(io, service));
         drive(connection, |c| c.graceful_shutdown(), ends).await;
     }
 }

@@ -130,9 +130,13 @@ async fn stages(
             audit_room(ctx, route).await?;
             return webhook_endpoint::keep(ctx, event).await;
         }
-        Target::Upstream(i) => ctx.snapshot.upstreams.get(i).ok_or(Refusal::Internal {
-            reason: format!("route {} names no upstream", route.name),
-        })?,
+        Target::Upstream(i) => ctx
+            .snapshot
+            .upstreams
+            .get(i)
+            .ok_or_else(|| Refusal::Internal {
+                reason: format!("route {} names no upstream", route.name),
+            })?,
     };
     authenticate(ctx, route, &req).await?;
     authorize(ctx, route, &req)?;

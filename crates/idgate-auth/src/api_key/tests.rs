@@ -87,6 +87,25 @@ fn malformed_keys_do_not_parse() {
 }
 
 #[test]
+fn a_key_parses_only_with_every_character_in_the_base32_alphabet() {
+    let alphabet: Vec<u8> = (b'a'..=b'z').chain(b'2'..=b'7').collect();
+    for byte in 0..=0x7f_u8 {
+        for at in [4, 19, 21, 72] {
+            let mut key = format!("idg_{}_{}", "a".repeat(16), "b".repeat(52)).into_bytes();
+            key[at] = byte;
+            let Ok(key) = String::from_utf8(key) else {
+                continue;
+            };
+            assert_eq!(
+                parse_key_id(&key).is_some(),
+                alphabet.contains(&byte),
+                "byte {byte:#04x} at {at}"
+            );
+        }
+    }
+}
+
+#[test]
 fn the_hash_is_keyed_with_the_pepper() {
     let key = "idg_aaaaaaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
     let a = pepper();

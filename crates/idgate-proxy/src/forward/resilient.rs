@@ -63,7 +63,8 @@ pub(crate) async fn send(
     };
     // Boxed: the retry loop's future is half again the plain exchange's, and only the
     // upstreams with a breaker, retries, health checks or several endpoints need it.
-    let sent = Box::pin(attempts(ctx, upstream, limits, parts, path_and_query, body)).await;
+    let sent =
+        crate::boxed::pinned(|| attempts(ctx, upstream, limits, parts, path_and_query, body)).await;
     if let Some(p) = permit {
         p.record(classify(&sent.answer).0);
     }
