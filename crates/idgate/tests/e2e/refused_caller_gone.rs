@@ -72,6 +72,38 @@ fn config_on(
 
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
+/// The commands `redis` has processed, the `INFO` asking included.
+fn processed(redis: &idgate_store::redis_testing::RedisServer) -> u64 {
+    redis
+        .query("INFO stats")
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until the gateway's start-up traffic to `redis` is over: its webhook outbox's first
+/// housekeeping (a script, which `CLIENT PAUSE WRITE` holds like a write) has run, and
+/// nothing else has come for a moment. The gateway speaks to Redis over one connection, and
+/// Redis answers a connection's commands in order: a script caught by the pause would hold
+/// the lockout read behind it, which these tests need answered.
+async fn settled(redis: &idgate_store::redis_testing::RedisServer) {
+    assert_eventually!(
+        redis
+            .query("INFO commandstats")
+            .contains("cmdstat_evalsha:"),
+        "no script reached Redis at start-up"
+    );
+    loop {
+        let before = processed(redis);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // One for the INFO that read `before`.
+        if processed(redis) <= before + 1 {
+            return;
+        }
+    }
+}
+
 /// Sends `request` (its `x-request-id` is `id`) on `tls`, waits until its wrong credential is
 /// counted (its lockout count then waits on the paused server), and goes away: the
 /// request's access line.
@@ -133,6 +165,7 @@ async fn a_caller_that_goes_away_after_a_wrong_api_key_is_recorded_as_denied() {
         let upstream = TestUpstream::http(UpstreamMode::Echo).await;
         let config = config_on(&pki, &upstream, &redis);
         let gw = Gateway::start(&config, &[]).await;
+        settled(&redis).await;
 
         // Writes wait; the lockout check (a read) goes through, the count (a write) waits.
         assert!(redis.query("CLIENT PAUSE 40000 WRITE").starts_with("+OK"));
@@ -211,6 +244,7 @@ async fn a_caller_that_goes_away_after_a_wrong_client_secret_is_recorded_as_deni
         ]);
         let config = crate::rate_limits::token_lockout_config(&pki, &upstream, Some(state));
         let gw = Gateway::start(&config, &[]).await;
+        settled(&redis).await;
         assert!(redis.query("CLIENT PAUSE 40000 WRITE").starts_with("+OK"));
         let tls = connect(&pki, &gw).await;
         let form = "grant_type=client_credentials";
