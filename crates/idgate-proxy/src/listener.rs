@@ -46,6 +46,7 @@ mod limits;
 mod proxy_header;
 mod records;
 mod shed;
+mod woken;
 
 /// Lines about failed handshakes: a burst at once (a few clients with a bad certificate
 /// are each logged), then one a second, each saying how many were held back.
@@ -204,9 +205,13 @@ pub(crate) struct HttpBuilders {
 
 fn http_builder(cfg: &ListenerConfig, metrics: &Arc<Metrics>) -> HttpBuilders {
     let mut h1 = http1::Builder::new();
+    // No header read timeout: hyper would set a timer for every request's head and drop it
+    // when the head is in (an allocation and the timer wheel twice a request). The
+    // connection's task bounds the same wait, a request's head or an idle keep-alive
+    // connection's next one, to `idle_timeout` after the last response, with one timer
+    // moved only when it is due (`drive::Ends::idle`).
     h1.timer(TokioTimer::new())
-        // Also bounds how long an idle keep-alive connection may wait for its next request.
-        .header_read_timeout(cfg.idle_timeout)
+        .header_read_timeout(None)
         .max_buf_size(cfg.max_header_bytes.max(8192))
         .max_headers(cfg.max_header_count)
         .keep_alive(true);
@@ -322,13 +327,13 @@ async fn serve_connection(
 
     // The listener offers h2 and http/1.1; a client that negotiated nothing speaks HTTP/1.1.
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    // HTTP/1.1 idleness is hyper's header read timeout; HTTP/2 requests are watched here,
-    // each until its response body ends.
-    let activity = h2.then(|| Arc::new(Activity::new(accepted_at)));
+    // Requests are watched here, each until its response body ends: with none in progress
+    // for idle_timeout, the connection goes away.
+    let activity = Arc::new(Activity::new(accepted_at));
     let mut ends = Ends {
         expires_at,
         retire_at: live.config.max_connection_age.map(|age| accepted_at + age),
-        idle: activity.clone().map(|a| (a, live.config.idle_timeout)),
+        idle: Some((activity.clone(), live.config.idle_timeout)),
         first_request: None,
         stop,
         grace: live.config.idle_timeout.max(MIN_GRACE),
@@ -345,9 +350,9 @@ async fn serve_connection(
                 return;
             }
         }
-        // hyper's header read timeout starts now: the first request's head must still be
-        // in within idle_timeout of the handshake, and within header_timeout of its first
-        // bytes (a head trickled in byte by byte holds a connection no longer).
+        // The first request's head must still be in within idle_timeout of the handshake,
+        // and within header_timeout of its first bytes (a head trickled in byte by byte
+        // holds a connection no longer).
         let flag = Arc::new(AtomicBool::new(false));
         let head_by = by.min(tokio::time::Instant::now() + live.config.header_timeout);
         ends.first_request = Some((flag.clone(), head_by));
@@ -355,7 +360,7 @@ async fn serve_connection(
     }
     let service_shared = shared.clone();
     let closing = conn.clone();
-    let service = counted(activity.clone(), move |req| {
+    let service = counted(Some(activity.clone()), move |req| {
         let snapshot = service_shared.snapshot.load_full();
         let services = service_shared.services.clone();
         let requests = service_shared.requests.clone();
@@ -380,11 +385,8 @@ async fn serve_connection(
         live.config.send_timeout,
         shared.services.metrics.clone(),
         remote,
-    );
-    let io = match activity {
-        Some(activity) => io.telling(activity),
-        None => io,
-    };
+    )
+    .telling(activity);
     if h2 {
         let connection =
             crate::boxed::pinned(|| live.http.h2.serve_connection(TokioIo::new(io), service));

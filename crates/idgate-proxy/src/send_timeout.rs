@@ -366,11 +366,11 @@ where
     }
 }
 
-/// Requests of an HTTP/2 connection in progress, and when one last started or ended.
+/// Requests of a connection in progress, and when one last ended.
 pub(crate) struct Activity {
     since: Instant,
     in_flight: AtomicUsize,
-    /// Milliseconds after `since`.
+    /// When the last request ended, in milliseconds after `since` (0: none has).
     last: AtomicU64,
     /// Whether the client has sent a byte since the TLS handshake (its preface first).
     heard: AtomicBool,
@@ -396,9 +396,10 @@ impl Activity {
         self.last.store(ms, Ordering::Relaxed);
     }
 
+    /// No clock is read here: while a request is in progress the connection is not idle,
+    /// and its idleness starts when the last one ends.
     pub(crate) fn begin(self: Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.touch();
         InFlight(self)
     }
 
@@ -409,14 +410,13 @@ impl Activity {
         !self.heard.load(Ordering::Relaxed)
     }
 
-    /// Whether no request has been in progress for `idle`.
-    pub(crate) fn idle_for(&self, idle: Duration) -> bool {
-        self.in_flight.load(Ordering::Relaxed) == 0
-            && self
-                .since
-                .elapsed()
-                .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
-                >= idle
+    /// When the connection will have had no request in progress for `idle`, as things
+    /// stand; `None` while one is in progress.
+    pub(crate) fn idle_at(&self, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        Some(self.since + Duration::from_millis(self.last.load(Ordering::Relaxed)) + idle)
     }
 }
 

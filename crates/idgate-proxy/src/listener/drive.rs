@@ -9,13 +9,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::first_bytes::until;
+use super::woken::WokenOnly;
 use crate::send_timeout::Activity;
 
 /// What ends a connection besides its client.
 pub(super) struct Ends {
-    /// HTTP/2: with no request in progress for this long (keep-alive pings do not count),
-    /// the connection is told to go away; one whose client has sent nothing at all (not
-    /// even its preface) is closed.
+    /// With no request in progress for this long (HTTP/2 keep-alive pings do not count),
+    /// the connection is told to go away: HTTP/1.1 closes at once unless a request's head
+    /// has just come in (a head trickled in over this long does not count), HTTP/2 sends
+    /// GOAWAY. One whose client has sent nothing at all (not even its preface) is closed.
     pub(super) idle: Option<(Arc<Activity>, Duration)>,
     /// HTTP/1.1 whose hyper started after the caller's first bytes: set once a request has
     /// begun, and the connection is closed if none has by then.
@@ -61,22 +63,27 @@ pub(super) async fn drive<C, E>(
     let mut grace_end = pin!(grace_end);
     let idle_check = async {
         match &idle {
-            Some((activity, limit)) => {
-                let mut tick = tokio::time::interval((*limit / 4).max(Duration::from_millis(250)));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    if activity.idle_for(*limit) {
-                        return;
-                    }
+            // One timer at a time, set for when the connection will have been idle long
+            // enough as things stand, and looked at again then: requests coming and going
+            // in between move no timer.
+            Some((activity, limit)) => loop {
+                match activity.idle_at(*limit) {
+                    Some(at) if at <= tokio::time::Instant::now() => return,
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => tokio::time::sleep(*limit).await,
                 }
-            }
+            },
             None => std::future::pending().await,
         }
     };
-    let mut idle_check = pin!(idle_check);
-    let mut expiry = pin!(until(expires_at));
-    let mut retire = pin!(until(retire_at));
+    // What may end the connection is polled only when it wakes the task itself, not on each
+    // of the connection's own wake-ups (see `WokenOnly`).
+    let idle_check = pin!(idle_check);
+    let mut idle_check = pin!(WokenOnly::new(idle_check));
+    let expiry = pin!(until(expires_at));
+    let mut expiry = pin!(WokenOnly::new(expiry));
+    let retire = pin!(until(retire_at));
+    let mut retire = pin!(WokenOnly::new(retire));
     let mut first_request_due = first_request.is_some();
     let first_request = async {
         match &first_request {
@@ -87,14 +94,16 @@ pub(super) async fn drive<C, E>(
             None => std::future::pending().await,
         }
     };
-    let mut first_request = pin!(first_request);
+    let first_request = pin!(first_request);
+    let mut first_request = pin!(WokenOnly::new(first_request));
     // A connection that arrives during shutdown is told to finish before it is first polled.
     let mut winding_down = false;
     if *stop.borrow() {
         graceful(connection.as_mut());
         winding_down = true;
     }
-    let mut stopped = pin!(stopped(stop));
+    let stopped = pin!(stopped(stop));
+    let mut stopped = pin!(WokenOnly::new(stopped));
     loop {
         tokio::select! {
             // The connection first: it is what every wake-up is almost always for.
@@ -121,10 +130,10 @@ pub(super) async fn drive<C, E>(
                 // hear the GOAWAY: the grace would only hold its place. One that has sent a
                 // byte may have a request on its way, and is told to go away.
                 if idle.as_ref().is_some_and(|(activity, _)| activity.silent()) {
-                    tracing::debug!(remote = %remote.ip(), "nothing from the HTTP/2 client within idle_timeout of the handshake: closed");
+                    tracing::debug!(remote = %remote.ip(), "nothing from the client within idle_timeout of the handshake: closed");
                     return;
                 }
-                tracing::debug!(remote = %remote.ip(), "HTTP/2 connection idle: going away");
+                tracing::debug!(remote = %remote.ip(), "connection idle for idle_timeout: going away");
                 graceful(connection.as_mut());
                 winding_down = true;
                 grace_end.as_mut().reset(tokio::time::Instant::now() + grace);

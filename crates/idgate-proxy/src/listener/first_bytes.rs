@@ -11,7 +11,7 @@ pub(super) enum Waited {
     /// Bytes to read (or the caller's end of the stream): hyper takes over.
     Arrived,
     /// Silent past `idle_timeout`, its certificate expired, or the socket failed: closed
-    /// at once, as hyper's header read timeout closes a connection.
+    /// at once, as an idle connection is closed (`drive::Ends::idle`).
     Closed,
     /// Shutdown or `max_connection_age`: closed cleanly, as hyper closes an idle connection
     /// that is told to finish.
@@ -21,7 +21,7 @@ pub(super) enum Waited {
 /// Waits, holding no HTTP state, for an HTTP/1.1 caller's first bytes after the handshake.
 /// hyper's read and write buffers (8 KiB each) are made once there is something to read, so
 /// a connection that stays silent costs its TLS session alone. `by` is when the first
-/// request's head must be in, as hyper's header read timeout would have it.
+/// request's head must be in, as the connection's idle watch would have it.
 pub(super) async fn first_bytes(
     tls: &TlsStream<TcpStream>,
     by: tokio::time::Instant,

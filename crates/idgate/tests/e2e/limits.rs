@@ -358,6 +358,93 @@ async fn tls_with(
     (tls, std::time::Instant::now())
 }
 
+/// Reads one response (head and a `content-length` body) off an HTTP/1.1 connection; its
+/// head, lower-cased.
+async fn read_h1_response(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tls.read(&mut byte).await.unwrap();
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no content-length: {text}"));
+    let mut body = vec![0u8; length];
+    tls.read_exact(&mut body).await.unwrap();
+    text
+}
+
+#[tokio::test]
+async fn an_http1_keep_alive_connection_closes_idle_timeout_after_its_last_response() {
+    use tokio::io::AsyncWriteExt;
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Delay(Duration::from_millis(1500))).await;
+        let gw = gateway(&pki, &upstream, toml::toml! { idle_timeout = "1s" }).await;
+        const GET: &[u8] = b"GET /v1/anything HTTP/1.1\r\nhost: localhost\r\n\r\n";
+
+        // Answered after longer than the idle timeout (a request in progress is not
+        // idleness), twice on the one connection; then, silent, closed a second later.
+        let (mut idle, _) = h1_tls(&pki, &gw).await;
+        for _ in 0..2 {
+            idle.write_all(GET).await.unwrap();
+            let head = read_h1_response(&mut idle).await;
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+        }
+        let answered = std::time::Instant::now();
+        let got = tokio::time::timeout(Duration::from_secs(5), until_closed(&mut idle))
+            .await
+            .expect("an idle keep-alive connection was still open 5 s after its last response");
+        let lived = answered.elapsed();
+        assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+        assert!(
+            lived >= Duration::from_millis(800) && lived < Duration::from_millis(2500),
+            "an idle keep-alive connection lived {lived:?} after its last response"
+        );
+
+        // A next head sent a few bytes at a time, never finished: the bytes do not keep
+        // the connection, which closes a second after the last response.
+        let (mut trickled, _) = h1_tls(&pki, &gw).await;
+        trickled.write_all(GET).await.unwrap();
+        read_h1_response(&mut trickled).await;
+        let answered = std::time::Instant::now();
+        let mut sent = 0;
+        let closed = loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if sent >= 20 || trickled.write_all(b"x-a: b\r\n").await.is_err() {
+                break answered.elapsed();
+            }
+            sent += 1;
+            if trickled.flush().await.is_err() {
+                break answered.elapsed();
+            }
+            // Closed by the gateway: a read sees the end at once.
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(
+                Duration::from_millis(1),
+                tokio::io::AsyncReadExt::read(&mut trickled, &mut byte),
+            )
+            .await;
+            if matches!(read, Ok(Ok(0) | Err(_))) {
+                break answered.elapsed();
+            }
+        };
+        assert!(
+            closed < Duration::from_millis(2500),
+            "a trickled head held the connection {closed:?} after the last response ({sent} writes)"
+        );
+    })
+    .await
+}
+
 /// Reads until the gateway ends the connection; returns what it sent.
 async fn until_closed(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
