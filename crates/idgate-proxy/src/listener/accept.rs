@@ -79,7 +79,14 @@ pub(crate) async fn accept_loop(
             let shared = shared.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                let serve = serve_connection(tcp, remote, None, handshaking, shared.clone(), stop);
+                let serve = std::pin::pin!(serve_connection(
+                    tcp,
+                    remote,
+                    None,
+                    handshaking,
+                    shared.clone(),
+                    stop
+                ));
                 shared.until_cut(serve).await;
                 drop(admission);
             });
@@ -93,9 +100,9 @@ pub(crate) async fn accept_loop(
         let stop = stop.clone();
         tokio::spawn(async move {
             let connection = shared.clone();
-            connection
-                .until_cut(through_balancer(tcp, remote, timeout, permit, shared, stop))
-                .await;
+            let serve =
+                std::pin::pin!(through_balancer(tcp, remote, timeout, permit, shared, stop));
+            connection.until_cut(serve).await;
         });
     }
 }
