@@ -119,18 +119,33 @@ mod tests {
         }
     }
 
+    /// What a [`Counted`] reports: its polls, whether to finish, its last waker.
+    #[derive(Default)]
+    struct Probe {
+        polls: AtomicUsize,
+        ready: AtomicBool,
+        waker: Mutex<Option<Waker>>,
+    }
+
+    impl Probe {
+        fn future(&self) -> Counted<'_> {
+            Counted {
+                polls: &self.polls,
+                ready: &self.ready,
+                waker: &self.waker,
+            }
+        }
+    }
+
     #[test]
     fn the_future_is_polled_first_then_only_after_waking_the_task() {
-        let (polls, ready, waker) = (
-            AtomicUsize::new(0),
-            AtomicBool::new(false),
-            Mutex::new(None),
-        );
-        let mut inner = pin!(Counted {
-            polls: &polls,
-            ready: &ready,
-            waker: &waker,
-        });
+        let probe = Probe::default();
+        let Probe {
+            polls,
+            ready,
+            waker,
+        } = &probe;
+        let mut inner = pin!(probe.future());
         let mut quiet = pin!(WokenOnly::new(inner.as_mut()));
         let task_woken = Arc::new(Flag::default());
         let task = Waker::from(task_woken.clone());
@@ -159,16 +174,9 @@ mod tests {
 
     #[test]
     fn a_new_task_waker_gets_the_future_polled_and_woken_through_it() {
-        let (polls, ready, waker) = (
-            AtomicUsize::new(0),
-            AtomicBool::new(false),
-            Mutex::new(None),
-        );
-        let mut inner = pin!(Counted {
-            polls: &polls,
-            ready: &ready,
-            waker: &waker,
-        });
+        let probe = Probe::default();
+        let Probe { polls, waker, .. } = &probe;
+        let mut inner = pin!(probe.future());
         let mut quiet = pin!(WokenOnly::new(inner.as_mut()));
         let first = Arc::new(Flag::default());
         let second = Arc::new(Flag::default());

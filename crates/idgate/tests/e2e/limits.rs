@@ -501,26 +501,8 @@ async fn an_http1_connection_gets_idle_timeout_from_its_handshake_for_its_first_
         late.write_all(b"GET /v1/anything HTTP/1.1\r\nhost: localhost\r\n\r\n")
             .await
             .unwrap();
-        let mut head = Vec::new();
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            let n = tokio::io::AsyncReadExt::read(&mut late, &mut byte)
-                .await
-                .unwrap();
-            assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
-            head.push(byte[0]);
-        }
-        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let text = read_h1_response(&mut late).await;
         assert!(text.starts_with("http/1.1 200"), "{text}");
-        let length: usize = text
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no content-length: {text}"));
-        let mut body = vec![0u8; length];
-        tokio::io::AsyncReadExt::read_exact(&mut late, &mut body)
-            .await
-            .unwrap();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         late.write_all(
             b"GET /v1/anything HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
