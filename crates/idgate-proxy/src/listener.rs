@@ -363,7 +363,7 @@ async fn serve_connection(
     }
     let service_shared = shared.clone();
     let closing = conn.clone();
-    let service = counted(Some(activity.clone()), move |req| {
+    let service = counted(activity.clone(), move |req| {
         let snapshot = service_shared.snapshot.load_full();
         let services = service_shared.services.clone();
         let requests = service_shared.requests.clone();
@@ -410,7 +410,7 @@ async fn serve_connection(
 /// has been checked for idleness in the same wake-up, which would then see nothing in
 /// flight and send away (or close) a connection with a request on its way.
 fn counted<A, F, B>(
-    activity: Option<Arc<Activity>>,
+    activity: Arc<Activity>,
     answer: A,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
@@ -424,7 +424,7 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
 {
     service_fn(move |req| {
-        let request = activity.clone().map(Activity::begin);
+        let request = Some(activity.clone().begin());
         let answered = answer(req);
         async move { Ok(answered.await.map(|body| Sending::new(body, request))) }
     })
@@ -515,7 +515,7 @@ mod tests {
         let answering = Arc::new(tokio::sync::Notify::new());
         let answered = answering.clone();
         // The request is being forwarded: its answer is still to come.
-        let service = counted(Some(activity.clone()), move |_| {
+        let service = counted(activity.clone(), move |_| {
             let answering = answering.clone();
             async move {
                 answering.notify_one();
