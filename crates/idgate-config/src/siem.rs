@@ -229,6 +229,10 @@ const DEFAULT_BUFFER_BYTES: u64 = 64 << 20;
 const MAX_BUFFER_BYTES: u64 = 4 << 30;
 const DEFAULT_REPLAY_BYTES: u64 = 1 << 20;
 const MAX_REPLAY_BYTES: u64 = 256 << 20;
+/// The smallest window that still covers the socket's send queue: Linux keeps a send buffer
+/// of at least 4,608 bytes whatever is asked, and a window under about four times that
+/// would hold less than the kernel may leave unacknowledged.
+const MIN_REPLAY_BYTES: u64 = 16 << 10;
 
 pub(crate) fn parse(cx: &mut Ctx<'_>, raw: RawSiem) -> SiemConfig {
     let shutdown_timeout = cx.duration(
@@ -528,7 +532,14 @@ fn syslog(cx: &mut Ctx<'_>, key: &str, s: &RawSink) -> Option<SyslogSinkConfig> 
         );
     }
     let replay_bytes = match s.replay_bytes.unwrap_or(DEFAULT_REPLAY_BYTES) {
-        n @ 0..=MAX_REPLAY_BYTES => usize::try_from(n).unwrap_or(usize::MAX),
+        n @ (0 | MIN_REPLAY_BYTES..=MAX_REPLAY_BYTES) => usize::try_from(n).unwrap_or(usize::MAX),
+        n if n < MIN_REPLAY_BYTES => {
+            cx.err(
+                at("replay_bytes"),
+                format!("must be 0 (no replay) or at least {MIN_REPLAY_BYTES} (16 KiB): the kernel may hold more unacknowledged bytes than a smaller window keeps"),
+            );
+            0
+        }
         _ => {
             cx.err(
                 at("replay_bytes"),

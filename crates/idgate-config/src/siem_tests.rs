@@ -226,6 +226,21 @@ fn each_problem_is_named_at_its_key() {
             "siem.sinks[0].on_full: \"block\" is not a policy: use \"drop_newest\" or \"drop_oldest\"",
         ]
     );
+    // A window the kernel's smallest send buffer would outgrow is refused; 0 turns replay off.
+    assert_eq!(
+        p("[[siem.sinks]]\nkind = \"syslog\"\naddress = \"h:6514\"\nreplay_bytes = 4096\n"),
+        [
+            "siem.sinks[0].replay_bytes: must be 0 (no replay) or at least 16384 (16 KiB): the kernel may hold more unacknowledged bytes than a smaller window keeps"
+        ]
+    );
+    for fine in [0, 16384] {
+        assert_eq!(
+            p(&format!(
+                "[[siem.sinks]]\nkind = \"syslog\"\naddress = \"h:6514\"\nreplay_bytes = {fine}\n"
+            )),
+            Vec::<String>::new()
+        );
+    }
     assert_eq!(
         p("[siem]\n"),
         [

@@ -490,6 +490,43 @@ fn shutdown_with_a_stalled_collector_counts_the_batch_in_flight() {
     drop(held);
 }
 
+#[test]
+fn shutdown_counts_as_dropped_what_the_collector_never_acknowledged() {
+    // A collector that takes the connection and never reads, with a receive window of a few
+    // KiB: every frame fits in the sink's send buffer and is written, but its host can
+    // acknowledge only what its window holds.
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener.set_recv_buffer_size(4096).unwrap();
+    listener
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    listener.listen(8).unwrap();
+    let port = listener.local_addr().unwrap().as_socket().unwrap().port();
+    let listener: std::net::TcpListener = listener.into();
+    let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let mut config = siem(vec![syslog_sink("plain", port, None, 1000)]);
+    config.shutdown_timeout = Duration::from_millis(500);
+    let exporter = Exporter::start(&config).unwrap();
+    let event = format!(r#"{{"class_uid":6003,"pad":"{}"}}"#, "x".repeat(2000));
+    let exported = 50;
+    for _ in 0..exported {
+        exporter.export(event.as_bytes());
+    }
+    // All of it handed to the socket, nothing left in the sink's buffer.
+    assert!(wait_until(WAIT, || {
+        let s = exporter.stats("plain").unwrap();
+        s.sent >= exported && s.buffered_events == 0
+    }));
+    let metrics = exporter.metrics().clone();
+    let unwritten = exporter.shutdown();
+    // A shutdown that stopped at an empty buffer would report nothing lost, though most of
+    // the 100 KB never reached the collector's host.
+    assert!(unwritten > 0, "{:?}", metrics.stats("plain"));
+    assert_eq!(metrics.stats("plain").dropped, unwritten);
+    drop(held);
+}
+
 /// Run by [`a_syslog_sink_with_ca_trusts_only_that_ca`] in a process of its own whose
 /// platform roots (`SSL_CERT_FILE`) are the other CA: the platform's roots are read once
 /// per process.

@@ -119,8 +119,22 @@ impl Sink {
             // After a connection that ended soon after it opened, the next attempt waits.
             let steady = up.steady;
             let taken = buffer.take(BATCH_EVENTS, BATCH_BYTES, Duration::from_secs(1));
-            if taken.events.is_empty() && taken.closing.is_some() {
-                break;
+            if taken.events.is_empty()
+                && let Some(deadline) = taken.closing
+            {
+                // Everything is written; the sink stops once the collector's host has
+                // acknowledged it. What it has not by then (a collector that went away at
+                // the last moment, one that stopped reading) goes back to the buffer: sent
+                // again on a new connection while the deadline allows, else counted as
+                // dropped by the shutdown.
+                if acknowledged(up, deadline) {
+                    break;
+                }
+                let again = self.lost(&mut conn, &mut replay, Vec::new(), 0, buffer);
+                if failures.allow() {
+                    tracing::warn!(sink = name, collector = %addr, unacknowledged = again, "SIEM collector had not acknowledged every event at shutdown; sending them again");
+                }
+                continue;
             }
             // Checked before each batch, and every idle second: a collector that went away
             // (or refused the client certificate after the handshake) is noticed before
@@ -167,6 +181,14 @@ impl Sink {
                 }
             }
         }
+        // Stopped by the deadline with a connection up: frames its host had not yet
+        // acknowledged go back to the buffer, where the shutdown counts them as dropped.
+        if conn
+            .as_ref()
+            .is_some_and(|up| up.conn.unacknowledged() != Some(0))
+        {
+            buffer.put_back(self.unacknowledged(&mut conn, &mut replay));
+        }
         if let Some(up) = conn {
             up.conn.close();
         }
@@ -185,14 +207,7 @@ impl Sink {
         unsure: u64,
         buffer: &Buffer,
     ) -> u64 {
-        // The kernel's send queue is read before the socket is let go.
-        let acknowledged = conn.as_ref().and_then(|up| {
-            let unacked = up.conn.unacknowledged()?;
-            Some(up.conn.written().saturating_sub(unacked))
-        });
-        *conn = None;
-        self.counters.connected.set(0);
-        let mut back = replay.take_unacknowledged(acknowledged);
+        let mut back = self.unacknowledged(conn, replay);
         let again = back.len() as u64 + unsure;
         if again > 0 {
             self.counters.resent.inc_by(again);
@@ -200,6 +215,19 @@ impl Sink {
         back.extend(batch);
         buffer.put_back(back);
         again
+    }
+
+    /// Lets go of the connection, returning the frames of the replay window its collector's
+    /// host had not acknowledged (all of the window when that cannot be known).
+    fn unacknowledged(&self, conn: &mut Option<Up>, replay: &mut Replay) -> Vec<Arc<Event>> {
+        // The kernel's send queue is read before the socket is let go.
+        let acknowledged = conn.as_ref().and_then(|up| {
+            let unacked = up.conn.unacknowledged()?;
+            Some(up.conn.written().saturating_sub(unacked))
+        });
+        *conn = None;
+        self.counters.connected.set(0);
+        replay.take_unacknowledged(acknowledged)
     }
 
     /// Reads the TLS files again before a connection; a file that has become bad keeps the
@@ -223,6 +251,27 @@ struct Up {
     conn: Conn,
     since: Instant,
     steady: bool,
+}
+
+/// How often a closing sink looks again at what the collector's host has acknowledged.
+const ACK_POLL: Duration = Duration::from_millis(5);
+
+/// Waits, at most until `deadline`, for the collector's host to acknowledge every byte
+/// written on `up`; false when it has not, or when the collector closed the connection
+/// first, or when the socket's queue cannot be read (a reset).
+fn acknowledged(up: &mut Up, deadline: Instant) -> bool {
+    loop {
+        match up.conn.unacknowledged() {
+            Some(0) => return true,
+            None => return false,
+            Some(_) => {}
+        }
+        let now = Instant::now();
+        if now >= deadline || up.conn.peer_closed() {
+            return false;
+        }
+        std::thread::sleep(ACK_POLL.min(deadline - now));
+    }
 }
 
 /// Waits the backoff's next delay before another attempt, returning early when shutdown
