@@ -92,6 +92,10 @@ pub enum PathError {
         "unexpected {0:?} at byte {1}: a step is .name, .*, [n], [*] or ['name'], optionally after .."
     )]
     Unexpected(char, usize),
+    #[error(
+        "a name of digits only at byte {0} would never match an array's element: write [n] for the element at index n, or ['n'] for a member named so"
+    )]
+    DigitsName(usize),
 }
 
 fn is_name_char(c: char) -> bool {
@@ -135,6 +139,9 @@ impl MaskPath {
                             if end == i {
                                 return Err(PathError::EmptyName(at(i - 1)));
                             }
+                            if rest[i..end].bytes().all(|b| b.is_ascii_digit()) {
+                                return Err(PathError::DigitsName(at(i - 1)));
+                            }
                             steps.push(Step {
                                 descendant,
                                 selector: Selector::Name(rest[i..end].to_owned()),
@@ -160,6 +167,9 @@ impl MaskPath {
                         let end = name_end(rest, i);
                         if end == i {
                             return Err(PathError::EmptyName(at(i - 2)));
+                        }
+                        if rest[i..end].bytes().all(|b| b.is_ascii_digit()) {
+                            return Err(PathError::DigitsName(at(i - 2)));
                         }
                         steps.push(Step {
                             descendant,
@@ -379,6 +389,9 @@ mod tests {
             ("$.a b", Unexpected(' ', 3)),
             ("$a", Unexpected('a', 1)),
             ("$.é", EmptyName(1)),
+            // An index written as a name would match no element, and mask nothing.
+            ("$.items.0.number", DigitsName(7)),
+            ("$..0", DigitsName(1)),
         ] {
             assert_eq!(MaskPath::parse(s), Err(e.clone()), "{s}");
         }
@@ -386,6 +399,10 @@ mod tests {
             MaskPath::parse(&format!("$.{}", "a".repeat(2000))),
             Err(TooLong)
         );
+        // Names that only begin with a digit, and members named by digits in brackets, stay.
+        for fine in ["$.a1", "$.3ds_result", "$['0']", "$.items[0].number"] {
+            assert!(MaskPath::parse(fine).is_ok(), "{fine}");
+        }
         assert!(
             EmptyName(3)
                 .to_string()

@@ -101,17 +101,33 @@ pub(super) async fn mask(
             reason: "a partial (206) answer on a masked route cannot be masked".to_owned(),
         });
     }
-    if compressed(resp.headers()) {
-        return Err(Refusal::UnreadableResponse {
-            reason: "the upstream compressed an answer on a masked route".to_owned(),
-        });
-    }
     if ctx.method == Method::HEAD || resp.status() == StatusCode::NOT_MODIFIED {
         // Its length would be the unmasked body's.
         resp.headers_mut().remove(header::CONTENT_LENGTH);
     }
     if without_body(resp) {
         return Ok(());
+    }
+    if compressed(resp.headers()) {
+        return Err(Refusal::UnreadableResponse {
+            reason: "the upstream compressed an answer on a masked route".to_owned(),
+        });
+    }
+    if resp
+        .headers()
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        // Readers differ on which counts: masked JSON under a second type could be
+        // rendered as that type.
+        return Err(Refusal::ResponseBlocked {
+            reason: format!(
+                "masking profile {}: the answer names more than one Content-Type",
+                profile.name
+            ),
+        });
     }
     if !is_json_type(resp.headers()) {
         return not_json(ctx, profile, resp).await;

@@ -67,6 +67,14 @@ fn answer(name: &str) -> (u16, Vec<(&'static str, &'static str)>, Bytes) {
             ],
             Bytes::from_static(b"\x1f\x8b\x08\x00not really gzip"),
         ),
+        "json-then-html" => (
+            200,
+            vec![
+                ("content-type", "application/json"),
+                ("content-type", "text/html"),
+            ],
+            Bytes::from(format!(r#"{{"document_number":"{DOC}"}}"#)),
+        ),
         "broken" => (
             200,
             json,
@@ -262,6 +270,8 @@ async fn answers_that_cannot_be_masked_are_refused_never_passed() {
         let c = Client::new(&pki, Some(ONBOARDING), gw.port, false);
         for (name, status, slug) in [
             ("gzip", 502, "unreadable-response"),
+            // Masked JSON under a second type a reader could go by.
+            ("json-then-html", 502, "response-blocked"),
             ("broken", 502, "unreadable-response"),
             ("latin1", 502, "unreadable-response"),
             ("big", 502, "unreadable-response"),
@@ -418,6 +428,9 @@ async fn answers_without_a_body_pass_a_profile_that_blocks_what_is_not_json() {
         // HEAD has no body either, and no length of the one GET would refuse.
         let r = strict.send("HEAD", "/a/pdf", &[], "").await.unwrap();
         assert_eq!((r.status, r.header("content-length")), (200, None));
+        // Nor do the headers of a compressed GET answer, which HEAD repeats.
+        let r = strict.send("HEAD", "/a/gzip", &[], "").await.unwrap();
+        assert_eq!((r.status, r.body.len()), (200, 0), "{:?}", r.body);
         // What has a body and is not JSON is still refused.
         let r = strict.get("/a/pdf").await.unwrap();
         assert_eq!((r.status, problem(&r).as_str()), (502, "response-blocked"));
