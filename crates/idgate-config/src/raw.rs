@@ -97,6 +97,8 @@ pub(crate) struct Admin {
     pub(crate) bind: String,
     #[serde(default)]
     pub(crate) max_connections: Option<u32>,
+    #[serde(default)]
+    pub(crate) allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

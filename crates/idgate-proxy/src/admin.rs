@@ -11,6 +11,13 @@
 //! chain refuses every start until its files are moved aside, so liveness stays up.
 //! Never served on the public listener.
 //!
+//! A request is answered only when the `Host` it names (its `Host` field, or the authority of
+//! an absolute-form target) is absent, an IP address, `localhost` or a name in
+//! `admin.allowed_hosts`; any other gets a 421 problem. A web page the operator opens on the
+//! same host could otherwise point a name it controls at the listener (DNS rebinding) and read
+//! `/metrics` and `/incidents` through the browser, which sends that name as `Host`. It
+//! cannot make the browser send an IP address or `localhost` for its own origin.
+//!
 //! Whoever reaches the listener is not authenticated, so its connections are bounded like
 //! the public listener's: so many at once (`admin.max_connections`, more are closed at
 //! accept), an eighth of them from one address (so that one client holding its share
@@ -26,8 +33,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{ALLOW, CONTENT_TYPE, HOST, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -37,7 +44,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::listener::LogBudget;
 use crate::metrics::Metrics;
-use crate::problem::ProblemKind;
+use crate::problem::{MISDIRECTED_DETAIL, ProblemKind};
 use crate::send_timeout::SendDeadline;
 
 fn json(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -101,6 +108,8 @@ pub(crate) struct AdminState {
     /// The audit trail, when `[audit]` is configured: a writer stopped for good (a failed
     /// sync, an exhausted chain) fails both probes.
     pub(crate) audit: Option<Arc<idgate_audit::AuditTrail>>,
+    /// The names a request's `Host` may give besides an IP address and `localhost`.
+    pub(crate) allowed_hosts: AllowedHosts,
 }
 
 impl AdminState {
@@ -114,6 +123,144 @@ impl AdminState {
             .svid
             .is_some_and(|(_, until)| until > std::time::SystemTime::now())
     }
+}
+
+/// The host names the admin listener answers to besides IP addresses and `localhost`
+/// (`admin.allowed_hosts`), in lower case.
+#[derive(Debug, Clone)]
+pub(crate) struct AllowedHosts(Arc<[String]>);
+
+impl AllowedHosts {
+    /// `names` as the configuration gives them (checked DNS names).
+    pub(crate) fn new(names: &[String]) -> Self {
+        Self(names.iter().map(|n| n.to_ascii_lowercase()).collect())
+    }
+
+    /// Whether the name `name` is answered: `localhost` or one of these, in any case.
+    fn answer(&self, name: &str) -> bool {
+        name.eq_ignore_ascii_case("localhost")
+            || self.0.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Why a request's `Host` is refused: fixed words for the log, never the value sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostRefusal {
+    /// More than one `Host` field.
+    Several,
+    /// Not `host[:port]` with a well-formed port, or not text.
+    Malformed,
+    /// A name that is not `localhost` or in `admin.allowed_hosts`.
+    NotAllowed,
+}
+
+impl HostRefusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Several => "several Host fields",
+            Self::Malformed => "malformed Host",
+            Self::NotAllowed => "Host names a host not in admin.allowed_hosts",
+        }
+    }
+}
+
+/// What a well-formed `host[:port]` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostName<'a> {
+    /// An IPv4 address or a bracketed IPv6 address.
+    Ip,
+    Name(&'a str),
+}
+
+/// Reads `value` as `host[:port]` (RFC 9110 §7.2): an IPv4 address, a bracketed IPv6
+/// address or a name, and a port of one to five digits when there is a `:`. `None` when it is
+/// not that shape.
+fn host_name(value: &[u8]) -> Option<HostName<'_>> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (host, port) = match value.strip_prefix('[') {
+        Some(rest) => {
+            let (inner, port) = rest.split_once(']')?;
+            inner.parse::<std::net::Ipv6Addr>().ok()?;
+            (HostName::Ip, port)
+        }
+        None => {
+            let (host, port) = value.split_at(value.find(':').unwrap_or(value.len()));
+            if host.parse::<std::net::Ipv4Addr>().is_ok() {
+                (HostName::Ip, port)
+            } else {
+                (HostName::Name(host), port)
+            }
+        }
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|digits| {
+            (1..=5).contains(&digits.len())
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && digits.parse::<u16>().is_ok()
+        });
+    port_ok.then_some(host)
+}
+
+/// Whether the admin listener answers a request with this target and these header fields:
+/// every `Host` it names (at most one `Host` field, and the authority of an absolute-form
+/// target) must be an IP address, `localhost` or one of `allowed`, whatever the port. A
+/// request that names none (HTTP/1.0) is answered.
+fn check_host(uri: &Uri, headers: &HeaderMap, allowed: &AllowedHosts) -> Result<(), HostRefusal> {
+    let mut fields = headers.get_all(HOST).iter();
+    let field = fields.next();
+    if fields.next().is_some() {
+        return Err(HostRefusal::Several);
+    }
+    let named = uri
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .into_iter()
+        .chain(field.map(HeaderValue::as_bytes));
+    for value in named {
+        match host_name(value) {
+            None => return Err(HostRefusal::Malformed),
+            Some(HostName::Ip) => {}
+            Some(HostName::Name(name)) if allowed.answer(name) => {}
+            Some(HostName::Name(_)) => return Err(HostRefusal::NotAllowed),
+        }
+    }
+    Ok(())
+}
+
+/// The answer to a request whose `Host` is refused: a 421 problem with a fixed detail. The
+/// warning names the client's address and why, never the `Host` sent (at most one a second,
+/// saying how many were held back); the name itself is logged at debug, and only when it is
+/// made of the characters of a DNS name, so that it cannot forge a line.
+fn misdirected(
+    why: HostRefusal,
+    headers: &HeaderMap,
+    remote: std::net::IpAddr,
+    log: &LogBudget,
+) -> Response<Full<Bytes>> {
+    if let Some(also_refused) = log.admit() {
+        tracing::warn!(
+            remote = %remote,
+            reason = why.as_str(),
+            also_refused,
+            "admin request refused: its Host is not an IP address, localhost or a name in admin.allowed_hosts"
+        );
+    }
+    if let Some(name) = headers
+        .get(HOST)
+        .and_then(|v| host_name(v.as_bytes()))
+        .and_then(|h| match h {
+            HostName::Name(n) => Some(n),
+            HostName::Ip => None,
+        })
+        .filter(|n| {
+            n.len() <= 253
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        })
+    {
+        tracing::debug!(remote = %remote, host = name, "admin request refused for its Host");
+    }
+    ProblemKind::MisdirectedRequest.response(Some(MISDIRECTED_DETAIL), None)
 }
 
 async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
@@ -202,6 +349,8 @@ pub(crate) async fn serve_admin(
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let sources = Sources::default();
     let refusals = LogBudget::new(1, 1);
+    // Requests refused for their Host, logged at most once a second.
+    let host_log = Arc::new(LogBudget::new(1, 1));
     loop {
         let (tcp, remote) = tokio::select! {
             _ = stop.changed() => break,
@@ -242,8 +391,9 @@ pub(crate) async fn serve_admin(
             }
         };
         let state = state.clone();
+        let host_log = host_log.clone();
         tokio::spawn(async move {
-            serve_connection(tcp, remote, state, limits).await;
+            serve_connection(tcp, remote, state, limits, host_log).await;
             drop(places);
         });
     }
@@ -301,14 +451,22 @@ async fn serve_connection(
     remote: std::net::SocketAddr,
     state: AdminState,
     limits: AdminLimits,
+    host_log: Arc<LogBudget>,
 ) {
     // The same deadline as the public listener's: a client that stops reading (pipelined
     // requests whose answers it never takes) cannot hold the connection and its buffers.
     let io = SendDeadline::new(tcp, limits.send_timeout, state.metrics.clone(), remote);
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<Incoming>| {
         // An incident not held in memory is read from its file.
         let state = state.clone();
-        async move { Ok::<_, Infallible>(route(&req, &state).await) }
+        let host_log = host_log.clone();
+        async move {
+            let resp = match check_host(req.uri(), req.headers(), &state.allowed_hosts) {
+                Ok(()) => route(&req, &state).await,
+                Err(why) => misdirected(why, req.headers(), remote.ip(), &host_log),
+            };
+            Ok::<_, Infallible>(resp)
+        }
     });
     let mut connection = pin!(
         hyper::server::conn::http1::Builder::new()
@@ -356,6 +514,14 @@ mod tests {
 
     /// An admin listener on loopback with `limits`; its address and metrics.
     async fn admin(limits: AdminLimits) -> (std::net::SocketAddr, Arc<Metrics>) {
+        admin_for(limits, &[]).await
+    }
+
+    /// [`admin`] answering also to the host names `allowed` (`admin.allowed_hosts`).
+    async fn admin_for(
+        limits: AdminLimits,
+        allowed: &[&str],
+    ) -> (std::net::SocketAddr, Arc<Metrics>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
@@ -367,6 +533,9 @@ mod tests {
                 idgate_tls::crypto_provider(),
             )),
             audit: None,
+            allowed_hosts: AllowedHosts::new(
+                &allowed.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+            ),
         };
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(async move {
@@ -379,7 +548,7 @@ mod tests {
     /// Sends `GET /healthz` on `tcp` and reads its answer; `false` if the connection ended.
     async fn healthz(tcp: &mut TcpStream) -> bool {
         if tcp
-            .write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n")
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
             .await
             .is_err()
         {
@@ -452,7 +621,7 @@ mod tests {
         // buffers are full, the connection is closed at the send deadline. (Its first
         // request is answered: the places of the two above are back.)
         let mut stalled = served(addr, Some(4096)).await;
-        let requests = b"GET /metrics HTTP/1.1\r\nhost: admin\r\n\r\n".repeat(5000);
+        let requests = b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n".repeat(5000);
         // The listener stops reading requests while their answers cannot be sent.
         let _ = tokio::time::timeout(Duration::from_secs(2), stalled.write_all(&requests)).await;
         let timed_out = r#"idgate_send_timeouts_total{kind="connection"} 1"#;
@@ -546,5 +715,199 @@ mod tests {
         // A new connection is served as before.
         let mut next = TcpStream::connect(addr).await.unwrap();
         assert!(healthz(&mut next).await);
+    }
+
+    /// The outcome of the `Host` check for a request to `target` with the `Host` fields
+    /// `hosts`, with `idgate-admin.monitoring.svc` in `admin.allowed_hosts`.
+    fn host_check(target: &str, hosts: &[&[u8]]) -> Result<(), HostRefusal> {
+        let allowed = AllowedHosts::new(&["idgate-admin.monitoring.svc".to_owned()]);
+        let uri: Uri = target.parse().unwrap();
+        let mut headers = HeaderMap::new();
+        for host in hosts {
+            headers.append(HOST, HeaderValue::from_bytes(host).unwrap());
+        }
+        check_host(&uri, &headers, &allowed)
+    }
+
+    #[test]
+    fn the_admin_host_check_answers_ip_addresses_localhost_and_configured_names() {
+        let answered: [&[u8]; 13] = [
+            b"127.0.0.1",
+            b"127.0.0.1:9901",
+            b"10.42.0.17:9901",
+            b"[::1]",
+            b"[::1]:9901",
+            b"[fe80::1:2]:80",
+            b"localhost",
+            b"localhost:9901",
+            b"LOCALHOST",
+            b"LocalHost:9901",
+            b"idgate-admin.monitoring.svc",
+            b"idgate-admin.monitoring.svc:9901",
+            b"IDGATE-Admin.Monitoring.SVC:9901",
+        ];
+        for host in answered {
+            assert_eq!(
+                host_check("/metrics", &[host]),
+                Ok(()),
+                "{}",
+                String::from_utf8_lossy(host)
+            );
+        }
+        // HTTP/1.0 probes send no Host.
+        assert_eq!(host_check("/healthz", &[]), Ok(()));
+        // An absolute-form target names its host: both it and the field must be answered.
+        assert_eq!(
+            host_check("http://127.0.0.1:9901/metrics", &[b"127.0.0.1:9901"]),
+            Ok(())
+        );
+        assert_eq!(host_check("http://localhost/metrics", &[]), Ok(()));
+    }
+
+    #[test]
+    fn the_admin_host_check_refuses_rebinding_names_and_malformed_hosts() {
+        use HostRefusal::{Malformed, NotAllowed, Several};
+        let refused: [(&[u8], HostRefusal); 22] = [
+            // A name a web page can point at 127.0.0.1.
+            (b"evil.example", NotAllowed),
+            (b"evil.example:9901", NotAllowed),
+            (b"127.0.0.1.attacker.example", NotAllowed),
+            (b"localhost.attacker.example", NotAllowed),
+            (b"admin.idgate-admin.monitoring.svc", NotAllowed),
+            // A trailing dot is another name, in no list.
+            (b"localhost.", NotAllowed),
+            (b"idgate-admin.monitoring.svc.", NotAllowed),
+            // IPv4 in forms a browser rewrites to the dotted quad: not sent as such.
+            (b"2130706433", NotAllowed),
+            (b"0x7f.0.0.1", NotAllowed),
+            (b"", NotAllowed),
+            (b":9901", NotAllowed),
+            (b"127.0.0.1:", Malformed),
+            (b"127.0.0.1:99999", Malformed),
+            (b"127.0.0.1:+80", Malformed),
+            (b"127.0.0.1:9901:1", Malformed),
+            (b"::1", Malformed),
+            (b"[::1", Malformed),
+            (b"[::1]9901", Malformed),
+            (b"[evil.example]", Malformed),
+            (b"[fe80::1%25eth0]:9901", Malformed),
+            (b"user@127.0.0.1", NotAllowed),
+            (b"\xff\xfe.example", Malformed),
+        ];
+        for (host, why) in refused {
+            assert_eq!(
+                host_check("/metrics", &[host]),
+                Err(why),
+                "{}",
+                String::from_utf8_lossy(host)
+            );
+        }
+        // Two Host fields, even two that would each be answered.
+        assert_eq!(
+            host_check("/metrics", &[b"127.0.0.1", b"127.0.0.1"]),
+            Err(Several)
+        );
+        assert_eq!(
+            host_check("/metrics", &[b"127.0.0.1", b"evil.example"]),
+            Err(Several)
+        );
+        // An absolute-form target that names another host, whatever the field says.
+        assert_eq!(
+            host_check("http://evil.example/metrics", &[b"127.0.0.1"]),
+            Err(NotAllowed)
+        );
+        assert_eq!(
+            host_check("http://127.0.0.1/metrics", &[b"evil.example"]),
+            Err(NotAllowed)
+        );
+    }
+
+    /// Sends `request` on a connection of its own to `addr` and reads the answer until the
+    /// listener closes it: (status, content type, body).
+    async fn exchange(addr: std::net::SocketAddr, request: &str) -> (u16, String, String) {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut got))
+            .await
+            .expect("the admin listener kept the connection open")
+            .unwrap();
+        let text = String::from_utf8(got).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head[9..12].parse().unwrap();
+        let content_type = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_default();
+        (status, content_type, body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn the_admin_listener_refuses_a_host_a_rebinding_page_could_send_and_serves_ip_and_localhost()
+     {
+        let (addr, metrics) =
+            admin_for(AdminLimits::new(16), &["idgate-admin.monitoring.svc"]).await;
+        // Something in the metrics a rebinding page must not read.
+        metrics.connection_refused("admin_max_connections");
+        let get = |host: &str| format!("GET /metrics HTTP/1.1\r\n{host}connection: close\r\n\r\n");
+        let port = addr.port();
+        for host in [
+            format!("host: 127.0.0.1:{port}\r\n"),
+            format!("host: [::1]:{port}\r\n"),
+            format!("host: localhost:{port}\r\n"),
+            "host: LOCALHOST\r\n".to_owned(),
+            format!("host: Idgate-Admin.monitoring.svc:{port}\r\n"),
+        ] {
+            let (status, content_type, body) = exchange(addr, &get(&host)).await;
+            assert_eq!(status, 200, "{host}{body}");
+            assert!(
+                content_type.starts_with("application/openmetrics-text"),
+                "{host}"
+            );
+            assert!(body.contains("admin_max_connections"), "{host}{body}");
+        }
+        // An HTTP/1.0 probe without Host.
+        let (status, _, body) = exchange(addr, "GET /healthz HTTP/1.0\r\n\r\n").await;
+        assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+
+        for request in [
+            get(&format!("host: evil.example:{port}\r\n")),
+            get("host: evil.example\r\n"),
+            get(&format!("host: 127.0.0.1.attacker.example:{port}\r\n")),
+            get("host: idgate-admin.monitoring.svc.\r\n"),
+            get("host: \r\n"),
+            get(&format!(
+                "host: 127.0.0.1:{port}\r\nhost: 127.0.0.1:{port}\r\n"
+            )),
+            get(&format!("host: 127.0.0.1:{port}\r\nhost: evil.example\r\n")),
+            format!(
+                "GET http://evil.example:{port}/metrics HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n"
+            ),
+            "GET /incidents HTTP/1.1\r\nhost: evil.example\r\nconnection: close\r\n\r\n".to_owned(),
+            "GET /healthz HTTP/1.0\r\nhost: evil.example\r\n\r\n".to_owned(),
+        ] {
+            let (status, content_type, body) = exchange(addr, &request).await;
+            assert_eq!(status, 421, "{request}{body}");
+            assert_eq!(content_type, "application/problem+json", "{request}");
+            let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                problem,
+                serde_json::json!({
+                    "type": "https://idgate.dev/problems/misdirected-request",
+                    "title": "Host not allowed",
+                    "status": 421,
+                    "detail": MISDIRECTED_DETAIL,
+                }),
+                "{request}"
+            );
+            assert!(
+                !body.contains("evil") && !body.contains("attacker"),
+                "{body}"
+            );
+        }
     }
 }

@@ -360,6 +360,7 @@ impl Gateway {
                 incidents: incidents.clone(),
                 material: self.material.clone(),
                 audit: audit.clone(),
+                allowed_hosts: crate::admin::AllowedHosts::new(&cfg.admin.allowed_hosts),
             },
             crate::admin::AdminLimits::new(cfg.admin.max_connections),
             admin_stop_rx,

@@ -25,6 +25,10 @@ pub use kind::ProblemKind;
 /// Where problem `type` URIs point; each is described in `docs/problems.md`.
 pub const PROBLEM_BASE: &str = "https://idgate.dev/problems/";
 
+/// The detail of [`ProblemKind::MisdirectedRequest`], the admin listener's answer to a
+/// `Host` it does not serve. Fixed: the `Host` sent is never repeated to the caller.
+pub(crate) const MISDIRECTED_DETAIL: &str = "This listener answers only requests whose Host is an IP address, localhost or a name in admin.allowed_hosts; send the request to one of those.";
+
 /// A request the gateway ends itself.
 #[derive(Debug)]
 pub enum Refusal {

@@ -65,6 +65,9 @@ pub enum ProblemKind {
     },
     CircuitOpen,
     UpstreamUnavailable,
+    /// The admin listener does not answer to the `Host` the request names: not an IP
+    /// address, `localhost` or a name in `admin.allowed_hosts` (DNS rebinding).
+    MisdirectedRequest,
 }
 
 impl ProblemKind {
@@ -244,6 +247,11 @@ impl ProblemKind {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream-unavailable",
                 "No healthy upstream endpoint",
+            ),
+            Self::MisdirectedRequest => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected-request",
+                "Host not allowed",
             ),
         }
     }

@@ -6,6 +6,7 @@
 mod config;
 mod support;
 
+mod admin_hosts;
 mod audit;
 mod audit_places;
 mod body_budget;
