@@ -46,6 +46,11 @@ impl Writer {
                 stuck = Some(built);
                 continue;
             }
+            // A sync that failed stops the writer before anything more is written, at
+            // shutdown too: the loop's top halts it, noting the failure for the next start.
+            if self.stop.is_some() {
+                continue;
+            }
             let built = self.build(shared, closing, &mut last_report);
             if let Err(built) = self.commit(shared, built, closing, &mut last_report) {
                 stuck = Some(built);
@@ -61,8 +66,14 @@ impl Writer {
                     return;
                 }
             }
+            if self.stop.is_some() {
+                continue;
+            }
             if closing {
                 self.finish(shared, &mut last_report);
+                if self.stop.is_some() {
+                    continue;
+                }
                 return;
             }
             if let Err(opening) = self.rotate_if_due(shared, &mut last_report) {

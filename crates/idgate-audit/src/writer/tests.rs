@@ -920,6 +920,40 @@ fn a_start_after_a_failed_sync_goes_on_only_from_what_was_synced() {
 }
 
 #[test]
+fn a_sync_that_fails_at_shutdown_leaves_its_note_and_the_next_start_goes_on_from_what_was_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    // Records wait for the close: its write is the first since the start's, and its sync fails.
+    let mut s = settings(dir.path());
+    s.sync_interval = Duration::from_secs(60);
+    let (trail, _) = AuditTrail::start(s.clone(), keys.audit_keys(None), None).unwrap();
+    let synced = trail.last_seq();
+    FAILING_SYNCS.lock().unwrap().push(dir.path().to_owned());
+    records_named(&trail, &["lost-0", "lost-1"]);
+    trail.close();
+    FAILING_SYNCS.lock().unwrap().clear();
+    let file = files::list(dir.path()).unwrap().pop().unwrap();
+    let written = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
+    assert!(written.contains("lost-1"));
+    // Nothing was written after the failed sync: no shutdown checkpoint signs those records.
+    assert!(!written.contains("\"shutdown\""), "{written}");
+    assert!(
+        dir.path().join(files::SYNC_FAILED).exists(),
+        "the failed sync left no note"
+    );
+    // The next start sets the unsynced records aside and records the gap, however quickly
+    // it comes (before the kernel has dropped the pages it could not write).
+    let (trail, report) = AuditTrail::start(s, keys.audit_keys(None), None).unwrap();
+    assert_eq!(report.continues.as_ref().map(|l| l.seq), Some(synced));
+    assert_eq!(report.gap.expect("a gap").reason, GapReason::SyncFailed);
+    records_named(&trail, &["after-0"]);
+    trail.close();
+    let summary = verify(dir.path(), &[keys.public], &[]);
+    assert_eq!((summary.end, summary.gap_count), (End::Sealed, 1));
+    assert_eq!(request_ids(dir.path()), ["after-0"]);
+}
+
+#[test]
 fn a_start_after_the_newest_files_were_removed_back_to_a_rotation_records_the_gap() {
     let dir = tempfile::tempdir().unwrap();
     let keys = Keys::new();
