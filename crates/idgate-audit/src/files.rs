@@ -107,6 +107,10 @@ pub enum TailError {
         "{path}: no checkpoint the chain can go on from, in it (read back from its end as far as it holds intact entries) or in the files before it: what it holds cannot be vouched for; move it aside (the next start records the gap)"
     )]
     NoCheckpoint { path: PathBuf },
+    #[error(
+        "{path}: at byte {at}: the checkpoint the chain would go on from is signed by key {kid}, which is neither the signing key's nor one of public_keys: after a change of signing key, list the key that signed it in public_keys; otherwise the file is not this trail's, or was changed: move it aside to begin a new chain"
+    )]
+    UnknownSigner { path: PathBuf, at: u64, kid: String },
 }
 
 /// One intact entry of a file, as the start judges it.
@@ -162,7 +166,7 @@ pub(crate) struct Scan {
 pub(crate) fn scan(
     path: &Path,
     keys: &[EncryptionKey],
-    own: &PublicKey,
+    signers: &[PublicKey],
     upto: Option<u64>,
 ) -> Result<Scan, TailError> {
     let io = |source| TailError::Io {
@@ -178,17 +182,33 @@ pub(crate) fn scan(
     let mut first_is_genesis = false;
     let (from, whole, held) = loop {
         let start = to.saturating_sub(TAIL_WINDOW);
-        let (mut intact, mut held) = (false, None);
+        let (mut intact, mut held, mut unknown) = (false, None, None);
         each_line(path, keys, start, to, len, |at, e| {
             if let Some(e) = e {
                 intact = true;
                 first_is_genesis |= at == 0 && is_genesis(&e);
-                if holds(&e, own) && upto.is_none_or(|u| e.seq <= u) {
-                    held = Some((at, e));
+                if upto.is_none_or(|u| e.seq <= u) {
+                    match judge(&e, signers) {
+                        Judged::Holds => {
+                            held = Some((at, e));
+                            unknown = None;
+                        }
+                        Judged::UnknownSigner(kid) => unknown = Some((at, kid)),
+                        Judged::Not => {}
+                    }
                 }
             }
             true
         })?;
+        // The last checkpoint is one no configured key can check: the start will not sign
+        // on from it, nor set aside what it seals.
+        if let Some((at, kid)) = unknown {
+            return Err(TailError::UnknownSigner {
+                path: path.to_owned(),
+                at,
+                kid,
+            });
+        }
         any_intact |= intact;
         match held {
             Some((at, e)) => break (at, at == 0, Some(e)),
@@ -283,16 +303,24 @@ fn each_line(
     Ok(())
 }
 
-/// Whether `e` is a checkpoint that holds: it signs the entry before it and, signed with
-/// `own` key's id, verifies with it; one signed with another key (before a key change) is
-/// taken as it stands: `verify` judges it.
-fn holds(e: &Seen, own: &PublicKey) -> bool {
-    e.held.as_ref().is_some_and(|c| {
-        matches!(
-            c.verify(e.seq, &e.prev, std::slice::from_ref(own)),
-            Ok(()) | Err(CheckpointError::UnknownKey(_))
-        )
-    })
+/// What the start makes of an entry as a checkpoint to go on from.
+enum Judged {
+    /// A checkpoint that signs the entry before it, and verifies with the key its id names.
+    Holds,
+    /// A checkpoint signed with a key none of `signers` is (its id): a key change the
+    /// configuration does not list, or a checkpoint someone made.
+    UnknownSigner(String),
+    /// Not a checkpoint, or one that does not verify.
+    Not,
+}
+
+/// Judges `e` with `signers`: the signing key's public key and `public_keys`.
+fn judge(e: &Seen, signers: &[PublicKey]) -> Judged {
+    match e.held.as_ref().map(|c| c.verify(e.seq, &e.prev, signers)) {
+        Some(Ok(())) => Judged::Holds,
+        Some(Err(CheckpointError::UnknownKey(kid))) => Judged::UnknownSigner(kid),
+        _ => Judged::Not,
+    }
 }
 
 fn seen(entry: &Entry, end: u64, first_line: bool) -> Seen {
@@ -477,7 +505,7 @@ impl Walk {
 pub(crate) fn find_end(
     files: &[PathBuf],
     keys: &[EncryptionKey],
-    own: &PublicKey,
+    signers: &[PublicKey],
     limit: Unsigned,
     synced: Option<&Synced>,
 ) -> Result<End, TailError> {
@@ -487,7 +515,7 @@ pub(crate) fn find_end(
     let mut scans: Vec<Scan> = Vec::new();
     let mut base = None;
     for path in files.iter().rev().take(MAX_FILES_BACK) {
-        let s = scan(path, keys, own, upto(path))?;
+        let s = scan(path, keys, signers, upto(path))?;
         let intact_before = scans.iter().any(|s| s.intact);
         if !s.intact && !s.whole && !intact_before {
             return Err(TailError::Unverifiable {
@@ -684,7 +712,7 @@ mod tests {
         data.extend_from_slice(b"{\"seq\":6,\"prev\":\"00");
         std::fs::write(&path, &data).unwrap();
         let own = crate::keys::generate_signing_key().unwrap().1;
-        let s = scan(&path, &[], &own, None).unwrap();
+        let s = scan(&path, &[], &[own], None).unwrap();
         // No checkpoint: the file is judged from its beginning.
         assert!(s.whole && s.intact && s.from == 0 && s.held.is_none());
         assert_eq!(s.len, data.len() as u64);

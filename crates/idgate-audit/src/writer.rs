@@ -33,7 +33,7 @@ use crate::checkpoint::{self, Close};
 use crate::crypt::Sealer;
 use crate::files::{self, Last, TailError};
 use crate::json;
-use crate::keys::{EncryptionKey, KeyError, SigningKey};
+use crate::keys::{EncryptionKey, KeyError, PublicKey, SigningKey};
 use crate::queue::{AuditMetrics, AuditTrail, Pending, Shared};
 use crate::reader::MAX_LINE;
 
@@ -68,6 +68,11 @@ pub struct AuditKeys {
     pub encryption: Option<EncryptionKey>,
     /// Keys of earlier files, to read the previous run's end after a key change.
     pub previous: Vec<EncryptionKey>,
+    /// Public keys of the trail besides the signing key's (`public_keys`): the checkpoint
+    /// a start goes on from must verify with one of these or the signing key's. One signed
+    /// with any other key (a key change the configuration does not list, or a checkpoint
+    /// someone made) stops the start.
+    pub verifying: Vec<PublicKey>,
 }
 
 /// Called with each entry's plaintext line (without its newline) once the line is written,
@@ -520,7 +525,10 @@ fn previous_end(
         every: settings.checkpoint_every,
         interval: settings.checkpoint_interval,
     };
-    let end = files::find_end(&all, &read_keys, &keys.signing.public(), limit, sync_failed)?;
+    let signers: Vec<PublicKey> = std::iter::once(keys.signing.public())
+        .chain(keys.verifying.iter().copied())
+        .collect();
+    let end = files::find_end(&all, &read_keys, &signers, limit, sync_failed)?;
     let mut discarded = 0;
     for tail in &end.tails {
         discarded += tail.discarded;

@@ -181,16 +181,14 @@ impl AuditSetup {
         let w = &config.writer;
         let signing = SigningKey::load(&w.signing_key)
             .map_err(|e| AuditSetupError::Key(e, "audit.signing_key"))?;
-        if !w.public_keys.is_empty() {
-            let mut listed = Vec::new();
-            for p in &w.public_keys {
-                listed.push(
-                    PublicKey::read(p).map_err(|e| AuditSetupError::Key(e, "audit.public_keys"))?,
-                );
-            }
-            if !listed.contains(&signing.public()) {
-                return Err(AuditSetupError::PublicKeyMismatch(signing.public().kid()));
-            }
+        let mut listed = Vec::new();
+        for p in &w.public_keys {
+            listed.push(
+                PublicKey::read(p).map_err(|e| AuditSetupError::Key(e, "audit.public_keys"))?,
+            );
+        }
+        if !listed.is_empty() && !listed.contains(&signing.public()) {
+            return Err(AuditSetupError::PublicKeyMismatch(signing.public().kid()));
         }
         let encryption = w
             .encryption_key
@@ -218,6 +216,7 @@ impl AuditSetup {
                 signing,
                 encryption,
                 previous,
+                verifying: listed,
             },
         })
     }

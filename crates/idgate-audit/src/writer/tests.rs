@@ -37,6 +37,7 @@ impl Keys {
             signing: SigningKey::load(&self.signing).unwrap(),
             encryption: encryption.cloned(),
             previous: Vec::new(),
+            verifying: Vec::new(),
         }
     }
 }
@@ -745,6 +746,63 @@ fn a_fabricated_run_after_a_clean_shutdown_is_not_signed_by_the_next_start() {
     assert_eq!(gap_entry["gap"]["signed_seq"], n);
     assert_eq!(gap_entry["gap"]["signed_hash"], head.hex());
     assert_eq!(gap_entry["gap"]["last_seq"], n + 1);
+}
+
+#[test]
+fn a_fabricated_run_sealed_by_a_key_the_trail_does_not_list_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let (closed, n, head) = closed_run(dir.path(), &keys, 3);
+    // The run of the test above, closed with a checkpoint made with a key of one's own.
+    let planted = dir.path().join(files::file_name(n + 1, SystemTime::now()));
+    let other = Keys::new().audit_keys(None).signing;
+    write_entries(
+        &planted,
+        &other,
+        n + 1,
+        head,
+        &[
+            Line::Open("start", Some(&name_of(&closed))),
+            Line::Record("made-up-1"),
+            Line::Checkpoint(Some(Close::Shutdown)),
+        ],
+    );
+    let before = std::fs::read(&planted).unwrap();
+    let err = AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&name_of(&planted))
+            && text.contains(&other.public().kid())
+            && text.contains("neither the signing key's nor one of public_keys"),
+        "{text}"
+    );
+    // Nothing signed, nothing set aside: the files are as they were found.
+    assert_eq!(std::fs::read(&planted).unwrap(), before);
+    assert_eq!(files::list(dir.path()).unwrap().len(), 2);
+    assert!(!files::discarded_path(&planted).exists());
+}
+
+#[test]
+fn after_a_change_of_signing_key_a_start_goes_on_only_when_the_old_key_is_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (Keys::new(), Keys::new());
+    closed_run(dir.path(), &old, 2);
+    // The new key alone cannot check the previous run's closing checkpoint.
+    let err = AuditTrail::start(settings(dir.path()), new.audit_keys(None), None).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("list the key that signed it in public_keys"),
+        "{err}"
+    );
+    // With the old public key listed, the chain goes on, with no gap.
+    let mut keys = new.audit_keys(None);
+    keys.verifying = vec![old.public, new.public];
+    let (trail, report) = AuditTrail::start(settings(dir.path()), keys, None).unwrap();
+    assert!(report.gap.is_none(), "{:?}", report.gap);
+    records(&trail, 1);
+    trail.close();
+    let summary = verify(dir.path(), &[old.public, new.public], &[]);
+    assert_eq!((summary.end, summary.gap_count), (End::Sealed, 0));
 }
 
 #[test]

@@ -202,6 +202,7 @@ fn written_trail_with(
             signing,
             encryption,
             previous: Vec::new(),
+            verifying: Vec::new(),
         },
         None,
     )
@@ -663,6 +664,7 @@ fn verify_expect_head_finds_a_trail_cut_back_to_an_earlier_shutdown() {
         signing,
         encryption: None,
         previous: Vec::new(),
+        verifying: Vec::new(),
     };
     let (trail, _) = AuditTrail::start(settings, keys_for(signing), None).unwrap();
     trail.close();
@@ -734,6 +736,7 @@ fn verify_reports_the_files_missing_after_a_rotation_as_a_gap() {
             signing,
             encryption: None,
             previous: Vec::new(),
+            verifying: Vec::new(),
         },
         None,
     )
