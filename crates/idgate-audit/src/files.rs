@@ -576,6 +576,11 @@ pub(crate) fn find_end(
             (walk, None, 0)
         }
     };
+    // Where the walk stood before the last start's opening it took: a start writes its
+    // opening, gap and checkpoint in one write, so one without its checkpoint never
+    // finished (a crash inside that write, or an opening someone added), and the chain
+    // goes on from before it.
+    let mut before_start = None;
     for n in (0..=base).rev() {
         let s = &scans[n];
         let from = if n == base { from } else { s.from };
@@ -583,6 +588,9 @@ pub(crate) fn find_end(
         let mut stopped = false;
         each_line(&s.path, keys, from, s.len, s.len, |_, line| match line {
             Some(e) if upto.is_none_or(|u| e.seq <= u) && walk.takes(&e, limit) => {
+                if e.kind == EntryKind::Open && e.start {
+                    before_start = Some(last.clone());
+                }
                 walk.take(&e);
                 let signed = last.as_ref().and_then(|l| l.0.signed);
                 let entry = Last {
@@ -602,6 +610,13 @@ pub(crate) fn find_end(
         if stopped {
             break;
         }
+    }
+    // The opening is its file's first line: that file is set aside whole, and the chain
+    // goes on from the entry before it (a new chain, when there is none).
+    if walk.after_start.is_some()
+        && let Some(before) = before_start
+    {
+        last = before;
     }
     // Cut the file of the last entry taken after it; set aside the files after it whole.
     let mut tails = Vec::new();

@@ -720,13 +720,14 @@ fn a_fabricated_run_after_a_clean_shutdown_is_not_signed_by_the_next_start() {
         AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap();
     records(&trail, 1);
     trail.close();
-    // The start went on after the opening (a start that crashed before its checkpoint looks
-    // so), and set aside what a start never writes after its opening.
+    // An opening without its checkpoint is a start that never finished its first write (or
+    // one someone added): the start went on from the shutdown before it, and set the
+    // planted file aside whole.
     let last = report.continues.clone().expect("continues");
-    assert_eq!((last.seq, last.signed), (n + 1, Some((n, head))));
+    assert_eq!((last.seq, last.signed), (n, Some((n, head))));
     let gap = report.gap.expect("a gap");
     assert_eq!(gap.reason, GapReason::Discarded);
-    assert!(gap.bytes_discarded > 0 && gap.bytes_discarded < planted_len);
+    assert_eq!(gap.bytes_discarded, planted_len);
     let aside = std::fs::read_to_string(files::discarded_path(&planted)).unwrap();
     assert!(
         aside.contains("made-up-1") && aside.contains("made-up-2"),
@@ -745,7 +746,50 @@ fn a_fabricated_run_after_a_clean_shutdown_is_not_signed_by_the_next_start() {
         .unwrap();
     assert_eq!(gap_entry["gap"]["signed_seq"], n);
     assert_eq!(gap_entry["gap"]["signed_hash"], head.hex());
-    assert_eq!(gap_entry["gap"]["last_seq"], n + 1);
+    assert_eq!(gap_entry["gap"]["last_seq"], n);
+}
+
+#[test]
+fn a_start_torn_inside_its_own_first_write_is_set_aside_and_the_trail_verifies() {
+    let live = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let (trail, _) = AuditTrail::start(settings(live.path()), keys.audit_keys(None), None).unwrap();
+    records(&trail, 3);
+    wait_written(&trail);
+    let crashed = tempfile::tempdir().unwrap();
+    crashed_copy(live.path(), crashed.path());
+    trail.close();
+    let before = verify(crashed.path(), &[keys.public], &[]);
+    // A start after that crash writes its opening, gap and checkpoint in one write; the host
+    // goes down again in the middle of its gap line.
+    let again = tempfile::tempdir().unwrap();
+    let (trail, report) =
+        AuditTrail::start(settings(crashed.path()), keys.audit_keys(None), None).unwrap();
+    assert!(report.gap.is_some());
+    crashed_copy(crashed.path(), again.path());
+    trail.close();
+    let torn = files::list(again.path()).unwrap().pop().unwrap();
+    let data = std::fs::read(&torn).unwrap();
+    let gap_line = data.iter().position(|&b| b == b'\n').unwrap() + 1;
+    std::fs::write(&torn, &data[..gap_line + 40]).unwrap();
+    // The next start goes on from the crashed run's last entry, the torn start set aside.
+    let (trail, report) =
+        AuditTrail::start(settings(again.path()), keys.audit_keys(None), None).unwrap();
+    assert_eq!(report.continues.map(|l| l.seq), before.last_seq);
+    let gap = report.gap.expect("a gap");
+    assert_eq!(gap.reason, GapReason::Discarded);
+    assert_eq!(gap.bytes_discarded, gap_line as u64 + 40);
+    assert_eq!(
+        std::fs::read(files::discarded_path(&torn)).unwrap(),
+        &data[..gap_line + 40]
+    );
+    records(&trail, 1);
+    trail.close();
+    let after = verify(again.path(), &[keys.public], &[]);
+    assert_eq!(
+        (after.end, after.records, after.gaps.len()),
+        (End::Sealed, 4, 1)
+    );
 }
 
 #[test]
