@@ -111,6 +111,18 @@ pub enum TailError {
         "{path}: at byte {at}: the checkpoint the chain would go on from is signed by key {kid}, which is neither the signing key's nor one of public_keys: after a change of signing key, list the key that signed it in public_keys; otherwise the file is not this trail's, or was changed: move it aside to begin a new chain"
     )]
     UnknownSigner { path: PathBuf, at: u64, kid: String },
+    #[error(
+        "{path}: its name says its first entry is {named}, but it begins with entry {first}: the writer did not put it there (a file copied or renamed into the trail); move it aside"
+    )]
+    Misplaced {
+        path: PathBuf,
+        named: u64,
+        first: u64,
+    },
+    #[error(
+        "{path}: not a name the writer gives its files (audit-<first sequence number, 20 digits>-<UTC time>.jsonl), yet it sorts among them: move it out of the trail's directory"
+    )]
+    Misnamed { path: PathBuf },
 }
 
 /// One intact entry of a file, as the start judges it.
@@ -229,6 +241,47 @@ pub(crate) fn scan(
         genesis: whole && held.is_none() && first_is_genesis,
         held,
     })
+}
+
+/// The first sequence number a trail file's name gives: `audit-`, 20 digits, `-`.
+fn named_seq(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let digits = name.strip_prefix("audit-")?.get(..21)?.strip_suffix('-')?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Checks that `path` begins with the entry its name says (the writer names each file by
+/// its first entry), when that entry is intact: an older file copied under a newer name
+/// would otherwise be taken for the newest, and the chain forked from its end.
+fn placed(path: &Path, keys: &[EncryptionKey]) -> Result<(), TailError> {
+    let Some(named) = named_seq(path) else {
+        return Err(TailError::Misnamed {
+            path: path.to_owned(),
+        });
+    };
+    let len = File::open(path)
+        .and_then(|f| f.metadata())
+        .map_err(|source| TailError::Io {
+            path: path.to_owned(),
+            source,
+        })?
+        .len();
+    let mut first = None;
+    each_line(path, keys, 0, 1, len, |_, e| {
+        first = e.map(|e| e.seq);
+        false
+    })?;
+    match first {
+        Some(first) if first != named => Err(TailError::Misplaced {
+            path: path.to_owned(),
+            named,
+            first,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Whether `e` is the chain's first entry: the opening of a file that names none before it.
@@ -515,6 +568,7 @@ pub(crate) fn find_end(
     let mut scans: Vec<Scan> = Vec::new();
     let mut base = None;
     for path in files.iter().rev().take(MAX_FILES_BACK) {
+        placed(path, keys)?;
         let s = scan(path, keys, signers, upto(path))?;
         let intact_before = scans.iter().any(|s| s.intact);
         if !s.intact && !s.whole && !intact_before {

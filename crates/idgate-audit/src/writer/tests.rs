@@ -653,7 +653,9 @@ fn a_start_refuses_to_continue_a_trail_at_its_last_sequence_numbers() {
     let signing = keys.audit_keys(None).signing;
     for last in [u64::MAX, u64::MAX - 1] {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(files::file_name(1, SystemTime::now()));
+        let path = dir
+            .path()
+            .join(files::file_name(last - 1, SystemTime::now()));
         // A chain someone sealed by hand that far, ending in a checkpoint that holds.
         write_entries(
             &path,
@@ -850,6 +852,36 @@ fn after_a_change_of_signing_key_a_start_goes_on_only_when_the_old_key_is_listed
 }
 
 #[test]
+fn an_old_file_copied_under_a_newer_name_stops_the_start_instead_of_forking_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new();
+    let (first, _, _) = closed_run(dir.path(), &keys, 2);
+    closed_run(dir.path(), &keys, 2);
+    // The first run's file, whole and genuinely signed, under names that sort last: one the
+    // writer could have given, and one it never gives.
+    for (name, says) in [
+        (
+            files::file_name(99, SystemTime::now()),
+            "its name says its first entry is 99, but it begins with entry 1",
+        ),
+        (
+            "audit-99999999999999999999-replay.jsonl".to_owned(),
+            "not a name the writer gives its files",
+        ),
+    ] {
+        let replayed = dir.path().join(&name);
+        std::fs::copy(&first, &replayed).unwrap();
+        let before = files::list(dir.path()).unwrap();
+        let err = AuditTrail::start(settings(dir.path()), keys.audit_keys(None), None).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&name) && text.contains(says), "{text}");
+        // Nothing written: no second file numbered from the first run's end.
+        assert_eq!(files::list(dir.path()).unwrap(), before);
+        std::fs::remove_file(&replayed).unwrap();
+    }
+}
+
+#[test]
 fn a_start_refuses_a_last_entry_that_does_not_chain() {
     let live = tempfile::tempdir().unwrap();
     let keys = Keys::new();
@@ -904,7 +936,9 @@ async fn an_exhausted_chain_refuses_requests_rather_than_dropping_records() {
     let keys = Keys::new();
     let signing = keys.audit_keys(None).signing;
     // A chain (sealed and signed by hand) that a start leaves one entry short of the last.
-    let path = dir.path().join(files::file_name(1, SystemTime::now()));
+    let path = dir
+        .path()
+        .join(files::file_name(u64::MAX - 4, SystemTime::now()));
     write_entries(
         &path,
         &signing,
