@@ -5,10 +5,10 @@
 //! checkpoint (or, with `--allow-open`, ends anywhere after a checkpoint); 1 an entry does not
 //! hold (the first one is named: file, line, entry, what is wrong), including an unsigned end
 //! longer than the writer's checkpoint schedule and an anchor (`--expect-head`) the trail
-//! does not reach; 2 a usage problem (no keys, unreadable file); 3 the trail verifies up to
-//! its end but is not closed (still being written, a crash, or entries cut off its end, an
-//! incomplete last line included), or no checkpoint signs any of it (no entry at all
-//! included).
+//! does not reach; 2 a usage problem (no keys, an encrypted trail without its decryption
+//! keys, an unreadable file); 3 the trail verifies up to its end but is not closed (still
+//! being written, a crash, or entries cut off its end, an incomplete last line included),
+//! or no checkpoint signs any of it (no entry at all included).
 
 use std::io::BufReader;
 use std::path::PathBuf;
@@ -16,8 +16,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use idgate_audit::reader::ReadError;
 use idgate_audit::verify::{
-    End, ExpectHead, GapAfter, Schedule, Summary, Verifier, VerifyError, VerifyOptions, printable,
+    End, ExpectHead, GapAfter, Problem, Schedule, Summary, Verifier, VerifyError, VerifyOptions,
+    printable,
 };
 use idgate_audit::{EncryptionKey, PublicKey, SigningKey};
 use idgate_secrets::SecretRef;
@@ -37,7 +39,8 @@ pub(crate) enum AuditCommand {
     /// Stops at the first entry that does not hold and names it (file:line: entry N: what
     /// is wrong). Exit codes: 0 verified and closed by the gateway at shutdown; 1 broken
     /// (also: an unsigned end past the checkpoint schedule, or an --expect-head the trail
-    /// does not reach); 2 usage (no key, unreadable file); 3 verified up to an end that is
+    /// does not reach); 2 usage (no key, an encrypted trail without --decrypt-key, unreadable
+    /// file); 3 verified up to an end that is
     /// not closed (the file being written, a crash, or entries cut off the end; accepted with
     /// --allow-open), or nothing in it is signed (never accepted).
     Verify(VerifyArgs),
@@ -316,6 +319,14 @@ fn verify(args: &VerifyArgs) -> ExitCode {
         };
         match verifier.file(&name, reader) {
             Ok(()) => {}
+            // An encrypted trail read without a key: nothing is known of it yet.
+            Err(VerifyError::Broken(finding))
+                if finding.problem == Problem::Read(ReadError::NoKey) =>
+            {
+                return usage(format!(
+                    "{finding}: the trail is encrypted; give its keys with --decrypt-key (or --config)"
+                ));
+            }
             Err(VerifyError::Broken(finding)) => {
                 eprintln!("error: {finding}");
                 return ExitCode::from(1);

@@ -649,9 +649,13 @@ async fn an_encrypted_trail_needs_its_key_and_refused_connections_are_recorded()
             !raw.contains("abc123") && !raw.contains("decision"),
             "{raw:.500}"
         );
+        // Without its key the trail is not judged: a usage problem, not a broken trail.
         let (code, _, err) = verify(&keys, trail.path(), &[]);
-        assert_eq!(code, 1);
-        assert!(err.contains("no encryption key was given"), "{err}");
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("no encryption key was given") && err.contains("--decrypt-key"),
+            "{err}"
+        );
         let (code, out, err) = verify(&keys, trail.path(), &["--decrypt-key", &enc]);
         assert_eq!(code, 0, "{out}{err}");
         let entries = entries(trail.path(), &["--decrypt-key", &enc]);
