@@ -50,8 +50,6 @@ pub(crate) struct Genuine<'r> {
     endpoint: &'r Endpoint,
     verified: Verified,
     body: Bytes,
-    /// When it was verified: the time the event is received at.
-    now: SystemTime,
 }
 
 /// Reads a provider's post to webhook `index` of the snapshot whole and verifies its
@@ -118,7 +116,6 @@ pub(crate) async fn verify<'r>(
         endpoint,
         verified,
         body,
-        now,
     })
 }
 
@@ -169,8 +166,11 @@ pub(crate) async fn keep(
         endpoint,
         verified,
         body,
-        now,
     } = genuine;
+    // Kept as of now, not as of the signature's check: the waits since (a verification slot,
+    // room in the audit queue) may have taken longer than the outbox's hold, and a copy must
+    // never become deliverable before its replay check has ended.
+    let now = SystemTime::now();
     let event = Event {
         event_id: verified.event_id.as_deref(),
         session_id: verified.session_id.as_deref(),

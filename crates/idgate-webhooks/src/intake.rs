@@ -124,12 +124,32 @@ pub async fn accept<S: Queue + Nonces>(
             outbox::discard(store, &held, now).await;
             Ok(Intake::Replayed)
         }
+        // Refused before it was made: the store holds no nonce, so the held copies go (a
+        // replay sent while the store refuses writes is never delivered), and the
+        // provider's retry is checked anew.
+        Err(e) if never_written(&e) => {
+            outbox::discard(store, &held, now).await;
+            Err(IntakeError::Nonce(e))
+        }
         // The insert may have been applied all the same (an answer that came too late), and
         // then the provider's retry is refused as a replay: the held copies stay, to be
         // delivered when their hold ends. At worst the event arrives twice, under one
         // idempotency key; it is never lost.
         Err(e) => Err(IntakeError::Nonce(e)),
     }
+}
+
+/// Whether the store refused a write without making it: a redb file with too many writes
+/// waiting, a full or read-only store, a key it cannot hold. Anything else (a timeout, an
+/// I/O error) may have been applied.
+fn never_written(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Overloaded { .. }
+            | StoreError::Full { .. }
+            | StoreError::ReadOnly
+            | StoreError::InvalidKey { .. }
+    )
 }
 
 #[cfg(test)]

@@ -496,6 +496,76 @@ async fn an_event_with_more_values_to_pseudonymize_than_the_bound_is_a_dead_lett
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sealed_with_a_key_this_replica_lacks_waits_for_it_rather_than_dying() {
+    let pki = Pki::new();
+    let server = SubscriberServer::start(&pki).await;
+    let s = setup(&pki, &server, quick_retries(), None).await;
+    // Another replica, already reloaded with the next outbox key, sealed this event.
+    let next = [6u8; 32];
+    let sealed_by_next = OutboxKeys::from_keys(&[next]).unwrap();
+    let body = br#"{"status":"Approved"}"#;
+    let key = outbox::event_key("didit", Some("rotating"), body);
+    let event = NewEvent {
+        webhook: "didit",
+        key: &key,
+        event_type: Some("status.updated"),
+        session: Some("rotating"),
+        body,
+    };
+    let now = SystemTime::now();
+    let held = outbox::hold(&s.store, &sealed_by_next, event, &["kyc"], now)
+        .await
+        .unwrap();
+    outbox::release(&s.store, &held, now).await.unwrap();
+    s.deliverer.wake();
+    // Tried and put back, not buried: the key may come with this replica's reload.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let attempts = s
+            .store
+            .messages(&s.sub.queue, None, 10, SystemTime::now())
+            .await
+            .unwrap()
+            .first()
+            .map_or(0, |m| m.attempts);
+        if attempts >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message was not tried again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(dead_letters_now(&s).await.is_empty());
+    assert!(server.received().is_empty());
+    // This replica reloads with both keys: the event goes out.
+    let keys = Arc::new(OutboxKeys::from_keys(&[[5u8; 32], next]).unwrap());
+    let config = SubscriberConfig {
+        name: "kyc".into(),
+        url: server.url().parse().unwrap(),
+        secret: SecretRef::File(pki.path("subscriber.secret")),
+        masking: None,
+        events: Vec::new(),
+        ca: Some(pki.path("ca.pem")),
+    };
+    let sub = Arc::new(Subscriber::load(&webhook(quick_retries()), &config, keys, None).unwrap());
+    s.deliverer.set_plan(Arc::new(Plan {
+        subscribers: vec![sub],
+    }));
+    s.deliverer.wake();
+    assert!(eventually(WAIT, || server.received().len() == 1).await);
+    assert!(dead_letters_now(&s).await.is_empty());
+}
+
+async fn dead_letters_now(s: &Setup) -> Vec<idgate_store::MessageInfo> {
+    s.store
+        .dead_letters(&s.sub.queue, SystemTime::now())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_past_the_clock_makes_dead_letters_and_the_queue_keeps_flowing() {
     let pki = Pki::new();
     let server = SubscriberServer::start(&pki).await;

@@ -20,6 +20,7 @@ use super::signature::{
 };
 use super::{Deliverer, Subscriber, SubscriberMask};
 use crate::metrics::Attempt;
+use crate::outbox::OpenError;
 
 /// The most of a subscriber's answer read (and thrown away), so its connection can be
 /// used again.
@@ -111,7 +112,14 @@ async fn prepare(sub: &Subscriber, message: &Claimed) -> Result<(String, Bytes),
     let (header, body) = sub
         .keys
         .open(sub.queue.as_str(), &message.payload)
-        .map_err(|e| NotSent::Refused(format!("the outbox message cannot be opened: {e}")))?;
+        .map_err(|e| match e {
+            // Sealed by a replica that already has a key this one does not (a rotation
+            // under way, one replica at a time): this one, once reloaded, or another opens it.
+            OpenError::UnknownKey(_) => {
+                NotSent::Retry(format!("the outbox message cannot be opened yet: {e}"))
+            }
+            _ => NotSent::Refused(format!("the outbox message cannot be opened: {e}")),
+        })?;
     let body = match &sub.mask {
         None => body,
         Some(mask) => masked(mask, body).await?,

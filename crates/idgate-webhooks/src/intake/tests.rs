@@ -166,3 +166,29 @@ async fn an_event_the_store_cannot_keep_is_taken_as_new_when_it_comes_again() {
     .unwrap();
     assert!(matches!(one, Intake::Accepted { subscribers: 1, .. }));
 }
+
+#[tokio::test]
+async fn an_event_whose_replay_check_the_store_refused_outright_is_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = webhooks(dir.path());
+    let endpoint = &w.endpoints[0];
+    // Room for the event's copies, none for its nonce: the store refuses that write without
+    // making it (as a redb file with too many writes waiting does). Were the copies kept, a
+    // replay posted while the store refuses writes would be delivered after its hold.
+    let store = MemoryStore::with_capacity(0, 100);
+    let failed = accept(&store, endpoint, event("e4", "decision"), b"{}", start()).await;
+    assert!(
+        matches!(failed, Err(IntakeError::Nonce(StoreError::Full { .. }))),
+        "{failed:?}"
+    );
+    for name in ["all", "decisions"] {
+        assert!(
+            store
+                .messages(&queue(name), None, 10, start())
+                .await
+                .unwrap()
+                .is_empty(),
+            "a copy was kept for {name}"
+        );
+    }
+}
