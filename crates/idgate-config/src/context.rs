@@ -90,6 +90,32 @@ impl Ctx<'_> {
         path
     }
 
+    /// Refuses `file` when an earlier entry named it for another trust domain (`owners`: each
+    /// file, as the file system resolves it, and the trust domain it is for). Every CA or key
+    /// in a bundle file is trusted for each trust domain the file is named for, so one of a
+    /// partner's could vouch for an identity of the gateway's own.
+    pub(crate) fn one_trust_domain_per_file(
+        &mut self,
+        key: &str,
+        file: &Path,
+        trust_domain: &str,
+        owners: &mut std::collections::HashMap<PathBuf, String>,
+    ) {
+        let resolved = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
+        match owners.get(&resolved) {
+            Some(other) if other != trust_domain => self.err(
+                key,
+                format!(
+                    "{} is also the bundle of trust domain {other}: each CA or key in a file would vouch for both; give each trust domain a file of its own (spire-server bundle list -id spiffe://{trust_domain} prints one)",
+                    file.display()
+                ),
+            ),
+            _ => {
+                owners.insert(resolved, trust_domain.to_owned());
+            }
+        }
+    }
+
     pub(crate) fn duration(&mut self, key: &str, v: Option<String>, default: Duration) -> Duration {
         match v {
             None => default,

@@ -179,6 +179,7 @@ fn files(
         );
     }
     let mut seen = HashSet::new();
+    let mut files = std::collections::HashMap::new();
     let mut trust_bundles = Vec::new();
     for (n, b) in bundles.into_iter().enumerate() {
         let key = format!("identity.trust_bundles[{n}]");
@@ -191,6 +192,12 @@ fn files(
                         format!("trust domain {td} is configured twice"),
                     );
                 }
+                cx.one_trust_domain_per_file(
+                    &format!("{key}.bundle"),
+                    &path,
+                    &td.to_string(),
+                    &mut files,
+                );
                 trust_bundles.push((td, path));
             }
             Err(e) => cx.err(
@@ -367,6 +374,48 @@ allow = ["spiffe://partner.example/ns/risk/sa/scorer"]
         )
         .unwrap();
         assert!(config.identity.files().is_some());
+    }
+
+    #[test]
+    fn one_bundle_file_for_two_trust_domains_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["gw.crt", "gw.key", "both.pem", "partner.pem"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let files = "svid_cert = \"gw.crt\"\nsvid_key = \"gw.key\"\n";
+        let bundle = |td: &str, file: &str| {
+            format!("[[identity.trust_bundles]]\ntrust_domain = \"{td}\"\nbundle = \"{file}\"\n")
+        };
+        // The file `spire-server bundle list` prints holds every federated domain's CAs: named
+        // for two domains, a partner's CA would vouch for the gateway's own identities.
+        let errors = parse(
+            dir.path(),
+            &format!(
+                "{files}{}{}",
+                bundle("example.org", "both.pem"),
+                bundle("partner.example", "./both.pem")
+            ),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("identity.trust_bundles[1].bundle: ")
+                && errors[0].contains("is also the bundle of trust domain example.org"),
+            "{errors:?}"
+        );
+        // A file for each is taken.
+        let config = parse(
+            dir.path(),
+            &format!(
+                "{files}{}{}",
+                bundle("example.org", "both.pem"),
+                bundle("partner.example", "partner.pem")
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(config.identity.files().unwrap().trust_bundles.len(), 2);
     }
 
     #[test]

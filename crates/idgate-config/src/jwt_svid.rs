@@ -101,6 +101,7 @@ pub(crate) fn parse(
         );
     }
     let mut seen = HashSet::new();
+    let mut files = std::collections::HashMap::new();
     let mut bundles = Vec::new();
     for (n, b) in raw.bundles.into_iter().enumerate() {
         let key = format!("jwt_svid.bundles[{n}]");
@@ -113,6 +114,12 @@ pub(crate) fn parse(
                         format!("trust domain {trust_domain} is configured twice"),
                     );
                 }
+                cx.one_trust_domain_per_file(
+                    &format!("{key}.file"),
+                    &file,
+                    &trust_domain.to_string(),
+                    &mut files,
+                );
                 bundles.push(JwtSvidBundleFile { trust_domain, file });
             }
             Err(e) => cx.err(

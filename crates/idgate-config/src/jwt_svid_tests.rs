@@ -232,3 +232,19 @@ fn an_allow_entry_may_name_a_trust_domain_known_only_by_its_jwt_bundle() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn one_jwt_svid_bundle_file_for_two_trust_domains_is_refused() {
+    let d = dir();
+    let errors = parse_in(
+        d.path(),
+        "[jwt_svid]\naudiences = [\"a\"]\n[[jwt_svid.bundles]]\ntrust_domain = \"example.org\"\nfile = \"example.json\"\n[[jwt_svid.bundles]]\ntrust_domain = \"partner.org\"\nfile = \"example.json\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("jwt_svid.bundles[1].file: ")
+            && errors[0].contains("is also the bundle of trust domain example.org"),
+        "{errors:?}"
+    );
+}
