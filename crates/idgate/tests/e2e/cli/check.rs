@@ -201,6 +201,36 @@ fn check_refuses_a_missing_env_secret_naming_its_key() {
 }
 
 #[test]
+fn check_refuses_one_bundle_file_for_two_trust_domains() {
+    let ws = Workspace::new();
+    // The example.org bundle named for a partner domain too: its CAs would vouch for both.
+    let config = ws
+        .base()
+        .upstream(upstream("provider", &format!("env:{SET_ENV}")))
+        .route(RouteSpec::new(
+            "r",
+            &["GET"],
+            "/r",
+            "provider",
+            &[ONBOARDING],
+        ))
+        .trust("partner.test", &ws.pki.bundle);
+    let config = ws.write_config("idgate.toml", &config);
+    let (code, out, err) = check(&ws, &config);
+    let all = format!("{out}{err}");
+    assert_eq!(code, 2, "{all}");
+    let missing = missing_problems(
+        &all,
+        &config,
+        &[(
+            "identity.trust_bundles[1].bundle",
+            "is also the bundle of trust domain example.org",
+        )],
+    );
+    assert!(missing.is_empty(), "not reported:\n{all}");
+}
+
+#[test]
 fn check_refuses_trace_connect_and_malformed_trusted_proxies() {
     let ws = Workspace::new();
     let mut config = ws
