@@ -281,17 +281,21 @@ async fn serve_connection(
             return;
         }
     };
-    let leaf = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first());
+    let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+    let leaf = chain.first();
     // Already verified in the handshake; this reads the ID and the expiry back out of the
     // leaf, parsed once.
     let (peer, not_after) = leaf.map_or((None, None), |leaf| {
         let (id, not_after) = idgate_tls::leaf_facts(leaf);
         (id.ok(), not_after)
     });
+    // The trust the handshake found ends with the first certificate of the chain to expire:
+    // an intermediate may end before the leaf it issued.
+    let not_after = chain
+        .iter()
+        .skip(1)
+        .filter_map(|cert| idgate_tls::not_after(cert))
+        .fold(not_after, |end, t| Some(end.map_or(t, |e| e.min(t))));
     // One workload may hold only its share of the connections, whatever address it comes
     // from: many workloads behind one load balancer each get theirs.
     let _identity_slot = match &peer {

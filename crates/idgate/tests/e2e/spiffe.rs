@@ -458,3 +458,69 @@ async fn a_connection_is_closed_when_its_client_svid_expires() {
         gw.output()
     );
 }
+
+#[tokio::test]
+async fn a_connection_is_closed_when_an_intermediate_of_its_chain_expires_before_the_leaf() {
+    let domains = TwoDomains::new();
+    let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+    let config = gateway_config(
+        (&domains.gateway.cert, &domains.gateway.key),
+        &[("example.org", &domains.example.ca.cert)],
+        "1h",
+    )
+    .upstream(UpstreamSpec::new("u", &upstream.url(false)))
+    .route(RouteSpec::new(
+        "r",
+        &["GET"],
+        "/x",
+        "u",
+        &["spiffe://example.org/via-short-ca"],
+    ));
+    let gw = Gateway::start(&config, &[]).await;
+    // An intermediate CA that ends in 10 s, and a leaf it issues for an hour.
+    let lifetime = Duration::from_secs(10);
+    let expires = std::time::SystemTime::now() + lifetime - Duration::from_secs(1);
+    let dir = domains.dir.path();
+    let intermediate = domains.example.issue_between(
+        "short-ca",
+        "basicConstraints = critical,CA:TRUE,pathlen:0\n\
+         keyUsage = critical,keyCertSign,cRLSign\n\
+         subjectAltName = URI:spiffe://example.org\n",
+        &openssl_time_ago(Duration::from_secs(60)),
+        &openssl_time_in(lifetime),
+    );
+    let leaf = OpenSslCa::existing(dir, &intermediate.cert, &intermediate.key).issue_between(
+        "via-short-ca",
+        &svid_extensions("spiffe://example.org/via-short-ca"),
+        &openssl_time_ago(Duration::from_secs(60)),
+        &openssl_time_in(Duration::from_secs(3600)),
+    );
+    let chain = CertKey {
+        cert: dir.join("via-short-ca-chain.crt"),
+        key: leaf.key.clone(),
+    };
+    let pem = [leaf.cert, intermediate.cert].map(|p| std::fs::read_to_string(p).expect("pem"));
+    std::fs::write(&chain.cert, pem.concat()).expect("write chain");
+    let client = Client::with_identity(
+        &domains.example.ca.cert,
+        &chain,
+        gw.port,
+        rustls::DEFAULT_VERSIONS,
+    );
+    let mut conn = client.connect().await.unwrap();
+    assert_eq!(conn.send("GET", "/x", &[], "").await.unwrap().status, 200);
+    // The connection serves until the intermediate expires, not the leaf an hour later.
+    let deadline = expires + Duration::from_secs(15);
+    loop {
+        match conn.send("GET", "/x", &[], "").await {
+            Ok(r) => assert_eq!(r.status, 200, "{:?}", r.body),
+            Err(_) => break,
+        }
+        assert!(
+            std::time::SystemTime::now() < deadline,
+            "the connection outlived its chain's intermediate by 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(std::time::SystemTime::now() >= expires);
+}
