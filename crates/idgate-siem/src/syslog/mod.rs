@@ -77,6 +77,8 @@ impl Sink {
         let mut replay = Replay::new(self.cfg.replay_bytes);
         let mut conn: Option<Up> = None;
         let mut connected_before = false;
+        // The shutdown found everything written acknowledged (or could not know otherwise).
+        let mut settled = false;
         let (mut frames, mut scratch) = (Vec::with_capacity(BATCH_BYTES), Vec::new());
         loop {
             drops.report(name, &self.counters);
@@ -128,6 +130,7 @@ impl Sink {
                 // again on a new connection while the deadline allows, else counted as
                 // dropped by the shutdown.
                 if acknowledged(up, deadline) {
+                    settled = true;
                     break;
                 }
                 let again = self.lost(&mut conn, &mut replay, Vec::new(), 0, buffer);
@@ -183,9 +186,10 @@ impl Sink {
         }
         // Stopped by the deadline with a connection up: frames its host had not yet
         // acknowledged go back to the buffer, where the shutdown counts them as dropped.
-        if conn
-            .as_ref()
-            .is_some_and(|up| up.conn.unacknowledged() != Some(0))
+        if !settled
+            && conn
+                .as_ref()
+                .is_some_and(|up| up.conn.unacknowledged() != Some(0))
         {
             buffer.put_back(self.unacknowledged(&mut conn, &mut replay));
         }
@@ -258,12 +262,14 @@ const ACK_POLL: Duration = Duration::from_millis(5);
 
 /// Waits, at most until `deadline`, for the collector's host to acknowledge every byte
 /// written on `up`; false when it has not, or when the collector closed the connection
-/// first, or when the socket's queue cannot be read (a reset).
+/// first. A socket the kernel's table does not show is a reset one when the collector is
+/// gone; with the collector still there, the table is one this process cannot read, and
+/// the frames are taken as delivered, as nothing else can tell.
 fn acknowledged(up: &mut Up, deadline: Instant) -> bool {
     loop {
         match up.conn.unacknowledged() {
             Some(0) => return true,
-            None => return false,
+            None => return !up.conn.peer_closed(),
             Some(_) => {}
         }
         let now = Instant::now();
