@@ -334,6 +334,7 @@ impl Gateway {
                 metrics: services.metrics.clone(),
                 reloads,
                 running: Arc::new(cfg.clone()),
+                identity_in_use: std::sync::Mutex::new(cfg.identity.source.clone()),
                 state: self.state.clone(),
                 deliverer,
                 resilience: services.resilience.clone(),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use idgate_config::{ClientAuth, Config};
+use idgate_config::{ClientAuth, Config, IdentitySource};
 use idgate_store::StateStore;
 use idgate_tls::TlsMaterial;
 use idgate_tls::watch::{FileWatch, WatchHandle};
@@ -68,6 +68,9 @@ pub(crate) struct Reloader {
     /// The configuration the process started with: what a reload cannot change stays as
     /// it says.
     pub(crate) running: Arc<Config>,
+    /// The identity source in use: the start's, then the files of each applied reload. A
+    /// reload that names another kind of source keeps this one, never the start's files.
+    pub(crate) identity_in_use: std::sync::Mutex<IdentitySource>,
     /// The process's state backend, which every snapshot uses.
     pub(crate) state: StateStore,
     /// The log filter and the `[log] level` it has, when it can be changed.
@@ -328,7 +331,17 @@ impl Reloader {
             self.roots.clone(),
             self.provider.clone(),
         );
-        let (running, state) = (self.running.clone(), self.state.clone());
+        let running = {
+            let in_use = self
+                .identity_in_use
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let mut running = (*self.running).clone();
+            running.identity.source = in_use;
+            Arc::new(running)
+        };
+        let state = self.state.clone();
         let (tls, shared) = (self.tls.clone(), self.shared.clone());
         let built = tokio::task::spawn_blocking(move || {
             let rebuilt = rebuild(&file, &running, &roots, &provider, &state, &shared)?;
@@ -366,6 +379,10 @@ impl Reloader {
                     // The watch follows the new files from its next round, now.
                     self.material.trigger();
                 }
+                *self
+                    .identity_in_use
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = config.identity.source.clone();
                 if let Some(listener) = listener {
                     self.listener.store(Arc::new(listener));
                 }

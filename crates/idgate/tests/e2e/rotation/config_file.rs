@@ -283,6 +283,85 @@ async fn a_reload_changes_the_listener_for_new_connections_and_keeps_the_open_on
 }
 
 #[tokio::test]
+async fn a_reload_naming_the_workload_api_keeps_the_files_in_use_not_those_started_with() {
+    within(async {
+        let pki = Pki::default_pki();
+        let partner = Pki::new("partner.test", &[super::PARTNER]);
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let svid = (
+            pki.files.gateway_cert.as_path(),
+            pki.files.gateway_key.as_path(),
+        );
+        let with = |bundles: &[(&str, &std::path::Path)], allow: &[&str]| {
+            with_kyc_route(gateway_config(svid, bundles, "1h"), &upstream, allow)
+        };
+        // Started trusting partner.test, which a reload then takes away.
+        let mut gw = Gateway::start(
+            &with(
+                &[
+                    (TD, &pki.files.bundle),
+                    ("partner.test", &partner.files.bundle),
+                ],
+                &[ONBOARDING, super::PARTNER],
+            ),
+            &[],
+        )
+        .await;
+        let (cert, key) = partner.workload(super::PARTNER);
+        let scorer = Client {
+            config: tls_client_config(
+                &pki.files.bundle,
+                Some((&cert, &key)),
+                false,
+                rustls::DEFAULT_VERSIONS,
+            ),
+            port: gw.port,
+            h2: false,
+        };
+        assert_eq!(status(&scorer, "/v1/kyc").await, 200);
+        replace_atomically(
+            &gw.config_path,
+            with(&[(TD, &pki.files.bundle)], &[ONBOARDING])
+                .to_toml()
+                .as_bytes(),
+        );
+        assert_eventually!(
+            status(&scorer, "/v1/kyc").await == 0,
+            "partner.test is still trusted; output:\n{}",
+            gw.output()
+        );
+        // The file now names the Workload API, for the next restart: the source in use
+        // stays, and it is the files of the last reload, not those the process started with.
+        replace_atomically(
+            &gw.config_path,
+            with(&[], &[ONBOARDING])
+                .workload_api("unix:///nonexistent/agent.sock")
+                .to_toml()
+                .as_bytes(),
+        );
+        assert_eventually!(
+            reloaded_lines(&gw) == 2,
+            "the second reload was not applied; output:\n{}",
+            gw.output()
+        );
+        assert_eventually!(
+            gw.output().contains("changes `identity.workload_api`"),
+            "no restart warning for the source; output:\n{}",
+            gw.output()
+        );
+        assert_eq!(
+            status(&scorer, "/v1/kyc").await,
+            0,
+            "partner.test is trusted again"
+        );
+        let onboarding = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        assert_eq!(status(&onboarding, "/v1/kyc").await, 200);
+        assert_not_restarted(&mut gw);
+    })
+    .await
+}
+
+#[tokio::test]
 async fn a_reload_adds_and_removes_trust_domains_and_refuses_a_bad_bundle() {
     within(async {
         let pki = Pki::default_pki();
