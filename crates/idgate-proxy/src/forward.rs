@@ -18,7 +18,6 @@ use idgate_h1::{self as h1, Progress, RequestBody, Stage};
 
 use crate::body::{ProxyBody, Reported, UpstreamResponseBody};
 use crate::ctx::{CredentialUse, RequestCtx};
-use crate::header_set::RESPONSE_STRIP;
 use crate::problem::Refusal;
 use crate::service::{Services, X_REQUEST_ID};
 use crate::upstream::{Endpoint, Upstream};
@@ -501,7 +500,7 @@ pub(crate) fn strip_response(
     resp: Response<UpstreamResponseBody>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
-    RESPONSE_STRIP.strip(&mut parts.headers);
+    upstream.response_strip.strip(&mut parts.headers);
     if !has_content(method, parts.status) {
         if parts.status == StatusCode::NO_CONTENT {
             parts.headers.remove(header::CONTENT_LENGTH);
@@ -530,7 +529,7 @@ fn has_content(method: &Method, status: StatusCode) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::header_set::{FORWARDING, HOP_BY_HOP, RequestStrip};
+    use crate::header_set::{FORWARDING, HOP_BY_HOP, RESPONSE_STRIP, RequestStrip};
 
     fn names(h: &HeaderMap) -> Vec<&str> {
         h.keys().map(HeaderName::as_str).collect()

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderName;
+use http::header;
 use http::uri::{Authority, Scheme};
 use idgate_config::{ClientKind, UpstreamConfig};
 use idgate_h1 as h1;
@@ -15,6 +17,7 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 
 use crate::body::UpstreamClient;
+use crate::header_set::{HOP_BY_HOP, HeaderSet};
 use idgate_secrets::credential::CredentialLoadError;
 
 /// Why an upstream's client or credential cannot be set up.
@@ -82,6 +85,10 @@ pub struct Upstream {
     pub max_body_bytes: u64,
     pub forwarded_for: bool,
     pub credential: Option<Arc<Credential>>,
+    /// What its answers are stripped of: the hop-by-hop headers, and every header its
+    /// credential is sent in (with `Authorization` and `x-api-key`): an upstream, or a layer
+    /// before it, that echoes them would hand the gateway's credential to the caller.
+    pub(crate) response_strip: HeaderSet,
     /// The credential version counted last, for `upstream_credential_uses`.
     pub credential_counted: crate::metrics::LastUse,
     /// Its latency histogram, kept from its first answer.
@@ -98,6 +105,21 @@ pub struct Upstream {
     pub retry: Option<idgate_config::RetryConfig>,
     /// `[upstreams.health]`.
     pub health: Option<idgate_config::HealthConfig>,
+}
+
+/// See [`Upstream::response_strip`].
+fn response_strip(credential: Option<&idgate_secrets::credential::CredentialConfig>) -> HeaderSet {
+    let mut names: Vec<HeaderName> = HOP_BY_HOP.iter().map(|&n| n.clone()).collect();
+    let credential_headers = credential.map(|c| c.headers()).unwrap_or_default();
+    for name in [header::AUTHORIZATION, HeaderName::from_static("x-api-key")]
+        .into_iter()
+        .chain(credential_headers)
+    {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    HeaderSet::new(names)
 }
 
 impl Upstream {
@@ -195,6 +217,7 @@ impl Upstream {
             max_body_bytes: cfg.max_body_bytes,
             forwarded_for: cfg.forwarded_for,
             credential,
+            response_strip: response_strip(cfg.credential.as_ref()),
             credential_counted: Default::default(),
             latency_kept: Default::default(),
             client,

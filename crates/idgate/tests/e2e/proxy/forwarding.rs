@@ -235,6 +235,57 @@ async fn strips_caller_credentials_and_injects_the_upstream_credential() {
 }
 
 #[tokio::test]
+async fn an_upstream_that_echoes_the_credential_in_its_answer_never_hands_it_to_the_caller() {
+    within(async {
+        // An upstream (or a debugging layer before it) that answers with the request's
+        // credential header, and credentials of its own kind.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echo = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let svc =
+                    hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
+                        let token = req.headers().get(PROVIDER_HEADER).cloned();
+                        async move {
+                            let mut b = http::Response::builder()
+                                .header("x-api-key", "upstream-echoed-key")
+                                .header("authorization", "Bearer upstream-echoed-token")
+                                .header("x-kept", "yes")
+                                .header("content-type", "application/json");
+                            if let Some(t) = token {
+                                b = b.header(PROVIDER_HEADER, t);
+                            }
+                            Ok::<_, std::convert::Infallible>(
+                                b.body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        let unused = TestUpstream::http(UpstreamMode::Echo).await;
+        let s =
+            Setup::start_in_front_of(super::pki(), unused, &format!("http://{addr}"), |_| {}).await;
+        for c in [s.client(Some(ONBOARDING)), s.client_h2(Some(ONBOARDING))] {
+            let r = c.get(DECISION).await.unwrap();
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            for h in [PROVIDER_HEADER, "x-api-key", "authorization"] {
+                assert_eq!(r.header(h), None, "{h} came back to the caller");
+            }
+            assert!(!format!("{:?}", r.headers).contains(PROVIDER_TOKEN));
+            assert_eq!(r.header("x-kept"), Some("yes"));
+        }
+        echo.abort();
+    })
+    .await
+}
+
+#[tokio::test]
 async fn a_callers_trailer_fields_are_stripped_as_its_head_is() {
     within(async {
         // hyper's HTTP/2 client sends the trailers the body yields, stripped of what the head
