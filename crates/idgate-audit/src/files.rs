@@ -262,8 +262,7 @@ fn placed(path: &Path, keys: &[EncryptionKey]) -> Result<(), TailError> {
             path: path.to_owned(),
         });
     };
-    let len = File::open(path)
-        .and_then(|f| f.metadata())
+    let len = std::fs::metadata(path)
         .map_err(|source| TailError::Io {
             path: path.to_owned(),
             source,

@@ -131,9 +131,9 @@ impl AdminState {
 pub(crate) struct AllowedHosts(Arc<[String]>);
 
 impl AllowedHosts {
-    /// `names` as the configuration gives them (checked DNS names).
+    /// `names` as the configuration gives them (checked DNS names); compared without case.
     pub(crate) fn new(names: &[String]) -> Self {
-        Self(names.iter().map(|n| n.to_ascii_lowercase()).collect())
+        Self(names.into())
     }
 
     /// Whether the name `name` is answered: `localhost` or one of these, in any case.

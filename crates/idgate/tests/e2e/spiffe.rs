@@ -397,8 +397,8 @@ async fn refuses_self_signed_svid() {
     fx.assert_refused(&forged, "BadSignature").await;
 }
 
-#[tokio::test]
-async fn a_connection_is_closed_when_its_client_svid_expires() {
+/// A gateway trusting example.org's CA, with one route `/x` that `allowed` may call.
+async fn expiry_gateway(allowed: &str) -> (TwoDomains, TestUpstream, Gateway) {
     let domains = TwoDomains::new();
     let upstream = TestUpstream::http(UpstreamMode::Echo).await;
     let config = gateway_config(
@@ -407,14 +407,14 @@ async fn a_connection_is_closed_when_its_client_svid_expires() {
         "1h",
     )
     .upstream(UpstreamSpec::new("u", &upstream.url(false)))
-    .route(RouteSpec::new(
-        "r",
-        &["GET"],
-        "/x",
-        "u",
-        &["spiffe://example.org/short"],
-    ));
+    .route(RouteSpec::new("r", &["GET"], "/x", "u", &[allowed]));
     let gw = Gateway::start(&config, &[]).await;
+    (domains, upstream, gw)
+}
+
+#[tokio::test]
+async fn a_connection_is_closed_when_its_client_svid_expires() {
+    let (domains, _upstream, gw) = expiry_gateway("spiffe://example.org/short").await;
     let port = gw.port;
     // Long enough for the certificate to be made and a handshake done on a busy machine;
     // `notAfter` is whole seconds, so it falls up to a second before `lifetime` is up.
@@ -461,22 +461,7 @@ async fn a_connection_is_closed_when_its_client_svid_expires() {
 
 #[tokio::test]
 async fn a_connection_is_closed_when_an_intermediate_of_its_chain_expires_before_the_leaf() {
-    let domains = TwoDomains::new();
-    let upstream = TestUpstream::http(UpstreamMode::Echo).await;
-    let config = gateway_config(
-        (&domains.gateway.cert, &domains.gateway.key),
-        &[("example.org", &domains.example.ca.cert)],
-        "1h",
-    )
-    .upstream(UpstreamSpec::new("u", &upstream.url(false)))
-    .route(RouteSpec::new(
-        "r",
-        &["GET"],
-        "/x",
-        "u",
-        &["spiffe://example.org/via-short-ca"],
-    ));
-    let gw = Gateway::start(&config, &[]).await;
+    let (domains, _upstream, gw) = expiry_gateway("spiffe://example.org/via-short-ca").await;
     // An intermediate CA that ends in 10 s, and a leaf it issues for an hour.
     let lifetime = Duration::from_secs(10);
     let expires = std::time::SystemTime::now() + lifetime - Duration::from_secs(1);
