@@ -33,7 +33,8 @@
 #                     (the peers still do bare mTLS with their logs)
 #   EVIDENCE=off      on: idgate also writes its audit trail ([audit], defaults: hash chain,
 #                     checkpoints signed, fsync in batches) and masks the decision answer
-#                     (a masking profile: a pseudonym, a date cut to the year, a redaction)
+#                     (a masking profile: a pseudonym, a date cut to the year, a redaction);
+#                     audit or masking: only that half, to see what each costs
 #   LIMIT_BURST=      with CHAIN=full, the limits' burst (default: their count, 500000);
 #                     under 16 a limit is not leased and Redis decides every request
 #   REPLICAS=1        with CHAIN=full, 2 also measures two idgate processes sharing that
@@ -149,7 +150,7 @@ case $RESPONSE in
 esac
 case $IDGATE_LOG in on | off) ;; *) die "IDGATE_LOG must be on or off" ;; esac
 case $CHAIN in bare | full) ;; *) die "CHAIN must be bare or full" ;; esac
-case $EVIDENCE in on | off) ;; *) die "EVIDENCE must be on or off" ;; esac
+case $EVIDENCE in on | off | audit | masking) ;; *) die "EVIDENCE must be on, off, audit or masking" ;; esac
 case $REPLICAS in 1) ;; 2) [[ $CHAIN == full ]] || die "REPLICAS=2 needs CHAIN=full (the replicas share Redis)" ;; *) die "REPLICAS must be 1 or 2" ;; esac
 case $PEER_LOG in on | off) ;; *) die "PEER_LOG must be on or off" ;; esac
 [[ $MEM_CONNS =~ ^[0-9]+$ ]] || die "MEM_CONNS must be a non-negative integer"
@@ -365,19 +366,25 @@ IDGATE_LOG_TOML=""
 # API key (kept in Redis, like the limits' counts) and passes two rate limits set far above
 # the load (their cost is measured, not refusals); a session is created once through the
 # gateway (POST, `owns`) and every decision read is checked against its owner.
-# EVIDENCE=on: the audit trail with its defaults, and the decision answer masked.
+# EVIDENCE=on: the audit trail with its defaults, and the decision answer masked;
+# EVIDENCE=audit or masking: one of the two.
 IDGATE_EVIDENCE_TOML=""
 MASKING_LINE=""
-if [[ $EVIDENCE == on ]]; then
+MASKED=no
+if [[ $EVIDENCE == on || $EVIDENCE == audit ]]; then
   rm -rf "$WORK/idgate/audit" "$WORK/idgate/audit-keys"
   "$IDGATE_BIN" audit keygen --out "$WORK/idgate/audit-keys" >/dev/null
-  head -c 48 /dev/urandom | base64 >"$WORK/idgate/pseudonym-key"
-  chmod 600 "$WORK/idgate/pseudonym-key"
-  MASKING_LINE='masking = "bench"'
   IDGATE_EVIDENCE_TOML="[audit]
 dir = \"$WORK/idgate/audit\"
 signing_key = \"file:$WORK/idgate/audit-keys/audit-signing.pem\"
-
+"
+fi
+if [[ $EVIDENCE == on || $EVIDENCE == masking ]]; then
+  MASKED=yes
+  head -c 48 /dev/urandom | base64 >"$WORK/idgate/pseudonym-key"
+  chmod 600 "$WORK/idgate/pseudonym-key"
+  MASKING_LINE='masking = "bench"'
+  IDGATE_EVIDENCE_TOML="$IDGATE_EVIDENCE_TOML
 [masking.profiles.bench]
 pseudonym_key = \"file:$WORK/idgate/pseudonym-key\"
 rules = [
@@ -692,7 +699,7 @@ for p in $PROXIES; do
     code=${body##*$'\n'}
     [[ $code == 200 ]] || die "$p: with a client certificate got HTTP $code, expected 200: ${body%$'\n'*}"
     body=${body%$'\n'*}
-    if [[ $p == idgate && $EVIDENCE == on && $resp == decision ]]; then
+    if [[ $p == idgate && $MASKED == yes && $resp == decision ]]; then
       # Masked: the pseudonym, the year and the redaction in place of the values.
       [[ $body == *'"vendor_data":"ps_'* && $body == *'"date_of_birth":"1990"'* && $body != *user-4821* && $body != *2031-08-30* ]] \
         || die "$p: the decision answer is not masked as the profile says: '$body'"
@@ -970,7 +977,13 @@ has_proxy idgate && idgate_v=$("$IDGATE_BIN" --version 2>/dev/null | awk 'NR == 
 declare -A LOGGING=() LOG_LINES=()
 CHAIN_DESC="the same work as the peers: mTLS, the upstream key injected, the access log"
 [[ $CHAIN == full ]] && CHAIN_DESC="the full chain: mTLS and an API key (both required, the key kept in Redis), two rate limits counted in Redis (each replica leasing 10 ms of a limit at a time: a script per lease, not per request), the owner of the session checked on the decision route (created once through the gateway; its record read from Redis, then kept by the replica for 10 s), the upstream key injected, the access log; nginx and HAProxy do bare mTLS"
-[[ $EVIDENCE == on ]] && CHAIN_DESC="$CHAIN_DESC; with the evidence on: the audit trail ([audit] defaults: one hash-chained record per request, Ed25519 checkpoints, fsync in batches) and the decision answer masked (a pseudonym, a date cut to the year, a redaction)"
+AUDIT_DESC="the audit trail ([audit] defaults: one hash-chained record per request, Ed25519 checkpoints, fsync in batches)"
+MASK_DESC="the decision answer masked (a pseudonym, a date cut to the year, a redaction)"
+case $EVIDENCE in
+  on) CHAIN_DESC="$CHAIN_DESC; with the evidence on: $AUDIT_DESC and $MASK_DESC" ;;
+  audit) CHAIN_DESC="$CHAIN_DESC; with half the evidence: $AUDIT_DESC, the answer not masked" ;;
+  masking) CHAIN_DESC="$CHAIN_DESC; with half the evidence: $MASK_DESC, no audit trail" ;;
+esac
 [[ -n $LIMIT_BURST ]] && CHAIN_DESC="$CHAIN_DESC; the limits' burst set to $LIMIT_BURST ($( ((LIMIT_BURST < 16)) && echo "not leased: Redis decides every request" || echo "leased"))"
 if [[ $IDGATE_LOG == on ]]; then
   LOGGING[idgate]="its defaults: \`[log]\` level \`info\`, text, one access line per request on standard output, redirected to a file"
