@@ -21,6 +21,7 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{ASN1Time, FromDer, X509Certificate};
+use zeroize::Zeroizing;
 
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::svid::{leaf_facts, not_after};
@@ -71,11 +72,24 @@ impl MaterialSpec {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, MaterialError> {
-    std::fs::read(path).map_err(|source| MaterialError::Read {
-        path: path.to_owned(),
-        source,
-    })
+/// A file's contents, zeroed when dropped: the SVID's private key is read this way too.
+fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, MaterialError> {
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|source| MaterialError::Read {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// What is kept of a file to tell whether it changed: its SHA-256, never its contents (one
+/// of the files is the private key).
+type Seen = [u8; 32];
+
+fn seen_of(bytes: &[u8]) -> Seen {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
 }
 
 /// Parses a PEM certificate chain (leaf first) and its private key into a signing identity.
@@ -190,9 +204,9 @@ pub struct TlsMaterial {
     bundles: Arc<ArcSwap<TrustBundles>>,
     /// Per trust domain, the last `notAfter` of the bundle in use.
     bundle_expiry: ArcSwap<BTreeMap<TrustDomain, SystemTime>>,
-    /// The file contents last looked at, so that an unchanged file is not parsed again and
-    /// a bad file is reported once, not at every poll.
-    seen: Mutex<HashMap<PathBuf, Vec<u8>>>,
+    /// The digest of each file's contents last looked at, so that an unchanged file is not
+    /// parsed again and a bad file is reported once, not at every poll.
+    seen: Mutex<HashMap<PathBuf, Seen>>,
     /// Whether an SVID is in place.
     ready: tokio::sync::watch::Sender<bool>,
 }
@@ -216,7 +230,7 @@ impl TlsMaterial {
         let mut seen = HashMap::new();
         let mut contents = |p: &Path, errors: &mut Vec<MaterialError>| match read(p) {
             Ok(bytes) => {
-                seen.insert(p.to_owned(), bytes.clone());
+                seen.insert(p.to_owned(), seen_of(&bytes));
                 Some(bytes)
             }
             Err(e) => {
@@ -389,12 +403,11 @@ impl TlsMaterial {
         let Some(spec) = self.spec.load_full() else {
             return outcome;
         };
-        let mut fresh = |p: &Path| -> Option<Vec<u8>> {
+        let mut fresh = |p: &Path| -> Option<Zeroizing<Vec<u8>>> {
             match read(p) {
-                Ok(bytes) if seen.get(p) == Some(&bytes) => None,
                 Ok(bytes) => {
-                    seen.insert(p.to_owned(), bytes.clone());
-                    Some(bytes)
+                    let digest = seen_of(&bytes);
+                    (seen.insert(p.to_owned(), digest) != Some(digest)).then_some(bytes)
                 }
                 Err(e) => {
                     // A file that is briefly missing during a swap is not a change of material.
@@ -527,6 +540,46 @@ mod tests {
             .unwrap()
             .unwrap();
         not_after(&leaf).unwrap()
+    }
+
+    #[test]
+    fn material_remembers_its_files_by_digest_never_the_private_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = pki(dir.path(), Duration::from_secs(3600));
+        let td: TrustDomain = "example.org".parse().unwrap();
+        let material = TlsMaterial::load(
+            MaterialSpec {
+                svid_cert: files.gateway_cert.clone(),
+                svid_key: files.gateway_key.clone(),
+                bundles: vec![(td, files.bundle.clone())],
+            },
+            crate::crypto_provider(),
+        )
+        .unwrap();
+        // What is kept of each file, the key's included, is the SHA-256 of its contents.
+        let check = |material: &TlsMaterial| {
+            let seen = material.seen.lock().unwrap();
+            assert_eq!(seen.len(), 3, "the certificate, the key and the bundle");
+            for (path, kept) in seen.iter() {
+                let kept: &[u8] = kept.as_ref();
+                let contents = std::fs::read(path).unwrap();
+                let digest = ring::digest::digest(&ring::digest::SHA256, &contents);
+                assert_eq!(kept, digest.as_ref(), "{}", path.display());
+            }
+        };
+        check(&material);
+
+        // A rotated key is told apart by its digest, and taken into use.
+        let next = tempfile::tempdir().unwrap();
+        let renewed = pki(next.path(), Duration::from_secs(3600));
+        std::fs::copy(&renewed.gateway_cert, &files.gateway_cert).unwrap();
+        std::fs::copy(&renewed.gateway_key, &files.gateway_key).unwrap();
+        let outcome = material.reload();
+        assert!(outcome.refused.is_empty(), "{:?}", outcome.refused);
+        assert_eq!(outcome.applied, vec![files.gateway_cert.clone()]);
+        check(&material);
+        // Nothing changed: nothing applied.
+        assert!(material.reload().applied.is_empty());
     }
 
     #[test]
