@@ -27,6 +27,7 @@ use idgate_secrets::{ExposeSecret, SecretError, SecretRef};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 const MAGIC: &[u8; 4] = b"IGO1";
 const TAG_LEN: usize = 16;
@@ -111,19 +112,23 @@ impl fmt::Debug for OutboxKeys {
 }
 
 /// 32 key bytes from what a reference holds: raw, hex or base64 (surrounding whitespace
-/// ignored for the text forms).
-fn key_bytes(value: &[u8]) -> Option<[u8; 32]> {
+/// ignored for the text forms). The bytes, and a decoding's buffer, are zeroed when dropped.
+fn key_bytes(value: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
     if let Ok(raw) = <[u8; 32]>::try_from(value) {
-        return Some(raw);
+        return Some(Zeroizing::new(raw));
     }
     let text = std::str::from_utf8(value).ok()?.trim();
     if let Some(k) = idgate_codec::hex::decode_array::<32>(text) {
-        return Some(k);
+        return Some(Zeroizing::new(k));
     }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .ok()?;
-    <[u8; 32]>::try_from(decoded.as_slice()).ok()
+    let decoded = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()?,
+    );
+    <[u8; 32]>::try_from(decoded.as_slice())
+        .ok()
+        .map(Zeroizing::new)
 }
 
 fn key_id(key: &[u8; 32]) -> String {
@@ -138,13 +143,13 @@ impl OutboxKeys {
     /// Reads every key; blocking (files, tokens, Vault). A `pkcs11:` reference is a value
     /// wrapped by a key in the token, unwrapped there once, here.
     pub fn load(references: &[SecretRef]) -> Result<Self, KeyError> {
-        let mut raw = Vec::with_capacity(references.len());
+        let mut raw = Zeroizing::new(Vec::with_capacity(references.len()));
         for r in references {
             let fetched = r.fetch()?;
             let key = key_bytes(fetched.value.expose_secret()).ok_or_else(|| KeyError::Length {
                 reference: r.to_string(),
             })?;
-            raw.push(key);
+            raw.push(*key);
         }
         Self::from_keys(&raw)
     }
@@ -355,9 +360,12 @@ mod tests {
         let raw = [9u8; 32];
         let hex = idgate_codec::hex::encode(&raw);
         let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
-        assert_eq!(key_bytes(&raw), Some(raw));
-        assert_eq!(key_bytes(format!("{hex}\n").as_bytes()), Some(raw));
-        assert_eq!(key_bytes(b64.as_bytes()), Some(raw));
+        assert_eq!(key_bytes(&raw).as_deref(), Some(&raw));
+        assert_eq!(
+            key_bytes(format!("{hex}\n").as_bytes()).as_deref(),
+            Some(&raw)
+        );
+        assert_eq!(key_bytes(b64.as_bytes()).as_deref(), Some(&raw));
         assert_eq!(key_bytes(b"too short"), None);
         assert_eq!(key_id(&raw), key_id(&raw));
         assert_eq!(key_id(&raw).len(), 16);
