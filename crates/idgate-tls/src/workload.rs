@@ -261,13 +261,33 @@ async fn pause(delay: std::time::Duration, stop: &mut watch::Receiver<bool>) -> 
     *stop.borrow()
 }
 
+/// Whether a stream's error is a message of the agent that the client library could not
+/// read (a certificate, a bundle, a SPIFFE ID or a field it refuses), rather than the stream
+/// failing: the stream goes on, and the next message may be readable.
+fn unreadable(e: &::spiffe::WorkloadApiError) -> bool {
+    use ::spiffe::WorkloadApiError as E;
+    matches!(
+        e,
+        E::MissingRequiredField { .. }
+            | E::InvalidResponseField { .. }
+            | E::X509Svid(_)
+            | E::X509Bundle(_)
+            | E::JwtSvid(_)
+            | E::JwtBundle(_)
+            | E::SpiffeId(_)
+    )
+}
+
 /// Connects, opens the stream `open` asks for and hands each message to `take`, until the
-/// stream fails or ends (the reason, for the log) or `stop` turns true (`None`).
+/// stream fails or ends (the reason, for the log) or `stop` turns true (`None`). A message
+/// that cannot be read goes to `refuse`, and the stream goes on: connecting again would
+/// only be sent the same message.
 async fn follow<T, S, F>(
     endpoint: &WorkloadEndpoint,
     open: impl FnOnce(WorkloadApiClient) -> F,
     stop: &mut watch::Receiver<bool>,
     mut take: impl FnMut(T),
+    mut refuse: impl FnMut(&::spiffe::WorkloadApiError),
 ) -> Option<String>
 where
     F: Future<Output = Result<S, ::spiffe::WorkloadApiError>>,
@@ -288,6 +308,7 @@ where
         };
         match next {
             Some(Ok(message)) => take(message),
+            Some(Err(e)) if unreadable(&e) => refuse(&e),
             Some(Err(e)) => return Some(describe(&e)),
             None => return Some("the agent ended the stream".to_owned()),
         }
@@ -311,7 +332,23 @@ async fn x509_task(
             status.connected.store(true, Ordering::Relaxed);
             backoff.reset();
         };
-        let Some(ended) = follow(&endpoint, open, &mut stop, take).await else {
+        // The message is the agent's whole word, and none of it can be read: nothing in it is
+        // taken, neither an SVID nor any trust domain's bundle. What is in force stays, a
+        // trust domain the message would have withdrawn included, until a message that can
+        // be read arrives (as Envoy keeps the last good configuration of an update it
+        // refuses); the SVID in use serves until it expires.
+        let refuse = |e: &::spiffe::WorkloadApiError| {
+            status.connected.store(true, Ordering::Relaxed);
+            status.refused_updates.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                endpoint = %endpoint,
+                error = %e,
+                "the SPIFFE Workload API sent an update that cannot be read; it is refused \
+                 whole: the SVID and the trust bundles in force stay until a readable update \
+                 arrives (a trust domain it withdraws stays trusted meanwhile)"
+            );
+        };
+        let Some(ended) = follow(&endpoint, open, &mut stop, take, refuse).await else {
             return;
         };
         status.disconnects.fetch_add(1, Ordering::Relaxed);
@@ -369,7 +406,16 @@ async fn jwt_task(
                 }
             }
         };
-        let Some(ended) = follow(&endpoint, open, &mut stop, take).await else {
+        let refuse = |e: &::spiffe::WorkloadApiError| {
+            status.jwt_connected.store(true, Ordering::Relaxed);
+            status.refused_updates.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                endpoint = %endpoint,
+                error = %e,
+                "JWT bundles from the Workload API cannot be read; the previous ones stay"
+            );
+        };
+        let Some(ended) = follow(&endpoint, open, &mut stop, take, refuse).await else {
             return;
         };
         status.jwt_disconnects.fetch_add(1, Ordering::Relaxed);

@@ -8,6 +8,7 @@ mod jwt;
 mod rotation;
 mod start;
 mod trust_withdrawn;
+mod unreadable;
 mod upstream_mtls;
 
 use std::path::{Path, PathBuf};
