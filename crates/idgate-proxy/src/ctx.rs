@@ -367,10 +367,15 @@ impl<'r> RequestCtx<'r> {
             feed,
             upstream,
             failed,
+            // The upstream failed it only if it was sent: a request refused before (the
+            // shared state down under `fail_closed`, the credential unavailable, the audit
+            // queue full) says nothing of the upstream.
             upstream.is_some()
                 && (from_cache
                     || upstream_5xx
-                    || (gateway_failed && self.upstream_status.is_none())),
+                    || (gateway_failed
+                        && self.upstream_status.is_none()
+                        && self.upstream_sent.is_some())),
             upstream_latency,
             from_cache,
         );

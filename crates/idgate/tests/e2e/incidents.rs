@@ -17,6 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::assert_eventually;
+use crate::config::{strings, table};
 use crate::support::*;
 
 const NOTIFY_SECRET: &str = "incident-notify-secret-4b1d";
@@ -886,6 +887,64 @@ async fn a_stray_json_file_in_the_incidents_dir_does_not_stop_the_gateway() {
         );
         // The files are left as they were, for someone to look at.
         assert!(incidents_dir.join("zz-broken.json").exists());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn requests_the_gateway_refuses_before_sending_them_are_not_counted_against_the_upstream() {
+    within_limit(Duration::from_secs(60), async {
+        let pki = Pki::default_pki();
+        let work = tempfile::tempdir().unwrap();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        // The shared state is a port nobody listens on, and the route's limit fails closed:
+        // every request is refused (503 state-unavailable) before it is sent.
+        let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let state_url = format!("redis://{}", unused.local_addr().unwrap());
+        drop(unused);
+        let state = table([
+            ("backend", "redis".into()),
+            ("url", state_url.into()),
+            ("timeout", "50ms".into()),
+        ]);
+        let limit = table([
+            ("name", "per-workload".into()),
+            ("key", strings(&["spiffe_id"])),
+            ("rate", "100/s".into()),
+        ]);
+        let config = base_config(&pki)
+            .section("state", state)
+            .section("rate_limits", toml::Value::Array(vec![limit.into()]))
+            .section(
+                "incidents",
+                incidents_section(&work.path().join("incidents"), None),
+            )
+            .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+            .route(
+                RouteSpec::new("route", &["GET"], "/v1/kyc", "provider", &[ONBOARDING])
+                    .with("rate_limits", strings(&["per-workload"]))
+                    .with("on_state_error", "fail_closed"),
+            );
+        let gw = Gateway::start(&config, &[]).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        for _ in 0..30 {
+            let r = client.get("/v1/kyc").await.unwrap();
+            assert_eq!(r.status, 503, "{:?}", r.body);
+            assert_eq!(
+                r.json()["type"],
+                "https://idgate.dev/problems/state-unavailable"
+            );
+        }
+        // Past a detection tick (every second): the upstream was never asked, so no
+        // upstream_errors incident names it.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let list = admin_json(gw.admin_port, "/incidents").await;
+        for i in list["incidents"].as_array().unwrap() {
+            let id = i["id"].as_str().unwrap();
+            let full = admin_json(gw.admin_port, &format!("/incidents/{id}")).await;
+            assert_ne!(full["rule"], "upstream_errors", "{full}");
+        }
+        assert!(upstream.requests().is_empty());
     })
     .await;
 }
