@@ -49,6 +49,9 @@ pub struct RetryConfig {
     pub backoff: Duration,
     pub backoff_max: Duration,
     pub budget: RetryBudgetConfig,
+    /// The upstream deduplicates requests by their `Idempotency-Key`: a `POST` or `PATCH`
+    /// carrying a non-empty one may be retried after the upstream may have seen it.
+    pub idempotency_key: bool,
 }
 
 /// A retry budget in the manner of Finagle's: over `window`, retries may be at most
@@ -157,6 +160,8 @@ pub(crate) struct RawRetry {
     budget_min_per_second: Option<u32>,
     #[serde(default)]
     budget_window: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<bool>,
 }
 
 fn at_least_one(cx: &mut Ctx<'_>, key: String, v: Option<u32>, default: u32) -> u32 {
@@ -264,6 +269,7 @@ pub(crate) fn parse_retry(cx: &mut Ctx<'_>, upstream: &str, r: RawRetry) -> Retr
                 Duration::from_secs(10),
             ),
         },
+        idempotency_key: r.idempotency_key.unwrap_or(false),
     }
 }
 

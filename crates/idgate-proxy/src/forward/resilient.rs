@@ -7,7 +7,8 @@
 //! A retry is safe when the body can be sent again — it is empty or was buffered whole,
 //! never a stream already handed on — and the upstream cannot have acted on the request:
 //! the connection was never made, or the request is idempotent (`GET`, `HEAD`, `OPTIONS`,
-//! `PUT`, `DELETE`, `TRACE`) or carries an `Idempotency-Key`.
+//! `PUT`, `DELETE`, `TRACE`), or it carries a non-empty `Idempotency-Key` and the upstream
+//! is configured as deduplicating by it (`retry.idempotency_key`).
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
@@ -95,8 +96,14 @@ async fn attempts(
         RequestBody::Stream(b) if b.is_end_stream() => Some(Bytes::new()),
         RequestBody::Stream(_) => None,
     });
-    let acted_on_is_harmless =
-        idempotent(&parts.method) || parts.headers.contains_key(&IDEMPOTENCY_KEY);
+    // A key counts only where the upstream is known to deduplicate by it: an upstream that
+    // ignores it would act on the request twice.
+    let acted_on_is_harmless = idempotent(&parts.method)
+        || (retry.is_some_and(|r| r.idempotency_key)
+            && parts
+                .headers
+                .get(&IDEMPOTENCY_KEY)
+                .is_some_and(|k| !k.as_bytes().trim_ascii().is_empty()));
     let (mut parts, mut body) = (parts, body);
     let mut retries = 0;
     let mut avoid = None;

@@ -473,7 +473,11 @@ async fn a_post_the_primary_answered_never_reaches_the_failover_upstream_when_it
                     )
                     .with(
                         "retry",
-                        table([("attempts", 1.into()), ("backoff", "5ms".into())]),
+                        table([
+                            ("attempts", 1.into()),
+                            ("backoff", "5ms".into()),
+                            ("idempotency_key", true.into()),
+                        ]),
                     )
                     .credential(CredentialSpec::scheme(
                         "veriff",

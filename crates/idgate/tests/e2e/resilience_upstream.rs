@@ -382,7 +382,7 @@ fn retry(extra: &[(&str, toml::Value)]) -> toml::Value {
 }
 
 #[tokio::test]
-async fn a_get_is_retried_on_a_503_a_post_only_with_an_idempotency_key() {
+async fn a_post_with_an_idempotency_key_is_not_retried_unless_the_upstream_deduplicates_by_it() {
     within(async {
         let pki = Pki::default_pki();
         let up = Flaky::start().await;
@@ -390,6 +390,30 @@ async fn a_get_is_retried_on_a_503_a_post_only_with_an_idempotency_key() {
         let gw = one_route(&url, table(&[("retry", retry(&[]))]))
             .start(&pki, &[])
             .await;
+        let c = client(&pki, &gw);
+        up.fail_next.store(1, Ordering::SeqCst);
+        let r = c
+            .send("POST", "/v1/x", &[("idempotency-key", "k-1")], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 503, "the upstream's own answer");
+        assert_eq!(up.seen(), ["POST"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_get_is_retried_on_a_503_a_post_only_with_an_idempotency_key() {
+    within(async {
+        let pki = Pki::default_pki();
+        let up = Flaky::start().await;
+        let url = up.url();
+        let gw = one_route(
+            &url,
+            table(&[("retry", retry(&[("idempotency_key", true.into())]))]),
+        )
+        .start(&pki, &[])
+        .await;
         let c = client(&pki, &gw);
 
         up.fail_next.store(1, Ordering::SeqCst);
@@ -410,6 +434,15 @@ async fn a_get_is_retried_on_a_503_a_post_only_with_an_idempotency_key() {
         assert_eq!(r.status, 200);
         assert_eq!(up.seen(), ["GET", "GET", "POST", "POST", "POST"]);
 
+        // An empty key is no key.
+        up.fail_next.store(1, Ordering::SeqCst);
+        let r = c
+            .send("POST", "/v1/x", &[("idempotency-key", " ")], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 503);
+        assert_eq!(up.seen().len(), 6);
+
         // A body streamed on is never sent twice, key or not.
         up.fail_next.store(1, Ordering::SeqCst);
         let r = c
@@ -417,7 +450,7 @@ async fn a_get_is_retried_on_a_503_a_post_only_with_an_idempotency_key() {
             .await
             .unwrap();
         assert_eq!(r.status, 503);
-        assert_eq!(up.seen().len(), 6);
+        assert_eq!(up.seen().len(), 7);
 
         let metrics = admin_get(gw.admin_port, "/metrics").await.unwrap().1;
         let line = "idgate_upstream_retries_total{upstream=\"provider\",reason=\"status\"} 2";
