@@ -53,7 +53,7 @@ async fn a_federated_bundle_the_agent_empties_shuts_its_workloads_out() {
 }
 
 #[tokio::test]
-async fn a_failing_jwt_bundle_stream_is_counted() {
+async fn an_unreadable_jwt_bundle_message_is_refused_and_counted_and_the_stream_kept() {
     within(async {
         let agent = Agent::start().await;
         let own = JwtAuthority::new(TD).unwrap();
@@ -81,23 +81,27 @@ async fn a_failing_jwt_bundle_stream_is_counted() {
             Some(0.0)
         );
 
-        // The agent's JWT bundles become unreadable: each message fails the stream, while the
-        // X.509 stream is untouched.
+        // The agent's JWT bundles become unreadable: each such message is refused whole and
+        // counted, the stream stays open (connecting again would bring the same message),
+        // and the X.509 stream is untouched.
         let broken: BTreeMap<String, Vec<u8>> =
             [(own.trust_domain().to_owned(), b"{".to_vec())].into();
         agent.server().set_jwt_bundles(broken);
         crate::assert_eventually!(
-            metric(&gw, "idgate_workload_api_jwt_bundles_disconnects_total")
+            metric(&gw, "idgate_workload_api_refused_updates_total")
                 .await
                 .unwrap_or(0.0)
                 >= 1.0,
-            "the failing JWT bundle stream was not counted; output:\n{}",
+            "the unreadable JWT bundles were not counted as refused; output:\n{}",
             gw.output()
         );
-        crate::assert_eventually!(
-            metric(&gw, "idgate_workload_api_jwt_bundles_connected").await == Some(0.0),
-            "the failing JWT bundle stream is reported open; output:\n{}",
-            gw.output()
+        assert_eq!(
+            metric(&gw, "idgate_workload_api_jwt_bundles_connected").await,
+            Some(1.0)
+        );
+        assert_eq!(
+            metric(&gw, "idgate_workload_api_jwt_bundles_disconnects_total").await,
+            Some(0.0)
         );
         assert_eq!(
             metric(&gw, "idgate_workload_api_connected").await,
