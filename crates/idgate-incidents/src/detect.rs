@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use idgate_config::{IncidentSeverity, IncidentsConfig};
 
@@ -112,7 +112,7 @@ pub struct Detector {
     /// or half-open with a probe out. An entry goes when its breaker closes or is dropped,
     /// or once that time has passed: from then on an open breaker lets a probe through at
     /// the next request, and only that probe (announced as half-open) makes it refuse again.
-    breakers_open: BTreeMap<String, Millis>,
+    breakers_open: BTreeMap<String, Option<Instant>>,
     open: HashMap<Key, Open>,
     /// Of each incident closed while seconds it counted are still in the window, the last of
     /// them: an incident of the same rule and subject opening meanwhile starts after it, so
@@ -171,7 +171,7 @@ impl Detector {
     ) -> Vec<(ChangeKind, Incident)> {
         let elapsed = self.last_tick.map_or(1000, |t| millis_between(t, now.mono));
         self.last_tick = Some(now.mono);
-        self.breakers(now.wall, &sample.breaker);
+        self.breakers(now.mono, &sample.breaker);
         let breaker_events = sample.breaker.clone();
         let latest = sample.clone();
         let now_seq = audit.map(|a| a.last_seq);
@@ -215,7 +215,7 @@ impl Detector {
     /// at this tick even if its open time (shorter than a second) is already over, so that
     /// no opening goes unseen. A probe counts a second past its bound
     /// ([`PROBE_ANSWER_MARGIN`]).
-    fn breakers(&mut self, now: Millis, events: &[crate::feed::BreakerEvent]) {
+    fn breakers(&mut self, now: Instant, events: &[crate::feed::BreakerEvent]) {
         use crate::feed::BreakerEvent as E;
         let mut opened_now = BTreeSet::new();
         for e in events {
@@ -225,7 +225,7 @@ impl Detector {
                     opened_now.insert(upstream.as_str());
                 }
                 E::HalfOpen { upstream, until } => {
-                    let until = Millis(until.0.saturating_add(PROBE_ANSWER_MARGIN));
+                    let until = until.and_then(|t| t.checked_add(PROBE_ANSWER_MARGIN));
                     self.breakers_open.insert(upstream.clone(), until);
                 }
                 E::Closed { upstream } | E::Dropped { upstream } => {
@@ -235,7 +235,7 @@ impl Detector {
             }
         }
         self.breakers_open
-            .retain(|u, until| now < *until || opened_now.contains(u.as_str()));
+            .retain(|u, until| until.is_none_or(|t| now < t) || opened_now.contains(u.as_str()));
     }
 
     /// Every rule over the window: which fire now, for which subject.
@@ -586,11 +586,11 @@ impl Detector {
     }
 }
 
-/// How long past its bound a probe still counts as out, in milliseconds. A probe that times
+/// How long past its bound a probe still counts as out. A probe that times
 /// out ends at its bound, and the breaker's opening reaches the detector a moment later: a
 /// tick in between would see the breaker refuse nothing. It also covers a probe let through
 /// shortly after the one announced, which is not announced again (at most once a second).
-const PROBE_ANSWER_MARGIN: u64 = 1000;
+const PROBE_ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 /// The bounds of the bucket holding the `q` quantile: it is above the first (0 for the
 /// first bucket) and at most the second (the last bound doubled for the open bucket).

@@ -80,11 +80,12 @@ impl fmt::Debug for RequestEvent<'_> {
 /// A circuit breaker changed state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BreakerEvent {
-    /// It opened: it refuses every request until `until` (its `open_duration` later), then
-    /// lets a probe through at the next request.
+    /// It opened: it refuses every request until `until` on the monotonic clock (its
+    /// `open_duration` later; `None`: past what the clock counts), then lets a probe through
+    /// at the next request.
     Opened {
         upstream: String,
-        until: crate::incident::Millis,
+        until: Option<std::time::Instant>,
     },
     /// It let a probe through (its open time over, a request came): every other request is
     /// refused until the probe ends, at the latest at `until` (the probe's request timeout).
@@ -93,7 +94,7 @@ pub enum BreakerEvent {
     /// again within a second.
     HalfOpen {
         upstream: String,
-        until: crate::incident::Millis,
+        until: Option<std::time::Instant>,
     },
     /// Its probes succeeded.
     Closed { upstream: String },

@@ -51,6 +51,11 @@ fn second(route: &str, ok: u64, failed: u64, ms: usize, callers: &[&str]) -> Sam
     }
 }
 
+/// A breaker's refusing deadline `ms` milliseconds on, on the monotonic clock of [`at`].
+fn mono(ms: u64) -> Option<Instant> {
+    Some(at(ms).mono)
+}
+
 struct Clock(u64);
 
 impl Clock {
@@ -173,7 +178,7 @@ fn a_breaker_event_opens_and_its_closing_lets_the_incident_close() {
     let opened = Sample {
         breaker: vec![BreakerEvent::Opened {
             upstream: "idv".into(),
-            until: Millis(60_000),
+            until: mono(60_000),
         }],
         ..Sample::default()
     };
@@ -345,7 +350,7 @@ fn incident_ids_of_distinct_upstreams_opened_in_one_tick_differ() {
             .iter()
             .map(|u| BreakerEvent::Opened {
                 upstream: u.clone(),
-                until: Millis(1_764_663_330_000),
+                until: mono(1_764_663_330_000),
             })
             .collect(),
         ..Sample::default()
@@ -375,7 +380,7 @@ fn a_breaker_reopening_for_hours_keeps_the_timeline_bounded() {
     let opened = |now: Tick| Sample {
         breaker: vec![BreakerEvent::Opened {
             upstream: "idv".into(),
-            until: Millis(now.wall.0 + 5000),
+            until: mono(now.wall.0 + 5000),
         }],
         ..Sample::default()
     };
@@ -441,7 +446,7 @@ fn a_breaker_whose_probe_hangs_still_counts_as_down() {
             opened,
             BreakerEvent::Opened {
                 upstream: up(),
-                until: Millis(opened + 5000),
+                until: mono(opened + 5000),
             },
         ));
         let probe = opened + 5020;
@@ -449,7 +454,7 @@ fn a_breaker_whose_probe_hangs_still_counts_as_down() {
             probe,
             BreakerEvent::HalfOpen {
                 upstream: up(),
-                until: Millis(probe + 30_000),
+                until: mono(probe + 30_000),
             },
         ));
         opened = probe + 30_002;
@@ -525,7 +530,7 @@ fn a_breaker_left_open_without_traffic_stops_counting_downtime_after_its_open_ti
     let opened = Sample {
         breaker: vec![BreakerEvent::Opened {
             upstream: "idv".into(),
-            until: Millis(at.wall.0 + 30_000),
+            until: mono(at.wall.0 + 30_000),
         }],
         ..Sample::default()
     };
@@ -552,6 +557,47 @@ fn a_breaker_left_open_without_traffic_stops_counting_downtime_after_its_open_ti
 }
 
 #[test]
+fn a_breaker_refuses_for_its_open_time_on_the_monotonic_clock_whatever_the_wall_clock_does() {
+    // The system clock is set an hour back, then an hour forward, right after the opening:
+    // neither moves the breaker's refusing time, so the downtime is the same either way.
+    for step in [-3_600_000_i64, 3_600_000] {
+        let mut d = Detector::new(cfg());
+        let start = 1_800_000_000_000;
+        let opened_at = at(start);
+        let opened = Sample {
+            breaker: vec![BreakerEvent::Opened {
+                upstream: "idv".into(),
+                until: mono(start + 30_000),
+            }],
+            ..Sample::default()
+        };
+        assert_eq!(d.tick(opened_at, opened, None)[0].0, ChangeKind::Opened);
+        let mut closed = None;
+        for s in 1..3600_u64 {
+            let ms = start + 1000 * s;
+            let tick = Tick {
+                wall: Millis(ms.saturating_add_signed(step)),
+                ..at(ms)
+            };
+            if let Some((_, i)) = d
+                .tick(tick, Sample::default(), None)
+                .into_iter()
+                .find(|(kind, _)| *kind == ChangeKind::Closed)
+            {
+                closed = Some((s, i));
+                break;
+            }
+        }
+        let (s, i) = closed.expect("the incident closes");
+        assert_eq!(s, 35, "open time, then close_after (step {step})");
+        assert_eq!(
+            i.classification.service_downtime_secs, 29,
+            "the seconds it refused every request (step {step})"
+        );
+    }
+}
+
+#[test]
 fn a_breaker_dropped_by_a_reload_lets_its_incident_close() {
     let mut d = Detector::new(cfg());
     let mut clock = Clock(1_800_000_000_000);
@@ -559,7 +605,7 @@ fn a_breaker_dropped_by_a_reload_lets_its_incident_close() {
     let opened = Sample {
         breaker: vec![BreakerEvent::Opened {
             upstream: "idv".into(),
-            until: Millis(at.wall.0 + 600_000),
+            until: mono(at.wall.0 + 600_000),
         }],
         ..Sample::default()
     };
@@ -723,7 +769,7 @@ fn the_breaker_opening_that_opens_an_incident_is_counted_in_its_actions() {
     let opened = Sample {
         breaker: vec![BreakerEvent::Opened {
             upstream: "idv".into(),
-            until: Millis(now.wall.0 + 30_000),
+            until: mono(now.wall.0 + 30_000),
         }],
         ..Sample::default()
     };
@@ -745,7 +791,7 @@ fn the_breaker_opening_that_opens_an_incident_is_counted_in_its_actions() {
     let mut failing = second("sessions", 0, 10, 0, &[]);
     failing.breaker = vec![BreakerEvent::Opened {
         upstream: "idv".into(),
-        until: Millis(now.wall.0 + 30_000),
+        until: mono(now.wall.0 + 30_000),
     }];
     let c = d.tick(now, failing, None);
     let errors = changed(&c, Rule::UpstreamErrors).expect("opened");

@@ -54,15 +54,16 @@ pub struct BreakerEvent {
     pub from: BreakerState,
     pub to: BreakerState,
     pub at: SystemTime,
-    /// Until when, at the latest, the breaker refuses every request (`None` past what the
-    /// clock counts, or for a change to closed). For a change to open, `at` plus
-    /// `open_duration`: the next request after it goes through as a probe. For a change to
-    /// half-open, a probe was let through and every other request is refused until it
-    /// ends: `at` plus the upstream's `request_timeout`, which bounds the probe's request.
-    /// A probe let through while the breaker is already half-open (one before it ended
-    /// saying nothing of the upstream, its caller gone) is announced the same way, with
-    /// `from` half-open too, at most once a second.
-    pub refuses_until: Option<SystemTime>,
+    /// Until when, at the latest, the breaker refuses every request, on the monotonic clock
+    /// (`None` past what the clock counts, or for a change to closed): setting the system
+    /// clock moves neither it nor the incident's downtime measured by it. For a change to
+    /// open, the change's moment plus `open_duration`: the next request after it goes
+    /// through as a probe. For a change to half-open, a probe was let through and every
+    /// other request is refused until it ends: plus the upstream's `request_timeout`, which
+    /// bounds the probe's request. A probe let through while the breaker is already
+    /// half-open (one before it ended saying nothing of the upstream, its caller gone) is
+    /// announced the same way, with `from` half-open too, at most once a second.
+    pub refuses_until: Option<Instant>,
     /// A reload took the breaker away (its upstream, or the upstream's
     /// `[upstreams.breaker]`, removed) while it was open or half-open: `to` is closed, as
     /// nothing is refused any more.
@@ -546,7 +547,7 @@ impl Resilience {
         let Some(Change { from, to }) = change else {
             return;
         };
-        let at = SystemTime::now();
+        let (at, mono) = (SystemTime::now(), Instant::now());
         self.metrics.set_state(upstream, to);
         self.metrics.transition(upstream, to);
         match to {
@@ -568,7 +569,7 @@ impl Resilience {
             to,
             at,
             refuses_until: (to != BreakerState::Closed)
-                .then(|| at.checked_add(refusing))
+                .then(|| mono.checked_add(refusing))
                 .flatten(),
             dropped: false,
         });
@@ -577,7 +578,7 @@ impl Resilience {
     /// Announces a probe let through a breaker already half-open (no change of state):
     /// every other request is refused again until it ends, at most `bound` from now.
     fn probing(&self, upstream: &Arc<str>, bound: Duration) {
-        let at = SystemTime::now();
+        let (at, mono) = (SystemTime::now(), Instant::now());
         tracing::debug!(
             target: "idgate::breaker",
             upstream = %upstream,
@@ -589,7 +590,7 @@ impl Resilience {
             from: BreakerState::HalfOpen,
             to: BreakerState::HalfOpen,
             at,
-            refuses_until: at.checked_add(bound),
+            refuses_until: mono.checked_add(bound),
             dropped: false,
         });
     }
@@ -639,12 +640,6 @@ pub(crate) async fn feed_incidents(
     feed: Arc<idgate_incidents::Feed>,
 ) {
     use idgate_incidents::BreakerEvent as Incident;
-    let millis = |t: SystemTime| {
-        idgate_incidents::Millis(
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        )
-    };
     loop {
         let event = match events.recv().await {
             Ok(event) => event,
@@ -653,10 +648,8 @@ pub(crate) async fn feed_incidents(
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let upstream = event.upstream.to_string();
-        // A time past what the clock counts: refusing until it changes again.
-        let until = event
-            .refuses_until
-            .map_or(idgate_incidents::Millis(u64::MAX), millis);
+        // A time past what the clock counts (`None`): refusing until it changes again.
+        let until = event.refuses_until;
         match event.to {
             BreakerState::Open => feed.breaker(Incident::Opened { upstream, until }),
             BreakerState::HalfOpen => feed.breaker(Incident::HalfOpen { upstream, until }),
