@@ -2,8 +2,9 @@
 # Installs what the test suite needs when it is missing: openssl and curl (outside TLS
 # clients and an independent PKI), SoftHSM2 (a real PKCS#11 token), redis-server, rsyslog
 # with its GnuTLS driver (a real syslog collector over TLS for the SIEM export tests),
-# Python `requests`, `authlib` and `flask` (a real OAuth 2.0 server for the JWT tests), and
-# OpenBao's `bao` (a real Vault-API server for the `vault:` tests).
+# Python `requests`, `authlib` and `flask` (a real OAuth 2.0 server for the JWT tests),
+# OpenBao's `bao` (a real Vault-API server for the `vault:` tests), and libfaketime (to set
+# one gateway process's system clock in the clock-step test).
 # Safe to run again: it installs only what is absent.
 set -euo pipefail
 
@@ -19,6 +20,7 @@ if ! command -v rsyslogd >/dev/null 2>&1 && [ ! -x /usr/sbin/rsyslogd ]; then
 fi
 ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need_apt+=(rsyslog-gnutls)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || need_apt+=(libfaketime)
 
 if ((${#need_apt[@]})); then
   echo "setup-test-deps: installing ${need_apt[*]}"

@@ -557,9 +557,8 @@ async fn sweep_limiter(services: std::sync::Weak<Services>) {
         let Some(services) = services.upgrade() else {
             return;
         };
-        let now = std::time::SystemTime::now();
-        services.limiter.sweep(now);
-        services.leases.sweep(now);
+        services.limiter.sweep(idgate_store::LocalLimiter::clock());
+        services.leases.sweep(std::time::SystemTime::now());
         services.fallback.sweep(std::time::Instant::now());
     }
 }

@@ -22,8 +22,8 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher, RandomState};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::StoreError;
 use crate::counters::{GcraDecision, GcraLimit, GcraTake, gcra};
@@ -109,6 +109,17 @@ impl LocalLimiter {
             shards,
             shard_capacity,
         }
+    }
+
+    /// The time to count by: the system clock as it read when first asked, advanced by the
+    /// monotonic clock since, so that it never steps. The state is this process's alone,
+    /// and a step of the system clock must not move it: set back by an hour, every key
+    /// counted would be refused for that hour; set forward, every caller's spent burst
+    /// would be forgiven at once.
+    pub fn clock() -> SystemTime {
+        static ANCHOR: OnceLock<(SystemTime, Instant)> = OnceLock::new();
+        let (wall, mono) = *ANCHOR.get_or_init(|| (SystemTime::now(), Instant::now()));
+        wall.checked_add(mono.elapsed()).unwrap_or(wall)
     }
 
     /// The most live keys it holds.

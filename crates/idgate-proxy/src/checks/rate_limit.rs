@@ -169,7 +169,6 @@ async fn decide_all<'l, C: Counters>(
     report: Report<'_>,
 ) -> Result<Verdict<'l>, Refusal> {
     let tier = limits.tier(who.caller, who.peer);
-    let now = SystemTime::now();
     // Room for every limit's items up front: the fields are written piece by piece, and
     // growing them as they go took a dozen allocations per request.
     let room = route_limits.limits.len() * ITEM_ROOM;
@@ -195,6 +194,8 @@ async fn decide_all<'l, C: Counters>(
     };
     match store {
         Store::Shared(state, backend, leases) => {
+            // The replicas' common time, kept in the shared state: the system clock.
+            let now = SystemTime::now();
             // What this replica can decide from its leases (see `GcraLeases`) it does; the
             // other checks, and the renewals of leases running low, go in one call: one
             // round trip (one pipeline) to Redis, bounded as a whole by the state timeout.
@@ -305,6 +306,8 @@ async fn decide_all<'l, C: Counters>(
         // apart, and a reload that keeps a limit keeps its state. So is the tier: each
         // tier of a key that does not tell callers apart (an address) has its own state.
         Store::Local(limiter) => {
+            // Its own clock, which the system clock's steps do not move.
+            let now = LocalLimiter::clock();
             for (limit, rate, parts) in applicable {
                 let key = (&*limit.name, rate.tier.as_deref(), &parts);
                 match limiter.check(&key, &rate.gcra, 1, now) {

@@ -1082,3 +1082,100 @@ async fn a_failed_auth_flood_on_redb_keeps_lockout_writes_bounded() {
     })
     .await;
 }
+
+/// libfaketime, preloaded into the gateway alone to set its system clock
+/// (`scripts/setup-test-deps.sh` installs it); `None` when it is not there, and then the test
+/// is skipped, but where `IDGATE_REQUIRE_FAKETIME` is set (as CI sets it).
+fn libfaketime() -> Option<std::path::PathBuf> {
+    let found = std::fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("IDGATE_REQUIRE_FAKETIME").is_none(),
+            "libfaketime is not installed (scripts/setup-test-deps.sh installs it)"
+        );
+        eprintln!("skipped: libfaketime is not installed");
+    }
+    found
+}
+
+/// The seconds between the gateway's `Date` and this process's clock.
+fn clock_ahead(reply: &Reply) -> i64 {
+    let date = reply.header("date").expect("a Date header");
+    let theirs = httpdate::parse_http_date(date).expect("an HTTP date");
+    let ours = std::time::SystemTime::now();
+    match theirs.duration_since(ours) {
+        Ok(ahead) => ahead.as_secs() as i64,
+        Err(behind) => -(behind.duration().as_secs() as i64),
+    }
+}
+
+#[tokio::test]
+async fn a_step_of_the_system_clock_moves_no_rate_limit_counted_in_the_gateway() {
+    within(async {
+        let Some(lib) = libfaketime() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let offset = dir.path().join("offset");
+        std::fs::write(&offset, "+0").unwrap();
+        let lib = lib.display().to_string();
+        let offset_file = offset.display().to_string();
+        let env = [
+            ("LD_PRELOAD", lib.as_str()),
+            ("FAKETIME_TIMESTAMP_FILE", offset_file.as_str()),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ];
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        let defs = vec![table([
+            ("name", "per-ip-hour".into()),
+            ("key", strings(&["source_ip"])),
+            ("rate", "1/h".into()),
+            ("burst", 1.into()),
+        ])];
+        let mut config = base_config(&pki)
+            .upstream(UpstreamSpec::new("provider", &upstream.url(false)))
+            .route(
+                RouteSpec::new("route", &["GET"], "/v1/{*rest}", "provider", &[ONBOARDING])
+                    .with("rate_limits", strings(&["per-ip-hour"])),
+            );
+        config = config.section("rate_limits", limits(defs));
+        let gw = Gateway::start(&config, &env).await;
+        let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+        assert_eq!(client.get(PATH).await.unwrap().status, 200);
+        let refused = |reply: &Reply| {
+            assert_eq!(reply.status, 429, "{:?}", reply.body);
+            reply.header("retry-after").unwrap().parse::<u64>().unwrap()
+        };
+        let first = refused(&client.get(PATH).await.unwrap());
+        assert!((3590..=3600).contains(&first), "Retry-After {first}");
+
+        // The clock set 20 minutes forward (the certificates stay valid), then 4 minutes
+        // back: the wait is what real time left of it, whatever the clock says. The forward
+        // step shows in the answer's `Date` (after the backward one, hyper keeps its last
+        // `Date` until its clock passes the second it was made for).
+        for step in ["+1200", "-240"] {
+            std::fs::write(&offset, step).unwrap();
+            let reply = client.get(PATH).await.unwrap();
+            if step == "+1200" {
+                let ahead = clock_ahead(&reply);
+                assert!(
+                    (1195..=1205).contains(&ahead),
+                    "the gateway's clock is {ahead} s ahead, not 1200: {:?}",
+                    reply.header("date")
+                );
+            }
+            let wait = refused(&reply);
+            assert!(
+                (3580..=3600).contains(&wait),
+                "Retry-After {wait} with the clock stepped {step}"
+            );
+        }
+    })
+    .await;
+}
