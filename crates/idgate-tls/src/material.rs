@@ -533,6 +533,19 @@ mod tests {
         .unwrap()
     }
 
+    /// The material of `files`: the gateway's SVID, and the bundle for example.org.
+    fn load(files: &devpki::DevPkiFiles) -> TlsMaterial {
+        TlsMaterial::load(
+            MaterialSpec {
+                svid_cert: files.gateway_cert.clone(),
+                svid_key: files.gateway_key.clone(),
+                bundles: vec![("example.org".parse().unwrap(), files.bundle.clone())],
+            },
+            crate::crypto_provider(),
+        )
+        .unwrap()
+    }
+
     fn not_after_of(path: &Path) -> SystemTime {
         let pem = std::fs::read(path).unwrap();
         let leaf = CertificateDer::pem_slice_iter(&pem)
@@ -546,16 +559,7 @@ mod tests {
     fn material_remembers_its_files_by_digest_never_the_private_key() {
         let dir = tempfile::tempdir().unwrap();
         let files = pki(dir.path(), Duration::from_secs(3600));
-        let td: TrustDomain = "example.org".parse().unwrap();
-        let material = TlsMaterial::load(
-            MaterialSpec {
-                svid_cert: files.gateway_cert.clone(),
-                svid_key: files.gateway_key.clone(),
-                bundles: vec![(td, files.bundle.clone())],
-            },
-            crate::crypto_provider(),
-        )
-        .unwrap();
+        let material = load(&files);
         // What is kept of each file, the key's included, is the SHA-256 of its contents.
         let check = |material: &TlsMaterial| {
             let seen = material.seen.lock().unwrap();
@@ -587,15 +591,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = pki(dir.path(), Duration::from_secs(3600));
         let td: TrustDomain = "example.org".parse().unwrap();
-        let material = TlsMaterial::load(
-            MaterialSpec {
-                svid_cert: files.gateway_cert.clone(),
-                svid_key: files.gateway_key.clone(),
-                bundles: vec![(td.clone(), files.bundle.clone())],
-            },
-            crate::crypto_provider(),
-        )
-        .unwrap();
+        let material = load(&files);
         let first = material.expiry();
         let (id, svid_until) = first.svid.clone().unwrap();
         assert_eq!(id.unwrap().as_str(), "spiffe://example.org/idgate");
