@@ -50,6 +50,10 @@ pub enum LogFilterError {
     #[error("\"{0}\" has no target before '='")]
     NoTarget(String),
     #[error(
+        "\"{0}\" does not name a target: a module path (letters, digits, '_', separated by \"::\"), with no space"
+    )]
+    NotATarget(String),
+    #[error(
         "\"{0}\" is not a level: use trace, debug, info, warn, error or off, optionally as target=level"
     )]
     NotALevel(String),
@@ -57,13 +61,24 @@ pub enum LogFilterError {
 
 const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
 
+/// A module path: `idgate_proxy`, `idgate::access`.
+fn is_target(target: &str) -> bool {
+    target.split("::").all(|part| {
+        !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    })
+}
+
 /// Checks a `tracing` filter such as `info` or `info,idgate_proxy=debug`. A bare word that is
 /// not a level would be read as a target name and silence everything else, so it is refused.
+/// Only what the log's filter reads exactly as written passes: no space around a directive,
+/// a target that is a module path, one `=`; a filter it could not read would leave the
+/// gateway at its default level, the access log on whatever the filter said.
 pub fn check_log_filter(filter: &str) -> Result<(), LogFilterError> {
-    for directive in filter.split(',').map(str::trim) {
-        let level = match directive.rsplit_once('=') {
-            Some((target, level)) if !target.is_empty() => level,
-            Some(_) => return Err(LogFilterError::NoTarget(directive.to_owned())),
+    for directive in filter.split(',') {
+        let level = match directive.split_once('=') {
+            Some(("", _)) => return Err(LogFilterError::NoTarget(directive.to_owned())),
+            Some((target, level)) if is_target(target) => level,
+            Some(_) => return Err(LogFilterError::NotATarget(directive.to_owned())),
             None => directive,
         };
         if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
@@ -71,4 +86,37 @@ pub fn check_log_filter(filter: &str) -> Result<(), LogFilterError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filter_passes_only_as_the_log_filter_reads_it() {
+        for ok in [
+            "info",
+            "WARN",
+            "warn,idgate::access=off",
+            "info,idgate_proxy=debug,hyper=warn",
+            "off",
+        ] {
+            assert_eq!(check_log_filter(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "info, idgate_proxy=debug",
+            " info",
+            "warn,idgate::access=off ",
+            "*=debug",
+            "a=b=info",
+            "x[y=info",
+            "idgate:access=off",
+            "idgate::=off",
+            "=info",
+            "verbose",
+            "",
+        ] {
+            assert!(check_log_filter(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -360,10 +360,14 @@ fn init_logging(
                 }
             });
     let env_filter = env.and_then(|s| EnvFilter::try_new(s).ok());
-    let filter = env_filter
-        .clone()
-        .or_else(|| EnvFilter::try_new(&config.log.level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+    let filter = env_filter.clone().unwrap_or_else(|| {
+        // The configuration checked the level; a filter that still did not read would leave
+        // the gateway at `info`, whatever `[log] level` said of the access log: said so.
+        EnvFilter::try_new(&config.log.level).unwrap_or_else(|e| {
+            eprintln!("warning: [log] level cannot be read ({e}); logging at info");
+            EnvFilter::new("info")
+        })
+    });
     // Log lines are written by a background thread so the request path never waits on stdout.
     // Should the output stall, lines beyond the buffer are dropped rather than block the
     // runtime, and the number dropped is reported on stderr.
@@ -690,6 +694,38 @@ mod tests {
     use rustix::process::{
         DumpableBehavior, Resource, Rlimit, dumpable_behavior, getrlimit, setrlimit,
     };
+
+    /// Every `[log] level` the configuration accepts is read by the log's filter as it is.
+    #[test]
+    fn every_log_level_the_configuration_accepts_the_log_filter_reads() {
+        for level in [
+            "info",
+            "WARN",
+            "off",
+            "warn,idgate::access=off",
+            "info,idgate_proxy=debug,hyper=warn",
+            "error,idgate_proxy::listener=trace",
+        ] {
+            assert_eq!(idgate_config::check_log_filter(level), Ok(()), "{level}");
+            assert!(
+                tracing_subscriber::EnvFilter::try_new(level).is_ok(),
+                "{level}"
+            );
+        }
+        // What the log's filter cannot read, the configuration refuses.
+        for level in [
+            "info, idgate_proxy=debug",
+            "*=debug",
+            "a=b=info",
+            "x[y=info",
+        ] {
+            assert!(
+                tracing_subscriber::EnvFilter::try_new(level).is_err(),
+                "{level}"
+            );
+            assert!(idgate_config::check_log_filter(level).is_err(), "{level}");
+        }
+    }
 
     #[test]
     fn the_gateway_raises_its_open_file_limit_to_the_hard_limit() {
