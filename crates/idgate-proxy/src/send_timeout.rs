@@ -374,6 +374,8 @@ pub(crate) struct Activity {
     last: AtomicU64,
     /// Whether the client has sent a byte since the TLS handshake (its preface first).
     heard: AtomicBool,
+    /// Whether a request has begun on the connection.
+    began: AtomicBool,
 }
 
 /// A request in progress: from its arrival until its response body has ended or been
@@ -388,6 +390,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last: AtomicU64::new(0),
             heard: AtomicBool::new(false),
+            began: AtomicBool::new(false),
         }
     }
 
@@ -400,7 +403,15 @@ impl Activity {
     /// and its idleness starts when the last one ends.
     pub(crate) fn begin(self: Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if !self.began.load(Ordering::Relaxed) {
+            self.began.store(true, Ordering::Relaxed);
+        }
         InFlight(self)
+    }
+
+    /// Whether no request has begun on the connection yet.
+    pub(crate) fn never_began(&self) -> bool {
+        !self.began.load(Ordering::Relaxed)
     }
 
     /// Whether the client has sent nothing since the TLS handshake, not even its connection

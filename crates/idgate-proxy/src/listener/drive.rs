@@ -36,6 +36,10 @@ pub(super) struct Ends {
 /// The least time a retired connection gets to finish its in-flight requests.
 pub(super) const MIN_GRACE: Duration = Duration::from_secs(30);
 
+/// The grace of an idle connection on which no request ever began: time to deliver the
+/// notice that it is going away (an HTTP/2 GOAWAY), no more.
+const NO_REQUEST_GRACE: Duration = Duration::from_secs(2);
+
 /// Runs a connection to its end. A connection speaks for its certificate only while the
 /// certificate is valid: a keep-alive or HTTP/2 connection is closed when its client SVID
 /// expires. At `max_connection_age` or shutdown it is shut down gracefully: HTTP/1.1 closes
@@ -136,6 +140,13 @@ pub(super) async fn drive<C, E>(
                 tracing::debug!(remote = %remote.ip(), "connection idle for idle_timeout: going away");
                 graceful(connection.as_mut());
                 winding_down = true;
+                // No request ever began: there is nothing to finish, only the notice to
+                // deliver. A client that stopped inside its HTTP/2 preface, or inside a
+                // header block it never ends, has no stream for the grace to wait for.
+                let grace = match &idle {
+                    Some((activity, _)) if activity.never_began() => grace.min(NO_REQUEST_GRACE),
+                    _ => grace,
+                };
                 grace_end.as_mut().reset(tokio::time::Instant::now() + grace);
             }
             () = &mut retire, if !winding_down => {

@@ -139,6 +139,39 @@ async fn an_http2_connection_without_a_preface_is_closed_at_idle_timeout() {
 }
 
 #[tokio::test]
+async fn an_http2_connection_stalled_inside_its_preface_or_a_header_block_is_closed_soon_after_idle_timeout()
+ {
+    use tokio::io::AsyncWriteExt;
+    within(async {
+        let pki = Pki::default_pki();
+        let upstream = TestUpstream::http(UpstreamMode::Echo).await;
+        // Without a request to finish, the 30 s grace of an idle connection is not given.
+        let gw = gateway(&pki, &upstream, toml::toml! { idle_timeout = "1s" }).await;
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+        // A HEADERS frame of stream 1 without END_HEADERS: a CONTINUATION is owed.
+        let mut open_block = preface.to_vec();
+        open_block.extend_from_slice(&[0, 0, 1, 0x1, 0x0, 0, 0, 0, 1, 0x82]);
+        for (what, bytes) in [
+            ("half a preface", &b"PRI * HTTP/2.0\r\n"[..]),
+            ("a header block never ended", &open_block[..]),
+        ] {
+            let (mut stalled, at) = tls_with(&pki, &gw, true).await;
+            stalled.write_all(bytes).await.unwrap();
+            stalled.flush().await.unwrap();
+            let closed =
+                tokio::time::timeout(Duration::from_secs(15), until_closed(&mut stalled)).await;
+            let lived = at.elapsed();
+            assert!(closed.is_ok(), "{what}: still open after {lived:?}");
+            assert!(
+                lived >= Duration::from_millis(900) && lived < Duration::from_secs(8),
+                "{what}: the connection lived {lived:?}"
+            );
+        }
+    })
+    .await
+}
+
+#[tokio::test]
 async fn an_http2_connection_that_sent_its_preface_is_told_to_go_away_at_idle_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     within(async {
