@@ -327,6 +327,9 @@ fn as_running(mut new: Config, running: &Config) -> Result<Config, ReloadRefused
     }
     new.identity.svid_hint = running.identity.svid_hint.clone();
     new.identity.poll_interval = running.identity.poll_interval;
+    // The detector started with the running section: the counters feeding it follow the same
+    // one (its critical routes), not half of each.
+    new.incidents = running.incidents.clone();
     new.listener = new
         .listener
         .with_caps_of(&running.listener, &new.file)
@@ -555,6 +558,20 @@ mod tests {
             RestartOnly::Identity.changed_keys(&running, &new),
             ["identity.workload_api"]
         );
+    }
+
+    #[test]
+    fn incident_detection_keeps_the_section_it_started_with_until_a_restart() {
+        let dir = Dir::new("restart-incidents");
+        let with =
+            |extra: &str| config(&dir, &format!("[incidents]\ndir = \"incidents\"\n{extra}"));
+        let running = with("critical_routes = [\"kyc\"]");
+        let new = with("");
+        assert_eq!(restart_required(&running, &new), [RestartOnly::Incidents]);
+        let kept = as_running(new, &running).unwrap();
+        assert_eq!(kept.incidents, running.incidents);
+        let without = as_running(config(&dir, ""), &running).unwrap();
+        assert_eq!(without.incidents, running.incidents);
     }
 
     #[test]
