@@ -255,7 +255,14 @@ pub(crate) fn parse(
         ca,
         client_svid,
         pool_max_idle,
-        max_body_bytes: u.max_body_bytes.unwrap_or(10 * 1024 * 1024),
+        max_body_bytes: match u.max_body_bytes {
+            // Every route of the upstream without its own would refuse every body.
+            Some(0) => {
+                cx.err(format!("{key}.max_body_bytes"), "must be more than zero");
+                10 * 1024 * 1024
+            }
+            n => n.unwrap_or(10 * 1024 * 1024),
+        },
         forwarded_for: u.forwarded_for.unwrap_or(true),
         http2: u.http2.unwrap_or(false),
         client: client.unwrap_or_default(),
@@ -397,6 +404,26 @@ token = "env:VAULT_TOKEN"
         }
         assert!(
             !all.iter().any(|p| p.contains("p^ss") || p.contains("w0rd")),
+            "{all:#?}"
+        );
+    }
+
+    #[test]
+    fn an_upstream_max_body_bytes_of_zero_is_refused_like_a_route_s() {
+        let text = r#"
+[listener]
+bind = "127.0.0.1:8443"
+[identity]
+svid_cert = "c"
+svid_key = "k"
+[[upstreams]]
+name = "p"
+url = "https://provider.test"
+max_body_bytes = 0
+"#;
+        let all = problems(Path::new("/etc/idgate/idgate.toml"), text, |_| true);
+        assert!(
+            all.contains(&"upstreams[0].max_body_bytes: must be more than zero".to_owned()),
             "{all:#?}"
         );
     }
