@@ -347,6 +347,22 @@ fn parse_checked(
             .section::<state::RawState>("state", v)
             .map_or_else(StateBackend::default, |s| state::parse(&mut cx, s)),
     };
+    if let (Some(l), Some(a)) = (&listener, &admin)
+        && l.bind.port() == a.bind.port()
+        && l.bind.port() != 0
+        && (l.bind.ip() == a.bind.ip()
+            || l.bind.ip().is_unspecified()
+            || a.bind.ip().is_unspecified())
+    {
+        // Caught here rather than as "address in use" when the second one is bound.
+        cx.err(
+            "listener.bind",
+            format!(
+                "{} overlaps admin.bind {} (the admin listener's default is 127.0.0.1:9901): give them different ports",
+                l.bind, a.bind
+            ),
+        );
+    }
     if let Some(a) = &admin
         && !a.bind.ip().is_loopback()
     {

@@ -426,4 +426,34 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn a_listener_on_the_admin_listener_s_address_is_refused() {
+        let base = |listener: &str, admin: &str| {
+            format!(
+                "[listener]\nbind = \"{listener}\"\n{admin}[identity]\nsvid_cert = \"c\"\nsvid_key = \"k\"\n"
+            )
+        };
+        let file = Path::new("/etc/idgate/idgate.toml");
+        let overlap = |all: &[String]| {
+            all.iter()
+                .any(|p| p.starts_with("listener.bind: ") && p.contains("overlaps admin.bind"))
+        };
+        for (listener, admin) in [
+            ("127.0.0.1:9901", ""),
+            ("0.0.0.0:9901", ""),
+            ("10.0.0.1:9443", "[admin]\nbind = \"0.0.0.0:9443\"\n"),
+        ] {
+            let all = crate::test_support::problems(file, &base(listener, admin), |_| true);
+            assert!(overlap(&all), "{listener} {admin}: {all:#?}");
+        }
+        for (listener, admin) in [
+            ("127.0.0.1:8443", ""),
+            ("10.0.0.1:9901", ""),
+            ("127.0.0.1:0", "[admin]\nbind = \"127.0.0.1:0\"\n"),
+        ] {
+            let all = crate::test_support::problems(file, &base(listener, admin), |_| true);
+            assert!(!overlap(&all), "{listener} {admin}: {all:#?}");
+        }
+    }
 }
