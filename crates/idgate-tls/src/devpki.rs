@@ -78,8 +78,15 @@ fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), DevPkiErr
         source,
     };
     let tmp = path.with_extension("tmp");
+    // A file left there (or a link someone placed) is removed, not written through: the new
+    // one is created afresh (`O_EXCL`, which follows no link), so it gets this mode.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
     let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     opts.mode(if secret { 0o600 } else { 0o644 });
     let mut f = opts.open(&tmp).map_err(io)?;
     f.write_all(contents.as_bytes()).map_err(io)?;
@@ -255,5 +262,30 @@ mod tests {
             );
             assert!(!out.exists());
         }
+    }
+
+    #[test]
+    fn a_key_is_written_0600_whatever_was_left_at_its_temporary_name() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("ca.key");
+        // A readable leftover at the temporary name, and a link there to a file elsewhere.
+        let tmp = key.with_extension("tmp");
+        fs::write(&tmp, "old").unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
+        write_file(&key, "secret", true).unwrap();
+        let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(fs::read_to_string(&key).unwrap(), "secret");
+
+        let elsewhere = dir.path().join("elsewhere");
+        fs::write(&elsewhere, "untouched").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &tmp).unwrap();
+        write_file(&key, "secret 2", true).unwrap();
+        assert_eq!(fs::read_to_string(&elsewhere).unwrap(), "untouched");
+        assert_eq!(fs::read_to_string(&key).unwrap(), "secret 2");
+        let meta = fs::symlink_metadata(&key).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
 }
