@@ -285,7 +285,7 @@ impl Remote {
         }
         // No keys yet: everyone waits for the first fetch, which only one of them makes.
         let attempts = fetched.attempts.load(Ordering::Acquire);
-        let mut state = fetched.fetch.lock().await;
+        let state = fetched.fetch.lock().await;
         if let Some(keys) = fetched.keys.load_full() {
             return Ok(keys);
         }
@@ -295,7 +295,12 @@ impl Remote {
         }
         let retry = NO_KEYS_RETRY.min(self.min_refresh_interval);
         if state.last_attempt.is_none_or(|t| t.elapsed() >= retry) {
-            self.refresh(&mut state).await;
+            drop(state);
+            self.refresh_detached(move |this, state| {
+                this.fetched.keys.load().is_none()
+                    && state.last_attempt.is_none_or(|t| t.elapsed() >= retry)
+            })
+            .await;
         }
         fetched.keys.load_full().ok_or(KEYS_UNAVAILABLE)
     }
@@ -328,10 +333,31 @@ impl Remote {
         });
     }
 
-    async fn refresh_for_unknown_kid(&self, seen: u64) -> KidLookup {
+    /// Fetches in a task of its own, which the caller waits for: a request that goes away
+    /// (its client reset the stream, or hung up) does not cut the fetch short. A fetch cut
+    /// short would still have counted as the interval's attempt, and one such request an
+    /// interval kept the keys from ever being fetched again: a new key never known, a
+    /// withdrawn one trusted on. `still`: whether, once the task holds the fetch lock, there
+    /// is still reason to fetch (another may have fetched meanwhile).
+    async fn refresh_detached(
+        self: &Arc<Self>,
+        still: impl FnOnce(&Self, &FetchState) -> bool + Send + 'static,
+    ) {
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let mut state = this.fetched.fetch.lock().await;
+            if still(&this, &state) {
+                this.refresh(&mut state).await;
+            }
+        });
+        // A task that panicked fetched nothing: the keys held stay.
+        let _ = task.await;
+    }
+
+    async fn refresh_for_unknown_kid(self: &Arc<Self>, seen: u64) -> KidLookup {
         let fetched = &self.fetched;
         let attempts = fetched.attempts.load(Ordering::Acquire);
-        let mut state = fetched.fetch.lock().await;
+        let state = fetched.fetch.lock().await;
         let newer = || {
             fetched
                 .keys
@@ -353,7 +379,18 @@ impl Remote {
             return KidLookup::NotLookedUp;
         }
         tracing::info!(issuer = %self.name, "token signed with an unknown key id; refreshing the JWKS");
-        self.refresh(&mut state).await;
+        drop(state);
+        self.refresh_detached(move |this, state| {
+            this.fetched
+                .keys
+                .load()
+                .as_ref()
+                .is_none_or(|k| k.generation == seen)
+                && state
+                    .last_attempt
+                    .is_none_or(|t| t.elapsed() >= this.min_refresh_interval)
+        })
+        .await;
         newer()
     }
 
@@ -361,7 +398,8 @@ impl Remote {
     /// when it holds no key we can use. A failure (no answer, not 200, not a JWKS) keeps the
     /// keys we had: an issuer's outage should not log everyone out.
     async fn refresh(&self, state: &mut FetchState) {
-        // Stamped now, so that an attempt cut short (its request gone) still counts...
+        // Stamped now, so that an attempt that never ends (the runtime going away under it)
+        // still counts...
         state.last_attempt = Some(Instant::now());
         let result = async {
             let uri = match (&self.location, &state.discovered) {

@@ -212,6 +212,38 @@ async fn unknown_kid_refreshes_at_most_once_per_interval_however_many_ask() {
 }
 
 #[tokio::test]
+async fn a_refresh_whose_request_went_away_is_made_whole() {
+    let (idp, base) = Idp::start().await;
+    let (old, new) = (TestKey::ed25519(), TestKey::ed25519());
+    idp.set_jwks(&[old.jwk("old", Algorithm::EdDSA)]);
+    let mut cfg = remote_config(&base, Some(format!("{base}/jwks")));
+    cfg.min_refresh_interval = Duration::from_secs(2);
+    let v = Arc::new(JwtVerifier::new(vec![cfg], vec![]).unwrap());
+    v.prefetch().await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    // The issuer rotates, and answers slowly; the request that asks for the new kid goes
+    // away (its client reset the stream) while the fetch is under way.
+    idp.set_jwks(&[
+        old.jwk("old", Algorithm::EdDSA),
+        new.jwk("new", Algorithm::EdDSA),
+    ]);
+    *idp.delay.lock().unwrap() = Duration::from_millis(500);
+    let rotated = sign_token(&new, &header("EdDSA", "new"), &claims_for(&base));
+    let gone = {
+        let (v, token) = (v.clone(), rotated.clone());
+        tokio::spawn(async move { verify(&v, &token).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gone.abort();
+    // The fetch goes on without it: within the interval, the new key is known.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    *idp.delay.lock().unwrap() = Duration::ZERO;
+    assert!(verify(&v, &rotated).await.is_ok());
+    assert_eq!(idp.hits("/jwks"), 2);
+}
+
+#[tokio::test]
 async fn stale_keys_are_refreshed_in_the_background_and_kept_when_the_issuer_fails() {
     let (idp, base) = Idp::start().await;
     let (k1, k2) = (TestKey::p256(), TestKey::p256());
