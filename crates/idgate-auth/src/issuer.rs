@@ -47,7 +47,7 @@ pub enum IssuerError {
     #[error("the signing key is not a PKCS#8 PEM private key")]
     NotPkcs8,
     #[error(
-        "the signing key is not a P-256 (ES256), an Ed25519 (EdDSA) or an RSA key of 2048 to 8192 bits (RS256)"
+        "the signing key is not a P-256 (ES256), an Ed25519 (EdDSA) or an RSA key of 2048 to 4096 bits (RS256)"
     )]
     UnsupportedKey,
     #[error("signing failed")]
@@ -63,7 +63,7 @@ fn thumbprint(canonical: &str) -> String {
     ))
 }
 
-/// A PEM `PRIVATE KEY` (P-256, Ed25519, or RSA of 2048 to 8192 bits) and its public half as a
+/// A PEM `PRIVATE KEY` (P-256, Ed25519, or RSA of 2048 to 4096 bits) and its public half as a
 /// JWK, with `kid` (its RFC 7638 thumbprint), `alg` and `use`.
 fn parse_key(pkcs8_pem: &[u8], rng: &SystemRandom) -> Result<(Key, Value), IssuerError> {
     use rustls_pki_types::PrivateKeyDer;
@@ -94,7 +94,8 @@ fn parse_key(pkcs8_pem: &[u8], rng: &SystemRandom) -> Result<(Key, Value), Issue
             canonical,
         )
     } else if let Ok(k) = RsaKeyPair::from_pkcs8(der) {
-        // ring takes 2048 to 8192 bits, and a public exponent of at least 65537.
+        // ring signs with 2048 to 4096 bits (it verifies up to 8192), and a public exponent
+        // of at least 65537.
         let public = PublicKeyComponents::<Vec<u8>>::from(k.public());
         // RFC 7518 §6.3.1: unsigned big-endian, without leading zeros.
         let (n, e) = (B64.encode(&public.n), B64.encode(&public.e));
@@ -119,7 +120,7 @@ pub fn cert_thumbprint(der: &[u8]) -> String {
 }
 
 impl TokenIssuer {
-    /// `pkcs8_pem` is a PEM `PRIVATE KEY`: P-256, Ed25519, or RSA of 2048 to 8192 bits.
+    /// `pkcs8_pem` is a PEM `PRIVATE KEY`: P-256, Ed25519, or RSA of 2048 to 4096 bits.
     pub fn new(
         issuer: String,
         audience: String,

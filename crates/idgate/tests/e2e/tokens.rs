@@ -420,7 +420,7 @@ async fn an_rsa_signing_key_under_2048_bits_is_refused_at_its_key() {
     let (code, out, err) = idgate_cli(&["check", "--config", file.to_str().unwrap()]);
     assert_eq!(code, 2, "{out}{err}");
     let expected = format!(
-        "{}: token_endpoint.signing_key: the signing key is not a P-256 (ES256), an Ed25519 (EdDSA) or an RSA key of 2048 to 8192 bits (RS256)",
+        "{}: token_endpoint.signing_key: the signing key is not a P-256 (ES256), an Ed25519 (EdDSA) or an RSA key of 2048 to 4096 bits (RS256)",
         file.display()
     );
     assert!(err.contains(&expected), "{err}");
