@@ -75,6 +75,10 @@ pub enum FetchUriError {
     PlainHttpNotLoopback,
     #[error("the URL must start with https://")]
     NotHttps,
+    #[error(
+        "an https:// issuer's metadata may not send keys to be fetched over http:// (a loopback address included)"
+    )]
+    PlainHttpFromHttps,
 }
 
 /// Why an issuer's metadata addresses cannot be formed from its `iss`.

@@ -487,7 +487,16 @@ pub(crate) fn metadata_jwks_uri(
     let jwks_uri: Uri = jwks_uri
         .parse()
         .map_err(|_| DiscoveryError::JwksUriNotAUrl(uri.clone()))?;
-    check_fetch_uri(&jwks_uri).map_err(|source| DiscoveryError::JwksUri {
+    let checked = check_fetch_uri(&jwks_uri).and_then(|()| {
+        // Plain http is for an issuer on loopback (a test, a sidecar): metadata fetched over
+        // https naming an http address would have the gateway ask its own host's services.
+        if jwks_uri.scheme_str() == Some("http") && uri.scheme_str() != Some("http") {
+            Err(FetchUriError::PlainHttpFromHttps)
+        } else {
+            Ok(())
+        }
+    });
+    checked.map_err(|source| DiscoveryError::JwksUri {
         uri: uri.clone(),
         source,
     })?;
@@ -577,6 +586,47 @@ pub(crate) fn http_client(ca: Option<&Path>) -> Result<HttpClient, HttpClientErr
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_fetched_over_https_cannot_send_keys_to_be_fetched_over_http() {
+        let issuer = "https://idp.example";
+        let doc = |jwks: &str| format!(r#"{{"issuer":"{issuer}","jwks_uri":"{jwks}"}}"#);
+        let https: Uri = "https://idp.example/.well-known/openid-configuration"
+            .parse()
+            .unwrap();
+        let err = metadata_jwks_uri(
+            doc("http://127.0.0.1:9901/metrics").as_bytes(),
+            issuer,
+            &https,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DiscoveryError::JwksUri {
+                    source: FetchUriError::PlainHttpFromHttps,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            metadata_jwks_uri(
+                doc("https://keys.idp.example/jwks").as_bytes(),
+                issuer,
+                &https
+            )
+            .is_ok()
+        );
+        // An issuer on loopback may name a loopback http address.
+        let local = "http://127.0.0.1:8080";
+        let local_doc =
+            format!(r#"{{"issuer":"{local}","jwks_uri":"http://127.0.0.1:8080/jwks"}}"#);
+        let at: Uri = "http://127.0.0.1:8080/.well-known/openid-configuration"
+            .parse()
+            .unwrap();
+        assert!(metadata_jwks_uri(local_doc.as_bytes(), local, &at).is_ok());
+    }
 
     #[test]
     fn only_https_or_loopback_http() {
