@@ -36,6 +36,8 @@ pub enum Authorized {
 pub struct CredentialUse<'r> {
     pub label: &'r Arc<str>,
     pub version: Arc<str>,
+    /// The OAuth2 token sent, handed back if the upstream refuses it.
+    pub issued: Option<idgate_secrets::oauth2::Issued>,
 }
 
 /// One request's context, from its arrival to its record.

@@ -85,6 +85,13 @@ pub(crate) async fn forward<'r>(
     if let Ok(resp) = &forwarded.answer {
         ctx.upstream_latency = Some(sent_at.elapsed());
         ctx.upstream_status = Some(resp.status());
+        // The upstream refused the credential: a token is fetched anew for the next request.
+        if resp.status() == StatusCode::UNAUTHORIZED
+            && let (Some(cred), Some(used)) = (&upstream.credential, &ctx.credential)
+            && let Some(issued) = &used.issued
+        {
+            cred.rejected(issued);
+        }
     }
     forwarded
 }
@@ -157,6 +164,7 @@ async fn prepare<'r>(
                     ctx.credential = Some(CredentialUse {
                         label: &cred.label,
                         version: u.version,
+                        issued: u.issued,
                     });
                 }
                 Err(e) => {

@@ -177,6 +177,8 @@ impl std::fmt::Debug for Credential {
 #[derive(Debug, Clone)]
 pub struct Use {
     pub version: Arc<str>,
+    /// The OAuth2 token sent, for [`Credential::rejected`].
+    pub issued: Option<crate::oauth2::Issued>,
 }
 
 const X_APP_TOKEN: HeaderName = HeaderName::from_static("x-app-token");
@@ -267,6 +269,7 @@ impl Credential {
                 headers.insert(header.clone(), v.value.clone());
                 Ok(Use {
                     version: v.version.clone(),
+                    issued: None,
                 })
             }
             Scheme::Sumsub(pair) => {
@@ -291,6 +294,7 @@ impl Credential {
                 headers.insert(X_APP_ACCESS_SIG, hex_header(signed.signature));
                 Ok(Use {
                     version: signed.version,
+                    issued: None,
                 })
             }
             Scheme::Veriff(pair) => {
@@ -309,10 +313,11 @@ impl Credential {
                 headers.insert(X_HMAC_SIGNATURE, hex_header(signed.signature));
                 Ok(Use {
                     version: signed.version,
+                    issued: None,
                 })
             }
             Scheme::OAuth2(source) => {
-                let (value, version) =
+                let (value, version, issued) =
                     source
                         .token()
                         .await
@@ -321,8 +326,20 @@ impl Credential {
                             source,
                         })?;
                 headers.insert(http::header::AUTHORIZATION, value);
-                Ok(Use { version })
+                Ok(Use {
+                    version,
+                    issued: Some(issued),
+                })
             }
+        }
+    }
+
+    /// The upstream answered 401 to a request sent with the OAuth2 token `issued` (a
+    /// [`Use`]'s): another is fetched for the next request (see
+    /// [`crate::oauth2::TokenSource::rejected`]).
+    pub fn rejected(&self, issued: &crate::oauth2::Issued) {
+        if let Scheme::OAuth2(source) = &self.scheme {
+            source.rejected(issued);
         }
     }
 

@@ -46,8 +46,23 @@ struct Cached {
 }
 
 impl Cached {
-    fn out(&self) -> (HeaderValue, Arc<str>) {
-        (self.header.clone(), self.version.clone())
+    fn out(self: &Arc<Self>) -> (HeaderValue, Arc<str>, Issued) {
+        (
+            self.header.clone(),
+            self.version.clone(),
+            Issued(self.clone()),
+        )
+    }
+}
+
+/// Which token a request was sent with: handed back to [`TokenSource::rejected`] when the
+/// upstream refused it. Says nothing of the token.
+#[derive(Clone)]
+pub struct Issued(Arc<Cached>);
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Issued(..)")
     }
 }
 
@@ -196,7 +211,7 @@ impl TokenSource {
 
     /// The `Authorization` value to send, and the version of the client secret it was
     /// obtained with (a bounded label for metrics, unlike the tokens themselves).
-    pub(crate) async fn token(&self) -> Result<(HeaderValue, Arc<str>), Arc<TokenError>> {
+    pub(crate) async fn token(&self) -> Result<(HeaderValue, Arc<str>, Issued), Arc<TokenError>> {
         let current = self.cached.load_full();
         let now = Instant::now();
         if let Some(c) = current.as_ref().filter(|c| now < c.refresh_at) {
@@ -243,8 +258,9 @@ impl TokenSource {
         match fetched {
             Ok(cached) => {
                 *last_failure = None;
+                let cached = Arc::new(cached);
                 let out = cached.out();
-                self.cached.store(Some(Arc::new(cached)));
+                self.cached.store(Some(cached));
                 Ok(out)
             }
             Err(reason) => {
@@ -265,6 +281,33 @@ impl TokenSource {
                 }
             }
         }
+    }
+
+    /// The upstream refused the token `issued` (401): the next request fetches another,
+    /// rather than send it until its refresh point, up to a day away. Only the token in use
+    /// is marked: the refusals of a burst sent with it mark it once, and a refusal of an
+    /// older token, already replaced, changes nothing. Until the next token comes (or while
+    /// the endpoint fails, for [`FAILURE_BACKOFF`] at a time) this one is still sent.
+    pub(crate) fn rejected(&self, issued: &Issued) {
+        let current = self.cached.load();
+        let Some(c) = current.as_ref().filter(|c| Arc::ptr_eq(c, &issued.0)) else {
+            return;
+        };
+        let now = Instant::now();
+        if now >= c.refresh_at {
+            return;
+        }
+        tracing::warn!(
+            token_endpoint = self.token_url.host().unwrap_or("-"),
+            "the upstream refused the OAuth2 token (401): the next request fetches another"
+        );
+        let marked = Arc::new(Cached {
+            header: c.header.clone(),
+            refresh_at: now,
+            expires_at: c.expires_at,
+            version: c.version.clone(),
+        });
+        self.cached.compare_and_swap(&*current, Some(marked));
     }
 
     async fn fetch(&self) -> Result<Cached, TokenError> {
@@ -493,16 +536,55 @@ mod tests {
                 })
                 .collect();
             for request in first {
-                let (header, _) = request.await.unwrap().unwrap();
+                let (header, _, _) = request.await.unwrap().unwrap();
                 assert_eq!(header.to_str().unwrap(), "Bearer token-1");
             }
             // And the requests after them.
             for _ in 0..50 {
-                let (header, _) = source.token().await.unwrap();
+                let (header, _, _) = source.token().await.unwrap();
                 assert_eq!(header.to_str().unwrap(), "Bearer token-1");
             }
         });
         assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_token_the_upstream_refused_is_replaced_at_the_next_request_and_only_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (url, issued) = zero_lifetime_endpoint(Duration::ZERO);
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "client-secret").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        rt.block_on(async {
+            let client = idgate_tls::client::OutboundClient::new(
+                rustls::RootCertStore::empty(),
+                Duration::from_secs(5),
+            )
+            .http1_only()
+            .build()
+            .unwrap();
+            let source =
+                TokenSource::new(client, url, "client".into(), &SecretRef::File(secret), None)
+                    .unwrap();
+            let (first, _, sent) = source.token().await.unwrap();
+            assert_eq!(first.to_str().unwrap(), "Bearer token-1");
+            // A burst of refusals of the token in use: one new token.
+            source.rejected(&sent);
+            source.rejected(&sent);
+            let (second, _, sent_second) = source.token().await.unwrap();
+            assert_eq!(second.to_str().unwrap(), "Bearer token-2");
+            // A late refusal of the token already replaced changes nothing.
+            source.rejected(&sent);
+            let (still, _, _) = source.token().await.unwrap();
+            assert_eq!(still.to_str().unwrap(), "Bearer token-2");
+            drop(sent_second);
+        });
+        assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -263,6 +263,31 @@ async fn upstream_sees_the_bearer_token_and_one_token_serves_many_requests() {
     assert_output_clean(&gw, &endpoint);
 }
 
+#[tokio::test]
+async fn a_token_the_upstream_refuses_is_replaced_for_the_next_request() {
+    let pki = Pki::default_pki();
+    let upstream = TestUpstream::https(&pki, UpstreamMode::UnauthorizedFirst(1)).await;
+    // Tokens that would last an hour: without the refusal, the first would be sent all along.
+    let endpoint = TokenEndpoint::start(&pki, 3600).await;
+    let gw = gateway(&pki, &upstream, &endpoint).await;
+    let client = Client::new(&pki, Some(ONBOARDING), gw.port, false);
+
+    let refused = client.get("/api/v1/inquiries/inq_1").await.unwrap();
+    assert_eq!(refused.status, 401, "the upstream's answer, passed on");
+    let reply = client.get("/api/v1/inquiries/inq_2").await.unwrap();
+    assert_eq!(reply.status, 200, "{:?}\n{}", reply.body, gw.output());
+    let tokens = endpoint.tokens();
+    assert_eq!(tokens.len(), 2, "a new token after the refusal: {tokens:?}");
+    let seen = upstream.requests();
+    assert_eq!(bearer(&seen[0]), format!("Bearer {}", tokens[0]));
+    assert_eq!(bearer(&seen[1]), format!("Bearer {}", tokens[1]));
+    // And it serves on.
+    let again = client.get("/api/v1/inquiries/inq_3").await.unwrap();
+    assert_eq!(again.status, 200);
+    assert_eq!(endpoint.tokens().len(), 2);
+    assert_output_clean(&gw, &endpoint);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_first_requests_cause_exactly_one_token_request() {
     let pki = Pki::default_pki();

@@ -34,6 +34,8 @@ pub enum UpstreamMode {
     Echo,
     /// Wait this long before answering.
     Delay(Duration),
+    /// Answer the first this many requests `401 Unauthorized`, then as `Echo`.
+    UnauthorizedFirst(usize),
 }
 
 /// An HTTPS (or plain HTTP) upstream on loopback that records every request.
@@ -140,15 +142,29 @@ impl TestUpstream {
                                 .path_and_query()
                                 .map(|p| p.to_string())
                                 .unwrap_or_default();
-                            seen.lock().unwrap().push(Seen {
-                                method: parts.method.to_string(),
-                                path_and_query: pq.clone(),
-                                version: parts.version,
-                                headers: parts.headers.clone(),
-                                body,
-                                trailers,
-                                client_cert,
-                            });
+                            let count = {
+                                let mut all = seen.lock().unwrap();
+                                all.push(Seen {
+                                    method: parts.method.to_string(),
+                                    path_and_query: pq.clone(),
+                                    version: parts.version,
+                                    headers: parts.headers.clone(),
+                                    body,
+                                    trailers,
+                                    client_cert,
+                                });
+                                all.len()
+                            };
+                            if let UpstreamMode::UnauthorizedFirst(n) = mode
+                                && count <= n
+                            {
+                                let resp = http::Response::builder()
+                                    .status(401)
+                                    .header("www-authenticate", "Bearer error=\"invalid_token\"")
+                                    .body(Full::new(Bytes::from_static(b"{}")))
+                                    .unwrap();
+                                return Ok::<_, std::convert::Infallible>(resp);
+                            }
                             if let UpstreamMode::Delay(d) = mode {
                                 tokio::time::sleep(d).await;
                             }
