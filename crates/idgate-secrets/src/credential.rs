@@ -155,7 +155,7 @@ enum Scheme {
     Sumsub(SignedPair),
     /// The client id and the HMAC key, as one pair.
     Veriff(SignedPair),
-    OAuth2(Box<TokenSource>),
+    OAuth2(Arc<TokenSource>),
 }
 
 /// One upstream's credential, ready for the request path.
@@ -230,7 +230,7 @@ impl Credential {
                 let client = oauth_client.ok_or_else(|| CredentialLoadError::NoHttpClient {
                     label: cfg.label.clone(),
                 })?;
-                Scheme::OAuth2(Box::new(
+                Scheme::OAuth2(Arc::new(
                     TokenSource::new(
                         client,
                         token_url.clone(),

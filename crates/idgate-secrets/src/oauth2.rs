@@ -113,7 +113,7 @@ pub(crate) struct TokenSource {
     scope: Option<String>,
     cached: ArcSwapOption<Cached>,
     /// Held by the request that fetches; holds the last failure.
-    refreshing: tokio::sync::Mutex<Option<Failure>>,
+    refreshing: Arc<tokio::sync::Mutex<Option<Failure>>>,
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value (RFC 6749 Appendix B, which
@@ -205,29 +205,46 @@ impl TokenSource {
             client_secret: client_secret.clone(),
             scope,
             cached: ArcSwapOption::empty(),
-            refreshing: tokio::sync::Mutex::new(None),
+            refreshing: Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
 
     /// The `Authorization` value to send, and the version of the client secret it was
     /// obtained with (a bounded label for metrics, unlike the tokens themselves).
-    pub(crate) async fn token(&self) -> Result<(HeaderValue, Arc<str>, Issued), Arc<TokenError>> {
+    pub(crate) async fn token(
+        self: &Arc<Self>,
+    ) -> Result<(HeaderValue, Arc<str>, Issued), Arc<TokenError>> {
         let current = self.cached.load_full();
         let now = Instant::now();
         if let Some(c) = current.as_ref().filter(|c| now < c.refresh_at) {
             return Ok(c.out());
         }
         let valid = current.as_ref().filter(|c| now < c.expires_at);
-        let mut last_failure = match (self.refreshing.try_lock(), valid) {
+        let last_failure = match (self.refreshing.clone().try_lock_owned(), valid) {
             (Ok(guard), _) => guard,
             // Someone is fetching the next token; this one is still good meanwhile.
             (Err(_), Some(c)) => return Ok(c.out()),
-            (Err(_), None) => self.refreshing.lock().await,
+            (Err(_), None) => self.refreshing.clone().lock_owned().await,
         };
+        // The fetch runs in a task of its own, which this request waits for: a request that
+        // goes away does not cut it short (its token, or its failure and the backoff, would
+        // be lost, and the next request would send the secret again).
+        let this = self.clone();
+        tokio::spawn(async move { this.fetch_locked(last_failure, current).await })
+            .await
+            .unwrap_or_else(|e| Err(Arc::new(TokenError::Task(e))))
+    }
+
+    /// [`TokenSource::token`] once it holds the fetch lock, `last_failure`; `seen` is the
+    /// token it saw before.
+    async fn fetch_locked(
+        &self,
+        mut last_failure: tokio::sync::OwnedMutexGuard<Option<Failure>>,
+        seen: Option<Arc<Cached>>,
+    ) -> Result<(HeaderValue, Arc<str>, Issued), Arc<TokenError>> {
         // While this request waited, another may have fetched a token or failed to. A token
         // fetched meanwhile is used while it is valid, even past its refresh point: the
         // requests queued behind a fetch take its result instead of each fetching again.
-        let seen = current;
         let current = self.cached.load_full();
         let now = Instant::now();
         let fetched_meanwhile = match (&seen, &current) {
@@ -329,6 +346,8 @@ impl TokenSource {
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::from(body)))?;
+        // The token's lifetime runs from when it was asked for: the answer took some of it.
+        let asked = Instant::now();
         let resp = self.client.request(req).await?;
         let status = resp.status();
         let bytes = Zeroizing::new(Vec::from(
@@ -349,11 +368,10 @@ impl TokenSource {
             });
         }
         let (header, lifetime) = read_answer(&bytes)?;
-        let now = Instant::now();
         Ok(Cached {
             header,
-            refresh_at: now + lifetime.saturating_sub(refresh_margin(lifetime)),
-            expires_at: now + lifetime,
+            refresh_at: asked + lifetime.saturating_sub(refresh_margin(lifetime)),
+            expires_at: asked + lifetime,
             version: secret.version.into(),
         })
     }
@@ -568,9 +586,10 @@ mod tests {
             .http1_only()
             .build()
             .unwrap();
-            let source =
+            let source = Arc::new(
                 TokenSource::new(client, url, "client".into(), &SecretRef::File(secret), None)
-                    .unwrap();
+                    .unwrap(),
+            );
             let (first, _, sent) = source.token().await.unwrap();
             assert_eq!(first.to_str().unwrap(), "Bearer token-1");
             // A burst of refusals of the token in use: one new token.
@@ -585,6 +604,46 @@ mod tests {
             drop(sent_second);
         });
         assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_token_fetch_whose_request_went_away_is_made_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (url, issued) = zero_lifetime_endpoint(Duration::from_millis(300));
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "client-secret").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        rt.block_on(async {
+            let client = idgate_tls::client::OutboundClient::new(
+                rustls::RootCertStore::empty(),
+                Duration::from_secs(5),
+            )
+            .http1_only()
+            .build()
+            .unwrap();
+            let source = Arc::new(
+                TokenSource::new(client, url, "client".into(), &SecretRef::File(secret), None)
+                    .unwrap(),
+            );
+            // The first request goes away while its token is being fetched.
+            let gone = {
+                let source = source.clone();
+                tokio::spawn(async move { source.token().await })
+            };
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            gone.abort();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            // The token it asked for came, and serves the next request.
+            let (header, _, _) = source.token().await.unwrap();
+            assert_eq!(header.to_str().unwrap(), "Bearer token-1");
+        });
+        assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]
