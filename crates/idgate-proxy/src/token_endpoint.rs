@@ -330,7 +330,7 @@ impl TokenEndpoint {
                 if let Some(left) = gate.locked_out(&id).await {
                     return Err(OAuthError::locked_out(left));
                 }
-                self.by_secret(conn, &id, &secret, true)?
+                self.by_secret(conn, &id, &secret)?
             }
             (None, Some(secret)) => {
                 let id = form_id
@@ -338,7 +338,7 @@ impl TokenEndpoint {
                 if let Some(left) = gate.locked_out(id).await {
                     return Err(OAuthError::locked_out(left));
                 }
-                self.by_secret(conn, id, secret, false)?
+                self.by_secret(conn, id, secret)?
             }
             (None, None) => self.by_certificate(conn, form_id)?,
         };
@@ -404,13 +404,7 @@ impl TokenEndpoint {
         }))
     }
 
-    fn by_secret(
-        &self,
-        conn: &ConnInfo,
-        id: &str,
-        secret: &str,
-        basic: bool,
-    ) -> Result<&Client, OAuthError> {
+    fn by_secret(&self, conn: &ConnInfo, id: &str, secret: &str) -> Result<&Client, OAuthError> {
         let client = self.clients.iter().find(|c| c.client_id == id);
         // Digests of equal length are compared, so neither the secret's length nor whether
         // the client exists shows in the timing.
@@ -435,7 +429,7 @@ impl TokenEndpoint {
             {
                 Ok(c)
             }
-            _ => Err(OAuthError::invalid_client(basic)),
+            _ => Err(OAuthError::invalid_client()),
         }
     }
 
@@ -445,7 +439,7 @@ impl TokenEndpoint {
         form_id: Option<&str>,
     ) -> Result<&Client, OAuthError> {
         let Some(peer) = &conn.peer else {
-            return Err(OAuthError::invalid_client(false));
+            return Err(OAuthError::invalid_client());
         };
         // tls_client_auth: the SVID alone authenticates clients registered without a secret;
         // a client that has a secret must present it as well.
@@ -456,7 +450,7 @@ impl TokenEndpoint {
         match form_id {
             Some(id) => candidates
                 .find(|c| c.client_id == id)
-                .ok_or_else(|| OAuthError::invalid_client(false)),
+                .ok_or_else(OAuthError::invalid_client),
             None => {
                 let first = candidates.next();
                 if candidates.next().is_some() {
@@ -465,7 +459,7 @@ impl TokenEndpoint {
                         "several clients use this certificate: send client_id",
                     ));
                 }
-                first.ok_or_else(|| OAuthError::invalid_client(false))
+                first.ok_or_else(OAuthError::invalid_client)
             }
         }
     }
@@ -477,7 +471,7 @@ pub(crate) fn basic_credentials(
     let Some(v) = headers.get(http::header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let v = v.to_str().map_err(|_| OAuthError::invalid_client(true))?;
+    let v = v.to_str().map_err(|_| OAuthError::invalid_client())?;
     let Some(rest) = v
         .strip_prefix("Basic ")
         .or_else(|| v.strip_prefix("basic "))
@@ -489,14 +483,12 @@ pub(crate) fn basic_credentials(
     };
     let raw = base64::engine::general_purpose::STANDARD
         .decode(rest.trim())
-        .map_err(|_| OAuthError::invalid_client(true))?;
-    let raw = String::from_utf8(raw).map_err(|_| OAuthError::invalid_client(true))?;
-    let (id, secret) = raw
-        .split_once(':')
-        .ok_or_else(|| OAuthError::invalid_client(true))?;
+        .map_err(|_| OAuthError::invalid_client())?;
+    let raw = String::from_utf8(raw).map_err(|_| OAuthError::invalid_client())?;
+    let (id, secret) = raw.split_once(':').ok_or_else(OAuthError::invalid_client)?;
     // RFC 6749 §2.3.1: both are form-urlencoded before Basic encoding.
-    let id = form_decode(id).ok_or_else(|| OAuthError::invalid_client(true))?;
-    let secret = form_decode(secret).ok_or_else(|| OAuthError::invalid_client(true))?;
+    let id = form_decode(id).ok_or_else(OAuthError::invalid_client)?;
+    let secret = form_decode(secret).ok_or_else(OAuthError::invalid_client)?;
     Ok(Some((id, secret)))
 }
 
@@ -567,7 +559,6 @@ pub(crate) struct OAuthError {
     status: StatusCode,
     error: &'static str,
     description: &'static str,
-    basic_challenge: bool,
     /// Set when the client is locked out: the answer is then a `locked-out` problem.
     locked_for: Option<Duration>,
 }
@@ -594,7 +585,6 @@ impl OAuthError {
             status,
             error,
             description,
-            basic_challenge: false,
             locked_for: None,
         }
     }
@@ -615,16 +605,15 @@ impl OAuthError {
         Self::new(StatusCode::BAD_REQUEST, error, description)
     }
 
-    /// RFC 6749 §5.2: 401 with a challenge when the client used HTTP Basic. The description
-    /// never says whether the id or the secret was wrong.
-    fn invalid_client(basic: bool) -> Self {
-        Self {
-            status: StatusCode::UNAUTHORIZED,
-            error: "invalid_client",
-            description: "client authentication failed",
-            basic_challenge: basic,
-            locked_for: None,
-        }
+    /// RFC 6749 §5.2: 401, with the challenge of the HTTP authentication scheme the
+    /// endpoint takes (HTTP Basic) whatever way the client tried: RFC 9110 §15.5.2 wants one
+    /// with every 401. The description never says whether the id or the secret was wrong.
+    fn invalid_client() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        )
     }
 
     /// Both languages at once: the RFC 6749 members inside a problem document.
@@ -632,7 +621,7 @@ impl OAuthError {
         let mut r = self
             .kind()
             .response(Some(self.description), Some(request_id));
-        if self.basic_challenge {
+        if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"idgate\""),
