@@ -410,20 +410,15 @@ token = "env:VAULT_TOKEN"
 
     #[test]
     fn an_upstream_max_body_bytes_of_zero_is_refused_like_a_route_s() {
-        let text = r#"
-[listener]
-bind = "127.0.0.1:8443"
-[identity]
-svid_cert = "c"
-svid_key = "k"
-[[upstreams]]
-name = "p"
-url = "https://provider.test"
-max_body_bytes = 0
-"#;
-        let all = problems(Path::new("/etc/idgate/idgate.toml"), text, |_| true);
-        assert!(
-            all.contains(&"upstreams[0].max_body_bytes: must be more than zero".to_owned()),
+        // BASE's upstream, `p`, is the last table: the key lands in it.
+        let all = crate::test_support::added_problems(
+            Path::new("/etc/idgate/idgate.toml"),
+            crate::test_support::BASE,
+            "max_body_bytes = 0\n",
+        );
+        assert_eq!(
+            all,
+            ["upstreams[0].max_body_bytes: must be more than zero"],
             "{all:#?}"
         );
     }

@@ -521,31 +521,35 @@ mod tests {
         (url.parse().unwrap(), issued)
     }
 
+    /// A token source for `url`, its client secret in a file of the directory returned.
+    fn source_for(url: Uri) -> (tempfile::TempDir, Arc<TokenSource>) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "client-secret").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let client = idgate_tls::client::OutboundClient::new(
+            rustls::RootCertStore::empty(),
+            Duration::from_secs(5),
+        )
+        .http1_only()
+        .build()
+        .unwrap();
+        let source =
+            TokenSource::new(client, url, "client".into(), &SecretRef::File(secret), None).unwrap();
+        (dir, Arc::new(source))
+    }
+
     #[test]
     fn an_expires_in_of_zero_does_not_fetch_a_token_per_request() {
-        use std::os::unix::fs::PermissionsExt;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .enable_all()
             .build()
             .unwrap();
         let (url, issued) = zero_lifetime_endpoint(Duration::from_millis(200));
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("secret");
-        std::fs::write(&secret, "client-secret").unwrap();
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (_dir, source) = source_for(url);
         rt.block_on(async {
-            let client = idgate_tls::client::OutboundClient::new(
-                rustls::RootCertStore::empty(),
-                Duration::from_secs(5),
-            )
-            .http1_only()
-            .build()
-            .unwrap();
-            let source = Arc::new(
-                TokenSource::new(client, url, "client".into(), &SecretRef::File(secret), None)
-                    .unwrap(),
-            );
             // Twenty first requests at once: one fetches, the others wait for it.
             let first: Vec<_> = (0..20)
                 .map(|_| {
@@ -568,28 +572,13 @@ mod tests {
 
     #[test]
     fn a_token_the_upstream_refused_is_replaced_at_the_next_request_and_only_once() {
-        use std::os::unix::fs::PermissionsExt;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let (url, issued) = zero_lifetime_endpoint(Duration::ZERO);
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("secret");
-        std::fs::write(&secret, "client-secret").unwrap();
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (_dir, source) = source_for(url);
         rt.block_on(async {
-            let client = idgate_tls::client::OutboundClient::new(
-                rustls::RootCertStore::empty(),
-                Duration::from_secs(5),
-            )
-            .http1_only()
-            .build()
-            .unwrap();
-            let source = Arc::new(
-                TokenSource::new(client, url, "client".into(), &SecretRef::File(secret), None)
-                    .unwrap(),
-            );
             let (first, _, sent) = source.token().await.unwrap();
             assert_eq!(first.to_str().unwrap(), "Bearer token-1");
             // A burst of refusals of the token in use: one new token.
@@ -608,29 +597,14 @@ mod tests {
 
     #[test]
     fn a_token_fetch_whose_request_went_away_is_made_whole() {
-        use std::os::unix::fs::PermissionsExt;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let (url, issued) = zero_lifetime_endpoint(Duration::from_millis(300));
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("secret");
-        std::fs::write(&secret, "client-secret").unwrap();
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (_dir, source) = source_for(url);
         rt.block_on(async {
-            let client = idgate_tls::client::OutboundClient::new(
-                rustls::RootCertStore::empty(),
-                Duration::from_secs(5),
-            )
-            .http1_only()
-            .build()
-            .unwrap();
-            let source = Arc::new(
-                TokenSource::new(client, url, "client".into(), &SecretRef::File(secret), None)
-                    .unwrap(),
-            );
             // The first request goes away while its token is being fetched.
             let gone = {
                 let source = source.clone();
