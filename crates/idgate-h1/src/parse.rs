@@ -368,15 +368,13 @@ fn framing(
     }
     let normalize = length.filter(|_| repeated);
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        // A 204 that announces a body (RFC 9110 §8.6 forbids it) may well send one: its
-        // bytes could arrive after the connection went back to the pool. A 304 may carry
-        // the `Transfer-Encoding` a full answer would have had (RFC 9112 §6.1), but one
-        // that does is rare enough that its connection is not worth the doubt.
-        let announces_body = match status {
-            StatusCode::NO_CONTENT => has_te || length.is_some_and(|n| n > 0),
-            StatusCode::NOT_MODIFIED => has_te,
-            _ => false,
-        };
+        // An answer without a body that announces one may be followed by one anyway, from
+        // an upstream that gets the rule wrong: its bytes could arrive after the connection
+        // went back to the pool, and be read as the next request's answer. A 204 must not
+        // announce one (RFC 9110 §8.6); a 304 and an answer to HEAD may give the length or
+        // the coding the full answer would have had (RFC 9110 §8.6, RFC 9112 §6.1), but
+        // they are rare enough here that their connection is not worth the doubt.
+        let announces_body = has_te || length.is_some_and(|n| n > 0);
         if announces_body {
             reusable = false;
         }

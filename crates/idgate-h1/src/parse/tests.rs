@@ -136,8 +136,23 @@ fn a_no_content_answer_that_announces_a_body_leaves_its_connection_unusable() {
     );
     assert_eq!(
         framing_of("HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n"),
-        Ok((Framing::Empty, true)),
-        "a 304 may give the length of the answer it stands for"
+        Ok((Framing::Empty, false)),
+        "a 304 may give the length of the answer it stands for, but its connection is not \
+         worth the doubt"
+    );
+    assert_eq!(
+        framing_of("HTTP/1.1 304 Not Modified\r\ncontent-length: 0\r\n\r\n"),
+        Ok((Framing::Empty, true))
+    );
+    // The answer to a HEAD, likewise.
+    let head_answer = |raw: &str| head(raw, true).map(|h| h.map(|h| (h.framing, h.reusable)));
+    assert_eq!(
+        head_answer("HTTP/1.1 200 OK\r\ncontent-length: 512\r\n\r\n"),
+        Ok(Some((Framing::Empty, false)))
+    );
+    assert_eq!(
+        head_answer("HTTP/1.1 200 OK\r\n\r\n"),
+        Ok(Some((Framing::Empty, true)))
     );
     assert_eq!(
         framing_of("HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n"),
@@ -181,14 +196,15 @@ fn a_body_in_a_transfer_coding_other_than_chunked_is_refused() {
             "{raw}"
         );
     }
-    // Without a body there is nothing to decode: the answer to a HEAD passes.
+    // Without a body there is nothing to decode: the answer to a HEAD passes (and, as it
+    // announces a body, its connection is not used again).
     let h = head(
         "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
         true,
     )
     .unwrap()
     .unwrap();
-    assert_eq!((h.framing, h.reusable), (Framing::Empty, true));
+    assert_eq!((h.framing, h.reusable), (Framing::Empty, false));
 }
 
 #[test]
