@@ -143,8 +143,9 @@ async fn discovers_the_jwks_and_checks_the_metadata_issuer() {
     assert!(AuthFailure::InvalidToken("expired").is_failed_attempt());
 }
 
-#[tokio::test]
-async fn unknown_kid_refreshes_at_most_once_per_interval_however_many_ask() {
+/// An issuer publishing the key `old` (the other one, `new`, not yet), and a verifier that
+/// has fetched it and refreshes for an unknown kid at most every 2 s.
+async fn rotating_issuer() -> (Idp, String, TestKey, TestKey, Arc<JwtVerifier>) {
     let (idp, base) = Idp::start().await;
     let (old, new) = (TestKey::ed25519(), TestKey::ed25519());
     idp.set_jwks(&[old.jwk("old", Algorithm::EdDSA)]);
@@ -152,6 +153,12 @@ async fn unknown_kid_refreshes_at_most_once_per_interval_however_many_ask() {
     cfg.min_refresh_interval = Duration::from_secs(2);
     let v = Arc::new(JwtVerifier::new(vec![cfg], vec![]).unwrap());
     v.prefetch().await;
+    (idp, base, old, new, v)
+}
+
+#[tokio::test]
+async fn unknown_kid_refreshes_at_most_once_per_interval_however_many_ask() {
+    let (idp, base, old, new, v) = rotating_issuer().await;
     assert_eq!(idp.hits("/jwks"), 1);
     let forged = sign_token(&old, &header("EdDSA", "made-up"), &claims_for(&base));
     assert_eq!(
@@ -213,13 +220,7 @@ async fn unknown_kid_refreshes_at_most_once_per_interval_however_many_ask() {
 
 #[tokio::test]
 async fn a_refresh_whose_request_went_away_is_made_whole() {
-    let (idp, base) = Idp::start().await;
-    let (old, new) = (TestKey::ed25519(), TestKey::ed25519());
-    idp.set_jwks(&[old.jwk("old", Algorithm::EdDSA)]);
-    let mut cfg = remote_config(&base, Some(format!("{base}/jwks")));
-    cfg.min_refresh_interval = Duration::from_secs(2);
-    let v = Arc::new(JwtVerifier::new(vec![cfg], vec![]).unwrap());
-    v.prefetch().await;
+    let (idp, base, old, new, v) = rotating_issuer().await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
 
     // The issuer rotates, and answers slowly; the request that asks for the new kid goes
